@@ -1,0 +1,124 @@
+"""Fixtures shared by tests/ and e2e/: a real PostgreSQL, a real Docker engine, real
+server processes.
+
+PostgreSQL: a throwaway cluster from the installed binaries (or the server named by
+HODEI_TEST_DATABASE_URL); migrations run once into a template database, and each test
+module (or test, with ``fresh_database_url``) gets a copy of it.
+
+Docker: tests marked ``docker`` skip with the reason when no engine answers, unless
+HODEI_REQUIRE_DOCKER=1 (CI), where a missing engine is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
+from hodei.domain.provider import ProviderType
+from hodei.providers.registry import register_providers
+from hodei.store.app import HodeiStore
+from hodei.store.db import open_pool
+from hodei.store.migrations import migrate
+from hodei.testing import docker_client_or_skip
+
+# Tests must not pick up a developer's configuration.
+for _name in list(os.environ):
+    if _name.startswith("HODEI_") and _name not in {"HODEI_TEST_DATABASE_URL", "HODEI_REQUIRE_DOCKER"}:
+        del os.environ[_name]
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """URL of a PostgreSQL server (its `postgres` database) the tests may create databases on."""
+    given = os.environ.get("HODEI_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    root = Path(tempfile.mkdtemp(prefix="hodei-pg-"))
+    cluster = Cluster(root, free_port())
+    cluster.init()
+    cluster.start(FAST_OPTIONS)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _database_url(server: str, name: str) -> str:
+    base, _, _ = server.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server: str) -> str:
+    name = f"hodei_template_{os.getpid()}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    create_database(pg_server, name)
+    url = _database_url(pg_server, name)
+    migrate(url)
+    pool = open_pool(url, max_size=2)
+    try:
+        register_providers(HodeiStore(pool), [ProviderType.DOCKER, ProviderType.KUBERNETES])
+    finally:
+        pool.close()
+    return name
+
+
+def new_database(pg_server: str, template: str) -> str:
+    name = f"hodei_test_{os.getpid()}_{next(_counter)}"
+    create_database(pg_server, name, template=template)
+    return _database_url(pg_server, name)
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_server: str, template_database: str) -> str:
+    """A migrated database shared by the tests of one module."""
+    return new_database(pg_server, template_database)
+
+
+@pytest.fixture
+def fresh_database_url(pg_server: str, template_database: str) -> str:
+    """A migrated database for this test alone."""
+    return new_database(pg_server, template_database)
+
+
+@pytest.fixture
+def pool(fresh_database_url: str) -> Iterator[object]:
+    pool = open_pool(fresh_database_url, max_size=10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def store(pool: object) -> HodeiStore:
+    return HodeiStore(pool)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> object:
+    return docker_client_or_skip()
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker_client: object) -> str:
+    """hodei-jobs-worker:latest, rebuilt from this checkout (the base is cached)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_image", Path(__file__).parent / "workers" / "build_image.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.build(None, docker_client))

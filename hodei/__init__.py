@@ -1,0 +1,1 @@
+"""Hodei Jobs: a job execution platform with one ephemeral worker per job."""

@@ -1,0 +1,264 @@
+"""``hodei-jobs-cli job …``: run, get, list, cancel, logs, watch, events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Literal
+
+from google.protobuf.json_format import MessageToDict
+
+from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
+from hodei.cli.client import Client
+from hodei.cli.parsing import parse_args, parse_env, parse_labels, parse_memory
+from hodei.cli.terminal import Terminal
+from hodei.domain.job import JobState
+
+# `--wait` and `--follow` exit with the job's own exit code; other endings use the
+# codes people know from `timeout` and `docker run`.
+EXIT_TIMEOUT = 124
+EXIT_PLATFORM = 125
+EXIT_CANCELLED = 130
+
+
+def status_text(job: common_pb2.Job) -> str:
+    return f"{job.state or 'UNSPECIFIED'} (Status Code: {job.status})"
+
+
+def exit_code_of(job: common_pb2.Job) -> int:
+    state = JobState(job.state)
+    if state is JobState.SUCCEEDED:
+        return 0
+    if state is JobState.TIMEOUT:
+        return EXIT_TIMEOUT
+    if state is JobState.CANCELLED:
+        return EXIT_CANCELLED
+    if job.has_exit_code and job.exit_code != 0:
+        return job.exit_code
+    return EXIT_PLATFORM
+
+
+def _time(job: common_pb2.Job, field: Literal["created_at", "started_at", "completed_at"]) -> str:
+    return getattr(job, field).ToDatetime().isoformat() + "Z" if job.HasField(field) else "-"
+
+
+def job_dict(job: common_pb2.Job) -> dict[str, Any]:
+    data = MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data["exit_code"] = job.exit_code if job.has_exit_code else None
+    data.pop("has_exit_code", None)
+    return data
+
+
+def describe(job: common_pb2.Job) -> list[str]:
+    return [
+        f"Job {job.id}",
+        f"Name: {job.spec.name}",
+        f"Command: {' '.join([job.spec.command, *job.spec.args])}",
+        f"Status: {status_text(job)}",
+        f"Provider: {job.provider_type or '-'} ({job.provider_id or '-'})",
+        f"Worker: {job.worker_id or '-'}",
+        f"Attempt: {job.attempt}",
+        f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
+        f"Created: {_time(job, 'created_at')}",
+        f"Started: {_time(job, 'started_at')}",
+        f"Completed: {_time(job, 'completed_at')}",
+        f"Error: {job.error_message or '-'}",
+        f"Logs: {job.log_uri or '-'}",
+    ]
+
+
+def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    spec = common_pb2.JobSpec(
+        name=args.name or "",
+        command=args.command,
+        args=parse_args(args.args),
+        env=parse_env(args.env or []),
+        timeout_seconds=args.timeout,
+        provider=args.provider or "",
+        resources=common_pb2.ResourceRequirements(cpu_cores=args.cpu or 0.0, memory_bytes=parse_memory(args.memory)),
+        labels=parse_labels(args.label or []),
+        working_dir=args.working_dir or "",
+        max_attempts=args.max_attempts,
+    )
+    job_id = client.call(client.jobs.QueueJob, jobs_pb2.QueueJobRequest(spec=spec)).job_id
+    if args.follow:
+        term.info(f"Job ID: {job_id}")
+        return follow(client, term, job_id)
+    if term.json and not args.wait:
+        term.data({"job_id": job_id})
+        return 0
+    term.value(job_id)
+    if args.wait:
+        return wait(client, term, job_id)
+    return 0
+
+
+def wait(client: Client, term: Terminal, job_id: str) -> int:
+    job = None
+    for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=job_id)):
+        job = update.job
+    assert job is not None
+    return finish(term, job)
+
+
+def finish(term: Terminal, job: common_pb2.Job) -> int:
+    message = f"Job {job.id} {status_text(job)}"
+    if job.error_message:
+        message += f": {job.error_message}"
+    if job.state == JobState.SUCCEEDED:
+        term.success(message)
+    else:
+        term.warning(message)
+    return exit_code_of(job)
+
+
+def follow(client: Client, term: Terminal, job_id: str) -> int:
+    request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
+    for entry in client.stream(client.logs.SubscribeLogs, request):
+        term.line(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR)
+    return wait(client, term, job_id)
+
+
+def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=args.job_id)).job
+    if term.json:
+        term.data(job_dict(job))
+    else:
+        for line in describe(job):
+            term.line(line)
+    return 0
+
+
+def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    status = (
+        common_pb2.JobStatus.Value(f"JOB_STATUS_{args.state.upper()}")
+        if args.state
+        else common_pb2.JOB_STATUS_UNSPECIFIED
+    )
+    response = client.call(
+        client.jobs.ListJobs, jobs_pb2.ListJobsRequest(limit=args.limit, offset=args.offset, status=status)
+    )
+    if term.json:
+        term.data({"jobs": [job_dict(job) for job in response.jobs], "total_count": response.total_count})
+        return 0
+    term.table(
+        ["ID", "NAME", "STATUS", "PROVIDER", "EXIT", "CREATED"],
+        [
+            [
+                job.id,
+                job.spec.name,
+                job.state,
+                job.provider_type or "-",
+                str(job.exit_code) if job.has_exit_code else "-",
+                _time(job, "created_at"),
+            ]
+            for job in response.jobs
+        ],
+    )
+    term.info(f"{len(response.jobs)} of {response.total_count} jobs")
+    return 0
+
+
+def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    job = client.call(
+        client.jobs.CancelJob, jobs_pb2.CancelJobRequest(job_id=args.job_id, reason=args.reason or "")
+    ).job
+    if term.json:
+        term.data(job_dict(job))
+    else:
+        term.success(f"Job {job.id} {status_text(job)}")
+    return 0
+
+
+def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    request = logs_pb2.SubscribeLogsRequest(job_id=args.job_id, follow=args.follow)
+    for entry in client.stream(client.logs.SubscribeLogs, request):
+        if term.json:
+            print(json.dumps(MessageToDict(entry, preserving_proto_field_name=True)), flush=True)
+        else:
+            term.line(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR)
+    return 0
+
+
+def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    job = None
+    for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=args.job_id)):
+        job = update.job
+        if term.json:
+            print(json.dumps(job_dict(job)), flush=True)
+        else:
+            term.line(f"{job.id} {status_text(job)}")
+    assert job is not None
+    return exit_code_of(job)
+
+
+def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    response = client.call(client.jobs.GetJobEvents, jobs_pb2.GetJobEventsRequest(job_id=args.job_id))
+    if term.json:
+        term.data(
+            [
+                {**MessageToDict(e, preserving_proto_field_name=True), "payload": json.loads(e.payload_json)}
+                for e in response.events
+            ]
+        )
+        return 0
+    term.table(
+        ["#", "OCCURRED", "EVENT", "ACTOR", "PAYLOAD"],
+        [
+            [
+                str(e.version),
+                e.occurred_at.ToDatetime().isoformat() + "Z",
+                e.event_type,
+                e.actor,
+                e.payload_json,
+            ]
+            for e in response.events
+        ],
+    )
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
+
+    run_parser = job.add_parser("run", help="submit a job; prints its id")
+    run_parser.add_argument("--name", "-n", help="a name for people (default: the command)")
+    run_parser.add_argument(
+        "--command", "-c", required=True, help="a shell command line, or a program when --args is given"
+    )
+    run_parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
+    run_parser.add_argument("--env", "-e", action="append", help="KEY=VALUE[,KEY2=VALUE2]; repeatable")
+    run_parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
+    run_parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
+    run_parser.add_argument("--cpu", type=float, help="CPU cores")
+    run_parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
+    run_parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
+    run_parser.add_argument("--working-dir", help="absolute directory to run in")
+    run_parser.add_argument(
+        "--max-attempts", type=int, default=1, help="runs allowed when a worker is lost (default 1)"
+    )
+    run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
+    run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")
+    run_parser.set_defaults(handler=run)
+
+    for name, handler, text in (
+        ("get", get, "show a job"),
+        ("cancel", cancel, "cancel a job"),
+        ("logs", logs, "print a job's output"),
+        ("watch", watch, "print state changes until the job ends"),
+        ("events", events, "list the job's domain events"),
+    ):
+        parser = job.add_parser(name, help=text)
+        parser.add_argument("job_id_positional", nargs="?", metavar="ID", help="the job id")
+        parser.add_argument("--id", "-i", dest="job_id_flag", metavar="ID", help="the job id")
+        parser.set_defaults(handler=handler)
+        if name == "cancel":
+            parser.add_argument("--reason", help="recorded with the cancellation")
+        if name == "logs":
+            parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
+
+    list_parser = job.add_parser("list", help="list jobs, newest first")
+    list_parser.add_argument("--limit", type=int, default=20)
+    list_parser.add_argument("--offset", type=int, default=0)
+    list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
+    list_parser.set_defaults(handler=list_jobs)

@@ -1,0 +1,58 @@
+"""Entry point of ``hodei-jobs-cli``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import grpc
+
+from hodei.cli import admin, jobs
+from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client
+from hodei.cli.terminal import Terminal
+from hodei.errors import HodeiError
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="hodei-jobs-cli", description="Submit and inspect Hodei jobs.")
+    root.add_argument(
+        "--server",
+        "-s",
+        default=os.environ.get(SERVER_VARIABLE, DEFAULT_SERVER),
+        help=f"server address host:port (env {SERVER_VARIABLE}; default {DEFAULT_SERVER})",
+    )
+    root.add_argument("--output", "-o", choices=["text", "json"], default="text", help="output format")
+    commands = root.add_subparsers(dest="command", required=True)
+    jobs.add_commands(commands)
+    admin.add_commands(commands)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    term = Terminal(args.output)
+    if hasattr(args, "job_id_flag"):
+        args.job_id = args.job_id_flag or args.job_id_positional
+        if not args.job_id:
+            term.abort("give the job id: --id ID", code=2)
+    if getattr(args, "timeout", 1) is not None and getattr(args, "timeout", 1) <= 0:
+        term.abort(f"--timeout must be a positive number of seconds, got {args.timeout:g}", code=2)
+    client = Client(args.server)
+    try:
+        code = args.handler(client, term, args)
+    except HodeiError as exc:
+        term.abort(exc.message, code=2)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            term.abort(f"cannot reach the server at {client.address}: {exc.details()}")
+        term.abort(f"{exc.details()} ({exc.code().name})")
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        client.close()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Parsing the seed's flag forms: ``--env "K=V,K2=V2"`` and ``--args "-c '…'"``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from hodei.errors import InvalidInput
+
+_ITEM_START = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_env(values: list[str]) -> dict[str, str]:
+    """Each ``--env`` holds one or more ``KEY=VALUE`` separated by commas; a comma
+    not followed by ``KEY=`` belongs to the value (``A=1,2``)."""
+    env: dict[str, str] = {}
+    for value in values:
+        for item in _ITEM_START.split(value):
+            key, sep, val = item.partition("=")
+            if not sep or not _KEY.match(key):
+                raise InvalidInput(
+                    f"malformed --env item `{item}`: expected KEY=VALUE with KEY made of letters, digits and _"
+                )
+            env[key] = val
+    return env
+
+
+def parse_args(value: str | None) -> list[str]:
+    """Splits ``--args`` the way a shell would."""
+    if not value:
+        return []
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise InvalidInput(f"malformed --args `{value}`: {exc}") from None
+
+
+def parse_labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"malformed --label `{item}`: expected KEY=VALUE")
+        labels[key.strip()] = val
+    return labels
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "KI": 1024,
+    "MI": 1024**2,
+    "GI": 1024**3,
+    "TI": 1024**4,
+}
+
+
+def parse_memory(value: str | None) -> int:
+    """``512Mi``, ``1G``, ``1073741824``."""
+    if not value:
+        return 0
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise InvalidInput(f"malformed --memory `{value}`: use bytes or a unit such as 512Mi or 1G")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])

@@ -1,0 +1,55 @@
+"""Output for people and for scripts: values on stdout, messages on stderr.
+
+On a terminal both go through rich; when piped, stdout is plain text so that
+``JOB_ID=$(hodei-jobs-cli job run ...)`` captures exactly the id.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+
+class Terminal:
+    def __init__(self, output: str) -> None:
+        self.json = output == "json"
+        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+    def value(self, text: str) -> None:
+        """A machine-readable value: printed as is, never styled."""
+        print(text, flush=True)
+
+    def line(self, text: str, *, stderr: bool = False) -> None:
+        (self.err if stderr else self.out).print(text, markup=False)
+
+    def info(self, text: str) -> None:
+        self.err.print(text, style="dim", markup=False)
+
+    def success(self, text: str) -> None:
+        self.err.print(text, style="green", markup=False)
+
+    def warning(self, text: str) -> None:
+        self.err.print(text, style="yellow", markup=False)
+
+    def data(self, payload: Any) -> None:
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str), flush=True)
+
+    def table(self, columns: list[str], rows: list[list[str]]) -> None:
+        if not self.out.is_terminal:
+            print("\t".join(columns))
+            for row in rows:
+                print("\t".join(row))
+            return
+        table = Table(*columns, header_style="bold")
+        for row in rows:
+            table.add_row(*row)
+        self.out.print(table)
+
+    def abort(self, message: str, code: int = 1) -> NoReturn:
+        self.err.print(f"hodei-jobs-cli: error: {message}", style="bold red", markup=False)
+        sys.exit(code)

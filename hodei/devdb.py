@@ -1,0 +1,172 @@
+"""PostgreSQL clusters from the installed binaries, for developers and tests.
+
+``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run as the
+``postgres`` OS user. Used by ``just dev-db`` (a cluster under ``.hodei/postgres``) and
+by the test suite (a throwaway cluster per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+_CANDIDATE_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15, 14)]
+FAST_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+
+def bin_dir() -> Path:
+    for directory in _CANDIDATE_BIN_DIRS:
+        if (directory / "pg_ctl").exists():
+            return directory
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) were not found")
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _give_to_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Cluster:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.data = root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres:postgres@127.0.0.1:{self.port}/postgres"
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://postgres:postgres@127.0.0.1:{self.port}/{name}"
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _give_to_postgres(self.root)
+        if (self.data / "PG_VERSION").exists():
+            return
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start(self, extra_options: str = "") -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 {extra_options}"
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(bin_dir() / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "server.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    options,
+                    "start",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(
+            _as_postgres([str(bin_dir() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def running(self) -> bool:
+        result = subprocess.run(
+            _as_postgres([str(bin_dir() / "pg_ctl"), "-D", str(self.data), "status"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return result.returncode == 0
+
+
+def create_database(server_url: str, name: str, template: str | None = None) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(statement)
+
+
+def main() -> None:
+    """``python -m hodei.devdb up|down|status`` for the developer cluster (``just dev-db``)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, default=Path(".hodei/postgres"))
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--database", default="hodei_jobs")
+    args = parser.parse_args()
+    cluster = Cluster(args.dir.resolve(), args.port)
+    if args.action == "down":
+        cluster.stop()
+        print(f"stopped the PostgreSQL cluster in {cluster.root}")
+        return
+    if args.action == "status":
+        print("running" if cluster.running() else "stopped")
+        sys.exit(0 if cluster.running() else 1)
+    if not cluster.running():
+        if port_open(args.port):
+            sys.exit(f"port {args.port} is taken by another server; stop it or pass --port")
+        cluster.init()
+        cluster.start()
+    create_database(cluster.url, args.database)
+    print(f"PostgreSQL is up: {cluster.database_url(args.database)}")
+
+
+if __name__ == "__main__":
+    main()

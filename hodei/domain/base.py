@@ -1,0 +1,44 @@
+"""What every Hodei aggregate shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, CanMutateAggregate
+
+from hodei.errors import InvalidTransition
+
+# Namespace for ids derived from other ids (saga per job, worker per job attempt), so a
+# repeated command produces the same id and the event store rejects the duplicate.
+HODEI_NAMESPACE = UUID("5b1d7a52-8c1e-4c4e-9a55-3f2d0c6f9e10")
+
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def derived_id(*parts: object) -> UUID:
+    return uuid5(HODEI_NAMESPACE, "/".join(str(p) for p in parts))
+
+
+class HodeiAggregate(Aggregate):
+    """An aggregate whose event timestamps strictly increase.
+
+    Two events triggered in the same microsecond would tie in ``occurred_at``, and
+    the seed orders a job's events by ``occurred_at``.
+    """
+
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
+        if kwargs.get("timestamp") is None:
+            kwargs["timestamp"] = max(event_class.create_timestamp(), self.modified_on + _ONE_MICROSECOND)
+        super().trigger_event(event_class, **kwargs)
+
+
+def check_transition(kind: str, current: str, target: str, table: Mapping[Any, frozenset[Any]]) -> None:
+    if target not in table[current]:
+        raise InvalidTransition(f"{kind} cannot go from {current} to {target}")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)

@@ -1,0 +1,218 @@
+"""The Job aggregate: what a user asked to run and where it stands."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from hodei.domain.base import HodeiAggregate, check_transition
+from hodei.domain.spec import JobSpec
+from hodei.errors import InvalidTransition
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    ASSIGNED = "ASSIGNED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+
+    @property
+    def code(self) -> int:
+        """The JobStatus code of the API (``Status: SUCCEEDED (Status Code: 4)``)."""
+        return _STATUS_CODES[self]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+_STATUS_CODES = {state: code for code, state in enumerate(JobState, start=1)}
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+
+# Every allowed move. Going back to PENDING is a requeue after a lost worker.
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.ASSIGNED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.ASSIGNED: frozenset({JobState.RUNNING, JobState.PENDING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.PENDING}
+    ),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.TIMEOUT: frozenset(),
+}
+
+
+class Job(HodeiAggregate):
+    id: UUID  # given by the caller (the library takes an `id` argument when annotated)
+
+    @event("JobCreated")
+    def __init__(
+        self,
+        name: str,
+        command: str,
+        args: list[str],
+        env: dict[str, str],
+        timeout_seconds: float,
+        provider: str,
+        resources: dict[str, Any],
+        labels: dict[str, str],
+        working_dir: str,
+        max_attempts: int,
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.args = args
+        self.env = env
+        self.timeout_seconds = timeout_seconds
+        self.provider = provider
+        self.resources = resources
+        self.labels = labels
+        self.working_dir = working_dir
+        self.max_attempts = max_attempts
+        self.state = JobState.PENDING
+        self.attempt = 1
+        self.provider_id: str | None = None
+        self.provider_type: str | None = None
+        self.worker_id: str | None = None
+        self.exit_code: int | None = None
+        self.error_message: str | None = None
+        self.log_uri: str | None = None
+
+    @classmethod
+    def submit(cls, spec: JobSpec, job_id: UUID) -> Job:
+        spec.validate()
+        # The library accepts `id` because the class annotates it (see `id: UUID` above).
+        return cls(id=job_id, **spec.to_payload())  # type: ignore[call-arg]
+
+    @property
+    def spec(self) -> JobSpec:
+        return JobSpec.from_payload(
+            {
+                "name": self.name,
+                "command": self.command,
+                "args": self.args,
+                "env": self.env,
+                "timeout_seconds": self.timeout_seconds,
+                "provider": self.provider,
+                "resources": self.resources,
+                "labels": self.labels,
+                "working_dir": self.working_dir,
+                "max_attempts": self.max_attempts,
+            }
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+    # Commands ---------------------------------------------------------------
+
+    def select_provider(self, provider_id: str, provider_type: str) -> None:
+        if self.state is not JobState.PENDING:
+            raise InvalidTransition(f"job {self.id} is {self.state}: a provider is chosen only while PENDING")
+        if (self.provider_id, self.provider_type) != (provider_id, provider_type):
+            self._provider_selected(provider_id=provider_id, provider_type=provider_type)
+
+    def assign(self, worker_id: str, provider_id: str, provider_type: str) -> None:
+        if self.state is JobState.ASSIGNED and self.worker_id == worker_id:
+            return
+        check_transition("job", self.state, JobState.ASSIGNED, JOB_TRANSITIONS)
+        self._assigned(worker_id=worker_id, provider_id=provider_id, provider_type=provider_type)
+
+    def accept(self, worker_id: str) -> None:
+        """The worker acknowledged the run-job command: the job is RUNNING."""
+        if self.worker_id != worker_id:
+            raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
+        if self.state is JobState.RUNNING:
+            return
+        check_transition("job", self.state, JobState.RUNNING, JOB_TRANSITIONS)
+        self._accepted(worker_id=worker_id)
+        self._change_state(JobState.RUNNING, reason=f"accepted by worker {worker_id}", exit_code=None)
+
+    def finish(self, worker_id: str, outcome: JobState, exit_code: int | None, reason: str | None) -> None:
+        """Records the worker's result. A result that overtakes its ack implies the ack."""
+        if outcome not in TERMINAL_STATES:
+            raise InvalidTransition(f"{outcome} is not a result")
+        if self.state is JobState.ASSIGNED:
+            self.accept(worker_id)
+        elif self.worker_id != worker_id:
+            raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
+        check_transition("job", self.state, outcome, JOB_TRANSITIONS)
+        self._change_state(outcome, reason=reason, exit_code=exit_code)
+
+    def fail(self, reason: str) -> None:
+        check_transition("job", self.state, JobState.FAILED, JOB_TRANSITIONS)
+        self._change_state(JobState.FAILED, reason=reason, exit_code=None)
+
+    def time_out(self, reason: str) -> None:
+        """The server enforces the timeout when the worker did not."""
+        check_transition("job", self.state, JobState.TIMEOUT, JOB_TRANSITIONS)
+        self._change_state(JobState.TIMEOUT, reason=reason, exit_code=None)
+
+    def cancel(self, reason: str) -> None:
+        if self.is_terminal:
+            raise InvalidTransition(f"job {self.id} already ended {self.state}")
+        check_transition("job", self.state, JobState.CANCELLED, JOB_TRANSITIONS)
+        self._change_state(JobState.CANCELLED, reason=reason, exit_code=None)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.attempt < self.max_attempts
+
+    def requeue(self, reason: str) -> None:
+        """Puts the job back to PENDING for another attempt after its worker was lost."""
+        check_transition("job", self.state, JobState.PENDING, JOB_TRANSITIONS)
+        if not self.can_retry:
+            raise InvalidTransition(f"job {self.id} used all {self.max_attempts} attempts")
+        self._change_state(JobState.PENDING, reason=reason, exit_code=None)
+
+    def record_logs(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
+        if not self.is_terminal:
+            raise InvalidTransition(f"job {self.id} is {self.state}: logs are stored when it ends")
+        if self.log_uri is None:
+            self._logs_persisted(storage_uri=storage_uri, size_bytes=size_bytes, entry_count=entry_count)
+
+    # Events -----------------------------------------------------------------
+
+    @event("JobProviderSelected")
+    def _provider_selected(self, provider_id: str, provider_type: str) -> None:
+        self.provider_id = provider_id
+        self.provider_type = provider_type
+
+    @event("JobAssigned")
+    def _assigned(self, worker_id: str, provider_id: str, provider_type: str) -> None:
+        self.state = JobState.ASSIGNED
+        self.worker_id = worker_id
+        self.provider_id = provider_id
+        self.provider_type = provider_type
+
+    @event("JobAccepted")
+    def _accepted(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+
+    def _change_state(self, new_state: JobState, reason: str | None, exit_code: int | None) -> None:
+        self._status_changed(old_state=self.state.value, new_state=new_state.value, reason=reason, exit_code=exit_code)
+
+    @event("JobStatusChanged")
+    def _status_changed(self, old_state: str, new_state: str, reason: str | None, exit_code: int | None) -> None:
+        self.state = JobState(new_state)
+        if self.state is JobState.PENDING:
+            self.attempt += 1
+            self.worker_id = None
+            return
+        if self.state.is_terminal:
+            self.exit_code = exit_code
+            if self.state is not JobState.SUCCEEDED:
+                self.error_message = reason
+
+    @event("JobLogsPersisted")
+    def _logs_persisted(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
+        self.log_uri = storage_uri

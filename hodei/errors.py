@@ -1,0 +1,83 @@
+"""Every error Hodei raises on purpose.
+
+    HodeiError
+    ├── InvalidInput          bad request from a user or a worker   -> INVALID_ARGUMENT
+    ├── NotFound              no such job, worker, saga or provider -> NOT_FOUND
+    ├── InvalidTransition     a state machine refused a command     -> FAILED_PRECONDITION
+    ├── Unauthenticated       a worker token or session is wrong    -> UNAUTHENTICATED
+    ├── ConcurrencyConflict   another writer saved the aggregate first (retry by reloading)
+    ├── LeaseLost             an outbox row was re-claimed by another relay meanwhile
+    ├── StoreUnavailable      PostgreSQL cannot be reached
+    ├── ProviderError         a provider call failed (``retryable`` says whether to try again)
+    │   └── ProviderUnavailable   the provider is disabled, unhealthy or not initialised
+    └── StepTimeout           a saga step ran past its timeout
+
+The module is pure so that ``hodei.domain`` can raise these. Each docstring is the
+default message; the relay and the saga engine read ``retryable`` to choose between
+retrying and giving up.
+"""
+
+from __future__ import annotations
+
+
+class HodeiError(Exception):
+    """Hodei failed."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (type(self).__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidInput(HodeiError):
+    """The request is invalid."""
+
+
+class NotFound(HodeiError):
+    """Not found."""
+
+
+class InvalidTransition(HodeiError):
+    """The command is not allowed in the current state."""
+
+
+class Unauthenticated(HodeiError):
+    """The worker's credentials were refused."""
+
+
+class ConcurrencyConflict(HodeiError):
+    """Another writer changed the aggregate first."""
+
+    retryable = True
+
+
+class LeaseLost(HodeiError):
+    """The outbox row's lease expired and another relay claimed it."""
+
+
+class StoreUnavailable(HodeiError):
+    """PostgreSQL is unavailable."""
+
+    retryable = True
+
+
+class ProviderError(HodeiError):
+    """The provider failed."""
+
+    def __init__(self, message: str | None = None, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider is not available."""
+
+
+class StepTimeout(HodeiError):
+    """The saga step ran past its timeout."""
+
+    retryable = True

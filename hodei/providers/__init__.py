@@ -1,0 +1,1 @@
+"""Where workers run: Docker containers, Kubernetes pods, local processes."""

@@ -1,0 +1,77 @@
+"""The provider interface the sagas are written against."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hodei.domain.provider import ProviderType
+
+# Every resource a provider creates carries these labels, so strays can be found.
+LABEL_MANAGED = "hodei.managed"
+LABEL_WORKER = "hodei.worker-id"
+LABEL_JOB = "hodei.job-id"
+MANAGER = "hodei-jobs"
+
+
+def resource_name(worker_id: str) -> str:
+    """Containers and pods are named after their worker: a repeated create finds the first."""
+    return f"hodei-worker-{worker_id}"
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """Everything a provider needs to start one worker."""
+
+    worker_id: str
+    job_id: str
+    # The agent's environment: server address, worker and job ids, single-use token.
+    env: Mapping[str, str]
+    cpu_cores: float = 0.0
+    memory_bytes: int = 0
+    timeout_seconds: float = 3600.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the provider sees of one worker resource it manages."""
+
+    worker_id: str
+    job_id: str | None
+    resource_id: str
+    running: bool
+    # Set when the resource ended or cannot run (exit code, image pull error, ...).
+    failure: str | None = None
+
+
+class WorkerProvider(ABC):
+    provider_type: ProviderType
+
+    @abstractmethod
+    def create_worker(self, launch: WorkerLaunch) -> str:
+        """Starts the worker and returns its resource id. Idempotent: a second call for
+        the same worker returns the existing resource."""
+
+    @abstractmethod
+    def destroy_worker(self, worker_id: str) -> None:
+        """Removes the worker's resource. Idempotent: a resource already gone is fine."""
+
+    @abstractmethod
+    def observe(self) -> list[Observation]:
+        """Every resource this provider created (found by label), for failure detection
+        and for the reconciler."""
+
+    @abstractmethod
+    def health(self) -> Health:
+        """Whether workers can be created now, and why not."""
+
+    def close(self) -> None:  # noqa: B027 (an optional hook: most providers hold nothing)
+        """Releases clients and background threads."""

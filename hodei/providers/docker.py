@@ -1,0 +1,161 @@
+"""The Docker provider: each worker is a container ``hodei-worker-<worker id>`` of
+the worker image, labelled so that strays can be found and removed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from hodei.config import DockerConfig
+from hodei.domain.provider import ProviderType
+from hodei.errors import ProviderError, ProviderUnavailable
+from hodei.providers.base import (
+    LABEL_JOB,
+    LABEL_MANAGED,
+    LABEL_WORKER,
+    MANAGER,
+    Health,
+    Observation,
+    WorkerLaunch,
+    WorkerProvider,
+    resource_name,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL_INSTALLATION = "hodei.installation"
+# The oldest API our engines speak (Debian's 20.10); fixing it avoids a version
+# round trip when the client is built, so the provider exists while the engine is down.
+API_VERSION = "1.41"
+
+
+class DockerProvider(WorkerProvider):
+    provider_type = ProviderType.DOCKER
+
+    def __init__(self, config: DockerConfig, installation: str, kill_grace: float = 5.0) -> None:
+        self.config = config
+        self.installation = installation
+        self.kill_grace = kill_grace
+        self.url = config.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.client = docker.DockerClient(base_url=self.url, version=API_VERSION, timeout=30)
+
+    def _unreachable(self, exc: Exception) -> ProviderUnavailable:
+        return ProviderUnavailable(f"the Docker engine at {self.url} is unreachable: {exc}")
+
+    def create_worker(self, launch: WorkerLaunch) -> str:
+        name = resource_name(launch.worker_id)
+        try:
+            existing = self._find(launch.worker_id)
+            if existing is not None:
+                return str(existing.id)
+            options: dict[str, Any] = {
+                "name": name,
+                "detach": True,
+                "environment": dict(launch.env),
+                "labels": {
+                    LABEL_MANAGED: MANAGER,
+                    LABEL_INSTALLATION: self.installation,
+                    LABEL_WORKER: launch.worker_id,
+                    LABEL_JOB: launch.job_id,
+                },
+                "network_mode": self.config.network,
+                # docker-init as PID 1 reaps the job's orphans and forwards signals.
+                "init": True,
+                "stop_signal": "SIGTERM",
+            }
+            if self.config.network != "host":
+                options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
+            if launch.cpu_cores > 0:
+                options["nano_cpus"] = int(launch.cpu_cores * 1e9)
+            if launch.memory_bytes > 0:
+                options["mem_limit"] = launch.memory_bytes
+            container = self.client.containers.run(self.config.image, **options)
+            return str(container.id)
+        except ImageNotFound as exc:
+            raise ProviderError(
+                f"the worker image {self.config.image} is not in the Docker engine: build it with `just build-worker`"
+            ) from exc
+        except APIError as exc:
+            if exc.status_code == 409:  # a concurrent create won: the container exists
+                found = self._find(launch.worker_id)
+                if found is not None:
+                    return str(found.id)
+            raise ProviderError(f"Docker refused to create {name}: {exc.explanation or exc}") from exc
+        except DockerException as exc:
+            raise self._unreachable(exc) from exc
+
+    def _find(self, worker_id: str) -> Any:
+        try:
+            container = self.client.containers.get(resource_name(worker_id))
+        except NotFound:
+            return None
+        if container.labels.get(LABEL_INSTALLATION) != self.installation:
+            raise ProviderError(f"a container named {container.name} exists but was not created by this installation")
+        return container
+
+    def destroy_worker(self, worker_id: str) -> None:
+        try:
+            container = self._find(worker_id)
+            if container is None:
+                return
+            if container.status == "running":
+                container.stop(timeout=int(self.kill_grace))
+            container.remove(force=True)
+        except NotFound:
+            return
+        except APIError as exc:
+            if exc.status_code in (404, 409):  # gone, or already being removed
+                return
+            raise ProviderError(f"Docker could not remove the worker {worker_id}: {exc.explanation or exc}") from exc
+        except DockerException as exc:
+            raise self._unreachable(exc) from exc
+
+    def observe(self) -> list[Observation]:
+        try:
+            containers = self.client.containers.list(
+                all=True, filters={"label": [f"{LABEL_INSTALLATION}={self.installation}"]}
+            )
+        except DockerException as exc:
+            raise self._unreachable(exc) from exc
+        seen = []
+        for container in containers:
+            labels = container.labels
+            if labels.get(LABEL_INSTALLATION) != self.installation or LABEL_WORKER not in labels:
+                continue
+            state = container.attrs.get("State", {})
+            failure = None
+            if container.status in ("exited", "dead"):
+                failure = f"container {container.name} exited with code {state.get('ExitCode')}"
+                if state.get("OOMKilled"):
+                    failure += " (killed: out of memory)"
+            seen.append(
+                Observation(
+                    worker_id=labels[LABEL_WORKER],
+                    job_id=labels.get(LABEL_JOB),
+                    resource_id=str(container.id),
+                    running=container.status == "running",
+                    failure=failure,
+                )
+            )
+        return seen
+
+    def health(self) -> Health:
+        try:
+            self.client.ping()
+            version = self.client.version().get("Version", "?")
+        except DockerException as exc:
+            return Health(False, f"the Docker engine at {self.url} is unreachable: {exc}")
+        try:
+            self.client.images.get(self.config.image)
+        except ImageNotFound:
+            return Health(False, f"the worker image {self.config.image} is missing: build it with `just build-worker`")
+        except DockerException as exc:
+            return Health(False, f"the Docker engine at {self.url} failed: {exc}")
+        return Health(True, f"Docker engine {version} at {self.url}, image {self.config.image}")
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,347 @@
+"""The Kubernetes provider: each worker is a pod ``hodei-worker-<worker id>`` in
+``HODEI_K8S_NAMESPACE``, labelled ``hodei-worker=<worker id>``.
+
+A background watch (re-listed on every reconnect and at least every minute) keeps a
+cache of this installation's pods; ``observe`` turns what it sees into failures the
+sagas act on: a Failed pod, an image that cannot be pulled, a pod unschedulable past
+its deadline, a pod deleted by someone else. The provider only ever reads, lists or
+deletes pods that carry its installation label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError
+
+from hodei.config import KubernetesConfig
+from hodei.domain.provider import ProviderType
+from hodei.errors import ProviderError, ProviderUnavailable
+from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider, resource_name
+
+log = logging.getLogger(__name__)
+
+# The seed lists worker pods with `-l hodei-worker`: this key is the worker's label.
+LABEL_WORKER = "hodei-worker"
+LABEL_JOB = "hodei-job"
+LABEL_INSTALLATION = "hodei.io/installation"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "hodei-jobs"
+REQUEST_TIMEOUT = 10
+WATCH_SECONDS = 60
+# Pod failures that will not fix themselves.
+STUCK_REASONS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+}
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
+DEFAULT_LIMITS = {"cpu": "1", "memory": "512Mi"}
+# A pod's activeDeadlineSeconds is the job's timeout plus this, so Kubernetes kills it
+# even when the server is gone.
+DEADLINE_MARGIN = 60
+
+
+def load_api_client(config: KubernetesConfig) -> k8s.ApiClient:
+    """HODEI_K8S_KUBECONFIG, else in-cluster, else the default kubeconfig."""
+    context = config.context or None
+    if config.kubeconfig:
+        return k8s_config.new_client_from_config(config_file=config.kubeconfig, context=context)
+    try:
+        configuration = k8s.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return k8s.ApiClient(configuration)
+    except ConfigException:
+        return k8s_config.new_client_from_config(context=context)
+
+
+def _quantity_cpu(cores: float) -> str:
+    return f"{max(1, round(cores * 1000))}m"
+
+
+def _quantity_memory(size: int) -> str:
+    return f"{max(1, math.ceil(size / 1024**2))}Mi"
+
+
+class KubernetesProvider(WorkerProvider):
+    provider_type = ProviderType.KUBERNETES
+
+    def __init__(
+        self,
+        config: KubernetesConfig,
+        installation: str,
+        api_client: k8s.ApiClient | None = None,
+        kill_grace: float = 5.0,
+        watch: bool = True,
+    ) -> None:
+        self.config = config
+        self.installation = installation
+        self.kill_grace = kill_grace
+        self.api_client = api_client or load_api_client(config)
+        self.core = k8s.CoreV1Api(self.api_client)
+        self.namespace = config.namespace
+        self.host = self.api_client.configuration.host
+        self.selector = f"{LABEL_INSTALLATION}={installation},{LABEL_WORKER}"
+        self._pods: dict[str, Any] = {}
+        self._unschedulable_since: dict[str, float] = {}
+        self._gone: dict[str, tuple[float, Observation]] = {}
+        self._deleting: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._thread: threading.Thread | None = None
+        if watch:
+            self._thread = threading.Thread(target=self._watch_forever, name="hodei-k8s-watch", daemon=True)
+            self._thread.start()
+
+    # Pod spec ---------------------------------------------------------------------
+
+    def pod_manifest(self, launch: WorkerLaunch) -> dict[str, Any]:
+        requests = dict(DEFAULT_REQUESTS)
+        limits = dict(DEFAULT_LIMITS)
+        if launch.cpu_cores > 0:
+            requests["cpu"] = limits["cpu"] = _quantity_cpu(launch.cpu_cores)
+        if launch.memory_bytes > 0:
+            requests["memory"] = limits["memory"] = _quantity_memory(launch.memory_bytes)
+        spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": math.ceil(launch.timeout_seconds + self.kill_grace + DEADLINE_MARGIN),
+            "terminationGracePeriodSeconds": math.ceil(self.kill_grace) + 5,
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": self.config.image,
+                    "imagePullPolicy": self.config.image_pull_policy,
+                    "env": [{"name": key, "value": value} for key, value in sorted(launch.env.items())],
+                    "resources": {"requests": requests, "limits": limits},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "runAsNonRoot": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        }
+        if self.config.service_account:
+            spec["serviceAccountName"] = self.config.service_account
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": resource_name(launch.worker_id),
+                "namespace": self.namespace,
+                "labels": {
+                    LABEL_WORKER: launch.worker_id,
+                    LABEL_JOB: launch.job_id,
+                    LABEL_INSTALLATION: self.installation,
+                    LABEL_MANAGED_BY: MANAGER,
+                },
+            },
+            "spec": spec,
+        }
+
+    # Operations -------------------------------------------------------------------
+
+    def _failure(self, exc: Exception, doing: str) -> ProviderError:
+        if isinstance(exc, ApiException):
+            if exc.status == 403:
+                return ProviderError(f"Kubernetes refused to {doing} in namespace {self.namespace}: forbidden")
+            if exc.status == 404:
+                return ProviderError(f"cannot {doing}: namespace {self.namespace} does not exist")
+            return ProviderError(
+                f"Kubernetes failed to {doing}: {exc.status} {exc.reason}", retryable=exc.status >= 500
+            )
+        return ProviderUnavailable(f"the Kubernetes API at {self.host} is unreachable: {exc}")
+
+    def _ours(self, pod: Any) -> bool:
+        labels = (pod.metadata.labels or {}) if pod.metadata else {}
+        return labels.get(LABEL_INSTALLATION) == self.installation and LABEL_WORKER in labels
+
+    def create_worker(self, launch: WorkerLaunch) -> str:
+        name = resource_name(launch.worker_id)
+        try:
+            self.core.create_namespaced_pod(self.namespace, self.pod_manifest(launch), _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise self._failure(exc, f"create pod {name}") from exc
+            existing = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+            if not self._ours(existing):
+                raise ProviderError(f"a pod named {name} exists but was not created by this installation") from exc
+        except (HTTPError, OSError) as exc:
+            raise self._failure(exc, f"create pod {name}") from exc
+        return name
+
+    def destroy_worker(self, worker_id: str) -> None:
+        name = resource_name(worker_id)
+        try:
+            pod = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+            if not self._ours(pod):
+                log.warning("not deleting pod %s: it does not carry this installation's labels", name)
+                return
+            with self._lock:
+                self._deleting.add(name)
+            self.core.delete_namespaced_pod(
+                name,
+                self.namespace,
+                grace_period_seconds=math.ceil(self.kill_grace),
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise self._failure(exc, f"delete pod {name}") from exc
+        except (HTTPError, OSError) as exc:
+            raise self._failure(exc, f"delete pod {name}") from exc
+
+    def health(self) -> Health:
+        try:
+            self.core.read_namespace(self.namespace, _request_timeout=5)
+            self.core.list_namespaced_pod(self.namespace, label_selector=self.selector, limit=1, _request_timeout=5)
+        except Exception as exc:
+            return Health(False, str(self._failure(exc, "list pods")))
+        return Health(True, f"Kubernetes API at {self.host}, namespace {self.namespace}")
+
+    # Watching ---------------------------------------------------------------------
+
+    def observe(self) -> list[Observation]:
+        if self._thread is None:
+            self.resync()
+        elif not self._synced.wait(timeout=REQUEST_TIMEOUT):
+            raise ProviderUnavailable(f"the Kubernetes API at {self.host} has not answered the pod watch yet")
+        now = time.monotonic()
+        with self._lock:
+            pods = list(self._pods.values())
+            for name, (since, _) in list(self._gone.items()):
+                if now - since > 120:
+                    del self._gone[name]
+            gone = [observation for _, observation in self._gone.values()]
+        return [self._observation(pod, now) for pod in pods] + gone
+
+    def _observation(self, pod: Any, now: float) -> Observation:
+        labels = pod.metadata.labels or {}
+        name = pod.metadata.name
+        status = pod.status
+        phase = status.phase if status else None
+        failure = None
+        if phase in ("Failed", "Succeeded"):
+            detail = f": {status.reason} {status.message or ''}".rstrip() if status.reason else ""
+            failure = f"pod {name} ended {phase}{detail}"
+        for container in (status.container_statuses or []) if status else []:
+            waiting = container.state.waiting if container.state else None
+            if waiting is not None and waiting.reason in STUCK_REASONS:
+                failure = f"pod {name} cannot start: {waiting.reason}: {waiting.message or container.image}"
+        unschedulable = next(
+            (
+                c
+                for c in ((status.conditions or []) if status else [])
+                if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+            ),
+            None,
+        )
+        with self._lock:
+            if unschedulable is None:
+                self._unschedulable_since.pop(name, None)
+            else:
+                since = self._unschedulable_since.setdefault(name, now)
+                if now - since >= self.config.unschedulable_timeout:
+                    failure = f"pod {name} unschedulable for {now - since:.0f}s: {unschedulable.message}"
+        return Observation(
+            worker_id=labels[LABEL_WORKER],
+            job_id=labels.get(LABEL_JOB),
+            resource_id=name,
+            running=phase == "Running",
+            failure=failure,
+        )
+
+    def resync(self) -> None:
+        """Replaces the cache with a fresh list (what a watch reconnect does)."""
+        try:
+            listed = self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.selector, _request_timeout=REQUEST_TIMEOUT
+            )
+        except Exception as exc:
+            raise self._failure(exc, "list pods") from exc
+        pods = {pod.metadata.name: pod for pod in listed.items if self._ours(pod)}
+        with self._lock:
+            for name in set(self._pods) - set(pods):
+                self._vanished(self._pods[name])
+            self._pods = pods
+        self._synced.set()
+
+    def _vanished(self, pod: Any) -> None:
+        """A pod left the API. Ours: fine. Someone else's doing: the worker is lost."""
+        name = pod.metadata.name
+        if name in self._deleting:
+            self._deleting.discard(name)
+            return
+        labels = pod.metadata.labels or {}
+        observation = Observation(
+            worker_id=labels[LABEL_WORKER],
+            job_id=labels.get(LABEL_JOB),
+            resource_id=name,
+            running=False,
+            failure=f"pod {name} was deleted by someone else",
+        )
+        self._gone[name] = (time.monotonic(), observation)
+
+    def apply_event(self, kind: str, pod: Any) -> None:
+        if not self._ours(pod):
+            return
+        name = pod.metadata.name
+        with self._lock:
+            if kind == "DELETED":
+                self._pods.pop(name, None)
+                self._vanished(pod)
+            else:
+                self._pods[name] = pod
+
+    def _watch_forever(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.resync()
+                stream = k8s_watch.Watch()
+                for event in stream.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    timeout_seconds=WATCH_SECONDS,
+                    _request_timeout=WATCH_SECONDS + 5,
+                ):
+                    self.apply_event(event["type"], event["object"])
+                    if self._stop.is_set():
+                        stream.stop()
+                delay = 0.5
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.debug("pod watch ended (%s); resyncing", exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.api_client.close()

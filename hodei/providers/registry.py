@@ -1,0 +1,133 @@
+"""The providers this server initialised, and how a job's provider is chosen."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from uuid import UUID
+
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderStatus, ProviderType
+from hodei.domain.spec import normalise_provider
+from hodei.errors import ConcurrencyConflict, InvalidInput, ProviderUnavailable
+from hodei.providers.base import Health, WorkerProvider
+from hodei.store.app import HodeiStore, Meta
+
+log = logging.getLogger(__name__)
+
+# The order in which a job that names no provider gets one.
+DEFAULT_ORDER = (ProviderType.DOCKER, ProviderType.KUBERNETES, ProviderType.LOCAL)
+PROBE_TIMEOUT = 5.0
+
+
+def provider_type_of(preference: str) -> ProviderType | None:
+    """``docker``, ``k8s``, a provider id...; None for empty; InvalidInput for unknown."""
+    value = normalise_provider(preference)
+    if not value:
+        return None
+    try:
+        return ProviderType(value)
+    except ValueError:
+        pass
+    try:
+        wanted = UUID(value)
+    except ValueError:
+        wanted = None
+    for provider_type, provider_id in PROVIDER_IDS.items():
+        if provider_id == wanted:
+            return provider_type
+    known = ", ".join(t.value for t in ProviderType)
+    raise InvalidInput(f"unknown provider `{preference}`; known providers: {known} (or their ids)")
+
+
+def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]) -> list[ProviderType]:
+    """Creates the Provider aggregates that do not exist yet; returns those created."""
+    created = []
+    for provider_type in provider_types:
+        if store.find(Provider, PROVIDER_IDS[provider_type]) is not None:
+            continue
+        try:
+            store.write([Provider.register(provider_type)], Meta(actor="migrate"))
+            created.append(provider_type)
+        except ConcurrencyConflict:
+            pass  # another process registered it first
+    return created
+
+
+class ProviderRegistry:
+    def __init__(
+        self,
+        store: HodeiStore,
+        providers: Mapping[ProviderType, WorkerProvider],
+        not_initialised: Mapping[ProviderType, str],
+        default: str = "",
+    ) -> None:
+        self.store = store
+        self.providers = dict(providers)
+        self.not_initialised = dict(not_initialised)
+        self.default = provider_type_of(default) if default else None
+        self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hodei-probe")
+
+    def get(self, provider_type: ProviderType) -> WorkerProvider:
+        try:
+            return self.providers[provider_type]
+        except KeyError:
+            reason = self.not_initialised.get(provider_type, "not configured")
+            raise ProviderUnavailable(f"provider {provider_type} is not available on this server: {reason}") from None
+
+    def probe(self, provider_type: ProviderType) -> Health:
+        """Asks the provider now, bounded by a timeout (a hanging API must not block us)."""
+        future = self._probes.submit(self.get(provider_type).health)
+        try:
+            return future.result(timeout=PROBE_TIMEOUT)
+        except FutureTimeout:
+            return Health(False, f"health check did not answer within {PROBE_TIMEOUT:g}s")
+        except Exception as exc:
+            return Health(False, f"health check failed: {exc}")
+
+    def record_health(self, provider_type: ProviderType, health: Health) -> None:
+        def run() -> tuple[None, list[Provider]]:
+            provider = self.store.load(Provider, PROVIDER_IDS[provider_type])
+            provider.record_health(
+                ProviderHealth.HEALTHY if health.healthy else ProviderHealth.UNHEALTHY, health.message
+            )
+            return None, [provider]
+
+        self.store.command(Meta(actor="health-check"), run)
+
+    def check(self, provider_type: ProviderType) -> Health:
+        health = self.probe(provider_type)
+        self.record_health(provider_type, health)
+        return health
+
+    def select(self, preference: str) -> ProviderType:
+        """The provider a job will use; raises ProviderUnavailable with the reason."""
+        wanted = provider_type_of(preference) or self.default
+        if wanted is not None:
+            self._require_usable(wanted)
+            return wanted
+        reasons = []
+        for candidate in DEFAULT_ORDER:
+            try:
+                self._require_usable(candidate)
+                return candidate
+            except ProviderUnavailable as exc:
+                reasons.append(exc.message)
+        raise ProviderUnavailable("no provider can take the job: " + "; ".join(reasons))
+
+    def _require_usable(self, provider_type: ProviderType) -> None:
+        self.get(provider_type)
+        provider = self.store.find(Provider, PROVIDER_IDS[provider_type])
+        if provider is None:
+            raise ProviderUnavailable(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
+        if provider.status is ProviderStatus.DISABLED:
+            raise ProviderUnavailable(f"provider {provider_type} is disabled")
+        health = self.check(provider_type)
+        if not health.healthy:
+            raise ProviderUnavailable(f"provider {provider_type} is unhealthy: {health.message}")
+
+    def close(self) -> None:
+        self._probes.shutdown(wait=False, cancel_futures=True)
+        for provider in self.providers.values():
+            provider.close()

@@ -1,0 +1,267 @@
+"""The outbox relay: delivers every committed event to its handler, at least once.
+
+Rows are claimed in batches with ``FOR UPDATE SKIP LOCKED`` and a lease, so several
+relays (several servers, or ``hodei-server relay``) share the work. A relay wakes on
+NOTIFY and also polls, so a lost notification or a dead listener only delays it.
+A handler that writes events acknowledges its row in the same transaction
+(``Delivery.ack``); otherwise the relay acknowledges after the handler returns. A
+failing row is retried with exponential backoff and jitter, then dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import ConnectionPool
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from hodei.config import RelayConfig
+from hodei.errors import LeaseLost
+from hodei.signals import Signals
+from hodei.store.db import translate_errors
+from hodei.store.events import EventRecord
+from hodei.store.recorder import Ack
+from hodei.store.sql import query
+
+log = logging.getLogger(__name__)
+
+_BACKOFF = wait_exponential_jitter(initial=0.2, max=30.0, exp_base=2, jitter=0.5)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Delay before delivery ``attempt + 1``, from tenacity's exponential-with-jitter wait."""
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    return float(_BACKOFF(state))
+
+
+@dataclass
+class Delivery:
+    """One claimed outbox row and the event it carries."""
+
+    outbox_id: UUID
+    attempts: int
+    event: EventRecord
+    ack: Ack
+
+
+@dataclass(frozen=True)
+class Route:
+    """What happens to one event type: ``handle`` on delivery; ``dead_letter`` when
+    the row is given up, so the flow it belongs to can still end (every job ends)."""
+
+    handle: Callable[[Delivery], None]
+    dead_letter: Callable[[Delivery, str], None] | None = None
+
+
+@dataclass
+class RelayCounters:
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    lag_ms: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, lag_ms: float) -> None:
+        with self.lock:
+            self.handled += 1
+            self.lag_ms.append(lag_ms)
+            del self.lag_ms[:-1000]
+
+
+class Relay:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        routes: Mapping[str, Route],
+        config: RelayConfig,
+        claimer: str,
+        signals: Signals,
+    ) -> None:
+        self.pool = pool
+        self.routes = routes
+        self.config = config
+        self.claimer = claimer
+        self.signals = signals
+        self.counters = RelayCounters()
+        self._executor = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="hodei-relay")
+        self._in_flight = threading.Semaphore(config.threads)
+        self._inflight_count = 0
+        self._count_lock = threading.Lock()
+        self._done = threading.Condition(self._count_lock)
+        # Woken by every NOTIFY, and when a handler finishes (the next row of its
+        # aggregate may have become claimable).
+        self._waiter = signals.waiter()
+
+    # Claiming ---------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Delivery]:
+        with translate_errors(), self.pool.connection() as conn:
+            rows = conn.execute(
+                query("claim_outbox_rows"),
+                {"limit": limit, "claimer": self.claimer, "lease": self.config.lease_seconds},
+            ).fetchall()
+        deliveries = []
+        for row in sorted(rows, key=lambda r: r[11]):
+            outbox_id, attempts, occurred_at, event_type, aggregate_id, aggregate_type, version = row[:7]
+            correlation_id, actor, payload, topic, position = row[7:]
+            event = EventRecord(
+                id=outbox_id,
+                occurred_at=occurred_at,
+                event_type=event_type,
+                aggregate_id=aggregate_id,
+                aggregate_type=aggregate_type,
+                aggregate_version=version,
+                correlation_id=correlation_id,
+                actor=actor,
+                payload=payload,
+                topic=topic,
+                position=position,
+            )
+            deliveries.append(Delivery(outbox_id, attempts, event, Ack(outbox_id, self.claimer)))
+        return deliveries
+
+    # Handling ---------------------------------------------------------------
+
+    def handle(self, delivery: Delivery) -> None:
+        route = self.routes.get(delivery.event.event_type)
+        lag_ms = (time.time() - delivery.event.occurred_at.timestamp()) * 1000
+        try:
+            if route is not None:
+                route.handle(delivery)
+            if not delivery.ack.done:
+                self._acknowledge(delivery)
+            self.counters.record(lag_ms)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+        except Exception as exc:
+            self._give_back(delivery, route, exc)
+
+    def _acknowledge(self, delivery: Delivery) -> None:
+        with translate_errors(), self.pool.connection() as conn:
+            updated = conn.execute(query("ack_outbox_row"), (delivery.outbox_id, self.claimer)).rowcount
+        if updated != 1:
+            raise LeaseLost(f"outbox row {delivery.outbox_id} is no longer claimed by {self.claimer}")
+        delivery.ack.done = True
+
+    def _give_back(self, delivery: Delivery, route: Route | None, exc: Exception) -> None:
+        event = delivery.event
+        error = f"{type(exc).__name__}: {exc}"
+        dead = delivery.attempts >= self.config.max_attempts
+        with self.counters.lock:
+            self.counters.failed += 1
+            self.counters.dead_lettered += int(dead)
+        if dead:
+            log.error(
+                "dead-lettering %s of %s after %d attempts: %s",
+                event.event_type,
+                event.aggregate_id,
+                delivery.attempts,
+                error,
+            )
+        else:
+            log.warning(
+                "%s of %s failed (attempt %d): %s",
+                event.event_type,
+                event.aggregate_id,
+                delivery.attempts,
+                error,
+            )
+        params: dict[str, Any] = {
+            "id": delivery.outbox_id,
+            "claimer": self.claimer,
+            "status": "DEAD_LETTER" if dead else "PENDING",
+            "delay": 0.0 if dead else backoff_seconds(delivery.attempts),
+            "error": error,
+        }
+        try:
+            with translate_errors(), self.pool.connection() as conn:
+                conn.execute(query("release_outbox_row"), params)
+            if dead and route is not None and route.dead_letter is not None:
+                route.dead_letter(delivery, error)
+        except Exception:
+            # The lease will expire and the row will be claimed again.
+            log.exception("could not release outbox row %s", delivery.outbox_id)
+
+    # Loops ------------------------------------------------------------------
+
+    def _submit(self, delivery: Delivery) -> None:
+        with self._count_lock:
+            self._inflight_count += 1
+
+        def run() -> None:
+            try:
+                self.handle(delivery)
+            finally:
+                self._in_flight.release()
+                with self._done:
+                    self._inflight_count -= 1
+                    self._done.notify_all()
+                self._waiter.wake()
+
+        self._executor.submit(run)
+
+    def _free_slots(self) -> int:
+        free = 0
+        while free < self.config.batch_size and self._in_flight.acquire(blocking=False):
+            free += 1
+        return free
+
+    def pump(self) -> int:
+        """Claims as many rows as there are free handler threads and starts them."""
+        free = self._free_slots()
+        if free == 0:
+            return 0
+        try:
+            deliveries = self.claim(free)
+        except Exception:
+            for _ in range(free):
+                self._in_flight.release()
+            raise
+        for _ in range(free - len(deliveries)):
+            self._in_flight.release()
+        for delivery in deliveries:
+            self._submit(delivery)
+        return len(deliveries)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                claimed = self.pump()
+            except Exception as exc:
+                log.warning("outbox claim failed: %s", exc)
+                claimed = 0
+                stop.wait(1.0)
+            if claimed == 0:
+                self._waiter.wait(self.config.poll_interval)
+        self.close()
+
+    def drain(self, timeout: float = 30.0) -> int:
+        """Handles rows until none is due and none is in flight (tests and tools)."""
+        deadline = time.monotonic() + timeout
+        handled = 0
+        while time.monotonic() < deadline:
+            handled += self.pump()
+            with self._done:
+                if self._inflight_count:
+                    self._done.wait(0.05)
+                    continue
+            if not self._has_due_rows():
+                return handled
+        raise TimeoutError(f"outbox not drained within {timeout}s")
+
+    def _has_due_rows(self) -> bool:
+        with translate_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("has_open_outbox_rows")).fetchone()
+        return bool(row and row[0])
+
+    def close(self) -> None:
+        self._waiter.close()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,458 @@
+"""The saga engine: runs a saga one step at a time, durably.
+
+Everything the engine decides is an event on the Saga aggregate, saved together with
+the events of the aggregates a step changed (one transaction). The outbox drives it:
+each saga event is delivered to ``advance``, which moves the saga as far as it can
+without the outside world and stops at the next step that needs it.
+
+Step kinds:
+- LOCAL: changes aggregates only; runs inline and is saved with its StepCompleted.
+- ACTION: calls the outside world (a provider). Its StepStarted is committed first;
+  the delivery of that StepStarted runs the action, under the step's timeout. After
+  a crash the row is delivered again, so actions must be idempotent ("already
+  exists" is success); a completed step is never run again.
+- WAIT: waits for other aggregates to reach a state, until a deadline. It is
+  re-checked whenever an event about the saga's job arrives (``poke``), and failed
+  by the sweeper (``expire``) when its deadline passes.
+
+A step that fails is retried per its policy (the retry's StepFailed row is delivered
+at ``retry_at``); when it fails for good, completed steps are compensated in reverse
+order, each recorded, and the saga ends FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from hodei.domain.base import HodeiAggregate
+from hodei.domain.saga import Saga, SagaState, SagaType, StepRecord, StepState
+from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout
+from hodei.relay import backoff_seconds
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import translate_errors
+from hodei.store.recorder import Ack
+from hodei.store.sql import query
+
+log = logging.getLogger(__name__)
+
+ORCHESTRATOR = "orchestrator"
+
+
+class StepKind(Enum):
+    LOCAL = "local"
+    ACTION = "action"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """What a step (or compensation) gets: one dataclass, so fields can be added."""
+
+    saga_id: UUID
+    saga_type: SagaType
+    job_id: str
+    attempt: int
+    context: Mapping[str, Any]
+    retry_count: int
+    failure: str | None = None
+    failed_step: str | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Output merged into the saga context, and aggregates saved with the step."""
+
+    output: dict[str, Any] = field(default_factory=dict)
+    changed: tuple[HodeiAggregate, ...] = ()
+
+
+StepFunction = Callable[[StepInput], StepResult]
+# A wait's check: a result when done, None while waiting; raising fails the step.
+WaitCheck = Callable[[StepInput], StepResult | None]
+
+
+def _records_nothing(_input: StepInput, _output: dict[str, Any]) -> Sequence[HodeiAggregate]:
+    return ()
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Something done to the outside world, then recorded on aggregates.
+
+    ``perform`` must be idempotent (it runs again after a crash); its output is kept
+    while the save is retried. ``record`` loads and changes aggregates and runs again
+    on every retry of the save, so it always sees the latest state.
+    """
+
+    perform: Callable[[StepInput], dict[str, Any]]
+    record: Callable[[StepInput, dict[str, Any]], Sequence[HodeiAggregate]] = _records_nothing
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 0
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    """A LOCAL or WAIT step has ``run``; an ACTION step has ``effect``."""
+
+    name: str
+    kind: StepKind
+    run: StepFunction | WaitCheck | None = None
+    effect: Effect | None = None
+    # Seconds, or a function of the saga context (a wait for a job's result depends on
+    # the job's own timeout).
+    timeout: float | Callable[[Mapping[str, Any]], float] = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    compensation: Effect | None = None
+    # Also undo this step when it is the one that failed (it may have half-happened).
+    compensate_when_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.kind is StepKind.ACTION) != (self.effect is not None) or (self.run is None) == (self.effect is None):
+            raise ValueError(f"step {self.name}: ACTION steps need an effect, other steps a run function")
+
+    def timeout_for(self, context: Mapping[str, Any]) -> float:
+        return self.timeout(context) if callable(self.timeout) else self.timeout
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    saga_type: SagaType
+    steps: tuple[StepDefinition, ...]
+
+    @property
+    def step_names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# Extra time a sweeper gives an ACTION past its own timeout before declaring it lost
+# (a crashed process); the in-process timeout normally fires first.
+ACTION_DEADLINE_MARGIN = 15.0
+
+
+@dataclass
+class _Work:
+    """Changes collected during one ``advance``, saved in one transaction."""
+
+    saga: Saga
+    changed: dict[UUID, HodeiAggregate] = field(default_factory=dict)
+
+    def add(self, aggregates: Sequence[HodeiAggregate]) -> None:
+        for aggregate in aggregates:
+            self.changed[aggregate.id] = aggregate
+
+    def aggregates(self) -> list[HodeiAggregate]:
+        return [self.saga, *self.changed.values()]
+
+
+class SagaEngine:
+    def __init__(
+        self,
+        store: HodeiStore,
+        definitions: Mapping[SagaType, SagaDefinition],
+        clock: Callable[[], datetime] = now,
+        after_commit: Callable[[Saga], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.definitions = definitions
+        self.clock = clock
+        # Test hook: called after each committed advance (crash-injection tests kill here).
+        self.after_commit = after_commit
+        self._actions = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hodei-step")
+
+    def close(self) -> None:
+        self._actions.shutdown(wait=False, cancel_futures=True)
+
+    # Entry points -----------------------------------------------------------
+
+    def start(
+        self, saga_type: SagaType, job_id: str, attempt: int, context: Mapping[str, Any], ack: Ack | None
+    ) -> UUID:
+        """Starts a saga; starting the same (type, job, attempt) twice is a no-op."""
+        definition = self.definitions[saga_type]
+        saga_id = Saga.create_id(saga_type.value, job_id, attempt)
+        if self.store.find(Saga, saga_id) is not None:
+            return saga_id
+        saga = Saga(
+            saga_type=saga_type.value,
+            correlation_id=job_id,
+            attempt=attempt,
+            steps=definition.step_names,
+            context=dict(context),
+        )
+        try:
+            self.store.write([saga], Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack))
+        except ConcurrencyConflict:
+            log.info("%s saga for job %s attempt %d already started", saga_type, job_id, attempt)
+        return saga_id
+
+    def advance(
+        self, saga_id: UUID, job_id: str, ack: Ack | None = None, started: tuple[int, int] | None = None
+    ) -> None:
+        """Moves the saga on. ``started`` = (step order, retry count) of the StepStarted
+        being delivered: only that delivery may run the step's action."""
+        performed: dict[tuple[int, int], dict[str, Any] | Exception] = {}
+
+        def attempt() -> tuple[Saga, Sequence[HodeiAggregate]]:
+            work = _Work(self.store.load(Saga, saga_id))
+            self._progress(work, started, performed)
+            return work.saga, work.aggregates()
+
+        saga = self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack), attempt)
+        if self.after_commit is not None:
+            self.after_commit(saga)
+
+    def poke(self, job_id: str, ack: Ack | None) -> None:
+        """Re-checks the job's waiting steps after an event that may satisfy them."""
+        saga_ids = open_saga_ids(self.store, job_id)
+
+        def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
+            changed: list[HodeiAggregate] = []
+            for saga_id in saga_ids:
+                work = _Work(self.store.load(Saga, saga_id))
+                self._progress(work, None, {})
+                if work.saga.pending_events or work.changed:
+                    changed.extend(work.aggregates())
+            return None, changed
+
+        self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack), attempt)
+
+    def expire(self, saga_id: UUID, job_id: str, step_order: int) -> None:
+        """The sweeper found the step past its deadline."""
+
+        def attempt() -> tuple[Saga, Sequence[HodeiAggregate]]:
+            work = _Work(self.store.load(Saga, saga_id))
+            step = work.saga.step(step_order)
+            deadline = step.deadline_at
+            if step.state is StepState.IN_PROGRESS and deadline and datetime.fromisoformat(deadline) <= self.clock():
+                definition = self.definitions[work.saga.saga_type].steps[step_order]
+                self._fail(
+                    work,
+                    step,
+                    definition,
+                    StepTimeout(f"no progress by the deadline {deadline}"),
+                    retry=False,
+                )
+                self._progress(work, None, {})
+            return work.saga, work.aggregates()
+
+        self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id), attempt)
+
+    def abort(self, saga_id: UUID, job_id: str, reason: str) -> None:
+        """Gives up on a saga whose delivery was dead-lettered: fail the running step and
+        compensate, so the job still ends."""
+
+        def attempt() -> tuple[Saga, Sequence[HodeiAggregate]]:
+            work = _Work(self.store.load(Saga, saga_id))
+            step = work.saga.active_step
+            if step is not None and step.state is StepState.IN_PROGRESS:
+                definition = self.definitions[work.saga.saga_type].steps[step.order]
+                self._fail(work, step, definition, HodeiError(reason), retry=False)
+                self._progress(work, None, {})
+            return work.saga, work.aggregates()
+
+        self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id), attempt)
+
+    # The state machine --------------------------------------------------------
+
+    def _input(self, saga: Saga, step: StepRecord) -> StepInput:
+        failed = saga.failed_for_good
+        return StepInput(
+            saga_id=saga.id,
+            saga_type=saga.saga_type,
+            job_id=saga.correlation_id,
+            attempt=saga.attempt,
+            context=saga.context,
+            retry_count=step.retry_count,
+            failure=saga.failure,
+            failed_step=failed.name if failed else None,
+        )
+
+    def _progress(
+        self,
+        work: _Work,
+        started: tuple[int, int] | None,
+        performed: dict[tuple[int, int], dict[str, Any] | Exception],
+    ) -> None:
+        saga = work.saga
+        definition = self.definitions[saga.saga_type]
+        while not saga.is_finished:
+            step = saga.active_step
+            if step is not None:
+                if step.state is StepState.COMPENSATING:
+                    if not self._compensate(work, step, definition.steps[step.order], started, performed):
+                        return
+                    continue
+                if not self._run_active(work, step, definition.steps[step.order], started, performed):
+                    return
+                continue
+            if saga.state is SagaState.COMPENSATING or saga.failed_for_good is not None:
+                self._unwind(work)
+                continue
+            retrying = next((s for s in saga.steps if s.state is StepState.FAILED), None)
+            if retrying is not None and retrying.deadline_at is not None:
+                # Waiting to retry: the StepFailed row is delivered at retry_at.
+                if datetime.fromisoformat(retrying.deadline_at) > self.clock():
+                    return
+                self._start(work, retrying, definition.steps[retrying.order])
+                continue
+            pending = saga.next_step
+            if pending is None:
+                saga.complete()
+                return
+            self._start(work, pending, definition.steps[pending.order])
+
+    def _start(self, work: _Work, step: StepRecord, definition: StepDefinition) -> None:
+        timeout = definition.timeout_for(work.saga.context)
+        if definition.kind is StepKind.LOCAL:
+            deadline = None
+        elif definition.kind is StepKind.ACTION:
+            deadline = self.clock() + timedelta(seconds=timeout + ACTION_DEADLINE_MARGIN)
+        else:
+            deadline = self.clock() + timedelta(seconds=timeout)
+        work.saga.start_step(step.order, deadline.isoformat() if deadline else None)
+
+    def _run_active(
+        self,
+        work: _Work,
+        step: StepRecord,
+        definition: StepDefinition,
+        started: tuple[int, int] | None,
+        performed: dict[tuple[int, int], dict[str, Any] | Exception],
+    ) -> bool:
+        """Runs or checks the active step. False when it must wait for a later delivery."""
+        saga = work.saga
+        step_input = self._input(saga, step)
+        if definition.effect is not None:
+            key = (step.order, step.retry_count)
+            if started != key:
+                # Only the delivery of this step's own StepStarted runs the effect.
+                return False
+            timeout = definition.timeout_for(saga.context)
+            outcome = self._perform(definition.name, definition.effect, step_input, timeout, performed, key)
+            if isinstance(outcome, Exception):
+                self._fail(work, step, definition, outcome, retry=True)
+                return True
+            work.add(definition.effect.record(step_input, outcome))
+            saga.complete_step(step.order, outcome)
+            return True
+        assert definition.run is not None
+        try:
+            result = definition.run(step_input)
+        except ConcurrencyConflict:
+            raise
+        except Exception as exc:
+            _log_unexpected(definition.name, exc)
+            self._fail(work, step, definition, exc, retry=True)
+            return True
+        if result is None:
+            return False
+        work.add(result.changed)
+        saga.complete_step(step.order, result.output)
+        return True
+
+    def _perform(
+        self,
+        name: str,
+        effect: Effect,
+        step_input: StepInput,
+        timeout: float,
+        performed: dict[tuple[int, int], dict[str, Any] | Exception],
+        key: tuple[int, int],
+    ) -> dict[str, Any] | Exception:
+        if key not in performed:
+            future = self._actions.submit(effect.perform, step_input)
+            try:
+                performed[key] = future.result(timeout=timeout)
+            except FutureTimeout:
+                performed[key] = StepTimeout(f"{name} timed out after {timeout:g}s")
+            except Exception as exc:
+                _log_unexpected(name, exc)
+                performed[key] = exc
+        return performed[key]
+
+    def _fail(self, work: _Work, step: StepRecord, definition: StepDefinition, exc: Exception, *, retry: bool) -> None:
+        retryable = retry and getattr(exc, "retryable", False) and step.retry_count < definition.retry.max_retries
+        retry_at = None
+        if retryable:
+            retry_at = (self.clock() + timedelta(seconds=backoff_seconds(step.retry_count + 1))).isoformat()
+        message = str(exc) or type(exc).__name__
+        work.saga.fail_step(step.order, message, retry_at)
+
+    def _unwind(self, work: _Work) -> None:
+        """Starts the next compensation (reverse order), or ends the saga."""
+        saga = work.saga
+        failed = saga.failed_for_good
+        definition = self.definitions[saga.saga_type]
+        include_failed = failed is not None and definition.steps[failed.order].compensate_when_failed
+        step = saga.to_compensate(include_failed)
+        if step is None:
+            saga.fail(saga.failure or "saga failed")
+            return
+        saga.start_compensation(step.order)
+
+    def _compensate(
+        self,
+        work: _Work,
+        step: StepRecord,
+        definition: StepDefinition,
+        started: tuple[int, int] | None,
+        performed: dict[tuple[int, int], dict[str, Any] | Exception],
+    ) -> bool:
+        saga = work.saga
+        compensation = definition.compensation
+        if compensation is None:
+            saga.finish_compensation(step.order)
+            return True
+        # Compensations reach the outside world: like actions, they run in the delivery
+        # of their own CompensationStarted (its key has retry count -1).
+        key = (step.order, -1)
+        if started != key:
+            return False
+        step_input = self._input(saga, step)
+        timeout = definition.timeout_for(saga.context)
+        outcome = self._perform(f"compensation of {step.name}", compensation, step_input, timeout, performed, key)
+        if isinstance(outcome, Exception):
+            saga.fail_compensation(step.order, str(outcome) or type(outcome).__name__)
+            return True
+        work.add(compensation.record(step_input, outcome))
+        saga.finish_compensation(step.order)
+        return True
+
+
+def _log_unexpected(name: str, exc: Exception) -> None:
+    if not isinstance(exc, HodeiError):
+        log.error("step %s raised %s", name, exc, exc_info=exc)
+
+
+def open_saga_ids(store: HodeiStore, job_id: str) -> list[UUID]:
+    """The job's sagas still running (from the ``sagas`` read model)."""
+    with translate_errors(), store.pool.connection() as conn:
+        rows = conn.execute(query("open_sagas_of_job"), (job_id,)).fetchall()
+    return [row[0] for row in rows]
+
+
+__all__ = [
+    "Effect",
+    "RetryPolicy",
+    "SagaDefinition",
+    "SagaEngine",
+    "StepDefinition",
+    "StepInput",
+    "StepKind",
+    "StepResult",
+]

@@ -1,0 +1,140 @@
+"""PROVISIONING: choose a provider, register the worker and its single-use token,
+create the worker through the provider, wait until it registers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from hodei.domain.job import Job
+from hodei.domain.provider import PROVIDER_IDS, ProviderType
+from hodei.domain.saga import SagaType
+from hodei.domain.worker import Worker, WorkerState
+from hodei.errors import InvalidTransition, ProviderError
+from hodei.providers.base import WorkerLaunch
+from hodei.sagas.deps import SagaDeps, terminate
+from hodei.sagas.engine import (
+    Effect,
+    RetryPolicy,
+    SagaDefinition,
+    StepDefinition,
+    StepInput,
+    StepKind,
+    StepResult,
+)
+from hodei.tokens import new_nonce
+
+
+def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict[str, str]:
+    """The worker agent's whole configuration (see workers/hodei_worker/agent.py)."""
+    return {
+        "HODEI_SERVER_ADDRESS": deps.server_address,
+        "HODEI_WORKER_ID": str(worker.id),
+        "HODEI_JOB_ID": worker.job_id,
+        "HODEI_WORKER_TOKEN": deps.signer.registration_token(str(worker.id), worker.job_id, worker.token_nonce),
+        "HODEI_KILL_GRACE": f"{kill_grace:g}",
+    }
+
+
+def build(deps: SagaDeps) -> SagaDefinition:
+    def select_provider(step: StepInput) -> StepResult:
+        job = deps.job(step.job_id)
+        if job.is_terminal:
+            raise InvalidTransition(f"job {job.id} already ended {job.state}")
+        provider_type = deps.providers.select(job.provider)
+        provider_id = str(PROVIDER_IDS[provider_type])
+        job.select_provider(provider_id, provider_type.value)
+        return StepResult({"provider_id": provider_id, "provider_type": provider_type.value}, (job,))
+
+    def fail_job(step: StepInput, _: dict[str, Any]) -> list[Job]:
+        job = deps.job(step.job_id)
+        if job.is_terminal or job.attempt != step.attempt:
+            return []
+        job.fail(f"provisioning failed: {step.failure}")
+        return [job]
+
+    def register_worker(step: StepInput) -> StepResult:
+        worker_id = Worker.create_id(step.job_id, step.attempt)
+        if deps.store.find(Worker, worker_id) is not None:
+            return StepResult({"worker_id": str(worker_id)})
+        worker = Worker(
+            job_id=step.job_id,
+            attempt=step.attempt,
+            provider_id=step.context["provider_id"],
+            provider_type=step.context["provider_type"],
+            token_nonce=new_nonce(),
+            token_expires_at=(deps.clock() + timedelta(seconds=deps.timing.token_ttl)).isoformat(),
+        )
+        return StepResult({"worker_id": str(worker.id)}, (worker,))
+
+    def destroy_worker(step: StepInput) -> dict[str, Any]:
+        deps.destroy(deps.worker(step.context["worker_id"]))
+        return {}
+
+    def record_destroyed(step: StepInput, _: dict[str, Any]) -> list[Worker]:
+        return terminate(deps, step.context["worker_id"], f"provisioning failed: {step.failure}")
+
+    def create_worker(step: StepInput) -> dict[str, Any]:
+        worker = deps.worker(step.context["worker_id"])
+        job = deps.job(step.job_id)
+        provider = deps.providers.get(ProviderType(worker.provider_type))
+        resource_id = provider.create_worker(
+            WorkerLaunch(
+                worker_id=str(worker.id),
+                job_id=step.job_id,
+                env=agent_environment(deps, worker, deps.timing.kill_grace),
+                cpu_cores=float(job.resources.get("cpu_cores") or 0.0),
+                memory_bytes=int(job.resources.get("memory_bytes") or 0),
+                timeout_seconds=job.timeout_seconds,
+                labels=job.labels,
+            )
+        )
+        return {"resource_id": resource_id}
+
+    def record_resource(step: StepInput, output: dict[str, Any]) -> list[Worker]:
+        worker = deps.worker(step.context["worker_id"])
+        worker.record_resource(output["resource_id"])
+        return [worker]
+
+    def wait_for_registration(step: StepInput) -> StepResult | None:
+        worker = deps.worker(step.context["worker_id"])
+        if worker.state in (WorkerState.READY, WorkerState.BUSY):
+            return StepResult()
+        if not worker.is_live:
+            raise ProviderError(f"worker {worker.id} failed before registering: {worker.reason}")
+        job = deps.job(step.job_id)
+        if job.is_terminal:
+            raise InvalidTransition(f"job {job.id} ended {job.state} while its worker was starting")
+        return None
+
+    return SagaDefinition(
+        SagaType.PROVISIONING,
+        (
+            StepDefinition(
+                "select_provider",
+                StepKind.LOCAL,
+                run=select_provider,
+                compensation=Effect(lambda _: {}, fail_job),
+                compensate_when_failed=True,
+            ),
+            StepDefinition(
+                "register_worker",
+                StepKind.LOCAL,
+                run=register_worker,
+                compensation=Effect(destroy_worker, record_destroyed),
+            ),
+            StepDefinition(
+                "create_worker",
+                StepKind.ACTION,
+                effect=Effect(create_worker, record_resource),
+                timeout=90.0,
+                retry=RetryPolicy(max_retries=2),
+            ),
+            StepDefinition(
+                "wait_for_registration",
+                StepKind.WAIT,
+                run=wait_for_registration,
+                timeout=deps.timing.registration_timeout,
+            ),
+        ),
+    )

@@ -1,0 +1,82 @@
+"""Which events drive which sagas: the outbox relay's routing table.
+
+JobCreated                  -> start PROVISIONING (attempt 1)
+SagaCompleted (provisioning)-> start EXECUTION with the provisioning context
+WorkerFailed (running job)  -> start RECOVERY
+JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
+saga events that need a move (SagaStarted, StepStarted, StepFailed,
+CompensationStarted)        -> advance that saga
+job and worker events       -> poke the job's waiting sagas
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from hodei.domain.job import Job, JobState
+from hodei.domain.saga import Saga, SagaType
+from hodei.domain.worker import Worker
+from hodei.relay import Delivery, Route
+from hodei.sagas.engine import SagaEngine
+from hodei.store.app import HodeiStore
+
+
+def _job_id(delivery: Delivery) -> str:
+    """Every job-related write carries the job id as correlation id."""
+    event = delivery.event
+    return event.aggregate_id if event.aggregate_type == "Job" else str(event.correlation_id)
+
+
+def build(engine: SagaEngine, store: HodeiStore) -> dict[str, Route]:
+    def job_created(delivery: Delivery) -> None:
+        engine.start(SagaType.PROVISIONING, delivery.event.aggregate_id, 1, {}, delivery.ack)
+
+    def job_status_changed(delivery: Delivery) -> None:
+        job_id = delivery.event.aggregate_id
+        if delivery.event.payload["new_state"] == JobState.PENDING:
+            job = store.load(Job, job_id)
+            engine.start(SagaType.PROVISIONING, job_id, job.attempt, {}, None)
+        engine.poke(job_id, delivery.ack)
+
+    def poke(delivery: Delivery) -> None:
+        engine.poke(_job_id(delivery), delivery.ack)
+
+    def worker_failed(delivery: Delivery) -> None:
+        worker = store.load(Worker, delivery.event.aggregate_id)
+        job = store.load(Job, worker.job_id)
+        if job.state is JobState.RUNNING and job.worker_id == str(worker.id) and job.attempt == worker.attempt:
+            engine.start(SagaType.RECOVERY, worker.job_id, worker.attempt, {"worker_id": str(worker.id)}, None)
+        engine.poke(worker.job_id, delivery.ack)
+
+    def advance(delivery: Delivery) -> None:
+        event = delivery.event
+        started = None
+        if event.event_type == "StepStarted":
+            started = (event.payload["step_order"], event.payload["retry_count"])
+        elif event.event_type == "CompensationStarted":
+            started = (event.payload["step_order"], -1)
+        engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, started)
+
+    def saga_completed(delivery: Delivery) -> None:
+        saga = store.load(Saga, delivery.event.aggregate_id)
+        if saga.saga_type is SagaType.PROVISIONING:
+            engine.start(SagaType.EXECUTION, saga.correlation_id, saga.attempt, saga.context, delivery.ack)
+
+    def abandon(delivery: Delivery, error: str) -> None:
+        engine.abort(UUID(delivery.event.aggregate_id), _job_id(delivery), f"delivery failed for good: {error}")
+
+    saga_route = Route(advance, dead_letter=abandon)
+    poke_route = Route(poke)
+    return {
+        "JobCreated": Route(job_created),
+        "JobStatusChanged": Route(job_status_changed),
+        "JobAccepted": poke_route,
+        "WorkerRegistered": poke_route,
+        "WorkerTerminated": poke_route,
+        "WorkerFailed": Route(worker_failed),
+        "SagaStarted": saga_route,
+        "StepStarted": saga_route,
+        "StepFailed": saga_route,
+        "CompensationStarted": saga_route,
+        "SagaCompleted": Route(saga_completed),
+    }

@@ -1,0 +1,1 @@
+"""The gRPC server: the six hodei.jobs services, wired to the event-sourced core."""

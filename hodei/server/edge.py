@@ -1,0 +1,83 @@
+"""The API edge: Hodei errors become gRPC statuses with a message a person can act on."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar, cast
+
+import grpc
+
+from hodei.errors import (
+    HodeiError,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    ProviderUnavailable,
+    StoreUnavailable,
+    Unauthenticated,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ProviderUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_of(exc: HodeiError) -> grpc.StatusCode:
+    for kind, code in STATUS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    if isinstance(exc, HodeiError):
+        context.abort(status_of(exc), exc.message)
+    log.exception("unexpected error in an RPC", exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def rpc(method: F) -> F:
+    """Wraps a servicer method (unary or streaming) so errors reach the client as statuses."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(self: object, request: object, context: grpc.ServicerContext) -> Iterator[object]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.RpcError) or not context.is_active():
+                    raise
+                _abort(context, exc)
+
+        return cast(F, stream)
+
+    @functools.wraps(method)
+    def unary(self: object, request: object, context: grpc.ServicerContext) -> object:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError):
+                raise
+            _abort(context, exc)
+
+    return cast(F, unary)
+
+
+def actor_of(context: grpc.ServicerContext, default: str = "api") -> str:
+    """Who is calling: the CLI sends ``x-hodei-actor: cli:<user>``."""
+    for key, value in context.invocation_metadata():
+        if key == "x-hodei-actor" and isinstance(value, str) and value.strip():
+            return value.strip()[:255]
+    return default

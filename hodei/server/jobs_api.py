@@ -1,0 +1,116 @@
+"""hodei.jobs.JobExecutionService: submit, inspect, watch and cancel jobs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from uuid import uuid4
+
+import grpc
+
+from hodei._proto import jobs_pb2, jobs_pb2_grpc
+from hodei.domain.job import Job, JobState
+from hodei.errors import InvalidInput
+from hodei.providers.registry import provider_type_of
+from hodei.server.convert import job_to_proto, spec_from_proto, timestamp
+from hodei.server.edge import actor_of, rpc
+from hodei.signals import Signals
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.readmodels import JobRow, ReadModels
+from hodei.store.sql import query
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000
+WATCH_POLL = 1.0
+
+
+class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
+    def __init__(self, store: HodeiStore, reads: ReadModels, signals: Signals) -> None:
+        self.store = store
+        self.reads = reads
+        self.signals = signals
+
+    @rpc
+    def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
+        spec = spec_from_proto(request.spec)
+        spec.validate()
+        provider_type_of(spec.provider)  # an unknown provider is refused here, before anything is written
+        job_id = uuid4()
+        job = Job.submit(spec, job_id)
+        self.store.write([job], Meta(actor=actor_of(context), correlation_id=str(job_id)))
+        return jobs_pb2.QueueJobResponse(job_id=str(job_id))
+
+    @rpc
+    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
+        return jobs_pb2.GetJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
+
+    @rpc
+    def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        if request.limit < 0 or request.offset < 0:
+            raise InvalidInput("limit and offset must not be negative")
+        limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+        state = JobState(_state_name(request.status)).value if request.status else None
+        rows, total = self.reads.jobs(state, limit, request.offset)
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(row) for row in rows], total_count=total)
+
+    @rpc
+    def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        row = self.reads.job(request.job_id)
+        reason = request.reason.strip() or f"cancelled by {actor_of(context)}"
+
+        def cancel() -> tuple[None, list[Job]]:
+            job = self.store.load(Job, row.id)
+            job.cancel(reason)
+            return None, [job]
+
+        self.store.command(Meta(actor=actor_of(context), correlation_id=str(row.id)), cancel)
+        return jobs_pb2.CancelJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
+
+    @rpc
+    def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[jobs_pb2.JobUpdate]:
+        row = self.reads.job(request.job_id)
+        with self.signals.waiter(str(row.id)) as waiter:
+            last = None
+            while context.is_active():
+                row = self.reads.job(request.job_id)
+                if (row.state, row.updated_at) != last:
+                    last = (row.state, row.updated_at)
+                    yield jobs_pb2.JobUpdate(job=job_to_proto(row))
+                if JobState(row.state).is_terminal and (row.storage_uri is not None or not self._sagas_open(row)):
+                    return
+                waiter.wait(WATCH_POLL)
+
+    def _sagas_open(self, row: JobRow) -> bool:
+        with self.store.pool.connection() as conn:
+            return bool(conn.execute(query("open_sagas_of_job"), (str(row.id),)).fetchall())
+
+    @rpc
+    def GetJobEvents(
+        self, request: jobs_pb2.GetJobEventsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.GetJobEventsResponse:
+        row = self.reads.job(request.job_id)
+        with self.store.pool.connection() as conn:
+            events = conn.execute(query("job_events"), (str(row.id),)).fetchall()
+        return jobs_pb2.GetJobEventsResponse(
+            events=[
+                jobs_pb2.JobEvent(
+                    event_type=event_type,
+                    occurred_at=timestamp(occurred_at),
+                    version=version,
+                    actor=actor or "",
+                    payload_json=json.dumps(payload, sort_keys=True),
+                )
+                for event_type, occurred_at, version, actor, payload in events
+            ]
+        )
+
+
+def _state_name(status: int) -> str:
+    for state in JobState:
+        if state.code == status:
+            return state.value
+    raise InvalidInput(f"unknown job status code {status}")

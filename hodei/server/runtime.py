@@ -1,0 +1,126 @@
+"""Everything one server process runs, built from the configuration: the pool, the
+event store, the providers, the saga engine, the outbox relay and the sweeper."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from uuid import UUID
+
+from hodei.config import Config
+from hodei.domain.provider import ProviderType
+from hodei.domain.saga import Saga
+from hodei.liveness import Liveness
+from hodei.logs import LogStore
+from hodei.providers.base import WorkerProvider
+from hodei.providers.local import LocalProvider
+from hodei.providers.registry import ProviderRegistry, register_providers
+from hodei.relay import Relay
+from hodei.sagas import catalog, routes
+from hodei.sagas.deps import SagaDeps
+from hodei.sagas.engine import SagaEngine, now
+from hodei.signals import Signals
+from hodei.store.app import HodeiStore
+from hodei.store.db import open_pool, translate_errors
+from hodei.store.readmodels import ReadModels
+from hodei.store.sql import query
+from hodei.sweeper import Sweeper
+from hodei.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+SEED_PROVIDERS = (ProviderType.DOCKER, ProviderType.KUBERNETES)
+
+
+def build_providers(
+    config: Config, installation: str
+) -> tuple[dict[ProviderType, WorkerProvider], dict[ProviderType, str]]:
+    """The providers this process can use, and for the others why not."""
+    providers: dict[ProviderType, WorkerProvider] = {}
+    reasons: dict[ProviderType, str] = {}
+    if config.docker.enabled:
+        from hodei.providers.docker import DockerProvider
+
+        providers[ProviderType.DOCKER] = DockerProvider(config.docker, installation, config.timing.kill_grace)
+    else:
+        reasons[ProviderType.DOCKER] = "disabled by HODEI_DOCKER_ENABLED=0"
+    if config.kubernetes.enabled:
+        from hodei.providers.kubernetes import KubernetesProvider
+
+        try:
+            providers[ProviderType.KUBERNETES] = KubernetesProvider(config.kubernetes, installation)
+        except Exception as exc:
+            reasons[ProviderType.KUBERNETES] = f"initialisation failed: {exc}"
+    else:
+        reasons[ProviderType.KUBERNETES] = "disabled by HODEI_KUBERNETES_ENABLED=0"
+    if config.local_enabled:
+        providers[ProviderType.LOCAL] = LocalProvider(
+            installation, config.local_worker_command, config.log_dir, config.timing.kill_grace
+        )
+    else:
+        reasons[ProviderType.LOCAL] = "disabled by HODEI_LOCAL_ENABLED=0"
+    return providers, reasons
+
+
+def installation_id(store: HodeiStore) -> str:
+    with translate_errors(), store.pool.connection() as conn:
+        row = conn.execute(query("installation_id")).fetchone()
+    if row is None:
+        raise RuntimeError("the installation id is missing: run `hodei-server migrate`")
+    return str(row[0])
+
+
+class Runtime:
+    def __init__(self, config: Config, after_commit: Callable[[Saga], None] | None = None) -> None:
+        self.config = config
+        self.pool = open_pool(config.database_url, min_size=2, max_size=60, name="hodei-server")
+        self.store = HodeiStore(self.pool)
+        self.reads = ReadModels(self.pool)
+        wanted = [*SEED_PROVIDERS, *([ProviderType.LOCAL] if config.local_enabled else [])]
+        register_providers(self.store, wanted)
+        self.installation = installation_id(self.store)
+        self.signals = Signals(config.database_url)
+        self.signer = TokenSigner.from_database(self.pool)
+        providers, reasons = build_providers(config, self.installation)
+        self.registry = ProviderRegistry(self.store, providers, reasons, config.default_provider)
+        self.logs = LogStore(config.log_dir)
+        self.liveness = Liveness(self.pool, config.server_id)
+        deps = SagaDeps(
+            store=self.store,
+            providers=self.registry,
+            signer=self.signer,
+            logs=self.logs,
+            timing=config.timing,
+            server_address=config.worker_server_address,
+            clock=now,
+            forget_worker=self._forget_worker,
+        )
+        self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
+        self.relay = Relay(
+            self.pool, routes.build(self.engine, self.store), config.relay, config.server_id, self.signals
+        )
+        self.sweeper = Sweeper(self.store, self.engine, self.registry, self.liveness, config.timing)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _forget_worker(self, worker_id: UUID) -> None:
+        self.liveness.forget(worker_id)
+
+    def start(self) -> None:
+        """Starts the listener, the relay and the sweeper (after one reconcile)."""
+        self.signals.start()
+        self.sweeper.sweep(reconcile=True)
+        for name, target in (("hodei-relay", self.relay.run), ("hodei-sweeper", self.sweeper.run)):
+            thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.engine.close()
+        self.registry.close()
+        self.signals.stop()
+        self.pool.close()

@@ -1,0 +1,116 @@
+"""Wake-ups across processes: a LISTEN connection turns NOTIFYs into local events.
+
+Every commit of events sends ``NOTIFY hodei_signals, '<aggregate ids>'``. Waiters
+(the relay, worker streams, log followers, job watchers) block on a ``Waiter`` with
+a timeout and then look at the database: a lost notification only delays them,
+which is why every waiter also polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+
+import psycopg
+
+from hodei.store.recorder import SIGNAL_CHANNEL, WAKE_ALL
+
+log = logging.getLogger(__name__)
+
+
+class Waiter:
+    def __init__(self, hub: Signals, keys: tuple[str | None, ...]) -> None:
+        self._hub = hub
+        self.keys = keys
+        self._event = threading.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True when woken before the timeout. Clears the wake-up either way."""
+        woken = self._event.wait(timeout)
+        self._event.clear()
+        return woken
+
+    def close(self) -> None:
+        self._hub.remove(self)
+
+    def __enter__(self) -> Waiter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class Signals:
+    """Local subscribers keyed by aggregate id (or every signal, with key None)."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self._url = database_url
+        self._lock = threading.Lock()
+        self._waiters: dict[str | None, set[Waiter]] = defaultdict(set)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+
+    def waiter(self, *keys: str) -> Waiter:
+        """Woken by signals for any of ``keys``; with no key, by every signal."""
+        waiter = Waiter(self, keys or (None,))
+        with self._lock:
+            for key in waiter.keys:
+                self._waiters[key].add(waiter)
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        with self._lock:
+            for key in waiter.keys:
+                self._waiters[key].discard(waiter)
+
+    def publish(self, payload: str) -> None:
+        """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``) locally."""
+        keys = payload.split()
+        with self._lock:
+            targets = set(self._waiters[None])
+            if WAKE_ALL in keys:
+                for waiters in self._waiters.values():
+                    targets |= waiters
+            else:
+                for key in keys:
+                    targets |= self._waiters.get(key, set())
+        for waiter in targets:
+            waiter.wake()
+
+    def start(self) -> None:
+        if self._url is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._listen_forever, name="hodei-signals", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _listen_forever(self) -> None:
+        assert self._url is not None
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, application_name="hodei-signals") as conn:
+                    conn.execute(f"LISTEN {SIGNAL_CHANNEL}")
+                    self.connected.set()
+                    delay = 0.1
+                    # A reconnect may have missed notifications: wake everyone once.
+                    self.publish(WAKE_ALL)
+                    while not self._stop.is_set():
+                        for notify in conn.notifies(timeout=1.0, stop_after=64):
+                            self.publish(notify.payload)
+                        # Proves the connection is alive; a dead one raises and reconnects.
+                        conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning("signal listener lost its connection (%s); reconnecting in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)

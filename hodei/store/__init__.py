@@ -1,0 +1,1 @@
+"""Persistence: the event recorder, read-model projections, migrations, replay."""

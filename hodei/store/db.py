@@ -1,0 +1,57 @@
+"""Connections to PostgreSQL, and the one place where driver errors become Hodei errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from hodei.errors import ConcurrencyConflict, StoreUnavailable
+
+# Unique constraints whose violation means "someone else wrote this first".
+_CONFLICT_CONSTRAINTS = {"domain_events_aggregate_version_key", "domain_events_pkey"}
+
+
+def _configure(conn: psycopg.Connection[object]) -> None:
+    # Reads run outside transactions; writers open one explicitly.
+    conn.autocommit = True
+
+
+def open_pool(url: str, *, min_size: int = 1, max_size: int = 20, name: str = "hodei") -> ConnectionPool:
+    """Opens a pool and waits until one connection works, so a wrong URL fails here."""
+    pool: ConnectionPool = ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        configure=_configure,
+        open=False,
+        kwargs={"application_name": name},
+    )
+    try:
+        with translate_errors():
+            pool.open(wait=True, timeout=15)
+    except Exception:
+        pool.close()
+        raise
+    return pool
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turns psycopg errors into Hodei errors, chained, keeping others as they are."""
+    try:
+        yield
+    except pg_errors.UniqueViolation as exc:
+        constraint = exc.diag.constraint_name or ""
+        if constraint in _CONFLICT_CONSTRAINTS:
+            raise ConcurrencyConflict(f"concurrent write refused by {constraint}: {exc.diag.message_detail}") from exc
+        raise
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+    except TimeoutError as exc:
+        # psycopg_pool.PoolTimeout subclasses OperationalError; plain timeouts come from pool.open.
+        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc

@@ -1,0 +1,91 @@
+"""Applies the numbered SQL files in ``sql/`` once each, recording them in
+``hodei.schema_migrations`` (outside ``public``, so the seed's table list stays exact)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from hodei.errors import HodeiError
+from hodei.store.db import translate_errors
+
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+# Any constant works; it only keeps two servers starting at once from racing.
+_LOCK_KEY = 0x48_4F_44_45_49  # "HODEI"
+
+_LEDGER = """
+CREATE SCHEMA IF NOT EXISTS hodei;
+CREATE TABLE IF NOT EXISTS hodei.schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+
+def default_sql_dir() -> Path:
+    """``sql/`` of the checkout (Hodei is installed editable from its repository)."""
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def discover(sql_dir: Path) -> list[Migration]:
+    found = []
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if not match:
+            raise HodeiError(f"migration file `{path.name}` is not named NNN_description.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise HodeiError(f"two migrations in {sql_dir} share a number")
+    return found
+
+
+def migrate(database_url: str, sql_dir: Path | None = None) -> list[Migration]:
+    """Applies pending migrations, each in its own transaction; returns those applied."""
+    migrations = discover(sql_dir or default_sql_dir())
+    applied: list[Migration] = []
+    with translate_errors(), psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(_LEDGER)
+            done: dict[int, str] = dict(
+                conn.execute("SELECT version, checksum FROM hodei.schema_migrations").fetchall()
+            )
+            for migration in migrations:
+                if migration.version in done:
+                    if done[migration.version] != migration.checksum:
+                        raise HodeiError(
+                            f"migration {migration.path.name} changed after it was applied; add a new file instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO hodei.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                applied.append(migration)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied

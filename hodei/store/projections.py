@@ -1,0 +1,334 @@
+"""Read models (``jobs``, ``workers``, ``sagas``, ``saga_steps``, ``saga_audit_events``,
+``job_log_files``, ``provider_configs``) as functions of events.
+
+The recorder runs ``project`` inside the transaction that appends the event; replay
+runs the same function over the whole log. Rows depend only on the event, so both
+produce identical tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID, uuid5
+
+from psycopg import Cursor
+from psycopg.types.json import Jsonb
+
+from hodei.store.events import EventRecord
+from hodei.store.sql import query
+
+Projector = Callable[[Cursor[Any], EventRecord], None]
+
+READ_MODELS = (
+    "provider_configs",
+    "jobs",
+    "job_log_files",
+    "workers",
+    "sagas",
+    "saga_steps",
+    "saga_audit_events",
+)
+
+_TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
+_SPEC_FIELDS = (
+    "name",
+    "command",
+    "args",
+    "env",
+    "timeout_seconds",
+    "provider",
+    "resources",
+    "labels",
+    "working_dir",
+    "max_attempts",
+)
+
+
+def _base(event: EventRecord, **values: Any) -> dict[str, Any]:
+    return {"id": event.aggregate_id, "at": event.occurred_at, **values}
+
+
+def _run(cur: Cursor[Any], name: str, params: dict[str, Any]) -> None:
+    cur.execute(query(name), params)
+
+
+# Jobs ---------------------------------------------------------------------------
+
+
+def _job_created(cur: Cursor[Any], event: EventRecord) -> None:
+    p = event.payload
+    spec = {key: p[key] for key in _SPEC_FIELDS}
+    _run(
+        cur,
+        "project_job_created",
+        _base(
+            event,
+            name=p["name"],
+            spec=Jsonb(spec),
+            max_attempts=p["max_attempts"],
+            correlation_id=event.correlation_id,
+            actor=event.actor,
+        ),
+    )
+
+
+def _job_provider_selected(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_job_provider_selected", _base(event, **event.payload))
+
+
+def _job_assigned(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_job_assigned", _base(event, **event.payload))
+
+
+def _job_touched(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_job_touched", _base(event))
+
+
+def _job_status_changed(cur: Cursor[Any], event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_job_status_changed",
+        _base(
+            event,
+            new_state=p["new_state"],
+            terminal=p["new_state"] in _TERMINAL,
+            exit_code=p["exit_code"],
+            reason=p["reason"],
+        ),
+    )
+
+
+def _job_logs_persisted(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_job_logs_persisted", _base(event, event_id=event.id, **event.payload))
+
+
+# Workers ------------------------------------------------------------------------
+
+
+def _worker_created(cur: Cursor[Any], event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_worker_created",
+        _base(
+            event,
+            job_id=p["job_id"],
+            attempt=p["attempt"],
+            provider_id=p["provider_id"],
+            provider_type=p["provider_type"],
+        ),
+    )
+
+
+def _worker_resource_created(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_worker_resource_created", _base(event, resource_id=event.payload["resource_id"]))
+
+
+def _worker_registered(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_worker_registered", _base(event))
+
+
+def _worker_state(state: str) -> Projector:
+    def project(cur: Cursor[Any], event: EventRecord) -> None:
+        _run(cur, "project_worker_state", _base(event, state=state))
+
+    return project
+
+
+def _worker_failed(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_worker_failed", _base(event, reason=event.payload["reason"]))
+
+
+# Sagas --------------------------------------------------------------------------
+
+
+def saga_step_id(saga_id: str, order: int) -> UUID:
+    return uuid5(UUID(saga_id), f"step/{order}")
+
+
+def _audit_message(event: EventRecord) -> str:
+    p = event.payload
+    step = p.get("step_name")
+    match event.event_type:
+        case "SagaStarted":
+            return f"{p['saga_type']} saga started for {p['correlation_id']}: {', '.join(p['steps'])}"
+        case "StepStarted":
+            attempt = f" (retry {p['retry_count']})" if p["retry_count"] else ""
+            return f"step {step} started{attempt}"
+        case "StepCompleted":
+            return f"step {step} completed"
+        case "StepFailed":
+            then = f"; retrying at {p['retry_at']}" if p["retry_at"] else ""
+            return f"step {step} failed after {p['retry_count']} retries: {p['error']}{then}"
+        case "CompensationStarted":
+            return f"compensating step {step}"
+        case "StepCompensated":
+            return f"step {step} compensated"
+        case "CompensationFailed":
+            return f"compensation of step {step} failed: {p['error']}"
+        case "SagaCompleted":
+            return "saga completed"
+        case "SagaFailed":
+            return f"saga failed: {p['reason']}"
+    raise KeyError(f"no audit message for {event.event_type}")
+
+
+def _audit(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(
+        cur,
+        "project_saga_audit",
+        _base(
+            event,
+            event_id=event.id,
+            event_type=event.event_type,
+            step_name=event.payload.get("step_name"),
+            message=_audit_message(event),
+            payload=Jsonb(event.payload),
+        ),
+    )
+
+
+def _saga_state(
+    cur: Cursor[Any], event: EventRecord, state: str, *, finished: bool = False, error: str | None = None
+) -> None:
+    _run(
+        cur,
+        "project_saga_state",
+        _base(event, state=state, finished=finished, step_name=event.payload.get("step_name"), error=error),
+    )
+
+
+def _saga_started(cur: Cursor[Any], event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_saga_started",
+        _base(
+            event,
+            saga_type=p["saga_type"],
+            correlation_id=p["correlation_id"],
+            attempt=p["attempt"],
+            actor=event.actor,
+        ),
+    )
+    orders = list(range(len(p["steps"])))
+    _run(
+        cur,
+        "project_saga_steps_planned",
+        _base(
+            event,
+            step_ids=[saga_step_id(event.aggregate_id, order) for order in orders],
+            step_names=p["steps"],
+            step_orders=orders,
+        ),
+    )
+    _audit(cur, event)
+
+
+def _step_started(cur: Cursor[Any], event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_step_started",
+        _base(event, step_order=p["step_order"], retry_count=p["retry_count"], deadline_at=p["deadline_at"]),
+    )
+    _saga_state(cur, event, "IN_PROGRESS")
+    _audit(cur, event)
+
+
+def _step_finished(state: str) -> Projector:
+    def project(cur: Cursor[Any], event: EventRecord) -> None:
+        p = event.payload
+        _run(
+            cur,
+            "project_step_finished",
+            _base(
+                event,
+                state=state,
+                step_order=p["step_order"],
+                error=p.get("error"),
+                deadline_at=p.get("retry_at"),
+            ),
+        )
+        _audit(cur, event)
+
+    return project
+
+
+def _compensation_started(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_step_compensating", _base(event, step_order=event.payload["step_order"]))
+    _saga_state(cur, event, "COMPENSATING")
+    _audit(cur, event)
+
+
+def _saga_completed(cur: Cursor[Any], event: EventRecord) -> None:
+    _saga_state(cur, event, "COMPLETED", finished=True)
+    _audit(cur, event)
+
+
+def _saga_failed(cur: Cursor[Any], event: EventRecord) -> None:
+    _saga_state(cur, event, "FAILED", finished=True, error=event.payload["reason"])
+    _audit(cur, event)
+
+
+# Providers ----------------------------------------------------------------------
+
+
+def _provider_registered(cur: Cursor[Any], event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_provider_registered",
+        _base(event, name=p["name"], provider_type=p["provider_type"], config=Jsonb(p["config"])),
+    )
+
+
+def _provider_status(status: str) -> Projector:
+    def project(cur: Cursor[Any], event: EventRecord) -> None:
+        _run(cur, "project_provider_status", _base(event, status=status))
+
+    return project
+
+
+def _provider_health(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_provider_health", _base(event, **event.payload))
+
+
+PROJECTORS: dict[str, Projector] = {
+    "JobCreated": _job_created,
+    "JobProviderSelected": _job_provider_selected,
+    "JobAssigned": _job_assigned,
+    "JobAccepted": _job_touched,
+    "JobStatusChanged": _job_status_changed,
+    "JobLogsPersisted": _job_logs_persisted,
+    "WorkerCreated": _worker_created,
+    "WorkerResourceCreated": _worker_resource_created,
+    "WorkerRegistered": _worker_registered,
+    "WorkerJobDispatched": _worker_state("BUSY"),
+    "WorkerFailed": _worker_failed,
+    "WorkerTerminating": _worker_state("TERMINATING"),
+    "WorkerTerminated": _worker_state("TERMINATED"),
+    "SagaStarted": _saga_started,
+    "StepStarted": _step_started,
+    "StepCompleted": _step_finished("COMPLETED"),
+    "StepFailed": _step_finished("FAILED"),
+    "CompensationStarted": _compensation_started,
+    "StepCompensated": _step_finished("COMPENSATED"),
+    "CompensationFailed": _step_finished("COMPENSATION_FAILED"),
+    "SagaCompleted": _saga_completed,
+    "SagaFailed": _saga_failed,
+    "ProviderRegistered": _provider_registered,
+    "ProviderEnabled": _provider_status("ACTIVE"),
+    "ProviderDisabled": _provider_status("DISABLED"),
+    "ProviderHealthChanged": _provider_health,
+}
+
+
+def project(cur: Cursor[Any], event: EventRecord) -> None:
+    try:
+        projector = PROJECTORS[event.event_type]
+    except KeyError:
+        raise KeyError(f"no projection for event type {event.event_type}; add one to PROJECTORS") from None
+    projector(cur, event)

@@ -1,0 +1,300 @@
+-- Every SQL statement of Hodei, by name (loaded by hodei/store/sql.py).
+-- Read models are written only by the projections at the end of this file.
+
+-- name: lock_domain_events
+-- Serialises writers so that positions are handed out in commit order.
+LOCK TABLE domain_events IN EXCLUSIVE MODE;
+
+-- name: insert_domain_events
+INSERT INTO domain_events
+    (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
+SELECT * FROM unnest(
+    %s::uuid[], %s::timestamptz[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
+    %s::jsonb[], %s::varchar[], %s::bigint[], %s::text[])
+RETURNING position;
+
+-- name: insert_outbox_events
+INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at)
+SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, a.available_at
+FROM unnest(%s::uuid[], %s::timestamptz[]) AS a (id, available_at)
+JOIN domain_events e ON e.id = a.id;
+
+-- name: notify
+SELECT pg_notify(%s, %s);
+
+-- name: select_aggregate_events
+SELECT aggregate_id, aggregate_version, topic, payload, occurred_at
+FROM domain_events
+WHERE aggregate_id = %(aggregate_id)s
+  AND (%(gt)s::bigint IS NULL OR aggregate_version > %(gt)s)
+  AND (%(lte)s::bigint IS NULL OR aggregate_version <= %(lte)s)
+ORDER BY CASE WHEN %(desc)s THEN -aggregate_version ELSE aggregate_version END
+LIMIT %(limit)s;
+
+-- name: select_notifications
+SELECT position, aggregate_id, aggregate_version, topic, payload, occurred_at
+FROM domain_events
+WHERE (%(low)s::bigint IS NULL OR position >= %(low)s)
+  AND (%(stop)s::bigint IS NULL OR position <= %(stop)s)
+  AND (%(topics)s::text[] IS NULL OR topic = ANY(%(topics)s))
+ORDER BY position
+LIMIT %(limit)s;
+
+-- name: max_position
+SELECT max(position) FROM domain_events;
+
+-- name: select_event_records
+-- Replay reads the whole log in position order, a page at a time.
+SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_version,
+       correlation_id, actor, payload, topic, position
+FROM domain_events
+WHERE position > %s
+ORDER BY position
+LIMIT %s;
+
+-- name: job_events
+SELECT event_type, occurred_at, aggregate_version, actor, payload
+FROM domain_events
+WHERE aggregate_id = %s
+ORDER BY aggregate_version;
+
+-- Outbox relay -------------------------------------------------------------------
+
+-- name: ack_outbox_row
+UPDATE outbox_events
+SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
+WHERE id = %s AND claimed_by = %s AND status = 'PROCESSING';
+
+-- Projections: one or more statements per event type (hodei/store/projections.py).
+-- Every value comes from the event, never from now(), so replay gives identical rows.
+
+-- name: project_job_created
+INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, correlation_id, actor, created_at, updated_at)
+VALUES (%(id)s, %(name)s, 'PENDING', %(spec)s, 1, %(max_attempts)s, %(correlation_id)s, %(actor)s, %(at)s, %(at)s);
+
+-- name: project_job_provider_selected
+UPDATE jobs SET selected_provider_id = %(provider_id)s, provider_type = %(provider_type)s, updated_at = %(at)s
+WHERE id = %(id)s;
+
+-- name: project_job_assigned
+UPDATE jobs
+SET state = 'ASSIGNED', worker_id = %(worker_id)s, selected_provider_id = %(provider_id)s,
+    provider_type = %(provider_type)s, updated_at = %(at)s
+WHERE id = %(id)s;
+
+-- name: project_job_touched
+UPDATE jobs SET updated_at = %(at)s WHERE id = %(id)s;
+
+-- name: project_job_status_changed
+UPDATE jobs
+SET state = %(new_state)s::varchar,
+    exit_code = CASE WHEN %(terminal)s::boolean THEN %(exit_code)s ELSE exit_code END,
+    error_message = CASE WHEN %(terminal)s::boolean AND %(new_state)s::varchar <> 'SUCCEEDED' THEN %(reason)s
+                         WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE error_message END,
+    started_at = CASE WHEN %(new_state)s::varchar = 'RUNNING' THEN %(at)s
+                      WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE started_at END,
+    completed_at = CASE WHEN %(terminal)s::boolean THEN %(at)s ELSE completed_at END,
+    attempt = attempt + CASE WHEN %(new_state)s::varchar = 'PENDING' THEN 1 ELSE 0 END,
+    worker_id = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE worker_id END,
+    updated_at = %(at)s
+WHERE id = %(id)s;
+
+-- name: project_job_logs_persisted
+INSERT INTO job_log_files (id, job_id, storage_uri, size_bytes, entry_count, created_at)
+VALUES (%(event_id)s, %(id)s, %(storage_uri)s, %(size_bytes)s, %(entry_count)s, %(at)s);
+
+-- name: project_worker_created
+INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at)
+VALUES (%(id)s, %(job_id)s, %(attempt)s, 'CREATING', %(provider_id)s, %(provider_type)s, %(at)s, %(at)s);
+
+-- name: project_worker_resource_created
+UPDATE workers
+SET provider_resource_id = %(resource_id)s,
+    state = CASE WHEN state = 'CREATING' THEN 'CONNECTING' ELSE state END,
+    updated_at = %(at)s
+WHERE id = %(id)s;
+
+-- name: project_worker_registered
+UPDATE workers SET state = 'READY', registered_at = %(at)s, updated_at = %(at)s WHERE id = %(id)s;
+
+-- name: project_worker_state
+UPDATE workers SET state = %(state)s, updated_at = %(at)s WHERE id = %(id)s;
+
+-- name: project_worker_failed
+UPDATE workers SET state = 'FAILED', error_message = %(reason)s, updated_at = %(at)s WHERE id = %(id)s;
+
+-- name: project_saga_started
+INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, actor, started_at, updated_at)
+VALUES (%(id)s, %(saga_type)s, 'IN_PROGRESS', %(correlation_id)s, %(attempt)s, %(actor)s, %(at)s, %(at)s);
+
+-- name: project_saga_steps_planned
+INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, updated_at)
+SELECT s.step_id, %(id)s, s.step_name, s.step_order, 'PENDING', %(at)s
+FROM unnest(%(step_ids)s::uuid[], %(step_names)s::varchar[], %(step_orders)s::int[]) AS s (step_id, step_name, step_order);
+
+-- name: project_saga_state
+UPDATE sagas
+SET state = %(state)s,
+    current_step = CASE WHEN %(finished)s::boolean THEN NULL ELSE coalesce(%(step_name)s::varchar, current_step) END,
+    error_message = coalesce(%(error)s::text, error_message),
+    completed_at = CASE WHEN %(finished)s::boolean THEN %(at)s ELSE completed_at END,
+    updated_at = %(at)s
+WHERE id = %(id)s;
+
+-- name: project_step_started
+UPDATE saga_steps
+SET state = 'IN_PROGRESS', retry_count = %(retry_count)s, deadline_at = %(deadline_at)s,
+    error_message = NULL, started_at = %(at)s, completed_at = NULL, updated_at = %(at)s
+WHERE saga_id = %(id)s AND step_order = %(step_order)s;
+
+-- name: project_step_finished
+UPDATE saga_steps
+SET state = %(state)s,
+    error_message = coalesce(%(error)s::text, error_message),
+    deadline_at = %(deadline_at)s,
+    completed_at = %(at)s,
+    updated_at = %(at)s
+WHERE saga_id = %(id)s AND step_order = %(step_order)s;
+
+-- name: project_step_compensating
+UPDATE saga_steps SET state = 'COMPENSATING', updated_at = %(at)s
+WHERE saga_id = %(id)s AND step_order = %(step_order)s;
+
+-- name: project_saga_audit
+INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
+VALUES (%(event_id)s, %(id)s, %(event_type)s, %(step_name)s, %(message)s, %(payload)s, %(at)s);
+
+-- name: project_provider_registered
+INSERT INTO provider_configs (id, name, provider_type, status, health, config, created_at, updated_at)
+VALUES (%(id)s, %(name)s, %(provider_type)s, 'ACTIVE', 'UNKNOWN', %(config)s, %(at)s, %(at)s);
+
+-- name: project_provider_status
+UPDATE provider_configs SET status = %(status)s, updated_at = %(at)s WHERE id = %(id)s;
+
+-- name: project_provider_health
+UPDATE provider_configs SET health = %(health)s, health_message = %(message)s, updated_at = %(at)s
+WHERE id = %(id)s;
+
+-- name: claim_outbox_rows
+-- A row is claimable when it is due (or its lease expired) and no earlier row of the
+-- same aggregate is still open: one row per aggregate at a time keeps per-aggregate
+-- order even with several relays, and makes every claimed batch safe to run in parallel.
+WITH candidates AS (
+    SELECT o.id
+    FROM outbox_events o
+    WHERE ((o.status = 'PENDING' AND o.available_at <= now())
+           OR (o.status = 'PROCESSING' AND o.lease_until < now()))
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox_events e
+          WHERE e.aggregate_id = o.aggregate_id
+            AND e.position < o.position
+            AND e.status IN ('PENDING', 'PROCESSING'))
+    ORDER BY o.position
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_events o
+SET status = 'PROCESSING',
+    claimed_by = %(claimer)s,
+    lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = o.attempts + 1
+FROM candidates c, domain_events d
+WHERE o.id = c.id AND d.id = o.id
+RETURNING o.id, o.attempts, d.occurred_at, d.event_type, d.aggregate_id, d.aggregate_type,
+          d.aggregate_version, d.correlation_id, d.actor, d.payload, d.topic, d.position;
+
+-- name: release_outbox_row
+-- A failed delivery: back to PENDING after a delay, or to DEAD_LETTER for good.
+UPDATE outbox_events
+SET status = %(status)s,
+    available_at = now() + make_interval(secs => %(delay)s),
+    last_error = %(error)s,
+    claimed_by = NULL,
+    lease_until = NULL
+WHERE id = %(id)s AND claimed_by = %(claimer)s AND status = 'PROCESSING';
+
+-- name: outbox_stats
+SELECT count(*) FILTER (WHERE status IN ('PENDING', 'PROCESSING')),
+       count(*) FILTER (WHERE status = 'DEAD_LETTER'),
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status IN ('PENDING', 'PROCESSING'))) * 1000, 0)::bigint
+FROM outbox_events;
+
+-- name: has_open_outbox_rows
+SELECT EXISTS (SELECT 1 FROM outbox_events WHERE status IN ('PENDING', 'PROCESSING') AND available_at <= now());
+
+-- Sagas ---------------------------------------------------------------------------
+
+-- name: open_sagas_of_job
+SELECT id FROM sagas WHERE correlation_id = %s AND state IN ('IN_PROGRESS', 'COMPENSATING') ORDER BY started_at;
+
+-- name: worker_token_key
+SELECT value FROM hodei.secrets WHERE name = 'worker_token_key';
+
+-- name: installation_id
+SELECT value FROM hodei.secrets WHERE name = 'installation_id';
+
+-- Read models for the API ---------------------------------------------------------
+
+-- name: get_job
+SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
+       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri
+FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
+WHERE j.id = %s;
+
+-- name: list_jobs
+SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
+       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri
+FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
+WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
+ORDER BY j.created_at DESC, j.id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_jobs
+SELECT count(*) FROM jobs WHERE (%(state)s::varchar IS NULL OR state = %(state)s::varchar);
+
+-- name: jobs_by_state
+SELECT state, count(*) FROM jobs GROUP BY state;
+
+-- name: sagas_by_state
+SELECT state, count(*) FROM sagas GROUP BY state;
+
+-- name: list_workers
+SELECT id, job_id, state, provider_type, provider_resource_id, error_message
+FROM workers
+WHERE (%(state)s::varchar IS NULL OR state = %(state)s::varchar)
+ORDER BY created_at DESC
+LIMIT %(limit)s;
+
+-- name: list_providers
+SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
+
+-- name: worker_session_state
+-- What a worker's stream needs to decide whether to send run-job or cancel.
+SELECT w.state, w.job_id, w.attempt, j.state, j.attempt, j.spec, j.error_message
+FROM workers w JOIN jobs j ON j.id = w.job_id
+WHERE w.id = %s;
+
+-- Worker liveness -----------------------------------------------------------------
+
+-- name: touch_liveness
+INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at)
+VALUES (%s, %s, %s, now())
+ON CONFLICT (worker_id) DO UPDATE
+SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at = excluded.last_seen_at;
+
+-- name: forget_liveness
+DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
+
+-- name: stale_workers
+-- Registered workers that stopped reporting: no heartbeat within the timeout.
+SELECT w.id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen
+FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
+WHERE w.state IN ('READY', 'BUSY')
+  AND coalesce(l.last_seen_at, w.registered_at) < now() - make_interval(secs => %s);
+
+-- name: overdue_saga_steps_with_job
+SELECT st.saga_id, s.correlation_id, st.step_order
+FROM saga_steps st JOIN sagas s ON s.id = st.saga_id
+WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < now()
+ORDER BY st.deadline_at
+LIMIT 100;

@@ -1,0 +1,213 @@
+"""The event recorder: ``domain_events`` is the eventsourcing library's event store.
+
+``DomainEventRecorder`` implements the library's ``ApplicationRecorder`` interface
+(selected by ``HodeiStore.construct_recorder``), so aggregates are loaded and saved by
+the library's repository and event store, while the rows land in the seed's table.
+
+One ``insert_events`` call is one transaction that
+1. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
+2. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``),
+3. adds one ``outbox_events`` row per event,
+4. updates the read models through ``hodei.store.projections``,
+5. acknowledges the outbox row being handled, when the save is a handler's (``ack=``),
+6. sends a NOTIFY so relays and waiting streams wake up.
+
+Event payloads are plain JSON: the library's timestamp wrapper becomes ``occurred_at``
+and comes back when events are read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    Notification,
+    ProgrammingError,
+    StoredEvent,
+    Subscription,
+)
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from hodei.errors import LeaseLost
+from hodei.store import projections
+from hodei.store.db import translate_errors
+from hodei.store.events import EventRecord, event_id, split_topic
+from hodei.store.sql import query
+
+SIGNAL_CHANNEL = "hodei_signals"
+# NOTIFY payloads must stay under 8000 bytes; past this many ids, wake everyone.
+_MAX_SIGNALLED_IDS = 100
+WAKE_ALL = "*"
+
+
+class Ack:
+    """Marks an outbox row handled in the same transaction as the handler's events."""
+
+    def __init__(self, outbox_id: UUID, claimed_by: str) -> None:
+        self.outbox_id = outbox_id
+        self.claimed_by = claimed_by
+        self.done = False
+
+
+def _payload(stored: StoredEvent) -> tuple[datetime, dict[str, Any]]:
+    state = json.loads(stored.state)
+    stamp = state.pop("timestamp")
+    occurred_at = datetime.fromisoformat(stamp["_data_"])
+    _check_plain_json(stored.topic, state)
+    return occurred_at, state
+
+
+def _check_plain_json(topic: str, value: object) -> None:
+    """Refuses library type wrappers in payloads: SQL must be able to read every field."""
+    if isinstance(value, dict):
+        if "_type_" in value:
+            raise ProgrammingError(f"event {topic} has a non-JSON attribute ({value['_type_']}); use str")
+        for item in value.values():
+            _check_plain_json(topic, item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain_json(topic, item)
+
+
+def _state(payload: dict[str, Any], occurred_at: datetime) -> bytes:
+    state = dict(payload)
+    state["timestamp"] = {"_type_": "datetime_iso", "_data_": occurred_at.isoformat()}
+    return json.dumps(state).encode()
+
+
+def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None) -> EventRecord:
+    aggregate_type, event_type = split_topic(stored.topic)
+    occurred_at, payload = _payload(stored)
+    aggregate_id = str(stored.originator_id)
+    return EventRecord(
+        id=event_id(aggregate_id, stored.originator_version),
+        occurred_at=occurred_at,
+        event_type=event_type,
+        aggregate_id=aggregate_id,
+        aggregate_type=aggregate_type,
+        aggregate_version=stored.originator_version,
+        correlation_id=correlation_id,
+        actor=actor,
+        payload=payload,
+        topic=stored.topic,
+    )
+
+
+def signal_payload(records: Sequence[EventRecord]) -> str:
+    ids = list(dict.fromkeys(r.aggregate_id for r in records))
+    return WAKE_ALL if len(ids) > _MAX_SIGNALLED_IDS else " ".join(ids)
+
+
+class DomainEventRecorder(ApplicationRecorder):
+    def __init__(self, pool: ConnectionPool, lock_timeout_seconds: float = 10.0) -> None:
+        self.pool = pool
+        self.lock_timeout = f"{int(lock_timeout_seconds * 1000)}ms"
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        ack: Ack | None = kwargs.get("ack")
+        records = [to_record(e, kwargs.get("correlation_id"), kwargs.get("actor")) for e in stored_events]
+        if not records and ack is None:
+            return []
+        positions: list[int] = []
+        with translate_errors(), self.pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            cur, inserted, acked = conn.cursor(), conn.cursor(), conn.cursor()
+            if records:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
+                cur.execute(query("lock_domain_events"))
+                inserted.execute(query("insert_domain_events"), _columns(records))
+                cur.execute(
+                    query("insert_outbox_events"), ([r.id for r in records], [_available_at(r) for r in records])
+                )
+                for record in records:
+                    projections.project(cur, record)
+                cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
+            if ack is not None:
+                acked.execute(query("ack_outbox_row"), (ack.outbox_id, ack.claimed_by))
+            pipeline.sync()
+            if ack is not None and acked.rowcount != 1:
+                raise LeaseLost(f"outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}")
+            if records:
+                positions = [row[0] for row in inserted.fetchall()]
+        if ack is not None:
+            ack.done = True
+        return positions
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        with translate_errors(), self.pool.connection() as conn:
+            rows = conn.execute(
+                query("select_aggregate_events"),
+                {"aggregate_id": str(originator_id), "gt": gt, "lte": lte, "desc": desc, "limit": limit},
+            ).fetchall()
+        return [
+            StoredEvent(originator_id=UUID(aid), originator_version=version, topic=topic, state=_state(payload, at))
+            for aid, version, topic, payload, at in rows
+        ]
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        low = None if start is None else (start if inclusive_of_start else start + 1)
+        with translate_errors(), self.pool.connection() as conn:
+            rows = conn.execute(
+                query("select_notifications"),
+                {"low": low, "stop": stop, "topics": list(topics) or None, "limit": limit},
+            ).fetchall()
+        return [
+            Notification(
+                id=position,
+                originator_id=UUID(aid),
+                originator_version=version,
+                topic=topic,
+                state=_state(payload, at),
+            )
+            for position, aid, version, topic, payload, at in rows
+        ]
+
+    def max_notification_id(self) -> int | None:
+        with translate_errors(), self.pool.connection() as conn:
+            row = conn.execute(query("max_position")).fetchone()
+        return None if row is None else row[0]
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
+        raise NotImplementedError("Hodei consumes events through the outbox relay (hodei.relay), not subscriptions")
+
+
+def _available_at(record: EventRecord) -> datetime:
+    """An event may ask to be delivered later (a saga step retry carries ``retry_at``)."""
+    retry_at = record.payload.get("retry_at")
+    return datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else record.occurred_at
+
+
+def _columns(records: Sequence[EventRecord]) -> tuple[list[Any], ...]:
+    return (
+        [r.id for r in records],
+        [r.occurred_at for r in records],
+        [r.event_type for r in records],
+        [r.aggregate_id for r in records],
+        [r.correlation_id for r in records],
+        [r.actor for r in records],
+        [Jsonb(r.payload) for r in records],
+        [r.aggregate_type for r in records],
+        [r.aggregate_version for r in records],
+        [r.topic for r in records],
+    )

@@ -1,0 +1,133 @@
+"""Periodic checks that make every job end and leave nothing behind:
+
+- saga steps past their deadline fail (waits for a registration, a result...);
+- registered workers without a heartbeat within the timeout are lost;
+- workers whose container, pod or process failed are lost (provider observation);
+- resources of this installation whose worker ended, or never existed, are removed
+  (the reconciler), at start-up and then every few seconds;
+- provider health is probed and changes are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+from hodei.config import Timing
+from hodei.domain.job import Job
+from hodei.domain.worker import Worker, WorkerState
+from hodei.liveness import Liveness
+from hodei.providers.base import Observation, WorkerProvider
+from hodei.providers.registry import ProviderRegistry
+from hodei.sagas.engine import SagaEngine
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import translate_errors
+from hodei.store.sql import query
+
+log = logging.getLogger(__name__)
+
+ACTOR = "sweeper"
+HEALTH_INTERVAL = 10.0
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: HodeiStore,
+        engine: SagaEngine,
+        providers: ProviderRegistry,
+        liveness: Liveness,
+        timing: Timing,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.providers = providers
+        self.liveness = liveness
+        self.timing = timing
+        self._last: dict[str, float] = {}
+
+    def _due(self, name: str, interval: float) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(name, -interval) >= interval:
+            self._last[name] = now
+            return True
+        return False
+
+    def sweep(self, *, reconcile: bool | None = None) -> None:
+        """One round; each check is independent, so one failing does not stop the others."""
+        checks: list[tuple[str, Callable[[], None]]] = [
+            ("deadlines", self.expire_steps),
+            ("liveness", self.detect_lost_workers),
+            ("observations", self.observe_providers),
+        ]
+        if reconcile if reconcile is not None else self._due("reconcile", self.timing.reconcile_interval):
+            checks.append(("reconcile", self.reconcile))
+        if self._due("health", HEALTH_INTERVAL):
+            checks.append(("health", self.check_health))
+        for name, check in checks:
+            try:
+                check()
+            except Exception as exc:
+                log.warning("sweep %s failed: %s", name, exc)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.timing.sweep_interval):
+            self.sweep()
+
+    # Checks -------------------------------------------------------------------
+
+    def expire_steps(self) -> None:
+        with translate_errors(), self.store.pool.connection() as conn:
+            overdue = conn.execute(query("overdue_saga_steps_with_job")).fetchall()
+        for saga_id, job_id, step_order in overdue:
+            self.engine.expire(saga_id, job_id, step_order)
+
+    def detect_lost_workers(self) -> None:
+        for stale in self.liveness.stale(self.timing.heartbeat_timeout):
+            self.lose(stale.worker_id, f"no heartbeat for {self.timing.heartbeat_timeout:g}s")
+
+    def lose(self, worker_id: UUID | str, reason: str) -> None:
+        def run() -> tuple[None, list[Worker]]:
+            worker = self.store.load(Worker, worker_id)
+            if not worker.is_live:
+                return None, []
+            worker.fail(reason)
+            return None, [worker]
+
+        worker = self.store.find(Worker, worker_id)
+        if worker is not None:
+            log.warning("worker %s of job %s is lost: %s", worker_id, worker.job_id, reason)
+            self.store.command(Meta(actor=ACTOR, correlation_id=worker.job_id), run)
+
+    def _observations(self) -> list[tuple[WorkerProvider, Observation, Worker | None]]:
+        seen = []
+        for provider in self.providers.providers.values():
+            for observation in provider.observe():
+                seen.append((provider, observation, self.store.find(Worker, observation.worker_id)))
+        return seen
+
+    def observe_providers(self) -> None:
+        for _, observation, worker in self._observations():
+            if observation.failure is None or worker is None or not worker.is_live:
+                continue
+            job = self.store.find(Job, worker.job_id)
+            if job is not None and job.is_terminal:
+                continue  # the worker finished its job and is on its way out
+            self.lose(worker.id, observation.failure)
+
+    def reconcile(self) -> None:
+        for provider, observation, worker in self._observations():
+            if worker is None or worker.state is WorkerState.TERMINATED:
+                log.warning(
+                    "removing stray worker resource %s (worker %s)",
+                    observation.resource_id,
+                    observation.worker_id,
+                )
+                provider.destroy_worker(observation.worker_id)
+
+    def check_health(self) -> None:
+        for provider_type in list(self.providers.providers):
+            self.providers.check(provider_type)

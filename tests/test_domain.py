@@ -1,0 +1,264 @@
+"""The state machines, driven from their transition tables: every move, allowed or not."""
+
+from __future__ import annotations
+
+import ast
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from hodei.domain.job import JOB_TRANSITIONS, Job, JobState
+from hodei.domain.spec import JobSpec
+from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
+from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
+
+WORKER = "8f9b812b-9710-4b9d-aa4f-51a93b907ea6"
+PROVIDER = "11111111-1111-1111-1111-111111111111"
+
+
+def job_in(state: JobState, max_attempts: int = 2) -> Job:
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5, max_attempts=max_attempts), uuid4())
+    path = {
+        JobState.PENDING: [],
+        JobState.ASSIGNED: ["assign"],
+        JobState.RUNNING: ["assign", "accept"],
+        JobState.SUCCEEDED: ["assign", "accept", JobState.SUCCEEDED],
+        JobState.FAILED: ["assign", "accept", JobState.FAILED],
+        JobState.TIMEOUT: ["assign", "accept", JobState.TIMEOUT],
+        JobState.CANCELLED: ["cancel"],
+    }[state]
+    for move in path:
+        if move == "assign":
+            job.assign(WORKER, PROVIDER, "docker")
+        elif move == "accept":
+            job.accept(WORKER)
+        elif move == "cancel":
+            job.cancel("test")
+        else:
+            job.finish(WORKER, JobState(move), 1, "test")
+    assert job.state is state
+    return job
+
+
+def move_job(job: Job, target: JobState) -> None:
+    if target is JobState.ASSIGNED:
+        job.assign(str(uuid4()), PROVIDER, "docker")
+    elif target is JobState.RUNNING:
+        job.accept(job.worker_id or WORKER)
+    elif target is JobState.PENDING:
+        job.requeue("worker lost")
+    elif target is JobState.CANCELLED:
+        job.cancel("by test")
+    elif target is JobState.FAILED:
+        job.fail("by test")
+    else:
+        job.finish(job.worker_id or WORKER, target, 0, None)
+
+
+JOB_MOVES = [(source, target) for source in JobState for target in JobState if source is not target]
+# A worker's result that overtakes its ack passes through RUNNING (hazard: result before ack).
+IMPLIED_BY_RESULT = {(JobState.ASSIGNED, JobState.SUCCEEDED), (JobState.ASSIGNED, JobState.TIMEOUT)}
+
+
+@pytest.mark.parametrize(("source", "target"), JOB_MOVES, ids=[f"{s}->{t}" for s, t in JOB_MOVES])
+def test_job_transition(source: JobState, target: JobState) -> None:
+    job = job_in(source)
+    if (source, target) in IMPLIED_BY_RESULT:
+        move_job(job, target)
+        states = [getattr(e, "new_state", None) for e in job.collect_events()][-2:]
+        assert states == ["RUNNING", target.value]
+    elif target in JOB_TRANSITIONS[source]:
+        move_job(job, target)
+        assert job.state is target
+    else:
+        with pytest.raises(InvalidTransition):
+            move_job(job, target)
+        assert job.state is source
+
+
+def test_terminal_job_states_have_no_exit() -> None:
+    for state in JobState:
+        assert (JOB_TRANSITIONS[state] == frozenset()) == state.is_terminal
+
+
+def test_accept_emits_the_seed_events_in_order() -> None:
+    job = job_in(JobState.PENDING)
+    job.assign(WORKER, PROVIDER, "docker")
+    job.accept(WORKER)
+    job.finish(WORKER, JobState.SUCCEEDED, 0, None)
+    events = job.collect_events()
+    assert [type(e).__name__ for e in events] == [
+        "JobCreated",
+        "JobAssigned",
+        "JobAccepted",
+        "JobStatusChanged",
+        "JobStatusChanged",
+    ]
+    assert [getattr(e, "new_state", None) for e in events[3:]] == ["RUNNING", "SUCCEEDED"]
+    stamps = [e.timestamp for e in events]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_a_result_before_the_ack_implies_the_ack() -> None:
+    job = job_in(JobState.ASSIGNED)
+    job.finish(WORKER, JobState.SUCCEEDED, 0, None)
+    assert job.state is JobState.SUCCEEDED
+    assert [type(e).__name__ for e in job.collect_events()][-3:] == [
+        "JobAccepted",
+        "JobStatusChanged",
+        "JobStatusChanged",
+    ]
+
+
+def test_another_worker_cannot_report_on_the_job() -> None:
+    job = job_in(JobState.RUNNING)
+    with pytest.raises(InvalidTransition):
+        job.finish(str(uuid4()), JobState.SUCCEEDED, 0, None)
+
+
+def test_the_server_times_out_a_running_job_only() -> None:
+    job = job_in(JobState.RUNNING)
+    job.time_out("no result")
+    assert job.state is JobState.TIMEOUT
+    with pytest.raises(InvalidTransition):
+        job_in(JobState.ASSIGNED).time_out("no result")
+
+
+def test_requeue_needs_an_attempt_left() -> None:
+    job = job_in(JobState.RUNNING, max_attempts=1)
+    with pytest.raises(InvalidTransition, match="attempts"):
+        job.requeue("lost")
+
+
+def worker_in(state: WorkerState) -> Worker:
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    worker = Worker(
+        job_id=str(uuid4()),
+        attempt=1,
+        provider_id=PROVIDER,
+        provider_type="docker",
+        token_nonce="n",
+        token_expires_at=expires,
+    )
+    path = {
+        WorkerState.CREATING: [],
+        WorkerState.CONNECTING: [WorkerState.CONNECTING],
+        WorkerState.READY: [WorkerState.READY],
+        WorkerState.BUSY: [WorkerState.READY, WorkerState.BUSY],
+        WorkerState.FAILED: [WorkerState.FAILED],
+        WorkerState.TERMINATING: [WorkerState.TERMINATING],
+        WorkerState.TERMINATED: [WorkerState.TERMINATING, WorkerState.TERMINATED],
+    }[state]
+    for step in path:
+        move_worker(worker, step)
+    assert worker.state is state
+    return worker
+
+
+def move_worker(worker: Worker, target: WorkerState) -> None:
+    if target is WorkerState.CONNECTING:
+        worker.record_resource(f"container-{uuid4().hex[:6]}")
+        if worker.state is not WorkerState.CONNECTING:
+            raise InvalidTransition(f"worker stayed {worker.state}")
+    elif target is WorkerState.READY:
+        worker.register("session", "host", datetime.now(UTC))
+    elif target is WorkerState.BUSY:
+        worker.dispatch(worker.job_id)
+    elif target is WorkerState.FAILED:
+        before = worker.state
+        worker.fail("lost")
+        if before in (WorkerState.TERMINATING, WorkerState.TERMINATED):
+            raise InvalidTransition("no failing once terminating")
+    elif target is WorkerState.TERMINATING:
+        before = worker.state
+        worker.begin_termination("done")
+        if before is WorkerState.TERMINATED:
+            raise InvalidTransition("already terminated")
+    elif target is WorkerState.TERMINATED:
+        worker.finish_termination()
+    else:
+        raise AssertionError(f"no command leads to {target}")
+
+
+WORKER_MOVES = [
+    (source, target)
+    for source in WorkerState
+    for target in WorkerState
+    if source is not target and target is not WorkerState.CREATING
+]
+
+
+@pytest.mark.parametrize(("source", "target"), WORKER_MOVES, ids=[f"{s}->{t}" for s, t in WORKER_MOVES])
+def test_worker_transition(source: WorkerState, target: WorkerState) -> None:
+    worker = worker_in(source)
+    if target in WORKER_TRANSITIONS[source]:
+        move_worker(worker, target)
+        assert worker.state is target
+    else:
+        with pytest.raises((InvalidTransition, Unauthenticated)):
+            move_worker(worker, target)
+
+
+def test_nothing_leads_back_to_creating() -> None:
+    assert all(WorkerState.CREATING not in targets for targets in WORKER_TRANSITIONS.values())
+
+
+def test_a_registration_token_works_once_and_expires() -> None:
+    worker = worker_in(WorkerState.CREATING)
+    worker.register("s1", "host", datetime.now(UTC))
+    with pytest.raises(Unauthenticated, match="already used"):
+        worker.register("s2", "host", datetime.now(UTC))
+    late = worker_in(WorkerState.CREATING)
+    with pytest.raises(Unauthenticated, match="expired"):
+        late.register("s", "host", datetime.now(UTC) + timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (JobSpec(name="x", command="  ", timeout_seconds=5), "command must not be empty"),
+        (JobSpec(name="x", command="true", timeout_seconds=-1), "timeout must be a positive"),
+        (JobSpec(name="x", command="true", timeout_seconds=0), "timeout must be a positive"),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, env={"1BAD": "x"}),
+            "environment variable name",
+        ),
+        (JobSpec(name="x", command="true", timeout_seconds=5, working_dir="rel"), "absolute path"),
+        (JobSpec(name="x", command="true", timeout_seconds=5, max_attempts=0), "max attempts"),
+    ],
+)
+def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Job.submit(spec, uuid4())
+
+
+def test_the_domain_package_does_no_io() -> None:
+    """hodei/domain imports only the standard library, eventsourcing.domain and itself."""
+    allowed_roots = {
+        "__future__",
+        "dataclasses",
+        "datetime",
+        "enum",
+        "math",
+        "re",
+        "typing",
+        "uuid",
+        "collections",
+    }
+    for path in (Path(__file__).parent.parent / "hodei" / "domain").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                ok = (
+                    name.split(".")[0] in allowed_roots
+                    or name == "eventsourcing.domain"
+                    or name.startswith("hodei.domain")
+                    or name == "hodei.errors"
+                )
+                assert ok, f"{path.name} imports {name}"

@@ -1,0 +1,243 @@
+"""The event store: one log, outbox and read models in the same transaction,
+optimistic concurrency, commit-ordered positions, plain-JSON payloads."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from hodei.domain.job import Job, JobState
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
+from hodei.domain.saga import Saga
+from hodei.domain.spec import JobSpec
+from hodei.domain.worker import Worker
+from hodei.errors import ConcurrencyConflict
+from hodei.store.app import HodeiStore, Meta
+from hodei.testing import query
+from tests.test_schema import SEED_TABLES
+from tests.workload import OPERATIONS, Workload
+
+
+def new_job(**overrides: Any) -> Job:
+    spec = {"name": "t", "command": "echo hi", "timeout_seconds": 30.0, **overrides}
+    return Job.submit(JobSpec(**spec), uuid4())
+
+
+def snapshot(url: str) -> dict[str, str]:
+    return {
+        table: query(
+            url,
+            "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') "
+            f"FROM {table} t",
+        )[0][0]
+        for table in SEED_TABLES
+    }
+
+
+def test_a_save_writes_the_event_its_outbox_row_and_the_read_model(store: HodeiStore, fresh_database_url: str) -> None:
+    job = new_job()
+    store.write([job], Meta(actor="cli:ana", correlation_id=str(job.id)))
+    rows = query(
+        fresh_database_url,
+        "SELECT d.event_type, d.aggregate_id, d.correlation_id, d.actor, d.aggregate_version, o.status "
+        "FROM domain_events d JOIN outbox_events o ON o.id = d.id WHERE d.aggregate_id = %s",
+        (str(job.id),),
+    )
+    assert rows == [("JobCreated", str(job.id), str(job.id), "cli:ana", 1, "PENDING")]
+    assert query(fresh_database_url, "SELECT state, name, actor FROM jobs WHERE id = %s", (job.id,)) == [
+        ("PENDING", "t", "cli:ana")
+    ]
+
+
+def test_the_repository_rebuilds_what_was_saved(store: HodeiStore) -> None:
+    job = new_job(env={"A": "1"}, args=("-c", "x"))
+    store.write([job], Meta(actor="t"))
+    loaded = store.load(Job, job.id)
+    assert (loaded.env, loaded.args, loaded.state, loaded.version) == (
+        {"A": "1"},
+        ["-c", "x"],
+        JobState.PENDING,
+        1,
+    )
+    assert loaded.created_on == job.created_on
+
+
+def _install_failure(url: str, table: str) -> None:
+    query(
+        url,
+        "CREATE OR REPLACE FUNCTION hodei_test_fail() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected failure in %', TG_TABLE_NAME; END $$",
+    )
+    query(
+        url,
+        f"CREATE TRIGGER hodei_test_fail BEFORE INSERT OR UPDATE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION hodei_test_fail()",
+    )
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "outbox_events",
+        "jobs",
+        "job_log_files",
+        "workers",
+        "sagas",
+        "saga_steps",
+        "saga_audit_events",
+        "provider_configs",
+    ],
+)
+def test_a_failure_after_the_event_insert_leaves_every_table_unchanged(
+    store: HodeiStore, fresh_database_url: str, table: str
+) -> None:
+    job = new_job()
+    store.write([job], Meta(actor="t"))
+    job.assign(str(uuid4()), str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+    job.accept(str(job.worker_id))
+    job.finish(str(job.worker_id), JobState.SUCCEEDED, 0, None)
+    store.write([job], Meta(actor="t"))
+    job = store.load(Job, job.id)
+    job.record_logs("file:///tmp/x.log", 10, 1)
+    worker = Worker(
+        job_id=str(job.id),
+        attempt=1,
+        provider_id=str(PROVIDER_IDS[ProviderType.DOCKER]),
+        provider_type="docker",
+        token_nonce="n",
+        token_expires_at="2100-01-01T00:00:00+00:00",
+    )
+    saga = Saga(saga_type="PROVISIONING", correlation_id=str(job.id), attempt=1, steps=["a"], context={})
+    provider = store.load(Provider, PROVIDER_IDS[ProviderType.DOCKER])
+    provider.record_health(ProviderHealth.UNHEALTHY, "down")
+    _install_failure(fresh_database_url, table)
+    before = snapshot(fresh_database_url)
+    with pytest.raises(Exception, match=f"injected failure in {table}"):
+        store.write([job, new_job(), worker, saga, provider], Meta(actor="t"))
+    assert snapshot(fresh_database_url) == before
+
+
+def test_of_two_concurrent_writers_exactly_one_wins(store: HodeiStore, fresh_database_url: str) -> None:
+    job = new_job()
+    store.write([job], Meta(actor="t"))
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def writer(worker_id: str) -> None:
+        copy = store.load(Job, job.id)
+        copy.assign(worker_id, str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+        barrier.wait()
+        try:
+            store.write([copy], Meta(actor=worker_id))
+            outcomes.append("won")
+        except ConcurrencyConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=writer, args=(str(uuid4()),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "won"]
+    assert query(fresh_database_url, "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [
+        (2,)
+    ]
+    assert query(fresh_database_url, "SELECT count(*) FROM outbox_events WHERE aggregate_id = %s", (str(job.id),)) == [
+        (2,)
+    ]
+
+
+def test_a_tailing_reader_sees_every_position_once_in_commit_order(store: HodeiStore, fresh_database_url: str) -> None:
+    writers, saves = 6, 40
+    done = threading.Event()
+    seen: list[int] = []
+
+    def tail() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            rows = query(
+                fresh_database_url,
+                "SELECT position FROM domain_events WHERE position > %s ORDER BY position",
+                (last,),
+            )
+            for (position,) in rows:
+                seen.append(position)
+                last = position
+            if finished and not rows:
+                return
+
+    def write() -> None:
+        for _ in range(saves):
+            store.write([new_job(), new_job()], Meta(actor="t"))
+
+    reader = threading.Thread(target=tail)
+    reader.start()
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    reader.join()
+    committed = [row[0] for row in query(fresh_database_url, "SELECT position FROM domain_events ORDER BY position")]
+    assert len(committed) == writers * saves * 2 + 2  # plus the two seed provider registrations
+    assert seen == [p for p in committed if p > 0]
+    assert seen == sorted(set(seen))
+
+
+def test_payloads_are_plain_json_readable_in_sql(store: HodeiStore, fresh_database_url: str) -> None:
+    workload = Workload(store, seed=7)
+    for index in range(300):
+        workload.apply(OPERATIONS[index % len(OPERATIONS)])
+    kinds = query(fresh_database_url, "SELECT DISTINCT event_type FROM domain_events")
+    assert len(kinds) >= 15
+    wrapped = "SELECT count(*) FROM domain_events WHERE strpos(payload::text, '\"_type_\"') > 0"
+    assert query(fresh_database_url, wrapped) == [(0,)]
+    states = {
+        row[0]
+        for row in query(
+            fresh_database_url,
+            "SELECT payload->>'new_state' FROM domain_events WHERE event_type = 'JobStatusChanged'",
+        )
+    }
+    assert "RUNNING" in states and None not in states
+    assert query(fresh_database_url, "SELECT count(*) FROM domain_events WHERE jsonb_typeof(payload) <> 'object'") == [
+        (0,)
+    ]
+
+
+def test_events_keep_their_correlation_and_actor(store: HodeiStore, fresh_database_url: str) -> None:
+    job = new_job()
+    store.write([job], Meta(actor="cli:ana", correlation_id=str(job.id)))
+    saga = Saga(saga_type="PROVISIONING", correlation_id=str(job.id), attempt=1, steps=["a"], context={})
+    store.write([saga], Meta(actor="orchestrator", correlation_id=str(job.id)))
+    rows = query(
+        fresh_database_url,
+        "SELECT event_type, actor FROM domain_events WHERE correlation_id = %s ORDER BY position",
+        (str(job.id),),
+    )
+    assert rows == [("JobCreated", "cli:ana"), ("SagaStarted", "orchestrator")]
+
+
+def test_a_duplicate_saga_start_is_refused(store: HodeiStore) -> None:
+    job_id = str(uuid4())
+    first = Saga(saga_type="EXECUTION", correlation_id=job_id, attempt=1, steps=["a"], context={})
+    store.write([first], Meta(actor="t"))
+    again = Saga(saga_type="EXECUTION", correlation_id=job_id, attempt=1, steps=["a"], context={})
+    assert again.id == first.id
+    with pytest.raises(ConcurrencyConflict):
+        store.write([again], Meta(actor="t"))
+
+
+def test_event_ids_are_stable(store: HodeiStore, fresh_database_url: str) -> None:
+    from hodei.store.events import event_id
+
+    job = new_job()
+    store.write([job], Meta(actor="t"))
+    (stored,) = query(fresh_database_url, "SELECT id FROM domain_events WHERE aggregate_id = %s", (str(job.id),))[0]
+    assert stored == event_id(str(job.id), 1)
+    assert isinstance(stored, UUID)

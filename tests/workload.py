@@ -1,0 +1,211 @@
+"""A random but valid mix of job, worker, saga and provider commands, for tests that
+need many kinds of events (replay, the store's invariants)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from hodei.domain.base import HodeiAggregate
+from hodei.domain.job import Job, JobState
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
+from hodei.domain.saga import Saga, StepState
+from hodei.domain.spec import JobSpec
+from hodei.domain.worker import Worker
+from hodei.errors import HodeiError
+from hodei.store.app import HodeiStore, Meta
+
+OPERATIONS = [
+    "job",
+    "assign",
+    "run",
+    "finish",
+    "cancel",
+    "requeue",
+    "logs",
+    "worker",
+    "worker_move",
+    "saga",
+    "saga_move",
+    "health",
+]
+
+
+class Workload:
+    def __init__(self, store: HodeiStore, seed: int) -> None:
+        self.store = store
+        self.random = random.Random(seed)
+        self.jobs: list[str] = []
+        self.workers: list[str] = []
+        self.sagas: list[str] = []
+
+    def pick(self, items: list[str]) -> str | None:
+        return self.random.choice(items) if items else None
+
+    def apply(self, operation: str) -> None:
+        try:
+            changed = getattr(self, f"_{operation}")()
+        except HodeiError:
+            return
+        if changed:
+            job_id = getattr(changed[0], "job_id", None) or str(changed[0].id)
+            self.store.write(changed, Meta(actor=f"workload:{operation}", correlation_id=job_id))
+
+    def _job(self) -> list[HodeiAggregate]:
+        spec = JobSpec(
+            name=f"job-{len(self.jobs)}",
+            command=self.random.choice(["echo hi", "sleep 1", "exit 3"]),
+            timeout_seconds=self.random.choice([1.5, 30, 600]),
+            env={"N": str(self.random.randint(0, 9))},
+            args=("-c", "echo x") if self.random.random() < 0.3 else (),
+            max_attempts=self.random.randint(1, 3),
+        )
+        job = Job.submit(spec, uuid4())
+        self.jobs.append(str(job.id))
+        return [job]
+
+    def _load_job(self) -> Job | None:
+        job_id = self.pick(self.jobs)
+        return None if job_id is None else self.store.load(Job, job_id)
+
+    def _assign(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None:
+            return []
+        job.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+        job.assign(str(uuid4()), str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+        return [job]
+
+    def _run(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None or job.worker_id is None:
+            return []
+        job.accept(job.worker_id)
+        return [job]
+
+    def _finish(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None or job.worker_id is None:
+            return []
+        outcome = self.random.choice([JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT])
+        job.finish(
+            job.worker_id,
+            outcome,
+            0 if outcome is JobState.SUCCEEDED else 1,
+            None if outcome is JobState.SUCCEEDED else "boom",
+        )
+        return [job]
+
+    def _cancel(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None:
+            return []
+        job.cancel("changed my mind")
+        return [job]
+
+    def _requeue(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None:
+            return []
+        job.requeue("worker lost")
+        return [job]
+
+    def _logs(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None:
+            return []
+        job.record_logs(f"file:///tmp/hodei-logs/{job.id}.log", self.random.randint(0, 999), self.random.randint(0, 9))
+        return [job]
+
+    def _worker(self) -> list[HodeiAggregate]:
+        job_id = self.pick(self.jobs)
+        if job_id is None:
+            return []
+        worker = Worker(
+            job_id=job_id,
+            attempt=self.random.randint(1, 1000),
+            provider_id=str(PROVIDER_IDS[ProviderType.DOCKER]),
+            provider_type="docker",
+            token_nonce=uuid4().hex,
+            token_expires_at=(datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
+        )
+        self.workers.append(str(worker.id))
+        return [worker]
+
+    def _worker_move(self) -> list[HodeiAggregate]:
+        worker_id = self.pick(self.workers)
+        if worker_id is None:
+            return []
+        worker = self.store.load(Worker, worker_id)
+        move = self.random.choice(["resource", "register", "dispatch", "fail", "terminating", "terminated"])
+        if move == "resource":
+            worker.record_resource(f"container-{uuid4().hex[:12]}")
+        elif move == "register":
+            worker.register(uuid4().hex, "host", datetime.now(UTC))
+        elif move == "dispatch":
+            worker.dispatch(worker.job_id)
+        elif move == "fail":
+            worker.fail("no heartbeat")
+        elif move == "terminating":
+            worker.begin_termination("done")
+        else:
+            worker.finish_termination()
+        return [worker]
+
+    def _saga(self) -> list[HodeiAggregate]:
+        job_id = self.pick(self.jobs)
+        if job_id is None:
+            return []
+        saga = Saga(
+            saga_type=self.random.choice(["PROVISIONING", "EXECUTION", "RECOVERY"]),
+            correlation_id=job_id,
+            attempt=self.random.randint(1, 1000),
+            steps=["one", "two", "three"],
+            context={},
+        )
+        self.sagas.append(str(saga.id))
+        return [saga]
+
+    def _saga_move(self) -> list[HodeiAggregate]:
+        saga_id = self.pick(self.sagas)
+        if saga_id is None:
+            return []
+        saga = self.store.load(Saga, saga_id)
+        active = saga.active_step
+        deadline = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+        if active is not None and active.state is StepState.IN_PROGRESS:
+            if self.random.random() < 0.7:
+                saga.complete_step(active.order, {"k": self.random.randint(0, 9)})
+            else:
+                retry = deadline if self.random.random() < 0.5 else None
+                saga.fail_step(active.order, "boom", retry)
+        elif active is not None:
+            if self.random.random() < 0.8:
+                saga.finish_compensation(active.order)
+            else:
+                saga.fail_compensation(active.order, "cannot undo")
+        elif saga.failed_for_good is not None or saga.state.value == "COMPENSATING":
+            step = saga.to_compensate(include_failed=False)
+            if step is None:
+                saga.fail(saga.failure or "failed")
+            else:
+                saga.start_compensation(step.order)
+        else:
+            retrying = next((s for s in saga.steps if s.state is StepState.FAILED), None)
+            step = retrying or saga.next_step
+            if step is None:
+                saga.complete()
+            else:
+                saga.start_step(step.order, deadline)
+        return [saga]
+
+    def _health(self) -> list[HodeiAggregate]:
+        provider = self.store.load(
+            Provider, PROVIDER_IDS[self.random.choice([ProviderType.DOCKER, ProviderType.KUBERNETES])]
+        )
+        health = self.random.choice(list(ProviderHealth))
+        provider.record_health(health, None if health is ProviderHealth.HEALTHY else "engine down")
+        if self.random.random() < 0.2:
+            provider.disable() if self.random.random() < 0.5 else provider.enable()
+        return [provider]

@@ -1,0 +1,7 @@
+"""The Hodei worker agent: runs one job for the server that started it, then exits.
+
+It depends only on grpcio, protobuf and the generated modules in ``hodei._proto``,
+so the worker image stays small.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,291 @@
+"""``hodei-worker``: registers with the server, receives its one job, runs it, streams
+its output, reports the result and exits.
+
+Configuration (set by the provider that started the worker):
+    HODEI_SERVER_ADDRESS   host:port of the server
+    HODEI_WORKER_ID        this worker's id
+    HODEI_JOB_ID           the job it may run
+    HODEI_WORKER_TOKEN     single-use registration token
+    HODEI_KILL_GRACE       seconds between SIGTERM and SIGKILL (default 5)
+
+Exit codes: 0 result delivered; 2 bad configuration; 3 credentials refused;
+4 server unreachable or stream lost for good.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei_worker import __version__
+from hodei_worker.batcher import Batch, LogBatcher
+from hodei_worker.runner import Finished, JobProcess, Outcome, argv_for, become_subreaper, job_environment
+
+# How long the agent keeps trying to reach the server before giving up.
+CONNECT_PATIENCE = 60.0
+_OUTCOMES = {
+    Outcome.EXITED: worker_pb2.JOB_OUTCOME_EXITED,
+    Outcome.TIMED_OUT: worker_pb2.JOB_OUTCOME_TIMED_OUT,
+    Outcome.CANCELLED: worker_pb2.JOB_OUTCOME_CANCELLED,
+    Outcome.START_FAILED: worker_pb2.JOB_OUTCOME_START_FAILED,
+}
+
+
+def say(message: str) -> None:
+    print(f"[hodei-worker] {message}", file=sys.stderr, flush=True)
+
+
+class Fatal(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: str
+    worker_id: str
+    job_id: str
+    token: str
+    kill_grace: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        missing = [
+            name
+            for name in ("HODEI_SERVER_ADDRESS", "HODEI_WORKER_ID", "HODEI_JOB_ID", "HODEI_WORKER_TOKEN")
+            if not os.environ.get(name)
+        ]
+        if missing:
+            raise Fatal(f"missing environment: {', '.join(missing)}", 2)
+        try:
+            grace = float(os.environ.get("HODEI_KILL_GRACE", "5"))
+        except ValueError:
+            raise Fatal("HODEI_KILL_GRACE must be a number of seconds", 2) from None
+        return cls(
+            server=os.environ["HODEI_SERVER_ADDRESS"],
+            worker_id=os.environ["HODEI_WORKER_ID"],
+            job_id=os.environ["HODEI_JOB_ID"],
+            token=os.environ["HODEI_WORKER_TOKEN"],
+            kill_grace=grace,
+        )
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _stamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class Agent:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.channel = grpc.insecure_channel(
+            settings.server,
+            options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)],
+        )
+        self.stub = worker_pb2_grpc.WorkerAgentServiceStub(self.channel)
+        self.session = ""
+        self.heartbeat_interval = 2.0
+        self.outbox: queue.Queue[worker_pb2.WorkerMessage | None] = queue.Queue()
+        self.batcher = LogBatcher(self._send_batch)
+        self.process: JobProcess | None = None
+        self.job_thread: threading.Thread | None = None
+        self.result: worker_pb2.JobResult | None = None
+        self.result_acked = threading.Event()
+
+    # Registration -------------------------------------------------------------
+
+    def register(self) -> None:
+        deadline = time.monotonic() + CONNECT_PATIENCE
+        delay = 0.05
+        while True:
+            try:
+                response = self.stub.Register(
+                    worker_pb2.RegisterRequest(
+                        worker_id=self.settings.worker_id,
+                        job_id=self.settings.job_id,
+                        token=self.settings.token,
+                        hostname=socket.gethostname(),
+                        agent_version=__version__,
+                    ),
+                    timeout=10,
+                )
+                self.session = response.session_token
+                self.heartbeat_interval = max(response.heartbeat_interval_ms / 1000, 0.2)
+                return
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.NOT_FOUND,
+                ):
+                    raise Fatal(f"registration refused: {exc.details()}", 3) from None
+                if time.monotonic() > deadline:
+                    raise Fatal(f"server {self.settings.server} unreachable: {exc.details()}", 4) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # The stream ---------------------------------------------------------------
+
+    def _send_batch(self, batch: Batch) -> None:
+        self.outbox.put(self._batch_message(batch))
+
+    def _batch_message(self, batch: Batch) -> worker_pb2.WorkerMessage:
+        lines = [
+            worker_pb2.LogLine(
+                stream=worker_pb2.LOG_STREAM_STDERR if stream == "stderr" else worker_pb2.LOG_STREAM_STDOUT,
+                line=text,
+                timestamp=_stamp(at),
+            )
+            for at, stream, text in batch.lines
+        ]
+        return worker_pb2.WorkerMessage(
+            log_batch=worker_pb2.LogBatch(job_id=self.settings.job_id, seq=batch.seq, lines=lines)
+        )
+
+    def _outgoing(self, stream_done: threading.Event) -> Iterator[worker_pb2.WorkerMessage]:
+        while not stream_done.is_set():
+            try:
+                message = self.outbox.get(timeout=self.heartbeat_interval)
+            except queue.Empty:
+                message = worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now()))
+            if message is None:
+                return
+            yield message
+
+    def serve(self) -> None:
+        """Keeps a stream open until the result is acknowledged, reconnecting if it drops."""
+        deadline = time.monotonic() + CONNECT_PATIENCE
+        while not self.result_acked.is_set():
+            stream_done = threading.Event()
+            # A new stream: whatever was not acknowledged goes again.
+            self.outbox = queue.Queue()
+            self.outbox.put(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now())))
+            for batch in self.batcher.pending():
+                self.outbox.put(self._batch_message(batch))
+            if self.result is not None:
+                self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
+            metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
+            try:
+                for message in self.stub.Connect(self._outgoing(stream_done), metadata=metadata):
+                    deadline = time.monotonic() + CONNECT_PATIENCE
+                    self._on_message(message)
+                    if self.result_acked.is_set():
+                        break
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise Fatal(f"stream refused: {exc.details()}", 3) from None
+                say(f"stream lost ({exc.code().name}: {exc.details()}); reconnecting")
+            finally:
+                stream_done.set()
+                self.outbox.put(None)
+            if self.result_acked.is_set():
+                return
+            if time.monotonic() > deadline:
+                self._abandon_job()
+                raise Fatal("lost the server for good", 4)
+            time.sleep(0.5)
+
+    def _on_message(self, message: worker_pb2.ServerMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "run_job":
+            self._start(message.run_job)
+        elif kind == "cancel":
+            if self.process is not None:
+                self.process.cancel(message.cancel.reason or "cancelled by the server")
+        elif kind == "log_ack":
+            self.batcher.acked(message.log_ack.seq)
+        elif kind == "result_ack":
+            self.result_acked.set()
+
+    # The job ------------------------------------------------------------------
+
+    def _start(self, run: worker_pb2.RunJob) -> None:
+        if run.job_id != self.settings.job_id:
+            say(f"ignoring run-job for {run.job_id}: this worker belongs to {self.settings.job_id}")
+            return
+        # Acknowledged even when repeated (after a reconnect the first ack may be lost).
+        self.outbox.put(worker_pb2.WorkerMessage(ack=worker_pb2.RunJobAck(job_id=run.job_id)))
+        if self.job_thread is not None:
+            return
+        self.process = JobProcess(
+            argv_for(run.command, list(run.args)),
+            job_environment(os.environ, dict(run.env)),
+            run.working_dir or None,
+            timeout=run.timeout_ms / 1000,
+            kill_grace=self.settings.kill_grace,
+            on_line=self._on_line,
+        )
+        self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
+        self.job_thread.start()
+
+    def _on_line(self, stream: str, line: str) -> None:
+        # The job's output also goes to our own stdout/stderr, so `docker logs` and
+        # `kubectl logs` agree with the stored log.
+        print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+        self.batcher.add(stream, line)
+
+    def _run_job(self) -> None:
+        assert self.process is not None
+        finished: Finished = self.process.run()
+        say(f"job {self.settings.job_id}: {finished.message}")
+        if not self.batcher.wait_all_acked(timeout=CONNECT_PATIENCE):
+            say("some log batches were never acknowledged")
+        self.result = worker_pb2.JobResult(
+            job_id=self.settings.job_id,
+            outcome=_OUTCOMES[finished.outcome],
+            exit_code=finished.exit_code,
+            message=finished.message,
+            last_log_seq=self.batcher.last_seq,
+        )
+        self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
+
+    def _abandon_job(self) -> None:
+        if self.process is not None:
+            self.process.cancel("the server is unreachable")
+
+    def terminate(self) -> None:
+        """SIGTERM: stop the job gracefully and report; with no job running, just go."""
+        if self.process is None or self.result is not None:
+            os._exit(143)
+        self.process.cancel("the worker was asked to stop (SIGTERM)")
+
+
+def main() -> None:
+    become_subreaper()
+    try:
+        settings = Settings.from_env()
+        agent = Agent(settings)
+        signal.signal(signal.SIGTERM, lambda *_: agent.terminate())
+        agent.register()
+        agent.serve()
+        agent.batcher.close()
+        agent.channel.close()
+    except Fatal as exc:
+        say(str(exc))
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
