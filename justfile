@@ -70,3 +70,11 @@ dev: dev-db db-migrate build-worker dev-server
 # Run a simple job on Docker and show its output (starts what it needs first)
 job-hello-world: dev
     {{venv}}/hodei-jobs-cli job run --name "hello-world-$(date +%s)" --provider docker --command "echo 'Hello World from Hodei Jobs!'" --timeout 30 --follow
+
+# Benchmark the event store: saves and replay next to raw PostgreSQL inserts
+bench-store: bootstrap
+    {{venv}}/python -m bench.store
+
+# Benchmark the outbox relay: lag and throughput next to a bare LISTEN/NOTIFY round trip
+bench-relay: bootstrap
+    {{venv}}/python -m bench.relay

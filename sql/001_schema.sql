@@ -189,3 +189,14 @@ VALUES ('worker_token_key', encode(sha256((gen_random_uuid()::text || gen_random
 -- Labels every container, pod and process this database's servers create, so a
 -- reconciler never touches workers of another installation sharing the engine.
 INSERT INTO hodei.secrets (name, value) VALUES ('installation_id', gen_random_uuid()::text);
+
+-- Raises unless its argument is true: lets one statement abort a transaction, so a
+-- pipelined write needs no round trip to check a row count.
+CREATE FUNCTION hodei.require(condition boolean, message text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT condition THEN
+        RAISE EXCEPTION USING MESSAGE = message, ERRCODE = 'P0001';
+    END IF;
+    RETURN true;
+END;
+$$;

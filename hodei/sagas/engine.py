@@ -213,23 +213,31 @@ class SagaEngine:
             return work.saga, work.aggregates()
 
         saga = self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack), attempt)
-        if self.after_commit is not None:
-            self.after_commit(saga)
+        self._committed(saga)
 
     def poke(self, job_id: str, ack: Ack | None) -> None:
         """Re-checks the job's waiting steps after an event that may satisfy them."""
         saga_ids = open_saga_ids(self.store, job_id)
+        moved: list[Saga] = []
 
         def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
+            moved.clear()
             changed: list[HodeiAggregate] = []
             for saga_id in saga_ids:
                 work = _Work(self.store.load(Saga, saga_id))
                 self._progress(work, None, {})
                 if work.saga.pending_events or work.changed:
+                    moved.append(work.saga)
                     changed.extend(work.aggregates())
             return None, changed
 
         self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack), attempt)
+        for saga in moved:
+            self._committed(saga)
+
+    def _committed(self, saga: Saga) -> None:
+        if self.after_commit is not None:
+            self.after_commit(saga)
 
     def expire(self, saga_id: UUID, job_id: str, step_order: int) -> None:
         """The sweeper found the step past its deadline."""
@@ -250,7 +258,7 @@ class SagaEngine:
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 
-        self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id), attempt)
+        self._committed(self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id), attempt))
 
     def abort(self, saga_id: UUID, job_id: str, reason: str) -> None:
         """Gives up on a saga whose delivery was dead-lettered: fail the running step and

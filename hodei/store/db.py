@@ -18,10 +18,18 @@ _CONFLICT_CONSTRAINTS = {"domain_events_aggregate_version_key", "domain_events_p
 def _configure(conn: psycopg.Connection[object]) -> None:
     # Reads run outside transactions; writers open one explicitly.
     conn.autocommit = True
+    # A writer waiting on the event-log lock longer than this gives up (and is retried):
+    # a stuck transaction must not stall every writer.
+    conn.execute("SET lock_timeout = '10s'")
 
 
-def open_pool(url: str, *, min_size: int = 1, max_size: int = 20, name: str = "hodei") -> ConnectionPool:
+def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 20, name: str = "hodei", synchronous_commit: bool = True
+) -> ConnectionPool:
     """Opens a pool and waits until one connection works, so a wrong URL fails here."""
+    kwargs: dict[str, object] = {"application_name": name, "prepare_threshold": 0}
+    if not synchronous_commit:
+        kwargs["options"] = "-c synchronous_commit=off"
     pool: ConnectionPool = ConnectionPool(
         url,
         min_size=min_size,
@@ -29,7 +37,8 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 20, name: str = "h
         name=name,
         configure=_configure,
         open=False,
-        kwargs={"application_name": name},
+        # prepare_threshold 0: statements are prepared on first use, planned once per connection.
+        kwargs=kwargs,
     )
     try:
         with translate_errors():

@@ -5,19 +5,20 @@
 -- Serialises writers so that positions are handed out in commit order.
 LOCK TABLE domain_events IN EXCLUSIVE MODE;
 
--- name: insert_domain_events
-INSERT INTO domain_events
-    (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
-SELECT * FROM unnest(
-    %s::uuid[], %s::timestamptz[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
-    %s::jsonb[], %s::varchar[], %s::bigint[], %s::text[])
-RETURNING position;
-
--- name: insert_outbox_events
+-- name: insert_events_and_outbox
+-- The events and their outbox rows in one statement; returns the positions.
+WITH events AS (
+    INSERT INTO domain_events
+        (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
+    SELECT * FROM unnest(
+        %s::uuid[], %s::timestamptz[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
+        %s::jsonb[], %s::varchar[], %s::bigint[], %s::text[])
+    RETURNING id, position, aggregate_id, aggregate_type, event_type
+)
 INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at)
 SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, a.available_at
-FROM unnest(%s::uuid[], %s::timestamptz[]) AS a (id, available_at)
-JOIN domain_events e ON e.id = a.id;
+FROM events e JOIN unnest(%s::uuid[], %s::timestamptz[]) AS a (id, available_at) ON a.id = e.id
+RETURNING position;
 
 -- name: notify
 SELECT pg_notify(%s, %s);
@@ -64,6 +65,16 @@ ORDER BY aggregate_version;
 UPDATE outbox_events
 SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
 WHERE id = %s AND claimed_by = %s AND status = 'PROCESSING';
+
+-- name: ack_outbox_row_or_abort
+-- Inside a handler's save: aborts the whole transaction when the lease was lost.
+WITH acked AS (
+    UPDATE outbox_events
+    SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
+    WHERE id = %(id)s AND claimed_by = %(claimer)s AND status = 'PROCESSING'
+    RETURNING 1
+)
+SELECT hodei.require(count(*) = 1, %(message)s) FROM acked;
 
 -- Projections: one or more statements per event type (hodei/store/projections.py).
 -- Every value comes from the event, never from now(), so replay gives identical rows.
@@ -179,29 +190,50 @@ WHERE id = %(id)s;
 -- A row is claimable when it is due (or its lease expired) and no earlier row of the
 -- same aggregate is still open: one row per aggregate at a time keeps per-aggregate
 -- order even with several relays, and makes every claimed batch safe to run in parallel.
-WITH candidates AS (
-    SELECT o.id
-    FROM outbox_events o
-    WHERE ((o.status = 'PENDING' AND o.available_at <= now())
-           OR (o.status = 'PROCESSING' AND o.lease_until < now()))
-      AND NOT EXISTS (
-          SELECT 1 FROM outbox_events e
-          WHERE e.aggregate_id = o.aggregate_id
-            AND e.position < o.position
-            AND e.status IN ('PENDING', 'PROCESSING'))
-    ORDER BY o.position
+-- The earliest open rows form a window; an aggregate's earliest open row is always in
+-- it, so the heads of the window are exactly the rows with no open predecessor.
+WITH open AS (
+    SELECT id, aggregate_id, position, status, available_at, lease_until
+    FROM outbox_events
+    WHERE status IN ('PENDING', 'PROCESSING')
+    ORDER BY position
+    LIMIT %(window)s
+), heads AS (
+    SELECT DISTINCT ON (aggregate_id) id, position, status, available_at, lease_until
+    FROM open
+    ORDER BY aggregate_id, position
+), due AS (
+    SELECT id FROM heads
+    WHERE (status = 'PENDING' AND available_at <= now()) OR (status = 'PROCESSING' AND lease_until < now())
+    ORDER BY position
     LIMIT %(limit)s
+), claimed AS (
+    -- The status test is repeated here so that it is re-checked on the row version a
+    -- concurrent relay may just have committed.
+    SELECT o.id FROM outbox_events o
+    WHERE o.id = ANY(ARRAY(SELECT id FROM due))
+      AND ((o.status = 'PENDING' AND o.available_at <= now()) OR (o.status = 'PROCESSING' AND o.lease_until < now()))
     FOR UPDATE SKIP LOCKED
+), updated AS (
+    UPDATE outbox_events o
+    SET status = 'PROCESSING',
+        claimed_by = %(claimer)s,
+        lease_until = now() + make_interval(secs => %(lease)s),
+        attempts = o.attempts + 1
+    WHERE o.id = ANY(ARRAY(SELECT id FROM claimed))
+    RETURNING o.id, o.attempts
 )
-UPDATE outbox_events o
-SET status = 'PROCESSING',
-    claimed_by = %(claimer)s,
-    lease_until = now() + make_interval(secs => %(lease)s),
-    attempts = o.attempts + 1
-FROM candidates c, domain_events d
-WHERE o.id = c.id AND d.id = o.id
-RETURNING o.id, o.attempts, d.occurred_at, d.event_type, d.aggregate_id, d.aggregate_type,
-          d.aggregate_version, d.correlation_id, d.actor, d.payload, d.topic, d.position;
+-- `= ANY(ARRAY(...))` is evaluated once: whatever the table statistics, each table is
+-- read in one pass (an outbox is a queue, and its statistics are often stale).
+SELECT u.id, u.attempts, d.occurred_at, d.event_type, d.aggregate_id, d.aggregate_type,
+       d.aggregate_version, d.correlation_id, d.actor, d.payload, d.topic, d.position
+FROM domain_events d JOIN updated u ON u.id = d.id
+WHERE d.id = ANY(ARRAY(SELECT id FROM updated));
+
+-- name: ack_outbox_rows
+UPDATE outbox_events
+SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
+WHERE id = ANY(%s) AND claimed_by = %s AND status = 'PROCESSING';
 
 -- name: release_outbox_row
 -- A failed delivery: back to PENDING after a delay, or to DEAD_LETTER for good.

@@ -18,12 +18,14 @@ and comes back when events are read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import (
     ApplicationRecorder,
     Notification,
@@ -31,6 +33,7 @@ from eventsourcing.persistence import (
     StoredEvent,
     Subscription,
 )
+from psycopg import errors as psycopg_errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -41,6 +44,7 @@ from hodei.store.events import EventRecord, event_id, split_topic
 from hodei.store.sql import query
 
 SIGNAL_CHANNEL = "hodei_signals"
+LEASE_LOST = "lease lost"
 # NOTIFY payloads must stay under 8000 bytes; past this many ids, wake everyone.
 _MAX_SIGNALLED_IDS = 100
 WAKE_ALL = "*"
@@ -105,35 +109,43 @@ def signal_payload(records: Sequence[EventRecord]) -> str:
 
 
 class DomainEventRecorder(ApplicationRecorder):
-    def __init__(self, pool: ConnectionPool, lock_timeout_seconds: float = 10.0) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
-        self.lock_timeout = f"{int(lock_timeout_seconds * 1000)}ms"
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ack: Ack | None = kwargs.get("ack")
         records = [to_record(e, kwargs.get("correlation_id"), kwargs.get("actor")) for e in stored_events]
         if not records and ack is None:
             return []
-        positions: list[int] = []
-        with translate_errors(), self.pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-            cur, inserted, acked = conn.cursor(), conn.cursor(), conn.cursor()
-            if records:
-                cur.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
-                cur.execute(query("lock_domain_events"))
-                inserted.execute(query("insert_domain_events"), _columns(records))
-                cur.execute(
-                    query("insert_outbox_events"), ([r.id for r in records], [_available_at(r) for r in records])
-                )
-                for record in records:
-                    projections.project(cur, record)
-                cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
-            if ack is not None:
-                acked.execute(query("ack_outbox_row"), (ack.outbox_id, ack.claimed_by))
-            pipeline.sync()
-            if ack is not None and acked.rowcount != 1:
-                raise LeaseLost(f"outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}")
-            if records:
-                positions = [row[0] for row in inserted.fetchall()]
+        lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
+        # One round trip: every statement up to the COMMIT is pipelined (psycopg's
+        # transaction blocks would sync on entry and exit); a lost lease aborts the
+        # transaction from inside it.
+        with translate_errors(), self.pool.connection() as conn:
+            inserted = conn.cursor()
+            try:
+                with conn.pipeline():
+                    cur = conn.cursor()
+                    cur.execute("BEGIN")
+                    if records:
+                        cur.execute(query("lock_domain_events"))
+                        columns = (*_columns(records), [r.id for r in records], [_available_at(r) for r in records])
+                        inserted.execute(query("insert_events_and_outbox"), columns)
+                        for record in records:
+                            projections.project(cur, record)
+                        cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
+                    if ack is not None:
+                        params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
+                        cur.execute(query("ack_outbox_row_or_abort"), params)
+                    cur.execute("COMMIT")
+            except BaseException as exc:
+                _roll_back(conn)
+                if isinstance(exc, psycopg_errors.RaiseException) and str(exc.diag.message_primary).startswith(
+                    LEASE_LOST
+                ):
+                    raise LeaseLost(lease_lost) from exc
+                raise
+            positions = sorted(row[0] for row in inserted.fetchall()) if records else []
         if ack is not None:
             ack.done = True
         return positions
@@ -190,6 +202,13 @@ class DomainEventRecorder(ApplicationRecorder):
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
         raise NotImplementedError("Hodei consumes events through the outbox relay (hodei.relay), not subscriptions")
+
+
+def _roll_back(conn: psycopg.Connection[Any]) -> None:
+    """After a failed pipeline the transaction is left aborted (or the link is gone)."""
+    if not conn.closed:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
 
 
 def _available_at(record: EventRecord) -> datetime:

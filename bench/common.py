@@ -1,0 +1,67 @@
+"""What every benchmark needs: a throwaway PostgreSQL cluster (default durability, as
+in production), a migrated database, and percentile helpers. Each benchmark prints
+its figures next to a baseline measured in the same run, as a ratio."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from hodei.devdb import Cluster, create_database, free_port
+from hodei.domain.provider import ProviderType
+from hodei.providers.registry import register_providers
+from hodei.store.app import HodeiStore
+from hodei.store.db import open_pool
+from hodei.store.migrations import migrate
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """A migrated database: on HODEI_BENCH_DATABASE_URL's server, or a throwaway cluster."""
+    given = os.environ.get("HODEI_BENCH_DATABASE_URL")
+    if given:
+        yield _prepare(given, given)
+        return
+    root = Path(tempfile.mkdtemp(prefix="hodei-bench-"))
+    cluster = Cluster(root, free_port())
+    cluster.init()
+    cluster.start()
+    try:
+        yield _prepare(cluster.url, cluster.database_url("hodei_bench"))
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _prepare(server: str, url: str) -> str:
+    name = url.rsplit("/", 1)[1]
+    create_database(server, name)
+    migrate(url)
+    pool = open_pool(url, max_size=2)
+    try:
+        register_providers(HodeiStore(pool), [ProviderType.DOCKER, ProviderType.KUBERNETES, ProviderType.LOCAL])
+    finally:
+        pool.close()
+    return url
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def row(name: str, value: str, baseline: str = "", ratio: str = "", goal: str = "") -> str:
+    return f"{name:<44} {value:>16} {baseline:>18} {ratio:>10}  {goal}"
+
+
+def header() -> str:
+    return row("measurement", "value", "baseline", "ratio", "goal")

@@ -1,0 +1,212 @@
+"""The outbox relay: competing relays, per-aggregate order, retries, dead letters,
+NOTIFY wake-ups with polling as the guarantee."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from uuid import uuid4
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from hodei.config import RelayConfig
+from hodei.domain.job import Job
+from hodei.domain.spec import JobSpec
+from hodei.relay import Delivery, Relay, Route, backoff_seconds
+from hodei.signals import Signals
+from hodei.store.app import HodeiStore, Meta
+from hodei.testing import eventually, query
+
+CONFIG = RelayConfig(batch_size=50, poll_interval=0.05, lease_seconds=30, max_attempts=3, threads=4)
+
+
+@dataclass
+class Log:
+    """Every delivery, with a global clock tick at its start and its end."""
+
+    clock: itertools.count[int] = field(default_factory=itertools.count)
+    entries: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self, relay_name: str) -> Route:
+        def handle(delivery: Delivery) -> None:
+            start = next(self.clock)
+            time.sleep(0.001)
+            end = next(self.clock)
+            with self.lock:
+                self.entries.append(
+                    (relay_name, delivery.event.aggregate_id, delivery.event.aggregate_version, start, end)
+                )
+
+        return Route(handle)
+
+
+def write_jobs(store: HodeiStore, aggregates: int, events_each: int) -> int:
+    """Jobs with a run of status events each; returns the number of events."""
+    total = 0
+    for _ in range(aggregates):
+        job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5, max_attempts=10), uuid4())
+        for _ in range(events_each - 1):
+            job.select_provider(str(uuid4()), "docker")
+        store.write([job], Meta(actor="t"))
+        total += events_each
+    return total
+
+
+def test_two_relays_handle_every_row_once_and_keep_per_aggregate_order(store: HodeiStore, pool: ConnectionPool) -> None:
+    total = write_jobs(store, aggregates=30, events_each=6)
+    log = Log()
+    relays = [
+        Relay(pool, {t: log.handler(name) for t in ("JobCreated", "JobProviderSelected")}, CONFIG, name, Signals(None))
+        for name in ("relay-a", "relay-b")
+    ]
+    stop = threading.Event()
+    threads = [threading.Thread(target=relay.run, args=(stop,)) for relay in relays]
+    for thread in threads:
+        thread.start()
+    try:
+        eventually(lambda: len(log.entries) >= total, timeout=60, what="every row to be delivered")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    jobs = log.entries
+    keys = [(aggregate, version) for _, aggregate, version, _, _ in jobs]
+    assert len(keys) == len(set(keys)), "a row was handled twice"
+    assert {relay for relay, *_ in jobs} == {"relay-a", "relay-b"}, "both relays should have taken work"
+    by_aggregate: dict[str, list[tuple[int, int, int]]] = {}
+    for _, aggregate, version, start, end in jobs:
+        by_aggregate.setdefault(aggregate, []).append((version, start, end))
+    for deliveries in by_aggregate.values():
+        deliveries.sort()
+        assert [v for v, _, _ in deliveries] == list(range(1, len(deliveries) + 1))
+        for (_, _, previous_end), (_, start, _) in itertools.pairwise(deliveries):
+            assert start > previous_end, "a later event of an aggregate started before the earlier one ended"
+    assert query(pool.conninfo, "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)]
+
+
+def test_a_failing_row_is_retried_with_backoff_then_dead_lettered(store: HodeiStore, pool: ConnectionPool) -> None:
+    attempts: list[float] = []
+    buried: list[str] = []
+
+    def fail(delivery: Delivery) -> None:
+        attempts.append(time.monotonic())
+        raise RuntimeError(f"cannot handle {delivery.event.event_type}")
+
+    relay = Relay(pool, {"JobCreated": Route(fail, lambda _, error: buried.append(error))}, CONFIG, "r", Signals(None))
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    store.write([job], Meta(actor="t"))
+    deadline = time.monotonic() + 30
+    while len(attempts) < CONFIG.max_attempts and time.monotonic() < deadline:
+        relay.drain()
+        time.sleep(0.05)
+    relay.close()
+    assert len(attempts) == CONFIG.max_attempts
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert all(gap >= 0.1 for gap in gaps), gaps
+    row = query(
+        pool.conninfo, "SELECT status, attempts, last_error FROM outbox_events WHERE aggregate_id = %s", (str(job.id),)
+    )
+    assert row == [("DEAD_LETTER", 3, "RuntimeError: cannot handle JobCreated")]
+    assert buried == ["RuntimeError: cannot handle JobCreated"]
+
+
+def test_backoff_grows_exponentially_with_jitter() -> None:
+    samples = [[backoff_seconds(attempt) for _ in range(50)] for attempt in range(1, 8)]
+    means = [sum(s) / len(s) for s in samples]
+    assert all(later > earlier for earlier, later in itertools.pairwise(means[1:]))
+    assert len({round(x, 6) for x in samples[3]}) > 1, "no jitter"
+    assert max(max(s) for s in samples) <= 30.5
+
+
+def test_a_handler_that_writes_events_acknowledges_its_row_in_the_same_transaction(
+    store: HodeiStore, pool: ConnectionPool
+) -> None:
+    def react(delivery: Delivery) -> None:
+        job = store.load(Job, delivery.event.aggregate_id)
+        job.select_provider(str(uuid4()), "docker")
+        store.write([job], Meta(actor="handler", ack=delivery.ack))
+        assert query(pool.conninfo, "SELECT status FROM outbox_events WHERE id = %s", (delivery.outbox_id,)) == [
+            ("PUBLISHED",)
+        ]
+
+    relay = Relay(pool, {"JobCreated": Route(react)}, CONFIG, "r", Signals(None))
+    store.write([Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
+    relay.drain()
+    relay.close()
+    assert relay.counters.handled == 4 and relay.counters.failed == 0
+
+
+def test_a_save_for_a_row_whose_lease_was_lost_is_rolled_back(store: HodeiStore, pool: ConnectionPool) -> None:
+    def slow(delivery: Delivery) -> None:
+        query(
+            pool.conninfo, "UPDATE outbox_events SET claimed_by = 'someone-else' WHERE id = %s", (delivery.outbox_id,)
+        )
+        job = store.load(Job, delivery.event.aggregate_id)
+        job.select_provider(str(uuid4()), "docker")
+        store.write([job], Meta(actor="handler", ack=delivery.ack))
+
+    relay = Relay(pool, {"JobCreated": Route(slow)}, CONFIG, "r", Signals(None))
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    store.write([job], Meta(actor="t"))
+    relay.handle(relay.claim(10)[-1])
+    relay.close()
+    assert query(pool.conninfo, "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [(1,)]
+
+
+def _relay_latency(store: HodeiStore, pool: ConnectionPool, signals: Signals, poll: float) -> float:
+    handled = threading.Event()
+    relay = Relay(
+        pool,
+        {"JobCreated": Route(lambda _: handled.set())},
+        RelayConfig(batch_size=10, poll_interval=poll, lease_seconds=30, max_attempts=3, threads=2),
+        "r",
+        signals,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    time.sleep(0.3)  # the relay is now idle, waiting
+    started = time.monotonic()
+    store.write([Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
+    assert handled.wait(10), "the row was never delivered"
+    elapsed = time.monotonic() - started
+    stop.set()
+    thread.join()
+    return elapsed
+
+
+def test_notify_wakes_the_relay_at_once(store: HodeiStore, pool: ConnectionPool) -> None:
+    signals = Signals(pool.conninfo)
+    signals.start()
+    assert signals.connected.wait(5)
+    try:
+        assert _relay_latency(store, pool, signals, poll=30.0) < 5.0
+    finally:
+        signals.stop()
+
+
+def test_without_notify_the_relay_still_polls(store: HodeiStore, pool: ConnectionPool) -> None:
+    assert _relay_latency(store, pool, Signals(None), poll=0.3) < 5.0
+
+
+def test_the_listener_reconnects_after_its_connection_dies(pool: ConnectionPool) -> None:
+    signals = Signals(pool.conninfo)
+    signals.start()
+    try:
+        assert signals.connected.wait(5)
+        with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hodei-signals'"
+            )
+        eventually(lambda: not signals.connected.is_set(), timeout=10, what="the listener to notice")
+        assert signals.connected.wait(10), "the listener did not reconnect"
+        with signals.waiter("some-job") as waiter:
+            with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+                conn.execute("SELECT pg_notify('hodei_signals', 'other some-job')")
+            assert waiter.wait(5)
+    finally:
+        signals.stop()

@@ -1,0 +1,231 @@
+"""The saga engine and the three sagas, against a real database and fake providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from hodei.testing import query
+from tests.sagas_support import FAST_TIMING, Effects, FakeProvider, Harness
+
+
+@pytest.fixture
+def effects(tmp_path: Path) -> Effects:
+    return Effects(tmp_path / "effects.log")
+
+
+def harness(pool: ConnectionPool, tmp_path: Path, effects: Effects, **provider: Any) -> Harness:
+    return Harness(pool, FakeProvider(effects, **provider), tmp_path)
+
+
+def sagas(url: str, job_id: str) -> list[tuple[str, str]]:
+    return query(url, "SELECT saga_type, state FROM sagas WHERE correlation_id = %s ORDER BY started_at", (job_id,))
+
+
+def steps(url: str, job_id: str, saga_type: str) -> list[tuple[Any, ...]]:
+    return query(
+        url,
+        "SELECT st.step_name, st.state, st.retry_count, st.error_message FROM saga_steps st "
+        "JOIN sagas s ON s.id = st.saga_id WHERE s.correlation_id = %s AND s.saga_type = %s ORDER BY st.step_order",
+        (job_id, saga_type),
+    )
+
+
+def audit(url: str, job_id: str, saga_type: str) -> list[tuple[str, str | None]]:
+    return query(
+        url,
+        "SELECT a.event_type, a.step_name FROM saga_audit_events a JOIN sagas s ON s.id = a.saga_id "
+        "WHERE s.correlation_id = %s AND s.saga_type = %s ORDER BY a.occurred_at",
+        (job_id, saga_type),
+    )
+
+
+def job_row(url: str, job_id: str) -> tuple[Any, ...]:
+    return query(url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))[0]
+
+
+def test_a_job_goes_through_provisioning_and_execution(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    h.run(
+        lambda: (
+            len(sagas(fresh_database_url, job_id)) == 2
+            and all(s == "COMPLETED" for _, s in sagas(fresh_database_url, job_id))
+        )
+    )
+    assert job_row(fresh_database_url, job_id) == ("SUCCEEDED", None)
+    assert [s for s, *_ in steps(fresh_database_url, job_id, "PROVISIONING")] == [
+        "select_provider",
+        "register_worker",
+        "create_worker",
+        "wait_for_registration",
+    ]
+    assert {state for _, state, *_ in steps(fresh_database_url, job_id, "EXECUTION")} == {"COMPLETED"}
+    (worker_id,) = {line.split()[1] for line in effects.lines()}
+    assert effects.lines() == [
+        f"call-create {worker_id}",
+        f"create {worker_id}",
+        f"call-destroy {worker_id}",
+        f"destroy {worker_id}",
+    ]
+    assert query(fresh_database_url, "SELECT state FROM workers WHERE id = %s", (worker_id,)) == [("TERMINATED",)]
+    trail = audit(fresh_database_url, job_id, "PROVISIONING")
+    assert trail[0] == ("SagaStarted", None) and trail[-1] == ("SagaCompleted", None)
+    h.close()
+
+
+def test_a_step_failing_after_two_successes_compensates_them_in_reverse(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    h = harness(pool, tmp_path, effects, mode="flaky-forever")
+    job_id = h.submit()
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
+    assert steps(fresh_database_url, job_id, "PROVISIONING") == [
+        ("select_provider", "COMPENSATED", 0, None),
+        ("register_worker", "COMPENSATED", 0, None),
+        ("create_worker", "FAILED", 2, "transient failure 3"),
+        ("wait_for_registration", "PENDING", 0, None),
+    ]
+    assert audit(fresh_database_url, job_id, "PROVISIONING") == [
+        ("SagaStarted", None),
+        ("StepStarted", "select_provider"),
+        ("StepCompleted", "select_provider"),
+        ("StepStarted", "register_worker"),
+        ("StepCompleted", "register_worker"),
+        ("StepStarted", "create_worker"),
+        ("StepFailed", "create_worker"),
+        ("StepStarted", "create_worker"),
+        ("StepFailed", "create_worker"),
+        ("StepStarted", "create_worker"),
+        ("StepFailed", "create_worker"),
+        ("CompensationStarted", "register_worker"),
+        ("StepCompensated", "register_worker"),
+        ("CompensationStarted", "select_provider"),
+        ("StepCompensated", "select_provider"),
+        ("SagaFailed", None),
+    ]
+    state, reason = job_row(fresh_database_url, job_id)
+    assert state == "FAILED"
+    assert "create_worker failed: transient failure 3" in reason
+    assert query(fresh_database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+    assert query(fresh_database_url, "SELECT error_message FROM sagas WHERE correlation_id = %s", (job_id,))[0][
+        0
+    ].startswith("step create_worker failed")
+    h.close()
+
+
+def test_a_retryable_failure_is_retried_and_counted(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    h = harness(pool, tmp_path, effects, mode="flaky", flaky_failures=1)
+    job_id = h.submit()
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "SUCCEEDED" and "destroy" in " ".join(effects.lines()))
+    create = next(s for s in steps(fresh_database_url, job_id, "PROVISIONING") if s[0] == "create_worker")
+    assert create == ("create_worker", "COMPLETED", 1, None)
+    h.close()
+
+
+def test_a_non_retryable_failure_fails_at_once(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    h = harness(pool, tmp_path, effects, mode="fail")
+    job_id = h.submit()
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
+    create = next(s for s in steps(fresh_database_url, job_id, "PROVISIONING") if s[0] == "create_worker")
+    assert create == ("create_worker", "FAILED", 0, "the fake provider refuses to create workers")
+    h.close()
+
+
+def test_an_unhealthy_provider_fails_the_job_fast_with_the_reason(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    h = harness(pool, tmp_path, effects, healthy=False)
+    job_id = h.submit()
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "FAILED", agent=False, timeout=10)
+    assert "provider local is unhealthy: the fake provider is down" in job_row(fresh_database_url, job_id)[1]
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[0][:2] == ("select_provider", "COMPENSATED")
+    assert effects.lines() == []
+    h.close()
+
+
+def test_a_wait_past_its_deadline_fails_and_compensates(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    from dataclasses import replace
+
+    timing = replace(FAST_TIMING, registration_timeout=1.0)
+    h = Harness(pool, FakeProvider(effects), tmp_path, timing=timing)
+    job_id = h.submit()
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False, timeout=15)
+    wait = steps(fresh_database_url, job_id, "PROVISIONING")[3]
+    assert wait[:2] == ("wait_for_registration", "FAILED")
+    assert "no progress by the deadline" in wait[3]
+    compensations = {"CompensationStarted", "StepCompensated"}
+    assert [a for a in audit(fresh_database_url, job_id, "PROVISIONING") if a[0] in compensations] == [
+        ("CompensationStarted", "create_worker"),
+        ("StepCompensated", "create_worker"),
+        ("CompensationStarted", "register_worker"),
+        ("StepCompensated", "register_worker"),
+        ("CompensationStarted", "select_provider"),
+        ("StepCompensated", "select_provider"),
+    ]
+    (worker,) = {line.split()[1] for line in effects.lines()}
+    assert [x for x in effects.lines() if not x.startswith("call")] == [f"create {worker}", f"destroy {worker}"]
+    assert job_row(fresh_database_url, job_id)[0] == "FAILED"
+    h.close()
+
+
+def test_every_outbox_row_delivered_twice_has_one_effect(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    h = harness(pool, tmp_path, effects)
+    jobs = [h.submit() for _ in range(3)]
+    h.run(lambda: all(job_row(fresh_database_url, j)[0] == "SUCCEEDED" for j in jobs) and len(effects.lines()) == 12)
+    h.relay.drain()
+    before_events = query(fresh_database_url, "SELECT count(*) FROM domain_events")[0][0]
+    delivered = query(
+        fresh_database_url, "UPDATE outbox_events SET status = 'PENDING', available_at = now() RETURNING id"
+    )
+    assert len(delivered) == before_events
+    h.relay.drain()
+    assert query(fresh_database_url, "SELECT count(*) FROM domain_events")[0][0] == before_events
+    assert len(effects.lines()) == 12  # each create and destroy called once: nothing ran again
+    assert query(fresh_database_url, "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)]
+    h.close()
+
+
+def test_a_duplicate_start_command_is_a_no_op(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    from hodei.domain.saga import SagaType
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    first = h.engine.start(SagaType.PROVISIONING, job_id, 1, {}, None)
+    second = h.engine.start(SagaType.PROVISIONING, job_id, 1, {}, None)
+    assert first == second
+    assert query(fresh_database_url, "SELECT count(*) FROM sagas WHERE correlation_id = %s", (job_id,)) == [(1,)]
+    h.close()
+
+
+def test_a_hanging_action_times_out(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    from hodei.sagas import provisioning
+
+    h = harness(pool, tmp_path, effects, mode="hang", hang_seconds=5)
+    definition = h.engine.definitions[provisioning.SagaType.PROVISIONING]
+    create = definition.steps[2]
+    object.__setattr__(create, "timeout", 0.5)
+    job_id = h.submit()
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False, timeout=20)
+    step = steps(fresh_database_url, job_id, "PROVISIONING")[2]
+    assert step[0] == "create_worker" and step[1] == "FAILED"
+    assert "timed out after 0.5s" in step[3]
+    assert step[2] == 2  # a timeout is worth retrying
+    h.close()
