@@ -78,3 +78,7 @@ bench-store: bootstrap
 # Benchmark the outbox relay: lag and throughput next to a bare LISTEN/NOTIFY round trip
 bench-relay: bootstrap
     {{venv}}/python -m bench.relay
+
+# Benchmark an echo job on the local provider next to the cost of starting a worker
+bench-local: bootstrap
+    {{venv}}/python -m bench.local

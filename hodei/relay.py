@@ -215,15 +215,18 @@ class Relay:
 
     # Loops ------------------------------------------------------------------
 
-    def _submit(self, delivery: Delivery) -> None:
+    def _submit(self, deliveries: list[Delivery]) -> None:
+        """One task per aggregate: its rows run in order, one after the other."""
+
         def run() -> None:
-            try:
-                self.handle(delivery)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
-                    self._lock.notify_all()
-                self._waiter.wake()
+            for delivery in deliveries:
+                try:
+                    self.handle(delivery)
+                finally:
+                    with self._lock:
+                        self._in_flight -= 1
+                        self._lock.notify_all()
+            self._waiter.wake()
 
         self._executor.submit(run)
 
@@ -242,8 +245,11 @@ class Relay:
                 self._in_flight -= free
         with self._lock:
             self._in_flight += len(deliveries)
+        by_aggregate: dict[str, list[Delivery]] = {}
         for delivery in deliveries:
-            self._submit(delivery)
+            by_aggregate.setdefault(delivery.event.aggregate_id, []).append(delivery)
+        for group in by_aggregate.values():
+            self._submit(group)
         return len(deliveries)
 
     def run(self, stop: threading.Event) -> None:

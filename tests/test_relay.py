@@ -59,8 +59,10 @@ def write_jobs(store: HodeiStore, aggregates: int, events_each: int) -> int:
 def test_two_relays_handle_every_row_once_and_keep_per_aggregate_order(store: HodeiStore, pool: ConnectionPool) -> None:
     total = write_jobs(store, aggregates=30, events_each=6)
     log = Log()
+    kinds = ("JobCreated", "JobProviderSelected")
+    small_batches = RelayConfig(batch_size=8, poll_interval=0.01, lease_seconds=30, max_attempts=3, threads=4)
     relays = [
-        Relay(pool, {t: log.handler(name) for t in ("JobCreated", "JobProviderSelected")}, CONFIG, name, Signals(None))
+        Relay(pool, {kind: log.handler(name) for kind in kinds}, small_batches, name, Signals(None))
         for name in ("relay-a", "relay-b")
     ]
     stop = threading.Event()

@@ -29,8 +29,25 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# Options whose values often start with "-" (the seed writes --args "-c '…'"): argparse
+# would take such a value for an option unless it is attached with "=".
+_DASHED_VALUES = {"--args", "-a", "--command", "-c"}
+
+
+def attach_values(argv: list[str]) -> list[str]:
+    joined: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in _DASHED_VALUES:
+            value = next(items, None)
+            joined.append(item if value is None else f"{item}={value}")
+        else:
+            joined.append(item)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(attach_values(sys.argv[1:] if argv is None else argv))
     term = Terminal(args.output)
     if hasattr(args, "job_id_flag"):
         args.job_id = args.job_id_flag or args.job_id_positional

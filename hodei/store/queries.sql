@@ -187,40 +187,46 @@ UPDATE provider_configs SET health = %(health)s, health_message = %(message)s, u
 WHERE id = %(id)s;
 
 -- name: claim_outbox_rows
--- A row is claimable when it is due (or its lease expired) and no earlier row of the
--- same aggregate is still open: one row per aggregate at a time keeps per-aggregate
--- order even with several relays, and makes every claimed batch safe to run in parallel.
--- The earliest open rows form a window; an aggregate's earliest open row is always in
--- it, so the heads of the window are exactly the rows with no open predecessor.
+-- A row is claimable when it is due (or its lease expired) and every earlier open row of
+-- its aggregate is claimable too: the relay then handles an aggregate's rows in order,
+-- one at a time, while rows of different aggregates run in parallel. A row that is not
+-- due (claimed by someone, or waiting to be retried) blocks the rest of its aggregate,
+-- which keeps per-aggregate order across relays. The earliest open rows form a window;
+-- an aggregate's earliest open row is always in it.
 WITH open AS (
-    SELECT id, aggregate_id, position, status, available_at, lease_until
+    SELECT id, aggregate_id, position,
+           (status = 'PENDING' AND available_at <= now()) OR (status = 'PROCESSING' AND lease_until < now()) AS due
     FROM outbox_events
     WHERE status IN ('PENDING', 'PROCESSING')
     ORDER BY position
     LIMIT %(window)s
-), heads AS (
-    SELECT DISTINCT ON (aggregate_id) id, position, status, available_at, lease_until
-    FROM open
-    ORDER BY aggregate_id, position
+), blocked AS (
+    SELECT aggregate_id, min(position) AS from_position FROM open WHERE NOT due GROUP BY aggregate_id
 ), due AS (
-    SELECT id FROM heads
-    WHERE (status = 'PENDING' AND available_at <= now()) OR (status = 'PROCESSING' AND lease_until < now())
-    ORDER BY position
+    SELECT o.id, o.aggregate_id, o.position FROM open o LEFT JOIN blocked b ON b.aggregate_id = o.aggregate_id
+    WHERE o.due AND (b.from_position IS NULL OR o.position < b.from_position)
+    ORDER BY o.position
     LIMIT %(limit)s
-), claimed AS (
+), locked AS (
     -- The status test is repeated here so that it is re-checked on the row version a
     -- concurrent relay may just have committed.
     SELECT o.id FROM outbox_events o
     WHERE o.id = ANY(ARRAY(SELECT id FROM due))
       AND ((o.status = 'PENDING' AND o.available_at <= now()) OR (o.status = 'PROCESSING' AND o.lease_until < now()))
     FOR UPDATE SKIP LOCKED
+), runs AS (
+    -- Of each aggregate, only the rows before the first one this statement could not lock
+    -- (another relay holds it): never a later row without the earlier ones.
+    SELECT d.id,
+           bool_and(l.id IS NOT NULL) OVER (PARTITION BY d.aggregate_id ORDER BY d.position) AS unbroken
+    FROM due d LEFT JOIN locked l ON l.id = d.id
 ), updated AS (
     UPDATE outbox_events o
     SET status = 'PROCESSING',
         claimed_by = %(claimer)s,
         lease_until = now() + make_interval(secs => %(lease)s),
         attempts = o.attempts + 1
-    WHERE o.id = ANY(ARRAY(SELECT id FROM claimed))
+    WHERE o.id = ANY(ARRAY(SELECT id FROM runs WHERE unbroken))
     RETURNING o.id, o.attempts
 )
 -- `= ANY(ARRAY(...))` is evaluated once: whatever the table statistics, each table is

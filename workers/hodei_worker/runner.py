@@ -77,12 +77,16 @@ class JobProcess:
         self.kill_grace = kill_grace
         self.on_line = on_line
         self._cancelled = threading.Event()
+        # Set on cancel and when the process exits: the wait loop sleeps on it.
+        self._wake = threading.Event()
+        self._exited = threading.Event()
         self._cancel_reason = ""
         self._process: subprocess.Popen[bytes] | None = None
 
     def cancel(self, reason: str) -> None:
         self._cancel_reason = reason
         self._cancelled.set()
+        self._wake.set()
 
     def run(self) -> Finished:
         try:
@@ -115,6 +119,9 @@ class JobProcess:
         self._signal_group(process.pid, signal.SIGKILL)
         for reader in readers:
             reader.join(timeout=5)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
         returncode = process.returncode if process.returncode is not None else -signal.SIGKILL
         reap_all()
         code = exit_code_of(returncode)
@@ -124,25 +131,38 @@ class JobProcess:
 
     def _wait(self, process: subprocess.Popen[bytes]) -> tuple[Outcome, str]:
         deadline = time.monotonic() + self.timeout
+        watcher = threading.Thread(target=self._watch_exit, args=(process,), daemon=True)
+        watcher.start()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._stop(process)
                 return Outcome.TIMED_OUT, f"timed out after {self.timeout:g}s"
-            if self._cancelled.wait(min(remaining, 0.05)):
+            self._wake.wait(remaining)
+            self._wake.clear()
+            if self._exited.is_set():
+                process.wait()
+                return Outcome.EXITED, ""
+            if self._cancelled.is_set():
                 self._stop(process)
                 return Outcome.CANCELLED, f"cancelled: {self._cancel_reason}"
-            if process.poll() is not None:
-                return Outcome.EXITED, ""
+
+    def _watch_exit(self, process: subprocess.Popen[bytes]) -> None:
+        """Blocks until the job's process exits (no polling delay), then wakes the wait.
+        WNOWAIT leaves the exit status for subprocess to collect. (Popen.poll() from two
+        threads can answer None while the other holds its lock: never rely on it here.)"""
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        self._exited.set()
+        self._wake.set()
 
     def _stop(self, process: subprocess.Popen[bytes]) -> None:
         """SIGTERM to the whole group, a grace period, then SIGKILL."""
         self._signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=self.kill_grace)
-        except subprocess.TimeoutExpired:
+        if not self._exited.wait(self.kill_grace):
             self._signal_group(process.pid, signal.SIGKILL)
-            process.wait()
+            self._exited.wait()
+        process.wait()
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:
@@ -157,7 +177,7 @@ class JobProcess:
     def _reap_orphans(self, process: subprocess.Popen[bytes]) -> None:
         """Reaps re-parented orphans while the job runs, never the job's own process
         (subprocess must collect its exit status)."""
-        while process.poll() is None:
+        while not self._exited.is_set():
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:

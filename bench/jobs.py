@@ -1,0 +1,29 @@
+"""Job latency: submit an `echo` job and wait for SUCCEEDED, through the real server."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+
+
+def job_latencies(address: str, provider: str, count: int, warmup: int = 2) -> list[float]:
+    """Seconds from QueueJob to the job's SUCCEEDED, one job at a time."""
+    channel = grpc.insecure_channel(address)
+    stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+    samples = []
+    for index in range(warmup + count):
+        spec = common_pb2.JobSpec(name=f"bench-{index}", command="echo hi", timeout_seconds=30, provider=provider)
+        started = time.perf_counter()
+        job_id = stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id
+        for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id)):
+            if update.job.state == "SUCCEEDED":
+                break
+            if update.job.state in ("FAILED", "CANCELLED", "TIMEOUT"):
+                raise RuntimeError(f"bench job {job_id} ended {update.job.state}: {update.job.error_message}")
+        if index >= warmup:
+            samples.append(time.perf_counter() - started)
+    channel.close()
+    return samples

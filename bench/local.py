@@ -1,0 +1,72 @@
+"""``just bench-local``: latency of an `echo` job on the local provider, next to the
+floor measured in the same run: spawning the worker's interpreter, importing the
+agent and making its first gRPC call.
+
+Goal: p50 <= 2x the floor.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import database, header, percentile, row
+from bench.jobs import job_latencies
+from hodei.testing import ServerProcess
+
+JOBS = 30
+FLOOR_RUNS = 15
+
+FLOOR_SCRIPT = """
+import sys, grpc
+import hodei_worker.agent
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+channel = grpc.insecure_channel(sys.argv[1])
+health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+"""
+
+
+def floor(address: str) -> list[float]:
+    samples = []
+    for _ in range(FLOOR_RUNS + 1):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, address], check=True)
+        samples.append(time.perf_counter() - started)
+    return samples[1:]
+
+
+def main() -> None:
+    with (
+        database() as url,
+        tempfile.TemporaryDirectory() as tmp,
+        ServerProcess(url, Path(tmp), {"HODEI_DOCKER_ENABLED": "0"}) as server,
+    ):
+        bare = floor(server.address)
+        jobs = job_latencies(server.address, "local", JOBS)
+    base = percentile(bare, 50)
+    print(header())
+    print(row("floor: spawn agent + first gRPC call p50", f"{base * 1000:.0f} ms", "(baseline)"))
+    print(
+        row(
+            f"echo job, local, submit->SUCCEEDED p50 ({JOBS})",
+            f"{percentile(jobs, 50) * 1000:.0f} ms",
+            f"{base * 1000:.0f} ms",
+            f"{percentile(jobs, 50) / base:.2f}",
+            "<= 2.0",
+        )
+    )
+    print(
+        row(
+            f"echo job, local, submit->SUCCEEDED p95 ({JOBS})",
+            f"{percentile(jobs, 95) * 1000:.0f} ms",
+            f"{base * 1000:.0f} ms",
+            f"{percentile(jobs, 95) / base:.2f}",
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The seed's Phase 5 and 6 on the local provider, and the failure paths end to end:
+real server, real worker processes, real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
+from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
+
+LOCAL_ID = "33333333-3333-3333-3333-333333333333"
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log_dir = tmp_path_factory.mktemp("logs")
+    env = {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "3", "HODEI_KILL_GRACE": "1"}
+    with ServerProcess(database_url, log_dir, env) as process:
+        yield process
+    print(process.logs()[-5000:])
+
+
+def job_processes(job_id: str) -> list[int]:
+    """Live processes (agent or job) carrying this job's id in their environment."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"HODEI_JOB_ID={job_id}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def agent_pid(job_id: str) -> int:
+    def find() -> int | None:
+        for pid in job_processes(job_id):
+            if b"HODEI_WORKER_TOKEN=" in Path(f"/proc/{pid}/environ").read_bytes():
+                return pid
+        return None
+
+    return eventually(find, 30, what=f"the worker agent of job {job_id}")
+
+
+def wait_running(url: str, job_id: str) -> None:
+    eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30)
+
+
+def test_phase5_and_phase6_on_the_local_provider(server: ServerProcess, database_url: str) -> None:
+    jobs = {job.title: (job, submit(server, job)) for job in phase5_jobs("local")}
+    for job, job_id in jobs.values():
+        wait_settled(database_url, job_id, timeout=90)
+        check_job_get(server, job_id)
+        check_phase6(database_url, job_id, "local", LOCAL_ID, job)
+
+
+def test_a_non_zero_exit_fails_the_job_with_its_code(server: ServerProcess, database_url: str) -> None:
+    result = server.cli(
+        "job", "run", "--provider", "local", "--command", "echo about to fail; exit 3", "--timeout", "30", "--wait"
+    )
+    assert result.returncode == 3, result.stderr
+    job_id = result.stdout.strip()
+    wait_settled(database_url, job_id)
+    assert query(database_url, "SELECT state, exit_code, error_message FROM jobs WHERE id = %s", (job_id,)) == [
+        ("FAILED", 3, "exited with code 3")
+    ]
+    shown = check_job_get(server, job_id, "FAILED", 5)
+    assert "Exit code: 3" in shown
+
+
+def test_a_timeout_ends_the_job_and_its_whole_process_group(server: ServerProcess, database_url: str) -> None:
+    result = server.cli(
+        "job", "run", "--provider", "local", "--command", "sleep 300 & sleep 300; wait", "--timeout", "1.5", "--wait"
+    )
+    assert result.returncode == 124, result.stderr
+    job_id = result.stdout.strip()
+    wait_settled(database_url, job_id)
+    state, exit_code = query(database_url, "SELECT state, exit_code FROM jobs WHERE id = %s", (job_id,))[0]
+    assert state == "TIMEOUT"
+    assert exit_code == 143  # SIGTERM: 128 + 15
+    assert job_processes(job_id) == []
+
+
+def test_cancelling_a_running_job_stops_its_processes(server: ServerProcess, database_url: str) -> None:
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", "sleep 300", "--timeout", "600", check=True
+    ).stdout.strip()
+    wait_running(database_url, job_id)
+    assert job_processes(job_id)
+    cancelled = server.cli("job", "cancel", "--id", job_id, "--reason", "no longer needed", check=True)
+    assert "CANCELLED (Status Code: 6)" in cancelled.stderr
+    wait_settled(database_url, job_id)
+    assert query(database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,)) == [
+        ("CANCELLED", "no longer needed")
+    ]
+    eventually(lambda: job_processes(job_id) == [], 15, what="the job's processes to end")
+    again = server.cli("job", "cancel", "--id", job_id)
+    assert again.returncode != 0
+    assert "already ended CANCELLED" in again.stderr
+
+
+def test_a_killed_worker_fails_the_job_through_recovery(server: ServerProcess, database_url: str) -> None:
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", "sleep 300", "--timeout", "600", check=True
+    ).stdout.strip()
+    wait_running(database_url, job_id)
+    started = time.monotonic()
+    os.kill(agent_pid(job_id), signal.SIGKILL)
+    assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"
+    assert time.monotonic() - started < 15
+    wait_settled(database_url, job_id)
+    (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+    assert "was lost" in reason
+    assert ("RECOVERY", "COMPLETED") in query(
+        database_url, "SELECT saga_type, state FROM sagas WHERE correlation_id = %s", (job_id,)
+    )
+    assert query(database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+    eventually(lambda: job_processes(job_id) == [], 15, what="the orphaned job processes to be killed")
+
+
+def test_a_frozen_worker_is_lost_within_the_heartbeat_timeout(server: ServerProcess, database_url: str) -> None:
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", "sleep 300", "--timeout", "600", check=True
+    ).stdout.strip()
+    wait_running(database_url, job_id)
+    pid = agent_pid(job_id)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"
+        assert time.monotonic() - started < 3 + 10  # heartbeat timeout plus a sweep and a saga
+        (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+        assert "no heartbeat" in reason
+    finally:
+        os.kill(pid, signal.SIGCONT) if pid in job_processes(job_id) else None
+    wait_settled(database_url, job_id)
+    eventually(lambda: job_processes(job_id) == [], 15, what="the frozen worker to be destroyed")
+
+
+def test_a_lost_worker_is_retried_when_attempts_remain(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "first-attempt"
+    command = f"if [ -f {marker} ]; then echo second attempt; else touch {marker}; sleep 300; fi"
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", command, "--timeout", "600", "--max-attempts", "2", check=True
+    ).stdout.strip()
+    wait_running(database_url, job_id)
+    eventually(marker.exists, 10)
+    os.kill(agent_pid(job_id), signal.SIGKILL)
+    assert wait_terminal(database_url, job_id, timeout=60) == "SUCCEEDED"
+    wait_settled(database_url, job_id)
+    assert query(database_url, "SELECT attempt FROM jobs WHERE id = %s", (job_id,)) == [(2,)]
+    sagas = query(
+        database_url,
+        "SELECT saga_type, state, attempt FROM sagas WHERE correlation_id = %s ORDER BY started_at",
+        (job_id,),
+    )
+    assert sagas == [
+        ("PROVISIONING", "COMPLETED", 1),
+        ("EXECUTION", "COMPLETED", 1),
+        ("RECOVERY", "COMPLETED", 1),
+        ("PROVISIONING", "COMPLETED", 2),
+        ("EXECUTION", "COMPLETED", 2),
+    ]
+    logs = server.cli("job", "logs", "--id", job_id, check=True)
+    assert "second attempt" in logs.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["job", "run", "--provider", "local", "--command", "", "--timeout", "5"], "command must not be empty"),
+        (["job", "run", "--provider", "local", "--command", "true", "--timeout", "-5"], "--timeout must be a positive"),
+        (["job", "run", "--provider", "local", "--command", "true", "--timeout", "0"], "--timeout must be a positive"),
+        (["job", "run", "--provider", "local", "--command", "true", "--env", "FOO"], "malformed --env item `FOO`"),
+        (["job", "run", "--provider", "local", "--command", "true", "--env", "1A=x"], "malformed --env item `1A=x`"),
+        (["job", "run", "--provider", "nope", "--command", "true"], "unknown provider `nope`"),
+        (["job", "run", "--provider", "local", "--command", "bash", "--args", "-c 'unclosed"], "malformed --args"),
+        (["job", "get", "--id", "00000000-0000-0000-0000-000000000000"], "not found"),
+        (["job", "get", "--id", "not-a-uuid"], "not found"),
+        (["job", "cancel", "--id", "00000000-0000-0000-0000-000000000000"], "not found"),
+        (["job", "logs", "--id", "00000000-0000-0000-0000-000000000000"], "not found"),
+        (["job", "get"], "give the job id"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_writes_nothing(
+    server: ServerProcess, database_url: str, args: list[str], message: str
+) -> None:
+    before = query(database_url, "SELECT count(*) FROM domain_events")[0][0]
+    result = server.cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == before
+
+
+def test_follow_streams_the_output_and_exits_with_the_job_code(server: ServerProcess) -> None:
+    result = server.cli(
+        "job",
+        "run",
+        "--provider",
+        "local",
+        "--command",
+        "echo out; echo err >&2; sleep 1; echo later; exit 7",
+        "--timeout",
+        "30",
+        "--follow",
+    )
+    assert result.returncode == 7
+    assert result.stdout.splitlines() == ["out", "later"]
+    assert "err" in result.stderr.splitlines()
+
+
+def test_logs_stay_readable_after_the_worker_is_gone(server: ServerProcess, database_url: str) -> None:
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", "seq 1 500", "--timeout", "30", check=True
+    ).stdout.strip()
+    wait_settled(database_url, job_id)
+    assert job_processes(job_id) == []
+    logs = server.cli("job", "logs", "--id", job_id, check=True)
+    assert logs.stdout.splitlines() == [str(i) for i in range(1, 501)]
+    assert query(database_url, "SELECT entry_count FROM job_log_files WHERE job_id = %s", (job_id,)) == [(500,)]
+
+
+def test_a_worker_that_never_registers_fails_the_job_within_the_deadline(
+    pg_server: str, template_database: str, tmp_path: Path
+) -> None:
+    from conftest import new_database
+
+    url = new_database(pg_server, template_database)
+    env = {"HODEI_LOCAL_WORKER_COMMAND": "sleep 600", "HODEI_REGISTRATION_TIMEOUT": "3", "HODEI_KILL_GRACE": "1"}
+    with ServerProcess(url, tmp_path, env) as silent:
+        job_id = silent.cli(
+            "job", "run", "--provider", "local", "--command", "true", "--timeout", "30", check=True
+        ).stdout.strip()
+        started = time.monotonic()
+        assert wait_terminal(url, job_id, timeout=30) == "FAILED"
+        assert time.monotonic() - started < 3 + 5
+        wait_settled(url, job_id)
+        (reason,) = query(url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+        assert "wait_for_registration failed" in reason and "deadline" in reason
+        assert query(url, "SELECT saga_type, state FROM sagas WHERE correlation_id = %s", (job_id,)) == [
+            ("PROVISIONING", "FAILED")
+        ]
+        steps = query(
+            url,
+            "SELECT st.step_name, st.state FROM saga_steps st JOIN sagas s ON s.id = st.saga_id "
+            "WHERE s.correlation_id = %s ORDER BY step_order",
+            (job_id,),
+        )
+        assert steps == [
+            ("select_provider", "COMPENSATED"),
+            ("register_worker", "COMPENSATED"),
+            ("create_worker", "COMPENSATED"),
+            ("wait_for_registration", "FAILED"),
+        ]
+        assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+        eventually(lambda: job_processes(job_id) == [], 10, what="the silent worker process to be killed")

@@ -1,0 +1,144 @@
+"""The worker agent's parts: running a job in its own process group, batching output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from hodei_worker.batcher import Batch, LogBatcher
+from hodei_worker.runner import JobProcess, Outcome, argv_for, job_environment
+
+
+def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    lines: list[tuple[str, str]] = []
+    process = JobProcess(
+        argv_for(command, list(args)),
+        env or dict(os.environ),
+        None,
+        timeout=timeout,
+        kill_grace=0.5,
+        on_line=lambda stream, line: lines.append((stream, line)),
+    )
+    return process, process.run(), lines
+
+
+def test_a_command_alone_is_a_shell_line_and_with_args_a_program() -> None:
+    assert argv_for("echo a && echo b", []) == ["/bin/sh", "-c", "echo a && echo b"]
+    assert argv_for("bash", ["-c", "echo x"]) == ["bash", "-c", "echo x"]
+    _, finished, lines = run("bash", ("-c", "echo Processing file test.txt && echo Done"))
+    assert finished.outcome is Outcome.EXITED and finished.exit_code == 0
+    assert lines == [("stdout", "Processing file test.txt"), ("stdout", "Done")]
+
+
+def test_the_job_does_not_see_the_agent_credentials() -> None:
+    env = job_environment({"PATH": "/bin", "HODEI_WORKER_TOKEN": "secret", "HODEI_JOB_ID": "j"}, {"MY_VAR": "1"})
+    assert env == {"PATH": "/bin", "HODEI_JOB_ID": "j", "MY_VAR": "1"}
+
+
+@pytest.mark.parametrize(("command", "code"), [("exit 3", 3), ("kill -9 $$", 137), ("true", 0)])
+def test_exit_codes_follow_the_shell_convention(command: str, code: int) -> None:
+    _, finished, _ = run(command)
+    assert (finished.outcome, finished.exit_code) == (Outcome.EXITED, code)
+
+
+def test_a_missing_program_fails_to_start() -> None:
+    _, finished, _ = run("/nonexistent/program", ("x",))
+    assert finished.outcome is Outcome.START_FAILED
+    assert finished.exit_code == 127
+    assert "/nonexistent/program" in finished.message
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    _, finished, _ = run(f"sleep 300 & echo $! >> {pids}; trap '' TERM; sleep 300 & echo $! >> {pids}; wait", timeout=1)
+    assert finished.outcome is Outcome.TIMED_OUT
+    assert finished.message == "timed out after 1s"
+    children = [int(p) for p in pids.read_text().split()]
+    assert len(children) == 2
+    assert not any(_alive(pid) for pid in children)
+
+
+def test_cancel_stops_the_job() -> None:
+    lines: list[tuple[str, str]] = []
+    process = JobProcess(
+        ["/bin/sh", "-c", "echo started; sleep 300"],
+        dict(os.environ),
+        None,
+        60,
+        0.5,
+        lambda stream, line: lines.append((stream, line)),
+    )
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(process.run()))
+    thread.start()
+    while not lines:
+        threading.Event().wait(0.01)
+    process.cancel("by test")
+    thread.join(10)
+    (finished,) = result
+    assert finished.outcome is Outcome.CANCELLED  # type: ignore[attr-defined]
+    assert finished.message == "cancelled: by test"  # type: ignore[attr-defined]
+
+
+def test_many_short_jobs_all_end_as_exited() -> None:
+    """Regression: Popen.poll() from two threads could answer None and leave a finished
+    job waiting for its timeout."""
+    outcomes = {run("echo hi")[1].outcome for _ in range(150)}
+    assert outcomes == {Outcome.EXITED}
+
+
+def test_orphans_of_the_job_are_reaped() -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys
+        sys.path.insert(0, "workers")
+        from hodei_worker.runner import JobProcess, argv_for, become_subreaper
+        become_subreaper()
+        command = argv_for("setsid sh -c 'sleep 0.2' & exit 0", [])
+        job = JobProcess(command, dict(os.environ), None, 10, 0.5, lambda *_: None)
+        print(job.run().outcome.value)
+        import time; time.sleep(0.5)
+        from hodei_worker.runner import reap_all
+        reap_all()
+        try:
+            os.waitpid(-1, os.WNOHANG)
+            print("children left")
+        except ChildProcessError:
+            print("no children")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=Path(__file__).parent.parent
+    )
+    assert result.stdout.splitlines() == ["exited", "no children"], result.stderr
+
+
+def test_output_is_batched_by_size_and_by_time_and_kept_until_acknowledged() -> None:
+    sent: list[Batch] = []
+    batcher = LogBatcher(sent.append, max_lines=3, max_delay=0.05)
+    for n in range(7):
+        batcher.add("stdout", f"line {n}")
+    assert [len(b.lines) for b in sent] == [3, 3]
+    assert batcher.wait_all_acked(0.01) is False  # flushes the last line, nothing acknowledged
+    assert [b.seq for b in sent] == [1, 2, 3]
+    assert [b.seq for b in batcher.pending()] == [1, 2, 3]
+    for batch in sent:
+        batcher.acked(batch.seq)
+    assert batcher.wait_all_acked(0.01) is True
+    batcher.add("stderr", "late")
+    threading.Event().wait(0.3)
+    assert sent[-1].lines[0][1:] == ("stderr", "late")
+    batcher.close()
