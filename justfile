@@ -67,9 +67,178 @@ stop-server:
 # Everything for development: database, migrations, worker image, server
 dev: dev-db db-migrate build-worker dev-server
 
+# Install the server into .venv (Python: nothing to compile) and check its entry point
+build-server: bootstrap
+    {{venv}}/hodei-server --help >/dev/null && echo "hodei-server: {{venv}}/hodei-server"
+
+# Install the CLI into .venv and check its entry point
+build-cli: bootstrap
+    {{venv}}/hodei-jobs-cli --help >/dev/null && echo "hodei-jobs-cli: {{venv}}/hodei-jobs-cli"
+
+# Everything: server, CLI and the worker image
+build: build-server build-cli build-worker
+
+# Remove caches, build output and the worker images (the database stays)
+clean:
+    rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+    find . -name __pycache__ -type d -prune -not -path "./.venv/*" -exec rm -rf {} +
+    -docker rmi -f hodei-jobs-worker:latest $(docker images -q 'hodei-worker-base') 2>/dev/null
+
+# The seed's whole procedure on Docker, with its results table (starts what it needs)
+e2e: dev
+    {{venv}}/python -m e2e.procedure
+
+# --- Jobs -------------------------------------------------------------------
+
+cli := venv / "hodei-jobs-cli"
+
 # Run a simple job on Docker and show its output (starts what it needs first)
 job-hello-world: dev
-    {{venv}}/hodei-jobs-cli job run --name "hello-world-$(date +%s)" --provider docker --command "echo 'Hello World from Hodei Jobs!'" --timeout 30 --follow
+    {{cli}} job run --name "hello-world-$(date +%s)" --provider docker --script examples/01-hello-world.sh --timeout 30 --follow
+
+# Seed 5.1: echo on Docker
+job-docker-hello:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-echo-$(date +%s)" --provider docker --command "echo 'Hello from Hodei Docker Worker!'" --timeout 30)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job watch --id "$JOB_ID" >/dev/null || true
+    {{cli}} job get --id "$JOB_ID"
+
+# Seed 5.2: multi-command on Docker
+job-docker-data:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-multicmd-$(date +%s)" --provider docker --command "bash -c 'echo Step1 && sleep 1 && echo Step2 && sleep 1 && echo Step3'" --timeout 60)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job watch --id "$JOB_ID" >/dev/null || true
+    {{cli}} job get --id "$JOB_ID"
+
+# Seed 5.3: long-running (> 10 s) on Docker
+job-docker-cpu:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-long-$(date +%s)" --provider docker --command "for i in 1 2 3 4 5; do echo Iteration \$i; sleep 2; done" --timeout 120)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job logs --id "$JOB_ID" --follow
+    {{cli}} job get --id "$JOB_ID"
+
+# Seed 5.4: environment variables on Docker
+job-docker-env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-env-$(date +%s)" --provider docker --command "bash -c 'echo MY_VAR=\$MY_VAR && echo NUM_VAR=\$NUM_VAR'" --env "MY_VAR=hello_world,NUM_VAR=42" --timeout 30)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job logs --id "$JOB_ID" --follow
+    {{cli}} job get --id "$JOB_ID"
+
+# Seed 5.5: arguments on Docker
+job-docker-args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-args-$(date +%s)" --provider docker --command "bash" --args "-c 'echo Processing file test.txt && echo Done'" --timeout 30)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job logs --id "$JOB_ID" --follow
+    {{cli}} job get --id "$JOB_ID"
+
+# Seed 5.1-5.5 on Docker
+job-docker-all: job-docker-hello job-docker-data job-docker-cpu job-docker-env job-docker-args
+
+# The example scripts in examples/ (06 fails on purpose with exit code 42)
+job-examples-all:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    status=0
+    for script in examples/*.sh; do
+        name=$(basename "$script" .sh)
+        {{cli}} job run --name "$name-$(date +%s)" --provider "${PROVIDER:-docker}" --script "$script" --timeout 120 --wait >/dev/null
+        code=$?
+        expected=0; [[ "$name" == *error-handling ]] && expected=42
+        if [ "$code" = "$expected" ]; then echo "ok   $name (exit $code)"; else echo "FAIL $name (exit $code, expected $expected)"; status=1; fi
+    done
+    exit $status
+
+# Seed 8.2: 20 jobs at once on Docker; all must succeed
+job-concurrent-test:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    ids=()
+    for i in $(seq 1 20); do ids+=("$({{cli}} job run --name "concurrent-$i-$(date +%s)" --provider docker --command "echo concurrent $i; sleep 1" --timeout 60)"); done
+    failed=0
+    for id in "${ids[@]}"; do {{cli}} job watch --id "$id" >/dev/null || failed=$((failed + 1)); done
+    echo "20 jobs, $failed not SUCCEEDED"
+    just psql "SELECT state, COUNT(*) as count FROM jobs WHERE created_at > NOW() - INTERVAL '1 hour' GROUP BY state"
+    [ "$failed" = 0 ]
+
+# Seed 8.1: 5 batch jobs on each available provider, then the state counts
+job-provider-comparison:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for provider in docker local kubernetes; do
+        if ! {{cli}} -o json provider get "$provider" 2>/dev/null | grep -q '"initialised": true'; then echo "$provider: not enabled on this server, skipped"; continue; fi
+        for i in 1 2 3 4 5; do
+            JOB_ID=$({{cli}} job run --name "batch-test-$i-$(date +%s)" --provider "$provider" --command "echo 'Batch test $i'" --timeout 30)
+            echo "$provider job $i: $JOB_ID"
+        done
+    done
+    sleep 5
+    just psql "SELECT provider_type, state, COUNT(*) as count FROM jobs WHERE created_at > NOW() - INTERVAL '1 hour' GROUP BY provider_type, state ORDER BY 1, 2"
+
+# A simple test job, waited for
+job-test:
+    {{cli}} job run --name "test-$(date +%s)" --provider "${PROVIDER:-docker}" --command "echo hello" --timeout 30 --wait
+
+# List jobs, newest first
+job-list:
+    {{cli}} job list --limit 50
+
+# Show one job
+job-details ID:
+    {{cli}} job get --id {{ID}}
+    {{cli}} job events --id {{ID}}
+
+# Cancel a job
+job-cancel ID:
+    {{cli}} job cancel --id {{ID}}
+
+# --- Monitoring and debugging -----------------------------------------------
+
+# Server, providers, queue, workers and containers at a glance
+status:
+    #!/usr/bin/env bash
+    bash tools/server.sh status || true
+    {{cli}} provider list || true
+    {{cli}} queue || true
+    {{cli}} worker list --limit 10 || true
+    docker ps --filter "name=hodei-worker" --format "table {{{{.Names}}\t{{{{.Status}}\t{{{{.Image}}" 2>/dev/null || true
+
+# The server log and the newest job logs
+logs:
+    #!/usr/bin/env bash
+    tail -n 50 server.log 2>/dev/null || echo "no server.log (start the server with just dev-server)"
+    for f in $(ls -t ${HODEI_LOG_DIR:-/tmp/hodei-logs}/*.log 2>/dev/null | head -3); do echo "== $f"; tail -n 10 "$f"; done
+
+# Jobs not finished yet, with their age
+debug-jobs:
+    just psql "SELECT id, name, state, selected_provider_id, now() - created_at AS age, error_message FROM jobs WHERE state IN ('PENDING', 'ASSIGNED', 'RUNNING') ORDER BY created_at"
+
+# Workers and the seconds since their last heartbeat
+debug-workers:
+    just psql "SELECT w.id, w.job_id, w.state, w.provider_type, w.provider_resource_id, round(extract(epoch FROM now() - l.last_seen_at)) AS heartbeat_age_s, l.connected FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id ORDER BY w.created_at DESC LIMIT 20"
+
+# The jobs table, refreshed every 2 seconds (Ctrl-C to stop)
+watch-jobs:
+    #!/usr/bin/env bash
+    while true; do clear; date; just psql "SELECT id, name, state, provider_type, exit_code, created_at FROM jobs ORDER BY created_at DESC LIMIT 20"; sleep 2; done
+
+# Seed 4.1: the provider rows
+verify-providers:
+    just psql "SELECT id, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type"
+
+# Probe every provider now and show the result
+check-provider-health:
+    #!/usr/bin/env bash
+    for provider in docker kubernetes local; do {{cli}} provider health "$provider" 2>&1 | tail -n +1; done
 
 # Benchmark the event store: saves and replay next to raw PostgreSQL inserts
 bench-store: bootstrap
@@ -82,3 +251,7 @@ bench-relay: bootstrap
 # Benchmark an echo job on the local provider next to the cost of starting a worker
 bench-local: bootstrap
     {{venv}}/python -m bench.local
+
+# Benchmark an echo job on Docker next to a bare docker run of the worker image
+bench-docker: bootstrap build-worker
+    {{venv}}/python -m bench.docker

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from hodei.testing import ServerProcess, query
+from hodei.testing import Cli, query
 
 UUID_LINE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$")
 SEED_EVENTS = ["JobCreated", "JobAssigned", "JobAccepted", "JobStatusChanged", "JobStatusChanged"]
@@ -104,14 +104,14 @@ def phase5_jobs(provider: str) -> list[SeedJob]:
     ]
 
 
-def submit(server: ServerProcess, job: SeedJob) -> str:
+def submit(server: Cli, job: SeedJob) -> str:
     """`JOB_ID=$(hodei-jobs-cli job run ...)`: stdout must be the id and nothing else."""
     result = server.cli("job", "run", *job.flags, check=True)
     assert UUID_LINE.match(result.stdout), f"job run printed {result.stdout!r}"
     return result.stdout.strip()
 
 
-def check_job_get(server: ServerProcess, job_id: str, state: str = "SUCCEEDED", code: int = 4) -> str:
+def check_job_get(server: Cli, job_id: str, state: str = "SUCCEEDED", code: int = 4) -> str:
     result = server.cli("job", "get", "--id", job_id, check=True)
     assert f"Status: {state} (Status Code: {code})" in result.stdout.splitlines(), result.stdout
     return result.stdout

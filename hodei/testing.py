@@ -59,11 +59,31 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description is not None else []
 
 
-class ServerProcess:
+class Cli:
+    """``hodei-jobs-cli`` against one server, as a subprocess."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def cli(self, *args: str, timeout: float = 120.0, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(BIN / "hodei-jobs-cli"), "--server", self.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"hodei-jobs-cli {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+
+class ServerProcess(Cli):
     """``hodei-server`` as a child process on a free port."""
 
     def __init__(self, database_url: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.port = free_port()
+        super().__init__(f"127.0.0.1:{self.port}")
         self.database_url = database_url
         self.log_dir = log_dir
         self.env = {
@@ -79,10 +99,6 @@ class ServerProcess:
         }
         self.output = log_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -120,18 +136,6 @@ class ServerProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
-
-    def cli(self, *args: str, timeout: float = 120.0, check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(BIN / "hodei-jobs-cli"), "--server", self.address, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"hodei-jobs-cli {' '.join(args)} exited {result.returncode}: {result.stderr}")
-        return result
 
     def __enter__(self) -> ServerProcess:
         return self.start()

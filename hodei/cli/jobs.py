@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from google.protobuf.json_format import MessageToDict
@@ -13,6 +14,7 @@ from hodei.cli.client import Client
 from hodei.cli.parsing import parse_args, parse_env, parse_labels, parse_memory
 from hodei.cli.terminal import Terminal
 from hodei.domain.job import JobState
+from hodei.errors import InvalidInput
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`.
@@ -67,11 +69,26 @@ def describe(job: common_pb2.Job) -> list[str]:
     ]
 
 
+def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """--command [--args], or --script FILE (its text runs with bash -c)."""
+    if args.script:
+        if args.command or args.args:
+            raise InvalidInput("give either --script or --command, not both")
+        try:
+            return "bash", ["-c", Path(args.script).read_text()]
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --script {args.script}: {exc.strerror}") from None
+    if args.command is None:
+        raise InvalidInput("give --command (or --script FILE)")
+    return args.command, parse_args(args.args)
+
+
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    command, arguments = _command(args)
     spec = common_pb2.JobSpec(
-        name=args.name or "",
-        command=args.command,
-        args=parse_args(args.args),
+        name=args.name or (Path(args.script).stem if args.script else ""),
+        command=command,
+        args=arguments,
         env=parse_env(args.env or []),
         timeout_seconds=args.timeout,
         provider=args.provider or "",
@@ -223,9 +240,8 @@ def add_commands(commands: Any) -> None:
 
     run_parser = job.add_parser("run", help="submit a job; prints its id")
     run_parser.add_argument("--name", "-n", help="a name for people (default: the command)")
-    run_parser.add_argument(
-        "--command", "-c", required=True, help="a shell command line, or a program when --args is given"
-    )
+    run_parser.add_argument("--command", "-c", help="a shell command line, or a program when --args is given")
+    run_parser.add_argument("--script", help="a script file to run with bash, instead of --command")
     run_parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
     run_parser.add_argument("--env", "-e", action="append", help="KEY=VALUE[,KEY2=VALUE2]; repeatable")
     run_parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")

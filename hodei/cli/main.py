@@ -34,20 +34,33 @@ def parser() -> argparse.ArgumentParser:
 _DASHED_VALUES = {"--args", "-a", "--command", "-c"}
 
 
-def attach_values(argv: list[str]) -> list[str]:
-    joined: list[str] = []
+# Global options people also type after the command (`job list -o json`).
+_GLOBAL = {"--output", "-o", "--server", "-s"}
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Attaches dashed values (``--args=-c …``) and moves global options to the front."""
+    globals_: list[str] = []
+    rest: list[str] = []
     items = iter(argv)
     for item in items:
+        option = item.split("=", 1)[0]
         if item in _DASHED_VALUES:
             value = next(items, None)
-            joined.append(item if value is None else f"{item}={value}")
+            rest.append(item if value is None else f"{item}={value}")
+        elif option in _GLOBAL:
+            globals_.append(item)
+            if "=" not in item:
+                value = next(items, None)
+                if value is not None:
+                    globals_.append(value)
         else:
-            joined.append(item)
-    return joined
+            rest.append(item)
+    return globals_ + rest
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(attach_values(sys.argv[1:] if argv is None else argv))
+    args = parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     term = Terminal(args.output)
     if hasattr(args, "job_id_flag"):
         args.job_id = args.job_id_flag or args.job_id_positional

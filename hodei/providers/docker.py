@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from requests.exceptions import ConnectionError as DroppedConnection
+from requests.exceptions import RequestException
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from hodei.config import DockerConfig
 from hodei.domain.provider import ProviderType
@@ -26,8 +30,11 @@ from hodei.providers.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LABEL_INSTALLATION = "hodei.installation"
+# What the SDK raises when the engine cannot be reached (requests errors are not DockerExceptions).
+_ENGINE_DOWN = (DockerException, RequestException, OSError)
 # The oldest API our engines speak (Debian's 20.10); fixing it avoids a version
 # round trip when the client is built, so the provider exists while the engine is down.
 API_VERSION = "1.41"
@@ -42,6 +49,16 @@ class DockerProvider(WorkerProvider):
         self.kill_grace = kill_grace
         self.url = config.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.client = docker.DockerClient(base_url=self.url, version=API_VERSION, timeout=30)
+
+    @staticmethod
+    def _retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One more try on a dropped connection: after an engine restart the client's
+        pooled keep-alive connections are dead, and only the first use finds out."""
+        retrying = Retrying(stop=stop_after_attempt(2), retry=retry_if_exception_type(DroppedConnection), reraise=True)
+        for attempt in retrying:
+            with attempt:
+                return call(*args, **kwargs)
+        raise AssertionError("unreachable")
 
     def _unreachable(self, exc: Exception) -> ProviderUnavailable:
         return ProviderUnavailable(f"the Docker engine at {self.url} is unreachable: {exc}")
@@ -73,7 +90,7 @@ class DockerProvider(WorkerProvider):
                 options["nano_cpus"] = int(launch.cpu_cores * 1e9)
             if launch.memory_bytes > 0:
                 options["mem_limit"] = launch.memory_bytes
-            container = self.client.containers.run(self.config.image, **options)
+            container = self._retry(self.client.containers.run, self.config.image, **options)
             return str(container.id)
         except ImageNotFound as exc:
             raise ProviderError(
@@ -85,12 +102,12 @@ class DockerProvider(WorkerProvider):
                 if found is not None:
                     return str(found.id)
             raise ProviderError(f"Docker refused to create {name}: {exc.explanation or exc}") from exc
-        except DockerException as exc:
+        except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
 
     def _find(self, worker_id: str) -> Any:
         try:
-            container = self.client.containers.get(resource_name(worker_id))
+            container = self._retry(self.client.containers.get, resource_name(worker_id))
         except NotFound:
             return None
         if container.labels.get(LABEL_INSTALLATION) != self.installation:
@@ -111,49 +128,56 @@ class DockerProvider(WorkerProvider):
             if exc.status_code in (404, 409):  # gone, or already being removed
                 return
             raise ProviderError(f"Docker could not remove the worker {worker_id}: {exc.explanation or exc}") from exc
-        except DockerException as exc:
+        except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
 
     def observe(self) -> list[Observation]:
         try:
-            containers = self.client.containers.list(
-                all=True, filters={"label": [f"{LABEL_INSTALLATION}={self.installation}"]}
-            )
-        except DockerException as exc:
+            # The low-level list is one call; the high-level one fetches each container
+            # and fails when one is removed meanwhile.
+            label = f"{LABEL_INSTALLATION}={self.installation}"
+            listed = self._retry(self.client.api.containers, all=True, filters={"label": label})
+        except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
         seen = []
-        for container in containers:
-            labels = container.labels
+        for container in listed:
+            labels = container.get("Labels") or {}
             if labels.get(LABEL_INSTALLATION) != self.installation or LABEL_WORKER not in labels:
                 continue
-            state = container.attrs.get("State", {})
+            state = container.get("State")
+            name = (container.get("Names") or ["?"])[0].lstrip("/")
             failure = None
-            if container.status in ("exited", "dead"):
-                failure = f"container {container.name} exited with code {state.get('ExitCode')}"
-                if state.get("OOMKilled"):
-                    failure += " (killed: out of memory)"
+            if state in ("exited", "dead"):
+                failure = self._exit_reason(container["Id"], name)
             seen.append(
                 Observation(
                     worker_id=labels[LABEL_WORKER],
                     job_id=labels.get(LABEL_JOB),
-                    resource_id=str(container.id),
-                    running=container.status == "running",
+                    resource_id=str(container["Id"]),
+                    running=state == "running",
                     failure=failure,
                 )
             )
         return seen
 
+    def _exit_reason(self, container_id: str, name: str) -> str:
+        try:
+            state = self._retry(self.client.api.inspect_container, container_id)["State"]
+        except NotFound:
+            return f"container {name} is gone"
+        reason = f"container {name} exited with code {state.get('ExitCode')}"
+        return reason + " (killed: out of memory)" if state.get("OOMKilled") else reason
+
     def health(self) -> Health:
         try:
-            self.client.ping()
-            version = self.client.version().get("Version", "?")
-        except DockerException as exc:
+            version = self._retry(self.client.version).get("Version", "?")
+        except _ENGINE_DOWN as exc:
             return Health(False, f"the Docker engine at {self.url} is unreachable: {exc}")
         try:
-            self.client.images.get(self.config.image)
+            self._retry(self.client.images.get, self.config.image)
         except ImageNotFound:
             return Health(False, f"the worker image {self.config.image} is missing: build it with `just build-worker`")
-        except DockerException as exc:
+        except _ENGINE_DOWN as exc:
             return Health(False, f"the Docker engine at {self.url} failed: {exc}")
         return Health(True, f"Docker engine {version} at {self.url}, image {self.config.image}")
 

@@ -1,0 +1,78 @@
+"""``just bench-docker``: latency of an `echo` job on Docker, next to the floor measured
+in the same run: `docker run --rm --network host hodei-jobs-worker:latest` starting the
+agent's interpreter and importing its modules.
+
+Goal: p50 <= 1.5x the floor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import database, header, percentile, row
+from bench.jobs import job_latencies
+from hodei.testing import ServerProcess
+
+IMAGE = "hodei-jobs-worker:latest"
+JOBS = 20
+FLOOR_RUNS = 10
+
+
+def floor() -> list[float]:
+    docker = shutil.which("docker") or "/usr/bin/docker"
+    command = [
+        docker,
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--entrypoint",
+        "python3",
+        IMAGE,
+        "-c",
+        "import hodei_worker.agent",
+    ]
+    samples = []
+    for _ in range(FLOOR_RUNS + 1):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        samples.append(time.perf_counter() - started)
+    return samples[1:]
+
+
+def main() -> None:
+    with (
+        database() as url,
+        tempfile.TemporaryDirectory() as tmp,
+        ServerProcess(url, Path(tmp), {"HODEI_DOCKER_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}) as server,
+    ):
+        bare = floor()
+        jobs = job_latencies(server.address, "docker", JOBS)
+    base = percentile(bare, 50)
+    print(header())
+    print(row("floor: docker run --rm of the agent image p50", f"{base * 1000:.0f} ms", "(baseline)"))
+    print(
+        row(
+            f"echo job, docker, submit->SUCCEEDED p50 ({JOBS})",
+            f"{percentile(jobs, 50) * 1000:.0f} ms",
+            f"{base * 1000:.0f} ms",
+            f"{percentile(jobs, 50) / base:.2f}",
+            "<= 1.5",
+        )
+    )
+    print(
+        row(
+            f"echo job, docker, submit->SUCCEEDED p95 ({JOBS})",
+            f"{percentile(jobs, 95) * 1000:.0f} ms",
+            f"{base * 1000:.0f} ms",
+            f"{percentile(jobs, 95) / base:.2f}",
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The seed, executable, on the Docker provider: Phase 5 (5.1-5.5) with exactly the
+seed's flags, Phase 6 with exactly its queries, Phase 8, and a concurrency run."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
+from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
+
+DOCKER_ID = "11111111-1111-1111-1111-111111111111"
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+
+class EngineLink:
+    """A unix-socket hop between the server and the real Docker engine, which a test can
+    cut and restore: to the server, the engine is stopped, then back."""
+
+    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.engine = engine
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+
+    def up(self) -> None:
+        self.path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.path))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for connection in self._open:
+            connection.close()
+        self._open.clear()
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect(self.engine)
+            self._open += [client, engine]
+            for source, target in ((client, engine), (engine, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+
+def hodei_containers(docker_client: Any) -> list[Any]:
+    return docker_client.containers.list(all=True, filters={"label": "hodei.managed"})
+
+
+@pytest.fixture(scope="module")
+def server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, worker_image: str, docker_client: Any
+) -> Iterator[ServerProcess]:
+    for stale in hodei_containers(docker_client):  # left by an interrupted earlier run
+        stale.remove(force=True)
+    log_dir = tmp_path_factory.mktemp("logs")
+    env = {
+        "HODEI_DOCKER_ENABLED": "1",
+        "HODEI_LOCAL_ENABLED": "0",
+        "HODEI_WORKER_IMAGE": worker_image,
+        "HODEI_HEARTBEAT_INTERVAL": "0.5",
+        "HODEI_HEARTBEAT_TIMEOUT": "3",
+        "HODEI_KILL_GRACE": "1",
+    }
+    with ServerProcess(database_url, log_dir, env) as process:
+        yield process
+    print(process.logs()[-4000:])
+
+
+def test_seed_phase5_and_phase6_on_docker(server: ServerProcess, database_url: str, docker_client: Any) -> None:
+    jobs = [(job, submit(server, job)) for job in phase5_jobs("docker")]
+    for job, job_id in jobs:
+        wait_settled(database_url, job_id, timeout=120)
+        check_job_get(server, job_id)
+        check_phase6(database_url, job_id, "docker", DOCKER_ID, job)
+        (resource,) = query(database_url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
+        assert len(resource) == 64 and int(resource, 16) >= 0, f"not a container id: {resource}"
+    # 6.5: a Docker job creates no pod (this server has no Kubernetes provider at all).
+    assert query(database_url, "SELECT count(*) FROM workers WHERE provider_type = 'kubernetes'") == [(0,)]
+    eventually(lambda: hodei_containers(docker_client) == [], 30, what="every worker container to be removed")
+
+
+def test_seed_phase8_batch_jobs_all_succeed(server: ServerProcess, database_url: str) -> None:
+    job_ids = []
+    for i in range(1, 6):
+        result = server.cli(
+            "job",
+            "run",
+            "--name",
+            f"batch-test-{i}-{int(time.time())}",
+            "--provider",
+            "docker",
+            "--command",
+            f"echo 'Batch test {i}'",
+            "--timeout",
+            "30",
+            check=True,
+        )
+        job_ids.append(result.stdout.strip())
+    for job_id in job_ids:
+        wait_settled(database_url, job_id, timeout=60)
+    states = query(
+        database_url, "SELECT state, COUNT(*) as count FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY state", (job_ids,)
+    )
+    assert states == [("SUCCEEDED", 5)]
+
+
+def test_twenty_concurrent_jobs(server: ServerProcess, database_url: str, docker_client: Any) -> None:
+    job_ids = [
+        server.cli(
+            "job", "run", "--provider", "docker", "--command", f"echo job {i}; sleep 1", "--timeout", "60", check=True
+        ).stdout.strip()
+        for i in range(20)
+    ]
+    for job_id in job_ids:
+        wait_settled(database_url, job_id, timeout=180)
+    assert query(
+        database_url, "SELECT state, count(*) FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY state", (job_ids,)
+    ) == [("SUCCEEDED", 20)]
+    eventually(lambda: hodei_containers(docker_client) == [], 30, what="every worker container to be removed")
+
+
+def test_a_killed_container_fails_the_job_and_leaves_nothing(
+    server: ServerProcess, database_url: str, docker_client: Any
+) -> None:
+    job_id = server.cli(
+        "job", "run", "--provider", "docker", "--command", "sleep 300", "--timeout", "600", check=True
+    ).stdout.strip()
+    eventually(lambda: query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 60)
+    (container,) = docker_client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
+    container.kill()
+    assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"
+    wait_settled(database_url, job_id)
+    (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+    assert "was lost" in reason and "exited with code 137" in reason, reason
+    eventually(lambda: docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}) == [], 30)
+    assert query(database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+
+
+def test_container_limits_and_labels_come_from_the_job(
+    server: ServerProcess, database_url: str, docker_client: Any
+) -> None:
+    job_id = server.cli(
+        "job",
+        "run",
+        "--provider",
+        "docker",
+        "--command",
+        "sleep 30",
+        "--timeout",
+        "60",
+        "--cpu",
+        "0.5",
+        "--memory",
+        "256Mi",
+        check=True,
+    ).stdout.strip()
+    eventually(lambda: query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 60)
+    (container,) = docker_client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
+    (worker_id,) = query(database_url, "SELECT id::text FROM workers WHERE job_id = %s", (job_id,))[0]
+    assert container.name == f"hodei-worker-{worker_id}"
+    assert container.labels["hodei.worker-id"] == worker_id
+    assert container.labels["hodei.managed"] == "hodei-jobs"
+    host = container.attrs["HostConfig"]
+    assert (host["NetworkMode"], host["NanoCpus"], host["Memory"], host["Init"]) == (
+        "host",
+        500_000_000,
+        256 * 1024**2,
+        True,
+    )
+    server.cli("job", "cancel", "--id", job_id, check=True)
+    wait_settled(database_url, job_id)
+
+
+def test_no_hodei_container_remains_and_every_worker_is_terminated(
+    server: ServerProcess, database_url: str, docker_client: Any
+) -> None:
+    """Runs last in this module: the acceptance check after the whole Docker run."""
+    eventually(lambda: hodei_containers(docker_client) == [], 30, what="no labelled container")
+    assert query(database_url, "SELECT DISTINCT state FROM workers") == [("TERMINATED",)]
+
+
+def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
+    pg_server: str, template_database: str, tmp_path: Path, worker_image: str
+) -> None:
+    from conftest import new_database
+
+    url = new_database(pg_server, template_database)
+    link = EngineLink(tmp_path / "docker.sock")
+    link.up()
+    env = {
+        "HODEI_DOCKER_ENABLED": "1",
+        "HODEI_LOCAL_ENABLED": "0",
+        "HODEI_DOCKER_HOST": f"unix://{link.path}",
+        "HODEI_WORKER_IMAGE": worker_image,
+    }
+    with ServerProcess(url, tmp_path, env) as server:
+        first = server.cli(
+            "job", "run", "--provider", "docker", "--command", "echo before", "--timeout", "30", "--wait"
+        )
+        assert first.returncode == 0, first.stderr
+        link.down()
+        started = time.monotonic()
+        failed = server.cli(
+            "job", "run", "--provider", "docker", "--command", "echo during", "--timeout", "30", "--wait"
+        )
+        assert failed.returncode == 125, failed.stderr
+        assert time.monotonic() - started < 10
+        job_id = failed.stdout.strip()
+        (reason,) = query(url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+        assert f"the Docker engine at unix://{link.path} is unreachable" in reason, reason
+        health = server.cli("provider", "health", "docker", check=True)
+        assert "UNHEALTHY" in health.stdout
+        link.up()
+        again = server.cli("job", "run", "--provider", "docker", "--command", "echo after", "--timeout", "30", "--wait")
+        assert again.returncode == 0, again.stderr
+        assert "HEALTHY" in server.cli("provider", "get", "docker", check=True).stdout
+        for job_id in query(url, "SELECT id::text FROM jobs"):
+            wait_settled(url, job_id[0])
+    link.down()
