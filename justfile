@@ -78,15 +78,16 @@ build-cli: bootstrap
 # Everything: server, CLI and the worker image
 build: build-server build-cli build-worker
 
-# Remove caches, build output and the worker images (the database stays)
+# Remove caches, build output, the Kubernetes emulator and the worker images (the database stays)
 clean:
+    -{{venv}}/python tools/k8s.py down
     rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
     find . -name __pycache__ -type d -prune -not -path "./.venv/*" -exec rm -rf {} +
     -docker rmi -f hodei-jobs-worker:latest $(docker images -q 'hodei-worker-base') 2>/dev/null
 
-# The seed's whole procedure on Docker, with its results table (starts what it needs)
-e2e: dev
-    {{venv}}/python -m e2e.procedure
+# The seed's whole procedure (Docker, then Kubernetes: a real cluster or the emulator), with its results table
+e2e: dev-k8s
+    {{venv}}/python -m e2e.procedure --kubernetes
 
 # --- Jobs -------------------------------------------------------------------
 
@@ -200,6 +201,53 @@ job-details ID:
 # Cancel a job
 job-cancel ID:
     {{cli}} job cancel --id {{ID}}
+
+# --- Kubernetes ---------------------------------------------------------------
+
+# Kubernetes for the dev server: the configured cluster if it answers, else an emulator (says which)
+dev-k8s: dev
+    {{venv}}/python tools/k8s.py up
+    bash tools/server.sh stop
+    bash tools/server.sh start
+    {{cli}} provider health kubernetes
+
+# Seed 7.2: the server with the Kubernetes provider enabled, checked with one job
+test-k8s-provider: dev-k8s
+    {{cli}} job run --name "k8s-provider-check-$(date +%s)" --provider kubernetes --command "echo kubernetes provider works" --timeout 60 --follow
+
+# Seed 7.3: echo on Kubernetes
+job-k8s-hello:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-k8s-$(date +%s)" --provider kubernetes --command "echo 'Hello from Kubernetes Worker!'" --timeout 60)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job watch --id "$JOB_ID" >/dev/null || true
+    {{cli}} job get --id "$JOB_ID"
+
+# Seed 7.4: worker pods (-l hodei-worker) and the newest pod's output
+job-k8s-pods:
+    {{venv}}/python tools/k8s.py pods
+
+# The seed's Kubernetes jobs: echo and multi-command
+job-k8s-all: job-k8s-hello
+    #!/usr/bin/env bash
+    set -euo pipefail
+    JOB_ID=$({{cli}} job run --name "test-k8s-multicmd-$(date +%s)" --provider kubernetes --command "bash -c 'echo Step1 && sleep 1 && echo Step2 && sleep 1 && echo Step3'" --timeout 60)
+    echo "Job ID: $JOB_ID"
+    {{cli}} job logs --id "$JOB_ID" --follow
+    {{cli}} job get --id "$JOB_ID"
+
+# Unit and integration tests (no end-to-end)
+test-integration: bootstrap
+    {{venv}}/pytest tests
+
+# The seed procedure on Docker and local processes against the dev server, with its table
+test-multi-provider: dev
+    {{venv}}/python -m e2e.procedure --local
+
+# The same plus Kubernetes (a real cluster when configured, the emulator otherwise)
+test-multi-provider-k8s: dev-k8s
+    {{venv}}/python -m e2e.procedure --local --kubernetes
 
 # --- Monitoring and debugging -----------------------------------------------
 

@@ -167,6 +167,7 @@ class Procedure:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubernetes", action="store_true", help="also run the Kubernetes rows")
+    parser.add_argument("--local", action="store_true", help="also run the seed's jobs as local processes")
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL", "postgres://postgres:postgres@localhost:5432/hodei_jobs")
     procedure = Procedure(url, os.environ.get("HODEI_SERVER", "localhost:50051"))
@@ -181,6 +182,8 @@ def main() -> None:
             "arguments": "Arguments passed correctly",
         },
     )
+    if args.local:
+        procedure.seed_jobs("local", {})
     if args.kubernetes:
         procedure.seed_jobs(
             "kubernetes", {"echo": "Pod created, logs present", "multi-command": "Pod logs match database"}

@@ -11,6 +11,8 @@ case "${1:-start}" in
   start)
     if running; then echo "hodei-server is already running (pid $(cat "$PIDFILE")); see $LOG"; exit 0; fi
     mkdir -p .hodei
+    # `just dev-k8s` leaves the Kubernetes settings here.
+    if [ -f .hodei/k8s.env ]; then set -a; . .hodei/k8s.env; set +a; fi
     export HODEI_DOCKER_ENABLED="${HODEI_DOCKER_ENABLED:-1}"
     export HODEI_LOCAL_ENABLED="${HODEI_LOCAL_ENABLED:-1}"
     export HODEI_KUBERNETES_ENABLED="${HODEI_KUBERNETES_ENABLED:-0}"

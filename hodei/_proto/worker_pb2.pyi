@@ -49,6 +49,8 @@ class _JobOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobOutcome
     JOB_OUTCOME_TIMED_OUT: _JobOutcome.ValueType  # 2
     JOB_OUTCOME_CANCELLED: _JobOutcome.ValueType  # 3
     JOB_OUTCOME_START_FAILED: _JobOutcome.ValueType  # 4
+    JOB_OUTCOME_WORKER_STOPPED: _JobOutcome.ValueType  # 5
+    """The worker itself was told to stop (SIGTERM from Docker or Kubernetes)."""
 
 class JobOutcome(_JobOutcome, metaclass=_JobOutcomeEnumTypeWrapper): ...
 
@@ -57,6 +59,8 @@ JOB_OUTCOME_EXITED: JobOutcome.ValueType  # 1
 JOB_OUTCOME_TIMED_OUT: JobOutcome.ValueType  # 2
 JOB_OUTCOME_CANCELLED: JobOutcome.ValueType  # 3
 JOB_OUTCOME_START_FAILED: JobOutcome.ValueType  # 4
+JOB_OUTCOME_WORKER_STOPPED: JobOutcome.ValueType  # 5
+"""The worker itself was told to stop (SIGTERM from Docker or Kubernetes)."""
 Global___JobOutcome: _TypeAlias = JobOutcome  # noqa: Y015
 
 @_typing.final

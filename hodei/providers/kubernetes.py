@@ -10,6 +10,7 @@ deletes pods that carry its installation label.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -18,7 +19,6 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
@@ -29,6 +29,9 @@ from hodei.errors import ProviderError, ProviderUnavailable
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider, resource_name
 
 log = logging.getLogger(__name__)
+# Pods are read as plain JSON: the client's models refuse objects missing fields they
+# declare required, and a failure detector must read whatever the API serves.
+Pod = dict[str, Any]
 
 # The seed lists worker pods with `-l hodei-worker`: this key is the worker's label.
 LABEL_WORKER = "hodei-worker"
@@ -37,7 +40,8 @@ LABEL_INSTALLATION = "hodei.io/installation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "hodei-jobs"
 REQUEST_TIMEOUT = 10
-WATCH_SECONDS = 60
+# A watch lasts this long, then the pods are listed again: a silent watch cannot go stale.
+WATCH_SECONDS = 10
 # Pod failures that will not fix themselves.
 STUCK_REASONS = {
     "ErrImagePull",
@@ -94,7 +98,7 @@ class KubernetesProvider(WorkerProvider):
         self.namespace = config.namespace
         self.host = self.api_client.configuration.host
         self.selector = f"{LABEL_INSTALLATION}={installation},{LABEL_WORKER}"
-        self._pods: dict[str, Any] = {}
+        self._pods: dict[str, Pod] = {}
         self._unschedulable_since: dict[str, float] = {}
         self._gone: dict[str, tuple[float, Observation]] = {}
         self._deleting: set[str] = set()
@@ -176,9 +180,16 @@ class KubernetesProvider(WorkerProvider):
             )
         return ProviderUnavailable(f"the Kubernetes API at {self.host} is unreachable: {exc}")
 
-    def _ours(self, pod: Any) -> bool:
-        labels = (pod.metadata.labels or {}) if pod.metadata else {}
+    def _ours(self, pod: Pod) -> bool:
+        labels = pod.get("metadata", {}).get("labels") or {}
         return labels.get(LABEL_INSTALLATION) == self.installation and LABEL_WORKER in labels
+
+    def _read(self, name: str) -> Pod:
+        response = self.core.read_namespaced_pod(
+            name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+        )
+        pod: Pod = json.loads(response.data)
+        return pod
 
     def create_worker(self, launch: WorkerLaunch) -> str:
         name = resource_name(launch.worker_id)
@@ -187,8 +198,7 @@ class KubernetesProvider(WorkerProvider):
         except ApiException as exc:
             if exc.status != 409:
                 raise self._failure(exc, f"create pod {name}") from exc
-            existing = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-            if not self._ours(existing):
+            if not self._ours(self._read(name)):
                 raise ProviderError(f"a pod named {name} exists but was not created by this installation") from exc
         except (HTTPError, OSError) as exc:
             raise self._failure(exc, f"create pod {name}") from exc
@@ -197,8 +207,7 @@ class KubernetesProvider(WorkerProvider):
     def destroy_worker(self, worker_id: str) -> None:
         name = resource_name(worker_id)
         try:
-            pod = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-            if not self._ours(pod):
+            if not self._ours(self._read(name)):
                 log.warning("not deleting pod %s: it does not carry this installation's labels", name)
                 return
             with self._lock:
@@ -219,7 +228,9 @@ class KubernetesProvider(WorkerProvider):
     def health(self) -> Health:
         try:
             self.core.read_namespace(self.namespace, _request_timeout=5)
-            self.core.list_namespaced_pod(self.namespace, label_selector=self.selector, limit=1, _request_timeout=5)
+            self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.selector, limit=1, _preload_content=False, _request_timeout=5
+            )
         except Exception as exc:
             return Health(False, str(self._failure(exc, "list pods")))
         return Health(True, f"Kubernetes API at {self.host}, namespace {self.namespace}")
@@ -240,24 +251,28 @@ class KubernetesProvider(WorkerProvider):
             gone = [observation for _, observation in self._gone.values()]
         return [self._observation(pod, now) for pod in pods] + gone
 
-    def _observation(self, pod: Any, now: float) -> Observation:
-        labels = pod.metadata.labels or {}
-        name = pod.metadata.name
-        status = pod.status
-        phase = status.phase if status else None
+    def _observation(self, pod: Pod, now: float) -> Observation:
+        metadata = pod.get("metadata", {})
+        labels = metadata.get("labels") or {}
+        name = metadata["name"]
+        status = pod.get("status") or {}
+        phase = status.get("phase")
         failure = None
         if phase in ("Failed", "Succeeded"):
-            detail = f": {status.reason} {status.message or ''}".rstrip() if status.reason else ""
+            reason = status.get("reason")
+            detail = f": {reason} {status.get('message') or ''}".rstrip() if reason else ""
             failure = f"pod {name} ended {phase}{detail}"
-        for container in (status.container_statuses or []) if status else []:
-            waiting = container.state.waiting if container.state else None
-            if waiting is not None and waiting.reason in STUCK_REASONS:
-                failure = f"pod {name} cannot start: {waiting.reason}: {waiting.message or container.image}"
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                failure = (
+                    f"pod {name} cannot start: {waiting['reason']}: {waiting.get('message') or container.get('image')}"
+                )
         unschedulable = next(
             (
                 c
-                for c in ((status.conditions or []) if status else [])
-                if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+                for c in status.get("conditions") or []
+                if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
             ),
             None,
         )
@@ -267,7 +282,7 @@ class KubernetesProvider(WorkerProvider):
             else:
                 since = self._unschedulable_since.setdefault(name, now)
                 if now - since >= self.config.unschedulable_timeout:
-                    failure = f"pod {name} unschedulable for {now - since:.0f}s: {unschedulable.message}"
+                    failure = f"pod {name} unschedulable for {now - since:.0f}s: {unschedulable.get('message')}"
         return Observation(
             worker_id=labels[LABEL_WORKER],
             job_id=labels.get(LABEL_JOB),
@@ -279,25 +294,27 @@ class KubernetesProvider(WorkerProvider):
     def resync(self) -> None:
         """Replaces the cache with a fresh list (what a watch reconnect does)."""
         try:
-            listed = self.core.list_namespaced_pod(
-                self.namespace, label_selector=self.selector, _request_timeout=REQUEST_TIMEOUT
+            response = self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
             )
+            items: list[Pod] = json.loads(response.data).get("items") or []
         except Exception as exc:
             raise self._failure(exc, "list pods") from exc
-        pods = {pod.metadata.name: pod for pod in listed.items if self._ours(pod)}
+        pods = {pod["metadata"]["name"]: pod for pod in items if self._ours(pod)}
         with self._lock:
             for name in set(self._pods) - set(pods):
                 self._vanished(self._pods[name])
             self._pods = pods
         self._synced.set()
 
-    def _vanished(self, pod: Any) -> None:
+    def _vanished(self, pod: Pod) -> None:
         """A pod left the API. Ours: fine. Someone else's doing: the worker is lost."""
-        name = pod.metadata.name
+        metadata = pod["metadata"]
+        name = metadata["name"]
         if name in self._deleting:
             self._deleting.discard(name)
             return
-        labels = pod.metadata.labels or {}
+        labels = metadata.get("labels") or {}
         observation = Observation(
             worker_id=labels[LABEL_WORKER],
             job_id=labels.get(LABEL_JOB),
@@ -307,10 +324,10 @@ class KubernetesProvider(WorkerProvider):
         )
         self._gone[name] = (time.monotonic(), observation)
 
-    def apply_event(self, kind: str, pod: Any) -> None:
+    def apply_event(self, kind: str, pod: Pod) -> None:
         if not self._ours(pod):
             return
-        name = pod.metadata.name
+        name = pod["metadata"]["name"]
         with self._lock:
             if kind == "DELETED":
                 self._pods.pop(name, None)
@@ -319,21 +336,12 @@ class KubernetesProvider(WorkerProvider):
                 self._pods[name] = pod
 
     def _watch_forever(self) -> None:
+        """Watch, re-listing on every (re)connect; a watch ends every WATCH_SECONDS."""
         delay = 0.5
         while not self._stop.is_set():
             try:
                 self.resync()
-                stream = k8s_watch.Watch()
-                for event in stream.stream(
-                    self.core.list_namespaced_pod,
-                    self.namespace,
-                    label_selector=self.selector,
-                    timeout_seconds=WATCH_SECONDS,
-                    _request_timeout=WATCH_SECONDS + 5,
-                ):
-                    self.apply_event(event["type"], event["object"])
-                    if self._stop.is_set():
-                        stream.stop()
+                self._watch_once()
                 delay = 0.5
             except Exception as exc:
                 if self._stop.is_set():
@@ -341,6 +349,36 @@ class KubernetesProvider(WorkerProvider):
                 log.debug("pod watch ended (%s); resyncing", exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _watch_once(self) -> None:
+        """Reads watch events as JSON lines (no model deserialisation, see ``Pod``)."""
+        response = self.core.list_namespaced_pod(
+            self.namespace,
+            label_selector=self.selector,
+            watch=True,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            _request_timeout=WATCH_SECONDS + 5,
+        )
+        pending = b""
+        try:
+            for chunk in response.stream(4096):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._on_watch_event(json.loads(line))
+                if self._stop.is_set():
+                    return
+        finally:
+            response.release_conn()
+
+    def _on_watch_event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object")
+        if kind == "ERROR":
+            raise ProviderError(f"the pod watch was refused: {obj}")
+        if kind in ("ADDED", "MODIFIED", "DELETED") and isinstance(obj, dict):
+            self.apply_event(kind, obj)
 
     def close(self) -> None:
         self._stop.set()

@@ -44,6 +44,7 @@ _RESULTS = {
     worker_pb2.JOB_OUTCOME_TIMED_OUT: JobState.TIMEOUT,
     worker_pb2.JOB_OUTCOME_CANCELLED: JobState.CANCELLED,
     worker_pb2.JOB_OUTCOME_START_FAILED: JobState.FAILED,
+    worker_pb2.JOB_OUTCOME_WORKER_STOPPED: JobState.FAILED,
 }
 
 

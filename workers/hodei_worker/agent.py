@@ -39,6 +39,7 @@ _OUTCOMES = {
     Outcome.TIMED_OUT: worker_pb2.JOB_OUTCOME_TIMED_OUT,
     Outcome.CANCELLED: worker_pb2.JOB_OUTCOME_CANCELLED,
     Outcome.START_FAILED: worker_pb2.JOB_OUTCOME_START_FAILED,
+    Outcome.WORKER_STOPPED: worker_pb2.JOB_OUTCOME_WORKER_STOPPED,
 }
 
 
@@ -267,7 +268,7 @@ class Agent:
         """SIGTERM: stop the job gracefully and report; with no job running, just go."""
         if self.process is None or self.result is not None:
             os._exit(143)
-        self.process.cancel("the worker was asked to stop (SIGTERM)")
+        self.process.interrupt(Outcome.WORKER_STOPPED, "the worker was stopped (SIGTERM) before the job ended")
 
 
 def main() -> None:

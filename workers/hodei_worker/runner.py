@@ -21,6 +21,7 @@ class Outcome(Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     START_FAILED = "start_failed"
+    WORKER_STOPPED = "worker_stopped"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class JobProcess:
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.on_line = on_line
-        self._cancelled = threading.Event()
+        self._interrupted: Outcome | None = None
         # Set on cancel and when the process exits: the wait loop sleeps on it.
         self._wake = threading.Event()
         self._exited = threading.Event()
@@ -84,8 +85,13 @@ class JobProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def cancel(self, reason: str) -> None:
-        self._cancel_reason = reason
-        self._cancelled.set()
+        self.interrupt(Outcome.CANCELLED, f"cancelled: {reason}")
+
+    def interrupt(self, outcome: Outcome, reason: str) -> None:
+        """Stops the job (SIGTERM, grace, SIGKILL) and reports ``outcome``."""
+        if self._interrupted is None:
+            self._cancel_reason = reason
+            self._interrupted = outcome
         self._wake.set()
 
     def run(self) -> Finished:
@@ -143,9 +149,9 @@ class JobProcess:
             if self._exited.is_set():
                 process.wait()
                 return Outcome.EXITED, ""
-            if self._cancelled.is_set():
+            if self._interrupted is not None:
                 self._stop(process)
-                return Outcome.CANCELLED, f"cancelled: {self._cancel_reason}"
+                return self._interrupted, self._cancel_reason
 
     def _watch_exit(self, process: subprocess.Popen[bytes]) -> None:
         """Blocks until the job's process exits (no polling delay), then wakes the wait.

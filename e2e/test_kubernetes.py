@@ -1,0 +1,157 @@
+"""Kubernetes end to end against an emulated API server (kmock): the test plays the
+kubelet, running each pod's worker agent as a local process. The server talks to the
+emulator exactly as to a real cluster, through a kubeconfig."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
+from hodei.kube_emulator import NAMESPACE, KubeEmulator, Kubelet
+from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
+
+K8S_ID = "22222222-2222-2222-2222-222222222222"
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeEmulator, Kubelet, Path]]:
+    directory = tmp_path_factory.mktemp("kube")
+    with KubeEmulator() as api:
+        kubelet = Kubelet(api, unpullable={"missing-image:1.0"}, log_dir=directory).start()
+        yield api, kubelet, api.kubeconfig(directory / "kubeconfig")
+        kubelet.stop()
+
+
+def server_env(kubeconfig: Path, image: str, docker: bool = True) -> dict[str, str]:
+    return {
+        "HODEI_KUBERNETES_ENABLED": "1",
+        "HODEI_K8S_KUBECONFIG": str(kubeconfig),
+        "HODEI_DOCKER_ENABLED": "1" if docker else "0",
+        "HODEI_LOCAL_ENABLED": "0",
+        "HODEI_WORKER_IMAGE": image,
+        "HODEI_HEARTBEAT_INTERVAL": "0.5",
+        "HODEI_HEARTBEAT_TIMEOUT": "3",
+        "HODEI_KILL_GRACE": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, cluster: Any, worker_image: str
+) -> Iterator[ServerProcess]:
+    _, _, kubeconfig = cluster
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), server_env(kubeconfig, worker_image)) as process:
+        yield process
+    print(process.logs()[-4000:])
+
+
+def created_pods(api: KubeEmulator) -> list[dict[str, Any]]:
+    """Every pod creation the emulator received (kmock keeps all requests)."""
+    return [r.data for r in api.call(lambda: list(api.emulator)) if r.method == "POST" and "/pods" in str(r.url)]
+
+
+def test_seed_phase7_jobs_run_as_pods(
+    server: ServerProcess, database_url: str, cluster: Any, docker_client: Any
+) -> None:
+    api, kubelet, _ = cluster
+    jobs = [(job, submit(server, job)) for job in phase5_jobs("kubernetes") if job.title in ("echo", "multi-command")]
+    for job, job_id in jobs:
+        wait_settled(database_url, job_id, timeout=120)
+        check_job_get(server, job_id)
+        check_phase6(database_url, job_id, "kubernetes", K8S_ID, job)
+        (worker_id, resource) = query(
+            database_url, "SELECT id::text, provider_resource_id FROM workers WHERE job_id = %s", (job_id,)
+        )[0]
+        assert resource == f"hodei-worker-{worker_id}"
+        (pod,) = [p for p in created_pods(api) if p["metadata"]["name"] == resource]
+        assert pod["metadata"]["namespace"] == NAMESPACE
+        assert pod["metadata"]["labels"]["hodei-worker"] == worker_id
+        assert pod["metadata"]["labels"]["hodei-job"] == job_id
+        # Pod logs match the database: what the pod printed is what the log file holds.
+        (uri,) = query(database_url, "SELECT storage_uri FROM job_log_files WHERE job_id = %s", (job_id,))[0]
+        stored = [line.split(" ", 2)[2] for line in Path(uri.removeprefix("file://")).read_text().splitlines()]
+        printed = [
+            line for line in kubelet.outputs[resource].read_text().splitlines() if not line.startswith("[hodei-worker]")
+        ]
+        assert printed == stored == list(job.expected_lines)
+        # 6.6: a Kubernetes job creates no container.
+        assert docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}) == []
+    eventually(lambda: api.pods() == {}, 30, what="the pods to be deleted after their jobs")
+
+
+def test_a_docker_job_creates_no_pod(server: ServerProcess, database_url: str, cluster: Any) -> None:
+    api, _, _ = cluster
+    job_id = server.cli(
+        "job", "run", "--provider", "docker", "--command", "echo docker", "--timeout", "30", check=True
+    ).stdout.strip()
+    wait_settled(database_url, job_id, timeout=60)
+    assert query(database_url, "SELECT state, provider_type FROM jobs WHERE id = %s", (job_id,)) == [
+        ("SUCCEEDED", "docker")
+    ]
+    assert [p for p in created_pods(api) if p["metadata"]["labels"].get("hodei-job") == job_id] == []
+
+
+def test_a_deleted_pod_fails_the_job(server: ServerProcess, database_url: str, cluster: Any) -> None:
+    api, _, _ = cluster
+    job_id = server.cli(
+        "job", "run", "--provider", "kubernetes", "--command", "sleep 300", "--timeout", "600", check=True
+    ).stdout.strip()
+    eventually(lambda: query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 60)
+    (name,) = query(database_url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
+    api.call(api.emulator.objects["v1/pods", NAMESPACE, name].delete)
+    assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"
+    wait_settled(database_url, job_id)
+    (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+    # The kubelet stops the container (SIGTERM): the agent reports that, or the pod's
+    # disappearance is seen first and the recovery saga fails the job.
+    assert "stopped (SIGTERM)" in reason or "deleted by someone else" in reason, reason
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_job_and_the_pod_goes(
+    pg_server: str, template_database: str, cluster: Any, tmp_path: Path
+) -> None:
+    from conftest import new_database
+
+    api, _, kubeconfig = cluster
+    url = new_database(pg_server, template_database)
+    env = {**server_env(kubeconfig, "missing-image:1.0", docker=False), "HODEI_REGISTRATION_TIMEOUT": "60"}
+    with ServerProcess(url, tmp_path, env) as server:
+        job_id = server.cli(
+            "job", "run", "--provider", "kubernetes", "--command", "echo never", "--timeout", "30", check=True
+        ).stdout.strip()
+        assert wait_terminal(url, job_id, timeout=30) == "FAILED"
+        wait_settled(url, job_id)
+        (reason,) = query(url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+        assert "ImagePullBackOff" in reason and "missing-image:1.0" in reason, reason
+        (name,) = query(url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
+        eventually(lambda: name not in api.pods(), 15, what="the pod to be deleted")
+
+
+def test_an_unreachable_api_fails_jobs_fast_and_shows_in_health(
+    pg_server: str, template_database: str, tmp_path: Path, worker_image: str
+) -> None:
+    from conftest import new_database
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = KubeEmulator.__new__(KubeEmulator)
+    dead.url = f"http://127.0.0.1:{port}"
+    url = new_database(pg_server, template_database)
+    env = server_env(dead.kubeconfig(tmp_path / "kubeconfig"), worker_image, docker=False)
+    with ServerProcess(url, tmp_path, env) as server:
+        result = server.cli(
+            "job", "run", "--provider", "kubernetes", "--command", "echo x", "--timeout", "30", "--wait"
+        )
+        assert result.returncode == 125, result.stderr
+        job_id = result.stdout.strip()
+        (reason,) = query(url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+        assert f"the Kubernetes API at http://127.0.0.1:{port} is unreachable" in reason, reason
+        health = server.cli("provider", "health", "kubernetes", check=True).stdout
+        assert "UNHEALTHY" in health and "unreachable" in health

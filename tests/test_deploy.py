@@ -1,0 +1,43 @@
+"""The cluster manifests: the permissions the provider needs, and the pod it expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def documents() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents() if doc["kind"] == kind]
+
+
+def test_the_role_allows_exactly_what_the_provider_does() -> None:
+    (role,) = by_kind("Role")
+    assert role["metadata"]["namespace"] == "hodei-jobs-workers"
+    rules = {tuple(rule["resources"]): sorted(rule["verbs"]) for rule in role["rules"]}
+    assert rules == {("pods",): ["create", "delete", "get", "list", "watch"], ("pods/log",): ["get"]}
+    (binding,) = by_kind("RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == "hodei-server"
+
+
+def test_the_server_deployment_runs_the_kubernetes_provider() -> None:
+    (deployment,) = by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "hodei-server"
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["HODEI_KUBERNETES_ENABLED"] == "1"
+    assert env["HODEI_K8S_NAMESPACE"] == "hodei-jobs-workers"
+    (service,) = by_kind("Service")
+    assert env["HODEI_SERVER_HOST"].startswith(f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc")
+    assert {doc["metadata"]["name"] for doc in by_kind("Namespace")} == {"hodei-jobs", "hodei-jobs-workers"}

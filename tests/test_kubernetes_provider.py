@@ -1,0 +1,322 @@
+"""The Kubernetes provider against kmock's emulated API server: the exact pod it
+creates, how it reads pod failures, deletion, and that it only touches its own pods."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from hodei.config import KubernetesConfig
+from hodei.errors import ProviderError, ProviderUnavailable
+from hodei.kube_emulator import NAMESPACE, KubeEmulator
+from hodei.providers.base import WorkerLaunch
+from hodei.providers.kubernetes import KubernetesProvider, load_api_client
+from hodei.testing import eventually
+
+INSTALLATION = "test-installation"
+
+
+def config(kubeconfig: Path, **overrides: object) -> KubernetesConfig:
+    values: dict[str, object] = {
+        "enabled": True,
+        "image": "hodei-jobs-worker:latest",
+        "kubeconfig": str(kubeconfig),
+        "context": "",
+        "namespace": NAMESPACE,
+        "image_pull_policy": "IfNotPresent",
+        "service_account": "",
+        "unschedulable_timeout": 60.0,
+    }
+    values.update(overrides)
+    return KubernetesConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def api() -> Iterator[KubeEmulator]:
+    with KubeEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def kubeconfig(api: KubeEmulator, tmp_path: Path) -> Path:
+    return api.kubeconfig(tmp_path / "kubeconfig")
+
+
+_opened: list[KubernetesProvider] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_providers() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def provider(kubeconfig: Path, watch: bool = False, **overrides: object) -> KubernetesProvider:
+    kube = KubernetesProvider(config(kubeconfig, **overrides), INSTALLATION, kill_grace=2.0, watch=watch)
+    _opened.append(kube)
+    return kube
+
+
+def launch(**overrides: object) -> WorkerLaunch:
+    values: dict[str, object] = {
+        "worker_id": str(uuid4()),
+        "job_id": str(uuid4()),
+        "env": {"HODEI_SERVER_ADDRESS": "10.0.0.1:50051", "HODEI_WORKER_TOKEN": "t"},
+        "timeout_seconds": 30.0,
+    }
+    values.update(overrides)
+    return WorkerLaunch(**values)  # type: ignore[arg-type]
+
+
+def test_the_pod_spec(api: KubeEmulator, kubeconfig: Path) -> None:
+    kube = provider(kubeconfig, service_account="hodei-worker")
+    spec = launch(cpu_cores=0.5, memory_bytes=256 * 1024**2)
+    name = kube.create_worker(spec)
+    assert name == f"hodei-worker-{spec.worker_id}"
+    pod = api.pods()[name]
+    assert pod["metadata"]["namespace"] == NAMESPACE
+    assert pod["metadata"]["labels"] == {
+        "hodei-worker": spec.worker_id,
+        "hodei-job": spec.job_id,
+        "hodei.io/installation": INSTALLATION,
+        "app.kubernetes.io/managed-by": "hodei-jobs",
+    }
+    body = pod["spec"]
+    assert body["restartPolicy"] == "Never"
+    assert body["activeDeadlineSeconds"] == 30 + 2 + 60
+    assert body["automountServiceAccountToken"] is False
+    assert body["serviceAccountName"] == "hodei-worker"
+    assert body["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = body["containers"]
+    assert (container["image"], container["imagePullPolicy"]) == ("hodei-jobs-worker:latest", "IfNotPresent")
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert body["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    assert {e["name"]: e["value"] for e in container["env"]} == dict(spec.env)
+
+
+def test_default_requests_and_limits(api: KubeEmulator, kubeconfig: Path) -> None:
+    name = provider(kubeconfig).create_worker(launch())
+    resources = api.pods()[name]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+
+
+def test_creating_twice_is_idempotent(api: KubeEmulator, kubeconfig: Path) -> None:
+    kube = provider(kubeconfig)
+    spec = launch()
+    assert kube.create_worker(spec) == kube.create_worker(spec)
+    assert len(api.pods()) == 1
+
+
+def failure_of(kube: KubernetesProvider, worker_id: str) -> str | None:
+    kube.resync()
+    return next(o.failure for o in kube.observe() if o.worker_id == worker_id)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            {"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active too long"},
+            "ended Failed: DeadlineExceeded",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": "nope:1",
+                        "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied for nope:1"}},
+                    }
+                ],
+            },
+            "cannot start: ErrImagePull: pull access denied for nope:1",
+        ),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": "nope:1",
+                        "state": {
+                            "waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}
+                        },
+                    }
+                ],
+            },
+            'cannot start: ImagePullBackOff: Back-off pulling image "nope:1"',
+        ),
+    ],
+)
+def test_pod_failures_are_observed(
+    api: KubeEmulator, kubeconfig: Path, status: dict[str, object], expected: str
+) -> None:
+    kube = provider(kubeconfig)
+    spec = launch()
+    name = kube.create_worker(spec)
+    assert failure_of(kube, spec.worker_id) is None
+    api.patch_pod(name, {"status": status})
+    failure = failure_of(kube, spec.worker_id)
+    assert failure is not None and expected in failure, failure
+
+
+def test_an_unschedulable_pod_fails_only_past_its_deadline(api: KubeEmulator, kubeconfig: Path) -> None:
+    kube = provider(kubeconfig, unschedulable_timeout=0.5)
+    spec = launch()
+    name = kube.create_worker(spec)
+    condition = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: insufficient cpu",
+    }
+    api.patch_pod(name, {"status": {"phase": "Pending", "conditions": [condition]}})
+    assert failure_of(kube, spec.worker_id) is None
+    time.sleep(0.6)
+    failure = failure_of(kube, spec.worker_id)
+    assert failure is not None and "unschedulable" in failure and "insufficient cpu" in failure
+
+
+def test_a_pod_deleted_by_someone_else_is_a_failure_but_our_deletion_is_not(
+    api: KubeEmulator, kubeconfig: Path
+) -> None:
+    kube = provider(kubeconfig)
+    ours, theirs = launch(), launch()
+    kube.create_worker(ours)
+    other = kube.create_worker(theirs)
+    kube.resync()
+    kube.destroy_worker(ours.worker_id)
+    kube.core.delete_namespaced_pod(other, NAMESPACE)
+    kube.resync()
+    failures = {o.worker_id: o.failure for o in kube.observe()}
+    assert failures == {theirs.worker_id: f"pod {other} was deleted by someone else"}
+
+
+def test_the_watch_sees_changes_without_a_resync(api: KubeEmulator, kubeconfig: Path) -> None:
+    kube = provider(kubeconfig, watch=True)
+    spec = launch()
+    name = kube.create_worker(spec)
+    api.patch_pod(name, {"status": {"phase": "Failed", "reason": "Evicted"}})
+    eventually(
+        lambda: any(o.failure for o in kube.observe() if o.worker_id == spec.worker_id), 15, what="the watch event"
+    )
+
+
+def test_destroy_deletes_the_pod_and_is_idempotent(api: KubeEmulator, kubeconfig: Path) -> None:
+    kube = provider(kubeconfig)
+    spec = launch()
+    kube.create_worker(spec)
+    kube.destroy_worker(spec.worker_id)
+    assert api.pods() == {}
+    kube.destroy_worker(spec.worker_id)
+    deletes = [r for r in api.call(lambda: list(api.emulator)) if r.method == "DELETE"]
+    assert len(deletes) == 1
+
+
+def test_pods_it_did_not_create_are_never_listed_nor_deleted(api: KubeEmulator, kubeconfig: Path) -> None:
+    """kmock ignores label selectors, so this checks the provider's own filtering."""
+    kube = provider(kubeconfig)
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hodei-worker-someone", "namespace": NAMESPACE, "labels": {"hodei-worker": "someone"}},
+        "spec": {"containers": [{"name": "x", "image": "x"}]},
+    }
+    unlabelled = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "bystander", "namespace": NAMESPACE},
+        "spec": {"containers": [{"name": "x", "image": "x"}]},
+    }
+    kube.core.create_namespaced_pod(NAMESPACE, foreign)
+    kube.core.create_namespaced_pod(NAMESPACE, unlabelled)
+    mine = launch()
+    kube.create_worker(mine)
+    kube.resync()
+    assert [o.worker_id for o in kube.observe()] == [mine.worker_id]
+    kube.destroy_worker("someone")
+    assert set(api.pods()) == {"hodei-worker-someone", "bystander", f"hodei-worker-{mine.worker_id}"}
+    with pytest.raises(ProviderError, match="not created by this installation"):
+        kube.create_worker(launch(worker_id="someone"))
+
+
+def test_health_names_the_namespace_and_the_api(api: KubeEmulator, kubeconfig: Path) -> None:
+    assert provider(kubeconfig).health().healthy
+    missing = provider(kubeconfig, namespace="does-not-exist").health()
+    assert not missing.healthy
+    assert "namespace does-not-exist does not exist" in missing.message
+
+
+def test_an_unreachable_api_is_unhealthy_and_creation_fails_fast(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = KubeEmulator.__new__(KubeEmulator)
+    dead.url = f"http://127.0.0.1:{port}"
+    kube = provider(dead.kubeconfig(tmp_path / "kubeconfig"))
+    health = kube.health()
+    assert not health.healthy
+    assert f"the Kubernetes API at http://127.0.0.1:{port} is unreachable" in health.message
+    with pytest.raises(ProviderUnavailable, match="is unreachable"):
+        kube.create_worker(launch())
+
+
+def test_configuration_comes_from_the_kubeconfig_and_context(tmp_path: Path, kubeconfig: Path) -> None:
+    client = load_api_client(config(kubeconfig, context="emulator"))
+    assert client.configuration.host.startswith("http://127.0.0.1:")
+    client.close()
+    with pytest.raises(Exception, match=r"No configuration found|does not exist|No such file"):
+        load_api_client(config(tmp_path / "missing"))
+
+
+def test_the_reconciler_removes_labelled_pods_without_a_live_job(
+    api: KubeEmulator, kubeconfig: Path, store: object
+) -> None:
+    from hodei.config import Timing
+    from hodei.domain.provider import ProviderType
+    from hodei.liveness import Liveness
+    from hodei.providers.registry import ProviderRegistry
+    from hodei.sweeper import Sweeper
+
+    kube = provider(kubeconfig)
+    stray = launch()
+    kube.create_worker(stray)
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "not-ours",
+            "namespace": NAMESPACE,
+            "labels": {"hodei-worker": "x", "hodei.io/installation": "other"},
+        },
+        "spec": {"containers": [{"name": "x", "image": "x"}]},
+    }
+    kube.core.create_namespaced_pod(NAMESPACE, foreign)
+    registry = ProviderRegistry(store, {ProviderType.KUBERNETES: kube}, {})  # type: ignore[arg-type]
+    timing = Timing(1, 5, 5, 60, 1, 1, 1)
+    sweeper = Sweeper(store, None, registry, Liveness(store.pool, "t"), timing)  # type: ignore[arg-type, attr-defined]
+    sweeper.reconcile()
+    assert set(api.pods()) == {"not-ours"}
