@@ -21,29 +21,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from rich.console import Console
 from rich.table import Table
 
-from e2e.seed import SeedJob, check_job_get, check_phase6, phase5_jobs, submit
+from e2e.seed import SEED_TABLES, SeedJob, check_job_get, check_phase6, phase5_jobs, submit
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.testing import Cli, query, wait_settled
-
-SEED_TABLES = [
-    "domain_events",
-    "job_log_files",
-    "jobs",
-    "outbox_events",
-    "provider_configs",
-    "saga_audit_events",
-    "saga_steps",
-    "sagas",
-    "workers",
-]
-SERVICES = {
-    "hodei.jobs.JobExecutionService",
-    "hodei.jobs.WorkerAgentService",
-    "hodei.jobs.SchedulerService",
-    "hodei.jobs.ProviderManagementService",
-    "hodei.jobs.MetricsService",
-    "hodei.jobs.LogStreamService",
-}
 
 
 @dataclass

@@ -10,6 +10,26 @@ from urllib.parse import urlparse
 
 from hodei.testing import Cli, query
 
+# Seed 1.2: exactly these tables in `public`. Seed 3.2: these services, listed by reflection.
+SEED_TABLES = [
+    "domain_events",
+    "job_log_files",
+    "jobs",
+    "outbox_events",
+    "provider_configs",
+    "saga_audit_events",
+    "saga_steps",
+    "sagas",
+    "workers",
+]
+SEED_SERVICES = {
+    "hodei.jobs.JobExecutionService",
+    "hodei.jobs.WorkerAgentService",
+    "hodei.jobs.SchedulerService",
+    "hodei.jobs.ProviderManagementService",
+    "hodei.jobs.MetricsService",
+    "hodei.jobs.LogStreamService",
+}
 UUID_LINE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$")
 SEED_EVENTS = ["JobCreated", "JobAssigned", "JobAccepted", "JobStatusChanged", "JobStatusChanged"]
 

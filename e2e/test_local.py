@@ -268,3 +268,48 @@ def test_a_worker_that_never_registers_fails_the_job_within_the_deadline(
         ]
         assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
         eventually(lambda: job_processes(job_id) == [], 10, what="the silent worker process to be killed")
+
+
+def test_a_server_killed_mid_job_is_restarted_and_the_job_still_succeeds(
+    pg_server: str, template_database: str, tmp_path: Path
+) -> None:
+    from conftest import new_database
+
+    url = new_database(pg_server, template_database)
+    # A short lease: rows the killed server had claimed are re-delivered when it expires.
+    env = {"HODEI_HEARTBEAT_TIMEOUT": "15", "HODEI_KILL_GRACE": "1", "HODEI_RELAY_LEASE": "3"}
+    server = ServerProcess(url, tmp_path, env).start()
+    try:
+        command = "echo before; sleep 4; echo after"
+        job_id = server.cli(
+            "job", "run", "--provider", "local", "--command", command, "--timeout", "60", check=True
+        ).stdout.strip()
+        wait_running(url, job_id)
+        server.kill()
+        server.start()
+        assert wait_terminal(url, job_id, timeout=60) == "SUCCEEDED"
+        wait_settled(url, job_id)
+        assert server.cli("job", "logs", "--id", job_id, check=True).stdout.splitlines() == ["before", "after"]
+        assert query(url, "SELECT saga_type, state FROM sagas WHERE correlation_id = %s ORDER BY 1", (job_id,)) == [
+            ("EXECUTION", "COMPLETED"),
+            ("PROVISIONING", "COMPLETED"),
+        ]
+        eventually(lambda: job_processes(job_id) == [], 15)
+    finally:
+        server.stop()
+
+
+def test_jobs_survive_the_database_connections_being_killed(server: ServerProcess, database_url: str) -> None:
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", "echo one; sleep 2; echo two", "--timeout", "60", check=True
+    ).stdout.strip()
+    wait_running(database_url, job_id)
+    killed = query(
+        database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name LIKE 'hodei%%'",
+    )
+    assert len(killed) >= 2
+    assert wait_terminal(database_url, job_id, timeout=60) == "SUCCEEDED"
+    wait_settled(database_url, job_id)
+    assert server.cli("job", "logs", "--id", job_id, check=True).stdout.splitlines() == ["one", "two"]

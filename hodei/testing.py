@@ -137,6 +137,11 @@ class ServerProcess(Cli):
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def restart(self) -> ServerProcess:
+        """A new server process on the same port, database and settings."""
+        self.stop()
+        return self.start()
+
     def __enter__(self) -> ServerProcess:
         return self.start()
 

@@ -51,7 +51,8 @@ _opened: list[KubernetesProvider] = []
 
 
 @pytest.fixture(autouse=True)
-def _close_providers() -> Iterator[None]:
+def _close_providers(api: KubeEmulator) -> Iterator[None]:
+    """Closes providers before the emulator stops (an open watch would hold it up)."""
     yield
     while _opened:
         _opened.pop().close()

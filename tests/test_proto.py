@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from e2e.seed import SEED_SERVICES
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, metrics_pb2, providers_pb2, scheduler_pb2, worker_pb2
 from hodei.domain.job import JobState
 
@@ -16,14 +17,7 @@ def test_the_descriptors_define_the_six_seed_services() -> None:
     names = set()
     for module in (jobs_pb2, worker_pb2, scheduler_pb2, providers_pb2, metrics_pb2, logs_pb2):
         names |= {service.full_name for service in module.DESCRIPTOR.services_by_name.values()}
-    assert names == {
-        "hodei.jobs.JobExecutionService",
-        "hodei.jobs.WorkerAgentService",
-        "hodei.jobs.SchedulerService",
-        "hodei.jobs.ProviderManagementService",
-        "hodei.jobs.MetricsService",
-        "hodei.jobs.LogStreamService",
-    }
+    assert names == SEED_SERVICES
 
 
 def test_job_status_codes_are_the_contract() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,4 +230,62 @@ def test_a_hanging_action_times_out(
     assert step[0] == "create_worker" and step[1] == "FAILED"
     assert "timed out after 0.5s" in step[3]
     assert step[2] == 2  # a timeout is worth retrying
+    h.close()
+
+
+def test_the_server_enforces_the_timeout_when_the_worker_never_reports(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uuid import uuid4
+
+    from hodei.domain.job import Job, JobState
+    from hodei.domain.worker import Worker, WorkerState
+    from hodei.sagas import execution
+    from hodei.store.app import Meta
+
+    monkeypatch.setattr(execution, "RESULT_MARGIN", 0.5)
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit(timeout_seconds=0.5)
+
+    def accept_only() -> None:
+        """A worker that registers and accepts, then never reports a result."""
+        for observed in h.provider.observe():
+            worker = h.store.find(Worker, observed.worker_id)
+            if worker is None:
+                continue
+            if worker.state in (WorkerState.CREATING, WorkerState.CONNECTING):
+                worker.register(uuid4().hex, "fake", datetime.now(UTC))
+                h.store.write([worker], Meta(actor="worker", correlation_id=worker.job_id))
+            job = h.store.load(Job, job_id)
+            if worker.state is WorkerState.BUSY and job.state is JobState.ASSIGNED:
+                job.accept(str(worker.id))
+                h.store.write([job], Meta(actor="worker", correlation_id=job_id))
+
+    deadline = time.monotonic() + 30
+    while job_row(fresh_database_url, job_id)[0] != "TIMEOUT" and time.monotonic() < deadline:
+        h.relay.drain()
+        h.sweeper.expire_steps()
+        accept_only()
+        time.sleep(0.1)
+    state, reason = job_row(fresh_database_url, job_id)
+    assert state == "TIMEOUT"
+    assert "no result within the job's timeout" in reason
+    h.run(lambda: ("EXECUTION", "FAILED") in sagas(fresh_database_url, job_id), agent=False)
+    assert any(line.startswith("destroy ") for line in effects.lines())
+    h.close()
+
+
+def test_a_saga_whose_delivery_is_dead_lettered_is_failed_and_compensated(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    from uuid import UUID
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    h.run(lambda: steps(fresh_database_url, job_id, "PROVISIONING")[3][1] == "IN_PROGRESS", agent=False)
+    (saga_id,) = query(fresh_database_url, "SELECT id FROM sagas WHERE correlation_id = %s", (job_id,))[0]
+    h.engine.abort(UUID(str(saga_id)), job_id, "delivery failed for good: boom")
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[3][1:] == ("FAILED", 0, "delivery failed for good: boom")
+    assert job_row(fresh_database_url, job_id)[0] == "FAILED"
     h.close()

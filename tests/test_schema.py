@@ -8,24 +8,13 @@ import re
 import psycopg
 import pytest
 
+from e2e.seed import SEED_TABLES
 from hodei.domain.job import JobState
 from hodei.domain.provider import ProviderHealth, ProviderStatus, ProviderType
 from hodei.domain.saga import SagaState, SagaType, StepState
 from hodei.domain.worker import WorkerState
 from hodei.store.migrations import migrate
 from hodei.testing import query
-
-SEED_TABLES = [
-    "domain_events",
-    "job_log_files",
-    "jobs",
-    "outbox_events",
-    "provider_configs",
-    "saga_audit_events",
-    "saga_steps",
-    "sagas",
-    "workers",
-]
 
 
 def test_public_holds_exactly_the_nine_seed_tables(database_url: str) -> None:

@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from e2e.seed import SEED_TABLES
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
 from hodei.domain.saga import Saga
@@ -17,7 +18,6 @@ from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict
 from hodei.store.app import HodeiStore, Meta
 from hodei.testing import query
-from tests.test_schema import SEED_TABLES
 from tests.workload import OPERATIONS, Workload
 
 

@@ -106,6 +106,7 @@ class KubernetesProvider(WorkerProvider):
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch_response: Any = None
         if watch:
             self._thread = threading.Thread(target=self._watch_forever, name="hodei-k8s-watch", daemon=True)
             self._thread.start()
@@ -238,10 +239,8 @@ class KubernetesProvider(WorkerProvider):
     # Watching ---------------------------------------------------------------------
 
     def observe(self) -> list[Observation]:
-        if self._thread is None:
+        if self._thread is None or not self._synced.is_set():
             self.resync()
-        elif not self._synced.wait(timeout=REQUEST_TIMEOUT):
-            raise ProviderUnavailable(f"the Kubernetes API at {self.host} has not answered the pod watch yet")
         now = time.monotonic()
         with self._lock:
             pods = list(self._pods.values())
@@ -361,6 +360,7 @@ class KubernetesProvider(WorkerProvider):
             _request_timeout=WATCH_SECONDS + 5,
         )
         pending = b""
+        self._watch_response = response
         try:
             for chunk in response.stream(4096):
                 pending += chunk
@@ -371,6 +371,7 @@ class KubernetesProvider(WorkerProvider):
                 if self._stop.is_set():
                     return
         finally:
+            self._watch_response = None
             response.release_conn()
 
     def _on_watch_event(self, event: dict[str, Any]) -> None:
@@ -382,4 +383,7 @@ class KubernetesProvider(WorkerProvider):
 
     def close(self) -> None:
         self._stop.set()
+        watching = self._watch_response
+        if watching is not None:
+            watching.shutdown()  # interrupts a watch blocked on a quiet stream (close() would wait)
         self.api_client.close()
