@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from rich.console import Console
 from rich.table import Table
 
-from e2e.seed import SEED_TABLES, SeedJob, check_job_get, check_phase6, phase5_jobs, submit
+from e2e.seed import SEED_SERVICES, SEED_TABLES, SeedJob, check_job_get, check_phase6, phase5_jobs, submit
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.testing import Cli, query, wait_settled
 
@@ -78,7 +78,7 @@ class Procedure:
 
         def services() -> str:
             found = set(ProtoReflectionDescriptorDatabase(grpc.insecure_channel(self.server)).get_services())
-            assert found >= SERVICES, found
+            assert found >= SEED_SERVICES, found
             return "six hodei.jobs services listed by reflection"
 
         self.check(Row("Schema (1.2)", "-", "9 tables", "information_schema"), tables)
