@@ -137,8 +137,16 @@ class Job(HodeiAggregate):
         self._accepted(worker_id=worker_id)
         self._change_state(JobState.RUNNING, reason=f"accepted by worker {worker_id}", exit_code=None)
 
-    def finish(self, worker_id: str, outcome: JobState, exit_code: int | None, reason: str | None) -> None:
-        """Records the worker's result. A result that overtakes its ack implies the ack."""
+    def finish(
+        self,
+        worker_id: str,
+        outcome: JobState,
+        exit_code: int | None,
+        reason: str | None,
+        ran: tuple[str, str] | None = None,
+    ) -> None:
+        """Records the worker's result; ``ran`` is when the command's process started and
+        ended, by the worker's clock. A result that overtakes its ack implies the ack."""
         if outcome not in TERMINAL_STATES:
             raise InvalidTransition(f"{outcome} is not a result")
         if self.state is JobState.ASSIGNED:
@@ -146,7 +154,7 @@ class Job(HodeiAggregate):
         elif self.worker_id != worker_id:
             raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
         check_transition("job", self.state, outcome, JOB_TRANSITIONS)
-        self._change_state(outcome, reason=reason, exit_code=exit_code)
+        self._change_state(outcome, reason=reason, exit_code=exit_code, ran=ran)
 
     def fail(self, reason: str) -> None:
         check_transition("job", self.state, JobState.FAILED, JOB_TRANSITIONS)
@@ -198,11 +206,28 @@ class Job(HodeiAggregate):
     def _accepted(self, worker_id: str) -> None:
         self.worker_id = worker_id
 
-    def _change_state(self, new_state: JobState, reason: str | None, exit_code: int | None) -> None:
-        self._status_changed(old_state=self.state.value, new_state=new_state.value, reason=reason, exit_code=exit_code)
+    def _change_state(
+        self, new_state: JobState, reason: str | None, exit_code: int | None, ran: tuple[str, str] | None = None
+    ) -> None:
+        self._status_changed(
+            old_state=self.state.value,
+            new_state=new_state.value,
+            reason=reason,
+            exit_code=exit_code,
+            ran_from=ran[0] if ran else None,
+            ran_until=ran[1] if ran else None,
+        )
 
     @event("JobStatusChanged")
-    def _status_changed(self, old_state: str, new_state: str, reason: str | None, exit_code: int | None) -> None:
+    def _status_changed(
+        self,
+        old_state: str,
+        new_state: str,
+        reason: str | None,
+        exit_code: int | None,
+        ran_from: str | None,
+        ran_until: str | None,
+    ) -> None:
         self.state = JobState(new_state)
         if self.state is JobState.PENDING:
             self.attempt += 1

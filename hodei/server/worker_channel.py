@@ -242,7 +242,13 @@ class WorkerSession:
             state = outcome_state(result)
             exit_code = None if result.outcome == worker_pb2.JOB_OUTCOME_CANCELLED else result.exit_code
             reason = None if state is JobState.SUCCEEDED else result.message or state.value.lower()
-            self._update_job(lambda job: job.finish(str(self.worker_id), state, exit_code, reason))
+            ran = None
+            if result.HasField("started_at") and result.HasField("finished_at"):
+                ran = (
+                    result.started_at.ToDatetime(tzinfo=UTC).isoformat(),
+                    result.finished_at.ToDatetime(tzinfo=UTC).isoformat(),
+                )
+            self._update_job(lambda job: job.finish(str(self.worker_id), state, exit_code, reason, ran))
             self.service.sequences.forget(self.job_id)
             self._send(worker_pb2.ServerMessage(result_ack=worker_pb2.ResultAck(job_id=self.job_id)))
 

@@ -96,6 +96,8 @@ def _job_status_changed(cur: Cursor[Any], event: EventRecord) -> None:
             terminal=p["new_state"] in _TERMINAL,
             exit_code=p["exit_code"],
             reason=p["reason"],
+            ran_from=p.get("ran_from"),
+            ran_until=p.get("ran_until"),
         ),
     )
 

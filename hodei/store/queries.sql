@@ -24,7 +24,7 @@ RETURNING position;
 SELECT pg_notify(%s, %s);
 
 -- name: select_aggregate_events
-SELECT aggregate_id, aggregate_version, topic, payload, occurred_at
+SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at
 FROM domain_events
 WHERE aggregate_id = %(aggregate_id)s
   AND (%(gt)s::bigint IS NULL OR aggregate_version > %(gt)s)
@@ -33,7 +33,7 @@ ORDER BY CASE WHEN %(desc)s THEN -aggregate_version ELSE aggregate_version END
 LIMIT %(limit)s;
 
 -- name: select_notifications
-SELECT position, aggregate_id, aggregate_version, topic, payload, occurred_at
+SELECT position, aggregate_id, aggregate_version, topic, payload::text, occurred_at
 FROM domain_events
 WHERE (%(low)s::bigint IS NULL OR position >= %(low)s)
   AND (%(stop)s::bigint IS NULL OR position <= %(stop)s)
@@ -102,9 +102,11 @@ SET state = %(new_state)s::varchar,
     exit_code = CASE WHEN %(terminal)s::boolean THEN %(exit_code)s ELSE exit_code END,
     error_message = CASE WHEN %(terminal)s::boolean AND %(new_state)s::varchar <> 'SUCCEEDED' THEN %(reason)s
                          WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE error_message END,
+    -- The worker's own times of the command, when it reports them, replace the server's.
     started_at = CASE WHEN %(new_state)s::varchar = 'RUNNING' THEN %(at)s
-                      WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE started_at END,
-    completed_at = CASE WHEN %(terminal)s::boolean THEN %(at)s ELSE completed_at END,
+                      WHEN %(new_state)s::varchar = 'PENDING' THEN NULL
+                      ELSE coalesce(%(ran_from)s::timestamptz, started_at) END,
+    completed_at = CASE WHEN %(terminal)s::boolean THEN coalesce(%(ran_until)s::timestamptz, %(at)s) ELSE completed_at END,
     attempt = attempt + CASE WHEN %(new_state)s::varchar = 'PENDING' THEN 1 ELSE 0 END,
     worker_id = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE worker_id END,
     updated_at = %(at)s

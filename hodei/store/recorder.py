@@ -79,10 +79,12 @@ def _check_plain_json(topic: str, value: object) -> None:
             _check_plain_json(topic, item)
 
 
-def _state(payload: dict[str, Any], occurred_at: datetime) -> bytes:
-    state = dict(payload)
-    state["timestamp"] = {"_type_": "datetime_iso", "_data_": occurred_at.isoformat()}
-    return json.dumps(state).encode()
+def _state(payload: str, occurred_at: datetime) -> bytes:
+    """The library's stored state: the payload (JSON text) with the timestamp put back.
+    Spliced as text: reading the log must not parse every payload twice."""
+    stamp = f'{{"timestamp": {{"_type_": "datetime_iso", "_data_": "{occurred_at.isoformat()}"}}'
+    rest = payload.strip()[1:]
+    return (stamp + ("" if rest.lstrip().startswith("}") else ", ") + rest).encode()
 
 
 def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None) -> EventRecord:

@@ -258,6 +258,9 @@ class Agent:
             message=finished.message,
             last_log_seq=self.batcher.last_seq,
         )
+        if finished.started_at is not None and finished.finished_at is not None:
+            self.result.started_at.CopyFrom(_stamp(finished.started_at))
+            self.result.finished_at.CopyFrom(_stamp(finished.finished_at))
         self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
 
     def _abandon_job(self) -> None:

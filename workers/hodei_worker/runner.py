@@ -29,6 +29,9 @@ class Finished:
     outcome: Outcome
     exit_code: int
     message: str
+    # Wall-clock seconds since the epoch; None when the process never started.
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 def become_subreaper() -> None:
@@ -95,6 +98,7 @@ class JobProcess:
         self._wake.set()
 
     def run(self) -> Finished:
+        started_at = time.time()
         try:
             if self.working_dir:
                 os.makedirs(self.working_dir, exist_ok=True)
@@ -120,6 +124,7 @@ class JobProcess:
         reaper = threading.Thread(target=self._reap_orphans, args=(process,), daemon=True)
         reaper.start()
         outcome, message = self._wait(process)
+        finished_at = time.time()
         # Whatever the job left behind in its process group goes too: it would hold the
         # output pipes open and outlive the job.
         self._signal_group(process.pid, signal.SIGKILL)
@@ -133,7 +138,7 @@ class JobProcess:
         code = exit_code_of(returncode)
         if outcome is Outcome.EXITED:
             message = "exited with code 0" if code == 0 else f"exited with code {code}"
-        return Finished(outcome, code, message)
+        return Finished(outcome, code, message, started_at, finished_at)
 
     def _wait(self, process: subprocess.Popen[bytes]) -> tuple[Outcome, str]:
         deadline = time.monotonic() + self.timeout

@@ -1,0 +1,93 @@
+"""The contract with the eventsourcing library: our recorder implements its public
+ApplicationRecorder interface, and the library's repository works through it."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import ApplicationRecorder
+
+from hodei.domain.job import Job, JobState
+from hodei.domain.spec import JobSpec
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.recorder import DomainEventRecorder
+
+
+def job_with_five_events(store: HodeiStore) -> Job:
+    job = Job.submit(JobSpec(name="c", command="true", timeout_seconds=5, env={"K": "v"}), uuid4())
+    worker = str(uuid4())
+    job.select_provider("11111111-1111-1111-1111-111111111111", "docker")
+    job.assign(worker, "11111111-1111-1111-1111-111111111111", "docker")
+    job.accept(worker)  # JobAccepted + JobStatusChanged
+    store.write([job], Meta(actor="t"))
+    return store.load(Job, job.id)
+
+
+def test_the_library_minor_version_is_the_pinned_one() -> None:
+    assert metadata.version("eventsourcing").startswith("9.5."), "the recorder is written against 9.5"
+
+
+def test_the_store_uses_our_recorder_through_the_public_interface(store: HodeiStore) -> None:
+    assert isinstance(store.recorder, DomainEventRecorder)
+    assert isinstance(store.recorder, ApplicationRecorder)
+    with pytest.raises(NotImplementedError, match="outbox relay"):
+        store.recorder.subscribe()
+
+
+def test_select_events_honours_gt_lte_desc_and_limit(store: HodeiStore) -> None:
+    job = job_with_five_events(store)
+    recorder = store.recorder
+    versions = lambda **kw: [e.originator_version for e in recorder.select_events(job.id, **kw)]  # noqa: E731
+    assert versions() == [1, 2, 3, 4, 5]
+    assert versions(gt=2) == [3, 4, 5]
+    assert versions(lte=3) == [1, 2, 3]
+    assert versions(gt=1, lte=4) == [2, 3, 4]
+    assert versions(desc=True, limit=2) == [5, 4]
+    assert versions(limit=1) == [1]
+
+
+def test_stored_events_decode_to_the_events_that_were_saved(store: HodeiStore) -> None:
+    original = Job.submit(JobSpec(name="c", command="echo x", timeout_seconds=5, args=("-c", "y")), uuid4())
+    pending = list(original.pending_events)
+    store.write([original], Meta(actor="t"))
+    (stored,) = store.recorder.select_events(original.id)
+    decoded = store.mapper.to_domain_event(stored)
+    assert type(decoded) is type(pending[0])
+    assert vars(decoded) == vars(pending[0])
+
+
+def test_the_repository_rebuilds_an_aggregate_at_any_version(store: HodeiStore) -> None:
+    job = job_with_five_events(store)
+    assert store.repository.get(job.id).state is JobState.RUNNING
+    assert store.repository.get(job.id, version=3).state is JobState.ASSIGNED
+    assert store.repository.get(job.id, version=1).state is JobState.PENDING
+
+
+def test_notifications_follow_positions(store: HodeiStore) -> None:
+    recorder = store.recorder
+    first = job_with_five_events(store)
+    positions = recorder.insert_events([])
+    assert positions == []
+    second = job_with_five_events(store)
+    top = recorder.max_notification_id()
+    assert top is not None
+    everything = recorder.select_notifications(start=None, limit=1000)
+    assert [n.id for n in everything] == sorted(n.id for n in everything)
+    assert everything[-1].id == top
+    ids = [n.id for n in everything]
+    middle = ids[len(ids) // 2]
+    assert [n.id for n in recorder.select_notifications(start=middle, limit=3)] == ids[
+        ids.index(middle) : ids.index(middle) + 3
+    ]
+    assert (
+        recorder.select_notifications(start=middle, limit=1, inclusive_of_start=False)[0].id
+        == ids[ids.index(middle) + 1]
+    )
+    assert [n.id for n in recorder.select_notifications(start=None, limit=1000, stop=middle)] == ids[
+        : ids.index(middle) + 1
+    ]
+    created = recorder.select_notifications(start=None, limit=100, topics=["hodei.domain.job:Job.JobCreated"])
+    assert {n.originator_id for n in created} >= {first.id, second.id}
+    assert all(n.topic == "hodei.domain.job:Job.JobCreated" for n in created)
