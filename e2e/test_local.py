@@ -313,3 +313,39 @@ def test_jobs_survive_the_database_connections_being_killed(server: ServerProces
     assert wait_terminal(database_url, job_id, timeout=60) == "SUCCEEDED"
     wait_settled(database_url, job_id)
     assert server.cli("job", "logs", "--id", job_id, check=True).stdout.splitlines() == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "message"),
+    [
+        ({"command": "", "timeout_seconds": 5}, "INVALID_ARGUMENT", "command must not be empty"),
+        ({"command": "true", "timeout_seconds": -1}, "INVALID_ARGUMENT", "timeout must be a positive"),
+        (
+            {"command": "true", "timeout_seconds": 5, "env": {"BAD-KEY": "x"}},
+            "INVALID_ARGUMENT",
+            "`BAD-KEY` is not valid",
+        ),
+        (
+            {"command": "true", "timeout_seconds": 5, "provider": "fargate"},
+            "INVALID_ARGUMENT",
+            "unknown provider `fargate`",
+        ),
+        ({"command": "true", "timeout_seconds": 5, "working_dir": "relative"}, "INVALID_ARGUMENT", "absolute path"),
+    ],
+)
+def test_the_api_refuses_bad_jobs_before_writing(
+    server: ServerProcess, database_url: str, spec: dict[str, object], code: str, message: str
+) -> None:
+    """The server validates on its own: a client other than our CLI gets the same errors."""
+    import grpc
+
+    from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+
+    before = query(database_url, "SELECT count(*) FROM domain_events")[0][0]
+    with grpc.insecure_channel(server.address) as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.QueueJob(jobs_pb2.QueueJobRequest(spec=common_pb2.JobSpec(name="bad", **spec)))  # type: ignore[arg-type]
+    assert refused.value.code().name == code
+    assert message in (refused.value.details() or "")
+    assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == before

@@ -1,0 +1,104 @@
+"""Worker credentials (invariant 8): a single-use, expiring token bound to the worker
+and its job; a stream bound to the worker's identity; no reporting on another job.
+The test plays a worker against a real server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
+from hodei.domain.worker import Worker
+from hodei.store.app import HodeiStore
+from hodei.store.db import open_pool
+from hodei.testing import ServerProcess, eventually, query
+from hodei.tokens import TokenSigner
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def silent_server(fresh_database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """Its workers never start an agent: the test registers in their place."""
+    env = {"HODEI_LOCAL_WORKER_COMMAND": "sleep 600", "HODEI_REGISTRATION_TIMEOUT": "120"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        yield server
+
+
+def submit(server: ServerProcess, command: str = "echo hi") -> str:
+    with grpc.insecure_channel(server.address) as channel:
+        spec = common_pb2.JobSpec(name="auth", command=command, timeout_seconds=60, provider="local")
+        return str(jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id)
+
+
+def worker_of(url: str, job_id: str) -> Worker:
+    rows = eventually(
+        lambda: query(url, "SELECT id FROM workers WHERE job_id = %s AND state = 'CONNECTING'", (job_id,)), 30
+    )
+    pool = open_pool(url, max_size=1)
+    try:
+        return HodeiStore(pool).load(Worker, rows[0][0])
+    finally:
+        pool.close()
+
+
+def signer(url: str) -> TokenSigner:
+    pool = open_pool(url, max_size=1)
+    try:
+        return TokenSigner.from_database(pool)
+    finally:
+        pool.close()
+
+
+def register(
+    stub: worker_pb2_grpc.WorkerAgentServiceStub, worker: Worker, token: str, job_id: str | None = None
+) -> str:
+    request = worker_pb2.RegisterRequest(worker_id=str(worker.id), job_id=job_id or worker.job_id, token=token)
+    return stub.Register(request, timeout=10).session_token
+
+
+def test_a_token_works_once_only_for_its_worker_and_job(silent_server: ServerProcess, fresh_database_url: str) -> None:
+    job_id = submit(silent_server)
+    other_job = submit(silent_server)
+    worker = worker_of(fresh_database_url, job_id)
+    token = signer(fresh_database_url).registration_token(str(worker.id), worker.job_id, worker.token_nonce)
+    with grpc.insecure_channel(silent_server.address) as channel:
+        stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
+        for wrong_token, wrong_job in (("0" * 64, None), (token, other_job)):
+            with pytest.raises(grpc.RpcError) as refused:
+                register(stub, worker, wrong_token, wrong_job)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert register(stub, worker, token)
+        with pytest.raises(grpc.RpcError) as again:
+            register(stub, worker, token)
+        assert again.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "already used" in (again.value.details() or "")
+
+
+def test_the_stream_is_bound_to_the_worker_and_its_job(silent_server: ServerProcess, fresh_database_url: str) -> None:
+    job_id = submit(silent_server)
+    victim = submit(silent_server)
+    worker = worker_of(fresh_database_url, job_id)
+    token = signer(fresh_database_url).registration_token(str(worker.id), worker.job_id, worker.token_nonce)
+    with grpc.insecure_channel(silent_server.address) as channel:
+        stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
+        session = register(stub, worker, token)
+        wrong = (("x-hodei-worker-id", str(worker.id)), ("x-hodei-session", "forged"))
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Connect(iter([worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat())]), metadata=wrong))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # With its own session, the worker tries to report on another job: the stream ends
+        # and nothing reaches that job.
+        metadata = (("x-hodei-worker-id", str(worker.id)), ("x-hodei-session", session))
+        intrusion = worker_pb2.WorkerMessage(
+            result=worker_pb2.JobResult(job_id=victim, outcome=worker_pb2.JOB_OUTCOME_EXITED, exit_code=0)
+        )
+        replies = list(stub.Connect(iter([intrusion]), metadata=metadata, timeout=10))
+        assert not any(r.WhichOneof("kind") == "result_ack" for r in replies)
+    assert query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (victim,)) in (
+        [("PENDING",)],
+        [("ASSIGNED",)],
+    )
