@@ -91,3 +91,33 @@ def test_notifications_follow_positions(store: HodeiStore) -> None:
     created = recorder.select_notifications(start=None, limit=100, topics=["hodei.domain.job:Job.JobCreated"])
     assert {n.originator_id for n in created} >= {first.id, second.id}
     assert all(n.topic == "hodei.domain.job:Job.JobCreated" for n in created)
+
+
+def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
+    """A JobStatusChanged stored before version 2 (no ran_from/ran_until) still loads."""
+    from hodei.store.events import event_id
+    from hodei.testing import query
+
+    job = Job.submit(JobSpec(name="old", command="true", timeout_seconds=5), uuid4())
+    store.write([job], Meta(actor="t"))
+    v1_payload = '{"old_state": "PENDING", "new_state": "CANCELLED", "reason": "old", "exit_code": null}'
+    query(
+        fresh_database_url,
+        "INSERT INTO domain_events (id, occurred_at, event_type, aggregate_id, payload, aggregate_type, "
+        "aggregate_version, topic) VALUES (%s, now(), 'JobStatusChanged', %s, %s, 'Job', 2, "
+        "'hodei.domain.job:Job.JobStatusChanged')",
+        (event_id(str(job.id), 2), str(job.id), v1_payload),
+    )
+    loaded = store.load(Job, job.id)
+    assert loaded.state is JobState.CANCELLED
+    assert loaded.error_message == "old"
+    store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
+    new = Job.submit(JobSpec(name="v2", command="true", timeout_seconds=5), uuid4())
+    new.cancel("now")
+    store.write([new], Meta(actor="t"))
+    (version,) = query(
+        fresh_database_url,
+        "SELECT payload->>'class_version' FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
+        (str(new.id),),
+    )[0]
+    assert version == "2"

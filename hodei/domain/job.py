@@ -241,3 +241,15 @@ class Job(HodeiAggregate):
     @event("JobLogsPersisted")
     def _logs_persisted(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
         self.log_uri = storage_uri
+
+
+# Event versions. Version 1 of JobStatusChanged had no ran_from/ran_until (the command's
+# own start and end, reported by the worker); the library calls the upcaster when it
+# reads a version-1 payload. See the README, "Changing an event".
+def _status_changed_v1_to_v2(state: dict[str, Any]) -> None:
+    state.setdefault("ran_from", None)
+    state.setdefault("ran_until", None)
+
+
+Job.JobStatusChanged.class_version = 2  # type: ignore[attr-defined]
+Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
