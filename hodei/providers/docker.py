@@ -66,9 +66,6 @@ class DockerProvider(WorkerProvider):
     def create_worker(self, launch: WorkerLaunch) -> str:
         name = resource_name(launch.worker_id)
         try:
-            existing = self._find(launch.worker_id)
-            if existing is not None:
-                return str(existing.id)
             options: dict[str, Any] = {
                 "name": name,
                 "detach": True,
@@ -97,7 +94,7 @@ class DockerProvider(WorkerProvider):
                 f"the worker image {self.config.image} is not in the Docker engine: build it with `just build-worker`"
             ) from exc
         except APIError as exc:
-            if exc.status_code == 409:  # a concurrent create won: the container exists
+            if exc.status_code == 409:  # created before (a retry, or a concurrent create): reuse it
                 found = self._find(launch.worker_id)
                 if found is not None:
                     return str(found.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 # The order in which a job that names no provider gets one.
 DEFAULT_ORDER = (ProviderType.DOCKER, ProviderType.KUBERNETES, ProviderType.LOCAL)
 PROBE_TIMEOUT = 5.0
+# Choosing a provider reuses a probe this recent, so back-to-back jobs do not each ask
+# the engine; an engine that stops is still noticed within this time.
+PROBE_REUSE = 2.0
 
 
 def provider_type_of(preference: str) -> ProviderType | None:
@@ -68,6 +72,7 @@ class ProviderRegistry:
         self.not_initialised = dict(not_initialised)
         self.default = provider_type_of(default) if default else None
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hodei-probe")
+        self._recent: dict[ProviderType, tuple[float, Health]] = {}
 
     def get(self, provider_type: ProviderType) -> WorkerProvider:
         try:
@@ -97,9 +102,17 @@ class ProviderRegistry:
         self.store.command(Meta(actor="health-check"), run)
 
     def check(self, provider_type: ProviderType) -> Health:
+        """Probes now, records a change of health, remembers the answer."""
         health = self.probe(provider_type)
         self.record_health(provider_type, health)
+        self._recent[provider_type] = (time.monotonic(), health)
         return health
+
+    def _current_health(self, provider_type: ProviderType) -> Health:
+        recent = self._recent.get(provider_type)
+        if recent is not None and time.monotonic() - recent[0] < PROBE_REUSE and recent[1].healthy:
+            return recent[1]
+        return self.check(provider_type)
 
     def select(self, preference: str) -> ProviderType:
         """The provider a job will use; raises ProviderUnavailable with the reason."""
@@ -123,7 +136,7 @@ class ProviderRegistry:
             raise ProviderUnavailable(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
         if provider.status is ProviderStatus.DISABLED:
             raise ProviderUnavailable(f"provider {provider_type} is disabled")
-        health = self.check(provider_type)
+        health = self._current_health(provider_type)
         if not health.healthy:
             raise ProviderUnavailable(f"provider {provider_type} is unhealthy: {health.message}")
 
