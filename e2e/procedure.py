@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -101,10 +102,26 @@ class Procedure:
                 wait_settled(self.url, job_id, timeout=180)
                 check_job_get(self.cli, job_id)
                 check_phase6(self.url, job_id, provider, provider_id, job)
-                return f"job {job_id[:8]}…: logs, worker TERMINATED, sagas COMPLETED"
+                detail = f"job {job_id[:8]}…: logs, worker TERMINATED, sagas COMPLETED"
+                if provider == "kubernetes":
+                    detail += self.pod_output_matches(job_id)
+                return detail
 
             label = job.title.capitalize() if job.title != "env vars" else "Env vars"
             self.check(Row(label, provider.capitalize(), "SUCCEEDED", validations.get(job.title, "Phase 6")), verify)
+
+    def pod_output_matches(self, job_id: str) -> str:
+        """Seed 7.4: what the pod printed equals the stored log. The pod is deleted after
+        its job; the emulator's fake kubelet keeps its output, a real cluster does not."""
+        (pod,) = query(self.url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
+        kept = Path(".hodei/kube") / f"{pod}.out"
+        if not kept.exists():
+            return "; pod output not kept (a real cluster deletes it with the pod)"
+        (uri,) = query(self.url, "SELECT storage_uri FROM job_log_files WHERE job_id = %s", (job_id,))[0]
+        stored = [line.split(" ", 2)[2] for line in Path(uri.removeprefix("file://")).read_text().splitlines()]
+        printed = [line for line in kept.read_text().splitlines() if not line.startswith("[hodei-worker]")]
+        assert printed == stored, f"pod printed {printed}, the database log holds {stored}"
+        return "; pod output = stored log"
 
     def batch(self, provider: str, count: int, title: str) -> None:
         def run() -> str:
