@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import statistics
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,10 +52,6 @@ def _prepare(server: str, url: str) -> str:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def row(name: str, value: str, baseline: str = "", ratio: str = "", goal: str = "") -> str:

@@ -349,3 +349,36 @@ def test_the_api_refuses_bad_jobs_before_writing(
     assert refused.value.code().name == code
     assert message in (refused.value.details() or "")
     assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == before
+
+
+def test_operator_commands(server: ServerProcess, database_url: str) -> None:
+    import json
+
+    job_id = server.cli(
+        "job", "run", "--provider", "local", "--command", "true", "--timeout", "30", "--wait", check=True
+    ).stdout.strip()
+    wait_settled(database_url, job_id)
+    metrics = json.loads(server.cli("metrics", "-o", "json", check=True).stdout)
+    assert int(metrics["relay_handled"]) > 0
+    assert int(metrics["jobs_by_state"]["SUCCEEDED"]) >= 1
+    assert int(metrics["sagas_by_state"]["COMPLETED"]) >= 2
+    assert int(metrics["outbox_dead_letter"]) == 0
+    queue = json.loads(server.cli("queue", "-o", "json", check=True).stdout)
+    assert int(queue["succeeded"]) == query(database_url, "SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'")[0][0]
+    workers = json.loads(server.cli("worker", "list", "--state", "terminated", "-o", "json", check=True).stdout)
+    assert any(w["job_id"] == job_id for w in workers)
+    assert "unknown worker state `napping`" in server.cli("worker", "list", "--state", "napping").stderr
+    events = server.cli("job", "events", "--id", job_id, check=True).stdout
+    assert "JobCreated" in events and "JobLogsPersisted" in events
+
+    disabled = json.loads(server.cli("provider", "disable", "local", "-o", "json", check=True).stdout)
+    assert disabled[0]["status"] == "DISABLED"
+    refused = server.cli("job", "run", "--provider", "local", "--command", "true", "--timeout", "30", "--wait")
+    assert refused.returncode == 125
+    assert "provider local is disabled" in refused.stderr
+    server.cli("provider", "enable", "local", check=True)
+    assert (
+        server.cli("job", "run", "--provider", "local", "--command", "true", "--timeout", "30", "--wait").returncode
+        == 0
+    )
+    assert query(database_url, "SELECT status FROM provider_configs WHERE provider_type = 'local'") == [("ACTIVE",)]

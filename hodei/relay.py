@@ -11,6 +11,7 @@ failing row is retried with exponential backoff and jitter, then dead-lettered.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -74,6 +75,10 @@ class RelayCounters:
             self.handled += 1
             self.lag_ms.append(lag_ms)
             del self.lag_ms[:-1000]
+
+    def lag_p50_ms(self) -> float:
+        with self.lock:
+            return statistics.median(self.lag_ms) if self.lag_ms else 0.0
 
 
 class Relay:

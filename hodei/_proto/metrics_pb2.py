@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hodei/jobs/metrics.proto\x12\nhodei.jobs\"\x13\n\x11GetMetricsRequest\"\x81\x03\n\x07Metrics\x12;\n\rjobs_by_state\x18\x01 \x03(\x0b\x32$.hodei.jobs.Metrics.JobsByStateEntry\x12=\n\x0esagas_by_state\x18\x02 \x03(\x0b\x32%.hodei.jobs.Metrics.SagasByStateEntry\x12\x16\n\x0eoutbox_pending\x18\x03 \x01(\x03\x12\x1a\n\x12outbox_dead_letter\x18\x04 \x01(\x03\x12\x15\n\routbox_lag_ms\x18\x05 \x01(\x03\x12\x15\n\rrelay_handled\x18\x06 \x01(\x03\x12\x14\n\x0crelay_failed\x18\x07 \x01(\x03\x12\x19\n\x11\x63onnected_workers\x18\x08 \x01(\x03\x1a\x32\n\x10JobsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x33\n\x11SagasByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32R\n\x0eMetricsService\x12@\n\nGetMetrics\x12\x1d.hodei.jobs.GetMetricsRequest\x1a\x13.hodei.jobs.Metricsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hodei/jobs/metrics.proto\x12\nhodei.jobs\"\x13\n\x11GetMetricsRequest\"\x9b\x03\n\x07Metrics\x12;\n\rjobs_by_state\x18\x01 \x03(\x0b\x32$.hodei.jobs.Metrics.JobsByStateEntry\x12=\n\x0esagas_by_state\x18\x02 \x03(\x0b\x32%.hodei.jobs.Metrics.SagasByStateEntry\x12\x16\n\x0eoutbox_pending\x18\x03 \x01(\x03\x12\x1a\n\x12outbox_dead_letter\x18\x04 \x01(\x03\x12\x15\n\routbox_lag_ms\x18\x05 \x01(\x03\x12\x15\n\rrelay_handled\x18\x06 \x01(\x03\x12\x14\n\x0crelay_failed\x18\x07 \x01(\x03\x12\x19\n\x11\x63onnected_workers\x18\x08 \x01(\x03\x12\x18\n\x10relay_lag_p50_ms\x18\t \x01(\x03\x1a\x32\n\x10JobsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x33\n\x11SagasByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32R\n\x0eMetricsService\x12@\n\nGetMetrics\x12\x1d.hodei.jobs.GetMetricsRequest\x1a\x13.hodei.jobs.Metricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMETRICSREQUEST']._serialized_start=40
   _globals['_GETMETRICSREQUEST']._serialized_end=59
   _globals['_METRICS']._serialized_start=62
-  _globals['_METRICS']._serialized_end=447
-  _globals['_METRICS_JOBSBYSTATEENTRY']._serialized_start=344
-  _globals['_METRICS_JOBSBYSTATEENTRY']._serialized_end=394
-  _globals['_METRICS_SAGASBYSTATEENTRY']._serialized_start=396
-  _globals['_METRICS_SAGASBYSTATEENTRY']._serialized_end=447
-  _globals['_METRICSSERVICE']._serialized_start=449
-  _globals['_METRICSSERVICE']._serialized_end=531
+  _globals['_METRICS']._serialized_end=473
+  _globals['_METRICS_JOBSBYSTATEENTRY']._serialized_start=370
+  _globals['_METRICS_JOBSBYSTATEENTRY']._serialized_end=420
+  _globals['_METRICS_SAGASBYSTATEENTRY']._serialized_start=422
+  _globals['_METRICS_SAGASBYSTATEENTRY']._serialized_end=473
+  _globals['_METRICSSERVICE']._serialized_start=475
+  _globals['_METRICSSERVICE']._serialized_end=557
 # @@protoc_insertion_point(module_scope)

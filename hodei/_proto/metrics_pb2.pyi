@@ -86,6 +86,7 @@ class Metrics(_message.Message):
     RELAY_HANDLED_FIELD_NUMBER: _builtins.int
     RELAY_FAILED_FIELD_NUMBER: _builtins.int
     CONNECTED_WORKERS_FIELD_NUMBER: _builtins.int
+    RELAY_LAG_P50_MS_FIELD_NUMBER: _builtins.int
     outbox_pending: _builtins.int
     outbox_dead_letter: _builtins.int
     outbox_lag_ms: _builtins.int
@@ -94,6 +95,8 @@ class Metrics(_message.Message):
     """Rows handled by this server's relay since it started."""
     relay_failed: _builtins.int
     connected_workers: _builtins.int
+    relay_lag_p50_ms: _builtins.int
+    """Median milliseconds from an event's commit to its handler, over this server's last 1000 rows."""
     @_builtins.property
     def jobs_by_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -109,10 +112,11 @@ class Metrics(_message.Message):
         relay_handled: _builtins.int = ...,
         relay_failed: _builtins.int = ...,
         connected_workers: _builtins.int = ...,
+        relay_lag_p50_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_workers", b"connected_workers", "jobs_by_state", b"jobs_by_state", "outbox_dead_letter", b"outbox_dead_letter", "outbox_lag_ms", b"outbox_lag_ms", "outbox_pending", b"outbox_pending", "relay_failed", b"relay_failed", "relay_handled", b"relay_handled", "sagas_by_state", b"sagas_by_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_workers", b"connected_workers", "jobs_by_state", b"jobs_by_state", "outbox_dead_letter", b"outbox_dead_letter", "outbox_lag_ms", b"outbox_lag_ms", "outbox_pending", b"outbox_pending", "relay_failed", b"relay_failed", "relay_handled", b"relay_handled", "relay_lag_p50_ms", b"relay_lag_p50_ms", "sagas_by_state", b"sagas_by_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -161,5 +161,6 @@ class MetricsService(metrics_pb2_grpc.MetricsServiceServicer):
             outbox_lag_ms=lag_ms,
             relay_handled=self.counters.handled,
             relay_failed=self.counters.failed,
+            relay_lag_p50_ms=round(self.counters.lag_p50_ms()),
             connected_workers=self.connected(),
         )

@@ -110,11 +110,10 @@ def _serve(cfg: configuration.Config) -> int:
     log.info("Connected to database")
     if cfg.auto_migrate:
         log.info("Database migrations completed")
-    for provider_type, provider in runtime.registry.providers.items():
+    for provider_type in runtime.registry.providers:
         health_report = runtime.registry.check(provider_type)
         mark = "✓" if health_report.healthy else "!"
         log.info("  %s %s provider initialized (%s)", mark, provider_type.value.capitalize(), health_report.message)
-        del provider
     for provider_type, reason in runtime.registry.not_initialised.items():
         log.info("  - %s provider not initialized: %s", provider_type.value.capitalize(), reason)
     log.info("Workers dial %s (HODEI_SERVER_HOST)", cfg.worker_server_address)

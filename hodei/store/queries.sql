@@ -61,11 +61,6 @@ ORDER BY aggregate_version;
 
 -- Outbox relay -------------------------------------------------------------------
 
--- name: ack_outbox_row
-UPDATE outbox_events
-SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
-WHERE id = %s AND claimed_by = %s AND status = 'PROCESSING';
-
 -- name: ack_outbox_row_or_abort
 -- Inside a handler's save: aborts the whole transaction when the lease was lost.
 WITH acked AS (
