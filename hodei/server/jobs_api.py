@@ -16,6 +16,7 @@ from hodei.server.convert import job_to_proto, spec_from_proto, timestamp
 from hodei.server.edge import actor_of, rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import translate_errors
 from hodei.store.readmodels import JobRow, ReadModels
 from hodei.store.sql import query
 
@@ -85,7 +86,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 waiter.wait(WATCH_POLL)
 
     def _sagas_open(self, row: JobRow) -> bool:
-        with self.store.pool.connection() as conn:
+        with translate_errors(), self.store.pool.connection() as conn:
             return bool(conn.execute(query("open_sagas_of_job"), (str(row.id),)).fetchall())
 
     @rpc
@@ -93,7 +94,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self, request: jobs_pb2.GetJobEventsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.GetJobEventsResponse:
         row = self.reads.job(request.job_id)
-        with self.store.pool.connection() as conn:
+        with translate_errors(), self.store.pool.connection() as conn:
             events = conn.execute(query("job_events"), (str(row.id),)).fetchall()
         return jobs_pb2.GetJobEventsResponse(
             events=[
