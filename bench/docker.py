@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import database, header, percentile, row
-from bench.jobs import job_latencies
+from bench.common import database
+from bench.jobs import job_latencies, print_latency_table
 from hodei.testing import ServerProcess
 
 IMAGE = "hodei-jobs-worker:latest"
@@ -52,26 +52,7 @@ def main() -> None:
     ):
         bare = floor()
         jobs = job_latencies(server.address, "docker", JOBS)
-    base = percentile(bare, 50)
-    print(header())
-    print(row("floor: docker run --rm of the agent image p50", f"{base * 1000:.0f} ms", "(baseline)"))
-    print(
-        row(
-            f"echo job, docker, submit->SUCCEEDED p50 ({JOBS})",
-            f"{percentile(jobs, 50) * 1000:.0f} ms",
-            f"{base * 1000:.0f} ms",
-            f"{percentile(jobs, 50) / base:.2f}",
-            "<= 1.5",
-        )
-    )
-    print(
-        row(
-            f"echo job, docker, submit->SUCCEEDED p95 ({JOBS})",
-            f"{percentile(jobs, 95) * 1000:.0f} ms",
-            f"{base * 1000:.0f} ms",
-            f"{percentile(jobs, 95) / base:.2f}",
-        )
-    )
+    print_latency_table("docker", "docker run --rm of the agent image", bare, jobs, "<= 1.5")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import time
 
 import grpc
 
+from bench.common import header, percentile, row
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 
@@ -27,3 +28,21 @@ def job_latencies(address: str, provider: str, count: int, warmup: int = 2) -> l
             samples.append(time.perf_counter() - started)
     channel.close()
     return samples
+
+
+def print_latency_table(provider: str, floor_name: str, floor: list[float], jobs: list[float], goal: str) -> None:
+    """The rows both provider benches print: the floor, then p50 and p95 as ratios to it."""
+    base = percentile(floor, 50)
+    print(header())
+    print(row(f"floor: {floor_name} p50", f"{base * 1000:.0f} ms", "(baseline)"))
+    for q, q_goal in ((50, goal), (95, "")):
+        value = percentile(jobs, q)
+        print(
+            row(
+                f"echo job, {provider}, submit->SUCCEEDED p{q} ({len(jobs)})",
+                f"{value * 1000:.0f} ms",
+                f"{base * 1000:.0f} ms",
+                f"{value / base:.2f}",
+                q_goal,
+            )
+        )

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import database, header, percentile, row
-from bench.jobs import job_latencies
+from bench.common import database
+from bench.jobs import job_latencies, print_latency_table
 from hodei.testing import ServerProcess
 
 JOBS = 30
@@ -46,26 +46,7 @@ def main() -> None:
     ):
         bare = floor(server.address)
         jobs = job_latencies(server.address, "local", JOBS)
-    base = percentile(bare, 50)
-    print(header())
-    print(row("floor: spawn agent + first gRPC call p50", f"{base * 1000:.0f} ms", "(baseline)"))
-    print(
-        row(
-            f"echo job, local, submit->SUCCEEDED p50 ({JOBS})",
-            f"{percentile(jobs, 50) * 1000:.0f} ms",
-            f"{base * 1000:.0f} ms",
-            f"{percentile(jobs, 50) / base:.2f}",
-            "<= 2.0",
-        )
-    )
-    print(
-        row(
-            f"echo job, local, submit->SUCCEEDED p95 ({JOBS})",
-            f"{percentile(jobs, 95) * 1000:.0f} ms",
-            f"{base * 1000:.0f} ms",
-            f"{percentile(jobs, 95) / base:.2f}",
-        )
-    )
+    print_latency_table("local", "spawn agent + first gRPC call", bare, jobs, "<= 2.0")
 
 
 if __name__ == "__main__":

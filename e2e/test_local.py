@@ -57,6 +57,15 @@ def wait_running(url: str, job_id: str) -> None:
     eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30)
 
 
+def run_waiting(server: ServerProcess, url: str, command: str, timeout: str) -> tuple[int, str]:
+    """`job run --wait` on the local provider: the CLI's exit code and the settled job's id."""
+    result = server.cli("job", "run", "--provider", "local", "--command", command, "--timeout", timeout, "--wait")
+    job_id = result.stdout.strip()
+    assert job_id, result.stderr
+    wait_settled(url, job_id)
+    return result.returncode, job_id
+
+
 def test_phase5_and_phase6_on_the_local_provider(server: ServerProcess, database_url: str) -> None:
     jobs = {job.title: (job, submit(server, job)) for job in phase5_jobs("local")}
     for job, job_id in jobs.values():
@@ -66,12 +75,8 @@ def test_phase5_and_phase6_on_the_local_provider(server: ServerProcess, database
 
 
 def test_a_non_zero_exit_fails_the_job_with_its_code(server: ServerProcess, database_url: str) -> None:
-    result = server.cli(
-        "job", "run", "--provider", "local", "--command", "echo about to fail; exit 3", "--timeout", "30", "--wait"
-    )
-    assert result.returncode == 3, result.stderr
-    job_id = result.stdout.strip()
-    wait_settled(database_url, job_id)
+    returncode, job_id = run_waiting(server, database_url, "echo about to fail; exit 3", "30")
+    assert returncode == 3
     assert query(database_url, "SELECT state, exit_code, error_message FROM jobs WHERE id = %s", (job_id,)) == [
         ("FAILED", 3, "exited with code 3")
     ]
@@ -80,12 +85,8 @@ def test_a_non_zero_exit_fails_the_job_with_its_code(server: ServerProcess, data
 
 
 def test_a_timeout_ends_the_job_and_its_whole_process_group(server: ServerProcess, database_url: str) -> None:
-    result = server.cli(
-        "job", "run", "--provider", "local", "--command", "sleep 300 & sleep 300; wait", "--timeout", "1.5", "--wait"
-    )
-    assert result.returncode == 124, result.stderr
-    job_id = result.stdout.strip()
-    wait_settled(database_url, job_id)
+    returncode, job_id = run_waiting(server, database_url, "sleep 300 & sleep 300; wait", "1.5")
+    assert returncode == 124
     state, exit_code = query(database_url, "SELECT state, exit_code FROM jobs WHERE id = %s", (job_id,))[0]
     assert state == "TIMEOUT"
     assert exit_code == 143  # SIGTERM: 128 + 15
@@ -354,10 +355,8 @@ def test_the_api_refuses_bad_jobs_before_writing(
 def test_operator_commands(server: ServerProcess, database_url: str) -> None:
     import json
 
-    job_id = server.cli(
-        "job", "run", "--provider", "local", "--command", "true", "--timeout", "30", "--wait", check=True
-    ).stdout.strip()
-    wait_settled(database_url, job_id)
+    returncode, job_id = run_waiting(server, database_url, "true", "30")
+    assert returncode == 0
     metrics = json.loads(server.cli("metrics", "-o", "json", check=True).stdout)
     assert int(metrics["relay_handled"]) > 0
     assert int(metrics["jobs_by_state"]["SUCCEEDED"]) >= 1

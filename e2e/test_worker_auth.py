@@ -34,23 +34,18 @@ def submit(server: ServerProcess, command: str = "echo hi") -> str:
         return str(jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id)
 
 
-def worker_of(url: str, job_id: str) -> Worker:
+def credentials(url: str, job_id: str) -> tuple[Worker, str]:
+    """The job's worker and the registration token the server handed its agent."""
     rows = eventually(
         lambda: query(url, "SELECT id FROM workers WHERE job_id = %s AND state = 'CONNECTING'", (job_id,)), 30
     )
     pool = open_pool(url, max_size=1)
     try:
-        return HodeiStore(pool).load(Worker, rows[0][0])
+        worker = HodeiStore(pool).load(Worker, rows[0][0])
+        token = TokenSigner.from_database(pool).registration_token(str(worker.id), worker.job_id, worker.token_nonce)
     finally:
         pool.close()
-
-
-def signer(url: str) -> TokenSigner:
-    pool = open_pool(url, max_size=1)
-    try:
-        return TokenSigner.from_database(pool)
-    finally:
-        pool.close()
+    return worker, token
 
 
 def register(
@@ -63,8 +58,7 @@ def register(
 def test_a_token_works_once_only_for_its_worker_and_job(silent_server: ServerProcess, fresh_database_url: str) -> None:
     job_id = submit(silent_server)
     other_job = submit(silent_server)
-    worker = worker_of(fresh_database_url, job_id)
-    token = signer(fresh_database_url).registration_token(str(worker.id), worker.job_id, worker.token_nonce)
+    worker, token = credentials(fresh_database_url, job_id)
     with grpc.insecure_channel(silent_server.address) as channel:
         stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
         for wrong_token, wrong_job in (("0" * 64, None), (token, other_job)):
@@ -81,8 +75,7 @@ def test_a_token_works_once_only_for_its_worker_and_job(silent_server: ServerPro
 def test_the_stream_is_bound_to_the_worker_and_its_job(silent_server: ServerProcess, fresh_database_url: str) -> None:
     job_id = submit(silent_server)
     victim = submit(silent_server)
-    worker = worker_of(fresh_database_url, job_id)
-    token = signer(fresh_database_url).registration_token(str(worker.id), worker.job_id, worker.token_nonce)
+    worker, token = credentials(fresh_database_url, job_id)
     with grpc.insecure_channel(silent_server.address) as channel:
         stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
         session = register(stub, worker, token)

@@ -14,11 +14,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from uuid import UUID
 
 from hodei.config import Timing
-from hodei.domain.job import Job
-from hodei.domain.worker import Worker, WorkerState
+from hodei.domain.job import JobState
+from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
 from hodei.liveness import Liveness
 from hodei.providers.base import Observation, WorkerProvider
 from hodei.providers.registry import ProviderRegistry
@@ -28,6 +29,22 @@ from hodei.store.db import translate_errors
 from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
+
+
+class Recorded(NamedTuple):
+    """A worker's and its job's states as recorded, without loading either aggregate."""
+
+    worker: WorkerState
+    job: JobState
+
+
+def _uuid(text: str) -> UUID | None:
+    """A worker id from a resource label; None when the label is not one of ours."""
+    try:
+        return UUID(text)
+    except ValueError:
+        return None
+
 
 ACTOR = "sweeper"
 HEALTH_INTERVAL = 10.0
@@ -102,25 +119,35 @@ class Sweeper:
             log.warning("worker %s of job %s is lost: %s", worker_id, worker.job_id, reason)
             self.store.command(Meta(actor=ACTOR, correlation_id=worker.job_id), run)
 
-    def _observations(self) -> list[tuple[WorkerProvider, Observation, Worker | None]]:
-        seen = []
-        for provider in self.providers.providers.values():
-            for observation in provider.observe():
-                seen.append((provider, observation, self.store.find(Worker, observation.worker_id)))
-        return seen
+    def _observations(self) -> list[tuple[WorkerProvider, Observation, Recorded | None]]:
+        """Each observed resource with its worker's and job's recorded states (None when no
+        such worker was ever recorded), read from the read model in one query per sweep."""
+        seen = [
+            (provider, observation)
+            for provider in self.providers.providers.values()
+            for observation in provider.observe()
+        ]
+        if not seen:
+            return []
+        ids = {observation.worker_id: _uuid(observation.worker_id) for _, observation in seen}
+        with translate_errors(), self.store.pool.connection() as conn:
+            rows = conn.execute(query("worker_and_job_states"), ([i for i in ids.values() if i],)).fetchall()
+        recorded = {str(worker_id): Recorded(WorkerState(worker), JobState(job)) for worker_id, worker, job in rows}
+        return [
+            (provider, observation, recorded.get(str(ids[observation.worker_id]))) for provider, observation in seen
+        ]
 
     def observe_providers(self) -> None:
-        for _, observation, worker in self._observations():
-            if observation.failure is None or worker is None or not worker.is_live:
+        for _, observation, recorded in self._observations():
+            if observation.failure is None or recorded is None or recorded.worker not in LIVE_STATES:
                 continue
-            job = self.store.find(Job, worker.job_id)
-            if job is not None and job.is_terminal:
+            if recorded.job.is_terminal:
                 continue  # the worker finished its job and is on its way out
-            self.lose(worker.id, observation.failure)
+            self.lose(observation.worker_id, observation.failure)
 
     def reconcile(self) -> None:
-        for provider, observation, worker in self._observations():
-            if worker is None or worker.state is WorkerState.TERMINATED:
+        for provider, observation, recorded in self._observations():
+            if recorded is None or recorded.worker is WorkerState.TERMINATED:
                 log.warning(
                     "removing stray worker resource %s (worker %s)",
                     observation.resource_id,

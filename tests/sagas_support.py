@@ -150,21 +150,25 @@ class Harness:
         self.store.write([job], Meta(actor="test", correlation_id=str(job.id)))
         return str(job.id)
 
-    def run(self, until: object, timeout: float = 30.0, agent: bool = True) -> None:
+    def run(self, until: object, timeout: float = 30.0, agent: bool = True, report: bool = True) -> None:
         """Drains the relay, sweeps, and plays the worker agent until ``until()`` is true."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.relay.drain(timeout=timeout)
             self.sweeper.expire_steps()
             if agent:
-                self.play_agents()
+                self.play_agents(report=report)
             if until():  # type: ignore[operator]
                 return
             time.sleep(0.05)
         raise AssertionError(f"not done within {timeout}s")
 
-    def play_agents(self) -> None:
-        """What a worker does: register once created, accept run-job, report success."""
+    def play_agents(self, report: bool = True) -> None:
+        """What a worker does: register once created, accept run-job, report success.
+
+        With ``report=False`` the worker accepts its job and then never reports a result,
+        the way a hung or partitioned worker looks to the server.
+        """
         for worker_id in [o.worker_id for o in self.provider.observe()]:
             worker = self.store.find(Worker, worker_id)
             if worker is None:
@@ -175,9 +179,15 @@ class Harness:
                 self.store.write([worker], meta)
             elif worker.state is WorkerState.BUSY:
                 job = self.store.load(Job, worker.job_id)
-                if job.state in (JobState.ASSIGNED, JobState.RUNNING) and job.worker_id == str(worker.id):
+                if job.state not in (JobState.ASSIGNED, JobState.RUNNING) or job.worker_id != str(worker.id):
+                    continue
+                if report:
                     job.finish(str(worker.id), JobState.SUCCEEDED, 0, None)
-                    self.store.write([job], meta)
+                elif job.state is JobState.ASSIGNED:
+                    job.accept(str(worker.id))
+                else:
+                    continue
+                self.store.write([job], meta)
 
     def close(self) -> None:
         self.relay.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -236,37 +234,12 @@ def test_a_hanging_action_times_out(
 def test_the_server_enforces_the_timeout_when_the_worker_never_reports(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from uuid import uuid4
-
-    from hodei.domain.job import Job, JobState
-    from hodei.domain.worker import Worker, WorkerState
     from hodei.sagas import execution
-    from hodei.store.app import Meta
 
     monkeypatch.setattr(execution, "RESULT_MARGIN", 0.5)
     h = harness(pool, tmp_path, effects)
     job_id = h.submit(timeout_seconds=0.5)
-
-    def accept_only() -> None:
-        """A worker that registers and accepts, then never reports a result."""
-        for observed in h.provider.observe():
-            worker = h.store.find(Worker, observed.worker_id)
-            if worker is None:
-                continue
-            if worker.state in (WorkerState.CREATING, WorkerState.CONNECTING):
-                worker.register(uuid4().hex, "fake", datetime.now(UTC))
-                h.store.write([worker], Meta(actor="worker", correlation_id=worker.job_id))
-            job = h.store.load(Job, job_id)
-            if worker.state is WorkerState.BUSY and job.state is JobState.ASSIGNED:
-                job.accept(str(worker.id))
-                h.store.write([job], Meta(actor="worker", correlation_id=job_id))
-
-    deadline = time.monotonic() + 30
-    while job_row(fresh_database_url, job_id)[0] != "TIMEOUT" and time.monotonic() < deadline:
-        h.relay.drain()
-        h.sweeper.expire_steps()
-        accept_only()
-        time.sleep(0.1)
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "TIMEOUT", report=False)
     state, reason = job_row(fresh_database_url, job_id)
     assert state == "TIMEOUT"
     assert "no result within the job's timeout" in reason

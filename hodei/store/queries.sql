@@ -300,6 +300,12 @@ WHERE (%(state)s::varchar IS NULL OR state = %(state)s::varchar)
 ORDER BY created_at DESC
 LIMIT %(limit)s;
 
+-- name: worker_and_job_states
+-- What the sweeper compares provider observations against, for many workers at once.
+SELECT w.id, w.state, j.state
+FROM workers w JOIN jobs j ON j.id = w.job_id
+WHERE w.id = ANY(%s::uuid[]);
+
 -- name: list_providers
 SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
 
