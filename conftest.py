@@ -77,9 +77,18 @@ def template_database(pg_server: str) -> str:
 
 
 def new_database(pg_server: str, template: str) -> str:
+    """A copy of the migrated template with identities of its own: servers of two test
+    databases are two installations, and must not take each other's workers for strays."""
     name = f"hodei_test_{os.getpid()}_{next(_counter)}"
     create_database(pg_server, name, template=template)
-    return _database_url(pg_server, name)
+    url = _database_url(pg_server, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE hodei.secrets SET value = gen_random_uuid()::text WHERE name = 'installation_id'")
+        conn.execute(
+            "UPDATE hodei.secrets SET value = encode(sha256((gen_random_uuid()::text || gen_random_uuid()::text)"
+            "::bytea), 'hex') WHERE name = 'worker_token_key'"
+        )
+    return url
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +113,19 @@ def pool(fresh_database_url: str) -> Iterator[object]:
 @pytest.fixture
 def store(pool: object) -> HodeiStore:
     return HodeiStore(pool)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def shared_dir(tmp_path: Path) -> Path:
+    """A directory jobs may write to: local jobs run as `nobody`, not as the test's user."""
+    path = tmp_path / "shared"
+    path.mkdir()
+    path.chmod(0o1777)
+    for parent in [tmp_path, *tmp_path.parents]:
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    return path
 
 
 @pytest.fixture(scope="session")

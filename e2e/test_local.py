@@ -150,9 +150,9 @@ def test_a_frozen_worker_is_lost_within_the_heartbeat_timeout(server: ServerProc
 
 
 def test_a_lost_worker_is_retried_when_attempts_remain(
-    server: ServerProcess, database_url: str, tmp_path: Path
+    server: ServerProcess, database_url: str, shared_dir: Path
 ) -> None:
-    marker = tmp_path / "first-attempt"
+    marker = shared_dir / "first-attempt"
     command = f"if [ -f {marker} ]; then echo second attempt; else touch {marker}; sleep 300; fi"
     job_id = server.cli(
         "job", "run", "--provider", "local", "--command", command, "--timeout", "600", "--max-attempts", "2", check=True

@@ -23,10 +23,19 @@ DEFAULT_DATABASE_URL = "postgres://postgres:postgres@localhost:5432/hodei_jobs"
 # name -> (default, description); the README's configuration table lists the same.
 VARIABLES: dict[str, tuple[str, str]] = {
     "DATABASE_URL": (DEFAULT_DATABASE_URL, "PostgreSQL database"),
-    "HODEI_GRPC_BIND": ("0.0.0.0", "address the gRPC server binds"),
+    "HODEI_GRPC_BIND": ("", "address the gRPC server binds (default: 0.0.0.0 with authentication, else 127.0.0.1)"),
     "HODEI_GRPC_PORT": ("50051", "gRPC port"),
     "HODEI_SERVER_HOST": ("127.0.0.1", "address workers dial to reach this server"),
     "HODEI_AUTO_MIGRATE": ("1", "apply migrations when the server starts"),
+    "HODEI_AUTH": ("auto", "`required`: refuse calls without an API token; `auto`: required once a token exists"),
+    "HODEI_ALLOW_INSECURE": ("0", "1: allow listening beyond loopback without authentication (logged as a warning)"),
+    "HODEI_TLS_CERT": ("", "PEM certificate (chain) of the server: turns on TLS for every service"),
+    "HODEI_TLS_KEY": ("", "PEM private key of HODEI_TLS_CERT"),
+    "HODEI_TLS_CLIENT_CA": ("", "PEM CA bundle: with it, clients must present a certificate it signed (mTLS)"),
+    "HODEI_TLS_CA": ("", "PEM CA bundle workers trust to reach this server (default: HODEI_TLS_CERT)"),
+    "HODEI_TLS_WORKER_CERT": ("", "with mTLS: the client certificate handed to workers"),
+    "HODEI_TLS_WORKER_KEY": ("", "with mTLS: the private key of HODEI_TLS_WORKER_CERT"),
+    "HODEI_SECRET_RETENTION": ("86400", "seconds after a job ends before its secrets are shredded"),
     "HODEI_DOCKER_ENABLED": ("1", "initialise the Docker provider"),
     "HODEI_KUBERNETES_ENABLED": ("0", "initialise the Kubernetes provider"),
     "HODEI_LOCAL_ENABLED": ("0", "initialise the local-process provider"),
@@ -34,6 +43,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "",
         "command that starts a local worker (default: this Python's hodei_worker.agent)",
     ),
+    "HODEI_LOCAL_RUN_AS": ("nobody", "user local jobs run as when the server runs as root (`server`: the same user)"),
     "HODEI_DEFAULT_PROVIDER": (
         "",
         "provider for jobs that name none (default: first healthy of docker, kubernetes, local)",
@@ -109,6 +119,30 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """PEM files. No certificate: plaintext. A client CA: mutual TLS."""
+
+    cert: Path | None
+    key: Path | None
+    client_ca: Path | None
+    ca: Path | None
+    worker_cert: Path | None
+    worker_key: Path | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca is not None
+
+    @property
+    def trusted_by_workers(self) -> Path | None:
+        return self.ca or self.cert
+
+
+@dataclass(frozen=True)
 class Timing:
     heartbeat_interval: float
     heartbeat_timeout: float
@@ -131,12 +165,19 @@ class RelayConfig:
 @dataclass(frozen=True)
 class Config:
     database_url: str
+    # Empty: 0.0.0.0 with authentication on, else 127.0.0.1 (see hodei.server.main).
     bind_host: str
     port: int
     advertise_host: str
     auto_migrate: bool
+    auth_required: bool
+    allow_insecure: bool
+    tls: TlsConfig
+    secret_retention: float
     local_enabled: bool
     local_worker_command: tuple[str, ...]
+    # None: jobs run as the server's own user.
+    local_run_as: str | None
     default_provider: str
     log_dir: Path
     docker: DockerConfig
@@ -156,6 +197,46 @@ class Config:
         return f"{host}:{self.port}"
 
 
+def _auth_required(env: Mapping[str, str]) -> bool:
+    value = _get(env, "HODEI_AUTH").strip().lower()
+    if value not in {"auto", "required"}:
+        raise InvalidInput(f"HODEI_AUTH must be `auto` or `required`, got `{value}`")
+    return value == "required"
+
+
+def _pem_file(env: Mapping[str, str], name: str) -> Path | None:
+    value = _get(env, name)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"{name}={value}: no such file")
+    return path
+
+
+def _tls(env: Mapping[str, str]) -> TlsConfig:
+    tls = TlsConfig(
+        cert=_pem_file(env, "HODEI_TLS_CERT"),
+        key=_pem_file(env, "HODEI_TLS_KEY"),
+        client_ca=_pem_file(env, "HODEI_TLS_CLIENT_CA"),
+        ca=_pem_file(env, "HODEI_TLS_CA"),
+        worker_cert=_pem_file(env, "HODEI_TLS_WORKER_CERT"),
+        worker_key=_pem_file(env, "HODEI_TLS_WORKER_KEY"),
+    )
+    if (tls.cert is None) != (tls.key is None):
+        raise InvalidInput("set both HODEI_TLS_CERT and HODEI_TLS_KEY, or neither")
+    if tls.client_ca is not None and tls.cert is None:
+        raise InvalidInput("HODEI_TLS_CLIENT_CA (mutual TLS) needs HODEI_TLS_CERT and HODEI_TLS_KEY")
+    if (tls.worker_cert is None) != (tls.worker_key is None):
+        raise InvalidInput("set both HODEI_TLS_WORKER_CERT and HODEI_TLS_WORKER_KEY, or neither")
+    if tls.mutual and tls.worker_cert is None:
+        raise InvalidInput(
+            "with mutual TLS (HODEI_TLS_CLIENT_CA) workers need a client certificate: set HODEI_TLS_WORKER_CERT "
+            "and HODEI_TLS_WORKER_KEY"
+        )
+    return tls
+
+
 def load(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     port = int(_number(env, "HODEI_GRPC_PORT"))
@@ -166,8 +247,13 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         port=port,
         advertise_host=_get(env, "HODEI_SERVER_HOST"),
         auto_migrate=_flag(env, "HODEI_AUTO_MIGRATE"),
+        auth_required=_auth_required(env),
+        allow_insecure=_flag(env, "HODEI_ALLOW_INSECURE"),
+        tls=_tls(env),
+        secret_retention=_number(env, "HODEI_SECRET_RETENTION"),
         local_enabled=_flag(env, "HODEI_LOCAL_ENABLED"),
         local_worker_command=tuple(shlex.split(_get(env, "HODEI_LOCAL_WORKER_COMMAND"))),
+        local_run_as=None if _get(env, "HODEI_LOCAL_RUN_AS") == "server" else _get(env, "HODEI_LOCAL_RUN_AS"),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         docker=DockerConfig(

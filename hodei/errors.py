@@ -4,7 +4,8 @@
     ├── InvalidInput          bad request from a user or a worker   -> INVALID_ARGUMENT
     ├── NotFound              no such job, worker, saga or provider -> NOT_FOUND
     ├── InvalidTransition     a state machine refused a command     -> FAILED_PRECONDITION
-    ├── Unauthenticated       a worker token or session is wrong    -> UNAUTHENTICATED
+    ├── Unauthenticated       no credentials, or wrong ones         -> UNAUTHENTICATED
+    ├── PermissionDenied      the caller's role does not allow it   -> PERMISSION_DENIED
     ├── ConcurrencyConflict   another writer saved the aggregate first (retry by reloading)
     ├── LeaseLost             an outbox row was re-claimed by another relay meanwhile
     ├── StoreUnavailable      PostgreSQL cannot be reached
@@ -46,7 +47,11 @@ class InvalidTransition(HodeiError):
 
 
 class Unauthenticated(HodeiError):
-    """The worker's credentials were refused."""
+    """The credentials were refused."""
+
+
+class PermissionDenied(HodeiError):
+    """The caller's role does not allow this."""
 
 
 class ConcurrencyConflict(HodeiError):

@@ -5,7 +5,8 @@
 - workers whose container, pod or process failed are lost (provider observation);
 - resources of this installation whose worker ended, or never existed, are removed
   (the reconciler), at start-up and then every few seconds;
-- provider health is probed and changes are recorded.
+- provider health is probed and changes are recorded;
+- the secrets of jobs that ended longer ago than the retention are shredded.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
 from hodei.liveness import Liveness
 from hodei.providers.base import Observation, WorkerProvider
 from hodei.providers.registry import ProviderRegistry
+from hodei.roles import SYSTEM
 from hodei.sagas.engine import SagaEngine
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
+from hodei.store.job_secrets import JobSecrets
 from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,8 @@ def _uuid(text: str) -> UUID | None:
         return None
 
 
-ACTOR = "sweeper"
 HEALTH_INTERVAL = 10.0
+RETENTION_INTERVAL = 60.0
 
 
 class Sweeper:
@@ -57,13 +60,17 @@ class Sweeper:
         engine: SagaEngine,
         providers: ProviderRegistry,
         liveness: Liveness,
+        secrets: JobSecrets,
         timing: Timing,
+        secret_retention: float,
     ) -> None:
         self.store = store
         self.engine = engine
         self.providers = providers
         self.liveness = liveness
+        self.secrets = secrets
         self.timing = timing
+        self.secret_retention = secret_retention
         self._last: dict[str, float] = {}
 
     def _due(self, name: str, interval: float) -> bool:
@@ -84,6 +91,8 @@ class Sweeper:
             checks.append(("reconcile", self.reconcile))
         if self._due("health", HEALTH_INTERVAL):
             checks.append(("health", self.check_health))
+        if self._due("retention", RETENTION_INTERVAL):
+            checks.append(("secret retention", self.shred_old_secrets))
         for name, check in checks:
             try:
                 check()
@@ -117,7 +126,7 @@ class Sweeper:
         worker = self.store.find(Worker, worker_id)
         if worker is not None:
             log.warning("worker %s of job %s is lost: %s", worker_id, worker.job_id, reason)
-            self.store.command(Meta(actor=ACTOR, correlation_id=worker.job_id), run)
+            self.store.command(Meta(actor=SYSTEM, correlation_id=worker.job_id), run)
 
     def _observations(self) -> list[tuple[WorkerProvider, Observation, Recorded | None]]:
         """Each observed resource with its worker's and job's recorded states (None when no
@@ -154,6 +163,11 @@ class Sweeper:
                     observation.worker_id,
                 )
                 provider.destroy_worker(observation.worker_id)
+
+    def shred_old_secrets(self) -> None:
+        purged = self.secrets.purge_expired(self.secret_retention)
+        if purged:
+            log.info("shredded the secrets of %d jobs that ended over %gs ago", purged, self.secret_retention)
 
     def check_health(self) -> None:
         for provider_type in list(self.providers.providers):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,19 +60,112 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description is not None else []
 
 
-class Cli:
-    """``hodei-jobs-cli`` against one server, as a subprocess."""
+@dataclass(frozen=True)
+class Pki:
+    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
 
-    def __init__(self, address: str) -> None:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(directory: Path, days: int = 2) -> Pki:
+    """Generates the CA and certificates with ``cryptography``: no openssl, no network."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        key_path.chmod(0o600)
+        return cert_path, key_path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("hodei test CA"))
+        .issuer_name(name("hodei test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, _ = write("ca", ca_cert, ca_key)
+
+    def leaf(common: str, usage: x509.ObjectIdentifier, names: list[x509.GeneralName]) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return write(common, builder.sign(ca_key, hashes.SHA256()), key)
+
+    server_cert, server_key = leaf(
+        "server",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client_cert, client_key = leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    return Pki(ca_path, server_cert, server_key, client_cert, client_key)
+
+
+class Cli:
+    """``hodei-jobs-cli`` against one server, as a subprocess. ``options`` go before the
+    command: a token, TLS files."""
+
+    def __init__(self, address: str, options: tuple[str, ...] = ()) -> None:
         self.address = address
+        self.options = options
 
     def cli(self, *args: str, timeout: float = 120.0, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(BIN / "hodei-jobs-cli"), "--server", self.address, *args],
+            [str(BIN / "hodei-jobs-cli"), "--server", self.address, *self.options, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"},
         )
         if check and result.returncode != 0:
             raise AssertionError(f"hodei-jobs-cli {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -81,9 +175,23 @@ class Cli:
 class ServerProcess(Cli):
     """``hodei-server`` as a child process on a free port."""
 
-    def __init__(self, database_url: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        tls: Pki | None = None,
+        token: str | None = None,
+    ) -> None:
         self.port = free_port()
-        super().__init__(f"127.0.0.1:{self.port}")
+        self.tls = tls
+        options: tuple[str, ...] = ()
+        if tls is not None:
+            options += ("--tls-ca", str(tls.ca), "--tls-cert", str(tls.client_cert), "--tls-key", str(tls.client_key))
+        if token is not None:
+            options += ("--token", token)
+        super().__init__(f"127.0.0.1:{self.port}", options)
         self.database_url = database_url
         self.log_dir = log_dir
         self.env = {
@@ -104,7 +212,7 @@ class ServerProcess(Cli):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.output.open("ab") as output:
             self.process = subprocess.Popen([str(BIN / "hodei-server")], env=self.env, stdout=output, stderr=output)
-        channel = grpc.insecure_channel(self.address)
+        channel = self.channel()
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout
         try:
@@ -120,6 +228,15 @@ class ServerProcess(Cli):
         finally:
             channel.close()
         raise RuntimeError(f"hodei-server did not start within {timeout}s:\n{self.logs()}")
+
+    def channel(self) -> grpc.Channel:
+        """A channel to this server as a trusted client (with the client certificate under TLS)."""
+        if self.tls is None:
+            return grpc.insecure_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(
+            self.tls.ca.read_bytes(), self.tls.client_key.read_bytes(), self.tls.client_cert.read_bytes()
+        )
+        return grpc.secure_channel(self.address, credentials)
 
     def logs(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""

@@ -29,6 +29,7 @@ from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.job_secrets import JobSecrets
 from hodei.sweeper import Sweeper
 from hodei.tokens import TokenSigner
 
@@ -133,7 +134,7 @@ class Harness:
             signer=TokenSigner(b"k" * 32),
             logs=LogStore(tmp / "logs"),
             timing=timing,
-            server_address="127.0.0.1:1",
+            dial={"HODEI_SERVER_ADDRESS": "127.0.0.1:1"},
             clock=now,
             forget_worker=self.liveness.forget,
         )
@@ -142,7 +143,9 @@ class Harness:
         self.relay = Relay(
             pool, routes.build(self.engine, self.store), relay_config, f"relay-{uuid4().hex[:6]}", self.signals
         )
-        self.sweeper = Sweeper(self.store, self.engine, self.registry, self.liveness, timing)
+        self.sweeper = Sweeper(
+            self.store, self.engine, self.registry, self.liveness, JobSecrets(pool), timing, secret_retention=86400
+        )
 
     def submit(self, job_id: UUID | None = None, **spec: object) -> str:
         values = {"name": "t", "command": "echo hi", "timeout_seconds": 30.0, "provider": "local", **spec}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from hodei_worker.batcher import Batch, LogBatcher
-from hodei_worker.runner import JobProcess, Outcome, argv_for, job_environment
+from hodei_worker.masking import Masker
+from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
 
 
 def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -35,9 +36,25 @@ def test_a_command_alone_is_a_shell_line_and_with_args_a_program() -> None:
     assert lines == [("stdout", "Processing file test.txt"), ("stdout", "Done")]
 
 
-def test_the_job_does_not_see_the_agent_credentials() -> None:
-    env = job_environment({"PATH": "/bin", "HODEI_WORKER_TOKEN": "secret", "HODEI_JOB_ID": "j"}, {"MY_VAR": "1"})
-    assert env == {"PATH": "/bin", "HODEI_JOB_ID": "j", "MY_VAR": "1"}
+def test_the_job_sees_its_own_variables_over_a_minimal_base() -> None:
+    env = job_environment("j", "w", "/tmp/home", {"MY_VAR": "1", "HODEI_JOB_ID": "forged"}, {"API_KEY": "k3y!"})
+    assert env == {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/tmp/home",
+        "LANG": "C.UTF-8",
+        "MY_VAR": "1",
+        "API_KEY": "k3y!",
+        "HODEI_JOB_ID": "j",
+        "HODEI_WORKER_ID": "w",
+    }
+
+
+def test_secret_values_are_masked_in_every_line() -> None:
+    mask = Masker(["s3cr3t-value-123", "-----BEGIN KEY-----\nabcdefgh\nxy\n-----END KEY-----"])
+    assert mask("token=s3cr3t-value-123;again s3cr3t-value-123") == "token=***;again ***"
+    assert mask("abcdefgh") == "***"
+    assert mask("xy is too short to mask") == "xy is too short to mask"
+    assert Masker([])("unchanged") == "unchanged"
 
 
 @pytest.mark.parametrize(("command", "code"), [("exit 3", 3), ("kill -9 $$", 137), ("true", 0)])
@@ -142,3 +159,47 @@ def test_output_is_batched_by_size_and_by_time_and_kept_until_acknowledged() -> 
     threading.Event().wait(0.3)
     assert sent[-1].lines[0][1:] == ("stderr", "late")
     batcher.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the job's user needs root")
+def test_jobs_forked_while_grpc_is_busy_start_cleanly() -> None:
+    """Regression: forking a job as another user (fork, not vfork) while gRPC threads were
+    busy ran gRPC's fork handlers in the child: now and then it died (SIGSEGV, SIGABRT)
+    before exec, or hung. The agent turns those handlers off."""
+    script = textwrap.dedent(
+        """
+        import collections, sys, threading
+        sys.path.insert(0, "workers")
+        import hodei_worker.agent  # sets GRPC_ENABLE_FORK_SUPPORT before grpc loads
+        import grpc
+        from concurrent import futures
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from hodei_worker.runner import JobProcess, JobUser
+        server = grpc.server(futures.ThreadPoolExecutor(4))
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        busy = threading.Event()
+        def chatter():
+            while not busy.is_set():
+                stub.Check(health_pb2.HealthCheckRequest())
+        threads = [threading.Thread(target=chatter) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        codes = collections.Counter()
+        for _ in range(200):
+            job = JobProcess(["sh", "-c", "echo x"], {"PATH": "/usr/bin:/bin"}, "/tmp", 20, 0.5,
+                             lambda *_: None, user=JobUser.parse("nobody"))
+            codes[job.run().exit_code] += 1
+        busy.set()
+        for thread in threads:
+            thread.join()
+        server.stop(0).wait()
+        print(dict(codes), flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent
+    )
+    assert result.stdout.strip() == "{0: 200}", result.stderr[-2000:]

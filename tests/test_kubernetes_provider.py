@@ -300,6 +300,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     from hodei.domain.provider import ProviderType
     from hodei.liveness import Liveness
     from hodei.providers.registry import ProviderRegistry
+    from hodei.store.job_secrets import JobSecrets
     from hodei.sweeper import Sweeper
 
     kube = provider(kubeconfig)
@@ -318,6 +319,6 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     kube.core.create_namespaced_pod(NAMESPACE, foreign)
     registry = ProviderRegistry(store, {ProviderType.KUBERNETES: kube}, {})  # type: ignore[arg-type]
     timing = Timing(1, 5, 5, 60, 1, 1, 1)
-    sweeper = Sweeper(store, None, registry, Liveness(store.pool, "t"), timing)  # type: ignore[arg-type, attr-defined]
+    sweeper = Sweeper(store, None, registry, Liveness(store.pool, "t"), JobSecrets(store.pool), timing, 86400)  # type: ignore[arg-type, attr-defined]
     sweeper.reconcile()
     assert set(api.pods()) == {"not-ours"}

@@ -41,3 +41,13 @@ def test_generated_modules_are_fresh() -> None:
         [sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_the_domain_job_spec_and_the_api_job_spec_have_the_same_fields() -> None:
+    """One shape: the API converts field by field (hodei.wire), so the names must agree."""
+    from dataclasses import fields
+
+    from hodei.domain.spec import JobSpec, Resources
+
+    assert {f.name for f in fields(JobSpec)} == {f.name for f in common_pb2.JobSpec.DESCRIPTOR.fields}
+    assert {f.name for f in fields(Resources)} == {f.name for f in common_pb2.ResourceRequirements.DESCRIPTOR.fields}

@@ -121,3 +121,45 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
         (str(new.id),),
     )[0]
     assert version == "2"
+
+
+def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiStore, fresh_database_url: str) -> None:
+    """JobCreated version 1 had the spec's fields at the top level: it still loads, and
+    replay projects it exactly as the live projection did then."""
+    from hodei.store.events import event_id
+    from hodei.store.replay import verify
+    from hodei.testing import query
+
+    job_id = uuid4()
+    v1_payload = (
+        '{"name": "old", "command": "echo hi", "args": [], "env": {"A": "1"}, "timeout_seconds": 30.0, '
+        '"provider": "local", "resources": {"cpu_cores": 0.0, "memory_bytes": 0}, "labels": {}, '
+        '"working_dir": "", "max_attempts": 2, "originator_topic": "hodei.domain.job:Job"}'
+    )
+    spec_v1 = (
+        '{"name": "old", "command": "echo hi", "args": [], "env": {"A": "1"}, "timeout_seconds": 30.0, '
+        '"provider": "local", "resources": {"cpu_cores": 0.0, "memory_bytes": 0}, "labels": {}, '
+        '"working_dir": "", "max_attempts": 2}'
+    )
+    query(
+        fresh_database_url,
+        "INSERT INTO domain_events (id, occurred_at, event_type, aggregate_id, payload, aggregate_type, "
+        "aggregate_version, topic) VALUES (%s, now(), 'JobCreated', %s, %s, 'Job', 1, "
+        "'hodei.domain.job:Job.JobCreated')",
+        (event_id(str(job_id), 1), str(job_id), v1_payload),
+    )
+    # What the version-1 projection wrote at the time.
+    query(
+        fresh_database_url,
+        "INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, created_at, updated_at) "
+        "SELECT %s, 'old', 'PENDING', %s::jsonb, 1, 2, occurred_at, occurred_at FROM domain_events WHERE id = %s",
+        (job_id, spec_v1, event_id(str(job_id), 1)),
+    )
+    loaded = store.load(Job, job_id)
+    assert loaded.spec == JobSpec(
+        name="old", command="echo hi", timeout_seconds=30.0, env={"A": "1"}, provider="local", max_attempts=2
+    )
+    assert loaded.sealed_secrets == {}
+    count, differences = verify(store.pool)
+    assert count >= 1
+    assert differences == []

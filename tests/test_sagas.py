@@ -238,7 +238,7 @@ def test_the_server_enforces_the_timeout_when_the_worker_never_reports(
 
     monkeypatch.setattr(execution, "RESULT_MARGIN", 0.5)
     h = harness(pool, tmp_path, effects)
-    job_id = h.submit(timeout_seconds=0.5)
+    job_id = h.submit(timeout_seconds=1.0)
     h.run(lambda: job_row(fresh_database_url, job_id)[0] == "TIMEOUT", report=False)
     state, reason = job_row(fresh_database_url, job_id)
     assert state == "TIMEOUT"

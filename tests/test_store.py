@@ -56,12 +56,8 @@ def test_the_repository_rebuilds_what_was_saved(store: HodeiStore) -> None:
     job = new_job(env={"A": "1"}, args=("-c", "x"))
     store.write([job], Meta(actor="t"))
     loaded = store.load(Job, job.id)
-    assert (loaded.env, loaded.args, loaded.state, loaded.version) == (
-        {"A": "1"},
-        ["-c", "x"],
-        JobState.PENDING,
-        1,
-    )
+    assert (loaded.spec, loaded.state, loaded.version) == (job.spec, JobState.PENDING, 1)
+    assert (loaded.spec.env, loaded.spec.args) == ({"A": "1"}, ("-c", "x"))
     assert loaded.created_on == job.created_on
 
 
@@ -214,13 +210,13 @@ def test_events_keep_their_correlation_and_actor(store: HodeiStore, fresh_databa
     job = new_job()
     store.write([job], Meta(actor="cli:ana", correlation_id=str(job.id)))
     saga = Saga(saga_type="PROVISIONING", correlation_id=str(job.id), attempt=1, steps=["a"], context={})
-    store.write([saga], Meta(actor="orchestrator", correlation_id=str(job.id)))
+    store.write([saga], Meta(actor="system", correlation_id=str(job.id)))
     rows = query(
         fresh_database_url,
         "SELECT event_type, actor FROM domain_events WHERE correlation_id = %s ORDER BY position",
         (str(job.id),),
     )
-    assert rows == [("JobCreated", "cli:ana"), ("SagaStarted", "orchestrator")]
+    assert rows == [("JobCreated", "cli:ana"), ("SagaStarted", "system")]
 
 
 def test_a_duplicate_saga_start_is_refused(store: HodeiStore) -> None:

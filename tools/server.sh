@@ -16,10 +16,13 @@ case "${1:-start}" in
     export HODEI_DOCKER_ENABLED="${HODEI_DOCKER_ENABLED:-1}"
     export HODEI_LOCAL_ENABLED="${HODEI_LOCAL_ENABLED:-1}"
     export HODEI_KUBERNETES_ENABLED="${HODEI_KUBERNETES_ENABLED:-0}"
+    touch "$LOG"
+    first_line=$(($(wc -l <"$LOG") + 1))
     nohup .venv/bin/hodei-server >>"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
     for _ in $(seq 1 150); do
-      if .venv/bin/hodei-jobs-cli --server "127.0.0.1:${HODEI_GRPC_PORT:-50051}" queue >/dev/null 2>&1; then
+      # Ready once it says so (a readiness call could need a token).
+      if tail -n "+$first_line" "$LOG" | grep -q "Serving hodei.jobs on"; then
         echo "hodei-server is up on port ${HODEI_GRPC_PORT:-50051} (pid $(cat "$PIDFILE")); log: $LOG"
         exit 0
       fi

@@ -27,39 +27,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hodei._proto import common_pb2 as hodei_dot_jobs_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/jobs.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hodei/jobs/common.proto\"4\n\x0fQueueJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\"\"\n\x10QueueJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"W\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.JobStatus\"F\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.hodei.jobs.Job\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\")\n\tJobUpdate\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"%\n\x13GetJobEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x85\x01\n\x08JobEvent\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\"<\n\x14GetJobEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.JobEvent2\xc3\x03\n\x13JobExecutionService\x12\x45\n\x08QueueJob\x12\x1b.hodei.jobs.QueueJobRequest\x1a\x1c.hodei.jobs.QueueJobResponse\x12?\n\x06GetJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.hodei.jobs.ListJobsRequest\x1a\x1c.hodei.jobs.ListJobsResponse\x12H\n\tCancelJob\x12\x1c.hodei.jobs.CancelJobRequest\x1a\x1d.hodei.jobs.CancelJobResponse\x12@\n\x08WatchJob\x12\x1b.hodei.jobs.WatchJobRequest\x1a\x15.hodei.jobs.JobUpdate0\x01\x12Q\n\x0cGetJobEvents\x12\x1f.hodei.jobs.GetJobEventsRequest\x1a .hodei.jobs.GetJobEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/jobs.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hodei/jobs/common.proto\"\x9f\x01\n\x0fQueueJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12\x39\n\x07secrets\x18\x02 \x03(\x0b\x32(.hodei.jobs.QueueJobRequest.SecretsEntry\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x10QueueJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"W\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.JobStatus\"F\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.hodei.jobs.Job\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\")\n\tJobUpdate\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"%\n\x13GetJobEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x85\x01\n\x08JobEvent\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\"<\n\x14GetJobEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.JobEvent2\xc3\x03\n\x13JobExecutionService\x12\x45\n\x08QueueJob\x12\x1b.hodei.jobs.QueueJobRequest\x1a\x1c.hodei.jobs.QueueJobResponse\x12?\n\x06GetJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.hodei.jobs.ListJobsRequest\x1a\x1c.hodei.jobs.ListJobsResponse\x12H\n\tCancelJob\x12\x1c.hodei.jobs.CancelJobRequest\x1a\x1d.hodei.jobs.CancelJobResponse\x12@\n\x08WatchJob\x12\x1b.hodei.jobs.WatchJobRequest\x1a\x15.hodei.jobs.JobUpdate0\x01\x12Q\n\x0cGetJobEvents\x12\x1f.hodei.jobs.GetJobEventsRequest\x1a .hodei.jobs.GetJobEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hodei._proto.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUEUEJOBREQUEST']._serialized_start=95
-  _globals['_QUEUEJOBREQUEST']._serialized_end=147
-  _globals['_QUEUEJOBRESPONSE']._serialized_start=149
-  _globals['_QUEUEJOBRESPONSE']._serialized_end=183
-  _globals['_GETJOBREQUEST']._serialized_start=185
-  _globals['_GETJOBREQUEST']._serialized_end=216
-  _globals['_GETJOBRESPONSE']._serialized_start=218
-  _globals['_GETJOBRESPONSE']._serialized_end=264
-  _globals['_LISTJOBSREQUEST']._serialized_start=266
-  _globals['_LISTJOBSREQUEST']._serialized_end=353
-  _globals['_LISTJOBSRESPONSE']._serialized_start=355
-  _globals['_LISTJOBSRESPONSE']._serialized_end=425
-  _globals['_CANCELJOBREQUEST']._serialized_start=427
-  _globals['_CANCELJOBREQUEST']._serialized_end=477
-  _globals['_CANCELJOBRESPONSE']._serialized_start=479
-  _globals['_CANCELJOBRESPONSE']._serialized_end=528
-  _globals['_WATCHJOBREQUEST']._serialized_start=530
-  _globals['_WATCHJOBREQUEST']._serialized_end=563
-  _globals['_JOBUPDATE']._serialized_start=565
-  _globals['_JOBUPDATE']._serialized_end=606
-  _globals['_GETJOBEVENTSREQUEST']._serialized_start=608
-  _globals['_GETJOBEVENTSREQUEST']._serialized_end=645
-  _globals['_JOBEVENT']._serialized_start=648
-  _globals['_JOBEVENT']._serialized_end=781
-  _globals['_GETJOBEVENTSRESPONSE']._serialized_start=783
-  _globals['_GETJOBEVENTSRESPONSE']._serialized_end=843
-  _globals['_JOBEXECUTIONSERVICE']._serialized_start=846
-  _globals['_JOBEXECUTIONSERVICE']._serialized_end=1297
+  _globals['_QUEUEJOBREQUEST_SECRETSENTRY']._loaded_options = None
+  _globals['_QUEUEJOBREQUEST_SECRETSENTRY']._serialized_options = b'8\001'
+  _globals['_QUEUEJOBREQUEST']._serialized_start=96
+  _globals['_QUEUEJOBREQUEST']._serialized_end=255
+  _globals['_QUEUEJOBREQUEST_SECRETSENTRY']._serialized_start=209
+  _globals['_QUEUEJOBREQUEST_SECRETSENTRY']._serialized_end=255
+  _globals['_QUEUEJOBRESPONSE']._serialized_start=257
+  _globals['_QUEUEJOBRESPONSE']._serialized_end=291
+  _globals['_GETJOBREQUEST']._serialized_start=293
+  _globals['_GETJOBREQUEST']._serialized_end=324
+  _globals['_GETJOBRESPONSE']._serialized_start=326
+  _globals['_GETJOBRESPONSE']._serialized_end=372
+  _globals['_LISTJOBSREQUEST']._serialized_start=374
+  _globals['_LISTJOBSREQUEST']._serialized_end=461
+  _globals['_LISTJOBSRESPONSE']._serialized_start=463
+  _globals['_LISTJOBSRESPONSE']._serialized_end=533
+  _globals['_CANCELJOBREQUEST']._serialized_start=535
+  _globals['_CANCELJOBREQUEST']._serialized_end=585
+  _globals['_CANCELJOBRESPONSE']._serialized_start=587
+  _globals['_CANCELJOBRESPONSE']._serialized_end=636
+  _globals['_WATCHJOBREQUEST']._serialized_start=638
+  _globals['_WATCHJOBREQUEST']._serialized_end=671
+  _globals['_JOBUPDATE']._serialized_start=673
+  _globals['_JOBUPDATE']._serialized_end=714
+  _globals['_GETJOBEVENTSREQUEST']._serialized_start=716
+  _globals['_GETJOBEVENTSREQUEST']._serialized_end=753
+  _globals['_JOBEVENT']._serialized_start=756
+  _globals['_JOBEVENT']._serialized_end=889
+  _globals['_GETJOBEVENTSRESPONSE']._serialized_start=891
+  _globals['_GETJOBEVENTSRESPONSE']._serialized_end=951
+  _globals['_JOBEXECUTIONSERVICE']._serialized_start=954
+  _globals['_JOBEXECUTIONSERVICE']._serialized_end=1405
 # @@protoc_insertion_point(module_scope)

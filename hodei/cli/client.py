@@ -1,43 +1,149 @@
-"""The gRPC connection the CLI commands share."""
+"""The gRPC connection the CLI commands share, and where its settings come from.
+
+Each setting is taken from, in order: its flag, its environment variable, the config
+file (``$HODEI_CONFIG``, else ``~/.config/hodei/config.toml``), the default. The file
+may hold ``server``, ``token``, ``tls_ca``, ``tls_cert``, ``tls_key`` and
+``tls_server_name``; holding a token, it must be readable by its owner only.
+"""
 
 from __future__ import annotations
 
-import getpass
+import os
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from hodei._proto import (
+    access_pb2_grpc,
     jobs_pb2_grpc,
     logs_pb2_grpc,
     metrics_pb2_grpc,
     providers_pb2_grpc,
     scheduler_pb2_grpc,
 )
+from hodei.errors import InvalidInput
 
 DEFAULT_SERVER = "localhost:50051"
 SERVER_VARIABLE = "HODEI_SERVER"
+_KEYS = {"server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
+
+
+def config_path() -> Path:
+    given = os.environ.get("HODEI_CONFIG")
+    if given:
+        return Path(given).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hodei" / "config.toml"
+
+
+def read_config(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInput(f"cannot read the config file {path}: {exc}") from None
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise InvalidInput(
+            f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}"
+        )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if "token" in data and mode & 0o077:
+        raise InvalidInput(f"{path} holds a token but others may read it (mode {mode:o}): run `chmod 600 {path}`")
+    return {key: str(value) for key, value in data.items()}
 
 
 def _address(server: str) -> str:
-    """Accepts ``host:port`` and the seed's ``http://host:port``."""
-    for prefix in ("http://", "grpc://"):
+    """Accepts ``host:port``, ``host`` (port 50051) and the seed's ``http://host:port``."""
+    for prefix in ("http://", "https://", "grpc://"):
         if server.startswith(prefix):
-            return server[len(prefix) :]
-    return server
+            server = server[len(prefix) :]
+    server = server.rstrip("/")
+    host, sep, port = server.rpartition(":")
+    if sep and port.isdigit() and (not host.startswith("[") or host.endswith("]")):
+        return server
+    return f"{server}:50051"
+
+
+@dataclass(frozen=True)
+class Connection:
+    server: str
+    token: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+
+    @classmethod
+    def resolve(cls, flags: dict[str, str | None]) -> Connection:
+        """Flags (None when not given) over environment over config file over defaults."""
+        config = read_config(config_path())
+        environment = {
+            "server": os.environ.get(SERVER_VARIABLE),
+            "token": os.environ.get("HODEI_TOKEN"),
+            "tls_ca": os.environ.get("HODEI_TLS_CA"),
+            "tls_cert": os.environ.get("HODEI_CLIENT_CERT"),
+            "tls_key": os.environ.get("HODEI_CLIENT_KEY"),
+            "tls_server_name": os.environ.get("HODEI_TLS_SERVER_NAME"),
+        }
+
+        def pick(key: str) -> str | None:
+            return flags.get(key) or environment.get(key) or config.get(key) or None
+
+        def path(key: str) -> Path | None:
+            value = pick(key)
+            return Path(value).expanduser() if value else None
+
+        return cls(
+            server=_address(pick("server") or DEFAULT_SERVER),
+            token=pick("token"),
+            tls_ca=path("tls_ca"),
+            tls_cert=path("tls_cert"),
+            tls_key=path("tls_key"),
+            tls_server_name=pick("tls_server_name"),
+        )
+
+    def channel(self) -> grpc.Channel:
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        if self.tls_ca is None and self.tls_cert is None:
+            return grpc.insecure_channel(self.server, options=options)
+        if self.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self.tls_ca, "--tls-ca"),
+            private_key=_read(self.tls_key, "--tls-key"),
+            certificate_chain=_read(self.tls_cert, "--tls-cert"),
+        )
+        return grpc.secure_channel(self.server, credentials, options=options)
+
+
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{flag} {path}: {exc.strerror}") from None
 
 
 class Client:
-    def __init__(self, server: str, timeout: float = 30.0) -> None:
-        self.address = _address(server)
-        self.channel = grpc.insecure_channel(self.address)
+    def __init__(self, connection: Connection, timeout: float = 30.0) -> None:
+        self.connection = connection
+        self.address = connection.server
+        self.channel = connection.channel()
         self.timeout = timeout
-        self.metadata = (("x-hodei-actor", f"cli:{getpass.getuser()}"),)
+        self.metadata = (("authorization", f"Bearer {connection.token}"),) if connection.token else ()
         self.jobs = jobs_pb2_grpc.JobExecutionServiceStub(self.channel)
         self.logs = logs_pb2_grpc.LogStreamServiceStub(self.channel)
         self.providers = providers_pb2_grpc.ProviderManagementServiceStub(self.channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
         self.metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)
+        self.access = access_pb2_grpc.AccessServiceStub(self.channel)
 
     def call(self, method: Any, request: Any) -> Any:
         return method(request, timeout=self.timeout, metadata=self.metadata)

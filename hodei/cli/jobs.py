@@ -11,10 +11,19 @@ from google.protobuf.json_format import MessageToDict
 
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
 from hodei.cli.client import Client
-from hodei.cli.parsing import parse_args, parse_env, parse_labels, parse_memory
+from hodei.cli.parsing import (
+    parse_args,
+    parse_env,
+    parse_labels,
+    parse_memory,
+    parse_secret_files,
+    parse_secrets,
+)
 from hodei.cli.terminal import Terminal
 from hodei.domain.job import JobState
+from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import InvalidInput
+from hodei.wire import spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`.
@@ -61,10 +70,13 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Worker: {job.worker_id or '-'}",
         f"Attempt: {job.attempt}",
         f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
+        f"Submitted by: {job.submitted_by or '-'}",
+        f"Secrets: {', '.join(job.spec.secret_names) or '-'}",
         f"Created: {_time(job, 'created_at')}",
         f"Started: {_time(job, 'started_at')}",
         f"Completed: {_time(job, 'completed_at')}",
         f"Error: {job.error_message or '-'}",
+        *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         f"Logs: {job.log_uri or '-'}",
     ]
 
@@ -85,19 +97,22 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     command, arguments = _command(args)
-    spec = common_pb2.JobSpec(
+    secrets = {**parse_secrets(args.secret or []), **parse_secret_files(args.secret_file or [])}
+    spec = JobSpec(
         name=args.name or (Path(args.script).stem if args.script else ""),
         command=command,
-        args=arguments,
+        args=tuple(arguments),
         env=parse_env(args.env or []),
         timeout_seconds=args.timeout,
         provider=args.provider or "",
-        resources=common_pb2.ResourceRequirements(cpu_cores=args.cpu or 0.0, memory_bytes=parse_memory(args.memory)),
+        resources=Resources(cpu_cores=args.cpu or 0.0, memory_bytes=parse_memory(args.memory)),
         labels=parse_labels(args.label or []),
         working_dir=args.working_dir or "",
         max_attempts=args.max_attempts,
+        secret_names=tuple(sorted(secrets)),
     )
-    job_id = client.call(client.jobs.QueueJob, jobs_pb2.QueueJobRequest(spec=spec)).job_id
+    request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
+    job_id = client.call(client.jobs.QueueJob, request).job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
         return follow(client, term, job_id)
@@ -244,6 +259,18 @@ def add_commands(commands: Any) -> None:
     run_parser.add_argument("--script", help="a script file to run with bash, instead of --command")
     run_parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
     run_parser.add_argument("--env", "-e", action="append", help="KEY=VALUE[,KEY2=VALUE2]; repeatable")
+    run_parser.add_argument(
+        "--secret",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a secret variable: stored sealed, masked as *** in the output; repeatable",
+    )
+    run_parser.add_argument(
+        "--secret-file",
+        action="append",
+        metavar="NAME=PATH",
+        help="a secret variable read from a file (one trailing newline dropped); repeatable",
+    )
     run_parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
     run_parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
     run_parser.add_argument("--cpu", type=float, help="CPU cores")

@@ -6,26 +6,39 @@ import argparse
 import os
 import sys
 
+# gRPC's core logs connection failures itself; the CLI explains them in one line instead.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 
-from hodei.cli import admin, jobs
-from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client
+from hodei.cli import access, admin, jobs
+from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client, Connection
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="hodei-jobs-cli", description="Submit and inspect Hodei jobs.")
+    root = argparse.ArgumentParser(
+        prog="hodei-jobs-cli",
+        description="Submit and inspect Hodei jobs. Settings: flag, then environment, then "
+        "~/.config/hodei/config.toml (server, token, tls_ca, tls_cert, tls_key, tls_server_name).",
+    )
     root.add_argument(
         "--server",
         "-s",
-        default=os.environ.get(SERVER_VARIABLE, DEFAULT_SERVER),
-        help=f"server address host:port (env {SERVER_VARIABLE}; default {DEFAULT_SERVER})",
+        help=f"server address host[:port] (env {SERVER_VARIABLE}; default {DEFAULT_SERVER})",
     )
+    root.add_argument("--token", help="API token (env HODEI_TOKEN)")
+    root.add_argument(
+        "--tls-ca", help="CA bundle that signed the server's certificate: turns on TLS (env HODEI_TLS_CA)"
+    )
+    root.add_argument("--tls-cert", help="client certificate, for mutual TLS (env HODEI_CLIENT_CERT)")
+    root.add_argument("--tls-key", help="private key of --tls-cert (env HODEI_CLIENT_KEY)")
     root.add_argument("--output", "-o", choices=["text", "json"], default="text", help="output format")
     commands = root.add_subparsers(dest="command", required=True)
     jobs.add_commands(commands)
     admin.add_commands(commands)
+    access.add_commands(commands)
     return root
 
 
@@ -35,7 +48,7 @@ _DASHED_VALUES = {"--args", "-a", "--command", "-c"}
 
 
 # Global options people also type after the command (`job list -o json`).
-_GLOBAL = {"--output", "-o", "--server", "-s"}
+_GLOBAL = {"--output", "-o", "--server", "-s", "--token", "--tls-ca", "--tls-cert", "--tls-key"}
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
@@ -68,20 +81,49 @@ def main(argv: list[str] | None = None) -> None:
             term.abort("give the job id: --id ID", code=2)
     if getattr(args, "timeout", 1) is not None and getattr(args, "timeout", 1) <= 0:
         term.abort(f"--timeout must be a positive number of seconds, got {args.timeout:g}", code=2)
-    client = Client(args.server)
+    try:
+        client = Client(
+            Connection.resolve(
+                {
+                    "server": args.server,
+                    "token": args.token,
+                    "tls_ca": args.tls_ca,
+                    "tls_cert": args.tls_cert,
+                    "tls_key": args.tls_key,
+                }
+            )
+        )
+    except HodeiError as exc:
+        term.abort(exc.message, code=2)
     try:
         code = args.handler(client, term, args)
     except HodeiError as exc:
         term.abort(exc.message, code=2)
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            term.abort(f"cannot reach the server at {client.address}: {exc.details()}")
-        term.abort(f"{exc.details()} ({exc.code().name})")
+        term.abort(explain(exc, client.connection))
     except KeyboardInterrupt:
         code = 130
     finally:
         client.close()
     sys.exit(code)
+
+
+def explain(exc: grpc.RpcError, connection: Connection) -> str:
+    """One line a person can act on."""
+    details = exc.details() or ""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return f"{details} ({exc.code().name})"
+    where = f"cannot reach the server at {connection.server}"
+    if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details.lower():
+        return f"{where}: its TLS certificate is not trusted; pass --tls-ca with the CA that signed it"
+    closed = "Socket closed" in details or "handshake" in details.lower()
+    if "WRONG_VERSION_NUMBER" in details:
+        return f"{where}: the server does not speak TLS; leave out --tls-ca"
+    if closed and connection.tls_ca is None:
+        return f"{where}: the connection was closed (if the server uses TLS, pass --tls-ca)"
+    if closed and connection.tls_cert is None:
+        return f"{where}: the TLS handshake failed (a server requiring client certificates needs --tls-cert, --tls-key)"
+    return f"{where}: {details}"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from hodei.errors import InvalidInput
 
@@ -24,6 +25,38 @@ def parse_env(values: list[str]) -> dict[str, str]:
                 )
             env[key] = val
     return env
+
+
+def _pairs(values: list[str], flag: str, what: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not _KEY.match(key):
+            raise InvalidInput(
+                f"malformed {flag} `{key}…`: expected NAME={what} with NAME made of letters, digits and _"
+            )
+        if key in found:
+            raise InvalidInput(f"{flag} {key} is given twice")
+        found[key] = value
+    return found
+
+
+def parse_secrets(values: list[str]) -> dict[str, str]:
+    """``--secret NAME=VALUE``; the value may hold commas and ``=`` (unlike --env).
+    An error never repeats the value."""
+    return _pairs(values, "--secret", "VALUE")
+
+
+def parse_secret_files(values: list[str]) -> dict[str, str]:
+    """``--secret-file NAME=PATH``: the file's text, without one trailing newline."""
+    secrets = {}
+    for name, path in _pairs(values, "--secret-file", "PATH").items():
+        try:
+            text = Path(path).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"--secret-file {name}: cannot read {path}: {exc}") from None
+        secrets[name] = text[:-1] if text.endswith("\n") else text
+    return secrets
 
 
 def parse_args(value: str | None) -> list[str]:
@@ -68,3 +101,17 @@ def parse_memory(value: str | None) -> int:
     if not match:
         raise InvalidInput(f"malformed --memory `{value}`: use bytes or a unit such as 512Mi or 1G")
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` or plain seconds; None for none/never."""
+    if value is None or value.strip().lower() in ("", "never", "none"):
+        return None
+    match = _DURATION.match(value.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise InvalidInput(f"malformed duration `{value}`: use e.g. 3600, 90m, 12h, 30d or never")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]

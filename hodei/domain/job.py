@@ -54,29 +54,11 @@ class Job(HodeiAggregate):
     id: UUID  # given by the caller (the library takes an `id` argument when annotated)
 
     @event("JobCreated")
-    def __init__(
-        self,
-        name: str,
-        command: str,
-        args: list[str],
-        env: dict[str, str],
-        timeout_seconds: float,
-        provider: str,
-        resources: dict[str, Any],
-        labels: dict[str, str],
-        working_dir: str,
-        max_attempts: int,
-    ) -> None:
-        self.name = name
-        self.command = command
-        self.args = args
-        self.env = env
-        self.timeout_seconds = timeout_seconds
-        self.provider = provider
-        self.resources = resources
-        self.labels = labels
-        self.working_dir = working_dir
-        self.max_attempts = max_attempts
+    def __init__(self, spec: dict[str, Any], sealed_secrets: dict[str, str]) -> None:
+        """``sealed_secrets``: each secret's value encrypted under the job's own key
+        (kept outside the event log, see hodei.secrets): never a plain value."""
+        self.spec = JobSpec.from_payload(spec)
+        self.sealed_secrets = dict(sealed_secrets)
         self.state = JobState.PENDING
         self.attempt = 1
         self.provider_id: str | None = None
@@ -87,27 +69,13 @@ class Job(HodeiAggregate):
         self.log_uri: str | None = None
 
     @classmethod
-    def submit(cls, spec: JobSpec, job_id: UUID) -> Job:
+    def submit(cls, spec: JobSpec, job_id: UUID, sealed_secrets: dict[str, str] | None = None) -> Job:
+        sealed = sealed_secrets or {}
         spec.validate()
+        if sorted(sealed) != sorted(spec.secret_names):
+            raise InvalidTransition("the job's sealed secrets must be exactly the ones its spec names")
         # The library accepts `id` because the class annotates it (see `id: UUID` above).
-        return cls(id=job_id, **spec.to_payload())  # type: ignore[call-arg]
-
-    @property
-    def spec(self) -> JobSpec:
-        return JobSpec.from_payload(
-            {
-                "name": self.name,
-                "command": self.command,
-                "args": self.args,
-                "env": self.env,
-                "timeout_seconds": self.timeout_seconds,
-                "provider": self.provider,
-                "resources": self.resources,
-                "labels": self.labels,
-                "working_dir": self.working_dir,
-                "max_attempts": self.max_attempts,
-            }
-        )
+        return cls(id=job_id, spec=spec.to_payload(), sealed_secrets=sealed)  # type: ignore[call-arg]
 
     @property
     def is_terminal(self) -> bool:
@@ -173,13 +141,13 @@ class Job(HodeiAggregate):
 
     @property
     def can_retry(self) -> bool:
-        return self.attempt < self.max_attempts
+        return self.attempt < self.spec.max_attempts
 
     def requeue(self, reason: str) -> None:
         """Puts the job back to PENDING for another attempt after its worker was lost."""
         check_transition("job", self.state, JobState.PENDING, JOB_TRANSITIONS)
         if not self.can_retry:
-            raise InvalidTransition(f"job {self.id} used all {self.max_attempts} attempts")
+            raise InvalidTransition(f"job {self.id} used all {self.spec.max_attempts} attempts")
         self._change_state(JobState.PENDING, reason=reason, exit_code=None)
 
     def record_logs(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
@@ -243,9 +211,11 @@ class Job(HodeiAggregate):
         self.log_uri = storage_uri
 
 
-# Event versions. Version 1 of JobStatusChanged had no ran_from/ran_until (the command's
-# own start and end, reported by the worker); the library calls the upcaster when it
-# reads a version-1 payload. See the README, "Changing an event".
+# Event versions: the library calls an upcaster when it reads an older payload. See the
+# README, "Changing an event".
+#
+# JobStatusChanged version 1 had no ran_from/ran_until (the command's own start and end,
+# reported by the worker).
 def _status_changed_v1_to_v2(state: dict[str, Any]) -> None:
     state.setdefault("ran_from", None)
     state.setdefault("ran_until", None)
@@ -253,3 +223,26 @@ def _status_changed_v1_to_v2(state: dict[str, Any]) -> None:
 
 Job.JobStatusChanged.class_version = 2  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
+
+# JobCreated version 1 carried the spec's fields at the top level and had no secrets.
+_V1_SPEC_FIELDS = (
+    "name",
+    "command",
+    "args",
+    "env",
+    "timeout_seconds",
+    "provider",
+    "resources",
+    "labels",
+    "working_dir",
+    "max_attempts",
+)
+
+
+def _created_v1_to_v2(state: dict[str, Any]) -> None:
+    state["spec"] = {key: state.pop(key) for key in _V1_SPEC_FIELDS if key in state}
+    state["sealed_secrets"] = {}
+
+
+Job.JobCreated.class_version = 2  # type: ignore[attr-defined]
+Job.JobCreated.upcast_v1_v2 = staticmethod(_created_v1_to_v2)  # type: ignore[attr-defined]

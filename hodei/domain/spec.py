@@ -1,18 +1,58 @@
-"""The job specification a user submits, and its validation."""
+"""The job specification: the one definition of what a user asks to run.
+
+The aggregate holds a ``JobSpec``, ``JobCreated`` carries its payload, the API converts
+it field by field to and from ``hodei.jobs.JobSpec`` (same names), the CLI builds one.
+Every field has a bound (``LIMITS``, listed in the README); ``problems`` names each
+field that breaks one, so a request is refused before anything is written.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from hodei.errors import InvalidInput
 
-MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
-MAX_ATTEMPTS = 10
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
+# Control characters (NUL, escapes, newlines...) have no place in names, keys or paths.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    name_chars: int = 255
+    command_bytes: int = 64 * KIB
+    arg_bytes: int = 64 * KIB
+    args: int = 1000
+    env_vars: int = 500
+    env_name_chars: int = 255
+    env_value_bytes: int = 64 * KIB
+    # Command, arguments, environment and secrets together: what exec can take, with room.
+    exec_bytes: int = 512 * KIB
+    labels: int = 64
+    label_key_chars: int = 63
+    label_value_chars: int = 255
+    secrets: int = 64
+    secret_value_bytes: int = 64 * KIB
+    # Shorter values would be masked inside ordinary words of the job's output.
+    secret_min_chars: int = 4
+    min_timeout_seconds: float = 1.0
+    max_timeout_seconds: float = 7 * 24 * 3600.0
+    max_cpu_cores: float = 256.0
+    max_memory_bytes: int = 1024**4
+    working_dir_chars: int = 4096
+    provider_chars: int = 64
+    max_attempts: int = 10
+
+
+LIMITS = Limits()
 
 # What users type for --provider, mapped to the provider type.
 PROVIDER_ALIASES = {
@@ -30,12 +70,25 @@ def normalise_provider(value: str) -> str:
     return PROVIDER_ALIASES.get(cleaned, cleaned)
 
 
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU cores and memory bytes; 0 means the provider's default."""
+
+    cpu_cores: float = 0.0
+    memory_bytes: int = 0
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What to run and under which limits.
 
     Without ``args`` the command is a shell command line (``/bin/sh -c``); with
     ``args`` it is a program executed directly, so ``bash`` with ``-c '…'`` works.
+    ``secret_names`` only names the job's secrets: their values never enter a spec.
     """
 
     name: str
@@ -44,72 +97,190 @@ class JobSpec:
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     provider: str = ""
-    cpu_cores: float = 0.0
-    memory_bytes: int = 0
+    resources: Resources = Resources()
     labels: Mapping[str, str] = field(default_factory=dict)
     working_dir: str = ""
     max_attempts: int = 1
+    secret_names: tuple[str, ...] = ()
 
-    def problems(self) -> list[str]:
+    def problems(self, secrets: Mapping[str, str] | None = None) -> list[str]:
+        """Every bound this spec (and the secret values submitted with it) breaks."""
         found: list[str] = []
+        secrets = secrets or {}
+        limits = LIMITS
         if not self.command.strip():
             found.append("command must not be empty")
-        if len(self.name) > 255:
-            found.append("name must be at most 255 characters")
-        if not math.isfinite(self.timeout_seconds) or self.timeout_seconds <= 0:
-            found.append(f"timeout must be a positive number of seconds, got {self.timeout_seconds:g}")
-        elif self.timeout_seconds > MAX_TIMEOUT_SECONDS:
-            found.append(f"timeout must be at most {MAX_TIMEOUT_SECONDS:g} seconds")
-        for key in self.env:
-            if not _ENV_NAME.match(key):
-                found.append(f"environment variable name `{key}` is not valid (letters, digits, _)")
-        texts = [self.command, *self.args, *self.env.values()]
-        if any("\x00" in text for text in texts):
-            found.append("command, arguments and environment values must not contain NUL")
-        if not math.isfinite(self.cpu_cores) or self.cpu_cores < 0:
-            found.append("cpu cores must be zero (the default) or positive")
-        if self.memory_bytes < 0:
-            found.append("memory must be zero (the default) or positive")
-        if any(not key.strip() for key in self.labels):
-            found.append("label keys must not be empty")
-        if self.working_dir and not self.working_dir.startswith("/"):
-            found.append(f"working directory must be an absolute path, got `{self.working_dir}`")
-        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
-            found.append(f"max attempts must be between 1 and {MAX_ATTEMPTS}")
+        elif _size(self.command) > limits.command_bytes:
+            found.append(f"command is {_size(self.command)} bytes; the limit is {limits.command_bytes}")
+        if len(self.name) > limits.name_chars:
+            found.append(f"name must be at most {limits.name_chars} characters")
+        if _CONTROL.search(self.name):
+            found.append("name must not contain control characters")
+        found.extend(_timeout_problems(self.timeout_seconds))
+        if len(self.args) > limits.args:
+            found.append(f"{len(self.args)} arguments; the limit is {limits.args}")
+        if any(_size(arg) > limits.arg_bytes for arg in self.args):
+            found.append(f"an argument is longer than {limits.arg_bytes} bytes")
+        found.extend(_env_problems(self.env))
+        found.extend(_secret_problems(secrets))
+        overlap = sorted(set(secrets) & set(self.env))
+        if overlap:
+            found.append(f"{', '.join(overlap)} given both as --env and as --secret")
+        exec_size = sum(_size(text) for text in (self.command, *self.args))
+        exec_size += sum(_size(k) + _size(v) + 2 for k, v in (*self.env.items(), *secrets.items()))
+        if exec_size > limits.exec_bytes:
+            found.append(
+                f"command, arguments, environment and secrets are {exec_size} bytes; the limit is {limits.exec_bytes}"
+            )
+        if any("\x00" in text for text in (self.command, *self.args, *self.env.values(), *secrets.values())):
+            found.append("command, arguments, environment and secret values must not contain NUL")
+        found.extend(_resource_problems(self.resources))
+        found.extend(_label_problems(self.labels))
+        if self.working_dir:
+            if not self.working_dir.startswith("/"):
+                found.append(f"working directory must be an absolute path, got `{self.working_dir}`")
+            if len(self.working_dir) > limits.working_dir_chars or _CONTROL.search(self.working_dir):
+                found.append(
+                    f"working directory must be at most {limits.working_dir_chars} characters without control "
+                    "characters"
+                )
+        if len(self.provider) > limits.provider_chars or _CONTROL.search(self.provider):
+            found.append("provider must be a provider name or id")
+        if not 1 <= self.max_attempts <= limits.max_attempts:
+            found.append(f"max attempts must be between 1 and {limits.max_attempts}")
         return found
 
-    def validate(self) -> None:
-        found = self.problems()
+    def validate(self, secrets: Mapping[str, str] | None = None) -> None:
+        found = self.problems(secrets)
         if found:
             raise InvalidInput("invalid job: " + "; ".join(found))
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "command": self.command,
-            "args": list(self.args),
-            "env": dict(self.env),
-            "timeout_seconds": self.timeout_seconds,
-            "provider": self.provider,
-            "resources": {"cpu_cores": self.cpu_cores, "memory_bytes": self.memory_bytes},
-            "labels": dict(self.labels),
-            "working_dir": self.working_dir,
-            "max_attempts": self.max_attempts,
-        }
+        """JSON-native: what ``JobCreated`` carries and ``jobs.spec`` holds."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> JobSpec:
-        resources = payload.get("resources") or {}
-        return cls(
-            name=payload["name"],
-            command=payload["command"],
-            timeout_seconds=float(payload["timeout_seconds"]),
-            args=tuple(payload.get("args") or ()),
-            env=dict(payload.get("env") or {}),
-            provider=payload.get("provider") or "",
-            cpu_cores=float(resources.get("cpu_cores") or 0.0),
-            memory_bytes=int(resources.get("memory_bytes") or 0),
-            labels=dict(payload.get("labels") or {}),
-            working_dir=payload.get("working_dir") or "",
-            max_attempts=int(payload.get("max_attempts") or 1),
-        )
+        """The inverse of ``to_payload``; also reads a ``hodei.jobs.JobSpec`` as a dict.
+        A missing or zero value takes the field's default (proto3 has no "unset")."""
+        return _build(cls, payload)
+
+
+def _timeout_problems(timeout: float) -> list[str]:
+    limits = LIMITS
+    if not math.isfinite(timeout) or timeout <= 0:
+        return [f"timeout must be a positive number of seconds, got {timeout:g}"]
+    if timeout < limits.min_timeout_seconds:
+        return [f"timeout must be at least {limits.min_timeout_seconds:g} second, got {timeout:g}"]
+    if timeout > limits.max_timeout_seconds:
+        return [f"timeout must be at most {limits.max_timeout_seconds:g} seconds"]
+    return []
+
+
+def _env_problems(env: Mapping[str, str]) -> list[str]:
+    limits = LIMITS
+    found = []
+    if len(env) > limits.env_vars:
+        found.append(f"{len(env)} environment variables; the limit is {limits.env_vars}")
+    for key, value in env.items():
+        if not ENV_NAME.match(key) or len(key) > limits.env_name_chars:
+            found.append(f"environment variable name `{_shown(key)}` is not valid (letters, digits, _)")
+        if _size(value) > limits.env_value_bytes:
+            found.append(f"environment variable {_shown(key)} is longer than {limits.env_value_bytes} bytes")
+    return found
+
+
+def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
+    limits = LIMITS
+    found = []
+    if len(secrets) > limits.secrets:
+        found.append(f"{len(secrets)} secrets; the limit is {limits.secrets}")
+    for key, value in secrets.items():
+        if not ENV_NAME.match(key) or len(key) > limits.env_name_chars:
+            found.append(f"secret name `{_shown(key)}` is not valid (letters, digits, _)")
+        if len(value) < limits.secret_min_chars:
+            found.append(
+                f"secret {_shown(key)} is shorter than {limits.secret_min_chars} characters (too short to "
+                "be masked in the output)"
+            )
+        if _size(value) > limits.secret_value_bytes:
+            found.append(f"secret {_shown(key)} is longer than {limits.secret_value_bytes} bytes")
+    return found
+
+
+def _resource_problems(resources: Resources) -> list[str]:
+    limits = LIMITS
+    found = []
+    cpu = resources.cpu_cores
+    if not math.isfinite(cpu) or not 0 <= cpu <= limits.max_cpu_cores:
+        found.append(f"cpu cores must be between 0 (the default) and {limits.max_cpu_cores:g}, got {cpu:g}")
+    if not 0 <= resources.memory_bytes <= limits.max_memory_bytes:
+        found.append(f"memory must be between 0 (the default) and {limits.max_memory_bytes} bytes (1 TiB)")
+    return found
+
+
+def _label_problems(labels: Mapping[str, str]) -> list[str]:
+    limits = LIMITS
+    found = []
+    if len(labels) > limits.labels:
+        found.append(f"{len(labels)} labels; the limit is {limits.labels}")
+        return found
+    for key, value in labels.items():
+        if not key.strip():
+            found.append("label keys must not be empty")
+        elif len(key) > limits.label_key_chars or not _LABEL_KEY.match(key):
+            found.append(
+                f"label key `{_shown(key)}` must be at most {limits.label_key_chars} letters, digits, `.`, `_`, `/` "
+                "or `-`"
+            )
+        if len(value) > limits.label_value_chars or _CONTROL.search(value):
+            found.append(
+                f"label {_shown(key)} must be at most {limits.label_value_chars} characters without control characters"
+            )
+    return found
+
+
+def _shown(text: str) -> str:
+    """A user's text in an error message: short, and without control characters."""
+    clean = _CONTROL.sub("?", text)
+    return clean if len(clean) <= 40 else clean[:37] + "..."
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Resources):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+_HINTS = typing.get_type_hints(JobSpec)
+
+
+def _build(cls: type[JobSpec], payload: Mapping[str, Any]) -> JobSpec:
+    values: dict[str, Any] = {}
+    for spec_field in fields(cls):
+        raw = payload.get(spec_field.name)
+        has_default = spec_field.default is not MISSING or spec_field.default_factory is not MISSING
+        if has_default and not raw:
+            continue
+        values[spec_field.name] = _coerce(_HINTS[spec_field.name], raw)
+    return cls(**values)
+
+
+def _coerce(hint: Any, raw: Any) -> Any:
+    if hint is Resources:
+        raw = raw or {}
+        return Resources(cpu_cores=float(raw.get("cpu_cores") or 0.0), memory_bytes=int(raw.get("memory_bytes") or 0))
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple(str(item) for item in raw)
+    if origin is Mapping:
+        return {str(key): str(value) for key, value in raw.items()}
+    if hint is float:
+        return float(raw)
+    if hint is int:
+        return int(raw)
+    return str(raw)

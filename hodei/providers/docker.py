@@ -77,8 +77,9 @@ class DockerProvider(WorkerProvider):
                     LABEL_JOB: launch.job_id,
                 },
                 "network_mode": self.config.network,
-                # docker-init as PID 1 reaps the job's orphans and forwards signals.
-                "init": True,
+                # The agent is PID 1: it reaps the job's orphans and handles SIGTERM, and,
+                # being non-dumpable, no process of the job can read its environment
+                # (an init process in front of it would show the same in /proc/1/environ).
                 "stop_signal": "SIGTERM",
             }
             if self.config.network != "host":

@@ -1,14 +1,18 @@
 """The local provider: each worker is a process on the server's own host.
 
-It is the engine of the fast test suite and the fallback where no Docker engine
-runs. A worker process and every process of its job carry ``HODEI_WORKER_ID`` in
-their environment; that marker (with the installation id) is how strays are found
-after a restart, the way labels work for containers.
+It is the engine of the fast test suite and the fallback where no Docker engine runs.
+Each worker gets its own cgroup (``hodei.providers.cgroups``) when the host allows it:
+everything the worker starts stays inside, even processes that leave their session,
+and destroying the worker kills the whole group. The agent starts with a clean
+environment (only its own settings: never the server's), and when the server runs as
+root the job runs as ``HODEI_LOCAL_RUN_AS`` (default ``nobody``), so it can read
+neither the agent's credentials nor the server's files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -16,31 +20,18 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
+from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
 
-_MARK = "HODEI_INSTALLATION"
+log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class _Seen:
-    pid: int
-    worker_id: str
-    job_id: str | None
-    is_agent: bool
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {key.decode(errors="replace"): value.decode(errors="replace") for key, value in pairs}
+# Moves the shell into the worker's cgroup, then becomes the agent: nothing runs outside it.
+_ENTER_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
+EMPTY_GROUP_GRACE = 10.0
 
 
 def _alive(pid: int) -> bool:
@@ -55,30 +46,53 @@ class LocalProvider(WorkerProvider):
     provider_type = ProviderType.LOCAL
 
     def __init__(
-        self, installation: str, worker_command: Sequence[str] | None, log_dir: Path, kill_grace: float = 5.0
+        self,
+        installation: str,
+        worker_command: Sequence[str] | None,
+        log_dir: Path,
+        kill_grace: float = 5.0,
+        run_as: str | None = "nobody",
     ) -> None:
         self.installation = installation
         self.worker_command = list(worker_command or [sys.executable, "-m", "hodei_worker.agent"])
         self.log_dir = log_dir / "workers"
         self.kill_grace = kill_grace
+        self.run_as = run_as if os.geteuid() == 0 else None
+        root = cgroup2_root()
+        self.cgroups = WorkerCgroups(root, installation) if root is not None else None
+        if self.cgroups is None:
+            log.warning(
+                "no writable cgroup v2 hierarchy: a local job's processes that leave its process group may "
+                "outlive a worker that is killed"
+            )
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+
+    def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
+        """The agent's own settings and nothing of the server's."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **launch.env}
+        if self.run_as:
+            env["HODEI_JOB_USER"] = self.run_as
+        return env
 
     def create_worker(self, launch: WorkerLaunch) -> str:
         with self._lock:
             existing = self._children.get(launch.worker_id)
             if existing is not None:
                 return f"pid-{existing.pid}"
-            for seen in self._scan():
-                if seen.worker_id == launch.worker_id and seen.is_agent:
-                    return f"pid-{seen.pid}"
+            command = self.worker_command
+            if self.cgroups is not None:
+                if self.cgroups.pids(launch.worker_id):
+                    # Started before a restart of this server: the group is its identity.
+                    return f"cgroup-{launch.worker_id}"
+                group = self.cgroups.create(launch.worker_id)
+                command = ["/bin/sh", "-c", _ENTER_CGROUP, "hodei-enter", str(group / "cgroup.procs"), *command]
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, **launch.env, _MARK: self.installation}
             try:
                 with (self.log_dir / f"{launch.worker_id}.log").open("ab") as output:
                     child = subprocess.Popen(
-                        self.worker_command,
-                        env=env,
+                        command,
+                        env=self._environment(launch),
                         stdin=subprocess.DEVNULL,
                         stdout=output,
                         stderr=subprocess.STDOUT,
@@ -90,10 +104,11 @@ class LocalProvider(WorkerProvider):
             return f"pid-{child.pid}"
 
     def destroy_worker(self, worker_id: str) -> None:
-        """SIGTERM to the agent and the job's processes, then SIGKILL after the grace."""
+        """SIGTERM to the agent (it stops its job), SIGKILL to all that is left after the
+        grace: the whole cgroup, or without one the agent's process group."""
         with self._lock:
             child = self._children.pop(worker_id, None)
-        pids = {seen.pid for seen in self._scan() if seen.worker_id == worker_id}
+        pids = set(self.cgroups.pids(worker_id)) if self.cgroups else set()
         if child is not None and child.poll() is None:
             pids.add(child.pid)
         for pid in pids:
@@ -102,51 +117,41 @@ class LocalProvider(WorkerProvider):
         deadline = time.monotonic() + self.kill_grace
         while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
             time.sleep(0.05)
-        for pid in pids:
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        if self.cgroups is not None:
+            self.cgroups.kill(worker_id)
+        elif child is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
 
     def observe(self) -> list[Observation]:
         found: dict[str, Observation] = {}
-        for seen in self._scan():
-            if seen.is_agent:
-                found[seen.worker_id] = Observation(seen.worker_id, seen.job_id, f"pid-{seen.pid}", running=True)
+        # Groups first, then children: a group created meanwhile belongs to a child
+        # already registered (create holds the lock from mkdir to Popen).
+        for worker_id in self.cgroups.workers() if self.cgroups else ():
+            assert self.cgroups is not None
+            pids = self.cgroups.pids(worker_id)
+            # An empty group may be one another server (same host) is just filling.
+            gone = not pids and self.cgroups.age(worker_id) > EMPTY_GROUP_GRACE
+            failure = "its processes are gone" if gone else None
+            found[worker_id] = Observation(worker_id, None, f"cgroup-{worker_id}", running=bool(pids), failure=failure)
         with self._lock:
             children = dict(self._children)
         for worker_id, child in children.items():
             code = child.poll()
-            if code is not None:
-                found[worker_id] = Observation(
-                    worker_id,
-                    None,
-                    f"pid-{child.pid}",
-                    running=False,
-                    failure=f"worker process exited with code {code}",
-                )
+            failure = None if code is None else f"worker process exited with code {code}"
+            found[worker_id] = Observation(worker_id, None, f"pid-{child.pid}", running=code is None, failure=failure)
         return list(found.values())
 
     def health(self) -> Health:
-        return Health(True, f"workers run as `{' '.join(self.worker_command)}` on this host")
+        isolation = "own cgroup each" if self.cgroups else "no cgroups"
+        user = f", jobs run as {self.run_as}" if self.run_as else ""
+        return Health(True, f"workers run as `{' '.join(self.worker_command)}` on this host ({isolation}{user})")
 
     def close(self) -> None:
         with self._lock:
             self._children.clear()
-
-    def _scan(self) -> list[_Seen]:
-        """Processes of this installation's workers (agents, and their jobs' processes)."""
-        seen = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            env = _environ(pid)
-            worker_id = env.get("HODEI_WORKER_ID")
-            if worker_id is None or env.get(_MARK) != self.installation or not _alive(pid):
-                continue
-            # Only the agent holds the token; the agent strips it from the job's environment.
-            seen.append(_Seen(pid, worker_id, env.get("HODEI_JOB_ID"), "HODEI_WORKER_TOKEN" in env))
-        return seen
+        if self.cgroups is not None:
+            self.cgroups.forget_if_empty()

@@ -13,6 +13,7 @@ from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, Provid
 from hodei.domain.spec import normalise_provider
 from hodei.errors import ConcurrencyConflict, InvalidInput, ProviderUnavailable
 from hodei.providers.base import Health, WorkerProvider
+from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]
         if store.find(Provider, PROVIDER_IDS[provider_type]) is not None:
             continue
         try:
-            store.write([Provider.register(provider_type)], Meta(actor="migrate"))
+            store.write([Provider.register(provider_type)], Meta(actor=SYSTEM))
             created.append(provider_type)
         except ConcurrencyConflict:
             pass  # another process registered it first
@@ -81,6 +82,12 @@ class ProviderRegistry:
             reason = self.not_initialised.get(provider_type, "not configured")
             raise ProviderUnavailable(f"provider {provider_type} is not available on this server: {reason}") from None
 
+    def kubernetes_api(self) -> str | None:
+        """The API server URL of the Kubernetes provider, when this server runs it."""
+        provider = self.providers.get(ProviderType.KUBERNETES)
+        host = getattr(provider, "host", None)
+        return str(host) if host else None
+
     def probe(self, provider_type: ProviderType) -> Health:
         """Asks the provider now, bounded by a timeout (a hanging API must not block us)."""
         future = self._probes.submit(self.get(provider_type).health)
@@ -99,7 +106,7 @@ class ProviderRegistry:
             )
             return None, [provider]
 
-        self.store.command(Meta(actor="health-check"), run)
+        self.store.command(Meta(actor=SYSTEM), run)
 
     def check(self, provider_type: ProviderType) -> Health:
         """Probes now, records a change of health, remembers the answer."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -24,8 +24,8 @@ class SagaDeps:
     signer: TokenSigner
     logs: LogStore
     timing: Timing
-    # What workers dial (host:port).
-    server_address: str
+    # How workers reach the server: HODEI_SERVER_ADDRESS and, with TLS, what to trust.
+    dial: Mapping[str, str]
     clock: Callable[[], datetime]
     # Forgets a worker's heartbeat record once it is gone.
     forget_worker: Callable[[UUID], None]

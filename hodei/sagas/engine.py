@@ -36,14 +36,13 @@ from hodei.domain.base import HodeiAggregate
 from hodei.domain.saga import Saga, SagaState, SagaType, StepRecord, StepState
 from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout
 from hodei.relay import backoff_seconds
+from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
 from hodei.store.recorder import Ack
 from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
-
-ORCHESTRATOR = "orchestrator"
 
 
 class StepKind(Enum):
@@ -195,7 +194,7 @@ class SagaEngine:
             context=dict(context),
         )
         try:
-            self.store.write([saga], Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack))
+            self.store.write([saga], Meta(actor=SYSTEM, correlation_id=job_id, ack=ack))
         except ConcurrencyConflict:
             log.info("%s saga for job %s attempt %d already started", saga_type, job_id, attempt)
         return saga_id
@@ -212,7 +211,7 @@ class SagaEngine:
             self._progress(work, started, performed)
             return work.saga, work.aggregates()
 
-        saga = self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack), attempt)
+        saga = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
         self._committed(saga)
 
     def poke(self, job_id: str, ack: Ack | None) -> None:
@@ -231,7 +230,7 @@ class SagaEngine:
                     changed.extend(work.aggregates())
             return None, changed
 
-        self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id, ack=ack), attempt)
+        self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
         for saga in moved:
             self._committed(saga)
 
@@ -258,7 +257,7 @@ class SagaEngine:
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 
-        self._committed(self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id), attempt))
+        self._committed(self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt))
 
     def abort(self, saga_id: UUID, job_id: str, reason: str) -> None:
         """Gives up on a saga whose delivery was dead-lettered: fail the running step and
@@ -273,7 +272,7 @@ class SagaEngine:
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 
-        self.store.command(Meta(actor=ORCHESTRATOR, correlation_id=job_id), attempt)
+        self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
 
     # The state machine --------------------------------------------------------
 

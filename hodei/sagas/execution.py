@@ -43,7 +43,7 @@ def build(deps: SagaDeps) -> SagaDefinition:
     def assign_worker(step: StepInput) -> StepResult:
         job = deps.job(step.job_id)
         job.assign(step.context["worker_id"], step.context["provider_id"], step.context["provider_type"])
-        return StepResult({"job_timeout": job.timeout_seconds}, (job,))
+        return StepResult({"job_timeout": job.spec.timeout_seconds}, (job,))
 
     def release_after_failure(step: StepInput) -> dict[str, Any]:
         deps.destroy(deps.worker(step.context["worker_id"]))

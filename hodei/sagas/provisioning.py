@@ -28,7 +28,7 @@ from hodei.tokens import new_nonce
 def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict[str, str]:
     """The worker agent's whole configuration (see workers/hodei_worker/agent.py)."""
     return {
-        "HODEI_SERVER_ADDRESS": deps.server_address,
+        **deps.dial,
         "HODEI_WORKER_ID": str(worker.id),
         "HODEI_JOB_ID": worker.job_id,
         "HODEI_WORKER_TOKEN": deps.signer.registration_token(str(worker.id), worker.job_id, worker.token_nonce),
@@ -41,7 +41,7 @@ def build(deps: SagaDeps) -> SagaDefinition:
         job = deps.job(step.job_id)
         if job.is_terminal:
             raise InvalidTransition(f"job {job.id} already ended {job.state}")
-        provider_type = deps.providers.select(job.provider)
+        provider_type = deps.providers.select(job.spec.provider)
         provider_id = str(PROVIDER_IDS[provider_type])
         job.select_provider(provider_id, provider_type.value)
         return StepResult({"provider_id": provider_id, "provider_type": provider_type.value}, (job,))
@@ -83,10 +83,10 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 worker_id=str(worker.id),
                 job_id=step.job_id,
                 env=agent_environment(deps, worker, deps.timing.kill_grace),
-                cpu_cores=float(job.resources.get("cpu_cores") or 0.0),
-                memory_bytes=int(job.resources.get("memory_bytes") or 0),
-                timeout_seconds=job.timeout_seconds,
-                labels=job.labels,
+                cpu_cores=job.spec.resources.cpu_cores,
+                memory_bytes=job.spec.resources.memory_bytes,
+                timeout_seconds=job.spec.timeout_seconds,
+                labels=job.spec.labels,
             )
         )
         return {"resource_id": resource_id}

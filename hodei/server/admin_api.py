@@ -20,7 +20,8 @@ from hodei.domain.worker import WorkerState
 from hodei.errors import InvalidInput, NotFound
 from hodei.providers.registry import ProviderRegistry, provider_type_of
 from hodei.relay import RelayCounters
-from hodei.server.edge import actor_of, rpc
+from hodei.server.access import caller
+from hodei.server.edge import rpc
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.readmodels import ProviderRow, ReadModels
 
@@ -106,7 +107,7 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
             change(provider)
             return None, [provider]
 
-        self.store.command(Meta(actor=actor_of(context)), run)
+        self.store.command(Meta(actor=caller().name), run)
         return self._message(self._row(provider_type))
 
     @rpc

@@ -10,6 +10,7 @@ from hodei._proto import common_pb2
 from hodei.domain.job import JobState
 from hodei.domain.spec import JobSpec
 from hodei.store.readmodels import JobRow
+from hodei.wire import spec_to_proto
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -18,38 +19,6 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
-
-
-def spec_from_proto(message: common_pb2.JobSpec) -> JobSpec:
-    command = message.command
-    return JobSpec(
-        name=message.name.strip() or command.strip()[:64],
-        command=command,
-        timeout_seconds=message.timeout_seconds,
-        args=tuple(message.args),
-        env=dict(message.env),
-        provider=message.provider.strip(),
-        cpu_cores=message.resources.cpu_cores,
-        memory_bytes=message.resources.memory_bytes,
-        labels=dict(message.labels),
-        working_dir=message.working_dir,
-        max_attempts=message.max_attempts or 1,
-    )
-
-
-def spec_to_proto(spec: JobSpec) -> common_pb2.JobSpec:
-    return common_pb2.JobSpec(
-        name=spec.name,
-        command=spec.command,
-        args=list(spec.args),
-        env=dict(spec.env),
-        timeout_seconds=spec.timeout_seconds,
-        provider=spec.provider,
-        resources=common_pb2.ResourceRequirements(cpu_cores=spec.cpu_cores, memory_bytes=spec.memory_bytes),
-        labels=dict(spec.labels),
-        working_dir=spec.working_dir,
-        max_attempts=spec.max_attempts,
-    )
 
 
 def job_to_proto(row: JobRow) -> common_pb2.Job:
@@ -70,4 +39,6 @@ def job_to_proto(row: JobRow) -> common_pb2.Job:
         completed_at=timestamp(row.completed_at),
         attempt=row.attempt,
         log_uri=row.storage_uri or "",
+        submitted_by=row.submitted_by or "",
+        cancelled_by=row.cancelled_by or "",
     )

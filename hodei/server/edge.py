@@ -15,6 +15,7 @@ from hodei.errors import (
     InvalidInput,
     InvalidTransition,
     NotFound,
+    PermissionDenied,
     ProviderUnavailable,
     StoreUnavailable,
     Unauthenticated,
@@ -28,6 +29,7 @@ STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
     (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (ProviderUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
@@ -73,11 +75,3 @@ def rpc(method: F) -> F:
             _abort(context, exc)
 
     return cast(F, unary)
-
-
-def actor_of(context: grpc.ServicerContext, default: str = "api") -> str:
-    """Who is calling: the CLI sends ``x-hodei-actor: cli:<user>``."""
-    for key, value in context.invocation_metadata():
-        if key == "x-hodei-actor" and isinstance(value, str) and value.strip():
-            return value.strip()[:255]
-    return default

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 from uuid import uuid4
 
 import grpc
 
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState
-from hodei.errors import InvalidInput
+from hodei.errors import InvalidInput, PermissionDenied
 from hodei.providers.registry import provider_type_of
-from hodei.server.convert import job_to_proto, spec_from_proto, timestamp
-from hodei.server.edge import actor_of, rpc
+from hodei.roles import Role
+from hodei.server.access import caller
+from hodei.server.convert import job_to_proto, timestamp
+from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
+from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import JobRow, ReadModels
 from hodei.store.sql import query
+from hodei.wire import spec_from_proto
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
@@ -26,19 +31,21 @@ WATCH_POLL = 1.0
 
 
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
-    def __init__(self, store: HodeiStore, reads: ReadModels, signals: Signals) -> None:
+    def __init__(self, store: HodeiStore, reads: ReadModels, signals: Signals, secrets: JobSecrets) -> None:
         self.store = store
         self.reads = reads
         self.signals = signals
+        self.secrets = secrets
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
-        spec = spec_from_proto(request.spec)
-        spec.validate()
+        secrets = dict(request.secrets)
+        spec = spec_from_proto(request.spec, secrets)
+        spec.validate(secrets)
         provider_type_of(spec.provider)  # an unknown provider is refused here, before anything is written
         job_id = uuid4()
-        job = Job.submit(spec, job_id)
-        self.store.write([job], Meta(actor=actor_of(context), correlation_id=str(job_id)))
+        job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets))
+        self.store.write([job], Meta(actor=caller().name, correlation_id=str(job_id)))
         return jobs_pb2.QueueJobResponse(job_id=str(job_id))
 
     @rpc
@@ -59,14 +66,22 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
         row = self.reads.job(request.job_id)
-        reason = request.reason.strip() or f"cancelled by {actor_of(context)}"
+        who = caller()
+        if not who.may(Role.OPERATE) and row.submitted_by != who.name:
+            raise PermissionDenied(
+                f"token `{who.name}` may cancel only its own jobs; job {row.id} was submitted by {row.submitted_by} "
+                "(the operate role cancels any job)"
+            )
+        if len(request.reason) > 1000:
+            raise InvalidInput("the reason must be at most 1000 characters")
+        reason = request.reason.strip() or f"cancelled by {who.name}"
 
         def cancel() -> tuple[None, list[Job]]:
             job = self.store.load(Job, row.id)
             job.cancel(reason)
             return None, [job]
 
-        self.store.command(Meta(actor=actor_of(context), correlation_id=str(row.id)), cancel)
+        self.store.command(Meta(actor=who.name, correlation_id=str(row.id)), cancel)
         return jobs_pb2.CancelJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
 
     @rpc
@@ -103,11 +118,18 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                     occurred_at=timestamp(occurred_at),
                     version=version,
                     actor=actor or "",
-                    payload_json=json.dumps(payload, sort_keys=True),
+                    payload_json=json.dumps(_shown(payload), sort_keys=True),
                 )
                 for event_type, occurred_at, version, actor, payload in events
             ]
         )
+
+
+def _shown(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload as people may see it: secrets by name only, never even sealed."""
+    if "sealed_secrets" not in payload:
+        return payload
+    return {**payload, "sealed_secrets": dict.fromkeys(payload["sealed_secrets"], "(sealed)")}
 
 
 def _state_name(status: int) -> str:

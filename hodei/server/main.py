@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+# The server starts worker processes while gRPC threads run: gRPC's fork handlers must not
+# run in those children (they only exec). See workers/hodei_worker/agent.py.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,10 +35,16 @@ from hodei._proto import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from hodei.cli.access import add_token_commands
 from hodei.errors import HodeiError
+from hodei.server.preflight import Misconfigured, check_peers, check_worker_address, listen_host
 from hodei.store import replay
 from hodei.store.db import open_pool
 from hodei.store.migrations import migrate
+
+if TYPE_CHECKING:
+    from hodei.server.runtime import Runtime
+    from hodei.store.api_tokens import ApiTokens
 
 log = logging.getLogger("hodei.server")
 
@@ -43,6 +56,9 @@ SERVICE_NAMES = [
     metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
     logs_pb2.DESCRIPTOR.services_by_name["LogStreamService"].full_name,
 ]
+
+# Larger than any message a worker sends (its log batches are bounded below this).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 BANNER = """\
 ╔═══════════════════════════════════════════════════════════════╗
@@ -95,43 +111,58 @@ def _wait_for_signal() -> threading.Event:
     return stop
 
 
-def _serve(cfg: configuration.Config) -> int:
+def _credentials(tls: configuration.TlsConfig) -> grpc.ServerCredentials | None:
+    if tls.cert is None or tls.key is None:
+        return None
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _listen(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
+    """Binds the port, without SO_REUSEPORT: a port in use is an error, not a second
+    server that the kernel silently splits clients with."""
+    try:
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        host, _, port = address.rpartition(":")
+        reason = "the address is not on this host"
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host.strip("[]"), int(port)))
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+        raise Misconfigured(f"cannot listen on {address}: {reason} (port {port}; is another hodei-server running?)")
+
+
+def _add_services(server: grpc.Server, runtime: Runtime, tokens: ApiTokens) -> health.HealthServicer:
+    """The API services, health and reflection; returns the health servicer."""
+    from hodei._proto import access_pb2, access_pb2_grpc
+    from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
     from hodei.server.jobs_api import JobExecutionService
     from hodei.server.logs_api import LogStreamService
-    from hodei.server.runtime import Runtime
     from hodei.server.worker_channel import WorkerAgentService
 
-    print(BANNER, flush=True)
-    log.info("Starting server on %s:%d", cfg.bind_host, cfg.port)
-    if cfg.auto_migrate:
-        migrate(cfg.database_url)
-    runtime = Runtime(cfg)
-    log.info("Connected to database")
-    if cfg.auto_migrate:
-        log.info("Database migrations completed")
-    for provider_type in runtime.registry.providers:
-        health_report = runtime.registry.check(provider_type)
-        mark = "✓" if health_report.healthy else "!"
-        log.info("  %s %s provider initialized (%s)", mark, provider_type.value.capitalize(), health_report.message)
-    for provider_type, reason in runtime.registry.not_initialised.items():
-        log.info("  - %s provider not initialized: %s", provider_type.value.capitalize(), reason)
-    log.info("Workers dial %s (HODEI_SERVER_HOST)", cfg.worker_server_address)
-
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=256, thread_name_prefix="hodei-grpc"),
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)],
-    )
+    cfg = runtime.config
     workers = WorkerAgentService(
         runtime.store,
         runtime.signer,
         runtime.signals,
         runtime.logs,
         runtime.liveness,
+        runtime.secrets,
         cfg.timing.heartbeat_interval,
     )
     jobs_pb2_grpc.add_JobExecutionServiceServicer_to_server(
-        JobExecutionService(runtime.store, runtime.reads, runtime.signals), server
+        JobExecutionService(runtime.store, runtime.reads, runtime.signals, runtime.secrets), server
     )
     worker_pb2_grpc.add_WorkerAgentServiceServicer_to_server(workers, server)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerService(runtime.reads), server)
@@ -144,17 +175,72 @@ def _serve(cfg: configuration.Config) -> int:
     logs_pb2_grpc.add_LogStreamServiceServicer_to_server(
         LogStreamService(runtime.reads, runtime.logs, runtime.signals), server
     )
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessService(tokens), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *SERVICE_NAMES]:
+    services = [*SERVICE_NAMES, access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name]
+    for name in ["", *services]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    address = f"{cfg.bind_host}:{cfg.port}"
-    if server.add_insecure_port(address) == 0:
+    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return health_servicer
+
+
+def _serve(cfg: configuration.Config) -> int:
+    from hodei.server.access import Gatekeeper
+    from hodei.server.runtime import Runtime
+    from hodei.store.api_tokens import ApiTokens
+
+    print(BANNER, flush=True)
+    if cfg.auto_migrate:
+        migrate(cfg.database_url)
+    runtime = Runtime(cfg)
+    try:
+        tokens = ApiTokens(runtime.pool)
+        authentication = cfg.auth_required or tokens.required()
+        host = listen_host(cfg, authentication)
+        address = f"{host}:{cfg.port}"
+        log.info(
+            "Starting server on %s (authentication %s, TLS %s)",
+            address,
+            "on" if authentication else "off",
+            ("mutual" if cfg.tls.mutual else "on") if cfg.tls.enabled else "off",
+        )
+        log.info("Connected to database")
+        if cfg.auto_migrate:
+            log.info("Database migrations completed")
+        providers = [provider_type.value for provider_type in runtime.registry.providers]
+        check_peers(runtime.instances, providers)
+        check_worker_address(cfg, providers, host, runtime.registry.kubernetes_api())
+    except BaseException:
         runtime.stop()
-        raise HodeiError(f"cannot listen on {address}: the port is taken")
+        raise
+    for provider_type in runtime.registry.providers:
+        health_report = runtime.registry.check(provider_type)
+        mark = "✓" if health_report.healthy else "!"
+        log.info("  %s %s provider initialized (%s)", mark, provider_type.value.capitalize(), health_report.message)
+    for provider_type, reason in runtime.registry.not_initialised.items():
+        log.info("  - %s provider not initialized: %s", provider_type.value.capitalize(), reason)
+    log.info("Workers dial %s (HODEI_SERVER_HOST)", cfg.worker_server_address)
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=256, thread_name_prefix="hodei-grpc"),
+        interceptors=[Gatekeeper(tokens, cfg.auth_required)],
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    health_servicer = _add_services(server, runtime, tokens)
+    try:
+        _listen(server, address, _credentials(cfg.tls))
+    except BaseException:
+        runtime.stop()
+        raise
     stop = _wait_for_signal()
-    runtime.start()
+    runtime.start(address)
     server.start()
     log.info("  ✓ Saga orchestrator, outbox relay and sweeper started")
     log.info("Serving hodei.jobs on %s", address)
@@ -170,11 +256,70 @@ def _relay(cfg: configuration.Config) -> int:
     from hodei.server.runtime import Runtime
 
     runtime = Runtime(cfg)
+    try:
+        providers = [provider_type.value for provider_type in runtime.registry.providers]
+        check_peers(runtime.instances, providers)
+    except BaseException:
+        runtime.stop()
+        raise
     stop = _wait_for_signal()
-    runtime.start()
+    runtime.start("-")
     log.info("relay %s running", cfg.server_id)
     stop.wait()
     runtime.stop()
+    return 0
+
+
+def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
+    """`token create|list|revoke`, straight against the database (to make the first one)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hodei.cli.parsing import parse_duration
+    from hodei.roles import Role
+    from hodei.store.api_tokens import ApiTokens
+
+    if cfg.auto_migrate:
+        migrate(cfg.database_url)
+    pool = open_pool(cfg.database_url, max_size=1, name="hodei-token")
+    try:
+        tokens = ApiTokens(pool)
+        if args.action == "create":
+            row, secret = tokens.create(args.name, Role.parse(args.role), parse_duration(args.expires), "hodei-server")
+            print(secret, flush=True)
+            expiry = f", expires {row.expires_at:%Y-%m-%d %H:%M %Z}" if row.expires_at else ""
+            print(f"created token {row.name} ({row.role}{expiry}); it is shown only once", file=sys.stderr)
+        elif args.action == "revoke":
+            row = tokens.revoke(args.name)
+            print(f"revoked token {row.name} at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}", file=sys.stderr)
+        else:
+            table = Table("NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY")
+            for row in tokens.list():
+                table.add_row(
+                    row.name,
+                    row.role,
+                    f"{row.created_at:%Y-%m-%d %H:%M}",
+                    f"{row.expires_at:%Y-%m-%d %H:%M}" if row.expires_at else "never",
+                    f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "-",
+                    row.created_by,
+                )
+            Console(soft_wrap=True).print(table)
+    finally:
+        pool.close()
+    return 0
+
+
+def _secrets(cfg: configuration.Config, args: argparse.Namespace) -> int:
+    from hodei.store.job_secrets import JobSecrets
+    from hodei.store.readmodels import job_uuid
+
+    pool = open_pool(cfg.database_url, max_size=1, name="hodei-secrets")
+    try:
+        job_id = job_uuid(args.job)
+        purged = JobSecrets(pool).purge(job_id)
+    finally:
+        pool.close()
+    print(f"job {job_id}: " + ("secrets purged; their values cannot be recovered" if purged else "no secrets left"))
     return 0
 
 
@@ -196,6 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     mode.add_argument("--apply", action="store_true", help="rebuild the live tables in place")
     commands.add_parser("relay", help="run only the outbox relay, saga engine and sweeper (to scale out)")
+    add_token_commands(commands, "API tokens, straight in the database (to make the first one)")
+    secrets_parser = commands.add_parser("secrets", help="job secrets")
+    secrets_actions = secrets_parser.add_subparsers(dest="action", required=True)
+    purge = secrets_actions.add_parser("purge", help="shred a job's secrets now (they cannot be recovered)")
+    purge.add_argument("--job", required=True, help="the job id")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -207,6 +357,10 @@ def main(argv: list[str] | None = None) -> None:
             code = _replay(cfg, apply=args.apply)
         elif args.command == "relay":
             code = _relay(cfg)
+        elif args.command == "token":
+            code = _token(cfg, args)
+        elif args.command == "secrets":
+            code = _secrets(cfg, args)
         else:
             code = _serve(cfg)
     except HodeiError as exc:

@@ -23,6 +23,8 @@ from hodei.sagas.engine import SagaEngine, now
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore
 from hodei.store.db import open_pool, translate_errors
+from hodei.store.instances import HEARTBEAT, ServerInstances
+from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
 from hodei.store.sql import query
 from hodei.sweeper import Sweeper
@@ -56,11 +58,26 @@ def build_providers(
         reasons[ProviderType.KUBERNETES] = "disabled by HODEI_KUBERNETES_ENABLED=0"
     if config.local_enabled:
         providers[ProviderType.LOCAL] = LocalProvider(
-            installation, config.local_worker_command, config.log_dir, config.timing.kill_grace
+            installation, config.local_worker_command, config.log_dir, config.timing.kill_grace, config.local_run_as
         )
     else:
         reasons[ProviderType.LOCAL] = "disabled by HODEI_LOCAL_ENABLED=0"
     return providers, reasons
+
+
+def dial_environment(config: Config) -> dict[str, str]:
+    """What every worker agent is told about reaching the server: its address and, with
+    TLS, the CA to trust (and under mutual TLS its client certificate), as PEM text,
+    so that containers and pods need no files."""
+    env = {"HODEI_SERVER_ADDRESS": config.worker_server_address}
+    tls = config.tls
+    trusted = tls.trusted_by_workers
+    if trusted is not None:
+        env["HODEI_TLS_CA_PEM"] = trusted.read_text()
+    if tls.worker_cert is not None and tls.worker_key is not None:
+        env["HODEI_TLS_CERT_PEM"] = tls.worker_cert.read_text()
+        env["HODEI_TLS_KEY_PEM"] = tls.worker_key.read_text()
+    return env
 
 
 def installation_id(store: HodeiStore) -> str:
@@ -86,13 +103,15 @@ class Runtime:
         self.registry = ProviderRegistry(self.store, providers, reasons, config.default_provider)
         self.logs = LogStore(config.log_dir)
         self.liveness = Liveness(self.pool, config.server_id)
+        self.secrets = JobSecrets(self.pool)
+        self.instances = ServerInstances(self.pool, config.server_id)
         deps = SagaDeps(
             store=self.store,
             providers=self.registry,
             signer=self.signer,
             logs=self.logs,
             timing=config.timing,
-            server_address=config.worker_server_address,
+            dial=dial_environment(config),
             clock=now,
             forget_worker=self._forget_worker,
         )
@@ -100,26 +119,47 @@ class Runtime:
         self.relay = Relay(
             self.pool, routes.build(self.engine, self.store), config.relay, config.server_id, self.signals
         )
-        self.sweeper = Sweeper(self.store, self.engine, self.registry, self.liveness, config.timing)
+        self.sweeper = Sweeper(
+            self.store, self.engine, self.registry, self.liveness, self.secrets, config.timing, config.secret_retention
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def _forget_worker(self, worker_id: UUID) -> None:
         self.liveness.forget(worker_id)
 
-    def start(self) -> None:
-        """Starts the listener, the relay and the sweeper (after one reconcile)."""
+    def start(self, api_address: str) -> None:
+        """Registers this instance, then starts the listener, the relay and the sweeper
+        (after one reconcile)."""
+        providers = [provider_type.value for provider_type in self.registry.providers]
+        self.instances.register(providers, self.config.worker_server_address, api_address)
         self.signals.start()
         self.sweeper.sweep(reconcile=True)
-        for name, target in (("hodei-relay", self.relay.run), ("hodei-sweeper", self.sweeper.run)):
+        for name, target in (
+            ("hodei-relay", self.relay.run),
+            ("hodei-sweeper", self.sweeper.run),
+            ("hodei-instance", self._beat),
+        ):
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT):
+            try:
+                self.instances.beat()
+            except Exception as exc:
+                log.warning("could not record this instance's heartbeat: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
+        if self._threads:
+            try:
+                self.instances.deregister()
+            except Exception as exc:
+                log.warning("could not deregister this instance: %s", exc)
         self.engine.close()
         self.registry.close()
         self.signals.stop()

@@ -24,6 +24,7 @@ import grpc
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei.domain.job import Job, JobState
+from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 from hodei.liveness import Liveness
@@ -32,6 +33,7 @@ from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
+from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.sql import query
 from hodei.tokens import TokenSigner, new_nonce
 
@@ -86,6 +88,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         signals: Signals,
         logs: LogStore,
         liveness: Liveness,
+        secrets: JobSecrets,
         heartbeat_interval: float,
     ) -> None:
         self.store = store
@@ -93,6 +96,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self.signals = signals
         self.logs = logs
         self.liveness = liveness
+        self.secrets = secrets
         self.heartbeat_interval = heartbeat_interval
         self.sequences = LogSequences()
         self.connected: set[UUID] = set()
@@ -193,22 +197,32 @@ class WorkerSession:
         same_attempt = worker_attempt == job_attempt
         if worker_state == WorkerState.BUSY and job_state == JobState.ASSIGNED and same_attempt and not self.sent_run:
             self.sent_run = True
-            self._send(
-                worker_pb2.ServerMessage(
-                    run_job=worker_pb2.RunJob(
-                        job_id=self.job_id,
-                        command=spec["command"],
-                        args=spec["args"],
-                        env=spec["env"],
-                        working_dir=spec["working_dir"],
-                        timeout_ms=int(float(spec["timeout_seconds"]) * 1000),
-                    )
-                )
-            )
+            self._send_run(JobSpec.from_payload(spec))
         if job_state == JobState.CANCELLED and worker_state == WorkerState.BUSY and not self.sent_cancel:
             self.sent_cancel = True
             self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=error or "")))
         return True
+
+    def _send_run(self, spec: JobSpec) -> None:
+        try:
+            secrets = self.service.secrets.open(UUID(self.job_id))
+        except SecretsPurged as exc:
+            reason = exc.message
+            self._update_job(lambda job: job.fail(reason))
+            return
+        self._send(
+            worker_pb2.ServerMessage(
+                run_job=worker_pb2.RunJob(
+                    job_id=self.job_id,
+                    command=spec.command,
+                    args=spec.args,
+                    env=spec.env,
+                    working_dir=spec.working_dir,
+                    timeout_ms=int(spec.timeout_seconds * 1000),
+                    secrets=secrets,
+                )
+            )
+        )
 
     def _read(self, requests: Iterable[worker_pb2.WorkerMessage]) -> None:
         try:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from hodei.errors import ConcurrencyConflict, StoreUnavailable
+from hodei.store.sql import query
+
+T = TypeVar("T")
 
 # Unique constraints whose violation means "someone else wrote this first".
 _CONFLICT_CONSTRAINTS = {"domain_events_aggregate_version_key", "domain_events_pkey"}
@@ -64,3 +69,28 @@ def translate_errors() -> Iterator[None]:
     except TimeoutError as exc:
         # psycopg_pool.PoolTimeout subclasses OperationalError; plain timeouts come from pool.open.
         raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+
+def fetch_all(pool: ConnectionPool, name: str, params: Any, row: type[T]) -> list[T]:
+    """Runs the named query and returns its rows as ``row`` instances (a dataclass whose
+    fields are the query's columns, in any order)."""
+    with translate_errors(), pool.connection() as conn, conn.cursor(row_factory=class_row(row)) as cur:
+        return cur.execute(query(name), params).fetchall()
+
+
+def fetch_one(pool: ConnectionPool, name: str, params: Any, row: type[T]) -> T | None:
+    found = fetch_all(pool, name, params, row)
+    return found[0] if found else None
+
+
+def fetch_value(pool: ConnectionPool, name: str, params: Any = None) -> Any:
+    """The first column of the first row (None without rows)."""
+    with translate_errors(), pool.connection() as conn:
+        found = conn.execute(query(name), params).fetchone()
+    return None if found is None else found[0]
+
+
+def execute(pool: ConnectionPool, name: str, params: Any = None) -> int:
+    """Runs the named statement; returns the number of rows it touched."""
+    with translate_errors(), pool.connection() as conn:
+        return conn.execute(query(name), params).rowcount

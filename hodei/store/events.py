@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
+
+from eventsourcing.utils import resolve_topic
 
 _EVENT_ID_NAMESPACE = UUID("0f7cbe4e-3a55-4f76-9a73-0d3e7f4c1b21")
 
@@ -37,3 +39,21 @@ class EventRecord:
     payload: dict[str, Any]
     topic: str
     position: int = 0
+
+
+def current(record: EventRecord) -> EventRecord:
+    """The record with its payload in the event class's current version: the upcasters
+    the library applies when it reads an event, applied for code that reads payloads
+    (projections), so old and new rows of one event type project alike."""
+    target = getattr(resolve_topic(record.topic), "class_version", 1)
+    version = record.payload.get("class_version", 1)
+    if version >= target:
+        return record
+    cls = resolve_topic(record.topic)
+    state = dict(record.payload)
+    state.pop("class_version", None)
+    while version < target:
+        getattr(cls, f"upcast_v{version}_v{version + 1}")(state)
+        version += 1
+    state["class_version"] = target
+    return replace(record, payload=state)

@@ -15,7 +15,7 @@ from uuid import UUID, uuid5
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
 
-from hodei.store.events import EventRecord
+from hodei.store.events import EventRecord, current
 from hodei.store.sql import query
 
 Projector = Callable[[Cursor[Any], EventRecord], None]
@@ -31,18 +31,6 @@ READ_MODELS = (
 )
 
 _TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
-_SPEC_FIELDS = (
-    "name",
-    "command",
-    "args",
-    "env",
-    "timeout_seconds",
-    "provider",
-    "resources",
-    "labels",
-    "working_dir",
-    "max_attempts",
-)
 
 
 def _base(event: EventRecord, **values: Any) -> dict[str, Any]:
@@ -57,16 +45,16 @@ def _run(cur: Cursor[Any], name: str, params: dict[str, Any]) -> None:
 
 
 def _job_created(cur: Cursor[Any], event: EventRecord) -> None:
-    p = event.payload
-    spec = {key: p[key] for key in _SPEC_FIELDS}
+    # The spec names the job's secrets; their sealed values stay in the event only.
+    spec = event.payload["spec"]
     _run(
         cur,
         "project_job_created",
         _base(
             event,
-            name=p["name"],
+            name=spec["name"],
             spec=Jsonb(spec),
-            max_attempts=p["max_attempts"],
+            max_attempts=spec["max_attempts"],
             correlation_id=event.correlation_id,
             actor=event.actor,
         ),
@@ -96,8 +84,9 @@ def _job_status_changed(cur: Cursor[Any], event: EventRecord) -> None:
             terminal=p["new_state"] in _TERMINAL,
             exit_code=p["exit_code"],
             reason=p["reason"],
-            ran_from=p.get("ran_from"),
-            ran_until=p.get("ran_until"),
+            ran_from=p["ran_from"],
+            ran_until=p["ran_until"],
+            actor=event.actor,
         ),
     )
 
@@ -333,4 +322,4 @@ def project(cur: Cursor[Any], event: EventRecord) -> None:
         projector = PROJECTORS[event.event_type]
     except KeyError:
         raise KeyError(f"no projection for event type {event.event_type}; add one to PROJECTORS") from None
-    projector(cur, event)
+    projector(cur, current(event))

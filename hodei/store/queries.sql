@@ -104,6 +104,7 @@ SET state = %(new_state)s::varchar,
     completed_at = CASE WHEN %(terminal)s::boolean THEN coalesce(%(ran_until)s::timestamptz, %(at)s) ELSE completed_at END,
     attempt = attempt + CASE WHEN %(new_state)s::varchar = 'PENDING' THEN 1 ELSE 0 END,
     worker_id = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE worker_id END,
+    cancelled_by = CASE WHEN %(new_state)s::varchar = 'CANCELLED' THEN %(actor)s::varchar ELSE cancelled_by END,
     updated_at = %(at)s
 WHERE id = %(id)s;
 
@@ -272,13 +273,15 @@ SELECT value FROM hodei.secrets WHERE name = 'installation_id';
 
 -- name: get_job
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
-       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri
+       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
+       j.actor AS submitted_by, j.cancelled_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
 -- name: list_jobs
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
-       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri
+       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
+       j.actor AS submitted_by, j.cancelled_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
 ORDER BY j.created_at DESC, j.id
@@ -339,3 +342,76 @@ FROM saga_steps st JOIN sagas s ON s.id = st.saga_id
 WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < now()
 ORDER BY st.deadline_at
 LIMIT 100;
+
+-- API tokens ----------------------------------------------------------------------
+
+-- name: insert_api_token
+INSERT INTO hodei.api_tokens (name, role, token_hash, created_by, expires_at)
+VALUES (%(name)s, %(role)s, %(token_hash)s, %(created_by)s,
+        CASE WHEN %(expires_in)s::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => %(expires_in)s) END)
+ON CONFLICT (name) DO NOTHING
+RETURNING name, role, created_by, created_at, expires_at, revoked_at;
+
+-- name: list_api_tokens
+SELECT name, role, created_by, created_at, expires_at, revoked_at FROM hodei.api_tokens ORDER BY name;
+
+-- name: revoke_api_token
+UPDATE hodei.api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE name = %s
+RETURNING name, role, created_by, created_at, expires_at, revoked_at;
+
+-- name: find_api_token
+-- A token's row by its hash, and whether it is usable right now.
+SELECT name, role, created_by, created_at, expires_at, revoked_at,
+       revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS usable
+FROM hodei.api_tokens WHERE token_hash = %s;
+
+-- name: any_api_token
+SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
+
+-- Job secrets ---------------------------------------------------------------------
+
+-- name: insert_job_key
+INSERT INTO hodei.job_keys (job_id, key) VALUES (%s, %s);
+
+-- name: job_key
+SELECT key FROM hodei.job_keys WHERE job_id = %s;
+
+-- name: delete_job_key
+DELETE FROM hodei.job_keys WHERE job_id = %s;
+
+-- name: delete_expired_job_keys
+-- Keys of jobs that ended longer ago than the retention, and keys whose job was never
+-- written (the submission failed after the key was stored).
+DELETE FROM hodei.job_keys k
+WHERE k.job_id IN (
+    SELECT k2.job_id FROM hodei.job_keys k2 LEFT JOIN jobs j ON j.id = k2.job_id
+    WHERE (j.id IS NULL AND k2.created_at < now() - interval '1 hour')
+       OR (j.completed_at < now() - make_interval(secs => %s)
+           AND j.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT'))
+    LIMIT 1000
+);
+
+-- name: job_sealed_secrets
+-- The sealed values a job was created with (JobCreated is always version 1 of a job).
+SELECT payload -> 'sealed_secrets' FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 1;
+
+-- Server instances ----------------------------------------------------------------
+
+-- name: register_instance
+INSERT INTO hodei.server_instances (server_id, providers, worker_address, api_address)
+VALUES (%(server_id)s, %(providers)s, %(worker_address)s, %(api_address)s)
+ON CONFLICT (server_id) DO UPDATE
+SET providers = excluded.providers, worker_address = excluded.worker_address,
+    api_address = excluded.api_address, heartbeat_at = now();
+
+-- name: instance_heartbeat
+UPDATE hodei.server_instances SET heartbeat_at = now() WHERE server_id = %s;
+
+-- name: deregister_instance
+DELETE FROM hodei.server_instances WHERE server_id = %s;
+
+-- name: live_instances
+SELECT server_id, providers, worker_address, api_address, started_at, heartbeat_at
+FROM hodei.server_instances
+WHERE heartbeat_at > now() - make_interval(secs => %s)
+ORDER BY started_at;

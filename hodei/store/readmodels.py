@@ -15,6 +15,15 @@ from hodei.store.db import translate_errors
 from hodei.store.sql import query
 
 
+def job_uuid(text: str) -> UUID:
+    """A job id as the user typed it; NotFound (not a database error) when it is no id."""
+    try:
+        return UUID(text.strip())
+    except ValueError:
+        shown = text if len(text) <= 64 and text.isprintable() else repr(text[:64])
+        raise NotFound(f"job {shown} not found (job ids are UUIDs)") from None
+
+
 @dataclass(frozen=True)
 class JobRow:
     id: UUID
@@ -32,6 +41,8 @@ class JobRow:
     completed_at: datetime | None
     updated_at: datetime
     storage_uri: str | None
+    submitted_by: str | None
+    cancelled_by: str | None
 
 
 @dataclass(frozen=True)
@@ -63,11 +74,7 @@ class ReadModels:
             return cur.execute(query(name), params).fetchall()
 
     def job(self, job_id: str) -> JobRow:
-        try:
-            UUID(job_id)
-        except ValueError:
-            raise NotFound(f"job {job_id} not found (job ids are UUIDs)") from None
-        rows = self._all("get_job", (job_id,))
+        rows = self._all("get_job", (job_uuid(job_id),))
         if not rows:
             raise NotFound(f"job {job_id} not found")
         return JobRow(**rows[0])

@@ -7,6 +7,14 @@ Configuration (set by the provider that started the worker):
     HODEI_JOB_ID           the job it may run
     HODEI_WORKER_TOKEN     single-use registration token
     HODEI_KILL_GRACE       seconds between SIGTERM and SIGKILL (default 5)
+    HODEI_TLS_CA_PEM       TLS: the CA bundle to trust, as PEM text (or HODEI_TLS_CA: a file)
+    HODEI_TLS_CERT_PEM     mutual TLS: this worker's client certificate (and HODEI_TLS_KEY_PEM)
+    HODEI_TLS_SERVER_NAME  TLS: the name to expect in the server's certificate, if not its address
+    HODEI_JOB_USER         run the job as this user (name, uid or uid:gid) when the agent is root
+
+The job sees none of these: its environment is its own variables and secrets over a
+minimal base (see runner.job_environment), and the agent is non-dumpable, so a job
+running as the same user cannot read the agent's /proc files.
 
 Exit codes: 0 result delivered; 2 bad configuration; 3 credentials refused;
 4 server unreachable or stream lost for good.
@@ -16,13 +24,20 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+# The agent forks the job while gRPC threads run. gRPC's fork handlers would then run in
+# the child between fork and exec, and crash it now and then (SIGSEGV, SIGABRT) or hang;
+# the child only execs, so it needs none of them.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -30,7 +45,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei_worker import __version__
 from hodei_worker.batcher import Batch, LogBatcher
-from hodei_worker.runner import Finished, JobProcess, Outcome, argv_for, become_subreaper, job_environment
+from hodei_worker.masking import Masker
+from hodei_worker.runner import (
+    Finished,
+    JobProcess,
+    JobUser,
+    Outcome,
+    argv_for,
+    become_subreaper,
+    hide_from_jobs,
+    job_environment,
+)
 
 # How long the agent keeps trying to reach the server before giving up.
 CONNECT_PATIENCE = 60.0
@@ -60,6 +85,11 @@ class Settings:
     job_id: str
     token: str
     kill_grace: float
+    tls_ca: bytes | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    tls_server_name: str | None = None
+    job_user: JobUser | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,7 +110,47 @@ class Settings:
             job_id=os.environ["HODEI_JOB_ID"],
             token=os.environ["HODEI_WORKER_TOKEN"],
             kill_grace=grace,
+            tls_ca=_pem("HODEI_TLS_CA"),
+            tls_cert=_pem("HODEI_TLS_CERT"),
+            tls_key=_pem("HODEI_TLS_KEY"),
+            tls_server_name=os.environ.get("HODEI_TLS_SERVER_NAME") or None,
+            job_user=_job_user(),
         )
+
+
+def _pem(name: str) -> bytes | None:
+    """``<NAME>_PEM`` holds the PEM text itself; ``<NAME>`` names a file."""
+    text = os.environ.get(f"{name}_PEM")
+    if text:
+        return text.encode()
+    path = os.environ.get(name)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise Fatal(f"{name}={path}: {exc.strerror}", 2) from None
+
+
+def _job_user() -> JobUser | None:
+    value = os.environ.get("HODEI_JOB_USER")
+    if not value or os.geteuid() != 0:
+        return None
+    try:
+        return JobUser.parse(value)
+    except KeyError:
+        raise Fatal(f"HODEI_JOB_USER={value}: no such user", 2) from None
+
+
+def open_channel(settings: Settings) -> grpc.Channel:
+    options: list[tuple[str, object]] = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+    if settings.tls_ca is None:
+        return grpc.insecure_channel(settings.server, options=options)
+    if settings.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
+    credentials = grpc.ssl_channel_credentials(settings.tls_ca, settings.tls_key, settings.tls_cert)
+    return grpc.secure_channel(settings.server, credentials, options=options)
 
 
 def _now() -> Timestamp:
@@ -98,10 +168,8 @@ def _stamp(seconds: float) -> Timestamp:
 class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.channel = grpc.insecure_channel(
-            settings.server,
-            options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)],
-        )
+        self.channel = open_channel(settings)
+        self.mask = Masker(())
         self.stub = worker_pb2_grpc.WorkerAgentServiceStub(self.channel)
         self.session = ""
         self.heartbeat_interval = 2.0
@@ -110,6 +178,7 @@ class Agent:
         self.process: JobProcess | None = None
         self.job_thread: threading.Thread | None = None
         self.result: worker_pb2.JobResult | None = None
+        self.home = ""
         self.result_acked = threading.Event()
 
     # Registration -------------------------------------------------------------
@@ -228,18 +297,26 @@ class Agent:
         self.outbox.put(worker_pb2.WorkerMessage(ack=worker_pb2.RunJobAck(job_id=run.job_id)))
         if self.job_thread is not None:
             return
+        self.mask = Masker(run.secrets.values())
+        user = self.settings.job_user
+        self.home = tempfile.mkdtemp(prefix=f"hodei-job-{run.job_id[:8]}-")
+        if user is not None:
+            os.chown(self.home, user.uid, user.gid)
+        env = job_environment(run.job_id, self.settings.worker_id, self.home, run.env, run.secrets)
         self.process = JobProcess(
             argv_for(run.command, list(run.args)),
-            job_environment(os.environ, dict(run.env)),
-            run.working_dir or None,
+            env,
+            run.working_dir or self.home,
             timeout=run.timeout_ms / 1000,
             kill_grace=self.settings.kill_grace,
             on_line=self._on_line,
+            user=user,
         )
         self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
         self.job_thread.start()
 
     def _on_line(self, stream: str, line: str) -> None:
+        line = self.mask(line)
         # The job's output also goes to our own stdout/stderr, so `docker logs` and
         # `kubectl logs` agree with the stored log.
         print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
@@ -248,6 +325,7 @@ class Agent:
     def _run_job(self) -> None:
         assert self.process is not None
         finished: Finished = self.process.run()
+        shutil.rmtree(self.home, ignore_errors=True)
         say(f"job {self.settings.job_id}: {finished.message}")
         if not self.batcher.wait_all_acked(timeout=CONNECT_PATIENCE):
             say("some log batches were never acknowledged")
@@ -275,6 +353,7 @@ class Agent:
 
 
 def main() -> None:
+    hide_from_jobs()
     become_subreaper()
     try:
         settings = Settings.from_env()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -46,17 +47,67 @@ def argv_for(command: str, args: Sequence[str]) -> list[str]:
     return [command, *args] if args else ["/bin/sh", "-c", command]
 
 
-# The agent's settings the job must not see (the token is a credential).
-_PRIVATE = ("HODEI_WORKER_TOKEN", "HODEI_SERVER_ADDRESS", "HODEI_KILL_GRACE")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_PR_SET_DUMPABLE = 4
 
 
-def job_environment(agent_env: Mapping[str, str], job_env: Mapping[str, str]) -> dict[str, str]:
-    """The agent's environment minus its private settings, plus the job's variables.
-    HODEI_JOB_ID and HODEI_WORKER_ID stay: jobs may use them, and they mark the job's
-    processes as belonging to this worker."""
-    env = {key: value for key, value in agent_env.items() if key not in _PRIVATE}
-    env.update(job_env)
-    return env
+def job_environment(
+    job_id: str, worker_id: str, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
+) -> dict[str, str]:
+    """Exactly the job's own variables and secrets over a minimal base: never the
+    agent's (its credentials) nor, through it, the server's."""
+    base = {"PATH": DEFAULT_PATH, "HOME": home, "LANG": "C.UTF-8"}
+    return {**base, **env, **secrets, "HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id}
+
+
+def hide_from_jobs() -> None:
+    """Makes this process non-dumpable: its /proc files (environ, memory) then belong to
+    root, so a job running as the same user cannot read the agent's credentials."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class JobUser:
+    """The account a job runs as when the agent may switch (it runs as root)."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def parse(cls, value: str) -> JobUser:
+        """A user name, ``uid`` or ``uid:gid``."""
+        name, _, group = value.partition(":")
+        if name.isdigit():
+            uid = int(name)
+            gid = int(group) if group.isdigit() else uid
+            return cls(uid, gid)
+        entry = pwd.getpwnam(name)
+        return cls(entry.pw_uid, int(group) if group.isdigit() else entry.pw_gid)
+
+    def _may(self, path: str, mask: int) -> bool:
+        """Whether the permission bits give this user ``mask`` (r=4, w=2, x=1) on ``path``."""
+        info = os.stat(path)
+        if self.uid == 0:
+            return True
+        if info.st_uid == self.uid:
+            bits = info.st_mode >> 6
+        elif info.st_gid == self.gid:
+            bits = info.st_mode >> 3
+        else:
+            bits = info.st_mode
+        return bits & mask == mask
+
+    def may_work_in(self, directory: str) -> bool:
+        """Enter every directory on the way, and write in the last one."""
+        path = os.path.realpath(directory)
+        parts = [path, os.path.dirname(path)]
+        while parts[-1] != "/":
+            parts.append(os.path.dirname(parts[-1]))
+        try:
+            return self._may(path, 0o3) and all(self._may(part, 0o1) for part in parts)
+        except OSError:
+            return False
 
 
 def exit_code_of(returncode: int) -> int:
@@ -73,10 +124,12 @@ class JobProcess:
         timeout: float,
         kill_grace: float,
         on_line: Callable[[str, str], None],
+        user: JobUser | None = None,
     ) -> None:
         self.argv = argv
         self.env = dict(env)
         self.working_dir = working_dir
+        self.user = user
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.on_line = on_line
@@ -99,9 +152,11 @@ class JobProcess:
 
     def run(self) -> Finished:
         started_at = time.time()
+        problem = self._prepare_working_dir()
+        if problem is not None:
+            return Finished(Outcome.START_FAILED, 126, problem)
+        user = self.user
         try:
-            if self.working_dir:
-                os.makedirs(self.working_dir, exist_ok=True)
             process = subprocess.Popen(
                 self.argv,
                 env=self.env,
@@ -110,9 +165,16 @@ class JobProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=[] if user else None,
             )
         except OSError as exc:
             code = 127 if isinstance(exc, FileNotFoundError) else 126
+            if self.working_dir and exc.filename == self.working_dir:
+                return Finished(
+                    Outcome.START_FAILED, code, f"cannot use working directory {self.working_dir}: {exc.strerror}"
+                )
             return Finished(Outcome.START_FAILED, code, f"cannot start {self.argv[0]}: {exc.strerror or exc}")
         self._process = process
         readers = [
@@ -139,6 +201,24 @@ class JobProcess:
         if outcome is Outcome.EXITED:
             message = "exited with code 0" if code == 0 else f"exited with code {code}"
         return Finished(outcome, code, message, started_at, finished_at)
+
+    def _prepare_working_dir(self) -> str | None:
+        """Creates a missing working directory, owned by the job's user; None when usable.
+        (The child changes directory before it drops to the job's user, so whether that
+        user may work there is checked here.)"""
+        if not self.working_dir:
+            return None
+        if not os.path.isdir(self.working_dir):
+            try:
+                os.makedirs(self.working_dir)
+                if self.user is not None:
+                    os.chown(self.working_dir, self.user.uid, self.user.gid)
+            except OSError as exc:
+                return f"cannot create working directory {self.working_dir}: {exc.strerror or exc}"
+        if self.user is not None and not self.user.may_work_in(self.working_dir):
+            denied = f"Permission denied for the job's user (uid {self.user.uid})"
+            return f"cannot use working directory {self.working_dir}: {denied}"
+        return None
 
     def _wait(self, process: subprocess.Popen[bytes]) -> tuple[Outcome, str]:
         deadline = time.monotonic() + self.timeout

@@ -1,0 +1,271 @@
+"""Caller identity and roles over real gRPC: every method of every service, called by
+nobody, by a worker credential and by a token of each role; tokens made with the real
+`hodei-server token create`; revocation and expiry; who did what, in the events."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message_factory import GetMessageClass
+
+from hodei._proto import (
+    access_pb2,
+    common_pb2,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    logs_pb2,
+    metrics_pb2,
+    providers_pb2,
+    providers_pb2_grpc,
+    scheduler_pb2,
+    worker_pb2,
+)
+from hodei.roles import RULES, Gate, Role, rule_of
+from hodei.testing import BIN, ServerProcess, eventually, query
+
+pytestmark = pytest.mark.e2e
+SERVICE_MODULES = (jobs_pb2, worker_pb2, scheduler_pb2, providers_pb2, metrics_pb2, logs_pb2, access_pb2)
+
+
+def methods() -> list[tuple[str, MethodDescriptor]]:
+    return [
+        (f"/{service.full_name}/{method.name}", method)
+        for module in SERVICE_MODULES
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+def create_token(database_url: str, name: str, role: str, *extra: str) -> str:
+    """`hodei-server token create`, as an operator runs it: the token alone on stdout."""
+    result = subprocess.run(
+        [str(BIN / "hodei-server"), "token", "create", "--name", name, "--role", role, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("hodei_")
+    assert "shown only once" in result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tokens(database_url: str) -> dict[str, str]:
+    return {
+        "read": create_token(database_url, "reader", "read"),
+        "submit": create_token(database_url, "alice", "submit"),
+        "other": create_token(database_url, "bob", "submit", "--expires", "30d"),
+        "operate": create_token(database_url, "ops", "operate"),
+        "admin": create_token(database_url, "root-admin", "admin"),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(
+    database_url: str, tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    env = {"HODEI_LOCAL_WORKER_COMMAND": "sleep 600", "HODEI_REGISTRATION_TIMEOUT": "300"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("access"), env) as process:
+        yield process
+
+
+def call(channel: grpc.Channel, path: str, method: MethodDescriptor, token: str | None) -> grpc.StatusCode:
+    """Calls the method with an empty request; the status it ends with."""
+    request = GetMessageClass(method.input_type)()
+    response_class = GetMessageClass(method.output_type)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    kwargs: dict[str, Any] = {
+        "request_serializer": type(request).SerializeToString,
+        "response_deserializer": response_class.FromString,
+    }
+    try:
+        if method.client_streaming and method.server_streaming:
+            list(
+                itertools.islice(
+                    channel.stream_stream(path, **kwargs)(iter([request]), metadata=metadata, timeout=5), 1
+                )
+            )
+        elif method.server_streaming:
+            list(itertools.islice(channel.unary_stream(path, **kwargs)(request, metadata=metadata, timeout=5), 1))
+        else:
+            channel.unary_unary(path, **kwargs)(request, metadata=metadata, timeout=5)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_every_method_of_every_service_has_an_access_rule() -> None:
+    missing = [path for path, _ in methods() if path not in RULES]
+    assert missing == []
+    assert rule_of("/hodei.jobs.JobExecutionService/NoSuchMethod") is None
+    assert rule_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") is Gate.OPEN
+
+
+@pytest.mark.parametrize(("path", "method"), methods(), ids=[path for path, _ in methods()])
+def test_each_method_admits_exactly_the_roles_of_its_rule(
+    server: ServerProcess, tokens: dict[str, str], path: str, method: MethodDescriptor
+) -> None:
+    rule = RULES[path]
+    denied = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+    with server.channel() as channel:
+        anonymous = call(channel, path, method, None)
+        forged = call(channel, path, method, "hodei_not-a-real-token")
+        by_role = {role: call(channel, path, method, tokens[role.value]) for role in Role}
+    assert anonymous == grpc.StatusCode.UNAUTHENTICATED
+    assert forged == grpc.StatusCode.UNAUTHENTICATED
+    if rule is Gate.WORKER:
+        # API tokens mean nothing to worker methods: only a worker's own credential does.
+        assert set(by_role.values()) == {grpc.StatusCode.UNAUTHENTICATED}
+        return
+    assert isinstance(rule, Role)
+    for role, code in by_role.items():
+        if role.allows(rule):
+            assert code not in denied, (role, code)
+        else:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (role, code)
+
+
+def submit(server: ServerProcess, token: str, command: str = "true") -> str:
+    with server.channel() as channel:
+        spec = common_pb2.JobSpec(name="access", command=command, timeout_seconds=60, provider="local")
+        response = jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(
+            jobs_pb2.QueueJobRequest(spec=spec), metadata=(("authorization", f"Bearer {token}"),)
+        )
+        return str(response.job_id)
+
+
+def cancel(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
+    with server.channel() as channel:
+        try:
+            jobs_pb2_grpc.JobExecutionServiceStub(channel).CancelJob(
+                jobs_pb2.CancelJobRequest(job_id=job_id), metadata=(("authorization", f"Bearer {token}"),)
+            )
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url: str, tokens: dict[str, str]) -> None:
+    reader = server.cli("--token", tokens["read"], "job", "run", "--provider", "local", "--command", "true")
+    assert reader.returncode != 0
+    assert "token `reader` has the read role" in reader.stderr and "PERMISSION_DENIED" in reader.stderr
+    with server.channel() as channel:
+        with pytest.raises(grpc.RpcError) as disabled:
+            providers_pb2_grpc.ProviderManagementServiceStub(channel).DisableProvider(
+                providers_pb2.GetProviderRequest(provider="local"),
+                metadata=(("authorization", f"Bearer {tokens['read']}"),),
+            )
+        assert disabled.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    job = submit(server, tokens["submit"])
+    assert cancel(server, tokens["read"], job) == grpc.StatusCode.PERMISSION_DENIED
+    assert cancel(server, tokens["other"], job) == grpc.StatusCode.PERMISSION_DENIED
+    assert cancel(server, tokens["submit"], job) == grpc.StatusCode.OK
+    someone_elses = submit(server, tokens["other"])
+    assert cancel(server, tokens["operate"], someone_elses) == grpc.StatusCode.OK
+
+    assert query(
+        database_url, "SELECT actor FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobCreated'", (job,)
+    ) == [("alice",)]
+    shown = server.cli("--token", tokens["read"], "job", "get", "--id", someone_elses, check=True).stdout
+    assert "Submitted by: bob" in shown and "Cancelled by: ops" in shown
+    # What the platform does by itself is the system's doing.
+    actors = {
+        row[0]
+        for row in query(database_url, "SELECT DISTINCT actor FROM domain_events WHERE correlation_id = %s", (job,))
+    }
+    assert actors <= {"alice", "system"}, actors
+
+
+def test_revoked_and_expired_tokens_are_refused_at_once(
+    server: ServerProcess, database_url: str, tokens: dict[str, str]
+) -> None:
+    doomed = create_token(database_url, "doomed", "admin")
+    assert server.cli("--token", doomed, "whoami", check=True).stdout.strip() == "doomed (admin)"
+    revoked = server.cli("--token", tokens["admin"], "token", "revoke", "doomed")
+    assert revoked.returncode == 0, revoked.stderr
+    refused = server.cli("--token", doomed, "whoami")
+    assert refused.returncode != 0
+    assert "the API token `doomed` was revoked" in refused.stderr and "UNAUTHENTICATED" in refused.stderr
+
+    brief = create_token(database_url, "brief", "read", "--expires", "1s")
+    eventually(lambda: "expired" in server.cli("--token", brief, "whoami").stderr, 10, 0.2, "the token to expire")
+
+
+def test_tokens_through_the_api_and_the_cli_settings(
+    server: ServerProcess, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    submitter = server.cli("--token", tokens["submit"], "token", "create", "--name", "x", "--role", "admin")
+    assert submitter.returncode != 0 and "PERMISSION_DENIED" in submitter.stderr
+    made = server.cli("--token", tokens["admin"], "token", "create", "--name", "ci-bot", "--role", "submit")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("hodei_") and len(made.stdout.splitlines()) == 1
+    listed = server.cli("--token", tokens["admin"], "token", "list", "-o", "json", check=True).stdout
+    assert '"ci-bot"' in listed and "hodei_" not in listed  # names and roles, never a token
+
+    nothing = server.cli("whoami")
+    assert nothing.returncode != 0
+    assert "requires an API token: set HODEI_TOKEN, pass --token" in nothing.stderr
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'server = "{server.address}"\ntoken = "{made.stdout.strip()}"\n')
+    config.chmod(0o644)
+    env = {**os.environ, "HODEI_CONFIG": str(config)}
+    loose = subprocess.run([str(BIN / "hodei-jobs-cli"), "whoami"], capture_output=True, text=True, env=env, timeout=30)
+    assert loose.returncode != 0 and "chmod 600" in loose.stderr
+    config.chmod(0o600)
+    tight = subprocess.run([str(BIN / "hodei-jobs-cli"), "whoami"], capture_output=True, text=True, env=env, timeout=30)
+    assert tight.stdout.strip() == "ci-bot (submit)", tight.stderr
+    by_env = subprocess.run(
+        [str(BIN / "hodei-jobs-cli"), "--server", server.address, "whoami"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HODEI_CONFIG": "/nonexistent", "HODEI_TOKEN": tokens["operate"]},
+        timeout=30,
+    )
+    assert by_env.stdout.strip() == "ops (operate)", by_env.stderr
+
+
+def test_the_health_service_stays_open(server: ServerProcess) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with server.channel() as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_worker_credential_calls_nothing_else_and_a_token_opens_no_worker_stream(
+    server: ServerProcess, database_url: str, tokens: dict[str, str]
+) -> None:
+    from e2e.test_worker_auth import credentials, register
+    from hodei._proto import worker_pb2_grpc
+
+    job_id = submit(server, tokens["submit"])
+    worker, registration = credentials(database_url, job_id)
+    with server.channel() as channel:
+        session = register(worker_pb2_grpc.WorkerAgentServiceStub(channel), worker, registration)
+        for credential in (registration, session):
+            codes = {
+                call(channel, path, method, credential) for path, method in methods() if isinstance(RULES[path], Role)
+            }
+            assert codes == {grpc.StatusCode.UNAUTHENTICATED}
+        stream = worker_pb2_grpc.WorkerAgentServiceStub(channel).Connect(
+            iter([worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat())]),
+            metadata=(("authorization", f"Bearer {tokens['admin']}"), ("x-hodei-worker-id", str(worker.id))),
+            timeout=5,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stream)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,162 @@
+"""A job cannot reach the platform, and its secrets never rest in plain text: on the
+local provider and on Docker, with real workers and a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hodei.store.db import open_pool
+from hodei.store.job_secrets import JobSecrets, SecretsPurged
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "s3cr3t-value-123"
+# What a shell adds to the environment it was given.
+SHELL_VARIABLES = {"PWD", "SHLVL", "_", "OLDPWD"}
+BASE = {"PATH", "HOME", "LANG", "HODEI_JOB_ID", "HODEI_WORKER_ID"}
+PROBE = (
+    "env; "
+    "if cat /proc/$PPID/environ >/dev/null 2>&1; then echo AGENT-ENV-READABLE; else echo AGENT-ENV-HIDDEN; fi; "
+    "if cat /proc/1/environ >/dev/null 2>&1; then echo PID1-ENV-READABLE; fi"
+)
+
+
+@pytest.fixture(scope="module")
+def local(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_KILL_GRACE": "1", "HODEI_SECRET_RETENTION": "3600"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("local"), env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def docker(
+    pg_server: str, template_database: str, worker_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    from conftest import new_database
+
+    env = {
+        "HODEI_DOCKER_ENABLED": "1",
+        "HODEI_LOCAL_ENABLED": "0",
+        "HODEI_WORKER_IMAGE": worker_image,
+        "HODEI_KILL_GRACE": "1",
+    }
+    with ServerProcess(new_database(pg_server, template_database), tmp_path_factory.mktemp("docker"), env) as server:
+        yield server
+
+
+PROVIDERS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+def run(server: ServerProcess, provider: str, command: str, *flags: str) -> str:
+    result = server.cli("job", "run", "--provider", provider, "--command", command, "--timeout", "60", *flags)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_job_sees_only_its_own_environment(request: pytest.FixtureRequest, provider: str) -> None:
+    server: ServerProcess = request.getfixturevalue(provider)
+    job_id = run(server, provider, PROBE, "--env", "MINE=1", "--wait")
+    output = server.cli("job", "logs", "--id", job_id, check=True).stdout.splitlines()
+    names = {line.split("=", 1)[0] for line in output if "=" in line and not line.startswith(" ")}
+    assert names - SHELL_VARIABLES == BASE | {"MINE"}, names
+    assert "DATABASE_URL" not in "\n".join(output)
+    assert f"HODEI_JOB_ID={job_id}" in output
+    assert "AGENT-ENV-HIDDEN" in output
+    if provider == "docker":  # the agent is PID 1 there
+        assert "PID1-ENV-READABLE" not in output
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_secret_is_in_the_job_and_nowhere_else_and_purging_shreds_it(
+    request: pytest.FixtureRequest, provider: str, tmp_path: Path
+) -> None:
+    server: ServerProcess = request.getfixturevalue(provider)
+    url = server.database_url
+    # The command must not hold the value itself: it checks the length the job received.
+    command = f'echo "key=$API_KEY"; [ ${{#API_KEY}} -eq {len(SECRET)} ] && echo same; sleep 2'
+    job_id = run(server, provider, command, "--secret", f"API_KEY={SECRET}")
+    eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 60)
+    if provider == "docker":
+        import docker as docker_sdk
+
+        client = docker_sdk.DockerClient(base_url="unix:///var/run/docker.sock")
+        (container,) = client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
+        assert SECRET not in json.dumps(container.attrs)
+        client.close()
+    wait_settled(url, job_id)
+    assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
+    logs = server.cli("job", "logs", "--id", job_id, check=True).stdout.splitlines()
+    assert logs == ["key=***", "same"]
+
+    dump = subprocess.run([pg_dump(), url], capture_output=True, text=True, check=True).stdout
+    assert job_id in dump and "sealed_secrets" in dump  # the dump holds the job, sealed
+    assert SECRET not in dump
+    assert SECRET not in server.logs()
+    for path in server.log_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    shown = (
+        server.cli("job", "get", "--id", job_id, check=True).stdout
+        + server.cli("job", "events", "--id", job_id, "-o", "json", check=True).stdout
+    )
+    assert "API_KEY" in shown and SECRET not in shown and "aesgcm" not in shown
+
+    purged = subprocess.run(
+        [str(BIN / "hodei-server"), "secrets", "purge", "--job", job_id],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": url},
+        timeout=60,
+    )
+    assert "secrets purged" in purged.stdout, purged.stderr
+    pool = open_pool(url, max_size=1)
+    try:
+        with pytest.raises(SecretsPurged):
+            JobSecrets(pool).open(job_id_uuid(job_id))
+    finally:
+        pool.close()
+    verify = subprocess.run(
+        [str(BIN / "hodei-server"), "replay", "--verify"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": url},
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_job_whose_secrets_were_purged_before_it_ran_fails_saying_so(fresh_database_url: str, tmp_path: Path) -> None:
+    slow_agent = f"/bin/sh -c 'sleep 3; exec {sys.executable} -m hodei_worker.agent'"
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_LOCAL_WORKER_COMMAND": slow_agent}) as server:
+        job_id = run(server, "local", "echo $TOKEN", "--secret", "TOKEN=abcd1234")
+        pool = open_pool(fresh_database_url, max_size=1)
+        try:
+            assert JobSecrets(pool).purge(job_id_uuid(job_id))
+        finally:
+            pool.close()
+        wait_settled(fresh_database_url, job_id)
+    state, error = query(fresh_database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))[0]
+    assert state == "FAILED"
+    assert f"the secrets of job {job_id} were purged" in error
+
+
+def job_id_uuid(text: str) -> Any:
+    from uuid import UUID
+
+    return UUID(text)
+
+
+def pg_dump() -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))
+    assert found, "pg_dump is not installed"
+    return str(found[-1])

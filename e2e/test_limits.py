@@ -1,0 +1,136 @@
+"""Limits at the edge: every over-limit field is refused with INVALID_ARGUMENT naming it,
+nothing is written, and a thousand such requests at once leave the server serving."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import grpc
+import pytest
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.domain.spec import LIMITS
+from hodei.testing import ServerProcess, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(database_url, tmp_path_factory.mktemp("limits"), {"HODEI_KILL_GRACE": "1"}) as process:
+        yield process
+
+
+def written(url: str) -> tuple[int, int]:
+    events = query(url, "SELECT count(*) FROM domain_events")[0][0]
+    keys = query(url, "SELECT count(*) FROM hodei.job_keys")[0][0]
+    return events, keys
+
+
+def spec(**fields: object) -> common_pb2.JobSpec:
+    values: dict[str, object] = {"name": "limits", "command": "true", "timeout_seconds": 30, "provider": "local"}
+    values.update(fields)
+    return common_pb2.JobSpec(**values)  # type: ignore[arg-type]
+
+
+OVER_LIMIT = [
+    (spec(name="bad\x00name"), {}, "name must not contain control characters"),
+    (spec(command="x" * MB), {}, f"command is {MB} bytes; the limit is {LIMITS.command_bytes}"),
+    (spec(env={f"V{i}": "y" * 60_000 for i in range(50)}), {}, f"the limit is {LIMITS.exec_bytes}"),
+    (spec(args=["a"] * 2000), {}, f"2000 arguments; the limit is {LIMITS.args}"),
+    (spec(resources=common_pb2.ResourceRequirements(cpu_cores=1e308)), {}, "cpu cores must be between 0"),
+    (spec(resources=common_pb2.ResourceRequirements(memory_bytes=2**62)), {}, "memory must be between 0"),
+    (spec(labels={f"k{i}": "v" for i in range(10_000)}), {}, f"10000 labels; the limit is {LIMITS.labels}"),
+    (spec(labels={"team": "a\x00b"}), {}, "label team must be at most 255 characters without control"),
+    (spec(labels={"bad key!": "v"}), {}, "label key `bad key!` must be at most 63"),
+    (spec(timeout_seconds=1e-9), {}, "timeout must be at least 1 second"),
+    (spec(timeout_seconds=float("nan")), {}, "timeout must be a positive number"),
+    (spec(working_dir="/tmp/a\x00b"), {}, "working directory must be at most 4096 characters without control"),
+    (spec(max_attempts=11), {}, "max attempts must be between 1 and 10"),
+    (spec(provider="x" * 100), {}, "provider must be a provider name or id"),
+    (spec(), {"K": "abc"}, "secret K is shorter than 4 characters"),
+    (spec(), {"BAD-NAME": "abcdef"}, "secret name `BAD-NAME` is not valid"),
+    (spec(), {f"S{i}": "abcdef" for i in range(100)}, f"100 secrets; the limit is {LIMITS.secrets}"),
+    (spec(env={"API": "x"}), {"API": "abcdef"}, "API given both as --env and as --secret"),
+]
+
+
+@pytest.mark.parametrize(("job", "secrets", "message"), OVER_LIMIT, ids=[m for _, _, m in OVER_LIMIT])
+def test_an_over_limit_field_is_refused_naming_it_and_nothing_is_written(
+    server: ServerProcess, database_url: str, job: common_pb2.JobSpec, secrets: dict[str, str], message: str
+) -> None:
+    before = written(database_url)
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(
+            jobs_pb2.QueueJobRequest(spec=job, secrets=secrets), timeout=30
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert message in (refused.value.details() or "")
+    assert written(database_url) == before
+
+
+@pytest.mark.parametrize("job_id", [f"urn:uuid:{uuid4()}", "bad\x00id", "{" + str(uuid4()) + "}", "x" * 10_000])
+def test_odd_job_ids_are_not_found_not_internal_errors(server: ServerProcess, job_id: str) -> None:
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        jobs_pb2_grpc.JobExecutionServiceStub(channel).GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_cli_refuses_over_limit_input_before_sending(server: ServerProcess, database_url: str) -> None:
+    before = written(database_url)
+    for flags, message in (
+        (("--cpu", "1e308"), "cpu cores must be between 0"),
+        (("--timeout", "1e-9"), "timeout must be at least 1 second"),
+        (("--memory", str(2**62)), "memory must be between 0"),
+        (("--secret", "API_KEY=ab"), "secret API_KEY is shorter than 4 characters"),
+        (("--secret", "NOEQUALS"), "malformed --secret `NOEQUALS…`"),
+    ):
+        result = server.cli("job", "run", "--provider", "local", "--command", "true", *flags)
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
+        assert result.stdout == ""
+    assert written(database_url) == before
+
+
+def test_an_unusable_working_dir_fails_the_job_naming_it(server: ServerProcess, database_url: str) -> None:
+    locked = Path(tempfile.mkdtemp(prefix="hodei-locked-"))  # mode 0700, root's: not the job's user's
+    cases = [
+        ("/proc/hodei-no-such-dir", "cannot create working directory /proc/hodei-no-such-dir"),
+        (str(locked), f"cannot use working directory {locked}: Permission denied"),
+    ]
+    try:
+        for working_dir, message in cases:
+            result = server.cli(
+                "job", "run", "--provider", "local", "--command", "pwd", "--working-dir", working_dir, "--wait"
+            )
+            job_id = result.stdout.strip()
+            wait_settled(database_url, job_id)
+            state, error = query(database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))[0]
+            assert (state, message in error) == ("FAILED", True), error
+    finally:
+        locked.rmdir()
+
+
+def test_a_thousand_over_limit_requests_at_once_leave_the_server_serving(
+    server: ServerProcess, database_url: str
+) -> None:
+    before = written(database_url)
+    bad = [spec(timeout_seconds=1e-9), spec(name="\x00"), spec(resources=common_pb2.ResourceRequirements(cpu_cores=-1))]
+    with server.channel() as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        futures = [stub.QueueJob.future(jobs_pb2.QueueJobRequest(spec=bad[i % 3]), timeout=120) for i in range(1000)]
+        codes = set()
+        for future in futures:
+            try:
+                future.result()
+                codes.add(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.add(exc.code())
+    assert codes == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert written(database_url) == before
+    ok = server.cli("job", "run", "--provider", "local", "--command", "echo still here", "--timeout", "30", "--wait")
+    assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,112 @@
+"""Who may call what: roles, callers, and the rule of every API method.
+
+Roles include the ones before them: ``read`` < ``submit`` < ``operate`` < ``admin``.
+Each method of every service has exactly one rule here (a test walks the services'
+descriptors, so a method added without a rule fails it); the server refuses a method
+it has no rule for. Worker methods authenticate with the worker's own single-use
+credential, never with an API token; the health service is open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hodei.errors import InvalidInput
+
+
+class Role(StrEnum):
+    READ = "read"
+    SUBMIT = "submit"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        return self.rank >= needed.rank
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            known = ", ".join(role.value for role in cls)
+            raise InvalidInput(f"unknown role `{value}`; roles: {known}") from None
+
+
+class Gate(StrEnum):
+    """Methods that are not guarded by an API token's role."""
+
+    OPEN = "open"
+    WORKER = "worker"
+
+
+# The actor of what the platform does by itself (sagas, sweeps, health checks).
+SYSTEM = "system"
+# The actor of every request when authentication is off.
+ANONYMOUS = "anonymous"
+RESERVED_NAMES = frozenset({SYSTEM, ANONYMOUS})
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as recorded in ``actor`` of the events the call causes."""
+
+    name: str
+    role: Role
+    authenticated: bool = True
+
+    def may(self, needed: Role) -> bool:
+        return self.role.allows(needed)
+
+
+# Without authentication every caller may do everything: the server then listens on
+# loopback only (see hodei.server.main).
+NOBODY_CHECKED = Caller(ANONYMOUS, Role.ADMIN, authenticated=False)
+
+_J = "/hodei.jobs.JobExecutionService/"
+_W = "/hodei.jobs.WorkerAgentService/"
+_S = "/hodei.jobs.SchedulerService/"
+_P = "/hodei.jobs.ProviderManagementService/"
+_M = "/hodei.jobs.MetricsService/"
+_L = "/hodei.jobs.LogStreamService/"
+_A = "/hodei.jobs.AccessService/"
+
+RULES: dict[str, Role | Gate] = {
+    _J + "QueueJob": Role.SUBMIT,
+    _J + "GetJob": Role.READ,
+    _J + "ListJobs": Role.READ,
+    # Submitters cancel their own jobs; `operate` cancels any (checked by the method).
+    _J + "CancelJob": Role.SUBMIT,
+    _J + "WatchJob": Role.READ,
+    _J + "GetJobEvents": Role.READ,
+    _W + "Register": Gate.WORKER,
+    _W + "Connect": Gate.WORKER,
+    _S + "GetQueueStatus": Role.READ,
+    _S + "ListWorkers": Role.READ,
+    _P + "ListProviders": Role.READ,
+    _P + "GetProvider": Role.READ,
+    _P + "EnableProvider": Role.OPERATE,
+    _P + "DisableProvider": Role.OPERATE,
+    _P + "CheckProviderHealth": Role.READ,
+    _M + "GetMetrics": Role.READ,
+    _L + "SubscribeLogs": Role.READ,
+    _L + "GetLogs": Role.READ,
+    _A + "CreateToken": Role.ADMIN,
+    _A + "ListTokens": Role.ADMIN,
+    _A + "RevokeToken": Role.ADMIN,
+    _A + "WhoAmI": Role.READ,
+    "/grpc.health.v1.Health/Check": Gate.OPEN,
+    "/grpc.health.v1.Health/Watch": Gate.OPEN,
+}
+
+
+def rule_of(method: str) -> Role | Gate | None:
+    """The rule of a full method name (``/package.Service/Method``); None: refuse.
+    Reflection is open: it tells which methods exist, not what any holds."""
+    if method.startswith("/grpc.reflection."):
+        return Gate.OPEN
+    return RULES.get(method)

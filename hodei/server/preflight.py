@@ -1,0 +1,121 @@
+"""Start-up checks: a server that would be unsafe or could not work refuses to start,
+with a message that says what to change.
+
+- Without authentication it listens on loopback only (unless HODEI_ALLOW_INSECURE=1).
+- Servers sharing a database enable the same providers: a saga step may run on any of
+  them, so one that cannot run it would fail jobs at random.
+- The address workers are told to dial must be one they can reach.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from urllib.parse import urlparse
+
+from hodei.config import Config
+from hodei.errors import HodeiError
+from hodei.store.instances import ServerInstances
+
+log = logging.getLogger(__name__)
+
+RESOLVE_TIMEOUT = 3.0
+TOKEN_HINT = "create a token (`hodei-server token create --name admin --role admin`) or set HODEI_AUTH=required"
+
+
+class Misconfigured(HodeiError):
+    """The server's configuration is unsafe or cannot work."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_host(config: Config, authentication: bool) -> str:
+    """Where the API listens: anywhere with authentication, loopback without."""
+    if authentication:
+        return config.bind_host or "0.0.0.0"
+    host = config.bind_host or "127.0.0.1"
+    if _is_loopback(host):
+        log.info("Authentication is off: listening on %s only (%s to listen beyond it)", host, TOKEN_HINT)
+        return host
+    if config.allow_insecure:
+        log.warning(
+            "Authentication is off and HODEI_ALLOW_INSECURE=1: anyone who reaches %s:%d can run commands on "
+            "this platform's machines",
+            host,
+            config.port,
+        )
+        return host
+    raise Misconfigured(
+        f"refusing to listen on {host} without authentication: anyone who reaches it could run any command. "
+        f"{TOKEN_HINT.capitalize()}, listen on 127.0.0.1, or set HODEI_ALLOW_INSECURE=1 to accept the risk"
+    )
+
+
+def check_peers(instances: ServerInstances, providers: Sequence[str]) -> None:
+    mine = sorted(providers)
+    for peer in instances.peers():
+        if sorted(peer.providers) != mine:
+            theirs = ", ".join(sorted(peer.providers)) or "none"
+            raise Misconfigured(
+                f"server {peer.server_id} (API {peer.api_address}) on this database enables providers {theirs}; "
+                f"this one would enable {', '.join(mine) or 'none'}. Servers sharing a database must enable the "
+                "same providers (any of them may run a job's next saga step): change HODEI_*_ENABLED to match"
+            )
+
+
+def _resolve(host: str) -> list[str]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(socket.getaddrinfo, host.strip("[]"), None)
+        try:
+            return [str(info[4][0]) for info in future.result(timeout=RESOLVE_TIMEOUT)]
+        except (OSError, FutureTimeout):
+            return []
+
+
+def check_worker_address(config: Config, providers: Sequence[str], listen: str, kubernetes_api: str | None) -> None:
+    """Refuses an address the enabled providers' workers could not dial
+    (``kubernetes_api``: the URL of the cluster's API server, when that provider runs)."""
+    if not providers:
+        return
+    address = config.worker_server_address
+    host = address.rsplit(":", 1)[0]
+    where = f"HODEI_SERVER_HOST={config.advertise_host}"
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        raise Misconfigured(f"{where}: that is an address to listen on, not one workers can dial")
+    docker_network = config.docker.network if "docker" in providers else None
+    if docker_network == "host" and host == "host.docker.internal":
+        raise Misconfigured(
+            f"{where}: worker containers run on the host network (HODEI_DOCKER_NETWORK=host), where that name does "
+            "not exist; use 127.0.0.1 or this host's address"
+        )
+    if docker_network not in (None, "host") and _is_loopback(host):
+        raise Misconfigured(
+            f"{where}: containers on network {docker_network} have their own loopback; use host.docker.internal "
+            "(added to every worker container) or an address they can route to, or HODEI_DOCKER_NETWORK=host"
+        )
+    if kubernetes_api and _is_loopback(host):
+        api_host = urlparse(kubernetes_api).hostname or ""
+        if api_host and not _is_loopback(api_host):
+            raise Misconfigured(
+                f"{where}: pods of the cluster at {kubernetes_api} cannot dial this host's loopback; "
+                "set it to the server's Service name (e.g. hodei-server.hodei-jobs) or an address pods can reach"
+            )
+    resolvable = host == "host.docker.internal" and docker_network not in (None, "host")
+    if not resolvable and not _resolve(host):
+        raise Misconfigured(f"{where}: `{host}` does not resolve here; workers could not dial it")
+    if _is_loopback(listen) and not _is_loopback(host):
+        raise Misconfigured(
+            f"{where}: workers would dial {host}, but the server listens on {listen} only (authentication is off); "
+            f"{TOKEN_HINT}, or use a loopback address"
+        )

@@ -1,0 +1,103 @@
+"""API tokens in ``hodei.api_tokens``: created, listed, revoked, and checked on each call.
+
+A token is ``hodei_`` followed by 256 random bits; only its SHA-256 is stored, so the
+token is shown once, when it is created. Every call looks its token up (one indexed
+read): a revoked or expired token is refused at once, on every server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg_pool import ConnectionPool
+
+from hodei.errors import InvalidInput, NotFound, Unauthenticated
+from hodei.roles import RESERVED_NAMES, Caller, Role
+from hodei.store.db import fetch_all, fetch_one, fetch_value
+
+PREFIX = "hodei_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MAX_EXPIRY_SECONDS = 10 * 365 * 24 * 3600.0
+HOW_TO_GET_ONE = "ask an admin for one (`hodei-server token create --name NAME --role ROLE`)"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    role: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Found(ApiToken):
+    usable: bool
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"token name `{name}` is not valid: 1 to 64 letters, digits, `.`, `_`, `@` or `-`, starting with "
+            "a letter or digit"
+        )
+    if name.lower() in RESERVED_NAMES:
+        raise InvalidInput(f"token name `{name}` is reserved")
+    return name
+
+
+class ApiTokens:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def create(self, name: str, role: Role, expires_in: float | None, created_by: str) -> tuple[ApiToken, str]:
+        """The new token's row and the token itself (not stored anywhere)."""
+        check_name(name)
+        if expires_in is not None and not 0 < expires_in <= MAX_EXPIRY_SECONDS:
+            raise InvalidInput(f"a token expires after 1 second to 10 years, not {expires_in:g} seconds")
+        secret = PREFIX + secrets.token_urlsafe(32)
+        params = {
+            "name": name,
+            "role": role.value,
+            "token_hash": token_hash(secret),
+            "created_by": created_by,
+            "expires_in": expires_in,
+        }
+        row = fetch_one(self.pool, "insert_api_token", params, ApiToken)
+        if row is None:
+            raise InvalidInput(f"a token named `{name}` exists already (names are never reused: pick another)")
+        return row, secret
+
+    def list(self) -> list[ApiToken]:
+        return fetch_all(self.pool, "list_api_tokens", None, ApiToken)
+
+    def revoke(self, name: str) -> ApiToken:
+        row = fetch_one(self.pool, "revoke_api_token", (name,), ApiToken)
+        if row is None:
+            raise NotFound(f"no token named `{name}`")
+        return row
+
+    def required(self) -> bool:
+        """Authentication is on once any token was created (revoked ones count)."""
+        return bool(fetch_value(self.pool, "any_api_token"))
+
+    def authenticate(self, secret: str) -> Caller:
+        found = fetch_one(self.pool, "find_api_token", (token_hash(secret),), _Found)
+        if found is None:
+            raise Unauthenticated(
+                f"the API token was not recognised (mistyped, or from another server): {HOW_TO_GET_ONE}"
+            )
+        if found.revoked_at is not None:
+            raise Unauthenticated(f"the API token `{found.name}` was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S%z}")
+        if not found.usable:
+            raise Unauthenticated(f"the API token `{found.name}` expired at {found.expires_at:%Y-%m-%d %H:%M:%S%z}")
+        return Caller(found.name, Role(found.role))
