@@ -83,12 +83,51 @@ def new_database(pg_server: str, template: str) -> str:
     create_database(pg_server, name, template=template)
     url = _database_url(pg_server, name)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("UPDATE hodei.secrets SET value = gen_random_uuid()::text WHERE name = 'installation_id'")
+        row = conn.execute(
+            "UPDATE hodei.secrets SET value = gen_random_uuid()::text WHERE name = 'installation_id' RETURNING value"
+        ).fetchone()
         conn.execute(
             "UPDATE hodei.secrets SET value = encode(sha256((gen_random_uuid()::text || gen_random_uuid()::text)"
             "::bytea), 'hex') WHERE name = 'worker_token_key'"
         )
+    assert row is not None
+    INSTALLATIONS.add(str(row[0]))
     return url
+
+
+# Installations the tests made: whatever workers of theirs are left at the end are removed.
+INSTALLATIONS: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_no_workers_behind() -> Iterator[None]:
+    """Servers stopped mid-job leave their workers running (by design: a restart picks
+    them up). At the end of the session, every container and local worker cgroup of a
+    test installation goes."""
+    yield
+    remove_test_workers(INSTALLATIONS)
+
+
+def remove_test_workers(installations: set[str]) -> None:
+    from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
+
+    root = cgroup2_root()
+    for installation in installations:
+        if root is not None:
+            groups = WorkerCgroups(root, installation)
+            for worker_id in groups.workers():
+                groups.kill(worker_id)
+            groups.forget_if_empty()
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), timeout=30)
+        for container in client.containers.list(all=True, filters={"label": "hodei.managed"}):
+            if container.labels.get("hodei.installation") in installations:
+                container.remove(force=True)
+        client.close()
+    except Exception as exc:  # no engine: nothing of ours runs in one
+        print(f"no Docker cleanup: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from e2e.seed import SEED_SERVICES, SEED_TABLES, SeedJob, check_job_get, check_phase6, phase5_jobs, submit
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
+from hodei.logs import LogStore
 from hodei.testing import Cli, query, wait_settled
 
 
@@ -118,7 +119,7 @@ class Procedure:
         if not kept.exists():
             return "; pod output not kept (a real cluster deletes it with the pod)"
         (uri,) = query(self.url, "SELECT storage_uri FROM job_log_files WHERE job_id = %s", (job_id,))[0]
-        stored = [line.split(" ", 2)[2] for line in Path(uri.removeprefix("file://")).read_text().splitlines()]
+        stored = [entry.text for entry in LogStore(Path(uri.removeprefix("file://")).parent).read(job_id).entries]
         printed = [line for line in kept.read_text().splitlines() if not line.startswith("[hodei-worker]")]
         assert printed == stored, f"pod printed {printed}, the database log holds {stored}"
         return "; pod output = stored log"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from hodei.logs import LogStore
 from hodei.testing import Cli, query
 
 # Seed 1.2: exactly these tables in `public`. Seed 3.2: these services, listed by reflection.
@@ -174,9 +175,11 @@ def check_phase6(url: str, job_id: str, provider_type: str, provider_id: str, jo
     assert size > 0 and entries >= len(job.expected_lines)
     path = Path(urlparse(uri).path)
     assert path.stat().st_size == size
-    text = path.read_text()
+    stored = LogStore(path.parent).read(job_id)
+    assert len(stored.entries) == entries
+    lines = [(entry.stream, entry.text) for entry in stored.entries]
     for line in job.expected_lines:
-        assert f" stdout {line}\n" in text, f"{line!r} missing from {path}:\n{text}"
+        assert ("stdout", line) in lines, f"{line!r} missing from {path}:\n{path.read_text()}"
 
     # 6.4 the worker
     workers = query(

@@ -13,6 +13,7 @@ import pytest
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.kube_emulator import NAMESPACE, KubeEmulator, Kubelet
+from hodei.logs import LogStore
 from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
 
 K8S_ID = "22222222-2222-2222-2222-222222222222"
@@ -75,7 +76,7 @@ def test_seed_phase7_jobs_run_as_pods(
         assert pod["metadata"]["labels"]["hodei-job"] == job_id
         # Pod logs match the database: what the pod printed is what the log file holds.
         (uri,) = query(database_url, "SELECT storage_uri FROM job_log_files WHERE job_id = %s", (job_id,))[0]
-        stored = [line.split(" ", 2)[2] for line in Path(uri.removeprefix("file://")).read_text().splitlines()]
+        stored = [entry.text for entry in LogStore(Path(uri.removeprefix("file://")).parent).read(job_id).entries]
         printed = [
             line for line in kubelet.outputs[resource].read_text().splitlines() if not line.startswith("[hodei-worker]")
         ]

@@ -263,6 +263,7 @@ def test_a_worker_that_never_registers_fails_the_job_within_the_deadline(
         )
         assert steps == [
             ("select_provider", "COMPENSATED"),
+            ("wait_for_slot", "COMPENSATED"),
             ("register_worker", "COMPENSATED"),
             ("create_worker", "COMPENSATED"),
             ("wait_for_registration", "FAILED"),

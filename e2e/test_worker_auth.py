@@ -55,7 +55,9 @@ def register(
     return stub.Register(request, timeout=10).session_token
 
 
-def test_a_token_works_once_only_for_its_worker_and_job(silent_server: ServerProcess, fresh_database_url: str) -> None:
+def test_a_token_opens_one_session_only_for_its_worker_and_job(
+    silent_server: ServerProcess, fresh_database_url: str
+) -> None:
     job_id = submit(silent_server)
     other_job = submit(silent_server)
     worker, token = credentials(fresh_database_url, job_id)
@@ -65,11 +67,11 @@ def test_a_token_works_once_only_for_its_worker_and_job(silent_server: ServerPro
             with pytest.raises(grpc.RpcError) as refused:
                 register(stub, worker, wrong_token, wrong_job)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert register(stub, worker, token)
-        with pytest.raises(grpc.RpcError) as again:
-            register(stub, worker, token)
-        assert again.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "already used" in (again.value.details() or "")
+        session = register(stub, worker, token)
+        assert session
+        # Presented again (a reply lost to a dying server), the token gets the same session:
+        # never a second one.
+        assert register(stub, worker, token) == session
 
 
 def test_the_stream_is_bound_to_the_worker_and_its_job(silent_server: ServerProcess, fresh_database_url: str) -> None:

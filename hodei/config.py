@@ -57,7 +57,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_K8S_IMAGE_PULL_POLICY": ("IfNotPresent", "imagePullPolicy of worker pods"),
     "HODEI_K8S_SERVICE_ACCOUNT": ("", "service account of worker pods"),
     "HODEI_K8S_UNSCHEDULABLE_TIMEOUT": ("60", "seconds a pod may stay unschedulable"),
+    "HODEI_LOCAL_MAX_WORKERS": ("16", "workers the local provider runs at once (the API can change it)"),
+    "HODEI_DOCKER_MAX_WORKERS": ("16", "workers the Docker provider runs at once (the API can change it)"),
+    "HODEI_K8S_MAX_WORKERS": ("64", "workers the Kubernetes provider runs at once (the API can change it)"),
     "HODEI_LOG_DIR": ("/tmp/hodei-logs", "where job logs are stored"),
+    "HODEI_MAX_LOG_BYTES": ("1073741824", "bytes of a job's stored log; past it the rest is dropped, with a notice"),
+    "HODEI_WORKER_ORPHAN_TIMEOUT": ("300", "seconds a worker keeps its job running without reaching any server"),
+    "HODEI_FAULT": ("", "tests only: a point at which the server kills itself (see hodei/faults.py)"),
     "HODEI_HEARTBEAT_INTERVAL": ("2", "seconds between worker heartbeats"),
     "HODEI_HEARTBEAT_TIMEOUT": ("10", "seconds without a heartbeat before a worker is lost"),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
@@ -149,6 +155,8 @@ class Timing:
     registration_timeout: float
     token_ttl: float
     kill_grace: float
+    # How long a worker without any server keeps its job running.
+    orphan_timeout: float
     sweep_interval: float
     reconcile_interval: float
 
@@ -180,10 +188,14 @@ class Config:
     local_run_as: str | None
     default_provider: str
     log_dir: Path
+    max_log_bytes: int
+    # Workers each provider runs at once, unless set through the API.
+    max_workers: Mapping[str, int]
     docker: DockerConfig
     kubernetes: KubernetesConfig
     timing: Timing
     relay: RelayConfig
+    fault: str = ""
     server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
     @property
@@ -256,6 +268,13 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         local_run_as=None if _get(env, "HODEI_LOCAL_RUN_AS") == "server" else _get(env, "HODEI_LOCAL_RUN_AS"),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
+        max_log_bytes=int(_number(env, "HODEI_MAX_LOG_BYTES")),
+        max_workers={
+            "local": int(_number(env, "HODEI_LOCAL_MAX_WORKERS")),
+            "docker": int(_number(env, "HODEI_DOCKER_MAX_WORKERS")),
+            "kubernetes": int(_number(env, "HODEI_K8S_MAX_WORKERS")),
+        },
+        fault=_get(env, "HODEI_FAULT"),
         docker=DockerConfig(
             enabled=_flag(env, "HODEI_DOCKER_ENABLED"),
             image=image,
@@ -278,6 +297,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             registration_timeout=_number(env, "HODEI_REGISTRATION_TIMEOUT"),
             token_ttl=_number(env, "HODEI_TOKEN_TTL"),
             kill_grace=_number(env, "HODEI_KILL_GRACE"),
+            orphan_timeout=_number(env, "HODEI_WORKER_ORPHAN_TIMEOUT"),
             sweep_interval=_number(env, "HODEI_SWEEP_INTERVAL"),
             reconcile_interval=_number(env, "HODEI_RECONCILE_INTERVAL"),
         ),

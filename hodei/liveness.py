@@ -33,7 +33,7 @@ class Liveness:
         with translate_errors(), self.pool.connection() as conn:
             conn.execute(query("forget_liveness"), (worker_id,))
 
-    def stale(self, timeout: float) -> list[Stale]:
+    def stale(self, timeout: float, hearing_since: datetime) -> list[Stale]:
         with translate_errors(), self.pool.connection() as conn:
-            rows = conn.execute(query("stale_workers"), (timeout,)).fetchall()
+            rows = conn.execute(query("stale_workers"), {"timeout": timeout, "hearing_since": hearing_since}).fetchall()
         return [Stale(*row) for row in rows]

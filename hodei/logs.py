@@ -1,7 +1,23 @@
-"""Job logs on disk: one file per job, ``<log dir>/<job id>.log``.
+"""Job logs on disk: one file per job, ``<log dir>/<job id>.log``, compact and bounded.
 
-Each line is ``<ISO time> <stdout|stderr> <text>``. The server appends as batches
-arrive; the file stays after the worker is gone, and ``job_log_files`` points at it.
+The server appends as batches arrive; the file stays after the worker is gone, and
+``job_log_files`` points at it. Format (version 2)::
+
+    hodei-log 2 <epoch ms of the first record>
+    o12:a line of stdout, 12 ms after the previous record
+    e0:a line of stderr
+    O3:the first 256 KiB of a long line, continued in the next record
+    o0:...and its end
+    T86400000:                      (the clock: ms since the first record, when a new
+                                     writer cannot know the last record's time)
+
+A record is its kind (``o``/``e``; upper case: the line goes on in the next record),
+the milliseconds since the previous record, ``:`` and the text: about four bytes on top
+of the output, where an ISO timestamp per line cost thirty-odd. Readers put split lines
+back together. Version 1 files (``<ISO time> <stream> <text>`` per line) still read.
+
+Each job's log has a cap (``HODEI_MAX_LOG_BYTES``): past it one notice is written and
+the rest of the output is dropped, while the job goes on.
 """
 
 from __future__ import annotations
@@ -9,11 +25,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 STDOUT = "stdout"
 STDERR = "stderr"
+HEADER = b"hodei-log 2 "
+_KIND = {STDOUT: "o", STDERR: "e"}
+_STREAM = {"o": STDOUT, "e": STDERR}
+_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -24,21 +45,65 @@ class LogEntry:
     text: str
 
 
-def _format(timestamp: datetime, stream: str, text: str) -> str:
-    clean = text.replace("\r", "").replace("\n", " ")
-    return f"{timestamp.isoformat()} {stream} {clean}\n"
+@dataclass(frozen=True)
+class LogLine:
+    """One piece of output as a worker sent it; ``partial``: the line goes on in the next."""
+
+    timestamp: datetime
+    stream: str
+    text: str
+    partial: bool = False
 
 
-def _parse(number: int, raw: str) -> LogEntry:
-    stamp, _, rest = raw.rstrip("\n").partition(" ")
-    stream, _, text = rest.partition(" ")
-    return LogEntry(number, datetime.fromisoformat(stamp), stream, text)
+@dataclass(frozen=True)
+class Cursor:
+    """Where reading goes on: a byte offset, the number of the entry there, and the
+    clock at that point (records hold times relative to the one before)."""
+
+    offset: int = 0
+    line: int = 1
+    clock_ms: int | None = None
+
+    def token(self) -> str:
+        return f"{self.offset}.{self.line}.{'' if self.clock_ms is None else self.clock_ms}"
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor:
+        try:
+            offset, line, clock = token.split(".")
+            return cls(int(offset), int(line), int(clock) if clock else None)
+        except ValueError:
+            raise ValueError(f"`{token[:40]}` is not a page token of this log") from None
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[LogEntry]
+    next: Cursor
+    # Whether a whole entry follows this page.
+    more: bool = False
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class _Writer:
+    """What an appender knows of one file: its size and the last record's time."""
+
+    def __init__(self, size: int, base_ms: int | None, last_ms: int | None) -> None:
+        self.size = size
+        self.base_ms = base_ms
+        self.last_ms = last_ms
+        self.truncated = False
 
 
 class LogStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 1 << 30) -> None:
         self.directory = directory
-        self._lock = threading.Lock()
+        self.max_bytes = max_bytes
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+        self._writers: dict[str, _Writer] = {}
 
     def path(self, job_id: str) -> Path:
         return self.directory / f"{job_id}.log"
@@ -46,36 +111,153 @@ class LogStore:
     def uri(self, job_id: str) -> str:
         return self.path(job_id).resolve().as_uri()
 
-    def append(self, job_id: str, lines: Iterable[tuple[datetime, str, str]]) -> int:
-        text = "".join(_format(stamp, stream, line) for stamp, stream, line in lines)
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with self.path(job_id).open("a", encoding="utf-8") as handle:
-                handle.write(text)
-        return text.count("\n")
+    def _lock(self, job_id: str) -> threading.Lock:
+        return self._locks[hash(job_id) % _STRIPES]
+
+    def append(self, job_id: str, lines: Iterable[LogLine]) -> int:
+        """Appends records; returns how many were written (none past the cap)."""
+        with self._lock(job_id):
+            writer = self._writers.get(job_id) or self._open(job_id)
+            out: list[str] = []
+            written = 0
+            budget = self.max_bytes - writer.size
+            for line in lines:
+                if writer.truncated:
+                    break
+                at = _ms(line.timestamp)
+                if writer.base_ms is None:
+                    writer.base_ms = writer.last_ms = at
+                    out.append(f"hodei-log 2 {at}\n")
+                elif writer.last_ms is None:
+                    # A new writer of a file begun elsewhere: it states the clock first.
+                    out.append(f"T{at - writer.base_ms}:\n")
+                    writer.last_ms = at
+                kind = _KIND[line.stream].upper() if line.partial else _KIND[line.stream]
+                record = f"{kind}{at - (writer.last_ms or at)}:{line.text.replace(chr(10), ' ')}\n"
+                size = len(record.encode("utf-8", errors="surrogateescape"))
+                if size > budget:
+                    record = (
+                        f"e0:[hodei] the log was truncated here: the job's output passed {self.max_bytes} bytes "
+                        "(HODEI_MAX_LOG_BYTES); the rest was not stored\n"
+                    )
+                    writer.truncated = True
+                    size = len(record.encode())
+                writer.last_ms = at
+                budget -= size
+                out.append(record)
+                written += 1
+            if out:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                data = "".join(out).encode("utf-8", errors="surrogateescape")
+                with self.path(job_id).open("ab") as handle:
+                    handle.write(data)
+                writer.size += len(data)
+            self._writers[job_id] = writer
+            return written
+
+    def _open(self, job_id: str) -> _Writer:
+        """Picks up a file another writer began (another server, or before a restart)."""
+        path = self.path(job_id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return _Writer(0, None, None)
+        with path.open("rb") as handle:
+            first = handle.readline()
+        base = int(first[len(HEADER) :]) if first.startswith(HEADER) else None
+        return _Writer(size, base, None)
+
+    def forget(self, job_id: str) -> None:
+        """Drops what the appender cached about the job (its output has ended)."""
+        with self._lock(job_id):
+            self._writers.pop(job_id, None)
 
     def ensure(self, job_id: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path(job_id).touch(exist_ok=True)
 
     def stats(self, job_id: str) -> tuple[int, int]:
-        """(size in bytes, number of entries)."""
+        """(size in bytes, number of entries): whole lines, a split line counting once."""
         path = self.path(job_id)
         if not path.exists():
             return 0, 0
         with path.open("rb") as handle:
-            entries = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 16), b""))
-        return path.stat().st_size, entries
+            head = handle.read(len(HEADER))
+            handle.seek(0)
+            if head != HEADER:
+                entries = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+                return path.stat().st_size, entries
+            entries = 0
+            tail = b""
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                # A record of a whole line (or a line's last piece) starts `o` or `e`.
+                data = tail + chunk
+                entries += data.count(b"\no") + data.count(b"\ne")
+                tail = chunk[-1:]
+            return path.stat().st_size, entries
 
-    def read(self, job_id: str, from_line: int = 1, limit: int | None = None) -> Iterator[LogEntry]:
+    def read(self, job_id: str, from_line: int = 1, limit: int | None = None, cursor: Cursor | None = None) -> Page:
+        """Up to ``limit`` entries from entry ``from_line`` (counted from 1), or from where
+        ``cursor`` (a previous page's ``next``) points."""
+        entries: list[LogEntry] = []
+        at = cursor or Cursor()
+        start = from_line if cursor is None else at.line
+        for entry, after in self._entries(job_id, at):
+            if entry.number < start:
+                at = after
+                continue
+            if limit is not None and len(entries) >= limit:
+                return Page(entries, at, more=True)
+            entries.append(entry)
+            at = after
+        return Page(entries, at)
+
+    def _entries(self, job_id: str, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:
+        """Whole entries, each with the cursor just past it; a line whose last piece is not
+        written yet is not returned."""
         path = self.path(job_id)
         if not path.exists():
             return
-        with path.open(encoding="utf-8") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if number < from_line:
-                    continue
-                if limit is not None and number >= from_line + limit:
+        with path.open("rb") as handle:
+            first = handle.readline()
+            if not first.startswith(HEADER):
+                yield from _v1_entries(handle, cursor)
+                return
+            base = int(first[len(HEADER) :])
+            clock = base
+            if cursor.offset > handle.tell():
+                handle.seek(cursor.offset)
+                clock = cursor.clock_ms if cursor.clock_ms is not None else base
+            number = cursor.line
+            pieces: list[str] = []
+            start_ms = 0
+            for raw in handle:
+                if not raw.endswith(b"\n"):
                     return
-                if raw.endswith("\n"):
-                    yield _parse(number, raw)
+                kind = chr(raw[0])
+                delta, _, rest = raw[1:-1].partition(b":")
+                clock = base + int(delta) if kind == "T" else clock + int(delta)
+                if kind == "T":
+                    continue
+                if not pieces:
+                    start_ms = clock
+                pieces.append(rest.decode("utf-8", errors="replace"))
+                if kind.isupper():
+                    continue
+                stamp = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
+                yield LogEntry(number, stamp, _STREAM[kind], "".join(pieces)), Cursor(handle.tell(), number + 1, clock)
+                number += 1
+                pieces = []
+
+
+def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:
+    """Version 1: ``<ISO time> <stream> <text>`` per line."""
+    handle.seek(cursor.offset)
+    number = cursor.line
+    for raw in handle:
+        if not raw.endswith(b"\n"):
+            return
+        stamp, _, rest = raw.decode("utf-8", errors="replace").rstrip("\n").partition(" ")
+        stream, _, text = rest.partition(" ")
+        yield LogEntry(number, datetime.fromisoformat(stamp), stream, text), Cursor(handle.tell(), number + 1)
+        number += 1

@@ -92,6 +92,7 @@ RULES: dict[str, Role | Gate] = {
     _P + "EnableProvider": Role.OPERATE,
     _P + "DisableProvider": Role.OPERATE,
     _P + "CheckProviderHealth": Role.READ,
+    _P + "SetProviderCapacity": Role.OPERATE,
     _M + "GetMetrics": Role.READ,
     _L + "SubscribeLogs": Role.READ,
     _L + "GetLogs": Role.READ,

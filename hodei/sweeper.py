@@ -1,11 +1,14 @@
 """Periodic checks that make every job end and leave nothing behind:
 
+- a server that died (its instance lock is free) has its claimed outbox rows released
+  at once, so its sagas go on here within a sweep, not at lease expiry;
 - saga steps past their deadline fail (waits for a registration, a result...);
 - registered workers without a heartbeat within the timeout are lost;
 - workers whose container, pod or process failed are lost (provider observation);
 - resources of this installation whose worker ended, or never existed, are removed
   (the reconciler), at start-up and then every few seconds;
 - provider health is probed and changes are recorded;
+- queued jobs are admitted where their provider has room;
 - the secrets of jobs that ended longer ago than the retention are shredded.
 """
 
@@ -15,12 +18,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import NamedTuple
 from uuid import UUID
 
+from hodei.admission import Admission
 from hodei.config import Timing
 from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
+from hodei.errors import StoreUnavailable
 from hodei.liveness import Liveness
 from hodei.providers.base import Observation, WorkerProvider
 from hodei.providers.registry import ProviderRegistry
@@ -28,6 +34,7 @@ from hodei.roles import SYSTEM
 from hodei.sagas.engine import SagaEngine
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
+from hodei.store.instances import ServerInstances
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.sql import query
 
@@ -61,6 +68,8 @@ class Sweeper:
         providers: ProviderRegistry,
         liveness: Liveness,
         secrets: JobSecrets,
+        admission: Admission,
+        instances: ServerInstances,
         timing: Timing,
         secret_retention: float,
     ) -> None:
@@ -69,9 +78,15 @@ class Sweeper:
         self.providers = providers
         self.liveness = liveness
         self.secrets = secrets
+        self.admission = admission
+        self.instances = instances
         self.timing = timing
         self.secret_retention = secret_retention
         self._last: dict[str, float] = {}
+        # Since when this sweeper has heard without a break: its process running and the
+        # database answering. Silence before that is an outage's, not a worker's.
+        self.hearing_since = datetime.now(UTC)
+        self._last_sweep = time.monotonic()
 
     def _due(self, name: str, interval: float) -> bool:
         now = time.monotonic()
@@ -83,9 +98,11 @@ class Sweeper:
     def sweep(self, *, reconcile: bool | None = None) -> None:
         """One round; each check is independent, so one failing does not stop the others."""
         checks: list[tuple[str, Callable[[], None]]] = [
+            ("takeover", self.take_over_dead_servers),
             ("deadlines", self.expire_steps),
             ("liveness", self.detect_lost_workers),
             ("observations", self.observe_providers),
+            ("admission", self.admit),
         ]
         if reconcile if reconcile is not None else self._due("reconcile", self.timing.reconcile_interval):
             checks.append(("reconcile", self.reconcile))
@@ -93,9 +110,16 @@ class Sweeper:
             checks.append(("health", self.check_health))
         if self._due("retention", RETENTION_INTERVAL):
             checks.append(("secret retention", self.shred_old_secrets))
+        now = time.monotonic()
+        if now - self._last_sweep > self.timing.heartbeat_timeout / 2:
+            self.hearing_since = datetime.now(UTC)  # this process was stalled: it heard nothing
+        self._last_sweep = now
         for name, check in checks:
             try:
                 check()
+            except StoreUnavailable as exc:
+                self.hearing_since = datetime.now(UTC)
+                log.warning("sweep %s failed: %s", name, exc)
             except Exception as exc:
                 log.warning("sweep %s failed: %s", name, exc)
 
@@ -106,13 +130,14 @@ class Sweeper:
     # Checks -------------------------------------------------------------------
 
     def expire_steps(self) -> None:
+        params = {"hearing_since": self.hearing_since, "grace": self.timing.heartbeat_timeout}
         with translate_errors(), self.store.pool.connection() as conn:
-            overdue = conn.execute(query("overdue_saga_steps_with_job")).fetchall()
+            overdue = conn.execute(query("overdue_saga_steps_with_job"), params).fetchall()
         for saga_id, job_id, step_order in overdue:
             self.engine.expire(saga_id, job_id, step_order)
 
     def detect_lost_workers(self) -> None:
-        for stale in self.liveness.stale(self.timing.heartbeat_timeout):
+        for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.hearing_since):
             self.lose(stale.worker_id, f"no heartbeat for {self.timing.heartbeat_timeout:g}s")
 
     def lose(self, worker_id: UUID | str, reason: str) -> None:
@@ -163,6 +188,13 @@ class Sweeper:
                     observation.worker_id,
                 )
                 provider.destroy_worker(observation.worker_id)
+
+    def take_over_dead_servers(self) -> None:
+        self.instances.take_over_the_dead()
+
+    def admit(self) -> None:
+        """A catch-all: slots are also given out as events free them."""
+        self.admission.admit_all(list(self.providers.providers))
 
     def shred_old_secrets(self) -> None:
         purged = self.secrets.purge_expired(self.secret_retention)

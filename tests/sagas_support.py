@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 
 from psycopg_pool import ConnectionPool
 
+from hodei.admission import Admission
 from hodei.config import RelayConfig, Timing
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
@@ -29,6 +30,7 @@ from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.instances import ServerInstances
 from hodei.store.job_secrets import JobSecrets
 from hodei.sweeper import Sweeper
 from hodei.tokens import TokenSigner
@@ -39,6 +41,7 @@ FAST_TIMING = Timing(
     registration_timeout=5.0,
     token_ttl=60.0,
     kill_grace=1.0,
+    orphan_timeout=60.0,
     sweep_interval=0.2,
     reconcile_interval=5.0,
 )
@@ -134,17 +137,31 @@ class Harness:
             signer=TokenSigner(b"k" * 32),
             logs=LogStore(tmp / "logs"),
             timing=timing,
-            dial={"HODEI_SERVER_ADDRESS": "127.0.0.1:1"},
+            dial={},
+            worker_addresses=lambda: ["127.0.0.1:1"],
             clock=now,
             forget_worker=self.liveness.forget,
         )
+        self.admission = Admission(self.store, dict.fromkeys(ProviderType, 16))
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)  # type: ignore[arg-type]
         relay_config = RelayConfig(batch_size=50, poll_interval=0.05, lease_seconds=lease, max_attempts=5, threads=8)
         self.relay = Relay(
-            pool, routes.build(self.engine, self.store), relay_config, f"relay-{uuid4().hex[:6]}", self.signals
+            pool,
+            routes.build(self.engine, self.store, self.admission),
+            relay_config,
+            f"relay-{uuid4().hex[:6]}",
+            self.signals,
         )
         self.sweeper = Sweeper(
-            self.store, self.engine, self.registry, self.liveness, JobSecrets(pool), timing, secret_retention=86400
+            self.store,
+            self.engine,
+            self.registry,
+            self.liveness,
+            JobSecrets(pool),
+            self.admission,
+            ServerInstances(pool, "test"),
+            timing,
+            secret_retention=86400,
         )
 
     def submit(self, job_id: UUID | None = None, **spec: object) -> str:

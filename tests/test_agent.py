@@ -23,7 +23,7 @@ def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: di
         None,
         timeout=timeout,
         kill_grace=0.5,
-        on_line=lambda stream, line: lines.append((stream, line)),
+        on_line=lambda stream, line, _partial: lines.append((stream, line)),
     )
     return process, process.run(), lines
 
@@ -96,7 +96,7 @@ def test_cancel_stops_the_job() -> None:
         None,
         60,
         0.5,
-        lambda stream, line: lines.append((stream, line)),
+        lambda stream, line, _partial: lines.append((stream, line)),
     )
     result: list[object] = []
     thread = threading.Thread(target=lambda: result.append(process.run()))
@@ -157,7 +157,7 @@ def test_output_is_batched_by_size_and_by_time_and_kept_until_acknowledged() -> 
     assert batcher.wait_all_acked(0.01) is True
     batcher.add("stderr", "late")
     threading.Event().wait(0.3)
-    assert sent[-1].lines[0][1:] == ("stderr", "late")
+    assert sent[-1].lines[0][1:] == ("stderr", "late", False)
     batcher.close()
 
 
@@ -203,3 +203,34 @@ def test_jobs_forked_while_grpc_is_busy_start_cleanly() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent
     )
     assert result.stdout.strip() == "{0: 200}", result.stderr[-2000:]
+
+
+def test_a_long_line_is_handed_on_in_pieces_and_a_last_line_without_newline_whole() -> None:
+    from hodei_worker.runner import PIECE_BYTES
+
+    pieces: list[tuple[str, int, bool]] = []
+    process = JobProcess(
+        ["/bin/sh", "-c", f"printf '%{PIECE_BYTES * 2 + 10}s' '' | tr ' ' x; echo; printf 'é%.0s' 1 2 3; printf end"],
+        {"PATH": "/usr/bin:/bin"},
+        None,
+        20,
+        0.5,
+        lambda _stream, text, partial: pieces.append((text[:3], len(text), partial)),
+    )
+    assert process.run().exit_code == 0
+    assert pieces == [("xxx", PIECE_BYTES, True), ("xxx", PIECE_BYTES, True), ("xxx", 10, False), ("ééé", 6, False)]
+
+
+def test_batches_are_bounded_in_bytes_and_a_batch_never_acknowledged_is_given_up() -> None:
+    from hodei_worker.batcher import MAX_SENDS
+
+    sent: list[Batch] = []
+    batcher = LogBatcher(sent.append, max_lines=1000, max_delay=10, max_bytes=1000)
+    for _ in range(5):
+        batcher.add("stdout", "y" * 400)
+    assert [len(b.lines) for b in sent] == [2, 2]
+    for _ in range(MAX_SENDS):
+        resent = batcher.pending()
+    assert resent == []
+    assert batcher.lost_lines == 4
+    batcher.close()

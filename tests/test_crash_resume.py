@@ -15,6 +15,7 @@ from hodei.testing import query
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
     "select_provider",
+    "wait_for_slot",
     "register_worker",
     "create_worker",
     "wait_for_registration",

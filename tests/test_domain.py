@@ -164,6 +164,8 @@ def move_worker(worker: Worker, target: WorkerState) -> None:
             raise InvalidTransition(f"worker stayed {worker.state}")
     elif target is WorkerState.READY:
         worker.register("session", "host", datetime.now(UTC))
+        if worker.state is not WorkerState.READY:
+            raise InvalidTransition(f"a repeated registration leaves the worker {worker.state}")
     elif target is WorkerState.BUSY:
         worker.dispatch(worker.job_id)
     elif target is WorkerState.FAILED:
@@ -205,11 +207,16 @@ def test_nothing_leads_back_to_creating() -> None:
     assert all(WorkerState.CREATING not in targets for targets in WORKER_TRANSITIONS.values())
 
 
-def test_a_registration_token_works_once_and_expires() -> None:
+def test_a_registration_token_opens_one_session_and_expires() -> None:
     worker = worker_in(WorkerState.CREATING)
-    worker.register("s1", "host", datetime.now(UTC))
+    assert worker.register("s1", "host", datetime.now(UTC)) == "s1"
+    registered = worker.version
+    # A retry whose reply was lost gets the same session back, and changes nothing.
+    assert worker.register("s2", "host", datetime.now(UTC)) == "s1"
+    assert worker.version == registered
+    worker.fail("lost")
     with pytest.raises(Unauthenticated, match="already used"):
-        worker.register("s2", "host", datetime.now(UTC))
+        worker.register("s3", "host", datetime.now(UTC))
     late = worker_in(WorkerState.CREATING)
     with pytest.raises(Unauthenticated, match="expired"):
         late.register("s", "host", datetime.now(UTC) + timedelta(hours=1))

@@ -296,10 +296,12 @@ def test_configuration_comes_from_the_kubeconfig_and_context(tmp_path: Path, kub
 def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     api: KubeEmulator, kubeconfig: Path, store: object
 ) -> None:
+    from hodei.admission import Admission
     from hodei.config import Timing
     from hodei.domain.provider import ProviderType
     from hodei.liveness import Liveness
     from hodei.providers.registry import ProviderRegistry
+    from hodei.store.instances import ServerInstances
     from hodei.store.job_secrets import JobSecrets
     from hodei.sweeper import Sweeper
 
@@ -318,7 +320,11 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     }
     kube.core.create_namespaced_pod(NAMESPACE, foreign)
     registry = ProviderRegistry(store, {ProviderType.KUBERNETES: kube}, {})  # type: ignore[arg-type]
-    timing = Timing(1, 5, 5, 60, 1, 1, 1)
-    sweeper = Sweeper(store, None, registry, Liveness(store.pool, "t"), JobSecrets(store.pool), timing, 86400)  # type: ignore[arg-type, attr-defined]
+    timing = Timing(1, 5, 5, 60, 1, 60, 1, 1)
+    admission = Admission(store, dict.fromkeys(ProviderType, 16))
+    instances = ServerInstances(store.pool, "t")  # type: ignore[attr-defined]
+    sweeper = Sweeper(
+        store, None, registry, Liveness(store.pool, "t"), JobSecrets(store.pool), admission, instances, timing, 86400
+    )  # type: ignore[arg-type, attr-defined]
     sweeper.reconcile()
     assert set(api.pods()) == {"not-ours"}

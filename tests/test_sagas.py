@@ -61,6 +61,7 @@ def test_a_job_goes_through_provisioning_and_execution(
     assert job_row(fresh_database_url, job_id) == ("SUCCEEDED", None)
     assert [s for s, *_ in steps(fresh_database_url, job_id, "PROVISIONING")] == [
         "select_provider",
+        "wait_for_slot",
         "register_worker",
         "create_worker",
         "wait_for_registration",
@@ -87,6 +88,7 @@ def test_a_step_failing_after_two_successes_compensates_them_in_reverse(
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
     assert steps(fresh_database_url, job_id, "PROVISIONING") == [
         ("select_provider", "COMPENSATED", 0, None),
+        ("wait_for_slot", "COMPENSATED", 0, None),
         ("register_worker", "COMPENSATED", 0, None),
         ("create_worker", "FAILED", 2, "transient failure 3"),
         ("wait_for_registration", "PENDING", 0, None),
@@ -95,6 +97,8 @@ def test_a_step_failing_after_two_successes_compensates_them_in_reverse(
         ("SagaStarted", None),
         ("StepStarted", "select_provider"),
         ("StepCompleted", "select_provider"),
+        ("StepStarted", "wait_for_slot"),
+        ("StepCompleted", "wait_for_slot"),
         ("StepStarted", "register_worker"),
         ("StepCompleted", "register_worker"),
         ("StepStarted", "create_worker"),
@@ -105,6 +109,8 @@ def test_a_step_failing_after_two_successes_compensates_them_in_reverse(
         ("StepFailed", "create_worker"),
         ("CompensationStarted", "register_worker"),
         ("StepCompensated", "register_worker"),
+        ("CompensationStarted", "wait_for_slot"),
+        ("StepCompensated", "wait_for_slot"),
         ("CompensationStarted", "select_provider"),
         ("StepCompensated", "select_provider"),
         ("SagaFailed", None),
@@ -162,15 +168,17 @@ def test_a_wait_past_its_deadline_fails_and_compensates(
     h = Harness(pool, FakeProvider(effects), tmp_path, timing=timing)
     job_id = h.submit()
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False, timeout=15)
-    wait = steps(fresh_database_url, job_id, "PROVISIONING")[3]
+    wait = steps(fresh_database_url, job_id, "PROVISIONING")[4]
     assert wait[:2] == ("wait_for_registration", "FAILED")
-    assert "no progress by the deadline" in wait[3]
+    assert "the worker did not register within 1s (HODEI_REGISTRATION_TIMEOUT): deadline" in wait[3]
     compensations = {"CompensationStarted", "StepCompensated"}
     assert [a for a in audit(fresh_database_url, job_id, "PROVISIONING") if a[0] in compensations] == [
         ("CompensationStarted", "create_worker"),
         ("StepCompensated", "create_worker"),
         ("CompensationStarted", "register_worker"),
         ("StepCompensated", "register_worker"),
+        ("CompensationStarted", "wait_for_slot"),
+        ("StepCompensated", "wait_for_slot"),
         ("CompensationStarted", "select_provider"),
         ("StepCompensated", "select_provider"),
     ]
@@ -220,12 +228,12 @@ def test_a_hanging_action_times_out(
 
     h = harness(pool, tmp_path, effects, mode="hang", hang_seconds=5)
     definition = h.engine.definitions[provisioning.SagaType.PROVISIONING]
-    create = definition.steps[2]
+    create = next(step for step in definition.steps if step.name == "create_worker")
     object.__setattr__(create, "timeout", 0.5)
     job_id = h.submit()
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False, timeout=20)
-    step = steps(fresh_database_url, job_id, "PROVISIONING")[2]
-    assert step[0] == "create_worker" and step[1] == "FAILED"
+    step = next(s for s in steps(fresh_database_url, job_id, "PROVISIONING") if s[0] == "create_worker")
+    assert step[1] == "FAILED"
     assert "timed out after 0.5s" in step[3]
     assert step[2] == 2  # a timeout is worth retrying
     h.close()
@@ -255,10 +263,10 @@ def test_a_saga_whose_delivery_is_dead_lettered_is_failed_and_compensated(
 
     h = harness(pool, tmp_path, effects)
     job_id = h.submit()
-    h.run(lambda: steps(fresh_database_url, job_id, "PROVISIONING")[3][1] == "IN_PROGRESS", agent=False)
+    h.run(lambda: steps(fresh_database_url, job_id, "PROVISIONING")[4][1] == "IN_PROGRESS", agent=False)
     (saga_id,) = query(fresh_database_url, "SELECT id FROM sagas WHERE correlation_id = %s", (job_id,))[0]
     h.engine.abort(UUID(str(saga_id)), job_id, "delivery failed for good: boom")
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
-    assert steps(fresh_database_url, job_id, "PROVISIONING")[3][1:] == ("FAILED", 0, "delivery failed for good: boom")
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[4][1:] == ("FAILED", 0, "delivery failed for good: boom")
     assert job_row(fresh_database_url, job_id)[0] == "FAILED"
     h.close()

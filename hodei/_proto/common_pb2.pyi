@@ -132,6 +132,8 @@ class JobSpec(_message.Message):
     WORKING_DIR_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     SECRET_NAMES_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -144,6 +146,12 @@ class JobSpec(_message.Message):
     working_dir: _builtins.str
     max_attempts: _builtins.int
     """How many times the platform may run the job when its worker is lost (>= 1)."""
+    priority: _builtins.int
+    """Jobs leave the queue by priority (higher first), then in submission order."""
+    queue_timeout_seconds: _builtins.float
+    """Seconds the job may wait in the queue for its provider's capacity; 0: no limit.
+    Its timeout_seconds only starts when it runs.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -172,10 +180,12 @@ class JobSpec(_message.Message):
         working_dir: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
         secret_names: _abc.Iterable[_builtins.str] | None = ...,
+        priority: _builtins.int = ...,
+        queue_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "provider", b"provider", "resources", b"resources", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

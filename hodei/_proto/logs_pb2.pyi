@@ -81,25 +81,34 @@ Global___JobLogEntry: _TypeAlias = JobLogEntry  # noqa: Y015
 
 @_typing.final
 class GetLogsRequest(_message.Message):
+    """One page of a job's log. Pages are bounded: the server never holds a whole log."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     FROM_LINE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     from_line: _builtins.int
+    """The first entry wanted, counted from 1."""
     limit: _builtins.int
-    """0 means all."""
+    """Entries per page: 0 means 10,000; at most 100,000."""
+    page_token: _builtins.str
+    """next_page_token of the previous page: the next page, read from where that one ended
+    (from_line is then ignored).
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         from_line: _builtins.int = ...,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_line", b"from_line", "job_id", b"job_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,7 +120,9 @@ class GetLogsResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     HAS_MORE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     has_more: _builtins.bool
+    next_page_token: _builtins.str
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLogEntry]: ...
     def __init__(
@@ -119,10 +130,11 @@ class GetLogsResponse(_message.Message):
         *,
         entries: _abc.Iterable[Global___JobLogEntry] | None = ...,
         has_more: _builtins.bool = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "has_more", b"has_more"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "has_more", b"has_more", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,29 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SetProviderCapacityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MAX_WORKERS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    max_workers: _builtins.int
+    """Workers the provider may run at once; 0: back to each server's HODEI_*_MAX_WORKERS."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        max_workers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_workers", b"max_workers", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProviderCapacityRequest: _TypeAlias = SetProviderCapacityRequest  # noqa: Y015
+
+@_typing.final
 class ListProvidersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -45,6 +68,8 @@ class Provider(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     HEALTH_MESSAGE_FIELD_NUMBER: _builtins.int
     INITIALISED_FIELD_NUMBER: _builtins.int
+    MAX_WORKERS_FIELD_NUMBER: _builtins.int
+    WORKERS_IN_USE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     provider_type: _builtins.str
@@ -55,6 +80,9 @@ class Provider(_message.Message):
     health_message: _builtins.str
     initialised: _builtins.bool
     """Whether this server process initialised the provider."""
+    max_workers: _builtins.int
+    """Workers it may run at once, and how many slots are taken now."""
+    workers_in_use: _builtins.int
     def __init__(
         self,
         *,
@@ -65,10 +93,12 @@ class Provider(_message.Message):
         health: _builtins.str = ...,
         health_message: _builtins.str = ...,
         initialised: _builtins.bool = ...,
+        max_workers: _builtins.int = ...,
+        workers_in_use: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "health_message", b"health_message", "id", b"id", "initialised", b"initialised", "name", b"name", "provider_type", b"provider_type", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "health_message", b"health_message", "id", b"id", "initialised", b"initialised", "max_workers", b"max_workers", "name", b"name", "provider_type", b"provider_type", "status", b"status", "workers_in_use", b"workers_in_use"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,6 +60,11 @@ class ProviderManagementServiceStub:
                 request_serializer=hodei_dot_jobs_dot_providers__pb2.GetProviderRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_providers__pb2.Provider.FromString,
                 _registered_method=True)
+        self.SetProviderCapacity = channel.unary_unary(
+                '/hodei.jobs.ProviderManagementService/SetProviderCapacity',
+                request_serializer=hodei_dot_jobs_dot_providers__pb2.SetProviderCapacityRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_providers__pb2.Provider.FromString,
+                _registered_method=True)
 
 
 class ProviderManagementServiceServicer:
@@ -96,6 +101,12 @@ class ProviderManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetProviderCapacity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +133,11 @@ def add_ProviderManagementServiceServicer_to_server(servicer, server):
             'CheckProviderHealth': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckProviderHealth,
                     request_deserializer=hodei_dot_jobs_dot_providers__pb2.GetProviderRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_providers__pb2.Provider.SerializeToString,
+            ),
+            'SetProviderCapacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProviderCapacity,
+                    request_deserializer=hodei_dot_jobs_dot_providers__pb2.SetProviderCapacityRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_providers__pb2.Provider.SerializeToString,
             ),
     }
@@ -259,6 +275,33 @@ class ProviderManagementService:
             target,
             '/hodei.jobs.ProviderManagementService/CheckProviderHealth',
             hodei_dot_jobs_dot_providers__pb2.GetProviderRequest.SerializeToString,
+            hodei_dot_jobs_dot_providers__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProviderCapacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.ProviderManagementService/SetProviderCapacity',
+            hodei_dot_jobs_dot_providers__pb2.SetProviderCapacityRequest.SerializeToString,
             hodei_dot_jobs_dot_providers__pb2.Provider.FromString,
             options,
             channel_credentials,

@@ -38,6 +38,7 @@ class ProviderManagementServiceStub:
     DisableProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.GetProviderRequest, _providers_pb2.Provider]
     CheckProviderHealth: _grpc.UnaryUnaryMultiCallable[_providers_pb2.GetProviderRequest, _providers_pb2.Provider]
     """Probes the provider now and records the result."""
+    SetProviderCapacity: _grpc.UnaryUnaryMultiCallable[_providers_pb2.SetProviderCapacityRequest, _providers_pb2.Provider]
 
 @_typing.type_check_only
 class ProviderManagementServiceAsyncStub(ProviderManagementServiceStub):
@@ -48,6 +49,7 @@ class ProviderManagementServiceAsyncStub(ProviderManagementServiceStub):
     DisableProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.GetProviderRequest, _providers_pb2.Provider]  # type: ignore[assignment]
     CheckProviderHealth: _aio.UnaryUnaryMultiCallable[_providers_pb2.GetProviderRequest, _providers_pb2.Provider]  # type: ignore[assignment]
     """Probes the provider now and records the result."""
+    SetProviderCapacity: _aio.UnaryUnaryMultiCallable[_providers_pb2.SetProviderCapacityRequest, _providers_pb2.Provider]  # type: ignore[assignment]
 
 class ProviderManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -85,5 +87,12 @@ class ProviderManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_providers_pb2.Provider, _abc.Awaitable[_providers_pb2.Provider]]:
         """Probes the provider now and records the result."""
+
+    @_abc_1.abstractmethod
+    def SetProviderCapacity(
+        self,
+        request: _providers_pb2.SetProviderCapacityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.Provider, _abc.Awaitable[_providers_pb2.Provider]]: ...
 
 def add_ProviderManagementServiceServicer_to_server(servicer: ProviderManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

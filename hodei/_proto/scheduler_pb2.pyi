@@ -23,12 +23,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class GetQueueStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Queued jobs listed: 0 means 100; at most 1,000."""
     def __init__(
         self,
+        *,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -45,6 +50,7 @@ class QueueStatus(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
     pending: _builtins.int
     assigned: _builtins.int
     running: _builtins.int
@@ -52,6 +58,10 @@ class QueueStatus(_message.Message):
     failed: _builtins.int
     cancelled: _builtins.int
     timeout: _builtins.int
+    @_builtins.property
+    def queued(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuedJob]:
+        """Jobs waiting for a provider's capacity, in the order they will leave the queue."""
+
     def __init__(
         self,
         *,
@@ -62,14 +72,54 @@ class QueueStatus(_message.Message):
         failed: _builtins.int = ...,
         cancelled: _builtins.int = ...,
         timeout: _builtins.int = ...,
+        queued: _abc.Iterable[Global___QueuedJob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "failed", b"failed", "pending", b"pending", "running", b"running", "succeeded", b"succeeded", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "failed", b"failed", "pending", b"pending", "queued", b"queued", "running", b"running", "succeeded", b"succeeded", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueueStatus: _TypeAlias = QueueStatus  # noqa: Y015
+
+@_typing.final
+class QueuedJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    WAITING_SECONDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    provider: _builtins.str
+    priority: _builtins.int
+    position: _builtins.int
+    """1 = next to leave its provider's queue."""
+    waiting_seconds: _builtins.float
+    reason: _builtins.str
+    """Why it waits, e.g. "provider docker is full: 4 of 4 workers"."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        position: _builtins.int = ...,
+        waiting_seconds: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "name", b"name", "position", b"position", "priority", b"priority", "provider", b"provider", "reason", b"reason", "waiting_seconds", b"waiting_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueuedJob: _TypeAlias = QueuedJob  # noqa: Y015
 
 @_typing.final
 class ListWorkersRequest(_message.Message):

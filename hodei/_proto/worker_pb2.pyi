@@ -196,8 +196,13 @@ class LogLine(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     stream: Global___LogStream.ValueType
     line: _builtins.str
+    partial: _builtins.bool
+    """This is a piece of a long line that goes on in the next LogLine (the agent splits
+    lines into pieces of at most 256 KiB; readers join them back).
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -206,10 +211,11 @@ class LogLine(_message.Message):
         stream: Global___LogStream.ValueType = ...,
         line: _builtins.str = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "stream", b"stream", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "partial", b"partial", "stream", b"stream", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,12 +14,25 @@ from hodei.cli.terminal import Terminal
 
 def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
     if term.json:
-        term.data([MessageToDict(p, preserving_proto_field_name=True) for p in providers])
+        term.data(
+            [
+                MessageToDict(p, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                for p in providers
+            ]
+        )
         return 0
     term.table(
-        ["ID", "TYPE", "STATUS", "HEALTH", "HERE", "MESSAGE"],
+        ["ID", "TYPE", "STATUS", "HEALTH", "WORKERS", "HERE", "MESSAGE"],
         [
-            [p.id, p.provider_type, p.status, p.health, "yes" if p.initialised else "no", p.health_message]
+            [
+                p.id,
+                p.provider_type,
+                p.status,
+                p.health,
+                f"{p.workers_in_use}/{p.max_workers}",
+                "yes" if p.initialised else "no",
+                p.health_message,
+            ]
             for p in providers
         ],
     )
@@ -30,6 +43,9 @@ def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if args.action == "list":
         response = client.call(client.providers.ListProviders, providers_pb2.ListProvidersRequest())
         return _providers(term, list(response.providers))
+    if args.action == "capacity":
+        request = providers_pb2.SetProviderCapacityRequest(provider=args.provider, max_workers=args.max_workers)
+        return _providers(term, [client.call(client.providers.SetProviderCapacity, request)])
     method = {
         "get": client.providers.GetProvider,
         "enable": client.providers.EnableProvider,
@@ -39,13 +55,31 @@ def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return _providers(term, [client.call(method, providers_pb2.GetProviderRequest(provider=args.provider))])
 
 
-def queue(client: Client, term: Terminal, _: argparse.Namespace) -> int:
-    status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest())
+def queue(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=args.limit))
     data = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     if term.json:
         term.data(data)
-    else:
-        term.table(["STATE", "JOBS"], [[key.upper(), str(value)] for key, value in data.items()])
+        return 0
+    counts = {key: value for key, value in data.items() if key != "queued"}
+    term.table(["STATE", "JOBS"], [[key.upper(), str(value)] for key, value in counts.items()])
+    if status.queued:
+        term.line("")
+        term.table(
+            ["POSITION", "JOB", "NAME", "PROVIDER", "PRIORITY", "WAITING", "WHY"],
+            [
+                [
+                    str(q.position),
+                    q.job_id,
+                    q.name,
+                    q.provider or "-",
+                    str(q.priority),
+                    f"{q.waiting_seconds:.0f}s",
+                    q.reason,
+                ]
+                for q in status.queued
+            ],
+        )
     return 0
 
 
@@ -97,7 +131,14 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("provider", help="docker, kubernetes, local, or an id")
         parser.set_defaults(handler=provider)
 
-    commands.add_parser("queue", help="jobs per state").set_defaults(handler=queue)
+    capacity = actions.add_parser("capacity", help="set how many workers a provider runs at once")
+    capacity.add_argument("provider", help="docker, kubernetes, local, or an id")
+    capacity.add_argument("max_workers", type=int, help="workers at once; 0: back to each server's default")
+    capacity.set_defaults(handler=provider)
+
+    queue_parser = commands.add_parser("queue", help="jobs per state, and the jobs waiting for capacity")
+    queue_parser.add_argument("--limit", type=int, default=100, help="queued jobs listed (default 100)")
+    queue_parser.set_defaults(handler=queue)
 
     worker_parser = commands.add_parser("worker", help="workers").add_subparsers(dest="action", required=True)
     list_parser = worker_parser.add_parser("list", help="workers, newest first")

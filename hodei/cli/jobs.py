@@ -110,6 +110,8 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         working_dir=args.working_dir or "",
         max_attempts=args.max_attempts,
         secret_names=tuple(sorted(secrets)),
+        priority=args.priority,
+        queue_timeout_seconds=args.queue_timeout or 0.0,
     )
     request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
     job_id = client.call(client.jobs.QueueJob, request).job_id
@@ -279,6 +281,12 @@ def add_commands(commands: Any) -> None:
     run_parser.add_argument("--working-dir", help="absolute directory to run in")
     run_parser.add_argument(
         "--max-attempts", type=int, default=1, help="runs allowed when a worker is lost (default 1)"
+    )
+    run_parser.add_argument(
+        "--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)"
+    )
+    run_parser.add_argument(
+        "--queue-timeout", type=float, help="fail the job if it waits longer than this for its provider (seconds)"
     )
     run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
     run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")

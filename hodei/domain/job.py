@@ -67,6 +67,8 @@ class Job(HodeiAggregate):
         self.exit_code: int | None = None
         self.error_message: str | None = None
         self.log_uri: str | None = None
+        # The attempt that holds a slot of its provider (None: waiting in the queue).
+        self.admitted_attempt: int | None = None
 
     @classmethod
     def submit(cls, spec: JobSpec, job_id: UUID, sealed_secrets: dict[str, str] | None = None) -> Job:
@@ -88,6 +90,19 @@ class Job(HodeiAggregate):
             raise InvalidTransition(f"job {self.id} is {self.state}: a provider is chosen only while PENDING")
         if (self.provider_id, self.provider_type) != (provider_id, provider_type):
             self._provider_selected(provider_id=provider_id, provider_type=provider_type)
+
+    @property
+    def admitted(self) -> bool:
+        return self.admitted_attempt == self.attempt
+
+    def admit(self) -> None:
+        """The current attempt gets a slot of its provider: it leaves the queue."""
+        if self.state is not JobState.PENDING:
+            raise InvalidTransition(f"job {self.id} is {self.state}: only a queued job is admitted")
+        if self.provider_type is None:
+            raise InvalidTransition(f"job {self.id} has no provider yet")
+        if not self.admitted:
+            self._admitted(attempt=self.attempt, provider_type=self.provider_type)
 
     def assign(self, worker_id: str, provider_id: str, provider_type: str) -> None:
         if self.state is JobState.ASSIGNED and self.worker_id == worker_id:
@@ -162,6 +177,10 @@ class Job(HodeiAggregate):
     def _provider_selected(self, provider_id: str, provider_type: str) -> None:
         self.provider_id = provider_id
         self.provider_type = provider_type
+
+    @event("JobAdmitted")
+    def _admitted(self, attempt: int, provider_type: str) -> None:
+        self.admitted_attempt = attempt
 
     @event("JobAssigned")
     def _assigned(self, worker_id: str, provider_id: str, provider_type: str) -> None:

@@ -9,6 +9,10 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate
+from hodei.errors import InvalidInput
+
+# No provider runs more workers at once than this, whatever it is set to.
+MAX_CAPACITY = 100_000
 
 
 class ProviderStatus(StrEnum):
@@ -71,10 +75,28 @@ class Provider(HodeiAggregate):
         if self.status is not ProviderStatus.DISABLED:
             self._disabled()
 
+    @property
+    def max_workers(self) -> int | None:
+        """The capacity set through the API; None: each server's HODEI_*_MAX_WORKERS."""
+        value = self.config.get("max_workers")
+        return int(value) if value else None
+
+    def set_capacity(self, max_workers: int | None) -> None:
+        if max_workers is not None and not 1 <= max_workers <= MAX_CAPACITY:
+            raise InvalidInput(f"max workers must be between 1 and {MAX_CAPACITY}, got {max_workers}")
+        if max_workers != self.max_workers:
+            self._capacity_changed(max_workers=max_workers)
+
     def record_health(self, health: ProviderHealth, message: str | None) -> None:
         """Only changes become events, so a probe every few seconds costs nothing."""
         if (self.health, self.health_message) != (health, message):
             self._health_changed(health=health.value, message=message)
+
+    @event("ProviderCapacityChanged")
+    def _capacity_changed(self, max_workers: int | None) -> None:
+        self.config = {key: value for key, value in self.config.items() if key != "max_workers"}
+        if max_workers is not None:
+            self.config["max_workers"] = max_workers
 
     @event("ProviderEnabled")
     def _enabled(self) -> None:

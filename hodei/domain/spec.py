@@ -50,6 +50,7 @@ class Limits:
     working_dir_chars: int = 4096
     provider_chars: int = 64
     max_attempts: int = 10
+    max_priority: int = 1000
 
 
 LIMITS = Limits()
@@ -102,6 +103,8 @@ class JobSpec:
     working_dir: str = ""
     max_attempts: int = 1
     secret_names: tuple[str, ...] = ()
+    priority: int = 0
+    queue_timeout_seconds: float = 0.0
 
     def problems(self, secrets: Mapping[str, str] | None = None) -> list[str]:
         """Every bound this spec (and the secret values submitted with it) breaks."""
@@ -148,6 +151,11 @@ class JobSpec:
             found.append("provider must be a provider name or id")
         if not 1 <= self.max_attempts <= limits.max_attempts:
             found.append(f"max attempts must be between 1 and {limits.max_attempts}")
+        if not -limits.max_priority <= self.priority <= limits.max_priority:
+            found.append(f"priority must be between -{limits.max_priority} and {limits.max_priority}")
+        queue_timeout = self.queue_timeout_seconds
+        if not math.isfinite(queue_timeout) or not 0 <= queue_timeout <= limits.max_timeout_seconds:
+            found.append(f"queue timeout must be 0 (none) to {limits.max_timeout_seconds:g} seconds")
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:

@@ -84,13 +84,20 @@ class Worker(HodeiAggregate):
             raise InvalidTransition(f"worker {self.id} is {self.state}")
         self._resource_created(resource_id=resource_id)
 
-    def register(self, session_nonce: str, hostname: str, now: datetime) -> None:
-        """Consumes the single-use token. Only a worker that never registered may."""
-        if self.state not in (WorkerState.CREATING, WorkerState.CONNECTING):
-            raise Unauthenticated(f"worker {self.id} token was already used or the worker is {self.state}")
+    def register(self, session_nonce: str, hostname: str, now: datetime) -> str:
+        """Exchanges the token for the worker's one session; returns the session's nonce.
+
+        The token opens one session only. Presented again while it is valid and the
+        worker lives (a retry whose reply was lost when a server died), it gets that same
+        session back, not a new one; the worker's end, or the token's expiry, closes it."""
         if now >= parse_time(self.token_expires_at):
             raise Unauthenticated(f"worker {self.id} token expired at {self.token_expires_at}")
-        self._registered(session_nonce=session_nonce, hostname=hostname)
+        if self.state in (WorkerState.CREATING, WorkerState.CONNECTING):
+            self._registered(session_nonce=session_nonce, hostname=hostname)
+            return session_nonce
+        if self.is_live and self.session_nonce is not None:
+            return self.session_nonce
+        raise Unauthenticated(f"worker {self.id} token was already used: the worker is {self.state}")
 
     def dispatch(self, job_id: str) -> None:
         """The job is handed to this worker: the server will send run-job."""

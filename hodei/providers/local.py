@@ -70,7 +70,13 @@ class LocalProvider(WorkerProvider):
 
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **launch.env}
+        # The agent copies nothing of the job's output to its own: no second copy on disk.
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            **launch.env,
+            "HODEI_ECHO_OUTPUT": "0",
+        }
         if self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
         return env
@@ -125,6 +131,7 @@ class LocalProvider(WorkerProvider):
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
+        (self.log_dir / f"{worker_id}.log").unlink(missing_ok=True)
 
     def observe(self) -> list[Observation]:
         found: dict[str, Observation] = {}

@@ -24,8 +24,10 @@ class SagaDeps:
     signer: TokenSigner
     logs: LogStore
     timing: Timing
-    # How workers reach the server: HODEI_SERVER_ADDRESS and, with TLS, what to trust.
+    # How workers reach the server: with TLS, what to trust (PEM text in HODEI_TLS_*).
     dial: Mapping[str, str]
+    # Addresses of the live servers, this one first: the worker's HODEI_SERVER_ADDRESS.
+    worker_addresses: Callable[[], list[str]]
     clock: Callable[[], datetime]
     # Forgets a worker's heartbeat record once it is gone.
     forget_worker: Callable[[UUID], None]

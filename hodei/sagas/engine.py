@@ -23,6 +23,7 @@ order, each recorded, and the saga ends FAILED with the reason.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -115,6 +116,8 @@ class StepDefinition:
     compensation: Effect | None = None
     # Also undo this step when it is the one that failed (it may have half-happened).
     compensate_when_failed: bool = False
+    # What a WAIT step past its deadline means, for people (the saga's error says it).
+    expired: str = "no progress by the deadline"
 
     def __post_init__(self) -> None:
         if (self.kind is StepKind.ACTION) != (self.effect is not None) or (self.run is None) == (self.effect is None):
@@ -247,13 +250,7 @@ class SagaEngine:
             deadline = step.deadline_at
             if step.state is StepState.IN_PROGRESS and deadline and datetime.fromisoformat(deadline) <= self.clock():
                 definition = self.definitions[work.saga.saga_type].steps[step_order]
-                self._fail(
-                    work,
-                    step,
-                    definition,
-                    StepTimeout(f"no progress by the deadline {deadline}"),
-                    retry=False,
-                )
+                self._fail(work, step, definition, StepTimeout(f"{definition.expired} {deadline}"), retry=False)
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 
@@ -325,8 +322,8 @@ class SagaEngine:
 
     def _start(self, work: _Work, step: StepRecord, definition: StepDefinition) -> None:
         timeout = definition.timeout_for(work.saga.context)
-        if definition.kind is StepKind.LOCAL:
-            deadline = None
+        if definition.kind is StepKind.LOCAL or not math.isfinite(timeout):
+            deadline = None  # a WAIT without a timeout waits as long as it takes
         elif definition.kind is StepKind.ACTION:
             deadline = self.clock() + timedelta(seconds=timeout + ACTION_DEADLINE_MARGIN)
         else:

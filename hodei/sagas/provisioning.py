@@ -1,5 +1,6 @@
-"""PROVISIONING: choose a provider, register the worker and its single-use token,
-create the worker through the provider, wait until it registers."""
+"""PROVISIONING: choose a provider, wait in its queue for a slot (admission control),
+register the worker and its single-use token, create the worker through the provider,
+wait until it registers."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict
     """The worker agent's whole configuration (see workers/hodei_worker/agent.py)."""
     return {
         **deps.dial,
+        "HODEI_SERVER_ADDRESS": ",".join(deps.worker_addresses()),
         "HODEI_WORKER_ID": str(worker.id),
         "HODEI_JOB_ID": worker.job_id,
         "HODEI_WORKER_TOKEN": deps.signer.registration_token(str(worker.id), worker.job_id, worker.token_nonce),
         "HODEI_KILL_GRACE": f"{kill_grace:g}",
+        "HODEI_WORKER_ORPHAN_TIMEOUT": f"{deps.timing.orphan_timeout:g}",
     }
 
 
@@ -44,7 +47,21 @@ def build(deps: SagaDeps) -> SagaDefinition:
         provider_type = deps.providers.select(job.spec.provider)
         provider_id = str(PROVIDER_IDS[provider_type])
         job.select_provider(provider_id, provider_type.value)
-        return StepResult({"provider_id": provider_id, "provider_type": provider_type.value}, (job,))
+        output = {
+            "provider_id": provider_id,
+            "provider_type": provider_type.value,
+            "queue_timeout": job.spec.queue_timeout_seconds,
+        }
+        return StepResult(output, (job,))
+
+    def wait_for_slot(step: StepInput) -> StepResult | None:
+        """Waits in the provider's queue until the job is admitted (hodei.admission)."""
+        job = deps.job(step.job_id)
+        if job.is_terminal:
+            raise InvalidTransition(f"job {job.id} ended {job.state} while it waited in the queue")
+        if job.attempt != step.attempt or job.admitted:
+            return StepResult()
+        return None
 
     def fail_job(step: StepInput, _: dict[str, Any]) -> list[Job]:
         job = deps.job(step.job_id)
@@ -118,6 +135,13 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 compensate_when_failed=True,
             ),
             StepDefinition(
+                "wait_for_slot",
+                StepKind.WAIT,
+                run=wait_for_slot,
+                timeout=lambda context: float(context.get("queue_timeout") or "inf"),
+                expired="waited in the queue past its queue timeout: deadline",
+            ),
+            StepDefinition(
                 "register_worker",
                 StepKind.LOCAL,
                 run=register_worker,
@@ -135,6 +159,10 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 StepKind.WAIT,
                 run=wait_for_registration,
                 timeout=deps.timing.registration_timeout,
+                expired=(
+                    f"the worker did not register within {deps.timing.registration_timeout:g}s "
+                    "(HODEI_REGISTRATION_TIMEOUT): deadline"
+                ),
             ),
         ),
     )

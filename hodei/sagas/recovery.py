@@ -1,5 +1,7 @@
-"""RECOVERY: a running job's worker was lost. Confirm it with the provider, fail the
-job or requeue it (per its max attempts), destroy what is left of the worker."""
+"""RECOVERY: a running job's worker was lost. Confirm it with the provider, destroy what
+is left of the worker, then fail the job or requeue it (per its max attempts). The
+destruction comes first: a new attempt never starts while the old one's processes,
+container or pod may still run."""
 
 from __future__ import annotations
 
@@ -64,7 +66,6 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 timeout=30.0,
                 retry=RetryPolicy(max_retries=2),
             ),
-            StepDefinition("fail_or_requeue_job", StepKind.LOCAL, run=fail_or_requeue),
             StepDefinition(
                 "destroy_worker",
                 StepKind.ACTION,
@@ -72,5 +73,6 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 timeout=60.0,
                 retry=RetryPolicy(max_retries=3),
             ),
+            StepDefinition("fail_or_requeue_job", StepKind.LOCAL, run=fail_or_requeue),
         ),
     )

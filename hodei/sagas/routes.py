@@ -1,6 +1,8 @@
 """Which events drive which sagas: the outbox relay's routing table.
 
 JobCreated                  -> start PROVISIONING (attempt 1)
+JobProviderSelected, WorkerTerminated, a job's end or requeue
+                            -> admit queued jobs of that provider (hodei.admission)
 SagaCompleted (provisioning)-> start EXECUTION with the provisioning context
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from hodei.admission import Admission
 from hodei.domain.job import Job, JobState
+from hodei.domain.provider import ProviderType
 from hodei.domain.saga import Saga, SagaType
 from hodei.domain.worker import Worker
 from hodei.relay import Delivery, Route
@@ -27,16 +31,29 @@ def _job_id(delivery: Delivery) -> str:
     return event.aggregate_id if event.aggregate_type == "Job" else str(event.correlation_id)
 
 
-def build(engine: SagaEngine, store: HodeiStore) -> dict[str, Route]:
+def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[str, Route]:
     def job_created(delivery: Delivery) -> None:
         engine.start(SagaType.PROVISIONING, delivery.event.aggregate_id, 1, {}, delivery.ack)
 
+    def provider_selected(delivery: Delivery) -> None:
+        admission.admit(ProviderType(delivery.event.payload["provider_type"]))
+        engine.poke(_job_id(delivery), delivery.ack)
+
     def job_status_changed(delivery: Delivery) -> None:
         job_id = delivery.event.aggregate_id
-        if delivery.event.payload["new_state"] == JobState.PENDING:
+        new_state = JobState(delivery.event.payload["new_state"])
+        if new_state is JobState.PENDING or new_state.is_terminal:
             job = store.load(Job, job_id)
-            engine.start(SagaType.PROVISIONING, job_id, job.attempt, {}, None)
+            if new_state is JobState.PENDING:
+                engine.start(SagaType.PROVISIONING, job_id, job.attempt, {}, None)
+            if job.provider_type is not None:
+                admission.admit(ProviderType(job.provider_type))  # the queue moves: a slot, or a place
         engine.poke(job_id, delivery.ack)
+
+    def worker_terminated(delivery: Delivery) -> None:
+        worker = store.load(Worker, delivery.event.aggregate_id)
+        admission.admit(ProviderType(worker.provider_type))  # its slot is free
+        engine.poke(worker.job_id, delivery.ack)
 
     def poke(delivery: Delivery) -> None:
         engine.poke(_job_id(delivery), delivery.ack)
@@ -69,10 +86,12 @@ def build(engine: SagaEngine, store: HodeiStore) -> dict[str, Route]:
     poke_route = Route(poke)
     return {
         "JobCreated": Route(job_created),
+        "JobProviderSelected": Route(provider_selected),
+        "JobAdmitted": poke_route,
         "JobStatusChanged": Route(job_status_changed),
         "JobAccepted": poke_route,
         "WorkerRegistered": poke_route,
-        "WorkerTerminated": poke_route,
+        "WorkerTerminated": Route(worker_terminated),
         "WorkerFailed": Route(worker_failed),
         "SagaStarted": saga_route,
         "StepStarted": saga_route,

@@ -4,6 +4,7 @@ MetricsService."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 
@@ -15,6 +16,7 @@ from hodei._proto import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
+from hodei.admission import Admission, Capacity
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
 from hodei.domain.worker import WorkerState
 from hodei.errors import InvalidInput, NotFound
@@ -26,18 +28,49 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.readmodels import ProviderRow, ReadModels
 
 MAX_WORKERS_LISTED = 1000
+MAX_QUEUE_LISTED = 1000
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, reads: ReadModels) -> None:
+    def __init__(self, reads: ReadModels, admission: Admission) -> None:
         self.reads = reads
+        self.admission = admission
 
     @rpc
     def GetQueueStatus(
         self, request: scheduler_pb2.GetQueueStatusRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.QueueStatus:
+        if request.limit < 0:
+            raise InvalidInput("limit must not be negative")
         counts = self.reads.counts("jobs_by_state")
-        return scheduler_pb2.QueueStatus(**{state.lower(): count for state, count in counts.items()})
+        status = scheduler_pb2.QueueStatus()
+        for state, count in counts.items():
+            setattr(status, state.lower(), count)
+        capacities: dict[str, Capacity] = {}
+        now = datetime.now(UTC)
+        for queued in self.admission.queue(min(request.limit or 100, MAX_QUEUE_LISTED)):
+            status.queued.append(
+                scheduler_pb2.QueuedJob(
+                    job_id=queued.job_id,
+                    name=queued.name,
+                    provider=queued.provider,
+                    priority=queued.priority,
+                    position=queued.position,
+                    waiting_seconds=(now - queued.created_at).total_seconds(),
+                    reason=self._reason(queued.provider, capacities),
+                )
+            )
+        return status
+
+    def _reason(self, provider: str, capacities: dict[str, Capacity]) -> str:
+        if not provider:
+            return "its provider is being chosen"
+        if provider not in capacities:
+            capacities[provider] = self.admission.capacity(ProviderType(provider))
+        capacity = capacities[provider]
+        if capacity.free == 0:
+            return f"provider {provider} is full: {capacity.in_use} of {capacity.limit} workers"
+        return f"provider {provider} has room ({capacity.in_use} of {capacity.limit} workers): being admitted"
 
     @rpc
     def ListWorkers(
@@ -65,12 +98,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 
 class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServicer):
-    def __init__(self, store: HodeiStore, reads: ReadModels, registry: ProviderRegistry) -> None:
+    def __init__(self, store: HodeiStore, reads: ReadModels, registry: ProviderRegistry, admission: Admission) -> None:
         self.store = store
         self.reads = reads
         self.registry = registry
+        self.admission = admission
 
     def _message(self, row: ProviderRow) -> providers_pb2.Provider:
+        capacity = self.admission.capacity(ProviderType(row.provider_type))
         return providers_pb2.Provider(
             id=str(row.id),
             name=row.name,
@@ -79,6 +114,8 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
             health=row.health,
             health_message=row.health_message or "",
             initialised=ProviderType(row.provider_type) in self.registry.providers,
+            max_workers=capacity.limit,
+            workers_in_use=capacity.in_use,
         )
 
     def _row(self, provider_type: ProviderType) -> ProviderRow:
@@ -87,7 +124,9 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
                 return row
         raise NotFound(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
 
-    def _type(self, request: providers_pb2.GetProviderRequest) -> ProviderType:
+    def _type(
+        self, request: providers_pb2.GetProviderRequest | providers_pb2.SetProviderCapacityRequest
+    ) -> ProviderType:
         provider_type = provider_type_of(request.provider)
         if provider_type is None:
             raise InvalidInput("name a provider: docker, kubernetes, local, or an id")
@@ -133,6 +172,24 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
         self, request: providers_pb2.GetProviderRequest, context: grpc.ServicerContext
     ) -> providers_pb2.Provider:
         return self._change(request, context, Provider.disable)
+
+    @rpc
+    def SetProviderCapacity(
+        self, request: providers_pb2.SetProviderCapacityRequest, context: grpc.ServicerContext
+    ) -> providers_pb2.Provider:
+        if request.max_workers < 0:
+            raise InvalidInput("max workers must not be negative (0: back to each server's default)")
+        provider_type = self._type(request)
+        self._row(provider_type)
+
+        def run() -> tuple[None, list[Provider]]:
+            provider = self.store.load(Provider, PROVIDER_IDS[provider_type])
+            provider.set_capacity(request.max_workers or None)
+            return None, [provider]
+
+        self.store.command(Meta(actor=caller().name), run)
+        self.admission.admit(provider_type)  # more room lets queued jobs go now
+        return self._message(self._row(provider_type))
 
     @rpc
     def CheckProviderHealth(

@@ -14,13 +14,15 @@ import grpc
 from hodei._proto import logs_pb2, logs_pb2_grpc, worker_pb2
 from hodei.domain.job import JobState
 from hodei.errors import InvalidInput
-from hodei.logs import STDERR, LogEntry, LogStore
+from hodei.logs import STDERR, Cursor, LogEntry, LogStore
 from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.readmodels import ReadModels
 
 FOLLOW_POLL = 0.5
+PAGE_DEFAULT = 10_000
+PAGE_MAX = 100_000
 
 
 def _entry(job_id: str, entry: LogEntry) -> logs_pb2.JobLogEntry:
@@ -44,11 +46,17 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         if request.limit < 0 or request.from_line < 0:
             raise InvalidInput("limit and from_line must not be negative")
         job_id = str(self.reads.job(request.job_id).id)
-        start = max(request.from_line, 1)
-        wanted = request.limit or None
-        entries = list(self.logs.read(job_id, start, None if wanted is None else wanted + 1))
-        has_more = wanted is not None and len(entries) > wanted
-        return logs_pb2.GetLogsResponse(entries=[_entry(job_id, e) for e in entries[:wanted]], has_more=has_more)
+        try:
+            cursor = Cursor.parse(request.page_token) if request.page_token else None
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
+        page = self.logs.read(job_id, max(request.from_line, 1), limit, cursor)
+        return logs_pb2.GetLogsResponse(
+            entries=[_entry(job_id, e) for e in page.entries],
+            has_more=page.more,
+            next_page_token=page.next.token(),
+        )
 
     @rpc
     def SubscribeLogs(
@@ -57,13 +65,17 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         if request.from_line < 0:
             raise InvalidInput("from_line must not be negative")
         job_id = str(self.reads.job(request.job_id).id)
-        next_line = max(request.from_line, 1)
+        from_line, cursor = max(request.from_line, 1), None
         with self.signals.waiter(f"log:{job_id}", job_id) as waiter:
             while context.is_active():
                 ended = JobState(self.reads.job(job_id).state).is_terminal
-                for entry in self.logs.read(job_id, next_line):
-                    next_line = entry.number + 1
-                    yield _entry(job_id, entry)
+                # A page at a time, from where the last one ended: never the whole log at once.
+                more = True
+                while more:
+                    page = self.logs.read(job_id, from_line, PAGE_DEFAULT, cursor)
+                    for entry in page.entries:
+                        yield _entry(job_id, entry)
+                    cursor, more = page.next, page.more
                 # The job's end is read before the file, so lines written before it ended are all sent.
                 if not request.follow or ended:
                     return

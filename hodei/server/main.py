@@ -160,14 +160,17 @@ def _add_services(server: grpc.Server, runtime: Runtime, tokens: ApiTokens) -> h
         runtime.liveness,
         runtime.secrets,
         cfg.timing.heartbeat_interval,
+        runtime.faults,
     )
     jobs_pb2_grpc.add_JobExecutionServiceServicer_to_server(
         JobExecutionService(runtime.store, runtime.reads, runtime.signals, runtime.secrets), server
     )
     worker_pb2_grpc.add_WorkerAgentServiceServicer_to_server(workers, server)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerService(runtime.reads), server)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        SchedulerService(runtime.reads, runtime.admission), server
+    )
     providers_pb2_grpc.add_ProviderManagementServiceServicer_to_server(
-        ProviderManagementService(runtime.store, runtime.reads, runtime.registry), server
+        ProviderManagementService(runtime.store, runtime.reads, runtime.registry, runtime.admission), server
     )
     metrics_pb2_grpc.add_MetricsServiceServicer_to_server(
         MetricsService(runtime.reads, runtime.relay.counters, lambda: len(workers.connected)), server

@@ -8,9 +8,11 @@ import threading
 from collections.abc import Callable
 from uuid import UUID
 
+from hodei.admission import Admission
 from hodei.config import Config
 from hodei.domain.provider import ProviderType
 from hodei.domain.saga import Saga
+from hodei.faults import Faults
 from hodei.liveness import Liveness
 from hodei.logs import LogStore
 from hodei.providers.base import WorkerProvider
@@ -66,10 +68,10 @@ def build_providers(
 
 
 def dial_environment(config: Config) -> dict[str, str]:
-    """What every worker agent is told about reaching the server: its address and, with
-    TLS, the CA to trust (and under mutual TLS its client certificate), as PEM text,
-    so that containers and pods need no files."""
-    env = {"HODEI_SERVER_ADDRESS": config.worker_server_address}
+    """What every worker agent is told about trusting the server, with TLS: the CA (and
+    under mutual TLS its own client certificate), as PEM text, so that containers and
+    pods need no files."""
+    env: dict[str, str] = {}
     tls = config.tls
     trusted = tls.trusted_by_workers
     if trusted is not None:
@@ -101,7 +103,8 @@ class Runtime:
         self.signer = TokenSigner.from_database(self.pool)
         providers, reasons = build_providers(config, self.installation)
         self.registry = ProviderRegistry(self.store, providers, reasons, config.default_provider)
-        self.logs = LogStore(config.log_dir)
+        self.logs = LogStore(config.log_dir, config.max_log_bytes)
+        self.faults = Faults(config.fault)
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
         self.instances = ServerInstances(self.pool, config.server_id)
@@ -112,18 +115,48 @@ class Runtime:
             logs=self.logs,
             timing=config.timing,
             dial=dial_environment(config),
+            worker_addresses=self._worker_addresses,
             clock=now,
             forget_worker=self._forget_worker,
         )
+        self.admission = Admission(
+            self.store, {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType}
+        )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
         self.relay = Relay(
-            self.pool, routes.build(self.engine, self.store), config.relay, config.server_id, self.signals
+            self.pool,
+            routes.build(self.engine, self.store, self.admission),
+            config.relay,
+            config.server_id,
+            self.signals,
         )
         self.sweeper = Sweeper(
-            self.store, self.engine, self.registry, self.liveness, self.secrets, config.timing, config.secret_retention
+            self.store,
+            self.engine,
+            self.registry,
+            self.liveness,
+            self.secrets,
+            self.admission,
+            self.instances,
+            config.timing,
+            config.secret_retention,
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _worker_addresses(self) -> list[str]:
+        """This server's worker address, then the other live servers' (a worker tries them
+        in turn, so a server's death does not strand it)."""
+        addresses = [self.config.worker_server_address]
+        try:
+            peers = self.instances.peers()
+        except Exception as exc:
+            log.warning("could not read the other servers' addresses: %s", exc)
+            peers = []
+        for peer in peers:
+            if peer.worker_address not in addresses:
+                addresses.append(peer.worker_address)
+        return addresses
 
     def _forget_worker(self, worker_id: UUID) -> None:
         self.liveness.forget(worker_id)

@@ -26,9 +26,10 @@ from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei.domain.job import Job, JobState
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
+from hodei.errors import InvalidInput, InvalidTransition, StoreUnavailable, Unauthenticated
+from hodei.faults import Faults
 from hodei.liveness import Liveness
-from hodei.logs import STDERR, STDOUT, LogStore
+from hodei.logs import STDERR, STDOUT, LogLine, LogStore
 from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
@@ -90,6 +91,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         liveness: Liveness,
         secrets: JobSecrets,
         heartbeat_interval: float,
+        faults: Faults,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -98,6 +100,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self.liveness = liveness
         self.secrets = secrets
         self.heartbeat_interval = heartbeat_interval
+        self.faults = faults
         self.sequences = LogSequences()
         self.connected: set[UUID] = set()
 
@@ -109,15 +112,15 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         if worker is None or worker.job_id != request.job_id:
             raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}")
         self.signer.check_registration(request.token, str(worker.id), worker.job_id, worker.token_nonce)
-        session_nonce = new_nonce()
+        offered = new_nonce()
 
-        def register() -> tuple[None, list[Worker]]:
+        def register() -> tuple[str, list[Worker]]:
             current = self.store.load(Worker, worker.id)
-            current.register(session_nonce, request.hostname[:255], datetime.now(UTC))
-            return None, [current]
+            return current.register(offered, request.hostname[:255], datetime.now(UTC)), [current]
 
         meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
-        self.store.command(meta, register)
+        session_nonce = self.store.command(meta, register)
+        self.faults.point("register-committed")
         self.liveness.touch(worker.id, connected=False)
         log.info("worker %s registered for job %s", worker.id, worker.job_id)
         return worker_pb2.RegisterResponse(
@@ -237,11 +240,15 @@ class WorkerSession:
             self.wake()
 
     def _handle(self, message: worker_pb2.WorkerMessage) -> None:
-        # Any message proves the worker alive; record it at most twice per interval.
+        # Any message proves the worker alive; record it at most twice per interval. While
+        # the database is away the stream goes on: the sweeper does not count that time.
         now = time.monotonic()
         if now - self.last_touch > self.service.heartbeat_interval / 2:
             self.last_touch = now
-            self.service.liveness.touch(self.worker_id, connected=True)
+            try:
+                self.service.liveness.touch(self.worker_id, connected=True)
+            except StoreUnavailable as exc:
+                log.warning("could not record worker %s's heartbeat: %s", self.worker_id, exc)
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
             self._send(worker_pb2.ServerMessage(heartbeat_ack=worker_pb2.HeartbeatAck()))
@@ -264,6 +271,7 @@ class WorkerSession:
                 )
             self._update_job(lambda job: job.finish(str(self.worker_id), state, exit_code, reason, ran))
             self.service.sequences.forget(self.job_id)
+            self.service.logs.forget(self.job_id)
             self._send(worker_pb2.ServerMessage(result_ack=worker_pb2.ResultAck(job_id=self.job_id)))
 
     def _own(self, job_id: str) -> None:
@@ -285,10 +293,11 @@ class WorkerSession:
         self._own(batch.job_id)
         if self.service.sequences.claim(self.job_id, batch.seq):
             lines = [
-                (
+                LogLine(
                     line.timestamp.ToDatetime(tzinfo=UTC),
                     STDERR if line.stream == worker_pb2.LOG_STREAM_STDERR else STDOUT,
                     line.line,
+                    line.partial,
                 )
                 for line in batch.lines
             ]

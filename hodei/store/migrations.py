@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import psycopg
@@ -29,8 +30,12 @@ CREATE TABLE IF NOT EXISTS hodei.schema_migrations (
 
 
 def default_sql_dir() -> Path:
-    """``sql/`` of the checkout (Hodei is installed editable from its repository)."""
-    return Path(__file__).resolve().parents[2] / "sql"
+    """The migrations shipped in the package: ``hodei/sql`` links to the repository's
+    ``sql/`` (the canonical place), and a wheel carries the files themselves."""
+    path = Path(str(resources.files("hodei") / "sql"))
+    if not any(path.glob("*.sql")):
+        raise HodeiError(f"no migrations in {path}: this installation of hodei is incomplete")
+    return path
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def _job_created(cur: Cursor[Any], event: EventRecord) -> None:
             name=spec["name"],
             spec=Jsonb(spec),
             max_attempts=spec["max_attempts"],
+            priority=spec.get("priority", 0),
             correlation_id=event.correlation_id,
             actor=event.actor,
         ),
@@ -63,6 +64,10 @@ def _job_created(cur: Cursor[Any], event: EventRecord) -> None:
 
 def _job_provider_selected(cur: Cursor[Any], event: EventRecord) -> None:
     _run(cur, "project_job_provider_selected", _base(event, **event.payload))
+
+
+def _job_admitted(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_job_admitted", _base(event))
 
 
 def _job_assigned(cur: Cursor[Any], event: EventRecord) -> None:
@@ -283,6 +288,10 @@ def _provider_status(status: str) -> Projector:
     return project
 
 
+def _provider_capacity(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_provider_capacity", _base(event, max_workers=event.payload["max_workers"]))
+
+
 def _provider_health(cur: Cursor[Any], event: EventRecord) -> None:
     _run(cur, "project_provider_health", _base(event, **event.payload))
 
@@ -290,6 +299,7 @@ def _provider_health(cur: Cursor[Any], event: EventRecord) -> None:
 PROJECTORS: dict[str, Projector] = {
     "JobCreated": _job_created,
     "JobProviderSelected": _job_provider_selected,
+    "JobAdmitted": _job_admitted,
     "JobAssigned": _job_assigned,
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
@@ -314,6 +324,7 @@ PROJECTORS: dict[str, Projector] = {
     "ProviderEnabled": _provider_status("ACTIVE"),
     "ProviderDisabled": _provider_status("DISABLED"),
     "ProviderHealthChanged": _provider_health,
+    "ProviderCapacityChanged": _provider_capacity,
 }
 
 

@@ -75,8 +75,12 @@ SELECT hodei.require(count(*) = 1, %(message)s) FROM acked;
 -- Every value comes from the event, never from now(), so replay gives identical rows.
 
 -- name: project_job_created
-INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, correlation_id, actor, created_at, updated_at)
-VALUES (%(id)s, %(name)s, 'PENDING', %(spec)s, 1, %(max_attempts)s, %(correlation_id)s, %(actor)s, %(at)s, %(at)s);
+INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, correlation_id, actor, created_at, updated_at)
+VALUES (%(id)s, %(name)s, 'PENDING', %(spec)s, 1, %(max_attempts)s, %(priority)s, %(correlation_id)s, %(actor)s,
+        %(at)s, %(at)s);
+
+-- name: project_job_admitted
+UPDATE jobs SET admitted_at = %(at)s, updated_at = %(at)s WHERE id = %(id)s;
 
 -- name: project_job_provider_selected
 UPDATE jobs SET selected_provider_id = %(provider_id)s, provider_type = %(provider_type)s, updated_at = %(at)s
@@ -104,6 +108,7 @@ SET state = %(new_state)s::varchar,
     completed_at = CASE WHEN %(terminal)s::boolean THEN coalesce(%(ran_until)s::timestamptz, %(at)s) ELSE completed_at END,
     attempt = attempt + CASE WHEN %(new_state)s::varchar = 'PENDING' THEN 1 ELSE 0 END,
     worker_id = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE worker_id END,
+    admitted_at = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE admitted_at END,
     cancelled_by = CASE WHEN %(new_state)s::varchar = 'CANCELLED' THEN %(actor)s::varchar ELSE cancelled_by END,
     updated_at = %(at)s
 WHERE id = %(id)s;
@@ -179,6 +184,13 @@ VALUES (%(id)s, %(name)s, %(provider_type)s, 'ACTIVE', 'UNKNOWN', %(config)s, %(
 
 -- name: project_provider_status
 UPDATE provider_configs SET status = %(status)s, updated_at = %(at)s WHERE id = %(id)s;
+
+-- name: project_provider_capacity
+UPDATE provider_configs
+SET config = CASE WHEN %(max_workers)s::int IS NULL THEN config - 'max_workers'
+                  ELSE jsonb_set(config, '{max_workers}', to_jsonb(%(max_workers)s::int)) END,
+    updated_at = %(at)s
+WHERE id = %(id)s;
 
 -- name: project_provider_health
 UPDATE provider_configs SET health = %(health)s, health_message = %(message)s, updated_at = %(at)s
@@ -330,16 +342,22 @@ SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at
 DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
 
 -- name: stale_workers
--- Registered workers that stopped reporting: no heartbeat within the timeout.
+-- Registered workers that stopped reporting: no heartbeat within the timeout, counting
+-- only time since the sweeper could hear (%(hearing_since)s: its server and database
+-- up): an outage is not the workers' silence.
 SELECT w.id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen
 FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
 WHERE w.state IN ('READY', 'BUSY')
-  AND coalesce(l.last_seen_at, w.registered_at) < now() - make_interval(secs => %s);
+  AND greatest(coalesce(l.last_seen_at, w.registered_at), %(hearing_since)s)
+      < now() - make_interval(secs => %(timeout)s);
 
 -- name: overdue_saga_steps_with_job
+-- Steps past their deadline. One that passed while the sweeper could not hear (an outage)
+-- gets a grace after hearing resumes, for the worker to reconnect and report.
 SELECT st.saga_id, s.correlation_id, st.step_order
 FROM saga_steps st JOIN sagas s ON s.id = st.saga_id
 WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < now()
+  AND (st.deadline_at >= %(hearing_since)s OR %(hearing_since)s < now() - make_interval(secs => %(grace)s))
 ORDER BY st.deadline_at
 LIMIT 100;
 
@@ -407,6 +425,25 @@ SET providers = excluded.providers, worker_address = excluded.worker_address,
 -- name: instance_heartbeat
 UPDATE hodei.server_instances SET heartbeat_at = now() WHERE server_id = %s;
 
+-- name: hold_instance_lock
+-- Held by the instance's own connection for as long as it lives: PostgreSQL lets go of it
+-- the moment that connection ends (a crash, kill -9), which is how the others know.
+SELECT pg_advisory_lock(8, hashtext(%s));
+
+-- name: try_instance_lock
+SELECT pg_try_advisory_lock(8, hashtext(%s));
+
+-- name: release_instance_lock
+SELECT pg_advisory_unlock(8, hashtext(%s));
+
+-- name: other_instances
+SELECT server_id FROM hodei.server_instances WHERE server_id <> %s;
+
+-- name: release_claims_of
+-- A dead instance's claimed outbox rows are due again at once, not at lease expiry.
+UPDATE outbox_events SET lease_until = now()
+WHERE claimed_by = %s AND status = 'PROCESSING';
+
 -- name: deregister_instance
 DELETE FROM hodei.server_instances WHERE server_id = %s;
 
@@ -415,3 +452,38 @@ SELECT server_id, providers, worker_address, api_address, started_at, heartbeat_
 FROM hodei.server_instances
 WHERE heartbeat_at > now() - make_interval(secs => %s)
 ORDER BY started_at;
+
+-- Admission ------------------------------------------------------------------------
+
+-- name: lock_admission
+-- One admitter per provider at a time, across servers.
+SELECT pg_advisory_lock(7, hashtext(%s));
+
+-- name: unlock_admission
+SELECT pg_advisory_unlock(7, hashtext(%s));
+
+-- name: provider_capacity_and_use
+-- The capacity set through the API (NULL: the server's default) and the slots in use:
+-- workers not yet terminated, and admitted jobs that have no such worker yet.
+SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provider_type = %(provider)s),
+       (SELECT count(*) FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED')
+     + (SELECT count(*) FROM jobs j
+        WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
+          AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+          AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.job_id = j.id AND w.attempt = j.attempt
+                          AND w.state <> 'TERMINATED'));
+
+-- name: next_in_queue
+SELECT id FROM jobs
+WHERE provider_type = %(provider)s AND state = 'PENDING' AND admitted_at IS NULL
+ORDER BY priority DESC, created_at, id
+LIMIT %(limit)s;
+
+-- name: queued_jobs
+-- The queue as people see it: each waiting job with its place in its provider's line.
+SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at,
+       row_number() OVER (PARTITION BY provider_type ORDER BY priority DESC, created_at, id) AS position
+FROM jobs
+WHERE state = 'PENDING' AND admitted_at IS NULL
+ORDER BY provider_type, position
+LIMIT %(limit)s;

@@ -2,7 +2,8 @@
 its output, reports the result and exits.
 
 Configuration (set by the provider that started the worker):
-    HODEI_SERVER_ADDRESS   host:port of the server
+    HODEI_SERVER_ADDRESS   host:port of the server, or several, comma-separated: any
+                           server sharing the database will do (tried in turn)
     HODEI_WORKER_ID        this worker's id
     HODEI_JOB_ID           the job it may run
     HODEI_WORKER_TOKEN     single-use registration token
@@ -11,13 +12,15 @@ Configuration (set by the provider that started the worker):
     HODEI_TLS_CERT_PEM     mutual TLS: this worker's client certificate (and HODEI_TLS_KEY_PEM)
     HODEI_TLS_SERVER_NAME  TLS: the name to expect in the server's certificate, if not its address
     HODEI_JOB_USER         run the job as this user (name, uid or uid:gid) when the agent is root
+    HODEI_WORKER_ORPHAN_TIMEOUT  seconds without any server before the job is stopped (300)
+    HODEI_ECHO_OUTPUT      0: do not copy the job's output to the agent's own stdout/stderr
 
 The job sees none of these: its environment is its own variables and secrets over a
 minimal base (see runner.job_environment), and the agent is non-dumpable, so a job
 running as the same user cannot read the agent's /proc files.
 
 Exit codes: 0 result delivered; 2 bad configuration; 3 credentials refused;
-4 server unreachable or stream lost for good.
+4 no server reachable for HODEI_WORKER_ORPHAN_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei_worker import __version__
-from hodei_worker.batcher import Batch, LogBatcher
+from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import (
+    STDERR,
     Finished,
     JobProcess,
     JobUser,
@@ -57,8 +61,8 @@ from hodei_worker.runner import (
     job_environment,
 )
 
-# How long the agent keeps trying to reach the server before giving up.
-CONNECT_PATIENCE = 60.0
+# Backoff between attempts to reach a server.
+RETRY_FIRST, RETRY_MAX = 0.05, 5.0
 _OUTCOMES = {
     Outcome.EXITED: worker_pb2.JOB_OUTCOME_EXITED,
     Outcome.TIMED_OUT: worker_pb2.JOB_OUTCOME_TIMED_OUT,
@@ -80,7 +84,7 @@ class Fatal(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    server: str
+    servers: tuple[str, ...]
     worker_id: str
     job_id: str
     token: str
@@ -90,6 +94,8 @@ class Settings:
     tls_key: bytes | None = None
     tls_server_name: str | None = None
     job_user: JobUser | None = None
+    orphan_timeout: float = 300.0
+    echo_output: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -100,22 +106,30 @@ class Settings:
         ]
         if missing:
             raise Fatal(f"missing environment: {', '.join(missing)}", 2)
-        try:
-            grace = float(os.environ.get("HODEI_KILL_GRACE", "5"))
-        except ValueError:
-            raise Fatal("HODEI_KILL_GRACE must be a number of seconds", 2) from None
         return cls(
-            server=os.environ["HODEI_SERVER_ADDRESS"],
+            servers=tuple(part.strip() for part in os.environ["HODEI_SERVER_ADDRESS"].split(",") if part.strip()),
             worker_id=os.environ["HODEI_WORKER_ID"],
             job_id=os.environ["HODEI_JOB_ID"],
             token=os.environ["HODEI_WORKER_TOKEN"],
-            kill_grace=grace,
+            kill_grace=_seconds("HODEI_KILL_GRACE", 5.0),
             tls_ca=_pem("HODEI_TLS_CA"),
             tls_cert=_pem("HODEI_TLS_CERT"),
             tls_key=_pem("HODEI_TLS_KEY"),
             tls_server_name=os.environ.get("HODEI_TLS_SERVER_NAME") or None,
             job_user=_job_user(),
+            orphan_timeout=_seconds("HODEI_WORKER_ORPHAN_TIMEOUT", 300.0),
+            echo_output=os.environ.get("HODEI_ECHO_OUTPUT", "1") != "0",
         )
+
+
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name) or default)
+    except ValueError:
+        raise Fatal(f"{name} must be a number of seconds", 2) from None
+    if value <= 0:
+        raise Fatal(f"{name} must be positive", 2)
+    return value
 
 
 def _pem(name: str) -> bytes | None:
@@ -143,14 +157,14 @@ def _job_user() -> JobUser | None:
         raise Fatal(f"HODEI_JOB_USER={value}: no such user", 2) from None
 
 
-def open_channel(settings: Settings) -> grpc.Channel:
+def open_channel(settings: Settings, address: str) -> grpc.Channel:
     options: list[tuple[str, object]] = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
     if settings.tls_ca is None:
-        return grpc.insecure_channel(settings.server, options=options)
+        return grpc.insecure_channel(address, options=options)
     if settings.tls_server_name:
         options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
     credentials = grpc.ssl_channel_credentials(settings.tls_ca, settings.tls_key, settings.tls_cert)
-    return grpc.secure_channel(settings.server, credentials, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 def _now() -> Timestamp:
@@ -168,9 +182,10 @@ def _stamp(seconds: float) -> Timestamp:
 class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.channel = open_channel(settings)
+        self._server = -1
+        self.channel: grpc.Channel | None = None
+        self.stub = self._next_server()
         self.mask = Masker(())
-        self.stub = worker_pb2_grpc.WorkerAgentServiceStub(self.channel)
         self.session = ""
         self.heartbeat_interval = 2.0
         self.outbox: queue.Queue[worker_pb2.WorkerMessage | None] = queue.Queue()
@@ -181,11 +196,26 @@ class Agent:
         self.home = ""
         self.result_acked = threading.Event()
 
+    def _next_server(self) -> worker_pb2_grpc.WorkerAgentServiceStub:
+        """A stub for the next server address (they take turns after each failure)."""
+        self._server = (self._server + 1) % len(self.settings.servers)
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = open_channel(self.settings, self.settings.servers[self._server])
+        self.stub = worker_pb2_grpc.WorkerAgentServiceStub(self.channel)
+        return self.stub
+
+    @property
+    def server(self) -> str:
+        return self.settings.servers[self._server]
+
     # Registration -------------------------------------------------------------
 
     def register(self) -> None:
-        deadline = time.monotonic() + CONNECT_PATIENCE
-        delay = 0.05
+        """Registering again after a lost reply is safe: the server answers with the same
+        session while the credential is valid."""
+        deadline = time.monotonic() + self.settings.orphan_timeout
+        delay = RETRY_FIRST
         while True:
             try:
                 response = self.stub.Register(
@@ -210,9 +240,12 @@ class Agent:
                 ):
                     raise Fatal(f"registration refused: {exc.details()}", 3) from None
                 if time.monotonic() > deadline:
-                    raise Fatal(f"server {self.settings.server} unreachable: {exc.details()}", 4) from None
+                    tried = ", ".join(self.settings.servers)
+                    raise Fatal(f"no server reachable ({tried}): {exc.details()}", 4) from None
+                say(f"cannot register with {self.server} ({code.name}: {exc.details()}); trying again")
+                self._next_server()
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX)
 
     # The stream ---------------------------------------------------------------
 
@@ -222,11 +255,12 @@ class Agent:
     def _batch_message(self, batch: Batch) -> worker_pb2.WorkerMessage:
         lines = [
             worker_pb2.LogLine(
-                stream=worker_pb2.LOG_STREAM_STDERR if stream == "stderr" else worker_pb2.LOG_STREAM_STDOUT,
+                stream=worker_pb2.LOG_STREAM_STDERR if stream == STDERR else worker_pb2.LOG_STREAM_STDOUT,
                 line=text,
                 timestamp=_stamp(at),
+                partial=partial,
             )
-            for at, stream, text in batch.lines
+            for at, stream, text, partial in batch.lines
         ]
         return worker_pb2.WorkerMessage(
             log_batch=worker_pb2.LogBatch(job_id=self.settings.job_id, seq=batch.seq, lines=lines)
@@ -243,8 +277,12 @@ class Agent:
             yield message
 
     def serve(self) -> None:
-        """Keeps a stream open until the result is acknowledged, reconnecting if it drops."""
-        deadline = time.monotonic() + CONNECT_PATIENCE
+        """Keeps a stream open until the result is acknowledged. A lost stream is opened
+        again, on the next server, with backoff: the job goes on meanwhile, its output
+        waits in unacknowledged batches, and only after ``orphan_timeout`` without any
+        server is the job stopped."""
+        deadline = time.monotonic() + self.settings.orphan_timeout
+        delay = RETRY_FIRST
         while not self.result_acked.is_set():
             stream_done = threading.Event()
             # A new stream: whatever was not acknowledged goes again.
@@ -257,14 +295,15 @@ class Agent:
             metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
             try:
                 for message in self.stub.Connect(self._outgoing(stream_done), metadata=metadata):
-                    deadline = time.monotonic() + CONNECT_PATIENCE
+                    deadline = time.monotonic() + self.settings.orphan_timeout
+                    delay = RETRY_FIRST
                     self._on_message(message)
                     if self.result_acked.is_set():
                         break
             except grpc.RpcError as exc:
                 if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise Fatal(f"stream refused: {exc.details()}", 3) from None
-                say(f"stream lost ({exc.code().name}: {exc.details()}); reconnecting")
+                say(f"stream to {self.server} lost ({exc.code().name}: {exc.details()}); reconnecting")
             finally:
                 stream_done.set()
                 self.outbox.put(None)
@@ -272,8 +311,10 @@ class Agent:
                 return
             if time.monotonic() > deadline:
                 self._abandon_job()
-                raise Fatal("lost the server for good", 4)
-            time.sleep(0.5)
+                raise Fatal(f"no server reachable for {self.settings.orphan_timeout:g}s: stopped the job", 4)
+            self._next_server()
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     def _on_message(self, message: worker_pb2.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -315,20 +356,25 @@ class Agent:
         self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
         self.job_thread.start()
 
-    def _on_line(self, stream: str, line: str) -> None:
-        line = self.mask(line)
-        # The job's output also goes to our own stdout/stderr, so `docker logs` and
-        # `kubectl logs` agree with the stored log.
-        print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
-        self.batcher.add(stream, line)
+    def _on_line(self, stream: str, text: str, partial: bool) -> None:
+        text = self.mask(text)
+        if self.settings.echo_output:
+            # A copy on our own stdout/stderr, so `docker logs` and `kubectl logs` agree with
+            # the stored log (the local provider turns it off: nothing would remove it).
+            target = sys.stderr if stream == STDERR else sys.stdout
+            target.write(text if partial else text + "\n")
+            target.flush()
+        self.batcher.add(stream, text, partial)
 
     def _run_job(self) -> None:
         assert self.process is not None
         finished: Finished = self.process.run()
         shutil.rmtree(self.home, ignore_errors=True)
         say(f"job {self.settings.job_id}: {finished.message}")
-        if not self.batcher.wait_all_acked(timeout=CONNECT_PATIENCE):
+        if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
             say("some log batches were never acknowledged")
+        if self.batcher.lost_lines:
+            say(f"{self.batcher.lost_lines} lines of output were given up after {MAX_SENDS} sends")
         self.result = worker_pb2.JobResult(
             job_id=self.settings.job_id,
             outcome=_OUTCOMES[finished.outcome],
@@ -344,6 +390,11 @@ class Agent:
     def _abandon_job(self) -> None:
         if self.process is not None:
             self.process.cancel("the server is unreachable")
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self.channel is not None:
+            self.channel.close()
 
     def terminate(self) -> None:
         """SIGTERM: stop the job gracefully and report; with no job running, just go."""
@@ -361,8 +412,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: agent.terminate())
         agent.register()
         agent.serve()
-        agent.batcher.close()
-        agent.channel.close()
+        agent.close()
     except Fatal as exc:
         say(str(exc))
         sys.exit(exc.code)

@@ -1,4 +1,5 @@
-"""Groups output lines into numbered batches and keeps them until acknowledged."""
+"""Groups output into numbered batches, bounded in lines and bytes, and keeps each until
+the server acknowledges it."""
 
 from __future__ import annotations
 
@@ -7,29 +8,49 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# A line (or a piece of a long one), as (wall-clock time, stream, text, partial).
+Line = tuple[float, str, str, bool]
+
+MAX_LINES = 1000
+# Far below the server's message limit (16 MiB): a batch is never refused for its size.
+MAX_BYTES = 1024 * 1024
+# A batch sent this many times without an acknowledgement is given up, not resent forever.
+MAX_SENDS = 5
+
 
 @dataclass
 class Batch:
     seq: int
-    lines: list[tuple[float, str, str]] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+    sends: int = 0
 
 
 class LogBatcher:
-    """Flushes when ``max_lines`` are waiting or ``max_delay`` passed since the first one.
+    """Flushes when ``max_lines`` or ``max_bytes`` are waiting, or ``max_delay`` passed
+    since the first one.
 
     Batches stay in ``unacked`` until the server acknowledges them; after a reconnect
-    they are sent again, and the result waits until none is left.
+    they are sent again (``pending``), and the result waits until none is left.
     """
 
-    def __init__(self, send: Callable[[Batch], None], max_lines: int = 200, max_delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        send: Callable[[Batch], None],
+        max_lines: int = MAX_LINES,
+        max_delay: float = 0.05,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self._send = send
         self.max_lines = max_lines
         self.max_delay = max_delay
+        self.max_bytes = max_bytes
         self._lock = threading.Condition()
-        self._current: list[tuple[float, str, str]] = []
+        self._current: list[Line] = []
+        self._current_bytes = 0
         self._first_at = 0.0
         self._seq = 0
         self.unacked: dict[int, Batch] = {}
+        self.lost_lines = 0
         self._closed = False
         self._flusher = threading.Thread(target=self._flush_on_time, name="log-flusher", daemon=True)
         self._flusher.start()
@@ -38,12 +59,16 @@ class LogBatcher:
     def last_seq(self) -> int:
         return self._seq
 
-    def add(self, stream: str, line: str) -> None:
+    def add(self, stream: str, text: str, partial: bool = False) -> None:
+        size = len(text) + 16
         with self._lock:
+            if self._current and self._current_bytes + size > self.max_bytes:
+                self._flush_locked()
             if not self._current:
                 self._first_at = time.monotonic()
                 self._lock.notify_all()
-            self._current.append((time.time(), stream, line))
+            self._current.append((time.time(), stream, text, partial))
+            self._current_bytes += size
             if len(self._current) >= self.max_lines:
                 self._flush_locked()
 
@@ -55,8 +80,9 @@ class LogBatcher:
         if not self._current:
             return
         self._seq += 1
-        batch = Batch(self._seq, self._current)
+        batch = Batch(self._seq, self._current, sends=1)
         self._current = []
+        self._current_bytes = 0
         self.unacked[batch.seq] = batch
         self._send(batch)
 
@@ -66,7 +92,18 @@ class LogBatcher:
             self._lock.notify_all()
 
     def pending(self) -> list[Batch]:
+        """The batches to send again on a new stream. One that was already sent
+        ``MAX_SENDS`` times is given up (its lines counted as lost): a batch the server
+        cannot take must not block the job's result forever."""
         with self._lock:
+            for seq in sorted(self.unacked):
+                batch = self.unacked[seq]
+                if batch.sends >= MAX_SENDS:
+                    self.lost_lines += len(batch.lines)
+                    del self.unacked[seq]
+                else:
+                    batch.sends += 1
+            self._lock.notify_all()
             return [self.unacked[seq] for seq in sorted(self.unacked)]
 
     def wait_all_acked(self, timeout: float) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
 import os
@@ -13,8 +14,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import BinaryIO
 
 _PR_SET_CHILD_SUBREAPER = 36
+STDOUT = "stdout"
+STDERR = "stderr"
+# The longest piece of a line handed on at once; longer lines go in several pieces.
+PIECE_BYTES = 256 * 1024
 
 
 class Outcome(Enum):
@@ -123,7 +129,7 @@ class JobProcess:
         working_dir: str | None,
         timeout: float,
         kill_grace: float,
-        on_line: Callable[[str, str], None],
+        on_line: Callable[[str, str, bool], None],
         user: JobUser | None = None,
     ) -> None:
         self.argv = argv
@@ -178,8 +184,8 @@ class JobProcess:
             return Finished(Outcome.START_FAILED, code, f"cannot start {self.argv[0]}: {exc.strerror or exc}")
         self._process = process
         readers = [
-            threading.Thread(target=self._pump, args=(process.stdout, "stdout"), daemon=True),
-            threading.Thread(target=self._pump, args=(process.stderr, "stderr"), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stdout, STDOUT), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stderr, STDERR), daemon=True),
         ]
         for reader in readers:
             reader.start()
@@ -260,10 +266,22 @@ class JobProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signum)
 
-    def _pump(self, stream: object, name: str) -> None:
-        assert hasattr(stream, "readline")
-        for raw in iter(stream.readline, b""):
-            self.on_line(name, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+    def _pump(self, stream: BinaryIO, name: str) -> None:
+        """Hands on each line of output as it comes, a long line in pieces of at most
+        ``PIECE_BYTES`` (``partial``: the line goes on in the next piece), so no line,
+        however long, is ever held whole."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held: bytes | None = None
+        for raw in iter(lambda: stream.readline(PIECE_BYTES), b""):
+            if held is not None:
+                self.on_line(name, decoder.decode(held), True)
+                held = None
+            if raw.endswith(b"\n"):
+                self.on_line(name, decoder.decode(raw).rstrip("\r\n"), False)
+            else:
+                held = raw  # a piece of a long line, or the last line without a newline
+        if held is not None:
+            self.on_line(name, decoder.decode(held, final=True), False)
 
     def _reap_orphans(self, process: subprocess.Popen[bytes]) -> None:
         """Reaps re-parented orphans while the job runs, never the job's own process

@@ -1,0 +1,121 @@
+"""Admission control end to end: a provider never runs more workers than its capacity,
+the rest wait in the queue and leave it by priority, a job's own timeout does not run
+while it waits, a queue timeout does, and a burst far larger than the capacity all ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.testing import ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+
+def submit_many(server: ServerProcess, specs: list[common_pb2.JobSpec]) -> list[str]:
+    with server.channel() as channel, ThreadPoolExecutor(16) as pool:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        return list(pool.map(lambda s: stub.QueueJob(jobs_pb2.QueueJobRequest(spec=s), timeout=60).job_id, specs))
+
+
+def spec(provider: str, command: str, **fields: Any) -> common_pb2.JobSpec:
+    return common_pb2.JobSpec(name="capacity", command=command, timeout_seconds=120, provider=provider, **fields)
+
+
+def wait_all(url: str, job_ids: list[str], timeout: float) -> dict[str, str]:
+    def ended() -> dict[str, str] | None:
+        rows = query(url, "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[])", (job_ids,))
+        states = dict(rows)
+        done = all(s in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT") for s in states.values())
+        return states if done and len(states) == len(job_ids) else None
+
+    return eventually(ended, timeout, 0.5, "every job to end")
+
+
+@pytest.mark.docker
+def test_docker_never_runs_more_than_its_capacity_and_priority_goes_first(
+    fresh_database_url: str, worker_image: str, docker_client: Any, tmp_path: Path
+) -> None:
+    env = {"HODEI_DOCKER_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0", "HODEI_WORKER_IMAGE": worker_image}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        capacity = json.loads(server.cli("provider", "capacity", "docker", "4", "-o", "json", check=True).stdout)
+        assert capacity[0]["max_workers"] == 4
+        (installation,) = query(fresh_database_url, "SELECT value FROM hodei.secrets WHERE name = 'installation_id'")[0]
+        low = submit_many(server, [spec("docker", "sleep 2") for _ in range(50)])
+        high = submit_many(server, [spec("docker", "sleep 2", priority=10) for _ in range(10)])
+        queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+        assert queued and {q["provider"] for q in queued} <= {"docker", ""}  # "": being chosen
+        assert any("provider docker is full: 4 of 4 workers" in q["reason"] for q in queued), queued
+        # Sampled every 100 ms until every job ended (the low-level list: one call).
+        most = 0
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            running = docker_client.api.containers(all=True, filters={"label": f"hodei.installation={installation}"})
+            most = max(most, len(running))
+            states = dict(query(fresh_database_url, "SELECT id::text, state FROM jobs"))
+            if all(state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT") for state in states.values()):
+                break
+            time.sleep(0.1)
+        assert set(states.values()) == {"SUCCEEDED"}
+        assert 0 < most <= 4, most
+        started = dict(query(fresh_database_url, "SELECT id::text, started_at FROM jobs"))
+        last_high = max(started[job] for job in high)
+        # When the high-priority jobs came, at most the first few low ones held or were
+        # taking the slots; every other low one was still queued and went after them.
+        low_before = sum(1 for job in low if started[job] < last_high)
+        assert low_before <= 8, low_before
+        for job_id in low + high:
+            wait_settled(fresh_database_url, job_id)
+
+
+def test_a_queued_job_times_out_in_the_queue_and_its_own_timeout_waits(fresh_database_url: str, tmp_path: Path) -> None:
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_LOCAL_MAX_WORKERS": "1"}) as server:
+        blocker = server.cli(
+            "job", "run", "--provider", "local", "--command", "sleep 5", "--timeout", "60", check=True
+        ).stdout.strip()
+        eventually(
+            lambda: query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (blocker,)) == [("RUNNING",)], 30
+        )
+        impatient = server.cli(
+            "job", "run", "--provider", "local", "--command", "true", "--queue-timeout", "1.5", "--wait"
+        )
+        # Its own --timeout (2 s) only starts when it runs: 4 s in the queue do not count.
+        patient = server.cli("job", "run", "--provider", "local", "--command", "sleep 1", "--timeout", "2", "--wait")
+        assert impatient.returncode == 125, impatient.stderr
+        assert "waited in the queue past its queue timeout" in impatient.stderr
+        assert patient.returncode == 0, patient.stderr
+        for job_id in (blocker, impatient.stdout.strip(), patient.stdout.strip()):
+            wait_settled(fresh_database_url, job_id)
+        assert query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (blocker,)) == [("SUCCEEDED",)]
+
+
+def test_a_cancelled_queued_job_leaves_the_queue(fresh_database_url: str, tmp_path: Path) -> None:
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_LOCAL_MAX_WORKERS": "1"}) as server:
+        (blocker,) = submit_many(server, [spec("local", "sleep 3")])
+        eventually(
+            lambda: query(fresh_database_url, "SELECT admitted_at FROM jobs WHERE id = %s", (blocker,))[0][0], 20
+        )
+        (waiting,) = submit_many(server, [spec("local", "true")])
+
+        def queued() -> list[str]:
+            return [q["job_id"] for q in json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]]
+
+        eventually(lambda: queued() == [waiting], 20)
+        server.cli("job", "cancel", "--id", waiting, check=True)
+        assert json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"] == []
+        for job_id in (blocker, waiting):
+            wait_settled(fresh_database_url, job_id)
+        assert query(fresh_database_url, "SELECT state FROM workers WHERE job_id = %s", (waiting,)) == []
+
+
+def test_five_hundred_jobs_at_once_on_the_local_provider_all_succeed(fresh_database_url: str, tmp_path: Path) -> None:
+    with ServerProcess(fresh_database_url, tmp_path) as server:
+        job_ids = submit_many(server, [spec("local", "true") for _ in range(500)])
+        states = wait_all(fresh_database_url, job_ids, 600)
+        assert set(states.values()) == {"SUCCEEDED"}, {s: list(states.values()).count(s) for s in set(states.values())}
