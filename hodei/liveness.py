@@ -1,10 +1,15 @@
 """Worker heartbeats, kept in ``hodei.worker_liveness`` rather than in the event log
-(one event every two seconds per worker would drown it)."""
+(one event every two seconds per worker would drown it).
+
+Streams note each message in memory (``seen``); a flusher writes everything noted since
+its last round in one statement (``flush``), twice per heartbeat interval. A thousand
+connected workers then cost two statements a second, not a thousand."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
@@ -24,6 +29,31 @@ class Liveness:
     def __init__(self, pool: ConnectionPool, server_id: str) -> None:
         self.pool = pool
         self.server_id = server_id
+        self._lock = threading.Lock()
+        self._noted: dict[UUID, tuple[bool, datetime]] = {}
+
+    def seen(self, worker_id: UUID, connected: bool) -> None:
+        """Notes a sign of life; written by the next ``flush``."""
+        with self._lock:
+            self._noted[worker_id] = (connected, datetime.now(UTC))
+
+    def flush(self) -> int:
+        """Writes what was noted since the last flush; kept for the next one on failure."""
+        with self._lock:
+            noted, self._noted = self._noted, {}
+        if not noted:
+            return 0
+        ids = list(noted)
+        params = (ids, [self.server_id] * len(ids), [noted[i][0] for i in ids], [noted[i][1] for i in ids])
+        try:
+            with translate_errors(), self.pool.connection() as conn:
+                conn.execute(query("touch_liveness_many"), params)
+        except Exception:
+            with self._lock:
+                for worker_id, value in noted.items():
+                    self._noted.setdefault(worker_id, value)
+            raise
+        return len(ids)
 
     def touch(self, worker_id: UUID, connected: bool) -> None:
         with translate_errors(), self.pool.connection() as conn:

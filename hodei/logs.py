@@ -39,10 +39,14 @@ _STRIPES = 64
 
 @dataclass(frozen=True)
 class LogEntry:
+    """A line of output, or a piece of a long one (``partial``: the line goes on in the
+    next entry, which has the same number): reading never joins a line whole."""
+
     number: int
     timestamp: datetime
     stream: str
     text: str
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,9 @@ class LogStore:
             return path.stat().st_size, entries
 
     def read(self, job_id: str, from_line: int = 1, limit: int | None = None, cursor: Cursor | None = None) -> Page:
-        """Up to ``limit`` entries from entry ``from_line`` (counted from 1), or from where
-        ``cursor`` (a previous page's ``next``) points."""
+        """Up to ``limit`` entries (pieces of long lines count one each) from line
+        ``from_line`` (counted from 1), or from where ``cursor`` (a previous page's
+        ``next``) points."""
         entries: list[LogEntry] = []
         at = cursor or Cursor()
         start = from_line if cursor is None else at.line
@@ -213,8 +218,8 @@ class LogStore:
         return Page(entries, at)
 
     def _entries(self, job_id: str, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:
-        """Whole entries, each with the cursor just past it; a line whose last piece is not
-        written yet is not returned."""
+        """Entries, each with the cursor just past it; a record not wholly written yet is
+        not returned."""
         path = self.path(job_id)
         if not path.exists():
             return
@@ -229,8 +234,6 @@ class LogStore:
                 handle.seek(cursor.offset)
                 clock = cursor.clock_ms if cursor.clock_ms is not None else base
             number = cursor.line
-            pieces: list[str] = []
-            start_ms = 0
             for raw in handle:
                 if not raw.endswith(b"\n"):
                     return
@@ -239,15 +242,15 @@ class LogStore:
                 clock = base + int(delta) if kind == "T" else clock + int(delta)
                 if kind == "T":
                     continue
-                if not pieces:
-                    start_ms = clock
-                pieces.append(rest.decode("utf-8", errors="replace"))
-                if kind.isupper():
-                    continue
-                stamp = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
-                yield LogEntry(number, stamp, _STREAM[kind], "".join(pieces)), Cursor(handle.tell(), number + 1, clock)
-                number += 1
-                pieces = []
+                partial = kind.isupper()
+                stamp = datetime.fromtimestamp(clock / 1000, tz=UTC)
+                text = rest.decode("utf-8", errors="replace")
+                following = number if partial else number + 1
+                yield (
+                    LogEntry(number, stamp, _STREAM[kind.lower()], text, partial),
+                    Cursor(handle.tell(), following, clock),
+                )
+                number = following
 
 
 def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:

@@ -8,9 +8,11 @@ which is why every waiter also polls.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import defaultdict
+from typing import Self
 
 import psycopg
 
@@ -37,11 +39,33 @@ class Waiter:
     def close(self) -> None:
         self._hub.remove(self)
 
-    def __enter__(self) -> Waiter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class AsyncWaiter(Waiter):
+    """A waiter for coroutines: woken from the listener thread through its loop."""
+
+    def __init__(self, hub: Signals, keys: tuple[str | None, ...], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(hub, keys)
+        self._loop = loop
+        self._async_event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._loop.call_soon_threadsafe(self._async_event.set)
+
+    async def wait_async(self, timeout: float) -> bool:
+        """True when woken before the timeout. Clears the wake-up either way."""
+        try:
+            await asyncio.wait_for(self._async_event.wait(), timeout)
+            woken = True
+        except TimeoutError:
+            woken = False
+        self._async_event.clear()
+        return woken
 
 
 class Signals:
@@ -58,6 +82,14 @@ class Signals:
     def waiter(self, *keys: str) -> Waiter:
         """Woken by signals for any of ``keys``; with no key, by every signal."""
         waiter = Waiter(self, keys or (None,))
+        with self._lock:
+            for key in waiter.keys:
+                self._waiters[key].add(waiter)
+        return waiter
+
+    def async_waiter(self, *keys: str) -> AsyncWaiter:
+        """A waiter for the running event loop's coroutines (see ``waiter``)."""
+        waiter = AsyncWaiter(self, keys or (None,), asyncio.get_running_loop())
         with self._lock:
             for key in waiter.keys:
                 self._waiters[key].add(waiter)

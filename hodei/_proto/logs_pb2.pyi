@@ -55,11 +55,14 @@ class JobLogEntry(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     line_number: _builtins.int
     """1-based line number in the job's log."""
     stream: _worker_pb2.LogStream.ValueType
     line: _builtins.str
+    partial: _builtins.bool
+    """A piece of a long line: the line goes on in the next entry (same line_number)."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -70,10 +73,11 @@ class JobLogEntry(_message.Message):
         stream: _worker_pb2.LogStream.ValueType = ...,
         line: _builtins.str = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "line", b"line", "line_number", b"line_number", "stream", b"stream", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "line", b"line", "line_number", b"line_number", "partial", b"partial", "stream", b"stream", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

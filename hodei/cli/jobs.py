@@ -149,7 +149,7 @@ def finish(term: Terminal, job: common_pb2.Job) -> int:
 def follow(client: Client, term: Terminal, job_id: str) -> int:
     request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
     for entry in client.stream(client.logs.SubscribeLogs, request):
-        term.line(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR)
+        term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
     return wait(client, term, job_id)
 
 
@@ -210,7 +210,7 @@ def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         if term.json:
             print(json.dumps(MessageToDict(entry, preserving_proto_field_name=True)), flush=True)
         else:
-            term.line(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR)
+            term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
     return 0
 
 

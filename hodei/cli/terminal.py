@@ -24,6 +24,12 @@ class Terminal:
         """A machine-readable value: printed as is, never styled."""
         print(text, flush=True)
 
+    def output(self, text: str, *, stderr: bool, partial: bool) -> None:
+        """A job's output as it was: a piece of a long line without a newline after it."""
+        stream = sys.stderr if stderr else sys.stdout
+        stream.write(text if partial else text + "\n")
+        stream.flush()
+
     def line(self, text: str, *, stderr: bool = False) -> None:
         (self.err if stderr else self.out).print(text, markup=False)
 

@@ -1,15 +1,16 @@
 """The gate every API call passes: who is calling (an API token from the call's
 ``authorization: Bearer …`` metadata) and whether their role allows the method.
 
-The check runs inside the handler's thread, not in gRPC's dispatch thread, so a token
-lookup never holds up other calls. The caller is then available to the method as
-``caller()`` for the duration of the call (streams included).
+The check runs in the call's own thread or task, never where gRPC dispatches calls, so
+a token lookup never holds up others. The caller is then available to the method as
+``caller()`` for the duration of the call (streams included: each runs in its task).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -43,7 +44,7 @@ def bearer(metadata: Any) -> str | None:
     return None
 
 
-class Gatekeeper(grpc.ServerInterceptor):
+class Gatekeeper(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: ApiTokens, required: bool) -> None:
         self.tokens = tokens
         self.always_required = required
@@ -67,10 +68,10 @@ class Gatekeeper(grpc.ServerInterceptor):
             )
         return who
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler: grpc.RpcMethodHandler[Any, Any] | None = continuation(details)
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(details)
         if handler is None:
             return None
         method = details.method
@@ -82,16 +83,44 @@ class Gatekeeper(grpc.ServerInterceptor):
 
 
 def _guarded(handler: Any, admit: Callable[[Any], Caller]) -> grpc.RpcMethodHandler[Any, Any]:
-    def enter(context: grpc.ServicerContext) -> Any:
-        try:
-            who = admit(context.invocation_metadata())
-        except HodeiError as exc:
-            context.abort(status_of(exc), exc.message)
-        return _CALLER.set(who)
+    """The handler with the gate in front of its behavior, of whatever kind it is: a
+    plain function runs in a worker thread (the token lookup may block there), a
+    coroutine or async generator on the loop (the lookup goes to a thread)."""
 
-    def unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            token = enter(context)
+    def refuse(exc: HodeiError) -> tuple[grpc.StatusCode, str]:
+        return status_of(exc), exc.message
+
+    def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    who = await asyncio.to_thread(admit, context.invocation_metadata())
+                except HodeiError as exc:
+                    await context.abort(*refuse(exc))
+                _CALLER.set(who)
+                async for item in behavior(request, context):
+                    yield item
+
+            return stream
+        if inspect.iscoroutinefunction(behavior):
+
+            async def call_async(request: Any, context: Any) -> Any:
+                try:
+                    who = await asyncio.to_thread(admit, context.invocation_metadata())
+                except HodeiError as exc:
+                    await context.abort(*refuse(exc))
+                _CALLER.set(who)
+                return await behavior(request, context)
+
+            return call_async
+
+        def call(request: Any, context: Any) -> Any:
+            try:
+                who = admit(context.invocation_metadata())
+            except HodeiError as exc:
+                context.abort(*refuse(exc))
+            token = _CALLER.set(who)
             try:
                 return behavior(request, context)
             finally:
@@ -99,27 +128,10 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller]) -> grpc.RpcMethodHand
 
         return call
 
-    def streaming(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            token = enter(context)
-            try:
-                yield from behavior(request, context)
-            finally:
-                # A stream may be closed from another thread (then the next call sets its own).
-                with contextlib.suppress(ValueError):
-                    _CALLER.reset(token)
-
-        return call
-
-    replaced = {}
-    for kind, wrap in (
-        ("unary_unary", unary),
-        ("stream_unary", unary),
-        ("unary_stream", streaming),
-        ("stream_stream", streaming),
-    ):
-        behavior = getattr(handler, kind)
-        if behavior is not None:
-            replaced[kind] = wrap(behavior)
+    replaced = {
+        kind: wrap(getattr(handler, kind))
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, kind) is not None
+    }
     guarded: grpc.RpcMethodHandler[Any, Any] = handler._replace(**replaced)
     return guarded

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -43,15 +44,41 @@ def status_of(exc: HodeiError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, HodeiError):
-        context.abort(status_of(exc), exc.message)
+        return status_of(exc), exc.message
     log.exception("unexpected error in an RPC", exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    context.abort(*_status(exc))
+
+
+def _passes(exc: BaseException) -> bool:
+    """Errors gRPC raises itself (an abort, a cancelled call) go through untouched."""
+    return isinstance(exc, grpc.RpcError | asyncio.CancelledError) or type(exc).__name__ == "AbortError"
 
 
 def rpc(method: F) -> F:
-    """Wraps a servicer method (unary or streaming) so errors reach the client as statuses."""
+    """Wraps a servicer method — plain or generator, sync or async — so that errors reach
+    the client as statuses with a message a person can act on."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def async_stream(
+            self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[object]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except Exception as exc:
+                if _passes(exc):
+                    raise
+                await context.abort(*_status(exc))
+
+        return cast(F, async_stream)
+
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
@@ -59,7 +86,7 @@ def rpc(method: F) -> F:
             try:
                 yield from method(self, request, context)
             except Exception as exc:
-                if isinstance(exc, grpc.RpcError) or not context.is_active():
+                if _passes(exc) or not context.is_active():
                     raise
                 _abort(context, exc)
 
@@ -70,7 +97,7 @@ def rpc(method: F) -> F:
         try:
             return method(self, request, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError):
+            if _passes(exc):
                 raise
             _abort(context, exc)
 

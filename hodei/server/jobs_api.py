@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
@@ -85,20 +86,23 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         return jobs_pb2.CancelJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
 
     @rpc
-    def WatchJob(
-        self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[jobs_pb2.JobUpdate]:
-        row = self.reads.job(request.job_id)
-        with self.signals.waiter(str(row.id)) as waiter:
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[jobs_pb2.JobUpdate]:
+        """A task, not a thread, per watcher: reads go to the I/O threads, waits are free."""
+        row = await asyncio.to_thread(self.reads.job, request.job_id)
+        with self.signals.async_waiter(str(row.id)) as waiter:
             last = None
-            while context.is_active():
-                row = self.reads.job(request.job_id)
+            while True:
+                row = await asyncio.to_thread(self.reads.job, request.job_id)
                 if (row.state, row.updated_at) != last:
                     last = (row.state, row.updated_at)
                     yield jobs_pb2.JobUpdate(job=job_to_proto(row))
-                if JobState(row.state).is_terminal and (row.storage_uri is not None or not self._sagas_open(row)):
+                if JobState(row.state).is_terminal and (
+                    row.storage_uri is not None or not await asyncio.to_thread(self._sagas_open, row)
+                ):
                     return
-                waiter.wait(WATCH_POLL)
+                await waiter.wait_async(WATCH_POLL)
 
     def _sagas_open(self, row: JobRow) -> bool:
         with translate_errors(), self.store.pool.connection() as conn:

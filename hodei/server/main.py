@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -59,6 +60,9 @@ SERVICE_NAMES = [
 
 # Larger than any message a worker sends (its log batches are bounded below this).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Threads for plain (unary) calls, and for the database work of streams.
+API_THREADS = 16
+IO_THREADS = 16
 
 BANNER = """\
 ╔═══════════════════════════════════════════════════════════════╗
@@ -122,7 +126,7 @@ def _credentials(tls: configuration.TlsConfig) -> grpc.ServerCredentials | None:
     )
 
 
-def _listen(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
     """Binds the port, without SO_REUSEPORT: a port in use is an error, not a second
     server that the kernel silently splits clients with."""
     try:
@@ -142,7 +146,7 @@ def _listen(server: grpc.Server, address: str, credentials: grpc.ServerCredentia
         raise Misconfigured(f"cannot listen on {address}: {reason} (port {port}; is another hodei-server running?)")
 
 
-def _add_services(server: grpc.Server, runtime: Runtime, tokens: ApiTokens) -> health.HealthServicer:
+async def _add_services(server: grpc.aio.Server, runtime: Runtime, tokens: ApiTokens) -> health.aio.HealthServicer:
     """The API services, health and reflection; returns the health servicer."""
     from hodei._proto import access_pb2, access_pb2_grpc
     from hodei.server.access_api import AccessService
@@ -179,17 +183,16 @@ def _add_services(server: grpc.Server, runtime: Runtime, tokens: ApiTokens) -> h
         LogStreamService(runtime.reads, runtime.logs, runtime.signals), server
     )
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessService(tokens), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [*SERVICE_NAMES, access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name]
     for name in ["", *services]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return health_servicer
 
 
 def _serve(cfg: configuration.Config) -> int:
-    from hodei.server.access import Gatekeeper
     from hodei.server.runtime import Runtime
     from hodei.store.api_tokens import ApiTokens
 
@@ -225,8 +228,24 @@ def _serve(cfg: configuration.Config) -> int:
         log.info("  - %s provider not initialized: %s", provider_type.value.capitalize(), reason)
     log.info("Workers dial %s (HODEI_SERVER_HOST)", cfg.worker_server_address)
 
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=256, thread_name_prefix="hodei-grpc"),
+    try:
+        asyncio.run(_serve_api(runtime, tokens, address))
+    finally:
+        runtime.stop()
+    return 0
+
+
+async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
+    """The API on an event loop: a stream (a connected worker, a log follower, a job
+    watcher) is a task, not a thread; plain calls run on API_THREADS, and the streams'
+    database work on IO_THREADS."""
+    from hodei.server.access import Gatekeeper
+
+    cfg = runtime.config
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="hodei-io"))
+    server = grpc.aio.server(
+        migration_thread_pool=ThreadPoolExecutor(API_THREADS, thread_name_prefix="hodei-api"),
         interceptors=[Gatekeeper(tokens, cfg.auth_required)],
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -236,23 +255,19 @@ def _serve(cfg: configuration.Config) -> int:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    health_servicer = _add_services(server, runtime, tokens)
-    try:
-        _listen(server, address, _credentials(cfg.tls))
-    except BaseException:
-        runtime.stop()
-        raise
-    stop = _wait_for_signal()
+    health_servicer = await _add_services(server, runtime, tokens)
+    _listen(server, address, _credentials(cfg.tls))
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     runtime.start(address)
-    server.start()
+    await server.start()
     log.info("  ✓ Saga orchestrator, outbox relay and sweeper started")
     log.info("Serving hodei.jobs on %s", address)
-    stop.wait()
+    await stop.wait()
     log.info("Shutting down")
-    health_servicer.enter_graceful_shutdown()
-    server.stop(grace=5).wait()
-    runtime.stop()
-    return 0
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=5)
 
 
 def _relay(cfg: configuration.Config) -> int:

@@ -172,6 +172,7 @@ class Runtime:
             ("hodei-relay", self.relay.run),
             ("hodei-sweeper", self.sweeper.run),
             ("hodei-instance", self._beat),
+            ("hodei-liveness", self._flush_liveness),
         ):
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
@@ -183,6 +184,15 @@ class Runtime:
                 self.instances.beat()
             except Exception as exc:
                 log.warning("could not record this instance's heartbeat: %s", exc)
+
+    def _flush_liveness(self, stop: threading.Event) -> None:
+        """Writes the workers' signs of life twice per heartbeat interval, in one go."""
+        while not stop.wait(self.config.timing.heartbeat_interval / 2):
+            try:
+                self.liveness.flush()
+            except Exception as exc:
+                log.warning("could not record the workers' heartbeats: %s", exc)
+        self.liveness.flush()
 
     def stop(self) -> None:
         self._stop.set()

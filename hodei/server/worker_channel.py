@@ -12,12 +12,12 @@ server process dispatched the job: a NOTIFY wakes the stream, and it also polls.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import grpc
@@ -26,12 +26,12 @@ from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei.domain.job import Job, JobState
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import InvalidInput, InvalidTransition, StoreUnavailable, Unauthenticated
+from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 from hodei.faults import Faults
 from hodei.liveness import Liveness
 from hodei.logs import STDERR, STDOUT, LogLine, LogStore
 from hodei.server.edge import rpc
-from hodei.signals import Signals
+from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
@@ -129,19 +129,22 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         )
 
     @rpc
-    def Connect(
-        self, request_iterator: Iterable[worker_pb2.WorkerMessage], context: grpc.ServicerContext
-    ) -> Iterator[worker_pb2.ServerMessage]:
-        metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[worker_pb2.WorkerMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[worker_pb2.ServerMessage]:
+        """A task per connected worker, no thread: database work goes to the I/O threads."""
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         worker_id = metadata.get("x-hodei-worker-id", "")
-        worker = self.store.find(Worker, worker_id)
+        worker = await asyncio.to_thread(self.store.find, Worker, worker_id)
         if worker is None:
             raise Unauthenticated(f"no worker {worker_id}")
         self.signer.check_session(metadata.get("x-hodei-session", ""), str(worker.id), worker.session_nonce)
         if not worker.is_live:
             raise Unauthenticated(f"worker {worker.id} is {worker.state}: its session is over")
-        session = WorkerSession(self, worker)
-        yield from session.run(request_iterator, context)
+        async for message in WorkerSession(self, worker).run(request_iterator):
+            yield message
 
 
 class WorkerSession:
@@ -152,44 +155,41 @@ class WorkerSession:
         self.worker_id = worker.id
         self.job_id = worker.job_id
         self.meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
-        self.outgoing: queue.Queue[worker_pb2.ServerMessage] = queue.Queue()
-        self.closed = threading.Event()
+        self.outgoing: asyncio.Queue[worker_pb2.ServerMessage] = asyncio.Queue()
+        self.closed = False
         self.sent_run = False
         self.sent_cancel = False
-        self.last_touch = 0.0
-        self.wake: Callable[[], None] = lambda: None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def run(
-        self, requests: Iterable[worker_pb2.WorkerMessage], context: grpc.ServicerContext
-    ) -> Iterator[worker_pb2.ServerMessage]:
+    async def run(self, requests: AsyncIterator[worker_pb2.WorkerMessage]) -> AsyncIterator[worker_pb2.ServerMessage]:
         service = self.service
+        self.loop = asyncio.get_running_loop()
         service.connected.add(self.worker_id)
-        service.liveness.touch(self.worker_id, connected=True)
-        reader = threading.Thread(target=self._read, args=(requests,), name=f"worker-{self.worker_id}", daemon=True)
-        with service.signals.waiter(str(self.worker_id), self.job_id) as waiter:
-            self.wake = waiter.wake
-            reader.start()
+        service.liveness.seen(self.worker_id, connected=True)
+        with service.signals.async_waiter(str(self.worker_id), self.job_id) as waiter:
+            reader = asyncio.create_task(self._read(requests, waiter))
             try:
-                while context.is_active() and not self.closed.is_set():
-                    if not self._sync():
+                while not self.closed:
+                    if not await asyncio.to_thread(self._sync):
                         return
-                    while True:
-                        try:
-                            yield self.outgoing.get_nowait()
-                        except queue.Empty:
-                            break
-                    waiter.wait(STATE_POLL)
+                    while not self.outgoing.empty():
+                        yield self.outgoing.get_nowait()
+                    await waiter.wait_async(STATE_POLL)
             finally:
-                self.closed.set()
+                self.closed = True
+                reader.cancel()
                 service.connected.discard(self.worker_id)
-                self._disconnected()
+                service.liveness.seen(self.worker_id, connected=False)
 
     def _send(self, message: worker_pb2.ServerMessage) -> None:
-        self.outgoing.put(message)
-        self.wake()
+        """Queues a message for the worker, from the loop or from an I/O thread (through
+        the loop, in order: before the I/O call's own result reaches the stream's task)."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.outgoing.put_nowait, message)
 
     def _sync(self) -> bool:
-        """Sends run-job or cancel when the database says so. False ends the stream."""
+        """Sends run-job or cancel when the database says so. False ends the stream.
+        Runs in an I/O thread; what it sends is queued for the stream's task."""
         with translate_errors(), self.service.store.pool.connection() as conn:
             row = conn.execute(query("worker_session_state"), (self.worker_id,)).fetchone()
         if row is None:
@@ -227,52 +227,53 @@ class WorkerSession:
             )
         )
 
-    def _read(self, requests: Iterable[worker_pb2.WorkerMessage]) -> None:
+    async def _read(self, requests: AsyncIterator[worker_pb2.WorkerMessage], waiter: AsyncWaiter) -> None:
         try:
-            for message in requests:
-                self._handle(message)
-        except grpc.RpcError:
+            async for message in requests:
+                await self._handle(message)
+                waiter.wake()  # something may be queued for the worker
+        except (grpc.RpcError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("worker %s stream failed", self.worker_id)
         finally:
-            self.closed.set()
-            self.wake()
+            self.closed = True
+            waiter.wake()
 
-    def _handle(self, message: worker_pb2.WorkerMessage) -> None:
-        # Any message proves the worker alive; record it at most twice per interval. While
-        # the database is away the stream goes on: the sweeper does not count that time.
-        now = time.monotonic()
-        if now - self.last_touch > self.service.heartbeat_interval / 2:
-            self.last_touch = now
-            try:
-                self.service.liveness.touch(self.worker_id, connected=True)
-            except StoreUnavailable as exc:
-                log.warning("could not record worker %s's heartbeat: %s", self.worker_id, exc)
+    async def _handle(self, message: worker_pb2.WorkerMessage) -> None:
+        # Any message proves the worker alive: noted in memory, written in batches.
+        self.service.liveness.seen(self.worker_id, connected=True)
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
             self._send(worker_pb2.ServerMessage(heartbeat_ack=worker_pb2.HeartbeatAck()))
         elif kind == "ack":
             self._own(message.ack.job_id)
-            self._update_job(lambda job: job.accept(str(self.worker_id)))
+            worker_id = str(self.worker_id)
+            await asyncio.to_thread(self._update_job, lambda job: job.accept(worker_id))
         elif kind == "log_batch":
-            self._write_logs(message.log_batch)
+            self._own(message.log_batch.job_id)
+            await asyncio.to_thread(self._write_logs, message.log_batch)
+            self._send(worker_pb2.ServerMessage(log_ack=worker_pb2.LogAck(seq=message.log_batch.seq)))
         elif kind == "result":
             result = message.result
             self._own(result.job_id)
-            state = outcome_state(result)
-            exit_code = None if result.outcome == worker_pb2.JOB_OUTCOME_CANCELLED else result.exit_code
-            reason = None if state is JobState.SUCCEEDED else result.message or state.value.lower()
-            ran = None
-            if result.HasField("started_at") and result.HasField("finished_at"):
-                ran = (
-                    result.started_at.ToDatetime(tzinfo=UTC).isoformat(),
-                    result.finished_at.ToDatetime(tzinfo=UTC).isoformat(),
-                )
-            self._update_job(lambda job: job.finish(str(self.worker_id), state, exit_code, reason, ran))
-            self.service.sequences.forget(self.job_id)
-            self.service.logs.forget(self.job_id)
+            await asyncio.to_thread(self._record_result, result)
             self._send(worker_pb2.ServerMessage(result_ack=worker_pb2.ResultAck(job_id=self.job_id)))
+
+    def _record_result(self, result: worker_pb2.JobResult) -> None:
+        state = outcome_state(result)
+        exit_code = None if result.outcome == worker_pb2.JOB_OUTCOME_CANCELLED else result.exit_code
+        reason = None if state is JobState.SUCCEEDED else result.message or state.value.lower()
+        ran = None
+        if result.HasField("started_at") and result.HasField("finished_at"):
+            ran = (
+                result.started_at.ToDatetime(tzinfo=UTC).isoformat(),
+                result.finished_at.ToDatetime(tzinfo=UTC).isoformat(),
+            )
+        worker_id = str(self.worker_id)
+        self._update_job(lambda job: job.finish(worker_id, state, exit_code, reason, ran))
+        self.service.sequences.forget(self.job_id)
+        self.service.logs.forget(self.job_id)
 
     def _own(self, job_id: str) -> None:
         if job_id != self.job_id:
@@ -290,7 +291,6 @@ class WorkerSession:
         self.service.store.command(self.meta, run)
 
     def _write_logs(self, batch: worker_pb2.LogBatch) -> None:
-        self._own(batch.job_id)
         if self.service.sequences.claim(self.job_id, batch.seq):
             lines = [
                 LogLine(
@@ -303,10 +303,3 @@ class WorkerSession:
             ]
             self.service.logs.append(self.job_id, lines)
             self.service.signals.publish(f"log:{self.job_id}")
-        self._send(worker_pb2.ServerMessage(log_ack=worker_pb2.LogAck(seq=batch.seq)))
-
-    def _disconnected(self) -> None:
-        try:
-            self.service.liveness.touch(self.worker_id, connected=False)
-        except Exception as exc:
-            log.warning("could not record that worker %s disconnected: %s", self.worker_id, exc)

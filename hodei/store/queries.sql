@@ -338,6 +338,14 @@ VALUES (%s, %s, %s, now())
 ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at = excluded.last_seen_at;
 
+-- name: touch_liveness_many
+-- Many workers' signs of life at once, each with the time it was seen.
+INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at)
+SELECT * FROM unnest(%s::uuid[], %s::varchar[], %s::boolean[], %s::timestamptz[])
+ON CONFLICT (worker_id) DO UPDATE
+SET server_id = excluded.server_id, connected = excluded.connected,
+    last_seen_at = greatest(hodei.worker_liveness.last_seen_at, excluded.last_seen_at);
+
 -- name: forget_liveness
 DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
 

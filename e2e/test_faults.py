@@ -1,0 +1,242 @@
+"""Faults that must not kill healthy jobs, end to end with real processes: a server
+killed with kill -9 beside a second one, a server stopped longer than the heartbeat
+timeout, PostgreSQL restarted, a crash between a registration's commit and its reply,
+a killed worker whose job fled its session, and output that would have broken the
+log stream (megabyte lines, a log past its cap)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled, wait_terminal
+
+pytestmark = pytest.mark.e2e
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
+
+
+def submit(server: ServerProcess, command: str, count: int, timeout: float = 120) -> list[str]:
+    spec = common_pb2.JobSpec(name="fault", command=command, timeout_seconds=timeout, provider="local")
+    with server.channel() as channel, ThreadPoolExecutor(8) as pool:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        return list(
+            pool.map(lambda _: stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=60).job_id, range(count))
+        )
+
+
+def states(url: str, job_ids: list[str]) -> dict[str, str]:
+    return dict(query(url, "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[])", (job_ids,)))
+
+
+def wait_all(url: str, job_ids: list[str], timeout: float) -> dict[str, str]:
+    def ended() -> dict[str, str] | None:
+        found = states(url, job_ids)
+        return found if len(found) == len(job_ids) and all(s in TERMINAL for s in found.values()) else None
+
+    return eventually(ended, timeout, 0.5, "every job to end")
+
+
+def running(url: str, job_ids: list[str], at_least: int) -> None:
+    eventually(lambda: list(states(url, job_ids).values()).count("RUNNING") >= at_least, 120, 0.2, "jobs to run")
+
+
+def test_kill_9_of_one_of_two_servers_fails_none_of_its_jobs(
+    fresh_database_url: str, tmp_path: Path, shared_dir: Path
+) -> None:
+    url = fresh_database_url
+    logs = tmp_path / "logs"  # servers sharing a database share the log directory
+    env = {"HODEI_LOCAL_MAX_WORKERS": "40", "HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "5"}
+    survivor = ServerProcess(url, logs, env).start()
+    victim = ServerProcess(url, logs, env).start()
+    try:
+        ran = shared_dir / "ran"
+        command = f"echo $HODEI_JOB_ID >> {ran}; sleep 4; echo done"
+        job_ids = submit(victim, command, 20) + submit(survivor, command, 20)
+        running(url, job_ids, 20)
+        victim.kill()
+        ended = wait_all(url, job_ids, 240)
+        assert set(ended.values()) == {"SUCCEEDED"}, ended
+        for job_id in job_ids:
+            wait_settled(url, job_id)
+        # Each command ran exactly once: no job ran twice for the crash.
+        assert sorted(ran.read_text().split()) == sorted(job_ids)
+        # The dead server's sagas went on at once (its claims taken over), not at lease expiry.
+        lags = query(
+            url,
+            "SELECT max(extract(epoch FROM s.completed_at - j.completed_at)) FROM sagas s JOIN jobs j "
+            "ON j.id::text = s.correlation_id WHERE j.id = ANY(%s::uuid[])",
+            (job_ids,),
+        )[0][0]
+        assert lags < 5, lags
+        assert "is gone: took over" in survivor.logs()
+        for job_id in job_ids:
+            assert survivor.cli("job", "logs", "--id", job_id, check=True).stdout.split() == ["done"]
+    finally:
+        survivor.stop()
+        victim.stop()
+
+
+def test_a_server_stopped_longer_than_the_heartbeat_timeout_kills_no_job(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    url = fresh_database_url
+    env = {"HODEI_HEARTBEAT_INTERVAL": "1", "HODEI_HEARTBEAT_TIMEOUT": "10"}
+    server = ServerProcess(url, tmp_path, env).start()
+    try:
+        job_ids = submit(server, "sleep 20; echo done", 10)
+        running(url, job_ids, 10)
+        server.stop()
+        time.sleep(45)  # more than four times the heartbeat timeout
+        server.start()
+        ended = wait_all(url, job_ids, 120)
+        assert set(ended.values()) == {"SUCCEEDED"}, ended
+        for job_id in job_ids:
+            wait_settled(url, job_id)
+            assert server.cli("job", "logs", "--id", job_id, check=True).stdout.split() == ["done"]
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_cluster(template_database: str, pg_server: str) -> Iterator[tuple[Cluster, str]]:
+    """A PostgreSQL cluster of the test's own, so it can restart it: holds a copy of
+    the template database (made with pg_dump, the clusters being different)."""
+    root = Path(tempfile.mkdtemp(prefix="hodei-pg-own-"))
+    cluster = Cluster(root, free_port())
+    cluster.init()
+    cluster.start(FAST_OPTIONS)
+    try:
+        create_database(cluster.url, "hodei_jobs")
+        url = cluster.database_url("hodei_jobs")
+        source = pg_server.rpartition("/")[0] + f"/{template_database}"
+        dump = subprocess.run([pg_tool("pg_dump"), source], capture_output=True, check=True).stdout
+        subprocess.run(
+            [pg_tool("psql"), "-q", "-v", "ON_ERROR_STOP=1", url], input=dump, capture_output=True, check=True
+        )
+        query(url, "UPDATE hodei.secrets SET value = gen_random_uuid()::text WHERE name = 'installation_id'")
+        yield cluster, url
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_tool(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    assert found, f"{name} is not installed"
+    return str(found[-1])
+
+
+def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp_path: Path) -> None:
+    cluster, url = own_cluster
+    server = ServerProcess(url, tmp_path, {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "5"}).start()
+    try:
+        job_ids = submit(server, "sleep 4; echo done", 20)
+        running(url, job_ids, 10)
+        cluster.stop("fast")
+        time.sleep(2)
+        cluster.start(FAST_OPTIONS)
+        ended = wait_all(url, job_ids, 180)
+        assert set(ended.values()) == {"SUCCEEDED"}, ended
+        for job_id in job_ids:
+            wait_settled(url, job_id)
+        assert server.process is not None and server.process.poll() is None  # no restart needed
+        verify = subprocess.run(
+            [str(BIN / "hodei-server"), "replay", "--verify"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DATABASE_URL": url},
+            timeout=120,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        events = query(url, "SELECT count(*), count(DISTINCT (aggregate_id, aggregate_version)) FROM domain_events")[0]
+        assert events[0] == events[1]  # no event doubled
+    finally:
+        server.stop()
+
+
+def test_a_crash_between_registration_and_its_reply_fails_no_job(fresh_database_url: str, tmp_path: Path) -> None:
+    url = fresh_database_url
+    crashing = ServerProcess(url, tmp_path, {"HODEI_FAULT": "register-committed"}).start()
+    (job_id,) = submit(crashing, "echo registered once", 1)
+    assert crashing.process is not None
+    assert crashing.process.wait(timeout=60) == -signal.SIGKILL  # it died right after the commit
+    assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("READY",)]
+    healthy = ServerProcess(url, tmp_path, {"HODEI_GRPC_PORT": str(crashing.port)})
+    healthy.port, healthy.address = crashing.port, crashing.address  # the address the worker dials
+    with healthy.start():
+        assert wait_terminal(url, job_id, 60) == "SUCCEEDED"
+        wait_settled(url, job_id)
+        assert healthy.cli("job", "logs", "--id", job_id, check=True).stdout.strip() == "registered once"
+
+
+def test_a_killed_worker_leaves_nothing_running_even_what_fled_its_session(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
+
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    url = fresh_database_url
+    env = {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "3", "HODEI_KILL_GRACE": "1"}
+    with ServerProcess(url, tmp_path, env) as server:
+        (job_id,) = submit(server, "env -i setsid sleep 300 & sleep 300", 1, timeout=600)
+        running(url, [job_id], 1)
+        (worker_id, installation) = query(
+            url,
+            "SELECT w.id::text, s.value FROM workers w, hodei.secrets s "
+            "WHERE w.job_id = %s AND s.name = 'installation_id'",
+            (job_id,),
+        )[0]
+        group = WorkerCgroups(root, installation)
+        pids = eventually(lambda: group.pids(worker_id) if len(group.pids(worker_id)) >= 4 else None, 10)
+        (agent,) = [pid for pid in pids if b"hodei_worker.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        started = time.monotonic()
+        os.kill(agent, signal.SIGKILL)
+        assert wait_terminal(url, job_id, 30) == "FAILED"
+        assert time.monotonic() - started < 3 + 5  # the heartbeat timeout, a sweep and a saga
+        wait_settled(url, job_id)
+        eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 10, what="every process to go")
+        assert not group.path(worker_id).exists()
+
+
+def test_huge_lines_are_stored_whole_and_a_log_past_its_cap_is_cut_with_a_notice(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    url = fresh_database_url
+    megabyte = 1024 * 1024
+    with ServerProcess(url, tmp_path, {"HODEI_MAX_LOG_BYTES": str(40 * megabyte)}) as server:
+        command = (
+            f"python3 -c \"import sys; [sys.stdout.write('a' * {megabyte} + chr(10)) for _ in range(5)]; "
+            f"sys.stdout.write('b' * {20 * megabyte} + chr(10)); print('done')\""
+        )
+        result = server.cli("job", "run", "--provider", "local", "--command", command, "--timeout", "120", "--wait")
+        assert result.returncode == 0, result.stderr
+        job_id = result.stdout.strip()
+        wait_settled(url, job_id)
+        logs = server.cli("job", "logs", "--id", job_id, check=True, timeout=300).stdout
+        assert logs == ("a" * megabyte + "\n") * 5 + "b" * (20 * megabyte) + "\ndone\n"
+
+        lines = 50 * megabyte // 1000
+        flood_command = f"python3 -c \"import sys; [sys.stdout.write('c' * 1000 + chr(10)) for _ in range({lines})]\""
+        flood = server.cli(
+            "job", "run", "--provider", "local", "--command", flood_command, "--timeout", "120", "--wait"
+        )
+        assert flood.returncode == 0, flood.stderr
+        flood_id = flood.stdout.strip()
+        wait_settled(url, flood_id)
+        (size,) = query(url, "SELECT size_bytes FROM job_log_files WHERE job_id = %s", (flood_id,))[0]
+        assert size <= 40 * megabyte + 1024  # the cap, and the notice
+        tail = server.cli("job", "logs", "--id", flood_id, check=True, timeout=300).stdout.splitlines()[-1]
+        assert "the log was truncated here" in tail and "HODEI_MAX_LOG_BYTES" in tail
