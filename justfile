@@ -303,3 +303,10 @@ bench-local: bootstrap
 # Benchmark an echo job on Docker next to a bare docker run of the worker image
 bench-docker: bootstrap build-worker
     {{venv}}/python -m bench.docker
+
+# Benchmark QueueJob with 500 log followers open, and memory around reading a million-line log
+bench-follow: bootstrap
+    {{venv}}/python -m bench.follow
+
+# Every benchmark, one after the other
+bench: bench-store bench-relay bench-local bench-docker bench-follow

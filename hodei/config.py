@@ -61,6 +61,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_DOCKER_MAX_WORKERS": ("16", "workers the Docker provider runs at once (the API can change it)"),
     "HODEI_K8S_MAX_WORKERS": ("64", "workers the Kubernetes provider runs at once (the API can change it)"),
     "HODEI_LOG_DIR": ("/tmp/hodei-logs", "where job logs are stored"),
+    "HODEI_LOG_RETENTION": ("2592000", "seconds a job's stored log is kept (30 days)"),
+    "HODEI_OUTBOX_RETENTION": ("604800", "seconds published outbox rows are kept (7 days; the events stay)"),
     "HODEI_MAX_LOG_BYTES": ("1073741824", "bytes of a job's stored log; past it the rest is dropped, with a notice"),
     "HODEI_WORKER_ORPHAN_TIMEOUT": ("300", "seconds a worker keeps its job running without reaching any server"),
     "HODEI_FAULT": ("", "tests only: a point at which the server kills itself (see hodei/faults.py)"),
@@ -76,6 +78,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_RELAY_THREADS": ("8", "handler threads of the relay"),
     "HODEI_SWEEP_INTERVAL": ("1.0", "seconds between deadline and liveness sweeps"),
     "HODEI_RECONCILE_INTERVAL": ("30", "seconds between stray-worker reconciliations"),
+    "HODEI_RETENTION_INTERVAL": ("60", "seconds between retention rounds (secrets, outbox rows, logs)"),
 }
 
 
@@ -159,6 +162,7 @@ class Timing:
     orphan_timeout: float
     sweep_interval: float
     reconcile_interval: float
+    retention_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,8 @@ class Config:
     default_provider: str
     log_dir: Path
     max_log_bytes: int
+    log_retention: float
+    outbox_retention: float
     # Workers each provider runs at once, unless set through the API.
     max_workers: Mapping[str, int]
     docker: DockerConfig
@@ -269,6 +275,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=int(_number(env, "HODEI_MAX_LOG_BYTES")),
+        log_retention=_number(env, "HODEI_LOG_RETENTION"),
+        outbox_retention=_number(env, "HODEI_OUTBOX_RETENTION"),
         max_workers={
             "local": int(_number(env, "HODEI_LOCAL_MAX_WORKERS")),
             "docker": int(_number(env, "HODEI_DOCKER_MAX_WORKERS")),
@@ -300,6 +308,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             orphan_timeout=_number(env, "HODEI_WORKER_ORPHAN_TIMEOUT"),
             sweep_interval=_number(env, "HODEI_SWEEP_INTERVAL"),
             reconcile_interval=_number(env, "HODEI_RECONCILE_INTERVAL"),
+            retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
         ),
         relay=RelayConfig(
             batch_size=int(_number(env, "HODEI_RELAY_BATCH")),

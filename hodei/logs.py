@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +35,8 @@ HEADER = b"hodei-log 2 "
 _KIND = {STDOUT: "o", STDERR: "e"}
 _STREAM = {"o": STDOUT, "e": STDERR}
 _STRIPES = 64
+# What an entry costs on the wire beyond its text (ids, number, time): pages count it.
+ENTRY_OVERHEAD = 80
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class LogEntry:
     next entry, which has the same number): reading never joins a line whole."""
 
     number: int
-    timestamp: datetime
+    # Milliseconds since the epoch (the format's own precision).
+    at_ms: int
     stream: str
     text: str
     partial: bool = False
@@ -53,7 +56,7 @@ class LogEntry:
 class LogLine:
     """One piece of output as a worker sent it; ``partial``: the line goes on in the next."""
 
-    timestamp: datetime
+    at_ms: int
     stream: str
     text: str
     partial: bool = False
@@ -86,10 +89,6 @@ class Page:
     next: Cursor
     # Whether a whole entry follows this page.
     more: bool = False
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 class _Writer:
@@ -128,7 +127,7 @@ class LogStore:
             for line in lines:
                 if writer.truncated:
                     break
-                at = _ms(line.timestamp)
+                at = line.at_ms
                 if writer.base_ms is None:
                     writer.base_ms = writer.last_ms = at
                     out.append(f"hodei-log 2 {at}\n")
@@ -200,20 +199,30 @@ class LogStore:
                 tail = chunk[-1:]
             return path.stat().st_size, entries
 
-    def read(self, job_id: str, from_line: int = 1, limit: int | None = None, cursor: Cursor | None = None) -> Page:
-        """Up to ``limit`` entries (pieces of long lines count one each) from line
-        ``from_line`` (counted from 1), or from where ``cursor`` (a previous page's
-        ``next``) points."""
+    def read(
+        self,
+        job_id: str,
+        from_line: int = 1,
+        limit: int | None = None,
+        cursor: Cursor | None = None,
+        max_bytes: int | None = None,
+    ) -> Page:
+        """Up to ``limit`` entries (pieces of long lines count one each) and about
+        ``max_bytes`` on the wire, from line ``from_line`` (counted from 1), or from where
+        ``cursor`` (a previous page's ``next``) points."""
         entries: list[LogEntry] = []
+        size = 0
         at = cursor or Cursor()
         start = from_line if cursor is None else at.line
         for entry, after in self._entries(job_id, at):
             if entry.number < start:
                 at = after
                 continue
-            if limit is not None and len(entries) >= limit:
+            full = (limit is not None and len(entries) >= limit) or (max_bytes is not None and size >= max_bytes)
+            if full:
                 return Page(entries, at, more=True)
             entries.append(entry)
+            size += len(entry.text) + ENTRY_OVERHEAD
             at = after
         return Page(entries, at)
 
@@ -243,11 +252,10 @@ class LogStore:
                 if kind == "T":
                     continue
                 partial = kind.isupper()
-                stamp = datetime.fromtimestamp(clock / 1000, tz=UTC)
                 text = rest.decode("utf-8", errors="replace")
                 following = number if partial else number + 1
                 yield (
-                    LogEntry(number, stamp, _STREAM[kind.lower()], text, partial),
+                    LogEntry(number, clock, _STREAM[kind.lower()], text, partial),
                     Cursor(handle.tell(), following, clock),
                 )
                 number = following
@@ -262,5 +270,6 @@ def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cu
             return
         stamp, _, rest = raw.decode("utf-8", errors="replace").rstrip("\n").partition(" ")
         stream, _, text = rest.partition(" ")
-        yield LogEntry(number, datetime.fromisoformat(stamp), stream, text), Cursor(handle.tell(), number + 1)
+        at_ms = int(datetime.fromisoformat(stamp).timestamp() * 1000)
+        yield LogEntry(number, at_ms, stream, text), Cursor(handle.tell(), number + 1)
         number += 1

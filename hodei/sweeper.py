@@ -9,7 +9,8 @@
   (the reconciler), at start-up and then every few seconds;
 - provider health is probed and changes are recorded;
 - queued jobs are admitted where their provider has room;
-- the secrets of jobs that ended longer ago than the retention are shredded.
+- the secrets of jobs that ended longer ago than the retention are shredded, published
+  outbox rows and job logs past theirs deleted (hodei.retention).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hodei.errors import StoreUnavailable
 from hodei.liveness import Liveness
 from hodei.providers.base import Observation, WorkerProvider
 from hodei.providers.registry import ProviderRegistry
+from hodei.retention import Retention
 from hodei.roles import SYSTEM
 from hodei.sagas.engine import SagaEngine
 from hodei.store.app import HodeiStore, Meta
@@ -57,7 +59,6 @@ def _uuid(text: str) -> UUID | None:
 
 
 HEALTH_INTERVAL = 10.0
-RETENTION_INTERVAL = 60.0
 
 
 class Sweeper:
@@ -70,6 +71,7 @@ class Sweeper:
         secrets: JobSecrets,
         admission: Admission,
         instances: ServerInstances,
+        retention: Retention,
         timing: Timing,
         secret_retention: float,
     ) -> None:
@@ -80,6 +82,7 @@ class Sweeper:
         self.secrets = secrets
         self.admission = admission
         self.instances = instances
+        self.retention = retention
         self.timing = timing
         self.secret_retention = secret_retention
         self._last: dict[str, float] = {}
@@ -97,7 +100,7 @@ class Sweeper:
 
     def sweep(self, *, reconcile: bool | None = None) -> None:
         """One round; each check is independent, so one failing does not stop the others."""
-        checks: list[tuple[str, Callable[[], None]]] = [
+        checks: list[tuple[str, Callable[[], object]]] = [
             ("takeover", self.take_over_dead_servers),
             ("deadlines", self.expire_steps),
             ("liveness", self.detect_lost_workers),
@@ -108,8 +111,10 @@ class Sweeper:
             checks.append(("reconcile", self.reconcile))
         if self._due("health", HEALTH_INTERVAL):
             checks.append(("health", self.check_health))
-        if self._due("retention", RETENTION_INTERVAL):
+        if self._due("retention", self.timing.retention_interval):
             checks.append(("secret retention", self.shred_old_secrets))
+            checks.append(("outbox retention", self.retention.prune_outbox))
+            checks.append(("log retention", self.retention.expire_logs))
         now = time.monotonic()
         if now - self._last_sweep > self.timing.heartbeat_timeout / 2:
             self.hearing_since = datetime.now(UTC)  # this process was stalled: it heard nothing

@@ -19,12 +19,13 @@ from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import ProviderError
+from hodei.errors import ProviderError, StoreUnavailable
 from hodei.liveness import Liveness
 from hodei.logs import LogStore
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
 from hodei.providers.registry import ProviderRegistry, register_providers
 from hodei.relay import Relay
+from hodei.retention import Retention
 from hodei.sagas import catalog, routes
 from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
@@ -64,7 +65,8 @@ class Effects:
 
 @dataclass
 class FakeProvider(WorkerProvider):
-    """``mode``: ok | fail | flaky (fails ``flaky_failures`` times, retryable) | hang."""
+    """``mode``: ok | fail | flaky (fails ``flaky_failures`` times, retryable) | hang |
+    store-outage (the database is away during the first create)."""
 
     effects: Effects
     mode: str = "ok"
@@ -91,6 +93,8 @@ class FakeProvider(WorkerProvider):
                 raise ProviderError(f"transient failure {self.calls}", retryable=True)
             if self.mode == "flaky-forever":
                 raise ProviderError(f"transient failure {self.calls}", retryable=True)
+            if self.mode == "store-outage" and self.calls == 1:
+                raise StoreUnavailable("PostgreSQL is unavailable: the test cut it")
         if self.mode == "hang":
             time.sleep(self.hang_seconds)
         with self._lock:
@@ -160,6 +164,7 @@ class Harness:
             JobSecrets(pool),
             self.admission,
             ServerInstances(pool, "test"),
+            Retention(self.store, LogStore(tmp / "logs"), 604800, 2592000),
             timing,
             secret_retention=86400,
         )

@@ -300,7 +300,9 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     from hodei.config import Timing
     from hodei.domain.provider import ProviderType
     from hodei.liveness import Liveness
+    from hodei.logs import LogStore
     from hodei.providers.registry import ProviderRegistry
+    from hodei.retention import Retention
     from hodei.store.instances import ServerInstances
     from hodei.store.job_secrets import JobSecrets
     from hodei.sweeper import Sweeper
@@ -323,8 +325,18 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     timing = Timing(1, 5, 5, 60, 1, 60, 1, 1)
     admission = Admission(store, dict.fromkeys(ProviderType, 16))
     instances = ServerInstances(store.pool, "t")  # type: ignore[attr-defined]
+    retention = Retention(store, LogStore(kubeconfig.parent), 604800, 2592000)  # type: ignore[arg-type]
     sweeper = Sweeper(
-        store, None, registry, Liveness(store.pool, "t"), JobSecrets(store.pool), admission, instances, timing, 86400
+        store,
+        None,
+        registry,
+        Liveness(store.pool, "t"),
+        JobSecrets(store.pool),
+        admission,
+        instances,
+        retention,
+        timing,
+        86400,
     )  # type: ignore[arg-type, attr-defined]
     sweeper.reconcile()
     assert set(api.pods()) == {"not-ours"}

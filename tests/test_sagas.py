@@ -270,3 +270,35 @@ def test_a_saga_whose_delivery_is_dead_lettered_is_failed_and_compensated(
     assert steps(fresh_database_url, job_id, "PROVISIONING")[4][1:] == ("FAILED", 0, "delivery failed for good: boom")
     assert job_row(fresh_database_url, job_id)[0] == "FAILED"
     h.close()
+
+
+def test_a_database_outage_inside_a_step_is_not_the_step_failing(
+    pool: ConnectionPool,
+    fresh_database_url: str,
+    tmp_path: Path,
+    effects: Effects,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: PostgreSQL restarting while a wait checked a job failed the step for
+    good, and its compensation destroyed a healthy worker. The delivery is tried again."""
+    from hodei.errors import StoreUnavailable
+    from hodei.sagas.deps import SagaDeps
+
+    reads = {"count": 0}
+    job_of = SagaDeps.job
+
+    def away_now_and_then(self: SagaDeps, job_id: str) -> object:
+        reads["count"] += 1
+        if reads["count"] % 4 == 2:
+            raise StoreUnavailable("PostgreSQL is unavailable: the test cut it")
+        return job_of(self, job_id)
+
+    monkeypatch.setattr(SagaDeps, "job", away_now_and_then)
+    h = harness(pool, tmp_path, effects, mode="store-outage")
+    job_id = h.submit()
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "SUCCEEDED" and "destroy" in " ".join(effects.lines()))
+    assert reads["count"] > 4
+    failures = [a for a in audit(fresh_database_url, job_id, "PROVISIONING") if a[0] == "StepFailed"]
+    assert failures == []
+    assert [s[2] for s in steps(fresh_database_url, job_id, "PROVISIONING")] == [0, 0, 0, 0, 0]
+    h.close()

@@ -84,6 +84,26 @@ class JobLogEntry(_message.Message):
 Global___JobLogEntry: _TypeAlias = JobLogEntry  # noqa: Y015
 
 @_typing.final
+class JobLogEntries(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLogEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___JobLogEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLogEntries: _TypeAlias = JobLogEntries  # noqa: Y015
+
+@_typing.final
 class GetLogsRequest(_message.Message):
     """One page of a job's log. Pages are bounded: the server never holds a whole log."""
 
@@ -97,7 +117,7 @@ class GetLogsRequest(_message.Message):
     from_line: _builtins.int
     """The first entry wanted, counted from 1."""
     limit: _builtins.int
-    """Entries per page: 0 means 10,000; at most 100,000."""
+    """Entries per page: 0 means 10,000; at most 100,000 (and about 3 MiB of text)."""
     page_token: _builtins.str
     """next_page_token of the previous page: the next page, read from where that one ended
     (from_line is then ignored).

@@ -38,7 +38,7 @@ class LogStreamServiceStub:
         self.SubscribeLogs = channel.unary_stream(
                 '/hodei.jobs.LogStreamService/SubscribeLogs',
                 request_serializer=hodei_dot_jobs_dot_logs__pb2.SubscribeLogsRequest.SerializeToString,
-                response_deserializer=hodei_dot_jobs_dot_logs__pb2.JobLogEntry.FromString,
+                response_deserializer=hodei_dot_jobs_dot_logs__pb2.JobLogEntries.FromString,
                 _registered_method=True)
         self.GetLogs = channel.unary_unary(
                 '/hodei.jobs.LogStreamService/GetLogs',
@@ -51,7 +51,9 @@ class LogStreamServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubscribeLogs(self, request, context):
-        """History from from_line, then live lines while the job runs when follow is set.
+        """History from from_line, then live lines while the job runs when follow is set. Each
+        message carries the entries read at once (up to a thousand): a message per line
+        would cost far more than the line.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +71,7 @@ def add_LogStreamServiceServicer_to_server(servicer, server):
             'SubscribeLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeLogs,
                     request_deserializer=hodei_dot_jobs_dot_logs__pb2.SubscribeLogsRequest.FromString,
-                    response_serializer=hodei_dot_jobs_dot_logs__pb2.JobLogEntry.SerializeToString,
+                    response_serializer=hodei_dot_jobs_dot_logs__pb2.JobLogEntries.SerializeToString,
             ),
             'GetLogs': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLogs,
@@ -103,7 +105,7 @@ class LogStreamService:
             target,
             '/hodei.jobs.LogStreamService/SubscribeLogs',
             hodei_dot_jobs_dot_logs__pb2.SubscribeLogsRequest.SerializeToString,
-            hodei_dot_jobs_dot_logs__pb2.JobLogEntry.FromString,
+            hodei_dot_jobs_dot_logs__pb2.JobLogEntries.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,15 +32,21 @@ class LogStreamServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LogStreamServiceAsyncStub: ...
-    SubscribeLogs: _grpc.UnaryStreamMultiCallable[_logs_pb2.SubscribeLogsRequest, _logs_pb2.JobLogEntry]
-    """History from from_line, then live lines while the job runs when follow is set."""
+    SubscribeLogs: _grpc.UnaryStreamMultiCallable[_logs_pb2.SubscribeLogsRequest, _logs_pb2.JobLogEntries]
+    """History from from_line, then live lines while the job runs when follow is set. Each
+    message carries the entries read at once (up to a thousand): a message per line
+    would cost far more than the line.
+    """
     GetLogs: _grpc.UnaryUnaryMultiCallable[_logs_pb2.GetLogsRequest, _logs_pb2.GetLogsResponse]
 
 @_typing.type_check_only
 class LogStreamServiceAsyncStub(LogStreamServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    SubscribeLogs: _aio.UnaryStreamMultiCallable[_logs_pb2.SubscribeLogsRequest, _logs_pb2.JobLogEntry]  # type: ignore[assignment]
-    """History from from_line, then live lines while the job runs when follow is set."""
+    SubscribeLogs: _aio.UnaryStreamMultiCallable[_logs_pb2.SubscribeLogsRequest, _logs_pb2.JobLogEntries]  # type: ignore[assignment]
+    """History from from_line, then live lines while the job runs when follow is set. Each
+    message carries the entries read at once (up to a thousand): a message per line
+    would cost far more than the line.
+    """
     GetLogs: _aio.UnaryUnaryMultiCallable[_logs_pb2.GetLogsRequest, _logs_pb2.GetLogsResponse]  # type: ignore[assignment]
 
 class LogStreamServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -49,8 +55,11 @@ class LogStreamServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _logs_pb2.SubscribeLogsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_logs_pb2.JobLogEntry], _abc.AsyncIterator[_logs_pb2.JobLogEntry]]:
-        """History from from_line, then live lines while the job runs when follow is set."""
+    ) -> _typing.Union[_abc.Iterator[_logs_pb2.JobLogEntries], _abc.AsyncIterator[_logs_pb2.JobLogEntries]]:
+        """History from from_line, then live lines while the job runs when follow is set. Each
+        message carries the entries read at once (up to a thousand): a message per line
+        would cost far more than the line.
+        """
 
     @_abc_1.abstractmethod
     def GetLogs(

@@ -148,8 +148,9 @@ def finish(term: Terminal, job: common_pb2.Job) -> int:
 
 def follow(client: Client, term: Terminal, job_id: str) -> int:
     request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
-    for entry in client.stream(client.logs.SubscribeLogs, request):
-        term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
+    for batch in client.stream(client.logs.SubscribeLogs, request):
+        for entry in batch.entries:
+            term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
     return wait(client, term, job_id)
 
 
@@ -206,7 +207,7 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = logs_pb2.SubscribeLogsRequest(job_id=args.job_id, follow=args.follow)
-    for entry in client.stream(client.logs.SubscribeLogs, request):
+    for entry in (entry for batch in client.stream(client.logs.SubscribeLogs, request) for entry in batch.entries):
         if term.json:
             print(json.dumps(MessageToDict(entry, preserving_proto_field_name=True)), flush=True)
         else:

@@ -69,6 +69,7 @@ class Job(HodeiAggregate):
         self.log_uri: str | None = None
         # The attempt that holds a slot of its provider (None: waiting in the queue).
         self.admitted_attempt: int | None = None
+        self.logs_expired = False
 
     @classmethod
     def submit(cls, spec: JobSpec, job_id: UUID, sealed_secrets: dict[str, str] | None = None) -> Job:
@@ -168,8 +169,13 @@ class Job(HodeiAggregate):
     def record_logs(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
         if not self.is_terminal:
             raise InvalidTransition(f"job {self.id} is {self.state}: logs are stored when it ends")
-        if self.log_uri is None:
+        if self.log_uri is None and not self.logs_expired:
             self._logs_persisted(storage_uri=storage_uri, size_bytes=size_bytes, entry_count=entry_count)
+
+    def expire_logs(self) -> None:
+        """The job's stored log was deleted (retention)."""
+        if self.log_uri is not None:
+            self._logs_expired(storage_uri=self.log_uri)
 
     # Events -----------------------------------------------------------------
 
@@ -228,6 +234,11 @@ class Job(HodeiAggregate):
     @event("JobLogsPersisted")
     def _logs_persisted(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
         self.log_uri = storage_uri
+
+    @event("JobLogsExpired")
+    def _logs_expired(self, storage_uri: str) -> None:
+        self.log_uri = None
+        self.logs_expired = True
 
 
 # Event versions: the library calls an upcaster when it reads an older payload. See the

@@ -35,7 +35,7 @@ from uuid import UUID
 
 from hodei.domain.base import HodeiAggregate
 from hodei.domain.saga import Saga, SagaState, SagaType, StepRecord, StepState
-from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout
+from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout, StoreUnavailable
 from hodei.relay import backoff_seconds
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -357,8 +357,8 @@ class SagaEngine:
         assert definition.run is not None
         try:
             result = definition.run(step_input)
-        except ConcurrencyConflict:
-            raise
+        except (ConcurrencyConflict, StoreUnavailable):
+            raise  # the delivery is tried again: not the step's failure
         except Exception as exc:
             _log_unexpected(definition.name, exc)
             self._fail(work, step, definition, exc, retry=True)
@@ -384,6 +384,8 @@ class SagaEngine:
                 performed[key] = future.result(timeout=timeout)
             except FutureTimeout:
                 performed[key] = StepTimeout(f"{name} timed out after {timeout:g}s")
+            except StoreUnavailable:
+                raise  # the database went away: the delivery runs the (idempotent) action again
             except Exception as exc:
                 _log_unexpected(name, exc)
                 performed[key] = exc

@@ -28,7 +28,8 @@ from hodei.wire import spec_from_proto
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
-WATCH_POLL = 1.0
+# A backstop: a watcher is woken by the NOTIFY of every change of its job.
+WATCH_POLL = 5.0
 
 
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):

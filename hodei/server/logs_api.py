@@ -8,7 +8,10 @@ follower connected to another server process sees the lines too.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,27 +20,46 @@ from hodei._proto import logs_pb2, logs_pb2_grpc, worker_pb2
 from hodei.domain.job import JobState
 from hodei.errors import InvalidInput
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore
-from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.readmodels import ReadModels
 
 FOLLOW_POLL = 0.5
+FOLLOW_POLL_IDLE = 2.0
+# Seconds between reads of a followed job's state while nothing wakes its follower.
+STATE_CHECK = 5.0
 PAGE_DEFAULT = 10_000
 PAGE_MAX = 100_000
 # What a stream reads at once: little held in memory per follower.
 PAGE_STREAMED = 1_000
+# A page's text stays under gRPC's default 4 MiB message limit, whatever the lines' length.
+PAGE_BYTES = 3 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Page:
+    entries: logs_pb2.JobLogEntries
+    next: Cursor
+    more: bool
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _entry(job_id: str, entry: LogEntry) -> logs_pb2.JobLogEntry:
-    return logs_pb2.JobLogEntry(
+    message = logs_pb2.JobLogEntry(
         job_id=job_id,
         line_number=entry.number,
         stream=worker_pb2.LOG_STREAM_STDERR if entry.stream == STDERR else worker_pb2.LOG_STREAM_STDOUT,
         line=entry.text,
-        timestamp=timestamp(entry.timestamp),
         partial=entry.partial,
     )
+    message.timestamp.FromMilliseconds(entry.at_ms)
+    return message
 
 
 class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
@@ -56,33 +78,48 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
-        page = self.logs.read(job_id, max(request.from_line, 1), limit, cursor)
+        page = self.logs.read(job_id, max(request.from_line, 1), limit, cursor, PAGE_BYTES)
         return logs_pb2.GetLogsResponse(
             entries=[_entry(job_id, e) for e in page.entries],
             has_more=page.more,
             next_page_token=page.next.token(),
         )
 
+    def _page(self, job_id: str, from_line: int, cursor: Cursor | None) -> _Page:
+        """A page read and turned into one message, in an I/O thread."""
+        page = self.logs.read(job_id, from_line, PAGE_STREAMED, cursor, PAGE_BYTES)
+        entries = logs_pb2.JobLogEntries(entries=[_entry(job_id, entry) for entry in page.entries])
+        return _Page(entries, page.next, page.more)
+
     @rpc
     async def SubscribeLogs(
         self, request: logs_pb2.SubscribeLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[logs_pb2.JobLogEntry]:
+    ) -> AsyncIterator[logs_pb2.JobLogEntries]:
         """A task, not a thread, per follower: hundreds of them cost no thread each."""
         if request.from_line < 0:
             raise InvalidInput("from_line must not be negative")
         job_id = str((await asyncio.to_thread(self.reads.job, request.job_id)).id)
         from_line, cursor = max(request.from_line, 1), None
+        path = self.logs.path(job_id)
         with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter:
+            ended, checked, check_due, poll = False, 0.0, True, FOLLOW_POLL
             while True:
-                ended = JobState((await asyncio.to_thread(self.reads.job, job_id)).state).is_terminal
-                # A page at a time, from where the last one ended: never the whole log at once.
-                more = True
-                while more:
-                    page = await asyncio.to_thread(self.logs.read, job_id, from_line, PAGE_STREAMED, cursor)
-                    for entry in page.entries:
-                        yield _entry(job_id, entry)
-                    cursor, more = page.next, page.more
+                grown = _size(path) > (cursor.offset if cursor else 0)
+                # The job's state is read once the file stopped growing, after a wake-up
+                # (a NOTIFY of the job's events reaches every server) or now and then: an
+                # idle follower costs a stat() per poll, not a query.
+                if not grown and (check_due or time.monotonic() - checked > STATE_CHECK):
+                    ended = JobState((await asyncio.to_thread(self.reads.job, job_id)).state).is_terminal
+                    checked, check_due = time.monotonic(), False
                 # The job's end is read before the file, so lines written before it ended are all sent.
+                more = grown or ended or cursor is None
+                while more:
+                    page = await asyncio.to_thread(self._page, job_id, from_line, cursor)
+                    if page.entries.entries:
+                        yield page.entries
+                    cursor, more = page.next, page.more
                 if not request.follow or ended:
                     return
-                await waiter.wait_async(FOLLOW_POLL)
+                # Idle, it looks less and less often (this server's writes wake it at once).
+                poll = FOLLOW_POLL if grown else min(poll * 2, FOLLOW_POLL_IDLE)
+                check_due = await waiter.wait_async(poll) or check_due

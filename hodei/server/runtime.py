@@ -19,6 +19,7 @@ from hodei.providers.base import WorkerProvider
 from hodei.providers.local import LocalProvider
 from hodei.providers.registry import ProviderRegistry, register_providers
 from hodei.relay import Relay
+from hodei.retention import Retention
 from hodei.sagas import catalog, routes
 from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
@@ -138,6 +139,7 @@ class Runtime:
             self.secrets,
             self.admission,
             self.instances,
+            Retention(self.store, self.logs, config.outbox_retention, config.log_retention),
             config.timing,
             config.secret_retention,
         )

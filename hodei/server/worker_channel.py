@@ -294,7 +294,7 @@ class WorkerSession:
         if self.service.sequences.claim(self.job_id, batch.seq):
             lines = [
                 LogLine(
-                    line.timestamp.ToDatetime(tzinfo=UTC),
+                    line.timestamp.ToMilliseconds(),
                     STDERR if line.stream == worker_pb2.LOG_STREAM_STDERR else STDOUT,
                     line.line,
                     line.partial,

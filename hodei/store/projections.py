@@ -100,6 +100,10 @@ def _job_logs_persisted(cur: Cursor[Any], event: EventRecord) -> None:
     _run(cur, "project_job_logs_persisted", _base(event, event_id=event.id, **event.payload))
 
 
+def _job_logs_expired(cur: Cursor[Any], event: EventRecord) -> None:
+    _run(cur, "project_job_logs_expired", _base(event))
+
+
 # Workers ------------------------------------------------------------------------
 
 
@@ -304,6 +308,7 @@ PROJECTORS: dict[str, Projector] = {
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
     "JobLogsPersisted": _job_logs_persisted,
+    "JobLogsExpired": _job_logs_expired,
     "WorkerCreated": _worker_created,
     "WorkerResourceCreated": _worker_resource_created,
     "WorkerRegistered": _worker_registered,

@@ -117,6 +117,9 @@ WHERE id = %(id)s;
 INSERT INTO job_log_files (id, job_id, storage_uri, size_bytes, entry_count, created_at)
 VALUES (%(event_id)s, %(id)s, %(storage_uri)s, %(size_bytes)s, %(entry_count)s, %(at)s);
 
+-- name: project_job_logs_expired
+DELETE FROM job_log_files WHERE job_id = %(id)s;
+
 -- name: project_worker_created
 INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at)
 VALUES (%(id)s, %(job_id)s, %(attempt)s, 'CREATING', %(provider_id)s, %(provider_type)s, %(at)s, %(at)s);
@@ -495,3 +498,16 @@ FROM jobs
 WHERE state = 'PENDING' AND admitted_at IS NULL
 ORDER BY provider_type, position
 LIMIT %(limit)s;
+
+-- Retention ------------------------------------------------------------------------
+
+-- name: delete_old_outbox_rows
+-- A batch of published rows past the retention (the events stay in domain_events).
+DELETE FROM outbox_events WHERE id IN (
+    SELECT id FROM outbox_events
+    WHERE status = 'PUBLISHED' AND published_at < now() - make_interval(secs => %s)
+    LIMIT %s
+);
+
+-- name: expired_job_logs
+SELECT job_id FROM job_log_files WHERE created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s;

@@ -293,8 +293,10 @@ class Agent:
             if self.result is not None:
                 self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
             metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
+            answered = False
             try:
                 for message in self.stub.Connect(self._outgoing(stream_done), metadata=metadata):
+                    answered = True
                     deadline = time.monotonic() + self.settings.orphan_timeout
                     delay = RETRY_FIRST
                     self._on_message(message)
@@ -309,6 +311,8 @@ class Agent:
                 self.outbox.put(None)
             if self.result_acked.is_set():
                 return
+            if answered:
+                self.batcher.unanswered()
             if time.monotonic() > deadline:
                 self._abandon_job()
                 raise Fatal(f"no server reachable for {self.settings.orphan_timeout:g}s: stopped the job", 4)

@@ -22,6 +22,7 @@ MAX_SENDS = 5
 class Batch:
     seq: int
     lines: list[Line] = field(default_factory=list)
+    # Streams, answered by a server, that ended without this batch acknowledged.
     sends: int = 0
 
 
@@ -80,7 +81,7 @@ class LogBatcher:
         if not self._current:
             return
         self._seq += 1
-        batch = Batch(self._seq, self._current, sends=1)
+        batch = Batch(self._seq, self._current)
         self._current = []
         self._current_bytes = 0
         self.unacked[batch.seq] = batch
@@ -92,19 +93,23 @@ class LogBatcher:
             self._lock.notify_all()
 
     def pending(self) -> list[Batch]:
-        """The batches to send again on a new stream. One that was already sent
-        ``MAX_SENDS`` times is given up (its lines counted as lost): a batch the server
-        cannot take must not block the job's result forever."""
+        """The batches to send again on a new stream."""
+        with self._lock:
+            return [self.unacked[seq] for seq in sorted(self.unacked)]
+
+    def unanswered(self) -> None:
+        """A stream the server answered on ended with batches unacknowledged. One that
+        went unanswered on ``MAX_SENDS`` such streams is given up (its lines counted as
+        lost): a batch the server cannot take must not hold the job's result forever.
+        (Streams that never reached a server do not count: an outage is not a refusal.)"""
         with self._lock:
             for seq in sorted(self.unacked):
                 batch = self.unacked[seq]
-                if batch.sends >= MAX_SENDS:
+                batch.sends += 1
+                if batch.sends > MAX_SENDS:
                     self.lost_lines += len(batch.lines)
                     del self.unacked[seq]
-                else:
-                    batch.sends += 1
             self._lock.notify_all()
-            return [self.unacked[seq] for seq in sorted(self.unacked)]
 
     def wait_all_acked(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,128 @@
+"""``just bench-follow``: what open log streams and big logs cost the rest of the API.
+
+1. QueueJob latency (p50, p99) alone (before and after), and with 500 `logs --follow`
+   streams open on a running job: followers are tasks, not threads, and idle ones cost a
+   stat() now and then, so submissions should not slow.
+2. The server's memory around reading a job log of a million lines (GetLogs pages, and a
+   whole non-follow stream of it): it reads a page at a time.
+
+Goal: QueueJob p99 with 500 followers <= 1.5x its p99 without; RSS growth < 50 MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.common import database, header, percentile, row
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
+from hodei.testing import ServerProcess, eventually, query, wait_terminal
+
+FOLLOWERS = 500
+SUBMISSIONS = 300
+LINES = 1_000_000
+
+
+def submissions(stub: jobs_pb2_grpc.JobExecutionServiceStub) -> list[float]:
+    """QueueJob round trips of jobs that wait in the queue (the one slot is taken)."""
+    samples = []
+    spec = common_pb2.JobSpec(name="bench-queue", command="true", timeout_seconds=60, provider="local")
+    for _ in range(SUBMISSIONS):
+        started = time.perf_counter()
+        stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=60)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def status_of(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def run_job(stub: jobs_pb2_grpc.JobExecutionServiceStub, command: str) -> str:
+    spec = common_pb2.JobSpec(name="bench-follow", command=command, timeout_seconds=600, provider="local")
+    return str(stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=60).job_id)
+
+
+def main() -> None:
+    with database() as url, tempfile.TemporaryDirectory() as tmp:
+        env = {"HODEI_DOCKER_ENABLED": "0", "HODEI_LOCAL_MAX_WORKERS": "1"}
+        with ServerProcess(url, Path(tmp), env) as server:
+            assert server.process is not None
+            pid = server.process.pid
+            channel = grpc.insecure_channel(server.address)
+            jobs = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+            logs = logs_pb2_grpc.LogStreamServiceStub(channel)
+            followed = run_job(jobs, "echo started; sleep 600")
+            eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (followed,)) == [("RUNNING",)], 60)
+            alone = submissions(jobs)
+            threads_before = status_of(pid, "Threads")
+            streams = []
+            for _ in range(FOLLOWERS):
+                stream = logs.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=followed, follow=True))
+                next(stream)  # the stream is open and served
+                streams.append(stream)
+            threads_with = status_of(pid, "Threads")
+            crowded = submissions(jobs)
+            for stream in streams:
+                stream.cancel()
+            # Alone again: the queue is longer now than in either run before, so the
+            # followers' cost is not confused with the queue's growth.
+            alone += submissions(jobs)
+            # The queued submissions and the followed job go; a job of a million lines runs.
+            for (queued,) in query(url, "SELECT id::text FROM jobs WHERE state IN ('PENDING', 'RUNNING')"):
+                with contextlib.suppress(grpc.RpcError):  # one may have run meanwhile (a slot freed)
+                    jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=queued), timeout=30)
+            big = run_job(jobs, f"seq 1 {LINES}")
+            wait_terminal(url, big, 600)
+            rss_before = status_of(pid, "VmRSS")
+            page = logs.GetLogs(logs_pb2.GetLogsRequest(job_id=big), timeout=120)
+            largest = logs.GetLogs(logs_pb2.GetLogsRequest(job_id=big, limit=100_000), timeout=120)
+            streamed = sum(
+                len(batch.entries)
+                for batch in logs.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=big), timeout=600)
+            )
+            rss_after = status_of(pid, "VmRSS")
+            channel.close()
+    p99_alone, p99_crowded = percentile(alone, 99), percentile(crowded, 99)
+    print(header())
+    print(row("QueueJob p50, alone", f"{percentile(alone, 50) * 1000:.1f} ms", "(baseline)"))
+    print(row("QueueJob p99, alone", f"{p99_alone * 1000:.1f} ms", "(baseline)"))
+    print(
+        row(
+            f"QueueJob p50, {FOLLOWERS} followers open",
+            f"{percentile(crowded, 50) * 1000:.1f} ms",
+            f"{percentile(alone, 50) * 1000:.1f} ms",
+            f"{percentile(crowded, 50) / percentile(alone, 50):.2f}",
+        )
+    )
+    print(
+        row(
+            f"QueueJob p99, {FOLLOWERS} followers open",
+            f"{p99_crowded * 1000:.1f} ms",
+            f"{p99_alone * 1000:.1f} ms",
+            f"{p99_crowded / p99_alone:.2f}",
+            "<= 1.5",
+        )
+    )
+    print(row("server threads, followers open", str(threads_with), f"{threads_before} before"))
+    print(
+        row(
+            f"RSS growth reading {LINES:,} lines",
+            f"{(rss_after - rss_before) / 1024:.1f} MB",
+            f"{rss_before / 1024:.0f} MB before",
+            "",
+            "< 50 MB",
+        )
+    )
+    print(f"(pages of {len(page.entries)} and {len(largest.entries)} entries; {streamed:,} streamed)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Retention: published outbox rows and job logs go after their time; the event log
+stays, and a replay still rebuilds exactly what is left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+
+def test_old_outbox_rows_and_logs_go_and_replay_still_agrees(fresh_database_url: str, tmp_path: Path) -> None:
+    url = fresh_database_url
+    env = {"HODEI_OUTBOX_RETENTION": "2", "HODEI_LOG_RETENTION": "4", "HODEI_RETENTION_INTERVAL": "1"}
+    with ServerProcess(url, tmp_path, env) as server:
+        job_ids = [
+            server.cli("job", "run", "--provider", "local", "--command", "echo kept a while", "--wait").stdout.strip()
+            for _ in range(3)
+        ]
+        for job_id in job_ids:
+            wait_settled(url, job_id)
+        events = query(url, "SELECT count(*) FROM domain_events")[0][0]
+        files = [tmp_path / f"{job_id}.log" for job_id in job_ids]
+        assert all(path.exists() for path in files)
+
+        def published_old() -> int:
+            return int(
+                query(
+                    url,
+                    "SELECT count(*) FROM outbox_events WHERE status = 'PUBLISHED' "
+                    "AND published_at < now() - interval '3 seconds'",
+                )[0][0]
+            )
+
+        eventually(lambda: published_old() == 0 and query(url, "SELECT count(*) FROM outbox_events")[0][0] < events, 30)
+        eventually(lambda: query(url, "SELECT count(*) FROM job_log_files")[0][0] == 0, 30, what="the logs to expire")
+        assert not any(path.exists() for path in files)
+        assert query(url, "SELECT count(*) FROM domain_events WHERE event_type = 'JobLogsExpired'")[0][0] == 3
+        assert query(url, "SELECT count(*) FROM domain_events")[0][0] >= events  # the log is kept
+        assert server.cli("job", "logs", "--id", job_ids[0], check=True).stdout == ""
+    verify = subprocess.run(
+        [str(BIN / "hodei-server"), "replay", "--verify"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": url},
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -1,0 +1,60 @@
+"""Retention: what is kept only for a while. The event log is kept for good.
+
+- Published outbox rows older than ``HODEI_OUTBOX_RETENTION`` are deleted, a thousand
+  per statement (each its own short transaction: writers never wait on it). The outbox is
+  a delivery queue, not a record: the events stay in ``domain_events``.
+- Job logs older than ``HODEI_LOG_RETENTION``: the file is deleted, then a
+  ``JobLogsExpired`` event removes the ``job_log_files`` row, so a replay of the log
+  rebuilds exactly what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hodei.domain.job import Job
+from hodei.logs import LogStore
+from hodei.roles import SYSTEM
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import execute, translate_errors
+from hodei.store.sql import query
+
+log = logging.getLogger(__name__)
+
+OUTBOX_BATCH = 1000
+LOG_BATCH = 100
+
+
+class Retention:
+    def __init__(self, store: HodeiStore, logs: LogStore, outbox_seconds: float, log_seconds: float) -> None:
+        self.store = store
+        self.logs = logs
+        self.outbox_seconds = outbox_seconds
+        self.log_seconds = log_seconds
+
+    def prune_outbox(self) -> int:
+        """Deletes published rows past the retention, a batch at a time; how many."""
+        total = 0
+        while (deleted := execute(self.store.pool, "delete_old_outbox_rows", (self.outbox_seconds, OUTBOX_BATCH))) > 0:
+            total += deleted
+            if deleted < OUTBOX_BATCH:
+                break
+        return total
+
+    def expire_logs(self) -> int:
+        """Deletes the logs of jobs whose log is past the retention; how many."""
+        with translate_errors(), self.store.pool.connection() as conn:
+            rows = conn.execute(query("expired_job_logs"), (self.log_seconds, LOG_BATCH)).fetchall()
+        for (job_id,) in rows:
+            # The file first: if the event then fails, the next round records it.
+            self.logs.path(str(job_id)).unlink(missing_ok=True)
+
+            def run(job_id: str = str(job_id)) -> tuple[None, list[Job]]:
+                job = self.store.load(Job, job_id)
+                job.expire_logs()
+                return None, [job]
+
+            self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), run)
+        if rows:
+            log.info("deleted the logs of %d jobs older than %gs", len(rows), self.log_seconds)
+        return len(rows)
