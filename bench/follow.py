@@ -81,6 +81,10 @@ def main() -> None:
                     jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=queued), timeout=30)
             big = run_job(jobs, f"seq 1 {LINES}")
             wait_terminal(url, big, 600)
+            stored = eventually(
+                lambda: query(url, "SELECT size_bytes FROM job_log_files WHERE job_id = %s", (big,)), 60
+            )
+            output = sum(len(str(number)) + 1 for number in range(1, LINES + 1))
             rss_before = status_of(pid, "VmRSS")
             page = logs.GetLogs(logs_pb2.GetLogsRequest(job_id=big), timeout=120)
             largest = logs.GetLogs(logs_pb2.GetLogsRequest(job_id=big, limit=100_000), timeout=120)
@@ -119,6 +123,15 @@ def main() -> None:
             f"{rss_before / 1024:.0f} MB before",
             "",
             "< 50 MB",
+        )
+    )
+    print(
+        row(
+            f"stored log / output, {LINES:,} short lines",
+            f"{stored[0][0] / 1e6:.1f} MB",
+            f"{output / 1e6:.1f} MB",
+            f"{stored[0][0] / output:.2f}",
+            "<= 1.5",
         )
     )
     print(f"(pages of {len(page.entries)} and {len(largest.entries)} entries; {streamed:,} streamed)")
