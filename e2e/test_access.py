@@ -25,6 +25,7 @@ from hodei._proto import (
     metrics_pb2,
     providers_pb2,
     providers_pb2_grpc,
+    sagas_pb2,
     scheduler_pb2,
     worker_pb2,
 )
@@ -32,7 +33,7 @@ from hodei.roles import RULES, Gate, Role, rule_of
 from hodei.testing import BIN, ServerProcess, eventually, query
 
 pytestmark = pytest.mark.e2e
-SERVICE_MODULES = (jobs_pb2, worker_pb2, scheduler_pb2, providers_pb2, metrics_pb2, logs_pb2, access_pb2)
+SERVICE_MODULES = (jobs_pb2, worker_pb2, scheduler_pb2, providers_pb2, metrics_pb2, logs_pb2, access_pb2, sagas_pb2)
 
 
 def methods() -> list[tuple[str, MethodDescriptor]]:

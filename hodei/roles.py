@@ -74,10 +74,12 @@ _P = "/hodei.jobs.ProviderManagementService/"
 _M = "/hodei.jobs.MetricsService/"
 _L = "/hodei.jobs.LogStreamService/"
 _A = "/hodei.jobs.AccessService/"
+_G = "/hodei.jobs.SagaService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
     _J + "GetJob": Role.READ,
+    _J + "DescribeJob": Role.READ,
     _J + "ListJobs": Role.READ,
     # Submitters cancel their own jobs; `operate` cancels any (checked by the method).
     _J + "CancelJob": Role.SUBMIT,
@@ -96,6 +98,8 @@ RULES: dict[str, Role | Gate] = {
     _M + "GetMetrics": Role.READ,
     _L + "SubscribeLogs": Role.READ,
     _L + "GetLogs": Role.READ,
+    _G + "ListSagas": Role.READ,
+    _G + "GetSaga": Role.READ,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

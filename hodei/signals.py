@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Self
 
@@ -53,14 +54,18 @@ class AsyncWaiter(Waiter):
         super().__init__(hub, keys)
         self._loop = loop
         self._async_event = asyncio.Event()
+        # When the last wake-up arrived (monotonic): a read begun after it sees what woke us.
+        self.woken_at = 0.0
 
     def wake(self) -> None:
+        self.woken_at = time.monotonic()
         self._loop.call_soon_threadsafe(self._async_event.set)
 
     async def wait_async(self, timeout: float) -> bool:
         """True when woken before the timeout. Clears the wake-up either way."""
         try:
-            await asyncio.wait_for(self._async_event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                await self._async_event.wait()
             woken = True
         except TimeoutError:
             woken = False

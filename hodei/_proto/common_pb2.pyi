@@ -212,6 +212,7 @@ class Job(_message.Message):
     LOG_URI_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    PHASES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     state: _builtins.str
@@ -236,6 +237,10 @@ class Job(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobPhase]:
+        """When the job passed each phase of its life, oldest first (GetJob and DescribeJob only)."""
+
     def __init__(
         self,
         *,
@@ -256,11 +261,43 @@ class Job(_message.Message):
         log_uri: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
         cancelled_by: _builtins.str = ...,
+        phases: _abc.Iterable[Global___JobPhase] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "provider_id", b"provider_id", "provider_type", b"provider_type", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobPhase(_message.Message):
+    """queued, provider_chosen, admitted, worker_created, registered, started, finished,
+    logs_stored, worker_released: a phase a requeued job passes again appears again,
+    with its attempt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobPhase: _TypeAlias = JobPhase  # noqa: Y015

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from hodei._proto import common_pb2 as _common_pb2
+from hodei._proto import sagas_pb2 as _sagas_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -329,3 +330,81 @@ class GetJobEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobEventsResponse: _TypeAlias = GetJobEventsResponse  # noqa: Y015
+
+@_typing.final
+class JobWorker(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROVIDER_TYPE_FIELD_NUMBER: _builtins.int
+    PROVIDER_RESOURCE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    attempt: _builtins.int
+    state: _builtins.str
+    provider_type: _builtins.str
+    provider_resource_id: _builtins.str
+    error_message: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_heartbeat_at(self) -> _timestamp_pb2.Timestamp:
+        """The newest heartbeat the servers heard; absent when none was heard."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        state: _builtins.str = ...,
+        provider_type: _builtins.str = ...,
+        provider_resource_id: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        registered_at: _timestamp_pb2.Timestamp | None = ...,
+        last_heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_heartbeat_at", b"last_heartbeat_at", "registered_at", b"registered_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "error_message", b"error_message", "id", b"id", "last_heartbeat_at", b"last_heartbeat_at", "provider_resource_id", b"provider_resource_id", "provider_type", b"provider_type", "registered_at", b"registered_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobWorker: _TypeAlias = JobWorker  # noqa: Y015
+
+@_typing.final
+class JobDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    SAGAS_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _common_pb2.Job: ...
+    @_builtins.property
+    def sagas(self) -> _containers.RepeatedCompositeFieldContainer[_sagas_pb2.Saga]:
+        """Oldest first."""
+
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobWorker]: ...
+    def __init__(
+        self,
+        *,
+        job: _common_pb2.Job | None = ...,
+        sagas: _abc.Iterable[_sagas_pb2.Saga] | None = ...,
+        workers: _abc.Iterable[Global___JobWorker] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "sagas", b"sagas", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobDescription: _TypeAlias = JobDescription  # noqa: Y015

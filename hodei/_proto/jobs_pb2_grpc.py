@@ -45,6 +45,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.DescribeJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/DescribeJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.JobDescription.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/ListJobs',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.ListJobsRequest.SerializeToString,
@@ -78,6 +83,13 @@ class JobExecutionServiceServicer:
 
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeJob(self, request, context):
+        """The job, its phases, every saga with steps and audit, and its workers: one screen.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -120,6 +132,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
+            ),
+            'DescribeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.JobDescription.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -196,6 +213,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/GetJob',
             hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/DescribeJob',
+            hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.JobDescription.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,8 @@ class JobExecutionServiceStub:
     def __new__(cls, channel: _aio.Channel) -> JobExecutionServiceAsyncStub: ...
     QueueJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.QueueJobRequest, _jobs_pb2.QueueJobResponse]
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
+    DescribeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]
+    """The job, its phases, every saga with steps and audit, and its workers: one screen."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
@@ -46,6 +48,8 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueueJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.QueueJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
+    DescribeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]  # type: ignore[assignment]
+    """The job, its phases, every saga with steps and audit, and its workers: one screen."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
@@ -67,6 +71,14 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DescribeJob(
+        self,
+        request: _jobs_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.JobDescription, _abc.Awaitable[_jobs_pb2.JobDescription]]:
+        """The job, its phases, every saga with steps and audit, and its workers: one screen."""
 
     @_abc_1.abstractmethod
     def ListJobs(

@@ -23,6 +23,7 @@ from hodei._proto import (
     logs_pb2_grpc,
     metrics_pb2_grpc,
     providers_pb2_grpc,
+    sagas_pb2_grpc,
     scheduler_pb2_grpc,
 )
 from hodei.errors import InvalidInput
@@ -144,6 +145,7 @@ class Client:
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
         self.metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)
         self.access = access_pb2_grpc.AccessServiceStub(self.channel)
+        self.sagas = sagas_pb2_grpc.SagaServiceStub(self.channel)
 
     def call(self, method: Any, request: Any) -> Any:
         return method(request, timeout=self.timeout, metadata=self.metadata)

@@ -253,7 +253,8 @@ def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: Any) -> None:
+def add_commands(commands: Any) -> Any:
+    """Adds ``job …``; returns its subcommands, for the commands other modules add there."""
     job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
 
     run_parser = job.add_parser("run", help="submit a job; prints its id")
@@ -314,3 +315,4 @@ def add_commands(commands: Any) -> None:
     list_parser.add_argument("--offset", type=int, default=0)
     list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
     list_parser.set_defaults(handler=list_jobs)
+    return job

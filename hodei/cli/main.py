@@ -11,7 +11,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 
-from hodei.cli import access, admin, jobs
+from hodei.cli import access, admin, jobs, sagas
 from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client, Connection
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--tls-key", help="private key of --tls-cert (env HODEI_CLIENT_KEY)")
     root.add_argument("--output", "-o", choices=["text", "json"], default="text", help="output format")
     commands = root.add_subparsers(dest="command", required=True)
-    jobs.add_commands(commands)
+    sagas.add_commands(commands, jobs.add_commands(commands))
     admin.add_commands(commands)
     access.add_commands(commands)
     return root

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hodei._proto import common_pb2
+from hodei._proto import common_pb2, jobs_pb2, sagas_pb2
 from hodei.domain.job import JobState
+from hodei.domain.phases import Phase
 from hodei.domain.spec import JobSpec
-from hodei.store.readmodels import JobRow
+from hodei.store.readmodels import JobRow, JobWorkerRow, SagaRow, StepRow
 from hodei.wire import spec_to_proto
 
 
@@ -21,7 +22,74 @@ def timestamp(moment: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def job_to_proto(row: JobRow) -> common_pb2.Job:
+def _seconds(started: datetime | None, completed: datetime | None) -> float:
+    """How long something took, or has taken so far while it runs."""
+    if started is None:
+        return 0.0
+    return ((completed or datetime.now(UTC)) - started).total_seconds()
+
+
+_COMPENSATION_STATES = {"COMPENSATING", "COMPENSATED", "COMPENSATION_FAILED"}
+
+
+def step_to_proto(step: StepRow) -> sagas_pb2.SagaStep:
+    return sagas_pb2.SagaStep(
+        name=step.step_name,
+        order=step.step_order,
+        state=step.state,
+        retry_count=step.retry_count,
+        error_message=step.error_message or "",
+        started_at=timestamp(step.started_at),
+        completed_at=timestamp(step.completed_at),
+        duration_seconds=_seconds(step.started_at, step.completed_at),
+        compensated=step.state in _COMPENSATION_STATES,
+    )
+
+
+def saga_to_proto(saga: SagaRow) -> sagas_pb2.Saga:
+    return sagas_pb2.Saga(
+        id=str(saga.id),
+        saga_type=saga.saga_type,
+        state=saga.state,
+        correlation_id=saga.correlation_id,
+        attempt=saga.attempt,
+        current_step=saga.current_step or "",
+        error_message=saga.error_message or "",
+        started_at=timestamp(saga.started_at),
+        completed_at=timestamp(saga.completed_at),
+        duration_seconds=_seconds(saga.started_at, saga.completed_at),
+        steps=[step_to_proto(step) for step in saga.steps],
+        audit=[
+            sagas_pb2.SagaAuditEvent(
+                event_type=entry.event_type,
+                step_name=entry.step_name or "",
+                message=entry.message,
+                occurred_at=timestamp(entry.occurred_at),
+            )
+            for entry in saga.audit
+        ],
+    )
+
+
+def worker_to_proto(worker: JobWorkerRow) -> jobs_pb2.JobWorker:
+    return jobs_pb2.JobWorker(
+        id=str(worker.id),
+        attempt=worker.attempt,
+        state=worker.state,
+        provider_type=worker.provider_type,
+        provider_resource_id=worker.provider_resource_id or "",
+        error_message=worker.error_message or "",
+        created_at=timestamp(worker.created_at),
+        registered_at=timestamp(worker.registered_at),
+        last_heartbeat_at=timestamp(worker.last_seen_at),
+    )
+
+
+def phase_to_proto(phase: Phase) -> common_pb2.JobPhase:
+    return common_pb2.JobPhase(name=phase.name, at=timestamp(phase.at), attempt=phase.attempt)
+
+
+def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.Job:
     state = JobState(row.state)
     return common_pb2.Job(
         id=str(row.id),
@@ -41,4 +109,5 @@ def job_to_proto(row: JobRow) -> common_pb2.Job:
         log_uri=row.storage_uri or "",
         submitted_by=row.submitted_by or "",
         cancelled_by=row.cancelled_by or "",
+        phases=[phase_to_proto(phase) for phase in phases or ()],
     )

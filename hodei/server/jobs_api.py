@@ -16,7 +16,7 @@ from hodei.errors import InvalidInput, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.roles import Role
 from hodei.server.access import caller
-from hodei.server.convert import job_to_proto, timestamp
+from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
@@ -52,7 +52,17 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
 
     @rpc
     def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
-        return jobs_pb2.GetJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
+        row = self.reads.job(request.job_id)
+        return jobs_pb2.GetJobResponse(job=job_to_proto(row, self.reads.phases(row.id)))
+
+    @rpc
+    def DescribeJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobDescription:
+        row = self.reads.job(request.job_id)
+        return jobs_pb2.JobDescription(
+            job=job_to_proto(row, self.reads.phases(row.id)),
+            sagas=[saga_to_proto(saga) for saga in self.reads.sagas_of_job(row.id)],
+            workers=[worker_to_proto(worker) for worker in self.reads.workers_of_job(row.id)],
+        )
 
     @rpc
     def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:

@@ -8,8 +8,11 @@ follower connected to another server process sees the lines too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ FOLLOW_POLL = 0.5
 FOLLOW_POLL_IDLE = 2.0
 # Seconds between reads of a followed job's state while nothing wakes its follower.
 STATE_CHECK = 5.0
+# How old a read of a job's state may be to serve another follower's periodic check.
+STATE_SHARED = 1.0
 PAGE_DEFAULT = 10_000
 PAGE_MAX = 100_000
 # What a stream reads at once: little held in memory per follower.
@@ -62,11 +67,47 @@ def _entry(job_id: str, entry: LogEntry) -> logs_pb2.JobLogEntry:
     return message
 
 
+class _JobEnds:
+    """Whether followed jobs have ended, one read shared by all followers of a job.
+
+    500 followers of one job cost one query per check, not 500: a follower takes the
+    newest read begun after the moment it needs (its wake-up, or a second ago), joining
+    it while it runs.
+    """
+
+    def __init__(self, reads: ReadModels) -> None:
+        self._reads = reads
+        self._latest: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+        self._followers: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def following(self, job_id: str) -> Iterator[None]:
+        self._followers[job_id] += 1
+        try:
+            yield
+        finally:
+            self._followers[job_id] -= 1
+            if not self._followers[job_id]:
+                del self._followers[job_id]
+                self._latest.pop(job_id, None)
+
+    async def ended(self, job_id: str, since: float) -> bool:
+        latest = self._latest.get(job_id)
+        if latest is None or latest[0] < since:
+            latest = (time.monotonic(), asyncio.ensure_future(asyncio.to_thread(self._read, job_id)))
+            self._latest[job_id] = latest
+        return await asyncio.shield(latest[1])
+
+    def _read(self, job_id: str) -> bool:
+        return JobState(self._reads.job(job_id).state).is_terminal
+
+
 class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
     def __init__(self, reads: ReadModels, logs: LogStore, signals: Signals) -> None:
         self.reads = reads
         self.logs = logs
         self.signals = signals
+        self._ends = _JobEnds(reads)
 
     @rpc
     def GetLogs(self, request: logs_pb2.GetLogsRequest, context: grpc.ServicerContext) -> logs_pb2.GetLogsResponse:
@@ -101,16 +142,19 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         job_id = str((await asyncio.to_thread(self.reads.job, request.job_id)).id)
         from_line, cursor = max(request.from_line, 1), None
         path = self.logs.path(job_id)
-        with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter:
-            ended, checked, check_due, poll = False, 0.0, True, FOLLOW_POLL
+        with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter, self._ends.following(job_id):
+            ended, checked, poll = False, 0.0, FOLLOW_POLL
+            need_since: float | None = time.monotonic()
             while True:
                 grown = _size(path) > (cursor.offset if cursor else 0)
                 # The job's state is read once the file stopped growing, after a wake-up
                 # (a NOTIFY of the job's events reaches every server) or now and then: an
-                # idle follower costs a stat() per poll, not a query.
-                if not grown and (check_due or time.monotonic() - checked > STATE_CHECK):
-                    ended = JobState((await asyncio.to_thread(self.reads.job, job_id)).state).is_terminal
-                    checked, check_due = time.monotonic(), False
+                # idle follower costs a stat() per poll, and a share of one query.
+                if not grown and need_since is None and time.monotonic() - checked > STATE_CHECK:
+                    need_since = time.monotonic() - STATE_SHARED
+                if not grown and need_since is not None:
+                    ended = await self._ends.ended(job_id, need_since)
+                    checked, need_since = time.monotonic(), None
                 # The job's end is read before the file, so lines written before it ended are all sent.
                 more = grown or ended or cursor is None
                 while more:
@@ -120,6 +164,8 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
                     cursor, more = page.next, page.more
                 if not request.follow or ended:
                     return
-                # Idle, it looks less and less often (this server's writes wake it at once).
+                # Idle, it looks less and less often (this server's writes wake it at once),
+                # at jittered times: followers opened together do not all wake together.
                 poll = FOLLOW_POLL if grown else min(poll * 2, FOLLOW_POLL_IDLE)
-                check_due = await waiter.wait_async(poll) or check_due
+                if await waiter.wait_async(poll * random.uniform(0.75, 1.25)):
+                    need_since = min(need_since or waiter.woken_at, waiter.woken_at)

@@ -511,3 +511,52 @@ DELETE FROM outbox_events WHERE id IN (
 
 -- name: expired_job_logs
 SELECT job_id FROM job_log_files WHERE created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s;
+
+-- Sagas for the operator ---------------------------------------------------------
+
+-- name: list_sagas
+SELECT id, saga_type, state, correlation_id, attempt, current_step, error_message, started_at, completed_at
+FROM sagas
+WHERE (%(state)s::varchar IS NULL OR state = %(state)s::varchar)
+  AND (%(saga_type)s::varchar IS NULL OR saga_type = %(saga_type)s::varchar)
+  AND (%(job_id)s::varchar IS NULL OR correlation_id = %(job_id)s::varchar)
+ORDER BY started_at DESC, id
+LIMIT %(limit)s;
+
+-- name: get_saga
+SELECT id, saga_type, state, correlation_id, attempt, current_step, error_message, started_at, completed_at
+FROM sagas
+WHERE id = %s;
+
+-- name: sagas_of_job
+SELECT id, saga_type, state, correlation_id, attempt, current_step, error_message, started_at, completed_at
+FROM sagas
+WHERE correlation_id = %s
+ORDER BY started_at, id;
+
+-- name: steps_of_sagas
+SELECT saga_id, step_name, step_order, state, retry_count, error_message, started_at, completed_at
+FROM saga_steps
+WHERE saga_id = ANY(%s::uuid[])
+ORDER BY saga_id, step_order;
+
+-- name: audit_of_sagas
+SELECT saga_id, event_type, step_name, message, occurred_at
+FROM saga_audit_events
+WHERE saga_id = ANY(%s::uuid[])
+ORDER BY saga_id, occurred_at, id;
+
+-- name: workers_of_job
+SELECT w.id, w.attempt, w.state, w.provider_type, w.provider_resource_id, w.error_message, w.created_at,
+       w.registered_at, l.last_seen_at
+FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
+WHERE w.job_id = %s
+ORDER BY w.created_at, w.id;
+
+-- name: phase_events_of_job
+-- The job's events and its workers', in commit order: what its phases are read from.
+SELECT e.event_type, e.occurred_at, e.payload
+FROM domain_events e
+WHERE e.aggregate_id = %(job_id)s
+   OR e.aggregate_id IN (SELECT w.id::text FROM workers w WHERE w.job_id = %(job_id)s::uuid)
+ORDER BY e.position;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -10,6 +10,7 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from hodei.domain.phases import Phase, phases_of
 from hodei.errors import NotFound
 from hodei.store.db import translate_errors
 from hodei.store.sql import query
@@ -56,6 +57,53 @@ class WorkerRow:
 
 
 @dataclass(frozen=True)
+class JobWorkerRow:
+    id: UUID
+    attempt: int
+    state: str
+    provider_type: str
+    provider_resource_id: str | None
+    error_message: str | None
+    created_at: datetime
+    registered_at: datetime | None
+    last_seen_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step_name: str
+    step_order: int
+    state: str
+    retry_count: int
+    error_message: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    event_type: str
+    step_name: str | None
+    message: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class SagaRow:
+    id: UUID
+    saga_type: str
+    state: str
+    correlation_id: str
+    attempt: int
+    current_step: str | None
+    error_message: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    steps: tuple[StepRow, ...] = ()
+    audit: tuple[AuditRow, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProviderRow:
     id: UUID
     name: str
@@ -93,6 +141,41 @@ class ReadModels:
 
     def providers(self) -> list[ProviderRow]:
         return [ProviderRow(**row) for row in self._all("list_providers")]
+
+    def sagas(self, state: str | None, saga_type: str | None, job_id: str | None, limit: int) -> list[SagaRow]:
+        params = {"state": state, "saga_type": saga_type, "job_id": job_id, "limit": limit}
+        return [SagaRow(**row) for row in self._all("list_sagas", params)]
+
+    def saga(self, saga_id: str) -> SagaRow:
+        try:
+            key = UUID(saga_id.strip())
+        except ValueError:
+            raise NotFound(f"saga {saga_id[:64]!r} not found (saga ids are UUIDs)") from None
+        found = self._with_steps([SagaRow(**row) for row in self._all("get_saga", (key,))])
+        if not found:
+            raise NotFound(f"saga {saga_id} not found")
+        return found[0]
+
+    def sagas_of_job(self, job_id: UUID) -> list[SagaRow]:
+        """Oldest first, each with its steps and audit trail."""
+        return self._with_steps([SagaRow(**row) for row in self._all("sagas_of_job", (str(job_id),))])
+
+    def _with_steps(self, sagas: list[SagaRow]) -> list[SagaRow]:
+        ids = [saga.id for saga in sagas]
+        steps: dict[UUID, list[StepRow]] = {saga_id: [] for saga_id in ids}
+        audit: dict[UUID, list[AuditRow]] = {saga_id: [] for saga_id in ids}
+        for row in self._all("steps_of_sagas", (ids,)):
+            steps[row.pop("saga_id")].append(StepRow(**row))
+        for row in self._all("audit_of_sagas", (ids,)):
+            audit[row.pop("saga_id")].append(AuditRow(**row))
+        return [replace(saga, steps=tuple(steps[saga.id]), audit=tuple(audit[saga.id])) for saga in sagas]
+
+    def workers_of_job(self, job_id: UUID) -> list[JobWorkerRow]:
+        return [JobWorkerRow(**row) for row in self._all("workers_of_job", (job_id,))]
+
+    def phases(self, job_id: UUID) -> list[Phase]:
+        rows = self._all("phase_events_of_job", {"job_id": str(job_id)})
+        return phases_of((row["event_type"], row["occurred_at"], row["payload"]) for row in rows)
 
     def outbox_stats(self) -> tuple[int, int, int]:
         with translate_errors(), self.pool.connection() as conn:

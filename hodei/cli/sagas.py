@@ -1,0 +1,207 @@
+"""``hodei-jobs-cli job describe`` and ``saga list|show``: the saga audit without SQL.
+
+On a terminal a tree with durations and the failing step in red; piped, the same as
+plain indented text; ``-o json`` the messages with every field present (absent times
+as null), the shape documented in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.tree import Tree
+
+from hodei._proto import jobs_pb2, sagas_pb2
+from hodei.cli.client import Client
+from hodei.cli.jobs import describe as describe_job
+from hodei.cli.jobs import job_dict
+from hodei.cli.terminal import Terminal
+
+_TIMESTAMP = "google.protobuf.Timestamp"
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """Every field present: unset message fields (times not reached yet) as None."""
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _fill(message, data)
+    return data
+
+
+def _fill(message: Message, data: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        kind = field.message_type
+        if kind is None or kind.GetOptions().map_entry:
+            continue
+        value = getattr(message, field.name)
+        if field.is_repeated:
+            for item, item_data in zip(value, data[field.name], strict=True):
+                _fill(item, item_data)
+        elif not message.HasField(field.name):
+            data[field.name] = None
+        elif kind.full_name != _TIMESTAMP:
+            _fill(value, data[field.name])
+
+
+def _when(message: Message, field: str) -> str:
+    if not message.HasField(field):
+        return "-"
+    return str(getattr(message, field).ToDatetime().isoformat(timespec="milliseconds")) + "Z"
+
+
+def _took(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def _saga_label(saga: sagas_pb2.Saga) -> str:
+    error = f" - {saga.error_message}" if saga.error_message else ""
+    return (
+        f"{saga.saga_type} saga {saga.id} attempt {saga.attempt}: {saga.state}, "
+        f"{_took(saga.duration_seconds)} (started {_when(saga, 'started_at')}){error}"
+    )
+
+
+def _step_label(step: sagas_pb2.SagaStep) -> str:
+    parts = [f"{step.order}. {step.name}: {step.state}"]
+    if step.started_at.seconds or step.started_at.nanos:
+        parts.append(_took(step.duration_seconds))
+    if step.retry_count:
+        parts.append(f"{step.retry_count} {'retry' if step.retry_count == 1 else 'retries'}")
+    if step.compensated:
+        parts.append("compensation")
+    text = ", ".join(parts)
+    return f"{text} - {step.error_message}" if step.error_message else text
+
+
+def _style(state: str) -> str:
+    if state in ("FAILED", "COMPENSATION_FAILED"):
+        return "bold red"
+    if state in ("COMPENSATING", "COMPENSATED"):
+        return "yellow"
+    if state == "COMPLETED":
+        return "green"
+    return ""
+
+
+def saga_tree(saga: sagas_pb2.Saga) -> Tree:
+    tree = Tree(_saga_label(saga), style=_style(saga.state))
+    steps = tree.add("steps")
+    for step in saga.steps:
+        steps.add(_step_label(step), style=_style(step.state))
+    if saga.audit:
+        audit = tree.add("audit")
+        for entry in saga.audit:
+            where = f" [{entry.step_name}]" if entry.step_name else ""
+            audit.add(f"{_when(entry, 'occurred_at')} {entry.event_type}{where}: {entry.message}")
+    return tree
+
+
+def _show_tree(term: Terminal, tree: Tree) -> None:
+    """Rich on a terminal; piped, the same tree as indented plain text."""
+    if term.out.is_terminal:
+        term.out.print(tree)
+        return
+
+    def walk(node: Tree, depth: int) -> None:
+        print("  " * depth + str(node.label))
+        for child in node.children:
+            walk(child, depth + 1)
+
+    walk(tree, 0)
+
+
+def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    found = client.call(client.jobs.DescribeJob, jobs_pb2.GetJobRequest(job_id=args.job_id))
+    if term.json:
+        term.data(
+            {
+                "job": job_dict(found.job),
+                "sagas": [message_dict(saga) for saga in found.sagas],
+                "workers": [message_dict(worker) for worker in found.workers],
+            }
+        )
+        return 0
+    for line in describe_job(found.job):
+        term.line(line)
+    root = Tree("Phases")
+    for phase in found.job.phases:
+        root.add(f"{_when(phase, 'at')} {phase.name} (attempt {phase.attempt})")
+    workers = Tree("Workers")
+    for worker in found.workers:
+        heard = _when(worker, "last_heartbeat_at")
+        error = f" - {worker.error_message}" if worker.error_message else ""
+        workers.add(
+            f"{worker.id} attempt {worker.attempt}: {worker.state} on {worker.provider_type} "
+            f"{worker.provider_resource_id or '-'} (registered {_when(worker, 'registered_at')}, "
+            f"last heartbeat {heard}){error}",
+            style=_style(worker.state),
+        )
+    sagas = Tree("Sagas")
+    for saga in found.sagas:
+        sagas.children.append(saga_tree(saga))
+    for tree in (root, workers, sagas):
+        _show_tree(term, tree)
+    return 0
+
+
+def list_sagas(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    request = sagas_pb2.ListSagasRequest(
+        state=args.state or "", saga_type=args.type or "", job_id=args.job or "", limit=args.limit
+    )
+    response = client.call(client.sagas.ListSagas, request)
+    if term.json:
+        term.data({"sagas": [message_dict(saga) for saga in response.sagas]})
+        return 0
+    term.table(
+        ["ID", "TYPE", "STATE", "JOB", "ATTEMPT", "STARTED", "DURATION", "STEP", "ERROR"],
+        [
+            [
+                saga.id,
+                saga.saga_type,
+                saga.state,
+                saga.correlation_id,
+                str(saga.attempt),
+                _when(saga, "started_at"),
+                _took(saga.duration_seconds),
+                saga.current_step or "-",
+                saga.error_message or "-",
+            ]
+            for saga in response.sagas
+        ],
+    )
+    return 0
+
+
+def show_saga(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    saga = client.call(client.sagas.GetSaga, sagas_pb2.GetSagaRequest(saga_id=args.saga_id))
+    if term.json:
+        term.data(message_dict(saga))
+    else:
+        _show_tree(term, saga_tree(saga))
+    return 0
+
+
+def add_commands(commands: Any, job: Any) -> None:
+    """Adds ``saga …`` and, to ``job``'s subcommands, ``job describe``."""
+    parser = job.add_parser("describe", help="the job, its phases, workers, and every saga's steps and audit")
+    parser.add_argument("job_id_positional", nargs="?", metavar="ID", help="the job id")
+    parser.add_argument("--id", "-i", dest="job_id_flag", metavar="ID", help="the job id")
+    parser.set_defaults(handler=describe)
+    saga = commands.add_parser("saga", help="the sagas that moved jobs, step by step").add_subparsers(
+        dest="action", required=True
+    )
+    list_parser = saga.add_parser("list", help="list sagas, newest first")
+    list_parser.add_argument("--state", help="IN_PROGRESS, COMPENSATING, COMPLETED or FAILED")
+    list_parser.add_argument("--type", help="PROVISIONING, EXECUTION or RECOVERY")
+    list_parser.add_argument("--job", metavar="JOB_ID", help="only this job's sagas")
+    list_parser.add_argument("--limit", type=int, default=100)
+    list_parser.set_defaults(handler=list_sagas)
+    show = saga.add_parser("show", help="a saga's steps (state, retries, duration, error) and audit trail")
+    show.add_argument("saga_id", metavar="SAGA_ID")
+    show.set_defaults(handler=show_saga)

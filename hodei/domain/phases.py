@@ -1,0 +1,63 @@
+"""A job's phases: when it passed each milestone of its life, read off its events.
+
+Pure: the caller hands over the job's and its workers' events in commit order. A
+job that is requeued passes the phases again; each phase carries its attempt, so a
+retried job shows where every attempt went and how long each took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hodei.domain.job import JobState
+
+PHASES = (
+    "queued",
+    "provider_chosen",
+    "admitted",
+    "worker_created",
+    "registered",
+    "started",
+    "finished",
+    "requeued",
+    "logs_stored",
+    "worker_released",
+)
+
+_BY_EVENT = {
+    "JobCreated": "queued",
+    "JobProviderSelected": "provider_chosen",
+    "JobAdmitted": "admitted",
+    "WorkerResourceCreated": "worker_created",
+    "WorkerRegistered": "registered",
+    "JobAccepted": "started",
+    "JobLogsPersisted": "logs_stored",
+    "WorkerTerminated": "worker_released",
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    at: datetime
+    attempt: int
+
+
+def phases_of(events: Iterable[tuple[str, datetime, dict[str, Any]]]) -> list[Phase]:
+    """``events`` are (event type, occurred at, payload), oldest first."""
+    attempt, found = 1, []
+    for event_type, at, payload in events:
+        name = _BY_EVENT.get(event_type)
+        if event_type == "JobStatusChanged":
+            new_state = JobState(payload["new_state"])
+            if new_state is JobState.PENDING:
+                found.append(Phase("requeued", at, attempt))
+                attempt += 1
+            elif new_state.is_terminal:
+                found.append(Phase("finished", at, attempt))
+        elif name is not None:
+            found.append(Phase(name, at, attempt))
+    return found
