@@ -20,7 +20,7 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
 
 pytestmark = pytest.mark.e2e
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
@@ -152,13 +152,7 @@ def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp
         for job_id in job_ids:
             wait_settled(url, job_id)
         assert server.process is not None and server.process.poll() is None  # no restart needed
-        verify = subprocess.run(
-            [str(BIN / "hodei-server"), "replay", "--verify"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "DATABASE_URL": url},
-            timeout=120,
-        )
+        verify = hodei_server(url, "replay", "--verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
         events = query(url, "SELECT count(*), count(DISTINCT (aggregate_id, aggregate_version)) FROM domain_events")[0]
         assert events[0] == events[1]  # no event doubled

@@ -4,7 +4,6 @@ local provider and on Docker, with real workers and a real database."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from hodei.store.db import open_pool
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -111,13 +110,7 @@ def test_a_secret_is_in_the_job_and_nowhere_else_and_purging_shreds_it(
     )
     assert "API_KEY" in shown and SECRET not in shown and "aesgcm" not in shown
 
-    purged = subprocess.run(
-        [str(BIN / "hodei-server"), "secrets", "purge", "--job", job_id],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DATABASE_URL": url},
-        timeout=60,
-    )
+    purged = hodei_server(url, "secrets", "purge", "--job", job_id)
     assert "secrets purged" in purged.stdout, purged.stderr
     pool = open_pool(url, max_size=1)
     try:
@@ -125,13 +118,7 @@ def test_a_secret_is_in_the_job_and_nowhere_else_and_purging_shreds_it(
             JobSecrets(pool).open(job_id_uuid(job_id))
     finally:
         pool.close()
-    verify = subprocess.run(
-        [str(BIN / "hodei-server"), "replay", "--verify"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DATABASE_URL": url},
-        timeout=120,
-    )
+    verify = hodei_server(url, "replay", "--verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

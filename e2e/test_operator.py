@@ -7,15 +7,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from e2e.test_local import agent_pid, wait_running
-from hodei.testing import ServerProcess, eventually, query, wait_settled
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -199,3 +205,111 @@ def test_describe_and_saga_refuse_bad_input(server: ServerProcess) -> None:
     bad_state = server.cli("saga", "list", "--state", "DONE")
     assert bad_state.returncode != 0
     assert "state must be one of" in bad_state.stderr
+
+
+def test_history_is_the_job_row_at_every_event_boundary(server: ServerProcess, shared_dir: Path) -> None:
+    """A recovered job: the row sampled while it ran, at every moment, is one of its
+    history's states; --version and --at pick the state after each event."""
+    url = server.database_url
+    columns = "state, attempt, worker_id, exit_code, error_message, started_at, completed_at, updated_at"
+    marker = shared_dir / "history-marker"
+    job_id = run(
+        server,
+        "--max-attempts",
+        "2",
+        "--command",
+        f"if [ -e {marker} ]; then echo again; exit 0; fi; touch {marker}; sleep 300",
+    )
+    sampled: set[tuple[Any, ...]] = set()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            sampled.update(query(url, f"SELECT {columns} FROM jobs WHERE id = %s", (job_id,)))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        wait_running(url, job_id)
+        os.kill(agent_pid(job_id), signal.SIGKILL)
+        wait_settled(url, job_id, 90)
+    finally:
+        stop.set()
+        sampler.join()
+    stub = jobs_pb2_grpc.JobExecutionServiceStub(grpc.insecure_channel(server.address))
+
+    def states(**fields: Any) -> list[jobs_pb2.JobHistoryEntry]:
+        request = jobs_pb2.GetJobHistoryRequest(job_id=job_id, **fields)
+        return list(stub.GetJobHistory(request, timeout=30).entries)
+
+    def shown(job: common_pb2.Job) -> tuple[Any, ...]:
+        return (
+            job.state,
+            job.attempt,
+            UUID(job.worker_id) if job.worker_id else None,
+            job.exit_code if job.has_exit_code else None,
+            job.error_message or None,
+            job.started_at.ToDatetime(tzinfo=UTC) if job.HasField("started_at") else None,
+            job.completed_at.ToDatetime(tzinfo=UTC) if job.HasField("completed_at") else None,
+        )
+
+    entries = states()
+    versions = query(url, "SELECT aggregate_version FROM domain_events WHERE aggregate_id = %s ORDER BY 1", (job_id,))
+    assert [entry.version for entry in entries] == [version for (version,) in versions]
+    history_rows = [shown(entry.job) for entry in entries]
+    assert {"PENDING", "ASSIGNED", "RUNNING", "SUCCEEDED"} <= {row[0] for row in history_rows}
+    assert [entry.job.attempt for entry in entries][-1] == 2
+    # The live row now is the last state, and every row seen while it ran is a state of the history.
+    live = query(url, f"SELECT {columns} FROM jobs WHERE id = %s", (job_id,))[0]
+    assert history_rows[-1] == live[:7]
+    assert {row[:7] for row in sampled} <= set(history_rows), {row[:7] for row in sampled} - set(history_rows)
+    assert len(sampled) >= 3
+    # Each boundary: --version N is the state after event N; --at its time is the state
+    # after the last event of that moment, and a microsecond before, the state before it.
+    moments = [entry.occurred_at.ToDatetime(tzinfo=UTC) for entry in entries]
+    for index, entry in enumerate(entries):
+        assert [shown(e.job) for e in states(version=entry.version)] == [history_rows[index]]
+        last_at_that_moment = max(i for i, moment in enumerate(moments) if moment == moments[index])
+        at = Timestamp()
+        at.FromDatetime(moments[index])
+        assert [shown(e.job) for e in states(at=at)] == [history_rows[last_at_that_moment]]
+        first_at_that_moment = moments.index(moments[index])
+        if first_at_that_moment > 0:
+            at.FromDatetime(moments[index] - timedelta(microseconds=1))
+            assert [shown(e.job) for e in states(at=at)] == [history_rows[first_at_that_moment - 1]]
+    # The CLI: a table of every state, and one moment as `job get` shows a job.
+    table = server.cli("job", "history", job_id, check=True).stdout
+    assert len(table.splitlines()) == len(entries) + 1
+    one = server.cli("job", "history", job_id, "--version", "1", check=True).stdout
+    assert "As of event 1 (JobCreated" in one and "Status: PENDING" in one
+    before = server.cli("job", "history", job_id, "--at", "2000-01-01T00:00:00Z")
+    assert before.returncode != 0
+    assert "did not exist yet" in before.stderr
+
+
+def test_replay_of_one_job_finds_and_repairs_its_rows(server: ServerProcess) -> None:
+    url = server.database_url
+    job_id = run(server, "--command", "echo replayed", "--wait")
+    wait_settled(url, job_id, 60)
+    verified = hodei_server(url, "replay", "--job", job_id, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"job {job_id}'s rows match domain_events" in verified.stdout
+    query(url, "UPDATE jobs SET exit_code = 99 WHERE id = %s", (job_id,))
+    query(
+        url,
+        "DELETE FROM saga_audit_events WHERE saga_id IN (SELECT id FROM sagas WHERE correlation_id = %s)",
+        (job_id,),
+    )
+    broken = hodei_server(url, "replay", "--job", job_id, "--verify")
+    assert broken.returncode == 1
+    assert "jobs: differs" in broken.stdout and "saga_audit_events: differs" in broken.stdout
+    applied = hodei_server(url, "replay", "--job", job_id, "--apply")
+    assert applied.returncode == 0, applied.stderr
+    assert query(url, "SELECT exit_code FROM jobs WHERE id = %s", (job_id,)) == [(0,)]
+    assert hodei_server(url, "replay", "--job", job_id, "--verify").returncode == 0
+    everything = hodei_server(url, "replay", "--verify")
+    assert everything.returncode == 0, everything.stdout
+    unknown = hodei_server(url, "replay", "--job", "00000000-0000-0000-0000-000000000000", "--verify")
+    assert unknown.returncode != 0
+    assert "not found" in unknown.stderr

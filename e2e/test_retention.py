@@ -3,13 +3,11 @@ stays, and a replay still rebuilds exactly what is left."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -43,11 +41,5 @@ def test_old_outbox_rows_and_logs_go_and_replay_still_agrees(fresh_database_url:
         assert query(url, "SELECT count(*) FROM domain_events WHERE event_type = 'JobLogsExpired'")[0][0] == 3
         assert query(url, "SELECT count(*) FROM domain_events")[0][0] >= events  # the log is kept
         assert server.cli("job", "logs", "--id", job_ids[0], check=True).stdout == ""
-    verify = subprocess.run(
-        [str(BIN / "hodei-server"), "replay", "--verify"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DATABASE_URL": url},
-        timeout=120,
-    )
+    verify = hodei_server(url, "replay", "--verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -80,6 +80,7 @@ RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
     _J + "GetJob": Role.READ,
     _J + "DescribeJob": Role.READ,
+    _J + "GetJobHistory": Role.READ,
     _J + "ListJobs": Role.READ,
     # Submitters cancel their own jobs; `operate` cancels any (checked by the method).
     _J + "CancelJob": Role.SUBMIT,

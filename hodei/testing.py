@@ -151,6 +151,17 @@ def make_pki(directory: Path, days: int = 2) -> Pki:
     return Pki(ca_path, server_cert, server_key, client_cert, client_key)
 
 
+def hodei_server(database_url: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """A `hodei-server` command (replay, migrate, token, secrets) as an operator runs it."""
+    return subprocess.run(
+        [str(BIN / "hodei-server"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": database_url},
+        timeout=timeout,
+    )
+
+
 class Cli:
     """``hodei-jobs-cli`` against one server, as a subprocess. ``options`` go before the
     command: a token, TLS files."""

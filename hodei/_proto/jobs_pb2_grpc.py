@@ -50,6 +50,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.JobDescription.FromString,
                 _registered_method=True)
+        self.GetJobHistory = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/GetJobHistory',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobHistoryRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.JobHistory.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/ListJobs',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.ListJobsRequest.SerializeToString,
@@ -89,6 +94,13 @@ class JobExecutionServiceServicer:
 
     def DescribeJob(self, request, context):
         """The job, its phases, every saga with steps and audit, and its workers: one screen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobHistory(self, request, context):
+        """The job as it was after each of its events, rebuilt from domain_events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +149,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.DescribeJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.JobDescription.SerializeToString,
+            ),
+            'GetJobHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobHistory,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobHistoryRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.JobHistory.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -240,6 +257,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/DescribeJob',
             hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.JobDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/GetJobHistory',
+            hodei_dot_jobs_dot_jobs__pb2.GetJobHistoryRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.JobHistory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,8 @@ class JobExecutionServiceStub:
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     DescribeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
+    GetJobHistory: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobHistoryRequest, _jobs_pb2.JobHistory]
+    """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
@@ -50,6 +52,8 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     DescribeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]  # type: ignore[assignment]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
+    GetJobHistory: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobHistoryRequest, _jobs_pb2.JobHistory]  # type: ignore[assignment]
+    """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
@@ -79,6 +83,14 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.JobDescription, _abc.Awaitable[_jobs_pb2.JobDescription]]:
         """The job, its phases, every saga with steps and audit, and its workers: one screen."""
+
+    @_abc_1.abstractmethod
+    def GetJobHistory(
+        self,
+        request: _jobs_pb2.GetJobHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.JobHistory, _abc.Awaitable[_jobs_pb2.JobHistory]]:
+        """The job as it was after each of its events, rebuilt from domain_events."""
 
     @_abc_1.abstractmethod
     def ListJobs(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -253,6 +254,62 @@ def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
+def _moment(text: str) -> datetime:
+    """ISO 8601 (``2026-11-29T10:00:00Z``); a time without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--at takes an ISO 8601 time such as 2026-11-29T10:00:00Z, got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    request = jobs_pb2.GetJobHistoryRequest(job_id=args.job_id, version=args.version or 0)
+    if args.at:
+        request.at.FromDatetime(_moment(args.at))
+    entries = client.call(client.jobs.GetJobHistory, request).entries
+    if term.json:
+        term.data(
+            {
+                "entries": [
+                    {
+                        "version": entry.version,
+                        "event_type": entry.event_type,
+                        "occurred_at": entry.occurred_at.ToJsonString(),
+                        "actor": entry.actor,
+                        "job": job_dict(entry.job),
+                    }
+                    for entry in entries
+                ]
+            }
+        )
+        return 0
+    if args.at or args.version:
+        (entry,) = entries
+        term.line(f"As of event {entry.version} ({entry.event_type} at {entry.occurred_at.ToJsonString()}):")
+        for line in describe(entry.job):
+            term.line(line)
+        return 0
+    term.table(
+        ["VERSION", "OCCURRED", "EVENT", "BY", "STATE", "ATTEMPT", "WORKER", "EXIT", "ERROR"],
+        [
+            [
+                str(entry.version),
+                entry.occurred_at.ToJsonString(),
+                entry.event_type,
+                entry.actor or "-",
+                entry.job.state,
+                str(entry.job.attempt),
+                entry.job.worker_id or "-",
+                str(entry.job.exit_code) if entry.job.has_exit_code else "-",
+                entry.job.error_message or "-",
+            ]
+            for entry in entries
+        ],
+    )
+    return 0
+
+
 def add_commands(commands: Any) -> Any:
     """Adds ``job …``; returns its subcommands, for the commands other modules add there."""
     job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
@@ -300,6 +357,7 @@ def add_commands(commands: Any) -> Any:
         ("logs", logs, "print a job's output"),
         ("watch", watch, "print state changes until the job ends"),
         ("events", events, "list the job's domain events"),
+        ("history", history, "the job after each of its events, or at one moment (--at, --version)"),
     ):
         parser = job.add_parser(name, help=text)
         parser.add_argument("job_id_positional", nargs="?", metavar="ID", help="the job id")
@@ -307,6 +365,9 @@ def add_commands(commands: Any) -> Any:
         parser.set_defaults(handler=handler)
         if name == "cancel":
             parser.add_argument("--reason", help="recorded with the cancellation")
+        if name == "history":
+            parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
+            parser.add_argument("--version", type=int, metavar="N", help="the job after its N-th event")
         if name == "logs":
             parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 from uuid import uuid4
 
@@ -12,7 +13,7 @@ import grpc
 
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState
-from hodei.errors import InvalidInput, PermissionDenied
+from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.roles import Role
 from hodei.server.access import caller
@@ -21,6 +22,7 @@ from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
+from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import JobRow, ReadModels
 from hodei.store.sql import query
@@ -62,6 +64,38 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             job=job_to_proto(row, self.reads.phases(row.id)),
             sagas=[saga_to_proto(saga) for saga in self.reads.sagas_of_job(row.id)],
             workers=[worker_to_proto(worker) for worker in self.reads.workers_of_job(row.id)],
+        )
+
+    @rpc
+    def GetJobHistory(
+        self, request: jobs_pb2.GetJobHistoryRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.JobHistory:
+        if request.version and request.HasField("at"):
+            raise InvalidInput("give a version or a time (at), not both")
+        if request.version < 0:
+            raise InvalidInput(f"version must be positive, got {request.version}")
+        row = self.reads.job(request.job_id)
+        entries = every = history(self.store.pool, row.id)
+        if request.version:
+            entries = [entry for entry in every if entry.event.aggregate_version == request.version]
+            if not entries:
+                raise NotFound(f"job {row.id} has no version {request.version} (it is at version {len(every)})")
+        elif request.HasField("at"):
+            moment = request.at.ToDatetime(tzinfo=UTC)
+            entries = [entry for entry in entries if entry.event.occurred_at <= moment][-1:]
+            if not entries:
+                raise NotFound(f"job {row.id} did not exist yet at {moment.isoformat()}")
+        return jobs_pb2.JobHistory(
+            entries=[
+                jobs_pb2.JobHistoryEntry(
+                    version=entry.event.aggregate_version,
+                    event_type=entry.event.event_type,
+                    occurred_at=timestamp(entry.event.occurred_at),
+                    actor=entry.event.actor or "",
+                    job=job_to_proto(entry.job),
+                )
+                for entry in entries
+            ]
         )
 
     @rpc

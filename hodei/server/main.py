@@ -39,9 +39,10 @@ from hodei._proto import (
 from hodei.cli.access import add_token_commands
 from hodei.errors import HodeiError
 from hodei.server.preflight import Misconfigured, check_peers, check_worker_address, listen_host
-from hodei.store import replay
+from hodei.store import history, replay
 from hodei.store.db import open_pool
 from hodei.store.migrations import migrate
+from hodei.store.readmodels import ReadModels
 
 if TYPE_CHECKING:
     from hodei.server.runtime import Runtime
@@ -85,18 +86,28 @@ def _migrate(cfg: configuration.Config) -> None:
     print(f"Database migrations completed ({names}); providers registered: {', '.join(created) or 'already'}")
 
 
-def _replay(cfg: configuration.Config, apply: bool) -> int:
+def _replay(cfg: configuration.Config, apply: bool, job: str | None) -> int:
     pool = open_pool(cfg.database_url, max_size=2, name="hodei-replay")
+    what = "the read models"
     try:
-        if apply:
+        if job is not None:
+            job_id = ReadModels(pool).job(job).id
+            what = f"job {job_id}'s rows"
+            if apply:
+                count = history.apply_job(pool, job_id)
+                print(f"rebuilt {what} from its {count} events")
+                return 0
+            count, differences = history.verify_job(pool, job_id)
+        elif apply:
             count = replay.apply(pool)
             print(f"rebuilt the read models from {count} events")
             return 0
-        count, differences = replay.verify(pool)
+        else:
+            count, differences = replay.verify(pool)
     finally:
         pool.close()
     if not differences:
-        print(f"replayed {count} events: the read models match domain_events")
+        print(f"replayed {count} events: {what} match domain_events")
         return 0
     for difference in differences:
         print(f"{difference.table}: differs")
@@ -364,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
         help="compare a rebuild with the live tables; exit 1 on any difference",
     )
     mode.add_argument("--apply", action="store_true", help="rebuild the live tables in place")
+    replay_parser.add_argument(
+        "--job", metavar="ID", help="only this job's rows (job, workers, sagas, steps, audit, log file)"
+    )
     commands.add_parser("relay", help="run only the outbox relay, saga engine and sweeper (to scale out)")
     add_token_commands(commands, "API tokens, straight in the database (to make the first one)")
     secrets_parser = commands.add_parser("secrets", help="job secrets")
@@ -378,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
             _migrate(cfg)
             code = 0
         elif args.command == "replay":
-            code = _replay(cfg, apply=args.apply)
+            code = _replay(cfg, apply=args.apply, job=args.job)
         elif args.command == "relay":
             code = _relay(cfg)
         elif args.command == "token":

@@ -560,3 +560,19 @@ FROM domain_events e
 WHERE e.aggregate_id = %(job_id)s
    OR e.aggregate_id IN (SELECT w.id::text FROM workers w WHERE w.job_id = %(job_id)s::uuid)
 ORDER BY e.position;
+
+-- name: events_of_job_aggregate
+-- A job's own events: what its row in jobs is made of.
+SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_version,
+       correlation_id, actor, payload, topic, position
+FROM domain_events
+WHERE aggregate_id = %(job_id)s
+ORDER BY position;
+
+-- name: events_of_job
+-- Every event of a job's flow (its own, its workers', its sagas'), in commit order.
+SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_version,
+       correlation_id, actor, payload, topic, position
+FROM domain_events
+WHERE correlation_id = %(job_id)s OR aggregate_id = %(job_id)s
+ORDER BY position;
