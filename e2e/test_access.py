@@ -23,6 +23,7 @@ from hodei._proto import (
     jobs_pb2_grpc,
     logs_pb2,
     metrics_pb2,
+    outbox_pb2,
     providers_pb2,
     providers_pb2_grpc,
     sagas_pb2,
@@ -33,7 +34,17 @@ from hodei.roles import RULES, Gate, Role, rule_of
 from hodei.testing import BIN, ServerProcess, eventually, query
 
 pytestmark = pytest.mark.e2e
-SERVICE_MODULES = (jobs_pb2, worker_pb2, scheduler_pb2, providers_pb2, metrics_pb2, logs_pb2, access_pb2, sagas_pb2)
+SERVICE_MODULES = (
+    jobs_pb2,
+    worker_pb2,
+    scheduler_pb2,
+    providers_pb2,
+    metrics_pb2,
+    logs_pb2,
+    access_pb2,
+    sagas_pb2,
+    outbox_pb2,
+)
 
 
 def methods() -> list[tuple[str, MethodDescriptor]]:
@@ -158,6 +169,17 @@ def cancel(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def retry(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
+    with server.channel() as channel:
+        try:
+            jobs_pb2_grpc.JobExecutionServiceStub(channel).RetryJob(
+                jobs_pb2.GetJobRequest(job_id=job_id), metadata=(("authorization", f"Bearer {token}"),)
+            )
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
 def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url: str, tokens: dict[str, str]) -> None:
     reader = server.cli("--token", tokens["read"], "job", "run", "--provider", "local", "--command", "true")
     assert reader.returncode != 0
@@ -176,6 +198,11 @@ def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url:
     assert cancel(server, tokens["submit"], job) == grpc.StatusCode.OK
     someone_elses = submit(server, tokens["other"])
     assert cancel(server, tokens["operate"], someone_elses) == grpc.StatusCode.OK
+    # Retrying: a submitter its own finished jobs, the operate role anyone's.
+    assert retry(server, tokens["submit"], someone_elses) == grpc.StatusCode.PERMISSION_DENIED
+    assert retry(server, tokens["read"], job) == grpc.StatusCode.PERMISSION_DENIED
+    assert retry(server, tokens["submit"], job) == grpc.StatusCode.OK
+    assert retry(server, tokens["operate"], someone_elses) == grpc.StatusCode.OK
 
     assert query(
         database_url, "SELECT actor FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobCreated'", (job,)

@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from e2e.test_local import agent_pid, wait_running
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
-from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -313,3 +313,113 @@ def test_replay_of_one_job_finds_and_repairs_its_rows(server: ServerProcess) -> 
     unknown = hodei_server(url, "replay", "--job", "00000000-0000-0000-0000-000000000000", "--verify")
     assert unknown.returncode != 0
     assert "not found" in unknown.stderr
+
+
+def test_retry_flags_run_a_failing_command_again_each_attempt_a_new_saga(
+    server: ServerProcess, shared_dir: Path
+) -> None:
+    url = server.database_url
+    counter = shared_dir / "runs"
+    # Fails twice, then succeeds: two retries with a backoff of 1 s.
+    command = f"echo x >> {counter}; test $(wc -l < {counter}) -ge 3 || exit 7"
+    flaky = run(server, "--retry", "2", "--retry-backoff", "1", "--command", command, "--wait")
+    wait_settled(url, flaky, 60)
+    shown = described(server, flaky)
+    assert (shown["job"]["state"], shown["job"]["exit_code"], shown["job"]["attempt"]) == ("SUCCEEDED", 0, 3)
+    assert [saga["attempt"] for saga in shown["sagas"] if saga["saga_type"] == "PROVISIONING"] == [1, 2, 3]
+    assert [worker["attempt"] for worker in shown["workers"]] == [1, 2, 3]
+    requeued = [_at(p["at"]) for p in shown["job"]["phases"] if p["name"] == "requeued"]
+    admitted = [_at(p["at"]) for p in shown["job"]["phases"] if p["name"] == "admitted"]
+    assert len(requeued) == 2
+    assert len(admitted) == 3
+    for failed_at, next_admitted in zip(requeued, admitted[1:], strict=True):
+        assert next_admitted is not None and failed_at is not None
+        assert (next_admitted - failed_at).total_seconds() >= 1.0  # the backoff was kept
+    reasons = query(
+        url,
+        "SELECT payload->>'reason' FROM domain_events WHERE aggregate_id = %s AND payload->>'new_state' = 'PENDING'",
+        (flaky,),
+    )
+    assert reasons == [
+        ("attempt 1 failed (exited with code 7); retry 1 of 2",),
+        ("attempt 2 failed (exited with code 7); retry 2 of 2",),
+    ]
+    assert_matches_the_rows(url, flaky, shown)
+    # Out of retries, the last attempt's result stands.
+    hopeless = server.cli("job", "run", "--provider", "local", "--retry", "1", "--command", "exit 5", "--wait")
+    assert hopeless.returncode == 5
+    job_id = hopeless.stdout.strip()
+    wait_settled(url, job_id, 60)
+    assert query(url, "SELECT state, exit_code, attempt FROM jobs WHERE id = %s", (job_id,)) == [("FAILED", 5, 2)]
+    refused = server.cli("job", "run", "--provider", "local", "--retry", "-1", "--command", "true")
+    assert refused.returncode != 0
+    assert "retries must be between 0 and 100" in refused.stderr
+
+
+def test_job_retry_submits_a_finished_job_again_linked_to_it(server: ServerProcess) -> None:
+    url = server.database_url
+    # Exit 9 only when the secret is there: the retry must carry it too.
+    command = 'test "$TOKEN" = sesame-1234 && exit 9; exit 1'
+    first = server.cli(
+        "job", "run", "--provider", "local", "--secret", "TOKEN=sesame-1234", "--command", command, "--wait"
+    )
+    assert first.returncode == 9, first.stderr
+    old = first.stdout.strip()
+    wait_settled(url, old, 60)
+    again = server.cli("job", "retry", old, "--wait")
+    assert again.returncode == 9, again.stderr
+    new = again.stdout.strip()
+    assert new != old
+    wait_settled(url, new, 60)
+    assert query(url, "SELECT spec, retry_of::text FROM jobs WHERE id = %s", (new,))[0] == (
+        query(url, "SELECT spec FROM jobs WHERE id = %s", (old,))[0][0],
+        old,
+    )
+    assert "Retried by: " + new in server.cli("job", "get", old, check=True).stdout
+    assert "Retry of: " + old in server.cli("job", "get", new, check=True).stdout
+    assert described(server, new)["job"]["retry_of"] == old
+    assert described(server, old)["job"]["retried_by"] == [new]
+    running = run(server, "--command", "sleep 30")
+    refused = server.cli("job", "retry", running)
+    assert refused.returncode != 0
+    assert "only a finished job is retried" in refused.stderr
+    server.cli("job", "cancel", running, check=True)
+    wait_settled(url, running, 60)
+
+
+def test_a_dead_lettered_delivery_is_redriven_and_its_job_moves_on(fresh_database_url: str, tmp_path: Path) -> None:
+    """Starting sagas fails for a while (a trigger refuses new sagas): the JobCreated
+    delivery gives up; once the cause is gone, a redrive starts the job's saga."""
+    url = fresh_database_url
+    query(
+        url,
+        "CREATE FUNCTION refuse_sagas() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'sagas are refused by the test'; END; $$",
+    )
+    query(url, "CREATE TRIGGER refuse_sagas BEFORE INSERT ON sagas FOR EACH ROW EXECUTE FUNCTION refuse_sagas()")
+    env = {"HODEI_RELAY_MAX_ATTEMPTS": "2", "HODEI_DOCKER_ENABLED": "0"}
+    with ServerProcess(url, tmp_path, env) as server:
+        job_id = run(server, "--command", "echo redriven")
+
+        def dead_letters() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = json.loads(
+                server.cli("outbox", "dead-letters", "-o", "json", check=True).stdout
+            )["dead_letters"]
+            return rows
+
+        (letter,) = eventually(dead_letters, 60, what="the JobCreated delivery to give up")
+        assert (letter["event_type"], letter["job_id"], letter["attempts"]) == ("JobCreated", job_id, 2)
+        assert "sagas are refused by the test" in letter["last_error"]
+        assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("PENDING",)]
+        missing = server.cli("outbox", "redrive", "00000000-0000-0000-0000-000000000000")
+        assert missing.returncode != 0
+        assert "no dead letter" in missing.stderr
+        query(url, "DROP TRIGGER refuse_sagas ON sagas")
+        redriven = server.cli("outbox", "redrive", letter["id"], check=True)
+        assert redriven.stdout.split() == [letter["id"]]
+        assert wait_terminal(url, job_id, 60) == "SUCCEEDED"
+        assert dead_letters() == []
+        assert server.cli("job", "logs", job_id, check=True).stdout == "redriven\n"
+        both = server.cli("outbox", "redrive", letter["id"], "--all")
+        assert both.returncode != 0
+        assert "give the ids of the rows to redrive, or all" in both.stderr

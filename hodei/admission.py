@@ -46,6 +46,7 @@ class QueuedJob:
     priority: int
     created_at: datetime
     position: int
+    retry_at: datetime | None
 
 
 class Admission:

@@ -75,6 +75,7 @@ _M = "/hodei.jobs.MetricsService/"
 _L = "/hodei.jobs.LogStreamService/"
 _A = "/hodei.jobs.AccessService/"
 _G = "/hodei.jobs.SagaService/"
+_O = "/hodei.jobs.OutboxService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -84,6 +85,8 @@ RULES: dict[str, Role | Gate] = {
     _J + "ListJobs": Role.READ,
     # Submitters cancel their own jobs; `operate` cancels any (checked by the method).
     _J + "CancelJob": Role.SUBMIT,
+    # Submitters retry their own jobs; `operate` retries any (checked by the method).
+    _J + "RetryJob": Role.SUBMIT,
     _J + "WatchJob": Role.READ,
     _J + "GetJobEvents": Role.READ,
     _W + "Register": Gate.WORKER,
@@ -101,6 +104,8 @@ RULES: dict[str, Role | Gate] = {
     _L + "GetLogs": Role.READ,
     _G + "ListSagas": Role.READ,
     _G + "GetSaga": Role.READ,
+    _O + "ListDeadLetters": Role.READ,
+    _O + "Redrive": Role.OPERATE,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

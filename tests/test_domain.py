@@ -269,3 +269,55 @@ def test_the_domain_package_does_no_io() -> None:
                     or name == "hodei.errors"
                 )
                 assert ok, f"{path.name} imports {name}"
+
+
+def running_job(**spec: object) -> Job:
+    job = Job.submit(JobSpec(name="t", command="false", timeout_seconds=5, **spec), uuid4())  # type: ignore[arg-type]
+    job.assign(WORKER, PROVIDER, "docker")
+    job.accept(WORKER)
+    return job
+
+
+def test_a_failed_command_with_retries_left_goes_back_to_the_queue_after_its_backoff() -> None:
+    job = running_job(retries=2, retry_backoff_seconds=30)
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    job.finish(WORKER, JobState.FAILED, 3, "boom", now=now)
+    assert (job.state, job.attempt, job.retries_used) == (JobState.PENDING, 2, 1)
+    assert job.retry_at == now + timedelta(seconds=30)
+    assert job.worker_id is None
+    job.assign(WORKER, PROVIDER, "docker")
+    job.accept(WORKER)
+    job.time_out("no result", now=now)
+    assert (job.state, job.attempt, job.retries_used) == (JobState.PENDING, 3, 2)
+    job.assign(WORKER, PROVIDER, "docker")
+    job.accept(WORKER)
+    job.finish(WORKER, JobState.FAILED, 4, "boom again", now=now)
+    assert (job.state, job.exit_code, job.error_message) == (JobState.FAILED, 4, "boom again")
+
+
+def test_success_and_cancellation_are_never_retried() -> None:
+    succeeded = running_job(retries=3)
+    succeeded.finish(WORKER, JobState.SUCCEEDED, 0, None)
+    assert succeeded.state is JobState.SUCCEEDED
+    cancelled = running_job(retries=3)
+    cancelled.cancel("by test")
+    assert cancelled.state is JobState.CANCELLED
+
+
+def test_retries_of_a_command_do_not_use_up_the_attempts_for_lost_workers() -> None:
+    job = running_job(retries=1, max_attempts=2)
+    job.finish(WORKER, JobState.FAILED, 1, None)
+    assert job.attempt == 2
+    assert job.can_retry  # one attempt used by a lost worker's requeue is still allowed
+    job.assign(WORKER, PROVIDER, "docker")
+    job.accept(WORKER)
+    job.requeue("worker lost")
+    assert job.attempt == 3
+    assert not job.can_retry
+
+
+@pytest.mark.parametrize(("field", "value"), [("retries", -1), ("retries", 101), ("retry_backoff_seconds", -1.0)])
+def test_retry_settings_out_of_bounds_are_refused(field: str, value: float) -> None:
+    spec = JobSpec(name="t", command="true", timeout_seconds=5, **{field: value})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="retr"):
+        spec.validate()

@@ -94,7 +94,7 @@ def test_notifications_follow_positions(store: HodeiStore) -> None:
 
 
 def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
-    """A JobStatusChanged stored before version 2 (no ran_from/ran_until) still loads."""
+    """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at) still loads."""
     from hodei.store.events import event_id
     from hodei.testing import query
 
@@ -111,8 +111,9 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
     loaded = store.load(Job, job.id)
     assert loaded.state is JobState.CANCELLED
     assert loaded.error_message == "old"
+    assert loaded.retry_at is None
     store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
-    new = Job.submit(JobSpec(name="v2", command="true", timeout_seconds=5), uuid4())
+    new = Job.submit(JobSpec(name="v3", command="true", timeout_seconds=5), uuid4())
     new.cancel("now")
     store.write([new], Meta(actor="t"))
     (version,) = query(
@@ -120,7 +121,7 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
         "SELECT payload->>'class_version' FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
         (str(new.id),),
     )[0]
-    assert version == "2"
+    assert version == "3"
 
 
 def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiStore, fresh_database_url: str) -> None:

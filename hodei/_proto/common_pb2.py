@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/common.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x14ResourceRequirements\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\xbf\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12)\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1c.hodei.jobs.JobSpec.EnvEntry\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x33\n\tresources\x18\x07 \x01(\x0b\x32 .hodei.jobs.ResourceRequirements\x12/\n\x06labels\x18\x08 \x03(\x0b\x32\x1f.hodei.jobs.JobSpec.LabelsEntry\x12\x13\n\x0bworking_dir\x18\t \x01(\t\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12\x14\n\x0csecret_names\x18\x0b \x03(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\x12\x1d\n\x15queue_timeout_seconds\x18\r \x01(\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.JobStatus\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0bprovider_id\x18\x05 \x01(\t\x12\x15\n\rprovider_type\x18\x06 \x01(\t\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12\x15\n\rhas_exit_code\x18\x08 \x01(\x08\x12\x11\n\texit_code\x18\t \x01(\x05\x12\x15\n\rerror_message\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x05\x12\x0f\n\x07log_uri\x18\x0f \x01(\t\x12\x14\n\x0csubmitted_by\x18\x10 \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\x11 \x01(\t\x12$\n\x06phases\x18\x12 \x03(\x0b\x32\x14.hodei.jobs.JobPhase\"Q\n\x08JobPhase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05*\xd3\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x17\n\x13JOB_STATUS_ASSIGNED\x10\x02\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x03\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11JOB_STATUS_FAILED\x10\x05\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x06\x12\x16\n\x12JOB_STATUS_TIMEOUT\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/common.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x14ResourceRequirements\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\"\xef\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12)\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1c.hodei.jobs.JobSpec.EnvEntry\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x33\n\tresources\x18\x07 \x01(\x0b\x32 .hodei.jobs.ResourceRequirements\x12/\n\x06labels\x18\x08 \x03(\x0b\x32\x1f.hodei.jobs.JobSpec.LabelsEntry\x12\x13\n\x0bworking_dir\x18\t \x01(\t\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12\x14\n\x0csecret_names\x18\x0b \x03(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\x12\x1d\n\x15queue_timeout_seconds\x18\r \x01(\x01\x12\x0f\n\x07retries\x18\x0e \x01(\x05\x12\x1d\n\x15retry_backoff_seconds\x18\x0f \x01(\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.JobStatus\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0bprovider_id\x18\x05 \x01(\t\x12\x15\n\rprovider_type\x18\x06 \x01(\t\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12\x15\n\rhas_exit_code\x18\x08 \x01(\x08\x12\x11\n\texit_code\x18\t \x01(\x05\x12\x15\n\rerror_message\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x05\x12\x0f\n\x07log_uri\x18\x0f \x01(\t\x12\x14\n\x0csubmitted_by\x18\x10 \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\x11 \x01(\t\x12$\n\x06phases\x18\x12 \x03(\x0b\x32\x14.hodei.jobs.JobPhase\x12\x10\n\x08retry_of\x18\x13 \x01(\t\x12\x12\n\nretried_by\x18\x14 \x03(\t\x12,\n\x08retry_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x08JobPhase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05*\xd3\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x17\n\x13JOB_STATUS_ASSIGNED\x10\x02\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x03\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11JOB_STATUS_FAILED\x10\x05\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x06\x12\x16\n\x12JOB_STATUS_TIMEOUT\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC_LABELSENTRY']._loaded_options = None
   _globals['_JOBSPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATUS']._serialized_start=1170
-  _globals['_JOBSTATUS']._serialized_end=1381
+  _globals['_JOBSTATUS']._serialized_start=1302
+  _globals['_JOBSTATUS']._serialized_end=1513
   _globals['_RESOURCEREQUIREMENTS']._serialized_start=72
   _globals['_RESOURCEREQUIREMENTS']._serialized_end=135
   _globals['_JOBSPEC']._serialized_start=138
-  _globals['_JOBSPEC']._serialized_end=585
-  _globals['_JOBSPEC_ENVENTRY']._serialized_start=496
-  _globals['_JOBSPEC_ENVENTRY']._serialized_end=538
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=540
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=585
-  _globals['_JOB']._serialized_start=588
-  _globals['_JOB']._serialized_end=1084
-  _globals['_JOBPHASE']._serialized_start=1086
-  _globals['_JOBPHASE']._serialized_end=1167
+  _globals['_JOBSPEC']._serialized_end=633
+  _globals['_JOBSPEC_ENVENTRY']._serialized_start=544
+  _globals['_JOBSPEC_ENVENTRY']._serialized_end=586
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=588
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=633
+  _globals['_JOB']._serialized_start=636
+  _globals['_JOB']._serialized_end=1216
+  _globals['_JOBPHASE']._serialized_start=1218
+  _globals['_JOBPHASE']._serialized_end=1299
 # @@protoc_insertion_point(module_scope)

@@ -134,6 +134,8 @@ class JobSpec(_message.Message):
     SECRET_NAMES_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    RETRY_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -152,6 +154,12 @@ class JobSpec(_message.Message):
     """Seconds the job may wait in the queue for its provider's capacity; 0: no limit.
     Its timeout_seconds only starts when it runs.
     """
+    retries: _builtins.int
+    """Runs again after its command failed (exit code not 0, or timed out), this many
+    times at most; each retry is a new attempt with its own worker.
+    """
+    retry_backoff_seconds: _builtins.float
+    """Seconds between a failed attempt and the next one's start."""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -182,10 +190,12 @@ class JobSpec(_message.Message):
         secret_names: _abc.Iterable[_builtins.str] | None = ...,
         priority: _builtins.int = ...,
         queue_timeout_seconds: _builtins.float = ...,
+        retries: _builtins.int = ...,
+        retry_backoff_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -213,6 +223,9 @@ class Job(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     CANCELLED_BY_FIELD_NUMBER: _builtins.int
     PHASES_FIELD_NUMBER: _builtins.int
+    RETRY_OF_FIELD_NUMBER: _builtins.int
+    RETRIED_BY_FIELD_NUMBER: _builtins.int
+    RETRY_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     state: _builtins.str
@@ -229,6 +242,10 @@ class Job(_message.Message):
     """Who submitted the job (an API token's name, or "anonymous" without authentication)."""
     cancelled_by: _builtins.str
     """Who cancelled it, when it was cancelled."""
+    retry_of: _builtins.str
+    """The job this one was submitted again from (`job retry`), and the jobs submitted
+    again from this one.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -240,6 +257,12 @@ class Job(_message.Message):
     @_builtins.property
     def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobPhase]:
         """When the job passed each phase of its life, oldest first (GetJob and DescribeJob only)."""
+
+    @_builtins.property
+    def retried_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def retry_at(self) -> _timestamp_pb2.Timestamp:
+        """A failed attempt waits for its retry until then."""
 
     def __init__(
         self,
@@ -262,10 +285,13 @@ class Job(_message.Message):
         submitted_by: _builtins.str = ...,
         cancelled_by: _builtins.str = ...,
         phases: _abc.Iterable[Global___JobPhase] | None = ...,
+        retry_of: _builtins.str = ...,
+        retried_by: _abc.Iterable[_builtins.str] | None = ...,
+        retry_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "retry_at", b"retry_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

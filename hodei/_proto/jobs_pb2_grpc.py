@@ -65,6 +65,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/RetryJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/hodei.jobs.JobExecutionService/WatchJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.WatchJobRequest.SerializeToString,
@@ -118,6 +123,13 @@ class JobExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Submits a finished job's spec (and secrets) again as a new job linked to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams the job each time its state changes, ending at a terminal state.
         """
@@ -164,6 +176,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.CancelJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -338,6 +355,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/CancelJob',
             hodei_dot_jobs_dot_jobs__pb2.CancelJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/RetryJob',
+            hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

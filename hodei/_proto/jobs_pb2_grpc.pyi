@@ -40,6 +40,8 @@ class JobExecutionServiceStub:
     """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
+    RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.QueueJobResponse]
+    """Submits a finished job's spec (and secrets) again as a new job linked to it."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]
@@ -56,6 +58,8 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
+    RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
+    """Submits a finished job's spec (and secrets) again as a new job linked to it."""
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]  # type: ignore[assignment]
@@ -105,6 +109,14 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.CancelJobResponse, _abc.Awaitable[_jobs_pb2.CancelJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetryJob(
+        self,
+        request: _jobs_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.QueueJobResponse, _abc.Awaitable[_jobs_pb2.QueueJobResponse]]:
+        """Submits a finished job's spec (and secrets) again as a new job linked to it."""
 
     @_abc_1.abstractmethod
     def WatchJob(

@@ -1,4 +1,4 @@
-"""``hodei-jobs-cli provider|queue|worker|metrics``: the operator's view."""
+"""``hodei-jobs-cli provider|queue|worker|metrics|outbox``: the operator's view."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from hodei._proto import metrics_pb2, providers_pb2, scheduler_pb2
+from hodei._proto import metrics_pb2, outbox_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
-from hodei.cli.terminal import Terminal
+from hodei.cli.terminal import Terminal, message_dict
 
 
 def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
@@ -53,6 +53,43 @@ def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         "health": client.providers.CheckProviderHealth,
     }[args.action]
     return _providers(term, [client.call(method, providers_pb2.GetProviderRequest(provider=args.provider))])
+
+
+def dead_letters(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    request = outbox_pb2.ListDeadLettersRequest(limit=args.limit)
+    rows = client.call(client.outbox.ListDeadLetters, request).dead_letters
+    if term.json:
+        term.data({"dead_letters": [message_dict(row) for row in rows]})
+        return 0
+    term.table(
+        ["ID", "POSITION", "EVENT", "AGGREGATE", "JOB", "ATTEMPTS", "ERROR"],
+        [
+            [
+                row.id,
+                str(row.position),
+                row.event_type,
+                f"{row.aggregate_type} {row.aggregate_id}",
+                row.job_id or "-",
+                str(row.attempts),
+                row.last_error,
+            ]
+            for row in rows
+        ],
+    )
+    term.info(f"{len(rows)} dead letter(s); `outbox redrive ID` or `outbox redrive --all` puts them back")
+    return 0
+
+
+def redrive(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    request = outbox_pb2.RedriveRequest(ids=args.ids, all=args.all)
+    redriven = list(client.call(client.outbox.Redrive, request).redriven)
+    if term.json:
+        term.data({"redriven": redriven})
+    else:
+        for row_id in redriven:
+            term.value(row_id)
+        term.success(f"{len(redriven)} row(s) back in the outbox: the relay delivers them again")
+    return 0
 
 
 def queue(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -147,3 +184,12 @@ def add_commands(commands: Any) -> None:
     list_parser.set_defaults(handler=workers)
 
     commands.add_parser("metrics", help="counters of the server").set_defaults(handler=metrics)
+
+    outbox = commands.add_parser("outbox", help="deliveries that gave up").add_subparsers(dest="action", required=True)
+    letters = outbox.add_parser("dead-letters", help="outbox rows whose delivery gave up, with their error")
+    letters.add_argument("--limit", type=int, default=100)
+    letters.set_defaults(handler=dead_letters)
+    again = outbox.add_parser("redrive", help="put dead-lettered rows back (attempts reset)")
+    again.add_argument("ids", nargs="*", metavar="ID", help="rows from `outbox dead-letters`")
+    again.add_argument("--all", action="store_true", help="every dead letter")
+    again.set_defaults(handler=redrive)

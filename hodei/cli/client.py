@@ -22,6 +22,7 @@ from hodei._proto import (
     jobs_pb2_grpc,
     logs_pb2_grpc,
     metrics_pb2_grpc,
+    outbox_pb2_grpc,
     providers_pb2_grpc,
     sagas_pb2_grpc,
     scheduler_pb2_grpc,
@@ -146,6 +147,7 @@ class Client:
         self.metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)
         self.access = access_pb2_grpc.AccessServiceStub(self.channel)
         self.sagas = sagas_pb2_grpc.SagaServiceStub(self.channel)
+        self.outbox = outbox_pb2_grpc.OutboxServiceStub(self.channel)
 
     def call(self, method: Any, request: Any) -> Any:
         return method(request, timeout=self.timeout, metadata=self.metadata)

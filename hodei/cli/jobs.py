@@ -78,6 +78,10 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Completed: {_time(job, 'completed_at')}",
         f"Error: {job.error_message or '-'}",
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
+        *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
+        *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),
+        *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
+        *([f"Next attempt not before: {job.retry_at.ToJsonString()}"] if job.HasField("retry_at") else []),
         f"Logs: {job.log_uri or '-'}",
     ]
 
@@ -113,6 +117,8 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         secret_names=tuple(sorted(secrets)),
         priority=args.priority,
         queue_timeout_seconds=args.queue_timeout or 0.0,
+        retries=args.retry,
+        retry_backoff_seconds=args.retry_backoff,
     )
     request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
     job_id = client.call(client.jobs.QueueJob, request).job_id
@@ -126,6 +132,15 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if args.wait:
         return wait(client, term, job_id)
     return 0
+
+
+def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    job_id = client.call(client.jobs.RetryJob, jobs_pb2.GetJobRequest(job_id=args.job_id)).job_id
+    if term.json and not args.wait:
+        term.data({"job_id": job_id, "retry_of": args.job_id})
+        return 0
+    term.value(job_id)
+    return wait(client, term, job_id) if args.wait else 0
 
 
 def wait(client: Client, term: Terminal, job_id: str) -> int:
@@ -347,6 +362,16 @@ def add_commands(commands: Any) -> Any:
     run_parser.add_argument(
         "--queue-timeout", type=float, help="fail the job if it waits longer than this for its provider (seconds)"
     )
+    run_parser.add_argument(
+        "--retry",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run again up to N times when the command fails (exit != 0 or timeout)",
+    )
+    run_parser.add_argument(
+        "--retry-backoff", type=float, default=0.0, metavar="S", help="seconds between a failed attempt and its retry"
+    )
     run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
     run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")
     run_parser.set_defaults(handler=run)
@@ -358,6 +383,7 @@ def add_commands(commands: Any) -> Any:
         ("watch", watch, "print state changes until the job ends"),
         ("events", events, "list the job's domain events"),
         ("history", history, "the job after each of its events, or at one moment (--at, --version)"),
+        ("retry", retry, "submit a finished job again as a new job linked to it; prints the new id"),
     ):
         parser = job.add_parser(name, help=text)
         parser.add_argument("job_id_positional", nargs="?", metavar="ID", help="the job id")
@@ -365,6 +391,8 @@ def add_commands(commands: Any) -> Any:
         parser.set_defaults(handler=handler)
         if name == "cancel":
             parser.add_argument("--reason", help="recorded with the cancellation")
+        if name == "retry":
+            parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
         if name == "history":
             parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
             parser.add_argument("--version", type=int, metavar="N", help="the job after its N-th event")

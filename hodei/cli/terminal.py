@@ -10,8 +10,34 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
+
+_TIMESTAMP = "google.protobuf.Timestamp"
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """Every field present: unset message fields (times not reached yet) as None."""
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _fill(message, data)
+    return data
+
+
+def _fill(message: Message, data: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        kind = field.message_type
+        if kind is None or kind.GetOptions().map_entry:
+            continue
+        value = getattr(message, field.name)
+        if field.is_repeated:
+            for item, item_data in zip(value, data[field.name], strict=True):
+                _fill(item, item_data)
+        elif not message.HasField(field.name):
+            data[field.name] = None
+        elif kind.full_name != _TIMESTAMP:
+            _fill(value, data[field.name])
 
 
 class Terminal:

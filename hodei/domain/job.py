@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -54,11 +55,16 @@ class Job(HodeiAggregate):
     id: UUID  # given by the caller (the library takes an `id` argument when annotated)
 
     @event("JobCreated")
-    def __init__(self, spec: dict[str, Any], sealed_secrets: dict[str, str]) -> None:
+    def __init__(self, spec: dict[str, Any], sealed_secrets: dict[str, str], retry_of: str | None) -> None:
         """``sealed_secrets``: each secret's value encrypted under the job's own key
-        (kept outside the event log, see hodei.secrets): never a plain value."""
+        (kept outside the event log, see hodei.secrets): never a plain value.
+        ``retry_of``: the job this one was submitted again from."""
         self.spec = JobSpec.from_payload(spec)
         self.sealed_secrets = dict(sealed_secrets)
+        self.retry_of = retry_of
+        # Attempts begun because the command failed (not because a worker was lost).
+        self.retries_used = 0
+        self.retry_at: datetime | None = None
         self.state = JobState.PENDING
         self.attempt = 1
         self.provider_id: str | None = None
@@ -72,13 +78,24 @@ class Job(HodeiAggregate):
         self.logs_expired = False
 
     @classmethod
-    def submit(cls, spec: JobSpec, job_id: UUID, sealed_secrets: dict[str, str] | None = None) -> Job:
+    def submit(
+        cls,
+        spec: JobSpec,
+        job_id: UUID,
+        sealed_secrets: dict[str, str] | None = None,
+        retry_of: UUID | None = None,
+    ) -> Job:
         sealed = sealed_secrets or {}
         spec.validate()
         if sorted(sealed) != sorted(spec.secret_names):
             raise InvalidTransition("the job's sealed secrets must be exactly the ones its spec names")
         # The library accepts `id` because the class annotates it (see `id: UUID` above).
-        return cls(id=job_id, spec=spec.to_payload(), sealed_secrets=sealed)  # type: ignore[call-arg]
+        return cls(  # type: ignore[call-arg]
+            id=job_id,
+            spec=spec.to_payload(),
+            sealed_secrets=sealed,
+            retry_of=str(retry_of) if retry_of else None,
+        )
 
     @property
     def is_terminal(self) -> bool:
@@ -128,9 +145,11 @@ class Job(HodeiAggregate):
         exit_code: int | None,
         reason: str | None,
         ran: tuple[str, str] | None = None,
+        now: datetime | None = None,
     ) -> None:
         """Records the worker's result; ``ran`` is when the command's process started and
-        ended, by the worker's clock. A result that overtakes its ack implies the ack."""
+        ended, by the worker's clock. A result that overtakes its ack implies the ack. A
+        failed command with retries left sends the job back to the queue instead."""
         if outcome not in TERMINAL_STATES:
             raise InvalidTransition(f"{outcome} is not a result")
         if self.state is JobState.ASSIGNED:
@@ -138,16 +157,45 @@ class Job(HodeiAggregate):
         elif self.worker_id != worker_id:
             raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
         check_transition("job", self.state, outcome, JOB_TRANSITIONS)
-        self._change_state(outcome, reason=reason, exit_code=exit_code, ran=ran)
+        if self._retries_after(outcome):
+            self._retry(outcome, exit_code, reason, ran, now)
+        else:
+            self._change_state(outcome, reason=reason, exit_code=exit_code, ran=ran)
+
+    def _retries_after(self, outcome: JobState) -> bool:
+        return outcome in (JobState.FAILED, JobState.TIMEOUT) and self.retries_used < self.spec.retries
+
+    def _retry(
+        self,
+        outcome: JobState,
+        exit_code: int | None,
+        reason: str | None,
+        ran: tuple[str, str] | None,
+        now: datetime | None,
+    ) -> None:
+        retry_at = (now or datetime.now(UTC)) + timedelta(seconds=self.spec.retry_backoff_seconds)
+        what = reason or (f"exit code {exit_code}" if exit_code is not None else outcome.value)
+        self._status_changed(
+            old_state=self.state.value,
+            new_state=JobState.PENDING.value,
+            reason=f"attempt {self.attempt} failed ({what}); retry {self.retries_used + 1} of {self.spec.retries}",
+            exit_code=exit_code,
+            ran_from=ran[0] if ran else None,
+            ran_until=ran[1] if ran else None,
+            retry_at=retry_at.isoformat(),
+        )
 
     def fail(self, reason: str) -> None:
         check_transition("job", self.state, JobState.FAILED, JOB_TRANSITIONS)
         self._change_state(JobState.FAILED, reason=reason, exit_code=None)
 
-    def time_out(self, reason: str) -> None:
+    def time_out(self, reason: str, now: datetime | None = None) -> None:
         """The server enforces the timeout when the worker did not."""
         check_transition("job", self.state, JobState.TIMEOUT, JOB_TRANSITIONS)
-        self._change_state(JobState.TIMEOUT, reason=reason, exit_code=None)
+        if self._retries_after(JobState.TIMEOUT):
+            self._retry(JobState.TIMEOUT, None, reason, None, now)
+        else:
+            self._change_state(JobState.TIMEOUT, reason=reason, exit_code=None)
 
     def cancel(self, reason: str) -> None:
         if self.is_terminal:
@@ -157,7 +205,8 @@ class Job(HodeiAggregate):
 
     @property
     def can_retry(self) -> bool:
-        return self.attempt < self.spec.max_attempts
+        """Another attempt after a lost worker (retries of a failed command not counted)."""
+        return self.attempt - self.retries_used < self.spec.max_attempts
 
     def requeue(self, reason: str) -> None:
         """Puts the job back to PENDING for another attempt after its worker was lost."""
@@ -209,6 +258,7 @@ class Job(HodeiAggregate):
             exit_code=exit_code,
             ran_from=ran[0] if ran else None,
             ran_until=ran[1] if ran else None,
+            retry_at=None,
         )
 
     @event("JobStatusChanged")
@@ -220,11 +270,14 @@ class Job(HodeiAggregate):
         exit_code: int | None,
         ran_from: str | None,
         ran_until: str | None,
+        retry_at: str | None,
     ) -> None:
         self.state = JobState(new_state)
         if self.state is JobState.PENDING:
             self.attempt += 1
             self.worker_id = None
+            self.retry_at = datetime.fromisoformat(retry_at) if retry_at else None
+            self.retries_used += retry_at is not None
             return
         if self.state.is_terminal:
             self.exit_code = exit_code
@@ -251,8 +304,14 @@ def _status_changed_v1_to_v2(state: dict[str, Any]) -> None:
     state.setdefault("ran_until", None)
 
 
-Job.JobStatusChanged.class_version = 2  # type: ignore[attr-defined]
+# Version 2 had no retry_at (a failed command was never retried).
+def _status_changed_v2_to_v3(state: dict[str, Any]) -> None:
+    state.setdefault("retry_at", None)
+
+
+Job.JobStatusChanged.class_version = 3  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
+Job.JobStatusChanged.upcast_v2_v3 = staticmethod(_status_changed_v2_to_v3)  # type: ignore[attr-defined]
 
 # JobCreated version 1 carried the spec's fields at the top level and had no secrets.
 _V1_SPEC_FIELDS = (
@@ -274,5 +333,11 @@ def _created_v1_to_v2(state: dict[str, Any]) -> None:
     state["sealed_secrets"] = {}
 
 
-Job.JobCreated.class_version = 2  # type: ignore[attr-defined]
+# Version 2 had no retry_of (no job was submitted again).
+def _created_v2_to_v3(state: dict[str, Any]) -> None:
+    state.setdefault("retry_of", None)
+
+
+Job.JobCreated.class_version = 3  # type: ignore[attr-defined]
 Job.JobCreated.upcast_v1_v2 = staticmethod(_created_v1_to_v2)  # type: ignore[attr-defined]
+Job.JobCreated.upcast_v2_v3 = staticmethod(_created_v2_to_v3)  # type: ignore[attr-defined]

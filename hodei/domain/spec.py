@@ -51,6 +51,7 @@ class Limits:
     provider_chars: int = 64
     max_attempts: int = 10
     max_priority: int = 1000
+    max_retries: int = 100
 
 
 LIMITS = Limits()
@@ -105,6 +106,8 @@ class JobSpec:
     secret_names: tuple[str, ...] = ()
     priority: int = 0
     queue_timeout_seconds: float = 0.0
+    retries: int = 0
+    retry_backoff_seconds: float = 0.0
 
     def problems(self, secrets: Mapping[str, str] | None = None) -> list[str]:
         """Every bound this spec (and the secret values submitted with it) breaks."""
@@ -156,6 +159,11 @@ class JobSpec:
         queue_timeout = self.queue_timeout_seconds
         if not math.isfinite(queue_timeout) or not 0 <= queue_timeout <= limits.max_timeout_seconds:
             found.append(f"queue timeout must be 0 (none) to {limits.max_timeout_seconds:g} seconds")
+        if not 0 <= self.retries <= limits.max_retries:
+            found.append(f"retries must be between 0 and {limits.max_retries}")
+        backoff = self.retry_backoff_seconds
+        if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
+            found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:

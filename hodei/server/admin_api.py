@@ -57,7 +57,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                     priority=queued.priority,
                     position=queued.position,
                     waiting_seconds=(now - queued.created_at).total_seconds(),
-                    reason=self._reason(queued.provider, capacities),
+                    reason=(
+                        f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
+                        if queued.retry_at and queued.retry_at > now
+                        else self._reason(queued.provider, capacities)
+                    ),
                 )
             )
         return status

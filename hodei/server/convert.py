@@ -110,4 +110,7 @@ def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.J
         submitted_by=row.submitted_by or "",
         cancelled_by=row.cancelled_by or "",
         phases=[phase_to_proto(phase) for phase in phases or ()],
+        retry_of=str(row.retry_of or ""),
+        retried_by=[str(job_id) for job_id in row.retried_by],
+        retry_at=timestamp(row.retry_at),
     )

@@ -13,9 +13,10 @@ import grpc
 
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState
+from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
-from hodei.roles import Role
+from hodei.roles import Caller, Role
 from hodei.server.access import caller
 from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import rpc
@@ -23,7 +24,7 @@ from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
 from hodei.store.history import history
-from hodei.store.job_secrets import JobSecrets
+from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobRow, ReadModels
 from hodei.store.sql import query
 from hodei.wire import spec_from_proto
@@ -113,11 +114,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     ) -> jobs_pb2.CancelJobResponse:
         row = self.reads.job(request.job_id)
         who = caller()
-        if not who.may(Role.OPERATE) and row.submitted_by != who.name:
-            raise PermissionDenied(
-                f"token `{who.name}` may cancel only its own jobs; job {row.id} was submitted by {row.submitted_by} "
-                "(the operate role cancels any job)"
-            )
+        _check_owner(who, row, "cancel")
         if len(request.reason) > 1000:
             raise InvalidInput("the reason must be at most 1000 characters")
         reason = request.reason.strip() or f"cancelled by {who.name}"
@@ -129,6 +126,25 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
 
         self.store.command(Meta(actor=who.name, correlation_id=str(row.id)), cancel)
         return jobs_pb2.CancelJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
+
+    @rpc
+    def RetryJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
+        row = self.reads.job(request.job_id)
+        who = caller()
+        _check_owner(who, row, "retry")
+        if not JobState(row.state).is_terminal:
+            raise InvalidInput(f"job {row.id} is {row.state}: only a finished job is retried (cancel it first)")
+        try:
+            secrets = self.secrets.open(row.id)
+        except SecretsPurged:
+            raise InvalidInput(
+                f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
+            ) from None
+        spec = JobSpec.from_payload(row.spec)
+        job_id = uuid4()
+        job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id)
+        self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
+        return jobs_pb2.QueueJobResponse(job_id=str(job_id))
 
     @rpc
     async def WatchJob(
@@ -171,6 +187,15 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 )
                 for event_type, occurred_at, version, actor, payload in events
             ]
+        )
+
+
+def _check_owner(who: Caller, row: JobRow, action: str) -> None:
+    """Submitters act on their own jobs; the operate role on any."""
+    if not who.may(Role.OPERATE) and row.submitted_by != who.name:
+        raise PermissionDenied(
+            f"token `{who.name}` may {action} only its own jobs; job {row.id} was submitted by {row.submitted_by} "
+            f"(the operate role may {action} any job)"
         )
 
 

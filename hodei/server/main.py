@@ -159,11 +159,12 @@ def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCrede
 
 async def _add_services(server: grpc.aio.Server, runtime: Runtime, tokens: ApiTokens) -> health.aio.HealthServicer:
     """The API services, health and reflection; returns the health servicer."""
-    from hodei._proto import access_pb2, access_pb2_grpc, sagas_pb2, sagas_pb2_grpc
+    from hodei._proto import access_pb2, access_pb2_grpc, outbox_pb2, outbox_pb2_grpc, sagas_pb2, sagas_pb2_grpc
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
     from hodei.server.jobs_api import JobExecutionService
     from hodei.server.logs_api import LogStreamService
+    from hodei.server.outbox_api import OutboxService
     from hodei.server.sagas_api import SagaService
     from hodei.server.worker_channel import WorkerAgentService
 
@@ -196,12 +197,14 @@ async def _add_services(server: grpc.aio.Server, runtime: Runtime, tokens: ApiTo
     )
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessService(tokens), server)
     sagas_pb2_grpc.add_SagaServiceServicer_to_server(SagaService(runtime.reads), server)
+    outbox_pb2_grpc.add_OutboxServiceServicer_to_server(OutboxService(runtime.store.pool), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [
         *SERVICE_NAMES,
         access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
         sagas_pb2.DESCRIPTOR.services_by_name["SagaService"].full_name,
+        outbox_pb2.DESCRIPTOR.services_by_name["OutboxService"].full_name,
     ]
     for name in ["", *services]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -56,6 +56,7 @@ def _job_created(cur: Cursor[Any], event: EventRecord) -> None:
             spec=Jsonb(spec),
             max_attempts=spec["max_attempts"],
             priority=spec.get("priority", 0),
+            retry_of=event.payload["retry_of"],
             correlation_id=event.correlation_id,
             actor=event.actor,
         ),
@@ -91,6 +92,7 @@ def _job_status_changed(cur: Cursor[Any], event: EventRecord) -> None:
             reason=p["reason"],
             ran_from=p["ran_from"],
             ran_until=p["ran_until"],
+            retry_at=p["retry_at"],
             actor=event.actor,
         ),
     )

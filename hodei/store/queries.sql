@@ -75,9 +75,10 @@ SELECT hodei.require(count(*) = 1, %(message)s) FROM acked;
 -- Every value comes from the event, never from now(), so replay gives identical rows.
 
 -- name: project_job_created
-INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, correlation_id, actor, created_at, updated_at)
-VALUES (%(id)s, %(name)s, 'PENDING', %(spec)s, 1, %(max_attempts)s, %(priority)s, %(correlation_id)s, %(actor)s,
-        %(at)s, %(at)s);
+INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, retry_of, correlation_id, actor, created_at,
+                  updated_at)
+VALUES (%(id)s, %(name)s, 'PENDING', %(spec)s, 1, %(max_attempts)s, %(priority)s, %(retry_of)s, %(correlation_id)s,
+        %(actor)s, %(at)s, %(at)s);
 
 -- name: project_job_admitted
 UPDATE jobs SET admitted_at = %(at)s, updated_at = %(at)s WHERE id = %(id)s;
@@ -110,6 +111,7 @@ SET state = %(new_state)s::varchar,
     worker_id = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE worker_id END,
     admitted_at = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE admitted_at END,
     cancelled_by = CASE WHEN %(new_state)s::varchar = 'CANCELLED' THEN %(actor)s::varchar ELSE cancelled_by END,
+    retry_at = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN %(retry_at)s::timestamptz END,
     updated_at = %(at)s
 WHERE id = %(id)s;
 
@@ -289,14 +291,16 @@ SELECT value FROM hodei.secrets WHERE name = 'installation_id';
 -- name: get_job
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
-       j.actor AS submitted_by, j.cancelled_by
+       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
+       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
 -- name: list_jobs
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
-       j.actor AS submitted_by, j.cancelled_by
+       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
+       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
 ORDER BY j.created_at DESC, j.id
@@ -487,12 +491,13 @@ SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provi
 -- name: next_in_queue
 SELECT id FROM jobs
 WHERE provider_type = %(provider)s AND state = 'PENDING' AND admitted_at IS NULL
+  AND (retry_at IS NULL OR retry_at <= now())
 ORDER BY priority DESC, created_at, id
 LIMIT %(limit)s;
 
 -- name: queued_jobs
 -- The queue as people see it: each waiting job with its place in its provider's line.
-SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at,
+SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
        row_number() OVER (PARTITION BY provider_type ORDER BY priority DESC, created_at, id) AS position
 FROM jobs
 WHERE state = 'PENDING' AND admitted_at IS NULL
@@ -576,3 +581,21 @@ SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_vers
 FROM domain_events
 WHERE correlation_id = %(job_id)s OR aggregate_id = %(job_id)s
 ORDER BY position;
+
+-- Dead letters --------------------------------------------------------------------
+
+-- name: dead_letters
+SELECT o.id::text, o.position, o.event_type, o.aggregate_type, o.aggregate_id, coalesce(e.correlation_id, '') AS job_id,
+       o.attempts, coalesce(o.last_error, '') AS last_error, o.created_at
+FROM outbox_events o JOIN domain_events e ON e.id = o.id
+WHERE o.status = 'DEAD_LETTER'
+ORDER BY o.position
+LIMIT %s;
+
+-- name: redrive_dead_letters
+-- Back in the queue with every attempt again (the relay's next poll claims them); the
+-- last error stays until a delivery succeeds.
+UPDATE outbox_events
+SET status = 'PENDING', attempts = 0, available_at = now(), claimed_by = NULL, lease_until = NULL
+WHERE status = 'DEAD_LETTER' AND (%(all)s OR id = ANY(%(ids)s::uuid[]))
+RETURNING id::text;

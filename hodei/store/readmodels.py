@@ -44,6 +44,9 @@ class JobRow:
     storage_uri: str | None
     submitted_by: str | None
     cancelled_by: str | None
+    retry_of: UUID | None
+    retry_at: datetime | None
+    retried_by: list[UUID]
 
 
 @dataclass(frozen=True)
