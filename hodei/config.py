@@ -69,6 +69,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_HEARTBEAT_INTERVAL": ("2", "seconds between worker heartbeats"),
     "HODEI_HEARTBEAT_TIMEOUT": ("10", "seconds without a heartbeat before a worker is lost"),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
+    "HODEI_KEEP_FAILED_WORKERS": (
+        "0",
+        "seconds a worker that failed to start keeps its container or pod, for `docker logs` / `kubectl logs`",
+    ),
     "HODEI_TOKEN_TTL": ("300", "seconds a worker's single-use token stays valid"),
     "HODEI_KILL_GRACE": ("5", "seconds between SIGTERM and SIGKILL on timeout or cancel"),
     "HODEI_RELAY_BATCH": ("100", "outbox rows claimed per batch"),
@@ -163,6 +167,8 @@ class Timing:
     sweep_interval: float
     reconcile_interval: float
     retention_interval: float = 60.0
+    # A worker that failed to start keeps its container or pod this long (0: removed at once).
+    keep_failed_workers: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             sweep_interval=_number(env, "HODEI_SWEEP_INTERVAL"),
             reconcile_interval=_number(env, "HODEI_RECONCILE_INTERVAL"),
             retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
+            keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS"),
         ),
         relay=RelayConfig(
             batch_size=int(_number(env, "HODEI_RELAY_BATCH")),

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from uuid import UUID
 
@@ -48,6 +48,8 @@ class Recorded(NamedTuple):
 
     worker: WorkerState
     job: JobState
+    # When the worker's row last changed: for a TERMINATED worker, when it ended.
+    changed_at: datetime
 
 
 def _uuid(text: str) -> UUID | None:
@@ -171,7 +173,10 @@ class Sweeper:
         ids = {observation.worker_id: _uuid(observation.worker_id) for _, observation in seen}
         with translate_errors(), self.store.pool.connection() as conn:
             rows = conn.execute(query("worker_and_job_states"), ([i for i in ids.values() if i],)).fetchall()
-        recorded = {str(worker_id): Recorded(WorkerState(worker), JobState(job)) for worker_id, worker, job in rows}
+        recorded = {
+            str(worker_id): Recorded(WorkerState(worker), JobState(job), changed_at)
+            for worker_id, worker, job, changed_at in rows
+        }
         return [
             (provider, observation, recorded.get(str(ids[observation.worker_id]))) for provider, observation in seen
         ]
@@ -185,7 +190,12 @@ class Sweeper:
             self.lose(observation.worker_id, observation.failure)
 
     def reconcile(self) -> None:
+        """Removes resources no live worker owns; a failed worker's kept one (see
+        HODEI_KEEP_FAILED_WORKERS) once its keep time has passed."""
+        kept_until = datetime.now(UTC) - timedelta(seconds=self.timing.keep_failed_workers)
         for provider, observation, recorded in self._observations():
+            if recorded is not None and recorded.worker is WorkerState.TERMINATED and recorded.changed_at > kept_until:
+                continue
             if recorded is None or recorded.worker is WorkerState.TERMINATED:
                 log.warning(
                     "removing stray worker resource %s (worker %s)",

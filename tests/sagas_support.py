@@ -108,6 +108,9 @@ class FakeProvider(WorkerProvider):
             if worker_id in self._created() and worker_id not in self._destroyed():
                 self.effects.record(f"destroy {worker_id}")
 
+    def output_tail(self, worker_id: str, lines: int) -> str:
+        return f"fake output of {worker_id}\n"
+
     def observe(self) -> list[Observation]:
         live = self._created() - self._destroyed()
         return [Observation(w, None, f"fake-{w[:8]}", running=True) for w in sorted(live)]

@@ -170,7 +170,10 @@ def test_a_wait_past_its_deadline_fails_and_compensates(
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False, timeout=15)
     wait = steps(fresh_database_url, job_id, "PROVISIONING")[4]
     assert wait[:2] == ("wait_for_registration", "FAILED")
-    assert "the worker did not register within 1s (HODEI_REGISTRATION_TIMEOUT): deadline" in wait[3]
+    assert "the worker did not register within 1s (HODEI_REGISTRATION_TIMEOUT); it was told to dial" in wait[3]
+    assert "its last output: fake output of " in wait[3] and "; deadline " in wait[3]
+    # The job's error says it too.
+    assert "its last output: fake output of " in (job_row(fresh_database_url, job_id)[1] or "")
     compensations = {"CompensationStarted", "StepCompensated"}
     assert [a for a in audit(fresh_database_url, job_id, "PROVISIONING") if a[0] in compensations] == [
         ("CompensationStarted", "create_worker"),

@@ -54,6 +54,9 @@ class Observation:
 
 class WorkerProvider(ABC):
     provider_type: ProviderType
+    # Whether a worker's resource can be looked at after it ended (`docker logs`,
+    # `kubectl logs`): then HODEI_KEEP_FAILED_WORKERS keeps failed ones for a while.
+    inspectable: bool = False
 
     @abstractmethod
     def create_worker(self, launch: WorkerLaunch) -> str:
@@ -68,6 +71,11 @@ class WorkerProvider(ABC):
     def observe(self) -> list[Observation]:
         """Every resource this provider created (found by label), for failure detection
         and for the reconciler."""
+
+    @abstractmethod
+    def output_tail(self, worker_id: str, lines: int) -> str:
+        """The last ``lines`` lines the worker itself printed (its agent's stdout and
+        stderr), to say why a worker that never registered failed; "" when none."""
 
     @abstractmethod
     def health(self) -> Health:

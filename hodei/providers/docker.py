@@ -42,6 +42,7 @@ API_VERSION = "1.41"
 
 class DockerProvider(WorkerProvider):
     provider_type = ProviderType.DOCKER
+    inspectable = True
 
     def __init__(self, config: DockerConfig, installation: str, kill_grace: float = 5.0) -> None:
         self.config = config
@@ -128,6 +129,18 @@ class DockerProvider(WorkerProvider):
             raise ProviderError(f"Docker could not remove the worker {worker_id}: {exc.explanation or exc}") from exc
         except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
+
+    def output_tail(self, worker_id: str, lines: int) -> str:
+        try:
+            container = self._find(worker_id)
+            if container is None:
+                return ""
+            output: bytes = self._retry(container.logs, tail=lines)
+        except NotFound:
+            return ""
+        except _ENGINE_DOWN as exc:
+            raise self._unreachable(exc) from exc
+        return output.decode(errors="replace")
 
     def observe(self) -> list[Observation]:
         try:

@@ -81,6 +81,7 @@ def _quantity_memory(size: int) -> str:
 
 class KubernetesProvider(WorkerProvider):
     provider_type = ProviderType.KUBERNETES
+    inspectable = True
 
     def __init__(
         self,
@@ -225,6 +226,20 @@ class KubernetesProvider(WorkerProvider):
             raise self._failure(exc, f"delete pod {name}") from exc
         except (HTTPError, OSError) as exc:
             raise self._failure(exc, f"delete pod {name}") from exc
+
+    def output_tail(self, worker_id: str, lines: int) -> str:
+        name = resource_name(worker_id)
+        try:
+            output: str = self.core.read_namespaced_pod_log(
+                name, self.namespace, tail_lines=lines, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):  # not started, or gone
+                return ""
+            raise self._failure(exc, f"read the log of pod {name}") from exc
+        except (HTTPError, OSError) as exc:
+            raise self._failure(exc, f"read the log of pod {name}") from exc
+        return output
 
     def health(self) -> Health:
         try:

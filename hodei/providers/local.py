@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # Moves the shell into the worker's cgroup, then becomes the agent: nothing runs outside it.
 _ENTER_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
 EMPTY_GROUP_GRACE = 10.0
+# How much of a worker's output file is read for its last lines.
+TAIL_BYTES = 64 * 1024
 
 
 def _alive(pid: int) -> bool:
@@ -132,6 +134,15 @@ class LocalProvider(WorkerProvider):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
         (self.log_dir / f"{worker_id}.log").unlink(missing_ok=True)
+
+    def output_tail(self, worker_id: str, lines: int) -> str:
+        try:
+            with (self.log_dir / f"{worker_id}.log").open("rb") as output:
+                output.seek(max(output.seek(0, os.SEEK_END) - TAIL_BYTES, 0))
+                text = output.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "".join(text.splitlines(keepends=True)[-lines:])
 
     def observe(self) -> list[Observation]:
         found: dict[str, Observation] = {}

@@ -116,8 +116,9 @@ class StepDefinition:
     compensation: Effect | None = None
     # Also undo this step when it is the one that failed (it may have half-happened).
     compensate_when_failed: bool = False
-    # What a WAIT step past its deadline means, for people (the saga's error says it).
-    expired: str = "no progress by the deadline"
+    # What a WAIT step past its deadline means, for people (the saga's error says it);
+    # a function of the step's input when the reason must be looked up (a worker's output).
+    expired: str | Callable[[StepInput], str] = "no progress by the deadline"
 
     def __post_init__(self) -> None:
         if (self.kind is StepKind.ACTION) != (self.effect is not None) or (self.run is None) == (self.effect is None):
@@ -250,7 +251,9 @@ class SagaEngine:
             deadline = step.deadline_at
             if step.state is StepState.IN_PROGRESS and deadline and datetime.fromisoformat(deadline) <= self.clock():
                 definition = self.definitions[work.saga.saga_type].steps[step_order]
-                self._fail(work, step, definition, StepTimeout(f"{definition.expired} {deadline}"), retry=False)
+                expired = definition.expired
+                what = expired(self._input(work.saga, step)) if callable(expired) else expired
+                self._fail(work, step, definition, StepTimeout(f"{what} {deadline}"), retry=False)
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 

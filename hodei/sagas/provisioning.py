@@ -4,6 +4,7 @@ wait until it registers."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from hodei.domain.job import Job
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.saga import SagaType
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import InvalidTransition, ProviderError
+from hodei.errors import HodeiError, InvalidTransition, ProviderError
 from hodei.providers.base import WorkerLaunch
 from hodei.sagas.deps import SagaDeps, terminate
 from hodei.sagas.engine import (
@@ -25,6 +26,12 @@ from hodei.sagas.engine import (
 )
 from hodei.tokens import new_nonce
 
+log = logging.getLogger(__name__)
+
+# What a start failure quotes of the worker's own output.
+OUTPUT_LINES = 20
+OUTPUT_CHARS = 2000
+
 
 def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict[str, str]:
     """The worker agent's whole configuration (see workers/hodei_worker/agent.py)."""
@@ -37,6 +44,19 @@ def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict
         "HODEI_KILL_GRACE": f"{kill_grace:g}",
         "HODEI_WORKER_ORPHAN_TIMEOUT": f"{deps.timing.orphan_timeout:g}",
     }
+
+
+def start_failure(deps: SagaDeps, step: StepInput, what: str) -> str:
+    """Why a worker never registered, as far as the platform can tell: ``what`` happened,
+    where it was told to dial, and the last lines it printed."""
+    worker = deps.worker(step.context["worker_id"])
+    dialled = ",".join(deps.worker_addresses())
+    try:
+        tail = deps.providers.get(ProviderType(worker.provider_type)).output_tail(str(worker.id), OUTPUT_LINES)
+    except HodeiError as exc:
+        tail = f"(its output could not be read: {exc})"
+    shown = tail.rstrip()[-OUTPUT_CHARS:] or "(nothing)"
+    return f"{what}; it was told to dial {dialled} (HODEI_SERVER_HOST); its last output: {shown}"
 
 
 def build(deps: SagaDeps) -> SagaDefinition:
@@ -85,7 +105,14 @@ def build(deps: SagaDeps) -> SagaDefinition:
         return StepResult({"worker_id": str(worker.id)}, (worker,))
 
     def destroy_worker(step: StepInput) -> dict[str, Any]:
-        deps.destroy(deps.worker(step.context["worker_id"]))
+        worker = deps.worker(step.context["worker_id"])
+        keep = deps.timing.keep_failed_workers
+        if keep > 0 and deps.providers.get(ProviderType(worker.provider_type)).inspectable:
+            # The reconciler removes it once the keep time has passed.
+            log.warning("keeping worker %s of job %s for %gs for inspection", worker.id, worker.job_id, keep)
+            deps.forget_worker(worker.id)
+        else:
+            deps.destroy(worker)
         return {}
 
     def record_destroyed(step: StepInput, _: dict[str, Any]) -> list[Worker]:
@@ -118,7 +145,9 @@ def build(deps: SagaDeps) -> SagaDefinition:
         if worker.state in (WorkerState.READY, WorkerState.BUSY):
             return StepResult()
         if not worker.is_live:
-            raise ProviderError(f"worker {worker.id} failed before registering: {worker.reason}")
+            raise ProviderError(
+                start_failure(deps, step, f"worker {worker.id} failed before registering: {worker.reason}")
+            )
         job = deps.job(step.job_id)
         if job.is_terminal:
             raise InvalidTransition(f"job {job.id} ended {job.state} while its worker was starting")
@@ -159,9 +188,14 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 StepKind.WAIT,
                 run=wait_for_registration,
                 timeout=deps.timing.registration_timeout,
-                expired=(
-                    f"the worker did not register within {deps.timing.registration_timeout:g}s "
-                    "(HODEI_REGISTRATION_TIMEOUT): deadline"
+                expired=lambda step: (
+                    start_failure(
+                        deps,
+                        step,
+                        f"the worker did not register within {deps.timing.registration_timeout:g}s "
+                        "(HODEI_REGISTRATION_TIMEOUT)",
+                    )
+                    + "; deadline"
                 ),
             ),
         ),

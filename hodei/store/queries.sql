@@ -324,7 +324,7 @@ LIMIT %(limit)s;
 
 -- name: worker_and_job_states
 -- What the sweeper compares provider observations against, for many workers at once.
-SELECT w.id, w.state, j.state
+SELECT w.id, w.state, j.state, w.updated_at
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = ANY(%s::uuid[]);
 
