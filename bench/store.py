@@ -76,7 +76,7 @@ def main() -> None:
             store.write(batch, meta)
         batched = N / (time.perf_counter() - started)
         started = time.perf_counter()
-        events = replay.apply(pool)
+        events = replay.apply(pool).events
         replay_rate = events / (time.perf_counter() - started)
         decoded, decode_rate = log_replay_rate(store)
         pool.close()

@@ -423,3 +423,30 @@ def test_a_dead_lettered_delivery_is_redriven_and_its_job_moves_on(fresh_databas
         both = server.cli("outbox", "redrive", letter["id"], "--all")
         assert both.returncode != 0
         assert "give the ids of the rows to redrive, or all" in both.stderr
+
+
+def test_replay_apply_while_twenty_jobs_run(fresh_database_url: str, tmp_path: Path) -> None:
+    """The rebuild runs beside the platform: jobs keep moving (their events land while it
+    projects), all end as they should, and writers wait only for the final swap."""
+    url = fresh_database_url
+    with ServerProcess(url, tmp_path, {"HODEI_DOCKER_ENABLED": "0", "HODEI_LOCAL_MAX_WORKERS": "20"}) as server:
+        warm_up = [run(server, "--command", f"echo warm-up {i}") for i in range(10)]
+        for job_id in warm_up:
+            wait_settled(url, job_id, 90)
+        job_ids = [run(server, "--command", f"sleep 2; echo done {i}") for i in range(20)]
+        (started_at,) = query(url, "SELECT max(position) FROM domain_events")[0]
+        applied = hodei_server(url, "replay", "--apply")
+        (ended_at,) = query(url, "SELECT max(position) FROM domain_events")[0]
+        assert applied.returncode == 0, applied.stderr
+        print(applied.stdout)
+        assert "no write waited longer" in applied.stdout
+        for job_id in job_ids:
+            wait_settled(url, job_id, 120)
+        assert query(
+            url, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND state = 'SUCCEEDED'", (job_ids,)
+        ) == [(20,)]
+        assert all(server.cli("job", "logs", job_id, check=True).stdout.startswith("done") for job_id in job_ids)
+    # The jobs kept writing while it ran: events landed between its start and its end.
+    assert ended_at > started_at
+    verified = hodei_server(url, "replay", "--verify")
+    assert verified.returncode == 0, verified.stdout

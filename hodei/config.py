@@ -6,6 +6,7 @@ Every other module receives these objects as arguments; nothing else reads
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -100,14 +101,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise InvalidInput(f"{name} must be 1 or 0, got `{value}`")
 
 
-def _number(env: Mapping[str, str], name: str) -> float:
+def _number(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> float:
     raw = _get(env, name)
     try:
         value = float(raw)
     except ValueError:
         raise InvalidInput(f"{name} must be a number, got `{raw}`") from None
-    if value <= 0:
-        raise InvalidInput(f"{name} must be positive, got `{raw}`")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        raise InvalidInput(f"{name} must be {'0 or more' if zero_allowed else 'positive'}, got `{raw}`")
     return value
 
 
@@ -315,7 +316,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             sweep_interval=_number(env, "HODEI_SWEEP_INTERVAL"),
             reconcile_interval=_number(env, "HODEI_RECONCILE_INTERVAL"),
             retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
-            keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS"),
+            keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS", zero_allowed=True),
         ),
         relay=RelayConfig(
             batch_size=int(_number(env, "HODEI_RELAY_BATCH")),

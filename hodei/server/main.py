@@ -99,8 +99,12 @@ def _replay(cfg: configuration.Config, apply: bool, job: str | None) -> int:
                 return 0
             count, differences = history.verify_job(pool, job_id)
         elif apply:
-            count = replay.apply(pool)
-            print(f"rebuilt the read models from {count} events")
+            rebuilt = replay.apply(pool)
+            print(
+                f"rebuilt the read models from {rebuilt.events} events while writers ran "
+                f"({rebuilt.rounds} catch-up rounds); the last {rebuilt.under_lock} and the swap held the event-log "
+                f"lock for {rebuilt.locked_seconds * 1000:.1f} ms: no write waited longer"
+            )
             return 0
         else:
             count, differences = replay.verify(pool)

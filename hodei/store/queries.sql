@@ -599,3 +599,21 @@ UPDATE outbox_events
 SET status = 'PENDING', attempts = 0, available_at = now(), claimed_by = NULL, lease_until = NULL
 WHERE status = 'DEAD_LETTER' AND (%(all)s OR id = ANY(%(ids)s::uuid[]))
 RETURNING id::text;
+
+-- Online rebuild ---------------------------------------------------------------------
+
+-- name: read_model_constraints
+-- Keys and foreign keys of the read models, as their live definitions (read with the
+-- default search_path, so a foreign key names its table unqualified).
+SELECT t.relname, c.conname, pg_get_constraintdef(c.oid), c.contype
+FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = 'public' AND t.relname = ANY(%s) AND c.contype IN ('p', 'u', 'f')
+ORDER BY 1, 2;
+
+-- name: read_model_plain_indexes
+-- The read models' indexes that no constraint owns.
+SELECT i.indexdef
+FROM pg_indexes i
+WHERE i.schemaname = 'public' AND i.tablename = ANY(%s)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname AND c.connamespace = 'public'::regnamespace)
+ORDER BY i.indexname;

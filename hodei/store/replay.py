@@ -2,12 +2,15 @@
 
 ``verify`` projects the whole log into a scratch schema and compares it with the live
 tables, all in one REPEATABLE READ transaction (one snapshot, so live writers cannot
-cause false differences). ``apply`` rebuilds the live tables in place while holding
-the event-log lock, so no writer interleaves.
+cause false differences). ``apply`` rebuilds while the platform runs: it projects the
+log into a scratch schema, a page per transaction, catches up with what was written
+meanwhile, then takes the event-log lock (writers wait), projects the last few events
+and swaps the scratch tables in. Writers wait only for that swap, which it measures.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,12 @@ from hodei.store.events import EventRecord
 from hodei.store.sql import query
 
 SCRATCH_SCHEMA = "hodei_replay"
+REBUILD_SCHEMA = "hodei_rebuild"
+RETIRED_SCHEMA = "hodei_retired"
 PAGE = 2000
+# Catching up stops (and the lock is taken) once a round finds fewer events than this.
+CATCH_UP_LEFT = 200
+CATCH_UP_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -32,22 +40,27 @@ class Difference:
     only_replayed: list[tuple[Any, ...]]
 
 
-def _project_all(conn: psycopg.Connection[Any]) -> int:
-    """Runs every projection over the log, a page at a time, pipelined (one round trip
-    per page instead of one per statement)."""
-    count = 0
-    last = 0
+def _project_page(conn: psycopg.Connection[Any], after: int) -> tuple[int, int]:
+    """Projects the events after position ``after``, one page, pipelined (one round trip
+    per page instead of one per statement); (events, last position)."""
     with conn.cursor(row_factory=tuple_row) as reader, conn.cursor() as writer:
-        while True:
-            rows = reader.execute(query("select_event_records"), (last, PAGE)).fetchall()
-            if not rows:
-                return count
-            with conn.pipeline():
-                for row in rows:
-                    record = EventRecord(*row)
-                    projections.project(writer, record)
-                    last = record.position
-            count += len(rows)
+        rows = reader.execute(query("select_event_records"), (after, PAGE)).fetchall()
+        with conn.pipeline():
+            for row in rows:
+                record = EventRecord(*row)
+                projections.project(writer, record)
+                after = record.position
+    return len(rows), after
+
+
+def _project_all(conn: psycopg.Connection[Any], after: int = 0) -> tuple[int, int]:
+    """Every event after ``after``, in this transaction; (events, last position)."""
+    count = 0
+    while True:
+        found, after = _project_page(conn, after)
+        if not found:
+            return count, after
+        count += found
 
 
 def _create_scratch(conn: psycopg.Connection[Any]) -> None:
@@ -80,7 +93,7 @@ def verify(pool: ConnectionPool, sample: int = 5) -> tuple[int, list[Difference]
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             _create_scratch(conn)
             conn.execute(sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(SCRATCH_SCHEMA)))
-            count = _project_all(conn)
+            count, _ = _project_all(conn)
             differences = [d for table in projections.READ_MODELS if (d := _compare(conn, table, sample))]
         finally:
             conn.rollback()
@@ -88,10 +101,89 @@ def verify(pool: ConnectionPool, sample: int = 5) -> tuple[int, list[Difference]
     return count, differences
 
 
-def apply(pool: ConnectionPool) -> int:
-    """Rebuilds every read model in place; returns the number of events replayed."""
-    tables = sql.SQL(", ").join(sql.Identifier(t) for t in projections.READ_MODELS)
-    with translate_errors(), pool.connection() as conn, conn.transaction():
-        conn.execute(query("lock_domain_events"))
-        conn.execute(sql.SQL("TRUNCATE {}").format(tables))
-        return _project_all(conn)
+@dataclass(frozen=True)
+class Rebuild:
+    """What ``apply`` did: events projected while writers ran, events projected under
+    the lock, and how long the lock was held (the longest any writer waited for it)."""
+
+    events: int
+    under_lock: int
+    rounds: int
+    locked_seconds: float
+
+
+def _schema_sql(statement: str, *names: str) -> sql.Composed:
+    return sql.SQL(statement).format(*(sql.Identifier(name) for name in names))
+
+
+def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> None:
+    """Empty copies of the read models in REBUILD_SCHEMA with the live tables' own
+    constraint and index names, so nothing changes name when they are swapped in."""
+    conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", REBUILD_SCHEMA))
+    conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", RETIRED_SCHEMA))
+    conn.execute(_schema_sql("CREATE SCHEMA {}", REBUILD_SCHEMA))
+    tables = projections.READ_MODELS
+    constraints = conn.execute(query("read_model_constraints"), (list(tables),)).fetchall()
+    indexes = conn.execute(query("read_model_plain_indexes"), (list(tables),)).fetchall()
+    # From here, an unqualified table (a foreign key's target) is the rebuilt one.
+    conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(REBUILD_SCHEMA)))
+    for table in tables:
+        conn.execute(
+            _schema_sql(
+                "CREATE TABLE {}.{} (LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)",
+                REBUILD_SCHEMA,
+                table,
+                table,
+            )
+        )
+    # Keys first (foreign keys need them), then foreign keys, then plain indexes.
+    for kind in ("p", "u", "f"):
+        for table, name, definition, contype in constraints:
+            if contype == kind:
+                conn.execute(
+                    _schema_sql("ALTER TABLE {}.{} ADD CONSTRAINT {} ", REBUILD_SCHEMA, table, name)
+                    + sql.SQL(definition)
+                )
+    for definition in indexes:
+        conn.execute(sql.SQL(definition[0].replace(" ON public.", f" ON {REBUILD_SCHEMA}.", 1)))
+
+
+def _swap(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_schema_sql("CREATE SCHEMA {}", RETIRED_SCHEMA))
+    for table in projections.READ_MODELS:
+        conn.execute(_schema_sql("ALTER TABLE public.{} SET SCHEMA {}", table, RETIRED_SCHEMA))
+        conn.execute(_schema_sql("ALTER TABLE {}.{} SET SCHEMA public", REBUILD_SCHEMA, table))
+
+
+def apply(pool: ConnectionPool) -> Rebuild:
+    """Rebuilds every read model from the log while the platform keeps writing."""
+    with translate_errors(), pool.connection() as conn:
+        conn.autocommit = False
+        try:
+            with conn.transaction():
+                _create_rebuild_tables(conn)
+            events, last, rounds = 0, 0, 0
+            scratch = sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(REBUILD_SCHEMA))
+            while True:  # a page per transaction: nothing held long
+                with conn.transaction():
+                    conn.execute(scratch)
+                    found, last = _project_page(conn, last)
+                events += found
+                if found < PAGE:
+                    rounds += 1
+                    if found < CATCH_UP_LEFT or rounds >= CATCH_UP_ROUNDS:
+                        break
+            with conn.transaction():
+                conn.execute(query("lock_domain_events"))
+                locked = time.perf_counter()
+                conn.execute(scratch)
+                under_lock, last = _project_all(conn, last)
+                _swap(conn)
+            locked_seconds = time.perf_counter() - locked
+            with conn.transaction():
+                conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", RETIRED_SCHEMA))
+                conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", REBUILD_SCHEMA))
+        finally:
+            conn.rollback()
+            conn.autocommit = True
+    return Rebuild(events + under_lock, under_lock, rounds, locked_seconds)
