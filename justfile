@@ -34,9 +34,18 @@ fmt:
 proto:
     {{venv}}/python tools/gen_proto.py
 
-# Start PostgreSQL with database hodei_jobs (container if possible, else a local cluster)
+# Start PostgreSQL on the port and database of DATABASE_URL (container if possible, else a local cluster)
 dev-db: bootstrap
     bash tools/dev-db.sh
+
+# Stop the development PostgreSQL that `just dev-db` started
+stop-db:
+    bash tools/dev-db.sh stop
+
+# Stop everything `just dev` (and `just dev-k8s`) started: server, emulator, database
+down: stop-server
+    {{venv}}/python tools/k8s.py down
+    bash tools/dev-db.sh stop
 
 # Apply database migrations and register the seed providers (idempotent)
 db-migrate:

@@ -13,7 +13,9 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _CANDIDATE_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15, 14)]
 FAST_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -143,14 +145,31 @@ def create_database(server_url: str, name: str, template: str | None = None) -> 
         conn.execute(statement)
 
 
+def development_target(environ: Mapping[str, str]) -> tuple[int, str]:
+    """(port, database) of the development database: HODEI_DEV_DB_PORT, else the port and
+    database DATABASE_URL names, else 5432 and hodei_jobs."""
+    url = urlsplit(environ.get("DATABASE_URL", ""))
+    database = url.path.lstrip("/") or "hodei_jobs"
+    given = environ.get("HODEI_DEV_DB_PORT", "")
+    try:
+        port = int(given) if given else (url.port or 5432)
+    except ValueError:
+        raise SystemExit(f"HODEI_DEV_DB_PORT must be a port number, got {given!r}") from None
+    return port, database
+
+
 def main() -> None:
-    """``python -m hodei.devdb up|down|status`` for the developer cluster (``just dev-db``)."""
+    """``python -m hodei.devdb up|down|status|target`` for the developer cluster (``just dev-db``)."""
+    port, database = development_target(os.environ)
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "target"])
     parser.add_argument("--dir", type=Path, default=Path(".hodei/postgres"))
-    parser.add_argument("--port", type=int, default=5432)
-    parser.add_argument("--database", default="hodei_jobs")
+    parser.add_argument("--port", type=int, default=port, help="default: from DATABASE_URL or HODEI_DEV_DB_PORT")
+    parser.add_argument("--database", default=database, help="default: from DATABASE_URL")
     args = parser.parse_args()
+    if args.action == "target":
+        print(args.port, args.database)
+        return
     cluster = Cluster(args.dir.resolve(), args.port)
     if args.action == "down":
         cluster.stop()
@@ -161,7 +180,10 @@ def main() -> None:
         sys.exit(0 if cluster.running() else 1)
     if not cluster.running():
         if port_open(args.port):
-            sys.exit(f"port {args.port} is taken by another server; stop it or pass --port")
+            sys.exit(
+                f"port {args.port} is taken by another server: stop it, or name another port in DATABASE_URL "
+                "(or HODEI_DEV_DB_PORT)"
+            )
         cluster.init()
         cluster.start()
     create_database(cluster.url, args.database)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # `just dev-server` / `just stop-server`: hodei-server in the background for development.
-# Output goes to server.log; the pid to .hodei/server.pid.
+# Output goes to server.log (HODEI_SERVER_LOG); the pid to $HODEI_DEV_DIR/server.pid.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-PIDFILE=.hodei/server.pid
-LOG=server.log
+DEV_DIR="${HODEI_DEV_DIR:-.hodei}"
+PIDFILE="$DEV_DIR/server.pid"
+LOG="${HODEI_SERVER_LOG:-server.log}"
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 case "${1:-start}" in
   start)
     if running; then echo "hodei-server is already running (pid $(cat "$PIDFILE")); see $LOG"; exit 0; fi
-    mkdir -p .hodei
+    mkdir -p "$DEV_DIR"
     # `just dev-k8s` leaves the Kubernetes settings here.
     if [ -f .hodei/k8s.env ]; then set -a; . .hodei/k8s.env; set +a; fi
     export HODEI_DOCKER_ENABLED="${HODEI_DOCKER_ENABLED:-1}"
