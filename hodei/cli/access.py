@@ -5,23 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any, Literal
 
-from google.protobuf.json_format import MessageToDict
-
 from hodei._proto import access_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import parse_duration
-from hodei.cli.terminal import Terminal
+from hodei.cli.terminal import Terminal, message_dict
 
 
 def _when(token: access_pb2.ApiToken, field: Literal["created_at", "expires_at", "revoked_at"], empty: str) -> str:
     return getattr(token, field).ToDatetime().isoformat(timespec="seconds") + "Z" if token.HasField(field) else empty
-
-
-def _dict(token: access_pb2.ApiToken) -> dict[str, Any]:
-    data = MessageToDict(token, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    for field in ("expires_at", "revoked_at"):
-        data.setdefault(field, None)
-    return data
 
 
 def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -31,7 +22,7 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         )
         created = client.call(client.access.CreateToken, request)
         if term.json:
-            term.data({**_dict(created.token), "token": created.secret})
+            term.data({**message_dict(created.token), "token": created.secret})
         else:
             term.value(created.secret)
             term.info(f"created token {created.token.name} ({created.token.role}); it is shown only once")
@@ -39,13 +30,13 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if args.action == "revoke":
         revoked = client.call(client.access.RevokeToken, access_pb2.RevokeTokenRequest(name=args.name))
         if term.json:
-            term.data(_dict(revoked))
+            term.data(message_dict(revoked))
         else:
             term.success(f"revoked token {revoked.name}")
         return 0
     tokens = client.call(client.access.ListTokens, access_pb2.ListTokensRequest()).tokens
     if term.json:
-        term.data([_dict(t) for t in tokens])
+        term.data([message_dict(t) for t in tokens])
         return 0
     term.table(
         ["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY"],
@@ -67,7 +58,7 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def whoami(client: Client, term: Terminal, _: argparse.Namespace) -> int:
     me = client.call(client.access.WhoAmI, access_pb2.WhoAmIRequest())
     if term.json:
-        term.data(MessageToDict(me, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+        term.data(message_dict(me))
     elif me.authenticated:
         term.line(f"{me.name} ({me.role})")
     else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from hodei._proto import metrics_pb2, outbox_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
 from hodei.cli.terminal import Terminal, message_dict
@@ -14,12 +12,7 @@ from hodei.cli.terminal import Terminal, message_dict
 
 def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
     if term.json:
-        term.data(
-            [
-                MessageToDict(p, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-                for p in providers
-            ]
-        )
+        term.data([message_dict(p) for p in providers])
         return 0
     term.table(
         ["ID", "TYPE", "STATUS", "HEALTH", "WORKERS", "HERE", "MESSAGE"],
@@ -94,7 +87,7 @@ def redrive(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def queue(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=args.limit))
-    data = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(status)
     if term.json:
         term.data(data)
         return 0
@@ -126,7 +119,7 @@ def workers(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         scheduler_pb2.ListWorkersRequest(state=args.state or "", limit=args.limit),
     )
     if term.json:
-        term.data([MessageToDict(w, preserving_proto_field_name=True) for w in response.workers])
+        term.data([message_dict(w) for w in response.workers])
         return 0
     term.table(
         ["ID", "JOB", "STATE", "PROVIDER", "RESOURCE", "ERROR"],
@@ -140,7 +133,7 @@ def workers(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def metrics(client: Client, term: Terminal, _: argparse.Namespace) -> int:
     response = client.call(client.metrics.GetMetrics, metrics_pb2.GetMetricsRequest())
-    data = MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = message_dict(response)
     if term.json:
         term.data(data)
         return 0

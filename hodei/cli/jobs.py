@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from google.protobuf.json_format import MessageToDict
+import grpc
+from rich.live import Live
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
 from hodei.cli.client import Client
@@ -20,17 +24,30 @@ from hodei.cli.parsing import (
     parse_secret_files,
     parse_secrets,
 )
-from hodei.cli.terminal import Terminal
+from hodei.cli.terminal import Terminal, message_dict
 from hodei.domain.job import JobState
 from hodei.domain.spec import JobSpec, Resources
-from hodei.errors import InvalidInput
+from hodei.errors import HodeiError, InvalidInput
 from hodei.wire import spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
-# codes people know from `timeout` and `docker run`.
+# codes people know from `timeout` and `docker run`, and two of our own.
 EXIT_TIMEOUT = 124
 EXIT_PLATFORM = 125
 EXIT_CANCELLED = 130
+# Ctrl-C while waiting: the job keeps running.
+EXIT_INTERRUPTED = 131
+# The server did not answer for RECONNECT_FOR seconds while waiting: the job's end is unknown.
+EXIT_GAVE_UP = 132
+RECONNECT_FOR = 300.0
+
+
+class StoppedWaiting(HodeiError):
+    """The CLI stopped waiting for a job that may still run; ``code`` says why."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def status_text(job: common_pb2.Job) -> str:
@@ -55,7 +72,8 @@ def _time(job: common_pb2.Job, field: Literal["created_at", "started_at", "compl
 
 
 def job_dict(job: common_pb2.Job) -> dict[str, Any]:
-    data = MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A job in JSON: every field present; no exit code is null, not 0."""
+    data = message_dict(job)
     data["exit_code"] = job.exit_code if job.has_exit_code else None
     data.pop("has_exit_code", None)
     return data
@@ -128,7 +146,8 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if term.json and not args.wait:
         term.data({"job_id": job_id})
         return 0
-    term.value(job_id)
+    if not term.json:
+        term.value(job_id)
     if args.wait:
         return wait(client, term, job_id)
     return 0
@@ -143,15 +162,80 @@ def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return wait(client, term, job_id) if args.wait else 0
 
 
+def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
+    """The job at each change until it ends, reconnecting while the server restarts (a
+    watch starts with the job's current state, so nothing is missed)."""
+    for attempt in Retrying(
+        retry=retry_if_exception(_unavailable),
+        stop=stop_after_delay(RECONNECT_FOR),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    ):
+        with attempt:
+            job = None
+            for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=job_id)):
+                job = update.job
+                yield job
+            if job is not None and JobState(job.state).is_terminal:
+                return
+            raise _StreamEnded
+
+
+class _StreamEnded(Exception):
+    """The watch ended before the job did (a server going away closes it)."""
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, _StreamEnded) or (
+        isinstance(exc, grpc.RpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    )
+
+
+class _Waiting:
+    """What a terminal shows while waiting: the job's state and the time so far."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id, self.state, self.started = job_id, "submitted", time.monotonic()
+
+    def __rich__(self) -> str:
+        return f"job {self.job_id}: {self.state}, {time.monotonic() - self.started:.0f}s"
+
+
 def wait(client: Client, term: Terminal, job_id: str) -> int:
     job = None
-    for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=job_id)):
-        job = update.job
+    waiting = _Waiting(job_id)
+    live = Live(waiting, console=term.err, refresh_per_second=4, transient=True)
+    showing = term.err.is_terminal and not term.json
+    try:
+        if showing:
+            live.start()
+        for job in _watch(client, job_id):
+            waiting.state = job.state
+            if term.json:
+                term.line_data({"event": "state", "job": job_dict(job), "log": None})
+    except KeyboardInterrupt:
+        raise StoppedWaiting(
+            f"stopped waiting; job {job_id} keeps running (`hodei-jobs-cli job cancel {job_id}` stops it)",
+            EXIT_INTERRUPTED,
+        ) from None
+    except grpc.RpcError as exc:
+        if not _unavailable(exc):
+            raise
+        raise StoppedWaiting(
+            f"gave up waiting for job {job_id}: the server at {client.address} did not answer for "
+            f"{RECONNECT_FOR:g}s; the job may still be running (`hodei-jobs-cli job get {job_id}`)",
+            EXIT_GAVE_UP,
+        ) from None
+    finally:
+        if showing:
+            live.stop()
     assert job is not None
     return finish(term, job)
 
 
 def finish(term: Terminal, job: common_pb2.Job) -> int:
+    if term.json:
+        return exit_code_of(job)
     message = f"Job {job.id} {status_text(job)}"
     if job.error_message:
         message += f": {job.error_message}"
@@ -164,9 +248,23 @@ def finish(term: Terminal, job: common_pb2.Job) -> int:
 
 def follow(client: Client, term: Terminal, job_id: str) -> int:
     request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
-    for batch in client.stream(client.logs.SubscribeLogs, request):
-        for entry in batch.entries:
-            term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
+    try:
+        for batch in client.stream(client.logs.SubscribeLogs, request):
+            for entry in batch.entries:
+                if term.json:
+                    term.line_data({"event": "log", "job": None, "log": message_dict(entry)})
+                else:
+                    stderr = entry.stream == worker_pb2.LOG_STREAM_STDERR
+                    term.output(entry.line, stderr=stderr, partial=entry.partial)
+    except KeyboardInterrupt:
+        raise StoppedWaiting(
+            f"stopped following; job {job_id} keeps running (`hodei-jobs-cli job cancel {job_id}` stops it)",
+            EXIT_INTERRUPTED,
+        ) from None
+    except grpc.RpcError as exc:
+        if not _unavailable(exc):
+            raise
+        term.warning(f"the log stream from {client.address} was cut; waiting for the job's end without its output")
     return wait(client, term, job_id)
 
 
@@ -225,7 +323,7 @@ def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = logs_pb2.SubscribeLogsRequest(job_id=args.job_id, follow=args.follow)
     for entry in (entry for batch in client.stream(client.logs.SubscribeLogs, request) for entry in batch.entries):
         if term.json:
-            print(json.dumps(MessageToDict(entry, preserving_proto_field_name=True)), flush=True)
+            term.line_data(message_dict(entry))
         else:
             term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
     return 0
@@ -233,10 +331,9 @@ def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     job = None
-    for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=args.job_id)):
-        job = update.job
+    for job in _watch(client, args.job_id):
         if term.json:
-            print(json.dumps(job_dict(job)), flush=True)
+            term.line_data({"event": "state", "job": job_dict(job), "log": None})
         else:
             term.line(f"{job.id} {status_text(job)}")
     assert job is not None
@@ -246,12 +343,7 @@ def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     response = client.call(client.jobs.GetJobEvents, jobs_pb2.GetJobEventsRequest(job_id=args.job_id))
     if term.json:
-        term.data(
-            [
-                {**MessageToDict(e, preserving_proto_field_name=True), "payload": json.loads(e.payload_json)}
-                for e in response.events
-            ]
-        )
+        term.data([{**message_dict(e), "payload": json.loads(e.payload_json)} for e in response.events])
         return 0
     term.table(
         ["#", "OCCURRED", "EVENT", "ACTOR", "PAYLOAD"],

@@ -13,6 +13,7 @@ import grpc
 
 from hodei.cli import access, admin, jobs, sagas
 from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client, Connection
+from hodei.cli.jobs import EXIT_INTERRUPTED, StoppedWaiting
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError
 
@@ -97,12 +98,14 @@ def main(argv: list[str] | None = None) -> None:
         term.abort(exc.message, code=2)
     try:
         code = args.handler(client, term, args)
+    except StoppedWaiting as exc:
+        term.abort(exc.message, code=exc.code)
     except HodeiError as exc:
         term.abort(exc.message, code=2)
     except grpc.RpcError as exc:
         term.abort(explain(exc, client.connection))
     except KeyboardInterrupt:
-        code = 130
+        term.abort("interrupted", code=EXIT_INTERRUPTED)
     finally:
         client.close()
     sys.exit(code)

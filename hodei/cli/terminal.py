@@ -10,12 +10,20 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
 _TIMESTAMP = "google.protobuf.Timestamp"
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
 
 
 def message_dict(message: Message) -> dict[str, Any]:
@@ -28,7 +36,15 @@ def message_dict(message: Message) -> dict[str, Any]:
 def _fill(message: Message, data: dict[str, Any]) -> None:
     for field in message.DESCRIPTOR.fields:
         kind = field.message_type
-        if kind is None or kind.GetOptions().map_entry:
+        if field.type in _INT64_TYPES:  # proto3's JSON mapping writes them as strings
+            value = data[field.name]
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            continue
+        if kind is not None and kind.GetOptions().map_entry:
+            if kind.fields_by_name["value"].type in _INT64_TYPES:
+                data[field.name] = {key: int(value) for key, value in data[field.name].items()}
+            continue
+        if kind is None:
             continue
         value = getattr(message, field.name)
         if field.is_repeated:
@@ -71,13 +87,20 @@ class Terminal:
     def data(self, payload: Any) -> None:
         print(json.dumps(payload, indent=2, sort_keys=True, default=str), flush=True)
 
+    def line_data(self, payload: Any) -> None:
+        """One JSON object on one line: what streaming commands print, line by line."""
+        print(json.dumps(payload, sort_keys=True, default=str), flush=True)
+
     def table(self, columns: list[str], rows: list[list[str]]) -> None:
         if not self.out.is_terminal:
             print("\t".join(columns))
             for row in rows:
                 print("\t".join(row))
             return
-        table = Table(*columns, header_style="bold")
+        # Never cut a cell (an id must stay whole to be pasted): fold it onto more lines.
+        table = Table(header_style="bold")
+        for column in columns:
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*row)
         self.out.print(table)

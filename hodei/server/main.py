@@ -353,11 +353,10 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
 
 def _secrets(cfg: configuration.Config, args: argparse.Namespace) -> int:
     from hodei.store.job_secrets import JobSecrets
-    from hodei.store.readmodels import job_uuid
 
     pool = open_pool(cfg.database_url, max_size=1, name="hodei-secrets")
     try:
-        job_id = job_uuid(args.job)
+        job_id = ReadModels(pool).resolve("job", args.job)
         purged = JobSecrets(pool).purge(job_id)
     finally:
         pool.close()

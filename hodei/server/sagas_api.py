@@ -9,7 +9,7 @@ from hodei.domain.saga import SagaState, SagaType
 from hodei.errors import InvalidInput
 from hodei.server.convert import saga_to_proto
 from hodei.server.edge import rpc
-from hodei.store.readmodels import ReadModels, job_uuid
+from hodei.store.readmodels import ReadModels
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -36,7 +36,7 @@ class SagaService(sagas_pb2_grpc.SagaServiceServicer):
         sagas = self.reads.sagas(
             state=_one_of("state", request.state, [state.value for state in SagaState]),
             saga_type=_one_of("saga type", request.saga_type, [kind.value for kind in SagaType]),
-            job_id=str(job_uuid(request.job_id)) if request.job_id else None,
+            job_id=str(self.reads.resolve("job", request.job_id)) if request.job_id else None,
             limit=min(request.limit or DEFAULT_LIMIT, MAX_LIMIT),
         )
         return sagas_pb2.ListSagasResponse(sagas=[saga_to_proto(saga) for saga in sagas])

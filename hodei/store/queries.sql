@@ -617,3 +617,10 @@ FROM pg_indexes i
 WHERE i.schemaname = 'public' AND i.tablename = ANY(%s)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname AND c.connamespace = 'public'::regnamespace)
 ORDER BY i.indexname;
+
+-- name: jobs_in_id_range
+-- Ids starting with a prefix people typed: a range of the primary key (two at most).
+SELECT id FROM jobs WHERE id BETWEEN %s AND %s ORDER BY id LIMIT 2;
+
+-- name: sagas_in_id_range
+SELECT id FROM sagas WHERE id BETWEEN %s AND %s ORDER BY id LIMIT 2;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -11,18 +12,25 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.phases import Phase, phases_of
-from hodei.errors import NotFound
+from hodei.errors import InvalidInput, NotFound
 from hodei.store.db import translate_errors
 from hodei.store.sql import query
 
+# A unique prefix of an id, as people copy it from a table: at least 8 hex digits.
+MIN_PREFIX = 8
+_PREFIX = re.compile(r"[0-9a-fA-F-]+")
 
-def job_uuid(text: str) -> UUID:
-    """A job id as the user typed it; NotFound (not a database error) when it is no id."""
-    try:
-        return UUID(text.strip())
-    except ValueError:
-        shown = text if len(text) <= 64 and text.isprintable() else repr(text[:64])
-        raise NotFound(f"job {shown} not found (job ids are UUIDs)") from None
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 64 and text.isprintable() else repr(text[:64])
+
+
+def _id_range(text: str) -> tuple[UUID, UUID] | None:
+    """The ids a prefix stands for (lowest, highest); None when it is not a prefix."""
+    digits = text.replace("-", "")
+    if not _PREFIX.fullmatch(text) or not MIN_PREFIX <= len(digits) < 32:
+        return None
+    return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
 
 
 @dataclass(frozen=True)
@@ -124,8 +132,28 @@ class ReadModels:
         with translate_errors(), self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(query(name), params).fetchall()
 
+    def resolve(self, kind: str, text: str) -> UUID:
+        """A job's or saga's id (``kind``) as people type it: whole, or any unique prefix
+        of at least 8 characters. NotFound (not a database error) when nothing matches."""
+        text = text.strip()
+        try:
+            return UUID(text)
+        except ValueError:
+            pass
+        bounds = _id_range(text)
+        if bounds is None:
+            raise NotFound(
+                f"{kind} {_shown(text)} not found ({kind} ids are UUIDs; a prefix needs {MIN_PREFIX} characters)"
+            )
+        found = [row["id"] for row in self._all(f"{kind}s_in_id_range", bounds)]
+        if not found:
+            raise NotFound(f"no {kind} id starts with {text}")
+        if len(found) > 1:
+            raise InvalidInput(f"{text} is the start of more than one {kind} id; give more of it")
+        return UUID(str(found[0]))
+
     def job(self, job_id: str) -> JobRow:
-        rows = self._all("get_job", (job_uuid(job_id),))
+        rows = self._all("get_job", (self.resolve("job", job_id),))
         if not rows:
             raise NotFound(f"job {job_id} not found")
         return JobRow(**rows[0])
@@ -150,11 +178,7 @@ class ReadModels:
         return [SagaRow(**row) for row in self._all("list_sagas", params)]
 
     def saga(self, saga_id: str) -> SagaRow:
-        try:
-            key = UUID(saga_id.strip())
-        except ValueError:
-            raise NotFound(f"saga {saga_id[:64]!r} not found (saga ids are UUIDs)") from None
-        found = self._with_steps([SagaRow(**row) for row in self._all("get_saga", (key,))])
+        found = self._with_steps([SagaRow(**row) for row in self._all("get_saga", (self.resolve("saga", saga_id),))])
         if not found:
             raise NotFound(f"saga {saga_id} not found")
         return found[0]

@@ -1,0 +1,143 @@
+"""The CLI as people use it: ids by prefix and never cut, --wait across a server restart,
+Ctrl-C while waiting, JSON lines while waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from e2e.test_local import wait_running
+from hodei.testing import BIN, ServerProcess, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "30"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env) as process:
+        yield process
+    print(process.logs()[-5000:])
+
+
+def cli_process(server: ServerProcess, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "hodei-jobs-cli"), "--server", server.address, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"},
+    )
+
+
+def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:
+    job_id = server.cli("job", "run", "--provider", "local", "--command", "echo prefixed", "--wait", check=True)
+    job_id_text = job_id.stdout.strip()
+    wait_settled(server.database_url, job_id_text, 60)
+    for given in (job_id_text[:8], job_id_text[:13], job_id_text.upper()):
+        shown = server.cli("job", "get", given, check=True).stdout
+        assert shown.startswith(f"Job {job_id_text}\n")
+    assert server.cli("job", "logs", job_id_text[:8], check=True).stdout == "prefixed\n"
+    too_short = server.cli("job", "get", job_id_text[:7])
+    assert too_short.returncode != 0
+    assert "a prefix needs 8 characters" in too_short.stderr
+    unknown = server.cli("job", "get", "ffffffff-ff")
+    assert "no job id starts with ffffffff-ff" in unknown.stderr
+    (saga_id,) = query(
+        server.database_url,
+        "SELECT id::text FROM sagas WHERE correlation_id = %s AND saga_type = 'EXECUTION'",
+        (job_id_text,),
+    )[0]
+    assert server.cli("saga", "show", saga_id[:8], check=True).stdout.startswith(f"EXECUTION saga {saga_id}")
+
+
+def test_an_ambiguous_prefix_is_refused(server: ServerProcess) -> None:
+    # Two jobs whose ids share their first 8 characters, written as the API would not:
+    # straight into the read model (the chance of meeting it by accident is tiny).
+    base = "abcdef12-0000-4000-8000-"
+    for tail in ("000000000001", "000000000002"):
+        query(
+            server.database_url,
+            "INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, created_at, updated_at) "
+            "VALUES (%s, 'twin', 'CANCELLED', '{}', 1, 1, now(), now())",
+            (base + tail,),
+        )
+    refused = server.cli("job", "get", "abcdef12")
+    assert refused.returncode != 0
+    assert "abcdef12 is the start of more than one job id; give more of it" in refused.stderr
+    query(server.database_url, "DELETE FROM jobs WHERE id::text LIKE 'abcdef12-%%'")
+
+
+def test_tables_never_cut_an_id_even_on_a_narrow_terminal(server: ServerProcess) -> None:
+    job_id = server.cli("job", "run", "--provider", "local", "--command", "true", check=True).stdout.strip()
+    # A terminal 40 columns wide (rich draws the table): the id folds onto lines, whole.
+    env = {**os.environ, "COLUMNS": "40", "TERM": "xterm", "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent"}
+    script = (
+        "import sys; from rich.console import Console; import hodei.cli.terminal as t; "
+        "t.Console = lambda **kw: Console(**{**kw, 'force_terminal': True, 'width': 40}); "
+        "from hodei.cli.main import main; main(sys.argv[1:])"
+    )
+    shown = subprocess.run(
+        [str(BIN / "python"), "-c", script, "--server", server.address, "job", "list", "--limit", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    cells = "".join(line.split("│")[1].strip() for line in shown.stdout.splitlines() if line.count("│") > 2)
+    assert job_id in cells
+
+
+def test_wait_survives_a_server_restart_and_ends_with_the_jobs_exit_code(server: ServerProcess) -> None:
+    waiting = cli_process(server, "job", "run", "--provider", "local", "--command", "sleep 6; exit 3", "--wait")
+    assert waiting.stdout is not None
+    job_id = waiting.stdout.readline().strip()
+    wait_running(server.database_url, job_id)
+    server.stop(signal.SIGKILL)
+    time.sleep(2)
+    server.start()
+    _, errors = waiting.communicate(timeout=120)
+    assert waiting.returncode == 3, errors
+    assert f"Job {job_id} FAILED" in errors
+
+
+def test_ctrl_c_while_waiting_says_the_job_keeps_running(server: ServerProcess) -> None:
+    waiting = cli_process(server, "job", "run", "--provider", "local", "--command", "sleep 30", "--wait")
+    assert waiting.stdout is not None
+    job_id = waiting.stdout.readline().strip()
+    wait_running(server.database_url, job_id)
+    waiting.send_signal(signal.SIGINT)
+    _, errors = waiting.communicate(timeout=30)
+    assert waiting.returncode == 131
+    assert f"job {job_id} keeps running (`hodei-jobs-cli job cancel {job_id}` stops it)" in errors
+    assert query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
+    server.cli("job", "cancel", job_id, check=True)
+
+
+def test_wait_and_follow_print_one_json_object_per_line(server: ServerProcess) -> None:
+    ran = server.cli(
+        "job", "run", "--provider", "local", "--command", "echo one; echo two >&2; exit 4", "--follow", "-o", "json"
+    )
+    assert ran.returncode == 4
+    lines = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert all(set(line) == {"event", "job", "log"} for line in lines)
+    logs = [line["log"] for line in lines if line["event"] == "log"]
+    assert [(entry["line"], entry["stream"]) for entry in logs] == [
+        ("one", "LOG_STREAM_STDOUT"),
+        ("two", "LOG_STREAM_STDERR"),
+    ]
+    states = [line["job"] for line in lines if line["event"] == "state"]
+    assert states[-1]["state"] == "FAILED"
+    assert states[-1]["exit_code"] == 4
+    assert isinstance(states[-1]["attempt"], int)
+    waited = server.cli("job", "run", "--provider", "local", "--command", "true", "--wait", "-o", "json")
+    assert waited.returncode == 0
+    last = json.loads(waited.stdout.splitlines()[-1])
+    assert (last["event"], last["job"]["state"], last["job"]["exit_code"]) == ("state", "SUCCEEDED", 0)
