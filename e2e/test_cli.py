@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import pytest
 
 from e2e.test_local import wait_running
+from hodei.cli.main import main
 from hodei.testing import BIN, ServerProcess, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -141,3 +144,66 @@ def test_wait_and_follow_print_one_json_object_per_line(server: ServerProcess) -
     assert waited.returncode == 0
     last = json.loads(waited.stdout.splitlines()[-1])
     assert (last["event"], last["job"]["state"], last["job"]["exit_code"]) == ("state", "SUCCEEDED", 0)
+
+
+def run_in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The CLI in this process: its exit code and its whole output."""
+    with pytest.raises(SystemExit) as ended:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(ended.value.code or 0), out, err
+
+
+def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_in_process(capsys, "--version")
+    assert (code, out) == (0, f"hodei-jobs-cli {version('hodei-jobs')}\n")
+    code, _, err = run_in_process(capsys, "jbo", "list")
+    assert code == 2
+    assert err.splitlines()[-1].endswith(
+        "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', "
+        "'queue', 'worker', 'metrics', 'outbox', 'token', 'whoami', "
+        "'completion'); did you mean 'job'?"
+    )
+    code, _, err = run_in_process(capsys, "job", "lsit")
+    assert code == 2
+    assert "did you mean 'list'?" in err
+    code, out, _ = run_in_process(capsys, "--help")
+    assert code == 0
+    assert "exit codes:" in out and "131    Ctrl-C while waiting: the job keeps running" in out
+    assert "examples:" in out
+    for shell, marker in (("bash", "complete -o"), ("zsh", "#compdef hodei-jobs-cli")):
+        code, out, _ = run_in_process(capsys, "completion", shell)
+        assert code == 0
+        assert marker in out
+        assert "describe" in out and "dead-letters" in out
+
+
+def test_a_server_that_does_not_answer_is_named_within_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as silent:  # accepts connections, never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        code, out, err = run_in_process(capsys, "--server", address, "job", "list")
+        took = time.monotonic() - started
+    assert (code, out) == (1, "")
+    assert err == (
+        f"hodei-jobs-cli: error: cannot reach the server at {address}: no answer within 3s (is it running there? "
+        "--server or HODEI_SERVER names another)\n"
+    )
+    print(f"answered in {took:.1f}s")
+
+
+def test_provider_list_says_why_a_provider_is_not_usable(server: ServerProcess) -> None:
+    listed = server.cli("provider", "list", check=True).stdout
+    docker = next(line for line in listed.splitlines() if "\tdocker\t" in line)
+    assert docker.endswith("not enabled on this server (HODEI_DOCKER_ENABLED)")
+    server.cli("provider", "disable", "local", check=True)
+    try:
+        local = next(
+            line for line in server.cli("provider", "list", check=True).stdout.splitlines() if "\tlocal\t" in line
+        )
+        assert "disabled (`provider enable local`)" in local
+    finally:
+        server.cli("provider", "enable", "local", check=True)
+    assert server.cli("provider", "health", "local").returncode == 0

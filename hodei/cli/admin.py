@@ -24,12 +24,24 @@ def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
                 p.health,
                 f"{p.workers_in_use}/{p.max_workers}",
                 "yes" if p.initialised else "no",
-                p.health_message,
+                _why(p),
             ]
             for p in providers
         ],
     )
     return 0
+
+
+def _why(provider: providers_pb2.Provider) -> str:
+    """What stands between the provider and a job, or its health message."""
+    reasons = []
+    if not provider.initialised:
+        reasons.append(f"not enabled on this server (HODEI_{provider.provider_type.upper()}_ENABLED)")
+    if provider.status == "DISABLED":
+        reasons.append(f"disabled (`provider enable {provider.provider_type}`)")
+    if provider.health == "UNHEALTHY" or not reasons:
+        reasons.append(provider.health_message or "-")
+    return "; ".join(reasons)
 
 
 def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -45,7 +57,10 @@ def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         "disable": client.providers.DisableProvider,
         "health": client.providers.CheckProviderHealth,
     }[args.action]
-    return _providers(term, [client.call(method, providers_pb2.GetProviderRequest(provider=args.provider))])
+    found = client.call(method, providers_pb2.GetProviderRequest(provider=args.provider))
+    _providers(term, [found])
+    # `provider health` answers with its exit code too, for scripts and probes.
+    return 1 if args.action == "health" and found.health != "HEALTHY" else 0
 
 
 def dead_letters(client: Client, term: Terminal, args: argparse.Namespace) -> int:

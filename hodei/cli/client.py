@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from hodei._proto import (
     access_pb2_grpc,
@@ -148,9 +149,10 @@ class Client:
         self.access = access_pb2_grpc.AccessServiceStub(self.channel)
         self.sagas = sagas_pb2_grpc.SagaServiceStub(self.channel)
         self.outbox = outbox_pb2_grpc.OutboxServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
 
-    def call(self, method: Any, request: Any) -> Any:
-        return method(request, timeout=self.timeout, metadata=self.metadata)
+    def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
 
     def stream(self, method: Any, request: Any) -> Any:
         return method(request, metadata=self.metadata)

@@ -3,27 +3,83 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
+from importlib.metadata import version
+from typing import NoReturn
 
 # gRPC's core logs connection failures itself; the CLI explains them in one line instead.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
+import shtab
+from grpc_health.v1 import health_pb2
 
 from hodei.cli import access, admin, jobs, sagas
 from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client, Connection
-from hodei.cli.jobs import EXIT_INTERRUPTED, StoppedWaiting
+from hodei.cli.jobs import (
+    EXIT_CANCELLED,
+    EXIT_GAVE_UP,
+    EXIT_INTERRUPTED,
+    EXIT_PLATFORM,
+    EXIT_TIMEOUT,
+    StoppedWaiting,
+)
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError
 
+# How long the CLI gives an unreachable server before it says so.
+CONNECT_WITHIN = 2.0
+
+EPILOG = f"""examples:
+  JOB_ID=$(hodei-jobs-cli job run --provider docker --command "echo hello")
+  hodei-jobs-cli job run --provider local --command "make test" --follow
+  hodei-jobs-cli job describe $JOB_ID        # phases, workers, sagas, steps, audit
+  hodei-jobs-cli job list --state FAILED -o json
+  hodei-jobs-cli --server build-box job logs 3f2a9c1e   # any unique 8-character id prefix
+
+exit codes:
+  0      done (with --wait/--follow: the job succeeded)
+  1-123  with --wait/--follow: the job's own exit code
+  2      refused: bad input, unknown id, no permission
+  {EXIT_TIMEOUT}    the job timed out
+  {EXIT_PLATFORM}    the platform could not run the job (no provider, worker lost, ...)
+  {EXIT_CANCELLED}    the job was cancelled
+  {EXIT_INTERRUPTED}    Ctrl-C while waiting: the job keeps running
+  {EXIT_GAVE_UP}    gave up waiting: the server did not answer for minutes
+
+shell completion:
+  hodei-jobs-cli completion bash > /etc/bash_completion.d/hodei-jobs-cli
+  hodei-jobs-cli completion zsh > "${{fpath[1]}}/_hodei-jobs-cli"
+"""
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str) -> NoReturn:
+        found = _INVALID_CHOICE.search(message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
+
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = Parser(
         prog="hodei-jobs-cli",
         description="Submit and inspect Hodei jobs. Settings: flag, then environment, then "
         "~/.config/hodei/config.toml (server, token, tls_ca, tls_cert, tls_key, tls_server_name).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    root.add_argument("--version", action="version", version=f"hodei-jobs-cli {version('hodei-jobs')}")
     root.add_argument(
         "--server",
         "-s",
@@ -40,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     sagas.add_commands(commands, jobs.add_commands(commands))
     admin.add_commands(commands)
     access.add_commands(commands)
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    completion.add_argument("shell", choices=["bash", "zsh"])
     return root
 
 
@@ -74,7 +132,11 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    root = parser()
+    args = root.parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.command == "completion":
+        print(shtab.complete(root, shell=args.shell))
+        sys.exit(0)
     term = Terminal(args.output)
     if hasattr(args, "job_id_flag"):
         args.job_id = args.job_id_flag or args.job_id_positional
@@ -97,9 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     except HodeiError as exc:
         term.abort(exc.message, code=2)
     try:
+        reachable(client)
         code = args.handler(client, term, args)
     except StoppedWaiting as exc:
         term.abort(exc.message, code=exc.code)
+    except Unreachable as exc:
+        term.abort(str(exc))
     except HodeiError as exc:
         term.abort(exc.message, code=2)
     except grpc.RpcError as exc:
@@ -109,6 +174,28 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         client.close()
     sys.exit(code)
+
+
+class Unreachable(Exception):
+    """The server did not answer within seconds."""
+
+
+def reachable(client: Client) -> None:
+    """Fails within seconds, naming the address, when the server does not answer: a call
+    to a silent address would otherwise wait for its whole deadline."""
+    try:
+        grpc.channel_ready_future(client.channel).result(timeout=CONNECT_WITHIN)
+    except grpc.FutureTimeoutError:
+        # One short call, for the reason (a refused connection, an untrusted certificate).
+        try:
+            client.call(client.health.Check, health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            raise Unreachable(
+                f"cannot reach the server at {client.address}: no answer within {CONNECT_WITHIN + 1:g}s "
+                f"(is it running there? --server or {SERVER_VARIABLE} names another)"
+            ) from None
 
 
 def explain(exc: grpc.RpcError, connection: Connection) -> str:
