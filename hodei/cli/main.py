@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ from hodei.cli.jobs import (
     EXIT_TIMEOUT,
     StoppedWaiting,
 )
+from hodei.cli.shapes import SHAPES
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError
 
@@ -98,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     access.add_commands(commands)
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=["bash", "zsh"])
+    schema = commands.add_parser("schema", help="the JSON Schema of a command's -o json output")
+    schema.add_argument("of", nargs="?", metavar="COMMAND", help='e.g. "job get"; without it, the commands')
     return root
 
 
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "completion":
         print(shtab.complete(root, shell=args.shell))
         sys.exit(0)
+    if args.command == "schema":
+        sys.exit(print_schema(args.of))
     term = Terminal(args.output)
     if hasattr(args, "job_id_flag"):
         args.job_id = args.job_id_flag or args.job_id_positional
@@ -174,6 +180,21 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         client.close()
     sys.exit(code)
+
+
+def print_schema(command: str | None) -> int:
+    if command is None:
+        for name, (_, lines) in SHAPES.items():
+            print(f"{name}{'  (one object per line)' if lines else ''}")
+        return 0
+    if command not in SHAPES:
+        close = difflib.get_close_matches(command, list(SHAPES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else " (`hodei-jobs-cli schema` lists them)"
+        print(f"hodei-jobs-cli: error: no JSON shape for {command!r}{hint}", file=sys.stderr)
+        return 2
+    shape, _ = SHAPES[command]
+    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **shape}, indent=2))
+    return 0
 
 
 class Unreachable(Exception):

@@ -1,0 +1,119 @@
+"""Every command's -o json output against its documented shape (hodei/cli/shapes.py,
+printed by `hodei-jobs-cli schema COMMAND`): every field present, nothing else, numbers
+as numbers. One test per command, on a real server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from hodei.cli.shapes import SHAPES
+from hodei.testing import ServerProcess, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs")) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def finished(server: ServerProcess) -> str:
+    """A job that failed, with output on both streams."""
+    ran = server.cli("job", "run", "--provider", "local", "--command", "echo out; echo err >&2; exit 2", "--wait")
+    job_id = ran.stdout.strip()
+    wait_settled(server.database_url, job_id, 60)
+    return job_id
+
+
+def documents(shape: str, stdout: str) -> list[Any]:
+    _, lines = SHAPES[shape]
+    return [json.loads(line) for line in stdout.splitlines()] if lines else [json.loads(stdout)]
+
+
+def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[Any]:
+    result = server.cli(*args, "-o", "json")
+    assert result.returncode == code, result.stderr
+    found = documents(shape, result.stdout)
+    assert found, f"`{' '.join(args)}` printed nothing"
+    schema, _ = SHAPES[shape]
+    validator = Draft202012Validator(schema)
+    for document in found:
+        errors = sorted(validator.iter_errors(document), key=str)
+        assert not errors, f"{shape}: {errors[0].message} at {list(errors[0].absolute_path)}"
+    return found
+
+
+# (shape, command line, exit code); {job}: a finished job, {saga}: one of its sagas,
+# {running}: a job running now.
+PROVIDER = "provider get|enable|disable|health|capacity"
+CASES: list[tuple[str, list[str], int]] = [
+    ("job run", ["job", "run", "--provider", "local", "--command", "true"], 0),
+    ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
+    ("job run --follow", ["job", "run", "--provider", "local", "--command", "echo hi", "--follow"], 0),
+    ("job get", ["job", "get", "{job}"], 0),
+    ("job list", ["job", "list"], 0),
+    ("job cancel", ["job", "cancel", "{running}"], 0),
+    ("job retry", ["job", "retry", "{job}"], 0),
+    ("job watch", ["job", "watch", "{job}"], 2),
+    ("job logs", ["job", "logs", "{job}"], 0),
+    ("job events", ["job", "events", "{job}"], 0),
+    ("job describe", ["job", "describe", "{job}"], 0),
+    ("job history", ["job", "history", "{job}"], 0),
+    ("saga list", ["saga", "list", "--job", "{job}"], 0),
+    ("saga show", ["saga", "show", "{saga}"], 0),
+    ("provider list", ["provider", "list"], 0),
+    (PROVIDER, ["provider", "get", "local"], 0),
+    (PROVIDER, ["provider", "enable", "local"], 0),
+    (PROVIDER, ["provider", "health", "local"], 0),
+    (PROVIDER, ["provider", "capacity", "local", "16"], 0),
+    ("queue", ["queue"], 0),
+    ("worker list", ["worker", "list"], 0),
+    ("metrics", ["metrics"], 0),
+    ("outbox dead-letters", ["outbox", "dead-letters"], 0),
+    ("outbox redrive", ["outbox", "redrive", "--all"], 0),
+    ("whoami", ["whoami"], 0),
+]
+
+
+def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
+    def one(arg: str) -> str:
+        if arg == "{job}":
+            return job_id
+        if arg == "{saga}":
+            sagas = query(server.database_url, "SELECT id::text FROM sagas WHERE correlation_id = %s", (job_id,))
+            return str(sagas[0][0])
+        if arg == "{running}":
+            started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
+            return started.stdout.strip()
+        return arg
+
+    return [one(arg) for arg in argv]
+
+
+def test_every_shape_has_a_test() -> None:
+    assert set(SHAPES) == {shape for shape, _, _ in CASES} | {"token create", "token list", "token revoke"}
+
+
+@pytest.mark.parametrize(("shape", "argv", "code"), CASES, ids=[" ".join(argv) for _, argv, _ in CASES])
+def test_json_output_has_its_documented_shape(
+    shape: str, argv: list[str], code: int, server: ServerProcess, finished: str
+) -> None:
+    check(server, shape, *filled(server, finished, argv), code=code)
+
+
+def test_token_commands_have_their_documented_shapes(fresh_database_url: str, tmp_path: Path) -> None:
+    with ServerProcess(fresh_database_url, tmp_path) as server:
+        (created,) = check(server, "token create", "token", "create", "--name", "root", "--role", "admin")
+        admin = ("--token", created["token"])
+        check(server, "token create", *admin, "token", "create", "--name", "ci", "--role", "read", "--expires", "1d")
+        (listed,) = check(server, "token list", *admin, "token", "list")
+        assert {token["name"] for token in listed} == {"root", "ci"}
+        check(server, "token revoke", *admin, "token", "revoke", "ci")
