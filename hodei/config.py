@@ -61,6 +61,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_LOCAL_MAX_WORKERS": ("16", "workers the local provider runs at once (the API can change it)"),
     "HODEI_DOCKER_MAX_WORKERS": ("16", "workers the Docker provider runs at once (the API can change it)"),
     "HODEI_K8S_MAX_WORKERS": ("64", "workers the Kubernetes provider runs at once (the API can change it)"),
+    "HODEI_SIM_MAX_WORKERS": ("1000", "simulated workers the sim provider runs at once (the API can change it)"),
+    "HODEI_SIM_ENABLED": ("0", "initialise the sim provider: a simulated fleet for load tests"),
     "HODEI_LOG_DIR": ("/tmp/hodei-logs", "where job logs are stored"),
     "HODEI_LOG_RETENTION": ("2592000", "seconds a job's stored log is kept (30 days)"),
     "HODEI_OUTBOX_RETENTION": ("604800", "seconds published outbox rows are kept (7 days; the events stay)"),
@@ -194,6 +196,7 @@ class Config:
     tls: TlsConfig
     secret_retention: float
     local_enabled: bool
+    sim_enabled: bool
     local_worker_command: tuple[str, ...]
     # None: jobs run as the server's own user.
     local_run_as: str | None
@@ -277,6 +280,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         tls=_tls(env),
         secret_retention=_number(env, "HODEI_SECRET_RETENTION"),
         local_enabled=_flag(env, "HODEI_LOCAL_ENABLED"),
+        sim_enabled=_flag(env, "HODEI_SIM_ENABLED"),
         local_worker_command=tuple(shlex.split(_get(env, "HODEI_LOCAL_WORKER_COMMAND"))),
         local_run_as=None if _get(env, "HODEI_LOCAL_RUN_AS") == "server" else _get(env, "HODEI_LOCAL_RUN_AS"),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
@@ -288,6 +292,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             "local": int(_number(env, "HODEI_LOCAL_MAX_WORKERS")),
             "docker": int(_number(env, "HODEI_DOCKER_MAX_WORKERS")),
             "kubernetes": int(_number(env, "HODEI_K8S_MAX_WORKERS")),
+            "sim": int(_number(env, "HODEI_SIM_MAX_WORKERS")),
         },
         fault=_get(env, "HODEI_FAULT"),
         docker=DockerConfig(

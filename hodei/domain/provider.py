@@ -30,6 +30,8 @@ class ProviderType(StrEnum):
     DOCKER = "docker"
     KUBERNETES = "kubernetes"
     LOCAL = "local"
+    # A simulated fleet inside the server process (hodei/providers/sim.py).
+    SIM = "sim"
 
 
 # Fixed ids: the seed's provider_configs rows, and one for local processes.
@@ -37,12 +39,14 @@ PROVIDER_IDS: dict[ProviderType, UUID] = {
     ProviderType.DOCKER: UUID("11111111-1111-1111-1111-111111111111"),
     ProviderType.KUBERNETES: UUID("22222222-2222-2222-2222-222222222222"),
     ProviderType.LOCAL: UUID("33333333-3333-3333-3333-333333333333"),
+    ProviderType.SIM: UUID("44444444-4444-4444-4444-444444444444"),
 }
 
 PROVIDER_NAMES: dict[ProviderType, str] = {
     ProviderType.DOCKER: "Docker",
     ProviderType.KUBERNETES: "Kubernetes",
     ProviderType.LOCAL: "Local",
+    ProviderType.SIM: "Simulated",
 }
 
 

@@ -63,6 +63,7 @@ PROVIDER_ALIASES = {
     "k8s": "kubernetes",
     "kube": "kubernetes",
     "local": "local",
+    "sim": "sim",
 }
 
 

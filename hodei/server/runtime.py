@@ -65,6 +65,12 @@ def build_providers(
         )
     else:
         reasons[ProviderType.LOCAL] = "disabled by HODEI_LOCAL_ENABLED=0"
+    if config.sim_enabled:
+        from hodei.providers.sim import SimProvider
+
+        providers[ProviderType.SIM] = SimProvider()
+    else:
+        reasons[ProviderType.SIM] = "disabled by HODEI_SIM_ENABLED=0"
     return providers, reasons
 
 
@@ -97,7 +103,11 @@ class Runtime:
         self.pool = open_pool(config.database_url, min_size=2, max_size=60, name="hodei-server")
         self.store = HodeiStore(self.pool)
         self.reads = ReadModels(self.pool)
-        wanted = [*SEED_PROVIDERS, *([ProviderType.LOCAL] if config.local_enabled else [])]
+        wanted = [
+            *SEED_PROVIDERS,
+            *([ProviderType.LOCAL] if config.local_enabled else []),
+            *([ProviderType.SIM] if config.sim_enabled else []),
+        ]
         register_providers(self.store, wanted)
         self.installation = installation_id(self.store)
         self.signals = Signals(config.database_url)

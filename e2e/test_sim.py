@@ -1,0 +1,77 @@
+"""The sim provider: simulated workers that speak the real worker protocol, so the
+whole control plane runs as for real jobs (sagas, admission, streams, logs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.testing import ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": "20", "HODEI_LOCAL_ENABLED": "0"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env) as process:
+        yield process
+    print(process.logs()[-5000:])
+
+
+def sim(server: ServerProcess, env: str, *extra: str) -> tuple[int, str, str]:
+    result = server.cli("job", "run", "--provider", "sim", "--command", "simulated", "--env", env, *extra)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_a_simulated_job_prints_its_lines_and_exits_with_its_code(server: ServerProcess) -> None:
+    code, out, err = sim(server, "HODEI_SIM_SECONDS=0.2,HODEI_SIM_LINES=2500,HODEI_SIM_EXIT_CODE=3", "--follow")
+    assert code == 3, err
+    assert out.splitlines() == [f"sim line {n}" for n in range(1, 2501)]
+    job_id = query(server.database_url, "SELECT id::text FROM jobs ORDER BY created_at DESC LIMIT 1")[0][0]
+    wait_settled(server.database_url, job_id, 30)
+    shown = json.loads(server.cli("job", "describe", job_id, "-o", "json", check=True).stdout)
+    assert (shown["job"]["state"], shown["job"]["exit_code"], shown["job"]["provider_type"]) == ("FAILED", 3, "sim")
+    assert {(s["saga_type"], s["state"]) for s in shown["sagas"]} == {
+        ("PROVISIONING", "COMPLETED"),
+        ("EXECUTION", "COMPLETED"),
+    }
+    assert [w["provider_resource_id"] for w in shown["workers"]] == [f"sim-{shown['workers'][0]['id']}"]
+
+
+def test_timeouts_and_cancellation_behave_as_for_real_jobs(server: ServerProcess) -> None:
+    code, _, _ = sim(server, "HODEI_SIM_SECONDS=30", "--timeout", "1", "--wait")
+    assert code == 124
+    code, out, _ = sim(server, "HODEI_SIM_SECONDS=60")
+    assert code == 0
+    job_id = out.strip()
+    eventually(
+        lambda: query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30
+    )
+    server.cli("job", "cancel", job_id, check=True)
+    wait_settled(server.database_url, job_id, 30)
+    assert query(server.database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+    bad = sim(server, "HODEI_SIM_SECONDS=soon", "--wait")
+    assert bad[0] == 125
+
+
+def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess) -> None:
+    spec = common_pb2.JobSpec(
+        name="sim", command="simulated", timeout_seconds=60, provider="sim", env={"HODEI_SIM_SECONDS": "0.3"}
+    )
+    with server.channel() as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        job_ids = [stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=30).job_id for _ in range(100)]
+    live = "SELECT count(*) FROM workers WHERE state <> 'TERMINATED'"
+    most = 0
+    for job_id in job_ids:
+        most = max(most, query(server.database_url, live)[0][0])
+        wait_settled(server.database_url, job_id, 120)
+    succeeded = "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND state = 'SUCCEEDED'"
+    assert query(server.database_url, succeeded, (job_ids,)) == [(100,)]
+    assert most <= 20
+    provider = json.loads(server.cli("provider", "get", "sim", "-o", "json", check=True).stdout)[0]
+    assert (provider["max_workers"], provider["initialised"], provider["health"]) == (20, True, "HEALTHY")

@@ -1,0 +1,244 @@
+"""The ``sim`` provider: a simulated fleet, for load tests and capacity planning.
+
+Its workers are coroutines in the server's process, not processes or containers. Each
+registers with its single-use credential, opens a real gRPC stream to a server,
+acknowledges its job, waits the job's ``HODEI_SIM_SECONDS`` (default 0), sends
+``HODEI_SIM_LINES`` lines of output (default 0) and reports ``HODEI_SIM_EXIT_CODE``
+(default 0) — all read from the job's own ``--env``. Everything but the start of a
+process runs for real: sagas, admission, the outbox, streams, logs, heartbeats.
+Simulated workers live as long as the server process; after a restart their jobs are
+recovered like those of any lost worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei.domain.provider import ProviderType
+from hodei.errors import InvalidInput
+from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
+
+# Lines per log batch: far below the server's batch limits.
+LINES_PER_BATCH = 1000
+MAX_SIM_LINES = 10_000_000
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What a simulated job does, from its environment."""
+
+    seconds: float = 0.0
+    exit_code: int = 0
+    lines: int = 0
+
+    @classmethod
+    def of(cls, env: Mapping[str, str]) -> Simulation:
+        try:
+            found = cls(
+                seconds=float(env.get("HODEI_SIM_SECONDS", "0")),
+                exit_code=int(env.get("HODEI_SIM_EXIT_CODE", "0")),
+                lines=int(env.get("HODEI_SIM_LINES", "0")),
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"HODEI_SIM_SECONDS, HODEI_SIM_EXIT_CODE, HODEI_SIM_LINES: {exc}") from None
+        if not 0 <= found.seconds < float("inf") or not 0 <= found.lines <= MAX_SIM_LINES:
+            raise InvalidInput(f"HODEI_SIM_SECONDS must be >= 0 and HODEI_SIM_LINES 0 to {MAX_SIM_LINES}")
+        return found
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _channel(address: str, env: Mapping[str, str]) -> grpc.aio.Channel:
+    ca = env.get("HODEI_TLS_CA_PEM")
+    if ca is None:
+        return grpc.aio.insecure_channel(address)
+    cert, key = env.get("HODEI_TLS_CERT_PEM"), env.get("HODEI_TLS_KEY_PEM")
+    credentials = grpc.ssl_channel_credentials(
+        ca.encode(), key.encode() if key else None, cert.encode() if cert else None
+    )
+    return grpc.aio.secure_channel(address, credentials)
+
+
+class SimWorker:
+    """One simulated worker: the worker protocol of hodei_worker.agent, without a process."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.worker_id = env["HODEI_WORKER_ID"]
+        self.job_id = env["HODEI_JOB_ID"]
+        self.outbox: asyncio.Queue[worker_pb2.WorkerMessage | None] = asyncio.Queue()
+        self.acked_seq = 0
+        self.logs_acked = asyncio.Event()
+
+    async def run(self) -> None:
+        address = self.env["HODEI_SERVER_ADDRESS"].split(",")[0]
+        async with _channel(address, self.env) as channel:
+            stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
+            reply = await stub.Register(
+                worker_pb2.RegisterRequest(
+                    worker_id=self.worker_id,
+                    job_id=self.job_id,
+                    token=self.env["HODEI_WORKER_TOKEN"],
+                    hostname="sim",
+                    agent_version="sim",
+                ),
+                timeout=30,
+            )
+            interval = max(reply.heartbeat_interval_ms / 1000, 0.2)
+            metadata = (("x-hodei-worker-id", self.worker_id), ("x-hodei-session", reply.session_token))
+            call = stub.Connect(self._outgoing(interval), metadata=metadata)
+            job: asyncio.Task[None] | None = None
+            try:
+                async for message in call:
+                    kind = message.WhichOneof("kind")
+                    if kind == "run_job" and job is None:
+                        await self.outbox.put(worker_pb2.WorkerMessage(ack=worker_pb2.RunJobAck(job_id=self.job_id)))
+                        job = asyncio.create_task(self._simulate(message.run_job))
+                    elif kind == "cancel" and job is not None:
+                        job.cancel()
+                        await self._report(worker_pb2.JOB_OUTCOME_CANCELLED, 0, "cancelled", 0, None)
+                    elif kind == "log_ack":
+                        self.acked_seq = max(self.acked_seq, message.log_ack.seq)
+                        self.logs_acked.set()
+                    elif kind == "result_ack":
+                        return
+            finally:
+                if job is not None:
+                    job.cancel()
+                await self.outbox.put(None)
+                call.cancel()
+
+    async def _outgoing(self, interval: float) -> AsyncIterator[worker_pb2.WorkerMessage]:
+        yield worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now()))
+        while True:
+            try:
+                message = await asyncio.wait_for(self.outbox.get(), interval)
+            except TimeoutError:
+                message = worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now()))
+            if message is None:
+                return
+            yield message
+
+    async def _simulate(self, run: worker_pb2.RunJob) -> None:
+        started = _now()
+        try:
+            simulation = Simulation.of(run.env)
+        except InvalidInput as exc:
+            await self._report(worker_pb2.JOB_OUTCOME_START_FAILED, 0, str(exc), 0, started)
+            return
+        timeout = run.timeout_ms / 1000 if run.timeout_ms else float("inf")
+        await asyncio.sleep(min(simulation.seconds, timeout))
+        seq = await self._print(simulation.lines)
+        if simulation.seconds > timeout:
+            await self._report(worker_pb2.JOB_OUTCOME_TIMED_OUT, 0, f"timed out after {timeout:g}s", seq, started)
+        else:
+            code = simulation.exit_code
+            await self._report(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}", seq, started)
+
+    async def _print(self, lines: int) -> int:
+        """Sends the output in batches and waits until the server stored them all."""
+        seq = 0
+        for first in range(1, lines + 1, LINES_PER_BATCH):
+            seq += 1
+            now = _now()
+            batch = [
+                worker_pb2.LogLine(stream=worker_pb2.LOG_STREAM_STDOUT, line=f"sim line {number}", timestamp=now)
+                for number in range(first, min(first + LINES_PER_BATCH, lines + 1))
+            ]
+            await self.outbox.put(
+                worker_pb2.WorkerMessage(log_batch=worker_pb2.LogBatch(job_id=self.job_id, seq=seq, lines=batch))
+            )
+        while self.acked_seq < seq:
+            self.logs_acked.clear()
+            await self.logs_acked.wait()
+        return seq
+
+    async def _report(
+        self, outcome: worker_pb2.JobOutcome.ValueType, code: int, message: str, seq: int, started: Timestamp | None
+    ) -> None:
+        result = worker_pb2.JobResult(
+            job_id=self.job_id, outcome=outcome, exit_code=code, message=message, last_log_seq=seq
+        )
+        if started is not None:
+            result.started_at.CopyFrom(started)
+            result.finished_at.CopyFrom(_now())
+        await self.outbox.put(worker_pb2.WorkerMessage(result=result))
+
+
+@dataclass
+class _Running:
+    job_id: str
+    future: concurrent.futures.Future[None]
+    started: float
+
+
+class SimProvider(WorkerProvider):
+    provider_type = ProviderType.SIM
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hodei-sim", daemon=True)
+        self._thread.start()
+        self._lock = threading.Lock()
+        self._workers: dict[str, _Running] = {}
+
+    def create_worker(self, launch: WorkerLaunch) -> str:
+        with self._lock:
+            if launch.worker_id not in self._workers:
+                future = asyncio.run_coroutine_threadsafe(SimWorker(launch.env).run(), self._loop)
+                self._workers[launch.worker_id] = _Running(launch.job_id, future, time.monotonic())
+        return f"sim-{launch.worker_id}"
+
+    def destroy_worker(self, worker_id: str) -> None:
+        with self._lock:
+            running = self._workers.pop(worker_id, None)
+        if running is not None:
+            running.future.cancel()
+
+    def output_tail(self, worker_id: str, lines: int) -> str:
+        with self._lock:
+            running = self._workers.get(worker_id)
+        if running is None or not running.future.done() or running.future.cancelled():
+            return ""
+        failure = running.future.exception()
+        return f"{type(failure).__name__}: {failure}" if failure else ""
+
+    def observe(self) -> list[Observation]:
+        with self._lock:
+            workers = list(self._workers.items())
+        seen = []
+        for worker_id, running in workers:
+            failure = None
+            if running.future.done():
+                failure = "the simulated worker ended"
+                if not running.future.cancelled() and running.future.exception() is not None:
+                    failure += f": {self.output_tail(worker_id, 1)}"
+            seen.append(Observation(worker_id, running.job_id, f"sim-{worker_id}", not running.future.done(), failure))
+        return seen
+
+    def health(self) -> Health:
+        with self._lock:
+            count = sum(not running.future.done() for running in self._workers.values())
+        return Health(True, f"simulated fleet in this server process ({count} workers running)")
+
+    def close(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for running in workers:
+            running.future.cancel()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
