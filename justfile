@@ -317,5 +317,9 @@ bench-docker: bootstrap build-worker
 bench-follow: bootstrap
     {{venv}}/python -m bench.follow
 
+# Jobs per second of the control plane, beside Procrastinate on the same database
+bench-throughput: bootstrap
+    {{venv}}/python -m bench.throughput
+
 # Every benchmark, one after the other
-bench: bench-store bench-relay bench-local bench-docker bench-follow
+bench: bench-store bench-relay bench-local bench-docker bench-follow bench-throughput

@@ -1,0 +1,188 @@
+"""``just bench-throughput``: how many jobs per second the control plane carries, beside
+Procrastinate on the same database, in the same run.
+
+1. Procrastinate: N no-op tasks deferred at once, one worker with concurrency C.
+2. Hodei, N `sim` jobs submitted at once (capacity C): the whole control plane, no process starts.
+3. Hodei, M local-provider `true` jobs submitted at once (capacity C).
+
+Each prints jobs/s, p50/p95 submit->done, and per job: events, outbox rows, transactions
+(`pg_stat_database.xact_commit`), server CPU ms. Ratios: sim jobs/s / Procrastinate jobs/s,
+and local jobs/s / the agent's bare spawn rate (interpreter start, import, first RPC).
+Goals (#13): sim >= 1.0x Procrastinate; <= 20 events, <= 25 transactions, <= 10 ms CPU per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.common import database, header, percentile, row
+from bench.local import floor
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.testing import ServerProcess, query
+
+JOBS = int(os.environ.get("HODEI_BENCH_JOBS", "200"))
+LOCAL_JOBS = int(os.environ.get("HODEI_BENCH_LOCAL_JOBS", "100"))
+CONCURRENCY = 16
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Figures:
+    jobs: int
+    seconds: float
+    latencies: list[float]
+    events: int
+    outbox: int
+    transactions: int
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds
+
+
+def _transactions(url: str) -> int:
+    (count,) = query(url, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")[0]
+    return int(count)
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def _counts(url: str) -> tuple[int, int]:
+    events = query(url, "SELECT count(*) FROM domain_events")[0][0]
+    outbox = query(url, "SELECT count(*) FROM outbox_events")[0][0]
+    return int(events), int(outbox)
+
+
+def procrastinate_run(url: str) -> Figures:
+    import procrastinate
+
+    async def run() -> Figures:
+        app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+        submitted: dict[int, float] = {}
+        done: dict[int, float] = {}
+
+        @app.task(name="noop")
+        async def noop(index: int) -> None:
+            done[index] = time.perf_counter()
+
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+            transactions, cpu = _transactions(url), time.process_time()
+            started = time.perf_counter()
+            worker = asyncio.create_task(app.run_worker_async(concurrency=CONCURRENCY, install_signal_handlers=False))
+            for index in range(JOBS):
+                submitted[index] = time.perf_counter()
+                await noop.defer_async(index=index)
+            while len(done) < JOBS:
+                await asyncio.sleep(0.01)
+            seconds = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        latencies = [done[i] - submitted[i] for i in range(JOBS)]
+        return Figures(JOBS, seconds, latencies, 0, 0, _transactions(url) - transactions, cpu)
+
+    return asyncio.run(run())
+
+
+def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figures:
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp), env) as server:
+        assert server.process is not None
+        channel = grpc.insecure_channel(server.address)
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        spec = common_pb2.JobSpec(name="bench", command="true", timeout_seconds=600, provider=provider)
+        # One job first: the server's connections and the provider warm up outside the count.
+        warm = stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id
+        for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=warm)):
+            if update.job.state == "SUCCEEDED":
+                break
+        time.sleep(2)  # the warm-up job's worker is released
+        (events, outbox), transactions, cpu = _counts(url), _transactions(url), _cpu(server.process.pid)
+        started = time.perf_counter()
+        submitted = {}
+        for _ in range(count):
+            submitted[stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id] = time.perf_counter()
+        ended: dict[str, float] = {}
+        while len(ended) < count:
+            rows = query(
+                url,
+                "SELECT id::text, state, extract(epoch FROM completed_at) FROM jobs WHERE id = ANY(%s::uuid[]) "
+                "AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
+                (list(submitted),),
+            )
+            for job_id, state, _ in rows:
+                if state != "SUCCEEDED":
+                    raise RuntimeError(f"bench job {job_id} ended {state}")
+                ended.setdefault(job_id, time.perf_counter())
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        # Every saga settled: what a job costs includes releasing its worker.
+        while query(url, "SELECT count(*) FROM sagas WHERE state IN ('IN_PROGRESS', 'COMPENSATING')")[0][0]:
+            time.sleep(0.1)
+        after_events, after_outbox = _counts(url)
+        figures = Figures(
+            count,
+            seconds,
+            [ended[job_id] - submitted[job_id] for job_id in submitted],
+            after_events - events,
+            after_outbox - outbox,
+            _transactions(url) - transactions,
+            _cpu(server.process.pid) - cpu,
+        )
+        channel.close()
+        return figures
+
+
+def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> None:
+    ratio = f"{figures.rate / baseline.rate:.2f}" if baseline else ""
+    base = f"{baseline.rate:.1f} jobs/s" if baseline else "(baseline)"
+    print(row(f"{name}: jobs/s ({figures.jobs})", f"{figures.rate:.1f} jobs/s", base, ratio, goal))
+    for q in (50, 95):
+        print(row(f"{name}: submit->done p{q}", f"{percentile(figures.latencies, q) * 1000:.0f} ms"))
+    n = figures.jobs
+    if figures.events:
+        counts = f"{figures.events / n:.1f} / {figures.outbox / n:.1f}"
+        print(row(f"{name}: events / outbox rows per job", counts, "", "", "<= 20"))
+    goals = ("<= 25", "<= 10 ms") if baseline else ("", "")
+    print(row(f"{name}: transactions per job", f"{figures.transactions / n:.1f}", "", "", goals[0]))
+    print(row(f"{name}: CPU per job", f"{figures.cpu_seconds / n * 1000:.1f} ms", "", "", goals[1]))
+
+
+def main() -> None:
+    with database() as url:
+        raw = procrastinate_run(url)
+        capacity = str(CONCURRENCY)
+        sim = hodei_run(url, "sim", JOBS, {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": capacity})
+        local = hodei_run(url, "local", LOCAL_JOBS, {"HODEI_LOCAL_MAX_WORKERS": capacity})
+        with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp)) as server:
+            spawns = floor(server.address)
+    spawn_rate = 1 / (sum(spawns) / len(spawns))
+    print(header())
+    _rows("Procrastinate no-op (in-process CPU)", raw, None, "")
+    _rows("Hodei sim jobs", sim, raw, ">= 1.0")
+    print(row("agent bare spawn rate (one at a time)", f"{spawn_rate:.1f} /s", "(baseline)"))
+    print(
+        row(
+            f"Hodei local `true` jobs/s ({local.jobs})",
+            f"{local.rate:.1f} jobs/s",
+            f"{spawn_rate:.1f} /s",
+            f"{local.rate / spawn_rate:.2f}",
+            ">= 0.7",
+        )
+    )
+    _rows("Hodei local jobs", local, raw, "")
+
+
+if __name__ == "__main__":
+    main()

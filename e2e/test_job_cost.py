@@ -1,0 +1,66 @@
+"""What one job costs the control plane, counted (never timed): events, outbox rows, and
+write transactions, for one job on each provider. A change that makes a job cost more
+fails here; one that makes it cost less lowers the ceilings (#13's goal: <= 20 events,
+<= 25 transactions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from hodei.testing import ServerProcess, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+# Today's counts for a trivial job, as ceilings: 40 events every time; 38-40 write
+# transactions (how acks fall into batches varies from run to run).
+EVENTS = 40
+TRANSACTIONS = 42
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_SIM_ENABLED": "1"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env) as process:
+        yield process
+
+
+def cost(url: str, job_id: str) -> tuple[int, int, int]:
+    """(events, outbox rows, write transactions) of one job's flow. Every row keeps the
+    id of the transaction that last wrote it (xmin): the distinct ones over the job's
+    events, their outbox rows (an ack rewrites its row) and its saga rows are the
+    transactions that wrote anything for the job."""
+    (events,) = query(url, "SELECT count(*) FROM domain_events WHERE correlation_id = %s", (job_id,))[0]
+    (outbox,) = query(
+        url,
+        "SELECT count(*) FROM outbox_events o JOIN domain_events e ON e.id = o.id WHERE e.correlation_id = %s",
+        (job_id,),
+    )[0]
+    (transactions,) = query(
+        url,
+        """
+        SELECT count(DISTINCT x) FROM (
+            SELECT e.xmin::text AS x FROM domain_events e WHERE e.correlation_id = %(job)s
+            UNION ALL SELECT o.xmin::text FROM outbox_events o JOIN domain_events e ON e.id = o.id
+                      WHERE e.correlation_id = %(job)s
+            UNION ALL SELECT s.xmin::text FROM saga_steps s JOIN sagas g ON g.id = s.saga_id
+                      WHERE g.correlation_id = %(job)s
+        ) written
+        """,
+        {"job": job_id},
+    )[0]
+    return int(events), int(outbox), int(transactions)
+
+
+@pytest.mark.parametrize("provider", ["local", "sim"])
+def test_one_job_costs_at_most_todays_events_and_transactions(server: ServerProcess, provider: str) -> None:
+    ran = server.cli("job", "run", "--provider", provider, "--command", "true", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    job_id = ran.stdout.strip()
+    wait_settled(server.database_url, job_id, 60)
+    events, outbox, transactions = cost(server.database_url, job_id)
+    print(f"{provider}: {events} events, {outbox} outbox rows, {transactions} write transactions")
+    assert outbox == events  # one outbox row per event, written with it
+    assert events <= EVENTS
+    assert transactions <= TRANSACTIONS
