@@ -4,6 +4,8 @@ optimistic concurrency, commit-ordered positions, plain-JSON payloads."""
 from __future__ import annotations
 
 import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -16,6 +18,7 @@ from hodei.domain.saga import Saga
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict
+from hodei.liveness import Liveness
 from hodei.store.app import HodeiStore, Meta
 from hodei.testing import query
 from tests.workload import OPERATIONS, Workload
@@ -237,3 +240,32 @@ def test_event_ids_are_stable(store: HodeiStore, fresh_database_url: str) -> Non
     (stored,) = query(fresh_database_url, "SELECT id FROM domain_events WHERE aggregate_id = %s", (str(job.id),))[0]
     assert stored == event_id(str(job.id), 1)
     assert isinstance(stored, UUID)
+
+
+def test_a_silent_worker_whose_job_ended_is_not_stale(store: HodeiStore) -> None:
+    """Under load a worker's release can come long after its agent exited: a worker whose
+    job already has its result is done, not lost."""
+
+    found = {}
+    for outcome in ("running", "finished"):
+        job = new_job()
+        worker = Worker(
+            job_id=str(job.id),
+            attempt=1,
+            provider_id=str(PROVIDER_IDS[ProviderType.LOCAL]),
+            provider_type="local",
+            token_nonce="n",
+            token_expires_at="2100-01-01T00:00:00+00:00",
+        )
+        worker.register("session", "host", datetime.now(UTC))
+        worker.dispatch(str(job.id))
+        job.assign(str(worker.id), str(PROVIDER_IDS[ProviderType.LOCAL]), "local")
+        job.accept(str(worker.id))
+        if outcome == "finished":
+            job.finish(str(worker.id), JobState.SUCCEEDED, 0, None)
+        store.write([job, worker], Meta(actor="t"))
+        found[outcome] = worker.id
+    time.sleep(0.05)
+    stale = {s.worker_id for s in Liveness(store.pool, "test").stale(0.01, datetime(2000, 1, 1, tzinfo=UTC))}
+    assert found["running"] in stale
+    assert found["finished"] not in stale

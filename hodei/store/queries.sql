@@ -359,10 +359,15 @@ DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
 -- name: stale_workers
 -- Registered workers that stopped reporting: no heartbeat within the timeout, counting
 -- only time since the sweeper could hear (%(hearing_since)s: its server and database
--- up): an outage is not the workers' silence.
+-- up): an outage is not the workers' silence. A worker whose attempt is over (its job
+-- ended, or moved on to another attempt) is silent because it is done: its release is
+-- the execution saga's, never a loss.
 SELECT w.id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen
-FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
+FROM workers w
+JOIN jobs j ON j.id = w.job_id
+LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
 WHERE w.state IN ('READY', 'BUSY')
+  AND j.attempt = w.attempt AND j.state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')
   AND greatest(coalesce(l.last_seen_at, w.registered_at), %(hearing_since)s)
       < now() - make_interval(secs => %(timeout)s);
 
