@@ -158,26 +158,24 @@ def submit(server: ServerProcess, token: str, command: str = "true") -> str:
         return str(response.job_id)
 
 
-def cancel(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
+def as_token(server: ServerProcess, token: str, method: str, request: Any) -> grpc.StatusCode:
+    """A JobExecutionService call with ``token``: OK, or the code it was refused with."""
     with server.channel() as channel:
         try:
-            jobs_pb2_grpc.JobExecutionServiceStub(channel).CancelJob(
-                jobs_pb2.CancelJobRequest(job_id=job_id), metadata=(("authorization", f"Bearer {token}"),)
+            getattr(jobs_pb2_grpc.JobExecutionServiceStub(channel), method)(
+                request, metadata=(("authorization", f"Bearer {token}"),)
             )
         except grpc.RpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
+
+
+def cancel(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
+    return as_token(server, token, "CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id))
 
 
 def retry(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
-    with server.channel() as channel:
-        try:
-            jobs_pb2_grpc.JobExecutionServiceStub(channel).RetryJob(
-                jobs_pb2.GetJobRequest(job_id=job_id), metadata=(("authorization", f"Bearer {token}"),)
-            )
-        except grpc.RpcError as exc:
-            return exc.code()
-    return grpc.StatusCode.OK
+    return as_token(server, token, "RetryJob", jobs_pb2.GetJobRequest(job_id=job_id))
 
 
 def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url: str, tokens: dict[str, str]) -> None:

@@ -98,11 +98,17 @@ def test_tables_never_cut_an_id_even_on_a_narrow_terminal(server: ServerProcess)
     assert job_id in cells
 
 
-def test_wait_survives_a_server_restart_and_ends_with_the_jobs_exit_code(server: ServerProcess) -> None:
-    waiting = cli_process(server, "job", "run", "--provider", "local", "--command", "sleep 6; exit 3", "--wait")
+def waiting_for(server: ServerProcess, command: str) -> tuple[subprocess.Popen[str], str]:
+    """`job run --wait` in its own process, once its job runs; and the job's id."""
+    waiting = cli_process(server, "job", "run", "--provider", "local", "--command", command, "--wait")
     assert waiting.stdout is not None
     job_id = waiting.stdout.readline().strip()
     wait_running(server.database_url, job_id)
+    return waiting, job_id
+
+
+def test_wait_survives_a_server_restart_and_ends_with_the_jobs_exit_code(server: ServerProcess) -> None:
+    waiting, job_id = waiting_for(server, "sleep 6; exit 3")
     server.stop(signal.SIGKILL)
     time.sleep(2)
     server.start()
@@ -112,10 +118,7 @@ def test_wait_survives_a_server_restart_and_ends_with_the_jobs_exit_code(server:
 
 
 def test_ctrl_c_while_waiting_says_the_job_keeps_running(server: ServerProcess) -> None:
-    waiting = cli_process(server, "job", "run", "--provider", "local", "--command", "sleep 30", "--wait")
-    assert waiting.stdout is not None
-    job_id = waiting.stdout.readline().strip()
-    wait_running(server.database_url, job_id)
+    waiting, job_id = waiting_for(server, "sleep 30")
     waiting.send_signal(signal.SIGINT)
     _, errors = waiting.communicate(timeout=30)
     assert waiting.returncode == 131

@@ -201,6 +201,13 @@ class _Waiting:
         return f"job {self.job_id}: {self.state}, {time.monotonic() - self.started:.0f}s"
 
 
+def _interrupted(doing: str, job_id: str) -> StoppedWaiting:
+    return StoppedWaiting(
+        f"stopped {doing}; job {job_id} keeps running (`hodei-jobs-cli job cancel {job_id}` stops it)",
+        EXIT_INTERRUPTED,
+    )
+
+
 def wait(client: Client, term: Terminal, job_id: str) -> int:
     job = None
     waiting = _Waiting(job_id)
@@ -214,10 +221,7 @@ def wait(client: Client, term: Terminal, job_id: str) -> int:
             if term.json:
                 term.line_data({"event": "state", "job": job_dict(job), "log": None})
     except KeyboardInterrupt:
-        raise StoppedWaiting(
-            f"stopped waiting; job {job_id} keeps running (`hodei-jobs-cli job cancel {job_id}` stops it)",
-            EXIT_INTERRUPTED,
-        ) from None
+        raise _interrupted("waiting", job_id) from None
     except grpc.RpcError as exc:
         if not _unavailable(exc):
             raise
@@ -257,10 +261,7 @@ def follow(client: Client, term: Terminal, job_id: str) -> int:
                     stderr = entry.stream == worker_pb2.LOG_STREAM_STDERR
                     term.output(entry.line, stderr=stderr, partial=entry.partial)
     except KeyboardInterrupt:
-        raise StoppedWaiting(
-            f"stopped following; job {job_id} keeps running (`hodei-jobs-cli job cancel {job_id}` stops it)",
-            EXIT_INTERRUPTED,
-        ) from None
+        raise _interrupted("following", job_id) from None
     except grpc.RpcError as exc:
         if not _unavailable(exc):
             raise
