@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.k8s_schema import problems
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -41,3 +44,27 @@ def test_the_server_deployment_runs_the_kubernetes_provider() -> None:
     (service,) = by_kind("Service")
     assert env["HODEI_SERVER_HOST"].startswith(f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc")
     assert {doc["metadata"]["name"] for doc in by_kind("Namespace")} == {"hodei-jobs", "hodei-jobs-workers"}
+
+
+def test_every_manifest_is_valid_for_the_kubernetes_api() -> None:
+    checked = documents()
+    assert {doc["kind"] for doc in checked} >= {"Namespace", "ServiceAccount", "Role", "Deployment", "Service"}
+    for doc in checked:
+        assert problems(doc) == [], doc["metadata"]["name"]
+
+
+def test_the_checker_finds_what_the_api_would_refuse() -> None:
+    (deployment,) = by_kind("Deployment")
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Never"
+    assert problems(typo) == [
+        "Deployment.spec.template.spec.containers[0].imagePullPolicyy: no such field in V1Container"
+    ]
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "two"
+    assert problems(wrong_type) == ["Deployment.spec.replicas: int expected, got str"]
+    nameless = copy.deepcopy(deployment)
+    del nameless["spec"]["template"]["spec"]["containers"][0]["name"]
+    (missing,) = problems(nameless)
+    assert "V1Container" in missing
+    assert "\nname\n" in missing

@@ -17,6 +17,7 @@ from hodei.kube_emulator import NAMESPACE, KubeEmulator
 from hodei.providers.base import WorkerLaunch
 from hodei.providers.kubernetes import KubernetesProvider, load_api_client
 from hodei.testing import eventually
+from tests.k8s_schema import problems
 
 INSTALLATION = "test-installation"
 
@@ -340,3 +341,9 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     )  # type: ignore[arg-type, attr-defined]
     sweeper.reconcile()
     assert set(api.pods()) == {"not-ours"}
+
+
+def test_the_generated_pod_spec_is_valid_for_the_kubernetes_api(kubeconfig: Path) -> None:
+    kube = provider(kubeconfig, service_account="hodei-worker")
+    for spec in (launch(), launch(cpu_cores=2.5, memory_bytes=3 * 1024**3, labels={"team": "data"})):
+        assert problems(kube.pod_manifest(spec)) == []
