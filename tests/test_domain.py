@@ -321,3 +321,33 @@ def test_retry_settings_out_of_bounds_are_refused(field: str, value: float) -> N
     spec = JobSpec(name="t", command="true", timeout_seconds=5, **{field: value})  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="retr"):
         spec.validate()
+
+
+def test_phases_count_a_workers_events_for_its_own_attempt() -> None:
+    from hodei.domain.phases import phases_of
+
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    job, first, second = "job", "worker-1", "worker-2"
+    events = [
+        (job, "JobCreated", at, {}),
+        (first, "WorkerCreated", at, {"attempt": 1}),
+        (first, "WorkerRegistered", at, {}),
+        (job, "JobAccepted", at, {}),
+        (job, "JobStatusChanged", at, {"new_state": "RUNNING"}),
+        (job, "JobStatusChanged", at, {"new_state": "PENDING"}),
+        (second, "WorkerCreated", at, {"attempt": 2}),
+        (first, "WorkerTerminated", at, {}),  # attempt 1's worker goes after attempt 2 began
+        (second, "WorkerRegistered", at, {}),
+        (job, "JobStatusChanged", at, {"new_state": "SUCCEEDED"}),
+        (second, "WorkerTerminated", at, {}),
+    ]
+    assert [(p.name, p.attempt) for p in phases_of(events)] == [
+        ("queued", 1),
+        ("registered", 1),
+        ("started", 1),
+        ("requeued", 1),
+        ("worker_released", 1),
+        ("registered", 2),
+        ("finished", 2),
+        ("worker_released", 2),
+    ]

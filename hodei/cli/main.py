@@ -32,6 +32,17 @@ from hodei.cli.shapes import SHAPES
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError
 
+# What the server refuses (exit 2, as for bad flags), as opposed to failing to answer (exit 1).
+REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+
 # How long the CLI gives an unreachable server before it says so.
 CONNECT_WITHIN = 2.0
 
@@ -174,7 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     except HodeiError as exc:
         term.abort(exc.message, code=2)
     except grpc.RpcError as exc:
-        term.abort(explain(exc, client.connection))
+        term.abort(explain(exc, client.connection), code=2 if exc.code() in REFUSED else 1)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say, and nobody to say it to;
+        # exit 1 quietly, as rich does when its own writes hit the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except KeyboardInterrupt:
         term.abort("interrupted", code=EXIT_INTERRUPTED)
     finally:

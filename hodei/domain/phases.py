@@ -46,11 +46,16 @@ class Phase:
     attempt: int
 
 
-def phases_of(events: Iterable[tuple[str, datetime, dict[str, Any]]]) -> list[Phase]:
-    """``events`` are (event type, occurred at, payload), oldest first."""
+def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> list[Phase]:
+    """``events`` are (aggregate id, event type, occurred at, payload), oldest first. A
+    worker's events count for its own attempt: a released worker of attempt 1 may be
+    terminated after attempt 2 began."""
     attempt, found = 1, []
-    for event_type, at, payload in events:
+    worker_attempts: dict[str, int] = {}
+    for aggregate_id, event_type, at, payload in events:
         name = _BY_EVENT.get(event_type)
+        if event_type == "WorkerCreated":
+            worker_attempts[aggregate_id] = int(payload["attempt"])
         if event_type == "JobStatusChanged":
             new_state = JobState(payload["new_state"])
             if new_state is JobState.PENDING:
@@ -59,5 +64,5 @@ def phases_of(events: Iterable[tuple[str, datetime, dict[str, Any]]]) -> list[Ph
             elif new_state.is_terminal:
                 found.append(Phase("finished", at, attempt))
         elif name is not None:
-            found.append(Phase(name, at, attempt))
+            found.append(Phase(name, at, worker_attempts.get(aggregate_id, attempt)))
     return found

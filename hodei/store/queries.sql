@@ -565,7 +565,7 @@ ORDER BY w.created_at, w.id;
 
 -- name: phase_events_of_job
 -- The job's events and its workers', in commit order: what its phases are read from.
-SELECT e.event_type, e.occurred_at, e.payload
+SELECT e.aggregate_id, e.event_type, e.occurred_at, e.payload
 FROM domain_events e
 WHERE e.aggregate_id = %(job_id)s
    OR e.aggregate_id IN (SELECT w.id::text FROM workers w WHERE w.job_id = %(job_id)s::uuid)

@@ -202,7 +202,7 @@ class ReadModels:
 
     def phases(self, job_id: UUID) -> list[Phase]:
         rows = self._all("phase_events_of_job", {"job_id": str(job_id)})
-        return phases_of((row["event_type"], row["occurred_at"], row["payload"]) for row in rows)
+        return phases_of((row["aggregate_id"], row["event_type"], row["occurred_at"], row["payload"]) for row in rows)
 
     def outbox_stats(self) -> tuple[int, int, int]:
         with translate_errors(), self.pool.connection() as conn:
