@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Literal
+from typing import Any
 
 from hodei._proto import access_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import parse_duration
-from hodei.cli.terminal import Terminal, message_dict
-
-
-def _when(token: access_pb2.ApiToken, field: Literal["created_at", "expires_at", "revoked_at"], empty: str) -> str:
-    return getattr(token, field).ToDatetime().isoformat(timespec="seconds") + "Z" if token.HasField(field) else empty
+from hodei.cli.terminal import Terminal, message_dict, when
 
 
 def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -44,9 +40,9 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
             [
                 t.name,
                 t.role,
-                _when(t, "created_at", "-"),
-                _when(t, "expires_at", "never"),
-                _when(t, "revoked_at", "-"),
+                when(t, "created_at", "seconds"),
+                when(t, "expires_at", "seconds", empty="never"),
+                when(t, "revoked_at", "seconds"),
                 t.created_by,
             ]
             for t in tokens

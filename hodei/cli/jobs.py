@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 from rich.live import Live
@@ -24,7 +24,7 @@ from hodei.cli.parsing import (
     parse_secret_files,
     parse_secrets,
 )
-from hodei.cli.terminal import Terminal, message_dict
+from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
 from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import HodeiError, InvalidInput
@@ -67,10 +67,6 @@ def exit_code_of(job: common_pb2.Job) -> int:
     return EXIT_PLATFORM
 
 
-def _time(job: common_pb2.Job, field: Literal["created_at", "started_at", "completed_at"]) -> str:
-    return getattr(job, field).ToDatetime().isoformat() + "Z" if job.HasField(field) else "-"
-
-
 def job_dict(job: common_pb2.Job) -> dict[str, Any]:
     """A job in JSON: every field present; no exit code is null, not 0."""
     data = message_dict(job)
@@ -91,15 +87,15 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
         f"Submitted by: {job.submitted_by or '-'}",
         f"Secrets: {', '.join(job.spec.secret_names) or '-'}",
-        f"Created: {_time(job, 'created_at')}",
-        f"Started: {_time(job, 'started_at')}",
-        f"Completed: {_time(job, 'completed_at')}",
+        f"Created: {when(job, 'created_at', 'auto')}",
+        f"Started: {when(job, 'started_at', 'auto')}",
+        f"Completed: {when(job, 'completed_at', 'auto')}",
         f"Error: {job.error_message or '-'}",
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),
         *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
-        *([f"Next attempt not before: {job.retry_at.ToJsonString()}"] if job.HasField("retry_at") else []),
+        *([f"Next attempt not before: {when(job, 'retry_at', 'auto')}"] if job.HasField("retry_at") else []),
         f"Logs: {job.log_uri or '-'}",
     ]
 
@@ -300,7 +296,7 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
                 job.state,
                 job.provider_type or "-",
                 str(job.exit_code) if job.has_exit_code else "-",
-                _time(job, "created_at"),
+                when(job, "created_at", "auto"),
             ]
             for job in response.jobs
         ],
@@ -394,7 +390,7 @@ def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         return 0
     if args.at or args.version:
         (entry,) = entries
-        term.line(f"As of event {entry.version} ({entry.event_type} at {entry.occurred_at.ToJsonString()}):")
+        term.line(f"As of event {entry.version} ({entry.event_type} at {when(entry, 'occurred_at', 'auto')}):")
         for line in describe(entry.job):
             term.line(line)
         return 0
@@ -403,7 +399,7 @@ def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         [
             [
                 str(entry.version),
-                entry.occurred_at.ToJsonString(),
+                when(entry, "occurred_at", "auto"),
                 entry.event_type,
                 entry.actor or "-",
                 entry.job.state,

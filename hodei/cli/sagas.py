@@ -10,20 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from google.protobuf.message import Message
 from rich.tree import Tree
 
 from hodei._proto import jobs_pb2, sagas_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.jobs import job_dict
-from hodei.cli.terminal import Terminal, message_dict
-
-
-def _when(message: Message, field: str) -> str:
-    if not message.HasField(field):
-        return "-"
-    return str(getattr(message, field).ToDatetime().isoformat(timespec="milliseconds")) + "Z"
+from hodei.cli.terminal import Terminal, message_dict, when
 
 
 def _took(seconds: float) -> str:
@@ -38,7 +31,7 @@ def _saga_label(saga: sagas_pb2.Saga) -> str:
     error = f" - {saga.error_message}" if saga.error_message else ""
     return (
         f"{saga.saga_type} saga {saga.id} attempt {saga.attempt}: {saga.state}, "
-        f"{_took(saga.duration_seconds)} (started {_when(saga, 'started_at')}){error}"
+        f"{_took(saga.duration_seconds)} (started {when(saga, 'started_at')}){error}"
     )
 
 
@@ -73,7 +66,7 @@ def saga_tree(saga: sagas_pb2.Saga) -> Tree:
         audit = tree.add("audit")
         for entry in saga.audit:
             where = f" [{entry.step_name}]" if entry.step_name else ""
-            audit.add(f"{_when(entry, 'occurred_at')} {entry.event_type}{where}: {entry.message}")
+            audit.add(f"{when(entry, 'occurred_at')} {entry.event_type}{where}: {entry.message}")
     return tree
 
 
@@ -106,14 +99,14 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         term.line(line)
     root = Tree("Phases")
     for phase in found.job.phases:
-        root.add(f"{_when(phase, 'at')} {phase.name} (attempt {phase.attempt})")
+        root.add(f"{when(phase, 'at')} {phase.name} (attempt {phase.attempt})")
     workers = Tree("Workers")
     for worker in found.workers:
-        heard = _when(worker, "last_heartbeat_at")
+        heard = when(worker, "last_heartbeat_at")
         error = f" - {worker.error_message}" if worker.error_message else ""
         workers.add(
             f"{worker.id} attempt {worker.attempt}: {worker.state} on {worker.provider_type} "
-            f"{worker.provider_resource_id or '-'} (registered {_when(worker, 'registered_at')}, "
+            f"{worker.provider_resource_id or '-'} (registered {when(worker, 'registered_at')}, "
             f"last heartbeat {heard}){error}",
             style=_style(worker.state),
         )
@@ -142,7 +135,7 @@ def list_sagas(client: Client, term: Terminal, args: argparse.Namespace) -> int:
                 saga.state,
                 saga.correlation_id,
                 str(saga.attempt),
-                _when(saga, "started_at"),
+                when(saga, "started_at"),
                 _took(saga.duration_seconds),
                 saga.current_step or "-",
                 saga.error_message or "-",

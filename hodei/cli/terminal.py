@@ -56,6 +56,13 @@ def _fill(message: Message, data: dict[str, Any]) -> None:
             _fill(value, data[field.name])
 
 
+def when(message: Message, field: str, timespec: str = "milliseconds", empty: str = "-") -> str:
+    """A message's time field as people read it (UTC, ISO 8601), or ``empty`` when unset."""
+    if not message.HasField(field):
+        return empty
+    return str(getattr(message, field).ToDatetime().isoformat(timespec=timespec)) + "Z"
+
+
 class Terminal:
     def __init__(self, output: str) -> None:
         self.json = output == "json"

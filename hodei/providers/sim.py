@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -182,7 +181,6 @@ class SimWorker:
 class _Running:
     job_id: str
     future: concurrent.futures.Future[None]
-    started: float
 
 
 class SimProvider(WorkerProvider):
@@ -199,7 +197,7 @@ class SimProvider(WorkerProvider):
         with self._lock:
             if launch.worker_id not in self._workers:
                 future = asyncio.run_coroutine_threadsafe(SimWorker(launch.env).run(), self._loop)
-                self._workers[launch.worker_id] = _Running(launch.job_id, future, time.monotonic())
+                self._workers[launch.worker_id] = _Running(launch.job_id, future)
         return f"sim-{launch.worker_id}"
 
     def destroy_worker(self, worker_id: str) -> None:

@@ -167,5 +167,5 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
                 # Idle, it looks less and less often (this server's writes wake it at once),
                 # at jittered times: followers opened together do not all wake together.
                 poll = FOLLOW_POLL if grown else min(poll * 2, FOLLOW_POLL_IDLE)
-                if await waiter.wait_async(poll * random.uniform(0.75, 1.25)):
-                    need_since = min(need_since or waiter.woken_at, waiter.woken_at)
+                if await waiter.wait_async(poll * random.uniform(0.75, 1.25)) and need_since is None:
+                    need_since = waiter.woken_at  # an unserved earlier need already covers it

@@ -89,9 +89,12 @@ class OutboxService(outbox_pb2_grpc.OutboxServiceServicer):
         with translate_errors(), self.pool.connection() as conn:
             redriven = [row[0] for row in conn.execute(query("redrive_dead_letters"), {"all": request.all, "ids": ids})]
         missing = sorted(set(ids) - set(redriven))
-        if missing:
-            log.info("%s redrove %d rows; not dead letters: %s", caller().name, len(redriven), ", ".join(missing))
-            if not redriven:
-                raise NotFound(f"no dead letter {', '.join(missing)} (see `outbox dead-letters`)")
-        log.info("%s redrove %d outbox rows", caller().name, len(redriven))
+        if missing and not redriven:
+            raise NotFound(f"no dead letter {', '.join(missing)} (see `outbox dead-letters`)")
+        log.info(
+            "%s redrove %d outbox rows%s",
+            caller().name,
+            len(redriven),
+            f"; not dead letters: {missing}" if missing else "",
+        )
         return outbox_pb2.RedriveResponse(redriven=redriven)

@@ -563,14 +563,6 @@ FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
 WHERE w.job_id = %s
 ORDER BY w.created_at, w.id;
 
--- name: phase_events_of_job
--- The job's events and its workers', in commit order: what its phases are read from.
-SELECT e.aggregate_id, e.event_type, e.occurred_at, e.payload
-FROM domain_events e
-WHERE e.aggregate_id = %(job_id)s
-   OR e.aggregate_id IN (SELECT w.id::text FROM workers w WHERE w.job_id = %(job_id)s::uuid)
-ORDER BY e.position;
-
 -- name: events_of_job_aggregate
 -- A job's own events: what its row in jobs is made of.
 SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_version,

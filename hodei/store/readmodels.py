@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from psycopg.rows import dict_row
@@ -19,6 +19,9 @@ from hodei.store.sql import query
 # A unique prefix of an id, as people copy it from a table: at least 8 hex digits.
 MIN_PREFIX = 8
 _PREFIX = re.compile(r"[0-9a-fA-F-]+")
+
+
+_PREFIX_QUERIES = {"job": "jobs_in_id_range", "saga": "sagas_in_id_range"}
 
 
 def _shown(text: str) -> str:
@@ -132,7 +135,7 @@ class ReadModels:
         with translate_errors(), self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(query(name), params).fetchall()
 
-    def resolve(self, kind: str, text: str) -> UUID:
+    def resolve(self, kind: Literal["job", "saga"], text: str) -> UUID:
         """A job's or saga's id (``kind``) as people type it: whole, or any unique prefix
         of at least 8 characters. NotFound (not a database error) when nothing matches."""
         text = text.strip()
@@ -145,7 +148,7 @@ class ReadModels:
             raise NotFound(
                 f"{kind} {_shown(text)} not found ({kind} ids are UUIDs; a prefix needs {MIN_PREFIX} characters)"
             )
-        found = [row["id"] for row in self._all(f"{kind}s_in_id_range", bounds)]
+        found = [row["id"] for row in self._all(_PREFIX_QUERIES[kind], bounds)]
         if not found:
             raise NotFound(f"no {kind} id starts with {text}")
         if len(found) > 1:
@@ -201,7 +204,7 @@ class ReadModels:
         return [JobWorkerRow(**row) for row in self._all("workers_of_job", (job_id,))]
 
     def phases(self, job_id: UUID) -> list[Phase]:
-        rows = self._all("phase_events_of_job", {"job_id": str(job_id)})
+        rows = self._all("events_of_job", {"job_id": str(job_id)})
         return phases_of((row["aggregate_id"], row["event_type"], row["occurred_at"], row["payload"]) for row in rows)
 
     def outbox_stats(self) -> tuple[int, int, int]:
