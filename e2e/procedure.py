@@ -113,7 +113,7 @@ class Procedure:
 
     def pod_output_matches(self, job_id: str) -> str:
         """Seed 7.4: what the pod printed equals the stored log. The pod is deleted after
-        its job; the emulator's fake kubelet keeps its output, a real cluster does not."""
+        its job; the emulated kubelet copies a deleted pod's output, a real cluster does not."""
         (pod,) = query(self.url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
         kept = Path(".hodei/kube") / f"{pod}.out"
         if not kept.exists():

@@ -1,22 +1,29 @@
-"""Kubernetes end to end against an emulated API server (kmock): the test plays the
-kubelet, running each pod's worker agent as a local process. The server talks to the
-emulator exactly as to a real cluster, through a kubeconfig."""
+"""Kubernetes end to end against an emulated API server (kmock) whose node is the
+Docker-backed kubelet (hodei.kubelet): each pod runs the real worker image under the
+pod's own restrictions. The server talks to the emulator exactly as to a real cluster,
+through a kubeconfig."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.kube_emulator import NAMESPACE, KubeEmulator, Kubelet
+from hodei.kube_emulator import NAMESPACE, KubeEmulator
+from hodei.kubelet import Kubelet
 from hodei.logs import LogStore
 from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
 
 K8S_ID = "22222222-2222-2222-2222-222222222222"
+UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 
@@ -24,7 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeEmulator, Kubelet, Path]]:
     directory = tmp_path_factory.mktemp("kube")
     with KubeEmulator() as api:
-        kubelet = Kubelet(api, unpullable={"missing-image:1.0"}, log_dir=directory).start()
+        kubelet = Kubelet(api, log_dir=directory).start()
         yield api, kubelet, api.kubeconfig(directory / "kubeconfig")
         kubelet.stop()
 
@@ -50,6 +57,10 @@ def server(
     with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), server_env(kubeconfig, worker_image)) as process:
         yield process
     print(process.logs()[-4000:])
+
+
+def core(kubeconfig: Path) -> client.CoreV1Api:
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
 
 
 def created_pods(api: KubeEmulator) -> list[dict[str, Any]]:
@@ -99,19 +110,94 @@ def test_a_docker_job_creates_no_pod(server: ServerProcess, database_url: str, c
 
 
 def test_a_deleted_pod_fails_the_job(server: ServerProcess, database_url: str, cluster: Any) -> None:
-    api, _, _ = cluster
+    """`kubectl delete pod`: the kubelet stops the container (SIGTERM), the agent reports
+    that, and the job's error says who stopped it."""
+    _, _, kubeconfig = cluster
     job_id = server.cli(
         "job", "run", "--provider", "kubernetes", "--command", "sleep 300", "--timeout", "600", check=True
     ).stdout.strip()
     eventually(lambda: query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 60)
     (name,) = query(database_url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
-    api.call(api.emulator.objects["v1/pods", NAMESPACE, name].delete)
+    core(kubeconfig).delete_namespaced_pod(name, NAMESPACE)
     assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"
     wait_settled(database_url, job_id)
     (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
-    # The kubelet stops the container (SIGTERM): the agent reports that, or the pod's
-    # disappearance is seen first and the recovery saga fails the job.
-    assert "stopped (SIGTERM)" in reason or "deleted by someone else" in reason, reason
+    assert f"pod {name} was deleted by someone else" in reason, reason
+
+
+def run_kubernetes(server: ServerProcess, database_url: str, command: str, *flags: str) -> tuple[str, str, list[str]]:
+    """Runs a job on Kubernetes; its final state, error message and log lines (stdout, then stderr)."""
+    job_id = server.cli(
+        "job", "run", "--provider", "kubernetes", "--command", command, "--timeout", "60", *flags, check=True
+    ).stdout.strip()
+    wait_settled(database_url, job_id, timeout=90)
+    ((state, error),) = query(database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))
+    printed = server.cli("job", "logs", "--id", job_id, check=True)
+    return state, error or "", (printed.stdout + printed.stderr).splitlines()
+
+
+def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database_url: str) -> None:
+    """The worker image runs as the pod spec demands: non-root, read-only root filesystem,
+    no capabilities, a writable emptyDir on /tmp, and the job's memory limit."""
+    state, error, lines = run_kubernetes(server, database_url, "sh -c 'echo data > /probe'")
+    assert state == "FAILED" and "exited with code 1" in error, error
+    assert any("Read-only file system" in line for line in lines), lines
+
+    state, _, lines = run_kubernetes(server, database_url, "id -u")
+    assert state == "SUCCEEDED" and len(lines) == 1 and lines[0].strip().isdigit() and int(lines[0]) != 0, lines
+
+    state, _, lines = run_kubernetes(server, database_url, "grep -E '^Cap(Eff|Prm)' /proc/self/status")
+    assert state == "SUCCEEDED"
+    assert sorted(line.split()[1] for line in lines) == ["0000000000000000"] * 2, lines
+
+    state, _, lines = run_kubernetes(server, database_url, "sh -c 'echo scratch > /tmp/probe && cat /tmp/probe'")
+    assert (state, lines) == ("SUCCEEDED", ["scratch"])
+
+    allocate = "python3 -c 'data = b\"x\" * (512 * 1024 * 1024)'"
+    state, error, _ = run_kubernetes(server, database_url, allocate, "--memory", "128Mi")
+    assert state == "FAILED" and "OOMKilled" in error, error
+
+
+def test_a_kept_failed_pod_shows_its_log_through_the_api(
+    pg_server: str, template_database: str, cluster: Any, tmp_path: Path, worker_image: str
+) -> None:
+    """Seed 7.4 with HODEI_KEEP_FAILED_WORKERS: a pod whose worker never registered stays
+    for inspection; `just job-k8s-pods` (kubectl logs) reads its output through the API,
+    the job's error quotes the same, and the reconciler removes it after the keep time."""
+    from conftest import new_database
+
+    api, _, kubeconfig = cluster
+    url = new_database(pg_server, template_database)
+    env = {
+        **server_env(kubeconfig, worker_image, docker=False),
+        "HODEI_SERVER_HOST": UNREACHABLE,
+        "HODEI_REGISTRATION_TIMEOUT": "6",
+        "HODEI_KEEP_FAILED_WORKERS": "10",
+        "HODEI_RECONCILE_INTERVAL": "1",
+    }
+    with ServerProcess(url, tmp_path, env) as server:
+        job_id = server.cli("job", "run", "--provider", "kubernetes", "--command", "echo never", check=True).stdout
+        job_id = job_id.strip()
+        assert wait_terminal(url, job_id, timeout=60) == "FAILED"
+        ((error, name),) = query(
+            url,
+            "SELECT j.error_message, w.provider_resource_id FROM jobs j JOIN workers w ON w.job_id = j.id"
+            " WHERE j.id = %s",
+            (job_id,),
+        )
+        assert f"cannot register with {UNREACHABLE}" in error.rsplit("its last output:", 1)[1], error
+        assert name in api.pods()
+        printed = core(kubeconfig).read_namespaced_pod_log(name, NAMESPACE, tail_lines=20)
+        assert f"cannot register with {UNREACHABLE}" in printed, printed
+        pods = subprocess.run(
+            [sys.executable, "tools/k8s.py", "pods"],
+            env={**os.environ, "HODEI_K8S_KUBECONFIG": str(kubeconfig)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert f"== logs of {name}" in pods and f"cannot register with {UNREACHABLE}" in pods, pods
+        eventually(lambda: name not in api.pods(), 60, what="the kept pod to be removed")
 
 
 def test_an_image_that_cannot_be_pulled_fails_the_job_and_the_pod_goes(

@@ -1,33 +1,37 @@
 """A Kubernetes API for tests and demos where no cluster exists: kmock's in-memory
-emulator served over real HTTP, plus a fake kubelet that runs each pod's worker agent
-as a local process and reports the pod's phase.
+emulator served over real HTTP. ``hodei.kubelet`` plays its node.
 
-Only tests, ``just`` recipes and ``python -m hodei.kube_emulator`` use it; the server
-talks to it exactly as to a real API server, through a kubeconfig.
+Only tests, ``just`` recipes and ``python -m hodei.kubelet`` use it; the server talks to
+it exactly as to a real API server, through a kubeconfig.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
+import re
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import kmock
+from kmock import Request, Response  # type: ignore[attr-defined]  # re-exported without __all__
 
 NAMESPACE = "hodei-jobs-workers"
 T = TypeVar("T")
+# kmock has no pods/log: the node answers it (Kubelet.read_log).
+LOG_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/log$")
+
+
+@dataclass(frozen=True)
+class PodLog:
+    """A pods/log answer: 200 with the text, or an error status with its message."""
+
+    status: int
+    text: str
 
 
 class KubeEmulator:
@@ -100,6 +104,36 @@ class KubeEmulator:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
+    def serve_logs(self, read: Callable[[str, str, int | None], PodLog]) -> None:
+        """Answers GET pods/{name}/log with ``read(namespace, name, tailLines)``."""
+
+        async def answer(request: Request) -> Response:
+            tail = request.params.get("tailLines")
+            found = await asyncio.to_thread(
+                read, request.namespace or "", request.name or "", int(tail) if tail else None
+            )
+            if found.status != 200:
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": found.text}
+                return Response(status=found.status, payload={**status, "code": found.status})
+            return Response(status=200, headers={"Content-Type": "text/plain"}, payload=found.text.encode())
+
+        self.call(lambda: self.emulator[LOG_PATH] << answer)
+
+    def delete_grace(self, name: str, namespace: str = NAMESPACE) -> int | None:
+        """The gracePeriodSeconds of the last request that deleted this pod, if it gave one
+        (the emulator deletes at once; the node honours the grace period)."""
+
+        def find() -> int | None:
+            for request in reversed(list(self.emulator)):
+                if request.method == "DELETE" and request.name == name and request.namespace == namespace:
+                    grace = request.params.get("gracePeriodSeconds")
+                    if grace is None and isinstance(request.data, dict):
+                        grace = request.data.get("gracePeriodSeconds")
+                    return int(grace) if grace is not None else None
+            return None
+
+        return self.call(find)
+
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
@@ -114,117 +148,3 @@ class KubeEmulator:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-@dataclass
-class Kubelet:
-    """Plays the node: runs each new pod's agent as a local process with the pod's
-    environment, reports Running, then Succeeded or Failed with the exit code; kills
-    the process when the pod is deleted. Images in ``unpullable`` never start: their
-    pods report ErrImagePull, then ImagePullBackOff."""
-
-    api: KubeEmulator
-    unpullable: set[str] = field(default_factory=set)
-    log_dir: Path | None = None
-    namespace: str = NAMESPACE
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    outputs: dict[str, Path] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Kubelet:
-        self._thread = threading.Thread(target=self._loop, name="fake-kubelet", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.05):
-            try:
-                self._sync()
-            except Exception as exc:  # the emulator may be stopping
-                print(f"[fake-kubelet] {exc}", file=sys.stderr)
-
-    def _sync(self) -> None:
-        pods = self.api.pods(self.namespace)
-        for name, pod in pods.items():
-            if name not in self.processes and name not in self.outputs:
-                self._start(name, pod)
-            process = self.processes.get(name)
-            if process is not None and process.poll() is not None and pod.get("status", {}).get("phase") == "Running":
-                code = process.returncode
-                phase = "Succeeded" if code == 0 else "Failed"
-                terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
-                self.api.patch_pod(
-                    name, {"status": {"phase": phase, "containerStatuses": [_status(pod, terminated=terminated)]}}
-                )
-        for name in list(self.processes):
-            if name not in pods:
-                process = self.processes.pop(name)
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        process.wait(5)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
-
-    def _start(self, name: str, pod: dict[str, Any]) -> None:
-        container = pod["spec"]["containers"][0]
-        output = (self.log_dir or Path("/tmp")) / f"{name}.out"
-        self.outputs[name] = output
-        if container["image"] in self.unpullable:
-            message = f'Back-off pulling image "{container["image"]}"'
-            waiting = {"reason": "ImagePullBackOff", "message": message}
-            self.api.patch_pod(
-                name, {"status": {"phase": "Pending", "containerStatuses": [_status(pod, waiting=waiting)]}}
-            )
-            return
-        env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", [])}}
-        with output.open("wb") as sink:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "hodei_worker.agent"], env=env, stdout=sink, stderr=subprocess.DEVNULL
-            )
-        running = {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.api.patch_pod(name, {"status": {"phase": "Running", "containerStatuses": [_status(pod, running=running)]}})
-
-
-def _status(pod: dict[str, Any], **state: Any) -> dict[str, Any]:
-    container = pod["spec"]["containers"][0]
-    return {
-        "name": container["name"],
-        "image": container["image"],
-        "imageID": "",
-        "restartCount": 0,
-        "ready": "running" in state,
-        "state": state,
-    }
-
-
-def main() -> None:
-    """Serves an emulated Kubernetes API with a fake kubelet until interrupted, and
-    writes a kubeconfig for it: what `just dev-k8s` uses when no cluster is configured."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write the kubeconfig")
-    args = parser.parse_args()
-    with KubeEmulator() as api:
-        api.kubeconfig(args.kubeconfig)
-        kubelet = Kubelet(api, log_dir=args.kubeconfig.parent).start()
-        print(f"Kubernetes emulator at {api.url}; kubeconfig {args.kubeconfig}", flush=True)
-        stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            stopped.wait()
-        kubelet.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -145,16 +145,16 @@ def failure_of(kube: KubernetesProvider, worker_id: str) -> str | None:
         ),
         (
             {
-                "phase": "Pending",
+                "phase": "Failed",
                 "containerStatuses": [
                     {
                         "name": "worker",
-                        "image": "nope:1",
-                        "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied for nope:1"}},
+                        "image": "w:1",
+                        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
                     }
                 ],
             },
-            "cannot start: ErrImagePull: pull access denied for nope:1",
+            "ended Failed; container worker OOMKilled (exit code 137)",
         ),
         (
             {
@@ -183,6 +183,20 @@ def test_pod_failures_are_observed(
     api.patch_pod(name, {"status": status})
     failure = failure_of(kube, spec.worker_id)
     assert failure is not None and expected in failure, failure
+
+
+def test_a_first_failed_pull_is_not_yet_a_failure(api: KubeEmulator, kubeconfig: Path) -> None:
+    """The kubelet retries a pull; only its back-off (ImagePullBackOff) means stuck."""
+    kube = provider(kubeconfig)
+    spec = launch()
+    name = kube.create_worker(spec)
+    waiting = {"reason": "ErrImagePull", "message": "pull access denied for nope:1"}
+    status = {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "worker", "image": "nope:1", "state": {"waiting": waiting}}],
+    }
+    api.patch_pod(name, {"status": status})
+    assert failure_of(kube, spec.worker_id) is None
 
 
 def test_an_unschedulable_pod_fails_only_past_its_deadline(api: KubeEmulator, kubeconfig: Path) -> None:

@@ -1,9 +1,11 @@
 """Kubernetes for development (`just dev-k8s`, `just job-k8s-pods`).
 
 python tools/k8s.py up     use the cluster of HODEI_K8S_KUBECONFIG (or ~/.kube/config)
-                           when it answers, else start an emulated API with a fake
-                           kubelet; write .hodei/k8s.env for `just dev-server`
-python tools/k8s.py pods   list the worker pods (-l hodei-worker) and the newest one's log
+                           when it answers, else start an emulated API whose kubelet
+                           runs pods as Docker containers (hodei.kubelet); write
+                           .hodei/k8s.env for `just dev-server`
+python tools/k8s.py pods   list the worker pods (-l hodei-worker) and the newest one's log,
+                           read through the API (HODEI_K8S_KUBECONFIG overrides .hodei/k8s.env)
 python tools/k8s.py down   stop the emulator, forget .hodei/k8s.env
 """
 
@@ -65,7 +67,7 @@ def start_emulator() -> Path:
     EMULATED_CONFIG.unlink(missing_ok=True)
     with (STATE / "emulator.log").open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hodei.kube_emulator", "--kubeconfig", str(EMULATED_CONFIG)],
+            [sys.executable, "-m", "hodei.kubelet", "--kubeconfig", str(EMULATED_CONFIG)],
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -89,33 +91,34 @@ def up() -> None:
     else:
         kubeconfig = start_emulator()
         kind = "emulator"
-        print(f"Kubernetes: an emulated API server (kmock) with a fake kubelet; kubeconfig {kubeconfig}")
+        print(f"Kubernetes: an emulated API server (kmock) whose node runs pods as Docker containers; {kubeconfig}")
     ENV_FILE.write_text(
         f"HODEI_KUBERNETES_ENABLED=1\nHODEI_K8S_KUBECONFIG={kubeconfig}\nHODEI_K8S_NAMESPACE={NAMESPACE}\nHODEI_K8S_KIND={kind}\n"
     )
 
 
 def pods() -> None:
+    """Seed 7.4: the worker pods, and the newest one's log read through the API."""
     settings = dict(line.split("=", 1) for line in ENV_FILE.read_text().split()) if ENV_FILE.exists() else {}
-    kubeconfig = settings.get("HODEI_K8S_KUBECONFIG")
+    kubeconfig = os.environ.get("HODEI_K8S_KUBECONFIG") or settings.get("HODEI_K8S_KUBECONFIG")
     if not kubeconfig:
         raise SystemExit("no Kubernetes configured: run `just dev-k8s` first")
-    print(f"Kubernetes ({settings.get('HODEI_K8S_KIND')}): pods in {NAMESPACE} with label hodei-worker")
+    print(f"Kubernetes ({settings.get('HODEI_K8S_KIND', 'kubeconfig')}): pods in {NAMESPACE} with label hodei-worker")
     core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     items = core.list_namespaced_pod(NAMESPACE, label_selector="hodei-worker", _request_timeout=10).items
     items = [pod for pod in items if "hodei-worker" in (pod.metadata.labels or {})]
+    items.sort(key=lambda pod: str((pod.status and pod.status.start_time) or pod.metadata.creation_timestamp or ""))
     for pod in items:
         print(f"  {pod.metadata.name}  {pod.status.phase if pod.status else '?'}")
     if not items:
-        print("  (none: finished jobs' pods are deleted)")
-    outputs = sorted(STATE.glob("hodei-worker-*.out"), key=lambda p: p.stat().st_mtime)
-    if settings.get("HODEI_K8S_KIND") == "cluster" and items:
-        name = items[-1].metadata.name
-        print(f"== logs of {name}")
-        print(core.read_namespaced_pod_log(name, NAMESPACE, tail_lines=20))
-    elif outputs:
-        print(f"== output of the newest pod, {outputs[-1].stem} (kept by the fake kubelet)")
-        print("\n".join(outputs[-1].read_text().splitlines()[-20:]))
+        print("  (none: pods are deleted when their jobs end; HODEI_KEEP_FAILED_WORKERS keeps failed ones)")
+        return
+    name = items[-1].metadata.name
+    print(f"== logs of {name} (kubectl logs -n {NAMESPACE} {name} --tail=20)")
+    try:
+        print(core.read_namespaced_pod_log(name, NAMESPACE, tail_lines=20, _request_timeout=10), end="")
+    except client.ApiException as exc:
+        print(f"  no log: {exc.status} {exc.reason}")
 
 
 def down() -> None:

@@ -81,5 +81,11 @@ class WorkerProvider(ABC):
     def health(self) -> Health:
         """Whether workers can be created now, and why not."""
 
+    def stopped_by_others(self, worker_id: str) -> str | None:
+        """Why the worker's resource is being removed by someone other than Hodei (a pod
+        deleted with kubectl), else None. Asked when an agent reports it was stopped,
+        so that the job's error names the cause, not only the signal."""
+        return None
+
     def close(self) -> None:  # noqa: B027 (an optional hook: most providers hold nothing)
         """Releases clients and background threads."""

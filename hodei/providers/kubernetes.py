@@ -42,9 +42,9 @@ MANAGER = "hodei-jobs"
 REQUEST_TIMEOUT = 10
 # A watch lasts this long, then the pods are listed again: a silent watch cannot go stale.
 WATCH_SECONDS = 10
-# Pod failures that will not fix themselves.
+# Pod failures that will not fix themselves. A first failed pull (ErrImagePull) may: the
+# kubelet retries it, and shows ImagePullBackOff once it backs off.
 STUCK_REASONS = {
-    "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
     "ErrImageNeverPull",
@@ -56,6 +56,7 @@ DEFAULT_LIMITS = {"cpu": "1", "memory": "512Mi"}
 # A pod's activeDeadlineSeconds is the job's timeout plus this, so Kubernetes kills it
 # even when the server is gone.
 DEADLINE_MARGIN = 60
+FORGET_DELETED = 600.0
 
 
 def load_api_client(config: KubernetesConfig) -> k8s.ApiClient:
@@ -102,7 +103,9 @@ class KubernetesProvider(WorkerProvider):
         self._pods: dict[str, Pod] = {}
         self._unschedulable_since: dict[str, float] = {}
         self._gone: dict[str, tuple[float, Observation]] = {}
-        self._deleting: set[str] = set()
+        # Pods this provider deleted, and when: a pod leaving for another reason was
+        # deleted by someone else. Forgotten after FORGET_DELETED seconds.
+        self._deleted_by_us: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -213,7 +216,7 @@ class KubernetesProvider(WorkerProvider):
                 log.warning("not deleting pod %s: it does not carry this installation's labels", name)
                 return
             with self._lock:
-                self._deleting.add(name)
+                self._deleted_by_us[name] = time.monotonic()
             self.core.delete_namespaced_pod(
                 name,
                 self.namespace,
@@ -240,6 +243,22 @@ class KubernetesProvider(WorkerProvider):
         except (HTTPError, OSError) as exc:
             raise self._failure(exc, f"read the log of pod {name}") from exc
         return output
+
+    def stopped_by_others(self, worker_id: str) -> str | None:
+        """A pod gone, or with a deletionTimestamp, that this provider did not delete."""
+        name = resource_name(worker_id)
+        with self._lock:
+            if name in self._deleted_by_us:
+                return None
+        try:
+            pod = self._read(name)
+        except ApiException as exc:
+            return f"pod {name} was deleted by someone else" if exc.status == 404 else None
+        except (HTTPError, OSError):
+            return None
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            return f"pod {name} is being deleted by someone else"
+        return None
 
     def health(self) -> Health:
         try:
@@ -277,6 +296,12 @@ class KubernetesProvider(WorkerProvider):
             detail = f": {reason} {status.get('message') or ''}".rstrip() if reason else ""
             failure = f"pod {name} ended {phase}{detail}"
         for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if failure is not None and terminated:
+                failure += (
+                    f"; container {container.get('name')} {terminated.get('reason') or 'terminated'}"
+                    f" (exit code {terminated.get('exitCode')})"
+                )
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS:
                 failure = (
@@ -325,8 +350,11 @@ class KubernetesProvider(WorkerProvider):
         """A pod left the API. Ours: fine. Someone else's doing: the worker is lost."""
         metadata = pod["metadata"]
         name = metadata["name"]
-        if name in self._deleting:
-            self._deleting.discard(name)
+        now = time.monotonic()
+        for deleted, since in list(self._deleted_by_us.items()):
+            if now - since > FORGET_DELETED:
+                del self._deleted_by_us[deleted]
+        if name in self._deleted_by_us:
             return
         labels = metadata.get("labels") or {}
         observation = Observation(

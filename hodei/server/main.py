@@ -182,6 +182,7 @@ async def _add_services(server: grpc.aio.Server, runtime: Runtime, tokens: ApiTo
         runtime.secrets,
         cfg.timing.heartbeat_interval,
         runtime.faults,
+        runtime.registry,
     )
     jobs_pb2_grpc.add_JobExecutionServiceServicer_to_server(
         JobExecutionService(runtime.store, runtime.reads, runtime.signals, runtime.secrets), server

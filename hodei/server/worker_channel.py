@@ -24,12 +24,14 @@ import grpc
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei.domain.job import Job, JobState
+from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
+from hodei.errors import InvalidInput, InvalidTransition, ProviderUnavailable, Unauthenticated
 from hodei.faults import Faults
 from hodei.liveness import Liveness
 from hodei.logs import STDERR, STDOUT, LogLine, LogStore
+from hodei.providers.registry import ProviderRegistry
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
@@ -92,7 +94,9 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         secrets: JobSecrets,
         heartbeat_interval: float,
         faults: Faults,
+        registry: ProviderRegistry,
     ) -> None:
+        self.registry = registry
         self.store = store
         self.signer = signer
         self.signals = signals
@@ -103,6 +107,13 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self.faults = faults
         self.sequences = LogSequences()
         self.connected: set[UUID] = set()
+
+    def stopped_by_others(self, provider_type: str, worker_id: str) -> str | None:
+        try:
+            provider = self.registry.get(ProviderType(provider_type))
+        except (ValueError, ProviderUnavailable):
+            return None
+        return provider.stopped_by_others(worker_id)
 
     @rpc
     def Register(
@@ -154,6 +165,7 @@ class WorkerSession:
         self.service = service
         self.worker_id = worker.id
         self.job_id = worker.job_id
+        self.provider_type = worker.provider_type
         self.meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
         self.outgoing: asyncio.Queue[worker_pb2.ServerMessage] = asyncio.Queue()
         self.closed = False
@@ -264,6 +276,9 @@ class WorkerSession:
         state = outcome_state(result)
         exit_code = None if result.outcome == worker_pb2.JOB_OUTCOME_CANCELLED else result.exit_code
         reason = None if state is JobState.SUCCEEDED else result.message or state.value.lower()
+        if result.outcome == worker_pb2.JOB_OUTCOME_WORKER_STOPPED:
+            cause = self.service.stopped_by_others(self.provider_type, str(self.worker_id))
+            reason = f"{reason}: {cause}" if cause else reason
         ran = None
         if result.HasField("started_at") and result.HasField("finished_at"):
             ran = (

@@ -48,6 +48,25 @@ def become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+# Where a container sees its own memory cgroup's OOM kill count (cgroup v2, then v1).
+_OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed in this memory cgroup (a
+    container's limit), or None where no counter can be read."""
+    for path in _OOM_COUNTERS:
+        try:
+            with open(path) as counters:
+                for line in counters:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def argv_for(command: str, args: Sequence[str]) -> list[str]:
     """A command alone is a shell command line; a command with args is a program."""
     return [command, *args] if args else ["/bin/sh", "-c", command]
@@ -158,6 +177,7 @@ class JobProcess:
 
     def run(self) -> Finished:
         started_at = time.time()
+        oom_before = oom_kills()
         problem = self._prepare_working_dir()
         if problem is not None:
             return Finished(Outcome.START_FAILED, 126, problem)
@@ -206,6 +226,8 @@ class JobProcess:
         code = exit_code_of(returncode)
         if outcome is Outcome.EXITED:
             message = "exited with code 0" if code == 0 else f"exited with code {code}"
+            if returncode == -signal.SIGKILL and oom_before is not None and (oom_kills() or 0) > oom_before:
+                message += ": killed by the kernel's OOM killer, out of memory (OOMKilled)"
         return Finished(outcome, code, message, started_at, finished_at)
 
     def _prepare_working_dir(self) -> str | None:

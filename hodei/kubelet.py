@@ -1,0 +1,412 @@
+"""The emulated node: a kubelet that runs each pod of the emulated API (``hodei.kube_emulator``)
+as a Docker container of the pod's own image, under the pod's own restrictions, and reports
+the container's real state back through the API.
+
+What a real kubelet would enforce is enforced by the engine: the pod's command and args,
+env and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
+(refused for an image that would run as root, as the kubelet refuses it),
+``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
+``emptyDir`` volumes (tmpfs mounts), CPU and memory limits, and ``activeDeadlineSeconds``.
+Containers share the host's network, so a worker dials the server at 127.0.0.1.
+
+An out-of-memory kill ends the whole container, as Kubernetes does on cgroup v2 since
+1.28 (``memory.oom.group``): on our cgroup v1 engines the kernel kills only the biggest
+process, so the kubelet kills the rest. Pulls are real: an image the engine does not hold
+and cannot pull shows ``ErrImagePull``, then ``ImagePullBackOff``. Deleting a pod stops its
+container with the grace period of the delete request (SIGTERM, then SIGKILL); the
+container's output is copied to ``log_dir/<pod>.out`` first (the emulator's record for the
+seed procedure; a real cluster keeps nothing) and the container is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from kubernetes.utils.quantity import parse_quantity
+
+from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
+
+log = logging.getLogger(__name__)
+
+LABEL_KUBELET = "io.hodei.emulated-kubelet"
+LABEL_POD = "io.kubernetes.pod.name"
+LABEL_NAMESPACE = "io.kubernetes.pod.namespace"
+# The kubelet's own pull back-off: 10 s, doubling, at most 5 minutes.
+PULL_BACKOFF_FIRST, PULL_BACKOFF_MAX = 10.0, 300.0
+POLL = 0.1
+Pod = dict[str, Any]
+
+
+class PodRefused(Exception):
+    """A pod the kubelet will not start (``CreateContainerConfigError``)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _merged_security(pod: Pod) -> dict[str, Any]:
+    """The container's securityContext over the pod's (the container's fields win)."""
+    spec = pod["spec"]
+    pod_level = {k: v for k, v in (spec.get("securityContext") or {}).items() if k != "fsGroup"}
+    return {**pod_level, **(spec["containers"][0].get("securityContext") or {})}
+
+
+def run_as(pod: Pod, image_user: str) -> str:
+    """The user the container runs as, checked against ``runAsNonRoot`` as the kubelet
+    checks it: a numeric uid, from the pod, else from the image."""
+    security = _merged_security(pod)
+    uid = security.get("runAsUser")
+    gid = security.get("runAsGroup")
+    name = pod["metadata"]["name"]
+    if uid is None:
+        user = image_user.split(":", 1)[0] or "0"
+        if user == "root":
+            user = "0"
+        if security.get("runAsNonRoot") and not user.isdigit():
+            raise PodRefused(
+                f"container has runAsNonRoot and image has non-numeric user ({user}), "
+                f"cannot verify user is non-root (pod: {name})"
+            )
+        uid = int(user) if user.isdigit() else user
+        if gid is None and ":" in image_user:
+            gid = image_user.split(":", 1)[1]
+    if security.get("runAsNonRoot") and uid == 0:
+        raise PodRefused(f"container has runAsNonRoot and image will run as root (pod: {name}, container: worker)")
+    return f"{uid}:{gid}" if gid is not None else str(uid)
+
+
+def container_options(pod: Pod, image_user: str, kubelet: str) -> dict[str, Any]:
+    """The ``docker create`` arguments of a pod's (single) container. Pure: raises
+    PodRefused for what the kubelet would refuse, or this one does not emulate."""
+    spec = pod["spec"]
+    metadata = pod["metadata"]
+    if len(spec.get("containers") or []) != 1 or spec.get("initContainers"):
+        raise PodRefused("the emulated kubelet runs pods of exactly one container and no init containers")
+    container = spec["containers"][0]
+    security = _merged_security(pod)
+    env = {}
+    for item in container.get("env") or []:
+        if "valueFrom" in item:
+            raise PodRefused(f"env {item['name']}: valueFrom is not supported by the emulated kubelet")
+        env[item["name"]] = item.get("value", "")
+    volumes = {volume["name"]: volume for volume in spec.get("volumes") or []}
+    tmpfs = {}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise PodRefused(f"volumeMount {mount['name']}: no volume of that name in the pod")
+        if "emptyDir" not in volume:
+            raise PodRefused(f"volume {mount['name']}: only emptyDir volumes are supported by the emulated kubelet")
+        flags = ["rw", "nosuid", "nodev", "mode=1777"]
+        size = (volume["emptyDir"] or {}).get("sizeLimit")
+        if size:
+            flags.append(f"size={int(parse_quantity(size))}")
+        tmpfs[mount["mountPath"]] = ",".join(flags)
+    capabilities = security.get("capabilities") or {}
+    security_opt = []
+    if security.get("allowPrivilegeEscalation") is False:
+        security_opt.append("no-new-privileges")
+    if (security.get("seccompProfile") or {}).get("type") == "Unconfined":
+        security_opt.append("seccomp=unconfined")
+    options: dict[str, Any] = {
+        "name": f"k8s_{container['name']}_{metadata['name']}_{metadata.get('namespace', NAMESPACE)}",
+        "environment": env,
+        "user": run_as(pod, image_user),
+        "read_only": bool(security.get("readOnlyRootFilesystem")),
+        "privileged": bool(security.get("privileged")),
+        "cap_drop": capabilities.get("drop") or None,
+        "cap_add": capabilities.get("add") or None,
+        "security_opt": security_opt or None,
+        "tmpfs": tmpfs or None,
+        "network_mode": "host",
+        "labels": {LABEL_KUBELET: kubelet, LABEL_POD: metadata["name"], LABEL_NAMESPACE: metadata.get("namespace", "")},
+        "stop_signal": "SIGTERM",
+    }
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+    if fs_group is not None:
+        options["group_add"] = [str(fs_group)]
+    if container.get("command"):
+        options["entrypoint"] = container["command"]
+    if container.get("args"):
+        options["command"] = container["args"]
+    if container.get("workingDir"):
+        options["working_dir"] = container["workingDir"]
+    limits = (container.get("resources") or {}).get("limits") or {}
+    if "memory" in limits:
+        options["mem_limit"] = options["memswap_limit"] = int(parse_quantity(limits["memory"]))
+    if "cpu" in limits:
+        options["nano_cpus"] = int(parse_quantity(limits["cpu"]) * 10**9)
+    return options
+
+
+def _container_status(pod: Pod, state: dict[str, Any], container_id: str = "") -> dict[str, Any]:
+    container = pod["spec"]["containers"][0]
+    return {
+        "name": container["name"],
+        "image": container["image"],
+        "imageID": "",
+        "containerID": f"docker://{container_id}" if container_id else "",
+        "restartCount": 0,
+        "ready": "running" in state,
+        "started": "running" in state,
+        "state": state,
+    }
+
+
+@dataclass
+class _PodRun:
+    name: str
+    pod: Pod
+    deleted: threading.Event = field(default_factory=threading.Event)
+    container_id: str = ""
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class Kubelet:
+    """Plays the node for one namespace of a KubeEmulator (see the module docstring)."""
+
+    api: KubeEmulator
+    log_dir: Path | None = None
+    namespace: str = NAMESPACE
+    docker_url: str | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _runs: dict[str, _PodRun] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _client: Any = None
+
+    def start(self) -> Kubelet:
+        self._client = (
+            docker.DockerClient(base_url=self.docker_url, timeout=60)
+            if self.docker_url
+            else docker.from_env(timeout=60)
+        )
+        self.api.serve_logs(self.read_log)
+        self._thread = threading.Thread(target=self._loop, name="emulated-kubelet", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops watching and removes every container this kubelet started."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for run in list(self._runs.values()):
+            run.deleted.set()
+        for run in list(self._runs.values()):
+            if run.thread is not None:
+                run.thread.join(30)
+        for container in self._client.containers.list(all=True, filters={"label": f"{LABEL_KUBELET}={self.id}"}):
+            with contextlib.suppress(NotFound, APIError):
+                container.remove(force=True)
+        self._client.close()
+
+    # The node's loop ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL):
+            try:
+                self._sync()
+            except Exception as exc:  # the emulator may be stopping
+                log.warning("emulated kubelet: %s", exc)
+
+    def _sync(self) -> None:
+        pods = self.api.pods(self.namespace)
+        for name, pod in pods.items():
+            if name not in self._runs:
+                run = _PodRun(name, pod)
+                run.thread = threading.Thread(target=self._run_pod, args=(run,), name=f"pod-{name}", daemon=True)
+                self._runs[name] = run
+                run.thread.start()
+        for name, run in list(self._runs.items()):
+            if name not in pods and not run.deleted.is_set():
+                run.deleted.set()
+            if run.thread is not None and not run.thread.is_alive():
+                del self._runs[name]
+
+    def _report(self, run: _PodRun, phase: str, state: dict[str, Any], **pod_status: Any) -> None:
+        if run.deleted.is_set():
+            return
+        status = {
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [_container_status(run.pod, state, run.container_id)],
+            **pod_status,
+        }
+        try:
+            self.api.patch_pod(run.name, {"status": status}, self.namespace)
+        except Exception as exc:  # deleted meanwhile
+            log.debug("emulated kubelet: status of %s not reported: %s", run.name, exc)
+
+    # One pod's life -------------------------------------------------------------------
+
+    def _run_pod(self, run: _PodRun) -> None:
+        try:
+            self._report(run, "Pending", {"waiting": {"reason": "ContainerCreating"}}, startTime=_now())
+            image = self._pulled(run)
+            if image is not None:
+                self._create_and_watch(run, image)
+            run.deleted.wait()
+        except Exception as exc:
+            log.exception("emulated kubelet: pod %s: %s", run.name, exc)
+            run.deleted.wait()
+        finally:
+            self._remove(run)
+
+    def _pulled(self, run: _PodRun) -> Any:
+        """The image, pulled as ``imagePullPolicy`` says; None when the pod went meanwhile."""
+        container = run.pod["spec"]["containers"][0]
+        reference = container["image"]
+        policy = container.get("imagePullPolicy") or ("Always" if reference.endswith(":latest") else "IfNotPresent")
+        backoff = PULL_BACKOFF_FIRST
+        while True:
+            if policy != "Always":
+                with contextlib.suppress(ImageNotFound):
+                    return self._client.images.get(reference)
+                if policy == "Never":
+                    message = f'Container image "{reference}" is not present with pull policy of Never'
+                    self._report(run, "Pending", {"waiting": {"reason": "ErrImageNeverPull", "message": message}})
+                    return None
+            repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "")
+            try:
+                return self._client.images.pull(repository, tag=tag or "latest")
+            except (APIError, DockerException) as exc:
+                error = f'failed to pull image "{reference}": {getattr(exc, "explanation", None) or exc}'
+                self._report(run, "Pending", {"waiting": {"reason": "ErrImagePull", "message": error}})
+            if run.deleted.wait(1.0):
+                return None
+            message = f'Back-off pulling image "{reference}"'
+            self._report(run, "Pending", {"waiting": {"reason": "ImagePullBackOff", "message": message}})
+            if run.deleted.wait(backoff):
+                return None
+            backoff = min(backoff * 2, PULL_BACKOFF_MAX)
+
+    def _create_and_watch(self, run: _PodRun, image: Any) -> None:
+        try:
+            options = container_options(run.pod, image.attrs["Config"].get("User") or "", self.id)
+        except PodRefused as exc:
+            waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
+            self._report(run, "Pending", {"waiting": waiting})
+            return
+        started = _now()
+        try:
+            container = self._client.containers.create(image.id, detach=True, **options)
+            run.container_id = container.id
+            container.start()
+        except APIError as exc:
+            terminated = {
+                "exitCode": 128,
+                "reason": "StartError",
+                "message": str(exc.explanation or exc),
+                "startedAt": started,
+                "finishedAt": _now(),
+            }
+            self._report(run, "Failed", {"terminated": terminated})
+            return
+        self._report(run, "Running", {"running": {"startedAt": started}})
+        self._watch(run, container, started)
+
+    def _watch(self, run: _PodRun, container: Any, started: str) -> None:
+        deadline_seconds = run.pod["spec"].get("activeDeadlineSeconds")
+        deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
+        pod_reason: dict[str, str] = {}
+        while not run.deleted.wait(POLL):
+            state = self._client.api.inspect_container(container.id)["State"]
+            if state.get("Running"):
+                if state.get("OOMKilled"):
+                    container.kill()  # memory.oom.group: the whole container goes
+                elif deadline is not None and time.monotonic() > deadline and not pod_reason:
+                    message = f"Pod was active on the node longer than the specified deadline ({deadline_seconds}s)"
+                    pod_reason = {"reason": "DeadlineExceeded", "message": message}
+                    container.stop(timeout=self._grace(run))
+                continue
+            code = int(state.get("ExitCode", 0))
+            reason = "OOMKilled" if state.get("OOMKilled") else "Completed" if code == 0 else "Error"
+            terminated = {
+                "exitCode": code,
+                "reason": reason,
+                "startedAt": started,
+                "finishedAt": _now(),
+                "containerID": f"docker://{container.id}",
+            }
+            phase = "Succeeded" if code == 0 and not pod_reason else "Failed"
+            self._report(run, phase, {"terminated": terminated}, **pod_reason)
+            return
+
+    def _grace(self, run: _PodRun) -> int:
+        """The delete request's gracePeriodSeconds, else the pod's terminationGracePeriodSeconds."""
+        asked = self.api.delete_grace(run.name, self.namespace)
+        if asked is not None:
+            return asked
+        return int(run.pod["spec"].get("terminationGracePeriodSeconds", 30))
+
+    def _remove(self, run: _PodRun) -> None:
+        """The pod is gone: stop its container with the grace period, keep its output, remove it."""
+        if not run.container_id:
+            return
+        try:
+            container = self._client.containers.get(run.container_id)
+            if container.status == "running":
+                container.stop(timeout=self._grace(run))
+            output = (self.log_dir or Path("/tmp")) / f"{run.name}.out"
+            output.write_bytes(container.logs(stdout=True, stderr=True))
+            self.outputs[run.name] = output
+            container.remove(force=True)
+        except NotFound:
+            return
+
+    # pods/log -------------------------------------------------------------------------
+
+    def read_log(self, namespace: str, name: str, tail: int | None) -> PodLog:
+        """What ``kubectl logs`` reads: the container's output (stdout and stderr)."""
+        run = self._runs.get(name)
+        if namespace != self.namespace or run is None or run.deleted.is_set():
+            return PodLog(404, f'pods "{name}" not found')
+        if not run.container_id:
+            return PodLog(400, f'container "worker" in pod "{name}" is waiting to start: ContainerCreating')
+        try:
+            output: bytes = self._client.containers.get(run.container_id).logs(
+                stdout=True, stderr=True, tail="all" if tail is None else tail
+            )
+        except NotFound:
+            return PodLog(404, f'pods "{name}" not found')
+        return PodLog(200, output.decode(errors="replace"))
+
+
+def main() -> None:
+    """Serves an emulated Kubernetes API with this kubelet until SIGTERM, and writes a
+    kubeconfig for it: what `just dev-k8s` uses when no cluster is configured."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write the kubeconfig")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with KubeEmulator() as api:
+        kubelet = Kubelet(api, log_dir=args.kubeconfig.parent).start()
+        api.kubeconfig(args.kubeconfig)
+        print(f"Kubernetes emulator at {api.url}; kubeconfig {args.kubeconfig}", flush=True)
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stopped.wait()
+        kubelet.stop()
+
+
+if __name__ == "__main__":
+    main()

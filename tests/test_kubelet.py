@@ -1,0 +1,181 @@
+"""The emulated kubelet: how a pod spec becomes a container (pure), and what the node
+reports for pods it refuses or stops (with Docker)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from hodei.kube_emulator import NAMESPACE, KubeEmulator
+from hodei.kubelet import PodRefused, container_options, run_as
+from hodei.testing import eventually
+
+
+def pod(container: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": NAMESPACE},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "worker", "image": "w:1", "imagePullPolicy": "IfNotPresent", **(container or {})}],
+            **spec,
+        },
+    }
+
+
+def test_the_pod_restrictions_become_the_container_options() -> None:
+    options = container_options(
+        pod(
+            {
+                "command": ["python3", "-m", "agent"],
+                "args": ["--verbose"],
+                "workingDir": "/work",
+                "env": [{"name": "A", "value": "1"}, {"name": "EMPTY"}],
+                "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
+                "securityContext": {
+                    "readOnlyRootFilesystem": True,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            },
+            securityContext={"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 2000, "fsGroup": 3000},
+            volumes=[{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        ),
+        image_user="",
+        kubelet="k1",
+    )
+    assert options["entrypoint"] == ["python3", "-m", "agent"] and options["command"] == ["--verbose"]
+    assert options["working_dir"] == "/work"
+    assert options["environment"] == {"A": "1", "EMPTY": ""}
+    assert options["user"] == "1000:2000" and options["group_add"] == ["3000"]
+    assert options["read_only"] is True and options["privileged"] is False
+    assert options["cap_drop"] == ["ALL"] and options["cap_add"] == ["NET_BIND_SERVICE"]
+    assert options["security_opt"] == ["no-new-privileges"]
+    assert options["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,mode=1777,size={1024**3}"}
+    assert options["mem_limit"] == options["memswap_limit"] == 128 * 1024**2
+    assert options["nano_cpus"] == 500_000_000
+    assert options["network_mode"] == "host"
+    assert options["name"] == f"k8s_worker_p_{NAMESPACE}"
+    assert options["labels"]["io.hodei.emulated-kubelet"] == "k1"
+
+
+def test_without_command_or_args_the_image_decides() -> None:
+    options = container_options(pod(), image_user="1000", kubelet="k1")
+    assert "entrypoint" not in options and "command" not in options
+    assert options["user"] == "1000" and options["read_only"] is False and options["tmpfs"] is None
+
+
+@pytest.mark.parametrize(
+    ("security", "image_user", "expected"),
+    [
+        ({"runAsNonRoot": True}, "1000:1000", "1000:1000"),
+        ({"runAsNonRoot": True, "runAsUser": 7}, "", "7"),
+        ({}, "", "0"),
+        ({}, "root", "0"),
+        ({"runAsUser": 0}, "1000", "0"),
+    ],
+)
+def test_the_user_comes_from_the_pod_else_the_image(security: dict[str, Any], image_user: str, expected: str) -> None:
+    assert run_as(pod(securityContext=security), image_user) == expected
+
+
+@pytest.mark.parametrize(
+    ("security", "image_user", "refusal"),
+    [
+        ({"runAsNonRoot": True}, "", "image will run as root"),
+        ({"runAsNonRoot": True}, "root", "image will run as root"),
+        ({"runAsNonRoot": True, "runAsUser": 0}, "1000", "image will run as root"),
+        ({"runAsNonRoot": True}, "hodei", "non-numeric user (hodei), cannot verify user is non-root"),
+    ],
+)
+def test_run_as_non_root_refuses_what_the_kubelet_refuses(
+    security: dict[str, Any], image_user: str, refusal: str
+) -> None:
+    with pytest.raises(PodRefused, match=refusal.replace("(", r"\(").replace(")", r"\)")):
+        run_as(pod(securityContext=security), image_user)
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"volumes": [{"name": "data", "hostPath": {"path": "/"}}]}, "only emptyDir volumes"),
+        ({"volumes": []}, "no volume of that name"),
+        ({"initContainers": [{"name": "init", "image": "w:1"}]}, "exactly one container"),
+    ],
+)
+def test_what_the_emulation_cannot_do_is_refused_by_name(change: dict[str, Any], refusal: str) -> None:
+    spec = pod({"volumeMounts": [{"name": "data", "mountPath": "/data"}]}, **change)
+    with pytest.raises(PodRefused, match=refusal):
+        container_options(spec, image_user="1000", kubelet="k1")
+
+
+# With Docker ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def node(tmp_path: Path, worker_image: str) -> Iterator[tuple[KubeEmulator, client.CoreV1Api]]:
+    from hodei.kubelet import Kubelet
+
+    with KubeEmulator() as api:
+        kubelet = Kubelet(api, log_dir=tmp_path).start()
+        core = client.CoreV1Api(config.new_client_from_config(config_file=str(api.kubeconfig(tmp_path / "kc"))))
+        yield api, core
+        kubelet.stop()
+
+
+def phase(api: KubeEmulator, name: str) -> str | None:
+    found: str | None = api.pods().get(name, {}).get("status", {}).get("phase")
+    return found
+
+
+def container_state(api: KubeEmulator, name: str) -> dict[str, Any] | None:
+    statuses = api.pods().get(name, {}).get("status", {}).get("containerStatuses") or []
+    state: dict[str, Any] | None = statuses[0]["state"] if statuses else None
+    return state
+
+
+@pytest.mark.docker
+def test_a_root_pod_under_run_as_non_root_is_not_started(
+    node: tuple[KubeEmulator, client.CoreV1Api], worker_image: str
+) -> None:
+    api, core = node
+    spec = pod({"image": worker_image}, securityContext={"runAsNonRoot": True, "runAsUser": 0})
+    core.create_namespaced_pod(NAMESPACE, spec)
+    state = eventually(lambda: (s := container_state(api, "p")) and "CreateContainerConfigError" in str(s) and s, 30)
+    assert "image will run as root" in state["waiting"]["message"]
+    with pytest.raises(client.ApiException) as refused:
+        core.read_namespaced_pod_log("p", NAMESPACE)
+    assert refused.value.status == 400 and "waiting to start" in str(refused.value.body)
+
+
+@pytest.mark.docker
+def test_the_deadline_and_the_delete_grace_are_honoured(
+    node: tuple[KubeEmulator, client.CoreV1Api], worker_image: str, docker_client: Any
+) -> None:
+    api, core = node
+    ignore_term = ["sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.1; done"]
+    spec = pod(
+        {"image": worker_image, "command": ignore_term}, activeDeadlineSeconds=1, terminationGracePeriodSeconds=1
+    )
+    core.create_namespaced_pod(NAMESPACE, spec)
+    eventually(lambda: phase(api, "p") == "Failed", 30, what="the deadline")
+    assert api.pods()["p"]["status"]["reason"] == "DeadlineExceeded"
+    terminated = container_state(api, "p")["terminated"]  # type: ignore[index]
+    assert terminated["exitCode"] == 137  # SIGTERM ignored, SIGKILL after the grace period
+    assert "got TERM" in core.read_namespaced_pod_log("p", NAMESPACE)
+
+    spec["metadata"]["name"] = "q"
+    core.create_namespaced_pod(NAMESPACE, spec | {"spec": {**spec["spec"], "activeDeadlineSeconds": 600}})
+    eventually(lambda: phase(api, "q") == "Running", 30)
+    started = time.monotonic()
+    core.delete_namespaced_pod("q", NAMESPACE, grace_period_seconds=2)
+    label = "io.kubernetes.pod.name=q"
+    eventually(lambda: docker_client.containers.list(all=True, filters={"label": label}) == [], 30)
+    assert time.monotonic() - started >= 2  # SIGTERM was ignored: the whole grace period passed
