@@ -321,5 +321,9 @@ bench-follow: bootstrap
 bench-throughput: bootstrap
     {{venv}}/python -m bench.throughput
 
+# Web console pages with 10,000 jobs, beside the SQL they run (HODEI_BENCH_CONSOLE_JOBS)
+bench-console: bootstrap
+    {{venv}}/python -m bench.console
+
 # Every benchmark, one after the other
-bench: bench-store bench-relay bench-local bench-docker bench-follow bench-throughput
+bench: bench-store bench-relay bench-local bench-docker bench-follow bench-throughput bench-console

@@ -26,6 +26,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "DATABASE_URL": (DEFAULT_DATABASE_URL, "PostgreSQL database"),
     "HODEI_GRPC_BIND": ("", "address the gRPC server binds (default: 0.0.0.0 with authentication, else 127.0.0.1)"),
     "HODEI_GRPC_PORT": ("50051", "gRPC port"),
+    "HODEI_HTTP_PORT": ("8080", "port of the web console, /metrics, /healthz and /readyz (same bind and TLS; 0: off)"),
+    "HODEI_METRICS_PUBLIC": ("0", "1: serve /metrics without a token even when authentication is on"),
     "HODEI_SERVER_HOST": ("127.0.0.1", "address workers dial to reach this server"),
     "HODEI_AUTO_MIGRATE": ("1", "apply migrations when the server starts"),
     "HODEI_AUTH": ("auto", "`required`: refuse calls without an API token; `auto`: required once a token exists"),
@@ -189,6 +191,9 @@ class Config:
     # Empty: 0.0.0.0 with authentication on, else 127.0.0.1 (see hodei.server.main).
     bind_host: str
     port: int
+    # 0: no HTTP server.
+    http_port: int
+    metrics_public: bool
     advertise_host: str
     auto_migrate: bool
     auth_required: bool
@@ -273,6 +278,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         database_url=_get(env, "DATABASE_URL"),
         bind_host=_get(env, "HODEI_GRPC_BIND"),
         port=port,
+        http_port=int(_number(env, "HODEI_HTTP_PORT", zero_allowed=True)),
+        metrics_public=_flag(env, "HODEI_METRICS_PUBLIC"),
         advertise_host=_get(env, "HODEI_SERVER_HOST"),
         auto_migrate=_flag(env, "HODEI_AUTO_MIGRATE"),
         auth_required=_auth_required(env),

@@ -96,8 +96,11 @@ class Relay:
         config: RelayConfig,
         claimer: str,
         signals: Signals,
+        delivered: Callable[[EventRecord, float], None] | None = None,
     ) -> None:
         self.pool = pool
+        # Told of each event handled, with its lag in seconds (the metrics).
+        self.delivered = delivered
         self.routes = routes
         self.config = config
         self.claimer = claimer
@@ -161,6 +164,8 @@ class Relay:
                 with self._lock:
                     self._to_ack.append(delivery.outbox_id)
             self.counters.record(lag_ms)
+            if self.delivered is not None:
+                self.delivered(delivery.event, lag_ms / 1000)
         except LeaseLost as exc:
             log.warning("%s", exc)
         except Exception as exc:

@@ -194,8 +194,12 @@ class ServerProcess(Cli):
         *,
         tls: Pki | None = None,
         token: str | None = None,
+        http: bool = False,
     ) -> None:
+        """``http``: serve the web console and /metrics on a free port too (off otherwise,
+        so that servers in tests do not compete for HODEI_HTTP_PORT's default)."""
         self.port = free_port()
+        self.http_port = free_port() if http else 0
         self.tls = tls
         options: tuple[str, ...] = ()
         if tls is not None:
@@ -210,6 +214,7 @@ class ServerProcess(Cli):
             "DATABASE_URL": database_url,
             "HODEI_GRPC_PORT": str(self.port),
             "HODEI_GRPC_BIND": "127.0.0.1",
+            "HODEI_HTTP_PORT": str(self.http_port),
             "HODEI_SERVER_HOST": "127.0.0.1",
             "HODEI_DOCKER_ENABLED": "0",
             "HODEI_LOCAL_ENABLED": "1",
@@ -248,6 +253,12 @@ class ServerProcess(Cli):
             self.tls.ca.read_bytes(), self.tls.client_key.read_bytes(), self.tls.client_cert.read_bytes()
         )
         return grpc.secure_channel(self.address, credentials)
+
+    @property
+    def http_url(self) -> str:
+        """Where the web console answers (``http=True``)."""
+        assert self.http_port, "this server was started without its HTTP port (http=True)"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     def logs(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""

@@ -21,6 +21,8 @@ apt_install() {
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt_install postgresql
 [ -x /usr/bin/python3.11 ] || apt_install python3.11
 command -v file >/dev/null || apt_install file
+# Headless Chromium for the console's browser tests (Playwright drives it; no browser download).
+command -v chromium >/dev/null || apt_install chromium
 
 # Docker engine: the Debian client talks to it; never the default 172.17 bridge.
 DOCKER=/usr/bin/docker

@@ -7,6 +7,7 @@ The job queue as the scheduler sees it."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -127,18 +128,22 @@ class ListWorkersRequest(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """Empty lists every state."""
     limit: _builtins.int
+    live: _builtins.bool
+    """Only workers that are not over (CREATING, CONNECTING, READY, BUSY)."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         limit: _builtins.int = ...,
+        live: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "live", b"live", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,12 +159,17 @@ class Worker(_message.Message):
     PROVIDER_TYPE_FIELD_NUMBER: _builtins.int
     PROVIDER_RESOURCE_ID_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     job_id: _builtins.str
     state: _builtins.str
     provider_type: _builtins.str
     provider_resource_id: _builtins.str
     error_message: _builtins.str
+    @_builtins.property
+    def last_heartbeat_at(self) -> _timestamp_pb2.Timestamp:
+        """The newest heartbeat the servers heard; absent when none was heard."""
+
     def __init__(
         self,
         *,
@@ -169,10 +179,11 @@ class Worker(_message.Message):
         provider_type: _builtins.str = ...,
         provider_resource_id: _builtins.str = ...,
         error_message: _builtins.str = ...,
+        last_heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_at", b"last_heartbeat_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "id", b"id", "job_id", b"job_id", "provider_resource_id", b"provider_resource_id", "provider_type", b"provider_type", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "id", b"id", "job_id", b"job_id", "last_heartbeat_at", b"last_heartbeat_at", "provider_resource_id", b"provider_resource_id", "provider_type", b"provider_type", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

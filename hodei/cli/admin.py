@@ -7,7 +7,7 @@ from typing import Any
 
 from hodei._proto import metrics_pb2, outbox_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
-from hodei.cli.terminal import Terminal, message_dict
+from hodei.cli.terminal import Terminal, message_dict, when
 
 
 def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
@@ -131,15 +131,23 @@ def queue(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def workers(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     response = client.call(
         client.scheduler.ListWorkers,
-        scheduler_pb2.ListWorkersRequest(state=args.state or "", limit=args.limit),
+        scheduler_pb2.ListWorkersRequest(state=args.state or "", limit=args.limit, live=args.live),
     )
     if term.json:
         term.data([message_dict(w) for w in response.workers])
         return 0
     term.table(
-        ["ID", "JOB", "STATE", "PROVIDER", "RESOURCE", "ERROR"],
+        ["ID", "JOB", "STATE", "PROVIDER", "RESOURCE", "LAST HEARTBEAT", "ERROR"],
         [
-            [w.id, w.job_id, w.state, w.provider_type, w.provider_resource_id or "-", w.error_message or "-"]
+            [
+                w.id,
+                w.job_id,
+                w.state,
+                w.provider_type,
+                w.provider_resource_id or "-",
+                when(w, "last_heartbeat_at", timespec="seconds"),
+                w.error_message or "-",
+            ]
             for w in response.workers
         ],
     )
@@ -188,6 +196,7 @@ def add_commands(commands: Any) -> None:
     worker_parser = commands.add_parser("worker", help="workers").add_subparsers(dest="action", required=True)
     list_parser = worker_parser.add_parser("list", help="workers, newest first")
     list_parser.add_argument("--state", help="only this state (e.g. BUSY)")
+    list_parser.add_argument("--live", action="store_true", help="only workers that are not over")
     list_parser.add_argument("--limit", type=int, default=50)
     list_parser.set_defaults(handler=workers)
 

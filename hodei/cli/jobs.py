@@ -282,7 +282,15 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         else common_pb2.JOB_STATUS_UNSPECIFIED
     )
     response = client.call(
-        client.jobs.ListJobs, jobs_pb2.ListJobsRequest(limit=args.limit, offset=args.offset, status=status)
+        client.jobs.ListJobs,
+        jobs_pb2.ListJobsRequest(
+            limit=args.limit,
+            offset=args.offset,
+            status=status,
+            provider=args.provider or "",
+            name=args.name or "",
+            labels=parse_labels(args.label or []),
+        ),
     )
     if term.json:
         term.data({"jobs": [job_dict(job) for job in response.jobs], "total_count": response.total_count})
@@ -492,5 +500,8 @@ def add_commands(commands: Any) -> Any:
     list_parser.add_argument("--limit", type=int, default=20)
     list_parser.add_argument("--offset", type=int, default=0)
     list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
+    list_parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
+    list_parser.add_argument("--name", help="only jobs whose name contains this text")
+    list_parser.add_argument("--label", "-l", action="append", help="only jobs with this KEY=VALUE label; repeatable")
     list_parser.set_defaults(handler=list_jobs)
     return job

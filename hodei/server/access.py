@@ -9,8 +9,9 @@ a token lookup never holds up others. The caller is then available to the method
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -33,6 +34,17 @@ TOKEN_NEEDED = (
 def caller() -> Caller:
     """The caller of the API method running in this thread (set by ``Gatekeeper``)."""
     return _CALLER.get()
+
+
+@contextlib.contextmanager
+def calling_as(who: Caller) -> Iterator[None]:
+    """Runs API methods in process as ``who`` (the web console's calls); threads started
+    with ``asyncio.to_thread`` inside inherit it."""
+    token = _CALLER.set(who)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
 
 
 def bearer(metadata: Any) -> str | None:

@@ -23,6 +23,7 @@ from hodei.errors import InvalidInput, NotFound
 from hodei.providers.registry import ProviderRegistry, provider_type_of
 from hodei.relay import RelayCounters
 from hodei.server.access import caller
+from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.readmodels import ProviderRow, ReadModels
@@ -85,7 +86,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidInput(f"unknown worker state `{request.state}`; known: {', '.join(WorkerState)}")
         if request.limit < 0:
             raise InvalidInput("limit must not be negative")
-        rows = self.reads.workers(state, min(request.limit or 50, MAX_WORKERS_LISTED))
+        rows = self.reads.workers(state, min(request.limit or 50, MAX_WORKERS_LISTED), live=request.live)
         return scheduler_pb2.ListWorkersResponse(
             workers=[
                 scheduler_pb2.Worker(
@@ -95,6 +96,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                     provider_type=row.provider_type,
                     provider_resource_id=row.provider_resource_id or "",
                     error_message=row.error_message or "",
+                    last_heartbeat_at=timestamp(row.last_seen_at),
                 )
                 for row in rows
             ]

@@ -25,7 +25,7 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import translate_errors
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.store.readmodels import JobRow, ReadModels
+from hodei.store.readmodels import JobFilters, JobRow, ReadModels
 from hodei.store.sql import query
 from hodei.wire import spec_from_proto
 
@@ -105,7 +105,13 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("limit and offset must not be negative")
         limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
         state = JobState(_state_name(request.status)).value if request.status else None
-        rows, total = self.reads.jobs(state, limit, request.offset)
+        provider = provider_type_of(request.provider)  # k8s, an id...; unknown ones are refused
+        filters = JobFilters(
+            provider=provider.value if provider else None,
+            name=request.name.strip() or None,
+            labels=dict(request.labels),
+        )
+        rows, total = self.reads.jobs(state, limit, request.offset, filters)
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(row) for row in rows], total_count=total)
 
     @rpc
@@ -190,9 +196,13 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         )
 
 
+def may_act_on(who: Caller, submitted_by: str | None) -> bool:
+    """Submitters act on (cancel, retry) their own jobs; the operate role on any."""
+    return who.may(Role.OPERATE) or (who.may(Role.SUBMIT) and submitted_by == who.name)
+
+
 def _check_owner(who: Caller, row: JobRow, action: str) -> None:
-    """Submitters act on their own jobs; the operate role on any."""
-    if not who.may(Role.OPERATE) and row.submitted_by != who.name:
+    if not may_act_on(who, row.submitted_by):
         raise PermissionDenied(
             f"token `{who.name}` may {action} only its own jobs; job {row.id} was submitted by {row.submitted_by} "
             f"(the operate role may {action} any job)"

@@ -11,13 +11,14 @@ import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # The server starts worker processes while gRPC threads run: gRPC's fork handlers must not
 # run in those children (they only exec). See workers/hodei_worker/agent.py.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -37,6 +38,7 @@ from hodei._proto import (
     worker_pb2_grpc,
 )
 from hodei.cli.access import add_token_commands
+from hodei.console.api import Api
 from hodei.errors import HodeiError
 from hodei.server.preflight import Misconfigured, check_peers, check_worker_address, listen_host
 from hodei.store import history, replay
@@ -49,15 +51,6 @@ if TYPE_CHECKING:
     from hodei.store.api_tokens import ApiTokens
 
 log = logging.getLogger("hodei.server")
-
-SERVICE_NAMES = [
-    jobs_pb2.DESCRIPTOR.services_by_name["JobExecutionService"].full_name,
-    worker_pb2.DESCRIPTOR.services_by_name["WorkerAgentService"].full_name,
-    scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
-    providers_pb2.DESCRIPTOR.services_by_name["ProviderManagementService"].full_name,
-    metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
-    logs_pb2.DESCRIPTOR.services_by_name["LogStreamService"].full_name,
-]
 
 # Larger than any message a worker sends (its log batches are bounded below this).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -161,8 +154,11 @@ def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCrede
         raise Misconfigured(f"cannot listen on {address}: {reason} (port {port}; is another hodei-server running?)")
 
 
-async def _add_services(server: grpc.aio.Server, runtime: Runtime, tokens: ApiTokens) -> health.aio.HealthServicer:
-    """The API services, health and reflection; returns the health servicer."""
+async def _add_services(
+    server: grpc.aio.Server, runtime: Runtime, tokens: ApiTokens
+) -> tuple[health.aio.HealthServicer, dict[str, object]]:
+    """The API services, health and reflection; returns the health servicer and the
+    servicers by full service name (the web console calls them in process)."""
     from hodei._proto import access_pb2, access_pb2_grpc, outbox_pb2, outbox_pb2_grpc, sagas_pb2, sagas_pb2_grpc
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
@@ -183,38 +179,52 @@ async def _add_services(server: grpc.aio.Server, runtime: Runtime, tokens: ApiTo
         cfg.timing.heartbeat_interval,
         runtime.faults,
         runtime.registry,
+        runtime.metrics,
     )
-    jobs_pb2_grpc.add_JobExecutionServiceServicer_to_server(
-        JobExecutionService(runtime.store, runtime.reads, runtime.signals, runtime.secrets), server
-    )
-    worker_pb2_grpc.add_WorkerAgentServiceServicer_to_server(workers, server)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-        SchedulerService(runtime.reads, runtime.admission), server
-    )
-    providers_pb2_grpc.add_ProviderManagementServiceServicer_to_server(
-        ProviderManagementService(runtime.store, runtime.reads, runtime.registry, runtime.admission), server
-    )
-    metrics_pb2_grpc.add_MetricsServiceServicer_to_server(
-        MetricsService(runtime.reads, runtime.relay.counters, lambda: len(workers.connected)), server
-    )
-    logs_pb2_grpc.add_LogStreamServiceServicer_to_server(
-        LogStreamService(runtime.reads, runtime.logs, runtime.signals), server
-    )
-    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessService(tokens), server)
-    sagas_pb2_grpc.add_SagaServiceServicer_to_server(SagaService(runtime.reads), server)
-    outbox_pb2_grpc.add_OutboxServiceServicer_to_server(OutboxService(runtime.store.pool), server)
+    added: list[tuple[Any, Any, Any]] = [
+        (
+            jobs_pb2,
+            "JobExecutionService",
+            JobExecutionService(runtime.store, runtime.reads, runtime.signals, runtime.secrets),
+        ),
+        (worker_pb2, "WorkerAgentService", workers),
+        (scheduler_pb2, "SchedulerService", SchedulerService(runtime.reads, runtime.admission)),
+        (
+            providers_pb2,
+            "ProviderManagementService",
+            ProviderManagementService(runtime.store, runtime.reads, runtime.registry, runtime.admission),
+        ),
+        (
+            metrics_pb2,
+            "MetricsService",
+            MetricsService(runtime.reads, runtime.relay.counters, lambda: len(workers.connected)),
+        ),
+        (logs_pb2, "LogStreamService", LogStreamService(runtime.reads, runtime.logs, runtime.signals)),
+        (access_pb2, "AccessService", AccessService(tokens)),
+        (sagas_pb2, "SagaService", SagaService(runtime.reads)),
+        (outbox_pb2, "OutboxService", OutboxService(runtime.store.pool)),
+    ]
+    grpc_modules = {
+        jobs_pb2: jobs_pb2_grpc,
+        worker_pb2: worker_pb2_grpc,
+        scheduler_pb2: scheduler_pb2_grpc,
+        providers_pb2: providers_pb2_grpc,
+        metrics_pb2: metrics_pb2_grpc,
+        logs_pb2: logs_pb2_grpc,
+        access_pb2: access_pb2_grpc,
+        sagas_pb2: sagas_pb2_grpc,
+        outbox_pb2: outbox_pb2_grpc,
+    }
+    servicers: dict[str, object] = {}
+    for module, name, servicer in added:
+        getattr(grpc_modules[module], f"add_{name}Servicer_to_server")(servicer, server)
+        servicers[module.DESCRIPTOR.services_by_name[name].full_name] = servicer
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [
-        *SERVICE_NAMES,
-        access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
-        sagas_pb2.DESCRIPTOR.services_by_name["SagaService"].full_name,
-        outbox_pb2.DESCRIPTOR.services_by_name["OutboxService"].full_name,
-    ]
-    for name in ["", *services]:
+    for name in ["", *servicers]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    return health_servicer
+    reflection.enable_server_reflection([*servicers, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return health_servicer, servicers
 
 
 def _serve(cfg: configuration.Config) -> int:
@@ -269,9 +279,10 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     cfg = runtime.config
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="hodei-io"))
+    gatekeeper = Gatekeeper(tokens, cfg.auth_required)
     server = grpc.aio.server(
         migration_thread_pool=ThreadPoolExecutor(API_THREADS, thread_name_prefix="hodei-api"),
-        interceptors=[Gatekeeper(tokens, cfg.auth_required)],
+        interceptors=[gatekeeper],
         options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -280,8 +291,9 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    health_servicer = await _add_services(server, runtime, tokens)
+    health_servicer, servicers = await _add_services(server, runtime, tokens)
     _listen(server, address, _credentials(cfg.tls))
+    console = await _start_console(runtime, Api(gatekeeper, servicers), address.rpartition(":")[0])
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -292,7 +304,36 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     await stop.wait()
     log.info("Shutting down")
     await health_servicer.enter_graceful_shutdown()
+    if console is not None:
+        await console.cleanup()
     await server.stop(grace=5)
+
+
+async def _start_console(runtime: Runtime, api: Api, host: str) -> web.AppRunner | None:
+    """The web console and /metrics on HODEI_HTTP_PORT (0: none), on the gRPC port's
+    address and with its TLS rules."""
+    from hodei.console.app import Console, tls_context
+
+    cfg = runtime.config
+    if cfg.http_port == 0:
+        return None
+    tls = cfg.tls
+    secure = tls.cert is not None and tls.key is not None
+    console = Console(api, runtime.metrics, runtime.pool, secure=secure, metrics_public=cfg.metrics_public)
+    runner = web.AppRunner(console.application(), access_log=None, handle_signals=False)
+    await runner.setup()
+    context = tls_context(tls.cert, tls.key, tls.client_ca) if tls.cert is not None and tls.key is not None else None
+    site = web.TCPSite(runner, host.strip("[]"), cfg.http_port, ssl_context=context, reuse_port=False)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise Misconfigured(
+            f"cannot listen on {host}:{cfg.http_port} for the web console: {exc.strerror or exc} "
+            "(HODEI_HTTP_PORT; 0 turns the console off)"
+        ) from None
+    log.info("Web console and /metrics on %s://%s:%d", "https" if secure else "http", host, cfg.http_port)
+    return runner
 
 
 def _relay(cfg: configuration.Config) -> int:

@@ -15,6 +15,7 @@ from hodei.domain.saga import Saga
 from hodei.faults import Faults
 from hodei.liveness import Liveness
 from hodei.logs import LogStore
+from hodei.metrics import PlatformMetrics
 from hodei.providers.base import WorkerProvider
 from hodei.providers.local import LocalProvider
 from hodei.providers.registry import ProviderRegistry, register_providers
@@ -134,12 +135,14 @@ class Runtime:
             self.store, {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType}
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
+        self.metrics = PlatformMetrics(self.reads)
         self.relay = Relay(
             self.pool,
             routes.build(self.engine, self.store, self.admission),
             config.relay,
             config.server_id,
             self.signals,
+            delivered=self.metrics.delivered,
         )
         self.sweeper = Sweeper(
             self.store,

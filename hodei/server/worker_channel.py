@@ -31,6 +31,7 @@ from hodei.errors import InvalidInput, InvalidTransition, ProviderUnavailable, U
 from hodei.faults import Faults
 from hodei.liveness import Liveness
 from hodei.logs import STDERR, STDOUT, LogLine, LogStore
+from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
@@ -95,8 +96,11 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         heartbeat_interval: float,
         faults: Faults,
         registry: ProviderRegistry,
+        metrics: PlatformMetrics,
     ) -> None:
         self.registry = registry
+        self.metrics = metrics
+        metrics.count_connected(lambda: len(self.connected))
         self.store = store
         self.signer = signer
         self.signals = signals
@@ -317,4 +321,5 @@ class WorkerSession:
                 for line in batch.lines
             ]
             self.service.logs.append(self.job_id, lines)
+            self.service.metrics.log_bytes.inc(sum(len(line.text.encode()) for line in lines))
             self.service.signals.publish(f"log:{self.job_id}")

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -94,3 +95,13 @@ def migrate(database_url: str, sql_dir: Path | None = None) -> list[Migration]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied
+
+
+def pending(conn: psycopg.Connection[Any], sql_dir: Path | None = None) -> list[str]:
+    """The migrations not applied yet (``/readyz`` is not ready while any is)."""
+    conn.execute("SELECT 1")
+    exists = conn.execute("SELECT to_regclass('hodei.schema_migrations') IS NOT NULL").fetchone()
+    done: set[int] = set()
+    if exists and exists[0]:
+        done = {row[0] for row in conn.execute("SELECT version FROM hodei.schema_migrations").fetchall()}
+    return [m.path.name for m in discover(sql_dir or default_sql_dir()) if m.version not in done]

@@ -303,11 +303,18 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
+  AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
+  AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
+  AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
 ORDER BY j.created_at DESC, j.id
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: count_jobs
-SELECT count(*) FROM jobs WHERE (%(state)s::varchar IS NULL OR state = %(state)s::varchar);
+SELECT count(*) FROM jobs j
+WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
+  AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
+  AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
+  AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb);
 
 -- name: jobs_by_state
 SELECT state, count(*) FROM jobs GROUP BY state;
@@ -316,10 +323,11 @@ SELECT state, count(*) FROM jobs GROUP BY state;
 SELECT state, count(*) FROM sagas GROUP BY state;
 
 -- name: list_workers
-SELECT id, job_id, state, provider_type, provider_resource_id, error_message
-FROM workers
-WHERE (%(state)s::varchar IS NULL OR state = %(state)s::varchar)
-ORDER BY created_at DESC
+SELECT w.id, w.job_id, w.state, w.provider_type, w.provider_resource_id, w.error_message, l.last_seen_at
+FROM workers w LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
+WHERE (%(state)s::varchar IS NULL OR w.state = %(state)s::varchar)
+  AND (NOT %(live)s OR w.state IN ('CREATING', 'CONNECTING', 'READY', 'BUSY'))
+ORDER BY w.created_at DESC
 LIMIT %(limit)s;
 
 -- name: worker_and_job_states
@@ -621,3 +629,12 @@ SELECT id FROM jobs WHERE id BETWEEN %s AND %s ORDER BY id LIMIT 2;
 
 -- name: sagas_in_id_range
 SELECT id FROM sagas WHERE id BETWEEN %s AND %s ORDER BY id LIMIT 2;
+
+-- name: job_created_at
+SELECT created_at FROM jobs WHERE id = %s;
+
+-- name: step_started_at
+SELECT started_at FROM saga_steps WHERE saga_id = %s AND step_order = %s;
+
+-- name: saga_type_of
+SELECT saga_type FROM sagas WHERE id = %s;

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.phases import Phase, phases_of
 from hodei.errors import InvalidInput, NotFound
-from hodei.store.db import translate_errors
+from hodei.store.db import fetch_value, translate_errors
 from hodei.store.sql import query
 
 # A unique prefix of an id, as people copy it from a table: at least 8 hex digits.
@@ -68,6 +70,16 @@ class WorkerRow:
     provider_type: str
     provider_resource_id: str | None
     error_message: str | None
+    last_seen_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    """What a job list may be narrowed to, besides its state (None: any)."""
+
+    provider: str | None = None
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,8 +173,18 @@ class ReadModels:
             raise NotFound(f"job {job_id} not found")
         return JobRow(**rows[0])
 
-    def jobs(self, state: str | None, limit: int, offset: int) -> tuple[list[JobRow], int]:
-        params = {"state": state, "limit": limit, "offset": offset}
+    def jobs(
+        self, state: str | None, limit: int, offset: int, filters: JobFilters | None = None
+    ) -> tuple[list[JobRow], int]:
+        wanted = filters or JobFilters()
+        params = {
+            "state": state,
+            "limit": limit,
+            "offset": offset,
+            "provider": wanted.provider,
+            "name": wanted.name,
+            "labels": Jsonb(dict(wanted.labels)) if wanted.labels else None,
+        }
         rows = [JobRow(**row) for row in self._all("list_jobs", params)]
         total = self._all("count_jobs", params)[0]["count"]
         return rows, int(total)
@@ -170,8 +192,9 @@ class ReadModels:
     def counts(self, name: str) -> dict[str, int]:
         return {row["state"]: int(row["count"]) for row in self._all(name)}
 
-    def workers(self, state: str | None, limit: int) -> list[WorkerRow]:
-        return [WorkerRow(**row) for row in self._all("list_workers", {"state": state, "limit": limit})]
+    def workers(self, state: str | None, limit: int, live: bool = False) -> list[WorkerRow]:
+        params = {"state": state, "limit": limit, "live": live}
+        return [WorkerRow(**row) for row in self._all("list_workers", params)]
 
     def providers(self) -> list[ProviderRow]:
         return [ProviderRow(**row) for row in self._all("list_providers")]
@@ -206,6 +229,17 @@ class ReadModels:
     def phases(self, job_id: UUID) -> list[Phase]:
         rows = self._all("events_of_job", {"job_id": str(job_id)})
         return phases_of((row["aggregate_id"], row["event_type"], row["occurred_at"], row["payload"]) for row in rows)
+
+    def job_created_at(self, job_id: str) -> datetime | None:
+        found: datetime | None = fetch_value(self.pool, "job_created_at", (job_id,))
+        return found
+
+    def step_started(self, saga_id: str, step_order: int) -> datetime | None:
+        found: datetime | None = fetch_value(self.pool, "step_started_at", (saga_id, step_order))
+        return found
+
+    def saga_type(self, saga_id: str) -> str:
+        return str(fetch_value(self.pool, "saga_type_of", (saga_id,)) or "unknown")
 
     def outbox_stats(self) -> tuple[int, int, int]:
         with translate_errors(), self.pool.connection() as conn:

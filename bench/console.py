@@ -1,0 +1,159 @@
+"""``just bench-console``: how fast the web console's pages answer with 10,000 jobs in
+the database, next to the SQL those pages run, timed directly on a warm connection.
+
+The jobs are written through the domain (submitted, assigned, run and finished: a mix of
+SUCCEEDED, FAILED and CANCELLED, with names and labels to filter on), then their outbox
+rows are marked published, so that the server's relay has nothing to do while pages are
+timed. Each page is fetched over HTTP keep-alive, as a browser does. Goal (#14): p50 under
+100 ms for every page.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import requests
+from psycopg.types.json import Jsonb
+
+from bench.common import database, percentile, row
+from hodei.domain.job import Job, JobState
+from hodei.domain.provider import PROVIDER_IDS, ProviderType
+from hodei.domain.spec import JobSpec
+from hodei.roles import SYSTEM
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import open_pool
+from hodei.store.sql import query as named
+from hodei.testing import ServerProcess
+
+JOBS = int(os.environ.get("HODEI_BENCH_CONSOLE_JOBS", "10000"))
+BATCH = 250
+ROUNDS = 40
+GOAL_MS = 100.0
+
+
+def finished_job(index: int) -> Job:
+    spec = JobSpec(
+        name=f"job-{index}",
+        command=f"echo {index}",
+        timeout_seconds=60,
+        provider="local",
+        labels={"team": ("blue", "red", "green")[index % 3]},
+    )
+    job = Job.submit(spec, uuid4())
+    local = str(PROVIDER_IDS[ProviderType.LOCAL])
+    job.select_provider(local, "local")
+    job.admit()
+    if index % 20 == 0:
+        job.cancel("bench")
+        return job
+    worker = str(uuid4())
+    job.assign(worker, local, "local")
+    job.accept(worker)
+    failed = index % 7 == 0
+    state = JobState.FAILED if failed else JobState.SUCCEEDED
+    job.finish(worker, state, 3 if failed else 0, "exited with code 3" if failed else None)
+    return job
+
+
+def seed(url: str) -> str:
+    """JOBS finished jobs; returns one FAILED job's id."""
+    pool = open_pool(url, max_size=2)
+    store = HodeiStore(pool)
+    failed = ""
+    try:
+        for start in range(0, JOBS, BATCH):
+            jobs = [finished_job(index) for index in range(start, min(start + BATCH, JOBS))]
+            store.write(jobs, Meta(actor=SYSTEM))
+            failed = failed or next((str(job.id) for job in jobs if job.state is JobState.FAILED), "")
+        with pool.connection() as conn:
+            conn.execute("UPDATE outbox_events SET status = 'PUBLISHED', published_at = now()")
+    finally:
+        pool.close()
+    return failed
+
+
+def timed(call: Callable[[], Any]) -> list[float]:
+    for _ in range(5):
+        call()
+    spent = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        call()
+        spent.append((time.perf_counter() - started) * 1000)
+    return spent
+
+
+def main() -> None:
+    with database() as url:
+        started = time.monotonic()
+        failed_job = seed(url)
+        print(f"seeded {JOBS} finished jobs in {time.monotonic() - started:.1f}s")
+        filters: dict[str, Any] = {"provider": None, "name": None, "labels": None}
+        listing = {"state": None, "limit": 50, "offset": 0, **filters}
+        pages: list[tuple[str, str, list[tuple[str, Any]]]] = [
+            ("jobs list", "/jobs", [("list_jobs", listing), ("count_jobs", listing)]),
+            (
+                "jobs list, state=FAILED",
+                "/jobs?state=FAILED",
+                [("list_jobs", {**listing, "state": "FAILED"}), ("count_jobs", {**listing, "state": "FAILED"})],
+            ),
+            (
+                "jobs list, name contains",
+                "/jobs?name=job-77",
+                [("list_jobs", {**listing, "name": "job-77"}), ("count_jobs", {**listing, "name": "job-77"})],
+            ),
+            (
+                "jobs list, label team=blue",
+                "/jobs?label=team%3Dblue",
+                [
+                    ("list_jobs", {**listing, "labels": Jsonb({"team": "blue"})}),
+                    ("count_jobs", {**listing, "labels": Jsonb({"team": "blue"})}),
+                ],
+            ),
+            ("live rows (every 2 s)", "/jobs/rows", [("list_jobs", listing)]),
+            (
+                "one job (describe, events, log)",
+                f"/jobs/{failed_job}",
+                [("get_job", (failed_job,)), ("job_events", (failed_job,)), ("workers_of_job", (failed_job,))],
+            ),
+            ("sagas", "/sagas", [("list_sagas", {"state": None, "saga_type": None, "job_id": None, "limit": 100})]),
+            ("providers", "/providers", [("list_providers", None)]),
+        ]
+        env = {"HODEI_LOCAL_ENABLED": "1", "HODEI_DOCKER_ENABLED": "0"}
+        with ServerProcess(url, Path(tempfile.mkdtemp(prefix="hodei-bench-console-")), env, http=True) as server:
+            session = requests.Session()
+            pool = open_pool(url, max_size=1)
+            print(f"console pages with {JOBS} jobs: p50 / p95 ms (SQL: the page's queries, run directly)")
+            print(row("page", "p50 / p95 ms", "SQL p50 ms", "page / SQL", f"goal p50 < {GOAL_MS:.0f} ms"))
+            worst = 0.0
+            try:
+                for title, path, statements in pages:
+
+                    def fetch(path: str = path) -> None:
+                        response = session.get(server.http_url + path)
+                        response.raise_for_status()
+
+                    def run_sql(statements: list[tuple[str, Any]] = statements) -> None:
+                        with pool.connection() as conn:
+                            for name, params in statements:
+                                conn.execute(named(name), params).fetchall()
+
+                    page_ms = timed(fetch)
+                    sql_ms = timed(run_sql)
+                    p50, p95, sql = percentile(page_ms, 50), percentile(page_ms, 95), percentile(sql_ms, 50)
+                    worst = max(worst, p50)
+                    print(row(title, f"{p50:.1f} / {p95:.1f}", f"{sql:.1f}", f"{p50 / sql:.1f}x"))
+            finally:
+                pool.close()
+            verdict = "met" if worst < GOAL_MS else "NOT met"
+            print(f"slowest page p50: {worst:.1f} ms; goal (< {GOAL_MS:.0f} ms) {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The web console and /metrics over real HTTP: who may see and do what, what the
+metrics count, the job list's filters and the timeline's marks (the browser test in
+test_console_browser.py drives the pages themselves)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e.test_access import create_token
+from hodei.testing import ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+PAGES = ["/jobs", "/providers", "/workers", "/sagas", "/dead-letters"]
+
+
+def browser(server: ServerProcess, token: str | None = None) -> requests.Session:
+    session = requests.Session()
+    session.headers["Accept"] = "text/html"
+    if token is not None:
+        response = session.post(f"{server.http_url}/login", data={"token": token, "next": "/jobs"})
+        assert response.ok and "signed-in" in response.text, response.text
+    return session
+
+
+def run(server: ServerProcess, *args: str) -> str:
+    return server.cli("job", "run", "--provider", "sim", "--command", "true", *args, check=True).stdout.strip()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+@pytest.fixture(scope="module")
+def tokens(pg_server: str, template_database: str) -> dict[str, str]:
+    from conftest import new_database
+
+    url = new_database(pg_server, template_database)
+    made = {role: create_token(url, f"{role}-person", role) for role in ("read", "submit", "operate")}
+    made["other"] = create_token(url, "other-submitter", "submit")
+    made["url"] = url
+    return made
+
+
+@pytest.fixture(scope="module")
+def guarded(tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
+    with ServerProcess(tokens["url"], tmp_path_factory.mktemp("logs"), env, token=tokens["operate"], http=True) as s:
+        yield s
+
+
+def test_without_a_token_every_page_and_the_metrics_are_refused(guarded: ServerProcess) -> None:
+    anonymous = browser(guarded)
+    for page in PAGES:
+        response = anonymous.get(guarded.http_url + page, allow_redirects=False)
+        assert response.status_code == 303 and response.headers["Location"] == f"/login?next={page}", page
+    assert requests.get(f"{guarded.http_url}/metrics").status_code == 401
+    assert requests.get(f"{guarded.http_url}/jobs/rows", allow_redirects=False).status_code == 303
+    assert anonymous.post(f"{guarded.http_url}/dead-letters/redrive", data={"all": "1"}).status_code == 401
+    # Probes stay open: an orchestrator checks them without credentials.
+    assert requests.get(f"{guarded.http_url}/healthz").text == "ok\n"
+    assert requests.get(f"{guarded.http_url}/readyz").text == "ready\n"
+    wrong = anonymous.post(f"{guarded.http_url}/login", data={"token": "hodei_not-a-token", "next": "/jobs"})
+    assert wrong.status_code == 401 and "login-error" in wrong.text
+
+
+def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    job_id = run(guarded, "--env", "HODEI_SIM_SECONDS=120", "--timeout", "300")
+    url = guarded.database_url
+    eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30)
+    page = f"{guarded.http_url}/jobs/{job_id}"
+
+    reader = browser(guarded, tokens["read"])
+    shown = reader.get(page)
+    assert shown.ok and 'id="job-state"' in shown.text and 'id="cancel"' not in shown.text
+    forged = reader.post(f"{page}/cancel", allow_redirects=False)
+    assert forged.status_code == 403 and "needs submit" in forged.text, forged.text
+    # Someone else's job: a submitter may not cancel it either.
+    other = browser(guarded, tokens["other"])
+    assert 'id="cancel"' not in other.get(page).text
+    assert other.post(f"{page}/cancel", allow_redirects=False).status_code == 403
+    assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
+
+    operator = browser(guarded, tokens["operate"])
+    assert 'id="cancel"' in operator.get(page).text
+    cross_site = operator.post(f"{page}/cancel", headers={"Origin": "http://elsewhere.example"}, allow_redirects=False)
+    assert cross_site.status_code == 403
+    done = operator.post(f"{page}/cancel", allow_redirects=False)
+    assert done.status_code == 303 and done.headers["Location"] == f"/jobs/{job_id}"
+    wait_settled(url, job_id)
+    assert query(url, "SELECT state, cancelled_by FROM jobs WHERE id = %s", (job_id,)) == [
+        ("CANCELLED", "operate-person")
+    ]
+
+
+def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_METRICS_PUBLIC": "1"}
+    with ServerProcess(tokens["url"], tmp_path, env, token=tokens["read"], http=True) as server:
+        assert requests.get(f"{server.http_url}/metrics").status_code == 200
+        assert requests.get(f"{server.http_url}/jobs", allow_redirects=False).status_code == 303
+
+
+def test_metrics_count_every_job_by_state_with_a_sample_each(fresh_database_url: str, tmp_path: Path) -> None:
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
+    with ServerProcess(fresh_database_url, tmp_path, env, http=True) as server:
+        ok = [run(server, "--env", "HODEI_SIM_LINES=3") for _ in range(4)]
+        failed = [run(server, "--env", "HODEI_SIM_EXIT_CODE=2") for _ in range(2)]
+        for job_id in ok + failed:
+            wait_settled(fresh_database_url, job_id)
+        scraped = requests.get(f"{server.http_url}/metrics")
+        assert scraped.ok and scraped.headers["Content-Type"].startswith("text/plain")
+        found = samples(scraped.text)
+        assert found["hodei_jobs_finished_total", (("state", "SUCCEEDED"),)] == 4
+        assert found["hodei_jobs_finished_total", (("state", "FAILED"),)] == 2
+        for histogram in ("hodei_job_queued_seconds", "hodei_job_run_seconds", "hodei_job_seconds"):
+            assert found[f"{histogram}_count", ()] == 6, histogram
+            assert found[f"{histogram}_bucket", (("le", "+Inf"),)] == 6, histogram
+        step = (
+            "hodei_saga_step_seconds_count",
+            (("outcome", "completed"), ("saga_type", "PROVISIONING"), ("step", "create_worker")),
+        )
+        assert found[step] == 6
+        assert found["hodei_log_bytes_total", ()] >= 4 * 3
+        assert found["hodei_provider_healthy", (("provider", "sim"),)] == 1
+        assert found["hodei_outbox_dead_letters", ()] == 0
+        assert ("hodei_workers_connected", ()) in found and ("hodei_relay_lag_seconds_count", ()) in found
+
+
+def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_database_url: str, tmp_path: Path) -> None:
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": "1"}
+    with ServerProcess(fresh_database_url, tmp_path, env, http=True) as server:
+        holder = run(server, "--name", "slot-holder", "--label", "team=blue", "--env", "HODEI_SIM_SECONDS=60")
+        url = fresh_database_url
+        eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (holder,)) == [("RUNNING",)], 30)
+        starved = run(server, "--name", "starved", "--label", "team=red", "--queue-timeout", "1")
+        wait_settled(url, starved, 30)
+        listed = browser(server)
+
+        def names(query_string: str) -> list[str]:
+            page = listed.get(f"{server.http_url}/jobs/rows?{query_string}")
+            assert page.ok, page.text
+            return re.findall(r"<td>(slot-holder|starved)</td>", page.text)
+
+        assert sorted(names("")) == ["slot-holder", "starved"]
+        assert names("label=team%3Dred") == ["starved"]
+        assert names("name=SLOT") == ["slot-holder"]
+        assert names("state=failed") == ["starved"]
+        assert names("provider=sim&state=RUNNING") == ["slot-holder"]
+        assert names("provider=docker") == []
+        assert listed.get(f"{server.http_url}/jobs?label=nokey").status_code == 400
+        assert listed.get(f"{server.http_url}/jobs?provider=nomad").status_code == 400
+
+        page = listed.get(f"{server.http_url}/jobs/{starved}").text
+        steps = re.findall(
+            r'<g class="step([^"]*)" data-step="([^"]+)" data-state="([^"]+)" data-duration="([^"]+)"', page
+        )
+        assert ("wait_for_slot", "FAILED") in [(name, state) for _, name, state, _ in steps]
+        assert [name for marks, name, _, _ in steps if "failing" in marks] == ["wait_for_slot"]
+        assert all(float(duration) >= 0 for *_, duration in steps)
+        server.cli("job", "cancel", holder, check=True)

@@ -1,0 +1,116 @@
+"""The web console in a real headless Chromium (Debian's package, driven by Playwright):
+sign in with a token, watch a job started by the CLI appear and its log stream in,
+read its timeline, see a provisioning failure highlighted, cancel a running job.
+
+Screenshots go to ``$HODEI_ARTIFACTS/console`` (default ``artifacts/console``), where CI
+keeps them and the README links them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.test_access import create_token
+from hodei.testing import ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("HODEI_ARTIFACTS", Path(__file__).parent.parent / "artifacts")) / "console"
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("HODEI_REQUIRE_DOCKER") == "1":  # CI: every test runs
+            pytest.fail(f"no Chromium at {CHROMIUM}: `bash tools/bootstrap.sh` installs Debian's chromium")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def started_steps(server: ServerProcess, job_id: str) -> list[str]:
+    described = json.loads(server.cli("job", "describe", job_id, "-o", "json", check=True).stdout)
+    return [step["name"] for saga in described["sagas"] for step in saga["steps"] if step["started_at"]]
+
+
+def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_path: Path) -> None:
+    url = fresh_database_url
+    token = create_token(url, "console-operator", "operate")
+    env = {"HODEI_LOCAL_MAX_WORKERS": "1"}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with ServerProcess(url, tmp_path, env, token=token, http=True) as server:
+        page = chromium.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(30_000)
+
+        # Sign in: the console sends a browser without a token to the sign-in page.
+        page.goto(f"{server.http_url}/jobs")
+        assert "/login" in page.url
+        page.fill("#token", token)
+        page.click("#sign-in")
+        page.wait_for_url(f"{server.http_url}/jobs")
+        assert page.inner_text("#signed-in") == "console-operator (operate)"
+
+        # A job started by the CLI appears in the open list without a reload.
+        command = "for i in 1 2 3 4 5 6; do echo line $i; sleep 1; done"
+        job_id = server.cli("job", "run", "--provider", "local", "--name", "counting", "--command", command).stdout
+        job_id = job_id.strip()
+        page.wait_for_selector(f'tr[data-job="{job_id}"]')
+
+        # Its log streams in while it runs, and the page shows the end.
+        eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30)
+        page.click(f'tr[data-job="{job_id}"] a')
+        page.wait_for_url(f"**/jobs/{job_id}")
+        assert "line 6" not in page.inner_text("#log")
+        page.wait_for_function("document.getElementById('log').textContent.includes('line 6')")
+        page.wait_for_function("document.getElementById('job-state').textContent === 'SUCCEEDED'")
+        wait_settled(url, job_id)
+        page.reload()
+        assert page.inner_text("#log").split() == [word for i in range(1, 7) for word in ("line", str(i))]
+
+        # The timeline draws every step that ran, each with its duration.
+        drawn = page.eval_on_selector_all(
+            "#timeline g.step", "bars => bars.map(b => [b.dataset.step, parseFloat(b.dataset.duration)])"
+        )
+        assert sorted(name for name, _ in drawn) == sorted(started_steps(server, job_id))
+        assert all(duration >= 0 for _, duration in drawn)
+        page.screenshot(path=str(ARTIFACTS / "job.png"), full_page=True)
+        page.locator("#timeline").screenshot(path=str(ARTIFACTS / "timeline.png"))
+
+        # A job that failed in provisioning (no slot within its queue timeout): its step is marked.
+        holder = server.cli("job", "run", "--provider", "local", "--command", "sleep 120", check=True).stdout.strip()
+        eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (holder,)) == [("RUNNING",)], 30)
+        starved = server.cli(
+            "job", "run", "--provider", "local", "--command", "true", "--queue-timeout", "1", check=True
+        ).stdout.strip()
+        wait_settled(url, starved)
+        page.goto(f"{server.http_url}/jobs/{starved}")
+        failing = page.eval_on_selector_all("#timeline g.step.failing", "bars => bars.map(b => b.dataset.step)")
+        assert failing == ["wait_for_slot"]
+        assert page.inner_text("#job-state") == "FAILED"
+        page.locator("#timeline").screenshot(path=str(ARTIFACTS / "timeline-failed.png"))
+
+        # Cancel the running job from its page.
+        page.goto(f"{server.http_url}/jobs/{holder}")
+        page.click("#cancel")
+        page.wait_for_url(f"**/jobs/{holder}")
+        page.wait_for_function("document.getElementById('job-state').textContent === 'CANCELLED'")
+        wait_settled(url, holder)
+        assert query(url, "SELECT state, cancelled_by FROM jobs WHERE id = %s", (holder,)) == [
+            ("CANCELLED", "console-operator")
+        ]
+        page.goto(f"{server.http_url}/sagas")
+        page.screenshot(path=str(ARTIFACTS / "sagas.png"), full_page=True)

@@ -1,0 +1,377 @@
+"""The web console, ``/metrics``, ``/healthz`` and ``/readyz``, served by ``hodei-server``
+on ``HODEI_HTTP_PORT`` from its own event loop.
+
+Pages are rendered on the server (Jinja2 templates, no build step, nothing from a CDN);
+a little plain JavaScript refreshes the job list and streams a running job's log over
+server-sent events. Every read and every action is an API method called through
+``hodei.console.api.Api``, under the token of the signed-in person (an HTTP-only cookie,
+or an ``Authorization: Bearer`` header for scrapers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import ConnectionPool
+
+from hodei._proto import jobs_pb2, logs_pb2, outbox_pb2, providers_pb2, sagas_pb2, scheduler_pb2
+from hodei.cli.terminal import message_dict
+from hodei.console.api import Api
+from hodei.console.timeline import timeline
+from hodei.domain.job import JobState
+from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
+from hodei.metrics import PlatformMetrics
+from hodei.roles import Caller
+from hodei.server.jobs_api import may_act_on
+from hodei.store.db import translate_errors
+from hodei.store.migrations import pending
+
+COOKIE = "hodei_token"
+HERE = Path(__file__).parent
+JOBS = "/hodei.jobs.JobExecutionService/"
+PAGE_SIZE = 50
+LOG_LINES_SHOWN = 10_000
+_API_KEY: web.AppKey[Api] = web.AppKey("api", Api)
+
+_STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
+    (Unauthenticated, web.HTTPUnauthorized),
+    (PermissionDenied, web.HTTPForbidden),
+    (NotFound, web.HTTPNotFound),
+    (InvalidInput, web.HTTPBadRequest),
+    (StoreUnavailable, web.HTTPServiceUnavailable),
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Console:
+    def __init__(
+        self, api: Api, metrics: PlatformMetrics, pool: ConnectionPool, *, secure: bool, metrics_public: bool
+    ) -> None:
+        self.api = api
+        self.metrics = metrics
+        self.pool = pool
+        self.secure = secure
+        self.metrics_public = metrics_public
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.templates.filters["when"] = _when
+        self.templates.filters["short"] = lambda value: (value or "")[:8]
+
+    # Plumbing ---------------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        app[_API_KEY] = self.api
+        app.router.add_get("/", self.index)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.scrape)
+        app.router.add_get("/login", self.login_form)
+        app.router.add_post("/login", self.login)
+        app.router.add_post("/logout", self.logout)
+        app.router.add_get("/jobs", self.jobs)
+        app.router.add_get("/jobs/rows", self.job_rows)
+        app.router.add_get("/jobs/{id}", self.job)
+        app.router.add_get("/jobs/{id}/logs", self.follow_logs)
+        app.router.add_post("/jobs/{id}/cancel", self.cancel)
+        app.router.add_post("/jobs/{id}/retry", self.retry)
+        app.router.add_get("/providers", self.providers)
+        app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
+        app.router.add_get("/workers", self.workers)
+        app.router.add_get("/sagas", self.sagas)
+        app.router.add_get("/dead-letters", self.dead_letters)
+        app.router.add_post("/dead-letters/redrive", self.redrive)
+        app.router.add_static("/static", HERE / "static", append_version=True)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Hodei errors become HTTP statuses with the API's message; a page that needs a
+        token sends a browser to sign in."""
+        try:
+            return await handler(request)
+        except HodeiError as exc:
+            status = next((kind for error, kind in _STATUS if isinstance(exc, error)), web.HTTPInternalServerError)
+            if status is web.HTTPUnauthorized and _wants_html(request) and request.method == "GET":
+                raise web.HTTPSeeOther(f"/login?next={request.path_qs}") from None
+            return self._page(request, "error.html", None, status=status.status_code, message=exc.message)
+
+    def _token(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            return header[7:].strip()
+        return request.cookies.get(COOKIE)
+
+    async def _caller(self, request: web.Request) -> Caller:
+        return await asyncio.to_thread(self.api.identify, self._token(request))
+
+    async def _call(self, request: web.Request, method: str, message: Any) -> Any:
+        return await self.api.call(self._token(request), method, message)
+
+    def _page(
+        self, request: web.Request, template: str, who: Caller | None, status: int = 200, **values: Any
+    ) -> web.Response:
+        body = self.templates.get_template(template).render(
+            who=who, path=request.path, may=(lambda method: who is not None and self.api.may(who, method)), **values
+        )
+        return web.Response(text=body, content_type="text/html", status=status)
+
+    def _check_origin(self, request: web.Request) -> None:
+        """A form posted from another site is refused (besides the SameSite cookie)."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.host:
+            raise PermissionDenied(f"a request from {origin} may not act on this console")
+
+    async def index(self, _: web.Request) -> web.Response:
+        raise web.HTTPFound("/jobs")
+
+    # Health and metrics -------------------------------------------------------------
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        def check() -> list[str]:
+            with translate_errors(), self.pool.connection() as conn:
+                return pending(conn)
+
+        try:
+            missing = await asyncio.to_thread(check)
+        except HodeiError as exc:
+            return web.Response(text=f"not ready: {exc.message}\n", status=503)
+        if missing:
+            return web.Response(text=f"not ready: migrations not applied: {', '.join(missing)}\n", status=503)
+        return web.Response(text="ready\n")
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        if not self.metrics_public:
+            await asyncio.to_thread(self.api.admit, self._token(request), "/hodei.jobs.MetricsService/GetMetrics")
+        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # Signing in ---------------------------------------------------------------------
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self._page(request, "login.html", None, next=_safe_next(request.query.get("next")), error="")
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        token = str(form.get("token", "")).strip()
+        target = _safe_next(str(form.get("next", "")))
+        try:
+            who = await asyncio.to_thread(self.api.identify, token or None)
+        except HodeiError as exc:
+            return self._page(request, "login.html", None, status=401, next=target, error=exc.message)
+        response = web.HTTPSeeOther(target)
+        if who.authenticated:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=self.secure, path="/")
+        raise response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    # Jobs ---------------------------------------------------------------------------
+
+    def _job_query(self, request: web.Request) -> tuple[jobs_pb2.ListJobsRequest, dict[str, str]]:
+        shown = {key: request.query.get(key, "").strip() for key in ("state", "provider", "name", "label")}
+        status = 0
+        if shown["state"]:
+            try:
+                status = JobState(shown["state"].upper()).code
+            except ValueError:
+                raise InvalidInput(f"unknown state `{shown['state']}`") from None
+        labels = {}
+        if shown["label"]:
+            key, sep, value = shown["label"].partition("=")
+            if not sep or not key.strip():
+                raise InvalidInput(f"a label filter is KEY=VALUE, got `{shown['label']}`")
+            labels[key.strip()] = value.strip()
+        page = max(int(request.query.get("page", "1") or 1), 1)
+        message = jobs_pb2.ListJobsRequest(
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            status=status,  # type: ignore[arg-type]
+            provider=shown["provider"],
+            name=shown["name"],
+            labels=labels,
+        )
+        return message, shown
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        message, shown = self._job_query(request)
+        listed = await self._call(request, JOBS + "ListJobs", message)
+        who = await self._caller(request)
+        return self._page(
+            request,
+            "jobs.html",
+            who,
+            jobs=[message_dict(job) for job in listed.jobs],
+            total=listed.total_count,
+            filters=shown,
+            states=[state.value for state in JobState],
+            query=request.query_string,
+        )
+
+    async def job_rows(self, request: web.Request) -> web.Response:
+        """The list's rows alone: what the page's script swaps in every two seconds."""
+        message, _ = self._job_query(request)
+        listed = await self._call(request, JOBS + "ListJobs", message)
+        return self._page(request, "job_rows.html", None, jobs=[message_dict(job) for job in listed.jobs])
+
+    async def job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        described = await self._call(request, JOBS + "DescribeJob", jobs_pb2.GetJobRequest(job_id=job_id))
+        job_id = described.job.id
+        events = await self._call(request, JOBS + "GetJobEvents", jobs_pb2.GetJobEventsRequest(job_id=job_id))
+        logs = await self._call(
+            request,
+            "/hodei.jobs.LogStreamService/GetLogs",
+            logs_pb2.GetLogsRequest(job_id=job_id, limit=LOG_LINES_SHOWN),
+        )
+        who = await self._caller(request)
+        description = message_dict(described)
+        return self._page(
+            request,
+            "job.html",
+            who,
+            job=description["job"],
+            terminal=JobState(described.job.state).is_terminal,
+            may_act=may_act_on(who, described.job.submitted_by),
+            sagas=description["sagas"],
+            workers=description["workers"],
+            timeline=timeline(description["sagas"], datetime.now(UTC)),
+            events=[
+                {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
+            ],
+            lines=[(entry.line_number, _stream(entry.stream), entry.line) for entry in logs.entries],
+            more_lines=logs.has_more,
+        )
+
+    async def follow_logs(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: each new line of a job's log, then ``end`` once it ended."""
+        job_id = request.match_info["id"]
+        from_line = max(int(request.query.get("from", "1") or 1), 1)
+        subscription = logs_pb2.SubscribeLogsRequest(job_id=job_id, from_line=from_line, follow=True)
+        stream = self.api.stream(self._token(request), "/hodei.jobs.LogStreamService/SubscribeLogs", subscription)
+        first = await anext(stream, None)  # errors (unknown job, no token) surface before the stream opens
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        batch = first
+        while batch is not None:
+            for entry in batch.entries:
+                data = {"n": entry.line_number, "stream": _stream(entry.stream), "text": entry.line}
+                await response.write(f"data: {json.dumps(data)}\n\n".encode())
+            batch = await anext(stream, None)
+        await response.write(b"event: end\ndata: {}\n\n")
+        return response
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        job_id = request.match_info["id"]
+        await self._call(request, JOBS + "CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id))
+        raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
+    async def retry(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        queued = await self._call(request, JOBS + "RetryJob", jobs_pb2.GetJobRequest(job_id=request.match_info["id"]))
+        raise web.HTTPSeeOther(f"/jobs/{queued.job_id}")
+
+    # Providers, workers, sagas, dead letters ----------------------------------------
+
+    async def providers(self, request: web.Request) -> web.Response:
+        listed = await self._call(
+            request, "/hodei.jobs.ProviderManagementService/ListProviders", providers_pb2.ListProvidersRequest()
+        )
+        who = await self._caller(request)
+        return self._page(request, "providers.html", who, providers=[message_dict(p) for p in listed.providers])
+
+    async def switch_provider(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        method = "EnableProvider" if request.match_info["action"] == "enable" else "DisableProvider"
+        await self._call(
+            request,
+            f"/hodei.jobs.ProviderManagementService/{method}",
+            providers_pb2.GetProviderRequest(provider=request.match_info["name"]),
+        )
+        raise web.HTTPSeeOther("/providers")
+
+    async def workers(self, request: web.Request) -> web.Response:
+        listed = await self._call(
+            request, "/hodei.jobs.SchedulerService/ListWorkers", scheduler_pb2.ListWorkersRequest(live=True, limit=500)
+        )
+        who = await self._caller(request)
+        return self._page(request, "workers.html", who, workers=[message_dict(w) for w in listed.workers])
+
+    async def sagas(self, request: web.Request) -> web.Response:
+        method = "/hodei.jobs.SagaService/ListSagas"
+        failed = await self._call(request, method, sagas_pb2.ListSagasRequest(state="FAILED", limit=100))
+        recent = await self._call(request, method, sagas_pb2.ListSagasRequest(limit=100))
+        shown = [message_dict(s) for s in failed.sagas]
+        shown += [message_dict(s) for s in recent.sagas if s.state != "FAILED"]
+        who = await self._caller(request)
+        return self._page(request, "sagas.html", who, sagas=shown)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        listed = await self._call(
+            request, "/hodei.jobs.OutboxService/ListDeadLetters", outbox_pb2.ListDeadLettersRequest(limit=500)
+        )
+        who = await self._caller(request)
+        return self._page(request, "dead_letters.html", who, letters=[message_dict(d) for d in listed.dead_letters])
+
+    async def redrive(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        form = await request.post()
+        ids = [str(value) for value in form.getall("id", [])]
+        every = form.get("all") == "1"
+        if not ids and not every:
+            raise InvalidInput("choose the dead letters to redrive")
+        await self._call(request, "/hodei.jobs.OutboxService/Redrive", outbox_pb2.RedriveRequest(ids=ids, all=every))
+        raise web.HTTPSeeOther("/dead-letters")
+
+
+def _wants_html(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "") or request.path.startswith("/jobs")
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this console (no other site after signing in)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/jobs"
+    return target
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    return value.replace("T", " ").split(".")[0].rstrip("Z") + " UTC"
+
+
+def _stream(stream: int) -> str:
+    return "stderr" if stream == 2 else "stdout"
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """The gRPC port's TLS rules for HTTP: the same certificate; with mutual TLS, the
+    same client CA is required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

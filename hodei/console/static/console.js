@@ -1,0 +1,46 @@
+// The console's only script: progressive enhancement of server-rendered pages.
+"use strict";
+
+// The job list refreshes its rows every two seconds (the same filters, rendered by the server).
+function refreshRows(tbody) {
+  const url = tbody.dataset.refresh;
+  setInterval(async () => {
+    try {
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (response.ok) tbody.innerHTML = await response.text();
+    } catch (error) {
+      // The server may be restarting: the next round tries again.
+    }
+  }, 2000);
+}
+
+// A running job's log streams in over server-sent events; at the end the page reloads to
+// show the final state, exit code and timeline.
+function followLog(log) {
+  const events = new EventSource(`${log.dataset.follow}?from=${log.dataset.next}`);
+  events.onmessage = (message) => {
+    const line = JSON.parse(message.data);
+    const span = document.createElement("span");
+    span.className = line.stream;
+    span.textContent = line.text;
+    log.append(span, "\n");
+    log.scrollTop = log.scrollHeight;
+  };
+  events.onerror = () => {
+    // A dropped stream would be reopened from its first line: reload instead.
+    events.close();
+    setTimeout(() => window.location.reload(), 2000);
+  };
+  events.addEventListener("end", () => {
+    events.close();
+    document.getElementById("log-status").textContent = "The job ended; reloading…";
+    window.location.reload();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const rows = document.getElementById("job-rows");
+  if (rows) refreshRows(rows);
+  const log = document.getElementById("log");
+  if (log && log.dataset.follow) followLog(log);
+});

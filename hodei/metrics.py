@@ -1,0 +1,188 @@
+"""The platform's Prometheus metrics, served at ``/metrics``.
+
+Counters and histograms are fed by the events this server's outbox relay delivers: every
+event is delivered to one relay of the installation, so each server counts its share and
+Prometheus sums them (``sum by (state) (hodei_jobs_finished_total)``). A redelivery after
+a crash may count an event twice; a restart starts the counters again, as Prometheus
+expects of counters. Gauges are read when scraped: the outbox from the database, provider
+health from the providers' recorded probes, connected workers from this process.
+
+Durations pair an event with the one that began what it ends (StepStarted with its
+StepCompleted, JobCreated with the job's end). Where the beginning was delivered to
+another server, it is read from the read models instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hodei.domain.job import JobState
+from hodei.store.events import EventRecord
+from hodei.store.readmodels import ReadModels
+
+log = logging.getLogger(__name__)
+
+# Seconds: from a sim job's milliseconds to a long job's hour.
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+# Beginnings remembered at most (an event whose end never comes must not grow memory).
+REMEMBERED = 100_000
+STEP_OUTCOMES = {"StepCompleted": "completed", "StepFailed": "failed", "StepCompensated": "compensated"}
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+class _Scraped(Collector):
+    """Gauges read at scrape time."""
+
+    def __init__(self, reads: ReadModels, connected: Callable[[], int]) -> None:
+        self.reads = reads
+        self.connected = connected
+
+    def collect(self) -> Iterator[Metric]:
+        pending, dead, lag_ms = self.reads.outbox_stats()
+        yield GaugeMetricFamily("hodei_outbox_backlog", "Outbox rows waiting for delivery", value=pending)
+        yield GaugeMetricFamily("hodei_outbox_dead_letters", "Outbox rows whose delivery gave up", value=dead)
+        yield GaugeMetricFamily(
+            "hodei_outbox_oldest_pending_seconds", "Age of the oldest outbox row waiting", value=lag_ms / 1000
+        )
+        yield GaugeMetricFamily(
+            "hodei_workers_connected", "Workers with an open stream to this server", self.connected()
+        )
+        healthy = GaugeMetricFamily(
+            "hodei_provider_healthy", "1 when the provider's last probe was healthy", labels=["provider"]
+        )
+        for provider in self.reads.providers():
+            healthy.add_metric([provider.provider_type], 1.0 if provider.health == "HEALTHY" else 0.0)
+        yield healthy
+
+
+class PlatformMetrics:
+    def __init__(self, reads: ReadModels) -> None:
+        self.reads = reads
+        self.registry = CollectorRegistry()
+        self.jobs_finished = Counter(
+            "hodei_jobs_finished", "Jobs that reached a final state", ["state"], registry=self.registry
+        )
+        self.queued = Histogram(
+            "hodei_job_queued_seconds",
+            "From submission to the job's start on a worker (queued -> started)",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.ran = Histogram(
+            "hodei_job_run_seconds",
+            "How long the job's command ran (started -> finished)",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.total = Histogram(
+            "hodei_job_seconds",
+            "From submission to the final state (end to end)",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.steps = Histogram(
+            "hodei_saga_step_seconds",
+            "Saga step durations, by saga type, step and outcome (completed, failed, compensated)",
+            ["saga_type", "step", "outcome"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.relay_lag = Histogram(
+            "hodei_relay_lag_seconds",
+            "From an event's commit to its delivery by this server's relay",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.log_bytes = Counter("hodei_log_bytes", "Bytes of job output stored by this server", registry=self.registry)
+        self._scraped = _Scraped(reads, lambda: 0)
+        self.registry.register(self._scraped)
+        self._lock = threading.Lock()
+        self._began: dict[tuple[str, Any], datetime] = {}
+        self._saga_types: dict[str, str] = {}
+
+    def count_connected(self, connected: Callable[[], int]) -> None:
+        """Where the number of connected workers comes from (the worker service)."""
+        self._scraped.connected = connected
+
+    def delivered(self, event: EventRecord, lag_seconds: float) -> None:
+        """An event the relay handled: counted, and paired with its beginning. Never raises:
+        metrics must not fail a delivery."""
+        self.relay_lag.observe(max(lag_seconds, 0.0))
+        try:
+            self._observe(event)
+        except Exception:
+            log.exception("metrics: could not count %s of %s", event.event_type, event.aggregate_id)
+
+    def _remember(self, key: tuple[str, Any], moment: datetime) -> None:
+        with self._lock:
+            self._began[key] = moment
+            if len(self._began) > REMEMBERED:
+                del self._began[next(iter(self._began))]
+
+    def _recall(self, key: tuple[str, Any]) -> datetime | None:
+        with self._lock:
+            return self._began.pop(key, None)
+
+    def _observe(self, event: EventRecord) -> None:
+        kind, payload, at, aggregate = event.event_type, event.payload, event.occurred_at, event.aggregate_id
+        if kind == "JobCreated":
+            self._remember(("created", aggregate), at)
+        elif kind == "JobStatusChanged":
+            self._job_changed(aggregate, payload, at)
+        elif kind == "SagaStarted":
+            with self._lock:
+                self._saga_types[aggregate] = payload["saga_type"]
+        elif kind in ("StepStarted", "CompensationStarted"):
+            self._remember((kind, (aggregate, payload["step_order"])), at)
+        elif kind in STEP_OUTCOMES:
+            began_by = "CompensationStarted" if kind == "StepCompensated" else "StepStarted"
+            started = self._recall((began_by, (aggregate, payload["step_order"])))
+            if started is None:
+                started = self.reads.step_started(aggregate, payload["step_order"])
+            duration = _seconds(started, at)
+            if duration is not None:
+                saga_type = self._saga_types.get(aggregate) or self.reads.saga_type(aggregate)
+                self.steps.labels(saga_type, payload["step_name"], STEP_OUTCOMES[kind]).observe(duration)
+        elif kind in ("SagaCompleted", "SagaFailed"):
+            with self._lock:
+                self._saga_types.pop(aggregate, None)
+
+    def _job_changed(self, job_id: str, payload: dict[str, Any], at: datetime) -> None:
+        state = JobState(payload["new_state"])
+        if state is JobState.RUNNING:
+            created = self._created(job_id, keep=True)
+            queued = _seconds(created, at)
+            if queued is not None:
+                self.queued.observe(queued)
+            return
+        if not state.is_terminal:
+            return
+        self.jobs_finished.labels(state.value).inc()
+        total = _seconds(self._created(job_id, keep=False), at)
+        if total is not None:
+            self.total.observe(total)
+        if payload.get("ran_from") and payload.get("ran_until"):
+            ran = _seconds(datetime.fromisoformat(payload["ran_from"]), datetime.fromisoformat(payload["ran_until"]))
+            if ran is not None:
+                self.ran.observe(ran)
+
+    def _created(self, job_id: str, keep: bool) -> datetime | None:
+        created = self._recall(("created", job_id))
+        if created is None:
+            created = self.reads.job_created_at(job_id)
+        if keep and created is not None:
+            self._remember(("created", job_id), created)
+        return created
