@@ -13,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.test_access import create_token
-from hodei.testing import ServerProcess, eventually, query, wait_settled
+from hodei.testing import ServerProcess, allow_new_sagas, eventually, query, refuse_new_sagas, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +170,43 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
         assert [name for marks, name, _, _ in steps if "failing" in marks] == ["wait_for_slot"]
         assert all(float(duration) >= 0 for *_, duration in steps)
         server.cli("job", "cancel", holder, check=True)
+
+
+def test_under_tls_the_console_answers_https_only(fresh_database_url: str, tmp_path: Path) -> None:
+    """The gRPC port's TLS rules hold for HTTP: its certificate, and no plain text."""
+    from e2e.test_tls import tls_env
+    from hodei.testing import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    with ServerProcess(fresh_database_url, tmp_path, tls_env(pki, mutual=False), tls=pki, http=True) as server:
+        assert server.http_url.startswith("https://")
+        assert requests.get(f"{server.http_url}/healthz", verify=str(pki.ca)).text == "ok\n"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{server.http_url}/healthz")  # a certificate nobody vouched for
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{server.http_port}/healthz", timeout=5)
+        jobs = requests.get(f"{server.http_url}/jobs", verify=str(pki.ca))
+        assert jobs.ok and "authentication off" in jobs.text
+
+
+def test_a_dead_letter_is_redriven_from_its_page(fresh_database_url: str, tmp_path: Path) -> None:
+    url = fresh_database_url
+    refuse_new_sagas(url)
+    env = {"HODEI_RELAY_MAX_ATTEMPTS": "2", "HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
+    with ServerProcess(url, tmp_path, env, http=True) as server:
+        job_id = run(server)
+        page = browser(server)
+
+        def listed() -> list[str]:
+            return re.findall(r'name="id" value="([0-9a-f-]{36})"', page.get(f"{server.http_url}/dead-letters").text)
+
+        (letter,) = eventually(listed, 60, what="the JobCreated delivery to give up")
+        assert "sagas are refused by the test" in page.get(f"{server.http_url}/dead-letters").text
+        allow_new_sagas(url)
+        redriven = page.post(f"{server.http_url}/dead-letters/redrive", data={"id": letter}, allow_redirects=False)
+        assert redriven.status_code == 303
+        wait_settled(url, job_id)
+        assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
+        assert listed() == []
+        nothing = page.post(f"{server.http_url}/dead-letters/redrive", data={})
+        assert nothing.status_code == 400 and "choose the dead letters to redrive" in nothing.text

@@ -21,7 +21,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from e2e.test_local import agent_pid, wait_running
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
-from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
+from hodei.testing import (
+    ServerProcess,
+    allow_new_sagas,
+    eventually,
+    hodei_server,
+    query,
+    refuse_new_sagas,
+    wait_settled,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -391,12 +400,7 @@ def test_a_dead_lettered_delivery_is_redriven_and_its_job_moves_on(fresh_databas
     """Starting sagas fails for a while (a trigger refuses new sagas): the JobCreated
     delivery gives up; once the cause is gone, a redrive starts the job's saga."""
     url = fresh_database_url
-    query(
-        url,
-        "CREATE FUNCTION refuse_sagas() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN RAISE EXCEPTION 'sagas are refused by the test'; END; $$",
-    )
-    query(url, "CREATE TRIGGER refuse_sagas BEFORE INSERT ON sagas FOR EACH ROW EXECUTE FUNCTION refuse_sagas()")
+    refuse_new_sagas(url)
     env = {"HODEI_RELAY_MAX_ATTEMPTS": "2", "HODEI_DOCKER_ENABLED": "0"}
     with ServerProcess(url, tmp_path, env) as server:
         job_id = run(server, "--command", "echo redriven")
@@ -414,7 +418,7 @@ def test_a_dead_lettered_delivery_is_redriven_and_its_job_moves_on(fresh_databas
         missing = server.cli("outbox", "redrive", "00000000-0000-0000-0000-000000000000")
         assert missing.returncode != 0
         assert "no dead letter" in missing.stderr
-        query(url, "DROP TRIGGER refuse_sagas ON sagas")
+        allow_new_sagas(url)
         redriven = server.cli("outbox", "redrive", letter["id"], check=True)
         assert redriven.stdout.split() == [letter["id"]]
         assert wait_terminal(url, job_id, 60) == "SUCCEEDED"

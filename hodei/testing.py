@@ -60,6 +60,21 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description is not None else []
 
 
+def refuse_new_sagas(url: str) -> None:
+    """A trigger refuses every new saga row: deliveries that start sagas fail until
+    ``allow_new_sagas`` (how tests make dead letters)."""
+    query(
+        url,
+        "CREATE FUNCTION refuse_sagas() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'sagas are refused by the test'; END; $$",
+    )
+    query(url, "CREATE TRIGGER refuse_sagas BEFORE INSERT ON sagas FOR EACH ROW EXECUTE FUNCTION refuse_sagas()")
+
+
+def allow_new_sagas(url: str) -> None:
+    query(url, "DROP TRIGGER refuse_sagas ON sagas")
+
+
 @dataclass(frozen=True)
 class Pki:
     """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
