@@ -13,10 +13,11 @@ from hodei.testing import ServerProcess, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
-# Today's counts for a trivial job, as ceilings: 40 events every time; 38-40 write
-# transactions (how acks fall into batches varies from run to run).
+# Today's counts for a trivial job, as ceilings: 40 events every time; 31-34 write
+# transactions (how acks fall into batches varies from run to run; 38-40 before a LOCAL
+# step's StepStarted stopped being delivered to a saga that had nothing left to do).
 EVENTS = 40
-TRANSACTIONS = 42
+TRANSACTIONS = 36
 
 
 @pytest.fixture(scope="module")

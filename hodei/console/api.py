@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from google.protobuf.message import Message
 
 from hodei.errors import HodeiError, PermissionDenied
 from hodei.roles import Caller, Role, rule_of
-from hodei.server.access import Gatekeeper, calling_as
+from hodei.server.access import Gatekeeper, calling_as, serve_as
 
 
 class Api:
@@ -58,12 +58,12 @@ class Api:
                 return await behaviour(request, None)
             return await asyncio.to_thread(behaviour, request, None)
 
-    async def stream(self, token: str | None, method: str, request: Message) -> AsyncIterator[Any]:
+    async def stream(self, token: str | None, method: str, request: Message) -> AsyncGenerator[Any, None]:
+        """A streaming method's messages; the calling task serves this caller only."""
         who = await asyncio.to_thread(self.admit, token, method)
-        behaviour = self._behaviour(method)
-        with calling_as(who):
-            async for item in behaviour(request, None):
-                yield item
+        serve_as(who)
+        async for item in self._behaviour(method)(request, None):
+            yield item
 
 
 def _metadata(token: str | None) -> list[tuple[str, str]]:

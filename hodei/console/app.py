@@ -40,7 +40,6 @@ HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
 PAGE_SIZE = 50
 LOG_LINES_SHOWN = 10_000
-_API_KEY: web.AppKey[Api] = web.AppKey("api", Api)
 
 _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
     (Unauthenticated, web.HTTPUnauthorized),
@@ -74,7 +73,6 @@ class Console:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
-        app[_API_KEY] = self.api
         app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -269,17 +267,19 @@ class Console:
         from_line = max(int(request.query.get("from", "1") or 1), 1)
         subscription = logs_pb2.SubscribeLogsRequest(job_id=job_id, from_line=from_line, follow=True)
         stream = self.api.stream(self._token(request), "/hodei.jobs.LogStreamService/SubscribeLogs", subscription)
-        first = await anext(stream, None)  # errors (unknown job, no token) surface before the stream opens
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        batch = first
-        while batch is not None:
-            for entry in batch.entries:
-                data = {"n": entry.line_number, "stream": _stream(entry.stream), "text": entry.line}
-                await response.write(f"data: {json.dumps(data)}\n\n".encode())
-            batch = await anext(stream, None)
-        await response.write(b"event: end\ndata: {}\n\n")
-        return response
+        try:
+            batch = await anext(stream, None)  # errors (unknown job, no token) surface before the stream opens
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            while batch is not None:
+                for entry in batch.entries:
+                    data = {"n": entry.line_number, "stream": _stream(entry.stream), "text": entry.line}
+                    await response.write(f"data: {json.dumps(data)}\n\n".encode())
+                batch = await anext(stream, None)
+            await response.write(b"event: end\ndata: {}\n\n")
+            return response
+        finally:
+            await stream.aclose()  # a closed browser tab ends the follower here, not at garbage collection
 
     async def cancel(self, request: web.Request) -> web.Response:
         self._check_origin(request)

@@ -180,6 +180,12 @@ class SagaEngine:
     def close(self) -> None:
         self._actions.shutdown(wait=False, cancel_futures=True)
 
+    def runs_inline(self, step_name: str) -> bool:
+        """Whether a step of this name is LOCAL in every saga: it ran in the transaction
+        that recorded its StepStarted, so delivering that event finds nothing to do."""
+        kinds = {step.kind for d in self.definitions.values() for step in d.steps if step.name == step_name}
+        return kinds == {StepKind.LOCAL}
+
     # Entry points -----------------------------------------------------------
 
     def start(

@@ -6,8 +6,11 @@ JobProviderSelected, WorkerTerminated, a job's end or requeue
 SagaCompleted (provisioning)-> start EXECUTION with the provisioning context
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
-saga events that need a move (SagaStarted, StepStarted, StepFailed,
-CompensationStarted)        -> advance that saga
+saga events that need a move (SagaStarted, StepStarted of an ACTION or
+WAIT step, StepFailed, CompensationStarted)
+                            -> advance that saga (a WAIT's StepStarted re-checks
+                               it after commit: an event that satisfied it while the
+                               step was being started is not missed)
 job and worker events       -> poke the job's waiting sagas
 """
 
@@ -69,6 +72,8 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         event = delivery.event
         started = None
         if event.event_type == "StepStarted":
+            if engine.runs_inline(event.payload["step_name"]):
+                return  # a LOCAL step ran (and was recorded) with its StepStarted: nothing to move
             started = (event.payload["step_order"], event.payload["retry_count"])
         elif event.event_type == "CompensationStarted":
             started = (event.payload["step_order"], -1)

@@ -36,6 +36,13 @@ def caller() -> Caller:
     return _CALLER.get()
 
 
+def serve_as(who: Caller) -> None:
+    """Makes ``who`` the caller for the rest of the current task: for a task that serves
+    one caller only (a console request streaming a log), where a reset after the stream
+    could run in another context."""
+    _CALLER.set(who)
+
+
 @contextlib.contextmanager
 def calling_as(who: Caller) -> Iterator[None]:
     """Runs API methods in process as ``who`` (the web console's calls); threads started
