@@ -10,11 +10,17 @@ The server appends as batches arrive; the file stays after the worker is gone, a
     o0:...and its end
     T86400000:                      (the clock: ms since the first record, when a new
                                      writer cannot know the last record's time)
+    S2.42:                          (batch 42 of the attempt-2 worker begins here)
 
 A record is its kind (``o``/``e``; upper case: the line goes on in the next record),
 the milliseconds since the previous record, ``:`` and the text: about four bytes on top
 of the output, where an ISO timestamp per line cost thirty-odd. Readers put split lines
 back together. Version 1 files (``<ISO time> <stream> <text>`` per line) still read.
+
+A batch a worker sends again (its acknowledgement was lost when a server died) is
+stored once: each batch's records follow an ``S`` record with the worker's attempt and the
+batch's sequence number, in the same write, so whichever server receives the repeat finds
+it already in the file.
 
 Each job's log has a cap (``HODEI_MAX_LOG_BYTES``): past it one notice is written and
 the rest of the output is dropped, while the job goes on.
@@ -35,6 +41,8 @@ HEADER = b"hodei-log 2 "
 _KIND = {STDOUT: "o", STDERR: "e"}
 _STREAM = {"o": STDOUT, "e": STDERR}
 _STRIPES = 64
+# A worker's batch: (its attempt, the batch's sequence number).
+Batch = tuple[int, int]
 # What an entry costs on the wire beyond its text (ids, number, time): pages count it.
 ENTRY_OVERHEAD = 80
 
@@ -94,10 +102,12 @@ class Page:
 class _Writer:
     """What an appender knows of one file: its size and the last record's time."""
 
-    def __init__(self, size: int, base_ms: int | None, last_ms: int | None) -> None:
+    def __init__(self, size: int, base_ms: int | None, last_ms: int | None, batch: Batch = (0, 0)) -> None:
         self.size = size
         self.base_ms = base_ms
         self.last_ms = last_ms
+        # (attempt, sequence number) of the last batch in the file; (0, 0): none.
+        self.batch = batch
         self.truncated = False
 
 
@@ -117,10 +127,14 @@ class LogStore:
     def _lock(self, job_id: str) -> threading.Lock:
         return self._locks[hash(job_id) % _STRIPES]
 
-    def append(self, job_id: str, lines: Iterable[LogLine]) -> int:
-        """Appends records; returns how many were written (none past the cap)."""
+    def append(self, job_id: str, lines: Iterable[LogLine], batch: Batch | None = None) -> int | None:
+        """Appends records; returns how many were written (none past the cap), or None
+        when ``batch`` (the worker's attempt, the batch's sequence number) is already in
+        the file: attempts follow each other, and a worker numbers its batches from 1."""
         with self._lock(job_id):
             writer = self._writers.get(job_id) or self._open(job_id)
+            if batch is not None and batch <= writer.batch:
+                return None
             out: list[str] = []
             written = 0
             budget = self.max_bytes - writer.size
@@ -135,6 +149,9 @@ class LogStore:
                     # A new writer of a file begun elsewhere: it states the clock first.
                     out.append(f"T{at - writer.base_ms}:\n")
                     writer.last_ms = at
+                if batch is not None and not written:
+                    out.append(f"S{batch[0]}.{batch[1]}:\n")
+                    writer.batch = batch
                 kind = _KIND[line.stream].upper() if line.partial else _KIND[line.stream]
                 record = f"{kind}{at - (writer.last_ms or at)}:{line.text.replace(chr(10), ' ')}\n"
                 size = len(record.encode("utf-8", errors="surrogateescape"))
@@ -167,8 +184,8 @@ class LogStore:
             return _Writer(0, None, None)
         with path.open("rb") as handle:
             first = handle.readline()
-        base = int(first[len(HEADER) :]) if first.startswith(HEADER) else None
-        return _Writer(size, base, None)
+            base = int(first[len(HEADER) :]) if first.startswith(HEADER) else None
+            return _Writer(size, base, None, _last_batch(handle, size) if base is not None else (0, 0))
 
     def forget(self, job_id: str) -> None:
         """Drops what the appender cached about the job (its output has ended)."""
@@ -247,6 +264,8 @@ class LogStore:
                 if not raw.endswith(b"\n"):
                     return
                 kind = chr(raw[0])
+                if kind == "S":
+                    continue
                 delta, _, rest = raw[1:-1].partition(b":")
                 clock = base + int(delta) if kind == "T" else clock + int(delta)
                 if kind == "T":
@@ -259,6 +278,22 @@ class LogStore:
                     Cursor(handle.tell(), following, clock),
                 )
                 number = following
+
+
+def _last_batch(handle: BinaryIO, size: int, chunk: int = 1 << 20) -> Batch:
+    """The batch of the file's last ``S`` record, read from the end backwards."""
+    end, tail = size, b""
+    while end > 0:
+        start = max(0, end - chunk)
+        handle.seek(start)
+        data = handle.read(end - start) + tail
+        found = data.rfind(b"\nS")
+        if found >= 0:
+            handle.seek(start + found + 2)
+            attempt, _, number = handle.readline().partition(b":")[0].partition(b".")
+            return int(attempt), int(number)
+        end, tail = start, data[:1]
+    return 0, 0
 
 
 def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,27 +62,6 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
         raise InvalidInput(f"unknown job outcome {result.outcome}") from None
 
 
-class LogSequences:
-    """The last log batch written per job, so a batch re-sent after a reconnect is
-    acknowledged without being written twice. A cache: after a restart, at most the
-    one batch in flight may repeat."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def claim(self, job_id: str, seq: int) -> bool:
-        with self._lock:
-            if seq <= self._last.get(job_id, 0):
-                return False
-            self._last[job_id] = seq
-            return True
-
-    def forget(self, job_id: str) -> None:
-        with self._lock:
-            self._last.pop(job_id, None)
-
-
 class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
     def __init__(
         self,
@@ -109,7 +87,6 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self.secrets = secrets
         self.heartbeat_interval = heartbeat_interval
         self.faults = faults
-        self.sequences = LogSequences()
         self.connected: set[UUID] = set()
 
     def stopped_by_others(self, provider_type: str, worker_id: str) -> str | None:
@@ -169,6 +146,7 @@ class WorkerSession:
         self.service = service
         self.worker_id = worker.id
         self.job_id = worker.job_id
+        self.attempt = worker.attempt
         self.provider_type = worker.provider_type
         self.meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
         self.outgoing: asyncio.Queue[worker_pb2.ServerMessage] = asyncio.Queue()
@@ -291,7 +269,6 @@ class WorkerSession:
             )
         worker_id = str(self.worker_id)
         self._update_job(lambda job: job.finish(worker_id, state, exit_code, reason, ran))
-        self.service.sequences.forget(self.job_id)
         self.service.logs.forget(self.job_id)
 
     def _own(self, job_id: str) -> None:
@@ -310,16 +287,18 @@ class WorkerSession:
         self.service.store.command(self.meta, run)
 
     def _write_logs(self, batch: worker_pb2.LogBatch) -> None:
-        if self.service.sequences.claim(self.job_id, batch.seq):
-            lines = [
-                LogLine(
-                    line.timestamp.ToMilliseconds(),
-                    STDERR if line.stream == worker_pb2.LOG_STREAM_STDERR else STDOUT,
-                    line.line,
-                    line.partial,
-                )
-                for line in batch.lines
-            ]
-            self.service.logs.append(self.job_id, lines)
-            self.service.metrics.log_bytes.inc(sum(len(line.text.encode()) for line in lines))
-            self.service.signals.publish(f"log:{self.job_id}")
+        """Stores a batch once: a batch sent again after a lost acknowledgement (this or
+        another server died) is found in the job's log file and only acknowledged."""
+        lines = [
+            LogLine(
+                line.timestamp.ToMilliseconds(),
+                STDERR if line.stream == worker_pb2.LOG_STREAM_STDERR else STDOUT,
+                line.line,
+                line.partial,
+            )
+            for line in batch.lines
+        ]
+        if self.service.logs.append(self.job_id, lines, (self.attempt, batch.seq)) is None:
+            return
+        self.service.metrics.log_bytes.inc(sum(len(line.text.encode()) for line in lines))
+        self.service.signals.publish(f"log:{self.job_id}")
