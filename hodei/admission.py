@@ -11,8 +11,9 @@ every sweep. Slots in use are counted from the read models, never kept in memory
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from psycopg_pool import ConnectionPool
@@ -49,11 +50,23 @@ class QueuedJob:
     retry_at: datetime | None
 
 
+@dataclass
+class _Turn:
+    """This process's admitter of one provider: one thread admits, later callers only
+    ask it to look again (rather than each waiting for the advisory lock, a pooled
+    connection held, and then finding the queue already served)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    again: bool = False
+
+
 class Admission:
     def __init__(self, store: HodeiStore, defaults: Mapping[ProviderType, int]) -> None:
         self.store = store
         self.pool: ConnectionPool = store.pool
         self.defaults = dict(defaults)
+        self._turns = {provider: _Turn() for provider in ProviderType}
 
     def capacity(self, provider: ProviderType) -> Capacity:
         with translate_errors(), self.pool.connection() as conn:
@@ -63,8 +76,34 @@ class Admission:
         return Capacity(int(configured or self.defaults[provider]), int(in_use))
 
     def admit(self, provider: ProviderType) -> int:
-        """Admits as many queued jobs of ``provider`` as it has free slots; how many."""
+        """Admits as many queued jobs of ``provider`` as it has free slots; how many this
+        call admitted. While another thread of this process admits for the provider, the
+        call returns at once and that thread looks again when it is done."""
+        turn = self._turns[provider]
+        with turn.lock:
+            if turn.running:
+                turn.again = True
+                return 0
+            turn.running = True
         admitted = 0
+        try:
+            while True:
+                with turn.lock:
+                    turn.again = False
+                admitted += self._admit_round(provider)
+                with turn.lock:
+                    if not turn.again:
+                        turn.running = False
+                        return admitted
+        except BaseException:
+            with turn.lock:
+                turn.running = False
+            raise
+
+    def _admit_round(self, provider: ProviderType) -> int:
+        """Under the provider's advisory lock (servers sharing the database never admit
+        past the capacity between them): the free slots' worth of queued jobs, admitted
+        in one transaction."""
         with translate_errors(), self.pool.connection() as conn:
             conn.execute(query("lock_admission"), (provider.value,))
             try:
@@ -72,25 +111,29 @@ class Admission:
                 if free == 0:
                     return 0
                 rows = conn.execute(query("next_in_queue"), {"provider": provider.value, "limit": free}).fetchall()
-                for (job_id,) in rows:
-                    admitted += self._admit_one(str(job_id))
+                return self._admit_jobs([str(job_id) for (job_id,) in rows])
             finally:
                 conn.execute(query("unlock_admission"), (provider.value,))
-        return admitted
 
-    def _admit_one(self, job_id: str) -> int:
+    def _admit_jobs(self, job_ids: list[str]) -> int:
+        if not job_ids:
+            return 0
+
         def run() -> tuple[int, list[Job]]:
-            job = self.store.load(Job, job_id)
-            try:
-                job.admit()
-            except InvalidTransition:
-                return 0, []  # cancelled, or moved on, since it was read from the queue
-            return 1, [job]
+            admitted = []
+            for job_id in job_ids:
+                job = self.store.load(Job, job_id)
+                try:
+                    job.admit()
+                except InvalidTransition:
+                    continue  # cancelled, or moved on, since it was read from the queue
+                admitted.append(job)
+            return len(admitted), admitted
 
         try:
-            return self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), run)
+            return self.store.command(Meta(actor=SYSTEM), run)
         except ConcurrencyConflict:
-            log.info("job %s changed while being admitted; the next round looks again", job_id)
+            log.info("jobs changed while being admitted; the next round looks again")
             return 0
 
     def admit_all(self, providers: list[ProviderType]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -18,6 +18,14 @@ from hodei.store.recorder import Ack, DomainEventRecorder
 
 A = TypeVar("A", bound=HodeiAggregate)
 R = TypeVar("R")
+
+
+def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """The library's projector without its per-event ``isinstance`` check against a
+    runtime Protocol (about a twentieth of the server's CPU): our events all mutate."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class HodeiStore(Application[UUID]):
 
     def load(self, kind: type[A], aggregate_id: UUID | str) -> A:
         try:
-            aggregate: HodeiAggregate = self.repository.get(UUID(str(aggregate_id)))
+            aggregate: HodeiAggregate = self.repository.get(UUID(str(aggregate_id)), projector_func=_replay)
         except (AggregateNotFoundError, ValueError):
             raise NotFound(f"{kind.__name__.lower()} {aggregate_id} not found") from None
         if not isinstance(aggregate, kind):

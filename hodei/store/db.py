@@ -17,7 +17,25 @@ from hodei.store.sql import query
 T = TypeVar("T")
 
 # Unique constraints whose violation means "someone else wrote this first".
-_CONFLICT_CONSTRAINTS = {"domain_events_aggregate_version_key", "domain_events_pkey"}
+# A duplicate aggregate version; or a read-model row created twice (the projections run
+# before the events are appended, so they may meet the duplicate first): keyed by an
+# aggregate's or an event's id, such a row is only ever created twice by two writers of
+# the same aggregate version.
+_CONFLICT_CONSTRAINTS = {
+    "domain_events_aggregate_version_key",
+    "domain_events_pkey",
+    "jobs_pkey",
+    "job_log_files_pkey",
+    "job_log_files_job_id_key",
+    "workers_pkey",
+    "sagas_pkey",
+    "saga_steps_pkey",
+    "saga_steps_order_key",
+    "saga_audit_events_pkey",
+    "provider_configs_pkey",
+    "provider_configs_name_key",
+    "provider_configs_provider_type_key",
+}
 
 
 def _configure(conn: psycopg.Connection[object]) -> None:
@@ -64,6 +82,8 @@ def translate_errors() -> Iterator[None]:
         if constraint in _CONFLICT_CONSTRAINTS:
             raise ConcurrencyConflict(f"concurrent write refused by {constraint}: {exc.diag.message_detail}") from exc
         raise
+    except pg_errors.DeadlockDetected:
+        raise  # PostgreSQL answered: not an outage (writers run the transaction again)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
     except TimeoutError as exc:

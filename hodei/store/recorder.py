@@ -5,12 +5,18 @@
 the library's repository and event store, while the rows land in the seed's table.
 
 One ``insert_events`` call is one transaction that
-1. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
-2. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``),
-3. adds one ``outbox_events`` row per event,
-4. updates the read models through ``hodei.store.projections``,
-5. acknowledges the outbox row being handled, when the save is a handler's (``ack=``),
+1. updates the read models through ``hodei.store.projections``,
+2. acknowledges the outbox row being handled, when the save is a handler's (``ack=``),
+3. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
+4. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``; so is
+   a read-model row created twice, which step 1 may meet first),
+5. adds one ``outbox_events`` row per event,
 6. sends a NOTIFY so relays and waiting streams wake up.
+
+The lock comes last: it serialises every writer, so it is held only for the append and
+the commit, not while the read models are updated. Writers that lock read-model rows in
+opposite orders may deadlock before it; PostgreSQL then aborts one, and its transaction
+is simply run again (nothing of it was committed).
 
 Event payloads are plain JSON: the library's timestamp wrapper becomes ``occurred_at``
 and comes back when events are read.
@@ -36,6 +42,7 @@ from eventsourcing.persistence import (
 from psycopg import errors as psycopg_errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from hodei.errors import LeaseLost
 from hodei.store import projections
@@ -88,9 +95,13 @@ def _state(payload: str, occurred_at: datetime) -> bytes:
 
 
 def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None) -> EventRecord:
+    """A job's own events are correlated with the job when the save names no correlation
+    (several jobs saved at once, as admission does)."""
     aggregate_type, event_type = split_topic(stored.topic)
     occurred_at, payload = _payload(stored)
     aggregate_id = str(stored.originator_id)
+    if correlation_id is None and aggregate_type == "Job":
+        correlation_id = aggregate_id
     return EventRecord(
         id=event_id(aggregate_id, stored.originator_version),
         occurred_at=occurred_at,
@@ -120,25 +131,38 @@ class DomainEventRecorder(ApplicationRecorder):
         if not records and ack is None:
             return []
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
-        # One round trip: every statement up to the COMMIT is pipelined (psycopg's
-        # transaction blocks would sync on entry and exit); a lost lease aborts the
-        # transaction from inside it.
-        with translate_errors(), self.pool.connection() as conn:
+        columns = (*_columns(records), [r.id for r in records], [_available_at(r) for r in records])
+        with translate_errors():
+            for attempt in Retrying(
+                retry=retry_if_exception_type(psycopg_errors.DeadlockDetected), stop=stop_after_attempt(5), reraise=True
+            ):
+                with attempt:
+                    positions = self._write(records, columns, ack, lease_lost)
+        if ack is not None:
+            ack.done = True
+        return positions
+
+    def _write(
+        self, records: Sequence[EventRecord], columns: tuple[list[Any], ...], ack: Ack | None, lease_lost: str
+    ) -> list[int]:
+        """The transaction, in one round trip: every statement up to the COMMIT is
+        pipelined (psycopg's transaction blocks would sync on entry and exit); a lost
+        lease aborts it from inside."""
+        with self.pool.connection() as conn:
             inserted = conn.cursor()
             try:
                 with conn.pipeline():
                     cur = conn.cursor()
                     cur.execute("BEGIN")
-                    if records:
-                        cur.execute(query("lock_domain_events"))
-                        columns = (*_columns(records), [r.id for r in records], [_available_at(r) for r in records])
-                        inserted.execute(query("insert_events_and_outbox"), columns)
-                        for record in records:
-                            projections.project(cur, record)
-                        cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
+                    for record in records:
+                        projections.project(cur, record)
                     if ack is not None:
                         params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
                         cur.execute(query("ack_outbox_row_or_abort"), params)
+                    if records:
+                        cur.execute(query("lock_domain_events"))
+                        inserted.execute(query("insert_events_and_outbox"), columns)
+                        cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
                     cur.execute("COMMIT")
             except BaseException as exc:
                 _roll_back(conn)
@@ -147,10 +171,7 @@ class DomainEventRecorder(ApplicationRecorder):
                 ):
                     raise LeaseLost(lease_lost) from exc
                 raise
-            positions = sorted(row[0] for row in inserted.fetchall()) if records else []
-        if ack is not None:
-            ack.done = True
-        return positions
+            return sorted(row[0] for row in inserted.fetchall()) if records else []
 
     def select_events(
         self,
