@@ -161,6 +161,9 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
         assert names("provider=docker") == []
         assert listed.get(f"{server.http_url}/jobs?label=nokey").status_code == 400
         assert listed.get(f"{server.http_url}/jobs?provider=nomad").status_code == 400
+        for wrong in ("/jobs?page=abc", "/jobs?page=0", f"/jobs/{holder}/logs?from=two"):
+            refused = listed.get(server.http_url + wrong)
+            assert refused.status_code == 400 and "must be a whole number from 1" in refused.text, wrong
 
         page = listed.get(f"{server.http_url}/jobs/{starved}").text
         steps = re.findall(

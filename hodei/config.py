@@ -116,6 +116,15 @@ def _number(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> fl
     return value
 
 
+def _port(env: Mapping[str, str], name: str, off_allowed: bool = False) -> int:
+    raw = _get(env, name).strip()
+    lowest = 0 if off_allowed else 1
+    if not raw.isdigit() or not lowest <= int(raw) <= 65535:
+        what = "0 (off) or a port, 1 to 65535" if off_allowed else "a port, 1 to 65535"
+        raise InvalidInput(f"{name} must be {what}, got `{raw}`")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class DockerConfig:
     enabled: bool
@@ -272,13 +281,13 @@ def _tls(env: Mapping[str, str]) -> TlsConfig:
 
 def load(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
-    port = int(_number(env, "HODEI_GRPC_PORT"))
+    port = _port(env, "HODEI_GRPC_PORT")
     image = _get(env, "HODEI_WORKER_IMAGE")
     return Config(
         database_url=_get(env, "DATABASE_URL"),
         bind_host=_get(env, "HODEI_GRPC_BIND"),
         port=port,
-        http_port=int(_number(env, "HODEI_HTTP_PORT", zero_allowed=True)),
+        http_port=_port(env, "HODEI_HTTP_PORT", off_allowed=True),
         metrics_public=_flag(env, "HODEI_METRICS_PUBLIC"),
         advertise_host=_get(env, "HODEI_SERVER_HOST"),
         auto_migrate=_flag(env, "HODEI_AUTO_MIGRATE"),

@@ -200,7 +200,7 @@ class Console:
             if not sep or not key.strip():
                 raise InvalidInput(f"a label filter is KEY=VALUE, got `{shown['label']}`")
             labels[key.strip()] = value.strip()
-        page = max(int(request.query.get("page", "1") or 1), 1)
+        page = _from_one(request, "page")
         message = jobs_pb2.ListJobsRequest(
             limit=PAGE_SIZE,
             offset=(page - 1) * PAGE_SIZE,
@@ -264,7 +264,7 @@ class Console:
     async def follow_logs(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each new line of a job's log, then ``end`` once it ended."""
         job_id = request.match_info["id"]
-        from_line = max(int(request.query.get("from", "1") or 1), 1)
+        from_line = _from_one(request, "from")
         subscription = logs_pb2.SubscribeLogsRequest(job_id=job_id, from_line=from_line, follow=True)
         stream = self.api.stream(self._token(request), "/hodei.jobs.LogStreamService/SubscribeLogs", subscription)
         try:
@@ -343,6 +343,14 @@ class Console:
             raise InvalidInput("choose the dead letters to redrive")
         await self._call(request, "/hodei.jobs.OutboxService/Redrive", outbox_pb2.RedriveRequest(ids=ids, all=every))
         raise web.HTTPSeeOther("/dead-letters")
+
+
+def _from_one(request: web.Request, name: str) -> int:
+    """A counting query parameter (a page, a line number): 1 unless given."""
+    raw = request.query.get(name, "1").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidInput(f"{name} must be a whole number from 1, got `{raw}`")
+    return int(raw)
 
 
 def _wants_html(request: web.Request) -> bool:
