@@ -112,6 +112,10 @@ def pods() -> None:
         print(f"  {pod.metadata.name}  {pod.status.phase if pod.status else '?'}")
     if not items:
         print("  (none: pods are deleted when their jobs end; HODEI_KEEP_FAILED_WORKERS keeps failed ones)")
+        archived = sorted(STATE.glob("hodei-worker-*.out"), key=lambda p: p.stat().st_mtime)
+        if settings.get("HODEI_K8S_KIND") == "emulator" and archived:
+            print(f"== output of the newest deleted pod, {archived[-1].stem} (kept by the emulated node only)")
+            print("\n".join(archived[-1].read_text().splitlines()[-20:]))
         return
     name = items[-1].metadata.name
     print(f"== logs of {name} (kubectl logs -n {NAMESPACE} {name} --tail=20)")

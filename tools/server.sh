@@ -25,6 +25,7 @@ case "${1:-start}" in
       # Ready once it says so (a readiness call could need a token).
       if tail -n "+$first_line" "$LOG" | grep -q "Serving hodei.jobs on"; then
         echo "hodei-server is up on port ${HODEI_GRPC_PORT:-50051} (pid $(cat "$PIDFILE")); log: $LOG"
+        if [ "${HODEI_HTTP_PORT:-8080}" != 0 ]; then echo "web console: http://127.0.0.1:${HODEI_HTTP_PORT:-8080}"; fi
         exit 0
       fi
       running || { tail -30 "$LOG"; echo "hodei-server exited"; exit 1; }
