@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -29,6 +29,7 @@ from hodei.store.events import EventRecord
 from hodei.store.readmodels import ReadModels
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 # Seconds: from a sim job's milliseconds to a long job's hour.
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
@@ -41,6 +42,29 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return max((end - start).total_seconds(), 0.0)
+
+
+class _Recent(Generic[V]):
+    """What began, by key, until its end is seen: at most REMEMBERED entries (a beginning
+    whose end another server delivers must not grow memory)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[Any, V] = {}
+
+    def put(self, key: Any, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > REMEMBERED:
+                del self._items[next(iter(self._items))]
+
+    def take(self, key: Any) -> V | None:
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def get(self, key: Any) -> V | None:
+        with self._lock:
+            return self._items.get(key)
 
 
 class _Scraped(Collector):
@@ -75,43 +99,27 @@ class PlatformMetrics:
         self.jobs_finished = Counter(
             "hodei_jobs_finished", "Jobs that reached a final state", ["state"], registry=self.registry
         )
-        self.queued = Histogram(
-            "hodei_job_queued_seconds",
-            "From submission to the job's start on a worker (queued -> started)",
-            buckets=BUCKETS,
-            registry=self.registry,
+        self.queued = self._histogram(
+            "hodei_job_queued_seconds", "From submission to the job's start on a worker (queued -> started)"
         )
-        self.ran = Histogram(
-            "hodei_job_run_seconds",
-            "How long the job's command ran (started -> finished)",
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.total = Histogram(
-            "hodei_job_seconds",
-            "From submission to the final state (end to end)",
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.steps = Histogram(
+        self.ran = self._histogram("hodei_job_run_seconds", "How long the job's command ran (started -> finished)")
+        self.total = self._histogram("hodei_job_seconds", "From submission to the final state (end to end)")
+        self.steps = self._histogram(
             "hodei_saga_step_seconds",
             "Saga step durations, by saga type, step and outcome (completed, failed, compensated)",
-            ["saga_type", "step", "outcome"],
-            buckets=BUCKETS,
-            registry=self.registry,
+            ("saga_type", "step", "outcome"),
         )
-        self.relay_lag = Histogram(
-            "hodei_relay_lag_seconds",
-            "From an event's commit to its delivery by this server's relay",
-            buckets=BUCKETS,
-            registry=self.registry,
+        self.relay_lag = self._histogram(
+            "hodei_relay_lag_seconds", "From an event's commit to its delivery by this server's relay"
         )
         self.log_bytes = Counter("hodei_log_bytes", "Bytes of job output stored by this server", registry=self.registry)
         self._scraped = _Scraped(reads, lambda: 0)
         self.registry.register(self._scraped)
-        self._lock = threading.Lock()
-        self._began: dict[tuple[str, Any], datetime] = {}
-        self._saga_types: dict[str, str] = {}
+        self._began: _Recent[datetime] = _Recent()
+        self._saga_types: _Recent[str] = _Recent()
+
+    def _histogram(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=BUCKETS, registry=self.registry)
 
     def count_connected(self, connected: Callable[[], int]) -> None:
         """Where the number of connected workers comes from (the worker service)."""
@@ -126,30 +134,19 @@ class PlatformMetrics:
         except Exception:
             log.exception("metrics: could not count %s of %s", event.event_type, event.aggregate_id)
 
-    def _remember(self, key: tuple[str, Any], moment: datetime) -> None:
-        with self._lock:
-            self._began[key] = moment
-            if len(self._began) > REMEMBERED:
-                del self._began[next(iter(self._began))]
-
-    def _recall(self, key: tuple[str, Any]) -> datetime | None:
-        with self._lock:
-            return self._began.pop(key, None)
-
     def _observe(self, event: EventRecord) -> None:
         kind, payload, at, aggregate = event.event_type, event.payload, event.occurred_at, event.aggregate_id
         if kind == "JobCreated":
-            self._remember(("created", aggregate), at)
+            self._began.put(("created", aggregate), at)
         elif kind == "JobStatusChanged":
             self._job_changed(aggregate, payload, at)
         elif kind == "SagaStarted":
-            with self._lock:
-                self._saga_types[aggregate] = payload["saga_type"]
+            self._saga_types.put(aggregate, payload["saga_type"])
         elif kind in ("StepStarted", "CompensationStarted"):
-            self._remember((kind, (aggregate, payload["step_order"])), at)
+            self._began.put((kind, aggregate, payload["step_order"]), at)
         elif kind in STEP_OUTCOMES:
             began_by = "CompensationStarted" if kind == "StepCompensated" else "StepStarted"
-            started = self._recall((began_by, (aggregate, payload["step_order"])))
+            started = self._began.take((began_by, aggregate, payload["step_order"]))
             if started is None:
                 started = self.reads.step_started(aggregate, payload["step_order"])
             duration = _seconds(started, at)
@@ -157,8 +154,7 @@ class PlatformMetrics:
                 saga_type = self._saga_types.get(aggregate) or self.reads.saga_type(aggregate)
                 self.steps.labels(saga_type, payload["step_name"], STEP_OUTCOMES[kind]).observe(duration)
         elif kind in ("SagaCompleted", "SagaFailed"):
-            with self._lock:
-                self._saga_types.pop(aggregate, None)
+            self._saga_types.take(aggregate)
 
     def _job_changed(self, job_id: str, payload: dict[str, Any], at: datetime) -> None:
         state = JobState(payload["new_state"])
@@ -180,9 +176,9 @@ class PlatformMetrics:
                 self.ran.observe(ran)
 
     def _created(self, job_id: str, keep: bool) -> datetime | None:
-        created = self._recall(("created", job_id))
+        created = self._began.take(("created", job_id))
         if created is None:
             created = self.reads.job_created_at(job_id)
         if keep and created is not None:
-            self._remember(("created", job_id), created)
+            self._began.put(("created", job_id), created)
         return created

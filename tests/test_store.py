@@ -29,6 +29,17 @@ def new_job(**overrides: Any) -> Job:
     return Job.submit(JobSpec(**spec), uuid4())
 
 
+def new_worker(job: Job, provider: ProviderType) -> Worker:
+    return Worker(
+        job_id=str(job.id),
+        attempt=1,
+        provider_id=str(PROVIDER_IDS[provider]),
+        provider_type=provider.value,
+        token_nonce="n",
+        token_expires_at="2100-01-01T00:00:00+00:00",
+    )
+
+
 def snapshot(url: str) -> dict[str, str]:
     return {
         table: query(
@@ -101,14 +112,7 @@ def test_a_failure_after_the_event_insert_leaves_every_table_unchanged(
     store.write([job], Meta(actor="t"))
     job = store.load(Job, job.id)
     job.record_logs("file:///tmp/x.log", 10, 1)
-    worker = Worker(
-        job_id=str(job.id),
-        attempt=1,
-        provider_id=str(PROVIDER_IDS[ProviderType.DOCKER]),
-        provider_type="docker",
-        token_nonce="n",
-        token_expires_at="2100-01-01T00:00:00+00:00",
-    )
+    worker = new_worker(job, ProviderType.DOCKER)
     saga = Saga(saga_type="PROVISIONING", correlation_id=str(job.id), attempt=1, steps=["a"], context={})
     provider = store.load(Provider, PROVIDER_IDS[ProviderType.DOCKER])
     provider.record_health(ProviderHealth.UNHEALTHY, "down")
@@ -249,14 +253,7 @@ def test_a_silent_worker_whose_job_ended_is_not_stale(store: HodeiStore) -> None
     found = {}
     for outcome in ("running", "finished"):
         job = new_job()
-        worker = Worker(
-            job_id=str(job.id),
-            attempt=1,
-            provider_id=str(PROVIDER_IDS[ProviderType.LOCAL]),
-            provider_type="local",
-            token_nonce="n",
-            token_expires_at="2100-01-01T00:00:00+00:00",
-        )
+        worker = new_worker(job, ProviderType.LOCAL)
         worker.register("session", "host", datetime.now(UTC))
         worker.dispatch(str(job.id))
         job.assign(str(worker.id), str(PROVIDER_IDS[ProviderType.LOCAL]), "local")

@@ -30,12 +30,12 @@ class Api:
         """The caller a token stands for (without one: anonymous if the server allows it)."""
         return self.gatekeeper.identify(_metadata(token))
 
-    def admit(self, token: str | None, method: str) -> Caller:
-        """The caller, if the method's rule allows them; the API's own refusal otherwise."""
+    def check(self, who: Caller, method: str) -> None:
+        """Refuses, with the API's own message, unless the method's rule allows ``who``."""
         rule = rule_of(method)
         if not isinstance(rule, Role):
             raise PermissionDenied(f"{method} is not for API tokens")
-        return self.gatekeeper.admit(method, rule, _metadata(token))
+        self.gatekeeper.authorise(method, rule, who)
 
     def may(self, who: Caller, method: str) -> bool:
         rule = rule_of(method)
@@ -50,17 +50,17 @@ class Api:
         # The method without the gRPC error wrapper: errors stay Hodei errors here.
         return getattr(wrapped, "__wrapped__", wrapped).__get__(servicer)
 
-    async def call(self, token: str | None, method: str, request: Message) -> Any:
-        who = await asyncio.to_thread(self.admit, token, method)
+    async def call(self, who: Caller, method: str, request: Message) -> Any:
+        self.check(who, method)
         behaviour = self._behaviour(method)
         with calling_as(who):
             if inspect.iscoroutinefunction(behaviour):
                 return await behaviour(request, None)
             return await asyncio.to_thread(behaviour, request, None)
 
-    async def stream(self, token: str | None, method: str, request: Message) -> AsyncGenerator[Any, None]:
+    async def stream(self, who: Caller, method: str, request: Message) -> AsyncGenerator[Any, None]:
         """A streaming method's messages; the calling task serves this caller only."""
-        who = await asyncio.to_thread(self.admit, token, method)
+        self.check(who, method)
         serve_as(who)
         async for item in self._behaviour(method)(request, None):
             yield item

@@ -114,10 +114,14 @@ class Console:
         return request.cookies.get(COOKIE)
 
     async def _caller(self, request: web.Request) -> Caller:
-        return await asyncio.to_thread(self.api.identify, self._token(request))
+        """Who sent the request: its token looked up once per request."""
+        if "who" not in request:
+            request["who"] = await asyncio.to_thread(self.api.identify, self._token(request))
+        who: Caller = request["who"]
+        return who
 
     async def _call(self, request: web.Request, method: str, message: Any) -> Any:
-        return await self.api.call(self._token(request), method, message)
+        return await self.api.call(await self._caller(request), method, message)
 
     def _page(
         self, request: web.Request, template: str, who: Caller | None, status: int = 200, **values: Any
@@ -156,7 +160,7 @@ class Console:
 
     async def scrape(self, request: web.Request) -> web.Response:
         if not self.metrics_public:
-            await asyncio.to_thread(self.api.admit, self._token(request), "/hodei.jobs.MetricsService/GetMetrics")
+            self.api.check(await self._caller(request), "/hodei.jobs.MetricsService/GetMetrics")
         body = await asyncio.to_thread(generate_latest, self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -266,7 +270,8 @@ class Console:
         job_id = request.match_info["id"]
         from_line = _from_one(request, "from")
         subscription = logs_pb2.SubscribeLogsRequest(job_id=job_id, from_line=from_line, follow=True)
-        stream = self.api.stream(self._token(request), "/hodei.jobs.LogStreamService/SubscribeLogs", subscription)
+        who = await self._caller(request)
+        stream = self.api.stream(who, "/hodei.jobs.LogStreamService/SubscribeLogs", subscription)
         try:
             batch = await anext(stream, None)  # errors (unknown job, no token) surface before the stream opens
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -78,6 +78,11 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
 
     def admit(self, method: str, rule: Role | None, metadata: Any) -> Caller:
         who = self.identify(metadata)
+        self.authorise(method, rule, who)
+        return who
+
+    def authorise(self, method: str, rule: Role | None, who: Caller) -> None:
+        """Refuses the call unless ``who``'s role allows ``method`` (a role of None: no rule)."""
         if rule is None:
             raise PermissionDenied(f"{method} has no access rule: refused")
         if not who.may(rule):
@@ -85,7 +90,6 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                 f"token `{who.name}` has the {who.role} role; {method} needs {rule} (or above): "
                 "ask an admin for a token with that role"
             )
-        return who
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
