@@ -29,7 +29,8 @@ def database() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="hodei-bench-"))
     cluster = Cluster(root, free_port())
     cluster.init()
-    cluster.start()
+    # pg_stat_statements (PostgreSQL's contrib) lets a benchmark count statements per job.
+    cluster.start("-c shared_preload_libraries=pg_stat_statements")
     try:
         yield _prepare(cluster.url, cluster.database_url("hodei_bench"))
     finally:
@@ -47,6 +48,12 @@ def _prepare(server: str, url: str) -> str:
     finally:
         pool.close()
     return url
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,16 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 
-from bench.common import database, header, percentile, row
+from bench import scale
+from bench.common import database, header, percentile, process_cpu, row
+from bench.jobs import job_latencies
 from bench.local import floor
+from bench.store import raw_insert_rate
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.testing import ServerProcess, query
 
 JOBS = int(os.environ.get("HODEI_BENCH_JOBS", "200"))
+UNLOADED = 5
+FLEET = int(os.environ.get("HODEI_BENCH_FLEET", "1000"))
+REPLAY_EVENTS = int(os.environ.get("HODEI_BENCH_REPLAY_EVENTS", "100000"))
 LOCAL_JOBS = int(os.environ.get("HODEI_BENCH_LOCAL_JOBS", "100"))
 CONCURRENCY = 16
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,11 @@ class Figures:
     events: int
     outbox: int
     transactions: int
+    # None when pg_stat_statements is not loaded.
+    statements: int | None
     cpu_seconds: float
+    # Submit->done of single jobs on the idle server, before the burst.
+    unloaded: list[float]
 
     @property
     def rate(self) -> float:
@@ -53,9 +63,23 @@ def _transactions(url: str) -> int:
     return int(count)
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+def _statements(url: str) -> int | None:
+    """Statements run in the bench database so far, when pg_stat_statements is loaded."""
+    try:
+        query(url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        ((calls,),) = query(
+            url,
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+    except psycopg.Error:
+        return None
+    return int(calls)
+
+
+def _since(statements: int | None, url: str) -> int | None:
+    now = _statements(url)
+    return None if statements is None or now is None else now - statements
 
 
 def _counts(url: str) -> tuple[int, int]:
@@ -78,7 +102,7 @@ def procrastinate_run(url: str) -> Figures:
 
         async with app.open_async():
             await app.schema_manager.apply_schema_async()
-            transactions, cpu = _transactions(url), time.process_time()
+            transactions, statements, cpu = _transactions(url), _statements(url), time.process_time()
             started = time.perf_counter()
             worker = asyncio.create_task(app.run_worker_async(concurrency=CONCURRENCY, install_signal_handlers=False))
             for index in range(JOBS):
@@ -91,7 +115,8 @@ def procrastinate_run(url: str) -> Figures:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         latencies = [done[i] - submitted[i] for i in range(JOBS)]
-        return Figures(JOBS, seconds, latencies, 0, 0, _transactions(url) - transactions, cpu)
+        transactions = _transactions(url) - transactions
+        return Figures(JOBS, seconds, latencies, 0, 0, transactions, _since(statements, url), cpu, [])
 
     return asyncio.run(run())
 
@@ -99,20 +124,20 @@ def procrastinate_run(url: str) -> Figures:
 def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figures:
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp), env) as server:
         assert server.process is not None
+        # Warm-up jobs first (connections, the provider), then single jobs on the idle server.
+        unloaded = job_latencies(server.address, provider, UNLOADED)
         channel = grpc.insecure_channel(server.address)
         stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
         spec = common_pb2.JobSpec(name="bench", command="true", timeout_seconds=600, provider=provider)
-        # One job first: the server's connections and the provider warm up outside the count.
-        warm = stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id
-        for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=warm)):
-            if update.job.state == "SUCCEEDED":
-                break
-        time.sleep(2)  # the warm-up job's worker is released
-        (events, outbox), transactions, cpu = _counts(url), _transactions(url), _cpu(server.process.pid)
-        started = time.perf_counter()
+        time.sleep(2)  # the last single job's worker is released
+        (events, outbox), statements = _counts(url), _statements(url)
+        transactions, cpu = _transactions(url), process_cpu(server.process.pid)
+        # Wall-clock times on both sides: a job's end is its completed_at, written by the
+        # server on this machine, so polling late (while still submitting) changes nothing.
         submitted = {}
         for _ in range(count):
-            submitted[stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id] = time.perf_counter()
+            at = time.time()
+            submitted[stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id] = at
         ended: dict[str, float] = {}
         while len(ended) < count:
             rows = query(
@@ -121,12 +146,13 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
                 "AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
                 (list(submitted),),
             )
-            for job_id, state, _ in rows:
+            for job_id, state, completed_at in rows:
                 if state != "SUCCEEDED":
                     raise RuntimeError(f"bench job {job_id} ended {state}")
-                ended.setdefault(job_id, time.perf_counter())
+                ended[job_id] = float(completed_at)
             time.sleep(0.05)
-        seconds = time.perf_counter() - started
+        started = min(submitted.values())
+        seconds = max(ended.values()) - started
         # Every saga settled: what a job costs includes releasing its worker.
         while query(url, "SELECT count(*) FROM sagas WHERE state IN ('IN_PROGRESS', 'COMPENSATING')")[0][0]:
             time.sleep(0.1)
@@ -138,7 +164,9 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
             after_events - events,
             after_outbox - outbox,
             _transactions(url) - transactions,
-            _cpu(server.process.pid) - cpu,
+            _since(statements, url),
+            process_cpu(server.process.pid) - cpu,
+            unloaded,
         )
         channel.close()
         return figures
@@ -150,12 +178,25 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
     print(row(f"{name}: jobs/s ({figures.jobs})", f"{figures.rate:.1f} jobs/s", base, ratio, goal))
     for q in (50, 95):
         print(row(f"{name}: submit->done p{q}", f"{percentile(figures.latencies, q) * 1000:.0f} ms"))
+    if figures.unloaded:
+        first, alone = figures.latencies[0], percentile(figures.unloaded, 50)
+        print(
+            row(
+                f"{name}: first of the burst submit->done",
+                f"{first * 1000:.0f} ms",
+                f"{alone * 1000:.0f} ms alone",
+                f"{first / alone:.2f}",
+                "<= 2.0",
+            )
+        )
     n = figures.jobs
     if figures.events:
         counts = f"{figures.events / n:.1f} / {figures.outbox / n:.1f}"
         print(row(f"{name}: events / outbox rows per job", counts, "", "", "<= 20"))
     goals = ("<= 25", "<= 10 ms") if baseline else ("", "")
     print(row(f"{name}: transactions per job", f"{figures.transactions / n:.1f}", "", "", goals[0]))
+    statements = "n/a" if figures.statements is None else f"{figures.statements / n:.1f}"
+    print(row(f"{name}: statements per job (pg_stat_statements)", statements))
     print(row(f"{name}: CPU per job", f"{figures.cpu_seconds / n * 1000:.1f} ms", "", "", goals[1]))
 
 
@@ -167,6 +208,10 @@ def main() -> None:
         local = hodei_run(url, "local", LOCAL_JOBS, {"HODEI_LOCAL_MAX_WORKERS": capacity})
         with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp)) as server:
             spawns = floor(server.address)
+            lines = scale.log_rate(server.address, url)
+        fleet = scale.fleet_run(url, FLEET)
+        insert_rate = raw_insert_rate(url)
+        replayed = scale.replay_run(url, REPLAY_EVENTS)
     spawn_rate = 1 / (sum(spawns) / len(spawns))
     print(header())
     _rows("Procrastinate no-op (in-process CPU)", raw, None, "")
@@ -182,6 +227,21 @@ def main() -> None:
         )
     )
     _rows("Hodei local jobs", local, raw, "")
+    bare = scale.start_floor()
+    start = percentile(spawns, 50)
+    print(row("bare interpreter start (python -c pass)", f"{bare * 1000:.0f} ms", "(baseline)"))
+    print(
+        row(
+            "agent start: exec -> first RPC p50",
+            f"{start * 1000:.0f} ms",
+            f"{bare * 1000:.0f} ms",
+            f"{start / bare:.2f}",
+            "<= 100 ms",
+        )
+    )
+    scale.print_logs(lines, scale.pipe_rate())
+    scale.print_fleet(fleet, FLEET)
+    scale.print_replay(replayed, insert_rate)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ failing row is retried with exponential backoff and jitter, then dead-lettered.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+import queue
 import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 from uuid import UUID
@@ -51,6 +53,8 @@ class Delivery:
     attempts: int
     event: EventRecord
     ack: Ack
+    # The first position of the event's job: older jobs' rows are claimed and run first.
+    origin: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,35 @@ class Route:
 
     handle: Callable[[Delivery], None]
     dead_letter: Callable[[Delivery, str], None] | None = None
+
+
+class _OldestFirst:
+    """The relay's handler threads. Claimed work waits here for a free thread and is
+    taken oldest job first (lowest origin), not in the order it was claimed: a job's next
+    row, claimed while a hundred rows of later jobs wait, runs before them."""
+
+    def __init__(self, threads: int) -> None:
+        self._queue: queue.PriorityQueue[tuple[float, int, Callable[[], None] | None]] = queue.PriorityQueue()
+        self._tickets = itertools.count()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"hodei-relay-{n}", daemon=True) for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, origin: int, task: Callable[[], None]) -> None:
+        self._queue.put((origin, next(self._tickets), task))
+
+    def _work(self) -> None:
+        while (task := self._queue.get()[2]) is not None:
+            task()
+
+    def shutdown(self) -> None:
+        """Runs what is queued, then stops the threads."""
+        for _ in self._threads:
+            self._queue.put((math.inf, next(self._tickets), None))
+        for thread in self._threads:
+            thread.join()
 
 
 @dataclass
@@ -112,7 +145,7 @@ class Relay:
         self._claims = open_pool(
             str(pool.conninfo), min_size=1, max_size=2, name=f"hodei-claims-{claimer}", synchronous_commit=False
         )
-        self._executor = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="hodei-relay")
+        self._handlers = _OldestFirst(config.threads)
         self._lock = threading.Condition()
         self._in_flight = 0
         self._to_ack: list[UUID] = []
@@ -131,9 +164,9 @@ class Relay:
         }
         rows = self._unsynced(query("claim_outbox_rows"), params)
         deliveries = []
-        for row in sorted(rows, key=lambda r: r[11]):
+        for row in sorted(rows, key=lambda r: (r[12], r[11])):
             outbox_id, attempts, occurred_at, event_type, aggregate_id, aggregate_type, version = row[:7]
-            correlation_id, actor, payload, topic, position = row[7:]
+            correlation_id, actor, payload, topic, position, origin = row[7:]
             event = EventRecord(
                 id=outbox_id,
                 occurred_at=occurred_at,
@@ -147,7 +180,7 @@ class Relay:
                 topic=topic,
                 position=position,
             )
-            deliveries.append(Delivery(outbox_id, attempts, event, Ack(outbox_id, self.claimer)))
+            deliveries.append(Delivery(outbox_id, attempts, event, Ack(outbox_id, self.claimer), origin))
         return deliveries
 
     # Handling ---------------------------------------------------------------
@@ -238,7 +271,7 @@ class Relay:
                         self._lock.notify_all()
             self._waiter.wake()
 
-        self._executor.submit(run)
+        self._handlers.submit(min(d.origin for d in deliveries), run)
 
     def pump(self) -> int:
         """Acknowledges finished rows, then claims up to the free capacity."""
@@ -296,6 +329,6 @@ class Relay:
 
     def close(self) -> None:
         self._waiter.close()
-        self._executor.shutdown(wait=True)
+        self._handlers.shutdown()
         self.flush_acks()
         self._claims.close()

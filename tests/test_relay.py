@@ -142,6 +142,44 @@ def test_a_handler_that_writes_events_acknowledges_its_row_in_the_same_transacti
     assert relay.counters.handled == 4 and relay.counters.failed == 0
 
 
+def test_older_jobs_rows_are_claimed_before_later_jobs_rows(store: HodeiStore, pool: ConnectionPool) -> None:
+    """A job's next row is claimed before the first row of a job submitted after it,
+    although that row is earlier in the log: a burst does not move in lockstep."""
+    first = Job.submit(JobSpec(name="first", command="true", timeout_seconds=5), uuid4())
+    store.write([first], Meta(actor="t"))
+    later = Job.submit(JobSpec(name="later", command="true", timeout_seconds=5), uuid4())
+    store.write([later], Meta(actor="t"))
+    first.select_provider(str(uuid4()), "docker")
+    store.write([first], Meta(actor="t"))
+    origins = query(
+        pool.conninfo,
+        "SELECT aggregate_id, event_type, position, origin FROM outbox_events WHERE aggregate_id = ANY(%s) "
+        "ORDER BY position",
+        ([str(first.id), str(later.id)],),
+    )
+    first_origin = origins[0][2]
+    assert [(a, o) for a, _, _, o in origins] == [
+        (str(first.id), first_origin),
+        (str(later.id), origins[1][2]),
+        (str(first.id), first_origin),  # the first event of its job, not its own position
+    ]
+    query(
+        pool.conninfo,
+        "UPDATE outbox_events SET status = 'PUBLISHED' WHERE aggregate_id <> ALL(%s)",
+        ([str(first.id), str(later.id)],),
+    )
+    relay = Relay(pool, {}, CONFIG, "r", Signals(None))
+    try:
+        claimed = relay.claim(2)
+        assert [(d.event.aggregate_id, d.event.event_type) for d in claimed] == [
+            (str(first.id), "JobCreated"),
+            (str(first.id), "JobProviderSelected"),
+        ]
+        assert [d.event.aggregate_id for d in relay.claim(2)] == [str(later.id)]
+    finally:
+        relay.close()
+
+
 def test_a_save_for_a_row_whose_lease_was_lost_is_rolled_back(store: HodeiStore, pool: ConnectionPool) -> None:
     def slow(delivery: Delivery) -> None:
         query(

@@ -176,6 +176,7 @@ class SagaEngine:
         # Test hook: called after each committed advance (crash-injection tests kill here).
         self.after_commit = after_commit
         self._actions = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hodei-step")
+        self._pokeable = sorted({step.name for d in definitions.values() for step in d.steps if step.effect is None})
 
     def close(self) -> None:
         self._actions.shutdown(wait=False, cancel_futures=True)
@@ -225,8 +226,10 @@ class SagaEngine:
         self._committed(saga)
 
     def poke(self, job_id: str, ack: Ack | None) -> None:
-        """Re-checks the job's waiting steps after an event that may satisfy them."""
-        saga_ids = open_saga_ids(self.store, job_id)
+        """Re-checks the job's waiting steps after an event that may satisfy them. Only
+        sagas at a step without an effect can move on a poke: an ACTION or a compensation
+        runs in the delivery of its own StepStarted or CompensationStarted."""
+        saga_ids = waiting_saga_ids(self.store, job_id, self._pokeable)
         moved: list[Saga] = []
 
         def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
@@ -454,10 +457,11 @@ def _log_unexpected(name: str, exc: Exception) -> None:
         log.error("step %s raised %s", name, exc, exc_info=exc)
 
 
-def open_saga_ids(store: HodeiStore, job_id: str) -> list[UUID]:
-    """The job's sagas still running (from the ``sagas`` read model)."""
+def waiting_saga_ids(store: HodeiStore, job_id: str, step_names: Sequence[str]) -> list[UUID]:
+    """The job's running sagas whose current step is one of ``step_names`` (from the
+    ``sagas`` read model, written in the same transaction as the saga's events)."""
     with translate_errors(), store.pool.connection() as conn:
-        rows = conn.execute(query("open_sagas_of_job"), (job_id,)).fetchall()
+        rows = conn.execute(query("waiting_sagas_of_job"), (job_id, list(step_names))).fetchall()
     return [row[0] for row in rows]
 
 

@@ -69,7 +69,11 @@ class HodeiStore(Application[UUID]):
             return None
 
     def write(self, aggregates: Sequence[HodeiAggregate | None], meta: Meta) -> None:
-        self.save(*aggregates, **meta.kwargs())
+        """Saves what changed. Nothing changed, nothing written: a handler's outbox row is
+        then acknowledged in the relay's next bulk acknowledgement, not in a transaction of
+        its own."""
+        if any(aggregate is not None and aggregate.pending_events for aggregate in aggregates):
+            self.save(*aggregates, **meta.kwargs())
 
     def command(self, meta: Meta, run: Callable[[], tuple[R, Sequence[HodeiAggregate | None]]], attempts: int = 8) -> R:
         """Runs ``run`` (load, decide, return aggregates to save) and saves, retrying on

@@ -13,10 +13,15 @@ WITH events AS (
     SELECT * FROM unnest(
         %s::uuid[], %s::timestamptz[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
         %s::jsonb[], %s::varchar[], %s::bigint[], %s::text[])
-    RETURNING id, position, aggregate_id, aggregate_type, event_type
+    RETURNING id, position, aggregate_id, aggregate_type, event_type, correlation_id
 )
-INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at)
-SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, a.available_at
+-- origin: the first position of the event's correlation, an earlier transaction's or, for
+-- a correlation that begins here, this statement's (sql/007_relay_order.sql).
+INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at, origin)
+SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, a.available_at,
+       coalesce(
+           (SELECT min(d.position) FROM domain_events d WHERE d.correlation_id = e.correlation_id),
+           min(e.position) OVER (PARTITION BY coalesce(e.correlation_id, e.id::text)))
 FROM events e JOIN unnest(%s::uuid[], %s::timestamptz[]) AS a (id, available_at) ON a.id = e.id
 RETURNING position;
 
@@ -209,7 +214,7 @@ WHERE id = %(id)s;
 -- which keeps per-aggregate order across relays. The earliest open rows form a window;
 -- an aggregate's earliest open row is always in it.
 WITH open AS (
-    SELECT id, aggregate_id, position,
+    SELECT id, aggregate_id, position, origin,
            (status = 'PENDING' AND available_at <= now()) OR (status = 'PROCESSING' AND lease_until < now()) AS due
     FROM outbox_events
     WHERE status IN ('PENDING', 'PROCESSING')
@@ -218,9 +223,10 @@ WITH open AS (
 ), blocked AS (
     SELECT aggregate_id, min(position) AS from_position FROM open WHERE NOT due GROUP BY aggregate_id
 ), due AS (
+    -- Older jobs first (origin), each job's rows in log order.
     SELECT o.id, o.aggregate_id, o.position FROM open o LEFT JOIN blocked b ON b.aggregate_id = o.aggregate_id
     WHERE o.due AND (b.from_position IS NULL OR o.position < b.from_position)
-    ORDER BY o.position
+    ORDER BY o.origin, o.position
     LIMIT %(limit)s
 ), locked AS (
     -- The status test is repeated here so that it is re-checked on the row version a
@@ -242,12 +248,12 @@ WITH open AS (
         lease_until = now() + make_interval(secs => %(lease)s),
         attempts = o.attempts + 1
     WHERE o.id = ANY(ARRAY(SELECT id FROM runs WHERE unbroken))
-    RETURNING o.id, o.attempts
+    RETURNING o.id, o.attempts, o.origin
 )
 -- `= ANY(ARRAY(...))` is evaluated once: whatever the table statistics, each table is
 -- read in one pass (an outbox is a queue, and its statistics are often stale).
 SELECT u.id, u.attempts, d.occurred_at, d.event_type, d.aggregate_id, d.aggregate_type,
-       d.aggregate_version, d.correlation_id, d.actor, d.payload, d.topic, d.position
+       d.aggregate_version, d.correlation_id, d.actor, d.payload, d.topic, d.position, u.origin
 FROM domain_events d JOIN updated u ON u.id = d.id
 WHERE d.id = ANY(ARRAY(SELECT id FROM updated));
 
@@ -279,6 +285,14 @@ SELECT EXISTS (SELECT 1 FROM outbox_events WHERE status IN ('PENDING', 'PROCESSI
 
 -- name: open_sagas_of_job
 SELECT id FROM sagas WHERE correlation_id = %s AND state IN ('IN_PROGRESS', 'COMPENSATING') ORDER BY started_at;
+
+-- name: waiting_sagas_of_job
+-- The job's sagas whose current step is one of the given (WAIT or LOCAL) steps: the only
+-- ones an event of the job can move. A saga that reaches such a step after this read
+-- re-checks it when its StepStarted is delivered.
+SELECT id FROM sagas
+WHERE correlation_id = %s AND state = 'IN_PROGRESS' AND current_step = ANY(%s::varchar[])
+ORDER BY started_at;
 
 -- name: worker_token_key
 SELECT value FROM hodei.secrets WHERE name = 'worker_token_key';

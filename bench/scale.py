@@ -1,0 +1,214 @@
+"""The rest of #13's figures, printed by ``just bench-throughput`` after the job rates:
+a connected fleet of sim workers, one job's million lines, and replay of the log the run
+has written (topped up to a size), each beside a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid4
+
+import grpc
+
+from bench.common import process_cpu, row
+from bench.store import log_replay_rate
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
+from hodei.domain.job import Job
+from hodei.domain.spec import JobSpec
+from hodei.store import replay
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import open_pool
+from hodei.testing import ServerProcess, query
+
+# Seconds over which the connected fleet's cost is measured.
+FLEET_WINDOW = 20.0
+
+
+def _status(pid: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+
+
+def _submit(address: str, spec: common_pb2.JobSpec, count: int) -> list[str]:
+    with grpc.insecure_channel(address) as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        return [stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    workers: int
+    failed: int
+    rss_mb: float
+    threads: int
+    idle_rss_mb: float
+    idle_threads: int
+    core_share: float
+
+
+def fleet_run(url: str, count: int) -> Fleet:
+    """``count`` sim jobs that run for an hour: once every worker is connected (RUNNING),
+    the server's RSS, threads and CPU over a quiet window, where all it does is take
+    heartbeats (one per worker every 2 s) and sweep. The baseline is the same server idle."""
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": str(count)}
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp), env) as server:
+        assert server.process is not None
+        pid = server.process.pid
+        idle = _status(pid)
+        spec = common_pb2.JobSpec(
+            name="fleet", command="true", timeout_seconds=7200, provider="sim", env={"HODEI_SIM_SECONDS": "3600"}
+        )
+        ids = _submit(server.address, spec, count)
+        deadline = time.monotonic() + 60 + count
+        while True:
+            ((running, failed),) = query(
+                url,
+                "SELECT count(*) FILTER (WHERE state = 'RUNNING'), "
+                "count(*) FILTER (WHERE state NOT IN ('PENDING', 'ASSIGNED', 'RUNNING')) "
+                "FROM jobs WHERE id = ANY(%s::uuid[])",
+                (ids,),
+            )
+            if running + failed == count or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        time.sleep(2)  # the last registrations' sagas settle
+        before = process_cpu(pid)
+        time.sleep(FLEET_WINDOW)
+        share = (process_cpu(pid) - before) / FLEET_WINDOW
+        loaded = _status(pid)
+    return Fleet(
+        running,
+        failed,
+        int(loaded["VmRSS"].split()[0]) / 1024,
+        int(loaded["Threads"]),
+        int(idle["VmRSS"].split()[0]) / 1024,
+        int(idle["Threads"]),
+        share,
+    )
+
+
+def print_fleet(fleet: Fleet, count: int) -> None:
+    print(row(f"sim fleet: workers connected ({count} jobs)", f"{fleet.workers}", "", "", f"{count}, none failed"))
+    print(row("sim fleet: jobs failed before connecting", f"{fleet.failed}", "", "", "0"))
+    idle, ratio = f"{fleet.idle_rss_mb:.0f} MB idle", f"{fleet.rss_mb / fleet.idle_rss_mb:.2f}"
+    print(row("sim fleet: server RSS", f"{fleet.rss_mb:.0f} MB", idle, ratio, "<= 250 MB"))
+    print(row("sim fleet: server threads", f"{fleet.threads}", f"{fleet.idle_threads} idle", "", "<= 64"))
+    print(row("sim fleet: server CPU while connected", f"{fleet.core_share * 100:.1f}% of a core", "", "", "<= 5%"))
+
+
+LINES = 1_000_000
+
+
+def pipe_rate() -> float:
+    """Baseline: lines/s of the same `seq` read line by line through a pipe by Python."""
+    started = time.perf_counter()
+    with subprocess.Popen(["seq", "1", str(LINES)], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        count = sum(1 for _ in child.stdout)
+    assert count == LINES
+    return LINES / (time.perf_counter() - started)
+
+
+def log_rate(address: str, url: str) -> float:
+    """One local job printing a million short lines: lines/s from submit to SUCCEEDED, with
+    every line stored in order (checked by reading the log back)."""
+    spec = common_pb2.JobSpec(name="lines", command=f"seq 1 {LINES}", timeout_seconds=600, provider="local")
+    started = time.time()
+    (job_id,) = _submit(address, spec, 1)
+    while True:
+        ((state, completed_at),) = query(
+            url, "SELECT state, extract(epoch FROM completed_at) FROM jobs WHERE id = %s", (job_id,)
+        )
+        if state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"):
+            break
+        time.sleep(0.02)
+    if state != "SUCCEEDED":
+        raise RuntimeError(f"the {LINES}-line job ended {state}")
+    seconds = float(completed_at) - started
+    expected, token = 1, ""
+    with grpc.insecure_channel(address) as channel:
+        stub = logs_pb2_grpc.LogStreamServiceStub(channel)
+        while True:
+            page = stub.GetLogs(logs_pb2.GetLogsRequest(job_id=job_id, limit=100_000, page_token=token))
+            for entry in page.entries:
+                if entry.line != str(expected):
+                    raise RuntimeError(f"line {expected} of the stored log is {entry.line!r}")
+                expected += 1
+            if not page.has_more:
+                break
+            token = page.next_page_token
+    if expected != LINES + 1:
+        raise RuntimeError(f"{expected - 1} of {LINES} lines stored")
+    return LINES / seconds
+
+
+def print_logs(rate: float, baseline: float) -> None:
+    print(row("pipe: `seq` read line by line (Python)", f"{baseline:,.0f} lines/s", "(baseline)"))
+    print(
+        row(
+            f"one local job printing {LINES:,} lines, end to end",
+            f"{rate:,.0f} lines/s",
+            f"{baseline:,.0f} lines/s",
+            f"{rate / baseline:.2f}",
+            ">= 250,000 lines/s",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Replay:
+    events: int
+    rebuild_rate: float
+    apply_rate: float
+    verify_seconds: float
+    differences: int
+
+
+def replay_run(url: str, size: int) -> Replay:
+    """The run's own log, topped up with submitted jobs to ``size`` events, replayed the
+    three ways an operator can: aggregates rebuilt in memory, read models rebuilt
+    (``replay --apply``) and compared (``replay --verify``)."""
+    pool = open_pool(url, max_size=4)
+    try:
+        store = HodeiStore(pool)
+        ((have,),) = query(url, "SELECT count(*) FROM domain_events")
+        meta = Meta(actor="bench")
+        for start in range(int(have), size, 100):
+            jobs = [
+                Job.submit(JobSpec(name="replay", command="true", timeout_seconds=30), uuid4())
+                for _ in range(min(100, size - start))
+            ]
+            store.write(jobs, meta)
+        events, rebuild_rate = log_replay_rate(store)
+        started = time.perf_counter()
+        applied = replay.apply(pool).events
+        apply_rate = applied / (time.perf_counter() - started)
+        started = time.perf_counter()
+        _, differences = replay.verify(pool)
+        verify_seconds = time.perf_counter() - started
+    finally:
+        pool.close()
+    return Replay(events, rebuild_rate, apply_rate, verify_seconds, len(differences))
+
+
+def print_replay(result: Replay, raw_rate: float) -> None:
+    n = f"{result.events:,} events"
+    base = f"{raw_rate:,.0f} tx/s"
+    print(row("raw INSERT, 1 row per transaction", base, "(baseline)"))
+    for name, rate in (("replay: rebuild aggregates", result.rebuild_rate), ("replay --apply", result.apply_rate)):
+        print(row(f"{name} ({n})", f"{rate:,.0f} ev/s", base, f"{rate / raw_rate:.2f}", ">= 20,000 ev/s"))
+    print(row(f"replay --verify ({n})", f"{result.verify_seconds:.1f} s", "", "", "<= 10 s at 100k"))
+    print(row("replay --verify: differences", f"{result.differences}", "", "", "0"))
+
+
+def start_floor(python: str = sys.executable) -> float:
+    """Baseline of the agent's start: the bare interpreter, `python -c pass`."""
+    samples = []
+    for _ in range(10):
+        started = time.perf_counter()
+        subprocess.run([python, "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - started)
+    return sorted(samples)[len(samples) // 2]
