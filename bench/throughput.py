@@ -47,6 +47,8 @@ class Figures:
     events: int
     outbox: int
     transactions: int
+    # Transactions rolled back: a write that lost a race (ConcurrencyConflict) and was retried.
+    rollbacks: int
     # None when pg_stat_statements is not loaded.
     statements: int | None
     cpu_seconds: float
@@ -58,9 +60,17 @@ class Figures:
         return self.jobs / self.seconds
 
 
-def _transactions(url: str) -> int:
-    (count,) = query(url, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")[0]
-    return int(count)
+def _transactions(url: str) -> tuple[int, int]:
+    """Committed and rolled-back transactions of the bench database so far."""
+    ((commits, rollbacks),) = query(
+        url, "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return int(commits), int(rollbacks)
+
+
+def _transactions_since(before: tuple[int, int], url: str) -> tuple[int, int]:
+    commits, rollbacks = _transactions(url)
+    return commits - before[0], rollbacks - before[1]
 
 
 def _statements(url: str) -> int | None:
@@ -115,8 +125,8 @@ def procrastinate_run(url: str) -> Figures:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         latencies = [done[i] - submitted[i] for i in range(JOBS)]
-        transactions = _transactions(url) - transactions
-        return Figures(JOBS, seconds, latencies, 0, 0, transactions, _since(statements, url), cpu, [])
+        commits, rollbacks = _transactions_since(transactions, url)
+        return Figures(JOBS, seconds, latencies, 0, 0, commits, rollbacks, _since(statements, url), cpu, [])
 
     return asyncio.run(run())
 
@@ -163,7 +173,7 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
             [ended[job_id] - submitted[job_id] for job_id in submitted],
             after_events - events,
             after_outbox - outbox,
-            _transactions(url) - transactions,
+            *_transactions_since(transactions, url),
             _since(statements, url),
             process_cpu(server.process.pid) - cpu,
             unloaded,
@@ -195,6 +205,7 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
         print(row(f"{name}: events / outbox rows per job", counts, "", "", "<= 20"))
     goals = ("<= 25", "<= 10 ms") if baseline else ("", "")
     print(row(f"{name}: transactions per job", f"{figures.transactions / n:.1f}", "", "", goals[0]))
+    print(row(f"{name}: rolled back per job (lost races, retried)", f"{figures.rollbacks / n:.2f}"))
     statements = "n/a" if figures.statements is None else f"{figures.statements / n:.1f}"
     print(row(f"{name}: statements per job (pg_stat_statements)", statements))
     print(row(f"{name}: CPU per job", f"{figures.cpu_seconds / n * 1000:.1f} ms", "", "", goals[1]))

@@ -22,9 +22,11 @@ order, each recorded, and the saga ends FAILED with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -147,6 +149,35 @@ def now() -> datetime:
 ACTION_DEADLINE_MARGIN = 15.0
 
 
+class _OneAtATime:
+    """A lock per job, held by whichever of the engine's entry points is moving one of
+    its sagas in this process. Without it, the delivery of a saga's own event and a poke
+    by its job's event load the same saga version and one loses the race at commit: a
+    whole transaction rolled back and run again. Across servers the optimistic check on
+    the saga's version still decides."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, job_id: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._held.get(job_id, (None, 0))
+            lock = lock or threading.Lock()
+            self._held[job_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                users = self._held[job_id][1] - 1
+                if users:
+                    self._held[job_id] = (lock, users)
+                else:
+                    del self._held[job_id]
+
+
 @dataclass
 class _Work:
     """Changes collected during one ``advance``, saved in one transaction."""
@@ -176,6 +207,7 @@ class SagaEngine:
         # Test hook: called after each committed advance (crash-injection tests kill here).
         self.after_commit = after_commit
         self._actions = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hodei-step")
+        self._serial = _OneAtATime()
         self._pokeable = sorted({step.name for d in definitions.values() for step in d.steps if step.effect is None})
 
     def close(self) -> None:
@@ -205,7 +237,8 @@ class SagaEngine:
             context=dict(context),
         )
         try:
-            self.store.write([saga], Meta(actor=SYSTEM, correlation_id=job_id, ack=ack))
+            with self._serial(job_id):
+                self.store.write([saga], Meta(actor=SYSTEM, correlation_id=job_id, ack=ack))
         except ConcurrencyConflict:
             log.info("%s saga for job %s attempt %d already started", saga_type, job_id, attempt)
         return saga_id
@@ -222,14 +255,14 @@ class SagaEngine:
             self._progress(work, started, performed)
             return work.saga, work.aggregates()
 
-        saga = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
+        with self._serial(job_id):
+            saga = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
         self._committed(saga)
 
     def poke(self, job_id: str, ack: Ack | None) -> None:
         """Re-checks the job's waiting steps after an event that may satisfy them. Only
         sagas at a step without an effect can move on a poke: an ACTION or a compensation
         runs in the delivery of its own StepStarted or CompensationStarted."""
-        saga_ids = waiting_saga_ids(self.store, job_id, self._pokeable)
         moved: list[Saga] = []
 
         def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
@@ -243,7 +276,9 @@ class SagaEngine:
                     changed.extend(work.aggregates())
             return None, changed
 
-        self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
+        with self._serial(job_id):
+            saga_ids = waiting_saga_ids(self.store, job_id, self._pokeable)
+            self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
         for saga in moved:
             self._committed(saga)
 
@@ -266,7 +301,9 @@ class SagaEngine:
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 
-        self._committed(self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt))
+        with self._serial(job_id):
+            saga = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
+        self._committed(saga)
 
     def abort(self, saga_id: UUID, job_id: str, reason: str) -> None:
         """Gives up on a saga whose delivery was dead-lettered: fail the running step and
@@ -281,7 +318,8 @@ class SagaEngine:
                 self._progress(work, None, {})
             return work.saga, work.aggregates()
 
-        self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
+        with self._serial(job_id):
+            self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
 
     # The state machine --------------------------------------------------------
 
