@@ -56,10 +56,23 @@ class AsyncWaiter(Waiter):
         self._async_event = asyncio.Event()
         # When the last wake-up arrived (monotonic): a read begun after it sees what woke us.
         self.woken_at = 0.0
+        # Whether a signal (not a nudge) arrived since ``take_signal`` last looked.
+        self._signalled = False
 
     def wake(self) -> None:
         self.woken_at = time.monotonic()
+        self._signalled = True
         self._loop.call_soon_threadsafe(self._async_event.set)
+
+    def nudge(self) -> None:
+        """Wakes the coroutine for something of its own (a message to send), not because
+        the database changed: ``take_signal`` stays False."""
+        self._loop.call_soon_threadsafe(self._async_event.set)
+
+    def take_signal(self) -> bool:
+        """Whether a signal arrived since the last call."""
+        signalled, self._signalled = self._signalled, False
+        return signalled
 
     async def wait_async(self, timeout: float) -> bool:
         """True when woken before the timeout. Clears the wake-up either way."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -42,8 +43,12 @@ from hodei.tokens import TokenSigner, new_nonce
 
 log = logging.getLogger(__name__)
 
-# Seconds between re-reads of the worker's state when no NOTIFY arrives.
-STATE_POLL = 1.0
+# Seconds between re-reads of the worker's state when no NOTIFY arrives (a random
+# share of it, so that streams opened together do not poll together). Only a guard: the
+# stream wakes on every NOTIFY about its worker or job, and the listener wakes every
+# stream after it reconnects. Polling each second cost a query per connected worker per
+# second: with 1,000 sim workers, a whole core.
+STATE_POLL = 30.0
 
 _RESULTS = {
     worker_pb2.JOB_OUTCOME_TIMED_OUT: JobState.TIMEOUT,
@@ -163,12 +168,16 @@ class WorkerSession:
         with service.signals.async_waiter(str(self.worker_id), self.job_id) as waiter:
             reader = asyncio.create_task(self._read(requests, waiter))
             try:
+                recheck = True
                 while not self.closed:
-                    if not await asyncio.to_thread(self._sync):
+                    if recheck and not await asyncio.to_thread(self._sync):
                         return
                     while not self.outgoing.empty():
                         yield self.outgoing.get_nowait()
-                    await waiter.wait_async(STATE_POLL)
+                    # The worker's own messages (a heartbeat) only nudge: their answers are
+                    # queued; the worker's state is read again on a signal or a poll.
+                    woken = await waiter.wait_async(STATE_POLL * random.uniform(0.5, 1.0))
+                    recheck = waiter.take_signal() or not woken
             finally:
                 self.closed = True
                 reader.cancel()
@@ -225,14 +234,14 @@ class WorkerSession:
         try:
             async for message in requests:
                 await self._handle(message)
-                waiter.wake()  # something may be queued for the worker
+                waiter.nudge()  # an answer may be queued for the worker
         except (grpc.RpcError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("worker %s stream failed", self.worker_id)
         finally:
             self.closed = True
-            waiter.wake()
+            waiter.nudge()
 
     async def _handle(self, message: worker_pb2.WorkerMessage) -> None:
         # Any message proves the worker alive: noted in memory, written in batches.
