@@ -298,9 +298,10 @@ class WorkerSession:
     def _write_logs(self, batch: worker_pb2.LogBatch) -> None:
         """Stores a batch once: a batch sent again after a lost acknowledgement (this or
         another server died) is found in the job's log file and only acknowledged."""
+        # Milliseconds from the fields: Timestamp.ToMilliseconds is Python code, per line.
         lines = [
             LogLine(
-                line.timestamp.ToMilliseconds(),
+                line.timestamp.seconds * 1000 + line.timestamp.nanos // 1_000_000,
                 STDERR if line.stream == worker_pb2.LOG_STREAM_STDERR else STDOUT,
                 line.line,
                 line.partial,
