@@ -233,8 +233,8 @@ class WorkerSession:
     async def _read(self, requests: AsyncIterator[worker_pb2.WorkerMessage], waiter: AsyncWaiter) -> None:
         try:
             async for message in requests:
-                await self._handle(message)
-                waiter.nudge()  # an answer may be queued for the worker
+                if await self._handle(message):
+                    waiter.nudge()  # an answer is queued for the worker
         except (grpc.RpcError, asyncio.CancelledError):
             pass
         except Exception:
@@ -243,13 +243,15 @@ class WorkerSession:
             self.closed = True
             waiter.nudge()
 
-    async def _handle(self, message: worker_pb2.WorkerMessage) -> None:
-        # Any message proves the worker alive: noted in memory, written in batches.
+    async def _handle(self, message: worker_pb2.WorkerMessage) -> bool:
+        """Handles one message; True when an answer was queued. A heartbeat gets none (no
+        agent reads HeartbeatAck, and answering doubled a thousand idle workers' traffic):
+        it only proves the worker alive, noted in memory and written in batches."""
         self.service.liveness.seen(self.worker_id, connected=True)
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
-            self._send(worker_pb2.ServerMessage(heartbeat_ack=worker_pb2.HeartbeatAck()))
-        elif kind == "ack":
+            return False
+        if kind == "ack":
             self._own(message.ack.job_id)
             worker_id = str(self.worker_id)
             await asyncio.to_thread(self._update_job, lambda job: job.accept(worker_id))
@@ -262,6 +264,7 @@ class WorkerSession:
             self._own(result.job_id)
             await asyncio.to_thread(self._record_result, result)
             self._send(worker_pb2.ServerMessage(result_ack=worker_pb2.ResultAck(job_id=self.job_id)))
+        return True
 
     def _record_result(self, result: worker_pb2.JobResult) -> None:
         state = outcome_state(result)
