@@ -8,7 +8,7 @@ produce identical tables.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -177,18 +177,30 @@ def _audit_message(event: EventRecord) -> str:
     raise KeyError(f"no audit message for {event.event_type}")
 
 
-def _audit(cur: Cursor[Any], event: EventRecord) -> None:
-    _run(
-        cur,
-        "project_saga_audit",
-        _base(
-            event,
-            event_id=event.id,
-            event_type=event.event_type,
-            step_name=event.payload.get("step_name"),
-            message=_audit_message(event),
-            payload=Jsonb(event.payload),
-        ),
+# Every saga event leaves one audit row.
+_AUDITED = frozenset(
+    {
+        "SagaStarted",
+        "StepStarted",
+        "StepCompleted",
+        "StepFailed",
+        "CompensationStarted",
+        "StepCompensated",
+        "CompensationFailed",
+        "SagaCompleted",
+        "SagaFailed",
+    }
+)
+
+
+def _audit(event: EventRecord) -> dict[str, Any]:
+    return _base(
+        event,
+        event_id=event.id,
+        event_type=event.event_type,
+        step_name=event.payload.get("step_name"),
+        message=_audit_message(event),
+        payload=Jsonb(event.payload),
     )
 
 
@@ -226,7 +238,6 @@ def _saga_started(cur: Cursor[Any], event: EventRecord) -> None:
             step_orders=orders,
         ),
     )
-    _audit(cur, event)
 
 
 def _step_started(cur: Cursor[Any], event: EventRecord) -> None:
@@ -237,7 +248,6 @@ def _step_started(cur: Cursor[Any], event: EventRecord) -> None:
         _base(event, step_order=p["step_order"], retry_count=p["retry_count"], deadline_at=p["deadline_at"]),
     )
     _saga_state(cur, event, "IN_PROGRESS")
-    _audit(cur, event)
 
 
 def _step_finished(state: str) -> Projector:
@@ -254,7 +264,6 @@ def _step_finished(state: str) -> Projector:
                 deadline_at=p.get("retry_at"),
             ),
         )
-        _audit(cur, event)
 
     return project
 
@@ -262,17 +271,14 @@ def _step_finished(state: str) -> Projector:
 def _compensation_started(cur: Cursor[Any], event: EventRecord) -> None:
     _run(cur, "project_step_compensating", _base(event, step_order=event.payload["step_order"]))
     _saga_state(cur, event, "COMPENSATING")
-    _audit(cur, event)
 
 
 def _saga_completed(cur: Cursor[Any], event: EventRecord) -> None:
     _saga_state(cur, event, "COMPLETED", finished=True)
-    _audit(cur, event)
 
 
 def _saga_failed(cur: Cursor[Any], event: EventRecord) -> None:
     _saga_state(cur, event, "FAILED", finished=True, error=event.payload["reason"])
-    _audit(cur, event)
 
 
 # Providers ----------------------------------------------------------------------
@@ -335,9 +341,22 @@ PROJECTORS: dict[str, Projector] = {
 }
 
 
+def project_all(cur: Cursor[Any], events: Iterable[EventRecord]) -> None:
+    """Projects events in order. Their audit rows go last, in one ``executemany`` (each
+    row only references its saga, written by then): a third fewer statements."""
+    audits = []
+    for stored in events:
+        try:
+            projector = PROJECTORS[stored.event_type]
+        except KeyError:
+            raise KeyError(f"no projection for event type {stored.event_type}; add one to PROJECTORS") from None
+        event = current(stored)
+        projector(cur, event)
+        if event.event_type in _AUDITED:
+            audits.append(_audit(event))
+    if audits:
+        cur.executemany(query("project_saga_audit"), audits)
+
+
 def project(cur: Cursor[Any], event: EventRecord) -> None:
-    try:
-        projector = PROJECTORS[event.event_type]
-    except KeyError:
-        raise KeyError(f"no projection for event type {event.event_type}; add one to PROJECTORS") from None
-    projector(cur, current(event))
+    project_all(cur, (event,))

@@ -154,8 +154,7 @@ class DomainEventRecorder(ApplicationRecorder):
                 with conn.pipeline():
                     cur = conn.cursor()
                     cur.execute("BEGIN")
-                    for record in records:
-                        projections.project(cur, record)
+                    projections.project_all(cur, records)
                     if ack is not None:
                         params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
                         cur.execute(query("ack_outbox_row_or_abort"), params)

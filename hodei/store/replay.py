@@ -44,13 +44,10 @@ def _project_page(conn: psycopg.Connection[Any], after: int) -> tuple[int, int]:
     """Projects the events after position ``after``, one page, pipelined (one round trip
     per page instead of one per statement); (events, last position)."""
     with conn.cursor(row_factory=tuple_row) as reader, conn.cursor() as writer:
-        rows = reader.execute(query("select_event_records"), (after, PAGE)).fetchall()
+        records = [EventRecord(*row) for row in reader.execute(query("select_event_records"), (after, PAGE))]
         with conn.pipeline():
-            for row in rows:
-                record = EventRecord(*row)
-                projections.project(writer, record)
-                after = record.position
-    return len(rows), after
+            projections.project_all(writer, records)
+    return len(records), records[-1].position if records else after
 
 
 def _project_all(conn: psycopg.Connection[Any], after: int = 0) -> tuple[int, int]:
