@@ -25,12 +25,12 @@ and comes back when events are read.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -67,7 +67,7 @@ class Ack:
 
 
 def _payload(stored: StoredEvent) -> tuple[datetime, dict[str, Any]]:
-    state = json.loads(stored.state)
+    state = orjson.loads(stored.state)
     stamp = state.pop("timestamp")
     occurred_at = datetime.fromisoformat(stamp["_data_"])
     _check_plain_json(stored.topic, state)
