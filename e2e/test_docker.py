@@ -73,7 +73,8 @@ class EngineLink:
 
 
 def hodei_containers(docker_client: Any) -> list[Any]:
-    return docker_client.containers.list(all=True, filters={"label": "hodei.managed"})
+    # sparse: no inspect of each listed container, which fails for one removed meanwhile.
+    return docker_client.containers.list(all=True, sparse=True, filters={"label": "hodei.managed"})
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,10 @@ def test_a_killed_container_fails_the_job_and_leaves_nothing(
     wait_settled(database_url, job_id)
     (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
     assert "was lost" in reason and "exited with code 137" in reason, reason
-    eventually(lambda: docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}) == [], 30)
+    eventually(
+        lambda: docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"}) == [],
+        30,
+    )
     assert query(database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
 
 

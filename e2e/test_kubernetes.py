@@ -93,7 +93,7 @@ def test_seed_phase7_jobs_run_as_pods(
         ]
         assert printed == stored == list(job.expected_lines)
         # 6.6: a Kubernetes job creates no container.
-        assert docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}) == []
+        assert docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"}) == []
     eventually(lambda: api.pods() == {}, 30, what="the pods to be deleted after their jobs")
 
 

@@ -27,7 +27,7 @@ def failed_job(server: ServerProcess, provider: str) -> tuple[str, str]:
 
 
 def worker_containers(docker_client: Any, job_id: str) -> list[Any]:
-    found: list[Any] = docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"})
+    found: list[Any] = docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"})
     return found
 
 

@@ -211,7 +211,9 @@ class Kubelet:
         for run in list(self._runs.values()):
             if run.thread is not None:
                 run.thread.join(30)
-        for container in self._client.containers.list(all=True, filters={"label": f"{LABEL_KUBELET}={self.id}"}):
+        for container in self._client.containers.list(
+            all=True, sparse=True, filters={"label": f"{LABEL_KUBELET}={self.id}"}
+        ):
             with contextlib.suppress(NotFound, APIError):
                 container.remove(force=True)
         self._client.close()
