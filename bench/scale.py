@@ -10,19 +10,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from uuid import uuid4
 
 import grpc
 
 from bench.common import process_cpu, row
-from bench.store import log_replay_rate
+from bench.store import log_replay_rate, new_job
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
-from hodei.domain.job import Job
-from hodei.domain.spec import JobSpec
 from hodei.store import replay
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import open_pool
-from hodei.testing import ServerProcess, query
+from hodei.testing import ServerProcess, query, wait_settled
 
 # Seconds over which the connected fleet's cost is measured.
 FLEET_WINDOW = 20.0
@@ -118,13 +115,10 @@ def log_rate(address: str, url: str) -> float:
     spec = common_pb2.JobSpec(name="lines", command=f"seq 1 {LINES}", timeout_seconds=600, provider="local")
     started = time.time()
     (job_id,) = _submit(address, spec, 1)
-    while True:
-        ((state, completed_at),) = query(
-            url, "SELECT state, extract(epoch FROM completed_at) FROM jobs WHERE id = %s", (job_id,)
-        )
-        if state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"):
-            break
-        time.sleep(0.02)
+    wait_settled(url, job_id, 600)
+    ((state, completed_at),) = query(
+        url, "SELECT state, extract(epoch FROM completed_at) FROM jobs WHERE id = %s", (job_id,)
+    )
     if state != "SUCCEEDED":
         raise RuntimeError(f"the {LINES}-line job ended {state}")
     seconds = float(completed_at) - started
@@ -177,11 +171,7 @@ def replay_run(url: str, size: int) -> Replay:
         ((have,),) = query(url, "SELECT count(*) FROM domain_events")
         meta = Meta(actor="bench")
         for start in range(int(have), size, 100):
-            jobs = [
-                Job.submit(JobSpec(name="replay", command="true", timeout_seconds=30), uuid4())
-                for _ in range(min(100, size - start))
-            ]
-            store.write(jobs, meta)
+            store.write([new_job() for _ in range(min(100, size - start))], meta)
         events, rebuild_rate = log_replay_rate(store)
         started = time.perf_counter()
         applied = replay.apply(pool).events

@@ -61,18 +61,13 @@ class Statements:
         self._rows = []
 
 
-def _run(cur: Statements, name: str, params: dict[str, Any]) -> None:
-    cur.run(name, params)
-
-
 # Jobs ---------------------------------------------------------------------------
 
 
 def _job_created(cur: Statements, event: EventRecord) -> None:
     # The spec names the job's secrets; their sealed values stay in the event only.
     spec = event.payload["spec"]
-    _run(
-        cur,
+    cur.run(
         "project_job_created",
         _base(
             event,
@@ -88,25 +83,24 @@ def _job_created(cur: Statements, event: EventRecord) -> None:
 
 
 def _job_provider_selected(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_job_provider_selected", _base(event, **event.payload))
+    cur.run("project_job_provider_selected", _base(event, **event.payload))
 
 
 def _job_admitted(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_job_admitted", _base(event))
+    cur.run("project_job_admitted", _base(event))
 
 
 def _job_assigned(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_job_assigned", _base(event, **event.payload))
+    cur.run("project_job_assigned", _base(event, **event.payload))
 
 
 def _job_touched(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_job_touched", _base(event))
+    cur.run("project_job_touched", _base(event))
 
 
 def _job_status_changed(cur: Statements, event: EventRecord) -> None:
     p = event.payload
-    _run(
-        cur,
+    cur.run(
         "project_job_status_changed",
         _base(
             event,
@@ -123,11 +117,11 @@ def _job_status_changed(cur: Statements, event: EventRecord) -> None:
 
 
 def _job_logs_persisted(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_job_logs_persisted", _base(event, event_id=event.id, **event.payload))
+    cur.run("project_job_logs_persisted", _base(event, event_id=event.id, **event.payload))
 
 
 def _job_logs_expired(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_job_logs_expired", _base(event))
+    cur.run("project_job_logs_expired", _base(event))
 
 
 # Workers ------------------------------------------------------------------------
@@ -135,8 +129,7 @@ def _job_logs_expired(cur: Statements, event: EventRecord) -> None:
 
 def _worker_created(cur: Statements, event: EventRecord) -> None:
     p = event.payload
-    _run(
-        cur,
+    cur.run(
         "project_worker_created",
         _base(
             event,
@@ -149,22 +142,22 @@ def _worker_created(cur: Statements, event: EventRecord) -> None:
 
 
 def _worker_resource_created(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_worker_resource_created", _base(event, resource_id=event.payload["resource_id"]))
+    cur.run("project_worker_resource_created", _base(event, resource_id=event.payload["resource_id"]))
 
 
 def _worker_registered(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_worker_registered", _base(event))
+    cur.run("project_worker_registered", _base(event))
 
 
 def _worker_state(state: str) -> Projector:
     def project(cur: Statements, event: EventRecord) -> None:
-        _run(cur, "project_worker_state", _base(event, state=state))
+        cur.run("project_worker_state", _base(event, state=state))
 
     return project
 
 
 def _worker_failed(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_worker_failed", _base(event, reason=event.payload["reason"]))
+    cur.run("project_worker_failed", _base(event, reason=event.payload["reason"]))
 
 
 # Sagas --------------------------------------------------------------------------
@@ -231,8 +224,7 @@ def _audit(event: EventRecord) -> dict[str, Any]:
 def _saga_state(
     cur: Statements, event: EventRecord, state: str, *, finished: bool = False, error: str | None = None
 ) -> None:
-    _run(
-        cur,
+    cur.run(
         "project_saga_state",
         _base(event, state=state, finished=finished, step_name=event.payload.get("step_name"), error=error),
     )
@@ -240,8 +232,7 @@ def _saga_state(
 
 def _saga_started(cur: Statements, event: EventRecord) -> None:
     p = event.payload
-    _run(
-        cur,
+    cur.run(
         "project_saga_started",
         _base(
             event,
@@ -252,8 +243,7 @@ def _saga_started(cur: Statements, event: EventRecord) -> None:
         ),
     )
     orders = list(range(len(p["steps"])))
-    _run(
-        cur,
+    cur.run(
         "project_saga_steps_planned",
         _base(
             event,
@@ -266,8 +256,7 @@ def _saga_started(cur: Statements, event: EventRecord) -> None:
 
 def _step_started(cur: Statements, event: EventRecord) -> None:
     p = event.payload
-    _run(
-        cur,
+    cur.run(
         "project_step_started",
         _base(event, step_order=p["step_order"], retry_count=p["retry_count"], deadline_at=p["deadline_at"]),
     )
@@ -277,8 +266,7 @@ def _step_started(cur: Statements, event: EventRecord) -> None:
 def _step_finished(state: str) -> Projector:
     def project(cur: Statements, event: EventRecord) -> None:
         p = event.payload
-        _run(
-            cur,
+        cur.run(
             "project_step_finished",
             _base(
                 event,
@@ -293,7 +281,7 @@ def _step_finished(state: str) -> Projector:
 
 
 def _compensation_started(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_step_compensating", _base(event, step_order=event.payload["step_order"]))
+    cur.run("project_step_compensating", _base(event, step_order=event.payload["step_order"]))
     _saga_state(cur, event, "COMPENSATING")
 
 
@@ -310,8 +298,7 @@ def _saga_failed(cur: Statements, event: EventRecord) -> None:
 
 def _provider_registered(cur: Statements, event: EventRecord) -> None:
     p = event.payload
-    _run(
-        cur,
+    cur.run(
         "project_provider_registered",
         _base(event, name=p["name"], provider_type=p["provider_type"], config=Jsonb(p["config"])),
     )
@@ -319,17 +306,17 @@ def _provider_registered(cur: Statements, event: EventRecord) -> None:
 
 def _provider_status(status: str) -> Projector:
     def project(cur: Statements, event: EventRecord) -> None:
-        _run(cur, "project_provider_status", _base(event, status=status))
+        cur.run("project_provider_status", _base(event, status=status))
 
     return project
 
 
 def _provider_capacity(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_provider_capacity", _base(event, max_workers=event.payload["max_workers"]))
+    cur.run("project_provider_capacity", _base(event, max_workers=event.payload["max_workers"]))
 
 
 def _provider_health(cur: Statements, event: EventRecord) -> None:
-    _run(cur, "project_provider_health", _base(event, **event.payload))
+    cur.run("project_provider_health", _base(event, **event.payload))
 
 
 PROJECTORS: dict[str, Projector] = {
