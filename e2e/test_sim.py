@@ -54,8 +54,15 @@ def test_timeouts_and_cancellation_behave_as_for_real_jobs(server: ServerProcess
     server.cli("job", "cancel", job_id, check=True)
     wait_settled(server.database_url, job_id, 30)
     assert query(server.database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
-    bad = sim(server, "HODEI_SIM_SECONDS=soon", "--wait")
-    assert bad[0] == 125
+
+
+def test_bad_sim_settings_are_refused_before_anything_is_written(server: ServerProcess) -> None:
+    jobs = query(server.database_url, "SELECT count(*) FROM jobs")
+    for setting in ("HODEI_SIM_SECONDS=soon", "HODEI_SIM_SECONDS=-1", "HODEI_SIM_LINES=-5", "HODEI_SIM_EXIT_CODE=x"):
+        code, out, err = sim(server, setting, "--wait")
+        assert code == 2, (setting, out, err)
+        assert "HODEI_SIM_" in err, err
+    assert query(server.database_url, "SELECT count(*) FROM jobs") == jobs
 
 
 def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess) -> None:

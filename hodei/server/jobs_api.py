@@ -13,9 +13,11 @@ import grpc
 
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState
+from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
+from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
 from hodei.server.access import caller
 from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
@@ -47,7 +49,10 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
         spec.validate(secrets)
-        provider_type_of(spec.provider)  # an unknown provider is refused here, before anything is written
+        # An unknown provider is refused here, before anything is written; so are a sim
+        # job's settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later.
+        if provider_type_of(spec.provider) is ProviderType.SIM:
+            Simulation.of(spec.env)
         job_id = uuid4()
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets))
         self.store.write([job], Meta(actor=caller().name, correlation_id=str(job_id)))
