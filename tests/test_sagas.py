@@ -275,6 +275,69 @@ def test_a_saga_whose_delivery_is_dead_lettered_is_failed_and_compensated(
     h.close()
 
 
+def test_a_saga_dead_lettered_before_its_first_step_still_ends_its_job(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    """Regression: when the SagaStarted delivery was dead-lettered, abort found no step
+    running, did nothing, and the job stayed PENDING for ever."""
+    from hodei.domain.saga import SagaType
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    saga_id = h.engine.start(SagaType.PROVISIONING, job_id, 1, {}, None)
+    h.engine.abort(saga_id, job_id, "delivery failed for good: boom")
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[0] == (
+        "select_provider",
+        "COMPENSATED",
+        0,
+        "delivery failed for good: boom",
+    )
+    assert job_row(fresh_database_url, job_id) == (
+        "FAILED",
+        "provisioning failed: step select_provider failed: delivery failed for good: boom",
+    )
+    assert effects.lines() == []  # no worker was ever asked for
+    h.close()
+
+
+def test_a_saga_dead_lettered_while_a_step_waits_to_retry_fails_that_step(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    """The lost delivery was the StepFailed that schedules the retry: the step is failed
+    for good (not the next one started), and what was done is undone."""
+    h = harness(pool, tmp_path, effects, mode="flaky-forever")
+    job_id = h.submit()
+    h.run(lambda: ("FAILED", 0) in [s[1:3] for s in steps(fresh_database_url, job_id, "PROVISIONING")], agent=False)
+    (saga_id,) = query(fresh_database_url, "SELECT id FROM sagas WHERE correlation_id = %s", (job_id,))[0]
+    h.engine.abort(saga_id, job_id, "delivery failed for good: boom")
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[3:] == [
+        ("create_worker", "FAILED", 1, "delivery failed for good: boom"),
+        ("wait_for_registration", "PENDING", 0, None),
+    ]
+    assert job_row(fresh_database_url, job_id)[0] == "FAILED"
+    assert query(fresh_database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+    h.close()
+
+
+def test_a_lost_compensation_is_recorded_as_failed_and_the_saga_ends(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    from hodei.domain.saga import SagaType
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    saga_id = h.engine.start(SagaType.PROVISIONING, job_id, 1, {}, None)
+    h.engine.abort(saga_id, job_id, "delivery failed for good: boom")
+    h.engine.abort(saga_id, job_id, "delivery failed for good: the compensation's too")
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "FAILED")], agent=False)
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[0][:2] == ("select_provider", "COMPENSATION_FAILED")
+    (failure,) = query(fresh_database_url, "SELECT error_message FROM sagas WHERE id = %s", (saga_id,))[0]
+    assert "compensation of select_provider failed: delivery failed for good: the compensation's too" in failure
+    h.close()
+
+
 def test_a_database_outage_inside_a_step_is_not_the_step_failing(
     pool: ConnectionPool,
     fresh_database_url: str,

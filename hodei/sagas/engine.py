@@ -306,17 +306,28 @@ class SagaEngine:
         self._committed(saga)
 
     def abort(self, saga_id: UUID, job_id: str, reason: str) -> None:
-        """Gives up on a saga whose delivery was dead-lettered: fail the running step and
-        compensate, so the job still ends."""
+        """Gives up on a saga whose delivery was dead-lettered: fail the step it is at and
+        compensate, so the job still ends. A saga between steps (its SagaStarted, or the
+        StepFailed of a retry, was the lost delivery) has its next step started and failed
+        with the reason; a compensation that was lost is recorded as failed."""
 
         def attempt() -> tuple[Saga, Sequence[HodeiAggregate]]:
             work = _Work(self.store.load(Saga, saga_id))
-            step = work.saga.active_step
-            if step is not None and step.state is StepState.IN_PROGRESS:
-                definition = self.definitions[work.saga.saga_type].steps[step.order]
-                self._fail(work, step, definition, HodeiError(reason), retry=False)
-                self._progress(work, None, {})
-            return work.saga, work.aggregates()
+            saga = work.saga
+            definitions = self.definitions[saga.saga_type].steps
+            if saga.state is SagaState.IN_PROGRESS and saga.active_step is None and saga.failed_for_good is None:
+                upcoming = next((s for s in saga.steps if s.state is StepState.FAILED), None) or saga.next_step
+                if upcoming is not None:
+                    self._start(work, upcoming, definitions[upcoming.order])
+            step = saga.active_step
+            if step is None:
+                return saga, work.aggregates()
+            if step.state is StepState.IN_PROGRESS:
+                self._fail(work, step, definitions[step.order], HodeiError(reason), retry=False)
+            else:
+                saga.fail_compensation(step.order, reason)
+            self._progress(work, None, {})
+            return saga, work.aggregates()
 
         with self._serial(job_id):
             self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
