@@ -23,7 +23,7 @@ def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: di
         None,
         timeout=timeout,
         kill_grace=0.5,
-        on_line=lambda stream, line, _partial: lines.append((stream, line)),
+        on_output=lambda stream, texts, _partial: lines.extend((stream, text) for text in texts),
     )
     return process, process.run(), lines
 
@@ -96,7 +96,7 @@ def test_cancel_stops_the_job() -> None:
         None,
         60,
         0.5,
-        lambda stream, line, _partial: lines.append((stream, line)),
+        lambda stream, texts, _partial: lines.extend((stream, text) for text in texts),
     )
     result: list[object] = []
     thread = threading.Thread(target=lambda: result.append(process.run()))
@@ -147,17 +147,17 @@ def test_output_is_batched_by_size_and_by_time_and_kept_until_acknowledged() -> 
     sent: list[Batch] = []
     batcher = LogBatcher(sent.append, max_lines=3, max_delay=0.05)
     for n in range(7):
-        batcher.add("stdout", f"line {n}")
-    assert [len(b.lines) for b in sent] == [3, 3]
+        batcher.add("stdout", [f"line {n}"])
+    assert [b.line_count for b in sent] == [3, 3]
     assert batcher.wait_all_acked(0.01) is False  # flushes the last line, nothing acknowledged
     assert [b.seq for b in sent] == [1, 2, 3]
     assert [b.seq for b in batcher.pending()] == [1, 2, 3]
     for batch in sent:
         batcher.acked(batch.seq)
     assert batcher.wait_all_acked(0.01) is True
-    batcher.add("stderr", "late")
+    batcher.add("stderr", ["late"])
     threading.Event().wait(0.3)
-    assert sent[-1].lines[0][1:] == ("stderr", "late", False)
+    assert sent[-1].runs[0][1:] == ("stderr", ["late"], False)
     batcher.close()
 
 
@@ -215,7 +215,7 @@ def test_a_long_line_is_handed_on_in_pieces_and_a_last_line_without_newline_whol
         None,
         20,
         0.5,
-        lambda _stream, text, partial: pieces.append((text[:3], len(text), partial)),
+        lambda _stream, texts, partial: pieces.extend((text[:3], len(text), partial) for text in texts),
     )
     assert process.run().exit_code == 0
     assert pieces == [("xxx", PIECE_BYTES, True), ("xxx", PIECE_BYTES, True), ("xxx", 10, False), ("ééé", 6, False)]
@@ -227,12 +227,55 @@ def test_batches_are_bounded_in_bytes_and_a_batch_never_acknowledged_is_given_up
     sent: list[Batch] = []
     batcher = LogBatcher(sent.append, max_lines=1000, max_delay=10, max_bytes=1000)
     for _ in range(5):
-        batcher.add("stdout", "y" * 400)
-    assert [len(b.lines) for b in sent] == [2, 2]
+        batcher.add("stdout", ["y" * 400])
+    assert [b.line_count for b in sent] == [2, 2]
     for _ in range(100):
         assert len(batcher.pending()) == 2  # streams that never reached a server do not count
     for _ in range(MAX_SENDS + 1):
         batcher.unanswered()
     assert batcher.pending() == []
     assert batcher.lost_lines == 4
+    batcher.close()
+
+
+def test_output_is_handed_on_a_read_at_a_time_in_order_and_without_carriage_returns() -> None:
+    calls: list[list[str]] = []
+    process = JobProcess(
+        ["/bin/sh", "-c", "seq 1 100000; printf 'dos\\r\\nline\\r\\n'"],
+        {"PATH": "/usr/bin:/bin"},
+        None,
+        20,
+        0.5,
+        lambda _stream, texts, _partial: calls.append(texts),
+    )
+    assert process.run().exit_code == 0
+    assert [text for texts in calls for text in texts] == [str(n) for n in range(1, 100001)] + ["dos", "line"]
+    assert len(calls) < 1000  # whole reads, not a call per line
+
+
+def test_a_character_cut_by_a_piece_boundary_is_decoded_whole() -> None:
+    from hodei_worker.runner import PIECE_BYTES
+
+    pieces: list[tuple[str, bool]] = []
+    process = JobProcess(
+        ["/bin/sh", "-c", f"printf '%{PIECE_BYTES - 1}s' '' | tr ' ' x; printf 'éz\\n'"],
+        {"PATH": "/usr/bin:/bin"},
+        None,
+        20,
+        0.5,
+        lambda _stream, texts, partial: pieces.extend((text[-2:], partial) for text in texts),
+    )
+    assert process.run().exit_code == 0
+    assert pieces == [("xx", True), ("éz", False)]  # é's first byte ended the piece
+
+
+def test_lines_read_together_are_split_across_batches_in_order() -> None:
+    sent: list[Batch] = []
+    batcher = LogBatcher(sent.append, max_lines=1000, max_delay=10, max_bytes=20_000)
+    texts = [f"{n:05}" for n in range(2500)]
+    batcher.add("stdout", texts)
+    batcher.add("stdout", ["y" * 30_000])  # bigger than any batch: goes alone
+    batcher.flush()
+    assert [b.line_count for b in sent] == [952, 952, 596, 1]  # 21 bytes a line with overhead
+    assert [text for b in sent for run in b.runs for text in run[2]] == [*texts, "y" * 30_000]
     batcher.close()

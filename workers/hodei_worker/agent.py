@@ -261,10 +261,13 @@ class Agent:
         log_batch.job_id = self.settings.job_id
         log_batch.seq = batch.seq
         add = log_batch.lines.add
-        for at, stream, text, partial in batch.lines:
+        for at, stream, texts, partial in batch.runs:
             kind = worker_pb2.LOG_STREAM_STDERR if stream == STDERR else worker_pb2.LOG_STREAM_STDOUT
-            stamp = add(stream=kind, line=text, partial=partial).timestamp
-            stamp.seconds, stamp.nanos = divmod(int(at * 1e9), 1_000_000_000)
+            seconds, nanos = divmod(int(at * 1e9), 1_000_000_000)
+            for text in texts:
+                stamp = add(stream=kind, line=text, partial=partial).timestamp
+                stamp.seconds = seconds
+                stamp.nanos = nanos
         return message
 
     def _outgoing(self, stream_done: threading.Event) -> Iterator[worker_pb2.WorkerMessage]:
@@ -355,21 +358,22 @@ class Agent:
             run.working_dir or self.home,
             timeout=run.timeout_ms / 1000,
             kill_grace=self.settings.kill_grace,
-            on_line=self._on_line,
+            on_output=self._on_output,
             user=user,
         )
         self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
         self.job_thread.start()
 
-    def _on_line(self, stream: str, text: str, partial: bool) -> None:
-        text = self.mask(text)
+    def _on_output(self, stream: str, texts: list[str], partial: bool) -> None:
+        if self.mask.active:
+            texts = [self.mask(text) for text in texts]
         if self.settings.echo_output:
             # A copy on our own stdout/stderr, so `docker logs` and `kubectl logs` agree with
             # the stored log (the local provider turns it off: nothing would remove it).
             target = sys.stderr if stream == STDERR else sys.stdout
-            target.write(text if partial else text + "\n")
+            target.write("\n".join(texts) + ("" if partial else "\n"))
             target.flush()
-        self.batcher.add(stream, text, partial)
+        self.batcher.add(stream, texts, partial)
 
     def _run_job(self) -> None:
         assert self.process is not None

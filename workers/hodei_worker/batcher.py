@@ -8,22 +8,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# A line (or a piece of a long one), as (wall-clock time, stream, text, partial).
-Line = tuple[float, str, str, bool]
+# Lines read at one time from one stream, as (wall-clock time, stream, texts, partial);
+# ``partial`` comes with one text only: a piece of a long line that goes on in the next run.
+Run = tuple[float, str, list[str], bool]
 
 MAX_LINES = 1000
 # Far below the server's message limit (16 MiB): a batch is never refused for its size.
 MAX_BYTES = 1024 * 1024
 # A batch sent this many times without an acknowledgement is given up, not resent forever.
 MAX_SENDS = 5
+# What a line costs in a batch besides its text (its stream, time and framing), roughly.
+LINE_BYTES = 16
 
 
 @dataclass
 class Batch:
     seq: int
-    lines: list[Line] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
     # Streams, answered by a server, that ended without this batch acknowledged.
     sends: int = 0
+
+    @property
+    def line_count(self) -> int:
+        return sum(len(run[2]) for run in self.runs)
 
 
 class LogBatcher:
@@ -46,7 +53,8 @@ class LogBatcher:
         self.max_delay = max_delay
         self.max_bytes = max_bytes
         self._lock = threading.Condition()
-        self._current: list[Line] = []
+        self._current: list[Run] = []
+        self._current_lines = 0
         self._current_bytes = 0
         self._first_at = 0.0
         self._seq = 0
@@ -60,18 +68,39 @@ class LogBatcher:
     def last_seq(self) -> int:
         return self._seq
 
-    def add(self, stream: str, text: str, partial: bool = False) -> None:
-        size = len(text) + 16
+    def add(self, stream: str, texts: list[str], partial: bool = False) -> None:
+        """Takes lines read together; they are split across batches where a batch fills."""
+        at = time.time()
         with self._lock:
-            if self._current and self._current_bytes + size > self.max_bytes:
-                self._flush_locked()
-            if not self._current:
-                self._first_at = time.monotonic()
-                self._lock.notify_all()
-            self._current.append((time.time(), stream, text, partial))
-            self._current_bytes += size
-            if len(self._current) >= self.max_lines:
-                self._flush_locked()
+            while texts:
+                taken = self._room_for(texts)
+                if not taken:
+                    self._flush_locked()
+                    continue
+                if not self._current:
+                    self._first_at = time.monotonic()
+                    self._lock.notify_all()
+                run, texts = (texts, []) if taken == len(texts) else (texts[:taken], texts[taken:])
+                self._current.append((at, stream, run, partial))
+                self._current_lines += taken
+                self._current_bytes += sum(map(len, run)) + LINE_BYTES * taken
+                if self._current_lines >= self.max_lines:
+                    self._flush_locked()
+
+    def _room_for(self, texts: list[str]) -> int:
+        """How many of ``texts`` fit in the current batch (a line too big for any batch
+        goes alone)."""
+        fits = texts[: self.max_lines - self._current_lines]
+        room = self.max_bytes - self._current_bytes
+        if sum(map(len, fits)) + LINE_BYTES * len(fits) <= room:
+            return len(fits)
+        taken = 0
+        for text in fits:
+            room -= len(text) + LINE_BYTES
+            if room < 0:
+                break
+            taken += 1
+        return taken or int(not self._current)
 
     def flush(self) -> None:
         with self._lock:
@@ -83,6 +112,7 @@ class LogBatcher:
         self._seq += 1
         batch = Batch(self._seq, self._current)
         self._current = []
+        self._current_lines = 0
         self._current_bytes = 0
         self.unacked[batch.seq] = batch
         self._send(batch)
@@ -107,7 +137,7 @@ class LogBatcher:
                 batch = self.unacked[seq]
                 batch.sends += 1
                 if batch.sends > MAX_SENDS:
-                    self.lost_lines += len(batch.lines)
+                    self.lost_lines += batch.line_count
                     del self.unacked[seq]
             self._lock.notify_all()
 

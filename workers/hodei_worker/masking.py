@@ -25,6 +25,11 @@ class Masker:
         ordered = sorted(pieces, key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(piece) for piece in ordered)) if ordered else None
 
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to mask (a job without secrets skips the call per line)."""
+        return self._pattern is not None
+
     def __call__(self, line: str) -> str:
         if self._pattern is None:
             return line

@@ -148,7 +148,7 @@ class JobProcess:
         working_dir: str | None,
         timeout: float,
         kill_grace: float,
-        on_line: Callable[[str, str, bool], None],
+        on_output: Callable[[str, list[str], bool], None],
         user: JobUser | None = None,
     ) -> None:
         self.argv = argv
@@ -157,7 +157,8 @@ class JobProcess:
         self.user = user
         self.timeout = timeout
         self.kill_grace = kill_grace
-        self.on_line = on_line
+        # (stream, texts, partial): complete lines, or one piece of a long line (partial).
+        self.on_output = on_output
         self._interrupted: Outcome | None = None
         # Set on cancel and when the process exits: the wait loop sleeps on it.
         self._wake = threading.Event()
@@ -289,21 +290,38 @@ class JobProcess:
             os.killpg(pgid, signum)
 
     def _pump(self, stream: BinaryIO, name: str) -> None:
-        """Hands on each line of output as it comes, a long line in pieces of at most
-        ``PIECE_BYTES`` (``partial``: the line goes on in the next piece), so no line,
-        however long, is ever held whole."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        held: bytes | None = None
-        for raw in iter(lambda: stream.readline(PIECE_BYTES), b""):
+        """Hands on the output as it comes: the complete lines of each read in one call
+        (a call per line cost more than all the rest of the reading), and a long line in
+        pieces of exactly ``PIECE_BYTES``, each handed on alone with ``partial`` once more
+        output follows (the line goes on in the next piece), so no line, however long, is
+        ever held whole. A last line without a newline is handed on at the end."""
+        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        fd = stream.fileno()
+        started = b""  # the beginning of a line whose end has not been read yet
+        held: str | None = None  # a whole piece, waiting to learn whether output follows
+        while chunk := os.read(fd, PIECE_BYTES - len(started)):
             if held is not None:
-                self.on_line(name, decoder.decode(held), True)
+                self.on_output(name, [held], True)
                 held = None
-            if raw.endswith(b"\n"):
-                self.on_line(name, decoder.decode(raw).rstrip("\r\n"), False)
+            data = started + chunk
+            end = data.rfind(b"\n") + 1
+            if end:
+                text = decode(data[:end])
+                lines = text.split("\n")
+                lines.pop()  # what follows the last newline: nothing
+                if "\r" in text:
+                    lines = [line.rstrip("\r") for line in lines]
+                self.on_output(name, lines, False)
+                started = data[end:]
             else:
-                held = raw  # a piece of a long line, or the last line without a newline
+                started = data
+            if len(started) >= PIECE_BYTES:
+                held, started = decode(started), b""
+        rest = decode(started, final=True)
         if held is not None:
-            self.on_line(name, decoder.decode(held, final=True), False)
+            self.on_output(name, [held + ("" if started else rest)], bool(started))
+        if started:
+            self.on_output(name, [rest], False)
 
     def _reap_orphans(self, process: subprocess.Popen[bytes]) -> None:
         """Reaps re-parented orphans while the job runs, never the job's own process
