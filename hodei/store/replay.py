@@ -45,8 +45,7 @@ def _project_page(conn: psycopg.Connection[Any], after: int) -> tuple[int, int]:
     per page instead of one per statement); (events, last position)."""
     with conn.cursor(row_factory=tuple_row) as reader, conn.cursor() as writer:
         records = [EventRecord(*row) for row in reader.execute(query("select_event_records"), (after, PAGE))]
-        with conn.pipeline():
-            projections.project_all(writer, records)
+        projections.project_page(writer, records)
     return len(records), records[-1].position if records else after
 
 
@@ -61,16 +60,46 @@ def _project_all(conn: psycopg.Connection[Any], after: int = 0) -> tuple[int, in
 
 
 def _create_scratch(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCRATCH_SCHEMA)))
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCRATCH_SCHEMA)))
+    """Unlogged copies of the read models (the verify rolls them back) with their keys
+    only: each projected update finds its row by key, so a verify is linear in the log;
+    the other indexes would only be kept up to date row by row for nothing."""
+    conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", SCRATCH_SCHEMA))
+    conn.execute(_schema_sql("CREATE SCHEMA {}", SCRATCH_SCHEMA))
     for table in projections.READ_MODELS:
         conn.execute(
-            # With their keys and indexes: each projected update finds its row by index, so
-            # a verify is linear in the log, not quadratic.
-            sql.SQL(
-                "CREATE TABLE {}.{} (LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
-            ).format(sql.Identifier(SCRATCH_SCHEMA), sql.Identifier(table), sql.Identifier(table))
+            _schema_sql(
+                "CREATE UNLOGGED TABLE {}.{} (LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
+                SCRATCH_SCHEMA,
+                table,
+                table,
+            )
         )
+    _add_constraints(conn, SCRATCH_SCHEMA, _constraints(conn), "pu")
+
+
+def _constraints(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, str]]:
+    """The live read models' keys and foreign keys: (table, name, definition, kind). Read
+    before the search_path changes, so a foreign key names its table unqualified."""
+    return conn.execute(query("read_model_constraints"), (list(projections.READ_MODELS),)).fetchall()
+
+
+def _add_constraints(
+    conn: psycopg.Connection[Any], schema: str, constraints: list[tuple[str, str, str, str]], kinds: str
+) -> None:
+    """The ``constraints`` of ``kinds`` (p: primary keys, u: unique, f: foreign keys,
+    added in that order), under their own names, to the copies in ``schema``."""
+    for kind in kinds:
+        for table, name, definition, contype in constraints:
+            if contype == kind:
+                conn.execute(
+                    _schema_sql("ALTER TABLE {}.{} ADD CONSTRAINT {} ", schema, table, name) + sql.SQL(definition)
+                )
+
+
+def _add_plain_indexes(conn: psycopg.Connection[Any], schema: str) -> None:
+    """The live read models' other indexes, under their own names, on the copies in ``schema``."""
+    for (definition,) in conn.execute(query("read_model_plain_indexes"), (list(projections.READ_MODELS),)).fetchall():
+        conn.execute(sql.SQL(definition.replace(" ON public.", f" ON {schema}.", 1)))
 
 
 def _compare(conn: psycopg.Connection[Any], table: str, sample: int) -> Difference | None:
@@ -117,16 +146,16 @@ def _schema_sql(statement: str, *names: str) -> sql.Composed:
 
 def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> None:
     """Empty copies of the read models in REBUILD_SCHEMA with the live tables' own
-    constraint and index names, so nothing changes name when they are swapped in."""
+    constraint names, so nothing changes name when they are swapped in. Their plain
+    indexes come once the bulk of the log is in (``_add_plain_indexes``): built at once,
+    not row by row."""
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", REBUILD_SCHEMA))
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", RETIRED_SCHEMA))
     conn.execute(_schema_sql("CREATE SCHEMA {}", REBUILD_SCHEMA))
-    tables = projections.READ_MODELS
-    constraints = conn.execute(query("read_model_constraints"), (list(tables),)).fetchall()
-    indexes = conn.execute(query("read_model_plain_indexes"), (list(tables),)).fetchall()
+    constraints = _constraints(conn)
     # From here, an unqualified table (a foreign key's target) is the rebuilt one.
     conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(REBUILD_SCHEMA)))
-    for table in tables:
+    for table in projections.READ_MODELS:
         conn.execute(
             _schema_sql(
                 "CREATE TABLE {}.{} (LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)",
@@ -135,16 +164,7 @@ def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> None:
                 table,
             )
         )
-    # Keys first (foreign keys need them), then foreign keys, then plain indexes.
-    for kind in ("p", "u", "f"):
-        for table, name, definition, contype in constraints:
-            if contype == kind:
-                conn.execute(
-                    _schema_sql("ALTER TABLE {}.{} ADD CONSTRAINT {} ", REBUILD_SCHEMA, table, name)
-                    + sql.SQL(definition)
-                )
-    for definition in indexes:
-        conn.execute(sql.SQL(definition[0].replace(" ON public.", f" ON {REBUILD_SCHEMA}.", 1)))
+    _add_constraints(conn, REBUILD_SCHEMA, constraints, "puf")
 
 
 def _swap(conn: psycopg.Connection[Any]) -> None:
@@ -172,6 +192,8 @@ def apply(pool: ConnectionPool) -> Rebuild:
                     rounds += 1
                     if found < CATCH_UP_LEFT or rounds >= CATCH_UP_ROUNDS:
                         break
+            with conn.transaction():
+                _add_plain_indexes(conn, REBUILD_SCHEMA)
             with conn.transaction():
                 conn.execute(query("lock_domain_events"))
                 locked = time.perf_counter()
