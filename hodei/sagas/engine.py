@@ -3,7 +3,10 @@
 Everything the engine decides is an event on the Saga aggregate, saved together with
 the events of the aggregates a step changed (one transaction). The outbox drives it:
 each saga event is delivered to ``advance``, which moves the saga as far as it can
-without the outside world and stops at the next step that needs it.
+without the outside world and stops at the next step that needs it. A saga is moved
+that far already in the transaction that starts it, and a saga that completes starts
+its follower (``SagaDefinition.then``) in its own last transaction: no relay round trip
+just to begin.
 
 Step kinds:
 - LOCAL: changes aggregates only; runs inline and is saved with its StepCompleted.
@@ -134,6 +137,8 @@ class StepDefinition:
 class SagaDefinition:
     saga_type: SagaType
     steps: tuple[StepDefinition, ...]
+    # The saga started, with this one's context, in the transaction where this one completes.
+    then: SagaType | None = None
 
     @property
     def step_names(self) -> list[str]:
@@ -180,17 +185,23 @@ class _OneAtATime:
 
 @dataclass
 class _Work:
-    """Changes collected during one ``advance``, saved in one transaction."""
+    """Changes collected while moving one saga, saved in one transaction."""
 
     saga: Saga
     changed: dict[UUID, HodeiAggregate] = field(default_factory=dict)
+    # Sagas started because this one completed (``SagaDefinition.then``), saved with it.
+    followers: list[Saga] = field(default_factory=list)
 
     def add(self, aggregates: Sequence[HodeiAggregate]) -> None:
         for aggregate in aggregates:
             self.changed[aggregate.id] = aggregate
 
+    @property
+    def sagas(self) -> list[Saga]:
+        return [self.saga, *self.followers]
+
     def aggregates(self) -> list[HodeiAggregate]:
-        return [self.saga, *self.changed.values()]
+        return [*self.sagas, *self.changed.values()]
 
 
 class SagaEngine:
@@ -224,46 +235,71 @@ class SagaEngine:
     def start(
         self, saga_type: SagaType, job_id: str, attempt: int, context: Mapping[str, Any], ack: Ack | None
     ) -> UUID:
-        """Starts a saga; starting the same (type, job, attempt) twice is a no-op."""
-        definition = self.definitions[saga_type]
+        """Starts a saga and moves it as far as it goes at once, in the same transaction;
+        starting the same (type, job, attempt) twice is a no-op."""
         saga_id = Saga.create_id(saga_type.value, job_id, attempt)
-        if self.store.find(Saga, saga_id) is not None:
-            return saga_id
-        saga = Saga(
+
+        def attempt_start() -> tuple[_Work | None, Sequence[HodeiAggregate]]:
+            if self.store.find(Saga, saga_id) is not None:
+                return None, []  # started already (a redelivery, or another server)
+            work = _Work(self._new_saga(saga_type, job_id, attempt, context))
+            self._progress(work, None, {})
+            return work, work.aggregates()
+
+        with self._serial(job_id):
+            work = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt_start)
+        if work is not None:
+            self._committed(work)
+        return saga_id
+
+    def follow(self, saga: Saga, ack: Ack | None) -> None:
+        """Starts the follower of a completed saga, unless the transaction that completed
+        it did (a saga completed by an older server, which left that to this delivery)."""
+        then = self.definitions[saga.saga_type].then
+        if then is not None:
+            self.start(then, saga.correlation_id, saga.attempt, saga.context, ack)
+
+    def _new_saga(self, saga_type: SagaType, job_id: str, attempt: int, context: Mapping[str, Any]) -> Saga:
+        return Saga(
             saga_type=saga_type.value,
             correlation_id=job_id,
             attempt=attempt,
-            steps=definition.step_names,
+            steps=self.definitions[saga_type].step_names,
             context=dict(context),
         )
-        try:
-            with self._serial(job_id):
-                self.store.write([saga], Meta(actor=SYSTEM, correlation_id=job_id, ack=ack))
-        except ConcurrencyConflict:
-            log.info("%s saga for job %s attempt %d already started", saga_type, job_id, attempt)
-        return saga_id
 
     def advance(
-        self, saga_id: UUID, job_id: str, ack: Ack | None = None, started: tuple[int, int] | None = None
+        self,
+        saga_id: UUID,
+        job_id: str,
+        ack: Ack | None = None,
+        started: tuple[int, int] | None = None,
+        *,
+        unmoved_only: bool = False,
     ) -> None:
         """Moves the saga on. ``started`` = (step order, retry count) of the StepStarted
-        being delivered: only that delivery may run the step's action."""
+        being delivered: only that delivery may run the step's action. ``unmoved_only``
+        (the delivery of SagaStarted): only a saga with nothing after its SagaStarted —
+        one started by an older server — has anything to do; any other ran its first
+        steps where it started, and their own events carry it on."""
         performed: dict[tuple[int, int], dict[str, Any] | Exception] = {}
 
-        def attempt() -> tuple[Saga, Sequence[HodeiAggregate]]:
+        def attempt() -> tuple[_Work, Sequence[HodeiAggregate]]:
             work = _Work(self.store.load(Saga, saga_id))
+            if unmoved_only and work.saga.version > 1:
+                return work, []
             self._progress(work, started, performed)
-            return work.saga, work.aggregates()
+            return work, work.aggregates()
 
         with self._serial(job_id):
-            saga = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
-        self._committed(saga)
+            work = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
+        self._committed(work)
 
     def poke(self, job_id: str, ack: Ack | None) -> None:
         """Re-checks the job's waiting steps after an event that may satisfy them. Only
         sagas at a step without an effect can move on a poke: an ACTION or a compensation
         runs in the delivery of its own StepStarted or CompensationStarted."""
-        moved: list[Saga] = []
+        moved: list[_Work] = []
 
         def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
             moved.clear()
@@ -272,24 +308,25 @@ class SagaEngine:
                 work = _Work(self.store.load(Saga, saga_id))
                 self._progress(work, None, {})
                 if work.saga.pending_events or work.changed:
-                    moved.append(work.saga)
+                    moved.append(work)
                     changed.extend(work.aggregates())
             return None, changed
 
         with self._serial(job_id):
             saga_ids = waiting_saga_ids(self.store, job_id, self._pokeable)
             self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
-        for saga in moved:
-            self._committed(saga)
+        for work in moved:
+            self._committed(work)
 
-    def _committed(self, saga: Saga) -> None:
+    def _committed(self, work: _Work) -> None:
         if self.after_commit is not None:
-            self.after_commit(saga)
+            for saga in work.sagas:
+                self.after_commit(saga)
 
     def expire(self, saga_id: UUID, job_id: str, step_order: int) -> None:
         """The sweeper found the step past its deadline."""
 
-        def attempt() -> tuple[Saga, Sequence[HodeiAggregate]]:
+        def attempt() -> tuple[_Work, Sequence[HodeiAggregate]]:
             work = _Work(self.store.load(Saga, saga_id))
             step = work.saga.step(step_order)
             deadline = step.deadline_at
@@ -299,11 +336,11 @@ class SagaEngine:
                 what = expired(self._input(work.saga, step)) if callable(expired) else expired
                 self._fail(work, step, definition, StepTimeout(f"{what} {deadline}"), retry=False)
                 self._progress(work, None, {})
-            return work.saga, work.aggregates()
+            return work, work.aggregates()
 
         with self._serial(job_id):
-            saga = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
-        self._committed(saga)
+            work = self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), attempt)
+        self._committed(work)
 
     def abort(self, saga_id: UUID, job_id: str, reason: str) -> None:
         """Gives up on a saga whose delivery was dead-lettered: fail the step it is at and
@@ -378,8 +415,18 @@ class SagaEngine:
             pending = saga.next_step
             if pending is None:
                 saga.complete()
+                self._start_follower(work)
                 return
             self._start(work, pending, definition.steps[pending.order])
+
+    def _start_follower(self, work: _Work) -> None:
+        saga = work.saga
+        then = self.definitions[saga.saga_type].then
+        if then is None:
+            return
+        follower = _Work(self._new_saga(then, saga.correlation_id, saga.attempt, saga.context), work.changed)
+        self._progress(follower, None, {})
+        work.followers.extend(follower.sagas)
 
     def _start(self, work: _Work, step: StepRecord, definition: StepDefinition) -> None:
         timeout = definition.timeout_for(work.saga.context)

@@ -199,4 +199,5 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 ),
             ),
         ),
+        then=SagaType.EXECUTION,
     )

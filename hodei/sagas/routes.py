@@ -3,11 +3,13 @@
 JobCreated                  -> start PROVISIONING (attempt 1)
 JobProviderSelected, WorkerTerminated, a job's end or requeue
                             -> admit queued jobs of that provider (hodei.admission)
-SagaCompleted (provisioning)-> start EXECUTION with the provisioning context
+SagaCompleted (provisioning)-> start EXECUTION with the provisioning context, unless the
+                               transaction that completed it did (it does, since
+                               SagaDefinition.then; older servers left it to this delivery)
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
-saga events that need a move (SagaStarted, StepStarted of an ACTION or
-WAIT step, StepFailed, CompensationStarted)
+saga events that need a move (SagaStarted of a saga that has not moved since,
+StepStarted of an ACTION or WAIT step, StepFailed, CompensationStarted)
                             -> advance that saga (a WAIT's StepStarted re-checks
                                it after commit: an event that satisfied it while the
                                step was being started is not missed)
@@ -71,6 +73,9 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
     def advance(delivery: Delivery) -> None:
         event = delivery.event
         started = None
+        if event.event_type == "SagaStarted":
+            engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, unmoved_only=True)
+            return
         if event.event_type == "StepStarted":
             if engine.runs_inline(event.payload["step_name"]):
                 return  # a LOCAL step ran (and was recorded) with its StepStarted: nothing to move
@@ -80,9 +85,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, started)
 
     def saga_completed(delivery: Delivery) -> None:
-        saga = store.load(Saga, delivery.event.aggregate_id)
-        if saga.saga_type is SagaType.PROVISIONING:
-            engine.start(SagaType.EXECUTION, saga.correlation_id, saga.attempt, saga.context, delivery.ack)
+        engine.follow(store.load(Saga, delivery.event.aggregate_id), delivery.ack)
 
     def abandon(delivery: Delivery, error: str) -> None:
         engine.abort(UUID(delivery.event.aggregate_id), _job_id(delivery), f"delivery failed for good: {error}")
