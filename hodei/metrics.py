@@ -8,7 +8,7 @@ expects of counters. Gauges are read when scraped: the outbox from the database,
 health from the providers' recorded probes, connected workers from this process.
 
 Durations pair an event with the one that began what it ends (StepStarted with its
-StepCompleted, JobCreated with the job's end). Where the beginning was delivered to
+StepCompleted, JobCreated with the job's end; a StepRan carries its own start). Where the beginning was delivered to
 another server, it is read from the read models instead.
 """
 
@@ -144,17 +144,24 @@ class PlatformMetrics:
             self._saga_types.put(aggregate, payload["saga_type"])
         elif kind in ("StepStarted", "CompensationStarted"):
             self._began.put((kind, aggregate, payload["step_order"]), at)
+        elif kind == "StepRan":
+            self._step_took(
+                aggregate, payload["step_name"], "completed", datetime.fromisoformat(payload["started_at"]), at
+            )
         elif kind in STEP_OUTCOMES:
             began_by = "CompensationStarted" if kind == "StepCompensated" else "StepStarted"
             started = self._began.take((began_by, aggregate, payload["step_order"]))
             if started is None:
                 started = self.reads.step_started(aggregate, payload["step_order"])
-            duration = _seconds(started, at)
-            if duration is not None:
-                saga_type = self._saga_types.get(aggregate) or self.reads.saga_type(aggregate)
-                self.steps.labels(saga_type, payload["step_name"], STEP_OUTCOMES[kind]).observe(duration)
+            self._step_took(aggregate, payload["step_name"], STEP_OUTCOMES[kind], started, at)
         elif kind in ("SagaCompleted", "SagaFailed"):
             self._saga_types.take(aggregate)
+
+    def _step_took(self, saga_id: str, step: str, outcome: str, started: datetime | None, at: datetime) -> None:
+        duration = _seconds(started, at)
+        if duration is not None:
+            saga_type = self._saga_types.get(saga_id) or self.reads.saga_type(saga_id)
+            self.steps.labels(saga_type, step, outcome).observe(duration)
 
     def _job_changed(self, job_id: str, payload: dict[str, Any], at: datetime) -> None:
         state = JobState(payload["new_state"])

@@ -416,7 +416,28 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
     for transaction, event_type, what in written:
         together.setdefault(transaction, []).append((event_type, what))
     groups = list(together.values())
-    assert groups[1][:2] == [("SagaStarted", "PROVISIONING"), ("StepStarted", "select_provider")]
+    # A LOCAL step (and a WAIT met at once) is one StepRan event, in the saga's first transaction.
+    assert groups[1][:3] == [
+        ("SagaStarted", "PROVISIONING"),
+        ("StepRan", "select_provider"),
+        ("StepStarted", "wait_for_slot"),
+    ]
     (completing,) = [g for g in groups if ("SagaCompleted", "") in g and ("SagaStarted", "EXECUTION") in g]
-    assert ("StepCompleted", "dispatch_job") in completing  # EXECUTION's LOCAL steps ran there too
+    assert ("StepRan", "dispatch_job") in completing  # EXECUTION's LOCAL steps ran there too
+    # The audit trail and the steps' times read as if it had been two events.
+    trail = audit(fresh_database_url, job_id, "EXECUTION")
+    assert trail[:5] == [
+        ("SagaStarted", None),
+        ("StepStarted", "assign_worker"),
+        ("StepCompleted", "assign_worker"),
+        ("StepStarted", "dispatch_job"),
+        ("StepCompleted", "dispatch_job"),
+    ]
+    times = query(
+        fresh_database_url,
+        "SELECT bool_and(st.started_at < st.completed_at) FROM saga_steps st JOIN sagas s ON s.id = st.saga_id "
+        "WHERE s.correlation_id = %s",
+        (job_id,),
+    )
+    assert times == [(True,)]
     h.close()

@@ -113,15 +113,33 @@ class Saga(HodeiAggregate):
 
     # Commands ---------------------------------------------------------------
 
-    def start_step(self, order: int, deadline_at: str | None) -> None:
+    def next_retry_count(self, order: int) -> int:
+        """The retry count the step gets when it starts now: 0 the first time, one more
+        after each failure."""
         step = self._require_running(order)
         if step.state is StepState.PENDING:
-            retry_count = 0
-        elif step.state is StepState.FAILED:
-            retry_count = step.retry_count + 1
-        else:
-            raise InvalidTransition(f"saga {self.id} step {step.name} is {step.state}, cannot start")
-        self._step_started(step_name=step.name, step_order=order, retry_count=retry_count, deadline_at=deadline_at)
+            return 0
+        if step.state is StepState.FAILED:
+            return step.retry_count + 1
+        raise InvalidTransition(f"saga {self.id} step {step.name} is {step.state}, cannot start")
+
+    def start_step(self, order: int, deadline_at: str | None) -> None:
+        retry_count = self.next_retry_count(order)
+        self._step_started(
+            step_name=self.steps[order].name, step_order=order, retry_count=retry_count, deadline_at=deadline_at
+        )
+
+    def run_step(self, order: int, started_at: str, output: dict[str, Any]) -> None:
+        """Records a step that started and completed in one go (a LOCAL step, or a WAIT
+        met at once) as one event: the audit trail still shows it start and complete."""
+        retry_count = self.next_retry_count(order)
+        self._step_ran(
+            step_name=self.steps[order].name,
+            step_order=order,
+            retry_count=retry_count,
+            started_at=started_at,
+            output=output,
+        )
 
     def complete_step(self, order: int, output: dict[str, Any]) -> None:
         step = self._require_running(order)
@@ -195,6 +213,17 @@ class Saga(HodeiAggregate):
     def _step_completed(self, step_name: str, step_order: int, output: dict[str, Any]) -> None:
         self.steps[step_order].state = StepState.COMPLETED
         self.steps[step_order].deadline_at = None
+        self.context.update(output)
+
+    @event("StepRan")
+    def _step_ran(
+        self, step_name: str, step_order: int, retry_count: int, started_at: str, output: dict[str, Any]
+    ) -> None:
+        step = self.steps[step_order]
+        step.state = StepState.COMPLETED
+        step.retry_count = retry_count
+        step.deadline_at = None
+        step.error = None
         self.context.update(output)
 
     @event("StepFailed")

@@ -9,7 +9,8 @@ its follower (``SagaDefinition.then``) in its own last transaction: no relay rou
 just to begin.
 
 Step kinds:
-- LOCAL: changes aggregates only; runs inline and is saved with its StepCompleted.
+- LOCAL: changes aggregates only; runs inline, recorded as one StepRan (started and
+  completed) saved with what it changed. A WAIT met when it starts is recorded so too.
 - ACTION: calls the outside world (a provider). Its StepStarted is committed first;
   the delivery of that StepStarted runs the action, under the step's timeout. After
   a crash the row is delivered again, so actions must be idempotent ("already
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -410,14 +411,51 @@ class SagaEngine:
                 # Waiting to retry: the StepFailed row is delivered at retry_at.
                 if datetime.fromisoformat(retrying.deadline_at) > self.clock():
                     return
-                self._start(work, retrying, definition.steps[retrying.order])
+                if not self._begin(work, retrying, definition.steps[retrying.order]):
+                    return
                 continue
             pending = saga.next_step
             if pending is None:
                 saga.complete()
                 self._start_follower(work)
                 return
-            self._start(work, pending, definition.steps[pending.order])
+            if not self._begin(work, pending, definition.steps[pending.order]):
+                return
+
+    def _begin(self, work: _Work, step: StepRecord, definition: StepDefinition) -> bool:
+        """Starts a step. One without an effect (LOCAL, WAIT) is tried at once: done, it
+        is recorded as one StepRan; not met yet (a WAIT), its StepStarted is recorded and
+        it waits (False); failed, StepStarted and StepFailed. An ACTION gets its
+        StepStarted, whose delivery runs it."""
+        if definition.effect is not None:
+            self._start(work, step, definition)
+            return True
+        saga = work.saga
+        started_at = self.clock()
+        outcome = self._try(definition, replace(self._input(saga, step), retry_count=saga.next_retry_count(step.order)))
+        if isinstance(outcome, StepResult):
+            work.add(outcome.changed)
+            saga.run_step(step.order, started_at.isoformat(), outcome.output)
+            return True
+        self._start(work, step, definition)
+        if outcome is None:
+            return False
+        self._fail(work, step, definition, outcome, retry=True)
+        return True
+
+    @staticmethod
+    def _try(definition: StepDefinition, step_input: StepInput) -> StepResult | Exception | None:
+        """Runs a LOCAL step or a WAIT's check: its result, None (not met yet), or the
+        exception that fails it. A conflict or an outage is not the step's failure: the
+        whole delivery is tried again."""
+        assert definition.run is not None
+        try:
+            return definition.run(step_input)
+        except (ConcurrencyConflict, StoreUnavailable):
+            raise
+        except Exception as exc:
+            _log_unexpected(definition.name, exc)
+            return exc
 
     def _start_follower(self, work: _Work) -> None:
         saga = work.saga
@@ -462,14 +500,9 @@ class SagaEngine:
             work.add(definition.effect.record(step_input, outcome))
             saga.complete_step(step.order, outcome)
             return True
-        assert definition.run is not None
-        try:
-            result = definition.run(step_input)
-        except (ConcurrencyConflict, StoreUnavailable):
-            raise  # the delivery is tried again: not the step's failure
-        except Exception as exc:
-            _log_unexpected(definition.name, exc)
-            self._fail(work, step, definition, exc, retry=True)
+        result = self._try(definition, step_input)
+        if isinstance(result, Exception):
+            self._fail(work, step, definition, result, retry=True)
             return True
         if result is None:
             return False

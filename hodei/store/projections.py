@@ -10,6 +10,8 @@ that reference them): replay regroups a page's statements across aggregates (``W
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid5
 
@@ -231,12 +233,13 @@ def _audit_message(event: EventRecord) -> str:
     raise KeyError(f"no audit message for {event.event_type}")
 
 
-# Every saga event leaves one audit row.
+# Every saga event leaves an audit row (a StepRan two).
 _AUDITED = frozenset(
     {
         "SagaStarted",
         "StepStarted",
         "StepCompleted",
+        "StepRan",
         "StepFailed",
         "CompensationStarted",
         "StepCompensated",
@@ -260,6 +263,24 @@ def _audit(event: EventRecord) -> dict[str, Any]:
         message=_audit_message(event),
         payload=Jsonb(event.payload),
     )
+
+
+def _audits(event: EventRecord) -> list[dict[str, Any]]:
+    """A saga event's audit rows: one each, and two for a StepRan, the trail people
+    read (a StepStarted at its start, a StepCompleted with its output)."""
+    if event.event_type != "StepRan":
+        return [_audit(event)]
+    p = event.payload
+    step = {"step_name": p["step_name"], "step_order": p["step_order"]}
+    started = replace(
+        event,
+        id=uuid5(event.id, "started"),
+        event_type="StepStarted",
+        occurred_at=datetime.fromisoformat(p["started_at"]),
+        payload={**step, "retry_count": p["retry_count"], "deadline_at": None},
+    )
+    completed = replace(event, event_type="StepCompleted", payload={**step, "output": p["output"]})
+    return [_audit(started), _audit(completed)]
 
 
 def _saga_state(cur: Sink, event: EventRecord, state: str, *, finished: bool = False, error: str | None = None) -> None:
@@ -303,6 +324,20 @@ def _step_started(cur: Sink, event: EventRecord) -> None:
             step_order=p["step_order"],
             retry_count=p["retry_count"],
             deadline_at=p["deadline_at"],
+        ),
+    )
+
+
+def _step_ran(cur: Sink, event: EventRecord) -> None:
+    p = event.payload
+    cur.run(
+        "project_step_ran",
+        _base(
+            event,
+            step_name=p["step_name"],
+            step_order=p["step_order"],
+            retry_count=p["retry_count"],
+            started_at=p["started_at"],
         ),
     )
 
@@ -382,6 +417,7 @@ PROJECTORS: dict[str, Projector] = {
     "SagaStarted": _saga_started,
     "StepStarted": _step_started,
     "StepCompleted": _step_finished("COMPLETED"),
+    "StepRan": _step_ran,
     "StepFailed": _step_finished("FAILED"),
     "CompensationStarted": _compensation_started,
     "StepCompensated": _step_finished("COMPENSATED"),
@@ -409,7 +445,7 @@ def _project_into(sink: Sink, events: Iterable[EventRecord], waves: Waves | None
             waves.aggregate = event.aggregate_id
         projector(sink, event)
         if event.event_type in _AUDITED:
-            audits.append(_audit(event))
+            audits.extend(_audits(event))
     return audits
 
 

@@ -175,6 +175,16 @@ WITH step AS (
 )
 UPDATE sagas SET state = 'IN_PROGRESS', current_step = %(step_name)s, updated_at = %(at)s WHERE id = %(id)s;
 
+-- name: project_step_ran
+-- A step that started and completed in one transaction (one event: StepRan).
+WITH step AS (
+    UPDATE saga_steps
+    SET state = 'COMPLETED', retry_count = %(retry_count)s, deadline_at = NULL, error_message = NULL,
+        started_at = %(started_at)s, completed_at = %(at)s, updated_at = %(at)s
+    WHERE saga_id = %(id)s AND step_order = %(step_order)s
+)
+UPDATE sagas SET state = 'IN_PROGRESS', current_step = %(step_name)s, updated_at = %(at)s WHERE id = %(id)s;
+
 -- name: project_step_finished
 UPDATE saga_steps
 SET state = %(state)s,
