@@ -6,23 +6,30 @@
 LOCK TABLE domain_events IN EXCLUSIVE MODE;
 
 -- name: insert_events_and_outbox
--- The events and their outbox rows in one statement; returns the positions.
-WITH events AS (
+-- The events and their outbox rows in one statement; returns the positions. The events
+-- come as one jsonb array (one parameter: a third of the client's cost of an array per
+-- column, and less of PostgreSQL's).
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+        id uuid, occurred_at timestamptz, event_type varchar, aggregate_id varchar, correlation_id varchar,
+        actor varchar, payload jsonb, aggregate_type varchar, aggregate_version bigint, topic text,
+        available_at timestamptz)
+), events AS (
     INSERT INTO domain_events
         (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
-    SELECT * FROM unnest(
-        %s::uuid[], %s::timestamptz[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
-        %s::jsonb[], %s::varchar[], %s::bigint[], %s::text[])
+    SELECT id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type,
+           aggregate_version, topic
+    FROM input
     RETURNING id, position, aggregate_id, aggregate_type, event_type, correlation_id
 )
 -- origin: the first position of the event's correlation, an earlier transaction's or, for
 -- a correlation that begins here, this statement's (sql/007_relay_order.sql).
 INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at, origin)
-SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, a.available_at,
+SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, i.available_at,
        coalesce(
            (SELECT min(d.position) FROM domain_events d WHERE d.correlation_id = e.correlation_id),
            min(e.position) OVER (PARTITION BY coalesce(e.correlation_id, e.id::text)))
-FROM events e JOIN unnest(%s::uuid[], %s::timestamptz[]) AS a (id, available_at) ON a.id = e.id
+FROM events e JOIN input i ON i.id = e.id
 RETURNING position;
 
 -- name: notify

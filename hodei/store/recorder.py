@@ -131,20 +131,18 @@ class DomainEventRecorder(ApplicationRecorder):
         if not records and ack is None:
             return []
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
-        columns = (*_columns(records), [r.id for r in records], [_available_at(r) for r in records])
+        rows = Jsonb([_row(r) for r in records])
         with translate_errors():
             for attempt in Retrying(
                 retry=retry_if_exception_type(psycopg_errors.DeadlockDetected), stop=stop_after_attempt(5), reraise=True
             ):
                 with attempt:
-                    positions = self._write(records, columns, ack, lease_lost)
+                    positions = self._write(records, rows, ack, lease_lost)
         if ack is not None:
             ack.done = True
         return positions
 
-    def _write(
-        self, records: Sequence[EventRecord], columns: tuple[list[Any], ...], ack: Ack | None, lease_lost: str
-    ) -> list[int]:
+    def _write(self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str) -> list[int]:
         """The transaction, in one round trip: every statement up to the COMMIT is
         pipelined (psycopg's transaction blocks would sync on entry and exit); a lost
         lease aborts it from inside."""
@@ -160,7 +158,7 @@ class DomainEventRecorder(ApplicationRecorder):
                         cur.execute(query("ack_outbox_row_or_abort"), params)
                     if records:
                         cur.execute(query("lock_domain_events"))
-                        inserted.execute(query("insert_events_and_outbox"), columns)
+                        inserted.execute(query("insert_events_and_outbox"), (rows,))
                         cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
                     cur.execute("COMMIT")
             except BaseException as exc:
@@ -239,16 +237,18 @@ def _available_at(record: EventRecord) -> datetime:
     return datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else record.occurred_at
 
 
-def _columns(records: Sequence[EventRecord]) -> tuple[list[Any], ...]:
-    return (
-        [r.id for r in records],
-        [r.occurred_at for r in records],
-        [r.event_type for r in records],
-        [r.aggregate_id for r in records],
-        [r.correlation_id for r in records],
-        [r.actor for r in records],
-        [Jsonb(r.payload) for r in records],
-        [r.aggregate_type for r in records],
-        [r.aggregate_version for r in records],
-        [r.topic for r in records],
-    )
+def _row(record: EventRecord) -> dict[str, Any]:
+    """An event as ``insert_events_and_outbox`` reads it (a jsonb record)."""
+    return {
+        "id": record.id,
+        "occurred_at": record.occurred_at,
+        "event_type": record.event_type,
+        "aggregate_id": record.aggregate_id,
+        "correlation_id": record.correlation_id,
+        "actor": record.actor,
+        "payload": record.payload,
+        "aggregate_type": record.aggregate_type,
+        "aggregate_version": record.aggregate_version,
+        "topic": record.topic,
+        "available_at": _available_at(record),
+    }
