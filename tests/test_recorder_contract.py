@@ -164,3 +164,27 @@ def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiS
     count, differences = verify(store.pool)
     assert count >= 1
     assert differences == []
+
+
+def test_our_transcoder_decodes_every_stored_state_as_the_librarys_does(store: HodeiStore) -> None:
+    """HodeiStore decodes with orjson (PlainJSONTranscoder); what comes out must be what
+    the library's own JSONTranscoder gives, wrapped values included."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from eventsourcing.persistence import JSONTranscoder
+
+    from hodei.store.app import PlainJSONTranscoder
+
+    library = JSONTranscoder()
+    store.register_transcodings(library)
+    assert isinstance(store.mapper.transcoder, PlainJSONTranscoder)
+    job = job_with_five_events(store)
+    stored = store.recorder.select_events(job.id)
+    states = [s.state for s in stored] + [
+        library.encode({"timestamp": datetime.now(UTC), "nested": {"when": datetime.now(UTC), "n": Decimal("1.5")}}),
+        b'{"timestamp": 5}',
+        library.encode({"timestamp": datetime.now(UTC), "text": 'a "_type_" inside a string'}),
+    ]
+    for state in states:
+        assert store.mapper.transcoder.decode(state) == library.decode(state)

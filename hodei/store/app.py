@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
+import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.persistence import ApplicationRecorder, JSONTranscoder, Transcoder
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
@@ -26,6 +27,24 @@ def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
+
+
+class PlainJSONTranscoder(JSONTranscoder):
+    """The library's JSON transcoder, decoding with orjson: our payloads are plain JSON
+    (the recorder refuses type wrappers), so a stored state's one wrapped value is its
+    ``timestamp``; the library's decoder calls a Python hook for every object, a quarter
+    of the time it takes to load an aggregate. A state with any other wrapper is decoded
+    the library's way."""
+
+    def decode(self, data: bytes) -> Any:
+        if data.count(b'"_type_"') != 1:
+            return super().decode(data)
+        state = orjson.loads(data)
+        stamp = state.get("timestamp")
+        if not isinstance(stamp, dict):
+            return super().decode(data)
+        state["timestamp"] = self._decode_obj(stamp)
+        return state
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,11 @@ class HodeiStore(Application[UUID]):
 
     def construct_recorder(self) -> ApplicationRecorder:
         return DomainEventRecorder(self.pool)
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = PlainJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def load(self, kind: type[A], aggregate_id: UUID | str) -> A:
         try:
