@@ -23,7 +23,7 @@ from hodei.domain.provider import ProviderType
 from hodei.errors import ConcurrencyConflict, InvalidTransition
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_all, translate_errors
+from hodei.store.db import fetch_all, fetch_one, translate_errors
 from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,15 @@ class Admission:
         self._turns = {provider: _Turn() for provider in ProviderType}
 
     def capacity(self, provider: ProviderType) -> Capacity:
-        with translate_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("provider_capacity_and_use"), {"provider": provider.value}).fetchone()
-        assert row is not None
-        configured, in_use = row
-        return Capacity(int(configured or self.defaults[provider]), int(in_use))
+        default = self.defaults[provider]
+        found = fetch_one(
+            self.pool,
+            "provider_capacity_and_use",
+            {"provider": provider.value},
+            lambda configured, in_use: Capacity(int(configured or default), int(in_use)),
+        )
+        assert found is not None  # the query always has its one row
+        return found
 
     def admit(self, provider: ProviderType) -> int:
         """Admits as many queued jobs of ``provider`` as it has free slots; how many this

@@ -14,8 +14,7 @@ from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
-from hodei.store.db import translate_errors
-from hodei.store.sql import query
+from hodei.store.db import execute, fetch_all
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,7 @@ class Liveness:
         ids = list(noted)
         params = (ids, [self.server_id] * len(ids), [noted[i][0] for i in ids], [noted[i][1] for i in ids])
         try:
-            with translate_errors(), self.pool.connection() as conn:
-                conn.execute(query("touch_liveness_many"), params)
+            execute(self.pool, "touch_liveness_many", params)
         except Exception:
             with self._lock:
                 for worker_id, value in noted.items():
@@ -56,14 +54,10 @@ class Liveness:
         return len(ids)
 
     def touch(self, worker_id: UUID, connected: bool) -> None:
-        with translate_errors(), self.pool.connection() as conn:
-            conn.execute(query("touch_liveness"), (worker_id, self.server_id, connected))
+        execute(self.pool, "touch_liveness", (worker_id, self.server_id, connected))
 
     def forget(self, worker_id: UUID) -> None:
-        with translate_errors(), self.pool.connection() as conn:
-            conn.execute(query("forget_liveness"), (worker_id,))
+        execute(self.pool, "forget_liveness", (worker_id,))
 
     def stale(self, timeout: float, hearing_since: datetime) -> list[Stale]:
-        with translate_errors(), self.pool.connection() as conn:
-            rows = conn.execute(query("stale_workers"), {"timeout": timeout, "hearing_since": hearing_since}).fetchall()
-        return [Stale(*row) for row in rows]
+        return fetch_all(self.pool, "stale_workers", {"timeout": timeout, "hearing_since": hearing_since}, Stale)

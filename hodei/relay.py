@@ -28,7 +28,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from hodei.config import RelayConfig
 from hodei.errors import LeaseLost
 from hodei.signals import Signals
-from hodei.store.db import open_pool, translate_errors
+from hodei.store.db import execute, fetch_value, open_pool, translate_errors
 from hodei.store.events import EventRecord
 from hodei.store.recorder import Ack
 from hodei.store.sql import query
@@ -248,8 +248,7 @@ class Relay:
             "error": error,
         }
         try:
-            with translate_errors(), self.pool.connection() as conn:
-                conn.execute(query("release_outbox_row"), params)
+            execute(self.pool, "release_outbox_row", params)
             if dead and route is not None and route.dead_letter is not None:
                 route.dead_letter(delivery, error)
         except Exception:
@@ -328,9 +327,7 @@ class Relay:
         raise TimeoutError(f"outbox not drained within {timeout}s")
 
     def _has_due_rows(self) -> bool:
-        with translate_errors(), self.pool.connection() as conn:
-            row = conn.execute(query("has_open_outbox_rows")).fetchone()
-        return bool(row and row[0])
+        return bool(fetch_value(self.pool, "has_open_outbox_rows"))
 
     def close(self) -> None:
         self._waiter.close()

@@ -16,8 +16,7 @@ from hodei.domain.job import Job
 from hodei.logs import LogStore
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import execute, translate_errors
-from hodei.store.sql import query
+from hodei.store.db import execute, fetch_column
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,8 @@ class Retention:
 
     def expire_logs(self) -> int:
         """Deletes the logs of jobs whose log is past the retention; how many."""
-        with translate_errors(), self.store.pool.connection() as conn:
-            rows = conn.execute(query("expired_job_logs"), (self.log_seconds, LOG_BATCH)).fetchall()
-        for (job_id,) in rows:
+        expired = fetch_column(self.store.pool, "expired_job_logs", (self.log_seconds, LOG_BATCH))
+        for job_id in expired:
             # The file first: if the event then fails, the next round records it.
             self.logs.path(str(job_id)).unlink(missing_ok=True)
 
@@ -55,6 +53,6 @@ class Retention:
                 return None, [job]
 
             self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), run)
-        if rows:
-            log.info("deleted the logs of %d jobs older than %gs", len(rows), self.log_seconds)
-        return len(rows)
+        if expired:
+            log.info("deleted the logs of %d jobs older than %gs", len(expired), self.log_seconds)
+        return len(expired)

@@ -19,8 +19,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 from uuid import UUID
 
 from hodei.admission import Admission
@@ -35,21 +35,33 @@ from hodei.retention import Retention
 from hodei.roles import SYSTEM
 from hodei.sagas.engine import SagaEngine
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import translate_errors
+from hodei.store.db import fetch_all
 from hodei.store.instances import ServerInstances
 from hodei.store.job_secrets import JobSecrets
-from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
 
 
-class Recorded(NamedTuple):
+@dataclass(frozen=True)
+class Recorded:
     """A worker's and its job's states as recorded, without loading either aggregate."""
 
+    worker_id: UUID
     worker: WorkerState
     job: JobState
     # When the worker's row last changed: for a TERMINATED worker, when it ended.
     changed_at: datetime
+
+    @classmethod
+    def of(cls, worker_id: UUID, worker: str, job: str, changed_at: datetime) -> Recorded:
+        return cls(worker_id, WorkerState(worker), JobState(job), changed_at)
+
+
+@dataclass(frozen=True)
+class OverdueStep:
+    saga_id: UUID
+    job_id: str
+    step_order: int
 
 
 def _uuid(text: str) -> UUID | None:
@@ -138,10 +150,8 @@ class Sweeper:
 
     def expire_steps(self) -> None:
         params = {"hearing_since": self.hearing_since, "grace": self.timing.heartbeat_timeout}
-        with translate_errors(), self.store.pool.connection() as conn:
-            overdue = conn.execute(query("overdue_saga_steps_with_job"), params).fetchall()
-        for saga_id, job_id, step_order in overdue:
-            self.engine.expire(saga_id, job_id, step_order)
+        for step in fetch_all(self.store.pool, "overdue_saga_steps_with_job", params, OverdueStep):
+            self.engine.expire(step.saga_id, step.job_id, step.step_order)
 
     def detect_lost_workers(self) -> None:
         for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.hearing_since):
@@ -171,12 +181,8 @@ class Sweeper:
         if not seen:
             return []
         ids = {observation.worker_id: _uuid(observation.worker_id) for _, observation in seen}
-        with translate_errors(), self.store.pool.connection() as conn:
-            rows = conn.execute(query("worker_and_job_states"), ([i for i in ids.values() if i],)).fetchall()
-        recorded = {
-            str(worker_id): Recorded(WorkerState(worker), JobState(job), changed_at)
-            for worker_id, worker, job, changed_at in rows
-        }
+        rows = fetch_all(self.store.pool, "worker_and_job_states", ([i for i in ids.values() if i],), Recorded.of)
+        recorded = {str(row.worker_id): row for row in rows}
         return [
             (provider, observation, recorded.get(str(ids[observation.worker_id]))) for provider, observation in seen
         ]

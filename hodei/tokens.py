@@ -15,8 +15,7 @@ import secrets
 from psycopg_pool import ConnectionPool
 
 from hodei.errors import HodeiError, Unauthenticated
-from hodei.store.db import translate_errors
-from hodei.store.sql import query
+from hodei.store.db import fetch_value
 
 
 def new_nonce() -> str:
@@ -29,11 +28,10 @@ class TokenSigner:
 
     @classmethod
     def from_database(cls, pool: ConnectionPool) -> TokenSigner:
-        with translate_errors(), pool.connection() as conn:
-            row = conn.execute(query("worker_token_key")).fetchone()
-        if row is None:
+        key = fetch_value(pool, "worker_token_key")
+        if key is None:
             raise HodeiError("the worker token key is missing: run `hodei-server migrate`")
-        return cls(bytes.fromhex(row[0]))
+        return cls(bytes.fromhex(key))
 
     def _sign(self, *parts: str) -> str:
         return hmac.new(self._key, "/".join(parts).encode(), hashlib.sha256).hexdigest()

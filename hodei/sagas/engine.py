@@ -45,9 +45,8 @@ from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout, StoreUnav
 from hodei.relay import backoff_seconds
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import translate_errors
+from hodei.store.db import fetch_column
 from hodei.store.recorder import Ack
-from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
 
@@ -589,9 +588,7 @@ def _log_unexpected(name: str, exc: Exception) -> None:
 def waiting_saga_ids(store: HodeiStore, job_id: str, step_names: Sequence[str]) -> list[UUID]:
     """The job's running sagas whose current step is one of ``step_names`` (from the
     ``sagas`` read model, written in the same transaction as the saga's events)."""
-    with translate_errors(), store.pool.connection() as conn:
-        rows = conn.execute(query("waiting_sagas_of_job"), (job_id, list(step_names))).fetchall()
-    return [row[0] for row in rows]
+    return fetch_column(store.pool, "waiting_sagas_of_job", (job_id, list(step_names)))
 
 
 __all__ = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -24,11 +25,10 @@ from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_
 from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import translate_errors
+from hodei.store.db import fetch_all, fetch_column
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobFilters, JobRow, ReadModels
-from hodei.store.sql import query
 from hodei.wire import spec_from_proto
 
 DEFAULT_LIMIT = 20
@@ -177,26 +177,23 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 await waiter.wait_async(WATCH_POLL)
 
     def _sagas_open(self, row: JobRow) -> bool:
-        with translate_errors(), self.store.pool.connection() as conn:
-            return bool(conn.execute(query("open_sagas_of_job"), (str(row.id),)).fetchall())
+        return bool(fetch_column(self.store.pool, "open_sagas_of_job", (str(row.id),)))
 
     @rpc
     def GetJobEvents(
         self, request: jobs_pb2.GetJobEventsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.GetJobEventsResponse:
         row = self.reads.job(request.job_id)
-        with translate_errors(), self.store.pool.connection() as conn:
-            events = conn.execute(query("job_events"), (str(row.id),)).fetchall()
         return jobs_pb2.GetJobEventsResponse(
             events=[
                 jobs_pb2.JobEvent(
-                    event_type=event_type,
-                    occurred_at=timestamp(occurred_at),
-                    version=version,
-                    actor=actor or "",
-                    payload_json=json.dumps(_shown(payload), sort_keys=True),
+                    event_type=event.event_type,
+                    occurred_at=timestamp(event.occurred_at),
+                    version=event.aggregate_version,
+                    actor=event.actor or "",
+                    payload_json=json.dumps(_shown(event.payload), sort_keys=True),
                 )
-                for event_type, occurred_at, version, actor, payload in events
+                for event in fetch_all(self.store.pool, "job_events", (str(row.id),), JobEventRow)
             ]
         )
 
@@ -212,6 +209,15 @@ def _check_owner(who: Caller, row: JobRow, action: str) -> None:
             f"token `{who.name}` may {action} only its own jobs; job {row.id} was submitted by {row.submitted_by} "
             f"(the operate role may {action} any job)"
         )
+
+
+@dataclass(frozen=True)
+class JobEventRow:
+    event_type: str
+    occurred_at: datetime
+    aggregate_version: int
+    actor: str | None
+    payload: dict[str, Any]
 
 
 def _shown(payload: dict[str, Any]) -> dict[str, Any]:

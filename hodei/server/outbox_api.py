@@ -21,8 +21,7 @@ from hodei.errors import InvalidInput, NotFound
 from hodei.server.access import caller
 from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
-from hodei.store.db import fetch_all, translate_errors
-from hodei.store.sql import query
+from hodei.store.db import fetch_all, fetch_column
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,7 @@ class OutboxService(outbox_pb2_grpc.OutboxServiceServicer):
         if len(request.ids) > MAX_IDS:
             raise InvalidInput(f"at most {MAX_IDS} ids at once (or all)")
         ids = [_row_id(text) for text in request.ids]
-        with translate_errors(), self.pool.connection() as conn:
-            redriven = [row[0] for row in conn.execute(query("redrive_dead_letters"), {"all": request.all, "ids": ids})]
+        redriven = fetch_column(self.pool, "redrive_dead_letters", {"all": request.all, "ids": ids})
         missing = sorted(set(ids) - set(redriven))
         if missing and not redriven:
             raise NotFound(f"no dead letter {', '.join(missing)} (see `outbox dead-letters`)")

@@ -26,11 +26,10 @@ from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore
-from hodei.store.db import open_pool, translate_errors
+from hodei.store.db import fetch_value, open_pool
 from hodei.store.instances import HEARTBEAT, ServerInstances
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
-from hodei.store.sql import query
 from hodei.sweeper import Sweeper
 from hodei.tokens import TokenSigner
 
@@ -91,11 +90,10 @@ def dial_environment(config: Config) -> dict[str, str]:
 
 
 def installation_id(store: HodeiStore) -> str:
-    with translate_errors(), store.pool.connection() as conn:
-        row = conn.execute(query("installation_id")).fetchone()
-    if row is None:
+    found = fetch_value(store.pool, "installation_id")
+    if found is None:
         raise RuntimeError("the installation id is missing: run `hodei-server migrate`")
-    return str(row[0])
+    return str(found)
 
 
 class Runtime:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -36,9 +37,8 @@ from hodei.providers.registry import ProviderRegistry
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import translate_errors
+from hodei.store.db import fetch_one
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.store.sql import query
 from hodei.tokens import TokenSigner, new_nonce
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,18 @@ _RESULTS = {
     worker_pb2.JOB_OUTCOME_START_FAILED: JobState.FAILED,
     worker_pb2.JOB_OUTCOME_WORKER_STOPPED: JobState.FAILED,
 }
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """What a worker's stream reads to decide whether to send run-job or cancel."""
+
+    worker_state: str
+    worker_attempt: int
+    job_state: str
+    job_attempt: int
+    spec: dict[str, Any]
+    error_message: str | None
 
 
 def outcome_state(result: worker_pb2.JobResult) -> JobState:
@@ -193,20 +205,18 @@ class WorkerSession:
     def _sync(self) -> bool:
         """Sends run-job or cancel when the database says so. False ends the stream.
         Runs in an I/O thread; what it sends is queued for the stream's task."""
-        with translate_errors(), self.service.store.pool.connection() as conn:
-            row = conn.execute(query("worker_session_state"), (self.worker_id,)).fetchone()
-        if row is None:
+        row = fetch_one(self.service.store.pool, "worker_session_state", (self.worker_id,), SessionState)
+        if row is None or row.worker_state in (WorkerState.TERMINATING, WorkerState.TERMINATED):
             return False
-        worker_state, _, worker_attempt, job_state, job_attempt, spec, error = row
-        if worker_state in (WorkerState.TERMINATING, WorkerState.TERMINATED):
-            return False
-        same_attempt = worker_attempt == job_attempt
-        if worker_state == WorkerState.BUSY and job_state == JobState.ASSIGNED and same_attempt and not self.sent_run:
+        busy = row.worker_state == WorkerState.BUSY
+        same_attempt = row.worker_attempt == row.job_attempt
+        if busy and row.job_state == JobState.ASSIGNED and same_attempt and not self.sent_run:
             self.sent_run = True
-            self._send_run(JobSpec.from_payload(spec))
-        if job_state == JobState.CANCELLED and worker_state == WorkerState.BUSY and not self.sent_cancel:
+            self._send_run(JobSpec.from_payload(row.spec))
+        if row.job_state == JobState.CANCELLED and busy and not self.sent_cancel:
             self.sent_cancel = True
-            self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=error or "")))
+            reason = row.error_message or ""
+            self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=reason)))
         return True
 
     def _send_run(self, spec: JobSpec) -> None:

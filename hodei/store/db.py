@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import orjson
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row
+from psycopg.rows import kwargs_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
@@ -98,16 +98,22 @@ def translate_errors() -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
 
-def fetch_all(pool: ConnectionPool, name: str, params: Any, row: type[T]) -> list[T]:
-    """Runs the named query and returns its rows as ``row`` instances (a dataclass whose
-    fields are the query's columns, in any order)."""
-    with translate_errors(), pool.connection() as conn, conn.cursor(row_factory=class_row(row)) as cur:
+def fetch_all(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> list[T]:
+    """Runs the named query and returns its rows as ``row(**columns)``: a dataclass whose
+    fields are the query's columns, in any order, or a function taking them by name."""
+    with translate_errors(), pool.connection() as conn, conn.cursor(row_factory=kwargs_row(row)) as cur:
         return cur.execute(query(name), params).fetchall()
 
 
-def fetch_one(pool: ConnectionPool, name: str, params: Any, row: type[T]) -> T | None:
+def fetch_one(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> T | None:
     found = fetch_all(pool, name, params, row)
     return found[0] if found else None
+
+
+def fetch_column(pool: ConnectionPool, name: str, params: Any = None) -> list[Any]:
+    """The first column of every row."""
+    with translate_errors(), pool.connection() as conn:
+        return [found[0] for found in conn.execute(query(name), params).fetchall()]
 
 
 def fetch_value(pool: ConnectionPool, name: str, params: Any = None) -> Any:

@@ -371,7 +371,7 @@ LIMIT %(limit)s;
 
 -- name: worker_and_job_states
 -- What the sweeper compares provider observations against, for many workers at once.
-SELECT w.id, w.state, j.state, w.updated_at
+SELECT w.id AS worker_id, w.state AS worker, j.state AS job, w.updated_at AS changed_at
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = ANY(%s::uuid[]);
 
@@ -380,7 +380,8 @@ SELECT id, name, provider_type, status, health, health_message FROM provider_con
 
 -- name: worker_session_state
 -- What a worker's stream needs to decide whether to send run-job or cancel.
-SELECT w.state, w.job_id, w.attempt, j.state, j.attempt, j.spec, j.error_message
+SELECT w.state AS worker_state, w.attempt AS worker_attempt, j.state AS job_state, j.attempt AS job_attempt,
+       j.spec, j.error_message
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = %s;
 
@@ -409,7 +410,7 @@ DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
 -- up): an outage is not the workers' silence. A worker whose attempt is over (its job
 -- ended, or moved on to another attempt) is silent because it is done: its release is
 -- the execution saga's, never a loss.
-SELECT w.id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen
+SELECT w.id AS worker_id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen
 FROM workers w
 JOIN jobs j ON j.id = w.job_id
 LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
@@ -421,7 +422,7 @@ WHERE w.state IN ('READY', 'BUSY')
 -- name: overdue_saga_steps_with_job
 -- Steps past their deadline. One that passed while the sweeper could not hear (an outage)
 -- gets a grace after hearing resumes, for the worker to reconnect and report.
-SELECT st.saga_id, s.correlation_id, st.step_order
+SELECT st.saga_id, s.correlation_id AS job_id, st.step_order
 FROM saga_steps st JOIN sagas s ON s.id = st.saga_id
 WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < now()
   AND (st.deadline_at >= %(hearing_since)s OR %(hearing_since)s < now() - make_interval(secs => %(grace)s))
@@ -532,13 +533,13 @@ SELECT pg_advisory_unlock(7, hashtext(%s));
 -- name: provider_capacity_and_use
 -- The capacity set through the API (NULL: the server's default) and the slots in use:
 -- workers not yet terminated, and admitted jobs that have no such worker yet.
-SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provider_type = %(provider)s),
+SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provider_type = %(provider)s) AS configured,
        (SELECT count(*) FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED')
      + (SELECT count(*) FROM jobs j
         WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
           AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
           AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.job_id = j.id AND w.attempt = j.attempt
-                          AND w.state <> 'TERMINATED'));
+                          AND w.state <> 'TERMINATED')) AS in_use;
 
 -- name: next_in_queue
 SELECT id FROM jobs
