@@ -138,7 +138,7 @@ class Harness:
         self.registry = ProviderRegistry(self.store, {ProviderType.LOCAL: provider}, {})
         self.liveness = Liveness(pool, "test")
         self.signals = Signals(None)
-        deps = SagaDeps(
+        self.deps = deps = SagaDeps(
             store=self.store,
             providers=self.registry,
             signer=TokenSigner(b"k" * 32),

@@ -441,3 +441,31 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
     )
     assert times == [(True,)]
     h.close()
+
+
+def test_a_step_is_a_function_of_the_deps_and_its_input_alone(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    """Steps are top-level functions in each saga's module; the tables bind them to the
+    server's deps, and a test can call one directly."""
+    from uuid import uuid4
+
+    from hodei.domain.job import Job
+    from hodei.domain.saga import SagaType
+    from hodei.errors import InvalidTransition
+    from hodei.sagas import provisioning
+    from hodei.sagas.engine import StepInput
+    from hodei.store.app import Meta
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    step = StepInput(uuid4(), SagaType.PROVISIONING, job_id, 1, {}, 0)
+    chosen = provisioning.select_provider(h.deps, step)
+    assert chosen.output["provider_type"] == "local"
+    assert provisioning.wait_for_slot(h.deps, step) is None  # not admitted: it waits
+    job = h.store.load(Job, job_id)
+    job.cancel("by the test")
+    h.store.write([job], Meta(actor="test", correlation_id=job_id))
+    with pytest.raises(InvalidTransition, match="while it waited in the queue"):
+        provisioning.wait_for_slot(h.deps, step)
+    h.close()

@@ -3,6 +3,7 @@ the result, store the logs, release and destroy the worker."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from hodei.domain.base import HodeiAggregate
@@ -31,88 +32,97 @@ def _left_attempt(job: Job, step: StepInput) -> bool:
     return job.is_terminal or job.attempt != step.attempt
 
 
-def build(deps: SagaDeps) -> SagaDefinition:
-    def persist_logs_of(job: Job) -> list[Job]:
-        if not job.is_terminal or job.log_uri is not None:
-            return []
-        deps.logs.ensure(str(job.id))
-        size_bytes, entries = deps.logs.stats(str(job.id))
-        job.record_logs(deps.logs.uri(str(job.id)), size_bytes, entries)
-        return [job]
+def persist_logs_of(deps: SagaDeps, job: Job) -> list[Job]:
+    if not job.is_terminal or job.log_uri is not None:
+        return []
+    deps.logs.ensure(str(job.id))
+    size_bytes, entries = deps.logs.stats(str(job.id))
+    job.record_logs(deps.logs.uri(str(job.id)), size_bytes, entries)
+    return [job]
 
-    def assign_worker(step: StepInput) -> StepResult:
-        job = deps.job(step.job_id)
-        job.assign(step.context["worker_id"], step.context["provider_id"], step.context["provider_type"])
-        return StepResult({"job_timeout": job.spec.timeout_seconds}, (job,))
 
-    def release_after_failure(step: StepInput) -> dict[str, Any]:
-        deps.destroy(deps.worker(step.context["worker_id"]))
-        return {}
+def assign_worker(deps: SagaDeps, step: StepInput) -> StepResult:
+    job = deps.job(step.job_id)
+    job.assign(step.context["worker_id"], step.context["provider_id"], step.context["provider_type"])
+    return StepResult({"job_timeout": job.spec.timeout_seconds}, (job,))
 
-    def end_job_after_failure(step: StepInput, _: dict[str, Any]) -> list[HodeiAggregate]:
-        changed: list[HodeiAggregate] = [
-            *terminate(deps, step.context["worker_id"], f"execution failed: {step.failure}")
-        ]
-        job = deps.job(step.job_id)
-        if job.attempt != step.attempt:
-            return changed
-        if not job.is_terminal:
-            if step.failed_step == "wait_for_result" and job.state is JobState.RUNNING:
-                job.time_out(f"no result within the job's timeout: {step.failure}")
-            else:
-                job.fail(f"execution failed: {step.failure}")
-        changed.extend(persist_logs_of(job))
+
+def release_after_failure(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
+    deps.destroy(deps.worker(step.context["worker_id"]))
+    return {}
+
+
+def end_job_after_failure(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[HodeiAggregate]:
+    changed: list[HodeiAggregate] = [*terminate(deps, step.context["worker_id"], f"execution failed: {step.failure}")]
+    job = deps.job(step.job_id)
+    if job.attempt != step.attempt:
         return changed
+    if not job.is_terminal:
+        if step.failed_step == "wait_for_result" and job.state is JobState.RUNNING:
+            job.time_out(f"no result within the job's timeout: {step.failure}")
+        else:
+            job.fail(f"execution failed: {step.failure}")
+    changed.extend(persist_logs_of(deps, job))
+    return changed
 
-    def dispatch_job(step: StepInput) -> StepResult:
-        worker = deps.worker(step.context["worker_id"])
-        worker.dispatch(step.job_id)
-        return StepResult(changed=(worker,))
 
-    def wait_for_acceptance(step: StepInput) -> StepResult | None:
-        job = deps.job(step.job_id)
-        if job.state is JobState.RUNNING or _left_attempt(job, step):
-            return StepResult()
-        worker = deps.worker(step.context["worker_id"])
-        if not worker.is_live:
-            raise ProviderError(f"worker {worker.id} was lost before accepting the job: {worker.reason}")
-        return None
+def dispatch_job(deps: SagaDeps, step: StepInput) -> StepResult:
+    worker = deps.worker(step.context["worker_id"])
+    worker.dispatch(step.job_id)
+    return StepResult(changed=(worker,))
 
-    def wait_for_result(step: StepInput) -> StepResult | None:
-        return StepResult() if _left_attempt(deps.job(step.job_id), step) else None
 
-    def persist_logs(step: StepInput) -> StepResult:
-        job = deps.job(step.job_id)
-        if job.attempt != step.attempt:
-            return StepResult()
-        return StepResult(changed=tuple(persist_logs_of(job)))
+def wait_for_acceptance(deps: SagaDeps, step: StepInput) -> StepResult | None:
+    job = deps.job(step.job_id)
+    if job.state is JobState.RUNNING or _left_attempt(job, step):
+        return StepResult()
+    worker = deps.worker(step.context["worker_id"])
+    if not worker.is_live:
+        raise ProviderError(f"worker {worker.id} was lost before accepting the job: {worker.reason}")
+    return None
 
-    def record_released(step: StepInput, _: dict[str, Any]) -> list[HodeiAggregate]:
-        return list(terminate(deps, step.context["worker_id"], "job finished"))
 
+def wait_for_result(deps: SagaDeps, step: StepInput) -> StepResult | None:
+    return StepResult() if _left_attempt(deps.job(step.job_id), step) else None
+
+
+def persist_logs(deps: SagaDeps, step: StepInput) -> StepResult:
+    job = deps.job(step.job_id)
+    if job.attempt != step.attempt:
+        return StepResult()
+    return StepResult(changed=tuple(persist_logs_of(deps, job)))
+
+
+def record_released(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[HodeiAggregate]:
+    return list(terminate(deps, step.context["worker_id"], "job finished"))
+
+
+def build(deps: SagaDeps) -> SagaDefinition:
     return SagaDefinition(
         SagaType.EXECUTION,
         (
             StepDefinition(
                 "assign_worker",
                 StepKind.LOCAL,
-                run=assign_worker,
-                compensation=Effect(release_after_failure, end_job_after_failure),
+                run=partial(assign_worker, deps),
+                compensation=Effect(partial(release_after_failure, deps), partial(end_job_after_failure, deps)),
                 compensate_when_failed=True,
             ),
-            StepDefinition("dispatch_job", StepKind.LOCAL, run=dispatch_job),
-            StepDefinition("wait_for_acceptance", StepKind.WAIT, run=wait_for_acceptance, timeout=ACCEPTANCE_TIMEOUT),
+            StepDefinition("dispatch_job", StepKind.LOCAL, run=partial(dispatch_job, deps)),
+            StepDefinition(
+                "wait_for_acceptance", StepKind.WAIT, run=partial(wait_for_acceptance, deps), timeout=ACCEPTANCE_TIMEOUT
+            ),
             StepDefinition(
                 "wait_for_result",
                 StepKind.WAIT,
-                run=wait_for_result,
+                run=partial(wait_for_result, deps),
                 timeout=lambda context: float(context["job_timeout"]) + deps.timing.kill_grace + RESULT_MARGIN,
             ),
-            StepDefinition("persist_logs", StepKind.LOCAL, run=persist_logs),
+            StepDefinition("persist_logs", StepKind.LOCAL, run=partial(persist_logs, deps)),
             StepDefinition(
                 "release_worker",
                 StepKind.ACTION,
-                effect=Effect(release_after_failure, record_released),
+                effect=Effect(partial(release_after_failure, deps), partial(record_released, deps)),
                 timeout=60.0,
                 retry=RetryPolicy(max_retries=3),
             ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from hodei.domain.job import Job
@@ -59,134 +60,141 @@ def start_failure(deps: SagaDeps, step: StepInput, what: str) -> str:
     return f"{what}; it was told to dial {dialled} (HODEI_SERVER_HOST); its last output: {shown}"
 
 
-def build(deps: SagaDeps) -> SagaDefinition:
-    def select_provider(step: StepInput) -> StepResult:
-        job = deps.job(step.job_id)
-        if job.is_terminal:
-            raise InvalidTransition(f"job {job.id} already ended {job.state}")
-        provider_type = deps.providers.select(job.spec.provider)
-        provider_id = str(PROVIDER_IDS[provider_type])
-        job.select_provider(provider_id, provider_type.value)
-        output = {
-            "provider_id": provider_id,
-            "provider_type": provider_type.value,
-            "queue_timeout": job.spec.queue_timeout_seconds,
-        }
-        return StepResult(output, (job,))
+def select_provider(deps: SagaDeps, step: StepInput) -> StepResult:
+    job = deps.job(step.job_id)
+    if job.is_terminal:
+        raise InvalidTransition(f"job {job.id} already ended {job.state}")
+    provider_type = deps.providers.select(job.spec.provider)
+    provider_id = str(PROVIDER_IDS[provider_type])
+    job.select_provider(provider_id, provider_type.value)
+    output = {
+        "provider_id": provider_id,
+        "provider_type": provider_type.value,
+        "queue_timeout": job.spec.queue_timeout_seconds,
+    }
+    return StepResult(output, (job,))
 
-    def wait_for_slot(step: StepInput) -> StepResult | None:
-        """Waits in the provider's queue until the job is admitted (hodei.admission)."""
-        job = deps.job(step.job_id)
-        if job.is_terminal:
-            raise InvalidTransition(f"job {job.id} ended {job.state} while it waited in the queue")
-        if job.attempt != step.attempt or job.admitted:
-            return StepResult()
-        return None
 
-    def fail_job(step: StepInput, _: dict[str, Any]) -> list[Job]:
-        job = deps.job(step.job_id)
-        if job.is_terminal or job.attempt != step.attempt:
-            return []
-        job.fail(f"provisioning failed: {step.failure}")
-        return [job]
+def wait_for_slot(deps: SagaDeps, step: StepInput) -> StepResult | None:
+    """Waits in the provider's queue until the job is admitted (hodei.admission)."""
+    job = deps.job(step.job_id)
+    if job.is_terminal:
+        raise InvalidTransition(f"job {job.id} ended {job.state} while it waited in the queue")
+    if job.attempt != step.attempt or job.admitted:
+        return StepResult()
+    return None
 
-    def register_worker(step: StepInput) -> StepResult:
-        worker_id = Worker.create_id(step.job_id, step.attempt)
-        if deps.store.find(Worker, worker_id) is not None:
-            return StepResult({"worker_id": str(worker_id)})
-        worker = Worker(
+
+def fail_job(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[Job]:
+    job = deps.job(step.job_id)
+    if job.is_terminal or job.attempt != step.attempt:
+        return []
+    job.fail(f"provisioning failed: {step.failure}")
+    return [job]
+
+
+def register_worker(deps: SagaDeps, step: StepInput) -> StepResult:
+    worker_id = Worker.create_id(step.job_id, step.attempt)
+    if deps.store.find(Worker, worker_id) is not None:
+        return StepResult({"worker_id": str(worker_id)})
+    worker = Worker(
+        job_id=step.job_id,
+        attempt=step.attempt,
+        provider_id=step.context["provider_id"],
+        provider_type=step.context["provider_type"],
+        token_nonce=new_nonce(),
+        token_expires_at=(deps.clock() + timedelta(seconds=deps.timing.token_ttl)).isoformat(),
+    )
+    return StepResult({"worker_id": str(worker.id)}, (worker,))
+
+
+def destroy_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
+    worker = deps.worker(step.context["worker_id"])
+    keep = deps.timing.keep_failed_workers
+    if keep > 0 and deps.providers.get(ProviderType(worker.provider_type)).inspectable:
+        # The reconciler removes it once the keep time has passed.
+        log.warning("keeping worker %s of job %s for %gs for inspection", worker.id, worker.job_id, keep)
+        deps.forget_worker(worker.id)
+    else:
+        deps.destroy(worker)
+    return {}
+
+
+def record_destroyed(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[Worker]:
+    return terminate(deps, step.context["worker_id"], f"provisioning failed: {step.failure}")
+
+
+def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
+    worker = deps.worker(step.context["worker_id"])
+    job = deps.job(step.job_id)
+    provider = deps.providers.get(ProviderType(worker.provider_type))
+    resource_id = provider.create_worker(
+        WorkerLaunch(
+            worker_id=str(worker.id),
             job_id=step.job_id,
-            attempt=step.attempt,
-            provider_id=step.context["provider_id"],
-            provider_type=step.context["provider_type"],
-            token_nonce=new_nonce(),
-            token_expires_at=(deps.clock() + timedelta(seconds=deps.timing.token_ttl)).isoformat(),
+            env=agent_environment(deps, worker, deps.timing.kill_grace),
+            cpu_cores=job.spec.resources.cpu_cores,
+            memory_bytes=job.spec.resources.memory_bytes,
+            timeout_seconds=job.spec.timeout_seconds,
+            labels=job.spec.labels,
         )
-        return StepResult({"worker_id": str(worker.id)}, (worker,))
+    )
+    return {"resource_id": resource_id}
 
-    def destroy_worker(step: StepInput) -> dict[str, Any]:
-        worker = deps.worker(step.context["worker_id"])
-        keep = deps.timing.keep_failed_workers
-        if keep > 0 and deps.providers.get(ProviderType(worker.provider_type)).inspectable:
-            # The reconciler removes it once the keep time has passed.
-            log.warning("keeping worker %s of job %s for %gs for inspection", worker.id, worker.job_id, keep)
-            deps.forget_worker(worker.id)
-        else:
-            deps.destroy(worker)
-        return {}
 
-    def record_destroyed(step: StepInput, _: dict[str, Any]) -> list[Worker]:
-        return terminate(deps, step.context["worker_id"], f"provisioning failed: {step.failure}")
+def record_resource(deps: SagaDeps, step: StepInput, output: dict[str, Any]) -> list[Worker]:
+    worker = deps.worker(step.context["worker_id"])
+    worker.record_resource(output["resource_id"])
+    return [worker]
 
-    def create_worker(step: StepInput) -> dict[str, Any]:
-        worker = deps.worker(step.context["worker_id"])
-        job = deps.job(step.job_id)
-        provider = deps.providers.get(ProviderType(worker.provider_type))
-        resource_id = provider.create_worker(
-            WorkerLaunch(
-                worker_id=str(worker.id),
-                job_id=step.job_id,
-                env=agent_environment(deps, worker, deps.timing.kill_grace),
-                cpu_cores=job.spec.resources.cpu_cores,
-                memory_bytes=job.spec.resources.memory_bytes,
-                timeout_seconds=job.spec.timeout_seconds,
-                labels=job.spec.labels,
-            )
-        )
-        return {"resource_id": resource_id}
 
-    def record_resource(step: StepInput, output: dict[str, Any]) -> list[Worker]:
-        worker = deps.worker(step.context["worker_id"])
-        worker.record_resource(output["resource_id"])
-        return [worker]
+def wait_for_registration(deps: SagaDeps, step: StepInput) -> StepResult | None:
+    worker = deps.worker(step.context["worker_id"])
+    if worker.state in (WorkerState.READY, WorkerState.BUSY):
+        return StepResult()
+    if not worker.is_live:
+        raise ProviderError(start_failure(deps, step, f"worker {worker.id} failed before registering: {worker.reason}"))
+    job = deps.job(step.job_id)
+    if job.is_terminal:
+        raise InvalidTransition(f"job {job.id} ended {job.state} while its worker was starting")
+    return None
 
-    def wait_for_registration(step: StepInput) -> StepResult | None:
-        worker = deps.worker(step.context["worker_id"])
-        if worker.state in (WorkerState.READY, WorkerState.BUSY):
-            return StepResult()
-        if not worker.is_live:
-            raise ProviderError(
-                start_failure(deps, step, f"worker {worker.id} failed before registering: {worker.reason}")
-            )
-        job = deps.job(step.job_id)
-        if job.is_terminal:
-            raise InvalidTransition(f"job {job.id} ended {job.state} while its worker was starting")
-        return None
 
+def build(deps: SagaDeps) -> SagaDefinition:
     return SagaDefinition(
         SagaType.PROVISIONING,
         (
             StepDefinition(
                 "select_provider",
                 StepKind.LOCAL,
-                run=select_provider,
-                compensation=Effect(lambda _: {}, fail_job),
+                run=partial(select_provider, deps),
+                compensation=Effect(lambda _: {}, partial(fail_job, deps)),
                 compensate_when_failed=True,
             ),
             StepDefinition(
                 "wait_for_slot",
                 StepKind.WAIT,
-                run=wait_for_slot,
+                run=partial(wait_for_slot, deps),
                 timeout=lambda context: float(context.get("queue_timeout") or "inf"),
                 expired="waited in the queue past its queue timeout: deadline",
             ),
             StepDefinition(
                 "register_worker",
                 StepKind.LOCAL,
-                run=register_worker,
-                compensation=Effect(destroy_worker, record_destroyed),
+                run=partial(register_worker, deps),
+                compensation=Effect(partial(destroy_worker, deps), partial(record_destroyed, deps)),
             ),
             StepDefinition(
                 "create_worker",
                 StepKind.ACTION,
-                effect=Effect(create_worker, record_resource),
+                effect=Effect(partial(create_worker, deps), partial(record_resource, deps)),
                 timeout=90.0,
                 retry=RetryPolicy(max_retries=2),
             ),
             StepDefinition(
                 "wait_for_registration",
                 StepKind.WAIT,
-                run=wait_for_registration,
+                run=partial(wait_for_registration, deps),
                 timeout=deps.timing.registration_timeout,
                 expired=lambda step: (
                     start_failure(

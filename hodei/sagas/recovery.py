@@ -5,6 +5,7 @@ container or pod may still run."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from hodei.domain.job import Job
@@ -22,57 +23,61 @@ from hodei.sagas.engine import (
 )
 
 
+def confirm_worker_lost(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
+    worker = deps.worker(step.context["worker_id"])
+    provider = deps.providers.get(ProviderType(worker.provider_type))
+    seen = next((o for o in provider.observe() if o.worker_id == str(worker.id)), None)
+    if seen is None:
+        evidence = "its resource is gone"
+    elif seen.failure:
+        evidence = seen.failure
+    else:
+        evidence = "its resource still runs but it stopped reporting"
+    return {"evidence": evidence, "lost_reason": worker.reason or "lost"}
+
+
+def fail_or_requeue(deps: SagaDeps, step: StepInput) -> StepResult:
+    job = deps.store.load(Job, step.job_id)
+    if job.is_terminal or job.attempt != step.attempt:
+        return StepResult()
+    context = step.context
+    reason = f"worker {context['worker_id']} was lost ({context['lost_reason']}; {context['evidence']})"
+    if job.can_retry:
+        job.requeue(reason)
+        decision = "requeued"
+    else:
+        job.fail(reason)
+        decision = "failed"
+    return StepResult({"decision": decision}, (job,))
+
+
+def destroy_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
+    deps.destroy(deps.worker(step.context["worker_id"]))
+    return {}
+
+
+def record_destroyed(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[Any]:
+    return terminate(deps, step.context["worker_id"], "worker lost")
+
+
 def build(deps: SagaDeps) -> SagaDefinition:
-    def confirm_worker_lost(step: StepInput) -> dict[str, Any]:
-        worker = deps.worker(step.context["worker_id"])
-        provider = deps.providers.get(ProviderType(worker.provider_type))
-        seen = next((o for o in provider.observe() if o.worker_id == str(worker.id)), None)
-        if seen is None:
-            evidence = "its resource is gone"
-        elif seen.failure:
-            evidence = seen.failure
-        else:
-            evidence = "its resource still runs but it stopped reporting"
-        return {"evidence": evidence, "lost_reason": worker.reason or "lost"}
-
-    def fail_or_requeue(step: StepInput) -> StepResult:
-        job = deps.store.load(Job, step.job_id)
-        if job.is_terminal or job.attempt != step.attempt:
-            return StepResult()
-        context = step.context
-        reason = f"worker {context['worker_id']} was lost ({context['lost_reason']}; {context['evidence']})"
-        if job.can_retry:
-            job.requeue(reason)
-            decision = "requeued"
-        else:
-            job.fail(reason)
-            decision = "failed"
-        return StepResult({"decision": decision}, (job,))
-
-    def destroy_worker(step: StepInput) -> dict[str, Any]:
-        deps.destroy(deps.worker(step.context["worker_id"]))
-        return {}
-
-    def record_destroyed(step: StepInput, _: dict[str, Any]) -> list[Any]:
-        return terminate(deps, step.context["worker_id"], "worker lost")
-
     return SagaDefinition(
         SagaType.RECOVERY,
         (
             StepDefinition(
                 "confirm_worker_lost",
                 StepKind.ACTION,
-                effect=Effect(confirm_worker_lost),
+                effect=Effect(partial(confirm_worker_lost, deps)),
                 timeout=30.0,
                 retry=RetryPolicy(max_retries=2),
             ),
             StepDefinition(
                 "destroy_worker",
                 StepKind.ACTION,
-                effect=Effect(destroy_worker, record_destroyed),
+                effect=Effect(partial(destroy_worker, deps), partial(record_destroyed, deps)),
                 timeout=60.0,
                 retry=RetryPolicy(max_retries=3),
             ),
-            StepDefinition("fail_or_requeue_job", StepKind.LOCAL, run=fail_or_requeue),
+            StepDefinition("fail_or_requeue_job", StepKind.LOCAL, run=partial(fail_or_requeue, deps)),
         ),
     )
