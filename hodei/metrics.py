@@ -8,8 +8,8 @@ expects of counters. Gauges are read when scraped: the outbox from the database,
 health from the providers' recorded probes, connected workers from this process.
 
 Durations pair an event with the one that began what it ends (StepStarted with its
-StepCompleted, JobCreated with the job's end; a StepRan carries its own start). Where the beginning was delivered to
-another server, it is read from the read models instead.
+StepCompleted, JobCreated with the job's end; a StepRan carries its own start). Where
+the beginning was delivered to another server, it is read from the read models instead.
 """
 
 from __future__ import annotations

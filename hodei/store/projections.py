@@ -64,11 +64,17 @@ class Statements:
         self._rows.append(params)
 
     def flush(self) -> None:
-        if len(self._rows) == 1:
-            self._cur.execute(query(self._name), self._rows[0])
-        elif self._rows:
-            self._cur.executemany(query(self._name), self._rows)
+        if self._rows:
+            _send(self._cur, self._name, self._rows)
         self._rows = []
+
+
+def _send(cur: Cursor[Any], name: str, rows: list[dict[str, Any]]) -> None:
+    """One statement's rows: alone, or as one ``executemany``."""
+    if len(rows) == 1:
+        cur.execute(query(name), rows[0])
+    else:
+        cur.executemany(query(name), rows)
 
 
 class Waves:
@@ -77,16 +83,16 @@ class Waves:
     several times a row of an ``executemany``. Every projection statement touches only
     its own aggregate's rows (and rows that reference them), so only the order within
     one aggregate matters: wave n holds each aggregate's n-th statement, waves go out in
-    order, and within a wave each kind is one ``executemany``."""
+    order, and within a wave each kind is one ``executemany``. The aggregate is every
+    statement's ``id`` parameter (``_base``)."""
 
     def __init__(self) -> None:
-        self.aggregate = ""
         self._waves: list[dict[str, list[dict[str, Any]]]] = []
         self._sent: dict[str, int] = {}
 
     def run(self, name: str, params: dict[str, Any]) -> None:
-        wave = self._sent.get(self.aggregate, 0)
-        self._sent[self.aggregate] = wave + 1
+        wave = self._sent.get(params["id"], 0)
+        self._sent[params["id"]] = wave + 1
         if wave == len(self._waves):
             self._waves.append({})
         self._waves[wave].setdefault(name, []).append(params)
@@ -94,10 +100,7 @@ class Waves:
     def send(self, cur: Cursor[Any]) -> None:
         for wave in self._waves:
             for name, rows in wave.items():
-                if len(rows) == 1:
-                    cur.execute(query(name), rows[0])
-                else:
-                    cur.executemany(query(name), rows)
+                _send(cur, name, rows)
 
 
 # Jobs ---------------------------------------------------------------------------
@@ -432,7 +435,7 @@ PROJECTORS: dict[str, Projector] = {
 }
 
 
-def _project_into(sink: Sink, events: Iterable[EventRecord], waves: Waves | None = None) -> list[dict[str, Any]]:
+def _project_into(sink: Sink, events: Iterable[EventRecord]) -> list[dict[str, Any]]:
     """Runs each event's projector into ``sink``; the audit rows, for the caller to add last."""
     audits = []
     for stored in events:
@@ -441,8 +444,6 @@ def _project_into(sink: Sink, events: Iterable[EventRecord], waves: Waves | None
         except KeyError:
             raise KeyError(f"no projection for event type {stored.event_type}; add one to PROJECTORS") from None
         event = current(stored)
-        if waves is not None:
-            waves.aggregate = event.aggregate_id
         projector(sink, event)
         if event.event_type in _AUDITED:
             audits.extend(_audits(event))
@@ -465,7 +466,7 @@ def project_page(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
     (the live write path keeps event order: its few statements gain nothing, and the
     order in which concurrent writers lock read-model rows stays what it was)."""
     waves = Waves()
-    audits = _project_into(waves, events, waves)
+    audits = _project_into(waves, events)
     with cursor.connection.pipeline():
         waves.send(cursor)
     with cursor.copy(query("copy_saga_audit")) as copy:
