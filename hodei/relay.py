@@ -35,6 +35,17 @@ from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
 
+# The connections that claim and acknowledge rows in bulk:
+# - commit without waiting for the disk: a claim lost in a crash leaves the row due
+#   again, and a lost acknowledgement means one more delivery, which handlers tolerate.
+#   Half the latency of a durable commit.
+# - plan with index scans only. An outbox is a queue whose statistics are always stale
+#   (it empties as fast as it fills, and a young event log grows faster than autovacuum
+#   looks at it): planned from them, a claim read both tables whole, 4-15 ms a claim in
+#   a 200-job burst, growing with the log. Nor bitmap scans: they visit every dead
+#   index entry of the rows already handled, which plain index scans learn to skip.
+#   Index scans only: about 1 ms a claim under the same load.
+CLAIM_SETTINGS = {"synchronous_commit": "off", "enable_seqscan": "off", "enable_bitmapscan": "off"}
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=30.0, exp_base=2, jitter=0.5)
 
 
@@ -139,11 +150,8 @@ class Relay:
         self.claimer = claimer
         self.signals = signals
         self.counters = RelayCounters()
-        # Claims and bulk acknowledgements commit without waiting for the disk: a claim
-        # lost in a crash leaves the row due again, and a lost acknowledgement means one
-        # more delivery, which handlers tolerate. Half the latency of a durable commit.
         self._claims = open_pool(
-            str(pool.conninfo), min_size=1, max_size=2, name=f"hodei-claims-{claimer}", synchronous_commit=False
+            str(pool.conninfo), min_size=1, max_size=2, name=f"hodei-claims-{claimer}", settings=CLAIM_SETTINGS
         )
         self._handlers = _OldestFirst(config.threads)
         self._lock = threading.Condition()

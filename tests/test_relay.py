@@ -4,6 +4,7 @@ NOTIFY wake-ups with polling as the guarantee."""
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from psycopg_pool import ConnectionPool
 from hodei.config import RelayConfig
 from hodei.domain.job import Job
 from hodei.domain.spec import JobSpec
-from hodei.relay import Delivery, Relay, Route, backoff_seconds
+from hodei.relay import CLAIM_SETTINGS, Delivery, Relay, Route, backoff_seconds
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import open_pool
+from hodei.store.sql import query as query_text
 from hodei.testing import eventually, query
 
 CONFIG = RelayConfig(batch_size=50, poll_interval=0.05, lease_seconds=30, max_attempts=3, threads=4)
@@ -178,6 +181,29 @@ def test_older_jobs_rows_are_claimed_before_later_jobs_rows(store: HodeiStore, p
         assert [d.event.aggregate_id for d in relay.claim(2)] == [str(later.id)]
     finally:
         relay.close()
+
+
+def test_claims_are_planned_with_index_scans_whatever_the_statistics(store: HodeiStore, pool: ConnectionPool) -> None:
+    """A young outbox has the statistics of an empty table: planned from them, a claim
+    reads the outbox and the event log whole, and goes on doing so as they grow. The
+    relay's claim connections plan it with index scans alone."""
+    write_jobs(store, aggregates=3, events_each=2)
+    params = {"limit": 10, "window": 2000, "claimer": "r", "lease": 30}
+
+    def plan(settings: dict[str, str] | None) -> str:
+        claims = open_pool(str(pool.conninfo), max_size=1, settings=settings)
+        try:
+            with claims.connection() as conn:
+                row = conn.execute("EXPLAIN (FORMAT JSON) " + query_text("claim_outbox_rows"), params).fetchone()
+        finally:
+            claims.close()
+        assert row is not None
+        return json.dumps(row[0])
+
+    assert "Seq Scan" in plan(None)  # what the statistics alone lead to
+    relays = plan(CLAIM_SETTINGS)
+    assert "Seq Scan" not in relays and "Bitmap" not in relays
+    assert '"Index Name": "idx_outbox_events_open"' in relays and '"Index Name": "domain_events_pkey"' in relays
 
 
 def test_a_save_for_a_row_whose_lease_was_lost_is_rolled_back(store: HodeiStore, pool: ConnectionPool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -378,8 +379,8 @@ def test_sagas_begun_by_an_older_server_are_carried_on(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:
     """Older servers committed a saga's SagaStarted alone and started EXECUTION in the
-    delivery of PROVISIONING's SagaCompleted; now both happen in the transaction before.
-    A log written the old way still runs to the end."""
+    delivery of PROVISIONING's SagaCompleted (which had no `then`); now both happen in the
+    transaction before. A log written the old way still runs to the end."""
     from dataclasses import replace
 
     from hodei.domain.saga import Saga, SagaType
@@ -393,8 +394,17 @@ def test_sagas_begun_by_an_older_server_are_carried_on(
     h.store.write([begun], Meta(actor="test", correlation_id=job_id))
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED")])
     assert job_row(fresh_database_url, job_id)[0] == "PENDING"  # no EXECUTION: its start was left to the delivery
+    # The SagaCompleted as an older server wrote it (the log's guard set aside), delivered again.
     h.engine.definitions = {**h.engine.definitions, SagaType.PROVISIONING: provisioning}
-    h.engine.follow(h.store.load(Saga, begun.id), None)
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE domain_events DISABLE TRIGGER domain_events_append_only")
+        conn.execute(
+            "WITH e AS (UPDATE domain_events SET payload = payload - 'then' WHERE aggregate_id = %s "
+            "AND event_type = 'SagaCompleted' RETURNING id) "
+            "UPDATE outbox_events SET status = 'PENDING', claimed_by = NULL WHERE id = (SELECT id FROM e)",
+            (str(begun.id),),
+        )
+        conn.execute("ALTER TABLE domain_events ENABLE TRIGGER domain_events_append_only")
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED"), ("EXECUTION", "COMPLETED")])
     assert job_row(fresh_database_url, job_id)[0] == "SUCCEEDED"
     h.close()
@@ -408,7 +418,8 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
     h.run(lambda: job_row(fresh_database_url, job_id)[0] == "SUCCEEDED" and "destroy" in " ".join(effects.lines()))
     written = query(
         fresh_database_url,
-        "SELECT e.xmin::text, e.event_type, coalesce(e.payload->>'step_name', e.payload->>'saga_type', '') "
+        "SELECT e.xmin::text, e.event_type, "
+        "coalesce(e.payload->>'step_name', e.payload->>'saga_type', e.payload->>'then', '') "
         "FROM domain_events e WHERE e.correlation_id = %s ORDER BY e.position",
         (job_id,),
     )
@@ -422,7 +433,7 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
         ("StepRan", "select_provider"),
         ("StepStarted", "wait_for_slot"),
     ]
-    (completing,) = [g for g in groups if ("SagaCompleted", "") in g and ("SagaStarted", "EXECUTION") in g]
+    (completing,) = [g for g in groups if ("SagaCompleted", "EXECUTION") in g and ("SagaStarted", "EXECUTION") in g]
     assert ("StepRan", "dispatch_job") in completing  # EXECUTION's LOCAL steps ran there too
     # The audit trail and the steps' times read as if it had been two events.
     trail = audit(fresh_database_url, job_id, "EXECUTION")

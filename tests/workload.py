@@ -195,7 +195,7 @@ class Workload:
             retrying = next((s for s in saga.steps if s.state is StepState.FAILED), None)
             step = retrying or saga.next_step
             if step is None:
-                saga.complete()
+                saga.complete(then=None)
             else:
                 saga.start_step(step.order, deadline)
         return [saga]

@@ -176,10 +176,12 @@ class Saga(HodeiAggregate):
         step = self._require_compensating(order)
         self._compensation_failed(step_name=step.name, step_order=order, error=error)
 
-    def complete(self) -> None:
+    def complete(self, then: str | None) -> None:
+        """``then``: the saga started in the same transaction to follow this one, if any
+        (recorded so that the delivery of SagaCompleted knows it has nothing to start)."""
         if self.state is not SagaState.IN_PROGRESS or self.next_step or self.active_step:
             raise InvalidTransition(f"saga {self.id} cannot complete: it is {self.state} with steps left")
-        self._completed()
+        self._completed(then=then)
 
     def fail(self, reason: str) -> None:
         if self.is_finished:
@@ -251,7 +253,7 @@ class Saga(HodeiAggregate):
         self.failure = f"{self.failure or 'saga failed'}; compensation of {step_name} failed: {error}"
 
     @event("SagaCompleted")
-    def _completed(self) -> None:
+    def _completed(self, then: str | None = None) -> None:  # None also for events of older servers
         self.state = SagaState.COMPLETED
 
     @event("SagaFailed")

@@ -253,8 +253,8 @@ class SagaEngine:
         return saga_id
 
     def follow(self, saga: Saga, ack: Ack | None) -> None:
-        """Starts the follower of a completed saga, unless the transaction that completed
-        it did (a saga completed by an older server, which left that to this delivery)."""
+        """Starts the follower of a saga an older server completed: it left that to the
+        delivery of SagaCompleted (starting a saga that exists is a no-op)."""
         then = self.definitions[saga.saga_type].then
         if then is not None:
             self.start(then, saga.correlation_id, saga.attempt, saga.context, ack)
@@ -415,7 +415,7 @@ class SagaEngine:
                 continue
             pending = saga.next_step
             if pending is None:
-                saga.complete()
+                saga.complete(then=definition.then.value if definition.then else None)
                 self._start_follower(work)
                 return
             if not self._begin(work, pending, definition.steps[pending.order]):

@@ -3,9 +3,10 @@
 JobCreated                  -> start PROVISIONING (attempt 1)
 JobProviderSelected, WorkerTerminated, a job's end or requeue
                             -> admit queued jobs of that provider (hodei.admission)
-SagaCompleted (provisioning)-> start EXECUTION with the provisioning context, unless the
-                               transaction that completed it did (it does, since
-                               SagaDefinition.then; older servers left it to this delivery)
+SagaCompleted (provisioning)-> nothing: the transaction that completed it started EXECUTION
+                               (SagaDefinition.then; its payload's `then` says so). A
+                               SagaCompleted without `then` was written by an older server,
+                               which left the start to this delivery: start it now.
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
 saga events that need a move (SagaStarted of a saga that has not moved since,
@@ -85,7 +86,8 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, started)
 
     def saga_completed(delivery: Delivery) -> None:
-        engine.follow(store.load(Saga, delivery.event.aggregate_id), delivery.ack)
+        if "then" not in delivery.event.payload:
+            engine.follow(store.load(Saga, delivery.event.aggregate_id), delivery.ack)
 
     def abandon(delivery: Delivery, error: str) -> None:
         engine.abort(UUID(delivery.event.aggregate_id), _job_id(delivery), f"delivery failed for good: {error}")

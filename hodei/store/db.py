@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -54,12 +54,18 @@ def _configure(conn: psycopg.Connection[object]) -> None:
 
 
 def open_pool(
-    url: str, *, min_size: int = 1, max_size: int = 20, name: str = "hodei", synchronous_commit: bool = True
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 20,
+    name: str = "hodei",
+    settings: Mapping[str, str] | None = None,
 ) -> ConnectionPool:
-    """Opens a pool and waits until one connection works, so a wrong URL fails here."""
+    """Opens a pool and waits until one connection works, so a wrong URL fails here.
+    ``settings``: PostgreSQL settings of every connection of the pool."""
     kwargs: dict[str, object] = {"application_name": name, "prepare_threshold": 0}
-    if not synchronous_commit:
-        kwargs["options"] = "-c synchronous_commit=off"
+    if settings:
+        kwargs["options"] = " ".join(f"-c {key}={value}" for key, value in settings.items())
     pool: ConnectionPool = ConnectionPool(
         url,
         min_size=min_size,

@@ -264,7 +264,7 @@ def _audit(event: EventRecord) -> dict[str, Any]:
         event_type=event.event_type,
         step_name=event.payload.get("step_name"),
         message=_audit_message(event),
-        payload=Jsonb(event.payload),
+        payload=event.payload,
     )
 
 
@@ -451,14 +451,14 @@ def _project_into(sink: Sink, events: Iterable[EventRecord]) -> list[dict[str, A
 
 
 def project_all(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
-    """Projects events in order. Their audit rows go last, in one ``executemany`` (each
-    row only references its saga, written by then): a third fewer statements."""
+    """Projects events in order. Their audit rows go last, in one statement (each row
+    only references its saga, written by then): a pipelined statement costs the client
+    about as much as the database, and a job's transactions carry 27 audit rows."""
     cur = Statements(cursor)
     audits = _project_into(cur, events)
     cur.flush()
-    for audit in audits:
-        cur.run("project_saga_audit", audit)
-    cur.flush()
+    if audits:
+        cursor.execute(query("project_saga_audits"), (Jsonb(audits),))
 
 
 def project_page(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
@@ -471,7 +471,7 @@ def project_page(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
         waves.send(cursor)
     with cursor.copy(query("copy_saga_audit")) as copy:
         for audit in audits:
-            copy.write_row([audit[column] for column in _AUDIT_COLUMNS])
+            copy.write_row([Jsonb(audit[c]) if c == "payload" else audit[c] for c in _AUDIT_COLUMNS])
 
 
 def project(cursor: Cursor[Any], event: EventRecord) -> None:

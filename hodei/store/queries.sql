@@ -205,9 +205,12 @@ WHERE saga_id = %(id)s AND step_order = %(step_order)s;
 UPDATE saga_steps SET state = 'COMPENSATING', updated_at = %(at)s
 WHERE saga_id = %(id)s AND step_order = %(step_order)s;
 
--- name: project_saga_audit
+-- name: project_saga_audits
+-- A transaction's audit rows in one statement, from one jsonb array (as the events are).
 INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
-VALUES (%(event_id)s, %(id)s, %(event_type)s, %(step_name)s, %(message)s, %(payload)s, %(at)s);
+SELECT event_id, id, event_type, step_name, message, payload, at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    event_id uuid, id uuid, event_type varchar, step_name varchar, message text, payload jsonb, at timestamptz);
 
 -- name: copy_saga_audit
 -- Replay's audit rows, a page at a time: COPY costs the client a fraction of an INSERT a row.
