@@ -4,7 +4,10 @@ whole control plane runs as for real jobs (sagas, admission, streams, logs)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +85,54 @@ def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess)
     assert most <= 20
     provider = json.loads(server.cli("provider", "get", "sim", "-o", "json", check=True).stdout)[0]
     assert (provider["max_workers"], provider["initialised"], provider["health"]) == (20, True, "HEALTHY")
+
+
+def fleet_of(server: ServerProcess) -> int | None:
+    """The pid of the server's simulated fleet process, if it runs."""
+    assert server.process is not None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == server.process.pid and b"hodei.providers.sim" in command:
+            return int(stat.parent.name)
+    return None
+
+
+def test_the_fleet_runs_apart_and_a_killed_fleet_loses_only_its_own_workers(server: ServerProcess) -> None:
+    """The simulated workers run in a process of the server's own. Killing it loses the
+    jobs it was running, as lost workers; the next job starts a new one."""
+    code, out, _ = sim(server, "HODEI_SIM_SECONDS=600")
+    assert code == 0
+    job_id = out.strip()
+    eventually(
+        lambda: query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30
+    )
+    fleet = fleet_of(server)
+    assert fleet is not None
+    os.kill(fleet, signal.SIGKILL)
+    wait_settled(server.database_url, job_id, 60)
+    ((state, error),) = query(server.database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))
+    assert state == "FAILED" and "the simulated fleet process exited with code -9" in error, error
+    code, _, err = sim(server, "HODEI_SIM_EXIT_CODE=0", "--wait")
+    assert code == 0, err
+    assert fleet_of(server) not in (None, fleet)
+
+
+def test_the_fleet_ends_with_a_killed_server(fresh_database_url: str, tmp_path: Path) -> None:
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:  # alone on its database
+        assert sim(server, "HODEI_SIM_SECONDS=600")[0] == 0
+        fleet = eventually(lambda: fleet_of(server), 30)
+        server.kill()
+        eventually(lambda: not alive(fleet), 30, what="the fleet process to end")
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

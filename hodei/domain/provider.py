@@ -30,7 +30,7 @@ class ProviderType(StrEnum):
     DOCKER = "docker"
     KUBERNETES = "kubernetes"
     LOCAL = "local"
-    # A simulated fleet inside the server process (hodei/providers/sim.py).
+    # A simulated fleet, in one process the server starts (hodei/providers/sim.py).
     SIM = "sim"
 
 

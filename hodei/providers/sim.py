@@ -1,10 +1,11 @@
 """The ``sim`` provider: a simulated fleet, for load tests and capacity planning.
 
-Its workers are coroutines in the server's process, not processes or containers. Each
-registers with its single-use credential, opens a real gRPC stream to a server,
-acknowledges its job, waits the job's ``HODEI_SIM_SECONDS`` (default 0), sends
-``HODEI_SIM_LINES`` lines of output (default 0) and reports ``HODEI_SIM_EXIT_CODE``
-(default 0) — all read from the job's own ``--env``. Everything but the start of a
+Its workers are coroutines in one process of their own, which the server starts and
+which ends with it — not a process or a container each. Each registers with its
+single-use credential, opens a real gRPC stream to a server, acknowledges its job,
+waits the job's ``HODEI_SIM_SECONDS`` (default 0), sends ``HODEI_SIM_LINES`` lines of
+output (default 0) and reports ``HODEI_SIM_EXIT_CODE`` (default 0) — all read from the
+job's own ``--env``. Everything but the start of a
 process runs for real: sagas, admission, the outbox, streams, logs, heartbeats.
 Simulated workers live as long as the server process; after a restart their jobs are
 recovered like those of any lost worker.
@@ -13,17 +14,22 @@ recovered like those of any lost worker.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import grpc
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei.domain.provider import ProviderType
-from hodei.errors import InvalidInput
+from hodei.errors import InvalidInput, ProviderError
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
 
 # Lines per log batch: far below the server's batch limits.
@@ -178,65 +184,153 @@ class SimWorker:
 
 
 @dataclass
-class _Running:
+class _Sim:
     job_id: str
-    future: concurrent.futures.Future[None]
+    # The fleet process running it.
+    fleet: int
+    ended: bool = False
+    # "Type: message" when the simulated worker raised.
+    error: str | None = None
 
 
 class SimProvider(WorkerProvider):
+    """Runs the simulated workers in one process of their own (``python -m
+    hodei.providers.sim``), started with the first of them: what the server spends is then
+    the control plane's alone, as with real workers, and the simulation does not compete
+    for the server's interpreter. The fleet reads orders on its stdin and reports each
+    worker's end on its stdout, one JSON object a line; it ends with its stdin, so also
+    when the server is killed."""
+
     provider_type = ProviderType.SIM
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="hodei-sim", daemon=True)
-        self._thread.start()
         self._lock = threading.Lock()
-        self._workers: dict[str, _Running] = {}
+        self._workers: dict[str, _Sim] = {}
+        self._fleet: subprocess.Popen[bytes] | None = None
 
     def create_worker(self, launch: WorkerLaunch) -> str:
         with self._lock:
             if launch.worker_id not in self._workers:
-                future = asyncio.run_coroutine_threadsafe(SimWorker(launch.env).run(), self._loop)
-                self._workers[launch.worker_id] = _Running(launch.job_id, future)
+                fleet = self._order({"start": launch.worker_id, "env": dict(launch.env)})
+                self._workers[launch.worker_id] = _Sim(launch.job_id, fleet)
         return f"sim-{launch.worker_id}"
 
     def destroy_worker(self, worker_id: str) -> None:
         with self._lock:
-            running = self._workers.pop(worker_id, None)
-        if running is not None:
-            running.future.cancel()
+            sim = self._workers.pop(worker_id, None)
+            if sim is not None and not sim.ended:
+                with contextlib.suppress(ProviderError):  # a fleet that is gone stopped it already
+                    self._order({"stop": worker_id})
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         with self._lock:
-            running = self._workers.get(worker_id)
-        if running is None or not running.future.done() or running.future.cancelled():
-            return ""
-        failure = running.future.exception()
-        return f"{type(failure).__name__}: {failure}" if failure else ""
+            sim = self._workers.get(worker_id)
+            return (sim.error or "") if sim is not None else ""
 
     def observe(self) -> list[Observation]:
         with self._lock:
-            workers = list(self._workers.items())
+            workers = [(worker_id, sim.job_id, sim.ended, sim.error) for worker_id, sim in self._workers.items()]
         seen = []
-        for worker_id, running in workers:
+        for worker_id, job_id, ended, error in workers:
             failure = None
-            if running.future.done():
-                failure = "the simulated worker ended"
-                if not running.future.cancelled() and running.future.exception() is not None:
-                    failure += f": {self.output_tail(worker_id, 1)}"
-            seen.append(Observation(worker_id, running.job_id, f"sim-{worker_id}", not running.future.done(), failure))
+            if ended:
+                failure = "the simulated worker ended" + (f": {error}" if error else "")
+            seen.append(Observation(worker_id, job_id, f"sim-{worker_id}", not ended, failure))
         return seen
 
     def health(self) -> Health:
         with self._lock:
-            count = sum(not running.future.done() for running in self._workers.values())
-        return Health(True, f"simulated fleet in this server process ({count} workers running)")
+            count = sum(not sim.ended for sim in self._workers.values())
+            pid = self._fleet.pid if self._fleet is not None and self._fleet.poll() is None else None
+        where = f"in process {pid}" if pid else "not started"
+        return Health(True, f"simulated fleet {where} ({count} workers running)")
 
     def close(self) -> None:
         with self._lock:
-            workers = list(self._workers.values())
+            fleet, self._fleet = self._fleet, None
             self._workers.clear()
-        for running in workers:
-            running.future.cancel()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        if fleet is not None:
+            _stop(fleet)
+
+    def _order(self, order: dict[str, Any]) -> int:
+        """Sends the fleet an order (under the lock), starting the fleet if need be; the
+        fleet's pid."""
+        if self._fleet is None or self._fleet.poll() is not None:
+            self._fleet = self._start_fleet()
+        assert self._fleet.stdin is not None
+        try:
+            self._fleet.stdin.write(orjson.dumps(order) + b"\n")
+            self._fleet.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise ProviderError(f"the simulated fleet process is gone: {exc}", retryable=True) from exc
+        return self._fleet.pid
+
+    def _start_fleet(self) -> subprocess.Popen[bytes]:
+        fleet = subprocess.Popen(
+            [sys.executable, "-m", "hodei.providers.sim"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        threading.Thread(target=self._listen, args=(fleet,), name="hodei-sim-fleet", daemon=True).start()
+        return fleet
+
+    def _listen(self, fleet: subprocess.Popen[bytes]) -> None:
+        """Notes each worker's end as the fleet reports it; when the fleet itself ends,
+        every worker it ran has ended with it."""
+        assert fleet.stdout is not None
+        for line in fleet.stdout:
+            report = orjson.loads(line)
+            with self._lock:
+                sim = self._workers.get(report["ended"])
+                if sim is not None:
+                    sim.ended, sim.error = True, report["error"]
+        code = fleet.wait()
+        with self._lock:
+            for sim in self._workers.values():
+                if sim.fleet == fleet.pid and not sim.ended:
+                    sim.ended, sim.error = True, f"the simulated fleet process exited with code {code}"
+
+
+def _stop(fleet: subprocess.Popen[bytes]) -> None:
+    assert fleet.stdin is not None
+    with contextlib.suppress(OSError):
+        fleet.stdin.close()
+    try:
+        fleet.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        fleet.kill()
+        fleet.wait()
+
+
+# The fleet process ------------------------------------------------------------------
+
+
+async def _run_fleet() -> None:
+    """Carries out the server's orders until its stdin ends; then stops every worker."""
+    loop = asyncio.get_running_loop()
+    orders = asyncio.StreamReader(limit=2**24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(orders), sys.stdin)
+    running: dict[str, asyncio.Task[None]] = {}
+
+    def ended(worker_id: str, task: asyncio.Task[None]) -> None:
+        if running.get(worker_id) is not task or task.cancelled():
+            return
+        del running[worker_id]
+        failure = task.exception()
+        error = f"{type(failure).__name__}: {failure}" if failure else None
+        sys.stdout.buffer.write(orjson.dumps({"ended": worker_id, "error": error}) + b"\n")
+        sys.stdout.flush()
+
+    while line := await orders.readline():
+        order = orjson.loads(line)
+        if "start" in order:
+            task = asyncio.create_task(SimWorker(order["env"]).run())
+            running[order["start"]] = task
+            task.add_done_callback(partial(ended, order["start"]))
+        elif (stopped := running.pop(order["stop"], None)) is not None:
+            stopped.cancel()
+    for task in running.values():
+        task.cancel()
+    await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(_run_fleet())

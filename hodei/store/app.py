@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -19,6 +20,10 @@ from hodei.store.recorder import Ack, DomainEventRecorder
 
 A = TypeVar("A", bound=HodeiAggregate)
 R = TypeVar("R")
+
+# The aggregates a command's current try has loaded, by id (``HodeiStore.command``).
+# Per thread and task: an action's effect runs on another thread, outside the command.
+_in_hand: ContextVar[dict[UUID, HodeiAggregate] | None] = ContextVar("in_hand", default=None)
 
 
 def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -78,8 +83,16 @@ class HodeiStore(Application[UUID]):
         return transcoder
 
     def load(self, kind: type[A], aggregate_id: UUID | str) -> A:
+        """The aggregate's current state; inside a ``command``, the one already in hand
+        when the command loaded it before (with whatever it changed since)."""
+        in_hand = _in_hand.get()
         try:
-            aggregate: HodeiAggregate = self.repository.get(UUID(str(aggregate_id)), projector_func=_replay)
+            key = UUID(str(aggregate_id))
+            aggregate: HodeiAggregate | None = in_hand.get(key) if in_hand is not None else None
+            if aggregate is None:
+                aggregate = self.repository.get(key, projector_func=_replay)
+                if in_hand is not None:
+                    in_hand[key] = aggregate
         except (AggregateNotFoundError, ValueError):
             raise NotFound(f"{kind.__name__.lower()} {aggregate_id} not found") from None
         if not isinstance(aggregate, kind):
@@ -101,7 +114,12 @@ class HodeiStore(Application[UUID]):
 
     def command(self, meta: Meta, run: Callable[[], tuple[R, Sequence[HodeiAggregate | None]]], attempts: int = 8) -> R:
         """Runs ``run`` (load, decide, return aggregates to save) and saves, retrying on
-        concurrent writes: each retry reloads, so the command sees the winner's state."""
+        concurrent writes: each retry reloads, so the command sees the winner's state.
+
+        Within one try, an aggregate is read from the log once: loading it again (a saga's
+        next step reads the job the step before changed) gives the same object, so the
+        later reader sees the earlier change, and the save's version check still guards
+        against every other writer. A try that lost the race starts with nothing in hand."""
         for attempt in Retrying(
             retry=retry_if_exception_type(ConcurrencyConflict),
             stop=stop_after_attempt(attempts),
@@ -109,6 +127,10 @@ class HodeiStore(Application[UUID]):
             reraise=True,
         ):
             with attempt:
-                result, changed = run()
-                self.write(changed, meta)
+                token = _in_hand.set({})
+                try:
+                    result, changed = run()
+                    self.write(changed, meta)
+                finally:
+                    _in_hand.reset(token)
         return result
