@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.store.db import execute, fetch_all
@@ -42,16 +43,15 @@ class Liveness:
             noted, self._noted = self._noted, {}
         if not noted:
             return 0
-        ids = list(noted)
-        params = (ids, [self.server_id] * len(ids), [noted[i][0] for i in ids], [noted[i][1] for i in ids])
+        seen = [{"worker_id": i, "connected": connected, "seen_at": at} for i, (connected, at) in noted.items()]
         try:
-            execute(self.pool, "touch_liveness_many", params)
+            execute(self.pool, "touch_liveness_many", (self.server_id, Jsonb(seen)))
         except Exception:
             with self._lock:
                 for worker_id, value in noted.items():
                     self._noted.setdefault(worker_id, value)
             raise
-        return len(ids)
+        return len(seen)
 
     def touch(self, worker_id: UUID, connected: bool) -> None:
         execute(self.pool, "touch_liveness", (worker_id, self.server_id, connected))

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -185,12 +185,23 @@ class SimWorker:
 
 @dataclass
 class _Sim:
-    job_id: str
+    """One simulated worker as the server sees it: what ``observe`` reports, kept ready
+    (the sweeper asks every second, for each of a thousand workers)."""
+
+    observation: Observation
     # The fleet process running it.
     fleet: int
-    ended: bool = False
     # "Type: message" when the simulated worker raised.
     error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return not self.observation.running
+
+    def end(self, error: str | None) -> None:
+        self.error = error
+        failure = "the simulated worker ended" + (f": {error}" if error else "")
+        self.observation = replace(self.observation, running=False, failure=failure)
 
 
 class SimProvider(WorkerProvider):
@@ -212,7 +223,8 @@ class SimProvider(WorkerProvider):
         with self._lock:
             if launch.worker_id not in self._workers:
                 fleet = self._order({"start": launch.worker_id, "env": dict(launch.env)})
-                self._workers[launch.worker_id] = _Sim(launch.job_id, fleet)
+                seen = Observation(launch.worker_id, launch.job_id, f"sim-{launch.worker_id}", True)
+                self._workers[launch.worker_id] = _Sim(seen, fleet)
         return f"sim-{launch.worker_id}"
 
     def destroy_worker(self, worker_id: str) -> None:
@@ -229,14 +241,7 @@ class SimProvider(WorkerProvider):
 
     def observe(self) -> list[Observation]:
         with self._lock:
-            workers = [(worker_id, sim.job_id, sim.ended, sim.error) for worker_id, sim in self._workers.items()]
-        seen = []
-        for worker_id, job_id, ended, error in workers:
-            failure = None
-            if ended:
-                failure = "the simulated worker ended" + (f": {error}" if error else "")
-            seen.append(Observation(worker_id, job_id, f"sim-{worker_id}", not ended, failure))
-        return seen
+            return [sim.observation for sim in self._workers.values()]
 
     def health(self) -> Health:
         with self._lock:
@@ -281,12 +286,12 @@ class SimProvider(WorkerProvider):
             with self._lock:
                 sim = self._workers.get(report["ended"])
                 if sim is not None:
-                    sim.ended, sim.error = True, report["error"]
+                    sim.end(report["error"])
         code = fleet.wait()
         with self._lock:
             for sim in self._workers.values():
                 if sim.fleet == fleet.pid and not sim.ended:
-                    sim.ended, sim.error = True, f"the simulated fleet process exited with code {code}"
+                    sim.end(f"the simulated fleet process exited with code {code}")
 
 
 def _stop(fleet: subprocess.Popen[bytes]) -> None:

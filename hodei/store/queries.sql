@@ -397,9 +397,11 @@ ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at = excluded.last_seen_at;
 
 -- name: touch_liveness_many
--- Many workers' signs of life at once, each with the time it was seen.
+-- Many workers' signs of life at once, each with the time it was seen: one jsonb array
+-- (arrays are dumped element by element, most of the cost of a thousand workers' flush).
 INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at)
-SELECT * FROM unnest(%s::uuid[], %s::varchar[], %s::boolean[], %s::timestamptz[])
+SELECT r.worker_id, %s, r.connected, r.seen_at
+FROM jsonb_to_recordset(%s::jsonb) AS r (worker_id uuid, connected boolean, seen_at timestamptz)
 ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected,
     last_seen_at = greatest(hodei.worker_liveness.last_seen_at, excluded.last_seen_at);
