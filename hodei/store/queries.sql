@@ -6,11 +6,12 @@
 LOCK TABLE domain_events IN EXCLUSIVE MODE;
 
 -- name: insert_events_and_outbox
--- The events and their outbox rows in one statement; returns the positions. The events
--- come as one jsonb array (one parameter: a third of the client's cost of an array per
--- column, and less of PostgreSQL's).
+-- The events and their outbox rows in one statement, and the NOTIFY that wakes relays and
+-- streams (sent at commit); returns the positions. The events come as one jsonb array
+-- (one parameter: a third of the client's cost of an array per column, and less of
+-- PostgreSQL's).
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+    SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS r (
         id uuid, occurred_at timestamptz, event_type varchar, aggregate_id varchar, correlation_id varchar,
         actor varchar, payload jsonb, aggregate_type varchar, aggregate_version bigint, topic text,
         available_at timestamptz)
@@ -24,13 +25,18 @@ WITH input AS (
 )
 -- origin: the first position of the event's correlation, an earlier transaction's or, for
 -- a correlation that begins here, this statement's (sql/007_relay_order.sql).
-INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at, origin)
-SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, i.available_at,
-       coalesce(
-           (SELECT min(d.position) FROM domain_events d WHERE d.correlation_id = e.correlation_id),
-           min(e.position) OVER (PARTITION BY coalesce(e.correlation_id, e.id::text)))
-FROM events e JOIN input i ON i.id = e.id
-RETURNING position;
+, outbox AS (
+    INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at, origin)
+    SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, i.available_at,
+           coalesce(
+               (SELECT min(d.position) FROM domain_events d WHERE d.correlation_id = e.correlation_id),
+               min(e.position) OVER (PARTITION BY coalesce(e.correlation_id, e.id::text)))
+    FROM events e JOIN input i ON i.id = e.id
+    RETURNING position
+), notified AS (
+    SELECT pg_notify(%(channel)s, %(signal)s)
+)
+SELECT position FROM outbox CROSS JOIN notified;
 
 -- name: notify
 SELECT pg_notify(%s, %s);

@@ -10,8 +10,8 @@ One ``insert_events`` call is one transaction that
 3. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
 4. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``; so is
    a read-model row created twice, which step 1 may meet first),
-5. adds one ``outbox_events`` row per event,
-6. sends a NOTIFY so relays and waiting streams wake up.
+5. adds one ``outbox_events`` row per event and
+6. sends a NOTIFY so relays and waiting streams wake up (4-6 are one statement).
 
 The lock comes last: it serialises every writer, so it is held only for the append and
 the commit, not while the read models are updated. Writers that lock read-model rows in
@@ -158,8 +158,8 @@ class DomainEventRecorder(ApplicationRecorder):
                         cur.execute(query("ack_outbox_row_or_abort"), params)
                     if records:
                         cur.execute(query("lock_domain_events"))
-                        inserted.execute(query("insert_events_and_outbox"), (rows,))
-                        cur.execute(query("notify"), (SIGNAL_CHANNEL, signal_payload(records)))
+                        params = {"events": rows, "channel": SIGNAL_CHANNEL, "signal": signal_payload(records)}
+                        inserted.execute(query("insert_events_and_outbox"), params)
                     cur.execute("COMMIT")
             except BaseException as exc:
                 _roll_back(conn)
