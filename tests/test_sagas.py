@@ -451,6 +451,19 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
         (job_id,),
     )
     assert times == [(True,)]
+    # Both say so, for their deliveries: nothing left to start or to move.
+    marks = query(
+        fresh_database_url,
+        "SELECT event_type, payload->>'moves_at_once', payload->>'then' FROM domain_events "
+        "WHERE correlation_id = %s AND event_type IN ('SagaStarted', 'SagaCompleted') ORDER BY position",
+        (job_id,),
+    )
+    assert marks == [
+        ("SagaStarted", "true", None),
+        ("SagaCompleted", None, "EXECUTION"),
+        ("SagaStarted", "true", None),
+        ("SagaCompleted", None, None),
+    ]
     h.close()
 
 

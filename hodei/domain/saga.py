@@ -58,8 +58,17 @@ class Saga(HodeiAggregate):
 
     @event("SagaStarted")
     def __init__(
-        self, saga_type: str, correlation_id: str, attempt: int, steps: list[str], context: dict[str, Any]
+        self,
+        saga_type: str,
+        correlation_id: str,
+        attempt: int,
+        steps: list[str],
+        context: dict[str, Any],
+        moves_at_once: bool = False,
     ) -> None:
+        """``moves_at_once``: the transaction that starts the saga also moves it as far as
+        it goes (so the delivery of SagaStarted has nothing to do). False in the events of
+        older servers, which left that to the delivery."""
         self.saga_type = SagaType(saga_type)
         self.correlation_id = correlation_id
         self.attempt = attempt

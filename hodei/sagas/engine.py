@@ -266,6 +266,7 @@ class SagaEngine:
             attempt=attempt,
             steps=self.definitions[saga_type].step_names,
             context=dict(context),
+            moves_at_once=True,
         )
 
     def advance(
@@ -279,9 +280,9 @@ class SagaEngine:
     ) -> None:
         """Moves the saga on. ``started`` = (step order, retry count) of the StepStarted
         being delivered: only that delivery may run the step's action. ``unmoved_only``
-        (the delivery of SagaStarted): only a saga with nothing after its SagaStarted —
-        one started by an older server — has anything to do; any other ran its first
-        steps where it started, and their own events carry it on."""
+        (the delivery of an older server's SagaStarted): only a saga with nothing after
+        its SagaStarted has anything to do; any other ran its first steps where it
+        started, and their own events carry it on."""
         performed: dict[tuple[int, int], dict[str, Any] | Exception] = {}
 
         def attempt() -> tuple[_Work, Sequence[HodeiAggregate]]:

@@ -9,8 +9,9 @@ SagaCompleted (provisioning)-> nothing: the transaction that completed it starte
                                which left the start to this delivery: start it now.
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
-saga events that need a move (SagaStarted of a saga that has not moved since,
-StepStarted of an ACTION or WAIT step, StepFailed, CompensationStarted)
+saga events that need a move (an older server's SagaStarted — one without
+`moves_at_once` — of a saga that has not moved since, StepStarted of an ACTION or WAIT
+step, StepFailed, CompensationStarted)
                             -> advance that saga (a WAIT's StepStarted re-checks
                                it after commit: an event that satisfied it while the
                                step was being started is not missed)
@@ -75,7 +76,8 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         event = delivery.event
         started = None
         if event.event_type == "SagaStarted":
-            engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, unmoved_only=True)
+            if not event.payload.get("moves_at_once"):  # an older server's, which left that to us
+                engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, unmoved_only=True)
             return
         if event.event_type == "StepStarted":
             if engine.runs_inline(event.payload["step_name"]):
