@@ -44,6 +44,8 @@ class Fleet:
     idle_rss_mb: float
     idle_threads: int
     core_share: float
+    # The fleet process's (the simulated workers' own side of each heartbeat).
+    fleet_share: float
 
 
 def fleet_run(url: str, count: int) -> Fleet:
@@ -72,9 +74,12 @@ def fleet_run(url: str, count: int) -> Fleet:
                 break
             time.sleep(0.5)
         time.sleep(2)  # the last registrations' sagas settle
-        before = process_cpu(pid)
+        fleet = server.sim_fleet()
+        assert fleet is not None
+        before, fleet_before = process_cpu(pid), process_cpu(fleet)
         time.sleep(FLEET_WINDOW)
         share = (process_cpu(pid) - before) / FLEET_WINDOW
+        fleet_share = (process_cpu(fleet) - fleet_before) / FLEET_WINDOW
         loaded = _status(pid)
     return Fleet(
         running,
@@ -84,6 +89,7 @@ def fleet_run(url: str, count: int) -> Fleet:
         int(idle["VmRSS"].split()[0]) / 1024,
         int(idle["Threads"]),
         share,
+        fleet_share,
     )
 
 
@@ -94,6 +100,7 @@ def print_fleet(fleet: Fleet, count: int) -> None:
     print(row("sim fleet: server RSS", f"{fleet.rss_mb:.0f} MB", idle, ratio, "<= 250 MB"))
     print(row("sim fleet: server threads", f"{fleet.threads}", f"{fleet.idle_threads} idle", "", "<= 64"))
     print(row("sim fleet: server CPU while connected", f"{fleet.core_share * 100:.1f}% of a core", "", "", "<= 5%"))
+    print(row("sim fleet: the simulated workers' own CPU", f"{fleet.fleet_share * 100:.1f}% of a core"))
 
 
 LINES = 1_000_000

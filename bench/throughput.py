@@ -6,8 +6,9 @@ Procrastinate on the same database, in the same run.
 3. Hodei, M local-provider `true` jobs submitted at once (capacity C).
 
 Each prints jobs/s, p50/p95 submit->done, and per job: events, outbox rows, transactions
-(`pg_stat_database.xact_commit`), server CPU ms. Ratios: sim jobs/s / Procrastinate jobs/s,
-and local jobs/s / the agent's bare spawn rate (interpreter start, import, first RPC).
+(`pg_stat_database.xact_commit`), server CPU ms (the sim fleet's own process apart).
+Ratios: sim jobs/s / Procrastinate jobs/s, and local jobs/s / the agent's bare spawn rate
+(interpreter start, import, first RPC).
 Goals (#13): sim >= 1.0x Procrastinate; <= 20 events, <= 25 transactions, <= 10 ms CPU per job.
 """
 
@@ -54,6 +55,8 @@ class Figures:
     cpu_seconds: float
     # Submit->done of single jobs on the idle server, before the burst.
     unloaded: list[float]
+    # The sim provider's fleet process (the simulated workers' side), apart from the server's.
+    fleet_cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -142,6 +145,8 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
         time.sleep(2)  # the last single job's worker is released
         (events, outbox), statements = _counts(url), _statements(url)
         transactions, cpu = _transactions(url), process_cpu(server.process.pid)
+        fleet = server.sim_fleet()  # started by the warm-up jobs
+        fleet_cpu = process_cpu(fleet) if fleet else 0.0
         # Wall-clock times on both sides: a job's end is its completed_at, written by the
         # server on this machine, so polling late (while still submitting) changes nothing.
         submitted = {}
@@ -177,6 +182,7 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
             _since(statements, url),
             process_cpu(server.process.pid) - cpu,
             unloaded,
+            process_cpu(fleet) - fleet_cpu if fleet else None,
         )
         channel.close()
         return figures
@@ -209,6 +215,9 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
     statements = "n/a" if figures.statements is None else f"{figures.statements / n:.1f}"
     print(row(f"{name}: statements per job (pg_stat_statements)", statements))
     print(row(f"{name}: CPU per job", f"{figures.cpu_seconds / n * 1000:.1f} ms", "", "", goals[1]))
+    if figures.fleet_cpu_seconds is not None:
+        fleet = f"{figures.fleet_cpu_seconds / n * 1000:.1f} ms"
+        print(row(f"{name}: the simulated workers' own CPU per job (fleet process)", fleet))
 
 
 def main() -> None:

@@ -87,20 +87,6 @@ def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess)
     assert (provider["max_workers"], provider["initialised"], provider["health"]) == (20, True, "HEALTHY")
 
 
-def fleet_of(server: ServerProcess) -> int | None:
-    """The pid of the server's simulated fleet process, if it runs."""
-    assert server.process is not None
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            command = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == server.process.pid and b"hodei.providers.sim" in command:
-            return int(stat.parent.name)
-    return None
-
-
 def test_the_fleet_runs_apart_and_a_killed_fleet_loses_only_its_own_workers(server: ServerProcess) -> None:
     """The simulated workers run in a process of the server's own. Killing it loses the
     jobs it was running, as lost workers; the next job starts a new one."""
@@ -110,7 +96,7 @@ def test_the_fleet_runs_apart_and_a_killed_fleet_loses_only_its_own_workers(serv
     eventually(
         lambda: query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30
     )
-    fleet = fleet_of(server)
+    fleet = server.sim_fleet()
     assert fleet is not None
     os.kill(fleet, signal.SIGKILL)
     wait_settled(server.database_url, job_id, 60)
@@ -118,14 +104,14 @@ def test_the_fleet_runs_apart_and_a_killed_fleet_loses_only_its_own_workers(serv
     assert state == "FAILED" and "the simulated fleet process exited with code -9" in error, error
     code, _, err = sim(server, "HODEI_SIM_EXIT_CODE=0", "--wait")
     assert code == 0, err
-    assert fleet_of(server) not in (None, fleet)
+    assert server.sim_fleet() not in (None, fleet)
 
 
 def test_the_fleet_ends_with_a_killed_server(fresh_database_url: str, tmp_path: Path) -> None:
     env = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
     with ServerProcess(fresh_database_url, tmp_path, env) as server:  # alone on its database
         assert sim(server, "HODEI_SIM_SECONDS=600")[0] == 0
-        fleet = eventually(lambda: fleet_of(server), 30)
+        fleet = eventually(server.sim_fleet, 30)
         server.kill()
         eventually(lambda: not alive(fleet), 30, what="the fleet process to end")
 

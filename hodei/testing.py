@@ -278,6 +278,19 @@ class ServerProcess(Cli):
     def logs(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
 
+    def sim_fleet(self) -> int | None:
+        """The pid of this server's simulated fleet process, while it runs."""
+        assert self.process is not None
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                command = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid and b"hodei.providers.sim" in command:
+                return int(stat.parent.name)
+        return None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
