@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -85,6 +86,14 @@ def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess)
     assert most <= 20
     provider = json.loads(server.cli("provider", "get", "sim", "-o", "json", check=True).stdout)[0]
     assert (provider["max_workers"], provider["initialised"], provider["health"]) == (20, True, "HEALTHY")
+    # Health is recorded when it changes; a burst changes nothing (a provider that is
+    # reloaded for every job must not grow an event per probe).
+    health_events = query(
+        server.database_url,
+        "SELECT count(*) FROM domain_events WHERE aggregate_id = %s AND event_type = 'ProviderHealthChanged'",
+        (str(PROVIDER_IDS[ProviderType.SIM]),),
+    )
+    assert health_events == [(1,)]
 
 
 def test_the_fleet_runs_apart_and_a_killed_fleet_loses_only_its_own_workers(server: ServerProcess) -> None:
