@@ -215,24 +215,41 @@ class SimProvider(WorkerProvider):
     provider_type = ProviderType.SIM
 
     def __init__(self) -> None:
+        # Two locks: ``_lock`` guards the workers' states (taken by the fleet's listener),
+        # ``_writing`` the fleet's stdin. A write that waits for the fleet to read never
+        # holds up the listener, which is what lets a busy fleet read again.
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
         self._workers: dict[str, _Sim] = {}
         self._fleet: subprocess.Popen[bytes] | None = None
 
     def create_worker(self, launch: WorkerLaunch) -> str:
-        with self._lock:
-            if launch.worker_id not in self._workers:
-                fleet = self._order({"start": launch.worker_id, "env": dict(launch.env)})
+        with self._writing:
+            fleet = self._running_fleet()
+            with self._lock:
+                if launch.worker_id in self._workers:
+                    return f"sim-{launch.worker_id}"
+                # Noted before the order: its end may be reported as soon as it is sent.
                 seen = Observation(launch.worker_id, launch.job_id, f"sim-{launch.worker_id}", True)
-                self._workers[launch.worker_id] = _Sim(seen, fleet)
+                self._workers[launch.worker_id] = _Sim(seen, fleet.pid)
+            try:
+                _send(fleet, {"start": launch.worker_id, "env": dict(launch.env)})
+            except ProviderError:
+                with self._lock:
+                    self._workers.pop(launch.worker_id, None)
+                raise
         return f"sim-{launch.worker_id}"
 
     def destroy_worker(self, worker_id: str) -> None:
         with self._lock:
             sim = self._workers.pop(worker_id, None)
-            if sim is not None and not sim.ended:
-                with contextlib.suppress(ProviderError):  # a fleet that is gone stopped it already
-                    self._order({"stop": worker_id})
+        if sim is None or sim.ended:
+            return
+        with self._writing:
+            fleet = self._fleet
+            if fleet is not None and fleet.pid == sim.fleet and fleet.poll() is None:
+                with contextlib.suppress(ProviderError):  # gone since: it stopped the worker
+                    _send(fleet, {"stop": worker_id})
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         with self._lock:
@@ -249,24 +266,17 @@ class SimProvider(WorkerProvider):
         return Health(True, "simulated workers, in one process of their own")
 
     def close(self) -> None:
-        with self._lock:
+        with self._writing, self._lock:
             fleet, self._fleet = self._fleet, None
             self._workers.clear()
         if fleet is not None:
             _stop(fleet)
 
-    def _order(self, order: dict[str, Any]) -> int:
-        """Sends the fleet an order (under the lock), starting the fleet if need be; the
-        fleet's pid."""
+    def _running_fleet(self) -> subprocess.Popen[bytes]:
+        """The fleet process (under ``_writing``), started if it is not running."""
         if self._fleet is None or self._fleet.poll() is not None:
             self._fleet = self._start_fleet()
-        assert self._fleet.stdin is not None
-        try:
-            self._fleet.stdin.write(orjson.dumps(order) + b"\n")
-            self._fleet.stdin.flush()
-        except (BrokenPipeError, ValueError) as exc:
-            raise ProviderError(f"the simulated fleet process is gone: {exc}", retryable=True) from exc
-        return self._fleet.pid
+        return self._fleet
 
     def _start_fleet(self) -> subprocess.Popen[bytes]:
         fleet = subprocess.Popen(
@@ -290,6 +300,15 @@ class SimProvider(WorkerProvider):
             for sim in self._workers.values():
                 if sim.fleet == fleet.pid and not sim.ended:
                     sim.end(f"the simulated fleet process exited with code {code}")
+
+
+def _send(fleet: subprocess.Popen[bytes], order: dict[str, Any]) -> None:
+    assert fleet.stdin is not None
+    try:
+        fleet.stdin.write(orjson.dumps(order) + b"\n")
+        fleet.stdin.flush()
+    except (BrokenPipeError, ValueError) as exc:
+        raise ProviderError(f"the simulated fleet process is gone: {exc}", retryable=True) from exc
 
 
 def _stop(fleet: subprocess.Popen[bytes]) -> None:
