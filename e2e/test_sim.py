@@ -13,6 +13,7 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
+from hodei.providers.local import alive
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -123,11 +124,3 @@ def test_the_fleet_ends_with_a_killed_server(fresh_database_url: str, tmp_path: 
         fleet = eventually(server.sim_fleet, 30)
         server.kill()
         eventually(lambda: not alive(fleet), 30, what="the fleet process to end")
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting for whoever adopted it to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -14,6 +14,8 @@ from hodei_worker.batcher import Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
 
+from hodei.providers.local import alive
+
 
 def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     lines: list[tuple[str, str]] = []
@@ -70,14 +72,6 @@ def test_a_missing_program_fails_to_start() -> None:
     assert "/nonexistent/program" in finished.message
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     _, finished, _ = run(f"sleep 300 & echo $! >> {pids}; trap '' TERM; sleep 300 & echo $! >> {pids}; wait", timeout=1)
@@ -85,7 +79,7 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert finished.message == "timed out after 1s"
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2
-    assert not any(_alive(pid) for pid in children)
+    assert not any(alive(pid) for pid in children)
 
 
 def test_cancel_stops_the_job() -> None:

@@ -36,7 +36,8 @@ EMPTY_GROUP_GRACE = 10.0
 TAIL_BYTES = 64 * 1024
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting to be reaped."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -123,7 +124,7 @@ class LocalProvider(WorkerProvider):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
             time.sleep(0.05)
         if self.cgroups is not None:
             self.cgroups.kill(worker_id)

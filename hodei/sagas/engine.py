@@ -275,20 +275,13 @@ class SagaEngine:
         job_id: str,
         ack: Ack | None = None,
         started: tuple[int, int] | None = None,
-        *,
-        unmoved_only: bool = False,
     ) -> None:
         """Moves the saga on. ``started`` = (step order, retry count) of the StepStarted
-        being delivered: only that delivery may run the step's action. ``unmoved_only``
-        (the delivery of an older server's SagaStarted): only a saga with nothing after
-        its SagaStarted has anything to do; any other ran its first steps where it
-        started, and their own events carry it on."""
+        being delivered: only that delivery may run the step's action."""
         performed: dict[tuple[int, int], dict[str, Any] | Exception] = {}
 
         def attempt() -> tuple[_Work, Sequence[HodeiAggregate]]:
             work = _Work(self.store.load(Saga, saga_id))
-            if unmoved_only and work.saga.version > 1:
-                return work, []
             self._progress(work, started, performed)
             return work, work.aggregates()
 
@@ -417,7 +410,8 @@ class SagaEngine:
             pending = saga.next_step
             if pending is None:
                 saga.complete(then=definition.then.value if definition.then else None)
-                self._start_follower(work)
+                if definition.then is not None:
+                    self._start_follower(work, definition.then)
                 return
             if not self._begin(work, pending, definition.steps[pending.order]):
                 return
@@ -457,11 +451,8 @@ class SagaEngine:
             _log_unexpected(definition.name, exc)
             return exc
 
-    def _start_follower(self, work: _Work) -> None:
+    def _start_follower(self, work: _Work, then: SagaType) -> None:
         saga = work.saga
-        then = self.definitions[saga.saga_type].then
-        if then is None:
-            return
         follower = _Work(self._new_saga(then, saga.correlation_id, saga.attempt, saga.context), work.changed)
         self._progress(follower, None, {})
         work.followers.extend(follower.sagas)

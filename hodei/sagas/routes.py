@@ -10,8 +10,8 @@ SagaCompleted (provisioning)-> nothing: the transaction that completed it starte
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
 saga events that need a move (an older server's SagaStarted — one without
-`moves_at_once` — of a saga that has not moved since, StepStarted of an ACTION or WAIT
-step, StepFailed, CompensationStarted)
+`moves_at_once` —, StepStarted of an ACTION or WAIT step, StepFailed,
+CompensationStarted)
                             -> advance that saga (a WAIT's StepStarted re-checks
                                it after commit: an event that satisfied it while the
                                step was being started is not missed)
@@ -77,7 +77,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         started = None
         if event.event_type == "SagaStarted":
             if not event.payload.get("moves_at_once"):  # an older server's, which left that to us
-                engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack, unmoved_only=True)
+                engine.advance(UUID(event.aggregate_id), _job_id(delivery), delivery.ack)
             return
         if event.event_type == "StepStarted":
             if engine.runs_inline(event.payload["step_name"]):
