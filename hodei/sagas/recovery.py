@@ -41,7 +41,9 @@ def fail_or_requeue(deps: SagaDeps, step: StepInput) -> StepResult:
     if job.is_terminal or job.attempt != step.attempt:
         return StepResult()
     context = step.context
-    reason = f"worker {context['worker_id']} was lost ({context['lost_reason']}; {context['evidence']})"
+    # A loss seen by the provider has its observation as reason and as evidence: say it once.
+    said = dict.fromkeys((context["lost_reason"], context["evidence"]))
+    reason = f"worker {context['worker_id']} was lost ({'; '.join(said)})"
     if job.can_retry:
         job.requeue(reason)
         decision = "requeued"
