@@ -4,20 +4,23 @@ has written (topped up to a size), each beside a baseline measured in the same r
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import grpc
+import psycopg
 
 from bench.common import process_cpu, row
-from bench.store import log_replay_rate, new_job
+from bench.store import log_replay_rate
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.store import replay
-from hodei.store.app import HodeiStore, Meta
+from hodei.store.app import HodeiStore
 from hodei.store.db import open_pool
 from hodei.testing import ServerProcess, query, wait_settled
 
@@ -168,18 +171,58 @@ class Replay:
     differences: int
 
 
+# A UUID as text, the way ids appear in payloads and id columns.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _renamed(text: str, names: dict[str, str]) -> str:
+    return _UUID.sub(lambda match: names.get(match.group(), match.group()), text)
+
+
+def _clone_jobs(url: str, size: int) -> None:
+    """Tops the log up to ``size`` events with copies of the jobs the run has carried
+    (their jobs', workers' and sagas' events, every id among them renamed per copy), so
+    the log replayed has the mix of real operation, not a top-up of one event type."""
+    events = query(
+        url,
+        "SELECT occurred_at, event_type, aggregate_id, correlation_id, actor, payload::text, aggregate_type, "
+        "aggregate_version, topic FROM domain_events WHERE aggregate_type <> 'Provider' ORDER BY position",
+    )
+    ids = {event[2] for event in events}
+    ((have,),) = query(url, "SELECT count(*) FROM domain_events")
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        while have < size:
+            names = {old: str(uuid4()) for old in ids}
+            copy = "COPY domain_events (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, "
+            with cur.copy(copy + "aggregate_type, aggregate_version, topic) FROM STDIN") as rows:
+                for at, kind, aggregate, correlation, actor, payload, aggregate_type, version, topic in events[
+                    : size - have
+                ]:
+                    rows.write_row(
+                        (
+                            uuid4(),
+                            at,
+                            kind,
+                            names[aggregate],
+                            correlation and _renamed(correlation, names),
+                            actor,
+                            _renamed(payload, names),
+                            aggregate_type,
+                            version,
+                            topic,
+                        )
+                    )
+            have += min(len(events), size - have)
+
+
 def replay_run(url: str, size: int) -> Replay:
-    """The run's own log, topped up with submitted jobs to ``size`` events, replayed the
-    three ways an operator can: aggregates rebuilt in memory, read models rebuilt
+    """The run's own log, topped up with copies of its jobs to ``size`` events, replayed
+    the three ways an operator can: aggregates rebuilt in memory, read models rebuilt
     (``replay --apply``) and compared (``replay --verify``)."""
+    _clone_jobs(url, size)
     pool = open_pool(url, max_size=4)
     try:
-        store = HodeiStore(pool)
-        ((have,),) = query(url, "SELECT count(*) FROM domain_events")
-        meta = Meta(actor="bench")
-        for start in range(int(have), size, 100):
-            store.write([new_job() for _ in range(min(100, size - start))], meta)
-        events, rebuild_rate = log_replay_rate(store)
+        events, rebuild_rate = log_replay_rate(HodeiStore(pool))
         started = time.perf_counter()
         applied = replay.apply(pool).events
         apply_rate = applied / (time.perf_counter() - started)

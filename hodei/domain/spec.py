@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -273,31 +273,46 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _resources(raw: Any) -> Resources:
+    raw = raw or {}
+    return Resources(cpu_cores=float(raw.get("cpu_cores") or 0.0), memory_bytes=int(raw.get("memory_bytes") or 0))
+
+
+def _strings(raw: Any) -> tuple[str, ...]:
+    return tuple(str(item) for item in raw)
+
+
+def _string_map(raw: Any) -> dict[str, str]:
+    return {str(key): str(value) for key, value in raw.items()}
+
+
+def _converter(hint: Any) -> Callable[[Any], Any]:
+    if hint is Resources:
+        return _resources
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return _strings
+    if origin is Mapping:
+        return _string_map
+    if hint is float or hint is int:
+        return typing.cast(Callable[[Any], Any], hint)
+    return str
+
+
+# Each field of JobSpec: its name, whether it has a default, how to read its value. Worked
+# out once: every load of a job builds its spec (a quarter of rebuilding one from its log).
 _HINTS = typing.get_type_hints(JobSpec)
+_FIELDS = tuple(
+    (f.name, f.default is not MISSING or f.default_factory is not MISSING, _converter(_HINTS[f.name]))
+    for f in fields(JobSpec)
+)
 
 
 def _build(cls: type[JobSpec], payload: Mapping[str, Any]) -> JobSpec:
     values: dict[str, Any] = {}
-    for spec_field in fields(cls):
-        raw = payload.get(spec_field.name)
-        has_default = spec_field.default is not MISSING or spec_field.default_factory is not MISSING
+    for name, has_default, convert in _FIELDS:
+        raw = payload.get(name)
         if has_default and not raw:
             continue
-        values[spec_field.name] = _coerce(_HINTS[spec_field.name], raw)
+        values[name] = convert(raw)
     return cls(**values)
-
-
-def _coerce(hint: Any, raw: Any) -> Any:
-    if hint is Resources:
-        raw = raw or {}
-        return Resources(cpu_cores=float(raw.get("cpu_cores") or 0.0), memory_bytes=int(raw.get("memory_bytes") or 0))
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return tuple(str(item) for item in raw)
-    if origin is Mapping:
-        return {str(key): str(value) for key, value in raw.items()}
-    if hint is float:
-        return float(raw)
-    if hint is int:
-        return int(raw)
-    return str(raw)

@@ -9,8 +9,7 @@ that reference them): replay regroups a page's statements across aggregates (``W
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid5
@@ -48,9 +47,8 @@ def _base(event: EventRecord, **values: Any) -> dict[str, Any]:
 
 
 class Statements:
-    """The projection statements of ``project_all``, sent in order; a run of consecutive
-    executions of one statement goes out as one ``executemany`` (half the client cost per
-    row of separate executes: a replay page of JobCreated events is one run)."""
+    """The projection statements of ``project_all``, sent in order; a run of one statement
+    for different aggregates goes out as one execution (its rows in one jsonb array)."""
 
     def __init__(self, cur: Cursor[Any]) -> None:
         self._cur = cur
@@ -58,7 +56,8 @@ class Statements:
         self._rows: list[dict[str, Any]] = []
 
     def run(self, name: str, params: dict[str, Any]) -> None:
-        if name != self._name:
+        # A statement updates an aggregate's row once: its second row starts a new run.
+        if name != self._name or any(row["id"] == params["id"] for row in self._rows):
             self.flush()
             self._name = name
         self._rows.append(params)
@@ -70,21 +69,17 @@ class Statements:
 
 
 def _send(cur: Cursor[Any], name: str, rows: list[dict[str, Any]]) -> None:
-    """One statement's rows: alone, or as one ``executemany``."""
-    if len(rows) == 1:
-        cur.execute(query(name), rows[0])
-    else:
-        cur.executemany(query(name), rows)
+    cur.execute(query(name), (Jsonb(rows),))
 
 
 class Waves:
     """Replay's statements, regrouped: a page of the log has each statement kind many
-    times over, interleaved job by job, and a statement sent alone costs the client
-    several times a row of an ``executemany``. Every projection statement touches only
-    its own aggregate's rows (and rows that reference them), so only the order within
-    one aggregate matters: wave n holds each aggregate's n-th statement, waves go out in
-    order, and within a wave each kind is one ``executemany``. The aggregate is every
-    statement's ``id`` parameter (``_base``)."""
+    times over, interleaved job by job, and an execution costs the client and the
+    database far more than a row of it. Every projection statement touches only its own
+    aggregate's rows (and rows that reference them), so only the order within one
+    aggregate matters: wave n holds each aggregate's n-th statement, waves go out in
+    order, and within a wave each kind is one execution, at most one row per aggregate.
+    The aggregate is every statement's ``id`` parameter (``_base``)."""
 
     def __init__(self) -> None:
         self._waves: list[dict[str, list[dict[str, Any]]]] = []
@@ -114,7 +109,7 @@ def _job_created(cur: Sink, event: EventRecord) -> None:
         _base(
             event,
             name=spec["name"],
-            spec=Jsonb(spec),
+            spec=spec,
             max_attempts=spec["max_attempts"],
             priority=spec.get("priority", 0),
             retry_of=event.payload["retry_of"],
@@ -205,14 +200,18 @@ def _worker_failed(cur: Sink, event: EventRecord) -> None:
 # Sagas --------------------------------------------------------------------------
 
 
-def saga_step_id(saga_id: str, order: int) -> UUID:
-    return uuid5(UUID(saga_id), f"step/{order}")
+def _planned_steps(saga_id: str, names: list[str]) -> list[dict[str, Any]]:
+    """A saga's steps, each with an id derived from the saga's and its place."""
+    saga = UUID(saga_id)
+    return [
+        {"step_id": uuid5(saga, f"step/{order}"), "step_name": name, "step_order": order}
+        for order, name in enumerate(names)
+    ]
 
 
-def _audit_message(event: EventRecord) -> str:
-    p = event.payload
+def _audit_message(event_type: str, p: dict[str, Any]) -> str:
     step = p.get("step_name")
-    match event.event_type:
+    match event_type:
         case "SagaStarted":
             return f"{p['saga_type']} saga started for {p['correlation_id']}: {', '.join(p['steps'])}"
         case "StepStarted":
@@ -233,7 +232,7 @@ def _audit_message(event: EventRecord) -> str:
             return "saga completed"
         case "SagaFailed":
             return f"saga failed: {p['reason']}"
-    raise KeyError(f"no audit message for {event.event_type}")
+    raise KeyError(f"no audit message for {event_type}")
 
 
 # Every saga event leaves an audit row (a StepRan two).
@@ -253,37 +252,36 @@ _AUDITED = frozenset(
 )
 
 
-# The columns of ``copy_saga_audit``, as named in ``_audit``'s rows.
-_AUDIT_COLUMNS = ("event_id", "id", "event_type", "step_name", "message", "payload", "at")
-
-
-def _audit(event: EventRecord) -> dict[str, Any]:
-    return _base(
-        event,
-        event_id=event.id,
-        event_type=event.event_type,
-        step_name=event.payload.get("step_name"),
-        message=_audit_message(event),
-        payload=event.payload,
-    )
+def _audit(
+    event: EventRecord,
+    event_type: str,
+    payload: dict[str, Any],
+    event_id: UUID | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": event.aggregate_id,
+        "at": at or event.occurred_at,
+        "event_id": event_id or event.id,
+        "event_type": event_type,
+        "step_name": payload.get("step_name"),
+        "message": _audit_message(event_type, payload),
+        "payload": payload,
+    }
 
 
 def _audits(event: EventRecord) -> list[dict[str, Any]]:
     """A saga event's audit rows: one each, and two for a StepRan, the trail people
     read (a StepStarted at its start, a StepCompleted with its output)."""
-    if event.event_type != "StepRan":
-        return [_audit(event)]
     p = event.payload
+    if event.event_type != "StepRan":
+        return [_audit(event, event.event_type, p)]
     step = {"step_name": p["step_name"], "step_order": p["step_order"]}
-    started = replace(
-        event,
-        id=uuid5(event.id, "started"),
-        event_type="StepStarted",
-        occurred_at=datetime.fromisoformat(p["started_at"]),
-        payload={**step, "retry_count": p["retry_count"], "deadline_at": None},
-    )
-    completed = replace(event, event_type="StepCompleted", payload={**step, "output": p["output"]})
-    return [_audit(started), _audit(completed)]
+    started = {**step, "retry_count": p["retry_count"], "deadline_at": None}
+    return [
+        _audit(event, "StepStarted", started, uuid5(event.id, "started"), datetime.fromisoformat(p["started_at"])),
+        _audit(event, "StepCompleted", {**step, "output": p["output"]}),
+    ]
 
 
 def _saga_state(cur: Sink, event: EventRecord, state: str, *, finished: bool = False, error: str | None = None) -> None:
@@ -303,16 +301,7 @@ def _saga_started(cur: Sink, event: EventRecord) -> None:
             correlation_id=p["correlation_id"],
             attempt=p["attempt"],
             actor=event.actor,
-        ),
-    )
-    orders = list(range(len(p["steps"])))
-    cur.run(
-        "project_saga_steps_planned",
-        _base(
-            event,
-            step_ids=[saga_step_id(event.aggregate_id, order) for order in orders],
-            step_names=p["steps"],
-            step_orders=orders,
+            steps=_planned_steps(event.aggregate_id, p["steps"]),
         ),
     )
 
@@ -363,8 +352,8 @@ def _step_finished(state: str) -> Projector:
 
 
 def _compensation_started(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_step_compensating", _base(event, step_order=event.payload["step_order"]))
-    _saga_state(cur, event, "COMPENSATING")
+    p = event.payload
+    cur.run("project_step_compensating", _base(event, step_name=p.get("step_name"), step_order=p["step_order"]))
 
 
 def _saga_completed(cur: Sink, event: EventRecord) -> None:
@@ -382,7 +371,7 @@ def _provider_registered(cur: Sink, event: EventRecord) -> None:
     p = event.payload
     cur.run(
         "project_provider_registered",
-        _base(event, name=p["name"], provider_type=p["provider_type"], config=Jsonb(p["config"])),
+        _base(event, name=p["name"], provider_type=p["provider_type"], config=p["config"]),
     )
 
 
@@ -461,17 +450,23 @@ def project_all(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
         cursor.execute(query("project_saga_audits"), (Jsonb(audits),))
 
 
-def project_page(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
-    """Projects a page of the log for replay, its statements regrouped in ``Waves``
-    (the live write path keeps event order: its few statements gain nothing, and the
-    order in which concurrent writers lock read-model rows stays what it was)."""
-    waves = Waves()
-    audits = _project_into(waves, events)
-    with cursor.connection.pipeline():
-        waves.send(cursor)
-    with cursor.copy(query("copy_saga_audit")) as copy:
-        for audit in audits:
-            copy.write_row([Jsonb(audit[c]) if c == "payload" else audit[c] for c in _AUDIT_COLUMNS])
+class Page:
+    """A page of the log as replay's statements, regrouped in ``Waves`` (the live write
+    path keeps event order: its few statements gain nothing, and the order in which
+    concurrent writers lock read-model rows stays what it was). Built apart from being
+    sent, so replay builds the next page while the database runs this one."""
+
+    def __init__(self, events: Sequence[EventRecord]) -> None:
+        self.events = len(events)
+        self._waves = Waves()
+        self._audits = _project_into(self._waves, events)
+
+    def send(self, cursor: Cursor[Any]) -> None:
+        """Every statement pipelined: one round trip for the page."""
+        with cursor.connection.pipeline():
+            self._waves.send(cursor)
+            if self._audits:
+                cursor.execute(query("project_saga_audits"), (Jsonb(self._audits),))
 
 
 def project(cursor: Cursor[Any], event: EventRecord) -> None:

@@ -91,154 +91,203 @@ SELECT hodei.require(count(*) = 1, %(message)s) FROM acked;
 
 -- Projections: one or more statements per event type (hodei/store/projections.py).
 -- Every value comes from the event, never from now(), so replay gives identical rows.
+-- Each statement takes its rows as one jsonb array (`jsonb_to_recordset`), one row per
+-- event and never two of one aggregate: the live path sends one or a few, replay a whole
+-- page's worth (hundreds of rows for the price of one statement).
 
 -- name: project_job_created
 INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, retry_of, correlation_id, actor, created_at,
                   updated_at)
-VALUES (%(id)s, %(name)s, 'PENDING', %(spec)s, 1, %(max_attempts)s, %(priority)s, %(retry_of)s, %(correlation_id)s,
-        %(actor)s, %(at)s, %(at)s);
+SELECT r.id, r.name, 'PENDING', r.spec, 1, r.max_attempts, r.priority, r.retry_of, r.correlation_id, r.actor, r.at, r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    id uuid, at timestamptz, name varchar, spec jsonb, max_attempts int, priority int, retry_of uuid,
+    correlation_id varchar, actor varchar);
 
 -- name: project_job_admitted
-UPDATE jobs SET admitted_at = %(at)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE jobs AS j SET admitted_at = r.at, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz)
+WHERE j.id = r.id;
 
 -- name: project_job_provider_selected
-UPDATE jobs SET selected_provider_id = %(provider_id)s, provider_type = %(provider_type)s, updated_at = %(at)s
-WHERE id = %(id)s;
+UPDATE jobs AS j SET selected_provider_id = r.provider_id, provider_type = r.provider_type, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, provider_id uuid, provider_type varchar)
+WHERE j.id = r.id;
 
 -- name: project_job_assigned
-UPDATE jobs
-SET state = 'ASSIGNED', worker_id = %(worker_id)s, selected_provider_id = %(provider_id)s,
-    provider_type = %(provider_type)s, updated_at = %(at)s
-WHERE id = %(id)s;
+UPDATE jobs AS j
+SET state = 'ASSIGNED', worker_id = r.worker_id, selected_provider_id = r.provider_id,
+    provider_type = r.provider_type, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, worker_id uuid, provider_id uuid, provider_type varchar)
+WHERE j.id = r.id;
 
 -- name: project_job_touched
-UPDATE jobs SET updated_at = %(at)s WHERE id = %(id)s;
+UPDATE jobs AS j SET updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz)
+WHERE j.id = r.id;
 
 -- name: project_job_status_changed
-UPDATE jobs
-SET state = %(new_state)s::varchar,
-    exit_code = CASE WHEN %(terminal)s::boolean THEN %(exit_code)s ELSE exit_code END,
-    error_message = CASE WHEN %(terminal)s::boolean AND %(new_state)s::varchar <> 'SUCCEEDED' THEN %(reason)s
-                         WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE error_message END,
+UPDATE jobs AS j
+SET state = r.new_state,
+    exit_code = CASE WHEN r.terminal THEN r.exit_code ELSE j.exit_code END,
+    error_message = CASE WHEN r.terminal AND r.new_state <> 'SUCCEEDED' THEN r.reason
+                         WHEN r.new_state = 'PENDING' THEN NULL ELSE j.error_message END,
     -- The worker's own times of the command, when it reports them, replace the server's.
-    started_at = CASE WHEN %(new_state)s::varchar = 'RUNNING' THEN %(at)s
-                      WHEN %(new_state)s::varchar = 'PENDING' THEN NULL
-                      ELSE coalesce(%(ran_from)s::timestamptz, started_at) END,
-    completed_at = CASE WHEN %(terminal)s::boolean THEN coalesce(%(ran_until)s::timestamptz, %(at)s) ELSE completed_at END,
-    attempt = attempt + CASE WHEN %(new_state)s::varchar = 'PENDING' THEN 1 ELSE 0 END,
-    worker_id = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE worker_id END,
-    admitted_at = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN NULL ELSE admitted_at END,
-    cancelled_by = CASE WHEN %(new_state)s::varchar = 'CANCELLED' THEN %(actor)s::varchar ELSE cancelled_by END,
-    retry_at = CASE WHEN %(new_state)s::varchar = 'PENDING' THEN %(retry_at)s::timestamptz END,
-    updated_at = %(at)s
-WHERE id = %(id)s;
+    started_at = CASE WHEN r.new_state = 'RUNNING' THEN r.at
+                      WHEN r.new_state = 'PENDING' THEN NULL
+                      ELSE coalesce(r.ran_from, j.started_at) END,
+    completed_at = CASE WHEN r.terminal THEN coalesce(r.ran_until, r.at) ELSE j.completed_at END,
+    attempt = j.attempt + CASE WHEN r.new_state = 'PENDING' THEN 1 ELSE 0 END,
+    worker_id = CASE WHEN r.new_state = 'PENDING' THEN NULL ELSE j.worker_id END,
+    admitted_at = CASE WHEN r.new_state = 'PENDING' THEN NULL ELSE j.admitted_at END,
+    cancelled_by = CASE WHEN r.new_state = 'CANCELLED' THEN r.actor ELSE j.cancelled_by END,
+    retry_at = CASE WHEN r.new_state = 'PENDING' THEN r.retry_at END,
+    updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    id uuid, at timestamptz, new_state varchar, terminal boolean, exit_code int, reason text, ran_from timestamptz,
+    ran_until timestamptz, retry_at timestamptz, actor varchar)
+WHERE j.id = r.id;
 
 -- name: project_job_logs_persisted
 INSERT INTO job_log_files (id, job_id, storage_uri, size_bytes, entry_count, created_at)
-VALUES (%(event_id)s, %(id)s, %(storage_uri)s, %(size_bytes)s, %(entry_count)s, %(at)s);
+SELECT r.event_id, r.id, r.storage_uri, r.size_bytes, r.entry_count, r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    id uuid, at timestamptz, event_id uuid, storage_uri text, size_bytes bigint, entry_count int);
 
 -- name: project_job_logs_expired
-DELETE FROM job_log_files WHERE job_id = %(id)s;
+DELETE FROM job_log_files WHERE job_id IN (SELECT r.id FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid));
 
 -- name: project_worker_created
 INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at)
-VALUES (%(id)s, %(job_id)s, %(attempt)s, 'CREATING', %(provider_id)s, %(provider_type)s, %(at)s, %(at)s);
+SELECT r.id, r.job_id, r.attempt, 'CREATING', r.provider_id, r.provider_type, r.at, r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    id uuid, at timestamptz, job_id uuid, attempt int, provider_id uuid, provider_type varchar);
 
 -- name: project_worker_resource_created
-UPDATE workers
-SET provider_resource_id = %(resource_id)s,
-    state = CASE WHEN state = 'CREATING' THEN 'CONNECTING' ELSE state END,
-    updated_at = %(at)s
-WHERE id = %(id)s;
+UPDATE workers AS w
+SET provider_resource_id = r.resource_id,
+    state = CASE WHEN w.state = 'CREATING' THEN 'CONNECTING' ELSE w.state END,
+    updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, resource_id varchar)
+WHERE w.id = r.id;
 
 -- name: project_worker_registered
-UPDATE workers SET state = 'READY', registered_at = %(at)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE workers AS w SET state = 'READY', registered_at = r.at, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz)
+WHERE w.id = r.id;
 
 -- name: project_worker_state
-UPDATE workers SET state = %(state)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE workers AS w SET state = r.state, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, state varchar)
+WHERE w.id = r.id;
 
 -- name: project_worker_failed
-UPDATE workers SET state = 'FAILED', error_message = %(reason)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE workers AS w SET state = 'FAILED', error_message = r.reason, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, reason text)
+WHERE w.id = r.id;
 
 -- name: project_saga_started
-INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, actor, started_at, updated_at)
-VALUES (%(id)s, %(saga_type)s, 'IN_PROGRESS', %(correlation_id)s, %(attempt)s, %(actor)s, %(at)s, %(at)s);
-
--- name: project_saga_steps_planned
+-- The saga and its planned steps.
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+        id uuid, at timestamptz, saga_type varchar, correlation_id varchar, attempt int, actor varchar, steps jsonb)
+), saga AS (
+    INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, actor, started_at, updated_at)
+    SELECT r.id, r.saga_type, 'IN_PROGRESS', r.correlation_id, r.attempt, r.actor, r.at, r.at FROM r
+)
 INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, updated_at)
-SELECT s.step_id, %(id)s, s.step_name, s.step_order, 'PENDING', %(at)s
-FROM unnest(%(step_ids)s::uuid[], %(step_names)s::varchar[], %(step_orders)s::int[]) AS s (step_id, step_name, step_order);
+SELECT s.step_id, r.id, s.step_name, s.step_order, 'PENDING', r.at
+FROM r, jsonb_to_recordset(r.steps) AS s (step_id uuid, step_name varchar, step_order int);
 
 -- name: project_saga_state
-UPDATE sagas
-SET state = %(state)s,
-    current_step = CASE WHEN %(finished)s::boolean THEN NULL ELSE coalesce(%(step_name)s::varchar, current_step) END,
-    error_message = coalesce(%(error)s::text, error_message),
-    completed_at = CASE WHEN %(finished)s::boolean THEN %(at)s ELSE completed_at END,
-    updated_at = %(at)s
-WHERE id = %(id)s;
+UPDATE sagas AS g
+SET state = r.state,
+    current_step = CASE WHEN r.finished THEN NULL ELSE coalesce(r.step_name, g.current_step) END,
+    error_message = coalesce(r.error, g.error_message),
+    completed_at = CASE WHEN r.finished THEN r.at ELSE g.completed_at END,
+    updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    id uuid, at timestamptz, state varchar, finished boolean, step_name varchar, error text)
+WHERE g.id = r.id;
 
 -- name: project_step_started
 -- The step and its saga in one statement (a step starts a dozen times a job).
-WITH step AS (
-    UPDATE saga_steps
-    SET state = 'IN_PROGRESS', retry_count = %(retry_count)s, deadline_at = %(deadline_at)s,
-        error_message = NULL, started_at = %(at)s, completed_at = NULL, updated_at = %(at)s
-    WHERE saga_id = %(id)s AND step_order = %(step_order)s
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+        id uuid, at timestamptz, step_name varchar, step_order int, retry_count int, deadline_at timestamptz)
+), step AS (
+    UPDATE saga_steps AS s
+    SET state = 'IN_PROGRESS', retry_count = r.retry_count, deadline_at = r.deadline_at,
+        error_message = NULL, started_at = r.at, completed_at = NULL, updated_at = r.at
+    FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
 )
-UPDATE sagas SET state = 'IN_PROGRESS', current_step = %(step_name)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE sagas AS g SET state = 'IN_PROGRESS', current_step = r.step_name, updated_at = r.at
+FROM r WHERE g.id = r.id;
 
 -- name: project_step_ran
 -- A step that started and completed in one transaction (one event: StepRan).
-WITH step AS (
-    UPDATE saga_steps
-    SET state = 'COMPLETED', retry_count = %(retry_count)s, deadline_at = NULL, error_message = NULL,
-        started_at = %(started_at)s, completed_at = %(at)s, updated_at = %(at)s
-    WHERE saga_id = %(id)s AND step_order = %(step_order)s
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+        id uuid, at timestamptz, step_name varchar, step_order int, retry_count int, started_at timestamptz)
+), step AS (
+    UPDATE saga_steps AS s
+    SET state = 'COMPLETED', retry_count = r.retry_count, deadline_at = NULL, error_message = NULL,
+        started_at = r.started_at, completed_at = r.at, updated_at = r.at
+    FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
 )
-UPDATE sagas SET state = 'IN_PROGRESS', current_step = %(step_name)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE sagas AS g SET state = 'IN_PROGRESS', current_step = r.step_name, updated_at = r.at
+FROM r WHERE g.id = r.id;
 
 -- name: project_step_finished
-UPDATE saga_steps
-SET state = %(state)s,
-    error_message = coalesce(%(error)s::text, error_message),
-    deadline_at = %(deadline_at)s,
-    completed_at = %(at)s,
-    updated_at = %(at)s
-WHERE saga_id = %(id)s AND step_order = %(step_order)s;
+UPDATE saga_steps AS s
+SET state = r.state,
+    error_message = coalesce(r.error, s.error_message),
+    deadline_at = r.deadline_at,
+    completed_at = r.at,
+    updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (
+    id uuid, at timestamptz, state varchar, step_order int, error text, deadline_at timestamptz)
+WHERE s.saga_id = r.id AND s.step_order = r.step_order;
 
 -- name: project_step_compensating
-UPDATE saga_steps SET state = 'COMPENSATING', updated_at = %(at)s
-WHERE saga_id = %(id)s AND step_order = %(step_order)s;
+-- The step and its saga.
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, step_name varchar, step_order int)
+), step AS (
+    UPDATE saga_steps AS s SET state = 'COMPENSATING', updated_at = r.at
+    FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
+)
+UPDATE sagas AS g SET state = 'COMPENSATING', current_step = coalesce(r.step_name, g.current_step), updated_at = r.at
+FROM r WHERE g.id = r.id;
 
 -- name: project_saga_audits
--- A transaction's audit rows in one statement, from one jsonb array (as the events are).
+-- Audit rows, a transaction's or a replay page's, in one statement.
 INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
 SELECT event_id, id, event_type, step_name, message, payload, at
 FROM jsonb_to_recordset(%s::jsonb) AS r (
     event_id uuid, id uuid, event_type varchar, step_name varchar, message text, payload jsonb, at timestamptz);
 
--- name: copy_saga_audit
--- Replay's audit rows, a page at a time: COPY costs the client a fraction of an INSERT a row.
-COPY saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at) FROM STDIN;
-
 -- name: project_provider_registered
 INSERT INTO provider_configs (id, name, provider_type, status, health, config, created_at, updated_at)
-VALUES (%(id)s, %(name)s, %(provider_type)s, 'ACTIVE', 'UNKNOWN', %(config)s, %(at)s, %(at)s);
+SELECT r.id, r.name, r.provider_type, 'ACTIVE', 'UNKNOWN', r.config, r.at, r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, name varchar, provider_type varchar, config jsonb);
 
 -- name: project_provider_status
-UPDATE provider_configs SET status = %(status)s, updated_at = %(at)s WHERE id = %(id)s;
+UPDATE provider_configs AS p SET status = r.status, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, status varchar)
+WHERE p.id = r.id;
 
 -- name: project_provider_capacity
-UPDATE provider_configs
-SET config = CASE WHEN %(max_workers)s::int IS NULL THEN config - 'max_workers'
-                  ELSE jsonb_set(config, '{max_workers}', to_jsonb(%(max_workers)s::int)) END,
-    updated_at = %(at)s
-WHERE id = %(id)s;
+UPDATE provider_configs AS p
+SET config = CASE WHEN r.max_workers IS NULL THEN p.config - 'max_workers'
+                  ELSE jsonb_set(p.config, '{max_workers}', to_jsonb(r.max_workers)) END,
+    updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, max_workers int)
+WHERE p.id = r.id;
 
 -- name: project_provider_health
-UPDATE provider_configs SET health = %(health)s, health_message = %(message)s, updated_at = %(at)s
-WHERE id = %(id)s;
+UPDATE provider_configs AS p SET health = r.health, health_message = r.message, updated_at = r.at
+FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, health varchar, message text)
+WHERE p.id = r.id;
 
 -- name: claim_outbox_rows
 -- A row is claimable when it is due (or its lease expired) and every earlier open row of
@@ -657,6 +706,10 @@ WHERE status = 'DEAD_LETTER' AND (%(all)s OR id = ANY(%(ids)s::uuid[]))
 RETURNING id::text;
 
 -- Online rebuild ---------------------------------------------------------------------
+
+-- name: export_snapshot
+-- A transaction's snapshot, for another connection to read in (replay --verify's log reader).
+SELECT pg_export_snapshot();
 
 -- name: read_model_constraints
 -- Keys and foreign keys of the read models, as their live definitions (read with the

@@ -10,13 +10,16 @@ and swaps the scratch tables in. Writers wait only for that swap, which it measu
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import tuple_row
+from psycopg.rows import args_row
 from psycopg_pool import ConnectionPool
 
 from hodei.store import projections
@@ -31,6 +34,7 @@ PAGE = 2000
 # Catching up stops (and the lock is taken) once a round finds fewer events than this.
 CATCH_UP_LEFT = 200
 CATCH_UP_ROUNDS = 20
+_JOINS_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
 
 
 @dataclass(frozen=True)
@@ -40,23 +44,58 @@ class Difference:
     only_replayed: list[tuple[Any, ...]]
 
 
-def _project_page(conn: psycopg.Connection[Any], after: int) -> tuple[int, int]:
-    """Projects the events after position ``after``, one page, pipelined (one round trip
-    per page instead of one per statement); (events, last position)."""
-    with conn.cursor(row_factory=tuple_row) as reader, conn.cursor() as writer:
-        records = [EventRecord(*row) for row in reader.execute(query("select_event_records"), (after, PAGE))]
-        projections.project_page(writer, records)
-    return len(records), records[-1].position if records else after
+@dataclass(frozen=True)
+class _Page:
+    statements: projections.Page
+    last: int  # the position of its last event
 
 
-def _project_all(conn: psycopg.Connection[Any], after: int = 0) -> tuple[int, int]:
-    """Every event after ``after``, in this transaction; (events, last position)."""
+def _pages(
+    conn: psycopg.Connection[Any], after: int, last_page: Callable[[int], bool] = lambda found: not found
+) -> Iterator[_Page]:
+    """The log's pages after position ``after``, each with its statements built, until
+    ``last_page(events found)`` says the page just read was the last."""
+    with conn.cursor(row_factory=args_row(EventRecord)) as reader:
+        while True:
+            records = reader.execute(query("select_event_records"), (after, PAGE)).fetchall()
+            if records:
+                after = records[-1].position
+                yield _Page(projections.Page(records), after)
+            if last_page(len(records)):
+                return
+
+
+def _read_ahead(pages: Iterator[_Page]) -> Iterator[_Page]:
+    """``pages``, each read and built on a thread of its own while the caller sends the
+    one before: the client's work on a page and the database's overlap."""
+    with ThreadPoolExecutor(1, thread_name_prefix="hodei-replay-reader") as reader:
+        upcoming = reader.submit(next, pages, None)
+        while (page := upcoming.result()) is not None:
+            upcoming = reader.submit(next, pages, None)
+            yield page
+
+
+@contextlib.contextmanager
+def _index_plans(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Projection statements planned as index lookups, row by row. Their rows come in one
+    jsonb array that the planner guesses at 100 rows, and a plan is kept for the whole
+    replay while the scratch tables grow from nothing: a plan made for an empty table
+    would scan and hash the whole table at every statement once it is full."""
+    for setting in _JOINS_BY_INDEX:
+        conn.execute(sql.SQL("SET LOCAL {} = off").format(sql.Identifier(setting)))
+    yield
+    for setting in _JOINS_BY_INDEX:
+        conn.execute(sql.SQL("SET LOCAL {} TO DEFAULT").format(sql.Identifier(setting)))
+
+
+def _send(conn: psycopg.Connection[Any], pages: Iterable[_Page], after: int) -> tuple[int, int]:
+    """Every page into the tables on the search_path, in this transaction; (events, last position)."""
     count = 0
-    while True:
-        found, after = _project_page(conn, after)
-        if not found:
-            return count, after
-        count += found
+    with _index_plans(conn), conn.cursor() as writer:
+        for page in pages:
+            page.statements.send(writer)
+            count, after = count + page.statements.events, page.last
+    return count, after
 
 
 def _create_scratch(conn: psycopg.Connection[Any]) -> None:
@@ -115,15 +154,22 @@ def _compare(conn: psycopg.Connection[Any], table: str, sample: int) -> Differen
 
 def verify(pool: ConnectionPool, sample: int = 5) -> tuple[int, list[Difference]]:
     """(events replayed, differences per table). Leaves the live tables untouched."""
-    with translate_errors(), pool.connection() as conn:
+    with translate_errors(), pool.connection() as conn, pool.connection() as log:
         conn.autocommit = False
+        log.autocommit = False
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             _create_scratch(conn)
             conn.execute(sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(SCRATCH_SCHEMA)))
-            count, _ = _project_all(conn)
+            # The log is read on a second connection, in this transaction's snapshot.
+            log.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            [(snapshot,)] = conn.execute(query("export_snapshot")).fetchall()
+            log.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            count, _ = _send(conn, _read_ahead(_pages(log, 0)), 0)
             differences = [d for table in projections.READ_MODELS if (d := _compare(conn, table, sample))]
         finally:
+            log.rollback()
+            log.autocommit = True
             conn.rollback()
             conn.autocommit = True
     return count, differences
@@ -144,27 +190,40 @@ def _schema_sql(statement: str, *names: str) -> sql.Composed:
     return sql.SQL(statement).format(*(sql.Identifier(name) for name in names))
 
 
-def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> None:
+def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, str]]:
     """Empty copies of the read models in REBUILD_SCHEMA with the live tables' own
-    constraint names, so nothing changes name when they are swapped in. Their plain
-    indexes come once the bulk of the log is in (``_add_plain_indexes``): built at once,
-    not row by row."""
+    constraint names, so nothing changes name when they are swapped in; the live
+    constraints, for ``_finish_rebuild_tables``. The copies start unlogged and with their
+    keys only: the bulk of the log goes in without a WAL record per row version or a
+    foreign-key check per row."""
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", REBUILD_SCHEMA))
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", RETIRED_SCHEMA))
     conn.execute(_schema_sql("CREATE SCHEMA {}", REBUILD_SCHEMA))
     constraints = _constraints(conn)
-    # From here, an unqualified table (a foreign key's target) is the rebuilt one.
-    conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(REBUILD_SCHEMA)))
     for table in projections.READ_MODELS:
         conn.execute(
             _schema_sql(
-                "CREATE TABLE {}.{} (LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)",
+                "CREATE UNLOGGED TABLE {}.{} "
+                "(LIKE public.{} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)",
                 REBUILD_SCHEMA,
                 table,
                 table,
             )
         )
-    _add_constraints(conn, REBUILD_SCHEMA, constraints, "puf")
+    _add_constraints(conn, REBUILD_SCHEMA, constraints, "pu")
+    return constraints
+
+
+def _finish_rebuild_tables(conn: psycopg.Connection[Any], constraints: list[tuple[str, str, str, str]]) -> None:
+    """Once the bulk of the log is in: the copies become logged (each written to the WAL
+    once), get their other indexes (each built at once) and their foreign keys (checked
+    at once), before the last events go in and they are swapped in."""
+    for table in projections.READ_MODELS:
+        conn.execute(_schema_sql("ALTER TABLE {}.{} SET LOGGED", REBUILD_SCHEMA, table))
+    _add_plain_indexes(conn, REBUILD_SCHEMA)
+    # An unqualified table (a foreign key's target) is the rebuilt one.
+    conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(REBUILD_SCHEMA)))
+    _add_constraints(conn, REBUILD_SCHEMA, constraints, "f")
 
 
 def _swap(conn: psycopg.Connection[Any]) -> None:
@@ -174,31 +233,42 @@ def _swap(conn: psycopg.Connection[Any]) -> None:
         conn.execute(_schema_sql("ALTER TABLE {}.{} SET SCHEMA public", REBUILD_SCHEMA, table))
 
 
+class _CatchUp:
+    """When ``apply`` stops reading while writers run: after a page far from full, or
+    after many short pages (writers as fast as the rebuild); the rest comes under the lock."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def __call__(self, found: int) -> bool:
+        if found == PAGE:
+            return False
+        self.rounds += 1
+        return found < CATCH_UP_LEFT or self.rounds >= CATCH_UP_ROUNDS
+
+
 def apply(pool: ConnectionPool) -> Rebuild:
     """Rebuilds every read model from the log while the platform keeps writing."""
     with translate_errors(), pool.connection() as conn:
         conn.autocommit = False
         try:
             with conn.transaction():
-                _create_rebuild_tables(conn)
-            events, last, rounds = 0, 0, 0
+                constraints = _create_rebuild_tables(conn)
+            events, last, catch_up = 0, 0, _CatchUp()
             scratch = sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(REBUILD_SCHEMA))
-            while True:  # a page per transaction: nothing held long
-                with conn.transaction():
-                    conn.execute(scratch)
-                    found, last = _project_page(conn, last)
-                events += found
-                if found < PAGE:
-                    rounds += 1
-                    if found < CATCH_UP_LEFT or rounds >= CATCH_UP_ROUNDS:
-                        break
+            with pool.connection() as log:
+                for page in _read_ahead(_pages(log, last, catch_up)):
+                    with conn.transaction():  # a page per transaction: nothing held long
+                        conn.execute(scratch)
+                        found, last = _send(conn, [page], last)
+                    events += found
             with conn.transaction():
-                _add_plain_indexes(conn, REBUILD_SCHEMA)
+                _finish_rebuild_tables(conn, constraints)
             with conn.transaction():
                 conn.execute(query("lock_domain_events"))
                 locked = time.perf_counter()
                 conn.execute(scratch)
-                under_lock, last = _project_all(conn, last)
+                under_lock, last = _send(conn, _pages(conn, last), last)
                 _swap(conn)
             locked_seconds = time.perf_counter() - locked
             with conn.transaction():
@@ -207,4 +277,4 @@ def apply(pool: ConnectionPool) -> Rebuild:
         finally:
             conn.rollback()
             conn.autocommit = True
-    return Rebuild(events + under_lock, under_lock, rounds, locked_seconds)
+    return Rebuild(events + under_lock, under_lock, catch_up.rounds, locked_seconds)
