@@ -73,6 +73,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_FAULT": ("", "tests only: a point at which the server kills itself (see hodei/faults.py)"),
     "HODEI_HEARTBEAT_INTERVAL": ("2", "seconds between worker heartbeats"),
     "HODEI_HEARTBEAT_TIMEOUT": ("10", "seconds without a heartbeat before a worker is lost"),
+    "HODEI_MAX_HEARTBEATS_PER_SECOND": (
+        "100",
+        "heartbeats one server takes per second: past it, a new worker beats less often and may be silent "
+        "longer, both in proportion",
+    ),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
     "HODEI_KEEP_FAILED_WORKERS": (
         "0",
@@ -183,6 +188,7 @@ class Timing:
     retention_interval: float = 60.0
     # A worker that failed to start keeps its container or pod this long (0: removed at once).
     keep_failed_workers: float = 0.0
+    max_heartbeats_per_second: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +344,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             reconcile_interval=_number(env, "HODEI_RECONCILE_INTERVAL"),
             retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
             keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS", zero_allowed=True),
+            max_heartbeats_per_second=_number(env, "HODEI_MAX_HEARTBEATS_PER_SECOND"),
         ),
         relay=RelayConfig(
             batch_size=int(_number(env, "HODEI_RELAY_BATCH")),

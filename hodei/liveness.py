@@ -3,7 +3,10 @@
 
 Streams note each message in memory (``seen``); a flusher writes everything noted since
 its last round in one statement (``flush``), twice per heartbeat interval. A thousand
-connected workers then cost two statements a second, not a thousand."""
+connected workers then cost two statements a second, not a thousand.
+
+Each worker beats at the pace its server gave it when it registered (``Pace``), and is
+lost after its own timeout, kept with its liveness row."""
 
 from __future__ import annotations
 
@@ -23,6 +26,25 @@ class Stale:
     worker_id: UUID
     job_id: UUID
     last_seen: datetime
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Pace:
+    """A worker's heartbeat interval and the silence after which it is lost: the
+    configured pair while its server takes at most ``max_per_second`` heartbeats, both
+    stretched alike past that (as Nomad stretches its clients' heartbeat TTL with their
+    number). Each heartbeat costs the server a message on the worker's stream; a
+    thousand workers at the configured pace cost it a tenth of a core."""
+
+    interval: float
+    timeout: float
+    max_per_second: float
+
+    def for_workers(self, connected: int) -> tuple[float, float]:
+        """(interval, timeout) for a worker joining ``connected`` others."""
+        stretch = max(1.0, (connected + 1) / (self.interval * self.max_per_second))
+        return self.interval * stretch, self.timeout * stretch
 
 
 class Liveness:
@@ -30,12 +52,15 @@ class Liveness:
         self.pool = pool
         self.server_id = server_id
         self._lock = threading.Lock()
-        self._noted: dict[UUID, tuple[bool, datetime]] = {}
+        self._noted: dict[UUID, tuple[bool, datetime, float | None]] = {}
 
-    def seen(self, worker_id: UUID, connected: bool) -> None:
-        """Notes a sign of life; written by the next ``flush``."""
+    def seen(self, worker_id: UUID, connected: bool, timeout: float | None = None) -> None:
+        """Notes a sign of life (and a new timeout for the worker's silence, when its pace
+        changed); written by the next ``flush``."""
         with self._lock:
-            self._noted[worker_id] = (connected, datetime.now(UTC))
+            before = self._noted.get(worker_id)
+            kept = timeout if timeout is not None or before is None else before[2]
+            self._noted[worker_id] = (connected, datetime.now(UTC), kept)
 
     def flush(self) -> int:
         """Writes what was noted since the last flush; kept for the next one on failure."""
@@ -43,7 +68,10 @@ class Liveness:
             noted, self._noted = self._noted, {}
         if not noted:
             return 0
-        seen = [{"worker_id": i, "connected": connected, "seen_at": at} for i, (connected, at) in noted.items()]
+        seen = [
+            {"worker_id": i, "connected": connected, "seen_at": at, "timeout": timeout}
+            for i, (connected, at, timeout) in noted.items()
+        ]
         try:
             execute(self.pool, "touch_liveness_many", (self.server_id, Jsonb(seen)))
         except Exception:
@@ -53,11 +81,13 @@ class Liveness:
             raise
         return len(seen)
 
-    def touch(self, worker_id: UUID, connected: bool) -> None:
-        execute(self.pool, "touch_liveness", (worker_id, self.server_id, connected))
+    def touch(self, worker_id: UUID, connected: bool, timeout: float) -> None:
+        """A sign of life, and the silence after which the worker is lost."""
+        execute(self.pool, "touch_liveness", (worker_id, self.server_id, connected, timeout))
 
     def forget(self, worker_id: UUID) -> None:
         execute(self.pool, "forget_liveness", (worker_id,))
 
     def stale(self, timeout: float, hearing_since: datetime) -> list[Stale]:
+        """Workers silent for longer than their own timeout (``timeout`` when none was kept)."""
         return fetch_all(self.pool, "stale_workers", {"timeout": timeout, "hearing_since": hearing_since}, Stale)

@@ -1,9 +1,9 @@
 """Wake-ups across processes: a LISTEN connection turns NOTIFYs into local events.
 
 Every commit of events sends ``NOTIFY hodei_signals, '<aggregate ids>'``. Waiters
-(the relay, worker streams, log followers, job watchers) block on a ``Waiter`` with
-a timeout and then look at the database: a lost notification only delays them,
-which is why every waiter also polls.
+(the relay, worker streams, log followers, job watchers) block on a ``Waiter`` and
+then look at the database: a lost notification only delays them, which is why every
+waiter also polls (with a timeout; the worker streams, all at once in one query).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class AsyncWaiter(Waiter):
         signalled, self._signalled = self._signalled, False
         return signalled
 
-    async def wait_async(self, timeout: float) -> bool:
-        """True when woken before the timeout. Clears the wake-up either way."""
+    async def wait_async(self, timeout: float | None) -> bool:
+        """True when woken before the timeout (None: none). Clears the wake-up either way."""
         try:
             async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
                 await self._async_event.wait()

@@ -155,7 +155,7 @@ class Sweeper:
 
     def detect_lost_workers(self) -> None:
         for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.hearing_since):
-            self.lose(stale.worker_id, f"no heartbeat for {self.timing.heartbeat_timeout:g}s")
+            self.lose(stale.worker_id, f"no heartbeat for {stale.timeout:g}s")
 
     def lose(self, worker_id: UUID | str, reason: str) -> None:
         def run() -> tuple[None, list[Worker]]:

@@ -273,3 +273,20 @@ def test_lines_read_together_are_split_across_batches_in_order() -> None:
     assert [b.line_count for b in sent] == [952, 952, 596, 1]  # 21 bytes a line with overhead
     assert [text for b in sent for run in b.runs for text in run[2]] == [*texts, "y" * 30_000]
     batcher.close()
+
+
+def test_the_agent_takes_the_pace_its_server_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Importing the agent sets GRPC_ENABLE_FORK_SUPPORT, for its own process: undone after.
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from hodei_worker.agent import Agent, Settings
+
+    from hodei._proto import worker_pb2
+
+    agent = Agent(Settings(servers=("127.0.0.1:9",), worker_id="w", job_id="j", token="t", kill_grace=1.0))
+    try:
+        for milliseconds, expected in ((7000, 7.0), (0, 7.0), (50, 0.2)):
+            ack = worker_pb2.HeartbeatAck(heartbeat_interval_ms=milliseconds)
+            agent._on_message(worker_pb2.ServerMessage(heartbeat_ack=ack))
+            assert agent.heartbeat_interval == expected
+    finally:
+        agent.close()

@@ -58,7 +58,7 @@ def test_apply_rebuilds_and_swaps_in_the_same_tables(store: HodeiStore, fresh_da
     # The swapped-in tables have the live ones' columns, keys, foreign keys and index names,
     # and, built unlogged, are logged again (an unlogged table is emptied by a crash).
     assert _schema(fresh_database_url) == schema_before
-    unlogged = "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relpersistence <> 'p'"
+    unlogged = "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relpersistence <> 'p'"
     assert query(fresh_database_url, unlogged) == []
     assert query(fresh_database_url, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'hodei_re%%'") == []
 

@@ -18,7 +18,7 @@ from hodei.domain.saga import Saga
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict
-from hodei.liveness import Liveness
+from hodei.liveness import Liveness, Pace
 from hodei.store.app import HodeiStore, Meta
 from hodei.testing import query
 from tests.workload import OPERATIONS, Workload
@@ -266,3 +266,30 @@ def test_a_silent_worker_whose_job_ended_is_not_stale(store: HodeiStore) -> None
     stale = {s.worker_id for s in Liveness(store.pool, "test").stale(0.01, datetime(2000, 1, 1, tzinfo=UTC))}
     assert found["running"] in stale
     assert found["finished"] not in stale
+
+
+def test_each_worker_is_lost_after_its_own_timeout(store: HodeiStore) -> None:
+    """A worker given a longer pace at registration (a server with many workers) may be
+    silent longer; a worker without one gets the configured timeout."""
+    liveness = Liveness(store.pool, "test")
+    found = {}
+    for name in ("paced", "long", "unpaced"):
+        job = new_job()
+        worker = new_worker(job, ProviderType.LOCAL)
+        worker.register("session", "host", datetime.now(UTC))
+        store.write([job, worker], Meta(actor="t"))
+        if name != "unpaced":
+            liveness.touch(worker.id, connected=False, timeout=0.01 if name == "paced" else 3600)
+        found[name] = worker.id
+    time.sleep(0.05)
+    stale = {s.worker_id: s.timeout for s in liveness.stale(0.02, datetime(2000, 1, 1, tzinfo=UTC))}
+    assert stale == {found["paced"]: 0.01, found["unpaced"]: 0.02}
+
+
+def test_the_heartbeat_pace_stretches_past_the_servers_rate() -> None:
+    pace = Pace(interval=2.0, timeout=10.0, max_per_second=100.0)
+    assert pace.for_workers(0) == (2.0, 10.0)
+    assert pace.for_workers(199) == (2.0, 10.0)  # 200 workers at 2 s: 100 heartbeats a second
+    interval, timeout = pace.for_workers(999)
+    assert (interval, timeout) == (10.0, 50.0)
+    assert 1000 / interval == pace.max_per_second

@@ -453,14 +453,22 @@ Global___LogAck: _TypeAlias = LogAck  # noqa: Y015
 
 @_typing.final
 class HeartbeatAck(_message.Message):
+    """Sent only to change the worker's pace: its heartbeats from now on come every
+    heartbeat_interval_ms (a server taking many workers' heartbeats spaces them out).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    heartbeat_interval_ms: _builtins.int
     def __init__(
         self,
+        *,
+        heartbeat_interval_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,7 @@ class SimWorker:
         self.outbox: asyncio.Queue[worker_pb2.WorkerMessage | None] = asyncio.Queue()
         self.acked_seq = 0
         self.logs_acked = asyncio.Event()
+        self.interval = 2.0  # seconds between heartbeats; the server sets it
 
     async def run(self) -> None:
         address = self.env["HODEI_SERVER_ADDRESS"].split(",")[0]
@@ -102,9 +103,9 @@ class SimWorker:
                 ),
                 timeout=30,
             )
-            interval = max(reply.heartbeat_interval_ms / 1000, 0.2)
+            self.interval = max(reply.heartbeat_interval_ms / 1000, 0.2)
             metadata = (("x-hodei-worker-id", self.worker_id), ("x-hodei-session", reply.session_token))
-            call = stub.Connect(self._outgoing(interval), metadata=metadata)
+            call = stub.Connect(self._outgoing(), metadata=metadata)
             job: asyncio.Task[None] | None = None
             try:
                 async for message in call:
@@ -118,6 +119,8 @@ class SimWorker:
                     elif kind == "log_ack":
                         self.acked_seq = max(self.acked_seq, message.log_ack.seq)
                         self.logs_acked.set()
+                    elif kind == "heartbeat_ack" and message.heartbeat_ack.heartbeat_interval_ms > 0:
+                        self.interval = max(message.heartbeat_ack.heartbeat_interval_ms / 1000, 0.2)
                     elif kind == "result_ack":
                         return
             finally:
@@ -126,11 +129,11 @@ class SimWorker:
                 await self.outbox.put(None)
                 call.cancel()
 
-    async def _outgoing(self, interval: float) -> AsyncIterator[worker_pb2.WorkerMessage]:
+    async def _outgoing(self) -> AsyncIterator[worker_pb2.WorkerMessage]:
         yield worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now()))
         while True:
             try:
-                message = await asyncio.wait_for(self.outbox.get(), interval)
+                message = await asyncio.wait_for(self.outbox.get(), self.interval)
             except TimeoutError:
                 message = worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now()))
             if message is None:

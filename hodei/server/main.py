@@ -160,6 +160,7 @@ async def _add_services(
     """The API services, health and reflection; returns the health servicer and the
     servicers by full service name (the web console calls them in process)."""
     from hodei._proto import access_pb2, access_pb2_grpc, outbox_pb2, outbox_pb2_grpc, sagas_pb2, sagas_pb2_grpc
+    from hodei.liveness import Pace
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
     from hodei.server.jobs_api import JobExecutionService
@@ -176,7 +177,7 @@ async def _add_services(
         runtime.logs,
         runtime.liveness,
         runtime.secrets,
-        cfg.timing.heartbeat_interval,
+        Pace(cfg.timing.heartbeat_interval, cfg.timing.heartbeat_timeout, cfg.timing.max_heartbeats_per_second),
         runtime.faults,
         runtime.registry,
         runtime.metrics,
@@ -197,7 +198,7 @@ async def _add_services(
         (
             metrics_pb2,
             "MetricsService",
-            MetricsService(runtime.reads, runtime.relay.counters, lambda: len(workers.connected)),
+            MetricsService(runtime.reads, runtime.relay.counters, lambda: len(workers.sessions)),
         ),
         (logs_pb2, "LogStreamService", LogStreamService(runtime.reads, runtime.logs, runtime.signals)),
         (access_pb2, "AccessService", AccessService(tokens)),

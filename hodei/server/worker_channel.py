@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,25 +29,29 @@ from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, ProviderUnavailable, Unauthenticated
 from hodei.faults import Faults
-from hodei.liveness import Liveness
+from hodei.liveness import Liveness, Pace
 from hodei.logs import STDERR, STDOUT, LogLine, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_one
+from hodei.store.db import fetch_all, fetch_one
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.tokens import TokenSigner, new_nonce
 
 log = logging.getLogger(__name__)
 
-# Seconds between re-reads of the worker's state when no NOTIFY arrives (a random
-# share of it, so that streams opened together do not poll together). Only a guard: the
-# stream wakes on every NOTIFY about its worker or job, and the listener wakes every
-# stream after it reconnects. Polling each second cost a query per connected worker per
-# second: with 1,000 sim workers, a whole core.
+# Seconds between re-reads of the connected workers' states, all in one query. Only a
+# guard: a stream wakes on every NOTIFY about its worker or job, and the listener wakes
+# every stream after it reconnects. A query per stream cost, with 1,000 sim workers, a
+# whole core when each polled every second, and still 4% of one every 30 s.
 STATE_POLL = 30.0
+
+# How much slower than its current pace a worker's pace must have become for the server
+# to tell it (an answer to its heartbeat): a stream's pace moves in a few steps while its
+# server's workers grow, and ends within a quarter of the server's heartbeat budget.
+REPACE = 1.25
 
 _RESULTS = {
     worker_pb2.JOB_OUTCOME_TIMED_OUT: JobState.TIMEOUT,
@@ -62,6 +65,7 @@ _RESULTS = {
 class SessionState:
     """What a worker's stream reads to decide whether to send run-job or cancel."""
 
+    worker_id: UUID
     worker_state: str
     worker_attempt: int
     job_state: str
@@ -79,6 +83,11 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
         raise InvalidInput(f"unknown job outcome {result.outcome}") from None
 
 
+def _ended(row: SessionState) -> bool:
+    """The worker's session is over: the stream ends."""
+    return row.worker_state in (WorkerState.TERMINATING, WorkerState.TERMINATED)
+
+
 class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
     def __init__(
         self,
@@ -88,23 +97,25 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         logs: LogStore,
         liveness: Liveness,
         secrets: JobSecrets,
-        heartbeat_interval: float,
+        pace: Pace,
         faults: Faults,
         registry: ProviderRegistry,
         metrics: PlatformMetrics,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
-        metrics.count_connected(lambda: len(self.connected))
+        metrics.count_connected(lambda: len(self.sessions))
         self.store = store
         self.signer = signer
         self.signals = signals
         self.logs = logs
         self.liveness = liveness
         self.secrets = secrets
-        self.heartbeat_interval = heartbeat_interval
+        self.pace = pace
         self.faults = faults
-        self.connected: set[UUID] = set()
+        # The open stream of each connected worker (a reconnect replaces the entry).
+        self.sessions: dict[UUID, WorkerSession] = {}
+        self._poller: asyncio.Task[None] | None = None
 
     def stopped_by_others(self, provider_type: str, worker_id: str) -> str | None:
         try:
@@ -130,11 +141,12 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
         session_nonce = self.store.command(meta, register)
         self.faults.point("register-committed")
-        self.liveness.touch(worker.id, connected=False)
+        interval, timeout = self.pace.for_workers(len(self.sessions))
+        self.liveness.touch(worker.id, connected=False, timeout=timeout)
         log.info("worker %s registered for job %s", worker.id, worker.job_id)
         return worker_pb2.RegisterResponse(
             session_token=self.signer.session_token(str(worker.id), session_nonce),
-            heartbeat_interval_ms=int(self.heartbeat_interval * 1000),
+            heartbeat_interval_ms=int(interval * 1000),
         )
 
     @rpc
@@ -152,8 +164,32 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self.signer.check_session(metadata.get("x-hodei-session", ""), str(worker.id), worker.session_nonce)
         if not worker.is_live:
             raise Unauthenticated(f"worker {worker.id} is {worker.state}: its session is over")
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
         async for message in WorkerSession(self, worker).run(request_iterator):
             yield message
+
+    async def _poll_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_POLL)
+            try:
+                await asyncio.to_thread(self.poll_sessions)
+            except Exception as exc:
+                log.warning("could not read the connected workers' states: %s", exc)
+
+    def poll_sessions(self) -> int:
+        """Reads every connected worker's state at once and wakes the streams whose worker
+        or job asks for something (run-job, cancel, the end); they act as on a signal.
+        Returns how many were woken."""
+        sessions = dict(self.sessions)
+        if not sessions:
+            return 0
+        rows = fetch_all(self.store.pool, "worker_session_states", ([str(i) for i in sessions],), SessionState)
+        found = {row.worker_id: row for row in rows}
+        due = [session for worker_id, session in sessions.items() if session.due(found.get(worker_id))]
+        for session in due:
+            session.wake()
+        return len(due)
 
 
 class WorkerSession:
@@ -171,13 +207,18 @@ class WorkerSession:
         self.sent_run = False
         self.sent_cancel = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiter: AsyncWaiter | None = None
+        # The worker's heartbeat interval, as its registration just gave it (an agent that
+        # registered elsewhere may beat faster: more heartbeats, never a false loss).
+        self.interval = service.pace.for_workers(len(service.sessions))[0]
 
     async def run(self, requests: AsyncIterator[worker_pb2.WorkerMessage]) -> AsyncIterator[worker_pb2.ServerMessage]:
         service = self.service
         self.loop = asyncio.get_running_loop()
-        service.connected.add(self.worker_id)
+        service.sessions[self.worker_id] = self
         service.liveness.seen(self.worker_id, connected=True)
         with service.signals.async_waiter(str(self.worker_id), self.job_id) as waiter:
+            self.waiter = waiter
             reader = asyncio.create_task(self._read(requests, waiter))
             try:
                 recheck = True
@@ -187,14 +228,35 @@ class WorkerSession:
                     while not self.outgoing.empty():
                         yield self.outgoing.get_nowait()
                     # The worker's own messages (a heartbeat) only nudge: their answers are
-                    # queued; the worker's state is read again on a signal or a poll.
-                    woken = await waiter.wait_async(STATE_POLL * random.uniform(0.5, 1.0))
-                    recheck = waiter.take_signal() or not woken
+                    # queued; the worker's state is read again on a signal (or the
+                    # service's poll finding something for it).
+                    await waiter.wait_async(None)
+                    recheck = waiter.take_signal()
             finally:
                 self.closed = True
                 reader.cancel()
-                service.connected.discard(self.worker_id)
+                if service.sessions.get(self.worker_id) is self:
+                    del service.sessions[self.worker_id]
                 service.liveness.seen(self.worker_id, connected=False)
+
+    def wake(self) -> None:
+        """Has the stream read its state again, as a signal would."""
+        if self.waiter is not None:
+            self.waiter.wake()
+
+    def due(self, row: SessionState | None) -> bool:
+        """Whether ``row`` (None: the worker is gone) asks this stream to end, or to send
+        run-job or cancel that it has not sent."""
+        return row is None or _ended(row) or self._run_due(row) or self._cancel_due(row)
+
+    def _run_due(self, row: SessionState) -> bool:
+        busy = row.worker_state == WorkerState.BUSY
+        return (
+            busy and row.job_state == JobState.ASSIGNED and row.worker_attempt == row.job_attempt and not self.sent_run
+        )
+
+    def _cancel_due(self, row: SessionState) -> bool:
+        return row.worker_state == WorkerState.BUSY and row.job_state == JobState.CANCELLED and not self.sent_cancel
 
     def _send(self, message: worker_pb2.ServerMessage) -> None:
         """Queues a message for the worker, from the loop or from an I/O thread (through
@@ -205,15 +267,13 @@ class WorkerSession:
     def _sync(self) -> bool:
         """Sends run-job or cancel when the database says so. False ends the stream.
         Runs in an I/O thread; what it sends is queued for the stream's task."""
-        row = fetch_one(self.service.store.pool, "worker_session_state", (self.worker_id,), SessionState)
-        if row is None or row.worker_state in (WorkerState.TERMINATING, WorkerState.TERMINATED):
+        row = fetch_one(self.service.store.pool, "worker_session_states", ([str(self.worker_id)],), SessionState)
+        if row is None or _ended(row):
             return False
-        busy = row.worker_state == WorkerState.BUSY
-        same_attempt = row.worker_attempt == row.job_attempt
-        if busy and row.job_state == JobState.ASSIGNED and same_attempt and not self.sent_run:
+        if self._run_due(row):
             self.sent_run = True
             self._send_run(JobSpec.from_payload(row.spec))
-        if row.job_state == JobState.CANCELLED and busy and not self.sent_cancel:
+        if self._cancel_due(row):
             self.sent_cancel = True
             reason = row.error_message or ""
             self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=reason)))
@@ -254,13 +314,13 @@ class WorkerSession:
             waiter.nudge()
 
     async def _handle(self, message: worker_pb2.WorkerMessage) -> bool:
-        """Handles one message; True when an answer was queued. A heartbeat gets none (no
-        agent reads HeartbeatAck, and answering doubled a thousand idle workers' traffic):
-        it only proves the worker alive, noted in memory and written in batches."""
-        self.service.liveness.seen(self.worker_id, connected=True)
+        """Handles one message; True when an answer was queued. A heartbeat gets none (it
+        only proves the worker alive, noted in memory and written in batches; answering
+        each doubled a thousand idle workers' traffic) unless the worker's pace changes."""
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
-            return False
+            return self._pace()
+        self.service.liveness.seen(self.worker_id, connected=True)
         if kind == "ack":
             self._own(message.ack.job_id)
             worker_id = str(self.worker_id)
@@ -274,6 +334,21 @@ class WorkerSession:
             self._own(result.job_id)
             await asyncio.to_thread(self._record_result, result)
             self._send(worker_pb2.ServerMessage(result_ack=worker_pb2.ResultAck(job_id=self.job_id)))
+        return True
+
+    def _pace(self) -> bool:
+        """Notes the heartbeat; once this server's workers have grown so that the worker's
+        pace should be a quarter slower or more, gives it the new one (its longer timeout is
+        written with the heartbeat, before the worker has slowed down). True when one is
+        queued."""
+        interval, timeout = self.service.pace.for_workers(len(self.service.sessions) - 1)
+        if interval < REPACE * self.interval:
+            self.service.liveness.seen(self.worker_id, connected=True)
+            return False
+        self.service.liveness.seen(self.worker_id, connected=True, timeout=timeout)
+        self.interval = interval
+        ack = worker_pb2.HeartbeatAck(heartbeat_interval_ms=int(interval * 1000))
+        self._send(worker_pb2.ServerMessage(heartbeat_ack=ack))
         return True
 
     def _record_result(self, result: worker_pb2.JobResult) -> None:

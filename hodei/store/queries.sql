@@ -436,30 +436,33 @@ WHERE w.id = ANY(%s::uuid[]);
 -- name: list_providers
 SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
 
--- name: worker_session_state
--- What a worker's stream needs to decide whether to send run-job or cancel.
-SELECT w.state AS worker_state, w.attempt AS worker_attempt, j.state AS job_state, j.attempt AS job_attempt,
-       j.spec, j.error_message
+-- name: worker_session_states
+-- What workers' streams need to decide whether to send run-job or cancel: one stream's
+-- own, or every connected one's (the guard against a missed signal).
+SELECT w.id AS worker_id, w.state AS worker_state, w.attempt AS worker_attempt, j.state AS job_state,
+       j.attempt AS job_attempt, j.spec, j.error_message
 FROM workers w JOIN jobs j ON j.id = w.job_id
-WHERE w.id = %s;
+WHERE w.id = ANY(%s::uuid[]);
 
 -- Worker liveness -----------------------------------------------------------------
 
 -- name: touch_liveness
-INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at)
-VALUES (%s, %s, %s, now())
+INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at, timeout_seconds)
+VALUES (%s, %s, %s, now(), %s)
 ON CONFLICT (worker_id) DO UPDATE
-SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at = excluded.last_seen_at;
+SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at = excluded.last_seen_at,
+    timeout_seconds = excluded.timeout_seconds;
 
 -- name: touch_liveness_many
 -- Many workers' signs of life at once, each with the time it was seen: one jsonb array
 -- (arrays are dumped element by element, most of the cost of a thousand workers' flush).
-INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at)
-SELECT r.worker_id, %s, r.connected, r.seen_at
-FROM jsonb_to_recordset(%s::jsonb) AS r (worker_id uuid, connected boolean, seen_at timestamptz)
+INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at, timeout_seconds)
+SELECT r.worker_id, %s, r.connected, r.seen_at, r.timeout
+FROM jsonb_to_recordset(%s::jsonb) AS r (worker_id uuid, connected boolean, seen_at timestamptz, timeout float8)
 ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected,
-    last_seen_at = greatest(hodei.worker_liveness.last_seen_at, excluded.last_seen_at);
+    last_seen_at = greatest(hodei.worker_liveness.last_seen_at, excluded.last_seen_at),
+    timeout_seconds = coalesce(excluded.timeout_seconds, hodei.worker_liveness.timeout_seconds);
 
 -- name: forget_liveness
 DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
@@ -470,14 +473,15 @@ DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
 -- up): an outage is not the workers' silence. A worker whose attempt is over (its job
 -- ended, or moved on to another attempt) is silent because it is done: its release is
 -- the execution saga's, never a loss.
-SELECT w.id AS worker_id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen
+SELECT w.id AS worker_id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen,
+       coalesce(l.timeout_seconds, %(timeout)s) AS timeout
 FROM workers w
 JOIN jobs j ON j.id = w.job_id
 LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
 WHERE w.state IN ('READY', 'BUSY')
   AND j.attempt = w.attempt AND j.state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')
   AND greatest(coalesce(l.last_seen_at, w.registered_at), %(hearing_since)s)
-      < now() - make_interval(secs => %(timeout)s);
+      < now() - make_interval(secs => coalesce(l.timeout_seconds, %(timeout)s));
 
 -- name: overdue_saga_steps_with_job
 -- Steps past their deadline. One that passed while the sweeper could not hear (an outage)

@@ -335,6 +335,8 @@ class Agent:
             self.batcher.acked(message.log_ack.seq)
         elif kind == "result_ack":
             self.result_acked.set()
+        elif kind == "heartbeat_ack" and message.heartbeat_ack.heartbeat_interval_ms > 0:
+            self.heartbeat_interval = max(message.heartbeat_ack.heartbeat_interval_ms / 1000, 0.2)
 
     # The job ------------------------------------------------------------------
 

@@ -1,0 +1,127 @@
+"""The worker streams' guard against a missed signal: one read of every connected
+worker's state wakes exactly the streams that have something to do."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+from hodei._proto import worker_pb2
+from hodei.domain.job import Job
+from hodei.domain.provider import PROVIDER_IDS, ProviderType
+from hodei.domain.spec import JobSpec
+from hodei.domain.worker import Worker
+from hodei.faults import Faults
+from hodei.liveness import Liveness, Pace
+from hodei.logs import LogStore
+from hodei.metrics import PlatformMetrics
+from hodei.providers.registry import ProviderRegistry
+from hodei.server.worker_channel import WorkerAgentService, WorkerSession
+from hodei.signals import Signals
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.job_secrets import JobSecrets
+from hodei.store.readmodels import ReadModels
+from hodei.tokens import TokenSigner
+
+LOCAL = str(PROVIDER_IDS[ProviderType.LOCAL])
+
+
+def _busy_worker(store: HodeiStore) -> tuple[Job, Worker]:
+    """A job assigned to a registered worker that was handed the job."""
+    job = Job.submit(JobSpec(name="stream", command="true", timeout_seconds=30), uuid4())
+    worker = Worker(
+        job_id=str(job.id),
+        attempt=1,
+        provider_id=LOCAL,
+        provider_type="local",
+        token_nonce=uuid4().hex,
+        token_expires_at=(datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
+    )
+    job.select_provider(LOCAL, "local")
+    job.assign(str(worker.id), LOCAL, "local")
+    worker.register(uuid4().hex, "host", datetime.now(UTC))
+    worker.dispatch(str(job.id))
+    store.write([job, worker], Meta(actor="test", correlation_id=str(job.id)))
+    return job, worker
+
+
+def _service(store: HodeiStore, tmp_path: Path, signals: Signals, pace: Pace) -> WorkerAgentService:
+    pool = store.pool
+    return WorkerAgentService(
+        store,
+        TokenSigner(b"k" * 32),
+        signals,
+        LogStore(tmp_path),
+        Liveness(pool, "test"),
+        JobSecrets(pool),
+        pace,
+        Faults(""),
+        ProviderRegistry(store, {}, {}),
+        PlatformMetrics(ReadModels(pool)),
+    )
+
+
+def test_one_read_of_every_stream_wakes_only_those_with_something_to_do(store: HodeiStore, tmp_path: Path) -> None:
+    signals = Signals(None)  # no listener: every signal is missed
+    service = _service(store, tmp_path, signals, Pace(2.0, 10.0, 100.0))
+    to_run, running, to_cancel, cancelled, terminated = (_busy_worker(store) for _ in range(5))
+    for job, _ in (running, cancelled):
+        job.accept(job.worker_id or "")
+    for job, _ in (to_cancel, cancelled):
+        job.cancel("changed my mind")
+    terminated[1].begin_termination("done")
+    store.write([running[0], to_cancel[0], cancelled[0], terminated[1]], Meta(actor="test"))
+
+    async def poll() -> tuple[int, set[str]]:
+        sessions = {}
+        for name, (_, worker) in {
+            "to_run": to_run,
+            "running": running,
+            "to_cancel": to_cancel,
+            "cancelled": cancelled,
+            "terminated": terminated,
+        }.items():
+            session = WorkerSession(service, store.load(Worker, worker.id))
+            session.waiter = signals.async_waiter(str(worker.id))
+            session.sent_run = name != "to_run"
+            session.sent_cancel = name == "cancelled"
+            service.sessions[worker.id] = session
+            sessions[name] = session
+        woken = await asyncio.to_thread(service.poll_sessions)
+        await asyncio.sleep(0)  # the wake-ups cross the loop
+        return woken, {name for name, s in sessions.items() if s.waiter is not None and s.waiter.take_signal()}
+
+    woken, names = asyncio.run(poll())
+    assert names == {"to_run", "to_cancel", "terminated"}
+    assert woken == 3
+
+
+def test_a_worker_is_given_a_slower_pace_once_the_servers_workers_have_grown(store: HodeiStore, tmp_path: Path) -> None:
+    """Its longer timeout is noted with the heartbeat that gets the new pace; until the
+    pace would be a quarter slower, heartbeats get no answer."""
+    service = _service(store, tmp_path, Signals(None), Pace(2.0, 10.0, max_per_second=1.0))
+    heartbeat = worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat())
+
+    async def beat() -> tuple[list[int], list[float | None]]:
+        _, worker = _busy_worker(store)
+        session = WorkerSession(service, store.load(Worker, worker.id))
+        session.loop = asyncio.get_running_loop()
+        service.sessions[worker.id] = session
+        paces, timeouts = [], []
+        for others in (1, 3, 4, 5):  # fleets of 2, 4, 5, 6: paces of 2, 4, 5, 6 s
+            for _ in range(len(service.sessions) - 1, others):
+                service.sessions[uuid4()] = session
+            answered = await session._handle(heartbeat)
+            await asyncio.sleep(0)
+            sent = [] if session.outgoing.empty() else [session.outgoing.get_nowait()]
+            assert answered == bool(sent)
+            paces += [m.heartbeat_ack.heartbeat_interval_ms for m in sent]
+            timeouts.append(service.liveness._noted[worker.id][2])
+            service.liveness._noted.clear()
+        return paces, timeouts
+
+    paces, timeouts = asyncio.run(beat())
+    assert paces == [4000, 5000]  # 6 s is not a quarter slower than 5 s
+    assert timeouts == [None, 20.0, 25.0, None]
