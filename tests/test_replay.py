@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import Any
 
+import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
@@ -16,7 +17,7 @@ from hodei.store import replay
 from hodei.store.app import HodeiStore
 from hodei.store.projections import READ_MODELS
 from hodei.store.sql import query as query_text
-from hodei.testing import query
+from hodei.testing import eventually, query
 from tests.workload import OPERATIONS, Workload
 
 
@@ -145,3 +146,23 @@ def test_replay_plans_its_statements_as_index_lookups_on_tables_that_start_empty
             planned = json.dumps(conn.execute(statement, (Jsonb([]),)).fetchall())
     assert "Seq Scan" in naive
     assert "Seq Scan" not in planned and "Hash" not in planned and '"Index Name"' in planned
+
+
+def test_apply_swaps_in_its_tables_past_a_writer_between_its_read_models_and_the_log(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """A writer updates the read models, then takes the event-log lock. A rebuild that
+    took the log's lock first and then waited for the read models deadlocked with it."""
+    Workload(store, seed=23).apply("job")
+    rebuilt: list[replay.Rebuild] = []
+    with psycopg.connect(fresh_database_url) as writer:
+        writer.execute("UPDATE jobs SET updated_at = updated_at")  # a writer's projection
+        rebuilding = threading.Thread(target=lambda: rebuilt.append(replay.apply(store.pool)))
+        rebuilding.start()
+        waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        eventually(lambda: query(fresh_database_url, waiting), what="the rebuild waiting for the writer")
+        writer.execute(query_text("lock_domain_events"))  # the writer's append
+        writer.commit()
+    rebuilding.join(timeout=60)
+    assert len(rebuilt) == 1
+    assert replay.verify(store.pool)[1] == []

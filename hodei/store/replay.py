@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import args_row
 from psycopg_pool import ConnectionPool
@@ -35,6 +36,10 @@ PAGE = 2000
 CATCH_UP_LEFT = 200
 CATCH_UP_ROUNDS = 20
 _JOINS_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
+# The swap's tries, and how long each waits for a lock (under PostgreSQL's default 1 s
+# deadlock_timeout, so in a cycle with writers it is the swap that gives way).
+SWAP_TRIES = 20
+SWAP_LOCK_TIMEOUT = "500ms"
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,33 @@ class _CatchUp:
         return found < CATCH_UP_LEFT or self.rounds >= CATCH_UP_ROUNDS
 
 
+def _swap_in(conn: psycopg.Connection[Any], scratch: sql.Composed, last: int) -> tuple[int, float]:
+    """Under the writers' locks, the events after ``last`` and the swap; (events, seconds
+    the locks were held). Locks are taken in the writers' order, read models first and the
+    event log last, so a writer between the two is waited for, never deadlocked with. A
+    writer holding one read model while waiting for another that the rebuild holds can
+    still close a cycle: the rebuild gives up first (its lock timeout is shorter than
+    PostgreSQL's deadlock check), lets the writers through, and tries again."""
+    live = sql.SQL(", ").join(sql.SQL("public.{}").format(sql.Identifier(table)) for table in projections.READ_MODELS)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SWAP_LOCK_TIMEOUT)))
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+                locked = time.perf_counter()
+                conn.execute(query("lock_domain_events"))
+                conn.execute(scratch)
+                under_lock, last = _send(conn, _pages(conn, last), last)
+                _swap(conn)
+            return under_lock, time.perf_counter() - locked
+        except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):
+            if attempt == SWAP_TRIES:
+                raise
+            time.sleep(0.05 * attempt)
+
+
 def apply(pool: ConnectionPool) -> Rebuild:
     """Rebuilds every read model from the log while the platform keeps writing."""
     with translate_errors(), pool.connection() as conn:
@@ -264,13 +296,7 @@ def apply(pool: ConnectionPool) -> Rebuild:
                     events += found
             with conn.transaction():
                 _finish_rebuild_tables(conn, constraints)
-            with conn.transaction():
-                conn.execute(query("lock_domain_events"))
-                locked = time.perf_counter()
-                conn.execute(scratch)
-                under_lock, last = _send(conn, _pages(conn, last), last)
-                _swap(conn)
-            locked_seconds = time.perf_counter() - locked
+            under_lock, locked_seconds = _swap_in(conn, scratch, last)
             with conn.transaction():
                 conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", RETIRED_SCHEMA))
                 conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", REBUILD_SCHEMA))
