@@ -462,11 +462,11 @@ class Page:
         self._audits = _project_into(self._waves, events)
 
     def send(self, cursor: Cursor[Any]) -> None:
-        """Every statement pipelined: one round trip for the page."""
-        with cursor.connection.pipeline():
-            self._waves.send(cursor)
-            if self._audits:
-                cursor.execute(query("project_saga_audits"), (Jsonb(self._audits),))
+        """Every statement, in the caller's pipeline (so the database never waits for the
+        client between pages)."""
+        self._waves.send(cursor)
+        if self._audits:
+            cursor.execute(query("project_saga_audits"), (Jsonb(self._audits),))
 
 
 def project(cursor: Cursor[Any], event: EventRecord) -> None:

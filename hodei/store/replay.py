@@ -11,6 +11,7 @@ and swaps the scratch tables in. Writers wait only for that swap, which it measu
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ PAGE = 2000
 # Catching up stops (and the lock is taken) once a round finds fewer events than this.
 CATCH_UP_LEFT = 200
 CATCH_UP_ROUNDS = 20
+# Pages ``apply`` projects in one transaction (each transaction waits for its results).
+PAGES_PER_TRANSACTION = 5
 _JOINS_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
 # The swap's tries, and how long each waits for a lock (under PostgreSQL's default 1 s
 # deadlock_timeout, so in a cycle with writers it is the swap that gives way).
@@ -94,9 +97,10 @@ def _index_plans(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 def _send(conn: psycopg.Connection[Any], pages: Iterable[_Page], after: int) -> tuple[int, int]:
-    """Every page into the tables on the search_path, in this transaction; (events, last position)."""
+    """Every page into the tables on the search_path, in this transaction, pipelined: no
+    round trip waits between pages; (events, last position)."""
     count = 0
-    with _index_plans(conn), conn.cursor() as writer:
+    with _index_plans(conn), conn.cursor() as writer, conn.pipeline():
         for page in pages:
             page.statements.send(writer)
             count, after = count + page.statements.events, page.last
@@ -289,10 +293,12 @@ def apply(pool: ConnectionPool) -> Rebuild:
             events, last, catch_up = 0, 0, _CatchUp()
             scratch = sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(REBUILD_SCHEMA))
             with pool.connection() as log:
-                for page in _read_ahead(_pages(log, last, catch_up)):
-                    with conn.transaction():  # a page per transaction: nothing held long
+                pages = _read_ahead(_pages(log, last, catch_up))
+                for page in pages:
+                    with conn.transaction():  # a few pages per transaction: nothing held long
                         conn.execute(scratch)
-                        found, last = _send(conn, [page], last)
+                        more = itertools.islice(pages, PAGES_PER_TRANSACTION - 1)
+                        found, last = _send(conn, itertools.chain([page], more), last)
                     events += found
             with conn.transaction():
                 _finish_rebuild_tables(conn, constraints)
