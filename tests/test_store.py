@@ -293,3 +293,43 @@ def test_the_heartbeat_pace_stretches_past_the_servers_rate() -> None:
     interval, timeout = pace.for_workers(999)
     assert (interval, timeout) == (10.0, 50.0)
     assert 1000 / interval == pace.max_per_second
+
+
+# Read models with a few thousand rows each, written straight into the tables (and rolled back).
+_FILL = [
+    "INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, created_at, updated_at) "
+    "SELECT gen_random_uuid(), 'j', 'RUNNING', '{}', 1, 1, now(), now() FROM generate_series(1, 5000)",
+    "INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at) "
+    "SELECT gen_random_uuid(), id, 1, 'BUSY', gen_random_uuid(), 'local', now(), now() FROM jobs",
+    "INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, started_at, updated_at) "
+    "SELECT gen_random_uuid(), 'EXECUTION', 'IN_PROGRESS', id::text, 1, now(), now() FROM jobs",
+    "INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, updated_at) "
+    "SELECT gen_random_uuid(), s.id, 'step', o, 'PENDING', now() FROM sagas s, generate_series(0, 4) AS o",
+    "INSERT INTO job_log_files (id, job_id, storage_uri, size_bytes, entry_count, created_at) "
+    "SELECT gen_random_uuid(), id, 'file:///x', 0, 0, now() FROM jobs",
+]
+
+
+def test_projections_find_their_rows_by_key_in_the_plans_kept_per_connection(store: HodeiStore) -> None:
+    """A projection statement gets its rows as one jsonb array; planned as 100 rows (what
+    jsonb_to_recordset claims), a plan kept per connection scans and hashes a whole read
+    model at every event. Those that find rows by key use their indexes."""
+    from hodei.store.sql import names
+    from hodei.store.sql import query as query_text
+
+    keyed = [name for name in names() if name.startswith("project_") and "hodei.rows" in query_text(name)]
+    assert len(keyed) >= 15
+    with store.pool.connection() as conn, conn.transaction(force_rollback=True):
+        for statement in _FILL:
+            conn.execute(statement)
+        conn.execute("ANALYZE jobs, workers, sagas, saga_steps, job_log_files")
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        scans = {}
+        for name in keyed:
+            if "provider_configs" in query_text(name):
+                continue  # one row per provider: a scan is the right plan
+            conn.execute(f"PREPARE {name} AS " + query_text(name).replace("%s", "$1"))
+            plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN EXECUTE {name}('[]')").fetchall())
+            conn.execute(f"DEALLOCATE {name}")
+            scans[name] = [line.strip() for line in plan.splitlines() if "Seq Scan" in line or "Hash Join" in line]
+    assert {name: found for name, found in scans.items() if found} == {}

@@ -91,9 +91,11 @@ SELECT hodei.require(count(*) = 1, %(message)s) FROM acked;
 
 -- Projections: one or more statements per event type (hodei/store/projections.py).
 -- Every value comes from the event, never from now(), so replay gives identical rows.
--- Each statement takes its rows as one jsonb array (`jsonb_to_recordset`), one row per
--- event and never two of one aggregate: the live path sends one or a few, replay a whole
--- page's worth (hundreds of rows for the price of one statement).
+-- Each statement takes its rows as one jsonb array, one row per event and never two of
+-- one aggregate: the live path sends one or a few, replay a whole page's worth (hundreds
+-- of rows for the price of one statement). A statement that finds its rows by key reads
+-- the array through hodei.rows: jsonb_to_recordset is planned as 100 rows, enough for a
+-- plan kept per connection to scan and hash a whole table at every event.
 
 -- name: project_job_created
 INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, retry_of, correlation_id, actor, created_at,
@@ -105,24 +107,26 @@ FROM jsonb_to_recordset(%s::jsonb) AS r (
 
 -- name: project_job_admitted
 UPDATE jobs AS j SET admitted_at = r.at, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz)
 WHERE j.id = r.id;
 
 -- name: project_job_provider_selected
 UPDATE jobs AS j SET selected_provider_id = r.provider_id, provider_type = r.provider_type, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, provider_id uuid, provider_type varchar)
+FROM hodei.rows(%s::jsonb) AS e,
+     jsonb_to_record(e) AS r (id uuid, at timestamptz, provider_id uuid, provider_type varchar)
 WHERE j.id = r.id;
 
 -- name: project_job_assigned
 UPDATE jobs AS j
 SET state = 'ASSIGNED', worker_id = r.worker_id, selected_provider_id = r.provider_id,
     provider_type = r.provider_type, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, worker_id uuid, provider_id uuid, provider_type varchar)
+FROM hodei.rows(%s::jsonb) AS e,
+     jsonb_to_record(e) AS r (id uuid, at timestamptz, worker_id uuid, provider_id uuid, provider_type varchar)
 WHERE j.id = r.id;
 
 -- name: project_job_touched
 UPDATE jobs AS j SET updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz)
 WHERE j.id = r.id;
 
 -- name: project_job_status_changed
@@ -142,7 +146,7 @@ SET state = r.new_state,
     cancelled_by = CASE WHEN r.new_state = 'CANCELLED' THEN r.actor ELSE j.cancelled_by END,
     retry_at = CASE WHEN r.new_state = 'PENDING' THEN r.retry_at END,
     updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
     id uuid, at timestamptz, new_state varchar, terminal boolean, exit_code int, reason text, ran_from timestamptz,
     ran_until timestamptz, retry_at timestamptz, actor varchar)
 WHERE j.id = r.id;
@@ -154,7 +158,8 @@ FROM jsonb_to_recordset(%s::jsonb) AS r (
     id uuid, at timestamptz, event_id uuid, storage_uri text, size_bytes bigint, entry_count int);
 
 -- name: project_job_logs_expired
-DELETE FROM job_log_files WHERE job_id IN (SELECT r.id FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid));
+DELETE FROM job_log_files
+WHERE job_id IN (SELECT r.id FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid));
 
 -- name: project_worker_created
 INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at)
@@ -167,22 +172,22 @@ UPDATE workers AS w
 SET provider_resource_id = r.resource_id,
     state = CASE WHEN w.state = 'CREATING' THEN 'CONNECTING' ELSE w.state END,
     updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, resource_id varchar)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, resource_id varchar)
 WHERE w.id = r.id;
 
 -- name: project_worker_registered
 UPDATE workers AS w SET state = 'READY', registered_at = r.at, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz)
 WHERE w.id = r.id;
 
 -- name: project_worker_state
 UPDATE workers AS w SET state = r.state, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, state varchar)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, state varchar)
 WHERE w.id = r.id;
 
 -- name: project_worker_failed
 UPDATE workers AS w SET state = 'FAILED', error_message = r.reason, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, reason text)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, reason text)
 WHERE w.id = r.id;
 
 -- name: project_saga_started
@@ -205,14 +210,14 @@ SET state = r.state,
     error_message = coalesce(r.error, g.error_message),
     completed_at = CASE WHEN r.finished THEN r.at ELSE g.completed_at END,
     updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
     id uuid, at timestamptz, state varchar, finished boolean, step_name varchar, error text)
 WHERE g.id = r.id;
 
 -- name: project_step_started
 -- The step and its saga in one statement (a step starts a dozen times a job).
 WITH r AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+    SELECT r.* FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
         id uuid, at timestamptz, step_name varchar, step_order int, retry_count int, deadline_at timestamptz)
 ), step AS (
     UPDATE saga_steps AS s
@@ -226,7 +231,7 @@ FROM r WHERE g.id = r.id;
 -- name: project_step_ran
 -- A step that started and completed in one transaction (one event: StepRan).
 WITH r AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
+    SELECT r.* FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
         id uuid, at timestamptz, step_name varchar, step_order int, retry_count int, started_at timestamptz)
 ), step AS (
     UPDATE saga_steps AS s
@@ -244,14 +249,15 @@ SET state = r.state,
     deadline_at = r.deadline_at,
     completed_at = r.at,
     updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
     id uuid, at timestamptz, state varchar, step_order int, error text, deadline_at timestamptz)
 WHERE s.saga_id = r.id AND s.step_order = r.step_order;
 
 -- name: project_step_compensating
 -- The step and its saga.
 WITH r AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, step_name varchar, step_order int)
+    SELECT r.* FROM hodei.rows(%s::jsonb) AS e,
+                    jsonb_to_record(e) AS r (id uuid, at timestamptz, step_name varchar, step_order int)
 ), step AS (
     UPDATE saga_steps AS s SET state = 'COMPENSATING', updated_at = r.at
     FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
@@ -273,7 +279,7 @@ FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, name varchar, 
 
 -- name: project_provider_status
 UPDATE provider_configs AS p SET status = r.status, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, status varchar)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, status varchar)
 WHERE p.id = r.id;
 
 -- name: project_provider_capacity
@@ -281,12 +287,12 @@ UPDATE provider_configs AS p
 SET config = CASE WHEN r.max_workers IS NULL THEN p.config - 'max_workers'
                   ELSE jsonb_set(p.config, '{max_workers}', to_jsonb(r.max_workers)) END,
     updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, max_workers int)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, max_workers int)
 WHERE p.id = r.id;
 
 -- name: project_provider_health
 UPDATE provider_configs AS p SET health = r.health, health_message = r.message, updated_at = r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, health varchar, message text)
+FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, health varchar, message text)
 WHERE p.id = r.id;
 
 -- name: claim_outbox_rows
