@@ -54,7 +54,7 @@ class Fleet:
 def fleet_run(url: str, count: int) -> Fleet:
     """``count`` sim jobs that run for an hour: once every worker is connected (RUNNING),
     the server's RSS, threads and CPU over a quiet window, where all it does is take
-    heartbeats (one per worker every 2 s) and sweep. The baseline is the same server idle."""
+    heartbeats (at the pace the server gives them) and sweep. The baseline is the same server idle."""
     env = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": str(count)}
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp), env) as server:
         assert server.process is not None

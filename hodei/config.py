@@ -74,7 +74,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_HEARTBEAT_INTERVAL": ("2", "seconds between worker heartbeats"),
     "HODEI_HEARTBEAT_TIMEOUT": ("10", "seconds without a heartbeat before a worker is lost"),
     "HODEI_MAX_HEARTBEATS_PER_SECOND": (
-        "100",
+        "50",
         "heartbeats one server takes per second: past it, a new worker beats less often and may be silent "
         "longer, both in proportion",
     ),
@@ -188,7 +188,7 @@ class Timing:
     retention_interval: float = 60.0
     # A worker that failed to start keeps its container or pod this long (0: removed at once).
     keep_failed_workers: float = 0.0
-    max_heartbeats_per_second: float = 100.0
+    max_heartbeats_per_second: float = 50.0
 
 
 @dataclass(frozen=True)

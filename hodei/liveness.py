@@ -34,8 +34,9 @@ class Pace:
     """A worker's heartbeat interval and the silence after which it is lost: the
     configured pair while its server takes at most ``max_per_second`` heartbeats, both
     stretched alike past that (as Nomad stretches its clients' heartbeat TTL with their
-    number). Each heartbeat costs the server a message on the worker's stream; a
-    thousand workers at the configured pace cost it a tenth of a core."""
+    number, with the same default of 50 a second). Each heartbeat costs the server a
+    message on the worker's stream; a thousand workers at the configured pace cost it a
+    tenth of a core."""
 
     interval: float
     timeout: float
