@@ -184,7 +184,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         sessions = dict(self.sessions)
         if not sessions:
             return 0
-        rows = fetch_all(self.store.pool, "worker_session_states", ([str(i) for i in sessions],), SessionState)
+        rows = fetch_all(self.store.pool, "worker_session_states", (list(sessions),), SessionState)
         found = {row.worker_id: row for row in rows}
         due = [session for worker_id, session in sessions.items() if session.due(found.get(worker_id))]
         for session in due:
@@ -267,7 +267,7 @@ class WorkerSession:
     def _sync(self) -> bool:
         """Sends run-job or cancel when the database says so. False ends the stream.
         Runs in an I/O thread; what it sends is queued for the stream's task."""
-        row = fetch_one(self.service.store.pool, "worker_session_states", ([str(self.worker_id)],), SessionState)
+        row = fetch_one(self.service.store.pool, "worker_session_states", ([self.worker_id],), SessionState)
         if row is None or _ended(row):
             return False
         if self._run_due(row):
@@ -342,10 +342,10 @@ class WorkerSession:
         written with the heartbeat, before the worker has slowed down). True when one is
         queued."""
         interval, timeout = self.service.pace.for_workers(len(self.service.sessions) - 1)
-        if interval < REPACE * self.interval:
-            self.service.liveness.seen(self.worker_id, connected=True)
+        slower = interval >= REPACE * self.interval
+        self.service.liveness.seen(self.worker_id, connected=True, timeout=timeout if slower else None)
+        if not slower:
             return False
-        self.service.liveness.seen(self.worker_id, connected=True, timeout=timeout)
         self.interval = interval
         ack = worker_pb2.HeartbeatAck(heartbeat_interval_ms=int(interval * 1000))
         self._send(worker_pb2.ServerMessage(heartbeat_ack=ack))

@@ -259,15 +259,15 @@ def _audit(
     event_id: UUID | None = None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
-    return {
-        "id": event.aggregate_id,
-        "at": at or event.occurred_at,
-        "event_id": event_id or event.id,
-        "event_type": event_type,
-        "step_name": payload.get("step_name"),
-        "message": _audit_message(event_type, payload),
-        "payload": payload,
-    }
+    return _base(
+        event,
+        at=at or event.occurred_at,
+        event_id=event_id or event.id,
+        event_type=event_type,
+        step_name=payload.get("step_name"),
+        message=_audit_message(event_type, payload),
+        payload=payload,
+    )
 
 
 def _audits(event: EventRecord) -> list[dict[str, Any]]:

@@ -85,10 +85,9 @@ def _read_ahead(pages: Iterator[_Page]) -> Iterator[_Page]:
 
 @contextlib.contextmanager
 def _index_plans(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Projection statements planned as index lookups, row by row. Their rows come in one
-    jsonb array that the planner guesses at 100 rows, and a plan is kept for the whole
-    replay while the scratch tables grow from nothing: a plan made for an empty table
-    would scan and hash the whole table at every statement once it is full."""
+    """Projection statements planned as index lookups, row by row. A plan is kept for the
+    whole replay while the scratch tables grow from nothing: a plan made for an empty
+    table would scan (and hash) the whole table at every statement once it is full."""
     for setting in _JOINS_BY_INDEX:
         conn.execute(sql.SQL("SET LOCAL {} = off").format(sql.Identifier(setting)))
     yield
