@@ -29,7 +29,7 @@ from hodei.config import RelayConfig
 from hodei.errors import LeaseLost
 from hodei.signals import Signals
 from hodei.store.db import execute, fetch_value, open_pool, translate_errors
-from hodei.store.events import EventRecord
+from hodei.store.events import EventRecord, unpack
 from hodei.store.recorder import Ack
 from hodei.store.sql import query
 
@@ -58,14 +58,20 @@ def backoff_seconds(attempt: int) -> float:
 
 @dataclass
 class Delivery:
-    """One claimed outbox row and the event it carries."""
+    """One claimed outbox row and the events it carries: one, or a saga's moves of one
+    transaction (``hodei.store.events.pack``), of which only the last can need a move."""
 
     outbox_id: UUID
     attempts: int
-    event: EventRecord
+    events: list[EventRecord]
     ack: Ack
     # The first position of the event's job: older jobs' rows are claimed and run first.
     origin: int
+
+    @property
+    def event(self) -> EventRecord:
+        """The event that routes the row: its last."""
+        return self.events[-1]
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,7 @@ class Relay:
                 topic=topic,
                 position=position,
             )
-            deliveries.append(Delivery(outbox_id, attempts, event, Ack(outbox_id, self.claimer), origin))
+            deliveries.append(Delivery(outbox_id, attempts, unpack(event), Ack(outbox_id, self.claimer), origin))
         return deliveries
 
     # Handling ---------------------------------------------------------------
@@ -206,7 +212,8 @@ class Relay:
                     self._to_ack.append(delivery.outbox_id)
             self.counters.record(lag_ms)
             if self.delivered is not None:
-                self.delivered(delivery.event, lag_ms / 1000)
+                for event in delivery.events:
+                    self.delivered(event, lag_ms / 1000)
         except LeaseLost as exc:
             log.warning("%s", exc)
         except Exception as exc:

@@ -148,9 +148,11 @@ def worker_in(state: WorkerState) -> Worker:
         WorkerState.READY: [WorkerState.READY],
         WorkerState.BUSY: [WorkerState.READY, WorkerState.BUSY],
         WorkerState.FAILED: [WorkerState.FAILED],
-        WorkerState.TERMINATING: [WorkerState.TERMINATING],
-        WorkerState.TERMINATED: [WorkerState.TERMINATING, WorkerState.TERMINATED],
+        WorkerState.TERMINATING: [],
+        WorkerState.TERMINATED: [WorkerState.TERMINATED],
     }[state]
+    if state is WorkerState.TERMINATING:
+        worker._terminating(reason="done")  # as an older server recorded a removal under way
     for step in path:
         move_worker(worker, step)
     assert worker.state is state
@@ -174,12 +176,9 @@ def move_worker(worker: Worker, target: WorkerState) -> None:
         if before in (WorkerState.TERMINATING, WorkerState.TERMINATED):
             raise InvalidTransition("no failing once terminating")
     elif target is WorkerState.TERMINATING:
-        before = worker.state
-        worker.begin_termination("done")
-        if before is WorkerState.TERMINATED:
-            raise InvalidTransition("already terminated")
+        raise InvalidTransition("no command leads there: only older servers recorded a removal under way")
     elif target is WorkerState.TERMINATED:
-        worker.finish_termination()
+        worker.terminate("done")
     else:
         raise AssertionError(f"no command leads to {target}")
 

@@ -4,13 +4,16 @@ ApplicationRecorder interface, and the library's repository works through it."""
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 from uuid import uuid4
 
 import pytest
 from eventsourcing.persistence import ApplicationRecorder
 
 from hodei.domain.job import Job, JobState
+from hodei.domain.saga import Saga, StepState
 from hodei.domain.spec import JobSpec
+from hodei.errors import ConcurrencyConflict
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.recorder import DomainEventRecorder
 
@@ -188,3 +191,71 @@ def test_our_transcoder_decodes_every_stored_state_as_the_librarys_does(store: H
     ]
     for state in states:
         assert store.mapper.transcoder.decode(state) == library.decode(state)
+
+
+def moved_saga(store: HodeiStore) -> tuple[Saga, list[Any]]:
+    """A saga started and moved two steps on in one save (three events), as the engine does."""
+    saga = Saga(
+        saga_type="PROVISIONING",
+        correlation_id=str(uuid4()),
+        attempt=1,
+        steps=["a", "b"],
+        context={},
+        moves_at_once=True,
+    )
+    saga.run_step(0, "2026-01-01T00:00:00+00:00", {"worker_id": "w"})
+    saga.start_step(1, None)
+    pending = list(saga.pending_events)
+    store.write([saga], Meta(actor="t", correlation_id=saga.correlation_id))
+    return saga, pending
+
+
+def test_a_sagas_events_of_one_save_are_one_row_and_read_back_as_they_were(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    from hodei.testing import query
+
+    saga, pending = moved_saga(store)
+    assert len(pending) == 3
+    rows = query(
+        fresh_database_url,
+        "SELECT d.event_type, d.aggregate_version, o.event_type "
+        "FROM domain_events d JOIN outbox_events o ON o.id = d.id WHERE d.aggregate_id = %s",
+        (str(saga.id),),
+    )
+    assert rows == [("SagaMoved", 1, "SagaMoved")]  # one row, one outbox row
+    recorder = store.recorder
+    decoded = [store.mapper.to_domain_event(stored) for stored in recorder.select_events(saga.id)]
+    assert [type(e) for e in decoded] == [type(e) for e in pending]
+    assert [vars(e) for e in decoded] == [vars(e) for e in pending]
+    versions = lambda **kw: [e.originator_version for e in recorder.select_events(saga.id, **kw)]  # noqa: E731
+    assert versions(gt=1) == [2, 3]
+    assert versions(gt=2, lte=2) == []
+    assert versions(lte=2) == [1, 2]
+    assert versions(desc=True, limit=2) == [3, 2]
+    loaded = store.load(Saga, saga.id)
+    assert loaded.version == 3
+    assert [s.state for s in loaded.steps] == [StepState.COMPLETED, StepState.IN_PROGRESS]
+    assert loaded.context == {"worker_id": "w"}
+    notified = [n for n in recorder.select_notifications(start=None, limit=100) if n.originator_id == saga.id]
+    assert [(n.originator_version, n.topic.rpartition(".")[2]) for n in notified] == [
+        (1, "SagaStarted"),
+        (2, "StepRan"),
+        (3, "StepStarted"),
+    ]
+
+
+def test_a_row_of_moves_guards_every_version_it_holds(store: HodeiStore) -> None:
+    """Writers that loaded the saga at the same version: only one of them saves, whether
+    the winner wrote one row of several events and the loser one event, or the other way."""
+    for winner_moves_twice in (True, False):
+        saga, _ = moved_saga(store)
+        winner, loser = store.load(Saga, saga.id), store.load(Saga, saga.id)
+        for moving_twice, writer in ((winner_moves_twice, winner), (not winner_moves_twice, loser)):
+            writer.complete_step(1, {})
+            if moving_twice:
+                writer.complete(then=None)
+        store.write([winner], Meta(actor="t"))
+        with pytest.raises(ConcurrencyConflict):
+            store.write([loser], Meta(actor="t"))
+        assert store.load(Saga, saga.id).version == (5 if winner_moves_twice else 4)

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from hodei.store.events import EventRecord, unpack
 from hodei.testing import query
 from tests.sagas_support import FAST_TIMING, Effects, FakeProvider, Harness
 
@@ -42,6 +43,10 @@ def audit(url: str, job_id: str, saga_type: str) -> list[tuple[str, str | None]]
         "WHERE s.correlation_id = %s AND s.saga_type = %s ORDER BY a.occurred_at",
         (job_id, saga_type),
     )
+
+
+def _what(payload: dict[str, Any]) -> str:
+    return str(payload.get("step_name") or payload.get("saga_type") or payload.get("then") or "")
 
 
 def job_row(url: str, job_id: str) -> tuple[Any, ...]:
@@ -394,13 +399,18 @@ def test_sagas_begun_by_an_older_server_are_carried_on(
     h.store.write([begun], Meta(actor="test", correlation_id=job_id))
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED")])
     assert job_row(fresh_database_url, job_id)[0] == "PENDING"  # no EXECUTION: its start was left to the delivery
-    # The SagaCompleted as an older server wrote it (the log's guard set aside), delivered again.
+    # The SagaCompleted as an older server wrote it (the log's guard set aside), delivered
+    # again; it is the last of the moves its transaction recorded (one SagaMoved row).
     h.engine.definitions = {**h.engine.definitions, SagaType.PROVISIONING: provisioning}
     with psycopg.connect(fresh_database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE domain_events DISABLE TRIGGER domain_events_append_only")
         conn.execute(
-            "WITH e AS (UPDATE domain_events SET payload = payload - 'then' WHERE aggregate_id = %s "
-            "AND event_type = 'SagaCompleted' RETURNING id) "
+            "WITH e AS (UPDATE domain_events SET payload = jsonb_set(payload, '{events}', ("
+            "  SELECT jsonb_agg(CASE WHEN m->>'event_type' = 'SagaCompleted'"
+            "                   THEN jsonb_set(m, '{payload}', (m->'payload') - 'then') ELSE m END ORDER BY n)"
+            "  FROM jsonb_array_elements(payload->'events') WITH ORDINALITY AS x(m, n)))"
+            ' WHERE aggregate_id = %s AND payload @> \'{"events": [{"event_type": "SagaCompleted"}]}\''
+            " RETURNING id) "
             "UPDATE outbox_events SET status = 'PENDING', claimed_by = NULL WHERE id = (SELECT id FROM e)",
             (str(begun.id),),
         )
@@ -416,25 +426,30 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
     h = harness(pool, tmp_path, effects)
     job_id = h.submit()
     h.run(lambda: job_row(fresh_database_url, job_id)[0] == "SUCCEEDED" and "destroy" in " ".join(effects.lines()))
-    written = query(
+    rows = query(
         fresh_database_url,
-        "SELECT e.xmin::text, e.event_type, "
-        "coalesce(e.payload->>'step_name', e.payload->>'saga_type', e.payload->>'then', '') "
+        "SELECT e.xmin::text, e.id, e.occurred_at, e.event_type, e.aggregate_id, e.aggregate_type, "
+        "e.aggregate_version, e.correlation_id, e.actor, e.payload, e.topic, e.position "
         "FROM domain_events e WHERE e.correlation_id = %s ORDER BY e.position",
         (job_id,),
     )
-    together = {}
-    for transaction, event_type, what in written:
-        together.setdefault(transaction, []).append((event_type, what))
+    together: dict[str, list[list[tuple[str, str]]]] = {}
+    for transaction, *row in rows:
+        moves = [(e.event_type, _what(e.payload)) for e in unpack(EventRecord(*row))]
+        together.setdefault(transaction, []).append(moves)
     groups = list(together.values())
-    # A LOCAL step (and a WAIT met at once) is one StepRan event, in the saga's first transaction.
-    assert groups[1][:3] == [
+    # A LOCAL step (and a WAIT met at once) is one StepRan event, in the saga's first
+    # transaction; a saga's events of one transaction are one row.
+    assert groups[1][0] == [
         ("SagaStarted", "PROVISIONING"),
         ("StepRan", "select_provider"),
         ("StepStarted", "wait_for_slot"),
     ]
-    (completing,) = [g for g in groups if ("SagaCompleted", "EXECUTION") in g and ("SagaStarted", "EXECUTION") in g]
-    assert ("StepRan", "dispatch_job") in completing  # EXECUTION's LOCAL steps ran there too
+    (completing,) = [
+        g for g in groups if [("StepCompleted", "wait_for_registration"), ("SagaCompleted", "EXECUTION")] in g
+    ]
+    (execution,) = [moves for moves in completing if moves[0] == ("SagaStarted", "EXECUTION")]
+    assert ("StepRan", "dispatch_job") in execution  # EXECUTION's LOCAL steps ran there too
     # The audit trail and the steps' times read as if it had been two events.
     trail = audit(fresh_database_url, job_id, "EXECUTION")
     assert trail[:5] == [
@@ -452,16 +467,16 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
     )
     assert times == [(True,)]
     # Both say so, for their deliveries: nothing left to start or to move.
-    marks = query(
-        fresh_database_url,
-        "SELECT event_type, payload->>'moves_at_once', payload->>'then' FROM domain_events "
-        "WHERE correlation_id = %s AND event_type IN ('SagaStarted', 'SagaCompleted') ORDER BY position",
-        (job_id,),
-    )
+    marks = [
+        (e.event_type, e.payload.get("moves_at_once"), e.payload.get("then"))
+        for row in rows
+        for e in unpack(EventRecord(*row[1:]))
+        if e.event_type in ("SagaStarted", "SagaCompleted")
+    ]
     assert marks == [
-        ("SagaStarted", "true", None),
+        ("SagaStarted", True, None),
         ("SagaCompleted", None, "EXECUTION"),
-        ("SagaStarted", "true", None),
+        ("SagaStarted", True, None),
         ("SagaCompleted", None, None),
     ]
     h.close()

@@ -71,7 +71,7 @@ def test_one_read_of_every_stream_wakes_only_those_with_something_to_do(store: H
         job.accept(job.worker_id or "")
     for job, _ in (to_cancel, cancelled):
         job.cancel("changed my mind")
-    terminated[1].begin_termination("done")
+    terminated[1].terminate("done")
     store.write([running[0], to_cancel[0], cancelled[0], terminated[1]], Meta(actor="test"))
 
     async def poll() -> tuple[int, set[str]]:

@@ -138,7 +138,7 @@ class Workload:
         if worker_id is None:
             return []
         worker = self.store.load(Worker, worker_id)
-        move = self.random.choice(["resource", "register", "dispatch", "fail", "terminating", "terminated"])
+        move = self.random.choice(["resource", "register", "dispatch", "fail", "terminated"])
         if move == "resource":
             worker.record_resource(f"container-{uuid4().hex[:12]}")
         elif move == "register":
@@ -147,10 +147,8 @@ class Workload:
             worker.dispatch(worker.job_id)
         elif move == "fail":
             worker.fail("no heartbeat")
-        elif move == "terminating":
-            worker.begin_termination("done")
         else:
-            worker.finish_termination()
+            worker.terminate("done")
         return [worker]
 
     def _saga(self) -> list[HodeiAggregate]:

@@ -24,14 +24,17 @@ class WorkerState(StrEnum):
 
 # FAILED is the failed path (lost, or the provider could not start it); a failed
 # worker is still destroyed, so every worker ends TERMINATED.
+# TERMINATING: a worker whose removal was under way, as older servers recorded it (they
+# wrote WorkerTerminating before WorkerTerminated); a worker now ends in one event, once
+# its resource is gone.
 WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     WorkerState.CREATING: frozenset(
-        {WorkerState.CONNECTING, WorkerState.READY, WorkerState.FAILED, WorkerState.TERMINATING}
+        {WorkerState.CONNECTING, WorkerState.READY, WorkerState.FAILED, WorkerState.TERMINATED}
     ),
-    WorkerState.CONNECTING: frozenset({WorkerState.READY, WorkerState.FAILED, WorkerState.TERMINATING}),
-    WorkerState.READY: frozenset({WorkerState.BUSY, WorkerState.FAILED, WorkerState.TERMINATING}),
-    WorkerState.BUSY: frozenset({WorkerState.FAILED, WorkerState.TERMINATING}),
-    WorkerState.FAILED: frozenset({WorkerState.TERMINATING}),
+    WorkerState.CONNECTING: frozenset({WorkerState.READY, WorkerState.FAILED, WorkerState.TERMINATED}),
+    WorkerState.READY: frozenset({WorkerState.BUSY, WorkerState.FAILED, WorkerState.TERMINATED}),
+    WorkerState.BUSY: frozenset({WorkerState.FAILED, WorkerState.TERMINATED}),
+    WorkerState.FAILED: frozenset({WorkerState.TERMINATED}),
     WorkerState.TERMINATING: frozenset({WorkerState.TERMINATED}),
     WorkerState.TERMINATED: frozenset(),
 }
@@ -113,16 +116,12 @@ class Worker(HodeiAggregate):
             return
         self._failed(reason=reason)
 
-    def begin_termination(self, reason: str) -> None:
-        if self.state in (WorkerState.TERMINATING, WorkerState.TERMINATED):
-            return
-        self._terminating(reason=reason)
-
-    def finish_termination(self) -> None:
+    def terminate(self, reason: str) -> None:
+        """Its resource is gone: the worker ends (one event, whatever state it was in)."""
         if self.state is WorkerState.TERMINATED:
             return
         check_transition("worker", self.state, WorkerState.TERMINATED, WORKER_TRANSITIONS)
-        self._terminated()
+        self._terminated(reason=reason)
 
     # Events -----------------------------------------------------------------
 
@@ -152,5 +151,6 @@ class Worker(HodeiAggregate):
         self.reason = self.reason or reason
 
     @event("WorkerTerminated")
-    def _terminated(self) -> None:
+    def _terminated(self, reason: str | None = None) -> None:  # None in older servers' events
         self.state = WorkerState.TERMINATED
+        self.reason = self.reason or reason

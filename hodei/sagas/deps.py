@@ -47,6 +47,5 @@ class SagaDeps:
 def terminate(deps: SagaDeps, worker_id: str, reason: str) -> list[Worker]:
     """Records the end of a worker whose resource is gone."""
     worker = deps.worker(worker_id)
-    worker.begin_termination(reason)
-    worker.finish_termination()
+    worker.terminate(reason)
     return [worker]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -57,3 +58,63 @@ def current(record: EventRecord) -> EventRecord:
         version += 1
     state["class_version"] = target
     return replace(record, payload=state)
+
+
+# A saga's events of one transaction are stored as one row of this type (``pack``): a
+# saga moves through several steps per transaction, and a row costs its transaction an
+# insert, an outbox row, a claim and an acknowledgement, whatever it holds.
+MOVES = "SagaMoved"
+MOVES_TOPIC = "hodei.domain.saga:Saga.SagaMoved"
+_PACKED_TYPES = frozenset({"Saga"})
+
+
+def runs(records: Sequence[EventRecord]) -> list[list[EventRecord]]:
+    """The records of one save, as the rows they become: a saga's consecutive events
+    together, every other event alone. Only a saga's: its moves in one transaction are
+    decided together and only the last of them can need a delivery (the step it stopped
+    at), while each of a job's or a worker's events may drive something of its own."""
+    grouped: list[list[EventRecord]] = []
+    for record in records:
+        last = grouped[-1][-1] if grouped else None
+        if (
+            last is not None
+            and record.aggregate_type in _PACKED_TYPES
+            and last.aggregate_id == record.aggregate_id
+            and last.aggregate_version + 1 == record.aggregate_version
+        ):
+            grouped[-1].append(record)
+        else:
+            grouped.append([record])
+    return grouped
+
+
+def pack(run: Sequence[EventRecord]) -> EventRecord:
+    """One row for a run of an aggregate's events: the first event's id, version and
+    time; the events, each with its own type, topic, time and payload, in the payload."""
+    first = run[0]
+    if len(run) == 1:
+        return first
+    moves = [
+        {"event_type": r.event_type, "topic": r.topic, "occurred_at": r.occurred_at.isoformat(), "payload": r.payload}
+        for r in run
+    ]
+    return replace(first, event_type=MOVES, topic=MOVES_TOPIC, payload={"events": moves})
+
+
+def unpack(record: EventRecord) -> list[EventRecord]:
+    """The events a row holds (one, unless it is a ``pack``), each with the id and
+    version it would have had as a row of its own."""
+    if record.event_type != MOVES:
+        return [record]
+    return [
+        replace(
+            record,
+            id=event_id(record.aggregate_id, record.aggregate_version + offset),
+            aggregate_version=record.aggregate_version + offset,
+            event_type=move["event_type"],
+            topic=move["topic"],
+            occurred_at=datetime.fromisoformat(move["occurred_at"]),
+            payload=move["payload"],
+        )
+        for offset, move in enumerate(record.payload["events"])
+    ]

@@ -17,7 +17,7 @@ from uuid import UUID, uuid5
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
 
-from hodei.store.events import EventRecord, current
+from hodei.store.events import EventRecord, current, unpack
 from hodei.store.sql import query
 
 
@@ -425,9 +425,10 @@ PROJECTORS: dict[str, Projector] = {
 
 
 def _project_into(sink: Sink, events: Iterable[EventRecord]) -> list[dict[str, Any]]:
-    """Runs each event's projector into ``sink``; the audit rows, for the caller to add last."""
+    """Runs the projector of each event (of each row: ``unpack``) into ``sink``; the audit
+    rows, for the caller to add last."""
     audits = []
-    for stored in events:
+    for stored in (event for row in events for event in unpack(row)):
         try:
             projector = PROJECTORS[stored.event_type]
         except KeyError:

@@ -47,7 +47,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from hodei.errors import LeaseLost
 from hodei.store import projections
 from hodei.store.db import translate_errors
-from hodei.store.events import EventRecord, event_id, split_topic
+from hodei.store.events import MOVES_TOPIC, EventRecord, event_id, pack, runs, split_topic
 from hodei.store.sql import query
 
 SIGNAL_CHANNEL = "hodei_signals"
@@ -94,6 +94,18 @@ def _state(payload: str, occurred_at: datetime) -> bytes:
     return (stamp + ("" if rest.lstrip().startswith("}") else ", ") + rest).encode()
 
 
+def _states(version: int, topic: str, payload: str, occurred_at: datetime) -> list[tuple[int, str, bytes]]:
+    """(version, topic, the library's stored state) of each event a row holds: one, or
+    those of a ``pack``, in order."""
+    if topic != MOVES_TOPIC:
+        return [(version, topic, _state(payload, occurred_at))]
+    moves = orjson.loads(payload)["events"]
+    return [
+        (version + n, m["topic"], _state(orjson.dumps(m["payload"]).decode(), datetime.fromisoformat(m["occurred_at"])))
+        for n, m in enumerate(moves)
+    ]
+
+
 def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None) -> EventRecord:
     """A job's own events are correlated with the job when the save names no correlation
     (several jobs saved at once, as admission does)."""
@@ -131,7 +143,8 @@ class DomainEventRecorder(ApplicationRecorder):
         if not records and ack is None:
             return []
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
-        rows = Jsonb([_row(r) for r in records])
+        grouped = runs(records)
+        rows = Jsonb([_row(run) for run in grouped])
         with translate_errors():
             for attempt in Retrying(
                 retry=retry_if_exception_type(psycopg_errors.DeadlockDetected), stop=stop_after_attempt(5), reraise=True
@@ -140,7 +153,8 @@ class DomainEventRecorder(ApplicationRecorder):
                     positions = self._write(records, rows, ack, lease_lost)
         if ack is not None:
             ack.done = True
-        return positions
+        # The library wants a position per event: a row's events share its position.
+        return [position for position, run in zip(positions, grouped, strict=True) for _ in run]
 
     def _write(self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str) -> list[int]:
         """The transaction, in one round trip: every statement up to the COMMIT is
@@ -184,10 +198,15 @@ class DomainEventRecorder(ApplicationRecorder):
                 query("select_aggregate_events"),
                 {"aggregate_id": str(originator_id), "gt": gt, "lte": lte, "desc": desc, "limit": limit},
             ).fetchall()
-        return [
-            StoredEvent(originator_id=UUID(aid), originator_version=version, topic=topic, state=_state(payload, at))
+        events = [
+            StoredEvent(originator_id=UUID(aid), originator_version=v, topic=t, state=state)
             for aid, version, topic, payload, at in rows
+            for v, t, state in _states(version, topic, payload, at)
+            if (gt is None or v > gt) and (lte is None or v <= lte)
         ]
+        if desc:  # the rows came newest first, each one's events oldest first
+            events.sort(key=lambda e: e.originator_version, reverse=True)
+        return events[:limit] if limit is not None else events
 
     def select_notifications(
         self,
@@ -205,14 +224,9 @@ class DomainEventRecorder(ApplicationRecorder):
                 {"low": low, "stop": stop, "topics": list(topics) or None, "limit": limit},
             ).fetchall()
         return [
-            Notification(
-                id=position,
-                originator_id=UUID(aid),
-                originator_version=version,
-                topic=topic,
-                state=_state(payload, at),
-            )
+            Notification(id=position, originator_id=UUID(aid), originator_version=v, topic=t, state=state)
             for position, aid, version, topic, payload, at in rows
+            for v, t, state in _states(version, topic, payload, at)
         ]
 
     def max_notification_id(self) -> int | None:
@@ -231,14 +245,17 @@ def _roll_back(conn: psycopg.Connection[Any]) -> None:
             conn.execute("ROLLBACK")
 
 
-def _available_at(record: EventRecord) -> datetime:
-    """An event may ask to be delivered later (a saga step retry carries ``retry_at``)."""
-    retry_at = record.payload.get("retry_at")
-    return datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else record.occurred_at
+def _available_at(run: Sequence[EventRecord]) -> datetime:
+    """A row may ask to be delivered later: a saga step retry carries ``retry_at`` (only
+    the last event of a row can need a delivery)."""
+    retry_at = run[-1].payload.get("retry_at")
+    return datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else run[0].occurred_at
 
 
-def _row(record: EventRecord) -> dict[str, Any]:
-    """An event as ``insert_events_and_outbox`` reads it (a jsonb record)."""
+def _row(run: Sequence[EventRecord]) -> dict[str, Any]:
+    """A run of events (``hodei.store.events.runs``) as ``insert_events_and_outbox``
+    reads it (a jsonb record)."""
+    record = pack(run)
     return {
         "id": record.id,
         "occurred_at": record.occurred_at,
@@ -250,5 +267,5 @@ def _row(record: EventRecord) -> dict[str, Any]:
         "aggregate_type": record.aggregate_type,
         "aggregate_version": record.aggregate_version,
         "topic": record.topic,
-        "available_at": _available_at(record),
+        "available_at": _available_at(run),
     }
