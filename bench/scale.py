@@ -164,6 +164,10 @@ def print_logs(rate: float, baseline: float) -> None:
 
 @dataclass(frozen=True)
 class Replay:
+    """Rates in events/s: a row of a saga's moves holds several events (``SagaMoved``), and
+    replay projects every one of them."""
+
+    rows: int
     events: int
     rebuild_rate: float
     apply_rate: float
@@ -180,7 +184,7 @@ def _renamed(text: str, names: dict[str, str]) -> str:
 
 
 def _clone_jobs(url: str, size: int) -> None:
-    """Tops the log up to ``size`` events with copies of the jobs the run has carried
+    """Tops the log up to ``size`` rows with copies of the jobs the run has carried
     (their jobs', workers' and sagas' events, every id among them renamed per copy), so
     the log replayed has the mix of real operation, not a top-up of one event type."""
     events = query(
@@ -216,7 +220,7 @@ def _clone_jobs(url: str, size: int) -> None:
 
 
 def replay_run(url: str, size: int) -> Replay:
-    """The run's own log, topped up with copies of its jobs to ``size`` events, replayed
+    """The run's own log, topped up with copies of its jobs to ``size`` rows, replayed
     the three ways an operator can: aggregates rebuilt in memory, read models rebuilt
     (``replay --apply``) and compared (``replay --verify``)."""
     _clone_jobs(url, size)
@@ -224,18 +228,18 @@ def replay_run(url: str, size: int) -> Replay:
     try:
         events, rebuild_rate = log_replay_rate(HodeiStore(pool))
         started = time.perf_counter()
-        applied = replay.apply(pool).events
-        apply_rate = applied / (time.perf_counter() - started)
+        rows = replay.apply(pool).events
+        apply_rate = events / (time.perf_counter() - started)
         started = time.perf_counter()
         _, differences = replay.verify(pool)
         verify_seconds = time.perf_counter() - started
     finally:
         pool.close()
-    return Replay(events, rebuild_rate, apply_rate, verify_seconds, len(differences))
+    return Replay(rows, events, rebuild_rate, apply_rate, verify_seconds, len(differences))
 
 
 def print_replay(result: Replay, raw_rate: float) -> None:
-    n = f"{result.events:,} events"
+    n = f"{result.rows:,} rows, {result.events:,} events"
     base = f"{raw_rate:,.0f} tx/s"
     print(row("raw INSERT, 1 row per transaction", base, "(baseline)"))
     for name, rate in (("replay: rebuild aggregates", result.rebuild_rate), ("replay --apply", result.apply_rate)):

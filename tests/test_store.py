@@ -333,3 +333,47 @@ def test_projections_find_their_rows_by_key_in_the_plans_kept_per_connection(sto
             conn.execute(f"DEALLOCATE {name}")
             scans[name] = [line.strip() for line in plan.splitlines() if "Seq Scan" in line or "Hash Join" in line]
     assert {name: found for name, found in scans.items() if found} == {}
+
+
+def test_a_command_about_a_job_reads_its_whole_flow_once_per_try(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job, its worker and its saga come in hand with one read of the flow; a try that
+    lost the race reads the flow again and sees the winner's events."""
+    job = new_job()
+    worker = new_worker(job, ProviderType.DOCKER)
+    saga = Saga(saga_type="EXECUTION", correlation_id=str(job.id), attempt=1, steps=["a"], context={})
+    store.write([job, worker, saga], Meta(actor="t", correlation_id=str(job.id)))
+    other = new_job()
+    store.write([other], Meta(actor="t"))
+    flows: list[str] = []
+    loads: list[str] = []
+    select_flow, select_events = store.recorder.select_flow, store.recorder.select_events  # type: ignore[attr-defined]
+    monkeypatch.setattr(store.recorder, "select_flow", lambda c: flows.append(c) or select_flow(c))
+    monkeypatch.setattr(
+        store.recorder,
+        "select_events",
+        lambda originator_id, **k: loads.append(str(originator_id)) or select_events(originator_id, **k),
+    )
+    seen: list[tuple[int, int]] = []
+
+    def run() -> tuple[None, list[Job]]:
+        held = [a.id for a in store.held(Saga)]
+        mine = store.load(Job, job.id)
+        assert store.load(Worker, worker.id).state is worker.state and held == [saga.id]
+        seen.append((mine.version, len(loads)))
+        if len(seen) == 1:  # another writer moves the job first: this try loses
+            rival = store.repository.get(job.id)  # read apart from what the command has in hand
+            rival.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+            store.write([rival], Meta(actor="rival"))
+        store.load(Job, other.id)  # not of the flow: read on its own
+        mine.cancel("by the test")
+        return None, [mine]
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), run)
+    assert flows == [str(job.id)] * 2
+    # Each try read the job, its worker and saga from the flow (no load of their own); the
+    # second saw the rival's event. The loads: the rival's and the other job's (each try).
+    assert seen == [(1, 0), (2, 2)]
+    assert loads == [str(job.id), str(other.id), str(other.id)]
+    assert store.load(Job, job.id).state is JobState.CANCELLED

@@ -45,7 +45,6 @@ from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout, StoreUnav
 from hodei.relay import backoff_seconds
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_column
 from hodei.store.recorder import Ack
 
 log = logging.getLogger(__name__)
@@ -292,14 +291,17 @@ class SagaEngine:
     def poke(self, job_id: str, ack: Ack | None) -> None:
         """Re-checks the job's waiting steps after an event that may satisfy them. Only
         sagas at a step without an effect can move on a poke: an ACTION or a compensation
-        runs in the delivery of its own StepStarted or CompensationStarted."""
+        runs in the delivery of its own StepStarted or CompensationStarted. The job's
+        sagas are in hand with the rest of its flow (``HodeiStore.command``)."""
         moved: list[_Work] = []
 
         def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
             moved.clear()
             changed: list[HodeiAggregate] = []
-            for saga_id in saga_ids:
-                work = _Work(self.store.load(Saga, saga_id))
+            for saga in self.store.held(Saga):
+                if not self._moves_on_poke(saga):
+                    continue
+                work = _Work(saga)
                 self._progress(work, None, {})
                 if work.saga.pending_events or work.changed:
                     moved.append(work)
@@ -307,10 +309,16 @@ class SagaEngine:
             return None, changed
 
         with self._serial(job_id):
-            saga_ids = waiting_saga_ids(self.store, job_id, self._pokeable)
             self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
         for work in moved:
             self._committed(work)
+
+    def _moves_on_poke(self, saga: Saga) -> bool:
+        """Running, and at (or waiting to retry) a step without an effect."""
+        if saga.state is not SagaState.IN_PROGRESS:
+            return False
+        at = saga.active_step or next((s for s in saga.steps if s.state is StepState.FAILED), None)
+        return at is not None and at.name in self._pokeable
 
     def _committed(self, work: _Work) -> None:
         if self.after_commit is not None:
@@ -575,12 +583,6 @@ class SagaEngine:
 def _log_unexpected(name: str, exc: Exception) -> None:
     if not isinstance(exc, HodeiError):
         log.error("step %s raised %s", name, exc, exc_info=exc)
-
-
-def waiting_saga_ids(store: HodeiStore, job_id: str, step_names: Sequence[str]) -> list[UUID]:
-    """The job's running sagas whose current step is one of ``step_names`` (from the
-    ``sagas`` read model, written in the same transaction as the saga's events)."""
-    return fetch_column(store.pool, "waiting_sagas_of_job", (job_id, list(step_names)))
 
 
 __all__ = [

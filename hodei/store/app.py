@@ -82,6 +82,12 @@ class HodeiStore(Application[UUID]):
         self.register_transcodings(transcoder)
         return transcoder
 
+    def held(self, kind: type[A]) -> list[A]:
+        """The aggregates of ``kind`` the current try of a ``command`` has in hand (with a
+        correlation: every one of the job's flow), oldest first."""
+        in_hand = _in_hand.get() or {}
+        return sorted((a for a in in_hand.values() if isinstance(a, kind)), key=lambda a: a.created_on)
+
     def load(self, kind: type[A], aggregate_id: UUID | str) -> A:
         """The aggregate's current state; inside a ``command``, the one already in hand
         when the command loaded it before (with whatever it changed since)."""
@@ -98,6 +104,13 @@ class HodeiStore(Application[UUID]):
         if not isinstance(aggregate, kind):
             raise NotFound(f"{kind.__name__.lower()} {aggregate_id} not found")
         return aggregate
+
+    def _flow(self, correlation_id: str) -> dict[UUID, HodeiAggregate]:
+        assert isinstance(self.recorder, DomainEventRecorder)
+        return {
+            aggregate_id: _replay(None, map(self.mapper.to_domain_event, stored))
+            for aggregate_id, stored in self.recorder.select_flow(correlation_id).items()
+        }
 
     def find(self, kind: type[A], aggregate_id: UUID | str) -> A | None:
         try:
@@ -119,7 +132,10 @@ class HodeiStore(Application[UUID]):
         Within one try, an aggregate is read from the log once: loading it again (a saga's
         next step reads the job the step before changed) gives the same object, so the
         later reader sees the earlier change, and the save's version check still guards
-        against every other writer. A try that lost the race starts with nothing in hand."""
+        against every other writer. A command about a job (``meta.correlation_id``) starts
+        each try with the job's whole flow in hand — the job, its workers and sagas, read in
+        one statement — instead of a read per aggregate as its steps ask for them; a try
+        that lost the race reads it again."""
         for attempt in Retrying(
             retry=retry_if_exception_type(ConcurrencyConflict),
             stop=stop_after_attempt(attempts),
@@ -127,7 +143,7 @@ class HodeiStore(Application[UUID]):
             reraise=True,
         ):
             with attempt:
-                token = _in_hand.set({})
+                token = _in_hand.set(self._flow(meta.correlation_id) if meta.correlation_id else {})
                 try:
                     result, changed = run()
                     self.write(changed, meta)

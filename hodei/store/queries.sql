@@ -66,6 +66,15 @@ LIMIT %(limit)s;
 -- name: max_position
 SELECT max(position) FROM domain_events;
 
+-- name: select_flow_events
+-- Every event of every aggregate in a job's flow (the job, its workers, its sagas: each has
+-- events correlated with the job), oldest first per aggregate: what a command about the
+-- job reads, in one statement (HodeiStore.command).
+SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at
+FROM domain_events
+WHERE aggregate_id = ANY(ARRAY(SELECT DISTINCT aggregate_id FROM domain_events WHERE correlation_id = %s))
+ORDER BY aggregate_id, aggregate_version;
+
 -- name: select_event_records
 -- Replay reads the whole log in position order, a page at a time.
 SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_version,
@@ -378,14 +387,6 @@ SELECT EXISTS (SELECT 1 FROM outbox_events WHERE status IN ('PENDING', 'PROCESSI
 
 -- name: open_sagas_of_job
 SELECT id FROM sagas WHERE correlation_id = %s AND state IN ('IN_PROGRESS', 'COMPENSATING') ORDER BY started_at;
-
--- name: waiting_sagas_of_job
--- The job's sagas whose current step is one of the given (WAIT or LOCAL) steps: the only
--- ones an event of the job can move. A saga that reaches such a step after this read
--- re-checks it when its StepStarted is delivered.
-SELECT id FROM sagas
-WHERE correlation_id = %s AND state = 'IN_PROGRESS' AND current_step = ANY(%s::varchar[])
-ORDER BY started_at;
 
 -- name: worker_token_key
 SELECT value FROM hodei.secrets WHERE name = 'worker_token_key';

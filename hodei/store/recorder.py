@@ -208,6 +208,20 @@ class DomainEventRecorder(ApplicationRecorder):
             events.sort(key=lambda e: e.originator_version, reverse=True)
         return events[:limit] if limit is not None else events
 
+    def select_flow(self, correlation_id: str) -> dict[UUID, list[StoredEvent]]:
+        """Every event of every aggregate that has an event correlated with
+        ``correlation_id`` (a job's flow), by aggregate, oldest first."""
+        with translate_errors(), self.pool.connection() as conn:
+            rows = conn.execute(query("select_flow_events"), (correlation_id,)).fetchall()
+        flow: dict[UUID, list[StoredEvent]] = {}
+        for aid, version, topic, payload, at in rows:
+            aggregate = UUID(aid)
+            flow.setdefault(aggregate, []).extend(
+                StoredEvent(originator_id=aggregate, originator_version=v, topic=t, state=state)
+                for v, t, state in _states(version, topic, payload, at)
+            )
+        return flow
+
     def select_notifications(
         self,
         start: int | None,
