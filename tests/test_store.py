@@ -377,3 +377,37 @@ def test_a_command_about_a_job_reads_its_whole_flow_once_per_try(
     assert seen == [(1, 0), (2, 2)]
     assert loads == [str(job.id), str(other.id), str(other.id)]
     assert store.load(Job, job.id).state is JobState.CANCELLED
+
+
+def test_a_flow_holds_what_has_not_ended_and_each_row_is_decoded_once(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = new_job()
+    worker = new_worker(job, ProviderType.DOCKER)
+    worker.terminate("done")
+    running = Saga(saga_type="EXECUTION", correlation_id=str(job.id), attempt=1, steps=["a"], context={})
+    finished = Saga(saga_type="PROVISIONING", correlation_id=str(job.id), attempt=1, steps=[], context={})
+    finished.complete(then=None)
+    store.write([job, worker, running, finished], Meta(actor="t", correlation_id=str(job.id)))
+    decoded: list[object] = []
+    to_domain_event = store.mapper.to_domain_event
+    monkeypatch.setattr(store.mapper, "to_domain_event", lambda s: decoded.append(s) or to_domain_event(s))
+
+    def first() -> tuple[None, list[Job]]:
+        assert [saga.id for saga in store.held(Saga)] == [running.id]
+        assert store.held(Worker) == []
+        # What has ended is read apart when asked for.
+        assert store.load(Saga, finished.id).state.value == "COMPLETED"
+        assert store.load(Worker, worker.id).state.value == "TERMINATED"
+        return None, []
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), first)
+    after_first = len(decoded)
+
+    def second() -> tuple[None, list[Job]]:
+        assert store.load(Job, job.id).state is JobState.PENDING
+        assert [saga.id for saga in store.held(Saga)] == [running.id]
+        return None, []
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), second)
+    assert len(decoded) == after_first  # the flow's rows were decoded by the first command only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from hodei.errors import ConcurrencyConflict, NotFound
 from hodei.store.recorder import Ack, DomainEventRecorder
 
 A = TypeVar("A", bound=HodeiAggregate)
+# Rows whose decoded events ``HodeiStore`` keeps: a few thousand jobs' flows.
+DECODED_ROWS = 50_000
 R = TypeVar("R")
 
 # The aggregates a command's current try has loaded, by id (``HodeiStore.command``).
@@ -71,6 +74,12 @@ class HodeiStore(Application[UUID]):
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
+        # Decoded events of the rows jobs' flows were read from, by (aggregate id, row
+        # version), oldest out first: a committed row never changes (the log is append-only)
+        # and events are immutable (aggregates copy what they keep of them), while a flow is
+        # read again at every command about its job.
+        self._decoded: dict[tuple[str, int], list[Any]] = {}
+        self._decoding = threading.Lock()
         # In-memory persistence is only the factory's default; the recorder is ours.
         super().__init__(env={"PERSISTENCE_MODULE": "eventsourcing.popo", "IS_SNAPSHOTTING_ENABLED": "n"})
 
@@ -84,7 +93,7 @@ class HodeiStore(Application[UUID]):
 
     def held(self, kind: type[A]) -> list[A]:
         """The aggregates of ``kind`` the current try of a ``command`` has in hand (with a
-        correlation: every one of the job's flow), oldest first."""
+        correlation: every one of the job's flow that has not ended), oldest first."""
         in_hand = _in_hand.get() or {}
         return sorted((a for a in in_hand.values() if isinstance(a, kind)), key=lambda a: a.created_on)
 
@@ -106,11 +115,20 @@ class HodeiStore(Application[UUID]):
         return aggregate
 
     def _flow(self, correlation_id: str) -> dict[UUID, HodeiAggregate]:
+        """The job's flow, its rows decoded once per process (``_decoded``)."""
         assert isinstance(self.recorder, DomainEventRecorder)
-        return {
-            aggregate_id: _replay(None, map(self.mapper.to_domain_event, stored))
-            for aggregate_id, stored in self.recorder.select_flow(correlation_id).items()
-        }
+        flow: dict[str, list[Any]] = {}
+        for row in self.recorder.select_flow(correlation_id):
+            key = (row.aggregate_id, row.version)
+            events = self._decoded.get(key)
+            if events is None:
+                events = [self.mapper.to_domain_event(stored) for stored in row.stored()]
+                with self._decoding:
+                    self._decoded[key] = events
+                    if len(self._decoded) > DECODED_ROWS:
+                        del self._decoded[next(iter(self._decoded))]
+            flow.setdefault(row.aggregate_id, []).extend(events)
+        return {UUID(aggregate_id): _replay(None, events) for aggregate_id, events in flow.items()}
 
     def find(self, kind: type[A], aggregate_id: UUID | str) -> A | None:
         try:
@@ -133,9 +151,9 @@ class HodeiStore(Application[UUID]):
         next step reads the job the step before changed) gives the same object, so the
         later reader sees the earlier change, and the save's version check still guards
         against every other writer. A command about a job (``meta.correlation_id``) starts
-        each try with the job's whole flow in hand — the job, its workers and sagas, read in
-        one statement — instead of a read per aggregate as its steps ask for them; a try
-        that lost the race reads it again."""
+        each try with the job's flow in hand — the job and those of its workers and sagas
+        that have not ended, read in one statement — instead of a read per aggregate as its
+        steps ask for them; a try that lost the race reads it again."""
         for attempt in Retrying(
             retry=retry_if_exception_type(ConcurrencyConflict),
             stop=stop_after_attempt(attempts),

@@ -67,12 +67,17 @@ LIMIT %(limit)s;
 SELECT max(position) FROM domain_events;
 
 -- name: select_flow_events
--- Every event of every aggregate in a job's flow (the job, its workers, its sagas: each has
--- events correlated with the job), oldest first per aggregate: what a command about the
--- job reads, in one statement (HodeiStore.command).
+-- Every event of every aggregate in a job's flow that has not ended (the job, its workers,
+-- its sagas: each has events correlated with the job; a finished saga or a terminated
+-- worker, known from the read models written with its last event, is loaded apart if a
+-- command asks for it), oldest first per aggregate: what a command about the job reads,
+-- in one statement (HodeiStore.command).
 SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at
 FROM domain_events
-WHERE aggregate_id = ANY(ARRAY(SELECT DISTINCT aggregate_id FROM domain_events WHERE correlation_id = %s))
+WHERE aggregate_id = ANY(ARRAY(
+    SELECT aggregate_id FROM domain_events WHERE correlation_id = %(job)s
+    EXCEPT SELECT id::text FROM sagas WHERE correlation_id = %(job)s AND state IN ('COMPLETED', 'FAILED')
+    EXCEPT SELECT id::text FROM workers WHERE job_id::text = %(job)s AND state = 'TERMINATED'))
 ORDER BY aggregate_id, aggregate_version;
 
 -- name: select_event_records

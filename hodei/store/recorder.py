@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -92,6 +93,25 @@ def _state(payload: str, occurred_at: datetime) -> bytes:
     stamp = f'{{"timestamp": {{"_type_": "datetime_iso", "_data_": "{occurred_at.isoformat()}"}}'
     rest = payload.strip()[1:]
     return (stamp + ("" if rest.lstrip().startswith("}") else ", ") + rest).encode()
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """A row of ``domain_events`` as the library's side reads it; its events are worked
+    out only when asked for (``stored``)."""
+
+    aggregate_id: str
+    version: int
+    topic: str
+    payload: str
+    occurred_at: datetime
+
+    def stored(self) -> list[StoredEvent]:
+        aggregate = UUID(self.aggregate_id)
+        return [
+            StoredEvent(originator_id=aggregate, originator_version=v, topic=t, state=state)
+            for v, t, state in _states(self.version, self.topic, self.payload, self.occurred_at)
+        ]
 
 
 def _states(version: int, topic: str, payload: str, occurred_at: datetime) -> list[tuple[int, str, bytes]]:
@@ -199,28 +219,21 @@ class DomainEventRecorder(ApplicationRecorder):
                 {"aggregate_id": str(originator_id), "gt": gt, "lte": lte, "desc": desc, "limit": limit},
             ).fetchall()
         events = [
-            StoredEvent(originator_id=UUID(aid), originator_version=v, topic=t, state=state)
-            for aid, version, topic, payload, at in rows
-            for v, t, state in _states(version, topic, payload, at)
-            if (gt is None or v > gt) and (lte is None or v <= lte)
+            stored
+            for row in rows
+            for stored in StoredRow(*row).stored()
+            if (gt is None or stored.originator_version > gt) and (lte is None or stored.originator_version <= lte)
         ]
         if desc:  # the rows came newest first, each one's events oldest first
             events.sort(key=lambda e: e.originator_version, reverse=True)
         return events[:limit] if limit is not None else events
 
-    def select_flow(self, correlation_id: str) -> dict[UUID, list[StoredEvent]]:
-        """Every event of every aggregate that has an event correlated with
-        ``correlation_id`` (a job's flow), by aggregate, oldest first."""
+    def select_flow(self, correlation_id: str) -> list[StoredRow]:
+        """The rows of every aggregate that has an event correlated with ``correlation_id``
+        (a job's flow) and has not ended (a finished saga, a terminated worker), each
+        aggregate's oldest first."""
         with translate_errors(), self.pool.connection() as conn:
-            rows = conn.execute(query("select_flow_events"), (correlation_id,)).fetchall()
-        flow: dict[UUID, list[StoredEvent]] = {}
-        for aid, version, topic, payload, at in rows:
-            aggregate = UUID(aid)
-            flow.setdefault(aggregate, []).extend(
-                StoredEvent(originator_id=aggregate, originator_version=v, topic=t, state=state)
-                for v, t, state in _states(version, topic, payload, at)
-            )
-        return flow
+            return [StoredRow(*row) for row in conn.execute(query("select_flow_events"), {"job": correlation_id})]
 
     def select_notifications(
         self,
