@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -119,3 +119,37 @@ def test_five_hundred_jobs_at_once_on_the_local_provider_all_succeed(fresh_datab
         job_ids = submit_many(server, [spec("local", "true") for _ in range(500)])
         states = wait_all(fresh_database_url, job_ids, 600)
         assert set(states.values()) == {"SUCCEEDED"}, {s: list(states.values()).count(s) for s in set(states.values())}
+
+
+def test_local_workers_start_a_few_at_a_time_while_the_capacity_still_runs_them_together(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """HODEI_LOCAL_MAX_STARTING=1: never two local workers starting at once (admitted, not
+    yet registered), while more than one runs; the queue says why a job waits."""
+    env = {"HODEI_LOCAL_MAX_STARTING": "1", "HODEI_LOCAL_MAX_WORKERS": "4"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        job_ids = submit_many(server, [spec("local", "sleep 3") for _ in range(6)])
+        reasons: set[str] = set()
+        most_starting = most_live = 0
+        with server.channel() as channel:
+            scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                ((starting, live),) = query(
+                    fresh_database_url,
+                    "SELECT count(*) FILTER (WHERE w.state IN ('CREATING', 'CONNECTING')) "
+                    "       + (SELECT count(*) FROM jobs j WHERE j.admitted_at IS NOT NULL AND j.state = 'PENDING'"
+                    "          AND NOT EXISTS (SELECT 1 FROM workers x WHERE x.job_id = j.id)),"
+                    "       count(*) FILTER (WHERE w.state <> 'TERMINATED') FROM workers w",
+                )
+                most_starting, most_live = max(most_starting, starting), max(most_live, live)
+                status = scheduler.GetQueueStatus(scheduler_pb2.GetQueueStatusRequest(), timeout=10)
+                reasons |= {queued.reason for queued in status.queued}
+                if not status.queued and not status.pending and not status.assigned and not status.running:
+                    break
+                time.sleep(0.02)
+        states = wait_all(fresh_database_url, job_ids, 120)
+    assert set(states.values()) == {"SUCCEEDED"}, states
+    assert most_starting == 1
+    assert most_live > 1  # a started worker runs on while the next one starts
+    assert any("starts at most 1 workers at once" in reason for reason in reasons), reasons

@@ -5,7 +5,9 @@ A job's provisioning saga chooses its provider, then waits (``wait_for_slot``) u
 job is admitted: a ``JobAdmitted`` event. Admitting is done under an advisory lock per
 provider, so servers sharing the database never admit past the capacity between them;
 it runs when a job joins a queue, when a worker is terminated (a slot frees) and on
-every sweep. Slots in use are counted from the read models, never kept in memory.
+every sweep. Slots in use are counted from the read models, never kept in memory. Where
+a provider's starts compete for this machine (local agents), at most so many of its
+workers start at once: a worker that registers frees a start, and the queue moves then.
 """
 
 from __future__ import annotations
@@ -33,10 +35,17 @@ log = logging.getLogger(__name__)
 class Capacity:
     limit: int
     in_use: int
+    # Of those in use, the workers starting (admitted, not yet registered), and how many
+    # may (None: as many as the capacity).
+    starting: int = 0
+    start_limit: int | None = None
 
     @property
     def free(self) -> int:
-        return max(self.limit - self.in_use, 0)
+        free = self.limit - self.in_use
+        if self.start_limit is not None:
+            free = min(free, self.start_limit - self.starting)
+        return max(free, 0)
 
 
 @dataclass(frozen=True)
@@ -62,22 +71,39 @@ class _Turn:
 
 
 class Admission:
-    def __init__(self, store: HodeiStore, defaults: Mapping[ProviderType, int]) -> None:
+    def __init__(
+        self,
+        store: HodeiStore,
+        defaults: Mapping[ProviderType, int],
+        start_limits: Mapping[ProviderType, int] | None = None,
+    ) -> None:
+        """``start_limits``: workers a provider may have starting at once, where its starts
+        compete for this machine (the local provider's agents: a burst of them started
+        together takes each several times as long, the first job of a burst too)."""
         self.store = store
         self.pool: ConnectionPool = store.pool
         self.defaults = dict(defaults)
+        self.start_limits = dict(start_limits or {})
         self._turns = {provider: _Turn() for provider in ProviderType}
 
     def capacity(self, provider: ProviderType) -> Capacity:
         default = self.defaults[provider]
+        start_limit = self.start_limits.get(provider)
         found = fetch_one(
             self.pool,
             "provider_capacity_and_use",
             {"provider": provider.value},
-            lambda configured, in_use: Capacity(int(configured or default), int(in_use)),
+            lambda configured, in_use, starting: Capacity(
+                int(configured or default), int(in_use), int(starting), start_limit
+            ),
         )
         assert found is not None  # the query always has its one row
         return found
+
+    def started(self, provider: ProviderType) -> None:
+        """A worker of ``provider`` has registered: where starts are limited, a start is free."""
+        if provider in self.start_limits:
+            self.admit(provider)
 
     def admit(self, provider: ProviderType) -> int:
         """Admits as many queued jobs of ``provider`` as it has free slots; how many this

@@ -61,6 +61,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_K8S_SERVICE_ACCOUNT": ("", "service account of worker pods"),
     "HODEI_K8S_UNSCHEDULABLE_TIMEOUT": ("60", "seconds a pod may stay unschedulable"),
     "HODEI_LOCAL_MAX_WORKERS": ("16", "workers the local provider runs at once (the API can change it)"),
+    "HODEI_LOCAL_MAX_STARTING": (
+        "0",
+        "local workers starting at once (spawned, not yet registered: each start is CPU-bound); 0: one per CPU",
+    ),
     "HODEI_DOCKER_MAX_WORKERS": ("16", "workers the Docker provider runs at once (the API can change it)"),
     "HODEI_K8S_MAX_WORKERS": ("64", "workers the Kubernetes provider runs at once (the API can change it)"),
     "HODEI_SIM_MAX_WORKERS": ("1000", "simulated workers the sim provider runs at once (the API can change it)"),
@@ -227,6 +231,8 @@ class Config:
     outbox_retention: float
     # Workers each provider runs at once, unless set through the API.
     max_workers: Mapping[str, int]
+    # Workers a provider starts at once (admitted, not yet registered), where that is limited.
+    max_starting: Mapping[str, int]
     docker: DockerConfig
     kubernetes: KubernetesConfig
     timing: Timing
@@ -316,6 +322,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             "kubernetes": int(_number(env, "HODEI_K8S_MAX_WORKERS")),
             "sim": int(_number(env, "HODEI_SIM_MAX_WORKERS")),
         },
+        max_starting={"local": int(_number(env, "HODEI_LOCAL_MAX_STARTING", zero_allowed=True)) or os.cpu_count() or 1},
         fault=_get(env, "HODEI_FAULT"),
         docker=DockerConfig(
             enabled=_flag(env, "HODEI_DOCKER_ENABLED"),

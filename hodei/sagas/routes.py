@@ -3,6 +3,8 @@
 JobCreated                  -> start PROVISIONING (attempt 1)
 JobProviderSelected, WorkerTerminated, a job's end or requeue
                             -> admit queued jobs of that provider (hodei.admission)
+JobAssigned                 -> its worker registered: admit, where the provider's starts
+                               are limited
 SagaCompleted (provisioning)-> nothing: the transaction that completed it started EXECUTION
                                (SagaDefinition.then; its payload's `then` says so). A
                                SagaCompleted without `then` was written by an older server,
@@ -65,6 +67,10 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
     def poke(delivery: Delivery) -> None:
         engine.poke(_job_id(delivery), delivery.ack)
 
+    def job_assigned(delivery: Delivery) -> None:
+        # Its worker registered (the EXECUTION saga assigns at once): a start is free.
+        admission.started(ProviderType(delivery.event.payload["provider_type"]))
+
     def worker_failed(delivery: Delivery) -> None:
         worker = store.load(Worker, delivery.event.aggregate_id)
         job = store.load(Job, worker.job_id)
@@ -100,6 +106,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         "JobCreated": Route(job_created),
         "JobProviderSelected": Route(provider_selected),
         "JobAdmitted": poke_route,
+        "JobAssigned": Route(job_assigned),
         "JobStatusChanged": Route(job_status_changed),
         "JobAccepted": poke_route,
         "WorkerRegistered": poke_route,

@@ -73,6 +73,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         if provider not in capacities:
             capacities[provider] = self.admission.capacity(ProviderType(provider))
         capacity = capacities[provider]
+        if capacity.free == 0 and capacity.in_use < capacity.limit:
+            return (
+                f"provider {provider} starts at most {capacity.start_limit} workers at once: "
+                f"{capacity.starting} starting ({capacity.in_use} of {capacity.limit} workers)"
+            )
         if capacity.free == 0:
             return f"provider {provider} is full: {capacity.in_use} of {capacity.limit} workers"
         return f"provider {provider} has room ({capacity.in_use} of {capacity.limit} workers): being admitted"

@@ -130,7 +130,9 @@ class Runtime:
             forget_worker=self._forget_worker,
         )
         self.admission = Admission(
-            self.store, {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType}
+            self.store,
+            {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType},
+            {ProviderType(name): limit for name, limit in config.max_starting.items()},
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
         self.metrics = PlatformMetrics(self.reads)

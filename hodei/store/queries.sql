@@ -611,15 +611,23 @@ SELECT pg_advisory_lock(7, hashtext(%s));
 SELECT pg_advisory_unlock(7, hashtext(%s));
 
 -- name: provider_capacity_and_use
--- The capacity set through the API (NULL: the server's default) and the slots in use:
--- workers not yet terminated, and admitted jobs that have no such worker yet.
+-- The capacity set through the API (NULL: the server's default), the slots in use (workers
+-- not yet terminated, and admitted jobs that have no such worker yet) and, of those, the
+-- ones starting (workers not yet registered, and the admitted jobs without one).
+WITH admitted_without_worker AS (
+    SELECT count(*) AS n FROM jobs j
+    WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
+      AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+      AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.job_id = j.id AND w.attempt = j.attempt
+                      AND w.state <> 'TERMINATED')
+), live AS (
+    SELECT count(*) AS n, count(*) FILTER (WHERE state IN ('CREATING', 'CONNECTING')) AS starting
+    FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED'
+)
 SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provider_type = %(provider)s) AS configured,
-       (SELECT count(*) FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED')
-     + (SELECT count(*) FROM jobs j
-        WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
-          AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
-          AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.job_id = j.id AND w.attempt = j.attempt
-                          AND w.state <> 'TERMINATED')) AS in_use;
+       live.n + admitted_without_worker.n AS in_use,
+       live.starting + admitted_without_worker.n AS starting
+FROM live, admitted_without_worker;
 
 -- name: next_in_queue
 SELECT id FROM jobs
