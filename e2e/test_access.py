@@ -88,7 +88,13 @@ def tokens(database_url: str) -> dict[str, str]:
 def server(
     database_url: str, tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    env = {"HODEI_LOCAL_WORKER_COMMAND": "sleep 600", "HODEI_REGISTRATION_TIMEOUT": "300"}
+    # The agents' stand-ins never register (tests register in their place): each would hold
+    # one of the local provider's starts until its registration timeout.
+    env = {
+        "HODEI_LOCAL_WORKER_COMMAND": "sleep 600",
+        "HODEI_REGISTRATION_TIMEOUT": "300",
+        "HODEI_LOCAL_MAX_STARTING": "16",
+    }
     with ServerProcess(database_url, tmp_path_factory.mktemp("access"), env) as process:
         yield process
 

@@ -22,8 +22,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def silent_server(fresh_database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    """Its workers never start an agent: the test registers in their place."""
-    env = {"HODEI_LOCAL_WORKER_COMMAND": "sleep 600", "HODEI_REGISTRATION_TIMEOUT": "120"}
+    """Its workers never start an agent: the test registers in their place (so each holds
+    one of the local provider's starts until it does)."""
+    env = {
+        "HODEI_LOCAL_WORKER_COMMAND": "sleep 600",
+        "HODEI_REGISTRATION_TIMEOUT": "120",
+        "HODEI_LOCAL_MAX_STARTING": "16",
+    }
     with ServerProcess(fresh_database_url, tmp_path, env) as server:
         yield server
 
