@@ -98,6 +98,14 @@ class Saga(HodeiAggregate):
                 return step
         return None
 
+    @property
+    def failed_step(self) -> StepRecord | None:
+        """The step that failed, waiting to be retried (``deadline_at``) or for good."""
+        for step in self.steps:
+            if step.state is StepState.FAILED:
+                return step
+        return None
+
     def step(self, order: int) -> StepRecord:
         return self.steps[order]
 

@@ -317,7 +317,7 @@ class SagaEngine:
         """Running, and at (or waiting to retry) a step without an effect."""
         if saga.state is not SagaState.IN_PROGRESS:
             return False
-        at = saga.active_step or next((s for s in saga.steps if s.state is StepState.FAILED), None)
+        at = saga.active_step or saga.failed_step
         return at is not None and at.name in self._pokeable
 
     def _committed(self, work: _Work) -> None:
@@ -355,7 +355,7 @@ class SagaEngine:
             saga = work.saga
             definitions = self.definitions[saga.saga_type].steps
             if saga.state is SagaState.IN_PROGRESS and saga.active_step is None and saga.failed_for_good is None:
-                upcoming = next((s for s in saga.steps if s.state is StepState.FAILED), None) or saga.next_step
+                upcoming = saga.failed_step or saga.next_step
                 if upcoming is not None:
                     self._start(work, upcoming, definitions[upcoming.order])
             step = saga.active_step
@@ -407,7 +407,7 @@ class SagaEngine:
             if saga.state is SagaState.COMPENSATING or saga.failed_for_good is not None:
                 self._unwind(work)
                 continue
-            retrying = next((s for s in saga.steps if s.state is StepState.FAILED), None)
+            retrying = saga.failed_step
             if retrying is not None and retrying.deadline_at is not None:
                 # Waiting to retry: the StepFailed row is delivered at retry_at.
                 if datetime.fromisoformat(retrying.deadline_at) > self.clock():
