@@ -25,8 +25,7 @@ from hodei.domain.provider import ProviderType
 from hodei.errors import ConcurrencyConflict, InvalidTransition
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_all, fetch_one, translate_errors
-from hodei.store.sql import query
+from hodei.store.db import fetch_all, fetch_column, fetch_one, fetch_value
 
 log = logging.getLogger(__name__)
 
@@ -131,27 +130,17 @@ class Admission:
             raise
 
     def _admit_round(self, provider: ProviderType) -> int:
-        """Under the provider's advisory lock (servers sharing the database never admit
-        past the capacity between them): the free slots' worth of queued jobs, admitted
-        in one transaction."""
-        with translate_errors(), self.pool.connection() as conn:
-            conn.execute(query("lock_admission"), (provider.value,))
-            try:
-                free = self.capacity(provider).free
-                if free == 0:
-                    return 0
-                rows = conn.execute(query("next_in_queue"), {"provider": provider.value, "limit": free}).fetchall()
-                return self._admit_jobs([str(job_id) for (job_id,) in rows])
-            finally:
-                conn.execute(query("unlock_admission"), (provider.value,))
-
-    def _admit_jobs(self, job_ids: list[str]) -> int:
-        if not job_ids:
-            return 0
+        """One transaction, under the provider's advisory lock (servers sharing the
+        database never admit past the capacity between them): the free slots' worth of
+        queued jobs, counted, chosen and admitted."""
 
         def run() -> tuple[int, list[Job]]:
+            fetch_value(self.pool, "lock_admission", (provider.value,))
+            free = self.capacity(provider).free
+            if free == 0:
+                return 0, []
             admitted = []
-            for job_id in job_ids:
+            for job_id in fetch_column(self.pool, "next_in_queue", {"provider": provider.value, "limit": free}):
                 job = self.store.load(Job, job_id)
                 try:
                     job.admit()

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, LiteralString
+from typing import Any
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
@@ -28,7 +28,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from hodei.config import RelayConfig
 from hodei.errors import LeaseLost
 from hodei.signals import Signals
-from hodei.store.db import execute, fetch_value, open_pool, translate_errors
+from hodei.store.db import command_transaction, execute, fetch_value, open_pool, roll_back, translate_errors
 from hodei.store.events import EventRecord, unpack
 from hodei.store.recorder import Ack
 from hodei.store.sql import query
@@ -136,7 +136,8 @@ class Relay:
 
     Up to ``batch_size`` rows are in flight (claimed, queued or running) at once, on
     ``threads`` handler threads. Rows whose handler wrote nothing are acknowledged in
-    bulk before the next claim, so the next row of their aggregate becomes claimable.
+    bulk by the next claim, in its transaction, before it looks for rows: the next row
+    of their aggregate is claimable in it.
     """
 
     def __init__(
@@ -170,13 +171,36 @@ class Relay:
     # Claiming ---------------------------------------------------------------
 
     def claim(self, limit: int) -> list[Delivery]:
+        """Acknowledges the rows handled without a write of their own and claims up to
+        ``limit`` due rows, in one transaction: the next row of an acknowledged one's
+        aggregate is claimable in the same claim."""
+        with self._lock:
+            acks, self._to_ack = self._to_ack, []
         params = {
             "limit": limit,
             "window": max(2000, 20 * limit),
             "claimer": self.claimer,
             "lease": self.config.lease_seconds,
         }
-        rows = self._unsynced(query("claim_outbox_rows"), params)
+        try:
+            with translate_errors(), self._claims.connection() as conn:
+                if not acks:
+                    rows = conn.execute(query("claim_outbox_rows"), params).fetchall()
+                else:
+                    try:
+                        with conn.pipeline():
+                            conn.execute("BEGIN")
+                            conn.execute(query("ack_outbox_rows"), (acks, self.claimer))
+                            claimed = conn.execute(query("claim_outbox_rows"), params)
+                            conn.execute("COMMIT")
+                    except BaseException:
+                        roll_back(conn)
+                        raise
+                    rows = claimed.fetchall()
+        except Exception:
+            with self._lock:
+                self._to_ack.extend(acks)
+            raise
         deliveries = []
         for row in sorted(rows, key=lambda r: (r[12], r[11])):
             outbox_id, attempts, occurred_at, event_type, aggregate_id, aggregate_type, version = row[:7]
@@ -201,12 +225,13 @@ class Relay:
 
     def handle(self, delivery: Delivery) -> None:
         """Runs the row's route. A handler that saved events has acknowledged the row
-        in its own transaction; otherwise the row joins the next bulk acknowledgement."""
+        in its own transaction; otherwise the next claim acknowledges it."""
         route = self.routes.get(delivery.event.event_type)
         lag_ms = (time.time() - delivery.event.occurred_at.timestamp()) * 1000
         try:
             if route is not None:
-                route.handle(delivery)
+                with command_transaction(self.pool):  # what it reads joins its first command
+                    route.handle(delivery)
             if not delivery.ack.done:
                 with self._lock:
                     self._to_ack.append(delivery.outbox_id)
@@ -220,21 +245,18 @@ class Relay:
             self._give_back(delivery, route, exc)
 
     def flush_acks(self) -> None:
+        """Acknowledges the rows waiting for the next claim, without claiming."""
         with self._lock:
             batch, self._to_ack = self._to_ack, []
         if not batch:
             return
         try:
-            self._unsynced(query("ack_outbox_rows"), (batch, self.claimer))
+            with translate_errors(), self._claims.connection() as conn:
+                conn.execute(query("ack_outbox_rows"), (batch, self.claimer))
         except Exception:
             with self._lock:
                 self._to_ack.extend(batch)
             raise
-
-    def _unsynced(self, statement: LiteralString, params: Any) -> list[tuple[Any, ...]]:
-        with translate_errors(), self._claims.connection() as conn:
-            cursor = conn.execute(statement, params)
-            return cursor.fetchall() if cursor.description is not None else []
 
     def _give_back(self, delivery: Delivery, route: Route | None, exc: Exception) -> None:
         event = delivery.event
@@ -288,11 +310,12 @@ class Relay:
         self._handlers.submit(min(d.origin for d in deliveries), run)
 
     def pump(self) -> int:
-        """Acknowledges finished rows, then claims up to the free capacity: at once while a
-        handler thread may be idle, otherwise once a quarter of the batch is free. A claim
-        costs PostgreSQL a scan of the open rows' window (a few ms under load) whatever it
-        returns; topping up one row per finished handler made it 7 claims a job."""
-        self.flush_acks()
+        """Claims up to the free capacity, acknowledging finished rows with the claim: at
+        once while a handler thread may be idle, otherwise once a quarter of the batch is
+        free. A claim costs PostgreSQL a scan of the open rows' window (a few ms under
+        load) whatever it returns; topping up one row per finished handler made it 7
+        claims a job. Finished rows wait for the next claim to be acknowledged: a relay
+        that dies first leaves them to be delivered again, which handlers tolerate."""
         with self._lock:
             free = self.config.batch_size - self._in_flight
             if self._in_flight >= self.config.threads and free < max(1, self.config.batch_size // 4):

@@ -276,3 +276,31 @@ def test_the_listener_reconnects_after_its_connection_dies(pool: ConnectionPool)
             assert waiter.wait(5)
     finally:
         signals.stop()
+
+
+def test_rows_handled_without_a_write_are_acknowledged_by_the_next_claim_in_its_transaction(
+    store: HodeiStore, pool: ConnectionPool
+) -> None:
+    """No transaction of its own for the acknowledgement: the claim that follows makes
+    it, before it looks, so the aggregate's next row is claimed at once."""
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    store.write([job], Meta(actor="t"))
+    query(pool.conninfo, "UPDATE outbox_events SET status = 'PUBLISHED' WHERE aggregate_id <> %s", (str(job.id),))
+    relay = Relay(pool, {}, CONFIG, "r", Signals(None))
+    try:
+        (first,) = relay.claim(10)
+        relay.handle(first)
+        assert query(pool.conninfo, "SELECT status FROM outbox_events WHERE id = %s", (first.outbox_id,)) != [
+            ("PUBLISHED",)
+        ]
+        job.select_provider(str(uuid4()), "docker")
+        store.write([job], Meta(actor="t"))
+        (second,) = relay.claim(10)
+        rows = [
+            query(pool.conninfo, "SELECT status, xmin::text FROM outbox_events WHERE id = %s", (row.outbox_id,))[0]
+            for row in (first, second)
+        ]
+        assert [status for status, _ in rows] == ["PUBLISHED", "PROCESSING"]
+        assert rows[0][1] == rows[1][1], "acknowledged and claimed in one transaction"
+    finally:
+        relay.close()

@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from psycopg_pool import ConnectionPool
 
 from e2e.seed import SEED_TABLES
 from hodei.domain.job import Job, JobState
@@ -20,6 +21,7 @@ from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict
 from hodei.liveness import Liveness, Pace
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import command_connection, command_transaction
 from hodei.testing import query
 from tests.workload import OPERATIONS, Workload
 
@@ -411,3 +413,78 @@ def test_a_flow_holds_what_has_not_ended_and_each_row_is_decoded_once(
 
     store.command(Meta(actor="t", correlation_id=str(job.id)), second)
     assert len(decoded) == after_first  # the flow's rows were decoded by the first command only
+
+
+def current_transaction(pool: ConnectionPool) -> str:
+    """The id of the transaction of the command running in this thread, as ``xmin`` shows it."""
+    conn = command_connection(pool)
+    assert conn is not None, "not inside a command"
+    row = conn.execute("SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_command_reads_and_writes_in_one_transaction_and_leaves_none_open(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """The flow, a load of its own and the save: one transaction, not one for each read.
+    A try that wrote nothing, or failed, leaves no transaction open behind it."""
+    job, other = new_job(), new_job()
+    store.write([job], Meta(actor="t", correlation_id=str(job.id)))
+    store.write([other], Meta(actor="t"))
+    read_in: list[str] = []
+
+    def run() -> tuple[None, list[Job]]:
+        mine = store.load(Job, job.id)
+        store.load(Job, other.id)  # not of the flow: loaded on its own, in the same transaction
+        read_in.append(current_transaction(store.pool))
+        mine.cancel("by the test")
+        return None, [mine]
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), run)
+    written_in = query(
+        fresh_database_url,
+        "SELECT xmin::text FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
+        (str(job.id),),
+    )
+    assert written_in == [(read_in[0],)]
+
+    def fails() -> tuple[None, list[Job]]:
+        store.load(Job, other.id)
+        raise ValueError("the decision failed")
+
+    assert store.command(Meta(actor="t", correlation_id=str(job.id)), lambda: (None, [])) is None
+    with pytest.raises(ValueError, match="the decision failed"):
+        store.command(Meta(actor="t", correlation_id=str(job.id)), fails)
+    assert query(
+        fresh_database_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle' "
+        "AND pid <> pg_backend_pid()",
+    ) == [(0,)]
+    assert store.load(Job, job.id).state is JobState.CANCELLED
+
+
+def test_what_a_handler_reads_before_its_command_is_part_of_the_commands_transaction(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    job = new_job()
+    store.write([job], Meta(actor="t", correlation_id=str(job.id)))
+    read_in: list[str] = []
+    with command_transaction(store.pool):  # what the relay runs each handler in
+        store.load(Job, job.id)
+        read_in.append(current_transaction(store.pool))
+
+        def run() -> tuple[None, list[Job]]:
+            mine = store.load(Job, job.id)
+            mine.cancel("by the test")
+            return None, [mine]
+
+        store.command(Meta(actor="t", correlation_id=str(job.id)), run)
+        store.load(Job, job.id)  # after the command's write: a transaction of its own
+        read_in.append(current_transaction(store.pool))
+    written_in = query(
+        fresh_database_url,
+        "SELECT xmin::text FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
+        (str(job.id),),
+    )
+    assert written_in == [(read_in[0],)] and read_in[1] != read_in[0]

@@ -128,18 +128,22 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
     def Register(
         self, request: worker_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> worker_pb2.RegisterResponse:
-        worker = self.store.find(Worker, request.worker_id)
-        if worker is None or worker.job_id != request.job_id:
-            raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}")
-        self.signer.check_registration(request.token, str(worker.id), worker.job_id, worker.token_nonce)
+        try:
+            worker_id = UUID(request.worker_id)
+        except ValueError:
+            raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}") from None
         offered = new_nonce()
 
-        def register() -> tuple[str, list[Worker]]:
-            current = self.store.load(Worker, worker.id)
-            return current.register(offered, request.hostname[:255], datetime.now(UTC)), [current]
+        def register() -> tuple[tuple[Worker, str], list[Worker]]:
+            # Checked in the command: the worker is in hand with its job's flow.
+            worker = self.store.find(Worker, worker_id)
+            if worker is None or worker.job_id != request.job_id:
+                raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}")
+            self.signer.check_registration(request.token, str(worker.id), worker.job_id, worker.token_nonce)
+            return (worker, worker.register(offered, request.hostname[:255], datetime.now(UTC))), [worker]
 
-        meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
-        session_nonce = self.store.command(meta, register)
+        meta = Meta(actor=f"worker:{worker_id}", correlation_id=request.job_id)
+        worker, session_nonce = self.store.command(meta, register)
         self.faults.point("register-committed")
         interval, timeout = self.pace.for_workers(len(self.sessions))
         self.liveness.touch(worker.id, connected=False, timeout=timeout)

@@ -17,6 +17,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from hodei.domain.base import HodeiAggregate
 from hodei.errors import ConcurrencyConflict, NotFound
+from hodei.store.db import command_transaction
 from hodei.store.recorder import Ack, DomainEventRecorder
 
 A = TypeVar("A", bound=HodeiAggregate)
@@ -117,9 +118,8 @@ class HodeiStore(Application[UUID]):
 
     def _flow(self, correlation_id: str) -> dict[UUID, HodeiAggregate]:
         """The job's flow, its rows decoded once per process (``_decoded``)."""
-        assert isinstance(self.recorder, DomainEventRecorder)
         flow: dict[str, list[Any]] = {}
-        for row in self.recorder.select_flow(correlation_id):
+        for row in self._recorder.select_flow(correlation_id):
             key = (row.aggregate_id, row.version)
             events = self._decoded.get(key)
             if events is None:
@@ -154,14 +154,15 @@ class HodeiStore(Application[UUID]):
         against every other writer. A command about a job (``meta.correlation_id``) starts
         each try with the job's flow in hand — the job and those of its workers and sagas
         that have not ended, read in one statement — instead of a read per aggregate as its
-        steps ask for them; a try that lost the race reads it again."""
+        steps ask for them; a try that lost the race reads it again. A try's reads and its
+        write are one transaction (``hodei.store.db.command_transaction``)."""
         for attempt in Retrying(
             retry=retry_if_exception_type(ConcurrencyConflict),
             stop=stop_after_attempt(attempts),
             wait=wait_random(0.001, 0.02),
             reraise=True,
         ):
-            with attempt:
+            with attempt, command_transaction(self.pool):
                 token = _in_hand.set(self._flow(meta.correlation_id) if meta.correlation_id else {})
                 try:
                     result, changed = run()
@@ -169,3 +170,9 @@ class HodeiStore(Application[UUID]):
                 finally:
                     _in_hand.reset(token)
         return result
+
+    @property
+    def _recorder(self) -> DomainEventRecorder:
+        # The Application types it as the library's recorder; ours is the only one.
+        assert isinstance(self.recorder, DomainEventRecorder)
+        return self.recorder

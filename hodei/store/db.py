@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import orjson
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import kwargs_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
@@ -17,6 +19,9 @@ from hodei.errors import ConcurrencyConflict, StoreUnavailable
 from hodei.store.sql import query
 
 T = TypeVar("T")
+
+# The transaction of the command try running in this thread or task, and its pool.
+_command: ContextVar[tuple[ConnectionPool, psycopg.Connection[Any]] | None] = ContextVar("command", default=None)
 
 # Every jsonb value read or written (event payloads, job specs, saga contexts) goes
 # through orjson: a third of a replay's client time was the standard library's json.
@@ -104,10 +109,80 @@ def translate_errors() -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
 
+@contextlib.contextmanager
+def command_transaction(pool: ConnectionPool) -> Iterator[None]:
+    """Makes what this thread or task reads from ``pool``, then writes to the event log,
+    one transaction: a command's try (``HodeiStore.command``) reads the job's flow and
+    whatever its decision needs, then saves, and each read standing alone was a
+    transaction of its own, more of them than writes. The transaction begins with the
+    first read (``reading``) and ends with the write's COMMIT, or here when the try wrote
+    nothing or failed. Reads take no lock a writer waits for, so it holds none until the
+    write, while an action the try waits for runs; an advisory lock taken with
+    ``pg_advisory_xact_lock`` is held until it ends.
+
+    Inside another (a relay handler's, ``hodei.relay``), it uses the same connection:
+    what the handler read before is part of the command's transaction, which still ends
+    with the command."""
+    outer = command_connection(pool)
+    if outer is not None:
+        with _ending(outer):
+            yield
+        return
+    with translate_errors():
+        conn = pool.getconn()
+    token = _command.set((pool, conn))
+    try:
+        with _ending(conn):
+            yield
+    finally:
+        _command.reset(token)
+        pool.putconn(conn)
+
+
+@contextlib.contextmanager
+def _ending(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Commits what is left open (reads, an advisory lock), or rolls it back on failure."""
+    try:
+        yield
+    except BaseException:
+        roll_back(conn)
+        raise
+    if conn.info.transaction_status is not TransactionStatus.IDLE:
+        with translate_errors():
+            conn.execute("COMMIT")
+
+
+def command_connection(pool: ConnectionPool) -> psycopg.Connection[Any] | None:
+    """The connection of the ``command_transaction`` of this thread or task, if any."""
+    command = _command.get()
+    return command[1] if command is not None and command[0] is pool else None
+
+
+@contextlib.contextmanager
+def reading(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to read on: inside a ``command_transaction``, its own, the transaction
+    begun on the first read; otherwise one of the pool's, the read a transaction alone."""
+    conn = command_connection(pool)
+    if conn is None:
+        with pool.connection() as own:
+            yield own
+        return
+    if conn.info.transaction_status is TransactionStatus.IDLE:
+        conn.execute("BEGIN")
+    yield conn
+
+
+def roll_back(conn: psycopg.Connection[Any]) -> None:
+    """Ends a failed transaction (a failed pipeline leaves it aborted), unless the link is gone."""
+    if not conn.closed and conn.info.transaction_status is not TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+
+
 def fetch_all(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> list[T]:
     """Runs the named query and returns its rows as ``row(**columns)``: a dataclass whose
     fields are the query's columns, in any order, or a function taking them by name."""
-    with translate_errors(), pool.connection() as conn, conn.cursor(row_factory=kwargs_row(row)) as cur:
+    with translate_errors(), reading(pool) as conn, conn.cursor(row_factory=kwargs_row(row)) as cur:
         return cur.execute(query(name), params).fetchall()
 
 
@@ -118,13 +193,13 @@ def fetch_one(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T
 
 def fetch_column(pool: ConnectionPool, name: str, params: Any = None) -> list[Any]:
     """The first column of every row."""
-    with translate_errors(), pool.connection() as conn:
+    with translate_errors(), reading(pool) as conn:
         return [found[0] for found in conn.execute(query(name), params).fetchall()]
 
 
 def fetch_value(pool: ConnectionPool, name: str, params: Any = None) -> Any:
     """The first column of the first row (None without rows)."""
-    with translate_errors(), pool.connection() as conn:
+    with translate_errors(), reading(pool) as conn:
         found = conn.execute(query(name), params).fetchone()
     return None if found is None else found[0]
 

@@ -604,11 +604,8 @@ ORDER BY started_at;
 -- Admission ------------------------------------------------------------------------
 
 -- name: lock_admission
--- One admitter per provider at a time, across servers.
-SELECT pg_advisory_lock(7, hashtext(%s));
-
--- name: unlock_admission
-SELECT pg_advisory_unlock(7, hashtext(%s));
+-- One admitter per provider at a time, across servers, until its transaction ends.
+SELECT pg_advisory_xact_lock(7, hashtext(%s));
 
 -- name: provider_capacity_and_use
 -- The capacity set through the API (NULL: the server's default), the slots in use (workers

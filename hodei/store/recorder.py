@@ -32,7 +32,6 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-import psycopg
 from eventsourcing.persistence import (
     ApplicationRecorder,
     Notification,
@@ -41,13 +40,14 @@ from eventsourcing.persistence import (
     Subscription,
 )
 from psycopg import errors as psycopg_errors
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from hodei.errors import LeaseLost
 from hodei.store import projections
-from hodei.store.db import translate_errors
+from hodei.store.db import command_connection, reading, roll_back, translate_errors
 from hodei.store.events import MOVES_TOPIC, EventRecord, event_id, pack, runs, split_topic
 from hodei.store.sql import query
 
@@ -176,16 +176,22 @@ class DomainEventRecorder(ApplicationRecorder):
         # The library wants a position per event: a row's events share its position.
         return [position for position, run in zip(positions, grouped, strict=True) for _ in run]
 
+    def _fetch(self, sql: Any, params: Any) -> list[Any]:
+        with translate_errors(), reading(self.pool) as conn:
+            return conn.execute(sql, params).fetchall()
+
     def _write(self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str) -> list[int]:
         """The transaction, in one round trip: every statement up to the COMMIT is
         pipelined (psycopg's transaction blocks would sync on entry and exit); a lost
-        lease aborts it from inside."""
-        with self.pool.connection() as conn:
+        lease aborts it from inside. Inside a ``command_transaction`` its reads began it."""
+        command = command_connection(self.pool)
+        with self.pool.connection() if command is None else contextlib.nullcontext(command) as conn:
             inserted = conn.cursor()
             try:
                 with conn.pipeline():
                     cur = conn.cursor()
-                    cur.execute("BEGIN")
+                    if conn.info.transaction_status is TransactionStatus.IDLE:
+                        cur.execute("BEGIN")
                     projections.project_all(cur, records)
                     if ack is not None:
                         params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
@@ -196,7 +202,7 @@ class DomainEventRecorder(ApplicationRecorder):
                         inserted.execute(query("insert_events_and_outbox"), params)
                     cur.execute("COMMIT")
             except BaseException as exc:
-                _roll_back(conn)
+                roll_back(conn)
                 if isinstance(exc, psycopg_errors.RaiseException) and str(exc.diag.message_primary).startswith(
                     LEASE_LOST
                 ):
@@ -213,11 +219,10 @@ class DomainEventRecorder(ApplicationRecorder):
         desc: bool = False,
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
-        with translate_errors(), self.pool.connection() as conn:
-            rows = conn.execute(
-                query("select_aggregate_events"),
-                {"aggregate_id": str(originator_id), "gt": gt, "lte": lte, "desc": desc, "limit": limit},
-            ).fetchall()
+        rows = self._fetch(
+            query("select_aggregate_events"),
+            {"aggregate_id": str(originator_id), "gt": gt, "lte": lte, "desc": desc, "limit": limit},
+        )
         events = [
             stored
             for row in rows
@@ -232,8 +237,7 @@ class DomainEventRecorder(ApplicationRecorder):
         """The rows of every aggregate that has an event correlated with ``correlation_id``
         (a job's flow) and has not ended (a finished saga, a terminated worker), each
         aggregate's oldest first."""
-        with translate_errors(), self.pool.connection() as conn:
-            return [StoredRow(*row) for row in conn.execute(query("select_flow_events"), {"job": correlation_id})]
+        return [StoredRow(*row) for row in self._fetch(query("select_flow_events"), {"job": correlation_id})]
 
     def select_notifications(
         self,
@@ -263,13 +267,6 @@ class DomainEventRecorder(ApplicationRecorder):
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
         raise NotImplementedError("Hodei consumes events through the outbox relay (hodei.relay), not subscriptions")
-
-
-def _roll_back(conn: psycopg.Connection[Any]) -> None:
-    """After a failed pipeline the transaction is left aborted (or the link is gone)."""
-    if not conn.closed:
-        with contextlib.suppress(psycopg.Error):
-            conn.execute("ROLLBACK")
 
 
 def _available_at(run: Sequence[EventRecord]) -> datetime:
