@@ -316,13 +316,17 @@ class Relay:
         load) whatever it returns; topping up one row per finished handler made it 7
         claims a job. Finished rows wait for the next claim to be acknowledged: a relay
         that dies first leaves them to be delivered again, which handlers tolerate."""
+        return self._pump()[0]
+
+    def _pump(self) -> tuple[int, int]:
+        """(rows claimed, rows asked for)."""
         with self._lock:
             free = self.config.batch_size - self._in_flight
             if self._in_flight >= self.config.threads and free < max(1, self.config.batch_size // 4):
                 free = 0
             self._in_flight += max(free, 0)
         if free <= 0:
-            return 0
+            return 0, 0
         try:
             deliveries = self.claim(free)
         finally:
@@ -335,17 +339,21 @@ class Relay:
             by_aggregate.setdefault(delivery.event.aggregate_id, []).append(delivery)
         for group in by_aggregate.values():
             self._submit(group)
-        return len(deliveries)
+        return len(deliveries), free
 
     def run(self, stop: threading.Event) -> None:
+        """Claims again at once only after a full claim (more rows may be due); after
+        one that found fewer, it waits to be woken: by a NOTIFY (new rows), by a handler
+        that finished (the next row of its aggregate, a free thread), or by the poll.
+        Claiming straight away again found nothing most of the time, a transaction each."""
         while not stop.is_set():
             try:
-                claimed = self.pump()
+                claimed, asked = self._pump()
             except Exception as exc:
                 log.warning("outbox claim failed: %s", exc)
-                claimed = 0
+                claimed = asked = 0
                 stop.wait(1.0)
-            if claimed == 0:
+            if claimed == 0 or claimed < asked:
                 self._waiter.wait(self.config.poll_interval)
         self.close()
 

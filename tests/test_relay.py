@@ -304,3 +304,36 @@ def test_rows_handled_without_a_write_are_acknowledged_by_the_next_claim_in_its_
         assert rows[0][1] == rows[1][1], "acknowledged and claimed in one transaction"
     finally:
         relay.close()
+
+
+def test_after_a_claim_that_found_fewer_rows_than_it_asked_for_the_relay_waits_to_be_woken(
+    store: HodeiStore, pool: ConnectionPool
+) -> None:
+    """Claiming again at once would find nothing: a transaction for nothing. The handler
+    that finishes wakes it (its row is acknowledged by that claim); then it waits."""
+    store.write([Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
+    slow_poll = RelayConfig(batch_size=50, poll_interval=3, lease_seconds=30, max_attempts=3, threads=4)
+    relay = Relay(pool, {}, slow_poll, "r", Signals(None))
+    claims: list[int] = []
+    claim = relay.claim
+
+    def counted(limit: int) -> list[Delivery]:
+        found = claim(limit)
+        claims.append(len(found))
+        return found
+
+    relay.claim = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        eventually(
+            lambda: query(pool.conninfo, "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)],
+            timeout=20,
+            what="the rows to be acknowledged",
+        )
+        time.sleep(0.5)  # room for a claim too many
+        assert len(claims) == 2 and claims[0] > 0 and claims[1] == 0
+    finally:
+        stop.set()
+        thread.join()

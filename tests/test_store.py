@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -20,8 +21,10 @@ from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict
 from hodei.liveness import Liveness, Pace
+from hodei.store import instances
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_connection, command_transaction
+from hodei.store.instances import HEARTBEAT, ServerInstances
 from hodei.testing import query
 from tests.workload import OPERATIONS, Workload
 
@@ -488,3 +491,56 @@ def test_what_a_handler_reads_before_its_command_is_part_of_the_commands_transac
         (str(job.id),),
     )
     assert written_in == [(read_in[0],)] and read_in[1] != read_in[0]
+
+
+def test_an_action_on_another_thread_finds_what_the_try_has_in_hand_and_reads_the_rest_apart(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, other = new_job(), new_job()
+    worker = new_worker(job, ProviderType.DOCKER)
+    store.write([job, worker], Meta(actor="t", correlation_id=str(job.id)))
+    store.write([other], Meta(actor="t"))
+    loads: list[str] = []
+    select_events = store.recorder.select_events
+    monkeypatch.setattr(
+        store.recorder,
+        "select_events",
+        lambda originator_id, **k: loads.append(str(originator_id)) or select_events(originator_id, **k),
+    )
+    seen: dict[str, object] = {}
+
+    def action(worker_id: UUID) -> str:
+        seen["worker"] = store.load(Worker, worker_id)
+        seen["other"] = store.load(Job, other.id)
+        seen["connection"] = command_connection(store.pool)
+        return "done"
+
+    def run() -> tuple[None, list[Job]]:
+        in_hand = store.load(Worker, worker.id)
+        with ThreadPoolExecutor(1) as pool:  # as the engine runs a step's action
+            assert pool.submit(store.sharing(action), worker.id).result() == "done"
+        assert seen["worker"] is in_hand
+        return None, []
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), run)
+    assert loads == [str(other.id)]  # the worker came from the flow, the other job was read apart
+    assert seen["connection"] is None  # ... on a connection of its own
+
+
+def test_a_server_reads_its_peers_at_most_once_a_heartbeat(store: HodeiStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker's start asks for them (its list of servers to dial); they change no
+    faster than they beat."""
+    servers = [ServerInstances(store.pool, name) for name in ("a", "b", "c")]
+    try:
+        for server in servers[:2]:
+            server.register(["docker"], f"{server.server_id}:1", f"{server.server_id}:2")
+        a = servers[0]
+        assert [p.server_id for p in a.peers()] == ["b"]
+        servers[2].register(["docker"], "c:1", "c:2")
+        assert [p.server_id for p in a.peers()] == ["b"]  # as read less than a heartbeat ago
+        later = time.monotonic() + HEARTBEAT
+        monkeypatch.setattr(instances.time, "monotonic", lambda: later)
+        assert sorted(p.server_id for p in a.peers()) == ["b", "c"]
+    finally:
+        for server in servers:
+            server.deregister()

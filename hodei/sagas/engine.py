@@ -519,7 +519,7 @@ class SagaEngine:
         key: tuple[int, int],
     ) -> dict[str, Any] | Exception:
         if key not in performed:
-            future = self._actions.submit(effect.perform, step_input)
+            future = self._actions.submit(self.store.sharing(effect.perform), step_input)
             try:
                 performed[key] = future.result(timeout=timeout)
             except FutureTimeout:

@@ -17,7 +17,12 @@ CompensationStarted)
                             -> advance that saga (a WAIT's StepStarted re-checks
                                it after commit: an event that satisfied it while the
                                step was being started is not missed)
-job and worker events       -> poke the job's waiting sagas
+job and worker events       -> poke the job's waiting sagas: JobAdmitted, WorkerRegistered,
+                               JobStatusChanged, WorkerTerminated, WorkerFailed. Not
+                               JobAccepted: the JobStatusChanged to RUNNING saved with it
+                               is the next row of the job and pokes; nor
+                               JobProviderSelected: its saga tried the wait for a slot in
+                               that transaction, and the admission is a JobAdmitted.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         engine.start(SagaType.PROVISIONING, delivery.event.aggregate_id, 1, {}, delivery.ack)
 
     def provider_selected(delivery: Delivery) -> None:
+        # No poke: the saga tried its wait for a slot where it selected the provider, and
+        # the job's admission, here or by anyone later, is a JobAdmitted that pokes.
         admission.admit(ProviderType(delivery.event.payload["provider_type"]))
-        engine.poke(_job_id(delivery), delivery.ack)
 
     def job_status_changed(delivery: Delivery) -> None:
         job_id = delivery.event.aggregate_id
@@ -108,7 +114,6 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         "JobAdmitted": poke_route,
         "JobAssigned": Route(job_assigned),
         "JobStatusChanged": Route(job_status_changed),
-        "JobAccepted": poke_route,
         "WorkerRegistered": poke_route,
         "WorkerTerminated": Route(worker_terminated),
         "WorkerFailed": Route(worker_failed),

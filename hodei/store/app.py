@@ -25,6 +25,7 @@ A = TypeVar("A", bound=HodeiAggregate)
 # a job), about 10 MB (1,000 sim jobs' flows, ~20,000 rows, added 22 MB to the server's RSS).
 DECODED_ROWS = 10_000
 R = TypeVar("R")
+T = TypeVar("T")
 
 # The aggregates a command's current try has loaded, by id (``HodeiStore.command``).
 # Per thread and task: an action's effect runs on another thread, outside the command.
@@ -130,6 +131,22 @@ class HodeiStore(Application[UUID]):
                         del self._decoded[next(iter(self._decoded))]
             flow.setdefault(row.aggregate_id, []).extend(events)
         return {UUID(aggregate_id): _replay(None, events) for aggregate_id, events in flow.items()}
+
+    def sharing(self, run: Callable[[T], R]) -> Callable[[T], R]:
+        """``run`` for another thread (a step's action, which the try waits for): it finds
+        what the current try has in hand there too, not reading the log again for it,
+        but reads anything else on connections of its own (the try's transaction stays
+        the try's). The map of aggregates is copied; the aggregates are the try's."""
+        in_hand = _in_hand.get()
+
+        def shared(argument: T) -> R:
+            token = _in_hand.set(dict(in_hand) if in_hand is not None else None)
+            try:
+                return run(argument)
+            finally:
+                _in_hand.reset(token)
+
+        return shared
 
     def find(self, kind: type[A], aggregate_id: UUID | str) -> A | None:
         try:

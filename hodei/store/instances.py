@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +50,8 @@ class ServerInstances:
         self.server_id = server_id
         self._record: dict[str, Any] | None = None
         self._own: psycopg.Connection[Any] | None = None
+        self._peers: tuple[float, list[Instance]] = (-math.inf, [])
+        self._peers_lock = threading.Lock()
 
     def register(self, providers: Sequence[str], worker_address: str, api_address: str) -> None:
         self._record = {
@@ -97,9 +102,17 @@ class ServerInstances:
         self._drop()
 
     def peers(self) -> list[Instance]:
-        """The other instances that are alive."""
+        """The other instances that are alive, as read at most a HEARTBEAT ago: they beat
+        no more often than that, and every worker's start asks (a read a job, otherwise)."""
+        with self._peers_lock:
+            read_at, peers = self._peers
+            if time.monotonic() - read_at < HEARTBEAT:
+                return list(peers)
         alive = fetch_all(self.pool, "live_instances", (GONE_AFTER,), Instance)
-        return [instance for instance in alive if instance.server_id != self.server_id]
+        peers = [instance for instance in alive if instance.server_id != self.server_id]
+        with self._peers_lock:
+            self._peers = (time.monotonic(), peers)
+        return list(peers)
 
     def take_over_the_dead(self) -> list[str]:
         """Every other instance whose lock is free is gone: its claims are released (due
