@@ -7,14 +7,15 @@ Goal: p50 <= 2x the floor.
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import database
 from bench.jobs import job_latencies, print_latency_table
+from hodei.providers.local import agent_python
 from hodei.testing import ServerProcess
 
 JOBS = 30
@@ -30,10 +31,12 @@ health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeo
 
 
 def floor(address: str) -> list[float]:
+    """The agent started as the local provider starts it (``agent_python``)."""
+    python, env = agent_python()
     samples = []
     for _ in range(FLOOR_RUNS + 1):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, address], check=True)
+        subprocess.run([*python, "-c", FLOOR_SCRIPT, address], check=True, env={**os.environ, **env})
         samples.append(time.perf_counter() - started)
     return samples[1:]
 

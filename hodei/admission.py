@@ -26,6 +26,7 @@ from hodei.errors import ConcurrencyConflict, InvalidTransition
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import fetch_all, fetch_column, fetch_one, fetch_value
+from hodei.store.recorder import Ack
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,11 @@ class Admission:
         if provider in self.start_limits:
             self.admit(provider)
 
-    def admit(self, provider: ProviderType) -> int:
+    def admit(self, provider: ProviderType, ack: Ack | None = None) -> int:
         """Admits as many queued jobs of ``provider`` as it has free slots; how many this
         call admitted. While another thread of this process admits for the provider, the
-        call returns at once and that thread looks again when it is done."""
+        call returns at once and that thread looks again when it is done. ``ack``: the
+        relay's row that asked, acknowledged with the first round's admissions if any."""
         turn = self._turns[provider]
         with turn.lock:
             if turn.running:
@@ -119,7 +121,8 @@ class Admission:
             while True:
                 with turn.lock:
                     turn.again = False
-                admitted += self._admit_round(provider)
+                admitted += self._admit_round(provider, ack)
+                ack = None
                 with turn.lock:
                     if not turn.again:
                         turn.running = False
@@ -129,7 +132,7 @@ class Admission:
                 turn.running = False
             raise
 
-    def _admit_round(self, provider: ProviderType) -> int:
+    def _admit_round(self, provider: ProviderType, ack: Ack | None) -> int:
         """One transaction, under the provider's advisory lock (servers sharing the
         database never admit past the capacity between them): the free slots' worth of
         queued jobs, counted, chosen and admitted."""
@@ -150,7 +153,7 @@ class Admission:
             return len(admitted), admitted
 
         try:
-            return self.store.command(Meta(actor=SYSTEM), run)
+            return self.store.command(Meta(actor=SYSTEM, ack=ack), run)
         except ConcurrencyConflict:
             log.info("jobs changed while being admitted; the next round looks again")
             return 0

@@ -12,6 +12,7 @@ neither the agent's credentials nor the server's files.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -28,6 +29,19 @@ from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvid
 from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
 
 log = logging.getLogger(__name__)
+
+
+def agent_python() -> tuple[list[str], dict[str, str]]:
+    """How this server's Python starts the agent, and the environment that needs: without
+    ``site`` (``-S``), its imports found through PYTHONPATH — the agent's and hodei's
+    packages, then the site directories this server imports from (a venv's, the
+    system's, the user's). Processing ``site`` (and an editable install's import hook)
+    was about a tenth of the agent's start."""
+    found = [importlib.util.find_spec(name) for name in ("hodei_worker", "hodei")]
+    packages = [str(Path(spec.origin).parent.parent) for spec in found if spec is not None and spec.origin]
+    sites = [entry for entry in sys.path if entry.endswith(("site-packages", "dist-packages"))]
+    return [sys.executable, "-S"], {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*packages, *sites]))}
+
 
 # Moves the shell into the worker's cgroup, then becomes the agent: nothing runs outside it.
 _ENTER_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
@@ -57,7 +71,8 @@ class LocalProvider(WorkerProvider):
         run_as: str | None = "nobody",
     ) -> None:
         self.installation = installation
-        self.worker_command = list(worker_command or [sys.executable, "-m", "hodei_worker.agent"])
+        python, self.agent_env = agent_python() if not worker_command else ([], {})
+        self.worker_command = list(worker_command or [*python, "-m", "hodei_worker.agent"])
         self.log_dir = log_dir / "workers"
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
@@ -77,6 +92,7 @@ class LocalProvider(WorkerProvider):
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
+            **self.agent_env,
             **launch.env,
             "HODEI_ECHO_OUTPUT": "0",
         }

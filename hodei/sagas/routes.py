@@ -1,7 +1,8 @@
 """Which events drive which sagas: the outbox relay's routing table.
 
 JobCreated                  -> start PROVISIONING (attempt 1)
-JobProviderSelected, WorkerTerminated, a job's end or requeue
+JobProviderSelected, WorkerTerminated, a job's requeue, or its end (unless its worker
+is still there: it holds the slot until its WorkerTerminated)
                             -> admit queued jobs of that provider (hodei.admission)
 JobAssigned                 -> its worker registered: admit, where the provider's starts
                                are limited
@@ -33,7 +34,7 @@ from hodei.admission import Admission
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.saga import Saga, SagaType
-from hodei.domain.worker import Worker
+from hodei.domain.worker import Worker, WorkerState
 from hodei.relay import Delivery, Route
 from hodei.sagas.engine import SagaEngine
 from hodei.store.app import HodeiStore
@@ -45,6 +46,15 @@ def _job_id(delivery: Delivery) -> str:
     return event.aggregate_id if event.aggregate_type == "Job" else str(event.correlation_id)
 
 
+def _worker_holds_the_slot(store: HodeiStore, job: Job) -> bool:
+    """A job that ended while its worker is there: the slot is the worker's until it is
+    terminated, and that delivery admits (an admission now would find none free)."""
+    if not job.is_terminal or job.worker_id is None:
+        return False
+    worker = store.find(Worker, job.worker_id)
+    return worker is not None and worker.state is not WorkerState.TERMINATED
+
+
 def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[str, Route]:
     def job_created(delivery: Delivery) -> None:
         engine.start(SagaType.PROVISIONING, delivery.event.aggregate_id, 1, {}, delivery.ack)
@@ -52,7 +62,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
     def provider_selected(delivery: Delivery) -> None:
         # No poke: the saga tried its wait for a slot where it selected the provider, and
         # the job's admission, here or by anyone later, is a JobAdmitted that pokes.
-        admission.admit(ProviderType(delivery.event.payload["provider_type"]))
+        admission.admit(ProviderType(delivery.event.payload["provider_type"]), delivery.ack)
 
     def job_status_changed(delivery: Delivery) -> None:
         job_id = delivery.event.aggregate_id
@@ -61,7 +71,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
             job = store.load(Job, job_id)
             if new_state is JobState.PENDING:
                 engine.start(SagaType.PROVISIONING, job_id, job.attempt, {}, None)
-            if job.provider_type is not None:
+            if job.provider_type is not None and not _worker_holds_the_slot(store, job):
                 admission.admit(ProviderType(job.provider_type))  # the queue moves: a slot, or a place
         engine.poke(job_id, delivery.ack)
 
