@@ -544,3 +544,34 @@ def test_a_server_reads_its_peers_at_most_once_a_heartbeat(store: HodeiStore, mo
     finally:
         for server in servers:
             server.deregister()
+
+
+def test_a_statement_a_command_runs_commits_or_rolls_back_with_it(store: HodeiStore, fresh_database_url: str) -> None:
+    """A registration's liveness record is written in its transaction: a try that fails
+    leaves none behind, one that saves writes it with its events."""
+    job = new_job()
+    worker = new_worker(job, ProviderType.DOCKER)
+    store.write([job, worker], Meta(actor="t", correlation_id=str(job.id)))
+    liveness = Liveness(store.pool, "server-a")
+
+    def fails() -> tuple[None, list[Worker]]:
+        liveness.touch(worker.id, connected=False, timeout=10)
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        store.command(Meta(actor="t", correlation_id=str(job.id)), fails)
+    assert query(fresh_database_url, "SELECT count(*) FROM hodei.worker_liveness") == [(0,)]
+
+    def registers() -> tuple[None, list[Worker]]:
+        mine = store.load(Worker, worker.id)
+        liveness.touch(worker.id, connected=False, timeout=10)
+        mine.register("nonce", "host", datetime.now(UTC))
+        return None, [mine]
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), registers)
+    (touched,) = query(fresh_database_url, "SELECT xmin::text FROM hodei.worker_liveness")
+    assert [touched] == query(
+        fresh_database_url,
+        "SELECT xmin::text FROM domain_events WHERE aggregate_id = %s AND event_type = 'WorkerRegistered'",
+        (str(worker.id),),
+    )

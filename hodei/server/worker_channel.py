@@ -133,20 +133,22 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         except ValueError:
             raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}") from None
         offered = new_nonce()
+        interval, timeout = self.pace.for_workers(len(self.sessions))
 
         def register() -> tuple[tuple[Worker, str], list[Worker]]:
-            # Checked in the command: the worker is in hand with its job's flow.
+            # Checked in the command: the worker is in hand with its job's flow. Its
+            # liveness record is written in the registration's transaction.
             worker = self.store.find(Worker, worker_id)
             if worker is None or worker.job_id != request.job_id:
                 raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}")
             self.signer.check_registration(request.token, str(worker.id), worker.job_id, worker.token_nonce)
-            return (worker, worker.register(offered, request.hostname[:255], datetime.now(UTC))), [worker]
+            session_nonce = worker.register(offered, request.hostname[:255], datetime.now(UTC))
+            self.liveness.touch(worker.id, connected=False, timeout=timeout)
+            return (worker, session_nonce), [worker]
 
         meta = Meta(actor=f"worker:{worker_id}", correlation_id=request.job_id)
         worker, session_nonce = self.store.command(meta, register)
         self.faults.point("register-committed")
-        interval, timeout = self.pace.for_workers(len(self.sessions))
-        self.liveness.touch(worker.id, connected=False, timeout=timeout)
         log.info("worker %s registered for job %s", worker.id, worker.job_id)
         return worker_pb2.RegisterResponse(
             session_token=self.signer.session_token(str(worker.id), session_nonce),

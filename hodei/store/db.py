@@ -111,14 +111,16 @@ def translate_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def command_transaction(pool: ConnectionPool) -> Iterator[None]:
-    """Makes what this thread or task reads from ``pool``, then writes to the event log,
-    one transaction: a command's try (``HodeiStore.command``) reads the job's flow and
-    whatever its decision needs, then saves, and each read standing alone was a
-    transaction of its own, more of them than writes. The transaction begins with the
-    first read (``reading``) and ends with the write's COMMIT, or here when the try wrote
-    nothing or failed. Reads take no lock a writer waits for, so it holds none until the
-    write, while an action the try waits for runs; an advisory lock taken with
-    ``pg_advisory_xact_lock`` is held until it ends.
+    """Makes the statements this thread or task runs on ``pool`` (``fetch_*``, ``execute``,
+    the event store's reads), then its write to the event log, one transaction: a
+    command's try (``HodeiStore.command``) reads the job's flow and whatever its decision
+    needs, then saves, and each read standing alone was a transaction of its own, more of
+    them than writes. The transaction begins with the first statement (``connection``) and
+    ends with the write's COMMIT, or here when the try wrote nothing or failed: what it
+    ran is rolled back with it. Reads take no lock a writer waits for, so it holds none
+    until the write, while an action the try waits for runs (an action runs on its own
+    connections); an advisory lock taken with ``pg_advisory_xact_lock`` is held until it
+    ends.
 
     Inside another (a relay handler's, ``hodei.relay``), it uses the same connection:
     what the handler read before is part of the command's transaction, which still ends
@@ -159,9 +161,10 @@ def command_connection(pool: ConnectionPool) -> psycopg.Connection[Any] | None:
 
 
 @contextlib.contextmanager
-def reading(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to read on: inside a ``command_transaction``, its own, the transaction
-    begun on the first read; otherwise one of the pool's, the read a transaction alone."""
+def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for a statement: inside a ``command_transaction``, its own (the first
+    statement begins the transaction, which commits or rolls back with the command's);
+    otherwise one of the pool's, the statement a transaction alone."""
     conn = command_connection(pool)
     if conn is None:
         with pool.connection() as own:
@@ -182,7 +185,7 @@ def roll_back(conn: psycopg.Connection[Any]) -> None:
 def fetch_all(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> list[T]:
     """Runs the named query and returns its rows as ``row(**columns)``: a dataclass whose
     fields are the query's columns, in any order, or a function taking them by name."""
-    with translate_errors(), reading(pool) as conn, conn.cursor(row_factory=kwargs_row(row)) as cur:
+    with translate_errors(), connection(pool) as conn, conn.cursor(row_factory=kwargs_row(row)) as cur:
         return cur.execute(query(name), params).fetchall()
 
 
@@ -193,18 +196,18 @@ def fetch_one(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T
 
 def fetch_column(pool: ConnectionPool, name: str, params: Any = None) -> list[Any]:
     """The first column of every row."""
-    with translate_errors(), reading(pool) as conn:
+    with translate_errors(), connection(pool) as conn:
         return [found[0] for found in conn.execute(query(name), params).fetchall()]
 
 
 def fetch_value(pool: ConnectionPool, name: str, params: Any = None) -> Any:
     """The first column of the first row (None without rows)."""
-    with translate_errors(), reading(pool) as conn:
+    with translate_errors(), connection(pool) as conn:
         found = conn.execute(query(name), params).fetchone()
     return None if found is None else found[0]
 
 
 def execute(pool: ConnectionPool, name: str, params: Any = None) -> int:
     """Runs the named statement; returns the number of rows it touched."""
-    with translate_errors(), pool.connection() as conn:
+    with translate_errors(), connection(pool) as conn:
         return conn.execute(query(name), params).rowcount

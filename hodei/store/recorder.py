@@ -47,7 +47,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from hodei.errors import LeaseLost
 from hodei.store import projections
-from hodei.store.db import command_connection, reading, roll_back, translate_errors
+from hodei.store.db import command_connection, connection, roll_back, translate_errors
 from hodei.store.events import MOVES_TOPIC, EventRecord, event_id, pack, runs, split_topic
 from hodei.store.sql import query
 
@@ -177,7 +177,7 @@ class DomainEventRecorder(ApplicationRecorder):
         return [position for position, run in zip(positions, grouped, strict=True) for _ in run]
 
     def _fetch(self, sql: Any, params: Any) -> list[Any]:
-        with translate_errors(), reading(self.pool) as conn:
+        with translate_errors(), connection(self.pool) as conn:
             return conn.execute(sql, params).fetchall()
 
     def _write(self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str) -> list[int]:
