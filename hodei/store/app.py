@@ -28,7 +28,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 # The aggregates a command's current try has loaded, by id (``HodeiStore.command``).
-# Per thread and task: an action's effect runs on another thread, outside the command.
+# Per thread and task: an action's effect, on another thread, gets a copy (``sharing``).
 _in_hand: ContextVar[dict[UUID, HodeiAggregate] | None] = ContextVar("in_hand", default=None)
 
 
