@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
+
 from hodei._proto import worker_pb2
 from hodei.domain.job import Job
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
@@ -125,3 +127,41 @@ def test_a_worker_is_given_a_slower_pace_once_the_servers_workers_have_grown(sto
     paces, timeouts = asyncio.run(beat())
     assert paces == [4000, 5000]  # 6 s is not a quarter slower than 5 s
     assert timeouts == [None, 20.0, 25.0, None]
+
+
+def test_handing_over_the_job_reads_the_state_and_its_secrets_in_one_transaction(
+    store: HodeiStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signals = Signals(None)
+    service = _service(store, tmp_path, signals, Pace(2.0, 10.0, 100.0))
+    job_id = uuid4()
+    sealed = service.secrets.seal(job_id, {"TOKEN": "s3cret"})
+    spec = JobSpec(name="stream", command="true", timeout_seconds=30, secret_names=("TOKEN",))
+    job = Job.submit(spec, job_id, sealed)
+    worker = Worker(
+        job_id=str(job.id),
+        attempt=1,
+        provider_id=LOCAL,
+        provider_type="local",
+        token_nonce=uuid4().hex,
+        token_expires_at=(datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
+    )
+    job.select_provider(LOCAL, "local")
+    job.assign(str(worker.id), LOCAL, "local")
+    worker.register(uuid4().hex, "host", datetime.now(UTC))
+    worker.dispatch(str(job.id))
+    store.write([job, worker], Meta(actor="test", correlation_id=str(job.id)))
+    session = WorkerSession(service, store.load(Worker, worker.id))
+    taken: list[object] = []
+    getconn = store.pool.getconn
+    monkeypatch.setattr(store.pool, "getconn", lambda *a, **k: taken.append(1) or getconn(*a, **k))
+
+    async def sync() -> list[worker_pb2.ServerMessage]:
+        session.loop = asyncio.get_running_loop()
+        assert await asyncio.to_thread(session._sync)
+        await asyncio.sleep(0)  # the message crosses the loop
+        return [session.outgoing.get_nowait() for _ in range(session.outgoing.qsize())]
+
+    (sent,) = asyncio.run(sync())
+    assert sent.run_job.secrets["TOKEN"] == "s3cret"
+    assert len(taken) == 1  # the state, the sealed values and the key: one connection, one transaction

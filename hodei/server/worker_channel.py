@@ -36,7 +36,7 @@ from hodei.providers.registry import ProviderRegistry
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_all, fetch_one
+from hodei.store.db import command_transaction, fetch_all, fetch_one
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.tokens import TokenSigner, new_nonce
 
@@ -272,18 +272,20 @@ class WorkerSession:
 
     def _sync(self) -> bool:
         """Sends run-job or cancel when the database says so. False ends the stream.
-        Runs in an I/O thread; what it sends is queued for the stream's task."""
-        row = fetch_one(self.service.store.pool, "worker_session_states", ([self.worker_id],), SessionState)
-        if row is None or _ended(row):
-            return False
-        if self._run_due(row):
-            self.sent_run = True
-            self._send_run(JobSpec.from_payload(row.spec))
-        if self._cancel_due(row):
-            self.sent_cancel = True
-            reason = row.error_message or ""
-            self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=reason)))
-        return True
+        Runs in an I/O thread; what it sends is queued for the stream's task. One
+        transaction: the state, and the job's secrets when run-job is due."""
+        with command_transaction(self.service.store.pool):
+            row = fetch_one(self.service.store.pool, "worker_session_states", ([self.worker_id],), SessionState)
+            if row is None or _ended(row):
+                return False
+            if self._run_due(row):
+                self.sent_run = True
+                self._send_run(JobSpec.from_payload(row.spec))
+            if self._cancel_due(row):
+                self.sent_cancel = True
+                reason = row.error_message or ""
+                self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=reason)))
+            return True
 
     def _send_run(self, spec: JobSpec) -> None:
         try:
