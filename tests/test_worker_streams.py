@@ -30,9 +30,9 @@ from hodei.tokens import TokenSigner
 LOCAL = str(PROVIDER_IDS[ProviderType.LOCAL])
 
 
-def _busy_worker(store: HodeiStore) -> tuple[Job, Worker]:
-    """A job assigned to a registered worker that was handed the job."""
-    job = Job.submit(JobSpec(name="stream", command="true", timeout_seconds=30), uuid4())
+def _busy_worker(store: HodeiStore, job: Job | None = None) -> tuple[Job, Worker]:
+    """A job (a trivial one unless given) assigned to a registered worker that was handed it."""
+    job = job or Job.submit(JobSpec(name="stream", command="true", timeout_seconds=30), uuid4())
     worker = Worker(
         job_id=str(job.id),
         attempt=1,
@@ -137,20 +137,7 @@ def test_handing_over_the_job_reads_the_state_and_its_secrets_in_one_transaction
     job_id = uuid4()
     sealed = service.secrets.seal(job_id, {"TOKEN": "s3cret"})
     spec = JobSpec(name="stream", command="true", timeout_seconds=30, secret_names=("TOKEN",))
-    job = Job.submit(spec, job_id, sealed)
-    worker = Worker(
-        job_id=str(job.id),
-        attempt=1,
-        provider_id=LOCAL,
-        provider_type="local",
-        token_nonce=uuid4().hex,
-        token_expires_at=(datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
-    )
-    job.select_provider(LOCAL, "local")
-    job.assign(str(worker.id), LOCAL, "local")
-    worker.register(uuid4().hex, "host", datetime.now(UTC))
-    worker.dispatch(str(job.id))
-    store.write([job, worker], Meta(actor="test", correlation_id=str(job.id)))
+    _, worker = _busy_worker(store, Job.submit(spec, job_id, sealed))
     session = WorkerSession(service, store.load(Worker, worker.id))
     taken: list[object] = []
     getconn = store.pool.getconn

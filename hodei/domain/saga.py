@@ -86,25 +86,19 @@ class Saga(HodeiAggregate):
     @property
     def active_step(self) -> StepRecord | None:
         """The step that is running or waiting, if any."""
-        for step in self.steps:
-            if step.state in (StepState.IN_PROGRESS, StepState.COMPENSATING):
-                return step
-        return None
+        return self._first_in(StepState.IN_PROGRESS, StepState.COMPENSATING)
 
     @property
     def next_step(self) -> StepRecord | None:
-        for step in self.steps:
-            if step.state is StepState.PENDING:
-                return step
-        return None
+        return self._first_in(StepState.PENDING)
 
     @property
     def failed_step(self) -> StepRecord | None:
         """The step that failed, waiting to be retried (``deadline_at``) or for good."""
-        for step in self.steps:
-            if step.state is StepState.FAILED:
-                return step
-        return None
+        return self._first_in(StepState.FAILED)
+
+    def _first_in(self, *states: StepState) -> StepRecord | None:
+        return next((step for step in self.steps if step.state in states), None)
 
     def step(self, order: int) -> StepRecord:
         return self.steps[order]

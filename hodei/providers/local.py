@@ -71,8 +71,13 @@ class LocalProvider(WorkerProvider):
         run_as: str | None = "nobody",
     ) -> None:
         self.installation = installation
-        python, self.agent_env = agent_python() if not worker_command else ([], {})
-        self.worker_command = list(worker_command or [*python, "-m", "hodei_worker.agent"])
+        # The default agent's environment: how it finds its packages (``agent_python``).
+        self.agent_env: dict[str, str] = {}
+        if worker_command:
+            self.worker_command = list(worker_command)
+        else:
+            python, self.agent_env = agent_python()
+            self.worker_command = [*python, "-m", "hodei_worker.agent"]
         self.log_dir = log_dir / "workers"
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
