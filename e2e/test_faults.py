@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
 from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
@@ -196,7 +197,7 @@ def test_a_killed_worker_leaves_nothing_running_even_what_fled_its_session(
         )[0]
         group = WorkerCgroups(root, installation)
         pids = eventually(lambda: group.pids(worker_id) if len(group.pids(worker_id)) >= 4 else None, 10)
-        (agent,) = [pid for pid in pids if b"hodei_worker.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        (agent,) = [pid for pid in pids if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(agent_title(job_id))]
         os.kill(agent, signal.SIGKILL)
         assert wait_terminal(url, job_id, 30) == "FAILED"  # long before its own 600 s
         (reason,) = query(url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]

@@ -26,18 +26,26 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     print(process.logs()[-5000:])
 
 
+def agent_title(job_id: str) -> bytes:
+    """How a forked agent names itself (hodei_worker.template)."""
+    return f"hodei-worker job={job_id} ".encode()
+
+
 def job_processes(job_id: str) -> list[int]:
-    """Live processes (agent or job) carrying this job's id in their environment."""
+    """Live processes of this job: its agent (by its title) and the job's own (by the
+    job id in their environment)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             environ = (entry / "environ").read_bytes()
+            title = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if f"HODEI_JOB_ID={job_id}".encode() in environ.split(b"\0") and state != "Z":
+        mine = f"HODEI_JOB_ID={job_id}".encode() in environ.split(b"\0") or title.startswith(agent_title(job_id))
+        if mine and state != "Z":
             found.append(int(entry.name))
     return found
 
@@ -45,7 +53,7 @@ def job_processes(job_id: str) -> list[int]:
 def agent_pid(job_id: str) -> int:
     def find() -> int | None:
         for pid in job_processes(job_id):
-            if b"HODEI_WORKER_TOKEN=" in Path(f"/proc/{pid}/environ").read_bytes():
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(agent_title(job_id)):
                 return pid
         return None
 

@@ -13,7 +13,7 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
-from hodei.providers.local import alive
+from hodei.providers.agent_template import alive
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,8 @@ from hodei_worker.batcher import Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
 
-from hodei.providers.local import agent_python, alive
+from hodei.providers.agent_template import alive
+from hodei.providers.local import agent_python
 
 
 def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -294,7 +295,7 @@ def test_the_agent_takes_the_pace_its_server_gives_it(monkeypatch: pytest.Monkey
 
 def test_the_local_provider_starts_the_agent_without_site_and_it_finds_all_it_imports() -> None:
     python, env = agent_python()
-    probe = "import sys, grpc, hodei_worker.agent; print(sys.flags.no_site)"
+    probe = "import sys, grpc, hodei_worker.template; print(sys.flags.no_site)"
     done = subprocess.run([*python, "-c", probe], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"

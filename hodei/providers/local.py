@@ -1,6 +1,8 @@
 """The local provider: each worker is a process on the server's own host.
 
 It is the engine of the fast test suite and the fallback where no Docker engine runs.
+The default agent is forked from a template that has imported it already
+(``hodei.providers.agent_template``); a configured worker command is executed as is.
 Each worker gets its own cgroup (``hodei.providers.cgroups``) when the host allows it:
 everything the worker starts stays inside, even processes that leave their session,
 and destroying the worker kills the whole group. The agent starts with a clean
@@ -22,9 +24,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError
+from hodei.providers.agent_template import AgentTemplate, alive
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
 from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
 
@@ -43,20 +47,21 @@ def agent_python() -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-S"], {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*packages, *sites]))}
 
 
+class AgentProcess(Protocol):
+    """A worker's agent as the provider tracks it: exec'd (``Popen``) or forked (``ForkedAgent``)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float) -> int: ...
+
+
 # Moves the shell into the worker's cgroup, then becomes the agent: nothing runs outside it.
 _ENTER_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
 EMPTY_GROUP_GRACE = 10.0
 # How much of a worker's output file is read for its last lines.
 TAIL_BYTES = 64 * 1024
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class LocalProvider(WorkerProvider):
@@ -73,11 +78,13 @@ class LocalProvider(WorkerProvider):
         self.installation = installation
         # The default agent's environment: how it finds its packages (``agent_python``).
         self.agent_env: dict[str, str] = {}
+        self.template: AgentTemplate | None = None
         if worker_command:
             self.worker_command = list(worker_command)
         else:
             python, self.agent_env = agent_python()
-            self.worker_command = [*python, "-m", "hodei_worker.agent"]
+            self.worker_command = [*python, "-m", "hodei_worker.template"]
+            self.template = AgentTemplate(self.worker_command, self._base_environment())
         self.log_dir = log_dir / "workers"
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
@@ -88,19 +95,16 @@ class LocalProvider(WorkerProvider):
                 "no writable cgroup v2 hierarchy: a local job's processes that leave its process group may "
                 "outlive a worker that is killed"
             )
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._children: dict[str, AgentProcess] = {}
         self._lock = threading.Lock()
+
+    def _base_environment(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **self.agent_env}
 
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
         # The agent copies nothing of the job's output to its own: no second copy on disk.
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            **self.agent_env,
-            **launch.env,
-            "HODEI_ECHO_OUTPUT": "0",
-        }
+        env = {**self._base_environment(), **launch.env, "HODEI_ECHO_OUTPUT": "0"}
         if self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
         return env
@@ -110,28 +114,37 @@ class LocalProvider(WorkerProvider):
             existing = self._children.get(launch.worker_id)
             if existing is not None:
                 return f"pid-{existing.pid}"
-            command = self.worker_command
+            procs = None
             if self.cgroups is not None:
                 if self.cgroups.pids(launch.worker_id):
                     # Started before a restart of this server: the group is its identity.
                     return f"cgroup-{launch.worker_id}"
-                group = self.cgroups.create(launch.worker_id)
-                command = ["/bin/sh", "-c", _ENTER_CGROUP, "hodei-enter", str(group / "cgroup.procs"), *command]
+                procs = self.cgroups.create(launch.worker_id) / "cgroup.procs"
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                with (self.log_dir / f"{launch.worker_id}.log").open("ab") as output:
-                    child = subprocess.Popen(
-                        command,
-                        env=self._environment(launch),
-                        stdin=subprocess.DEVNULL,
-                        stdout=output,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-            except OSError as exc:
-                raise ProviderError(f"cannot start the worker process {self.worker_command[0]}: {exc}") from exc
+            output = self.log_dir / f"{launch.worker_id}.log"
+            if self.template is not None:
+                child: AgentProcess = self.template.fork(launch.worker_id, self._environment(launch), output, procs)
+            else:
+                child = self._execute(self._environment(launch), output, procs)
             self._children[launch.worker_id] = child
             return f"pid-{child.pid}"
+
+    def _execute(self, env: dict[str, str], output: Path, procs: Path | None) -> AgentProcess:
+        command = self.worker_command
+        if procs is not None:
+            command = ["/bin/sh", "-c", _ENTER_CGROUP, "hodei-enter", str(procs), *command]
+        try:
+            with output.open("ab") as file:
+                return subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise ProviderError(f"cannot start the worker process {self.worker_command[0]}: {exc}") from exc
 
     def destroy_worker(self, worker_id: str) -> None:
         """SIGTERM to the agent (it stops its job), SIGKILL to all that is left after the
@@ -188,10 +201,13 @@ class LocalProvider(WorkerProvider):
     def health(self) -> Health:
         isolation = "own cgroup each" if self.cgroups else "no cgroups"
         user = f", jobs run as {self.run_as}" if self.run_as else ""
-        return Health(True, f"workers run as `{' '.join(self.worker_command)}` on this host ({isolation}{user})")
+        how = "forked from" if self.template is not None else "run as"
+        return Health(True, f"workers {how} `{' '.join(self.worker_command)}` on this host ({isolation}{user})")
 
     def close(self) -> None:
         with self._lock:
             self._children.clear()
+            if self.template is not None:
+                self.template.close()
         if self.cgroups is not None:
             self.cgroups.forget_if_empty()

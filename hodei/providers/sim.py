@@ -21,7 +21,6 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
 
 import grpc
 import orjson
@@ -31,10 +30,12 @@ from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei.domain.provider import ProviderType
 from hodei.errors import InvalidInput, ProviderError
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
+from hodei.providers.helpers import send, stop
 
 # Lines per log batch: far below the server's batch limits.
 LINES_PER_BATCH = 1000
 MAX_SIM_LINES = 10_000_000
+FLEET = "the simulated fleet process"
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class SimProvider(WorkerProvider):
                 seen = Observation(launch.worker_id, launch.job_id, f"sim-{launch.worker_id}", True)
                 self._workers[launch.worker_id] = _Sim(seen, fleet.pid)
             try:
-                _send(fleet, {"start": launch.worker_id, "env": dict(launch.env)})
+                send(fleet, {"start": launch.worker_id, "env": dict(launch.env)}, FLEET)
             except ProviderError:
                 with self._lock:
                     self._workers.pop(launch.worker_id, None)
@@ -252,7 +253,7 @@ class SimProvider(WorkerProvider):
             fleet = self._fleet
             if fleet is not None and fleet.pid == sim.fleet and fleet.poll() is None:
                 with contextlib.suppress(ProviderError):  # gone since: it stopped the worker
-                    _send(fleet, {"stop": worker_id})
+                    send(fleet, {"stop": worker_id}, FLEET)
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         with self._lock:
@@ -273,7 +274,7 @@ class SimProvider(WorkerProvider):
             fleet, self._fleet = self._fleet, None
             self._workers.clear()
         if fleet is not None:
-            _stop(fleet)
+            stop(fleet)
 
     def _running_fleet(self) -> subprocess.Popen[bytes]:
         """The fleet process (under ``_writing``), started if it is not running."""
@@ -303,26 +304,6 @@ class SimProvider(WorkerProvider):
             for sim in self._workers.values():
                 if sim.fleet == fleet.pid and not sim.ended:
                     sim.end(f"the simulated fleet process exited with code {code}")
-
-
-def _send(fleet: subprocess.Popen[bytes], order: dict[str, Any]) -> None:
-    assert fleet.stdin is not None
-    try:
-        fleet.stdin.write(orjson.dumps(order) + b"\n")
-        fleet.stdin.flush()
-    except (BrokenPipeError, ValueError) as exc:
-        raise ProviderError(f"the simulated fleet process is gone: {exc}", retryable=True) from exc
-
-
-def _stop(fleet: subprocess.Popen[bytes]) -> None:
-    assert fleet.stdin is not None
-    with contextlib.suppress(OSError):
-        fleet.stdin.close()
-    try:
-        fleet.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        fleet.kill()
-        fleet.wait()
 
 
 # The fleet process ------------------------------------------------------------------
