@@ -77,3 +77,23 @@ def test_a_template_that_died_is_started_again_for_the_next_worker(template: Age
     second = template.fork("w4", settings("j4", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w4.log", None)
     assert template._process is not process
     assert second.wait(timeout=30) == 4
+
+
+def test_a_forked_agent_enters_its_cgroup_before_it_runs_anything(template: AgentTemplate, tmp_path: Path) -> None:
+    # A file in the place of the group's cgroup.procs: the child writes its own pid there
+    # (writing to a real one moves it) before it reads its settings.
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    env = settings("j5")
+    del env["HODEI_WORKER_ID"]
+    agent = template.fork("w5", env, tmp_path / "w5.log", procs)
+    assert agent.wait(timeout=30) == 2
+    assert procs.read_text() == str(agent.pid)
+
+
+def test_a_fork_that_cannot_enter_its_cgroup_never_runs_the_agent(template: AgentTemplate, tmp_path: Path) -> None:
+    agent = template.fork("w6", settings("j6"), tmp_path / "w6.log", tmp_path / "no-such-group" / "cgroup.procs")
+    assert agent.wait(timeout=30) == 127
+    # The worker's log says why: the provider shows its last lines with the failure.
+    output = (tmp_path / "w6.log").read_text()
+    assert "no-such-group" in output and "[hodei-worker]" not in output

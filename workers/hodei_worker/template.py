@@ -14,9 +14,9 @@ Protocol (one JSON object a line): the provider writes ``{"worker", "env", "outp
 At the end of its input (the server is gone) it exits and leaves its children running,
 as exec'd agents would be.
 
-The child, before anything else, moves itself into its worker's cgroup and its own
-session, sends its output to its worker's file, takes the environment it was given
-(and nothing of the template's) and names itself after its job (``ps`` shows it).
+The child, before it runs anything, takes its own session, sends its output to its
+worker's file, moves itself into its worker's cgroup, takes the environment it was
+given (and nothing of the template's) and names itself after its job (``ps`` shows it).
 """
 
 from __future__ import annotations
@@ -57,9 +57,7 @@ def _become(request: dict[str, Any], wakeup: tuple[int, int]) -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    if request.get("cgroup"):
-        with open(request["cgroup"], "w") as procs:
-            procs.write(str(os.getpid()))
+    # Output first: whatever goes wrong from here is in the worker's own log.
     output = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -67,6 +65,9 @@ def _become(request: dict[str, Any], wakeup: tuple[int, int]) -> None:
     os.dup2(output, 2)
     for fd in (output, devnull, *wakeup):
         os.close(fd)
+    if request.get("cgroup"):
+        with open(request["cgroup"], "w") as procs:
+            procs.write(str(os.getpid()))
     os.environ.clear()
     os.environ.update(request["env"])
     setproctitle.setproctitle(f"hodei-worker job={request['env'].get('HODEI_JOB_ID', '')} worker={request['worker']}")
