@@ -50,10 +50,12 @@ def _prepare(server: str, url: str) -> str:
     return url
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
+def process_cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) a process has used so far, or with ``children`` those
+    its ended (and reaped) children used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:

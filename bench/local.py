@@ -15,11 +15,12 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from bench.common import database, percentile, row
+from bench.common import database, percentile, process_cpu, row
 from bench.jobs import job_latencies, print_latency_table
 from hodei.providers.agent_template import AgentTemplate
 from hodei.providers.local import agent_python
@@ -62,7 +63,15 @@ class _FirstCalls(grpc.GenericRpcHandler):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "the benchmark refuses every worker")
 
 
-def forked_floor(runs: int = FLOOR_RUNS) -> list[float]:
+@dataclass(frozen=True)
+class ForkedStarts:
+    # Fork request -> the first RPC's arrival, seconds.
+    samples: list[float]
+    # CPU seconds a forked agent used, fork to exit.
+    cpu_each: float
+
+
+def forked_floor(runs: int = FLOOR_RUNS) -> ForkedStarts:
     """An agent forked as the local provider forks it, to the arrival of its first RPC at
     a server (which refuses it: the agent then exits, 3)."""
     python, env = agent_python()
@@ -88,11 +97,14 @@ def forked_floor(runs: int = FLOOR_RUNS) -> list[float]:
                 if code != 3 or len(calls.arrivals) != run + 1:
                     raise RuntimeError(f"the forked agent exited {code}: {(Path(tmp) / f'{run}.log').read_text()}")
                 samples.append(calls.arrivals[-1] - started)
+            pid = template.pid
+            assert pid is not None
+            cpu = process_cpu(pid, children=True)
     finally:
         template.close()
         server.stop(None)
     # The first fork also starts the template.
-    return samples[1:]
+    return ForkedStarts(samples[1:], cpu / (runs + 1))
 
 
 def main() -> None:
@@ -105,8 +117,9 @@ def main() -> None:
         forked = forked_floor()
         jobs = job_latencies(server.address, "local", JOBS)
     print_latency_table("local", "spawn agent + first gRPC call", bare, jobs, "<= 2.0")
-    base, job = percentile(forked, 50), percentile(jobs, 50)
+    base, job = percentile(forked.samples, 50), percentile(jobs, 50)
     print(row("floor: fork agent -> its first gRPC call p50", f"{base * 1000:.0f} ms", "(baseline)"))
+    print(row("  a forked agent's CPU, fork to exit", f"{forked.cpu_each * 1000:.0f} ms"))
     print(row("echo job p50 / the forked floor", f"{job * 1000:.0f} ms", f"{base * 1000:.0f} ms", f"{job / base:.2f}"))
 
 

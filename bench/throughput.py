@@ -252,12 +252,12 @@ def main() -> None:
         row(
             "  the same against the forked start's rate",
             f"{local.rate:.1f} jobs/s",
-            f"{1 / percentile(forks, 50):.1f} /s",
-            f"{local.rate * percentile(forks, 50):.2f}",
+            f"{1 / percentile(forks.samples, 50):.1f} /s",
+            f"{local.rate * percentile(forks.samples, 50):.2f}",
         )
     )
     bare = scale.start_floor()
-    start, forked = percentile(spawns, 50), percentile(forks, 50)
+    start, forked = percentile(spawns, 50), percentile(forks.samples, 50)
     print(row("bare interpreter start (python -c pass)", f"{bare * 1000:.0f} ms", "(baseline)"))
     print(
         row(
@@ -276,6 +276,7 @@ def main() -> None:
             "<= 100 ms",
         )
     )
+    print(row("  a forked agent's CPU, fork to exit", f"{forks.cpu_each * 1000:.0f} ms"))
     scale.print_logs(lines, scale.pipe_rate())
     scale.print_fleet(fleet, FLEET)
     scale.print_replay(replayed, insert_rate)

@@ -70,12 +70,12 @@ def test_a_forked_agent_runs_in_its_own_session_named_after_its_job_and_outlives
 def test_a_template_that_died_is_started_again_for_the_next_worker(template: AgentTemplate, tmp_path: Path) -> None:
     first = template.fork("w3", settings("j3", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w3.log", None)
     assert first.wait(timeout=30) == 4
-    process = template._process
-    assert process is not None
-    process.kill()
-    process.wait(timeout=10)
+    pid = template.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: template.pid is None, 10, what="the template's end to be seen")
     second = template.fork("w4", settings("j4", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w4.log", None)
-    assert template._process is not process
+    assert template.pid not in (None, pid)
     assert second.wait(timeout=30) == 4
 
 

@@ -74,6 +74,12 @@ class AgentTemplate:
                 raise ProviderError(reply["error"])
             return ForkedAgent(int(reply["pid"]), self, process)
 
+    @property
+    def pid(self) -> int | None:
+        """The template process's, while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def exit_code(self, pid: int) -> int | None:
         with self._exits:
             return self._codes.get(pid)

@@ -22,6 +22,7 @@ given (and nothing of the template's) and names itself after its job (``ps`` sho
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import selectors
@@ -79,6 +80,10 @@ def serve() -> dict[str, Any] | None:
     # Before any fork: the first title moves the process's environment out of the way
     # (its children's environment is replaced, which would leave it no room).
     setproctitle.setproctitle("hodei-worker template")
+    # The collector then leaves what the template imported alone, in the template and in
+    # its children: those pages stay shared instead of being copied at a child's first
+    # collection.
+    gc.freeze()
     wakeup = os.pipe()
     for fd in wakeup:
         os.set_blocking(fd, False)
@@ -121,10 +126,20 @@ def serve() -> dict[str, Any] | None:
 
 
 def main() -> None:
-    # In a child, the agent runs here, outside the template's loop: it then ends as an
-    # exec'd agent would (its threads joined, its exit code its own).
+    # In a child, the agent runs here, outside the template's loop, and ends with its own
+    # exit code but without the interpreter's finalization: that would free (so write to)
+    # every object it shares with the template, copying their pages — two thirds of a
+    # forked agent's CPU (67 -> 20 ms). Its threads are daemons, with nothing left to do
+    # once it returns; its output is flushed.
     if serve() is not None:
-        agent.main()
+        try:
+            agent.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
