@@ -22,8 +22,7 @@ import grpc
 
 from bench.common import database, percentile, process_cpu, row
 from bench.jobs import job_latencies, print_latency_table
-from hodei.providers.agent_template import AgentTemplate
-from hodei.providers.local import agent_python
+from hodei.providers.agent_template import AgentTemplate, agent_python
 from hodei.testing import ServerProcess
 
 JOBS = 30
@@ -74,19 +73,17 @@ class ForkedStarts:
 def forked_floor(runs: int = FLOOR_RUNS) -> ForkedStarts:
     """An agent forked as the local provider forks it, to the arrival of its first RPC at
     a server (which refuses it: the agent then exits, 3)."""
-    python, env = agent_python()
     calls = _FirstCalls()
     server = grpc.server(ThreadPoolExecutor(2), handlers=[calls])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    template = AgentTemplate([*python, "-m", "hodei_worker.template"], {"PATH": "/usr/bin:/bin", **env})
+    template = AgentTemplate.of_this_python({"PATH": "/usr/bin:/bin"})
     samples = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for run in range(runs + 1):
                 settings = {
-                    **env,
-                    "PATH": "/usr/bin:/bin",
+                    **template.env,
                     "HODEI_SERVER_ADDRESS": f"127.0.0.1:{port}",
                     "HODEI_WORKER_ID": str(uuid.uuid4()),
                     "HODEI_JOB_ID": str(uuid.uuid4()),

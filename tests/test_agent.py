@@ -14,8 +14,7 @@ from hodei_worker.batcher import Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
 
-from hodei.providers.agent_template import alive
-from hodei.providers.local import agent_python
+from hodei.providers.agent_template import agent_python, alive
 
 
 def run(command: str, args: tuple[str, ...] = (), timeout: float = 20.0, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 
 from hodei.devdb import free_port
-from hodei.providers.agent_template import CODE_LOST, AgentTemplate, alive
-from hodei.providers.local import agent_python
+from hodei.providers.agent_template import CODE_LOST, AgentTemplate, agent_python, alive
 from hodei.testing import eventually
 
 
 @pytest.fixture
 def template() -> Iterator[AgentTemplate]:
-    python, env = agent_python()
     # Something the template has that its children must not: they get only their own.
-    started = AgentTemplate([*python, "-m", "hodei_worker.template"], {**env, "HODEI_WORKER_TOKEN": "the-templates"})
+    started = AgentTemplate.of_this_python({"HODEI_WORKER_TOKEN": "the-templates"})
     yield started
     started.close()
 

@@ -14,12 +14,10 @@ neither the agent's credentials nor the server's files.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -33,18 +31,6 @@ from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvid
 from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
 
 log = logging.getLogger(__name__)
-
-
-def agent_python() -> tuple[list[str], dict[str, str]]:
-    """How this server's Python starts the agent, and the environment that needs: without
-    ``site`` (``-S``), its imports found through PYTHONPATH — the agent's and hodei's
-    packages, then the site directories this server imports from (a venv's, the
-    system's, the user's). Processing ``site`` (and an editable install's import hook)
-    was about a tenth of the agent's start."""
-    found = [importlib.util.find_spec(name) for name in ("hodei_worker", "hodei")]
-    packages = [str(Path(spec.origin).parent.parent) for spec in found if spec is not None and spec.origin]
-    sites = [entry for entry in sys.path if entry.endswith(("site-packages", "dist-packages"))]
-    return [sys.executable, "-S"], {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*packages, *sites]))}
 
 
 class AgentProcess(Protocol):
@@ -76,15 +62,17 @@ class LocalProvider(WorkerProvider):
         run_as: str | None = "nobody",
     ) -> None:
         self.installation = installation
-        # The default agent's environment: how it finds its packages (``agent_python``).
-        self.agent_env: dict[str, str] = {}
+        # The agent's base environment: the template's (``agent_python``) for the default
+        # agent, only PATH and LANG for a configured command.
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         self.template: AgentTemplate | None = None
         if worker_command:
             self.worker_command = list(worker_command)
+            self.agent_env = base
         else:
-            python, self.agent_env = agent_python()
-            self.worker_command = [*python, "-m", "hodei_worker.template"]
-            self.template = AgentTemplate(self.worker_command, self._base_environment())
+            self.template = AgentTemplate.of_this_python(base)
+            self.worker_command = self.template.command
+            self.agent_env = self.template.env
         self.log_dir = log_dir / "workers"
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
@@ -98,13 +86,10 @@ class LocalProvider(WorkerProvider):
         self._children: dict[str, AgentProcess] = {}
         self._lock = threading.Lock()
 
-    def _base_environment(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **self.agent_env}
-
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
         # The agent copies nothing of the job's output to its own: no second copy on disk.
-        env = {**self._base_environment(), **launch.env, "HODEI_ECHO_OUTPUT": "0"}
+        env = {**self.agent_env, **launch.env, "HODEI_ECHO_OUTPUT": "0"}
         if self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
         return env
@@ -121,11 +106,11 @@ class LocalProvider(WorkerProvider):
                     return f"cgroup-{launch.worker_id}"
                 procs = self.cgroups.create(launch.worker_id) / "cgroup.procs"
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = self.log_dir / f"{launch.worker_id}.log"
+            output, env = self.log_dir / f"{launch.worker_id}.log", self._environment(launch)
             if self.template is not None:
-                child: AgentProcess = self.template.fork(launch.worker_id, self._environment(launch), output, procs)
+                child: AgentProcess = self.template.fork(launch.worker_id, env, output, procs)
             else:
-                child = self._execute(self._environment(launch), output, procs)
+                child = self._execute(env, output, procs)
             self._children[launch.worker_id] = child
             return f"pid-{child.pid}"
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
@@ -338,11 +338,18 @@ class JobProcess:
             time.sleep(0.2)
 
 
-def reap_all() -> None:
+def reaped() -> Iterator[tuple[int, int]]:
+    """Each child that has ended, reaped now: its pid and exit code."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        yield pid, os.waitstatus_to_exitcode(status)
+
+
+def reap_all() -> None:
+    for _ in reaped():
+        pass

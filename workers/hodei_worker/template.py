@@ -35,6 +35,7 @@ import setproctitle
 
 # Imported here, before any fork: this is what the children do not pay for.
 from hodei_worker import agent
+from hodei_worker.runner import reaped
 
 
 def _reply(message: dict[str, Any]) -> None:
@@ -43,14 +44,8 @@ def _reply(message: dict[str, Any]) -> None:
 
 
 def _reap() -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _reply({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+    for pid, code in reaped():
+        _reply({"exited": pid, "code": code})
 
 
 def _become(request: dict[str, Any], wakeup: tuple[int, int]) -> None:
