@@ -9,6 +9,8 @@ Each prints jobs/s, p50/p95 submit->done, and per job: events, outbox rows, tran
 (`pg_stat_database.xact_commit`), server CPU ms (the sim fleet's own process apart).
 Ratios: sim jobs/s / Procrastinate jobs/s, and local jobs/s / the agent's bare spawn rate
 (interpreter start, import, first RPC).
+4. Hodei, N `sim` jobs on a database with a history (``hodei.testing.add_history``: the
+   jobs before, copied to about 20,000) / the same on that database when it was fresh.
 Goals (#13): sim >= 1.0x Procrastinate; <= 20 events, <= 25 transactions, <= 10 ms CPU per job.
 """
 
@@ -30,14 +32,16 @@ from bench.jobs import job_latencies
 from bench.local import floor, forked_floor
 from bench.store import raw_insert_rate
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
-from hodei.testing import ServerProcess, query
+from hodei.testing import ServerProcess, add_history, query
 
 JOBS = int(os.environ.get("HODEI_BENCH_JOBS", "200"))
 UNLOADED = 5
 FLEET = int(os.environ.get("HODEI_BENCH_FLEET", "1000"))
 REPLAY_EVENTS = int(os.environ.get("HODEI_BENCH_REPLAY_EVENTS", "100000"))
 LOCAL_JOBS = int(os.environ.get("HODEI_BENCH_LOCAL_JOBS", "100"))
+HISTORY_JOBS = int(os.environ.get("HODEI_BENCH_HISTORY_JOBS", "20000"))
 CONCURRENCY = 16
+SIM = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": str(CONCURRENCY)}
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,20 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
         return figures
 
 
+def history_run() -> tuple[Figures, Figures, int]:
+    """Sim jobs on a fresh database, then on the same database once it has a past of
+    about ``HISTORY_JOBS`` jobs: a job must cost the same whatever ran before it. Its own
+    database: the copies' payloads keep their originals' ids, which a replay would not
+    take for the read models' (``scale.replay_run`` makes its own copies)."""
+    with database() as url:
+        young = hodei_run(url, "sim", JOBS, SIM)
+        ((jobs,),) = query(url, "SELECT count(*) FROM jobs")
+        add_history(url, max(1, HISTORY_JOBS // jobs))
+        ((past,),) = query(url, "SELECT count(*) FROM jobs")
+        aged = hodei_run(url, "sim", JOBS, SIM)
+    return young, aged, int(past)
+
+
 def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> None:
     ratio = f"{figures.rate / baseline.rate:.2f}" if baseline else ""
     base = f"{baseline.rate:.1f} jobs/s" if baseline else "(baseline)"
@@ -223,9 +241,8 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
 def main() -> None:
     with database() as url:
         raw = procrastinate_run(url)
-        capacity = str(CONCURRENCY)
-        sim = hodei_run(url, "sim", JOBS, {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": capacity})
-        local = hodei_run(url, "local", LOCAL_JOBS, {"HODEI_LOCAL_MAX_WORKERS": capacity})
+        sim = hodei_run(url, "sim", JOBS, SIM)
+        local = hodei_run(url, "local", LOCAL_JOBS, {"HODEI_LOCAL_MAX_WORKERS": str(CONCURRENCY)})
         with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp)) as server:
             spawns = floor(server.address)
             forks = forked_floor()
@@ -233,10 +250,28 @@ def main() -> None:
         fleet = scale.fleet_run(url, FLEET)
         insert_rate = raw_insert_rate(url)
         replayed = scale.replay_run(url, REPLAY_EVENTS)
+    young, aged, past = history_run()
     spawn_rate = 1 / (sum(spawns) / len(spawns))
     print(header())
     _rows("Procrastinate no-op (in-process CPU)", raw, None, "")
     _rows("Hodei sim jobs", sim, raw, ">= 1.0")
+    print(
+        row(
+            f"Hodei sim jobs/s after {past:,} past jobs",
+            f"{aged.rate:.1f} jobs/s",
+            f"{young.rate:.1f} jobs/s fresh",
+            f"{aged.rate / young.rate:.2f}",
+            ">= 0.9",
+        )
+    )
+    print(
+        row(
+            f"  CPU per job after {past:,} past jobs",
+            f"{aged.cpu_seconds / aged.jobs * 1000:.1f} ms",
+            f"{young.cpu_seconds / young.jobs * 1000:.1f} ms fresh",
+            f"{aged.cpu_seconds / young.cpu_seconds:.2f}",
+        )
+    )
     print(row("agent bare spawn rate (one at a time)", f"{spawn_rate:.1f} /s", "(baseline)"))
     print(
         row(

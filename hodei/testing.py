@@ -343,3 +343,64 @@ def wait_settled(database_url: str, job_id: str, timeout: float = 60.0) -> None:
         return bool(ended) and open_sagas == 0
 
     eventually(settled, timeout, what=f"job {job_id} and its sagas to finish")
+
+
+# What ``add_history`` copies: each table's columns that hold an id, and how a copy's is
+# made (the others are copied as they are). A copy's ids are md5(old id, copy number).
+_COPY_ID = "md5({}::text || ':' || copy.n)::uuid"
+_HISTORY: dict[str, dict[str, str]] = {
+    "jobs": {
+        "id": _COPY_ID.format("x.id"),
+        "correlation_id": _COPY_ID.format("x.correlation_id") + "::text",
+        "worker_id": _COPY_ID.format("x.worker_id"),
+    },
+    "workers": {"id": _COPY_ID.format("x.id"), "job_id": _COPY_ID.format("x.job_id")},
+    "sagas": {"id": _COPY_ID.format("x.id"), "correlation_id": _COPY_ID.format("x.correlation_id") + "::text"},
+    "saga_steps": {"id": _COPY_ID.format("x.id"), "saga_id": _COPY_ID.format("x.saga_id")},
+    "saga_audit_events": {"id": _COPY_ID.format("x.id"), "saga_id": _COPY_ID.format("x.saga_id")},
+    "job_log_files": {"id": _COPY_ID.format("x.id"), "job_id": _COPY_ID.format("x.job_id")},
+    "domain_events": {
+        "id": _COPY_ID.format("x.id"),
+        "aggregate_id": _COPY_ID.format("x.aggregate_id") + "::text",
+        "correlation_id": _COPY_ID.format("x.correlation_id") + "::text",
+        "position": "x.position + copy.n * log.size",
+    },
+    "outbox_events": {
+        "id": _COPY_ID.format("x.id"),
+        "aggregate_id": _COPY_ID.format("x.aggregate_id") + "::text",
+        "position": "x.position + copy.n * log.size",
+        "origin": "x.origin + copy.n * log.size",
+    },
+}
+HISTORY_TABLES = tuple(_HISTORY)
+
+
+def add_history(url: str, copies: int) -> None:
+    """Gives a database a past: every job it holds, copied ``copies`` times under new ids,
+    with its events, its handled outbox rows and its read-model rows. What a deployment
+    has after a while, made in seconds, so that tests and benchmarks can ask whether the
+    cost of a new job grows with the jobs before it. Foreign keys are not checked (the
+    copies are consistent among themselves); the statistics are refreshed at the end.
+    Payloads keep their originals' ids: not a log to replay (``bench.scale`` copies the
+    log for that, renaming them)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(b"CREATE TEMP TABLE copy AS SELECT generate_series(1, %s) AS n", (copies,))
+        conn.execute("CREATE TEMP TABLE log AS SELECT coalesce(max(position), 0) + 1 AS size FROM domain_events")
+        for table, ids in _HISTORY.items():
+            columns = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                )
+            ]
+            values = ", ".join(ids.get(column, f"x.{column}") for column in columns)
+            handled = " WHERE x.status = 'PUBLISHED'" if table == "outbox_events" else ""
+            source = f"FROM {table} x, copy, log{handled}"
+            conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values} {source}".encode())
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('domain_events', 'position'), max(position)) FROM domain_events"
+        )
+        conn.execute("VACUUM ANALYZE")

@@ -71,13 +71,16 @@ SELECT max(position) FROM domain_events;
 -- its sagas: each has events correlated with the job; a finished saga or a terminated
 -- worker, known from the read models written with its last event, is loaded apart if a
 -- command asks for it), oldest first per aggregate: what a command about the job reads,
--- in one statement (HodeiStore.command).
+-- in one statement (HodeiStore.command). The workers are found by the job's id as a uuid
+-- (NULL when it is not one): compared as text, their index on job_id could not serve, and
+-- every command about a job read the whole workers table (29 ms a read with 20,000 past
+-- jobs: the history slowed every new job; e2e/test_history.py).
 SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at
 FROM domain_events
 WHERE aggregate_id = ANY(ARRAY(
     SELECT aggregate_id FROM domain_events WHERE correlation_id = %(job)s
     EXCEPT SELECT id::text FROM sagas WHERE correlation_id = %(job)s AND state IN ('COMPLETED', 'FAILED')
-    EXCEPT SELECT id::text FROM workers WHERE job_id::text = %(job)s AND state = 'TERMINATED'))
+    EXCEPT SELECT id::text FROM workers WHERE job_id = %(job_uuid)s AND state = 'TERMINATED'))
 ORDER BY aggregate_id, aggregate_version;
 
 -- name: select_event_records

@@ -148,6 +148,15 @@ def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None
     )
 
 
+def _uuid_or_none(text: str) -> UUID | None:
+    """``text`` as a UUID, for a comparison with a uuid column that its index serves; None
+    when it is not one (no row can match it: a worker's job id is a UUID)."""
+    try:
+        return UUID(text)
+    except ValueError:
+        return None
+
+
 def signal_payload(records: Sequence[EventRecord]) -> str:
     ids = list(dict.fromkeys(r.aggregate_id for r in records))
     return WAKE_ALL if len(ids) > _MAX_SIGNALLED_IDS else " ".join(ids)
@@ -237,7 +246,8 @@ class DomainEventRecorder(ApplicationRecorder):
         """The rows of every aggregate that has an event correlated with ``correlation_id``
         (a job's flow) and has not ended (a finished saga, a terminated worker), each
         aggregate's oldest first."""
-        return [StoredRow(*row) for row in self._fetch(query("select_flow_events"), {"job": correlation_id})]
+        params = {"job": correlation_id, "job_uuid": _uuid_or_none(correlation_id)}
+        return [StoredRow(*row) for row in self._fetch(query("select_flow_events"), params)]
 
     def select_notifications(
         self,

@@ -1,0 +1,63 @@
+"""A new job must not cost more because many jobs ran before it: every read and write of
+a job's life finds its rows through an index, never by reading a table of the history.
+
+Counted, not timed: PostgreSQL counts the sequential scans of each table
+(``pg_stat_user_tables.seq_scan``). With 20,000 past jobs, one command's read of its job's
+flow that compared the workers' job ids as text took 29 ms instead of 0.5 (sim jobs/s fell
+to 0.58x); on a fresh database the same plan costs nothing, so only a history shows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hodei.testing import HISTORY_TABLES, ServerProcess, add_history, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+# Past jobs: enough that the planner prefers an index for one job's rows wherever one serves.
+COPIES = 2000
+ENV = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+
+
+def run_job(server: ServerProcess) -> str:
+    result = server.cli("job", "run", "--provider", "sim", "--command", "simulated", "--env", "HODEI_SIM_LINES=3")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    wait_settled(server.database_url, job_id, 60)
+    return job_id
+
+
+def others_gone(url: str) -> bool:
+    """Every other connection to the database has ended: a backend's counts reach the
+    statistics when it exits, at the latest."""
+    rows = query(
+        url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    return rows[0][0] == 0
+
+
+def test_a_job_after_thousands_reads_no_table_of_the_history_whole(database_url: str, tmp_path: Path) -> None:
+    with ServerProcess(database_url, tmp_path, ENV) as server:
+        run_job(server)
+    add_history(database_url, COPIES)
+    assert query(database_url, "SELECT count(*) FROM jobs")[0][0] == COPIES + 1
+    eventually(lambda: others_gone(database_url), 30, what="the server's connections to close")
+    query(database_url, "SELECT pg_stat_reset()")
+
+    with ServerProcess(database_url, tmp_path, ENV) as server:
+        job_id = run_job(server)
+        assert server.cli("job", "logs", job_id, check=True).stdout.splitlines() == [f"sim line {n}" for n in (1, 2, 3)]
+        described = server.cli("job", "describe", job_id, check=True).stdout
+        assert "SUCCEEDED" in described
+    eventually(lambda: others_gone(database_url), 30, what="the server's connections to close")
+
+    scans = query(
+        database_url,
+        "SELECT relname, seq_scan FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = ANY(%s)",
+        (list(HISTORY_TABLES),),
+    )
+    assert len(scans) == len(HISTORY_TABLES)
+    assert {table: count for table, count in scans if count} == {}
