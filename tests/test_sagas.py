@@ -479,6 +479,17 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
         ("SagaStarted", True, None),
         ("SagaCompleted", None, None),
     ]
+    # A WAIT started unmet committed only on an unmoved flow: its delivery re-checks nothing.
+    waits = {
+        (e.payload["step_name"], e.payload.get("unmissed"))
+        for row in rows
+        for e in unpack(EventRecord(*row[1:]))
+        if e.event_type == "StepStarted"
+    }
+    assert {name for name, unmissed in waits if name.startswith("wait_")} == {
+        name for name, unmissed in waits if unmissed
+    }
+    assert ("wait_for_slot", True) in waits
     h.close()
 
 

@@ -384,6 +384,39 @@ def test_a_command_about_a_job_reads_its_whole_flow_once_per_try(
     assert store.load(Job, job.id).state is JobState.CANCELLED
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_try_kept_unmoved_runs_again_when_its_job_moved_meanwhile(store: HodeiStore, kept: bool) -> None:
+    """A saga that starts a WAIT must not miss an event committed while it decided: that
+    event's poke read the flow without the WAIT. Kept unmoved, the try that started it
+    loses to any event of the job committed after its read, even of another aggregate
+    (no version conflict), and runs again seeing it; otherwise it commits as it was."""
+    job = new_job()
+    saga = Saga(saga_type="EXECUTION", correlation_id=str(job.id), attempt=1, steps=["wait"], context={})
+    store.write([job, saga], Meta(actor="t", correlation_id=str(job.id)))
+    tries: list[int] = []
+
+    def rival() -> None:  # another transaction, on a connection of its own
+        moved = store.repository.get(job.id)
+        moved.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+        store.write([moved], Meta(actor="rival"))
+
+    def run() -> tuple[None, list[Saga]]:
+        (waiting,) = store.held(Saga)
+        tries.append(store.load(Job, job.id).version)
+        if kept:
+            store.keep_unmoved()
+        if len(tries) == 1:
+            thread = threading.Thread(target=rival)
+            thread.start()
+            thread.join()
+        waiting.start_step(0, None, unmissed=kept)
+        return None, [waiting]
+
+    store.command(Meta(actor="t", correlation_id=str(job.id)), run)
+    assert tries == ([1, 2] if kept else [1])
+    assert store.load(Saga, saga.id).steps[0].state.value == "IN_PROGRESS"
+
+
 def test_a_flow_holds_what_has_not_ended_and_each_row_is_decoded_once(
     store: HodeiStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -134,10 +134,18 @@ class Saga(HodeiAggregate):
             return step.retry_count + 1
         raise InvalidTransition(f"saga {self.id} step {step.name} is {step.state}, cannot start")
 
-    def start_step(self, order: int, deadline_at: str | None) -> None:
+    def start_step(self, order: int, deadline_at: str | None, unmissed: bool = False) -> None:
+        """``unmissed``: a WAIT whose start committed only if no event of its job came
+        after the start read the job (``HodeiStore.keep_unmoved``), so every event that
+        can satisfy it is delivered after it and pokes it: its own delivery has nothing to
+        re-check. False in the events of older servers, and for the other steps."""
         retry_count = self.next_retry_count(order)
         self._step_started(
-            step_name=self.steps[order].name, step_order=order, retry_count=retry_count, deadline_at=deadline_at
+            step_name=self.steps[order].name,
+            step_order=order,
+            retry_count=retry_count,
+            deadline_at=deadline_at,
+            unmissed=unmissed,
         )
 
     def run_step(self, order: int, started_at: str, output: dict[str, Any]) -> None:
@@ -215,7 +223,9 @@ class Saga(HodeiAggregate):
     # Events -----------------------------------------------------------------
 
     @event("StepStarted")
-    def _step_started(self, step_name: str, step_order: int, retry_count: int, deadline_at: str | None) -> None:
+    def _step_started(
+        self, step_name: str, step_order: int, retry_count: int, deadline_at: str | None, unmissed: bool = False
+    ) -> None:
         step = self.steps[step_order]
         step.state = StepState.IN_PROGRESS
         step.retry_count = retry_count

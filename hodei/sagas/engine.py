@@ -17,7 +17,9 @@ Step kinds:
   exists" is success); a completed step is never run again.
 - WAIT: waits for other aggregates to reach a state, until a deadline. It is
   re-checked whenever an event about the saga's job arrives (``poke``), and failed
-  by the sweeper (``expire``) when its deadline passes.
+  by the sweeper (``expire``) when its deadline passes. Its start commits only if no
+  event of the job came meanwhile (``HodeiStore.keep_unmoved``), so no event that can
+  satisfy it is handled before it is recorded: its StepStarted is not delivered back.
 
 A step that fails is retried per its policy (the retry's StepFailed row is delivered
 at ``retry_at``); when it fails for good, completed steps are compensated in reverse
@@ -439,9 +441,14 @@ class SagaEngine:
             work.add(outcome.changed)
             saga.run_step(step.order, started_at.isoformat(), outcome.output)
             return True
-        self._start(work, step, definition)
         if outcome is None:
+            # Not met: waits for an event that pokes it. One committed while this try ran
+            # was handled on a read without the wait, so this start commits only if none
+            # came (else the try runs again and sees it); its delivery then has nothing to do.
+            self.store.keep_unmoved()
+            self._start(work, step, definition, unmissed=True)
             return False
+        self._start(work, step, definition)
         self._fail(work, step, definition, outcome, retry=True)
         return True
 
@@ -465,7 +472,7 @@ class SagaEngine:
         self._progress(follower, None, {})
         work.followers.extend(follower.sagas)
 
-    def _start(self, work: _Work, step: StepRecord, definition: StepDefinition) -> None:
+    def _start(self, work: _Work, step: StepRecord, definition: StepDefinition, unmissed: bool = False) -> None:
         timeout = definition.timeout_for(work.saga.context)
         if definition.kind is StepKind.LOCAL or not math.isfinite(timeout):
             deadline = None  # a WAIT without a timeout waits as long as it takes
@@ -473,7 +480,7 @@ class SagaEngine:
             deadline = self.clock() + timedelta(seconds=timeout + ACTION_DEADLINE_MARGIN)
         else:
             deadline = self.clock() + timedelta(seconds=timeout)
-        work.saga.start_step(step.order, deadline.isoformat() if deadline else None)
+        work.saga.start_step(step.order, deadline.isoformat() if deadline else None, unmissed)
 
     def _run_active(
         self,

@@ -13,11 +13,12 @@ SagaCompleted (provisioning)-> nothing: the transaction that completed it starte
 WorkerFailed (running job)  -> start RECOVERY
 JobStatusChanged to PENDING -> start PROVISIONING for the next attempt (a requeue)
 saga events that need a move (an older server's SagaStarted — one without
-`moves_at_once` —, StepStarted of an ACTION or WAIT step, StepFailed,
-CompensationStarted)
-                            -> advance that saga (a WAIT's StepStarted re-checks
-                               it after commit: an event that satisfied it while the
-                               step was being started is not missed)
+`moves_at_once` —, StepStarted of an ACTION step, or of a WAIT without `unmissed`,
+StepFailed, CompensationStarted)
+                            -> advance that saga (an older server's WAIT StepStarted
+                               re-checks it after commit: an event that satisfied it
+                               while the step was being started is not missed; an
+                               `unmissed` one committed only if no such event came)
 job and worker events       -> poke the job's waiting sagas: JobAdmitted, WorkerRegistered,
                                JobStatusChanged, WorkerTerminated, WorkerFailed. Not
                                JobAccepted: the JobStatusChanged to RUNNING saved with it
@@ -104,6 +105,8 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         if event.event_type == "StepStarted":
             if engine.runs_inline(event.payload["step_name"]):
                 return  # a LOCAL step ran (and was recorded) with its StepStarted: nothing to move
+            if event.payload.get("unmissed"):
+                return  # a WAIT that no earlier event can have missed: the events after it poke it
             started = (event.payload["step_order"], event.payload["retry_count"])
         elif event.event_type == "CompensationStarted":
             started = (event.payload["step_order"], -1)

@@ -18,7 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from hodei.domain.base import HodeiAggregate
 from hodei.errors import ConcurrencyConflict, NotFound
 from hodei.store.db import command_transaction
-from hodei.store.recorder import Ack, DomainEventRecorder
+from hodei.store.recorder import Ack, DomainEventRecorder, Unmoved
 
 A = TypeVar("A", bound=HodeiAggregate)
 # Rows whose decoded events ``HodeiStore`` keeps: the flows of about 500 jobs in flight (20 rows
@@ -30,6 +30,8 @@ T = TypeVar("T")
 # The aggregates a command's current try has loaded, by id (``HodeiStore.command``).
 # Per thread and task: an action's effect, on another thread, gets a copy (``sharing``).
 _in_hand: ContextVar[dict[UUID, HodeiAggregate] | None] = ContextVar("in_hand", default=None)
+# What the current try's read of its job's flow saw (``keep_unmoved``).
+_flow_read: ContextVar[Unmoved | None] = ContextVar("flow_read", default=None)
 
 
 def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -117,10 +119,11 @@ class HodeiStore(Application[UUID]):
             raise NotFound(f"{kind.__name__.lower()} {aggregate_id} not found")
         return aggregate
 
-    def _flow(self, correlation_id: str) -> dict[UUID, HodeiAggregate]:
+    def _flow(self, correlation_id: str) -> tuple[dict[UUID, HodeiAggregate], Unmoved]:
         """The job's flow, its rows decoded once per process (``_decoded``)."""
         flow: dict[str, list[Any]] = {}
-        for row in self._recorder.select_flow(correlation_id):
+        rows, read = self._recorder.select_flow(correlation_id)
+        for row in rows:
             key = (row.aggregate_id, row.version)
             events = self._decoded.get(key)
             if events is None:
@@ -130,7 +133,17 @@ class HodeiStore(Application[UUID]):
                     if len(self._decoded) > DECODED_ROWS:
                         del self._decoded[next(iter(self._decoded))]
             flow.setdefault(row.aggregate_id, []).extend(events)
-        return {UUID(aggregate_id): _replay(None, events) for aggregate_id, events in flow.items()}
+        return {UUID(aggregate_id): _replay(None, events) for aggregate_id, events in flow.items()}, read
+
+    def keep_unmoved(self) -> None:
+        """Has the current try's save commit only if no event of its job came after the
+        try read the job's flow; otherwise the try is run again (a ``ConcurrencyConflict``)
+        on the newer flow. For a decision that every later event must find (a WAIT
+        started: an event committed meanwhile was handled on a read without it)."""
+        read = _flow_read.get()
+        if read is None:
+            raise RuntimeError("keep_unmoved: only a command about a job has its flow in hand")
+        read.asked = True
 
     def sharing(self, run: Callable[[T], R]) -> Callable[[T], R]:
         """``run`` for another thread (a step's action, which the try waits for): it finds
@@ -159,7 +172,8 @@ class HodeiStore(Application[UUID]):
         then acknowledged in the relay's next bulk acknowledgement, not in a transaction of
         its own."""
         if any(aggregate is not None and aggregate.pending_events for aggregate in aggregates):
-            self.save(*aggregates, **meta.kwargs())
+            read = _flow_read.get()
+            self.save(*aggregates, **meta.kwargs(), unmoved=read if read is not None and read.asked else None)
 
     def command(self, meta: Meta, run: Callable[[], tuple[R, Sequence[HodeiAggregate | None]]], attempts: int = 8) -> R:
         """Runs ``run`` (load, decide, return aggregates to save) and saves, retrying on
@@ -180,12 +194,14 @@ class HodeiStore(Application[UUID]):
             reraise=True,
         ):
             with attempt, command_transaction(self.pool):
-                token = _in_hand.set(self._flow(meta.correlation_id) if meta.correlation_id else {})
+                flow, read = self._flow(meta.correlation_id) if meta.correlation_id else ({}, None)
+                token, read_token = _in_hand.set(flow), _flow_read.set(read)
                 try:
                     result, changed = run()
                     self.write(changed, meta)
                 finally:
                     _in_hand.reset(token)
+                    _flow_read.reset(read_token)
         return result
 
     @property

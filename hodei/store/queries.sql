@@ -75,13 +75,28 @@ SELECT max(position) FROM domain_events;
 -- (NULL when it is not one): compared as text, their index on job_id could not serve, and
 -- every command about a job read the whole workers table (29 ms a read with 20,000 past
 -- jobs: the history slowed every new job; e2e/test_history.py).
-SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at
+-- Each row also carries the last position the read saw: of the job's events (an ended
+-- aggregate's included) and of the rows read (an aggregate's events need not all be
+-- correlated), for require_flow_unmoved.
+SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at,
+       greatest(max(position) OVER (),
+                (SELECT max(position) FROM domain_events WHERE correlation_id = %(job)s)) AS seen
 FROM domain_events
 WHERE aggregate_id = ANY(ARRAY(
     SELECT aggregate_id FROM domain_events WHERE correlation_id = %(job)s
     EXCEPT SELECT id::text FROM sagas WHERE correlation_id = %(job)s AND state IN ('COMPLETED', 'FAILED')
     EXCEPT SELECT id::text FROM workers WHERE job_id = %(job_uuid)s AND state = 'TERMINATED'))
 ORDER BY aggregate_id, aggregate_version;
+
+-- name: require_flow_unmoved
+-- Under the event log's lock, before the append: aborts the transaction when an event of
+-- the job, or of an aggregate of its flow, was committed after the command read the flow
+-- (a WAIT started on that read could have missed it: the event's poke read the flow
+-- before this commit).
+SELECT hodei.require(
+    NOT EXISTS (SELECT 1 FROM domain_events WHERE correlation_id = %(job)s AND position > %(seen)s)
+    AND NOT EXISTS (SELECT 1 FROM domain_events WHERE aggregate_id = ANY(%(aggregates)s) AND position > %(seen)s),
+    %(message)s);
 
 -- name: select_event_records
 -- Replay reads the whole log in position order, a page at a time.

@@ -8,6 +8,9 @@ One ``insert_events`` call is one transaction that
 1. updates the read models through ``hodei.store.projections``,
 2. acknowledges the outbox row being handled, when the save is a handler's (``ack=``),
 3. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
+   and, when the save asks (``unmoved=``), makes sure that no event of the job's flow
+   was committed since the command read it (else a ``ConcurrencyConflict``: the command
+   runs again, with the newer flow),
 4. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``; so is
    a read-model row created twice, which step 1 may meet first),
 5. adds one ``outbox_events`` row per event and
@@ -45,7 +48,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from hodei.errors import LeaseLost
+from hodei.errors import ConcurrencyConflict, LeaseLost
 from hodei.store import projections
 from hodei.store.db import command_connection, connection, roll_back, translate_errors
 from hodei.store.events import MOVES_TOPIC, EventRecord, event_id, pack, runs, split_topic
@@ -56,6 +59,21 @@ LEASE_LOST = "lease lost"
 # NOTIFY payloads must stay under 8000 bytes; past this many ids, wake everyone.
 _MAX_SIGNALLED_IDS = 100
 WAKE_ALL = "*"
+
+
+FLOW_MOVED = "flow moved"
+
+
+@dataclass
+class Unmoved:
+    """A command's read of its job's flow: the last position it saw (of the job's events
+    and of every event of the flow's aggregates) and those aggregates. Asked for
+    (``asked``), the save commits only if nothing of the flow came after."""
+
+    job: str
+    seen: int
+    aggregates: list[str]
+    asked: bool = False
 
 
 class Ack:
@@ -157,6 +175,11 @@ def _uuid_or_none(text: str) -> UUID | None:
         return None
 
 
+def _unmoved_params(unmoved: Unmoved) -> dict[str, Any]:
+    message = f"{FLOW_MOVED}: an event of job {unmoved.job} came after position {unmoved.seen}, read by this command"
+    return {"job": unmoved.job, "seen": unmoved.seen, "aggregates": unmoved.aggregates, "message": message}
+
+
 def signal_payload(records: Sequence[EventRecord]) -> str:
     ids = list(dict.fromkeys(r.aggregate_id for r in records))
     return WAKE_ALL if len(ids) > _MAX_SIGNALLED_IDS else " ".join(ids)
@@ -168,6 +191,7 @@ class DomainEventRecorder(ApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ack: Ack | None = kwargs.get("ack")
+        unmoved: Unmoved | None = kwargs.get("unmoved")
         records = [to_record(e, kwargs.get("correlation_id"), kwargs.get("actor")) for e in stored_events]
         if not records and ack is None:
             return []
@@ -179,7 +203,7 @@ class DomainEventRecorder(ApplicationRecorder):
                 retry=retry_if_exception_type(psycopg_errors.DeadlockDetected), stop=stop_after_attempt(5), reraise=True
             ):
                 with attempt:
-                    positions = self._write(records, rows, ack, lease_lost)
+                    positions = self._write(records, rows, ack, lease_lost, unmoved)
         if ack is not None:
             ack.done = True
         # The library wants a position per event: a row's events share its position.
@@ -189,7 +213,9 @@ class DomainEventRecorder(ApplicationRecorder):
         with translate_errors(), connection(self.pool) as conn:
             return conn.execute(sql, params).fetchall()
 
-    def _write(self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str) -> list[int]:
+    def _write(
+        self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str, unmoved: Unmoved | None
+    ) -> list[int]:
         """The transaction, in one round trip: every statement up to the COMMIT is
         pipelined (psycopg's transaction blocks would sync on entry and exit); a lost
         lease aborts it from inside. Inside a ``command_transaction`` its reads began it."""
@@ -207,6 +233,8 @@ class DomainEventRecorder(ApplicationRecorder):
                         cur.execute(query("ack_outbox_row_or_abort"), params)
                     if records:
                         cur.execute(query("lock_domain_events"))
+                        if unmoved is not None:
+                            cur.execute(query("require_flow_unmoved"), _unmoved_params(unmoved))
                         params = {"events": rows, "channel": SIGNAL_CHANNEL, "signal": signal_payload(records)}
                         inserted.execute(query("insert_events_and_outbox"), params)
                     cur.execute("COMMIT")
@@ -216,6 +244,10 @@ class DomainEventRecorder(ApplicationRecorder):
                     LEASE_LOST
                 ):
                     raise LeaseLost(lease_lost) from exc
+                if isinstance(exc, psycopg_errors.RaiseException) and str(exc.diag.message_primary).startswith(
+                    FLOW_MOVED
+                ):
+                    raise ConcurrencyConflict(str(exc.diag.message_primary)) from exc
                 raise
             return sorted(row[0] for row in inserted.fetchall()) if records else []
 
@@ -242,12 +274,16 @@ class DomainEventRecorder(ApplicationRecorder):
             events.sort(key=lambda e: e.originator_version, reverse=True)
         return events[:limit] if limit is not None else events
 
-    def select_flow(self, correlation_id: str) -> list[StoredRow]:
+    def select_flow(self, correlation_id: str) -> tuple[list[StoredRow], Unmoved]:
         """The rows of every aggregate that has an event correlated with ``correlation_id``
         (a job's flow) and has not ended (a finished saga, a terminated worker), each
-        aggregate's oldest first."""
+        aggregate's oldest first; and what the read saw, for a save that must find the
+        flow unmoved."""
         params = {"job": correlation_id, "job_uuid": _uuid_or_none(correlation_id)}
-        return [StoredRow(*row) for row in self._fetch(query("select_flow_events"), params)]
+        fetched = self._fetch(query("select_flow_events"), params)
+        rows = [StoredRow(*row[:5]) for row in fetched]
+        seen = max((row[5] for row in fetched), default=0)
+        return rows, Unmoved(correlation_id, seen, list(dict.fromkeys(row.aggregate_id for row in rows)))
 
     def select_notifications(
         self,
