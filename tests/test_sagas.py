@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.store.events import EventRecord, unpack
@@ -417,6 +418,52 @@ def test_sagas_begun_by_an_older_server_are_carried_on(
         conn.execute("ALTER TABLE domain_events ENABLE TRIGGER domain_events_append_only")
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED"), ("EXECUTION", "COMPLETED")])
     assert job_row(fresh_database_url, job_id)[0] == "SUCCEEDED"
+    h.close()
+
+
+@pytest.mark.parametrize("older", [True, False])
+def test_a_wait_started_by_an_older_server_is_re_checked_at_its_delivery(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects, older: bool
+) -> None:
+    """Older servers committed a WAIT's StepStarted whatever came meanwhile and re-checked
+    it at its delivery: the event that met it may have been handled before the WAIT was
+    recorded. Such a StepStarted (no `unmissed`) is still re-checked; an `unmissed` one,
+    whose start could miss nothing, is not."""
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit()
+    waiting = [("wait_for_registration", "IN_PROGRESS")]
+    h.run(lambda: [s[:2] for s in steps(fresh_database_url, job_id, "PROVISIONING")][4:] == waiting, agent=False)
+    # The worker registers, and its poke is taken as handled before the WAIT was recorded.
+    h.play_agents()
+    registered = query(
+        fresh_database_url,
+        "UPDATE outbox_events SET status = 'PUBLISHED' WHERE event_type = 'WorkerRegistered' AND id IN "
+        "(SELECT id FROM domain_events WHERE correlation_id = %s) RETURNING id",
+        (job_id,),
+    )
+    assert len(registered) == 1
+    # The WAIT's StepStarted delivered again, as an older server wrote it or as it is.
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE domain_events DISABLE TRIGGER domain_events_append_only")
+        row = conn.execute(
+            "SELECT id, payload->'events' FROM domain_events WHERE correlation_id = %s AND event_type = 'SagaMoved' "
+            "ORDER BY position DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        assert row is not None
+        row_id, moves = row
+        assert moves[-1]["event_type"] == "StepStarted" and moves[-1]["payload"]["unmissed"] is True
+        if older:
+            del moves[-1]["payload"]["unmissed"]
+            conn.execute(
+                "UPDATE domain_events SET payload = jsonb_set(payload, '{events}', %s) WHERE id = %s",
+                (Jsonb(moves), row_id),
+            )
+        conn.execute("ALTER TABLE domain_events ENABLE TRIGGER domain_events_append_only")
+        conn.execute("UPDATE outbox_events SET status = 'PENDING', claimed_by = NULL WHERE id = %s", (row_id,))
+    h.relay.drain()
+    state = [s[:2] for s in steps(fresh_database_url, job_id, "PROVISIONING")][4:]
+    assert state == ([("wait_for_registration", "COMPLETED")] if older else waiting)
     h.close()
 
 
