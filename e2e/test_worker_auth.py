@@ -68,7 +68,8 @@ def test_a_token_opens_one_session_only_for_its_worker_and_job(
     worker, token = credentials(fresh_database_url, job_id)
     with grpc.insecure_channel(silent_server.address) as channel:
         stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
-        for wrong_token, wrong_job in (("0" * 64, None), (token, other_job)):
+        # A job id that is not one (the flow read compares it with uuid columns) is refused too.
+        for wrong_token, wrong_job in (("0" * 64, None), (token, other_job), (token, "not-a-job")):
             with pytest.raises(grpc.RpcError) as refused:
                 register(stub, worker, wrong_token, wrong_job)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
