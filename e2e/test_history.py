@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.test_sim import sim
 from hodei.testing import HISTORY_TABLES, ServerProcess, add_history, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -25,9 +26,9 @@ ENV = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
 
 
 def submit(server: ServerProcess, env: str) -> str:
-    result = server.cli("job", "run", "--provider", "sim", "--command", "simulated", "--env", env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    code, out, err = sim(server, env)
+    assert code == 0, err
+    return out.strip()
 
 
 def run_job(server: ServerProcess, env: str = "HODEI_SIM_LINES=3") -> str:

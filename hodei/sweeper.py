@@ -25,6 +25,7 @@ from uuid import UUID
 
 from hodei.admission import Admission
 from hodei.config import Timing
+from hodei.domain.base import uuid_or_none
 from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
 from hodei.errors import StoreUnavailable
@@ -62,14 +63,6 @@ class OverdueStep:
     saga_id: UUID
     job_id: str
     step_order: int
-
-
-def _uuid(text: str) -> UUID | None:
-    """A worker id from a resource label; None when the label is not one of ours."""
-    try:
-        return UUID(text)
-    except ValueError:
-        return None
 
 
 HEALTH_INTERVAL = 10.0
@@ -183,7 +176,7 @@ class Sweeper:
         ]
         if not seen:
             return []
-        ids = {observation.worker_id: _uuid(observation.worker_id) for _, observation in seen}
+        ids = {observation.worker_id: uuid_or_none(observation.worker_id) for _, observation in seen}
         rows = fetch_all(self.store.pool, "worker_and_job_states", ([i for i in ids.values() if i],), Recorded.of)
         recorded = {str(row.worker_id): row for row in rows}
         return [

@@ -22,6 +22,15 @@ def derived_id(*parts: object) -> UUID:
     return uuid5(HODEI_NAMESPACE, "/".join(str(p) for p in parts))
 
 
+def uuid_or_none(text: str) -> UUID | None:
+    """``text`` as a UUID; None when it is not one (a label or an id from outside that no
+    row of ours can match)."""
+    try:
+        return UUID(text)
+    except ValueError:
+        return None
+
+
 class HodeiAggregate(Aggregate):
     """An aggregate whose event timestamps strictly increase.
 

@@ -48,6 +48,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from hodei.domain.base import uuid_or_none
 from hodei.errors import ConcurrencyConflict, LeaseLost
 from hodei.store import projections
 from hodei.store.db import command_connection, connection, roll_back, translate_errors
@@ -166,15 +167,6 @@ def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None
     )
 
 
-def _uuid_or_none(text: str) -> UUID | None:
-    """``text`` as a UUID, for a comparison with a uuid column that its index serves; None
-    when it is not one (no row can match it: a worker's job id is a UUID)."""
-    try:
-        return UUID(text)
-    except ValueError:
-        return None
-
-
 def _unmoved_params(unmoved: Unmoved) -> dict[str, Any]:
     message = f"{FLOW_MOVED}: an event of job {unmoved.job} came after position {unmoved.seen}, read by this command"
     return {"job": unmoved.job, "seen": unmoved.seen, "aggregates": unmoved.aggregates, "message": message}
@@ -279,7 +271,8 @@ class DomainEventRecorder(ApplicationRecorder):
         (a job's flow) and has not ended (a finished saga, a terminated worker), each
         aggregate's oldest first; and what the read saw, for a save that must find the
         flow unmoved."""
-        params = {"job": correlation_id, "job_uuid": _uuid_or_none(correlation_id)}
+        # The job's id as a uuid for the workers' index (None: no worker's job).
+        params = {"job": correlation_id, "job_uuid": uuid_or_none(correlation_id)}
         fetched = self._fetch(query("select_flow_events"), params)
         rows = [StoredRow(*row[:5]) for row in fetched]
         seen = max((row[5] for row in fetched), default=0)
