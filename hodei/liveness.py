@@ -3,7 +3,8 @@
 
 Streams note each message in memory (``seen``); a flusher writes everything noted since
 its last round in one statement (``flush``), twice per heartbeat interval. A thousand
-connected workers then cost two statements a second, not a thousand.
+connected workers then cost two statements a second, not a thousand. A worker's record
+is deleted once it is gone (``forget``), by the same statement.
 
 Each worker beats at the pace its server gave it when it registered (``Pace``), and is
 lost after its own timeout, kept with its liveness row."""
@@ -11,6 +12,7 @@ lost after its own timeout, kept with its liveness row."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -19,6 +21,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.store.db import execute, fetch_all
+
+# How long a forgotten worker's later signs of life (its stream closing) are ignored here;
+# once its worker is TERMINATED, the database ignores them too (``touch_liveness_many``).
+GONE_FOR = 600.0
 
 
 @dataclass(frozen=True)
@@ -54,31 +60,45 @@ class Liveness:
         self.server_id = server_id
         self._lock = threading.Lock()
         self._noted: dict[UUID, tuple[bool, datetime, float | None]] = {}
+        # Workers forgotten, by when (monotonic); those the next flush deletes.
+        self._gone: dict[UUID, float] = {}
+        self._to_delete: set[UUID] = set()
 
     def seen(self, worker_id: UUID, connected: bool, timeout: float | None = None) -> None:
         """Notes a sign of life (and a new timeout for the worker's silence, when its pace
         changed); written by the next ``flush``."""
         with self._lock:
+            if worker_id in self._gone:
+                return
             before = self._noted.get(worker_id)
             kept = timeout if timeout is not None or before is None else before[2]
             self._noted[worker_id] = (connected, datetime.now(UTC), kept)
 
     def flush(self) -> int:
-        """Writes what was noted since the last flush; kept for the next one on failure."""
+        """Writes what was noted since the last flush, and deletes the records of the
+        workers forgotten since; kept for the next one on failure. Returns how many
+        workers were noted."""
+        now = time.monotonic()
         with self._lock:
             noted, self._noted = self._noted, {}
-        if not noted:
+            gone, self._to_delete = self._to_delete, set()
+            self._gone = {worker_id: at for worker_id, at in self._gone.items() if now - at < GONE_FOR}
+        if not noted and not gone:
             return 0
         seen = [
             {"worker_id": i, "connected": connected, "seen_at": at, "timeout": timeout}
             for i, (connected, at, timeout) in noted.items()
         ]
         try:
-            execute(self.pool, "touch_liveness_many", (self.server_id, Jsonb(seen)))
+            execute(
+                self.pool, "touch_liveness_many", {"server": self.server_id, "seen": Jsonb(seen), "gone": list(gone)}
+            )
         except Exception:
             with self._lock:
                 for worker_id, value in noted.items():
-                    self._noted.setdefault(worker_id, value)
+                    if worker_id not in self._gone:
+                        self._noted.setdefault(worker_id, value)
+                self._to_delete |= gone
             raise
         return len(seen)
 
@@ -87,7 +107,13 @@ class Liveness:
         execute(self.pool, "touch_liveness", (worker_id, self.server_id, connected, timeout))
 
     def forget(self, worker_id: UUID) -> None:
-        execute(self.pool, "forget_liveness", (worker_id,))
+        """The worker is gone: its record is deleted by the next flush (no transaction of
+        its own; only live workers' records are read), and what is noted of it later here
+        is not written."""
+        with self._lock:
+            self._noted.pop(worker_id, None)
+            self._gone[worker_id] = time.monotonic()
+            self._to_delete.add(worker_id)
 
     def stale(self, timeout: float, hearing_since: datetime) -> list[Stale]:
         """Workers silent for longer than their own timeout (``timeout`` when none was kept)."""

@@ -608,3 +608,34 @@ def test_a_statement_a_command_runs_commits_or_rolls_back_with_it(store: HodeiSt
         "SELECT xmin::text FROM domain_events WHERE aggregate_id = %s AND event_type = 'WorkerRegistered'",
         (str(worker.id),),
     )
+
+
+def test_a_gone_workers_liveness_record_is_deleted_and_not_written_again(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Its stream closing after the worker is forgotten notes one more sign of life: it
+    is not written, here nor (once the worker is TERMINATED) by a server that did not
+    forget it. Every job used to leave its worker's record behind."""
+    job = new_job()
+    worker, other = new_worker(job, ProviderType.DOCKER), new_worker(new_job(), ProviderType.DOCKER)
+    store.write([job, worker, other], Meta(actor="t", correlation_id=str(job.id)))
+    here, elsewhere = Liveness(store.pool, "server-a"), Liveness(store.pool, "server-b")
+    for liveness in (here, elsewhere):
+        liveness.seen(worker.id, connected=True)
+    here.seen(other.id, connected=True)
+    here.flush()
+    elsewhere.flush()
+    recorded = "SELECT worker_id::text FROM hodei.worker_liveness ORDER BY 1"
+    assert query(fresh_database_url, recorded) == sorted([(str(worker.id),), (str(other.id),)])
+
+    here.forget(worker.id)
+    here.seen(worker.id, connected=False)  # its stream closes
+    here.flush()
+    assert query(fresh_database_url, recorded) == [(str(other.id),)]
+
+    ended = store.load(Worker, worker.id)
+    ended.terminate("done")
+    store.write([ended], Meta(actor="t", correlation_id=str(job.id)))
+    elsewhere.seen(worker.id, connected=False)
+    elsewhere.flush()
+    assert query(fresh_database_url, recorded) == [(str(other.id),)]

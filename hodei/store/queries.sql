@@ -490,16 +490,19 @@ SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at
 -- name: touch_liveness_many
 -- Many workers' signs of life at once, each with the time it was seen: one jsonb array
 -- (arrays are dumped element by element, most of the cost of a thousand workers' flush).
+-- Not for a worker that has ended (its stream closing after its end), whose record the
+-- same statement may delete with those of the workers gone since the last flush.
+WITH gone AS (
+    DELETE FROM hodei.worker_liveness WHERE worker_id = ANY(%(gone)s::uuid[])
+)
 INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at, timeout_seconds)
-SELECT r.worker_id, %s, r.connected, r.seen_at, r.timeout
-FROM jsonb_to_recordset(%s::jsonb) AS r (worker_id uuid, connected boolean, seen_at timestamptz, timeout float8)
+SELECT r.worker_id, %(server)s, r.connected, r.seen_at, r.timeout
+FROM jsonb_to_recordset(%(seen)s::jsonb) AS r (worker_id uuid, connected boolean, seen_at timestamptz, timeout float8)
+JOIN workers w ON w.id = r.worker_id AND w.state <> 'TERMINATED'
 ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected,
     last_seen_at = greatest(hodei.worker_liveness.last_seen_at, excluded.last_seen_at),
     timeout_seconds = coalesce(excluded.timeout_seconds, hodei.worker_liveness.timeout_seconds);
-
--- name: forget_liveness
-DELETE FROM hodei.worker_liveness WHERE worker_id = %s;
 
 -- name: stale_workers
 -- Registered workers that stopped reporting: no heartbeat within the timeout, counting
