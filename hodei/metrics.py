@@ -1,10 +1,12 @@
 """The platform's Prometheus metrics, served at ``/metrics``.
 
-Counters and histograms are fed by the events this server's outbox relay delivers: every
-event is delivered to one relay of the installation, so each server counts its share and
-Prometheus sums them (``sum by (state) (hodei_jobs_finished_total)``). A redelivery after
-a crash may count an event twice; a restart starts the counters again, as Prometheus
-expects of counters. Gauges are read when scraped: the outbox from the database, provider
+Counters and histograms are fed by the events this server's outbox relay delivers, and
+by those it writes delivered (no relay route wants them): every event is delivered once
+in the installation, so each server counts its share and Prometheus sums them
+(``sum by (state) (hodei_jobs_finished_total)``). A row is counted at its first
+delivery attempt, before its handler runs, so a retried row counts once (and a crash
+between a claim or a write and its count, not at all); a restart starts the counters
+again, as Prometheus expects of counters. Gauges are read when scraped: the outbox from the database, provider
 health from the providers' recorded probes, connected workers from this process.
 
 Durations pair an event with the one that began what it ends (StepStarted with its
@@ -125,10 +127,13 @@ class PlatformMetrics:
         """Where the number of connected workers comes from (the worker service)."""
         self._scraped.connected = connected
 
-    def delivered(self, event: EventRecord, lag_seconds: float) -> None:
-        """An event the relay handled: counted, and paired with its beginning. Never raises:
-        metrics must not fail a delivery."""
-        self.relay_lag.observe(max(lag_seconds, 0.0))
+    def delivered(self, event: EventRecord, lag_seconds: float | None) -> None:
+        """An event delivered by this server: by its relay, ``lag_seconds`` after it
+        happened, or written delivered (None: no relay route wants it). Counted, and
+        paired with its beginning. Never raises: metrics must not fail a delivery or a
+        write."""
+        if lag_seconds is not None:
+            self.relay_lag.observe(max(lag_seconds, 0.0))
         try:
             self._observe(event)
         except Exception:

@@ -6,10 +6,17 @@ NOTIFY and also polls, so a lost notification or a dead listener only delays it.
 A handler that writes events acknowledges its row in the same transaction
 (``Delivery.ack``); otherwise the relay acknowledges after the handler returns. A
 failing row is retried with exponential backoff and jitter, then dead-lettered.
+
+Most rows are never claimed: a save in a process with a relay writes the rows its relay
+can take already claimed by it (``reserve`` and ``take``: the aggregate's first open
+row, or behind rows this relay holds) and hands them over after commit, and writes the
+rows no route wants delivered (``needs_delivery``). Claims find the rest: rows of
+other processes, rows behind another relay's, retries, expired leases.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -17,7 +24,7 @@ import queue
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -30,7 +37,7 @@ from hodei.errors import LeaseLost
 from hodei.signals import Signals
 from hodei.store.db import command_transaction, execute, fetch_value, open_pool, roll_back, translate_errors
 from hodei.store.events import EventRecord, unpack
-from hodei.store.recorder import Ack
+from hodei.store.recorder import WAKE_ALL, Ack, Reservation
 from hodei.store.sql import query
 
 log = logging.getLogger(__name__)
@@ -74,13 +81,20 @@ class Delivery:
         return self.events[-1]
 
 
+def _always(_: EventRecord) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Route:
     """What happens to one event type: ``handle`` on delivery; ``dead_letter`` when
-    the row is given up, so the flow it belongs to can still end (every job ends)."""
+    the row is given up, so the flow it belongs to can still end (every job ends);
+    ``wants``: whether an event of the type needs ``handle`` at all (a pure function of
+    the event): a row whose routing event it does not want is written delivered."""
 
     handle: Callable[[Delivery], None]
     dead_letter: Callable[[Delivery, str], None] | None = None
+    wants: Callable[[EventRecord], bool] = _always
 
 
 class _OldestFirst:
@@ -134,10 +148,11 @@ class RelayCounters:
 class Relay:
     """Claims due rows, hands them to handler threads, acknowledges them.
 
-    Up to ``batch_size`` rows are in flight (claimed, queued or running) at once, on
-    ``threads`` handler threads. Rows whose handler wrote nothing are acknowledged in
-    bulk by the next claim, in its transaction, before it looks for rows: the next row
-    of their aggregate is claimable in it.
+    Up to ``batch_size`` rows are in flight (claimed or taken, queued or running) at
+    once, on ``threads`` handler threads, an aggregate's one after the other. Rows whose
+    handler wrote nothing are acknowledged in bulk by the next claim, in its
+    transaction, before it looks for rows: the next row of their aggregate is claimable
+    in it.
     """
 
     def __init__(
@@ -147,11 +162,11 @@ class Relay:
         config: RelayConfig,
         claimer: str,
         signals: Signals,
-        delivered: Callable[[EventRecord, float], None] | None = None,
+        delivered: Callable[[EventRecord, float | None], None] | None = None,
     ) -> None:
         self.pool = pool
         # Told of each event handled, with its lag in seconds (the metrics).
-        self.delivered = delivered
+        self.delivered: Callable[[EventRecord, float | None], None] | None = delivered
         self.routes = routes
         self.config = config
         self.claimer = claimer
@@ -164,9 +179,62 @@ class Relay:
         self._lock = threading.Condition()
         self._in_flight = 0
         self._to_ack: list[UUID] = []
-        # Woken by every NOTIFY, and when a handler finishes (the next row of its
-        # aggregate may have become claimable).
+        # Each aggregate's rows here, in order, the first one queued or running: one task
+        # per aggregate runs them.
+        self._aggregates: dict[str, collections.deque[Delivery]] = {}
+        # A claim skipped for want of room: the next handler to finish has the relay claim.
+        self._skipped = False
+        # Aggregates with rows here when a NOTIFY announced rows of theirs: those may wait
+        # behind the ones here, so once they are done the relay claims. Handlers that
+        # finish otherwise wake it only when rows wait to be acknowledged.
+        self._announced: set[str] = set()
+        self._closing = False
+        # Woken by every NOTIFY of rows to deliver (a signal), and nudged when a handler
+        # finishes.
         self._waiter = signals.waiter()
+
+    # Rows written here ------------------------------------------------------
+
+    def needs_delivery(self, event: EventRecord) -> bool:
+        """Whether a row whose routing event (its last) is ``event`` has a handler to
+        run. One that has none would be acknowledged by whichever relay claimed it, old or
+        new, so the recorder writes it delivered and no relay claims it: nearly half a
+        job's rows."""
+        route = self.routes.get(event.event_type)
+        try:
+            return route is not None and route.wants(event)
+        except Exception:
+            return True  # let a delivery meet (and report) what a write must not
+
+    def written_delivered(self, events: Sequence[EventRecord]) -> None:
+        """Events of rows a save wrote delivered: told of as delivered ones are."""
+        if self.delivered is not None:
+            for event in events:
+                self.delivered(event, None)
+
+    def reserve(self, rows: int, aggregates: Iterable[str]) -> Reservation | None:
+        """Room for the ``rows`` rows (of ``aggregates``) a save in this process is about
+        to write for a relay, to take them: all, or None when they would pass the batch
+        size or the relay is closing (they are then written for a claim). With it, the
+        rows of those aggregates this relay holds: a new row may be taken behind them."""
+        with self._lock:
+            if self._closing or self._in_flight + rows > self.config.batch_size:
+                return None
+            self._in_flight += rows
+            held = [d.outbox_id for aggregate in aggregates for d in self._aggregates.get(aggregate, ())]
+            return Reservation(rows, [*held, *self._to_ack], self.claimer, self.config.lease_seconds)
+
+    def take(self, reservation: Reservation, rows: Sequence[tuple[list[EventRecord], int]]) -> None:
+        """The rows a save wrote claimed by this relay (each its events and origin), now
+        committed: they run as claimed ones do, each behind the rows of its aggregate
+        held here. Gives back the room reserved and not used (all of it when the save
+        failed: ``rows`` empty)."""
+        deliveries = [
+            Delivery(events[0].id, 1, events, Ack(events[0].id, self.claimer), origin) for events, origin in rows
+        ]
+        with self._lock:
+            self._in_flight -= reservation.rows - len(deliveries)
+        self._run(deliveries)
 
     # Claiming ---------------------------------------------------------------
 
@@ -224,21 +292,25 @@ class Relay:
     # Handling ---------------------------------------------------------------
 
     def handle(self, delivery: Delivery) -> None:
-        """Runs the row's route. A handler that saved events has acknowledged the row
-        in its own transaction; otherwise the next claim acknowledges it."""
+        """Runs the row's route. A handler has acknowledged the row in the transaction of
+        its last command (``HodeiStore.write``), unless it ran none; then the next claim
+        acknowledges it."""
         route = self.routes.get(delivery.event.event_type)
         lag_ms = (time.time() - delivery.event.occurred_at.timestamp()) * 1000
+        # Told before the handler runs: the events its save writes delivered are told of
+        # at its commit, and a StepCompleted must come after its StepStarted. Only on
+        # the first attempt, so a retried row is told of once.
+        if self.delivered is not None and delivery.attempts == 1:
+            for event in delivery.events:
+                self.delivered(event, lag_ms / 1000)
         try:
-            if route is not None:
+            if route is not None and route.wants(delivery.event):
                 with command_transaction(self.pool):  # what it reads joins its first command
                     route.handle(delivery)
             if not delivery.ack.done:
                 with self._lock:
                     self._to_ack.append(delivery.outbox_id)
             self.counters.record(lag_ms)
-            if self.delivered is not None:
-                for event in delivery.events:
-                    self.delivered(event, lag_ms / 1000)
         except LeaseLost as exc:
             log.warning("%s", exc)
         except Exception as exc:
@@ -294,18 +366,42 @@ class Relay:
 
     # Loops ------------------------------------------------------------------
 
+    def _run(self, deliveries: Sequence[Delivery]) -> None:
+        by_aggregate: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_aggregate.setdefault(delivery.event.aggregate_id, []).append(delivery)
+        for group in by_aggregate.values():
+            self._submit(group)
+
     def _submit(self, deliveries: list[Delivery]) -> None:
-        """One task per aggregate: its rows run in order, one after the other."""
+        """Rows of one aggregate, in order: behind its rows here, or in a task of their own
+        that runs them one after the other."""
+        aggregate = deliveries[0].event.aggregate_id
+        with self._lock:
+            queued = self._aggregates.get(aggregate)
+            if queued is not None:
+                queued.extend(deliveries)
+                return
+            queued = self._aggregates[aggregate] = collections.deque(deliveries)
 
         def run() -> None:
-            for delivery in deliveries:
+            while True:
+                with self._lock:
+                    if not queued:
+                        del self._aggregates[aggregate]
+                        claim = self._skipped or bool(self._to_ack) or aggregate in self._announced
+                        self._announced.discard(aggregate)
+                        break
+                    delivery = queued[0]
                 try:
                     self.handle(delivery)
                 finally:
                     with self._lock:
+                        queued.popleft()
                         self._in_flight -= 1
                         self._lock.notify_all()
-            self._waiter.wake()
+            if claim:
+                self._waiter.nudge()
 
         self._handlers.submit(min(d.origin for d in deliveries), run)
 
@@ -321,31 +417,26 @@ class Relay:
     def _pump(self) -> tuple[int, int]:
         """(rows claimed, rows asked for)."""
         with self._lock:
-            free = self.config.batch_size - self._in_flight
-            if self._in_flight >= self.config.threads and free < max(1, self.config.batch_size // 4):
+            held = self._in_flight
+            free = self.config.batch_size - held
+            if held >= self.config.threads and free < max(1, self.config.batch_size // 4):
                 free = 0
-            self._in_flight += max(free, 0)
+            self._skipped = free <= 0
         if free <= 0:
             return 0, 0
-        try:
-            deliveries = self.claim(free)
-        finally:
-            with self._lock:
-                self._in_flight -= free
+        # Rows taken meanwhile (``take``) may pass the batch size by what this claims.
+        deliveries = self.claim(free)
         with self._lock:
             self._in_flight += len(deliveries)
-        by_aggregate: dict[str, list[Delivery]] = {}
-        for delivery in deliveries:
-            by_aggregate.setdefault(delivery.event.aggregate_id, []).append(delivery)
-        for group in by_aggregate.values():
-            self._submit(group)
+        self._run(deliveries)
         return len(deliveries), free
 
     def run(self, stop: threading.Event) -> None:
         """Claims again at once only after a full claim (more rows may be due); after
-        one that found fewer, it waits to be woken: by a NOTIFY (new rows), by a handler
-        that finished (the next row of its aggregate, a free thread), or by the poll.
-        Claiming straight away again found nothing most of the time, a transaction each."""
+        one that found fewer, it waits to be woken: by a NOTIFY (new rows), by the poll,
+        or by a handler that finished when rows may wait behind it (``_announced``), a
+        claim was skipped for want of room, or rows wait to be acknowledged. Claiming
+        straight away again found nothing most of the time, a transaction each."""
         while not stop.is_set():
             try:
                 claimed, asked = self._pump()
@@ -355,6 +446,9 @@ class Relay:
                 stop.wait(1.0)
             if claimed == 0 or claimed < asked:
                 self._waiter.wait(self.config.poll_interval)
+                heard = self._waiter.take_signal()
+                with self._lock:
+                    self._announced |= set(self._aggregates) if WAKE_ALL in heard else heard & self._aggregates.keys()
         self.close()
 
     def drain(self, timeout: float = 30.0) -> int:
@@ -376,6 +470,8 @@ class Relay:
         return bool(fetch_value(self.pool, "has_open_outbox_rows"))
 
     def close(self) -> None:
+        with self._lock:
+            self._closing = True
         self._waiter.close()
         self._handlers.shutdown()
         self.flush_acks()

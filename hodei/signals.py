@@ -13,11 +13,12 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Self
 
 import psycopg
 
-from hodei.store.recorder import SIGNAL_CHANNEL, WAKE_ALL
+from hodei.store.recorder import NOTHING_TO_DELIVER, SIGNAL_CHANNEL, WAKE_ALL
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,28 @@ class Waiter:
         self._hub = hub
         self.keys = keys
         self._event = threading.Event()
+        # The keys of the signals (not nudges) since ``take_signal`` last looked.
+        self._heard: set[str] = set()
+        self._hearing = threading.Lock()
 
-    def wake(self) -> None:
+    def wake(self, keys: Iterable[str] = (WAKE_ALL,)) -> None:
+        """A signal: the database changed, for ``keys`` (every aggregate id of a NOTIFY's
+        payload; without keys, anything may have)."""
+        with self._hearing:
+            self._heard.update(keys)
         self._event.set()
+
+    def nudge(self) -> None:
+        """Wakes the waiting thread for something of its own, not because the database
+        changed: ``take_signal`` stays False."""
+        self._event.set()
+
+    def take_signal(self) -> set[str]:
+        """The keys of the signals since the last call (empty: none came; ``*``: any key
+        may have changed)."""
+        with self._hearing:
+            heard, self._heard = self._heard, set()
+        return heard
 
     def wait(self, timeout: float) -> bool:
         """True when woken before the timeout. Clears the wake-up either way."""
@@ -56,23 +76,16 @@ class AsyncWaiter(Waiter):
         self._async_event = asyncio.Event()
         # When the last wake-up arrived (monotonic): a read begun after it sees what woke us.
         self.woken_at = 0.0
-        # Whether a signal (not a nudge) arrived since ``take_signal`` last looked.
-        self._signalled = False
 
-    def wake(self) -> None:
+    def wake(self, keys: Iterable[str] = (WAKE_ALL,)) -> None:
         self.woken_at = time.monotonic()
-        self._signalled = True
+        with self._hearing:
+            self._heard.update(keys)
         self._loop.call_soon_threadsafe(self._async_event.set)
 
     def nudge(self) -> None:
-        """Wakes the coroutine for something of its own (a message to send), not because
-        the database changed: ``take_signal`` stays False."""
+        """Wakes the coroutine for something of its own (a message to send)."""
         self._loop.call_soon_threadsafe(self._async_event.set)
-
-    def take_signal(self) -> bool:
-        """Whether a signal arrived since the last call."""
-        signalled, self._signalled = self._signalled, False
-        return signalled
 
     async def wait_async(self, timeout: float | None) -> bool:
         """True when woken before the timeout (None: none). Clears the wake-up either way."""
@@ -98,7 +111,8 @@ class Signals:
         self.connected = threading.Event()
 
     def waiter(self, *keys: str) -> Waiter:
-        """Woken by signals for any of ``keys``; with no key, by every signal."""
+        """Woken by signals for any of ``keys``; with no key, by every signal of a commit
+        with rows to deliver."""
         waiter = Waiter(self, keys or (None,))
         with self._lock:
             for key in waiter.keys:
@@ -119,10 +133,12 @@ class Signals:
                 self._waiters[key].discard(waiter)
 
     def publish(self, payload: str) -> None:
-        """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``) locally."""
+        """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``) locally.
+        Waiters for every signal (the relay) sleep through a commit that left no row to
+        deliver."""
         keys = payload.split()
         with self._lock:
-            targets = set(self._waiters[None])
+            targets = set() if NOTHING_TO_DELIVER in keys else set(self._waiters[None])
             if WAKE_ALL in keys:
                 for waiters in self._waiters.values():
                     targets |= waiters
@@ -130,7 +146,7 @@ class Signals:
                 for key in keys:
                     targets |= self._waiters.get(key, set())
         for waiter in targets:
-            waiter.wake()
+            waiter.wake(keys)
 
     def start(self) -> None:
         if self._url is None or self._thread is not None:

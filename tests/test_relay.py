@@ -337,3 +337,89 @@ def test_after_a_claim_that_found_fewer_rows_than_it_asked_for_the_relay_waits_t
     finally:
         stop.set()
         thread.join()
+
+
+def _refuse_claims(relay: Relay) -> None:
+    def claim(limit: int) -> list[Delivery]:
+        raise AssertionError("a row was claimed: the save should have handed it over")
+
+    relay.claim = claim  # type: ignore[method-assign]
+
+
+def test_a_save_beside_a_relay_hands_it_the_rows_it_wants_and_writes_the_others_delivered(
+    store: HodeiStore, pool: ConnectionPool
+) -> None:
+    """No claim finds them: the save writes the row a route wants claimed by this
+    process's relay (handed over after commit), and the one no route wants delivered."""
+    handled: list[tuple[str, int]] = []
+
+    def react(delivery: Delivery) -> None:
+        handled.append((delivery.event.event_type, delivery.attempts))
+        job = store.load(Job, delivery.event.aggregate_id)
+        job.admit()  # a route-less event: JobAdmitted
+        store.write([job], Meta(actor="handler", ack=delivery.ack))
+
+    relay = Relay(pool, {"JobProviderSelected": Route(react)}, CONFIG, "r", Signals(None))
+    _refuse_claims(relay)
+    store.deliver_with(relay)
+    try:
+        job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+        job.select_provider(str(uuid4()), "docker")
+        store.write([job], Meta(actor="t"))
+        eventually(lambda: handled or None, timeout=10, what="the row to be handed over and handled")
+        rows = query(
+            pool.conninfo,
+            "SELECT event_type, status, claimed_by, attempts FROM outbox_events WHERE aggregate_id = %s "
+            "ORDER BY position",
+            (str(job.id),),
+        )
+    finally:
+        relay.close()
+    assert handled == [("JobProviderSelected", 1)]
+    assert rows == [
+        ("JobCreated", "PUBLISHED", None, 0),  # no route: written delivered
+        ("JobProviderSelected", "PUBLISHED", "r", 1),  # taken, then acknowledged by its handler's save
+        ("JobAdmitted", "PUBLISHED", None, 0),
+    ]
+
+
+def test_a_row_is_taken_only_behind_rows_its_relay_holds(store: HodeiStore, pool: ConnectionPool) -> None:
+    """Behind its aggregate's row that the relay is running, a new row is taken and runs
+    after it; behind an open row the relay does not hold, it is left for a claim, which
+    keeps the aggregate's order."""
+    order: list[str] = []
+    running = threading.Event()
+    go_on = threading.Event()
+
+    def first(delivery: Delivery) -> None:
+        running.set()
+        assert go_on.wait(10)
+        order.append(delivery.event.event_type)
+
+    def then(delivery: Delivery) -> None:
+        order.append(delivery.event.event_type)
+
+    relay = Relay(pool, {"JobCreated": Route(first), "JobProviderSelected": Route(then)}, CONFIG, "r", Signals(None))
+    held = Job.submit(JobSpec(name="held", command="true", timeout_seconds=5), uuid4())
+    elsewhere = Job.submit(JobSpec(name="elsewhere", command="true", timeout_seconds=5), uuid4())
+    store.write([elsewhere], Meta(actor="t"))  # before the relay: its row waits for a claim
+    store.deliver_with(relay)
+    try:
+        store.write([held], Meta(actor="t"))
+        assert running.wait(10)
+        for job in (held, elsewhere):
+            job.select_provider(str(uuid4()), "docker")
+            store.write([job], Meta(actor="t"))
+        statuses = dict(
+            query(
+                pool.conninfo,
+                "SELECT aggregate_id, status FROM outbox_events WHERE event_type = 'JobProviderSelected'",
+            )
+        )
+        assert statuses == {str(held.id): "PROCESSING", str(elsewhere.id): "PENDING"}
+        go_on.set()
+        eventually(lambda: len(order) >= 2 or None, timeout=10, what="the held job's rows to run")
+        assert order == ["JobCreated", "JobProviderSelected"]
+    finally:
+        go_on.set()
+        relay.close()

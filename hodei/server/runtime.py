@@ -144,6 +144,7 @@ class Runtime:
             self.signals,
             delivered=self.metrics.delivered,
         )
+        self.store.deliver_with(self.relay)
         self.sweeper = Sweeper(
             self.store,
             self.engine,

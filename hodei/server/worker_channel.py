@@ -237,7 +237,7 @@ class WorkerSession:
                     # queued; the worker's state is read again on a signal (or the
                     # service's poll finding something for it).
                     await waiter.wait_async(None)
-                    recheck = waiter.take_signal()
+                    recheck = bool(waiter.take_signal())
             finally:
                 self.closed = True
                 reader.cancel()

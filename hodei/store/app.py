@@ -18,7 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from hodei.domain.base import HodeiAggregate
 from hodei.errors import ConcurrencyConflict, NotFound
 from hodei.store.db import command_transaction
-from hodei.store.recorder import Ack, DomainEventRecorder, Unmoved
+from hodei.store.recorder import Ack, DomainEventRecorder, LocalRelay, Unmoved
 
 A = TypeVar("A", bound=HodeiAggregate)
 # Rows whose decoded events ``HodeiStore`` keeps: the flows of about 500 jobs in flight (20 rows
@@ -145,6 +145,12 @@ class HodeiStore(Application[UUID]):
             raise RuntimeError("keep_unmoved: only a command about a job has its flow in hand")
         read.asked = True
 
+    def deliver_with(self, relay: LocalRelay) -> None:
+        """From now on, saves write the rows no route of ``relay`` wants delivered, and
+        the rows it has room for claimed by it, handing them over after commit. Set once
+        the routes exist: saves before (and by tools) leave every row to a claim."""
+        self._recorder.relay = relay
+
     def sharing(self, run: Callable[[T], R]) -> Callable[[T], R]:
         """``run`` for another thread (a step's action, which the try waits for): it finds
         what the current try has in hand there too, not reading the log again for it,
@@ -168,12 +174,15 @@ class HodeiStore(Application[UUID]):
             return None
 
     def write(self, aggregates: Sequence[HodeiAggregate | None], meta: Meta) -> None:
-        """Saves what changed. Nothing changed, nothing written: a handler's outbox row is
-        then acknowledged in the relay's next bulk acknowledgement, not in a transaction of
-        its own."""
+        """Saves what changed. Nothing changed, nothing written: a handler's outbox row
+        (``meta.ack``: a handler gives it to its last command) is then acknowledged in
+        the transaction of the command's reads, or else in the relay's next bulk
+        acknowledgement, never in a transaction of its own."""
         if any(aggregate is not None and aggregate.pending_events for aggregate in aggregates):
             read = _flow_read.get()
             self.save(*aggregates, **meta.kwargs(), unmoved=read if read is not None and read.asked else None)
+        elif meta.ack is not None:
+            self._recorder.acknowledge_with_reads(meta.ack)
 
     def command(self, meta: Meta, run: Callable[[], tuple[R, Sequence[HodeiAggregate | None]]], attempts: int = 8) -> R:
         """Runs ``run`` (load, decide, return aggregates to save) and saves, retrying on

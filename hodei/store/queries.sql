@@ -14,7 +14,7 @@ WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS r (
         id uuid, occurred_at timestamptz, event_type varchar, aggregate_id varchar, correlation_id varchar,
         actor varchar, payload jsonb, aggregate_type varchar, aggregate_version bigint, topic text,
-        available_at timestamptz)
+        available_at timestamptz, delivered boolean, take boolean)
 ), events AS (
     INSERT INTO domain_events
         (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
@@ -25,18 +25,46 @@ WITH input AS (
 )
 -- origin: the first position of the event's correlation, an earlier transaction's or, for
 -- a correlation that begins here, this statement's (sql/007_relay_order.sql).
-, outbox AS (
-    INSERT INTO outbox_events (id, position, aggregate_id, aggregate_type, event_type, available_at, origin)
-    SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, i.available_at,
+-- takeable: the writer's relay asked for the row (hodei.store.recorder.LocalRelay: one
+-- due now), and every open row of its aggregate is one that relay holds (the insert's own
+-- rows are not seen here: a row taken is its aggregate's first, or behind those).
+, placed AS (
+    SELECT e.id, e.position, e.aggregate_id, e.aggregate_type, e.event_type, i.available_at, i.delivered,
            coalesce(
                (SELECT min(d.position) FROM domain_events d WHERE d.correlation_id = e.correlation_id),
-               min(e.position) OVER (PARTITION BY coalesce(e.correlation_id, e.id::text)))
+               min(e.position) OVER (PARTITION BY coalesce(e.correlation_id, e.id::text))) AS origin,
+           i.take AND NOT EXISTS (
+               SELECT 1 FROM outbox_events o
+               WHERE o.aggregate_id = e.aggregate_id AND o.status IN ('PENDING', 'PROCESSING')
+                 AND NOT (o.id = ANY(%(held)s::uuid[]) AND o.status = 'PROCESSING'
+                          AND o.claimed_by = %(claimer)s AND o.lease_until > now())
+           ) AS takeable
     FROM events e JOIN input i ON i.id = e.id
-    RETURNING position
+), decided AS (
+    -- A row no relay route wants is written delivered (hodei.relay.Relay.needs_delivery);
+    -- one is taken only with every earlier row of its aggregate here that needs a relay.
+    SELECT *, NOT delivered AND bool_and(delivered OR takeable)
+              OVER (PARTITION BY aggregate_id ORDER BY position) AS taken
+    FROM placed
+), outbox AS (
+    INSERT INTO outbox_events
+        (id, position, aggregate_id, aggregate_type, event_type, available_at, status, published_at, claimed_by,
+         lease_until, attempts, origin)
+    SELECT id, position, aggregate_id, aggregate_type, event_type, available_at,
+           CASE WHEN delivered THEN 'PUBLISHED' WHEN taken THEN 'PROCESSING' ELSE 'PENDING' END,
+           CASE WHEN delivered THEN now() END,
+           CASE WHEN taken THEN %(claimer)s END,
+           CASE WHEN taken THEN now() + make_interval(secs => %(lease)s) END,
+           CASE WHEN taken THEN 1 ELSE 0 END,
+           origin
+    FROM decided
+    RETURNING position, status, origin
 ), notified AS (
-    SELECT pg_notify(%(channel)s, %(signal)s)
+    -- No row left for a claim: relays need not wake (hodei.signals).
+    SELECT pg_notify(%(channel)s, %(signal)s || CASE WHEN bool_and(status <> 'PENDING') THEN %(quiet)s ELSE '' END)
+    FROM outbox
 )
-SELECT position FROM outbox CROSS JOIN notified;
+SELECT position, status = 'PROCESSING', origin FROM outbox CROSS JOIN notified;
 
 -- name: notify
 SELECT pg_notify(%s, %s);
@@ -381,6 +409,17 @@ SELECT u.id, u.attempts, d.occurred_at, d.event_type, d.aggregate_id, d.aggregat
        d.aggregate_version, d.correlation_id, d.actor, d.payload, d.topic, d.position, u.origin
 FROM domain_events d JOIN updated u ON u.id = d.id
 WHERE d.id = ANY(ARRAY(SELECT id FROM updated));
+
+-- name: ack_outbox_row_with_reads
+-- A handler that read and wrote nothing: its row acknowledged in the transaction of its
+-- reads, which then commits without waiting for the disk (as claims do: a lost
+-- acknowledgement is one more delivery, which handlers tolerate).
+WITH acked AS (
+    UPDATE outbox_events
+    SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
+    WHERE id = %s AND claimed_by = %s AND status = 'PROCESSING'
+)
+SELECT set_config('synchronous_commit', 'off', true);
 
 -- name: ack_outbox_rows
 UPDATE outbox_events

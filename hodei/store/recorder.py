@@ -13,8 +13,11 @@ One ``insert_events`` call is one transaction that
    runs again, with the newer flow),
 4. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``; so is
    a read-model row created twice, which step 1 may meet first),
-5. adds one ``outbox_events`` row per event and
-6. sends a NOTIFY so relays and waiting streams wake up (4-6 are one statement).
+5. adds one ``outbox_events`` row per event (a saga's events of the transaction share
+   one): written delivered when no relay route wants it, claimed by this process's relay
+   when it has room and nothing of the aggregate waits before it (``LocalRelay``), and
+6. sends a NOTIFY so relays and waiting streams wake up (4-6 are one statement); relays
+   sleep through it when no row was left for a claim.
 
 The lock comes last: it serialises every writer, so it is held only for the append and
 the commit, not while the read models are updated. Writers that lock read-model rows in
@@ -28,10 +31,10 @@ and comes back when events are read.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import orjson
@@ -60,6 +63,10 @@ LEASE_LOST = "lease lost"
 # NOTIFY payloads must stay under 8000 bytes; past this many ids, wake everyone.
 _MAX_SIGNALLED_IDS = 100
 WAKE_ALL = "*"
+# In a NOTIFY payload: no row of the commit waits for a claim (each was written delivered
+# or taken by the writer's relay), so relays need not wake. Payloads without it (an
+# older server's) wake them.
+NOTHING_TO_DELIVER = "-"
 
 
 FLOW_MOVED = "flow moved"
@@ -84,6 +91,32 @@ class Ack:
         self.outbox_id = outbox_id
         self.claimed_by = claimed_by
         self.done = False
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Room a relay made for the rows a save is about to write (``LocalRelay.reserve``)."""
+
+    rows: int
+    # Rows the relay holds (claimed, not yet acknowledged): a new row may be taken behind
+    # them, not behind any other open row of its aggregate.
+    held: list[UUID]
+    claimer: str
+    lease_seconds: float
+
+
+class LocalRelay(Protocol):
+    """The outbox relay of this process (``hodei.relay.Relay``), as saves see it: rows no
+    route wants are written delivered; rows it has room for are written claimed by it and
+    handed over after commit, so no claim has to find them."""
+
+    def needs_delivery(self, event: EventRecord) -> bool: ...
+
+    def written_delivered(self, events: Sequence[EventRecord]) -> None: ...
+
+    def reserve(self, rows: int, aggregates: Iterable[str]) -> Reservation | None: ...
+
+    def take(self, reservation: Reservation, rows: Sequence[tuple[list[EventRecord], int]]) -> None: ...
 
 
 def _payload(stored: StoredEvent) -> tuple[datetime, dict[str, Any]]:
@@ -173,13 +206,26 @@ def _unmoved_params(unmoved: Unmoved) -> dict[str, Any]:
 
 
 def signal_payload(records: Sequence[EventRecord]) -> str:
+    """The NOTIFY payload (``insert_events_and_outbox`` adds ``NOTHING_TO_DELIVER``)."""
     ids = list(dict.fromkeys(r.aggregate_id for r in records))
     return WAKE_ALL if len(ids) > _MAX_SIGNALLED_IDS else " ".join(ids)
+
+
+@dataclass(frozen=True, order=True)
+class _Written:
+    """An outbox row just written: its position, whether this process's relay took it,
+    and its origin (``sql/007_relay_order.sql``)."""
+
+    position: int
+    taken: bool
+    origin: int
 
 
 class DomainEventRecorder(ApplicationRecorder):
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
+        # Without one (tools, tests), every row is left for a relay's claim.
+        self.relay: LocalRelay | None = None
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ack: Ack | None = kwargs.get("ack")
@@ -189,25 +235,64 @@ class DomainEventRecorder(ApplicationRecorder):
             return []
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
         grouped = runs(records)
-        rows = Jsonb([_row(run) for run in grouped])
-        with translate_errors():
-            for attempt in Retrying(
-                retry=retry_if_exception_type(psycopg_errors.DeadlockDetected), stop=stop_after_attempt(5), reraise=True
-            ):
-                with attempt:
-                    positions = self._write(records, rows, ack, lease_lost, unmoved)
+        relay = self.relay
+        wanted = [relay is None or relay.needs_delivery(run[-1]) for run in grouped]
+        reservation = None
+        if relay is not None and any(wanted):
+            reservation = relay.reserve(sum(wanted), {run[0].aggregate_id for run in grouped})
+        take = reservation is not None
+        rows = Jsonb([_row(run, not want, take and want) for run, want in zip(grouped, wanted, strict=True)])
+        try:
+            with translate_errors():
+                for attempt in Retrying(
+                    retry=retry_if_exception_type(psycopg_errors.DeadlockDetected),
+                    stop=stop_after_attempt(5),
+                    reraise=True,
+                ):
+                    with attempt:
+                        written = self._write(records, rows, reservation, ack, lease_lost, unmoved)
+        except BaseException:
+            if relay is not None and reservation is not None:
+                relay.take(reservation, [])
+            raise
         if ack is not None:
             ack.done = True
+        if relay is not None:
+            relay.written_delivered([r for run, want in zip(grouped, wanted, strict=True) if not want for r in run])
+            if reservation is not None:
+                taken = [
+                    ([replace(r, position=row.position) for r in run], row.origin)
+                    for run, row in zip(grouped, written, strict=True)
+                    if row.taken
+                ]
+                relay.take(reservation, taken)
         # The library wants a position per event: a row's events share its position.
-        return [position for position, run in zip(positions, grouped, strict=True) for _ in run]
+        return [row.position for row, run in zip(written, grouped, strict=True) for _ in run]
+
+    def acknowledge_with_reads(self, ack: Ack) -> None:
+        """Acknowledges the row of a handler whose last command wrote nothing, in the
+        transaction of that command's reads (it commits with them); outside one, leaves
+        it to the relay's bulk acknowledgement."""
+        conn = command_connection(self.pool)
+        if ack.done or conn is None or conn.info.transaction_status is not TransactionStatus.INTRANS:
+            return
+        with translate_errors():
+            conn.execute(query("ack_outbox_row_with_reads"), (ack.outbox_id, ack.claimed_by))
+        ack.done = True
 
     def _fetch(self, sql: Any, params: Any) -> list[Any]:
         with translate_errors(), connection(self.pool) as conn:
             return conn.execute(sql, params).fetchall()
 
     def _write(
-        self, records: Sequence[EventRecord], rows: Jsonb, ack: Ack | None, lease_lost: str, unmoved: Unmoved | None
-    ) -> list[int]:
+        self,
+        records: Sequence[EventRecord],
+        rows: Jsonb,
+        reservation: Reservation | None,
+        ack: Ack | None,
+        lease_lost: str,
+        unmoved: Unmoved | None,
+    ) -> list[_Written]:
         """The transaction, in one round trip: every statement up to the COMMIT is
         pipelined (psycopg's transaction blocks would sync on entry and exit); a lost
         lease aborts it from inside. Inside a ``command_transaction`` its reads began it."""
@@ -227,7 +312,15 @@ class DomainEventRecorder(ApplicationRecorder):
                         cur.execute(query("lock_domain_events"))
                         if unmoved is not None:
                             cur.execute(query("require_flow_unmoved"), _unmoved_params(unmoved))
-                        params = {"events": rows, "channel": SIGNAL_CHANNEL, "signal": signal_payload(records)}
+                        params = {
+                            "events": rows,
+                            "channel": SIGNAL_CHANNEL,
+                            "signal": signal_payload(records),
+                            "quiet": f" {NOTHING_TO_DELIVER}",
+                            "claimer": reservation.claimer if reservation else None,
+                            "lease": reservation.lease_seconds if reservation else 0.0,
+                            "held": reservation.held if reservation else [],
+                        }
                         inserted.execute(query("insert_events_and_outbox"), params)
                     cur.execute("COMMIT")
             except BaseException as exc:
@@ -241,7 +334,7 @@ class DomainEventRecorder(ApplicationRecorder):
                 ):
                     raise ConcurrencyConflict(str(exc.diag.message_primary)) from exc
                 raise
-            return sorted(row[0] for row in inserted.fetchall()) if records else []
+            return sorted(_Written(*row) for row in inserted.fetchall()) if records else []
 
     def select_events(
         self,
@@ -308,17 +401,20 @@ class DomainEventRecorder(ApplicationRecorder):
         raise NotImplementedError("Hodei consumes events through the outbox relay (hodei.relay), not subscriptions")
 
 
-def _available_at(run: Sequence[EventRecord]) -> datetime:
+def _retry_at(run: Sequence[EventRecord]) -> datetime | None:
     """A row may ask to be delivered later: a saga step retry carries ``retry_at`` (only
     the last event of a row can need a delivery)."""
     retry_at = run[-1].payload.get("retry_at")
-    return datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else run[0].occurred_at
+    return datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else None
 
 
-def _row(run: Sequence[EventRecord]) -> dict[str, Any]:
+def _row(run: Sequence[EventRecord], delivered: bool, take: bool) -> dict[str, Any]:
     """A run of events (``hodei.store.events.runs``) as ``insert_events_and_outbox``
-    reads it (a jsonb record)."""
+    reads it (a jsonb record); ``delivered``: its outbox row is written PUBLISHED;
+    ``take``: claimed by this process's relay, if it is due now and nothing of its
+    aggregate waits before it."""
     record = pack(run)
+    retry_at = _retry_at(run)
     return {
         "id": record.id,
         "occurred_at": record.occurred_at,
@@ -330,5 +426,7 @@ def _row(run: Sequence[EventRecord]) -> dict[str, Any]:
         "aggregate_type": record.aggregate_type,
         "aggregate_version": record.aggregate_version,
         "topic": record.topic,
-        "available_at": _available_at(run),
+        "available_at": retry_at or run[0].occurred_at,
+        "delivered": delivered,
+        "take": take and retry_at is None,
     }
