@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from e2e.seed import SEED_TABLES
@@ -23,8 +25,9 @@ from hodei.errors import ConcurrencyConflict
 from hodei.liveness import Liveness, Pace
 from hodei.store import instances
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import command_connection, command_transaction
+from hodei.store.db import command_connection, command_transaction, fetch_value
 from hodei.store.instances import HEARTBEAT, ServerInstances
+from hodei.store.sql import query as query_text
 from hodei.testing import query
 from tests.workload import OPERATIONS, Workload
 
@@ -639,3 +642,24 @@ def test_a_gone_workers_liveness_record_is_deleted_and_not_written_again(
     elsewhere.seen(worker.id, connected=False)
     elsewhere.flush()
     assert query(fresh_database_url, recorded) == [(str(other.id),)]
+
+
+def test_a_rolled_back_try_keeps_its_connections_prepared_statements(store: HodeiStore) -> None:
+    """psycopg would answer the ROLLBACK with DEALLOCATE ALL (one more statement), and
+    every statement would be parsed and planned again on that connection: a lost race
+    (about one a job) cost both."""
+    used: list[psycopg.Connection[Any]] = []
+
+    def loses() -> None:
+        with command_transaction(store.pool):
+            used.append(command_connection(store.pool))  # type: ignore[arg-type]
+            fetch_value(store.pool, "installation_id")  # prepared at first use
+            raise ValueError("lost")
+
+    with pytest.raises(ValueError, match="lost"):
+        loses()
+    (conn,) = used
+    assert conn.info.transaction_status is TransactionStatus.IDLE
+    statement = query_text("installation_id").strip()
+    kept = "SELECT count(*) FROM pg_prepared_statements WHERE statement = %s"
+    assert conn.execute(kept, (statement,)).fetchone() == (1,)

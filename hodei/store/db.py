@@ -176,10 +176,15 @@ def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
 
 
 def roll_back(conn: psycopg.Connection[Any]) -> None:
-    """Ends a failed transaction (a failed pipeline leaves it aborted), unless the link is gone."""
+    """Ends a failed transaction (a failed pipeline leaves it aborted), unless the link is
+    gone. Through libpq: psycopg answers a ROLLBACK it runs with DEALLOCATE ALL (a
+    statement of its own) and forgets the connection's prepared statements, to be parsed
+    and planned again, in case the transaction dropped what they name; PostgreSQL keeps
+    them across a rollback, and Hodei's transactions change no schema. A lost race (a
+    command's try run again) rolls back about once a job."""
     if not conn.closed and conn.info.transaction_status is not TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
-            conn.execute("ROLLBACK")
+            conn.pgconn.exec_(b"ROLLBACK")
 
 
 def fetch_all(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> list[T]:
