@@ -18,7 +18,7 @@ from typing import Self
 
 import psycopg
 
-from hodei.store.recorder import NOTHING_TO_DELIVER, SIGNAL_CHANNEL, WAKE_ALL
+from hodei.store.recorder import NOTHING_TO_DELIVER, SIGNAL_CHANNEL, WAKE_ALL, by
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,26 @@ class Waiter:
 
 
 class AsyncWaiter(Waiter):
-    """A waiter for coroutines: woken from the listener thread through its loop."""
+    """A waiter for coroutines: woken from the listener thread through its loop. One
+    given ``deaf_to`` (an actor) sleeps through that actor's own commits (``by``)."""
 
-    def __init__(self, hub: Signals, keys: tuple[str | None, ...], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        hub: Signals,
+        keys: tuple[str | None, ...],
+        loop: asyncio.AbstractEventLoop,
+        deaf_to: str | None = None,
+    ) -> None:
         super().__init__(hub, keys)
         self._loop = loop
+        self._own = by(deaf_to) if deaf_to else None
         self._async_event = asyncio.Event()
         # When the last wake-up arrived (monotonic): a read begun after it sees what woke us.
         self.woken_at = 0.0
 
     def wake(self, keys: Iterable[str] = (WAKE_ALL,)) -> None:
+        if self._own is not None and self._own in keys and WAKE_ALL not in keys:
+            return  # its own commit: it knows what it wrote
         self.woken_at = time.monotonic()
         with self._hearing:
             self._heard.update(keys)
@@ -119,13 +129,21 @@ class Signals:
                 self._waiters[key].add(waiter)
         return waiter
 
-    def async_waiter(self, *keys: str) -> AsyncWaiter:
+    def async_waiter(self, *keys: str, deaf_to: str | None = None) -> AsyncWaiter:
         """A waiter for the running event loop's coroutines (see ``waiter``)."""
-        waiter = AsyncWaiter(self, keys or (None,), asyncio.get_running_loop())
+        waiter = AsyncWaiter(self, keys or (None,), asyncio.get_running_loop(), deaf_to)
         with self._lock:
             for key in waiter.keys:
                 self._waiters[key].add(waiter)
         return waiter
+
+    def listen(self, waiter: Waiter, *keys: str) -> None:
+        """Has ``waiter`` woken by signals for ``keys`` too, from now on."""
+        with self._lock:
+            added = tuple(key for key in keys if key not in waiter.keys)
+            waiter.keys += added
+            for key in added:
+                self._waiters[key].add(waiter)
 
     def remove(self, waiter: Waiter) -> None:
         with self._lock:
@@ -133,7 +151,8 @@ class Signals:
                 self._waiters[key].discard(waiter)
 
     def publish(self, payload: str) -> None:
-        """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``) locally.
+        """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``; ``by:`` the
+        commit's one actor) locally.
         Waiters for every signal (the relay) sleep through a commit that left no row to
         deliver."""
         keys = payload.split()

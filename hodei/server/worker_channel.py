@@ -164,16 +164,29 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         """A task per connected worker, no thread: database work goes to the I/O threads."""
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         worker_id = metadata.get("x-hodei-worker-id", "")
-        worker = await asyncio.to_thread(self.store.find, Worker, worker_id)
-        if worker is None:
-            raise Unauthenticated(f"no worker {worker_id}")
-        self.signer.check_session(metadata.get("x-hodei-session", ""), str(worker.id), worker.session_nonce)
-        if not worker.is_live:
-            raise Unauthenticated(f"worker {worker.id} is {worker.state}: its session is over")
-        if self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
-        async for message in WorkerSession(self, worker).run(request_iterator):
-            yield message
+        # Deaf to its own writes (the job accepted, its result): they change nothing it acts on.
+        with self.signals.async_waiter(worker_id, deaf_to=f"worker:{worker_id}") as waiter:
+            worker, state = await asyncio.to_thread(self._open, worker_id, metadata, waiter)
+            if self._poller is None:
+                self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
+            async for message in WorkerSession(self, worker).run(request_iterator, waiter, state):
+                yield message
+
+    def _open(
+        self, worker_id: str, metadata: dict[str, str], waiter: AsyncWaiter
+    ) -> tuple[Worker, SessionState | None]:
+        """The worker whose session the metadata proves, and its first state, in one
+        transaction; ``waiter`` listens for the worker's and its job's signals before that
+        state is read, so none is missed in between."""
+        with command_transaction(self.store.pool):
+            worker = self.store.find(Worker, worker_id)
+            if worker is None:
+                raise Unauthenticated(f"no worker {worker_id}")
+            self.signer.check_session(metadata.get("x-hodei-session", ""), str(worker.id), worker.session_nonce)
+            if not worker.is_live:
+                raise Unauthenticated(f"worker {worker.id} is {worker.state}: its session is over")
+            self.signals.listen(waiter, str(worker.id), worker.job_id)
+            return worker, fetch_one(self.store.pool, "worker_session_states", ([worker.id],), SessionState)
 
     async def _poll_sessions(self) -> None:
         while True:
@@ -218,32 +231,37 @@ class WorkerSession:
         # registered elsewhere may beat faster: more heartbeats, never a false loss).
         self.interval = service.pace.for_workers(len(service.sessions))[0]
 
-    async def run(self, requests: AsyncIterator[worker_pb2.WorkerMessage]) -> AsyncIterator[worker_pb2.ServerMessage]:
+    async def run(
+        self, requests: AsyncIterator[worker_pb2.WorkerMessage], waiter: AsyncWaiter, state: SessionState | None
+    ) -> AsyncIterator[worker_pb2.ServerMessage]:
+        """Serves the stream. ``waiter``: woken by the worker's and its job's signals since
+        ``state``, the worker's, was read when it connected (acted on first, instead of
+        being read again)."""
         service = self.service
         self.loop = asyncio.get_running_loop()
         service.sessions[self.worker_id] = self
         service.liveness.seen(self.worker_id, connected=True)
-        with service.signals.async_waiter(str(self.worker_id), self.job_id) as waiter:
-            self.waiter = waiter
-            reader = asyncio.create_task(self._read(requests, waiter))
-            try:
-                recheck = True
-                while not self.closed:
-                    if recheck and not await asyncio.to_thread(self._sync):
-                        return
-                    while not self.outgoing.empty():
-                        yield self.outgoing.get_nowait()
-                    # The worker's own messages (a heartbeat) only nudge: their answers are
-                    # queued; the worker's state is read again on a signal (or the
-                    # service's poll finding something for it).
-                    await waiter.wait_async(None)
-                    recheck = bool(waiter.take_signal())
-            finally:
-                self.closed = True
-                reader.cancel()
-                if service.sessions.get(self.worker_id) is self:
-                    del service.sessions[self.worker_id]
-                service.liveness.seen(self.worker_id, connected=False)
+        self.waiter = waiter
+        reader = asyncio.create_task(self._read(requests, waiter))
+        try:
+            recheck, read = True, state
+            while not self.closed:
+                if recheck and not await asyncio.to_thread(self._sync, read):
+                    return
+                read = None
+                while not self.outgoing.empty():
+                    yield self.outgoing.get_nowait()
+                # The worker's own messages (a heartbeat) only nudge: their answers are
+                # queued; the worker's state is read again on a signal (or the
+                # service's poll finding something for it).
+                await waiter.wait_async(None)
+                recheck = bool(waiter.take_signal())
+        finally:
+            self.closed = True
+            reader.cancel()
+            if service.sessions.get(self.worker_id) is self:
+                del service.sessions[self.worker_id]
+            service.liveness.seen(self.worker_id, connected=False)
 
     def wake(self) -> None:
         """Has the stream read its state again, as a signal would."""
@@ -270,12 +288,13 @@ class WorkerSession:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(self.outgoing.put_nowait, message)
 
-    def _sync(self) -> bool:
-        """Sends run-job or cancel when the database says so. False ends the stream.
-        Runs in an I/O thread; what it sends is queued for the stream's task. One
-        transaction: the state, and the job's secrets when run-job is due."""
+    def _sync(self, read: SessionState | None = None) -> bool:
+        """Sends run-job or cancel when the database says so (``read``: what it said a
+        moment ago, else it is asked). False ends the stream. Runs in an I/O thread; what
+        it sends is queued for the stream's task. One transaction: the state, and the
+        job's secrets when run-job is due."""
         with command_transaction(self.service.store.pool):
-            row = fetch_one(self.service.store.pool, "worker_session_states", ([self.worker_id],), SessionState)
+            row = read or fetch_one(self.service.store.pool, "worker_session_states", ([self.worker_id],), SessionState)
             if row is None or _ended(row):
                 return False
             if self._run_due(row):

@@ -206,9 +206,20 @@ def _unmoved_params(unmoved: Unmoved) -> dict[str, Any]:
 
 
 def signal_payload(records: Sequence[EventRecord]) -> str:
-    """The NOTIFY payload (``insert_events_and_outbox`` adds ``NOTHING_TO_DELIVER``)."""
+    """The NOTIFY payload: the aggregates' ids, and ``by:<actor>`` when one actor wrote it
+    all (a worker's stream sleeps through its own writes: ``hodei.signals``);
+    ``insert_events_and_outbox`` adds ``NOTHING_TO_DELIVER``."""
     ids = list(dict.fromkeys(r.aggregate_id for r in records))
-    return WAKE_ALL if len(ids) > _MAX_SIGNALLED_IDS else " ".join(ids)
+    if len(ids) > _MAX_SIGNALLED_IDS:
+        return WAKE_ALL
+    actors = {r.actor for r in records}
+    actor = actors.pop() if len(actors) == 1 else None
+    return " ".join([*ids, by(actor)] if actor and not any(c.isspace() for c in actor) else ids)
+
+
+def by(actor: str) -> str:
+    """The signal key naming the one actor of a commit."""
+    return f"by:{actor}"
 
 
 @dataclass(frozen=True, order=True)
