@@ -150,9 +150,11 @@ class Relay:
 
     Up to ``batch_size`` rows are in flight (claimed or taken, queued or running) at
     once, on ``threads`` handler threads, an aggregate's one after the other. Rows whose
-    handler wrote nothing are acknowledged in bulk by the next claim, in its
-    transaction, before it looks for rows: the next row of their aggregate is claimable
-    in it.
+    handler ran no command (``HodeiStore.write`` acknowledges the others) are
+    acknowledged in bulk by the next claim, in its transaction, before it looks for rows:
+    the next row of their aggregate is claimable in it. As with a claim's rows of one
+    aggregate, a row runs after the one before it even when that one failed (and waits
+    for its retry): handlers re-read the state they act on.
     """
 
     def __init__(
@@ -215,10 +217,12 @@ class Relay:
     def reserve(self, rows: int, aggregates: Iterable[str]) -> Reservation | None:
         """Room for the ``rows`` rows (of ``aggregates``) a save in this process is about
         to write for a relay, to take them: all, or None when they would pass the batch
-        size or the relay is closing (they are then written for a claim). With it, the
-        rows of those aggregates this relay holds: a new row may be taken behind them."""
+        size, a claim waits for room (rows of older jobs may wait for it: the room goes
+        to the claim, which takes them first), or the relay is closing; they are then
+        written for a claim. With it, the rows of those aggregates this relay holds: a
+        new row may be taken behind them."""
         with self._lock:
-            if self._closing or self._in_flight + rows > self.config.batch_size:
+            if self._closing or self._skipped or self._in_flight + rows > self.config.batch_size:
                 return None
             self._in_flight += rows
             held = [d.outbox_id for aggregate in aggregates for d in self._aggregates.get(aggregate, ())]
