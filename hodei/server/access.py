@@ -16,11 +16,13 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from psycopg_pool import ConnectionPool
 
 from hodei.errors import HodeiError, PermissionDenied, Unauthenticated
 from hodei.roles import NOBODY_CHECKED, Caller, Gate, Role, rule_of
 from hodei.server.edge import status_of
 from hodei.store.api_tokens import HOW_TO_GET_ONE, ApiTokens
+from hodei.store.db import command_transaction
 
 _CALLER: ContextVar[Caller] = ContextVar("hodei_caller")
 HEADER = "authorization"
@@ -102,13 +104,14 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         if rule in (Gate.OPEN, Gate.WORKER):
             return handler  # worker methods check the worker's own credential
         role = rule if isinstance(rule, Role) else None
-        return _guarded(handler, lambda metadata: self.admit(method, role, metadata))
+        return _guarded(handler, lambda metadata: self.admit(method, role, metadata), self.tokens.pool)
 
 
-def _guarded(handler: Any, admit: Callable[[Any], Caller]) -> grpc.RpcMethodHandler[Any, Any]:
+def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool) -> grpc.RpcMethodHandler[Any, Any]:
     """The handler with the gate in front of its behavior, of whatever kind it is: a
-    plain function runs in a worker thread (the token lookup may block there), a
-    coroutine or async generator on the loop (the lookup goes to a thread)."""
+    plain function runs in a worker thread (the token lookup may block there), in one
+    transaction with the token lookup (``command_transaction``: a submission is one, not
+    two); a coroutine or async generator on the loop (the lookup goes to a thread)."""
 
     def refuse(exc: HodeiError) -> tuple[grpc.StatusCode, str]:
         return status_of(exc), exc.message
@@ -139,15 +142,16 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller]) -> grpc.RpcMethodHand
             return call_async
 
         def call(request: Any, context: Any) -> Any:
-            try:
-                who = admit(context.invocation_metadata())
-            except HodeiError as exc:
-                context.abort(*refuse(exc))
-            token = _CALLER.set(who)
-            try:
-                return behavior(request, context)
-            finally:
-                _CALLER.reset(token)
+            with command_transaction(pool):
+                try:
+                    who = admit(context.invocation_metadata())
+                except HodeiError as exc:
+                    context.abort(*refuse(exc))
+                token = _CALLER.set(who)
+                try:
+                    return behavior(request, context)
+                finally:
+                    _CALLER.reset(token)
 
         return call
 
