@@ -188,7 +188,9 @@ class Relay:
         self._skipped = False
         # Aggregates with rows here when a NOTIFY announced rows of theirs: those may wait
         # behind the ones here, so once they are done the relay claims. Handlers that
-        # finish otherwise wake it only when rows wait to be acknowledged.
+        # finish otherwise do not wake it: rows waiting to be acknowledged ride on the next
+        # claim, whatever wakes it (at the latest the poll); until then this relay takes
+        # rows behind them, and only other relays' claims of their aggregates wait.
         self._announced: set[str] = set()
         self._closing = False
         # Woken by every NOTIFY of rows to deliver (a signal), and nudged when a handler
@@ -393,7 +395,7 @@ class Relay:
                 with self._lock:
                     if not queued:
                         del self._aggregates[aggregate]
-                        claim = self._skipped or bool(self._to_ack) or aggregate in self._announced
+                        claim = self._skipped or aggregate in self._announced
                         self._announced.discard(aggregate)
                         break
                     delivery = queued[0]
@@ -438,9 +440,9 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Claims again at once only after a full claim (more rows may be due); after
         one that found fewer, it waits to be woken: by a NOTIFY (new rows), by the poll,
-        or by a handler that finished when rows may wait behind it (``_announced``), a
-        claim was skipped for want of room, or rows wait to be acknowledged. Claiming
-        straight away again found nothing most of the time, a transaction each."""
+        or by a handler that finished when rows may wait behind it (``_announced``) or a
+        claim was skipped for want of room. Claiming straight away again found nothing
+        most of the time, a transaction each."""
         while not stop.is_set():
             try:
                 claimed, asked = self._pump()

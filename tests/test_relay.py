@@ -309,8 +309,9 @@ def test_rows_handled_without_a_write_are_acknowledged_by_the_next_claim_in_its_
 def test_after_a_claim_that_found_fewer_rows_than_it_asked_for_the_relay_waits_to_be_woken(
     store: HodeiStore, pool: ConnectionPool
 ) -> None:
-    """Claiming again at once would find nothing: a transaction for nothing. The handler
-    that finishes wakes it (its row is acknowledged by that claim); then it waits."""
+    """Claiming again at once would find nothing: a transaction for nothing. Nor does the
+    handler that finishes wake it: its row's acknowledgement rides on the next claim,
+    here the poll's; then it waits."""
     store.write([Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
     slow_poll = RelayConfig(batch_size=50, poll_interval=3, lease_seconds=30, max_attempts=3, threads=4)
     relay = Relay(pool, {}, slow_poll, "r", Signals(None))
