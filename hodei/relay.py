@@ -168,7 +168,7 @@ class Relay:
     ) -> None:
         self.pool = pool
         # Told of each event handled, with its lag in seconds (the metrics).
-        self.delivered: Callable[[EventRecord, float | None], None] | None = delivered
+        self.delivered = delivered
         self.routes = routes
         self.config = config
         self.claimer = claimer

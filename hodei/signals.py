@@ -35,9 +35,12 @@ class Waiter:
     def wake(self, keys: Iterable[str] = (WAKE_ALL,)) -> None:
         """A signal: the database changed, for ``keys`` (every aggregate id of a NOTIFY's
         payload; without keys, anything may have)."""
+        self._hear(keys)
+        self._event.set()
+
+    def _hear(self, keys: Iterable[str]) -> None:
         with self._hearing:
             self._heard.update(keys)
-        self._event.set()
 
     def nudge(self) -> None:
         """Wakes the waiting thread for something of its own, not because the database
@@ -89,8 +92,7 @@ class AsyncWaiter(Waiter):
         if self._own is not None and self._own in keys and WAKE_ALL not in keys:
             return  # its own commit: it knows what it wrote
         self.woken_at = time.monotonic()
-        with self._hearing:
-            self._heard.update(keys)
+        self._hear(keys)
         self._loop.call_soon_threadsafe(self._async_event.set)
 
     def nudge(self) -> None:

@@ -83,6 +83,11 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
         raise InvalidInput(f"unknown job outcome {result.outcome}") from None
 
 
+def worker_actor(worker_id: UUID | str) -> str:
+    """Who a worker's writes are by (``actor``): its registration, acceptance, result."""
+    return f"worker:{worker_id}"
+
+
 def _ended(row: SessionState) -> bool:
     """The worker's session is over: the stream ends."""
     return row.worker_state in (WorkerState.TERMINATING, WorkerState.TERMINATED)
@@ -146,7 +151,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
             self.liveness.touch(worker.id, connected=False, timeout=timeout)
             return (worker, session_nonce), [worker]
 
-        meta = Meta(actor=f"worker:{worker_id}", correlation_id=request.job_id)
+        meta = Meta(actor=worker_actor(worker_id), correlation_id=request.job_id)
         worker, session_nonce = self.store.command(meta, register)
         self.faults.point("register-committed")
         log.info("worker %s registered for job %s", worker.id, worker.job_id)
@@ -165,7 +170,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         worker_id = metadata.get("x-hodei-worker-id", "")
         # Deaf to its own writes (the job accepted, its result): they change nothing it acts on.
-        with self.signals.async_waiter(worker_id, deaf_to=f"worker:{worker_id}") as waiter:
+        with self.signals.async_waiter(worker_id, deaf_to=worker_actor(worker_id)) as waiter:
             worker, state = await asyncio.to_thread(self._open, worker_id, metadata, waiter)
             if self._poller is None:
                 self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
@@ -220,7 +225,7 @@ class WorkerSession:
         self.job_id = worker.job_id
         self.attempt = worker.attempt
         self.provider_type = worker.provider_type
-        self.meta = Meta(actor=f"worker:{worker.id}", correlation_id=worker.job_id)
+        self.meta = Meta(actor=worker_actor(worker.id), correlation_id=worker.job_id)
         self.outgoing: asyncio.Queue[worker_pb2.ServerMessage] = asyncio.Queue()
         self.closed = False
         self.sent_run = False
