@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -65,6 +66,30 @@ class Figures:
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
+
+
+# PostgreSQL adds a backend's counts to pg_stat_database at most once a second, and at its exit.
+_FLUSHED = 1.5
+
+
+class _Watch:
+    """The bench's one connection that waits for the jobs: each poll is a transaction and a
+    statement of its own, left out of the per-job figures (a new connection per poll, as
+    before, cost two transactions a poll: about two a job)."""
+
+    def __init__(self, url: str) -> None:
+        self._connection = psycopg.connect(url, autocommit=True)
+        self.statements = 0
+
+    def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        self.statements += 1
+        return self._connection.execute(sql.encode(), params).fetchall()
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._connection.close()
 
 
 def _transactions(url: str) -> tuple[int, int]:
@@ -132,6 +157,7 @@ def procrastinate_run(url: str) -> Figures:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         latencies = [done[i] - submitted[i] for i in range(JOBS)]
+        await asyncio.sleep(_FLUSHED)
         commits, rollbacks = _transactions_since(transactions, url)
         return Figures(JOBS, seconds, latencies, 0, 0, commits, rollbacks, _since(statements, url), cpu, [])
 
@@ -158,23 +184,24 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
             at = time.time()
             submitted[stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id] = at
         ended: dict[str, float] = {}
-        while len(ended) < count:
-            rows = query(
-                url,
-                "SELECT id::text, state, extract(epoch FROM completed_at) FROM jobs WHERE id = ANY(%s::uuid[]) "
-                "AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
-                (list(submitted),),
-            )
-            for job_id, state, completed_at in rows:
-                if state != "SUCCEEDED":
-                    raise RuntimeError(f"bench job {job_id} ended {state}")
-                ended[job_id] = float(completed_at)
-            time.sleep(0.05)
+        with _Watch(url) as watch:
+            while len(ended) < count:
+                for job_id, state, completed_at in watch.rows(
+                    "SELECT id::text, state, extract(epoch FROM completed_at) FROM jobs WHERE id = ANY(%s::uuid[]) "
+                    "AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
+                    (list(submitted),),
+                ):
+                    if state != "SUCCEEDED":
+                        raise RuntimeError(f"bench job {job_id} ended {state}")
+                    ended[job_id] = float(completed_at)
+                time.sleep(0.05)
+            # Every saga settled: what a job costs includes releasing its worker.
+            while watch.rows("SELECT count(*) FROM sagas WHERE state IN ('IN_PROGRESS', 'COMPENSATING')")[0][0]:
+                time.sleep(0.1)
         started = min(submitted.values())
         seconds = max(ended.values()) - started
-        # Every saga settled: what a job costs includes releasing its worker.
-        while query(url, "SELECT count(*) FROM sagas WHERE state IN ('IN_PROGRESS', 'COMPENSATING')")[0][0]:
-            time.sleep(0.1)
+        time.sleep(_FLUSHED)
+        commits, rollbacks = _transactions_since(transactions, url)
         after_events, after_outbox = _counts(url)
         figures = Figures(
             count,
@@ -182,8 +209,9 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
             [ended[job_id] - submitted[job_id] for job_id in submitted],
             after_events - events,
             after_outbox - outbox,
-            *_transactions_since(transactions, url),
-            _since(statements, url),
+            commits - watch.statements,
+            rollbacks,
+            None if (since := _since(statements, url)) is None else since - watch.statements,
             process_cpu(server.process.pid) - cpu,
             unloaded,
             process_cpu(fleet) - fleet_cpu if fleet else None,

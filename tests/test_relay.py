@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import psycopg
@@ -16,6 +17,7 @@ from psycopg_pool import ConnectionPool
 from hodei.config import RelayConfig
 from hodei.domain.job import Job
 from hodei.domain.spec import JobSpec
+from hodei.domain.worker import Worker
 from hodei.relay import CLAIM_SETTINGS, Delivery, Relay, Route, backoff_seconds
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
@@ -424,3 +426,40 @@ def test_a_row_is_taken_only_behind_rows_its_relay_holds(store: HodeiStore, pool
     finally:
         go_on.set()
         relay.close()
+
+
+def test_a_commit_that_no_waiter_keys_on_and_no_claim_needs_notifies_nobody(
+    store: HodeiStore, pool: ConnectionPool
+) -> None:
+    """Every listening server's backend reads each NOTIFY in a transaction of its own. A
+    worker's creation, resource and registration (no stream waits for them), handed to
+    the relay or written delivered, tell nobody; a row left for a claim still does, and
+    so does a worker's dispatch (its stream sends run-job) and any change of a job."""
+    relay = Relay(pool, {"WorkerJobDispatched": Route(lambda _: None)}, CONFIG, "r", Signals(None))
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    early, later = (
+        Worker(
+            job_id=str(job.id),
+            attempt=attempt,
+            provider_id=str(uuid4()),
+            provider_type="docker",
+            token_nonce="n",
+            token_expires_at="2100-01-01T00:00:00+00:00",
+        )
+        for attempt in (1, 2)
+    )
+    with psycopg.connect(pool.conninfo, autocommit=True) as listener:
+        listener.execute("LISTEN hodei_signals")
+        store.write([job], Meta(actor="t"))
+        store.write([early], Meta(actor="t"))  # before the relay: left for a claim
+        store.deliver_with(relay)
+        try:
+            later.record_resource("r-1")
+            later.register("s", "host", datetime.now(UTC))
+            store.write([later], Meta(actor="t"))
+            later.dispatch(str(job.id))
+            store.write([later], Meta(actor="t"))
+            payloads = [notify.payload for notify in listener.notifies(timeout=1.0)]
+        finally:
+            relay.close()
+    assert payloads == [f"{job.id} by:t", f"{early.id} by:t", f"{later.id} by:t -"]

@@ -60,11 +60,13 @@ WITH input AS (
     FROM decided
     RETURNING position, status, origin
 ), notified AS (
-    -- No row left for a claim: relays need not wake (hodei.signals).
+    -- No row left for a claim: relays need not wake (hodei.signals); and when no waiter
+    -- keys on what changed either (hodei.store.recorder.heard), nobody is told.
     SELECT pg_notify(%(channel)s, %(signal)s || CASE WHEN bool_and(status <> 'PENDING') THEN %(quiet)s ELSE '' END)
     FROM outbox
+    HAVING %(heard)s OR NOT bool_and(status <> 'PENDING')
 )
-SELECT position, status = 'PROCESSING', origin FROM outbox CROSS JOIN notified;
+SELECT position, status = 'PROCESSING', origin FROM outbox LEFT JOIN notified ON true;
 
 -- name: notify
 SELECT pg_notify(%s, %s);

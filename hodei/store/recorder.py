@@ -17,7 +17,9 @@ One ``insert_events`` call is one transaction that
    one): written delivered when no relay route wants it, claimed by this process's relay
    when it has room and nothing of the aggregate waits before it (``LocalRelay``), and
 6. sends a NOTIFY so relays and waiting streams wake up (4-6 are one statement); relays
-   sleep through it when no row was left for a claim.
+   sleep through it when no row was left for a claim, and none is sent when, besides,
+   no waiter keys on what changed (``heard``): every listening server's backend reads
+   each NOTIFY in a transaction of its own.
 
 The lock comes last: it serialises every writer, so it is held only for the append and
 the commit, not while the read models are updated. Writers that lock read-model rows in
@@ -67,6 +69,11 @@ WAKE_ALL = "*"
 # or taken by the writer's relay), so relays need not wake. Payloads without it (an
 # older server's) wake them.
 NOTHING_TO_DELIVER = "-"
+# What no waiter wakes for (hodei.signals): a worker's stream waits for its dispatch, its
+# job's changes and its end, watchers and log followers for their job, and nobody keys on
+# a saga. A worker's creation, its resource and its registration change nothing a waiter
+# reads (its stream opens after the registration, and reads its state then).
+_UNHEARD_WORKER_EVENTS = frozenset({"WorkerCreated", "WorkerResourceCreated", "WorkerRegistered"})
 
 
 FLOW_MOVED = "flow moved"
@@ -217,6 +224,16 @@ def signal_payload(records: Sequence[EventRecord]) -> str:
     return " ".join([*ids, by(actor)] if actor and not any(c.isspace() for c in actor) else ids)
 
 
+def heard(records: Sequence[EventRecord]) -> bool:
+    """Whether a waiter may key on what ``records`` change (else only a row left for a
+    relay's claim is worth a NOTIFY)."""
+    return any(
+        record.aggregate_type != "Saga"
+        and not (record.aggregate_type == "Worker" and record.event_type in _UNHEARD_WORKER_EVENTS)
+        for record in records
+    )
+
+
 def by(actor: str) -> str:
     """The signal key naming the one actor of a commit."""
     return f"by:{actor}"
@@ -328,6 +345,7 @@ class DomainEventRecorder(ApplicationRecorder):
                             "channel": SIGNAL_CHANNEL,
                             "signal": signal_payload(records),
                             "quiet": f" {NOTHING_TO_DELIVER}",
+                            "heard": heard(records),
                             "claimer": reservation.claimer if reservation else None,
                             "lease": reservation.lease_seconds if reservation else 0.0,
                             "held": reservation.held if reservation else [],
