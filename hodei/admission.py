@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,10 @@ from hodei.store.db import fetch_all, fetch_column, fetch_one, fetch_value
 from hodei.store.recorder import Ack
 
 log = logging.getLogger(__name__)
+
+# Seconds a round's finding of no room is trusted for a job joining the queue: the
+# sweeper's round (every second by default) finds again.
+FULL_FOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class _Turn:
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: bool = False
     again: bool = False
+    # When this process's last round found no room (None: it found some). Until anything
+    # here frees room (its round clears this) a job joining the queue need not look.
+    full_at: float | None = None
 
 
 class Admission:
@@ -105,15 +113,22 @@ class Admission:
         if provider in self.start_limits:
             self.admit(provider)
 
-    def admit(self, provider: ProviderType, ack: Ack | None = None) -> int:
+    def admit(self, provider: ProviderType, ack: Ack | None = None, *, joined: bool = False) -> int:
         """Admits as many queued jobs of ``provider`` as it has free slots; how many this
         call admitted. While another thread of this process admits for the provider, the
         call returns at once and that thread looks again when it is done. ``ack``: the
-        relay's row that asked, acknowledged with the first round's admissions if any."""
+        relay's row that asked, acknowledged with the first round's admissions if any.
+        ``joined``: asked because a job joined the queue, which frees nothing: when the
+        last round here (none running), under ``FULL_FOR`` ago, found no room, no round
+        looks (in a burst every job cost one that found none). Room freed here runs a
+        round; room freed by another server is given out by its round, or at the latest
+        by the next sweep's."""
         turn = self._turns[provider]
         with turn.lock:
             if turn.running:
                 turn.again = True
+                return 0
+            if joined and turn.full_at is not None and time.monotonic() - turn.full_at < FULL_FOR:
                 return 0
             turn.running = True
         admitted = 0
@@ -137,9 +152,13 @@ class Admission:
         database never admit past the capacity between them): the free slots' worth of
         queued jobs, counted, chosen and admitted."""
 
+        turn = self._turns[provider]
+
         def run() -> tuple[int, list[Job]]:
             fetch_value(self.pool, "lock_admission", (provider.value,))
             free = self.capacity(provider).free
+            with turn.lock:
+                turn.full_at = time.monotonic() if free == 0 else None
             if free == 0:
                 return 0, []
             admitted = []

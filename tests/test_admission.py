@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from hodei import admission as admission_module
 from hodei.admission import Admission, Capacity
 from hodei.domain.job import Job
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
@@ -45,3 +46,33 @@ def test_a_round_counts_chooses_and_admits_in_one_transaction_under_the_provider
     assert {xmin for _, xmin in admitted} == {round_transaction}
     assert query(fresh_database_url, LOCK) == [(True,)]  # the round's end let go of it
     assert not store.load(Job, queued[2].id).admitted
+
+
+def test_a_job_joining_the_queue_runs_no_round_while_the_last_one_here_found_no_room(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a burst, every job joining the queue cost a round that found no room. A call
+    for anything else (room freed) still looks, and so does one once the finding is old."""
+    for _ in range(3):
+        job = new_job()
+        job.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+        store.write([job], Meta(actor="t", correlation_id=str(job.id)))
+    admission = Admission(store, {ProviderType.DOCKER: 1})
+    counted = admission.capacity
+    rounds: list[ProviderType] = []
+
+    def capacity(provider: ProviderType) -> Capacity:
+        rounds.append(provider)
+        return counted(provider)
+
+    monkeypatch.setattr(admission, "capacity", capacity)
+    assert admission.admit(ProviderType.DOCKER, joined=True) == 1  # nothing known: it looks
+    assert admission.admit(ProviderType.DOCKER, joined=True) == 0  # the last round found room
+    assert len(rounds) == 2
+    assert admission.admit(ProviderType.DOCKER, joined=True) == 0
+    assert len(rounds) == 2  # the last round found none: no round
+    assert admission.admit(ProviderType.DOCKER) == 0  # a slot freed, say
+    assert len(rounds) == 3
+    monkeypatch.setattr(admission_module, "FULL_FOR", 0.0)
+    assert admission.admit(ProviderType.DOCKER, joined=True) == 0
+    assert len(rounds) == 4

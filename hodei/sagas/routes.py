@@ -70,7 +70,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
     def provider_selected(delivery: Delivery) -> None:
         # No poke: the saga tried its wait for a slot where it selected the provider, and
         # the job's admission, here or by anyone later, is a JobAdmitted that pokes.
-        admission.admit(ProviderType(delivery.event.payload["provider_type"]), delivery.ack)
+        admission.admit(ProviderType(delivery.event.payload["provider_type"]), delivery.ack, joined=True)
 
     def job_status_changed(delivery: Delivery) -> None:
         job_id = delivery.event.aggregate_id
