@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from hodei.store.app import Meta
 from hodei.store.events import EventRecord, unpack
 from hodei.testing import query
 from tests.sagas_support import FAST_TIMING, Effects, FakeProvider, Harness
@@ -566,3 +568,26 @@ def test_a_step_is_a_function_of_the_deps_and_its_input_alone(
     with pytest.raises(InvalidTransition, match="while it waited in the queue"):
         provisioning.wait_for_slot(h.deps, step)
     h.close()
+
+
+def test_a_change_made_with_its_poke_waits_only_briefly_for_a_handler_holding_its_job(
+    pool: ConnectionPool, tmp_path: Path, effects: Effects
+) -> None:
+    """A handler holds its job's lock while its effect runs, and the effect may be the
+    stopping of the very worker whose report (``change_job``) is waiting."""
+    h = harness(pool, tmp_path, effects)
+    try:
+        job_id = h.submit()
+        done = threading.Event()
+
+        def report() -> None:
+            h.engine.change_job(Meta(actor="worker:w", correlation_id=job_id), lambda: [])
+            done.set()
+
+        with h.engine._serial(job_id):  # a handler, in its effect
+            reporter = threading.Thread(target=report)
+            reporter.start()
+            assert done.wait(10), "the report waited for the handler to finish"
+        reporter.join()
+    finally:
+        h.close()

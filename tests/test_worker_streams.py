@@ -4,28 +4,33 @@ worker's state wakes exactly the streams that have something to do."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from psycopg_pool import ConnectionPool
 
 from hodei._proto import worker_pb2
 from hodei.domain.job import Job
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec
-from hodei.domain.worker import Worker
+from hodei.domain.worker import Worker, WorkerState
 from hodei.faults import Faults
 from hodei.liveness import Liveness, Pace
 from hodei.logs import LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
+from hodei.sagas.engine import SagaEngine
 from hodei.server.worker_channel import WorkerAgentService, WorkerSession
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
+from hodei.testing import query
 from hodei.tokens import TokenSigner
+from tests.sagas_support import Effects, FakeProvider, Harness
 
 LOCAL = str(PROVIDER_IDS[ProviderType.LOCAL])
 
@@ -49,7 +54,9 @@ def _busy_worker(store: HodeiStore, job: Job | None = None) -> tuple[Job, Worker
     return job, worker
 
 
-def _service(store: HodeiStore, tmp_path: Path, signals: Signals, pace: Pace) -> WorkerAgentService:
+def _service(
+    store: HodeiStore, tmp_path: Path, signals: Signals, pace: Pace, engine: SagaEngine | None = None
+) -> WorkerAgentService:
     pool = store.pool
     return WorkerAgentService(
         store,
@@ -62,6 +69,7 @@ def _service(store: HodeiStore, tmp_path: Path, signals: Signals, pace: Pace) ->
         Faults(""),
         ProviderRegistry(store, {}, {}),
         PlatformMetrics(ReadModels(pool)),
+        engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
     )
 
 
@@ -152,3 +160,48 @@ def test_handing_over_the_job_reads_the_state_and_its_secrets_in_one_transaction
     (sent,) = asyncio.run(sync())
     assert sent.run_job.secrets["TOKEN"] == "s3cret"
     assert len(taken) == 1  # the state, the sealed values and the key: one connection, one transaction
+
+
+def test_a_workers_report_moves_its_jobs_saga_in_its_own_transaction(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path
+) -> None:
+    """An acceptance (as a result): no delivery of its JobStatusChanged is left to poke
+    the saga. The wait ends in the acceptance's commit, and the row is written delivered."""
+    h = Harness(pool, FakeProvider(Effects(tmp_path / "effects.log")), tmp_path)
+    try:
+        job_id = h.submit()
+        wait = (
+            "SELECT st.state, st.xmin::text FROM saga_steps st JOIN sagas s ON s.id = st.saga_id "
+            "WHERE s.correlation_id = %s AND st.step_name = 'wait_for_acceptance'"
+        )
+
+        def waiting() -> bool:
+            return [state for state, _ in query(fresh_database_url, wait, (job_id,))] == ["IN_PROGRESS"]
+
+        deadline = time.monotonic() + 30
+        while not waiting():
+            assert time.monotonic() < deadline, "the job was never dispatched"
+            h.relay.drain(timeout=10)
+            for worker in (h.store.find(Worker, o.worker_id) for o in h.provider.observe()):
+                if worker is not None and worker.state in (WorkerState.CREATING, WorkerState.CONNECTING):
+                    worker.register(uuid4().hex, "fake", datetime.now(UTC))
+                    h.store.write([worker], Meta(actor=f"worker:{worker.id}", correlation_id=job_id))
+        worker_id = h.store.load(Job, job_id).worker_id
+        assert worker_id is not None
+        service = _service(h.store, tmp_path, h.signals, Pace(2.0, 10.0, 100.0), h.engine)
+        WorkerSession(service, h.store.load(Worker, worker_id))._update_job(lambda job: job.accept(worker_id))
+        rows = query(
+            fresh_database_url,
+            "SELECT e.event_type, o.status, o.attempts, e.xmin::text FROM domain_events e "
+            "JOIN outbox_events o ON o.id = e.id WHERE e.correlation_id = %s "
+            "AND e.event_type IN ('JobAccepted', 'JobStatusChanged') ORDER BY e.position",
+            (job_id,),
+        )
+        ((step_state, step_writer),) = query(fresh_database_url, wait, (job_id,))
+    finally:
+        h.close()
+    (accepted, accepted_status, _, writer), (changed, changed_status, attempts, _) = rows
+    assert (accepted, changed) == ("JobAccepted", "JobStatusChanged")
+    assert (changed_status, attempts) == ("PUBLISHED", 0)  # written delivered, never claimed
+    assert accepted_status == "PENDING"  # no route, but no relay here to say so: left to a claim
+    assert (step_state, step_writer) == ("COMPLETED", writer)

@@ -155,6 +155,10 @@ def now() -> datetime:
 ACTION_DEADLINE_MARGIN = 15.0
 
 
+# Seconds a worker's report waits for a handler of its job in this process (``change_job``).
+CHANGE_PATIENCE = 0.5
+
+
 class _OneAtATime:
     """A lock per job, held by whichever of the engine's entry points is moving one of
     its sagas in this process. Without it, the delivery of a saga's own event and a poke
@@ -167,14 +171,20 @@ class _OneAtATime:
         self._held: dict[str, tuple[threading.Lock, int]] = {}
 
     @contextlib.contextmanager
-    def __call__(self, job_id: str) -> Iterator[None]:
+    def __call__(self, job_id: str, patience: float = -1) -> Iterator[None]:
+        """Holds the job's lock; past ``patience`` seconds (negative: none) it goes on
+        without it, the optimistic check deciding as across servers."""
         with self._lock:
             lock, users = self._held.get(job_id, (None, 0))
             lock = lock or threading.Lock()
             self._held[job_id] = (lock, users + 1)
         try:
-            with lock:
+            held = lock.acquire(timeout=patience)
+            try:
                 yield
+            finally:
+                if held:
+                    lock.release()
         finally:
             with self._lock:
                 users = self._held[job_id][1] - 1
@@ -295,11 +305,29 @@ class SagaEngine:
         sagas at a step without an effect can move on a poke: an ACTION or a compensation
         runs in the delivery of its own StepStarted or CompensationStarted. The job's
         sagas are in hand with the rest of its flow (``HodeiStore.command``)."""
+        self._poke(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), None)
+
+    def change_job(self, meta: Meta, change: Callable[[], Sequence[HodeiAggregate]]) -> None:
+        """A command about the job of ``meta.correlation_id`` (``change``: its decision,
+        returning what to save) that makes, in its own transaction, the poke its event's
+        delivery would make: one commit instead of two, and no delivery. It commits only
+        on an unmoved flow (``HodeiStore.keep_unmoved``), so a WAIT started meanwhile is
+        found by a retry, as the WAIT's own start finds the change. It waits for the job's
+        lock only briefly: a handler holding it may be running an effect (stopping the
+        worker whose report this is) that waits for this very report."""
+        self._poke(meta, change, CHANGE_PATIENCE)
+
+    def _poke(self, meta: Meta, change: Callable[[], Sequence[HodeiAggregate]] | None, patience: float = -1) -> None:
+        job_id = meta.correlation_id
+        assert job_id is not None, "a poke is about a job"
         moved: list[_Work] = []
 
         def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
             moved.clear()
             changed: list[HodeiAggregate] = []
+            if change is not None:
+                changed.extend(change())
+                self.store.keep_unmoved()
             for saga in self.store.held(Saga):
                 if not self._moves_on_poke(saga):
                     continue
@@ -310,8 +338,8 @@ class SagaEngine:
                     changed.extend(work.aggregates())
             return None, changed
 
-        with self._serial(job_id):
-            self.store.command(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), attempt)
+        with self._serial(job_id, patience):
+            self.store.command(meta, attempt)
         for work in moved:
             self._committed(work)
 

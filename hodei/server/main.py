@@ -181,6 +181,7 @@ async def _add_services(
         runtime.faults,
         runtime.registry,
         runtime.metrics,
+        runtime.engine,
     )
     added: list[tuple[Any, Any, Any]] = [
         (

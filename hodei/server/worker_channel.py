@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -33,6 +33,7 @@ from hodei.liveness import Liveness, Pace
 from hodei.logs import STDERR, STDOUT, LogLine, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
+from hodei.sagas.engine import SagaEngine
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
@@ -106,8 +107,10 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         faults: Faults,
         registry: ProviderRegistry,
         metrics: PlatformMetrics,
+        engine: SagaEngine,
     ) -> None:
         self.registry = registry
+        self.engine = engine
         self.metrics = metrics
         metrics.count_connected(lambda: len(self.sessions))
         self.store = store
@@ -405,15 +408,20 @@ class WorkerSession:
             raise Unauthenticated(f"worker {self.worker_id} may only report on job {self.job_id}, not {job_id}")
 
     def _update_job(self, change: Callable[[Job], None]) -> None:
-        def run() -> tuple[None, list[Job]]:
+        """Changes the job and, in the same transaction, moves the sagas the change lets
+        move: the poke that its JobStatusChanged's delivery would make, the only thing it
+        would do (the job's slot stays its worker's until WorkerTerminated, whose delivery
+        admits), so that row is written delivered."""
+
+        def changed() -> list[Job]:
             job = self.service.store.load(Job, self.job_id)
             try:
                 change(job)
             except InvalidTransition as exc:
                 log.warning("worker %s: %s", self.worker_id, exc)
-            return None, [job]
+            return [job]
 
-        self.service.store.command(self.meta, run)
+        self.service.engine.change_job(replace(self.meta, done=frozenset({"JobStatusChanged"})), changed)
 
     def _write_logs(self, batch: worker_pb2.LogBatch) -> None:
         """Stores a batch once: a batch sent again after a lost acknowledgement (this or

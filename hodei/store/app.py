@@ -67,9 +67,12 @@ class Meta:
     actor: str
     correlation_id: str | None = None
     ack: Ack | None = None
+    # Event types whose delivery the command did itself (what their route would do is in
+    # its transaction): their rows are written delivered, as rows no route wants.
+    done: frozenset[str] = frozenset()
 
     def kwargs(self) -> dict[str, Any]:
-        return {"actor": self.actor, "correlation_id": self.correlation_id, "ack": self.ack}
+        return {"actor": self.actor, "correlation_id": self.correlation_id, "ack": self.ack, "done": self.done}
 
 
 class HodeiStore(Application[UUID]):

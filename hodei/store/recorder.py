@@ -14,7 +14,8 @@ One ``insert_events`` call is one transaction that
 4. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``; so is
    a read-model row created twice, which step 1 may meet first),
 5. adds one ``outbox_events`` row per event (a saga's events of the transaction share
-   one): written delivered when no relay route wants it, claimed by this process's relay
+   one): written delivered when no relay route wants it (or the command did what the
+   route would: ``Meta.done``), claimed by this process's relay
    when it has room and nothing of the aggregate waits before it (``LocalRelay``), and
 6. sends a NOTIFY so relays and waiting streams wake up (4-6 are one statement); relays
    sleep through it when no row was left for a claim, and none is sent when, besides,
@@ -264,7 +265,10 @@ class DomainEventRecorder(ApplicationRecorder):
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
         grouped = runs(records)
         relay = self.relay
-        wanted = [relay is None or relay.needs_delivery(run[-1]) for run in grouped]
+        done: frozenset[str] = kwargs.get("done") or frozenset()
+        wanted = [
+            (relay is None or relay.needs_delivery(run[-1])) and run[-1].event_type not in done for run in grouped
+        ]
         reservation = None
         if relay is not None and any(wanted):
             reservation = relay.reserve(sum(wanted), {run[0].aggregate_id for run in grouped})
