@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from hodei._proto import worker_pb2
-from hodei.domain.job import Job
+from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
@@ -166,10 +166,11 @@ def test_a_workers_report_moves_its_jobs_saga_in_its_own_transaction(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path
 ) -> None:
     """An acceptance (as a result): no delivery of its JobStatusChanged is left to poke
-    the saga. The wait ends in the acceptance's commit, and the row is written delivered."""
+    the saga. The wait ends in the acceptance's commit, and the row is written delivered.
+    A result that requeues the job is delivered: that starts the next attempt."""
     h = Harness(pool, FakeProvider(Effects(tmp_path / "effects.log")), tmp_path)
     try:
-        job_id = h.submit()
+        job_id = h.submit(retries=1)
         wait = (
             "SELECT st.state, st.xmin::text FROM saga_steps st JOIN sagas s ON s.id = st.saga_id "
             "WHERE s.correlation_id = %s AND st.step_name = 'wait_for_acceptance'"
@@ -189,7 +190,8 @@ def test_a_workers_report_moves_its_jobs_saga_in_its_own_transaction(
         worker_id = h.store.load(Job, job_id).worker_id
         assert worker_id is not None
         service = _service(h.store, tmp_path, h.signals, Pace(2.0, 10.0, 100.0), h.engine)
-        WorkerSession(service, h.store.load(Worker, worker_id))._update_job(lambda job: job.accept(worker_id))
+        session = WorkerSession(service, h.store.load(Worker, worker_id))
+        session._update_job(lambda job: job.accept(worker_id))
         rows = query(
             fresh_database_url,
             "SELECT e.event_type, o.status, o.attempts, e.xmin::text FROM domain_events e "
@@ -198,8 +200,16 @@ def test_a_workers_report_moves_its_jobs_saga_in_its_own_transaction(
             (job_id,),
         )
         ((step_state, step_writer),) = query(fresh_database_url, wait, (job_id,))
+        session._update_job(lambda job: job.finish(worker_id, JobState.FAILED, 1, "exited with code 1"))
+        requeued = query(
+            fresh_database_url,
+            "SELECT o.status FROM domain_events e JOIN outbox_events o ON o.id = e.id "
+            "WHERE e.aggregate_id = %s AND e.payload->>'new_state' = 'PENDING'",
+            (job_id,),
+        )
     finally:
         h.close()
+    assert requeued == [("PENDING",)]
     (accepted, accepted_status, _, writer), (changed, changed_status, attempts, _) = rows
     assert (accepted, changed) == ("JobAccepted", "JobStatusChanged")
     assert (changed_status, attempts) == ("PUBLISHED", 0)  # written delivered, never claimed

@@ -38,6 +38,7 @@ from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_one
+from hodei.store.events import EventRecord
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.tokens import TokenSigner, new_nonce
 
@@ -82,6 +83,14 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
         return _RESULTS[result.outcome]
     except KeyError:
         raise InvalidInput(f"unknown job outcome {result.outcome}") from None
+
+
+def _poked(record: EventRecord) -> bool:
+    """A report's status change whose delivery would only poke the job's sagas: to
+    RUNNING, or to an end while the worker holds the job's slot (it does until
+    WorkerTerminated, whose delivery admits). A requeue (PENDING) is delivered: it starts
+    the next attempt and moves the queue."""
+    return record.event_type == "JobStatusChanged" and record.payload.get("new_state") != JobState.PENDING
 
 
 def worker_actor(worker_id: UUID | str) -> str:
@@ -409,9 +418,8 @@ class WorkerSession:
 
     def _update_job(self, change: Callable[[Job], None]) -> None:
         """Changes the job and, in the same transaction, moves the sagas the change lets
-        move: the poke that its JobStatusChanged's delivery would make, the only thing it
-        would do (the job's slot stays its worker's until WorkerTerminated, whose delivery
-        admits), so that row is written delivered."""
+        move: the poke its JobStatusChanged's delivery would make, which is all that
+        delivery would do (``_poked``), so that row is written delivered."""
 
         def changed() -> list[Job]:
             job = self.service.store.load(Job, self.job_id)
@@ -421,7 +429,7 @@ class WorkerSession:
                 log.warning("worker %s: %s", self.worker_id, exc)
             return [job]
 
-        self.service.engine.change_job(replace(self.meta, done=frozenset({"JobStatusChanged"})), changed)
+        self.service.engine.change_job(replace(self.meta, done=_poked), changed)
 
     def _write_logs(self, batch: worker_pb2.LogBatch) -> None:
         """Stores a batch once: a batch sent again after a lost acknowledgement (this or

@@ -18,6 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from hodei.domain.base import HodeiAggregate
 from hodei.errors import ConcurrencyConflict, NotFound
 from hodei.store.db import command_transaction
+from hodei.store.events import EventRecord
 from hodei.store.recorder import Ack, DomainEventRecorder, LocalRelay, Unmoved
 
 A = TypeVar("A", bound=HodeiAggregate)
@@ -67,9 +68,9 @@ class Meta:
     actor: str
     correlation_id: str | None = None
     ack: Ack | None = None
-    # Event types whose delivery the command did itself (what their route would do is in
+    # The events whose delivery the command did itself (what their route would do is in
     # its transaction): their rows are written delivered, as rows no route wants.
-    done: frozenset[str] = frozenset()
+    done: Callable[[EventRecord], bool] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return {"actor": self.actor, "correlation_id": self.correlation_id, "ack": self.ack, "done": self.done}

@@ -34,7 +34,7 @@ and comes back when events are read.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -265,9 +265,10 @@ class DomainEventRecorder(ApplicationRecorder):
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
         grouped = runs(records)
         relay = self.relay
-        done: frozenset[str] = kwargs.get("done") or frozenset()
+        done: Callable[[EventRecord], bool] | None = kwargs.get("done")
         wanted = [
-            (relay is None or relay.needs_delivery(run[-1])) and run[-1].event_type not in done for run in grouped
+            (relay is None or relay.needs_delivery(run[-1])) and not (done is not None and done(run[-1]))
+            for run in grouped
         ]
         reservation = None
         if relay is not None and any(wanted):
