@@ -88,8 +88,9 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
 def _poked(record: EventRecord) -> bool:
     """A report's status change whose delivery would only poke the job's sagas: to
     RUNNING, or to an end while the worker holds the job's slot (it does until
-    WorkerTerminated, whose delivery admits). A requeue (PENDING) is delivered: it starts
-    the next attempt and moves the queue."""
+    WorkerTerminated, whose delivery admits; a report that changes its job after that,
+    which a stream hardly ever sees, leaves the slot to the next sweep's round). A requeue
+    (PENDING) is delivered: it starts the next attempt and moves the queue."""
     return record.event_type == "JobStatusChanged" and record.payload.get("new_state") != JobState.PENDING
 
 
