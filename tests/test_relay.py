@@ -432,9 +432,10 @@ def test_a_commit_that_no_waiter_keys_on_and_no_claim_needs_notifies_nobody(
     store: HodeiStore, pool: ConnectionPool
 ) -> None:
     """Every listening server's backend reads each NOTIFY in a transaction of its own. A
-    worker's creation, resource and registration (no stream waits for them), handed to
-    the relay or written delivered, tell nobody; a row left for a claim still does, and
-    so does a worker's dispatch (its stream sends run-job) and any change of a job."""
+    worker's creation, resource and registration (no stream waits for them) and a job's
+    creation (nobody can wait for a new id), handed to the relay or written delivered,
+    tell nobody; a row left for a claim still does, and so does a worker's dispatch (its
+    stream sends run-job) and any other change of a job."""
     relay = Relay(pool, {"WorkerJobDispatched": Route(lambda _: None)}, CONFIG, "r", Signals(None))
     job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
     early, later = (
@@ -459,7 +460,11 @@ def test_a_commit_that_no_waiter_keys_on_and_no_claim_needs_notifies_nobody(
             store.write([later], Meta(actor="t"))
             later.dispatch(str(job.id))
             store.write([later], Meta(actor="t"))
+            another = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+            store.write([another], Meta(actor="t"))
+            job.select_provider(str(uuid4()), "docker")
+            store.write([job], Meta(actor="t"))
             payloads = [notify.payload for notify in listener.notifies(timeout=1.0)]
         finally:
             relay.close()
-    assert payloads == [f"{job.id} by:t", f"{early.id} by:t", f"{later.id} by:t -"]
+    assert payloads == [f"{job.id} by:t", f"{early.id} by:t", f"{later.id} by:t -", f"{job.id} by:t -"]

@@ -73,8 +73,16 @@ NOTHING_TO_DELIVER = "-"
 # What no waiter wakes for (hodei.signals): a worker's stream waits for its dispatch, its
 # job's changes and its end, watchers and log followers for their job, and nobody keys on
 # a saga. A worker's creation, its resource and its registration change nothing a waiter
-# reads (its stream opens after the registration, and reads its state then).
-_UNHEARD_WORKER_EVENTS = frozenset({"WorkerCreated", "WorkerResourceCreated", "WorkerRegistered"})
+# reads (its stream opens after the registration, and reads its state then); nobody can
+# be waiting yet for a job being created (its id is new).
+_UNHEARD = frozenset(
+    {
+        ("Worker", "WorkerCreated"),
+        ("Worker", "WorkerResourceCreated"),
+        ("Worker", "WorkerRegistered"),
+        ("Job", "JobCreated"),
+    }
+)
 
 
 FLOW_MOVED = "flow moved"
@@ -229,8 +237,7 @@ def heard(records: Sequence[EventRecord]) -> bool:
     """Whether a waiter may key on what ``records`` change (else only a row left for a
     relay's claim is worth a NOTIFY)."""
     return any(
-        record.aggregate_type != "Saga"
-        and not (record.aggregate_type == "Worker" and record.event_type in _UNHEARD_WORKER_EVENTS)
+        record.aggregate_type != "Saga" and (record.aggregate_type, record.event_type) not in _UNHEARD
         for record in records
     )
 
