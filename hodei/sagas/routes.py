@@ -30,7 +30,8 @@ A row whose routing event (its last) has no route here, or one its route does no
 (``Route.wants``: a JobAssigned of a provider without a start limit, a LOCAL or unmissed
 WAIT StepStarted, a SagaStarted that moved at once, a SagaCompleted with `then`), is
 written delivered: about half a job's rows, which relays used to claim only to
-acknowledge.
+acknowledge. So is a worker's report's JobStatusChanged that would only poke
+(``only_pokes``): its stream made that poke in its own commit.
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ def _worker_holds_the_slot(store: HodeiStore, job: Job) -> bool:
         return False
     worker = store.find(Worker, job.worker_id)
     return worker is not None and worker.state is not WorkerState.TERMINATED
+
+
+def only_pokes(event: EventRecord) -> bool:
+    """Whether the delivery of a worker's report (``job_status_changed`` below) would only
+    poke the job's sagas: a change to RUNNING, or to an end while the worker holds the
+    job's slot (it does until WorkerTerminated, whose delivery admits; a report that
+    changes its job after that, which a stream hardly ever sees, leaves the slot to the
+    next sweep's round). A requeue (PENDING) is not: it starts the next attempt and moves
+    the queue. The report's stream makes that poke in its own commit
+    (``SagaEngine.change_job``) and writes such a row delivered."""
+    return event.event_type == "JobStatusChanged" and event.payload.get("new_state") != JobState.PENDING
 
 
 def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[str, Route]:

@@ -34,11 +34,11 @@ from hodei.logs import STDERR, STDOUT, LogLine, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
 from hodei.sagas.engine import SagaEngine
+from hodei.sagas.routes import only_pokes
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_one
-from hodei.store.events import EventRecord
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.tokens import TokenSigner, new_nonce
 
@@ -83,15 +83,6 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
         return _RESULTS[result.outcome]
     except KeyError:
         raise InvalidInput(f"unknown job outcome {result.outcome}") from None
-
-
-def _poked(record: EventRecord) -> bool:
-    """A report's status change whose delivery would only poke the job's sagas: to
-    RUNNING, or to an end while the worker holds the job's slot (it does until
-    WorkerTerminated, whose delivery admits; a report that changes its job after that,
-    which a stream hardly ever sees, leaves the slot to the next sweep's round). A requeue
-    (PENDING) is delivered: it starts the next attempt and moves the queue."""
-    return record.event_type == "JobStatusChanged" and record.payload.get("new_state") != JobState.PENDING
 
 
 def worker_actor(worker_id: UUID | str) -> str:
@@ -420,7 +411,7 @@ class WorkerSession:
     def _update_job(self, change: Callable[[Job], None]) -> None:
         """Changes the job and, in the same transaction, moves the sagas the change lets
         move: the poke its JobStatusChanged's delivery would make, which is all that
-        delivery would do (``_poked``), so that row is written delivered."""
+        delivery would do (``only_pokes``), so that row is written delivered."""
 
         def changed() -> list[Job]:
             job = self.service.store.load(Job, self.job_id)
@@ -430,7 +421,7 @@ class WorkerSession:
                 log.warning("worker %s: %s", self.worker_id, exc)
             return [job]
 
-        self.service.engine.change_job(replace(self.meta, done=_poked), changed)
+        self.service.engine.change_job(replace(self.meta, done=only_pokes), changed)
 
     def _write_logs(self, batch: worker_pb2.LogBatch) -> None:
         """Stores a batch once: a batch sent again after a lost acknowledgement (this or
