@@ -18,6 +18,9 @@ from hodei.store.app import HodeiStore
 from hodei.store.db import open_pool
 from hodei.store.migrations import migrate
 
+# Database URL -> the pid of its cluster's postmaster, for the clusters ``database`` started.
+_POSTMASTERS: dict[str, int] = {}
+
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
@@ -31,9 +34,12 @@ def database() -> Iterator[str]:
     cluster.init()
     # pg_stat_statements (PostgreSQL's contrib) lets a benchmark count statements per job.
     cluster.start("-c shared_preload_libraries=pg_stat_statements")
+    url = cluster.database_url("hodei_bench")
+    _POSTMASTERS[url] = int((cluster.data / "postmaster.pid").read_text().split()[0])
     try:
-        yield _prepare(cluster.url, cluster.database_url("hodei_bench"))
+        yield _prepare(cluster.url, url)
     finally:
+        del _POSTMASTERS[url]
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
 
@@ -56,6 +62,24 @@ def process_cpu(pid: int, children: bool = False) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     first = 13 if children else 11
     return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def database_cpu(url: str) -> float | None:
+    """CPU seconds PostgreSQL has spent so far for ``url``'s cluster: its postmaster, its
+    live processes and those that ended (reaped by the postmaster). None for a server
+    given by HODEI_BENCH_DATABASE_URL, which may not even run on this machine. A job's
+    cost on a machine is its platform's CPU and its database's, on the same cores."""
+    postmaster = _POSTMASTERS.get(url)
+    if postmaster is None:
+        return None
+    total = process_cpu(postmaster) + process_cpu(postmaster, children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                total += process_cpu(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue  # ended meanwhile: counted with the reaped ones from now on
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:

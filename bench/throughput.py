@@ -28,7 +28,7 @@ import grpc
 import psycopg
 
 from bench import scale
-from bench.common import database, header, percentile, process_cpu, row
+from bench.common import database, database_cpu, header, percentile, process_cpu, row
 from bench.jobs import job_latencies
 from bench.local import floor, forked_floor
 from bench.store import raw_insert_rate
@@ -62,6 +62,15 @@ class Figures:
     unloaded: list[float]
     # The sim provider's fleet process (the simulated workers' side), apart from the server's.
     fleet_cpu_seconds: float | None = None
+    # PostgreSQL's processes (None: a database server given by URL, not started here).
+    database_cpu_seconds: float | None = None
+
+    @property
+    def machine_cpu_seconds(self) -> float | None:
+        """Every process the run's jobs kept busy: the platform's and the database's."""
+        if self.database_cpu_seconds is None:
+            return None
+        return self.cpu_seconds + (self.fleet_cpu_seconds or 0.0) + self.database_cpu_seconds
 
     @property
     def rate(self) -> float:
@@ -124,6 +133,10 @@ def _since(statements: int | None, url: str) -> int | None:
     return None if statements is None or now is None else now - statements
 
 
+def _since_cpu(before: float | None, url: str) -> float | None:
+    return None if before is None else (database_cpu(url) or 0.0) - before
+
+
 def _counts(url: str) -> tuple[int, int]:
     events = query(url, "SELECT count(*) FROM domain_events")[0][0]
     outbox = query(url, "SELECT count(*) FROM outbox_events")[0][0]
@@ -145,6 +158,7 @@ def procrastinate_run(url: str) -> Figures:
         async with app.open_async():
             await app.schema_manager.apply_schema_async()
             transactions, statements, cpu = _transactions(url), _statements(url), time.process_time()
+            database_cpu_before = database_cpu(url)
             started = time.perf_counter()
             worker = asyncio.create_task(app.run_worker_async(concurrency=CONCURRENCY, install_signal_handlers=False))
             for index in range(JOBS):
@@ -154,12 +168,25 @@ def procrastinate_run(url: str) -> Figures:
                 await asyncio.sleep(0.01)
             seconds = time.perf_counter() - started
             cpu = time.process_time() - cpu
+            database_seconds = _since_cpu(database_cpu_before, url)
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         latencies = [done[i] - submitted[i] for i in range(JOBS)]
         await asyncio.sleep(_FLUSHED)
         commits, rollbacks = _transactions_since(transactions, url)
-        return Figures(JOBS, seconds, latencies, 0, 0, commits, rollbacks, _since(statements, url), cpu, [])
+        return Figures(
+            JOBS,
+            seconds,
+            latencies,
+            0,
+            0,
+            commits,
+            rollbacks,
+            _since(statements, url),
+            cpu,
+            [],
+            database_cpu_seconds=database_seconds,
+        )
 
     return asyncio.run(run())
 
@@ -175,6 +202,7 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
         time.sleep(2)  # the last single job's worker is released
         (events, outbox), statements = _counts(url), _statements(url)
         transactions, cpu = _transactions(url), process_cpu(server.process.pid)
+        database_cpu_before = database_cpu(url)
         fleet = server.sim_fleet()  # started by the warm-up jobs
         fleet_cpu = process_cpu(fleet) if fleet else 0.0
         # Wall-clock times on both sides: a job's end is its completed_at, written by the
@@ -200,6 +228,7 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
                 time.sleep(0.1)
         started = min(submitted.values())
         seconds = max(ended.values()) - started
+        database_seconds = _since_cpu(database_cpu_before, url)
         time.sleep(_FLUSHED)
         commits, rollbacks = _transactions_since(transactions, url)
         after_events, after_outbox = _counts(url)
@@ -215,6 +244,7 @@ def hodei_run(url: str, provider: str, count: int, env: dict[str, str]) -> Figur
             process_cpu(server.process.pid) - cpu,
             unloaded,
             process_cpu(fleet) - fleet_cpu if fleet else None,
+            database_seconds,
         )
         channel.close()
         return figures
@@ -264,6 +294,19 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
     if figures.fleet_cpu_seconds is not None:
         fleet = f"{figures.fleet_cpu_seconds / n * 1000:.1f} ms"
         print(row(f"{name}: the simulated workers' own CPU per job (fleet process)", fleet))
+    machine = figures.machine_cpu_seconds
+    if figures.database_cpu_seconds is not None and machine is not None:
+        print(row(f"{name}: PostgreSQL CPU per job", f"{figures.database_cpu_seconds / n * 1000:.1f} ms"))
+        mine = machine / n
+        theirs = baseline.machine_cpu_seconds / baseline.jobs if baseline and baseline.machine_cpu_seconds else None
+        print(
+            row(
+                f"{name}: CPU per job, all its processes",
+                f"{mine * 1000:.1f} ms",
+                "(baseline)" if baseline is None else f"{theirs * 1000:.1f} ms" if theirs else "",
+                f"{mine / theirs:.1f}" if theirs else "",
+            )
+        )
 
 
 def main() -> None:
