@@ -245,6 +245,25 @@ def test_a_sagas_events_of_one_save_are_one_row_and_read_back_as_they_were(
     ]
 
 
+def test_a_dead_lettered_row_of_moves_is_listed_by_its_last_move(store: HodeiStore, fresh_database_url: str) -> None:
+    """An operator reading dead letters learns which move's delivery gave up (the relay
+    routes a row of moves by its last event), not only that a saga moved."""
+    from hodei._proto import outbox_pb2
+    from hodei.server.outbox_api import OutboxService
+    from hodei.testing import query
+
+    saga, _ = moved_saga(store)
+    query(
+        fresh_database_url,
+        "UPDATE outbox_events SET status = 'DEAD_LETTER', attempts = 8, last_error = 'boom' WHERE aggregate_id = %s",
+        (str(saga.id),),
+    )
+    listed = OutboxService(store.pool).ListDeadLetters(outbox_pb2.ListDeadLettersRequest(limit=10), None)
+    assert [(row.event_type, row.aggregate_id, row.job_id, row.last_error) for row in listed.dead_letters] == [
+        ("SagaMoved: StepStarted b", str(saga.id), saga.correlation_id, "boom")
+    ]
+
+
 def test_a_row_of_moves_guards_every_version_it_holds(store: HodeiStore) -> None:
     """Writers that loaded the saga at the same version: only one of them saves, whether
     the winner wrote one row of several events and the loser one event, or the other way."""

@@ -777,7 +777,14 @@ ORDER BY position;
 -- Dead letters --------------------------------------------------------------------
 
 -- name: dead_letters
-SELECT o.id::text, o.position, o.event_type, o.aggregate_type, o.aggregate_id, coalesce(e.correlation_id, '') AS job_id,
+-- A saga's row of moves is named by its last move, the one its delivery was for
+-- (hodei.relay routes such a row by its last event): "SagaMoved: StepStarted wait_for_result".
+SELECT o.id::text, o.position,
+       CASE WHEN o.event_type = 'SagaMoved'
+            THEN 'SagaMoved: ' || concat_ws(' ', e.payload -> 'events' -> -1 ->> 'event_type',
+                                              e.payload -> 'events' -> -1 -> 'payload' ->> 'step_name')
+            ELSE o.event_type END,
+       o.aggregate_type, o.aggregate_id, coalesce(e.correlation_id, '') AS job_id,
        o.attempts, coalesce(o.last_error, '') AS last_error, o.created_at
 FROM outbox_events o JOIN domain_events e ON e.id = o.id
 WHERE o.status = 'DEAD_LETTER'
