@@ -343,6 +343,15 @@ def main() -> None:
             f"{aged.cpu_seconds / young.cpu_seconds:.2f}",
         )
     )
+    if aged.database_cpu_seconds and young.database_cpu_seconds:
+        print(
+            row(
+                f"  PostgreSQL CPU per job after {past:,} past jobs",
+                f"{aged.database_cpu_seconds / aged.jobs * 1000:.1f} ms",
+                f"{young.database_cpu_seconds / young.jobs * 1000:.1f} ms fresh",
+                f"{aged.database_cpu_seconds / young.database_cpu_seconds:.2f}",
+            )
+        )
     print(row("agent bare spawn rate (one at a time)", f"{spawn_rate:.1f} /s", "(baseline)"))
     print(
         row(
