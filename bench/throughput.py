@@ -5,8 +5,10 @@ Procrastinate on the same database, in the same run.
 2. Hodei, N `sim` jobs submitted at once (capacity C): the whole control plane, no process starts.
 3. Hodei, M local-provider `true` jobs submitted at once (capacity C).
 
-Each prints jobs/s, p50/p95 submit->done, and per job: events, outbox rows, transactions
-(`pg_stat_database.xact_commit`), server CPU ms (the sim fleet's own process apart).
+Each is run HODEI_BENCH_REPEATS times (3) and prints its median run's jobs/s (with the
+runs' spread), p50/p95 submit->done, and per job: events, outbox rows, transactions
+(`pg_stat_database.xact_commit`), server CPU ms (the sim fleet's own process apart), and
+PostgreSQL's CPU ms (the bench's own cluster).
 Ratios: sim jobs/s / Procrastinate jobs/s, and local jobs/s / the agent's bare spawn rate
 (interpreter start, import, first RPC).
 4. Hodei, N `sim` jobs on a database with a history (``hodei.testing.add_history``: the
@@ -20,7 +22,7 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,9 @@ FLEET = int(os.environ.get("HODEI_BENCH_FLEET", "1000"))
 REPLAY_EVENTS = int(os.environ.get("HODEI_BENCH_REPLAY_EVENTS", "100000"))
 LOCAL_JOBS = int(os.environ.get("HODEI_BENCH_LOCAL_JOBS", "100"))
 HISTORY_JOBS = int(os.environ.get("HODEI_BENCH_HISTORY_JOBS", "20000"))
+# Runs of each burst: identical runs on this shared machine differ by up to a fifth, so each
+# figure is the median run's, printed with the spread of the runs' jobs/s.
+REPEATS = int(os.environ.get("HODEI_BENCH_REPEATS", "3"))
 CONCURRENCY = 16
 SIM = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": str(CONCURRENCY)}
 
@@ -64,6 +69,8 @@ class Figures:
     fleet_cpu_seconds: float | None = None
     # PostgreSQL's processes (None: a database server given by URL, not started here).
     database_cpu_seconds: float | None = None
+    # jobs/s of every run this one is the median of (``median_run``).
+    rates: tuple[float, ...] = ()
 
     @property
     def machine_cpu_seconds(self) -> float | None:
@@ -133,6 +140,12 @@ def _since(statements: int | None, url: str) -> int | None:
     return None if statements is None or now is None else now - statements
 
 
+def median_run(runs: list[Figures]) -> Figures:
+    """The run of median jobs/s, carrying every run's jobs/s."""
+    ordered = sorted(runs, key=lambda figures: figures.rate)
+    return replace(ordered[len(ordered) // 2], rates=tuple(figures.rate for figures in ordered))
+
+
 def _since_cpu(before: float | None, url: str) -> float | None:
     return None if before is None else (database_cpu(url) or 0.0) - before
 
@@ -156,7 +169,8 @@ def procrastinate_run(url: str) -> Figures:
             done[index] = time.perf_counter()
 
         async with app.open_async():
-            await app.schema_manager.apply_schema_async()
+            if query(url, "SELECT to_regclass('procrastinate_jobs')") == [(None,)]:
+                await app.schema_manager.apply_schema_async()
             transactions, statements, cpu = _transactions(url), _statements(url), time.process_time()
             database_cpu_before = database_cpu(url)
             started = time.perf_counter()
@@ -268,6 +282,9 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
     ratio = f"{figures.rate / baseline.rate:.2f}" if baseline else ""
     base = f"{baseline.rate:.1f} jobs/s" if baseline else "(baseline)"
     print(row(f"{name}: jobs/s ({figures.jobs})", f"{figures.rate:.1f} jobs/s", base, ratio, goal))
+    if len(figures.rates) > 1:
+        spread = f"{min(figures.rates):.1f}-{max(figures.rates):.1f}"
+        print(row(f"  jobs/s of {len(figures.rates)} runs (this: the median's)", spread))
     for q in (50, 95):
         print(row(f"{name}: submit->done p{q}", f"{percentile(figures.latencies, q) * 1000:.0f} ms"))
     if figures.unloaded:
@@ -311,9 +328,10 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
 
 def main() -> None:
     with database() as url:
-        raw = procrastinate_run(url)
-        sim = hodei_run(url, "sim", JOBS, SIM)
-        local = hodei_run(url, "local", LOCAL_JOBS, {"HODEI_LOCAL_MAX_WORKERS": str(CONCURRENCY)})
+        raw = median_run([procrastinate_run(url) for _ in range(REPEATS)])
+        sim = median_run([hodei_run(url, "sim", JOBS, SIM) for _ in range(REPEATS)])
+        local_env = {"HODEI_LOCAL_MAX_WORKERS": str(CONCURRENCY)}
+        local = median_run([hodei_run(url, "local", LOCAL_JOBS, local_env) for _ in range(REPEATS)])
         with tempfile.TemporaryDirectory() as tmp, ServerProcess(url, Path(tmp)) as server:
             spawns = floor(server.address)
             forks = forked_floor()
