@@ -793,7 +793,7 @@ LIMIT %s;
 
 -- name: redrive_dead_letters
 -- Back in the queue with every attempt again (the relay's next poll claims them); the
--- last error stays until a delivery succeeds.
+-- last error stays, also once a delivery succeeds: what made the row a dead letter.
 UPDATE outbox_events
 SET status = 'PENDING', attempts = 0, available_at = now(), claimed_by = NULL, lease_until = NULL
 WHERE status = 'DEAD_LETTER' AND (%(all)s OR id = ANY(%(ids)s::uuid[]))
