@@ -37,15 +37,24 @@ from bench.store import raw_insert_rate
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.testing import ServerProcess, add_history, query
 
-JOBS = int(os.environ.get("HODEI_BENCH_JOBS", "200"))
+
+def _count(name: str, default: int) -> int:
+    """A setting of the bench: a whole number of 1 or more, refused before any run starts."""
+    raw = os.environ.get(name, str(default)).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"{name} must be a whole number of 1 or more, got `{raw}`")
+    return int(raw)
+
+
+JOBS = _count("HODEI_BENCH_JOBS", 200)
 UNLOADED = 5
-FLEET = int(os.environ.get("HODEI_BENCH_FLEET", "1000"))
-REPLAY_EVENTS = int(os.environ.get("HODEI_BENCH_REPLAY_EVENTS", "100000"))
-LOCAL_JOBS = int(os.environ.get("HODEI_BENCH_LOCAL_JOBS", "100"))
-HISTORY_JOBS = int(os.environ.get("HODEI_BENCH_HISTORY_JOBS", "20000"))
+FLEET = _count("HODEI_BENCH_FLEET", 1000)
+REPLAY_EVENTS = _count("HODEI_BENCH_REPLAY_EVENTS", 100000)
+LOCAL_JOBS = _count("HODEI_BENCH_LOCAL_JOBS", 100)
+HISTORY_JOBS = _count("HODEI_BENCH_HISTORY_JOBS", 20000)
 # Runs of each burst: identical runs on this shared machine differ by up to a fifth, so each
 # figure is the median run's, printed with the spread of the runs' jobs/s.
-REPEATS = int(os.environ.get("HODEI_BENCH_REPEATS", "3"))
+REPEATS = _count("HODEI_BENCH_REPEATS", 3)
 CONCURRENCY = 16
 SIM = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": str(CONCURRENCY)}
 
@@ -315,15 +324,11 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
     if figures.database_cpu_seconds is not None and machine is not None:
         print(row(f"{name}: PostgreSQL CPU per job", f"{figures.database_cpu_seconds / n * 1000:.1f} ms"))
         mine = machine / n
-        theirs = baseline.machine_cpu_seconds / baseline.jobs if baseline and baseline.machine_cpu_seconds else None
-        print(
-            row(
-                f"{name}: CPU per job, all its processes",
-                f"{mine * 1000:.1f} ms",
-                "(baseline)" if baseline is None else f"{theirs * 1000:.1f} ms" if theirs else "",
-                f"{mine / theirs:.1f}" if theirs else "",
-            )
-        )
+        against, ratio = ("(baseline)", "") if baseline is None else ("", "")
+        if baseline is not None and baseline.machine_cpu_seconds is not None:
+            theirs = baseline.machine_cpu_seconds / baseline.jobs
+            against, ratio = f"{theirs * 1000:.1f} ms", f"{mine / theirs:.1f}"
+        print(row(f"{name}: CPU per job, all its processes", f"{mine * 1000:.1f} ms", against, ratio))
 
 
 def main() -> None:
