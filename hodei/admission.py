@@ -2,7 +2,9 @@
 wait in a queue, in PostgreSQL, and leave it by priority, then in submission order.
 
 A job's provisioning saga chooses its provider, then waits (``wait_for_slot``) until the
-job is admitted: a ``JobAdmitted`` event. Admitting is done under an advisory lock per
+job is admitted: a ``JobAdmitted`` event, or, when the provider has a free slot and no
+job waiting as it is chosen, that choice's own event (``admits_at_once``; the saga goes
+on in that transaction). Admitting is done under an advisory lock per
 provider, so servers sharing the database never admit past the capacity between them;
 it runs when a job joins a queue, when a worker is terminated (a slot frees) and on
 every sweep. Slots in use are counted from the read models, never kept in memory. Where
@@ -162,7 +164,8 @@ class Admission:
             if free == 0:
                 return 0, []
             admitted = []
-            for job_id in fetch_column(self.pool, "next_in_queue", {"provider": provider.value, "limit": free}):
+            queued = {"provider": provider.value, "limit": free, "joining": None}
+            for job_id in fetch_column(self.pool, "next_in_queue", queued):
                 job = self.store.load(Job, job_id)
                 try:
                     job.admit()
@@ -176,6 +179,26 @@ class Admission:
         except ConcurrencyConflict:
             log.info("jobs changed while being admitted; the next round looks again")
             return 0
+
+    def admits_at_once(self, job: Job, provider: ProviderType, now: datetime) -> bool:
+        """Whether ``job``, joining ``provider``'s queue in the caller's transaction, takes
+        a slot at once: the provider has one free and no job ready to be admitted waiting
+        for it (so nobody is passed). Asked under the provider's advisory lock, which the
+        caller's transaction then holds, as a round's, until it ends: the slot is counted
+        by whoever looks next. Not while this process's round runs or its last look found
+        no room (``FULL_FOR``): the job waits in the queue as any, and rounds admit it."""
+        if job.retry_at is not None and job.retry_at > now:
+            return False  # its backoff first
+        turn = self._turns[provider]
+        with turn.lock:
+            if turn.running or (turn.full_at is not None and time.monotonic() - turn.full_at < FULL_FOR):
+                return False
+        fetch_value(self.pool, "lock_admission", (provider.value,))
+        free = self.capacity(provider).free
+        with turn.lock:
+            turn.full_at = time.monotonic() if free == 0 else None
+        queued = {"provider": provider.value, "limit": 1, "joining": str(job.id)}
+        return free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
 
     def admit_all(self, providers: list[ProviderType]) -> None:
         for provider in providers:

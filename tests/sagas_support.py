@@ -138,9 +138,11 @@ class Harness:
         self.registry = ProviderRegistry(self.store, {ProviderType.LOCAL: provider}, {})
         self.liveness = Liveness(pool, "test")
         self.signals = Signals(None)
+        self.admission = Admission(self.store, dict.fromkeys(ProviderType, 16))
         self.deps = deps = SagaDeps(
             store=self.store,
             providers=self.registry,
+            admission=self.admission,
             signer=TokenSigner(b"k" * 32),
             logs=LogStore(tmp / "logs"),
             timing=timing,
@@ -149,7 +151,6 @@ class Harness:
             clock=now,
             forget_worker=self.liveness.forget,
         )
-        self.admission = Admission(self.store, dict.fromkeys(ProviderType, 16))
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)  # type: ignore[arg-type]
         relay_config = RelayConfig(batch_size=50, poll_interval=0.05, lease_seconds=lease, max_attempts=5, threads=8)
         self.relay = Relay(

@@ -3,6 +3,8 @@ under the provider's advisory lock."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from hodei import admission as admission_module
@@ -76,3 +78,58 @@ def test_a_job_joining_the_queue_runs_no_round_while_the_last_one_here_found_no_
     monkeypatch.setattr(admission_module, "FULL_FOR", 0.0)
     assert admission.admit(ProviderType.DOCKER, joined=True) == 0
     assert len(rounds) == 4
+
+
+def _joining(store: HodeiStore, admission: Admission, job: Job, url: str) -> tuple[bool, bool]:
+    """(admitted at once, another server's admitter locked out meanwhile) for ``job``
+    choosing Docker in a command of its own, as its saga's select_provider does."""
+
+    def run() -> tuple[tuple[bool, bool], list[Job]]:
+        loaded = store.load(Job, job.id)
+        at_once = admission.admits_at_once(loaded, ProviderType.DOCKER, datetime.now(UTC))
+        locked_out = query(url, LOCK) == [(False,)]
+        loaded.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker", at_once)
+        return (at_once, locked_out), [loaded]
+
+    return store.command(Meta(actor="t", correlation_id=str(job.id)), run)
+
+
+def test_a_job_takes_a_free_slot_as_its_provider_is_chosen_unless_somebody_waits_for_one(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Room and nobody waiting: the slot is taken in the choice's own event, under the
+    provider's lock (held by that transaction); a job that would pass a waiting one, or
+    find no room, or still owes its backoff, joins the queue."""
+    admission = Admission(store, {ProviderType.DOCKER: 2})
+    first = new_job()
+    store.write([first], Meta(actor="t", correlation_id=str(first.id)))
+    assert _joining(store, admission, first, fresh_database_url) == (True, True)
+    assert store.load(Job, first.id).admitted
+    selected = query(
+        fresh_database_url,
+        "SELECT payload->>'admitted' FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobProviderSelected'",
+        (str(first.id),),
+    )
+    assert selected == [("true",)]
+    assert query(fresh_database_url, "SELECT count(*) FROM domain_events WHERE event_type = 'JobAdmitted'") == [(0,)]
+    assert query(fresh_database_url, "SELECT admitted_at IS NOT NULL FROM jobs WHERE id = %s", (str(first.id),)) == [
+        (True,)
+    ]
+    assert query(fresh_database_url, LOCK) == [(True,)]  # its commit let go of it
+
+    waiting = new_job(priority=5)
+    waiting.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")  # queued, not admitted
+    later = new_job()
+    store.write([waiting, later], Meta(actor="t"))
+    assert _joining(store, admission, later, fresh_database_url)[0] is False  # one free slot, but `waiting` is first
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, waiting.id).admitted and not store.load(Job, later.id).admitted
+
+    full = new_job()
+    store.write([full], Meta(actor="t", correlation_id=str(full.id)))
+    assert admission.capacity(ProviderType.DOCKER).free == 0
+    assert _joining(store, admission, full, fresh_database_url)[0] is False
+
+    backing_off = new_job()
+    backing_off.retry_at = datetime.now(UTC) + timedelta(hours=1)
+    assert admission.admits_at_once(backing_off, ProviderType.DOCKER, datetime.now(UTC)) is False

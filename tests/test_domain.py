@@ -323,17 +323,20 @@ def test_retry_settings_out_of_bounds_are_refused(field: str, value: float) -> N
 
 
 def test_phases_count_a_workers_events_for_its_own_attempt() -> None:
+    """And a provider's choice that took a slot at once is both phases."""
     from hodei.domain.phases import phases_of
 
     at = datetime(2026, 11, 30, tzinfo=UTC)
     job, first, second = "job", "worker-1", "worker-2"
     events = [
         (job, "JobCreated", at, {}),
+        (job, "JobProviderSelected", at, {"admitted": True}),  # a slot taken at once
         (first, "WorkerCreated", at, {"attempt": 1}),
         (first, "WorkerRegistered", at, {}),
         (job, "JobAccepted", at, {}),
         (job, "JobStatusChanged", at, {"new_state": "RUNNING"}),
         (job, "JobStatusChanged", at, {"new_state": "PENDING"}),
+        (job, "JobAdmitted", at, {}),  # after its backoff, from the queue
         (second, "WorkerCreated", at, {"attempt": 2}),
         (first, "WorkerTerminated", at, {}),  # attempt 1's worker goes after attempt 2 began
         (second, "WorkerRegistered", at, {}),
@@ -342,9 +345,12 @@ def test_phases_count_a_workers_events_for_its_own_attempt() -> None:
     ]
     assert [(p.name, p.attempt) for p in phases_of(events)] == [
         ("queued", 1),
+        ("provider_chosen", 1),
+        ("admitted", 1),
         ("registered", 1),
         ("started", 1),
         ("requeued", 1),
+        ("admitted", 2),
         ("worker_released", 1),
         ("registered", 2),
         ("finished", 2),

@@ -96,21 +96,28 @@ def test_notifications_follow_positions(store: HodeiStore) -> None:
     assert all(n.topic == "hodei.domain.job:Job.JobCreated" for n in created)
 
 
-def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
-    """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at) still loads."""
+def job_with_an_old_second_event(store: HodeiStore, url: str, event_type: str, payload: str) -> Job:
+    """A new job whose second event is stored by hand, in an older version's ``payload``."""
     from hodei.store.events import event_id
     from hodei.testing import query
 
     job = Job.submit(JobSpec(name="old", command="true", timeout_seconds=5), uuid4())
     store.write([job], Meta(actor="t"))
-    v1_payload = '{"old_state": "PENDING", "new_state": "CANCELLED", "reason": "old", "exit_code": null}'
     query(
-        fresh_database_url,
+        url,
         "INSERT INTO domain_events (id, occurred_at, event_type, aggregate_id, payload, aggregate_type, "
-        "aggregate_version, topic) VALUES (%s, now(), 'JobStatusChanged', %s, %s, 'Job', 2, "
-        "'hodei.domain.job:Job.JobStatusChanged')",
-        (event_id(str(job.id), 2), str(job.id), v1_payload),
+        "aggregate_version, topic) VALUES (%s, now(), %s, %s, %s, 'Job', 2, %s)",
+        (event_id(str(job.id), 2), event_type, str(job.id), payload, f"hodei.domain.job:Job.{event_type}"),
     )
+    return job
+
+
+def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
+    """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at) still loads."""
+    from hodei.testing import query
+
+    v1_payload = '{"old_state": "PENDING", "new_state": "CANCELLED", "reason": "old", "exit_code": null}'
+    job = job_with_an_old_second_event(store, fresh_database_url, "JobStatusChanged", v1_payload)
     loaded = store.load(Job, job.id)
     assert loaded.state is JobState.CANCELLED
     assert loaded.error_message == "old"
@@ -166,6 +173,31 @@ def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiS
     assert loaded.sealed_secrets == {}
     count, differences = verify(store.pool)
     assert count >= 1
+    assert differences == []
+
+
+def test_a_version_1_provider_selection_loads_and_projects_as_not_admitted(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """JobProviderSelected version 1 had no ``admitted``: every job then waited in the
+    queue for a JobAdmitted. It loads and replays as a choice that admitted nothing."""
+    from hodei.store.events import event_id
+    from hodei.store.replay import verify
+    from hodei.testing import query
+
+    v1_payload = '{"provider_id": "11111111-1111-1111-1111-111111111111", "provider_type": "local"}'
+    job = job_with_an_old_second_event(store, fresh_database_url, "JobProviderSelected", v1_payload)
+    # What the version-1 projection wrote at the time.
+    query(
+        fresh_database_url,
+        "UPDATE jobs SET provider_type = 'local', selected_provider_id = '11111111-1111-1111-1111-111111111111', "
+        "updated_at = e.occurred_at FROM domain_events e WHERE jobs.id = %s AND e.id = %s",
+        (str(job.id), event_id(str(job.id), 2)),
+    )
+    loaded = store.load(Job, job.id)
+    assert (loaded.provider_type, loaded.admitted) == ("local", False)
+    count, differences = verify(store.pool)
+    assert count >= 2
     assert differences == []
 
 

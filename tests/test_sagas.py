@@ -337,9 +337,11 @@ def test_a_saga_dead_lettered_while_a_step_waits_to_retry_fails_that_step(
 def test_a_lost_compensation_is_recorded_as_failed_and_the_saga_ends(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:
+    from hodei.domain.provider import ProviderType
     from hodei.domain.saga import SagaType
 
     h = harness(pool, tmp_path, effects)
+    h.admission.defaults[ProviderType.LOCAL] = 0  # no slot: the saga waits at wait_for_slot
     job_id = h.submit()
     saga_id = h.engine.start(SagaType.PROVISIONING, job_id, 1, {}, None)
     h.engine.abort(saga_id, job_id, "delivery failed for good: boom")
@@ -487,13 +489,18 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
         moves = [(e.event_type, _what(e.payload)) for e in unpack(EventRecord(*row))]
         together.setdefault(transaction, []).append(moves)
     groups = list(together.values())
-    # A LOCAL step (and a WAIT met at once) is one StepRan event, in the saga's first
-    # transaction; a saga's events of one transaction are one row.
-    assert groups[1][0] == [
+    # A LOCAL step (and a WAIT met at once: the slot taken as the provider was chosen) is
+    # one StepRan event, in the saga's first transaction, up to the first ACTION; a saga's
+    # events of one transaction are one row.
+    first, *selected = groups[1]
+    assert first == [
         ("SagaStarted", "PROVISIONING"),
         ("StepRan", "select_provider"),
-        ("StepStarted", "wait_for_slot"),
+        ("StepRan", "wait_for_slot"),
+        ("StepRan", "register_worker"),
+        ("StepStarted", "create_worker"),
     ]
+    assert [("JobProviderSelected", "")] in selected  # no JobAdmitted: it says admitted
     (completing,) = [
         g for g in groups if [("StepCompleted", "wait_for_registration"), ("SagaCompleted", "EXECUTION")] in g
     ]
@@ -538,7 +545,7 @@ def test_a_saga_runs_its_first_steps_in_the_transaction_that_starts_it(
     assert {name for name, unmissed in waits if name.startswith("wait_")} == {
         name for name, unmissed in waits if unmissed
     }
-    assert ("wait_for_slot", True) in waits
+    assert ("wait_for_registration", True) in waits
     h.close()
 
 

@@ -103,11 +103,15 @@ class Job(HodeiAggregate):
 
     # Commands ---------------------------------------------------------------
 
-    def select_provider(self, provider_id: str, provider_type: str) -> None:
+    def select_provider(self, provider_id: str, provider_type: str, admitted: bool = False) -> None:
+        """``admitted``: the provider had a free slot and nobody waiting for one
+        (hodei.admission), so the job takes it at once: recorded in the same event, as a
+        step that starts and completes at once is one StepRan, not a wait in the queue."""
         if self.state is not JobState.PENDING:
             raise InvalidTransition(f"job {self.id} is {self.state}: a provider is chosen only while PENDING")
-        if (self.provider_id, self.provider_type) != (provider_id, provider_type):
-            self._provider_selected(provider_id=provider_id, provider_type=provider_type)
+        admits = admitted and not self.admitted
+        if (self.provider_id, self.provider_type) != (provider_id, provider_type) or admits:
+            self._provider_selected(provider_id=provider_id, provider_type=provider_type, admitted=admits)
 
     @property
     def admitted(self) -> bool:
@@ -229,9 +233,11 @@ class Job(HodeiAggregate):
     # Events -----------------------------------------------------------------
 
     @event("JobProviderSelected")
-    def _provider_selected(self, provider_id: str, provider_type: str) -> None:
+    def _provider_selected(self, provider_id: str, provider_type: str, admitted: bool) -> None:
         self.provider_id = provider_id
         self.provider_type = provider_type
+        if admitted:
+            self.admitted_attempt = self.attempt
 
     @event("JobAdmitted")
     def _admitted(self, attempt: int, provider_type: str) -> None:
@@ -312,6 +318,16 @@ def _status_changed_v2_to_v3(state: dict[str, Any]) -> None:
 Job.JobStatusChanged.class_version = 3  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v2_v3 = staticmethod(_status_changed_v2_to_v3)  # type: ignore[attr-defined]
+
+
+# JobProviderSelected version 1 had no admitted (every job waited in its provider's queue
+# for a JobAdmitted).
+def _provider_selected_v1_to_v2(state: dict[str, Any]) -> None:
+    state.setdefault("admitted", False)
+
+
+Job.JobProviderSelected.class_version = 2  # type: ignore[attr-defined]
+Job.JobProviderSelected.upcast_v1_v2 = staticmethod(_provider_selected_v1_to_v2)  # type: ignore[attr-defined]
 
 # JobCreated version 1 carried the spec's fields at the top level and had no secrets.
 _V1_SPEC_FIELDS = (

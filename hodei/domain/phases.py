@@ -65,4 +65,6 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
                 found.append(Phase("finished", at, attempt))
         elif name is not None:
             found.append(Phase(name, at, worker_attempts.get(aggregate_id, attempt)))
+            if event_type == "JobProviderSelected" and payload.get("admitted"):
+                found.append(Phase("admitted", at, attempt))  # a slot taken at once
     return found

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from hodei.admission import Admission
 from hodei.config import Timing
 from hodei.domain.job import Job
 from hodei.domain.provider import ProviderType
@@ -21,6 +22,7 @@ from hodei.tokens import TokenSigner
 class SagaDeps:
     store: HodeiStore
     providers: ProviderRegistry
+    admission: Admission
     signer: TokenSigner
     logs: LogStore
     timing: Timing

@@ -66,7 +66,10 @@ def select_provider(deps: SagaDeps, step: StepInput) -> StepResult:
         raise InvalidTransition(f"job {job.id} already ended {job.state}")
     provider_type = deps.providers.select(job.spec.provider)
     provider_id = str(PROVIDER_IDS[provider_type])
-    job.select_provider(provider_id, provider_type.value)
+    # Taken at once, the slot lets wait_for_slot (tried next, in this transaction) pass.
+    job.select_provider(
+        provider_id, provider_type.value, deps.admission.admits_at_once(job, provider_type, deps.clock())
+    )
     output = {
         "provider_id": provider_id,
         "provider_type": provider_type.value,

@@ -1,8 +1,9 @@
 """Which events drive which sagas: the outbox relay's routing table.
 
 JobCreated                  -> start PROVISIONING (attempt 1)
-JobProviderSelected, WorkerTerminated, a job's requeue, or its end (unless its worker
-is still there: it holds the slot until its WorkerTerminated)
+JobProviderSelected (of a job that joined the queue: not one admitted at once, whose
+saga went on in that transaction), WorkerTerminated, a job's requeue, or its end (unless
+its worker is still there: it holds the slot until its WorkerTerminated)
                             -> admit queued jobs of that provider (hodei.admission)
 JobAssigned                 -> its worker registered: admit, where the provider's starts
                                are limited
@@ -24,11 +25,12 @@ job and worker events       -> poke the job's waiting sagas: JobAdmitted, Worker
                                JobAccepted: the JobStatusChanged to RUNNING saved with it
                                is the next row of the job and pokes; nor
                                JobProviderSelected: its saga tried the wait for a slot in
-                               that transaction, and the admission is a JobAdmitted.
+                               that transaction, and a later admission is a JobAdmitted.
 
 A row whose routing event (its last) has no route here, or one its route does not want
-(``Route.wants``: a JobAssigned of a provider without a start limit, a LOCAL or unmissed
-WAIT StepStarted, a SagaStarted that moved at once, a SagaCompleted with `then`), is
+(``Route.wants``: a JobProviderSelected that admitted its job, a JobAssigned of a
+provider without a start limit, a LOCAL or unmissed WAIT StepStarted, a SagaStarted
+that moved at once, a SagaCompleted with `then`), is
 written delivered: about half a job's rows, which relays used to claim only to
 acknowledge. So is a worker's report's JobStatusChanged that would only poke
 (``only_pokes``): its stream made that poke in its own commit.
@@ -143,7 +145,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
     poke_route = Route(poke)
     return {
         "JobCreated": Route(job_created),
-        "JobProviderSelected": Route(provider_selected),
+        "JobProviderSelected": Route(provider_selected, wants=lambda event: not event.payload.get("admitted")),
         "JobAdmitted": poke_route,
         "JobAssigned": Route(job_assigned, wants=lambda event: event.payload.get("provider_type") in limited),
         "JobStatusChanged": Route(job_status_changed),

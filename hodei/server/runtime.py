@@ -118,9 +118,15 @@ class Runtime:
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
         self.instances = ServerInstances(self.pool, config.server_id)
+        self.admission = Admission(
+            self.store,
+            {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType},
+            {ProviderType(name): limit for name, limit in config.max_starting.items()},
+        )
         deps = SagaDeps(
             store=self.store,
             providers=self.registry,
+            admission=self.admission,
             signer=self.signer,
             logs=self.logs,
             timing=config.timing,
@@ -128,11 +134,6 @@ class Runtime:
             worker_addresses=self._worker_addresses,
             clock=now,
             forget_worker=self._forget_worker,
-        )
-        self.admission = Admission(
-            self.store,
-            {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType},
-            {ProviderType(name): limit for name, limit in config.max_starting.items()},
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
         self.metrics = PlatformMetrics(self.reads)

@@ -177,9 +177,10 @@ FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestampt
 WHERE j.id = r.id;
 
 -- name: project_job_provider_selected
-UPDATE jobs AS j SET selected_provider_id = r.provider_id, provider_type = r.provider_type, updated_at = r.at
+UPDATE jobs AS j SET selected_provider_id = r.provider_id, provider_type = r.provider_type, updated_at = r.at,
+    admitted_at = CASE WHEN r.admitted THEN r.at ELSE j.admitted_at END
 FROM hodei.rows(%s::jsonb) AS e,
-     jsonb_to_record(e) AS r (id uuid, at timestamptz, provider_id uuid, provider_type varchar)
+     jsonb_to_record(e) AS r (id uuid, at timestamptz, provider_id uuid, provider_type varchar, admitted boolean)
 WHERE j.id = r.id;
 
 -- name: project_job_assigned
@@ -689,9 +690,10 @@ SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provi
 FROM live, admitted_without_worker;
 
 -- name: next_in_queue
+-- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none).
 SELECT id FROM jobs
 WHERE provider_type = %(provider)s AND state = 'PENDING' AND admitted_at IS NULL
-  AND (retry_at IS NULL OR retry_at <= now())
+  AND (retry_at IS NULL OR retry_at <= now()) AND id IS DISTINCT FROM %(joining)s::uuid
 ORDER BY priority DESC, created_at, id
 LIMIT %(limit)s;
 
