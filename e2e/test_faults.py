@@ -167,7 +167,8 @@ def test_a_crash_between_registration_and_its_reply_fails_no_job(fresh_database_
     (job_id,) = submit(crashing, "echo registered once", 1)
     assert crashing.process is not None
     assert crashing.process.wait(timeout=60) == -signal.SIGKILL  # it died right after the commit
-    assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("READY",)]
+    # The registration's commit also handed it the job (its sagas moved in that commit).
+    assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("BUSY",)]
     healthy = ServerProcess(url, tmp_path, {"HODEI_GRPC_PORT": str(crashing.port)})
     healthy.port, healthy.address = crashing.port, crashing.address  # the address the worker dials
     with healthy:

@@ -34,9 +34,11 @@ pytestmark = pytest.mark.e2e
 # comes at once (it used to share the poke's row with the result's, sometimes). 19 events
 # and 9 transactions since a job that finds its provider with a free slot and nobody
 # waiting takes the slot in its provider choice's event (no JobAdmitted, no admission
-# round, no poke: its saga goes on to create the worker in that transaction).
+# round, no poke: its saga goes on to create the worker in that transaction); 8 since a
+# worker's registration moves its job's sagas in its own transaction (no poke after its
+# delivery: provisioning ends and execution dispatches the job in the registration's).
 EVENTS = 19
-TRANSACTIONS = 10
+TRANSACTIONS = 9
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +86,24 @@ def test_one_job_costs_at_most_todays_events_and_transactions(server: ServerProc
     assert outbox == events  # one outbox row per event, written with it
     assert events <= EVENTS
     assert transactions <= TRANSACTIONS
+
+
+@pytest.mark.parametrize("provider", ["local", "sim"])
+def test_a_workers_registration_dispatches_its_job_in_its_own_transaction(server: ServerProcess, provider: str) -> None:
+    """No delivery of WorkerRegistered is left to poke the sagas: the registration's commit
+    ends provisioning and assigns and dispatches the job, and its row is written delivered."""
+    ran = server.cli("job", "run", "--provider", provider, "--command", "true", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    job_id = ran.stdout.strip()
+    wait_settled(server.database_url, job_id, 60)
+    rows = query(
+        server.database_url,
+        "SELECT e.event_type, e.xmin::text, o.status, o.attempts, o.claimed_by FROM domain_events e "
+        "JOIN outbox_events o ON o.id = e.id WHERE e.correlation_id = %s "
+        "AND e.event_type IN ('WorkerRegistered', 'JobAssigned', 'WorkerJobDispatched') ORDER BY e.position",
+        (job_id,),
+    )
+    by_type = {event_type: rest for event_type, *rest in rows}
+    assert sorted(by_type) == ["JobAssigned", "WorkerJobDispatched", "WorkerRegistered"]
+    assert len({writer for writer, *_ in by_type.values()}) == 1
+    assert by_type["WorkerRegistered"][1:] == ["PUBLISHED", 0, None]  # written delivered, never claimed

@@ -588,7 +588,7 @@ def test_a_change_made_with_its_poke_waits_only_briefly_for_a_handler_holding_it
         done = threading.Event()
 
         def report() -> None:
-            h.engine.change_job(Meta(actor="worker:w", correlation_id=job_id), lambda: [])
+            h.engine.change_job(Meta(actor="worker:w", correlation_id=job_id), lambda: (None, []))
             done.set()
 
         with h.engine._serial(job_id):  # a handler, in its effect

@@ -38,7 +38,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from hodei.domain.base import HodeiAggregate
@@ -50,6 +50,8 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.recorder import Ack
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 class StepKind(Enum):
@@ -305,28 +307,36 @@ class SagaEngine:
         sagas at a step without an effect can move on a poke: an ACTION or a compensation
         runs in the delivery of its own StepStarted or CompensationStarted. The job's
         sagas are in hand with the rest of its flow (``HodeiStore.command``)."""
-        self._poke(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), None)
+        self._poke(Meta(actor=SYSTEM, correlation_id=job_id, ack=ack), _no_change, unmoved=False)
 
-    def change_job(self, meta: Meta, change: Callable[[], Sequence[HodeiAggregate]]) -> None:
+    def change_job(self, meta: Meta, change: Callable[[], tuple[R, Sequence[HodeiAggregate]]]) -> R:
         """A command about the job of ``meta.correlation_id`` (``change``: its decision,
-        returning what to save) that makes, in its own transaction, the poke its event's
-        delivery would make: one commit instead of two, and no delivery. It commits only
-        on an unmoved flow (``HodeiStore.keep_unmoved``), so a WAIT started meanwhile is
-        found by a retry, as the WAIT's own start finds the change. It waits for the job's
-        lock only briefly: a handler holding it may be running an effect (stopping the
-        worker whose report this is) that waits for this very report."""
-        self._poke(meta, change, CHANGE_PATIENCE)
+        returning its result and what to save, as ``HodeiStore.command``'s) that makes, in
+        its own transaction, the poke its event's delivery would make: one commit instead
+        of two, and no delivery. It commits only on an unmoved flow
+        (``HodeiStore.keep_unmoved``), so a WAIT started meanwhile is found by a retry, as
+        the WAIT's own start finds the change. It waits for the job's lock only briefly: a
+        handler holding it may be running an effect (stopping the worker whose report this
+        is) that waits for this very report."""
+        return self._poke(meta, change, CHANGE_PATIENCE, unmoved=True)
 
-    def _poke(self, meta: Meta, change: Callable[[], Sequence[HodeiAggregate]] | None, patience: float = -1) -> None:
+    def _poke(
+        self,
+        meta: Meta,
+        change: Callable[[], tuple[R, Sequence[HodeiAggregate]]],
+        patience: float = -1,
+        *,
+        unmoved: bool,
+    ) -> R:
         job_id = meta.correlation_id
         assert job_id is not None, "a poke is about a job"
         moved: list[_Work] = []
 
-        def attempt() -> tuple[None, Sequence[HodeiAggregate]]:
+        def attempt() -> tuple[R, Sequence[HodeiAggregate]]:
             moved.clear()
-            changed: list[HodeiAggregate] = []
-            if change is not None:
-                changed.extend(change())
+            result, decided = change()
+            changed = list(decided)
+            if unmoved:
                 self.store.keep_unmoved()
             for saga in self.store.held(Saga):
                 if not self._moves_on_poke(saga):
@@ -336,12 +346,13 @@ class SagaEngine:
                 if work.saga.pending_events or work.changed:
                     moved.append(work)
                     changed.extend(work.aggregates())
-            return None, changed
+            return result, changed
 
         with self._serial(job_id, patience):
-            self.store.command(meta, attempt)
+            result = self.store.command(meta, attempt)
         for work in moved:
             self._committed(work)
+        return result
 
     def _moves_on_poke(self, saga: Saga) -> bool:
         """Running, and at (or waiting to retry) a step without an effect."""
@@ -613,6 +624,10 @@ class SagaEngine:
         work.add(compensation.record(step_input, outcome))
         saga.finish_compensation(step.order)
         return True
+
+
+def _no_change() -> tuple[None, Sequence[HodeiAggregate]]:
+    return None, ()
 
 
 def _log_unexpected(name: str, exc: Exception) -> None:

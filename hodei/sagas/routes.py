@@ -32,8 +32,8 @@ A row whose routing event (its last) has no route here, or one its route does no
 provider without a start limit, a LOCAL or unmissed WAIT StepStarted, a SagaStarted
 that moved at once, a SagaCompleted with `then`), is
 written delivered: about half a job's rows, which relays used to claim only to
-acknowledge. So is a worker's report's JobStatusChanged that would only poke
-(``only_pokes``): its stream made that poke in its own commit.
+acknowledge. So is a worker's report's WorkerRegistered or JobStatusChanged that would
+only poke (``only_pokes``): the report made that poke in its own commit.
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ def _worker_holds_the_slot(store: HodeiStore, job: Job) -> bool:
 
 
 def only_pokes(event: EventRecord) -> bool:
-    """Whether the delivery of a worker's report (``job_status_changed`` below) would only
-    poke the job's sagas: a change to RUNNING, or to an end while the worker holds the
-    job's slot (it does until WorkerTerminated, whose delivery admits; a report that
-    changes its job after that, which a stream hardly ever sees, leaves the slot to the
-    next sweep's round). A requeue (PENDING) is not: it starts the next attempt and moves
-    the queue. The report's stream makes that poke in its own commit
+    """Whether the delivery of a worker's report would only poke the job's sagas: its
+    registration, or (``job_status_changed`` below) a change to RUNNING, or to an end
+    while the worker holds the job's slot (it does until WorkerTerminated, whose delivery
+    admits; a report that changes its job after that, which a stream hardly ever sees,
+    leaves the slot to the next sweep's round). A requeue (PENDING) is not: it starts the
+    next attempt and moves the queue. The report makes that poke in its own commit
     (``SagaEngine.change_job``) and writes such a row delivered."""
+    if event.event_type == "WorkerRegistered":
+        return True
     return event.event_type == "JobStatusChanged" and event.payload.get("new_state") != JobState.PENDING
 
 

@@ -146,7 +146,9 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
 
         def register() -> tuple[tuple[Worker, str], list[Worker]]:
             # Checked in the command: the worker is in hand with its job's flow. Its
-            # liveness record is written in the registration's transaction.
+            # liveness record is written in the registration's transaction, and so is the
+            # poke its WorkerRegistered's delivery would make (the job's sagas move on:
+            # provisioning ends, execution assigns and dispatches the job).
             worker = self.store.find(Worker, worker_id)
             if worker is None or worker.job_id != request.job_id:
                 raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}")
@@ -155,8 +157,8 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
             self.liveness.touch(worker.id, connected=False, timeout=timeout)
             return (worker, session_nonce), [worker]
 
-        meta = Meta(actor=worker_actor(worker_id), correlation_id=request.job_id)
-        worker, session_nonce = self.store.command(meta, register)
+        meta = Meta(actor=worker_actor(worker_id), correlation_id=request.job_id, done=only_pokes)
+        worker, session_nonce = self.engine.change_job(meta, register)
         self.faults.point("register-committed")
         log.info("worker %s registered for job %s", worker.id, worker.job_id)
         return worker_pb2.RegisterResponse(
@@ -413,13 +415,13 @@ class WorkerSession:
         move: the poke its JobStatusChanged's delivery would make, which is all that
         delivery would do (``only_pokes``), so that row is written delivered."""
 
-        def changed() -> list[Job]:
+        def changed() -> tuple[None, list[Job]]:
             job = self.service.store.load(Job, self.job_id)
             try:
                 change(job)
             except InvalidTransition as exc:
                 log.warning("worker %s: %s", self.worker_id, exc)
-            return [job]
+            return None, [job]
 
         self.service.engine.change_job(replace(self.meta, done=only_pokes), changed)
 
