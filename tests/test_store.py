@@ -666,3 +666,46 @@ def test_a_rolled_back_try_keeps_its_connections_prepared_statements(store: Hode
     statement = query_text("installation_id").strip()
     kept = "SELECT count(*) FROM pg_prepared_statements WHERE statement = %s"
     assert conn.execute(kept, (statement,)).fetchone() == (1,)
+
+
+def test_a_deadlock_in_a_commands_save_runs_the_whole_command_again(store: HodeiStore, fresh_database_url: str) -> None:
+    """PostgreSQL breaks a deadlock by rolling back one transaction: a command's reads
+    (and an admission's advisory lock) go with it, so the try runs again from its reads,
+    not only its write. Here the command holds row A and its save waits for row B, which
+    another transaction holds while it asks for A."""
+    job, other = new_job(), new_job()
+    store.write([job, other], Meta(actor="t"))
+    b_taken, a_taken = threading.Event(), threading.Event()
+    tries = []
+
+    def hold_b_then_ask_for_a() -> None:
+        with psycopg.connect(fresh_database_url) as conn:
+            conn.execute("SET deadlock_timeout = '60s'")  # the command is the one that finds it
+            conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
+            b_taken.set()
+            assert a_taken.wait(10)
+            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+            deadline = time.monotonic() + 10
+            while query(fresh_database_url, waiting)[0][0] == 0:  # the command's save waits for B
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (other.id,))
+
+    def cancel() -> tuple[None, list[Job]]:
+        tries.append(1)
+        conn = command_connection(store.pool)
+        assert conn is not None
+        if len(tries) == 1:
+            assert b_taken.wait(10)
+            conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (other.id,))  # A
+            a_taken.set()
+        loaded = store.load(Job, job.id)
+        loaded.cancel("by the test")
+        return None, [loaded]  # its save updates the job's row: B
+
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(hold_b_then_ask_for_a)
+        store.command(Meta(actor="t", correlation_id=str(job.id)), cancel)
+        holder.result(timeout=30)
+    assert len(tries) == 2
+    assert store.load(Job, job.id).state is JobState.CANCELLED

@@ -284,6 +284,8 @@ class DomainEventRecorder(ApplicationRecorder):
         rows = Jsonb([_row(run, not want, take and want) for run, want in zip(grouped, wanted, strict=True)])
         try:
             with translate_errors():
+                # A write of its own runs again after a deadlock; a command's, the command
+                # (``_write``).
                 for attempt in Retrying(
                     retry=retry_if_exception_type(psycopg_errors.DeadlockDetected),
                     stop=stop_after_attempt(5),
@@ -374,6 +376,10 @@ class DomainEventRecorder(ApplicationRecorder):
                     FLOW_MOVED
                 ):
                     raise ConcurrencyConflict(str(exc.diag.message_primary)) from exc
+                if isinstance(exc, psycopg_errors.DeadlockDetected) and command is not None:
+                    # The rollback took the command's reads with it, and what it held (an
+                    # admission's advisory lock): the whole try runs again, not the write.
+                    raise ConcurrencyConflict(f"deadlock detected; the command runs again: {exc}") from exc
                 raise
             return sorted(_Written(*row) for row in inserted.fetchall()) if records else []
 
