@@ -48,6 +48,15 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield process
 
 
+def run_true(server: ServerProcess, provider: str) -> str:
+    """The id of a `true` job run to its end on ``provider``, with everything after it done."""
+    ran = server.cli("job", "run", "--provider", provider, "--command", "true", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    job_id = ran.stdout.strip()
+    wait_settled(server.database_url, job_id, 60)
+    return job_id
+
+
 def cost(url: str, job_id: str) -> tuple[int, int, int]:
     """(events, outbox rows, write transactions) of one job's flow. Every row keeps the
     id of the transaction that last wrote it (xmin): the distinct ones over the job's
@@ -77,10 +86,7 @@ def cost(url: str, job_id: str) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("provider", ["local", "sim"])
 def test_one_job_costs_at_most_todays_events_and_transactions(server: ServerProcess, provider: str) -> None:
-    ran = server.cli("job", "run", "--provider", provider, "--command", "true", "--wait")
-    assert ran.returncode == 0, ran.stderr
-    job_id = ran.stdout.strip()
-    wait_settled(server.database_url, job_id, 60)
+    job_id = run_true(server, provider)
     events, outbox, transactions = cost(server.database_url, job_id)
     print(f"{provider}: {events} events, {outbox} outbox rows, {transactions} write transactions")
     assert outbox == events  # one outbox row per event, written with it
@@ -92,10 +98,7 @@ def test_one_job_costs_at_most_todays_events_and_transactions(server: ServerProc
 def test_a_workers_registration_dispatches_its_job_in_its_own_transaction(server: ServerProcess, provider: str) -> None:
     """No delivery of WorkerRegistered is left to poke the sagas: the registration's commit
     ends provisioning and assigns and dispatches the job, and its row is written delivered."""
-    ran = server.cli("job", "run", "--provider", provider, "--command", "true", "--wait")
-    assert ran.returncode == 0, ran.stderr
-    job_id = ran.stdout.strip()
-    wait_settled(server.database_url, job_id, 60)
+    job_id = run_true(server, provider)
     rows = query(
         server.database_url,
         "SELECT e.event_type, e.xmin::text, o.status, o.attempts, o.claimed_by FROM domain_events e "

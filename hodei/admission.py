@@ -75,9 +75,13 @@ class _Turn:
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: bool = False
     again: bool = False
-    # When this process's last round found no room (None: it found some). Until anything
+    # When this process's last look found no room (None: it found some). Until anything
     # here frees room (its round clears this) a job joining the queue need not look.
     full_at: float | None = None
+
+    def full_lately(self) -> bool:
+        """The last look here, under ``FULL_FOR`` ago, found no room (``lock`` held)."""
+        return self.full_at is not None and time.monotonic() - self.full_at < FULL_FOR
 
 
 class Admission:
@@ -130,7 +134,7 @@ class Admission:
             if turn.running:
                 turn.again = True
                 return 0
-            if joined and turn.full_at is not None and time.monotonic() - turn.full_at < FULL_FOR:
+            if joined and turn.full_lately():
                 return 0
             turn.running = True
         admitted = 0
@@ -154,13 +158,8 @@ class Admission:
         database never admit past the capacity between them): the free slots' worth of
         queued jobs, counted, chosen and admitted."""
 
-        turn = self._turns[provider]
-
         def run() -> tuple[int, list[Job]]:
-            fetch_value(self.pool, "lock_admission", (provider.value,))
-            free = self.capacity(provider).free
-            with turn.lock:
-                turn.full_at = time.monotonic() if free == 0 else None
+            free = self._room(provider)
             if free == 0:
                 return 0, []
             admitted = []
@@ -191,14 +190,21 @@ class Admission:
             return False  # its backoff first
         turn = self._turns[provider]
         with turn.lock:
-            if turn.running or (turn.full_at is not None and time.monotonic() - turn.full_at < FULL_FOR):
+            if turn.running or turn.full_lately():
                 return False
-        fetch_value(self.pool, "lock_admission", (provider.value,))
-        free = self.capacity(provider).free
-        with turn.lock:
-            turn.full_at = time.monotonic() if free == 0 else None
+        free = self._room(provider)
         queued = {"provider": provider.value, "limit": 1, "joining": str(job.id)}
         return free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
+
+    def _room(self, provider: ProviderType) -> int:
+        """The provider's free slots, counted under its advisory lock, which the caller's
+        transaction holds until it ends; remembered here when there are none."""
+        fetch_value(self.pool, "lock_admission", (provider.value,))
+        free = self.capacity(provider).free
+        turn = self._turns[provider]
+        with turn.lock:
+            turn.full_at = time.monotonic() if free == 0 else None
+        return free
 
     def admit_all(self, providers: list[ProviderType]) -> None:
         for provider in providers:
