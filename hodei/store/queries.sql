@@ -10,11 +10,23 @@ LOCK TABLE domain_events IN EXCLUSIVE MODE;
 -- streams (sent at commit); returns the positions. The events come as one jsonb array
 -- (one parameter: a third of the client's cost of an array per column, and less of
 -- PostgreSQL's).
-WITH input AS (
+-- unmoved: when the save asks (%(flow)s, the job), aborts the transaction if an event of the
+-- job, or of an aggregate of its flow, was committed after the command read the flow (a
+-- WAIT started on that read could have missed it: the event's poke read the flow before
+-- this commit). Under the lock, taken by the statement before: this statement's snapshot
+-- sees every writer that committed before it.
+WITH unmoved AS (
+    SELECT CASE WHEN %(flow)s::varchar IS NULL THEN true ELSE hodei.require(
+        NOT EXISTS (SELECT 1 FROM domain_events WHERE correlation_id = %(flow)s AND position > %(seen)s)
+        AND NOT EXISTS (SELECT 1 FROM domain_events WHERE aggregate_id = ANY(%(flow_aggregates)s::varchar[])
+                                                      AND position > %(seen)s),
+        %(moved)s) END AS ok
+), input AS (
     SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS r (
         id uuid, occurred_at timestamptz, event_type varchar, aggregate_id varchar, correlation_id varchar,
         actor varchar, payload jsonb, aggregate_type varchar, aggregate_version bigint, topic text,
         available_at timestamptz, delivered boolean, take boolean)
+    WHERE (SELECT ok FROM unmoved)
 ), events AS (
     INSERT INTO domain_events
         (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
@@ -107,7 +119,7 @@ SELECT max(position) FROM domain_events;
 -- jobs: the history slowed every new job; e2e/test_history.py).
 -- Each row also carries the last position the read saw: of the job's events (an ended
 -- aggregate's included) and of the rows read (an aggregate's events need not all be
--- correlated), for require_flow_unmoved.
+-- correlated), for insert_events_and_outbox's unmoved check.
 SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at,
        greatest(max(position) OVER (),
                 (SELECT max(position) FROM domain_events WHERE correlation_id = %(job)s)) AS seen
@@ -117,16 +129,6 @@ WHERE aggregate_id = ANY(ARRAY(
     EXCEPT SELECT id::text FROM sagas WHERE correlation_id = %(job)s AND state IN ('COMPLETED', 'FAILED')
     EXCEPT SELECT id::text FROM workers WHERE job_id = %(job_uuid)s AND state = 'TERMINATED'))
 ORDER BY aggregate_id, aggregate_version;
-
--- name: require_flow_unmoved
--- Under the event log's lock, before the append: aborts the transaction when an event of
--- the job, or of an aggregate of its flow, was committed after the command read the flow
--- (a WAIT started on that read could have missed it: the event's poke read the flow
--- before this commit).
-SELECT hodei.require(
-    NOT EXISTS (SELECT 1 FROM domain_events WHERE correlation_id = %(job)s AND position > %(seen)s)
-    AND NOT EXISTS (SELECT 1 FROM domain_events WHERE aggregate_id = ANY(%(aggregates)s) AND position > %(seen)s),
-    %(message)s);
 
 -- name: select_event_records
 -- Replay reads the whole log in position order, a page at a time.

@@ -8,11 +8,11 @@ One ``insert_events`` call is one transaction that
 1. updates the read models through ``hodei.store.projections``,
 2. acknowledges the outbox row being handled, when the save is a handler's (``ack=``),
 3. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
-   and, when the save asks (``unmoved=``), makes sure that no event of the job's flow
-   was committed since the command read it (else a ``ConcurrencyConflict``: the command
-   runs again, with the newer flow),
-4. appends the events (a duplicate aggregate version is a ``ConcurrencyConflict``; so is
-   a read-model row created twice, which step 1 may meet first),
+4. when the save asks (``unmoved=``), makes sure that no event of the job's flow was
+   committed since the command read it (else a ``ConcurrencyConflict``: the command
+   runs again, with the newer flow), and appends the events (a duplicate aggregate
+   version is a ``ConcurrencyConflict``; so is a read-model row created twice, which
+   step 1 may meet first),
 5. adds one ``outbox_events`` row per event (a saga's events of the transaction share
    one): written delivered when no relay route wants it (or the command did what the
    route would: ``Meta.done``), claimed by this process's relay
@@ -216,9 +216,12 @@ def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None
     )
 
 
-def _unmoved_params(unmoved: Unmoved) -> dict[str, Any]:
+def _unmoved_params(unmoved: Unmoved | None) -> dict[str, Any]:
+    """``insert_events_and_outbox``'s check of a flow read (none: ``flow`` NULL)."""
+    if unmoved is None:
+        return {"flow": None, "seen": None, "flow_aggregates": None, "moved": None}
     message = f"{FLOW_MOVED}: an event of job {unmoved.job} came after position {unmoved.seen}, read by this command"
-    return {"job": unmoved.job, "seen": unmoved.seen, "aggregates": unmoved.aggregates, "message": message}
+    return {"flow": unmoved.job, "seen": unmoved.seen, "flow_aggregates": unmoved.aggregates, "moved": message}
 
 
 def signal_payload(records: Sequence[EventRecord]) -> str:
@@ -352,8 +355,6 @@ class DomainEventRecorder(ApplicationRecorder):
                         cur.execute(query("ack_outbox_row_or_abort"), params)
                     if records:
                         cur.execute(query("lock_domain_events"))
-                        if unmoved is not None:
-                            cur.execute(query("require_flow_unmoved"), _unmoved_params(unmoved))
                         params = {
                             "events": rows,
                             "channel": SIGNAL_CHANNEL,
@@ -363,6 +364,7 @@ class DomainEventRecorder(ApplicationRecorder):
                             "claimer": reservation.claimer if reservation else None,
                             "lease": reservation.lease_seconds if reservation else 0.0,
                             "held": reservation.held if reservation else [],
+                            **_unmoved_params(unmoved),
                         }
                         inserted.execute(query("insert_events_and_outbox"), params)
                     cur.execute("COMMIT")
