@@ -174,8 +174,14 @@ class Relay:
         self.claimer = claimer
         self.signals = signals
         self.counters = RelayCounters()
+        # Its own small pool (one thread of its own: two connections need no more).
         self._claims = open_pool(
-            str(pool.conninfo), min_size=1, max_size=2, name=f"hodei-claims-{claimer}", settings=CLAIM_SETTINGS
+            str(pool.conninfo),
+            min_size=1,
+            max_size=2,
+            name=f"hodei-claims-{claimer}",
+            settings=CLAIM_SETTINGS,
+            workers=1,
         )
         self._handlers = _OldestFirst(config.threads)
         self._lock = threading.Condition()

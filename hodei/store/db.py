@@ -65,9 +65,11 @@ def open_pool(
     max_size: int = 20,
     name: str = "hodei",
     settings: Mapping[str, str] | None = None,
+    workers: int = 3,
 ) -> ConnectionPool:
     """Opens a pool and waits until one connection works, so a wrong URL fails here.
-    ``settings``: PostgreSQL settings of every connection of the pool."""
+    ``settings``: PostgreSQL settings of every connection of the pool; ``workers``: the
+    pool's own threads (they open and check its connections in the background)."""
     kwargs: dict[str, object] = {"application_name": name, "prepare_threshold": 0}
     if settings:
         kwargs["options"] = " ".join(f"-c {key}={value}" for key, value in settings.items())
@@ -78,6 +80,7 @@ def open_pool(
         name=name,
         configure=_configure,
         open=False,
+        num_workers=workers,
         # prepare_threshold 0: statements are prepared on first use, planned once per connection.
         kwargs=kwargs,
     )
