@@ -51,7 +51,8 @@ def test_docker_never_runs_more_than_its_capacity_and_priority_goes_first(
         high = submit_many(server, [spec("docker", "sleep 2", priority=10) for _ in range(10)])
         queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
         assert queued and {q["provider"] for q in queued} <= {"docker", ""}  # "": being chosen
-        assert any("provider docker is full: 4 of 4 workers" in q["reason"] for q in queued), queued
+        reasons = [q["reason"] for q in queued]
+        assert any("provider docker is full: 4 of 4 workers" in reason for reason in reasons), reasons
         # Sampled every 100 ms until every job ended (the low-level list: one call).
         most = 0
         deadline = time.monotonic() + 240

@@ -93,7 +93,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_RELAY_POLL_INTERVAL": ("1.0", "seconds between outbox polls when no NOTIFY arrives"),
     "HODEI_RELAY_LEASE": ("30", "seconds an outbox claim lasts"),
     "HODEI_RELAY_MAX_ATTEMPTS": ("8", "deliveries of a failing outbox row before it is dead-lettered"),
-    "HODEI_RELAY_THREADS": ("4", "handler threads of the relay"),
+    "HODEI_RELAY_THREADS": ("8", "handler threads of the relay"),
     "HODEI_SWEEP_INTERVAL": ("1.0", "seconds between deadline and liveness sweeps"),
     "HODEI_RECONCILE_INTERVAL": ("30", "seconds between stray-worker reconciliations"),
     "HODEI_RETENTION_INTERVAL": ("60", "seconds between retention rounds (secrets, outbox rows, logs)"),
