@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from uuid import UUID
 
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderStatus, ProviderType
@@ -15,6 +16,7 @@ from hodei.errors import ConcurrencyConflict, InvalidInput, ProviderUnavailable
 from hodei.providers.base import Health, WorkerProvider
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import fetch_one
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,15 @@ def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]
     return created
 
 
+@dataclass(frozen=True)
+class RecordedProvider:
+    """A provider's status and last recorded health, as its read model has them."""
+
+    status: ProviderStatus
+    health: ProviderHealth
+    health_message: str | None
+
+
 class ProviderRegistry:
     def __init__(
         self,
@@ -98,12 +109,28 @@ class ProviderRegistry:
         except Exception as exc:
             return Health(False, f"health check failed: {exc}")
 
+    def _recorded(self, provider_type: ProviderType) -> RecordedProvider | None:
+        """None: not registered."""
+        return fetch_one(
+            self.store.pool,
+            "provider_state",
+            (PROVIDER_IDS[provider_type],),
+            lambda status, health, health_message: RecordedProvider(
+                ProviderStatus(status), ProviderHealth(health), health_message
+            ),
+        )
+
     def record_health(self, provider_type: ProviderType, health: Health) -> None:
+        """Records a change of health. The sweeper probes every second: a probe that
+        finds what is recorded reads one row, and only a change loads the provider."""
+        recorded = self._recorded(provider_type)
+        observed = ProviderHealth.HEALTHY if health.healthy else ProviderHealth.UNHEALTHY
+        if recorded is not None and (recorded.health, recorded.health_message) == (observed, health.message):
+            return
+
         def run() -> tuple[None, list[Provider]]:
             provider = self.store.load(Provider, PROVIDER_IDS[provider_type])
-            provider.record_health(
-                ProviderHealth.HEALTHY if health.healthy else ProviderHealth.UNHEALTHY, health.message
-            )
+            provider.record_health(observed, health.message)
             return None, [provider]
 
         self.store.command(Meta(actor=SYSTEM), run)
@@ -138,10 +165,10 @@ class ProviderRegistry:
 
     def _require_usable(self, provider_type: ProviderType) -> None:
         self.get(provider_type)
-        provider = self.store.find(Provider, PROVIDER_IDS[provider_type])
-        if provider is None:
+        recorded = self._recorded(provider_type)
+        if recorded is None:
             raise ProviderUnavailable(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
-        if provider.status is ProviderStatus.DISABLED:
+        if recorded.status is ProviderStatus.DISABLED:
             raise ProviderUnavailable(f"provider {provider_type} is disabled")
         health = self._current_health(provider_type)
         if not health.healthy:

@@ -511,6 +511,12 @@ SELECT w.id AS worker_id, w.state AS worker, j.state AS job, w.updated_at AS cha
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = ANY(%s::uuid[]);
 
+-- name: provider_state
+-- A provider's status and its last recorded health, from its read model (written with its
+-- events): choosing a job's provider, and a probe that found no change, read one row, not
+-- the provider's whole history (every health change it ever had).
+SELECT status, health, health_message FROM provider_configs WHERE id = %s;
+
 -- name: list_providers
 SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
 

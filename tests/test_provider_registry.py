@@ -1,0 +1,84 @@
+"""A provider keeps every health change it ever had as an event. Choosing a job's
+provider, and the sweeper's probe every second, read its recorded state (one row of its
+read model), never that history: neither may cost more as the provider grows old."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
+from hodei.errors import ProviderUnavailable
+from hodei.providers.base import Health
+from hodei.providers.registry import ProviderRegistry, register_providers
+from hodei.store.app import HodeiStore, Meta
+from hodei.testing import query
+from tests.sagas_support import Effects, FakeProvider
+
+LOCAL_ID = str(PROVIDER_IDS[ProviderType.LOCAL])
+
+
+def provider_events(url: str) -> int:
+    return int(query(url, "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (LOCAL_ID,))[0][0])
+
+
+def loads_of_the_provider(store: HodeiStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every read of the provider's events from now on (the aggregate's loads)."""
+    loads: list[str] = []
+    read = store.recorder.select_events
+
+    def counted(originator_id: Any, **kwargs: Any) -> Any:
+        if str(originator_id) == LOCAL_ID:
+            loads.append(str(originator_id))
+        return read(originator_id, **kwargs)
+
+    monkeypatch.setattr(store.recorder, "select_events", counted)
+    return loads
+
+
+def test_choosing_a_provider_reads_its_recorded_state_not_its_history(
+    store: HodeiStore, fresh_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_providers(store, [ProviderType.LOCAL])
+    fake = FakeProvider(Effects(tmp_path / "effects"))
+    registry = ProviderRegistry(store, {ProviderType.LOCAL: fake}, {})
+    for n in range(40):  # an old provider: it went down and came back twenty times
+        registry.record_health(ProviderType.LOCAL, Health(n % 2 == 1, f"probe {n}"))
+    assert registry.check(ProviderType.LOCAL).healthy  # "fake provider": a change, recorded
+    recorded = provider_events(fresh_database_url)
+    assert recorded == 1 + 40 + 1
+
+    loads = loads_of_the_provider(store, monkeypatch)
+    assert registry.select("local") is ProviderType.LOCAL
+    assert registry.check(ProviderType.LOCAL).healthy  # the sweeper's probe: nothing new
+    assert loads == []
+    assert provider_events(fresh_database_url) == recorded
+
+    # A change is recorded, through the aggregate (its version guards concurrent probes).
+    fake.healthy = False
+    assert not registry.check(ProviderType.LOCAL).healthy
+    assert loads == [LOCAL_ID]
+    assert provider_events(fresh_database_url) == recorded + 1
+    with pytest.raises(ProviderUnavailable, match="provider local is unhealthy: the fake provider is down"):
+        registry.select("local")
+    registry.close()
+
+
+def test_a_disabled_or_unregistered_provider_is_refused_from_its_recorded_state(
+    store: HodeiStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeProvider(Effects(tmp_path / "effects"))
+    registry = ProviderRegistry(store, {ProviderType.LOCAL: fake}, {})
+    with pytest.raises(ProviderUnavailable, match=r"provider local is not registered \(run `hodei-server migrate`\)"):
+        registry.select("local")
+    register_providers(store, [ProviderType.LOCAL])
+    provider = store.load(Provider, PROVIDER_IDS[ProviderType.LOCAL])
+    provider.disable()
+    store.write([provider], Meta(actor="test"))
+    loads = loads_of_the_provider(store, monkeypatch)
+    with pytest.raises(ProviderUnavailable, match="provider local is disabled"):
+        registry.select("local")
+    assert loads == []
+    registry.close()
