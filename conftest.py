@@ -162,16 +162,15 @@ def store(pool: object) -> HodeiStore:
 
 
 @pytest.fixture
-def shared_dir(tmp_path: Path) -> Path:
-    """A directory jobs may write to: local jobs run as `nobody`, not as the test's user."""
-    path = tmp_path / "shared"
-    path.mkdir()
+def shared_dir() -> Iterator[Path]:
+    """A directory jobs may write to: local jobs run as `nobody`, not as the test's user.
+    Outside pytest's own temporary root: every pytest session of the same user that
+    starts makes that root private again (0700), and jobs of a running test would lose
+    their way to it (their writes fail, the test with them)."""
+    path = Path(tempfile.mkdtemp(prefix="hodei-shared-"))
     path.chmod(0o1777)
-    for parent in [tmp_path, *tmp_path.parents]:
-        if parent == Path(tempfile.gettempdir()):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
