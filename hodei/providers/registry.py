@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from uuid import UUID
 
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderStatus, ProviderType
@@ -17,6 +16,7 @@ from hodei.providers.base import Health, WorkerProvider
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import fetch_one
+from hodei.store.readmodels import ProviderRow
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]
     return created
 
 
-@dataclass(frozen=True)
-class RecordedProvider:
-    """A provider's status and last recorded health, as its read model has them."""
-
-    status: ProviderStatus
-    health: ProviderHealth
-    health_message: str | None
-
-
 class ProviderRegistry:
     def __init__(
         self,
@@ -109,23 +100,16 @@ class ProviderRegistry:
         except Exception as exc:
             return Health(False, f"health check failed: {exc}")
 
-    def _recorded(self, provider_type: ProviderType) -> RecordedProvider | None:
-        """None: not registered."""
-        return fetch_one(
-            self.store.pool,
-            "provider_state",
-            (PROVIDER_IDS[provider_type],),
-            lambda status, health, health_message: RecordedProvider(
-                ProviderStatus(status), ProviderHealth(health), health_message
-            ),
-        )
+    def _recorded(self, provider_type: ProviderType) -> ProviderRow | None:
+        """Its row of ``provider_configs``, in the caller's command if any (None: not registered)."""
+        return fetch_one(self.store.pool, "provider_state", (PROVIDER_IDS[provider_type],), ProviderRow)
 
     def record_health(self, provider_type: ProviderType, health: Health) -> None:
         """Records a change of health. The sweeper probes every second: a probe that
         finds what is recorded reads one row, and only a change loads the provider."""
         recorded = self._recorded(provider_type)
         observed = ProviderHealth.HEALTHY if health.healthy else ProviderHealth.UNHEALTHY
-        if recorded is not None and (recorded.health, recorded.health_message) == (observed, health.message):
+        if recorded is not None and (recorded.health, recorded.health_message) == (observed.value, health.message):
             return
 
         def run() -> tuple[None, list[Provider]]:
@@ -168,7 +152,7 @@ class ProviderRegistry:
         recorded = self._recorded(provider_type)
         if recorded is None:
             raise ProviderUnavailable(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
-        if recorded.status is ProviderStatus.DISABLED:
+        if recorded.status == ProviderStatus.DISABLED:
             raise ProviderUnavailable(f"provider {provider_type} is disabled")
         health = self._current_health(provider_type)
         if not health.healthy:

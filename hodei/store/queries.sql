@@ -515,7 +515,7 @@ WHERE w.id = ANY(%s::uuid[]);
 -- A provider's status and its last recorded health, from its read model (written with its
 -- events): choosing a job's provider, and a probe that found no change, read one row, not
 -- the provider's whole history (every health change it ever had).
-SELECT status, health, health_message FROM provider_configs WHERE id = %s;
+SELECT id, name, provider_type, status, health, health_message FROM provider_configs WHERE id = %s;
 
 -- name: list_providers
 SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
