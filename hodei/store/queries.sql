@@ -15,7 +15,19 @@ LOCK TABLE domain_events IN EXCLUSIVE MODE;
 -- WAIT started on that read could have missed it: the event's poke read the flow before
 -- this commit). Under the lock, taken by the statement before: this statement's snapshot
 -- sees every writer that committed before it.
-WITH unmoved AS (
+-- acked: a handler's save (%(ack)s, its outbox row) acknowledges the row it handles here,
+-- and aborts the transaction when its relay no longer holds the row (the lease was lost).
+-- The row is still PROCESSING for the rest of the statement (one snapshot): `placed` finds
+-- it among the rows its relay holds (%(held)s).
+WITH acked AS (
+    UPDATE outbox_events
+    SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
+    WHERE id = %(ack)s::uuid AND claimed_by = %(ack_claimer)s AND status = 'PROCESSING'
+    RETURNING 1
+), leased AS (
+    SELECT CASE WHEN %(ack)s::uuid IS NULL THEN true
+                ELSE hodei.require((SELECT count(*) FROM acked) = 1, %(lease_lost)s) END AS ok
+), unmoved AS (
     SELECT CASE WHEN %(flow)s::varchar IS NULL THEN true ELSE hodei.require(
         NOT EXISTS (SELECT 1 FROM domain_events WHERE correlation_id = %(flow)s AND position > %(seen)s)
         AND NOT EXISTS (SELECT 1 FROM domain_events WHERE aggregate_id = ANY(%(flow_aggregates)s::varchar[])
@@ -26,7 +38,7 @@ WITH unmoved AS (
         id uuid, occurred_at timestamptz, event_type varchar, aggregate_id varchar, correlation_id varchar,
         actor varchar, payload jsonb, aggregate_type varchar, aggregate_version bigint, topic text,
         available_at timestamptz, delivered boolean, take boolean)
-    WHERE (SELECT ok FROM unmoved)
+    WHERE (SELECT ok FROM leased) AND (SELECT ok FROM unmoved)
 ), events AS (
     INSERT INTO domain_events
         (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
@@ -148,7 +160,8 @@ ORDER BY aggregate_version;
 -- Outbox relay -------------------------------------------------------------------
 
 -- name: ack_outbox_row_or_abort
--- Inside a handler's save: aborts the whole transaction when the lease was lost.
+-- Inside a handler's save that writes no event (one that does acknowledges in
+-- insert_events_and_outbox): aborts the whole transaction when the lease was lost.
 WITH acked AS (
     UPDATE outbox_events
     SET status = 'PUBLISHED', published_at = now(), lease_until = NULL

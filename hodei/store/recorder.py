@@ -6,8 +6,9 @@ the library's repository and event store, while the rows land in the seed's tabl
 
 One ``insert_events`` call is one transaction that
 1. updates the read models through ``hodei.store.projections``,
-2. acknowledges the outbox row being handled, when the save is a handler's (``ack=``),
-3. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
+2. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
+3. acknowledges the outbox row being handled, when the save is a handler's (``ack=``;
+   a ``LeaseLost`` when its relay no longer holds it),
 4. when the save asks (``unmoved=``), makes sure that no event of the job's flow was
    committed since the command read it (else a ``ConcurrencyConflict``: the command
    runs again, with the newer flow), and appends the events (a duplicate aggregate
@@ -17,7 +18,7 @@ One ``insert_events`` call is one transaction that
    one): written delivered when no relay route wants it (or the command did what the
    route would: ``Meta.done``), claimed by this process's relay
    when it has room and nothing of the aggregate waits before it (``LocalRelay``), and
-6. sends a NOTIFY so relays and waiting streams wake up (4-6 are one statement); relays
+6. sends a NOTIFY so relays and waiting streams wake up (3-6 are one statement); relays
    sleep through it when no row was left for a claim, and none is sent when, besides,
    no waiter keys on what changed (``heard``): every listening server's backend reads
    each NOTIFY in a transaction of its own.
@@ -350,7 +351,7 @@ class DomainEventRecorder(ApplicationRecorder):
                     if conn.info.transaction_status is TransactionStatus.IDLE:
                         cur.execute("BEGIN")
                     projections.project_all(cur, records)
-                    if ack is not None:
+                    if ack is not None and not records:
                         params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
                         cur.execute(query("ack_outbox_row_or_abort"), params)
                     if records:
@@ -364,6 +365,9 @@ class DomainEventRecorder(ApplicationRecorder):
                             "claimer": reservation.claimer if reservation else None,
                             "lease": reservation.lease_seconds if reservation else 0.0,
                             "held": reservation.held if reservation else [],
+                            "ack": ack.outbox_id if ack else None,
+                            "ack_claimer": ack.claimed_by if ack else None,
+                            "lease_lost": lease_lost,
                             **_unmoved_params(unmoved),
                         }
                         inserted.execute(query("insert_events_and_outbox"), params)
