@@ -440,13 +440,20 @@ def _project_into(sink: Sink, events: Iterable[EventRecord]) -> list[dict[str, A
     return audits
 
 
-def project_all(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
-    """Projects events in order. Their audit rows go last, in one statement (each row
-    only references its saga, written by then): a pipelined statement costs the client
-    about as much as the database, and a job's transactions carry 27 audit rows."""
+def project_but_audits(cursor: Cursor[Any], events: Iterable[EventRecord]) -> list[dict[str, Any]]:
+    """Projects events in order but for their audit rows, which it returns: the recorder
+    inserts them with the events, in the append's statement (``insert_events_and_outbox``:
+    each row only references its saga, written by then), a statement fewer for each of a
+    saga's saves; a pipelined statement costs the client about as much as the database."""
     cur = Statements(cursor)
     audits = _project_into(cur, events)
     cur.flush()
+    return audits
+
+
+def project_all(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
+    """Projects events in order, their audit rows last, in one statement."""
+    audits = project_but_audits(cursor, events)
     if audits:
         cursor.execute(query("project_saga_audits"), (Jsonb(audits),))
 

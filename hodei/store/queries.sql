@@ -39,6 +39,13 @@ WITH acked AS (
         actor varchar, payload jsonb, aggregate_type varchar, aggregate_version bigint, topic text,
         available_at timestamptz, delivered boolean, take boolean)
     WHERE (SELECT ok FROM leased) AND (SELECT ok FROM unmoved)
+), audited AS (
+    -- The saga events' audit rows (hodei.store.projections.project_but_audits), as
+    -- project_saga_audits inserts them for replay.
+    INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
+    SELECT event_id, id, event_type, step_name, message, payload, at
+    FROM jsonb_to_recordset(%(audits)s::jsonb) AS r (
+        event_id uuid, id uuid, event_type varchar, step_name varchar, message text, payload jsonb, at timestamptz)
 ), events AS (
     INSERT INTO domain_events
         (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
@@ -348,7 +355,8 @@ UPDATE sagas AS g SET state = 'COMPENSATING', current_step = coalesce(r.step_nam
 FROM r WHERE g.id = r.id;
 
 -- name: project_saga_audits
--- Audit rows, a transaction's or a replay page's, in one statement.
+-- Audit rows, a replay's page or a rebuilt job's, in one statement (a live save inserts its
+-- own in insert_events_and_outbox's `audited`).
 INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
 SELECT event_id, id, event_type, step_name, message, payload, at
 FROM jsonb_to_recordset(%s::jsonb) AS r (

@@ -5,7 +5,8 @@
 the library's repository and event store, while the rows land in the seed's table.
 
 One ``insert_events`` call is one transaction that
-1. updates the read models through ``hodei.store.projections``,
+1. updates the read models through ``hodei.store.projections`` (but the saga audit rows,
+   which go in with the events, in step 4's statement),
 2. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
 3. acknowledges the outbox row being handled, when the save is a handler's (``ack=``;
    a ``LeaseLost`` when its relay no longer holds it),
@@ -350,7 +351,7 @@ class DomainEventRecorder(ApplicationRecorder):
                     cur = conn.cursor()
                     if conn.info.transaction_status is TransactionStatus.IDLE:
                         cur.execute("BEGIN")
-                    projections.project_all(cur, records)
+                    audits = projections.project_but_audits(cur, records)
                     if ack is not None and not records:
                         params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
                         cur.execute(query("ack_outbox_row_or_abort"), params)
@@ -368,6 +369,7 @@ class DomainEventRecorder(ApplicationRecorder):
                             "ack": ack.outbox_id if ack else None,
                             "ack_claimer": ack.claimed_by if ack else None,
                             "lease_lost": lease_lost,
+                            "audits": Jsonb(audits),
                             **_unmoved_params(unmoved),
                         }
                         inserted.execute(query("insert_events_and_outbox"), params)
