@@ -56,8 +56,9 @@ class Statements:
         self._rows: list[dict[str, Any]] = []
 
     def run(self, name: str, params: dict[str, Any]) -> None:
-        # A statement updates an aggregate's row once: its second row starts a new run.
-        if name != self._name or any(row["id"] == params["id"] for row in self._rows):
+        # A statement updates a row once: its second row for it starts a new run.
+        key = _row_key(name, params)
+        if name != self._name or any(_row_key(name, row) == key for row in self._rows):
             self.flush()
             self._name = name
         self._rows.append(params)
@@ -66,6 +67,12 @@ class Statements:
         if self._rows:
             _send(self._cur, self._name, self._rows)
         self._rows = []
+
+
+def _row_key(name: str, params: dict[str, Any]) -> Any:
+    """What one execution of statement ``name`` may update only once: the aggregate's row,
+    or for ``project_step`` the step's (it updates the saga's row once, from its last row)."""
+    return (params["id"], params["step_order"]) if name == "project_step" else params["id"]
 
 
 def _send(cur: Cursor[Any], name: str, rows: list[dict[str, Any]]) -> None:
@@ -306,46 +313,53 @@ def _saga_started(cur: Sink, event: EventRecord) -> None:
     )
 
 
+def _step(cur: Sink, event: EventRecord, state: str, **values: Any) -> None:
+    """A step's change, one statement for every kind (``project_step``): a saga's save
+    moves it through several steps (one completes, the next runs, the one after starts),
+    each a row of one execution, and the saga's current step becomes its last started or
+    run one (``moves_saga``). A value left out keeps the step's own: a finished step keeps
+    its start and retries."""
+    p = event.payload
+    cur.run("project_step", _base(event, state=state, step_name=p["step_name"], step_order=p["step_order"], **values))
+
+
 def _step_started(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run(
-        "project_step_started",
-        _base(
-            event,
-            step_name=p["step_name"],
-            step_order=p["step_order"],
-            retry_count=p["retry_count"],
-            deadline_at=p["deadline_at"],
-        ),
+    _step(
+        cur,
+        event,
+        "IN_PROGRESS",
+        retry_count=p["retry_count"],
+        deadline_at=p["deadline_at"],
+        started_at=event.occurred_at,
+        moves_saga=True,
     )
 
 
 def _step_ran(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run(
-        "project_step_ran",
-        _base(
-            event,
-            step_name=p["step_name"],
-            step_order=p["step_order"],
-            retry_count=p["retry_count"],
-            started_at=p["started_at"],
-        ),
+    _step(
+        cur,
+        event,
+        "COMPLETED",
+        retry_count=p["retry_count"],
+        started_at=p["started_at"],
+        completed_at=event.occurred_at,
+        moves_saga=True,
     )
 
 
 def _step_finished(state: str) -> Projector:
     def project(cur: Sink, event: EventRecord) -> None:
         p = event.payload
-        cur.run(
-            "project_step_finished",
-            _base(
-                event,
-                state=state,
-                step_order=p["step_order"],
-                error=p.get("error"),
-                deadline_at=p.get("retry_at"),
-            ),
+        _step(
+            cur,
+            event,
+            state,
+            deadline_at=p.get("retry_at"),
+            error=p.get("error"),
+            keep_error=True,
+            completed_at=event.occurred_at,
         )
 
     return project

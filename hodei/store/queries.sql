@@ -303,44 +303,30 @@ FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
     id uuid, at timestamptz, state varchar, finished boolean, step_name varchar, error text)
 WHERE g.id = r.id;
 
--- name: project_step_started
--- The step and its saga in one statement (a step starts a dozen times a job).
+-- name: project_step
+-- A step's change, whatever its kind (hodei.store.projections._step), each row a step of its
+-- own; the saga's current step is its last started or run one among the rows (`n`: their
+-- order). A NULL keeps the step's own value (a finished step keeps its start and retries),
+-- and its error too when `keep_error`.
 WITH r AS (
-    SELECT r.* FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
-        id uuid, at timestamptz, step_name varchar, step_order int, retry_count int, deadline_at timestamptz)
+    SELECT r.*, e.n FROM hodei.rows(%s::jsonb) WITH ORDINALITY AS e (item, n), jsonb_to_record(e.item) AS r (
+        id uuid, at timestamptz, state varchar, step_name varchar, step_order int, retry_count int,
+        deadline_at timestamptz, error text, keep_error boolean, started_at timestamptz,
+        completed_at timestamptz, moves_saga boolean)
 ), step AS (
     UPDATE saga_steps AS s
-    SET state = 'IN_PROGRESS', retry_count = r.retry_count, deadline_at = r.deadline_at,
-        error_message = NULL, started_at = r.at, completed_at = NULL, updated_at = r.at
+    SET state = r.state,
+        retry_count = coalesce(r.retry_count, s.retry_count),
+        deadline_at = r.deadline_at,
+        error_message = CASE WHEN r.keep_error THEN coalesce(r.error, s.error_message) ELSE r.error END,
+        started_at = coalesce(r.started_at, s.started_at),
+        completed_at = r.completed_at,
+        updated_at = r.at
     FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
 )
-UPDATE sagas AS g SET state = 'IN_PROGRESS', current_step = r.step_name, updated_at = r.at
-FROM r WHERE g.id = r.id;
-
--- name: project_step_ran
--- A step that started and completed in one transaction (one event: StepRan).
-WITH r AS (
-    SELECT r.* FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
-        id uuid, at timestamptz, step_name varchar, step_order int, retry_count int, started_at timestamptz)
-), step AS (
-    UPDATE saga_steps AS s
-    SET state = 'COMPLETED', retry_count = r.retry_count, deadline_at = NULL, error_message = NULL,
-        started_at = r.started_at, completed_at = r.at, updated_at = r.at
-    FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
-)
-UPDATE sagas AS g SET state = 'IN_PROGRESS', current_step = r.step_name, updated_at = r.at
-FROM r WHERE g.id = r.id;
-
--- name: project_step_finished
-UPDATE saga_steps AS s
-SET state = r.state,
-    error_message = coalesce(r.error, s.error_message),
-    deadline_at = r.deadline_at,
-    completed_at = r.at,
-    updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
-    id uuid, at timestamptz, state varchar, step_order int, error text, deadline_at timestamptz)
-WHERE s.saga_id = r.id AND s.step_order = r.step_order;
+UPDATE sagas AS g SET state = 'IN_PROGRESS', current_step = m.step_name, updated_at = m.at
+FROM (SELECT DISTINCT ON (r.id) r.id, r.step_name, r.at FROM r WHERE r.moves_saga ORDER BY r.id, r.n DESC) AS m
+WHERE g.id = m.id;
 
 -- name: project_step_compensating
 -- The step and its saga.
