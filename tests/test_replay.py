@@ -137,7 +137,7 @@ def test_replay_plans_its_statements_as_index_lookups_on_tables_that_start_empty
     an empty table's statistics it would scan and hash the table, a plan kept while the
     table fills up. Replay plans index lookups."""
     Workload(store, seed=19).apply("job")
-    statement = "EXPLAIN (FORMAT JSON) " + query_text("project_step")
+    statement = "EXPLAIN (FORMAT JSON) " + query_text("project_saga_moves")
     with store.pool.connection() as conn, conn.transaction():
         conn.execute("CREATE TEMPORARY TABLE saga_steps (LIKE public.saga_steps INCLUDING ALL) ON COMMIT DROP")
         conn.execute("ANALYZE pg_temp.saga_steps")

@@ -71,8 +71,8 @@ class Statements:
 
 def _row_key(name: str, params: dict[str, Any]) -> Any:
     """What one execution of statement ``name`` may update only once: the aggregate's row,
-    or for ``project_step`` the step's (it updates the saga's row once, from its last row)."""
-    return (params["id"], params["step_order"]) if name == "project_step" else params["id"]
+    or for ``project_saga_moves`` the step's (it updates the saga's row once, from its last row)."""
+    return (params["id"], params["step_order"]) if name == "project_saga_moves" else params["id"]
 
 
 def _send(cur: Cursor[Any], name: str, rows: list[dict[str, Any]]) -> None:
@@ -291,13 +291,6 @@ def _audits(event: EventRecord) -> list[dict[str, Any]]:
     ]
 
 
-def _saga_state(cur: Sink, event: EventRecord, state: str, *, finished: bool = False, error: str | None = None) -> None:
-    cur.run(
-        "project_saga_state",
-        _base(event, state=state, finished=finished, step_name=event.payload.get("step_name"), error=error),
-    )
-
-
 def _saga_started(cur: Sink, event: EventRecord) -> None:
     p = event.payload
     cur.run(
@@ -314,13 +307,16 @@ def _saga_started(cur: Sink, event: EventRecord) -> None:
 
 
 def _step(cur: Sink, event: EventRecord, state: str, **values: Any) -> None:
-    """A step's change, one statement for every kind (``project_step``): a saga's save
-    moves it through several steps (one completes, the next runs, the one after starts),
-    each a row of one execution, and the saga's current step becomes its last started or
-    run one (``moves_saga``). A value left out keeps the step's own: a finished step keeps
-    its start and retries."""
+    """A step's change, one statement for every kind and the saga's end
+    (``project_saga_moves``): a saga's save moves it through several steps (one completes,
+    the next runs, the one after starts, or the saga ends), each a row of one execution,
+    and the saga's row is set once, from its last started or run step (``moves_saga``) or
+    its end. A value left out keeps the step's own: a finished step keeps its start and
+    retries."""
     p = event.payload
-    cur.run("project_step", _base(event, state=state, step_name=p["step_name"], step_order=p["step_order"], **values))
+    cur.run(
+        "project_saga_moves", _base(event, state=state, step_name=p["step_name"], step_order=p["step_order"], **values)
+    )
 
 
 def _step_started(cur: Sink, event: EventRecord) -> None:
@@ -370,12 +366,14 @@ def _compensation_started(cur: Sink, event: EventRecord) -> None:
     cur.run("project_step_compensating", _base(event, step_name=p.get("step_name"), step_order=p["step_order"]))
 
 
-def _saga_completed(cur: Sink, event: EventRecord) -> None:
-    _saga_state(cur, event, "COMPLETED", finished=True)
+def _saga_ended(state: str) -> Projector:
+    """The saga's end, a move of its own in ``project_saga_moves`` (it touches no step)."""
 
+    def project(cur: Sink, event: EventRecord) -> None:
+        reason = event.payload.get("reason")
+        cur.run("project_saga_moves", _base(event, state=state, step_order=None, error=reason, finished=True))
 
-def _saga_failed(cur: Sink, event: EventRecord) -> None:
-    _saga_state(cur, event, "FAILED", finished=True, error=event.payload["reason"])
+    return project
 
 
 # Providers ----------------------------------------------------------------------
@@ -428,8 +426,8 @@ PROJECTORS: dict[str, Projector] = {
     "CompensationStarted": _compensation_started,
     "StepCompensated": _step_finished("COMPENSATED"),
     "CompensationFailed": _step_finished("COMPENSATION_FAILED"),
-    "SagaCompleted": _saga_completed,
-    "SagaFailed": _saga_failed,
+    "SagaCompleted": _saga_ended("COMPLETED"),
+    "SagaFailed": _saga_ended("FAILED"),
     "ProviderRegistered": _provider_registered,
     "ProviderEnabled": _provider_status("ACTIVE"),
     "ProviderDisabled": _provider_status("DISABLED"),

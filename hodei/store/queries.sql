@@ -292,27 +292,17 @@ INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, updated_at)
 SELECT s.step_id, r.id, s.step_name, s.step_order, 'PENDING', r.at
 FROM r, jsonb_to_recordset(r.steps) AS s (step_id uuid, step_name varchar, step_order int);
 
--- name: project_saga_state
-UPDATE sagas AS g
-SET state = r.state,
-    current_step = CASE WHEN r.finished THEN NULL ELSE coalesce(r.step_name, g.current_step) END,
-    error_message = coalesce(r.error, g.error_message),
-    completed_at = CASE WHEN r.finished THEN r.at ELSE g.completed_at END,
-    updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
-    id uuid, at timestamptz, state varchar, finished boolean, step_name varchar, error text)
-WHERE g.id = r.id;
-
--- name: project_step
--- A step's change, whatever its kind (hodei.store.projections._step), each row a step of its
--- own; the saga's current step is its last started or run one among the rows (`n`: their
--- order). A NULL keeps the step's own value (a finished step keeps its start and retries),
--- and its error too when `keep_error`.
+-- name: project_saga_moves
+-- A saga's moves: its steps' changes, whatever their kind (hodei.store.projections._step),
+-- each row a step of its own, and the saga's row once, from the last of the rows (`n`: their
+-- order) that sets it: a step started or run (`moves_saga`: its current step) or the saga's
+-- end (`finished`; it touches no step). A NULL keeps the step's own value (a finished step
+-- keeps its start and retries), and its error too when `keep_error`.
 WITH r AS (
     SELECT r.*, e.n FROM hodei.rows(%s::jsonb) WITH ORDINALITY AS e (item, n), jsonb_to_record(e.item) AS r (
         id uuid, at timestamptz, state varchar, step_name varchar, step_order int, retry_count int,
         deadline_at timestamptz, error text, keep_error boolean, started_at timestamptz,
-        completed_at timestamptz, moves_saga boolean)
+        completed_at timestamptz, moves_saga boolean, finished boolean)
 ), step AS (
     UPDATE saga_steps AS s
     SET state = r.state,
@@ -324,8 +314,16 @@ WITH r AS (
         updated_at = r.at
     FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
 )
-UPDATE sagas AS g SET state = 'IN_PROGRESS', current_step = m.step_name, updated_at = m.at
-FROM (SELECT DISTINCT ON (r.id) r.id, r.step_name, r.at FROM r WHERE r.moves_saga ORDER BY r.id, r.n DESC) AS m
+UPDATE sagas AS g
+SET state = CASE WHEN m.finished THEN m.state ELSE 'IN_PROGRESS' END,
+    current_step = CASE WHEN m.finished THEN NULL ELSE m.step_name END,
+    error_message = CASE WHEN m.finished THEN coalesce(m.error, g.error_message) ELSE g.error_message END,
+    completed_at = CASE WHEN m.finished THEN m.at ELSE g.completed_at END,
+    updated_at = m.at
+FROM (
+    SELECT DISTINCT ON (r.id) r.id, r.state, r.step_name, r.error, r.at, r.finished
+    FROM r WHERE r.moves_saga OR r.finished ORDER BY r.id, r.n DESC
+) AS m
 WHERE g.id = m.id;
 
 -- name: project_step_compensating
