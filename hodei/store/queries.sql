@@ -164,19 +164,6 @@ FROM domain_events
 WHERE aggregate_id = %s
 ORDER BY aggregate_version;
 
--- Outbox relay -------------------------------------------------------------------
-
--- name: ack_outbox_row_or_abort
--- Inside a handler's save that writes no event (one that does acknowledges in
--- insert_events_and_outbox): aborts the whole transaction when the lease was lost.
-WITH acked AS (
-    UPDATE outbox_events
-    SET status = 'PUBLISHED', published_at = now(), lease_until = NULL
-    WHERE id = %(id)s AND claimed_by = %(claimer)s AND status = 'PROCESSING'
-    RETURNING 1
-)
-SELECT hodei.require(count(*) = 1, %(message)s) FROM acked;
-
 -- Projections: one or more statements per event type (hodei/store/projections.py).
 -- Every value comes from the event, never from now(), so replay gives identical rows.
 -- Each statement takes its rows as one jsonb array, one row per event and never two of
@@ -368,6 +355,8 @@ WHERE p.id = r.id;
 UPDATE provider_configs AS p SET health = r.health, health_message = r.message, updated_at = r.at
 FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, health varchar, message text)
 WHERE p.id = r.id;
+
+-- Outbox relay -------------------------------------------------------------------
 
 -- name: claim_outbox_rows
 -- A row is claimable when it is due (or its lease expired) and every earlier open row of

@@ -272,7 +272,7 @@ class DomainEventRecorder(ApplicationRecorder):
         ack: Ack | None = kwargs.get("ack")
         unmoved: Unmoved | None = kwargs.get("unmoved")
         records = [to_record(e, kwargs.get("correlation_id"), kwargs.get("actor")) for e in stored_events]
-        if not records and ack is None:
+        if not records:  # a handler's save with nothing to write acknowledges with its reads
             return []
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
         grouped = runs(records)
@@ -352,27 +352,23 @@ class DomainEventRecorder(ApplicationRecorder):
                     if conn.info.transaction_status is TransactionStatus.IDLE:
                         cur.execute("BEGIN")
                     audits = projections.project_but_audits(cur, records)
-                    if ack is not None and not records:
-                        params = {"id": ack.outbox_id, "claimer": ack.claimed_by, "message": lease_lost}
-                        cur.execute(query("ack_outbox_row_or_abort"), params)
-                    if records:
-                        cur.execute(query("lock_domain_events"))
-                        params = {
-                            "events": rows,
-                            "channel": SIGNAL_CHANNEL,
-                            "signal": signal_payload(records),
-                            "quiet": f" {NOTHING_TO_DELIVER}",
-                            "heard": heard(records),
-                            "claimer": reservation.claimer if reservation else None,
-                            "lease": reservation.lease_seconds if reservation else 0.0,
-                            "held": reservation.held if reservation else [],
-                            "ack": ack.outbox_id if ack else None,
-                            "ack_claimer": ack.claimed_by if ack else None,
-                            "lease_lost": lease_lost,
-                            "audits": Jsonb(audits),
-                            **_unmoved_params(unmoved),
-                        }
-                        inserted.execute(query("insert_events_and_outbox"), params)
+                    cur.execute(query("lock_domain_events"))
+                    params = {
+                        "events": rows,
+                        "channel": SIGNAL_CHANNEL,
+                        "signal": signal_payload(records),
+                        "quiet": f" {NOTHING_TO_DELIVER}",
+                        "heard": heard(records),
+                        "claimer": reservation.claimer if reservation else None,
+                        "lease": reservation.lease_seconds if reservation else 0.0,
+                        "held": reservation.held if reservation else [],
+                        "ack": ack.outbox_id if ack else None,
+                        "ack_claimer": ack.claimed_by if ack else None,
+                        "lease_lost": lease_lost,
+                        "audits": Jsonb(audits),
+                        **_unmoved_params(unmoved),
+                    }
+                    inserted.execute(query("insert_events_and_outbox"), params)
                     cur.execute("COMMIT")
             except BaseException as exc:
                 roll_back(conn)
@@ -389,7 +385,7 @@ class DomainEventRecorder(ApplicationRecorder):
                     # admission's advisory lock): the whole try runs again, not the write.
                     raise ConcurrencyConflict(f"deadlock detected; the command runs again: {exc}") from exc
                 raise
-            return sorted(_Written(*row) for row in inserted.fetchall()) if records else []
+            return sorted(_Written(*row) for row in inserted.fetchall())
 
     def select_events(
         self,
