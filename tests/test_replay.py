@@ -6,15 +6,19 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
+from hodei.domain.saga import Saga
 from hodei.store import replay
-from hodei.store.app import HodeiStore
+from hodei.store.app import HodeiStore, Meta
 from hodei.store.projections import READ_MODELS
 from hodei.store.sql import query as query_text
 from hodei.testing import eventually, query
@@ -166,3 +170,40 @@ def test_apply_swaps_in_its_tables_past_a_writer_between_its_read_models_and_the
     rebuilding.join(timeout=60)
     assert len(rebuilt) == 1
     assert replay.verify(store.pool)[1] == []
+
+
+def test_a_sagas_moves_folded_by_replay_leave_the_rows_their_saves_left_one_by_one(
+    store: HodeiStore, monkeypatch: Any
+) -> None:
+    """Replay folds a saga's consecutive moves in a page (``projections._Moves``); live,
+    each save here is one move. A page starting at each move makes a fold start from each
+    state the steps can be in (a retry's error left by an earlier page, a start kept from
+    one, a compensation in between), and the tables are compared after every move, as a
+    later move would hide a wrong one."""
+    saga = Saga(saga_type="EXECUTION", correlation_id=str(uuid4()), attempt=1, steps=["a", "b", "c", "d"], context={})
+    later = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    moves: list[Callable[[], None]] = [
+        lambda: saga.start_step(0, later),
+        lambda: saga.complete_step(0, {"k": 1}),
+        lambda: saga.start_step(1, later),
+        lambda: saga.fail_step(1, "boom", later),
+        lambda: saga.start_step(1, later),
+        lambda: saga.complete_step(1, {}),
+        lambda: saga.run_step(2, datetime.now(UTC).isoformat(), {}),
+        lambda: saga.start_step(3, later),
+        lambda: saga.fail_step(3, "for good", None),
+        lambda: saga.start_compensation(2),
+        lambda: saga.finish_compensation(2),
+        lambda: saga.start_compensation(1),
+        lambda: saga.fail_compensation(1, "cannot undo"),
+        lambda: saga.fail("step d failed"),
+    ]
+    before = query(store.pool.conninfo, "SELECT count(*) FROM domain_events")[0][0]
+    store.write([saga], Meta(actor="test"))
+    for done, move in enumerate(moves, 1):
+        move()
+        store.write([saga], Meta(actor="test"))
+        # Pages of `before + k` rows: the second starts at the saga's k-th move.
+        for page in range(before + 1, before + done + 1):
+            monkeypatch.setattr(replay, "PAGE", page)
+            assert replay.verify(store.pool)[1] == [], f"after {done} moves, a page from move {page - before}"

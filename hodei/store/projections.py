@@ -53,26 +53,89 @@ class Statements:
     def __init__(self, cur: Cursor[Any]) -> None:
         self._cur = cur
         self._name = ""
-        self._rows: list[dict[str, Any]] = []
+        self._batch: Batch = _Rows()
 
     def run(self, name: str, params: dict[str, Any]) -> None:
-        # A statement updates a row once: its second row for it starts a new run.
-        key = _row_key(name, params)
-        if name != self._name or any(_row_key(name, row) == key for row in self._rows):
+        if name != self._name or not self._batch.takes(params):
             self.flush()
             self._name = name
-        self._rows.append(params)
+            self._batch = _batch(name)
+        self._batch.add(params)
 
     def flush(self) -> None:
-        if self._rows:
-            _send(self._cur, self._name, self._rows)
-        self._rows = []
+        rows = self._batch.rows()
+        if rows:
+            _send(self._cur, self._name, rows)
+        self._name = ""
+        self._batch = _Rows()
 
 
-def _row_key(name: str, params: dict[str, Any]) -> Any:
-    """What one execution of statement ``name`` may update only once: the aggregate's row,
-    or for ``project_saga_moves`` the step's (it updates the saga's row once, from its last row)."""
-    return (params["id"], params["step_order"]) if name == "project_saga_moves" else params["id"]
+class Batch(Protocol):
+    """The rows of one execution of a statement."""
+
+    def takes(self, row: dict[str, Any]) -> bool: ...
+
+    def add(self, row: dict[str, Any]) -> None: ...
+
+    def rows(self) -> list[dict[str, Any]]: ...
+
+
+class _Rows:
+    """Rows as they came: a statement updates an aggregate's row once, so a second row
+    for one aggregate waits for the next execution."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+        self._ids: set[Any] = set()
+
+    def takes(self, row: dict[str, Any]) -> bool:
+        return row["id"] not in self._ids
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._ids.add(row["id"])
+        self._rows.append(row)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self._rows
+
+
+class _Moves:
+    """Rows of ``project_saga_moves``, folded: a step's later change composes with its
+    earlier one into a row of the step's last values (what running them one after the
+    other leaves), and a saga's last move replaces its earlier ones. A saga's run of moves
+    (its steps started, run, finished, its end) is then one execution however long, each
+    row it changes updated once."""
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[Any, int], dict[str, Any]] = {}
+        self._sagas: dict[Any, dict[str, Any]] = {}
+
+    def takes(self, row: dict[str, Any]) -> bool:
+        return True
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["step_order"] is None:
+            self._sagas[row["id"]] = row
+            return
+        key = (row["id"], row["step_order"])
+        earlier = self._steps.get(key)
+        if earlier is not None:
+            row = {**row}
+            for kept in ("retry_count", "started_at"):
+                if row.get(kept) is None:
+                    row[kept] = earlier.get(kept)
+            if row.get("keep_error"):
+                if row.get("error") is None:
+                    row["error"] = earlier.get("error")
+                row["keep_error"] = earlier.get("keep_error")
+        self._steps[key] = row
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [*self._steps.values(), *self._sagas.values()]
+
+
+def _batch(name: str) -> Batch:
+    return _Moves() if name == "project_saga_moves" else _Rows()
 
 
 def _send(cur: Cursor[Any], name: str, rows: list[dict[str, Any]]) -> None:
@@ -85,24 +148,34 @@ class Waves:
     database far more than a row of it. Every projection statement touches only its own
     aggregate's rows (and rows that reference them), so only the order within one
     aggregate matters: wave n holds each aggregate's n-th statement, waves go out in
-    order, and within a wave each kind is one execution, at most one row per aggregate.
-    The aggregate is every statement's ``id`` parameter (``_base``)."""
+    order, and within a wave each kind is one execution, at most one row per aggregate
+    (a saga's consecutive moves fold into one: ``_Moves``). The aggregate is every
+    statement's ``id`` parameter (``_base``)."""
 
     def __init__(self) -> None:
-        self._waves: list[dict[str, list[dict[str, Any]]]] = []
-        self._sent: dict[str, int] = {}
+        self._waves: list[dict[str, Batch]] = []
+        self._last: dict[Any, tuple[int, str]] = {}
 
     def run(self, name: str, params: dict[str, Any]) -> None:
-        wave = self._sent.get(params["id"], 0)
-        self._sent[params["id"]] = wave + 1
+        last = self._last.get(params["id"])
+        if last is None:
+            wave = 0
+        elif last[1] == name and name == "project_saga_moves":
+            wave = last[0]
+        else:
+            wave = last[0] + 1
+        self._last[params["id"]] = (wave, name)
         if wave == len(self._waves):
             self._waves.append({})
-        self._waves[wave].setdefault(name, []).append(params)
+        batch = self._waves[wave].get(name)
+        if batch is None:
+            batch = self._waves[wave][name] = _batch(name)
+        batch.add(params)
 
     def send(self, cur: Cursor[Any]) -> None:
         for wave in self._waves:
-            for name, rows in wave.items():
-                _send(cur, name, rows)
+            for name, batch in wave.items():
+                _send(cur, name, batch.rows())
 
 
 # Jobs ---------------------------------------------------------------------------
@@ -306,17 +379,19 @@ def _saga_started(cur: Sink, event: EventRecord) -> None:
     )
 
 
-def _step(cur: Sink, event: EventRecord, state: str, **values: Any) -> None:
-    """A step's change, one statement for every kind and the saga's end
-    (``project_saga_moves``): a saga's save moves it through several steps (one completes,
-    the next runs, the one after starts, or the saga ends), each a row of one execution,
-    and the saga's row is set once, from its last started or run step (``moves_saga``) or
-    its end. A value left out keeps the step's own: a finished step keeps its start and
-    retries."""
+def _step(cur: Sink, event: EventRecord, state: str, moves_saga: bool = False, **values: Any) -> None:
+    """A step's change, one statement for every kind and the saga's moves
+    (``project_saga_moves``, folded by ``_Moves``): a saga's save moves it through several
+    steps (one completes, the next runs, the one after starts, or the saga ends), each a
+    row of one execution. A value left out keeps the step's own: a finished step keeps its
+    start and retries. A step started or run also moves the saga (``moves_saga``): a row
+    without a step, the saga's current one."""
     p = event.payload
     cur.run(
         "project_saga_moves", _base(event, state=state, step_name=p["step_name"], step_order=p["step_order"], **values)
     )
+    if moves_saga:
+        cur.run("project_saga_moves", _base(event, step_name=p["step_name"], step_order=None, finished=False))
 
 
 def _step_started(cur: Sink, event: EventRecord) -> None:
@@ -325,10 +400,10 @@ def _step_started(cur: Sink, event: EventRecord) -> None:
         cur,
         event,
         "IN_PROGRESS",
+        moves_saga=True,
         retry_count=p["retry_count"],
         deadline_at=p["deadline_at"],
         started_at=event.occurred_at,
-        moves_saga=True,
     )
 
 
@@ -338,10 +413,10 @@ def _step_ran(cur: Sink, event: EventRecord) -> None:
         cur,
         event,
         "COMPLETED",
+        moves_saga=True,
         retry_count=p["retry_count"],
         started_at=p["started_at"],
         completed_at=event.occurred_at,
-        moves_saga=True,
     )
 
 
@@ -367,7 +442,7 @@ def _compensation_started(cur: Sink, event: EventRecord) -> None:
 
 
 def _saga_ended(state: str) -> Projector:
-    """The saga's end, a move of its own in ``project_saga_moves`` (it touches no step)."""
+    """The saga's end, a row of ``project_saga_moves`` without a step."""
 
     def project(cur: Sink, event: EventRecord) -> None:
         reason = event.payload.get("reason")
@@ -437,10 +512,10 @@ PROJECTORS: dict[str, Projector] = {
 
 
 def _project_into(sink: Sink, events: Iterable[EventRecord]) -> list[dict[str, Any]]:
-    """Runs the projector of each event (of each row: ``unpack``) into ``sink``; the audit
-    rows, for the caller to add last."""
+    """Runs the projector of each event (of rows unpacked: ``unpack``) into ``sink``; the
+    audit rows, for the caller to add last."""
     audits = []
-    for stored in (event for row in events for event in unpack(row)):
+    for stored in events:
         try:
             projector = PROJECTORS[stored.event_type]
         except KeyError:
@@ -458,7 +533,7 @@ def project_but_audits(cursor: Cursor[Any], events: Iterable[EventRecord]) -> li
     each row only references its saga, written by then), a statement fewer for each of a
     saga's saves; a pipelined statement costs the client about as much as the database."""
     cur = Statements(cursor)
-    audits = _project_into(cur, events)
+    audits = _project_into(cur, (event for row in events for event in unpack(row)))
     cur.flush()
     return audits
 
@@ -476,8 +551,9 @@ class Page:
     concurrent writers lock read-model rows stays what it was). Built apart from being
     sent, so replay builds the next page while the database runs this one."""
 
-    def __init__(self, events: Sequence[EventRecord]) -> None:
-        self.events = len(events)
+    def __init__(self, rows: Sequence[EventRecord]) -> None:
+        events = [event for row in rows for event in unpack(row)]
+        self.events = len(events)  # a row of a saga's moves holds several
         self._waves = Waves()
         self._audits = _project_into(self._waves, events)
 

@@ -280,16 +280,15 @@ SELECT s.step_id, r.id, s.step_name, s.step_order, 'PENDING', r.at
 FROM r, jsonb_to_recordset(r.steps) AS s (step_id uuid, step_name varchar, step_order int);
 
 -- name: project_saga_moves
--- A saga's moves: its steps' changes, whatever their kind (hodei.store.projections._step),
--- each row a step of its own, and the saga's row once, from the last of the rows (`n`: their
--- order) that sets it: a step started or run (`moves_saga`: its current step) or the saga's
--- end (`finished`; it touches no step). A NULL keeps the step's own value (a finished step
--- keeps its start and retries), and its error too when `keep_error`.
+-- A saga's moves, folded (hodei.store.projections._Moves): a row for each step changed,
+-- with its last values (a NULL keeps the step's own: a finished step keeps its start and
+-- retries, and its error too when `keep_error`), and a row without a step for each saga
+-- moved, to its current step or to its end (`finished`).
 WITH r AS (
-    SELECT r.*, e.n FROM hodei.rows(%s::jsonb) WITH ORDINALITY AS e (item, n), jsonb_to_record(e.item) AS r (
+    SELECT r.* FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
         id uuid, at timestamptz, state varchar, step_name varchar, step_order int, retry_count int,
         deadline_at timestamptz, error text, keep_error boolean, started_at timestamptz,
-        completed_at timestamptz, moves_saga boolean, finished boolean)
+        completed_at timestamptz, finished boolean)
 ), step AS (
     UPDATE saga_steps AS s
     SET state = r.state,
@@ -302,16 +301,12 @@ WITH r AS (
     FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
 )
 UPDATE sagas AS g
-SET state = CASE WHEN m.finished THEN m.state ELSE 'IN_PROGRESS' END,
-    current_step = CASE WHEN m.finished THEN NULL ELSE m.step_name END,
-    error_message = CASE WHEN m.finished THEN coalesce(m.error, g.error_message) ELSE g.error_message END,
-    completed_at = CASE WHEN m.finished THEN m.at ELSE g.completed_at END,
-    updated_at = m.at
-FROM (
-    SELECT DISTINCT ON (r.id) r.id, r.state, r.step_name, r.error, r.at, r.finished
-    FROM r WHERE r.moves_saga OR r.finished ORDER BY r.id, r.n DESC
-) AS m
-WHERE g.id = m.id;
+SET state = CASE WHEN r.finished THEN r.state ELSE 'IN_PROGRESS' END,
+    current_step = CASE WHEN r.finished THEN NULL ELSE r.step_name END,
+    error_message = CASE WHEN r.finished THEN coalesce(r.error, g.error_message) ELSE g.error_message END,
+    completed_at = CASE WHEN r.finished THEN r.at ELSE g.completed_at END,
+    updated_at = r.at
+FROM r WHERE r.step_order IS NULL AND g.id = r.id;
 
 -- name: project_step_compensating
 -- The step and its saga.

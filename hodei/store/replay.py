@@ -32,8 +32,9 @@ from hodei.store.sql import query
 SCRATCH_SCHEMA = "hodei_replay"
 REBUILD_SCHEMA = "hodei_rebuild"
 RETIRED_SCHEMA = "hodei_retired"
+# Rows of the log a page reads (a row of a saga's moves holds several events).
 PAGE = 2000
-# Catching up stops (and the lock is taken) once a round finds fewer events than this.
+# Catching up stops (and the lock is taken) once a round finds fewer rows than this.
 CATCH_UP_LEFT = 200
 CATCH_UP_ROUNDS = 20
 # Pages ``apply`` projects in one transaction (each transaction waits for its results).
@@ -62,7 +63,7 @@ def _pages(
     conn: psycopg.Connection[Any], after: int, last_page: Callable[[int], bool] = lambda found: not found
 ) -> Iterator[_Page]:
     """The log's pages after position ``after``, each with its statements built, until
-    ``last_page(events found)`` says the page just read was the last."""
+    ``last_page(rows found)`` says the page just read was the last."""
     with conn.cursor(row_factory=args_row(EventRecord)) as reader:
         while True:
             records = reader.execute(query("select_event_records"), (after, PAGE)).fetchall()
