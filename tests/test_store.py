@@ -12,6 +12,8 @@ from uuid import UUID, uuid4, uuid5
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
@@ -255,6 +257,13 @@ def test_event_ids_are_stable(store: HodeiStore, fresh_database_url: str) -> Non
     # The derivation every log written so far holds (replay derives the ids of a saga's
     # moves again): uuid5 in Hodei's event namespace.
     assert event_id(str(job.id), 7) == uuid5(UUID("0f7cbe4e-3a55-4f76-9a73-0d3e7f4c1b21"), f"{job.id}/7")
+
+
+@given(namespace=st.uuids(), name=st.text())
+def test_the_ids_projections_derive_as_text_are_uuid5s(namespace: UUID, name: str) -> None:
+    from hodei.store.events import uuid5_text
+
+    assert uuid5_text(namespace, name) == str(uuid5(namespace, name))
 
 
 def test_a_silent_worker_whose_job_ended_is_not_stale(store: HodeiStore) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
 
-from hodei.store.events import EventRecord, current, unpack
+from hodei.store.events import EventRecord, current, unpack, uuid5_text
 from hodei.store.sql import query
 
 
@@ -284,7 +284,7 @@ def _planned_steps(saga_id: str, names: list[str]) -> list[dict[str, Any]]:
     """A saga's steps, each with an id derived from the saga's and its place."""
     saga = UUID(saga_id)
     return [
-        {"step_id": uuid5(saga, f"step/{order}"), "step_name": name, "step_order": order}
+        {"step_id": uuid5_text(saga, f"step/{order}"), "step_name": name, "step_order": order}
         for order, name in enumerate(names)
     ]
 
@@ -336,7 +336,7 @@ def _audit(
     event: EventRecord,
     event_type: str,
     payload: dict[str, Any],
-    event_id: UUID | None = None,
+    event_id: UUID | str | None = None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
     return _base(
@@ -359,7 +359,7 @@ def _audits(event: EventRecord) -> list[dict[str, Any]]:
     step = {"step_name": p["step_name"], "step_order": p["step_order"]}
     started = {**step, "retry_count": p["retry_count"], "deadline_at": None}
     return [
-        _audit(event, "StepStarted", started, uuid5(event.id, "started"), datetime.fromisoformat(p["started_at"])),
+        _audit(event, "StepStarted", started, uuid5_text(event.id, "started"), datetime.fromisoformat(p["started_at"])),
         _audit(event, "StepCompleted", {**step, "output": p["output"]}),
     ]
 

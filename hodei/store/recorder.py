@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -308,7 +308,7 @@ class DomainEventRecorder(ApplicationRecorder):
             relay.written_delivered([r for run, want in zip(grouped, wanted, strict=True) if not want for r in run])
             if reservation is not None:
                 taken = [
-                    ([replace(r, position=row.position) for r in run], row.origin)
+                    ([r._replace(position=row.position) for r in run], row.origin)
                     for run, row in zip(grouped, written, strict=True)
                     if row.taken
                 ]
