@@ -185,7 +185,7 @@ def _renamed(text: str, names: dict[str, str]) -> str:
 
 
 # The events a row of domain_events holds (``hodei.store.events.unpack``).
-_EVENTS_IN_ROW = f"CASE WHEN event_type = '{MOVES}' THEN jsonb_array_length(payload->'events') ELSE 1 END"
+EVENTS_IN_ROW = f"CASE WHEN event_type = '{MOVES}' THEN jsonb_array_length(payload->'events') ELSE 1 END"
 
 
 def _clone_jobs(url: str, size: int) -> None:
@@ -196,11 +196,11 @@ def _clone_jobs(url: str, size: int) -> None:
     events = query(
         url,
         "SELECT occurred_at, event_type, aggregate_id, correlation_id, actor, payload::text, aggregate_type, "
-        f"aggregate_version, topic, {_EVENTS_IN_ROW} FROM domain_events WHERE aggregate_type <> 'Provider' "
+        f"aggregate_version, topic, {EVENTS_IN_ROW} FROM domain_events WHERE aggregate_type <> 'Provider' "
         "ORDER BY position",
     )
     ids = {event[2] for event in events}
-    ((have,),) = query(url, f"SELECT coalesce(sum({_EVENTS_IN_ROW}), 0) FROM domain_events")
+    ((have,),) = query(url, f"SELECT coalesce(sum({EVENTS_IN_ROW}), 0) FROM domain_events")
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         while have < size:
             names = {old: str(uuid4()) for old in ids}

@@ -108,8 +108,7 @@ def _differences(conn: psycopg.Connection[Any], job_id: UUID, sample: int) -> li
 def _project_job(conn: psycopg.Connection[Any], job_id: UUID) -> int:
     records = _records(conn, job_id, "events_of_job")
     with conn.cursor() as writer, conn.pipeline():
-        projections.project_all(writer, records)
-    return len(records)
+        return projections.project_all(writer, records)
 
 
 def verify_job(pool: ConnectionPool, job_id: UUID, sample: int = 5) -> tuple[int, list[Difference]]:

@@ -527,22 +527,30 @@ def _project_into(sink: Sink, events: Iterable[EventRecord]) -> list[dict[str, A
     return audits
 
 
-def project_but_audits(cursor: Cursor[Any], events: Iterable[EventRecord]) -> list[dict[str, Any]]:
-    """Projects events in order but for their audit rows, which it returns: the recorder
-    inserts them with the events, in the append's statement (``insert_events_and_outbox``:
-    each row only references its saga, written by then), a statement fewer for each of a
-    saga's saves; a pipelined statement costs the client about as much as the database."""
-    cur = Statements(cursor)
-    audits = _project_into(cur, (event for row in events for event in unpack(row)))
-    cur.flush()
-    return audits
+def project_but_audits(cursor: Cursor[Any], rows: Iterable[EventRecord]) -> list[dict[str, Any]]:
+    """Projects the rows' events in order but for their audit rows, which it returns: the
+    recorder inserts them with the events, in the append's statement
+    (``insert_events_and_outbox``: each row only references its saga, written by then), a
+    statement fewer for each of a saga's saves; a pipelined statement costs the client
+    about as much as the database."""
+    return _project_in_order(cursor, (event for row in rows for event in unpack(row)))
 
 
-def project_all(cursor: Cursor[Any], events: Iterable[EventRecord]) -> None:
-    """Projects events in order, their audit rows last, in one statement."""
-    audits = project_but_audits(cursor, events)
+def project_all(cursor: Cursor[Any], rows: Iterable[EventRecord]) -> int:
+    """Projects the rows' events in order, their audit rows last, in one statement; how
+    many events (a row of a saga's moves holds several)."""
+    events = [event for row in rows for event in unpack(row)]
+    audits = _project_in_order(cursor, events)
     if audits:
         cursor.execute(query("project_saga_audits"), (Jsonb(audits),))
+    return len(events)
+
+
+def _project_in_order(cursor: Cursor[Any], events: Iterable[EventRecord]) -> list[dict[str, Any]]:
+    cur = Statements(cursor)
+    audits = _project_into(cur, events)
+    cur.flush()
+    return audits
 
 
 class Page:
