@@ -157,13 +157,11 @@ class Waves:
         self._last: dict[Any, tuple[int, str]] = {}
 
     def run(self, name: str, params: dict[str, Any]) -> None:
-        last = self._last.get(params["id"])
-        if last is None:
-            wave = 0
-        elif last[1] == name and name == "project_saga_moves":
-            wave = last[0]
-        else:
-            wave = last[0] + 1
+        # An aggregate's next statement goes into the next wave, unless its last one was
+        # of the same kind and that execution takes it too (a saga's moves fold).
+        wave, kind = self._last.get(params["id"], (-1, ""))
+        if kind != name or not self._waves[wave][name].takes(params):
+            wave += 1
         self._last[params["id"]] = (wave, name)
         if wave == len(self._waves):
             self._waves.append({})
