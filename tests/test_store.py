@@ -355,6 +355,30 @@ def test_projections_find_their_rows_by_key_in_the_plans_kept_per_connection(sto
     assert {name: found for name, found in scans.items() if found} == {}
 
 
+def test_every_projection_statement_reads_its_rows_where_the_projections_place_them() -> None:
+    """A projection's row goes to PostgreSQL as an array (``projections.COLUMNS``) that its
+    statement reads by place: a column read from the wrong place would write one value
+    where another belongs, and a typed read of the wrong type would fail only on a path a
+    test happens to run."""
+    import re
+
+    from hodei.store import projections
+    from hodei.store.sql import names
+    from hodei.store.sql import query as query_text
+
+    read = re.compile(r"\((\w)->>?(\d+)\)(?:::\w+)? AS (\w+)")
+
+    def places(name: str, row: str) -> list[tuple[int, str]]:
+        return [(int(place), alias) for var, place, alias in read.findall(query_text(name)) if var == row]
+
+    assert set(projections.COLUMNS) == {name for name in names() if name.startswith("project_")}
+    for name, columns in projections.COLUMNS.items():
+        assert places(name, "e") == list(enumerate(columns)), name
+    assert places("project_saga_started", "s") == list(enumerate(projections.STEP_COLUMNS))
+    # The append inserts a save's audit rows, read as project_saga_audits reads them.
+    assert places("insert_events_and_outbox", "e") == list(enumerate(projections.COLUMNS["project_saga_audits"]))
+
+
 def test_a_command_about_a_job_reads_its_whole_flow_once_per_try(
     store: HodeiStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

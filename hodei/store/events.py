@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from hashlib import sha1
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -56,11 +57,17 @@ class EventRecord(NamedTuple):
     position: int = 0
 
 
+@cache
+def _class_version(topic: str) -> int:
+    """The current version of a topic's event class (replay asks for every event)."""
+    return getattr(resolve_topic(topic), "class_version", 1)
+
+
 def current(record: EventRecord) -> EventRecord:
     """The record with its payload in the event class's current version: the upcasters
     the library applies when it reads an event, applied for code that reads payloads
     (projections), so old and new rows of one event type project alike."""
-    target = getattr(resolve_topic(record.topic), "class_version", 1)
+    target = _class_version(record.topic)
     version = record.payload.get("class_version", 1)
     if version >= target:
         return record

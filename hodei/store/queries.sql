@@ -40,12 +40,15 @@ WITH acked AS (
         available_at timestamptz, delivered boolean, take boolean)
     WHERE (SELECT ok FROM leased) AND (SELECT ok FROM unmoved)
 ), audited AS (
-    -- The saga events' audit rows (hodei.store.projections.project_but_audits), as
-    -- project_saga_audits inserts them for replay.
+    -- The saga events' audit rows (hodei.store.projections.project_but_audits), read as
+    -- project_saga_audits reads them for replay.
     INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
-    SELECT event_id, id, event_type, step_name, message, payload, at
-    FROM jsonb_to_recordset(%(audits)s::jsonb) AS r (
-        event_id uuid, id uuid, event_type varchar, step_name varchar, message text, payload jsonb, at timestamptz)
+    SELECT a.event_id, a.id, a.event_type, a.step_name, a.message, a.payload, a.at
+    FROM (
+        SELECT (e->>0)::uuid AS event_id, (e->>1)::uuid AS id, (e->>2)::varchar AS event_type,
+               (e->>3)::varchar AS step_name, (e->>4)::text AS message, (e->5) AS payload, (e->>6)::timestamptz AS at
+        FROM jsonb_array_elements(%(audits)s::jsonb) AS e
+    ) AS a
 ), events AS (
     INSERT INTO domain_events
         (id, occurred_at, event_type, aggregate_id, correlation_id, actor, payload, aggregate_type, aggregate_version, topic)
@@ -168,41 +171,52 @@ ORDER BY aggregate_version;
 -- Every value comes from the event, never from now(), so replay gives identical rows.
 -- Each statement takes its rows as one jsonb array, one row per event and never two of
 -- one aggregate: the live path sends one or a few, replay a whole page's worth (hundreds
--- of rows for the price of one statement). A statement that finds its rows by key reads
--- the array through hodei.rows: jsonb_to_recordset is planned as 100 rows, enough for a
--- plan kept per connection to scan and hash a whole table at every event.
+-- of rows for the price of one statement). A row is an array of the statement's columns,
+-- read by place in the order hodei.store.projections.COLUMNS names them (a test holds the
+-- two together). A statement that finds its rows by key reads the array through
+-- hodei.rows: jsonb_array_elements is planned as 100 rows, enough for a plan kept per
+-- connection to scan and hash a whole table at every event.
 
 -- name: project_job_created
 INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, retry_of, correlation_id, actor, created_at,
                   updated_at)
 SELECT r.id, r.name, 'PENDING', r.spec, 1, r.max_attempts, r.priority, r.retry_of, r.correlation_id, r.actor, r.at, r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
-    id uuid, at timestamptz, name varchar, spec jsonb, max_attempts int, priority int, retry_of uuid,
-    correlation_id varchar, actor varchar);
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name, (e->3) AS spec,
+           (e->>4)::int AS max_attempts, (e->>5)::int AS priority, (e->>6)::uuid AS retry_of,
+           (e->>7)::varchar AS correlation_id, (e->>8)::varchar AS actor
+    FROM jsonb_array_elements(%s::jsonb) AS e
+) AS r;
 
 -- name: project_job_admitted
 UPDATE jobs AS j SET admitted_at = r.at, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz)
+FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_provider_selected
 UPDATE jobs AS j SET selected_provider_id = r.provider_id, provider_type = r.provider_type, updated_at = r.at,
     admitted_at = CASE WHEN r.admitted THEN r.at ELSE j.admitted_at END
-FROM hodei.rows(%s::jsonb) AS e,
-     jsonb_to_record(e) AS r (id uuid, at timestamptz, provider_id uuid, provider_type varchar, admitted boolean)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS provider_id,
+           (e->>3)::varchar AS provider_type, (e->>4)::boolean AS admitted
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_assigned
 UPDATE jobs AS j
 SET state = 'ASSIGNED', worker_id = r.worker_id, selected_provider_id = r.provider_id,
     provider_type = r.provider_type, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e,
-     jsonb_to_record(e) AS r (id uuid, at timestamptz, worker_id uuid, provider_id uuid, provider_type varchar)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS worker_id, (e->>3)::uuid AS provider_id,
+           (e->>4)::varchar AS provider_type
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_touched
 UPDATE jobs AS j SET updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz)
+FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_status_changed
@@ -222,62 +236,82 @@ SET state = r.new_state,
     cancelled_by = CASE WHEN r.new_state = 'CANCELLED' THEN r.actor ELSE j.cancelled_by END,
     retry_at = CASE WHEN r.new_state = 'PENDING' THEN r.retry_at END,
     updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
-    id uuid, at timestamptz, new_state varchar, terminal boolean, exit_code int, reason text, ran_from timestamptz,
-    ran_until timestamptz, retry_at timestamptz, actor varchar)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS new_state, (e->>3)::boolean AS terminal,
+           (e->>4)::int AS exit_code, (e->>5)::text AS reason, (e->>6)::timestamptz AS ran_from,
+           (e->>7)::timestamptz AS ran_until, (e->>8)::timestamptz AS retry_at, (e->>9)::varchar AS actor
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_logs_persisted
 INSERT INTO job_log_files (id, job_id, storage_uri, size_bytes, entry_count, created_at)
 SELECT r.event_id, r.id, r.storage_uri, r.size_bytes, r.entry_count, r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
-    id uuid, at timestamptz, event_id uuid, storage_uri text, size_bytes bigint, entry_count int);
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS event_id, (e->>3)::text AS storage_uri,
+           (e->>4)::bigint AS size_bytes, (e->>5)::int AS entry_count
+    FROM jsonb_array_elements(%s::jsonb) AS e
+) AS r;
 
 -- name: project_job_logs_expired
 DELETE FROM job_log_files
-WHERE job_id IN (SELECT r.id FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid));
+WHERE job_id IN (SELECT (e->>0)::uuid AS id FROM hodei.rows(%s::jsonb) AS e);
 
 -- name: project_worker_created
 INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at)
 SELECT r.id, r.job_id, r.attempt, 'CREATING', r.provider_id, r.provider_type, r.at, r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
-    id uuid, at timestamptz, job_id uuid, attempt int, provider_id uuid, provider_type varchar);
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS job_id, (e->>3)::int AS attempt,
+           (e->>4)::uuid AS provider_id, (e->>5)::varchar AS provider_type
+    FROM jsonb_array_elements(%s::jsonb) AS e
+) AS r;
 
 -- name: project_worker_resource_created
 UPDATE workers AS w
 SET provider_resource_id = r.resource_id,
     state = CASE WHEN w.state = 'CREATING' THEN 'CONNECTING' ELSE w.state END,
     updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, resource_id varchar)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS resource_id
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE w.id = r.id;
 
 -- name: project_worker_registered
 UPDATE workers AS w SET state = 'READY', registered_at = r.at, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz)
+FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE w.id = r.id;
 
 -- name: project_worker_state
 UPDATE workers AS w SET state = r.state, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, state varchar)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS state FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE w.id = r.id;
 
 -- name: project_worker_failed
 UPDATE workers AS w SET state = 'FAILED', error_message = r.reason, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, reason text)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::text AS reason FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE w.id = r.id;
 
 -- name: project_saga_started
--- The saga and its planned steps.
+-- The saga and its planned steps (each an array of hodei.store.projections.STEP_COLUMNS).
 WITH r AS (
-    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r (
-        id uuid, at timestamptz, saga_type varchar, correlation_id varchar, attempt int, actor varchar, steps jsonb)
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS saga_type,
+           (e->>3)::varchar AS correlation_id, (e->>4)::int AS attempt, (e->>5)::varchar AS actor, (e->6) AS steps
+    FROM jsonb_array_elements(%s::jsonb) AS e
 ), saga AS (
     INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, actor, started_at, updated_at)
     SELECT r.id, r.saga_type, 'IN_PROGRESS', r.correlation_id, r.attempt, r.actor, r.at, r.at FROM r
 )
 INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, updated_at)
 SELECT s.step_id, r.id, s.step_name, s.step_order, 'PENDING', r.at
-FROM r, jsonb_to_recordset(r.steps) AS s (step_id uuid, step_name varchar, step_order int);
+FROM r, LATERAL (
+    SELECT (s->>0)::uuid AS step_id, (s->>1)::varchar AS step_name, (s->>2)::int AS step_order
+    FROM jsonb_array_elements(r.steps) AS s
+) AS s;
 
 -- name: project_saga_moves
 -- A saga's moves, folded (hodei.store.projections._Moves): a row for each step changed,
@@ -285,10 +319,11 @@ FROM r, jsonb_to_recordset(r.steps) AS s (step_id uuid, step_name varchar, step_
 -- retries, and its error too when `keep_error`), and a row without a step for each saga
 -- moved, to its current step or to its end (`finished`).
 WITH r AS (
-    SELECT r.* FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (
-        id uuid, at timestamptz, state varchar, step_name varchar, step_order int, retry_count int,
-        deadline_at timestamptz, error text, keep_error boolean, started_at timestamptz,
-        completed_at timestamptz, finished boolean)
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS state, (e->>3)::varchar AS step_name,
+           (e->>4)::int AS step_order, (e->>5)::int AS retry_count, (e->>6)::timestamptz AS deadline_at,
+           (e->>7)::text AS error, (e->>8)::boolean AS keep_error, (e->>9)::timestamptz AS started_at,
+           (e->>10)::timestamptz AS completed_at, (e->>11)::boolean AS finished
+    FROM hodei.rows(%s::jsonb) AS e
 ), step AS (
     UPDATE saga_steps AS s
     SET state = r.state,
@@ -311,8 +346,8 @@ FROM r WHERE r.step_order IS NULL AND g.id = r.id;
 -- name: project_step_compensating
 -- The step and its saga.
 WITH r AS (
-    SELECT r.* FROM hodei.rows(%s::jsonb) AS e,
-                    jsonb_to_record(e) AS r (id uuid, at timestamptz, step_name varchar, step_order int)
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS step_name, (e->>3)::int AS step_order
+    FROM hodei.rows(%s::jsonb) AS e
 ), step AS (
     UPDATE saga_steps AS s SET state = 'COMPENSATING', updated_at = r.at
     FROM r WHERE s.saga_id = r.id AND s.step_order = r.step_order
@@ -322,20 +357,29 @@ FROM r WHERE g.id = r.id;
 
 -- name: project_saga_audits
 -- Audit rows, a replay's page or a rebuilt job's, in one statement (a live save inserts its
--- own in insert_events_and_outbox's `audited`).
+-- own in insert_events_and_outbox's `audited`, which reads them alike).
 INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
-SELECT event_id, id, event_type, step_name, message, payload, at
-FROM jsonb_to_recordset(%s::jsonb) AS r (
-    event_id uuid, id uuid, event_type varchar, step_name varchar, message text, payload jsonb, at timestamptz);
+SELECT r.event_id, r.id, r.event_type, r.step_name, r.message, r.payload, r.at
+FROM (
+    SELECT (e->>0)::uuid AS event_id, (e->>1)::uuid AS id, (e->>2)::varchar AS event_type,
+           (e->>3)::varchar AS step_name, (e->>4)::text AS message, (e->5) AS payload, (e->>6)::timestamptz AS at
+    FROM jsonb_array_elements(%s::jsonb) AS e
+) AS r;
 
 -- name: project_provider_registered
 INSERT INTO provider_configs (id, name, provider_type, status, health, config, created_at, updated_at)
 SELECT r.id, r.name, r.provider_type, 'ACTIVE', 'UNKNOWN', r.config, r.at, r.at
-FROM jsonb_to_recordset(%s::jsonb) AS r (id uuid, at timestamptz, name varchar, provider_type varchar, config jsonb);
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name, (e->>3)::varchar AS provider_type,
+           (e->4) AS config
+    FROM jsonb_array_elements(%s::jsonb) AS e
+) AS r;
 
 -- name: project_provider_status
 UPDATE provider_configs AS p SET status = r.status, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, status varchar)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS status FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE p.id = r.id;
 
 -- name: project_provider_capacity
@@ -343,12 +387,17 @@ UPDATE provider_configs AS p
 SET config = CASE WHEN r.max_workers IS NULL THEN p.config - 'max_workers'
                   ELSE jsonb_set(p.config, '{max_workers}', to_jsonb(r.max_workers)) END,
     updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, max_workers int)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS max_workers FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE p.id = r.id;
 
 -- name: project_provider_health
 UPDATE provider_configs AS p SET health = r.health, health_message = r.message, updated_at = r.at
-FROM hodei.rows(%s::jsonb) AS e, jsonb_to_record(e) AS r (id uuid, at timestamptz, health varchar, message text)
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS health, (e->>3)::text AS message
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE p.id = r.id;
 
 -- Outbox relay -------------------------------------------------------------------
