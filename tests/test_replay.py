@@ -14,11 +14,13 @@ from uuid import uuid4
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg.rows import args_row
 from psycopg.types.json import Jsonb
 
 from hodei.domain.saga import Saga
-from hodei.store import replay
+from hodei.store import projections, replay
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.events import EventRecord, unpack
 from hodei.store.projections import READ_MODELS
 from hodei.store.sql import query as query_text
 from hodei.testing import eventually, query
@@ -34,6 +36,29 @@ def test_replay_of_a_random_workload_finds_no_difference(store: HodeiStore, seed
     count, differences = replay.verify(store.pool)
     assert differences == []
     assert count == query(store.pool.conninfo, "SELECT count(*) FROM domain_events")[0][0]
+
+
+def test_every_row_a_projector_makes_holds_its_statements_columns_in_order(store: HodeiStore) -> None:
+    """A row goes to PostgreSQL in place as it is (``projections._in_place``): a value a
+    projector names wrongly, or one its event's payload adds, would shift the columns."""
+    workload = Workload(store, seed=29)
+    for operation in OPERATIONS * 6:
+        workload.apply(operation)
+
+    class Recording:
+        def __init__(self) -> None:
+            self.rows: list[tuple[str, dict[str, Any]]] = []
+
+        def run(self, name: str, params: dict[str, Any]) -> None:
+            self.rows.append((name, params))
+
+    with store.pool.connection() as conn, conn.cursor(row_factory=args_row(EventRecord)) as cur:
+        records = cur.execute(query_text("select_event_records"), (0, 1_000_000)).fetchall()
+    sink = Recording()
+    audits = projections._project_into(sink, [event for record in records for event in unpack(record)])
+    made = [*sink.rows, *(("project_saga_audits", audit) for audit in audits)]
+    assert len({name for name, _ in made}) >= 12
+    assert [(name, tuple(row)) for name, row in made if tuple(row) != projections.COLUMNS[name]] == []
 
 
 def test_verify_reports_a_tampered_read_model(store: HodeiStore, fresh_database_url: str) -> None:

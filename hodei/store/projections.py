@@ -42,8 +42,91 @@ READ_MODELS = (
 _TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
 
 
-def _base(event: EventRecord, **values: Any) -> dict[str, Any]:
-    return {"id": event.aggregate_id, "at": event.occurred_at, **values}
+# Each projection statement's row, as the statement reads it: an array, these columns in
+# this order (``(e->>0)::uuid AS id``, ...). PostgreSQL reads an array's elements by
+# place, where a row of keys costs it a parse of every key and a lookup of every column:
+# half of replay's parameter cost (a page's audit rows 11 -> 6.5 us a row, its saga moves
+# 10 -> 3 us). The projectors keep naming their values, in rows that hold the columns in
+# this order (``_row``), so a row goes in place as it is. The first column is the aggregate's.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "project_job_created": (
+        "id",
+        "at",
+        "name",
+        "spec",
+        "max_attempts",
+        "priority",
+        "retry_of",
+        "correlation_id",
+        "actor",
+    ),
+    "project_job_admitted": ("id", "at"),
+    "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
+    "project_job_assigned": ("id", "at", "worker_id", "provider_id", "provider_type"),
+    "project_job_touched": ("id", "at"),
+    "project_job_status_changed": (
+        "id",
+        "at",
+        "new_state",
+        "terminal",
+        "exit_code",
+        "reason",
+        "ran_from",
+        "ran_until",
+        "retry_at",
+        "actor",
+    ),
+    "project_job_logs_persisted": ("id", "at", "event_id", "storage_uri", "size_bytes", "entry_count"),
+    "project_job_logs_expired": ("id",),
+    "project_worker_created": ("id", "at", "job_id", "attempt", "provider_id", "provider_type"),
+    "project_worker_resource_created": ("id", "at", "resource_id"),
+    "project_worker_registered": ("id", "at"),
+    "project_worker_state": ("id", "at", "state"),
+    "project_worker_failed": ("id", "at", "reason"),
+    "project_saga_started": ("id", "at", "saga_type", "correlation_id", "attempt", "actor", "steps"),
+    "project_saga_moves": (
+        "id",
+        "at",
+        "state",
+        "step_name",
+        "step_order",
+        "retry_count",
+        "deadline_at",
+        "error",
+        "keep_error",
+        "started_at",
+        "completed_at",
+        "finished",
+    ),
+    "project_step_compensating": ("id", "at", "step_name", "step_order"),
+    "project_saga_audits": ("id", "at", "event_id", "event_type", "step_name", "message", "payload"),
+    "project_provider_registered": ("id", "at", "name", "provider_type", "config"),
+    "project_provider_status": ("id", "at", "status"),
+    "project_provider_capacity": ("id", "at", "max_workers"),
+    "project_provider_health": ("id", "at", "health", "message"),
+}
+# A planned step, in project_saga_started's `steps` (``(s->>0)::uuid AS step_id``, ...).
+STEP_COLUMNS = ("step_id", "step_name", "step_order")
+
+
+# Each statement's row with every column NULL, in order: a row starts from it (``_row``).
+_BLANK = {name: dict.fromkeys(columns) for name, columns in COLUMNS.items()}
+
+
+def _in_place(rows: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """``rows`` (``_row``'s) as their statement reads them: each an array of its COLUMNS."""
+    return [tuple(row.values()) for row in rows]
+
+
+def _row(statement: str, event: EventRecord, /, **values: Any) -> dict[str, Any]:
+    """A row of ``statement``: its aggregate's id, the event's time (unless ``values`` say
+    another) and ``values``, every one of the statement's COLUMNS in their order (one left
+    out is NULL), so the row goes in place as it is (``_in_place``)."""
+    return {**_BLANK[statement], "id": event.aggregate_id, "at": event.occurred_at, **values}
+
+
+def _run(cur: Sink, statement: str, event: EventRecord, /, **values: Any) -> None:
+    cur.run(statement, _row(statement, event, **values))
 
 
 class Statements:
@@ -138,81 +221,8 @@ def _batch(name: str) -> Batch:
     return _Moves() if name == "project_saga_moves" else _Rows()
 
 
-# Each projection statement's row, as the statement reads it: an array, these columns in
-# this order (``(e->>0)::uuid AS id``, ...). PostgreSQL reads an array's elements by
-# place, where a row of keys costs it a parse of every key and a lookup of every column:
-# half of replay's parameter cost (a page's audit rows 11 -> 6.5 us a row, its saga moves
-# 10 -> 3 us). The projectors keep naming their values; ``_send`` puts them in place.
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "project_job_created": (
-        "id",
-        "at",
-        "name",
-        "spec",
-        "max_attempts",
-        "priority",
-        "retry_of",
-        "correlation_id",
-        "actor",
-    ),
-    "project_job_admitted": ("id", "at"),
-    "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
-    "project_job_assigned": ("id", "at", "worker_id", "provider_id", "provider_type"),
-    "project_job_touched": ("id", "at"),
-    "project_job_status_changed": (
-        "id",
-        "at",
-        "new_state",
-        "terminal",
-        "exit_code",
-        "reason",
-        "ran_from",
-        "ran_until",
-        "retry_at",
-        "actor",
-    ),
-    "project_job_logs_persisted": ("id", "at", "event_id", "storage_uri", "size_bytes", "entry_count"),
-    "project_job_logs_expired": ("id",),
-    "project_worker_created": ("id", "at", "job_id", "attempt", "provider_id", "provider_type"),
-    "project_worker_resource_created": ("id", "at", "resource_id"),
-    "project_worker_registered": ("id", "at"),
-    "project_worker_state": ("id", "at", "state"),
-    "project_worker_failed": ("id", "at", "reason"),
-    "project_saga_started": ("id", "at", "saga_type", "correlation_id", "attempt", "actor", "steps"),
-    "project_saga_moves": (
-        "id",
-        "at",
-        "state",
-        "step_name",
-        "step_order",
-        "retry_count",
-        "deadline_at",
-        "error",
-        "keep_error",
-        "started_at",
-        "completed_at",
-        "finished",
-    ),
-    "project_step_compensating": ("id", "at", "step_name", "step_order"),
-    "project_saga_audits": ("event_id", "id", "event_type", "step_name", "message", "payload", "at"),
-    "project_provider_registered": ("id", "at", "name", "provider_type", "config"),
-    "project_provider_status": ("id", "at", "status"),
-    "project_provider_capacity": ("id", "at", "max_workers"),
-    "project_provider_health": ("id", "at", "health", "message"),
-}
-# A planned step, in project_saga_started's `steps` (``(s->>0)::uuid AS step_id``, ...).
-STEP_COLUMNS = ("step_id", "step_name", "step_order")
-
-
-def _in_place(name: str, rows: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """``rows`` as statement ``name`` reads them: each an array of its COLUMNS (a column a
-    projector leaves out is NULL, as a key missing from a jsonb row was)."""
-    columns = COLUMNS[name]
-    return [tuple(map(row.get, columns)) for row in rows]
-
-
 def _send(cur: Cursor[Any], name: str, rows: list[dict[str, Any]]) -> None:
-    cur.execute(query(name), (Jsonb(_in_place(name, rows)),))
+    cur.execute(query(name), (Jsonb(_in_place(rows)),))
 
 
 class Waves:
@@ -223,7 +233,7 @@ class Waves:
     aggregate matters: wave n holds each aggregate's n-th statement, waves go out in
     order, and within a wave each kind is one execution, at most one row per aggregate
     (a saga's consecutive moves fold into one: ``_Moves``). The aggregate is every
-    statement's ``id`` parameter (``_base``)."""
+    statement's ``id`` column (``_row``)."""
 
     def __init__(self) -> None:
         self._waves: list[dict[str, Batch]] = []
@@ -255,61 +265,84 @@ class Waves:
 def _job_created(cur: Sink, event: EventRecord) -> None:
     # The spec names the job's secrets; their sealed values stay in the event only.
     spec = event.payload["spec"]
-    cur.run(
+    _run(
+        cur,
         "project_job_created",
-        _base(
-            event,
-            name=spec["name"],
-            spec=spec,
-            max_attempts=spec["max_attempts"],
-            priority=spec.get("priority", 0),
-            retry_of=event.payload["retry_of"],
-            correlation_id=event.correlation_id,
-            actor=event.actor,
-        ),
+        event,
+        name=spec["name"],
+        spec=spec,
+        max_attempts=spec["max_attempts"],
+        priority=spec.get("priority", 0),
+        retry_of=event.payload["retry_of"],
+        correlation_id=event.correlation_id,
+        actor=event.actor,
     )
 
 
 def _job_provider_selected(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_job_provider_selected", _base(event, **event.payload))
+    p = event.payload
+    _run(
+        cur,
+        "project_job_provider_selected",
+        event,
+        provider_id=p["provider_id"],
+        provider_type=p["provider_type"],
+        admitted=p["admitted"],
+    )
 
 
 def _job_admitted(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_job_admitted", _base(event))
+    _run(cur, "project_job_admitted", event)
 
 
 def _job_assigned(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_job_assigned", _base(event, **event.payload))
+    p = event.payload
+    _run(
+        cur,
+        "project_job_assigned",
+        event,
+        worker_id=p["worker_id"],
+        provider_id=p["provider_id"],
+        provider_type=p["provider_type"],
+    )
 
 
 def _job_touched(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_job_touched", _base(event))
+    _run(cur, "project_job_touched", event)
 
 
 def _job_status_changed(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run(
+    _run(
+        cur,
         "project_job_status_changed",
-        _base(
-            event,
-            new_state=p["new_state"],
-            terminal=p["new_state"] in _TERMINAL,
-            exit_code=p["exit_code"],
-            reason=p["reason"],
-            ran_from=p["ran_from"],
-            ran_until=p["ran_until"],
-            retry_at=p["retry_at"],
-            actor=event.actor,
-        ),
+        event,
+        new_state=p["new_state"],
+        terminal=p["new_state"] in _TERMINAL,
+        exit_code=p["exit_code"],
+        reason=p["reason"],
+        ran_from=p["ran_from"],
+        ran_until=p["ran_until"],
+        retry_at=p["retry_at"],
+        actor=event.actor,
     )
 
 
 def _job_logs_persisted(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_job_logs_persisted", _base(event, event_id=event.id, **event.payload))
+    p = event.payload
+    _run(
+        cur,
+        "project_job_logs_persisted",
+        event,
+        event_id=event.id,
+        storage_uri=p["storage_uri"],
+        size_bytes=p["size_bytes"],
+        entry_count=p["entry_count"],
+    )
 
 
 def _job_logs_expired(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_job_logs_expired", _base(event))
+    _run(cur, "project_job_logs_expired", event)
 
 
 # Workers ------------------------------------------------------------------------
@@ -317,35 +350,34 @@ def _job_logs_expired(cur: Sink, event: EventRecord) -> None:
 
 def _worker_created(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run(
+    _run(
+        cur,
         "project_worker_created",
-        _base(
-            event,
-            job_id=p["job_id"],
-            attempt=p["attempt"],
-            provider_id=p["provider_id"],
-            provider_type=p["provider_type"],
-        ),
+        event,
+        job_id=p["job_id"],
+        attempt=p["attempt"],
+        provider_id=p["provider_id"],
+        provider_type=p["provider_type"],
     )
 
 
 def _worker_resource_created(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_worker_resource_created", _base(event, resource_id=event.payload["resource_id"]))
+    _run(cur, "project_worker_resource_created", event, resource_id=event.payload["resource_id"])
 
 
 def _worker_registered(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_worker_registered", _base(event))
+    _run(cur, "project_worker_registered", event)
 
 
 def _worker_state(state: str) -> Projector:
     def project(cur: Sink, event: EventRecord) -> None:
-        cur.run("project_worker_state", _base(event, state=state))
+        _run(cur, "project_worker_state", event, state=state)
 
     return project
 
 
 def _worker_failed(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_worker_failed", _base(event, reason=event.payload["reason"]))
+    _run(cur, "project_worker_failed", event, reason=event.payload["reason"])
 
 
 # Sagas --------------------------------------------------------------------------
@@ -407,7 +439,8 @@ def _audit(
     event_id: UUID | str | None = None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
-    return _base(
+    return _row(
+        "project_saga_audits",
         event,
         at=at or event.occurred_at,
         event_id=event_id or event.id,
@@ -434,16 +467,15 @@ def _audits(event: EventRecord) -> list[dict[str, Any]]:
 
 def _saga_started(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run(
+    _run(
+        cur,
         "project_saga_started",
-        _base(
-            event,
-            saga_type=p["saga_type"],
-            correlation_id=p["correlation_id"],
-            attempt=p["attempt"],
-            actor=event.actor,
-            steps=_planned_steps(event.aggregate_id, p["steps"]),
-        ),
+        event,
+        saga_type=p["saga_type"],
+        correlation_id=p["correlation_id"],
+        attempt=p["attempt"],
+        actor=event.actor,
+        steps=_planned_steps(event.aggregate_id, p["steps"]),
     )
 
 
@@ -455,11 +487,9 @@ def _step(cur: Sink, event: EventRecord, state: str, moves_saga: bool = False, *
     start and retries. A step started or run also moves the saga (``moves_saga``): a row
     without a step, the saga's current one."""
     p = event.payload
-    cur.run(
-        "project_saga_moves", _base(event, state=state, step_name=p["step_name"], step_order=p["step_order"], **values)
-    )
+    _run(cur, "project_saga_moves", event, state=state, step_name=p["step_name"], step_order=p["step_order"], **values)
     if moves_saga:
-        cur.run("project_saga_moves", _base(event, step_name=p["step_name"], step_order=None, finished=False))
+        _run(cur, "project_saga_moves", event, step_name=p["step_name"], step_order=None, finished=False)
 
 
 def _step_started(cur: Sink, event: EventRecord) -> None:
@@ -506,7 +536,7 @@ def _step_finished(state: str) -> Projector:
 
 def _compensation_started(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run("project_step_compensating", _base(event, step_name=p.get("step_name"), step_order=p["step_order"]))
+    _run(cur, "project_step_compensating", event, step_name=p.get("step_name"), step_order=p["step_order"])
 
 
 def _saga_ended(state: str) -> Projector:
@@ -514,7 +544,7 @@ def _saga_ended(state: str) -> Projector:
 
     def project(cur: Sink, event: EventRecord) -> None:
         reason = event.payload.get("reason")
-        cur.run("project_saga_moves", _base(event, state=state, step_order=None, error=reason, finished=True))
+        _run(cur, "project_saga_moves", event, state=state, step_order=None, error=reason, finished=True)
 
     return project
 
@@ -524,25 +554,25 @@ def _saga_ended(state: str) -> Projector:
 
 def _provider_registered(cur: Sink, event: EventRecord) -> None:
     p = event.payload
-    cur.run(
-        "project_provider_registered",
-        _base(event, name=p["name"], provider_type=p["provider_type"], config=p["config"]),
+    _run(
+        cur, "project_provider_registered", event, name=p["name"], provider_type=p["provider_type"], config=p["config"]
     )
 
 
 def _provider_status(status: str) -> Projector:
     def project(cur: Sink, event: EventRecord) -> None:
-        cur.run("project_provider_status", _base(event, status=status))
+        _run(cur, "project_provider_status", event, status=status)
 
     return project
 
 
 def _provider_capacity(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_provider_capacity", _base(event, max_workers=event.payload["max_workers"]))
+    _run(cur, "project_provider_capacity", event, max_workers=event.payload["max_workers"])
 
 
 def _provider_health(cur: Sink, event: EventRecord) -> None:
-    cur.run("project_provider_health", _base(event, **event.payload))
+    p = event.payload
+    _run(cur, "project_provider_health", event, health=p["health"], message=p["message"])
 
 
 PROJECTORS: dict[str, Projector] = {
@@ -603,7 +633,7 @@ def project_but_audits(cursor: Cursor[Any], rows: Iterable[EventRecord]) -> list
     about as much as the database. Each an array of project_saga_audits' COLUMNS, which
     the append's `audited` reads too."""
     audits = _project_in_order(cursor, (event for row in rows for event in unpack(row)))
-    return _in_place("project_saga_audits", audits)
+    return _in_place(audits)
 
 
 def project_all(cursor: Cursor[Any], rows: Iterable[EventRecord]) -> int:

@@ -45,8 +45,9 @@ WITH acked AS (
     INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
     SELECT a.event_id, a.id, a.event_type, a.step_name, a.message, a.payload, a.at
     FROM (
-        SELECT (e->>0)::uuid AS event_id, (e->>1)::uuid AS id, (e->>2)::varchar AS event_type,
-               (e->>3)::varchar AS step_name, (e->>4)::text AS message, (e->5) AS payload, (e->>6)::timestamptz AS at
+        SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS event_id,
+               (e->>3)::varchar AS event_type, (e->>4)::varchar AS step_name, (e->>5)::text AS message,
+               (e->6) AS payload
         FROM jsonb_array_elements(%(audits)s::jsonb) AS e
     ) AS a
 ), events AS (
@@ -361,8 +362,9 @@ FROM r WHERE g.id = r.id;
 INSERT INTO saga_audit_events (id, saga_id, event_type, step_name, message, payload, occurred_at)
 SELECT r.event_id, r.id, r.event_type, r.step_name, r.message, r.payload, r.at
 FROM (
-    SELECT (e->>0)::uuid AS event_id, (e->>1)::uuid AS id, (e->>2)::varchar AS event_type,
-           (e->>3)::varchar AS step_name, (e->>4)::text AS message, (e->5) AS payload, (e->>6)::timestamptz AS at
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS event_id,
+           (e->>3)::varchar AS event_type, (e->>4)::varchar AS step_name, (e->>5)::text AS message,
+           (e->6) AS payload
     FROM jsonb_array_elements(%s::jsonb) AS e
 ) AS r;
 
