@@ -22,7 +22,7 @@ from hodei.store.sql import query
 
 
 class Sink(Protocol):
-    """Where a projector puts its statements: each a named query and its parameters."""
+    """Where a projector puts its statements: each a named query and a row of it (``_row``)."""
 
     def run(self, name: str, params: dict[str, Any]) -> None: ...
 
