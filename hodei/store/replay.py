@@ -45,6 +45,12 @@ _JOINS_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
 # deadlock_timeout, so in a cycle with writers it is the swap that gives way).
 SWAP_TRIES = 20
 SWAP_LOCK_TIMEOUT = "500ms"
+# Keys no projection statement finds a row by (an audit row is only ever inserted; a step
+# is found by its saga and place): replay's copies get them once the bulk of the log is
+# in, built at once, where kept up to date row by row they cost PostgreSQL a random
+# insert into a growing index for every audit row and planned step (100,000 events:
+# PostgreSQL's CPU for --apply 4.7-5.1 -> 4.0-4.4 s).
+_NOT_LOOKED_UP = frozenset({"saga_audit_events_pkey", "saga_steps_pkey"})
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,10 @@ def _send(conn: psycopg.Connection[Any], pages: Iterable[_Page], after: int) -> 
 
 
 def _create_scratch(conn: psycopg.Connection[Any]) -> None:
-    """Unlogged copies of the read models (the verify rolls them back) with their keys
-    only: each projected update finds its row by key, so a verify is linear in the log;
-    the other indexes would only be kept up to date row by row for nothing."""
+    """Unlogged copies of the read models (the verify rolls them back) with the keys the
+    projections find rows by only: each projected update finds its row by key, so a
+    verify is linear in the log; other indexes would only be kept up to date row by row
+    for nothing (a duplicate row still shows, as a difference)."""
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", SCRATCH_SCHEMA))
     conn.execute(_schema_sql("CREATE SCHEMA {}", SCRATCH_SCHEMA))
     for table in projections.READ_MODELS:
@@ -140,7 +147,12 @@ def _create_scratch(conn: psycopg.Connection[Any]) -> None:
                 table,
             )
         )
-    _add_constraints(conn, SCRATCH_SCHEMA, _constraints(conn), "pu")
+    _add_constraints(conn, SCRATCH_SCHEMA, _looked_up(_constraints(conn)), "pu")
+
+
+def _looked_up(constraints: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:
+    """The ``constraints`` but the keys no projection finds a row by (``_NOT_LOOKED_UP``)."""
+    return [constraint for constraint in constraints if constraint[1] not in _NOT_LOOKED_UP]
 
 
 def _constraints(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, str]]:
@@ -220,13 +232,13 @@ def _schema_sql(statement: str, *names: str) -> sql.Composed:
 def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, str]]:
     """Empty copies of the read models in REBUILD_SCHEMA with the live tables' own
     constraint names, so nothing changes name when they are swapped in; the live
-    constraints, for ``_finish_rebuild_tables``. The copies start with their keys only:
-    the bulk of the log goes in without a foreign-key check per row or a plain index kept
-    up to date row by row. They are logged from the start: an unlogged copy made logged
-    once the bulk was in (``SET LOGGED``, a rewrite of each table and its indexes into the
-    WAL, with the client idle) cost more than the WAL record of each row version written
-    while the client builds the next page (100,000 events: --apply 5.9 -> 5.0 s,
-    PostgreSQL's CPU 5.0-5.4 -> 4.4-4.5 s)."""
+    constraints, for ``_finish_rebuild_tables``. The copies start with the keys the
+    projections find rows by only (``_looked_up``): the bulk of the log goes in without a
+    foreign-key check per row or another index kept up to date row by row. They are
+    logged from the start: an unlogged copy made logged once the bulk was in (``SET
+    LOGGED``, a rewrite of each table and its indexes into the WAL, with the client idle)
+    cost more than the WAL record of each row version written while the client builds the
+    next page (100,000 events: --apply 5.9 -> 5.0 s, PostgreSQL's CPU 5.0-5.4 -> 4.4-4.5 s)."""
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", REBUILD_SCHEMA))
     conn.execute(_schema_sql("DROP SCHEMA IF EXISTS {} CASCADE", RETIRED_SCHEMA))
     conn.execute(_schema_sql("CREATE SCHEMA {}", REBUILD_SCHEMA))
@@ -240,14 +252,16 @@ def _create_rebuild_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str
                 table,
             )
         )
-    _add_constraints(conn, REBUILD_SCHEMA, constraints, "pu")
+    _add_constraints(conn, REBUILD_SCHEMA, _looked_up(constraints), "pu")
     return constraints
 
 
 def _finish_rebuild_tables(conn: psycopg.Connection[Any], constraints: list[tuple[str, str, str, str]]) -> None:
-    """Once the bulk of the log is in: the copies get their other indexes (each built at
-    once) and their foreign keys (checked at once), before the last events go in and they
-    are swapped in."""
+    """Once the bulk of the log is in: the copies get their other keys and indexes (each
+    built at once) and their foreign keys (checked at once), before the last events go in
+    and they are swapped in."""
+    later = [constraint for constraint in constraints if constraint[1] in _NOT_LOOKED_UP]
+    _add_constraints(conn, REBUILD_SCHEMA, later, "pu")
     _add_plain_indexes(conn, REBUILD_SCHEMA)
     # An unqualified table (a foreign key's target) is the rebuilt one.
     conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(REBUILD_SCHEMA)))
