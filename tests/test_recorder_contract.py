@@ -15,6 +15,7 @@ from hodei.domain.saga import Saga, StepState
 from hodei.domain.spec import JobSpec
 from hodei.errors import ConcurrencyConflict
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.events import EventRecord, event_id, unpack
 from hodei.store.recorder import DomainEventRecorder
 
 
@@ -256,6 +257,15 @@ def test_a_sagas_events_of_one_save_are_one_row_and_read_back_as_they_were(
         (str(saga.id),),
     )
     assert rows == [("SagaMoved", 1, "SagaMoved")]  # one row, one outbox row
+    # Its events' ids: the row's for the first, each as the recorder derived it.
+    [stored] = query(
+        fresh_database_url,
+        "SELECT id, occurred_at, event_type, aggregate_id, aggregate_type, aggregate_version, correlation_id, "
+        "actor, payload, topic, position FROM domain_events WHERE aggregate_id = %s",
+        (str(saga.id),),
+    )
+    assert [e.id for e in unpack(EventRecord(*stored))] == [event_id(str(saga.id), version) for version in (1, 2, 3)]
+    assert stored[0] == event_id(str(saga.id), 1)
     recorder = store.recorder
     decoded = [store.mapper.to_domain_event(stored) for stored in recorder.select_events(saga.id)]
     assert [type(e) for e in decoded] == [type(e) for e in pending]

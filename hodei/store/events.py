@@ -124,13 +124,15 @@ def pack(run: Sequence[EventRecord]) -> EventRecord:
 
 def unpack(record: EventRecord) -> list[EventRecord]:
     """The events a row holds (one, unless it is a ``pack``), each with the id and
-    version it would have had as a row of its own."""
+    version it would have had as a row of its own: the first the row's (``pack``), the
+    others derived as the recorder derives every event's (``event_id``; replay derives one
+    for a third of the log's events, 6 us each)."""
     if record.event_type != MOVES:
         return [record]
-    # The constructor, not dataclasses.replace: half the cost, for a third of the log.
+    # The constructor, not _replace: half the cost, for a third of the log.
     return [
         EventRecord(
-            id=event_id(record.aggregate_id, record.aggregate_version + offset),
+            id=event_id(record.aggregate_id, record.aggregate_version + offset) if offset else record.id,
             occurred_at=datetime.fromisoformat(move["occurred_at"]),
             event_type=move["event_type"],
             aggregate_id=record.aggregate_id,
