@@ -320,3 +320,54 @@ def test_a_row_of_moves_guards_every_version_it_holds(store: HodeiStore) -> None
         with pytest.raises(ConcurrencyConflict):
             store.write([loser], Meta(actor="t"))
         assert store.load(Saga, saga.id).version == (5 if winner_moves_twice else 4)
+
+
+def test_autovacuum_can_vacuum_and_analyze_the_log_while_a_writer_holds_its_turn(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Writers take turns on the log with an advisory lock: a table lock, held by one writer
+    after another, locked autovacuum out of a busy log (it skips a table whose lock is not
+    available), so the log was never analyzed and every connection's plans from when it was
+    small read all of it."""
+    import psycopg
+
+    from hodei.store.sql import query as query_text
+
+    store.write([Job.submit(JobSpec(name="a", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
+    with psycopg.connect(fresh_database_url) as writer, psycopg.connect(fresh_database_url, autocommit=True) as vacuum:
+        writer.execute(query_text("lock_domain_events"))  # a writer's turn, until it commits
+        vacuum.execute("SET lock_timeout = '500ms'")
+        vacuum.execute("VACUUM (ANALYZE) domain_events")
+        [(analyzed,)] = vacuum.execute(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'domain_events'"
+        ).fetchall()
+        assert analyzed
+        writer.rollback()
+
+
+def test_a_writer_that_does_not_ask_for_its_turn_on_the_log_waits_for_it(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Positions follow commit order only if every writer of the log takes its turn: one
+    that inserts without asking (a tool, a COPY) is made to wait by the log's trigger."""
+    import psycopg
+    from psycopg import errors
+
+    from hodei.store.events import event_id
+    from hodei.store.sql import query as query_text
+
+    job = Job.submit(JobSpec(name="a", command="true", timeout_seconds=5), uuid4())
+    store.write([job], Meta(actor="t"))
+    insert = (
+        "INSERT INTO domain_events (id, occurred_at, event_type, aggregate_id, payload, aggregate_type, "
+        "aggregate_version, topic) VALUES (%s, now(), 'JobAccepted', %s, '{}', 'Job', 2, %s)"
+    )
+    with psycopg.connect(fresh_database_url) as writer, psycopg.connect(fresh_database_url) as other:
+        writer.execute(query_text("lock_domain_events"))
+        other.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(errors.LockNotAvailable):
+            other.execute(insert, (event_id(str(job.id), 2), str(job.id), "hodei.domain.job:Job.JobAccepted"))
+        other.rollback()
+        writer.commit()
+        other.execute(insert, (event_id(str(job.id), 2), str(job.id), "hodei.domain.job:Job.JobAccepted"))
+        other.rollback()

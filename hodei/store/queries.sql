@@ -2,8 +2,10 @@
 -- Read models are written only by the projections at the end of this file.
 
 -- name: lock_domain_events
--- Serialises writers so that positions are handed out in commit order.
-LOCK TABLE domain_events IN EXCLUSIVE MODE;
+-- Serialises writers so that positions are handed out in commit order: the transaction's
+-- turn on the event log, an advisory lock (hodei/sql/012_event_log_turns.sql), which
+-- leaves autovacuum free to vacuum and analyze the log while writers take their turns.
+SELECT hodei.take_event_log_turn();
 
 -- name: insert_events_and_outbox
 -- The events and their outbox rows in one statement, and the NOTIFY that wakes relays and

@@ -7,7 +7,8 @@ the library's repository and event store, while the rows land in the seed's tabl
 One ``insert_events`` call is one transaction that
 1. updates the read models through ``hodei.store.projections`` (but the saga audit rows,
    which go in with the events, in step 4's statement),
-2. takes the EXCLUSIVE lock on ``domain_events`` (positions then follow commit order),
+2. takes its turn on ``domain_events`` (an advisory lock: positions then follow commit
+   order),
 3. acknowledges the outbox row being handled, when the save is a handler's (``ack=``;
    a ``LeaseLost`` when its relay no longer holds it),
 4. when the save asks (``unmoved=``), makes sure that no event of the job's flow was
