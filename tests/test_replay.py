@@ -12,6 +12,7 @@ from typing import Any
 from uuid import uuid4
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import args_row
@@ -232,3 +233,43 @@ def test_a_sagas_moves_folded_by_replay_leave_the_rows_their_saves_left_one_by_o
         for page in range(before + 1, before + done + 1):
             monkeypatch.setattr(replay, "PAGE", page)
             assert replay.verify(store.pool)[1] == [], f"after {done} moves, a page from move {page - before}"
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed", "running"])
+def test_a_saga_started_and_moved_in_one_page_is_inserted_as_it_ends_up(store: HodeiStore, ending: str) -> None:
+    """Replay folds the moves that follow a saga's start in a page into its insert
+    (``projections._Starts``); live, each save here is one move. The saga's whole life is
+    in one page: a retried step, a run one, and an end that sets the saga's state, its
+    current step, its error and its completion."""
+    saga = Saga(saga_type="EXECUTION", correlation_id=str(uuid4()), attempt=1, steps=["a", "b", "c"], context={})
+    later = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    moves: list[Callable[[], None]] = [
+        lambda: saga.start_step(0, later),
+        lambda: saga.fail_step(0, "boom", later),
+        lambda: saga.start_step(0, later),
+        lambda: saga.complete_step(0, {"k": 1}),
+        lambda: saga.run_step(1, datetime.now(UTC).isoformat(), {}),
+        lambda: saga.start_step(2, later),
+    ]
+    if ending == "completed":
+        moves += [lambda: saga.complete_step(2, {}), lambda: saga.complete(None)]
+    elif ending == "failed":
+        moves += [lambda: saga.fail_step(2, "for good", None), lambda: saga.fail("step c failed")]
+    store.write([saga], Meta(actor="test"))
+    for move in moves:
+        move()
+        store.write([saga], Meta(actor="test"))
+    with store.pool.connection() as conn, conn.cursor(row_factory=args_row(EventRecord)) as cur:
+        records = cur.execute(query_text("select_event_records"), (0, replay.PAGE)).fetchall()
+    waves = projections.Page(records)._waves._waves
+    assert [kinds for kinds in waves if "project_saga_moves" in kinds] == [], "the moves are folded into the start"
+    assert replay.verify(store.pool)[1] == []
+    state, current_step, error, completed = query(
+        store.pool.conninfo, "SELECT state, current_step, error_message, completed_at IS NOT NULL FROM sagas"
+    )[0]
+    expected = {
+        "completed": ("COMPLETED", None, None, True),
+        "failed": ("FAILED", None, "step c failed", True),
+        "running": ("IN_PROGRESS", "c", None, False),
+    }
+    assert (state, current_step, error, completed) == expected[ending]

@@ -300,19 +300,32 @@ FROM (
 WHERE w.id = r.id;
 
 -- name: project_saga_started
--- The saga and its planned steps (each an array of hodei.store.projections.STEP_COLUMNS).
+-- The saga and its planned steps (each an array of hodei.store.projections.STEP_COLUMNS), as
+-- they are once the moves folded into them (hodei.store.projections._Starts: a saga's moves
+-- that follow its start in one execution): a saga started and moved in one page of a
+-- replay, or in one save, is inserted as it ends up rather than inserted and then updated.
 WITH r AS (
     SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS saga_type,
-           (e->>3)::varchar AS correlation_id, (e->>4)::int AS attempt, (e->>5)::varchar AS actor, (e->6) AS steps
+           (e->>3)::varchar AS correlation_id, (e->>4)::int AS attempt, (e->>5)::varchar AS actor, (e->6) AS steps,
+           (e->>7)::varchar AS state, (e->>8)::varchar AS current_step, (e->>9)::text AS error,
+           (e->>10)::timestamptz AS completed_at, (e->>11)::timestamptz AS updated_at
     FROM jsonb_array_elements(%s::jsonb) AS e
 ), saga AS (
-    INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, actor, started_at, updated_at)
-    SELECT r.id, r.saga_type, 'IN_PROGRESS', r.correlation_id, r.attempt, r.actor, r.at, r.at FROM r
+    INSERT INTO sagas (id, saga_type, state, correlation_id, attempt, actor, current_step, error_message,
+                       started_at, completed_at, updated_at)
+    SELECT r.id, r.saga_type, r.state, r.correlation_id, r.attempt, r.actor, r.current_step, r.error,
+           r.at, r.completed_at, r.updated_at
+    FROM r
 )
-INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, updated_at)
-SELECT s.step_id, r.id, s.step_name, s.step_order, 'PENDING', r.at
+INSERT INTO saga_steps (id, saga_id, step_name, step_order, state, retry_count, deadline_at, error_message,
+                        started_at, completed_at, updated_at)
+SELECT s.step_id, r.id, s.step_name, s.step_order, s.state, s.retry_count, s.deadline_at, s.error,
+       s.started_at, s.completed_at, s.updated_at
 FROM r, LATERAL (
-    SELECT (s->>0)::uuid AS step_id, (s->>1)::varchar AS step_name, (s->>2)::int AS step_order
+    SELECT (s->>0)::uuid AS step_id, (s->>1)::varchar AS step_name, (s->>2)::int AS step_order,
+           (s->>3)::varchar AS state, (s->>4)::int AS retry_count, (s->>5)::timestamptz AS deadline_at,
+           (s->>6)::text AS error, (s->>7)::timestamptz AS started_at, (s->>8)::timestamptz AS completed_at,
+           (s->>9)::timestamptz AS updated_at
     FROM jsonb_array_elements(r.steps) AS s
 ) AS s;
 
