@@ -129,20 +129,21 @@ def unpack(record: EventRecord) -> list[EventRecord]:
     for a third of the log's events, 6 us each)."""
     if record.event_type != MOVES:
         return [record]
-    # The constructor, not _replace: half the cost, for a third of the log.
+    # The constructor, not _replace, with its fields by place (in EventRecord's order): a
+    # third and a sixth of the cost, for a third of the log.
     return [
         EventRecord(
-            id=event_id(record.aggregate_id, record.aggregate_version + offset) if offset else record.id,
-            occurred_at=datetime.fromisoformat(move["occurred_at"]),
-            event_type=move["event_type"],
-            aggregate_id=record.aggregate_id,
-            aggregate_type=record.aggregate_type,
-            aggregate_version=record.aggregate_version + offset,
-            correlation_id=record.correlation_id,
-            actor=record.actor,
-            payload=move["payload"],
-            topic=move["topic"],
-            position=record.position,
+            event_id(record.aggregate_id, record.aggregate_version + offset) if offset else record.id,
+            datetime.fromisoformat(move["occurred_at"]),
+            move["event_type"],
+            record.aggregate_id,
+            record.aggregate_type,
+            record.aggregate_version + offset,
+            record.correlation_id,
+            record.actor,
+            move["payload"],
+            move["topic"],
+            record.position,
         )
         for offset, move in enumerate(record.payload["events"])
     ]
