@@ -158,12 +158,21 @@ def _check_plain_json(topic: str, value: object) -> None:
             _check_plain_json(topic, item)
 
 
-def _state(payload: str, occurred_at: datetime) -> bytes:
-    """The library's stored state: the payload (JSON text) with the timestamp put back.
-    Spliced as text: reading the log must not parse every payload twice."""
-    stamp = f'{{"timestamp": {{"_type_": "datetime_iso", "_data_": "{occurred_at.isoformat()}"}}'
+def _state(payload: str, stamp: str) -> bytes:
+    """The library's stored state of a row's own event: the payload (JSON text) with the
+    timestamp (ISO text) put back. Spliced as text: reading the log must not parse every
+    payload twice."""
+    head = f'{{"timestamp": {{"_type_": "datetime_iso", "_data_": "{stamp}"}}'
     rest = payload.strip()[1:]
-    return (stamp + ("" if rest.lstrip().startswith("}") else ", ") + rest).encode()
+    return (head + ("" if rest.lstrip().startswith("}") else ", ") + rest).encode()
+
+
+def _moved_state(payload: dict[str, Any], stamp: str) -> bytes:
+    """The library's stored state of an event in a row of moves, whose payload the row's
+    parse has made a dict already: dumped once with the timestamp put back, the pack's ISO
+    text as it is (dumping to text, splicing and parsing and formatting each time cost
+    5.5 us an event, this 1.4)."""
+    return orjson.dumps({"timestamp": {"_type_": "datetime_iso", "_data_": stamp}, **payload})
 
 
 @dataclass(frozen=True)
@@ -189,12 +198,9 @@ def _states(version: int, topic: str, payload: str, occurred_at: datetime) -> li
     """(version, topic, the library's stored state) of each event a row holds: one, or
     those of a ``pack``, in order."""
     if topic != MOVES_TOPIC:
-        return [(version, topic, _state(payload, occurred_at))]
+        return [(version, topic, _state(payload, occurred_at.isoformat()))]
     moves = orjson.loads(payload)["events"]
-    return [
-        (version + n, m["topic"], _state(orjson.dumps(m["payload"]).decode(), datetime.fromisoformat(m["occurred_at"])))
-        for n, m in enumerate(moves)
-    ]
+    return [(version + n, m["topic"], _moved_state(m["payload"], m["occurred_at"])) for n, m in enumerate(moves)]
 
 
 def to_record(stored: StoredEvent, correlation_id: str | None, actor: str | None) -> EventRecord:
