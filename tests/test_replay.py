@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -18,7 +18,11 @@ from hypothesis import strategies as st
 from psycopg.rows import args_row
 from psycopg.types.json import Jsonb
 
+from hodei.domain.job import Job, JobState
+from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.saga import Saga
+from hodei.domain.spec import JobSpec
+from hodei.domain.worker import Worker
 from hodei.store import projections, replay
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.events import EventRecord, unpack
@@ -273,3 +277,134 @@ def test_a_saga_started_and_moved_in_one_page_is_inserted_as_it_ends_up(store: H
         "running": ("IN_PROGRESS", "c", None, False),
     }
     assert (state, current_step, error, completed) == expected[ending]
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "retried", "requeued", "cancelled", "timed_out"])
+def test_a_job_and_its_worker_created_and_changed_in_one_page_are_inserted_as_they_end_up(
+    store: HodeiStore, ending: str
+) -> None:
+    """Replay folds the updates that follow a job's or a worker's insert in a page into it
+    (``projections._Creates``, each statement's SET clauses in Python); live, each save
+    here is one change, made by the statements. The endings set different columns: a
+    result with the command's own times, a retry and a requeue (a new attempt: worker,
+    admission and start cleared, a retry time), a cancellation (who), a timeout; the
+    worker registers before its resource is recorded in one (its state is kept then)."""
+    provider = str(PROVIDER_IDS[ProviderType.DOCKER])
+    spec = JobSpec(name="folded", command="true", timeout_seconds=30, max_attempts=2, retries=int(ending == "retried"))
+    job = Job.submit(spec, uuid4())
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    worker = Worker(str(job.id), 1, provider, "docker", uuid4().hex, expires)
+    ended = datetime.now(UTC)
+    ran = ((ended - timedelta(seconds=3)).isoformat(), ended.isoformat())
+    registers = (worker, lambda: worker.register(uuid4().hex, "host", datetime.now(UTC)))
+    resource = (worker, lambda: worker.record_resource("container-1"))
+    changes: list[tuple[Job | Worker, Callable[[], object]]] = [
+        (job, lambda: job.select_provider(provider, "docker", admitted=ending != "requeued")),
+        (job, job.admit),
+        *([registers, resource] if ending == "cancelled" else [resource, registers]),
+        (job, lambda: job.assign(str(worker.id), provider, "docker")),
+        (worker, lambda: worker.dispatch(str(job.id))),
+        (job, lambda: job.accept(str(worker.id))),
+    ]
+    changes += {
+        "succeeded": [(job, lambda: job.finish(str(worker.id), JobState.SUCCEEDED, 0, None, ran))],
+        "retried": [(job, lambda: job.finish(str(worker.id), JobState.FAILED, 3, "boom", ran))],
+        "requeued": [(worker, lambda: worker.fail("no heartbeat")), (job, lambda: job.requeue("worker lost"))],
+        "cancelled": [(job, lambda: job.cancel("changed my mind"))],
+        "timed_out": [(job, lambda: job.time_out("too slow"))],
+    }[ending]
+    changes.append((worker, lambda: worker.terminate("done")))
+    store.write([job], Meta(actor="test"))
+    store.write([worker], Meta(actor="test"))
+    for done, (aggregate, change) in enumerate(changes, 1):
+        change()
+        store.write([aggregate], Meta(actor="tester"))
+        # After every change: a later one would hide a wrong column (the end sets most).
+        assert replay.verify(store.pool)[1] == [], f"after {done} changes"
+    with store.pool.connection() as conn, conn.cursor(row_factory=args_row(EventRecord)) as cur:
+        records = cur.execute(query_text("select_event_records"), (0, replay.PAGE)).fetchall()
+    made = {name for kinds in projections.Page(records)._waves._waves for name in kinds if "provider" not in name}
+    assert made == {"project_job_created", "project_worker_created"}, "the updates are folded into the inserts"
+    expected = {
+        "succeeded": ("SUCCEEDED", 1, 0, None, True, True, None),
+        "retried": ("PENDING", 2, None, None, False, False, None),
+        "requeued": ("PENDING", 2, None, None, False, False, None),
+        "cancelled": ("CANCELLED", 1, None, "tester", True, True, "changed my mind"),
+        "timed_out": ("TIMEOUT", 1, None, None, True, True, "too slow"),
+    }[ending]
+    columns = "state, attempt, exit_code, cancelled_by, worker_id IS NOT NULL, admitted_at IS NOT NULL, error_message"
+    assert query(store.pool.conninfo, f"SELECT {columns} FROM jobs")[0] == expected
+
+
+_JOB_STATES = ["PENDING", "ASSIGNED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"]
+_WORKER_STATES = ["CREATING", "CONNECTING", "READY", "BUSY", "TERMINATING", "TERMINATED", "FAILED"]
+_NOT_NULL = {"id", "at", "name", "spec", "state", "new_state", "attempt", "max_attempts", "priority", "updated_at"}
+_NOT_NULL |= {"job_id", "provider_id", "provider_type", "terminal", "admitted"}  # the projectors' own flags too
+_TIMES = st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1), timezones=st.just(UTC))
+
+
+def _value(statement: str, column: str) -> st.SearchStrategy[Any]:
+    """A value of ``column`` in a row of ``statement``, of its type, any the type allows
+    (NULL where the table does): the fold must agree with the statement on rows no test's
+    path happens to reach, such as an error left on a job sent back to the queue."""
+    base: st.SearchStrategy[Any]
+    if column in {"retry_of", "selected_provider_id", "provider_id", "worker_id", "job_id"}:
+        base = st.uuids().map(str)
+    elif column in {"max_attempts", "priority", "attempt", "exit_code"}:
+        base = st.integers(-3, 3)
+    elif column in {"terminal", "admitted"}:
+        base = st.booleans()
+    elif column == "spec":
+        base = st.just({"name": "folded"})
+    elif column in {"state", "new_state"}:
+        base = st.sampled_from(_WORKER_STATES if "worker" in statement else _JOB_STATES)
+    elif column == "at" or column.endswith("_at") or column in {"ran_from", "ran_until"}:
+        # A payload's times are ISO text, an event's own a datetime: rows hold both.
+        base = _TIMES | _TIMES.map(datetime.isoformat)
+    else:
+        base = st.text("ab Z", max_size=6)
+    return base if column in _NOT_NULL else st.none() | base
+
+
+def _statement_row(statement: str, aggregate: str) -> st.SearchStrategy[dict[str, Any]]:
+    columns = projections.COLUMNS[statement]
+    values = [st.just(aggregate) if column == "id" else _value(statement, column) for column in columns]
+    return st.tuples(*values).map(lambda row: dict(zip(columns, row, strict=True)))
+
+
+@pytest.fixture(scope="module")
+def read_model_copies(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection with copies of the jobs and workers tables without foreign keys, found
+    first on the search_path by the named queries (temporary tables)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for table in ("jobs", "workers"):
+            conn.execute(f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING ALL)")
+        yield conn
+
+
+@pytest.mark.parametrize(
+    ("insert", "update"), [(insert, update) for insert, updates in projections._UPDATES.items() for update in updates]
+)
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_an_update_folded_into_an_insert_leaves_the_row_its_statement_leaves(
+    read_model_copies: psycopg.Connection[Any], insert: str, update: str, data: Any
+) -> None:
+    """Each update a job's or a worker's insert folds in (``projections._UPDATES``) is the
+    Python twin of its statement's SET clauses: from any row the insert can make, the
+    row inserted with the update folded in equals the row inserted, then updated."""
+    aggregate = str(uuid4())
+    row = data.draw(_statement_row(insert, aggregate))
+    change = data.draw(_statement_row(update, aggregate))
+    folded = dict(row)
+    projections._UPDATES[insert][update](folded, change)
+    table = "jobs" if insert == "project_job_created" else "workers"
+    conn = read_model_copies
+
+    def after(*statements: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
+        with conn.transaction(force_rollback=True):
+            for name, params in statements:
+                conn.execute(query_text(name), (Jsonb(projections._in_place([params])),))
+            return conn.execute(f"SELECT * FROM {table}").fetchall()
+
+    assert after((insert, folded)) == after((insert, row), (update, change))

@@ -60,6 +60,7 @@ class Workload:
             env={"N": str(self.random.randint(0, 9))},
             args=("-c", "echo x") if self.random.random() < 0.3 else (),
             max_attempts=self.random.randint(1, 3),
+            retries=self.random.choice([0, 0, 1]),
         )
         job = Job.submit(spec, uuid4())
         self.jobs.append(str(job.id))
@@ -73,7 +74,9 @@ class Workload:
         job = self._load_job()
         if job is None:
             return []
-        job.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+        job.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker", admitted=self.random.random() < 0.5)
+        if self.random.random() < 0.5:
+            job.admit()
         job.assign(str(uuid4()), str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
         return [job]
 
@@ -89,11 +92,14 @@ class Workload:
         if job is None or job.worker_id is None:
             return []
         outcome = self.random.choice([JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT])
+        ended = datetime.now(UTC) - timedelta(seconds=self.random.randint(0, 60))
+        ran = ((ended - timedelta(seconds=5)).isoformat(), ended.isoformat()) if self.random.random() < 0.5 else None
         job.finish(
             job.worker_id,
             outcome,
             0 if outcome is JobState.SUCCEEDED else 1,
             None if outcome is JobState.SUCCEEDED else "boom",
+            ran,
         )
         return [job]
 

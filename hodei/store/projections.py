@@ -59,6 +59,19 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "retry_of",
         "correlation_id",
         "actor",
+        "state",
+        "attempt",
+        "admitted_at",
+        "selected_provider_id",
+        "provider_type",
+        "worker_id",
+        "exit_code",
+        "error_message",
+        "started_at",
+        "completed_at",
+        "cancelled_by",
+        "retry_at",
+        "updated_at",
     ),
     "project_job_admitted": ("id", "at"),
     "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
@@ -78,7 +91,19 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "project_job_logs_persisted": ("id", "at", "event_id", "storage_uri", "size_bytes", "entry_count"),
     "project_job_logs_expired": ("id",),
-    "project_worker_created": ("id", "at", "job_id", "attempt", "provider_id", "provider_type"),
+    "project_worker_created": (
+        "id",
+        "at",
+        "job_id",
+        "attempt",
+        "provider_id",
+        "provider_type",
+        "state",
+        "provider_resource_id",
+        "error_message",
+        "registered_at",
+        "updated_at",
+    ),
     "project_worker_resource_created": ("id", "at", "resource_id"),
     "project_worker_registered": ("id", "at"),
     "project_worker_state": ("id", "at", "state"),
@@ -314,11 +339,40 @@ class _Starts:
         )
 
 
+class _Creates:
+    """Rows of a job's or a worker's insert, each with the updates of its row that follow
+    it in this execution applied as their statements' SET clauses apply them (``_UPDATES``),
+    so the row is inserted as it ends up: a job's or a worker's life is mostly within one
+    page of a replay (95% of the bench's job updates, 97% of its workers'), where an
+    insert and then an update for each change cost the database a row version each."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._updates = _UPDATES[name]
+        self._rows: dict[Any, dict[str, Any]] = {}
+
+    def takes(self, name: str, row: dict[str, Any]) -> bool:
+        if name == self.name:
+            return row["id"] not in self._rows
+        return name in self._updates and row["id"] in self._rows
+
+    def add(self, name: str, row: dict[str, Any]) -> None:
+        if name == self.name:
+            self._rows[row["id"]] = row
+        else:
+            self._updates[name](self._rows[row["id"]], row)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
+
+
 def _batch(name: str) -> Batch:
     if name == _Moves.name:
         return _Moves()
     if name == _Starts.name:
         return _Starts()
+    if name in _UPDATES:
+        return _Creates(name)
     return _Rows(name)
 
 
@@ -334,7 +388,8 @@ class Waves:
     aggregate matters: wave n holds each aggregate's n-th statement, waves go out in
     order, and within a wave each kind is one execution, at most one row per aggregate
     (a saga's consecutive moves fold into one, ``_Moves``, and into its start when they
-    follow it, ``_Starts``). The aggregate is every statement's ``id`` column (``_row``)."""
+    follow it, ``_Starts``; a job's or a worker's updates into its insert, ``_Creates``).
+    The aggregate is every statement's ``id`` column (``_row``)."""
 
     def __init__(self) -> None:
         self._waves: list[dict[str, Batch]] = []
@@ -378,6 +433,9 @@ def _job_created(cur: Sink, event: EventRecord) -> None:
         retry_of=event.payload["retry_of"],
         correlation_id=event.correlation_id,
         actor=event.actor,
+        state="PENDING",
+        attempt=1,
+        updated_at=event.occurred_at,
     )
 
 
@@ -447,6 +505,67 @@ def _job_logs_expired(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_logs_expired", event)
 
 
+# A job's updates as their statements' SET clauses (queries.sql) apply them to the row a
+# project_job_created inserts (``_Creates``): the Python twin of each, kept in step with it
+# by the replay tests, which compare rows folded here with rows the statements updated.
+Update = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+def _set_job_admitted(job: dict[str, Any], r: dict[str, Any]) -> None:
+    job.update(admitted_at=r["at"], updated_at=r["at"])
+
+
+def _set_job_provider_selected(job: dict[str, Any], r: dict[str, Any]) -> None:
+    job.update(selected_provider_id=r["provider_id"], provider_type=r["provider_type"], updated_at=r["at"])
+    if r["admitted"]:
+        job["admitted_at"] = r["at"]
+
+
+def _set_job_assigned(job: dict[str, Any], r: dict[str, Any]) -> None:
+    job.update(
+        state="ASSIGNED",
+        worker_id=r["worker_id"],
+        selected_provider_id=r["provider_id"],
+        provider_type=r["provider_type"],
+        updated_at=r["at"],
+    )
+
+
+def _set_job_touched(job: dict[str, Any], r: dict[str, Any]) -> None:
+    job["updated_at"] = r["at"]
+
+
+def _set_job_status(job: dict[str, Any], r: dict[str, Any]) -> None:
+    # Column by column, each CASE's branches in the statement's order.
+    state, at, terminal = r["new_state"], r["at"], r["terminal"]
+    requeued = state == "PENDING"
+    if terminal and state != "SUCCEEDED":
+        error = r["reason"]
+    elif requeued:
+        error = None
+    else:
+        error = job["error_message"]
+    if state == "RUNNING":
+        started = at
+    elif requeued:
+        started = None
+    else:
+        started = job["started_at"] if r["ran_from"] is None else r["ran_from"]
+    job.update(
+        state=state,
+        exit_code=r["exit_code"] if terminal else job["exit_code"],
+        error_message=error,
+        started_at=started,
+        completed_at=(at if r["ran_until"] is None else r["ran_until"]) if terminal else job["completed_at"],
+        attempt=job["attempt"] + 1 if requeued else job["attempt"],
+        worker_id=None if requeued else job["worker_id"],
+        admitted_at=None if requeued else job["admitted_at"],
+        cancelled_by=r["actor"] if state == "CANCELLED" else job["cancelled_by"],
+        retry_at=r["retry_at"] if requeued else None,
+        updated_at=at,
+    )
+
+
 # Workers ------------------------------------------------------------------------
 
 
@@ -460,6 +579,8 @@ def _worker_created(cur: Sink, event: EventRecord) -> None:
         attempt=p["attempt"],
         provider_id=p["provider_id"],
         provider_type=p["provider_type"],
+        state="CREATING",
+        updated_at=event.occurred_at,
     )
 
 
@@ -480,6 +601,45 @@ def _worker_state(state: str) -> Projector:
 
 def _worker_failed(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_worker_failed", event, reason=event.payload["reason"])
+
+
+# A worker's updates as their statements' SET clauses apply them (as a job's, above).
+
+
+def _set_worker_resource(worker: dict[str, Any], r: dict[str, Any]) -> None:
+    worker.update(provider_resource_id=r["resource_id"], updated_at=r["at"])
+    if worker["state"] == "CREATING":
+        worker["state"] = "CONNECTING"
+
+
+def _set_worker_registered(worker: dict[str, Any], r: dict[str, Any]) -> None:
+    worker.update(state="READY", registered_at=r["at"], updated_at=r["at"])
+
+
+def _set_worker_state(worker: dict[str, Any], r: dict[str, Any]) -> None:
+    worker.update(state=r["state"], updated_at=r["at"])
+
+
+def _set_worker_failed(worker: dict[str, Any], r: dict[str, Any]) -> None:
+    worker.update(state="FAILED", error_message=r["reason"], updated_at=r["at"])
+
+
+# The updates a job's or a worker's insert folds in (``_Creates``), by the insert.
+_UPDATES: dict[str, dict[str, Update]] = {
+    "project_job_created": {
+        "project_job_admitted": _set_job_admitted,
+        "project_job_provider_selected": _set_job_provider_selected,
+        "project_job_assigned": _set_job_assigned,
+        "project_job_touched": _set_job_touched,
+        "project_job_status_changed": _set_job_status,
+    },
+    "project_worker_created": {
+        "project_worker_resource_created": _set_worker_resource,
+        "project_worker_registered": _set_worker_registered,
+        "project_worker_state": _set_worker_state,
+        "project_worker_failed": _set_worker_failed,
+    },
+}
 
 
 # Sagas --------------------------------------------------------------------------

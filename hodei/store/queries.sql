@@ -181,22 +181,30 @@ ORDER BY aggregate_version;
 -- connection to scan and hash a whole table at every event.
 
 -- name: project_job_created
-INSERT INTO jobs (id, name, state, spec, attempt, max_attempts, priority, retry_of, correlation_id, actor, created_at,
-                  updated_at)
-SELECT r.id, r.name, 'PENDING', r.spec, 1, r.max_attempts, r.priority, r.retry_of, r.correlation_id, r.actor, r.at, r.at
-FROM (
-    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name, (e->3) AS spec,
-           (e->>4)::int AS max_attempts, (e->>5)::int AS priority, (e->>6)::uuid AS retry_of,
-           (e->>7)::varchar AS correlation_id, (e->>8)::varchar AS actor
-    FROM jsonb_array_elements(%s::jsonb) AS e
-) AS r;
+-- The job as it is once the updates that follow its creation in one execution are folded
+-- into it (hodei.store.projections._Creates, each update's SET clauses below applied in
+-- Python by _JOB_UPDATES): a job created and moved in one page of a replay is inserted as
+-- it ends up rather than inserted and then updated.
+INSERT INTO jobs (id, created_at, name, spec, max_attempts, priority, retry_of, correlation_id, actor, state, attempt,
+                  admitted_at, selected_provider_id, provider_type, worker_id, exit_code, error_message, started_at,
+                  completed_at, cancelled_by, retry_at, updated_at)
+SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name, (e->3) AS spec,
+       (e->>4)::int AS max_attempts, (e->>5)::int AS priority, (e->>6)::uuid AS retry_of,
+       (e->>7)::varchar AS correlation_id, (e->>8)::varchar AS actor, (e->>9)::varchar AS state, (e->>10)::int AS attempt,
+       (e->>11)::timestamptz AS admitted_at, (e->>12)::uuid AS selected_provider_id,
+       (e->>13)::varchar AS provider_type, (e->>14)::uuid AS worker_id, (e->>15)::int AS exit_code,
+       (e->>16)::text AS error_message, (e->>17)::timestamptz AS started_at, (e->>18)::timestamptz AS completed_at,
+       (e->>19)::varchar AS cancelled_by, (e->>20)::timestamptz AS retry_at, (e->>21)::timestamptz AS updated_at
+FROM jsonb_array_elements(%s::jsonb) AS e;
 
 -- name: project_job_admitted
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j SET admitted_at = r.at, updated_at = r.at
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_provider_selected
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j SET selected_provider_id = r.provider_id, provider_type = r.provider_type, updated_at = r.at,
     admitted_at = CASE WHEN r.admitted THEN r.at ELSE j.admitted_at END
 FROM (
@@ -207,6 +215,7 @@ FROM (
 WHERE j.id = r.id;
 
 -- name: project_job_assigned
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j
 SET state = 'ASSIGNED', worker_id = r.worker_id, selected_provider_id = r.provider_id,
     provider_type = r.provider_type, updated_at = r.at
@@ -218,11 +227,13 @@ FROM (
 WHERE j.id = r.id;
 
 -- name: project_job_touched
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j SET updated_at = r.at
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_status_changed
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j
 SET state = r.new_state,
     exit_code = CASE WHEN r.terminal THEN r.exit_code ELSE j.exit_code END,
@@ -261,15 +272,18 @@ DELETE FROM job_log_files
 WHERE job_id IN (SELECT (e->>0)::uuid AS id FROM hodei.rows(%s::jsonb) AS e);
 
 -- name: project_worker_created
-INSERT INTO workers (id, job_id, attempt, state, provider_id, provider_type, created_at, updated_at)
-SELECT r.id, r.job_id, r.attempt, 'CREATING', r.provider_id, r.provider_type, r.at, r.at
-FROM (
-    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS job_id, (e->>3)::int AS attempt,
-           (e->>4)::uuid AS provider_id, (e->>5)::varchar AS provider_type
-    FROM jsonb_array_elements(%s::jsonb) AS e
-) AS r;
+-- The worker as it is once the updates that follow its creation in one execution are
+-- folded into it (hodei.store.projections._Creates, _WORKER_UPDATES), as project_job_created.
+INSERT INTO workers (id, created_at, job_id, attempt, provider_id, provider_type, state, provider_resource_id,
+                     error_message, registered_at, updated_at)
+SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS job_id, (e->>3)::int AS attempt,
+       (e->>4)::uuid AS provider_id, (e->>5)::varchar AS provider_type, (e->>6)::varchar AS state,
+       (e->>7)::varchar AS provider_resource_id, (e->>8)::text AS error_message,
+       (e->>9)::timestamptz AS registered_at, (e->>10)::timestamptz AS updated_at
+FROM jsonb_array_elements(%s::jsonb) AS e;
 
 -- name: project_worker_resource_created
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE workers AS w
 SET provider_resource_id = r.resource_id,
     state = CASE WHEN w.state = 'CREATING' THEN 'CONNECTING' ELSE w.state END,
@@ -281,11 +295,13 @@ FROM (
 WHERE w.id = r.id;
 
 -- name: project_worker_registered
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE workers AS w SET state = 'READY', registered_at = r.at, updated_at = r.at
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE w.id = r.id;
 
 -- name: project_worker_state
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE workers AS w SET state = r.state, updated_at = r.at
 FROM (
     SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS state FROM hodei.rows(%s::jsonb) AS e
@@ -293,6 +309,7 @@ FROM (
 WHERE w.id = r.id;
 
 -- name: project_worker_failed
+-- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE workers AS w SET state = 'FAILED', error_message = r.reason, updated_at = r.at
 FROM (
     SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::text AS reason FROM hodei.rows(%s::jsonb) AS e
