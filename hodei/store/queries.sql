@@ -183,8 +183,8 @@ ORDER BY aggregate_version;
 -- name: project_job_created
 -- The job as it is once the updates that follow its creation in one execution are folded
 -- into it (hodei.store.projections._Creates, each update's SET clauses below applied in
--- Python by _JOB_UPDATES): a job created and moved in one page of a replay is inserted as
--- it ends up rather than inserted and then updated.
+-- Python by _UPDATES): a job created and moved in one page of a replay is inserted as it
+-- ends up rather than inserted and then updated.
 INSERT INTO jobs (id, created_at, name, spec, max_attempts, priority, retry_of, correlation_id, actor, state, attempt,
                   admitted_at, selected_provider_id, provider_type, worker_id, exit_code, error_message, started_at,
                   completed_at, cancelled_by, retry_at, updated_at)
@@ -273,7 +273,7 @@ WHERE job_id IN (SELECT (e->>0)::uuid AS id FROM hodei.rows(%s::jsonb) AS e);
 
 -- name: project_worker_created
 -- The worker as it is once the updates that follow its creation in one execution are
--- folded into it (hodei.store.projections._Creates, _WORKER_UPDATES), as project_job_created.
+-- folded into it (hodei.store.projections._Creates, _UPDATES), as project_job_created.
 INSERT INTO workers (id, created_at, job_id, attempt, provider_id, provider_type, state, provider_resource_id,
                      error_message, registered_at, updated_at)
 SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::uuid AS job_id, (e->>3)::int AS attempt,
