@@ -5,6 +5,7 @@ has written (topped up to a size), each beside a baseline measured in the same r
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,13 +167,14 @@ def print_logs(rate: float, baseline: float) -> None:
 @dataclass(frozen=True)
 class Replay:
     """Rates in events/s: a row of a saga's moves holds several events (``SagaMoved``), and
-    replay projects every one of them."""
+    replay projects every one of them. Each way is timed ``repeats`` times (its figure is
+    the median run's, printed with the runs' spread, as the bursts are)."""
 
     rows: int
     events: int
-    rebuild_rate: float
-    apply_rate: float
-    verify_seconds: float
+    rebuild_rates: list[float]
+    apply_rates: list[float]
+    verify_seconds: list[float]
     differences: int
 
 
@@ -226,34 +228,43 @@ def _clone_jobs(url: str, size: int) -> None:
                     have += count
 
 
-def replay_run(url: str, size: int) -> Replay:
+def replay_run(url: str, size: int, repeats: int) -> Replay:
     """The run's own log, topped up with copies of its jobs to ``size`` events, replayed
-    the three ways an operator can: aggregates rebuilt in memory, read models rebuilt
-    (``replay --apply``) and compared (``replay --verify``)."""
+    the three ways an operator can, ``repeats`` times each: aggregates rebuilt in memory,
+    read models rebuilt (``replay --apply``) and compared (``replay --verify``)."""
     _clone_jobs(url, size)
     pool = open_pool(url, max_size=4)
+    rebuild_rates, apply_rates, verify_seconds, differences = [], [], [], 0
     try:
-        events, rebuild_rate = log_replay_rate(HodeiStore(pool))
-        started = time.perf_counter()
-        replay.apply(pool)
-        apply_rate = events / (time.perf_counter() - started)
-        started = time.perf_counter()
-        _, differences = replay.verify(pool)
-        verify_seconds = time.perf_counter() - started
+        for _ in range(repeats):
+            events, rebuild_rate = log_replay_rate(HodeiStore(pool))
+            rebuild_rates.append(rebuild_rate)
+            started = time.perf_counter()
+            replay.apply(pool)
+            apply_rates.append(events / (time.perf_counter() - started))
+            started = time.perf_counter()
+            _, found = replay.verify(pool)
+            verify_seconds.append(time.perf_counter() - started)
+            differences = max(differences, len(found))
     finally:
         pool.close()
     ((rows,),) = query(url, "SELECT count(*) FROM domain_events")
-    return Replay(rows, events, rebuild_rate, apply_rate, verify_seconds, len(differences))
+    return Replay(rows, events, rebuild_rates, apply_rates, verify_seconds, differences)
 
 
 def print_replay(result: Replay, raw_rate: float) -> None:
     n = f"{result.rows:,} rows, {result.events:,} events"
     base = f"{raw_rate:,.0f} tx/s"
+    runs = f"of {len(result.apply_rates)} runs (this: the median)"
     print(row("raw INSERT, 1 row per transaction", base, "(baseline)"))
-    for name, rate in (("replay: rebuild aggregates", result.rebuild_rate), ("replay --apply", result.apply_rate)):
+    for name, rates in (("replay: rebuild aggregates", result.rebuild_rates), ("replay --apply", result.apply_rates)):
+        rate = statistics.median(rates)
         print(row(f"{name} ({n})", f"{rate:,.0f} ev/s", base, f"{rate / raw_rate:.2f}", ">= 20,000 ev/s"))
-    print(row(f"replay --verify ({n})", f"{result.verify_seconds:.1f} s", "", "", "<= 10 s at 100k events"))
-    print(row("replay --verify: differences", f"{result.differences}", "", "", "0"))
+        print(row(f"  ev/s {runs}", f"{min(rates):,.0f}-{max(rates):,.0f}"))
+    seconds = result.verify_seconds
+    print(row(f"replay --verify ({n})", f"{statistics.median(seconds):.1f} s", "", "", "<= 10 s at 100k events"))
+    print(row(f"  seconds {runs}", f"{min(seconds):.1f}-{max(seconds):.1f}"))
+    print(row("replay --verify: differences (the most in a run)", f"{result.differences}", "", "", "0"))
 
 
 def start_floor(python: str = sys.executable) -> float:

@@ -350,7 +350,7 @@ def main() -> None:
             lines = scale.log_rate(server.address, url)
         fleet = scale.fleet_run(url, FLEET)
         insert_rate = raw_insert_rate(url)
-        replayed = scale.replay_run(url, REPLAY_EVENTS)
+        replayed = scale.replay_run(url, REPLAY_EVENTS, REPEATS)
     young, aged, past = history_run()
     spawn_rate = 1 / (sum(spawns) / len(spawns))
     print(header())
