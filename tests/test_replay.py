@@ -22,7 +22,7 @@ from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.saga import Saga
 from hodei.domain.spec import JobSpec
-from hodei.domain.worker import Worker
+from hodei.domain.worker import Worker, WorkerState
 from hodei.store import projections, replay
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.events import EventRecord, unpack
@@ -336,8 +336,6 @@ def test_a_job_and_its_worker_created_and_changed_in_one_page_are_inserted_as_th
     assert query(store.pool.conninfo, f"SELECT {columns} FROM jobs")[0] == expected
 
 
-_JOB_STATES = ["PENDING", "ASSIGNED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"]
-_WORKER_STATES = ["CREATING", "CONNECTING", "READY", "BUSY", "TERMINATING", "TERMINATED", "FAILED"]
 _NOT_NULL = {"id", "at", "name", "spec", "state", "new_state", "attempt", "max_attempts", "priority", "updated_at"}
 _NOT_NULL |= {"job_id", "provider_id", "provider_type", "terminal", "admitted"}  # the projectors' own flags too
 _TIMES = st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1), timezones=st.just(UTC))
@@ -357,7 +355,7 @@ def _value(statement: str, column: str) -> st.SearchStrategy[Any]:
     elif column == "spec":
         base = st.just({"name": "folded"})
     elif column in {"state", "new_state"}:
-        base = st.sampled_from(_WORKER_STATES if "worker" in statement else _JOB_STATES)
+        base = st.sampled_from([state.value for state in (WorkerState if "worker" in statement else JobState)])
     elif column == "at" or column.endswith("_at") or column in {"ran_from", "ran_until"}:
         # A payload's times are ISO text, an event's own a datetime: rows hold both.
         base = _TIMES | _TIMES.map(datetime.isoformat)
