@@ -347,7 +347,7 @@ def _settle_collector() -> None:
     """What startup built (modules, protobuf descriptors, providers, pools) lives as long
     as the process: frozen out of the cyclic collector's scans, which then look only at
     what jobs allocate. Measured in a 200-job sim burst: the collector's share of the
-    server's CPU 5.3% -> 1.9%, a full collection's pause 89 -> 32 ms (README, Throughput)."""
+    server's CPU 5.3% -> 1.9%, a full collection's pause 89 -> 32 ms (docs/benchmarks.md)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
