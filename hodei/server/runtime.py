@@ -99,7 +99,11 @@ def installation_id(store: HodeiStore) -> str:
 class Runtime:
     def __init__(self, config: Config, after_commit: Callable[[Saga], None] | None = None) -> None:
         self.config = config
-        self.pool = open_pool(config.database_url, min_size=2, max_size=60, name="hodei-server")
+        # One thread of the pool's own: psycopg_pool opens one connection at a time as the
+        # pool grows (``_maybe_grow_pool``), and returns them in the caller's thread (no
+        # reset), so its default three left two idle: a server's threads count against
+        # #13's 64 with 1,000 workers connected.
+        self.pool = open_pool(config.database_url, min_size=2, max_size=60, name="hodei-server", workers=1)
         self.store = HodeiStore(self.pool)
         self.reads = ReadModels(self.pool)
         wanted = [
