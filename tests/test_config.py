@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,30 @@ def test_a_start_limit_leaves_free_only_the_starts_it_allows() -> None:
     assert Capacity(limit=16, in_use=5, starting=1, start_limit=2).free == 1
     assert Capacity(limit=16, in_use=5, starting=3, start_limit=2).free == 0
     assert Capacity(limit=4, in_use=4, starting=0, start_limit=2).free == 0
+
+
+def _readme_configuration() -> list[tuple[list[str], list[str]]]:
+    """The README's configuration table: each row's variables and the literal defaults
+    of its second column (backquoted; prose such as "none" is not one)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("| Variable | Default | Meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines()[2:]:
+        names, defaults = line.strip("|").split("|")[:2]
+        rows.append((re.findall(r"`([A-Z][A-Z0-9_]+)`", names), re.findall(r"`([^`]*)`", defaults)))
+    return rows
+
+
+def test_the_readme_lists_every_variable_with_its_default() -> None:
+    rows = _readme_configuration()
+    listed = [name for names, _ in rows for name in names]
+    assert sorted(listed) == sorted(config.VARIABLES)
+    compared = 0
+    for names, defaults in rows:
+        # A row whose defaults are one literal per variable, in order: they must be the code's.
+        if len(defaults) == len(names):
+            for name, default in zip(names, defaults, strict=True):
+                if config.VARIABLES[name][0]:
+                    assert config.VARIABLES[name][0] == default, name
+                    compared += 1
+    assert compared >= len(config.VARIABLES) // 2, compared
