@@ -1,6 +1,6 @@
 """Faults that must not kill healthy jobs, end to end with real processes: a server
 killed with kill -9 beside a second one, a server stopped longer than the heartbeat
-timeout, PostgreSQL restarted, a crash between a registration's commit and its reply,
+timeout, PostgreSQL restarted (and away for over a minute), a crash between a registration's commit and its reply,
 a killed worker whose job fled its session, and output that would have broken the
 log stream (megabyte lines, a log past its cap)."""
 
@@ -166,6 +166,38 @@ def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp
         assert events[0] == events[1]  # no event doubled
     finally:
         server.stop()
+
+
+def test_the_first_job_after_a_long_postgresql_outage_is_taken(
+    own_cluster: tuple[Cluster, str], tmp_path: Path
+) -> None:
+    """A server idle through an outage of over a minute answers calls UNAVAILABLE, with the
+    reason, and takes the first submission once PostgreSQL is back. Its connection pool
+    retries 1, 2, 4 s apart and starts afresh every 10 s (``hodei.store.db.RECONNECT_FOR``);
+    with psycopg_pool's own delays, doubling up to minutes, the pool's next try after a 70 s
+    outage came about a minute after PostgreSQL returned, and this submission ran into the
+    CLI's 30 s deadline; and a call during the outage waited 30 s for a connection, its
+    whole deadline, then failed UNKNOWN, or DEADLINE_EXCEEDED, without the reason."""
+    cluster, url = own_cluster
+    with ServerProcess(url, tmp_path, {"HODEI_DOCKER_ENABLED": "0", "HODEI_LOCAL_ENABLED": "1"}) as server:
+        before = server.cli("job", "run", "--provider", "local", "--command", "echo before", "--wait")
+        assert before.returncode == 0, before.stderr
+        cluster.stop("fast")
+        stopped = time.monotonic()
+        # Meanwhile a call is told why it cannot be served, inside the CLI's deadline; by now
+        # the sweeps have found every pooled connection broken, so the call waits for one.
+        time.sleep(15)
+        refused = server.cli("job", "run", "--provider", "local", "--command", "echo never")
+        assert refused.returncode != 0, refused.stdout
+        assert "PostgreSQL is unavailable" in refused.stderr and "(UNAVAILABLE)" in refused.stderr, refused.stderr
+        time.sleep(max(0.0, 70 - (time.monotonic() - stopped)))
+        cluster.start(FAST_OPTIONS)
+        after = server.cli("job", "run", "--provider", "local", "--command", "echo after", "--wait")
+        assert after.returncode == 0, (after.stderr, server.logs()[-5000:])
+        job_id = after.stdout.strip()
+        assert wait_terminal(url, job_id, 60) == "SUCCEEDED"
+        wait_settled(url, job_id)
+        assert server.cli("job", "logs", "--id", job_id, check=True).stdout.strip() == "after"
 
 
 def test_a_crash_between_registration_and_its_reply_fails_no_job(fresh_database_url: str, tmp_path: Path) -> None:

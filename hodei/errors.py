@@ -68,6 +68,9 @@ class StoreUnavailable(HodeiError):
     """PostgreSQL is unavailable."""
 
     retryable = True
+    # How its message starts: the CLI tells it from a server it cannot reach (both are
+    # UNAVAILABLE to gRPC, and only one is the server's answer).
+    PREFIX = "PostgreSQL is unavailable"
 
 
 class ProviderError(HodeiError):

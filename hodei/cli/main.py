@@ -30,7 +30,7 @@ from hodei.cli.jobs import (
 )
 from hodei.cli.shapes import SHAPES
 from hodei.cli.terminal import Terminal
-from hodei.errors import HodeiError
+from hodei.errors import HodeiError, StoreUnavailable
 
 # What the server refuses (exit 2, as for bad flags), as opposed to failing to answer (exit 1).
 REFUSED = {
@@ -238,7 +238,7 @@ def reachable(client: Client) -> None:
 def explain(exc: grpc.RpcError, connection: Connection) -> str:
     """One line a person can act on."""
     details = exc.details() or ""
-    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+    if exc.code() != grpc.StatusCode.UNAVAILABLE or details.startswith(StoreUnavailable.PREFIX):
         return f"{details} ({exc.code().name})"
     where = f"cannot reach the server at {connection.server}"
     if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details.lower():

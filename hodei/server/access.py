@@ -142,16 +142,21 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
             return call_async
 
         def call(request: Any, context: Any) -> Any:
-            with command_transaction(pool):
-                try:
-                    who = admit(context.invocation_metadata())
-                except HodeiError as exc:
-                    context.abort(*refuse(exc))
-                token = _CALLER.set(who)
-                try:
-                    return behavior(request, context)
-                finally:
-                    _CALLER.reset(token)
+            # The transaction's own errors (no connection to be had, a failed commit) are
+            # the caller's answer too: UNAVAILABLE with its reason, not gRPC's UNKNOWN.
+            try:
+                with command_transaction(pool):
+                    try:
+                        who = admit(context.invocation_metadata())
+                    except HodeiError as exc:
+                        context.abort(*refuse(exc))
+                    token = _CALLER.set(who)
+                    try:
+                        return behavior(request, context)
+                    finally:
+                        _CALLER.reset(token)
+            except HodeiError as exc:
+                context.abort(*refuse(exc))
 
         return call
 

@@ -58,6 +58,17 @@ def _configure(conn: psycopg.Connection[object]) -> None:
     conn.execute("SET lock_timeout = '10s'")
 
 
+# How long the pool keeps retrying one connection (1, 2, 4 s apart) before it gives up and
+# the next caller starts afresh at once. psycopg_pool's own five minutes let its delays double
+# to two minutes: after an outage of a minute or more, a server stayed unusable for up to
+# that long once PostgreSQL was back (every call "couldn't get a connection after 30 s").
+RECONNECT_FOR = 10.0
+# How long a caller waits for a connection before it is told PostgreSQL is unavailable:
+# well inside a client's deadline (the CLI's is 30 s, psycopg_pool's own wait too), so a
+# person sees that reason rather than DEADLINE_EXCEEDED.
+WAIT_FOR_CONNECTION = 10.0
+
+
 def open_pool(
     url: str,
     *,
@@ -81,6 +92,8 @@ def open_pool(
         configure=_configure,
         open=False,
         num_workers=workers,
+        reconnect_timeout=RECONNECT_FOR,
+        timeout=WAIT_FOR_CONNECTION,
         # prepare_threshold 0: statements are prepared on first use, planned once per connection.
         kwargs=kwargs,
     )
@@ -106,10 +119,10 @@ def translate_errors() -> Iterator[None]:
     except pg_errors.DeadlockDetected:
         raise  # PostgreSQL answered: not an outage (writers run the transaction again)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        raise StoreUnavailable(f"{StoreUnavailable.PREFIX}: {exc}") from exc
     except TimeoutError as exc:
         # psycopg_pool.PoolTimeout subclasses OperationalError; plain timeouts come from pool.open.
-        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        raise StoreUnavailable(f"{StoreUnavailable.PREFIX}: {exc}") from exc
 
 
 @contextlib.contextmanager
