@@ -117,6 +117,22 @@ def test_wait_survives_a_server_restart_and_ends_with_the_jobs_exit_code(server:
     assert f"Job {job_id} FAILED" in errors
 
 
+def test_log_followers_outlive_a_server_restart_and_print_every_line_once(server: ServerProcess) -> None:
+    command = "for i in $(seq 1 16); do echo line $i; sleep 0.5; done"
+    running = cli_process(server, "job", "run", "--provider", "local", "--command", command, "--follow")
+    job_id = server.cli("job", "run", "--provider", "local", "--command", command, check=True).stdout.strip()
+    wait_running(server.database_url, job_id)
+    following = cli_process(server, "job", "logs", "--id", job_id, "--follow")
+    time.sleep(3)  # a few lines out first
+    server.stop(signal.SIGKILL)
+    time.sleep(2)
+    server.start()
+    for follower in (running, following):
+        out, errors = follower.communicate(timeout=120)
+        assert follower.returncode == 0, errors
+        assert out.splitlines() == [f"line {i}" for i in range(1, 17)], errors
+
+
 def test_ctrl_c_while_waiting_says_the_job_keeps_running(server: ServerProcess) -> None:
     waiting, job_id = waiting_for(server, "sleep 30")
     waiting.send_signal(signal.SIGINT)

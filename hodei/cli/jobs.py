@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from rich.live import Live
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
 from hodei.cli.client import Client
@@ -40,6 +40,7 @@ EXIT_INTERRUPTED = 131
 # The server did not answer for RECONNECT_FOR seconds while waiting: the job's end is unknown.
 EXIT_GAVE_UP = 132
 RECONNECT_FOR = 300.0
+T = TypeVar("T")
 
 
 class StoppedWaiting(HodeiError):
@@ -158,23 +159,62 @@ def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return wait(client, term, job_id) if args.wait else 0
 
 
-def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
-    """The job at each change until it ends, reconnecting while the server restarts (a
-    watch starts with the job's current state, so nothing is missed)."""
+def reconnecting(open_stream: Callable[[], Iterable[T]], patience: float = RECONNECT_FOR) -> Iterator[T]:
+    """The items of a stream, opened again each time it is cut while the server restarts
+    (or answers that PostgreSQL is away), with growing pauses; it gives up once the server
+    has sent nothing for ``patience`` seconds, counted from its last item, not from the
+    start: a job may run for hours before its stream is cut."""
+    heard = time.monotonic()
+
+    def silent_too_long(_: RetryCallState) -> bool:
+        return time.monotonic() - heard >= patience
+
     for attempt in Retrying(
         retry=retry_if_exception(_unavailable),
-        stop=stop_after_delay(RECONNECT_FOR),
+        stop=silent_too_long,
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
     ):
         with attempt:
-            job = None
-            for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=job_id)):
-                job = update.job
-                yield job
-            if job is not None and JobState(job.state).is_terminal:
-                return
+            for item in open_stream():
+                heard = time.monotonic()
+                yield item
+
+
+def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
+    """The job at each change until it ends (a watch starts with the job's current state,
+    so a reconnection misses nothing)."""
+
+    def stream() -> Iterator[common_pb2.Job]:
+        job = None
+        for update in client.stream(client.jobs.WatchJob, jobs_pb2.WatchJobRequest(job_id=job_id)):
+            job = update.job
+            yield job
+        if job is None or not JobState(job.state).is_terminal:
             raise _StreamEnded
+
+    return reconnecting(stream)
+
+
+def _log_entries(client: Client, job_id: str, follow: bool) -> Iterator[logs_pb2.JobLogEntry]:
+    """The job's log from its first line; a reconnection asks for the first line not wholly
+    received and skips the pieces of it that were (a long line comes in pieces that share
+    its number), so no output is lost or repeated."""
+    line, pieces = 1, 0
+
+    def stream() -> Iterator[logs_pb2.JobLogEntry]:
+        nonlocal line, pieces
+        skip = pieces
+        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=follow, from_line=line)
+        for batch in client.stream(client.logs.SubscribeLogs, request):
+            for entry in batch.entries:
+                if skip:
+                    skip -= 1
+                    continue
+                line, pieces = (entry.line_number, pieces + 1) if entry.partial else (entry.line_number + 1, 0)
+                yield entry
+
+    return reconnecting(stream)
 
 
 class _StreamEnded(Exception):
@@ -247,21 +287,21 @@ def finish(term: Terminal, job: common_pb2.Job) -> int:
 
 
 def follow(client: Client, term: Terminal, job_id: str) -> int:
-    request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
     try:
-        for batch in client.stream(client.logs.SubscribeLogs, request):
-            for entry in batch.entries:
-                if term.json:
-                    term.line_data({"event": "log", "job": None, "log": message_dict(entry)})
-                else:
-                    stderr = entry.stream == worker_pb2.LOG_STREAM_STDERR
-                    term.output(entry.line, stderr=stderr, partial=entry.partial)
+        for entry in _log_entries(client, job_id, follow=True):
+            if term.json:
+                term.line_data({"event": "log", "job": None, "log": message_dict(entry)})
+            else:
+                term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
     except KeyboardInterrupt:
         raise _interrupted("following", job_id) from None
     except grpc.RpcError as exc:
         if not _unavailable(exc):
             raise
-        term.warning(f"the log stream from {client.address} was cut; waiting for the job's end without its output")
+        term.warning(
+            f"the log stream from {client.address} was cut for {RECONNECT_FOR:g}s; "
+            "waiting for the job's end without its output"
+        )
     return wait(client, term, job_id)
 
 
@@ -325,8 +365,7 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    request = logs_pb2.SubscribeLogsRequest(job_id=args.job_id, follow=args.follow)
-    for entry in (entry for batch in client.stream(client.logs.SubscribeLogs, request) for entry in batch.entries):
+    for entry in _log_entries(client, args.job_id, args.follow):
         if term.json:
             term.line_data(message_dict(entry))
         else:
