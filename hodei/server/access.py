@@ -142,15 +142,11 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
             return call_async
 
         def call(request: Any, context: Any) -> Any:
-            # The transaction's own errors (no connection to be had, a failed commit) are
-            # the caller's answer too: UNAVAILABLE with its reason, not gRPC's UNKNOWN.
+            # A refusal, and the transaction's own errors (no connection to be had, a failed
+            # commit), are the caller's answer: UNAVAILABLE with its reason, not gRPC's UNKNOWN.
             try:
                 with command_transaction(pool):
-                    try:
-                        who = admit(context.invocation_metadata())
-                    except HodeiError as exc:
-                        context.abort(*refuse(exc))
-                    token = _CALLER.set(who)
+                    token = _CALLER.set(admit(context.invocation_metadata()))
                     try:
                         return behavior(request, context)
                     finally:
