@@ -15,9 +15,10 @@ default:
 bootstrap:
     bash tools/bootstrap.sh
 
-# Run the test suite (real PostgreSQL, real Docker, real gRPC)
+# The suite runs in three processes, one test file at a time each; `-n 0` runs it in one.
+# Run the test suite (real PostgreSQL, real Docker, real gRPC): just test [-n 0] [pytest args]
 test *ARGS: bootstrap
-    {{venv}}/pytest {{ARGS}}
+    {{venv}}/pytest -n 3 --dist loadfile {{ARGS}}
 
 # Lint, format check and type check
 lint:
@@ -247,8 +248,7 @@ job-k8s-all: job-k8s-hello
     {{cli}} job get --id "$JOB_ID"
 
 # Unit and integration tests (no end-to-end)
-test-integration: bootstrap
-    {{venv}}/pytest tests
+test-integration: (test "tests")
 
 # The seed procedure on Docker and local processes against the dev server, with its table
 test-multi-provider: dev

@@ -72,17 +72,20 @@ class EngineLink:
                     end.shutdown(socket.SHUT_RDWR)
 
 
-def hodei_containers(docker_client: Any) -> list[Any]:
+def hodei_containers(docker_client: Any, database_url: str) -> list[Any]:
+    """The containers of this database's installation (tests of other modules may run
+    their own beside it)."""
+    (installation,) = query(database_url, "SELECT value FROM hodei.secrets WHERE name = 'installation_id'")[0]
     # sparse: no inspect of each listed container, which fails for one removed meanwhile.
-    return docker_client.containers.list(all=True, sparse=True, filters={"label": "hodei.managed"})
+    return docker_client.containers.list(
+        all=True, sparse=True, filters={"label": ["hodei.managed", f"hodei.installation={installation}"]}
+    )
 
 
 @pytest.fixture(scope="module")
 def server(
     database_url: str, tmp_path_factory: pytest.TempPathFactory, worker_image: str, docker_client: Any
 ) -> Iterator[ServerProcess]:
-    for stale in hodei_containers(docker_client):  # left by an interrupted earlier run
-        stale.remove(force=True)
     log_dir = tmp_path_factory.mktemp("logs")
     env = {
         "HODEI_DOCKER_ENABLED": "1",
@@ -107,7 +110,9 @@ def test_seed_phase5_and_phase6_on_docker(server: ServerProcess, database_url: s
         assert len(resource) == 64 and int(resource, 16) >= 0, f"not a container id: {resource}"
     # 6.5: a Docker job creates no pod (this server has no Kubernetes provider at all).
     assert query(database_url, "SELECT count(*) FROM workers WHERE provider_type = 'kubernetes'") == [(0,)]
-    eventually(lambda: hodei_containers(docker_client) == [], 30, what="every worker container to be removed")
+    eventually(
+        lambda: hodei_containers(docker_client, database_url) == [], 30, what="every worker container to be removed"
+    )
 
 
 def test_seed_phase8_batch_jobs_all_succeed(server: ServerProcess, database_url: str) -> None:
@@ -147,7 +152,9 @@ def test_twenty_concurrent_jobs(server: ServerProcess, database_url: str, docker
     assert query(
         database_url, "SELECT state, count(*) FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY state", (job_ids,)
     ) == [("SUCCEEDED", 20)]
-    eventually(lambda: hodei_containers(docker_client) == [], 30, what="every worker container to be removed")
+    eventually(
+        lambda: hodei_containers(docker_client, database_url) == [], 30, what="every worker container to be removed"
+    )
 
 
 def test_a_killed_container_fails_the_job_and_leaves_nothing(
@@ -222,7 +229,7 @@ def test_no_hodei_container_remains_and_every_worker_is_terminated(
     server: ServerProcess, database_url: str, docker_client: Any
 ) -> None:
     """Runs last in this module: the acceptance check after the whole Docker run."""
-    eventually(lambda: hodei_containers(docker_client) == [], 30, what="no labelled container")
+    eventually(lambda: hodei_containers(docker_client, database_url) == [], 30, what="no labelled container")
     assert query(database_url, "SELECT DISTINCT state FROM workers") == [("TERMINATED",)]
 
 
