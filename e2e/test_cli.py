@@ -197,6 +197,24 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         assert "describe" in out and "dead-letters" in out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("job", "list", "--limit", "0"),
+        ("job", "history", "--id", "x", "--version", "0"),
+        ("saga", "list", "--limit", "-1"),
+        ("worker", "list", "--limit", "many"),
+    ],
+    ids=["job-list", "history", "saga-list", "worker-list"],
+)
+def test_a_count_below_one_is_refused_before_sending(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]) -> None:
+    """0 would reach the server as the field's unset value and mean its default: `--version 0`
+    printed the whole history and `--limit 0` a page of 20. Refused here, without a server."""
+    code, out, err = run_in_process(capsys, "--server", "127.0.0.1:9", *argv)
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1].endswith(f"takes a whole number from 1, got '{argv[-1]}'")
+
+
 def test_a_server_that_does_not_answer_is_named_within_seconds(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as silent:  # accepts connections, never speaks
         silent.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ from typing import Any
 
 from hodei._proto import metrics_pb2, outbox_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
+from hodei.cli.parsing import count
 from hodei.cli.terminal import Terminal, message_dict, when
 
 
@@ -190,21 +191,21 @@ def add_commands(commands: Any) -> None:
     capacity.set_defaults(handler=provider)
 
     queue_parser = commands.add_parser("queue", help="jobs per state, and the jobs waiting for capacity")
-    queue_parser.add_argument("--limit", type=int, default=100, help="queued jobs listed (default 100)")
+    queue_parser.add_argument("--limit", type=count, default=100, help="queued jobs listed (default 100)")
     queue_parser.set_defaults(handler=queue)
 
     worker_parser = commands.add_parser("worker", help="workers").add_subparsers(dest="action", required=True)
     list_parser = worker_parser.add_parser("list", help="workers, newest first")
     list_parser.add_argument("--state", help="only this state (e.g. BUSY)")
     list_parser.add_argument("--live", action="store_true", help="only workers that are not over")
-    list_parser.add_argument("--limit", type=int, default=50)
+    list_parser.add_argument("--limit", type=count, default=50)
     list_parser.set_defaults(handler=workers)
 
     commands.add_parser("metrics", help="counters of the server").set_defaults(handler=metrics)
 
     outbox = commands.add_parser("outbox", help="deliveries that gave up").add_subparsers(dest="action", required=True)
     letters = outbox.add_parser("dead-letters", help="outbox rows whose delivery gave up, with their error")
-    letters.add_argument("--limit", type=int, default=100)
+    letters.add_argument("--limit", type=count, default=100)
     letters.set_defaults(handler=dead_letters)
     again = outbox.add_parser("redrive", help="put dead-lettered rows back (attempts reset)")
     again.add_argument("ids", nargs="*", metavar="ID", help="rows from `outbox dead-letters`")

@@ -17,6 +17,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import (
+    count,
     parse_args,
     parse_env,
     parse_labels,
@@ -531,12 +532,12 @@ def add_commands(commands: Any) -> Any:
             parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
         if name == "history":
             parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
-            parser.add_argument("--version", type=int, metavar="N", help="the job after its N-th event")
+            parser.add_argument("--version", type=count, metavar="N", help="the job after its N-th event")
         if name == "logs":
             parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
-    list_parser.add_argument("--limit", type=int, default=20)
+    list_parser.add_argument("--limit", type=count, default=20)
     list_parser.add_argument("--offset", type=int, default=0)
     list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
     list_parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -115,3 +116,15 @@ def parse_duration(value: str | None) -> float | None:
     if not match or float(match.group(1)) <= 0:
         raise InvalidInput(f"malformed duration `{value}`: use e.g. 3600, 90m, 12h, 30d or never")
     return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def count(value: str) -> int:
+    """A ``--limit`` or ``--version``: a whole number from 1. Zero would go out as the
+    field's unset value (proto3), which the server reads as its default, not as none."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number from 1, got {value!r}")
+    return number

@@ -16,6 +16,7 @@ from hodei._proto import jobs_pb2, sagas_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.jobs import job_dict
+from hodei.cli.parsing import count
 from hodei.cli.terminal import Terminal, message_dict, when
 
 
@@ -168,7 +169,7 @@ def add_commands(commands: Any, job: Any) -> None:
     list_parser.add_argument("--state", help="IN_PROGRESS, COMPENSATING, COMPLETED or FAILED")
     list_parser.add_argument("--type", help="PROVISIONING, EXECUTION or RECOVERY")
     list_parser.add_argument("--job", metavar="JOB_ID", help="only this job's sagas")
-    list_parser.add_argument("--limit", type=int, default=100)
+    list_parser.add_argument("--limit", type=count, default=100)
     list_parser.set_defaults(handler=list_sagas)
     show = saga.add_parser("show", help="a saga's steps (state, retries, duration, error) and audit trail")
     show.add_argument("saga_id", metavar="SAGA_ID")
