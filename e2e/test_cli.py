@@ -1,4 +1,4 @@
-"""The CLI as people use it: ids by prefix and never cut, --wait across a server restart,
+"""The CLI as people use it: ids by prefix or @latest and never cut, --wait across a server restart,
 Ctrl-C while waiting, JSON lines while waiting."""
 
 from __future__ import annotations
@@ -37,6 +37,19 @@ def cli_process(server: ServerProcess, *args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"},
     )
+
+
+def test_at_latest_is_the_newest_job(server: ServerProcess) -> None:
+    """First in this module: its database has no job yet."""
+    none = server.cli("job", "get", "@latest")
+    assert (none.returncode, none.stdout) == (2, "")
+    assert none.stderr == "hodei-jobs-cli: error: @latest: there are no jobs yet\n"
+    older = server.cli("job", "run", "--provider", "local", "--command", "echo older", "--wait", check=True)
+    newer = server.cli("job", "run", "--provider", "local", "--command", "echo newer", "--wait", check=True)
+    assert older.stdout != newer.stdout
+    assert server.cli("job", "logs", "@latest", check=True).stdout == "newer\n"
+    shown = server.cli("job", "describe", "--id", "@latest", check=True).stdout
+    assert shown.startswith(f"Job {newer.stdout.strip()}\n")
 
 
 def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:

@@ -28,7 +28,7 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
 from hodei.domain.spec import JobSpec, Resources
-from hodei.errors import HodeiError, InvalidInput
+from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.wire import spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
@@ -316,6 +316,26 @@ def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
+# The newest job, as Argo's CLI takes `@latest`: `job logs @latest --follow` after a run.
+LATEST = "@latest"
+
+
+def add_job_id(parser: argparse.ArgumentParser) -> None:
+    """The job a command is about: ``ID`` or ``--id ID`` (``main`` picks one)."""
+    shown = f"the job id, a unique prefix of it (8 characters or more), or {LATEST}"
+    parser.add_argument("job_id_positional", nargs="?", metavar="ID", help=shown)
+    parser.add_argument("--id", "-i", dest="job_id_flag", metavar="ID", help=shown)
+
+
+def latest_job(client: Client) -> str:
+    """The id of the newest job the caller can list. Asked once, before the command, so
+    that a stream that reconnects stays with the job it began with."""
+    listed = client.call(client.jobs.ListJobs, jobs_pb2.ListJobsRequest(limit=1)).jobs
+    if not listed:
+        raise NotFound(f"{LATEST}: there are no jobs yet")
+    return str(listed[0].id)
+
+
 def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     status = (
         common_pb2.JobStatus.Value(f"JOB_STATUS_{args.state.upper()}")
@@ -523,8 +543,7 @@ def add_commands(commands: Any) -> Any:
         ("retry", retry, "submit a finished job again as a new job linked to it; prints the new id"),
     ):
         parser = job.add_parser(name, help=text)
-        parser.add_argument("job_id_positional", nargs="?", metavar="ID", help="the job id")
-        parser.add_argument("--id", "-i", dest="job_id_flag", metavar="ID", help="the job id")
+        add_job_id(parser)
         parser.set_defaults(handler=handler)
         if name == "cancel":
             parser.add_argument("--reason", help="recorded with the cancellation")

@@ -26,7 +26,9 @@ from hodei.cli.jobs import (
     EXIT_INTERRUPTED,
     EXIT_PLATFORM,
     EXIT_TIMEOUT,
+    LATEST,
     StoppedWaiting,
+    latest_job,
 )
 from hodei.cli.shapes import SHAPES
 from hodei.cli.terminal import Terminal
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         term.abort(exc.message, code=2)
     try:
         reachable(client)
+        if getattr(args, "job_id", None) == LATEST:
+            args.job_id = latest_job(client)
         code = args.handler(client, term, args)
     except StoppedWaiting as exc:
         term.abort(exc.message, code=exc.code)

@@ -14,8 +14,8 @@ from rich.tree import Tree
 
 from hodei._proto import jobs_pb2, sagas_pb2
 from hodei.cli.client import Client
+from hodei.cli.jobs import add_job_id, job_dict
 from hodei.cli.jobs import describe as describe_job
-from hodei.cli.jobs import job_dict
 from hodei.cli.parsing import count
 from hodei.cli.terminal import Terminal, message_dict, when
 
@@ -159,8 +159,7 @@ def show_saga(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def add_commands(commands: Any, job: Any) -> None:
     """Adds ``saga …`` and, to ``job``'s subcommands, ``job describe``."""
     parser = job.add_parser("describe", help="the job, its phases, workers, and every saga's steps and audit")
-    parser.add_argument("job_id_positional", nargs="?", metavar="ID", help="the job id")
-    parser.add_argument("--id", "-i", dest="job_id_flag", metavar="ID", help="the job id")
+    add_job_id(parser)
     parser.set_defaults(handler=describe)
     saga = commands.add_parser("saga", help="the sagas that moved jobs, step by step").add_subparsers(
         dest="action", required=True
