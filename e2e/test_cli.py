@@ -50,6 +50,8 @@ def test_at_latest_is_the_newest_job(server: ServerProcess) -> None:
     assert server.cli("job", "logs", "@latest", check=True).stdout == "newer\n"
     shown = server.cli("job", "describe", "--id", "@latest", check=True).stdout
     assert shown.startswith(f"Job {newer.stdout.strip()}\n")
+    sagas = server.cli("-o", "json", "saga", "list", "--job", "@latest", check=True).stdout
+    assert {saga["correlation_id"] for saga in json.loads(sagas)["sagas"]} == {newer.stdout.strip()}
 
 
 def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:

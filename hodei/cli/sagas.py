@@ -14,7 +14,7 @@ from rich.tree import Tree
 
 from hodei._proto import jobs_pb2, sagas_pb2
 from hodei.cli.client import Client
-from hodei.cli.jobs import add_job_id, job_dict
+from hodei.cli.jobs import LATEST, add_job_id, job_dict
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.parsing import count
 from hodei.cli.terminal import Terminal, message_dict, when
@@ -121,7 +121,7 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def list_sagas(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = sagas_pb2.ListSagasRequest(
-        state=args.state or "", saga_type=args.type or "", job_id=args.job or "", limit=args.limit
+        state=args.state or "", saga_type=args.type or "", job_id=args.job_id or "", limit=args.limit
     )
     response = client.call(client.sagas.ListSagas, request)
     if term.json:
@@ -167,7 +167,9 @@ def add_commands(commands: Any, job: Any) -> None:
     list_parser = saga.add_parser("list", help="list sagas, newest first")
     list_parser.add_argument("--state", help="IN_PROGRESS, COMPENSATING, COMPLETED or FAILED")
     list_parser.add_argument("--type", help="PROVISIONING, EXECUTION or RECOVERY")
-    list_parser.add_argument("--job", metavar="JOB_ID", help="only this job's sagas")
+    list_parser.add_argument(
+        "--job", dest="job_id", metavar="JOB_ID", help=f"only this job's sagas (an id, a prefix of one, or {LATEST})"
+    )
     list_parser.add_argument("--limit", type=count, default=100)
     list_parser.set_defaults(handler=list_sagas)
     show = saga.add_parser("show", help="a saga's steps (state, retries, duration, error) and audit trail")
