@@ -188,6 +188,8 @@ def test_a_lost_worker_is_retried_when_attempts_remain(
         (["job", "run", "--provider", "local", "--command", "", "--timeout", "5"], "command must not be empty"),
         (["job", "run", "--provider", "local", "--command", "true", "--timeout", "-5"], "--timeout must be a positive"),
         (["job", "run", "--provider", "local", "--command", "true", "--timeout", "0"], "--timeout must be a positive"),
+        (["job", "run", "-p", "local", "-c", "true", "--queue-timeout", "0"], "--queue-timeout must be a positive"),
+        (["job", "run", "-p", "local", "-c", "true", "--max-attempts", "0"], "--max-attempts: takes a whole number"),
         (["job", "run", "--provider", "local", "--command", "true", "--env", "FOO"], "malformed --env item `FOO`"),
         (["job", "run", "--provider", "local", "--command", "true", "--env", "1A=x"], "malformed --env item `1A=x`"),
         (["job", "run", "--provider", "nope", "--command", "true"], "unknown provider `nope`"),

@@ -511,7 +511,7 @@ def add_commands(commands: Any) -> Any:
     run_parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
     run_parser.add_argument("--working-dir", help="absolute directory to run in")
     run_parser.add_argument(
-        "--max-attempts", type=int, default=1, help="runs allowed when a worker is lost (default 1)"
+        "--max-attempts", type=count, default=1, help="runs allowed when a worker is lost (default 1)"
     )
     run_parser.add_argument(
         "--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)"

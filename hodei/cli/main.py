@@ -161,8 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         args.job_id = args.job_id_flag or args.job_id_positional
         if not args.job_id:
             term.abort("give the job id: --id ID", code=2)
-    if getattr(args, "timeout", 1) is not None and getattr(args, "timeout", 1) <= 0:
-        term.abort(f"--timeout must be a positive number of seconds, got {args.timeout:g}", code=2)
+    for name in ("timeout", "queue_timeout"):  # 0 would go out as unset: the default, or no limit
+        seconds = getattr(args, name, None)
+        if seconds is not None and not seconds > 0:
+            term.abort(f"--{name.replace('_', '-')} must be a positive number of seconds, got {seconds:g}", code=2)
     try:
         client = Client(
             Connection.resolve(
