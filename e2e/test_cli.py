@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +53,20 @@ def test_at_latest_is_the_newest_job(server: ServerProcess) -> None:
     assert shown.startswith(f"Job {newer.stdout.strip()}\n")
     sagas = server.cli("-o", "json", "saga", "list", "--job", "@latest", check=True).stdout
     assert {saga["correlation_id"] for saga in json.loads(sagas)["sagas"]} == {newer.stdout.strip()}
+
+
+def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
+    """A long line reaches the CLI in pieces: only its first is stamped."""
+    long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''
+    command = f"echo one; echo oops >&2; {long_line}; echo two"
+    ran = server.cli("job", "run", "-p", "local", "-c", command, "--follow", "--timestamps", check=True)
+    job_id = ran.stderr.split("Job ID: ")[1].split()[0]
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+    for shown in (ran, server.cli("job", "logs", job_id, "-t", check=True)):
+        assert re.fullmatch(f"{stamp}one\n{stamp}x{{300000}}\n{stamp}two\n", shown.stdout), shown.stdout[:200]
+        assert re.search(f"^{stamp}oops$", shown.stderr, re.MULTILINE), shown.stderr
+    plain = server.cli("job", "logs", job_id, check=True)
+    assert plain.stdout == f"one\n{'x' * 300000}\ntwo\n"
 
 
 def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:

@@ -140,7 +140,7 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     job_id = client.call(client.jobs.QueueJob, request).job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
-        return follow(client, term, job_id)
+        return follow(client, term, job_id, args.timestamps)
     if term.json and not args.wait:
         term.data({"job_id": job_id})
         return 0
@@ -287,13 +287,38 @@ def finish(term: Terminal, job: common_pb2.Job) -> int:
     return exit_code_of(job)
 
 
-def follow(client: Client, term: Terminal, job_id: str) -> int:
+TIMESTAMPS_HELP = "each line after its time (UTC, as the worker read it)"
+
+
+class _LogPrinter:
+    """Prints a job's output as it was: stdout to stdout, stderr to stderr, and with
+    ``timestamps`` each line after the time the worker read it (a long line's later
+    pieces continue it, unstamped)."""
+
+    def __init__(self, term: Terminal, timestamps: bool) -> None:
+        self.term = term
+        self.timestamps = timestamps
+        self.mid_line: set[int] = set()  # streams whose last piece did not end its line
+
+    def __call__(self, entry: logs_pb2.JobLogEntry) -> None:
+        text = entry.line
+        if self.timestamps and entry.stream not in self.mid_line:
+            text = f"{when(entry, 'timestamp')} {text}"
+        if entry.partial:
+            self.mid_line.add(entry.stream)
+        else:
+            self.mid_line.discard(entry.stream)
+        self.term.output(text, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
+
+
+def follow(client: Client, term: Terminal, job_id: str, timestamps: bool) -> int:
+    show = _LogPrinter(term, timestamps)
     try:
         for entry in _log_entries(client, job_id, follow=True):
             if term.json:
                 term.line_data({"event": "log", "job": None, "log": message_dict(entry)})
             else:
-                term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
+                show(entry)
     except KeyboardInterrupt:
         raise _interrupted("following", job_id) from None
     except grpc.RpcError as exc:
@@ -386,11 +411,12 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    show = _LogPrinter(term, args.timestamps)
     for entry in _log_entries(client, args.job_id, args.follow):
         if term.json:
             term.line_data(message_dict(entry))
         else:
-            term.output(entry.line, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
+            show(entry)
     return 0
 
 
@@ -531,6 +557,7 @@ def add_commands(commands: Any) -> Any:
     )
     run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
     run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")
+    run_parser.add_argument("--timestamps", action="store_true", help=TIMESTAMPS_HELP)
     run_parser.set_defaults(handler=run)
 
     for name, handler, text in (
@@ -554,6 +581,7 @@ def add_commands(commands: Any) -> Any:
             parser.add_argument("--version", type=count, metavar="N", help="the job after its N-th event")
         if name == "logs":
             parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
+            parser.add_argument("--timestamps", "-t", action="store_true", help=TIMESTAMPS_HELP)
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
     list_parser.add_argument("--limit", type=count, default=20)
