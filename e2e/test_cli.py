@@ -245,6 +245,23 @@ def test_a_count_below_one_is_refused_before_sending(capsys: pytest.CaptureFixtu
     assert err.splitlines()[-1].endswith(f"takes a whole number from 1, got '{argv[-1]}'")
 
 
+@pytest.mark.parametrize(
+    ("grace", "error"),
+    [
+        (("--grace", "-1"), "takes seconds or a duration such as 30s or 2m, got '-1'"),
+        (("--grace", "soon"), "takes seconds or a duration such as 30s or 2m, got 'soon'"),
+        (("--grace", "5", "--force"), "argument --force: not allowed with argument --grace"),
+    ],
+    ids=["negative", "words", "both"],
+)
+def test_a_bad_cancel_grace_is_refused_before_sending(
+    capsys: pytest.CaptureFixture[str], grace: tuple[str, ...], error: str
+) -> None:
+    code, out, err = run_in_process(capsys, "--server", "127.0.0.1:9", "job", "cancel", "x", *grace)
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1].endswith(error)
+
+
 def test_a_server_that_does_not_answer_is_named_within_seconds(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as silent:  # accepts connections, never speaks
         silent.bind(("127.0.0.1", 0))

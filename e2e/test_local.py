@@ -118,6 +118,75 @@ def test_cancelling_a_running_job_stops_its_processes(server: ServerProcess, dat
     assert "already ended CANCELLED" in again.stderr
 
 
+def refuses_bad_graces(server: ServerProcess, database_url: str, job_id: str) -> None:
+    """The server checks a cancel's grace itself (a client other than our CLI) and
+    changes nothing when it is refused."""
+    import grpc
+
+    from hodei._proto import jobs_pb2, jobs_pb2_grpc
+
+    events = "SELECT count(*) FROM domain_events WHERE aggregate_id = %s"
+    before = query(database_url, events, (job_id,))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        for grace in (-1.0, float("nan"), 8 * 86400.0):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id, grace_seconds=grace))
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert f"the grace must be 0 to 604800 seconds, got {grace:g}" in (refused.value.details() or "")
+    assert query(database_url, events, (job_id,)) == before
+
+
+# A job that takes 2 s to clean up after SIGTERM: more than this module's HODEI_KILL_GRACE.
+CLEANS_UP = "trap 'echo stopping; sleep 2; echo cleaned up; exit 3' TERM; echo started; while :; do sleep 0.1; done"
+
+
+def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
+    server: ServerProcess, database_url: str
+) -> None:
+    jobs = {
+        how: server.cli("job", "run", "-p", "local", "-c", CLEANS_UP, "--timeout", "600", check=True).stdout.strip()
+        for how in (("--grace", "30s"), ("--force",), ())
+    }
+    for job_id in jobs.values():
+        eventually(lambda job_id=job_id: server.cli("job", "logs", job_id).stdout == "started\n", 30)
+    refuses_bad_graces(server, database_url, next(iter(jobs.values())))
+    for how, job_id in jobs.items():
+        assert "CANCELLED (Status Code: 6)" in server.cli("job", "cancel", job_id, *how, check=True).stderr
+    for job_id in jobs.values():
+        wait_settled(database_url, job_id)
+        assert query(database_url, "SELECT state, exit_code FROM jobs WHERE id = %s", (job_id,)) == [
+            ("CANCELLED", None)
+        ]
+        assert job_processes(job_id) == []
+
+    def after_the_cancel(job_id: str) -> list[tuple[str, object]]:
+        """The job's and its worker's events after its cancel: (type, exit code)."""
+        return query(
+            database_url,
+            "SELECT event_type, payload->'exit_code' FROM domain_events WHERE (aggregate_id = %s OR "
+            "correlation_id = %s) AND aggregate_type IN ('Job', 'Worker') AND position > (SELECT position "
+            "FROM domain_events WHERE aggregate_id = %s AND payload->>'new_state' = 'CANCELLED') ORDER BY position",
+            (job_id, job_id, job_id),
+        )
+
+    graceful, forced, default = jobs.values()
+    # The worker stays until the job's processes stopped: its whole cleanup is in the stored log.
+    assert server.cli("job", "logs", graceful).stdout.splitlines() == ["started", "stopping", "cleaned up"]
+    assert after_the_cancel(graceful) == [
+        ("JobStopped", 3),
+        ("JobLogsPersisted", None),
+        ("WorkerTerminated", None),
+    ]
+    # SIGKILL at once (no SIGTERM: no trap), and nothing waits for its report.
+    assert server.cli("job", "logs", forced).stdout.splitlines() == ["started"]
+    # No grace asked: the server's (HODEI_KILL_GRACE, 1 s here) cuts the cleanup short.
+    assert server.cli("job", "logs", default).stdout.splitlines() == ["started", "stopping"]
+    assert after_the_cancel(default)[0] == ("JobStopped", 137)
+    described = server.cli("job", "describe", graceful, check=True).stdout
+    assert described.index(" stopped (attempt 1)") < described.index(" worker_released (attempt 1)")
+
+
 def test_a_killed_worker_fails_the_job_through_recovery(server: ServerProcess, database_url: str) -> None:
     job_id = server.cli(
         "job", "run", "--provider", "local", "--command", "sleep 300", "--timeout", "600", check=True

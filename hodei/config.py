@@ -88,7 +88,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "seconds a worker that failed to start keeps its container or pod, for `docker logs` / `kubectl logs`",
     ),
     "HODEI_TOKEN_TTL": ("300", "seconds a worker's single-use token stays valid"),
-    "HODEI_KILL_GRACE": ("5", "seconds between SIGTERM and SIGKILL on timeout or cancel"),
+    "HODEI_KILL_GRACE": ("5", "seconds between SIGTERM and SIGKILL at a timeout, and at a cancel without --grace"),
     "HODEI_RELAY_BATCH": ("100", "outbox rows claimed per batch"),
     "HODEI_RELAY_POLL_INTERVAL": ("1.0", "seconds between outbox polls when no NOTIFY arrives"),
     "HODEI_RELAY_LEASE": ("30", "seconds an outbox claim lasts"),

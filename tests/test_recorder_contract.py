@@ -3,6 +3,7 @@ ApplicationRecorder interface, and the library's repository works through it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 from uuid import uuid4
@@ -114,7 +115,8 @@ def job_with_an_old_second_event(store: HodeiStore, url: str, event_type: str, p
 
 
 def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
-    """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at) still loads."""
+    """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at, no
+    stop_by) still loads."""
     from hodei.testing import query
 
     v1_payload = '{"old_state": "PENDING", "new_state": "CANCELLED", "reason": "old", "exit_code": null}'
@@ -123,8 +125,9 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
     assert loaded.state is JobState.CANCELLED
     assert loaded.error_message == "old"
     assert loaded.retry_at is None
+    assert loaded.stop_by is None and not loaded.stopping(datetime.now(UTC))
     store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
-    new = Job.submit(JobSpec(name="v3", command="true", timeout_seconds=5), uuid4())
+    new = Job.submit(JobSpec(name="v4", command="true", timeout_seconds=5), uuid4())
     new.cancel("now")
     store.write([new], Meta(actor="t"))
     (version,) = query(
@@ -132,7 +135,7 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
         "SELECT payload->>'class_version' FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
         (str(new.id),),
     )[0]
-    assert version == "3"
+    assert version == "4"
 
 
 def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiStore, fresh_database_url: str) -> None:

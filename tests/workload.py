@@ -107,7 +107,7 @@ class Workload:
         job = self._load_job()
         if job is None:
             return []
-        job.cancel("changed my mind")
+        job.cancel("changed my mind", grace=self.random.choice([0, 5, 30]))
         return [job]
 
     def _requeue(self) -> list[HodeiAggregate]:

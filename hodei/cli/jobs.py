@@ -18,6 +18,7 @@ from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import (
     count,
+    grace,
     parse_args,
     parse_env,
     parse_labels,
@@ -400,9 +401,10 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    job = client.call(
-        client.jobs.CancelJob, jobs_pb2.CancelJobRequest(job_id=args.job_id, reason=args.reason or "")
-    ).job
+    request = jobs_pb2.CancelJobRequest(job_id=args.job_id, reason=args.reason or "")
+    if args.grace is not None:
+        request.grace_seconds = args.grace
+    job = client.call(client.jobs.CancelJob, request).job
     if term.json:
         term.data(job_dict(job))
     else:
@@ -574,6 +576,16 @@ def add_commands(commands: Any) -> Any:
         parser.set_defaults(handler=handler)
         if name == "cancel":
             parser.add_argument("--reason", help="recorded with the cancellation")
+            stop = parser.add_mutually_exclusive_group()
+            stop.add_argument(
+                "--grace",
+                type=grace,
+                metavar="DURATION",
+                help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
+            )
+            stop.add_argument(
+                "--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM"
+            )
         if name == "retry":
             parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
         if name == "history":

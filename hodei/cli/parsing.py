@@ -118,6 +118,14 @@ def parse_duration(value: str | None) -> float | None:
     return float(match.group(1)) * _SECONDS[match.group(2).lower()]
 
 
+def grace(value: str) -> float:
+    """A ``--grace``: ``30``, ``30s``, ``2m``...; 0 is SIGKILL at once (what --force says)."""
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 30s or 2m, got {value!r}")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
 def count(value: str) -> int:
     """A ``--limit`` or ``--version``: a whole number from 1. Zero would go out as the
     field's unset value (proto3), which the server reads as its default, not as none."""

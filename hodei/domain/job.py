@@ -76,6 +76,10 @@ class Job(HodeiAggregate):
         # The attempt that holds a slot of its provider (None: waiting in the queue).
         self.admitted_attempt: int | None = None
         self.logs_expired = False
+        # A cancelled job's processes are SIGKILLed by then at the latest; its worker
+        # stays until it reports them stopped (``stopped``) or that time has passed.
+        self.stop_by: datetime | None = None
+        self.stopped = False
 
     @classmethod
     def submit(
@@ -153,9 +157,15 @@ class Job(HodeiAggregate):
     ) -> None:
         """Records the worker's result; ``ran`` is when the command's process started and
         ended, by the worker's clock. A result that overtakes its ack implies the ack. A
-        failed command with retries left sends the job back to the queue instead."""
+        failed command with retries left sends the job back to the queue instead. A
+        cancelled job keeps no exit code; after its cancel, the result says its processes
+        stopped, and how."""
         if outcome not in TERMINAL_STATES:
             raise InvalidTransition(f"{outcome} is not a result")
+        if self.state is JobState.CANCELLED and self.worker_id == worker_id:
+            if not self.stopped:
+                self._stopped(worker_id=worker_id, exit_code=exit_code)
+            return
         if self.state is JobState.ASSIGNED:
             self.accept(worker_id)
         elif self.worker_id != worker_id:
@@ -164,7 +174,8 @@ class Job(HodeiAggregate):
         if self._retries_after(outcome):
             self._retry(outcome, exit_code, reason, ran, now)
         else:
-            self._change_state(outcome, reason=reason, exit_code=exit_code, ran=ran)
+            kept = None if outcome is JobState.CANCELLED else exit_code
+            self._change_state(outcome, reason=reason, exit_code=kept, ran=ran)
 
     def _retries_after(self, outcome: JobState) -> bool:
         return outcome in (JobState.FAILED, JobState.TIMEOUT) and self.retries_used < self.spec.retries
@@ -187,6 +198,7 @@ class Job(HodeiAggregate):
             ran_from=ran[0] if ran else None,
             ran_until=ran[1] if ran else None,
             retry_at=retry_at.isoformat(),
+            stop_by=None,
         )
 
     def fail(self, reason: str) -> None:
@@ -201,11 +213,37 @@ class Job(HodeiAggregate):
         else:
             self._change_state(JobState.TIMEOUT, reason=reason, exit_code=None)
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: str, grace: float = 0.0, now: datetime | None = None) -> None:
+        """``grace``: seconds a running job's processes get between SIGTERM and SIGKILL
+        (0: SIGKILL at once). Its worker is released once it reports them stopped, or
+        after the grace: only a RUNNING job's worker has them (one still ASSIGNED may not
+        have begun: its worker is released at once, as a queued job has none)."""
         if self.is_terminal:
             raise InvalidTransition(f"job {self.id} already ended {self.state}")
         check_transition("job", self.state, JobState.CANCELLED, JOB_TRANSITIONS)
-        self._change_state(JobState.CANCELLED, reason=reason, exit_code=None)
+        stop_by = None
+        if self.state is JobState.RUNNING:
+            stop_by = ((now or datetime.now(UTC)) + timedelta(seconds=grace)).isoformat()
+        self._status_changed(
+            old_state=self.state.value,
+            new_state=JobState.CANCELLED.value,
+            reason=reason,
+            exit_code=None,
+            ran_from=None,
+            ran_until=None,
+            retry_at=None,
+            stop_by=stop_by,
+        )
+
+    def stopping(self, now: datetime) -> bool:
+        """Cancelled, and its processes may still be stopping: its worker stays."""
+        return self.stop_by is not None and not self.stopped and now < self.stop_by
+
+    def grace_left(self, now: datetime) -> float | None:
+        """Seconds its processes have left until SIGKILL; None when it has none to stop."""
+        if self.stop_by is None:
+            return None
+        return max(0.0, (self.stop_by - now).total_seconds())
 
     @property
     def can_retry(self) -> bool:
@@ -265,6 +303,7 @@ class Job(HodeiAggregate):
             ran_from=ran[0] if ran else None,
             ran_until=ran[1] if ran else None,
             retry_at=None,
+            stop_by=None,
         )
 
     @event("JobStatusChanged")
@@ -277,8 +316,10 @@ class Job(HodeiAggregate):
         ran_from: str | None,
         ran_until: str | None,
         retry_at: str | None,
+        stop_by: str | None,
     ) -> None:
         self.state = JobState(new_state)
+        self.stop_by = datetime.fromisoformat(stop_by) if stop_by else None
         if self.state is JobState.PENDING:
             self.attempt += 1
             self.worker_id = None
@@ -289,6 +330,12 @@ class Job(HodeiAggregate):
             self.exit_code = exit_code
             if self.state is not JobState.SUCCEEDED:
                 self.error_message = reason
+
+    @event("JobStopped")
+    def _stopped(self, worker_id: str, exit_code: int | None) -> None:
+        """The cancelled job's worker reported its processes ended (``exit_code``: how,
+        e.g. 143 after SIGTERM, 137 killed at the end of the grace)."""
+        self.stopped = True
 
     @event("JobLogsPersisted")
     def _logs_persisted(self, storage_uri: str, size_bytes: int, entry_count: int) -> None:
@@ -315,9 +362,15 @@ def _status_changed_v2_to_v3(state: dict[str, Any]) -> None:
     state.setdefault("retry_at", None)
 
 
-Job.JobStatusChanged.class_version = 3  # type: ignore[attr-defined]
+# Version 3 had no stop_by (a cancelled job's worker was released at once).
+def _status_changed_v3_to_v4(state: dict[str, Any]) -> None:
+    state.setdefault("stop_by", None)
+
+
+Job.JobStatusChanged.class_version = 4  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v2_v3 = staticmethod(_status_changed_v2_to_v3)  # type: ignore[attr-defined]
+Job.JobStatusChanged.upcast_v3_v4 = staticmethod(_status_changed_v3_to_v4)  # type: ignore[attr-defined]
 
 
 # JobProviderSelected version 1 had no admitted (every job waited in its provider's queue

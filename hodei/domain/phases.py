@@ -22,6 +22,7 @@ PHASES = (
     "registered",
     "started",
     "finished",
+    "stopped",
     "requeued",
     "logs_stored",
     "worker_released",
@@ -34,6 +35,7 @@ _BY_EVENT = {
     "WorkerResourceCreated": "worker_created",
     "WorkerRegistered": "registered",
     "JobAccepted": "started",
+    "JobStopped": "stopped",  # a cancelled job's processes, after their grace
     "JobLogsPersisted": "logs_stored",
     "WorkerTerminated": "worker_released",
 }

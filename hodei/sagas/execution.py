@@ -19,6 +19,7 @@ from hodei.sagas.engine import (
     StepInput,
     StepKind,
     StepResult,
+    now,
 )
 
 # Time past the job's own timeout (plus the kill grace) before the server gives up on
@@ -83,7 +84,15 @@ def wait_for_acceptance(deps: SagaDeps, step: StepInput) -> StepResult | None:
 
 
 def wait_for_result(deps: SagaDeps, step: StepInput) -> StepResult | None:
-    return StepResult() if _left_attempt(deps.job(step.job_id), step) else None
+    """Met once the job ends; a cancelled one's worker is kept while its processes stop
+    (until it reports them stopped, is lost, or their grace is over), so they get their
+    grace and what they print while stopping is in the stored log."""
+    job = deps.job(step.job_id)
+    if not _left_attempt(job, step):
+        return None
+    if job.attempt == step.attempt and job.stopping(now()) and deps.worker(step.context["worker_id"]).is_live:
+        return None
+    return StepResult()
 
 
 def persist_logs(deps: SagaDeps, step: StepInput) -> StepResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import grpc
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import LIMITS, JobSpec
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
@@ -37,12 +38,26 @@ MAX_LIMIT = 1000
 WATCH_POLL = 5.0
 
 
+def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
+    """The seconds between SIGTERM and SIGKILL a cancel asks for (``default`` when unset)."""
+    if not request.HasField("grace_seconds"):
+        return default
+    grace = request.grace_seconds
+    if not math.isfinite(grace) or not 0 <= grace <= LIMITS.max_timeout_seconds:
+        raise InvalidInput(f"the grace must be 0 to {LIMITS.max_timeout_seconds:g} seconds, got {grace:g}")
+    return grace
+
+
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
-    def __init__(self, store: HodeiStore, reads: ReadModels, signals: Signals, secrets: JobSecrets) -> None:
+    def __init__(
+        self, store: HodeiStore, reads: ReadModels, signals: Signals, secrets: JobSecrets, kill_grace: float
+    ) -> None:
         self.store = store
         self.reads = reads
         self.signals = signals
         self.secrets = secrets
+        # A cancel's grace when it names none (HODEI_KILL_GRACE).
+        self.kill_grace = kill_grace
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -129,10 +144,11 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         if len(request.reason) > 1000:
             raise InvalidInput("the reason must be at most 1000 characters")
         reason = request.reason.strip() or f"cancelled by {who.name}"
+        grace = cancel_grace(request, self.kill_grace)
 
         def cancel() -> tuple[None, list[Job]]:
             job = self.store.load(Job, row.id)
-            job.cancel(reason)
+            job.cancel(reason, grace)
             return None, [job]
 
         self.store.command(Meta(actor=who.name, correlation_id=str(row.id)), cancel)

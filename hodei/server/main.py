@@ -191,7 +191,9 @@ async def _add_services(
         (
             jobs_pb2,
             "JobExecutionService",
-            JobExecutionService(runtime.store, runtime.reads, runtime.signals, runtime.secrets),
+            JobExecutionService(
+                runtime.store, runtime.reads, runtime.signals, runtime.secrets, runtime.config.timing.kill_grace
+            ),
         ),
         (worker_pb2, "WorkerAgentService", workers),
         (scheduler_pb2, "SchedulerService", SchedulerService(runtime.reads, runtime.admission)),

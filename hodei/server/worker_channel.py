@@ -313,9 +313,17 @@ class WorkerSession:
                 self._send_run(JobSpec.from_payload(row.spec))
             if self._cancel_due(row):
                 self.sent_cancel = True
-                reason = row.error_message or ""
-                self._send(worker_pb2.ServerMessage(cancel=worker_pb2.CancelJob(job_id=self.job_id, reason=reason)))
+                self._send(worker_pb2.ServerMessage(cancel=self._cancel(row)))
             return True
+
+    def _cancel(self, row: SessionState) -> worker_pb2.CancelJob:
+        """The cancel, with what is left of its grace (sent again after a reconnection,
+        it is less): the job's, which a cancel's event alone holds."""
+        cancel = worker_pb2.CancelJob(job_id=self.job_id, reason=row.error_message or "")
+        grace = self.service.store.load(Job, self.job_id).grace_left(datetime.now(UTC))
+        if grace is not None:
+            cancel.grace_ms = int(grace * 1000)
+        return cancel
 
     def _send_run(self, spec: JobSpec) -> None:
         try:
@@ -391,7 +399,6 @@ class WorkerSession:
 
     def _record_result(self, result: worker_pb2.JobResult) -> None:
         state = outcome_state(result)
-        exit_code = None if result.outcome == worker_pb2.JOB_OUTCOME_CANCELLED else result.exit_code
         reason = None if state is JobState.SUCCEEDED else result.message or state.value.lower()
         if result.outcome == worker_pb2.JOB_OUTCOME_WORKER_STOPPED:
             cause = self.service.stopped_by_others(self.provider_type, str(self.worker_id))
@@ -403,7 +410,7 @@ class WorkerSession:
                 result.finished_at.ToDatetime(tzinfo=UTC).isoformat(),
             )
         worker_id = str(self.worker_id)
-        self._update_job(lambda job: job.finish(worker_id, state, exit_code, reason, ran))
+        self._update_job(lambda job: job.finish(worker_id, state, result.exit_code, reason, ran))
         self.service.logs.forget(self.job_id)
 
     def _own(self, job_id: str) -> None:

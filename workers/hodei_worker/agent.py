@@ -330,7 +330,9 @@ class Agent:
             self._start(message.run_job)
         elif kind == "cancel":
             if self.process is not None:
-                self.process.cancel(message.cancel.reason or "cancelled by the server")
+                cancel = message.cancel
+                grace = cancel.grace_ms / 1000 if cancel.HasField("grace_ms") else None
+                self.process.cancel(cancel.reason or "cancelled by the server", grace)
         elif kind == "log_ack":
             self.batcher.acked(message.log_ack.seq)
         elif kind == "result_ack":

@@ -164,9 +164,15 @@ class JobProcess:
         self._wake = threading.Event()
         self._exited = threading.Event()
         self._cancel_reason = ""
+        # A cancel's own grace, in place of kill_grace (None: kill_grace).
+        self._cancel_grace: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: str, grace: float | None = None) -> None:
+        """``grace``: the seconds between SIGTERM and SIGKILL the cancel asked for; the job
+        still gets no more than its timeout and kill_grace, which the server counts on."""
+        if self._interrupted is None:
+            self._cancel_grace = grace
         self.interrupt(Outcome.CANCELLED, f"cancelled: {reason}")
 
     def interrupt(self, outcome: Outcome, reason: str) -> None:
@@ -256,7 +262,7 @@ class JobProcess:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._stop(process)
+                self._stop(process, self.kill_grace)
                 return Outcome.TIMED_OUT, f"timed out after {self.timeout:g}s"
             self._wake.wait(remaining)
             self._wake.clear()
@@ -264,7 +270,8 @@ class JobProcess:
                 process.wait()
                 return Outcome.EXITED, ""
             if self._interrupted is not None:
-                self._stop(process)
+                grace = self.kill_grace if self._cancel_grace is None else self._cancel_grace
+                self._stop(process, min(grace, max(0.0, deadline - time.monotonic()) + self.kill_grace))
                 return self._interrupted, self._cancel_reason
 
     def _watch_exit(self, process: subprocess.Popen[bytes]) -> None:
@@ -276,10 +283,11 @@ class JobProcess:
         self._exited.set()
         self._wake.set()
 
-    def _stop(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM to the whole group, a grace period, then SIGKILL."""
-        self._signal_group(process.pid, signal.SIGTERM)
-        if not self._exited.wait(self.kill_grace):
+    def _stop(self, process: subprocess.Popen[bytes], grace: float) -> None:
+        """SIGTERM to the whole group, ``grace`` seconds, then SIGKILL (at once: no grace)."""
+        if grace > 0:
+            self._signal_group(process.pid, signal.SIGTERM)
+        if not self._exited.wait(grace):
             self._signal_group(process.pid, signal.SIGKILL)
             self._exited.wait()
         process.wait()
