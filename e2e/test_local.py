@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled, wait_terminal
 
 LOCAL_ID = "33333333-3333-3333-3333-333333333333"
 pytestmark = pytest.mark.e2e
@@ -151,8 +152,17 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
     for job_id in jobs.values():
         eventually(lambda job_id=job_id: server.cli("job", "logs", job_id).stdout == "started\n", 30)
     refuses_bad_graces(server, database_url, next(iter(jobs.values())))
+    follower = subprocess.Popen(
+        [str(BIN / "hodei-jobs-cli"), "--server", server.address, "job", "logs", jobs["--grace", "30s"], "--follow"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HODEI_CONFIG": "/nonexistent/hodei.toml"},
+    )
+    assert follower.stdout is not None and follower.stdout.readline() == "started\n"  # it follows
     for how, job_id in jobs.items():
         assert "CANCELLED (Status Code: 6)" in server.cli("job", "cancel", job_id, *how, check=True).stderr
+    # It keeps following the cancelled job while its processes stop, and ends with its log.
+    assert follower.communicate(timeout=60)[0].splitlines() == ["stopping", "cleaned up"]
     for job_id in jobs.values():
         wait_settled(database_url, job_id)
         assert query(database_url, "SELECT state, exit_code FROM jobs WHERE id = %s", (job_id,)) == [

@@ -21,6 +21,7 @@ import grpc
 
 from hodei._proto import logs_pb2, logs_pb2_grpc, worker_pb2
 from hodei.domain.job import JobState
+from hodei.domain.worker import LIVE_STATES, WorkerState
 from hodei.errors import InvalidInput
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore
 from hodei.server.edge import rpc
@@ -99,7 +100,13 @@ class _JobEnds:
         return await asyncio.shield(latest[1])
 
     def _read(self, job_id: str) -> bool:
-        return JobState(self._reads.job(job_id).state).is_terminal
+        """Ended, and its log complete: a cancelled job's processes may still print while
+        they stop (its worker is kept for them), until its log is stored or its worker gone."""
+        job = self._reads.job(job_id)
+        state = JobState(job.state)
+        if state is not JobState.CANCELLED or job.storage_uri is not None or job.worker_id is None:
+            return state.is_terminal
+        return not any(WorkerState(worker.state) in LIVE_STATES for worker in self._reads.workers_of_job(job.id))
 
 
 class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
