@@ -3,9 +3,11 @@ real server, real worker processes, real CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +56,9 @@ def job_processes(job_id: str) -> list[int]:
 def agent_pid(job_id: str) -> int:
     def find() -> int | None:
         for pid in job_processes(job_id):
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(agent_title(job_id)):
-                return pid
+            with contextlib.suppress(OSError):  # the job's own may come and go
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(agent_title(job_id)):
+                    return pid
         return None
 
     return eventually(find, 30, what=f"the worker agent of job {job_id}")
@@ -195,6 +198,24 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
     assert after_the_cancel(default)[0] == ("JobStopped", 137)
     described = server.cli("job", "describe", graceful, check=True).stdout
     assert described.index(" stopped (attempt 1)") < described.index(" worker_released (attempt 1)")
+
+
+def test_a_worker_lost_during_a_cancels_grace_is_not_waited_for(server: ServerProcess, database_url: str) -> None:
+    """The job ignores SIGTERM and its grace is long: the worker is kept for it, but once
+    it is lost, nothing waits for its report any more."""
+    ignores_term = "trap '' TERM; echo started; while :; do sleep 0.1; done"
+    job_id = server.cli("job", "run", "-p", "local", "-c", ignores_term, "--timeout", "600", check=True).stdout.strip()
+    eventually(lambda: server.cli("job", "logs", job_id).stdout == "started\n", 30)
+    server.cli("job", "cancel", job_id, "--grace", "10m", check=True)
+    time.sleep(2)  # past this module's HODEI_KILL_GRACE: still there, in its grace
+    assert query(database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("BUSY",)]
+    assert len(job_processes(job_id)) > 1  # the agent and the job
+    os.kill(agent_pid(job_id), signal.SIGKILL)
+    wait_settled(database_url, job_id, timeout=30)  # at once, or at its heartbeat timeout (3 s): not the grace
+    assert query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("CANCELLED",)]
+    (worker,) = query(database_url, "SELECT state, error_message FROM workers WHERE job_id = %s", (job_id,))
+    assert worker[0] == "TERMINATED" and "exited with code -9" in worker[1]
+    eventually(lambda: job_processes(job_id) == [], 15, what="the job's processes to be killed")
 
 
 def test_a_killed_worker_fails_the_job_through_recovery(server: ServerProcess, database_url: str) -> None:

@@ -33,6 +33,7 @@ class Stale:
     job_id: UUID
     last_seen: datetime
     timeout: float
+    cancelled: bool  # its job was cancelled: it may be stopping the job's processes
 
 
 @dataclass(frozen=True)

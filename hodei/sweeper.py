@@ -26,7 +26,7 @@ from uuid import UUID
 from hodei.admission import Admission
 from hodei.config import Timing
 from hodei.domain.base import uuid_or_none
-from hodei.domain.job import JobState
+from hodei.domain.job import Job, JobState
 from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
 from hodei.errors import StoreUnavailable
 from hodei.liveness import Liveness
@@ -48,14 +48,15 @@ class Recorded:
     """A worker's and its job's states as recorded, without loading either aggregate."""
 
     worker_id: UUID
+    job_id: UUID
     worker: WorkerState
     job: JobState
     # When the worker's row last changed: for a TERMINATED worker, when it ended.
     changed_at: datetime
 
     @classmethod
-    def of(cls, worker_id: UUID, worker: str, job: str, changed_at: datetime) -> Recorded:
-        return cls(worker_id, WorkerState(worker), JobState(job), changed_at)
+    def of(cls, worker_id: UUID, job_id: UUID, worker: str, job: str, changed_at: datetime) -> Recorded:
+        return cls(worker_id, job_id, WorkerState(worker), JobState(job), changed_at)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,14 @@ class Sweeper:
 
     def detect_lost_workers(self) -> None:
         for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.hearing_since):
-            self.lose(stale.worker_id, f"no heartbeat for {stale.timeout:g}s")
+            if not stale.cancelled or self._stop_pending(stale.job_id):
+                self.lose(stale.worker_id, f"no heartbeat for {stale.timeout:g}s")
+
+    def _stop_pending(self, job_id: UUID) -> bool:
+        """Whether the cancelled job's worker still has its processes to stop (read for
+        the few silent or failing workers of cancelled jobs only)."""
+        job = self.store.find(Job, job_id)
+        return job is not None and job.stop_pending
 
     def lose(self, worker_id: UUID | str, reason: str) -> None:
         def run() -> tuple[None, list[Worker]]:
@@ -187,7 +195,9 @@ class Sweeper:
         for _, observation, recorded in self._observations(failed_only=True):
             if observation.failure is None or recorded is None or recorded.worker not in LIVE_STATES:
                 continue
-            if recorded.job.is_terminal:
+            if recorded.job.is_terminal and not (
+                recorded.job is JobState.CANCELLED and self._stop_pending(recorded.job_id)
+            ):
                 continue  # the worker finished its job and is on its way out
             self.lose(observation.worker_id, observation.failure)
 

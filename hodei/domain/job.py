@@ -235,6 +235,12 @@ class Job(HodeiAggregate):
             stop_by=stop_by,
         )
 
+    @property
+    def stop_pending(self) -> bool:
+        """Cancelled while running, and its worker has not reported its processes stopped:
+        the worker is not done, whatever the time (a silent one is lost, not finished)."""
+        return self.stop_by is not None and not self.stopped
+
     def stopping(self, now: datetime) -> bool:
         """Cancelled, and its processes may still be stopping: its worker stays."""
         return self.stop_by is not None and not self.stopped and now < self.stop_by

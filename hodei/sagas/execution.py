@@ -85,8 +85,10 @@ def wait_for_acceptance(deps: SagaDeps, step: StepInput) -> StepResult | None:
 
 def wait_for_result(deps: SagaDeps, step: StepInput) -> StepResult | None:
     """Met once the job ends; a cancelled one's worker is kept while its processes stop
-    (until it reports them stopped, is lost, or their grace is over), so they get their
-    grace and what they print while stopping is in the stored log."""
+    (until it reports them stopped or is lost), so they get their grace and what they
+    print while stopping is in the stored log. The worker SIGKILLs them at the end of
+    the grace and reports; one that never does is lost by its heartbeat, or this wait
+    fails at its deadline and the compensation destroys it."""
     job = deps.job(step.job_id)
     if not _left_attempt(job, step):
         return None

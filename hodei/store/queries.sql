@@ -579,7 +579,7 @@ LIMIT %(limit)s;
 
 -- name: worker_and_job_states
 -- What the sweeper compares provider observations against, for many workers at once.
-SELECT w.id AS worker_id, w.state AS worker, j.state AS job, w.updated_at AS changed_at
+SELECT w.id AS worker_id, w.job_id, w.state AS worker, j.state AS job, w.updated_at AS changed_at
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = ANY(%s::uuid[]);
 
@@ -631,14 +631,15 @@ SET server_id = excluded.server_id, connected = excluded.connected,
 -- only time since the sweeper could hear (%(hearing_since)s: its server and database
 -- up): an outage is not the workers' silence. A worker whose attempt is over (its job
 -- ended, or moved on to another attempt) is silent because it is done: its release is
--- the execution saga's, never a loss.
+-- the execution saga's, never a loss. A cancelled job's may still be stopping its
+-- processes: the sweeper asks the job (``Job.stop_pending``).
 SELECT w.id AS worker_id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen,
-       coalesce(l.timeout_seconds, %(timeout)s) AS timeout
+       coalesce(l.timeout_seconds, %(timeout)s) AS timeout, j.state = 'CANCELLED' AS cancelled
 FROM workers w
 JOIN jobs j ON j.id = w.job_id
 LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
 WHERE w.state IN ('READY', 'BUSY')
-  AND j.attempt = w.attempt AND j.state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')
+  AND j.attempt = w.attempt AND j.state NOT IN ('SUCCEEDED', 'FAILED', 'TIMEOUT')
   AND greatest(coalesce(l.last_seen_at, w.registered_at), %(hearing_since)s)
       < now() - make_interval(secs => coalesce(l.timeout_seconds, %(timeout)s));
 
