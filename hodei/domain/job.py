@@ -77,7 +77,7 @@ class Job(HodeiAggregate):
         self.admitted_attempt: int | None = None
         self.logs_expired = False
         # A cancelled job's processes are SIGKILLed by then at the latest; its worker
-        # stays until it reports them stopped (``stopped``) or that time has passed.
+        # stays until it reports them stopped (``stopped``) or is lost.
         self.stop_by: datetime | None = None
         self.stopped = False
 
@@ -215,9 +215,10 @@ class Job(HodeiAggregate):
 
     def cancel(self, reason: str, grace: float = 0.0, now: datetime | None = None) -> None:
         """``grace``: seconds a running job's processes get between SIGTERM and SIGKILL
-        (0: SIGKILL at once). Its worker is released once it reports them stopped, or
-        after the grace: only a RUNNING job's worker has them (one still ASSIGNED may not
-        have begun: its worker is released at once, as a queued job has none)."""
+        (0: SIGKILL at once). Its worker is released once it reports them stopped or is
+        lost (with no grace, at once): only a RUNNING job's worker has them (one still
+        ASSIGNED may not have begun: its worker is released at once, as a queued job has
+        none)."""
         if self.is_terminal:
             raise InvalidTransition(f"job {self.id} already ended {self.state}")
         check_transition("job", self.state, JobState.CANCELLED, JOB_TRANSITIONS)
