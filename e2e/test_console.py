@@ -94,15 +94,23 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
     assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
 
     operator = browser(guarded, tokens["operate"])
-    assert 'id="cancel"' in operator.get(page).text
+    assert 'id="cancel"' in operator.get(page).text and 'id="kill"' in operator.get(page).text
     cross_site = operator.post(f"{page}/cancel", headers={"Origin": "http://elsewhere.example"}, allow_redirects=False)
     assert cross_site.status_code == 403
-    done = operator.post(f"{page}/cancel", allow_redirects=False)
+    done = operator.post(f"{page}/cancel", data={"force": "1"}, allow_redirects=False)  # Kill
     assert done.status_code == 303 and done.headers["Location"] == f"/jobs/{job_id}"
     wait_settled(url, job_id)
     assert query(url, "SELECT state, cancelled_by FROM jobs WHERE id = %s", (job_id,)) == [
         ("CANCELLED", "operate-person")
     ]
+    # Kill asked for no grace: SIGKILL by the cancel's own time (Cancel: HODEI_KILL_GRACE, 5 s, later).
+    (grace,) = query(
+        url,
+        "SELECT extract(epoch FROM (payload->>'stop_by')::timestamptz - occurred_at) FROM domain_events "
+        "WHERE aggregate_id = %s AND payload->>'new_state' = 'CANCELLED'",
+        (job_id,),
+    )[0]
+    assert abs(grace) < 1
 
 
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:

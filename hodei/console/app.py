@@ -289,7 +289,10 @@ class Console:
     async def cancel(self, request: web.Request) -> web.Response:
         self._check_origin(request)
         job_id = request.match_info["id"]
-        await self._call(request, JOBS + "CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id))
+        cancel = jobs_pb2.CancelJobRequest(job_id=job_id)
+        if (await request.post()).get("force"):
+            cancel.grace_seconds = 0  # Kill: `job cancel --force`
+        await self._call(request, JOBS + "CancelJob", cancel)
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
     async def retry(self, request: web.Request) -> web.Response:
