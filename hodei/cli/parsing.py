@@ -108,22 +108,28 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def _seconds(value: str) -> float | None:
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` or plain seconds; None when malformed."""
+    match = _DURATION.match(value.strip())
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()] if match else None
+
+
 def parse_duration(value: str | None) -> float | None:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` or plain seconds; None for none/never."""
+    """A positive duration (``_seconds``); None for none/never."""
     if value is None or value.strip().lower() in ("", "never", "none"):
         return None
-    match = _DURATION.match(value.strip())
-    if not match or float(match.group(1)) <= 0:
+    seconds = _seconds(value)
+    if seconds is None or seconds <= 0:
         raise InvalidInput(f"malformed duration `{value}`: use e.g. 3600, 90m, 12h, 30d or never")
-    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+    return seconds
 
 
 def grace(value: str) -> float:
-    """A ``--grace``: ``30``, ``30s``, ``2m``...; 0 is SIGKILL at once (what --force says)."""
-    match = _DURATION.match(value.strip())
-    if not match:
+    """A ``--grace`` (``_seconds``); 0 is SIGKILL at once (what --force says)."""
+    seconds = _seconds(value)
+    if seconds is None:
         raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 30s or 2m, got {value!r}")
-    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+    return seconds
 
 
 def count(value: str) -> int:

@@ -244,7 +244,7 @@ class Job(HodeiAggregate):
 
     def stopping(self, now: datetime) -> bool:
         """Cancelled, and its processes may still be stopping: its worker stays."""
-        return self.stop_by is not None and not self.stopped and now < self.stop_by
+        return self.stop_pending and bool(self.grace_left(now))
 
     def grace_left(self, now: datetime) -> float | None:
         """Seconds its processes have left until SIGKILL; None when it has none to stop."""

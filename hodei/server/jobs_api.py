@@ -44,7 +44,7 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
         return default
     grace = request.grace_seconds
     if not math.isfinite(grace) or not 0 <= grace <= LIMITS.max_timeout_seconds:
-        raise InvalidInput(f"the grace must be 0 to {LIMITS.max_timeout_seconds:g} seconds, got {grace:g}")
+        raise InvalidInput(f"the grace must be 0 to {LIMITS.max_timeout_seconds:g} seconds, got {grace:.15g}")
     return grace
 
 
