@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,46 @@ def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess
         assert re.search(f"^{stamp}oops$", shown.stderr, re.MULTILINE), shown.stderr
     plain = server.cli("job", "logs", job_id, check=True)
     assert plain.stdout == f"one\n{'x' * 300000}\ntwo\n"
+
+
+def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess, shared_dir: Path) -> None:
+    """Every attempt's output is in the job's log; a reader sees which attempt printed what."""
+    tries = shared_dir / "tries"
+    command = f"n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries}; echo try $n; [ $n -ge 3 ]"
+    ran = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1", "--follow")
+    assert ran.returncode == 0, ran.stderr
+    job_id = ran.stderr.split("Job ID: ")[1].split()[0]
+
+    def merged(*args: str) -> str:
+        """stdout and stderr as one reader of a terminal sees them: in the order written."""
+        return subprocess.run(
+            [str(BIN / "hodei-jobs-cli"), "--server", server.address, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=60,
+            env={**os.environ, "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"},
+            check=True,
+        ).stdout
+
+    marked = "try 1\n[hodei] attempt 2\ntry 2\n[hodei] attempt 3\ntry 3\n"
+    assert merged("job", "logs", job_id) == marked
+    assert ran.stdout == "try 1\ntry 2\ntry 3\n"  # the markers are not the job's output
+    assert "[hodei] attempt 2\n[hodei] attempt 3\n" in ran.stderr
+    assert merged("job", "logs", job_id, "--attempt", "2") == "[hodei] attempt 2\ntry 2\n"
+    lines = [
+        json.loads(line) for line in server.cli("-o", "json", "job", "logs", job_id, check=True).stdout.splitlines()
+    ]
+    assert [(line["line"], line["attempt"], line["line_number"]) for line in lines] == [
+        ("try 1", 1, 1),
+        ("try 2", 2, 2),
+        ("try 3", 3, 3),
+    ]
+    beyond = server.cli("job", "logs", job_id, "--attempt", "4")
+    assert beyond.returncode == 2 and "has had 3 attempt(s); there is no attempt 4" in beyond.stderr
+    # A job that ran once shows no marker.
+    once = server.cli("job", "run", "-p", "local", "-c", "echo once", "--wait", check=True).stdout.strip()
+    assert merged("job", "logs", once) == "once\n"
 
 
 def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:

@@ -1,6 +1,7 @@
 """The web console in a real headless Chromium (Debian's package, driven by Playwright):
-sign in with a token, watch a job started by the CLI appear and its log stream in,
-read its timeline, see a provisioning failure highlighted, cancel a running job.
+sign in with a token, watch a job started by the CLI appear and its log stream in (a
+retried job's with a marker where each attempt begins), read its timeline, see a
+provisioning failure highlighted, cancel a running job.
 
 Screenshots go to ``$HODEI_ARTIFACTS/console`` (default ``artifacts/console``), where CI
 keeps them and the README links them.
@@ -47,7 +48,7 @@ def started_steps(server: ServerProcess, job_id: str) -> list[str]:
     return [step["name"] for saga in described["sagas"] for step in saga["steps"] if step["started_at"]]
 
 
-def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_path: Path) -> None:
+def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_path: Path, shared_dir: Path) -> None:
     url = fresh_database_url
     token = create_token(url, "console-operator", "operate")
     env = {"HODEI_LOCAL_MAX_WORKERS": "1"}
@@ -80,6 +81,24 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         wait_settled(url, job_id)
         page.reload()
         assert page.inner_text("#log").split() == [word for i in range(1, 7) for word in ("line", str(i))]
+
+        # A retried job's log marks where each attempt's output begins, live and when loaded.
+        tries = shared_dir / "tries"
+        flaky = (
+            f"n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries}; echo try $n; sleep 2; [ $n -ge 2 ]"
+        )
+        retried = server.cli("job", "run", "-p", "local", "-c", flaky, "--retry", "1", "--retry-backoff", "0.1").stdout
+        page.goto(f"{server.http_url}/jobs/{retried.strip()}")
+        page.wait_for_function("document.getElementById('log').textContent.includes('try 1')")
+        page.evaluate("window.notReloaded = true")
+        page.wait_for_function("document.getElementById('log').textContent.includes('try 2')")
+        assert page.evaluate("window.notReloaded") is True  # the marker came with the live lines
+        assert page.inner_text("#log").splitlines() == ["try 1", "[hodei] attempt 2", "try 2"]
+        wait_settled(url, retried.strip())
+        page.reload()
+        assert page.inner_text("#log").splitlines() == ["try 1", "[hodei] attempt 2", "try 2"]
+        assert page.inner_text("#log .attempt") == "[hodei] attempt 2"
+        page.goto(f"{server.http_url}/jobs/{job_id}")
 
         # The timeline draws every step that ran, each with its duration.
         drawn = page.eval_on_selector_all(

@@ -58,6 +58,16 @@ class LogEntry:
     stream: str
     text: str
     partial: bool = False
+    # The attempt whose worker sent it (from the batch's ``S`` record); 0 where the file
+    # did not record it (logs written before batches were numbered).
+    attempt: int = 0
+
+
+def attempt_begins(previous: int | None, attempt: int) -> bool:
+    """Whether a reader shows that another attempt's output begins at this entry: where
+    the attempt changes, or at the first entry of an attempt after the first (what came
+    before was not shown); never for a log that did not record attempts (0)."""
+    return attempt not in (0, previous or 1)
 
 
 @dataclass(frozen=True)
@@ -73,20 +83,22 @@ class LogLine:
 @dataclass(frozen=True)
 class Cursor:
     """Where reading goes on: a byte offset, the number of the entry there, and the
-    clock at that point (records hold times relative to the one before)."""
+    clock and attempt at that point (records hold times relative to the one before, and
+    the attempt of the last ``S`` record before them)."""
 
     offset: int = 0
     line: int = 1
     clock_ms: int | None = None
+    attempt: int = 0
 
     def token(self) -> str:
-        return f"{self.offset}.{self.line}.{'' if self.clock_ms is None else self.clock_ms}"
+        return f"{self.offset}.{self.line}.{'' if self.clock_ms is None else self.clock_ms}.{self.attempt}"
 
     @classmethod
     def parse(cls, token: str) -> Cursor:
         try:
-            offset, line, clock = token.split(".")
-            return cls(int(offset), int(line), int(clock) if clock else None)
+            offset, line, clock, attempt = token.split(".")
+            return cls(int(offset), int(line), int(clock) if clock else None, int(attempt))
         except ValueError:
             raise ValueError(f"`{token[:40]}` is not a page token of this log") from None
 
@@ -223,16 +235,18 @@ class LogStore:
         limit: int | None = None,
         cursor: Cursor | None = None,
         max_bytes: int | None = None,
+        attempt: int | None = None,
     ) -> Page:
         """Up to ``limit`` entries (pieces of long lines count one each) and about
         ``max_bytes`` on the wire, from line ``from_line`` (counted from 1), or from where
-        ``cursor`` (a previous page's ``next``) points."""
+        ``cursor`` (a previous page's ``next``) points; with ``attempt``, only that
+        attempt's (line numbers stay the whole log's)."""
         entries: list[LogEntry] = []
         size = 0
         at = cursor or Cursor()
         start = from_line if cursor is None else at.line
         for entry, after in self._entries(job_id, at):
-            if entry.number < start:
+            if entry.number < start or (attempt is not None and entry.attempt != attempt):
                 at = after
                 continue
             full = (limit is not None and len(entries) >= limit) or (max_bytes is not None and size >= max_bytes)
@@ -255,16 +269,18 @@ class LogStore:
                 yield from _v1_entries(handle, cursor)
                 return
             base = int(first[len(HEADER) :])
-            clock = base
+            clock, attempt = base, 0
             if cursor.offset > handle.tell():
                 handle.seek(cursor.offset)
                 clock = cursor.clock_ms if cursor.clock_ms is not None else base
+                attempt = cursor.attempt
             number = cursor.line
             for raw in handle:
                 if not raw.endswith(b"\n"):
                     return
                 kind = chr(raw[0])
                 if kind == "S":
+                    attempt = int(raw[1:].partition(b".")[0])
                     continue
                 delta, _, rest = raw[1:-1].partition(b":")
                 clock = base + int(delta) if kind == "T" else clock + int(delta)
@@ -274,8 +290,8 @@ class LogStore:
                 text = rest.decode("utf-8", errors="replace")
                 following = number if partial else number + 1
                 yield (
-                    LogEntry(number, clock, _STREAM[kind.lower()], text, partial),
-                    Cursor(handle.tell(), following, clock),
+                    LogEntry(number, clock, _STREAM[kind.lower()], text, partial, attempt),
+                    Cursor(handle.tell(), following, clock, attempt),
                 )
                 number = following
 

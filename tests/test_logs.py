@@ -1,10 +1,11 @@
-"""The log store: a worker's batch sent again is stored once, whoever receives it."""
+"""The log store: a worker's batch sent again is stored once, whoever receives it; each
+entry knows the attempt that printed it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hodei.logs import STDERR, STDOUT, LogLine, LogStore, _last_batch
+from hodei.logs import STDERR, STDOUT, Cursor, LogLine, LogStore, _last_batch, attempt_begins
 
 JOB = "6f1c0c9e-0000-4000-8000-000000000001"
 
@@ -47,5 +48,57 @@ def test_output_without_batches_reads_as_before(tmp_path: Path) -> None:
     store = LogStore(tmp_path)
     store.append(JOB, lines("no", "batch"))
     assert texts(store) == ["no", "batch"]
+    assert {entry.attempt for entry in store.read(JOB).entries} == {0}  # not recorded
     with store.path(JOB).open("rb") as handle:
         assert _last_batch(handle, store.path(JOB).stat().st_size) == (0, 0)
+
+
+def test_each_entry_knows_its_attempt_also_when_read_from_a_page_token(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append(JOB, lines("first", "!failed"), (1, 1))
+    store.append(JOB, lines("first again"), (1, 2))
+    store.append(JOB, lines("second", "second's end"), (2, 1))
+    store.append(JOB, lines("third"), (3, 1))
+    whole = store.read(JOB).entries
+    assert [(e.text, e.attempt) for e in whole] == [
+        ("first", 1),
+        ("!failed", 1),
+        ("first again", 1),
+        ("second", 2),
+        ("second's end", 2),
+        ("third", 3),
+    ]
+    # Pages of one entry each, through tokens: each page starts where the last ended,
+    # past the batch records that say which attempt it is in.
+    paged, cursor = [], None
+    while True:
+        page = store.read(JOB, limit=1, cursor=cursor)
+        paged += page.entries
+        if not page.more:
+            break
+        cursor = Cursor.parse(page.next.token())
+    assert paged == whole
+    # From a line in the middle of an attempt (a follower reconnecting).
+    assert [(e.number, e.attempt) for e in store.read(JOB, from_line=5).entries] == [(5, 2), (6, 3)]
+
+
+def test_one_attempts_output_keeps_the_whole_logs_line_numbers(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append(JOB, lines("a1", "b1"), (1, 1))
+    store.append(JOB, lines("a2", "b2", "c2"), (2, 1))
+    store.append(JOB, lines("a3"), (3, 1))
+    second = store.read(JOB, attempt=2)
+    assert [(e.number, e.text) for e in second.entries] == [(3, "a2"), (4, "b2"), (5, "c2")]
+    page = store.read(JOB, limit=2, attempt=2)
+    assert [e.text for e in page.entries] == ["a2", "b2"] and page.more
+    rest = store.read(JOB, cursor=Cursor.parse(page.next.token()), attempt=2)
+    assert [e.text for e in rest.entries] == ["c2"] and not rest.more
+    assert store.read(JOB, attempt=4).entries == []
+
+
+def test_attempts_begin_where_the_attempt_changes() -> None:
+    assert not attempt_begins(None, 1)  # a job that ran once shows no marker
+    assert attempt_begins(1, 2) and attempt_begins(2, 3)
+    assert attempt_begins(None, 2)  # the first line shown is a later attempt's
+    assert not attempt_begins(2, 2)
+    assert not attempt_begins(None, 0) and not attempt_begins(0, 0)  # no attempts recorded

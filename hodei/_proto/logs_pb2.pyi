@@ -28,19 +28,23 @@ class SubscribeLogsRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     FROM_LINE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     follow: _builtins.bool
     from_line: _builtins.int
+    attempt: _builtins.int
+    """Only this attempt's output (line numbers stay the whole log's); 0: every attempt."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         follow: _builtins.bool = ...,
         from_line: _builtins.int = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_line", b"from_line", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -56,6 +60,7 @@ class JobLogEntry(_message.Message):
     LINE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     line_number: _builtins.int
     """1-based line number in the job's log."""
@@ -63,6 +68,10 @@ class JobLogEntry(_message.Message):
     line: _builtins.str
     partial: _builtins.bool
     """A piece of a long line: the line goes on in the next entry (same line_number)."""
+    attempt: _builtins.int
+    """The attempt whose worker printed it (1 for a job that ran once; a retried job's log
+    holds every attempt's output, in order); 0 in logs stored before attempts were recorded.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -74,10 +83,11 @@ class JobLogEntry(_message.Message):
         line: _builtins.str = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         partial: _builtins.bool = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "line", b"line", "line_number", b"line_number", "partial", b"partial", "stream", b"stream", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "line", b"line", "line_number", b"line_number", "partial", b"partial", "stream", b"stream", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -113,6 +123,7 @@ class GetLogsRequest(_message.Message):
     FROM_LINE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     from_line: _builtins.int
     """The first entry wanted, counted from 1."""
@@ -122,6 +133,8 @@ class GetLogsRequest(_message.Message):
     """next_page_token of the previous page: the next page, read from where that one ended
     (from_line is then ignored).
     """
+    attempt: _builtins.int
+    """Only this attempt's output (line numbers stay the whole log's); 0: every attempt."""
     def __init__(
         self,
         *,
@@ -129,10 +142,11 @@ class GetLogsRequest(_message.Message):
         from_line: _builtins.int = ...,
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

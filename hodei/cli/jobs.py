@@ -30,6 +30,7 @@ from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
 from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import HodeiError, InvalidInput, NotFound
+from hodei.logs import attempt_begins
 from hodei.wire import spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
@@ -198,16 +199,17 @@ def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
     return reconnecting(stream)
 
 
-def _log_entries(client: Client, job_id: str, follow: bool) -> Iterator[logs_pb2.JobLogEntry]:
-    """The job's log from its first line; a reconnection asks for the first line not wholly
-    received and skips the pieces of it that were (a long line comes in pieces that share
-    its number), so no output is lost or repeated."""
+def _log_entries(client: Client, job_id: str, follow: bool, attempt: int = 0) -> Iterator[logs_pb2.JobLogEntry]:
+    """The job's log from its first line (``attempt``: that attempt's lines only); a
+    reconnection asks for the first line not wholly received and skips the pieces of it
+    that were (a long line comes in pieces that share its number), so no output is lost
+    or repeated."""
     line, pieces = 1, 0
 
     def stream() -> Iterator[logs_pb2.JobLogEntry]:
         nonlocal line, pieces
         skip = pieces
-        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=follow, from_line=line)
+        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=follow, from_line=line, attempt=attempt)
         for batch in client.stream(client.logs.SubscribeLogs, request):
             for entry in batch.entries:
                 if skip:
@@ -294,14 +296,22 @@ TIMESTAMPS_HELP = "each line after its time (UTC, as the worker read it)"
 class _LogPrinter:
     """Prints a job's output as it was: stdout to stdout, stderr to stderr, and with
     ``timestamps`` each line after the time the worker read it (a long line's later
-    pieces continue it, unstamped)."""
+    pieces continue it, unstamped). A retried job's log holds every attempt's output:
+    where another attempt's begins, a ``[hodei] attempt N`` line on stderr says so."""
 
     def __init__(self, term: Terminal, timestamps: bool) -> None:
         self.term = term
         self.timestamps = timestamps
         self.mid_line: set[int] = set()  # streams whose last piece did not end its line
+        self.attempt: int | None = None
 
     def __call__(self, entry: logs_pb2.JobLogEntry) -> None:
+        if attempt_begins(self.attempt, entry.attempt):
+            for stream in self.mid_line:  # a lost worker's unfinished line ends here
+                self.term.output("", stderr=stream == worker_pb2.LOG_STREAM_STDERR, partial=False)
+            self.mid_line.clear()
+            self.term.info(f"[hodei] attempt {entry.attempt}")
+        self.attempt = entry.attempt
         text = entry.line
         if self.timestamps and entry.stream not in self.mid_line:
             text = f"{when(entry, 'timestamp')} {text}"
@@ -414,7 +424,7 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     show = _LogPrinter(term, args.timestamps)
-    for entry in _log_entries(client, args.job_id, args.follow):
+    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0):
         if term.json:
             term.line_data(message_dict(entry))
         else:
@@ -594,6 +604,9 @@ def add_commands(commands: Any) -> Any:
         if name == "logs":
             parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
             parser.add_argument("--timestamps", "-t", action="store_true", help=TIMESTAMPS_HELP)
+            parser.add_argument(
+                "--attempt", type=count, metavar="N", help="only the output of the job's N-th attempt (a retried job)"
+            )
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
     list_parser.add_argument("--limit", type=count, default=20)

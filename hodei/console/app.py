@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.job import JobState
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
+from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
 from hodei.roles import Caller
 from hodei.server.jobs_api import may_act_on
@@ -261,7 +262,7 @@ class Console:
             events=[
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
             ],
-            lines=[(entry.line_number, _stream(entry.stream), entry.line) for entry in logs.entries],
+            lines=_log_lines(logs.entries),
             more_lines=logs.has_more,
         )
 
@@ -278,7 +279,12 @@ class Console:
             await response.prepare(request)
             while batch is not None:
                 for entry in batch.entries:
-                    data = {"n": entry.line_number, "stream": _stream(entry.stream), "text": entry.line}
+                    data = {
+                        "n": entry.line_number,
+                        "stream": _stream(entry.stream),
+                        "text": entry.line,
+                        "attempt": entry.attempt,
+                    }
                     await response.write(f"data: {json.dumps(data)}\n\n".encode())
                 batch = await anext(stream, None)
             await response.write(b"event: end\ndata: {}\n\n")
@@ -380,6 +386,17 @@ def _when(value: str | None) -> str:
 
 def _stream(stream: int) -> str:
     return "stderr" if stream == 2 else "stdout"
+
+
+def _log_lines(entries: Iterable[logs_pb2.JobLogEntry]) -> list[tuple[int, str, str, int, bool]]:
+    """(number, stream, text, attempt, whether another attempt's output begins there: the
+    page shows a marker) per line."""
+    lines, previous = [], None
+    for entry in entries:
+        begins = attempt_begins(previous, entry.attempt)
+        lines.append((entry.line_number, _stream(entry.stream), entry.line, entry.attempt, begins))
+        previous = entry.attempt
+    return lines
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:

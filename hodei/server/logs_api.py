@@ -26,7 +26,7 @@ from hodei.errors import InvalidInput
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore
 from hodei.server.edge import rpc
 from hodei.signals import Signals
-from hodei.store.readmodels import ReadModels
+from hodei.store.readmodels import JobRow, ReadModels
 
 FOLLOW_POLL = 0.5
 FOLLOW_POLL_IDLE = 2.0
@@ -63,9 +63,17 @@ def _entry(job_id: str, entry: LogEntry) -> logs_pb2.JobLogEntry:
         stream=worker_pb2.LOG_STREAM_STDERR if entry.stream == STDERR else worker_pb2.LOG_STREAM_STDOUT,
         line=entry.text,
         partial=entry.partial,
+        attempt=entry.attempt,
     )
     message.timestamp.FromMilliseconds(entry.at_ms)
     return message
+
+
+def _attempt_of(job: JobRow, attempt: int) -> str:
+    """The job's id, once ``attempt`` (0: every attempt) is one the job has begun."""
+    if not 0 <= attempt <= job.attempt:
+        raise InvalidInput(f"job {job.id} has had {job.attempt} attempt(s); there is no attempt {attempt}")
+    return str(job.id)
 
 
 class _JobEnds:
@@ -120,22 +128,22 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
     def GetLogs(self, request: logs_pb2.GetLogsRequest, context: grpc.ServicerContext) -> logs_pb2.GetLogsResponse:
         if request.limit < 0 or request.from_line < 0:
             raise InvalidInput("limit and from_line must not be negative")
-        job_id = str(self.reads.job(request.job_id).id)
+        job_id = _attempt_of(self.reads.job(request.job_id), request.attempt)
         try:
             cursor = Cursor.parse(request.page_token) if request.page_token else None
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
-        page = self.logs.read(job_id, max(request.from_line, 1), limit, cursor, PAGE_BYTES)
+        page = self.logs.read(job_id, max(request.from_line, 1), limit, cursor, PAGE_BYTES, request.attempt or None)
         return logs_pb2.GetLogsResponse(
             entries=[_entry(job_id, e) for e in page.entries],
             has_more=page.more,
             next_page_token=page.next.token(),
         )
 
-    def _page(self, job_id: str, from_line: int, cursor: Cursor | None) -> _Page:
+    def _page(self, job_id: str, from_line: int, cursor: Cursor | None, attempt: int | None) -> _Page:
         """A page read and turned into one message, in an I/O thread."""
-        page = self.logs.read(job_id, from_line, PAGE_STREAMED, cursor, PAGE_BYTES)
+        page = self.logs.read(job_id, from_line, PAGE_STREAMED, cursor, PAGE_BYTES, attempt)
         entries = logs_pb2.JobLogEntries(entries=[_entry(job_id, entry) for entry in page.entries])
         return _Page(entries, page.next, page.more)
 
@@ -146,7 +154,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         """A task, not a thread, per follower: hundreds of them cost no thread each."""
         if request.from_line < 0:
             raise InvalidInput("from_line must not be negative")
-        job_id = str((await asyncio.to_thread(self.reads.job, request.job_id)).id)
+        job_id = _attempt_of(await asyncio.to_thread(self.reads.job, request.job_id), request.attempt)
         from_line, cursor = max(request.from_line, 1), None
         path = self.logs.path(job_id)
         with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter, self._ends.following(job_id):
@@ -165,7 +173,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
                 # The job's end is read before the file, so lines written before it ended are all sent.
                 more = grown or ended or cursor is None
                 while more:
-                    page = await asyncio.to_thread(self._page, job_id, from_line, cursor)
+                    page = await asyncio.to_thread(self._page, job_id, from_line, cursor, request.attempt or None)
                     if page.entries.entries:
                         yield page.entries
                     cursor, more = page.next, page.more

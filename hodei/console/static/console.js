@@ -20,6 +20,15 @@ function followLog(log) {
   const events = new EventSource(`${log.dataset.follow}?from=${log.dataset.next}`);
   events.onmessage = (message) => {
     const line = JSON.parse(message.data);
+    // Another attempt's output begins (hodei.logs.attempt_begins): a marker before it.
+    const previous = Number(log.dataset.attempt) || 1;
+    if (line.attempt && line.attempt !== previous) {
+      const marker = document.createElement("span");
+      marker.className = "attempt";
+      marker.textContent = `[hodei] attempt ${line.attempt}`;
+      log.append(marker, "\n");
+    }
+    log.dataset.attempt = line.attempt;
     const span = document.createElement("span");
     span.className = line.stream;
     span.textContent = line.text;
