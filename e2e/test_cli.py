@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,18 @@ def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess
 def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess, shared_dir: Path) -> None:
     """Every attempt's output is in the job's log; a reader sees which attempt printed what."""
     tries = shared_dir / "tries"
-    command = f"n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries}; echo try $n; [ $n -ge 3 ]"
+    command = (
+        f"n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries}; echo try $n; sleep 0.5; [ $n -ge 3 ]"
+    )
+    submitted = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1")
+    job_id = submitted.stdout.strip()
+    # `job watch` shows each change of state or attempt once.
+    watched = server.cli("job", "watch", job_id, check=True).stdout.splitlines()
+    assert all(line.startswith(f"{job_id} ") for line in watched)
+    assert all(earlier != later for earlier, later in pairwise(watched)), watched
+    assert any(line.endswith("RUNNING (Status Code: 3), attempt 2") for line in watched), watched
+    assert watched[-1].endswith(" SUCCEEDED (Status Code: 4), attempt 3")
+    tries.write_text("0\n")
     ran = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1", "--follow")
     assert ran.returncode == 0, ran.stderr
     job_id = ran.stderr.split("Job ID: ")[1].split()[0]

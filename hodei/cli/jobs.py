@@ -433,12 +433,16 @@ def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    job = None
+    """A line per change of state (or attempt); JSON: every update of the job, as sent."""
+    job, shown = None, ""
     for job in _watch(client, args.job_id):
         if term.json:
             term.line_data({"event": "state", "job": job_dict(job), "log": None})
-        else:
-            term.line(f"{job.id} {status_text(job)}")
+            continue
+        text = f"{job.id} {status_text(job)}" + (f", attempt {job.attempt}" if job.attempt > 1 else "")
+        if text != shown:  # a change of the job that is not one of its state (or a reconnection)
+            term.line(text)
+            shown = text
     assert job is not None
     return exit_code_of(job)
 
