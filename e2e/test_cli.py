@@ -281,21 +281,51 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "error"),
     [
-        ("job", "list", "--limit", "0"),
-        ("job", "history", "--id", "x", "--version", "0"),
-        ("saga", "list", "--limit", "-1"),
-        ("worker", "list", "--limit", "many"),
+        (("job", "list", "--limit", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
+        (("job", "history", "--id", "x", "--version", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
+        (("saga", "list", "--limit", "-1"), "takes a whole number from 1 to 2147483647, got '-1'"),
+        (("worker", "list", "--limit", "many"), "takes a whole number from 1 to 2147483647, got 'many'"),
+        (("job", "list", "--limit", "2147483648"), "takes a whole number from 1 to 2147483647, got '2147483648'"),
+        (("job", "list", "--offset", "-1"), "takes a whole number from 0 to 2147483647, got '-1'"),
+        (("provider", "capacity", "local", "99999999999"), "from 0 to 2147483647, got '99999999999'"),
+        (("job", "logs", "x", "--attempt", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
+        (("job", "run", "-c", "true", "--priority", "-99999999999"), "priority must be between -1000 and 1000"),
+        (("job", "run", "-c", "true", "--retry", "99999999999"), "retries must be between 0 and 100"),
+        (("job", "run", "-c", "true", "--timeout", "1e400"), "timeout must be a positive number of seconds, got inf"),
+        (("job", "run", "-c", "true", "--memory", "9" * 30), "memory must be between 0 (the default) and"),
+        (("job", "run", "-c", "true", "--cpu", "1e400"), "cpu cores must be between 0 (the default) and 256, got inf"),
+        (("job", "run", "-c", "true", "--secret", "K=abc"), "secret K is shorter than 4 characters"),
     ],
-    ids=["job-list", "history", "saga-list", "worker-list"],
+    ids=[
+        "job-list",
+        "history",
+        "saga-list",
+        "worker-list",
+        "past-int32",
+        "offset",
+        "capacity",
+        "attempt",
+        "priority",
+        "retries",
+        "timeout",
+        "memory",
+        "cpu",
+        "secret",
+    ],
 )
-def test_a_count_below_one_is_refused_before_sending(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]) -> None:
+def test_a_number_the_request_cannot_carry_is_refused_before_sending(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], error: str
+) -> None:
     """0 would reach the server as the field's unset value and mean its default: `--version 0`
-    printed the whole history and `--limit 0` a page of 20. Refused here, without a server."""
+    printed the whole history and `--limit 0` a page of 20; a number past the field's range
+    (int32) or the job's limits made the CLI fail with a ValueError and a traceback. Refused
+    here, without a server, in the server's own words for a job."""
     code, out, err = run_in_process(capsys, "--server", "127.0.0.1:9", *argv)
     assert (code, out) == (2, "")
-    assert err.splitlines()[-1].endswith(f"takes a whole number from 1, got '{argv[-1]}'")
+    assert error in err.splitlines()[-1], err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from typing import Any
 
 from hodei._proto import metrics_pb2, outbox_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
-from hodei.cli.parsing import count
+from hodei.cli.parsing import count, whole
 from hodei.cli.terminal import Terminal, message_dict, when
 
 
@@ -187,7 +187,7 @@ def add_commands(commands: Any) -> None:
 
     capacity = actions.add_parser("capacity", help="set how many workers a provider runs at once")
     capacity.add_argument("provider", help="docker, kubernetes, local, or an id")
-    capacity.add_argument("max_workers", type=int, help="workers at once; 0: back to each server's default")
+    capacity.add_argument("max_workers", type=whole, help="workers at once; 0: back to each server's default")
     capacity.set_defaults(handler=provider)
 
     queue_parser = commands.add_parser("queue", help="jobs per state, and the jobs waiting for capacity")

@@ -25,6 +25,7 @@ from hodei.cli.parsing import (
     parse_memory,
     parse_secret_files,
     parse_secrets,
+    whole,
 )
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
@@ -118,7 +119,10 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
     return args.command, parse_args(args.args)
 
 
-def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+def queue_request(args: argparse.Namespace) -> None:
+    """Builds ``args.request`` from the flags before any connection: bad input is refused
+    in the server's own words (``JobSpec.validate``) even when no server runs, and before a
+    number too large for the wire breaks the request."""
     command, arguments = _command(args)
     secrets = {**parse_secrets(args.secret or []), **parse_secret_files(args.secret_file or [])}
     spec = JobSpec(
@@ -138,8 +142,12 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
     )
-    request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
-    job_id = client.call(client.jobs.QueueJob, request).job_id
+    spec.validate(secrets)
+    args.request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
+
+
+def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    job_id = client.call(client.jobs.QueueJob, args.request).job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
         return follow(client, term, job_id, args.timestamps)
@@ -574,7 +582,7 @@ def add_commands(commands: Any) -> Any:
     run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
     run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")
     run_parser.add_argument("--timestamps", action="store_true", help=TIMESTAMPS_HELP)
-    run_parser.set_defaults(handler=run)
+    run_parser.set_defaults(handler=run, prepare=queue_request)
 
     for name, handler, text in (
         ("get", get, "show a job"),
@@ -614,7 +622,7 @@ def add_commands(commands: Any) -> Any:
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
     list_parser.add_argument("--limit", type=count, default=20)
-    list_parser.add_argument("--offset", type=int, default=0)
+    list_parser.add_argument("--offset", type=whole, default=0)
     list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
     list_parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
     list_parser.add_argument("--name", help="only jobs whose name contains this text")

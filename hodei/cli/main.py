@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         if seconds is not None and not seconds > 0:
             term.abort(f"--{name.replace('_', '-')} must be a positive number of seconds, got {seconds:g}", code=2)
     try:
+        if hasattr(args, "prepare"):
+            args.prepare(args)
         client = Client(
             Connection.resolve(
                 {

@@ -132,13 +132,28 @@ def grace(value: str) -> float:
     return seconds
 
 
+# The largest number a request's whole-number fields carry (proto int32).
+WIRE_INT_MAX = 2**31 - 1
+
+
 def count(value: str) -> int:
     """A ``--limit`` or ``--version``: a whole number from 1. Zero would go out as the
     field's unset value (proto3), which the server reads as its default, not as none."""
+    return _whole(value, 1)
+
+
+def whole(value: str) -> int:
+    """A whole number from 0 (``--offset``, a provider's capacity)."""
+    return _whole(value, 0)
+
+
+def _whole(value: str, least: int) -> int:
+    """Bounded by what the request's field can carry: past it, building the request would
+    fail with a ValueError instead of a clear refusal."""
     try:
         number = int(value)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"takes a whole number from 1, got {value!r}")
+        number = least - 1
+    if not least <= number <= WIRE_INT_MAX:
+        raise argparse.ArgumentTypeError(f"takes a whole number from {least} to {WIRE_INT_MAX}, got {value!r}")
     return number
