@@ -353,6 +353,9 @@ def test_retry_flags_run_a_failing_command_again_each_attempt_a_new_saga(
         ("attempt 1 failed (exited with code 7); retry 1 of 2",),
         ("attempt 2 failed (exited with code 7); retry 2 of 2",),
     ]
+    # `job describe` says why each attempt ended, without SQL.
+    ended = [(p["attempt"], p["detail"]) for p in shown["job"]["phases"] if p["name"] in ("requeued", "finished")]
+    assert ended == [(1, reasons[0][0]), (2, reasons[1][0]), (3, "")]  # a success needs no reason
     assert_matches_the_rows(url, flaky, shown)
     # Out of retries, the last attempt's result stands.
     hopeless = server.cli("job", "run", "--provider", "local", "--retry", "1", "--command", "exit 5", "--wait")

@@ -388,3 +388,26 @@ def test_phases_count_a_workers_events_for_its_own_attempt() -> None:
         ("finished", 2),
         ("worker_released", 2),
     ]
+
+
+def test_phases_say_why_each_attempt_ended() -> None:
+    from hodei.domain.phases import phases_of
+
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    retried = "attempt 1 failed (exited with code 3); retry 1 of 1"
+    events = [
+        ("job", "JobAccepted", at, {}),
+        ("job", "JobStatusChanged", at, {"new_state": "PENDING", "reason": retried}),
+        ("job", "JobAccepted", at, {}),
+        ("job", "JobStatusChanged", at, {"new_state": "CANCELLED", "reason": "cancelled by alice"}),
+        ("job", "JobStopped", at, {"worker_id": "w", "exit_code": 143}),
+        ("job", "JobLogsPersisted", at, {}),
+    ]
+    assert [(p.name, p.attempt, p.detail) for p in phases_of(events)] == [
+        ("started", 1, ""),
+        ("requeued", 1, retried),
+        ("started", 2, ""),
+        ("finished", 2, "cancelled by alice"),
+        ("stopped", 2, "exited with code 143"),
+        ("logs_stored", 2, ""),
+    ]

@@ -309,8 +309,14 @@ class JobPhase(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     attempt: _builtins.int
+    detail: _builtins.str
+    """Why an attempt ended (phases "requeued" and "finished"): the reason of its status
+    change, e.g. "attempt 1 failed (exited with code 3); retry 1 of 2"; and how a cancelled
+    job's processes ended (phase "stopped"), e.g. "exited with code 143"; empty otherwise.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -319,10 +325,11 @@ class JobPhase(_message.Message):
         name: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "detail", b"detail", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -100,7 +100,8 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         term.line(line)
     root = Tree("Phases")
     for phase in found.job.phases:
-        root.add(f"{when(phase, 'at')} {phase.name} (attempt {phase.attempt})")
+        detail = f": {phase.detail}" if phase.detail else ""
+        root.add(f"{when(phase, 'at')} {phase.name} (attempt {phase.attempt}){detail}")
     workers = Tree("Workers")
     for worker in found.workers:
         heard = when(worker, "last_heartbeat_at")

@@ -35,7 +35,6 @@ _BY_EVENT = {
     "WorkerResourceCreated": "worker_created",
     "WorkerRegistered": "registered",
     "JobAccepted": "started",
-    "JobStopped": "stopped",  # a cancelled job's processes, after their grace
     "JobLogsPersisted": "logs_stored",
     "WorkerTerminated": "worker_released",
 }
@@ -46,6 +45,10 @@ class Phase:
     name: str
     at: datetime
     attempt: int
+    # Why an attempt ended ("requeued", "finished"): its status change's reason, such as
+    # "attempt 1 failed (exited with code 3); retry 1 of 2"; how a cancelled job's
+    # processes ended ("stopped"): "exited with code 143".
+    detail: str = ""
 
 
 def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> list[Phase]:
@@ -60,11 +63,15 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
             worker_attempts[aggregate_id] = int(payload["attempt"])
         if event_type == "JobStatusChanged":
             new_state = JobState(payload["new_state"])
+            reason = str(payload.get("reason") or "")
             if new_state is JobState.PENDING:
-                found.append(Phase("requeued", at, attempt))
+                found.append(Phase("requeued", at, attempt, reason))
                 attempt += 1
             elif new_state.is_terminal:
-                found.append(Phase("finished", at, attempt))
+                found.append(Phase("finished", at, attempt, reason))
+        elif event_type == "JobStopped":
+            code = payload.get("exit_code")
+            found.append(Phase("stopped", at, attempt, "" if code is None else f"exited with code {code}"))
         elif name is not None:
             found.append(Phase(name, at, worker_attempts.get(aggregate_id, attempt)))
             if event_type == "JobProviderSelected" and payload.get("admitted"):

@@ -86,7 +86,7 @@ def worker_to_proto(worker: JobWorkerRow) -> jobs_pb2.JobWorker:
 
 
 def phase_to_proto(phase: Phase) -> common_pb2.JobPhase:
-    return common_pb2.JobPhase(name=phase.name, at=timestamp(phase.at), attempt=phase.attempt)
+    return common_pb2.JobPhase(name=phase.name, at=timestamp(phase.at), attempt=phase.attempt, detail=phase.detail)
 
 
 def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.Job:
