@@ -197,7 +197,8 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
     assert server.cli("job", "logs", default).stdout.splitlines() == ["started", "stopping"]
     assert after_the_cancel(default)[0] == ("JobStopped", 137)
     described = server.cli("job", "describe", graceful, check=True).stdout
-    assert described.index(" stopped (attempt 1)") < described.index(" worker_released (attempt 1)")
+    assert described.index(" stopped (attempt 1): exited with code 3") < described.index(" worker_released (attempt 1)")
+    assert "Stopping:" not in described
 
 
 def test_a_worker_lost_during_a_cancels_grace_is_not_waited_for(server: ServerProcess, database_url: str) -> None:
@@ -210,8 +211,11 @@ def test_a_worker_lost_during_a_cancels_grace_is_not_waited_for(server: ServerPr
     time.sleep(2)  # past this module's HODEI_KILL_GRACE: still there, in its grace
     assert query(database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("BUSY",)]
     assert len(job_processes(job_id)) > 1  # the agent and the job
+    stopping = "\nStopping: its processes are ending in their cancel's grace\n"
+    assert stopping in server.cli("job", "get", job_id, check=True).stdout
     os.kill(agent_pid(job_id), signal.SIGKILL)
     wait_settled(database_url, job_id, timeout=30)  # at once, or at its heartbeat timeout (3 s): not the grace
+    assert "Stopping:" not in server.cli("job", "get", job_id, check=True).stdout
     assert query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("CANCELLED",)]
     (worker,) = query(database_url, "SELECT state, error_message FROM workers WHERE job_id = %s", (job_id,))
     assert worker[0] == "TERMINATED" and "exited with code -9" in worker[1]

@@ -80,12 +80,22 @@ def job_dict(job: common_pb2.Job) -> dict[str, Any]:
     return data
 
 
+def _stopping(job: common_pb2.Job) -> bool:
+    """Cancelled while it ran, and its worker has neither reported the processes' end
+    (phase ``stopped``) nor gone (``worker_released``)."""
+    if job.state != JobState.CANCELLED.value:
+        return False
+    this_attempt = {phase.name for phase in job.phases if phase.attempt == job.attempt}
+    return "started" in this_attempt and not this_attempt & {"stopped", "worker_released"}
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     return [
         f"Job {job.id}",
         f"Name: {job.spec.name}",
         f"Command: {' '.join([job.spec.command, *job.spec.args])}",
         f"Status: {status_text(job)}",
+        *(["Stopping: its processes are ending in their cancel's grace"] if _stopping(job) else []),
         f"Provider: {job.provider_type or '-'} ({job.provider_id or '-'})",
         f"Worker: {job.worker_id or '-'}",
         f"Attempt: {job.attempt}",
