@@ -270,3 +270,62 @@ def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
         for job_id in query(url, "SELECT id::text FROM jobs"):
             wait_settled(url, job_id[0])
     link.down()
+
+
+def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
+    pg_server: str, template_database: str, tmp_path: Path, worker_image: str, docker_client: Any
+) -> None:
+    """Nomad's #1859: after a Docker socket blip, jobs were marked dead while their
+    containers ran on. Here one job runs through a 12 s outage of the engine's socket and
+    another ends during it: both keep their result, and no container is left once the
+    engine is back."""
+    from conftest import new_database
+
+    url = new_database(pg_server, template_database)
+    link = EngineLink(tmp_path / "docker.sock")
+    link.up()
+    env = {
+        "HODEI_DOCKER_ENABLED": "1",
+        "HODEI_LOCAL_ENABLED": "0",
+        "HODEI_DOCKER_HOST": f"unix://{link.path}",
+        "HODEI_WORKER_IMAGE": worker_image,
+        "HODEI_HEARTBEAT_INTERVAL": "0.5",
+        "HODEI_HEARTBEAT_TIMEOUT": "3",
+        "HODEI_RECONCILE_INTERVAL": "2",
+    }
+    with ServerProcess(url, tmp_path, env) as server:
+        through = server.cli("job", "run", "-p", "docker", "-c", "sleep 18; echo through", check=True).stdout.strip()
+        during = server.cli("job", "run", "-p", "docker", "-c", "sleep 5; echo during", check=True).stdout.strip()
+        for job_id in (through, during):
+            eventually(
+                lambda job_id=job_id: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)],
+                60,
+            )
+        link.down()
+        time.sleep(12)
+        assert query(url, "SELECT state, exit_code FROM jobs WHERE id = %s", (during,)) == [("SUCCEEDED", 0)]
+        assert query(url, "SELECT state FROM jobs WHERE id = %s", (through,)) == [("RUNNING",)]
+        # The job that ended meanwhile is released all the same: its worker terminated (its
+        # slot free), its saga completed, its container left for the engine's return.
+        wait_settled(url, during, 30)
+        assert query(url, "SELECT state FROM sagas WHERE correlation_id = %s ORDER BY started_at", (during,)) == [
+            ("COMPLETED",),
+            ("COMPLETED",),
+        ]
+        ((reason,),) = query(
+            url,
+            "SELECT e.payload->>'reason' FROM domain_events e JOIN workers w ON w.id::text = e.aggregate_id "
+            "WHERE w.job_id = %s AND e.event_type = 'WorkerTerminated'",
+            (during,),
+        )
+        assert reason.startswith("job finished; its resource is removed once its provider answers (the Docker engine")
+        left = docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={during}"})
+        assert len(left) == 1
+        link.up()
+        assert wait_terminal(url, through, timeout=60) == "SUCCEEDED"
+        for job_id, line in ((through, "through"), (during, "during")):
+            wait_settled(url, job_id, 60)
+            assert server.cli("job", "logs", job_id, check=True).stdout == f"{line}\n"
+            assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+        eventually(lambda: hodei_containers(docker_client, url) == [], 30, what="every container removed")
+    link.down()

@@ -49,12 +49,12 @@ def assign_worker(deps: SagaDeps, step: StepInput) -> StepResult:
 
 
 def release_after_failure(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
-    deps.destroy(deps.worker(step.context["worker_id"]))
-    return {}
+    return deps.destroy(deps.worker(step.context["worker_id"]))
 
 
-def end_job_after_failure(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[HodeiAggregate]:
-    changed: list[HodeiAggregate] = [*terminate(deps, step.context["worker_id"], f"execution failed: {step.failure}")]
+def end_job_after_failure(deps: SagaDeps, step: StepInput, outcome: dict[str, Any]) -> list[HodeiAggregate]:
+    worker_id = step.context["worker_id"]
+    changed: list[HodeiAggregate] = [*terminate(deps, worker_id, f"execution failed: {step.failure}", outcome)]
     job = deps.job(step.job_id)
     if job.attempt != step.attempt:
         return changed
@@ -104,8 +104,8 @@ def persist_logs(deps: SagaDeps, step: StepInput) -> StepResult:
     return StepResult(changed=tuple(persist_logs_of(deps, job)))
 
 
-def record_released(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[HodeiAggregate]:
-    return list(terminate(deps, step.context["worker_id"], "job finished"))
+def record_released(deps: SagaDeps, step: StepInput, outcome: dict[str, Any]) -> list[HodeiAggregate]:
+    return list(terminate(deps, step.context["worker_id"], "job finished", outcome))
 
 
 def build(deps: SagaDeps) -> SagaDefinition:

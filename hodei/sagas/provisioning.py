@@ -118,13 +118,12 @@ def destroy_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
         # The reconciler removes it once the keep time has passed.
         log.warning("keeping worker %s of job %s for %gs for inspection", worker.id, worker.job_id, keep)
         deps.forget_worker(worker.id)
-    else:
-        deps.destroy(worker)
-    return {}
+        return {}
+    return deps.destroy(worker)
 
 
-def record_destroyed(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[Worker]:
-    return terminate(deps, step.context["worker_id"], f"provisioning failed: {step.failure}")
+def record_destroyed(deps: SagaDeps, step: StepInput, outcome: dict[str, Any]) -> list[Worker]:
+    return terminate(deps, step.context["worker_id"], f"provisioning failed: {step.failure}", outcome)
 
 
 def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:

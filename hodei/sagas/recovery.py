@@ -54,12 +54,11 @@ def fail_or_requeue(deps: SagaDeps, step: StepInput) -> StepResult:
 
 
 def destroy_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
-    deps.destroy(deps.worker(step.context["worker_id"]))
-    return {}
+    return deps.destroy(deps.worker(step.context["worker_id"]))
 
 
-def record_destroyed(deps: SagaDeps, step: StepInput, _: dict[str, Any]) -> list[Any]:
-    return terminate(deps, step.context["worker_id"], "worker lost")
+def record_destroyed(deps: SagaDeps, step: StepInput, outcome: dict[str, Any]) -> list[Any]:
+    return terminate(deps, step.context["worker_id"], "worker lost", outcome)
 
 
 def build(deps: SagaDeps) -> SagaDefinition:
