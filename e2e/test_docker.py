@@ -3,9 +3,6 @@ seed's flags, Phase 6 with exactly its queries, Phase 8, and a concurrency run."
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,62 +11,10 @@ from typing import Any
 import pytest
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal
 
 DOCKER_ID = "11111111-1111-1111-1111-111111111111"
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
-
-
-class EngineLink:
-    """A unix-socket hop between the server and the real Docker engine, which a test can
-    cut and restore: to the server, the engine is stopped, then back."""
-
-    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
-        self.path = path
-        self.engine = engine
-        self._listener: socket.socket | None = None
-        self._open: list[socket.socket] = []
-
-    def up(self) -> None:
-        self.path.unlink(missing_ok=True)
-        listener = socket.socket(socket.AF_UNIX)
-        listener.bind(str(self.path))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        for connection in self._open:
-            connection.close()
-        self._open.clear()
-        self.path.unlink(missing_ok=True)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            engine = socket.socket(socket.AF_UNIX)
-            engine.connect(self.engine)
-            self._open += [client, engine]
-            for source, target in ((client, engine), (engine, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
 
 
 def hodei_containers(docker_client: Any, database_url: str) -> list[Any]:
@@ -239,7 +184,7 @@ def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
     from conftest import new_database
 
     url = new_database(pg_server, template_database)
-    link = EngineLink(tmp_path / "docker.sock")
+    link = Link("/var/run/docker.sock", tmp_path / "docker.sock")
     link.up()
     env = {
         "HODEI_DOCKER_ENABLED": "1",
@@ -282,7 +227,7 @@ def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
     from conftest import new_database
 
     url = new_database(pg_server, template_database)
-    link = EngineLink(tmp_path / "docker.sock")
+    link = Link("/var/run/docker.sock", tmp_path / "docker.sock")
     link.up()
     env = {
         "HODEI_DOCKER_ENABLED": "1",
@@ -302,8 +247,11 @@ def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
                 60,
             )
         link.down()
+        cut = query(url, "SELECT now()")[0][0]
         time.sleep(12)
-        assert query(url, "SELECT state, exit_code FROM jobs WHERE id = %s", (during,)) == [("SUCCEEDED", 0)]
+        assert query(url, "SELECT state, exit_code, completed_at > %s FROM jobs WHERE id = %s", (cut, during)) == [
+            ("SUCCEEDED", 0, True)
+        ]
         assert query(url, "SELECT state FROM jobs WHERE id = %s", (through,)) == [("RUNNING",)]
         # The job that ended meanwhile is released all the same: its worker terminated (its
         # slot free), its saga completed, its container left for the engine's return.

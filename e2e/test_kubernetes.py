@@ -9,9 +9,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client, config
@@ -20,7 +22,7 @@ from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
 from hodei.kubelet import Kubelet
 from hodei.logs import LogStore
-from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal
 
 K8S_ID = "22222222-2222-2222-2222-222222222222"
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
@@ -243,3 +245,61 @@ def test_an_unreachable_api_fails_jobs_fast_and_shows_in_health(
         probed = server.cli("provider", "health", "kubernetes")
         assert probed.returncode == 1
         assert "UNHEALTHY" in probed.stdout and "unreachable" in probed.stdout
+
+
+def test_an_api_outage_kills_no_running_job_and_leaves_no_pod(
+    pg_server: str, template_database: str, tmp_path: Path, worker_image: str, cluster: Any
+) -> None:
+    """The server's way to the API is cut for 14 s (the pods and their kubelet run on): a job
+    runs through it, another ends in it and is released all the same; once the API answers
+    again, the reconciler deletes that job's pod."""
+    from conftest import new_database
+
+    api, _, kubeconfig = cluster
+    emulator = urlsplit(api.url)
+    assert emulator.hostname is not None and emulator.port is not None
+    link = Link((emulator.hostname, emulator.port))
+    link.up()
+    url = new_database(pg_server, template_database)
+    env = {
+        **server_env(api.kubeconfig(tmp_path / "via-link", f"http://{link.url_host}"), worker_image, docker=False),
+        "HODEI_RECONCILE_INTERVAL": "2",
+    }
+    with ServerProcess(url, tmp_path, env) as server:
+        through = server.cli("job", "run", "-p", "kubernetes", "-c", "sleep 22; echo through", check=True).stdout
+        during = server.cli("job", "run", "-p", "kubernetes", "-c", "sleep 9; echo during", check=True).stdout
+        through, during = through.strip(), during.strip()
+        for job_id in (through, during):
+            eventually(
+                lambda job_id=job_id: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)],
+                60,
+            )
+        (pod,) = query(url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (during,))[0]
+        link.down()
+        cut = query(url, "SELECT now()")[0][0]
+        time.sleep(14)
+        assert query(url, "SELECT state FROM jobs WHERE id = %s", (through,)) == [("RUNNING",)]
+        wait_settled(url, during, 30)
+        assert query(url, "SELECT state, exit_code, completed_at > %s FROM jobs WHERE id = %s", (cut, during)) == [
+            ("SUCCEEDED", 0, True)
+        ]
+        ((reason,),) = query(
+            url,
+            "SELECT e.payload->>'reason' FROM domain_events e JOIN workers w ON w.id::text = e.aggregate_id "
+            "WHERE w.job_id = %s AND e.event_type = 'WorkerTerminated'",
+            (during,),
+        )
+        assert reason.startswith("job finished; its resource is removed once its provider answers (the Kubernetes")
+        pods = core(kubeconfig)
+        assert pod in [p.metadata.name for p in pods.list_namespaced_pod(NAMESPACE).items]
+        link.up()
+        assert wait_terminal(url, through, timeout=60) == "SUCCEEDED"
+        for job_id, line in ((through, "through"), (during, "during")):
+            wait_settled(url, job_id, 60)
+            assert server.cli("job", "logs", job_id, check=True).stdout == f"{line}\n"
+        eventually(
+            lambda: pod not in [p.metadata.name for p in pods.list_namespaced_pod(NAMESPACE).items],
+            30,
+            what=f"pod {pod} deleted",
+        )
+    link.down()

@@ -134,10 +134,11 @@ class KubeEmulator:
 
         return self.call(find)
 
-    def kubeconfig(self, path: Path) -> Path:
+    def kubeconfig(self, path: Path, server: str | None = None) -> Path:
+        """A kubeconfig for the emulator, or for ``server`` (a hop in front of it)."""
         path.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
-            f"clusters:\n- name: emulator\n  cluster:\n    server: {self.url}\n"
+            f"clusters:\n- name: emulator\n  cluster:\n    server: {server or self.url}\n"
             "contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: tester\n"
             "users:\n- name: tester\n  user:\n    token: emulated\n"
         )

@@ -3,10 +3,13 @@ subprocess, waiting on the database. Not used by the server itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +42,75 @@ def docker_client_or_skip() -> Any:
         if required:
             pytest.fail(f"HODEI_REQUIRE_DOCKER=1 but {reason}")
         pytest.skip(reason)
+
+
+class Link:
+    """A socket hop between a client and its server that a test cuts and restores: to the
+    client, the server (a Docker engine's unix socket, a Kubernetes API's port) is gone,
+    then back, while the server itself runs on for everyone else. ``target`` is a unix
+    socket's path or a (host, port); the link listens on ``path`` (unix) or a free
+    loopback port (``url_host``: ``127.0.0.1:<port>``)."""
+
+    def __init__(self, target: str | tuple[str, int], path: Path | None = None) -> None:
+        self.target = target
+        self.path = path
+        self.port = 0 if path is not None else free_port()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+
+    @property
+    def url_host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _socket(self) -> socket.socket:
+        return socket.socket(socket.AF_UNIX if isinstance(self.target, str) else socket.AF_INET)
+
+    def up(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(str(self.path))
+        else:
+            listener = socket.socket(socket.AF_INET)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for connection in self._open:
+            connection.close()
+        self._open.clear()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = self._socket()
+            server.connect(self.target)
+            self._open += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
