@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal, worker_ended_because
 
 DOCKER_ID = "11111111-1111-1111-1111-111111111111"
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -260,13 +260,9 @@ def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
             ("COMPLETED",),
             ("COMPLETED",),
         ]
-        ((reason,),) = query(
-            url,
-            "SELECT e.payload->>'reason' FROM domain_events e JOIN workers w ON w.id::text = e.aggregate_id "
-            "WHERE w.job_id = %s AND e.event_type = 'WorkerTerminated'",
-            (during,),
+        assert worker_ended_because(url, during).startswith(
+            "job finished; its resource is removed once its provider answers (the Docker engine"
         )
-        assert reason.startswith("job finished; its resource is removed once its provider answers (the Docker engine")
         left = docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={during}"})
         assert len(left) == 1
         link.up()

@@ -22,7 +22,7 @@ from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
 from hodei.kubelet import Kubelet
 from hodei.logs import LogStore
-from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal, worker_ended_because
 
 K8S_ID = "22222222-2222-2222-2222-222222222222"
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
@@ -283,13 +283,9 @@ def test_an_api_outage_kills_no_running_job_and_leaves_no_pod(
         assert query(url, "SELECT state, exit_code, completed_at > %s FROM jobs WHERE id = %s", (cut, during)) == [
             ("SUCCEEDED", 0, True)
         ]
-        ((reason,),) = query(
-            url,
-            "SELECT e.payload->>'reason' FROM domain_events e JOIN workers w ON w.id::text = e.aggregate_id "
-            "WHERE w.job_id = %s AND e.event_type = 'WorkerTerminated'",
-            (during,),
+        assert worker_ended_because(url, during).startswith(
+            "job finished; its resource is removed once its provider answers (the Kubernetes"
         )
-        assert reason.startswith("job finished; its resource is removed once its provider answers (the Kubernetes")
         pods = core(kubeconfig)
         assert pod in [p.metadata.name for p in pods.list_namespaced_pod(NAMESPACE).items]
         link.up()

@@ -398,6 +398,17 @@ def wait_terminal(database_url: str, job_id: str, timeout: float = 60.0) -> str:
     return eventually(state, timeout, what=f"job {job_id} to end")
 
 
+def worker_ended_because(database_url: str, job_id: str) -> str:
+    """The reason its (one) worker's ``WorkerTerminated`` event gives."""
+    ((reason,),) = query(
+        database_url,
+        "SELECT e.payload->>'reason' FROM domain_events e JOIN workers w ON w.id::text = e.aggregate_id "
+        "WHERE w.job_id = %s AND e.event_type = 'WorkerTerminated'",
+        (job_id,),
+    )
+    return str(reason)
+
+
 def wait_settled(database_url: str, job_id: str, timeout: float = 60.0) -> None:
     """The job ended and none of its sagas is still running."""
 
