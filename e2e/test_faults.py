@@ -2,10 +2,11 @@
 killed with kill -9 beside a second one, a server stopped longer than the heartbeat
 timeout, PostgreSQL restarted (and away for over a minute), a crash between a registration's commit and its reply,
 a killed worker whose job fled its session, and output that would have broken the
-log stream (megabyte lines, a log past its cap)."""
+log stream (megabyte lines, a log past its cap, a full log disk)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
@@ -278,6 +280,53 @@ def test_huge_lines_are_stored_whole_and_a_log_past_its_cap_is_cut_with_a_notice
         notice = stored.stderr.splitlines()[-1]  # the notice is written as a line of stderr
         assert "the log was truncated here" in notice and "HODEI_MAX_LOG_BYTES" in notice
         assert set(stored.stdout.splitlines()) == {"c" * 1000}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB filesystem of its own (tmpfs), to fill up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=1777", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_log_disk_costs_output_not_the_job_and_the_log_says_so(
+    fresh_database_url: str, tmp_path: Path, small_disk: Path, shared_dir: Path
+) -> None:
+    """The log directory's disk fills up while a job prints: the job goes on and ends as
+    it would, the lines that could not be written are counted, and once there is room
+    again the log says how many are missing where they were. Before, the worker's stream
+    failed at each batch and the job could not end (its log batch was never acknowledged)."""
+    url = fresh_database_url
+    filler = small_disk / "filler"
+    with filler.open("wb") as handle:  # leave about 16 KiB
+        handle.write(b"x" * (240 * 1024))
+    go = shared_dir / "go"
+    command = f"seq 1 20000; while [ ! -e {go} ]; do sleep 0.1; done; echo after"
+    with ServerProcess(url, tmp_path, {"HODEI_LOG_DIR": str(small_disk)}, http=True) as server:
+        job_id = server.cli("job", "run", "-p", "local", "-c", command, check=True).stdout.strip()
+        eventually(lambda: "its output cannot be stored" in server.logs(), 60, what="the disk to be full")
+        filler.unlink()
+        go.touch()
+        assert wait_terminal(url, job_id, 60) == "SUCCEEDED"
+        wait_settled(url, job_id)
+        shown = server.cli("-o", "json", "job", "logs", job_id, check=True).stdout.splitlines()
+        entries = [(entry["stream"], entry["line"]) for entry in map(json.loads, shown)]
+        (at,) = [i for i, (stream, _) in enumerate(entries) if stream == "LOG_STREAM_STDERR"]
+        assert entries[-1] == ("LOG_STREAM_STDOUT", "after")
+        stored = [int(line) for _, line in entries[:at] + entries[at + 1 : -1]]
+        lost = sorted(set(range(1, 20001)) - set(stored))
+        assert lost and stored == sorted(stored)
+        assert lost == list(range(at + 1, at + 1 + len(lost)))  # one gap, where the notice is
+        assert (
+            entries[at][1] == f"[hodei] {len(lost)} lines of output could not be stored here (No space left on device)"
+        )
+        metrics = requests.get(f"{server.http_url}/metrics", timeout=10).text
+        assert f"hodei_log_lines_lost_total {len(lost)}.0" in metrics
 
 
 def test_reading_a_million_line_log_holds_a_page_at_a_time(fresh_database_url: str, tmp_path: Path) -> None:

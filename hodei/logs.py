@@ -28,9 +28,12 @@ the rest of the output is dropped, while the job goes on.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -45,6 +48,8 @@ _STRIPES = 64
 Batch = tuple[int, int]
 # What an entry costs on the wire beyond its text (ids, number, time): pages count it.
 ENTRY_OVERHEAD = 80
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,16 +116,32 @@ class Page:
     more: bool = False
 
 
+class LogNotStored(Exception):
+    """A batch of output could not be written (the log directory full or gone)."""
+
+    def __init__(self, job_id: str, lines: int, reason: str) -> None:
+        super().__init__(f"{lines} lines of job {job_id}'s output could not be stored: {reason}")
+        self.lines = lines
+
+
+@dataclass
 class _Writer:
     """What an appender knows of one file: its size and the last record's time."""
 
-    def __init__(self, size: int, base_ms: int | None, last_ms: int | None, batch: Batch = (0, 0)) -> None:
-        self.size = size
-        self.base_ms = base_ms
-        self.last_ms = last_ms
-        # (attempt, sequence number) of the last batch in the file; (0, 0): none.
-        self.batch = batch
-        self.truncated = False
+    size: int
+    base_ms: int | None
+    last_ms: int | None
+    # (attempt, sequence number) of the last batch in the file; (0, 0): none.
+    batch: Batch = (0, 0)
+    truncated: bool = False
+    # Lines that could not be written (the disk full, the directory gone) since the last
+    # notice of it, and why: the log says so where writing works again, or at the end.
+    lost: int = 0
+    lost_because: str = ""
+
+    def notice(self) -> str:
+        lines = "1 line" if self.lost == 1 else f"{self.lost} lines"
+        return f"e0:[hodei] {lines} of output could not be stored here ({self.lost_because})\n"
 
 
 class LogStore:
@@ -142,11 +163,14 @@ class LogStore:
     def append(self, job_id: str, lines: Iterable[LogLine], batch: Batch | None = None) -> int | None:
         """Appends records; returns how many were written (none past the cap), or None
         when ``batch`` (the worker's attempt, the batch's sequence number) is already in
-        the file: attempts follow each other, and a worker numbers its batches from 1."""
+        the file: attempts follow each other, and a worker numbers its batches from 1.
+        Raises LogNotStored when the file cannot be written: the lines are counted, and
+        the log says so where it can be written again."""
         with self._lock(job_id):
-            writer = self._writers.get(job_id) or self._open(job_id)
-            if batch is not None and batch <= writer.batch:
+            stored = self._writers.get(job_id) or self._open(job_id)
+            if batch is not None and batch <= stored.batch:
                 return None
+            writer = replace(stored)  # what the file will be once the records are written
             out: list[str] = []
             written = 0
             budget = self.max_bytes - writer.size
@@ -164,6 +188,9 @@ class LogStore:
                 if batch is not None and not written:
                     out.append(f"S{batch[0]}.{batch[1]}:\n")
                     writer.batch = batch
+                if writer.lost:
+                    out.append(writer.notice())
+                    writer.lost = 0
                 kind = _KIND[line.stream].upper() if line.partial else _KIND[line.stream]
                 record = f"{kind}{at - (writer.last_ms or at)}:{line.text.replace(chr(10), ' ')}\n"
                 size = len(record.encode("utf-8", errors="surrogateescape"))
@@ -179,13 +206,34 @@ class LogStore:
                 out.append(record)
                 written += 1
             if out:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                data = "".join(out).encode("utf-8", errors="surrogateescape")
-                with self.path(job_id).open("ab") as handle:
-                    handle.write(data)
-                writer.size += len(data)
+                try:
+                    writer.size = self._write(job_id, stored.size, "".join(out))
+                except OSError as exc:
+                    if not stored.lost:
+                        log.error("job %s: its output cannot be stored in %s: %s", job_id, self.directory, exc)
+                    stored.lost += written
+                    stored.lost_because = exc.strerror or str(exc)
+                    stored.batch = writer.batch  # handled: a batch sent again is not counted twice
+                    self._writers[job_id] = stored
+                    raise LogNotStored(job_id, written, stored.lost_because) from exc
             self._writers[job_id] = writer
             return written
+
+    def _write(self, job_id: str, size: int, records: str) -> int:
+        """Appends whole records to a file of ``size`` bytes, or nothing: a write cut short
+        (the disk full) is taken back, since a torn record would run into the next one.
+        Returns the new size."""
+        data = records.encode("utf-8", errors="surrogateescape")
+        path = self.path(job_id)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as handle:
+                handle.write(data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)
+            raise
+        return size + len(data)
 
     def _open(self, job_id: str) -> _Writer:
         """Picks up a file another writer began (another server, or before a restart)."""
@@ -200,9 +248,13 @@ class LogStore:
             return _Writer(size, base, None, _last_batch(handle, size) if base is not None else (0, 0))
 
     def forget(self, job_id: str) -> None:
-        """Drops what the appender cached about the job (its output has ended)."""
+        """Drops what the appender cached about the job (its output has ended), once the
+        log says how many of its last lines could not be stored, if it can."""
         with self._lock(job_id):
-            self._writers.pop(job_id, None)
+            writer = self._writers.pop(job_id, None)
+            if writer is not None and writer.lost and writer.base_ms is not None:
+                with contextlib.suppress(OSError):
+                    self._write(job_id, writer.size, writer.notice())
 
     def ensure(self, job_id: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

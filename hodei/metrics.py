@@ -115,6 +115,11 @@ class PlatformMetrics:
             "hodei_relay_lag_seconds", "From an event's commit to its delivery by this server's relay"
         )
         self.log_bytes = Counter("hodei_log_bytes", "Bytes of job output stored by this server", registry=self.registry)
+        self.log_lines_lost = Counter(
+            "hodei_log_lines_lost",
+            "Lines of job output this server could not store (its log directory full or gone)",
+            registry=self.registry,
+        )
         self._scraped = _Scraped(reads, lambda: 0)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()

@@ -3,9 +3,15 @@ entry knows the attempt that printed it."""
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
-from hodei.logs import STDERR, STDOUT, Cursor, LogLine, LogStore, _last_batch, attempt_begins
+import pytest
+
+from hodei.logs import STDERR, STDOUT, Cursor, LogLine, LogNotStored, LogStore, _last_batch, attempt_begins
 
 JOB = "6f1c0c9e-0000-4000-8000-000000000001"
 
@@ -102,3 +108,44 @@ def test_attempts_begin_where_the_attempt_changes() -> None:
     assert attempt_begins(None, 2)  # the first line shown is a later attempt's
     assert not attempt_begins(2, 2)
     assert not attempt_begins(None, 0) and not attempt_begins(0, 0)  # no attempts recorded
+
+
+@contextlib.contextmanager
+def files_limited_to(size: int) -> Iterator[None]:
+    """Writes past ``size`` bytes fail, as on a full disk (``RLIMIT_FSIZE``: EFBIG, after
+    writing what fits)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_output_that_cannot_be_written_is_counted_and_the_log_says_so(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append(JOB, lines("first"), (1, 1))
+    size = store.path(JOB).stat().st_size
+    with files_limited_to(size + 40):  # room for a part of a record: the write is cut short
+        with pytest.raises(LogNotStored) as lost:
+            store.append(JOB, lines(*(f"long line {i} " * 10 for i in range(8))), (1, 2))
+        assert lost.value.lines == 8
+        assert store.path(JOB).stat().st_size == size  # no torn record left to run into the next
+        assert store.append(JOB, lines("again"), (1, 2)) is None  # handled: not counted twice
+        with pytest.raises(LogNotStored):
+            store.append(JOB, lines("also lost", "x" * 100), (1, 3))
+    assert store.append(JOB, lines("after"), (1, 4)) == 1
+    assert texts(store) == ["first", "[hodei] 10 lines of output could not be stored here (File too large)", "after"]
+    assert store.stats(JOB)[1] == 3
+
+    other = "6f1c0c9e-0000-4000-8000-000000000002"
+    store.append(other, lines("begun"), (1, 1))
+    with files_limited_to(store.path(other).stat().st_size), pytest.raises(LogNotStored):
+        store.append(other, lines("lost at the end"), (1, 2))
+    store.forget(other)  # its output ended: the notice goes at the end
+    assert [entry.text for entry in store.read(other).entries] == [
+        "begun",
+        "[hodei] 1 line of output could not be stored here (File too large)",
+    ]

@@ -30,7 +30,7 @@ from hodei.domain.worker import Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, ProviderUnavailable, Unauthenticated
 from hodei.faults import Faults
 from hodei.liveness import Liveness, Pace
-from hodei.logs import STDERR, STDOUT, LogLine, LogStore
+from hodei.logs import STDERR, STDOUT, LogLine, LogNotStored, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
 from hodei.sagas.engine import SagaEngine
@@ -445,7 +445,11 @@ class WorkerSession:
             )
             for line in batch.lines
         ]
-        if self.service.logs.append(self.job_id, lines, (self.attempt, batch.seq)) is None:
+        try:
+            if self.service.logs.append(self.job_id, lines, (self.attempt, batch.seq)) is None:
+                return
+        except LogNotStored as exc:  # acknowledged all the same: the job goes on, its log says so
+            self.service.metrics.log_lines_lost.inc(exc.lines)
             return
         self.service.metrics.log_bytes.inc(sum(len(line.text.encode()) for line in lines))
         self.service.signals.publish(f"log:{self.job_id}")
