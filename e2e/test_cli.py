@@ -15,11 +15,13 @@ from importlib.metadata import version
 from itertools import pairwise
 from pathlib import Path
 
+import grpc
 import pytest
 
 from e2e.test_local import wait_running
+from hodei._proto import logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
-from hodei.testing import BIN, ServerProcess, query, wait_settled
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -120,6 +122,33 @@ def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess
     # A job that ran once shows no marker.
     once = server.cli("job", "run", "-p", "local", "-c", "echo once", "--wait", check=True).stdout.strip()
     assert merged("job", "logs", once) == "once\n"
+
+
+def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerProcess, shared_dir: Path) -> None:
+    ended = server.cli("job", "run", "-p", "local", "-c", "seq 1 50", "--wait", check=True).stdout.strip()
+    assert server.cli("job", "logs", ended, "--tail", "3", check=True).stdout == "48\n49\n50\n"
+    assert server.cli("job", "logs", ended, "--tail", "500", check=True).stdout.splitlines() == [
+        str(n) for n in range(1, 51)
+    ]
+    both = server.cli("job", "logs", ended, "--tail", "3", "--attempt", "1")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    with server.channel() as channel:  # the API refuses them too
+        stub = logs_pb2_grpc.LogStreamServiceStub(channel)
+        for wrong in ({"tail": -1}, {"tail": 3, "attempt": 1}):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=ended, **wrong), timeout=30))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, wrong
+    go = shared_dir / "go"
+    running = server.cli(
+        "job", "run", "-p", "local", "-c", f"seq 1 5; while [ ! -e {go} ]; do sleep 0.1; done; echo later", check=True
+    ).stdout.strip()
+    eventually(lambda: server.cli("job", "logs", running).stdout == "1\n2\n3\n4\n5\n", 30)
+    follower = cli_process(server, "job", "logs", running, "--tail", "2", "--follow")
+    assert follower.stdout is not None
+    assert [follower.stdout.readline(), follower.stdout.readline()] == ["4\n", "5\n"]
+    go.touch()
+    rest, _ = follower.communicate(timeout=60)
+    assert (follower.returncode, rest) == (0, "later\n")
 
 
 def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:
@@ -291,6 +320,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "list", "--offset", "-1"), "takes a whole number from 0 to 2147483647, got '-1'"),
         (("provider", "capacity", "local", "99999999999"), "from 0 to 2147483647, got '99999999999'"),
         (("job", "logs", "x", "--attempt", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
+        (("job", "logs", "x", "--tail", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
         (("job", "run", "-c", "true", "--priority", "-99999999999"), "priority must be between -1000 and 1000"),
         (("job", "run", "-c", "true", "--retry", "99999999999"), "retries must be between 0 and 100"),
         (("job", "run", "-c", "true", "--timeout", "1e400"), "timeout must be a positive number of seconds, got inf"),
@@ -307,6 +337,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         "offset",
         "capacity",
         "attempt",
+        "tail",
         "priority",
         "retries",
         "timeout",

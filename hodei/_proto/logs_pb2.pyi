@@ -29,11 +29,16 @@ class SubscribeLogsRequest(_message.Message):
     FOLLOW_FIELD_NUMBER: _builtins.int
     FROM_LINE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     follow: _builtins.bool
     from_line: _builtins.int
     attempt: _builtins.int
     """Only this attempt's output (line numbers stay the whole log's); 0: every attempt."""
+    tail: _builtins.int
+    """Start with the last `tail` lines written so far (when later than from_line); 0: no
+    such limit. Not with attempt.
+    """
     def __init__(
         self,
         *,
@@ -41,10 +46,11 @@ class SubscribeLogsRequest(_message.Message):
         follow: _builtins.bool = ...,
         from_line: _builtins.int = ...,
         attempt: _builtins.int = ...,
+        tail: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

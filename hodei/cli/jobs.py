@@ -217,17 +217,21 @@ def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
     return reconnecting(stream)
 
 
-def _log_entries(client: Client, job_id: str, follow: bool, attempt: int = 0) -> Iterator[logs_pb2.JobLogEntry]:
-    """The job's log from its first line (``attempt``: that attempt's lines only); a
-    reconnection asks for the first line not wholly received and skips the pieces of it
-    that were (a long line comes in pieces that share its number), so no output is lost
-    or repeated."""
+def _log_entries(
+    client: Client, job_id: str, follow: bool, attempt: int = 0, tail: int = 0
+) -> Iterator[logs_pb2.JobLogEntry]:
+    """The job's log from its first line (``attempt``: that attempt's lines only; ``tail``:
+    its last lines so far); a reconnection asks for the first line not wholly received and
+    skips the pieces of it that were (a long line comes in pieces that share its number),
+    so no output is lost or repeated."""
     line, pieces = 1, 0
 
     def stream() -> Iterator[logs_pb2.JobLogEntry]:
         nonlocal line, pieces
         skip = pieces
-        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=follow, from_line=line, attempt=attempt)
+        request = logs_pb2.SubscribeLogsRequest(
+            job_id=job_id, follow=follow, from_line=line, attempt=attempt, tail=tail if line == 1 else 0
+        )
         for batch in client.stream(client.logs.SubscribeLogs, request):
             for entry in batch.entries:
                 if skip:
@@ -442,7 +446,7 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     show = _LogPrinter(term, args.timestamps)
-    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0):
+    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail or 0):
         if term.json:
             term.line_data(message_dict(entry))
         else:
@@ -542,6 +546,33 @@ def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
+    """What one job command takes beside the job's id."""
+    if name == "cancel":
+        parser.add_argument("--reason", help="recorded with the cancellation")
+        stop = parser.add_mutually_exclusive_group()
+        stop.add_argument(
+            "--grace",
+            type=grace,
+            metavar="DURATION",
+            help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
+        )
+        stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
+    if name == "retry":
+        parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
+    if name == "history":
+        parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
+        parser.add_argument("--version", type=count, metavar="N", help="the job after its N-th event")
+    if name == "logs":
+        parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
+        parser.add_argument("--timestamps", "-t", action="store_true", help=TIMESTAMPS_HELP)
+        part = parser.add_mutually_exclusive_group()
+        part.add_argument(
+            "--attempt", type=count, metavar="N", help="only the output of the job's N-th attempt (a retried job)"
+        )
+        part.add_argument("--tail", type=count, metavar="N", help="begin with the last N lines printed so far")
+
+
 def add_commands(commands: Any) -> Any:
     """Adds ``job …``; returns its subcommands, for the commands other modules add there."""
     job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
@@ -606,29 +637,7 @@ def add_commands(commands: Any) -> Any:
         parser = job.add_parser(name, help=text)
         add_job_id(parser)
         parser.set_defaults(handler=handler)
-        if name == "cancel":
-            parser.add_argument("--reason", help="recorded with the cancellation")
-            stop = parser.add_mutually_exclusive_group()
-            stop.add_argument(
-                "--grace",
-                type=grace,
-                metavar="DURATION",
-                help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
-            )
-            stop.add_argument(
-                "--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM"
-            )
-        if name == "retry":
-            parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
-        if name == "history":
-            parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
-            parser.add_argument("--version", type=count, metavar="N", help="the job after its N-th event")
-        if name == "logs":
-            parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
-            parser.add_argument("--timestamps", "-t", action="store_true", help=TIMESTAMPS_HELP)
-            parser.add_argument(
-                "--attempt", type=count, metavar="N", help="only the output of the job's N-th attempt (a retried job)"
-            )
+        _command_options(name, parser)
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
     list_parser.add_argument("--limit", type=count, default=20)

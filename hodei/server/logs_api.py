@@ -152,10 +152,15 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         self, request: logs_pb2.SubscribeLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[logs_pb2.JobLogEntries]:
         """A task, not a thread, per follower: hundreds of them cost no thread each."""
-        if request.from_line < 0:
-            raise InvalidInput("from_line must not be negative")
+        if request.from_line < 0 or request.tail < 0:
+            raise InvalidInput("from_line and tail must not be negative")
+        if request.tail and request.attempt:
+            raise InvalidInput("ask for the tail of the whole log or for one attempt's output, not both")
         job_id = _attempt_of(await asyncio.to_thread(self.reads.job, request.job_id), request.attempt)
         from_line, cursor = max(request.from_line, 1), None
+        if request.tail:
+            _, lines = await asyncio.to_thread(self.logs.stats, job_id)
+            from_line = max(from_line, lines - request.tail + 1)
         path = self.logs.path(job_id)
         with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter, self._ends.following(job_id):
             ended, checked, poll = False, 0.0, FOLLOW_POLL
