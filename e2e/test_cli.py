@@ -138,6 +138,11 @@ def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerPr
             with pytest.raises(grpc.RpcError) as refused:
                 list(stub.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=ended, **wrong), timeout=30))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, wrong
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetLogs(logs_pb2.GetLogsRequest(job_id=ended, **wrong), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, wrong
+        page = stub.GetLogs(logs_pb2.GetLogsRequest(job_id=ended, tail=2), timeout=30)
+        assert [(entry.line_number, entry.line) for entry in page.entries] == [(49, "49"), (50, "50")]
     go = shared_dir / "go"
     running = server.cli(
         "job", "run", "-p", "local", "-c", f"seq 1 5; while [ ! -e {go} ]; do sleep 0.1; done; echo later", check=True

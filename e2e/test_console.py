@@ -183,6 +183,23 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
         server.cli("job", "cancel", holder, check=True)
 
 
+def test_a_long_logs_page_shows_its_last_lines(fresh_database_url: str, tmp_path: Path) -> None:
+    """What one debugs is the end of a log: a page shows the last 10,000 lines and says so."""
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
+    with ServerProcess(fresh_database_url, tmp_path, env, http=True) as server:
+        long = run(server, "--env", "HODEI_SIM_LINES=10050")
+        short = run(server, "--env", "HODEI_SIM_LINES=3")
+        for job_id in (long, short):
+            wait_settled(fresh_database_url, job_id)
+        page = browser(server).get(f"{server.http_url}/jobs/{long}").text
+        shown = re.findall(r'<span class="stdout">sim line (\d+)</span>', page)
+        assert shown == [str(n) for n in range(51, 10051)]
+        assert "The last lines are shown, from line 51;" in page
+        page = browser(server).get(f"{server.http_url}/jobs/{short}").text
+        assert re.findall(r'<span class="stdout">sim line (\d+)</span>', page) == ["1", "2", "3"]
+        assert 'id="log-cut"' not in page
+
+
 def test_under_tls_the_console_answers_https_only(fresh_database_url: str, tmp_path: Path) -> None:
     """The gRPC port's TLS rules hold for HTTP: its certificate, and no plain text."""
     from e2e.test_tls import tls_env

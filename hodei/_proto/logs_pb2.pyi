@@ -130,6 +130,7 @@ class GetLogsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     from_line: _builtins.int
     """The first entry wanted, counted from 1."""
@@ -141,6 +142,10 @@ class GetLogsRequest(_message.Message):
     """
     attempt: _builtins.int
     """Only this attempt's output (line numbers stay the whole log's); 0: every attempt."""
+    tail: _builtins.int
+    """Begin with the last `tail` lines written so far (when later than from_line); 0: no
+    such limit. Not with attempt.
+    """
     def __init__(
         self,
         *,
@@ -149,10 +154,11 @@ class GetLogsRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        tail: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

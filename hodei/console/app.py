@@ -245,7 +245,7 @@ class Console:
         logs = await self._call(
             request,
             "/hodei.jobs.LogStreamService/GetLogs",
-            logs_pb2.GetLogsRequest(job_id=job_id, limit=LOG_LINES_SHOWN),
+            logs_pb2.GetLogsRequest(job_id=job_id, limit=LOG_LINES_SHOWN, tail=LOG_LINES_SHOWN),
         )
         who = await self._caller(request)
         description = message_dict(described)
@@ -263,7 +263,6 @@ class Console:
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
             ],
             lines=_log_lines(logs.entries),
-            more_lines=logs.has_more,
         )
 
     async def follow_logs(self, request: web.Request) -> web.StreamResponse:

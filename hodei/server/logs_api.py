@@ -69,10 +69,15 @@ def _entry(job_id: str, entry: LogEntry) -> logs_pb2.JobLogEntry:
     return message
 
 
-def _attempt_of(job: JobRow, attempt: int) -> str:
-    """The job's id, once ``attempt`` (0: every attempt) is one the job has begun."""
-    if not 0 <= attempt <= job.attempt:
-        raise InvalidInput(f"job {job.id} has had {job.attempt} attempt(s); there is no attempt {attempt}")
+def _wanted(job: JobRow, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLogsRequest) -> str:
+    """The job's id, once the request asks for a part of its log there can be: lines from
+    1, an attempt (0: every attempt) the job has begun, or a tail of the whole log."""
+    if request.from_line < 0 or request.tail < 0:
+        raise InvalidInput("from_line and tail must not be negative")
+    if request.tail and request.attempt:
+        raise InvalidInput("ask for the tail of the whole log or for one attempt's output, not both")
+    if not 0 <= request.attempt <= job.attempt:
+        raise InvalidInput(f"job {job.id} has had {job.attempt} attempt(s); there is no attempt {request.attempt}")
     return str(job.id)
 
 
@@ -126,20 +131,29 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
 
     @rpc
     def GetLogs(self, request: logs_pb2.GetLogsRequest, context: grpc.ServicerContext) -> logs_pb2.GetLogsResponse:
-        if request.limit < 0 or request.from_line < 0:
-            raise InvalidInput("limit and from_line must not be negative")
-        job_id = _attempt_of(self.reads.job(request.job_id), request.attempt)
+        if request.limit < 0:
+            raise InvalidInput("limit must not be negative")
+        job_id = _wanted(self.reads.job(request.job_id), request)
         try:
             cursor = Cursor.parse(request.page_token) if request.page_token else None
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
-        page = self.logs.read(job_id, max(request.from_line, 1), limit, cursor, PAGE_BYTES, request.attempt or None)
+        from_line = self._first_line(job_id, request) if cursor is None else 1  # a page token says where
+        page = self.logs.read(job_id, from_line, limit, cursor, PAGE_BYTES, request.attempt or None)
         return logs_pb2.GetLogsResponse(
             entries=[_entry(job_id, e) for e in page.entries],
             has_more=page.more,
             next_page_token=page.next.token(),
         )
+
+    def _first_line(self, job_id: str, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLogsRequest) -> int:
+        """``from_line``, or where the last ``tail`` lines written so far begin, if later."""
+        from_line = max(request.from_line, 1)
+        if not request.tail:
+            return from_line
+        _, lines = self.logs.stats(job_id)
+        return max(from_line, lines - request.tail + 1)
 
     def _page(self, job_id: str, from_line: int, cursor: Cursor | None, attempt: int | None) -> _Page:
         """A page read and turned into one message, in an I/O thread."""
@@ -152,15 +166,8 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         self, request: logs_pb2.SubscribeLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[logs_pb2.JobLogEntries]:
         """A task, not a thread, per follower: hundreds of them cost no thread each."""
-        if request.from_line < 0 or request.tail < 0:
-            raise InvalidInput("from_line and tail must not be negative")
-        if request.tail and request.attempt:
-            raise InvalidInput("ask for the tail of the whole log or for one attempt's output, not both")
-        job_id = _attempt_of(await asyncio.to_thread(self.reads.job, request.job_id), request.attempt)
-        from_line, cursor = max(request.from_line, 1), None
-        if request.tail:
-            _, lines = await asyncio.to_thread(self.logs.stats, job_id)
-            from_line = max(from_line, lines - request.tail + 1)
+        job_id = _wanted(await asyncio.to_thread(self.reads.job, request.job_id), request)
+        from_line, cursor = await asyncio.to_thread(self._first_line, job_id, request), None
         path = self.logs.path(job_id)
         with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter, self._ends.following(job_id):
             ended, checked, poll = False, 0.0, FOLLOW_POLL
