@@ -20,10 +20,13 @@ back together. Version 1 files (``<ISO time> <stream> <text>`` per line) still r
 A batch a worker sends again (its acknowledgement was lost when a server died) is
 stored once: each batch's records follow an ``S`` record with the worker's attempt and the
 batch's sequence number, in the same write, so whichever server receives the repeat finds
-it already in the file.
+it already in the file. The ``S`` records also say which attempt printed each line: a
+retried job's log holds every attempt's output, and readers can tell them apart.
 
 Each job's log has a cap (``HODEI_MAX_LOG_BYTES``): past it one notice is written and
-the rest of the output is dropped, while the job goes on.
+the rest of the output is dropped, while the job goes on. A batch that cannot be written
+at all (the disk full) is dropped and counted, and the log says how many lines are
+missing where writing works again: the job goes on then too.
 """
 
 from __future__ import annotations
