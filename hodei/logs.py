@@ -170,7 +170,11 @@ class LogStore:
         Raises LogNotStored when the file cannot be written: the lines are counted, and
         the log says so where it can be written again."""
         with self._lock(job_id):
-            stored = self._writers.get(job_id) or self._open(job_id)
+            stored = self._writers.get(job_id)
+            if stored is None or file_size(self.path(job_id)) != stored.size:
+                # Not ours alone: another server appended while the worker's stream was
+                # there (or the file was removed). Pick it up as it is now.
+                stored = self._open(job_id)
             if batch is not None and batch <= stored.batch:
                 return None
             writer = replace(stored)  # what the file will be once the records are written
@@ -349,6 +353,14 @@ class LogStore:
                     Cursor(handle.tell(), following, clock, attempt),
                 )
                 number = following
+
+
+def file_size(path: Path) -> int:
+    """0 for a file not there (yet)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _last_batch(handle: BinaryIO, size: int, chunk: int = 1 << 20) -> Batch:

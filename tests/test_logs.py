@@ -149,3 +149,24 @@ def test_output_that_cannot_be_written_is_counted_and_the_log_says_so(tmp_path: 
         "begun",
         "[hodei] 1 line of output could not be stored here (File too large)",
     ]
+
+
+def test_servers_taking_turns_on_a_log_each_pick_up_what_the_other_wrote(tmp_path: Path) -> None:
+    """A worker's stream moves to another server and back: each appends after the other's
+    records, with the times and batch numbers they hold, whatever it had cached."""
+    first, second = LogStore(tmp_path), LogStore(tmp_path)
+    assert first.append(JOB, [LogLine(1_000, STDOUT, "one")], (1, 1)) == 1
+    assert second.append(JOB, [LogLine(2_000, STDOUT, "two")], (1, 2)) == 1
+    assert first.append(JOB, [LogLine(3_000, STDOUT, "two")], (1, 2)) is None  # stored by the other
+    assert first.append(JOB, [LogLine(4_000, STDOUT, "three")], (1, 3)) == 1
+    entries = LogStore(tmp_path).read(JOB).entries
+    assert [(entry.text, entry.at_ms, entry.number) for entry in entries] == [
+        ("one", 1_000, 1),
+        ("two", 2_000, 2),
+        ("three", 4_000, 3),
+    ]
+    store = LogStore(tmp_path)
+    store.append(JOB, [LogLine(5_000, STDOUT, "four")], (1, 4))
+    store.path(JOB).unlink()  # removed by hand while the job ran: a new file, still readable
+    store.append(JOB, [LogLine(6_000, STDOUT, "five")], (1, 5))
+    assert [(entry.text, entry.at_ms) for entry in store.read(JOB).entries] == [("five", 6_000)]

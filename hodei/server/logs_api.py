@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +22,7 @@ from hodei._proto import logs_pb2, logs_pb2_grpc, worker_pb2
 from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, WorkerState
 from hodei.errors import InvalidInput
-from hodei.logs import STDERR, Cursor, LogEntry, LogStore
+from hodei.logs import STDERR, Cursor, LogEntry, LogStore, file_size
 from hodei.server.edge import rpc
 from hodei.signals import Signals
 from hodei.store.readmodels import JobRow, ReadModels
@@ -47,13 +46,6 @@ class _Page:
     entries: logs_pb2.JobLogEntries
     next: Cursor
     more: bool
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _entry(job_id: str, entry: LogEntry) -> logs_pb2.JobLogEntry:
@@ -173,7 +165,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
             ended, checked, poll = False, 0.0, FOLLOW_POLL
             need_since: float | None = time.monotonic()
             while True:
-                grown = _size(path) > (cursor.offset if cursor else 0)
+                grown = file_size(path) > (cursor.offset if cursor else 0)
                 # The job's state is read once the file stopped growing, after a wake-up
                 # (a NOTIFY of the job's events reaches every server) or now and then: an
                 # idle follower costs a stat() per poll, and a share of one query.
