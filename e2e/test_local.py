@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled, wait_terminal
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.e2e
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log_dir = tmp_path_factory.mktemp("logs")
     env = {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "3", "HODEI_KILL_GRACE": "1"}
-    with ServerProcess(database_url, log_dir, env) as process:
+    with ServerProcess(database_url, log_dir, env, http=True) as process:
         yield process
     print(process.logs()[-5000:])
 
@@ -213,9 +214,12 @@ def test_a_worker_lost_during_a_cancels_grace_is_not_waited_for(server: ServerPr
     assert len(job_processes(job_id)) > 1  # the agent and the job
     stopping = "\nStopping: its processes are ending in their cancel's grace\n"
     assert stopping in server.cli("job", "get", job_id, check=True).stdout
+    page = f"{server.http_url}/jobs/{job_id}"
+    assert 'id="stopping"' in requests.get(page, timeout=10).text  # the console says so too
     os.kill(agent_pid(job_id), signal.SIGKILL)
     wait_settled(database_url, job_id, timeout=30)  # at once, or at its heartbeat timeout (3 s): not the grace
     assert "Stopping:" not in server.cli("job", "get", job_id, check=True).stdout
+    assert 'id="stopping"' not in requests.get(page, timeout=10).text
     assert query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("CANCELLED",)]
     (worker,) = query(database_url, "SELECT state, error_message FROM workers WHERE job_id = %s", (job_id,))
     assert worker[0] == "TERMINATED" and "exited with code -9" in worker[1]

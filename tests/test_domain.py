@@ -411,3 +411,14 @@ def test_phases_say_why_each_attempt_ended() -> None:
         ("stopped", 2, "exited with code 143"),
         ("logs_stored", 2, ""),
     ]
+
+
+def test_a_cancelled_jobs_processes_are_stopping_until_they_stopped_or_their_worker_went() -> None:
+    from hodei.domain.phases import processes_stopping
+
+    ran = [("started", 1)]
+    assert processes_stopping("CANCELLED", 1, ran)
+    assert not processes_stopping("CANCELLED", 1, [*ran, ("stopped", 1)])
+    assert not processes_stopping("CANCELLED", 1, [*ran, ("worker_released", 1)])
+    assert not processes_stopping("CANCELLED", 2, ran)  # cancelled before its second attempt ran
+    assert not processes_stopping("SUCCEEDED", 1, ran)

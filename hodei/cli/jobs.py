@@ -29,6 +29,7 @@ from hodei.cli.parsing import (
 )
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
+from hodei.domain.phases import processes_stopping
 from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
@@ -81,12 +82,7 @@ def job_dict(job: common_pb2.Job) -> dict[str, Any]:
 
 
 def _stopping(job: common_pb2.Job) -> bool:
-    """Cancelled while it ran, and its worker has neither reported the processes' end
-    (phase ``stopped``) nor gone (``worker_released``)."""
-    if job.state != JobState.CANCELLED.value:
-        return False
-    this_attempt = {phase.name for phase in job.phases if phase.attempt == job.attempt}
-    return "started" in this_attempt and not this_attempt & {"stopped", "worker_released"}
+    return processes_stopping(job.state, job.attempt, ((phase.name, phase.attempt) for phase in job.phases))
 
 
 def describe(job: common_pb2.Job) -> list[str]:

@@ -28,6 +28,7 @@ from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.job import JobState
+from hodei.domain.phases import processes_stopping
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
@@ -255,6 +256,9 @@ class Console:
             who,
             job=description["job"],
             terminal=JobState(described.job.state).is_terminal,
+            stopping=processes_stopping(
+                described.job.state, described.job.attempt, ((p.name, p.attempt) for p in described.job.phases)
+            ),
             may_act=may_act_on(who, described.job.submitted_by),
             sagas=description["sagas"],
             workers=description["workers"],

@@ -77,3 +77,13 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
             if event_type == "JobProviderSelected" and payload.get("admitted"):
                 found.append(Phase("admitted", at, attempt))  # a slot taken at once
     return found
+
+
+def processes_stopping(state: str, attempt: int, phases: Iterable[tuple[str, int]]) -> bool:
+    """A job cancelled while it ran whose worker has neither reported its processes'
+    end (phase ``stopped``) nor gone (``worker_released``): they are ending in their
+    cancel's grace. ``phases`` are (name, attempt) pairs."""
+    if state != JobState.CANCELLED.value:
+        return False
+    this_attempt = {name for name, of in phases if of == attempt}
+    return "started" in this_attempt and not this_attempt & {"stopped", "worker_released"}
