@@ -124,6 +124,24 @@ def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess
     assert merged("job", "logs", once) == "once\n"
 
 
+def test_following_one_attempt_ends_when_the_next_begins(server: ServerProcess, shared_dir: Path) -> None:
+    tries, go = shared_dir / "tries", shared_dir / "go"
+    waits = f"while [ ! -e {go} ]; do sleep 0.1; done"
+    command = (
+        f"n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries}; echo try $n; [ $n -ge 2 ] && {waits}"
+    )
+    job_id = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "1", "--retry-backoff", "0.1").stdout
+    job_id = job_id.strip()
+    follower = cli_process(server, "job", "logs", job_id, "--attempt", "1", "--follow")
+    out, _ = follower.communicate(timeout=60)
+    assert (follower.returncode, out) == (0, "try 1\n")
+    ((state, attempt),) = query(server.database_url, "SELECT state, attempt FROM jobs WHERE id = %s", (job_id,))
+    assert (state in ("PENDING", "ASSIGNED", "RUNNING"), attempt) == (True, 2)  # ended before the job, which waits
+    go.touch()
+    wait_settled(server.database_url, job_id)
+    assert server.cli("job", "logs", job_id, "--attempt", "2", check=True).stdout == "try 2\n"
+
+
 def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerProcess, shared_dir: Path) -> None:
     ended = server.cli("job", "run", "-p", "local", "-c", "seq 1 50", "--wait", check=True).stdout.strip()
     assert server.cli("job", "logs", ended, "--tail", "3", check=True).stdout == "48\n49\n50\n"

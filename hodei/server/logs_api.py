@@ -83,7 +83,7 @@ class _JobEnds:
 
     def __init__(self, reads: ReadModels) -> None:
         self._reads = reads
-        self._latest: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+        self._latest: dict[str, tuple[float, asyncio.Future[tuple[bool, int]]]] = {}
         self._followers: Counter[str] = Counter()
 
     @contextlib.contextmanager
@@ -97,21 +97,25 @@ class _JobEnds:
                 del self._followers[job_id]
                 self._latest.pop(job_id, None)
 
-    async def ended(self, job_id: str, since: float) -> bool:
+    async def ended(self, job_id: str, since: float, attempt: int = 0) -> bool:
+        """Whether the job's output has ended, or ``attempt``'s (a later one began)."""
         latest = self._latest.get(job_id)
         if latest is None or latest[0] < since:
             latest = (time.monotonic(), asyncio.ensure_future(asyncio.to_thread(self._read, job_id)))
             self._latest[job_id] = latest
-        return await asyncio.shield(latest[1])
+        over, current = await asyncio.shield(latest[1])
+        return over or 0 < attempt < current
 
-    def _read(self, job_id: str) -> bool:
-        """Ended, and its log complete: a cancelled job's processes may still print while
-        they stop (its worker is kept for them), until its log is stored or its worker gone."""
+    def _read(self, job_id: str) -> tuple[bool, int]:
+        """Ended, and its log complete (a cancelled job's processes may still print while
+        they stop: its worker is kept for them, until its log is stored or its worker gone);
+        and the job's attempt."""
         job = self._reads.job(job_id)
         state = JobState(job.state)
         if state is not JobState.CANCELLED or job.storage_uri is not None or job.worker_id is None:
-            return state.is_terminal
-        return not any(WorkerState(worker.state) in LIVE_STATES for worker in self._reads.workers_of_job(job.id))
+            return state.is_terminal, job.attempt
+        workers = self._reads.workers_of_job(job.id)
+        return not any(WorkerState(worker.state) in LIVE_STATES for worker in workers), job.attempt
 
 
 class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
@@ -172,7 +176,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
                 if not grown and need_since is None and time.monotonic() - checked > STATE_CHECK:
                     need_since = time.monotonic() - STATE_SHARED
                 if not grown and need_since is not None:
-                    ended = await self._ends.ended(job_id, need_since)
+                    ended = await self._ends.ended(job_id, need_since, request.attempt)
                     checked, need_since = time.monotonic(), None
                 # The job's end is read before the file, so lines written before it ended are all sent.
                 more = grown or ended or cursor is None
