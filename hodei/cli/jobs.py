@@ -249,6 +249,11 @@ def _unavailable(exc: BaseException) -> bool:
     )
 
 
+def _attempt_note(job: common_pb2.Job) -> str:
+    """Which attempt a retried job is in (nothing for its first)."""
+    return f", attempt {job.attempt}" if job.attempt > 1 else ""
+
+
 class _Waiting:
     """What a terminal shows while waiting: the job's state and the time so far."""
 
@@ -275,7 +280,7 @@ def wait(client: Client, term: Terminal, job_id: str) -> int:
         if showing:
             live.start()
         for job in _watch(client, job_id):
-            waiting.state = job.state
+            waiting.state = job.state + _attempt_note(job)
             if term.json:
                 term.line_data({"event": "state", "job": job_dict(job), "log": None})
     except KeyboardInterrupt:
@@ -457,7 +462,7 @@ def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         if term.json:
             term.line_data({"event": "state", "job": job_dict(job), "log": None})
             continue
-        text = f"{job.id} {status_text(job)}" + (f", attempt {job.attempt}" if job.attempt > 1 else "")
+        text = f"{job.id} {status_text(job)}{_attempt_note(job)}"
         if text != shown:  # a change of the job that is not one of its state (or a reconnection)
             term.line(text)
             shown = text
