@@ -142,6 +142,33 @@ def test_following_one_attempt_ends_when_the_next_begins(server: ServerProcess, 
     assert server.cli("job", "logs", job_id, "--attempt", "2", check=True).stdout == "try 2\n"
 
 
+def test_job_get_says_where_a_queued_job_waits_and_why(server: ServerProcess, shared_dir: Path) -> None:
+    go = shared_dir / "go"
+    server.cli("provider", "capacity", "local", "1", check=True)
+    try:
+        holder = server.cli("job", "run", "-p", "local", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done", check=True)
+        wait_running(server.database_url, holder.stdout.strip())
+        queued = server.cli("job", "run", "-p", "local", "-c", "true", "--priority", "5", check=True).stdout.strip()
+
+        def place() -> str | None:
+            shown = server.cli("job", "get", queued, check=True).stdout
+            return shown if "Waiting: place" in shown else None
+
+        shown = eventually(place, 30, what="the queued job's place")
+        assert re.search(
+            r"^Waiting: place 1 in provider local's queue, \d+s so far: provider local is full: 1 of 1 workers$",
+            shown,
+            re.MULTILINE,
+        ), shown
+        assert "Waiting:" not in server.cli("job", "get", holder.stdout.strip(), check=True).stdout
+        assert "waiting" not in server.cli("-o", "json", "job", "get", queued, check=True).stdout.lower()
+    finally:
+        server.cli("provider", "capacity", "local", "0", check=True)
+        go.touch()
+    wait_settled(server.database_url, queued)
+    assert "Waiting:" not in server.cli("job", "get", queued, check=True).stdout
+
+
 def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerProcess, shared_dir: Path) -> None:
     ended = server.cli("job", "run", "-p", "local", "-c", "seq 1 50", "--wait", check=True).stdout.strip()
     assert server.cli("job", "logs", ended, "--tail", "3", check=True).stdout == "48\n49\n50\n"

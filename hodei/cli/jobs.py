@@ -14,7 +14,7 @@ import grpc
 from rich.live import Live
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
-from hodei._proto import common_pb2, jobs_pb2, logs_pb2, worker_pb2
+from hodei._proto import common_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import (
     count,
@@ -369,10 +369,28 @@ def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=args.job_id)).job
     if term.json:
         term.data(job_dict(job))
-    else:
-        for line in describe(job):
-            term.line(line)
+        return 0
+    for line in describe(job):
+        term.line(line)
+    if job.state == JobState.PENDING.value and (waiting := _place_in_queue(client, job.id)):
+        term.line(waiting)
     return 0
+
+
+# How much of the queue `job get` looks through for a pending job's place (the server's
+# most listed).
+QUEUE_LOOKED_AT = 1000
+
+
+def _place_in_queue(client: Client, job_id: str) -> str | None:
+    """Where a pending job waits and why, as `queue` lists it: people ask why a job has
+    not started. None when it is not among the first listed (or on its way out)."""
+    status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=QUEUE_LOOKED_AT))
+    for queued in status.queued:
+        if queued.job_id == job_id:
+            line = f"provider {queued.provider}'s queue" if queued.provider else "the queue"
+            return f"Waiting: place {queued.position} in {line}, {queued.waiting_seconds:.0f}s so far: {queued.reason}"
+    return None
 
 
 # The newest job, as Argo's CLI takes `@latest`: `job logs @latest --follow` after a run.
