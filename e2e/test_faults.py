@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from e2e.test_local import agent_title
-from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
 from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
 
@@ -166,6 +166,40 @@ def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp
         assert verify.returncode == 0, verify.stdout + verify.stderr
         events = query(url, "SELECT count(*), count(DISTINCT (aggregate_id, aggregate_version)) FROM domain_events")[0]
         assert events[0] == events[1]  # no event doubled
+    finally:
+        server.stop()
+
+
+def test_a_log_follower_keeps_streaming_through_a_postgresql_outage(
+    own_cluster: tuple[Cluster, str], tmp_path: Path
+) -> None:
+    """The lines come from the log file, which the server writes without PostgreSQL: a
+    follower (here the API's own stream, without the CLI's reconnection) gets the lines
+    printed while the database is away and ends with the job, not with UNAVAILABLE."""
+    cluster, url = own_cluster
+    server = ServerProcess(url, tmp_path, {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "30"})
+    server.start()
+    try:
+        (job_id,) = submit(server, "for i in $(seq 1 24); do echo line $i; sleep 0.5; done", 1)
+        received: list[tuple[float, str]] = []
+        with server.channel() as channel, ThreadPoolExecutor(1) as pool:
+            stub = logs_pb2_grpc.LogStreamServiceStub(channel)
+
+            def follow() -> None:
+                request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
+                for batch in stub.SubscribeLogs(request, timeout=120):
+                    received.extend((time.monotonic(), entry.line) for entry in batch.entries)
+
+            followed = pool.submit(follow)
+            eventually(lambda: len(received) >= 3, 30, what="the first lines")
+            cluster.stop("fast")
+            stopped = time.monotonic()
+            time.sleep(6)
+            during = [line for at, line in received if at > stopped + 1]
+            cluster.start(FAST_OPTIONS)
+            followed.result(timeout=120)  # ends with the job, without an error
+        assert during, "no line reached the follower while PostgreSQL was away"
+        assert [line for _, line in received] == [f"line {i}" for i in range(1, 25)]
     finally:
         server.stop()
 

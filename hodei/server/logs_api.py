@@ -21,7 +21,7 @@ import grpc
 from hodei._proto import logs_pb2, logs_pb2_grpc, worker_pb2
 from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, WorkerState
-from hodei.errors import InvalidInput
+from hodei.errors import InvalidInput, StoreUnavailable
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore, file_size
 from hodei.server.edge import rpc
 from hodei.signals import Signals
@@ -33,6 +33,8 @@ FOLLOW_POLL_IDLE = 2.0
 STATE_CHECK = 5.0
 # How old a read of a job's state may be to serve another follower's periodic check.
 STATE_SHARED = 1.0
+# How long a follower waits for that read before it streams what the file has meanwhile.
+STATE_PATIENCE = 1.0
 PAGE_DEFAULT = 10_000
 PAGE_MAX = 100_000
 # What a stream reads at once: little held in memory per follower.
@@ -103,7 +105,12 @@ class _JobEnds:
         if latest is None or latest[0] < since:
             latest = (time.monotonic(), asyncio.ensure_future(asyncio.to_thread(self._read, job_id)))
             self._latest[job_id] = latest
-        over, current = await asyncio.shield(latest[1])
+        try:
+            over, current = await asyncio.shield(latest[1])
+        except StoreUnavailable:
+            if self._latest.get(job_id) is latest:
+                del self._latest[job_id]  # the next need reads again, rather than this failure
+            raise
         return over or 0 < attempt < current
 
     def _read(self, job_id: str) -> tuple[bool, int]:
@@ -176,8 +183,15 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
                 if not grown and need_since is None and time.monotonic() - checked > STATE_CHECK:
                     need_since = time.monotonic() - STATE_SHARED
                 if not grown and need_since is not None:
-                    ended = await self._ends.ended(job_id, need_since, request.attempt)
-                    checked, need_since = time.monotonic(), None
+                    try:
+                        ended = await asyncio.wait_for(
+                            self._ends.ended(job_id, need_since, request.attempt), STATE_PATIENCE
+                        )
+                        checked, need_since = time.monotonic(), None
+                    except (StoreUnavailable, TimeoutError):
+                        # PostgreSQL is away (or slow): the lines still come from the file.
+                        # The read goes on, shared; this follower asks for it again next poll.
+                        pass
                 # The job's end is read before the file, so lines written before it ended are all sent.
                 more = grown or ended or cursor is None
                 while more:
