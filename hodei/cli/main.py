@@ -54,6 +54,8 @@ EPILOG = f"""examples:
   hodei-jobs-cli job describe $JOB_ID        # phases, workers, sagas, steps, audit
   hodei-jobs-cli job list --state FAILED -o json
   hodei-jobs-cli --server build-box job logs 3f2a9c1e   # any unique 8-character id prefix
+  hodei-jobs-cli job logs @latest --tail 50 --follow    # the newest job's last lines, then live
+  hodei-jobs-cli job logs $JOB_ID --attempt 2           # one attempt of a retried job
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
