@@ -178,21 +178,33 @@ def test_no_hodei_container_remains_and_every_worker_is_terminated(
     assert query(database_url, "SELECT DISTINCT state FROM workers") == [("TERMINATED",)]
 
 
-def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
-    pg_server: str, template_database: str, tmp_path: Path, worker_image: str
-) -> None:
-    from conftest import new_database
-
-    url = new_database(pg_server, template_database)
+@pytest.fixture
+def engine_link(tmp_path: Path) -> Iterator[Link]:
+    """The Docker engine's socket behind a hop the test cuts and restores."""
     link = Link("/var/run/docker.sock", tmp_path / "docker.sock")
     link.up()
-    env = {
+    yield link
+    link.down()
+
+
+def docker_through(link: Link, worker_image: str) -> dict[str, str]:
+    """A Docker-only server that reaches the engine through ``link``."""
+    return {
         "HODEI_DOCKER_ENABLED": "1",
         "HODEI_LOCAL_ENABLED": "0",
         "HODEI_DOCKER_HOST": f"unix://{link.path}",
         "HODEI_WORKER_IMAGE": worker_image,
     }
-    with ServerProcess(url, tmp_path, env) as server:
+
+
+def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
+    pg_server: str, template_database: str, tmp_path: Path, worker_image: str, engine_link: Link
+) -> None:
+    from conftest import new_database
+
+    url = new_database(pg_server, template_database)
+    link = engine_link
+    with ServerProcess(url, tmp_path, docker_through(link, worker_image)) as server:
         first = server.cli(
             "job", "run", "--provider", "docker", "--command", "echo before", "--timeout", "30", "--wait"
         )
@@ -214,11 +226,10 @@ def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
         assert "HEALTHY" in server.cli("provider", "get", "docker", check=True).stdout
         for job_id in query(url, "SELECT id::text FROM jobs"):
             wait_settled(url, job_id[0])
-    link.down()
 
 
 def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
-    pg_server: str, template_database: str, tmp_path: Path, worker_image: str, docker_client: Any
+    pg_server: str, template_database: str, tmp_path: Path, worker_image: str, docker_client: Any, engine_link: Link
 ) -> None:
     """Nomad's #1859: after a Docker socket blip, jobs were marked dead while their
     containers ran on. Here one job runs through a 12 s outage of the engine's socket and
@@ -227,13 +238,9 @@ def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
     from conftest import new_database
 
     url = new_database(pg_server, template_database)
-    link = Link("/var/run/docker.sock", tmp_path / "docker.sock")
-    link.up()
+    link = engine_link
     env = {
-        "HODEI_DOCKER_ENABLED": "1",
-        "HODEI_LOCAL_ENABLED": "0",
-        "HODEI_DOCKER_HOST": f"unix://{link.path}",
-        "HODEI_WORKER_IMAGE": worker_image,
+        **docker_through(link, worker_image),
         "HODEI_HEARTBEAT_INTERVAL": "0.5",
         "HODEI_HEARTBEAT_TIMEOUT": "3",
         "HODEI_RECONCILE_INTERVAL": "2",
@@ -272,4 +279,3 @@ def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
             assert server.cli("job", "logs", job_id, check=True).stdout == f"{line}\n"
             assert query(url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
         eventually(lambda: hodei_containers(docker_client, url) == [], 30, what="every container removed")
-    link.down()
