@@ -304,8 +304,8 @@ class LogStore:
         size = 0
         at = cursor or Cursor()
         start = from_line if cursor is None else at.line
-        for entry, after in self._entries(job_id, at):
-            if entry.number < start or (attempt is not None and entry.attempt != attempt):
+        for entry, after in self._entries(job_id, at, start):
+            if entry is None or entry.number < start or (attempt is not None and entry.attempt != attempt):
                 at = after
                 continue
             full = (limit is not None and len(entries) >= limit) or (max_bytes is not None and size >= max_bytes)
@@ -316,9 +316,11 @@ class LogStore:
             at = after
         return Page(entries, at)
 
-    def _entries(self, job_id: str, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:
-        """Entries, each with the cursor just past it; a record not wholly written yet is
-        not returned."""
+    def _entries(self, job_id: str, cursor: Cursor, start: int = 1) -> Iterator[tuple[LogEntry | None, Cursor]]:
+        """Entries from line ``start``, each with the cursor just past it; a record not
+        wholly written yet is not returned. Lines before ``start`` are only counted (a
+        tail of a long log passes most of it): if nothing follows them, a last ``None``
+        carries the cursor past them."""
         path = self.path(job_id)
         if not path.exists():
             return
@@ -333,10 +335,11 @@ class LogStore:
                 handle.seek(cursor.offset)
                 clock = cursor.clock_ms if cursor.clock_ms is not None else base
                 attempt = cursor.attempt
-            number = cursor.line
+            number, skipped, unfinished = cursor.line, False, 0
             for raw in handle:
                 if not raw.endswith(b"\n"):
-                    return
+                    unfinished = len(raw)
+                    break
                 kind = chr(raw[0])
                 if kind == "S":
                     attempt = int(raw[1:].partition(b".")[0])
@@ -346,13 +349,19 @@ class LogStore:
                 if kind == "T":
                     continue
                 partial = kind.isupper()
-                text = rest.decode("utf-8", errors="replace")
                 following = number if partial else number + 1
+                if number < start:
+                    number, skipped = following, True
+                    continue
+                skipped = False
+                text = rest.decode("utf-8", errors="replace")
                 yield (
                     LogEntry(number, clock, _STREAM[kind.lower()], text, partial, attempt),
                     Cursor(handle.tell(), following, clock, attempt),
                 )
                 number = following
+            if skipped:
+                yield None, Cursor(handle.tell() - unfinished, number, clock, attempt)
 
 
 def file_size(path: Path) -> int:

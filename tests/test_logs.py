@@ -170,3 +170,20 @@ def test_servers_taking_turns_on_a_log_each_pick_up_what_the_other_wrote(tmp_pat
     store.path(JOB).unlink()  # removed by hand while the job ran: a new file, still readable
     store.append(JOB, [LogLine(6_000, STDOUT, "five")], (1, 5))
     assert [(entry.text, entry.at_ms) for entry in store.read(JOB).entries] == [("five", 6_000)]
+
+
+def test_reading_past_the_lines_asked_for_keeps_times_and_attempts(tmp_path: Path) -> None:
+    """Lines before ``from_line`` are counted, not decoded: what follows them, and a page
+    token taken past the end, still carry the right time and attempt."""
+    store = LogStore(tmp_path)
+    store.append(JOB, [LogLine(1_000 + i, STDOUT, f"a{i}") for i in range(5)], (1, 1))
+    store.append(JOB, [LogLine(2_000 + i, STDOUT, f"b{i}") for i in range(5)], (2, 1))
+    assert [(e.number, e.text, e.at_ms, e.attempt) for e in store.read(JOB, from_line=9).entries] == [
+        (9, "b3", 2_003, 2),
+        (10, "b4", 2_004, 2),
+    ]
+    past = store.read(JOB, from_line=20)
+    assert past.entries == [] and past.next.line == 11
+    store.append(JOB, [LogLine(3_000, STDOUT, "c0")], (2, 2))
+    later = store.read(JOB, cursor=Cursor.parse(past.next.token())).entries
+    assert [(e.number, e.text, e.at_ms, e.attempt) for e in later] == [(11, "c0", 3_000, 2)]
