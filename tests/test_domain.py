@@ -303,18 +303,18 @@ def test_success_and_cancellation_are_never_retried() -> None:
     assert cancelled.state is JobState.CANCELLED
 
 
-def test_a_cancelled_running_job_keeps_its_worker_until_it_reports_or_the_grace_ends() -> None:
+def test_a_cancelled_running_job_keeps_its_worker_until_it_reports() -> None:
     now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     job = running_job()
     job.cancel("by test", grace=30, now=now)
     assert (job.state, job.stop_by) == (JobState.CANCELLED, now + timedelta(seconds=30))
-    assert job.stopping(now + timedelta(seconds=29)) and not job.stopping(now + timedelta(seconds=30))
+    assert job.stop_pending
     assert job.grace_left(now + timedelta(seconds=10)) == 20 and job.grace_left(now + timedelta(minutes=1)) == 0
     job.finish(WORKER, JobState.CANCELLED, 143, "cancelled: by test")
     job.finish(WORKER, JobState.CANCELLED, 143, "cancelled: by test")  # a report sent again
     assert [type(e).__name__ for e in job.collect_events()][-2:] == ["JobStatusChanged", "JobStopped"]
     assert (job.state, job.exit_code, job.error_message) == (JobState.CANCELLED, None, "by test")
-    assert not job.stopping(now)
+    assert not job.stop_pending
     with pytest.raises(InvalidTransition):
         job.finish(str(uuid4()), JobState.SUCCEEDED, 0, None)  # not its worker
 
@@ -326,7 +326,7 @@ def test_only_a_running_job_has_processes_to_stop() -> None:
         assert job.stop_by is None and job.grace_left(datetime.now(UTC)) is None
     forced = running_job()
     forced.cancel("by test", grace=0)
-    assert forced.grace_left(datetime.now(UTC)) == 0 and not forced.stopping(datetime.now(UTC))
+    assert forced.grace_left(datetime.now(UTC)) == 0 and forced.stop_pending  # SIGKILL at once, then its report
 
 
 def test_a_worker_that_gave_up_reports_its_job_cancelled_without_an_exit_code() -> None:

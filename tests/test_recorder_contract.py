@@ -125,7 +125,7 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
     assert loaded.state is JobState.CANCELLED
     assert loaded.error_message == "old"
     assert loaded.retry_at is None
-    assert loaded.stop_by is None and not loaded.stopping(datetime.now(UTC))
+    assert loaded.stop_by is None and not loaded.stop_pending
     store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
     new = Job.submit(JobSpec(name="v4", command="true", timeout_seconds=5), uuid4())
     new.cancel("now")
@@ -208,7 +208,6 @@ def test_a_version_1_provider_selection_loads_and_projects_as_not_admitted(
 def test_our_transcoder_decodes_every_stored_state_as_the_librarys_does(store: HodeiStore) -> None:
     """HodeiStore decodes with orjson (PlainJSONTranscoder); what comes out must be what
     the library's own JSONTranscoder gives, wrapped values included."""
-    from datetime import UTC, datetime
     from decimal import Decimal
 
     from eventsourcing.persistence import JSONTranscoder

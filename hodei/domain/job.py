@@ -242,10 +242,6 @@ class Job(HodeiAggregate):
         the worker is not done, whatever the time (a silent one is lost, not finished)."""
         return self.stop_by is not None and not self.stopped
 
-    def stopping(self, now: datetime) -> bool:
-        """Cancelled, and its processes may still be stopping: its worker stays."""
-        return self.stop_pending and bool(self.grace_left(now))
-
     def grace_left(self, now: datetime) -> float | None:
         """Seconds its processes have left until SIGKILL; None when it has none to stop."""
         if self.stop_by is None:

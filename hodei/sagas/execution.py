@@ -19,7 +19,6 @@ from hodei.sagas.engine import (
     StepInput,
     StepKind,
     StepResult,
-    now,
 )
 
 # Time past the job's own timeout (plus the kill grace) before the server gives up on
@@ -88,11 +87,13 @@ def wait_for_result(deps: SagaDeps, step: StepInput) -> StepResult | None:
     (until it reports them stopped or is lost), so they get their grace and what they
     print while stopping is in the stored log. The worker SIGKILLs them at the end of
     the grace and reports; one that never does is lost by its heartbeat, or this wait
-    fails at its deadline and the compensation destroys it."""
+    fails at its deadline and the compensation destroys it. Even with no grace
+    (``--force``) the report is waited for: releasing the worker at once let the
+    provider's own stop SIGTERM the job before the worker's SIGKILL."""
     job = deps.job(step.job_id)
     if not _left_attempt(job, step):
         return None
-    if job.attempt == step.attempt and job.stopping(now()) and deps.worker(step.context["worker_id"]).is_live:
+    if job.attempt == step.attempt and job.stop_pending and deps.worker(step.context["worker_id"]).is_live:
         return None
     return StepResult()
 
