@@ -59,6 +59,14 @@ def test_at_latest_is_the_newest_job(server: ServerProcess) -> None:
     assert {saga["correlation_id"] for saga in json.loads(sagas)["sagas"]} == {newer.stdout.strip()}
 
 
+def test_a_multi_line_command_without_a_name_runs_and_is_named_on_one_line(server: ServerProcess) -> None:
+    """A heredoc or a pasted script is a common command; the name it gets holds no newline."""
+    ran = server.cli("job", "run", "-p", "local", "-c", "echo one\n\techo two", "--follow", check=True)
+    assert ran.stdout == "one\ntwo\n"
+    shown = json.loads(server.cli("-o", "json", "job", "get", "@latest", check=True).stdout)
+    assert (shown["spec"]["name"], shown["spec"]["command"]) == ("echo one echo two", "echo one\n\techo two")
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

@@ -9,7 +9,7 @@ from dataclasses import replace
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from hodei._proto import common_pb2
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import JobSpec, name_for
 
 
 def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = ()) -> JobSpec:
@@ -19,7 +19,7 @@ def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = (
     spec = JobSpec.from_payload(data)
     return replace(
         spec,
-        name=spec.name.strip() or spec.command.strip()[:64],
+        name=spec.name.strip() or name_for(spec.command),
         provider=spec.provider.strip(),
         secret_names=tuple(sorted(secret_names)),
     )

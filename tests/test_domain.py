@@ -10,7 +10,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import JobSpec, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 
@@ -238,6 +238,20 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
 def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         Job.submit(spec, uuid4())
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        ("make test", "make test"),
+        ("set -e\n  cd /src\r\n\tmake\n", "set -e cd /src make"),
+        ("printf '\x1b[31mred'", "printf '?[31mred'"),
+        ("x" * 100, "x" * 61 + "..."),
+    ],
+)
+def test_a_job_without_a_name_is_named_after_its_command_on_one_line(command: str, name: str) -> None:
+    assert name_for(command) == name
+    JobSpec(name=name_for(command), command=command, timeout_seconds=5).validate()
 
 
 def test_the_domain_package_does_no_io() -> None:

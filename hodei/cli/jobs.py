@@ -597,7 +597,9 @@ def add_commands(commands: Any) -> Any:
     job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
 
     run_parser = job.add_parser("run", help="submit a job; prints its id")
-    run_parser.add_argument("--name", "-n", help="a name for people (default: the command)")
+    run_parser.add_argument(
+        "--name", "-n", help="a name for people (default: the command on one line, or the --script file)"
+    )
     run_parser.add_argument("--command", "-c", help="a shell command line, or a program when --args is given")
     run_parser.add_argument("--script", help="a script file to run with bash, instead of --command")
     run_parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")

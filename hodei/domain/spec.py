@@ -73,6 +73,13 @@ def normalise_provider(value: str) -> str:
     return PROVIDER_ALIASES.get(cleaned, cleaned)
 
 
+def name_for(command: str) -> str:
+    """The name of a job submitted without one: its command on one line (a multi-line
+    script is common; a name holds no control characters), cut to 64 characters."""
+    line = _CONTROL.sub("?", " ".join(command.split()))
+    return line if len(line) <= 64 else line[:61] + "..."
+
+
 def _size(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
