@@ -67,6 +67,26 @@ def test_a_multi_line_command_without_a_name_runs_and_is_named_on_one_line(serve
     assert (shown["spec"]["name"], shown["spec"]["command"]) == ("echo one echo two", "echo one\n\techo two")
 
 
+def test_env_values_keep_their_commas_unless_a_new_variable_follows(server: ServerProcess, tmp_path: Path) -> None:
+    """`--env "K=V,K2=V2"` is the seed's form; a value with `,NAME=` in it (a query string)
+    writes that comma `\\,`, or it starts a variable. An --env-file's values are taken as
+    written, and --env wins over it."""
+    env_file = tmp_path / "job.env"
+    env_file.write_text("# settings\n\nQUERY=?a=1,b=2\nQUOTED='kept'\nNEXT=from the file\n")
+    env = ("-e", "LIST=a,b,c", "-e", r"URL=http://x/?a=1\,b=2,NEXT=3", "-e", "SPLIT=?a=1,b=2")
+    command = 'echo "$LIST|$URL|$NEXT|$SPLIT|$b|$QUERY|$QUOTED"'
+    ran = server.cli(
+        "job", "run", "-p", "local", "--env-file", str(env_file), *env, "-c", command, "--follow", check=True
+    )
+    assert ran.stdout == "a,b,c|http://x/?a=1,b=2|3|?a=1|2|?a=1,b=2|'kept'\n"
+    env_file.write_text("GOOD=1\nnot a variable\n")
+    refused = server.cli("job", "run", "-p", "local", "--env-file", str(env_file), "-c", "true")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.endswith(
+        f"--env-file {env_file}, line 2: expected KEY=VALUE with KEY made of letters, digits and _\n"
+    )
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

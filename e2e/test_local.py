@@ -302,6 +302,11 @@ def test_a_lost_worker_is_retried_when_attempts_remain(
         (["job", "run", "-p", "local", "-c", "true", "--max-attempts", "0"], "--max-attempts: takes a whole number"),
         (["job", "run", "--provider", "local", "--command", "true", "--env", "FOO"], "malformed --env item `FOO`"),
         (["job", "run", "--provider", "local", "--command", "true", "--env", "1A=x"], "malformed --env item `1A=x`"),
+        (["job", "run", "-p", "local", "--script", "/bin/true"], "--script: /bin/true is not UTF-8 text (byte "),
+        (
+            ["job", "run", "-p", "local", "-c", "true", "--env-file", "/nonexistent"],
+            "cannot read /nonexistent: No such",
+        ),
         (["job", "run", "--provider", "nope", "--command", "true"], "unknown provider `nope`"),
         (["job", "run", "--provider", "local", "--command", "bash", "--args", "-c 'unclosed"], "malformed --args"),
         (["job", "get", "--id", "00000000-0000-0000-0000-000000000000"], "not found"),

@@ -21,10 +21,12 @@ from hodei.cli.parsing import (
     grace,
     parse_args,
     parse_env,
+    parse_env_files,
     parse_labels,
     parse_memory,
     parse_secret_files,
     parse_secrets,
+    text_of,
     whole,
 )
 from hodei.cli.terminal import Terminal, message_dict, when
@@ -116,10 +118,7 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
     if args.script:
         if args.command or args.args:
             raise InvalidInput("give either --script or --command, not both")
-        try:
-            return "bash", ["-c", Path(args.script).read_text()]
-        except OSError as exc:
-            raise InvalidInput(f"cannot read --script {args.script}: {exc.strerror}") from None
+        return "bash", ["-c", text_of(args.script, "--script")]
     if args.command is None:
         raise InvalidInput("give --command (or --script FILE)")
     return args.command, parse_args(args.args)
@@ -135,7 +134,7 @@ def queue_request(args: argparse.Namespace) -> None:
         name=args.name or (Path(args.script).stem if args.script else ""),
         command=command,
         args=tuple(arguments),
-        env=parse_env(args.env or []),
+        env={**parse_env_files(args.env_file or []), **parse_env(args.env or [])},
         timeout_seconds=args.timeout,
         provider=args.provider or "",
         resources=Resources(cpu_cores=args.cpu or 0.0, memory_bytes=parse_memory(args.memory)),
@@ -603,7 +602,15 @@ def add_commands(commands: Any) -> Any:
     run_parser.add_argument("--command", "-c", help="a shell command line, or a program when --args is given")
     run_parser.add_argument("--script", help="a script file to run with bash, instead of --command")
     run_parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
-    run_parser.add_argument("--env", "-e", action="append", help="KEY=VALUE[,KEY2=VALUE2]; repeatable")
+    run_parser.add_argument(
+        "--env",
+        "-e",
+        action="append",
+        help="KEY=VALUE[,KEY2=VALUE2]; repeatable; a value's comma before NAME= is written \\,",
+    )
+    run_parser.add_argument(
+        "--env-file", action="append", metavar="PATH", help="KEY=VALUE lines (# comments); --env wins; repeatable"
+    )
     run_parser.add_argument(
         "--secret",
         action="append",

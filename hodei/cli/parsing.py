@@ -9,13 +9,14 @@ from pathlib import Path
 
 from hodei.errors import InvalidInput
 
-_ITEM_START = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
+_ITEM_START = re.compile(r"(?<!\\),(?=[A-Za-z_][A-Za-z0-9_]*=)")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_env(values: list[str]) -> dict[str, str]:
     """Each ``--env`` holds one or more ``KEY=VALUE`` separated by commas; a comma
-    not followed by ``KEY=`` belongs to the value (``A=1,2``)."""
+    not followed by ``KEY=`` belongs to the value (``A=1,2``), and so does one written
+    ``\\,`` (``Q=a=1\\,b=2``: Helm's ``--set`` escape)."""
     env: dict[str, str] = {}
     for value in values:
         for item in _ITEM_START.split(value):
@@ -24,7 +25,7 @@ def parse_env(values: list[str]) -> dict[str, str]:
                 raise InvalidInput(
                     f"malformed --env item `{item}`: expected KEY=VALUE with KEY made of letters, digits and _"
                 )
-            env[key] = val
+            env[key] = val.replace("\\,", ",")
     return env
 
 
@@ -52,12 +53,37 @@ def parse_secret_files(values: list[str]) -> dict[str, str]:
     """``--secret-file NAME=PATH``: the file's text, without one trailing newline."""
     secrets = {}
     for name, path in _pairs(values, "--secret-file", "PATH").items():
-        try:
-            text = Path(path).expanduser().read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"--secret-file {name}: cannot read {path}: {exc}") from None
+        text = text_of(path, f"--secret-file {name}")
         secrets[name] = text[:-1] if text.endswith("\n") else text
     return secrets
+
+
+def parse_env_files(paths: list[str]) -> dict[str, str]:
+    """``--env-file PATH``: one ``KEY=VALUE`` a line, as ``docker run --env-file`` reads it:
+    blank lines and lines starting with ``#`` skipped, the value taken as written (no
+    quotes removed, commas kept); a later file's KEY wins."""
+    env: dict[str, str] = {}
+    for path in paths:
+        for number, line in enumerate(text_of(path, "--env-file").splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not _KEY.match(key.strip()):
+                raise InvalidInput(
+                    f"--env-file {path}, line {number}: expected KEY=VALUE with KEY made of letters, digits and _"
+                )
+            env[key.strip()] = value
+    return env
+
+
+def text_of(path: str, flag: str) -> str:
+    """A file the user named, as text; an error names the flag and never shows the content."""
+    try:
+        return Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise InvalidInput(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{flag}: {path} is not UTF-8 text (byte {exc.start})") from None
 
 
 def parse_args(value: str | None) -> list[str]:
