@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -170,7 +171,7 @@ def test_following_one_attempt_ends_when_the_next_begins(server: ServerProcess, 
     assert server.cli("job", "logs", job_id, "--attempt", "2", check=True).stdout == "try 2\n"
 
 
-def test_job_get_says_where_a_queued_job_waits_and_why(server: ServerProcess, shared_dir: Path) -> None:
+def test_job_get_and_job_run_say_where_a_queued_job_waits_and_why(server: ServerProcess, shared_dir: Path) -> None:
     go = shared_dir / "go"
     server.cli("provider", "capacity", "local", "1", check=True)
     try:
@@ -190,11 +191,24 @@ def test_job_get_says_where_a_queued_job_waits_and_why(server: ServerProcess, sh
         ), shown
         assert "Waiting:" not in server.cli("job", "get", holder.stdout.strip(), check=True).stdout
         assert "waiting" not in server.cli("-o", "json", "job", "get", queued, check=True).stdout.lower()
+        # `job run --follow` of a job that waits says so once, on stderr, and then streams its output.
+        follower = cli_process(server, "job", "run", "-p", "local", "-c", "echo ran", "--follow")
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(iter(follower.stderr.readline, "")), daemon=True)
+        reader.start()
+        eventually(lambda: any(line.startswith("Waiting: place 2 ") for line in said) or None, 30, what="the note")
     finally:
         server.cli("provider", "capacity", "local", "0", check=True)
         go.touch()
     wait_settled(server.database_url, queued)
     assert "Waiting:" not in server.cli("job", "get", queued, check=True).stdout
+    follower.wait(timeout=60)
+    reader.join(timeout=10)
+    with follower.stdout, follower.stderr:
+        out = follower.stdout.read()
+    new_id = said[0].split()[-1]
+    assert (follower.returncode, out, len(said)) == (0, "ran\n", 3), said
+    assert (said[0], said[2]) == (f"Job ID: {new_id}\n", f"Job {new_id} SUCCEEDED (Status Code: 4)\n")
 
 
 def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerProcess, shared_dir: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,15 +157,46 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     job_id = client.call(client.jobs.QueueJob, args.request).job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
-        return follow(client, term, job_id, args.timestamps)
+        with _queue_note(client, term, job_id):
+            return follow(client, term, job_id, args.timestamps)
     if term.json and not args.wait:
         term.data({"job_id": job_id})
         return 0
     if not term.json:
         term.value(job_id)
     if args.wait:
-        return wait(client, term, job_id)
+        with _queue_note(client, term, job_id):
+            return wait(client, term, job_id)
     return 0
+
+
+# How long a job waits in its provider's queue before `job run --wait/--follow` says where.
+QUEUE_NOTE_AFTER = 2.0
+
+
+@contextmanager
+def _queue_note(client: Client, term: Terminal, job_id: str) -> Iterator[None]:
+    """A job that waits for capacity prints nothing while it waits; after QUEUE_NOTE_AFTER
+    a waiting job's place and reason are said once on stderr (`job get`'s Waiting line)."""
+
+    def note() -> None:
+        try:
+            job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job
+            waiting = _place_in_queue(client, job_id) if job.state == JobState.PENDING.value else None
+        except grpc.RpcError:
+            return  # a note, not the command: the wait itself reports a server that is gone
+        if waiting:
+            term.info(waiting)
+
+    timer = threading.Timer(QUEUE_NOTE_AFTER, note)
+    timer.daemon = True
+    if not term.json:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join(timeout=5)  # a note on its way ends before the command closes its channel
 
 
 def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
