@@ -1,5 +1,5 @@
 """The job spec on the wire: ``hodei.jobs.JobSpec`` to and from the domain's ``JobSpec``
-(same field names), for the server and the CLI alike."""
+(same field names), for the server and the CLI alike; and the most a listing returns."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from hodei._proto import common_pb2
 from hodei.domain.spec import JobSpec, name_for
+
+# GetQueueStatus lists at most this many queued jobs: `job get` and `job run --wait` look
+# for a job's place among them.
+MAX_QUEUE_LISTED = 1000
 
 
 def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = ()) -> JobSpec:

@@ -37,7 +37,7 @@ from hodei.domain.phases import processes_stopping
 from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
-from hodei.wire import spec_to_proto
+from hodei.wire import MAX_QUEUE_LISTED, spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`, and two of our own.
@@ -409,15 +409,10 @@ def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
-# How much of the queue `job get` looks through for a pending job's place (the server's
-# most listed).
-QUEUE_LOOKED_AT = 1000
-
-
 def _place_in_queue(client: Client, job_id: str) -> str | None:
     """Where a pending job waits and why, as `queue` lists it: people ask why a job has
     not started. None when it is not among the first listed (or on its way out)."""
-    status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=QUEUE_LOOKED_AT))
+    status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=MAX_QUEUE_LISTED))
     for queued in status.queued:
         if queued.job_id == job_id:
             line = f"provider {queued.provider}'s queue" if queued.provider else "the queue"

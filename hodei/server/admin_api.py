@@ -27,9 +27,9 @@ from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.readmodels import ProviderRow, ReadModels
+from hodei.wire import MAX_QUEUE_LISTED
 
 MAX_WORKERS_LISTED = 1000
-MAX_QUEUE_LISTED = 1000
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
