@@ -177,21 +177,26 @@ QUEUE_NOTE_AFTER = 2.0
 @contextmanager
 def _queue_note(client: Client, term: Terminal, job_id: str) -> Iterator[None]:
     """A job that waits for capacity prints nothing while it waits; after QUEUE_NOTE_AFTER
-    a waiting job's place and reason are said once on stderr (`job get`'s Waiting line)."""
+    a job still waiting to begin has its place and reason said once on stderr (`job get`'s
+    Waiting line)."""
 
     def note() -> None:
         try:
             job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job
-            waiting = _place_in_queue(client, job_id) if job.state == JobState.PENDING.value else None
+            # Between a retried job's attempts the `[hodei] attempt N` line says enough.
+            first = job.state == JobState.PENDING.value and job.attempt <= 1
+            waiting = _place_in_queue(client, job_id) if first else None
         except grpc.RpcError:
             return  # a note, not the command: the wait itself reports a server that is gone
         if waiting:
             term.info(waiting)
 
+    if term.json:  # the JSON lines say each state already
+        yield
+        return
     timer = threading.Timer(QUEUE_NOTE_AFTER, note)
     timer.daemon = True
-    if not term.json:
-        timer.start()
+    timer.start()
     try:
         yield
     finally:
