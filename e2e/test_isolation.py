@@ -75,6 +75,53 @@ def test_a_job_sees_only_its_own_environment(request: pytest.FixtureRequest, pro
         assert "PID1-ENV-READABLE" not in output
 
 
+# A second of busy work; prints the CPU seconds it got.
+SPIN = (
+    "python3 -c 'import os, time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\n"
+    "t = os.times()\nprint(t.user + t.system)'"
+)
+ALLOCATE = "python3 -c 'data = b\"x\" * (512 * 1024 * 1024)'"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_cpu_and_memory_limits_hold_and_the_oom_killer_is_named(request: pytest.FixtureRequest, provider: str) -> None:
+    """The local provider ignored both (a 300 MB job under --memory 50Mi succeeded). A CPU
+    quota bounds the CPU time a job gets from above (0.25 of 1.5 s, plus a period): more
+    than half the wall time is only possible without one, whatever the machine's load."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    spun = run(server, provider, SPIN, "--cpu", "0.25", "--wait")
+    cpu_seconds = float(server.cli("job", "logs", spun, check=True).stdout)
+    assert 0 < cpu_seconds < 0.75, cpu_seconds
+    result = server.cli("job", "run", "-p", provider, "-c", ALLOCATE, "--memory", "128Mi", "--timeout", "60", "--wait")
+    assert result.returncode == 137, result.stderr  # the job's own exit code: killed by SIGKILL
+    job_id = result.stdout.strip()
+    ((state, error),) = query(server.database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))
+    assert (state, error) == (
+        "FAILED",
+        "exited with code 137: killed by the kernel's OOM killer, out of memory (OOMKilled)",
+    )
+    wait_settled(server.database_url, job_id)
+
+
+def test_ended_local_workers_leave_no_cgroup_behind(local: ServerProcess) -> None:
+    """A group whose last processes are still exiting refuses rmdir (EBUSY) for a moment
+    after its cgroup.procs is empty: about one ended worker in three left its group to the
+    reconciler (30 s later), or for ever when the server stopped first."""
+    from hodei.providers.cgroups import WorkerCgroups, cgroup1_roots, cgroup2_root
+
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    jobs = [run(local, "local", "true", "--memory", "64Mi", "--cpu", "1") for _ in range(6)]
+    for job_id in jobs:
+        wait_settled(local.database_url, job_id)
+    (installation,) = query(local.database_url, "SELECT value FROM hodei.secrets WHERE name = 'installation_id'")[0]
+    groups = WorkerCgroups(root, installation, cgroup1_roots())
+    assert set(groups.limit_bases) == {"memory", "cpu"}  # each job's limits were set
+    left = [group for base in {groups.base, *groups.v1_bases.values()} for group in base.glob("*-*-*-*-*")]
+    assert left == []
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_secret_is_in_the_job_and_nowhere_else_and_purging_shreds_it(
     request: pytest.FixtureRequest, provider: str, tmp_path: Path

@@ -42,7 +42,7 @@ def test_a_forked_agent_has_only_its_own_environment_and_its_exit_code_is_report
 ) -> None:
     env = settings("j1")
     del env["HODEI_WORKER_TOKEN"]
-    agent = template.fork("w1", env, tmp_path / "w1.log", None)
+    agent = template.fork("w1", env, tmp_path / "w1.log", [])
     assert agent.wait(timeout=30) == 2
     assert "missing environment: HODEI_WORKER_TOKEN" in (tmp_path / "w1.log").read_text()
 
@@ -51,7 +51,7 @@ def test_a_forked_agent_runs_in_its_own_session_named_after_its_job_and_outlives
     template: AgentTemplate, tmp_path: Path
 ) -> None:
     output = tmp_path / "w2.log"
-    agent = template.fork("w2", settings("j2"), output, None)
+    agent = template.fork("w2", settings("j2"), output, [])
     try:
         eventually(lambda: output.exists() and "cannot register" in output.read_text(), 30, what="the agent to try")
         assert Path(f"/proc/{agent.pid}/cmdline").read_bytes().startswith(b"hodei-worker job=j2 worker=w2")
@@ -66,31 +66,33 @@ def test_a_forked_agent_runs_in_its_own_session_named_after_its_job_and_outlives
 
 
 def test_a_template_that_died_is_started_again_for_the_next_worker(template: AgentTemplate, tmp_path: Path) -> None:
-    first = template.fork("w3", settings("j3", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w3.log", None)
+    first = template.fork("w3", settings("j3", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w3.log", [])
     assert first.wait(timeout=30) == 4
     pid = template.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: template.pid is None, 10, what="the template's end to be seen")
-    second = template.fork("w4", settings("j4", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w4.log", None)
+    second = template.fork("w4", settings("j4", HODEI_WORKER_ORPHAN_TIMEOUT="0.2"), tmp_path / "w4.log", [])
     assert template.pid not in (None, pid)
     assert second.wait(timeout=30) == 4
 
 
-def test_a_forked_agent_enters_its_cgroup_before_it_runs_anything(template: AgentTemplate, tmp_path: Path) -> None:
-    # A file in the place of the group's cgroup.procs: the child writes its own pid there
-    # (writing to a real one moves it) before it reads its settings.
-    procs = tmp_path / "cgroup.procs"
-    procs.write_text("")
+def test_a_forked_agent_enters_its_cgroups_before_it_runs_anything(template: AgentTemplate, tmp_path: Path) -> None:
+    # Files in the place of the groups' cgroup.procs (its v2 group, its v1 memory group):
+    # the child writes its own pid to each (writing to a real one moves it) before it
+    # reads its settings.
+    procs = [tmp_path / "cgroup.procs", tmp_path / "memory.procs"]
+    for path in procs:
+        path.write_text("")
     env = settings("j5")
     del env["HODEI_WORKER_ID"]
     agent = template.fork("w5", env, tmp_path / "w5.log", procs)
     assert agent.wait(timeout=30) == 2
-    assert procs.read_text() == str(agent.pid)
+    assert [path.read_text() for path in procs] == [str(agent.pid)] * 2
 
 
 def test_a_fork_that_cannot_enter_its_cgroup_never_runs_the_agent(template: AgentTemplate, tmp_path: Path) -> None:
-    agent = template.fork("w6", settings("j6"), tmp_path / "w6.log", tmp_path / "no-such-group" / "cgroup.procs")
+    agent = template.fork("w6", settings("j6"), tmp_path / "w6.log", [tmp_path / "no-such-group" / "cgroup.procs"])
     assert agent.wait(timeout=30) == 127
     # The worker's log says why: the provider shows its last lines with the failure.
     output = (tmp_path / "w6.log").read_text()

@@ -73,13 +73,13 @@ class AgentTemplate:
         self._exits = threading.Condition()
         self._lock = threading.Lock()
 
-    def fork(self, worker_id: str, env: Mapping[str, str], output: Path, cgroup_procs: Path | None) -> ForkedAgent:
+    def fork(self, worker_id: str, env: Mapping[str, str], output: Path, cgroup_procs: Sequence[Path]) -> ForkedAgent:
         """A new agent process for this worker, with exactly this environment."""
         request = {
             "worker": worker_id,
             "env": dict(env),
             "output": str(output),
-            "cgroup": cgroup_procs and str(cgroup_procs),
+            "cgroups": [str(procs) for procs in cgroup_procs],
         }
         name = f"the agent template ({' '.join(self.command)})"
         with self._lock:

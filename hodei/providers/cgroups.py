@@ -2,6 +2,12 @@
 that leaves its session or process group, so destroying the worker can kill them all
 (``cgroup.kill``), and strays are found after a restart by listing the directories.
 
+A job's ``--memory`` and ``--cpu`` are limits of that group where cgroup v2 has the memory
+and cpu controllers (``memory.max``, ``cpu.max``), or, on hybrid hosts whose controllers
+are bound to cgroup v1 (ours), of a group of the same name in the v1 memory and cpu
+hierarchies (``memory.limit_in_bytes``, ``cpu.cfs_quota_us``) that the worker enters too.
+A limit that no controller here can enforce is refused, never ignored.
+
 Used by the local provider where a writable cgroup v2 hierarchy exists (as root, on
 hosts with cgroup2 mounted); elsewhere it tracks the agent's process group only.
 """
@@ -9,11 +15,20 @@ hosts with cgroup2 mounted); elsewhere it tracks the agent's process group only.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+from hodei.errors import ProviderError
+
+log = logging.getLogger(__name__)
 _MOUNTS = Path("/proc/self/mounts")
+# The controllers a job's limits need, and the CFS period its CPU quota is a share of.
+LIMITED = ("memory", "cpu")
+CPU_PERIOD_US = 100_000
 
 
 def cgroup2_root() -> Path | None:
@@ -32,19 +47,108 @@ def cgroup2_root() -> Path | None:
     return None
 
 
-class WorkerCgroups:
-    """``<root>/hodei-<installation>/<worker id>``, one per worker."""
+def cgroup1_roots() -> dict[str, Path]:
+    """The cgroup v1 hierarchies of the controllers in LIMITED that this process may create
+    groups in, by controller (``/sys/fs/cgroup/memory``...)."""
+    try:
+        lines = _MOUNTS.read_text().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "cgroup" and os.access(fields[1], os.W_OK):
+            for controller in set(fields[3].split(",")) & set(LIMITED):
+                found[controller] = Path(fields[1])
+    return found
 
-    def __init__(self, root: Path, installation: str) -> None:
+
+def limits_wanted(cpu_cores: float, memory_bytes: int) -> list[str]:
+    """The controllers a job's limits need (0 is the provider's default: no limit)."""
+    return [controller for controller, value in (("memory", memory_bytes), ("cpu", cpu_cores)) if value > 0]
+
+
+def unenforceable(controllers: list[str]) -> ProviderError:
+    """A job's limit this host cannot set: refused, not ignored."""
+    flags = " and ".join(f"--{controller}" for controller in controllers)
+    return ProviderError(
+        f"this host cannot enforce {flags} on local workers (no writable cgroup {' or '.join(controllers)} "
+        "controller); submit without it, or to a docker or kubernetes provider"
+    )
+
+
+def v2_controllers(root: Path) -> set[str]:
+    try:
+        return set((root / "cgroup.controllers").read_text().split())
+    except OSError:
+        return set()
+
+
+class WorkerCgroups:
+    """``<root>/hodei-<installation>/<worker id>``, one per worker; ``v1_roots`` are the
+    controllers cgroup v2 lacks here (``cgroup1_roots()``), each limited in a group
+    ``<v1 root>/hodei-<installation>/<worker id>``."""
+
+    def __init__(self, root: Path, installation: str, v1_roots: Mapping[str, Path] | None = None) -> None:
+        self.root = root
         self.base = root / f"hodei-{installation}"
+        in_v2 = v2_controllers(root) & set(LIMITED)
+        self.v1_bases = {
+            controller: path / self.base.name
+            for controller, path in (v1_roots or {}).items()
+            if controller in LIMITED and controller not in in_v2
+        }
+        # Where each limit is set: the worker's own v2 group (its base) or a v1 group's.
+        self.limit_bases = {**dict.fromkeys(in_v2, self.base), **self.v1_bases}
 
     def path(self, worker_id: str) -> Path:
         return self.base / worker_id
 
-    def create(self, worker_id: str) -> Path:
+    def create(self, worker_id: str, cpu_cores: float = 0.0, memory_bytes: int = 0) -> list[Path]:
+        """Makes the worker's groups with its limits; returns the ``cgroup.procs`` files
+        its agent must enter (the v2 group's first). A limit no controller here can set
+        is refused before anything is made."""
+        wanted = limits_wanted(cpu_cores, memory_bytes)
+        missing = [controller for controller in wanted if controller not in self.limit_bases]
+        if missing:
+            raise unenforceable(missing)
         path = self.path(worker_id)
         path.mkdir(parents=True, exist_ok=True)
-        return path
+        procs = [path / "cgroup.procs"]
+        try:
+            for controller in wanted:
+                procs.extend(self._limit(controller, worker_id, cpu_cores, memory_bytes))
+        except OSError as exc:
+            self.kill(worker_id)
+            raise ProviderError(f"cannot set the {controller} limit of worker {worker_id}: {exc}") from exc
+        return procs
+
+    def _limit(self, controller: str, worker_id: str, cpu_cores: float, memory_bytes: int) -> list[Path]:
+        quota = max(1000, round(cpu_cores * CPU_PERIOD_US))
+        v1_base = self.v1_bases.get(controller)
+        if v1_base is None:  # cgroup v2: the controller enabled for the workers, the limit in the worker's group
+            for parent in (self.root, self.base):
+                (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+            group = self.path(worker_id)
+            if controller == "memory":
+                (group / "memory.max").write_text(str(memory_bytes))
+            else:
+                (group / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+            return []
+        group = v1_base / worker_id
+        group.mkdir(parents=True, exist_ok=True)
+        if controller == "memory":
+            (group / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        return [group / "cgroup.procs"]
+
+    def limits(self) -> str:
+        """What the provider's health says of limits."""
+        if not self.limit_bases:
+            return "no --cpu/--memory limits"
+        return " and ".join(f"--{controller}" for controller in LIMITED if controller in self.limit_bases) + " enforced"
 
     def enter(self, worker_id: str) -> None:
         """Moves the calling process into the worker's group (in a child before exec:
@@ -76,20 +180,30 @@ class WorkerCgroups:
             return []
 
     def kill(self, worker_id: str, timeout: float = 5.0) -> None:
-        """SIGKILLs every process in the group (none can escape it), waits until it is
-        empty, then removes it."""
+        """SIGKILLs every process in the group (none can escape it), then removes its
+        groups once they are empty: a group whose last processes are still exiting is
+        busy (EBUSY) for a moment after ``cgroup.procs`` stops listing them."""
         path = self.path(worker_id)
         if not path.exists():
             return
         with contextlib.suppress(OSError):
             (path / "cgroup.kill").write_text("1")
         deadline = time.monotonic() + timeout
-        while self.pids(worker_id) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with contextlib.suppress(OSError):
-            path.rmdir()
+        for group in (path, *(base / worker_id for base in self.v1_bases.values())):
+            while True:
+                try:
+                    group.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                        log.warning("cannot remove %s (%s); the reconciler tries again later", group, exc.strerror)
+                        break
+                    time.sleep(0.02)
 
     def forget_if_empty(self) -> None:
-        """Removes the installation's directory when no worker group is left in it."""
-        with contextlib.suppress(OSError):
-            self.base.rmdir()
+        """Removes the installation's directories when no worker group is left in them."""
+        for base in (self.base, *self.v1_bases.values()):
+            with contextlib.suppress(OSError):
+                base.rmdir()

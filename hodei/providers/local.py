@@ -28,7 +28,7 @@ from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError
 from hodei.providers.agent_template import AgentTemplate, alive
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
-from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
+from hodei.providers.cgroups import WorkerCgroups, cgroup1_roots, cgroup2_root, limits_wanted, unenforceable
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ class AgentProcess(Protocol):
     def wait(self, timeout: float) -> int: ...
 
 
-# Moves the shell into the worker's cgroup, then becomes the agent: nothing runs outside it.
-_ENTER_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
+# Moves the shell into the worker's cgroups (the files before `--`), then becomes the
+# agent: nothing runs outside them.
+_ENTER_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; exec "$@"'
 EMPTY_GROUP_GRACE = 10.0
 # How much of a worker's output file is read for its last lines.
 TAIL_BYTES = 64 * 1024
@@ -77,7 +78,7 @@ class LocalProvider(WorkerProvider):
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
         root = cgroup2_root()
-        self.cgroups = WorkerCgroups(root, installation) if root is not None else None
+        self.cgroups = WorkerCgroups(root, installation, cgroup1_roots()) if root is not None else None
         if self.cgroups is None:
             log.warning(
                 "no writable cgroup v2 hierarchy: a local job's processes that leave its process group may "
@@ -99,12 +100,14 @@ class LocalProvider(WorkerProvider):
             existing = self._children.get(launch.worker_id)
             if existing is not None:
                 return f"pid-{existing.pid}"
-            procs = None
+            procs: list[Path] = []
             if self.cgroups is not None:
                 if self.cgroups.pids(launch.worker_id):
                     # Started before a restart of this server: the group is its identity.
                     return f"cgroup-{launch.worker_id}"
-                procs = self.cgroups.create(launch.worker_id) / "cgroup.procs"
+                procs = self.cgroups.create(launch.worker_id, launch.cpu_cores, launch.memory_bytes)
+            elif wanted := limits_wanted(launch.cpu_cores, launch.memory_bytes):
+                raise unenforceable(wanted)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output, env = self.log_dir / f"{launch.worker_id}.log", self._environment(launch)
             if self.template is not None:
@@ -114,10 +117,10 @@ class LocalProvider(WorkerProvider):
             self._children[launch.worker_id] = child
             return f"pid-{child.pid}"
 
-    def _execute(self, env: dict[str, str], output: Path, procs: Path | None) -> AgentProcess:
+    def _execute(self, env: dict[str, str], output: Path, procs: list[Path]) -> AgentProcess:
         command = self.worker_command
-        if procs is not None:
-            command = ["/bin/sh", "-c", _ENTER_CGROUP, "hodei-enter", str(procs), *command]
+        if procs:
+            command = ["/bin/sh", "-c", _ENTER_CGROUPS, "hodei-enter", *map(str, procs), "--", *command]
         try:
             with output.open("ab") as file:
                 return subprocess.Popen(
@@ -184,7 +187,9 @@ class LocalProvider(WorkerProvider):
         return list(found.values())
 
     def health(self) -> Health:
-        isolation = "own cgroup each" if self.cgroups else "no cgroups"
+        isolation = (
+            f"own cgroup each, {self.cgroups.limits()}" if self.cgroups else "no cgroups, no --cpu/--memory limits"
+        )
         user = f", jobs run as {self.run_as}" if self.run_as else ""
         how = "forked from" if self.template is not None else "run as"
         return Health(True, f"workers {how} `{' '.join(self.worker_command)}` on this host ({isolation}{user})")

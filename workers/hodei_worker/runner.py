@@ -52,10 +52,26 @@ def become_subreaper() -> None:
 _OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
 
+def _oom_counters() -> list[str]:
+    """This process's own memory cgroup's counter first (a local worker's group, seen in
+    the host's hierarchy), then a container's (its hierarchy's root is its own group)."""
+    own = []
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as groups:
+        for line in groups:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if path == "/":
+                continue
+            if not controllers:
+                own.append(f"/sys/fs/cgroup{path}/memory.events")
+            elif "memory" in controllers.split(","):
+                own.append(f"/sys/fs/cgroup/memory{path}/memory.oom_control")
+    return [*own, *_OOM_COUNTERS]
+
+
 def oom_kills() -> int | None:
     """How many processes the kernel's OOM killer has killed in this memory cgroup (a
-    container's limit), or None where no counter can be read."""
-    for path in _OOM_COUNTERS:
+    container's or a local worker's limit), or None where no counter can be read."""
+    for path in _oom_counters():
         try:
             with open(path) as counters:
                 for line in counters:
@@ -233,7 +249,9 @@ class JobProcess:
         code = exit_code_of(returncode)
         if outcome is Outcome.EXITED:
             message = "exited with code 0" if code == 0 else f"exited with code {code}"
-            if returncode == -signal.SIGKILL and oom_before is not None and (oom_kills() or 0) > oom_before:
+            # SIGKILLed, or a shell saying its child was (128 + 9), while the group's OOM count rose.
+            killed = code == 128 + signal.SIGKILL
+            if killed and oom_before is not None and (oom_kills() or 0) > oom_before:
                 message += ": killed by the kernel's OOM killer, out of memory (OOMKilled)"
         return Finished(outcome, code, message, started_at, finished_at)
 

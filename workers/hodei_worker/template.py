@@ -9,13 +9,13 @@ a clean environment, as an agent would be, and never creates a gRPC channel: it 
 single-threaded, so a fork of it is as clean as a fresh process.
 
 Protocol (one JSON object a line): the provider writes ``{"worker", "env", "output",
-"cgroup"}`` on stdin; the template answers ``{"worker", "pid"}`` (or ``{"worker",
+"cgroups"}`` on stdin; the template answers ``{"worker", "pid"}`` (or ``{"worker",
 "error"}``) and later ``{"exited": pid, "code": code}`` for each of its children.
 At the end of its input (the server is gone) it exits and leaves its children running,
 as exec'd agents would be.
 
 The child, before it runs anything, takes its own session, sends its output to its
-worker's file, moves itself into its worker's cgroup, takes the environment it was
+worker's file, moves itself into its worker's cgroups, takes the environment it was
 given (and nothing of the template's) and names itself after its job (``ps`` shows it).
 """
 
@@ -61,8 +61,8 @@ def _become(request: dict[str, Any], wakeup: tuple[int, int]) -> None:
     os.dup2(output, 2)
     for fd in (output, devnull, *wakeup):
         os.close(fd)
-    if request.get("cgroup"):
-        with open(request["cgroup"], "w") as procs:
+    for cgroup in request.get("cgroups", ()):
+        with open(cgroup, "w") as procs:
             procs.write(str(os.getpid()))
     os.environ.clear()
     os.environ.update(request["env"])
