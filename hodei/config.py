@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import re
 import shlex
 import socket
@@ -258,6 +259,23 @@ def _auth_required(env: Mapping[str, str]) -> bool:
     return value == "required"
 
 
+def _run_as(env: Mapping[str, str]) -> str | None:
+    """``server`` (None), a user name, ``uid`` or ``uid:gid``; a name this host does not
+    know is refused here, not at each local job (whose agent would exit before it registers)."""
+    value = _get(env, "HODEI_LOCAL_RUN_AS").strip()
+    if value == "server":
+        return None
+    name, _, group = value.partition(":")
+    if not name or (group and not group.isdigit()):
+        raise InvalidInput(f"HODEI_LOCAL_RUN_AS must be a user name, uid, uid:gid or `server`, got `{value}`")
+    if not name.isdigit() and _flag(env, "HODEI_LOCAL_ENABLED"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise InvalidInput(f"HODEI_LOCAL_RUN_AS={value}: no such user on this host") from None
+    return value
+
+
 def _pem_file(env: Mapping[str, str], name: str) -> Path | None:
     value = _get(env, name)
     if not value:
@@ -310,7 +328,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         local_enabled=_flag(env, "HODEI_LOCAL_ENABLED"),
         sim_enabled=_flag(env, "HODEI_SIM_ENABLED"),
         local_worker_command=tuple(shlex.split(_get(env, "HODEI_LOCAL_WORKER_COMMAND"))),
-        local_run_as=None if _get(env, "HODEI_LOCAL_RUN_AS") == "server" else _get(env, "HODEI_LOCAL_RUN_AS"),
+        local_run_as=_run_as(env),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=int(_number(env, "HODEI_MAX_LOG_BYTES")),

@@ -32,6 +32,22 @@ def test_a_wrong_value_is_refused_by_name(name: str, value: str, refusal: str) -
     assert refused.value.message == refusal
 
 
+def test_local_jobs_run_as_a_user_this_host_knows() -> None:
+    """An unknown user failed every local job ("failed before registering"), not the start."""
+    local = {"HODEI_LOCAL_ENABLED": "1"}
+    for value, run_as in (("server", None), ("nobody", "nobody"), ("65534", "65534"), ("1000:1000", "1000:1000")):
+        assert config.load({**local, "HODEI_LOCAL_RUN_AS": value}).local_run_as == run_as
+    with pytest.raises(InvalidInput) as refused:
+        config.load({**local, "HODEI_LOCAL_RUN_AS": "nosuchuser"})
+    assert refused.value.message == "HODEI_LOCAL_RUN_AS=nosuchuser: no such user on this host"
+    with pytest.raises(InvalidInput) as refused:
+        config.load({"HODEI_LOCAL_RUN_AS": "1000:staff"})
+    assert refused.value.message == (
+        "HODEI_LOCAL_RUN_AS must be a user name, uid, uid:gid or `server`, got `1000:staff`"
+    )
+    assert config.load({"HODEI_LOCAL_RUN_AS": "nosuchuser"}).local_run_as == "nosuchuser"  # no local provider here
+
+
 def test_the_console_port_defaults_to_8080_and_zero_turns_it_off() -> None:
     assert config.load({}).http_port == 8080
     assert config.load({"HODEI_HTTP_PORT": "0"}).http_port == 0
