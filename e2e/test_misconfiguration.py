@@ -86,6 +86,15 @@ def test_an_address_workers_cannot_dial_is_refused_with_a_hint(
     assert message in result.stderr, result.stderr
 
 
+def test_a_log_directory_the_server_cannot_write_in_is_refused(fresh_database_url: str, tmp_path: Path) -> None:
+    """It failed every job instead ("step create_worker failed: [Errno 2] ... '/proc/x'")."""
+    result = refused(ServerProcess(fresh_database_url, tmp_path), HODEI_LOG_DIR="/proc/hodei-logs")
+    assert "HODEI_LOG_DIR=/proc/hodei-logs: cannot write there (No such file or directory)" in result.stderr
+    made = tmp_path / "new" / "logs"  # a missing one is made
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_LOG_DIR": str(made)}):
+        assert made.is_dir()
+
+
 def test_without_authentication_the_server_listens_on_loopback_only(fresh_database_url: str, tmp_path: Path) -> None:
     with ServerProcess(fresh_database_url, tmp_path, {"HODEI_GRPC_BIND": ""}) as server:
         assert listening(server.port) == {"127.0.0.1"}

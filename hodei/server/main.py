@@ -41,7 +41,7 @@ from hodei._proto import (
 from hodei.cli.access import add_token_commands
 from hodei.console.api import Api
 from hodei.errors import HodeiError
-from hodei.server.preflight import Misconfigured, check_peers, check_worker_address, listen_host
+from hodei.server.preflight import Misconfigured, check_log_dir, check_peers, check_worker_address, listen_host
 from hodei.store import history, replay
 from hodei.store.db import open_pool
 from hodei.store.migrations import migrate
@@ -260,6 +260,7 @@ def _serve(cfg: configuration.Config) -> int:
         providers = [provider_type.value for provider_type in runtime.registry.providers]
         check_peers(runtime.instances, providers)
         check_worker_address(cfg, providers, host, runtime.registry.kubernetes_api())
+        check_log_dir(cfg)
     except BaseException:
         runtime.stop()
         raise
@@ -361,6 +362,7 @@ def _relay(cfg: configuration.Config) -> int:
     try:
         providers = [provider_type.value for provider_type in runtime.registry.providers]
         check_peers(runtime.instances, providers)
+        check_log_dir(cfg)
     except BaseException:
         runtime.stop()
         raise

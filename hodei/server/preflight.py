@@ -5,6 +5,7 @@ with a message that says what to change.
 - Servers sharing a database enable the same providers: a saga step may run on any of
   them, so one that cannot run it would fail jobs at random.
 - The address workers are told to dial must be one they can reach.
+- The log directory (jobs' output, local workers' own) must be one it can write in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -81,6 +83,17 @@ def _resolve(host: str) -> list[str]:
             return [str(info[4][0]) for info in future.result(timeout=RESOLVE_TIMEOUT)]
         except (OSError, FutureTimeout):
             return []
+
+
+def check_log_dir(config: Config) -> None:
+    """Made if missing, and written in once: otherwise every job would fail at its first
+    line of output, or on the local provider before its worker starts."""
+    try:
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=config.log_dir):
+            pass
+    except OSError as exc:
+        raise Misconfigured(f"HODEI_LOG_DIR={config.log_dir}: cannot write there ({exc.strerror})") from None
 
 
 def check_worker_address(config: Config, providers: Sequence[str], listen: str, kubernetes_api: str | None) -> None:
