@@ -4,6 +4,7 @@ local provider and on Docker, with real workers and a real database."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -101,6 +102,26 @@ def test_cpu_and_memory_limits_hold_and_the_oom_killer_is_named(request: pytest.
         "exited with code 137: killed by the kernel's OOM killer, out of memory (OOMKilled)",
     )
     wait_settled(server.database_url, job_id)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_finished_job_says_what_it_used(request: pytest.FixtureRequest, provider: str) -> None:
+    """CPU seconds of its processes, and its worker's peak memory (its memory cgroup's:
+    the agent's few MB and the page cache count too)."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    job_id = run(
+        server, provider, SPIN.replace("import os, time", 'import os, time\ndata = b"x" * (96 << 20)'), "--wait"
+    )
+    spent = float(server.cli("job", "logs", job_id, check=True).stdout)
+    shown = json.loads(server.cli("-o", "json", "job", "get", job_id, check=True).stdout)
+    (finished,) = [phase for phase in shown["phases"] if phase["name"] == "finished"]
+    assert spent <= finished["cpu_seconds"] < spent + 1.0  # its own count, and its interpreter's start
+    assert 96 * 2**20 <= finished["peak_memory_bytes"] < 1024 * 2**20
+    assert re.search(
+        r"^Used: \d+\.\d\d s CPU, \d+\.\d MiB peak memory \(attempt 1\)$",
+        server.cli("job", "get", job_id, check=True).stdout,
+        re.M,
+    )
 
 
 def test_ended_local_workers_leave_no_cgroup_behind(local: ServerProcess) -> None:

@@ -43,9 +43,11 @@ def test_a_hybrid_host_limits_in_the_v1_hierarchies_and_the_worker_enters_them_t
     assert (memory / "hodei-i2/w2/memory.limit_in_bytes").read_text() == str(32 * MIB)
     assert (cpu / "hodei-i2/w2/cpu.cfs_quota_us").read_text() == "1000"  # the kernel's least quota
     assert (cpu / "hodei-i2/w2/cpu.cfs_period_us").read_text() == "100000"
-    # A job without limits is only tracked: its worker enters its v2 group alone.
-    assert groups.create("w3") == [unified / "hodei-i2/w3/cgroup.procs"]
-    assert not (memory / "hodei-i2/w3").exists()
+    # A job without limits is in a memory group all the same (its agent reads its OOM kills
+    # and peak there), with no limit; and in no cpu group.
+    assert groups.create("w3") == [unified / "hodei-i2/w3/cgroup.procs", memory / "hodei-i2/w3/cgroup.procs"]
+    assert not (memory / "hodei-i2/w3/memory.limit_in_bytes").exists()
+    assert not (cpu / "hodei-i2/w3").exists()
 
 
 @pytest.mark.parametrize(

@@ -404,6 +404,32 @@ def test_phases_count_a_workers_events_for_its_own_attempt() -> None:
     ]
 
 
+def test_phases_say_what_each_attempt_that_ran_used() -> None:
+    """From the worker's report (JobStatusChanged version 5); an older event, or a worker
+    that could not measure, says nothing."""
+    from hodei.domain.phases import latest_usage, phases_of
+
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    first = {"cpu_seconds": 1.25, "peak_memory_bytes": 3 * 2**20}
+    events = [
+        ("job", "JobStatusChanged", at, {"new_state": "PENDING", "usage": first}),
+        ("job", "JobStatusChanged", at, {"new_state": "PENDING"}),  # version 4
+        ("job", "JobStatusChanged", at, {"new_state": "FAILED", "usage": {"cpu_seconds": 0.5}}),
+    ]
+    phases = phases_of(events)
+    assert [(p.name, p.attempt, p.cpu_seconds, p.peak_memory_bytes) for p in phases] == [
+        ("requeued", 1, 1.25, 3 * 2**20),
+        ("requeued", 2, None, None),
+        ("finished", 3, 0.5, None),
+    ]
+    shown = [
+        {"attempt": p.attempt, "cpu_seconds": p.cpu_seconds, "peak_memory_bytes": p.peak_memory_bytes} for p in phases
+    ]
+    assert latest_usage(shown) == "0.50 s CPU (attempt 3)"
+    assert latest_usage(shown[:2]) == "1.25 s CPU, 3.0 MiB peak memory (attempt 1)"
+    assert latest_usage(shown[1:2]) == ""
+
+
 def test_phases_say_why_each_attempt_ended() -> None:
     from hodei.domain.phases import phases_of
 

@@ -116,7 +116,7 @@ def job_with_an_old_second_event(store: HodeiStore, url: str, event_type: str, p
 
 def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
     """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at, no
-    stop_by) still loads."""
+    stop_by, no usage) still loads, and reads as the current version."""
     from hodei.testing import query
 
     v1_payload = '{"old_state": "PENDING", "new_state": "CANCELLED", "reason": "old", "exit_code": null}'
@@ -127,7 +127,9 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
     assert loaded.retry_at is None
     assert loaded.stop_by is None and not loaded.stop_pending
     store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
-    new = Job.submit(JobSpec(name="v4", command="true", timeout_seconds=5), uuid4())
+    (old,) = store.recorder.select_events(job.id, gt=1)
+    assert store.mapper.to_domain_event(old).usage is None
+    new = Job.submit(JobSpec(name="v5", command="true", timeout_seconds=5), uuid4())
     new.cancel("now")
     store.write([new], Meta(actor="t"))
     (version,) = query(
@@ -135,7 +137,7 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
         "SELECT payload->>'class_version' FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
         (str(new.id),),
     )[0]
-    assert version == "4"
+    assert version == "5"
 
 
 def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiStore, fresh_database_url: str) -> None:

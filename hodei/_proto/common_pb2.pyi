@@ -310,6 +310,8 @@ class JobPhase(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     attempt: _builtins.int
     detail: _builtins.str
@@ -317,6 +319,11 @@ class JobPhase(_message.Message):
     change, e.g. "attempt 1 failed (exited with code 3); retry 1 of 2"; and how a cancelled
     job's processes ended (phase "stopped"), e.g. "exited with code 143"; empty otherwise.
     """
+    cpu_seconds: _builtins.float
+    """What an attempt that ran used (phases "finished" and "requeued", as its worker
+    reported): CPU seconds and peak memory (see worker.JobResult). Unset when unknown.
+    """
+    peak_memory_bytes: _builtins.int
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -326,11 +333,20 @@ class JobPhase(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
         detail: _builtins.str = ...,
+        cpu_seconds: _builtins.float | None = ...,
+        peak_memory_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "at", b"at", "cpu_seconds", b"cpu_seconds", "peak_memory_bytes", b"peak_memory_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "detail", b"detail", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "at", b"at", "attempt", b"attempt", "cpu_seconds", b"cpu_seconds", "detail", b"detail", "name", b"name", "peak_memory_bytes", b"peak_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
+    _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__peak_memory_bytes: _TypeAlias = _typing.Literal["peak_memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__peak_memory_bytes: _TypeAlias = _typing.Literal["_peak_memory_bytes", b"_peak_memory_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_seconds) -> _WhichOneofReturnType__cpu_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_memory_bytes) -> _WhichOneofReturnType__peak_memory_bytes | None: ...
 
 Global___JobPhase: _TypeAlias = JobPhase  # noqa: Y015

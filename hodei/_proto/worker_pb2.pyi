@@ -259,12 +259,19 @@ class JobResult(_message.Message):
     LAST_LOG_SEQ_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     outcome: Global___JobOutcome.ValueType
     exit_code: _builtins.int
     message: _builtins.str
     last_log_seq: _builtins.int
     """The number of the last log batch sent; all of them were acknowledged."""
+    cpu_seconds: _builtins.float
+    """What the job used: its processes' CPU seconds, and its worker's peak memory (its memory
+    cgroup's: the agent's few MB and the page cache included). Unset when unknown.
+    """
+    peak_memory_bytes: _builtins.int
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the command's process started and ended, by the worker's clock (unset if it never started)."""
@@ -281,12 +288,21 @@ class JobResult(_message.Message):
         last_log_seq: _builtins.int = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        cpu_seconds: _builtins.float | None = ...,
+        peak_memory_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "cpu_seconds", b"cpu_seconds", "finished_at", b"finished_at", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "last_log_seq", b"last_log_seq", "message", b"message", "outcome", b"outcome", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "cpu_seconds", b"cpu_seconds", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "last_log_seq", b"last_log_seq", "message", b"message", "outcome", b"outcome", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
+    _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__peak_memory_bytes: _TypeAlias = _typing.Literal["peak_memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__peak_memory_bytes: _TypeAlias = _typing.Literal["_peak_memory_bytes", b"_peak_memory_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_seconds) -> _WhichOneofReturnType__cpu_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_memory_bytes) -> _WhichOneofReturnType__peak_memory_bytes | None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
 

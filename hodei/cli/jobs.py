@@ -33,7 +33,7 @@ from hodei.cli.parsing import (
 )
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
-from hodei.domain.phases import processes_stopping
+from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
@@ -106,6 +106,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Started: {when(job, 'started_at', 'auto')}",
         f"Completed: {when(job, 'completed_at', 'auto')}",
         f"Error: {job.error_message or '-'}",
+        *([f"Used: {used}"] if (used := latest_usage(message_dict(phase) for phase in job.phases)) else []),
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),

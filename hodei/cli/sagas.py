@@ -18,6 +18,7 @@ from hodei.cli.jobs import LATEST, add_job_id, job_dict
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.parsing import count
 from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.domain.phases import usage_text
 
 
 def _took(seconds: float) -> str:
@@ -100,8 +101,10 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         term.line(line)
     root = Tree("Phases")
     for phase in found.job.phases:
-        detail = f": {phase.detail}" if phase.detail else ""
-        root.add(f"{when(phase, 'at')} {phase.name} (attempt {phase.attempt}){detail}")
+        shown = message_dict(phase)
+        used = usage_text(shown["cpu_seconds"], shown["peak_memory_bytes"])
+        detail = "; ".join(text for text in (phase.detail, used) if text)
+        root.add(f"{when(phase, 'at')} {phase.name} (attempt {phase.attempt}){': ' + detail if detail else ''}")
     workers = Tree("Workers")
     for worker in found.workers:
         heard = when(worker, "last_heartbeat_at")

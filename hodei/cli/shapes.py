@@ -50,7 +50,7 @@ def _field(field: FieldDescriptor) -> Schema:
         return {"type": "object", "additionalProperties": _value(kind.fields_by_name["value"])}
     if field.is_repeated:
         return {"type": "array", "items": _value(field)}
-    if kind is not None:  # a message may be absent: null
+    if kind is not None or field.has_presence:  # a message, or an `optional` number, may be absent: null
         return {"anyOf": [_value(field), {"type": "null"}]}
     return _value(field)
 

@@ -36,6 +36,9 @@ def message_dict(message: Message) -> dict[str, Any]:
 def _fill(message: Message, data: dict[str, Any]) -> None:
     for field in message.DESCRIPTOR.fields:
         kind = field.message_type
+        if kind is None and field.has_presence and not message.HasField(field.name):
+            data[field.name] = None  # an `optional` number not known
+            continue
         if field.type in _INT64_TYPES:  # proto3's JSON mapping writes them as strings
             value = data[field.name]
             data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)

@@ -28,7 +28,7 @@ from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.job import JobState
-from hodei.domain.phases import processes_stopping
+from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
@@ -260,6 +260,7 @@ class Console:
                 described.job.state, described.job.attempt, ((p.name, p.attempt) for p in described.job.phases)
             ),
             may_act=may_act_on(who, described.job.submitted_by),
+            used=latest_usage(description["job"]["phases"]),
             sagas=description["sagas"],
             workers=description["workers"],
             timeline=timeline(description["sagas"], datetime.now(UTC)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -154,12 +155,14 @@ class Job(HodeiAggregate):
         reason: str | None,
         ran: tuple[str, str] | None = None,
         now: datetime | None = None,
+        usage: Mapping[str, float] | None = None,
     ) -> None:
         """Records the worker's result; ``ran`` is when the command's process started and
-        ended, by the worker's clock. A result that overtakes its ack implies the ack. A
-        failed command with retries left sends the job back to the queue instead. A
-        cancelled job keeps no exit code; after its cancel, the result says its processes
-        stopped, and how."""
+        ended, by the worker's clock, ``usage`` what it used as its worker measured it
+        (``cpu_seconds``, ``peak_memory_bytes``; None or a part of it when unknown). A
+        result that overtakes its ack implies the ack. A failed command with retries left
+        sends the job back to the queue instead. A cancelled job keeps no exit code; after
+        its cancel, the result says its processes stopped, and how."""
         if outcome not in TERMINAL_STATES:
             raise InvalidTransition(f"{outcome} is not a result")
         if self.state is JobState.CANCELLED and self.worker_id == worker_id:
@@ -171,11 +174,12 @@ class Job(HodeiAggregate):
         elif self.worker_id != worker_id:
             raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
         check_transition("job", self.state, outcome, JOB_TRANSITIONS)
+        used = dict(usage) if usage else None
         if self._retries_after(outcome):
-            self._retry(outcome, exit_code, reason, ran, now)
+            self._retry(outcome, exit_code, reason, ran, now, used)
         else:
             kept = None if outcome is JobState.CANCELLED else exit_code
-            self._change_state(outcome, reason=reason, exit_code=kept, ran=ran)
+            self._change_state(outcome, reason=reason, exit_code=kept, ran=ran, usage=used)
 
     def _retries_after(self, outcome: JobState) -> bool:
         return outcome in (JobState.FAILED, JobState.TIMEOUT) and self.retries_used < self.spec.retries
@@ -187,6 +191,7 @@ class Job(HodeiAggregate):
         reason: str | None,
         ran: tuple[str, str] | None,
         now: datetime | None,
+        usage: dict[str, float] | None = None,
     ) -> None:
         retry_at = (now or datetime.now(UTC)) + timedelta(seconds=self.spec.retry_backoff_seconds)
         what = reason or (f"exit code {exit_code}" if exit_code is not None else outcome.value)
@@ -199,6 +204,7 @@ class Job(HodeiAggregate):
             ran_until=ran[1] if ran else None,
             retry_at=retry_at.isoformat(),
             stop_by=None,
+            usage=usage,
         )
 
     def fail(self, reason: str) -> None:
@@ -234,6 +240,7 @@ class Job(HodeiAggregate):
             ran_until=None,
             retry_at=None,
             stop_by=stop_by,
+            usage=None,
         )
 
     @property
@@ -296,7 +303,12 @@ class Job(HodeiAggregate):
         self.worker_id = worker_id
 
     def _change_state(
-        self, new_state: JobState, reason: str | None, exit_code: int | None, ran: tuple[str, str] | None = None
+        self,
+        new_state: JobState,
+        reason: str | None,
+        exit_code: int | None,
+        ran: tuple[str, str] | None = None,
+        usage: dict[str, float] | None = None,
     ) -> None:
         self._status_changed(
             old_state=self.state.value,
@@ -307,6 +319,7 @@ class Job(HodeiAggregate):
             ran_until=ran[1] if ran else None,
             retry_at=None,
             stop_by=None,
+            usage=usage,
         )
 
     @event("JobStatusChanged")
@@ -320,6 +333,7 @@ class Job(HodeiAggregate):
         ran_until: str | None,
         retry_at: str | None,
         stop_by: str | None,
+        usage: dict[str, float] | None,
     ) -> None:
         self.state = JobState(new_state)
         self.stop_by = datetime.fromisoformat(stop_by) if stop_by else None
@@ -370,10 +384,16 @@ def _status_changed_v3_to_v4(state: dict[str, Any]) -> None:
     state.setdefault("stop_by", None)
 
 
-Job.JobStatusChanged.class_version = 4  # type: ignore[attr-defined]
+# Version 4 had no usage (the CPU seconds and peak memory a finished attempt's worker measured).
+def _status_changed_v4_to_v5(state: dict[str, Any]) -> None:
+    state.setdefault("usage", None)
+
+
+Job.JobStatusChanged.class_version = 5  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v2_v3 = staticmethod(_status_changed_v2_to_v3)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v3_v4 = staticmethod(_status_changed_v3_to_v4)  # type: ignore[attr-defined]
+Job.JobStatusChanged.upcast_v4_v5 = staticmethod(_status_changed_v4_to_v5)  # type: ignore[attr-defined]
 
 
 # JobProviderSelected version 1 had no admitted (every job waited in its provider's queue

@@ -7,7 +7,7 @@ retried job shows where every attempt went and how long each took.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,9 @@ class Phase:
     # "attempt 1 failed (exited with code 3); retry 1 of 2"; how a cancelled job's
     # processes ended ("stopped"): "exited with code 143".
     detail: str = ""
+    # What an attempt that ran used ("finished", "requeued"), as its worker measured it.
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> list[Phase]:
@@ -64,11 +67,13 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
         if event_type == "JobStatusChanged":
             new_state = JobState(payload["new_state"])
             reason = str(payload.get("reason") or "")
+            used = payload.get("usage") or {}
+            usage = (used.get("cpu_seconds"), used.get("peak_memory_bytes"))
             if new_state is JobState.PENDING:
-                found.append(Phase("requeued", at, attempt, reason))
+                found.append(Phase("requeued", at, attempt, reason, *usage))
                 attempt += 1
             elif new_state.is_terminal:
-                found.append(Phase("finished", at, attempt, reason))
+                found.append(Phase("finished", at, attempt, reason, *usage))
         elif event_type == "JobStopped":
             code = payload.get("exit_code")
             found.append(Phase("stopped", at, attempt, "" if code is None else f"exited with code {code}"))
@@ -87,3 +92,21 @@ def processes_stopping(state: str, attempt: int, phases: Iterable[tuple[str, int
         return False
     this_attempt = {name for name, of in phases if of == attempt}
     return "started" in this_attempt and not this_attempt & {"stopped", "worker_released"}
+
+
+def usage_text(cpu_seconds: float | None, peak_memory_bytes: int | None) -> str:
+    """What an attempt used, for people: ``1.52 s CPU, 45.2 MiB peak memory``; '' when unknown."""
+    parts = [] if cpu_seconds is None else [f"{cpu_seconds:.2f} s CPU"]
+    if peak_memory_bytes is not None:
+        parts.append(f"{peak_memory_bytes / 2**20:.1f} MiB peak memory")
+    return ", ".join(parts)
+
+
+def latest_usage(phases: Iterable[Mapping[str, Any]]) -> str:
+    """What the newest attempt that reported it used, and which attempt that was
+    (``phases``: JobPhase dicts, as ``-o json`` prints them); '' when none did."""
+    text = ""
+    for phase in phases:
+        used = usage_text(phase.get("cpu_seconds"), phase.get("peak_memory_bytes"))
+        text = f"{used} (attempt {phase['attempt']})" if used else text
+    return text

@@ -107,7 +107,9 @@ class WorkerCgroups:
     def create(self, worker_id: str, cpu_cores: float = 0.0, memory_bytes: int = 0) -> list[Path]:
         """Makes the worker's groups with its limits; returns the ``cgroup.procs`` files
         its agent must enter (the v2 group's first). A limit no controller here can set
-        is refused before anything is made."""
+        is refused before anything is made. Where a memory controller is, the worker is
+        in a memory group with or without a limit: its agent reads its OOM kills and
+        peak there (and nobody else's)."""
         wanted = limits_wanted(cpu_cores, memory_bytes)
         missing = [controller for controller in wanted if controller not in self.limit_bases]
         if missing:
@@ -115,34 +117,38 @@ class WorkerCgroups:
         path = self.path(worker_id)
         path.mkdir(parents=True, exist_ok=True)
         procs = [path / "cgroup.procs"]
+        joined = [controller for controller in LIMITED if controller in wanted or controller == "memory"]
         try:
-            for controller in wanted:
-                procs.extend(self._limit(controller, worker_id, cpu_cores, memory_bytes))
+            for controller in joined:
+                if controller in self.limit_bases:
+                    procs.extend(self._join(controller, worker_id, cpu_cores, memory_bytes))
         except OSError as exc:
             self.kill(worker_id)
             raise ProviderError(f"cannot set the {controller} limit of worker {worker_id}: {exc}") from exc
         return procs
 
-    def _limit(self, controller: str, worker_id: str, cpu_cores: float, memory_bytes: int) -> list[Path]:
+    def _join(self, controller: str, worker_id: str, cpu_cores: float, memory_bytes: int) -> list[Path]:
+        """The worker's group of ``controller``, with its limit if the job has one (0:
+        none); the ``cgroup.procs`` to enter besides the v2 group's."""
         quota = max(1000, round(cpu_cores * CPU_PERIOD_US))
         v1_base = self.v1_bases.get(controller)
         if v1_base is None:  # cgroup v2: the controller enabled for the workers, the limit in the worker's group
             for parent in (self.root, self.base):
                 (parent / "cgroup.subtree_control").write_text(f"+{controller}")
-            group = self.path(worker_id)
-            if controller == "memory":
-                (group / "memory.max").write_text(str(memory_bytes))
-            else:
-                (group / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-            return []
-        group = v1_base / worker_id
-        group.mkdir(parents=True, exist_ok=True)
-        if controller == "memory":
-            (group / "memory.limit_in_bytes").write_text(str(memory_bytes))
+            group, entered = self.path(worker_id), []
+            limit_files = {"memory": {"memory.max": str(memory_bytes)}, "cpu": {"cpu.max": f"{quota} {CPU_PERIOD_US}"}}
         else:
-            (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (group / "cpu.cfs_quota_us").write_text(str(quota))
-        return [group / "cgroup.procs"]
+            group = v1_base / worker_id
+            group.mkdir(parents=True, exist_ok=True)
+            entered = [group / "cgroup.procs"]
+            limit_files = {
+                "memory": {"memory.limit_in_bytes": str(memory_bytes)},
+                "cpu": {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)},
+            }
+        if controller in limits_wanted(cpu_cores, memory_bytes):
+            for name, value in limit_files[controller].items():
+                (group / name).write_text(value)
+        return entered
 
     def limits(self) -> str:
         """What the provider's health says of limits."""

@@ -86,7 +86,14 @@ def worker_to_proto(worker: JobWorkerRow) -> jobs_pb2.JobWorker:
 
 
 def phase_to_proto(phase: Phase) -> common_pb2.JobPhase:
-    return common_pb2.JobPhase(name=phase.name, at=timestamp(phase.at), attempt=phase.attempt, detail=phase.detail)
+    return common_pb2.JobPhase(
+        name=phase.name,
+        at=timestamp(phase.at),
+        attempt=phase.attempt,
+        detail=phase.detail,
+        cpu_seconds=phase.cpu_seconds,
+        peak_memory_bytes=phase.peak_memory_bytes,
+    )
 
 
 def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.Job:

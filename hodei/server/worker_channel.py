@@ -409,8 +409,9 @@ class WorkerSession:
                 result.started_at.ToDatetime(tzinfo=UTC).isoformat(),
                 result.finished_at.ToDatetime(tzinfo=UTC).isoformat(),
             )
+        usage = {name: getattr(result, name) for name in ("cpu_seconds", "peak_memory_bytes") if result.HasField(name)}
         worker_id = str(self.worker_id)
-        self._update_job(lambda job: job.finish(worker_id, state, result.exit_code, reason, ran))
+        self._update_job(lambda job: job.finish(worker_id, state, result.exit_code, reason, ran, usage=usage or None))
         self.service.logs.forget(self.job_id)
 
     def _own(self, job_id: str) -> None:

@@ -398,6 +398,10 @@ class Agent:
         if finished.started_at is not None and finished.finished_at is not None:
             self.result.started_at.CopyFrom(_stamp(finished.started_at))
             self.result.finished_at.CopyFrom(_stamp(finished.finished_at))
+        if finished.cpu_seconds is not None:
+            self.result.cpu_seconds = finished.cpu_seconds
+        if finished.peak_memory_bytes is not None:
+            self.result.peak_memory_bytes = finished.peak_memory_bytes
         self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
 
     def _abandon_job(self) -> None:

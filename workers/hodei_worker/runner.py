@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import pwd
+import resource
 import signal
 import subprocess
 import threading
@@ -39,6 +40,12 @@ class Finished:
     # Wall-clock seconds since the epoch; None when the process never started.
     started_at: float | None = None
     finished_at: float | None = None
+    # What it used: the CPU seconds of its processes (every one the agent reaped, orphans
+    # too: it is their subreaper), and its worker's peak memory (its memory cgroup's, the
+    # agent's few MB included: a process's own peak is not to be had, as one exec'd from
+    # the agent starts with the agent's). None when unknown.
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 def become_subreaper() -> None:
@@ -48,39 +55,51 @@ def become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-# Where a container sees its own memory cgroup's OOM kill count (cgroup v2, then v1).
-_OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+@dataclass(frozen=True)
+class MemoryGroup:
+    """The worker's own memory cgroup, whose counters count its processes alone: a local
+    worker's group (named after the worker, in the host's hierarchy), or the container's
+    of an agent that is its PID 1 (its hierarchy's root is its own group). cgroup v2, or v1."""
 
+    path: str
+    v2: bool
 
-def _oom_counters() -> list[str]:
-    """This process's own memory cgroup's counter first (a local worker's group, seen in
-    the host's hierarchy), then a container's (its hierarchy's root is its own group)."""
-    own = []
-    with contextlib.suppress(OSError), open("/proc/self/cgroup") as groups:
-        for line in groups:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if path == "/":
-                continue
-            if not controllers:
-                own.append(f"/sys/fs/cgroup{path}/memory.events")
-            elif "memory" in controllers.split(","):
-                own.append(f"/sys/fs/cgroup/memory{path}/memory.oom_control")
-    return [*own, *_OOM_COUNTERS]
+    @classmethod
+    def of_worker(cls, worker_id: str) -> MemoryGroup | None:
+        found = []
+        with contextlib.suppress(OSError), open("/proc/self/cgroup") as groups:
+            for line in groups:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if not worker_id or not path.rstrip("/").endswith(f"/{worker_id}"):
+                    continue
+                if not controllers:
+                    found.append(cls(f"/sys/fs/cgroup{path}", v2=True))
+                elif "memory" in controllers.split(","):
+                    found.append(cls(f"/sys/fs/cgroup/memory{path}", v2=False))
+        if os.getpid() == 1:
+            found += [cls("/sys/fs/cgroup", v2=True), cls("/sys/fs/cgroup/memory", v2=False)]
+        return next((group for group in found if os.path.exists(group._counters)), None)
 
+    @property
+    def _counters(self) -> str:
+        return f"{self.path}/{'memory.events' if self.v2 else 'memory.oom_control'}"
 
-def oom_kills() -> int | None:
-    """How many processes the kernel's OOM killer has killed in this memory cgroup (a
-    container's or a local worker's limit), or None where no counter can be read."""
-    for path in _oom_counters():
-        try:
-            with open(path) as counters:
-                for line in counters:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return None
+    def oom_kills(self) -> int | None:
+        """How many processes the kernel's OOM killer has killed in the group."""
+        with contextlib.suppress(OSError, ValueError), open(self._counters) as counters:
+            for line in counters:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return None
+
+    def peak_bytes(self) -> int | None:
+        """The most memory the group held at once (its page cache included, as its limit
+        counts it); None where the kernel does not say (cgroup v2 before Linux 5.19)."""
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError), open(f"{self.path}/{name}") as peak:
+            return int(peak.read())
+        return None
 
 
 def argv_for(command: str, args: Sequence[str]) -> list[str]:
@@ -200,7 +219,8 @@ class JobProcess:
 
     def run(self) -> Finished:
         started_at = time.time()
-        oom_before = oom_kills()
+        memory = MemoryGroup.of_worker(self.env.get("HODEI_WORKER_ID", ""))
+        oom_before = memory.oom_kills() if memory else None
         problem = self._prepare_working_dir()
         if problem is not None:
             return Finished(Outcome.START_FAILED, 126, problem)
@@ -246,14 +266,17 @@ class JobProcess:
                 pipe.close()
         returncode = process.returncode if process.returncode is not None else -signal.SIGKILL
         reap_all()
+        # The agent's children are the job's processes alone (a forked agent starts at zero).
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = exit_code_of(returncode)
         if outcome is Outcome.EXITED:
             message = "exited with code 0" if code == 0 else f"exited with code {code}"
             # SIGKILLed, or a shell saying its child was (128 + 9), while the group's OOM count rose.
             killed = code == 128 + signal.SIGKILL
-            if killed and oom_before is not None and (oom_kills() or 0) > oom_before:
+            if killed and memory and oom_before is not None and (memory.oom_kills() or 0) > oom_before:
                 message += ": killed by the kernel's OOM killer, out of memory (OOMKilled)"
-        return Finished(outcome, code, message, started_at, finished_at)
+        peak = memory.peak_bytes() if memory else None
+        return Finished(outcome, code, message, started_at, finished_at, used.ru_utime + used.ru_stime, peak)
 
     def _prepare_working_dir(self) -> str | None:
         """Creates a missing working directory, owned by the job's user; None when usable.
