@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -94,6 +95,10 @@ def test_a_non_zero_exit_fails_the_job_with_its_code(server: ServerProcess, data
     ]
     shown = check_job_get(server, job_id, "FAILED", 5)
     assert "Exit code: 3" in shown
+    # What it used, on the console's job page too (e2e/test_isolation.py checks the figures).
+    used = re.search(r"^Used: (.+ MiB peak memory \(attempt 1\))$", shown, re.M)
+    assert used, shown
+    assert f'<td id="used">{used[1]}</td>' in requests.get(f"{server.http_url}/jobs/{job_id}", timeout=10).text
 
 
 def test_a_timeout_ends_the_job_and_its_whole_process_group(server: ServerProcess, database_url: str) -> None:
