@@ -90,7 +90,7 @@ def forked_floor(runs: int = FLOOR_RUNS) -> ForkedStarts:
                     "HODEI_WORKER_TOKEN": "not-a-token",
                 }
                 started = time.perf_counter()
-                code = template.fork(f"floor-{run}", settings, Path(tmp) / f"{run}.log", None).wait(timeout=30)
+                code = template.fork(f"floor-{run}", settings, Path(tmp) / f"{run}.log", []).wait(timeout=30)
                 if code != 3 or len(calls.arrivals) != run + 1:
                     raise RuntimeError(f"the forked agent exited {code}: {(Path(tmp) / f'{run}.log').read_text()}")
                 samples.append(calls.arrivals[-1] - started)
