@@ -88,6 +88,30 @@ def test_env_values_keep_their_commas_unless_a_new_variable_follows(server: Serv
     )
 
 
+def test_several_jobs_are_cancelled_in_one_command_and_one_refused_stops_none(server: ServerProcess) -> None:
+    """`scancel 1 2 3`, `docker stop a b`: each in turn; an ended or unknown one is said and
+    the rest are cancelled all the same, exit 2. With -o json, one job a line."""
+    sleepers = [server.cli("job", "run", "-p", "local", "-c", "sleep 120", check=True).stdout.strip() for _ in range(4)]
+    ended = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", check=True).stdout.strip()
+    unknown = "00000000-0000-0000-0000-000000000000"
+    first, second, third, fourth = sleepers
+    shown = server.cli("job", "cancel", first, ended, second[:8], unknown, "--grace", "1s")
+    assert (shown.returncode, shown.stdout) == (2, "")
+    assert shown.stderr.splitlines() == [
+        f"Job {first} CANCELLED (Status Code: 6)",
+        f"hodei-jobs-cli: error: job {ended} already ended SUCCEEDED (FAILED_PRECONDITION)",
+        f"Job {second} CANCELLED (Status Code: 6)",
+        f"hodei-jobs-cli: error: job {unknown} not found (NOT_FOUND)",
+    ]
+    both = server.cli("-o", "json", "job", "cancel", third, fourth, check=True)
+    assert [(job["id"], job["state"]) for job in map(json.loads, both.stdout.splitlines())] == [
+        (third, "CANCELLED"),
+        (fourth, "CANCELLED"),
+    ]
+    for job_id in sleepers:
+        wait_settled(server.database_url, job_id)
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

@@ -34,6 +34,17 @@ DEFAULT_SERVER = "localhost:50051"
 SERVER_VARIABLE = "HODEI_SERVER"
 _KEYS = {"server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
 
+# What the server refuses (exit 2, as for bad flags), as opposed to failing to answer (exit 1).
+REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+
 
 def config_path() -> Path:
     given = os.environ.get("HODEI_CONFIG")

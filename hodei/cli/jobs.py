@@ -17,7 +17,7 @@ from rich.live import Live
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
-from hodei.cli.client import Client
+from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
     count,
     grace,
@@ -485,15 +485,30 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    request = jobs_pb2.CancelJobRequest(job_id=args.job_id, reason=args.reason or "")
-    if args.grace is not None:
-        request.grace_seconds = args.grace
-    job = client.call(client.jobs.CancelJob, request).job
-    if term.json:
-        term.data(job_dict(job))
-    else:
-        term.success(f"Job {job.id} {status_text(job)}")
-    return 0
+    """Each job given, in turn (``scancel 1 2 3``); with several, one that is refused (ended,
+    unknown) is said and the others are cancelled all the same (exit 2 at the end), and
+    ``-o json`` prints one job a line."""
+    job_ids = [args.job_id, *args.more_ids]
+    refused = 0
+    for job_id in job_ids:
+        request = jobs_pb2.CancelJobRequest(job_id=job_id, reason=args.reason or "")
+        if args.grace is not None:
+            request.grace_seconds = args.grace
+        try:
+            job = client.call(client.jobs.CancelJob, request).job
+        except grpc.RpcError as exc:
+            if len(job_ids) == 1 or exc.code() not in REFUSED:
+                raise
+            term.error(f"{exc.details()} ({exc.code().name})")  # the server's words name the job
+            refused += 1
+            continue
+        if term.json and len(job_ids) > 1:
+            term.line_data(job_dict(job))
+        elif term.json:
+            term.data(job_dict(job))
+        else:
+            term.success(f"Job {job.id} {status_text(job)}")
+    return 2 if refused else 0
 
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -601,6 +616,7 @@ def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
     """What one job command takes beside the job's id."""
     if name == "cancel":
+        parser.add_argument("more_ids", nargs="*", metavar="ID", help="more jobs to cancel the same way")
         parser.add_argument("--reason", help="recorded with the cancellation")
         stop = parser.add_mutually_exclusive_group()
         stop.add_argument(

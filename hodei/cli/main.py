@@ -19,7 +19,7 @@ import shtab
 from grpc_health.v1 import health_pb2
 
 from hodei.cli import access, admin, jobs, sagas
-from hodei.cli.client import DEFAULT_SERVER, SERVER_VARIABLE, Client, Connection
+from hodei.cli.client import DEFAULT_SERVER, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
     EXIT_GAVE_UP,
@@ -33,17 +33,6 @@ from hodei.cli.jobs import (
 from hodei.cli.shapes import SHAPES
 from hodei.cli.terminal import Terminal
 from hodei.errors import HodeiError, StoreUnavailable
-
-# What the server refuses (exit 2, as for bad flags), as opposed to failing to answer (exit 1).
-REFUSED = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.OUT_OF_RANGE,
-}
 
 # How long the CLI gives an unreachable server before it says so.
 CONNECT_WITHIN = 2.0

@@ -115,6 +115,9 @@ class Terminal:
             table.add_row(*row)
         self.out.print(table)
 
-    def abort(self, message: str, code: int = 1) -> NoReturn:
+    def error(self, message: str) -> None:
         self.err.print(f"hodei-jobs-cli: error: {message}", style="bold red", markup=False)
+
+    def abort(self, message: str, code: int = 1) -> NoReturn:
+        self.error(message)
         sys.exit(code)
