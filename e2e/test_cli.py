@@ -112,6 +112,21 @@ def test_several_jobs_are_cancelled_in_one_command_and_one_refused_stops_none(se
         wait_settled(server.database_url, job_id)
 
 
+def test_logs_since_a_moment_begin_with_the_first_line_printed_then(server: ServerProcess) -> None:
+    """`kubectl logs --since`, `docker logs --since`: a time, or a duration back from now."""
+    job_id = server.cli("job", "run", "-p", "local", "-c", "echo early; sleep 1.5; echo late", "--wait", check=True)
+    job_id = job_id.stdout.strip()
+    late_at = server.cli("job", "logs", job_id, "-t", check=True).stdout.splitlines()[1].split()[0]
+    assert server.cli("job", "logs", job_id, "--since", late_at, check=True).stdout == "late\n"
+    assert server.cli("job", "logs", job_id, "--since", "1h", check=True).stdout == "early\nlate\n"
+    both = server.cli("job", "logs", job_id, "--since", "1h", "--tail", "1", check=True)  # the later of the two
+    assert both.stdout == "late\n"
+    future = server.cli("job", "logs", job_id, "--since", "2099-01-01T00:00:00Z")
+    assert future.returncode == 2 and "since 2099-01-01T00:00:00Z is in the future (INVALID_ARGUMENT)" in future.stderr
+    words = server.cli("job", "logs", job_id, "--since", "yesterday")
+    assert words.returncode == 2 and "argument --since: takes a duration such as 10m" in words.stderr
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

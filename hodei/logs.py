@@ -287,6 +287,16 @@ class LogStore:
                 tail = chunk[-1:]
             return path.stat().st_size, entries
 
+    def first_line_at(self, job_id: str, at_ms: int) -> int:
+        """The number of the first line the worker read at or after ``at_ms`` (epoch ms),
+        or the next line to come when none was; counted without decoding the lines before."""
+        number = 1
+        for entry, after in self._entries(job_id, Cursor(), since_ms=at_ms):
+            if entry is not None:
+                return entry.number
+            number = after.line
+        return number
+
     def read(
         self,
         job_id: str,
@@ -316,11 +326,13 @@ class LogStore:
             at = after
         return Page(entries, at)
 
-    def _entries(self, job_id: str, cursor: Cursor, start: int = 1) -> Iterator[tuple[LogEntry | None, Cursor]]:
-        """Entries from line ``start``, each with the cursor just past it; a record not
-        wholly written yet is not returned. Lines before ``start`` are only counted (a
-        tail of a long log passes most of it): if nothing follows them, a last ``None``
-        carries the cursor past them."""
+    def _entries(
+        self, job_id: str, cursor: Cursor, start: int = 1, since_ms: int | None = None
+    ) -> Iterator[tuple[LogEntry | None, Cursor]]:
+        """Entries from line ``start`` (and, with ``since_ms``, from the first line read
+        then or later), each with the cursor just past it; a record not wholly written yet
+        is not returned. Lines before are only counted (a tail of a long log passes most
+        of it): if nothing follows them, a last ``None`` carries the cursor past them."""
         path = self.path(job_id)
         if not path.exists():
             return
@@ -336,6 +348,7 @@ class LogStore:
                 clock = cursor.clock_ms if cursor.clock_ms is not None else base
                 attempt = cursor.attempt
             number, skipped, unfinished = cursor.line, False, 0
+            early = 0  # the number of a line read before since_ms: its later pieces go with it
             for raw in handle:
                 if not raw.endswith(b"\n"):
                     unfinished = len(raw)
@@ -350,7 +363,9 @@ class LogStore:
                     continue
                 partial = kind.isupper()
                 following = number if partial else number + 1
-                if number < start:
+                if since_ms is not None and (clock < since_ms or number == early):
+                    early = number
+                if number < start or number == early:
                     number, skipped = following, True
                     continue
                 skipped = False

@@ -187,3 +187,22 @@ def test_reading_past_the_lines_asked_for_keeps_times_and_attempts(tmp_path: Pat
     store.append(JOB, [LogLine(3_000, STDOUT, "c0")], (2, 2))
     later = store.read(JOB, cursor=Cursor.parse(past.next.token())).entries
     assert [(e.number, e.text, e.at_ms, e.attempt) for e in later] == [(11, "c0", 3_000, 2)]
+
+
+def test_the_first_line_read_at_or_after_a_time_begins_with_its_first_piece(tmp_path: Path) -> None:
+    """A long line whose first piece came before that time comes whole or not at all."""
+    store = LogStore(tmp_path)
+    store.append(JOB, [LogLine(1_000, STDOUT, "early"), LogLine(2_000, STDOUT, "long, ", partial=True)], (1, 1))
+    store.append(JOB, [LogLine(3_000, STDOUT, "end of long"), LogLine(3_000, STDERR, "late")], (1, 2))
+    store.append(JOB, [LogLine(5_000, STDOUT, "later")], (1, 3))
+    assert [store.first_line_at(JOB, at) for at in (0, 1_000, 1_001, 2_000, 2_001, 3_000, 5_000, 5_001)] == [
+        1,
+        1,
+        2,  # the long line: its first piece at 2,000 ms
+        2,
+        3,  # not its second piece (at 3,000 ms): the next whole line
+        3,
+        4,
+        5,  # none yet: the next line to come
+    ]
+    assert LogStore(tmp_path / "none").first_line_at(JOB, 0) == 1

@@ -30,6 +30,7 @@ class SubscribeLogsRequest(_message.Message):
     FROM_LINE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TAIL_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     follow: _builtins.bool
     from_line: _builtins.int
@@ -39,6 +40,12 @@ class SubscribeLogsRequest(_message.Message):
     """Start with the last `tail` lines written so far (when later than from_line); 0: no
     such limit. Not with attempt.
     """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Start with the first line the worker read at or after this time (when later than
+        from_line and tail); unset: no such limit. Not in the future.
+        """
+
     def __init__(
         self,
         *,
@@ -47,10 +54,11 @@ class SubscribeLogsRequest(_message.Message):
         from_line: _builtins.int = ...,
         attempt: _builtins.int = ...,
         tail: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,6 +139,7 @@ class GetLogsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TAIL_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     from_line: _builtins.int
     """The first entry wanted, counted from 1."""
@@ -146,6 +155,12 @@ class GetLogsRequest(_message.Message):
     """Begin with the last `tail` lines written so far (when later than from_line); 0: no
     such limit. Not with attempt.
     """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Begin with the first line the worker read at or after this time (when later than
+        from_line and tail); unset: no such limit. Not in the future.
+        """
+
     def __init__(
         self,
         *,
@@ -155,10 +170,11 @@ class GetLogsRequest(_message.Message):
         page_token: _builtins.str = ...,
         attempt: _builtins.int = ...,
         tail: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
     count,
     grace,
+    moment,
     parse_args,
     parse_env,
     parse_env_files,
@@ -28,6 +29,7 @@ from hodei.cli.parsing import (
     parse_memory,
     parse_secret_files,
     parse_secrets,
+    since,
     text_of,
     whole,
 )
@@ -252,12 +254,12 @@ def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
 
 
 def _log_entries(
-    client: Client, job_id: str, follow: bool, attempt: int = 0, tail: int = 0
+    client: Client, job_id: str, follow: bool, attempt: int = 0, tail: int = 0, since: datetime | None = None
 ) -> Iterator[logs_pb2.JobLogEntry]:
     """The job's log from its first line (``attempt``: that attempt's lines only; ``tail``:
-    its last lines so far); a reconnection asks for the first line not wholly received and
-    skips the pieces of it that were (a long line comes in pieces that share its number),
-    so no output is lost or repeated."""
+    its last lines so far; ``since``: from the first line read then); a reconnection asks
+    for the first line not wholly received and skips the pieces of it that were (a long
+    line comes in pieces that share its number), so no output is lost or repeated."""
     line, pieces = 1, 0
 
     def stream() -> Iterator[logs_pb2.JobLogEntry]:
@@ -266,6 +268,8 @@ def _log_entries(
         request = logs_pb2.SubscribeLogsRequest(
             job_id=job_id, follow=follow, from_line=line, attempt=attempt, tail=tail if line == 1 else 0
         )
+        if since is not None and line == 1:
+            request.since.FromDatetime(since)
         for batch in client.stream(client.logs.SubscribeLogs, request):
             for entry in batch.entries:
                 if skip:
@@ -513,7 +517,7 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     show = _LogPrinter(term, args.timestamps)
-    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail or 0):
+    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail or 0, args.since):
         if term.json:
             term.line_data(message_dict(entry))
         else:
@@ -557,19 +561,10 @@ def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
-def _moment(text: str) -> datetime:
-    """ISO 8601 (``2026-11-29T10:00:00Z``); a time without a zone is UTC."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(f"--at takes an ISO 8601 time such as 2026-11-29T10:00:00Z, got {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = jobs_pb2.GetJobHistoryRequest(job_id=args.job_id, version=args.version or 0)
     if args.at:
-        request.at.FromDatetime(_moment(args.at))
+        request.at.FromDatetime(moment(args.at, "--at"))
     entries = client.call(client.jobs.GetJobHistory, request).entries
     if term.json:
         term.data(
@@ -639,6 +634,12 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             "--attempt", type=count, metavar="N", help="only the output of the job's N-th attempt (a retried job)"
         )
         part.add_argument("--tail", type=count, metavar="N", help="begin with the last N lines printed so far")
+        parser.add_argument(
+            "--since",
+            type=since,
+            metavar="WHEN",
+            help="begin with the lines printed since then: 10m, 2h (ago) or an ISO 8601 time",
+        )
 
 
 def add_commands(commands: Any) -> Any:

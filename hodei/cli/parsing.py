@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hodei.errors import InvalidInput
@@ -148,6 +149,28 @@ def parse_duration(value: str | None) -> float | None:
     if seconds is None or seconds <= 0:
         raise InvalidInput(f"malformed duration `{value}`: use e.g. 3600, 90m, 12h, 30d or never")
     return seconds
+
+
+def moment(text: str, flag: str) -> datetime:
+    """ISO 8601 (``2026-11-29T10:00:00Z``); a time without a zone is UTC."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{flag} takes an ISO 8601 time such as 2026-11-29T10:00:00Z, got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def since(value: str) -> datetime:
+    """``--since``: a duration back from now (``10m``, ``2h``, seconds) or a time (``moment``)."""
+    seconds = _seconds(value)
+    if seconds is not None:
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        return moment(value, "--since")
+    except InvalidInput:
+        raise argparse.ArgumentTypeError(
+            f"takes a duration such as 10m or 2h, or an ISO 8601 time such as 2026-11-29T10:00:00Z, got {value!r}"
+        ) from None
 
 
 def grace(value: str) -> float:

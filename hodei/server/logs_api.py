@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -72,6 +73,8 @@ def _wanted(job: JobRow, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLo
         raise InvalidInput("ask for the tail of the whole log or for one attempt's output, not both")
     if not 0 <= request.attempt <= job.attempt:
         raise InvalidInput(f"job {job.id} has had {job.attempt} attempt(s); there is no attempt {request.attempt}")
+    if request.HasField("since") and request.since.ToDatetime(tzinfo=UTC) > datetime.now(UTC):
+        raise InvalidInput(f"since {request.since.ToJsonString()} is in the future")
     return str(job.id)
 
 
@@ -151,12 +154,15 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         )
 
     def _first_line(self, job_id: str, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLogsRequest) -> int:
-        """``from_line``, or where the last ``tail`` lines written so far begin, if later."""
-        from_line = max(request.from_line, 1)
-        if not request.tail:
-            return from_line
-        _, lines = self.logs.stats(job_id)
-        return max(from_line, lines - request.tail + 1)
+        """``from_line``, or where the last ``tail`` lines written so far begin, or the
+        first line read at or after ``since``: the latest of them."""
+        first = max(request.from_line, 1)
+        if request.tail:
+            _, lines = self.logs.stats(job_id)
+            first = max(first, lines - request.tail + 1)
+        if request.HasField("since"):
+            first = max(first, self.logs.first_line_at(job_id, request.since.ToMilliseconds()))
+        return first
 
     def _page(self, job_id: str, from_line: int, cursor: Cursor | None, attempt: int | None) -> _Page:
         """A page read and turned into one message, in an I/O thread."""
