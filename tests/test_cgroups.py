@@ -63,3 +63,14 @@ def test_a_limit_no_controller_here_can_set_is_refused_before_anything_is_made(
     assert not error.value.retryable
     assert not (tmp_path / "hodei-i3").exists()
     assert groups.limits() == "no --cpu/--memory limits"
+
+
+def test_a_memory_group_that_cannot_be_made_costs_a_job_without_a_limit_nothing(tmp_path: Path) -> None:
+    """Joining one without --memory is for the usage figures only; with --memory it is refused."""
+    unified, memory = tmp_path / "unified", tmp_path / "memory"
+    unified.mkdir()
+    memory.write_text("")  # not a directory: no group can be made in it
+    groups = WorkerCgroups(unified, "i4", {"memory": memory})
+    assert groups.create("w5") == [unified / "hodei-i4/w5/cgroup.procs"]
+    with pytest.raises(ProviderError, match="cannot set the memory limit of worker w6"):
+        groups.create("w6", memory_bytes=64 * MIB)

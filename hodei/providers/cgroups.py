@@ -117,14 +117,17 @@ class WorkerCgroups:
         path = self.path(worker_id)
         path.mkdir(parents=True, exist_ok=True)
         procs = [path / "cgroup.procs"]
-        joined = [controller for controller in LIMITED if controller in wanted or controller == "memory"]
-        try:
-            for controller in joined:
-                if controller in self.limit_bases:
-                    procs.extend(self._join(controller, worker_id, cpu_cores, memory_bytes))
-        except OSError as exc:
-            self.kill(worker_id)
-            raise ProviderError(f"cannot set the {controller} limit of worker {worker_id}: {exc}") from exc
+        for controller in LIMITED:
+            if controller not in self.limit_bases or not (controller in wanted or controller == "memory"):
+                continue
+            try:
+                procs.extend(self._join(controller, worker_id, cpu_cores, memory_bytes))
+            except OSError as exc:
+                if controller in wanted:
+                    self.kill(worker_id)
+                    raise ProviderError(f"cannot set the {controller} limit of worker {worker_id}: {exc}") from exc
+                # Accounting only: the job runs all the same, its usage unmeasured.
+                log.warning("worker %s has no %s group of its own: %s", worker_id, controller, exc)
         return procs
 
     def _join(self, controller: str, worker_id: str, cpu_cores: float, memory_bytes: int) -> list[Path]:
