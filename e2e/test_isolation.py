@@ -139,8 +139,13 @@ def test_ended_local_workers_leave_no_cgroup_behind(local: ServerProcess) -> Non
     (installation,) = query(local.database_url, "SELECT value FROM hodei.secrets WHERE name = 'installation_id'")[0]
     groups = WorkerCgroups(root, installation, cgroup1_roots())
     assert set(groups.limit_bases) == {"memory", "cpu"}  # each job's limits were set
-    left = [group for base in {groups.base, *groups.v1_bases.values()} for group in base.glob("*-*-*-*-*")]
-    assert left == []
+    workers = [
+        row[0]
+        for row in query(local.database_url, "SELECT id::text FROM workers WHERE job_id::text = ANY(%s)", (jobs,))
+    ]
+    assert len(workers) == len(jobs)
+    bases = {groups.base, *groups.v1_bases.values()}
+    assert [base / worker for base in bases for worker in workers if (base / worker).exists()] == []
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
