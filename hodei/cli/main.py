@@ -45,6 +45,7 @@ EPILOG = f"""examples:
   hodei-jobs-cli --server build-box job logs 3f2a9c1e   # any unique 8-character id prefix
   hodei-jobs-cli job logs @latest --tail 50 --follow    # the newest job's last lines, then live
   hodei-jobs-cli job logs $JOB_ID --attempt 2           # one attempt of a retried job
+  hodei-jobs-cli job logs $JOB_ID --since 10m           # what it printed in the last ten minutes
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
