@@ -205,8 +205,12 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
     assert server.cli("job", "logs", default).stdout.splitlines() == ["started", "stopping"]
     assert after_the_cancel(default)[0] == ("JobStopped", 137)
     described = server.cli("job", "describe", graceful, check=True).stdout
-    assert described.index(" stopped (attempt 1): exited with code 3") < described.index(" worker_released (attempt 1)")
+    assert described.index(" stopped (attempt 1): exited with code 3; ") < described.index(
+        " worker_released (attempt 1)"
+    )
     assert "Stopping:" not in described
+    # What the stopped processes used, as a finished attempt's (JobStopped carries it).
+    assert re.search(r"^Used: \d+\.\d\d s CPU, \d+\.\d MiB peak memory \(attempt 1\)$", described, re.M)
 
 
 def test_a_worker_lost_during_a_cancels_grace_is_not_waited_for(server: ServerProcess, database_url: str) -> None:

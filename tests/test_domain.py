@@ -422,6 +422,15 @@ def test_phases_say_what_each_attempt_that_ran_used() -> None:
         ("requeued", 2, None, None),
         ("finished", 3, 0.5, None),
     ]
+    # A cancelled job's processes report theirs when they stopped (JobStopped version 2).
+    cancelled = [
+        ("job", "JobStatusChanged", at, {"new_state": "CANCELLED"}),
+        ("job", "JobStopped", at, {"exit_code": 143, "usage": {"cpu_seconds": 2.0, "peak_memory_bytes": 2**20}}),
+    ]
+    assert [(p.name, p.detail, p.cpu_seconds) for p in phases_of(cancelled)] == [
+        ("finished", "", None),
+        ("stopped", "exited with code 143", 2.0),
+    ]
     shown = [
         {"attempt": p.attempt, "cpu_seconds": p.cpu_seconds, "peak_memory_bytes": p.peak_memory_bytes} for p in phases
     ]

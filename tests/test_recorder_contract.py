@@ -129,6 +129,11 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
     store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
     (old,) = store.recorder.select_events(job.id, gt=1)
     assert store.mapper.to_domain_event(old).usage is None
+    stopped = job_with_an_old_second_event(
+        store, fresh_database_url, "JobStopped", '{"worker_id": "w", "exit_code": 143}'
+    )
+    (old,) = store.recorder.select_events(stopped.id, gt=1)
+    assert store.mapper.to_domain_event(old).usage is None  # JobStopped version 1
     new = Job.submit(JobSpec(name="v5", command="true", timeout_seconds=5), uuid4())
     new.cancel("now")
     store.write([new], Meta(actor="t"))

@@ -320,7 +320,7 @@ class JobPhase(_message.Message):
     job's processes ended (phase "stopped"), e.g. "exited with code 143"; empty otherwise.
     """
     cpu_seconds: _builtins.float
-    """What an attempt that ran used (phases "finished" and "requeued", as its worker
+    """What an attempt that ran used (phases "finished", "requeued" and "stopped", as its worker
     reported): CPU seconds and peak memory (see worker.JobResult). Unset when unknown.
     """
     peak_memory_bytes: _builtins.int

@@ -165,16 +165,16 @@ class Job(HodeiAggregate):
         its cancel, the result says its processes stopped, and how."""
         if outcome not in TERMINAL_STATES:
             raise InvalidTransition(f"{outcome} is not a result")
+        used = dict(usage) if usage else None
         if self.state is JobState.CANCELLED and self.worker_id == worker_id:
             if not self.stopped:
-                self._stopped(worker_id=worker_id, exit_code=exit_code)
+                self._stopped(worker_id=worker_id, exit_code=exit_code, usage=used)
             return
         if self.state is JobState.ASSIGNED:
             self.accept(worker_id)
         elif self.worker_id != worker_id:
             raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
         check_transition("job", self.state, outcome, JOB_TRANSITIONS)
-        used = dict(usage) if usage else None
         if self._retries_after(outcome):
             self._retry(outcome, exit_code, reason, ran, now, used)
         else:
@@ -349,9 +349,10 @@ class Job(HodeiAggregate):
                 self.error_message = reason
 
     @event("JobStopped")
-    def _stopped(self, worker_id: str, exit_code: int | None) -> None:
+    def _stopped(self, worker_id: str, exit_code: int | None, usage: dict[str, float] | None) -> None:
         """The cancelled job's worker reported its processes ended (``exit_code``: how,
-        e.g. 143 after SIGTERM, 137 killed at the end of the grace)."""
+        e.g. 143 after SIGTERM, 137 killed at the end of the grace; ``usage``: what they
+        used, as for a finished attempt)."""
         self.stopped = True
 
     @event("JobLogsPersisted")
@@ -394,6 +395,15 @@ Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # ty
 Job.JobStatusChanged.upcast_v2_v3 = staticmethod(_status_changed_v2_to_v3)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v3_v4 = staticmethod(_status_changed_v3_to_v4)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v4_v5 = staticmethod(_status_changed_v4_to_v5)  # type: ignore[attr-defined]
+
+
+# JobStopped version 1 had no usage.
+def _stopped_v1_to_v2(state: dict[str, Any]) -> None:
+    state.setdefault("usage", None)
+
+
+Job.JobStopped.class_version = 2  # type: ignore[attr-defined]
+Job.JobStopped.upcast_v1_v2 = staticmethod(_stopped_v1_to_v2)  # type: ignore[attr-defined]
 
 
 # JobProviderSelected version 1 had no admitted (every job waited in its provider's queue

@@ -49,7 +49,7 @@ class Phase:
     # "attempt 1 failed (exited with code 3); retry 1 of 2"; how a cancelled job's
     # processes ended ("stopped"): "exited with code 143".
     detail: str = ""
-    # What an attempt that ran used ("finished", "requeued"), as its worker measured it.
+    # What an attempt that ran used ("finished", "requeued", "stopped"), as its worker measured it.
     cpu_seconds: float | None = None
     peak_memory_bytes: int | None = None
 
@@ -67,8 +67,7 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
         if event_type == "JobStatusChanged":
             new_state = JobState(payload["new_state"])
             reason = str(payload.get("reason") or "")
-            used = payload.get("usage") or {}
-            usage = (used.get("cpu_seconds"), used.get("peak_memory_bytes"))
+            usage = _usage(payload)
             if new_state is JobState.PENDING:
                 found.append(Phase("requeued", at, attempt, reason, *usage))
                 attempt += 1
@@ -76,12 +75,20 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
                 found.append(Phase("finished", at, attempt, reason, *usage))
         elif event_type == "JobStopped":
             code = payload.get("exit_code")
-            found.append(Phase("stopped", at, attempt, "" if code is None else f"exited with code {code}"))
+            how = "" if code is None else f"exited with code {code}"
+            found.append(Phase("stopped", at, attempt, how, *_usage(payload)))
         elif name is not None:
             found.append(Phase(name, at, worker_attempts.get(aggregate_id, attempt)))
             if event_type == "JobProviderSelected" and payload.get("admitted"):
                 found.append(Phase("admitted", at, attempt))  # a slot taken at once
     return found
+
+
+def _usage(payload: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(CPU seconds, peak memory bytes) of a result's event; (None, None) from a worker
+    that could not measure or an event older than the field."""
+    used = payload.get("usage") or {}
+    return used.get("cpu_seconds"), used.get("peak_memory_bytes")
 
 
 def processes_stopping(state: str, attempt: int, phases: Iterable[tuple[str, int]]) -> bool:
