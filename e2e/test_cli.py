@@ -127,6 +127,20 @@ def test_logs_since_a_moment_begin_with_the_first_line_printed_then(server: Serv
     assert words.returncode == 2 and "argument --since: takes a duration such as 10m" in words.stderr
 
 
+def test_job_list_since_a_moment_lists_the_jobs_submitted_then_or_later(server: ServerProcess) -> None:
+    older = server.cli("job", "run", "-p", "local", "-c", "true", check=True).stdout.strip()
+    newer = server.cli("job", "run", "-p", "local", "-c", "true", check=True).stdout.strip()
+    created = json.loads(server.cli("-o", "json", "job", "get", newer, check=True).stdout)["created_at"]
+    listed = json.loads(
+        server.cli("-o", "json", "job", "list", "--since", created, "--limit", "1000", check=True).stdout
+    )
+    assert [job["id"] for job in listed["jobs"]] == [newer] and listed["total_count"] == 1
+    recent = json.loads(server.cli("-o", "json", "job", "list", "--since", "1h", "--limit", "1000", check=True).stdout)
+    assert {older, newer} <= {job["id"] for job in recent["jobs"]}
+    for job_id in (older, newer):
+        wait_settled(server.database_url, job_id)
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

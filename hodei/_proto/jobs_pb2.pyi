@@ -158,6 +158,7 @@ class ListJobsRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    CREATED_SINCE_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """0 means the default (20); at most 1000."""
     offset: _builtins.int
@@ -171,6 +172,10 @@ class ListJobsRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only jobs carrying every one of these labels."""
 
+    @_builtins.property
+    def created_since(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs submitted at or after this time; unset: any."""
+
     def __init__(
         self,
         *,
@@ -180,10 +185,11 @@ class ListJobsRequest(_message.Message):
         provider: _builtins.str = ...,
         name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "limit", b"limit", "name", b"name", "offset", b"offset", "provider", b"provider", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since", "labels", b"labels", "limit", b"limit", "name", b"name", "offset", b"offset", "provider", b"provider", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -456,17 +456,17 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         if args.state
         else common_pb2.JOB_STATUS_UNSPECIFIED
     )
-    response = client.call(
-        client.jobs.ListJobs,
-        jobs_pb2.ListJobsRequest(
-            limit=args.limit,
-            offset=args.offset,
-            status=status,
-            provider=args.provider or "",
-            name=args.name or "",
-            labels=parse_labels(args.label or []),
-        ),
+    request = jobs_pb2.ListJobsRequest(
+        limit=args.limit,
+        offset=args.offset,
+        status=status,
+        provider=args.provider or "",
+        name=args.name or "",
+        labels=parse_labels(args.label or []),
     )
+    if args.since:
+        request.created_since.FromDatetime(args.since)
+    response = client.call(client.jobs.ListJobs, request)
     if term.json:
         term.data({"jobs": [job_dict(job) for job in response.jobs], "total_count": response.total_count})
         return 0
@@ -725,5 +725,8 @@ def add_commands(commands: Any) -> Any:
     list_parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
     list_parser.add_argument("--name", help="only jobs whose name contains this text")
     list_parser.add_argument("--label", "-l", action="append", help="only jobs with this KEY=VALUE label; repeatable")
+    list_parser.add_argument(
+        "--since", type=since, metavar="WHEN", help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time"
+    )
     list_parser.set_defaults(handler=list_jobs)
     return job

@@ -130,6 +130,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             provider=provider.value if provider else None,
             name=request.name.strip() or None,
             labels=dict(request.labels),
+            created_since=request.created_since.ToDatetime(tzinfo=UTC) if request.HasField("created_since") else None,
         )
         rows, total = self.reads.jobs(state, limit, request.offset, filters)
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(row) for row in rows], total_count=total)

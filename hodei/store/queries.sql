@@ -553,6 +553,7 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
   AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
   AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
+  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
 ORDER BY j.created_at DESC, j.id
 LIMIT %(limit)s OFFSET %(offset)s;
 
@@ -561,7 +562,8 @@ SELECT count(*) FROM jobs j
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
   AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
-  AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb);
+  AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
+  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz);
 
 -- name: jobs_by_state
 SELECT state, count(*) FROM jobs GROUP BY state;

@@ -80,6 +80,7 @@ class JobFilters:
     provider: str | None = None
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    created_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class ReadModels:
             "provider": wanted.provider,
             "name": wanted.name,
             "labels": Jsonb(dict(wanted.labels)) if wanted.labels else None,
+            "since": wanted.created_since,
         }
         rows = [JobRow(**row) for row in self._all("list_jobs", params)]
         total = self._all("count_jobs", params)[0]["count"]
