@@ -159,15 +159,6 @@ class WorkerCgroups:
             return "no --cpu/--memory limits"
         return " and ".join(f"--{controller}" for controller in LIMITED if controller in self.limit_bases) + " enforced"
 
-    def enter(self, worker_id: str) -> None:
-        """Moves the calling process into the worker's group (in a child before exec:
-        plain system calls only)."""
-        fd = os.open(self.path(worker_id) / "cgroup.procs", os.O_WRONLY)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-
     def pids(self, worker_id: str) -> list[int]:
         try:
             text = (self.path(worker_id) / "cgroup.procs").read_text()
