@@ -111,12 +111,12 @@ def _leave_no_workers_behind() -> Iterator[None]:
 
 
 def remove_test_workers(installations: set[str]) -> None:
-    from hodei.providers.cgroups import WorkerCgroups, cgroup2_root
+    from hodei.providers.cgroups import WorkerCgroups, cgroup1_roots, cgroup2_root
 
     root = cgroup2_root()
     for installation in installations:
         if root is not None:
-            groups = WorkerCgroups(root, installation)
+            groups = WorkerCgroups(root, installation, cgroup1_roots())  # its cgroup v1 groups too
             for worker_id in groups.workers():
                 groups.kill(worker_id)
             groups.forget_if_empty()
