@@ -141,6 +141,32 @@ def test_job_list_since_a_moment_lists_the_jobs_submitted_then_or_later(server: 
         wait_settled(server.database_url, job_id)
 
 
+def test_a_secret_env_file_gives_secrets_masked_and_never_in_the_spec(server: ServerProcess, tmp_path: Path) -> None:
+    """A .env of credentials: each line a --secret (sealed, masked), not a spec variable."""
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("# the service's keys\nAPI_KEY=k3y-from-the-file\nTOKEN=t0ken-from-the-file\n")
+    ran = server.cli(
+        "job",
+        "run",
+        "-p",
+        "local",
+        "--secret-env-file",
+        str(secrets),
+        "--secret",
+        "TOKEN=t0ken-from-the-flag",
+        "-c",
+        'echo "$API_KEY $TOKEN"; [ "$TOKEN" = t0ken-from-the-flag ] && echo the flag wins',
+        "--follow",
+        check=True,
+    )
+    assert ran.stdout == "*** ***\nthe flag wins\n"
+    job_id = ran.stderr.split("Job ID: ")[1].split()[0]
+    shown = server.cli("job", "get", job_id, check=True).stdout
+    assert "Secrets: API_KEY, TOKEN" in shown and "from-the-file" not in shown
+    events = server.cli("-o", "json", "job", "events", job_id, check=True).stdout
+    assert "from-the-file" not in events
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

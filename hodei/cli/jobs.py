@@ -134,7 +134,11 @@ def queue_request(args: argparse.Namespace) -> None:
     in the server's own words (``JobSpec.validate``) even when no server runs, and before a
     number too large for the wire breaks the request."""
     command, arguments = _command(args)
-    secrets = {**parse_secrets(args.secret or []), **parse_secret_files(args.secret_file or [])}
+    secrets = {
+        **parse_env_files(args.secret_env_file or [], "--secret-env-file"),
+        **parse_secrets(args.secret or []),
+        **parse_secret_files(args.secret_file or []),
+    }
     spec = JobSpec(
         name=args.name or (Path(args.script).stem if args.script else ""),
         command=command,
@@ -673,6 +677,12 @@ def add_commands(commands: Any) -> Any:
         action="append",
         metavar="NAME=PATH",
         help="a secret variable read from a file (one trailing newline dropped); repeatable",
+    )
+    run_parser.add_argument(
+        "--secret-env-file",
+        action="append",
+        metavar="PATH",
+        help="secret variables, KEY=VALUE lines as --env-file reads them; --secret wins; repeatable",
     )
     run_parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
     run_parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")

@@ -59,19 +59,20 @@ def parse_secret_files(values: list[str]) -> dict[str, str]:
     return secrets
 
 
-def parse_env_files(paths: list[str]) -> dict[str, str]:
-    """``--env-file PATH``: one ``KEY=VALUE`` a line, as ``docker run --env-file`` reads it:
-    blank lines and lines starting with ``#`` skipped, the value taken as written (no
-    quotes removed, commas kept); a later file's KEY wins."""
+def parse_env_files(paths: list[str], flag: str = "--env-file") -> dict[str, str]:
+    """``--env-file PATH`` (or ``--secret-env-file``): one ``KEY=VALUE`` a line, as
+    ``docker run --env-file`` reads it: blank lines and lines starting with ``#`` skipped,
+    the value taken as written (no quotes removed, commas kept); a later file's KEY wins.
+    An error names the line, never its value."""
     env: dict[str, str] = {}
     for path in paths:
-        for number, line in enumerate(text_of(path, "--env-file").splitlines(), 1):
+        for number, line in enumerate(text_of(path, flag).splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             key, sep, value = line.partition("=")
             if not sep or not _KEY.match(key.strip()):
                 raise InvalidInput(
-                    f"--env-file {path}, line {number}: expected KEY=VALUE with KEY made of letters, digits and _"
+                    f"{flag} {path}, line {number}: expected KEY=VALUE with KEY made of letters, digits and _"
                 )
             env[key.strip()] = value
     return env
