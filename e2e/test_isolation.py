@@ -124,6 +124,17 @@ def test_a_finished_job_says_what_it_used(request: pytest.FixtureRequest, provid
     )
 
 
+def test_a_local_memory_limit_below_the_agents_own_says_so(local: ServerProcess) -> None:
+    """The agent counts in its worker's group (as in a container): 1 MiB kills it before it
+    registers, and the job's error says it was the memory, not a silent -9."""
+    result = local.cli("job", "run", "-p", "local", "-c", "true", "--memory", "1Mi", "--timeout", "60", "--wait")
+    assert result.returncode == 125, result.stderr
+    job_id = result.stdout.strip()
+    ((error,),) = query(local.database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))
+    assert "worker process exited with code -9 (killed: out of memory, under the job's --memory)" in error, error
+    wait_settled(local.database_url, job_id)
+
+
 def test_ended_local_workers_leave_no_cgroup_behind(local: ServerProcess) -> None:
     """A group whose last processes are still exiting refuses rmdir (EBUSY) for a moment
     after its cgroup.procs is empty: about one ended worker in three left its group to the

@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from hodei_worker.runner import MemoryGroup
+
 from hodei.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,15 @@ class WorkerCgroups:
             for name, value in limit_files[controller].items():
                 (group / name).write_text(value)
         return entered
+
+    def oom_kills(self, worker_id: str) -> int:
+        """How many of the worker's processes the kernel's OOM killer has killed (0 where
+        it has no memory group), read as its agent reads it."""
+        base = self.limit_bases.get("memory")
+        if base is None:
+            return 0
+        group = self.path(worker_id) if base == self.base else base / worker_id
+        return MemoryGroup(str(group), v2="memory" not in self.v1_bases).oom_kills() or 0
 
     def limits(self) -> str:
         """What the provider's health says of limits."""

@@ -183,6 +183,8 @@ class LocalProvider(WorkerProvider):
         for worker_id, child in children.items():
             code = child.poll()
             failure = None if code is None else f"worker process exited with code {code}"
+            if code == -signal.SIGKILL and self.cgroups and self.cgroups.oom_kills(worker_id):
+                failure = f"{failure} (killed: out of memory, under the job's --memory)"
             found[worker_id] = Observation(worker_id, None, f"pid-{child.pid}", running=code is None, failure=failure)
         return list(found.values())
 
