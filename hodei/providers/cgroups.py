@@ -119,9 +119,8 @@ class WorkerCgroups:
         path = self.path(worker_id)
         path.mkdir(parents=True, exist_ok=True)
         procs = [path / "cgroup.procs"]
-        for controller in LIMITED:
-            if controller not in self.limit_bases or not (controller in wanted or controller == "memory"):
-                continue
+        joined = [controller for controller in LIMITED if controller in {*wanted, "memory"} & self.limit_bases.keys()]
+        for controller in joined:
             try:
                 procs.extend(self._join(controller, worker_id, cpu_cores, memory_bytes))
             except OSError as exc:
@@ -137,22 +136,25 @@ class WorkerCgroups:
         none); the ``cgroup.procs`` to enter besides the v2 group's."""
         quota = max(1000, round(cpu_cores * CPU_PERIOD_US))
         v1_base = self.v1_bases.get(controller)
+        v2 = v1_base is None
         if v1_base is None:  # cgroup v2: the controller enabled for the workers, the limit in the worker's group
             for parent in (self.root, self.base):
                 (parent / "cgroup.subtree_control").write_text(f"+{controller}")
             group, entered = self.path(worker_id), []
-            limit_files = {"memory": {"memory.max": str(memory_bytes)}, "cpu": {"cpu.max": f"{quota} {CPU_PERIOD_US}"}}
         else:
             group = v1_base / worker_id
             group.mkdir(parents=True, exist_ok=True)
             entered = [group / "cgroup.procs"]
-            limit_files = {
-                "memory": {"memory.limit_in_bytes": str(memory_bytes)},
-                "cpu": {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)},
-            }
-        if controller in limits_wanted(cpu_cores, memory_bytes):
-            for name, value in limit_files[controller].items():
-                (group / name).write_text(value)
+        if controller not in limits_wanted(cpu_cores, memory_bytes):
+            return entered
+        if controller == "memory":
+            limit = {"memory.max" if v2 else "memory.limit_in_bytes": str(memory_bytes)}
+        elif v2:
+            limit = {"cpu.max": f"{quota} {CPU_PERIOD_US}"}
+        else:
+            limit = {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)}
+        for name, value in limit.items():
+            (group / name).write_text(value)
         return entered
 
     def oom_kills(self, worker_id: str) -> int:
