@@ -188,7 +188,7 @@ def test_a_long_logs_page_shows_its_last_lines(fresh_database_url: str, tmp_path
     env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
     with ServerProcess(fresh_database_url, tmp_path, env, http=True) as server:
         long = run(server, "--env", "HODEI_SIM_LINES=10050")
-        short = run(server, "--env", "HODEI_SIM_LINES=3")
+        short = run(server, "--env", "HODEI_SIM_LINES=3", "--after", f"{long}:any")
         for job_id in (long, short):
             wait_settled(fresh_database_url, job_id)
         page = browser(server).get(f"{server.http_url}/jobs/{long}").text
@@ -198,6 +198,8 @@ def test_a_long_logs_page_shows_its_last_lines(fresh_database_url: str, tmp_path
         page = browser(server).get(f"{server.http_url}/jobs/{short}").text
         assert re.findall(r'<span class="stdout">sim line (\d+)</span>', page) == ["1", "2", "3"]
         assert 'id="log-cut"' not in page
+        # It ran after the long one (--after): its page links to it.
+        assert f'<td id="after"><a href="/jobs/{long}">{long[:8]}</a> once it has ended </td>' in page
 
 
 def test_under_tls_the_console_answers_https_only(fresh_database_url: str, tmp_path: Path) -> None:

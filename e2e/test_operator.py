@@ -368,6 +368,68 @@ def test_retry_flags_run_a_failing_command_again_each_attempt_a_new_saga(
     assert "retries must be between 0 and 100" in refused.stderr
 
 
+def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_never_can(
+    server: ServerProcess, shared_dir: Path
+) -> None:
+    """Slurm's --dependency afterok/afternotok/afterany: `job run --after ID[:ok|:notok|:any]`.
+    One provider slot: the jobs waiting for `first` stay out of the line (the queue says
+    why, and what they wait for); once it failed the notok one runs, the any one after it
+    (named by @latest), and the ok one is cancelled by the platform, saying why."""
+    url = server.database_url
+    order = shared_dir / "order"
+    first = run(server, "--command", f"sleep 3; echo first >> {order}; exit 3")
+    on_failure = run(server, "--after", f"{first}:notok", "--command", f"echo notok >> {order}")
+    on_any = run(server, "--after", "@latest:any", "--command", f"echo any >> {order}")
+    on_success = run(server, "--after", first[:8], "--command", f"echo never >> {order}")
+
+    def waiting() -> str | None:
+        shown = server.cli("job", "get", on_success, check=True).stdout
+        return shown if "that job is RUNNING" in shown else None
+
+    shown = eventually(waiting, what="the waiting job says what it waits for")
+    assert f"After: {first} once it has succeeded" in shown
+    assert f"it starts once job {first} has succeeded (--after); that job is RUNNING" in shown
+    queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+    assert {job["job_id"]: job["position"] for job in queued} == {on_failure: 0, on_any: 0, on_success: 0}
+    assert next(job for job in queued if job["job_id"] == on_any)["reason"] == (
+        f"it starts once job {on_failure} has ended (--after); that job is PENDING"
+    )
+
+    for job_id in (first, on_failure, on_any, on_success):
+        wait_settled(url, job_id, 60)
+    assert order.read_text().split() == ["first", "notok", "any"]
+    states = dict(
+        query(
+            url,
+            "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[])",
+            ([first, on_failure, on_any, on_success],),
+        )
+    )
+    assert states == {first: "FAILED", on_failure: "SUCCEEDED", on_any: "SUCCEEDED", on_success: "CANCELLED"}
+    assert query(url, "SELECT error_message, cancelled_by FROM jobs WHERE id = %s", (on_success,)) == [
+        (f"job {first} ended FAILED, and this job was to start once it has succeeded (--after)", "system")
+    ]
+    assert server.cli("job", "get", on_success, "-o", "json", check=True).stdout.count(f'"{first}": "ok"') == 1
+
+    # Refused, and nothing written: an ended job that can no longer be as asked, an
+    # unknown one, a condition that is not one.
+    jobs = query(url, "SELECT count(*) FROM jobs")
+    for flags, said in [
+        (
+            ("--after", first),
+            f"after: job {first} already ended FAILED, and this job was to start once it has succeeded",
+        ),
+        (("--after", f"{on_failure}:notok"), "already ended SUCCEEDED"),
+        (("--after", "00000000-0000-4000-8000-000000000000"), "not found"),
+        (("--after", f"{first}:maybe"), "the condition must be ok"),
+        (("--after", f"{on_failure}:any", "--after", f"{on_failure[:10]}:any"), "is named twice"),
+    ]:
+        refused = server.cli("job", "run", "--provider", "local", "--command", "true", *flags)
+        assert (refused.returncode, refused.stdout) == (2, ""), refused.stderr
+        assert said in refused.stderr
+    assert query(url, "SELECT count(*) FROM jobs") == jobs
+
+
 def test_job_retry_submits_a_finished_job_again_linked_to_it(server: ServerProcess) -> None:
     url = server.database_url
     # Exit 9 only when the secret is there: the retry must carry it too.

@@ -10,6 +10,10 @@ it runs when a job joins a queue, when a worker is terminated (a slot frees) and
 every sweep. Slots in use are counted from the read models, never kept in memory. Where
 a provider's starts compete for this machine (local agents), at most so many of its
 workers start at once: a worker that registers frees a start, and the queue moves then.
+
+A job submitted with ``--after`` keeps out of its line until each job it names has ended
+as asked (``hodei.after_met`` in the queue's query); one that ended otherwise makes it a
+job that never starts, cancelled by the sweeper's round (``cancel_never_started``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from hodei.domain.job import Job
 from hodei.domain.provider import ProviderType
+from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.errors import ConcurrencyConflict, InvalidTransition
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -64,6 +69,24 @@ class QueuedJob:
     created_at: datetime
     position: int
     retry_at: datetime | None
+    # While it waits for a job it starts after (position 0): that job's id, state and the
+    # condition asked of it.
+    waiting_for: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class NeverStarted:
+    job_id: str
+    after_id: str
+    condition: str
+    after_state: str
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"job {self.after_id} ended {self.after_state}, and this job was to start once it "
+            f"{AFTER_CONDITIONS[self.condition]} (--after)"
+        )
 
 
 @dataclass
@@ -188,6 +211,8 @@ class Admission:
         no room (``FULL_FOR``): the job waits in the queue as any, and rounds admit it."""
         if job.retry_at is not None and job.retry_at > now:
             return False  # its backoff first
+        if job.spec.after:
+            return False  # a round admits it once the jobs it starts after have ended
         turn = self._turns[provider]
         with turn.lock:
             if turn.running or turn.full_lately():
@@ -212,3 +237,23 @@ class Admission:
 
     def queue(self, limit: int) -> list[QueuedJob]:
         return fetch_all(self.pool, "queued_jobs", {"limit": limit}, QueuedJob)
+
+    def cancel_never_started(self, limit: int = 100) -> int:
+        """Cancels queued jobs one of whose ``--after`` jobs ended otherwise than asked
+        (as Slurm's ``kill_invalid_depend``): they would wait for ever. How many."""
+        cancelled = 0
+        for found in fetch_all(self.pool, "never_started_dependents", {"limit": limit}, NeverStarted):
+
+            def cancel(found: NeverStarted = found) -> tuple[bool, list[Job]]:
+                job = self.store.load(Job, found.job_id)
+                if job.is_terminal or job.admitted:
+                    return False, []
+                job.cancel(found.reason)
+                return True, [job]
+
+            try:
+                cancelled += self.store.command(Meta(actor=SYSTEM, correlation_id=found.job_id), cancel)
+            except (ConcurrencyConflict, InvalidTransition):
+                continue  # it moved on since it was read: the next round looks again
+            log.info("cancelled job %s: %s", found.job_id, found.reason)
+        return cancelled

@@ -8,7 +8,8 @@
 - resources of this installation whose worker ended, or never existed, are removed
   (the reconciler), at start-up and then every few seconds;
 - provider health is probed and changes are recorded;
-- queued jobs are admitted where their provider has room;
+- queued jobs are admitted where their provider has room, those submitted with --after
+  once the jobs they start after ended as asked (cancelled when one ended otherwise);
 - the secrets of jobs that ended longer ago than the retention are shredded, published
   outbox rows and job logs past theirs deleted (hodei.retention).
 """
@@ -220,7 +221,10 @@ class Sweeper:
         self.instances.take_over_the_dead()
 
     def admit(self) -> None:
-        """A catch-all: slots are also given out as events free them."""
+        """A catch-all: slots are also given out as events free them. Jobs waiting for
+        jobs they start after (--after) are let into their line here once those ended, or
+        cancelled when one ended otherwise than asked."""
+        self.admission.cancel_never_started()
         self.admission.admit_all(list(self.providers.providers))
 
     def shred_old_secrets(self) -> None:

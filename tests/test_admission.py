@@ -4,13 +4,16 @@ under the provider's advisory lock."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
 
 import pytest
 
 from hodei import admission as admission_module
 from hodei.admission import Admission, Capacity
-from hodei.domain.job import Job
+from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
+from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.store.app import HodeiStore, Meta
 from hodei.testing import query
 from tests.test_store import current_transaction, new_job
@@ -133,3 +136,79 @@ def test_a_job_takes_a_free_slot_as_its_provider_is_chosen_unless_somebody_waits
     backing_off = new_job()
     backing_off.retry_at = datetime.now(UTC) + timedelta(hours=1)
     assert admission.admits_at_once(backing_off, ProviderType.DOCKER, datetime.now(UTC)) is False
+
+
+@pytest.mark.parametrize("condition", sorted(AFTER_CONDITIONS))
+def test_the_queues_rule_for_after_is_the_domains(fresh_database_url: str, condition: str) -> None:
+    """The queue's query asks ``hodei.after_met`` (sql/013); the API asks the domain's."""
+    for state in JobState:
+        found = query(fresh_database_url, "SELECT hodei.after_met(%s, %s)", (condition, state.value))
+        assert found == [(after_met(condition, state),)], state
+
+
+def _queued(store: HodeiStore, **spec: Any) -> Job:
+    job = new_job(**spec)
+    job.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+    store.write([job], Meta(actor="t", correlation_id=str(job.id)))
+    return job
+
+
+def _ended(store: HodeiStore, job: Job, outcome: JobState) -> None:
+    job, worker = store.load(Job, job.id), str(uuid4())
+    job.assign(worker, str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+    job.accept(worker)
+    job.finish(worker, outcome, 0 if outcome is JobState.SUCCEEDED else 1, None)
+    store.write([job], Meta(actor="t", correlation_id=str(job.id)))
+
+
+def test_a_job_started_after_another_joins_its_line_once_that_one_succeeded(store: HodeiStore) -> None:
+    """Until then it keeps out of the line (passed by later jobs, never admitted at once)
+    and the queue says what it waits for."""
+    admission = Admission(store, {ProviderType.DOCKER: 5})
+    first = _queued(store)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    second = new_job(after={str(first.id): "ok"}, priority=10)
+    store.write([second], Meta(actor="t", correlation_id=str(second.id)))
+    assert admission.admits_at_once(store.load(Job, second.id), ProviderType.DOCKER, datetime.now(UTC)) is False
+    second = store.load(Job, second.id)
+    second.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+    store.write([second], Meta(actor="t", correlation_id=str(second.id)))
+    later = _queued(store)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, later.id).admitted and not store.load(Job, second.id).admitted
+    [waiting] = admission.queue(10)
+    assert (waiting.job_id, waiting.position) == (str(second.id), 0)
+    assert waiting.waiting_for == {"job_id": str(first.id), "state": "PENDING", "condition": "ok"}
+    assert admission.cancel_never_started() == 0
+
+    _ended(store, first, JobState.SUCCEEDED)
+    assert admission.queue(10)[0].waiting_for is None and admission.queue(10)[0].position == 1
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, second.id).admitted
+
+
+def test_a_job_whose_after_job_ended_otherwise_is_cancelled_saying_so(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """It would wait for ever (Slurm's kill_invalid_depend); one waiting for that ending
+    (notok) or any ending goes on."""
+    first = _queued(store)
+    on_success = _queued(store, after={str(first.id): "ok"})
+    on_failure = _queued(store, after={str(first.id): "notok"})
+    on_any = _queued(store, after={str(first.id): "any"})
+    admission = Admission(store, {ProviderType.DOCKER: 5})
+    assert admission.admit(ProviderType.DOCKER) == 1  # the first only
+    _ended(store, first, JobState.FAILED)
+
+    assert admission.cancel_never_started() == 1
+    assert admission.cancel_never_started() == 0
+    cancelled = store.load(Job, on_success.id)
+    assert cancelled.state is JobState.CANCELLED
+    assert cancelled.error_message == (
+        f"job {first.id} ended FAILED, and this job was to start once it has succeeded (--after)"
+    )
+    assert query(fresh_database_url, "SELECT cancelled_by FROM jobs WHERE id = %s", (str(on_success.id),)) == [
+        ("system",)
+    ]
+    assert admission.admit(ProviderType.DOCKER) == 2
+    assert store.load(Job, on_failure.id).admitted and store.load(Job, on_any.id).admitted

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from hodei.domain.job import JOB_TRANSITIONS, Job, JobState
+from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
 from hodei.domain.spec import JobSpec, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
@@ -233,6 +233,13 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
         ),
         (JobSpec(name="x", command="true", timeout_seconds=5, working_dir="rel"), "absolute path"),
         (JobSpec(name="x", command="true", timeout_seconds=5, max_attempts=0), "max attempts"),
+        (JobSpec(name="x", command="true", timeout_seconds=5, after={"3f2a9c1e": "maybe"}), "must be one of ok"),
+        (JobSpec(name="x", command="true", timeout_seconds=5, after={" ": "ok"}), "is not a job id"),
+        (JobSpec(name="x", command="true", timeout_seconds=5, after={"a\nb": "ok"}), "is not a job id"),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, after={str(uuid4()): "ok" for _ in range(65)}),
+            "65 jobs to start after; the limit is 64",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) -> None:
@@ -471,3 +478,29 @@ def test_a_cancelled_jobs_processes_are_stopping_until_they_stopped_or_their_wor
     assert not processes_stopping("CANCELLED", 1, [*ran, ("worker_released", 1)])
     assert not processes_stopping("CANCELLED", 2, ran)  # cancelled before its second attempt ran
     assert not processes_stopping("SUCCEEDED", 1, ran)
+
+
+@pytest.mark.parametrize(
+    ("condition", "state", "met"),
+    [
+        ("ok", JobState.SUCCEEDED, True),
+        ("ok", JobState.FAILED, False),
+        ("ok", JobState.TIMEOUT, False),
+        ("ok", JobState.CANCELLED, False),
+        ("notok", JobState.SUCCEEDED, False),
+        ("notok", JobState.FAILED, True),
+        ("notok", JobState.TIMEOUT, True),
+        ("notok", JobState.CANCELLED, True),
+        ("any", JobState.SUCCEEDED, True),
+        ("any", JobState.CANCELLED, True),
+        ("ok", JobState.RUNNING, None),
+        ("notok", JobState.PENDING, None),
+        ("any", JobState.ASSIGNED, None),
+    ],
+)
+def test_a_job_started_after_another_waits_for_it_to_end_as_asked(
+    condition: str, state: JobState, met: bool | None
+) -> None:
+    """Slurm's afterok, afternotok and afterany: None while the other job has not ended,
+    False once it ended otherwise (the job would never start)."""
+    assert after_met(condition, state) is met

@@ -99,7 +99,9 @@ class QueuedJob(_message.Message):
     provider: _builtins.str
     priority: _builtins.int
     position: _builtins.int
-    """1 = next to leave its provider's queue."""
+    """1 = next to leave its provider's queue; 0 = not in line yet: it waits for a job it
+    starts after (--after), which the reason names.
+    """
     waiting_seconds: _builtins.float
     reason: _builtins.str
     """Why it waits, e.g. "provider docker is full: 4 of 4 workers"."""

@@ -115,7 +115,7 @@ def queue(client: Client, term: Terminal, args: argparse.Namespace) -> int:
             ["POSITION", "JOB", "NAME", "PROVIDER", "PRIORITY", "WAITING", "WHY"],
             [
                 [
-                    str(q.position),
+                    str(q.position) if q.position else "-",
                     q.job_id,
                     q.name,
                     q.provider or "-",

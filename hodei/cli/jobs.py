@@ -22,6 +22,7 @@ from hodei.cli.parsing import (
     count,
     grace,
     moment,
+    parse_after,
     parse_args,
     parse_env,
     parse_env_files,
@@ -36,7 +37,7 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
-from hodei.domain.spec import JobSpec, Resources
+from hodei.domain.spec import AFTER_CONDITIONS, JobSpec, Resources
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
 from hodei.wire import MAX_QUEUE_LISTED, spec_to_proto
@@ -104,6 +105,11 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
         f"Submitted by: {job.submitted_by or '-'}",
         f"Secrets: {', '.join(job.spec.secret_names) or '-'}",
+        *(
+            [f"After: {', '.join(f'{ref} once it {AFTER_CONDITIONS[c]}' for ref, c in sorted(job.spec.after.items()))}"]
+            if job.spec.after
+            else []
+        ),
         f"Created: {when(job, 'created_at', 'auto')}",
         f"Started: {when(job, 'started_at', 'auto')}",
         f"Completed: {when(job, 'completed_at', 'auto')}",
@@ -155,12 +161,16 @@ def queue_request(args: argparse.Namespace) -> None:
         queue_timeout_seconds=args.queue_timeout or 0.0,
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
+        after=parse_after(args.after or []),
     )
     spec.validate(secrets)
     args.request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    after = args.request.spec.after
+    if LATEST in after:  # the newest job now, before this one is submitted
+        after[latest_job(client)] = after.pop(LATEST)
     job_id = client.call(client.jobs.QueueJob, args.request).job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
@@ -429,6 +439,8 @@ def _place_in_queue(client: Client, job_id: str) -> str | None:
     status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=MAX_QUEUE_LISTED))
     for queued in status.queued:
         if queued.job_id == job_id:
+            if not queued.position:  # not in line yet (--after)
+                return f"Waiting: {queued.waiting_seconds:.0f}s so far: {queued.reason}"
             line = f"provider {queued.provider}'s queue" if queued.provider else "the queue"
             return f"Waiting: place {queued.position} in {line}, {queued.waiting_seconds:.0f}s so far: {queued.reason}"
     return None
@@ -708,6 +720,16 @@ def add_commands(commands: Any) -> Any:
     )
     run_parser.add_argument(
         "--retry-backoff", type=float, default=0.0, metavar="S", help="seconds between a failed attempt and its retry"
+    )
+    run_parser.add_argument(
+        "--after",
+        action="append",
+        metavar="ID[:ok|:notok|:any]",
+        help=(
+            f"start only once this job (an id, a prefix of one, or {LATEST}) succeeded (ok, the default), failed, "
+            "timed out or was cancelled (notok), or ended at all (any); repeatable. A job that can no longer "
+            "start is cancelled"
+        ),
     )
     run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
     run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")

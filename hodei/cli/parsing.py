@@ -8,6 +8,7 @@ import shlex
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.errors import InvalidInput
 
 _ITEM_START = re.compile(r"(?<!\\),(?=[A-Za-z_][A-Za-z0-9_]*=)")
@@ -106,6 +107,26 @@ def parse_labels(values: list[str]) -> dict[str, str]:
             raise InvalidInput(f"malformed --label `{item}`: expected KEY=VALUE")
         labels[key.strip()] = val
     return labels
+
+
+def parse_after(values: list[str]) -> dict[str, str]:
+    """``--after ID[:ok|:notok|:any]`` (Slurm's afterok, afternotok, afterany; ok when
+    none is given): job id, prefix or ``@latest`` -> condition."""
+    after: dict[str, str] = {}
+    for item in values:
+        job_ref, sep, condition = item.strip().partition(":")
+        condition = condition.strip().lower() if sep else "ok"
+        if not job_ref.strip():
+            raise InvalidInput(f"malformed --after `{item}`: expected ID, ID:ok, ID:notok or ID:any")
+        if condition not in AFTER_CONDITIONS:
+            raise InvalidInput(
+                f"malformed --after `{item}`: the condition must be ok (once it succeeded), notok (once it "
+                "failed, timed out or was cancelled) or any (once it ended)"
+            )
+        if job_ref in after:
+            raise InvalidInput(f"--after names job {job_ref} twice")
+        after[job_ref.strip()] = condition
+    return after
 
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)

@@ -29,6 +29,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
+from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
@@ -70,6 +71,7 @@ class Console:
         )
         self.templates.filters["when"] = _when
         self.templates.filters["short"] = lambda value: (value or "")[:8]
+        self.templates.globals["after_words"] = AFTER_CONDITIONS
 
     # Plumbing ---------------------------------------------------------------------
 

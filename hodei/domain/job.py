@@ -38,6 +38,18 @@ _STATUS_CODES = {state: code for code, state in enumerate(JobState, start=1)}
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
 
+
+def after_met(condition: str, state: JobState) -> bool | None:
+    """Whether the condition a job submitted with ``--after`` set on another job holds:
+    True, False (it never will: that job ended otherwise) or None (that job has not
+    ended). The SQL function ``hodei.after_met`` (sql/013) is the queue's copy of it."""
+    if not state.is_terminal:
+        return None
+    if condition == "any":
+        return True
+    return (state is JobState.SUCCEEDED) == (condition == "ok")
+
+
 # Every allowed move. Going back to PENDING is a requeue after a lost worker.
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.ASSIGNED, JobState.FAILED, JobState.CANCELLED}),

@@ -52,6 +52,8 @@ class Limits:
     max_attempts: int = 10
     max_priority: int = 1000
     max_retries: int = 100
+    dependencies: int = 64
+    job_ref_chars: int = 36
 
 
 LIMITS = Limits()
@@ -65,6 +67,12 @@ PROVIDER_ALIASES = {
     "local": "local",
     "sim": "sim",
 }
+
+
+# What a job given with --after must have done before the job may start (Slurm's words:
+# afterok, afternotok, afterany): "once it <condition's words>". Failed: FAILED, TIMEOUT
+# or CANCELLED.
+AFTER_CONDITIONS = {"ok": "has succeeded", "notok": "has failed", "any": "has ended"}
 
 
 def normalise_provider(value: str) -> str:
@@ -116,6 +124,9 @@ class JobSpec:
     queue_timeout_seconds: float = 0.0
     retries: int = 0
     retry_backoff_seconds: float = 0.0
+    # Jobs this one starts after: job id -> a condition of AFTER_CONDITIONS. Submitted as
+    # ids or prefixes; the server keeps whole ids.
+    after: Mapping[str, str] = field(default_factory=dict)
 
     def problems(self, secrets: Mapping[str, str] | None = None) -> list[str]:
         """Every bound this spec (and the secret values submitted with it) breaks."""
@@ -172,6 +183,7 @@ class JobSpec:
         backoff = self.retry_backoff_seconds
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
+        found.extend(_after_problems(self.after))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -260,6 +272,23 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
         if len(value) > limits.label_value_chars or _CONTROL.search(value):
             found.append(
                 f"label {_shown(key)} must be at most {limits.label_value_chars} characters without control characters"
+            )
+    return found
+
+
+def _after_problems(after: Mapping[str, str]) -> list[str]:
+    limits = LIMITS
+    found = []
+    if len(after) > limits.dependencies:
+        found.append(f"{len(after)} jobs to start after; the limit is {limits.dependencies}")
+        return found
+    for job_ref, condition in after.items():
+        if not job_ref.strip() or len(job_ref) > limits.job_ref_chars or _CONTROL.search(job_ref):
+            found.append(f"after: `{_shown(job_ref)}` is not a job id")
+        if condition not in AFTER_CONDITIONS:
+            found.append(
+                f"after: the condition of job {_shown(job_ref)} must be one of {', '.join(AFTER_CONDITIONS)}, "
+                f"got `{_shown(condition)}`"
             )
     return found
 

@@ -18,6 +18,7 @@ from hodei._proto import (
 )
 from hodei.admission import Admission, Capacity
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
+from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.domain.worker import WorkerState
 from hodei.errors import InvalidInput, NotFound
 from hodei.providers.registry import ProviderRegistry, provider_type_of
@@ -61,6 +62,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                     reason=(
                         f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
                         if queued.retry_at and queued.retry_at > now
+                        else _after_reason(queued.waiting_for)
+                        if queued.waiting_for
                         else self._reason(queued.provider, capacities)
                     ),
                 )
@@ -106,6 +109,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                 for row in rows
             ]
         )
+
+
+def _after_reason(waiting_for: dict[str, str]) -> str:
+    """Why a job submitted with --after is not in its line yet."""
+    return (
+        f"it starts once job {waiting_for['job_id']} {AFTER_CONDITIONS[waiting_for['condition']]} "
+        f"(--after); that job is {waiting_for['state'] or 'unknown'}"
+    )
 
 
 class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServicer):

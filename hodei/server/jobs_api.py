@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -14,9 +14,9 @@ from uuid import uuid4
 import grpc
 
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
-from hodei.domain.job import Job, JobState
+from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import LIMITS, JobSpec
+from hodei.domain.spec import AFTER_CONDITIONS, LIMITS, JobSpec
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
@@ -68,10 +68,34 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         # job's settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later.
         if provider_type_of(spec.provider) is ProviderType.SIM:
             Simulation.of(spec.env)
+        spec = self._after(spec)
         job_id = uuid4()
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets))
         self.store.write([job], Meta(actor=caller().name, correlation_id=str(job_id)))
         return jobs_pb2.QueueJobResponse(job_id=str(job_id))
+
+    def _after(self, spec: JobSpec) -> JobSpec:
+        """The spec with the jobs it starts after named by their whole ids. Refused: one
+        that does not exist, and one that already ended otherwise than asked (the job
+        would never start). One that ends so later is the sweeper's (it cancels the job)."""
+        if not spec.after:
+            return spec
+        after = {}
+        for job_ref, condition in spec.after.items():
+            try:
+                row = self.reads.job(job_ref)
+            except NotFound as exc:
+                raise InvalidInput(f"after: {exc.message}") from None
+            state = JobState(row.state)
+            if after_met(condition, state) is False:
+                raise InvalidInput(
+                    f"after: job {row.id} already ended {state}, and this job was to start once it "
+                    f"{AFTER_CONDITIONS[condition]}"
+                )
+            if str(row.id) in after:
+                raise InvalidInput(f"after: job {row.id} is named twice")
+            after[str(row.id)] = condition
+        return replace(spec, after=after)
 
     @rpc
     def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
@@ -168,7 +192,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput(
                 f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
             ) from None
-        spec = JobSpec.from_payload(row.spec)
+        spec = self._after(JobSpec.from_payload(row.spec))
         job_id = uuid4()
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id)
         self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))

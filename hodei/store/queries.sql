@@ -773,20 +773,43 @@ SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provi
 FROM live, admitted_without_worker;
 
 -- name: next_in_queue
--- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none).
-SELECT id FROM jobs
-WHERE provider_type = %(provider)s AND state = 'PENDING' AND admitted_at IS NULL
-  AND (retry_at IS NULL OR retry_at <= now()) AND id IS DISTINCT FROM %(joining)s::uuid
-ORDER BY priority DESC, created_at, id
+-- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none)
+-- and those still waiting for the jobs they start after (--after).
+SELECT j.id FROM jobs j
+WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
+  AND (j.retry_at IS NULL OR j.retry_at <= now()) AND j.id IS DISTINCT FROM %(joining)s::uuid
+  AND NOT EXISTS (SELECT 1 FROM hodei.after_states(j.spec) d WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE)
+ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
 
 -- name: queued_jobs
--- The queue as people see it: each waiting job with its place in its provider's line.
+-- The queue as people see it: each waiting job with its place in its provider's line, or,
+-- while it waits for a job it starts after, none (0) and that job (its id, state and the
+-- condition asked of it).
+WITH queued AS (
+    SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at,
+           (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
+            FROM hodei.after_states(j.spec) d
+            WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
+            ORDER BY d.job_id LIMIT 1) AS waiting_for
+    FROM jobs j
+    WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
+)
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
-       row_number() OVER (PARTITION BY provider_type ORDER BY priority DESC, created_at, id) AS position
-FROM jobs
-WHERE state = 'PENDING' AND admitted_at IS NULL
-ORDER BY provider_type, position
+       waiting_for,
+       CASE WHEN waiting_for IS NULL THEN
+           row_number() OVER (PARTITION BY provider_type, waiting_for IS NULL ORDER BY priority DESC, created_at, id)
+       ELSE 0 END AS position
+FROM queued
+ORDER BY provider_type, waiting_for IS NOT NULL, position, priority DESC, created_at, id
+LIMIT %(limit)s;
+
+-- name: never_started_dependents
+-- Queued jobs one of whose --after jobs ended otherwise than asked: they never will start.
+SELECT j.id::text AS job_id, d.job_id AS after_id, d.condition, d.state AS after_state
+FROM jobs j CROSS JOIN LATERAL hodei.after_states(j.spec) d
+WHERE j.state = 'PENDING' AND j.admitted_at IS NULL AND hodei.after_met(d.condition, d.state) IS FALSE
+ORDER BY j.created_at
 LIMIT %(limit)s;
 
 -- Retention ------------------------------------------------------------------------
