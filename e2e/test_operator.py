@@ -430,6 +430,31 @@ def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_nev
     assert query(url, "SELECT count(*) FROM jobs") == jobs
 
 
+def test_begin_starts_a_job_no_sooner_and_its_queue_timeout_counts_from_then(server: ServerProcess) -> None:
+    """`job run --begin 3s` (Slurm's --begin, at(1)): out of line until then, holding no
+    slot (a job after it runs first); a --queue-timeout shorter than the wait still lets it
+    run (it counts from the begin time). Bad times are refused before anything is sent."""
+    url = server.database_url
+    held = run(server, "--begin", "3s", "--queue-timeout", "1", "--command", "true")
+    shown = server.cli("job", "get", held, check=True).stdout
+    assert "Begins: not before " in shown and "(--begin)" in shown
+    begin_at = datetime.fromisoformat(shown.split("Begins: not before ")[1].split(" ")[0])
+    queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+    [entry] = [job for job in queued if job["job_id"] == held]
+    assert entry["position"] == 0 and entry["reason"].startswith("it begins at ")
+    meanwhile = run(server, "--command", "true", "--wait")
+    wait_settled(url, held, 60)
+    rows = query(url, "SELECT state, started_at FROM jobs WHERE id = %s", (held,))
+    assert rows[0][0] == "SUCCEEDED"
+    assert rows[0][1] >= begin_at
+    first_done = query(url, "SELECT completed_at FROM jobs WHERE id = %s", (meanwhile,))[0][0]
+    assert first_done < rows[0][1]
+
+    for value in ("tomorrow", "2026-13-01T00:00:00"):
+        refused = server.cli("job", "run", "--provider", "local", "--command", "true", "--begin", value)
+        assert refused.returncode == 2 and "--begin: takes a duration from now" in refused.stderr, refused.stderr
+
+
 def test_job_retry_submits_a_finished_job_again_linked_to_it(server: ServerProcess) -> None:
     url = server.database_url
     # Exit 9 only when the secret is there: the retry must carry it too.

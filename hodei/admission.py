@@ -11,9 +11,10 @@ every sweep. Slots in use are counted from the read models, never kept in memory
 a provider's starts compete for this machine (local agents), at most so many of its
 workers start at once: a worker that registers frees a start, and the queue moves then.
 
-A job submitted with ``--after`` keeps out of its line until each job it names has ended
-as asked (``hodei.after_met`` in the queue's query); one that ended otherwise makes it a
-job that never starts, cancelled by the sweeper's round (``cancel_never_started``).
+A job submitted with ``--begin`` keeps out of its line until its time, one with
+``--after`` until each job it names has ended as asked (``hodei.after_met`` in the queue's
+query); one that ended otherwise makes it a job that never starts, cancelled by the
+sweeper's round (``cancel_never_started``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ class QueuedJob:
     created_at: datetime
     position: int
     retry_at: datetime | None
-    # While it waits for a job it starts after (position 0): that job's id, state and the
-    # condition asked of it.
+    # Out of line (position 0) until then (--begin), or while it waits for a job it starts
+    # after (--after): that job's id, state and the condition asked of it.
+    begin_at: datetime | None = None
     waiting_for: dict[str, str] | None = None
 
 
@@ -213,6 +215,9 @@ class Admission:
             return False  # its backoff first
         if job.spec.after:
             return False  # a round admits it once the jobs it starts after have ended
+        begins = job.spec.begins
+        if begins is not None and begins > now:
+            return False  # a round admits it once its time has come
         turn = self._turns[provider]
         with turn.lock:
             if turn.running or turn.full_lately():

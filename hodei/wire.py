@@ -9,7 +9,7 @@ from dataclasses import replace
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from hodei._proto import common_pb2
-from hodei.domain.spec import JobSpec, name_for
+from hodei.domain.spec import JobSpec, canonical_time, name_for
 
 # GetQueueStatus lists at most this many queued jobs: `job get` and `job run --wait` look
 # for a job's place among them.
@@ -26,6 +26,7 @@ def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = (
         name=spec.name.strip() or name_for(spec.command),
         provider=spec.provider.strip(),
         secret_names=tuple(sorted(secret_names)),
+        begin_at=canonical_time(spec.begin_at),
     )
 
 

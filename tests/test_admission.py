@@ -212,3 +212,20 @@ def test_a_job_whose_after_job_ended_otherwise_is_cancelled_saying_so(
     ]
     assert admission.admit(ProviderType.DOCKER) == 2
     assert store.load(Job, on_failure.id).admitted and store.load(Job, on_any.id).admitted
+
+
+def test_a_job_that_begins_later_keeps_out_of_its_line_until_then(store: HodeiStore) -> None:
+    admission = Admission(store, {ProviderType.DOCKER: 5})
+    later = datetime.now(UTC) + timedelta(hours=1)
+    waiting = new_job(begin_at=later.isoformat(), priority=10)
+    store.write([waiting], Meta(actor="t", correlation_id=str(waiting.id)))
+    assert admission.admits_at_once(store.load(Job, waiting.id), ProviderType.DOCKER, datetime.now(UTC)) is False
+    waiting = store.load(Job, waiting.id)
+    waiting.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
+    store.write([waiting], Meta(actor="t", correlation_id=str(waiting.id)))
+    due = _queued(store, begin_at=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())
+    in_line, held = admission.queue(10)
+    assert (in_line.job_id, in_line.position, in_line.begin_at) == (str(due.id), 1, None)
+    assert (held.job_id, held.position, held.begin_at) == (str(waiting.id), 0, later)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, due.id).admitted and not store.load(Job, waiting.id).admitted

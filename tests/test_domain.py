@@ -10,7 +10,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
-from hodei.domain.spec import JobSpec, name_for
+from hodei.domain.spec import JobSpec, canonical_time, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 
@@ -239,6 +239,11 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
         (
             JobSpec(name="x", command="true", timeout_seconds=5, after={str(uuid4()): "ok" for _ in range(65)}),
             "65 jobs to start after; the limit is 64",
+        ),
+        (JobSpec(name="x", command="true", timeout_seconds=5, begin_at="tomorrow"), "begin must be an ISO 8601 time"),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, begin_at="2026-12-03T10:00:00"),
+            "begin must be an ISO 8601 time with its zone",
         ),
     ],
 )
@@ -504,3 +509,14 @@ def test_a_job_started_after_another_waits_for_it_to_end_as_asked(
     """Slurm's afterok, afternotok and afterany: None while the other job has not ended,
     False once it ended otherwise (the job would never start)."""
     assert after_met(condition, state) is met
+
+
+def test_a_begin_time_is_kept_in_utc_in_one_form() -> None:
+    """PostgreSQL's timestamptz reads what is stored (the queue compares it with now());
+    Python reads ISO forms it does not, such as the basic one."""
+    assert canonical_time("2026-12-03T11:30:00+01:00") == "2026-12-03T10:30:00+00:00"
+    assert canonical_time("20261203T103000Z") == "2026-12-03T10:30:00+00:00"
+    assert canonical_time("soon") == "soon"  # for validate to name
+    spec = JobSpec(name="x", command="true", timeout_seconds=5, begin_at="2026-12-03T10:30:00+00:00")
+    assert spec.begins == datetime(2026, 12, 3, 10, 30, tzinfo=UTC)
+    assert JobSpec(name="x", command="true", timeout_seconds=5).begins is None

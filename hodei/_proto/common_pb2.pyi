@@ -157,6 +157,7 @@ class JobSpec(_message.Message):
     RETRIES_FIELD_NUMBER: _builtins.int
     RETRY_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
+    BEGIN_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -181,6 +182,10 @@ class JobSpec(_message.Message):
     """
     retry_backoff_seconds: _builtins.float
     """Seconds between a failed attempt and the next one's start."""
+    begin_at: _builtins.str
+    """Not before this time (ISO 8601 with its zone, e.g. 2026-12-03T10:00:00Z); empty: at
+    once. The job waits in its queue out of line until then.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -221,10 +226,11 @@ class JobSpec(_message.Message):
         retries: _builtins.int = ...,
         retry_backoff_seconds: _builtins.float = ...,
         after: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        begin_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,6 +19,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
+    begin,
     count,
     grace,
     moment,
@@ -120,6 +121,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),
         *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
         *([f"Next attempt not before: {when(job, 'retry_at', 'auto')}"] if job.HasField("retry_at") else []),
+        *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),
         f"Logs: {job.log_uri or '-'}",
     ]
 
@@ -162,6 +164,7 @@ def queue_request(args: argparse.Namespace) -> None:
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
         after=parse_after(args.after or []),
+        begin_at=args.begin or "",
     )
     spec.validate(secrets)
     args.request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
@@ -729,6 +732,15 @@ def add_commands(commands: Any) -> Any:
             f"start only once this job (an id, a prefix of one, or {LATEST}) succeeded (ok, the default), failed, "
             "timed out or was cancelled (notok), or ended at all (any); repeatable. A job that can no longer "
             "start is cancelled"
+        ),
+    )
+    run_parser.add_argument(
+        "--begin",
+        type=begin,
+        metavar="TIME",
+        help=(
+            "start no sooner than this: a duration from now (10m, 2h) or an ISO 8601 time (UTC without a zone); "
+            "the job waits in the queue out of line until then, holding no slot"
         ),
     )
     run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")

@@ -195,6 +195,21 @@ def since(value: str) -> datetime:
         ) from None
 
 
+def begin(value: str) -> str:
+    """``--begin``: a duration from now (``10m``, ``2h``, seconds) or a time (``moment``),
+    as the ISO 8601 time the spec carries."""
+    seconds = _seconds(value)
+    if seconds is not None:
+        return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+    try:
+        return moment(value, "--begin").isoformat()
+    except InvalidInput:
+        raise argparse.ArgumentTypeError(
+            f"takes a duration from now such as 10m or 2h, or an ISO 8601 time such as 2026-11-29T22:00:00Z, "
+            f"got {value!r}"
+        ) from None
+
+
 def grace(value: str) -> float:
     """A ``--grace`` (``_seconds``); 0 is SIGKILL at once (what --force says)."""
     seconds = _seconds(value)

@@ -13,6 +13,7 @@ import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from hodei.errors import InvalidInput
@@ -88,6 +89,22 @@ def name_for(command: str) -> str:
     return line if len(line) <= 64 else line[:61] + "..."
 
 
+def parse_time(text: str) -> datetime | None:
+    """An ISO 8601 time that says its zone; None otherwise."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def canonical_time(text: str) -> str:
+    """``text`` (an ISO 8601 time with its zone) in UTC, in the one form stored; a text
+    that is not one is returned as it is, for ``problems`` to name."""
+    when = parse_time(text)
+    return when.astimezone(UTC).isoformat() if when is not None else text
+
+
 def _size(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
@@ -127,6 +144,14 @@ class JobSpec:
     # Jobs this one starts after: job id -> a condition of AFTER_CONDITIONS. Submitted as
     # ids or prefixes; the server keeps whole ids.
     after: Mapping[str, str] = field(default_factory=dict)
+    # The job starts no sooner (ISO 8601 with its zone; "": at once). Kept as
+    # ``canonical_time`` writes it, which PostgreSQL's timestamptz reads alike.
+    begin_at: str = ""
+
+    @property
+    def begins(self) -> datetime | None:
+        """When the job may start (--begin); None: at once."""
+        return parse_time(self.begin_at) if self.begin_at else None
 
     def problems(self, secrets: Mapping[str, str] | None = None) -> list[str]:
         """Every bound this spec (and the secret values submitted with it) breaks."""
@@ -183,7 +208,7 @@ class JobSpec:
         backoff = self.retry_backoff_seconds
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
-        found.extend(_after_problems(self.after))
+        found.extend(_start_problems(self.after, self.begin_at))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -276,9 +301,12 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
     return found
 
 
-def _after_problems(after: Mapping[str, str]) -> list[str]:
+def _start_problems(after: Mapping[str, str], begin_at: str) -> list[str]:
+    """Of when the job may start: the jobs it starts after, the time it begins."""
     limits = LIMITS
     found = []
+    if begin_at and parse_time(begin_at) is None:
+        found.append(f"begin must be an ISO 8601 time with its zone, got `{_shown(begin_at)}`")
     if len(after) > limits.dependencies:
         found.append(f"{len(after)} jobs to start after; the limit is {limits.dependencies}")
         return found

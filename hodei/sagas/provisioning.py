@@ -5,13 +5,14 @@ wait until it registers."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from hodei.domain.job import Job
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.saga import SagaType
+from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
 from hodei.errors import HodeiError, InvalidTransition, ProviderError
 from hodei.providers.base import WorkerLaunch
@@ -73,9 +74,18 @@ def select_provider(deps: SagaDeps, step: StepInput) -> StepResult:
     output = {
         "provider_id": provider_id,
         "provider_type": provider_type.value,
-        "queue_timeout": job.spec.queue_timeout_seconds,
+        "queue_timeout": _queue_timeout(job.spec, deps.clock()),
     }
     return StepResult(output, (job,))
+
+
+def _queue_timeout(spec: JobSpec, now: datetime) -> float:
+    """Seconds the job may wait in the queue from now (0: no limit): a job that begins
+    later (--begin) has its queue timeout counted from then."""
+    begins = spec.begins
+    if not spec.queue_timeout_seconds or begins is None:
+        return spec.queue_timeout_seconds
+    return spec.queue_timeout_seconds + max(0.0, (begins - now).total_seconds())
 
 
 def wait_for_slot(deps: SagaDeps, step: StepInput) -> StepResult | None:

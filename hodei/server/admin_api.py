@@ -62,6 +62,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                     reason=(
                         f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
                         if queued.retry_at and queued.retry_at > now
+                        else f"it begins at {queued.begin_at.isoformat(timespec='seconds')} (--begin)"
+                        if queued.begin_at
                         else _after_reason(queued.waiting_for)
                         if queued.waiting_for
                         else self._reason(queued.provider, capacities)

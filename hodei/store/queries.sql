@@ -778,30 +778,34 @@ FROM live, admitted_without_worker;
 SELECT j.id FROM jobs j
 WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
   AND (j.retry_at IS NULL OR j.retry_at <= now()) AND j.id IS DISTINCT FROM %(joining)s::uuid
+  AND coalesce(nullif(j.spec ->> 'begin_at', '')::timestamptz, '-infinity') <= now()
   AND NOT EXISTS (SELECT 1 FROM hodei.after_states(j.spec) d WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE)
 ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
 
 -- name: queued_jobs
 -- The queue as people see it: each waiting job with its place in its provider's line, or,
--- while it waits for a job it starts after, none (0) and that job (its id, state and the
--- condition asked of it).
+-- while it is out of line, none (0) and why: the time it begins (--begin), or a job it starts
+-- after (--after: that job's id, state and the condition asked of it).
 WITH queued AS (
     SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at,
+           nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
            (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
             FROM hodei.after_states(j.spec) d
             WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
             ORDER BY d.job_id LIMIT 1) AS waiting_for
     FROM jobs j
     WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
+), lined AS (
+    SELECT *, waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE) AS in_line FROM queued
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
-       waiting_for,
-       CASE WHEN waiting_for IS NULL THEN
-           row_number() OVER (PARTITION BY provider_type, waiting_for IS NULL ORDER BY priority DESC, created_at, id)
+       CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for,
+       CASE WHEN in_line THEN
+           row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position
-FROM queued
-ORDER BY provider_type, waiting_for IS NOT NULL, position, priority DESC, created_at, id
+FROM lined
+ORDER BY provider_type, NOT in_line, position, priority DESC, created_at, id
 LIMIT %(limit)s;
 
 -- name: never_started_dependents
