@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from e2e.test_local import wait_running
 from hodei._proto import logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -114,8 +114,9 @@ def test_several_jobs_are_cancelled_in_one_command_and_one_refused_stops_none(se
 
 def test_logs_since_a_moment_begin_with_the_first_line_printed_then(server: ServerProcess) -> None:
     """`kubectl logs --since`, `docker logs --since`: a time, or a duration back from now."""
-    job_id = server.cli("job", "run", "-p", "local", "-c", "echo early; sleep 1.5; echo late", "--wait", check=True)
-    job_id = job_id.stdout.strip()
+    job_id = server.cli(
+        "job", "run", "-p", "local", "-c", "echo early; sleep 1.5; echo late", "--wait", check=True
+    ).stdout.strip()
     late_at = server.cli("job", "logs", job_id, "-t", check=True).stdout.splitlines()[1].split()[0]
     assert server.cli("job", "logs", job_id, "--since", late_at, check=True).stdout == "late\n"
     assert server.cli("job", "logs", job_id, "--since", "1h", check=True).stdout == "early\nlate\n"
@@ -273,7 +274,9 @@ def test_job_get_and_job_run_say_where_a_queued_job_waits_and_why(server: Server
         # `job run --follow` of a job that waits says so once, on stderr, and then streams its output.
         follower = cli_process(server, "job", "run", "-p", "local", "-c", "echo ran", "--follow")
         said: list[str] = []
-        reader = threading.Thread(target=lambda: said.extend(iter(follower.stderr.readline, "")), daemon=True)
+        assert follower.stdout is not None and follower.stderr is not None
+        stderr = follower.stderr
+        reader = threading.Thread(target=lambda: said.extend(iter(stderr.readline, "")), daemon=True)
         reader.start()
         eventually(lambda: any(line.startswith("Waiting: place 2 ") for line in said) or None, 30, what="the note")
     finally:
@@ -283,6 +286,7 @@ def test_job_get_and_job_run_say_where_a_queued_job_waits_and_why(server: Server
     assert "Waiting:" not in server.cli("job", "get", queued, check=True).stdout
     follower.wait(timeout=60)
     reader.join(timeout=10)
+    assert follower.stdout is not None and follower.stderr is not None
     with follower.stdout, follower.stderr:
         out = follower.stdout.read()
     new_id = said[0].split()[-1]
@@ -300,7 +304,8 @@ def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerPr
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     with server.channel() as channel:  # the API refuses them too
         stub = logs_pb2_grpc.LogStreamServiceStub(channel)
-        for wrong in ({"tail": -1}, {"tail": 3, "attempt": 1}):
+        wrongs: tuple[dict[str, Any], ...] = ({"tail": -1}, {"tail": 3, "attempt": 1})
+        for wrong in wrongs:
             with pytest.raises(grpc.RpcError) as refused:
                 list(stub.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=ended, **wrong), timeout=30))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, wrong

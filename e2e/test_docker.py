@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal, worker_ended_because
+from hodei.testing import (
+    Link,
+    ServerProcess,
+    eventually,
+    query,
+    wait_running,
+    wait_settled,
+    wait_terminal,
+    worker_ended_because,
+)
 
 DOCKER_ID = "11111111-1111-1111-1111-111111111111"
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -22,9 +31,10 @@ def hodei_containers(docker_client: Any, database_url: str) -> list[Any]:
     their own beside it)."""
     (installation,) = query(database_url, "SELECT value FROM hodei.secrets WHERE name = 'installation_id'")[0]
     # sparse: no inspect of each listed container, which fails for one removed meanwhile.
-    return docker_client.containers.list(
+    found: list[Any] = docker_client.containers.list(
         all=True, sparse=True, filters={"label": ["hodei.managed", f"hodei.installation={installation}"]}
     )
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +221,8 @@ def test_a_stopped_engine_fails_jobs_fast_and_its_return_needs_no_restart(
         again = server.cli("job", "run", "--provider", "docker", "--command", "echo after", "--timeout", "30", "--wait")
         assert again.returncode == 0, again.stderr
         assert "HEALTHY" in server.cli("provider", "get", "docker", check=True).stdout
-        for job_id in query(url, "SELECT id::text FROM jobs"):
-            wait_settled(url, job_id[0])
+        for (ended,) in query(url, "SELECT id::text FROM jobs"):
+            wait_settled(url, ended)
 
 
 def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
@@ -236,10 +246,7 @@ def test_an_engine_outage_kills_no_running_job_and_leaves_no_container(
         through = server.cli("job", "run", "-p", "docker", "-c", "sleep 18; echo through", check=True).stdout.strip()
         during = server.cli("job", "run", "-p", "docker", "-c", "sleep 5; echo during", check=True).stdout.strip()
         for job_id in (through, during):
-            eventually(
-                lambda job_id=job_id: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)],
-                60,
-            )
+            wait_running(url, job_id, 60)
         link.down()
         cut = query(url, "SELECT now()")[0][0]
         time.sleep(12)

@@ -43,7 +43,7 @@ def others_gone(url: str) -> bool:
     rows = query(
         url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
-    return rows[0][0] == 0
+    return bool(rows[0][0] == 0)
 
 
 def test_a_job_after_thousands_reads_no_table_of_the_history_whole(database_url: str, tmp_path: Path) -> None:

@@ -22,7 +22,16 @@ from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
 from hodei.kubelet import Kubelet
 from hodei.logs import LogStore
-from hodei.testing import Link, ServerProcess, eventually, query, wait_settled, wait_terminal, worker_ended_because
+from hodei.testing import (
+    Link,
+    ServerProcess,
+    eventually,
+    query,
+    wait_running,
+    wait_settled,
+    wait_terminal,
+    worker_ended_because,
+)
 
 K8S_ID = "22222222-2222-2222-2222-222222222222"
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
@@ -270,10 +279,7 @@ def test_an_api_outage_kills_no_running_job_and_leaves_no_pod(
         during = server.cli("job", "run", "-p", "kubernetes", "-c", "sleep 9; echo during", check=True).stdout
         through, during = through.strip(), during.strip()
         for job_id in (through, during):
-            eventually(
-                lambda job_id=job_id: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)],
-                60,
-            )
+            wait_running(url, job_id, 60)
         (pod,) = query(url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (during,))[0]
         link.down()
         cut = query(url, "SELECT now()")[0][0]

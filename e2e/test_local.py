@@ -10,13 +10,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import requests
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_settled, wait_terminal
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_running, wait_settled, wait_terminal
 
 LOCAL_ID = "33333333-3333-3333-3333-333333333333"
 pytestmark = pytest.mark.e2e
@@ -64,10 +65,6 @@ def agent_pid(job_id: str) -> int:
         return None
 
     return eventually(find, 30, what=f"the worker agent of job {job_id}")
-
-
-def wait_running(url: str, job_id: str) -> None:
-    eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30)
 
 
 def run_waiting(server: ServerProcess, url: str, command: str, timeout: str) -> tuple[int, str]:
@@ -158,8 +155,12 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
         how: server.cli("job", "run", "-p", "local", "-c", CLEANS_UP, "--timeout", "600", check=True).stdout.strip()
         for how in (("--grace", "30s"), ("--force",), ())
     }
+
+    def started(job_id: str) -> bool:
+        return server.cli("job", "logs", job_id).stdout == "started\n"
+
     for job_id in jobs.values():
-        eventually(lambda job_id=job_id: server.cli("job", "logs", job_id).stdout == "started\n", 30)
+        eventually(partial(started, job_id), 30)
     refuses_bad_graces(server, database_url, next(iter(jobs.values())))
     follower = subprocess.Popen(
         [str(BIN / "hodei-jobs-cli"), "--server", server.address, "job", "logs", jobs["--grace", "30s"], "--follow"],

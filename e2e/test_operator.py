@@ -19,7 +19,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from e2e.test_local import agent_pid, wait_running
+from e2e.test_local import agent_pid
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.testing import (
     ServerProcess,
@@ -28,6 +28,7 @@ from hodei.testing import (
     hodei_server,
     query,
     refuse_new_sagas,
+    wait_running,
     wait_settled,
     wait_terminal,
 )

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg_pool import ConnectionPool
 
 from hodei.devdb import free_port
 
@@ -123,6 +124,24 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: f
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
+
+
+def spy(function: Callable[..., T], calls: list[Any], noted: Callable[..., Any] | None = None) -> Callable[..., T]:
+    """``function``, noting in ``calls`` each call's first argument (or what ``noted``
+    makes of its arguments) before it runs: how a test counts what a store reads."""
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        calls.append(noted(*args, **kwargs) if noted is not None else args[0])
+        return function(*args, **kwargs)
+
+    return call
+
+
+def conninfo(pool: ConnectionPool) -> str:
+    """The database a pool connects to, for a test's own connection to it (psycopg_pool
+    also takes a function that returns one; ours are opened on the string)."""
+    info = pool.conninfo
+    return info if isinstance(info, str) else info()
 
 
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -386,6 +405,14 @@ class ServerProcess(Cli):
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def wait_running(database_url: str, job_id: str, timeout: float = 30.0) -> None:
+    eventually(
+        lambda: query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)],
+        timeout,
+        what=f"job {job_id} to be RUNNING",
+    )
 
 
 def wait_terminal(database_url: str, job_id: str, timeout: float = 60.0) -> str:

@@ -44,7 +44,7 @@ def problems(document: dict[str, Any]) -> list[str]:
     found = _check(document, model, document["kind"])
     if not found:
         try:  # the constructors check required fields and enumerations
-            k8s.ApiClient()._ApiClient__deserialize(document, model)  # type: ignore[attr-defined]
+            k8s.ApiClient()._ApiClient__deserialize(document, model)
         except ValueError as exc:
             found.append(f"{document['kind']}: {exc}")
     return found

@@ -3,7 +3,7 @@ caller's check share one transaction."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import grpc
@@ -17,7 +17,7 @@ from hodei.server.access import Gatekeeper, _guarded
 from hodei.store.api_tokens import ApiTokens
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_connection
-from hodei.testing import query
+from hodei.testing import conninfo, query
 
 
 class _Context:
@@ -47,6 +47,7 @@ def test_a_submission_and_its_callers_check_are_one_transaction(store: HodeiStor
         lambda metadata: gate.admit("/t/Submit", Role.SUBMIT, metadata),
         pool,
     )
-    assert handler.unary_unary(None, _Context()) == "queued"
+    assert handler.unary_unary is not None
+    assert handler.unary_unary(None, cast(grpc.ServicerContext, _Context())) == "queued"
     assert statuses == [TransactionStatus.INTRANS, TransactionStatus.IDLE]
-    assert query(pool.conninfo, "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [(1,)]
+    assert query(conninfo(pool), "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [(1,)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -386,7 +387,7 @@ def test_phases_count_a_workers_events_for_its_own_attempt() -> None:
 
     at = datetime(2026, 11, 30, tzinfo=UTC)
     job, first, second = "job", "worker-1", "worker-2"
-    events = [
+    events: list[tuple[str, str, datetime, dict[str, Any]]] = [
         (job, "JobCreated", at, {}),
         (job, "JobProviderSelected", at, {"admitted": True}),  # a slot taken at once
         (first, "WorkerCreated", at, {"attempt": 1}),
@@ -423,7 +424,7 @@ def test_phases_say_what_each_attempt_that_ran_used() -> None:
 
     at = datetime(2026, 11, 30, tzinfo=UTC)
     first = {"cpu_seconds": 1.25, "peak_memory_bytes": 3 * 2**20}
-    events = [
+    events: list[tuple[str, str, datetime, dict[str, Any]]] = [
         ("job", "JobStatusChanged", at, {"new_state": "PENDING", "usage": first}),
         ("job", "JobStatusChanged", at, {"new_state": "PENDING"}),  # version 4
         ("job", "JobStatusChanged", at, {"new_state": "FAILED", "usage": {"cpu_seconds": 0.5}}),
@@ -435,7 +436,7 @@ def test_phases_say_what_each_attempt_that_ran_used() -> None:
         ("finished", 3, 0.5, None),
     ]
     # A cancelled job's processes report theirs when they stopped (JobStopped version 2).
-    cancelled = [
+    cancelled: list[tuple[str, str, datetime, dict[str, Any]]] = [
         ("job", "JobStatusChanged", at, {"new_state": "CANCELLED"}),
         ("job", "JobStopped", at, {"exit_code": 143, "usage": {"cpu_seconds": 2.0, "peak_memory_bytes": 2**20}}),
     ]
@@ -456,7 +457,7 @@ def test_phases_say_why_each_attempt_ended() -> None:
 
     at = datetime(2026, 11, 30, tzinfo=UTC)
     retried = "attempt 1 failed (exited with code 3); retry 1 of 1"
-    events = [
+    events: list[tuple[str, str, datetime, dict[str, Any]]] = [
         ("job", "JobAccepted", at, {}),
         ("job", "JobStatusChanged", at, {"new_state": "PENDING", "reason": retried}),
         ("job", "JobAccepted", at, {}),

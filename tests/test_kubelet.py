@@ -148,7 +148,12 @@ def test_a_root_pod_under_run_as_non_root_is_not_started(
     api, core = node
     spec = pod({"image": worker_image}, securityContext={"runAsNonRoot": True, "runAsUser": 0})
     core.create_namespaced_pod(NAMESPACE, spec)
-    state = eventually(lambda: (s := container_state(api, "p")) and "CreateContainerConfigError" in str(s) and s, 30)
+
+    def not_started() -> dict[str, Any] | None:
+        state = container_state(api, "p")
+        return state if "CreateContainerConfigError" in str(state) else None
+
+    state = eventually(not_started, 30)
     assert "image will run as root" in state["waiting"]["message"]
     with pytest.raises(client.ApiException) as refused:
         core.read_namespaced_pod_log("p", NAMESPACE)

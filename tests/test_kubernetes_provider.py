@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 from uuid import uuid4
 
 import pytest
@@ -16,6 +17,7 @@ from hodei.errors import ProviderError, ProviderUnavailable
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
 from hodei.providers.base import WorkerLaunch
 from hodei.providers.kubernetes import KubernetesProvider, load_api_client
+from hodei.store.app import HodeiStore
 from hodei.testing import eventually
 from tests.k8s_schema import problems
 
@@ -309,7 +311,7 @@ def test_configuration_comes_from_the_kubeconfig_and_context(tmp_path: Path, kub
 
 
 def test_the_reconciler_removes_labelled_pods_without_a_live_job(
-    api: KubeEmulator, kubeconfig: Path, store: object
+    api: KubeEmulator, kubeconfig: Path, store: HodeiStore
 ) -> None:
     from hodei.admission import Admission
     from hodei.config import Timing
@@ -318,6 +320,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     from hodei.logs import LogStore
     from hodei.providers.registry import ProviderRegistry
     from hodei.retention import Retention
+    from hodei.sagas.engine import SagaEngine
     from hodei.store.instances import ServerInstances
     from hodei.store.job_secrets import JobSecrets
     from hodei.sweeper import Sweeper
@@ -336,14 +339,14 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         "spec": {"containers": [{"name": "x", "image": "x"}]},
     }
     kube.core.create_namespaced_pod(NAMESPACE, foreign)
-    registry = ProviderRegistry(store, {ProviderType.KUBERNETES: kube}, {})  # type: ignore[arg-type]
+    registry = ProviderRegistry(store, {ProviderType.KUBERNETES: kube}, {})
     timing = Timing(1, 5, 5, 60, 1, 60, 1, 1)
     admission = Admission(store, dict.fromkeys(ProviderType, 16))
-    instances = ServerInstances(store.pool, "t")  # type: ignore[attr-defined]
-    retention = Retention(store, LogStore(kubeconfig.parent), 604800, 2592000)  # type: ignore[arg-type]
+    instances = ServerInstances(store.pool, "t")
+    retention = Retention(store, LogStore(kubeconfig.parent), 604800, 2592000)
     sweeper = Sweeper(
         store,
-        None,
+        cast(SagaEngine, None),  # the reconciler drives no saga
         registry,
         Liveness(store.pool, "t"),
         JobSecrets(store.pool),
@@ -352,7 +355,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         retention,
         timing,
         86400,
-    )  # type: ignore[arg-type, attr-defined]
+    )
     sweeper.reconcile()
     assert set(api.pods()) == {"not-ours"}
 

@@ -23,7 +23,7 @@ from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import open_pool
 from hodei.store.sql import query as query_text
-from hodei.testing import eventually, query
+from hodei.testing import conninfo, eventually, query
 
 CONFIG = RelayConfig(batch_size=50, poll_interval=0.05, lease_seconds=30, max_attempts=3, threads=4)
 
@@ -92,7 +92,7 @@ def test_two_relays_handle_every_row_once_and_keep_per_aggregate_order(store: Ho
         assert [v for v, _, _ in deliveries] == list(range(1, len(deliveries) + 1))
         for (_, _, previous_end), (_, start, _) in itertools.pairwise(deliveries):
             assert start > previous_end, "a later event of an aggregate started before the earlier one ended"
-    assert query(pool.conninfo, "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)]
+    assert query(conninfo(pool), "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)]
 
 
 def test_a_failing_row_is_retried_with_backoff_then_dead_lettered(store: HodeiStore, pool: ConnectionPool) -> None:
@@ -115,7 +115,7 @@ def test_a_failing_row_is_retried_with_backoff_then_dead_lettered(store: HodeiSt
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(gap >= 0.1 for gap in gaps), gaps
     row = query(
-        pool.conninfo, "SELECT status, attempts, last_error FROM outbox_events WHERE aggregate_id = %s", (str(job.id),)
+        conninfo(pool), "SELECT status, attempts, last_error FROM outbox_events WHERE aggregate_id = %s", (str(job.id),)
     )
     assert row == [("DEAD_LETTER", 3, "RuntimeError: cannot handle JobCreated")]
     assert buried == ["RuntimeError: cannot handle JobCreated"]
@@ -136,7 +136,7 @@ def test_a_handler_that_writes_events_acknowledges_its_row_in_the_same_transacti
         job = store.load(Job, delivery.event.aggregate_id)
         job.select_provider(str(uuid4()), "docker")
         store.write([job], Meta(actor="handler", ack=delivery.ack))
-        assert query(pool.conninfo, "SELECT status FROM outbox_events WHERE id = %s", (delivery.outbox_id,)) == [
+        assert query(conninfo(pool), "SELECT status FROM outbox_events WHERE id = %s", (delivery.outbox_id,)) == [
             ("PUBLISHED",)
         ]
 
@@ -157,7 +157,7 @@ def test_older_jobs_rows_are_claimed_before_later_jobs_rows(store: HodeiStore, p
     first.select_provider(str(uuid4()), "docker")
     store.write([first], Meta(actor="t"))
     origins = query(
-        pool.conninfo,
+        conninfo(pool),
         "SELECT aggregate_id, event_type, position, origin FROM outbox_events WHERE aggregate_id = ANY(%s) "
         "ORDER BY position",
         ([str(first.id), str(later.id)],),
@@ -169,7 +169,7 @@ def test_older_jobs_rows_are_claimed_before_later_jobs_rows(store: HodeiStore, p
         (str(first.id), first_origin),  # the first event of its job, not its own position
     ]
     query(
-        pool.conninfo,
+        conninfo(pool),
         "UPDATE outbox_events SET status = 'PUBLISHED' WHERE aggregate_id <> ALL(%s)",
         ([str(first.id), str(later.id)],),
     )
@@ -193,7 +193,7 @@ def test_claims_are_planned_with_index_scans_whatever_the_statistics(store: Hode
     params = {"limit": 10, "window": 2000, "claimer": "r", "lease": 30}
 
     def plan(settings: dict[str, str] | None) -> str:
-        claims = open_pool(str(pool.conninfo), max_size=1, settings=settings)
+        claims = open_pool(conninfo(pool), max_size=1, settings=settings)
         try:
             with claims.connection() as conn:
                 row = conn.execute("EXPLAIN (FORMAT JSON) " + query_text("claim_outbox_rows"), params).fetchone()
@@ -211,7 +211,7 @@ def test_claims_are_planned_with_index_scans_whatever_the_statistics(store: Hode
 def test_a_save_for_a_row_whose_lease_was_lost_is_rolled_back(store: HodeiStore, pool: ConnectionPool) -> None:
     def slow(delivery: Delivery) -> None:
         query(
-            pool.conninfo, "UPDATE outbox_events SET claimed_by = 'someone-else' WHERE id = %s", (delivery.outbox_id,)
+            conninfo(pool), "UPDATE outbox_events SET claimed_by = 'someone-else' WHERE id = %s", (delivery.outbox_id,)
         )
         job = store.load(Job, delivery.event.aggregate_id)
         job.select_provider(str(uuid4()), "docker")
@@ -222,7 +222,7 @@ def test_a_save_for_a_row_whose_lease_was_lost_is_rolled_back(store: HodeiStore,
     store.write([job], Meta(actor="t"))
     relay.handle(relay.claim(10)[-1])
     relay.close()
-    assert query(pool.conninfo, "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [(1,)]
+    assert query(conninfo(pool), "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [(1,)]
 
 
 def _relay_latency(store: HodeiStore, pool: ConnectionPool, signals: Signals, poll: float) -> float:
@@ -248,7 +248,7 @@ def _relay_latency(store: HodeiStore, pool: ConnectionPool, signals: Signals, po
 
 
 def test_notify_wakes_the_relay_at_once(store: HodeiStore, pool: ConnectionPool) -> None:
-    signals = Signals(pool.conninfo)
+    signals = Signals(conninfo(pool))
     signals.start()
     assert signals.connected.wait(5)
     try:
@@ -262,18 +262,18 @@ def test_without_notify_the_relay_still_polls(store: HodeiStore, pool: Connectio
 
 
 def test_the_listener_reconnects_after_its_connection_dies(pool: ConnectionPool) -> None:
-    signals = Signals(pool.conninfo)
+    signals = Signals(conninfo(pool))
     signals.start()
     try:
         assert signals.connected.wait(5)
-        with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+        with psycopg.connect(conninfo(pool), autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hodei-signals'"
             )
         eventually(lambda: not signals.connected.is_set(), timeout=10, what="the listener to notice")
         assert signals.connected.wait(10), "the listener did not reconnect"
         with signals.waiter("some-job") as waiter:
-            with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+            with psycopg.connect(conninfo(pool), autocommit=True) as conn:
                 conn.execute("SELECT pg_notify('hodei_signals', 'other some-job')")
             assert waiter.wait(5)
     finally:
@@ -287,19 +287,19 @@ def test_rows_handled_without_a_write_are_acknowledged_by_the_next_claim_in_its_
     it, before it looks, so the aggregate's next row is claimed at once."""
     job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
     store.write([job], Meta(actor="t"))
-    query(pool.conninfo, "UPDATE outbox_events SET status = 'PUBLISHED' WHERE aggregate_id <> %s", (str(job.id),))
+    query(conninfo(pool), "UPDATE outbox_events SET status = 'PUBLISHED' WHERE aggregate_id <> %s", (str(job.id),))
     relay = Relay(pool, {}, CONFIG, "r", Signals(None))
     try:
         (first,) = relay.claim(10)
         relay.handle(first)
-        assert query(pool.conninfo, "SELECT status FROM outbox_events WHERE id = %s", (first.outbox_id,)) != [
+        assert query(conninfo(pool), "SELECT status FROM outbox_events WHERE id = %s", (first.outbox_id,)) != [
             ("PUBLISHED",)
         ]
         job.select_provider(str(uuid4()), "docker")
         store.write([job], Meta(actor="t"))
         (second,) = relay.claim(10)
         rows = [
-            query(pool.conninfo, "SELECT status, xmin::text FROM outbox_events WHERE id = %s", (row.outbox_id,))[0]
+            query(conninfo(pool), "SELECT status, xmin::text FROM outbox_events WHERE id = %s", (row.outbox_id,))[0]
             for row in (first, second)
         ]
         assert [status for status, _ in rows] == ["PUBLISHED", "PROCESSING"]
@@ -331,7 +331,7 @@ def test_after_a_claim_that_found_fewer_rows_than_it_asked_for_the_relay_waits_t
     thread.start()
     try:
         eventually(
-            lambda: query(pool.conninfo, "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)],
+            lambda: query(conninfo(pool), "SELECT count(*) FROM outbox_events WHERE status <> 'PUBLISHED'") == [(0,)],
             timeout=20,
             what="the rows to be acknowledged",
         )
@@ -371,7 +371,7 @@ def test_a_save_beside_a_relay_hands_it_the_rows_it_wants_and_writes_the_others_
         store.write([job], Meta(actor="t"))
         eventually(lambda: handled or None, timeout=10, what="the row to be handed over and handled")
         rows = query(
-            pool.conninfo,
+            conninfo(pool),
             "SELECT event_type, status, claimed_by, attempts FROM outbox_events WHERE aggregate_id = %s "
             "ORDER BY position",
             (str(job.id),),
@@ -415,7 +415,7 @@ def test_a_row_is_taken_only_behind_rows_its_relay_holds(store: HodeiStore, pool
             store.write([job], Meta(actor="t"))
         statuses = dict(
             query(
-                pool.conninfo,
+                conninfo(pool),
                 "SELECT aggregate_id, status FROM outbox_events WHERE event_type = 'JobProviderSelected'",
             )
         )
@@ -449,7 +449,7 @@ def test_a_commit_that_no_waiter_keys_on_and_no_claim_needs_notifies_nobody(
         )
         for attempt in (1, 2)
     )
-    with psycopg.connect(pool.conninfo, autocommit=True) as listener:
+    with psycopg.connect(conninfo(pool), autocommit=True) as listener:
         listener.execute("LISTEN hodei_signals")
         store.write([job], Meta(actor="t"))
         store.write([early], Meta(actor="t"))  # before the relay: left for a claim

@@ -28,7 +28,7 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.events import EventRecord, unpack
 from hodei.store.projections import READ_MODELS
 from hodei.store.sql import query as query_text
-from hodei.testing import eventually, query
+from hodei.testing import conninfo, eventually, query
 from tests.workload import OPERATIONS, Workload
 
 
@@ -40,7 +40,7 @@ def test_replay_of_a_random_workload_finds_no_difference(store: HodeiStore, seed
         workload.apply(operation)
     count, differences = replay.verify(store.pool)
     assert differences == []
-    assert count == query(store.pool.conninfo, "SELECT count(*) FROM domain_events")[0][0]
+    assert count == query(conninfo(store.pool), "SELECT count(*) FROM domain_events")[0][0]
 
 
 def test_every_row_a_projector_makes_holds_its_statements_columns_in_order(store: HodeiStore) -> None:
@@ -163,7 +163,7 @@ def test_verify_reads_the_log_in_its_own_snapshot_while_writers_run(store: Hodei
     finally:
         stop.set()
         writer.join()
-    assert 0 < count < query(store.pool.conninfo, "SELECT count(*) FROM domain_events")[0][0]
+    assert 0 < count < query(conninfo(store.pool), "SELECT count(*) FROM domain_events")[0][0]
 
 
 def test_replay_plans_its_statements_as_index_lookups_on_tables_that_start_empty(store: HodeiStore) -> None:
@@ -228,7 +228,7 @@ def test_a_sagas_moves_folded_by_replay_leave_the_rows_their_saves_left_one_by_o
         lambda: saga.fail_compensation(1, "cannot undo"),
         lambda: saga.fail("step d failed"),
     ]
-    before = query(store.pool.conninfo, "SELECT count(*) FROM domain_events")[0][0]
+    before = query(conninfo(store.pool), "SELECT count(*) FROM domain_events")[0][0]
     store.write([saga], Meta(actor="test"))
     for done, move in enumerate(moves, 1):
         move()
@@ -269,7 +269,7 @@ def test_a_saga_started_and_moved_in_one_page_is_inserted_as_it_ends_up(store: H
     assert [kinds for kinds in waves if "project_saga_moves" in kinds] == [], "the moves are folded into the start"
     assert replay.verify(store.pool)[1] == []
     state, current_step, error, completed = query(
-        store.pool.conninfo, "SELECT state, current_step, error_message, completed_at IS NOT NULL FROM sagas"
+        conninfo(store.pool), "SELECT state, current_step, error_message, completed_at IS NOT NULL FROM sagas"
     )[0]
     expected = {
         "completed": ("COMPLETED", None, None, True),
@@ -306,13 +306,14 @@ def test_a_job_and_its_worker_created_and_changed_in_one_page_are_inserted_as_th
         (worker, lambda: worker.dispatch(str(job.id))),
         (job, lambda: job.accept(str(worker.id))),
     ]
-    changes += {
+    endings: dict[str, list[tuple[Job | Worker, Callable[[], object]]]] = {
         "succeeded": [(job, lambda: job.finish(str(worker.id), JobState.SUCCEEDED, 0, None, ran))],
         "retried": [(job, lambda: job.finish(str(worker.id), JobState.FAILED, 3, "boom", ran))],
         "requeued": [(worker, lambda: worker.fail("no heartbeat")), (job, lambda: job.requeue("worker lost"))],
         "cancelled": [(job, lambda: job.cancel("changed my mind"))],
         "timed_out": [(job, lambda: job.time_out("too slow"))],
-    }[ending]
+    }
+    changes += endings[ending]
     changes.append((worker, lambda: worker.terminate("done")))
     store.write([job], Meta(actor="test"))
     store.write([worker], Meta(actor="test"))
@@ -333,7 +334,7 @@ def test_a_job_and_its_worker_created_and_changed_in_one_page_are_inserted_as_th
         "timed_out": ("TIMEOUT", 1, None, None, True, True, "too slow"),
     }[ending]
     columns = "state, attempt, exit_code, cancelled_by, worker_id IS NOT NULL, admitted_at IS NOT NULL, error_message"
-    assert query(store.pool.conninfo, f"SELECT {columns} FROM jobs")[0] == expected
+    assert query(conninfo(store.pool), f"SELECT {columns} FROM jobs")[0] == expected
 
 
 _NOT_NULL = {"id", "at", "name", "spec", "state", "new_state", "attempt", "max_attempts", "priority", "updated_at"}

@@ -236,10 +236,10 @@ def test_a_duplicate_start_command_is_a_no_op(
 def test_a_hanging_action_times_out(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:
-    from hodei.sagas import provisioning
+    from hodei.domain.saga import SagaType
 
     h = harness(pool, tmp_path, effects, mode="hang", hang_seconds=5)
-    definition = h.engine.definitions[provisioning.SagaType.PROVISIONING]
+    definition = h.engine.definitions[SagaType.PROVISIONING]
     create = next(step for step in definition.steps if step.name == "create_worker")
     object.__setattr__(create, "timeout", 0.5)
     job_id = h.submit()

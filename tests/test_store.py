@@ -25,12 +25,11 @@ from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict
 from hodei.liveness import Liveness, Pace
-from hodei.store import instances
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_connection, command_transaction, fetch_value
 from hodei.store.instances import HEARTBEAT, ServerInstances
 from hodei.store.sql import query as query_text
-from hodei.testing import query
+from hodei.testing import query, spy
 from tests.workload import OPERATIONS, Workload
 
 
@@ -418,11 +417,9 @@ def test_a_command_about_a_job_reads_its_whole_flow_once_per_try(
     flows: list[str] = []
     loads: list[str] = []
     select_flow, select_events = store.recorder.select_flow, store.recorder.select_events  # type: ignore[attr-defined]
-    monkeypatch.setattr(store.recorder, "select_flow", lambda c: flows.append(c) or select_flow(c))
+    monkeypatch.setattr(store.recorder, "select_flow", spy(select_flow, flows))
     monkeypatch.setattr(
-        store.recorder,
-        "select_events",
-        lambda originator_id, **k: loads.append(str(originator_id)) or select_events(originator_id, **k),
+        store.recorder, "select_events", spy(select_events, loads, lambda originator_id, **_: str(originator_id))
     )
     seen: list[tuple[int, int]] = []
 
@@ -432,7 +429,7 @@ def test_a_command_about_a_job_reads_its_whole_flow_once_per_try(
         assert store.load(Worker, worker.id).state is worker.state and held == [saga.id]
         seen.append((mine.version, len(loads)))
         if len(seen) == 1:  # another writer moves the job first: this try loses
-            rival = store.repository.get(job.id)  # read apart from what the command has in hand
+            rival: Job = store.repository.get(job.id)  # read apart from what the command has in hand
             rival.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
             store.write([rival], Meta(actor="rival"))
         store.load(Job, other.id)  # not of the flow: read on its own
@@ -460,7 +457,7 @@ def test_a_try_kept_unmoved_runs_again_when_its_job_moved_meanwhile(store: Hodei
     tries: list[int] = []
 
     def rival() -> None:  # another transaction, on a connection of its own
-        moved = store.repository.get(job.id)
+        moved: Job = store.repository.get(job.id)
         moved.select_provider(str(PROVIDER_IDS[ProviderType.DOCKER]), "docker")
         store.write([moved], Meta(actor="rival"))
 
@@ -493,7 +490,7 @@ def test_a_flow_holds_what_has_not_ended_and_each_row_is_decoded_once(
     store.write([job, worker, running, finished], Meta(actor="t", correlation_id=str(job.id)))
     decoded: list[object] = []
     to_domain_event = store.mapper.to_domain_event
-    monkeypatch.setattr(store.mapper, "to_domain_event", lambda s: decoded.append(s) or to_domain_event(s))
+    monkeypatch.setattr(store.mapper, "to_domain_event", spy(to_domain_event, decoded))
 
     def first() -> tuple[None, list[Job]]:
         assert [saga.id for saga in store.held(Saga)] == [running.id]
@@ -600,9 +597,7 @@ def test_an_action_on_another_thread_finds_what_the_try_has_in_hand_and_reads_th
     loads: list[str] = []
     select_events = store.recorder.select_events
     monkeypatch.setattr(
-        store.recorder,
-        "select_events",
-        lambda originator_id, **k: loads.append(str(originator_id)) or select_events(originator_id, **k),
+        store.recorder, "select_events", spy(select_events, loads, lambda originator_id, **_: str(originator_id))
     )
     seen: dict[str, object] = {}
 
@@ -636,7 +631,7 @@ def test_a_server_reads_its_peers_at_most_once_a_heartbeat(store: HodeiStore, mo
         servers[2].register(["docker"], "c:1", "c:2")
         assert [p.server_id for p in a.peers()] == ["b"]  # as read less than a heartbeat ago
         later = time.monotonic() + HEARTBEAT
-        monkeypatch.setattr(instances.time, "monotonic", lambda: later)
+        monkeypatch.setattr("hodei.store.instances.time.monotonic", lambda: later)
         assert sorted(p.server_id for p in a.peers()) == ["b", "c"]
     finally:
         for server in servers:

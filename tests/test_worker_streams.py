@@ -28,7 +28,7 @@ from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
-from hodei.testing import query
+from hodei.testing import query, spy
 from hodei.tokens import TokenSigner
 from tests.sagas_support import Effects, FakeProvider, Harness
 
@@ -149,7 +149,7 @@ def test_handing_over_the_job_reads_the_state_and_its_secrets_in_one_transaction
     session = WorkerSession(service, store.load(Worker, worker.id))
     taken: list[object] = []
     getconn = store.pool.getconn
-    monkeypatch.setattr(store.pool, "getconn", lambda *a, **k: taken.append(1) or getconn(*a, **k))
+    monkeypatch.setattr(store.pool, "getconn", spy(getconn, taken, lambda *_, **__: 1))
 
     async def sync() -> list[worker_pb2.ServerMessage]:
         session.loop = asyncio.get_running_loop()
