@@ -94,7 +94,15 @@ def main() -> None:
         started = time.monotonic()
         failed_job = seed(url)
         print(f"seeded {JOBS} finished jobs in {time.monotonic() - started:.1f}s")
-        filters: dict[str, Any] = {"provider": None, "name": None, "labels": None, "since": None}
+        filters: dict[str, Any] = {
+            "provider": None,
+            "name": None,
+            "labels": None,
+            "labels_not": None,
+            "labels_present": None,
+            "labels_absent": None,
+            "since": None,
+        }
         listing = {"state": None, "limit": 50, "offset": 0, **filters}
         pages: list[tuple[str, str, list[tuple[str, Any]]]] = [
             ("jobs list", "/jobs", [("list_jobs", listing), ("count_jobs", listing)]),

@@ -142,6 +142,33 @@ def test_job_list_since_a_moment_lists_the_jobs_submitted_then_or_later(server: 
         wait_settled(server.database_url, job_id)
 
 
+def test_job_list_selects_by_labels_as_kubectl_does(server: ServerProcess) -> None:
+    """`-l KEY=VALUE`, `KEY!=VALUE` (or no such label), `KEY`, `!KEY`; every term holds.
+    The console's job list takes the same terms. A malformed one is refused before the call."""
+    run = ("job", "run", "-p", "local", "-c", "true", "--label", "suite=selectors")
+    blue = server.cli(*run, "--label", "team=blue", "--label", "tier=web", check=True).stdout.strip()
+    red = server.cli(*run, "--label", "team=red", check=True).stdout.strip()
+    bare = server.cli(*run, check=True).stdout.strip()
+
+    def listed(*terms: str) -> set[str]:
+        flags = [flag for term in ("suite=selectors", *terms) for flag in ("-l", term)]
+        shown = json.loads(server.cli("-o", "json", "job", "list", *flags, "--limit", "1000", check=True).stdout)
+        assert shown["total_count"] == len(shown["jobs"])
+        return {job["id"] for job in shown["jobs"]}
+
+    assert listed("team=blue") == {blue}
+    assert listed("team!=blue") == {red, bare}
+    assert listed("team") == {blue, red}
+    assert listed("!team") == {bare}
+    assert listed("team", "!tier") == {red}
+    assert listed("team!=red", "!tier") == {bare}
+    for wrong in ("=blue", "!", "!team=blue", "te!am"):
+        refused = server.cli("job", "list", "-l", wrong)
+        assert refused.returncode == 2 and f"label selector `{wrong}`: expected KEY=VALUE" in refused.stderr
+    for job_id in (blue, red, bare):
+        wait_settled(server.database_url, job_id)
+
+
 def test_a_secret_env_file_gives_secrets_masked_and_never_in_the_spec(server: ServerProcess, tmp_path: Path) -> None:
     """A .env of credentials: each line a --secret (sealed, masked), not a spec variable."""
     secrets = tmp_path / "secrets.env"

@@ -167,7 +167,9 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
         assert names("state=failed") == ["starved"]
         assert names("provider=sim&state=RUNNING") == ["slot-holder"]
         assert names("provider=docker") == []
-        assert listed.get(f"{server.http_url}/jobs?label=nokey").status_code == 400
+        assert names("label=team%21%3Dred") == ["slot-holder"]  # kubectl's terms, as `job list -l`
+        assert names("label=%21team") == [] and sorted(names("label=team")) == ["slot-holder", "starved"]
+        assert listed.get(f"{server.http_url}/jobs?label=%3Dblue").status_code == 400
         assert listed.get(f"{server.http_url}/jobs?provider=nomad").status_code == 400
         for wrong in ("/jobs?page=abc", "/jobs?page=0", f"/jobs/{holder}/logs?from=two"):
             refused = listed.get(server.http_url + wrong)

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
-from hodei.domain.spec import JobSpec, canonical_time, name_for
+from hodei.domain.spec import JobSpec, LabelSelector, canonical_time, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 
@@ -521,3 +521,13 @@ def test_a_begin_time_is_kept_in_utc_in_one_form() -> None:
     spec = JobSpec(name="x", command="true", timeout_seconds=5, begin_at="2026-12-03T10:30:00+00:00")
     assert spec.begins == datetime(2026, 12, 3, 10, 30, tzinfo=UTC)
     assert JobSpec(name="x", command="true", timeout_seconds=5).begins is None
+
+
+def test_a_label_selector_reads_kubectls_four_terms() -> None:
+    selector = LabelSelector.of([" team = blue ", "tier!=db", "owner", "!temp"], {"app": "x"})
+    assert selector == LabelSelector({"app": "x", "team": "blue"}, {"tier": "db"}, ("owner",), ("temp",))
+    assert LabelSelector.of(["team="]).equal == {"team": ""}  # the empty value, as kubectl's
+    assert not LabelSelector.of([])
+    for wrong in ("", "=x", "!", "!a=b", "a!b", "!=x"):
+        with pytest.raises(InvalidInput, match="expected KEY=VALUE, KEY!=VALUE, KEY or !KEY"):
+            LabelSelector.of([wrong])

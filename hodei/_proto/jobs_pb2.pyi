@@ -159,6 +159,7 @@ class ListJobsRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_SINCE_FIELD_NUMBER: _builtins.int
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """0 means the default (20); at most 1000."""
     offset: _builtins.int
@@ -176,6 +177,12 @@ class ListJobsRequest(_message.Message):
     def created_since(self) -> _timestamp_pb2.Timestamp:
         """Only jobs submitted at or after this time; unset: any."""
 
+    @_builtins.property
+    def label_selector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only jobs matching every one of these terms (kubectl's -l): "KEY=VALUE", "KEY!=VALUE"
+        (another value, or no such label), "KEY" (any value), "!KEY" (no such label).
+        """
+
     def __init__(
         self,
         *,
@@ -186,10 +193,11 @@ class ListJobsRequest(_message.Message):
         name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_since: _timestamp_pb2.Timestamp | None = ...,
+        label_selector: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since", "labels", b"labels", "limit", b"limit", "name", b"name", "offset", b"offset", "provider", b"provider", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since", "label_selector", b"label_selector", "labels", b"labels", "limit", b"limit", "name", b"name", "offset", b"offset", "provider", b"provider", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

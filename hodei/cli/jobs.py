@@ -38,7 +38,7 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
-from hodei.domain.spec import AFTER_CONDITIONS, JobSpec, Resources
+from hodei.domain.spec import AFTER_CONDITIONS, JobSpec, LabelSelector, Resources
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
 from hodei.wire import MAX_QUEUE_LISTED, spec_to_proto
@@ -475,13 +475,14 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         if args.state
         else common_pb2.JOB_STATUS_UNSPECIFIED
     )
+    LabelSelector.of(args.label or [])  # a malformed term is refused before the call
     request = jobs_pb2.ListJobsRequest(
         limit=args.limit,
         offset=args.offset,
         status=status,
         provider=args.provider or "",
         name=args.name or "",
-        labels=parse_labels(args.label or []),
+        label_selector=(LabelSelector.of(args.label or []) and args.label) or [],
     )
     if args.since:
         request.created_since.FromDatetime(args.since)
@@ -768,7 +769,14 @@ def add_commands(commands: Any) -> Any:
     list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
     list_parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
     list_parser.add_argument("--name", help="only jobs whose name contains this text")
-    list_parser.add_argument("--label", "-l", action="append", help="only jobs with this KEY=VALUE label; repeatable")
+    list_parser.add_argument(
+        "--label",
+        "-l",
+        action="append",
+        metavar="SELECTOR",
+        help="only jobs whose labels match: KEY=VALUE, KEY!=VALUE (or no such label), KEY (any value), !KEY; "
+        "repeatable",
+    )
     list_parser.add_argument(
         "--since", type=since, metavar="WHEN", help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time"
     )

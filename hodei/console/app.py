@@ -29,7 +29,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
-from hodei.domain.spec import AFTER_CONDITIONS
+from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
@@ -202,12 +202,8 @@ class Console:
                 status = JobState(shown["state"].upper()).code
             except ValueError:
                 raise InvalidInput(f"unknown state `{shown['state']}`") from None
-        labels = {}
-        if shown["label"]:
-            key, sep, value = shown["label"].partition("=")
-            if not sep or not key.strip():
-                raise InvalidInput(f"a label filter is KEY=VALUE, got `{shown['label']}`")
-            labels[key.strip()] = value.strip()
+        selector = [shown["label"]] if shown["label"] else []
+        LabelSelector.of(selector)  # refused here, in the selector's own words
         page = _from_one(request, "page")
         message = jobs_pb2.ListJobsRequest(
             limit=PAGE_SIZE,
@@ -215,7 +211,7 @@ class Console:
             status=status,  # type: ignore[arg-type]
             provider=shown["provider"],
             name=shown["name"],
-            labels=labels,
+            label_selector=selector,
         )
         return message, shown
 

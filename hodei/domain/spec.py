@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -380,3 +380,38 @@ def _build(cls: type[JobSpec], payload: Mapping[str, Any]) -> JobSpec:
             continue
         values[name] = convert(raw)
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """Which labels a listed job carries (kubectl's ``-l``): ``KEY=VALUE`` (equal),
+    ``KEY!=VALUE`` (not that value, or no such label), ``KEY`` (any value) and ``!KEY``
+    (no such label); every term must hold."""
+
+    equal: Mapping[str, str] = field(default_factory=dict)
+    not_equal: Mapping[str, str] = field(default_factory=dict)
+    present: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, terms: Iterable[str], equal: Mapping[str, str] | None = None) -> LabelSelector:
+        """``terms`` as people write them; ``equal``: pairs already split (the API's map)."""
+        wanted: dict[str, dict[str, str]] = {"equal": dict(equal or {}), "not_equal": {}}
+        present: list[str] = []
+        absent: list[str] = []
+        for term in terms:
+            text = term.strip()
+            key, sep, value = text.partition("!=") if "!=" in text else text.partition("=")
+            key = key.strip()
+            if text.startswith("!") and not sep:
+                key = text[1:].strip()
+            if not key or "!" in key or "=" in key:
+                raise InvalidInput(f"label selector `{term}`: expected KEY=VALUE, KEY!=VALUE, KEY or !KEY")
+            if sep:
+                wanted["equal" if sep == "=" else "not_equal"][key] = value.strip()
+            else:
+                (absent if text.startswith("!") else present).append(key)
+        return cls(wanted["equal"], wanted["not_equal"], tuple(present), tuple(absent))
+
+    def __bool__(self) -> bool:
+        return bool(self.equal or self.not_equal or self.present or self.absent)

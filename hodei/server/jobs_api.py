@@ -16,7 +16,7 @@ import grpc
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import AFTER_CONDITIONS, LIMITS, JobSpec
+from hodei.domain.spec import AFTER_CONDITIONS, LIMITS, JobSpec, LabelSelector
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
@@ -153,7 +153,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         filters = JobFilters(
             provider=provider.value if provider else None,
             name=request.name.strip() or None,
-            labels=dict(request.labels),
+            labels=LabelSelector.of(request.label_selector, request.labels),
             created_since=request.created_since.ToDatetime(tzinfo=UTC) if request.HasField("created_since") else None,
         )
         rows, total = self.reads.jobs(state, limit, request.offset, filters)

@@ -553,6 +553,10 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
   AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
   AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
+  AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
+      SELECT 1 FROM jsonb_each_text(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> n.key = n.value))
+  AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
+  AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
 ORDER BY j.created_at DESC, j.id
 LIMIT %(limit)s OFFSET %(offset)s;
@@ -563,6 +567,10 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
   AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
   AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
+  AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
+      SELECT 1 FROM jsonb_each_text(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> n.key = n.value))
+  AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
+  AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz);
 
 -- name: jobs_by_state

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.phases import Phase, phases_of
+from hodei.domain.spec import LabelSelector
 from hodei.errors import InvalidInput, NotFound
 from hodei.store.db import fetch_value, translate_errors
 from hodei.store.sql import query
@@ -79,7 +79,7 @@ class JobFilters:
 
     provider: str | None = None
     name: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: LabelSelector = field(default_factory=LabelSelector)
     created_since: datetime | None = None
 
 
@@ -184,7 +184,10 @@ class ReadModels:
             "offset": offset,
             "provider": wanted.provider,
             "name": wanted.name,
-            "labels": Jsonb(dict(wanted.labels)) if wanted.labels else None,
+            "labels": Jsonb(dict(wanted.labels.equal)) if wanted.labels.equal else None,
+            "labels_not": Jsonb(dict(wanted.labels.not_equal)) if wanted.labels.not_equal else None,
+            "labels_present": list(wanted.labels.present) or None,
+            "labels_absent": list(wanted.labels.absent) or None,
             "since": wanted.created_since,
         }
         rows = [JobRow(**row) for row in self._all("list_jobs", params)]
