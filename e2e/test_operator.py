@@ -411,6 +411,7 @@ def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_nev
         (f"job {first} ended FAILED, and this job was to start once it has succeeded (--after)", "system")
     ]
     assert server.cli("job", "get", on_success, "-o", "json", check=True).stdout.count(f'"{first}": "ok"') == 1
+    assert f"Waited on by: {on_failure}, {on_success}\n" in server.cli("job", "get", first, check=True).stdout
 
     # Refused, and nothing written: an ended job that can no longer be as asked, an
     # unknown one, a condition that is not one.
@@ -418,9 +419,12 @@ def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_nev
     for flags, said in [
         (
             ("--after", first),
-            f"after: job {first} already ended FAILED, and this job was to start once it has succeeded",
+            f"after: job {first} ended FAILED, and this job was to start once it has succeeded",
         ),
-        (("--after", f"{on_failure}:notok"), "already ended SUCCEEDED"),
+        (
+            ("--after", f"{on_failure}:notok"),
+            f"job {on_failure} ended SUCCEEDED, and this job was to start once it has failed",
+        ),
         (("--after", "00000000-0000-4000-8000-000000000000"), "not found"),
         (("--after", f"{first}:maybe"), "the condition must be ok"),
         (("--after", f"{on_failure}:any", "--after", f"{on_failure[:10]}:any"), "is named twice"),

@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool
 
 from hodei.domain.job import Job
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import AFTER_CONDITIONS
+from hodei.domain.spec import never_after
 from hodei.errors import ConcurrencyConflict, InvalidTransition
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -85,10 +85,7 @@ class NeverStarted:
 
     @property
     def reason(self) -> str:
-        return (
-            f"job {self.after_id} ended {self.after_state}, and this job was to start once it "
-            f"{AFTER_CONDITIONS[self.condition]} (--after)"
-        )
+        return never_after(self.after_id, self.after_state, self.condition) + " (--after)"
 
 
 @dataclass

@@ -20,3 +20,6 @@ LANGUAGE sql STABLE AS $$
     SELECT d.key, d.value, (SELECT j.state FROM jobs j WHERE j.id = d.key::uuid)
     FROM jsonb_each_text(spec -> 'after') d
 $$;
+
+-- `job get` names the jobs that wait for this one (spec -> 'after' ? its id).
+CREATE INDEX idx_jobs_after ON jobs USING gin ((spec -> 'after'));

@@ -261,6 +261,7 @@ class Job(_message.Message):
     RETRY_OF_FIELD_NUMBER: _builtins.int
     RETRIED_BY_FIELD_NUMBER: _builtins.int
     RETRY_AT_FIELD_NUMBER: _builtins.int
+    WAITED_ON_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     state: _builtins.str
@@ -299,6 +300,10 @@ class Job(_message.Message):
     def retry_at(self) -> _timestamp_pb2.Timestamp:
         """A failed attempt waits for its retry until then."""
 
+    @_builtins.property
+    def waited_on_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The jobs submitted to start after this one (their spec's `after` names it)."""
+
     def __init__(
         self,
         *,
@@ -323,10 +328,11 @@ class Job(_message.Message):
         retry_of: _builtins.str = ...,
         retried_by: _abc.Iterable[_builtins.str] | None = ...,
         retry_at: _timestamp_pb2.Timestamp | None = ...,
+        waited_on_by: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "retry_at", b"retry_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

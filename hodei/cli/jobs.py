@@ -119,6 +119,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),
+        *([f"Waited on by: {', '.join(job.waited_on_by)}"] if job.waited_on_by else []),
         *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
         *([f"Next attempt not before: {when(job, 'retry_at', 'auto')}"] if job.HasField("retry_at") else []),
         *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),

@@ -76,6 +76,11 @@ PROVIDER_ALIASES = {
 AFTER_CONDITIONS = {"ok": "has succeeded", "notok": "has failed", "any": "has ended"}
 
 
+def never_after(job_id: str, state: str, condition: str) -> str:
+    """Why a job submitted with ``--after job_id[:condition]`` can never start."""
+    return f"job {job_id} ended {state}, and this job was to start once it {AFTER_CONDITIONS[condition]}"
+
+
 def normalise_provider(value: str) -> str:
     """Maps an alias such as ``k8s`` to its provider type; other values pass unchanged."""
     cleaned = value.strip().lower()

@@ -119,5 +119,6 @@ def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.J
         phases=[phase_to_proto(phase) for phase in phases or ()],
         retry_of=str(row.retry_of or ""),
         retried_by=[str(job_id) for job_id in row.retried_by],
+        waited_on_by=[str(job_id) for job_id in row.waited_on_by],
         retry_at=timestamp(row.retry_at),
     )

@@ -16,7 +16,7 @@ import grpc
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import AFTER_CONDITIONS, LIMITS, JobSpec, LabelSelector
+from hodei.domain.spec import LIMITS, JobSpec, LabelSelector, never_after
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
@@ -88,10 +88,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 raise InvalidInput(f"after: {exc.message}") from None
             state = JobState(row.state)
             if after_met(condition, state) is False:
-                raise InvalidInput(
-                    f"after: job {row.id} already ended {state}, and this job was to start once it "
-                    f"{AFTER_CONDITIONS[condition]}"
-                )
+                raise InvalidInput(f"after: {never_after(str(row.id), state, condition)}")
             if str(row.id) in after:
                 raise InvalidInput(f"after: job {row.id} is named twice")
             after[str(row.id)] = condition

@@ -539,7 +539,8 @@ SELECT value FROM hodei.secrets WHERE name = 'installation_id';
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
        j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
-       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by
+       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
+       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' ? j.id::text ORDER BY d.created_at, d.id) AS waited_on_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
@@ -547,7 +548,8 @@ WHERE j.id = %s;
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
        j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
-       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by
+       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
+       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' ? j.id::text ORDER BY d.created_at, d.id) AS waited_on_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)

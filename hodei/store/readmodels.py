@@ -60,6 +60,8 @@ class JobRow:
     retry_of: UUID | None
     retry_at: datetime | None
     retried_by: list[UUID]
+    # The jobs submitted to start after this one (--after).
+    waited_on_by: list[UUID]
 
 
 @dataclass(frozen=True)
