@@ -97,6 +97,37 @@ def test_kill_9_of_one_of_two_servers_fails_none_of_its_jobs(
         victim.stop()
 
 
+def test_jobs_waiting_for_a_time_or_for_another_job_outlive_a_kill_9_of_their_server(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """Nothing of --begin or --after is kept in a server's memory: killed while every job
+    waits, a new server lets each start when its time or its job comes, and cancels the
+    one whose job ended otherwise than asked."""
+    url = fresh_database_url
+    server = ServerProcess(url, tmp_path / "logs", {"HODEI_LOCAL_MAX_WORKERS": "4"}).start()
+    try:
+
+        def run(*flags: str) -> str:
+            return server.cli("job", "run", "-p", "local", "-c", "true", *flags, check=True).stdout.strip()
+
+        first = run("--begin", "4s")
+        then = run("--after", first)
+        never = run("--after", f"{first}:notok")
+        server.kill()
+        assert states(url, [first, then, never]) == {first: "PENDING", then: "PENDING", never: "PENDING"}
+        server.start()
+        ended = wait_all(url, [first, then, never], 120)
+        assert ended == {first: "SUCCEEDED", then: "SUCCEEDED", never: "CANCELLED"}
+        (begin_at,) = query(url, "SELECT (spec->>'begin_at')::timestamptz FROM jobs WHERE id = %s", (first,))[0]
+        times = dict(query(url, "SELECT id::text, started_at FROM jobs WHERE id = ANY(%s::uuid[])", ([first, then],)))
+        (first_done,) = query(url, "SELECT completed_at FROM jobs WHERE id = %s", (first,))[0]
+        assert times[first] >= begin_at and times[then] >= first_done
+        for job_id in (first, then, never):
+            wait_settled(url, job_id)
+    finally:
+        server.stop()
+
+
 def test_a_server_stopped_longer_than_the_heartbeat_timeout_kills_no_job(
     fresh_database_url: str, tmp_path: Path
 ) -> None:
