@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hodei._proto import logs_pb2, logs_pb2_grpc
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
 from hodei.testing import BIN, ServerProcess, eventually, query, wait_running, wait_settled
 
@@ -166,6 +166,35 @@ def test_job_list_selects_by_labels_as_kubectl_does(server: ServerProcess) -> No
         refused = server.cli("job", "list", "-l", wrong)
         assert refused.returncode == 2 and f"label selector `{wrong}`: expected KEY=VALUE" in refused.stderr
     for job_id in (blue, red, bare):
+        wait_settled(server.database_url, job_id)
+
+
+def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(server: ServerProcess) -> None:
+    """Slurm's `sbatch --array --wait`, Kubernetes' indexed Jobs: one job per index, each
+    told its index; listed by the array's label; --wait exits with the highest code."""
+    command = 'echo "$HODEI_ARRAY_INDEX/$HODEI_ARRAY_COUNT $HODEI_ARRAY_ID"; exit $HODEI_ARRAY_INDEX'
+    ran = server.cli("job", "run", "-p", "local", "-n", "sweep", "-c", command, "--array", "0,2-4:2", "--wait")
+    assert ran.returncode == 4, ran.stderr
+    job_ids = ran.stdout.split()
+    first = job_ids[0]
+    assert len(job_ids) == 3 and f"Array {first}: 3 jobs (`job list -l hodei.io/array={first}`)" in ran.stderr
+    listed = json.loads(server.cli("-o", "json", "job", "list", "-l", f"hodei.io/array={first}", check=True).stdout)
+    jobs = {job["id"]: job for job in listed["jobs"]}
+    assert set(jobs) == set(job_ids)
+    for job_id, index in zip(job_ids, (0, 2, 4), strict=True):
+        assert (jobs[job_id]["spec"]["name"], jobs[job_id]["exit_code"]) == (f"sweep[{index}]", index)
+        assert server.cli("job", "logs", job_id, check=True).stdout == f"{index}/3 {first}\n"
+    # All or nothing: one job the server refuses (a name too long once suffixed) submits none.
+    before = query(server.database_url, "SELECT count(*) FROM jobs")
+    with server.channel() as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        spec = common_pb2.JobSpec(name="n" * 253, command="true", timeout_seconds=30, provider="local")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec, array=[1, 10]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name must be at most 255 characters" in str(refused.value.details())
+    assert query(server.database_url, "SELECT count(*) FROM jobs") == before
+    for job_id in job_ids:
         wait_settled(server.database_url, job_id)
 
 
@@ -530,6 +559,12 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "run", "-c", "true", "--memory", "9" * 30), "memory must be between 0 (the default) and"),
         (("job", "run", "-c", "true", "--cpu", "1e400"), "cpu cores must be between 0 (the default) and 256, got inf"),
         (("job", "run", "-c", "true", "--secret", "K=abc"), "secret K is shorter than 4 characters"),
+        (("job", "run", "-c", "true", "--array", "0-99999999999"), "an array of at most 1000 jobs"),
+        (("job", "run", "-c", "true", "--array", "2147483648"), "array indices must be 0 to 2147483647"),
+        (("job", "run", "-c", "true", "--array", "3,1-4"), "an array index is given twice"),
+        (("job", "run", "-c", "true", "--array", "4-1"), "`4-1` is no range"),
+        (("job", "run", "-c", "true", "--array", "0-1", "--follow"), "--follow streams one job's output"),
+        (("job", "run", "-c", "true", "-n", "n" * 254, "--array", "9-10"), "name must be at most 255 characters"),
     ],
     ids=[
         "job-list",
@@ -547,6 +582,12 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         "memory",
         "cpu",
         "secret",
+        "array-size",
+        "array-index",
+        "array-twice",
+        "array-range",
+        "array-follow",
+        "array-name",
     ],
 )
 def test_a_number_the_request_cannot_carry_is_refused_before_sending(

@@ -57,6 +57,7 @@ PROVIDER = "provider get|enable|disable|health|capacity"
 CASES: list[tuple[str, list[str], int]] = [
     ("job run", ["job", "run", "--provider", "local", "--command", "true"], 0),
     ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
+    ("job run --array", ["job", "run", "--provider", "local", "--command", "true", "--array", "0-1"], 0),
     ("job run --follow", ["job", "run", "--provider", "local", "--command", "echo hi", "--follow"], 0),
     ("job get", ["job", "get", "{job}"], 0),
     ("job list", ["job", "list"], 0),

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
-from hodei.domain.spec import JobSpec, LabelSelector, canonical_time, name_for
+from hodei.domain.spec import JobSpec, LabelSelector, array_element, array_problems, canonical_time, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 
@@ -531,3 +531,14 @@ def test_a_label_selector_reads_kubectls_four_terms() -> None:
     for wrong in ("", "=x", "!", "!a=b", "a!b", "!=x"):
         with pytest.raises(InvalidInput, match="expected KEY=VALUE, KEY!=VALUE, KEY or !KEY"):
             LabelSelector.of([wrong])
+
+
+def test_a_job_of_an_array_is_told_its_index_and_carries_the_arrays_label() -> None:
+    spec = JobSpec(name="sweep", command="true", timeout_seconds=5, env={"HODEI_ARRAY_INDEX": "mine", "A": "1"})
+    element = array_element(spec, "array-1", 7, 10)
+    assert element.name == "sweep[7]" and element.labels == {"hodei.io/array": "array-1"}
+    assert element.env == {"A": "1", "HODEI_ARRAY_INDEX": "7", "HODEI_ARRAY_ID": "array-1", "HODEI_ARRAY_COUNT": "10"}
+    assert array_problems([0, 1, 2]) == []
+    assert array_problems(list(range(1001))) == ["an array of 1001 jobs; the limit is 1000"]
+    assert array_problems([1, 1]) == ["an array index is given twice"]
+    assert array_problems([-1]) == ["array indices must be 0 to 2147483647"]

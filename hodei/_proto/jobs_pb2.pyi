@@ -48,6 +48,7 @@ class QueueJobRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    ARRAY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
     @_builtins.property
@@ -56,15 +57,24 @@ class QueueJobRequest(_message.Message):
         to the job's worker over its stream, masked as *** in the job's output.
         """
 
+    @_builtins.property
+    def array(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """An array (Slurm's --array): one job per index, submitted together, each with
+        HODEI_ARRAY_INDEX, HODEI_ARRAY_ID (the first job's id) and HODEI_ARRAY_COUNT in its
+        environment, the label hodei.io/array=<that id>, and its name suffixed with [index].
+        Empty: one job. At most 1000.
+        """
+
     def __init__(
         self,
         *,
         spec: _common_pb2.JobSpec | None = ...,
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        array: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -75,15 +85,22 @@ class QueueJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    ARRAY_JOB_IDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job; of an array, its first job (whose id is the array's)."""
+    @_builtins.property
+    def array_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Of an array: every job, in the order of the request's indices."""
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        array_job_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_job_ids", b"array_job_ids", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import grpc
 from rich.live import Live
@@ -25,6 +26,7 @@ from hodei.cli.parsing import (
     moment,
     parse_after,
     parse_args,
+    parse_array,
     parse_env,
     parse_env_files,
     parse_labels,
@@ -38,7 +40,15 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
-from hodei.domain.spec import AFTER_CONDITIONS, JobSpec, LabelSelector, Resources
+from hodei.domain.spec import (
+    AFTER_CONDITIONS,
+    ARRAY_LABEL,
+    JobSpec,
+    LabelSelector,
+    Resources,
+    array_element,
+    validate_array,
+)
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
 from hodei.wire import MAX_QUEUE_LISTED, spec_to_proto
@@ -168,14 +178,24 @@ def queue_request(args: argparse.Namespace) -> None:
         begin_at=args.begin or "",
     )
     spec.validate(secrets)
-    args.request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets)
+    indices = args.array or []
+    if indices:
+        if args.follow:
+            raise InvalidInput("--follow streams one job's output: with --array use --wait, then `job logs` of each")
+        validate_array(indices)
+        for index in indices:  # each job as the server will make it (its name, its environment)
+            array_element(spec, str(UUID(int=0)), index, len(indices)).validate(secrets)
+    args.request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets, array=indices)
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     after = args.request.spec.after
     if LATEST in after:  # the newest job now, before this one is submitted
         after[latest_job(client)] = after.pop(LATEST)
-    job_id = client.call(client.jobs.QueueJob, args.request).job_id
+    queued = client.call(client.jobs.QueueJob, args.request)
+    if queued.array_job_ids:
+        return _run_array(client, term, args, queued.job_id, list(queued.array_job_ids))
+    job_id = queued.job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
         with _queue_note(client, term, job_id):
@@ -189,6 +209,21 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         with _queue_note(client, term, job_id):
             return wait(client, term, job_id)
     return 0
+
+
+def _run_array(client: Client, term: Terminal, args: argparse.Namespace, array_id: str, job_ids: list[str]) -> int:
+    """Every job's id, one a line (the array's id is the first's); with --wait, each in
+    turn, exiting with the highest exit code among them, as `sbatch --wait` does."""
+    if term.json and not args.wait:
+        term.data({"job_id": array_id, "array_id": array_id, "job_ids": job_ids})
+        return 0
+    if not term.json:
+        for job_id in job_ids:
+            term.value(job_id)
+        term.info(f"Array {array_id}: {len(job_ids)} jobs (`job list -l {ARRAY_LABEL}={array_id}`)")
+    if not args.wait:
+        return 0
+    return max(wait(client, term, job_id) for job_id in job_ids)
 
 
 # How long a job waits in its provider's queue before `job run --wait/--follow` says where.
@@ -734,6 +769,16 @@ def add_commands(commands: Any) -> Any:
             f"start only once this job (an id, a prefix of one, or {LATEST}) succeeded (ok, the default), failed, "
             "timed out or was cancelled (notok), or ended at all (any); repeatable. A job that can no longer "
             "start is cancelled"
+        ),
+    )
+    run_parser.add_argument(
+        "--array",
+        type=parse_array,
+        metavar="INDICES",
+        help=(
+            "submit one job per index (0-9, 1,3,5-7, 0-20:5; at most 1000), each with HODEI_ARRAY_INDEX, "
+            f"HODEI_ARRAY_ID and HODEI_ARRAY_COUNT in its environment and the label {ARRAY_LABEL}=ID; "
+            "prints every job's id; --wait exits with the highest exit code"
         ),
     )
     run_parser.add_argument(

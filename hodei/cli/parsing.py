@@ -8,7 +8,7 @@ import shlex
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hodei.domain.spec import AFTER_CONDITIONS
+from hodei.domain.spec import AFTER_CONDITIONS, LIMITS
 from hodei.errors import InvalidInput
 
 _ITEM_START = re.compile(r"(?<!\\),(?=[A-Za-z_][A-Za-z0-9_]*=)")
@@ -107,6 +107,27 @@ def parse_labels(values: list[str]) -> dict[str, str]:
             raise InvalidInput(f"malformed --label `{item}`: expected KEY=VALUE")
         labels[key.strip()] = val
     return labels
+
+
+_ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+
+
+def parse_array(value: str) -> list[int]:
+    """``--array``, as Slurm's: ``0-9``, ``1,3,5-7``, ``0-20:5`` (every fifth); in order."""
+    indices: list[int] = []
+    for item in value.split(","):
+        match = _ARRAY_ITEM.match(item.strip())
+        if match is None:
+            raise argparse.ArgumentTypeError(f"takes indices such as 0-9, 1,3,5-7 or 0-20:5, got {value!r}")
+        first, last, step = match.group(1), match.group(2) or match.group(1), match.group(3) or "1"
+        if int(last) < int(first) or int(step) == 0:
+            raise argparse.ArgumentTypeError(
+                f"`{item.strip()}` is no range: write the lower index first, a step from 1"
+            )
+        if (int(last) - int(first)) // int(step) >= LIMITS.array_jobs:
+            raise argparse.ArgumentTypeError(f"an array of at most {LIMITS.array_jobs} jobs, got {value!r}")
+        indices.extend(range(int(first), int(last) + 1, int(step)))
+    return indices
 
 
 def parse_after(values: list[str]) -> dict[str, str]:

@@ -99,6 +99,7 @@ _TOKEN = message_schema(access_pb2.ApiToken.DESCRIPTOR)
 # Command -> (the shape, whether it prints one JSON document or one object per line).
 SHAPES: dict[str, tuple[Schema, bool]] = {
     "job run": (_object(job_id=_STRING), False),
+    "job run --array": (_object(job_id=_STRING, array_id=_STRING, job_ids=_array(_STRING)), False),
     "job run --wait": (EVENT_LINE, True),
     "job run --follow": (EVENT_LINE, True),
     "job get": (JOB, False),

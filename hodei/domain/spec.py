@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,9 @@ class Limits:
     max_retries: int = 100
     dependencies: int = 64
     job_ref_chars: int = 36
+    array_jobs: int = 1000
+    # The largest index of an array (the API's int32).
+    max_array_index: int = 2**31 - 1
 
 
 LIMITS = Limits()
@@ -74,6 +77,42 @@ PROVIDER_ALIASES = {
 # afterok, afternotok, afterany): "once it <condition's words>". Failed: FAILED, TIMEOUT
 # or CANCELLED.
 AFTER_CONDITIONS = {"ok": "has succeeded", "notok": "has failed", "any": "has ended"}
+
+
+# The label every job of an array carries: the array's id (its first job's).
+ARRAY_LABEL = "hodei.io/array"
+
+
+def validate_array(indices: Sequence[int]) -> None:
+    """Refuses an array's indices (``--array``) that break a bound, naming each."""
+    found = array_problems(indices)
+    if found:
+        raise InvalidInput("invalid array: " + "; ".join(found))
+
+
+def array_problems(indices: Sequence[int]) -> list[str]:
+    """What is wrong with an array's indices (``--array``); none for no array."""
+    limits = LIMITS
+    found = []
+    if len(indices) > limits.array_jobs:
+        found.append(f"an array of {len(indices)} jobs; the limit is {limits.array_jobs}")
+    if any(not 0 <= index <= limits.max_array_index for index in indices):
+        found.append(f"array indices must be 0 to {limits.max_array_index}")
+    if len(set(indices)) != len(indices):
+        found.append("an array index is given twice")
+    return found
+
+
+def array_element(spec: JobSpec, array_id: str, index: int, count: int) -> JobSpec:
+    """One job of an array (Slurm's ``--array``, Kubernetes' indexed Jobs): ``spec`` with
+    its index, the array's id and size in its environment (over the same names in
+    ``--env``), the array's label, and its name suffixed with ``[index]``."""
+    return replace(
+        spec,
+        name=f"{spec.name}[{index}]",
+        env={**spec.env, "HODEI_ARRAY_ID": array_id, "HODEI_ARRAY_INDEX": str(index), "HODEI_ARRAY_COUNT": str(count)},
+        labels={**spec.labels, ARRAY_LABEL: array_id},
+    )
 
 
 def never_after(job_id: str, state: str, condition: str) -> str:

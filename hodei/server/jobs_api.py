@@ -16,7 +16,7 @@ import grpc
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import LIMITS, JobSpec, LabelSelector, never_after
+from hodei.domain.spec import LIMITS, JobSpec, LabelSelector, array_element, never_after, validate_array
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
@@ -69,10 +69,25 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         if provider_type_of(spec.provider) is ProviderType.SIM:
             Simulation.of(spec.env)
         spec = self._after(spec)
+        if request.array:
+            return self._queue_array(spec, secrets, list(request.array))
         job_id = uuid4()
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets))
         self.store.write([job], Meta(actor=caller().name, correlation_id=str(job_id)))
         return jobs_pb2.QueueJobResponse(job_id=str(job_id))
+
+    def _queue_array(self, spec: JobSpec, secrets: dict[str, str], indices: list[int]) -> jobs_pb2.QueueJobResponse:
+        """Every job of the array, or none: one write (each job's events correlated with
+        the job itself, as a job submitted alone)."""
+        validate_array(indices)
+        ids = [uuid4() for _ in indices]
+        array_id = str(ids[0])
+        jobs = [
+            Job.submit(array_element(spec, array_id, index, len(indices)), job_id, self.secrets.seal(job_id, secrets))
+            for index, job_id in zip(indices, ids, strict=True)
+        ]
+        self.store.write(jobs, Meta(actor=caller().name))
+        return jobs_pb2.QueueJobResponse(job_id=array_id, array_job_ids=[str(job_id) for job_id in ids])
 
     def _after(self, spec: JobSpec) -> JobSpec:
         """The spec with the jobs it starts after named by their whole ids. Refused: one
