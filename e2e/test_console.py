@@ -176,6 +176,7 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
             assert refused.status_code == 400 and "must be a whole number from 1" in refused.text, wrong
 
         page = listed.get(f"{server.http_url}/jobs/{starved}").text
+        assert '<a class="label" href="/jobs?label=team%3Dred"' in page  # its label lists its like
         steps = re.findall(
             r'<g class="step([^"]*)" data-step="([^"]+)" data-state="([^"]+)" data-duration="([^"]+)"', page
         )
