@@ -184,6 +184,13 @@ def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(se
     for job_id, index in zip(job_ids, (0, 2, 4), strict=True):
         assert (jobs[job_id]["spec"]["name"], jobs[job_id]["exit_code"]) == (f"sweep[{index}]", index)
         assert server.cli("job", "logs", job_id, check=True).stdout == f"{index}/3 {first}\n"
+    watched = server.cli("job", "watch", *job_ids)  # each in turn, as `job run --array --wait`
+    assert watched.returncode == 4
+    assert [line.split()[:2] for line in watched.stdout.splitlines()] == [
+        [job_ids[0], "SUCCEEDED"],
+        [job_ids[1], "FAILED"],
+        [job_ids[2], "FAILED"],
+    ]
     # All or nothing: one job the server refuses (a name too long once suffixed) submits none.
     before = query(server.database_url, "SELECT count(*) FROM jobs")
     with server.channel() as channel:

@@ -582,9 +582,15 @@ def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    """A line per change of state (or attempt); JSON: every update of the job, as sent."""
+    """A line per change of state (or attempt); JSON: every update of the job, as sent.
+    Several jobs (an array, a chain of --after): each in turn until it ends, exiting with
+    the highest exit code (as `job run --array --wait`)."""
+    return max(_watch_one(client, term, job_id) for job_id in (args.job_id, *args.more_ids))
+
+
+def _watch_one(client: Client, term: Terminal, job_id: str) -> int:
     job, shown = None, ""
-    for job in _watch(client, args.job_id):
+    for job in _watch(client, job_id):
         if term.json:
             term.line_data({"event": "state", "job": job_dict(job), "log": None})
             continue
@@ -677,6 +683,10 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
         )
         stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
+    if name == "watch":
+        parser.add_argument(
+            "more_ids", nargs="*", metavar="ID", help="more jobs to watch, each in turn; exits with the highest code"
+        )
     if name == "retry":
         parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
     if name == "history":
