@@ -184,7 +184,8 @@ def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(se
     for job_id, index in zip(job_ids, (0, 2, 4), strict=True):
         assert (jobs[job_id]["spec"]["name"], jobs[job_id]["exit_code"]) == (f"sweep[{index}]", index)
         assert server.cli("job", "logs", job_id, check=True).stdout == f"{index}/3 {first}\n"
-    watched = server.cli("job", "watch", *job_ids)  # each in turn, as `job run --array --wait`
+    # Each in turn, as `job run --array --wait`; @latest (the array's last job) anywhere.
+    watched = server.cli("job", "watch", job_ids[0], job_ids[1], "@latest")
     assert watched.returncode == 4
     assert [line.split()[:2] for line in watched.stdout.splitlines()] == [
         [job_ids[0], "SUCCEEDED"],
