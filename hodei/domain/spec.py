@@ -440,22 +440,26 @@ class LabelSelector:
     @classmethod
     def of(cls, terms: Iterable[str], equal: Mapping[str, str] | None = None) -> LabelSelector:
         """``terms`` as people write them; ``equal``: pairs already split (the API's map)."""
-        wanted: dict[str, dict[str, str]] = {"equal": dict(equal or {}), "not_equal": {}}
+        equal_to, not_equal_to = dict(equal or {}), {}
         present: list[str] = []
         absent: list[str] = []
         for term in terms:
             text = term.strip()
-            key, sep, value = text.partition("!=") if "!=" in text else text.partition("=")
-            key = key.strip()
-            if text.startswith("!") and not sep:
-                key = text[1:].strip()
-            if not key or "!" in key or "=" in key:
-                raise InvalidInput(f"label selector `{term}`: expected KEY=VALUE, KEY!=VALUE, KEY or !KEY")
-            if sep:
-                wanted["equal" if sep == "=" else "not_equal"][key] = value.strip()
+            if "!=" in text:
+                key, value = text.split("!=", 1)
+                not_equal_to[key.strip()] = value.strip()
+            elif "=" in text:
+                key, value = text.split("=", 1)
+                equal_to[key.strip()] = value.strip()
+            elif text.startswith("!"):
+                key = text[1:]
+                absent.append(key.strip())
             else:
-                (absent if text.startswith("!") else present).append(key)
-        return cls(wanted["equal"], wanted["not_equal"], tuple(present), tuple(absent))
+                key = text
+                present.append(key.strip())
+            if not key.strip() or "!" in key or "=" in key:
+                raise InvalidInput(f"label selector `{term}`: expected KEY=VALUE, KEY!=VALUE, KEY or !KEY")
+        return cls(equal_to, not_equal_to, tuple(present), tuple(absent))
 
     def __bool__(self) -> bool:
         return bool(self.equal or self.not_equal or self.present or self.absent)
