@@ -206,6 +206,30 @@ def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(se
         wait_settled(server.database_url, job_id)
 
 
+def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(server: ServerProcess) -> None:
+    """Slurm's `--dependency=afterok:<array job id>`: named by any job of the array (here
+    @latest, its last), the reduce waits for all of them."""
+    url = server.database_url
+    mapped = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-2", check=True).stdout.split()
+    reduce = server.cli(
+        "job", "run", "-p", "local", "-c", "true", "--after-array", "@latest", check=True
+    ).stdout.strip()
+    shown = server.cli("job", "get", reduce, check=True).stdout
+    assert f"After: {', '.join(f'{job_id} once it has succeeded' for job_id in sorted(mapped))}\n" in shown
+    wait_settled(url, reduce)
+    ended = query(url, "SELECT max(completed_at) FROM jobs WHERE id = ANY(%s::uuid[])", (mapped,))[0][0]
+    assert query(url, "SELECT state, started_at >= %s FROM jobs WHERE id = %s", (ended, reduce)) == [
+        ("SUCCEEDED", True)
+    ]
+    for flags, said in [
+        (("--after-array", reduce), f"after-array: job {reduce} is not a job of an array"),
+        (("--after-array", f"{mapped[1]}:notok"), "ended SUCCEEDED, and this job was to start once it has failed"),
+        (("--after-array", mapped[0], "--after", mapped[2]), f"after: job {mapped[2]} is named twice"),
+    ]:
+        refused = server.cli("job", "run", "-p", "local", "-c", "true", *flags)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+
+
 def test_a_secret_env_file_gives_secrets_masked_and_never_in_the_spec(server: ServerProcess, tmp_path: Path) -> None:
     """A .env of credentials: each line a --secret (sealed, masked), not a spec variable."""
     secrets = tmp_path / "secrets.env"

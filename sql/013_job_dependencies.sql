@@ -23,3 +23,7 @@ $$;
 
 -- `job get` names the jobs that wait for this one (spec -> 'after' ? its id).
 CREATE INDEX idx_jobs_after ON jobs USING gin ((spec -> 'after'));
+
+-- `job run --after-array ID` names every job of an array (the label hodei.io/array).
+CREATE INDEX idx_jobs_array ON jobs ((spec -> 'labels' ->> 'hodei.io/array'))
+    WHERE spec -> 'labels' ? 'hodei.io/array';

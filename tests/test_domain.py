@@ -238,8 +238,8 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
         (JobSpec(name="x", command="true", timeout_seconds=5, after={" ": "ok"}), "is not a job id"),
         (JobSpec(name="x", command="true", timeout_seconds=5, after={"a\nb": "ok"}), "is not a job id"),
         (
-            JobSpec(name="x", command="true", timeout_seconds=5, after={str(uuid4()): "ok" for _ in range(65)}),
-            "65 jobs to start after; the limit is 64",
+            JobSpec(name="x", command="true", timeout_seconds=5, after={str(uuid4()): "ok" for _ in range(1001)}),
+            "1001 jobs to start after; the limit is 1000",
         ),
         (JobSpec(name="x", command="true", timeout_seconds=5, begin_at="tomorrow"), "begin must be an ISO 8601 time"),
         (

@@ -185,13 +185,15 @@ def queue_request(args: argparse.Namespace) -> None:
         validate_array(indices)
         for index in indices:  # each job as the server will make it (its name, its environment)
             array_element(spec, str(UUID(int=0)), index, len(indices)).validate(secrets)
-    args.request = jobs_pb2.QueueJobRequest(spec=spec_to_proto(spec), secrets=secrets, array=indices)
+    args.request = jobs_pb2.QueueJobRequest(
+        spec=spec_to_proto(spec), secrets=secrets, array=indices, after_arrays=parse_after(args.after_array or [])
+    )
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    after = args.request.spec.after
-    if LATEST in after:  # the newest job now, before this one is submitted
-        after[latest_job(client)] = after.pop(LATEST)
+    for after in (args.request.spec.after, args.request.after_arrays):
+        if LATEST in after:  # the newest job now, before this one is submitted
+            after[latest_job(client)] = after.pop(LATEST)
     queued = client.call(client.jobs.QueueJob, args.request)
     if queued.array_job_ids:
         return _run_array(client, term, args, queued.job_id, list(queued.array_job_ids))
@@ -779,6 +781,15 @@ def add_commands(commands: Any) -> Any:
             f"start only once this job (an id, a prefix of one, or {LATEST}) succeeded (ok, the default), failed, "
             "timed out or was cancelled (notok), or ended at all (any); repeatable. A job that can no longer "
             "start is cancelled"
+        ),
+    )
+    run_parser.add_argument(
+        "--after-array",
+        action="append",
+        metavar="ID[:ok|:notok|:any]",
+        help=(
+            f"start only once every job of an array (named by any of its jobs, or {LATEST}) succeeded, failed or "
+            "ended, as --after asks of one: a reduce after a map"
         ),
     )
     run_parser.add_argument(

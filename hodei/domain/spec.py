@@ -53,7 +53,8 @@ class Limits:
     max_attempts: int = 10
     max_priority: int = 1000
     max_retries: int = 100
-    dependencies: int = 64
+    # Jobs to start after, an array's (--after-array) counted one by one.
+    dependencies: int = 1000
     job_ref_chars: int = 36
     array_jobs: int = 1000
     # The largest index of an array (the API's int32).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +16,16 @@ import grpc
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
-from hodei.domain.spec import LIMITS, JobSpec, LabelSelector, array_element, never_after, validate_array
+from hodei.domain.spec import (
+    AFTER_CONDITIONS,
+    ARRAY_LABEL,
+    LIMITS,
+    JobSpec,
+    LabelSelector,
+    array_element,
+    never_after,
+    validate_array,
+)
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
@@ -68,7 +77,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         # job's settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later.
         if provider_type_of(spec.provider) is ProviderType.SIM:
             Simulation.of(spec.env)
-        spec = self._after(spec)
+        spec = self._after(spec, request.after_arrays)
         if request.array:
             return self._queue_array(spec, secrets, list(request.array))
         job_id = uuid4()
@@ -89,25 +98,35 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.store.write(jobs, Meta(actor=caller().name))
         return jobs_pb2.QueueJobResponse(job_id=array_id, array_job_ids=[str(job_id) for job_id in ids])
 
-    def _after(self, spec: JobSpec) -> JobSpec:
-        """The spec with the jobs it starts after named by their whole ids. Refused: one
-        that does not exist, and one that already ended otherwise than asked (the job
-        would never start). One that ends so later is the sweeper's (it cancels the job)."""
-        if not spec.after:
-            return spec
-        after = {}
-        for job_ref, condition in spec.after.items():
+    def _after(self, spec: JobSpec, after_arrays: Mapping[str, str] | None = None) -> JobSpec:
+        """The spec with the jobs it starts after named by their whole ids, an array's
+        (``after_arrays``) each. Refused: one that does not exist, one named twice, and
+        one that already ended otherwise than asked (the job would never start). One that
+        ends so later is the sweeper's (it cancels the job)."""
+        named = [(str(row.id), row.state, condition) for row, condition in self._named(spec.after)]
+        for member, condition in self._named(after_arrays or {}):
+            array_id = member.spec.get("labels", {}).get(ARRAY_LABEL)
+            if array_id is None:
+                raise InvalidInput(f"after-array: job {member.id} is not a job of an array (job run --array)")
+            named.extend((job_id, state, condition) for job_id, state in self.reads.array_jobs(array_id))
+        after: dict[str, str] = {}
+        for job_id, state, condition in named:
+            if condition in AFTER_CONDITIONS and after_met(condition, JobState(state)) is False:
+                raise InvalidInput(f"after: {never_after(job_id, state, condition)}")
+            if job_id in after:
+                raise InvalidInput(f"after: job {job_id} is named twice")
+            after[job_id] = condition
+        return replace(spec, after=after) if named else spec
+
+    def _named(self, refs: Mapping[str, str]) -> list[tuple[JobRow, str]]:
+        """Each job named (an id or a prefix), with what is asked of it."""
+        found = []
+        for job_ref, condition in refs.items():
             try:
-                row = self.reads.job(job_ref)
+                found.append((self.reads.job(job_ref), condition))
             except NotFound as exc:
                 raise InvalidInput(f"after: {exc.message}") from None
-            state = JobState(row.state)
-            if after_met(condition, state) is False:
-                raise InvalidInput(f"after: {never_after(str(row.id), state, condition)}")
-            if str(row.id) in after:
-                raise InvalidInput(f"after: job {row.id} is named twice")
-            after[str(row.id)] = condition
-        return replace(spec, after=after)
+        return found
 
     @rpc
     def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:

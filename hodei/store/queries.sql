@@ -544,6 +544,12 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
+-- name: jobs_of_array
+-- The jobs of an array (`job run --array`), with their states.
+SELECT id::text AS job_id, state FROM jobs
+WHERE spec -> 'labels' ? 'hodei.io/array' AND spec -> 'labels' ->> 'hodei.io/array' = %s
+ORDER BY created_at, id;
+
 -- name: list_jobs
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,

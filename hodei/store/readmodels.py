@@ -170,6 +170,10 @@ class ReadModels:
             raise InvalidInput(f"{text} is the start of more than one {kind} id; give more of it")
         return UUID(str(found[0]))
 
+    def array_jobs(self, array_id: str) -> list[tuple[str, str]]:
+        """(job id, state) of every job of an array, in submission order."""
+        return [(row["job_id"], row["state"]) for row in self._all("jobs_of_array", (array_id,))]
+
     def job(self, job_id: str) -> JobRow:
         rows = self._all("get_job", (self.resolve("job", job_id),))
         if not rows:
