@@ -206,7 +206,9 @@ def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(se
         wait_settled(server.database_url, job_id)
 
 
-def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(server: ServerProcess) -> None:
+def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(
+    server: ServerProcess, shared_dir: Path
+) -> None:
     """Slurm's `--dependency=afterok:<array job id>`: named by any job of the array (here
     @latest, its last), the reduce waits for all of them."""
     url = server.database_url
@@ -221,6 +223,19 @@ def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(server:
     assert query(url, "SELECT state, started_at >= %s FROM jobs WHERE id = %s", (ended, reduce)) == [
         ("SUCCEEDED", True)
     ]
+    # A job of the map retried (`job retry`) stands by its newest copy, which joins the array.
+    fixed = shared_dir / "fixed"
+    command = f'test "$HODEI_ARRAY_INDEX" = 0 || test -e {fixed}'
+    failed = server.cli("job", "run", "-p", "local", "-c", command, "--array", "0-1", check=True)
+    flaky = failed.stdout.split()[1]
+    wait_settled(url, flaky)
+    refused = server.cli("job", "run", "-p", "local", "-c", "true", "--after-array", flaky)
+    assert refused.returncode == 2 and f"job {flaky} ended FAILED" in refused.stderr
+    fixed.touch()
+    copy = server.cli("job", "retry", flaky, "--wait", check=True).stdout.strip()
+    after_copy = server.cli("job", "run", "-p", "local", "-c", "true", "--after-array", flaky, check=True)
+    shown = json.loads(server.cli("-o", "json", "job", "get", after_copy.stdout.strip(), check=True).stdout)
+    assert flaky not in shown["spec"]["after"] and copy in shown["spec"]["after"]
     for flags, said in [
         (("--after-array", reduce), f"after-array: job {reduce} is not a job of an array"),
         (("--after-array", f"{mapped[1]}:notok"), "ended SUCCEEDED, and this job was to start once it has failed"),

@@ -545,10 +545,12 @@ FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
 -- name: jobs_of_array
--- The jobs of an array (`job run --array`), with their states.
-SELECT id::text AS job_id, state FROM jobs
-WHERE spec -> 'labels' ? 'hodei.io/array' AND spec -> 'labels' ->> 'hodei.io/array' = %s
-ORDER BY created_at, id;
+-- The jobs of an array (`job run --array`), with their states; a job retried (`job retry`,
+-- whose copy carries the array's label too) stands by its newest copy.
+SELECT j.id::text AS job_id, j.state FROM jobs j
+WHERE j.spec -> 'labels' ? 'hodei.io/array' AND j.spec -> 'labels' ->> 'hodei.io/array' = %s
+  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)
+ORDER BY j.created_at, j.id;
 
 -- name: list_jobs
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
