@@ -170,6 +170,9 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
         assert names("label=team%21%3Dred") == ["slot-holder"]  # kubectl's terms, as `job list -l`
         assert names("label=%21team") == [] and sorted(names("label=team")) == ["slot-holder", "starved"]
         assert listed.get(f"{server.http_url}/jobs?label=%3Dblue").status_code == 400
+        assert sorted(names("since=1h")) == ["slot-holder", "starved"] and names("since=2099-01-01") == []
+        refused = listed.get(f"{server.http_url}/jobs?since=soon")
+        assert refused.status_code == 400 and "since takes a duration such as 10m or 2h" in refused.text
         assert listed.get(f"{server.http_url}/jobs?provider=nomad").status_code == 400
         for wrong in ("/jobs?page=abc", "/jobs?page=0", f"/jobs/{holder}/logs?from=two"):
             refused = listed.get(server.http_url + wrong)

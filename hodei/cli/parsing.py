@@ -203,17 +203,26 @@ def moment(text: str, flag: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def since(value: str) -> datetime:
-    """``--since``: a duration back from now (``10m``, ``2h``, seconds) or a time (``moment``)."""
+def since_moment(value: str) -> datetime:
+    """A duration back from now (``10m``, ``2h``, seconds) or a time (``moment``); the
+    console's job list reads its `since` box with it too."""
     seconds = _seconds(value)
     if seconds is not None:
         return datetime.now(UTC) - timedelta(seconds=seconds)
     try:
         return moment(value, "--since")
     except InvalidInput:
-        raise argparse.ArgumentTypeError(
+        raise InvalidInput(
             f"takes a duration such as 10m or 2h, or an ISO 8601 time such as 2026-11-29T10:00:00Z, got {value!r}"
         ) from None
+
+
+def since(value: str) -> datetime:
+    """``--since`` (``since_moment``)."""
+    try:
+        return since_moment(value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def begin(value: str) -> str:

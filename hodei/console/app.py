@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 
 from hodei._proto import jobs_pb2, logs_pb2, outbox_pb2, providers_pb2, sagas_pb2, scheduler_pb2
+from hodei.cli.parsing import since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
@@ -195,7 +196,7 @@ class Console:
     # Jobs ---------------------------------------------------------------------------
 
     def _job_query(self, request: web.Request) -> tuple[jobs_pb2.ListJobsRequest, dict[str, str]]:
-        shown = {key: request.query.get(key, "").strip() for key in ("state", "provider", "name", "label")}
+        shown = {key: request.query.get(key, "").strip() for key in ("state", "provider", "name", "label", "since")}
         status = 0
         if shown["state"]:
             try:
@@ -213,6 +214,11 @@ class Console:
             name=shown["name"],
             label_selector=selector,
         )
+        if shown["since"]:
+            try:
+                message.created_since.FromDatetime(since_moment(shown["since"]))
+            except InvalidInput as exc:
+                raise InvalidInput(f"since {exc.message}") from None
         return message, shown
 
     async def jobs(self, request: web.Request) -> web.Response:
