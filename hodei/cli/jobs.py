@@ -480,7 +480,7 @@ def _place_in_queue(client: Client, job_id: str) -> str | None:
     status = client.call(client.scheduler.GetQueueStatus, scheduler_pb2.GetQueueStatusRequest(limit=MAX_QUEUE_LISTED))
     for queued in status.queued:
         if queued.job_id == job_id:
-            if not queued.position:  # not in line yet (--after)
+            if not queued.position:  # not in line yet (--after, --begin): the reason says why
                 return f"Waiting: {queued.waiting_seconds:.0f}s so far: {queued.reason}"
             line = f"provider {queued.provider}'s queue" if queued.provider else "the queue"
             return f"Waiting: place {queued.position} in {line}, {queued.waiting_seconds:.0f}s so far: {queued.reason}"
@@ -520,7 +520,7 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         status=status,
         provider=args.provider or "",
         name=args.name or "",
-        label_selector=(LabelSelector.of(args.label or []) and args.label) or [],
+        label_selector=args.label or [],
     )
     if args.since:
         request.created_since.FromDatetime(args.since)
