@@ -347,7 +347,8 @@ def test_retry_flags_run_a_failing_command_again_each_attempt_a_new_saga(
         assert (next_admitted - failed_at).total_seconds() >= 1.0  # the backoff was kept
     reasons = query(
         url,
-        "SELECT payload->>'reason' FROM domain_events WHERE aggregate_id = %s AND payload->>'new_state' = 'PENDING'",
+        "SELECT payload->>'reason' FROM domain_events WHERE aggregate_id = %s AND payload->>'new_state' = 'PENDING' "
+        "ORDER BY position",
         (flaky,),
     )
     assert reasons == [
