@@ -118,7 +118,7 @@ def test_jobs_waiting_for_a_time_or_for_another_job_outlive_a_kill_9_of_their_se
         def run(*flags: str) -> str:
             return server.cli("job", "run", "-p", "local", "-c", "true", *flags, check=True).stdout.strip()
 
-        first = run("--begin", "4s")
+        first = run("--begin", "10s")  # long enough to kill the server before it begins, under load too
         then = run("--after", first)
         never = run("--after", f"{first}:notok")
         server.kill()

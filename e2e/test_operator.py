@@ -379,7 +379,8 @@ def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_nev
     (named by @latest), and the ok one is cancelled by the platform, saying why."""
     url = server.database_url
     order = shared_dir / "order"
-    first = run(server, "--command", f"sleep 3; echo first >> {order}; exit 3")
+    release = shared_dir / "release"  # `first` runs until the test has seen the others wait
+    first = run(server, "--command", f"until [ -e {release} ]; do sleep 0.1; done; echo first >> {order}; exit 3")
     on_failure = run(server, "--after", f"{first}:notok", "--command", f"echo notok >> {order}")
     on_any = run(server, "--after", "@latest:any", "--command", f"echo any >> {order}")
     on_success = run(server, "--after", first[:8], "--command", f"echo never >> {order}")
@@ -396,6 +397,7 @@ def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_nev
     assert next(job for job in queued if job["job_id"] == on_any)["reason"] == (
         f"it starts once job {on_failure} has ended (--after); that job is PENDING"
     )
+    release.touch()
 
     for job_id in (first, on_failure, on_any, on_success):
         wait_settled(url, job_id, 60)
@@ -437,11 +439,11 @@ def test_after_starts_a_job_once_another_ended_as_asked_and_cancels_one_that_nev
 
 
 def test_begin_starts_a_job_no_sooner_and_its_queue_timeout_counts_from_then(server: ServerProcess) -> None:
-    """`job run --begin 3s` (Slurm's --begin, at(1)): out of line until then, holding no
+    """`job run --begin 8s` (Slurm's --begin, at(1)): out of line until then, holding no
     slot (a job after it runs first); a --queue-timeout shorter than the wait still lets it
     run (it counts from the begin time). Bad times are refused before anything is sent."""
     url = server.database_url
-    held = run(server, "--begin", "3s", "--queue-timeout", "1", "--command", "true")
+    held = run(server, "--begin", "8s", "--queue-timeout", "1", "--command", "true")  # room to look at it
     shown = server.cli("job", "get", held, check=True).stdout
     assert "Begins: not before " in shown and "(--begin)" in shown
     begin_at = datetime.fromisoformat(shown.split("Begins: not before ")[1].split(" ")[0])

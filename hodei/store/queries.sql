@@ -540,7 +540,8 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
        j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
-       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' ? j.id::text ORDER BY d.created_at, d.id) AS waited_on_by
+       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
+             ORDER BY d.created_at, d.id) AS waited_on_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
@@ -557,7 +558,8 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
        j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
-       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' ? j.id::text ORDER BY d.created_at, d.id) AS waited_on_by
+       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
+             ORDER BY d.created_at, d.id) AS waited_on_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
