@@ -46,6 +46,9 @@ EPILOG = f"""examples:
   hodei-jobs-cli job logs @latest --tail 50 --follow    # the newest job's last lines, then live
   hodei-jobs-cli job logs $JOB_ID --attempt 2           # one attempt of a retried job
   hodei-jobs-cli job logs $JOB_ID --since 10m           # what it printed in the last ten minutes
+  hodei-jobs-cli job run -p local --script map.sh --array 0-99              # one job per index
+  hodei-jobs-cli job run -p local --script reduce.sh --after-array @latest  # once all of them succeeded
+  hodei-jobs-cli job run -p local --script deploy.sh --after $JOB_ID --begin 2h  # not before, and only if it succeeded
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
