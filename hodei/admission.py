@@ -254,8 +254,10 @@ class Admission:
                 return True, [job]
 
             try:
-                cancelled += self.store.command(Meta(actor=SYSTEM, correlation_id=found.job_id), cancel)
-            except (ConcurrencyConflict, InvalidTransition):
-                continue  # it moved on since it was read: the next round looks again
-            log.info("cancelled job %s: %s", found.job_id, found.reason)
+                done = self.store.command(Meta(actor=SYSTEM, correlation_id=found.job_id), cancel)
+            except ConcurrencyConflict:
+                continue  # it kept moving while this tried: the next round looks again
+            if done:
+                cancelled += 1
+                log.info("cancelled job %s: %s", found.job_id, found.reason)
         return cancelled

@@ -527,7 +527,7 @@ def test_a_label_selector_reads_kubectls_four_terms() -> None:
     selector = LabelSelector.of([" team = blue ", "tier!=db", "owner", "!temp"], {"app": "x"})
     assert selector == LabelSelector({"app": "x", "team": "blue"}, {"tier": "db"}, ("owner",), ("temp",))
     assert LabelSelector.of(["team="]).equal == {"team": ""}  # the empty value, as kubectl's
-    assert not LabelSelector.of([])
+    assert LabelSelector.of([]) == LabelSelector()
     for wrong in ("", "=x", "!", "!a=b", "a!b", "!=x"):
         with pytest.raises(InvalidInput, match="expected KEY=VALUE, KEY!=VALUE, KEY or !KEY"):
             LabelSelector.of([wrong])

@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> None:
         term.abort(exc.message, code=2)
     try:
         reachable(client)
-        named = [getattr(args, "job_id", None), *getattr(args, "more_ids", [])]
-        if LATEST in named:  # read once, for every place it is given
+        more_ids = getattr(args, "more_ids", [])
+        if LATEST in (getattr(args, "job_id", None), *more_ids):  # read once, for every place it is given
             latest = latest_job(client)
             args.job_id = latest if args.job_id == LATEST else args.job_id
-            args.more_ids = [latest if job_id == LATEST else job_id for job_id in getattr(args, "more_ids", [])]
+            args.more_ids = [latest if job_id == LATEST else job_id for job_id in more_ids]
         code = args.handler(client, term, args)
     except StoppedWaiting as exc:
         term.abort(exc.message, code=exc.code)

@@ -135,9 +135,9 @@ def parse_after(values: list[str]) -> dict[str, str]:
     none is given): job id, prefix or ``@latest`` -> condition."""
     after: dict[str, str] = {}
     for item in values:
-        job_ref, sep, condition = item.strip().partition(":")
-        condition = condition.strip().lower() if sep else "ok"
-        if not job_ref.strip():
+        job_ref, sep, condition = item.partition(":")
+        job_ref, condition = job_ref.strip(), condition.strip().lower() if sep else "ok"
+        if not job_ref:
             raise InvalidInput(f"malformed --after `{item}`: expected ID, ID:ok, ID:notok or ID:any")
         if condition not in AFTER_CONDITIONS:
             raise InvalidInput(
@@ -146,7 +146,7 @@ def parse_after(values: list[str]) -> dict[str, str]:
             )
         if job_ref in after:
             raise InvalidInput(f"--after names job {job_ref} twice")
-        after[job_ref.strip()] = condition
+        after[job_ref] = condition
     return after
 
 
@@ -203,18 +203,24 @@ def moment(text: str, flag: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def since_moment(value: str) -> datetime:
-    """A duration back from now (``10m``, ``2h``, seconds) or a time (``moment``); the
-    console's job list reads its `since` box with it too."""
+def _from_now(value: str, flag: str, ahead: bool) -> datetime:
+    """A duration from now, back or ``ahead`` (``10m``, ``2h``, seconds), or a time (``moment``)."""
     seconds = _seconds(value)
     if seconds is not None:
-        return datetime.now(UTC) - timedelta(seconds=seconds)
+        return datetime.now(UTC) + timedelta(seconds=seconds if ahead else -seconds)
     try:
-        return moment(value, "--since")
+        return moment(value, flag)
     except InvalidInput:
         raise InvalidInput(
-            f"takes a duration such as 10m or 2h, or an ISO 8601 time such as 2026-11-29T10:00:00Z, got {value!r}"
+            f"takes a duration{' from now' if ahead else ''} such as 10m or 2h, or an ISO 8601 time such as "
+            f"2026-11-29T{'22' if ahead else '10'}:00:00Z, got {value!r}"
         ) from None
+
+
+def since_moment(value: str) -> datetime:
+    """A duration back from now or a time (``_from_now``); the console's job list reads its
+    `since` box with it too."""
+    return _from_now(value, "--since", ahead=False)
 
 
 def since(value: str) -> datetime:
@@ -226,18 +232,12 @@ def since(value: str) -> datetime:
 
 
 def begin(value: str) -> str:
-    """``--begin``: a duration from now (``10m``, ``2h``, seconds) or a time (``moment``),
-    as the ISO 8601 time the spec carries."""
-    seconds = _seconds(value)
-    if seconds is not None:
-        return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+    """``--begin``: a duration from now or a time (``_from_now``), as the ISO 8601 time the
+    spec carries."""
     try:
-        return moment(value, "--begin").isoformat()
-    except InvalidInput:
-        raise argparse.ArgumentTypeError(
-            f"takes a duration from now such as 10m or 2h, or an ISO 8601 time such as 2026-11-29T22:00:00Z, "
-            f"got {value!r}"
-        ) from None
+        return _from_now(value, "--begin", ahead=True).isoformat()
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def grace(value: str) -> float:

@@ -461,6 +461,3 @@ class LabelSelector:
             if not key.strip() or "!" in key or "=" in key:
                 raise InvalidInput(f"label selector `{term}`: expected KEY=VALUE, KEY!=VALUE, KEY or !KEY")
         return cls(equal_to, not_equal_to, tuple(present), tuple(absent))
-
-    def __bool__(self) -> bool:
-        return bool(self.equal or self.not_equal or self.present or self.absent)

@@ -16,7 +16,7 @@ from hodei._proto import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from hodei.admission import Admission, Capacity
+from hodei.admission import Admission, Capacity, QueuedJob
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
 from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.domain.worker import WorkerState
@@ -59,18 +59,25 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                     priority=queued.priority,
                     position=queued.position,
                     waiting_seconds=(now - queued.created_at).total_seconds(),
-                    reason=(
-                        f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
-                        if queued.retry_at and queued.retry_at > now
-                        else f"it begins at {queued.begin_at.isoformat(timespec='seconds')} (--begin)"
-                        if queued.begin_at
-                        else _after_reason(queued.waiting_for)
-                        if queued.waiting_for
-                        else self._reason(queued.provider, capacities)
-                    ),
+                    reason=self._why(queued, now, capacities),
                 )
             )
         return status
+
+    def _why(self, queued: QueuedJob, now: datetime, capacities: dict[str, Capacity]) -> str:
+        """Why a queued job has not left the queue: its retry's backoff, its begin time
+        (--begin), a job it starts after (--after), or its provider's capacity."""
+        if queued.retry_at and queued.retry_at > now:
+            return f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
+        if queued.begin_at:
+            return f"it begins at {queued.begin_at.isoformat(timespec='seconds')} (--begin)"
+        if queued.waiting_for:
+            waiting_for = queued.waiting_for
+            return (
+                f"it starts once job {waiting_for['job_id']} {AFTER_CONDITIONS[waiting_for['condition']]} "
+                f"(--after); that job is {waiting_for['state'] or 'unknown'}"
+            )
+        return self._reason(queued.provider, capacities)
 
     def _reason(self, provider: str, capacities: dict[str, Capacity]) -> str:
         if not provider:
@@ -111,14 +118,6 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                 for row in rows
             ]
         )
-
-
-def _after_reason(waiting_for: dict[str, str]) -> str:
-    """Why a job submitted with --after is not in its line yet."""
-    return (
-        f"it starts once job {waiting_for['job_id']} {AFTER_CONDITIONS[waiting_for['condition']]} "
-        f"(--after); that job is {waiting_for['state'] or 'unknown'}"
-    )
 
 
 class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServicer):
