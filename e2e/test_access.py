@@ -4,8 +4,10 @@ nobody, by a worker credential and by a token of each role; tokens made with the
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
+import pkgutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,34 +18,24 @@ import pytest
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
+import hodei._proto
 from hodei._proto import (
-    access_pb2,
     common_pb2,
     jobs_pb2,
     jobs_pb2_grpc,
-    logs_pb2,
-    metrics_pb2,
-    outbox_pb2,
     providers_pb2,
     providers_pb2_grpc,
-    sagas_pb2,
-    scheduler_pb2,
     worker_pb2,
 )
 from hodei.roles import RULES, Gate, Role, rule_of
 from hodei.testing import BIN, ServerProcess, eventually, query
 
 pytestmark = pytest.mark.e2e
-SERVICE_MODULES = (
-    jobs_pb2,
-    worker_pb2,
-    scheduler_pb2,
-    providers_pb2,
-    metrics_pb2,
-    logs_pb2,
-    access_pb2,
-    sagas_pb2,
-    outbox_pb2,
+# Every generated module of the API (a service added later is walked too).
+SERVICE_MODULES = tuple(
+    importlib.import_module(f"hodei._proto.{module.name}")
+    for module in pkgutil.iter_modules(hodei._proto.__path__)
+    if module.name.endswith("_pb2")
 )
 
 

@@ -54,6 +54,7 @@ def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[
 # (shape, command line, exit code); {job}: a finished job, {saga}: one of its sagas,
 # {running}: a job running now.
 PROVIDER = "provider get|enable|disable|health|capacity"
+CRON = "cron create|get|pause|resume|delete"
 CASES: list[tuple[str, list[str], int]] = [
     ("job run", ["job", "run", "--provider", "local", "--command", "true"], 0),
     ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
@@ -81,6 +82,13 @@ CASES: list[tuple[str, list[str], int]] = [
     ("outbox dead-letters", ["outbox", "dead-letters"], 0),
     ("outbox redrive", ["outbox", "redrive", "--all"], 0),
     ("whoami", ["whoami"], 0),
+    (CRON, ["cron", "create", "nightly", "--schedule", "0 3 * * *", "-p", "local", "-c", "true"], 0),
+    (CRON, ["cron", "get", "nightly"], 0),
+    (CRON, ["cron", "pause", "nightly"], 0),
+    (CRON, ["cron", "resume", "nightly"], 0),
+    ("cron list", ["cron", "list"], 0),
+    ("cron run", ["cron", "run", "nightly"], 0),
+    (CRON, ["cron", "delete", "nightly"], 0),
 ]
 
 

@@ -76,6 +76,7 @@ _L = "/hodei.jobs.LogStreamService/"
 _A = "/hodei.jobs.AccessService/"
 _G = "/hodei.jobs.SagaService/"
 _O = "/hodei.jobs.OutboxService/"
+_C = "/hodei.jobs.CronService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -106,6 +107,14 @@ RULES: dict[str, Role | Gate] = {
     _G + "GetSaga": Role.READ,
     _O + "ListDeadLetters": Role.READ,
     _O + "Redrive": Role.OPERATE,
+    # Submitters define, change and run their own cron jobs; `operate` any (checked by the method).
+    _C + "CreateCronJob": Role.SUBMIT,
+    _C + "ListCronJobs": Role.READ,
+    _C + "GetCronJob": Role.READ,
+    _C + "PauseCronJob": Role.SUBMIT,
+    _C + "ResumeCronJob": Role.SUBMIT,
+    _C + "DeleteCronJob": Role.SUBMIT,
+    _C + "RunCronJob": Role.SUBMIT,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

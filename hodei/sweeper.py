@@ -10,6 +10,7 @@
 - provider health is probed and changes are recorded;
 - queued jobs are admitted where their provider has room, those submitted with --after
   once the jobs they start after ended as asked (cancelled when one ended otherwise);
+- cron jobs start the job of each time of their schedule that came due (hodei.cron);
 - the secrets of jobs that ended longer ago than the retention are shredded, published
   outbox rows and job logs past theirs deleted (hodei.retention).
 """
@@ -26,6 +27,7 @@ from uuid import UUID
 
 from hodei.admission import Admission
 from hodei.config import Timing
+from hodei.cron import CronJobs
 from hodei.domain.base import uuid_or_none
 from hodei.domain.job import Job, JobState
 from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
@@ -81,6 +83,7 @@ class Sweeper:
         admission: Admission,
         instances: ServerInstances,
         retention: Retention,
+        cron_jobs: CronJobs,
         timing: Timing,
         secret_retention: float,
     ) -> None:
@@ -92,6 +95,7 @@ class Sweeper:
         self.admission = admission
         self.instances = instances
         self.retention = retention
+        self.cron_jobs = cron_jobs
         self.timing = timing
         self.secret_retention = secret_retention
         self._last: dict[str, float] = {}
@@ -115,6 +119,7 @@ class Sweeper:
             ("liveness", self.detect_lost_workers),
             ("observations", self.observe_providers),
             ("admission", self.admit),
+            ("cron", self.cron_jobs.fire_due),
         ]
         if reconcile if reconcile is not None else self._due("reconcile", self.timing.reconcile_interval):
             checks.append(("reconcile", self.reconcile))

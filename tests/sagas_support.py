@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from hodei.admission import Admission
 from hodei.config import RelayConfig, Timing
+from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
@@ -169,6 +170,7 @@ class Harness:
             self.admission,
             ServerInstances(pool, "test"),
             Retention(self.store, LogStore(tmp / "logs"), 604800, 2592000),
+            CronJobs(self.store, JobSecrets(pool)),
             timing,
             secret_retention=86400,
         )

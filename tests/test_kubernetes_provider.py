@@ -315,6 +315,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
 ) -> None:
     from hodei.admission import Admission
     from hodei.config import Timing
+    from hodei.cron import CronJobs
     from hodei.domain.provider import ProviderType
     from hodei.liveness import Liveness
     from hodei.logs import LogStore
@@ -353,6 +354,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         admission,
         instances,
         retention,
+        CronJobs(store, JobSecrets(store.pool)),
         timing,
         86400,
     )

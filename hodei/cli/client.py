@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from hodei._proto import (
     access_pb2_grpc,
+    cron_pb2_grpc,
     jobs_pb2_grpc,
     logs_pb2_grpc,
     metrics_pb2_grpc,
@@ -160,6 +161,7 @@ class Client:
         self.access = access_pb2_grpc.AccessServiceStub(self.channel)
         self.sagas = sagas_pb2_grpc.SagaServiceStub(self.channel)
         self.outbox = outbox_pb2_grpc.OutboxServiceStub(self.channel)
+        self.cron = cron_pb2_grpc.CronServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
     begin,
     count,
-    grace,
+    duration,
     moment,
     parse_after,
     parse_args,
@@ -148,10 +149,8 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
     return args.command, parse_args(args.args)
 
 
-def queue_request(args: argparse.Namespace) -> None:
-    """Builds ``args.request`` from the flags before any connection: bad input is refused
-    in the server's own words (``JobSpec.validate``) even when no server runs, and before a
-    number too large for the wire breaks the request."""
+def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
+    """The spec the options of ``add_spec_options`` describe, and its secrets' values."""
     command, arguments = _command(args)
     secrets = {
         **parse_env_files(args.secret_env_file or [], "--secret-env-file"),
@@ -159,7 +158,7 @@ def queue_request(args: argparse.Namespace) -> None:
         **parse_secret_files(args.secret_file or []),
     }
     spec = JobSpec(
-        name=args.name or (Path(args.script).stem if args.script else ""),
+        name=args.name or (Path(args.script).stem if args.script else default_name),
         command=command,
         args=tuple(arguments),
         env={**parse_env_files(args.env_file or []), **parse_env(args.env or [])},
@@ -174,9 +173,17 @@ def queue_request(args: argparse.Namespace) -> None:
         queue_timeout_seconds=args.queue_timeout or 0.0,
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
-        after=parse_after(args.after or []),
-        begin_at=args.begin or "",
     )
+    spec.validate(secrets)
+    return spec, secrets
+
+
+def queue_request(args: argparse.Namespace) -> None:
+    """Builds ``args.request`` from the flags before any connection: bad input is refused
+    in the server's own words (``JobSpec.validate``) even when no server runs, and before a
+    number too large for the wire breaks the request."""
+    spec, secrets = job_spec(args)
+    spec = replace(spec, after=parse_after(args.after or []), begin_at=args.begin or "")
     spec.validate(secrets)
     indices = args.array or []
     if indices:
@@ -680,7 +687,7 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         stop = parser.add_mutually_exclusive_group()
         stop.add_argument(
             "--grace",
-            type=grace,
+            type=duration,
             metavar="DURATION",
             help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
         )
@@ -710,69 +717,70 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         )
 
 
-def add_commands(commands: Any) -> Any:
-    """Adds ``job …``; returns its subcommands, for the commands other modules add there."""
-    job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
-
-    run_parser = job.add_parser("run", help="submit a job; prints its id")
-    run_parser.add_argument(
-        "--name", "-n", help="a name for people (default: the command on one line, or the --script file)"
-    )
-    run_parser.add_argument("--command", "-c", help="a shell command line, or a program when --args is given")
-    run_parser.add_argument("--script", help="a script file to run with bash, instead of --command")
-    run_parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
-    run_parser.add_argument(
+def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
+    """The options that say what a job runs and how (``job run``, ``cron create``)."""
+    parser.add_argument("--name", "-n", help=name_help)
+    parser.add_argument("--command", "-c", help="a shell command line, or a program when --args is given")
+    parser.add_argument("--script", help="a script file to run with bash, instead of --command")
+    parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
+    parser.add_argument(
         "--env",
         "-e",
         action="append",
         help="KEY=VALUE[,KEY2=VALUE2]; repeatable; a value's comma before NAME= is written \\,",
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--env-file", action="append", metavar="PATH", help="KEY=VALUE lines (# comments); --env wins; repeatable"
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--secret",
         action="append",
         metavar="NAME=VALUE",
         help="a secret variable: stored sealed, masked as *** in the output; repeatable",
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--secret-file",
         action="append",
         metavar="NAME=PATH",
         help="a secret variable read from a file (one trailing newline dropped); repeatable",
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--secret-env-file",
         action="append",
         metavar="PATH",
         help="secret variables, KEY=VALUE lines as --env-file reads them; --secret wins; repeatable",
     )
-    run_parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
-    run_parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
-    run_parser.add_argument("--cpu", type=float, help="CPU cores")
-    run_parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
-    run_parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
-    run_parser.add_argument("--working-dir", help="absolute directory to run in")
-    run_parser.add_argument(
-        "--max-attempts", type=count, default=1, help="runs allowed when a worker is lost (default 1)"
-    )
-    run_parser.add_argument(
+    parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
+    parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
+    parser.add_argument("--cpu", type=float, help="CPU cores")
+    parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
+    parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
+    parser.add_argument("--working-dir", help="absolute directory to run in")
+    parser.add_argument("--max-attempts", type=count, default=1, help="runs allowed when a worker is lost (default 1)")
+    parser.add_argument(
         "--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)"
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--queue-timeout", type=float, help="fail the job if it waits longer than this for its provider (seconds)"
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--retry",
         type=int,
         default=0,
         metavar="N",
         help="run again up to N times when the command fails (exit != 0 or timeout)",
     )
-    run_parser.add_argument(
+    parser.add_argument(
         "--retry-backoff", type=float, default=0.0, metavar="S", help="seconds between a failed attempt and its retry"
     )
+
+
+def add_commands(commands: Any) -> Any:
+    """Adds ``job …``; returns its subcommands, for the commands other modules add there."""
+    job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
+
+    run_parser = job.add_parser("run", help="submit a job; prints its id")
+    add_spec_options(run_parser, "a name for people (default: the command on one line, or the --script file)")
     run_parser.add_argument(
         "--after",
         action="append",

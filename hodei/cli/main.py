@@ -18,7 +18,7 @@ import grpc
 import shtab
 from grpc_health.v1 import health_pb2
 
-from hodei.cli import access, admin, jobs, sagas
+from hodei.cli import access, admin, cron, jobs, sagas
 from hodei.cli.client import DEFAULT_SERVER, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
@@ -49,6 +49,7 @@ EPILOG = f"""examples:
   hodei-jobs-cli job run -p local --script map.sh --array 0-99              # one job per index
   hodei-jobs-cli job run -p local --script reduce.sh --after-array @latest  # once all of them succeeded
   hodei-jobs-cli job run -p local --script deploy.sh --after $JOB_ID --begin 2h  # not before, and only if it succeeded
+  hodei-jobs-cli cron create nightly --schedule "0 3 * * *" --tz Europe/Madrid -p docker --script backup.sh
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
@@ -106,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     sagas.add_commands(commands, jobs.add_commands(commands))
     admin.add_commands(commands)
     access.add_commands(commands)
+    cron.add_commands(commands)
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=["bash", "zsh"])
     schema = commands.add_parser("schema", help="the JSON Schema of a command's -o json output")

@@ -240,8 +240,9 @@ def begin(value: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def grace(value: str) -> float:
-    """A ``--grace`` (``_seconds``); 0 is SIGKILL at once (what --force says)."""
+def duration(value: str) -> float:
+    """Seconds, or a duration such as 30s or 2m (``_seconds``): a cancel's ``--grace`` (0
+    is SIGKILL at once, what --force says), a cron job's ``--starting-deadline``."""
     seconds = _seconds(value)
     if seconds is None:
         raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 30s or 2m, got {value!r}")

@@ -14,6 +14,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hodei._proto import (
     access_pb2,
     common_pb2,
+    cron_pb2,
     jobs_pb2,
     logs_pb2,
     metrics_pb2,
@@ -95,6 +96,7 @@ EVENT_LINE = _object(
 )
 _PROVIDERS = _array(message_schema(providers_pb2.Provider.DESCRIPTOR))
 _TOKEN = message_schema(access_pb2.ApiToken.DESCRIPTOR)
+_CRON_JOB = message_schema(cron_pb2.CronJob.DESCRIPTOR, spec=message_schema(common_pb2.JobSpec.DESCRIPTOR))
 
 # Command -> (the shape, whether it prints one JSON document or one object per line).
 SHAPES: dict[str, tuple[Schema, bool]] = {
@@ -150,4 +152,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "token list": (_array(_TOKEN), False),
     "token revoke": (_TOKEN, False),
     "whoami": (message_schema(access_pb2.WhoAmIResponse.DESCRIPTOR), False),
+    "cron create|get|pause|resume|delete": (_CRON_JOB, False),
+    "cron list": (_object(cron_jobs=_array(_CRON_JOB)), False),
+    "cron run": (_object(job_id=_STRING), False),
 }

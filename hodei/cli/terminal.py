@@ -50,12 +50,14 @@ def _fill(message: Message, data: dict[str, Any]) -> None:
         if kind is None:
             continue
         value = getattr(message, field.name)
-        if field.is_repeated:
+        if not field.is_repeated and not message.HasField(field.name):
+            data[field.name] = None
+        elif kind.full_name == _TIMESTAMP:
+            continue  # a string already
+        elif field.is_repeated:
             for item, item_data in zip(value, data[field.name], strict=True):
                 _fill(item, item_data)
-        elif not message.HasField(field.name):
-            data[field.name] = None
-        elif kind.full_name != _TIMESTAMP:
+        else:
             _fill(value, data[field.name])
 
 

@@ -163,10 +163,20 @@ async def _add_services(
 ) -> tuple[health.aio.HealthServicer, dict[str, object]]:
     """The API services, health and reflection; returns the health servicer and the
     servicers by full service name (the web console calls them in process)."""
-    from hodei._proto import access_pb2, access_pb2_grpc, outbox_pb2, outbox_pb2_grpc, sagas_pb2, sagas_pb2_grpc
+    from hodei._proto import (
+        access_pb2,
+        access_pb2_grpc,
+        cron_pb2,
+        cron_pb2_grpc,
+        outbox_pb2,
+        outbox_pb2_grpc,
+        sagas_pb2,
+        sagas_pb2_grpc,
+    )
     from hodei.liveness import Pace
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
+    from hodei.server.cron_api import CronService
     from hodei.server.jobs_api import JobExecutionService
     from hodei.server.logs_api import LogStreamService
     from hodei.server.outbox_api import OutboxService
@@ -211,6 +221,7 @@ async def _add_services(
         (access_pb2, "AccessService", AccessService(tokens)),
         (sagas_pb2, "SagaService", SagaService(runtime.reads)),
         (outbox_pb2, "OutboxService", OutboxService(runtime.store.pool)),
+        (cron_pb2, "CronService", CronService(runtime.cron_jobs)),
     ]
     grpc_modules = {
         jobs_pb2: jobs_pb2_grpc,
@@ -222,6 +233,7 @@ async def _add_services(
         access_pb2: access_pb2_grpc,
         sagas_pb2: sagas_pb2_grpc,
         outbox_pb2: outbox_pb2_grpc,
+        cron_pb2: cron_pb2_grpc,
     }
     servicers: dict[str, object] = {}
     for module, name, servicer in added:

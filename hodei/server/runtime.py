@@ -10,6 +10,7 @@ from uuid import UUID
 
 from hodei.admission import Admission
 from hodei.config import Config
+from hodei.cron import CronJobs
 from hodei.domain.provider import ProviderType
 from hodei.domain.saga import Saga
 from hodei.faults import Faults
@@ -121,6 +122,7 @@ class Runtime:
         self.faults = Faults(config.fault)
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
+        self.cron_jobs = CronJobs(self.store, self.secrets)
         self.instances = ServerInstances(self.pool, config.server_id)
         self.admission = Admission(
             self.store,
@@ -159,6 +161,7 @@ class Runtime:
             self.admission,
             self.instances,
             Retention(self.store, self.logs, config.outbox_retention, config.log_retention),
+            self.cron_jobs,
             config.timing,
             config.secret_retention,
         )

@@ -72,15 +72,30 @@ class JobSecrets:
         execute(self.pool, "insert_job_key", (job_id, key))
         return seal_with(key, job_id, secrets)
 
+    def seal_for_cron_job(self, cron_id: UUID, secrets: Mapping[str, str]) -> dict[str, str]:
+        """A cron job's values, sealed under its own key: the one it has (a redefinition
+        keeps it: the definition it replaces may still be the live one if this write loses
+        a race), or a new one. Its jobs get keys of their own (``seal``); deleting the cron
+        job shreds its key (``purge``)."""
+        if not secrets:
+            return {}
+        key = fetch_value(self.pool, "keep_job_key", {"owner": cron_id, "key": AESGCM.generate_key(bit_length=256)})
+        return seal_with(bytes(key), cron_id, secrets)
+
+    def open_sealed(self, owner_id: UUID, sealed: Mapping[str, str], owner: str) -> dict[str, str]:
+        """Values sealed under the key of ``owner_id`` (a job, a cron job: ``owner``).
+        SecretsPurged when shredded."""
+        if not sealed:
+            return {}
+        key = fetch_value(self.pool, "job_key", (owner_id,))
+        if key is None:
+            raise SecretsPurged(f"the secrets of {owner} were purged: its worker cannot be given them")
+        return open_with(bytes(key), owner_id, sealed)
+
     def open(self, job_id: UUID) -> dict[str, str]:
         """The job's plain values, to hand to its worker. SecretsPurged when shredded."""
         sealed = fetch_value(self.pool, "job_sealed_secrets", (str(job_id),)) or {}
-        if not sealed:
-            return {}
-        key = fetch_value(self.pool, "job_key", (job_id,))
-        if key is None:
-            raise SecretsPurged(f"the secrets of job {job_id} were purged: its worker cannot be given them")
-        return open_with(bytes(key), job_id, sealed)
+        return self.open_sealed(job_id, sealed, f"job {job_id}")
 
     def purge(self, job_id: UUID) -> bool:
         """Shreds the job's secrets; False when there was nothing (left) to purge."""

@@ -843,6 +843,10 @@ def _provider_health(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_provider_health", event, health=p["health"], message=p["message"])
 
 
+def _no_read_model(cur: Sink, event: EventRecord) -> None:
+    """Cron jobs have no read model: their few events are read from the log (hodei.cron)."""
+
+
 PROJECTORS: dict[str, Projector] = {
     "JobCreated": _job_created,
     "JobProviderSelected": _job_provider_selected,
@@ -875,6 +879,11 @@ PROJECTORS: dict[str, Projector] = {
     "ProviderDisabled": _provider_status("DISABLED"),
     "ProviderHealthChanged": _provider_health,
     "ProviderCapacityChanged": _provider_capacity,
+    "CronJobCreated": _no_read_model,
+    "CronJobRedefined": _no_read_model,
+    "CronJobPaused": _no_read_model,
+    "CronJobResumed": _no_read_model,
+    "CronJobDeleted": _no_read_model,
 }
 
 

@@ -705,6 +705,13 @@ SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
 -- name: insert_job_key
 INSERT INTO hodei.job_keys (job_id, key) VALUES (%s, %s);
 
+-- name: keep_job_key
+-- A cron job's key: the one it has (a redefinition seals its values under it), or this one.
+WITH added AS (
+    INSERT INTO hodei.job_keys (job_id, key) VALUES (%(owner)s, %(key)s) ON CONFLICT (job_id) DO NOTHING RETURNING key
+)
+SELECT key FROM added UNION ALL SELECT key FROM hodei.job_keys WHERE job_id = %(owner)s;
+
 -- name: job_key
 SELECT key FROM hodei.job_keys WHERE job_id = %s;
 
@@ -713,11 +720,13 @@ DELETE FROM hodei.job_keys WHERE job_id = %s;
 
 -- name: delete_expired_job_keys
 -- Keys of jobs that ended longer ago than the retention, and keys whose job was never
--- written (the submission failed after the key was stored).
+-- written (the submission failed after the key was stored). A cron job's key (its id is no
+-- job's, but it has events) stays until the cron job is deleted.
 DELETE FROM hodei.job_keys k
 WHERE k.job_id IN (
     SELECT k2.job_id FROM hodei.job_keys k2 LEFT JOIN jobs j ON j.id = k2.job_id
-    WHERE (j.id IS NULL AND k2.created_at < now() - interval '1 hour')
+    WHERE (j.id IS NULL AND k2.created_at < now() - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM domain_events e WHERE e.aggregate_id = k2.job_id::text))
        OR (j.completed_at < now() - make_interval(secs => %s)
            AND j.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT'))
     LIMIT 1000
@@ -968,3 +977,23 @@ SELECT started_at FROM saga_steps WHERE saga_id = %s AND step_order = %s;
 
 -- name: saga_type_of
 SELECT saga_type FROM sagas WHERE id = %s;
+
+-- name: cron_job_versions
+-- Every cron job's latest version (idx_domain_events_cron_jobs).
+SELECT aggregate_id, max(aggregate_version) AS version
+FROM domain_events WHERE aggregate_type = 'CronJob' GROUP BY aggregate_id;
+
+-- name: cron_jobs_not_ended
+-- The jobs of a cron job that have not ended (idx_jobs_cron).
+SELECT id AS job_id, state, created_at FROM jobs
+WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = %s
+  AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')
+ORDER BY created_at;
+
+-- name: cron_jobs_newest
+-- Each cron job's newest job: (name, id, state, created at).
+SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
+       spec -> 'labels' ->> 'hodei.io/cron' AS name, id AS job_id, state, created_at
+FROM jobs
+WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
+ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;

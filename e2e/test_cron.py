@@ -1,0 +1,156 @@
+"""Cron jobs end to end: `hodei-jobs-cli cron …` against a real server with tokens, its
+jobs run by local workers, and a server killed with SIGKILL in between."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.test_access import create_token
+from hodei.domain.cron import CRON_LABEL
+from hodei.testing import ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "cron-secret-value"
+
+
+@pytest.fixture(scope="module")
+def tokens(database_url: str) -> dict[str, str]:
+    return {
+        "alice": create_token(database_url, "alice", "submit"),
+        "bob": create_token(database_url, "bob", "submit"),
+        "ops": create_token(database_url, "ops", "operate"),
+        "reader": create_token(database_url, "reader", "read"),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(
+    database_url: str, tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    with ServerProcess(database_url, tmp_path_factory.mktemp("cron"), {}) as process:
+        yield process
+    print(process.logs()[-5000:])
+
+
+def cli(server: ServerProcess, token: str, *args: str, check: bool = True) -> Any:
+    return server.cli("--token", token, *args, check=check)
+
+
+def jobs_of(server: ServerProcess, name: str) -> list[tuple[str, str, str]]:
+    """(id, state, actor) of the cron job's jobs, oldest first."""
+    rows = query(
+        server.database_url,
+        "SELECT id::text, state, actor FROM jobs WHERE spec -> 'labels' ->> %s = %s ORDER BY created_at",
+        (CRON_LABEL, name),
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def test_a_cron_job_submits_its_job_at_every_time_until_paused_or_deleted(
+    server: ServerProcess, tokens: dict[str, str]
+) -> None:
+    alice, bob, ops = tokens["alice"], tokens["bob"], tokens["ops"]
+    shown = cli(
+        server,
+        alice,
+        *("cron", "create", "ticker", "--schedule", "@every 2s", "--provider", "local"),
+        *("--command", 'echo "slot=$HODEI_CRON_TIME secret=${#TOKEN}"', "--secret", f"TOKEN={SECRET}"),
+    ).stdout
+    assert "Schedule: @every 2s - every 2s" in shown and "Owner: alice" in shown
+
+    def two_done() -> list[tuple[str, str, str]] | None:
+        done = [job for job in jobs_of(server, "ticker") if job[1] == "SUCCEEDED"]
+        return done if len(done) >= 2 else None
+
+    done = eventually(two_done, timeout=60, what="two jobs of the cron job succeed")
+    assert {job[2] for job in done} == {"alice"}
+    first_log = cli(server, alice, "job", "logs", done[0][0]).stdout
+    slot = query(
+        server.database_url, "SELECT spec -> 'env' ->> 'HODEI_CRON_TIME' FROM jobs WHERE id = %s", (done[0][0],)
+    )[0][0]
+    assert first_log.strip() == f"slot={slot} secret={len(SECRET)}"
+    assert int(slot[17:19]) % 2 == 0  # every 2 s since the epoch: an even second
+    events = query(
+        server.database_url, "SELECT count(*) FROM domain_events WHERE payload::text LIKE %s", (f"%{SECRET}%",)
+    )
+    assert events == [(0,)]
+
+    listed = json.loads(cli(server, tokens["reader"], "cron", "list", "-o", "json").stdout)["cron_jobs"]
+    assert [(c["name"], c["owner"], c["paused"], len(c["next_times"])) for c in listed] == [
+        ("ticker", "alice", False, 3)
+    ]
+    assert listed[0]["last_job_id"] in {job[0] for job in jobs_of(server, "ticker")}
+
+    refused = cli(server, bob, "cron", "pause", "ticker", check=False)
+    assert refused.returncode == 2
+    assert "token `bob` may pause only its own cron jobs; ticker was defined by alice" in refused.stderr
+    replaced = cli(
+        server, bob, "cron", "create", "ticker", "--schedule", "@daily", "-c", "true", "--replace", check=False
+    )
+    assert replaced.returncode == 2 and "may redefine only its own cron jobs" in replaced.stderr
+    again = cli(server, alice, "cron", "create", "ticker", "--schedule", "@daily", "-c", "true", check=False)
+    assert again.returncode == 2 and "cron job ticker exists" in again.stderr
+
+    assert "State: paused" in cli(server, alice, "cron", "pause", "ticker").stdout
+    for job_id, _, _ in jobs_of(server, "ticker"):
+        wait_settled(server.database_url, job_id, 60)
+    time.sleep(1.5)  # a round that read the cron job before its pause may still be writing
+    before = len(jobs_of(server, "ticker"))
+    time.sleep(5)  # two slots and more
+    assert len(jobs_of(server, "ticker")) == before
+    shown = cli(server, alice, "cron", "get", "ticker").stdout
+    assert "Next: -" in shown and "Its jobs: job list -l hodei.io/cron=ticker" in shown
+
+    # The operate role runs anyone's cron job now, whatever its schedule and state.
+    manual = cli(server, ops, "cron", "run", "ticker").stdout.strip()
+    wait_settled(server.database_url, manual, 60)
+    assert query(server.database_url, "SELECT state, actor FROM jobs WHERE id = %s", (manual,)) == [
+        ("SUCCEEDED", "ops")
+    ]
+
+    deleted = cli(server, alice, "cron", "delete", "ticker")
+    assert "cron job ticker deleted; its jobs stay" in deleted.stderr
+    gone = cli(server, alice, "cron", "get", "ticker", check=False)
+    assert gone.returncode == 2 and "cron job 'ticker' not found" in gone.stderr
+    assert len(jobs_of(server, "ticker")) == before + 1
+    assert json.loads(cli(server, alice, "cron", "list", "-o", "json").stdout) == {"cron_jobs": []}
+
+
+def test_a_cron_job_outlives_a_kill_9_of_its_server_and_forbid_keeps_one_job_at_a_time(
+    server: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """Nothing of a cron job is in a server's memory: the next server starts the next
+    slots. With --concurrency forbid, slots are skipped while a job of it runs."""
+    alice = tokens["alice"]
+    cli(
+        server,
+        alice,
+        *("cron", "create", "slow", "--schedule", "@every 1s", "--concurrency", "forbid", "--provider", "local"),
+        *("--command", "sleep 3"),
+    )
+    eventually(lambda: jobs_of(server, "slow") or None, timeout=30, what="the first job of the cron job")
+    server.stop(signal.SIGKILL)
+    server.start()
+    eventually(
+        lambda: len([job for job in jobs_of(server, "slow") if job[1] == "SUCCEEDED"]) >= 2 or None,
+        timeout=90,
+        what="two jobs of the cron job succeed across the restart",
+    )
+    cli(server, alice, "cron", "delete", "slow")
+    rows = query(
+        server.database_url,
+        "SELECT started_at, completed_at FROM jobs WHERE spec -> 'labels' ->> %s = 'slow' "
+        "AND started_at IS NOT NULL ORDER BY started_at",
+        (CRON_LABEL,),
+    )
+    # Each job ran alone: the next one started after the one before it ended (or never ran).
+    for (_, ended), (started, _) in itertools.pairwise(rows):
+        assert ended is not None and started >= ended

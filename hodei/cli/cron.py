@@ -1,0 +1,181 @@
+"""``hodei-jobs-cli cron …``: jobs submitted again at every time of a schedule."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hodei._proto import cron_pb2
+from hodei.cli.client import Client
+from hodei.cli.jobs import add_spec_options, job_spec
+from hodei.cli.parsing import duration
+from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency
+from hodei.wire import spec_to_proto
+
+SCHEDULE_HELP = (
+    "five cron fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'), a nickname "
+    "(@hourly, @daily, @weekly, @monthly, @yearly) or @every DURATION (30s, 5m, 2h, 1d)"
+)
+
+
+def create_request(args: argparse.Namespace) -> None:
+    """Builds ``args.request`` before any connection, as ``job run`` does."""
+    spec, secrets = job_spec(args, default_name=args.name_of_cron)
+    args.request = cron_pb2.CreateCronJobRequest(
+        name=args.name_of_cron,
+        schedule=args.schedule,
+        time_zone=args.time_zone or "",
+        concurrency=args.concurrency,
+        starting_deadline_seconds=args.starting_deadline or 0.0,
+        spec=spec_to_proto(spec),
+        secrets=secrets,
+        replace=args.replace,
+    )
+
+
+def create(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    return _show(term, client.call(client.cron.CreateCronJob, args.request))
+
+
+def list_cron_jobs(client: Client, term: Terminal, _: argparse.Namespace) -> int:
+    found = client.call(client.cron.ListCronJobs, cron_pb2.ListCronJobsRequest()).cron_jobs
+    if term.json:
+        term.data({"cron_jobs": [message_dict(cron) for cron in found]})
+        return 0
+    term.table(
+        ["NAME", "SCHEDULE", "NEXT", "LAST JOB", "STATE", "OWNER"],
+        [
+            [
+                cron.name,
+                cron.schedule + ("" if cron.time_zone == "UTC" else f" ({cron.time_zone})"),
+                "paused" if cron.paused else _next(cron),
+                cron.last_job_id or "-",
+                cron.last_job_state or "-",
+                cron.owner,
+            ]
+            for cron in found
+        ],
+    )
+    return 0
+
+
+def _next(cron: cron_pb2.CronJob) -> str:
+    return when_of(cron.next_times[0]) if cron.next_times else "-"
+
+
+def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    return _show(term, client.call(client.cron.GetCronJob, cron_pb2.CronJobRequest(name=args.name)))
+
+
+def change(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    method = {
+        "pause": client.cron.PauseCronJob,
+        "resume": client.cron.ResumeCronJob,
+        "delete": client.cron.DeleteCronJob,
+    }[args.action]
+    cron = client.call(method, cron_pb2.CronJobRequest(name=args.name))
+    if args.action == "delete":
+        if term.json:
+            term.data(message_dict(cron))
+        else:
+            term.success(f"cron job {cron.name} deleted; its jobs stay (`job list -l {CRON_LABEL}={cron.name}`)")
+        return 0
+    return _show(term, cron)
+
+
+def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    job_id = client.call(client.cron.RunCronJob, cron_pb2.CronJobRequest(name=args.name)).job_id
+    if term.json:
+        term.data({"job_id": job_id})
+    else:
+        term.value(job_id)
+    return 0
+
+
+def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
+    if term.json:
+        term.data(message_dict(cron))
+        return 0
+    spec = cron.spec
+    lines = [
+        f"Cron job: {cron.name}",
+        f"Schedule: {cron.schedule} - {cron.description}",
+        f"Concurrency: {cron.concurrency}",
+        f"Starting deadline: {f'{cron.starting_deadline_seconds:g}s' if cron.starting_deadline_seconds else 'none'}",
+        f"State: {'paused' if cron.paused else 'active'} (since {when(cron, 'active_since', 'seconds')})",
+        f"Owner: {cron.owner}",
+        f"Runs: {spec.command} {' '.join(spec.args)}".rstrip() + f" on {spec.provider or 'the default provider'}",
+        "Next: " + (", ".join(when_of(t) for t in cron.next_times) or "-"),
+        f"Last job: {cron.last_job_id or '-'}"
+        + (
+            f" {cron.last_job_state} (created {when(cron, 'last_job_created_at', 'seconds')})"
+            if cron.last_job_id
+            else ""
+        ),
+        f"Not ended: {', '.join(cron.active_job_ids) or '-'}",
+        f"Its jobs: job list -l {CRON_LABEL}={cron.name}",
+    ]
+    for line in lines:
+        term.line(line)
+    return 0
+
+
+def _last_job(cron: cron_pb2.CronJob) -> str:
+    if not cron.last_job_id:
+        return "-"
+    return f"{cron.last_job_id} {cron.last_job_state} (created {when(cron, 'last_job_created_at', 'seconds')})"
+
+
+def when_of(moment: Timestamp) -> str:
+    return str(moment.ToDatetime().isoformat(timespec="seconds")) + "Z"
+
+
+def add_commands(commands: Any) -> None:
+    cron = commands.add_parser("cron", help="jobs submitted again at every time of a schedule").add_subparsers(
+        dest="action", required=True
+    )
+
+    create_parser = cron.add_parser(
+        "create",
+        help="define a cron job: a job spec and a schedule",
+        description=(
+            f"Each time of the schedule submits a job of the spec, labelled {CRON_LABEL}=NAME, with "
+            f"{CRON_TIME_VARIABLE} (the time it was scheduled for) in its environment, in the name of whoever "
+            "defined the cron job. After an outage, the latest time missed runs once (within --starting-deadline)."
+        ),
+    )
+    create_parser.add_argument("name_of_cron", metavar="NAME", help="1-63 letters, digits, '.', '_', '-'")
+    create_parser.add_argument("--schedule", required=True, help=SCHEDULE_HELP)
+    create_parser.add_argument(
+        "--time-zone", "--tz", help="the IANA time zone the five fields are read in (default UTC), e.g. Europe/Madrid"
+    )
+    create_parser.add_argument(
+        "--concurrency",
+        choices=[policy.value for policy in Concurrency],
+        default=Concurrency.ALLOW.value,
+        help="forbid: skip a time while a job of an earlier one has not ended (default allow)",
+    )
+    create_parser.add_argument(
+        "--starting-deadline",
+        type=duration,
+        metavar="DURATION",
+        help="a time missed (the platform was down) still runs up to this late, e.g. 10m (default: however late)",
+    )
+    create_parser.add_argument("--replace", action="store_true", help="give an existing cron job this definition")
+    add_spec_options(create_parser, "the name of its jobs (default: the cron job's)")
+    create_parser.set_defaults(handler=create, prepare=create_request)
+
+    cron.add_parser("list", help="list cron jobs").set_defaults(handler=list_cron_jobs)
+    for name, handler, text in (
+        ("get", get, "show a cron job, its next times and its last job"),
+        ("pause", change, "start no job until resumed"),
+        ("resume", change, "start jobs again from the next time on"),
+        ("delete", change, "delete a cron job (its jobs stay; its secrets are shredded)"),
+        ("run", run, "submit a job of the cron job now; prints its id"),
+    ):
+        parser = cron.add_parser(name, help=text)
+        parser.add_argument("name", metavar="NAME")
+        parser.set_defaults(handler=handler)

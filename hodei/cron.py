@@ -1,0 +1,188 @@
+"""Cron jobs: defining them, and starting the job of each slot that comes due.
+
+Every server's sweeper calls ``fire_due`` about once a second. Which cron jobs exist
+and what each says is read from the log (their latest versions through a partial index,
+then only the changed ones loaded); the job of a slot has an id derived from the slot
+(``hodei.domain.cron.slot_job_id``), so two servers firing the same slot write one job:
+the second's JobCreated is refused by the event log and it finds the job there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from hodei.domain.cron import Concurrency, CronJob, Definition, check_name, cron_id, slot_job_id
+from hodei.domain.job import Job
+from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import fetch_all
+from hodei.store.job_secrets import JobSecrets
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CronJobRun:
+    """A job a cron job started."""
+
+    job_id: UUID
+    state: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Version:
+    aggregate_id: str
+    version: int
+
+
+class CronJobs:
+    def __init__(self, store: HodeiStore, secrets: JobSecrets, clock: Clock = _now) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.clock = clock
+        # Every cron job as last loaded, by id: reloaded when its version moves. A cache:
+        # the log says what exists.
+        self._known: dict[str, CronJob] = {}
+        # The slot each cron job last started (or found started), so a sweep between two
+        # slots reads nothing.
+        self._fired: dict[UUID, datetime] = {}
+        self._lock = threading.Lock()
+
+    # Definitions ---------------------------------------------------------------
+
+    def define(
+        self, name: str, definition: Definition, secrets: Mapping[str, str], actor: str, *, replace: bool
+    ) -> CronJob:
+        """A new cron job, or (``replace``, or a deleted one's name) a new definition."""
+        check_name(name)
+        definition.validate()
+        definition.spec.validate(secrets)
+        sealed = self.secrets.seal_for_cron_job(cron_id(name), secrets)
+
+        def run() -> tuple[CronJob, list[CronJob]]:
+            cron = self.store.find(CronJob, cron_id(name))
+            if cron is None:
+                cron = CronJob.create(name, definition, sealed, actor)
+            elif cron.deleted or replace:
+                cron.redefine(definition, sealed, actor)
+            else:
+                raise InvalidTransition(f"cron job {name} exists: `cron create --replace` gives it a new definition")
+            return cron, [cron]
+
+        return self.store.command(Meta(actor=actor), run)
+
+    def change(self, name: str, actor: str, act: Callable[[CronJob], None]) -> CronJob:
+        """Pauses, resumes or deletes (``act``); a deleted one's secrets are shredded."""
+
+        def run() -> tuple[CronJob, list[CronJob]]:
+            cron = self.get(name)
+            act(cron)
+            return cron, [cron]
+
+        cron = self.store.command(Meta(actor=actor), run)
+        if cron.deleted:
+            self.secrets.purge(cron.id)
+        return cron
+
+    def get(self, name: str) -> CronJob:
+        cron = self.find(name)
+        if cron is None:
+            raise NotFound(f"cron job {name[:80]!r} not found (`cron list` shows them)")
+        return cron
+
+    def find(self, name: str) -> CronJob | None:
+        """The cron job of that name; None when there is none (or it was deleted)."""
+        cron = self.store.find(CronJob, cron_id(name)) if name else None
+        return None if cron is None or cron.deleted else cron
+
+    def all(self) -> list[CronJob]:
+        """Every cron job that was not deleted, by name."""
+        return sorted((cron for cron in self._refreshed() if not cron.deleted), key=lambda cron: cron.name)
+
+    def newest_jobs(self, names: list[str]) -> dict[str, CronJobRun]:
+        def row(name: str, job_id: UUID, state: str, created_at: datetime) -> tuple[str, CronJobRun]:
+            return name, CronJobRun(job_id, state, created_at)
+
+        return dict(fetch_all(self.store.pool, "cron_jobs_newest", (names,), row))
+
+    def active_jobs(self, name: str) -> list[CronJobRun]:
+        """Its jobs that have not ended, oldest first."""
+        return fetch_all(self.store.pool, "cron_jobs_not_ended", (name,), CronJobRun)
+
+    def _refreshed(self) -> list[CronJob]:
+        versions = {
+            row.aggregate_id: row.version for row in fetch_all(self.store.pool, "cron_job_versions", None, Version)
+        }
+        with self._lock:
+            for aggregate_id, version in versions.items():
+                known = self._known.get(aggregate_id)
+                if known is None or known.version != version:
+                    self._known[aggregate_id] = self.store.load(CronJob, aggregate_id)
+            return list(self._known.values())
+
+    # Runs ------------------------------------------------------------------------
+
+    def run_now(self, name: str, actor: str) -> UUID:
+        """A job of the cron job now, whatever its schedule and policy (``cron run``)."""
+        cron = self.get(name)
+        job_id = uuid4()
+        self._submit(cron, job_id, self.clock(), Meta(actor=actor, correlation_id=str(job_id)))
+        return job_id
+
+    def fire_due(self) -> list[UUID]:
+        """Starts the job of every slot due (the sweeper's round); the jobs it wrote."""
+        now = self.clock()
+        started = []
+        for cron in self._refreshed():
+            slot = cron.due(now)
+            if slot is None or self._fired.get(cron.id) == slot:
+                continue
+            try:
+                job_id = self._fire(cron, slot)
+            except ConcurrencyConflict:
+                job_id = None  # another server wrote the slot's job first
+            except Exception as exc:
+                log.warning("cron job %s could not start its job of %s: %s", cron.name, slot.isoformat(), exc)
+                continue
+            self._fired[cron.id] = slot
+            if job_id is not None:
+                started.append(job_id)
+        return started
+
+    def _fire(self, cron: CronJob, slot: datetime) -> UUID | None:
+        job_id = slot_job_id(cron.id, slot)
+        if self.store.find(Job, job_id) is not None:
+            return None  # another server (or this one, before a restart) started it
+        if cron.definition.concurrency is Concurrency.FORBID:
+            running = self.active_jobs(cron.name)
+            if running:
+                log.info(
+                    "cron job %s skips its run of %s: job %s is still %s (concurrency forbid)",
+                    cron.name,
+                    slot.isoformat(),
+                    running[-1].job_id,
+                    running[-1].state,
+                )
+                return None
+        self._submit(cron, job_id, slot, Meta(actor=cron.owner, correlation_id=str(job_id)))
+        log.info("cron job %s started job %s for %s", cron.name, job_id, slot.isoformat())
+        return job_id
+
+    def _submit(self, cron: CronJob, job_id: UUID, moment: datetime, meta: Meta) -> None:
+        """The job, in the name of the cron job's owner (who may cancel it); its secrets
+        sealed again under a key of its own."""
+        plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
+        job = Job.submit(cron.job_spec(moment), job_id, self.secrets.seal(job_id, plain))
+        self.store.write([job], meta)

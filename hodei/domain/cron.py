@@ -1,0 +1,304 @@
+"""The CronJob aggregate: a job spec submitted again at every time of a schedule.
+
+What Kubernetes' CronJob, Nomad's periodic jobs and Slurm's scrontab do. A cron job's
+events are its definition and its switches (paused, resumed, deleted) only: the jobs
+it starts carry their own. Each time of the schedule (a *slot*) gets a job whose id is
+derived from the cron job and the slot, so a slot becomes a job once, whichever server
+fires it and however often it tries (the event log refuses the second JobCreated).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+from eventsourcing.domain import event
+
+from hodei.domain.base import HodeiAggregate, derived_id
+from hodei.domain.spec import JobSpec
+from hodei.errors import InvalidInput, InvalidTransition
+
+# The label of every job a cron job starts: the cron job's name.
+CRON_LABEL = "hodei.io/cron"
+# In the environment of every job a cron job starts: the time it was scheduled for
+# (ISO 8601, UTC; for `cron run`, the time it was asked for).
+CRON_TIME_VARIABLE = "HODEI_CRON_TIME"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# cron's nicknames, as Vixie cron and Kubernetes read them.
+NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_EVERY = re.compile(r"@every\s+(\d+)\s*([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A sweep runs about once a second: a shorter period could not be kept.
+MIN_EVERY_SECONDS = 1
+MAX_EVERY_SECONDS = 366 * 86400
+MAX_STARTING_DEADLINE_SECONDS = 366 * 86400.0
+
+
+class Concurrency(StrEnum):
+    """What a slot does while a job of an earlier one has not ended (Kubernetes'
+    ``concurrencyPolicy`` without Replace: a schedule never cancels a running job)."""
+
+    ALLOW = "allow"
+    FORBID = "forbid"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"a cron job's name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit; "
+            f"got {name[:80]!r}"
+        )
+    return name
+
+
+def cron_id(name: str) -> UUID:
+    """A cron job's id, from its name: defining a name twice is one aggregate."""
+    return derived_id("cron", name)
+
+
+def slot_job_id(cron: UUID, slot: datetime) -> UUID:
+    """The id of the job of one slot: whoever fires it, the same job."""
+    return derived_id("cron", cron, slot.astimezone(UTC).isoformat())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron expression (five fields, or a nickname such as ``@daily``) read in a time
+    zone, or ``@every DURATION`` (slots at multiples of the period since the Unix epoch)."""
+
+    expression: str
+    time_zone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def _every(self) -> int | None:
+        found = _EVERY.fullmatch(self.expression.strip())
+        return int(found.group(1)) * _UNIT_SECONDS[found.group(2)] if found else None
+
+    @property
+    def _fields(self) -> str:
+        text = " ".join(self.expression.split())
+        return NICKNAMES.get(text.lower(), text)
+
+    def _zone(self) -> ZoneInfo:
+        try:
+            return ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(
+                f"time zone {self.time_zone[:64]!r} is not known (an IANA name such as UTC or Europe/Madrid)"
+            ) from None
+
+    def validate(self) -> None:
+        self._zone()
+        if self.expression.strip().lower().startswith("@every"):
+            every = self._every
+            if every is None or not MIN_EVERY_SECONDS <= every <= MAX_EVERY_SECONDS:
+                raise InvalidInput(
+                    f"schedule {self.expression[:64]!r}: @every takes a whole number of s, m, h or d, "
+                    f"from {MIN_EVERY_SECONDS}s to 366d (e.g. @every 30s, @every 2h)"
+                )
+            return
+        fields = self._fields
+        if len(fields.split()) != 5:
+            raise InvalidInput(
+                f"schedule {self.expression[:64]!r}: give five fields (minute hour day-of-month month "
+                f"day-of-week, e.g. '0 3 * * *'), a nickname ({', '.join(NICKNAMES)}) or @every DURATION"
+            )
+        try:
+            next(CronSim(fields, datetime.now(self._zone())))
+        except (CronSimError, StopIteration) as exc:
+            raise InvalidInput(f"schedule {self.expression[:64]!r}: {exc or 'no time ever matches'}") from None
+
+    def latest(self, moment: datetime) -> datetime:
+        """The last slot at or before ``moment`` (UTC)."""
+        every = self._every
+        if every is not None:
+            seconds = int(moment.timestamp())
+            return datetime.fromtimestamp(seconds - seconds % every, UTC)
+        # CronSim going back from a whole second excludes it (from a fraction of one, it
+        # includes the whole second before): start at the next whole second.
+        start = (moment.replace(microsecond=0) + timedelta(seconds=1)).astimezone(self._zone())
+        return next(CronSim(self._fields, start, reverse=True)).astimezone(UTC)
+
+    def following(self, moment: datetime, count: int) -> list[datetime]:
+        """The next ``count`` slots after ``moment`` (UTC)."""
+        every = self._every
+        if every is not None:
+            first = self.latest(moment) + timedelta(seconds=every)
+            return [first + timedelta(seconds=every * n) for n in range(count)]
+        slots = CronSim(self._fields, moment.astimezone(self._zone()))
+        return [next(slots).astimezone(UTC) for _ in range(count)]
+
+    def explain(self) -> str:
+        if self._every is not None:
+            return " ".join(self.expression.split())[1:]  # "every 30s"
+        text = CronSim(self._fields, datetime.now(self._zone())).explain()
+        return text if self.time_zone == "UTC" else f"{text} ({self.time_zone})"
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What a person defines: the schedule, its policies, the job spec (as stored)."""
+
+    schedule: Schedule
+    concurrency: Concurrency
+    # A slot missed (the platform was down) starts late only within this many seconds;
+    # 0: however late.
+    starting_deadline_seconds: float
+    spec: JobSpec
+
+    def validate(self) -> None:
+        self.schedule.validate()
+        deadline = self.starting_deadline_seconds
+        if not 0 <= deadline <= MAX_STARTING_DEADLINE_SECONDS:
+            raise InvalidInput(f"the starting deadline must be 0 to 366 days in seconds, got {deadline:.15g}")
+        if self.spec.after or self.spec.begin_at:
+            raise InvalidInput("a cron job's spec cannot wait for other jobs (--after) or a time (--begin)")
+        self.spec.validate()
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.expression,
+            "time_zone": self.schedule.time_zone,
+            "concurrency": self.concurrency.value,
+            "starting_deadline_seconds": self.starting_deadline_seconds,
+            "spec": self.spec.to_payload(),
+        }
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> Definition:
+        return cls(
+            schedule=Schedule(payload["schedule"], payload["time_zone"]),
+            concurrency=Concurrency(payload["concurrency"]),
+            starting_deadline_seconds=float(payload["starting_deadline_seconds"]),
+            spec=JobSpec.from_payload(payload["spec"]),
+        )
+
+
+class CronJob(HodeiAggregate):
+    id: UUID  # given by the caller (the library takes an `id` argument when annotated)
+
+    @event("CronJobCreated")
+    def __init__(
+        self, name: str, definition: dict[str, Any], sealed_secrets: dict[str, str], owner: str, since: str
+    ) -> None:
+        self.name = name
+        self._define(definition, sealed_secrets, owner, since)
+        self.paused = False
+        self.deleted = False
+
+    @classmethod
+    def create(cls, name: str, definition: Definition, sealed_secrets: dict[str, str], owner: str) -> CronJob:
+        definition.validate()
+        _check_sealed(definition, sealed_secrets)
+        return cls(  # type: ignore[call-arg]  # `id` is accepted: the class annotates it
+            id=cron_id(check_name(name)),
+            name=name,
+            definition=definition.payload(),
+            sealed_secrets=sealed_secrets,
+            owner=owner,
+            since=_now(),
+        )
+
+    def _define(self, definition: dict[str, Any], sealed_secrets: dict[str, str], owner: str, since: str) -> None:
+        self.definition = Definition.of(definition)
+        self.sealed_secrets = dict(sealed_secrets)
+        # Who defined it: its jobs are submitted in this name (so they may cancel them).
+        self.owner = owner
+        # Slots before this never start: a new schedule, or one resumed, looks ahead.
+        self.active_since = datetime.fromisoformat(since)
+
+    def redefine(self, definition: Definition, sealed_secrets: dict[str, str], owner: str) -> None:
+        """A new definition; a deleted cron job comes back with it (paused or not as it was)."""
+        definition.validate()
+        _check_sealed(definition, sealed_secrets)
+        self._redefined(definition=definition.payload(), sealed_secrets=sealed_secrets, owner=owner, since=_now())
+
+    def pause(self) -> None:
+        self._check_live("pause")
+        if not self.paused:
+            self._paused()
+
+    def resume(self) -> None:
+        self._check_live("resume")
+        if self.paused:
+            self._resumed(since=_now())
+
+    def delete(self) -> None:
+        self._check_live("delete")
+        self._deleted()
+
+    def _check_live(self, action: str) -> None:
+        if self.deleted:
+            raise InvalidTransition(f"cannot {action} cron job {self.name}: it was deleted")
+
+    @property
+    def active(self) -> bool:
+        return not (self.paused or self.deleted)
+
+    def due(self, now: datetime) -> datetime | None:
+        """The slot to start now, if any: the latest at or before ``now``, once the cron
+        job was active then and within its starting deadline (older missed slots are
+        skipped: after an outage a schedule runs once, not once per slot missed)."""
+        if not self.active:
+            return None
+        slot = self.definition.schedule.latest(now)
+        if slot < self.active_since:
+            return None
+        deadline = self.definition.starting_deadline_seconds
+        if deadline and (now - slot).total_seconds() > deadline:
+            return None
+        return slot
+
+    def job_spec(self, moment: datetime) -> JobSpec:
+        """The spec of the job for ``moment`` (a slot, or the time of a `cron run`)."""
+        spec = self.definition.spec
+        return replace(
+            spec,
+            env={**spec.env, CRON_TIME_VARIABLE: moment.astimezone(UTC).isoformat()},
+            labels={**spec.labels, CRON_LABEL: self.name},
+        )
+
+    @event("CronJobRedefined")
+    def _redefined(self, definition: dict[str, Any], sealed_secrets: dict[str, str], owner: str, since: str) -> None:
+        self._define(definition, sealed_secrets, owner, since)
+        self.deleted = False
+
+    @event("CronJobPaused")
+    def _paused(self) -> None:
+        self.paused = True
+
+    @event("CronJobResumed")
+    def _resumed(self, since: str) -> None:
+        self.paused = False
+        self.active_since = datetime.fromisoformat(since)
+
+    @event("CronJobDeleted")
+    def _deleted(self) -> None:
+        self.deleted = True
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _check_sealed(definition: Definition, sealed_secrets: dict[str, str]) -> None:
+    if sorted(sealed_secrets) != sorted(definition.spec.secret_names):
+        raise InvalidTransition("the cron job's sealed secrets must be exactly the ones its spec names")

@@ -1,0 +1,138 @@
+"""hodei.jobs.CronService: cron jobs, defined, listed, paused, resumed, deleted and run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+
+from hodei._proto import cron_pb2, cron_pb2_grpc
+from hodei.cron import CronJobRun, CronJobs
+from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
+from hodei.domain.provider import ProviderType
+from hodei.errors import InvalidInput, PermissionDenied
+from hodei.providers.registry import provider_type_of
+from hodei.providers.sim import Simulation
+from hodei.roles import Caller
+from hodei.server.access import caller
+from hodei.server.convert import timestamp
+from hodei.server.edge import rpc
+from hodei.server.jobs_api import may_act_on
+from hodei.wire import spec_from_proto, spec_to_proto
+
+# The next times a cron job shows.
+NEXT_TIMES = 3
+
+
+def _concurrency(value: str) -> Concurrency:
+    try:
+        return Concurrency(value.strip().lower() or Concurrency.ALLOW.value)
+    except ValueError:
+        allowed = ", ".join(policy.value for policy in Concurrency)
+        raise InvalidInput(f"concurrency must be one of {allowed}, got {value[:64]!r}") from None
+
+
+class CronService(cron_pb2_grpc.CronServiceServicer):
+    def __init__(self, cron_jobs: CronJobs) -> None:
+        self.cron_jobs = cron_jobs
+
+    @rpc
+    def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
+        secrets = dict(request.secrets)
+        spec = spec_from_proto(request.spec, secrets)
+        if provider_type_of(spec.provider) is ProviderType.SIM:  # an unknown provider is refused there
+            Simulation.of(spec.env)
+        if not math.isfinite(request.starting_deadline_seconds):
+            raise InvalidInput("the starting deadline must be a number of seconds")
+        definition = Definition(
+            schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
+            concurrency=_concurrency(request.concurrency),
+            starting_deadline_seconds=request.starting_deadline_seconds,
+            spec=spec,
+        )
+        who = caller()
+        if request.replace:
+            self._check_owner(who, request.name, "redefine")
+        cron = self.cron_jobs.define(request.name, definition, secrets, who.name, replace=request.replace)
+        return self._to_proto(cron)
+
+    @rpc
+    def ListCronJobs(
+        self, request: cron_pb2.ListCronJobsRequest, context: grpc.ServicerContext
+    ) -> cron_pb2.ListCronJobsResponse:
+        every = self.cron_jobs.all()
+        newest = self.cron_jobs.newest_jobs([cron.name for cron in every])
+        return cron_pb2.ListCronJobsResponse(
+            cron_jobs=[self._to_proto(cron, newest.get(cron.name), active=False) for cron in every]
+        )
+
+    @rpc
+    def GetCronJob(self, request: cron_pb2.CronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
+        return self._to_proto(self.cron_jobs.get(request.name))
+
+    @rpc
+    def PauseCronJob(self, request: cron_pb2.CronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
+        return self._change(request.name, "pause", CronJob.pause)
+
+    @rpc
+    def ResumeCronJob(self, request: cron_pb2.CronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
+        return self._change(request.name, "resume", CronJob.resume)
+
+    @rpc
+    def DeleteCronJob(self, request: cron_pb2.CronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
+        return self._change(request.name, "delete", CronJob.delete)
+
+    @rpc
+    def RunCronJob(
+        self, request: cron_pb2.CronJobRequest, context: grpc.ServicerContext
+    ) -> cron_pb2.RunCronJobResponse:
+        who = caller()
+        self._check_owner(who, request.name, "run")
+        return cron_pb2.RunCronJobResponse(job_id=str(self.cron_jobs.run_now(request.name, who.name)))
+
+    def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:
+        who = caller()
+        self._check_owner(who, name, action)
+        return self._to_proto(self.cron_jobs.change(name, who.name, act))
+
+    def _check_owner(self, who: Caller, name: str, action: str) -> None:
+        """Submitters act on their own cron jobs; the operate role on any (a name no cron
+        job has is the action's to refuse, or to create)."""
+        cron = self.cron_jobs.find(name)
+        if cron is not None and not may_act_on(who, cron.owner):
+            raise PermissionDenied(
+                f"token `{who.name}` may {action} only its own cron jobs; {cron.name} was defined by {cron.owner} "
+                f"(the operate role may {action} any)"
+            )
+
+    def _to_proto(self, cron: CronJob, newest: CronJobRun | None = None, *, active: bool = True) -> cron_pb2.CronJob:
+        """``newest``: its newest job when the caller read them all at once; ``active``:
+        whether to read its jobs that have not ended (one cron job's page)."""
+        definition = cron.definition
+        schedule = definition.schedule
+        running = self.cron_jobs.active_jobs(cron.name) if active else []
+        if active:
+            newest = self.cron_jobs.newest_jobs([cron.name]).get(cron.name)
+        message = cron_pb2.CronJob(
+            name=cron.name,
+            schedule=schedule.expression,
+            time_zone=schedule.time_zone,
+            description=schedule.explain(),
+            concurrency=definition.concurrency.value,
+            starting_deadline_seconds=definition.starting_deadline_seconds,
+            spec=spec_to_proto(definition.spec),
+            paused=cron.paused,
+            owner=cron.owner,
+            active_job_ids=[str(run.job_id) for run in running],
+            active_since=timestamp(cron.active_since),
+        )
+        if not cron.paused:
+            for moment in schedule.following(datetime.now(UTC), NEXT_TIMES):
+                message.next_times.add().FromDatetime(moment)
+        if newest is not None:
+            message.last_job_id = str(newest.job_id)
+            message.last_job_state = newest.state
+            message.last_job_created_at.FromDatetime(newest.created_at)
+        return message

@@ -1,0 +1,160 @@
+"""Cron jobs against a real PostgreSQL: the sweeper's round (``CronJobs.fire_due``) with a
+clock the test moves, two "servers" firing the same slots, secrets, and the key's life."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+
+from hodei.cron import CronJobs
+from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
+from hodei.domain.job import Job
+from hodei.domain.spec import JobSpec
+from hodei.errors import InvalidTransition, NotFound
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.job_secrets import JobSecrets
+from hodei.testing import query
+
+SPEC = JobSpec(name="report", command="echo hi", timeout_seconds=30.0, provider="local")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def definition(
+    schedule: str = "@every 60s", concurrency: Concurrency = Concurrency.ALLOW, deadline: float = 0.0, **spec: object
+) -> Definition:
+    return Definition(Schedule(schedule), concurrency, deadline, JobSpec(**{**SPEC.__dict__, **spec}))
+
+
+def jobs_of(url: str, name: str) -> list[tuple[UUID, str, str]]:
+    return [
+        (row[0], row[1], row[2])
+        for row in query(
+            url,
+            "SELECT id, state, spec -> 'env' ->> %s FROM jobs WHERE spec -> 'labels' ->> %s = %s ORDER BY created_at",
+            (CRON_TIME_VARIABLE, CRON_LABEL, name),
+        )
+    ]
+
+
+def next_slot(cron_jobs: CronJobs, name: str) -> datetime:
+    cron = cron_jobs.get(name)
+    return cron.definition.schedule.following(cron.active_since, 1)[0]
+
+
+def test_each_slot_becomes_one_job_whichever_server_fires_it_and_missed_slots_run_once(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    clock = Clock()
+    here, there = CronJobs(store, JobSecrets(store.pool), clock), CronJobs(store, JobSecrets(store.pool), clock)
+    here.define("report", definition(), {}, "alice", replace=False)
+    assert here.fire_due() == [] == there.fire_due()  # the slot before its definition never runs
+    first = next_slot(here, "report")
+    clock.now = first + timedelta(seconds=1)
+    [job_id] = there.fire_due()
+    assert here.fire_due() == []  # the other server finds the slot's job there
+    assert there.fire_due() == []
+    clock.now = first + timedelta(minutes=10, seconds=5)  # ten slots later (an outage): the latest, once
+    assert len(here.fire_due()) == 1
+    assert there.fire_due() == []
+    rows = jobs_of(fresh_database_url, "report")
+    assert [(row[0], row[2]) for row in rows[:1]] == [(job_id, first.isoformat())]
+    assert [row[2] for row in rows] == [first.isoformat(), (first + timedelta(minutes=10)).isoformat()]
+    job = store.load(Job, job_id)
+    assert (job.spec.labels[CRON_LABEL], job.spec.name) == ("report", "report")
+    actors = query(
+        fresh_database_url, "SELECT DISTINCT actor FROM domain_events WHERE aggregate_id = %s", (str(job_id),)
+    )
+    assert actors == [("alice",)]  # in the name of who defined it
+
+
+def test_a_slot_within_its_starting_deadline_runs_late_and_one_past_it_does_not(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    clock = Clock()
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs.define("late", definition("@every 1h", deadline=120.0), {}, "alice", replace=False)
+    slot = next_slot(cron_jobs, "late")
+    clock.now = slot + timedelta(seconds=121)
+    assert cron_jobs.fire_due() == []
+    clock.now = slot + timedelta(hours=1, seconds=119)
+    assert len(cron_jobs.fire_due()) == 1
+
+
+def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    clock = Clock()
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs.define("once-at-a-time", definition(concurrency=Concurrency.FORBID), {}, "alice", replace=False)
+    first = next_slot(cron_jobs, "once-at-a-time")
+    clock.now = first
+    [running] = cron_jobs.fire_due()
+    clock.now = first + timedelta(minutes=1)
+    assert cron_jobs.fire_due() == []
+    assert [run.job_id for run in cron_jobs.active_jobs("once-at-a-time")] == [running]
+    job = store.load(Job, running)
+    job.cancel("the test ends it")
+    store.write([job], Meta(actor="system", correlation_id=str(running)))
+    clock.now = first + timedelta(minutes=2)
+    assert len(cron_jobs.fire_due()) == 1
+    assert len(jobs_of(fresh_database_url, "once-at-a-time")) == 2
+
+
+def test_paused_cron_jobs_start_nothing_and_deleted_ones_are_gone_but_their_jobs_stay(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    clock = Clock()
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs.define("paused", definition(), {}, "alice", replace=False)
+    first = next_slot(cron_jobs, "paused")
+    cron_jobs.change("paused", "alice", CronJob.pause)
+    clock.now = first + timedelta(seconds=1)
+    assert cron_jobs.fire_due() == []
+    manual = cron_jobs.run_now("paused", "bob")  # `cron run`: whatever its schedule and state
+    assert store.load(Job, manual).spec.env[CRON_TIME_VARIABLE] == clock.now.isoformat()
+    cron_jobs.change("paused", "alice", CronJob.delete)
+    assert [cron.name for cron in cron_jobs.all()] == []
+    with pytest.raises(NotFound, match="cron job 'paused' not found"):
+        cron_jobs.get("paused")
+    assert [row[0] for row in jobs_of(fresh_database_url, "paused")] == [manual]
+    cron_jobs.define("other", definition(), {}, "alice", replace=False)
+    with pytest.raises(InvalidTransition, match="cron job other exists"):
+        cron_jobs.define("other", definition(), {}, "alice", replace=False)
+    again = cron_jobs.define("paused", definition("@daily"), {}, "carol", replace=False)  # a deleted name: anew
+    assert (again.owner, again.paused, again.definition.schedule.expression) == ("carol", True, "@daily")
+
+
+def test_secrets_are_sealed_under_the_cron_jobs_key_each_job_gets_its_own_and_delete_shreds_it(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    clock = Clock()
+    secrets = JobSecrets(store.pool)
+    cron_jobs = CronJobs(store, secrets, clock)
+    cron_jobs.define("with-secret", definition(secret_names=("TOKEN",)), {"TOKEN": "s3cr3t-value"}, "a", replace=False)
+    clock.now = next_slot(cron_jobs, "with-secret")
+    [job_id] = cron_jobs.fire_due()
+    assert secrets.open(job_id) == {"TOKEN": "s3cr3t-value"}
+    owner = cron_id("with-secret")
+    log = query(fresh_database_url, "SELECT payload::text FROM domain_events WHERE aggregate_id = %s", (str(owner),))
+    assert log and all("s3cr3t-value" not in row[0] for row in log)
+    # Retention's sweep keeps a cron job's key (its id is no job's, but it has events).
+    query(fresh_database_url, "UPDATE hodei.job_keys SET created_at = now() - interval '2 hours'")
+    secrets.purge_expired(86400)
+    keys = {row[0] for row in query(fresh_database_url, "SELECT job_id FROM hodei.job_keys")}
+    assert keys == {owner, job_id}
+    # A redefinition keeps the key (the definition it replaces may still be the live one).
+    cron_jobs.define("with-secret", definition(secret_names=("TOKEN",)), {"TOKEN": "another-value"}, "a", replace=True)
+    assert query(fresh_database_url, "SELECT count(*) FROM hodei.job_keys WHERE job_id = %s", (owner,)) == [(1,)]
+    assert cron_jobs.run_now("with-secret", "a") is not None
+    cron_jobs.change("with-secret", "a", CronJob.delete)
+    assert query(fresh_database_url, "SELECT count(*) FROM hodei.job_keys WHERE job_id = %s", (owner,)) == [(0,)]
+    assert secrets.open(job_id) == {"TOKEN": "s3cr3t-value"}  # a job's own key lives as long as the job's

@@ -1,0 +1,171 @@
+"""Cron jobs' schedules and slots (hodei.domain.cron): pure, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hodei.domain.cron import (
+    CRON_LABEL,
+    CRON_TIME_VARIABLE,
+    Concurrency,
+    CronJob,
+    Definition,
+    Schedule,
+    cron_id,
+    slot_job_id,
+)
+from hodei.domain.spec import JobSpec
+from hodei.errors import InvalidInput, InvalidTransition
+
+SPEC = JobSpec(name="backup", command="echo hi", timeout_seconds=30.0, provider="local", labels={"team": "ops"})
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def cron(schedule: str = "@every 10s", deadline: float = 0.0, **spec: object) -> CronJob:
+    definition = Definition(Schedule(schedule), Concurrency.ALLOW, deadline, JobSpec(**{**SPEC.__dict__, **spec}))
+    return CronJob.create("backup", definition, {}, "alice")
+
+
+def test_five_fields_are_read_in_the_time_zone_given_across_a_daylight_saving_change() -> None:
+    madrid = Schedule("0 3 * * *", "Europe/Madrid")
+    # Spain moves to summer time on 2026-03-29: 03:00 there is 02:00 UTC before, 01:00 after.
+    assert madrid.latest(at("2026-03-29T12:00:00+00:00")) == at("2026-03-29T01:00:00+00:00")
+    assert madrid.following(at("2026-03-27T12:00:00+00:00"), 3) == [
+        at("2026-03-28T02:00:00+00:00"),
+        at("2026-03-29T01:00:00+00:00"),
+        at("2026-03-30T01:00:00+00:00"),
+    ]
+    assert madrid.explain() == "At 03:00 every day (Europe/Madrid)"
+
+
+def test_a_slot_is_its_own_latest_and_nicknames_read_as_their_fields() -> None:
+    slot = at("2026-12-01T00:00:00+00:00")
+    assert Schedule("@daily").latest(slot) == slot
+    assert Schedule("@daily").latest(slot - timedelta(microseconds=1)) == slot - timedelta(days=1)
+    assert Schedule("@hourly").following(slot, 2) == [slot + timedelta(hours=1), slot + timedelta(hours=2)]
+    assert Schedule("@weekly").explain() == Schedule("0 0 * * 0").explain()
+
+
+def test_every_counts_its_period_from_the_unix_epoch() -> None:
+    every = Schedule("@every 90s")
+    moment = at("2026-12-01T00:00:50+00:00")  # 1,764,547,250 s: 19,606,080 periods and 50 s
+    assert every.latest(moment) == moment - timedelta(seconds=50)
+    assert every.following(moment, 2) == [moment + timedelta(seconds=40), moment + timedelta(seconds=130)]
+    assert every.explain() == "every 90s"
+
+
+@given(
+    st.sampled_from(["*/7 * * * *", "0 3 * * 1-5", "30 2 * * *", "@monthly", "@every 45m", "15 */6 1,15 * *"]),
+    st.sampled_from(["UTC", "Europe/Madrid", "America/New_York", "Australia/Lord_Howe"]),
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)),
+)
+def test_the_latest_slot_and_the_next_one_enclose_every_moment(expression: str, zone: str, moment: datetime) -> None:
+    schedule = Schedule(expression, zone)
+    latest = schedule.latest(moment)
+    [after] = schedule.following(moment, 1)
+    assert latest <= moment < after
+    assert schedule.latest(after) == after
+    assert schedule.latest(after - timedelta(seconds=1)) == latest
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "message"),
+    [
+        ("", "UTC", "give five fields"),
+        ("* * *", "UTC", "give five fields"),
+        ("0 0 * * * *", "UTC", "give five fields"),
+        ("61 * * * *", "UTC", "Bad minute"),
+        ("0 0 31 2 *", "UTC", "day-of-month"),
+        ("@sometimes", "UTC", "give five fields"),
+        ("@every 0s", "UTC", "@every takes"),
+        ("@every 10 minutes", "UTC", "@every takes"),
+        ("@every 400d", "UTC", "@every takes"),
+        ("0 3 * * *", "Mars/Olympus", "time zone 'Mars/Olympus' is not known"),
+        ("0 3 * * *", "../etc/passwd", "is not known"),
+    ],
+)
+def test_a_schedule_that_cannot_be_read_is_refused_with_what_is_wrong(expression: str, zone: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Schedule(expression, zone)
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [("nightly-backup.v2", False), ("a" * 63, False), ("a" * 64, True), ("", True), ("-x", True), ("a b", True)],
+)
+def test_a_cron_jobs_name_is_a_short_word(name: str, refused: bool) -> None:
+    definition = Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, SPEC)
+    if refused:
+        with pytest.raises(InvalidInput, match="a cron job's name"):
+            CronJob.create(name, definition, {}, "alice")
+    else:
+        assert CronJob.create(name, definition, {}, "alice").id == cron_id(name)
+
+
+def test_a_definition_refuses_what_a_schedule_cannot_keep() -> None:
+    for spec, message in [
+        (JobSpec(**{**SPEC.__dict__, "after": {"5b1d7a52-8c1e-4c4e-9a55-3f2d0c6f9e10": "ok"}}), "--after"),
+        (JobSpec(**{**SPEC.__dict__, "begin_at": "2030-01-01T00:00:00+00:00"}), "--begin"),
+        (JobSpec(**{**SPEC.__dict__, "command": ""}), "command must not be empty"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, spec).validate()
+    with pytest.raises(InvalidInput, match="starting deadline"):
+        Definition(Schedule("@daily"), Concurrency.ALLOW, -1.0, SPEC).validate()
+    with pytest.raises(InvalidTransition, match="sealed secrets"):
+        CronJob.create("backup", Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, SPEC), {"X": "y"}, "alice")
+
+
+def test_the_slot_due_is_the_latest_since_the_cron_job_was_active_and_within_its_deadline() -> None:
+    job = cron("@every 10s", deadline=30.0)
+    since = job.active_since
+    first = Schedule("@every 10s").following(since, 1)[0]
+    assert job.due(since) is None  # the slot before it was defined never runs
+    assert job.due(first) == first
+    assert job.due(first + timedelta(seconds=25)) == first + timedelta(seconds=20)  # missed ones: the latest once
+    late = cron("@every 1d", deadline=30.0)
+    [tomorrow] = Schedule("@every 1d").following(late.active_since, 1)
+    assert late.due(tomorrow + timedelta(seconds=29)) == tomorrow
+    assert late.due(tomorrow + timedelta(seconds=31)) is None  # past its starting deadline
+
+
+def test_paused_and_deleted_cron_jobs_start_nothing_and_a_resume_looks_ahead() -> None:
+    job = cron("@every 10s")
+    [first] = Schedule("@every 10s").following(job.active_since, 1)
+    job.pause()
+    assert job.due(first) is None
+    job.resume()
+    assert job.active_since > job.definition.schedule.latest(job.active_since)
+    assert job.due(job.definition.schedule.latest(job.active_since)) is None  # slots missed while paused
+    job.delete()
+    assert job.due(first + timedelta(days=1)) is None
+    with pytest.raises(InvalidTransition, match="it was deleted"):
+        job.pause()
+    job.redefine(Definition(Schedule("@hourly"), Concurrency.FORBID, 0.0, SPEC), {}, "bob")
+    assert (job.deleted, job.owner, job.definition.concurrency) == (False, "bob", Concurrency.FORBID)
+    kinds = [type(event).__name__ for event in job.collect_events()]
+    assert kinds == [
+        "CronJobCreated",
+        "CronJobPaused",
+        "CronJobResumed",
+        "CronJobDeleted",
+        "CronJobRedefined",
+    ]
+
+
+def test_a_slots_job_has_one_id_its_label_and_its_time() -> None:
+    job = cron()
+    slot = at("2026-12-01T03:00:00+00:00")
+    assert slot_job_id(job.id, slot) == slot_job_id(job.id, slot.astimezone(UTC))
+    assert slot_job_id(job.id, slot) != slot_job_id(job.id, slot + timedelta(minutes=1))
+    spec = job.job_spec(slot)
+    assert spec.labels == {"team": "ops", CRON_LABEL: "backup"}
+    assert spec.env[CRON_TIME_VARIABLE] == "2026-12-01T03:00:00+00:00"
+    spec.validate()
