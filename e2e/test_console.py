@@ -17,7 +17,7 @@ from hodei.testing import ServerProcess, allow_new_sagas, eventually, query, ref
 
 pytestmark = pytest.mark.e2e
 
-PAGES = ["/jobs", "/providers", "/workers", "/sagas", "/dead-letters"]
+PAGES = ["/jobs", "/providers", "/workers", "/sagas", "/cron", "/dead-letters"]
 
 
 def browser(server: ServerProcess, token: str | None = None) -> requests.Session:
@@ -111,6 +111,41 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
         (job_id,),
     )[0]
     assert abs(grace) < 1
+
+
+def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    owner, other = browser(guarded, tokens["submit"]), browser(guarded, tokens["other"])
+    guarded.cli(
+        *("--token", tokens["submit"], "cron", "create", "console-nightly", "--schedule", "0 3 * * *"),
+        *("--tz", "Europe/Madrid", "-p", "sim", "-c", "true"),
+        check=True,
+    )
+    page = owner.get(f"{guarded.http_url}/cron").text
+    row = re.search(r'<tr data-cron="console-nightly">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert "At 03:00 every day (Europe/Madrid)" in row.group(1) and "submit-person" in row.group(1)
+    assert 'href="/jobs?label=hodei.io/cron%3Dconsole-nightly"' in row.group(1)
+    assert "/cron/console-nightly/pause" in row.group(1)
+    assert "/cron/console-nightly/pause" not in other.get(f"{guarded.http_url}/cron").text  # not theirs
+    assert other.post(f"{guarded.http_url}/cron/console-nightly/pause", allow_redirects=False).status_code == 403
+
+    paused = owner.post(f"{guarded.http_url}/cron/console-nightly/pause", allow_redirects=False)
+    assert paused.status_code == 303 and paused.headers["Location"] == "/cron"
+    assert "PAUSED" in owner.get(f"{guarded.http_url}/cron").text
+    ran = owner.post(f"{guarded.http_url}/cron/console-nightly/run", allow_redirects=False)
+    job_id = ran.headers["Location"].removeprefix("/jobs/")
+    assert ran.status_code == 303 and len(job_id) == 36
+    wait_settled(guarded.database_url, job_id)
+    job_page = owner.get(f"{guarded.http_url}/jobs/{job_id}").text
+    assert "hodei.io/cron=console-nightly" in job_page
+    its_jobs = owner.get(f"{guarded.http_url}/jobs?label=hodei.io/cron%3Dconsole-nightly").text
+    assert job_id in its_jobs
+    owner.post(f"{guarded.http_url}/cron/console-nightly/resume")
+    assert "PAUSED" not in owner.get(f"{guarded.http_url}/cron").text
+    guarded.cli("--token", tokens["submit"], "cron", "delete", "console-nightly", check=True)
+    assert "No cron jobs" in owner.get(f"{guarded.http_url}/cron").text
 
 
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:

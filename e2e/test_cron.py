@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from e2e.test_access import create_token
+from hodei._proto import common_pb2, cron_pb2, cron_pb2_grpc
 from hodei.domain.cron import CRON_LABEL
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
@@ -154,3 +156,75 @@ def test_a_cron_job_outlives_a_kill_9_of_its_server_and_forbid_keeps_one_job_at_
     # Each job ran alone: the next one started after the one before it ended (or never ran).
     for (_, ended), (started, _) in itertools.pairwise(rows):
         assert ended is not None and started >= ended
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nightly", "--schedule", "0 3 * *", "-c", "true"], "give five fields"),
+        (["nightly", "--schedule", "0 25 * * *", "-c", "true"], "Bad hour"),
+        (["nightly", "--schedule", "0 3 * * *", "--tz", "Europe/Atlantis", "-c", "true"], "is not known"),
+        (["nightly", "--schedule", "@every 0s", "-c", "true"], "@every takes"),
+        (["night ly", "--schedule", "@daily", "-c", "true"], "a cron job's name is 1 to 63"),
+        (["nightly", "--schedule", "@daily", "-c", ""], "command must not be empty"),
+        (["nightly", "--schedule", "@daily", "-c", "true", "-p", "nowhere"], "unknown provider `nowhere`"),
+        (["nightly", "--schedule", "@daily", "-c", "true", "--env", "=x"], "malformed --env"),
+        (["nightly", "--schedule", "@daily", "-c", "true", "--timeout", "-1"], "--timeout must be a positive"),
+        (["nightly", "--schedule", "@daily", "-c", "true", "--starting-deadline", "soon"], "--starting-deadline"),
+        (["nightly", "--schedule", "@daily", "-c", "true", "--after", "@latest"], "unrecognized arguments"),
+        (["nightly", "-c", "true"], "the following arguments are required: --schedule"),
+    ],
+)
+def test_a_bad_cron_job_is_refused_with_what_is_wrong_and_nothing_is_written(
+    server: ServerProcess, tokens: dict[str, str], args: list[str], message: str
+) -> None:
+    refused = cli(server, tokens["alice"], "cron", "create", *args, check=False)
+    assert refused.returncode == 2
+    assert message in refused.stderr
+    assert query(
+        server.database_url,
+        "SELECT count(*) FROM domain_events WHERE aggregate_type = 'CronJob' AND payload ->> 'name' = 'nightly'",
+    ) == [(0,)]
+
+
+def test_the_api_refuses_what_the_cli_cannot_send(server: ServerProcess, tokens: dict[str, str]) -> None:
+    spec = common_pb2.JobSpec(name="x", command="true", timeout_seconds=60, provider="local")
+    cases = [
+        (
+            cron_pb2.CreateCronJobRequest(name="api", schedule="@daily", spec=spec, concurrency="sometimes"),
+            "concurrency",
+        ),
+        (
+            cron_pb2.CreateCronJobRequest(name="api", schedule="@daily", spec=spec, starting_deadline_seconds=-1),
+            "starting deadline",
+        ),
+        (
+            cron_pb2.CreateCronJobRequest(
+                name="api", schedule="@daily", spec=spec, starting_deadline_seconds=float("nan")
+            ),
+            "starting deadline",
+        ),
+        (
+            cron_pb2.CreateCronJobRequest(
+                name="api", schedule="@daily", spec=common_pb2.JobSpec(**{**_fields(spec), "after": {"x": "ok"}})
+            ),
+            "--after",
+        ),
+        (cron_pb2.CreateCronJobRequest(name="", schedule="@daily", spec=spec), "a cron job's name"),
+    ]
+    with server.channel() as channel:
+        stub = cron_pb2_grpc.CronServiceStub(channel)
+        metadata = (("authorization", f"Bearer {tokens['alice']}"),)
+        for request, message in cases:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CreateCronJob(request, metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+            assert message in (refused.value.details() or ""), refused.value.details()
+    assert query(
+        server.database_url,
+        "SELECT count(*) FROM domain_events WHERE aggregate_type = 'CronJob' AND payload ->> 'name' = 'api'",
+    ) == [(0,)]
+
+
+def _fields(spec: common_pb2.JobSpec) -> dict[str, Any]:
+    return {field.name: value for field, value in spec.ListFields()}

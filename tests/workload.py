@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from hodei.domain.base import HodeiAggregate
+from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
 from hodei.domain.saga import Saga, StepState
@@ -29,6 +30,7 @@ OPERATIONS = [
     "saga",
     "saga_move",
     "health",
+    "cron",
 ]
 
 
@@ -213,3 +215,23 @@ class Workload:
         if self.random.random() < 0.2:
             provider.disable() if self.random.random() < 0.5 else provider.enable()
         return [provider]
+
+    def _cron(self) -> list[HodeiAggregate]:
+        """A cron job defined, switched or redefined (it has no read model: replay must
+        still rebuild it, and leave every table as it was)."""
+        name = self.random.choice(["nightly", "hourly"])
+        definition = Definition(
+            Schedule(self.random.choice(["0 3 * * *", "@every 30s"])),
+            self.random.choice(list(Concurrency)),
+            0.0,
+            JobSpec(name=name, command="echo hi", timeout_seconds=30.0, provider="local"),
+        )
+        cron = self.store.find(CronJob, cron_id(name))
+        if cron is None:
+            return [CronJob.create(name, definition, {}, "workload")]
+        action = self.random.choice(["pause", "resume", "delete", "redefine"])
+        if action == "redefine":
+            cron.redefine(definition, {}, "workload")
+        else:
+            getattr(cron, action)()
+        return [cron]

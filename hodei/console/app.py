@@ -23,11 +23,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 
-from hodei._proto import jobs_pb2, logs_pb2, outbox_pb2, providers_pb2, sagas_pb2, scheduler_pb2
+from hodei._proto import cron_pb2, jobs_pb2, logs_pb2, outbox_pb2, providers_pb2, sagas_pb2, scheduler_pb2
 from hodei.cli.parsing import since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
+from hodei.domain.cron import CRON_LABEL
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
@@ -42,6 +43,7 @@ from hodei.store.migrations import pending
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
+CRON = "/hodei.jobs.CronService/"
 PAGE_SIZE = 50
 LOG_LINES_SHOWN = 10_000
 
@@ -95,6 +97,8 @@ class Console:
         app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
         app.router.add_get("/workers", self.workers)
         app.router.add_get("/sagas", self.sagas)
+        app.router.add_get("/cron", self.cron_jobs)
+        app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
         app.router.add_get("/dead-letters", self.dead_letters)
         app.router.add_post("/dead-letters/redrive", self.redrive)
         app.router.add_static("/static", HERE / "static", append_version=True)
@@ -348,6 +352,23 @@ class Console:
         shown += [message_dict(s) for s in recent.sagas if s.state != "FAILED"]
         who = await self._caller(request)
         return self._page(request, "sagas.html", who, sagas=shown)
+
+    async def cron_jobs(self, request: web.Request) -> web.Response:
+        listed = await self._call(request, CRON + "ListCronJobs", cron_pb2.ListCronJobsRequest())
+        who = await self._caller(request)
+        shown = [
+            {**message_dict(cron), "label": f"{CRON_LABEL}={cron.name}", "may_act": may_act_on(who, cron.owner)}
+            for cron in listed.cron_jobs
+        ]
+        return self._page(request, "cron.html", who, cron_jobs=shown)
+
+    async def cron_action(self, request: web.Request) -> web.Response:
+        """Pause, resume or run a cron job now (a run goes to its job's page)."""
+        self._check_origin(request)
+        action = request.match_info["action"]
+        method = {"pause": "PauseCronJob", "resume": "ResumeCronJob", "run": "RunCronJob"}[action]
+        done = await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=request.match_info["name"]))
+        raise web.HTTPSeeOther(f"/jobs/{done.job_id}" if action == "run" else "/cron")
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         listed = await self._call(
