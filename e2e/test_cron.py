@@ -80,6 +80,8 @@ def test_a_cron_job_submits_its_job_at_every_time_until_paused_or_deleted(
     )[0][0]
     assert first_log.strip() == f"slot={slot} secret={len(SECRET)}"
     assert int(slot[17:19]) % 2 == 0  # every 2 s since the epoch: an even second
+    shown = cli(server, alice, "job", "get", done[0][0]).stdout
+    assert f"Cron job: ticker, its run of {slot} (`cron get ticker`)" in shown
     events = query(
         server.database_url, "SELECT count(*) FROM domain_events WHERE payload::text LIKE %s", (f"%{SECRET}%",)
     )

@@ -39,6 +39,7 @@ from hodei.cli.parsing import (
     whole,
 )
 from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.domain.spec import (
@@ -104,6 +105,11 @@ def _stopping(job: common_pb2.Job) -> bool:
     return processes_stopping(job.state, job.attempt, ((phase.name, phase.attempt) for phase in job.phases))
 
 
+def _cron_line(spec: common_pb2.JobSpec) -> str:
+    name = spec.labels[CRON_LABEL]
+    return f"Cron job: {name}, its run of {spec.env.get(CRON_TIME_VARIABLE, '-')} (`cron get {name}`)"
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     return [
         f"Job {job.id}",
@@ -134,6 +140,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
         *([f"Next attempt not before: {when(job, 'retry_at', 'auto')}"] if job.HasField("retry_at") else []),
         *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),
+        *([_cron_line(job.spec)] if CRON_LABEL in job.spec.labels else []),
         f"Logs: {job.log_uri or '-'}",
     ]
 

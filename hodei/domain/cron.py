@@ -124,7 +124,10 @@ class Schedule:
         try:
             next(CronSim(fields, datetime.now(self._zone())))
         except (CronSimError, StopIteration) as exc:
-            raise InvalidInput(f"schedule {self.expression[:64]!r}: {exc or 'no time ever matches'}") from None
+            raise InvalidInput(
+                f"schedule {self.expression[:64]!r}: {exc or 'no time ever matches'} (minute 0-59, hour 0-23, "
+                "day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; *, lists, ranges, /steps)"
+            ) from None
 
     def latest(self, moment: datetime) -> datetime:
         """The last slot at or before ``moment`` (UTC)."""
@@ -165,7 +168,6 @@ class Definition:
     spec: JobSpec
 
     def validate(self) -> None:
-        self.schedule.validate()
         deadline = self.starting_deadline_seconds
         if not 0 <= deadline <= MAX_STARTING_DEADLINE_SECONDS:
             raise InvalidInput(f"the starting deadline must be 0 to 366 days in seconds, got {deadline:.15g}")
