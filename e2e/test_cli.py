@@ -206,6 +206,35 @@ def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(se
         wait_settled(server.database_url, job_id)
 
 
+def test_an_array_with_a_limit_runs_at_most_that_many_of_its_jobs_at_once(server: ServerProcess) -> None:
+    """Slurm's `--array 0-5%2`: the queue says why the rest wait; never more than two run
+    together, and each next one starts as one ends. A limit without an array is refused."""
+    url = server.database_url
+    job_ids = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-5%2", check=True).stdout.split()
+
+    def held() -> list[dict[str, Any]] | None:
+        queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+        ours = [job for job in queued if job["job_id"] in job_ids and job["position"] == 0]
+        return ours or None
+
+    waiting = eventually(held, what="the array's jobs past its limit wait, saying why")
+    assert waiting[0]["reason"].startswith("its array runs at most 2 jobs at once (--array …%2): ")
+    for job_id in job_ids:
+        wait_settled(url, job_id, 60)
+    spans = query(
+        url, "SELECT started_at, completed_at FROM jobs WHERE id = ANY(%s::uuid[]) ORDER BY started_at", (job_ids,)
+    )
+    assert len(spans) == 6 and all(started and ended for started, ended in spans)
+    for started, _ in spans:  # jobs running at each start: itself and at most one other
+        assert sum(1 for s, e in spans if s <= started < e) <= 2
+    with server.channel() as channel:
+        spec = common_pb2.JobSpec(name="n", command="true", timeout_seconds=30, provider="local", array_limit=2)
+        with pytest.raises(grpc.RpcError) as refused:
+            jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "an array's limit (--array …%N) is for the jobs of an array" in str(refused.value.details())
+
+
 def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(
     server: ServerProcess, shared_dir: Path
 ) -> None:
@@ -612,6 +641,9 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "run", "-c", "true", "--array", "4-1"), "`4-1` is no range"),
         (("job", "run", "-c", "true", "--array", "0-1", "--follow"), "--follow streams one job's output"),
         (("job", "run", "-c", "true", "-n", "n" * 254, "--array", "9-10"), "name must be at most 255 characters"),
+        (("job", "run", "-c", "true", "--array", "0-9%0"), "%N: at most N of the array's jobs at once, N from 1"),
+        (("job", "run", "-c", "true", "--array", "0-9%x"), "%N: at most N of the array's jobs at once, N from 1"),
+        (("job", "run", "-c", "true", "--array", "0-9%1001"), "%N: at most N of the array's jobs at once, N from 1"),
     ],
     ids=[
         "job-list",
@@ -635,6 +667,9 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         "array-range",
         "array-follow",
         "array-name",
+        "array-limit-0",
+        "array-limit-x",
+        "array-limit-big",
     ],
 )
 def test_a_number_the_request_cannot_carry_is_refused_before_sending(

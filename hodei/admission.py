@@ -14,7 +14,9 @@ workers start at once: a worker that registers frees a start, and the queue move
 A job submitted with ``--begin`` keeps out of its line until its time, one with
 ``--after`` until each job it names has ended as asked (``hodei.after_met`` in the queue's
 query); one that ended otherwise makes it a job that never starts, cancelled by the
-sweeper's round (``cancel_never_started``).
+sweeper's round (``cancel_never_started``). A job of an array with a limit (``--array
+0-99%4``) leaves the queue only while fewer of its array's jobs than that are admitted and
+not ended (``next_in_queue`` counts each limited array once a round).
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class QueuedJob:
     # after (--after): that job's id, state and the condition asked of it.
     begin_at: datetime | None = None
     waiting_for: dict[str, str] | None = None
+    # A job of an array with a limit (--array …%N): the limit, and its array's jobs admitted
+    # and not ended (out of line while they are as many).
+    array_limit: int = 0
+    array_running: int = 0
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,8 @@ class Admission:
             return False  # its backoff first
         if job.spec.after:
             return False  # a round admits it once the jobs it starts after have ended
+        if job.spec.array_limit:
+            return False  # a round admits it while its array has room
         begins = job.spec.begins
         if begins is not None and begins > now:
             return False  # a round admits it once its time has come

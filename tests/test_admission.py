@@ -13,7 +13,7 @@ from hodei import admission as admission_module
 from hodei.admission import Admission, Capacity
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
-from hodei.domain.spec import AFTER_CONDITIONS
+from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL
 from hodei.store.app import HodeiStore, Meta
 from hodei.testing import query
 from tests.test_store import current_transaction, new_job
@@ -229,3 +229,38 @@ def test_a_job_that_begins_later_keeps_out_of_its_line_until_then(store: HodeiSt
     assert (held.job_id, held.position, held.begin_at) == (str(waiting.id), 0, later)
     assert admission.admit(ProviderType.DOCKER) == 1
     assert store.load(Job, due.id).admitted and not store.load(Job, waiting.id).admitted
+
+
+def test_an_array_with_a_limit_has_at_most_that_many_jobs_admitted_and_lets_others_pass(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Slurm's ``--array 0-4%2``: a round admits the limit's worth of the array (in the
+    queue's order: priority first) and gives the rest of its room to the jobs behind; one
+    of the array ending makes room for the next. Another array keeps its own count."""
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    array = [_queued(store, labels={ARRAY_LABEL: "a"}, array_limit=2) for _ in range(5)]
+    urgent = _queued(store, labels={ARRAY_LABEL: "a"}, array_limit=2, priority=5)
+    other_array = [_queued(store, labels={ARRAY_LABEL: "b"}, array_limit=1) for _ in range(2)]
+    plain = [_queued(store) for _ in range(3)]
+    assert admission.admits_at_once(store.load(Job, array[0].id), ProviderType.DOCKER, datetime.now(UTC)) is False
+
+    assert admission.admit(ProviderType.DOCKER) == 2 + 1 + 3
+    admitted = {str(job.id) for job in (*array, urgent, *other_array, *plain) if store.load(Job, job.id).admitted}
+    assert admitted == {str(urgent.id), str(array[0].id), str(other_array[0].id), *(str(job.id) for job in plain)}
+    waiting = {queued.job_id: queued for queued in admission.queue(20)}
+    assert set(waiting) == {str(job.id) for job in (*array[1:], other_array[1])}
+    assert {(queued.position, queued.array_limit, queued.array_running) for queued in waiting.values()} == {
+        (0, 2, 2),
+        (0, 1, 1),
+    }
+
+    assert admission.admit(ProviderType.DOCKER) == 0  # room in the provider, none in the arrays
+    _ended(store, urgent, JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, array[1].id).admitted and not store.load(Job, array[2].id).admitted
+    assert query(
+        fresh_database_url,
+        "SELECT count(*) FROM jobs WHERE spec -> 'labels' ->> %s = 'a' AND admitted_at IS NOT NULL "
+        "AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
+        (ARRAY_LABEL,),
+    ) == [(2,)]

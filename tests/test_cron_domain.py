@@ -114,6 +114,7 @@ def test_a_definition_refuses_what_a_schedule_cannot_keep() -> None:
         (JobSpec(**{**SPEC.__dict__, "after": {"5b1d7a52-8c1e-4c4e-9a55-3f2d0c6f9e10": "ok"}}), "--after"),
         (JobSpec(**{**SPEC.__dict__, "begin_at": "2030-01-01T00:00:00+00:00"}), "--begin"),
         (JobSpec(**{**SPEC.__dict__, "command": ""}), "command must not be empty"),
+        (JobSpec(**{**SPEC.__dict__, "array_limit": 2}), "nor limit an array"),
     ]:
         with pytest.raises(InvalidInput, match=message):
             Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, spec).validate()

@@ -246,6 +246,14 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
             JobSpec(name="x", command="true", timeout_seconds=5, begin_at="2026-12-03T10:00:00"),
             "begin must be an ISO 8601 time with its zone",
         ),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, array_limit=-1),
+            "an array's limit must be 0 .none. to 1000, got -1",
+        ),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, array_limit=1001),
+            "an array's limit must be 0 .none. to 1000",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) -> None:

@@ -158,6 +158,7 @@ class JobSpec(_message.Message):
     RETRY_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
     BEGIN_AT_FIELD_NUMBER: _builtins.int
+    ARRAY_LIMIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -185,6 +186,10 @@ class JobSpec(_message.Message):
     begin_at: _builtins.str
     """Not before this time (ISO 8601 with its zone, e.g. 2026-12-03T10:00:00Z); empty: at
     once. The job waits in its queue out of line until then.
+    """
+    array_limit: _builtins.int
+    """A job of an array (--array 0-99%4): at most this many of the array's jobs are
+    admitted and not ended at once, as Slurm's %N; 0: no limit but the provider's.
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -227,10 +232,11 @@ class JobSpec(_message.Message):
         retry_backoff_seconds: _builtins.float = ...,
         after: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         begin_at: _builtins.str = ...,
+        array_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,6 +21,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
+    ArrayOption,
     begin,
     count,
     duration,
@@ -190,9 +191,10 @@ def queue_request(args: argparse.Namespace) -> None:
     in the server's own words (``JobSpec.validate``) even when no server runs, and before a
     number too large for the wire breaks the request."""
     spec, secrets = job_spec(args)
-    spec = replace(spec, after=parse_after(args.after or []), begin_at=args.begin or "")
+    array = args.array or ArrayOption([])
+    spec = replace(spec, after=parse_after(args.after or []), begin_at=args.begin or "", array_limit=array.limit)
     spec.validate(secrets)
-    indices = args.array or []
+    indices = array.indices
     if indices:
         if args.follow:
             raise InvalidInput("--follow streams one job's output: with --array use --wait, then `job logs` of each")
@@ -812,7 +814,8 @@ def add_commands(commands: Any) -> Any:
         type=parse_array,
         metavar="INDICES",
         help=(
-            "submit one job per index (0-9, 1,3,5-7, 0-20:5; at most 1000), each with HODEI_ARRAY_INDEX, "
+            "submit one job per index (0-9, 1,3,5-7, 0-20:5; at most 1000; then %%4: at most 4 of them at once), "
+            "each with HODEI_ARRAY_INDEX, "
             f"HODEI_ARRAY_ID and HODEI_ARRAY_COUNT in its environment and the label {ARRAY_LABEL}=ID; "
             "prints every job's id; --wait exits with the highest exit code"
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,13 +113,25 @@ def parse_labels(values: list[str]) -> dict[str, str]:
 _ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 
 
-def parse_array(value: str) -> list[int]:
-    """``--array``, as Slurm's: ``0-9``, ``1,3,5-7``, ``0-20:5`` (every fifth); in order."""
+@dataclass(frozen=True)
+class ArrayOption:
+    """``--array``: the indices, and how many of its jobs may run at once (``%N``; 0: no limit)."""
+
+    indices: list[int]
+    limit: int = 0
+
+
+def parse_array(value: str) -> ArrayOption:
+    """``--array``, as Slurm's: ``0-9``, ``1,3,5-7``, ``0-20:5`` (every fifth), in order;
+    ``%4`` after them: at most four of its jobs at once."""
+    items, sep, limit = value.partition("%")
     indices: list[int] = []
-    for item in value.split(","):
+    for item in items.split(","):
         match = _ARRAY_ITEM.match(item.strip())
         if match is None:
-            raise argparse.ArgumentTypeError(f"takes indices such as 0-9, 1,3,5-7 or 0-20:5, got {value!r}")
+            raise argparse.ArgumentTypeError(
+                f"takes indices such as 0-9, 1,3,5-7 or 0-20:5, then %N to run at most N at once; got {value!r}"
+            )
         first, last, step = match.group(1), match.group(2) or match.group(1), match.group(3) or "1"
         if int(last) < int(first) or int(step) == 0:
             raise argparse.ArgumentTypeError(
@@ -127,7 +140,13 @@ def parse_array(value: str) -> list[int]:
         if (int(last) - int(first)) // int(step) >= LIMITS.array_jobs:
             raise argparse.ArgumentTypeError(f"an array of at most {LIMITS.array_jobs} jobs, got {value!r}")
         indices.extend(range(int(first), int(last) + 1, int(step)))
-    return indices
+    if not sep:
+        return ArrayOption(indices)
+    if not limit.strip().isdigit() or not 1 <= int(limit) <= LIMITS.array_jobs:
+        raise argparse.ArgumentTypeError(
+            f"%N: at most N of the array's jobs at once, N from 1 to {LIMITS.array_jobs}; got {value!r}"
+        )
+    return ArrayOption(indices, int(limit))
 
 
 def parse_after(values: list[str]) -> dict[str, str]:

@@ -171,8 +171,10 @@ class Definition:
         deadline = self.starting_deadline_seconds
         if not 0 <= deadline <= MAX_STARTING_DEADLINE_SECONDS:
             raise InvalidInput(f"the starting deadline must be 0 to 366 days in seconds, got {deadline:.15g}")
-        if self.spec.after or self.spec.begin_at:
-            raise InvalidInput("a cron job's spec cannot wait for other jobs (--after) or a time (--begin)")
+        if self.spec.after or self.spec.begin_at or self.spec.array_limit:
+            raise InvalidInput(
+                "a cron job's spec cannot wait for other jobs (--after) or a time (--begin), nor limit an array"
+            )
         self.spec.validate()
 
     def payload(self) -> dict[str, Any]:

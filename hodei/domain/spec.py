@@ -192,6 +192,9 @@ class JobSpec:
     # The job starts no sooner (ISO 8601 with its zone; "": at once). Kept as
     # ``canonical_time`` writes it, which PostgreSQL's timestamptz reads alike.
     begin_at: str = ""
+    # A job of an array with a limit (--array 0-99%4): at most this many of the array's jobs
+    # are admitted and not ended at once (Slurm's %N); 0: none but the provider's capacity.
+    array_limit: int = 0
 
     @property
     def begins(self) -> datetime | None:
@@ -253,7 +256,7 @@ class JobSpec:
         backoff = self.retry_backoff_seconds
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
-        found.extend(_start_problems(self.after, self.begin_at))
+        found.extend(_start_problems(self.after, self.begin_at, self.array_limit))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -346,10 +349,13 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
     return found
 
 
-def _start_problems(after: Mapping[str, str], begin_at: str) -> list[str]:
-    """Of when the job may start: the jobs it starts after, the time it begins."""
+def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int) -> list[str]:
+    """Of when the job may start: the jobs it starts after, the time it begins, how many of
+    its array's jobs may run with it."""
     limits = LIMITS
     found = []
+    if not 0 <= array_limit <= limits.array_jobs:
+        found.append(f"an array's limit must be 0 (none) to {limits.array_jobs}, got {array_limit}")
     if begin_at and parse_time(begin_at) is None:
         found.append(f"begin must be an ISO 8601 time with its zone, got `{_shown(begin_at)}`")
     if len(after) > limits.dependencies:

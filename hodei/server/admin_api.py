@@ -66,7 +66,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def _why(self, queued: QueuedJob, now: datetime, capacities: dict[str, Capacity]) -> str:
         """Why a queued job has not left the queue: its retry's backoff, its begin time
-        (--begin), a job it starts after (--after), or its provider's capacity."""
+        (--begin), a job it starts after (--after), its array's limit, or its provider's
+        capacity."""
         if queued.retry_at and queued.retry_at > now:
             return f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
         if queued.begin_at:
@@ -76,6 +77,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             return (
                 f"it starts once job {waiting_for['job_id']} {AFTER_CONDITIONS[waiting_for['condition']]} "
                 f"(--after); that job is {waiting_for['state'] or 'unknown'}"
+            )
+        if queued.array_limit and queued.array_running >= queued.array_limit:
+            return (
+                f"its array runs at most {queued.array_limit} jobs at once (--array …%{queued.array_limit}): "
+                f"{queued.array_running} running"
             )
         return self._reason(queued.provider, capacities)
 

@@ -78,6 +78,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         if provider_type_of(spec.provider) is ProviderType.SIM:
             Simulation.of(spec.env)
         spec = self._after(spec, request.after_arrays)
+        if spec.array_limit and not request.array:
+            raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
         if request.array:
             return self._queue_array(spec, secrets, list(request.array))
         job_id = uuid4()

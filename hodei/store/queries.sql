@@ -803,33 +803,54 @@ FROM live, admitted_without_worker;
 
 -- name: next_in_queue
 -- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none)
--- and those still waiting for the jobs they start after (--after).
+-- and those out of line (hodei.in_line). A job of an array with a limit (`--array …%N`) is
+-- among them only while its array has room: its place among the array's queued jobs (in
+-- the queue's order) within the limit less the array's jobs admitted and not ended.
+WITH limited_queue AS (
+    SELECT j.id, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id, (j.spec ->> 'array_limit')::int AS array_limit,
+           row_number() OVER (PARTITION BY j.spec -> 'labels' ->> 'hodei.io/array'
+                              ORDER BY j.priority DESC, j.created_at, j.id) AS place
+    FROM jobs j
+    WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
+      AND j.spec ->> 'array_limit' <> '0' AND hodei.in_line(j.spec, j.retry_at)
+), running AS MATERIALIZED (  -- counted once an array, not once a queued job of it
+    SELECT a.array_id, hodei.array_running(a.array_id) AS running FROM (SELECT DISTINCT array_id FROM limited_queue) a
+), limited AS (
+    SELECT q.id FROM limited_queue q JOIN running r USING (array_id) WHERE q.place <= q.array_limit - r.running
+)
 SELECT j.id FROM jobs j
 WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
-  AND (j.retry_at IS NULL OR j.retry_at <= now()) AND j.id IS DISTINCT FROM %(joining)s::uuid
-  AND coalesce(nullif(j.spec ->> 'begin_at', '')::timestamptz, '-infinity') <= now()
-  AND NOT EXISTS (SELECT 1 FROM hodei.after_states(j.spec) d WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE)
+  AND j.id IS DISTINCT FROM %(joining)s::uuid AND hodei.in_line(j.spec, j.retry_at)
+  AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
 ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
 
 -- name: queued_jobs
 -- The queue as people see it: each waiting job with its place in its provider's line, or,
--- while it is out of line, none (0) and why: the time it begins (--begin), or a job it starts
--- after (--after: that job's id, state and the condition asked of it).
+-- while it is out of line, none (0) and why: the time it begins (--begin), a job it starts
+-- after (--after: that job's id, state and the condition asked of it), or its array's limit
+-- reached (`--array …%N`: the limit, and its array's jobs admitted and not ended).
 WITH queued AS (
     SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at,
            nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
            (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
             FROM hodei.after_states(j.spec) d
             WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
-            ORDER BY d.job_id LIMIT 1) AS waiting_for
+            ORDER BY d.job_id LIMIT 1) AS waiting_for,
+           coalesce((j.spec ->> 'array_limit')::int, 0) AS array_limit, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id
     FROM jobs j
     WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
+), running AS MATERIALIZED (  -- counted once an array with a limit
+    SELECT a.array_id, hodei.array_running(a.array_id) AS running
+    FROM (SELECT DISTINCT array_id FROM queued WHERE array_limit > 0) a
 ), lined AS (
-    SELECT *, waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE) AS in_line FROM queued
+    SELECT q.*, coalesce(r.running, 0) AS array_running,
+           q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
+           AND (q.array_limit = 0 OR coalesce(r.running, 0) < q.array_limit) AS in_line
+    FROM queued q LEFT JOIN running r ON q.array_limit > 0 AND r.array_id = q.array_id
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
-       CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for,
+       CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for, array_limit, array_running,
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position
