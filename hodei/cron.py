@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
-from hodei.domain.cron import Concurrency, CronJob, Definition, check_name, cron_id, slot_job_id
+from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, check_name, cron_id, slot_job_id
 from hodei.domain.job import Job
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
 from hodei.store.app import HodeiStore, Meta
@@ -55,9 +55,8 @@ class CronJobs:
         # Every cron job as last loaded, by id: reloaded when its version moves. A cache:
         # the log says what exists.
         self._known: dict[str, CronJob] = {}
-        # The slot each cron job last started (or found started), so a sweep between two
-        # slots reads nothing.
-        self._fired: dict[UUID, datetime] = {}
+        # When to look at each cron job again (its next slot), and at which version of it.
+        self._next: dict[UUID, tuple[int, datetime]] = {}
         self._lock = threading.Lock()
 
     # Definitions ---------------------------------------------------------------
@@ -73,6 +72,8 @@ class CronJobs:
 
         def run() -> tuple[CronJob, list[CronJob]]:
             cron = self.store.find(CronJob, cron_id(name))
+            if (cron is None or cron.deleted) and len(self.all()) >= MAX_CRON_JOBS:
+                raise InvalidTransition(f"there are {MAX_CRON_JOBS} cron jobs, the most there may be: delete one first")
             if cron is None:
                 cron = CronJob.create(name, definition, sealed, actor)
             elif cron.deleted or replace:
@@ -142,23 +143,27 @@ class CronJobs:
         return job_id
 
     def fire_due(self) -> list[UUID]:
-        """Starts the job of every slot due (the sweeper's round); the jobs it wrote."""
+        """Starts the job of every slot due (the sweeper's round); the jobs it wrote. A cron
+        job is looked at again at its next slot (or once it changed), not at every sweep: a
+        schedule's latest slot costs 60-230 us to compute, a thousand cron jobs a sweep."""
         now = self.clock()
         started = []
         for cron in self._refreshed():
+            version, look_at = self._next.get(cron.id, (None, now))
+            if version == cron.version and now < look_at:
+                continue
             slot = cron.due(now)
-            if slot is None or self._fired.get(cron.id) == slot:
-                continue
-            try:
-                job_id = self._fire(cron, slot)
-            except ConcurrencyConflict:
-                job_id = None  # another server wrote the slot's job first
-            except Exception as exc:
-                log.warning("cron job %s could not start its job of %s: %s", cron.name, slot.isoformat(), exc)
-                continue
-            self._fired[cron.id] = slot
-            if job_id is not None:
-                started.append(job_id)
+            if slot is not None:
+                try:
+                    job_id = self._fire(cron, slot)
+                except ConcurrencyConflict:
+                    job_id = None  # another server wrote the slot's job first
+                except Exception as exc:
+                    log.warning("cron job %s could not start its job of %s: %s", cron.name, slot.isoformat(), exc)
+                    continue  # the next sweep tries again
+                if job_id is not None:
+                    started.append(job_id)
+            self._next[cron.id] = (cron.version, cron.definition.schedule.following(now, 1)[0])
         return started
 
     def _fire(self, cron: CronJob, slot: datetime) -> UUID | None:

@@ -4,10 +4,12 @@ clock the test moves, two "servers" firing the same slots, secrets, and the key'
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import pytest
 
+from hodei import cron as cron_module
 from hodei.cron import CronJobs
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job
@@ -15,7 +17,7 @@ from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidTransition, NotFound
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
-from hodei.testing import query
+from hodei.testing import query, spy
 
 SPEC = JobSpec(name="report", command="echo hi", timeout_seconds=30.0, provider="local")
 
@@ -158,3 +160,42 @@ def test_secrets_are_sealed_under_the_cron_jobs_key_each_job_gets_its_own_and_de
     cron_jobs.change("with-secret", "a", CronJob.delete)
     assert query(fresh_database_url, "SELECT count(*) FROM hodei.job_keys WHERE job_id = %s", (owner,)) == [(0,)]
     assert secrets.open(job_id) == {"TOKEN": "s3cr3t-value"}  # a job's own key lives as long as the job's
+
+
+def test_a_cron_job_is_looked_at_again_at_its_next_slot_or_once_it_changed(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two slots a sweep computes nothing of a schedule (60-230 us each: a
+    thousand cron jobs a second); a redefinition is looked at in the next sweep."""
+    clock = Clock()
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs.define("looked-at", definition("@every 1h"), {}, "alice", replace=False)
+    looked: list[Any] = []
+    monkeypatch.setattr(CronJob, "due", spy(CronJob.due, looked, lambda _, now: now))
+    assert cron_jobs.fire_due() == []
+    clock.now += timedelta(minutes=1)
+    assert cron_jobs.fire_due() == []
+    assert len(looked) == 1
+    slot = next_slot(cron_jobs, "looked-at")
+    clock.now = slot
+    assert len(cron_jobs.fire_due()) == 1
+    assert looked[-1] == slot
+    cron_jobs.define("looked-at", definition("@every 1m"), {}, "alice", replace=True)
+    clock.now = slot + timedelta(seconds=30)
+    assert cron_jobs.fire_due() == []
+    assert len(looked) == 3
+    clock.now = slot + timedelta(minutes=1)
+    assert len(cron_jobs.fire_due()) == 1
+
+
+def test_the_number_of_cron_jobs_is_bounded(store: HodeiStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cron_module, "MAX_CRON_JOBS", 2)
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), Clock())
+    cron_jobs.define("one", definition(), {}, "alice", replace=False)
+    cron_jobs.define("two", definition(), {}, "alice", replace=False)
+    with pytest.raises(InvalidTransition, match="there are 2 cron jobs, the most there may be: delete one first"):
+        cron_jobs.define("three", definition(), {}, "alice", replace=False)
+    cron_jobs.define("two", definition("@daily"), {}, "alice", replace=True)  # a redefinition adds none
+    cron_jobs.change("one", "alice", CronJob.delete)
+    cron_jobs.define("three", definition(), {}, "alice", replace=False)
+    assert [cron.name for cron in cron_jobs.all()] == ["three", "two"]

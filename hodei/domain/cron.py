@@ -47,6 +47,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_EVERY_SECONDS = 1
 MAX_EVERY_SECONDS = 366 * 86400
 MAX_STARTING_DEADLINE_SECONDS = 366 * 86400.0
+# Every sweep of every server reads each cron job's version and compares its next time.
+MAX_CRON_JOBS = 1000
 
 
 class Concurrency(StrEnum):
