@@ -160,21 +160,36 @@ def test_metrics_count_every_job_by_state_with_a_sample_each(fresh_database_url:
     with ServerProcess(fresh_database_url, tmp_path, env, http=True) as server:
         ok = [run(server, "--env", "HODEI_SIM_LINES=3") for _ in range(4)]
         failed = [run(server, "--env", "HODEI_SIM_EXIT_CODE=2") for _ in range(2)]
+        cron = ("cron", "create", "--schedule", "@hourly", "-p", "sim", "-c", "true", "hourly")
+        server.cli(*cron, "--env", "HODEI_SIM_EXIT_CODE=3", check=True)
+        failed.append(server.cli("cron", "run", "hourly", check=True).stdout.strip())
+        server.cli(*cron[:-1], "daily", check=True)
+        server.cli("cron", "pause", "daily", check=True)
         for job_id in ok + failed:
             wait_settled(fresh_database_url, job_id)
         scraped = requests.get(f"{server.http_url}/metrics")
         assert scraped.ok and scraped.headers["Content-Type"].startswith("text/plain")
         found = samples(scraped.text)
         assert found["hodei_jobs_finished_total", (("state", "SUCCEEDED"),)] == 4
-        assert found["hodei_jobs_finished_total", (("state", "FAILED"),)] == 2
+        assert found["hodei_jobs_finished_total", (("state", "FAILED"),)] == 3
         for histogram in ("hodei_job_queued_seconds", "hodei_job_run_seconds", "hodei_job_seconds"):
-            assert found[f"{histogram}_count", ()] == 6, histogram
-            assert found[f"{histogram}_bucket", (("le", "+Inf"),)] == 6, histogram
+            assert found[f"{histogram}_count", ()] == 7, histogram
+            assert found[f"{histogram}_bucket", (("le", "+Inf"),)] == 7, histogram
         step = (
             "hodei_saga_step_seconds_count",
             (("outcome", "completed"), ("saga_type", "PROVISIONING"), ("step", "create_worker")),
         )
-        assert found[step] == 6
+        assert found[step] == 7
+        # A cron job's gauges, as kube-state-metrics has them for a CronJob.
+        assert found["hodei_cron_job_last_run_state", (("cron", "hourly"), ("state", "FAILED"))] == 1
+        assert found["hodei_cron_job_last_run_timestamp_seconds", (("cron", "hourly"),)] > 0
+        assert ("hodei_cron_job_last_run_timestamp_seconds", (("cron", "daily"),)) not in found
+        assert found["hodei_cron_job_next_run_timestamp_seconds", (("cron", "hourly"),)] % 3600 == 0
+        assert ("hodei_cron_job_next_run_timestamp_seconds", (("cron", "daily"),)) not in found
+        assert (
+            found["hodei_cron_job_paused", (("cron", "hourly"),)],
+            found["hodei_cron_job_paused", (("cron", "daily"),)],
+        ) == (0, 1)
         assert found["hodei_log_bytes_total", ()] >= 4 * 3
         assert found["hodei_provider_healthy", (("provider", "sim"),)] == 1
         assert found["hodei_outbox_dead_letters", ()] == 0

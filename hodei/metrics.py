@@ -7,7 +7,8 @@ in the installation, so each server counts its share and Prometheus sums them
 delivery attempt, before its handler runs, so a retried row counts once (and a crash
 between a claim or a write and its count, not at all); a restart starts the counters
 again, as Prometheus expects of counters. Gauges are read when scraped: the outbox from the database, provider
-health from the providers' recorded probes, connected workers from this process.
+health from the providers' recorded probes, connected workers from this process, cron jobs
+from the log and their jobs from the read model.
 
 Durations pair an event with the one that began what it ends (StepStarted with its
 StepCompleted, JobCreated with the job's end; a StepRan carries its own start). Where
@@ -19,13 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hodei.cron import CronJobs
 from hodei.domain.job import JobState
 from hodei.store.events import EventRecord
 from hodei.store.readmodels import ReadModels
@@ -72,9 +74,10 @@ class _Recent(Generic[V]):
 class _Scraped(Collector):
     """Gauges read at scrape time."""
 
-    def __init__(self, reads: ReadModels, connected: Callable[[], int]) -> None:
+    def __init__(self, reads: ReadModels, connected: Callable[[], int], cron_jobs: CronJobs) -> None:
         self.reads = reads
         self.connected = connected
+        self.cron_jobs = cron_jobs
 
     def collect(self) -> Iterator[Metric]:
         pending, dead, lag_ms = self.reads.outbox_stats()
@@ -92,10 +95,39 @@ class _Scraped(Collector):
         for provider in self.reads.providers():
             healthy.add_metric([provider.provider_type], 1.0 if provider.health == "HEALTHY" else 0.0)
         yield healthy
+        yield from self._cron_jobs()
+
+    def _cron_jobs(self) -> Iterator[Metric]:
+        """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each
+        cron job last started a job and how that job stands, when it next does, whether it
+        is paused."""
+        every = self.cron_jobs.all()
+        newest = self.cron_jobs.newest_jobs([cron.name for cron in every])
+        now = datetime.now(UTC)
+        last = GaugeMetricFamily(
+            "hodei_cron_job_last_run_timestamp_seconds", "When the cron job's newest job was submitted", labels=["cron"]
+        )
+        state = GaugeMetricFamily(
+            "hodei_cron_job_last_run_state", "1 for the state of the cron job's newest job", labels=["cron", "state"]
+        )
+        following = GaugeMetricFamily(
+            "hodei_cron_job_next_run_timestamp_seconds", "When the cron job next submits a job", labels=["cron"]
+        )
+        paused = GaugeMetricFamily("hodei_cron_job_paused", "1 while the cron job is paused", labels=["cron"])
+        for cron in every:
+            run = newest.get(cron.name)
+            if run is not None:
+                last.add_metric([cron.name], run.created_at.timestamp())
+                state.add_metric([cron.name, run.state], 1.0)
+            if not cron.paused:
+                [moment] = cron.definition.schedule.following(now, 1)
+                following.add_metric([cron.name], moment.timestamp())
+            paused.add_metric([cron.name], 1.0 if cron.paused else 0.0)
+        yield from (last, state, following, paused)
 
 
 class PlatformMetrics:
-    def __init__(self, reads: ReadModels) -> None:
+    def __init__(self, reads: ReadModels, cron_jobs: CronJobs) -> None:
         self.reads = reads
         self.registry = CollectorRegistry()
         self.jobs_finished = Counter(
@@ -120,7 +152,7 @@ class PlatformMetrics:
             "Lines of job output this server could not store (its log directory full or gone)",
             registry=self.registry,
         )
-        self._scraped = _Scraped(reads, lambda: 0)
+        self._scraped = _Scraped(reads, lambda: 0, cron_jobs)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()
         self._saga_types: _Recent[str] = _Recent()

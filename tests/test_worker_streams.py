@@ -13,6 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from hodei._proto import worker_pb2
+from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec
@@ -68,7 +69,7 @@ def _service(
         pace,
         Faults(""),
         ProviderRegistry(store, {}, {}),
-        PlatformMetrics(ReadModels(pool)),
+        PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool))),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
     )
 

@@ -142,7 +142,7 @@ class Runtime:
             forget_worker=self._forget_worker,
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
-        self.metrics = PlatformMetrics(self.reads)
+        self.metrics = PlatformMetrics(self.reads, self.cron_jobs)
         self.relay = Relay(
             self.pool,
             routes.build(self.engine, self.store, self.admission),
