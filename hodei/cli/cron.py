@@ -12,7 +12,7 @@ from hodei.cli.client import Client
 from hodei.cli.jobs import add_spec_options, job_spec
 from hodei.cli.parsing import duration
 from hodei.cli.terminal import Terminal, message_dict, when
-from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency
+from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule, check_name
 from hodei.wire import spec_to_proto
 
 SCHEDULE_HELP = (
@@ -22,8 +22,16 @@ SCHEDULE_HELP = (
 
 
 def create_request(args: argparse.Namespace) -> None:
-    """Builds ``args.request`` before any connection, as ``job run`` does."""
+    """Builds ``args.request`` before any connection, refusing what the server would (its
+    own rules: ``Definition.validate``), as ``job run`` does."""
     spec, secrets = job_spec(args, default_name=args.name_of_cron)
+    Definition(
+        schedule=Schedule(args.schedule, args.time_zone or "UTC"),
+        concurrency=Concurrency(args.concurrency),
+        starting_deadline_seconds=args.starting_deadline or 0.0,
+        spec=spec,
+    ).validate()
+    check_name(args.name_of_cron)
     args.request = cron_pb2.CreateCronJobRequest(
         name=args.name_of_cron,
         schedule=args.schedule,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -44,8 +43,6 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         spec = spec_from_proto(request.spec, secrets)
         if provider_type_of(spec.provider) is ProviderType.SIM:  # an unknown provider is refused there
             Simulation.of(spec.env)
-        if not math.isfinite(request.starting_deadline_seconds):
-            raise InvalidInput("the starting deadline must be a number of seconds")
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
             concurrency=_concurrency(request.concurrency),
