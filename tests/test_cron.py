@@ -14,7 +14,7 @@ from hodei.cron import CronJobs
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job
 from hodei.domain.spec import JobSpec
-from hodei.errors import InvalidTransition, NotFound
+from hodei.errors import InvalidTransition, NotFound, StoreUnavailable
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.testing import query, spy
@@ -199,3 +199,28 @@ def test_the_number_of_cron_jobs_is_bounded(store: HodeiStore, monkeypatch: pyte
     cron_jobs.change("one", "alice", CronJob.delete)
     cron_jobs.define("three", definition(), {}, "alice", replace=False)
     assert [cron.name for cron in cron_jobs.all()] == ["three", "two"]
+
+
+def test_a_slot_whose_job_could_not_be_written_is_tried_again_at_the_next_sweep(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage of the database at a cron job's time is not a missed time: the sweeps
+    after it try again until the job is written (within the starting deadline)."""
+    clock = Clock()
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs.define("through-an-outage", definition("@every 1h"), {}, "alice", replace=False)
+    clock.now = next_slot(cron_jobs, "through-an-outage") + timedelta(seconds=1)
+    write = store.write
+    failures = iter([StoreUnavailable("PostgreSQL is unavailable: connection refused")])
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write", failing)
+    assert cron_jobs.fire_due() == []
+    clock.now += timedelta(seconds=1)
+    [job_id] = cron_jobs.fire_due()
+    assert store.load(Job, job_id).spec.labels[CRON_LABEL] == "through-an-outage"
