@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hodei._proto import cron_pb2
 from hodei.cli.client import Client
-from hodei.cli.jobs import add_spec_options, job_spec
+from hodei.cli.jobs import add_spec_options, add_wait_options, job_spec, submitted
 from hodei.cli.parsing import duration
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule, check_name
@@ -96,11 +96,7 @@ def change(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     job_id = client.call(client.cron.RunCronJob, cron_pb2.CronJobRequest(name=args.name)).job_id
-    if term.json:
-        term.data({"job_id": job_id})
-    else:
-        term.value(job_id)
-    return 0
+    return submitted(client, term, args, job_id)
 
 
 def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
@@ -187,3 +183,5 @@ def add_commands(commands: Any) -> None:
         parser = cron.add_parser(name, help=text)
         parser.add_argument("name", metavar="NAME")
         parser.set_defaults(handler=handler)
+        if name == "run":
+            add_wait_options(parser)

@@ -213,7 +213,12 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     queued = client.call(client.jobs.QueueJob, args.request)
     if queued.array_job_ids:
         return _run_array(client, term, args, queued.job_id, list(queued.array_job_ids))
-    job_id = queued.job_id
+    return submitted(client, term, args, queued.job_id)
+
+
+def submitted(client: Client, term: Terminal, args: argparse.Namespace, job_id: str) -> int:
+    """What `job run` (and `cron run`) print of a job just submitted: its id, or with
+    --wait its changes of state, with --follow its output; the exit code."""
     if args.follow:
         term.info(f"Job ID: {job_id}")
         with _queue_note(client, term, job_id):
@@ -227,6 +232,13 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         with _queue_note(client, term, job_id):
             return wait(client, term, job_id)
     return 0
+
+
+def add_wait_options(parser: argparse.ArgumentParser) -> None:
+    """--wait, --follow and --timestamps of a command that submits a job."""
+    parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
+    parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")
+    parser.add_argument("--timestamps", action="store_true", help=TIMESTAMPS_HELP)
 
 
 def _run_array(client: Client, term: Terminal, args: argparse.Namespace, array_id: str, job_ids: list[str]) -> int:
@@ -829,9 +841,7 @@ def add_commands(commands: Any) -> Any:
             "the job waits in the queue out of line until then, holding no slot"
         ),
     )
-    run_parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
-    run_parser.add_argument("--follow", "-f", action="store_true", help="stream the logs, then exit like --wait")
-    run_parser.add_argument("--timestamps", action="store_true", help=TIMESTAMPS_HELP)
+    add_wait_options(run_parser)
     run_parser.set_defaults(handler=run, prepare=queue_request)
 
     for name, handler, text in (

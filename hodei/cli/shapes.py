@@ -155,4 +155,6 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "cron create|get|pause|resume|delete": (_CRON_JOB, False),
     "cron list": (_object(cron_jobs=_array(_CRON_JOB)), False),
     "cron run": (_object(job_id=_STRING), False),
+    "cron run --wait": (EVENT_LINE, True),
+    "cron run --follow": (EVENT_LINE, True),
 }
