@@ -17,7 +17,7 @@ from hodei.testing import ServerProcess, allow_new_sagas, eventually, query, ref
 
 pytestmark = pytest.mark.e2e
 
-PAGES = ["/jobs", "/providers", "/workers", "/sagas", "/cron", "/dead-letters"]
+PAGES = ["/jobs", "/providers", "/queue", "/workers", "/sagas", "/cron", "/dead-letters"]
 
 
 def browser(server: ServerProcess, token: str | None = None) -> requests.Session:
@@ -146,6 +146,24 @@ def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
     assert "PAUSED" not in owner.get(f"{guarded.http_url}/cron").text
     guarded.cli("--token", tokens["submit"], "cron", "delete", "console-nightly", check=True)
     assert "No cron jobs" in owner.get(f"{guarded.http_url}/cron").text
+
+
+def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, tokens: dict[str, str]) -> None:
+    later = run(guarded, "--begin", "1h")
+    reader = browser(guarded, tokens["read"])
+
+    def shown() -> str | None:
+        page = reader.get(f"{guarded.http_url}/queue").text
+        return page if f'data-job="{later}"' in page else None
+
+    page = eventually(shown, what="the waiting job on the queue page")
+    row = re.search(rf'<tr data-job="{later}">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert f'href="/jobs/{later}"' in row.group(1) and "(--begin)" in row.group(1) and "<td>-</td>" in row.group(1)
+    assert re.search(r'<a href="/jobs\?state=PENDING">PENDING</a> [1-9]', page)
+    guarded.cli("job", "cancel", later, check=True)
+    wait_settled(guarded.database_url, later)
+    assert f'data-job="{later}"' not in reader.get(f"{guarded.http_url}/queue").text
 
 
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:

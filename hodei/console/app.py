@@ -39,6 +39,7 @@ from hodei.roles import Caller
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
 from hodei.store.migrations import pending
+from hodei.wire import MAX_QUEUE_LISTED
 
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
@@ -96,6 +97,7 @@ class Console:
         app.router.add_get("/providers", self.providers)
         app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
         app.router.add_get("/workers", self.workers)
+        app.router.add_get("/queue", self.queue)
         app.router.add_get("/sagas", self.sagas)
         app.router.add_get("/cron", self.cron_jobs)
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
@@ -343,6 +345,17 @@ class Console:
         )
         who = await self._caller(request)
         return self._page(request, "workers.html", who, workers=[message_dict(w) for w in listed.workers])
+
+    async def queue(self, request: web.Request) -> web.Response:
+        """What `queue` prints: jobs by state, and each queued job's place and why it waits."""
+        status = await self._call(
+            request,
+            "/hodei.jobs.SchedulerService/GetQueueStatus",
+            scheduler_pb2.GetQueueStatusRequest(limit=MAX_QUEUE_LISTED),
+        )
+        who = await self._caller(request)
+        counts = {state.value: getattr(status, state.value.lower()) for state in JobState}
+        return self._page(request, "queue.html", who, counts=counts, queued=[message_dict(q) for q in status.queued])
 
     async def sagas(self, request: web.Request) -> web.Response:
         method = "/hodei.jobs.SagaService/ListSagas"
