@@ -833,10 +833,12 @@ LIMIT %(limit)s;
 WITH queued AS (
     SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at,
            nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
-           (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
-            FROM hodei.after_states(j.spec) d
-            WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
-            ORDER BY d.job_id LIMIT 1) AS waiting_for,
+           CASE WHEN j.spec -> 'after' <> '{}' THEN  -- most jobs wait for none: no lookup
+               (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
+                FROM hodei.after_states(j.spec) d
+                WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
+                ORDER BY d.job_id LIMIT 1)
+           END AS waiting_for,
            coalesce((j.spec ->> 'array_limit')::int, 0) AS array_limit, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id
     FROM jobs j
     WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
