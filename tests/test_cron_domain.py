@@ -59,6 +59,7 @@ def test_every_counts_its_period_from_the_unix_epoch() -> None:
     assert every.latest(moment) == moment - timedelta(seconds=50)
     assert every.following(moment, 2) == [moment + timedelta(seconds=40), moment + timedelta(seconds=130)]
     assert every.explain() == "every 90s"
+    assert Schedule("@EVERY 2M").latest(moment) == Schedule("@every 120s").latest(moment)
 
 
 @given(

@@ -41,7 +41,7 @@ NICKNAMES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_EVERY = re.compile(r"@every\s+(\d+)\s*([smhd])")
+_EVERY = re.compile(r"@every\s+(\d+)\s*([smhd])", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # A sweep runs about once a second: a shorter period could not be kept.
 MIN_EVERY_SECONDS = 1
@@ -92,7 +92,7 @@ class Schedule:
     @property
     def _every(self) -> int | None:
         found = _EVERY.fullmatch(self.expression.strip())
-        return int(found.group(1)) * _UNIT_SECONDS[found.group(2)] if found else None
+        return int(found.group(1)) * _UNIT_SECONDS[found.group(2).lower()] if found else None
 
     @property
     def _fields(self) -> str:
