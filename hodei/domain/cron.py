@@ -153,7 +153,7 @@ class Schedule:
 
     def explain(self) -> str:
         if self._every is not None:
-            return " ".join(self.expression.split())[1:]  # "every 30s"
+            return " ".join(self.expression.split())[1:].lower()  # "every 30s"
         text = CronSim(self._fields, datetime.now(self._zone())).explain()
         return text if self.time_zone == "UTC" else f"{text} ({self.time_zone})"
 
