@@ -88,6 +88,7 @@ CASES: list[tuple[str, list[str], int]] = [
     (CRON, ["cron", "resume", "nightly"], 0),
     ("cron list", ["cron", "list"], 0),
     ("cron run", ["cron", "run", "nightly"], 0),
+    ("cron run", ["cron", "run", "nightly", "--env", "REGION=us"], 0),
     ("cron run --wait", ["cron", "run", "nightly", "--wait"], 0),
     ("cron run --follow", ["cron", "run", "nightly", "--follow"], 0),
     (CRON, ["cron", "delete", "nightly"], 0),

@@ -138,11 +138,12 @@ class CronJobs:
 
     # Runs ------------------------------------------------------------------------
 
-    def run_now(self, name: str, actor: str) -> UUID:
-        """A job of the cron job now, whatever its schedule and policy (``cron run``)."""
+    def run_now(self, name: str, actor: str, env: Mapping[str, str] | None = None) -> UUID:
+        """A job of the cron job now, whatever its schedule and policy (``cron run``);
+        ``env``: its variables over the spec's (Nomad's dispatch of a parameterized job)."""
         cron = self.get(name)
         job_id = uuid4()
-        self._submit(cron, job_id, self.clock(), Meta(actor=actor, correlation_id=str(job_id)))
+        self._submit(cron, job_id, self.clock(), Meta(actor=actor, correlation_id=str(job_id)), env or {})
         return job_id
 
     def fire_due(self) -> list[UUID]:
@@ -188,9 +189,13 @@ class CronJobs:
         log.info("cron job %s started job %s for %s", cron.name, job_id, slot.isoformat())
         return job_id
 
-    def _submit(self, cron: CronJob, job_id: UUID, moment: datetime, meta: Meta) -> None:
-        """The job, in the name of the cron job's owner (who may cancel it); its secrets
-        sealed again under a key of its own."""
+    def _submit(
+        self, cron: CronJob, job_id: UUID, moment: datetime, meta: Meta, env: Mapping[str, str] | None = None
+    ) -> None:
+        """The job, in the name of ``meta``'s actor (a slot's: the cron job's owner, who may
+        cancel it); its secrets sealed again under a key of its own."""
         plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
-        job = Job.submit(cron.job_spec(moment), job_id, self.secrets.seal(job_id, plain))
+        spec = cron.job_spec(moment, env or {})
+        spec.validate(plain)
+        job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain))
         self.store.write([job], meta)

@@ -14,7 +14,7 @@ from hodei.cron import CronJobs
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job
 from hodei.domain.spec import JobSpec
-from hodei.errors import InvalidTransition, NotFound, StoreUnavailable
+from hodei.errors import InvalidInput, InvalidTransition, NotFound, StoreUnavailable
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.testing import query, spy
@@ -224,3 +224,25 @@ def test_a_slot_whose_job_could_not_be_written_is_tried_again_at_the_next_sweep(
     clock.now += timedelta(seconds=1)
     [job_id] = cron_jobs.fire_due()
     assert store.load(Job, job_id).spec.labels[CRON_LABEL] == "through-an-outage"
+
+
+def test_a_run_asked_for_takes_variables_over_the_specs_and_a_bad_one_writes_nothing(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """`cron run NAME --env K=V`: Nomad's dispatch of a parameterized job."""
+    cron_jobs = CronJobs(store, JobSecrets(store.pool), Clock())
+    cron_jobs.define(
+        "report-for",
+        definition(env={"REGION": "eu", "FORMAT": "pdf"}, secret_names=("TOKEN",)),
+        {"TOKEN": "t0ken-value"},
+        "alice",
+        replace=False,
+    )
+    job_id = cron_jobs.run_now("report-for", "bob", {"REGION": "us"})
+    spec = store.load(Job, job_id).spec
+    assert (spec.env["REGION"], spec.env["FORMAT"], spec.labels[CRON_LABEL]) == ("us", "pdf", "report-for")
+    before = query(fresh_database_url, "SELECT count(*) FROM jobs")
+    for env, message in [({"TOKEN": "x"}, "TOKEN given both as --env and as --secret"), ({"1BAD": "x"}, "not valid")]:
+        with pytest.raises(InvalidInput, match=message):
+            cron_jobs.run_now("report-for", "bob", env)
+    assert query(fresh_database_url, "SELECT count(*) FROM jobs") == before

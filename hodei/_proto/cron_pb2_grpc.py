@@ -67,7 +67,7 @@ class CronServiceStub:
                 _registered_method=True)
         self.RunCronJob = channel.unary_unary(
                 '/hodei.jobs.CronService/RunCronJob',
-                request_serializer=hodei_dot_jobs_dot_cron__pb2.CronJobRequest.SerializeToString,
+                request_serializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobResponse.FromString,
                 _registered_method=True)
 
@@ -116,7 +116,8 @@ class CronServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunCronJob(self, request, context):
-        """A job of it now, whatever its schedule and policy.
+        """A job of it now, whatever its schedule and policy; with env, that job's variables
+        over the spec's (Nomad's dispatch of a parameterized job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,7 +158,7 @@ def add_CronServiceServicer_to_server(servicer, server):
             ),
             'RunCronJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RunCronJob,
-                    request_deserializer=hodei_dot_jobs_dot_cron__pb2.CronJobRequest.FromString,
+                    request_deserializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobResponse.SerializeToString,
             ),
     }
@@ -348,7 +349,7 @@ class CronService:
             request,
             target,
             '/hodei.jobs.CronService/RunCronJob',
-            hodei_dot_jobs_dot_cron__pb2.CronJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_cron__pb2.RunCronJobRequest.SerializeToString,
             hodei_dot_jobs_dot_cron__pb2.RunCronJobResponse.FromString,
             options,
             channel_credentials,

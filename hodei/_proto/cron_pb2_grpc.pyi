@@ -46,8 +46,10 @@ class CronServiceStub:
     ResumeCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.CronJob]
     DeleteCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.CronJob]
     """Its jobs stay; its secrets are shredded."""
-    RunCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.RunCronJobResponse]
-    """A job of it now, whatever its schedule and policy."""
+    RunCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.RunCronJobRequest, _cron_pb2.RunCronJobResponse]
+    """A job of it now, whatever its schedule and policy; with env, that job's variables
+    over the spec's (Nomad's dispatch of a parameterized job).
+    """
 
 @_typing.type_check_only
 class CronServiceAsyncStub(CronServiceStub):
@@ -63,8 +65,10 @@ class CronServiceAsyncStub(CronServiceStub):
     ResumeCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.CronJob]  # type: ignore[assignment]
     DeleteCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.CronJob]  # type: ignore[assignment]
     """Its jobs stay; its secrets are shredded."""
-    RunCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.RunCronJobResponse]  # type: ignore[assignment]
-    """A job of it now, whatever its schedule and policy."""
+    RunCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.RunCronJobRequest, _cron_pb2.RunCronJobResponse]  # type: ignore[assignment]
+    """A job of it now, whatever its schedule and policy; with env, that job's variables
+    over the spec's (Nomad's dispatch of a parameterized job).
+    """
 
 class CronServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,9 +121,11 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RunCronJob(
         self,
-        request: _cron_pb2.CronJobRequest,
+        request: _cron_pb2.RunCronJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cron_pb2.RunCronJobResponse, _abc.Awaitable[_cron_pb2.RunCronJobResponse]]:
-        """A job of it now, whatever its schedule and policy."""
+        """A job of it now, whatever its schedule and policy; with env, that job's variables
+        over the spec's (Nomad's dispatch of a parameterized job).
+        """
 
 def add_CronServiceServicer_to_server(servicer: CronServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hodei._proto import cron_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import add_spec_options, add_wait_options, job_spec, submitted
-from hodei.cli.parsing import duration
+from hodei.cli.parsing import duration, parse_env
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule, check_name
 from hodei.wire import spec_to_proto
@@ -95,8 +95,8 @@ def change(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    job_id = client.call(client.cron.RunCronJob, cron_pb2.CronJobRequest(name=args.name)).job_id
-    return submitted(client, term, args, job_id)
+    request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []))
+    return submitted(client, term, args, client.call(client.cron.RunCronJob, request).job_id)
 
 
 def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
@@ -184,4 +184,10 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("name", metavar="NAME")
         parser.set_defaults(handler=handler)
         if name == "run":
+            parser.add_argument(
+                "--env",
+                "-e",
+                action="append",
+                help="KEY=VALUE[,KEY2=VALUE2] over the spec's, for this job only (Nomad's dispatch); repeatable",
+            )
             add_wait_options(parser)

@@ -379,9 +379,13 @@ class Console:
         """Pause, resume or run a cron job now (a run goes to its job's page)."""
         self._check_origin(request)
         action = request.match_info["action"]
-        method = {"pause": "PauseCronJob", "resume": "ResumeCronJob", "run": "RunCronJob"}[action]
-        done = await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=request.match_info["name"]))
-        raise web.HTTPSeeOther(f"/jobs/{done.job_id}" if action == "run" else "/cron")
+        name = request.match_info["name"]
+        if action == "run":
+            ran = await self._call(request, CRON + "RunCronJob", cron_pb2.RunCronJobRequest(name=name))
+            raise web.HTTPSeeOther(f"/jobs/{ran.job_id}")
+        method = "PauseCronJob" if action == "pause" else "ResumeCronJob"
+        await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=name))
+        raise web.HTTPSeeOther("/cron")
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         listed = await self._call(

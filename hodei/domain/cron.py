@@ -10,6 +10,7 @@ fires it and however often it tries (the event log refuses the second JobCreated
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -273,12 +274,13 @@ class CronJob(HodeiAggregate):
             return None
         return slot
 
-    def job_spec(self, moment: datetime) -> JobSpec:
-        """The spec of the job for ``moment`` (a slot, or the time of a `cron run`)."""
+    def job_spec(self, moment: datetime, env: Mapping[str, str] | None = None) -> JobSpec:
+        """The spec of the job for ``moment`` (a slot, or the time of a `cron run`, whose
+        ``env`` goes over the spec's)."""
         spec = self.definition.spec
         return replace(
             spec,
-            env={**spec.env, CRON_TIME_VARIABLE: moment.astimezone(UTC).isoformat()},
+            env={**spec.env, **(env or {}), CRON_TIME_VARIABLE: moment.astimezone(UTC).isoformat()},
             labels={**spec.labels, CRON_LABEL: self.name},
         )
 

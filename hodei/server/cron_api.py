@@ -83,11 +83,12 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
 
     @rpc
     def RunCronJob(
-        self, request: cron_pb2.CronJobRequest, context: grpc.ServicerContext
+        self, request: cron_pb2.RunCronJobRequest, context: grpc.ServicerContext
     ) -> cron_pb2.RunCronJobResponse:
         who = caller()
         self._check_owner(who, request.name, "run")
-        return cron_pb2.RunCronJobResponse(job_id=str(self.cron_jobs.run_now(request.name, who.name)))
+        job_id = self.cron_jobs.run_now(request.name, who.name, dict(request.env))
+        return cron_pb2.RunCronJobResponse(job_id=str(job_id))
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:
         who = caller()
