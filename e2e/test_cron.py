@@ -8,6 +8,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -230,3 +231,29 @@ def test_the_api_refuses_what_the_cli_cannot_send(server: ServerProcess, tokens:
 
 def _fields(spec: common_pb2.JobSpec) -> dict[str, Any]:
     return {field.name: value for field, value in spec.ListFields()}
+
+
+def test_two_servers_start_each_time_of_a_cron_job_once(fresh_database_url: str, tmp_path: Path) -> None:
+    """Both sweep every second and both find every time due: the job of a time has one id,
+    so it is written once (the log refuses the other server's), and nothing of a cron job
+    lives in either's memory."""
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
+    with (
+        ServerProcess(fresh_database_url, tmp_path / "one", env) as one,
+        ServerProcess(fresh_database_url, tmp_path / "two", env) as two,
+    ):
+        one.cli("cron", "create", "both", "--schedule", "@every 1s", "-p", "sim", "-c", "true", check=True)
+        eventually(lambda: len(jobs_of(one, "both")) >= 6 or None, timeout=60, what="six times of the cron job")
+        two.cli("cron", "pause", "both", check=True)
+        times = [
+            row[0]
+            for row in query(
+                fresh_database_url,
+                "SELECT spec -> 'env' ->> 'HODEI_CRON_TIME' FROM jobs WHERE spec -> 'labels' ->> %s = 'both'",
+                (CRON_LABEL,),
+            )
+        ]
+        assert len(times) == len(set(times)) >= 6
+        logs = one.logs() + two.logs()
+        assert "cron job both started job" in one.logs() or "cron job both started job" in two.logs()
+        assert "could not start" not in logs
