@@ -161,6 +161,38 @@ def test_a_cron_job_outlives_a_kill_9_of_its_server_and_forbid_keeps_one_job_at_
         assert ended is not None and started >= ended
 
 
+def test_replace_cancels_the_running_job_of_the_time_before(server: ServerProcess, tokens: dict[str, str]) -> None:
+    """Kubernetes' Replace on real workers: each time's job cancels the one before it."""
+    alice = tokens["alice"]
+    cli(
+        server,
+        alice,
+        *("cron", "create", "newest", "--schedule", "@every 2s", "--concurrency", "replace", "--provider", "local"),
+        *("--command", "sleep 60"),
+    )
+
+    def replaced_twice() -> list[tuple[str, str, str]] | None:
+        jobs = jobs_of(server, "newest")
+        return jobs if sum(1 for job in jobs if job[1] == "CANCELLED") >= 2 else None
+
+    eventually(replaced_twice, timeout=60, what="two jobs of the cron job replaced")
+    cli(server, alice, "cron", "delete", "newest")
+    jobs = jobs_of(server, "newest")
+    for job_id, _, _ in jobs[:-1]:
+        wait_settled(server.database_url, job_id, 60)
+    rows = query(
+        server.database_url,
+        "SELECT state, cancelled_by, error_message FROM jobs WHERE id = ANY(%s::uuid[]) ORDER BY created_at",
+        ([job[0] for job in jobs[:-1]],),
+    )
+    assert {(state, by) for state, by, _ in rows} == {("CANCELLED", "system")}
+    assert all(message.startswith("replaced by the run of cron job newest at ") for _, _, message in rows)
+    time.sleep(1.5)  # a sweep that read the cron job before its deletion may still be writing
+    for job_id, state, _ in jobs_of(server, "newest"):
+        if state not in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"):
+            cli(server, alice, "job", "cancel", job_id, check=False)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -195,7 +227,7 @@ def test_the_api_refuses_what_the_cli_cannot_send(server: ServerProcess, tokens:
     cases = [
         (
             cron_pb2.CreateCronJobRequest(name="api", schedule="@daily", spec=spec, concurrency="sometimes"),
-            "concurrency",
+            "concurrency must be one of allow, forbid, replace, got 'sometimes'",
         ),
         (
             cron_pb2.CreateCronJobRequest(name="api", schedule="@daily", spec=spec, starting_deadline_seconds=-1),

@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, check_name, cron_id, slot_job_id
 from hodei.domain.job import Job
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
+from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import fetch_all
 from hodei.store.job_secrets import JobSecrets
@@ -48,9 +49,12 @@ class Version:
 
 
 class CronJobs:
-    def __init__(self, store: HodeiStore, secrets: JobSecrets, clock: Clock = _now) -> None:
+    def __init__(self, store: HodeiStore, secrets: JobSecrets, *, kill_grace: float, clock: Clock = _now) -> None:
+        """``kill_grace``: the seconds between SIGTERM and SIGKILL of a job that a slot of
+        a cron job with ``replace`` cancels (HODEI_KILL_GRACE, a cancel's without --grace)."""
         self.store = store
         self.secrets = secrets
+        self.kill_grace = kill_grace
         self.clock = clock
         # Every cron job as last loaded, by id: reloaded when its version moves. A cache:
         # the log says what exists.
@@ -174,20 +178,38 @@ class CronJobs:
         job_id = slot_job_id(cron.id, slot)
         if self.store.find(Job, job_id) is not None:
             return None  # another server (or this one, before a restart) started it
-        if cron.definition.concurrency is Concurrency.FORBID:
-            running = self.active_jobs(cron.name)
-            if running:
-                log.info(
-                    "cron job %s skips its run of %s: job %s is still %s (concurrency forbid)",
-                    cron.name,
-                    slot.isoformat(),
-                    running[-1].job_id,
-                    running[-1].state,
-                )
-                return None
+        concurrency = cron.definition.concurrency
+        # Not the slot's own job: another server may have written it since it was looked for.
+        running = (
+            []
+            if concurrency is Concurrency.ALLOW
+            else [run for run in self.active_jobs(cron.name) if run.job_id != job_id]
+        )
+        if running and concurrency is Concurrency.FORBID:
+            log.info(
+                "cron job %s skips its run of %s: job %s is still %s (concurrency forbid)",
+                cron.name,
+                slot.isoformat(),
+                running[-1].job_id,
+                running[-1].state,
+            )
+            return None
+        for run in running:  # replace: cancelled first, so a crash between leaves no two running
+            self._cancel(run.job_id, f"replaced by the run of cron job {cron.name} at {slot.isoformat()}")
         self._submit(cron, job_id, slot, Meta(actor=cron.owner, correlation_id=str(job_id)))
         log.info("cron job %s started job %s for %s", cron.name, job_id, slot.isoformat())
         return job_id
+
+    def _cancel(self, job_id: UUID, reason: str) -> None:
+        def cancel() -> tuple[None, list[Job]]:
+            job = self.store.load(Job, job_id)
+            if job.is_terminal:
+                return None, []  # it ended meanwhile
+            job.cancel(reason, self.kill_grace)
+            return None, [job]
+
+        self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), cancel)
+        log.info("cancelled job %s: %s", job_id, reason)
 
     def _submit(
         self, cron: CronJob, job_id: UUID, moment: datetime, meta: Meta, env: Mapping[str, str] | None = None

@@ -170,7 +170,7 @@ class Harness:
             self.admission,
             ServerInstances(pool, "test"),
             Retention(self.store, LogStore(tmp / "logs"), 604800, 2592000),
-            CronJobs(self.store, JobSecrets(pool)),
+            CronJobs(self.store, JobSecrets(pool), kill_grace=1.0),
             timing,
             secret_retention=86400,
         )

@@ -12,7 +12,7 @@ import pytest
 from hodei import cron as cron_module
 from hodei.cron import CronJobs
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
-from hodei.domain.job import Job
+from hodei.domain.job import Job, JobState
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, InvalidTransition, NotFound, StoreUnavailable
 from hodei.store.app import HodeiStore, Meta
@@ -28,6 +28,11 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def sweeping(store: HodeiStore, clock: Clock) -> CronJobs:
+    """What a server's sweeper fires cron jobs with, on the test's clock."""
+    return CronJobs(store, JobSecrets(store.pool), kill_grace=1.0, clock=clock)
 
 
 def definition(
@@ -56,7 +61,7 @@ def test_each_slot_becomes_one_job_whichever_server_fires_it_and_missed_slots_ru
     store: HodeiStore, fresh_database_url: str
 ) -> None:
     clock = Clock()
-    here, there = CronJobs(store, JobSecrets(store.pool), clock), CronJobs(store, JobSecrets(store.pool), clock)
+    here, there = sweeping(store, clock), sweeping(store, clock)
     here.define("report", definition(), {}, "alice", replace=False)
     assert here.fire_due() == [] == there.fire_due()  # the slot before its definition never runs
     first = next_slot(here, "report")
@@ -82,7 +87,7 @@ def test_a_slot_within_its_starting_deadline_runs_late_and_one_past_it_does_not(
     store: HodeiStore, fresh_database_url: str
 ) -> None:
     clock = Clock()
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs = sweeping(store, clock)
     cron_jobs.define("late", definition("@every 1h", deadline=120.0), {}, "alice", replace=False)
     slot = next_slot(cron_jobs, "late")
     clock.now = slot + timedelta(seconds=121)
@@ -95,7 +100,7 @@ def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
     store: HodeiStore, fresh_database_url: str
 ) -> None:
     clock = Clock()
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs = sweeping(store, clock)
     cron_jobs.define("once-at-a-time", definition(concurrency=Concurrency.FORBID), {}, "alice", replace=False)
     first = next_slot(cron_jobs, "once-at-a-time")
     clock.now = first
@@ -115,7 +120,7 @@ def test_paused_cron_jobs_start_nothing_and_deleted_ones_are_gone_but_their_jobs
     store: HodeiStore, fresh_database_url: str
 ) -> None:
     clock = Clock()
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs = sweeping(store, clock)
     cron_jobs.define("paused", definition(), {}, "alice", replace=False)
     first = next_slot(cron_jobs, "paused")
     cron_jobs.change("paused", "alice", CronJob.pause)
@@ -140,7 +145,7 @@ def test_secrets_are_sealed_under_the_cron_jobs_key_each_job_gets_its_own_and_de
 ) -> None:
     clock = Clock()
     secrets = JobSecrets(store.pool)
-    cron_jobs = CronJobs(store, secrets, clock)
+    cron_jobs = sweeping(store, clock)
     cron_jobs.define("with-secret", definition(secret_names=("TOKEN",)), {"TOKEN": "s3cr3t-value"}, "a", replace=False)
     clock.now = next_slot(cron_jobs, "with-secret")
     [job_id] = cron_jobs.fire_due()
@@ -168,7 +173,7 @@ def test_a_cron_job_is_looked_at_again_at_its_next_slot_or_once_it_changed(
     """Between two slots a sweep computes nothing of a schedule (60-230 us each: a
     thousand cron jobs a second); a redefinition is looked at in the next sweep."""
     clock = Clock()
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs = sweeping(store, clock)
     cron_jobs.define("looked-at", definition("@every 1h"), {}, "alice", replace=False)
     looked: list[Any] = []
     monkeypatch.setattr(CronJob, "due", spy(CronJob.due, looked, lambda _, now: now))
@@ -190,7 +195,7 @@ def test_a_cron_job_is_looked_at_again_at_its_next_slot_or_once_it_changed(
 
 def test_the_number_of_cron_jobs_is_bounded(store: HodeiStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cron_module, "MAX_CRON_JOBS", 2)
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), Clock())
+    cron_jobs = sweeping(store, Clock())
     cron_jobs.define("one", definition(), {}, "alice", replace=False)
     cron_jobs.define("two", definition(), {}, "alice", replace=False)
     with pytest.raises(InvalidTransition, match="there are 2 cron jobs, the most there may be: delete one first"):
@@ -207,7 +212,7 @@ def test_a_slot_whose_job_could_not_be_written_is_tried_again_at_the_next_sweep(
     """An outage of the database at a cron job's time is not a missed time: the sweeps
     after it try again until the job is written (within the starting deadline)."""
     clock = Clock()
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), clock)
+    cron_jobs = sweeping(store, clock)
     cron_jobs.define("through-an-outage", definition("@every 1h"), {}, "alice", replace=False)
     clock.now = next_slot(cron_jobs, "through-an-outage") + timedelta(seconds=1)
     write = store.write
@@ -230,7 +235,7 @@ def test_a_run_asked_for_takes_variables_over_the_specs_and_a_bad_one_writes_not
     store: HodeiStore, fresh_database_url: str
 ) -> None:
     """`cron run NAME --env K=V`: Nomad's dispatch of a parameterized job."""
-    cron_jobs = CronJobs(store, JobSecrets(store.pool), Clock())
+    cron_jobs = sweeping(store, Clock())
     cron_jobs.define(
         "report-for",
         definition(env={"REGION": "eu", "FORMAT": "pdf"}, secret_names=("TOKEN",)),
@@ -246,3 +251,29 @@ def test_a_run_asked_for_takes_variables_over_the_specs_and_a_bad_one_writes_not
         with pytest.raises(InvalidInput, match=message):
             cron_jobs.run_now("report-for", "bob", env)
     assert query(fresh_database_url, "SELECT count(*) FROM jobs") == before
+
+
+def test_replace_cancels_the_job_of_an_earlier_time_but_never_the_job_of_its_own(
+    store: HodeiStore, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kubernetes' Replace: the earlier time's job still running is cancelled (by the
+    system, saying why), then the time's own job is written. A server that finds the
+    time's job only after another wrote it (a race) does not cancel it."""
+    clock = Clock()
+    here, there = sweeping(store, clock), sweeping(store, clock)
+    here.define("latest-only", definition(concurrency=Concurrency.REPLACE), {}, "alice", replace=False)
+    first = next_slot(here, "latest-only")
+    clock.now = first
+    [earlier] = here.fire_due()
+    clock.now = first + timedelta(minutes=1)
+    [latest] = here.fire_due()
+    replaced = store.load(Job, earlier)
+    assert replaced.state is JobState.CANCELLED
+    assert replaced.error_message == f"replaced by the run of cron job latest-only at {clock.now.isoformat()}"
+    assert query(fresh_database_url, "SELECT cancelled_by FROM jobs WHERE id = %s", (earlier,)) == [("system",)]
+    assert store.load(Job, latest).state is JobState.PENDING
+
+    find = store.find
+    monkeypatch.setattr(store, "find", lambda kind, key: None if kind is Job else find(kind, key))
+    assert there.fire_due() == []  # it looked too early to see the job, and wrote it too late
+    assert store.load(Job, latest).state is JobState.PENDING

@@ -354,7 +354,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         admission,
         instances,
         retention,
-        CronJobs(store, JobSecrets(store.pool)),
+        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
         timing,
         86400,
     )

@@ -69,7 +69,7 @@ def _service(
         pace,
         Faults(""),
         ProviderRegistry(store, {}, {}),
-        PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool))),
+        PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0)),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
     )
 

@@ -65,7 +65,9 @@ class CreateCronJobRequest(_message.Message):
     time_zone: _builtins.str
     """An IANA time zone the five fields are read in; empty: UTC."""
     concurrency: _builtins.str
-    """allow (the default) or forbid: skip a time while a job of an earlier one runs."""
+    """While a job of an earlier time has not ended: allow (the default) starts this time's
+    beside it, forbid skips this time, replace cancels that job and starts this time's.
+    """
     starting_deadline_seconds: _builtins.float
     """A time missed (the platform was down) still starts its job up to this late; 0: any."""
     replace: _builtins.bool

@@ -160,7 +160,10 @@ def add_commands(commands: Any) -> None:
         "--concurrency",
         choices=[policy.value for policy in Concurrency],
         default=Concurrency.ALLOW.value,
-        help="forbid: skip a time while a job of an earlier one has not ended (default allow)",
+        help=(
+            "while a job of an earlier time has not ended: allow (the default) starts the time's beside it, "
+            "forbid skips the time, replace cancels that job and starts the time's"
+        ),
     )
     create_parser.add_argument(
         "--starting-deadline",

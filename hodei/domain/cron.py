@@ -54,10 +54,11 @@ MAX_CRON_JOBS = 1000
 
 class Concurrency(StrEnum):
     """What a slot does while a job of an earlier one has not ended (Kubernetes'
-    ``concurrencyPolicy`` without Replace: a schedule never cancels a running job)."""
+    ``concurrencyPolicy``): start its own beside it, skip, or cancel it and start."""
 
     ALLOW = "allow"
     FORBID = "forbid"
+    REPLACE = "replace"
 
 
 def check_name(name: str) -> str:

@@ -122,7 +122,7 @@ class Runtime:
         self.faults = Faults(config.fault)
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
-        self.cron_jobs = CronJobs(self.store, self.secrets)
+        self.cron_jobs = CronJobs(self.store, self.secrets, kill_grace=config.timing.kill_grace)
         self.instances = ServerInstances(self.pool, config.server_id)
         self.admission = Admission(
             self.store,
