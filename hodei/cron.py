@@ -201,15 +201,15 @@ class CronJobs:
         return job_id
 
     def _cancel(self, job_id: UUID, reason: str) -> None:
-        def cancel() -> tuple[None, list[Job]]:
+        def cancel() -> tuple[bool, list[Job]]:
             job = self.store.load(Job, job_id)
             if job.is_terminal:
-                return None, []  # it ended meanwhile
+                return False, []  # it ended meanwhile
             job.cancel(reason, self.kill_grace)
-            return None, [job]
+            return True, [job]
 
-        self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), cancel)
-        log.info("cancelled job %s: %s", job_id, reason)
+        if self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), cancel):
+            log.info("cancelled job %s: %s", job_id, reason)
 
     def _submit(
         self, cron: CronJob, job_id: UUID, moment: datetime, meta: Meta, env: Mapping[str, str] | None = None
