@@ -161,6 +161,15 @@ class CronJobs:
             if version == cron.version and now < look_at:
                 continue
             slot = cron.due(now)
+            late = cron.too_late(now) if slot is None else None
+            if late is not None:
+                log.info(
+                    "cron job %s skips its run of %s: %.0fs late, past its starting deadline of %gs",
+                    cron.name,
+                    late.isoformat(),
+                    (now - late).total_seconds(),
+                    cron.definition.starting_deadline_seconds,
+                )
             if slot is not None:
                 try:
                     job_id = self._fire(cron, slot)

@@ -3,6 +3,7 @@ clock the test moves, two "servers" firing the same slots, secrets, and the key'
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -84,14 +85,18 @@ def test_each_slot_becomes_one_job_whichever_server_fires_it_and_missed_slots_ru
 
 
 def test_a_slot_within_its_starting_deadline_runs_late_and_one_past_it_does_not(
-    store: HodeiStore, fresh_database_url: str
+    store: HodeiStore, fresh_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
     cron_jobs = sweeping(store, clock)
     cron_jobs.define("late", definition("@every 1h", deadline=120.0), {}, "alice", replace=False)
     slot = next_slot(cron_jobs, "late")
     clock.now = slot + timedelta(seconds=121)
-    assert cron_jobs.fire_due() == []
+    with caplog.at_level(logging.INFO, logger="hodei.cron"):
+        assert cron_jobs.fire_due() == []
+    assert f"cron job late skips its run of {slot.isoformat()}: 121s late, past its starting deadline of 120s" in (
+        caplog.text
+    )
     clock.now = slot + timedelta(hours=1, seconds=119)
     assert len(cron_jobs.fire_due()) == 1
 

@@ -135,7 +135,11 @@ def test_the_slot_due_is_the_latest_since_the_cron_job_was_active_and_within_its
     late = cron("@every 1d", deadline=30.0)
     [tomorrow] = Schedule("@every 1d").following(late.active_since, 1)
     assert late.due(tomorrow + timedelta(seconds=29)) == tomorrow
+    assert late.too_late(tomorrow + timedelta(seconds=29)) is None
     assert late.due(tomorrow + timedelta(seconds=31)) is None  # past its starting deadline
+    assert late.too_late(tomorrow + timedelta(seconds=31)) == tomorrow
+    late.pause()
+    assert late.too_late(tomorrow + timedelta(seconds=31)) is None
 
 
 def test_paused_and_deleted_cron_jobs_start_nothing_and_a_resume_looks_ahead() -> None:

@@ -265,15 +265,24 @@ class CronJob(HodeiAggregate):
         """The slot to start now, if any: the latest at or before ``now``, once the cron
         job was active then and within its starting deadline (older missed slots are
         skipped: after an outage a schedule runs once, not once per slot missed)."""
+        slot = self._latest_active(now)
+        return slot if slot is not None and not self._late(slot, now) else None
+
+    def too_late(self, now: datetime) -> datetime | None:
+        """The slot that would be due but for its starting deadline, if any (said in the
+        server's log: a time that did not run)."""
+        slot = self._latest_active(now)
+        return slot if slot is not None and self._late(slot, now) else None
+
+    def _latest_active(self, now: datetime) -> datetime | None:
         if not self.active:
             return None
         slot = self.definition.schedule.latest(now)
-        if slot < self.active_since:
-            return None
+        return slot if slot >= self.active_since else None
+
+    def _late(self, slot: datetime, now: datetime) -> bool:
         deadline = self.definition.starting_deadline_seconds
-        if deadline and (now - slot).total_seconds() > deadline:
-            return None
-        return slot
+        return bool(deadline) and (now - slot).total_seconds() > deadline
 
     def job_spec(self, moment: datetime, env: Mapping[str, str] | None = None) -> JobSpec:
         """The spec of the job for ``moment`` (a slot, or the time of a `cron run`, whose
