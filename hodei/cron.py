@@ -162,7 +162,7 @@ class CronJobs:
                 continue
             slot = cron.due(now)
             late = cron.too_late(now) if slot is None else None
-            if late is not None:
+            if late is not None and self.store.find(Job, slot_job_id(cron.id, late)) is None:  # not run before
                 log.info(
                     "cron job %s skips its run of %s: %.0fs late, past its starting deadline of %gs",
                     cron.name,

@@ -99,6 +99,11 @@ def test_a_slot_within_its_starting_deadline_runs_late_and_one_past_it_does_not(
     )
     clock.now = slot + timedelta(hours=1, seconds=119)
     assert len(cron_jobs.fire_due()) == 1
+    caplog.clear()
+    clock.now += timedelta(seconds=5)  # past the deadline, for a server started now: that time did run
+    with caplog.at_level(logging.INFO, logger="hodei.cron"):
+        assert sweeping(store, clock).fire_due() == []
+    assert "skips" not in caplog.text
 
 
 def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
