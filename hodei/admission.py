@@ -76,10 +76,15 @@ class QueuedJob:
     # after (--after): that job's id, state and the condition asked of it.
     begin_at: datetime | None = None
     waiting_for: dict[str, str] | None = None
-    # A job of an array with a limit (--array …%N): the limit, and its array's jobs admitted
-    # and not ended (out of line while they are as many).
+    # A job of an array with a limit (--array …%N): the limit, its array's jobs admitted and
+    # not ended, and its place among its array's jobs ready to go (out of line past the limit).
     array_limit: int = 0
     array_running: int = 0
+    array_place: int | None = None
+
+    @property
+    def past_array_limit(self) -> bool:
+        return bool(self.array_limit) and self.array_running + (self.array_place or 0) > self.array_limit
 
 
 @dataclass(frozen=True)

@@ -264,3 +264,20 @@ def test_an_array_with_a_limit_has_at_most_that_many_jobs_admitted_and_lets_othe
         "AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
         (ARRAY_LABEL,),
     ) == [(2,)]
+
+
+def test_the_queue_puts_an_arrays_jobs_past_its_limit_out_of_line_as_a_round_would(store: HodeiStore) -> None:
+    """The provider full, nothing of the array running, a limit of 2: its first two jobs
+    are in the provider's line, the others out of it (a freed slot goes past them)."""
+    admission = Admission(store, {ProviderType.DOCKER: 1})
+    busy = _queued(store)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    array = [_queued(store, labels={ARRAY_LABEL: "c"}, array_limit=2) for _ in range(4)]
+    plain = _queued(store)
+    queued = {row.job_id: row for row in admission.queue(20)}
+    assert [queued[str(job.id)].position for job in (*array, plain)] == [1, 2, 0, 0, 3]
+    assert [queued[str(job.id)].past_array_limit for job in array] == [False, False, True, True]
+    assert (queued[str(array[3].id)].array_running, queued[str(array[3].id)].array_place) == (0, 4)
+    _ended(store, busy, JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, array[0].id).admitted

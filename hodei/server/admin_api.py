@@ -78,10 +78,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                 f"it starts once job {waiting_for['job_id']} {AFTER_CONDITIONS[waiting_for['condition']]} "
                 f"(--after); that job is {waiting_for['state'] or 'unknown'}"
             )
-        if queued.array_limit and queued.array_running >= queued.array_limit:
+        if queued.past_array_limit:
+            place = queued.array_place or 0
+            before = f", {place - 1} of its jobs before it" if place > 1 else ""
             return (
                 f"its array runs at most {queued.array_limit} jobs at once (--array …%{queued.array_limit}): "
-                f"{queued.array_running} running"
+                f"{queued.array_running} running{before}"
             )
         return self._reason(queued.provider, capacities)
 

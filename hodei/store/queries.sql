@@ -829,7 +829,8 @@ LIMIT %(limit)s;
 -- The queue as people see it: each waiting job with its place in its provider's line, or,
 -- while it is out of line, none (0) and why: the time it begins (--begin), a job it starts
 -- after (--after: that job's id, state and the condition asked of it), or its array's limit
--- reached (`--array …%N`: the limit, and its array's jobs admitted and not ended).
+-- (`--array …%N`: the limit, its array's jobs admitted and not ended, and its place among its
+-- array's ready jobs: out of line past the limit, as an admission round counts them).
 WITH queued AS (
     SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at,
            nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
@@ -845,14 +846,19 @@ WITH queued AS (
 ), running AS MATERIALIZED (  -- counted once an array with a limit
     SELECT a.array_id, hodei.array_running(a.array_id) AS running
     FROM (SELECT DISTINCT array_id FROM queued WHERE array_limit > 0) a
+), places AS (  -- a limited array's jobs ready to go, in the queue's order: next_in_queue's rule
+    SELECT id, row_number() OVER (PARTITION BY array_id ORDER BY priority DESC, created_at, id) AS array_place
+    FROM queued WHERE array_limit > 0 AND waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE)
 ), lined AS (
-    SELECT q.*, coalesce(r.running, 0) AS array_running,
+    SELECT q.*, coalesce(r.running, 0) AS array_running, p.array_place,
            q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
-           AND (q.array_limit = 0 OR coalesce(r.running, 0) < q.array_limit) AS in_line
-    FROM queued q LEFT JOIN running r ON q.array_limit > 0 AND r.array_id = q.array_id
+           AND (q.array_limit = 0 OR r.running + p.array_place <= q.array_limit) AS in_line
+    FROM queued q
+    LEFT JOIN running r ON q.array_limit > 0 AND r.array_id = q.array_id
+    LEFT JOIN places p ON q.array_limit > 0 AND p.id = q.id
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
-       CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for, array_limit, array_running,
+       CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for, array_limit, array_running, array_place,
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position
