@@ -70,8 +70,7 @@ class CronJobs:
     ) -> CronJob:
         """A new cron job, or (``replace``, or a deleted one's name) a new definition."""
         check_name(name)
-        definition.validate()
-        definition.spec.validate(secrets)
+        definition.validate(secrets)
         sealed = self.secrets.seal_for_cron_job(cron_id(name), secrets)
         # Counted before the command (whose loads are its own): two cron jobs created at
         # once may both pass, a bound of memory and sweep time, not a quota.

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from hodei._proto import cron_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import add_spec_options, add_wait_options, job_spec, submitted
 from hodei.cli.parsing import duration, parse_env
-from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule, check_name
 from hodei.wire import spec_to_proto
 
@@ -30,7 +28,7 @@ def create_request(args: argparse.Namespace) -> None:
         concurrency=Concurrency(args.concurrency),
         starting_deadline_seconds=args.starting_deadline or 0.0,
         spec=spec,
-    ).validate()
+    ).validate(secrets)
     check_name(args.name_of_cron)
     args.request = cron_pb2.CreateCronJobRequest(
         name=args.name_of_cron,
@@ -71,7 +69,7 @@ def list_cron_jobs(client: Client, term: Terminal, _: argparse.Namespace) -> int
 
 
 def _next(cron: cron_pb2.CronJob) -> str:
-    return when_of(cron.next_times[0]) if cron.next_times else "-"
+    return stamp(cron.next_times[0], "seconds") if cron.next_times else "-"
 
 
 def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -112,7 +110,7 @@ def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
         f"State: {'paused' if cron.paused else 'active'} (since {when(cron, 'active_since', 'seconds')})",
         f"Owner: {cron.owner}",
         f"Runs: {spec.command} {' '.join(spec.args)}".rstrip() + f" on {spec.provider or 'the default provider'}",
-        "Next: " + (", ".join(when_of(t) for t in cron.next_times) or "-"),
+        "Next: " + (", ".join(stamp(t, "seconds") for t in cron.next_times) or "-"),
         f"Last job: {cron.last_job_id or '-'}"
         + (
             f" {cron.last_job_state} (created {when(cron, 'last_job_created_at', 'seconds')})"
@@ -131,10 +129,6 @@ def _last_job(cron: cron_pb2.CronJob) -> str:
     if not cron.last_job_id:
         return "-"
     return f"{cron.last_job_id} {cron.last_job_state} (created {when(cron, 'last_job_created_at', 'seconds')})"
-
-
-def when_of(moment: Timestamp) -> str:
-    return str(moment.ToDatetime().isoformat(timespec="seconds")) + "Z"
 
 
 def add_commands(commands: Any) -> None:

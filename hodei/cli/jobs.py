@@ -39,7 +39,7 @@ from hodei.cli.parsing import (
     text_of,
     whole,
 )
-from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping
@@ -158,7 +158,8 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
-    """The spec the options of ``add_spec_options`` describe, and its secrets' values."""
+    """The spec the options of ``add_spec_options`` describe, and its secrets' values;
+    unchecked: the caller checks it once it is whole (``JobSpec.validate``)."""
     command, arguments = _command(args)
     secrets = {
         **parse_env_files(args.secret_env_file or [], "--secret-env-file"),
@@ -182,7 +183,6 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
     )
-    spec.validate(secrets)
     return spec, secrets
 
 
@@ -642,7 +642,7 @@ def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         [
             [
                 str(e.version),
-                e.occurred_at.ToDatetime().isoformat() + "Z",
+                stamp(e.occurred_at, "auto"),
                 e.event_type,
                 e.actor,
                 e.payload_json,

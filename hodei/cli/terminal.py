@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
@@ -65,7 +66,12 @@ def when(message: Message, field: str, timespec: str = "milliseconds", empty: st
     """A message's time field as people read it (UTC, ISO 8601), or ``empty`` when unset."""
     if not message.HasField(field):
         return empty
-    return str(getattr(message, field).ToDatetime().isoformat(timespec=timespec)) + "Z"
+    return stamp(getattr(message, field), timespec)
+
+
+def stamp(moment: Timestamp, timespec: str = "milliseconds") -> str:
+    """A time of the API as people read it (UTC, ISO 8601)."""
+    return str(moment.ToDatetime().isoformat(timespec=timespec)) + "Z"
 
 
 class Terminal:

@@ -171,7 +171,9 @@ class Definition:
     starting_deadline_seconds: float
     spec: JobSpec
 
-    def validate(self) -> None:
+    def validate(self, secrets: Mapping[str, str] | None = None) -> None:
+        """``secrets``: the values submitted with it, checked with the spec (a size, a name
+        also given as a variable)."""
         deadline = self.starting_deadline_seconds
         if not 0 <= deadline <= MAX_STARTING_DEADLINE_SECONDS:
             raise InvalidInput(f"the starting deadline must be 0 to 366 days in seconds, got {deadline:.15g}")
@@ -179,7 +181,7 @@ class Definition:
             raise InvalidInput(
                 "a cron job's spec cannot wait for other jobs (--after) or a time (--begin), nor limit an array"
             )
-        self.spec.validate()
+        self.spec.validate(secrets)
 
     def payload(self) -> dict[str, Any]:
         return {

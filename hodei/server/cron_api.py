@@ -10,15 +10,12 @@ import grpc
 from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
-from hodei.domain.provider import ProviderType
 from hodei.errors import InvalidInput, PermissionDenied
-from hodei.providers.registry import provider_type_of
-from hodei.providers.sim import Simulation
 from hodei.roles import Caller
 from hodei.server.access import caller
 from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
-from hodei.server.jobs_api import may_act_on
+from hodei.server.jobs_api import may_act_on, refuse_unrunnable
 from hodei.wire import spec_from_proto, spec_to_proto
 
 # The next times a cron job shows.
@@ -41,8 +38,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
-        if provider_type_of(spec.provider) is ProviderType.SIM:  # an unknown provider is refused there
-            Simulation.of(spec.env)
+        refuse_unrunnable(spec)
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
             concurrency=_concurrency(request.concurrency),

@@ -57,6 +57,13 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
     return grace
 
 
+def refuse_unrunnable(spec: JobSpec) -> None:
+    """An unknown provider is refused before anything is written; so are a sim job's
+    settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later."""
+    if provider_type_of(spec.provider) is ProviderType.SIM:
+        Simulation.of(spec.env)
+
+
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def __init__(
         self, store: HodeiStore, reads: ReadModels, signals: Signals, secrets: JobSecrets, kill_grace: float
@@ -73,10 +80,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
         spec.validate(secrets)
-        # An unknown provider is refused here, before anything is written; so are a sim
-        # job's settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later.
-        if provider_type_of(spec.provider) is ProviderType.SIM:
-            Simulation.of(spec.env)
+        refuse_unrunnable(spec)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
