@@ -147,11 +147,11 @@ def test_each_method_admits_exactly_the_roles_of_its_rule(
             assert code == grpc.StatusCode.PERMISSION_DENIED, (role, code)
 
 
-def submit(server: ServerProcess, token: str, command: str = "true") -> str:
+def submit(server: ServerProcess, token: str, command: str = "true", hold: bool = False) -> str:
     with server.channel() as channel:
         spec = common_pb2.JobSpec(name="access", command=command, timeout_seconds=60, provider="local")
         response = jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(
-            jobs_pb2.QueueJobRequest(spec=spec), metadata=(("authorization", f"Bearer {token}"),)
+            jobs_pb2.QueueJobRequest(spec=spec, hold=hold), metadata=(("authorization", f"Bearer {token}"),)
         )
         return str(response.job_id)
 
@@ -174,6 +174,10 @@ def cancel(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
 
 def retry(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
     return as_token(server, token, "RetryJob", jobs_pb2.GetJobRequest(job_id=job_id))
+
+
+def release(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
+    return as_token(server, token, "ReleaseJob", jobs_pb2.GetJobRequest(job_id=job_id))
 
 
 def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url: str, tokens: dict[str, str]) -> None:
@@ -199,6 +203,26 @@ def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url:
     assert retry(server, tokens["read"], job) == grpc.StatusCode.PERMISSION_DENIED
     assert retry(server, tokens["submit"], job) == grpc.StatusCode.OK
     assert retry(server, tokens["operate"], someone_elses) == grpc.StatusCode.OK
+    # Holding and releasing: a submitter its own queued jobs, the operate role anyone's.
+    held = submit(server, tokens["submit"], hold=True)
+    assert as_token(server, tokens["read"], "HoldJob", jobs_pb2.HoldJobRequest(job_id=held)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert release(server, tokens["other"], held) == grpc.StatusCode.PERMISSION_DENIED
+    assert release(server, tokens["submit"], held) == grpc.StatusCode.OK
+    held_by_other = submit(server, tokens["other"], hold=True)
+    assert release(server, tokens["operate"], held_by_other) == grpc.StatusCode.OK
+    assert query(
+        database_url,
+        "SELECT event_type, actor, payload->>'by' FROM domain_events WHERE aggregate_id = ANY(%s::text[]) "
+        "AND event_type IN ('JobHeld', 'JobReleased') ORDER BY position",
+        ([held, held_by_other],),
+    ) == [
+        ("JobHeld", "alice", "alice"),
+        ("JobReleased", "alice", None),
+        ("JobHeld", "bob", "bob"),
+        ("JobReleased", "ops", None),
+    ]
 
     assert query(
         database_url, "SELECT actor FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobCreated'", (job,)

@@ -166,6 +166,40 @@ def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, t
     assert f'data-job="{later}"' not in reader.get(f"{guarded.http_url}/queue").text
 
 
+def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """Hold and Release for whoever may (its submitter, operators); the queue page says who
+    held it. Others see neither button, and their forged post is refused."""
+    submitted = guarded.cli(
+        "--token", tokens["submit"], "job", "run", "-p", "sim", "-c", "true", "--begin", "1h", check=True
+    )
+    job_id = submitted.stdout.strip()
+    page = f"{guarded.http_url}/jobs/{job_id}"
+    other = browser(guarded, tokens["other"])
+    assert 'id="hold"' not in other.get(page).text
+    assert other.post(f"{page}/hold", allow_redirects=False).status_code == 403
+    owner = browser(guarded, tokens["submit"])
+    assert 'id="hold"' in owner.get(page).text and 'id="release"' not in owner.get(page).text
+    held = owner.post(f"{page}/hold", allow_redirects=False)
+    assert held.status_code == 303 and held.headers["Location"] == f"/jobs/{job_id}"
+    shown = owner.get(page).text
+    assert 'id="release"' in shown and re.search(r'<td id="held">by submit-person; it waits out of its line', shown)
+    queue = browser(guarded, tokens["read"]).get(f"{guarded.http_url}/queue").text
+    row = re.search(rf'<tr data-job="{job_id}">(.*?)</tr>', queue, re.S)
+    assert row is not None and "held by submit-person (job release)" in row.group(1)
+    assert other.post(f"{page}/release", allow_redirects=False).status_code == 403
+    assert owner.post(f"{page}/release", allow_redirects=False).status_code == 303
+    assert 'id="held"' not in owner.get(page).text
+    assert query(
+        guarded.database_url,
+        "SELECT event_type, actor FROM domain_events WHERE aggregate_id = %s "
+        "AND event_type IN ('JobHeld', 'JobReleased') ORDER BY position",
+        (job_id,),
+    ) == [("JobHeld", "submit-person"), ("JobReleased", "submit-person")]
+    guarded.cli("job", "cancel", job_id, check=True)
+
+
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:
     env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_METRICS_PUBLIC": "1"}
     with ServerProcess(tokens["url"], tmp_path, env, token=tokens["read"], http=True) as server:

@@ -52,7 +52,7 @@ def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[
 
 
 # (shape, command line, exit code); {job}: a finished job, {saga}: one of its sagas,
-# {running}: a job running now.
+# {running}: a job running now, {held}: a job submitted held.
 PROVIDER = "provider get|enable|disable|health|capacity"
 CRON = "cron create|get|pause|resume|delete"
 CASES: list[tuple[str, list[str], int]] = [
@@ -64,6 +64,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job list", ["job", "list"], 0),
     ("job cancel", ["job", "cancel", "{running}"], 0),
     ("job retry", ["job", "retry", "{job}"], 0),
+    ("job hold|release", ["job", "hold", "{held}", "--reason", "later"], 0),
+    ("job hold|release", ["job", "release", "{held}"], 0),
     ("job watch", ["job", "watch", "{job}"], 2),
     ("job logs", ["job", "logs", "{job}"], 0),
     ("job events", ["job", "events", "{job}"], 0),
@@ -102,6 +104,9 @@ def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
         if arg == "{saga}":
             sagas = query(server.database_url, "SELECT id::text FROM sagas WHERE correlation_id = %s", (job_id,))
             return str(sagas[0][0])
+        if arg == "{held}":
+            held = server.cli("job", "run", "--provider", "local", "--hold", "--command", "true", check=True)
+            return held.stdout.strip()
         if arg == "{running}":
             started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
             return started.stdout.strip()

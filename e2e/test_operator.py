@@ -463,6 +463,75 @@ def test_begin_starts_a_job_no_sooner_and_its_queue_timeout_counts_from_then(ser
         assert refused.returncode == 2 and "--begin: takes a duration from now" in refused.stderr, refused.stderr
 
 
+def test_a_held_job_waits_out_of_line_until_released_and_bad_holds_change_nothing(
+    server: ServerProcess, shared_dir: Path
+) -> None:
+    """Slurm's `sbatch -H` / `scontrol hold|release`, a suspended Kubernetes Job: a job
+    submitted held is passed by a later one (one slot), says who held it and why (`job get`,
+    `queue`, its phases), and runs once released. `job hold` holds a queued job and never
+    one already running; several ids are changed in turn, a refused one said."""
+    url = server.database_url
+    held = run(server, "--hold", "--hold-reason", "the data is not there yet", "--command", "echo held")
+    shown = server.cli("job", "get", held, check=True).stdout
+    assert f"Held: by anonymous: the data is not there yet; it waits out of line until `job release {held}`" in shown
+    [entry] = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+    assert (entry["job_id"], entry["position"]) == (held, 0)
+    assert entry["reason"] == "held by anonymous: the data is not there yet (job release)"
+    meanwhile = run(server, "--command", "true", "--wait")
+    wait_settled(url, meanwhile, 60)
+    assert query(url, "SELECT state, held_by FROM jobs WHERE id = %s", (held,)) == [("PENDING", "anonymous")]
+
+    released = server.cli("job", "release", held[:8], check=True)
+    assert f"Job {held} released: back in its line" in released.stderr
+    wait_settled(url, held, 60)
+    assert query(url, "SELECT state, held_by, hold_reason FROM jobs WHERE id = %s", (held,)) == [
+        ("SUCCEEDED", None, None)
+    ]
+    assert [(p["name"], p.get("detail", "")) for p in described(server, held)["job"]["phases"]][:3] == [
+        ("queued", ""),
+        ("held", "by anonymous: the data is not there yet"),
+        ("provider_chosen", ""),
+    ]
+    assert "released" in [name for name, _ in phases(described(server, held))]
+
+    # `job hold` of a queued job (behind one that runs), with an unknown and a running one.
+    release = shared_dir / "release-hold"
+    running = run(server, "--command", f"until [ -e {release} ]; do sleep 0.1; done")
+    wait_running(url, running, 60)
+    queued = run(server, "--command", "true")
+    unknown = "00000000-0000-4000-8000-000000000000"
+    several = server.cli("job", "hold", queued, unknown, running, "--reason", "maintenance")
+    assert several.returncode == 2, several.stderr
+    assert f"Job {queued} held by anonymous" in several.stderr
+    assert "not found" in several.stderr
+    assert f"job {running} is RUNNING: only a job waiting in the queue can be held (cancel it instead)" in (
+        several.stderr
+    )
+    release.touch()
+    wait_settled(url, running, 60)
+    time.sleep(1.5)  # a sweep's admission round, which must pass the held job by
+    assert query(url, "SELECT state, hold_reason FROM jobs WHERE id = %s", (queued,)) == [("PENDING", "maintenance")]
+    server.cli("job", "release", queued, check=True)
+    again = server.cli("job", "release", queued)
+    assert again.returncode != 0 and "not held: nothing to release" in again.stderr, again.stderr
+    wait_settled(url, queued, 60)
+
+    # Refused at the edge, nothing written.
+    jobs = query(url, "SELECT count(*) FROM jobs")
+    events = query(url, "SELECT count(*) FROM domain_events")
+    for args, said in [
+        (("job", "run", "--provider", "local", "--command", "true", "--hold-reason", "x"), "add --hold"),
+        (("job", "hold", unknown), "not found"),
+        (("job", "release", unknown), "not found"),
+        (("job", "hold", queued, "--reason", "x" * 1001), "at most 1000 characters"),
+        (("job", "hold", queued), "is SUCCEEDED: only a job waiting in the queue can be held"),
+    ]:
+        refused = server.cli(*args)
+        assert refused.returncode != 0 and said in refused.stderr, (args, refused.stderr)
+    assert query(url, "SELECT count(*) FROM jobs") == jobs
+    assert query(url, "SELECT count(*) FROM domain_events") == events
+
+
 def test_job_retry_submits_a_finished_job_again_linked_to_it(server: ServerProcess) -> None:
     url = server.database_url
     # Exit 9 only when the secret is there: the retry must carry it too.

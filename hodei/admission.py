@@ -11,7 +11,8 @@ every sweep. Slots in use are counted from the read models, never kept in memory
 a provider's starts compete for this machine (local agents), at most so many of its
 workers start at once: a worker that registers frees a start, and the queue moves then.
 
-A job submitted with ``--begin`` keeps out of its line until its time, one with
+A held job (``job hold``, or ``job run --hold``) keeps out of its line until released; one
+submitted with ``--begin`` keeps out of its line until its time, one with
 ``--after`` until each job it names has ended as asked (``hodei.after_met`` in the queue's
 query); one that ended otherwise makes it a job that never starts, cancelled by the
 sweeper's round (``cancel_never_started``). A job of an array with a limit (``--array
@@ -72,8 +73,11 @@ class QueuedJob:
     created_at: datetime
     position: int
     retry_at: datetime | None
-    # Out of line (position 0) until then (--begin), or while it waits for a job it starts
-    # after (--after): that job's id, state and the condition asked of it.
+    # Out of line (position 0) while held (`job hold`: by whom, why), until then (--begin),
+    # or while it waits for a job it starts after (--after): that job's id, state and the
+    # condition asked of it.
+    held_by: str | None = None
+    hold_reason: str = ""
     begin_at: datetime | None = None
     waiting_for: dict[str, str] | None = None
     # A job of an array with a limit (--array …%N): the limit, its array's jobs admitted and
@@ -219,6 +223,8 @@ class Admission:
         caller's transaction then holds, as a round's, until it ends: the slot is counted
         by whoever looks next. Not while this process's round runs or its last look found
         no room (``FULL_FOR``): the job waits in the queue as any, and rounds admit it."""
+        if job.held_by is not None:
+            return False  # a round admits it once released
         if job.retry_at is not None and job.retry_at > now:
             return False  # its backoff first
         if job.spec.after:

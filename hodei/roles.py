@@ -88,6 +88,9 @@ RULES: dict[str, Role | Gate] = {
     _J + "CancelJob": Role.SUBMIT,
     # Submitters retry their own jobs; `operate` retries any (checked by the method).
     _J + "RetryJob": Role.SUBMIT,
+    # Submitters hold and release their own jobs; `operate` any (checked by the method).
+    _J + "HoldJob": Role.SUBMIT,
+    _J + "ReleaseJob": Role.SUBMIT,
     _J + "WatchJob": Role.READ,
     _J + "GetJobEvents": Role.READ,
     _W + "Register": Gate.WORKER,

@@ -14,6 +14,7 @@ from hodei.admission import Admission, Capacity
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL
+from hodei.errors import InvalidTransition
 from hodei.store.app import HodeiStore, Meta
 from hodei.testing import query
 from tests.test_store import current_transaction, new_job
@@ -281,3 +282,48 @@ def test_the_queue_puts_an_arrays_jobs_past_its_limit_out_of_line_as_a_round_wou
     _ended(store, busy, JobState.SUCCEEDED)
     assert admission.admit(ProviderType.DOCKER) == 1
     assert store.load(Job, array[0].id).admitted
+
+
+def test_a_held_job_keeps_out_of_its_line_until_released_and_then_goes_first_again(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """A hold passes the job by (later jobs take the room); released, it is back at its
+    submission's place; an admission that read it from the queue before it was held finds
+    it held and leaves it."""
+    admission = Admission(store, {ProviderType.DOCKER: 1})
+    busy = _queued(store)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    held = _queued(store, priority=5)
+    held.hold("alice", "the data is not there yet")
+    store.write([held], Meta(actor="alice", correlation_id=str(held.id)))
+    assert admission.admits_at_once(store.load(Job, held.id), ProviderType.DOCKER, datetime.now(UTC)) is False
+    later = _queued(store)
+    rows = {row.job_id: row for row in admission.queue(10)}
+    assert (rows[str(held.id)].position, rows[str(held.id)].held_by) == (0, "alice")
+    assert rows[str(held.id)].hold_reason == "the data is not there yet"
+    assert (rows[str(later.id)].position, rows[str(later.id)].held_by) == (1, None)
+    assert query(fresh_database_url, "SELECT held_by, hold_reason FROM jobs WHERE id = %s", (str(held.id),)) == [
+        ("alice", "the data is not there yet")
+    ]
+
+    _ended(store, busy, JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, later.id).admitted and not store.load(Job, held.id).admitted
+    _ended(store, later, JobState.SUCCEEDED)
+
+    released = store.load(Job, held.id)
+    released.release()
+    store.write([released], Meta(actor="bob", correlation_id=str(held.id)))
+    assert query(fresh_database_url, "SELECT held_by, hold_reason FROM jobs WHERE id = %s", (str(held.id),)) == [
+        (None, None)
+    ]
+    behind = _queued(store)
+    assert [row.job_id for row in admission.queue(10)] == [str(held.id), str(behind.id)]
+    # Read from the queue, then held before its admission: the round leaves it.
+    again = store.load(Job, held.id)
+    again.hold("alice")
+    store.write([again], Meta(actor="alice", correlation_id=str(held.id)))
+    with pytest.raises(InvalidTransition, match="held by alice"):
+        store.load(Job, held.id).admit()
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, behind.id).admitted and not store.load(Job, held.id).admitted

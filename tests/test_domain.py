@@ -333,6 +333,34 @@ def test_a_failed_command_with_retries_left_goes_back_to_the_queue_after_its_bac
     assert (job.state, job.exit_code, job.error_message) == (JobState.FAILED, 4, "boom again")
 
 
+def test_only_a_job_waiting_in_the_queue_is_held_and_a_held_one_is_never_admitted() -> None:
+    """Slurm's hold: a second hold keeps the first's holder and reason; a release puts it
+    back; an admitted or running job is refused (cancel it instead), as is a release of a
+    job not held."""
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    job.select_provider(PROVIDER, "docker")
+    job.hold("alice", "waiting for data")
+    job.hold("bob", "another reason")
+    assert (job.held_by, job.hold_reason) == ("alice", "waiting for data")
+    assert [type(e).__name__ for e in job.collect_events()][-2:] == ["JobProviderSelected", "JobHeld"]
+    with pytest.raises(InvalidTransition, match="held by alice"):
+        job.admit()
+    job.release()
+    assert (job.held_by, job.hold_reason) == (None, "")
+    with pytest.raises(InvalidTransition, match="not held"):
+        job.release()
+    job.admit()
+    with pytest.raises(InvalidTransition, match="already starting"):
+        job.hold("alice")
+    with pytest.raises(InvalidTransition, match="is RUNNING: only a job waiting in the queue can be held"):
+        running_job().hold("alice")
+    held_then_cancelled = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    held_then_cancelled.hold("alice")
+    held_then_cancelled.cancel("no longer needed")
+    with pytest.raises(InvalidTransition, match="is CANCELLED and not held"):
+        held_then_cancelled.release()
+
+
 def test_success_and_cancellation_are_never_retried() -> None:
     succeeded = running_job(retries=3)
     succeeded.finish(WORKER, JobState.SUCCEEDED, 0, None)

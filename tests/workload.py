@@ -23,6 +23,7 @@ OPERATIONS = [
     "run",
     "finish",
     "cancel",
+    "hold",
     "requeue",
     "logs",
     "worker",
@@ -110,6 +111,17 @@ class Workload:
         if job is None:
             return []
         job.cancel("changed my mind", grace=self.random.choice([0, 5, 30]))
+        return [job]
+
+    def _hold(self) -> list[HodeiAggregate]:
+        """A queued job held (with or without a reason) or released."""
+        job = self._load_job()
+        if job is None:
+            return []
+        if job.held_by is None:
+            job.hold(self.random.choice(["alice", "bob"]), self.random.choice(["", "waiting for data"]))
+        else:
+            job.release()
         return [job]
 
     def _requeue(self) -> list[HodeiAggregate]:

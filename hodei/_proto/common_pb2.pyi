@@ -268,6 +268,8 @@ class Job(_message.Message):
     RETRIED_BY_FIELD_NUMBER: _builtins.int
     RETRY_AT_FIELD_NUMBER: _builtins.int
     WAITED_ON_BY_FIELD_NUMBER: _builtins.int
+    HELD_BY_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     state: _builtins.str
@@ -288,6 +290,11 @@ class Job(_message.Message):
     """The job this one was submitted again from (`job retry`), and the jobs submitted
     again from this one.
     """
+    held_by: _builtins.str
+    """While the job waits in the queue held (`job hold`): who held it, and why (may be
+    empty). Empty once released, and for a job not waiting.
+    """
+    hold_reason: _builtins.str
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -335,10 +342,12 @@ class Job(_message.Message):
         retried_by: _abc.Iterable[_builtins.str] | None = ...,
         retry_at: _timestamp_pb2.Timestamp | None = ...,
         waited_on_by: _abc.Iterable[_builtins.str] | None = ...,
+        held_by: _builtins.str = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "retry_at", b"retry_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "held_by", b"held_by", "hold_reason", b"hold_reason", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,7 +355,7 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 
 @_typing.final
 class JobPhase(_message.Message):
-    """queued, provider_chosen, admitted, worker_created, registered, started, finished,
+    """queued, held, released, provider_chosen, admitted, worker_created, registered, started, finished,
     logs_stored, worker_released: a phase a requeued job passes again appears again,
     with its attempt.
     """
@@ -364,7 +373,8 @@ class JobPhase(_message.Message):
     detail: _builtins.str
     """Why an attempt ended (phases "requeued" and "finished"): the reason of its status
     change, e.g. "attempt 1 failed (exited with code 3); retry 1 of 2"; and how a cancelled
-    job's processes ended (phase "stopped"), e.g. "exited with code 143"; empty otherwise.
+    job's processes ended (phase "stopped"), e.g. "exited with code 143"; who held it and
+    why (phase "held"), e.g. "by alice: the data is not there yet"; empty otherwise.
     """
     cpu_seconds: _builtins.float
     """What an attempt that ran used (phases "finished", "requeued" and "stopped", as its worker

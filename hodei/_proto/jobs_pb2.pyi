@@ -70,6 +70,14 @@ class QueueJobRequest(_message.Message):
     SECRETS_FIELD_NUMBER: _builtins.int
     ARRAY_FIELD_NUMBER: _builtins.int
     AFTER_ARRAYS_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
+    hold: _builtins.bool
+    """Submit the job (every job of an array) held (`job run --hold`, Slurm's sbatch -H): it
+    waits out of its line until released (ReleaseJob).
+    """
+    hold_reason: _builtins.str
+    """Why, with hold (at most 1000 characters)."""
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
     @_builtins.property
@@ -99,10 +107,12 @@ class QueueJobRequest(_message.Message):
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         array: _abc.Iterable[_builtins.int] | None = ...,
         after_arrays: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        hold: _builtins.bool = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_arrays", b"after_arrays", "array", b"array", "secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_arrays", b"after_arrays", "array", b"array", "hold", b"hold", "hold_reason", b"hold_reason", "secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,6 +310,29 @@ class CancelJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_seconds) -> _WhichOneofReturnType__grace_seconds | None: ...
 
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class HoldJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    reason: _builtins.str
+    """Why it is held, shown with it in the queue (at most 1000 characters; may be empty)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldJobRequest: _TypeAlias = HoldJobRequest  # noqa: Y015
 
 @_typing.final
 class CancelJobResponse(_message.Message):

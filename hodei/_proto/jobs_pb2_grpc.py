@@ -70,6 +70,16 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
                 _registered_method=True)
+        self.HoldJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/HoldJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.HoldJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.ReleaseJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/ReleaseJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/hodei.jobs.JobExecutionService/WatchJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.WatchJobRequest.SerializeToString,
@@ -130,6 +140,21 @@ class JobExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldJob(self, request, context):
+        """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
+        it is admitted. Holding a held job changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseJob(self, request, context):
+        """A held job goes back into its line, at its submission's place.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams the job each time its state changes, ending at a terminal state.
         """
@@ -181,6 +206,16 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.SerializeToString,
+            ),
+            'HoldJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.HoldJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
+            ),
+            'ReleaseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -382,6 +417,60 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/RetryJob',
             hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/HoldJob',
+            hodei_dot_jobs_dot_jobs__pb2.HoldJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/ReleaseJob',
+            hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

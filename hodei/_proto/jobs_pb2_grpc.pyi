@@ -42,6 +42,12 @@ class JobExecutionServiceStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.QueueJobResponse]
     """Submits a finished job's spec (and secrets) again as a new job linked to it."""
+    HoldJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.HoldJobRequest, _jobs_pb2.GetJobResponse]
+    """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
+    it is admitted. Holding a held job changes nothing.
+    """
+    ReleaseJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
+    """A held job goes back into its line, at its submission's place."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]
@@ -60,6 +66,12 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
     """Submits a finished job's spec (and secrets) again as a new job linked to it."""
+    HoldJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.HoldJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
+    it is admitted. Holding a held job changes nothing.
+    """
+    ReleaseJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
+    """A held job goes back into its line, at its submission's place."""
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]  # type: ignore[assignment]
@@ -117,6 +129,24 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.QueueJobResponse, _abc.Awaitable[_jobs_pb2.QueueJobResponse]]:
         """Submits a finished job's spec (and secrets) again as a new job linked to it."""
+
+    @_abc_1.abstractmethod
+    def HoldJob(
+        self,
+        request: _jobs_pb2.HoldJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
+        """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
+        it is admitted. Holding a held job changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseJob(
+        self,
+        request: _jobs_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
+        """A held job goes back into its line, at its submission's place."""
 
     @_abc_1.abstractmethod
     def WatchJob(

@@ -111,6 +111,11 @@ def _cron_line(spec: common_pb2.JobSpec) -> str:
     return f"Cron job: {name}, its run of {spec.env.get(CRON_TIME_VARIABLE, '-')} (`cron get {name}`)"
 
 
+def _held_line(job: common_pb2.Job) -> str:
+    why = f": {job.hold_reason}" if job.hold_reason else ""
+    return f"Held: by {job.held_by}{why}; it waits out of line until `job release {job.id}`"
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     return [
         f"Job {job.id}",
@@ -118,6 +123,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Command: {' '.join([job.spec.command, *job.spec.args])}",
         f"Status: {status_text(job)}",
         *(["Stopping: its processes are ending in their cancel's grace"] if _stopping(job) else []),
+        *([_held_line(job)] if job.held_by else []),
         f"Provider: {job.provider_type or '-'} ({job.provider_id or '-'})",
         f"Worker: {job.worker_id or '-'}",
         f"Attempt: {job.attempt}",
@@ -201,8 +207,15 @@ def queue_request(args: argparse.Namespace) -> None:
         validate_array(indices)
         for index in indices:  # each job as the server will make it (its name, its environment)
             array_element(spec, str(UUID(int=0)), index, len(indices)).validate(secrets)
+    if args.hold_reason and not args.hold:
+        raise InvalidInput("--hold-reason says why a job submitted with --hold is held: add --hold")
     args.request = jobs_pb2.QueueJobRequest(
-        spec=spec_to_proto(spec), secrets=secrets, array=indices, after_arrays=parse_after(args.after_array or [])
+        spec=spec_to_proto(spec),
+        secrets=secrets,
+        array=indices,
+        after_arrays=parse_after(args.after_array or []),
+        hold=args.hold,
+        hold_reason=args.hold_reason or "",
     )
 
 
@@ -575,17 +588,46 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    """Each job given, in turn (``scancel 1 2 3``); with several, one that is refused (ended,
-    unknown) is said and the others are cancelled all the same (exit 2 at the end), and
-    ``-o json`` prints one job a line."""
-    job_ids = [args.job_id, *args.more_ids]
-    refused = 0
-    for job_id in job_ids:
+    def change(job_id: str) -> common_pb2.Job:
         request = jobs_pb2.CancelJobRequest(job_id=job_id, reason=args.reason or "")
         if args.grace is not None:
             request.grace_seconds = args.grace
+        cancelled: jobs_pb2.CancelJobResponse = client.call(client.jobs.CancelJob, request)
+        return cancelled.job
+
+    return _each_job(term, [args.job_id, *args.more_ids], change, status_text)
+
+
+def hold(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    def change(job_id: str) -> common_pb2.Job:
+        request = jobs_pb2.HoldJobRequest(job_id=job_id, reason=args.reason or "")
+        held: jobs_pb2.GetJobResponse = client.call(client.jobs.HoldJob, request)
+        return held.job
+
+    return _each_job(term, [args.job_id, *args.more_ids], change, lambda job: f"held by {job.held_by}")
+
+
+def release(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    def change(job_id: str) -> common_pb2.Job:
+        released: jobs_pb2.GetJobResponse = client.call(client.jobs.ReleaseJob, jobs_pb2.GetJobRequest(job_id=job_id))
+        return released.job
+
+    return _each_job(term, [args.job_id, *args.more_ids], change, lambda _: "released: back in its line")
+
+
+def _each_job(
+    term: Terminal,
+    job_ids: list[str],
+    change: Callable[[str], common_pb2.Job],
+    done: Callable[[common_pb2.Job], str],
+) -> int:
+    """Changes each job given, in turn (``scancel 1 2 3``, ``scontrol hold 1 2``); with
+    several, one that is refused (ended, unknown) is said and the others are changed all
+    the same (exit 2 at the end), and ``-o json`` prints one job a line."""
+    refused = 0
+    for job_id in job_ids:
         try:
-            job = client.call(client.jobs.CancelJob, request).job
+            job = change(job_id)
         except grpc.RpcError as exc:
             if len(job_ids) == 1 or exc.code() not in REFUSED:
                 raise
@@ -597,7 +639,7 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         elif term.json:
             term.data(job_dict(job))
         else:
-            term.success(f"Job {job.id} {status_text(job)}")
+            term.success(f"Job {job.id} {done(job)}")
     return 2 if refused else 0
 
 
@@ -713,6 +755,10 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
         )
         stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
+    if name in ("hold", "release"):
+        parser.add_argument("more_ids", nargs="*", metavar="ID", help=f"more jobs to {name} the same way")
+    if name == "hold":
+        parser.add_argument("--reason", help="shown with the job in the queue while it is held")
     if name == "watch":
         parser.add_argument(
             "more_ids", nargs="*", metavar="ID", help="more jobs to watch, each in turn; exits with the highest code"
@@ -841,6 +887,12 @@ def add_commands(commands: Any) -> Any:
             "the job waits in the queue out of line until then, holding no slot"
         ),
     )
+    run_parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="submit it held: it waits in the queue out of line until `job release` (an array: every job)",
+    )
+    run_parser.add_argument("--hold-reason", metavar="TEXT", help="why, with --hold: shown with it in the queue")
     add_wait_options(run_parser)
     run_parser.set_defaults(handler=run, prepare=queue_request)
 
@@ -852,6 +904,8 @@ def add_commands(commands: Any) -> Any:
         ("events", events, "list the job's domain events"),
         ("history", history, "the job after each of its events, or at one moment (--at, --version)"),
         ("retry", retry, "submit a finished job again as a new job linked to it; prints the new id"),
+        ("hold", hold, "keep a job waiting in the queue out of its line until released"),
+        ("release", release, "put a held job back in its line"),
     ):
         parser = job.add_parser(name, help=text)
         add_job_id(parser)

@@ -107,6 +107,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "job get": (JOB, False),
     "job list": (_object(jobs=_array(JOB), total_count={"type": "integer"}), False),
     "job cancel": (JOB, False),
+    "job hold|release": (JOB, False),
     "job retry": (_object(job_id=_STRING, retry_of=_STRING), False),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),

@@ -94,6 +94,7 @@ class Console:
         app.router.add_get("/jobs/{id}/logs", self.follow_logs)
         app.router.add_post("/jobs/{id}/cancel", self.cancel)
         app.router.add_post("/jobs/{id}/retry", self.retry)
+        app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
         app.router.add_get("/providers", self.providers)
         app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
         app.router.add_get("/workers", self.workers)
@@ -313,6 +314,15 @@ class Console:
         if (await request.post()).get("force"):
             cancel.grace_seconds = 0  # Kill: `job cancel --force`
         await self._call(request, JOBS + "CancelJob", cancel)
+        raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
+    async def hold(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        job_id = request.match_info["id"]
+        if request.match_info["action"] == "hold":
+            await self._call(request, JOBS + "HoldJob", jobs_pb2.HoldJobRequest(job_id=job_id))
+        else:
+            await self._call(request, JOBS + "ReleaseJob", jobs_pb2.GetJobRequest(job_id=job_id))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
     async def retry(self, request: web.Request) -> web.Response:

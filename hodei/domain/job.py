@@ -93,6 +93,9 @@ class Job(HodeiAggregate):
         # stays until it reports them stopped (``stopped``) or is lost.
         self.stop_by: datetime | None = None
         self.stopped = False
+        # Held in the queue (`job hold`): who held it (None: not held) and why.
+        self.held_by: str | None = None
+        self.hold_reason = ""
 
     @classmethod
     def submit(
@@ -138,10 +141,31 @@ class Job(HodeiAggregate):
         """The current attempt gets a slot of its provider: it leaves the queue."""
         if self.state is not JobState.PENDING:
             raise InvalidTransition(f"job {self.id} is {self.state}: only a queued job is admitted")
+        if self.held_by is not None:
+            raise InvalidTransition(f"job {self.id} is held by {self.held_by}: it is admitted once released")
         if self.provider_type is None:
             raise InvalidTransition(f"job {self.id} has no provider yet")
         if not self.admitted:
             self._admitted(attempt=self.attempt, provider_type=self.provider_type)
+
+    def hold(self, by: str, reason: str = "") -> None:
+        """Keeps a queued job out of its line until released (Slurm's ``scontrol hold``,
+        a suspended Kubernetes Job): only while it waits for a slot, since an admitted
+        job's worker is already being made (cancel that one instead). Holding a held job
+        changes nothing: the first hold stands."""
+        if self.state is not JobState.PENDING or self.admitted:
+            where = self.state if self.state is not JobState.PENDING else "already starting (admitted to a slot)"
+            raise InvalidTransition(
+                f"job {self.id} is {where}: only a job waiting in the queue can be held (cancel it instead)"
+            )
+        if self.held_by is None:
+            self._held(by=by, reason=reason)
+
+    def release(self) -> None:
+        """A held job goes back into its line, where it was (its submission's place)."""
+        if self.held_by is None or self.is_terminal:
+            raise InvalidTransition(f"job {self.id} is {self.state} and not held: nothing to release")
+        self._released(held_by=self.held_by)
 
     def assign(self, worker_id: str, provider_id: str, provider_type: str) -> None:
         if self.state is JobState.ASSIGNED and self.worker_id == worker_id:
@@ -302,6 +326,16 @@ class Job(HodeiAggregate):
     @event("JobAdmitted")
     def _admitted(self, attempt: int, provider_type: str) -> None:
         self.admitted_attempt = attempt
+
+    @event("JobHeld")
+    def _held(self, by: str, reason: str) -> None:
+        self.held_by = by
+        self.hold_reason = reason
+
+    @event("JobReleased")
+    def _released(self, held_by: str) -> None:
+        self.held_by = None
+        self.hold_reason = ""
 
     @event("JobAssigned")
     def _assigned(self, worker_id: str, provider_id: str, provider_type: str) -> None:

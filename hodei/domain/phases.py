@@ -16,6 +16,8 @@ from hodei.domain.job import JobState
 
 PHASES = (
     "queued",
+    "held",
+    "released",
     "provider_chosen",
     "admitted",
     "worker_created",
@@ -30,6 +32,8 @@ PHASES = (
 
 _BY_EVENT = {
     "JobCreated": "queued",
+    "JobHeld": "held",
+    "JobReleased": "released",
     "JobProviderSelected": "provider_chosen",
     "JobAdmitted": "admitted",
     "WorkerResourceCreated": "worker_created",
@@ -73,6 +77,9 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
                 attempt += 1
             elif new_state.is_terminal:
                 found.append(Phase("finished", at, attempt, reason, *usage))
+        elif event_type == "JobHeld":
+            why = f": {payload['reason']}" if payload.get("reason") else ""
+            found.append(Phase("held", at, attempt, f"by {payload['by']}{why}"))
         elif event_type == "JobStopped":
             code = payload.get("exit_code")
             how = "" if code is None else f"exited with code {code}"

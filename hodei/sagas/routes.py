@@ -7,6 +7,7 @@ its worker is still there: it holds the slot until its WorkerTerminated)
                             -> admit queued jobs of that provider (hodei.admission)
 JobAssigned                 -> its worker registered: admit, where the provider's starts
                                are limited
+JobReleased                 -> admit queued jobs of its provider (it is back in its line)
 SagaCompleted (provisioning)-> nothing: the transaction that completed it started EXECUTION
                                (SagaDefinition.then; its payload's `then` says so). A
                                SagaCompleted without `then` was written by an older server,
@@ -99,6 +100,11 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
                 admission.admit(ProviderType(job.provider_type))  # the queue moves: a slot, or a place
         engine.poke(job_id, delivery.ack)
 
+    def job_released(delivery: Delivery) -> None:
+        job = store.load(Job, delivery.event.aggregate_id)
+        if job.provider_type is not None:  # back in its line: a round may admit it now
+            admission.admit(ProviderType(job.provider_type), delivery.ack)
+
     def worker_terminated(delivery: Delivery) -> None:
         worker = store.load(Worker, delivery.event.aggregate_id)
         admission.admit(ProviderType(worker.provider_type))  # its slot is free
@@ -149,6 +155,7 @@ def build(engine: SagaEngine, store: HodeiStore, admission: Admission) -> dict[s
         "JobCreated": Route(job_created),
         "JobProviderSelected": Route(provider_selected, wants=lambda event: not event.payload.get("admitted")),
         "JobAdmitted": poke_route,
+        "JobReleased": Route(job_released),
         "JobAssigned": Route(job_assigned, wants=lambda event: event.payload.get("provider_type") in limited),
         "JobStatusChanged": Route(job_status_changed),
         "WorkerRegistered": poke_route,

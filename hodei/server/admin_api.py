@@ -65,9 +65,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         return status
 
     def _why(self, queued: QueuedJob, now: datetime, capacities: dict[str, Capacity]) -> str:
-        """Why a queued job has not left the queue: its retry's backoff, its begin time
-        (--begin), a job it starts after (--after), its array's limit, or its provider's
-        capacity."""
+        """Why a queued job has not left the queue: a hold, its retry's backoff, its begin
+        time (--begin), a job it starts after (--after), its array's limit, or its
+        provider's capacity."""
+        if queued.held_by is not None:
+            why = f": {queued.hold_reason}" if queued.hold_reason else ""
+            return f"held by {queued.held_by}{why} (job release)"
         if queued.retry_at and queued.retry_at > now:
             return f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
         if queued.begin_at:

@@ -121,4 +121,6 @@ def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.J
         retried_by=[str(job_id) for job_id in row.retried_by],
         waited_on_by=[str(job_id) for job_id in row.waited_on_by],
         retry_at=timestamp(row.retry_at),
+        held_by=row.held_by or "" if state is JobState.PENDING else "",
+        hold_reason=row.hold_reason or "" if state is JobState.PENDING else "",
     )

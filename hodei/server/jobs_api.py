@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +13,7 @@ from uuid import uuid4
 
 import grpc
 
-from hodei._proto import jobs_pb2, jobs_pb2_grpc
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
@@ -84,25 +84,30 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
+        if request.hold_reason and not request.hold:
+            raise InvalidInput("a hold's reason is for a job submitted held (hold)")
+        hold_reason = _hold_reason(request.hold_reason)
         if request.array:
-            return self._queue_array(spec, secrets, list(request.array))
-        job_id = uuid4()
-        job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets))
-        self.store.write([job], Meta(actor=caller().name, correlation_id=str(job_id)))
-        return jobs_pb2.QueueJobResponse(job_id=str(job_id))
-
-    def _queue_array(self, spec: JobSpec, secrets: dict[str, str], indices: list[int]) -> jobs_pb2.QueueJobResponse:
-        """Every job of the array, or none: one write (each job's events correlated with
-        the job itself, as a job submitted alone)."""
-        validate_array(indices)
-        ids = [uuid4() for _ in indices]
-        array_id = str(ids[0])
+            validate_array(list(request.array))
+        ids = [uuid4() for _ in request.array or [0]]
+        if request.array:
+            array_id = str(ids[0])
+            specs = [array_element(spec, array_id, index, len(ids)) for index in request.array]
+        else:
+            specs = [spec]
+        who = caller().name
         jobs = [
-            Job.submit(array_element(spec, array_id, index, len(indices)), job_id, self.secrets.seal(job_id, secrets))
-            for index, job_id in zip(indices, ids, strict=True)
+            Job.submit(job_spec, job_id, self.secrets.seal(job_id, secrets))
+            for job_spec, job_id in zip(specs, ids, strict=True)
         ]
-        self.store.write(jobs, Meta(actor=caller().name))
-        return jobs_pb2.QueueJobResponse(job_id=array_id, array_job_ids=[str(job_id) for job_id in ids])
+        if request.hold:
+            for job in jobs:
+                job.hold(who, hold_reason)
+        # Every job of an array, or none: one write (each job's events correlated with the
+        # job itself, as a job submitted alone).
+        self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else str(ids[0])))
+        array_job_ids = [str(job_id) for job_id in ids] if request.array else []
+        return jobs_pb2.QueueJobResponse(job_id=str(ids[0]), array_job_ids=array_job_ids)
 
     def _after(self, spec: JobSpec, after_arrays: Mapping[str, str] | None = None) -> JobSpec:
         """The spec with the jobs it starts after named by their whole ids, an array's
@@ -200,21 +205,36 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        row = self.reads.job(request.job_id)
-        who = caller()
-        _check_owner(who, row, "cancel")
         if len(request.reason) > 1000:
             raise InvalidInput("the reason must be at most 1000 characters")
-        reason = request.reason.strip() or f"cancelled by {who.name}"
+        reason = request.reason.strip() or f"cancelled by {caller().name}"
         grace = cancel_grace(request, self.kill_grace)
+        job = self._change(request.job_id, "cancel", lambda job: job.cancel(reason, grace))
+        return jobs_pb2.CancelJobResponse(job=job)
 
-        def cancel() -> tuple[None, list[Job]]:
+    @rpc
+    def HoldJob(self, request: jobs_pb2.HoldJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
+        reason, by = _hold_reason(request.reason), caller().name
+        return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "hold", lambda job: job.hold(by, reason)))
+
+    @rpc
+    def ReleaseJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
+        return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "release", Job.release))
+
+    def _change(self, job_ref: str, action: str, change: Callable[[Job], None]) -> common_pb2.Job:
+        """A person's command on one job, theirs (or anyone's, for the operate role); the
+        job as it is after it."""
+        row = self.reads.job(job_ref)
+        who = caller()
+        _check_owner(who, row, action)
+
+        def command() -> tuple[None, list[Job]]:
             job = self.store.load(Job, row.id)
-            job.cancel(reason, grace)
+            change(job)
             return None, [job]
 
-        self.store.command(Meta(actor=who.name, correlation_id=str(row.id)), cancel)
-        return jobs_pb2.CancelJobResponse(job=job_to_proto(self.reads.job(request.job_id)))
+        self.store.command(Meta(actor=who.name, correlation_id=str(row.id)), command)
+        return job_to_proto(self.reads.job(str(row.id)))
 
     @rpc
     def RetryJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -279,6 +299,12 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
 def may_act_on(who: Caller, submitted_by: str | None) -> bool:
     """Submitters act on (cancel, retry) their own jobs; the operate role on any."""
     return who.may(Role.OPERATE) or (who.may(Role.SUBMIT) and submitted_by == who.name)
+
+
+def _hold_reason(reason: str) -> str:
+    if len(reason) > 1000:
+        raise InvalidInput("a hold's reason must be at most 1000 characters")
+    return reason.strip()
 
 
 def _check_owner(who: Caller, row: JobRow, action: str) -> None:

@@ -71,9 +71,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "completed_at",
         "cancelled_by",
         "retry_at",
+        "held_by",
+        "hold_reason",
         "updated_at",
     ),
     "project_job_admitted": ("id", "at"),
+    "project_job_held": ("id", "at", "held_by", "reason"),
     "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
     "project_job_assigned": ("id", "at", "worker_id", "provider_id", "provider_type"),
     "project_job_touched": ("id", "at"),
@@ -467,6 +470,14 @@ def _job_assigned(cur: Sink, event: EventRecord) -> None:
     )
 
 
+def _job_held(cur: Sink, event: EventRecord) -> None:
+    _run(cur, "project_job_held", event, held_by=event.payload["by"], reason=event.payload["reason"])
+
+
+def _job_released(cur: Sink, event: EventRecord) -> None:
+    _run(cur, "project_job_held", event)
+
+
 def _job_touched(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_touched", event)
 
@@ -529,6 +540,10 @@ def _set_job_assigned(job: dict[str, Any], r: dict[str, Any]) -> None:
         provider_type=r["provider_type"],
         updated_at=r["at"],
     )
+
+
+def _set_job_held(job: dict[str, Any], r: dict[str, Any]) -> None:
+    job.update(held_by=r["held_by"], hold_reason=r["reason"], updated_at=r["at"])
 
 
 def _set_job_touched(job: dict[str, Any], r: dict[str, Any]) -> None:
@@ -630,6 +645,7 @@ _UPDATES: dict[str, dict[str, Update]] = {
         "project_job_admitted": _set_job_admitted,
         "project_job_provider_selected": _set_job_provider_selected,
         "project_job_assigned": _set_job_assigned,
+        "project_job_held": _set_job_held,
         "project_job_touched": _set_job_touched,
         "project_job_status_changed": _set_job_status,
     },
@@ -852,6 +868,8 @@ PROJECTORS: dict[str, Projector] = {
     "JobProviderSelected": _job_provider_selected,
     "JobAdmitted": _job_admitted,
     "JobAssigned": _job_assigned,
+    "JobHeld": _job_held,
+    "JobReleased": _job_released,
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
     "JobStopped": _job_touched,

@@ -187,14 +187,15 @@ ORDER BY aggregate_version;
 -- ends up rather than inserted and then updated.
 INSERT INTO jobs (id, created_at, name, spec, max_attempts, priority, retry_of, correlation_id, actor, state, attempt,
                   admitted_at, selected_provider_id, provider_type, worker_id, exit_code, error_message, started_at,
-                  completed_at, cancelled_by, retry_at, updated_at)
+                  completed_at, cancelled_by, retry_at, held_by, hold_reason, updated_at)
 SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name, (e->3) AS spec,
        (e->>4)::int AS max_attempts, (e->>5)::int AS priority, (e->>6)::uuid AS retry_of,
        (e->>7)::varchar AS correlation_id, (e->>8)::varchar AS actor, (e->>9)::varchar AS state, (e->>10)::int AS attempt,
        (e->>11)::timestamptz AS admitted_at, (e->>12)::uuid AS selected_provider_id,
        (e->>13)::varchar AS provider_type, (e->>14)::uuid AS worker_id, (e->>15)::int AS exit_code,
        (e->>16)::text AS error_message, (e->>17)::timestamptz AS started_at, (e->>18)::timestamptz AS completed_at,
-       (e->>19)::varchar AS cancelled_by, (e->>20)::timestamptz AS retry_at, (e->>21)::timestamptz AS updated_at
+       (e->>19)::varchar AS cancelled_by, (e->>20)::timestamptz AS retry_at, (e->>21)::varchar AS held_by,
+       (e->>22)::text AS hold_reason, (e->>23)::timestamptz AS updated_at
 FROM jsonb_array_elements(%s::jsonb) AS e;
 
 -- name: project_job_admitted
@@ -230,6 +231,16 @@ WHERE j.id = r.id;
 -- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j SET updated_at = r.at
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at FROM hodei.rows(%s::jsonb) AS e) AS r
+WHERE j.id = r.id;
+
+-- name: project_job_held
+-- A hold (`job hold`) or its release (both NULL). Its SET clauses have a Python twin in
+-- hodei.store.projections._UPDATES: change both.
+UPDATE jobs AS j SET held_by = r.held_by, hold_reason = r.reason, updated_at = r.at
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS held_by, (e->>3)::text AS reason
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
 WHERE j.id = r.id;
 
 -- name: project_job_status_changed
@@ -538,7 +549,7 @@ SELECT value FROM hodei.secrets WHERE name = 'installation_id';
 -- name: get_job
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
-       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
+       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
        ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
              ORDER BY d.created_at, d.id) AS waited_on_by
@@ -556,7 +567,7 @@ ORDER BY j.created_at, j.id;
 -- name: list_jobs
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
-       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at,
+       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
        ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
              ORDER BY d.created_at, d.id) AS waited_on_by
@@ -803,7 +814,7 @@ FROM live, admitted_without_worker;
 
 -- name: next_in_queue
 -- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none)
--- and those out of line (hodei.in_line). A job of an array with a limit (`--array …%N`) is
+-- and those out of line (held, or not hodei.in_line). A job of an array with a limit (`--array …%N`) is
 -- among them only while its array has room: its place among the array's queued jobs (in
 -- the queue's order) within the limit less the array's jobs admitted and not ended.
 WITH limited_queue AS (
@@ -812,7 +823,7 @@ WITH limited_queue AS (
                               ORDER BY j.priority DESC, j.created_at, j.id) AS place
     FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
-      AND j.spec ->> 'array_limit' <> '0' AND hodei.in_line(j.spec, j.retry_at)
+      AND j.spec ->> 'array_limit' <> '0' AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
 ), running AS MATERIALIZED (  -- counted once an array, not once a queued job of it
     SELECT a.array_id, hodei.array_running(a.array_id) AS running FROM (SELECT DISTINCT array_id FROM limited_queue) a
 ), limited AS (
@@ -820,19 +831,20 @@ WITH limited_queue AS (
 )
 SELECT j.id FROM jobs j
 WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
-  AND j.id IS DISTINCT FROM %(joining)s::uuid AND hodei.in_line(j.spec, j.retry_at)
+  AND j.id IS DISTINCT FROM %(joining)s::uuid AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
   AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
 ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
 
 -- name: queued_jobs
 -- The queue as people see it: each waiting job with its place in its provider's line, or,
--- while it is out of line, none (0) and why: the time it begins (--begin), a job it starts
--- after (--after: that job's id, state and the condition asked of it), or its array's limit
+-- while it is out of line, none (0) and why: held (`job hold`: by whom, why), the time it
+-- begins (--begin), a job it starts after (--after: that job's id, state and the condition
+-- asked of it), or its array's limit
 -- (`--array …%N`: the limit, its array's jobs admitted and not ended, and its place among its
 -- array's ready jobs: out of line past the limit, as an admission round counts them).
 WITH queued AS (
-    SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at,
+    SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at, j.held_by, j.hold_reason,
            nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
            CASE WHEN j.spec -> 'after' <> '{}' THEN  -- most jobs wait for none: no lookup
                (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
@@ -848,17 +860,17 @@ WITH queued AS (
     FROM (SELECT DISTINCT array_id FROM queued WHERE array_limit > 0) a
 ), places AS (  -- a limited array's jobs ready to go, in the queue's order: next_in_queue's rule
     SELECT id, row_number() OVER (PARTITION BY array_id ORDER BY priority DESC, created_at, id) AS array_place
-    FROM queued WHERE array_limit > 0 AND waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE)
+    FROM queued WHERE array_limit > 0 AND held_by IS NULL AND waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE)
 ), lined AS (
     SELECT q.*, coalesce(r.running, 0) AS array_running, p.array_place,
-           q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
+           q.held_by IS NULL AND q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
            AND (q.array_limit = 0 OR r.running + p.array_place <= q.array_limit) AS in_line
     FROM queued q
     LEFT JOIN running r ON q.array_limit > 0 AND r.array_id = q.array_id
     LEFT JOIN places p ON q.array_limit > 0 AND p.id = q.id
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
-       CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for, array_limit, array_running, array_place,
+       held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for, array_limit, array_running, array_place,
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position

@@ -59,6 +59,9 @@ class JobRow:
     cancelled_by: str | None
     retry_of: UUID | None
     retry_at: datetime | None
+    # Held in the queue (`job hold`): by whom (None: not held) and why.
+    held_by: str | None
+    hold_reason: str | None
     retried_by: list[UUID]
     # The jobs submitted to start after this one (--after).
     waited_on_by: list[UUID]
