@@ -38,7 +38,7 @@ def tokens(database_url: str) -> dict[str, str]:
 def server(
     database_url: str, tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    with ServerProcess(database_url, tmp_path_factory.mktemp("cron"), {}) as process:
+    with ServerProcess(database_url, tmp_path_factory.mktemp("cron"), {"HODEI_SIM_ENABLED": "1"}) as process:
         yield process
     print(process.logs()[-5000:])
 
@@ -220,6 +220,17 @@ def test_a_bad_cron_job_is_refused_with_what_is_wrong_and_nothing_is_written(
         server.database_url,
         "SELECT count(*) FROM domain_events WHERE aggregate_type = 'CronJob' AND payload ->> 'name' = 'nightly'",
     ) == [(0,)]
+
+
+def test_cron_run_refuses_an_env_its_job_could_not_run_with(server: ServerProcess, tokens: dict[str, str]) -> None:
+    """`cron run --env` goes over the definition's checked spec: checked again, as `job run`'s."""
+    alice = tokens["alice"]
+    cli(server, alice, "cron", "create", "simmed", "--schedule", "@yearly", "-p", "sim", "-c", "true")
+    for env, message in [("HODEI_SIM_SECONDS=soon", "HODEI_SIM_SECONDS"), ("1X=2", "malformed --env")]:
+        refused = cli(server, alice, "cron", "run", "simmed", "--env", env, check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert jobs_of(server, "simmed") == []
+    cli(server, alice, "cron", "delete", "simmed")
 
 
 def test_the_api_refuses_what_the_cli_cannot_send(server: ServerProcess, tokens: dict[str, str]) -> None:

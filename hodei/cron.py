@@ -9,6 +9,7 @@ the second's JobCreated is refused by the event log and it finds the job there.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -62,6 +63,10 @@ class CronJobs:
         # When to look at each cron job again (its next slot), and at which version of it.
         self._next: dict[UUID, tuple[int, datetime]] = {}
         self._lock = threading.Lock()
+        # Times this process skipped, by (cron job, why: "forbid" or "deadline"), since it
+        # started: a Prometheus counter (hodei.metrics), not events, which would grow a cron
+        # job's log with every skipped time.
+        self._skipped: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # Definitions ---------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class CronJobs:
             slot = cron.due(now)
             late = cron.too_late(now) if slot is None else None
             if late is not None and self.store.find(Job, slot_job_id(cron.id, late)) is None:  # not run before
+                self._skip(cron.name, "deadline")
                 log.info(
                     "cron job %s skips its run of %s: %.0fs late, past its starting deadline of %gs",
                     cron.name,
@@ -194,6 +200,7 @@ class CronJobs:
             else [run for run in self.active_jobs(cron.name) if run.job_id != job_id]
         )
         if running and concurrency is Concurrency.FORBID:
+            self._skip(cron.name, "forbid")
             log.info(
                 "cron job %s skips its run of %s: job %s is still %s (concurrency forbid)",
                 cron.name,
@@ -207,6 +214,16 @@ class CronJobs:
         self._submit(cron, job_id, slot, Meta(actor=cron.owner, correlation_id=str(job_id)))
         log.info("cron job %s started job %s for %s", cron.name, job_id, slot.isoformat())
         return job_id
+
+    def _skip(self, name: str, why: str) -> None:
+        with self._lock:
+            self._skipped[name, why] += 1
+
+    def skipped(self) -> dict[tuple[str, str], int]:
+        """The times this process skipped since it started, by (cron job, "forbid" or
+        "deadline")."""
+        with self._lock:
+            return dict(self._skipped)
 
     def _cancel(self, job_id: UUID, reason: str) -> None:
         def cancel() -> tuple[bool, list[Job]]:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hodei.cron import CronJobs
@@ -100,7 +100,8 @@ class _Scraped(Collector):
     def _cron_jobs(self) -> Iterator[Metric]:
         """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each
         cron job last started a job and how that job stands, when it next does, whether it
-        is paused."""
+        is paused; and the times this server skipped (every server that sweeps finds the
+        same skipped time: ``max by (cron, reason)``, not ``sum``, across servers)."""
         every = self.cron_jobs.all()
         newest = self.cron_jobs.newest_jobs([cron.name for cron in every])
         now = datetime.now(UTC)
@@ -123,7 +124,15 @@ class _Scraped(Collector):
                 [moment] = cron.definition.schedule.following(now, 1)
                 following.add_metric([cron.name], moment.timestamp())
             paused.add_metric([cron.name], 1.0 if cron.paused else 0.0)
-        yield from (last, state, following, paused)
+        skipped = CounterMetricFamily(
+            "hodei_cron_job_skipped",
+            "Times of the cron job this server skipped since it started: a job of an earlier time had not ended "
+            "(forbid), or the time was past its starting deadline (deadline)",
+            labels=["cron", "reason"],
+        )
+        for (name, why), count in sorted(self.cron_jobs.skipped().items()):
+            skipped.add_metric([name, why], count)
+        yield from (last, state, following, paused, skipped)
 
 
 class PlatformMetrics:

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from prometheus_client import generate_latest
 
 from hodei import cron as cron_module
 from hodei.cron import CronJobs
@@ -16,8 +17,10 @@ from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJ
 from hodei.domain.job import Job, JobState
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, InvalidTransition, NotFound, StoreUnavailable
+from hodei.metrics import PlatformMetrics
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
+from hodei.store.readmodels import ReadModels
 from hodei.testing import query, spy
 
 SPEC = JobSpec(name="report", command="echo hi", timeout_seconds=30.0, provider="local")
@@ -97,6 +100,7 @@ def test_a_slot_within_its_starting_deadline_runs_late_and_one_past_it_does_not(
     assert f"cron job late skips its run of {slot.isoformat()}: 121s late, past its starting deadline of 120s" in (
         caplog.text
     )
+    assert cron_jobs.skipped() == {("late", "deadline"): 1}  # /metrics: hodei_cron_job_skipped_total
     clock.now = slot + timedelta(hours=1, seconds=119)
     assert len(cron_jobs.fire_due()) == 1
     caplog.clear()
@@ -117,6 +121,10 @@ def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
     [running] = cron_jobs.fire_due()
     clock.now = first + timedelta(minutes=1)
     assert cron_jobs.fire_due() == []
+    assert cron_jobs.fire_due() == []  # looked at again only at its next time: one skip
+    assert cron_jobs.skipped() == {("once-at-a-time", "forbid"): 1}
+    scraped = generate_latest(PlatformMetrics(ReadModels(store.pool), cron_jobs).registry).decode()
+    assert 'hodei_cron_job_skipped_total{cron="once-at-a-time",reason="forbid"} 1.0' in scraped
     assert [run.job_id for run in cron_jobs.active_jobs("once-at-a-time")] == [running]
     job = store.load(Job, running)
     job.cancel("the test ends it")
