@@ -185,6 +185,10 @@ def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(
     assert held.status_code == 303 and held.headers["Location"] == f"/jobs/{job_id}"
     shown = owner.get(page).text
     assert 'id="release"' in shown and re.search(r'<td id="held">by submit-person; it waits out of its line', shown)
+    listed = owner.get(f"{guarded.http_url}/jobs?state=PENDING").text
+    row = re.search(rf'<tr data-job="{job_id}"[^>]*>(.*?)</tr>', listed, re.S)
+    assert row is not None
+    assert '<span class="note" title="held by submit-person: job release">held</span>' in row.group(1)
     queue = browser(guarded, tokens["read"]).get(f"{guarded.http_url}/queue").text
     row = re.search(rf'<tr data-job="{job_id}">(.*?)</tr>', queue, re.S)
     assert row is not None and "held by submit-person (job release)" in row.group(1)

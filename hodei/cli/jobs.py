@@ -575,7 +575,7 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
             [
                 job.id,
                 job.spec.name,
-                job.state,
+                f"{job.state} (held)" if job.held_by else job.state,
                 job.provider_type or "-",
                 str(job.exit_code) if job.has_exit_code else "-",
                 when(job, "created_at", "auto"),
