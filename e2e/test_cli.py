@@ -206,33 +206,82 @@ def test_an_array_submits_a_job_per_index_and_waits_for_the_highest_exit_code(se
         wait_settled(server.database_url, job_id)
 
 
+def assert_at_most_two_at_once(url: str, job_ids: list[str]) -> None:
+    """Every job ran, and at each one's start at most one other was running."""
+    spans = query(
+        url, "SELECT started_at, completed_at FROM jobs WHERE id = ANY(%s::uuid[]) ORDER BY started_at", (job_ids,)
+    )
+    assert len(spans) == len(job_ids) and all(started and ended for started, ended in spans)
+    for started, _ in spans:
+        assert sum(1 for s, e in spans if s <= started < e) <= 2
+
+
+def out_of_line(server: ServerProcess, job_ids: list[str], what: str) -> list[dict[str, Any]]:
+    """The queue's entries of those jobs waiting out of line, once there are some."""
+
+    def found() -> list[dict[str, Any]] | None:
+        queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+        return [job for job in queued if job["job_id"] in job_ids and job["position"] == 0] or None
+
+    return eventually(found, what=what)
+
+
 def test_an_array_with_a_limit_runs_at_most_that_many_of_its_jobs_at_once(server: ServerProcess) -> None:
     """Slurm's `--array 0-5%2`: the queue says why the rest wait; never more than two run
     together, and each next one starts as one ends. A limit without an array is refused."""
     url = server.database_url
     job_ids = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-5%2", check=True).stdout.split()
-
-    def held() -> list[dict[str, Any]] | None:
-        queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
-        ours = [job for job in queued if job["job_id"] in job_ids and job["position"] == 0]
-        return ours or None
-
-    waiting = eventually(held, what="the array's jobs past its limit wait, saying why")
+    waiting = out_of_line(server, job_ids, "the array's jobs past its limit wait, saying why")
     assert waiting[0]["reason"].startswith("its array runs at most 2 jobs at once (--array …%2): ")
     for job_id in job_ids:
         wait_settled(url, job_id, 60)
-    spans = query(
-        url, "SELECT started_at, completed_at FROM jobs WHERE id = ANY(%s::uuid[]) ORDER BY started_at", (job_ids,)
-    )
-    assert len(spans) == 6 and all(started and ended for started, ended in spans)
-    for started, _ in spans:  # jobs running at each start: itself and at most one other
-        assert sum(1 for s, e in spans if s <= started < e) <= 2
+    assert_at_most_two_at_once(url, job_ids)
     with server.channel() as channel:
         spec = common_pb2.JobSpec(name="n", command="true", timeout_seconds=30, provider="local", array_limit=2)
         with pytest.raises(grpc.RpcError) as refused:
             jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "an array's limit (--array …%N) is for the jobs of an array" in str(refused.value.details())
+
+
+def test_a_pool_runs_at_most_its_size_of_the_jobs_naming_it(server: ServerProcess) -> None:
+    """Airflow's pools, Slurm's licenses: `pool set db 2`, then five jobs naming it (an array's,
+    submitted together): never
+    more than two run at once, the queue says why the others wait, `pool list` counts them.
+    Bad input is refused, with nothing written."""
+    url = server.database_url
+    assert server.cli("pool", "set", "db", "2", check=True).stdout.split()[-4:] == ["db", "2", "0", "0"]
+    ran = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-4", "--pool", "db", check=True)
+    job_ids = ran.stdout.split()
+    waiting = out_of_line(server, job_ids, "the pool's jobs past its size wait, saying why")
+    assert waiting[0]["reason"].startswith("its pool db runs at most 2 jobs at once: 2 running")
+    [listed] = json.loads(server.cli("pool", "list", "-o", "json", check=True).stdout)
+    assert (listed["name"], listed["size"]) == ("db", 2) and listed["running"] <= 2
+    assert "Pool: db (`pool get db`)" in server.cli("job", "get", job_ids[0], check=True).stdout
+    for job_id in job_ids:
+        wait_settled(url, job_id, 60)
+    assert_at_most_two_at_once(url, job_ids)
+    assert json.loads(server.cli("pool", "get", "db", "-o", "json", check=True).stdout) == {
+        "name": "db",
+        "size": 2,
+        "running": 0,
+        "queued": 0,
+    }
+
+    events = query(url, "SELECT count(*) FROM domain_events")
+    for args, said in [
+        (("job", "run", "-p", "local", "-c", "true", "--pool", "nowhere"), "no pool 'nowhere'"),
+        (("job", "run", "-p", "local", "-c", "true", "--pool", "x/y"), "a pool's name is 1 to 63"),
+        (("pool", "set", "two words", "1"), "a pool's name is 1 to 63"),
+        (("pool", "set", "db", "-1"), "size"),
+        (("pool", "set", "db", "100001"), "a pool's size is 0 (its jobs wait) to 100000"),
+        (("pool", "delete", "nowhere"), "pool 'nowhere' not found"),
+    ]:
+        refused = server.cli(*args)
+        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+    assert query(url, "SELECT count(*) FROM domain_events") == events
+    server.cli("pool", "delete", "db", check=True)
+    assert json.loads(server.cli("pool", "list", "-o", "json", check=True).stdout) == []
 
 
 def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(

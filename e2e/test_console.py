@@ -165,6 +165,21 @@ def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, t
     wait_settled(guarded.database_url, later)
     assert f'data-job="{later}"' not in reader.get(f"{guarded.http_url}/queue").text
 
+    # A pool with no room: its job waits, and the page lists the pool.
+    guarded.cli("pool", "set", "gpu", "0", check=True)
+    pooled = run(guarded, "--pool", "gpu")
+
+    def pool_shown() -> str | None:
+        page = reader.get(f"{guarded.http_url}/queue").text
+        return page if "its pool gpu" in page else None
+
+    page = eventually(pool_shown, what="the pool's job on the queue page")
+    row = re.search(rf'<tr data-job="{pooled}">(.*?)</tr>', page, re.S)
+    assert row is not None and "its pool gpu runs at most 0 jobs at once: 0 running" in row.group(1)
+    assert '<tr data-pool="gpu"><td>gpu</td><td>0</td><td>0</td><td>1</td></tr>' in page
+    guarded.cli("job", "cancel", pooled, check=True)
+    guarded.cli("pool", "delete", "gpu", check=True)
+
 
 def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(
     guarded: ServerProcess, tokens: dict[str, str]

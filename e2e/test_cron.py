@@ -203,6 +203,7 @@ def test_replace_cancels_the_running_job_of_the_time_before(server: ServerProces
         (["night ly", "--schedule", "@daily", "-c", "true"], "a cron job's name is 1 to 63"),
         (["nightly", "--schedule", "@daily", "-c", ""], "command must not be empty"),
         (["nightly", "--schedule", "@daily", "-c", "true", "-p", "nowhere"], "unknown provider `nowhere`"),
+        (["nightly", "--schedule", "@daily", "-c", "true", "--pool", "nowhere"], "no pool 'nowhere'"),
         (["nightly", "--schedule", "@daily", "-c", "true", "--env", "=x"], "malformed --env"),
         (["nightly", "--schedule", "@daily", "-c", "true", "--timeout", "-1"], "--timeout must be a positive"),
         (["nightly", "--schedule", "@daily", "-c", "true", "--starting-deadline", "soon"], "--starting-deadline"),

@@ -55,6 +55,7 @@ def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[
 # {running}: a job running now, {held}: a job submitted held.
 PROVIDER = "provider get|enable|disable|health|capacity"
 CRON = "cron create|get|pause|resume|delete"
+POOL = "pool set|get|delete"
 CASES: list[tuple[str, list[str], int]] = [
     ("job run", ["job", "run", "--provider", "local", "--command", "true"], 0),
     ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
@@ -94,6 +95,10 @@ CASES: list[tuple[str, list[str], int]] = [
     ("cron run --wait", ["cron", "run", "nightly", "--wait"], 0),
     ("cron run --follow", ["cron", "run", "nightly", "--follow"], 0),
     (CRON, ["cron", "delete", "nightly"], 0),
+    (POOL, ["pool", "set", "shapes", "2"], 0),
+    (POOL, ["pool", "get", "shapes"], 0),
+    ("pool list", ["pool", "list"], 0),
+    (POOL, ["pool", "delete", "shapes"], 0),
 ]
 
 

@@ -17,7 +17,10 @@ submitted with ``--begin`` keeps out of its line until its time, one with
 query); one that ended otherwise makes it a job that never starts, cancelled by the
 sweeper's round (``cancel_never_started``). A job of an array with a limit (``--array
 0-99%4``) leaves the queue only while fewer of its array's jobs than that are admitted and
-not ended (``next_in_queue`` counts each limited array once a round).
+not ended (``next_in_queue`` counts each limited array once a round); a job of a pool
+(``--pool``) only while fewer of the pool's jobs than its size are, on any provider: a round
+takes the locks of the pools its queue holds (in their names' order, after the provider's),
+so rounds of different providers count each other's admissions.
 """
 
 from __future__ import annotations
@@ -85,10 +88,25 @@ class QueuedJob:
     array_limit: int = 0
     array_running: int = 0
     array_place: int | None = None
+    # A job of a pool (--pool): its size (None: no such pool), its jobs admitted and not
+    # ended, and its place among the pool's jobs of its provider ready to go.
+    pool: str = ""
+    pool_size: int | None = None
+    pool_running: int = 0
+    pool_place: int | None = None
 
     @property
     def past_array_limit(self) -> bool:
         return bool(self.array_limit) and self.array_running + (self.array_place or 0) > self.array_limit
+
+    @property
+    def past_pool_size(self) -> bool:
+        """Out of line because its pool is full (or gone), nothing else holding it back."""
+        return (
+            bool(self.pool)
+            and self.pool_place is not None
+            and self.pool_running + self.pool_place > (self.pool_size or 0)
+        )
 
 
 @dataclass(frozen=True)
@@ -199,6 +217,8 @@ class Admission:
             free = self._room(provider)
             if free == 0:
                 return 0, []
+            for name in fetch_column(self.pool, "pools_of_queue", (provider.value,)):
+                fetch_value(self.pool, "lock_pool", (name,))  # in one order: rounds never deadlock
             admitted = []
             queued = {"provider": provider.value, "limit": free, "joining": None}
             for job_id in fetch_column(self.pool, "next_in_queue", queued):
@@ -231,6 +251,8 @@ class Admission:
             return False  # a round admits it once the jobs it starts after have ended
         if job.spec.array_limit:
             return False  # a round admits it while its array has room
+        if job.spec.pool:
+            return False  # a round admits it while its pool has room (under the pool's lock)
         begins = job.spec.begins
         if begins is not None and begins > now:
             return False  # a round admits it once its time has come

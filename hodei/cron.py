@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
-from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, check_name, cron_id, slot_job_id
+from hodei.domain.base import check_name
+from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id
 from hodei.domain.job import Job
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
 from hodei.roles import SYSTEM
@@ -74,7 +75,7 @@ class CronJobs:
         self, name: str, definition: Definition, secrets: Mapping[str, str], actor: str, *, replace: bool
     ) -> CronJob:
         """A new cron job, or (``replace``, or a deleted one's name) a new definition."""
-        check_name(name)
+        check_name(name, "a cron job")
         definition.validate(secrets)
         sealed = self.secrets.seal_for_cron_job(cron_id(name), secrets)
         # Counted before the command (whose loads are its own): two cron jobs created at

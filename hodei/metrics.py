@@ -8,7 +8,7 @@ delivery attempt, before its handler runs, so a retried row counts once (and a c
 between a claim or a write and its count, not at all); a restart starts the counters
 again, as Prometheus expects of counters. Gauges are read when scraped: the outbox from the database, provider
 health from the providers' recorded probes, connected workers from this process, cron jobs
-from the log and their jobs from the read model.
+and pools from the log and their jobs from the read model.
 
 Durations pair an event with the one that began what it ends (StepStarted with its
 StepCompleted, JobCreated with the job's end; a StepRan carries its own start). Where
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from hodei.cron import CronJobs
 from hodei.domain.job import JobState
+from hodei.pools import Pools
 from hodei.store.events import EventRecord
 from hodei.store.readmodels import ReadModels
 
@@ -74,10 +75,11 @@ class _Recent(Generic[V]):
 class _Scraped(Collector):
     """Gauges read at scrape time."""
 
-    def __init__(self, reads: ReadModels, connected: Callable[[], int], cron_jobs: CronJobs) -> None:
+    def __init__(self, reads: ReadModels, connected: Callable[[], int], cron_jobs: CronJobs, pools: Pools) -> None:
         self.reads = reads
         self.connected = connected
         self.cron_jobs = cron_jobs
+        self.pools = pools
 
     def collect(self) -> Iterator[Metric]:
         pending, dead, lag_ms = self.reads.outbox_stats()
@@ -96,6 +98,17 @@ class _Scraped(Collector):
             healthy.add_metric([provider.provider_type], 1.0 if provider.health == "HEALTHY" else 0.0)
         yield healthy
         yield from self._cron_jobs()
+        yield from self._pools()
+
+    def _pools(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily("hodei_pool_size", "How many of the pool's jobs may run at once", labels=["pool"])
+        running = GaugeMetricFamily("hodei_pool_running", "The pool's jobs admitted and not ended", labels=["pool"])
+        queued = GaugeMetricFamily("hodei_pool_queued", "The pool's jobs waiting in the queue", labels=["pool"])
+        for pool in self.pools.all():
+            size.add_metric([pool.name], pool.size)
+            running.add_metric([pool.name], pool.running)
+            queued.add_metric([pool.name], pool.queued)
+        yield from (size, running, queued)
 
     def _cron_jobs(self) -> Iterator[Metric]:
         """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each
@@ -136,7 +149,7 @@ class _Scraped(Collector):
 
 
 class PlatformMetrics:
-    def __init__(self, reads: ReadModels, cron_jobs: CronJobs) -> None:
+    def __init__(self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools) -> None:
         self.reads = reads
         self.registry = CollectorRegistry()
         self.jobs_finished = Counter(
@@ -161,7 +174,7 @@ class PlatformMetrics:
             "Lines of job output this server could not store (its log directory full or gone)",
             registry=self.registry,
         )
-        self._scraped = _Scraped(reads, lambda: 0, cron_jobs)
+        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()
         self._saga_types: _Recent[str] = _Recent()

@@ -77,6 +77,7 @@ _A = "/hodei.jobs.AccessService/"
 _G = "/hodei.jobs.SagaService/"
 _O = "/hodei.jobs.OutboxService/"
 _C = "/hodei.jobs.CronService/"
+_PL = "/hodei.jobs.PoolService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -118,6 +119,11 @@ RULES: dict[str, Role | Gate] = {
     _C + "ResumeCronJob": Role.SUBMIT,
     _C + "DeleteCronJob": Role.SUBMIT,
     _C + "RunCronJob": Role.SUBMIT,
+    # Pools are the operators' to size; everyone reads them (`queue` says why a job waits).
+    _PL + "SetPool": Role.OPERATE,
+    _PL + "DeletePool": Role.OPERATE,
+    _PL + "ListPools": Role.READ,
+    _PL + "GetPool": Role.READ,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

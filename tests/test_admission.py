@@ -8,14 +8,21 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from prometheus_client import generate_latest
 
 from hodei import admission as admission_module
 from hodei.admission import Admission, Capacity
+from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL
-from hodei.errors import InvalidTransition
+from hodei.errors import InvalidInput, InvalidTransition, NotFound
+from hodei.metrics import PlatformMetrics
+from hodei.pools import Pools, PoolUse
+from hodei.store import db
 from hodei.store.app import HodeiStore, Meta
+from hodei.store.job_secrets import JobSecrets
+from hodei.store.readmodels import ReadModels
 from hodei.testing import query
 from tests.test_store import current_transaction, new_job
 
@@ -327,3 +334,92 @@ def test_a_held_job_keeps_out_of_its_line_until_released_and_then_goes_first_aga
         store.load(Job, held.id).admit()
     assert admission.admit(ProviderType.DOCKER) == 1
     assert store.load(Job, behind.id).admitted and not store.load(Job, held.id).admitted
+
+
+def _pooled(store: HodeiStore, provider: ProviderType, pool: str, **spec: Any) -> Job:
+    job = new_job(pool=pool, **spec)
+    job.select_provider(str(PROVIDER_IDS[provider]), provider.value)
+    store.write([job], Meta(actor="t", correlation_id=str(job.id)))
+    return job
+
+
+def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
+    store: HodeiStore, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow's pools, Slurm's licenses: a round counts the pool's jobs admitted on every
+    provider, under the pool's lock (another provider's round waits for its commit); the
+    queue puts the jobs past the size out of line and says why; a freed slot or a bigger
+    size lets the next in. A job outside the pool passes them."""
+    pools = Pools(store)
+    pools.set("db", 2, "ops")
+    admission = Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10})
+    docker = [_pooled(store, ProviderType.DOCKER, "db") for _ in range(2)]
+    local = [_pooled(store, ProviderType.LOCAL, "db") for _ in range(2)]
+    plain = _queued(store)
+    assert admission.admits_at_once(store.load(Job, local[0].id), ProviderType.LOCAL, datetime.now(UTC)) is False
+
+    looked = db.fetch_column
+    locked_out: list[object] = []
+
+    def fetch_column(pool: Any, name: str, params: Any = None) -> list[Any]:
+        if name == "next_in_queue":
+            locked_out.append(query(fresh_database_url, "SELECT pg_try_advisory_lock(8, hashtext('db'))")[0][0])
+        return looked(pool, name, params)
+
+    monkeypatch.setattr(admission_module, "fetch_column", fetch_column)
+    assert admission.admit(ProviderType.DOCKER) == 3
+    assert locked_out == [False]  # the round held the pool's lock
+    assert admission.admit(ProviderType.LOCAL) == 0
+    assert all(store.load(Job, job.id).admitted for job in (*docker, plain))
+    waiting = {row.job_id: row for row in admission.queue(10)}
+    assert set(waiting) == {str(job.id) for job in local}
+    first = waiting[str(local[0].id)]
+    assert (first.position, first.pool, first.pool_size, first.pool_running, first.pool_place) == (0, "db", 2, 2, 1)
+    assert first.past_pool_size and waiting[str(local[1].id)].pool_place == 2
+    assert pools.get("db") == PoolUse("db", 2, running=2, queued=2)
+    metrics = PlatformMetrics(ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), pools)
+    scraped = generate_latest(metrics.registry).decode()
+    for line in (
+        'hodei_pool_size{pool="db"} 2.0',
+        'hodei_pool_running{pool="db"} 2.0',
+        'hodei_pool_queued{pool="db"} 2.0',
+    ):
+        assert line in scraped
+
+    _ended(store, docker[0], JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.LOCAL) == 1
+    assert store.load(Job, local[0].id).admitted and not store.load(Job, local[1].id).admitted
+    pools.set("db", 3, "ops")
+    assert admission.admit(ProviderType.LOCAL) == 1
+    assert pools.get("db") == PoolUse("db", 3, running=3, queued=0)
+
+
+def test_a_pools_jobs_held_back_by_their_arrays_limit_take_none_of_its_room(store: HodeiStore) -> None:
+    """An array (a limit of 1) in a pool of 2: its jobs past its limit are not in the
+    pool's line, so a later job of the pool takes the room they could not."""
+    Pools(store).set("db", 2, "ops")
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    array = [_pooled(store, ProviderType.DOCKER, "db", labels={ARRAY_LABEL: "a"}, array_limit=1) for _ in range(3)]
+    later = _pooled(store, ProviderType.DOCKER, "db")
+    assert admission.admit(ProviderType.DOCKER) == 2
+    assert store.load(Job, array[0].id).admitted and store.load(Job, later.id).admitted
+    reasons = {row.job_id: (row.past_array_limit, row.past_pool_size) for row in admission.queue(10)}
+    assert reasons == {str(array[1].id): (True, False), str(array[2].id): (True, False)}
+
+
+def test_the_jobs_of_a_pool_deleted_wait_until_it_is_set_again(store: HodeiStore) -> None:
+    pools = Pools(store)
+    pools.set("licence", 1, "ops")
+    job = _pooled(store, ProviderType.DOCKER, "licence")
+    pools.delete("licence", "ops")
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    assert admission.admit(ProviderType.DOCKER) == 0
+    [row] = admission.queue(10)
+    assert (row.pool_size, row.past_pool_size) == (None, True)
+    with pytest.raises(NotFound):
+        pools.get("licence")
+    with pytest.raises(InvalidInput, match="no pool 'licence'"):
+        pools.check("licence")
+    pools.set("licence", 1, "ops")
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, job.id).admitted

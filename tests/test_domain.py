@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
+from hodei.domain.pool import Pool, pool_id
 from hodei.domain.spec import JobSpec, LabelSelector, array_element, array_problems, canonical_time, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
@@ -582,3 +584,27 @@ def test_a_job_of_an_array_is_told_its_index_and_carries_the_arrays_label() -> N
     assert array_problems(list(range(1001))) == ["an array of 1001 jobs; the limit is 1000"]
     assert array_problems([1, 1]) == ["an array index is given twice"]
     assert array_problems([-1]) == ["array indices must be 0 to 2147483647"]
+
+
+def test_a_pool_is_named_sized_resized_and_deleted_and_a_job_names_one_by_its_rules() -> None:
+    pool = Pool.create("db-loaders", 4)
+    assert pool.id == pool_id("db-loaders")
+    pool.resize(4)  # unchanged: no event
+    pool.resize(0)  # its jobs wait
+    pool.delete()
+    with pytest.raises(InvalidTransition, match="already deleted"):
+        pool.delete()
+    pool.resize(4)  # a deleted pool's name sized anew
+    assert (pool.size, pool.deleted) == (4, False)
+    events = [(type(e).__name__, getattr(e, "size", None)) for e in pool.collect_events()]
+    assert events == [("PoolCreated", 4), ("PoolResized", 0), ("PoolDeleted", None), ("PoolResized", 4)]
+    for name, size, said in [
+        ("", 1, "a pool's name is 1 to 63"),
+        ("with space", 1, "a pool's name is 1 to 63"),
+        ("db", -1, "a pool's size is 0 (its jobs wait) to 100000, got -1"),
+        ("db", 100_001, "a pool's size is 0"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(said)):
+            Pool.create(name, size)
+    assert JobSpec(name="t", command="true", timeout_seconds=5, pool="db").problems() == []
+    assert "a pool's name is 1 to 63" in JobSpec(name="t", command="true", timeout_seconds=5, pool="-x").problems()[0]

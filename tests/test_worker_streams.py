@@ -22,6 +22,7 @@ from hodei.faults import Faults
 from hodei.liveness import Liveness, Pace
 from hodei.logs import LogStore
 from hodei.metrics import PlatformMetrics
+from hodei.pools import Pools
 from hodei.providers.registry import ProviderRegistry
 from hodei.sagas.engine import SagaEngine
 from hodei.server.worker_channel import WorkerAgentService, WorkerSession
@@ -69,7 +70,7 @@ def _service(
         pace,
         Faults(""),
         ProviderRegistry(store, {}, {}),
-        PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0)),
+        PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0), Pools(store)),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
     )
 

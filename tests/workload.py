@@ -10,6 +10,7 @@ from uuid import uuid4
 from hodei.domain.base import HodeiAggregate
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job, JobState
+from hodei.domain.pool import Pool, pool_id
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
 from hodei.domain.saga import Saga, StepState
 from hodei.domain.spec import JobSpec
@@ -32,6 +33,7 @@ OPERATIONS = [
     "saga_move",
     "health",
     "cron",
+    "pool",
 ]
 
 
@@ -64,6 +66,7 @@ class Workload:
             args=("-c", "echo x") if self.random.random() < 0.3 else (),
             max_attempts=self.random.randint(1, 3),
             retries=self.random.choice([0, 0, 1]),
+            pool=self.random.choice(["", "", "db"]),
         )
         job = Job.submit(spec, uuid4())
         self.jobs.append(str(job.id))
@@ -247,3 +250,15 @@ class Workload:
         else:
             getattr(cron, action)()
         return [cron]
+
+    def _pool(self) -> list[HodeiAggregate]:
+        """A pool created, resized or deleted (no read model, as a cron job), and jobs naming it."""
+        name = self.random.choice(["db", "licence"])
+        pool = self.store.find(Pool, pool_id(name))
+        if pool is None:
+            return [Pool.create(name, self.random.randint(0, 3))]
+        if self.random.random() < 0.3:
+            pool.delete()
+        else:
+            pool.resize(self.random.randint(0, 3))
+        return [pool]

@@ -159,6 +159,7 @@ class JobSpec(_message.Message):
     AFTER_FIELD_NUMBER: _builtins.int
     BEGIN_AT_FIELD_NUMBER: _builtins.int
     ARRAY_LIMIT_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -190,6 +191,10 @@ class JobSpec(_message.Message):
     array_limit: _builtins.int
     """A job of an array (--array 0-99%4): at most this many of the array's jobs are
     admitted and not ended at once, as Slurm's %N; 0: no limit but the provider's.
+    """
+    pool: _builtins.str
+    """A pool (`pool set NAME SIZE`): at most its size of the jobs naming it are admitted and
+    not ended at once, whatever their providers; empty: none.
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -233,10 +238,11 @@ class JobSpec(_message.Message):
         after: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         begin_at: _builtins.str = ...,
         array_limit: _builtins.int = ...,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,11 +1,11 @@
-"""``hodei-jobs-cli provider|queue|worker|metrics|outbox``: the operator's view."""
+"""``hodei-jobs-cli provider|pool|queue|worker|metrics|outbox``: the operator's view."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from hodei._proto import metrics_pb2, outbox_pb2, providers_pb2, scheduler_pb2
+from hodei._proto import metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import count, whole
 from hodei.cli.terminal import Terminal, message_dict, when
@@ -43,6 +43,28 @@ def _why(provider: providers_pb2.Provider) -> str:
     if provider.health == "UNHEALTHY" or not reasons:
         reasons.append(provider.health_message or "-")
     return "; ".join(reasons)
+
+
+def pool(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        response = client.call(client.pools.ListPools, pools_pb2.ListPoolsRequest())
+        return _pools(term, list(response.pools), listed=True)
+    if args.action == "set":
+        request: Any = pools_pb2.SetPoolRequest(name=args.name, size=args.size)
+    else:
+        request = pools_pb2.PoolRequest(name=args.name)
+    method = {"set": client.pools.SetPool, "get": client.pools.GetPool, "delete": client.pools.DeletePool}[args.action]
+    return _pools(term, [client.call(method, request)], listed=False)
+
+
+def _pools(term: Terminal, pools: list[pools_pb2.Pool], *, listed: bool) -> int:
+    if term.json:
+        term.data([message_dict(p) for p in pools] if listed else message_dict(pools[0]))
+        return 0
+    term.table(
+        ["POOL", "SIZE", "RUNNING", "QUEUED"], [[p.name, str(p.size), str(p.running), str(p.queued)] for p in pools]
+    )
+    return 0
 
 
 def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -189,6 +211,19 @@ def add_commands(commands: Any) -> None:
     capacity.add_argument("provider", help="docker, kubernetes, local, or an id")
     capacity.add_argument("max_workers", type=whole, help="workers at once; 0: back to each server's default")
     capacity.set_defaults(handler=provider)
+
+    pools = commands.add_parser(
+        "pool", help="pools: at most so many of the jobs naming one (job run --pool) run at once"
+    ).add_subparsers(dest="action", required=True)
+    pools.add_parser("list", help="every pool, with its jobs running and waiting").set_defaults(handler=pool)
+    set_pool = pools.add_parser("set", help="create a pool or size it anew (the operate role)")
+    set_pool.add_argument("name", help="1-63 letters, digits, '.', '_', '-'")
+    set_pool.add_argument("size", type=whole, help="its jobs at once (0: they wait)")
+    set_pool.set_defaults(handler=pool)
+    for action, text in (("get", "one pool"), ("delete", "delete a pool: its queued jobs wait until it is set again")):
+        parser = pools.add_parser(action, help=text)
+        parser.add_argument("name")
+        parser.set_defaults(handler=pool)
 
     queue_parser = commands.add_parser("queue", help="jobs per state, and the jobs waiting for capacity")
     queue_parser.add_argument("--limit", type=count, default=100, help="queued jobs listed (default 100)")

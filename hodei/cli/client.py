@@ -25,6 +25,7 @@ from hodei._proto import (
     logs_pb2_grpc,
     metrics_pb2_grpc,
     outbox_pb2_grpc,
+    pools_pb2_grpc,
     providers_pb2_grpc,
     sagas_pb2_grpc,
     scheduler_pb2_grpc,
@@ -162,6 +163,7 @@ class Client:
         self.sagas = sagas_pb2_grpc.SagaServiceStub(self.channel)
         self.outbox = outbox_pb2_grpc.OutboxServiceStub(self.channel)
         self.cron = cron_pb2_grpc.CronServiceStub(self.channel)
+        self.pools = pools_pb2_grpc.PoolServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

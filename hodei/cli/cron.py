@@ -10,7 +10,8 @@ from hodei.cli.client import Client
 from hodei.cli.jobs import add_spec_options, add_wait_options, job_spec, submitted
 from hodei.cli.parsing import duration, parse_env
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
-from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule, check_name
+from hodei.domain.base import check_name
+from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule
 from hodei.wire import spec_to_proto
 
 SCHEDULE_HELP = (
@@ -29,7 +30,7 @@ def create_request(args: argparse.Namespace) -> None:
         starting_deadline_seconds=args.starting_deadline or 0.0,
         spec=spec,
     ).validate(secrets)
-    check_name(args.name_of_cron)
+    check_name(args.name_of_cron, "a cron job")
     args.request = cron_pb2.CreateCronJobRequest(
         name=args.name_of_cron,
         schedule=args.schedule,

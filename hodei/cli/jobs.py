@@ -147,6 +147,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
         *([f"Next attempt not before: {when(job, 'retry_at', 'auto')}"] if job.HasField("retry_at") else []),
         *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),
+        *([f"Pool: {job.spec.pool} (`pool get {job.spec.pool}`)"] if job.spec.pool else []),
         *([_cron_line(job.spec)] if CRON_LABEL in job.spec.labels else []),
         f"Logs: {job.log_uri or '-'}",
     ]
@@ -188,6 +189,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         queue_timeout_seconds=args.queue_timeout or 0.0,
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
+        pool=args.pool or "",
     )
     return spec, secrets
 
@@ -839,6 +841,12 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
     )
     parser.add_argument(
         "--retry-backoff", type=float, default=0.0, metavar="S", help="seconds between a failed attempt and its retry"
+    )
+    parser.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="run only while the pool has room: at most its size of its jobs at once, whatever their providers "
+        "(`pool set NAME SIZE`)",
     )
 
 

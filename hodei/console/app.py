@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 
-from hodei._proto import cron_pb2, jobs_pb2, logs_pb2, outbox_pb2, providers_pb2, sagas_pb2, scheduler_pb2
+from hodei._proto import cron_pb2, jobs_pb2, logs_pb2, outbox_pb2, pools_pb2, providers_pb2, sagas_pb2, scheduler_pb2
 from hodei.cli.parsing import since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
@@ -357,15 +357,24 @@ class Console:
         return self._page(request, "workers.html", who, workers=[message_dict(w) for w in listed.workers])
 
     async def queue(self, request: web.Request) -> web.Response:
-        """What `queue` prints: jobs by state, and each queued job's place and why it waits."""
+        """What `queue` prints: jobs by state, and each queued job's place and why it waits;
+        and `pool list`: each pool's size, jobs running and waiting."""
         status = await self._call(
             request,
             "/hodei.jobs.SchedulerService/GetQueueStatus",
             scheduler_pb2.GetQueueStatusRequest(limit=MAX_QUEUE_LISTED),
         )
+        pools = await self._call(request, "/hodei.jobs.PoolService/ListPools", pools_pb2.ListPoolsRequest())
         who = await self._caller(request)
         counts = {state.value: getattr(status, state.value.lower()) for state in JobState}
-        return self._page(request, "queue.html", who, counts=counts, queued=[message_dict(q) for q in status.queued])
+        return self._page(
+            request,
+            "queue.html",
+            who,
+            counts=counts,
+            queued=[message_dict(q) for q in status.queued],
+            pools=[message_dict(p) for p in pools.pools],
+        )
 
     async def sagas(self, request: web.Request) -> web.Response:
         method = "/hodei.jobs.SagaService/ListSagas"

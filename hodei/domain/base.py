@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, CanMutateAggregate
 
-from hodei.errors import InvalidTransition
+from hodei.errors import InvalidInput, InvalidTransition
 
 # Namespace for ids derived from other ids (saga per job, worker per job attempt), so a
 # repeated command produces the same id and the event store rejects the duplicate.
@@ -20,6 +21,20 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 
 def derived_id(*parts: object) -> UUID:
     return uuid5(HODEI_NAMESPACE, "/".join(str(p) for p in parts))
+
+
+# A name people give a thing (a cron job, a pool), which its id is derived from.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` when it is one; ``what``: whose, for the error ("a cron job")."""
+    if not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"{what}'s name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit; "
+            f"got {name[:80]!r}"
+        )
+    return name
 
 
 def uuid_or_none(text: str) -> UUID | None:

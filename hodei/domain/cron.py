@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from eventsourcing.domain import event
 
-from hodei.domain.base import HodeiAggregate, derived_id
+from hodei.domain.base import HodeiAggregate, check_name, derived_id
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, InvalidTransition
 
@@ -31,7 +31,6 @@ CRON_LABEL = "hodei.io/cron"
 # (ISO 8601, UTC; for `cron run`, the time it was asked for).
 CRON_TIME_VARIABLE = "HODEI_CRON_TIME"
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # cron's nicknames, as Vixie cron and Kubernetes read them.
 NICKNAMES = {
     "@yearly": "0 0 1 1 *",
@@ -59,15 +58,6 @@ class Concurrency(StrEnum):
     ALLOW = "allow"
     FORBID = "forbid"
     REPLACE = "replace"
-
-
-def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise InvalidInput(
-            f"a cron job's name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit; "
-            f"got {name[:80]!r}"
-        )
-    return name
 
 
 def cron_id(name: str) -> UUID:
@@ -219,7 +209,7 @@ class CronJob(HodeiAggregate):
         definition.validate()
         _check_sealed(definition, sealed_secrets)
         return cls(  # type: ignore[call-arg]  # `id` is accepted: the class annotates it
-            id=cron_id(check_name(name)),
+            id=cron_id(check_name(name, "a cron job")),
             name=name,
             definition=definition.payload(),
             sealed_secrets=sealed_secrets,

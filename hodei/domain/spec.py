@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from hodei.domain.base import check_name
 from hodei.errors import InvalidInput
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -195,6 +196,8 @@ class JobSpec:
     # A job of an array with a limit (--array 0-99%4): at most this many of the array's jobs
     # are admitted and not ended at once (Slurm's %N); 0: none but the provider's capacity.
     array_limit: int = 0
+    # A pool (hodei.domain.pool): at most its size of the jobs naming it run at once; "": none.
+    pool: str = ""
 
     @property
     def begins(self) -> datetime | None:
@@ -256,7 +259,7 @@ class JobSpec:
         backoff = self.retry_backoff_seconds
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
-        found.extend(_start_problems(self.after, self.begin_at, self.array_limit))
+        found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -349,11 +352,16 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
     return found
 
 
-def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int) -> list[str]:
+def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, pool: str) -> list[str]:
     """Of when the job may start: the jobs it starts after, the time it begins, how many of
-    its array's jobs may run with it."""
+    its array's jobs may run with it, the pool whose room it waits for."""
     limits = LIMITS
     found = []
+    if pool:
+        try:
+            check_name(pool, "a pool")
+        except InvalidInput as exc:
+            found.append(exc.message)
     if not 0 <= array_limit <= limits.array_jobs:
         found.append(f"an array's limit must be 0 (none) to {limits.array_jobs}, got {array_limit}")
     if begin_at and parse_time(begin_at) is None:

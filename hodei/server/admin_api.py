@@ -66,8 +66,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def _why(self, queued: QueuedJob, now: datetime, capacities: dict[str, Capacity]) -> str:
         """Why a queued job has not left the queue: a hold, its retry's backoff, its begin
-        time (--begin), a job it starts after (--after), its array's limit, or its
-        provider's capacity."""
+        time (--begin), a job it starts after (--after), its array's limit, its pool's
+        size, or its provider's capacity."""
         if queued.held_by is not None:
             why = f": {queued.hold_reason}" if queued.hold_reason else ""
             return f"held by {queued.held_by}{why} (job release)"
@@ -87,6 +87,15 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             return (
                 f"its array runs at most {queued.array_limit} jobs at once (--array …%{queued.array_limit}): "
                 f"{queued.array_running} running{before}"
+            )
+        if queued.past_pool_size:
+            if queued.pool_size is None:
+                return f"its pool {queued.pool} does not exist (pool set {queued.pool} N)"
+            place = queued.pool_place or 0
+            before = f", {place - 1} of its jobs before it" if place > 1 else ""
+            return (
+                f"its pool {queued.pool} runs at most {queued.pool_size} jobs at once: "
+                f"{queued.pool_running} running{before}"
             )
         return self._reason(queued.provider, capacities)
 

@@ -11,6 +11,7 @@ from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
 from hodei.errors import InvalidInput, PermissionDenied
+from hodei.pools import Pools
 from hodei.roles import Caller
 from hodei.server.access import caller
 from hodei.server.convert import timestamp
@@ -31,14 +32,15 @@ def _concurrency(value: str) -> Concurrency:
 
 
 class CronService(cron_pb2_grpc.CronServiceServicer):
-    def __init__(self, cron_jobs: CronJobs) -> None:
+    def __init__(self, cron_jobs: CronJobs, pools: Pools) -> None:
         self.cron_jobs = cron_jobs
+        self.pools = pools
 
     @rpc
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
-        refuse_unrunnable(spec)
+        refuse_unrunnable(spec, self.pools)
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
             concurrency=_concurrency(request.concurrency),
@@ -85,7 +87,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         self._check_owner(who, request.name, "run")
         env = dict(request.env)
         # Its --env may set what the definition's check never saw (a sim job's settings).
-        refuse_unrunnable(self.cron_jobs.get(request.name).job_spec(datetime.now(UTC), env))
+        refuse_unrunnable(self.cron_jobs.get(request.name).job_spec(datetime.now(UTC), env), self.pools)
         job_id = self.cron_jobs.run_now(request.name, who.name, env)
         return cron_pb2.RunCronJobResponse(job_id=str(job_id))
 

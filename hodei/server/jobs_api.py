@@ -27,6 +27,7 @@ from hodei.domain.spec import (
     validate_array,
 )
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
+from hodei.pools import Pools
 from hodei.providers.registry import provider_type_of
 from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
@@ -57,21 +58,30 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
     return grace
 
 
-def refuse_unrunnable(spec: JobSpec) -> None:
+def refuse_unrunnable(spec: JobSpec, pools: Pools) -> None:
     """An unknown provider is refused before anything is written; so are a sim job's
-    settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later."""
+    settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, and a pool that
+    does not exist, whose jobs would wait for ever."""
     if provider_type_of(spec.provider) is ProviderType.SIM:
         Simulation.of(spec.env)
+    pools.check(spec.pool)
 
 
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def __init__(
-        self, store: HodeiStore, reads: ReadModels, signals: Signals, secrets: JobSecrets, kill_grace: float
+        self,
+        store: HodeiStore,
+        reads: ReadModels,
+        signals: Signals,
+        secrets: JobSecrets,
+        pools: Pools,
+        kill_grace: float,
     ) -> None:
         self.store = store
         self.reads = reads
         self.signals = signals
         self.secrets = secrets
+        self.pools = pools
         # A cancel's grace when it names none (HODEI_KILL_GRACE).
         self.kill_grace = kill_grace
 
@@ -80,7 +90,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
         spec.validate(secrets)
-        refuse_unrunnable(spec)
+        refuse_unrunnable(spec, self.pools)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
@@ -250,6 +260,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
             ) from None
         spec = self._after(JobSpec.from_payload(row.spec))
+        self.pools.check(spec.pool)  # it may have been deleted since
         job_id = uuid4()
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id)
         self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))

@@ -170,6 +170,8 @@ async def _add_services(
         cron_pb2_grpc,
         outbox_pb2,
         outbox_pb2_grpc,
+        pools_pb2,
+        pools_pb2_grpc,
         sagas_pb2,
         sagas_pb2_grpc,
     )
@@ -180,6 +182,7 @@ async def _add_services(
     from hodei.server.jobs_api import JobExecutionService
     from hodei.server.logs_api import LogStreamService
     from hodei.server.outbox_api import OutboxService
+    from hodei.server.pools_api import PoolService
     from hodei.server.sagas_api import SagaService
     from hodei.server.worker_channel import WorkerAgentService
 
@@ -202,7 +205,12 @@ async def _add_services(
             jobs_pb2,
             "JobExecutionService",
             JobExecutionService(
-                runtime.store, runtime.reads, runtime.signals, runtime.secrets, runtime.config.timing.kill_grace
+                runtime.store,
+                runtime.reads,
+                runtime.signals,
+                runtime.secrets,
+                runtime.pools,
+                runtime.config.timing.kill_grace,
             ),
         ),
         (worker_pb2, "WorkerAgentService", workers),
@@ -221,7 +229,8 @@ async def _add_services(
         (access_pb2, "AccessService", AccessService(tokens)),
         (sagas_pb2, "SagaService", SagaService(runtime.reads)),
         (outbox_pb2, "OutboxService", OutboxService(runtime.store.pool)),
-        (cron_pb2, "CronService", CronService(runtime.cron_jobs)),
+        (cron_pb2, "CronService", CronService(runtime.cron_jobs, runtime.pools)),
+        (pools_pb2, "PoolService", PoolService(runtime.pools)),
     ]
     grpc_modules = {
         jobs_pb2: jobs_pb2_grpc,
@@ -234,6 +243,7 @@ async def _add_services(
         sagas_pb2: sagas_pb2_grpc,
         outbox_pb2: outbox_pb2_grpc,
         cron_pb2: cron_pb2_grpc,
+        pools_pb2: pools_pb2_grpc,
     }
     servicers: dict[str, object] = {}
     for module, name, servicer in added:

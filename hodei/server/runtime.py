@@ -17,6 +17,7 @@ from hodei.faults import Faults
 from hodei.liveness import Liveness
 from hodei.logs import LogStore
 from hodei.metrics import PlatformMetrics
+from hodei.pools import Pools
 from hodei.providers.base import WorkerProvider
 from hodei.providers.local import LocalProvider
 from hodei.providers.registry import ProviderRegistry, register_providers
@@ -123,6 +124,7 @@ class Runtime:
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
         self.cron_jobs = CronJobs(self.store, self.secrets, kill_grace=config.timing.kill_grace)
+        self.pools = Pools(self.store)
         self.instances = ServerInstances(self.pool, config.server_id)
         self.admission = Admission(
             self.store,
@@ -142,7 +144,7 @@ class Runtime:
             forget_worker=self._forget_worker,
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
-        self.metrics = PlatformMetrics(self.reads, self.cron_jobs)
+        self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools)
         self.relay = Relay(
             self.pool,
             routes.build(self.engine, self.store, self.admission),

@@ -860,7 +860,8 @@ def _provider_health(cur: Sink, event: EventRecord) -> None:
 
 
 def _no_read_model(cur: Sink, event: EventRecord) -> None:
-    """Cron jobs have no read model: their few events are read from the log (hodei.cron)."""
+    """Cron jobs and pools have no read model: their few events are read from the log
+    (hodei.cron, hodei.pools)."""
 
 
 PROJECTORS: dict[str, Projector] = {
@@ -896,6 +897,9 @@ PROJECTORS: dict[str, Projector] = {
     "ProviderEnabled": _provider_status("ACTIVE"),
     "ProviderDisabled": _provider_status("DISABLED"),
     "ProviderHealthChanged": _provider_health,
+    "PoolCreated": _no_read_model,
+    "PoolResized": _no_read_model,
+    "PoolDeleted": _no_read_model,
     "ProviderCapacityChanged": _provider_capacity,
     "CronJobCreated": _no_read_model,
     "CronJobRedefined": _no_read_model,

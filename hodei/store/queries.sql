@@ -814,9 +814,12 @@ FROM live, admitted_without_worker;
 
 -- name: next_in_queue
 -- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none)
--- and those out of line (held, or not hodei.in_line). A job of an array with a limit (`--array …%N`) is
--- among them only while its array has room: its place among the array's queued jobs (in
--- the queue's order) within the limit less the array's jobs admitted and not ended.
+-- and those out of line (held, or not hodei.in_line). A job of an array with a limit
+-- (`--array …%N`) is among them only while its array has room: its place among the array's
+-- queued jobs (in the queue's order) within the limit less the array's jobs admitted and not
+-- ended. A job of a pool (`--pool`) likewise, within its pool's size less the pool's jobs
+-- admitted and not ended on any provider (the caller holds the pools' locks: lock_pool),
+-- its place counted among the pool's jobs of this provider that their arrays let go.
 WITH limited_queue AS (
     SELECT j.id, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id, (j.spec ->> 'array_limit')::int AS array_limit,
            row_number() OVER (PARTITION BY j.spec -> 'labels' ->> 'hodei.io/array'
@@ -828,21 +831,46 @@ WITH limited_queue AS (
     SELECT a.array_id, hodei.array_running(a.array_id) AS running FROM (SELECT DISTINCT array_id FROM limited_queue) a
 ), limited AS (
     SELECT q.id FROM limited_queue q JOIN running r USING (array_id) WHERE q.place <= q.array_limit - r.running
+), pooled_queue AS (
+    SELECT j.id, j.spec ->> 'pool' AS pool,
+           row_number() OVER (PARTITION BY j.spec ->> 'pool' ORDER BY j.priority DESC, j.created_at, j.id) AS place
+    FROM jobs j
+    WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
+      AND j.spec ->> 'pool' <> '' AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
+      AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
+), pool_use AS MATERIALIZED (  -- counted once a pool
+    SELECT p.pool, hodei.pool_running(p.pool) AS running, coalesce(hodei.pool_size(p.pool), 0) AS size
+    FROM (SELECT DISTINCT pool FROM pooled_queue) p
+), pooled AS (
+    SELECT q.id FROM pooled_queue q JOIN pool_use u USING (pool) WHERE q.place <= u.size - u.running
 )
 SELECT j.id FROM jobs j
 WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
   AND j.id IS DISTINCT FROM %(joining)s::uuid AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
   AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
+  AND (coalesce(j.spec ->> 'pool', '') = '' OR j.id IN (SELECT id FROM pooled))
 ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
+
+-- name: pools_of_queue
+-- The pools of a provider's queued jobs, in the order their locks are taken (lock_pool).
+SELECT DISTINCT spec ->> 'pool' AS pool FROM jobs
+WHERE spec ->> 'pool' <> '' AND provider_type = %s AND state = 'PENDING' AND admitted_at IS NULL
+ORDER BY 1;
+
+-- name: lock_pool
+-- A pool's admissions, one round at a time whatever the provider (held to the commit): a
+-- round counts the pool's jobs admitted by other providers' rounds once they committed.
+SELECT pg_advisory_xact_lock(8, hashtext(%s));
 
 -- name: queued_jobs
 -- The queue as people see it: each waiting job with its place in its provider's line, or,
 -- while it is out of line, none (0) and why: held (`job hold`: by whom, why), the time it
 -- begins (--begin), a job it starts after (--after: that job's id, state and the condition
--- asked of it), or its array's limit
--- (`--array …%N`: the limit, its array's jobs admitted and not ended, and its place among its
--- array's ready jobs: out of line past the limit, as an admission round counts them).
+-- asked of it), its array's limit (`--array …%N`: the limit, its array's jobs admitted and
+-- not ended, and its place among its array's ready jobs), or its pool's size (`--pool`: the
+-- size, NULL for no such pool, its jobs admitted and not ended, and its place among the
+-- pool's ready jobs of its provider): out of line past a limit, as an admission round counts.
 WITH queued AS (
     SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at, j.held_by, j.hold_reason,
            nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
@@ -852,7 +880,8 @@ WITH queued AS (
                 WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
                 ORDER BY d.job_id LIMIT 1)
            END AS waiting_for,
-           coalesce((j.spec ->> 'array_limit')::int, 0) AS array_limit, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id
+           coalesce((j.spec ->> 'array_limit')::int, 0) AS array_limit, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id,
+           coalesce(j.spec ->> 'pool', '') AS pool
     FROM jobs j
     WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
 ), running AS MATERIALIZED (  -- counted once an array with a limit
@@ -864,17 +893,30 @@ WITH queued AS (
 ), lined AS (
     SELECT q.*, coalesce(r.running, 0) AS array_running, p.array_place,
            q.held_by IS NULL AND q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
-           AND (q.array_limit = 0 OR r.running + p.array_place <= q.array_limit) AS in_line
+           AND (q.array_limit = 0 OR r.running + p.array_place <= q.array_limit) AS array_lets_go
     FROM queued q
     LEFT JOIN running r ON q.array_limit > 0 AND r.array_id = q.array_id
     LEFT JOIN places p ON q.array_limit > 0 AND p.id = q.id
+), pool_use AS MATERIALIZED (  -- counted once a pool
+    SELECT p.pool, hodei.pool_running(p.pool) AS running, hodei.pool_size(p.pool) AS size
+    FROM (SELECT DISTINCT pool FROM queued WHERE pool <> '') p
+), pool_places AS (  -- a pool's jobs of a provider that nothing else holds back: next_in_queue's rule
+    SELECT id, row_number() OVER (PARTITION BY provider_type, pool ORDER BY priority DESC, created_at, id) AS pool_place
+    FROM lined WHERE pool <> '' AND array_lets_go
+), pooled AS (
+    SELECT l.*, u.size AS pool_size, coalesce(u.running, 0) AS pool_running, pp.pool_place,
+           l.array_lets_go AND (l.pool = '' OR pp.pool_place <= coalesce(u.size, 0) - u.running) AS in_line
+    FROM lined l
+    LEFT JOIN pool_use u ON l.pool <> '' AND u.pool = l.pool
+    LEFT JOIN pool_places pp ON l.pool <> '' AND pp.id = l.id
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
-       held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at, waiting_for, array_limit, array_running, array_place,
+       held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at,
+       waiting_for, array_limit, array_running, array_place, pool, pool_size, pool_running, pool_place,
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position
-FROM lined
+FROM pooled
 ORDER BY provider_type, NOT in_line, position, priority DESC, created_at, id
 LIMIT %(limit)s;
 
@@ -1038,3 +1080,21 @@ SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
 FROM jobs
 WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
 ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;
+
+-- Pools -----------------------------------------------------------------------------
+
+-- name: pools
+-- Every pool not deleted (its latest event has a size: idx_domain_events_pools), or the one
+-- named, with its jobs admitted and not ended and its jobs waiting (idx_jobs_pool).
+SELECT p.name, p.size, hodei.pool_running(p.name) AS running,
+       (SELECT count(*) FROM jobs q
+        WHERE q.spec ->> 'pool' <> '' AND q.spec ->> 'pool' = p.name
+          AND q.state = 'PENDING' AND q.admitted_at IS NULL) AS queued
+FROM (
+    SELECT DISTINCT ON (payload ->> 'name') payload ->> 'name' AS name, (payload ->> 'size')::int AS size
+    FROM domain_events
+    WHERE aggregate_type = 'Pool' AND (%(name)s::text IS NULL OR payload ->> 'name' = %(name)s::text)
+    ORDER BY payload ->> 'name', aggregate_version DESC
+) p
+WHERE p.size IS NOT NULL
+ORDER BY p.name;
