@@ -200,7 +200,7 @@ def queue(server: ServerProcess, url: str, pool: ConnectionPool) -> float:
         return run
 
     listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
-    next_sql = timed(run_sql("next_in_queue", {"provider": "kubernetes", "limit": 16, "joining": None}))
+    next_sql = timed(run_sql("next_in_queue", {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None}))
     p50, p95, sql = percentile(listing, 50), percentile(listing, 95), percentile(listed_sql, 50)
     print(row(f"queue, {JOBS} jobs queued (gRPC)", f"{p50:.1f} / {p95:.1f}", f"{sql:.1f}", f"{p50 / sql:.1f}x"))
     print(row(f"  an admission round's query, {JOBS} queued", "", f"{percentile(next_sql, 50):.1f}", ""))

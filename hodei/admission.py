@@ -217,10 +217,11 @@ class Admission:
             free = self._room(provider)
             if free == 0:
                 return 0, []
-            for name in fetch_column(self.pool, "pools_of_queue", (provider.value,)):
+            pools = fetch_column(self.pool, "pools_of_queue", (provider.value,))
+            for name in pools:
                 fetch_value(self.pool, "lock_pool", (name,))  # in one order: rounds never deadlock
             admitted = []
-            queued = {"provider": provider.value, "limit": free, "joining": None}
+            queued = {"provider": provider.value, "limit": free, "joining": None, "pools": pools}
             for job_id in fetch_column(self.pool, "next_in_queue", queued):
                 job = self.store.load(Job, job_id)
                 try:
@@ -261,7 +262,8 @@ class Admission:
             if turn.running or turn.full_lately():
                 return False
         free = self._room(provider)
-        queued = {"provider": provider.value, "limit": 1, "joining": str(job.id)}
+        # Whether anyone ready waits, a pool's jobs too (none is admitted here: no locks).
+        queued = {"provider": provider.value, "limit": 1, "joining": str(job.id), "pools": None}
         return free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
 
     def _room(self, provider: ProviderType) -> int:

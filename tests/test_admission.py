@@ -407,6 +407,21 @@ def test_a_pools_jobs_held_back_by_their_arrays_limit_take_none_of_its_room(stor
     assert reasons == {str(array[1].id): (True, False), str(array[2].id): (True, False)}
 
 
+def test_a_round_admits_only_the_jobs_of_the_pools_it_locked(store: HodeiStore) -> None:
+    """A job of a pool that joined the queue after the round took its pools' locks waits
+    for the next round: admitted without its pool's lock, it could pass the pool's size
+    while another provider's round fills it."""
+    Pools(store).set("db", 5, "ops")
+    job = _pooled(store, ProviderType.DOCKER, "db")
+
+    def ready(pools: list[str] | None) -> list[str]:
+        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools}
+        return [str(found) for found in db.fetch_column(store.pool, "next_in_queue", params)]
+
+    assert ready([]) == [] and ready(["other"]) == []
+    assert ready(["db"]) == ready(None) == [str(job.id)]
+
+
 def test_the_jobs_of_a_pool_deleted_wait_until_it_is_set_again(store: HodeiStore) -> None:
     pools = Pools(store)
     pools.set("licence", 1, "ops")

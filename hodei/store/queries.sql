@@ -818,8 +818,9 @@ FROM live, admitted_without_worker;
 -- (`--array …%N`) is among them only while its array has room: its place among the array's
 -- queued jobs (in the queue's order) within the limit less the array's jobs admitted and not
 -- ended. A job of a pool (`--pool`) likewise, within its pool's size less the pool's jobs
--- admitted and not ended on any provider (the caller holds the pools' locks: lock_pool),
--- its place counted among the pool's jobs of this provider that their arrays let go.
+-- admitted and not ended on any provider, its place counted among the pool's jobs of this
+-- provider that their arrays let go; only of the pools named (NULL: any), whose locks the
+-- caller holds (lock_pool): a job of another pool, which joined since, waits for a round.
 WITH limited_queue AS (
     SELECT j.id, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id, (j.spec ->> 'array_limit')::int AS array_limit,
            row_number() OVER (PARTITION BY j.spec -> 'labels' ->> 'hodei.io/array'
@@ -837,6 +838,7 @@ WITH limited_queue AS (
     FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
       AND j.spec ->> 'pool' <> '' AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
+      AND (%(pools)s::text[] IS NULL OR j.spec ->> 'pool' = ANY(%(pools)s::text[]))
       AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
 ), pool_use AS MATERIALIZED (  -- counted once a pool
     SELECT p.pool, hodei.pool_running(p.pool) AS running, coalesce(hodei.pool_size(p.pool), 0) AS size
