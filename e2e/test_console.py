@@ -177,6 +177,7 @@ def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, t
     row = re.search(rf'<tr data-job="{pooled}">(.*?)</tr>', page, re.S)
     assert row is not None and "its pool gpu runs at most 0 jobs at once: 0 running" in row.group(1)
     assert '<tr data-pool="gpu"><td>gpu</td><td>0</td><td>0</td><td>1</td></tr>' in page
+    assert '<td id="pool"><a href="/queue#pools">gpu</a></td>' in reader.get(f"{guarded.http_url}/jobs/{pooled}").text
     guarded.cli("job", "cancel", pooled, check=True)
     guarded.cli("pool", "delete", "gpu", check=True)
 
