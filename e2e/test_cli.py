@@ -649,8 +649,8 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
     code, _, err = run_in_process(capsys, "jbo", "list")
     assert code == 2
     assert err.splitlines()[-1].endswith(
-        "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'queue', 'worker', 'metrics', 'outbox', "
-        "'token', 'whoami', 'cron', 'completion', 'schema'); did you mean 'job'?"
+        "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'pool', 'queue', 'worker', 'metrics', "
+        "'outbox', 'token', 'whoami', 'cron', 'completion', 'schema'); did you mean 'job'?"
     )
     code, _, err = run_in_process(capsys, "job", "lsit")
     assert code == 2
