@@ -176,6 +176,10 @@ def retry(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
     return as_token(server, token, "RetryJob", jobs_pb2.GetJobRequest(job_id=job_id))
 
 
+def prioritize(server: ServerProcess, token: str, job_id: str, priority: int) -> grpc.StatusCode:
+    return as_token(server, token, "SetJobPriority", jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=priority))
+
+
 def release(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
     return as_token(server, token, "ReleaseJob", jobs_pb2.GetJobRequest(job_id=job_id))
 
@@ -209,6 +213,14 @@ def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url:
         grpc.StatusCode.PERMISSION_DENIED
     )
     assert release(server, tokens["other"], held) == grpc.StatusCode.PERMISSION_DENIED
+    # Its priority while it waits: its submitter lowers it, only the operate role raises it.
+    assert prioritize(server, tokens["submit"], held, -1) == grpc.StatusCode.OK
+    assert prioritize(server, tokens["submit"], held, 1) == grpc.StatusCode.PERMISSION_DENIED
+    assert prioritize(server, tokens["other"], held, -2) == grpc.StatusCode.PERMISSION_DENIED
+    assert prioritize(server, tokens["operate"], held, 5) == grpc.StatusCode.OK
+    assert prioritize(server, tokens["read"], held, 5000) == grpc.StatusCode.PERMISSION_DENIED  # the rule first
+    assert prioritize(server, tokens["submit"], held, 5000) == grpc.StatusCode.INVALID_ARGUMENT
+    assert query(database_url, "SELECT priority FROM jobs WHERE id = %s", (held,)) == [(5,)]
     assert release(server, tokens["submit"], held) == grpc.StatusCode.OK
     held_by_other = submit(server, tokens["other"], hold=True)
     assert release(server, tokens["operate"], held_by_other) == grpc.StatusCode.OK

@@ -482,6 +482,10 @@ def test_a_held_job_waits_out_of_line_until_released_and_bad_holds_change_nothin
     meanwhile = run(server, "--command", "true", "--wait")
     wait_settled(url, meanwhile, 60)
     assert query(url, "SELECT state, held_by FROM jobs WHERE id = %s", (held,)) == [("PENDING", "anonymous")]
+    updated = server.cli("job", "update", held, "--priority", "-3", check=True)
+    assert f"Job {held} priority -3" in updated.stderr
+    [entry] = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+    assert entry["priority"] == -3
 
     released = server.cli("job", "release", held[:8], check=True)
     assert f"Job {held} released: back in its line" in released.stderr
@@ -527,6 +531,9 @@ def test_a_held_job_waits_out_of_line_until_released_and_bad_holds_change_nothin
         (("job", "release", unknown), "not found"),
         (("job", "hold", queued, "--reason", "x" * 1001), "at most 1000 characters"),
         (("job", "hold", queued), "is SUCCEEDED: only a job waiting in the queue can be held"),
+        (("job", "update", queued, "--priority", "1"), "is SUCCEEDED: only a job waiting in the queue changes"),
+        (("job", "update", held, "--priority", "5000"), "priority must be between -1000 and 1000"),
+        (("job", "update", queued), "the following arguments are required: --priority"),
     ]:
         refused = server.cli(*args)
         assert refused.returncode != 0 and said in refused.stderr, (args, refused.stderr)

@@ -92,6 +92,8 @@ RULES: dict[str, Role | Gate] = {
     # Submitters hold and release their own jobs; `operate` any (checked by the method).
     _J + "HoldJob": Role.SUBMIT,
     _J + "ReleaseJob": Role.SUBMIT,
+    # Submitters lower their own jobs' priority; `operate` raises any (checked by the method).
+    _J + "SetJobPriority": Role.SUBMIT,
     _J + "WatchJob": Role.READ,
     _J + "GetJobEvents": Role.READ,
     _W + "Register": Gate.WORKER,

@@ -336,6 +336,24 @@ def test_a_held_job_keeps_out_of_its_line_until_released_and_then_goes_first_aga
     assert store.load(Job, behind.id).admitted and not store.load(Job, held.id).admitted
 
 
+def test_a_new_priority_moves_a_queued_job_in_its_line(store: HodeiStore, fresh_database_url: str) -> None:
+    admission = Admission(store, {ProviderType.DOCKER: 1})
+    busy = _queued(store)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    first, second = _queued(store), _queued(store)
+    assert [row.job_id for row in admission.queue(10)] == [str(first.id), str(second.id)]
+    moved = store.load(Job, second.id)
+    moved.prioritize(5)
+    store.write([moved], Meta(actor="ops", correlation_id=str(second.id)))
+    assert [(row.job_id, row.priority) for row in admission.queue(10)] == [(str(second.id), 5), (str(first.id), 0)]
+    assert query(fresh_database_url, "SELECT spec ->> 'priority' FROM jobs WHERE id = %s", (str(second.id),)) == [
+        ("5",)
+    ]
+    _ended(store, busy, JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert store.load(Job, second.id).admitted and not store.load(Job, first.id).admitted
+
+
 def _pooled(store: HodeiStore, provider: ProviderType, pool: str, **spec: Any) -> Job:
     job = new_job(pool=pool, **spec)
     job.select_provider(str(PROVIDER_IDS[provider]), provider.value)

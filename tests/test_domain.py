@@ -363,6 +363,18 @@ def test_only_a_job_waiting_in_the_queue_is_held_and_a_held_one_is_never_admitte
         held_then_cancelled.release()
 
 
+def test_a_queued_jobs_priority_changes_within_its_bounds_and_a_started_ones_never() -> None:
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5, priority=3), uuid4())
+    job.prioritize(3)  # unchanged: no event
+    job.prioritize(-7)
+    assert job.spec.priority == -7
+    assert [type(e).__name__ for e in job.collect_events()] == ["JobCreated", "JobPrioritized"]
+    with pytest.raises(InvalidInput, match="priority must be between -1000 and 1000"):
+        job.prioritize(1001)
+    with pytest.raises(InvalidTransition, match="is RUNNING: only a job waiting in the queue changes its priority"):
+        running_job().prioritize(1)
+
+
 def test_success_and_cancellation_are_never_retried() -> None:
     succeeded = running_job(retries=3)
     succeeded.finish(WORKER, JobState.SUCCEEDED, 0, None)

@@ -25,6 +25,7 @@ OPERATIONS = [
     "finish",
     "cancel",
     "hold",
+    "priority",
     "requeue",
     "logs",
     "worker",
@@ -125,6 +126,13 @@ class Workload:
             job.hold(self.random.choice(["alice", "bob"]), self.random.choice(["", "waiting for data"]))
         else:
             job.release()
+        return [job]
+
+    def _priority(self) -> list[HodeiAggregate]:
+        job = self._load_job()
+        if job is None:
+            return []
+        job.prioritize(self.random.randint(-5, 5))
         return [job]
 
     def _requeue(self) -> list[HodeiAggregate]:

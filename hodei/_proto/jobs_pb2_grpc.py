@@ -80,6 +80,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.SetJobPriority = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/SetJobPriority',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/hodei.jobs.JobExecutionService/WatchJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.WatchJobRequest.SerializeToString,
@@ -155,6 +160,14 @@ class JobExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetJobPriority(self, request, context):
+        """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
+        Its submitter may lower it; raising it is the operate role's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams the job each time its state changes, ending at a terminal state.
         """
@@ -215,6 +228,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
             'ReleaseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
+            ),
+            'SetJobPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetJobPriority,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
@@ -470,6 +488,33 @@ class JobExecutionService:
             target,
             '/hodei.jobs.JobExecutionService/ReleaseJob',
             hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetJobPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/SetJobPriority',
+            hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,

@@ -48,6 +48,10 @@ class JobExecutionServiceStub:
     """
     ReleaseJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """A held job goes back into its line, at its submission's place."""
+    SetJobPriority: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]
+    """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
+    Its submitter may lower it; raising it is the operate role's.
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]
@@ -72,6 +76,10 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     """
     ReleaseJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """A held job goes back into its line, at its submission's place."""
+    SetJobPriority: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
+    """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
+    Its submitter may lower it; raising it is the operate role's.
+    """
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]  # type: ignore[assignment]
@@ -147,6 +155,16 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
         """A held job goes back into its line, at its submission's place."""
+
+    @_abc_1.abstractmethod
+    def SetJobPriority(
+        self,
+        request: _jobs_pb2.SetJobPriorityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
+        """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
+        Its submitter may lower it; raising it is the operate role's.
+        """
 
     @_abc_1.abstractmethod
     def WatchJob(

@@ -617,6 +617,15 @@ def release(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return _each_job(term, [args.job_id, *args.more_ids], change, lambda _: "released: back in its line")
 
 
+def update(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    def change(job_id: str) -> common_pb2.Job:
+        request = jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=args.priority)
+        updated: jobs_pb2.GetJobResponse = client.call(client.jobs.SetJobPriority, request)
+        return updated.job
+
+    return _each_job(term, [args.job_id, *args.more_ids], change, lambda job: f"priority {job.spec.priority}")
+
+
 def _each_job(
     term: Terminal,
     job_ids: list[str],
@@ -757,8 +766,16 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
         )
         stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
-    if name in ("hold", "release"):
+    if name in ("hold", "release", "update"):
         parser.add_argument("more_ids", nargs="*", metavar="ID", help=f"more jobs to {name} the same way")
+    if name == "update":
+        parser.add_argument(
+            "--priority",
+            type=int,
+            required=True,
+            help="its new priority (-1000 to 1000, higher leaves the queue first): its submitter may lower it, "
+            "the operate role raise it",
+        )
     if name == "hold":
         parser.add_argument("--reason", help="shown with the job in the queue while it is held")
     if name == "watch":
@@ -914,6 +931,7 @@ def add_commands(commands: Any) -> Any:
         ("retry", retry, "submit a finished job again as a new job linked to it; prints the new id"),
         ("hold", hold, "keep a job waiting in the queue out of its line until released"),
         ("release", release, "put a held job back in its line"),
+        ("update", update, "change a job waiting in the queue: its priority"),
     ):
         parser = job.add_parser(name, help=text)
         add_job_id(parser)

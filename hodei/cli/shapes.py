@@ -110,7 +110,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "job cancel": (JOB, False),
     "pool list": (_array(message_schema(pools_pb2.Pool.DESCRIPTOR)), False),
     "pool set|get|delete": (message_schema(pools_pb2.Pool.DESCRIPTOR), False),
-    "job hold|release": (JOB, False),
+    "job hold|release|update": (JOB, False),
     "job retry": (_object(job_id=_STRING, retry_of=_STRING), False),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),

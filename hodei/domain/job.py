@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -153,13 +154,23 @@ class Job(HodeiAggregate):
         a suspended Kubernetes Job): only while it waits for a slot, since an admitted
         job's worker is already being made (cancel that one instead). Holding a held job
         changes nothing: the first hold stands."""
-        if self.state is not JobState.PENDING or self.admitted:
-            where = self.state if self.state is not JobState.PENDING else "already starting (admitted to a slot)"
-            raise InvalidTransition(
-                f"job {self.id} is {where}: only a job waiting in the queue can be held (cancel it instead)"
-            )
+        self._check_waiting("only a job waiting in the queue can be held (cancel it instead)")
         if self.held_by is None:
             self._held(by=by, reason=reason)
+
+    def prioritize(self, priority: int) -> None:
+        """A new place in its queue (Slurm's ``scontrol update … priority``): only while it
+        waits there, which is all a priority orders. Its spec says the new priority (a
+        ``job retry`` of it keeps it)."""
+        replace(self.spec, priority=priority).validate()
+        self._check_waiting("only a job waiting in the queue changes its priority")
+        if priority != self.spec.priority:
+            self._prioritized(priority=priority)
+
+    def _check_waiting(self, only: str) -> None:
+        if self.state is not JobState.PENDING or self.admitted:
+            where = self.state if self.state is not JobState.PENDING else "already starting (admitted to a slot)"
+            raise InvalidTransition(f"job {self.id} is {where}: {only}")
 
     def release(self) -> None:
         """A held job goes back into its line, where it was (its submission's place)."""
@@ -331,6 +342,10 @@ class Job(HodeiAggregate):
     def _held(self, by: str, reason: str) -> None:
         self.held_by = by
         self.hold_reason = reason
+
+    @event("JobPrioritized")
+    def _prioritized(self, priority: int) -> None:
+        self.spec = replace(self.spec, priority=priority)
 
     @event("JobReleased")
     def _released(self, held_by: str) -> None:

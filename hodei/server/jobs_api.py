@@ -231,6 +231,24 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def ReleaseJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
         return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "release", Job.release))
 
+    @rpc
+    def SetJobPriority(
+        self, request: jobs_pb2.SetJobPriorityRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.GetJobResponse:
+        who, bound = caller(), LIMITS.max_priority
+        if not -bound <= request.priority <= bound:  # before whose job it is, or whether it may
+            raise InvalidInput(f"priority must be between -{bound} and {bound}, got {request.priority}")
+
+        def prioritize(job: Job) -> None:
+            if request.priority > job.spec.priority and not who.may(Role.OPERATE):
+                raise PermissionDenied(
+                    f"token `{who.name}` may lower the priority of its jobs, not raise it (job {job.id} from "
+                    f"{job.spec.priority} to {request.priority}): the operate role raises it"
+                )
+            job.prioritize(request.priority)
+
+        return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "reprioritize", prioritize))
+
     def _change(self, job_ref: str, action: str, change: Callable[[Job], None]) -> common_pb2.Job:
         """A person's command on one job, theirs (or anyone's, for the operate role); the
         job as it is after it."""

@@ -77,6 +77,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "project_job_admitted": ("id", "at"),
     "project_job_held": ("id", "at", "held_by", "reason"),
+    "project_job_prioritized": ("id", "at", "priority"),
     "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
     "project_job_assigned": ("id", "at", "worker_id", "provider_id", "provider_type"),
     "project_job_touched": ("id", "at"),
@@ -478,6 +479,10 @@ def _job_released(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_held", event)
 
 
+def _job_prioritized(cur: Sink, event: EventRecord) -> None:
+    _run(cur, "project_job_prioritized", event, priority=event.payload["priority"])
+
+
 def _job_touched(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_touched", event)
 
@@ -544,6 +549,10 @@ def _set_job_assigned(job: dict[str, Any], r: dict[str, Any]) -> None:
 
 def _set_job_held(job: dict[str, Any], r: dict[str, Any]) -> None:
     job.update(held_by=r["held_by"], hold_reason=r["reason"], updated_at=r["at"])
+
+
+def _set_job_prioritized(job: dict[str, Any], r: dict[str, Any]) -> None:
+    job.update(priority=r["priority"], spec={**job["spec"], "priority": r["priority"]}, updated_at=r["at"])
 
 
 def _set_job_touched(job: dict[str, Any], r: dict[str, Any]) -> None:
@@ -646,6 +655,7 @@ _UPDATES: dict[str, dict[str, Update]] = {
         "project_job_provider_selected": _set_job_provider_selected,
         "project_job_assigned": _set_job_assigned,
         "project_job_held": _set_job_held,
+        "project_job_prioritized": _set_job_prioritized,
         "project_job_touched": _set_job_touched,
         "project_job_status_changed": _set_job_status,
     },
@@ -871,6 +881,7 @@ PROJECTORS: dict[str, Projector] = {
     "JobAssigned": _job_assigned,
     "JobHeld": _job_held,
     "JobReleased": _job_released,
+    "JobPrioritized": _job_prioritized,
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
     "JobStopped": _job_touched,

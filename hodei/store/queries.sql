@@ -243,6 +243,14 @@ FROM (
 ) AS r
 WHERE j.id = r.id;
 
+-- name: project_job_prioritized
+-- A queued job's new priority (`job update --priority`), in its column and its spec. Its SET
+-- clauses have a Python twin in hodei.store.projections._UPDATES: change both.
+UPDATE jobs AS j SET priority = r.priority, spec = jsonb_set(j.spec, '{priority}', to_jsonb(r.priority)),
+    updated_at = r.at
+FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS priority FROM hodei.rows(%s::jsonb) AS e) AS r
+WHERE j.id = r.id;
+
 -- name: project_job_status_changed
 -- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j
