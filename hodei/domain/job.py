@@ -12,7 +12,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate, check_transition
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import JobSpec, check_priority
 from hodei.errors import InvalidTransition
 
 
@@ -162,7 +162,7 @@ class Job(HodeiAggregate):
         """A new place in its queue (Slurm's ``scontrol update … priority``): only while it
         waits there, which is all a priority orders. Its spec says the new priority (a
         ``job retry`` of it keeps it)."""
-        replace(self.spec, priority=priority).validate()
+        check_priority(priority)
         self._check_waiting("only a job waiting in the queue changes its priority")
         if priority != self.spec.priority:
             self._prioritized(priority=priority)

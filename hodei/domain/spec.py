@@ -249,8 +249,7 @@ class JobSpec:
             found.append("provider must be a provider name or id")
         if not 1 <= self.max_attempts <= limits.max_attempts:
             found.append(f"max attempts must be between 1 and {limits.max_attempts}")
-        if not -limits.max_priority <= self.priority <= limits.max_priority:
-            found.append(f"priority must be between -{limits.max_priority} and {limits.max_priority}")
+        found.extend(_priority_problems(self.priority))
         queue_timeout = self.queue_timeout_seconds
         if not math.isfinite(queue_timeout) or not 0 <= queue_timeout <= limits.max_timeout_seconds:
             found.append(f"queue timeout must be 0 (none) to {limits.max_timeout_seconds:g} seconds")
@@ -276,6 +275,18 @@ class JobSpec:
         """The inverse of ``to_payload``; also reads a ``hodei.jobs.JobSpec`` as a dict.
         A missing or zero value takes the field's default (proto3 has no "unset")."""
         return _build(cls, payload)
+
+
+def _priority_problems(priority: int) -> list[str]:
+    bound = LIMITS.max_priority
+    return [] if -bound <= priority <= bound else [f"priority must be between -{bound} and {bound}, got {priority}"]
+
+
+def check_priority(priority: int) -> int:
+    """A priority a job may have (a new one, `job update --priority`)."""
+    for problem in _priority_problems(priority):
+        raise InvalidInput(problem)
+    return priority
 
 
 def _timeout_problems(timeout: float) -> list[str]:

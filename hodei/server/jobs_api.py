@@ -23,6 +23,7 @@ from hodei.domain.spec import (
     JobSpec,
     LabelSelector,
     array_element,
+    check_priority,
     never_after,
     validate_array,
 )
@@ -235,9 +236,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def SetJobPriority(
         self, request: jobs_pb2.SetJobPriorityRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        who, bound = caller(), LIMITS.max_priority
-        if not -bound <= request.priority <= bound:  # before whose job it is, or whether it may
-            raise InvalidInput(f"priority must be between -{bound} and {bound}, got {request.priority}")
+        who = caller()
+        check_priority(request.priority)  # before whose job it is, or whether it may
 
         def prioritize(job: Job) -> None:
             if request.priority > job.spec.priority and not who.may(Role.OPERATE):
