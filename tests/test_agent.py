@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -107,9 +106,9 @@ def test_cancel_stops_the_job() -> None:
 
 def cancelled(
     timeout: float, grace: float | None, kill_grace: float = 0.5, cleanup: float = 1
-) -> tuple[object, list[str], float]:
+) -> tuple[object, list[str]]:
     """Runs a job whose SIGTERM trap takes ``cleanup`` seconds and cancels it once it
-    started, with ``grace``: (finished, its stdout, seconds from the cancel to the end)."""
+    started, with ``grace``: (finished, its stdout)."""
     trap = f"trap 'echo stopping; sleep {cleanup}; echo cleaned up; exit 3' TERM"
     script = f"{trap}; echo started; while :; do sleep 0.1; done"
     lines: list[str] = []
@@ -126,29 +125,28 @@ def cancelled(
     thread.start()
     while not lines:
         threading.Event().wait(0.01)
-    cancelled_at = time.monotonic()
     process.cancel("by test", grace)
     thread.join(30)
-    return result[0], lines, time.monotonic() - cancelled_at
+    return result[0], lines
 
 
 def test_a_cancel_gives_the_job_its_own_grace_and_force_gives_none() -> None:
-    finished, lines, _ = cancelled(60, grace=5)  # the kill_grace (0.5 s) would cut the cleanup
+    finished, lines = cancelled(60, grace=5)  # the kill_grace (0.5 s) would cut the cleanup
     assert lines == ["started", "stopping", "cleaned up"]
     assert (finished.outcome, finished.exit_code) == (Outcome.CANCELLED, 3)  # type: ignore[attr-defined]
-    finished, lines, _ = cancelled(60, grace=0)
+    finished, lines = cancelled(60, grace=0)
     assert lines == ["started"]  # no SIGTERM: its trap never ran
     assert finished.exit_code == 137  # type: ignore[attr-defined]
-    finished, lines, _ = cancelled(60, grace=None)  # no grace asked: the kill_grace
+    finished, lines = cancelled(60, grace=None)  # no grace asked: the kill_grace
     assert lines == ["started", "stopping"] and finished.exit_code == 137  # type: ignore[attr-defined]
 
 
 def test_a_cancels_grace_ends_with_the_jobs_timeout_and_kill_grace() -> None:
     """The server waits for a result until the job's timeout and kill_grace: a longer
     grace asked late would outlive that wait."""
-    finished, lines, seconds = cancelled(timeout=1.5, grace=60, kill_grace=0.3, cleanup=20)
+    finished, lines = cancelled(timeout=1.5, grace=60, kill_grace=0.3, cleanup=20)
+    # SIGKILLed within its cleanup: the grace asked would have let it say "cleaned up".
     assert lines == ["started", "stopping"] and finished.exit_code == 137  # type: ignore[attr-defined]
-    assert seconds < 15
 
 
 def test_many_short_jobs_all_end_as_exited() -> None:
