@@ -900,7 +900,7 @@ WITH queued AS (
 ), places AS (  -- a limited array's jobs ready to go, in the queue's order: next_in_queue's rule
     SELECT id, row_number() OVER (PARTITION BY array_id ORDER BY priority DESC, created_at, id) AS array_place
     FROM queued WHERE array_limit > 0 AND held_by IS NULL AND waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE)
-), lined AS (
+), lined AS NOT MATERIALIZED (  -- all but its pool that holds a job back
     SELECT q.*, coalesce(r.running, 0) AS array_running, p.array_place,
            q.held_by IS NULL AND q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
            AND (q.array_limit = 0 OR r.running + p.array_place <= q.array_limit) AS array_lets_go
@@ -911,13 +911,15 @@ WITH queued AS (
     SELECT p.pool, hodei.pool_running(p.pool) AS running, hodei.pool_size(p.pool) AS size
     FROM (SELECT DISTINCT pool FROM queued WHERE pool <> '') p
 ), pool_places AS (  -- a pool's jobs of a provider that nothing else holds back: next_in_queue's rule
-    SELECT id, row_number() OVER (PARTITION BY provider_type, pool ORDER BY priority DESC, created_at, id) AS pool_place
-    FROM lined WHERE pool <> '' AND array_lets_go
-), pooled AS (
-    SELECT l.*, u.size AS pool_size, coalesce(u.running, 0) AS pool_running, pp.pool_place,
-           l.array_lets_go AND (l.pool = '' OR pp.pool_place <= coalesce(u.size, 0) - u.running) AS in_line
+    SELECT l.id, u.size AS pool_size, u.running AS pool_running,
+           row_number() OVER (PARTITION BY l.provider_type, l.pool ORDER BY l.priority DESC, l.created_at, l.id)
+               AS pool_place
+    FROM lined l JOIN pool_use u USING (pool)
+    WHERE l.pool <> '' AND l.array_lets_go
+), placed AS (  -- one join for the jobs of pools (a join over every queued job costs 3 ms in 10,000)
+    SELECT l.*, pp.pool_size, coalesce(pp.pool_running, 0) AS pool_running, pp.pool_place,
+           l.array_lets_go AND (l.pool = '' OR pp.pool_place <= coalesce(pp.pool_size, 0) - pp.pool_running) AS in_line
     FROM lined l
-    LEFT JOIN pool_use u ON l.pool <> '' AND u.pool = l.pool
     LEFT JOIN pool_places pp ON l.pool <> '' AND pp.id = l.id
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
@@ -926,7 +928,7 @@ SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priori
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position
-FROM pooled
+FROM placed
 ORDER BY provider_type, NOT in_line, position, priority DESC, created_at, id
 LIMIT %(limit)s;
 
