@@ -214,10 +214,9 @@ class Admission:
         queued jobs, counted, chosen and admitted."""
 
         def run() -> tuple[int, list[Job]]:
-            free = self._room(provider)
+            free, pools = self._room(provider)
             if free == 0:
                 return 0, []
-            pools = fetch_column(self.pool, "pools_of_queue", (provider.value,))
             for name in pools:
                 fetch_value(self.pool, "lock_pool", (name,))  # in one order: rounds never deadlock
             admitted = []
@@ -261,20 +260,21 @@ class Admission:
         with turn.lock:
             if turn.running or turn.full_lately():
                 return False
-        free = self._room(provider)
+        free, _ = self._room(provider)
         # Whether anyone ready waits, a pool's jobs too (none is admitted here: no locks).
         queued = {"provider": provider.value, "limit": 1, "joining": str(job.id), "pools": None}
         return free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
 
-    def _room(self, provider: ProviderType) -> int:
+    def _room(self, provider: ProviderType) -> tuple[int, list[str]]:
         """The provider's free slots, counted under its advisory lock, which the caller's
-        transaction holds until it ends; remembered here when there are none."""
-        fetch_value(self.pool, "lock_admission", (provider.value,))
+        transaction holds until it ends (remembered here when there are none), and the
+        pools its queued jobs name."""
+        pools: list[str] = fetch_value(self.pool, "lock_admission", {"provider": provider.value})
         free = self.capacity(provider).free
         turn = self._turns[provider]
         with turn.lock:
             turn.full_at = time.monotonic() if free == 0 else None
-        return free
+        return free, pools
 
     def admit_all(self, providers: list[ProviderType]) -> None:
         for provider in providers:

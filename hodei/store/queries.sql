@@ -798,8 +798,13 @@ ORDER BY started_at;
 -- Admission ------------------------------------------------------------------------
 
 -- name: lock_admission
--- One admitter per provider at a time, across servers, until its transaction ends.
-SELECT pg_advisory_xact_lock(7, hashtext(%s));
+-- One admitter per provider at a time, across servers, until its transaction ends; and the
+-- pools its queued jobs name, in the order their locks are taken (lock_pool), read in the
+-- same statement (a round has no statement more for pools when none of its jobs names one).
+SELECT ARRAY(SELECT DISTINCT spec ->> 'pool' FROM jobs
+             WHERE spec ->> 'pool' <> '' AND provider_type = %(provider)s AND state = 'PENDING' AND admitted_at IS NULL
+             ORDER BY 1) AS pools,
+       pg_advisory_xact_lock(7, hashtext(%(provider)s));
 
 -- name: provider_capacity_and_use
 -- The capacity set through the API (NULL: the server's default), the slots in use (workers
@@ -861,12 +866,6 @@ WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at I
   AND (coalesce(j.spec ->> 'pool', '') = '' OR j.id IN (SELECT id FROM pooled))
 ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
-
--- name: pools_of_queue
--- The pools of a provider's queued jobs, in the order their locks are taken (lock_pool).
-SELECT DISTINCT spec ->> 'pool' AS pool FROM jobs
-WHERE spec ->> 'pool' <> '' AND provider_type = %s AND state = 'PENDING' AND admitted_at IS NULL
-ORDER BY 1;
 
 -- name: lock_pool
 -- A pool's admissions, one round at a time whatever the provider (held to the commit): a
