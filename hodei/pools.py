@@ -66,7 +66,7 @@ class Pools:
         return found
 
     def get(self, name: str) -> PoolUse:
-        found = [pool for pool in self._listed(name) if pool.name == name]
+        found = self._listed(name)
         if not found:
             raise NotFound(f"pool {name[:80]!r} not found (`pool list` shows them)")
         return found[0]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import grpc
 
@@ -97,28 +97,20 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
         if request.hold_reason and not request.hold:
             raise InvalidInput("a hold's reason is for a job submitted held (hold)")
-        hold_reason = _hold_reason(request.hold_reason)
-        if request.array:
-            validate_array(list(request.array))
-        ids = [uuid4() for _ in request.array or [0]]
-        if request.array:
-            array_id = str(ids[0])
-            specs = [array_element(spec, array_id, index, len(ids)) for index in request.array]
-        else:
-            specs = [spec]
-        who = caller().name
+        hold_reason, who = _hold_reason(request.hold_reason), caller().name
         jobs = [
             Job.submit(job_spec, job_id, self.secrets.seal(job_id, secrets))
-            for job_spec, job_id in zip(specs, ids, strict=True)
+            for job_id, job_spec in _planned(spec, list(request.array))
         ]
         if request.hold:
             for job in jobs:
                 job.hold(who, hold_reason)
         # Every job of an array, or none: one write (each job's events correlated with the
         # job itself, as a job submitted alone).
-        self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else str(ids[0])))
-        array_job_ids = [str(job_id) for job_id in ids] if request.array else []
-        return jobs_pb2.QueueJobResponse(job_id=str(ids[0]), array_job_ids=array_job_ids)
+        first = str(jobs[0].id)
+        self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
+        array_job_ids = [str(job.id) for job in jobs] if request.array else []
+        return jobs_pb2.QueueJobResponse(job_id=first, array_job_ids=array_job_ids)
 
     def _after(self, spec: JobSpec, after_arrays: Mapping[str, str] | None = None) -> JobSpec:
         """The spec with the jobs it starts after named by their whole ids, an array's
@@ -328,6 +320,17 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
 def may_act_on(who: Caller, submitted_by: str | None) -> bool:
     """Submitters act on (cancel, retry) their own jobs; the operate role on any."""
     return who.may(Role.OPERATE) or (who.may(Role.SUBMIT) and submitted_by == who.name)
+
+
+def _planned(spec: JobSpec, indices: list[int]) -> list[tuple[UUID, JobSpec]]:
+    """The job submitted, or one an index of an array (whose id is its first job's)."""
+    if not indices:
+        return [(uuid4(), spec)]
+    validate_array(indices)
+    ids = [uuid4() for _ in indices]
+    return [
+        (job_id, array_element(spec, str(ids[0]), index, len(ids))) for index, job_id in zip(indices, ids, strict=True)
+    ]
 
 
 def _hold_reason(reason: str) -> str:
