@@ -33,6 +33,10 @@ from hodei.wire import MAX_QUEUE_LISTED
 MAX_WORKERS_LISTED = 1000
 
 
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
+
+
 class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, reads: ReadModels, admission: Admission) -> None:
         self.reads = reads
@@ -85,7 +89,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             place = queued.array_place or 0
             before = f", {place - 1} of its jobs before it" if place > 1 else ""
             return (
-                f"its array runs at most {queued.array_limit} jobs at once (--array …%{queued.array_limit}): "
+                f"its array runs at most {_jobs(queued.array_limit)} at once (--array …%{queued.array_limit}): "
                 f"{queued.array_running} running{before}"
             )
         if queued.past_pool_size:
@@ -94,7 +98,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             place = queued.pool_place or 0
             before = f", {place - 1} of its jobs before it" if place > 1 else ""
             return (
-                f"its pool {queued.pool} runs at most {queued.pool_size} jobs at once: "
+                f"its pool {queued.pool} runs at most {_jobs(queued.pool_size)} at once: "
                 f"{queued.pool_running} running{before}"
             )
         return self._reason(queued.provider, capacities)
