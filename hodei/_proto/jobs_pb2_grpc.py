@@ -154,7 +154,7 @@ class JobExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseJob(self, request, context):
-        """A held job goes back into its line, at its submission's place.
+        """A held job goes back into its line, at its place (by priority, then submission).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

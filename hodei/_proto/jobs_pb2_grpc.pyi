@@ -47,7 +47,7 @@ class JobExecutionServiceStub:
     it is admitted. Holding a held job changes nothing.
     """
     ReleaseJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
-    """A held job goes back into its line, at its submission's place."""
+    """A held job goes back into its line, at its place (by priority, then submission)."""
     SetJobPriority: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]
     """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
     Its submitter may lower it; raising it is the operate role's.
@@ -75,7 +75,7 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     it is admitted. Holding a held job changes nothing.
     """
     ReleaseJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
-    """A held job goes back into its line, at its submission's place."""
+    """A held job goes back into its line, at its place (by priority, then submission)."""
     SetJobPriority: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
     Its submitter may lower it; raising it is the operate role's.
@@ -154,7 +154,7 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
-        """A held job goes back into its line, at its submission's place."""
+        """A held job goes back into its line, at its place (by priority, then submission)."""
 
     @_abc_1.abstractmethod
     def SetJobPriority(

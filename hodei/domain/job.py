@@ -173,7 +173,7 @@ class Job(HodeiAggregate):
             raise InvalidTransition(f"job {self.id} is {where}: {only}")
 
     def release(self) -> None:
-        """A held job goes back into its line, where it was (its submission's place)."""
+        """A held job goes back into its line, at its place (by priority, then submission)."""
         if self.held_by is None or self.is_terminal:
             raise InvalidTransition(f"job {self.id} is {self.state} and not held: nothing to release")
         self._released(held_by=self.held_by)
