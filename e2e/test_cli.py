@@ -282,6 +282,8 @@ def test_a_pool_runs_at_most_its_size_of_the_jobs_naming_it(server: ServerProces
     assert query(url, "SELECT count(*) FROM domain_events") == events
     server.cli("pool", "delete", "db", check=True)
     assert json.loads(server.cli("pool", "list", "-o", "json", check=True).stdout) == []
+    retried = server.cli("job", "retry", job_ids[0])  # its pool is gone: it would wait for ever
+    assert retried.returncode == 2 and "no pool 'db'" in retried.stderr, retried.stderr
 
 
 def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(

@@ -95,6 +95,7 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
 
     operator = browser(guarded, tokens["operate"])
     assert 'id="cancel"' in operator.get(page).text and 'id="kill"' in operator.get(page).text
+    assert 'id="hold"' not in operator.get(page).text  # it left the queue: nothing to hold
     cross_site = operator.post(f"{page}/cancel", headers={"Origin": "http://elsewhere.example"}, allow_redirects=False)
     assert cross_site.status_code == 403
     done = operator.post(f"{page}/cancel", data={"force": "1"}, allow_redirects=False)  # Kill

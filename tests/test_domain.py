@@ -540,6 +540,15 @@ def test_a_cancelled_jobs_processes_are_stopping_until_they_stopped_or_their_wor
     assert not processes_stopping("SUCCEEDED", 1, ran)
 
 
+def test_a_job_waits_in_the_queue_until_its_attempt_is_admitted() -> None:
+    from hodei.domain.phases import waits_in_queue
+
+    assert waits_in_queue("PENDING", 1, [("queued", 1), ("provider_chosen", 1)])
+    assert not waits_in_queue("PENDING", 1, [("queued", 1), ("admitted", 1)])  # its worker is being made
+    assert waits_in_queue("PENDING", 2, [("admitted", 1), ("requeued", 1)])  # its next attempt waits again
+    assert not waits_in_queue("RUNNING", 1, [("queued", 1)])
+
+
 @pytest.mark.parametrize(
     ("condition", "state", "met"),
     [

@@ -30,7 +30,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
 from hodei.domain.job import JobState
-from hodei.domain.phases import latest_usage, processes_stopping
+from hodei.domain.phases import latest_usage, processes_stopping, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
 from hodei.logs import attempt_begins
@@ -261,15 +261,15 @@ class Console:
         )
         who = await self._caller(request)
         description = message_dict(described)
+        phases = [(p.name, p.attempt) for p in described.job.phases]
         return self._page(
             request,
             "job.html",
             who,
             job=description["job"],
             terminal=JobState(described.job.state).is_terminal,
-            stopping=processes_stopping(
-                described.job.state, described.job.attempt, ((p.name, p.attempt) for p in described.job.phases)
-            ),
+            stopping=processes_stopping(described.job.state, described.job.attempt, phases),
+            waiting=waits_in_queue(described.job.state, described.job.attempt, phases),
             may_act=may_act_on(who, described.job.submitted_by),
             used=latest_usage(description["job"]["phases"]),
             sagas=description["sagas"],

@@ -98,6 +98,12 @@ def _usage(payload: dict[str, Any]) -> tuple[float | None, int | None]:
     return used.get("cpu_seconds"), used.get("peak_memory_bytes")
 
 
+def waits_in_queue(state: str, attempt: int, phases: Iterable[tuple[str, int]]) -> bool:
+    """PENDING and its attempt not admitted: what a hold or a new priority applies to.
+    ``phases`` are (name, attempt) pairs."""
+    return state == JobState.PENDING.value and (("admitted", attempt) not in set(phases))
+
+
 def processes_stopping(state: str, attempt: int, phases: Iterable[tuple[str, int]]) -> bool:
     """A job cancelled while it ran whose worker has neither reported its processes'
     end (phase ``stopped``) nor gone (``worker_released``): they are ending in their
