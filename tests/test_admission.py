@@ -3,6 +3,7 @@ under the provider's advisory lock."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -456,3 +457,35 @@ def test_the_jobs_of_a_pool_deleted_wait_until_it_is_set_again(store: HodeiStore
     pools.set("licence", 1, "ops")
     assert admission.admit(ProviderType.DOCKER) == 1
     assert store.load(Job, job.id).admitted
+
+
+def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_pools_size(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Each provider's round has its own lock; the pool's lock makes one of them wait for the
+    other's commit, so the second counts the first's admission. Rounds started together."""
+    Pools(store).set("db", 1, "ops")
+    servers = [Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10}) for _ in range(2)]
+    for _ in range(5):
+        jobs = [_pooled(store, provider, "db") for provider in (ProviderType.DOCKER, ProviderType.LOCAL)]
+        start = threading.Barrier(2)
+
+        def admit(admission: Admission, provider: ProviderType, start: threading.Barrier = start) -> None:
+            start.wait()
+            admission.admit(provider)
+
+        rounds = [
+            threading.Thread(target=admit, args=(server, provider))
+            for server, provider in zip(servers, (ProviderType.DOCKER, ProviderType.LOCAL), strict=True)
+        ]
+        for thread in rounds:
+            thread.start()
+        for thread in rounds:
+            thread.join(30)
+        admitted = [job for job in jobs if store.load(Job, job.id).admitted]
+        assert len(admitted) == 1
+        for job in jobs:  # the pool empty again for the next race
+            ended = store.load(Job, job.id)
+            ended.cancel("the race is over")
+            store.write([ended], Meta(actor="t", correlation_id=str(job.id)))
+    assert query(fresh_database_url, "SELECT count(*) FROM jobs WHERE state = 'CANCELLED'") == [(10,)]
