@@ -97,16 +97,18 @@ class QueuedJob:
 
     @property
     def past_array_limit(self) -> bool:
-        return bool(self.array_limit) and self.array_running + (self.array_place or 0) > self.array_limit
+        return bool(self.array_limit) and _past(self.array_limit, self.array_running, self.array_place)
 
     @property
     def past_pool_size(self) -> bool:
         """Out of line because its pool is full (or gone), nothing else holding it back."""
-        return (
-            bool(self.pool)
-            and self.pool_place is not None
-            and self.pool_running + self.pool_place > (self.pool_size or 0)
-        )
+        return bool(self.pool) and _past(self.pool_size or 0, self.pool_running, self.pool_place)
+
+
+def _past(limit: int, running: int, place: int | None) -> bool:
+    """A job placed among the ready ones of a limit (None: not ready, held back otherwise)
+    beyond its room."""
+    return place is not None and running + place > limit
 
 
 @dataclass(frozen=True)

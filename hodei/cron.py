@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 from hodei.domain.base import check_name
 from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id
 from hodei.domain.job import Job
+from hodei.domain.spec import JobSpec
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -147,12 +148,19 @@ class CronJobs:
 
     # Runs ------------------------------------------------------------------------
 
-    def run_now(self, name: str, actor: str, env: Mapping[str, str] | None = None) -> UUID:
+    def run_now(
+        self,
+        name: str,
+        actor: str,
+        env: Mapping[str, str] | None = None,
+        check: Callable[[JobSpec], None] | None = None,
+    ) -> UUID:
         """A job of the cron job now, whatever its schedule and policy (``cron run``);
-        ``env``: its variables over the spec's (Nomad's dispatch of a parameterized job)."""
+        ``env``: its variables over the spec's (Nomad's dispatch of a parameterized job),
+        which the definition's checks never saw: ``check`` (the API's) sees the spec first."""
         cron = self.get(name)
         job_id = uuid4()
-        self._submit(cron, job_id, self.clock(), Meta(actor=actor, correlation_id=str(job_id)), env or {})
+        self._submit(cron, job_id, self.clock(), Meta(actor=actor, correlation_id=str(job_id)), env, check)
         return job_id
 
     def fire_due(self) -> list[UUID]:
@@ -238,12 +246,20 @@ class CronJobs:
             log.info("cancelled job %s: %s", job_id, reason)
 
     def _submit(
-        self, cron: CronJob, job_id: UUID, moment: datetime, meta: Meta, env: Mapping[str, str] | None = None
+        self,
+        cron: CronJob,
+        job_id: UUID,
+        moment: datetime,
+        meta: Meta,
+        env: Mapping[str, str] | None = None,
+        check: Callable[[JobSpec], None] | None = None,
     ) -> None:
         """The job, in the name of ``meta``'s actor (a slot's: the cron job's owner, who may
         cancel it); its secrets sealed again under a key of its own."""
         plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
         spec = cron.job_spec(moment, env or {})
         spec.validate(plain)
+        if check is not None:
+            check(spec)
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain))
         self.store.write([job], meta)

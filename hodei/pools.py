@@ -13,7 +13,7 @@ from hodei.domain.base import check_name
 from hodei.domain.pool import MAX_POOLS, Pool, check_size, pool_id
 from hodei.errors import InvalidInput, InvalidTransition, NotFound
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_all
+from hodei.store.db import fetch_all, fetch_value
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class Pools:
         return fetch_all(self.store.pool, "pools", {"name": name}, PoolUse)
 
     def check(self, name: str) -> None:
-        """A job may name only a pool that exists (its jobs would wait for ever)."""
-        if name and not self._listed(name):
+        """A job may name only a pool that exists (its jobs would wait for ever): its size
+        read, not its jobs counted, at every submission naming one."""
+        if name and fetch_value(self.store.pool, "pool_size", (name,)) is None:
             raise InvalidInput(f"no pool {name[:80]!r}: an operator creates it with `pool set {name[:80]} SIZE`")

@@ -41,7 +41,7 @@ from hodei.cli.parsing import (
 )
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
-from hodei.domain.job import JobState
+from hodei.domain.job import JobState, hold_text
 from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
@@ -112,8 +112,7 @@ def _cron_line(spec: common_pb2.JobSpec) -> str:
 
 
 def _held_line(job: common_pb2.Job) -> str:
-    why = f": {job.hold_reason}" if job.hold_reason else ""
-    return f"Held: by {job.held_by}{why}; it waits out of line until `job release {job.id}`"
+    return f"Held: {hold_text(job.held_by, job.hold_reason)}; it waits out of line until `job release {job.id}`"
 
 
 def describe(job: common_pb2.Job) -> list[str]:

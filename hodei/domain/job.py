@@ -40,6 +40,11 @@ _STATUS_CODES = {state: code for code, state in enumerate(JobState, start=1)}
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
 
 
+def hold_text(by: str, reason: str) -> str:
+    """Who held a job, and why when they said: "by alice: the data is late"."""
+    return f"by {by}: {reason}" if reason else f"by {by}"
+
+
 def after_met(condition: str, state: JobState) -> bool | None:
     """Whether the condition a job submitted with ``--after`` set on another job holds:
     True, False (it never will: that job ended otherwise) or None (that job has not

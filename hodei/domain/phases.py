@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hodei.domain.job import JobState
+from hodei.domain.job import JobState, hold_text
 
 PHASES = (
     "queued",
@@ -78,8 +78,7 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
             elif new_state.is_terminal:
                 found.append(Phase("finished", at, attempt, reason, *usage))
         elif event_type == "JobHeld":
-            why = f": {payload['reason']}" if payload.get("reason") else ""
-            found.append(Phase("held", at, attempt, f"by {payload['by']}{why}"))
+            found.append(Phase("held", at, attempt, hold_text(payload["by"], payload.get("reason") or "")))
         elif event_type == "JobStopped":
             code = payload.get("exit_code")
             how = "" if code is None else f"exited with code {code}"

@@ -17,6 +17,7 @@ from hodei._proto import (
     scheduler_pb2_grpc,
 )
 from hodei.admission import Admission, Capacity, QueuedJob
+from hodei.domain.job import hold_text
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
 from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.domain.worker import WorkerState
@@ -33,8 +34,12 @@ from hodei.wire import MAX_QUEUE_LISTED
 MAX_WORKERS_LISTED = 1000
 
 
-def _jobs(count: int) -> str:
-    return f"{count} job" if count == 1 else f"{count} jobs"
+def _at_most(whose: str, limit: int, how: str, running: int, place: int | None) -> str:
+    """Why a job past a limit of jobs at once waits: "its array runs at most 2 jobs at once
+    (--array …%2): 2 running, 3 of its jobs before it"."""
+    jobs = f"{limit} job" if limit == 1 else f"{limit} jobs"
+    before = f", {place - 1} of its jobs before it" if place is not None and place > 1 else ""
+    return f"{whose} runs at most {jobs} at once{how}: {running} running{before}"
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -73,8 +78,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         time (--begin), a job it starts after (--after), its array's limit, its pool's
         size, or its provider's capacity."""
         if queued.held_by is not None:
-            why = f": {queued.hold_reason}" if queued.hold_reason else ""
-            return f"held by {queued.held_by}{why} (job release)"
+            return f"held {hold_text(queued.held_by, queued.hold_reason)} (job release)"
         if queued.retry_at and queued.retry_at > now:
             return f"its command failed; retrying at {queued.retry_at.isoformat(timespec='seconds')}"
         if queued.begin_at:
@@ -86,21 +90,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                 f"(--after); that job is {waiting_for['state'] or 'unknown'}"
             )
         if queued.past_array_limit:
-            place = queued.array_place or 0
-            before = f", {place - 1} of its jobs before it" if place > 1 else ""
-            return (
-                f"its array runs at most {_jobs(queued.array_limit)} at once (--array …%{queued.array_limit}): "
-                f"{queued.array_running} running{before}"
-            )
+            limit = queued.array_limit
+            return _at_most("its array", limit, f" (--array …%{limit})", queued.array_running, queued.array_place)
         if queued.past_pool_size:
             if queued.pool_size is None:
                 return f"its pool {queued.pool} does not exist (pool set {queued.pool} N)"
-            place = queued.pool_place or 0
-            before = f", {place - 1} of its jobs before it" if place > 1 else ""
-            return (
-                f"its pool {queued.pool} runs at most {_jobs(queued.pool_size)} at once: "
-                f"{queued.pool_running} running{before}"
-            )
+            return _at_most(f"its pool {queued.pool}", queued.pool_size, "", queued.pool_running, queued.pool_place)
         return self._reason(queued.provider, capacities)
 
     def _reason(self, provider: str, capacities: dict[str, Capacity]) -> str:

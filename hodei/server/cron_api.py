@@ -85,10 +85,9 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
     ) -> cron_pb2.RunCronJobResponse:
         who = caller()
         self._check_owner(who, request.name, "run")
-        env = dict(request.env)
-        # Its --env may set what the definition's check never saw (a sim job's settings).
-        refuse_unrunnable(self.cron_jobs.get(request.name).job_spec(datetime.now(UTC), env), self.pools)
-        job_id = self.cron_jobs.run_now(request.name, who.name, env)
+        job_id = self.cron_jobs.run_now(
+            request.name, who.name, dict(request.env), lambda spec: refuse_unrunnable(spec, self.pools)
+        )
         return cron_pb2.RunCronJobResponse(job_id=str(job_id))
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:

@@ -1094,6 +1094,10 @@ ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;
 
 -- Pools -----------------------------------------------------------------------------
 
+-- name: pool_size
+-- A pool's size; NULL: no such pool.
+SELECT hodei.pool_size(%s);
+
 -- name: pools
 -- Every pool not deleted (its latest event has a size: idx_domain_events_pools), or the one
 -- named, with its jobs admitted and not ended and its jobs waiting (idx_jobs_pool).
