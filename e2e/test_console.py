@@ -221,6 +221,27 @@ def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(
     guarded.cli("job", "cancel", job_id, check=True)
 
 
+def test_a_jobs_page_lists_its_artifacts_and_a_reader_downloads_them(fresh_database_url: str, tmp_path: Path) -> None:
+    operate = create_token(fresh_database_url, "operator", "operate")
+    read = create_token(fresh_database_url, "reader", "read")
+    with ServerProcess(fresh_database_url, tmp_path, {}, token=operate, http=True) as server:
+        command = "mkdir -p 'my out' && printf 'a,b\\n' > 'my out/table 1.csv'"
+        ran = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "my out", "--wait", check=True)
+        job_id = ran.stdout.strip()
+        wait_settled(server.database_url, job_id)
+        reader = browser(server, read)
+        page = reader.get(f"{server.http_url}/jobs/{job_id}").text
+        link = f"/jobs/{job_id}/artifacts/1/my%20out/table%201.csv"
+        assert f'<a href="{link}" download>my out/table 1.csv</a>' in page
+        got = reader.get(server.http_url + link)
+        assert got.status_code == 200 and got.content == b"a,b\n"
+        assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''table%201.csv"
+        assert reader.get(f"{server.http_url}/jobs/{job_id}/artifacts/1/nothing.csv").status_code == 404
+        assert reader.get(f"{server.http_url}/jobs/{job_id}/artifacts/2/my%20out/table%201.csv").status_code == 404
+        anonymous = browser(server).get(server.http_url + link, allow_redirects=False)
+        assert anonymous.status_code == 303 and anonymous.headers["Location"].startswith("/login")
+
+
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:
     env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_METRICS_PUBLIC": "1"}
     with ServerProcess(tokens["url"], tmp_path, env, token=tokens["read"], http=True) as server:

@@ -3,6 +3,8 @@ seed's flags, Phase 6 with exactly its queries, Phase 8, and a concurrency run."
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +167,23 @@ def test_container_limits_and_labels_come_from_the_job(
     )
     server.cli("job", "cancel", "--id", job_id, check=True)
     wait_settled(database_url, job_id)
+
+
+def test_a_containers_files_are_kept_as_artifacts_before_it_goes(server: ServerProcess, tmp_path: Path) -> None:
+    """The agent in the container (not root: the image's user 1000) uploads the files its job
+    left in its working directory; the container is removed after, the files stay."""
+    command = "mkdir -p out && id -u > out/uid.txt && head -c 3000000 /dev/urandom > out/blob.bin"
+    result = server.cli("job", "run", "--provider", "docker", "--command", command, "--artifact", "out", "--wait")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    wait_settled(server.database_url, job_id)
+    listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
+    assert sorted((a["name"], a["size_bytes"]) for a in listed) == [("out/blob.bin", 3_000_000), ("out/uid.txt", 5)]
+    saved = server.cli("job", "artifacts", job_id, "--save", str(tmp_path), check=True)
+    assert "out/blob.bin (2.9 MiB)" in saved.stdout
+    assert (tmp_path / "out/uid.txt").read_text() == "1000\n"
+    blob = (tmp_path / "out/blob.bin").read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == next(a["sha256"] for a in listed if a["name"] == "out/blob.bin")
 
 
 def test_no_hodei_container_remains_and_every_worker_is_terminated(

@@ -52,7 +52,7 @@ def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[
 
 
 # (shape, command line, exit code); {job}: a finished job, {saga}: one of its sagas,
-# {running}: a job running now, {held}: a job submitted held.
+# {running}: a job running now, {held}: a job submitted held, {artifacts}: a finished job that left a file.
 PROVIDER = "provider get|enable|disable|health|capacity"
 CRON = "cron create|get|pause|resume|delete"
 POOL = "pool set|get|delete"
@@ -70,6 +70,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job hold|release|update", ["job", "release", "{held}"], 0),
     ("job watch", ["job", "watch", "{job}"], 2),
     ("job logs", ["job", "logs", "{job}"], 0),
+    ("job artifacts", ["job", "artifacts", "{artifacts}"], 0),
     ("job events", ["job", "events", "{job}"], 0),
     ("job describe", ["job", "describe", "{job}"], 0),
     ("job history", ["job", "history", "{job}"], 0),
@@ -113,6 +114,9 @@ def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
         if arg == "{held}":
             held = server.cli("job", "run", "--provider", "local", "--hold", "--command", "true", check=True)
             return held.stdout.strip()
+        if arg == "{artifacts}":
+            run = ["job", "run", "--provider", "local", "--command", "echo a > a.txt", "--artifact", "a.txt", "--wait"]
+            return server.cli(*run, check=True).stdout.strip()
         if arg == "{running}":
             started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
             return started.stdout.strip()

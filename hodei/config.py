@@ -74,6 +74,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_LOG_RETENTION": ("2592000", "seconds a job's stored log is kept (30 days)"),
     "HODEI_OUTBOX_RETENTION": ("604800", "seconds published outbox rows are kept (7 days; the events stay)"),
     "HODEI_MAX_LOG_BYTES": ("1073741824", "bytes of a job's stored log; past it the rest is dropped, with a notice"),
+    "HODEI_MAX_ARTIFACT_BYTES": (
+        "1073741824",
+        "bytes of the artifacts one attempt of a job may store (under HODEI_LOG_DIR/artifacts); past it files are "
+        "refused, each said in the job's log",
+    ),
     "HODEI_WORKER_ORPHAN_TIMEOUT": ("300", "seconds a worker keeps its job running without reaching any server"),
     "HODEI_FAULT": ("", "tests only: a point at which the server kills itself (see hodei/faults.py)"),
     "HODEI_HEARTBEAT_INTERVAL": ("2", "seconds between worker heartbeats"),
@@ -228,6 +233,7 @@ class Config:
     default_provider: str
     log_dir: Path
     max_log_bytes: int
+    max_artifact_bytes: int
     log_retention: float
     outbox_retention: float
     # Workers each provider runs at once, unless set through the API.
@@ -332,6 +338,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=int(_number(env, "HODEI_MAX_LOG_BYTES")),
+        max_artifact_bytes=int(_number(env, "HODEI_MAX_ARTIFACT_BYTES")),
         log_retention=_number(env, "HODEI_LOG_RETENTION"),
         outbox_retention=_number(env, "HODEI_OUTBOX_RETENTION"),
         max_workers={

@@ -169,6 +169,9 @@ class PlatformMetrics:
             "hodei_relay_lag_seconds", "From an event's commit to its delivery by this server's relay"
         )
         self.log_bytes = Counter("hodei_log_bytes", "Bytes of job output stored by this server", registry=self.registry)
+        self.artifact_bytes = Counter(
+            "hodei_artifact_bytes", "Bytes of job artifacts stored by this server", registry=self.registry
+        )
         self.log_lines_lost = Counter(
             "hodei_log_lines_lost",
             "Lines of job output this server could not store (its log directory full or gone)",

@@ -3,15 +3,16 @@
 - Published outbox rows older than ``HODEI_OUTBOX_RETENTION`` are deleted, a thousand
   per statement (each its own short transaction: writers never wait on it). The outbox is
   a delivery queue, not a record: the events stay in ``domain_events``.
-- Job logs older than ``HODEI_LOG_RETENTION``: the file is deleted, then a
-  ``JobLogsExpired`` event removes the ``job_log_files`` row, so a replay of the log
-  rebuilds exactly what is left.
+- Job logs older than ``HODEI_LOG_RETENTION``: the file is deleted, and the job's
+  artifacts with it (its output goes as one), then a ``JobLogsExpired`` event removes the
+  ``job_log_files`` row, so a replay of the log rebuilds exactly what is left.
 """
 
 from __future__ import annotations
 
 import logging
 
+from hodei.artifacts import ArtifactStore
 from hodei.domain.job import Job
 from hodei.logs import LogStore
 from hodei.roles import SYSTEM
@@ -25,9 +26,12 @@ LOG_BATCH = 100
 
 
 class Retention:
-    def __init__(self, store: HodeiStore, logs: LogStore, outbox_seconds: float, log_seconds: float) -> None:
+    def __init__(
+        self, store: HodeiStore, logs: LogStore, artifacts: ArtifactStore, outbox_seconds: float, log_seconds: float
+    ) -> None:
         self.store = store
         self.logs = logs
+        self.artifacts = artifacts
         self.outbox_seconds = outbox_seconds
         self.log_seconds = log_seconds
 
@@ -44,8 +48,9 @@ class Retention:
         """Deletes the logs of jobs whose log is past the retention; how many."""
         expired = fetch_column(self.store.pool, "expired_job_logs", (self.log_seconds, LOG_BATCH))
         for job_id in expired:
-            # The file first: if the event then fails, the next round records it.
+            # The files first: if the event then fails, the next round records it.
             self.logs.path(str(job_id)).unlink(missing_ok=True)
+            self.artifacts.delete(str(job_id))
 
             def run(job_id: str = str(job_id)) -> tuple[None, list[Job]]:
                 job = self.store.load(Job, job_id)
@@ -54,5 +59,5 @@ class Retention:
 
             self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), run)
         if expired:
-            log.info("deleted the logs of %d jobs older than %gs", len(expired), self.log_seconds)
+            log.info("deleted the logs and artifacts of %d jobs older than %gs", len(expired), self.log_seconds)
         return len(expired)

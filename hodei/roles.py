@@ -78,6 +78,7 @@ _G = "/hodei.jobs.SagaService/"
 _O = "/hodei.jobs.OutboxService/"
 _C = "/hodei.jobs.CronService/"
 _PL = "/hodei.jobs.PoolService/"
+_AR = "/hodei.jobs.ArtifactService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -98,6 +99,7 @@ RULES: dict[str, Role | Gate] = {
     _J + "GetJobEvents": Role.READ,
     _W + "Register": Gate.WORKER,
     _W + "Connect": Gate.WORKER,
+    _W + "UploadArtifact": Gate.WORKER,
     _S + "GetQueueStatus": Role.READ,
     _S + "ListWorkers": Role.READ,
     _P + "ListProviders": Role.READ,
@@ -109,6 +111,9 @@ RULES: dict[str, Role | Gate] = {
     _M + "GetMetrics": Role.READ,
     _L + "SubscribeLogs": Role.READ,
     _L + "GetLogs": Role.READ,
+    # A job's artifacts are its output, as its log is.
+    _AR + "ListArtifacts": Role.READ,
+    _AR + "ReadArtifact": Role.READ,
     _G + "ListSagas": Role.READ,
     _G + "GetSaga": Role.READ,
     _O + "ListDeadLetters": Role.READ,

@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 from psycopg_pool import ConnectionPool
 
 from hodei.admission import Admission
+from hodei.artifacts import ArtifactStore
 from hodei.config import RelayConfig, Timing
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState
@@ -169,7 +170,9 @@ class Harness:
             JobSecrets(pool),
             self.admission,
             ServerInstances(pool, "test"),
-            Retention(self.store, LogStore(tmp / "logs"), 604800, 2592000),
+            Retention(
+                self.store, LogStore(tmp / "logs"), ArtifactStore(tmp / "logs" / "artifacts", 1 << 20), 604800, 2592000
+            ),
             CronJobs(self.store, JobSecrets(pool), kill_grace=1.0),
             timing,
             secret_retention=86400,

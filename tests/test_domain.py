@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
+from hodei.domain.phases import phases_of
 from hodei.domain.pool import Pool, pool_id
 from hodei.domain.spec import JobSpec, LabelSelector, array_element, array_problems, canonical_time, name_for
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
@@ -333,6 +334,32 @@ def test_a_failed_command_with_retries_left_goes_back_to_the_queue_after_its_bac
     job.accept(WORKER)
     job.finish(WORKER, JobState.FAILED, 4, "boom again", now=now)
     assert (job.state, job.exit_code, job.error_message) == (JobState.FAILED, 4, "boom again")
+
+
+def test_each_attempt_records_the_artifacts_its_own_worker_stored_until_its_output_expires() -> None:
+    job = running_job(retries=1, artifacts=("out",))
+    with pytest.raises(InvalidTransition, match="not assigned to worker other"):
+        job.store_artifacts("other", [{"name": "a", "size_bytes": 1, "sha256": "x"}])
+    job.collect_events()
+    job.store_artifacts(WORKER, [])  # nothing stored: no event
+    assert job.pending_events == [] and job.artifacts == []
+    job.store_artifacts(WORKER, [{"name": "a", "size_bytes": 1, "sha256": "x", "ignored": True}])
+    job.finish(WORKER, JobState.FAILED, 1, "boom")
+    job.assign(WORKER, PROVIDER, "docker")
+    job.store_artifacts(WORKER, [{"name": "a", "size_bytes": 2, "sha256": "y"}])
+    job.finish(WORKER, JobState.SUCCEEDED, 0, None)
+    assert job.artifacts == [
+        {"name": "a", "size_bytes": 1, "sha256": "x", "attempt": 1},
+        {"name": "a", "size_bytes": 2, "sha256": "y", "attempt": 2},
+    ]
+    phases = phases_of((str(job.id), type(e).__name__, e.timestamp, e.__dict__) for e in job.collect_events())
+    assert [(p.attempt, p.detail) for p in phases if p.name == "artifacts_stored"] == [
+        (1, "1 file, 1 byte"),
+        (2, "1 file, 2 bytes"),
+    ]
+    job.record_logs("file:///x.log", 10, 1)
+    job.expire_logs()
+    assert job.artifacts == [] and job.logs_expired
 
 
 def test_only_a_job_waiting_in_the_queue_is_held_and_a_held_one_is_never_admitted() -> None:

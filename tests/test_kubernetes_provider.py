@@ -314,6 +314,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     api: KubeEmulator, kubeconfig: Path, store: HodeiStore
 ) -> None:
     from hodei.admission import Admission
+    from hodei.artifacts import ArtifactStore
     from hodei.config import Timing
     from hodei.cron import CronJobs
     from hodei.domain.provider import ProviderType
@@ -344,7 +345,9 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
     timing = Timing(1, 5, 5, 60, 1, 60, 1, 1)
     admission = Admission(store, dict.fromkeys(ProviderType, 16))
     instances = ServerInstances(store.pool, "t")
-    retention = Retention(store, LogStore(kubeconfig.parent), 604800, 2592000)
+    retention = Retention(
+        store, LogStore(kubeconfig.parent), ArtifactStore(kubeconfig.parent / "artifacts", 1), 604800, 2592000
+    )
     sweeper = Sweeper(
         store,
         cast(SagaEngine, None),  # the reconciler drives no saga

@@ -13,6 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from hodei._proto import worker_pb2
+from hodei.artifacts import ArtifactStore
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
@@ -72,6 +73,7 @@ def _service(
         ProviderRegistry(store, {}, {}),
         PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0), Pools(store)),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
+        ArtifactStore(tmp_path / "artifacts", 1 << 20),
     )
 
 

@@ -101,6 +101,10 @@ class Workload:
         outcome = self.random.choice([JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT])
         ended = datetime.now(UTC) - timedelta(seconds=self.random.randint(0, 60))
         ran = ((ended - timedelta(seconds=5)).isoformat(), ended.isoformat()) if self.random.random() < 0.5 else None
+        stored = [
+            {"name": f"out/{n}.txt", "size_bytes": n, "sha256": f"{n:064x}"} for n in range(self.random.randint(0, 2))
+        ]
+        job.store_artifacts(job.worker_id, stored)
         job.finish(
             job.worker_id,
             outcome,

@@ -160,6 +160,7 @@ class JobSpec(_message.Message):
     BEGIN_AT_FIELD_NUMBER: _builtins.int
     ARRAY_LIMIT_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -217,6 +218,13 @@ class JobSpec(_message.Message):
         ended). A job whose condition can no longer hold is cancelled.
         """
 
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files the job leaves for its submitter (`job artifacts`): paths or glob patterns
+        relative to its working directory (`**` spans directories; a directory means every
+        file under it). Taken once its command exits, whatever its exit code.
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +247,11 @@ class JobSpec(_message.Message):
         begin_at: _builtins.str = ...,
         array_limit: _builtins.int = ...,
         pool: _builtins.str = ...,
+        artifacts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "begin_at", b"begin_at", "command", b"command", "env", b"env", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,9 +370,9 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 
 @_typing.final
 class JobPhase(_message.Message):
-    """queued, held, released, provider_chosen, admitted, worker_created, registered, started, finished,
-    logs_stored, worker_released: a phase a requeued job passes again appears again,
-    with its attempt.
+    """queued, held, released, provider_chosen, admitted, worker_created, registered, started,
+    artifacts_stored, finished, logs_stored, worker_released: a phase a requeued job passes
+    again appears again, with its attempt.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -380,7 +389,8 @@ class JobPhase(_message.Message):
     """Why an attempt ended (phases "requeued" and "finished"): the reason of its status
     change, e.g. "attempt 1 failed (exited with code 3); retry 1 of 2"; and how a cancelled
     job's processes ended (phase "stopped"), e.g. "exited with code 143"; who held it and
-    why (phase "held"), e.g. "by alice: the data is not there yet"; empty otherwise.
+    why (phase "held"), e.g. "by alice: the data is not there yet"; what its worker stored
+    (phase "artifacts_stored"), e.g. "3 files, 1.5 MiB"; empty otherwise.
     """
     cpu_seconds: _builtins.float
     """What an attempt that ran used (phases "finished", "requeued" and "stopped", as its worker

@@ -261,6 +261,7 @@ class JobResult(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     CPU_SECONDS_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     outcome: Global___JobOutcome.ValueType
     exit_code: _builtins.int
@@ -278,6 +279,10 @@ class JobResult(_message.Message):
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredArtifact]:
+        """The artifacts stored for this attempt (as UploadArtifact answered)."""
+
     def __init__(
         self,
         *,
@@ -290,10 +295,11 @@ class JobResult(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         cpu_seconds: _builtins.float | None = ...,
         peak_memory_bytes: _builtins.int | None = ...,
+        artifacts: _abc.Iterable[Global___StoredArtifact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "cpu_seconds", b"cpu_seconds", "finished_at", b"finished_at", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "cpu_seconds", b"cpu_seconds", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "last_log_seq", b"last_log_seq", "message", b"message", "outcome", b"outcome", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "artifacts", b"artifacts", "cpu_seconds", b"cpu_seconds", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "last_log_seq", b"last_log_seq", "message", b"message", "outcome", b"outcome", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
     _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015
@@ -305,6 +311,84 @@ class JobResult(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_memory_bytes) -> _WhichOneofReturnType__peak_memory_bytes | None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class ArtifactUpload(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___ArtifactHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ArtifactHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ArtifactUpload: _TypeAlias = ArtifactUpload  # noqa: Y015
+
+@_typing.final
+class ArtifactHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    """Its path relative to the job's working directory, with '/' between directories."""
+    size_bytes: _builtins.int
+    """Its size, as the worker found it: a store over the job's limit refuses it at once."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactHeader: _TypeAlias = ArtifactHeader  # noqa: Y015
+
+@_typing.final
+class StoredArtifact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    """Hex SHA-256 of its bytes, as the server received them."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredArtifact: _TypeAlias = StoredArtifact  # noqa: Y015
 
 @_typing.final
 class ServerMessage(_message.Message):
@@ -395,6 +479,7 @@ class RunJob(_message.Message):
     WORKING_DIR_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     command: _builtins.str
     working_dir: _builtins.str
@@ -407,6 +492,10 @@ class RunJob(_message.Message):
     def secrets(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The job's secrets: put into its environment only, and masked in its output."""
 
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The spec's artifact patterns: what to upload once the command exits."""
+
     def __init__(
         self,
         *,
@@ -417,10 +506,11 @@ class RunJob(_message.Message):
         working_dir: _builtins.str = ...,
         timeout_ms: _builtins.int = ...,
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        artifacts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "command", b"command", "env", b"env", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,6 +45,11 @@ class WorkerAgentServiceStub:
                 request_serializer=hodei_dot_jobs_dot_worker__pb2.WorkerMessage.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_worker__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/hodei.jobs.WorkerAgentService/UploadArtifact',
+                request_serializer=hodei_dot_jobs_dot_worker__pb2.ArtifactUpload.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_worker__pb2.StoredArtifact.FromString,
+                _registered_method=True)
 
 
 class WorkerAgentServiceServicer:
@@ -67,6 +72,14 @@ class WorkerAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadArtifact(self, request_iterator, context):
+        """Stores one of the job's artifacts (the same session metadata as Connect): a header,
+        then the file's bytes in pieces. Sent before the result, which lists what was stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_WorkerAgentServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=hodei_dot_jobs_dot_worker__pb2.WorkerMessage.FromString,
                     response_serializer=hodei_dot_jobs_dot_worker__pb2.ServerMessage.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=hodei_dot_jobs_dot_worker__pb2.ArtifactUpload.FromString,
+                    response_serializer=hodei_dot_jobs_dot_worker__pb2.StoredArtifact.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class WorkerAgentService:
             '/hodei.jobs.WorkerAgentService/Connect',
             hodei_dot_jobs_dot_worker__pb2.WorkerMessage.SerializeToString,
             hodei_dot_jobs_dot_worker__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hodei.jobs.WorkerAgentService/UploadArtifact',
+            hodei_dot_jobs_dot_worker__pb2.ArtifactUpload.SerializeToString,
+            hodei_dot_jobs_dot_worker__pb2.StoredArtifact.FromString,
             options,
             channel_credentials,
             insecure,

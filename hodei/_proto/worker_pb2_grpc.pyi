@@ -41,6 +41,10 @@ class WorkerAgentServiceStub:
     metadata "x-hodei-worker-id" and "x-hodei-session"; every message on the
     stream can only concern that worker's own job.
     """
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_worker_pb2.ArtifactUpload, _worker_pb2.StoredArtifact]
+    """Stores one of the job's artifacts (the same session metadata as Connect): a header,
+    then the file's bytes in pieces. Sent before the result, which lists what was stored.
+    """
 
 @_typing.type_check_only
 class WorkerAgentServiceAsyncStub(WorkerAgentServiceStub):
@@ -53,6 +57,10 @@ class WorkerAgentServiceAsyncStub(WorkerAgentServiceStub):
     """The job channel. The caller's identity is bound at open from the
     metadata "x-hodei-worker-id" and "x-hodei-session"; every message on the
     stream can only concern that worker's own job.
+    """
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_pb2.ArtifactUpload, _worker_pb2.StoredArtifact]  # type: ignore[assignment]
+    """Stores one of the job's artifacts (the same session metadata as Connect): a header,
+    then the file's bytes in pieces. Sent before the result, which lists what was stored.
     """
 
 class WorkerAgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -75,6 +83,16 @@ class WorkerAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         """The job channel. The caller's identity is bound at open from the
         metadata "x-hodei-worker-id" and "x-hodei-session"; every message on the
         stream can only concern that worker's own job.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_worker_pb2.ArtifactUpload],
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.StoredArtifact, _abc.Awaitable[_worker_pb2.StoredArtifact]]:
+        """Stores one of the job's artifacts (the same session metadata as Connect): a header,
+        then the file's bytes in pieces. Sent before the result, which lists what was stored.
         """
 
 def add_WorkerAgentServiceServicer_to_server(servicer: WorkerAgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

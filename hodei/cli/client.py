@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from hodei._proto import (
     access_pb2_grpc,
+    artifacts_pb2_grpc,
     cron_pb2_grpc,
     jobs_pb2_grpc,
     logs_pb2_grpc,
@@ -164,6 +165,7 @@ class Client:
         self.outbox = outbox_pb2_grpc.OutboxServiceStub(self.channel)
         self.cron = cron_pb2_grpc.CronServiceStub(self.channel)
         self.pools = pools_pb2_grpc.PoolServiceStub(self.channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

@@ -115,6 +115,16 @@ def _held_line(job: common_pb2.Job) -> str:
     return f"Held: {hold_text(job.held_by, job.hold_reason)}; it waits out of line until `job release {job.id}`"
 
 
+def _artifacts_line(job: common_pb2.Job) -> str | None:
+    """What its latest attempt that stored artifacts stored; None when none did, or once
+    its output expired (its log stored, then gone)."""
+    stored = [phase for phase in job.phases if phase.name == "artifacts_stored"]
+    expired = not job.log_uri and any(phase.name == "logs_stored" for phase in job.phases)
+    if not stored or expired:
+        return None
+    return f"Artifacts: {stored[-1].detail} (attempt {stored[-1].attempt}; `job artifacts {job.id}`)"
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     return [
         f"Job {job.id}",
@@ -148,6 +158,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),
         *([f"Pool: {job.spec.pool} (`pool get {job.spec.pool}`)"] if job.spec.pool else []),
         *([_cron_line(job.spec)] if CRON_LABEL in job.spec.labels else []),
+        *([artifacts] if (artifacts := _artifacts_line(job)) else []),
         f"Logs: {job.log_uri or '-'}",
     ]
 
@@ -189,6 +200,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
         pool=args.pool or "",
+        artifacts=tuple(args.artifact or ()),
     )
     return spec, secrets
 
@@ -863,6 +875,13 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         metavar="NAME",
         help="run only while the pool has room: at most its size of its jobs at once, whatever their providers "
         "(`pool set NAME SIZE`)",
+    )
+    parser.add_argument(
+        "--artifact",
+        action="append",
+        metavar="PATTERN",
+        help="keep the files matching it once the command exits (`job artifacts`): a path or glob relative to the "
+        "working directory (** spans directories; a directory: all its files); repeatable",
     )
 
 

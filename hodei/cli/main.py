@@ -18,7 +18,7 @@ import grpc
 import shtab
 from grpc_health.v1 import health_pb2
 
-from hodei.cli import access, admin, cron, jobs, sagas
+from hodei.cli import access, admin, artifacts, cron, jobs, sagas
 from hodei.cli.client import DEFAULT_SERVER, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
@@ -104,7 +104,9 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--tls-key", help="private key of --tls-cert (env HODEI_CLIENT_KEY)")
     root.add_argument("--output", "-o", choices=["text", "json"], default="text", help="output format")
     commands = root.add_subparsers(dest="command", required=True)
-    sagas.add_commands(commands, jobs.add_commands(commands))
+    job = jobs.add_commands(commands)
+    sagas.add_commands(commands, job)
+    artifacts.add_commands(job)
     admin.add_commands(commands)
     access.add_commands(commands)
     cron.add_commands(commands)

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from hodei._proto import (
     access_pb2,
+    artifacts_pb2,
     common_pb2,
     cron_pb2,
     jobs_pb2,
@@ -114,6 +115,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "job retry": (_object(job_id=_STRING, retry_of=_STRING), False),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),
+    "job artifacts": (message_schema(artifacts_pb2.ListArtifactsResponse.DESCRIPTOR), False),
     "job events": (
         _array(message_schema(jobs_pb2.JobEvent.DESCRIPTOR, payload={"type": "object"})),
         False,

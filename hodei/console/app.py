@@ -17,13 +17,24 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool
 
-from hodei._proto import cron_pb2, jobs_pb2, logs_pb2, outbox_pb2, pools_pb2, providers_pb2, sagas_pb2, scheduler_pb2
+from hodei._proto import (
+    artifacts_pb2,
+    cron_pb2,
+    jobs_pb2,
+    logs_pb2,
+    outbox_pb2,
+    pools_pb2,
+    providers_pb2,
+    sagas_pb2,
+    scheduler_pb2,
+)
 from hodei.cli.parsing import since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
@@ -44,6 +55,7 @@ from hodei.wire import MAX_QUEUE_LISTED
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
+ARTIFACTS = "/hodei.jobs.ArtifactService/"
 CRON = "/hodei.jobs.CronService/"
 PAGE_SIZE = 50
 LOG_LINES_SHOWN = 10_000
@@ -92,6 +104,7 @@ class Console:
         app.router.add_get("/jobs/rows", self.job_rows)
         app.router.add_get("/jobs/{id}", self.job)
         app.router.add_get("/jobs/{id}/logs", self.follow_logs)
+        app.router.add_get("/jobs/{id}/artifacts/{attempt:\\d+}/{name:.+}", self.artifact)
         app.router.add_post("/jobs/{id}/cancel", self.cancel)
         app.router.add_post("/jobs/{id}/retry", self.retry)
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
@@ -259,6 +272,9 @@ class Console:
             "/hodei.jobs.LogStreamService/GetLogs",
             logs_pb2.GetLogsRequest(job_id=job_id, limit=LOG_LINES_SHOWN, tail=LOG_LINES_SHOWN),
         )
+        artifacts = await self._call(
+            request, ARTIFACTS + "ListArtifacts", artifacts_pb2.ListArtifactsRequest(job_id=job_id)
+        )
         who = await self._caller(request)
         description = message_dict(described)
         phases = [(p.name, p.attempt) for p in described.job.phases]
@@ -279,7 +295,33 @@ class Console:
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
             ],
             lines=_log_lines(logs.entries),
+            artifacts=[message_dict(artifact) for artifact in artifacts.artifacts],
         )
+
+    async def artifact(self, request: web.Request) -> web.StreamResponse:
+        """One artifact's bytes, as a download named after it."""
+        wanted = artifacts_pb2.ReadArtifactRequest(
+            job_id=request.match_info["id"], name=request.match_info["name"], attempt=int(request.match_info["attempt"])
+        )
+        stream = self.api.stream(await self._caller(request), ARTIFACTS + "ReadArtifact", wanted)
+        try:
+            # Its description comes first; errors (unknown job or name, no token) before the response.
+            first = await anext(stream, None)
+            assert first is not None
+            filename = quote(first.artifact.name.rsplit("/", 1)[-1])
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(first.artifact.size_bytes),
+                    "Content-Disposition": f"attachment; filename*=UTF-8''{filename}",
+                }
+            )
+            await response.prepare(request)
+            async for piece in stream:
+                await response.write(piece.data)
+            return response
+        finally:
+            await stream.aclose()
 
     async def follow_logs(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each new line of a job's log, then ``end`` once it ended."""

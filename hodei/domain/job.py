@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -102,6 +102,8 @@ class Job(HodeiAggregate):
         # Held in the queue (`job hold`): who held it (None: not held) and why.
         self.held_by: str | None = None
         self.hold_reason = ""
+        # Files its attempts left (`job artifacts`): name, size_bytes, sha256, attempt.
+        self.artifacts: list[dict[str, Any]] = []
 
     @classmethod
     def submit(
@@ -325,6 +327,15 @@ class Job(HodeiAggregate):
         if self.log_uri is None and not self.logs_expired:
             self._logs_persisted(storage_uri=storage_uri, size_bytes=size_bytes, entry_count=entry_count)
 
+    def store_artifacts(self, worker_id: str, artifacts: Sequence[Mapping[str, Any]]) -> None:
+        """Records the files its worker stored for this attempt (``name``, ``size_bytes``,
+        ``sha256``), before its result: a worker reports only on its own job."""
+        if self.worker_id != worker_id:
+            raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
+        if artifacts:
+            listed = [{key: artifact[key] for key in ("name", "size_bytes", "sha256")} for artifact in artifacts]
+            self._artifacts_stored(attempt=self.attempt, artifacts=listed)
+
     def expire_logs(self) -> None:
         """The job's stored log was deleted (retention)."""
         if self.log_uri is not None:
@@ -427,8 +438,14 @@ class Job(HodeiAggregate):
 
     @event("JobLogsExpired")
     def _logs_expired(self, storage_uri: str) -> None:
+        """The job's output went: its log, and its artifacts with it."""
         self.log_uri = None
         self.logs_expired = True
+        self.artifacts = []
+
+    @event("JobArtifactsStored")
+    def _artifacts_stored(self, attempt: int, artifacts: list[dict[str, Any]]) -> None:
+        self.artifacts = [*self.artifacts, *({**artifact, "attempt": attempt} for artifact in artifacts)]
 
 
 # Event versions: the library calls an upcaster when it reads an older payload. See the

@@ -23,6 +23,7 @@ PHASES = (
     "worker_created",
     "registered",
     "started",
+    "artifacts_stored",
     "finished",
     "stopped",
     "requeued",
@@ -77,6 +78,8 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
                 attempt += 1
             elif new_state.is_terminal:
                 found.append(Phase("finished", at, attempt, reason, *usage))
+        elif event_type == "JobArtifactsStored":
+            found.append(Phase("artifacts_stored", at, int(payload["attempt"]), artifacts_text(payload["artifacts"])))
         elif event_type == "JobHeld":
             found.append(Phase("held", at, attempt, hold_text(payload["by"], payload.get("reason") or "")))
         elif event_type == "JobStopped":
@@ -111,6 +114,25 @@ def processes_stopping(state: str, attempt: int, phases: Iterable[tuple[str, int
         return False
     this_attempt = {name for name, of in phases if of == attempt}
     return "started" in this_attempt and not this_attempt & {"stopped", "worker_released"}
+
+
+def artifacts_text(artifacts: Iterable[Mapping[str, Any]]) -> str:
+    """How many files, how large: ``3 files, 1.5 MiB``."""
+    listed = list(artifacts)
+    total = sum(int(artifact["size_bytes"]) for artifact in listed)
+    return f"{len(listed)} file{'' if len(listed) == 1 else 's'}, {size_text(total)}"
+
+
+def size_text(size: int) -> str:
+    """Bytes for people: ``512 bytes``, ``1.5 KiB``, ``20.0 MiB``."""
+    if size < 1024:
+        return f"{size} byte{'' if size == 1 else 's'}"
+    value, unit = size / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def usage_text(cpu_seconds: float | None, peak_memory_bytes: int | None) -> str:

@@ -60,6 +60,9 @@ class Limits:
     array_jobs: int = 1000
     # The largest index of an array (the API's int32).
     max_array_index: int = 2**31 - 1
+    artifact_patterns: int = 64
+    # An artifact's pattern, and the name (its path) of a file stored.
+    artifact_path_chars: int = 1024
 
 
 LIMITS = Limits()
@@ -198,6 +201,9 @@ class JobSpec:
     array_limit: int = 0
     # A pool (hodei.domain.pool): at most its size of the jobs naming it run at once; "": none.
     pool: str = ""
+    # Files to keep once the command exits (`job artifacts`): paths or glob patterns relative
+    # to the working directory.
+    artifacts: tuple[str, ...] = ()
 
     @property
     def begins(self) -> datetime | None:
@@ -259,6 +265,7 @@ class JobSpec:
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
+        found.extend(_artifact_problems(self.artifacts))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -389,6 +396,28 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
                 f"got `{_shown(condition)}`"
             )
     return found
+
+
+def _artifact_problems(patterns: Sequence[str]) -> list[str]:
+    limits = LIMITS
+    if len(patterns) > limits.artifact_patterns:
+        return [f"{len(patterns)} artifact patterns; the limit is {limits.artifact_patterns}"]
+    return [f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern))]
+
+
+def artifact_path_problem(path: str) -> str | None:
+    """What is wrong with an artifact's pattern, or a stored artifact's name: both are
+    paths inside the job's working directory, so neither may leave it (``..``, ``/``)."""
+    limits = LIMITS
+    if not path.strip():
+        return "paths must not be empty"
+    if len(path) > limits.artifact_path_chars or _CONTROL.search(path):
+        return f"`{_shown(path)}` must be at most {limits.artifact_path_chars} characters without control characters"
+    if path.startswith("/"):
+        return f"`{_shown(path)}` must be relative to the working directory"
+    if ".." in path.split("/"):
+        return f"`{_shown(path)}` must stay inside the working directory (no `..`)"
+    return None
 
 
 def _shown(text: str) -> str:

@@ -92,6 +92,19 @@ def rpc(method: F) -> F:
 
         return cast(F, stream)
 
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def async_unary(self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> object:
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                if _passes(exc):
+                    raise
+                await context.abort(*_status(exc))
+
+        return cast(F, async_unary)
+
     @functools.wraps(method)
     def unary(self: object, request: object, context: grpc.ServicerContext) -> object:
         try:

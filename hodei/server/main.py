@@ -166,6 +166,8 @@ async def _add_services(
     from hodei._proto import (
         access_pb2,
         access_pb2_grpc,
+        artifacts_pb2,
+        artifacts_pb2_grpc,
         cron_pb2,
         cron_pb2_grpc,
         outbox_pb2,
@@ -178,6 +180,7 @@ async def _add_services(
     from hodei.liveness import Pace
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
+    from hodei.server.artifacts_api import ArtifactService
     from hodei.server.cron_api import CronService
     from hodei.server.jobs_api import JobExecutionService
     from hodei.server.logs_api import LogStreamService
@@ -199,6 +202,7 @@ async def _add_services(
         runtime.registry,
         runtime.metrics,
         runtime.engine,
+        runtime.artifacts,
     )
     added: list[tuple[Any, Any, Any]] = [
         (
@@ -231,6 +235,7 @@ async def _add_services(
         (outbox_pb2, "OutboxService", OutboxService(runtime.store.pool)),
         (cron_pb2, "CronService", CronService(runtime.cron_jobs, runtime.pools)),
         (pools_pb2, "PoolService", PoolService(runtime.pools)),
+        (artifacts_pb2, "ArtifactService", ArtifactService(runtime.store, runtime.reads, runtime.artifacts)),
     ]
     grpc_modules = {
         jobs_pb2: jobs_pb2_grpc,
@@ -244,6 +249,7 @@ async def _add_services(
         outbox_pb2: outbox_pb2_grpc,
         cron_pb2: cron_pb2_grpc,
         pools_pb2: pools_pb2_grpc,
+        artifacts_pb2: artifacts_pb2_grpc,
     }
     servicers: dict[str, object] = {}
     for module, name, servicer in added:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 from hodei.admission import Admission
+from hodei.artifacts import ArtifactStore
 from hodei.config import Config
 from hodei.cron import CronJobs
 from hodei.domain.provider import ProviderType
@@ -120,6 +121,7 @@ class Runtime:
         providers, reasons = build_providers(config, self.installation)
         self.registry = ProviderRegistry(self.store, providers, reasons, config.default_provider)
         self.logs = LogStore(config.log_dir, config.max_log_bytes)
+        self.artifacts = ArtifactStore(config.log_dir / "artifacts", config.max_artifact_bytes)
         self.faults = Faults(config.fault)
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
@@ -162,7 +164,7 @@ class Runtime:
             self.secrets,
             self.admission,
             self.instances,
-            Retention(self.store, self.logs, config.outbox_retention, config.log_retention),
+            Retention(self.store, self.logs, self.artifacts, config.outbox_retention, config.log_retention),
             self.cron_jobs,
             config.timing,
             config.secret_retention,

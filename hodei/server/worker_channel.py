@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -23,6 +23,7 @@ from uuid import UUID
 import grpc
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei.artifacts import ArtifactStore, Stored, Upload
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
@@ -109,7 +110,9 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         registry: ProviderRegistry,
         metrics: PlatformMetrics,
         engine: SagaEngine,
+        artifacts: ArtifactStore,
     ) -> None:
+        self.artifacts = artifacts
         self.registry = registry
         self.engine = engine
         self.metrics = metrics
@@ -190,14 +193,56 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         transaction; ``waiter`` listens for the worker's and its job's signals before that
         state is read, so none is missed in between."""
         with command_transaction(self.store.pool):
-            worker = self.store.find(Worker, worker_id)
-            if worker is None:
-                raise Unauthenticated(f"no worker {worker_id}")
-            self.signer.check_session(metadata.get("x-hodei-session", ""), str(worker.id), worker.session_nonce)
-            if not worker.is_live:
-                raise Unauthenticated(f"worker {worker.id} is {worker.state}: its session is over")
+            worker = self._session_worker(worker_id, metadata)
             self.signals.listen(waiter, str(worker.id), worker.job_id)
             return worker, fetch_one(self.store.pool, "worker_session_states", ([worker.id],), SessionState)
+
+    def _session_worker(self, worker_id: str, metadata: dict[str, str]) -> Worker:
+        """The live worker whose session the metadata proves."""
+        worker = self.store.find(Worker, worker_id)
+        if worker is None:
+            raise Unauthenticated(f"no worker {worker_id}")
+        self.signer.check_session(metadata.get("x-hodei-session", ""), str(worker.id), worker.session_nonce)
+        if not worker.is_live:
+            raise Unauthenticated(f"worker {worker.id} is {worker.state}: its session is over")
+        return worker
+
+    @rpc
+    async def UploadArtifact(
+        self,
+        request_iterator: AsyncIterator[worker_pb2.ArtifactUpload],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> worker_pb2.StoredArtifact:
+        """Stores one file of the worker's job, for its current attempt: it is the job's
+        artifact once the worker's result lists it (hodei.artifacts)."""
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        worker = await asyncio.to_thread(self._session_worker, metadata.get("x-hodei-worker-id", ""), metadata)
+        upload: Upload | None = None
+        try:
+            async for piece in request_iterator:
+                kind = piece.WhichOneof("kind")
+                if upload is None:
+                    if kind != "header":
+                        raise InvalidInput("an artifact's upload begins with its header")
+                    if piece.header.job_id != worker.job_id:
+                        raise Unauthenticated(f"worker {worker.id} may only store artifacts of job {worker.job_id}")
+                    header = piece.header
+                    upload = await asyncio.to_thread(
+                        self.artifacts.begin, worker.job_id, worker.attempt, header.name, header.size_bytes
+                    )
+                elif kind == "data":
+                    await asyncio.to_thread(upload.write, piece.data)
+                else:
+                    raise InvalidInput("an artifact's upload has one header")
+            if upload is None:
+                raise InvalidInput("an artifact's upload begins with its header")
+            stored = await asyncio.to_thread(upload.finish)
+        except BaseException:
+            if upload is not None:
+                upload.discard()
+            raise
+        self.metrics.artifact_bytes.inc(stored.size_bytes)
+        return worker_pb2.StoredArtifact(name=stored.name, size_bytes=stored.size_bytes, sha256=stored.sha256)
 
     async def _poll_sessions(self) -> None:
         while True:
@@ -342,6 +387,7 @@ class WorkerSession:
                     working_dir=spec.working_dir,
                     timeout_ms=int(spec.timeout_seconds * 1000),
                     secrets=secrets,
+                    artifacts=spec.artifacts,
                 )
             )
         )
@@ -411,8 +457,27 @@ class WorkerSession:
             )
         usage = {name: getattr(result, name) for name in ("cpu_seconds", "peak_memory_bytes") if result.HasField(name)}
         worker_id = str(self.worker_id)
-        self._update_job(lambda job: job.finish(worker_id, state, result.exit_code, reason, ran, usage=usage or None))
+        artifacts = self._stored_artifacts(result)
+
+        def finish(job: Job) -> None:
+            job.store_artifacts(worker_id, artifacts)
+            job.finish(worker_id, state, result.exit_code, reason, ran, usage=usage or None)
+
+        self._update_job(finish)
         self.service.logs.forget(self.job_id)
+
+    def _stored_artifacts(self, result: worker_pb2.JobResult) -> list[dict[str, Any]]:
+        """The artifacts the result lists that this attempt stored (a worker can name no other)."""
+        found = []
+        for artifact in result.artifacts:
+            stored = Stored(artifact.name, artifact.size_bytes, artifact.sha256)
+            try:
+                self.service.artifacts.check(self.job_id, self.attempt, stored)
+            except InvalidInput as exc:
+                log.warning("worker %s: %s", self.worker_id, exc.message)
+                continue
+            found.append(asdict(stored))
+        return found
 
     def _own(self, job_id: str) -> None:
         if job_id != self.job_id:

@@ -194,6 +194,8 @@ class Agent:
         self.job_thread: threading.Thread | None = None
         self.result: worker_pb2.JobResult | None = None
         self.home = ""
+        self.working_dir = ""
+        self.artifacts: tuple[str, ...] = ()
         self.result_acked = threading.Event()
 
     def _next_server(self) -> worker_pb2_grpc.WorkerAgentServiceStub:
@@ -356,10 +358,12 @@ class Agent:
         if user is not None:
             os.chown(self.home, user.uid, user.gid)
         env = job_environment(run.job_id, self.settings.worker_id, self.home, run.env, run.secrets)
+        self.working_dir = run.working_dir or self.home
+        self.artifacts = tuple(run.artifacts)
         self.process = JobProcess(
             argv_for(run.command, list(run.args)),
             env,
-            run.working_dir or self.home,
+            self.working_dir,
             timeout=run.timeout_ms / 1000,
             kill_grace=self.settings.kill_grace,
             on_output=self._on_output,
@@ -382,6 +386,7 @@ class Agent:
     def _run_job(self) -> None:
         assert self.process is not None
         finished: Finished = self.process.run()
+        stored = self._store_artifacts() if finished.outcome is Outcome.EXITED and self.artifacts else []
         shutil.rmtree(self.home, ignore_errors=True)
         say(f"job {self.settings.job_id}: {finished.message}")
         if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
@@ -394,6 +399,7 @@ class Agent:
             exit_code=finished.exit_code,
             message=finished.message,
             last_log_seq=self.batcher.last_seq,
+            artifacts=stored,
         )
         if finished.started_at is not None and finished.finished_at is not None:
             self.result.started_at.CopyFrom(_stamp(finished.started_at))
@@ -403,6 +409,27 @@ class Agent:
         if finished.peak_memory_bytes is not None:
             self.result.peak_memory_bytes = finished.peak_memory_bytes
         self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
+
+    def _store_artifacts(self) -> list[worker_pb2.StoredArtifact]:
+        """Uploads the files the job's patterns match (imported here: most jobs have none,
+        and the agent's start is kept short); what was skipped or refused is said in the
+        job's log, before its result."""
+        from hodei_worker import artifacts
+
+        found = artifacts.find(self.working_dir, self.artifacts, self.settings.job_user)
+        notes, stored = found.notes, []
+        metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
+        for name, path in found.files.items():
+            try:
+                stored.append(artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, path))
+            except OSError as exc:
+                notes.append(f"artifact {name} not stored: {exc.strerror}")
+            except grpc.RpcError as exc:
+                notes.append(f"artifact {name} not stored: {exc.details()}")
+        size = sum(artifact.size_bytes for artifact in stored)
+        notes.append(f"stored {len(stored)} artifact{'' if len(stored) == 1 else 's'}, {size} bytes")
+        self._on_output(STDERR, [f"[hodei] {note}" for note in notes], False)
+        return stored
 
     def _abandon_job(self) -> None:
         if self.process is not None:

@@ -1,0 +1,130 @@
+"""Artifacts end to end on the local provider: a job's files, kept once its command exits,
+listed and saved through the CLI; what is refused, at the edge and past the limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei.testing import ServerProcess, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+# A job that leaves files: a directory's, a glob's, one pattern matching nothing, a link
+# out of its working directory, and one too large for the limit below; it fails.
+SCRIPT = (
+    "mkdir -p out/sub && printf a > out/a.txt && printf bb > out/sub/b.txt && echo r > report1.txt && "
+    "ln -s /etc/hostname out/link && head -c 5000 /dev/zero > big.bin && exit 3"
+)
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_MAX_ARTIFACT_BYTES": str(LIMIT), "HODEI_KILL_GRACE": "1"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env) as process:
+        yield process
+
+
+def _run(server: ServerProcess, command: str, *artifacts: str) -> str:
+    options = [item for pattern in artifacts for item in ("--artifact", pattern)]
+    result = server.cli("job", "run", "--provider", "local", "--command", command, *options, "--wait")
+    job_id = result.stdout.strip().splitlines()[0]
+    wait_settled(server.database_url, job_id)
+    return job_id
+
+
+def test_a_job_leaves_its_files_whatever_its_exit_code(server: ServerProcess, tmp_path: Path) -> None:
+    job_id = _run(server, SCRIPT, "out", "report*.txt", "missing.bin", "big.bin")
+    assert query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("FAILED",)]
+    listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json").stdout)
+    by_name = {a["name"]: a for a in listed["artifacts"]}
+    assert sorted(by_name) == ["out/a.txt", "out/sub/b.txt", "report1.txt"]
+    assert by_name["out/sub/b.txt"]["size_bytes"] == 2
+    assert by_name["report1.txt"]["sha256"] == hashlib.sha256(b"r\n").hexdigest()
+    assert {a["attempt"] for a in listed["artifacts"]} == {1}
+
+    log = server.cli("job", "logs", job_id).stdout + server.cli("job", "logs", job_id).stderr
+    assert "[hodei] no file matches artifact pattern `missing.bin`" in log
+    assert "[hodei] artifact out/link skipped: a symbolic link, or a path through one" in log
+    assert f"[hodei] artifact big.bin not stored: artifact big.bin is 5000 bytes; {LIMIT - 5} of the attempt's" in log
+    assert "[hodei] stored 3 artifacts, 5 bytes" in log
+
+    saved = server.cli("job", "artifacts", job_id, "--save", str(tmp_path))
+    assert saved.returncode == 0, saved.stderr
+    assert (tmp_path / "out/sub/b.txt").read_bytes() == b"bb"
+    assert (tmp_path / "report1.txt").read_bytes() == b"r\n"
+    assert not list(tmp_path.rglob("*.part"))
+    one = server.cli("job", "artifacts", job_id, "out/a.txt", "--save", "-")
+    assert one.stdout == "a"
+
+    assert (
+        f"Artifacts: 3 files, 5 bytes (attempt 1; `job artifacts {job_id}`)" in server.cli("job", "get", job_id).stdout
+    )
+    phases = json.loads(server.cli("job", "get", job_id, "-o", "json").stdout)["phases"]
+    stored = [p for p in phases if p["name"] == "artifacts_stored"]
+    assert [(p["attempt"], p["detail"]) for p in stored] == [(1, "3 files, 5 bytes")]
+
+
+def test_each_attempt_keeps_its_own_files_and_the_latest_is_read(server: ServerProcess, tmp_path: Path) -> None:
+    command = 'echo "$HODEI_WORKER_ID" > who.txt; exit 1'
+    result = server.cli(
+        "job", "run", "--provider", "local", "--command", command, "--artifact", "who.txt", "--retry", "1", "--wait"
+    )
+    job_id = result.stdout.strip()
+    wait_settled(server.database_url, job_id)
+    listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json").stdout)["artifacts"]
+    assert [(a["name"], a["attempt"]) for a in listed] == [("who.txt", 1), ("who.txt", 2)]
+    first = server.cli("job", "artifacts", job_id, "who.txt", "--attempt", "1", "--save", "-").stdout
+    latest = server.cli("job", "artifacts", job_id, "who.txt", "--save", "-").stdout
+    assert first != latest
+    workers = query(server.database_url, "SELECT id::text FROM workers WHERE job_id = %s ORDER BY attempt", (job_id,))
+    assert [first.strip(), latest.strip()] == [row[0] for row in workers]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--artifact", "/etc/passwd"], "artifact `/etc/passwd` must be relative to the working directory"),
+        (["--artifact", "out/../../x"], "must stay inside the working directory (no `..`)"),
+        (["--artifact", ""], "artifact paths must not be empty"),
+    ],
+)
+def test_bad_patterns_are_refused_before_anything_is_written(server: ServerProcess, args: list[str], said: str) -> None:
+    before = query(server.database_url, "SELECT count(*) FROM domain_events")
+    result = server.cli("job", "run", "--provider", "local", "--command", "true", *args)
+    assert result.returncode == 2
+    assert said in result.stderr
+    assert query(server.database_url, "SELECT count(*) FROM domain_events") == before
+
+
+def test_what_a_caller_may_not_read_or_name(server: ServerProcess) -> None:
+    job_id = _run(server, "echo x > x.txt", "x.txt")
+    unknown = server.cli("job", "artifacts", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 2 and "not found" in unknown.stderr
+    missing = server.cli("job", "artifacts", job_id, "y.txt", "--save", "-")
+    assert missing.returncode == 2 and f"job {job_id} has no artifact y.txt" in missing.stderr
+    two = server.cli("job", "artifacts", job_id, "--save", "-")
+    assert server.cli("job", "artifacts", job_id, "x.txt", "--attempt", "2").returncode == 2
+    assert two.returncode == 0  # one artifact: the only one named by default
+    assert two.stdout == "x\n"
+
+
+def test_only_a_worker_in_session_stores_artifacts(server: ServerProcess) -> None:
+    """An upload needs a worker's session, as its stream does: a made-up one is refused."""
+    channel = server.channel()
+    try:
+        stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
+        pieces = iter([worker_pb2.ArtifactUpload(header=worker_pb2.ArtifactHeader(job_id="j", name="a", size_bytes=1))])
+        metadata = (("x-hodei-worker-id", "00000000-0000-0000-0000-000000000001"), ("x-hodei-session", "forged"))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.UploadArtifact(pieces, metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()

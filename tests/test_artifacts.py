@@ -1,0 +1,123 @@
+"""Artifacts' parts: which files a job's patterns take (the agent), and how the server
+keeps them (names, limits, files written whole)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hodei_worker.artifacts import find, readable_by
+from hodei_worker.runner import JobUser
+
+from hodei.artifacts import MAX_FILES, ArtifactRefused, ArtifactStore, Stored
+from hodei.domain.spec import artifact_path_problem
+from hodei.errors import InvalidInput, NotFound
+
+
+def _tree(root: Path) -> None:
+    (root / "out/sub").mkdir(parents=True)
+    (root / "out/a.txt").write_text("a")
+    (root / "out/sub/b.log").write_text("bb")
+    (root / "top.log").write_text("t")
+    (root / "out/fifo").parent.mkdir(exist_ok=True)
+    os.mkfifo(root / "out/fifo")
+
+
+def test_patterns_take_files_directories_and_globs_but_no_link_out(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    _tree(root)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "key").write_text("k")
+    (root / "link").symlink_to(outside / "key")
+    (root / "linked_dir").symlink_to(outside)
+    found = find(str(root), ["out", "**/*.log", "nothing*", "link", "linked_dir/key"], None)
+    assert sorted(found.files) == ["out/a.txt", "out/sub/b.log", "top.log"]
+    assert found.files["out/a.txt"] == str(root / "out/a.txt")
+    assert found.notes == [
+        "artifact out/fifo skipped: not a regular file",
+        "no file matches artifact pattern `nothing*`",
+        "artifact link skipped: a symbolic link, or a path through one",
+        "artifact linked_dir/key skipped: a symbolic link, or a path through one",
+    ]
+
+
+def test_a_job_run_as_another_user_gets_only_what_it_could_read(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.write_text("m")
+    mine.chmod(0o600)
+    theirs = tmp_path / "theirs"
+    theirs.write_text("t")
+    theirs.chmod(0o640)
+    info = os.stat(mine)
+    owner = JobUser(info.st_uid, info.st_gid)
+    stranger = JobUser(info.st_uid + 4242, info.st_gid + 4242)
+    assert readable_by(info, owner)
+    assert not readable_by(info, stranger)
+    assert not readable_by(os.stat(theirs), stranger)
+    theirs.chmod(0o644)
+    assert readable_by(os.stat(theirs), stranger)
+    found = find(str(tmp_path), ["mine", "theirs"], stranger)
+    assert list(found.files) == ["theirs"]
+    assert found.notes == ["artifact mine skipped: the job's user may not read it"]
+
+
+def test_a_file_is_stored_whole_with_its_digest_and_read_back(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path, 100)
+    upload = store.begin("job", 1, "out/a.txt", 6)
+    upload.write(b"abc")
+    assert not (tmp_path / "job/1/out/a.txt").exists()  # only its part file, until it is whole
+    upload.write(b"def")
+    stored = upload.finish()
+    assert stored == Stored("out/a.txt", 6, "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721")
+    assert b"".join(store.read("job", 1, "out/a.txt")) == b"abcdef"
+    store.check("job", 1, stored)
+    with pytest.raises(InvalidInput, match="is 6 bytes, not 7"):
+        store.check("job", 1, Stored("out/a.txt", 7, stored.sha256))
+    with pytest.raises(InvalidInput, match="was never stored"):
+        store.check("job", 2, stored)
+    with pytest.raises(NotFound, match="no longer stored"):
+        list(store.read("job", 2, "out/a.txt"))
+    store.delete("job")
+    assert not (tmp_path / "job").exists()
+
+
+def test_an_attempt_stores_no_more_than_its_limit(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path, 10)
+    abandoned = store.begin("job", 1, "a", 6)  # never finished: its part file counts for nothing
+    abandoned.write(b"x" * 6)
+    first = store.begin("job", 1, "a", 6)
+    first.write(b"x" * 6)
+    first.finish()
+    with pytest.raises(ArtifactRefused, match="b is 5 bytes; 4 of the attempt's 10"):
+        store.begin("job", 1, "b", 5)
+    lying = store.begin("job", 1, "c", 1)  # said 1 byte, sends more than the room left
+    with pytest.raises(ArtifactRefused, match="past the 4 bytes left"):
+        lying.write(b"y" * 5)
+    lying.discard()
+    assert sorted(p.name for p in (tmp_path / "job/1").iterdir() if not p.name.endswith(".part")) == ["a"]
+    store.begin("job", 2, "b", 10).discard()  # another attempt has its own room
+    abandoned.discard()
+    many = ArtifactStore(tmp_path / "many", 1 << 20)
+    for index in range(MAX_FILES):
+        (many.directory / "job/1").mkdir(parents=True, exist_ok=True)
+        (many.directory / f"job/1/f{index}").touch()
+    with pytest.raises(ArtifactRefused, match=f"stored {MAX_FILES} files, the limit"):
+        many.begin("job", 1, "one-more", 0)
+
+
+@pytest.mark.parametrize("name", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/", "a/.", "bad\nname"])
+def test_a_name_that_is_not_a_plain_path_inside_the_job_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidInput, match="artifact"):
+        ArtifactStore(tmp_path, 10).begin("job", 1, name, 1)
+    assert not any(tmp_path.iterdir())
+
+
+def test_patterns_are_checked_as_paths_inside_the_working_directory() -> None:
+    assert artifact_path_problem("out/**/*.xml") is None
+    assert artifact_path_problem("report.txt") is None
+    assert "relative" in (artifact_path_problem("/x") or "")
+    assert "no `..`" in (artifact_path_problem("a/../b") or "")
+    assert "must not be empty" in (artifact_path_problem("  ") or "")

@@ -1,0 +1,114 @@
+"""The job's artifacts: the files its patterns (``--artifact``) match once its command
+has exited, each uploaded to the server before the job's result, which lists them.
+
+A job must not get through its agent what it could not read itself: only regular files
+inside its working directory are taken (a symbolic link is not followed, a path that
+leads out through one is skipped), and when the agent is root and runs the job as
+another user, only files that user may read. Every file skipped, pattern without a
+match or upload refused is said in the job's log (``notes``), and the job ends as it
+would have.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei_worker.runner import JobUser
+
+PIECE_BYTES = 1024 * 1024
+# Tries of one file's upload when the server cannot be reached (its stream reconnects meanwhile).
+UPLOAD_TRIES = 5
+
+
+@dataclass
+class Found:
+    """Files to upload (name -> path) and what to tell the job's log."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def readable_by(info: os.stat_result, user: JobUser) -> bool:
+    """Whether the job's own user could read a file (its mode bits, owner and group)."""
+    if info.st_uid == user.uid:
+        return bool(info.st_mode & stat.S_IRUSR)
+    if info.st_gid == user.gid:
+        return bool(info.st_mode & stat.S_IRGRP)
+    return bool(info.st_mode & stat.S_IROTH)
+
+
+def find(root: str, patterns: Sequence[str], user: JobUser | None) -> Found:
+    """The files ``patterns`` match under ``root`` (a directory matched: every file in it)."""
+    found = Found()
+    real_root = os.path.realpath(root)
+
+    def add(path: str) -> None:
+        name = os.path.relpath(path, root).replace(os.sep, "/")
+        if name in found.files:
+            return
+        try:
+            info = os.lstat(path)
+        except OSError as exc:
+            found.notes.append(f"artifact {name} skipped: {exc.strerror}")
+            return
+        if stat.S_ISLNK(info.st_mode) or os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+            found.notes.append(f"artifact {name} skipped: a symbolic link, or a path through one")
+        elif not stat.S_ISREG(info.st_mode):
+            found.notes.append(f"artifact {name} skipped: not a regular file")
+        elif user is not None and not readable_by(info, user):
+            found.notes.append(f"artifact {name} skipped: the job's user may not read it")
+        else:
+            found.files[name] = path
+
+    for pattern in patterns:
+        hits = sorted(glob.glob(pattern, root_dir=root, recursive=True))
+        if not hits:
+            found.notes.append(f"no file matches artifact pattern `{pattern}`")
+        for hit in hits:
+            path = os.path.normpath(os.path.join(root, hit))
+            if os.path.isdir(path) and not os.path.islink(path):
+                for directory, _, names in os.walk(path):
+                    for name in sorted(names):
+                        add(os.path.join(directory, name))
+            else:
+                add(path)
+    return found
+
+
+def _pieces(job_id: str, name: str, handle: int) -> Iterator[worker_pb2.ArtifactUpload]:
+    size = os.fstat(handle).st_size
+    yield worker_pb2.ArtifactUpload(header=worker_pb2.ArtifactHeader(job_id=job_id, name=name, size_bytes=size))
+    while data := os.read(handle, PIECE_BYTES):
+        yield worker_pb2.ArtifactUpload(data=data)
+
+
+def upload(
+    stub: Callable[[], worker_pb2_grpc.WorkerAgentServiceStub],
+    metadata: tuple[tuple[str, str], ...],
+    job_id: str,
+    name: str,
+    path: str,
+) -> worker_pb2.StoredArtifact:
+    """Sends one file (``stub``: the agent's current server, which may change between
+    tries); a refusal (over the job's limits) is raised at once, as an RpcError."""
+    delay, tries = 0.2, 1
+    while True:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            stored: worker_pb2.StoredArtifact = stub().UploadArtifact(_pieces(job_id, name, handle), metadata=metadata)
+            return stored
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or tries == UPLOAD_TRIES:
+                raise
+        finally:
+            os.close(handle)
+        time.sleep(delay)
+        delay, tries = delay * 2, tries + 1
