@@ -268,6 +268,31 @@ def test_the_server_enforces_the_timeout_when_the_worker_never_reports(
     h.close()
 
 
+def test_a_job_with_artifacts_is_given_time_to_upload_them_before_its_timeout_is_enforced(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    """Its worker uploads them after the command and before its result: the wait for that
+    result lasts ARTIFACTS_MARGIN longer than a job's without artifacts."""
+    from hodei.sagas.execution import ARTIFACTS_MARGIN, RESULT_MARGIN
+
+    h = harness(pool, tmp_path, effects)
+    plain, keeping = h.submit(timeout_seconds=60.0), h.submit(timeout_seconds=60.0, artifacts=("out",))
+
+    def waits() -> dict[str, float]:
+        rows = query(
+            fresh_database_url,
+            "SELECT s.correlation_id, extract(epoch FROM st.deadline_at - st.started_at) FROM saga_steps st "
+            "JOIN sagas s ON s.id = st.saga_id WHERE st.step_name = 'wait_for_result' AND st.state = 'IN_PROGRESS'",
+        )
+        return {str(job_id): float(seconds) for job_id, seconds in rows}
+
+    h.run(lambda: len(waits()) == 2, report=False)
+    grace = h.deps.timing.kill_grace
+    assert waits()[plain] == pytest.approx(60.0 + grace + RESULT_MARGIN, abs=0.01)
+    assert waits()[keeping] == pytest.approx(60.0 + grace + RESULT_MARGIN + ARTIFACTS_MARGIN, abs=0.01)
+    h.close()
+
+
 def test_a_saga_whose_delivery_is_dead_lettered_is_failed_and_compensated(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:

@@ -24,6 +24,9 @@ from hodei.sagas.engine import (
 # Time past the job's own timeout (plus the kill grace) before the server gives up on
 # hearing a result and enforces the timeout itself.
 RESULT_MARGIN = 15.0
+# More for a job with artifacts: its worker uploads them after the command, before its
+# result (the agent gives its uploads at most hodei_worker.artifacts.UPLOAD_SECONDS).
+ARTIFACTS_MARGIN = 300.0
 ACCEPTANCE_TIMEOUT = 30.0
 
 
@@ -44,7 +47,8 @@ def persist_logs_of(deps: SagaDeps, job: Job) -> list[Job]:
 def assign_worker(deps: SagaDeps, step: StepInput) -> StepResult:
     job = deps.job(step.job_id)
     job.assign(step.context["worker_id"], step.context["provider_id"], step.context["provider_type"])
-    return StepResult({"job_timeout": job.spec.timeout_seconds}, (job,))
+    margin = RESULT_MARGIN + (ARTIFACTS_MARGIN if job.spec.artifacts else 0.0)
+    return StepResult({"job_timeout": job.spec.timeout_seconds, "result_margin": margin}, (job,))
 
 
 def release_after_failure(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
@@ -128,7 +132,9 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 "wait_for_result",
                 StepKind.WAIT,
                 run=partial(wait_for_result, deps),
-                timeout=lambda context: float(context["job_timeout"]) + deps.timing.kill_grace + RESULT_MARGIN,
+                timeout=lambda context: (
+                    float(context["job_timeout"]) + deps.timing.kill_grace + context.get("result_margin", RESULT_MARGIN)
+                ),
             ),
             StepDefinition("persist_logs", StepKind.LOCAL, run=partial(persist_logs, deps)),
             StepDefinition(

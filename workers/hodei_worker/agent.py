@@ -419,13 +419,19 @@ class Agent:
         found = artifacts.find(self.working_dir, self.artifacts, self.settings.job_user)
         notes, stored = found.notes, []
         metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
+        until = time.monotonic() + artifacts.UPLOAD_SECONDS
         for name, path in found.files.items():
+            if time.monotonic() >= until:
+                notes.append(f"artifact {name} not stored: the uploads took their {artifacts.UPLOAD_SECONDS:g} s")
+                continue
             try:
-                stored.append(artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, path))
+                stored.append(artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, path, until))
             except OSError as exc:
                 notes.append(f"artifact {name} not stored: {exc.strerror}")
             except grpc.RpcError as exc:
-                notes.append(f"artifact {name} not stored: {exc.details()}")
+                late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                why = f"the uploads took their {artifacts.UPLOAD_SECONDS:g} s" if late else exc.details()
+                notes.append(f"artifact {name} not stored: {why}")
         size = sum(artifact.size_bytes for artifact in stored)
         notes.append(f"stored {len(stored)} artifact{'' if len(stored) == 1 else 's'}, {size} bytes")
         self._on_output(STDERR, [f"[hodei] {note}" for note in notes], False)

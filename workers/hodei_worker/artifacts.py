@@ -24,6 +24,9 @@ from hodei._proto import worker_pb2, worker_pb2_grpc
 from hodei_worker.runner import JobUser
 
 PIECE_BYTES = 1024 * 1024
+# Seconds a job's uploads may take in all: the server waits for its result this much longer
+# than for a job without artifacts (hodei.sagas.execution.ARTIFACTS_MARGIN, with room).
+UPLOAD_SECONDS = 240.0
 # Tries of one file's upload when the server cannot be reached (its stream reconnects meanwhile).
 UPLOAD_TRIES = 5
 
@@ -96,17 +99,21 @@ def upload(
     job_id: str,
     name: str,
     path: str,
+    until: float,
 ) -> worker_pb2.StoredArtifact:
     """Sends one file (``stub``: the agent's current server, which may change between
-    tries); a refusal (over the job's limits) is raised at once, as an RpcError."""
+    tries) by ``until`` (monotonic); a refusal (over the job's limits) is raised at once,
+    as an RpcError, and so is running out of time (DEADLINE_EXCEEDED)."""
     delay, tries = 0.2, 1
     while True:
         handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            stored: worker_pb2.StoredArtifact = stub().UploadArtifact(_pieces(job_id, name, handle), metadata=metadata)
+            stored: worker_pb2.StoredArtifact = stub().UploadArtifact(
+                _pieces(job_id, name, handle), metadata=metadata, timeout=max(until - time.monotonic(), 0.001)
+            )
             return stored
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or tries == UPLOAD_TRIES:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or tries == UPLOAD_TRIES or time.monotonic() > until:
                 raise
         finally:
             os.close(handle)
