@@ -169,6 +169,15 @@ def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database
     assert state == "FAILED" and "OOMKilled" in error, error
 
 
+def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(server: ServerProcess, database_url: str) -> None:
+    """Written in the pod's writable scratch (its emptyDir), uploaded by its non-root agent
+    before the pod goes."""
+    state, _, lines = run_kubernetes(server, database_url, "id -u > uid.txt", "--artifact", "uid.txt")
+    assert state == "SUCCEEDED"
+    assert "[hodei] stored 1 artifact, 5 bytes" in lines, lines
+    assert server.cli("job", "artifacts", "@latest", "uid.txt", "--save", "-", check=True).stdout == "1000\n"
+
+
 def test_a_kept_failed_pod_shows_its_log_through_the_api(
     pg_server: str, template_database: str, cluster: Any, tmp_path: Path, worker_image: str
 ) -> None:
