@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,3 +129,51 @@ def test_only_a_worker_in_session_stores_artifacts(server: ServerProcess) -> Non
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         channel.close()
+
+
+def test_a_reduce_fetches_the_artifacts_of_the_jobs_it_starts_after(server: ServerProcess) -> None:
+    """A map's array leaves one file each; the job after it finds them all under
+    artifacts/<job id>/, its own to read and remove (they belong to the job's user)."""
+    mapped = server.cli(
+        *("job", "run", "-p", "local", "--array", "0-2", "--artifact", "out", "--wait"),
+        *("--command", "mkdir -p out && echo $((HODEI_ARRAY_INDEX * 10 + 1)) > out/part.txt"),
+    )
+    assert mapped.returncode == 0, mapped.stderr
+    map_ids = mapped.stdout.split()
+    reduce = "awk '{s += $1} END {print s}' artifacts/*/out/part.txt > sum.txt && ls artifacts && rm -r artifacts"
+    reduced = server.cli(
+        *("job", "run", "-p", "local", "--after-array", map_ids[0], "--fetch-artifacts", "--wait"),
+        *("--command", reduce, "--artifact", "sum.txt", "--artifact", "artifacts"),
+    )
+    assert reduced.returncode == 0, reduced.stderr
+    job_id = reduced.stdout.strip()
+    wait_settled(server.database_url, job_id)
+    assert server.cli("job", "artifacts", job_id, "sum.txt", "--save", "-").stdout == "33\n"
+    log = server.cli("job", "logs", job_id)
+    assert sorted(log.stdout.split()) == sorted(map_ids)
+    assert "[hodei] fetched 3 artifacts of 3 jobs into artifacts/, 8 bytes" in log.stderr
+    assert "[hodei] no file matches artifact pattern `artifacts`" in log.stderr  # removed: it was the job's
+
+
+def test_a_job_whose_inputs_are_gone_fails_to_start_saying_which(server: ServerProcess) -> None:
+    first = _run(server, "echo x > x.txt", "x.txt")
+    shutil.rmtree(server.log_dir / "artifacts" / first)
+    result = server.cli(
+        "job", "run", "-p", "local", "--after", first, "--fetch-artifacts", "--command", "echo ran", "--wait"
+    )
+    assert result.returncode == 126, result.stderr  # as any job that could not start
+    job_id = result.stdout.strip()
+    wait_settled(server.database_url, job_id)
+    ((state, error),) = query(server.database_url, "SELECT state, error_message FROM jobs WHERE id = %s", (job_id,))
+    assert state == "FAILED"
+    assert (
+        f"cannot fetch artifact x.txt of job {first}: artifact x.txt of job {first} (attempt 1) is no longer stored"
+        in error
+    )
+    assert "ran" not in server.cli("job", "logs", job_id).stdout
+
+
+def test_fetching_needs_jobs_to_start_after(server: ServerProcess) -> None:
+    result = server.cli("job", "run", "-p", "local", "--command", "true", "--fetch-artifacts")
+    assert result.returncode == 2
+    assert "fetching artifacts needs jobs to start after (--after, --after-array)" in result.stderr

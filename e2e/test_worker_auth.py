@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
+from hodei._proto import artifacts_pb2, common_pb2, jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
 from hodei.domain.worker import Worker
 from hodei.store.app import HodeiStore
 from hodei.store.db import open_pool
@@ -103,3 +103,35 @@ def test_the_stream_is_bound_to_the_worker_and_its_job(silent_server: ServerProc
         [("PENDING",)],
         [("ASSIGNED",)],
     )
+
+
+def test_a_worker_stores_and_fetches_artifacts_only_for_its_own_job(
+    silent_server: ServerProcess, fresh_database_url: str
+) -> None:
+    """Its session uploads files of its own job only, at names inside it, and fetches the
+    artifacts of no job its own does not start after (with --fetch-artifacts)."""
+    job_id = submit(silent_server)
+    victim = submit(silent_server)
+    worker, token = credentials(fresh_database_url, job_id)
+
+    def upload(job: str, name: str) -> grpc.StatusCode:
+        header = worker_pb2.ArtifactHeader(job_id=job, name=name, size_bytes=1)
+        pieces = iter([worker_pb2.ArtifactUpload(header=header), worker_pb2.ArtifactUpload(data=b"x")])
+        try:
+            stub.UploadArtifact(pieces, metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    with grpc.insecure_channel(silent_server.address) as channel:
+        stub = worker_pb2_grpc.WorkerAgentServiceStub(channel)
+        metadata = (("x-hodei-worker-id", str(worker.id)), ("x-hodei-session", register(stub, worker, token)))
+        assert upload(victim, "a.txt") == grpc.StatusCode.UNAUTHENTICATED
+        assert upload(job_id, "../../escape.txt") == grpc.StatusCode.INVALID_ARGUMENT
+        assert upload(job_id, "a.txt") == grpc.StatusCode.OK
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.FetchArtifact(artifacts_pb2.ReadArtifactRequest(job_id=victim, name="a.txt"), metadata=metadata))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "may fetch artifacts only of the jobs it starts after" in str(refused.value.details())
+    stored = sorted(str(path.relative_to(silent_server.log_dir)) for path in silent_server.log_dir.rglob("*.txt"))
+    assert stored == [f"artifacts/{job_id}/1/a.txt"]

@@ -100,6 +100,7 @@ RULES: dict[str, Role | Gate] = {
     _W + "Register": Gate.WORKER,
     _W + "Connect": Gate.WORKER,
     _W + "UploadArtifact": Gate.WORKER,
+    _W + "FetchArtifact": Gate.WORKER,
     _S + "GetQueueStatus": Role.READ,
     _S + "ListWorkers": Role.READ,
     _P + "ListProviders": Role.READ,

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hodei._proto import artifacts_pb2 as _artifacts_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -480,6 +481,7 @@ class RunJob(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     command: _builtins.str
     working_dir: _builtins.str
@@ -496,6 +498,12 @@ class RunJob(_message.Message):
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The spec's artifact patterns: what to upload once the command exits."""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputArtifact]:
+        """Artifacts of the jobs it starts after, to fetch (FetchArtifact) into the working
+        directory at artifacts/<job id>/<name> before the command runs.
+        """
+
     def __init__(
         self,
         *,
@@ -507,14 +515,38 @@ class RunJob(_message.Message):
         timeout_ms: _builtins.int = ...,
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
+        inputs: _abc.Iterable[Global___InputArtifact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "command", b"command", "env", b"env", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunJob: _TypeAlias = RunJob  # noqa: Y015
+
+@_typing.final
+class InputArtifact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def artifact(self) -> _artifacts_pb2.Artifact: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        artifact: _artifacts_pb2.Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputArtifact: _TypeAlias = InputArtifact  # noqa: Y015
 
 @_typing.final
 class CancelJob(_message.Message):

@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from hodei._proto import artifacts_pb2 as hodei_dot_jobs_dot_artifacts__pb2
 from hodei._proto import worker_pb2 as hodei_dot_jobs_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -50,6 +51,11 @@ class WorkerAgentServiceStub:
                 request_serializer=hodei_dot_jobs_dot_worker__pb2.ArtifactUpload.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_worker__pb2.StoredArtifact.FromString,
                 _registered_method=True)
+        self.FetchArtifact = channel.unary_stream(
+                '/hodei.jobs.WorkerAgentService/FetchArtifact',
+                request_serializer=hodei_dot_jobs_dot_artifacts__pb2.ReadArtifactRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_artifacts__pb2.ArtifactPiece.FromString,
+                _registered_method=True)
 
 
 class WorkerAgentServiceServicer:
@@ -80,6 +86,14 @@ class WorkerAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchArtifact(self, request, context):
+        """Reads an artifact of a job the worker's job starts after (its spec's fetch_artifacts):
+        its description, then its bytes in pieces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_WorkerAgentServiceServicer_to_server(servicer, server):
                     servicer.UploadArtifact,
                     request_deserializer=hodei_dot_jobs_dot_worker__pb2.ArtifactUpload.FromString,
                     response_serializer=hodei_dot_jobs_dot_worker__pb2.StoredArtifact.SerializeToString,
+            ),
+            'FetchArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtifact,
+                    request_deserializer=hodei_dot_jobs_dot_artifacts__pb2.ReadArtifactRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_artifacts__pb2.ArtifactPiece.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +199,33 @@ class WorkerAgentService:
             '/hodei.jobs.WorkerAgentService/UploadArtifact',
             hodei_dot_jobs_dot_worker__pb2.ArtifactUpload.SerializeToString,
             hodei_dot_jobs_dot_worker__pb2.StoredArtifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hodei.jobs.WorkerAgentService/FetchArtifact',
+            hodei_dot_jobs_dot_artifacts__pb2.ReadArtifactRequest.SerializeToString,
+            hodei_dot_jobs_dot_artifacts__pb2.ArtifactPiece.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ The channel between the server and the worker agent of one job."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from hodei._proto import artifacts_pb2 as _artifacts_pb2
 from hodei._proto import worker_pb2 as _worker_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -45,6 +46,10 @@ class WorkerAgentServiceStub:
     """Stores one of the job's artifacts (the same session metadata as Connect): a header,
     then the file's bytes in pieces. Sent before the result, which lists what was stored.
     """
+    FetchArtifact: _grpc.UnaryStreamMultiCallable[_artifacts_pb2.ReadArtifactRequest, _artifacts_pb2.ArtifactPiece]
+    """Reads an artifact of a job the worker's job starts after (its spec's fetch_artifacts):
+    its description, then its bytes in pieces.
+    """
 
 @_typing.type_check_only
 class WorkerAgentServiceAsyncStub(WorkerAgentServiceStub):
@@ -61,6 +66,10 @@ class WorkerAgentServiceAsyncStub(WorkerAgentServiceStub):
     UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_pb2.ArtifactUpload, _worker_pb2.StoredArtifact]  # type: ignore[assignment]
     """Stores one of the job's artifacts (the same session metadata as Connect): a header,
     then the file's bytes in pieces. Sent before the result, which lists what was stored.
+    """
+    FetchArtifact: _aio.UnaryStreamMultiCallable[_artifacts_pb2.ReadArtifactRequest, _artifacts_pb2.ArtifactPiece]  # type: ignore[assignment]
+    """Reads an artifact of a job the worker's job starts after (its spec's fetch_artifacts):
+    its description, then its bytes in pieces.
     """
 
 class WorkerAgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -93,6 +102,16 @@ class WorkerAgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_worker_pb2.StoredArtifact, _abc.Awaitable[_worker_pb2.StoredArtifact]]:
         """Stores one of the job's artifacts (the same session metadata as Connect): a header,
         then the file's bytes in pieces. Sent before the result, which lists what was stored.
+        """
+
+    @_abc_1.abstractmethod
+    def FetchArtifact(
+        self,
+        request: _artifacts_pb2.ReadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_artifacts_pb2.ArtifactPiece], _abc.AsyncIterator[_artifacts_pb2.ArtifactPiece]]:
+        """Reads an artifact of a job the worker's job starts after (its spec's fetch_artifacts):
+        its description, then its bytes in pieces.
         """
 
 def add_WorkerAgentServiceServicer_to_server(servicer: WorkerAgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

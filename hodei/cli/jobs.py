@@ -50,6 +50,7 @@ from hodei.domain.spec import (
     LabelSelector,
     Resources,
     array_element,
+    naming_arrays,
     validate_array,
 )
 from hodei.errors import HodeiError, InvalidInput, NotFound
@@ -211,8 +212,11 @@ def queue_request(args: argparse.Namespace) -> None:
     number too large for the wire breaks the request."""
     spec, secrets = job_spec(args)
     array = args.array or ArrayOption([])
-    spec = replace(spec, after=parse_after(args.after or []), begin_at=args.begin or "", array_limit=array.limit)
-    spec.validate(secrets)
+    after, after_arrays = parse_after(args.after or []), parse_after(args.after_array or [])
+    spec = replace(
+        spec, after=after, begin_at=args.begin or "", array_limit=array.limit, fetch_artifacts=args.fetch_artifacts
+    )
+    naming_arrays(spec, after_arrays).validate(secrets)
     indices = array.indices
     if indices:
         if args.follow:
@@ -226,7 +230,7 @@ def queue_request(args: argparse.Namespace) -> None:
         spec=spec_to_proto(spec),
         secrets=secrets,
         array=indices,
-        after_arrays=parse_after(args.after_array or []),
+        after_arrays=after_arrays,
         hold=args.hold,
         hold_reason=args.hold_reason or "",
     )
@@ -909,6 +913,12 @@ def add_commands(commands: Any) -> Any:
             f"start only once every job of an array (named by any of its jobs, or {LATEST}) succeeded, failed or "
             "ended, as --after asks of one: a reduce after a map"
         ),
+    )
+    run_parser.add_argument(
+        "--fetch-artifacts",
+        action="store_true",
+        help="before the command runs, put the artifacts of the jobs it starts after (--after, --after-array) into "
+        "its working directory, at artifacts/<job id>/<name>",
     )
     run_parser.add_argument(
         "--array",

@@ -336,6 +336,11 @@ class Job(HodeiAggregate):
             listed = [{key: artifact[key] for key in ("name", "size_bytes", "sha256")} for artifact in artifacts]
             self._artifacts_stored(attempt=self.attempt, artifacts=listed)
 
+    @property
+    def latest_artifacts(self) -> list[dict[str, Any]]:
+        """Each name's artifact of the latest attempt that stored one so named."""
+        return list({artifact["name"]: artifact for artifact in self.artifacts}.values())
+
     def expire_logs(self) -> None:
         """The job's stored log was deleted (retention)."""
         if self.log_uri is not None:

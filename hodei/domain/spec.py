@@ -120,6 +120,12 @@ def array_element(spec: JobSpec, array_id: str, index: int, count: int) -> JobSp
     )
 
 
+def naming_arrays(spec: JobSpec, after_arrays: Mapping[str, str]) -> JobSpec:
+    """The spec as it is checked before the arrays it starts after (--after-array) are read:
+    the job naming each array stands for its jobs among those it starts after."""
+    return replace(spec, after={**after_arrays, **spec.after}) if after_arrays else spec
+
+
 def never_after(job_id: str, state: str, condition: str) -> str:
     """Why a job submitted with ``--after job_id[:condition]`` can never start."""
     return f"job {job_id} ended {state}, and this job was to start once it {AFTER_CONDITIONS[condition]}"
@@ -204,6 +210,9 @@ class JobSpec:
     # Files to keep once the command exits (`job artifacts`): paths or glob patterns relative
     # to the working directory.
     artifacts: tuple[str, ...] = ()
+    # Put the artifacts of the jobs in ``after`` into the working directory before the
+    # command runs, at artifacts/<job id>/<name> (a reduce reads its map's outputs).
+    fetch_artifacts: bool = False
 
     @property
     def begins(self) -> datetime | None:
@@ -265,7 +274,7 @@ class JobSpec:
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
-        found.extend(_artifact_problems(self.artifacts))
+        found.extend(_artifact_problems(self.artifacts, self.fetch_artifacts, self.after))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -398,11 +407,16 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
     return found
 
 
-def _artifact_problems(patterns: Sequence[str]) -> list[str]:
+def _artifact_problems(patterns: Sequence[str], fetch: bool, after: Mapping[str, str]) -> list[str]:
+    """Of the files the job keeps (``patterns``) and those it fetches (``fetch``: the
+    artifacts of the jobs it starts ``after``)."""
     limits = LIMITS
+    found = []
+    if fetch and not after:
+        found.append("fetching artifacts needs jobs to start after (--after, --after-array): theirs are fetched")
     if len(patterns) > limits.artifact_patterns:
-        return [f"{len(patterns)} artifact patterns; the limit is {limits.artifact_patterns}"]
-    return [f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern))]
+        return [*found, f"{len(patterns)} artifact patterns; the limit is {limits.artifact_patterns}"]
+    return [*found, *(f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern)))]
 
 
 def artifact_path_problem(path: str) -> str | None:
@@ -457,7 +471,7 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
         return _strings
     if origin is Mapping:
         return _string_map
-    if hint is float or hint is int:
+    if hint is float or hint is int or hint is bool:
         return typing.cast(Callable[[Any], Any], hint)
     return str
 

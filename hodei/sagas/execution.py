@@ -24,8 +24,9 @@ from hodei.sagas.engine import (
 # Time past the job's own timeout (plus the kill grace) before the server gives up on
 # hearing a result and enforces the timeout itself.
 RESULT_MARGIN = 15.0
-# More for a job with artifacts: its worker uploads them after the command, before its
-# result (the agent gives its uploads at most hodei_worker.artifacts.UPLOAD_SECONDS).
+# More for a job with artifacts, and again for one that fetches others': its worker
+# uploads them after the command, before its result, and fetches those before it (the
+# agent gives each at most hodei_worker.artifacts.TRANSFER_SECONDS).
 ARTIFACTS_MARGIN = 300.0
 ACCEPTANCE_TIMEOUT = 30.0
 
@@ -47,7 +48,7 @@ def persist_logs_of(deps: SagaDeps, job: Job) -> list[Job]:
 def assign_worker(deps: SagaDeps, step: StepInput) -> StepResult:
     job = deps.job(step.job_id)
     job.assign(step.context["worker_id"], step.context["provider_id"], step.context["provider_type"])
-    margin = RESULT_MARGIN + (ARTIFACTS_MARGIN if job.spec.artifacts else 0.0)
+    margin = RESULT_MARGIN + ARTIFACTS_MARGIN * (bool(job.spec.artifacts) + job.spec.fetch_artifacts)
     return StepResult({"job_timeout": job.spec.timeout_seconds, "result_margin": margin}, (job,))
 
 

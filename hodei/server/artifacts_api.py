@@ -22,7 +22,7 @@ from hodei.store.app import HodeiStore
 from hodei.store.readmodels import ReadModels
 
 
-def _to_proto(artifact: dict[str, Any]) -> artifacts_pb2.Artifact:
+def artifact_message(artifact: dict[str, Any]) -> artifacts_pb2.Artifact:
     return artifacts_pb2.Artifact(
         name=artifact["name"],
         size_bytes=artifact["size_bytes"],
@@ -62,7 +62,7 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
     ) -> artifacts_pb2.ListArtifactsResponse:
         job = self._job(request.job_id)
         return artifacts_pb2.ListArtifactsResponse(
-            job_id=str(job.id), artifacts=[_to_proto(a) for a in job.artifacts], expired=job.logs_expired
+            job_id=str(job.id), artifacts=[artifact_message(a) for a in job.artifacts], expired=job.logs_expired
         )
 
     @rpc
@@ -70,14 +70,22 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
         self, request: artifacts_pb2.ReadArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[artifacts_pb2.ArtifactPiece]:
         job = await asyncio.to_thread(self._job, request.job_id)
-        artifact = chosen(job, request.name, request.attempt)
-        pieces: Generator[bytes, None, None] = self.artifacts.read(str(job.id), artifact["attempt"], artifact["name"])
-        try:
-            # Opened before the description goes: a missing file is an error, not an empty one.
+        async for piece in artifact_pieces(self.artifacts, job, request.name, request.attempt):
+            yield piece
+
+
+async def artifact_pieces(
+    artifacts: ArtifactStore, job: Job, name: str, attempt: int
+) -> AsyncIterator[artifacts_pb2.ArtifactPiece]:
+    """An artifact of ``job`` as ReadArtifact sends it: its description, then its bytes."""
+    artifact = chosen(job, name, attempt)
+    pieces: Generator[bytes, None, None] = artifacts.read(str(job.id), artifact["attempt"], artifact["name"])
+    try:
+        # Opened before the description goes: a missing file is an error, not an empty one.
+        piece = await asyncio.to_thread(next, pieces, b"")
+        yield artifacts_pb2.ArtifactPiece(artifact=artifact_message(artifact))
+        while piece:
+            yield artifacts_pb2.ArtifactPiece(data=piece)
             piece = await asyncio.to_thread(next, pieces, b"")
-            yield artifacts_pb2.ArtifactPiece(artifact=_to_proto(artifact))
-            while piece:
-                yield artifacts_pb2.ArtifactPiece(data=piece)
-                piece = await asyncio.to_thread(next, pieces, b"")
-        finally:
-            pieces.close()
+    finally:
+        pieces.close()

@@ -24,6 +24,7 @@ from hodei.domain.spec import (
     LabelSelector,
     array_element,
     check_priority,
+    naming_arrays,
     never_after,
     validate_array,
 )
@@ -90,7 +91,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
-        spec.validate(secrets)
+        naming_arrays(spec, request.after_arrays).validate(secrets)
         refuse_unrunnable(spec, self.pools)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:

@@ -22,13 +22,13 @@ from uuid import UUID
 
 import grpc
 
-from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
 from hodei.artifacts import ArtifactStore, Stored, Upload
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import InvalidInput, InvalidTransition, ProviderUnavailable, Unauthenticated
+from hodei.errors import InvalidInput, InvalidTransition, PermissionDenied, ProviderUnavailable, Unauthenticated
 from hodei.faults import Faults
 from hodei.liveness import Liveness, Pace
 from hodei.logs import STDERR, STDOUT, LogLine, LogNotStored, LogStore
@@ -36,6 +36,7 @@ from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
 from hodei.sagas.engine import SagaEngine
 from hodei.sagas.routes import only_pokes
+from hodei.server.artifacts_api import artifact_message, artifact_pieces
 from hodei.server.edge import rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
@@ -244,6 +245,20 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self.metrics.artifact_bytes.inc(stored.size_bytes)
         return worker_pb2.StoredArtifact(name=stored.name, size_bytes=stored.size_bytes, sha256=stored.sha256)
 
+    @rpc
+    async def FetchArtifact(
+        self, request: artifacts_pb2.ReadArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[artifacts_pb2.ArtifactPiece]:
+        """An artifact of a job the worker's job starts after, when its spec fetches them."""
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        worker = await asyncio.to_thread(self._session_worker, metadata.get("x-hodei-worker-id", ""), metadata)
+        own = await asyncio.to_thread(self.store.load, Job, worker.job_id)
+        if not own.spec.fetch_artifacts or request.job_id not in own.spec.after:
+            raise PermissionDenied(f"job {own.id} may fetch artifacts only of the jobs it starts after (--after)")
+        job = await asyncio.to_thread(self.store.load, Job, request.job_id)
+        async for piece in artifact_pieces(self.artifacts, job, request.name, request.attempt):
+            yield piece
+
     async def _poll_sessions(self) -> None:
         while True:
             await asyncio.sleep(STATE_POLL)
@@ -388,9 +403,21 @@ class WorkerSession:
                     timeout_ms=int(spec.timeout_seconds * 1000),
                     secrets=secrets,
                     artifacts=spec.artifacts,
+                    inputs=self._inputs(spec),
                 )
             )
         )
+
+    def _inputs(self, spec: JobSpec) -> list[worker_pb2.InputArtifact]:
+        """The artifacts to fetch before the command runs: each name's latest of every job
+        it starts after, when its spec asks for them."""
+        if not spec.fetch_artifacts:
+            return []
+        return [
+            worker_pb2.InputArtifact(job_id=job_id, artifact=artifact_message(artifact))
+            for job_id in spec.after
+            for artifact in self.service.store.load(Job, job_id).latest_artifacts
+        ]
 
     async def _read(self, requests: AsyncIterator[worker_pb2.WorkerMessage], waiter: AsyncWaiter) -> None:
         try:

@@ -360,6 +360,7 @@ class Agent:
         env = job_environment(run.job_id, self.settings.worker_id, self.home, run.env, run.secrets)
         self.working_dir = run.working_dir or self.home
         self.artifacts = tuple(run.artifacts)
+        inputs = list(run.inputs)
         self.process = JobProcess(
             argv_for(run.command, list(run.args)),
             env,
@@ -368,6 +369,7 @@ class Agent:
             kill_grace=self.settings.kill_grace,
             on_output=self._on_output,
             user=user,
+            before=(lambda: self._fetch_inputs(inputs)) if inputs else None,
         )
         self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
         self.job_thread.start()
@@ -410,6 +412,29 @@ class Agent:
             self.result.peak_memory_bytes = finished.peak_memory_bytes
         self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The worker's session, for the calls beside its stream."""
+        return (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
+
+    def _fetch_inputs(self, inputs: list[worker_pb2.InputArtifact]) -> str | None:
+        """Fetches the artifacts of the jobs this one starts after; a problem fails its start."""
+        from hodei_worker import artifacts
+
+        until, size = time.monotonic() + artifacts.TRANSFER_SECONDS, 0
+        user, metadata = self.settings.job_user, self._metadata()
+        for wanted in inputs:
+            what = f"artifact {wanted.artifact.name} of job {wanted.job_id}"
+            try:
+                size += artifacts.fetch(self.stub, metadata, wanted, self.working_dir, user, until)
+            except (OSError, ValueError) as exc:
+                return f"cannot fetch {what}: {getattr(exc, 'strerror', None) or exc}"
+            except grpc.RpcError as exc:
+                return f"cannot fetch {what}: {artifacts.refusal(exc, 'fetches')}"
+        jobs = len({wanted.job_id for wanted in inputs})
+        notes = [f"[hodei] fetched {len(inputs)} artifacts of {jobs} jobs into {artifacts.FETCHED}/, {size} bytes"]
+        self._on_output(STDERR, notes, False)
+        return None
+
     def _store_artifacts(self) -> list[worker_pb2.StoredArtifact]:
         """Uploads the files the job's patterns match (imported here: most jobs have none,
         and the agent's start is kept short); what was skipped or refused is said in the
@@ -418,20 +443,18 @@ class Agent:
 
         found = artifacts.find(self.working_dir, self.artifacts, self.settings.job_user)
         notes, stored = found.notes, []
-        metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
-        until = time.monotonic() + artifacts.UPLOAD_SECONDS
+        metadata = self._metadata()
+        until = time.monotonic() + artifacts.TRANSFER_SECONDS
         for name, path in found.files.items():
             if time.monotonic() >= until:
-                notes.append(f"artifact {name} not stored: the uploads took their {artifacts.UPLOAD_SECONDS:g} s")
+                notes.append(f"artifact {name} not stored: the uploads took their {artifacts.TRANSFER_SECONDS:g} s")
                 continue
             try:
                 stored.append(artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, path, until))
             except OSError as exc:
                 notes.append(f"artifact {name} not stored: {exc.strerror}")
             except grpc.RpcError as exc:
-                late = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                why = f"the uploads took their {artifacts.UPLOAD_SECONDS:g} s" if late else exc.details()
-                notes.append(f"artifact {name} not stored: {why}")
+                notes.append(f"artifact {name} not stored: {artifacts.refusal(exc, 'uploads')}")
         size = sum(artifact.size_bytes for artifact in stored)
         notes.append(f"stored {len(stored)} artifact{'' if len(stored) == 1 else 's'}, {size} bytes")
         self._on_output(STDERR, [f"[hodei] {note}" for note in notes], False)

@@ -1,5 +1,7 @@
 """The job's artifacts: the files its patterns (``--artifact``) match once its command
-has exited, each uploaded to the server before the job's result, which lists them.
+has exited, each uploaded to the server before the job's result, which lists them; and,
+before its command runs, the artifacts of the jobs it starts after (``--fetch-artifacts``),
+each fetched into ``artifacts/<job id>/<name>`` under its working directory.
 
 A job must not get through its agent what it could not read itself: only regular files
 inside its working directory are taken (a symbolic link is not followed, a path that
@@ -11,7 +13,9 @@ would have.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import os
 import stat
 import time
@@ -20,13 +24,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
 from hodei_worker.runner import JobUser
 
 PIECE_BYTES = 1024 * 1024
-# Seconds a job's uploads may take in all: the server waits for its result this much longer
-# than for a job without artifacts (hodei.sagas.execution.ARTIFACTS_MARGIN, with room).
-UPLOAD_SECONDS = 240.0
+# Seconds a job's uploads may take in all, and its fetches: the server waits for its result
+# this much longer for each (hodei.sagas.execution.ARTIFACTS_MARGIN, with room).
+TRANSFER_SECONDS = 240.0
+# Where fetched artifacts go, under the working directory.
+FETCHED = "artifacts"
 # Tries of one file's upload when the server cannot be reached (its stream reconnects meanwhile).
 UPLOAD_TRIES = 5
 
@@ -119,3 +125,60 @@ def upload(
             os.close(handle)
         time.sleep(delay)
         delay, tries = delay * 2, tries + 1
+
+
+def refusal(exc: grpc.RpcError, transfers: str) -> str:
+    """Why a transfer failed, in the job's log: the server's words, or the time it ran out of."""
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the {transfers} took their {TRANSFER_SECONDS:g} s"
+    return str(exc.details())
+
+
+def fetch(
+    stub: worker_pb2_grpc.WorkerAgentServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    wanted: worker_pb2.InputArtifact,
+    root: str,
+    user: JobUser | None,
+    until: float,
+) -> int:
+    """Writes one artifact of another job at ``artifacts/<job id>/<name>`` under ``root``,
+    whole (a part file renamed) and as the server stored it (its SHA-256 checked), owned
+    by the job's user; its size. Raises OSError, an RpcError, or ValueError (a bad name
+    or digest)."""
+    artifact = wanted.artifact
+    base = os.path.join(root, FETCHED, wanted.job_id)
+    path = os.path.normpath(os.path.join(base, artifact.name))
+    if os.path.commonpath([path, base]) != base or os.path.isabs(artifact.name):
+        raise ValueError(f"artifact {artifact.name!r} would be written outside {base}")
+    _make_directories(os.path.dirname(path), root, user)
+    request = artifacts_pb2.ReadArtifactRequest(job_id=wanted.job_id, name=artifact.name, attempt=artifact.attempt)
+    digest = hashlib.sha256()
+    part = f"{path}.part"
+    try:
+        with open(part, "wb") as target:
+            for piece in stub.FetchArtifact(request, metadata=metadata, timeout=max(until - time.monotonic(), 0.001)):
+                if piece.WhichOneof("kind") == "data":
+                    digest.update(piece.data)
+                    target.write(piece.data)
+        if digest.hexdigest() != artifact.sha256:
+            raise ValueError(f"artifact {artifact.name} of job {wanted.job_id}: its bytes are not those stored")
+        if user is not None:
+            os.chown(part, user.uid, user.gid)
+        os.replace(part, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+    return artifact.size_bytes
+
+
+def _make_directories(directory: str, root: str, user: JobUser | None) -> None:
+    """Makes ``directory`` and those on the way from ``root``, owned by the job's user."""
+    missing = []
+    while not os.path.isdir(directory) and directory != root:
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for made in reversed(missing):
+        os.mkdir(made)
+        if user is not None:
+            os.chown(made, user.uid, user.gid)

@@ -185,7 +185,11 @@ class JobProcess:
         kill_grace: float,
         on_output: Callable[[str, list[str], bool], None],
         user: JobUser | None = None,
+        before: Callable[[], str | None] | None = None,
     ) -> None:
+        """``before``: what to do in the working directory before the command starts;
+        what it returns (a problem) fails the start."""
+        self.before = before
         self.argv = argv
         self.env = dict(env)
         self.working_dir = working_dir
@@ -222,6 +226,8 @@ class JobProcess:
         memory = MemoryGroup.of_worker(self.env.get("HODEI_WORKER_ID", ""))
         oom_before = memory.oom_kills() if memory else None
         problem = self._prepare_working_dir()
+        if problem is None and self.before is not None:
+            problem = self.before()
         if problem is not None:
             return Finished(Outcome.START_FAILED, 126, problem)
         user = self.user
