@@ -242,6 +242,40 @@ def test_a_jobs_page_lists_its_artifacts_and_a_reader_downloads_them(fresh_datab
         assert anonymous.status_code == 303 and anonymous.headers["Location"].startswith("/login")
 
 
+def test_an_operator_sizes_pools_and_an_owner_lowers_its_jobs_priority_from_the_console(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """`pool set|delete` and `job update --priority` with their rules: pools are the operate
+    role's; a submitter lowers its own job's priority, raising it is the operate role's."""
+    operator, reader = browser(guarded, tokens["operate"]), browser(guarded, tokens["read"])
+    assert 'id="new-pool"' in operator.get(f"{guarded.http_url}/queue").text
+    assert 'id="new-pool"' not in reader.get(f"{guarded.http_url}/queue").text
+    assert reader.post(f"{guarded.http_url}/pools", data={"name": "console-db", "size": "2"}).status_code == 403
+    made = operator.post(f"{guarded.http_url}/pools", data={"name": "console-db", "size": "2"}, allow_redirects=False)
+    assert made.status_code == 303 and made.headers["Location"] == "/queue#pools"
+    assert operator.post(f"{guarded.http_url}/pools", data={"name": "console-db", "size": "3"}).ok
+    bad = operator.post(f"{guarded.http_url}/pools", data={"name": "console-db", "size": "three"})
+    assert bad.status_code == 400 and "size must be a whole number, got `three`" in bad.text
+    shown = operator.get(f"{guarded.http_url}/queue").text
+    row = re.search(r'<tr data-pool="console-db"><td>console-db</td><td>(\d+)</td>', shown)
+    assert row is not None and row.group(1) == "3"
+    assert operator.post(f"{guarded.http_url}/pools/console-db/delete").ok
+    assert 'data-pool="console-db"' not in operator.get(f"{guarded.http_url}/queue").text
+
+    job_id = guarded.cli(
+        "--token", tokens["submit"], "job", "run", "-p", "sim", "-c", "true", "--begin", "1h", check=True
+    ).stdout.strip()
+    page = f"{guarded.http_url}/jobs/{job_id}"
+    owner = browser(guarded, tokens["submit"])
+    assert 'id="priority"' in owner.get(page).text
+    assert 'id="priority"' not in browser(guarded, tokens["other"]).get(page).text
+    assert owner.post(f"{page}/priority", data={"priority": "-5"}, allow_redirects=False).status_code == 303
+    assert owner.post(f"{page}/priority", data={"priority": "10"}).status_code == 403
+    assert operator.post(f"{page}/priority", data={"priority": "10"}).ok
+    assert query(guarded.database_url, "SELECT priority FROM jobs WHERE id = %s", (job_id,)) == [(10,)]
+    guarded.cli("job", "cancel", job_id, check=True)
+
+
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:
     env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_METRICS_PUBLIC": "1"}
     with ServerProcess(tokens["url"], tmp_path, env, token=tokens["read"], http=True) as server:

@@ -108,10 +108,13 @@ class Console:
         app.router.add_post("/jobs/{id}/cancel", self.cancel)
         app.router.add_post("/jobs/{id}/retry", self.retry)
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
+        app.router.add_post("/jobs/{id}/priority", self.prioritize)
         app.router.add_get("/providers", self.providers)
         app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
         app.router.add_get("/workers", self.workers)
         app.router.add_get("/queue", self.queue)
+        app.router.add_post("/pools", self.set_pool)
+        app.router.add_post("/pools/{name}/delete", self.delete_pool)
         app.router.add_get("/sagas", self.sagas)
         app.router.add_get("/cron", self.cron_jobs)
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
@@ -367,10 +370,35 @@ class Console:
             await self._call(request, JOBS + "ReleaseJob", jobs_pb2.GetJobRequest(job_id=job_id))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
+    async def prioritize(self, request: web.Request) -> web.Response:
+        """`job update ID --priority N`: its owner lowers it, the operate role raises it."""
+        self._check_origin(request)
+        job_id = request.match_info["id"]
+        priority = _whole(str((await request.post()).get("priority", "")), "priority")
+        await self._call(
+            request, JOBS + "SetJobPriority", jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=priority)
+        )
+        raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
     async def retry(self, request: web.Request) -> web.Response:
         self._check_origin(request)
         queued = await self._call(request, JOBS + "RetryJob", jobs_pb2.GetJobRequest(job_id=request.match_info["id"]))
         raise web.HTTPSeeOther(f"/jobs/{queued.job_id}")
+
+    async def set_pool(self, request: web.Request) -> web.Response:
+        """`pool set NAME SIZE`: a new pool, or a new size (the operate role)."""
+        self._check_origin(request)
+        form = await request.post()
+        size = _whole(str(form.get("size", "")), "size")
+        pool = pools_pb2.SetPoolRequest(name=str(form.get("name", "")).strip(), size=size)
+        await self._call(request, "/hodei.jobs.PoolService/SetPool", pool)
+        raise web.HTTPSeeOther("/queue#pools")
+
+    async def delete_pool(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        pool = pools_pb2.PoolRequest(name=request.match_info["name"])
+        await self._call(request, "/hodei.jobs.PoolService/DeletePool", pool)
+        raise web.HTTPSeeOther("/queue#pools")
 
     # Providers, workers, sagas, dead letters ----------------------------------------
 
@@ -472,6 +500,14 @@ def _from_one(request: web.Request, name: str) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise InvalidInput(f"{name} must be a whole number from 1, got `{raw}`")
     return int(raw)
+
+
+def _whole(raw: str, name: str) -> int:
+    """A whole number a form field gives (a priority, a size), within the API's int32."""
+    text = raw.strip()
+    if not text.lstrip("-").isdigit() or not -(2**31) <= int(text) < 2**31:
+        raise InvalidInput(f"{name} must be a whole number, got `{text}`")
+    return int(text)
 
 
 def _wants_html(request: web.Request) -> bool:
