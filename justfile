@@ -325,5 +325,9 @@ bench-throughput: bootstrap
 bench-console: bootstrap
     {{venv}}/python -m bench.console
 
+# A job's file kept (--artifact) and fetched by the job after it, next to copying and hashing it
+bench-artifacts: bootstrap
+    {{venv}}/python -m bench.artifacts
+
 # Every benchmark, one after the other
-bench: bench-store bench-relay bench-local bench-docker bench-follow bench-throughput bench-console
+bench: bench-store bench-relay bench-local bench-docker bench-follow bench-throughput bench-console bench-artifacts

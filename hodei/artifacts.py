@@ -29,7 +29,7 @@ from hodei.errors import InvalidInput, NotFound
 
 MAX_FILES = 1000
 # The bytes of one message of an artifact, both ways: well under gRPC's 4 MiB default.
-PIECE_BYTES = 1024 * 1024
+PIECE_BYTES = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import grpc
 from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
 from hodei_worker.runner import JobUser
 
-PIECE_BYTES = 1024 * 1024
+PIECE_BYTES = 3 * 1024 * 1024
 # Seconds a job's uploads may take in all, and its fetches: the server waits for its result
 # this much longer for each (hodei.sagas.execution.ARTIFACTS_MARGIN, with room).
 TRANSFER_SECONDS = 240.0
