@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hodei_worker.artifacts import find, readable_by
+from hodei_worker.artifacts import find
 from hodei_worker.runner import JobUser
 
 from hodei.artifacts import MAX_FILES, ArtifactRefused, ArtifactStore, Stored
@@ -54,11 +54,11 @@ def test_a_job_run_as_another_user_gets_only_what_it_could_read(tmp_path: Path) 
     info = os.stat(mine)
     owner = JobUser(info.st_uid, info.st_gid)
     stranger = JobUser(info.st_uid + 4242, info.st_gid + 4242)
-    assert readable_by(info, owner)
-    assert not readable_by(info, stranger)
-    assert not readable_by(os.stat(theirs), stranger)
+    assert owner.allows(info, 0o4)
+    assert not stranger.allows(info, 0o4)
+    assert not stranger.allows(os.stat(theirs), 0o4)
     theirs.chmod(0o644)
-    assert readable_by(os.stat(theirs), stranger)
+    assert stranger.allows(os.stat(theirs), 0o4)
     found = find(str(tmp_path), ["mine", "theirs"], stranger)
     assert list(found.files) == ["theirs"]
     assert found.notes == ["artifact mine skipped: the job's user may not read it"]

@@ -87,6 +87,11 @@ def outcome_state(result: worker_pb2.JobResult) -> JobState:
         raise InvalidInput(f"unknown job outcome {result.outcome}") from None
 
 
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    """A worker's call's metadata: its id and session (``x-hodei-worker-id``, ``x-hodei-session``)."""
+    return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+
+
 def worker_actor(worker_id: UUID | str) -> str:
     """Who a worker's writes are by (``actor``): its registration, acceptance, result."""
     return f"worker:{worker_id}"
@@ -177,29 +182,28 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[worker_pb2.ServerMessage]:
         """A task per connected worker, no thread: database work goes to the I/O threads."""
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        metadata = _metadata(context)
         worker_id = metadata.get("x-hodei-worker-id", "")
         # Deaf to its own writes (the job accepted, its result): they change nothing it acts on.
         with self.signals.async_waiter(worker_id, deaf_to=worker_actor(worker_id)) as waiter:
-            worker, state = await asyncio.to_thread(self._open, worker_id, metadata, waiter)
+            worker, state = await asyncio.to_thread(self._open, metadata, waiter)
             if self._poller is None:
                 self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
             async for message in WorkerSession(self, worker).run(request_iterator, waiter, state):
                 yield message
 
-    def _open(
-        self, worker_id: str, metadata: dict[str, str], waiter: AsyncWaiter
-    ) -> tuple[Worker, SessionState | None]:
+    def _open(self, metadata: dict[str, str], waiter: AsyncWaiter) -> tuple[Worker, SessionState | None]:
         """The worker whose session the metadata proves, and its first state, in one
         transaction; ``waiter`` listens for the worker's and its job's signals before that
         state is read, so none is missed in between."""
         with command_transaction(self.store.pool):
-            worker = self._session_worker(worker_id, metadata)
+            worker = self._session_worker(metadata)
             self.signals.listen(waiter, str(worker.id), worker.job_id)
             return worker, fetch_one(self.store.pool, "worker_session_states", ([worker.id],), SessionState)
 
-    def _session_worker(self, worker_id: str, metadata: dict[str, str]) -> Worker:
+    def _session_worker(self, metadata: dict[str, str]) -> Worker:
         """The live worker whose session the metadata proves."""
+        worker_id = metadata.get("x-hodei-worker-id", "")
         worker = self.store.find(Worker, worker_id)
         if worker is None:
             raise Unauthenticated(f"no worker {worker_id}")
@@ -216,8 +220,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
     ) -> worker_pb2.StoredArtifact:
         """Stores one file of the worker's job, for its current attempt: it is the job's
         artifact once the worker's result lists it (hodei.artifacts)."""
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        worker = await asyncio.to_thread(self._session_worker, metadata.get("x-hodei-worker-id", ""), metadata)
+        worker = await asyncio.to_thread(self._session_worker, _metadata(context))
         upload: Upload | None = None
         try:
             async for piece in request_iterator:
@@ -250,8 +253,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         self, request: artifacts_pb2.ReadArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[artifacts_pb2.ArtifactPiece]:
         """An artifact of a job the worker's job starts after, when its spec fetches them."""
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        worker = await asyncio.to_thread(self._session_worker, metadata.get("x-hodei-worker-id", ""), metadata)
+        worker = await asyncio.to_thread(self._session_worker, _metadata(context))
         own = await asyncio.to_thread(self.store.load, Job, worker.job_id)
         if not own.spec.fetch_artifacts or request.job_id not in own.spec.after:
             raise PermissionDenied(f"job {own.id} may fetch artifacts only of the jobs it starts after (--after)")

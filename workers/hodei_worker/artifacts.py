@@ -45,15 +45,6 @@ class Found:
     notes: list[str] = field(default_factory=list)
 
 
-def readable_by(info: os.stat_result, user: JobUser) -> bool:
-    """Whether the job's own user could read a file (its mode bits, owner and group)."""
-    if info.st_uid == user.uid:
-        return bool(info.st_mode & stat.S_IRUSR)
-    if info.st_gid == user.gid:
-        return bool(info.st_mode & stat.S_IRGRP)
-    return bool(info.st_mode & stat.S_IROTH)
-
-
 def find(root: str, patterns: Sequence[str], user: JobUser | None) -> Found:
     """The files ``patterns`` match under ``root`` (a directory matched: every file in it)."""
     found = Found()
@@ -72,7 +63,7 @@ def find(root: str, patterns: Sequence[str], user: JobUser | None) -> Found:
             found.notes.append(f"artifact {name} skipped: a symbolic link, or a path through one")
         elif not stat.S_ISREG(info.st_mode):
             found.notes.append(f"artifact {name} skipped: not a regular file")
-        elif user is not None and not readable_by(info, user):
+        elif user is not None and not user.allows(info, 0o4):
             found.notes.append(f"artifact {name} skipped: the job's user may not read it")
         else:
             found.files[name] = path

@@ -146,8 +146,10 @@ class JobUser:
         return cls(entry.pw_uid, int(group) if group.isdigit() else entry.pw_gid)
 
     def _may(self, path: str, mask: int) -> bool:
-        """Whether the permission bits give this user ``mask`` (r=4, w=2, x=1) on ``path``."""
-        info = os.stat(path)
+        return self.allows(os.stat(path), mask)
+
+    def allows(self, info: os.stat_result, mask: int) -> bool:
+        """Whether a file's permission bits give this user ``mask`` (r=4, w=2, x=1)."""
         if self.uid == 0:
             return True
         if info.st_uid == self.uid:
