@@ -6,6 +6,7 @@ log stream (megabyte lines, a log past its cap, a full log disk)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -153,6 +154,33 @@ def test_a_server_stopped_longer_than_the_heartbeat_timeout_kills_no_job(
         for job_id in job_ids:
             wait_settled(url, job_id)
             assert server.cli("job", "logs", "--id", job_id, check=True).stdout.split() == ["done"]
+    finally:
+        server.stop()
+
+
+def test_a_server_killed_mid_upload_loses_no_artifact_and_no_job(fresh_database_url: str, tmp_path: Path) -> None:
+    """kill -9 while a worker uploads a 512 MiB artifact, then a new server: the agent sends
+    the file again from its start once a server answers, and the job ends as it would have."""
+    url, logs = fresh_database_url, tmp_path / "logs"
+    server = ServerProcess(url, logs, {"HODEI_HEARTBEAT_INTERVAL": "1", "HODEI_HEARTBEAT_TIMEOUT": "10"}).start()
+    size = 512 * 1024 * 1024
+    try:
+        command = f"head -c {size} /dev/zero > big.bin"
+        job_id = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "big.bin", check=True)
+        job_id = job_id.stdout.strip()
+        attempt_dir = logs / "artifacts" / job_id / "1"
+        eventually(lambda: next(attempt_dir.glob(".big.bin.*.part"), None), 60, 0.01, what="the upload to begin")
+        server.kill()
+        server.start()
+        assert wait_terminal(url, job_id, 120) == "SUCCEEDED"
+        wait_settled(url, job_id)
+        (artifact,) = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
+        zeros, digest = bytes(1 << 20), hashlib.sha256()
+        for _ in range(size >> 20):
+            digest.update(zeros)
+        assert (artifact["size_bytes"], artifact["sha256"]) == (size, digest.hexdigest())
+        assert (attempt_dir / "big.bin").stat().st_size == size
+        assert f"[hodei] stored 1 artifact, {size} bytes" in server.cli("job", "logs", job_id, check=True).stderr
     finally:
         server.stop()
 

@@ -425,7 +425,7 @@ class Agent:
         for wanted in inputs:
             what = f"artifact {wanted.artifact.name} of job {wanted.job_id}"
             try:
-                size += artifacts.fetch(self.stub, metadata, wanted, self.working_dir, user, until)
+                size += artifacts.fetch(lambda: self.stub, metadata, wanted, self.working_dir, user, until)
             except (OSError, ValueError) as exc:
                 return f"cannot fetch {what}: {getattr(exc, 'strerror', None) or exc}"
             except grpc.RpcError as exc:

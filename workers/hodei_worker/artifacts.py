@@ -21,6 +21,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 
@@ -33,8 +34,9 @@ PIECE_BYTES = 3 * 1024 * 1024
 TRANSFER_SECONDS = 240.0
 # Where fetched artifacts go, under the working directory.
 FETCHED = "artifacts"
-# Tries of one file's upload when the server cannot be reached (its stream reconnects meanwhile).
-UPLOAD_TRIES = 5
+# The longest wait between two tries of a transfer while no server can be reached.
+RETRY_MAX = 2.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -98,24 +100,39 @@ def upload(
     path: str,
     until: float,
 ) -> worker_pb2.StoredArtifact:
-    """Sends one file (``stub``: the agent's current server, which may change between
-    tries) by ``until`` (monotonic); a refusal (over the job's limits) is raised at once,
-    as an RpcError, and so is running out of time (DEADLINE_EXCEEDED)."""
-    delay, tries = 0.2, 1
-    while True:
+    """Sends one file by ``until`` (monotonic); raises an RpcError: a refusal (over the
+    job's limits), or running out of time (DEADLINE_EXCEEDED)."""
+
+    def send() -> worker_pb2.StoredArtifact:
         handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             stored: worker_pb2.StoredArtifact = stub().UploadArtifact(
-                _pieces(job_id, name, handle), metadata=metadata, timeout=max(until - time.monotonic(), 0.001)
+                _pieces(job_id, name, handle), metadata=metadata, timeout=_left(until)
             )
             return stored
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or tries == UPLOAD_TRIES or time.monotonic() > until:
-                raise
         finally:
             os.close(handle)
+
+    return _again_while_unavailable(send, until)
+
+
+def _left(until: float) -> float:
+    return max(until - time.monotonic(), 0.001)
+
+
+def _again_while_unavailable(transfer: Callable[[], T], until: float) -> T:
+    """``transfer()``, again from its beginning while no server can be reached (one was
+    killed, or is restarting: the agent's stream moves on to the next meanwhile, and the
+    calls go where it went, through ``stub()``), backing off, until ``until``."""
+    delay = 0.2
+    while True:
+        try:
+            return transfer()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > until:
+                raise
         time.sleep(delay)
-        delay, tries = delay * 2, tries + 1
+        delay = min(delay * 2, RETRY_MAX)
 
 
 def refusal(exc: grpc.RpcError, transfers: str) -> str:
@@ -126,7 +143,7 @@ def refusal(exc: grpc.RpcError, transfers: str) -> str:
 
 
 def fetch(
-    stub: worker_pb2_grpc.WorkerAgentServiceStub,
+    stub: Callable[[], worker_pb2_grpc.WorkerAgentServiceStub],
     metadata: tuple[tuple[str, str], ...],
     wanted: worker_pb2.InputArtifact,
     root: str,
@@ -144,16 +161,20 @@ def fetch(
         raise ValueError(f"artifact {artifact.name!r} would be written outside {base}")
     _make_directories(os.path.dirname(path), root, user)
     request = artifacts_pb2.ReadArtifactRequest(job_id=wanted.job_id, name=artifact.name, attempt=artifact.attempt)
-    digest = hashlib.sha256()
     part = f"{path}.part"
-    try:
+
+    def receive() -> None:
+        digest = hashlib.sha256()
         with open(part, "wb") as target:
-            for piece in stub.FetchArtifact(request, metadata=metadata, timeout=max(until - time.monotonic(), 0.001)):
+            for piece in stub().FetchArtifact(request, metadata=metadata, timeout=_left(until)):
                 if piece.WhichOneof("kind") == "data":
                     digest.update(piece.data)
                     target.write(piece.data)
         if digest.hexdigest() != artifact.sha256:
             raise ValueError(f"artifact {artifact.name} of job {wanted.job_id}: its bytes are not those stored")
+
+    try:
+        _again_while_unavailable(receive, until)
         if user is not None:
             os.chown(part, user.uid, user.gid)
         os.replace(part, path)
