@@ -166,8 +166,8 @@ def test_a_server_killed_mid_upload_loses_no_artifact_and_no_job(fresh_database_
     size = 512 * 1024 * 1024
     try:
         command = f"head -c {size} /dev/zero > big.bin"
-        job_id = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "big.bin", check=True)
-        job_id = job_id.stdout.strip()
+        ran = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "big.bin", check=True)
+        job_id = ran.stdout.strip()
         attempt_dir = logs / "artifacts" / job_id / "1"
         eventually(lambda: next(attempt_dir.glob(".big.bin.*.part"), None), 60, 0.01, what="the upload to begin")
         server.kill()
@@ -428,6 +428,26 @@ def test_a_full_log_disk_costs_output_not_the_job_and_the_log_says_so(
         )
         metrics = requests.get(f"{server.http_url}/metrics", timeout=10).text
         assert f"hodei_log_lines_lost_total {len(lost)}.0" in metrics
+
+
+def test_a_full_artifacts_disk_costs_the_file_not_the_job_and_the_log_says_so(
+    fresh_database_url: str, tmp_path: Path, small_disk: Path
+) -> None:
+    """A file too large for what is left of the disk is refused, its part removed, the next
+    file stored, and the job ends as it would have."""
+    command = "head -c 400000 /dev/zero > big.bin && echo small > small.txt"
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_LOG_DIR": str(small_disk)}) as server:
+        ran = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "big.bin", "--artifact", "small.txt")
+        job_id = ran.stdout.strip()
+        assert wait_terminal(fresh_database_url, job_id, 60) == "SUCCEEDED"
+        wait_settled(fresh_database_url, job_id)
+        log = server.cli("job", "logs", job_id, check=True).stderr
+        assert "[hodei] artifact big.bin not stored: the server could not store it (No space left on device)" in log
+        assert "[hodei] stored 1 artifact, 6 bytes" in log
+        listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
+        assert [a["name"] for a in listed] == ["small.txt"]
+        assert not list(small_disk.rglob("*.part"))
+        assert "could not store an artifact of job" in server.logs()
 
 
 def test_reading_a_million_line_log_holds_a_page_at_a_time(fresh_database_url: str, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ and the job ends as it would have.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -69,7 +70,8 @@ class Upload:
         return Stored(self.name, self.size, self.digest.hexdigest())
 
     def discard(self) -> None:
-        self.handle.close()
+        with contextlib.suppress(OSError):  # its buffer cannot be written out: it goes all the same
+            self.handle.close()
         self.part.unlink(missing_ok=True)
 
 

@@ -23,7 +23,7 @@ from uuid import UUID
 import grpc
 
 from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
-from hodei.artifacts import ArtifactStore, Stored, Upload
+from hodei.artifacts import ArtifactRefused, ArtifactStore, Stored, Upload
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
@@ -241,9 +241,12 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
             if upload is None:
                 raise InvalidInput("an artifact's upload begins with its header")
             stored = await asyncio.to_thread(upload.finish)
-        except BaseException:
+        except BaseException as exc:
             if upload is not None:
                 upload.discard()
+            if isinstance(exc, OSError):  # the artifacts' disk full or unwritable: the job goes on
+                log.error("could not store an artifact of job %s: %s", worker.job_id, exc)
+                raise ArtifactRefused(f"the server could not store it ({exc.strerror or exc})") from None
             raise
         self.metrics.artifact_bytes.inc(stored.size_bytes)
         return worker_pb2.StoredArtifact(name=stored.name, size_bytes=stored.size_bytes, sha256=stored.sha256)
