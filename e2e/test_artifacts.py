@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
-from hodei.testing import ServerProcess, query, wait_settled
+from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +71,26 @@ def test_a_job_leaves_its_files_whatever_its_exit_code(server: ServerProcess, tm
     phases = json.loads(server.cli("job", "get", job_id, "-o", "json").stdout)["phases"]
     stored = [p for p in phases if p["name"] == "artifacts_stored"]
     assert [(p["attempt"], p["detail"]) for p in stored] == [(1, "3 files, 5 bytes")]
+
+
+def test_a_timed_out_job_keeps_what_it_left_and_a_cancelled_one_nothing(server: ServerProcess) -> None:
+    timed_out = server.cli(
+        *("job", "run", "-p", "local", "--timeout", "1", "--artifact", "progress.txt", "--wait"),
+        *("--command", "echo step 1 > progress.txt; sleep 30"),
+    )
+    assert timed_out.returncode == 124, timed_out.stderr
+    job_id = timed_out.stdout.strip()
+    wait_settled(server.database_url, job_id)
+    assert server.cli("job", "artifacts", job_id, "progress.txt", "--save", "-").stdout == "step 1\n"
+
+    cancelled = server.cli(
+        *("job", "run", "-p", "local", "--artifact", "progress.txt"),
+        *("--command", "echo step 1 > progress.txt; echo written; sleep 30"),
+    ).stdout.strip()
+    eventually(lambda: "written" in server.cli("job", "logs", cancelled).stdout, 30, 0.2, what="the file")
+    server.cli("job", "cancel", cancelled, check=True)
+    wait_settled(server.database_url, cancelled)
+    assert json.loads(server.cli("job", "artifacts", cancelled, "-o", "json").stdout)["artifacts"] == []
 
 
 def test_each_attempt_keeps_its_own_files_and_the_latest_is_read(server: ServerProcess, tmp_path: Path) -> None:

@@ -388,7 +388,10 @@ class Agent:
     def _run_job(self) -> None:
         assert self.process is not None
         finished: Finished = self.process.run()
-        stored = self._store_artifacts() if finished.outcome is Outcome.EXITED and self.artifacts else []
+        # Kept once the command ended by itself or by its timeout (what it left is what there
+        # is to debug it by); not after a cancel or a stopped worker, which are to go.
+        ended = finished.outcome in (Outcome.EXITED, Outcome.TIMED_OUT)
+        stored = self._store_artifacts() if ended and self.artifacts else []
         shutil.rmtree(self.home, ignore_errors=True)
         say(f"job {self.settings.job_id}: {finished.message}")
         if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
