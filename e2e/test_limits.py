@@ -60,6 +60,9 @@ OVER_LIMIT = [
     (spec(artifacts=["a/\nb"]), {}, "must be at most 1024 characters without control characters"),
     (spec(artifacts=["/etc/shadow"]), {}, "artifact `/etc/shadow` must be relative to the working directory"),
     (spec(artifacts=["../x"]), {}, "artifact `../x` must stay inside the working directory"),
+    (spec(artifacts=["a"], artifacts_expire_seconds=-1), {}, "artifacts expire after 0 (with the log) to"),
+    (spec(artifacts=["a"], artifacts_expire_seconds=1e12), {}, "artifacts expire after 0 (with the log) to"),
+    (spec(artifacts_expire_seconds=60), {}, "an expiry of artifacts is for a job that keeps some (--artifact)"),
 ]
 
 

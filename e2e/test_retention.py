@@ -3,7 +3,9 @@ their time; the event log stays, and a replay still rebuilds exactly what is lef
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +58,37 @@ def test_old_outbox_rows_logs_and_artifacts_go_and_replay_still_agrees(fresh_dat
         gone = server.cli("job", "artifacts", job_ids[0], "-o", "json", check=True).stdout
         assert '"expired": true' in gone and '"artifacts": []' in gone
         refused = server.cli("job", "artifacts", job_ids[0], "kept.txt", "--save", "-")
-        assert "(its output was deleted by retention)" in refused.stderr
+        assert "(its artifacts were deleted by retention)" in refused.stderr
+    verify = hodei_server(url, "replay", "--verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_artifacts_with_a_time_of_their_own_go_then_and_the_log_stays(fresh_database_url: str, tmp_path: Path) -> None:
+    """`--artifacts-expire 2s`: its files and its listing go two seconds after the job ended;
+    its log, and another job's artifacts without one, stay."""
+    url = fresh_database_url
+    env = {"HODEI_RETENTION_INTERVAL": "1"}
+    with ServerProcess(url, tmp_path, env) as server:
+        run = ("job", "run", "--provider", "local", "--command", "echo kept | tee kept.txt", "--artifact", "kept.txt")
+        brief = server.cli(*run, "--artifacts-expire", "2s", "--wait", check=True).stdout.strip()
+        kept = server.cli(*run, "--wait", check=True).stdout.strip()
+        for job_id in (brief, kept):
+            wait_settled(url, job_id)
+        assert server.cli("job", "artifacts", brief, "kept.txt", "--save", "-").stdout == "kept\n"
+
+        def listed(job_id: str) -> dict[str, Any]:
+            return dict(json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout))
+
+        eventually(lambda: listed(brief)["expired"], 30, 0.2, what="the artifacts to expire")
+        assert listed(brief)["artifacts"] == []
+        assert not (tmp_path / "artifacts" / brief).exists()
+        assert server.cli("job", "logs", brief, check=True).stdout == "kept\n"  # the log stays
+        assert [a["name"] for a in listed(kept)["artifacts"]] == ["kept.txt"]
+        assert (tmp_path / "artifacts" / kept / "1" / "kept.txt").exists()
+        assert "Artifacts:" not in server.cli("job", "get", brief, check=True).stdout
+        phases = json.loads(server.cli("job", "get", brief, "-o", "json", check=True).stdout)["phases"]
+        assert [p["name"] for p in phases][-1] == "artifacts_expired"
+        events = "SELECT actor FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobArtifactsExpired'"
+        assert query(url, events, (brief,)) == [("system",)]
     verify = hodei_server(url, "replay", "--verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr

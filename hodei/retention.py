@@ -6,11 +6,14 @@
 - Job logs older than ``HODEI_LOG_RETENTION``: the file is deleted, and the job's
   artifacts with it (its output goes as one), then a ``JobLogsExpired`` event removes the
   ``job_log_files`` row, so a replay of the log rebuilds exactly what is left.
+- Artifacts of a job that set a time of their own (``--artifacts-expire``), once it has
+  passed since the job ended: the files, then a ``JobArtifactsExpired`` event.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from hodei.artifacts import ArtifactStore
 from hodei.domain.job import Job
@@ -44,6 +47,28 @@ class Retention:
                 break
         return total
 
+    def expire_artifacts(self) -> int:
+        """Deletes the artifacts of jobs whose own expiry passed; how many jobs'."""
+        expired = fetch_column(
+            self.store.pool, "expired_job_artifacts", {"log_seconds": self.log_seconds, "limit": LOG_BATCH}
+        )
+        for job_id in expired:
+            self.artifacts.delete(str(job_id))  # the files first, as for logs
+            self._record(str(job_id), Job.expire_artifacts)
+        if expired:
+            log.info("deleted the artifacts of %d jobs past their own expiry", len(expired))
+        return len(expired)
+
+    def _record(self, job_id: str, change: Callable[[Job], None]) -> None:
+        """The deletion's event, by the system (if it fails, the next round records it)."""
+
+        def run() -> tuple[None, list[Job]]:
+            job = self.store.load(Job, job_id)
+            change(job)
+            return None, [job]
+
+        self.store.command(Meta(actor=SYSTEM, correlation_id=job_id), run)
+
     def expire_logs(self) -> int:
         """Deletes the logs of jobs whose log is past the retention; how many."""
         expired = fetch_column(self.store.pool, "expired_job_logs", (self.log_seconds, LOG_BATCH))
@@ -51,13 +76,7 @@ class Retention:
             # The files first: if the event then fails, the next round records it.
             self.logs.path(str(job_id)).unlink(missing_ok=True)
             self.artifacts.delete(str(job_id))
-
-            def run(job_id: str = str(job_id)) -> tuple[None, list[Job]]:
-                job = self.store.load(Job, job_id)
-                job.expire_logs()
-                return None, [job]
-
-            self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), run)
+            self._record(str(job_id), Job.expire_logs)
         if expired:
             log.info("deleted the logs and artifacts of %d jobs older than %gs", len(expired), self.log_seconds)
         return len(expired)

@@ -129,6 +129,7 @@ class Sweeper:
             checks.append(("secret retention", self.shred_old_secrets))
             checks.append(("outbox retention", self.retention.prune_outbox))
             checks.append(("log retention", self.retention.expire_logs))
+            checks.append(("artifact retention", self.retention.expire_artifacts))
         now = time.monotonic()
         if now - self._last_sweep > self.timing.heartbeat_timeout / 2:
             self.hearing_since = datetime.now(UTC)  # this process was stalled: it heard nothing

@@ -357,6 +357,11 @@ def test_each_attempt_records_the_artifacts_its_own_worker_stored_until_its_outp
         (1, "1 file, 1 byte"),
         (2, "1 file, 2 bytes"),
     ]
+    job.expire_artifacts()
+    assert job.artifacts == [] and job.artifacts_expired
+    job.collect_events()
+    job.expire_artifacts()  # none left: no event
+    assert job.pending_events == []
     job.record_logs("file:///x.log", 10, 1)
     job.expire_logs()
     assert job.artifacts == [] and job.logs_expired

@@ -151,6 +151,8 @@ class Workload:
         if job is None:
             return []
         job.record_logs(f"file:///tmp/hodei-logs/{job.id}.log", self.random.randint(0, 999), self.random.randint(0, 9))
+        if self.random.random() < 0.3:
+            job.expire_artifacts()
         return [job]
 
     def _worker(self) -> list[HodeiAggregate]:

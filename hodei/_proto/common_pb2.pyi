@@ -162,6 +162,7 @@ class JobSpec(_message.Message):
     POOL_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     FETCH_ARTIFACTS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_EXPIRE_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -201,6 +202,10 @@ class JobSpec(_message.Message):
     fetch_artifacts: _builtins.bool
     """Before its command runs, put the artifacts of the jobs in `after` (each name's latest
     attempt) into its working directory, at artifacts/<job id>/<name>.
+    """
+    artifacts_expire_seconds: _builtins.float
+    """Seconds its artifacts are kept once it ended (GitLab's expire_in); 0: as long as its
+    log (HODEI_LOG_RETENTION).
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -254,10 +259,11 @@ class JobSpec(_message.Message):
         pool: _builtins.str = ...,
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         fetch_artifacts: _builtins.bool = ...,
+        artifacts_expire_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -377,8 +383,8 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 @_typing.final
 class JobPhase(_message.Message):
     """queued, held, released, provider_chosen, admitted, worker_created, registered, started,
-    artifacts_stored, finished, logs_stored, worker_released: a phase a requeued job passes
-    again appears again, with its attempt.
+    artifacts_stored, finished, logs_stored, worker_released, artifacts_expired: a phase a
+    requeued job passes again appears again, with its attempt.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -46,7 +46,7 @@ def _matching(
     missing = sorted(set(names) - {artifact.name for artifact in found})
     if missing:
         which = f" of attempt {attempt}" if attempt else ""
-        gone = " (its output was deleted by retention)" if listed.expired else ""
+        gone = " (its artifacts were deleted by retention)" if listed.expired else ""
         raise NotFound(f"job {listed.job_id} has no artifact {', '.join(missing)}{which}{gone}")
     return found
 
@@ -56,7 +56,7 @@ def _show(term: Terminal, listed: artifacts_pb2.ListArtifactsResponse, shown: li
         term.data({**message_dict(listed), "artifacts": [message_dict(a) for a in shown]})
         return 0
     if not shown:
-        gone = "its output (log and artifacts) was deleted by retention" if listed.expired else "no artifacts"
+        gone = "its artifacts were deleted by retention" if listed.expired else "no artifacts"
         term.info(f"job {listed.job_id}: {gone}")
         return 0
     term.table(

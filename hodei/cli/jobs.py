@@ -120,8 +120,8 @@ def _artifacts_line(job: common_pb2.Job) -> str | None:
     """What its latest attempt that stored artifacts stored; None when none did, or once
     its output expired (its log stored, then gone)."""
     stored = [phase for phase in job.phases if phase.name == "artifacts_stored"]
-    expired = not job.log_uri and any(phase.name == "logs_stored" for phase in job.phases)
-    if not stored or expired:
+    log_expired = not job.log_uri and any(phase.name == "logs_stored" for phase in job.phases)
+    if not stored or log_expired or any(phase.name == "artifacts_expired" for phase in job.phases):
         return None
     return f"Artifacts: {stored[-1].detail} (attempt {stored[-1].attempt}; `job artifacts {job.id}`)"
 
@@ -202,6 +202,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         retry_backoff_seconds=args.retry_backoff,
         pool=args.pool or "",
         artifacts=tuple(args.artifact or ()),
+        artifacts_expire_seconds=args.artifacts_expire or 0.0,
     )
     return spec, secrets
 
@@ -886,6 +887,12 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         metavar="PATTERN",
         help="keep the files matching it once the command exits (`job artifacts`): a path or glob relative to the "
         "working directory (** spans directories; a directory: all its files); repeatable",
+    )
+    parser.add_argument(
+        "--artifacts-expire",
+        type=duration,
+        metavar="DURATION",
+        help="delete its artifacts this long after it ended, e.g. 7d (default: with its log, HODEI_LOG_RETENTION)",
     )
 
 

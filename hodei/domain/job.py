@@ -104,6 +104,7 @@ class Job(HodeiAggregate):
         self.hold_reason = ""
         # Files its attempts left (`job artifacts`): name, size_bytes, sha256, attempt.
         self.artifacts: list[dict[str, Any]] = []
+        self.artifacts_expired = False
 
     @classmethod
     def submit(
@@ -341,6 +342,11 @@ class Job(HodeiAggregate):
         """Each name's artifact of the latest attempt that stored one so named."""
         return list({artifact["name"]: artifact for artifact in self.artifacts}.values())
 
+    def expire_artifacts(self) -> None:
+        """Its artifacts were deleted: their own time passed (--artifacts-expire)."""
+        if self.artifacts:
+            self._artifacts_expired()
+
     def expire_logs(self) -> None:
         """The job's stored log was deleted (retention)."""
         if self.log_uri is not None:
@@ -447,6 +453,11 @@ class Job(HodeiAggregate):
         self.log_uri = None
         self.logs_expired = True
         self.artifacts = []
+
+    @event("JobArtifactsExpired")
+    def _artifacts_expired(self) -> None:
+        self.artifacts = []
+        self.artifacts_expired = True
 
     @event("JobArtifactsStored")
     def _artifacts_stored(self, attempt: int, artifacts: list[dict[str, Any]]) -> None:

@@ -29,6 +29,7 @@ PHASES = (
     "requeued",
     "logs_stored",
     "worker_released",
+    "artifacts_expired",
 )
 
 _BY_EVENT = {
@@ -41,6 +42,7 @@ _BY_EVENT = {
     "WorkerRegistered": "registered",
     "JobAccepted": "started",
     "JobLogsPersisted": "logs_stored",
+    "JobArtifactsExpired": "artifacts_expired",
     "WorkerTerminated": "worker_released",
 }
 

@@ -61,6 +61,8 @@ class Limits:
     # The largest index of an array (the API's int32).
     max_array_index: int = 2**31 - 1
     artifact_patterns: int = 64
+    # How long artifacts may be kept for (--artifacts-expire): ten years.
+    max_artifacts_expire_seconds: float = 3650 * 86400.0
     # An artifact's pattern, and the name (its path) of a file stored.
     artifact_path_chars: int = 1024
 
@@ -213,6 +215,8 @@ class JobSpec:
     # Put the artifacts of the jobs in ``after`` into the working directory before the
     # command runs, at artifacts/<job id>/<name> (a reduce reads its map's outputs).
     fetch_artifacts: bool = False
+    # Seconds its artifacts are kept once it ended (GitLab's expire_in); 0: as long as its log.
+    artifacts_expire_seconds: float = 0.0
 
     @property
     def begins(self) -> datetime | None:
@@ -274,7 +278,7 @@ class JobSpec:
         if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
-        found.extend(_artifact_problems(self.artifacts, self.fetch_artifacts, self.after))
+        found.extend(_artifact_problems(self))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -407,13 +411,18 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
     return found
 
 
-def _artifact_problems(patterns: Sequence[str], fetch: bool, after: Mapping[str, str]) -> list[str]:
-    """Of the files the job keeps (``patterns``) and those it fetches (``fetch``: the
-    artifacts of the jobs it starts ``after``)."""
-    limits = LIMITS
+def _artifact_problems(spec: JobSpec) -> list[str]:
+    """Of the files the job keeps (its patterns, and for how long) and those it fetches
+    (the artifacts of the jobs it starts after)."""
+    limits, patterns = LIMITS, spec.artifacts
     found = []
-    if fetch and not after:
+    if spec.fetch_artifacts and not spec.after:
         found.append("fetching artifacts needs jobs to start after (--after, --after-array): theirs are fetched")
+    expiry, bound = spec.artifacts_expire_seconds, limits.max_artifacts_expire_seconds
+    if not math.isfinite(expiry) or not 0 <= expiry <= bound:
+        found.append(f"artifacts expire after 0 (with the log) to {bound:g} seconds, got {expiry:g}")
+    elif expiry and not patterns:
+        found.append("an expiry of artifacts is for a job that keeps some (--artifact)")
     if len(patterns) > limits.artifact_patterns:
         return [*found, f"{len(patterns)} artifact patterns; the limit is {limits.artifact_patterns}"]
     return [*found, *(f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern)))]

@@ -38,9 +38,14 @@ def chosen(job: Job, name: str, attempt: int) -> dict[str, Any]:
     found = [a for a in job.artifacts if a["name"] == name and attempt in (0, a["attempt"])]
     if not found:
         which = f" of attempt {attempt}" if attempt else ""
-        gone = " (its output was deleted by retention)" if job.logs_expired else ""
+        gone = " (its artifacts were deleted by retention)" if _expired(job) else ""
         raise NotFound(f"job {job.id} has no artifact {name!r}{which}{gone}: `job artifacts {job.id}` lists them")
     return found[-1]
+
+
+def _expired(job: Job) -> bool:
+    """Its artifacts were deleted: their own time passed, or its log's (with them)."""
+    return job.artifacts_expired or job.logs_expired
 
 
 class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
@@ -62,7 +67,7 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
     ) -> artifacts_pb2.ListArtifactsResponse:
         job = self._job(request.job_id)
         return artifacts_pb2.ListArtifactsResponse(
-            job_id=str(job.id), artifacts=[artifact_message(a) for a in job.artifacts], expired=job.logs_expired
+            job_id=str(job.id), artifacts=[artifact_message(a) for a in job.artifacts], expired=_expired(job)
         )
 
     @rpc

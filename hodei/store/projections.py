@@ -886,6 +886,7 @@ PROJECTORS: dict[str, Projector] = {
     "JobStatusChanged": _job_status_changed,
     "JobStopped": _job_touched,
     "JobArtifactsStored": _job_touched,
+    "JobArtifactsExpired": _job_touched,
     "JobLogsPersisted": _job_logs_persisted,
     "JobLogsExpired": _job_logs_expired,
     "WorkerCreated": _worker_created,

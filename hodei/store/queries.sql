@@ -949,6 +949,21 @@ DELETE FROM outbox_events WHERE id IN (
     LIMIT %s
 );
 
+-- name: expired_job_artifacts
+-- Jobs whose own artifact expiry (--artifacts-expire) has passed since they ended, whose
+-- artifacts are still there (stored, and neither they nor the log expired since); none
+-- older than the log's retention (those went with their log).
+SELECT j.id FROM jobs j
+WHERE coalesce((j.spec ->> 'artifacts_expire_seconds')::float8, 0) > 0
+  AND j.completed_at > now() - make_interval(secs => %(log_seconds)s)
+  AND j.completed_at < now() - make_interval(secs => (j.spec ->> 'artifacts_expire_seconds')::float8)
+  AND EXISTS (SELECT 1 FROM domain_events e WHERE e.aggregate_id = j.id::text AND e.event_type = 'JobArtifactsStored')
+  AND NOT EXISTS (
+      SELECT 1 FROM domain_events e
+      WHERE e.aggregate_id = j.id::text AND e.event_type IN ('JobArtifactsExpired', 'JobLogsExpired'))
+ORDER BY j.completed_at
+LIMIT %(limit)s;
+
 -- name: expired_job_logs
 SELECT job_id FROM job_log_files WHERE created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s;
 
