@@ -953,14 +953,17 @@ DELETE FROM outbox_events WHERE id IN (
 -- Jobs whose own artifact expiry (--artifacts-expire) has passed since they ended, whose
 -- artifacts are still there (stored, and neither they nor the log expired since); none
 -- older than the log's retention (those went with their log).
+-- Each candidate's own events are read by its id (a few dozen), never the log by type.
 SELECT j.id FROM jobs j
+CROSS JOIN LATERAL (
+    SELECT bool_or(e.event_type = 'JobArtifactsStored') AS stored,
+           bool_or(e.event_type IN ('JobArtifactsExpired', 'JobLogsExpired')) AS gone
+    FROM domain_events e WHERE e.aggregate_id = j.id::text
+) k
 WHERE coalesce((j.spec ->> 'artifacts_expire_seconds')::float8, 0) > 0
   AND j.completed_at > now() - make_interval(secs => %(log_seconds)s)
   AND j.completed_at < now() - make_interval(secs => (j.spec ->> 'artifacts_expire_seconds')::float8)
-  AND EXISTS (SELECT 1 FROM domain_events e WHERE e.aggregate_id = j.id::text AND e.event_type = 'JobArtifactsStored')
-  AND NOT EXISTS (
-      SELECT 1 FROM domain_events e
-      WHERE e.aggregate_id = j.id::text AND e.event_type IN ('JobArtifactsExpired', 'JobLogsExpired'))
+  AND k.stored AND NOT k.gone
 ORDER BY j.completed_at
 LIMIT %(limit)s;
 
