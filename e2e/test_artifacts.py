@@ -37,6 +37,7 @@ def _run(server: ServerProcess, command: str, *artifacts: str) -> str:
     options = [item for pattern in artifacts for item in ("--artifact", pattern)]
     result = server.cli("job", "run", "--provider", "local", "--command", command, *options, "--wait")
     job_id = result.stdout.strip().splitlines()[0]
+    assert f"Its artifacts: `hodei-jobs-cli job artifacts {job_id}`" in result.stderr  # where --wait ends
     wait_settled(server.database_url, job_id)
     return job_id
 

@@ -5,6 +5,7 @@ through a kubeconfig."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -175,7 +176,15 @@ def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(server: Serve
     state, _, lines = run_kubernetes(server, database_url, "id -u > uid.txt", "--artifact", "uid.txt")
     assert state == "SUCCEEDED"
     assert "[hodei] stored 1 artifact, 5 bytes" in lines, lines
-    assert server.cli("job", "artifacts", "@latest", "uid.txt", "--save", "-", check=True).stdout == "1000\n"
+    first = server.cli("job", "list", "--limit", "1", "-o", "json", check=True).stdout
+    first_id = json.loads(first)["jobs"][0]["id"]
+    assert server.cli("job", "artifacts", first_id, "uid.txt", "--save", "-", check=True).stdout == "1000\n"
+    # The job after it finds it in its own scratch, fetched by its agent before it runs.
+    state, _, lines = run_kubernetes(
+        server, database_url, f"cat artifacts/{first_id}/uid.txt", "--after", first_id, "--fetch-artifacts"
+    )
+    assert state == "SUCCEEDED"
+    assert lines == ["1000", "[hodei] fetched 1 artifact of 1 job into artifacts/, 5 bytes"], lines
 
 
 def test_a_kept_failed_pod_shows_its_log_through_the_api(

@@ -466,6 +466,8 @@ def finish(term: Terminal, job: common_pb2.Job) -> int:
         term.success(message)
     else:
         term.warning(message)
+    if job.spec.artifacts and job.state != JobState.CANCELLED:  # a cancelled job keeps none
+        term.info(f"Its artifacts: `hodei-jobs-cli job artifacts {job.id}`")
     return exit_code_of(job)
 
 

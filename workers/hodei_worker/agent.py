@@ -433,8 +433,9 @@ class Agent:
                 return f"cannot fetch {what}: {getattr(exc, 'strerror', None) or exc}"
             except grpc.RpcError as exc:
                 return f"cannot fetch {what}: {artifacts.refusal(exc, 'fetches')}"
-        jobs = len({wanted.job_id for wanted in inputs})
-        notes = [f"[hodei] fetched {len(inputs)} artifacts of {jobs} jobs into {artifacts.FETCHED}/, {size} bytes"]
+        fetched = artifacts.counted(len(inputs), "artifact")
+        jobs = artifacts.counted(len({wanted.job_id for wanted in inputs}), "job")
+        notes = [f"[hodei] fetched {fetched} of {jobs} into {artifacts.FETCHED}/, {size} bytes"]
         self._on_output(STDERR, notes, False)
         return None
 
@@ -459,7 +460,7 @@ class Agent:
             except grpc.RpcError as exc:
                 notes.append(f"artifact {name} not stored: {artifacts.refusal(exc, 'uploads')}")
         size = sum(artifact.size_bytes for artifact in stored)
-        notes.append(f"stored {len(stored)} artifact{'' if len(stored) == 1 else 's'}, {size} bytes")
+        notes.append(f"stored {artifacts.counted(len(stored), 'artifact')}, {size} bytes")
         self._on_output(STDERR, [f"[hodei] {note}" for note in notes], False)
         return stored
 

@@ -135,6 +135,11 @@ def _again_while_unavailable(transfer: Callable[[], T], until: float) -> T:
         delay = min(delay * 2, RETRY_MAX)
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 artifact``, ``3 artifacts``: the job's log's notes."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def refusal(exc: grpc.RpcError, transfers: str) -> str:
     """Why a transfer failed, in the job's log: the server's words, or the time it ran out of."""
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
