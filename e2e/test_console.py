@@ -233,6 +233,7 @@ def test_a_jobs_page_lists_its_artifacts_and_a_reader_downloads_them(fresh_datab
         page = reader.get(f"{server.http_url}/jobs/{job_id}").text
         link = f"/jobs/{job_id}/artifacts/1/my%20out/table%201.csv"
         assert f'<a href="{link}" download>my out/table 1.csv</a>' in page
+        assert '<td title="4 bytes">4 bytes</td>' in page
         got = reader.get(server.http_url + link)
         assert got.status_code == 200 and got.content == b"a,b\n"
         assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''table%201.csv"

@@ -41,7 +41,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
 from hodei.domain.job import JobState
-from hodei.domain.phases import latest_usage, processes_stopping, waits_in_queue
+from hodei.domain.phases import latest_usage, processes_stopping, size_text, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
 from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
 from hodei.logs import attempt_begins
@@ -87,6 +87,7 @@ class Console:
         )
         self.templates.filters["when"] = _when
         self.templates.filters["short"] = lambda value: (value or "")[:8]
+        self.templates.filters["size"] = lambda value: size_text(int(value or 0))
         self.templates.globals["after_words"] = AFTER_CONDITIONS
 
     # Plumbing ---------------------------------------------------------------------
