@@ -35,7 +35,7 @@ from hodei._proto import (
     sagas_pb2,
     scheduler_pb2,
 )
-from hodei.cli.parsing import since_moment
+from hodei.cli.parsing import WIRE_INT_MAX, since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
@@ -276,12 +276,13 @@ class Console:
             "/hodei.jobs.LogStreamService/GetLogs",
             logs_pb2.GetLogsRequest(job_id=job_id, limit=LOG_LINES_SHOWN, tail=LOG_LINES_SHOWN),
         )
-        artifacts = await self._call(
-            request, ARTIFACTS + "ListArtifacts", artifacts_pb2.ListArtifactsRequest(job_id=job_id)
-        )
+        phases = [(p.name, p.attempt) for p in described.job.phases]
+        artifacts = []  # most jobs keep none: their events are not read a second time
+        if any(name == "artifacts_stored" for name, _ in phases):
+            listing = artifacts_pb2.ListArtifactsRequest(job_id=job_id)
+            artifacts = list((await self._call(request, ARTIFACTS + "ListArtifacts", listing)).artifacts)
         who = await self._caller(request)
         description = message_dict(described)
-        phases = [(p.name, p.attempt) for p in described.job.phases]
         return self._page(
             request,
             "job.html",
@@ -299,7 +300,7 @@ class Console:
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
             ],
             lines=_log_lines(logs.entries),
-            artifacts=[message_dict(artifact) for artifact in artifacts.artifacts],
+            artifacts=[message_dict(artifact) for artifact in artifacts],
         )
 
     async def artifact(self, request: web.Request) -> web.StreamResponse:
@@ -506,7 +507,7 @@ def _from_one(request: web.Request, name: str) -> int:
 def _whole(raw: str, name: str) -> int:
     """A whole number a form field gives (a priority, a size), within the API's int32."""
     text = raw.strip()
-    if not text.lstrip("-").isdigit() or not -(2**31) <= int(text) < 2**31:
+    if not text.lstrip("-").isdigit() or not -WIRE_INT_MAX - 1 <= int(text) <= WIRE_INT_MAX:
         raise InvalidInput(f"{name} must be a whole number, got `{text}`")
     return int(text)
 
