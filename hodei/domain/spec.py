@@ -420,7 +420,7 @@ def _artifact_problems(spec: JobSpec) -> list[str]:
         found.append("fetching artifacts needs jobs to start after (--after, --after-array): theirs are fetched")
     expiry, bound = spec.artifacts_expire_seconds, limits.max_artifacts_expire_seconds
     if not math.isfinite(expiry) or not 0 <= expiry <= bound:
-        found.append(f"artifacts expire after 0 (with the log) to {bound:g} seconds, got {expiry:g}")
+        found.append(f"artifacts expire after 0 (with the log) to {bound / 86400:.0f} days, got {expiry:.0f} seconds")
     elif expiry and not patterns:
         found.append("an expiry of artifacts is for a job that keeps some (--artifact)")
     if len(patterns) > limits.artifact_patterns:
