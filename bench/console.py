@@ -28,6 +28,7 @@ from hodei._proto import scheduler_pb2, scheduler_pb2_grpc
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec
+from hodei.limits import Limits
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import open_pool
@@ -199,11 +200,19 @@ def queue(server: ServerProcess, url: str, pool: ConnectionPool) -> float:
 
         return run
 
+    round_params = {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None, "submitters": None}
     listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
-    next_sql = timed(run_sql("next_in_queue", {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None}))
+    next_sql = timed(run_sql("next_in_queue", round_params))
     p50, p95, sql = percentile(listing, 50), percentile(listing, 95), percentile(listed_sql, 50)
     print(row(f"queue, {JOBS} jobs queued (gRPC)", f"{p50:.1f} / {p95:.1f}", f"{sql:.1f}", f"{p50 / sql:.1f}x"))
     print(row(f"  an admission round's query, {JOBS} queued", "", f"{percentile(next_sql, 50):.1f}", ""))
+    # The same with every submitter limited (all these jobs are one submitter's: the most a
+    # round's window over a submitter's jobs has to rank).
+    Limits(HodeiStore(pool)).set("*", 100, SYSTEM)
+    limited_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
+    limited_next = timed(run_sql("next_in_queue", {**round_params, "submitters": [SYSTEM]}))
+    print(row("  the same with `limit set '*' 100`: queue's SQL", "", f"{percentile(limited_listed, 50):.1f}", ""))
+    print(row("  ... and an admission round's query", "", f"{percentile(limited_next, 50):.1f}", ""))
     return p50
 
 

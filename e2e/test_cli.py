@@ -286,6 +286,62 @@ def test_a_pool_runs_at_most_its_size_of_the_jobs_naming_it(server: ServerProces
     assert retried.returncode == 2 and "no pool 'db'" in retried.stderr, retried.stderr
 
 
+def test_a_submitters_limit_runs_at_most_that_many_of_its_jobs_at_once(server: ServerProcess) -> None:
+    """Slurm's MaxJobs per user: `limit set anonymous 2` (the submitter without
+    authentication), then five jobs of it: never more than two run at once, the queue says
+    why the others wait, `limit list` counts them. Bad input is refused, with nothing
+    written; deleting the limit lifts it."""
+    url = server.database_url
+    assert server.cli("limit", "set", "anonymous", "2", check=True).stdout.split()[-4:] == ["anonymous", "2", "0", "0"]
+    try:
+        job_ids = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-4", check=True).stdout.split()
+        waiting = out_of_line(server, job_ids, "the submitter's jobs past its limit wait, saying why")
+        assert waiting[0]["reason"].startswith(
+            "its submitter anonymous runs at most 2 jobs at once (`limit get anonymous`): "
+        ), waiting[0]["reason"]
+        listed = json.loads(server.cli("limit", "list", "-o", "json", check=True).stdout)
+        [mine] = [found for found in listed if found["submitter"] == "anonymous"]
+        assert (mine["limited"], mine["jobs"], mine["own"]) == (True, 2, True) and mine["running"] <= 2
+        for job_id in job_ids:
+            wait_settled(url, job_id, 60)
+        assert_at_most_two_at_once(url, job_ids)
+        server.cli("limit", "set", "*", "1", check=True)
+        table = server.cli("limit", "list", check=True).stdout.splitlines()
+        assert [line.split() for line in table[1:]] == [["*", "1", "0", "0"], ["anonymous", "2", "0", "0"]], table
+        server.cli("limit", "set", "anonymous", "none", check=True)
+        assert server.cli("limit", "get", "anonymous", check=True).stdout.split()[-4:] == [
+            "anonymous",
+            "none",
+            "0",
+            "0",
+        ]
+        server.cli("limit", "delete", "anonymous", check=True)
+        assert server.cli("limit", "get", "anonymous", check=True).stdout.split()[-5:] == [
+            "anonymous",
+            "1",
+            "(*)",
+            "0",
+            "0",
+        ]
+
+        events = query(url, "SELECT count(*) FROM domain_events")
+        for args, said in [
+            (("limit", "set", "two words", "1"), "a submitter is a token's name"),
+            (("limit", "set", "alice", "-1"), "jobs"),
+            (("limit", "set", "alice", "few"), "jobs"),
+            (("limit", "set", "alice", "100001"), "a submitter's limit is 0 (its jobs wait) to 100000 jobs at once"),
+            (("limit", "delete", "nobody"), "submitter nobody has no limit of its own"),
+            (("limit", "get", "a/b"), "a submitter is a token's name"),
+        ]:
+            refused = server.cli(*args)
+            assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+        assert query(url, "SELECT count(*) FROM domain_events") == events
+    finally:
+        server.cli("limit", "delete", "*")
+        server.cli("limit", "delete", "anonymous")
+    assert json.loads(server.cli("limit", "list", "-o", "json", check=True).stdout) == []
+
+
 def test_after_array_starts_a_reduce_once_every_job_of_the_map_succeeded(
     server: ServerProcess, shared_dir: Path
 ) -> None:
@@ -651,7 +707,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
     code, _, err = run_in_process(capsys, "jbo", "list")
     assert code == 2
     assert err.splitlines()[-1].endswith(
-        "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'pool', 'queue', 'worker', 'metrics', "
+        "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'pool', 'limit', 'queue', 'worker', 'metrics', "
         "'outbox', 'token', 'whoami', 'cron', 'completion', 'schema'); did you mean 'job'?"
     )
     code, _, err = run_in_process(capsys, "job", "lsit")

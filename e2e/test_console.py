@@ -277,6 +277,36 @@ def test_an_operator_sizes_pools_and_an_owner_lowers_its_jobs_priority_from_the_
     guarded.cli("job", "cancel", job_id, check=True)
 
 
+def test_an_operator_limits_a_submitter_from_the_console_and_its_job_waits_saying_why(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """`limit set|delete` with their rules (the operate role's; a reader sees them): a limit
+    of 0 keeps the submitter's job waiting, the queue says why, deleting it lets it run."""
+    operator, reader = browser(guarded, tokens["operate"]), browser(guarded, tokens["read"])
+    assert 'id="new-limit"' in operator.get(f"{guarded.http_url}/queue").text
+    assert 'id="new-limit"' not in reader.get(f"{guarded.http_url}/queue").text
+    limit = {"submitter": "other-submitter", "jobs": "0"}
+    assert reader.post(f"{guarded.http_url}/limits", data=limit).status_code == 403
+    made = operator.post(f"{guarded.http_url}/limits", data=limit, allow_redirects=False)
+    assert made.status_code == 303 and made.headers["Location"] == "/queue#submitters"
+    bad = operator.post(f"{guarded.http_url}/limits", data={"submitter": "other-submitter", "jobs": "few"})
+    assert bad.status_code == 400 and "the limit (or none) must be a whole number, got `few`" in bad.text
+    job_id = guarded.cli("--token", tokens["other"], "job", "run", "-p", "sim", "-c", "true", check=True).stdout.strip()
+
+    def waiting() -> str | None:
+        shown = reader.get(f"{guarded.http_url}/queue").text
+        row = re.search(rf'<tr data-job="{job_id}">.*?</tr>', shown, re.S)
+        return row.group(0) if row and "its submitter other-submitter runs at most 0 jobs" in row.group(0) else None
+
+    eventually(waiting, what="the queue page to say the job waits for its submitter's limit")
+    shown = reader.get(f"{guarded.http_url}/queue").text
+    assert '<tr data-submitter="other-submitter"><td>other-submitter</td><td>0</td><td>0</td><td>1</td></tr>' in shown
+    assert operator.post(f"{guarded.http_url}/limits/other-submitter/delete").ok
+    wait_settled(guarded.database_url, job_id)
+    assert query(guarded.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
+    assert 'data-submitter="other-submitter"' not in operator.get(f"{guarded.http_url}/queue").text
+
+
 def test_metrics_are_public_only_when_configured(tokens: dict[str, str], tmp_path: Path) -> None:
     env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_METRICS_PUBLIC": "1"}
     with ServerProcess(tokens["url"], tmp_path, env, token=tokens["read"], http=True) as server:

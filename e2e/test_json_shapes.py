@@ -56,6 +56,7 @@ def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[
 PROVIDER = "provider get|enable|disable|health|capacity"
 CRON = "cron create|get|pause|resume|delete"
 POOL = "pool set|get|delete"
+LIMIT = "limit set|get|delete"
 CASES: list[tuple[str, list[str], int]] = [
     ("job run", ["job", "run", "--provider", "local", "--command", "true"], 0),
     ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
@@ -101,6 +102,10 @@ CASES: list[tuple[str, list[str], int]] = [
     (POOL, ["pool", "get", "shapes"], 0),
     ("pool list", ["pool", "list"], 0),
     (POOL, ["pool", "delete", "shapes"], 0),
+    (LIMIT, ["limit", "set", "shapes", "3"], 0),
+    (LIMIT, ["limit", "get", "shapes"], 0),
+    ("limit list", ["limit", "list"], 0),
+    (LIMIT, ["limit", "delete", "shapes"], 0),
 ]
 
 

@@ -17,10 +17,12 @@ submitted with ``--begin`` keeps out of its line until its time, one with
 query); one that ended otherwise makes it a job that never starts, cancelled by the
 sweeper's round (``cancel_never_started``). A job of an array with a limit (``--array
 0-99%4``) leaves the queue only while fewer of its array's jobs than that are admitted and
-not ended (``next_in_queue`` counts each limited array once a round); a job of a pool
-(``--pool``) only while fewer of the pool's jobs than its size are, on any provider: a round
-takes the locks of the pools its queue holds (in their names' order, after the provider's),
-so rounds of different providers count each other's admissions.
+not ended (``next_in_queue`` counts each limited array once a round); a job whose submitter
+has a limit (``limit set``) only while fewer of that submitter's jobs are, on any provider;
+a job of a pool (``--pool``) only while fewer of the pool's jobs than its size are, on any
+provider. A round takes the locks of the pools and limited submitters its queue holds (in
+their names' order, after the provider's), so rounds of different providers count each
+other's admissions.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ class QueuedJob:
     array_limit: int = 0
     array_running: int = 0
     array_place: int | None = None
+    # Its submitter (`actor`) and, when it has a limit (`limit set`), that limit, its jobs
+    # admitted and not ended, and this job's place among its jobs of this provider ready to go.
+    submitter: str = ""
+    submitter_limit: int | None = None
+    submitter_running: int = 0
+    submitter_place: int | None = None
     # A job of a pool (--pool): its size (None: no such pool), its jobs admitted and not
     # ended, and its place among the pool's jobs of its provider ready to go.
     pool: str = ""
@@ -98,6 +106,12 @@ class QueuedJob:
     @property
     def past_array_limit(self) -> bool:
         return bool(self.array_limit) and _past(self.array_limit, self.array_running, self.array_place)
+
+    @property
+    def past_submitter_limit(self) -> bool:
+        return self.submitter_limit is not None and _past(
+            self.submitter_limit, self.submitter_running, self.submitter_place
+        )
 
     @property
     def past_pool_size(self) -> bool:
@@ -121,6 +135,16 @@ class NeverStarted:
     @property
     def reason(self) -> str:
         return never_after(self.after_id, self.after_state, self.condition) + " (--after)"
+
+
+@dataclass(frozen=True)
+class _Room:
+    """What a round (or a job joining the queue) found under its provider's lock."""
+
+    free: int
+    pools: list[str]
+    submitters: list[str]
+    joining_limited: bool
 
 
 @dataclass
@@ -216,13 +240,23 @@ class Admission:
         queued jobs, counted, chosen and admitted."""
 
         def run() -> tuple[int, list[Job]]:
-            free, pools = self._room(provider)
-            if free == 0:
+            room = self._room(provider)
+            if room.free == 0:
                 return 0, []
-            for name in pools:
-                fetch_value(self.pool, "lock_pool", (name,))  # in one order: rounds never deadlock
+            # In one order (the provider's, its pools' by name, its submitters' by name):
+            # rounds never deadlock.
+            for name in room.pools:
+                fetch_value(self.pool, "lock_pool", (name,))
+            for name in room.submitters:
+                fetch_value(self.pool, "lock_submitter", (name,))
             admitted = []
-            queued = {"provider": provider.value, "limit": free, "joining": None, "pools": pools}
+            queued = {
+                "provider": provider.value,
+                "limit": room.free,
+                "joining": None,
+                "pools": room.pools,
+                "submitters": room.submitters,
+            }
             for job_id in fetch_column(self.pool, "next_in_queue", queued):
                 job = self.store.load(Job, job_id)
                 try:
@@ -262,21 +296,31 @@ class Admission:
         with turn.lock:
             if turn.running or turn.full_lately():
                 return False
-        free, _ = self._room(provider)
+        room = self._room(provider, joining=str(job.id))
+        if room.joining_limited:
+            return False  # a round admits it while its submitter has room (under its lock)
         # Whether anyone ready waits, a pool's jobs too (none is admitted here: no locks).
-        queued = {"provider": provider.value, "limit": 1, "joining": str(job.id), "pools": None}
-        return free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
+        queued = {"provider": provider.value, "limit": 1, "joining": str(job.id), "pools": None, "submitters": None}
+        return room.free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
 
-    def _room(self, provider: ProviderType) -> tuple[int, list[str]]:
+    def _room(self, provider: ProviderType, joining: str | None = None) -> _Room:
         """The provider's free slots, counted under its advisory lock, which the caller's
-        transaction holds until it ends (remembered here when there are none), and the
-        pools its queued jobs name."""
-        pools: list[str] = fetch_value(self.pool, "lock_admission", {"provider": provider.value})
+        transaction holds until it ends (remembered here when there are none), the pools
+        its queued jobs name and their submitters that have a limit, and whether the
+        submitter of ``joining`` has one."""
+
+        found = fetch_one(
+            self.pool,
+            "lock_admission",
+            {"provider": provider.value, "joining": joining},
+            lambda pools, submitters, joining_limited: (pools, submitters, joining_limited),
+        )
+        assert found is not None  # the query always has its one row
         free = self.capacity(provider).free
         turn = self._turns[provider]
         with turn.lock:
             turn.full_at = time.monotonic() if free == 0 else None
-        return free, pools
+        return _Room(free, *found)
 
     def admit_all(self, providers: list[ProviderType]) -> None:
         for provider in providers:

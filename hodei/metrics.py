@@ -8,7 +8,7 @@ delivery attempt, before its handler runs, so a retried row counts once (and a c
 between a claim or a write and its count, not at all); a restart starts the counters
 again, as Prometheus expects of counters. Gauges are read when scraped: the outbox from the database, provider
 health from the providers' recorded probes, connected workers from this process, cron jobs
-and pools from the log and their jobs from the read model.
+pools and submitter limits from the log and their jobs from the read model.
 
 Durations pair an event with the one that began what it ends (StepStarted with its
 StepCompleted, JobCreated with the job's end; a StepRan carries its own start). Where
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from hodei.cron import CronJobs
 from hodei.domain.job import JobState
+from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.store.events import EventRecord
 from hodei.store.readmodels import ReadModels
@@ -75,11 +76,14 @@ class _Recent(Generic[V]):
 class _Scraped(Collector):
     """Gauges read at scrape time."""
 
-    def __init__(self, reads: ReadModels, connected: Callable[[], int], cron_jobs: CronJobs, pools: Pools) -> None:
+    def __init__(
+        self, reads: ReadModels, connected: Callable[[], int], cron_jobs: CronJobs, pools: Pools, limits: Limits
+    ) -> None:
         self.reads = reads
         self.connected = connected
         self.cron_jobs = cron_jobs
         self.pools = pools
+        self.limits = limits
 
     def collect(self) -> Iterator[Metric]:
         pending, dead, lag_ms = self.reads.outbox_stats()
@@ -99,6 +103,7 @@ class _Scraped(Collector):
         yield healthy
         yield from self._cron_jobs()
         yield from self._pools()
+        yield from self._submitters()
 
     def _pools(self) -> Iterator[Metric]:
         size = GaugeMetricFamily("hodei_pool_size", "How many of the pool's jobs may run at once", labels=["pool"])
@@ -109,6 +114,23 @@ class _Scraped(Collector):
             running.add_metric([pool.name], pool.running)
             queued.add_metric([pool.name], pool.queued)
         yield from (size, running, queued)
+
+    def _submitters(self) -> Iterator[Metric]:
+        """Every submitter with jobs queued or running or a limit of its own (`limit list`)."""
+        labels = ["submitter"]
+        limit = GaugeMetricFamily(
+            "hodei_submitter_limit", "How many of the submitter's jobs may run at once", labels=labels
+        )
+        running = GaugeMetricFamily(
+            "hodei_submitter_running", "The submitter's jobs admitted and not ended", labels=labels
+        )
+        queued = GaugeMetricFamily("hodei_submitter_queued", "The submitter's jobs waiting in the queue", labels=labels)
+        for use in self.limits.all():
+            if use.jobs is not None:
+                limit.add_metric([use.submitter], use.jobs)
+            running.add_metric([use.submitter], use.running)
+            queued.add_metric([use.submitter], use.queued)
+        yield from (limit, running, queued)
 
     def _cron_jobs(self) -> Iterator[Metric]:
         """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each
@@ -149,7 +171,7 @@ class _Scraped(Collector):
 
 
 class PlatformMetrics:
-    def __init__(self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools) -> None:
+    def __init__(self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools, limits: Limits) -> None:
         self.reads = reads
         self.registry = CollectorRegistry()
         self.jobs_finished = Counter(
@@ -177,7 +199,7 @@ class PlatformMetrics:
             "Lines of job output this server could not store (its log directory full or gone)",
             registry=self.registry,
         )
-        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools)
+        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools, limits)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()
         self._saga_types: _Recent[str] = _Recent()

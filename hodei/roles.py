@@ -79,6 +79,7 @@ _O = "/hodei.jobs.OutboxService/"
 _C = "/hodei.jobs.CronService/"
 _PL = "/hodei.jobs.PoolService/"
 _AR = "/hodei.jobs.ArtifactService/"
+_LM = "/hodei.jobs.LimitService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -132,6 +133,11 @@ RULES: dict[str, Role | Gate] = {
     _PL + "DeletePool": Role.OPERATE,
     _PL + "ListPools": Role.READ,
     _PL + "GetPool": Role.READ,
+    # Submitter limits likewise: the operators' to set, everyone's to read.
+    _LM + "SetSubmitterLimit": Role.OPERATE,
+    _LM + "DeleteSubmitterLimit": Role.OPERATE,
+    _LM + "ListSubmitterLimits": Role.READ,
+    _LM + "GetSubmitterLimit": Role.READ,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

@@ -4,6 +4,7 @@ under the provider's advisory lock."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -18,6 +19,7 @@ from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL
 from hodei.errors import InvalidInput, InvalidTransition, NotFound
+from hodei.limits import Limits, SubmitterUse
 from hodei.metrics import PlatformMetrics
 from hodei.pools import Pools, PoolUse
 from hodei.store import db
@@ -396,7 +398,9 @@ def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
     assert (first.position, first.pool, first.pool_size, first.pool_running, first.pool_place) == (0, "db", 2, 2, 1)
     assert first.past_pool_size and waiting[str(local[1].id)].pool_place == 2
     assert pools.get("db") == PoolUse("db", 2, running=2, queued=2)
-    metrics = PlatformMetrics(ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), pools)
+    metrics = PlatformMetrics(
+        ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), pools, Limits(store)
+    )
     scraped = generate_latest(metrics.registry).decode()
     for line in (
         'hodei_pool_size{pool="db"} 2.0',
@@ -434,7 +438,7 @@ def test_a_round_admits_only_the_jobs_of_the_pools_it_locked(store: HodeiStore) 
     job = _pooled(store, ProviderType.DOCKER, "db")
 
     def ready(pools: list[str] | None) -> list[str]:
-        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools}
+        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools, "submitters": None}
         return [str(found) for found in db.fetch_column(store.pool, "next_in_queue", params)]
 
     assert ready([]) == [] and ready(["other"]) == []
@@ -459,15 +463,12 @@ def test_the_jobs_of_a_pool_deleted_wait_until_it_is_set_again(store: HodeiStore
     assert store.load(Job, job.id).admitted
 
 
-def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_pools_size(
-    store: HodeiStore, fresh_database_url: str
-) -> None:
-    """Each provider's round has its own lock; the pool's lock makes one of them wait for the
-    other's commit, so the second counts the first's admission. Rounds started together."""
-    Pools(store).set("db", 1, "ops")
+def _race(store: HodeiStore, job: Callable[[ProviderType], Job]) -> None:
+    """Five times, a Docker and a local job (``job``) and two servers' rounds for them
+    started together: exactly one is admitted each time (both are cancelled after)."""
     servers = [Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10}) for _ in range(2)]
     for _ in range(5):
-        jobs = [_pooled(store, provider, "db") for provider in (ProviderType.DOCKER, ProviderType.LOCAL)]
+        jobs = [job(provider) for provider in (ProviderType.DOCKER, ProviderType.LOCAL)]
         start = threading.Barrier(2)
 
         def admit(admission: Admission, provider: ProviderType, start: threading.Barrier = start) -> None:
@@ -482,10 +483,186 @@ def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_pools_size
             thread.start()
         for thread in rounds:
             thread.join(30)
-        admitted = [job for job in jobs if store.load(Job, job.id).admitted]
-        assert len(admitted) == 1
-        for job in jobs:  # the pool empty again for the next race
-            ended = store.load(Job, job.id)
+        assert [store.load(Job, one.id).admitted for one in jobs].count(True) == 1
+        for one in jobs:  # none running again for the next race
+            ended = store.load(Job, one.id)
             ended.cancel("the race is over")
-            store.write([ended], Meta(actor="t", correlation_id=str(job.id)))
+            store.write([ended], Meta(actor="t", correlation_id=str(one.id)))
+
+
+def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_pools_size(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Each provider's round has its own lock; the pool's lock makes one of them wait for the
+    other's commit, so the second counts the first's admission. Rounds started together."""
+    Pools(store).set("db", 1, "ops")
+    _race(store, lambda provider: _pooled(store, provider, "db"))
     assert query(fresh_database_url, "SELECT count(*) FROM jobs WHERE state = 'CANCELLED'") == [(10,)]
+
+
+def _submitted(store: HodeiStore, provider: ProviderType, submitter: str, **spec: Any) -> Job:
+    job = new_job(**spec)
+    job.select_provider(str(PROVIDER_IDS[provider]), provider.value)
+    store.write([job], Meta(actor=submitter, correlation_id=str(job.id)))
+    return job
+
+
+def _admitted(store: HodeiStore, *jobs: Job) -> list[bool]:
+    return [store.load(Job, job.id).admitted for job in jobs]
+
+
+def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_providers_and_lets_others_pass(
+    store: HodeiStore, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm's MaxJobs per user: a round counts the submitter's jobs admitted on every
+    provider, under the submitter's lock; the queue puts its jobs past the limit out of
+    line and says why; another submitter's later job passes them; a job ending or a
+    higher limit lets the next in."""
+    limits = Limits(store)
+    assert limits.set("alice", 2, "ops") == SubmitterUse("alice", 2, own=True, running=0, queued=0)
+    admission = Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10})
+    docker = [_submitted(store, ProviderType.DOCKER, "alice") for _ in range(3)]
+    local = _submitted(store, ProviderType.LOCAL, "alice")
+    bob = _submitted(store, ProviderType.DOCKER, "bob")
+    assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=0, queued=4)
+
+    looked = db.fetch_column
+    locked_out: list[object] = []
+
+    def fetch_column(pool: Any, name: str, params: Any = None) -> list[Any]:
+        if name == "next_in_queue":
+            locked_out.append(query(fresh_database_url, "SELECT pg_try_advisory_lock(9, hashtext('alice'))")[0][0])
+        return looked(pool, name, params)
+
+    monkeypatch.setattr(admission_module, "fetch_column", fetch_column)
+    assert admission.admit(ProviderType.DOCKER) == 3
+    assert locked_out == [False]  # the round held the submitter's lock
+    assert _admitted(store, *docker, bob) == [True, True, False, True]
+    assert admission.admit(ProviderType.LOCAL) == 0
+    waiting = {row.job_id: row for row in admission.queue(10)}
+    assert set(waiting) == {str(docker[2].id), str(local.id)}
+    third = waiting[str(docker[2].id)]
+    assert (third.position, third.submitter, third.submitter_limit, third.submitter_running, third.submitter_place) == (
+        0,
+        "alice",
+        2,
+        2,
+        1,
+    )
+    assert third.past_submitter_limit and waiting[str(local.id)].past_submitter_limit
+    assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=2, queued=2)
+    assert limits.get("bob") == SubmitterUse("bob", None, own=False, running=1, queued=0)
+    metrics = PlatformMetrics(
+        ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), Pools(store), limits
+    )
+    scraped = generate_latest(metrics.registry).decode()
+    for line in (
+        'hodei_submitter_limit{submitter="alice"} 2.0',
+        'hodei_submitter_running{submitter="alice"} 2.0',
+        'hodei_submitter_queued{submitter="alice"} 2.0',
+        'hodei_submitter_running{submitter="bob"} 1.0',
+    ):
+        assert line in scraped
+    assert 'hodei_submitter_limit{submitter="bob"}' not in scraped
+
+    _ended(store, docker[0], JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.LOCAL) == 1
+    assert _admitted(store, local, docker[2]) == [True, False]
+    limits.set("alice", 3, "ops")
+    assert admission.admit(ProviderType.DOCKER) == 1
+    assert limits.get("alice") == SubmitterUse("alice", 3, own=True, running=3, queued=0)
+
+
+def test_a_limit_for_every_submitter_its_own_exceptions_and_a_deleted_one(store: HodeiStore) -> None:
+    """`*` limits every submitter without a limit of its own; a submitter's own may be none
+    (a service account let through); deleting its own puts it under `*` again."""
+    limits = Limits(store)
+    admission = Admission(store, {ProviderType.DOCKER: 20})
+    assert admission.admit(ProviderType.DOCKER) == 0
+    limits.set("*", 1, "ops")
+    limits.set("etl", None, "ops")
+    carol = [_submitted(store, ProviderType.DOCKER, "carol") for _ in range(2)]
+    etl = [_submitted(store, ProviderType.DOCKER, "etl") for _ in range(3)]
+    assert admission.admit(ProviderType.DOCKER) == 4
+    assert _admitted(store, *carol, *etl) == [True, False, True, True, True]
+    assert limits.all() == [
+        SubmitterUse("*", 1, own=True, running=0, queued=0),
+        SubmitterUse("carol", 1, own=False, running=1, queued=1),
+        SubmitterUse("etl", None, own=True, running=3, queued=0),
+    ]
+    later = _submitted(store, ProviderType.DOCKER, "etl")
+    limits.delete("etl", "ops")
+    assert admission.admit(ProviderType.DOCKER) == 0
+    assert limits.get("etl") == SubmitterUse("etl", 1, own=False, running=3, queued=1)
+    assert admission.queue(10)[0].job_id in {str(later.id), str(carol[1].id)}
+    with pytest.raises(InvalidTransition, match="already deleted"):
+        limits.delete("etl", "ops")
+    with pytest.raises(NotFound, match="submitter dave has no limit of its own"):
+        limits.delete("dave", "ops")
+    assert limits.get("dave") == SubmitterUse("dave", 1, own=False, running=0, queued=0)
+    limits.delete("*", "ops")
+    assert admission.admit(ProviderType.DOCKER) == 2
+    assert limits.get("dave") == SubmitterUse("dave", None, own=False, running=0, queued=0)
+
+
+@pytest.mark.parametrize(
+    ("submitter", "jobs", "error"),
+    [
+        ("", 1, "a submitter is a token's name"),
+        ("al ice", 1, "a submitter is a token's name"),
+        ("x" * 65, 1, "a submitter is a token's name"),
+        ("alice", -1, "0 .its jobs wait. to 100000 jobs at once, got -1"),
+        ("alice", 100_001, "got 100001"),
+    ],
+)
+def test_a_limit_refuses_a_name_no_token_has_and_a_number_out_of_bounds(
+    store: HodeiStore, fresh_database_url: str, submitter: str, jobs: int, error: str
+) -> None:
+    events = "SELECT count(*) FROM domain_events"
+    before = query(fresh_database_url, events)
+    with pytest.raises(InvalidInput, match=error):
+        Limits(store).set(submitter, jobs, "ops")
+    assert query(fresh_database_url, events) == before
+
+
+def test_a_limited_submitters_job_joining_the_queue_waits_for_a_round(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """It is admitted under its submitter's lock, by a round, never at once; another
+    submitter's job with room and nobody ready before it is."""
+    Limits(store).set("alice", 5, "ops")
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    alice, bob = new_job(), new_job()
+    store.write([alice], Meta(actor="alice", correlation_id=str(alice.id)))
+    store.write([bob], Meta(actor="bob", correlation_id=str(bob.id)))
+    assert admission.admits_at_once(store.load(Job, alice.id), ProviderType.DOCKER, datetime.now(UTC)) is False
+    assert admission.admits_at_once(store.load(Job, bob.id), ProviderType.DOCKER, datetime.now(UTC)) is True
+
+
+def test_a_submitters_jobs_in_a_full_pool_take_none_of_its_room_and_those_past_it_none_of_the_pools(
+    store: HodeiStore,
+) -> None:
+    """Alice (a limit of 1): her job of a full pool does not keep her other job waiting;
+    her jobs past her limit do not keep bob's job of a pool with room waiting."""
+    Limits(store).set("alice", 1, "ops")
+    pools = Pools(store)
+    pools.set("full", 1, "ops")
+    pools.set("db", 1, "ops")
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    holder = _submitted(store, ProviderType.DOCKER, "bob", pool="full")
+    assert admission.admit(ProviderType.DOCKER) == 1
+    in_full = _submitted(store, ProviderType.DOCKER, "alice", pool="full", priority=5)
+    plain = _submitted(store, ProviderType.DOCKER, "alice")
+    in_db = _submitted(store, ProviderType.DOCKER, "alice", pool="db")
+    bobs = _submitted(store, ProviderType.DOCKER, "bob", pool="db")
+    assert admission.admit(ProviderType.DOCKER) == 2
+    assert _admitted(store, holder, in_full, plain, in_db, bobs) == [True, False, True, False, True]
+    reasons = {row.job_id: (row.past_submitter_limit, row.past_pool_size) for row in admission.queue(10)}
+    # Both wait for a full pool now (bob's job took db's room): that is the reason said.
+    assert reasons == {str(in_full.id): (False, True), str(in_db.id): (False, True)}
+
+
+def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_submitters_limit(store: HodeiStore) -> None:
+    """As a pool's: the submitter's lock makes one round wait for the other's commit."""
+    Limits(store).set("alice", 1, "ops")
+    _race(store, lambda provider: _submitted(store, provider, "alice"))

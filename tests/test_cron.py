@@ -17,6 +17,7 @@ from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJ
 from hodei.domain.job import Job, JobState
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, InvalidTransition, NotFound, StoreUnavailable
+from hodei.limits import Limits
 from hodei.metrics import PlatformMetrics
 from hodei.pools import Pools
 from hodei.store.app import HodeiStore, Meta
@@ -124,7 +125,9 @@ def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
     assert cron_jobs.fire_due() == []
     assert cron_jobs.fire_due() == []  # looked at again only at its next time: one skip
     assert cron_jobs.skipped() == {("once-at-a-time", "forbid"): 1}
-    scraped = generate_latest(PlatformMetrics(ReadModels(store.pool), cron_jobs, Pools(store)).registry).decode()
+    scraped = generate_latest(
+        PlatformMetrics(ReadModels(store.pool), cron_jobs, Pools(store), Limits(store)).registry
+    ).decode()
     assert 'hodei_cron_job_skipped_total{cron="once-at-a-time",reason="forbid"} 1.0' in scraped
     assert [run.job_id for run in cron_jobs.active_jobs("once-at-a-time")] == [running]
     job = store.load(Job, running)

@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
+from hodei.domain.limit import DEFAULT, SubmitterLimit, limit_id
 from hodei.domain.phases import phases_of
 from hodei.domain.pool import Pool, pool_id
 from hodei.domain.spec import JobSpec, LabelSelector, array_element, array_problems, canonical_time, name_for
@@ -661,3 +662,25 @@ def test_a_pool_is_named_sized_resized_and_deleted_and_a_job_names_one_by_its_ru
             Pool.create(name, size)
     assert JobSpec(name="t", command="true", timeout_seconds=5, pool="db").problems() == []
     assert "a pool's name is 1 to 63" in JobSpec(name="t", command="true", timeout_seconds=5, pool="-x").problems()[0]
+
+
+def test_a_submitters_limit_is_set_changed_lifted_and_deleted() -> None:
+    limit = SubmitterLimit.create("alice@example.org", 4)
+    assert limit.id == limit_id("alice@example.org") != limit_id(DEFAULT)
+    limit.change(4)  # unchanged: no event
+    limit.change(None)  # no limit, whatever `*` says
+    limit.delete()
+    with pytest.raises(InvalidTransition, match="already deleted"):
+        limit.delete()
+    limit.change(None)  # a deleted limit set anew, even to none
+    assert (limit.jobs, limit.deleted) == (None, False)
+    events = [(type(e).__name__, getattr(e, "jobs", "-")) for e in limit.collect_events()]
+    assert events == [
+        ("SubmitterLimitSet", 4),
+        ("SubmitterLimitChanged", None),
+        ("SubmitterLimitDeleted", "-"),
+        ("SubmitterLimitChanged", None),
+    ]
+    assert SubmitterLimit.create(DEFAULT, 0).jobs == 0  # every submitter's jobs wait
+    with pytest.raises(InvalidInput, match=re.escape("0 (its jobs wait) to 100000 jobs at once, got -2")):
+        limit.change(-2)

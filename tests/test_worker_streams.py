@@ -20,6 +20,7 @@ from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
 from hodei.faults import Faults
+from hodei.limits import Limits
 from hodei.liveness import Liveness, Pace
 from hodei.logs import LogStore
 from hodei.metrics import PlatformMetrics
@@ -71,7 +72,9 @@ def _service(
         pace,
         Faults(""),
         ProviderRegistry(store, {}, {}),
-        PlatformMetrics(ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0), Pools(store)),
+        PlatformMetrics(
+            ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0), Pools(store), Limits(store)
+        ),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
         ArtifactStore(tmp_path / "artifacts", 1 << 20),
     )

@@ -1,11 +1,11 @@
-"""``hodei-jobs-cli provider|pool|queue|worker|metrics|outbox``: the operator's view."""
+"""``hodei-jobs-cli provider|pool|limit|queue|worker|metrics|outbox``: the operator's view."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from hodei._proto import metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
+from hodei._proto import limits_pb2, metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import count, whole
 from hodei.cli.terminal import Terminal, message_dict, when
@@ -65,6 +65,47 @@ def _pools(term: Terminal, pools: list[pools_pb2.Pool], *, listed: bool) -> int:
         ["POOL", "SIZE", "RUNNING", "QUEUED"], [[p.name, str(p.size), str(p.running), str(p.queued)] for p in pools]
     )
     return 0
+
+
+def limit(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        response = client.call(client.limits.ListSubmitterLimits, limits_pb2.ListSubmitterLimitsRequest())
+        return _limits(term, list(response.limits), listed=True)
+    if args.action == "set":
+        request: Any = limits_pb2.SetSubmitterLimitRequest(
+            submitter=args.submitter, jobs=args.jobs or 0, unlimited=args.jobs is None
+        )
+    else:
+        request = limits_pb2.SubmitterLimitRequest(submitter=args.submitter)
+    limits = client.limits
+    method = {
+        "set": limits.SetSubmitterLimit,
+        "get": limits.GetSubmitterLimit,
+        "delete": limits.DeleteSubmitterLimit,
+    }[args.action]
+    return _limits(term, [client.call(method, request)], listed=False)
+
+
+def _limits(term: Terminal, limits: list[limits_pb2.SubmitterLimit], *, listed: bool) -> int:
+    if term.json:
+        term.data([message_dict(found) for found in limits] if listed else message_dict(limits[0]))
+        return 0
+    term.table(
+        ["SUBMITTER", "LIMIT", "RUNNING", "QUEUED"],
+        [[found.submitter, _limit_text(found), str(found.running), str(found.queued)] for found in limits],
+    )
+    return 0
+
+
+def _limit_text(found: limits_pb2.SubmitterLimit) -> str:
+    """Its limit, and whose it is: "4", "4 (*)" (every submitter's), "none", "-" (nobody's)."""
+    if not found.limited:
+        return "none" if found.own else "-"
+    return str(found.jobs) if found.own else f"{found.jobs} (*)"
+
+
+def _jobs_or_none(value: str) -> int | None:
+    return None if value == "none" else whole(value)
 
 
 def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -224,6 +265,26 @@ def add_commands(commands: Any) -> None:
         parser = pools.add_parser(action, help=text)
         parser.add_argument("name")
         parser.set_defaults(handler=pool)
+
+    limits = commands.add_parser(
+        "limit", help="submitter limits: at most so many of one submitter's jobs run at once"
+    ).add_subparsers(dest="action", required=True)
+    limits.add_parser(
+        "list", help="every submitter with a limit of its own or with jobs queued or running, and *"
+    ).set_defaults(handler=limit)
+    set_limit = limits.add_parser("set", help="set a submitter's limit (the operate role)")
+    set_limit.add_argument("submitter", help="a token's name, or '*': every submitter without a limit of its own")
+    set_limit.add_argument(
+        "jobs", type=_jobs_or_none, help="its jobs at once (0: they wait), or none: no limit, whatever * says"
+    )
+    set_limit.set_defaults(handler=limit)
+    for action, text in (
+        ("get", "a submitter's limit (its own or *'s) and its jobs"),
+        ("delete", "delete a submitter's own limit: * limits its jobs, if set"),
+    ):
+        parser = limits.add_parser(action, help=text)
+        parser.add_argument("submitter")
+        parser.set_defaults(handler=limit)
 
     queue_parser = commands.add_parser("queue", help="jobs per state, and the jobs waiting for capacity")
     queue_parser.add_argument("--limit", type=count, default=100, help="queued jobs listed (default 100)")

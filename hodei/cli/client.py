@@ -23,6 +23,7 @@ from hodei._proto import (
     artifacts_pb2_grpc,
     cron_pb2_grpc,
     jobs_pb2_grpc,
+    limits_pb2_grpc,
     logs_pb2_grpc,
     metrics_pb2_grpc,
     outbox_pb2_grpc,
@@ -165,6 +166,7 @@ class Client:
         self.outbox = outbox_pb2_grpc.OutboxServiceStub(self.channel)
         self.cron = cron_pb2_grpc.CronServiceStub(self.channel)
         self.pools = pools_pb2_grpc.PoolServiceStub(self.channel)
+        self.limits = limits_pb2_grpc.LimitServiceStub(self.channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -28,6 +28,7 @@ from hodei._proto import (
     artifacts_pb2,
     cron_pb2,
     jobs_pb2,
+    limits_pb2,
     logs_pb2,
     outbox_pb2,
     pools_pb2,
@@ -116,6 +117,8 @@ class Console:
         app.router.add_get("/queue", self.queue)
         app.router.add_post("/pools", self.set_pool)
         app.router.add_post("/pools/{name}/delete", self.delete_pool)
+        app.router.add_post("/limits", self.set_limit)
+        app.router.add_post("/limits/{submitter}/delete", self.delete_limit)
         app.router.add_get("/sagas", self.sagas)
         app.router.add_get("/cron", self.cron_jobs)
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
@@ -402,6 +405,26 @@ class Console:
         await self._call(request, "/hodei.jobs.PoolService/DeletePool", pool)
         raise web.HTTPSeeOther("/queue#pools")
 
+    async def set_limit(self, request: web.Request) -> web.Response:
+        """`limit set SUBMITTER N|none` (the operate role)."""
+        self._check_origin(request)
+        form = await request.post()
+        jobs = str(form.get("jobs", "")).strip()
+        unlimited = jobs == "none"
+        limit = limits_pb2.SetSubmitterLimitRequest(
+            submitter=str(form.get("submitter", "")).strip(),
+            jobs=0 if unlimited else _whole(jobs, "the limit (or none)"),
+            unlimited=unlimited,
+        )
+        await self._call(request, "/hodei.jobs.LimitService/SetSubmitterLimit", limit)
+        raise web.HTTPSeeOther("/queue#submitters")
+
+    async def delete_limit(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        limit = limits_pb2.SubmitterLimitRequest(submitter=request.match_info["submitter"])
+        await self._call(request, "/hodei.jobs.LimitService/DeleteSubmitterLimit", limit)
+        raise web.HTTPSeeOther("/queue#submitters")
+
     # Providers, workers, sagas, dead letters ----------------------------------------
 
     async def providers(self, request: web.Request) -> web.Response:
@@ -430,13 +453,17 @@ class Console:
 
     async def queue(self, request: web.Request) -> web.Response:
         """What `queue` prints: jobs by state, and each queued job's place and why it waits;
-        and `pool list`: each pool's size, jobs running and waiting."""
+        `pool list`: each pool's size, jobs running and waiting; and `limit list`: each
+        submitter's limit, jobs running and waiting."""
         status = await self._call(
             request,
             "/hodei.jobs.SchedulerService/GetQueueStatus",
             scheduler_pb2.GetQueueStatusRequest(limit=MAX_QUEUE_LISTED),
         )
         pools = await self._call(request, "/hodei.jobs.PoolService/ListPools", pools_pb2.ListPoolsRequest())
+        limits = await self._call(
+            request, "/hodei.jobs.LimitService/ListSubmitterLimits", limits_pb2.ListSubmitterLimitsRequest()
+        )
         who = await self._caller(request)
         counts = {state.value: getattr(status, state.value.lower()) for state in JobState}
         return self._page(
@@ -446,6 +473,7 @@ class Console:
             counts=counts,
             queued=[message_dict(q) for q in status.queued],
             pools=[message_dict(p) for p in pools.pools],
+            limits=[message_dict(found) for found in limits.limits],
         )
 
     async def sagas(self, request: web.Request) -> web.Response:

@@ -27,6 +27,10 @@ def derived_id(*parts: object) -> UUID:
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
+# A caller's name: a token's (``hodei-server token create --name``), a job's submitter.
+CALLER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
 def check_name(name: str, what: str) -> str:
     """``name`` when it is one; ``what``: whose, for the error ("a cron job")."""
     if not _NAME.fullmatch(name):

@@ -75,8 +75,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def _why(self, queued: QueuedJob, now: datetime, capacities: dict[str, Capacity]) -> str:
         """Why a queued job has not left the queue: a hold, its retry's backoff, its begin
-        time (--begin), a job it starts after (--after), its array's limit, its pool's
-        size, or its provider's capacity."""
+        time (--begin), a job it starts after (--after), its array's limit, its
+        submitter's limit, its pool's size, or its provider's capacity."""
         if queued.held_by is not None:
             return f"held {hold_text(queued.held_by, queued.hold_reason)} (job release)"
         if queued.retry_at and queued.retry_at > now:
@@ -92,6 +92,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         if queued.past_array_limit:
             limit = queued.array_limit
             return _at_most("its array", limit, f" (--array …%{limit})", queued.array_running, queued.array_place)
+        if queued.past_submitter_limit:
+            limit = queued.submitter_limit or 0
+            how = f" (`limit get {queued.submitter}`)"
+            running, place = queued.submitter_running, queued.submitter_place
+            return _at_most(f"its submitter {queued.submitter}", limit, how, running, place)
         if queued.past_pool_size:
             if queued.pool_size is None:
                 return f"its pool {queued.pool} does not exist (pool set {queued.pool} N)"

@@ -170,6 +170,8 @@ async def _add_services(
         artifacts_pb2_grpc,
         cron_pb2,
         cron_pb2_grpc,
+        limits_pb2,
+        limits_pb2_grpc,
         outbox_pb2,
         outbox_pb2_grpc,
         pools_pb2,
@@ -183,6 +185,7 @@ async def _add_services(
     from hodei.server.artifacts_api import ArtifactService
     from hodei.server.cron_api import CronService
     from hodei.server.jobs_api import JobExecutionService
+    from hodei.server.limits_api import LimitService
     from hodei.server.logs_api import LogStreamService
     from hodei.server.outbox_api import OutboxService
     from hodei.server.pools_api import PoolService
@@ -235,6 +238,7 @@ async def _add_services(
         (outbox_pb2, "OutboxService", OutboxService(runtime.store.pool)),
         (cron_pb2, "CronService", CronService(runtime.cron_jobs, runtime.pools)),
         (pools_pb2, "PoolService", PoolService(runtime.pools)),
+        (limits_pb2, "LimitService", LimitService(runtime.limits)),
         (artifacts_pb2, "ArtifactService", ArtifactService(runtime.store, runtime.reads, runtime.artifacts)),
     ]
     grpc_modules = {
@@ -249,6 +253,7 @@ async def _add_services(
         outbox_pb2: outbox_pb2_grpc,
         cron_pb2: cron_pb2_grpc,
         pools_pb2: pools_pb2_grpc,
+        limits_pb2: limits_pb2_grpc,
         artifacts_pb2: artifacts_pb2_grpc,
     }
     servicers: dict[str, object] = {}

@@ -15,6 +15,7 @@ from hodei.cron import CronJobs
 from hodei.domain.provider import ProviderType
 from hodei.domain.saga import Saga
 from hodei.faults import Faults
+from hodei.limits import Limits
 from hodei.liveness import Liveness
 from hodei.logs import LogStore
 from hodei.metrics import PlatformMetrics
@@ -127,6 +128,7 @@ class Runtime:
         self.secrets = JobSecrets(self.pool)
         self.cron_jobs = CronJobs(self.store, self.secrets, kill_grace=config.timing.kill_grace)
         self.pools = Pools(self.store)
+        self.limits = Limits(self.store)
         self.instances = ServerInstances(self.pool, config.server_id)
         self.admission = Admission(
             self.store,
@@ -146,7 +148,7 @@ class Runtime:
             forget_worker=self._forget_worker,
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
-        self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools)
+        self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools, self.limits)
         self.relay = Relay(
             self.pool,
             routes.build(self.engine, self.store, self.admission),

@@ -8,19 +8,18 @@ read): a revoked or expired token is refused at once, on every server.
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 from psycopg_pool import ConnectionPool
 
+from hodei.domain.base import CALLER_NAME
 from hodei.errors import InvalidInput, NotFound, Unauthenticated
 from hodei.roles import RESERVED_NAMES, Caller, Role
 from hodei.store.db import fetch_all, fetch_one, fetch_value
 
 PREFIX = "hodei_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_EXPIRY_SECONDS = 10 * 365 * 24 * 3600.0
 HOW_TO_GET_ONE = "ask an admin for one (`hodei-server token create --name NAME --role ROLE`)"
 
@@ -45,7 +44,7 @@ def token_hash(secret: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not CALLER_NAME.match(name):
         raise InvalidInput(
             f"token name `{name}` is not valid: 1 to 64 letters, digits, `.`, `_`, `@` or `-`, starting with "
             "a letter or digit"

@@ -798,13 +798,21 @@ ORDER BY started_at;
 -- Admission ------------------------------------------------------------------------
 
 -- name: lock_admission
--- One admitter per provider at a time, across servers, until its transaction ends; and the
--- pools its queued jobs name, in the order their locks are taken (lock_pool), read in the
--- same statement (a round has no statement more for pools when none of its jobs names one).
+-- One admitter per provider at a time, across servers, until its transaction ends; read in
+-- the same statement (a round has no statement more for them when none is met): the pools
+-- its queued jobs name and their submitters that have a limit, each in the order their
+-- locks are taken (lock_pool, lock_submitter), and whether the submitter of the job joining
+-- the queue (NULL: none) has a limit.
 SELECT ARRAY(SELECT DISTINCT spec ->> 'pool' FROM jobs
              WHERE spec ->> 'pool' <> '' AND provider_type = %(provider)s AND state = 'PENDING' AND admitted_at IS NULL
              ORDER BY 1) AS pools,
-       pg_advisory_xact_lock(7, hashtext(%(provider)s));
+       CASE WHEN hodei.submitter_limits_set() THEN
+           ARRAY(SELECT s FROM hodei.queued_submitters(%(provider)s) s WHERE hodei.submitter_limit(s) IS NOT NULL
+                 ORDER BY 1)
+       ELSE '{}'::text[] END AS submitters,
+       %(joining)s::uuid IS NOT NULL AND hodei.submitter_limits_set()
+           AND hodei.submitter_limit((SELECT actor FROM jobs WHERE id = %(joining)s::uuid)) IS NOT NULL AS joining_limited
+FROM (SELECT pg_advisory_xact_lock(7, hashtext(%(provider)s))) AS locked;
 
 -- name: provider_capacity_and_use
 -- The capacity set through the API (NULL: the server's default), the slots in use (workers
@@ -830,10 +838,14 @@ FROM live, admitted_without_worker;
 -- and those out of line (held, or not hodei.in_line). A job of an array with a limit
 -- (`--array …%N`) is among them only while its array has room: its place among the array's
 -- queued jobs (in the queue's order) within the limit less the array's jobs admitted and not
--- ended. A job of a pool (`--pool`) likewise, within its pool's size less the pool's jobs
--- admitted and not ended on any provider, its place counted among the pool's jobs of this
--- provider that their arrays let go; only of the pools named (NULL: any), whose locks the
--- caller holds (lock_pool): a job of another pool, which joined since, waits for a round.
+-- ended. A job whose submitter has a limit (`limit set`) likewise, within that limit less
+-- the submitter's jobs admitted and not ended on any provider, its place counted among its
+-- jobs of this provider that their arrays let go, but those of a full pool (which would
+-- take its room and not use it). A job of a pool (`--pool`) likewise, within its pool's
+-- size less the pool's jobs admitted and not ended on any provider, its place counted among
+-- the pool's jobs of this provider that their arrays and submitters let go. Only of the
+-- pools and limited submitters named (NULL: any), whose locks the caller holds (lock_pool,
+-- lock_submitter): a job of another, which joined since, waits for a round.
 WITH limited_queue AS (
     SELECT j.id, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id, (j.spec ->> 'array_limit')::int AS array_limit,
            row_number() OVER (PARTITION BY j.spec -> 'labels' ->> 'hodei.io/array'
@@ -845,17 +857,36 @@ WITH limited_queue AS (
     SELECT a.array_id, hodei.array_running(a.array_id) AS running FROM (SELECT DISTINCT array_id FROM limited_queue) a
 ), limited AS (
     SELECT q.id FROM limited_queue q JOIN running r USING (array_id) WHERE q.place <= q.array_limit - r.running
+), pool_use AS MATERIALIZED (  -- counted once a pool its queue names
+    SELECT p.pool, hodei.pool_running(p.pool) AS running, coalesce(hodei.pool_size(p.pool), 0) AS size
+    FROM (SELECT DISTINCT j.spec ->> 'pool' AS pool FROM jobs j
+          WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
+            AND j.spec ->> 'pool' <> '' AND (%(pools)s::text[] IS NULL OR j.spec ->> 'pool' = ANY(%(pools)s::text[]))) p
+), submitter_use AS MATERIALIZED (  -- counted once a submitter with a limit (none looked for until one is set)
+    SELECT s.actor, s.jobs, hodei.submitter_running(s.actor) AS running
+    FROM (SELECT q.actor, hodei.submitter_limit(q.actor) AS jobs
+          FROM hodei.queued_submitters(%(provider)s) q (actor) WHERE hodei.submitter_limits_set()) s
+    WHERE s.jobs IS NOT NULL
+), submitted AS (  -- each limited submitter's first jobs within its room (idx_jobs_queued_actor)
+    SELECT q.id FROM submitter_use u
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM jobs j
+        WHERE j.provider_type = %(provider)s AND j.actor = u.actor AND j.state = 'PENDING' AND j.admitted_at IS NULL
+          AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
+          AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
+          AND (coalesce(j.spec ->> 'pool', '') = '' OR j.spec ->> 'pool' IN (SELECT pool FROM pool_use WHERE running < size))
+        ORDER BY j.priority DESC, j.created_at, j.id
+        LIMIT greatest(u.jobs - u.running, 0)
+    ) q
+    WHERE %(submitters)s::text[] IS NULL OR u.actor = ANY(%(submitters)s::text[])
 ), pooled_queue AS (
     SELECT j.id, j.spec ->> 'pool' AS pool,
            row_number() OVER (PARTITION BY j.spec ->> 'pool' ORDER BY j.priority DESC, j.created_at, j.id) AS place
     FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
-      AND j.spec ->> 'pool' <> '' AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
-      AND (%(pools)s::text[] IS NULL OR j.spec ->> 'pool' = ANY(%(pools)s::text[]))
+      AND j.spec ->> 'pool' IN (SELECT pool FROM pool_use) AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
       AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
-), pool_use AS MATERIALIZED (  -- counted once a pool
-    SELECT p.pool, hodei.pool_running(p.pool) AS running, coalesce(hodei.pool_size(p.pool), 0) AS size
-    FROM (SELECT DISTINCT pool FROM pooled_queue) p
+      AND (j.actor IS NULL OR j.actor NOT IN (SELECT actor FROM submitter_use) OR j.id IN (SELECT id FROM submitted))
 ), pooled AS (
     SELECT q.id FROM pooled_queue q JOIN pool_use u USING (pool) WHERE q.place <= u.size - u.running
 )
@@ -863,6 +894,7 @@ SELECT j.id FROM jobs j
 WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
   AND j.id IS DISTINCT FROM %(joining)s::uuid AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
   AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
+  AND (j.actor IS NULL OR j.actor NOT IN (SELECT actor FROM submitter_use) OR j.id IN (SELECT id FROM submitted))
   AND (coalesce(j.spec ->> 'pool', '') = '' OR j.id IN (SELECT id FROM pooled))
 ORDER BY j.priority DESC, j.created_at, j.id
 LIMIT %(limit)s;
@@ -877,9 +909,11 @@ SELECT pg_advisory_xact_lock(8, hashtext(%s));
 -- while it is out of line, none (0) and why: held (`job hold`: by whom, why), the time it
 -- begins (--begin), a job it starts after (--after: that job's id, state and the condition
 -- asked of it), its array's limit (`--array …%N`: the limit, its array's jobs admitted and
--- not ended, and its place among its array's ready jobs), or its pool's size (`--pool`: the
--- size, NULL for no such pool, its jobs admitted and not ended, and its place among the
--- pool's ready jobs of its provider): out of line past a limit, as an admission round counts.
+-- not ended, and its place among its array's ready jobs), its submitter's limit (`limit
+-- set`: the limit, the submitter's jobs admitted and not ended, and its place among its
+-- ready jobs of its provider), or its pool's size (`--pool`: the size, NULL for no such
+-- pool, its jobs admitted and not ended, and its place among the pool's ready jobs of its
+-- provider): out of line past a limit, as an admission round counts (next_in_queue).
 WITH queued AS (
     SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at, j.held_by, j.hold_reason,
            nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
@@ -890,7 +924,7 @@ WITH queued AS (
                 ORDER BY d.job_id LIMIT 1)
            END AS waiting_for,
            coalesce((j.spec ->> 'array_limit')::int, 0) AS array_limit, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id,
-           coalesce(j.spec ->> 'pool', '') AS pool
+           coalesce(j.spec ->> 'pool', '') AS pool, j.actor AS submitter
     FROM jobs j
     WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
 ), running AS MATERIALIZED (  -- counted once an array with a limit
@@ -899,7 +933,7 @@ WITH queued AS (
 ), places AS (  -- a limited array's jobs ready to go, in the queue's order: next_in_queue's rule
     SELECT id, row_number() OVER (PARTITION BY array_id ORDER BY priority DESC, created_at, id) AS array_place
     FROM queued WHERE array_limit > 0 AND held_by IS NULL AND waiting_for IS NULL AND coalesce(begin_at <= now(), TRUE)
-), lined AS NOT MATERIALIZED (  -- all but its pool that holds a job back
+), lined AS NOT MATERIALIZED (  -- all but its submitter and its pool that holds a job back
     SELECT q.*, coalesce(r.running, 0) AS array_running, p.array_place,
            q.held_by IS NULL AND q.waiting_for IS NULL AND coalesce(q.begin_at <= now(), TRUE)
            AND (q.array_limit = 0 OR r.running + p.array_place <= q.array_limit) AS array_lets_go
@@ -909,21 +943,39 @@ WITH queued AS (
 ), pool_use AS MATERIALIZED (  -- counted once a pool
     SELECT p.pool, hodei.pool_running(p.pool) AS running, hodei.pool_size(p.pool) AS size
     FROM (SELECT DISTINCT pool FROM queued WHERE pool <> '') p
+), queued_submitters AS MATERIALIZED (  -- none looked for until a limit is set
+    SELECT DISTINCT submitter FROM queued WHERE submitter IS NOT NULL AND hodei.submitter_limits_set()
+), submitter_use AS MATERIALIZED (  -- counted once a submitter with a limit
+    SELECT s.submitter, s.jobs, hodei.submitter_running(s.submitter) AS running
+    FROM (SELECT submitter, hodei.submitter_limit(submitter) AS jobs FROM queued_submitters) s
+    WHERE s.jobs IS NOT NULL
+), submitter_places AS (  -- a limited submitter's jobs of a provider ready to go: next_in_queue's rule
+    SELECT l.id, row_number() OVER (PARTITION BY l.provider_type, l.submitter ORDER BY l.priority DESC, l.created_at, l.id)
+               AS submitter_place
+    FROM lined l JOIN submitter_use u USING (submitter) LEFT JOIN pool_use pu ON l.pool <> '' AND pu.pool = l.pool
+    WHERE l.array_lets_go AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
+), submitted AS NOT MATERIALIZED (  -- all but its pool that holds a job back
+    SELECT l.*, su.jobs AS submitter_limit, coalesce(su.running, 0) AS submitter_running, sp.submitter_place,
+           l.array_lets_go AND (sp.submitter_place IS NULL OR sp.submitter_place <= su.jobs - su.running) AS lets_go
+    FROM lined l
+    LEFT JOIN submitter_use su USING (submitter)
+    LEFT JOIN submitter_places sp ON su.submitter IS NOT NULL AND sp.id = l.id
 ), pool_places AS (  -- a pool's jobs of a provider that nothing else holds back: next_in_queue's rule
     SELECT l.id, u.size AS pool_size, u.running AS pool_running,
            row_number() OVER (PARTITION BY l.provider_type, l.pool ORDER BY l.priority DESC, l.created_at, l.id)
                AS pool_place
-    FROM lined l JOIN pool_use u USING (pool)
-    WHERE l.pool <> '' AND l.array_lets_go
+    FROM submitted l JOIN pool_use u USING (pool)
+    WHERE l.pool <> '' AND l.lets_go
 ), placed AS (  -- one join for the jobs of pools (a join over every queued job costs 3 ms in 10,000)
     SELECT l.*, pp.pool_size, coalesce(pp.pool_running, 0) AS pool_running, pp.pool_place,
-           l.array_lets_go AND (l.pool = '' OR pp.pool_place <= coalesce(pp.pool_size, 0) - pp.pool_running) AS in_line
-    FROM lined l
+           l.lets_go AND (l.pool = '' OR pp.pool_place <= coalesce(pp.pool_size, 0) - pp.pool_running) AS in_line
+    FROM submitted l
     LEFT JOIN pool_places pp ON l.pool <> '' AND pp.id = l.id
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
        held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at,
-       waiting_for, array_limit, array_running, array_place, pool, pool_size, pool_running, pool_place,
+       waiting_for, array_limit, array_running, array_place, coalesce(submitter, '') AS submitter, submitter_limit,
+       submitter_running, submitter_place, pool, pool_size, pool_running, pool_place,
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
        ELSE 0 END AS position
@@ -1115,6 +1167,38 @@ ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;
 -- name: pool_size
 -- A pool's size; NULL: no such pool.
 SELECT hodei.pool_size(%s);
+
+-- name: submitter_limits
+-- Every submitter with a limit of its own (its latest event has `jobs`, a JSON null for none:
+-- idx_domain_events_submitter_limits) or with jobs queued or running,
+-- `*` first, or the one named: its limit (its own, else `*`'s), its jobs admitted and not
+-- ended, and its jobs waiting.
+WITH own AS (
+    SELECT DISTINCT ON (payload ->> 'submitter') payload ->> 'submitter' AS submitter, payload
+    FROM domain_events
+    WHERE aggregate_type = 'SubmitterLimit'
+      AND (%(submitter)s::text IS NULL OR payload ->> 'submitter' IN (%(submitter)s::text, '*'))
+    ORDER BY payload ->> 'submitter', aggregate_version DESC
+), limited AS (
+    SELECT submitter, (payload ->> 'jobs')::int AS jobs FROM own WHERE payload ? 'jobs'
+), live AS (
+    SELECT actor AS submitter, count(*) FILTER (WHERE admitted_at IS NOT NULL) AS running,
+           count(*) FILTER (WHERE admitted_at IS NULL) AS queued
+    FROM jobs
+    WHERE state IN ('PENDING', 'ASSIGNED', 'RUNNING') AND actor IS NOT NULL
+      AND (%(submitter)s::text IS NULL OR actor = %(submitter)s::text)
+    GROUP BY actor
+)
+SELECT submitter, CASE WHEN s.submitter IS NOT NULL THEN s.jobs ELSE (SELECT jobs FROM limited WHERE submitter = '*') END AS jobs,
+       s.submitter IS NOT NULL AS own, coalesce(l.running, 0) AS running, coalesce(l.queued, 0) AS queued
+FROM limited s FULL JOIN live l USING (submitter)
+WHERE %(submitter)s::text IS NULL OR submitter = %(submitter)s::text
+ORDER BY submitter <> '*', submitter;
+
+-- name: lock_submitter
+-- A submitter's admissions, one round at a time whatever the provider (held to the commit),
+-- as lock_pool's for a pool.
+SELECT pg_advisory_xact_lock(9, hashtext(%s));
 
 -- name: pools
 -- Every pool not deleted (its latest event has a size: idx_domain_events_pools), or the one
