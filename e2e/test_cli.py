@@ -327,8 +327,8 @@ def test_a_submitters_limit_runs_at_most_that_many_of_its_jobs_at_once(server: S
         events = query(url, "SELECT count(*) FROM domain_events")
         for args, said in [
             (("limit", "set", "two words", "1"), "a submitter is a token's name"),
-            (("limit", "set", "alice", "-1"), "jobs"),
-            (("limit", "set", "alice", "few"), "jobs"),
+            (("limit", "set", "alice", "-1"), "takes a number of jobs (0: they wait) or none, got '-1'"),
+            (("limit", "set", "alice", "few"), "takes a number of jobs (0: they wait) or none, got 'few'"),
             (("limit", "set", "alice", "100001"), "a submitter's limit is 0 (its jobs wait) to 100000 jobs at once"),
             (("limit", "delete", "nobody"), "submitter nobody has no limit of its own"),
             (("limit", "get", "a/b"), "a submitter is a token's name"),

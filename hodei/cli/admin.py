@@ -105,7 +105,12 @@ def _limit_text(found: limits_pb2.SubmitterLimit) -> str:
 
 
 def _jobs_or_none(value: str) -> int | None:
-    return None if value == "none" else whole(value)
+    if value == "none":
+        return None
+    try:
+        return whole(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"takes a number of jobs (0: they wait) or none, got {value!r}") from None
 
 
 def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
