@@ -163,7 +163,7 @@ class Workload:
             return []
         worker = Worker(
             job_id=job_id,
-            attempt=self.random.randint(1, 1000),
+            attempt=len(self.workers) + 1,  # a worker's id is its job's and attempt's: never twice
             provider_id=str(PROVIDER_IDS[ProviderType.DOCKER]),
             provider_type="docker",
             token_nonce=uuid4().hex,
@@ -197,7 +197,7 @@ class Workload:
         saga = Saga(
             saga_type=self.random.choice(["PROVISIONING", "EXECUTION", "RECOVERY"]),
             correlation_id=job_id,
-            attempt=self.random.randint(1, 1000),
+            attempt=len(self.sagas) + 1,  # a saga's id is its type's, job's and attempt's: never twice
             steps=["one", "two", "three"],
             context={},
         )

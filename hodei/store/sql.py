@@ -8,9 +8,17 @@ from importlib import resources
 from typing import LiteralString
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.M)
-# A line that is a comment and nothing else, and a line's indentation.
+# A line that is a comment and nothing else, a comment ending a line of SQL, and a line's
+# indentation.
 _COMMENT_LINE = re.compile(r"^[ \t]*--.*\n?", re.M)
+_TRAILING_COMMENT = re.compile(r"^(?P<sql>.*?)[ \t]+--.*$", re.M)
 _INDENT = re.compile(r"^[ \t]+", re.M)
+
+
+def _without_trailing_comment(line: re.Match[str]) -> str:
+    """The line's SQL, unless its `--` is inside a string (an odd number of quotes before it)."""
+    sql = line.group("sql")
+    return sql if sql.count("'") % 2 == 0 else line.group(0)
 
 
 @cache
@@ -21,13 +29,14 @@ def _queries() -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in found:
             raise RuntimeError(f"query `{name}` is defined twice in queries.sql")
-        found[name] = _INDENT.sub("", _COMMENT_LINE.sub("", body)).strip().rstrip(";")
+        sql = _TRAILING_COMMENT.sub(_without_trailing_comment, _COMMENT_LINE.sub("", body))
+        found[name] = _INDENT.sub("", sql).strip().rstrip(";")
     return found
 
 
 def query(name: str) -> LiteralString:
     """The SQL text of a named query (a LiteralString: it never contains user input),
-    without its comment lines and indentation: they are for readers of queries.sql, and
+    without its comments and indentation: they are for readers of queries.sql, and
     psycopg parses a query longer than 4,096 characters again at every execution where it
     caches a shorter one's parse (the append's statement was ~6,000 characters as written:
     140 us a save)."""
