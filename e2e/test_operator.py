@@ -474,6 +474,7 @@ def test_a_held_job_waits_out_of_line_until_released_and_bad_holds_change_nothin
     held = run(server, "--hold", "--hold-reason", "the data is not there yet", "--command", "echo held")
     shown = server.cli("job", "get", held, check=True).stdout
     assert f"Held: by anonymous: the data is not there yet; it waits out of line until `job release {held}`" in shown
+    assert "Waiting:" not in shown  # said once
     listed = server.cli("job", "list", "--state", "PENDING", check=True).stdout
     assert any(held in line and "PENDING (held)" in line for line in listed.splitlines()), listed
     [entry] = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]

@@ -530,7 +530,8 @@ def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         return 0
     for line in describe(job):
         term.line(line)
-    if job.state == JobState.PENDING.value and (waiting := _place_in_queue(client, job.id)):
+    # A held job's Held line says why it waits (the queue would say it again).
+    if job.state == JobState.PENDING.value and not job.held_by and (waiting := _place_in_queue(client, job.id)):
         term.line(waiting)
     return 0
 
