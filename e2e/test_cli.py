@@ -297,7 +297,7 @@ def test_a_submitters_limit_runs_at_most_that_many_of_its_jobs_at_once(server: S
         job_ids = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-4", check=True).stdout.split()
         waiting = out_of_line(server, job_ids, "the submitter's jobs past its limit wait, saying why")
         assert waiting[0]["reason"].startswith(
-            "its submitter anonymous runs at most 2 jobs at once (`limit get anonymous`): "
+            "its submitter anonymous runs at most 2 jobs at once (limit get anonymous): "
         ), waiting[0]["reason"]
         listed = json.loads(server.cli("limit", "list", "-o", "json", check=True).stdout)
         [mine] = [found for found in listed if found["submitter"] == "anonymous"]

@@ -94,7 +94,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             return _at_most("its array", limit, f" (--array …%{limit})", queued.array_running, queued.array_place)
         if queued.past_submitter_limit:
             limit = queued.submitter_limit or 0
-            how = f" (`limit get {queued.submitter}`)"
+            how = f" (limit get {queued.submitter})"
             running, place = queued.submitter_running, queued.submitter_place
             return _at_most(f"its submitter {queued.submitter}", limit, how, running, place)
         if queued.past_pool_size:
