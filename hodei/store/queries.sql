@@ -950,16 +950,15 @@ WITH queued AS (
     FROM (SELECT submitter, hodei.submitter_limit(submitter) AS jobs FROM queued_submitters) s
     WHERE s.jobs IS NOT NULL
 ), submitter_places AS (  -- a limited submitter's jobs of a provider ready to go: next_in_queue's rule
-    SELECT l.id, row_number() OVER (PARTITION BY l.provider_type, l.submitter ORDER BY l.priority DESC, l.created_at, l.id)
+    SELECT l.id, u.jobs AS submitter_limit, u.running AS submitter_running,
+           row_number() OVER (PARTITION BY l.provider_type, l.submitter ORDER BY l.priority DESC, l.created_at, l.id)
                AS submitter_place
     FROM lined l JOIN submitter_use u USING (submitter) LEFT JOIN pool_use pu ON l.pool <> '' AND pu.pool = l.pool
-    WHERE l.array_lets_go AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
+    WHERE hodei.submitter_limits_set() AND l.array_lets_go AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
 ), submitted AS NOT MATERIALIZED (  -- all but its pool that holds a job back
-    SELECT l.*, su.jobs AS submitter_limit, coalesce(su.running, 0) AS submitter_running, sp.submitter_place,
-           l.array_lets_go AND (sp.submitter_place IS NULL OR sp.submitter_place <= su.jobs - su.running) AS lets_go
-    FROM lined l
-    LEFT JOIN submitter_use su USING (submitter)
-    LEFT JOIN submitter_places sp ON su.submitter IS NOT NULL AND sp.id = l.id
+    SELECT l.*, sp.submitter_limit, coalesce(sp.submitter_running, 0) AS submitter_running, sp.submitter_place,
+           l.array_lets_go AND coalesce(sp.submitter_place <= sp.submitter_limit - sp.submitter_running, TRUE) AS lets_go
+    FROM lined l LEFT JOIN submitter_places sp ON sp.id = l.id
 ), pool_places AS (  -- a pool's jobs of a provider that nothing else holds back: next_in_queue's rule
     SELECT l.id, u.size AS pool_size, u.running AS pool_running,
            row_number() OVER (PARTITION BY l.provider_type, l.pool ORDER BY l.priority DESC, l.created_at, l.id)
