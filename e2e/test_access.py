@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import json
 import os
 import pkgutil
 import subprocess
@@ -247,6 +248,28 @@ def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url:
         for row in query(database_url, "SELECT DISTINCT actor FROM domain_events WHERE correlation_id = %s", (job,))
     }
     assert actors <= {"alice", "system"}, actors
+
+
+def test_a_job_list_of_one_submitters_jobs_or_the_callers_own(server: ServerProcess, tokens: dict[str, str]) -> None:
+    """Slurm's `squeue -u alice` and `squeue --me`: `job list --submitter NAME` and `--mine`."""
+    mine = submit(server, tokens["submit"], hold=True)
+    theirs = submit(server, tokens["other"], hold=True)
+
+    def listed(token: str, *args: str) -> list[str]:
+        shown = server.cli("--token", token, "-o", "json", "job", "list", "--limit", "1000", *args, check=True)
+        return [job["id"] for job in json.loads(shown.stdout)["jobs"]]
+
+    assert mine in listed(tokens["submit"], "--mine") and theirs not in listed(tokens["submit"], "--mine")
+    assert theirs in listed(tokens["submit"], "--submitter", "bob") and mine not in listed(tokens["read"], "-u", "bob")
+    assert {mine, theirs} <= set(listed(tokens["read"]))
+    for args, said in [
+        (("--submitter", "bob", "--mine"), "not allowed with argument"),
+        (("--submitter", "two words"), "a submitter is a token's name"),
+    ]:
+        refused = server.cli("--token", tokens["read"], "job", "list", *args)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    for job_id in (mine, theirs):
+        server.cli("--token", tokens["operate"], "job", "cancel", job_id, check=True)
 
 
 def test_revoked_and_expired_tokens_are_refused_at_once(

@@ -300,7 +300,11 @@ def test_an_operator_limits_a_submitter_from_the_console_and_its_job_waits_sayin
 
     eventually(waiting, what="the queue page to say the job waits for its submitter's limit")
     shown = reader.get(f"{guarded.http_url}/queue").text
-    assert '<tr data-submitter="other-submitter"><td>other-submitter</td><td>0</td><td>0</td><td>1</td></tr>' in shown
+    link = '<a href="/jobs?submitter=other-submitter">other-submitter</a>'
+    assert f'<tr data-submitter="other-submitter"><td>{link}</td><td>0</td><td>0</td><td>1</td></tr>' in shown
+    listed = reader.get(f"{guarded.http_url}/jobs?submitter=other-submitter").text
+    assert f'data-job="{job_id}"' in listed
+    assert f'data-job="{job_id}"' not in reader.get(f"{guarded.http_url}/jobs?submitter=submit-person").text
     assert operator.post(f"{guarded.http_url}/limits/other-submitter/delete").ok
     wait_settled(guarded.database_url, job_id)
     assert query(guarded.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]

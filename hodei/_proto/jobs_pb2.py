@@ -28,7 +28,7 @@ from hodei._proto import common_pb2 as hodei_dot_jobs_dot_common__pb2
 from hodei._proto import sagas_pb2 as hodei_dot_jobs_dot_sagas__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/jobs.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hodei/jobs/common.proto\x1a\x16hodei/jobs/sagas.proto\"\xc9\x02\n\x0fQueueJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12\x39\n\x07secrets\x18\x02 \x03(\x0b\x32(.hodei.jobs.QueueJobRequest.SecretsEntry\x12\r\n\x05\x61rray\x18\x03 \x03(\x05\x12\x42\n\x0c\x61\x66ter_arrays\x18\x04 \x03(\x0b\x32,.hodei.jobs.QueueJobRequest.AfterArraysEntry\x12\x0c\n\x04hold\x18\x05 \x01(\x08\x12\x13\n\x0bhold_reason\x18\x06 \x01(\t\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41\x66terArraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x10QueueJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rarray_job_ids\x18\x02 \x03(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"\xaa\x02\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.JobStatus\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.hodei.jobs.ListJobsRequest.LabelsEntry\x12\x31\n\rcreated_since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elabel_selector\x18\x08 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.hodei.jobs.Job\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\"`\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"9\n\x15SetJobPriorityRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"0\n\x0eHoldJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\")\n\tJobUpdate\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"%\n\x13GetJobEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x85\x01\n\x08JobEvent\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\"<\n\x14GetJobEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.JobEvent\"\x9d\x02\n\tJobWorker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rprovider_type\x18\x04 \x01(\t\x12\x1c\n\x14provider_resource_id\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0eJobDescription\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\x12\x1f\n\x05sagas\x18\x02 \x03(\x0b\x32\x10.hodei.jobs.Saga\x12&\n\x07workers\x18\x03 \x03(\x0b\x32\x15.hodei.jobs.JobWorker\"_\n\x14GetJobHistoryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x0fJobHistoryEntry\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x1c\n\x03job\x18\x05 \x01(\x0b\x32\x0f.hodei.jobs.Job\":\n\nJobHistory\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.hodei.jobs.JobHistoryEntry2\xf2\x06\n\x13JobExecutionService\x12\x45\n\x08QueueJob\x12\x1b.hodei.jobs.QueueJobRequest\x1a\x1c.hodei.jobs.QueueJobResponse\x12?\n\x06GetJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12\x44\n\x0b\x44\x65scribeJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.JobDescription\x12I\n\rGetJobHistory\x12 .hodei.jobs.GetJobHistoryRequest\x1a\x16.hodei.jobs.JobHistory\x12\x45\n\x08ListJobs\x12\x1b.hodei.jobs.ListJobsRequest\x1a\x1c.hodei.jobs.ListJobsResponse\x12H\n\tCancelJob\x12\x1c.hodei.jobs.CancelJobRequest\x1a\x1d.hodei.jobs.CancelJobResponse\x12\x43\n\x08RetryJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1c.hodei.jobs.QueueJobResponse\x12\x41\n\x07HoldJob\x12\x1a.hodei.jobs.HoldJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12\x43\n\nReleaseJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12O\n\x0eSetJobPriority\x12!.hodei.jobs.SetJobPriorityRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12@\n\x08WatchJob\x12\x1b.hodei.jobs.WatchJobRequest\x1a\x15.hodei.jobs.JobUpdate0\x01\x12Q\n\x0cGetJobEvents\x12\x1f.hodei.jobs.GetJobEventsRequest\x1a .hodei.jobs.GetJobEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/jobs.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hodei/jobs/common.proto\x1a\x16hodei/jobs/sagas.proto\"\xc9\x02\n\x0fQueueJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12\x39\n\x07secrets\x18\x02 \x03(\x0b\x32(.hodei.jobs.QueueJobRequest.SecretsEntry\x12\r\n\x05\x61rray\x18\x03 \x03(\x05\x12\x42\n\x0c\x61\x66ter_arrays\x18\x04 \x03(\x0b\x32,.hodei.jobs.QueueJobRequest.AfterArraysEntry\x12\x0c\n\x04hold\x18\x05 \x01(\x08\x12\x13\n\x0bhold_reason\x18\x06 \x01(\t\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41\x66terArraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x10QueueJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rarray_job_ids\x18\x02 \x03(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"\xcb\x02\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.JobStatus\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.hodei.jobs.ListJobsRequest.LabelsEntry\x12\x31\n\rcreated_since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elabel_selector\x18\x08 \x03(\t\x12\x11\n\tsubmitter\x18\t \x01(\t\x12\x0c\n\x04mine\x18\n \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.hodei.jobs.Job\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\"`\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"9\n\x15SetJobPriorityRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"0\n\x0eHoldJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\")\n\tJobUpdate\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\"%\n\x13GetJobEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x85\x01\n\x08JobEvent\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\"<\n\x14GetJobEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.JobEvent\"\x9d\x02\n\tJobWorker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rprovider_type\x18\x04 \x01(\t\x12\x1c\n\x14provider_resource_id\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0eJobDescription\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.hodei.jobs.Job\x12\x1f\n\x05sagas\x18\x02 \x03(\x0b\x32\x10.hodei.jobs.Saga\x12&\n\x07workers\x18\x03 \x03(\x0b\x32\x15.hodei.jobs.JobWorker\"_\n\x14GetJobHistoryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x0fJobHistoryEntry\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x1c\n\x03job\x18\x05 \x01(\x0b\x32\x0f.hodei.jobs.Job\":\n\nJobHistory\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.hodei.jobs.JobHistoryEntry2\xf2\x06\n\x13JobExecutionService\x12\x45\n\x08QueueJob\x12\x1b.hodei.jobs.QueueJobRequest\x1a\x1c.hodei.jobs.QueueJobResponse\x12?\n\x06GetJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12\x44\n\x0b\x44\x65scribeJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.JobDescription\x12I\n\rGetJobHistory\x12 .hodei.jobs.GetJobHistoryRequest\x1a\x16.hodei.jobs.JobHistory\x12\x45\n\x08ListJobs\x12\x1b.hodei.jobs.ListJobsRequest\x1a\x1c.hodei.jobs.ListJobsResponse\x12H\n\tCancelJob\x12\x1c.hodei.jobs.CancelJobRequest\x1a\x1d.hodei.jobs.CancelJobResponse\x12\x43\n\x08RetryJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1c.hodei.jobs.QueueJobResponse\x12\x41\n\x07HoldJob\x12\x1a.hodei.jobs.HoldJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12\x43\n\nReleaseJob\x12\x19.hodei.jobs.GetJobRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12O\n\x0eSetJobPriority\x12!.hodei.jobs.SetJobPriorityRequest\x1a\x1a.hodei.jobs.GetJobResponse\x12@\n\x08WatchJob\x12\x1b.hodei.jobs.WatchJobRequest\x1a\x15.hodei.jobs.JobUpdate0\x01\x12Q\n\x0cGetJobEvents\x12\x1f.hodei.jobs.GetJobEventsRequest\x1a .hodei.jobs.GetJobEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,39 +54,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBRESPONSE']._serialized_start=543
   _globals['_GETJOBRESPONSE']._serialized_end=589
   _globals['_LISTJOBSREQUEST']._serialized_start=592
-  _globals['_LISTJOBSREQUEST']._serialized_end=890
-  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=845
-  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=890
-  _globals['_LISTJOBSRESPONSE']._serialized_start=892
-  _globals['_LISTJOBSRESPONSE']._serialized_end=962
-  _globals['_CANCELJOBREQUEST']._serialized_start=964
-  _globals['_CANCELJOBREQUEST']._serialized_end=1060
-  _globals['_SETJOBPRIORITYREQUEST']._serialized_start=1062
-  _globals['_SETJOBPRIORITYREQUEST']._serialized_end=1119
-  _globals['_HOLDJOBREQUEST']._serialized_start=1121
-  _globals['_HOLDJOBREQUEST']._serialized_end=1169
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1171
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1220
-  _globals['_WATCHJOBREQUEST']._serialized_start=1222
-  _globals['_WATCHJOBREQUEST']._serialized_end=1255
-  _globals['_JOBUPDATE']._serialized_start=1257
-  _globals['_JOBUPDATE']._serialized_end=1298
-  _globals['_GETJOBEVENTSREQUEST']._serialized_start=1300
-  _globals['_GETJOBEVENTSREQUEST']._serialized_end=1337
-  _globals['_JOBEVENT']._serialized_start=1340
-  _globals['_JOBEVENT']._serialized_end=1473
-  _globals['_GETJOBEVENTSRESPONSE']._serialized_start=1475
-  _globals['_GETJOBEVENTSRESPONSE']._serialized_end=1535
-  _globals['_JOBWORKER']._serialized_start=1538
-  _globals['_JOBWORKER']._serialized_end=1823
-  _globals['_JOBDESCRIPTION']._serialized_start=1825
-  _globals['_JOBDESCRIPTION']._serialized_end=1944
-  _globals['_GETJOBHISTORYREQUEST']._serialized_start=1946
-  _globals['_GETJOBHISTORYREQUEST']._serialized_end=2041
-  _globals['_JOBHISTORYENTRY']._serialized_start=2044
-  _globals['_JOBHISTORYENTRY']._serialized_end=2192
-  _globals['_JOBHISTORY']._serialized_start=2194
-  _globals['_JOBHISTORY']._serialized_end=2252
-  _globals['_JOBEXECUTIONSERVICE']._serialized_start=2255
-  _globals['_JOBEXECUTIONSERVICE']._serialized_end=3137
+  _globals['_LISTJOBSREQUEST']._serialized_end=923
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=878
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=923
+  _globals['_LISTJOBSRESPONSE']._serialized_start=925
+  _globals['_LISTJOBSRESPONSE']._serialized_end=995
+  _globals['_CANCELJOBREQUEST']._serialized_start=997
+  _globals['_CANCELJOBREQUEST']._serialized_end=1093
+  _globals['_SETJOBPRIORITYREQUEST']._serialized_start=1095
+  _globals['_SETJOBPRIORITYREQUEST']._serialized_end=1152
+  _globals['_HOLDJOBREQUEST']._serialized_start=1154
+  _globals['_HOLDJOBREQUEST']._serialized_end=1202
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1204
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1253
+  _globals['_WATCHJOBREQUEST']._serialized_start=1255
+  _globals['_WATCHJOBREQUEST']._serialized_end=1288
+  _globals['_JOBUPDATE']._serialized_start=1290
+  _globals['_JOBUPDATE']._serialized_end=1331
+  _globals['_GETJOBEVENTSREQUEST']._serialized_start=1333
+  _globals['_GETJOBEVENTSREQUEST']._serialized_end=1370
+  _globals['_JOBEVENT']._serialized_start=1373
+  _globals['_JOBEVENT']._serialized_end=1506
+  _globals['_GETJOBEVENTSRESPONSE']._serialized_start=1508
+  _globals['_GETJOBEVENTSRESPONSE']._serialized_end=1568
+  _globals['_JOBWORKER']._serialized_start=1571
+  _globals['_JOBWORKER']._serialized_end=1856
+  _globals['_JOBDESCRIPTION']._serialized_start=1858
+  _globals['_JOBDESCRIPTION']._serialized_end=1977
+  _globals['_GETJOBHISTORYREQUEST']._serialized_start=1979
+  _globals['_GETJOBHISTORYREQUEST']._serialized_end=2074
+  _globals['_JOBHISTORYENTRY']._serialized_start=2077
+  _globals['_JOBHISTORYENTRY']._serialized_end=2225
+  _globals['_JOBHISTORY']._serialized_start=2227
+  _globals['_JOBHISTORY']._serialized_end=2285
+  _globals['_JOBEXECUTIONSERVICE']._serialized_start=2288
+  _globals['_JOBEXECUTIONSERVICE']._serialized_end=3170
 # @@protoc_insertion_point(module_scope)

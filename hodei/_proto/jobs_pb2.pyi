@@ -215,6 +215,8 @@ class ListJobsRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_SINCE_FIELD_NUMBER: _builtins.int
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    SUBMITTER_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """0 means the default (20); at most 1000."""
     offset: _builtins.int
@@ -224,6 +226,12 @@ class ListJobsRequest(_message.Message):
     """Only jobs on this provider type (docker, kubernetes, local, sim); empty: any."""
     name: _builtins.str
     """Only jobs whose name contains this text (case-insensitive); empty: any."""
+    submitter: _builtins.str
+    """Only jobs of this submitter (the name of the token that submitted them: Slurm's squeue -u);
+    empty: anyone's.
+    """
+    mine: _builtins.bool
+    """Only the caller's own jobs (squeue --me); not with submitter."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only jobs carrying every one of these labels."""
@@ -249,10 +257,12 @@ class ListJobsRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_since: _timestamp_pb2.Timestamp | None = ...,
         label_selector: _abc.Iterable[_builtins.str] | None = ...,
+        submitter: _builtins.str = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since", "label_selector", b"label_selector", "labels", b"labels", "limit", b"limit", "name", b"name", "offset", b"offset", "provider", b"provider", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_since", b"created_since", "label_selector", b"label_selector", "labels", b"labels", "limit", b"limit", "mine", b"mine", "name", b"name", "offset", b"offset", "provider", b"provider", "status", b"status", "submitter", b"submitter"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -583,6 +583,8 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         provider=args.provider or "",
         name=args.name or "",
         label_selector=args.label or [],
+        submitter=args.submitter or "",
+        mine=args.mine,
     )
     if args.since:
         request.created_since.FromDatetime(args.since)
@@ -993,5 +995,8 @@ def add_commands(commands: Any) -> Any:
     list_parser.add_argument(
         "--since", type=since, metavar="WHEN", help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time"
     )
+    whose = list_parser.add_mutually_exclusive_group()
+    whose.add_argument("--submitter", "-u", metavar="NAME", help="only jobs this token's name submitted (squeue -u)")
+    whose.add_argument("--mine", action="store_true", help="only jobs the caller's token submitted (squeue --me)")
     list_parser.set_defaults(handler=list_jobs)
     return job

@@ -223,7 +223,10 @@ class Console:
     # Jobs ---------------------------------------------------------------------------
 
     def _job_query(self, request: web.Request) -> tuple[jobs_pb2.ListJobsRequest, dict[str, str]]:
-        shown = {key: request.query.get(key, "").strip() for key in ("state", "provider", "name", "label", "since")}
+        shown = {
+            key: request.query.get(key, "").strip()
+            for key in ("state", "provider", "name", "label", "since", "submitter")
+        }
         status = 0
         if shown["state"]:
             try:
@@ -240,6 +243,7 @@ class Console:
             provider=shown["provider"],
             name=shown["name"],
             label_selector=selector,
+            submitter=shown["submitter"],
         )
         if shown["since"]:
             try:

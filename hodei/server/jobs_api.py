@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.domain.base import CALLER_NAME
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
@@ -196,11 +197,19 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
         state = JobState(_state_name(request.status)).value if request.status else None
         provider = provider_type_of(request.provider)  # k8s, an id...; unknown ones are refused
+        if request.mine and request.submitter:
+            raise InvalidInput("give either a submitter or mine (the caller's own jobs), not both")
+        submitter = caller().name if request.mine else request.submitter.strip() or None
+        if submitter is not None and not CALLER_NAME.match(submitter):
+            raise InvalidInput(
+                f"a submitter is a token's name (1 to 64 letters, digits, '.', '_', '@' or '-'); got {submitter[:80]!r}"
+            )
         filters = JobFilters(
             provider=provider.value if provider else None,
             name=request.name.strip() or None,
             labels=LabelSelector.of(request.label_selector, request.labels),
             created_since=request.created_since.ToDatetime(tzinfo=UTC) if request.HasField("created_since") else None,
+            submitter=submitter,
         )
         rows, total = self.reads.jobs(state, limit, request.offset, filters)
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(row) for row in rows], total_count=total)

@@ -589,6 +589,7 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
   AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
+  AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar)
 ORDER BY j.created_at DESC, j.id
 LIMIT %(limit)s OFFSET %(offset)s;
 
@@ -602,7 +603,8 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
       SELECT 1 FROM jsonb_each_text(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> n.key = n.value))
   AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
   AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
-  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz);
+  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
+  AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar);
 
 -- name: jobs_by_state
 SELECT state, count(*) FROM jobs GROUP BY state;

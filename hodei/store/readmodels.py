@@ -86,6 +86,7 @@ class JobFilters:
     name: str | None = None
     labels: LabelSelector = field(default_factory=LabelSelector)
     created_since: datetime | None = None
+    submitter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class ReadModels:
             "labels_present": list(wanted.labels.present) or None,
             "labels_absent": list(wanted.labels.absent) or None,
             "since": wanted.created_since,
+            "submitter": wanted.submitter,
         }
         rows = [JobRow(**row) for row in self._all("list_jobs", params)]
         total = self._all("count_jobs", params)[0]["count"]
