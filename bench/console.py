@@ -203,9 +203,11 @@ def queue(server: ServerProcess, url: str, pool: ConnectionPool) -> float:
     round_params = {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None, "submitters": None}
     listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
     next_sql = timed(run_sql("next_in_queue", round_params))
+    lock_sql = timed(run_sql("lock_admission", {"provider": "kubernetes", "joining": None}))
     p50, p95, sql = percentile(listing, 50), percentile(listing, 95), percentile(listed_sql, 50)
     print(row(f"queue, {JOBS} jobs queued (gRPC)", f"{p50:.1f} / {p95:.1f}", f"{sql:.1f}", f"{p50 / sql:.1f}x"))
     print(row(f"  an admission round's query, {JOBS} queued", "", f"{percentile(next_sql, 50):.1f}", ""))
+    print(row("  ... and its lock and look for pools and limits", "", f"{percentile(lock_sql, 50):.1f}", ""))
     # The same with every submitter limited (all these jobs are one submitter's: the most a
     # round's window over a submitter's jobs has to rank).
     Limits(HodeiStore(pool)).set("*", 100, SYSTEM)
