@@ -38,13 +38,12 @@ class Limits:
         the submitter's jobs in, or keeps them waiting."""
         check_submitter(submitter)
         check_jobs(jobs)
-        # Counted before the command: two limits set at once may both pass (a bound of what
-        # a round reads, not a quota).
-        existing = sum(use.own for use in self.all())
 
         def run() -> tuple[None, list[SubmitterLimit]]:
             limit = self.store.find(SubmitterLimit, limit_id(submitter))
-            if (limit is None or limit.deleted) and existing >= MAX_LIMITS:
+            # Counted only for a new one; two set at once may both pass (a bound of what a
+            # round reads, not a quota).
+            if (limit is None or limit.deleted) and sum(use.own for use in self.all()) >= MAX_LIMITS:
                 raise InvalidTransition(f"there are {MAX_LIMITS} submitter limits, the most there may be: delete one")
             if limit is None:
                 limit = SubmitterLimit.create(submitter, jobs)

@@ -13,6 +13,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from hodei import admission as admission_module
+from hodei import limits as limits_module
+from hodei import pools as pools_module
 from hodei.admission import Admission, Capacity
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState, after_met
@@ -357,6 +359,21 @@ def test_a_new_priority_moves_a_queued_job_in_its_line(store: HodeiStore, fresh_
     assert store.load(Job, second.id).admitted and not store.load(Job, first.id).admitted
 
 
+def _lock_taken_meanwhile(monkeypatch: pytest.MonkeyPatch, url: str, try_lock: str) -> list[object]:
+    """What ``try_lock`` (another server's try for an advisory lock) gets each time a round
+    chooses its jobs (next_in_queue): False while the round holds that lock."""
+    looked = db.fetch_column
+    locked_out: list[object] = []
+
+    def fetch_column(pool: Any, name: str, params: Any = None) -> list[Any]:
+        if name == "next_in_queue":
+            locked_out.append(query(url, try_lock)[0][0])
+        return looked(pool, name, params)
+
+    monkeypatch.setattr(admission_module, "fetch_column", fetch_column)
+    return locked_out
+
+
 def _pooled(store: HodeiStore, provider: ProviderType, pool: str, **spec: Any) -> Job:
     job = new_job(pool=pool, **spec)
     job.select_provider(str(PROVIDER_IDS[provider]), provider.value)
@@ -379,15 +396,9 @@ def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
     plain = _queued(store)
     assert admission.admits_at_once(store.load(Job, local[0].id), ProviderType.LOCAL, datetime.now(UTC)) is False
 
-    looked = db.fetch_column
-    locked_out: list[object] = []
-
-    def fetch_column(pool: Any, name: str, params: Any = None) -> list[Any]:
-        if name == "next_in_queue":
-            locked_out.append(query(fresh_database_url, "SELECT pg_try_advisory_lock(8, hashtext('db'))")[0][0])
-        return looked(pool, name, params)
-
-    monkeypatch.setattr(admission_module, "fetch_column", fetch_column)
+    locked_out = _lock_taken_meanwhile(
+        monkeypatch, fresh_database_url, "SELECT pg_try_advisory_lock(8, hashtext('db'))"
+    )
     assert admission.admit(ProviderType.DOCKER) == 3
     assert locked_out == [False]  # the round held the pool's lock
     assert admission.admit(ProviderType.LOCAL) == 0
@@ -526,15 +537,9 @@ def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_provid
     bob = _submitted(store, ProviderType.DOCKER, "bob")
     assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=0, queued=4)
 
-    looked = db.fetch_column
-    locked_out: list[object] = []
-
-    def fetch_column(pool: Any, name: str, params: Any = None) -> list[Any]:
-        if name == "next_in_queue":
-            locked_out.append(query(fresh_database_url, "SELECT pg_try_advisory_lock(9, hashtext('alice'))")[0][0])
-        return looked(pool, name, params)
-
-    monkeypatch.setattr(admission_module, "fetch_column", fetch_column)
+    locked_out = _lock_taken_meanwhile(
+        monkeypatch, fresh_database_url, "SELECT pg_try_advisory_lock(9, hashtext('alice'))"
+    )
     assert admission.admit(ProviderType.DOCKER) == 3
     assert locked_out == [False]  # the round held the submitter's lock
     assert _admitted(store, *docker, bob) == [True, True, False, True]
@@ -666,3 +671,30 @@ def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_submitters
     """As a pool's: the submitter's lock makes one round wait for the other's commit."""
     Limits(store).set("alice", 1, "ops")
     _race(store, lambda provider: _submitted(store, provider, "alice"))
+
+
+def test_the_number_of_submitter_limits_is_bounded(store: HodeiStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each is read by every round that meets one of its jobs: a new one past the bound is
+    refused; changing one, or one set again after a deletion freed its place, is not."""
+    monkeypatch.setattr(limits_module, "MAX_LIMITS", 2)
+    limits = Limits(store)
+    limits.set("*", 5, "ops")
+    limits.set("alice", 1, "ops")
+    with pytest.raises(InvalidTransition, match="there are 2 submitter limits, the most there may be: delete one"):
+        limits.set("bob", 1, "ops")
+    limits.set("alice", 3, "ops")  # a change adds none
+    limits.delete("alice", "ops")
+    limits.set("bob", 1, "ops")
+    assert [(use.submitter, use.jobs, use.own) for use in limits.all()] == [("*", 5, True), ("bob", 1, True)]
+
+
+def test_the_number_of_pools_is_bounded(store: HodeiStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pools_module, "MAX_POOLS", 1)
+    pools = Pools(store)
+    pools.set("db", 2, "ops")
+    with pytest.raises(InvalidTransition, match="there are 1 pools, the most there may be: delete one first"):
+        pools.set("licence", 1, "ops")
+    pools.set("db", 3, "ops")  # a resize adds none
+    pools.delete("db", "ops")
+    pools.set("licence", 1, "ops")
+    assert [pool.name for pool in pools.all()] == ["licence"]

@@ -41,6 +41,17 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+def check_submitter_name(name: str, alternative: str = "") -> str:
+    """``name`` when a token could have it (who submitted a job); ``alternative``: what
+    else the caller accepts, for the error."""
+    if not CALLER_NAME.match(name):
+        raise InvalidInput(
+            "a submitter is a token's name (1 to 64 letters, digits, '.', '_', '@' or '-', starting with a "
+            f"letter or digit){alternative}; got {name[:80]!r}"
+        )
+    return name
+
+
 def uuid_or_none(text: str) -> UUID | None:
     """``text`` as a UUID; None when it is not one (a label or an id from outside that no
     row of ours can match)."""

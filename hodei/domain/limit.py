@@ -18,7 +18,7 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from hodei.domain.base import CALLER_NAME, HodeiAggregate, derived_id
+from hodei.domain.base import HodeiAggregate, check_submitter_name, derived_id
 from hodei.errors import InvalidInput, InvalidTransition
 
 DEFAULT = "*"
@@ -33,12 +33,9 @@ def limit_id(submitter: str) -> UUID:
 
 
 def check_submitter(submitter: str) -> str:
-    if submitter != DEFAULT and not CALLER_NAME.match(submitter):
-        raise InvalidInput(
-            f"a submitter is a token's name (1 to 64 letters, digits, '.', '_', '@' or '-', starting with a "
-            f"letter or digit) or {DEFAULT} (every submitter without a limit of its own); got {submitter[:80]!r}"
-        )
-    return submitter
+    if submitter == DEFAULT:
+        return submitter
+    return check_submitter_name(submitter, f" or {DEFAULT} (every submitter without a limit of its own)")
 
 
 def check_jobs(jobs: int | None) -> int | None:

@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
-from hodei.domain.base import CALLER_NAME
+from hodei.domain.base import check_submitter_name
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
@@ -200,10 +200,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         if request.mine and request.submitter:
             raise InvalidInput("give either a submitter or mine (the caller's own jobs), not both")
         submitter = caller().name if request.mine else request.submitter.strip() or None
-        if submitter is not None and not CALLER_NAME.match(submitter):
-            raise InvalidInput(
-                f"a submitter is a token's name (1 to 64 letters, digits, '.', '_', '@' or '-'); got {submitter[:80]!r}"
-            )
+        if submitter is not None:
+            check_submitter_name(submitter)
         filters = JobFilters(
             provider=provider.value if provider else None,
             name=request.name.strip() or None,
