@@ -751,6 +751,9 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "run", "-c", "true", "--array", "0-9%0"), "%N: at most N of the array's jobs at once, N from 1"),
         (("job", "run", "-c", "true", "--array", "0-9%x"), "%N: at most N of the array's jobs at once, N from 1"),
         (("job", "run", "-c", "true", "--array", "0-9%1001"), "%N: at most N of the array's jobs at once, N from 1"),
+        (("job", "run", "-c", "true", "--artifacts-expire", "-5s"), "or a duration such as 30s or 2m, got '-5s'"),
+        (("job", "run", "-c", "true", "--begin", "-5m"), "takes a duration from now such as 10m or 2h"),
+        (("cron", "create", "--schedule", "@hourly", "-c", "x", "--starting-deadline", "-1m"), "got '-1m'"),
     ],
     ids=[
         "job-list",
@@ -777,6 +780,9 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         "array-limit-0",
         "array-limit-x",
         "array-limit-big",
+        "negative-expire",
+        "negative-begin",
+        "negative-deadline",
     ],
 )
 def test_a_number_the_request_cannot_carry_is_refused_before_sending(

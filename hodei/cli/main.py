@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from importlib.metadata import version
-from typing import NoReturn
+from typing import Any, NoReturn
 
 # gRPC's core logs connection failures itself; the CLI explains them in one line instead.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -70,7 +70,14 @@ _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with "did you mean" for a mistyped command or choice."""
+    """argparse, with "did you mean" for a mistyped command or choice, and a value such as
+    `-5s` taken as the value it is: Python 3.11's argparse reads only plain negative numbers
+    as values and took `--artifacts-expire -5s` for an option, hiding our reason for refusing
+    it behind "expected one argument" (3.13's argparse matches these as we do)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> NoReturn:
         found = _INVALID_CHOICE.search(message)
