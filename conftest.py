@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -29,7 +30,7 @@ from hodei.providers.registry import register_providers
 from hodei.store.app import HodeiStore
 from hodei.store.db import open_pool
 from hodei.store.migrations import migrate
-from hodei.testing import docker_client_or_skip
+from hodei.testing import build_bare_image, docker_client_or_skip
 
 # Tests must not pick up a developer's configuration.
 for _name in list(os.environ):
@@ -189,3 +190,8 @@ def worker_image(docker_client: object) -> str:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return str(module.build(None, docker_client))
+
+
+@pytest.fixture(scope="session")
+def bare_image(docker_client: Any, worker_image: str) -> str:
+    return build_bare_image(docker_client, worker_image)

@@ -88,12 +88,13 @@ build-cli: bootstrap
 # Everything: server, CLI and the worker image
 build: build-server build-cli build-worker
 
-# Remove caches, build output, the Kubernetes emulator and the worker images (the database stays)
+# Remove caches, build output, the Kubernetes emulator, the worker images and the agent's volumes (the database stays)
 clean:
     -{{venv}}/python tools/k8s.py down
     rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
     find . -name __pycache__ -type d -prune -not -path "./.venv/*" -exec rm -rf {} +
     -docker rmi -f hodei-jobs-worker:latest $(docker images -q 'hodei-worker-base') 2>/dev/null
+    -docker volume rm $(docker volume ls -q --filter label=hodei.agent-bundle) 2>/dev/null
 
 # The seed's whole procedure (Docker, then Kubernetes: a real cluster or the emulator), with its results table
 e2e: dev-k8s

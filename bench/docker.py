@@ -1,6 +1,7 @@
 """``just bench-docker``: latency of an `echo` job on Docker, next to the floor measured
 in the same run: `docker run --rm --network host hodei-jobs-worker:latest` starting the
-agent's interpreter and importing its modules.
+agent's interpreter and importing its modules. Then the same job in an image of its own
+(`--image`: busybox alone, the agent brought in from its volume) against the worker image's.
 
 Goal: p50 <= 1.5x the floor.
 """
@@ -13,9 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import database
+import docker
+
+from bench.common import database, percentile, row
 from bench.jobs import job_latencies, print_latency_table
-from hodei.testing import ServerProcess
+from hodei.testing import ServerProcess, build_bare_image
 
 IMAGE = "hodei-jobs-worker:latest"
 JOBS = 20
@@ -52,7 +55,18 @@ def main() -> None:
     ):
         bare = floor()
         jobs = job_latencies(server.address, "docker", JOBS)
+        image = build_bare_image(docker.from_env(), IMAGE)
+        own = job_latencies(server.address, "docker", JOBS, image=image)
     print_latency_table("docker", "docker run --rm of the agent image", bare, jobs, "<= 1.5")
+    mine, theirs = percentile(own, 50), percentile(jobs, 50)
+    print(
+        row(
+            f"echo job in its own image (--image, busybox) p50 ({len(own)})",
+            f"{mine * 1000:.0f} ms",
+            f"{theirs * 1000:.0f} ms worker image",
+            f"{mine / theirs:.2f}",
+        )
+    )
 
 
 if __name__ == "__main__":

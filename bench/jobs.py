@@ -10,13 +10,15 @@ from bench.common import header, percentile, row
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 
-def job_latencies(address: str, provider: str, count: int, warmup: int = 2) -> list[float]:
-    """Seconds from QueueJob to the job's SUCCEEDED, one job at a time."""
+def job_latencies(address: str, provider: str, count: int, warmup: int = 2, image: str = "") -> list[float]:
+    """Seconds from QueueJob to the job's SUCCEEDED, one job at a time (in ``image``: its own)."""
     channel = grpc.insecure_channel(address)
     stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
     samples = []
     for index in range(warmup + count):
-        spec = common_pb2.JobSpec(name=f"bench-{index}", command="echo hi", timeout_seconds=30, provider=provider)
+        spec = common_pb2.JobSpec(
+            name=f"bench-{index}", command="echo hi", timeout_seconds=30, provider=provider, image=image
+        )
         started = time.perf_counter()
         job_id = stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec)).job_id
         for update in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id)):

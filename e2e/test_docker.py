@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.testing import (
+    BARE_MARKER,
+    BARE_USER,
     Link,
     ServerProcess,
     eventually,
@@ -52,7 +55,7 @@ def server(
         "HODEI_HEARTBEAT_TIMEOUT": "3",
         "HODEI_KILL_GRACE": "1",
     }
-    with ServerProcess(database_url, log_dir, env) as process:
+    with ServerProcess(database_url, log_dir, env, http=True) as process:
         yield process
     print(process.logs()[-4000:])
 
@@ -184,6 +187,75 @@ def test_a_containers_files_are_kept_as_artifacts_before_it_goes(server: ServerP
     assert (tmp_path / "out/uid.txt").read_text() == "1000\n"
     blob = (tmp_path / "out/blob.bin").read_bytes()
     assert hashlib.sha256(blob).hexdigest() == next(a["sha256"] for a in listed if a["name"] == "out/blob.bin")
+
+
+def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_user(
+    server: ServerProcess, database_url: str, docker_client: Any, bare_image: str, tmp_path: Path
+) -> None:
+    """`--image`: an image with nothing but busybox (no Python, nothing of ours); the command
+    sees the image's files, its ENV under the job's own variables, its WORKDIR and USER, as
+    `docker run` of it would; artifacts are kept from there."""
+    agents = "env | grep -cE '^(HODEI_WORKER_TOKEN|HODEI_SERVER_ADDRESS|PYTHONHOME|HODEI_AGENT_VARIABLES)='"
+    command = f'cat /marker; echo "$GREETING $MINE $PATH"; pwd; id -u; {agents}; echo kept > out.txt; exit 3'
+    result = server.cli(
+        "job", "run", "--image", bare_image, "-c", command, "-e", "MINE=mine", "--artifact", "out.txt", "--wait"
+    )
+    assert result.returncode == 3, result.stderr
+    job_id = result.stdout.strip()
+    wait_settled(database_url, job_id)
+    logs = server.cli("job", "logs", job_id, check=True).stdout
+    assert logs == f"{BARE_MARKER}\nfrom-the-image mine /bin\n/data\n{BARE_USER}\n0\n"  # none of the agent's
+    assert query(database_url, "SELECT state, exit_code, provider_type FROM jobs WHERE id = %s", (job_id,)) == [
+        ("FAILED", 3, "docker")
+    ]
+    assert f"Image: {bare_image}" in server.cli("job", "get", job_id, check=True).stdout
+    page = requests.get(f"{server.http_url}/jobs/{job_id}", timeout=30).text
+    assert f'<td id="image">{bare_image}</td>' in page
+    server.cli("job", "artifacts", job_id, "--save", str(tmp_path), check=True)
+    assert (tmp_path / "out.txt").read_text() == "kept\n"
+    bundles = docker_client.volumes.list(filters={"label": "hodei.agent-bundle"})
+    assert [volume.name for volume in bundles if volume.name.startswith("hodei-agent-")], "the agent's volume"
+
+
+def test_a_job_in_its_own_image_is_cancelled_and_its_container_goes(
+    server: ServerProcess, database_url: str, docker_client: Any, bare_image: str
+) -> None:
+    job_id = server.cli("job", "run", "--image", bare_image, "-c", "echo up; sleep 60", check=True).stdout.strip()
+    eventually(lambda: "up" in server.cli("job", "logs", job_id).stdout, 60, what="the job to start")
+    (container,) = docker_client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
+    assert container.image.tags == [bare_image]
+    assert container.attrs["Mounts"][0]["Destination"] == "/opt/hodei-agent"
+    assert container.attrs["Mounts"][0]["RW"] is False  # a job cannot change the agent
+    server.cli("job", "cancel", job_id, check=True)
+    assert wait_terminal(database_url, job_id) == "CANCELLED"
+    eventually(lambda: not docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}), 30)
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_job_with_why(server: ServerProcess, database_url: str) -> None:
+    result = server.cli("job", "run", "--image", "nosuch.invalid/none:1", "-c", "true", "--wait")
+    assert result.returncode != 0
+    job_id = result.stdout.strip()
+    assert wait_terminal(database_url, job_id) == "FAILED"
+    ((error,),) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))
+    assert "cannot pull the job's image nosuch.invalid/none:1" in error
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (("--provider", "local"), "provider local cannot run a job in an image of its own (--image): use docker, k"),
+        (("--provider", "sim"), "provider sim cannot run a job in an image of its own (--image): use docker, kube"),
+        (("--image", "Not An/Image"), "image must be an image reference such as python:3.12-slim"),
+    ],
+    ids=["local", "sim", "malformed"],
+)
+def test_an_image_where_it_cannot_run_is_refused_and_nothing_is_written(
+    server: ServerProcess, database_url: str, options: tuple[str, ...], error: str
+) -> None:
+    events = query(database_url, "SELECT count(*) FROM domain_events")[0][0]
+    refused = server.cli("job", "run", "--image", "busybox", "-c", "true", *options)
+    assert refused.returncode != 0 and error in refused.stderr, refused.stderr
+    assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == events
 
 
 def test_no_hodei_container_remains_and_every_worker_is_terminated(

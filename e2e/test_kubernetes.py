@@ -24,6 +24,7 @@ from hodei.kube_emulator import NAMESPACE, KubeEmulator
 from hodei.kubelet import Kubelet
 from hodei.logs import LogStore
 from hodei.testing import (
+    BARE_MARKER,
     Link,
     ServerProcess,
     eventually,
@@ -185,6 +186,31 @@ def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(server: Serve
     )
     assert state == "SUCCEEDED"
     assert lines == ["1000", "[hodei] fetched 1 artifact of 1 job into artifacts/, 5 bytes"], lines
+
+
+def test_a_job_runs_in_an_image_of_its_own_as_a_pod_under_its_restrictions(
+    server: ServerProcess, database_url: str, cluster: Any, bare_image: str, worker_image: str
+) -> None:
+    """`--image` on Kubernetes: an init container of the worker image copies the agent into an
+    emptyDir the job's container (the image: busybox alone) starts it from, read-only; the
+    command sees the image's files, ENV and WORKDIR, as the pod's non-root user."""
+    api, _, _ = cluster
+    command = 'cat /marker; echo "$GREETING $PATH"; pwd; id -u; grep -E "^CapEff" /proc/self/status'
+    state, error, lines = run_kubernetes(server, database_url, command, "--image", bare_image)
+    assert (state, error) == ("SUCCEEDED", ""), error
+    assert lines == [BARE_MARKER, "from-the-image /bin", "/data", "1000", "CapEff:\t0000000000000000"], lines
+    (pod,) = [p for p in created_pods(api) if p["spec"]["containers"][0]["image"] == bare_image]
+    (init,) = pod["spec"]["initContainers"]
+    assert init["image"] == worker_image and init["securityContext"]["readOnlyRootFilesystem"] is True
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "agent", "mountPath": "/opt/hodei-agent", "readOnly": True} in container["volumeMounts"]
+    assert container["securityContext"]["runAsNonRoot"] and container["securityContext"]["capabilities"]
+    eventually(lambda: pod["metadata"]["name"] not in api.pods(), 30, what="the pod to be deleted")
+
+
+def test_a_job_image_that_cannot_be_pulled_fails_the_job_with_why(server: ServerProcess, database_url: str) -> None:
+    state, error, _ = run_kubernetes(server, database_url, "true", "--image", "nosuch.invalid/none:1")
+    assert state == "FAILED" and "ImagePullBackOff" in error and "nosuch.invalid/none:1" in error, error
 
 
 def test_a_kept_failed_pod_shows_its_log_through_the_api(

@@ -6,8 +6,13 @@ What a real kubelet would enforce is enforced by the engine: the pod's command a
 env and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
 (refused for an image that would run as root, as the kubelet refuses it),
 ``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
-``emptyDir`` volumes (tmpfs mounts), CPU and memory limits, and ``activeDeadlineSeconds``.
-Containers share the host's network, so a worker dials the server at 127.0.0.1.
+``emptyDir`` volumes, CPU and memory limits, and ``activeDeadlineSeconds``. Init containers
+run first, one after the other, each to its end; one that fails fails the pod (its
+``restartPolicy`` is Never). An emptyDir of one container is a tmpfs mount of its
+``sizeLimit``; one shared by several (an init container's output) is a directory on the
+node, mode 0777 as a kubelet makes it, removed with the pod (its ``sizeLimit`` unenforced:
+a kubelet enforces it only by evicting the pod afterwards). Containers share the host's
+network, so a worker dials the server at 127.0.0.1.
 
 An out-of-memory kill ends the whole container, as Kubernetes does on cgroup v2 since
 1.28 (``memory.oom.group``): on our cgroup v1 engines the kernel kills only the biggest
@@ -23,7 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound, NullResource
 from kubernetes.utils.quantity import parse_quantity
 
 from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
@@ -57,17 +64,22 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _merged_security(pod: Pod) -> dict[str, Any]:
+def _merged_security(pod: Pod, container: dict[str, Any]) -> dict[str, Any]:
     """The container's securityContext over the pod's (the container's fields win)."""
-    spec = pod["spec"]
-    pod_level = {k: v for k, v in (spec.get("securityContext") or {}).items() if k != "fsGroup"}
-    return {**pod_level, **(spec["containers"][0].get("securityContext") or {})}
+    pod_level = {k: v for k, v in (pod["spec"].get("securityContext") or {}).items() if k != "fsGroup"}
+    return {**pod_level, **(container.get("securityContext") or {})}
 
 
-def run_as(pod: Pod, image_user: str) -> str:
-    """The user the container runs as, checked against ``runAsNonRoot`` as the kubelet
-    checks it: a numeric uid, from the pod, else from the image."""
-    security = _merged_security(pod)
+def _main(pod: Pod) -> dict[str, Any]:
+    container: dict[str, Any] = pod["spec"]["containers"][0]
+    return container
+
+
+def run_as(pod: Pod, image_user: str, container: dict[str, Any] | None = None) -> str:
+    """The user a container (the pod's main one by default) runs as, checked against
+    ``runAsNonRoot`` as the kubelet checks it: a numeric uid, from the pod, else from the image."""
+    container = container or _main(pod)
+    security = _merged_security(pod, container)
     uid = security.get("runAsUser")
     gid = security.get("runAsGroup")
     name = pod["metadata"]["name"]
@@ -84,19 +96,39 @@ def run_as(pod: Pod, image_user: str) -> str:
         if gid is None and ":" in image_user:
             gid = image_user.split(":", 1)[1]
     if security.get("runAsNonRoot") and uid == 0:
-        raise PodRefused(f"container has runAsNonRoot and image will run as root (pod: {name}, container: worker)")
+        raise PodRefused(
+            f"container has runAsNonRoot and image will run as root (pod: {name}, container: {container['name']})"
+        )
     return f"{uid}:{gid}" if gid is not None else str(uid)
 
 
-def container_options(pod: Pod, image_user: str, kubelet: str) -> dict[str, Any]:
-    """The ``docker create`` arguments of a pod's (single) container. Pure: raises
-    PodRefused for what the kubelet would refuse, or this one does not emulate."""
+def shared_volumes(pod: Pod) -> set[str]:
+    """The pod's volumes mounted by more than one of its containers, init containers included."""
+    spec = pod["spec"]
+    mounted = [
+        {mount["name"] for mount in container.get("volumeMounts") or []}
+        for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    ]
+    return {name for names in mounted for name in names if sum(name in other for other in mounted) > 1}
+
+
+def container_options(
+    pod: Pod,
+    image_user: str,
+    kubelet: str,
+    container: dict[str, Any] | None = None,
+    shared: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``docker create`` arguments of one of a pod's containers (its main one by
+    default; ``shared``: the node's directory of each volume several containers mount).
+    Pure: raises PodRefused for what the kubelet would refuse, or this one does not emulate."""
     spec = pod["spec"]
     metadata = pod["metadata"]
-    if len(spec.get("containers") or []) != 1 or spec.get("initContainers"):
-        raise PodRefused("the emulated kubelet runs pods of exactly one container and no init containers")
-    container = spec["containers"][0]
-    security = _merged_security(pod)
+    if len(spec.get("containers") or []) != 1:
+        raise PodRefused("the emulated kubelet runs pods of exactly one container (and any init containers)")
+    container = container or _main(pod)
+    shared = shared or {}
+    security = _merged_security(pod, container)
     env = {}
     for item in container.get("env") or []:
         if "valueFrom" in item:
@@ -104,12 +136,17 @@ def container_options(pod: Pod, image_user: str, kubelet: str) -> dict[str, Any]
         env[item["name"]] = item.get("value", "")
     volumes = {volume["name"]: volume for volume in spec.get("volumes") or []}
     tmpfs = {}
+    binds = {}
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount["name"])
         if volume is None:
             raise PodRefused(f"volumeMount {mount['name']}: no volume of that name in the pod")
         if "emptyDir" not in volume:
             raise PodRefused(f"volume {mount['name']}: only emptyDir volumes are supported by the emulated kubelet")
+        if mount["name"] in shared:
+            mode = "ro" if mount.get("readOnly") else "rw"
+            binds[shared[mount["name"]]] = {"bind": mount["mountPath"], "mode": mode}
+            continue
         flags = ["rw", "nosuid", "nodev", "mode=1777"]
         size = (volume["emptyDir"] or {}).get("sizeLimit")
         if size:
@@ -131,6 +168,7 @@ def container_options(pod: Pod, image_user: str, kubelet: str) -> dict[str, Any]
         "cap_add": capabilities.get("add") or None,
         "security_opt": security_opt or None,
         "tmpfs": tmpfs or None,
+        "volumes": binds or None,
         "network_mode": "host",
         "labels": {LABEL_KUBELET: kubelet, LABEL_POD: metadata["name"], LABEL_NAMESPACE: metadata.get("namespace", "")},
         "stop_signal": "SIGTERM",
@@ -152,8 +190,7 @@ def container_options(pod: Pod, image_user: str, kubelet: str) -> dict[str, Any]
     return options
 
 
-def _container_status(pod: Pod, state: dict[str, Any], container_id: str = "") -> dict[str, Any]:
-    container = pod["spec"]["containers"][0]
+def _container_status(container: dict[str, Any], state: dict[str, Any], container_id: str = "") -> dict[str, Any]:
     return {
         "name": container["name"],
         "image": container["image"],
@@ -167,12 +204,24 @@ def _container_status(pod: Pod, state: dict[str, Any], container_id: str = "") -
 
 
 @dataclass
+class _Init:
+    """An init container of the pod, and its Docker container once created."""
+
+    container: dict[str, Any]
+    container_id: str = ""
+
+
+@dataclass
 class _PodRun:
     name: str
     pod: Pod
     deleted: threading.Event = field(default_factory=threading.Event)
     container_id: str = ""
     thread: threading.Thread | None = None
+    # The init containers' states so far, by name, with their container ids.
+    init_states: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
+    # The node's directory of each volume several of the pod's containers mount.
+    shared: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -241,17 +290,30 @@ class Kubelet:
             if run.thread is not None and not run.thread.is_alive():
                 del self._runs[name]
 
-    def _report(self, run: _PodRun, phase: str, state: dict[str, Any], **pod_status: Any) -> None:
+    def _report(
+        self, run: _PodRun, phase: str, state: dict[str, Any], init: _Init | None = None, **pod_status: Any
+    ) -> None:
+        """The pod's status: the main container's ``state``, or an init container's (then
+        the main one waits: PodInitializing)."""
         if run.deleted.is_set():
             return
+        if init is not None:
+            run.init_states[init.container["name"]] = (state, init.container_id)
+            state = {"waiting": {"reason": "PodInitializing"}}
+        inits = {c["name"]: c for c in run.pod["spec"].get("initContainers") or []}
         status = {
             "phase": phase,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
             "conditions": [{"type": "PodScheduled", "status": "True"}],
-            "containerStatuses": [_container_status(run.pod, state, run.container_id)],
+            "containerStatuses": [_container_status(_main(run.pod), state, run.container_id)],
             **pod_status,
         }
+        if run.init_states:
+            status["initContainerStatuses"] = [
+                _container_status(inits[name], init_state, container_id)
+                for name, (init_state, container_id) in run.init_states.items()
+            ]
         try:
             self.api.patch_pod(run.name, {"status": status}, self.namespace)
         except Exception as exc:  # deleted meanwhile
@@ -262,9 +324,13 @@ class Kubelet:
     def _run_pod(self, run: _PodRun) -> None:
         try:
             self._report(run, "Pending", {"waiting": {"reason": "ContainerCreating"}}, startTime=_now())
-            image = self._pulled(run)
-            if image is not None:
-                self._create_and_watch(run, image)
+            for name in sorted(shared_volumes(run.pod)):
+                run.shared[name] = tempfile.mkdtemp(prefix=f"hodei-kubelet-{run.name}-{name}-")
+                Path(run.shared[name]).chmod(0o777)
+            if all(self._initialised(run, _Init(init)) for init in run.pod["spec"].get("initContainers") or []):
+                image = self._pulled(run, _main(run.pod))
+                if image is not None:
+                    self._create_and_watch(run, image)
             run.deleted.wait()
         except Exception as exc:
             log.exception("emulated kubelet: pod %s: %s", run.name, exc)
@@ -272,9 +338,45 @@ class Kubelet:
         finally:
             self._remove(run)
 
-    def _pulled(self, run: _PodRun) -> Any:
-        """The image, pulled as ``imagePullPolicy`` says; None when the pod went meanwhile."""
-        container = run.pod["spec"]["containers"][0]
+    def _initialised(self, run: _PodRun, init: _Init) -> bool:
+        """Runs an init container to its end: False when it failed (the pod with it) or
+        the pod went meanwhile."""
+        image = self._pulled(run, init.container, init)
+        if image is None:
+            return False
+        try:
+            options = container_options(
+                run.pod, image.attrs["Config"].get("User") or "", self.id, init.container, run.shared
+            )
+        except PodRefused as exc:
+            self._report(
+                run, "Pending", {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}, init
+            )
+            return False
+        started = _now()
+        container = self._client.containers.create(image.id, detach=True, **options)
+        init.container_id = container.id
+        container.start()
+        self._report(run, "Pending", {"running": {"startedAt": started}}, init)
+        while not run.deleted.wait(POLL):
+            state = self._client.api.inspect_container(container.id)["State"]
+            if state.get("Running"):
+                continue
+            code = int(state.get("ExitCode", 0))
+            terminated = {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "startedAt": started,
+                "finishedAt": _now(),
+                "containerID": f"docker://{container.id}",
+            }
+            self._report(run, "Pending" if code == 0 else "Failed", {"terminated": terminated}, init)
+            return code == 0
+        return False
+
+    def _pulled(self, run: _PodRun, container: dict[str, Any], init: _Init | None = None) -> Any:
+        """A container's image, pulled as its ``imagePullPolicy`` says; None when the pod
+        went meanwhile."""
         reference = container["image"]
         policy = container.get("imagePullPolicy") or ("Always" if reference.endswith(":latest") else "IfNotPresent")
         backoff = PULL_BACKOFF_FIRST
@@ -284,25 +386,25 @@ class Kubelet:
                     return self._client.images.get(reference)
                 if policy == "Never":
                     message = f'Container image "{reference}" is not present with pull policy of Never'
-                    self._report(run, "Pending", {"waiting": {"reason": "ErrImageNeverPull", "message": message}})
+                    self._report(run, "Pending", {"waiting": {"reason": "ErrImageNeverPull", "message": message}}, init)
                     return None
             repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "")
             try:
                 return self._client.images.pull(repository, tag=tag or "latest")
             except (APIError, DockerException) as exc:
                 error = f'failed to pull image "{reference}": {getattr(exc, "explanation", None) or exc}'
-                self._report(run, "Pending", {"waiting": {"reason": "ErrImagePull", "message": error}})
+                self._report(run, "Pending", {"waiting": {"reason": "ErrImagePull", "message": error}}, init)
             if run.deleted.wait(1.0):
                 return None
             message = f'Back-off pulling image "{reference}"'
-            self._report(run, "Pending", {"waiting": {"reason": "ImagePullBackOff", "message": message}})
+            self._report(run, "Pending", {"waiting": {"reason": "ImagePullBackOff", "message": message}}, init)
             if run.deleted.wait(backoff):
                 return None
             backoff = min(backoff * 2, PULL_BACKOFF_MAX)
 
     def _create_and_watch(self, run: _PodRun, image: Any) -> None:
         try:
-            options = container_options(run.pod, image.attrs["Config"].get("User") or "", self.id)
+            options = container_options(run.pod, image.attrs["Config"].get("User") or "", self.id, shared=run.shared)
         except PodRefused as exc:
             waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
             self._report(run, "Pending", {"waiting": waiting})
@@ -328,7 +430,7 @@ class Kubelet:
     def _watch(self, run: _PodRun, container: Any, started: str) -> None:
         deadline_seconds = run.pod["spec"].get("activeDeadlineSeconds")
         deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
-        pod_reason: dict[str, str] = {}
+        pod_reason: dict[str, Any] = {}
         while not run.deleted.wait(POLL):
             state = self._client.api.inspect_container(container.id)["State"]
             if state.get("Running"):
@@ -360,7 +462,13 @@ class Kubelet:
         return int(run.pod["spec"].get("terminationGracePeriodSeconds", 30))
 
     def _remove(self, run: _PodRun) -> None:
-        """The pod is gone: stop its container with the grace period, keep its output, remove it."""
+        """The pod is gone: stop its container with the grace period, keep its output, remove
+        it, its init containers and its volumes' directories."""
+        for _, init_id in run.init_states.values():
+            with contextlib.suppress(NotFound, APIError, NullResource):
+                self._client.api.remove_container(init_id, force=True)
+        for directory in run.shared.values():
+            shutil.rmtree(directory, ignore_errors=True)
         if not run.container_id:
             return
         try:

@@ -4,11 +4,13 @@ subprocess, waiting on the database. Not used by the server itself."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +45,47 @@ def docker_client_or_skip() -> Any:
         if required:
             pytest.fail(f"HODEI_REQUIRE_DOCKER=1 but {reason}")
         pytest.skip(reason)
+
+
+# A job's own image (`job run --image`) with nothing of ours and no Python: busybox alone,
+# with an environment, a working directory and a user of its own.
+BARE_IMAGE = "hodei-test-bare:latest"
+BARE_MARKER = "only in the bare image"
+BARE_USER = 4242
+
+
+def build_bare_image(docker_client: Any, worker_image: str) -> str:
+    """``BARE_IMAGE``, built from the worker image's static busybox with ``docker import`` (no registry)."""
+    container = docker_client.containers.create(worker_image, entrypoint=["true"])
+    try:
+        pieces, _ = container.get_archive("/bin/busybox")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(pieces))) as packed:
+            member = packed.extractfile("busybox")
+            assert member is not None
+            busybox = member.read()
+    finally:
+        container.remove(force=True)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+
+        def add(name: str, data: bytes = b"", mode: int = 0o644, kind: bytes = tarfile.REGTYPE, **more: Any) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.type = len(data), mode, kind
+            for key, value in more.items():
+                setattr(info, key, value)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+        add("bin", mode=0o755, kind=tarfile.DIRTYPE)
+        add("bin/busybox", busybox, 0o755)
+        for applet in ("sh", "cat", "echo", "id", "pwd", "sleep", "ls", "env", "head"):
+            add(f"bin/{applet}", kind=tarfile.SYMTYPE, linkname="busybox")
+        add("tmp", mode=0o1777, kind=tarfile.DIRTYPE)
+        add("data", mode=0o755, kind=tarfile.DIRTYPE, uid=BARE_USER, gid=BARE_USER)
+        add("marker", f"{BARE_MARKER}\n".encode())
+    repository, _, tag = BARE_IMAGE.partition(":")
+    changes = ["ENV PATH=/bin GREETING=from-the-image", "WORKDIR /data", f"USER {BARE_USER}"]
+    docker_client.api.import_image_from_data(archive.getvalue(), repository=repository, tag=tag, changes=changes)
+    return BARE_IMAGE
 
 
 class Link:

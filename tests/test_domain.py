@@ -265,6 +265,36 @@ def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) 
         Job.submit(spec, uuid4())
 
 
+DIGEST = "@sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("image", "valid"),
+    [
+        ("busybox", True),
+        ("python:3.12-slim", True),
+        ("registry.example.com:5000/team/tool_x/y:1.4", True),
+        (f"ghcr.io/org/app{DIGEST}", True),
+        (f"app:2{DIGEST}", True),
+        ("Python:3", False),  # upper case in the path
+        ("not an/image", False),
+        ("app:", False),
+        (":latest", False),
+        ("app/", False),
+        ("app@sha256:short", False),
+        ("app:" + "t" * 129, False),
+        ("a/" * 300 + "b", False),  # past 512 characters
+    ],
+)
+def test_a_jobs_image_is_an_image_reference(image: str, valid: bool) -> None:
+    problems = JobSpec(name="x", command="true", timeout_seconds=5, image=image).problems()
+    if valid:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert problem.startswith("image must be an image reference such as python:3.12-slim")
+
+
 @pytest.mark.parametrize(
     ("command", "name"),
     [

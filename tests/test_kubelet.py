@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
-from hodei.kubelet import PodRefused, container_options, run_as
+from hodei.kubelet import PodRefused, container_options, run_as, shared_volumes
 from hodei.testing import eventually
 
 
@@ -107,13 +107,36 @@ def test_run_as_non_root_refuses_what_the_kubelet_refuses(
     [
         ({"volumes": [{"name": "data", "hostPath": {"path": "/"}}]}, "only emptyDir volumes"),
         ({"volumes": []}, "no volume of that name"),
-        ({"initContainers": [{"name": "init", "image": "w:1"}]}, "exactly one container"),
+        ({"containers": [{"name": "a", "image": "w:1"}, {"name": "b", "image": "w:1"}]}, "exactly one container"),
     ],
 )
 def test_what_the_emulation_cannot_do_is_refused_by_name(change: dict[str, Any], refusal: str) -> None:
     spec = pod({"volumeMounts": [{"name": "data", "mountPath": "/data"}]}, **change)
     with pytest.raises(PodRefused, match=refusal):
         container_options(spec, image_user="1000", kubelet="k1")
+
+
+def test_a_volume_several_containers_mount_is_the_nodes_directory() -> None:
+    """An emptyDir an init container fills for the container after it is shared (a directory
+    of the node, bound into both); one of a single container stays a tmpfs of its size."""
+    spec = pod(
+        {
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "agent", "mountPath": "/opt/agent", "readOnly": True},
+            ]
+        },
+        initContainers=[{"name": "fill", "image": "w:1", "volumeMounts": [{"name": "agent", "mountPath": "/out"}]}],
+        volumes=[{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, {"name": "agent", "emptyDir": {}}],
+    )
+    assert shared_volumes(spec) == {"agent"}
+    shared = {"agent": "/node/agent"}
+    main = container_options(spec, image_user="1000", kubelet="k1", shared=shared)
+    assert main["volumes"] == {"/node/agent": {"bind": "/opt/agent", "mode": "ro"}}
+    assert main["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,mode=1777,size={1024**3}"}
+    init = container_options(spec, "1000", "k1", spec["spec"]["initContainers"][0], shared)
+    assert init["volumes"] == {"/node/agent": {"bind": "/out", "mode": "rw"}} and init["tmpfs"] is None
+    assert init["name"] == f"k8s_fill_p_{NAMESPACE}"
 
 
 # With Docker ------------------------------------------------------------------------
@@ -184,3 +207,40 @@ def test_the_deadline_and_the_delete_grace_are_honoured(
     label = "io.kubernetes.pod.name=q"
     eventually(lambda: docker_client.containers.list(all=True, sparse=True, filters={"label": label}) == [], 30)
     assert time.monotonic() - started >= 2  # SIGTERM was ignored: the whole grace period passed
+
+
+@pytest.mark.docker
+def test_init_containers_run_first_and_one_that_fails_fails_the_pod(
+    node: tuple[KubeEmulator, client.CoreV1Api], worker_image: str, docker_client: Any
+) -> None:
+    api, core = node
+    shared = {"volumes": [{"name": "out", "emptyDir": {}}]}
+    mount = [{"name": "out", "mountPath": "/out"}]
+    image = {"image": worker_image, "imagePullPolicy": "IfNotPresent", "volumeMounts": mount}
+    inits = [
+        {"name": "first", "command": ["sh", "-c", "echo one > /out/a"], **image},
+        {"name": "second", "command": ["sh", "-c", "cat /out/a > /out/b"], **image},
+    ]
+    main = {"image": worker_image, "command": ["cat", "/out/b"], "volumeMounts": mount}
+    core.create_namespaced_pod(NAMESPACE, pod(main, initContainers=inits, **shared))
+    eventually(lambda: phase(api, "p") == "Succeeded", 60, what="the pod to succeed")
+    assert core.read_namespaced_pod_log("p", NAMESPACE) == "one\n"
+    statuses = api.pods()["p"]["status"]["initContainerStatuses"]
+    assert [(s["name"], s["state"]["terminated"]["reason"]) for s in statuses] == [
+        ("first", "Completed"),
+        ("second", "Completed"),
+    ]
+
+    failing = [{**inits[0], "command": ["sh", "-c", "exit 3"]}, inits[1]]
+    spec = pod(main, initContainers=failing, **shared)
+    spec["metadata"]["name"] = "q"
+    core.create_namespaced_pod(NAMESPACE, spec)
+    eventually(lambda: phase(api, "q") == "Failed", 60, what="the pod to fail")
+    status = api.pods()["q"]["status"]
+    ((name, terminated),) = [(s["name"], s["state"]["terminated"]) for s in status["initContainerStatuses"]]
+    assert (name, terminated["exitCode"], terminated["reason"]) == ("first", 3, "Error")
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
+    for name in ("p", "q"):
+        core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+    label = "io.hodei.emulated-kubelet"
+    eventually(lambda: docker_client.containers.list(all=True, sparse=True, filters={"label": label}) == [], 30)

@@ -120,6 +120,40 @@ def test_the_pod_spec(api: KubeEmulator, kubeconfig: Path) -> None:
     assert {e["name"]: e["value"] for e in container["env"]} == dict(spec.env)
 
 
+def test_the_pod_of_a_job_in_an_image_of_its_own(api: KubeEmulator, kubeconfig: Path) -> None:
+    """An init container of the worker image fills an emptyDir with the agent; the job's
+    image starts it from there, read-only, under the pod's restrictions but a writable root."""
+    spec = launch(image="python:3.12-slim")
+    name = provider(kubeconfig).create_worker(spec)
+    body = api.pods()[name]["spec"]
+    (init,) = body["initContainers"]
+    assert (init["name"], init["image"], init["imagePullPolicy"]) == (
+        "agent",
+        "hodei-jobs-worker:latest",
+        "IfNotPresent",
+    )
+    assert init["command"][:2] == ["python3", "-c"] and init["command"][-1] == "/opt/hodei-agent"
+    assert init["volumeMounts"] == [{"name": "agent", "mountPath": "/opt/hodei-agent"}]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    (container,) = body["containers"]
+    assert container["image"] == "python:3.12-slim"
+    assert container["command"][:2] == ["/opt/hodei-agent/agent/ld.so", "--library-path"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "agent", "mountPath": "/opt/hodei-agent", "readOnly": True},
+    ]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PYTHONHOME"] == "/opt/hodei-agent/agent/home" and env["HODEI_WORKER_TOKEN"] == "t"
+    assert set(env["HODEI_AGENT_VARIABLES"].split(",")) == set(env)  # the agent tells them from the image's
+    assert body["volumes"][1] == {"name": "agent", "emptyDir": {"sizeLimit": "512Mi"}}
+
+
 def test_default_requests_and_limits(api: KubeEmulator, kubeconfig: Path) -> None:
     name = provider(kubeconfig).create_worker(launch())
     resources = api.pods()[name]["spec"]["containers"][0]["resources"]
@@ -172,6 +206,18 @@ def failure_of(kube: KubernetesProvider, worker_id: str) -> str | None:
                 ],
             },
             'cannot start: ImagePullBackOff: Back-off pulling image "nope:1"',
+        ),
+        (
+            {
+                "phase": "Failed",
+                "initContainerStatuses": [
+                    {"name": "agent", "image": "w:1", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+                ],
+                "containerStatuses": [
+                    {"name": "worker", "image": "app:1", "state": {"waiting": {"reason": "PodInitializing"}}}
+                ],
+            },
+            "ended Failed; container agent Error (exit code 1)",
         ),
     ],
 )
@@ -367,5 +413,9 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
 
 def test_the_generated_pod_spec_is_valid_for_the_kubernetes_api(kubeconfig: Path) -> None:
     kube = provider(kubeconfig, service_account="hodei-worker")
-    for spec in (launch(), launch(cpu_cores=2.5, memory_bytes=3 * 1024**3, labels={"team": "data"})):
+    for spec in (
+        launch(),
+        launch(cpu_cores=2.5, memory_bytes=3 * 1024**3, labels={"team": "data"}),
+        launch(image="registry.example.com/team/tool:1.4"),
+    ):
         assert problems(kube.pod_manifest(spec)) == []

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
-from hodei.errors import ProviderUnavailable
+from hodei.errors import InvalidInput, ProviderUnavailable
 from hodei.providers.base import Health
 from hodei.providers.registry import ProviderRegistry, register_providers
 from hodei.store.app import HodeiStore, Meta
@@ -81,4 +81,26 @@ def test_a_disabled_or_unregistered_provider_is_refused_from_its_recorded_state(
     with pytest.raises(ProviderUnavailable, match="provider local is disabled"):
         registry.select("local")
     assert loads == []
+    registry.close()
+
+
+def test_a_job_in_an_image_of_its_own_gets_a_provider_that_can_run_it(store: HodeiStore, tmp_path: Path) -> None:
+    """The server's default provider (local) runs the agent on its host: a job with an image
+    that names no provider goes to Docker, one that names local is refused, saying why."""
+    register_providers(store, [ProviderType.LOCAL, ProviderType.DOCKER])
+    effects = Effects(tmp_path / "effects")
+    fakes = {
+        ProviderType.LOCAL: FakeProvider(effects),
+        ProviderType.DOCKER: FakeProvider(effects, provider_type=ProviderType.DOCKER),
+    }
+    registry = ProviderRegistry(store, fakes, {}, default="local")
+    assert registry.select("") is ProviderType.LOCAL
+    assert registry.select("", image="python:3.12-slim") is ProviderType.DOCKER
+    assert registry.select("docker", image="python:3.12-slim") is ProviderType.DOCKER
+    with pytest.raises(InvalidInput, match=r"provider local cannot run a job in an image of its own \(--image\)"):
+        registry.select("local", image="python:3.12-slim")
+    fakes[ProviderType.DOCKER].healthy = False
+    registry.check(ProviderType.DOCKER)
+    with pytest.raises(ProviderUnavailable, match="no provider can take the job: provider docker is unhealthy"):
+        registry.select("", image="python:3.12-slim")
     registry.close()

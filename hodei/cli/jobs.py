@@ -135,6 +135,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *(["Stopping: its processes are ending in their cancel's grace"] if _stopping(job) else []),
         *([_held_line(job)] if job.held_by else []),
         f"Provider: {job.provider_type or '-'} ({job.provider_id or '-'})",
+        *([f"Image: {job.spec.image}"] if job.spec.image else []),
         f"Worker: {job.worker_id or '-'}",
         f"Attempt: {job.attempt}",
         f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
@@ -203,6 +204,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         pool=args.pool or "",
         artifacts=tuple(args.artifact or ()),
         artifacts_expire_seconds=args.artifacts_expire or 0.0,
+        image=args.image or "",
     )
     return spec, secrets
 
@@ -859,6 +861,11 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
     )
     parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
     parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
+    parser.add_argument(
+        "--image",
+        help="the container image to run the command in, e.g. python:3.12-slim (docker provider; "
+        "pulled when the engine lacks it; the image needs no Python: the agent is brought in)",
+    )
     parser.add_argument("--cpu", type=float, help="CPU cores")
     parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
     parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")

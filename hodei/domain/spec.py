@@ -63,6 +63,7 @@ class Limits:
     artifact_patterns: int = 64
     # How long artifacts may be kept for (--artifacts-expire): ten years.
     max_artifacts_expire_seconds: float = 3650 * 86400.0
+    image_chars: int = 512
     # An artifact's pattern, and the name (its path) of a file stored.
     artifact_path_chars: int = 1024
 
@@ -217,6 +218,10 @@ class JobSpec:
     fetch_artifacts: bool = False
     # Seconds its artifacts are kept once it ended (GitLab's expire_in); 0: as long as its log.
     artifacts_expire_seconds: float = 0.0
+    # The container image the command runs in (GitLab's `image:`, a pod's container image);
+    # "": the worker image. The agent is brought into it, so the image needs neither Python
+    # nor anything of ours (``hodei.providers.agent_bundle``).
+    image: str = ""
 
     @property
     def begins(self) -> datetime | None:
@@ -256,14 +261,7 @@ class JobSpec:
             found.append("command, arguments, environment and secret values must not contain NUL")
         found.extend(_resource_problems(self.resources))
         found.extend(_label_problems(self.labels))
-        if self.working_dir:
-            if not self.working_dir.startswith("/"):
-                found.append(f"working directory must be an absolute path, got `{self.working_dir}`")
-            if len(self.working_dir) > limits.working_dir_chars or _CONTROL.search(self.working_dir):
-                found.append(
-                    f"working directory must be at most {limits.working_dir_chars} characters without control "
-                    "characters"
-                )
+        found.extend(_working_dir_problems(self.working_dir))
         if len(self.provider) > limits.provider_chars or _CONTROL.search(self.provider):
             found.append("provider must be a provider name or id")
         if not 1 <= self.max_attempts <= limits.max_attempts:
@@ -279,6 +277,7 @@ class JobSpec:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         found.extend(_artifact_problems(self))
+        found.extend(_image_problems(self.image))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -409,6 +408,37 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
                 f"got `{_shown(condition)}`"
             )
     return found
+
+
+# A Docker image reference: [registry[:port]/]path[:tag][@digest], path components in
+# lower case (the distribution project's grammar, without its corner cases).
+_IMAGE = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
+def _working_dir_problems(working_dir: str) -> list[str]:
+    found = []
+    if working_dir and not working_dir.startswith("/"):
+        found.append(f"working directory must be an absolute path, got `{working_dir}`")
+    if len(working_dir) > LIMITS.working_dir_chars or _CONTROL.search(working_dir):
+        found.append(
+            f"working directory must be at most {LIMITS.working_dir_chars} characters without control characters"
+        )
+    return found
+
+
+def _image_problems(image: str) -> list[str]:
+    """What is wrong with a job's image reference ("": none); a registry's own refusal (a
+    name that does not exist) comes later, as the job's start failure."""
+    if image and (len(image) > LIMITS.image_chars or not _IMAGE.match(image)):
+        return [
+            f"image must be an image reference such as python:3.12-slim or registry.example.com/team/tool:1.4, "
+            f"got `{_shown(image)}`"
+        ]
+    return []
 
 
 def _artifact_problems(spec: JobSpec) -> list[str]:

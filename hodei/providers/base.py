@@ -32,6 +32,8 @@ class WorkerLaunch:
     memory_bytes: int = 0
     timeout_seconds: float = 3600.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The job's own image (JobSpec.image); "": the worker image.
+    image: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
 """The Docker provider: each worker is a container ``hodei-worker-<worker id>`` of
-the worker image, labelled so that strays can be found and removed."""
+the worker image, or of the job's own image with the agent brought in
+(``hodei.providers.agent_bundle``), labelled so that strays can be found and removed."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, ContainerError, DockerException, ImageNotFound, NotFound
 from requests.exceptions import ConnectionError as DroppedConnection
 from requests.exceptions import RequestException
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
@@ -17,6 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from hodei.config import DockerConfig
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError, ProviderUnavailable
+from hodei.providers.agent_bundle import ENTRYPOINT, MOUNT, agent_env, fill_command
 from hodei.providers.base import (
     LABEL_JOB,
     LABEL_MANAGED,
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LABEL_INSTALLATION = "hodei.installation"
+# On a bundle volume: the id of the worker image it was filled from.
+LABEL_BUNDLE = "hodei.agent-bundle"
 # What the SDK raises when the engine cannot be reached (requests errors are not DockerExceptions).
 _ENGINE_DOWN = (DockerException, RequestException, OSError)
 # The oldest API our engines speak (Debian's 20.10); fixing it avoids a version
@@ -50,6 +55,9 @@ class DockerProvider(WorkerProvider):
         self.kill_grace = kill_grace
         self.url = config.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.client = docker.DockerClient(base_url=self.url, version=API_VERSION, timeout=30)
+        # The worker images (ids) whose bundle volume is filled.
+        self._filled: set[str] = set()
+        self._filling = threading.Lock()
 
     @staticmethod
     def _retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -89,9 +97,13 @@ class DockerProvider(WorkerProvider):
                 options["nano_cpus"] = int(launch.cpu_cores * 1e9)
             if launch.memory_bytes > 0:
                 options["mem_limit"] = launch.memory_bytes
-            container = self._retry(self.client.containers.run, self.config.image, **options)
+            if launch.image:
+                options.update(self._in_image(launch.image, options["environment"]))
+            container = self._retry(self.client.containers.run, launch.image or self.config.image, **options)
             return str(container.id)
         except ImageNotFound as exc:
+            if launch.image:
+                raise ProviderError(f"the job's image {launch.image} is not in the Docker engine: {exc}") from exc
             raise ProviderError(
                 f"the worker image {self.config.image} is not in the Docker engine: build it with `just build-worker`"
             ) from exc
@@ -103,6 +115,78 @@ class DockerProvider(WorkerProvider):
             raise ProviderError(f"Docker refused to create {name}: {exc.explanation or exc}") from exc
         except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
+
+    def _in_image(self, image: str, agent_vars: dict[str, str]) -> dict[str, Any]:
+        """A job's own image, pulled when the engine lacks it, with the agent started from
+        the bundle; the container keeps the image's ENV, WORKDIR and USER, which the agent
+        gives the command as `docker run` of the image would."""
+        try:
+            self._retry(self.client.images.get, image)
+        except ImageNotFound:
+            try:
+                self.client.images.pull(image)
+            except (APIError, ImageNotFound) as exc:
+                raise ProviderError(f"cannot pull the job's image {image}: {exc.explanation or exc}") from exc
+        return {
+            "entrypoint": ENTRYPOINT,
+            "command": [],
+            "environment": agent_env(agent_vars),
+            "volumes": {self._bundle(): {"bind": MOUNT, "mode": "ro"}},
+        }
+
+    def _bundle(self) -> str:
+        """The volume holding the agent for jobs in their own images, filled once from the
+        worker image (a rebuilt worker image gets a volume of its own) by a container of it."""
+        try:
+            worker_image = self._retry(self.client.images.get, self.config.image).id
+        except ImageNotFound as exc:
+            raise ProviderError(
+                f"the worker image {self.config.image} is not in the Docker engine: build it with `just build-worker`"
+            ) from exc
+        volume = f"hodei-agent-{worker_image.removeprefix('sha256:')[:12]}"
+        with self._filling:
+            if worker_image in self._filled and not self._exists(volume):  # removed since (docker volume prune)
+                self._filled.discard(worker_image)
+            if worker_image not in self._filled:
+                labels = {LABEL_MANAGED: MANAGER, LABEL_BUNDLE: worker_image}
+                self._retry(self.client.volumes.create, volume, labels=labels)
+                try:
+                    self.client.containers.run(
+                        worker_image,
+                        entrypoint=fill_command("/bundle"),
+                        command=[],
+                        user="0",
+                        network_mode="none",
+                        volumes={volume: {"bind": "/bundle", "mode": "rw"}},
+                        labels={LABEL_MANAGED: MANAGER, LABEL_INSTALLATION: self.installation},
+                        remove=True,
+                    )
+                except ContainerError as exc:
+                    raise ProviderError(f"cannot put the agent into volume {volume}: {exc}") from exc
+                self._filled.add(worker_image)
+                log.info("the agent for jobs in their own images is in volume %s", volume)
+                self._remove_old_bundles(worker_image)
+            return volume
+
+    def _exists(self, volume: str) -> bool:
+        try:
+            self._retry(self.client.volumes.get, volume)
+        except NotFound:
+            return False
+        return True
+
+    def _remove_old_bundles(self, worker_image: str) -> None:
+        """The volumes of worker images built before this one (shared by the installations
+        on this engine, as the images are); one still mounted by a running job stays until
+        a later fill."""
+        for old in self._retry(self.client.volumes.list, filters={"label": LABEL_BUNDLE}):
+            if old.attrs.get("Labels", {}).get(LABEL_BUNDLE, worker_image) == worker_image:
+                continue
+            try:
+                old.remove()
+                log.info("removed volume %s of an earlier worker image", old.name)
+            except APIError as exc:
+                log.info("volume %s of an earlier worker image stays: %s", old.name, exc.explanation or exc)
 
     def _find(self, worker_id: str) -> Any:
         try:

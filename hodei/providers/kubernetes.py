@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 from hodei.config import KubernetesConfig
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError, ProviderUnavailable
+from hodei.providers.agent_bundle import ENTRYPOINT, MOUNT, agent_env, fill_command
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider, resource_name
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class KubernetesProvider(WorkerProvider):
             ],
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
         }
+        if launch.image:
+            self._in_image(spec, launch)
         if self.config.service_account:
             spec["serviceAccountName"] = self.config.service_account
         return {
@@ -171,6 +174,34 @@ class KubernetesProvider(WorkerProvider):
             },
             "spec": spec,
         }
+
+    def _in_image(self, spec: dict[str, Any], launch: WorkerLaunch) -> None:
+        """A job's own image: an init container of the worker image copies the agent into an
+        emptyDir (``hodei.providers.agent_bundle``) that the job's container starts it from.
+        The image is pulled as the worker image is (HODEI_K8S_IMAGE_PULL_POLICY), its ENV
+        and WORKDIR kept; the pod's restrictions stay but for a read-only root filesystem,
+        which the image's own programs may not expect."""
+        (container,) = spec["containers"]
+        restricted = container["securityContext"]
+        spec["initContainers"] = [
+            {
+                "name": "agent",
+                "image": self.config.image,
+                "imagePullPolicy": self.config.image_pull_policy,
+                "command": fill_command(MOUNT),
+                "resources": {"requests": dict(DEFAULT_REQUESTS), "limits": dict(DEFAULT_LIMITS)},
+                "securityContext": dict(restricted),
+                "volumeMounts": [{"name": "agent", "mountPath": MOUNT}],
+            }
+        ]
+        container.update(
+            image=launch.image,
+            command=ENTRYPOINT,
+            env=[{"name": key, "value": value} for key, value in sorted(agent_env(launch.env).items())],
+            securityContext={**restricted, "readOnlyRootFilesystem": False},
+        )
+        container["volumeMounts"].append({"name": "agent", "mountPath": MOUNT, "readOnly": True})
+        spec["volumes"].append({"name": "agent", "emptyDir": {"sizeLimit": "512Mi"}})
 
     # Operations -------------------------------------------------------------------
 
@@ -295,7 +326,14 @@ class KubernetesProvider(WorkerProvider):
             reason = status.get("reason")
             detail = f": {reason} {status.get('message') or ''}".rstrip() if reason else ""
             failure = f"pod {name} ended {phase}{detail}"
-        for container in status.get("containerStatuses") or []:
+        # An init container (the agent's copy into a job's own image) that failed or cannot
+        # start first: the reason a pod ended before its container started.
+        inits = [
+            c
+            for c in status.get("initContainerStatuses") or []
+            if (c.get("state") or {}).get("terminated", {}).get("exitCode") != 0
+        ]
+        for container in [*inits, *(status.get("containerStatuses") or [])]:
             terminated = (container.get("state") or {}).get("terminated")
             if failure is not None and terminated:
                 failure += (

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # The order in which a job that names no provider gets one.
 DEFAULT_ORDER = (ProviderType.DOCKER, ProviderType.KUBERNETES, ProviderType.LOCAL)
+# The providers that run a job in an image of its own (JobSpec.image): the others run the
+# agent on the server's host (local) or no process at all (sim).
+IMAGE_PROVIDERS = (ProviderType.DOCKER, ProviderType.KUBERNETES)
 PROBE_TIMEOUT = 5.0
 # Choosing a provider reuses a probe this recent, so back-to-back jobs do not each ask
 # the engine; an engine that stops is still noticed within this time.
@@ -46,6 +49,15 @@ def provider_type_of(preference: str) -> ProviderType | None:
             return provider_type
     known = ", ".join(t.value for t in ProviderType)
     raise InvalidInput(f"unknown provider `{preference}`; known providers: {known} (or their ids)")
+
+
+def check_image_provider(image: str, preference: str) -> None:
+    """A job with an image of its own names a provider that can run it, or none (then one
+    of IMAGE_PROVIDERS is chosen)."""
+    wanted = provider_type_of(preference)
+    if image and wanted is not None and wanted not in IMAGE_PROVIDERS:
+        runs = ", ".join(provider.value for provider in IMAGE_PROVIDERS)
+        raise InvalidInput(f"provider {wanted} cannot run a job in an image of its own (--image): use {runs}")
 
 
 def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]) -> list[ProviderType]:
@@ -132,14 +144,19 @@ class ProviderRegistry:
             return recent[1]
         return self.check(provider_type)
 
-    def select(self, preference: str) -> ProviderType:
-        """The provider a job will use; raises ProviderUnavailable with the reason."""
-        wanted = provider_type_of(preference) or self.default
+    def select(self, preference: str, image: str = "") -> ProviderType:
+        """The provider a job will use; raises ProviderUnavailable with the reason. A job
+        in an image of its own that names none gets one of IMAGE_PROVIDERS, whatever the
+        default."""
+        check_image_provider(image, preference)
+        wanted = provider_type_of(preference)
+        if wanted is None and self.default is not None and (not image or self.default in IMAGE_PROVIDERS):
+            wanted = self.default
         if wanted is not None:
             self._require_usable(wanted)
             return wanted
         reasons = []
-        for candidate in DEFAULT_ORDER:
+        for candidate in IMAGE_PROVIDERS if image else DEFAULT_ORDER:
             try:
                 self._require_usable(candidate)
                 return candidate

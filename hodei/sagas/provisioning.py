@@ -65,7 +65,7 @@ def select_provider(deps: SagaDeps, step: StepInput) -> StepResult:
     job = deps.job(step.job_id)
     if job.is_terminal:
         raise InvalidTransition(f"job {job.id} already ended {job.state}")
-    provider_type = deps.providers.select(job.spec.provider)
+    provider_type = deps.providers.select(job.spec.provider, job.spec.image)
     provider_id = str(PROVIDER_IDS[provider_type])
     # Taken at once, the slot lets wait_for_slot (tried next, in this transaction) pass.
     job.select_provider(
@@ -149,6 +149,7 @@ def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
             memory_bytes=job.spec.resources.memory_bytes,
             timeout_seconds=job.spec.timeout_seconds,
             labels=job.spec.labels,
+            image=job.spec.image,
         )
     )
     return {"resource_id": resource_id}

@@ -31,7 +31,7 @@ from hodei.domain.spec import (
 )
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.pools import Pools
-from hodei.providers.registry import provider_type_of
+from hodei.providers.registry import check_image_provider, provider_type_of
 from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
 from hodei.server.access import caller
@@ -64,9 +64,11 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
 def refuse_unrunnable(spec: JobSpec, pools: Pools) -> None:
     """An unknown provider is refused before anything is written; so are a sim job's
     settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, and a pool that
-    does not exist, whose jobs would wait for ever."""
+    does not exist, whose jobs would wait for ever, and an image on a provider that
+    cannot run one."""
     if provider_type_of(spec.provider) is ProviderType.SIM:
         Simulation.of(spec.env)
+    check_image_provider(spec.image, spec.provider)
     pools.check(spec.pool)
 
 

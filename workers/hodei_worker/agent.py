@@ -34,8 +34,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 # The agent forks the job while gRPC threads run. gRPC's fork handlers would then run in
 # the child between fork and exec, and crash it now and then (SIGSEGV, SIGABRT) or hang;
@@ -96,6 +97,10 @@ class Settings:
     job_user: JobUser | None = None
     orphan_timeout: float = 300.0
     echo_output: bool = True
+    # In a job's own image (`job run --image`): the image's environment (ENV) and working
+    # directory (WORKDIR), which the command gets as a run of the image would give them.
+    image_env: Mapping[str, str] = field(default_factory=dict)
+    image_workdir: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -119,7 +124,21 @@ class Settings:
             job_user=_job_user(),
             orphan_timeout=_seconds("HODEI_WORKER_ORPHAN_TIMEOUT", 300.0),
             echo_output=os.environ.get("HODEI_ECHO_OUTPUT", "1") != "0",
+            **_in_image(),
         )
+
+
+def _in_image() -> dict[str, Any]:
+    """In a job's own image, the provider names the variables it set for the agent
+    (HODEI_AGENT_VARIABLES): the others are the image's ENV and what the engine adds to
+    any container (HOSTNAME, HOME), but Kubernetes' own (KUBERNETES_SERVICE_HOST, …); the
+    directory the agent starts in is the image's WORKDIR."""
+    named = os.environ.get("HODEI_AGENT_VARIABLES")
+    if named is None:
+        return {}
+    ours = set(named.split(","))
+    image_env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("KUBERNETES_")}
+    return {"image_env": image_env, "image_workdir": os.getcwd()}
 
 
 def _seconds(name: str, default: float) -> float:
@@ -357,8 +376,10 @@ class Agent:
         self.home = tempfile.mkdtemp(prefix=f"hodei-job-{run.job_id[:8]}-")
         if user is not None:
             os.chown(self.home, user.uid, user.gid)
-        env = job_environment(run.job_id, self.settings.worker_id, self.home, run.env, run.secrets)
-        self.working_dir = run.working_dir or self.home
+        env = job_environment(
+            run.job_id, self.settings.worker_id, self.home, {**self.settings.image_env, **run.env}, run.secrets
+        )
+        self.working_dir = run.working_dir or self.settings.image_workdir or self.home
         self.artifacts = tuple(run.artifacts)
         inputs = list(run.inputs)
         self.process = JobProcess(
