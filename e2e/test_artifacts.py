@@ -74,6 +74,21 @@ def test_a_job_leaves_its_files_whatever_its_exit_code(server: ServerProcess, tm
     assert [(p["attempt"], p["detail"]) for p in stored] == [(1, "3 files, 5 bytes")]
 
 
+def test_what_an_exclusion_matches_is_not_kept(server: ServerProcess) -> None:
+    """GitLab's artifacts:exclude: a directory kept without its scratch files."""
+    command = "mkdir -p out/cache && echo r > out/report.txt && echo t > out/x.tmp && echo c > out/cache/c.bin"
+    result = server.cli(
+        *("job", "run", "-p", "local", "-c", command, "--artifact", "out"),
+        *("--artifact-exclude", "**/*.tmp", "--artifact-exclude", "out/cache", "--wait"),
+    )
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    wait_settled(server.database_url, job_id)
+    listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
+    assert [a["name"] for a in listed] == ["out/report.txt"]
+    assert "[hodei] 2 files left out (--artifact-exclude)" in server.cli("job", "logs", job_id, check=True).stderr
+
+
 def test_a_timed_out_job_keeps_what_it_left_and_a_cancelled_one_nothing(server: ServerProcess) -> None:
     timed_out = server.cli(
         *("job", "run", "-p", "local", "--timeout", "1", "--artifact", "progress.txt", "--wait"),
@@ -116,6 +131,8 @@ def test_each_attempt_keeps_its_own_files_and_the_latest_is_read(server: ServerP
         (["--artifact", "/etc/passwd"], "artifact `/etc/passwd` must be relative to the working directory"),
         (["--artifact", "out/../../x"], "must stay inside the working directory (no `..`)"),
         (["--artifact", ""], "artifact paths must not be empty"),
+        (["--artifact-exclude", "*.tmp"], "excluding artifacts is for a job that keeps some (--artifact)"),
+        (["--artifact", "out", "--artifact-exclude", "/tmp"], "artifact exclusion `/tmp` must be relative"),
     ],
 )
 def test_bad_patterns_are_refused_before_anything_is_written(server: ServerProcess, args: list[str], said: str) -> None:

@@ -44,6 +44,17 @@ def test_patterns_take_files_directories_and_globs_but_no_link_out(tmp_path: Pat
     ]
 
 
+def test_exclusions_leave_out_what_they_match_in_the_same_way(tmp_path: Path) -> None:
+    """A directory excluded leaves out its files; a glob its matches; the log says how many."""
+    root = tmp_path / "work"
+    root.mkdir()
+    _tree(root)
+    found = find(str(root), ["out", "**/*.log"], None, exclude=["out/sub", "out/fifo", "*.log", "absent"])
+    assert sorted(found.files) == ["out/a.txt"]
+    assert found.notes == ["3 files left out (--artifact-exclude)"]
+    assert find(str(root), ["top.log"], None, exclude=["out"]).notes == []  # nothing it matched was left out
+
+
 def test_a_job_run_as_another_user_gets_only_what_it_could_read(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.write_text("m")

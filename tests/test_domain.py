@@ -258,6 +258,18 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
             JobSpec(name="x", command="true", timeout_seconds=5, array_limit=1001),
             "an array's limit must be 0 .none. to 1000",
         ),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, artifacts_exclude=("*.tmp",)),
+            "excluding artifacts is for a job that keeps some",
+        ),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, artifacts=("out",), artifacts_exclude=("../x",)),
+            "artifact exclusion `../x`",
+        ),
+        (
+            JobSpec(name="x", command="true", timeout_seconds=5, artifacts=("a",) * 40, artifacts_exclude=("b",) * 25),
+            "65 artifact patterns and exclusions; the limit is 64",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) -> None:

@@ -164,6 +164,7 @@ class JobSpec(_message.Message):
     FETCH_ARTIFACTS_FIELD_NUMBER: _builtins.int
     ARTIFACTS_EXPIRE_SECONDS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_EXCLUDE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -240,6 +241,12 @@ class JobSpec(_message.Message):
         file under it). Taken once its command exits, whatever its exit code.
         """
 
+    @_builtins.property
+    def artifacts_exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files its artifact patterns match that it does not keep (GitLab's artifacts:exclude):
+        paths or glob patterns, as `artifacts`.
+        """
+
     def __init__(
         self,
         *,
@@ -266,10 +273,11 @@ class JobSpec(_message.Message):
         fetch_artifacts: _builtins.bool = ...,
         artifacts_expire_seconds: _builtins.float = ...,
         image: _builtins.str = ...,
+        artifacts_exclude: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -482,6 +482,7 @@ class RunJob(_message.Message):
     SECRETS_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_EXCLUDE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     command: _builtins.str
     working_dir: _builtins.str
@@ -504,6 +505,10 @@ class RunJob(_message.Message):
         directory at artifacts/<job id>/<name> before the command runs.
         """
 
+    @_builtins.property
+    def artifacts_exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The spec's exclusions: files the artifact patterns match that are not uploaded."""
+
     def __init__(
         self,
         *,
@@ -516,10 +521,11 @@ class RunJob(_message.Message):
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         inputs: _abc.Iterable[Global___InputArtifact] | None = ...,
+        artifacts_exclude: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -204,6 +204,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         pool=args.pool or "",
         artifacts=tuple(args.artifact or ()),
         artifacts_expire_seconds=args.artifacts_expire or 0.0,
+        artifacts_exclude=tuple(args.artifact_exclude or ()),
         image=args.image or "",
     )
     return spec, secrets
@@ -899,6 +900,12 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         metavar="PATTERN",
         help="keep the files matching it once the command exits (`job artifacts`): a path or glob relative to the "
         "working directory (** spans directories; a directory: all its files); repeatable",
+    )
+    parser.add_argument(
+        "--artifact-exclude",
+        action="append",
+        metavar="PATTERN",
+        help="of the files --artifact matches, leave out those matching it (same form); repeatable",
     )
     parser.add_argument(
         "--artifacts-expire",

@@ -218,6 +218,8 @@ class JobSpec:
     fetch_artifacts: bool = False
     # Seconds its artifacts are kept once it ended (GitLab's expire_in); 0: as long as its log.
     artifacts_expire_seconds: float = 0.0
+    # Files the patterns match that are not kept (GitLab's artifacts:exclude), as patterns.
+    artifacts_exclude: tuple[str, ...] = ()
     # The container image the command runs in (GitLab's `image:`, a pod's container image);
     # "": the worker image. The agent is brought into it, so the image needs neither Python
     # nor anything of ours (``hodei.providers.agent_bundle``).
@@ -453,9 +455,14 @@ def _artifact_problems(spec: JobSpec) -> list[str]:
         found.append(f"artifacts expire after 0 (with the log) to {bound / 86400:.0f} days, got {expiry:.0f} seconds")
     elif expiry and not patterns:
         found.append("an expiry of artifacts is for a job that keeps some (--artifact)")
-    if len(patterns) > limits.artifact_patterns:
-        return [*found, f"{len(patterns)} artifact patterns; the limit is {limits.artifact_patterns}"]
-    return [*found, *(f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern)))]
+    excluded = spec.artifacts_exclude
+    if excluded and not patterns:
+        found.append("excluding artifacts is for a job that keeps some (--artifact)")
+    if len(patterns) + len(excluded) > limits.artifact_patterns:
+        count = len(patterns) + len(excluded)
+        return [*found, f"{count} artifact patterns and exclusions; the limit is {limits.artifact_patterns}"]
+    found.extend(f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern)))
+    return [*found, *(f"artifact exclusion {p}" for pattern in excluded if (p := artifact_path_problem(pattern)))]
 
 
 def artifact_path_problem(path: str) -> str | None:

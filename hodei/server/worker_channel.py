@@ -408,6 +408,7 @@ class WorkerSession:
                     timeout_ms=int(spec.timeout_seconds * 1000),
                     secrets=secrets,
                     artifacts=spec.artifacts,
+                    artifacts_exclude=spec.artifacts_exclude,
                     inputs=self._inputs(spec),
                 )
             )

@@ -215,6 +215,7 @@ class Agent:
         self.home = ""
         self.working_dir = ""
         self.artifacts: tuple[str, ...] = ()
+        self.artifacts_exclude: tuple[str, ...] = ()
         self.result_acked = threading.Event()
 
     def _next_server(self) -> worker_pb2_grpc.WorkerAgentServiceStub:
@@ -381,6 +382,7 @@ class Agent:
         )
         self.working_dir = run.working_dir or self.settings.image_workdir or self.home
         self.artifacts = tuple(run.artifacts)
+        self.artifacts_exclude = tuple(run.artifacts_exclude)
         inputs = list(run.inputs)
         self.process = JobProcess(
             argv_for(run.command, list(run.args)),
@@ -466,7 +468,7 @@ class Agent:
         job's log, before its result."""
         from hodei_worker import artifacts
 
-        found = artifacts.find(self.working_dir, self.artifacts, self.settings.job_user)
+        found = artifacts.find(self.working_dir, self.artifacts, self.settings.job_user, self.artifacts_exclude)
         notes, stored = found.notes, []
         metadata = self._metadata()
         until = time.monotonic() + artifacts.TRANSFER_SECONDS

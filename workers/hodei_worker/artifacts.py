@@ -47,13 +47,19 @@ class Found:
     notes: list[str] = field(default_factory=list)
 
 
-def find(root: str, patterns: Sequence[str], user: JobUser | None) -> Found:
-    """The files ``patterns`` match under ``root`` (a directory matched: every file in it)."""
+def find(root: str, patterns: Sequence[str], user: JobUser | None, exclude: Sequence[str] = ()) -> Found:
+    """The files ``patterns`` match under ``root`` (a directory matched: every file in it),
+    but those ``exclude`` matches (in the same way)."""
     found = Found()
     real_root = os.path.realpath(root)
+    excluded = {_name(root, path) for pattern in exclude for path in _matches(root, pattern)}
+    left_out: set[str] = set()
 
     def add(path: str) -> None:
-        name = os.path.relpath(path, root).replace(os.sep, "/")
+        name = _name(root, path)
+        if name in excluded:
+            left_out.add(name)
+            return
         if name in found.files:
             return
         try:
@@ -71,18 +77,32 @@ def find(root: str, patterns: Sequence[str], user: JobUser | None) -> Found:
             found.files[name] = path
 
     for pattern in patterns:
-        hits = sorted(glob.glob(pattern, root_dir=root, recursive=True))
-        if not hits:
+        paths = _matches(root, pattern)
+        if not paths:
             found.notes.append(f"no file matches artifact pattern `{pattern}`")
-        for hit in hits:
-            path = os.path.normpath(os.path.join(root, hit))
-            if os.path.isdir(path) and not os.path.islink(path):
-                for directory, _, names in os.walk(path):
-                    for name in sorted(names):
-                        add(os.path.join(directory, name))
-            else:
-                add(path)
+        for path in paths:
+            add(path)
+    if left_out:
+        found.notes.append(f"{counted(len(left_out), 'file')} left out (--artifact-exclude)")
     return found
+
+
+def _name(root: str, path: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _matches(root: str, pattern: str) -> list[str]:
+    """The paths a pattern matches under ``root``, a directory's files in its place (a
+    symbolic link to a directory is itself, not followed)."""
+    paths: list[str] = []
+    for hit in sorted(glob.glob(pattern, root_dir=root, recursive=True)):
+        path = os.path.normpath(os.path.join(root, hit))
+        if os.path.isdir(path) and not os.path.islink(path):
+            for directory, _, names in os.walk(path):
+                paths.extend(os.path.join(directory, name) for name in sorted(names))
+        else:
+            paths.append(path)
+    return paths
 
 
 def _pieces(job_id: str, name: str, handle: int) -> Iterator[worker_pb2.ArtifactUpload]:
