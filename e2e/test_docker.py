@@ -15,6 +15,7 @@ import requests
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.testing import (
+    BARE_IMAGE,
     BARE_MARKER,
     BARE_USER,
     Link,
@@ -231,13 +232,25 @@ def test_a_job_in_its_own_image_is_cancelled_and_its_container_goes(
     eventually(lambda: not docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}), 30)
 
 
-def test_an_image_that_cannot_be_pulled_fails_the_job_with_why(server: ServerProcess, database_url: str) -> None:
-    result = server.cli("job", "run", "--image", "nosuch.invalid/none:1", "-c", "true", "--wait")
+@pytest.mark.parametrize(
+    ("image", "pull", "error"),
+    [
+        ("nosuch.invalid/none:1", (), "cannot pull the job's image nosuch.invalid/none:1"),
+        ("nosuch.invalid/none:1", ("--pull", "never"), "image nosuch.invalid/none:1 is not in the Docker engine"),
+        # Held by the engine, pulled all the same: no registry has it.
+        (BARE_IMAGE, ("--pull", "always"), f"cannot pull the job's image {BARE_IMAGE}"),
+    ],
+    ids=["missing", "never", "always"],
+)
+def test_an_image_that_cannot_be_pulled_fails_the_job_with_why(
+    server: ServerProcess, database_url: str, bare_image: str, image: str, pull: tuple[str, ...], error: str
+) -> None:
+    result = server.cli("job", "run", "--image", image, *pull, "-c", "true", "--wait")
     assert result.returncode != 0
     job_id = result.stdout.strip()
     assert wait_terminal(database_url, job_id) == "FAILED"
-    ((error,),) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))
-    assert "cannot pull the job's image nosuch.invalid/none:1" in error
+    ((failure,),) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))
+    assert error in failure, failure
 
 
 @pytest.mark.parametrize(

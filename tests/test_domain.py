@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,15 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
 def test_invalid_specs_are_refused_with_the_reason(spec: JobSpec, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         Job.submit(spec, uuid4())
+
+
+def test_an_image_pull_is_one_of_three_and_for_an_image() -> None:
+    spec = JobSpec(name="x", command="true", timeout_seconds=5, image="app:1", image_pull="always")
+    assert spec.problems() == []
+    assert replace(spec, image_pull="sometimes").problems() == [
+        "image pull must be one of always, missing, never, got `sometimes`"
+    ]
+    assert replace(spec, image="").problems() == ["an image pull is for a job in an image of its own (--image)"]
 
 
 DIGEST = "@sha256:" + "ab" * 32

@@ -152,6 +152,10 @@ def test_the_pod_of_a_job_in_an_image_of_its_own(api: KubeEmulator, kubeconfig: 
     assert env["PYTHONHOME"] == "/opt/hodei-agent/agent/home" and env["HODEI_WORKER_TOKEN"] == "t"
     assert set(env["HODEI_AGENT_VARIABLES"].split(",")) == set(env)  # the agent tells them from the image's
     assert body["volumes"][1] == {"name": "agent", "emptyDir": {"sizeLimit": "512Mi"}}
+    assert container["imagePullPolicy"] == "IfNotPresent"  # the worker image's (HODEI_K8S_IMAGE_PULL_POLICY)
+    for pull, policy in (("always", "Always"), ("missing", "IfNotPresent"), ("never", "Never")):
+        pulled = provider(kubeconfig).pod_manifest(launch(image="app:1", image_pull=pull))
+        assert pulled["spec"]["containers"][0]["imagePullPolicy"] == policy
 
 
 def test_default_requests_and_limits(api: KubeEmulator, kubeconfig: Path) -> None:

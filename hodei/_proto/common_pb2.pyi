@@ -165,6 +165,7 @@ class JobSpec(_message.Message):
     ARTIFACTS_EXPIRE_SECONDS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     ARTIFACTS_EXCLUDE_FIELD_NUMBER: _builtins.int
+    IMAGE_PULL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -212,6 +213,10 @@ class JobSpec(_message.Message):
     image: _builtins.str
     """The container image the command runs in (docker provider); "": the worker image.
     The agent is brought into it: the image needs neither Python nor anything of Hodei's.
+    """
+    image_pull: _builtins.str
+    """When its image is pulled: "always", "missing", "never"; "": the provider's way
+    (Docker: when missing; Kubernetes: HODEI_K8S_IMAGE_PULL_POLICY).
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -274,10 +279,11 @@ class JobSpec(_message.Message):
         artifacts_expire_seconds: _builtins.float = ...,
         image: _builtins.str = ...,
         artifacts_exclude: _abc.Iterable[_builtins.str] | None = ...,
+        image_pull: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,7 @@ from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
+    IMAGE_PULLS,
     JobSpec,
     LabelSelector,
     Resources,
@@ -206,6 +207,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         artifacts_expire_seconds=args.artifacts_expire or 0.0,
         artifacts_exclude=tuple(args.artifact_exclude or ()),
         image=args.image or "",
+        image_pull=args.pull or "",
     )
     return spec, secrets
 
@@ -866,6 +868,11 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         "--image",
         help="the container image to run the command in, e.g. python:3.12-slim (docker provider; "
         "pulled when the engine lacks it; the image needs no Python: the agent is brought in)",
+    )
+    parser.add_argument(
+        "--pull",
+        choices=IMAGE_PULLS,
+        help="with --image: pull it always (a moved tag is seen), when missing (Docker's default), or never",
     )
     parser.add_argument("--cpu", type=float, help="CPU cores")
     parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")

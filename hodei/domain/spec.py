@@ -224,6 +224,10 @@ class JobSpec:
     # "": the worker image. The agent is brought into it, so the image needs neither Python
     # nor anything of ours (``hodei.providers.agent_bundle``).
     image: str = ""
+    # When its image is pulled (IMAGE_PULLS): "always" (a tag moved in the registry is seen),
+    # "never" (only an image the engine holds), "" the provider's way (Docker: when missing;
+    # Kubernetes: HODEI_K8S_IMAGE_PULL_POLICY).
+    image_pull: str = ""
 
     @property
     def begins(self) -> datetime | None:
@@ -279,7 +283,7 @@ class JobSpec:
             found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         found.extend(_artifact_problems(self))
-        found.extend(_image_problems(self.image))
+        found.extend(_image_problems(self.image, self.image_pull))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -432,14 +436,21 @@ def _working_dir_problems(working_dir: str) -> list[str]:
     return found
 
 
-def _image_problems(image: str) -> list[str]:
-    """What is wrong with a job's image reference ("": none); a registry's own refusal (a
-    name that does not exist) comes later, as the job's start failure."""
+IMAGE_PULLS = ("always", "missing", "never")
+
+
+def _image_problems(image: str, pull: str) -> list[str]:
+    """What is wrong with a job's image reference ("": none) and its pull; a registry's own
+    refusal (a name that does not exist) comes later, as the job's start failure."""
     if image and (len(image) > LIMITS.image_chars or not _IMAGE.match(image)):
         return [
             f"image must be an image reference such as python:3.12-slim or registry.example.com/team/tool:1.4, "
             f"got `{_shown(image)}`"
         ]
+    if pull and pull not in IMAGE_PULLS:
+        return [f"image pull must be one of {', '.join(IMAGE_PULLS)}, got `{_shown(pull)}`"]
+    if pull and not image:
+        return ["an image pull is for a job in an image of its own (--image)"]
     return []
 
 

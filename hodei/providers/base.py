@@ -32,8 +32,10 @@ class WorkerLaunch:
     memory_bytes: int = 0
     timeout_seconds: float = 3600.0
     labels: Mapping[str, str] = field(default_factory=dict)
-    # The job's own image (JobSpec.image); "": the worker image.
+    # The job's own image (JobSpec.image); "": the worker image. When to pull it
+    # (JobSpec.image_pull: always, missing, never; "": the provider's way).
     image: str = ""
+    image_pull: str = ""
 
 
 @dataclass(frozen=True)

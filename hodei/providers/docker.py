@@ -98,7 +98,7 @@ class DockerProvider(WorkerProvider):
             if launch.memory_bytes > 0:
                 options["mem_limit"] = launch.memory_bytes
             if launch.image:
-                options.update(self._in_image(launch.image, options["environment"]))
+                options.update(self._in_image(launch.image, launch.image_pull, options["environment"]))
             container = self._retry(self.client.containers.run, launch.image or self.config.image, **options)
             return str(container.id)
         except ImageNotFound as exc:
@@ -116,13 +116,18 @@ class DockerProvider(WorkerProvider):
         except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
 
-    def _in_image(self, image: str, agent_vars: dict[str, str]) -> dict[str, Any]:
-        """A job's own image, pulled when the engine lacks it, with the agent started from
-        the bundle; the container keeps the image's ENV, WORKDIR and USER, which the agent
-        gives the command as `docker run` of the image would."""
-        try:
-            self._retry(self.client.images.get, image)
-        except ImageNotFound:
+    def _in_image(self, image: str, pull: str, agent_vars: dict[str, str]) -> dict[str, Any]:
+        """A job's own image, pulled as ``pull`` says (by default when the engine lacks it),
+        with the agent started from the bundle; the container keeps the image's ENV, WORKDIR
+        and USER, which the agent gives the command as `docker run` of the image would."""
+        if pull != "always":
+            try:
+                self._retry(self.client.images.get, image)
+                pull = "never"  # held: nothing to pull
+            except ImageNotFound:
+                if pull == "never":
+                    raise ProviderError(f"the job's image {image} is not in the Docker engine (--pull never)") from None
+        if pull != "never":
             try:
                 self.client.images.pull(image)
             except (APIError, ImageNotFound) as exc:

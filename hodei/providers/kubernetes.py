@@ -52,6 +52,8 @@ STUCK_REASONS = {
     "CreateContainerConfigError",
     "CreateContainerError",
 }
+# A job's --pull, as a container's imagePullPolicy.
+PULL_POLICIES = {"always": "Always", "missing": "IfNotPresent", "never": "Never"}
 DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 DEFAULT_LIMITS = {"cpu": "1", "memory": "512Mi"}
 # A pod's activeDeadlineSeconds is the job's timeout plus this, so Kubernetes kills it
@@ -178,9 +180,9 @@ class KubernetesProvider(WorkerProvider):
     def _in_image(self, spec: dict[str, Any], launch: WorkerLaunch) -> None:
         """A job's own image: an init container of the worker image copies the agent into an
         emptyDir (``hodei.providers.agent_bundle``) that the job's container starts it from.
-        The image is pulled as the worker image is (HODEI_K8S_IMAGE_PULL_POLICY), its ENV
-        and WORKDIR kept; the pod's restrictions stay but for a read-only root filesystem,
-        which the image's own programs may not expect."""
+        The image is pulled as its --pull says, else as the worker image is
+        (HODEI_K8S_IMAGE_PULL_POLICY), its ENV and WORKDIR kept; the pod's restrictions stay
+        but for a read-only root filesystem, which the image's own programs may not expect."""
         (container,) = spec["containers"]
         restricted = container["securityContext"]
         spec["initContainers"] = [
@@ -196,6 +198,7 @@ class KubernetesProvider(WorkerProvider):
         ]
         container.update(
             image=launch.image,
+            imagePullPolicy=PULL_POLICIES.get(launch.image_pull, self.config.image_pull_policy),
             command=ENTRYPOINT,
             env=[{"name": key, "value": value} for key, value in sorted(agent_env(launch.env).items())],
             securityContext={**restricted, "readOnlyRootFilesystem": False},

@@ -150,6 +150,7 @@ def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
             timeout_seconds=job.spec.timeout_seconds,
             labels=job.spec.labels,
             image=job.spec.image,
+            image_pull=job.spec.image_pull,
         )
     )
     return {"resource_id": resource_id}
