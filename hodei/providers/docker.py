@@ -120,14 +120,10 @@ class DockerProvider(WorkerProvider):
         """A job's own image, pulled as ``pull`` says (by default when the engine lacks it),
         with the agent started from the bundle; the container keeps the image's ENV, WORKDIR
         and USER, which the agent gives the command as `docker run` of the image would."""
-        if pull != "always":
-            try:
-                self._retry(self.client.images.get, image)
-                pull = "never"  # held: nothing to pull
-            except ImageNotFound:
-                if pull == "never":
-                    raise ProviderError(f"the job's image {image} is not in the Docker engine (--pull never)") from None
-        if pull != "never":
+        held = pull != "always" and self._holds(image)
+        if not held and pull == "never":
+            raise ProviderError(f"the job's image {image} is not in the Docker engine (--pull never)")
+        if not held:
             try:
                 self.client.images.pull(image)
             except (APIError, ImageNotFound) as exc:
@@ -172,6 +168,13 @@ class DockerProvider(WorkerProvider):
                 log.info("the agent for jobs in their own images is in volume %s", volume)
                 self._remove_old_bundles(worker_image)
             return volume
+
+    def _holds(self, image: str) -> bool:
+        try:
+            self._retry(self.client.images.get, image)
+        except ImageNotFound:
+            return False
+        return True
 
     def _exists(self, volume: str) -> bool:
         try:
