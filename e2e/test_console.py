@@ -17,7 +17,7 @@ from hodei.testing import ServerProcess, allow_new_sagas, eventually, query, ref
 
 pytestmark = pytest.mark.e2e
 
-PAGES = ["/jobs", "/providers", "/queue", "/workers", "/sagas", "/cron", "/dead-letters"]
+PAGES = ["/jobs", "/jobs/new", "/providers", "/queue", "/workers", "/sagas", "/cron", "/dead-letters"]
 
 
 def browser(server: ServerProcess, token: str | None = None) -> requests.Session:
@@ -112,6 +112,53 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
         (job_id,),
     )[0]
     assert abs(grace) < 1
+
+
+def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    url = guarded.database_url
+    submitter = browser(guarded, tokens["submit"])
+    assert 'id="new-job"' in submitter.get(f"{guarded.http_url}/jobs").text
+    form = {
+        "command": "echo from the form",
+        "name": "formed",
+        "provider": "sim",
+        "image": "",
+        "timeout": "60",
+        "env": "HODEI_SIM_LINES=2\n# a comment\nGREETING=a=b, c\n",
+        "labels": "team=data\n",
+    }
+    made = submitter.post(f"{guarded.http_url}/jobs", data=form, allow_redirects=False)
+    assert made.status_code == 303, made.text
+    job_id = made.headers["Location"].removeprefix("/jobs/")
+    wait_settled(url, job_id)
+    ((name, state, actor, spec),) = query(url, "SELECT name, state, actor, spec FROM jobs WHERE id = %s", (job_id,))
+    assert (name, state, actor) == ("formed", "SUCCEEDED", "submit-person")
+    assert (spec["env"], spec["labels"], spec["timeout_seconds"]) == (
+        {"HODEI_SIM_LINES": "2", "GREETING": "a=b, c"},
+        {"team": "data"},
+        60.0,
+    )
+
+    jobs = query(url, "SELECT count(*) FROM jobs")
+    for change, said in [
+        ({"command": "  "}, "command must not be empty"),
+        ({"env": "not a pair"}, "environment, line 1: expected KEY=VALUE"),
+        ({"timeout": "soon"}, "timeout must be a number of seconds, got `soon`"),
+        ({"provider": "local", "image": "app:1"}, "provider local cannot run a job in an image of its own"),
+    ]:
+        refused = submitter.post(f"{guarded.http_url}/jobs", data={**form, **change}, allow_redirects=False)
+        assert refused.status_code == 400 and said in refused.text, refused.text
+        assert 'id="submit-error"' in refused.text and "formed" in refused.text  # what was typed stays
+    assert query(url, "SELECT count(*) FROM jobs") == jobs
+
+    reader = browser(guarded, tokens["read"])
+    assert 'id="new-job"' not in reader.get(f"{guarded.http_url}/jobs").text
+    assert reader.post(f"{guarded.http_url}/jobs", data=form, allow_redirects=False).status_code == 403
+    cross_site = submitter.post(f"{guarded.http_url}/jobs", data=form, headers={"Origin": "http://elsewhere.example"})
+    assert cross_site.status_code == 403
+    assert query(url, "SELECT count(*) FROM jobs") == jobs
 
 
 def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(

@@ -68,15 +68,20 @@ def parse_env_files(paths: list[str], flag: str = "--env-file") -> dict[str, str
     An error names the line, never its value."""
     env: dict[str, str] = {}
     for path in paths:
-        for number, line in enumerate(text_of(path, flag).splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            key, sep, value = line.partition("=")
-            if not sep or not _KEY.match(key.strip()):
-                raise InvalidInput(
-                    f"{flag} {path}, line {number}: expected KEY=VALUE with KEY made of letters, digits and _"
-                )
-            env[key.strip()] = value
+        env.update(parse_env_lines(text_of(path, flag), f"{flag} {path}"))
+    return env
+
+
+def parse_env_lines(text: str, where: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines of an env file (``parse_env_files``) or of the console's form."""
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not _KEY.match(key.strip()):
+            raise InvalidInput(f"{where}, line {number}: expected KEY=VALUE with KEY made of letters, digits and _")
+        env[key.strip()] = value
     return env
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from hodei._proto import (
     artifacts_pb2,
+    common_pb2,
     cron_pb2,
     jobs_pb2,
     limits_pb2,
@@ -36,7 +38,7 @@ from hodei._proto import (
     sagas_pb2,
     scheduler_pb2,
 )
-from hodei.cli.parsing import WIRE_INT_MAX, since_moment
+from hodei.cli.parsing import WIRE_INT_MAX, parse_env_lines, parse_labels, since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
@@ -56,6 +58,9 @@ from hodei.wire import MAX_QUEUE_LISTED
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
+# The new-job form's fields, as it first shows them.
+NEW_JOB = {"command": "", "name": "", "provider": "", "image": "", "timeout": "3600", "env": "", "labels": ""}
+_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 ARTIFACTS = "/hodei.jobs.ArtifactService/"
 CRON = "/hodei.jobs.CronService/"
 PAGE_SIZE = 50
@@ -104,6 +109,8 @@ class Console:
         app.router.add_post("/logout", self.logout)
         app.router.add_get("/jobs", self.jobs)
         app.router.add_get("/jobs/rows", self.job_rows)
+        app.router.add_get("/jobs/new", self.new_job)
+        app.router.add_post("/jobs", self.submit)
         app.router.add_get("/jobs/{id}", self.job)
         app.router.add_get("/jobs/{id}/logs", self.follow_logs)
         app.router.add_get("/jobs/{id}/artifacts/{attempt:\\d+}/{name:.+}", self.artifact)
@@ -266,6 +273,34 @@ class Console:
             states=[state.value for state in JobState],
             query=request.query_string,
         )
+
+    async def new_job(self, request: web.Request) -> web.Response:
+        """The form `job run` would take: command, name, provider, image, timeout, env, labels."""
+        return self._page(request, "new_job.html", await self._caller(request), form=NEW_JOB, error=None)
+
+    async def submit(self, request: web.Request) -> web.Response:
+        """`job run` from the form (the submit role); bad input shows the form again with the
+        API's reason and what was typed, and submits nothing."""
+        self._check_origin(request)
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        try:
+            timeout = form.get("timeout", "").strip()
+            if not _NUMBER.match(timeout):
+                raise InvalidInput(f"timeout must be a number of seconds, got `{timeout}`")
+            spec = common_pb2.JobSpec(
+                name=form.get("name", "").strip(),
+                command=form.get("command", ""),
+                provider=form.get("provider", ""),
+                image=form.get("image", "").strip(),
+                timeout_seconds=float(timeout),
+                env=parse_env_lines(form.get("env", ""), "environment"),
+                labels=parse_labels([line for line in form.get("labels", "").splitlines() if line.strip()]),
+            )
+            queued = await self._call(request, JOBS + "QueueJob", jobs_pb2.QueueJobRequest(spec=spec))
+        except InvalidInput as exc:
+            who = await self._caller(request)
+            return self._page(request, "new_job.html", who, status=400, form={**NEW_JOB, **form}, error=exc.message)
+        raise web.HTTPSeeOther(f"/jobs/{queued.job_id}")
 
     async def job_rows(self, request: web.Request) -> web.Response:
         """The list's rows alone: what the page's script swaps in every two seconds."""
