@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from hodei_worker.agent import image_settings
 from hodei_worker.batcher import Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
@@ -49,6 +50,27 @@ def test_the_job_sees_its_own_variables_over_a_minimal_base() -> None:
         "HODEI_JOB_ID": "j",
         "HODEI_WORKER_ID": "w",
     }
+
+
+def test_in_its_own_image_the_job_gets_the_images_variables_and_workdir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the provider set for the agent is named in HODEI_AGENT_VARIABLES and kept from the
+    job, as are Kubernetes' service variables; `/`, the directory of an image without a
+    WORKDIR, gives the job a scratch directory instead."""
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HODEI_WORKER_TOKEN", "t")
+    monkeypatch.setenv("PYTHONHOME", "/opt/hodei-agent/agent/home")
+    monkeypatch.setenv("HODEI_AGENT_VARIABLES", "HODEI_AGENT_VARIABLES,HODEI_WORKER_TOKEN,PYTHONHOME")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("JAVA_HOME", "/opt/java")
+    monkeypatch.chdir(tmp_path)
+    assert image_settings() == {"image_env": {"JAVA_HOME": "/opt/java"}, "image_workdir": str(tmp_path)}
+    monkeypatch.chdir("/")
+    assert image_settings()["image_workdir"] == ""
+    monkeypatch.delenv("HODEI_AGENT_VARIABLES")
+    assert image_settings() == {}  # the worker image: none of this
 
 
 def test_secret_values_are_masked_in_every_line() -> None:

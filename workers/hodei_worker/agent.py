@@ -124,21 +124,23 @@ class Settings:
             job_user=_job_user(),
             orphan_timeout=_seconds("HODEI_WORKER_ORPHAN_TIMEOUT", 300.0),
             echo_output=os.environ.get("HODEI_ECHO_OUTPUT", "1") != "0",
-            **_in_image(),
+            **image_settings(),
         )
 
 
-def _in_image() -> dict[str, Any]:
+def image_settings() -> dict[str, Any]:
     """In a job's own image, the provider names the variables it set for the agent
     (HODEI_AGENT_VARIABLES): the others are the image's ENV and what the engine adds to
     any container (HOSTNAME, HOME), but Kubernetes' own (KUBERNETES_SERVICE_HOST, …); the
-    directory the agent starts in is the image's WORKDIR."""
+    directory the agent starts in is the image's WORKDIR, but `/`, an image's without one,
+    where a job not run as root could write nothing: the job gets a scratch directory then."""
     named = os.environ.get("HODEI_AGENT_VARIABLES")
     if named is None:
         return {}
     ours = set(named.split(","))
     image_env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("KUBERNETES_")}
-    return {"image_env": image_env, "image_workdir": os.getcwd()}
+    workdir = os.getcwd()
+    return {"image_env": image_env, "image_workdir": "" if workdir == "/" else workdir}
 
 
 def _seconds(name: str, default: float) -> float:
