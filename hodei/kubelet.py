@@ -222,6 +222,8 @@ class _PodRun:
     init_states: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
     # The node's directory of each volume several of the pod's containers mount.
     shared: dict[str, str] = field(default_factory=dict)
+    # When the node took the pod (monotonic): its activeDeadlineSeconds count from then.
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -342,37 +344,7 @@ class Kubelet:
         """Runs an init container to its end: False when it failed (the pod with it) or
         the pod went meanwhile."""
         image = self._pulled(run, init.container, init)
-        if image is None:
-            return False
-        try:
-            options = container_options(
-                run.pod, image.attrs["Config"].get("User") or "", self.id, init.container, run.shared
-            )
-        except PodRefused as exc:
-            self._report(
-                run, "Pending", {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}, init
-            )
-            return False
-        started = _now()
-        container = self._client.containers.create(image.id, detach=True, **options)
-        init.container_id = container.id
-        container.start()
-        self._report(run, "Pending", {"running": {"startedAt": started}}, init)
-        while not run.deleted.wait(POLL):
-            state = self._client.api.inspect_container(container.id)["State"]
-            if state.get("Running"):
-                continue
-            code = int(state.get("ExitCode", 0))
-            terminated = {
-                "exitCode": code,
-                "reason": "Completed" if code == 0 else "Error",
-                "startedAt": started,
-                "finishedAt": _now(),
-                "containerID": f"docker://{container.id}",
-            }
-            self._report(run, "Pending" if code == 0 else "Failed", {"terminated": terminated}, init)
-            return code == 0
-        return False
+        return image is not None and self._create_and_watch(run, image, init)
 
     def _pulled(self, run: _PodRun, container: dict[str, Any], init: _Init | None = None) -> Any:
         """A container's image, pulled as its ``imagePullPolicy`` says; None when the pod
@@ -402,17 +374,24 @@ class Kubelet:
                 return None
             backoff = min(backoff * 2, PULL_BACKOFF_MAX)
 
-    def _create_and_watch(self, run: _PodRun, image: Any) -> None:
+    def _create_and_watch(self, run: _PodRun, image: Any, init: _Init | None = None) -> bool:
+        """Runs the pod's main container, or one of its init containers, to its end: True
+        when it exited 0 within the pod's deadline."""
         try:
-            options = container_options(run.pod, image.attrs["Config"].get("User") or "", self.id, shared=run.shared)
+            options = container_options(
+                run.pod, image.attrs["Config"].get("User") or "", self.id, init.container if init else None, run.shared
+            )
         except PodRefused as exc:
             waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
-            self._report(run, "Pending", {"waiting": waiting})
-            return
+            self._report(run, "Pending", {"waiting": waiting}, init)
+            return False
         started = _now()
         try:
             container = self._client.containers.create(image.id, detach=True, **options)
-            run.container_id = container.id
+            if init is None:
+                run.container_id = container.id
+            else:
+                init.container_id = container.id
             container.start()
         except APIError as exc:
             terminated = {
@@ -422,14 +401,16 @@ class Kubelet:
                 "startedAt": started,
                 "finishedAt": _now(),
             }
-            self._report(run, "Failed", {"terminated": terminated})
-            return
-        self._report(run, "Running", {"running": {"startedAt": started}})
-        self._watch(run, container, started)
+            self._report(run, "Failed", {"terminated": terminated}, init)
+            return False
+        self._report(run, "Running" if init is None else "Pending", {"running": {"startedAt": started}}, init)
+        return self._watch(run, container, started, init)
 
-    def _watch(self, run: _PodRun, container: Any, started: str) -> None:
+    def _watch(self, run: _PodRun, container: Any, started: str, init: _Init | None) -> bool:
+        """Until the container exits; past the pod's activeDeadlineSeconds (counted from the
+        pod's start, init containers included) it is stopped and the pod fails."""
         deadline_seconds = run.pod["spec"].get("activeDeadlineSeconds")
-        deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
+        deadline = run.started + deadline_seconds if deadline_seconds else None
         pod_reason: dict[str, Any] = {}
         while not run.deleted.wait(POLL):
             state = self._client.api.inspect_container(container.id)["State"]
@@ -450,9 +431,11 @@ class Kubelet:
                 "finishedAt": _now(),
                 "containerID": f"docker://{container.id}",
             }
-            phase = "Succeeded" if code == 0 and not pod_reason else "Failed"
-            self._report(run, phase, {"terminated": terminated}, **pod_reason)
-            return
+            done = code == 0 and not pod_reason
+            phase = "Failed" if not done else "Succeeded" if init is None else "Pending"
+            self._report(run, phase, {"terminated": terminated}, init, **pod_reason)
+            return done
+        return False
 
     def _grace(self, run: _PodRun) -> int:
         """The delete request's gracePeriodSeconds, else the pod's terminationGracePeriodSeconds."""

@@ -469,9 +469,8 @@ def _artifact_problems(spec: JobSpec) -> list[str]:
     excluded = spec.artifacts_exclude
     if excluded and not patterns:
         found.append("excluding artifacts is for a job that keeps some (--artifact)")
-    if len(patterns) + len(excluded) > limits.artifact_patterns:
-        count = len(patterns) + len(excluded)
-        return [*found, f"{count} artifact patterns and exclusions; the limit is {limits.artifact_patterns}"]
+    if len(patterns) + len(excluded) > limits.artifact_patterns:  # an exclusion is a pattern too
+        return [*found, f"{len(patterns) + len(excluded)} artifact patterns; the limit is {limits.artifact_patterns}"]
     found.extend(f"artifact {problem}" for pattern in patterns if (problem := artifact_path_problem(pattern)))
     return [*found, *(f"artifact exclusion {p}" for pattern in excluded if (p := artifact_path_problem(pattern)))]
 
