@@ -40,6 +40,7 @@ CONNECT_WITHIN = 2.0
 EPILOG = f"""examples:
   JOB_ID=$(hodei-jobs-cli job run --provider docker --command "echo hello")
   hodei-jobs-cli job run --provider local --command "make test" --follow
+  hodei-jobs-cli job run --image python:3.12-slim --command "python -V" --follow   # in an image of its own
   hodei-jobs-cli job describe $JOB_ID        # phases, workers, sagas, steps, audit
   hodei-jobs-cli job list --state FAILED -o json
   hodei-jobs-cli --server build-box job logs 3f2a9c1e   # any unique 8-character id prefix
