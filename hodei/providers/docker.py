@@ -120,7 +120,7 @@ class DockerProvider(WorkerProvider):
         """A job's own image, pulled as ``pull`` says (by default when the engine lacks it),
         with the agent started from the bundle; the container keeps the image's ENV, WORKDIR
         and USER, which the agent gives the command as `docker run` of the image would."""
-        held = pull != "always" and self._holds(image)
+        held = pull != "always" and self._present(self.client.images.get, image)
         if not held and pull == "never":
             raise ProviderError(f"the job's image {image} is not in the Docker engine (--pull never)")
         if not held:
@@ -146,7 +146,8 @@ class DockerProvider(WorkerProvider):
             ) from exc
         volume = f"hodei-agent-{worker_image.removeprefix('sha256:')[:12]}"
         with self._filling:
-            if worker_image in self._filled and not self._exists(volume):  # removed since (docker volume prune)
+            # Removed since (docker volume prune): filled again.
+            if worker_image in self._filled and not self._present(self.client.volumes.get, volume):
                 self._filled.discard(worker_image)
             if worker_image not in self._filled:
                 labels = {LABEL_MANAGED: MANAGER, LABEL_BUNDLE: worker_image}
@@ -169,17 +170,11 @@ class DockerProvider(WorkerProvider):
                 self._remove_old_bundles(worker_image)
             return volume
 
-    def _holds(self, image: str) -> bool:
+    def _present(self, get: Callable[[str], Any], name: str) -> bool:
+        """Whether the engine holds an image or a volume (``get``: the SDK's lookup of one)."""
         try:
-            self._retry(self.client.images.get, image)
-        except ImageNotFound:
-            return False
-        return True
-
-    def _exists(self, volume: str) -> bool:
-        try:
-            self._retry(self.client.volumes.get, volume)
-        except NotFound:
+            self._retry(get, name)
+        except NotFound:  # ImageNotFound is one
             return False
         return True
 

@@ -51,13 +51,14 @@ def provider_type_of(preference: str) -> ProviderType | None:
     raise InvalidInput(f"unknown provider `{preference}`; known providers: {known} (or their ids)")
 
 
-def check_image_provider(image: str, preference: str) -> None:
-    """A job with an image of its own names a provider that can run it, or none (then one
-    of IMAGE_PROVIDERS is chosen)."""
+def check_image_provider(image: str, preference: str) -> ProviderType | None:
+    """The provider a job names (``provider_type_of``), refused when the job has an image of
+    its own that it cannot run; none named: one of IMAGE_PROVIDERS is chosen."""
     wanted = provider_type_of(preference)
     if image and wanted is not None and wanted not in IMAGE_PROVIDERS:
         runs = ", ".join(provider.value for provider in IMAGE_PROVIDERS)
         raise InvalidInput(f"provider {wanted} cannot run a job in an image of its own (--image): use {runs}")
+    return wanted
 
 
 def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]) -> list[ProviderType]:
@@ -148,8 +149,7 @@ class ProviderRegistry:
         """The provider a job will use; raises ProviderUnavailable with the reason. A job
         in an image of its own that names none gets one of IMAGE_PROVIDERS, whatever the
         default."""
-        check_image_provider(image, preference)
-        wanted = provider_type_of(preference)
+        wanted = check_image_provider(image, preference)
         if wanted is None and self.default is not None and (not image or self.default in IMAGE_PROVIDERS):
             wanted = self.default
         if wanted is not None:

@@ -66,9 +66,8 @@ def refuse_unrunnable(spec: JobSpec, pools: Pools) -> None:
     settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, and a pool that
     does not exist, whose jobs would wait for ever, and an image on a provider that
     cannot run one."""
-    if provider_type_of(spec.provider) is ProviderType.SIM:
+    if check_image_provider(spec.image, spec.provider) is ProviderType.SIM:
         Simulation.of(spec.env)
-    check_image_provider(spec.image, spec.provider)
     pools.check(spec.pool)
 
 
