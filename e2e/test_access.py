@@ -272,6 +272,26 @@ def test_a_job_list_of_one_submitters_jobs_or_the_callers_own(server: ServerProc
         server.cli("--token", tokens["operate"], "job", "cancel", job_id, check=True)
 
 
+def test_an_idempotency_key_is_each_submitters_own(server: ServerProcess, tokens: dict[str, str]) -> None:
+    """Two submitters' keys never meet: bob's `nightly` is not alice's, whatever each asks."""
+
+    def run(token: str) -> str:
+        ran = server.cli(
+            "--token", token, "job", "run", "-p", "local", "-c", "true", "--hold", "--idempotency-key", "nightly"
+        )
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout.strip()
+
+    alices, bobs = run(tokens["submit"]), run(tokens["other"])
+    assert alices != bobs and run(tokens["submit"]) == alices and run(tokens["other"]) == bobs
+    submitters = dict(
+        query(server.database_url, "SELECT id::text, actor FROM jobs WHERE id::text IN (%s, %s)", (alices, bobs))
+    )
+    assert submitters == {alices: "alice", bobs: "bob"}
+    for job_id in (alices, bobs):
+        server.cli("--token", tokens["operate"], "job", "cancel", job_id, check=True)
+
+
 def test_revoked_and_expired_tokens_are_refused_at_once(
     server: ServerProcess, database_url: str, tokens: dict[str, str]
 ) -> None:

@@ -153,6 +153,21 @@ def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again
         assert 'id="submit-error"' in refused.text and "formed" in refused.text  # what was typed stays
     assert query(url, "SELECT count(*) FROM jobs") == jobs
 
+    # The page's form carries a key of its own: posted twice (a double click, a reload), one job.
+    page = submitter.get(f"{guarded.http_url}/jobs/new").text
+    (key,) = re.findall(r'<input type="hidden" name="key" value="([0-9a-f-]{36})">', page)
+    keyed = {**form, "key": key}
+    posted = [submitter.post(f"{guarded.http_url}/jobs", data=keyed, allow_redirects=False) for _ in range(2)]
+    assert [response.status_code for response in posted] == [303, 303]
+    assert posted[0].headers["Location"] == posted[1].headers["Location"]
+    jobs = query(url, "SELECT count(*) FROM jobs")
+    # Back to the form, changed, posted with its old key: said, and a new key to run it with.
+    changed = submitter.post(f"{guarded.http_url}/jobs", data={**keyed, "name": "changed"}, allow_redirects=False)
+    assert changed.status_code == 409 and "This form ran a job already, with other values" in changed.text
+    (new_key,) = re.findall(r'name="key" value="([0-9a-f-]{36})"', changed.text)
+    assert new_key != key and 'value="changed"' in changed.text
+    assert query(url, "SELECT count(*) FROM jobs") == jobs
+
     reader = browser(guarded, tokens["read"])
     assert 'id="new-job"' not in reader.get(f"{guarded.http_url}/jobs").text
     assert reader.post(f"{guarded.http_url}/jobs", data=form, allow_redirects=False).status_code == 403

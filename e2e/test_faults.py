@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from e2e.test_cli import cli_process
 from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
@@ -271,11 +272,15 @@ def test_a_log_follower_keeps_streaming_through_a_postgresql_outage(
         server.stop()
 
 
+RUN_DURING = ("job", "run", "-p", "local", "-c", "echo during", "--wait")
+
+
 def test_the_first_job_after_a_long_postgresql_outage_is_taken(
     own_cluster: tuple[Cluster, str], tmp_path: Path
 ) -> None:
     """A server idle through an outage of over a minute answers calls UNAVAILABLE, with the
-    reason, and takes the first submission once PostgreSQL is back. Its connection pool
+    reason, and takes the first submission once PostgreSQL is back; a `job run` during the
+    outage says why and sends its request again until it is taken, once. Its connection pool
     retries 1, 2, 4 s apart and starts afresh every 10 s (``hodei.store.db.RECONNECT_FOR``);
     with psycopg_pool's own delays, doubling up to minutes, the pool's next try after a 70 s
     outage came about a minute after PostgreSQL returned, and this submission ran into the
@@ -287,14 +292,20 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
         assert before.returncode == 0, before.stderr
         cluster.stop("fast")
         stopped = time.monotonic()
-        # Meanwhile a call is told why it cannot be served, inside the CLI's deadline; by now
-        # the sweeps have found every pooled connection broken, so the call waits for one.
+        # Meanwhile a call is told why it cannot be served, inside the CLI's deadline (by now
+        # the sweeps have found every pooled connection broken, so the call waits for one);
+        # `job run` says so and sends its request again until PostgreSQL is back.
         time.sleep(15)
-        refused = server.cli("job", "run", "--provider", "local", "--command", "echo never")
-        assert refused.returncode != 0, refused.stdout
-        assert "PostgreSQL is unavailable" in refused.stderr and "(UNAVAILABLE)" in refused.stderr, refused.stderr
+        during = cli_process(server, *RUN_DURING)
+        assert during.stderr is not None
+        said = during.stderr.readline()
+        assert said.startswith("[hodei] no answer to the submission (PostgreSQL is unavailable"), said
+        assert "sending it again (idempotency key" in said, said
         time.sleep(max(0.0, 70 - (time.monotonic() - stopped)))
         cluster.start(FAST_OPTIONS)
+        out, errors = during.communicate(timeout=120)
+        assert during.returncode == 0, (errors, server.logs()[-5000:])
+        assert query(url, "SELECT id::text FROM jobs WHERE spec->>'command' = 'echo during'") == [(out.strip(),)]
         after = server.cli("job", "run", "--provider", "local", "--command", "echo after", "--wait")
         assert after.returncode == 0, (after.stderr, server.logs()[-5000:])
         job_id = after.stdout.strip()

@@ -78,7 +78,7 @@ class CronJobs:
         """A new cron job, or (``replace``, or a deleted one's name) a new definition."""
         check_name(name, "a cron job")
         definition.validate(secrets)
-        sealed = self.secrets.seal_for_cron_job(cron_id(name), secrets)
+        sealed = self.secrets.seal(cron_id(name), secrets)
         # Counted before the command (whose loads are its own): two cron jobs created at
         # once may both pass, a bound of memory and sweep time, not a quota.
         defined = len(self.all())

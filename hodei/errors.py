@@ -3,6 +3,7 @@
     HodeiError
     ├── InvalidInput          bad request from a user or a worker   -> INVALID_ARGUMENT
     ├── NotFound              no such job, worker, saga or provider -> NOT_FOUND
+    ├── AlreadyExists         a name (an idempotency key) already taken -> ALREADY_EXISTS
     ├── InvalidTransition     a state machine refused a command     -> FAILED_PRECONDITION
     ├── Unauthenticated       no credentials, or wrong ones         -> UNAUTHENTICATED
     ├── PermissionDenied      the caller's role does not allow it   -> PERMISSION_DENIED
@@ -40,6 +41,10 @@ class InvalidInput(HodeiError):
 
 class NotFound(HodeiError):
     """Not found."""
+
+
+class AlreadyExists(HodeiError):
+    """It exists already."""
 
 
 class InvalidTransition(HodeiError):

@@ -2,7 +2,8 @@
 server kill itself (SIGKILL, like ``kill -9``) when it reaches that point, so a test can
 crash it exactly between two steps that no outside timing could separate.
 
-Points: ``register-committed`` (a worker's registration is committed, the reply not sent).
+Points: ``register-committed`` (a worker's registration is committed, the reply not sent),
+``submit-committed`` (a submitted job is committed, QueueJob's answer not sent).
 Unset in production: ``point`` then does nothing.
 """
 

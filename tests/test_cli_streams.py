@@ -1,15 +1,19 @@
 """The CLI's streams (``--wait``, ``--follow``, ``job logs --follow``) reconnect while the
-server is away; how long they keep trying is counted from the server's last word."""
+server is away; how long they keep trying is counted from the server's last word. A
+submission without an answer is sent again with its idempotency key."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from hodei.cli.jobs import reconnecting
+from hodei._proto import jobs_pb2
+from hodei.cli.jobs import StoppedWaiting, queue, reconnecting
+from hodei.cli.terminal import Terminal
 
 
 class _Unavailable(grpc.RpcError):
@@ -17,6 +21,9 @@ class _Unavailable(grpc.RpcError):
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Socket closed"
 
 
 def test_a_stream_cut_after_running_longer_than_the_patience_is_opened_again() -> None:
@@ -65,3 +72,51 @@ def test_a_refusal_is_not_retried() -> None:
     with pytest.raises(NotFound):
         list(reconnecting(stream, patience=5))
     assert opened == [1]
+
+
+class _Client:
+    """A client whose QueueJob fails with each error given, then answers."""
+
+    def __init__(self, *errors: grpc.RpcError) -> None:
+        self.errors = list(errors)
+        self.sent: list[jobs_pb2.QueueJobRequest] = []
+        self.jobs = SimpleNamespace(QueueJob="the stub's method, which call() is given")
+
+    def call(self, method: object, request: jobs_pb2.QueueJobRequest) -> jobs_pb2.QueueJobResponse:
+        self.sent.append(request)
+        if self.errors:
+            raise self.errors.pop(0)
+        return jobs_pb2.QueueJobResponse(job_id="j-1", already_submitted=len(self.sent) > 1)
+
+
+def test_a_submission_without_an_answer_is_sent_again_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    client = _Client(_Unavailable(), _Unavailable())
+    request = jobs_pb2.QueueJobRequest(idempotency_key="k-1")
+    answer = queue(client, Terminal("text"), request, given=False)  # type: ignore[arg-type]
+    assert answer.job_id == "j-1" and len(client.sent) == 3
+    assert {sent.idempotency_key for sent in client.sent} == {"k-1"}
+    said = capsys.readouterr().err
+    assert said.count("[hodei] no answer to the submission") == 1  # said once, not at each try
+    assert "(Socket closed); sending it again (idempotency key k-1)" in said
+    assert "[hodei] the first try had submitted job j-1: nothing new submitted" in said
+
+
+def test_a_submission_given_up_on_names_the_key_that_finds_out() -> None:
+    client = _Client(*[_Unavailable() for _ in range(1000)])
+    with pytest.raises(StoppedWaiting) as stopped:
+        queue(client, Terminal("text"), jobs_pb2.QueueJobRequest(idempotency_key="k-2"), given=False, patience=0.5)  # type: ignore[arg-type]
+    assert stopped.value.code == 1 and len(client.sent) >= 2
+    assert "it may have been submitted: the same command with --idempotency-key k-2 submits it only if it was not" in (
+        stopped.value.message
+    )
+
+
+def test_a_refused_submission_is_not_sent_again() -> None:
+    class Refused(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.ALREADY_EXISTS
+
+    client = _Client(Refused())
+    with pytest.raises(Refused):
+        queue(client, Terminal("text"), jobs_pb2.QueueJobRequest(idempotency_key="k-3"), given=True)  # type: ignore[arg-type]
+    assert len(client.sent) == 1

@@ -189,6 +189,7 @@ def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiS
         name="old", command="echo hi", timeout_seconds=30.0, env={"A": "1"}, provider="local", max_attempts=2
     )
     assert loaded.sealed_secrets == {}
+    assert loaded.retry_of is None and loaded.request_digest is None  # versions 3 and 4 added them
     count, differences = verify(store.pool)
     assert count >= 1
     assert differences == []

@@ -72,12 +72,19 @@ class QueueJobRequest(_message.Message):
     AFTER_ARRAYS_FIELD_NUMBER: _builtins.int
     HOLD_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     hold: _builtins.bool
     """Submit the job (every job of an array) held (`job run --hold`, Slurm's sbatch -H): it
     waits out of its line until released (ReleaseJob).
     """
     hold_reason: _builtins.str
     """Why, with hold (at most 1000 characters)."""
+    idempotency_key: _builtins.str
+    """Names this submission for good (AIP-155's request_id, Stripe's Idempotency-Key): the
+    same key sent again by the same submitter, with the same request, answers the job (the
+    jobs of an array) it submitted, and submits nothing; with another request it is
+    refused (ALREADY_EXISTS). Letters, digits and ._:/@+=- , at most 128. Empty: none.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
     @_builtins.property
@@ -109,10 +116,11 @@ class QueueJobRequest(_message.Message):
         after_arrays: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         hold: _builtins.bool = ...,
         hold_reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_arrays", b"after_arrays", "array", b"array", "hold", b"hold", "hold_reason", b"hold_reason", "secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_arrays", b"after_arrays", "array", b"array", "hold", b"hold", "hold_reason", b"hold_reason", "idempotency_key", b"idempotency_key", "secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,8 +132,11 @@ class QueueJobResponse(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     ARRAY_JOB_IDS_FIELD_NUMBER: _builtins.int
+    ALREADY_SUBMITTED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job; of an array, its first job (whose id is the array's)."""
+    already_submitted: _builtins.bool
+    """The idempotency key had submitted these jobs before: nothing new was submitted."""
     @_builtins.property
     def array_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Of an array: every job, in the order of the request's indices."""
@@ -135,10 +146,11 @@ class QueueJobResponse(_message.Message):
         *,
         job_id: _builtins.str = ...,
         array_job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        already_submitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_job_ids", b"array_job_ids", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_submitted", b"already_submitted", "array_job_ids", b"array_job_ids", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

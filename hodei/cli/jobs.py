@@ -12,11 +12,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import grpc
 from rich.live import Live
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from hodei._proto import common_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
@@ -40,6 +40,7 @@ from hodei.cli.parsing import (
     whole,
 )
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
+from hodei.domain.base import check_idempotency_key
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import JobState, hold_text
 from hodei.domain.phases import latest_usage, processes_stopping
@@ -239,6 +240,8 @@ def queue_request(args: argparse.Namespace) -> None:
         after_arrays=after_arrays,
         hold=args.hold,
         hold_reason=args.hold_reason or "",
+        # Without one, a key of this run's own: sending the request again is then safe.
+        idempotency_key=check_idempotency_key(args.idempotency_key) if args.idempotency_key else str(uuid4()),
     )
 
 
@@ -246,10 +249,62 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     for after in (args.request.spec.after, args.request.after_arrays):
         if LATEST in after:  # the newest job now, before this one is submitted
             after[latest_job(client)] = after.pop(LATEST)
-    queued = client.call(client.jobs.QueueJob, args.request)
+    queued = queue(client, term, args.request, given=bool(args.idempotency_key))
     if queued.array_job_ids:
         return _run_array(client, term, args, queued.job_id, list(queued.array_job_ids))
     return submitted(client, term, args, queued.job_id)
+
+
+def queue(
+    client: Client, term: Terminal, request: jobs_pb2.QueueJobRequest, given: bool, patience: float = RECONNECT_FOR
+) -> jobs_pb2.QueueJobResponse:
+    """QueueJob, sent again while the server restarts, PostgreSQL is away (UNAVAILABLE) or
+    no answer comes in time: the request's idempotency key makes a resent one submit
+    nothing more when the first was submitted after all (its answer lost). Gives up after
+    ``patience`` seconds, naming the key that finds out whether it was (``given``: the
+    user's own key, else one made for this run)."""
+    key = request.idempotency_key
+
+    def note(state: RetryCallState) -> None:
+        if state.attempt_number == 1 and state.outcome is not None:
+            exc = state.outcome.exception()
+            reason = exc.details() if isinstance(exc, grpc.RpcError) else exc
+            term.info(f"[hodei] no answer to the submission ({reason}); sending it again (idempotency key {key})")
+
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception(_unanswered),
+            stop=stop_after_delay(patience),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            before_sleep=note,
+            reraise=True,
+        ):
+            with attempt:
+                queued: jobs_pb2.QueueJobResponse = client.call(client.jobs.QueueJob, request)
+    except grpc.RpcError as exc:
+        if not _unanswered(exc):
+            raise
+        raise StoppedWaiting(
+            f"the server did not take the submission within {patience:g}s ({exc.details()}, {exc.code().name}); "
+            f"it may have been submitted: the same command with --idempotency-key {key} submits it only if it was not",
+            1,
+        ) from None
+    if queued.already_submitted:
+        term.info(
+            f"[hodei] idempotency key {key} submitted job {queued.job_id} before: nothing new submitted"
+            if given
+            else f"[hodei] the first try had submitted job {queued.job_id}: nothing new submitted"
+        )
+    return queued
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """The submission may or may not have been taken: the server went away, answered that
+    PostgreSQL is away (a commit's answer can be lost with its connection), or was slow."""
+    return isinstance(exc, grpc.RpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
 
 
 def submitted(client: Client, term: Terminal, args: argparse.Namespace, job_id: str) -> int:
@@ -979,6 +1034,15 @@ def add_commands(commands: Any) -> Any:
         help="submit it held: it waits in the queue out of line until `job release` (an array: every job)",
     )
     run_parser.add_argument("--hold-reason", metavar="TEXT", help="why, with --hold: shown with it in the queue")
+    run_parser.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help=(
+            "names this submission for good: the same command again with the same key prints the job it "
+            "submitted and submits nothing (another request with it is refused); 1-128 of A-Z a-z 0-9 ._:/@+=-. "
+            "Without it, this run's own key lets it send the request again when the server does not answer"
+        ),
+    )
     add_wait_options(run_parser)
     run_parser.set_defaults(handler=run, prepare=queue_request)
 

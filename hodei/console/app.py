@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,15 @@ from hodei.domain.cron import CRON_LABEL
 from hodei.domain.job import JobState
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
-from hodei.errors import HodeiError, InvalidInput, NotFound, PermissionDenied, StoreUnavailable, Unauthenticated
+from hodei.errors import (
+    AlreadyExists,
+    HodeiError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
+)
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
 from hodei.roles import Caller
@@ -61,6 +70,8 @@ JOBS = "/hodei.jobs.JobExecutionService/"
 # The new-job form's fields, as it first shows them.
 NEW_JOB = {"command": "", "name": "", "provider": "", "image": "", "timeout": "3600", "env": "", "labels": ""}
 _NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+SUBMITTED_BEFORE = "This form ran a job already, with other values. Run it again to submit these as a new job."
 ARTIFACTS = "/hodei.jobs.ArtifactService/"
 CRON = "/hodei.jobs.CronService/"
 PAGE_SIZE = 50
@@ -71,8 +82,16 @@ _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
     (PermissionDenied, web.HTTPForbidden),
     (NotFound, web.HTTPNotFound),
     (InvalidInput, web.HTTPBadRequest),
+    (AlreadyExists, web.HTTPConflict),
     (StoreUnavailable, web.HTTPServiceUnavailable),
 ]
+
+
+def _new_job_form(typed: dict[str, str]) -> dict[str, str]:
+    """The New job form's values: what was typed over the defaults, and the key that the
+    form's posts share (a new one where it has none)."""
+    return {**NEW_JOB, **typed, "key": typed.get("key") or str(uuid.uuid4())}
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -275,8 +294,10 @@ class Console:
         )
 
     async def new_job(self, request: web.Request) -> web.Response:
-        """The form `job run` would take: command, name, provider, image, timeout, env, labels."""
-        return self._page(request, "new_job.html", await self._caller(request), form=NEW_JOB, error=None)
+        """The form `job run` would take: command, name, provider, image, timeout, env, labels;
+        and an idempotency key of its own, so that posting it twice (a double click, a
+        reload that posts again) submits one job."""
+        return self._page(request, "new_job.html", await self._caller(request), form=_new_job_form({}), error=None)
 
     async def submit(self, request: web.Request) -> web.Response:
         """`job run` from the form (the submit role); bad input shows the form again with the
@@ -296,10 +317,16 @@ class Console:
                 env=parse_env_lines(form.get("env", ""), "environment"),
                 labels=parse_labels([line for line in form.get("labels", "").splitlines() if line.strip()]),
             )
-            queued = await self._call(request, JOBS + "QueueJob", jobs_pb2.QueueJobRequest(spec=spec))
+            queued = await self._call(
+                request, JOBS + "QueueJob", jobs_pb2.QueueJobRequest(spec=spec, idempotency_key=form.get("key", ""))
+            )
         except InvalidInput as exc:
             who = await self._caller(request)
-            return self._page(request, "new_job.html", who, status=400, form={**NEW_JOB, **form}, error=exc.message)
+            return self._page(request, "new_job.html", who, status=400, form=_new_job_form(form), error=exc.message)
+        except AlreadyExists:
+            # The form came back (the browser's Back) and was changed: its key ran a job.
+            who, again = await self._caller(request), _new_job_form({**form, "key": ""})
+            return self._page(request, "new_job.html", who, status=409, form=again, error=SUBMITTED_BEFORE)
         raise web.HTTPSeeOther(f"/jobs/{queued.job_id}")
 
     async def job_rows(self, request: web.Request) -> web.Response:

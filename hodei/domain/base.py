@@ -52,6 +52,19 @@ def check_submitter_name(name: str, alternative: str = "") -> str:
     return name
 
 
+# What an idempotency key may hold: what AIP-155's UUIDs, Stripe's keys and names such as
+# `deploy/42@prod` need, nothing a terminal or a log line would show otherwise.
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:/@+=-]{1,128}")
+
+
+def check_idempotency_key(key: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidInput(
+            f"an idempotency key is 1 to 128 letters, digits and ._:/@+=- (a UUID, a deploy's name), got {key[:140]!r}"
+        )
+    return key
+
+
 def uuid_or_none(text: str) -> UUID | None:
     """``text`` as a UUID; None when it is not one (a label or an id from outside that no
     row of ours can match)."""

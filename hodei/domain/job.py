@@ -74,13 +74,19 @@ class Job(HodeiAggregate):
     id: UUID  # given by the caller (the library takes an `id` argument when annotated)
 
     @event("JobCreated")
-    def __init__(self, spec: dict[str, Any], sealed_secrets: dict[str, str], retry_of: str | None) -> None:
+    def __init__(
+        self, spec: dict[str, Any], sealed_secrets: dict[str, str], retry_of: str | None, request_digest: str | None
+    ) -> None:
         """``sealed_secrets``: each secret's value encrypted under the job's own key
         (kept outside the event log, see hodei.secrets): never a plain value.
-        ``retry_of``: the job this one was submitted again from."""
+        ``retry_of``: the job this one was submitted again from.
+        ``request_digest``: of a job submitted with an idempotency key, what the request
+        asked (its secrets' values left out), so that the key sent again with another
+        request is told apart from a repeat (``same_request``)."""
         self.spec = JobSpec.from_payload(spec)
         self.sealed_secrets = dict(sealed_secrets)
         self.retry_of = retry_of
+        self.request_digest = request_digest
         # Attempts begun because the command failed (not because a worker was lost).
         self.retries_used = 0
         self.retry_at: datetime | None = None
@@ -113,6 +119,7 @@ class Job(HodeiAggregate):
         job_id: UUID,
         sealed_secrets: dict[str, str] | None = None,
         retry_of: UUID | None = None,
+        request_digest: str | None = None,
     ) -> Job:
         sealed = sealed_secrets or {}
         spec.validate()
@@ -124,6 +131,7 @@ class Job(HodeiAggregate):
             spec=spec.to_payload(),
             sealed_secrets=sealed,
             retry_of=str(retry_of) if retry_of else None,
+            request_digest=request_digest,
         )
 
     @property
@@ -539,6 +547,12 @@ def _created_v2_to_v3(state: dict[str, Any]) -> None:
     state.setdefault("retry_of", None)
 
 
-Job.JobCreated.class_version = 3  # type: ignore[attr-defined]
+# Version 3 had no request_digest (no job was submitted with an idempotency key).
+def _created_v3_to_v4(state: dict[str, Any]) -> None:
+    state.setdefault("request_digest", None)
+
+
+Job.JobCreated.class_version = 4  # type: ignore[attr-defined]
 Job.JobCreated.upcast_v1_v2 = staticmethod(_created_v1_to_v2)  # type: ignore[attr-defined]
 Job.JobCreated.upcast_v2_v3 = staticmethod(_created_v2_to_v3)  # type: ignore[attr-defined]
+Job.JobCreated.upcast_v3_v4 = staticmethod(_created_v3_to_v4)  # type: ignore[attr-defined]

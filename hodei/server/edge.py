@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import grpc
 
 from hodei.errors import (
+    AlreadyExists,
     HodeiError,
     InvalidInput,
     InvalidTransition,
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (ProviderUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),

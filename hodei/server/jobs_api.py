@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -14,7 +15,7 @@ from uuid import UUID, uuid4
 import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
-from hodei.domain.base import check_submitter_name
+from hodei.domain.base import check_idempotency_key, check_submitter_name, derived_id
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
@@ -29,7 +30,8 @@ from hodei.domain.spec import (
     never_after,
     validate_array,
 )
-from hodei.errors import InvalidInput, NotFound, PermissionDenied
+from hodei.errors import AlreadyExists, ConcurrencyConflict, InvalidInput, NotFound, PermissionDenied
+from hodei.faults import Faults
 from hodei.pools import Pools
 from hodei.providers.registry import check_image_provider, provider_type_of
 from hodei.providers.sim import Simulation
@@ -80,6 +82,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         secrets: JobSecrets,
         pools: Pools,
         kill_grace: float,
+        faults: Faults,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -88,9 +91,14 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.pools = pools
         # A cancel's grace when it names none (HODEI_KILL_GRACE).
         self.kill_grace = kill_grace
+        self.faults = faults
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
+        who = caller().name
+        submission = Submission.of(request, who)
+        if (repeat := self._repeat(submission, request)) is not None:
+            return repeat
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
         naming_arrays(spec, request.after_arrays).validate(secrets)
@@ -100,10 +108,10 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
         if request.hold_reason and not request.hold:
             raise InvalidInput("a hold's reason is for a job submitted held (hold)")
-        hold_reason, who = _hold_reason(request.hold_reason), caller().name
+        hold_reason = _hold_reason(request.hold_reason)
         jobs = [
-            Job.submit(job_spec, job_id, self.secrets.seal(job_id, secrets))
-            for job_id, job_spec in _planned(spec, list(request.array))
+            Job.submit(job_spec, job_id, self.secrets.seal(job_id, secrets), request_digest=submission.digest)
+            for job_id, job_spec in _planned(spec, list(request.array), submission.ids)
         ]
         if request.hold:
             for job in jobs:
@@ -111,9 +119,40 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         # Every job of an array, or none: one write (each job's events correlated with the
         # job itself, as a job submitted alone).
         first = str(jobs[0].id)
-        self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
+        try:
+            self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
+        except ConcurrencyConflict:
+            # The same key, sent again before this try's write: the first write stands.
+            if (repeat := self._repeat(submission, request)) is None:
+                raise
+            return repeat
+        self.faults.point("submit-committed")
         array_job_ids = [str(job.id) for job in jobs] if request.array else []
         return jobs_pb2.QueueJobResponse(job_id=first, array_job_ids=array_job_ids)
+
+    def _repeat(self, submission: Submission, request: jobs_pb2.QueueJobRequest) -> jobs_pb2.QueueJobResponse | None:
+        """The answer to an idempotency key sent again: the jobs it submitted, when the
+        request is the one it submitted them with (None: the key is new, or none given).
+        Nothing of the request is checked again: it was when its jobs were submitted, and
+        what was true then (a job it starts after not yet ended) need not be now."""
+        first = self.store.find(Job, submission.ids[0]) if submission.key else None
+        if first is None:
+            return None
+        if first.request_digest != submission.digest or not self._same_secrets(first, request):
+            raise AlreadyExists(
+                f"idempotency key `{submission.key}` submitted job {first.id} with another request; "
+                "a key names one submission: give a new key for another"
+            )
+        array_job_ids = [str(job_id) for job_id in submission.ids] if request.array else []
+        return jobs_pb2.QueueJobResponse(job_id=str(first.id), array_job_ids=array_job_ids, already_submitted=True)
+
+    def _same_secrets(self, job: Job, request: jobs_pb2.QueueJobRequest) -> bool:
+        """The request's secret values are the job's (their names are in the digest); a
+        job whose secrets were purged has none left to tell apart."""
+        try:
+            return self.secrets.open_sealed(job.id, job.sealed_secrets, f"job {job.id}") == dict(request.secrets)
+        except SecretsPurged:
+            return True
 
     def _after(self, spec: JobSpec, after_arrays: Mapping[str, str] | None = None) -> JobSpec:
         """The spec with the jobs it starts after named by their whole ids, an array's
@@ -331,15 +370,44 @@ def may_act_on(who: Caller, submitted_by: str | None) -> bool:
     return who.may(Role.OPERATE) or (who.may(Role.SUBMIT) and submitted_by == who.name)
 
 
-def _planned(spec: JobSpec, indices: list[int]) -> list[tuple[UUID, JobSpec]]:
+def _planned(spec: JobSpec, indices: list[int], ids: list[UUID]) -> list[tuple[UUID, JobSpec]]:
     """The job submitted, or one an index of an array (whose id is its first job's)."""
     if not indices:
-        return [(uuid4(), spec)]
-    validate_array(indices)
-    ids = [uuid4() for _ in indices]
+        return [(ids[0], spec)]
     return [
         (job_id, array_element(spec, str(ids[0]), index, len(ids))) for index, job_id in zip(indices, ids, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A QueueJob request's ids, and with an idempotency key what tells a repeat of it.
+
+    With a key, the ids are derived from the submitter, the key and each job's place in
+    the request: a repeat derives the same ones, so the event log itself refuses a second
+    JobCreated of them (two racing repeats write one job), and the key is remembered for
+    as long as the log is, on every server, with nothing more stored than the digest."""
+
+    key: str
+    ids: list[UUID]
+    digest: str | None
+
+    @classmethod
+    def of(cls, request: jobs_pb2.QueueJobRequest, who: str) -> Submission:
+        if request.array:
+            validate_array(list(request.array))  # before an id is made for each
+        count = max(1, len(request.array))
+        key = request.idempotency_key
+        if not key:
+            return cls("", [uuid4() for _ in range(count)], None)
+        check_idempotency_key(key)
+        asked = jobs_pb2.QueueJobRequest()
+        asked.CopyFrom(request)
+        asked.idempotency_key = ""
+        for name in asked.secrets:
+            asked.secrets[name] = ""  # compared apart, opened: no digest of a secret is stored
+        digest = "sha256:" + hashlib.sha256(asked.SerializeToString(deterministic=True)).hexdigest()
+        return cls(key, [derived_id("submission", who, key, place) for place in range(count)], digest)
 
 
 def _hold_reason(reason: str) -> str:

@@ -218,6 +218,7 @@ async def _add_services(
                 runtime.secrets,
                 runtime.pools,
                 runtime.config.timing.kill_grace,
+                runtime.faults,
             ),
         ),
         (worker_pb2, "WorkerAgentService", workers),

@@ -63,24 +63,18 @@ class JobSecrets:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def seal(self, job_id: UUID, secrets: Mapping[str, str]) -> dict[str, str]:
-        """Makes and stores the job's key, and returns the sealed values. Written before
-        the job: a key whose job never got written is removed by ``purge_expired``."""
+    def seal(self, owner_id: UUID, secrets: Mapping[str, str]) -> dict[str, str]:
+        """The values sealed under the key of ``owner_id`` (a job, a cron job): the key it
+        has, or a new one stored before anything else is written. A key may be there
+        already: a cron job's redefinition keeps it (the definition it replaces may still
+        be the live one if this write loses a race), and a job whose id is derived (a cron
+        slot's, an idempotency key's) may be sealed by two racing writers, of which the
+        event log keeps one. A key whose job never got written is removed by
+        ``purge_expired``; deleting a cron job shreds its key (``purge``)."""
         if not secrets:
             return {}
-        key = AESGCM.generate_key(bit_length=256)
-        execute(self.pool, "insert_job_key", (job_id, key))
-        return seal_with(key, job_id, secrets)
-
-    def seal_for_cron_job(self, cron_id: UUID, secrets: Mapping[str, str]) -> dict[str, str]:
-        """A cron job's values, sealed under its own key: the one it has (a redefinition
-        keeps it: the definition it replaces may still be the live one if this write loses
-        a race), or a new one. Its jobs get keys of their own (``seal``); deleting the cron
-        job shreds its key (``purge``)."""
-        if not secrets:
-            return {}
-        key = fetch_value(self.pool, "keep_job_key", {"owner": cron_id, "key": AESGCM.generate_key(bit_length=256)})
-        return seal_with(bytes(key), cron_id, secrets)
+        key = fetch_value(self.pool, "keep_job_key", {"owner": owner_id, "key": AESGCM.generate_key(bit_length=256)})
+        return seal_with(bytes(key), owner_id, secrets)
 
     def open_sealed(self, owner_id: UUID, sealed: Mapping[str, str], owner: str) -> dict[str, str]:
         """Values sealed under the key of ``owner_id`` (a job, a cron job: ``owner``).

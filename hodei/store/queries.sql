@@ -723,11 +723,8 @@ SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
 
 -- Job secrets ---------------------------------------------------------------------
 
--- name: insert_job_key
-INSERT INTO hodei.job_keys (job_id, key) VALUES (%s, %s);
-
 -- name: keep_job_key
--- A cron job's key: the one it has (a redefinition seals its values under it), or this one.
+-- The key of a job or a cron job: the one it has (hodei.store.job_secrets.seal), or this one.
 WITH added AS (
     INSERT INTO hodei.job_keys (job_id, key) VALUES (%(owner)s, %(key)s) ON CONFLICT (job_id) DO NOTHING RETURNING key
 )
