@@ -174,7 +174,7 @@ def cancel(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
 
 
 def retry(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
-    return as_token(server, token, "RetryJob", jobs_pb2.GetJobRequest(job_id=job_id))
+    return as_token(server, token, "RetryJob", jobs_pb2.RetryJobRequest(job_id=job_id))
 
 
 def prioritize(server: ServerProcess, token: str, job_id: str, priority: int) -> grpc.StatusCode:

@@ -176,6 +176,22 @@ def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again
     assert query(url, "SELECT count(*) FROM jobs") == jobs
 
 
+def test_the_retry_button_pressed_twice_makes_one_copy(guarded: ServerProcess, tokens: dict[str, str]) -> None:
+    url = guarded.database_url
+    original = guarded.cli("--token", tokens["submit"], "job", "run", "-p", "sim", "-c", "true", "--wait", check=True)
+    job_id = original.stdout.split()[0]
+    submitter = browser(guarded, tokens["submit"])
+    (key,) = re.findall(r'name="key" value="([0-9a-f-]{36})"', submitter.get(f"{guarded.http_url}/jobs/{job_id}").text)
+    pressed = [
+        submitter.post(f"{guarded.http_url}/jobs/{job_id}/retry", data={"key": key}, allow_redirects=False)
+        for _ in range(2)
+    ]
+    assert [response.status_code for response in pressed] == [303, 303]
+    assert pressed[0].headers["Location"] == pressed[1].headers["Location"] != f"/jobs/{job_id}"
+    copies = query(url, "SELECT id::text FROM jobs WHERE retry_of = %s", (job_id,))
+    assert copies == [(pressed[0].headers["Location"].removeprefix("/jobs/"),)]
+
+
 def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
     guarded: ServerProcess, tokens: dict[str, str]
 ) -> None:

@@ -143,3 +143,22 @@ def test_a_run_whose_answer_was_lost_sends_it_again_and_submits_one_job(
         assert f"[hodei] the first try had submitted job {job_id}: nothing new submitted" in errors
     finally:
         crashing.stop()
+
+
+def test_a_retry_with_a_key_makes_one_copy(server: ServerProcess) -> None:
+    """`job retry` takes a key as `job run` does, from the same key space: the copy it made,
+    again; the key for another job, or one a `job run` used, refused."""
+    url = server.database_url
+    failed = server.cli("job", "run", "-p", "local", "-c", "exit 3", "--wait")
+    assert failed.returncode == 3, failed.stderr
+    job_id = failed.stdout.split()[0]
+    first = server.cli("job", "retry", job_id, "--idempotency-key", "retry-of-3", check=True)
+    again = server.cli("job", "retry", job_id[:8], "--idempotency-key", "retry-of-3", check=True)
+    assert first.stdout == again.stdout
+    assert f"idempotency key retry-of-3 submitted job {first.stdout.strip()} before" in again.stderr
+    assert query(url, "SELECT id::text FROM jobs WHERE retry_of = %s", (job_id,)) == [(first.stdout.strip(),)]
+    other = server.cli("job", "run", "-p", "local", "-c", "exit 4", "--wait")
+    for args in (("job", "retry", other.stdout.split()[0]), ("job", "run", "-p", "local", "-c", "exit 3")):
+        refused = server.cli(*args, "--idempotency-key", "retry-of-3")
+        assert refused.returncode == 2 and "with another request" in refused.stderr, refused.stderr
+    assert query(url, "SELECT count(*) FROM jobs WHERE retry_of IS NOT NULL") == [(1,)]

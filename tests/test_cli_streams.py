@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import grpc
 import pytest
 
 from hodei._proto import jobs_pb2
-from hodei.cli.jobs import StoppedWaiting, queue, reconnecting
+from hodei.cli.jobs import StoppedWaiting, reconnecting, submit
 from hodei.cli.terminal import Terminal
 
 
@@ -80,9 +79,8 @@ class _Client:
     def __init__(self, *errors: grpc.RpcError) -> None:
         self.errors = list(errors)
         self.sent: list[jobs_pb2.QueueJobRequest] = []
-        self.jobs = SimpleNamespace(QueueJob="the stub's method, which call() is given")
 
-    def call(self, method: object, request: jobs_pb2.QueueJobRequest) -> jobs_pb2.QueueJobResponse:
+    def call(self, method: str, request: jobs_pb2.QueueJobRequest) -> jobs_pb2.QueueJobResponse:
         self.sent.append(request)
         if self.errors:
             raise self.errors.pop(0)
@@ -92,7 +90,7 @@ class _Client:
 def test_a_submission_without_an_answer_is_sent_again_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
     client = _Client(_Unavailable(), _Unavailable())
     request = jobs_pb2.QueueJobRequest(idempotency_key="k-1")
-    answer = queue(client, Terminal("text"), request, given=False)  # type: ignore[arg-type]
+    answer = submit(client, Terminal("text"), "QueueJob", request, given=False)  # type: ignore[arg-type]
     assert answer.job_id == "j-1" and len(client.sent) == 3
     assert {sent.idempotency_key for sent in client.sent} == {"k-1"}
     said = capsys.readouterr().err
@@ -103,8 +101,9 @@ def test_a_submission_without_an_answer_is_sent_again_with_its_key(capsys: pytes
 
 def test_a_submission_given_up_on_names_the_key_that_finds_out() -> None:
     client = _Client(*[_Unavailable() for _ in range(1000)])
+    request = jobs_pb2.QueueJobRequest(idempotency_key="k-2")
     with pytest.raises(StoppedWaiting) as stopped:
-        queue(client, Terminal("text"), jobs_pb2.QueueJobRequest(idempotency_key="k-2"), given=False, patience=0.5)  # type: ignore[arg-type]
+        submit(client, Terminal("text"), "QueueJob", request, given=False, patience=0.5)  # type: ignore[arg-type]
     assert stopped.value.code == 1 and len(client.sent) >= 2
     assert "it may have been submitted: the same command with --idempotency-key k-2 submits it only if it was not" in (
         stopped.value.message
@@ -118,5 +117,5 @@ def test_a_refused_submission_is_not_sent_again() -> None:
 
     client = _Client(Refused())
     with pytest.raises(Refused):
-        queue(client, Terminal("text"), jobs_pb2.QueueJobRequest(idempotency_key="k-3"), given=True)  # type: ignore[arg-type]
+        submit(client, Terminal("text"), "RetryJob", jobs_pb2.RetryJobRequest(idempotency_key="k-3"), given=True)  # type: ignore[arg-type]
     assert len(client.sent) == 1

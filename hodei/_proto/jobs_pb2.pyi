@@ -176,6 +176,33 @@ class GetJobRequest(_message.Message):
 Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 
 @_typing.final
+class RetryJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The finished job (an id or a unique prefix); on the wire, a GetJobRequest as before."""
+    idempotency_key: _builtins.str
+    """As QueueJobRequest's: the same key sent again by the same submitter for the same job
+    answers the copy it made (already_submitted); for another job, or a key a `job run`
+    used, it is refused (ALREADY_EXISTS). Empty: none.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryJobRequest: _TypeAlias = RetryJobRequest  # noqa: Y015
+
+@_typing.final
 class GetJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

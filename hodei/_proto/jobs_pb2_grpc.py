@@ -67,7 +67,7 @@ class JobExecutionServiceStub:
                 _registered_method=True)
         self.RetryJob = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/RetryJob',
-                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
                 _registered_method=True)
         self.HoldJob = channel.unary_unary(
@@ -217,7 +217,7 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
-                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.SerializeToString,
             ),
             'HoldJob': grpc.unary_unary_rpc_method_handler(
@@ -433,7 +433,7 @@ class JobExecutionService:
             request,
             target,
             '/hodei.jobs.JobExecutionService/RetryJob',
-            hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
             options,
             channel_credentials,

@@ -40,7 +40,7 @@ class JobExecutionServiceStub:
     """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
-    RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.QueueJobResponse]
+    RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.QueueJobResponse]
     """Submits a finished job's spec (and secrets) again as a new job linked to it."""
     HoldJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.HoldJobRequest, _jobs_pb2.GetJobResponse]
     """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
@@ -68,7 +68,7 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
-    RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
+    RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
     """Submits a finished job's spec (and secrets) again as a new job linked to it."""
     HoldJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.HoldJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
@@ -133,7 +133,7 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RetryJob(
         self,
-        request: _jobs_pb2.GetJobRequest,
+        request: _jobs_pb2.RetryJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.QueueJobResponse, _abc.Awaitable[_jobs_pb2.QueueJobResponse]]:
         """Submits a finished job's spec (and secrets) again as a new job linked to it."""

@@ -25,6 +25,7 @@ from hodei.cli.parsing import (
     begin,
     count,
     duration,
+    idempotency_key,
     moment,
     parse_after,
     parse_args,
@@ -40,7 +41,6 @@ from hodei.cli.parsing import (
     whole,
 )
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
-from hodei.domain.base import check_idempotency_key
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import JobState, hold_text
 from hodei.domain.phases import latest_usage, processes_stopping
@@ -241,7 +241,7 @@ def queue_request(args: argparse.Namespace) -> None:
         hold=args.hold,
         hold_reason=args.hold_reason or "",
         # Without one, a key of this run's own: sending the request again is then safe.
-        idempotency_key=check_idempotency_key(args.idempotency_key) if args.idempotency_key else str(uuid4()),
+        idempotency_key=args.idempotency_key or str(uuid4()),
     )
 
 
@@ -249,16 +249,21 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     for after in (args.request.spec.after, args.request.after_arrays):
         if LATEST in after:  # the newest job now, before this one is submitted
             after[latest_job(client)] = after.pop(LATEST)
-    queued = queue(client, term, args.request, given=bool(args.idempotency_key))
+    queued = submit(client, term, client.jobs.QueueJob, args.request, given=bool(args.idempotency_key))
     if queued.array_job_ids:
         return _run_array(client, term, args, queued.job_id, list(queued.array_job_ids))
     return submitted(client, term, args, queued.job_id)
 
 
-def queue(
-    client: Client, term: Terminal, request: jobs_pb2.QueueJobRequest, given: bool, patience: float = RECONNECT_FOR
+def submit(
+    client: Client,
+    term: Terminal,
+    method: Any,
+    request: jobs_pb2.QueueJobRequest | jobs_pb2.RetryJobRequest,
+    given: bool,
+    patience: float = RECONNECT_FOR,
 ) -> jobs_pb2.QueueJobResponse:
-    """QueueJob, sent again while the server restarts, PostgreSQL is away (UNAVAILABLE) or
+    """QueueJob or RetryJob, sent again while the server restarts, PostgreSQL is away (UNAVAILABLE) or
     no answer comes in time: the request's idempotency key makes a resent one submit
     nothing more when the first was submitted after all (its answer lost). Gives up after
     ``patience`` seconds, naming the key that finds out whether it was (``given``: the
@@ -280,7 +285,7 @@ def queue(
             reraise=True,
         ):
             with attempt:
-                queued: jobs_pb2.QueueJobResponse = client.call(client.jobs.QueueJob, request)
+                queued: jobs_pb2.QueueJobResponse = client.call(method, request)
     except grpc.RpcError as exc:
         if not _unanswered(exc):
             raise
@@ -323,6 +328,19 @@ def submitted(client: Client, term: Terminal, args: argparse.Namespace, job_id: 
         with _queue_note(client, term, job_id):
             return wait(client, term, job_id)
     return 0
+
+
+def add_idempotency_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        type=idempotency_key,
+        help=(
+            "names this submission for good: the same command again with the same key prints the job it "
+            "submitted and submits nothing (another request with it is refused); 1-128 of A-Z a-z 0-9 ._:/@+=-. "
+            "Without it, this run's own key lets it send the request again when the server does not answer"
+        ),
+    )
 
 
 def add_wait_options(parser: argparse.ArgumentParser) -> None:
@@ -382,7 +400,8 @@ def _queue_note(client: Client, term: Terminal, job_id: str) -> Iterator[None]:
 
 
 def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    job_id = client.call(client.jobs.RetryJob, jobs_pb2.GetJobRequest(job_id=args.job_id)).job_id
+    request = jobs_pb2.RetryJobRequest(job_id=args.job_id, idempotency_key=args.idempotency_key or str(uuid4()))
+    job_id = submit(client, term, client.jobs.RetryJob, request, given=bool(args.idempotency_key)).job_id
     if term.json and not args.wait:
         term.data({"job_id": job_id, "retry_of": args.job_id})
         return 0
@@ -865,6 +884,7 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         )
     if name == "retry":
         parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
+        add_idempotency_key(parser)
     if name == "history":
         parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
         parser.add_argument("--version", type=count, metavar="N", help="the job after its N-th event")
@@ -1034,15 +1054,7 @@ def add_commands(commands: Any) -> Any:
         help="submit it held: it waits in the queue out of line until `job release` (an array: every job)",
     )
     run_parser.add_argument("--hold-reason", metavar="TEXT", help="why, with --hold: shown with it in the queue")
-    run_parser.add_argument(
-        "--idempotency-key",
-        metavar="KEY",
-        help=(
-            "names this submission for good: the same command again with the same key prints the job it "
-            "submitted and submits nothing (another request with it is refused); 1-128 of A-Z a-z 0-9 ._:/@+=-. "
-            "Without it, this run's own key lets it send the request again when the server does not answer"
-        ),
-    )
+    add_idempotency_key(run_parser)
     add_wait_options(run_parser)
     run_parser.set_defaults(handler=run, prepare=queue_request)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hodei.domain.base import check_idempotency_key
 from hodei.domain.spec import AFTER_CONDITIONS, LIMITS
 from hodei.errors import InvalidInput
 
@@ -251,6 +252,14 @@ def since(value: str) -> datetime:
     """``--since`` (``since_moment``)."""
     try:
         return since_moment(value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def idempotency_key(value: str) -> str:
+    """``--idempotency-key`` (``check_idempotency_key``)."""
+    try:
+        return check_idempotency_key(value)
     except InvalidInput as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
 

@@ -370,6 +370,8 @@ class Console:
             ],
             lines=_log_lines(logs.entries),
             artifacts=[message_dict(artifact) for artifact in artifacts],
+            # The Retry button's: pressed twice, or its page reloaded and posted again, one copy.
+            retry_key=str(uuid.uuid4()),
         )
 
     async def artifact(self, request: web.Request) -> web.StreamResponse:
@@ -453,7 +455,9 @@ class Console:
 
     async def retry(self, request: web.Request) -> web.Response:
         self._check_origin(request)
-        queued = await self._call(request, JOBS + "RetryJob", jobs_pb2.GetJobRequest(job_id=request.match_info["id"]))
+        key = str((await request.post()).get("key", ""))
+        retry = jobs_pb2.RetryJobRequest(job_id=request.match_info["id"], idempotency_key=key)
+        queued = await self._call(request, JOBS + "RetryJob", retry)
         raise web.HTTPSeeOther(f"/jobs/{queued.job_id}")
 
     async def set_pool(self, request: web.Request) -> web.Response:

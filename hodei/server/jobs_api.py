@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import grpc
+from google.protobuf.message import Message
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.base import check_idempotency_key, check_submitter_name, derived_id
@@ -97,9 +98,9 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
         who = caller().name
         submission = Submission.of(request, who)
-        if (repeat := self._repeat(submission, request)) is not None:
-            return repeat
         secrets = dict(request.secrets)
+        if (repeat := self._repeat(submission, secrets, bool(request.array))) is not None:
+            return repeat
         spec = spec_from_proto(request.spec, secrets)
         naming_arrays(spec, request.after_arrays).validate(secrets)
         refuse_unrunnable(spec, self.pools)
@@ -123,34 +124,39 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
         except ConcurrencyConflict:
             # The same key, sent again before this try's write: the first write stands.
-            if (repeat := self._repeat(submission, request)) is None:
+            if (repeat := self._repeat(submission, secrets, bool(request.array))) is None:
                 raise
             return repeat
         self.faults.point("submit-committed")
         array_job_ids = [str(job.id) for job in jobs] if request.array else []
         return jobs_pb2.QueueJobResponse(job_id=first, array_job_ids=array_job_ids)
 
-    def _repeat(self, submission: Submission, request: jobs_pb2.QueueJobRequest) -> jobs_pb2.QueueJobResponse | None:
+    def _repeat(
+        self, submission: Submission, secrets: Mapping[str, str] | None, array: bool
+    ) -> jobs_pb2.QueueJobResponse | None:
         """The answer to an idempotency key sent again: the jobs it submitted, when the
         request is the one it submitted them with (None: the key is new, or none given).
         Nothing of the request is checked again: it was when its jobs were submitted, and
-        what was true then (a job it starts after not yet ended) need not be now."""
+        what was true then (a job it starts after not yet ended) need not be now.
+        ``secrets``: the request's values, compared apart (None: it carries none)."""
         first = self.store.find(Job, submission.ids[0]) if submission.key else None
         if first is None:
             return None
-        if first.request_digest != submission.digest or not self._same_secrets(first, request):
+        if first.request_digest != submission.digest or (
+            secrets is not None and not self._same_secrets(first, secrets)
+        ):
             raise AlreadyExists(
                 f"idempotency key `{submission.key}` submitted job {first.id} with another request; "
                 "a key names one submission: give a new key for another"
             )
-        array_job_ids = [str(job_id) for job_id in submission.ids] if request.array else []
+        array_job_ids = [str(job_id) for job_id in submission.ids] if array else []
         return jobs_pb2.QueueJobResponse(job_id=str(first.id), array_job_ids=array_job_ids, already_submitted=True)
 
-    def _same_secrets(self, job: Job, request: jobs_pb2.QueueJobRequest) -> bool:
+    def _same_secrets(self, job: Job, secrets: Mapping[str, str]) -> bool:
         """The request's secret values are the job's (their names are in the digest); a
         job whose secrets were purged has none left to tell apart."""
         try:
-            return self.secrets.open_sealed(job.id, job.sealed_secrets, f"job {job.id}") == dict(request.secrets)
+            return self.secrets.open_sealed(job.id, job.sealed_secrets, f"job {job.id}") == secrets
         except SecretsPurged:
             return True
 
@@ -305,10 +311,15 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         return job_to_proto(self.reads.job(str(row.id)))
 
     @rpc
-    def RetryJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
+    def RetryJob(self, request: jobs_pb2.RetryJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
         row = self.reads.job(request.job_id)
         who = caller()
         _check_owner(who, row, "retry")
+        # What a retry asks is a copy of that job: its key's repeat names the same one.
+        asked = jobs_pb2.RetryJobRequest(job_id=str(row.id))
+        submission = Submission.keyed(request.idempotency_key, who.name, 1, asked)
+        if (repeat := self._repeat(submission, None, array=False)) is not None:
+            return repeat
         if not JobState(row.state).is_terminal:
             raise InvalidInput(f"job {row.id} is {row.state}: only a finished job is retried (cancel it first)")
         try:
@@ -319,9 +330,16 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             ) from None
         spec = self._after(JobSpec.from_payload(row.spec))
         self.pools.check(spec.pool)  # it may have been deleted since
-        job_id = uuid4()
-        job = Job.submit(spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id)
-        self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
+        job_id = submission.ids[0]
+        job = Job.submit(
+            spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id, request_digest=submission.digest
+        )
+        try:
+            self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
+        except ConcurrencyConflict:
+            if (repeat := self._repeat(submission, None, array=False)) is None:
+                raise
+            return repeat
         return jobs_pb2.QueueJobResponse(job_id=str(job_id))
 
     @rpc
@@ -396,16 +414,20 @@ class Submission:
     def of(cls, request: jobs_pb2.QueueJobRequest, who: str) -> Submission:
         if request.array:
             validate_array(list(request.array))  # before an id is made for each
-        count = max(1, len(request.array))
-        key = request.idempotency_key
-        if not key:
-            return cls("", [uuid4() for _ in range(count)], None)
-        check_idempotency_key(key)
         asked = jobs_pb2.QueueJobRequest()
         asked.CopyFrom(request)
         asked.idempotency_key = ""
         for name in asked.secrets:
             asked.secrets[name] = ""  # compared apart, opened: no digest of a secret is stored
+        return cls.keyed(request.idempotency_key, who, max(1, len(request.array)), asked)
+
+    @classmethod
+    def keyed(cls, key: str, who: str, count: int, asked: Message) -> Submission:
+        """``count`` jobs' ids; with a key, derived, and the digest of ``asked``: what the
+        request asks, its key and its secrets' values left out."""
+        if not key:
+            return cls("", [uuid4() for _ in range(count)], None)
+        check_idempotency_key(key)
         digest = "sha256:" + hashlib.sha256(asked.SerializeToString(deterministic=True)).hexdigest()
         return cls(key, [derived_id("submission", who, key, place) for place in range(count)], digest)
 
