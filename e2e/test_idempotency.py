@@ -162,3 +162,21 @@ def test_a_retry_with_a_key_makes_one_copy(server: ServerProcess) -> None:
         refused = server.cli(*args, "--idempotency-key", "retry-of-3")
         assert refused.returncode == 2 and "with another request" in refused.stderr, refused.stderr
     assert query(url, "SELECT count(*) FROM jobs WHERE retry_of IS NOT NULL") == [(1,)]
+
+
+def test_a_cron_run_with_a_key_starts_one_job(server: ServerProcess) -> None:
+    url = server.database_url
+    create = ("cron", "create", "keyed", "--schedule", "@daily", "-p", "local", "-c", "echo $WHO")
+    server.cli(*create, check=True)
+    run = ("cron", "run", "keyed", "-e", "WHO=first", "--idempotency-key", "manual-1")
+    first, again = server.cli(*run, check=True), server.cli(*run, check=True)
+    assert first.stdout == again.stdout
+    assert f"idempotency key manual-1 submitted job {first.stdout.strip()} before" in again.stderr
+    for args in (
+        ("cron", "run", "keyed", "-e", "WHO=second"),
+        ("job", "run", "-p", "local", "-c", "echo $WHO"),
+    ):
+        refused = server.cli(*args, "--idempotency-key", "manual-1")
+        assert refused.returncode == 2 and "with another request" in refused.stderr, refused.stderr
+    assert query(url, "SELECT id::text FROM jobs WHERE spec->>'command' = 'echo $WHO'") == [(first.stdout.strip(),)]
+    server.cli("cron", "delete", "keyed", check=True)

@@ -154,13 +154,17 @@ class CronJobs:
         actor: str,
         env: Mapping[str, str] | None = None,
         check: Callable[[JobSpec], None] | None = None,
+        job_id: UUID | None = None,
+        request_digest: str | None = None,
     ) -> UUID:
         """A job of the cron job now, whatever its schedule and policy (``cron run``);
         ``env``: its variables over the spec's (Nomad's dispatch of a parameterized job),
-        which the definition's checks never saw: ``check`` (the API's) sees the spec first."""
+        which the definition's checks never saw: ``check`` (the API's) sees the spec first.
+        ``job_id`` and ``request_digest``: an idempotency key's (hodei.server.submission)."""
         cron = self.get(name)
-        job_id = uuid4()
-        self._submit(cron, job_id, self.clock(), Meta(actor=actor, correlation_id=str(job_id)), env, check)
+        job_id = job_id or uuid4()
+        meta = Meta(actor=actor, correlation_id=str(job_id))
+        self._submit(cron, job_id, self.clock(), meta, env, check, request_digest)
         return job_id
 
     def fire_due(self) -> list[UUID]:
@@ -253,6 +257,7 @@ class CronJobs:
         meta: Meta,
         env: Mapping[str, str] | None = None,
         check: Callable[[JobSpec], None] | None = None,
+        request_digest: str | None = None,
     ) -> None:
         """The job, in the name of ``meta``'s actor (a slot's: the cron job's owner, who may
         cancel it); its secrets sealed again under a key of its own."""
@@ -261,5 +266,5 @@ class CronJobs:
         spec.validate(plain)
         if check is not None:
             check(spec)
-        job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain))
+        job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain), request_digest=request_digest)
         self.store.write([job], meta)

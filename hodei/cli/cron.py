@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+from uuid import uuid4
 
 from hodei._proto import cron_pb2
 from hodei.cli.client import Client
-from hodei.cli.jobs import add_spec_options, add_wait_options, job_spec, submitted
+from hodei.cli.jobs import add_idempotency_key, add_spec_options, add_wait_options, job_spec, submit, submitted
 from hodei.cli.parsing import duration, parse_env
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.base import check_name
@@ -94,8 +95,10 @@ def change(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []))
-    return submitted(client, term, args, client.call(client.cron.RunCronJob, request).job_id)
+    key = args.idempotency_key or str(uuid4())
+    request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []), idempotency_key=key)
+    ran = submit(client, term, client.cron.RunCronJob, request, given=bool(args.idempotency_key))
+    return submitted(client, term, args, ran.job_id)
 
 
 def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
@@ -188,4 +191,5 @@ def add_commands(commands: Any) -> None:
                 action="append",
                 help="KEY=VALUE[,KEY2=VALUE2] over the spec's, for this job only (Nomad's dispatch); repeatable",
             )
+            add_idempotency_key(parser)
             add_wait_options(parser)

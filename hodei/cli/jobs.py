@@ -18,7 +18,7 @@ import grpc
 from rich.live import Live
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from hodei._proto import common_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
+from hodei._proto import common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
     ArrayOption,
@@ -259,15 +259,16 @@ def submit(
     client: Client,
     term: Terminal,
     method: Any,
-    request: jobs_pb2.QueueJobRequest | jobs_pb2.RetryJobRequest,
+    request: jobs_pb2.QueueJobRequest | jobs_pb2.RetryJobRequest | cron_pb2.RunCronJobRequest,
     given: bool,
     patience: float = RECONNECT_FOR,
-) -> jobs_pb2.QueueJobResponse:
-    """QueueJob or RetryJob, sent again while the server restarts, PostgreSQL is away (UNAVAILABLE) or
-    no answer comes in time: the request's idempotency key makes a resent one submit
-    nothing more when the first was submitted after all (its answer lost). Gives up after
-    ``patience`` seconds, naming the key that finds out whether it was (``given``: the
-    user's own key, else one made for this run)."""
+) -> Any:
+    """QueueJob, RetryJob or RunCronJob (each answers ``job_id`` and ``already_submitted``),
+    sent again while the server restarts, PostgreSQL is away (UNAVAILABLE) or no answer
+    comes in time: the request's idempotency key makes a resent one submit nothing more
+    when the first was submitted after all (its answer lost). Gives up after ``patience``
+    seconds, naming the key that finds out whether it was (``given``: the user's own key,
+    else one made for this run)."""
     key = request.idempotency_key
 
     def note(state: RetryCallState) -> None:
@@ -285,7 +286,7 @@ def submit(
             reraise=True,
         ):
             with attempt:
-                queued: jobs_pb2.QueueJobResponse = client.call(method, request)
+                queued = client.call(method, request)
     except grpc.RpcError as exc:
         if not _unanswered(exc):
             raise

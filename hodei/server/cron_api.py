@@ -10,13 +10,14 @@ import grpc
 from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
-from hodei.errors import InvalidInput, PermissionDenied
+from hodei.errors import ConcurrencyConflict, InvalidInput, PermissionDenied
 from hodei.pools import Pools
 from hodei.roles import Caller
 from hodei.server.access import caller
 from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.server.jobs_api import may_act_on, refuse_unrunnable
+from hodei.server.submission import Submission, earlier
 from hodei.wire import spec_from_proto, spec_to_proto
 
 # The next times a cron job shows.
@@ -85,10 +86,29 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
     ) -> cron_pb2.RunCronJobResponse:
         who = caller()
         self._check_owner(who, request.name, "run")
-        job_id = self.cron_jobs.run_now(
-            request.name, who.name, dict(request.env), lambda spec: refuse_unrunnable(spec, self.pools)
-        )
+        asked = cron_pb2.RunCronJobRequest(name=request.name, env=request.env)
+        submission = Submission.keyed(request.idempotency_key, who.name, 1, asked)
+        if (repeat := self._repeat(submission)) is not None:
+            return repeat
+        try:
+            job_id = self.cron_jobs.run_now(
+                request.name,
+                who.name,
+                dict(request.env),
+                lambda spec: refuse_unrunnable(spec, self.pools),
+                submission.ids[0],
+                submission.digest,
+            )
+        except ConcurrencyConflict:
+            # The same key, sent again before this try's write: the first write stands.
+            if (repeat := self._repeat(submission)) is None:
+                raise
+            return repeat
         return cron_pb2.RunCronJobResponse(job_id=str(job_id))
+
+    def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
+        first = earlier(self.cron_jobs.store, self.cron_jobs.secrets, submission, None)
+        return None if first is None else cron_pb2.RunCronJobResponse(job_id=str(first.id), already_submitted=True)
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:
         who = caller()

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import grpc
-from google.protobuf.message import Message
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
-from hodei.domain.base import check_idempotency_key, check_submitter_name, derived_id
+from hodei.domain.base import check_submitter_name
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
@@ -29,9 +27,8 @@ from hodei.domain.spec import (
     check_priority,
     naming_arrays,
     never_after,
-    validate_array,
 )
-from hodei.errors import AlreadyExists, ConcurrencyConflict, InvalidInput, NotFound, PermissionDenied
+from hodei.errors import ConcurrencyConflict, InvalidInput, NotFound, PermissionDenied
 from hodei.faults import Faults
 from hodei.pools import Pools
 from hodei.providers.registry import check_image_provider, provider_type_of
@@ -40,6 +37,7 @@ from hodei.roles import Caller, Role
 from hodei.server.access import caller
 from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import rpc
+from hodei.server.submission import Submission, earlier
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import fetch_all, fetch_column
@@ -134,31 +132,11 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def _repeat(
         self, submission: Submission, secrets: Mapping[str, str] | None, array: bool
     ) -> jobs_pb2.QueueJobResponse | None:
-        """The answer to an idempotency key sent again: the jobs it submitted, when the
-        request is the one it submitted them with (None: the key is new, or none given).
-        Nothing of the request is checked again: it was when its jobs were submitted, and
-        what was true then (a job it starts after not yet ended) need not be now.
-        ``secrets``: the request's values, compared apart (None: it carries none)."""
-        first = self.store.find(Job, submission.ids[0]) if submission.key else None
+        first = earlier(self.store, self.secrets, submission, secrets)
         if first is None:
             return None
-        if first.request_digest != submission.digest or (
-            secrets is not None and not self._same_secrets(first, secrets)
-        ):
-            raise AlreadyExists(
-                f"idempotency key `{submission.key}` submitted job {first.id} with another request; "
-                "a key names one submission: give a new key for another"
-            )
         array_job_ids = [str(job_id) for job_id in submission.ids] if array else []
         return jobs_pb2.QueueJobResponse(job_id=str(first.id), array_job_ids=array_job_ids, already_submitted=True)
-
-    def _same_secrets(self, job: Job, secrets: Mapping[str, str]) -> bool:
-        """The request's secret values are the job's (their names are in the digest); a
-        job whose secrets were purged has none left to tell apart."""
-        try:
-            return self.secrets.open_sealed(job.id, job.sealed_secrets, f"job {job.id}") == secrets
-        except SecretsPurged:
-            return True
 
     def _after(self, spec: JobSpec, after_arrays: Mapping[str, str] | None = None) -> JobSpec:
         """The spec with the jobs it starts after named by their whole ids, an array's
@@ -395,41 +373,6 @@ def _planned(spec: JobSpec, indices: list[int], ids: list[UUID]) -> list[tuple[U
     return [
         (job_id, array_element(spec, str(ids[0]), index, len(ids))) for index, job_id in zip(indices, ids, strict=True)
     ]
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A QueueJob request's ids, and with an idempotency key what tells a repeat of it.
-
-    With a key, the ids are derived from the submitter, the key and each job's place in
-    the request: a repeat derives the same ones, so the event log itself refuses a second
-    JobCreated of them (two racing repeats write one job), and the key is remembered for
-    as long as the log is, on every server, with nothing more stored than the digest."""
-
-    key: str
-    ids: list[UUID]
-    digest: str | None
-
-    @classmethod
-    def of(cls, request: jobs_pb2.QueueJobRequest, who: str) -> Submission:
-        if request.array:
-            validate_array(list(request.array))  # before an id is made for each
-        asked = jobs_pb2.QueueJobRequest()
-        asked.CopyFrom(request)
-        asked.idempotency_key = ""
-        for name in asked.secrets:
-            asked.secrets[name] = ""  # compared apart, opened: no digest of a secret is stored
-        return cls.keyed(request.idempotency_key, who, max(1, len(request.array)), asked)
-
-    @classmethod
-    def keyed(cls, key: str, who: str, count: int, asked: Message) -> Submission:
-        """``count`` jobs' ids; with a key, derived, and the digest of ``asked``: what the
-        request asks, its key and its secrets' values left out."""
-        if not key:
-            return cls("", [uuid4() for _ in range(count)], None)
-        check_idempotency_key(key)
-        digest = "sha256:" + hashlib.sha256(asked.SerializeToString(deterministic=True)).hexdigest()
-        return cls(key, [derived_id("submission", who, key, place) for place in range(count)], digest)
 
 
 def _hold_reason(reason: str) -> str:
