@@ -213,9 +213,14 @@ def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
     paused = owner.post(f"{guarded.http_url}/cron/console-nightly/pause", allow_redirects=False)
     assert paused.status_code == 303 and paused.headers["Location"] == "/cron"
     assert "PAUSED" in owner.get(f"{guarded.http_url}/cron").text
-    ran = owner.post(f"{guarded.http_url}/cron/console-nightly/run", allow_redirects=False)
+    (key,) = re.findall(r'name="key" value="([0-9a-f-]{36})"', row.group(1))
+    ran, again = (
+        owner.post(f"{guarded.http_url}/cron/console-nightly/run", data={"key": key}, allow_redirects=False)
+        for _ in range(2)
+    )
     job_id = ran.headers["Location"].removeprefix("/jobs/")
     assert ran.status_code == 303 and len(job_id) == 36
+    assert again.headers["Location"] == ran.headers["Location"]  # Run now pressed twice: one job
     wait_settled(guarded.database_url, job_id)
     job_page = owner.get(f"{guarded.http_url}/jobs/{job_id}").text
     assert "hodei.io/cron=console-nightly" in job_page

@@ -559,7 +559,13 @@ class Console:
         listed = await self._call(request, CRON + "ListCronJobs", cron_pb2.ListCronJobsRequest())
         who = await self._caller(request)
         shown = [
-            {**message_dict(cron), "label": f"{CRON_LABEL}={cron.name}", "may_act": may_act_on(who, cron.owner)}
+            {
+                **message_dict(cron),
+                "label": f"{CRON_LABEL}={cron.name}",
+                "may_act": may_act_on(who, cron.owner),
+                # Its Run now button's: pressed twice, one job.
+                "run_key": str(uuid.uuid4()),
+            }
             for cron in listed.cron_jobs
         ]
         return self._page(request, "cron.html", who, cron_jobs=shown)
@@ -570,7 +576,10 @@ class Console:
         action = request.match_info["action"]
         name = request.match_info["name"]
         if action == "run":
-            ran = await self._call(request, CRON + "RunCronJob", cron_pb2.RunCronJobRequest(name=name))
+            key = str((await request.post()).get("key", ""))
+            ran = await self._call(
+                request, CRON + "RunCronJob", cron_pb2.RunCronJobRequest(name=name, idempotency_key=key)
+            )
             raise web.HTTPSeeOther(f"/jobs/{ran.job_id}")
         method = "PauseCronJob" if action == "pause" else "ResumeCronJob"
         await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=name))
