@@ -93,9 +93,13 @@ def test_secret_values_are_compared_without_being_stored(server: ServerProcess) 
 
 def test_racing_repeats_write_one_job(server: ServerProcess) -> None:
     """Eight calls at once with one key: the event log refuses every JobCreated of its
-    derived id but the first, and each loser answers the winner's job."""
-    spec = common_pb2.JobSpec(name="race", command="echo race", timeout_seconds=60, provider="local")
-    request = jobs_pb2.QueueJobRequest(spec=spec, idempotency_key="race-1")
+    derived id but the first, and each loser answers the winner's job. With a secret, their
+    seals race for the job's key too: one that waited on the winner's insert reads it anew
+    (its statement's snapshot could not see it: an INTERNAL error before)."""
+    spec = common_pb2.JobSpec(
+        name="race", command="echo race", timeout_seconds=60, provider="local", secret_names=["TOKEN"]
+    )
+    request = jobs_pb2.QueueJobRequest(spec=spec, secrets={"TOKEN": "race-secret"}, idempotency_key="race-1")
     with server.channel() as channel, ThreadPoolExecutor(8) as pool:
         stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
         answers = list(pool.map(lambda _: stub.QueueJob(request, timeout=60), range(8)))

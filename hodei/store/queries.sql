@@ -724,7 +724,8 @@ SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
 -- Job secrets ---------------------------------------------------------------------
 
 -- name: keep_job_key
--- The key of a job or a cron job: the one it has (hodei.store.job_secrets.seal), or this one.
+-- The key of a job or a cron job: the one it has (hodei.store.job_secrets.seal), or this one;
+-- none when a racing insert committed while this one waited (job_key then reads it).
 WITH added AS (
     INSERT INTO hodei.job_keys (job_id, key) VALUES (%(owner)s, %(key)s) ON CONFLICT (job_id) DO NOTHING RETURNING key
 )
