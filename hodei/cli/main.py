@@ -51,6 +51,7 @@ EPILOG = f"""examples:
   hodei-jobs-cli job run -p local --script reduce.sh --after-array @latest  # once all of them succeeded
   hodei-jobs-cli job run -p local --script deploy.sh --after $JOB_ID --begin 2h  # not before, and only if it succeeded
   hodei-jobs-cli cron create nightly --schedule "0 3 * * *" --tz Europe/Madrid -p docker --script backup.sh
+  hodei-jobs-cli job run -p docker --script deploy.sh --idempotency-key "deploy-$GIT_SHA"  # run twice: one job
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
