@@ -844,3 +844,41 @@ def test_provider_list_says_why_a_provider_is_not_usable(server: ServerProcess) 
     finally:
         server.cli("provider", "enable", "local", check=True)
     assert server.cli("provider", "health", "local").returncode == 0
+
+
+def test_cancel_hold_and_release_take_a_selection_as_job_list_does(server: ServerProcess) -> None:
+    """`scancel -u alice -t PENDING`, `kubectl delete -l`: every job the flags match, read
+    whole before the first is changed; ids and a selection are not mixed."""
+
+    def submit(label: str, *args: str) -> str:
+        ran = server.cli("job", "run", "-p", "local", "-c", "sleep 60", "-l", f"pick={label}", *args, check=True)
+        return ran.stdout.strip()
+
+    picked, released, later = (
+        [submit("a", "--hold") for _ in range(3)],
+        submit("b", "--hold"),
+        submit("c", "--begin", "1h"),
+    )
+
+    def states() -> dict[str, str]:
+        return dict(query(server.database_url, "SELECT id::text, state FROM jobs WHERE spec->'labels' ? 'pick'"))
+
+    cancelled = server.cli("job", "cancel", "-l", "pick=a", "--reason", "picked", check=True)
+    assert sorted(re.findall(r"Job (\S+) CANCELLED", cancelled.stderr)) == sorted(picked), cancelled.stderr
+    assert states() == {**dict.fromkeys(picked, "CANCELLED"), released: "PENDING", later: "PENDING"}
+    shown = server.cli("-o", "json", "job", "release", "-l", "pick=b", "--state", "PENDING", check=True)
+    assert [json.loads(line)["id"] for line in shown.stdout.splitlines()] == [released]  # a selection: lines
+    held = server.cli("job", "hold", "-l", "pick=c", "--reason", "not yet", check=True)
+    assert held.stderr.strip() == f"Job {later} held by anonymous"
+
+    none = server.cli("job", "cancel", "-l", "pick=nothing")
+    assert (none.returncode, none.stderr) == (0, "no job matches the selection: nothing to change\n")
+    both = server.cli("job", "cancel", later, "-l", "pick=c")
+    assert both.returncode == 2 and "give job ids or a selection (--state, --label, --submitter, …), not both" in (
+        both.stderr
+    )
+    # The selection's jobs already ended are each said, and the others cancelled: exit 2.
+    again = server.cli("job", "cancel", "-l", "pick")
+    assert again.returncode == 2 and again.stderr.count("(FAILED_PRECONDITION)") == 3, again.stderr
+    assert f"Job {released} CANCELLED" in again.stderr and f"Job {later} CANCELLED" in again.stderr
+    assert server.cli("job", "cancel").stderr == "hodei-jobs-cli: error: give the job id: --id ID\n"

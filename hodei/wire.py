@@ -14,6 +14,8 @@ from hodei.domain.spec import JobSpec, canonical_time, name_for
 # GetQueueStatus lists at most this many queued jobs: `job get` and `job run --wait` look
 # for a job's place among them.
 MAX_QUEUE_LISTED = 1000
+# ListJobs answers at most this many jobs a call: a longer list is read page by page.
+MAX_JOBS_LISTED = 1000
 
 
 def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = ()) -> JobSpec:

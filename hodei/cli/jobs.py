@@ -57,7 +57,7 @@ from hodei.domain.spec import (
 )
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
-from hodei.wire import MAX_QUEUE_LISTED, spec_to_proto
+from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`, and two of our own.
@@ -649,7 +649,38 @@ def latest_job(client: Client) -> str:
     return str(listed[0].id)
 
 
-def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+def add_job_filters(parser: argparse._ActionsContainer) -> None:
+    """What `job list` selects jobs by, and `job cancel`, `hold` and `release` too."""
+    parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
+    parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
+    parser.add_argument("--name", help="only jobs whose name contains this text")
+    parser.add_argument(
+        "--label",
+        "-l",
+        action="append",
+        metavar="SELECTOR",
+        help="only jobs whose labels match: KEY=VALUE, KEY!=VALUE (or no such label), KEY (any value), !KEY; "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--since", type=since, metavar="WHEN", help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time"
+    )
+    whose = parser.add_mutually_exclusive_group()
+    whose.add_argument("--submitter", "-u", metavar="NAME", help="only jobs this token's name submitted (squeue -u)")
+    whose.add_argument("--mine", action="store_true", help="only jobs the caller's token submitted (squeue --me)")
+
+
+_FILTERS = ("state", "provider", "name", "label", "since", "submitter", "mine")
+
+
+def selects(args: argparse.Namespace) -> bool:
+    """Whether the command names its jobs by ``add_job_filters``' flags."""
+    return any(
+        getattr(args, name, None) for name in ("state", "provider", "name", "label", "since", "submitter", "mine")
+    )
+
+
+def list_request(args: argparse.Namespace, limit: int, offset: int) -> jobs_pb2.ListJobsRequest:
     status = (
         common_pb2.JobStatus.Value(f"JOB_STATUS_{args.state.upper()}")
         if args.state
@@ -657,8 +688,8 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     )
     LabelSelector.of(args.label or [])  # a malformed term is refused before the call
     request = jobs_pb2.ListJobsRequest(
-        limit=args.limit,
-        offset=args.offset,
+        limit=limit,
+        offset=offset,
         status=status,
         provider=args.provider or "",
         name=args.name or "",
@@ -668,7 +699,11 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     )
     if args.since:
         request.created_since.FromDatetime(args.since)
-    response = client.call(client.jobs.ListJobs, request)
+    return request
+
+
+def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    response = client.call(client.jobs.ListJobs, list_request(args, args.limit, args.offset))
     if term.json:
         term.data({"jobs": [job_dict(job) for job in response.jobs], "total_count": response.total_count})
         return 0
@@ -698,7 +733,23 @@ def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         cancelled: jobs_pb2.CancelJobResponse = client.call(client.jobs.CancelJob, request)
         return cancelled.job
 
-    return _each_job(term, [args.job_id, *args.more_ids], change, status_text)
+    return _each_job(term, _chosen(client, term, args), change, status_text, selects(args))
+
+
+def _chosen(client: Client, term: Terminal, args: argparse.Namespace) -> list[str]:
+    """The jobs a cancel, hold or release is about: the ids given, or every job the
+    selection's flags match (`scancel -u alice -t PENDING`, `kubectl delete -l`), read
+    whole before the first is changed (a change may take a job out of the selection)."""
+    if not selects(args):
+        return [args.job_id, *args.more_ids]
+    if args.job_id:
+        raise InvalidInput("give job ids or a selection (--state, --label, --submitter, …), not both")
+    chosen: list[str] = []
+    while page := client.call(client.jobs.ListJobs, list_request(args, MAX_JOBS_LISTED, len(chosen))).jobs:
+        chosen.extend(job.id for job in page)
+    if not chosen:
+        term.info("no job matches the selection: nothing to change")
+    return chosen
 
 
 def hold(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -707,7 +758,7 @@ def hold(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         held: jobs_pb2.GetJobResponse = client.call(client.jobs.HoldJob, request)
         return held.job
 
-    return _each_job(term, [args.job_id, *args.more_ids], change, lambda job: f"held by {job.held_by}")
+    return _each_job(term, _chosen(client, term, args), change, lambda job: f"held by {job.held_by}", selects(args))
 
 
 def release(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -715,7 +766,7 @@ def release(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         released: jobs_pb2.GetJobResponse = client.call(client.jobs.ReleaseJob, jobs_pb2.GetJobRequest(job_id=job_id))
         return released.job
 
-    return _each_job(term, [args.job_id, *args.more_ids], change, lambda _: "released: back in its line")
+    return _each_job(term, _chosen(client, term, args), change, lambda _: "released: back in its line", selects(args))
 
 
 def update(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -732,21 +783,24 @@ def _each_job(
     job_ids: list[str],
     change: Callable[[str], common_pb2.Job],
     done: Callable[[common_pb2.Job], str],
+    selected: bool = False,
 ) -> int:
     """Changes each job given, in turn (``scancel 1 2 3``, ``scontrol hold 1 2``); with
-    several, one that is refused (ended, unknown) is said and the others are changed all
-    the same (exit 2 at the end), and ``-o json`` prints one job a line."""
+    several, or a selection's (however many), one that is refused (ended, unknown) is said
+    and the others are changed all the same (exit 2 at the end), and ``-o json`` prints one
+    job a line."""
+    several = selected or len(job_ids) > 1
     refused = 0
     for job_id in job_ids:
         try:
             job = change(job_id)
         except grpc.RpcError as exc:
-            if len(job_ids) == 1 or exc.code() not in REFUSED:
+            if not several or exc.code() not in REFUSED:
                 raise
             term.error(f"{exc.details()} ({exc.code().name})")  # the server's words name the job
             refused += 1
             continue
-        if term.json and len(job_ids) > 1:
+        if term.json and several:
             term.line_data(job_dict(job))
         elif term.json:
             term.data(job_dict(job))
@@ -869,6 +923,8 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
     if name in ("hold", "release", "update"):
         parser.add_argument("more_ids", nargs="*", metavar="ID", help=f"more jobs to {name} the same way")
+    if name in ("cancel", "hold", "release"):
+        add_job_filters(parser.add_argument_group(f"or {name} every job that matches (as `job list` selects)"))
     if name == "update":
         parser.add_argument(
             "--priority",
@@ -1079,22 +1135,6 @@ def add_commands(commands: Any) -> Any:
     list_parser = job.add_parser("list", help="list jobs, newest first")
     list_parser.add_argument("--limit", type=count, default=20)
     list_parser.add_argument("--offset", type=whole, default=0)
-    list_parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
-    list_parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
-    list_parser.add_argument("--name", help="only jobs whose name contains this text")
-    list_parser.add_argument(
-        "--label",
-        "-l",
-        action="append",
-        metavar="SELECTOR",
-        help="only jobs whose labels match: KEY=VALUE, KEY!=VALUE (or no such label), KEY (any value), !KEY; "
-        "repeatable",
-    )
-    list_parser.add_argument(
-        "--since", type=since, metavar="WHEN", help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time"
-    )
-    whose = list_parser.add_mutually_exclusive_group()
-    whose.add_argument("--submitter", "-u", metavar="NAME", help="only jobs this token's name submitted (squeue -u)")
-    whose.add_argument("--mine", action="store_true", help="only jobs the caller's token submitted (squeue --me)")
+    add_job_filters(list_parser)
     list_parser.set_defaults(handler=list_jobs)
     return job

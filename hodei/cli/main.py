@@ -29,6 +29,7 @@ from hodei.cli.jobs import (
     LATEST,
     StoppedWaiting,
     latest_job,
+    selects,
 )
 from hodei.cli.shapes import SHAPES
 from hodei.cli.terminal import Terminal
@@ -43,6 +44,7 @@ EPILOG = f"""examples:
   hodei-jobs-cli job run --image python:3.12-slim --command "python -V" --follow   # in an image of its own
   hodei-jobs-cli job describe $JOB_ID        # phases, workers, sagas, steps, audit
   hodei-jobs-cli job list --state FAILED -o json
+  hodei-jobs-cli job cancel --state PENDING -l team=data   # every job the selection matches
   hodei-jobs-cli --server build-box job logs 3f2a9c1e   # any unique 8-character id prefix
   hodei-jobs-cli job logs @latest --tail 50 --follow    # the newest job's last lines, then live
   hodei-jobs-cli job logs $JOB_ID --attempt 2           # one attempt of a retried job
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     term = Terminal(args.output)
     if hasattr(args, "job_id_flag"):
         args.job_id = args.job_id_flag or args.job_id_positional
-        if not args.job_id:
+        if not args.job_id and not selects(args):
             term.abort("give the job id: --id ID", code=2)
     for name in ("timeout", "queue_timeout"):  # 0 would go out as unset: the default, or no limit
         seconds = getattr(args, name, None)

@@ -44,10 +44,9 @@ from hodei.store.db import fetch_all, fetch_column
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobFilters, JobRow, ReadModels
-from hodei.wire import spec_from_proto
+from hodei.wire import MAX_JOBS_LISTED, spec_from_proto
 
 DEFAULT_LIMIT = 20
-MAX_LIMIT = 1000
 # A backstop: a watcher is woken by the NOTIFY of every change of its job.
 WATCH_POLL = 5.0
 
@@ -218,7 +217,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
         if request.limit < 0 or request.offset < 0:
             raise InvalidInput("limit and offset must not be negative")
-        limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+        limit = min(request.limit or DEFAULT_LIMIT, MAX_JOBS_LISTED)
         state = JobState(_state_name(request.status)).value if request.status else None
         provider = provider_type_of(request.provider)  # k8s, an id...; unknown ones are refused
         if request.mine and request.submitter:
