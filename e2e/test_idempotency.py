@@ -6,6 +6,7 @@ again and submits one job."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_a_key_sent_again_answers_its_job_and_submits_nothing(server: ServerProc
     assert again.stdout == first.stdout
     job_id = first.stdout.strip()
     assert first.stderr == ""
+    shown = server.cli("-o", "json", *run, check=True)  # a script reads whether it made a job
+    assert json.loads(shown.stdout) == {"job_id": first.stdout.strip(), "already_submitted": True}
     assert again.stderr == (
         f"[hodei] idempotency key deploy/42@prod submitted job {job_id} before: nothing new submitted\n"
     )

@@ -98,7 +98,7 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     key = args.idempotency_key or str(uuid4())
     request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []), idempotency_key=key)
     ran = submit(client, term, client.cron.RunCronJob, request, given=bool(args.idempotency_key))
-    return submitted(client, term, args, ran.job_id)
+    return submitted(client, term, args, ran)
 
 
 def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:

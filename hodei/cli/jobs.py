@@ -251,8 +251,8 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
             after[latest_job(client)] = after.pop(LATEST)
     queued = submit(client, term, client.jobs.QueueJob, args.request, given=bool(args.idempotency_key))
     if queued.array_job_ids:
-        return _run_array(client, term, args, queued.job_id, list(queued.array_job_ids))
-    return submitted(client, term, args, queued.job_id)
+        return _run_array(client, term, args, queued)
+    return submitted(client, term, args, queued)
 
 
 def submit(
@@ -313,15 +313,17 @@ def _unanswered(exc: BaseException) -> bool:
     )
 
 
-def submitted(client: Client, term: Terminal, args: argparse.Namespace, job_id: str) -> int:
-    """What `job run` (and `cron run`) print of a job just submitted: its id, or with
-    --wait its changes of state, with --follow its output; the exit code."""
+def submitted(client: Client, term: Terminal, args: argparse.Namespace, queued: Any) -> int:
+    """What `job run` (and `cron run`) print of a job just submitted (``queued``: the
+    answer, its ``job_id`` and ``already_submitted``): its id, or with --wait its changes
+    of state, with --follow its output; the exit code."""
+    job_id = queued.job_id
     if args.follow:
         term.info(f"Job ID: {job_id}")
         with _queue_note(client, term, job_id):
             return follow(client, term, job_id, args.timestamps)
     if term.json and not args.wait:
-        term.data({"job_id": job_id})
+        term.data({"job_id": job_id, "already_submitted": queued.already_submitted})
         return 0
     if not term.json:
         term.value(job_id)
@@ -351,11 +353,19 @@ def add_wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timestamps", action="store_true", help=TIMESTAMPS_HELP)
 
 
-def _run_array(client: Client, term: Terminal, args: argparse.Namespace, array_id: str, job_ids: list[str]) -> int:
+def _run_array(client: Client, term: Terminal, args: argparse.Namespace, queued: jobs_pb2.QueueJobResponse) -> int:
     """Every job's id, one a line (the array's id is the first's); with --wait, each in
     turn, exiting with the highest exit code among them, as `sbatch --wait` does."""
+    array_id, job_ids = queued.job_id, list(queued.array_job_ids)
     if term.json and not args.wait:
-        term.data({"job_id": array_id, "array_id": array_id, "job_ids": job_ids})
+        term.data(
+            {
+                "job_id": array_id,
+                "array_id": array_id,
+                "job_ids": job_ids,
+                "already_submitted": queued.already_submitted,
+            }
+        )
         return 0
     if not term.json:
         for job_id in job_ids:
@@ -402,9 +412,10 @@ def _queue_note(client: Client, term: Terminal, job_id: str) -> Iterator[None]:
 
 def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = jobs_pb2.RetryJobRequest(job_id=args.job_id, idempotency_key=args.idempotency_key or str(uuid4()))
-    job_id = submit(client, term, client.jobs.RetryJob, request, given=bool(args.idempotency_key)).job_id
+    copied = submit(client, term, client.jobs.RetryJob, request, given=bool(args.idempotency_key))
+    job_id = copied.job_id
     if term.json and not args.wait:
-        term.data({"job_id": job_id, "retry_of": args.job_id})
+        term.data({"job_id": job_id, "retry_of": args.job_id, "already_submitted": copied.already_submitted})
         return 0
     term.value(job_id)
     return wait(client, term, job_id) if args.wait else 0

@@ -83,6 +83,7 @@ def _nullable(schema: Schema) -> Schema:
 
 
 _STRING: Schema = {"type": "string"}
+_BOOLEAN: Schema = {"type": "boolean"}
 # A job: no exit code is null (not 0), and has_exit_code is left out.
 JOB = message_schema(
     common_pb2.Job.DESCRIPTOR,
@@ -103,8 +104,11 @@ _CRON_JOB = message_schema(cron_pb2.CronJob.DESCRIPTOR, spec=message_schema(comm
 
 # Command -> (the shape, whether it prints one JSON document or one object per line).
 SHAPES: dict[str, tuple[Schema, bool]] = {
-    "job run": (_object(job_id=_STRING), False),
-    "job run --array": (_object(job_id=_STRING, array_id=_STRING, job_ids=_array(_STRING)), False),
+    "job run": (_object(job_id=_STRING, already_submitted=_BOOLEAN), False),
+    "job run --array": (
+        _object(job_id=_STRING, array_id=_STRING, job_ids=_array(_STRING), already_submitted=_BOOLEAN),
+        False,
+    ),
     "job run --wait": (EVENT_LINE, True),
     "job run --follow": (EVENT_LINE, True),
     "job get": (JOB, False),
@@ -115,7 +119,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "limit list": (_array(message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR)), False),
     "limit set|get|delete": (message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR), False),
     "job hold|release|update": (JOB, False),
-    "job retry": (_object(job_id=_STRING, retry_of=_STRING), False),
+    "job retry": (_object(job_id=_STRING, retry_of=_STRING, already_submitted=_BOOLEAN), False),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),
     "job artifacts": (message_schema(artifacts_pb2.ListArtifactsResponse.DESCRIPTOR), False),
@@ -163,7 +167,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "whoami": (message_schema(access_pb2.WhoAmIResponse.DESCRIPTOR), False),
     "cron create|get|pause|resume|delete": (_CRON_JOB, False),
     "cron list": (_object(cron_jobs=_array(_CRON_JOB)), False),
-    "cron run": (_object(job_id=_STRING), False),
+    "cron run": (_object(job_id=_STRING, already_submitted=_BOOLEAN), False),
     "cron run --wait": (EVENT_LINE, True),
     "cron run --follow": (EVENT_LINE, True),
 }
