@@ -89,21 +89,22 @@ class _Client:
 
 def test_a_submission_without_an_answer_is_sent_again_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
     client = _Client(_Unavailable(), _Unavailable())
-    request = jobs_pb2.QueueJobRequest(idempotency_key="k-1")
-    answer = submit(client, Terminal("text"), "QueueJob", request, given=False)  # type: ignore[arg-type]
+    request = jobs_pb2.QueueJobRequest()
+    answer = submit(client, Terminal("text"), "QueueJob", request, None)  # type: ignore[arg-type]
     assert answer.job_id == "j-1" and len(client.sent) == 3
-    assert {sent.idempotency_key for sent in client.sent} == {"k-1"}
+    (key,) = {sent.idempotency_key for sent in client.sent}  # one of its own, the same each time
+    assert len(key) == 36
     said = capsys.readouterr().err
     assert said.count("[hodei] no answer to the submission") == 1  # said once, not at each try
-    assert "(Socket closed); sending it again (idempotency key k-1)" in said
+    assert f"(Socket closed); sending it again (idempotency key {key})" in said
     assert "[hodei] the first try had submitted job j-1: nothing new submitted" in said
 
 
 def test_a_submission_given_up_on_names_the_key_that_finds_out() -> None:
     client = _Client(*[_Unavailable() for _ in range(1000)])
-    request = jobs_pb2.QueueJobRequest(idempotency_key="k-2")
+    request = jobs_pb2.QueueJobRequest()
     with pytest.raises(StoppedWaiting) as stopped:
-        submit(client, Terminal("text"), "QueueJob", request, given=False, patience=0.5)  # type: ignore[arg-type]
+        submit(client, Terminal("text"), "QueueJob", request, "k-2", patience=0.5)  # type: ignore[arg-type]
     assert stopped.value.code == 1 and len(client.sent) >= 2
     assert "it may have been submitted: the same command with --idempotency-key k-2 submits it only if it was not" in (
         stopped.value.message
@@ -117,5 +118,5 @@ def test_a_refused_submission_is_not_sent_again() -> None:
 
     client = _Client(Refused())
     with pytest.raises(Refused):
-        submit(client, Terminal("text"), "RetryJob", jobs_pb2.RetryJobRequest(idempotency_key="k-3"), given=True)  # type: ignore[arg-type]
+        submit(client, Terminal("text"), "RetryJob", jobs_pb2.RetryJobRequest(), "k-3")  # type: ignore[arg-type]
     assert len(client.sent) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
-from uuid import uuid4
 
 from hodei._proto import cron_pb2
 from hodei.cli.client import Client
@@ -95,9 +94,8 @@ def change(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    key = args.idempotency_key or str(uuid4())
-    request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []), idempotency_key=key)
-    ran = submit(client, term, client.cron.RunCronJob, request, given=bool(args.idempotency_key))
+    request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []))
+    ran = submit(client, term, client.cron.RunCronJob, request, args.idempotency_key)
     return submitted(client, term, args, ran)
 
 

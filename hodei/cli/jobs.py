@@ -240,8 +240,6 @@ def queue_request(args: argparse.Namespace) -> None:
         after_arrays=after_arrays,
         hold=args.hold,
         hold_reason=args.hold_reason or "",
-        # Without one, a key of this run's own: sending the request again is then safe.
-        idempotency_key=args.idempotency_key or str(uuid4()),
     )
 
 
@@ -249,7 +247,7 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     for after in (args.request.spec.after, args.request.after_arrays):
         if LATEST in after:  # the newest job now, before this one is submitted
             after[latest_job(client)] = after.pop(LATEST)
-    queued = submit(client, term, client.jobs.QueueJob, args.request, given=bool(args.idempotency_key))
+    queued = submit(client, term, client.jobs.QueueJob, args.request, args.idempotency_key)
     if queued.array_job_ids:
         return _run_array(client, term, args, queued)
     return submitted(client, term, args, queued)
@@ -260,16 +258,16 @@ def submit(
     term: Terminal,
     method: Any,
     request: jobs_pb2.QueueJobRequest | jobs_pb2.RetryJobRequest | cron_pb2.RunCronJobRequest,
-    given: bool,
+    given: str | None,
     patience: float = RECONNECT_FOR,
 ) -> Any:
     """QueueJob, RetryJob or RunCronJob (each answers ``job_id`` and ``already_submitted``),
     sent again while the server restarts, PostgreSQL is away (UNAVAILABLE) or no answer
     comes in time: the request's idempotency key makes a resent one submit nothing more
     when the first was submitted after all (its answer lost). Gives up after ``patience``
-    seconds, naming the key that finds out whether it was (``given``: the user's own key,
-    else one made for this run)."""
-    key = request.idempotency_key
+    seconds, naming the key that finds out whether it was. ``given``: the user's key
+    (--idempotency-key); without one, a key of this run's own."""
+    key = request.idempotency_key = given or str(uuid4())
 
     def note(state: RetryCallState) -> None:
         if state.attempt_number == 1 and state.outcome is not None:
@@ -411,8 +409,8 @@ def _queue_note(client: Client, term: Terminal, job_id: str) -> Iterator[None]:
 
 
 def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    request = jobs_pb2.RetryJobRequest(job_id=args.job_id, idempotency_key=args.idempotency_key or str(uuid4()))
-    copied = submit(client, term, client.jobs.RetryJob, request, given=bool(args.idempotency_key))
+    request = jobs_pb2.RetryJobRequest(job_id=args.job_id)
+    copied = submit(client, term, client.jobs.RetryJob, request, args.idempotency_key)
     job_id = copied.job_id
     if term.json and not args.wait:
         term.data({"job_id": job_id, "retry_of": args.job_id, "already_submitted": copied.already_submitted})
@@ -686,9 +684,7 @@ _FILTERS = ("state", "provider", "name", "label", "since", "submitter", "mine")
 
 def selects(args: argparse.Namespace) -> bool:
     """Whether the command names its jobs by ``add_job_filters``' flags."""
-    return any(
-        getattr(args, name, None) for name in ("state", "provider", "name", "label", "since", "submitter", "mine")
-    )
+    return any(getattr(args, name, None) for name in _FILTERS)
 
 
 def list_request(args: argparse.Namespace, limit: int, offset: int) -> jobs_pb2.ListJobsRequest:

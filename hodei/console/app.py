@@ -87,6 +87,11 @@ _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
 ]
 
 
+async def _posted_key(request: web.Request) -> str:
+    """The idempotency key a button's form carries (its page made it)."""
+    return str((await request.post()).get("key", ""))
+
+
 def _new_job_form(typed: dict[str, str]) -> dict[str, str]:
     """The New job form's values: what was typed over the defaults, and the key that the
     form's posts share (a new one where it has none)."""
@@ -455,8 +460,7 @@ class Console:
 
     async def retry(self, request: web.Request) -> web.Response:
         self._check_origin(request)
-        key = str((await request.post()).get("key", ""))
-        retry = jobs_pb2.RetryJobRequest(job_id=request.match_info["id"], idempotency_key=key)
+        retry = jobs_pb2.RetryJobRequest(job_id=request.match_info["id"], idempotency_key=await _posted_key(request))
         queued = await self._call(request, JOBS + "RetryJob", retry)
         raise web.HTTPSeeOther(f"/jobs/{queued.job_id}")
 
@@ -576,10 +580,8 @@ class Console:
         action = request.match_info["action"]
         name = request.match_info["name"]
         if action == "run":
-            key = str((await request.post()).get("key", ""))
-            ran = await self._call(
-                request, CRON + "RunCronJob", cron_pb2.RunCronJobRequest(name=name, idempotency_key=key)
-            )
+            run = cron_pb2.RunCronJobRequest(name=name, idempotency_key=await _posted_key(request))
+            ran = await self._call(request, CRON + "RunCronJob", run)
             raise web.HTTPSeeOther(f"/jobs/{ran.job_id}")
         method = "PauseCronJob" if action == "pause" else "ResumeCronJob"
         await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=name))

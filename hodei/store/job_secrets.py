@@ -74,10 +74,6 @@ class JobSecrets:
         if not secrets:
             return {}
         key = fetch_value(self.pool, "keep_job_key", {"owner": owner_id, "key": AESGCM.generate_key(bit_length=256)})
-        if key is None:
-            # A racing writer's key, committed while this statement waited on it: the
-            # statement's own snapshot cannot see it, the next statement's can.
-            key = fetch_value(self.pool, "job_key", (owner_id,))
         return seal_with(bytes(key), owner_id, secrets)
 
     def open_sealed(self, owner_id: UUID, sealed: Mapping[str, str], owner: str) -> dict[str, str]:

@@ -724,12 +724,12 @@ SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
 -- Job secrets ---------------------------------------------------------------------
 
 -- name: keep_job_key
--- The key of a job or a cron job: the one it has (hodei.store.job_secrets.seal), or this one;
--- none when a racing insert committed while this one waited (job_key then reads it).
-WITH added AS (
-    INSERT INTO hodei.job_keys (job_id, key) VALUES (%(owner)s, %(key)s) ON CONFLICT (job_id) DO NOTHING RETURNING key
-)
-SELECT key FROM added UNION ALL SELECT key FROM hodei.job_keys WHERE job_id = %(owner)s;
+-- The key of a job or a cron job: the one it has (hodei.store.job_secrets.seal), or this one.
+-- DO UPDATE, not DO NOTHING and a read: it returns the row it met even when a racing insert
+-- committed it while this one waited, which a read in the statement's snapshot cannot see.
+INSERT INTO hodei.job_keys (job_id, key) VALUES (%(owner)s, %(key)s)
+ON CONFLICT (job_id) DO UPDATE SET key = hodei.job_keys.key
+RETURNING key;
 
 -- name: job_key
 SELECT key FROM hodei.job_keys WHERE job_id = %s;
