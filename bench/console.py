@@ -210,7 +210,7 @@ def queue(server: ServerProcess, url: str, pool: ConnectionPool) -> float:
     print(row("  ... and its lock and look for pools and limits", "", f"{percentile(lock_sql, 50):.1f}", ""))
     # The same with every submitter limited (all these jobs are one submitter's: the most a
     # round's window over a submitter's jobs has to rank).
-    Limits(HodeiStore(pool)).set("*", 100, SYSTEM)
+    Limits(HodeiStore(pool)).set("*", SYSTEM, {"jobs": 100})
     limited_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
     limited_next = timed(run_sql("next_in_queue", {**round_params, "submitters": [SYSTEM]}))
     print(row("  the same with `limit set '*' 100`: queue's SQL", "", f"{percentile(limited_listed, 50):.1f}", ""))

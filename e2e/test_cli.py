@@ -299,7 +299,7 @@ def test_a_submitters_limit_runs_at_most_that_many_of_its_jobs_at_once(server: S
     url = server.database_url
     try:
         set_ = server.cli("limit", "set", "anonymous", "2", check=True)
-        assert set_.stdout.split()[-4:] == ["anonymous", "2", "0", "0"]
+        assert set_.stdout.split()[-5:] == ["anonymous", "2", "-", "0", "0"]
         job_ids = server.cli("job", "run", "-p", "local", "-c", "sleep 1", "--array", "0-4", check=True).stdout.split()
         waiting = out_of_line(server, job_ids, "the submitter's jobs past its limit wait, saying why")
         assert waiting[0]["reason"].startswith(
@@ -313,19 +313,24 @@ def test_a_submitters_limit_runs_at_most_that_many_of_its_jobs_at_once(server: S
         assert_at_most_two_at_once(url, job_ids)
         server.cli("limit", "set", "*", "1", check=True)
         table = server.cli("limit", "list", check=True).stdout.splitlines()
-        assert [line.split() for line in table[1:]] == [["*", "1", "0", "0"], ["anonymous", "2", "0", "0"]], table
+        assert [line.split() for line in table[1:]] == [
+            ["*", "1", "none", "0", "0"],
+            ["anonymous", "2", "-", "0", "0"],
+        ], table
         server.cli("limit", "set", "anonymous", "none", check=True)
-        assert server.cli("limit", "get", "anonymous", check=True).stdout.split()[-4:] == [
+        assert server.cli("limit", "get", "anonymous", check=True).stdout.split()[-5:] == [
             "anonymous",
             "none",
+            "-",
             "0",
             "0",
         ]
         server.cli("limit", "delete", "anonymous", check=True)
-        assert server.cli("limit", "get", "anonymous", check=True).stdout.split()[-5:] == [
+        assert server.cli("limit", "get", "anonymous", check=True).stdout.split()[-6:] == [
             "anonymous",
             "1",
             "(*)",
+            "-",
             "0",
             "0",
         ]
@@ -333,8 +338,8 @@ def test_a_submitters_limit_runs_at_most_that_many_of_its_jobs_at_once(server: S
         events = query(url, "SELECT count(*) FROM domain_events")
         for args, said in [
             (("limit", "set", "two words", "1"), "a submitter is a token's name"),
-            (("limit", "set", "alice", "-1"), "takes a number of jobs (0: they wait) or none, got '-1'"),
-            (("limit", "set", "alice", "few"), "takes a number of jobs (0: they wait) or none, got 'few'"),
+            (("limit", "set", "alice", "-1"), "takes a number, none (no limit) or * (*'s), got '-1'"),
+            (("limit", "set", "alice", "few"), "takes a number, none (no limit) or * (*'s), got 'few'"),
             (("limit", "set", "alice", "100001"), "a submitter's limit is 0 (its jobs wait) to 100000 jobs at once"),
             (("limit", "delete", "nobody"), "submitter nobody has no limit of its own"),
             (("limit", "get", "a/b"), "a submitter is a token's name"),

@@ -373,7 +373,12 @@ def test_an_operator_limits_a_submitter_from_the_console_and_its_job_waits_sayin
     made = operator.post(f"{guarded.http_url}/limits", data=limit, allow_redirects=False)
     assert made.status_code == 303 and made.headers["Location"] == "/queue#submitters"
     bad = operator.post(f"{guarded.http_url}/limits", data={"submitter": "other-submitter", "jobs": "few"})
-    assert bad.status_code == 400 and "the limit (or none) must be a whole number, got `few`" in bad.text
+    assert bad.status_code == 400 and "the limit of jobs at once takes a number, none (no limit) or *" in bad.text
+    bad = operator.post(f"{guarded.http_url}/limits", data={"submitter": "other-submitter", "submitted": "-1"})
+    assert bad.status_code == 400 and "the most jobs not ended takes a number" in bad.text
+    # A field left empty stays as it was: the limit at once is still 0.
+    kept = {"submitter": "other-submitter", "jobs": "", "submitted": "1"}
+    assert operator.post(f"{guarded.http_url}/limits", data=kept, allow_redirects=False).status_code == 303
     job_id = guarded.cli("--token", tokens["other"], "job", "run", "-p", "sim", "-c", "true", check=True).stdout.strip()
 
     def waiting() -> str | None:
@@ -384,7 +389,12 @@ def test_an_operator_limits_a_submitter_from_the_console_and_its_job_waits_sayin
     eventually(waiting, what="the queue page to say the job waits for its submitter's limit")
     shown = reader.get(f"{guarded.http_url}/queue").text
     link = '<a href="/jobs?submitter=other-submitter">other-submitter</a>'
-    assert f'<tr data-submitter="other-submitter"><td>{link}</td><td>0</td><td>0</td><td>1</td></tr>' in shown
+    assert f'<tr data-submitter="other-submitter"><td>{link}</td><td>0</td><td>1</td><td>0</td><td>1</td></tr>' in shown
+    # Its one job not ended is its most: another is refused, the form shown again as typed.
+    typed = {"command": "echo later", "provider": "sim", "timeout": "60", "key": "room-made-later"}
+    full = browser(guarded, tokens["other"]).post(f"{guarded.http_url}/jobs", data=typed, allow_redirects=False)
+    assert full.status_code == 429 and "submitter other-submitter has 1 jobs not ended, 1 at most" in full.text
+    assert "echo later" in full.text
     listed = reader.get(f"{guarded.http_url}/jobs?submitter=other-submitter").text
     assert f'data-job="{job_id}"' in listed
     assert f'data-job="{job_id}"' not in reader.get(f"{guarded.http_url}/jobs?submitter=submit-person").text

@@ -102,7 +102,7 @@ CASES: list[tuple[str, list[str], int]] = [
     (POOL, ["pool", "get", "shapes"], 0),
     ("pool list", ["pool", "list"], 0),
     (POOL, ["pool", "delete", "shapes"], 0),
-    (LIMIT, ["limit", "set", "shapes", "3"], 0),
+    (LIMIT, ["limit", "set", "shapes", "3", "--max-submitted", "100"], 0),
     (LIMIT, ["limit", "get", "shapes"], 0),
     ("limit list", ["limit", "list"], 0),
     (LIMIT, ["limit", "delete", "shapes"], 0),

@@ -24,7 +24,7 @@ from hodei.domain.spec import JobSpec
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_all
+from hodei.store.db import command_transaction, fetch_all
 from hodei.store.job_secrets import JobSecrets
 
 log = logging.getLogger(__name__)
@@ -260,11 +260,13 @@ class CronJobs:
         request_digest: str | None = None,
     ) -> None:
         """The job, in the name of ``meta``'s actor (a slot's: the cron job's owner, who may
-        cancel it); its secrets sealed again under a key of its own."""
+        cancel it); its secrets sealed again under a key of its own. ``check`` runs in the
+        transaction that writes it (a submitter's limit counts its jobs there)."""
         plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
         spec = cron.job_spec(moment, env or {})
         spec.validate(plain)
-        if check is not None:
-            check(spec)
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain), request_digest=request_digest)
-        self.store.write([job], meta)
+        with command_transaction(self.store.pool):
+            if check is not None:
+                check(spec)
+            self.store.write([job], meta)

@@ -125,12 +125,19 @@ class _Scraped(Collector):
             "hodei_submitter_running", "The submitter's jobs admitted and not ended", labels=labels
         )
         queued = GaugeMetricFamily("hodei_submitter_queued", "The submitter's jobs waiting in the queue", labels=labels)
+        most = GaugeMetricFamily(
+            "hodei_submitter_max_submitted",
+            "How many of the submitter's jobs may be not ended (queued, held or running): no more are submitted",
+            labels=labels,
+        )
         for use in self.limits.all():
             if use.jobs is not None:
                 limit.add_metric([use.submitter], use.jobs)
+            if use.submitted is not None:
+                most.add_metric([use.submitter], use.submitted)
             running.add_metric([use.submitter], use.running)
             queued.add_metric([use.submitter], use.queued)
-        yield from (limit, running, queued)
+        yield from (limit, running, queued, most)
 
     def _cron_jobs(self) -> Iterator[Metric]:
         """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each

@@ -20,7 +20,7 @@ from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL
-from hodei.errors import InvalidInput, InvalidTransition, NotFound
+from hodei.errors import InvalidInput, InvalidTransition, LimitReached, NotFound
 from hodei.limits import Limits, SubmitterUse
 from hodei.metrics import PlatformMetrics
 from hodei.pools import Pools, PoolUse
@@ -28,7 +28,7 @@ from hodei.store import db
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
-from hodei.testing import query
+from hodei.testing import eventually, query
 from tests.test_store import current_transaction, new_job
 
 LOCK = "SELECT pg_try_advisory_lock(7, hashtext('docker'))"  # released as its connection closes
@@ -530,7 +530,7 @@ def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_provid
     line and says why; another submitter's later job passes them; a job ending or a
     higher limit lets the next in."""
     limits = Limits(store)
-    assert limits.set("alice", 2, "ops") == SubmitterUse("alice", 2, own=True, running=0, queued=0)
+    assert limits.set("alice", "ops", {"jobs": 2}) == SubmitterUse("alice", 2, own=True, running=0, queued=0)
     admission = Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10})
     docker = [_submitted(store, ProviderType.DOCKER, "alice") for _ in range(3)]
     local = _submitted(store, ProviderType.LOCAL, "alice")
@@ -573,7 +573,7 @@ def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_provid
     _ended(store, docker[0], JobState.SUCCEEDED)
     assert admission.admit(ProviderType.LOCAL) == 1
     assert _admitted(store, local, docker[2]) == [True, False]
-    limits.set("alice", 3, "ops")
+    limits.set("alice", "ops", {"jobs": 3})
     assert admission.admit(ProviderType.DOCKER) == 1
     assert limits.get("alice") == SubmitterUse("alice", 3, own=True, running=3, queued=0)
 
@@ -584,14 +584,14 @@ def test_a_limit_for_every_submitter_its_own_exceptions_and_a_deleted_one(store:
     limits = Limits(store)
     admission = Admission(store, {ProviderType.DOCKER: 20})
     assert admission.admit(ProviderType.DOCKER) == 0
-    limits.set("*", 1, "ops")
-    limits.set("etl", None, "ops")
+    limits.set("*", "ops", {"jobs": 1})
+    limits.set("etl", "ops", {"jobs": None})
     carol = [_submitted(store, ProviderType.DOCKER, "carol") for _ in range(2)]
     etl = [_submitted(store, ProviderType.DOCKER, "etl") for _ in range(3)]
     assert admission.admit(ProviderType.DOCKER) == 4
     assert _admitted(store, *carol, *etl) == [True, False, True, True, True]
     assert limits.all() == [
-        SubmitterUse("*", 1, own=True, running=0, queued=0),
+        SubmitterUse("*", 1, own=True, running=0, queued=0, submitted_own=True),
         SubmitterUse("carol", 1, own=False, running=1, queued=1),
         SubmitterUse("etl", None, own=True, running=3, queued=0),
     ]
@@ -626,7 +626,7 @@ def test_a_limit_refuses_a_name_no_token_has_and_a_number_out_of_bounds(
     events = "SELECT count(*) FROM domain_events"
     before = query(fresh_database_url, events)
     with pytest.raises(InvalidInput, match=error):
-        Limits(store).set(submitter, jobs, "ops")
+        Limits(store).set(submitter, "ops", {"jobs": jobs})
     assert query(fresh_database_url, events) == before
 
 
@@ -635,7 +635,7 @@ def test_a_limited_submitters_job_joining_the_queue_waits_for_a_round(
 ) -> None:
     """It is admitted under its submitter's lock, by a round, never at once; another
     submitter's job with room and nobody ready before it is."""
-    Limits(store).set("alice", 5, "ops")
+    Limits(store).set("alice", "ops", {"jobs": 5})
     admission = Admission(store, {ProviderType.DOCKER: 10})
     alice, bob = new_job(), new_job()
     store.write([alice], Meta(actor="alice", correlation_id=str(alice.id)))
@@ -649,7 +649,7 @@ def test_a_submitters_jobs_in_a_full_pool_take_none_of_its_room_and_those_past_i
 ) -> None:
     """Alice (a limit of 1): her job of a full pool does not keep her other job waiting;
     her jobs past her limit do not keep bob's job of a pool with room waiting."""
-    Limits(store).set("alice", 1, "ops")
+    Limits(store).set("alice", "ops", {"jobs": 1})
     pools = Pools(store)
     pools.set("full", 1, "ops")
     pools.set("db", 1, "ops")
@@ -669,7 +669,7 @@ def test_a_submitters_jobs_in_a_full_pool_take_none_of_its_room_and_those_past_i
 
 def test_rounds_of_two_servers_for_two_providers_at_once_never_pass_a_submitters_limit(store: HodeiStore) -> None:
     """As a pool's: the submitter's lock makes one round wait for the other's commit."""
-    Limits(store).set("alice", 1, "ops")
+    Limits(store).set("alice", "ops", {"jobs": 1})
     _race(store, lambda provider: _submitted(store, provider, "alice"))
 
 
@@ -678,13 +678,13 @@ def test_the_number_of_submitter_limits_is_bounded(store: HodeiStore, monkeypatc
     refused; changing one, or one set again after a deletion freed its place, is not."""
     monkeypatch.setattr(limits_module, "MAX_LIMITS", 2)
     limits = Limits(store)
-    limits.set("*", 5, "ops")
-    limits.set("alice", 1, "ops")
+    limits.set("*", "ops", {"jobs": 5})
+    limits.set("alice", "ops", {"jobs": 1})
     with pytest.raises(InvalidTransition, match="there are 2 submitter limits, the most there may be: delete one"):
-        limits.set("bob", 1, "ops")
-    limits.set("alice", 3, "ops")  # a change adds none
+        limits.set("bob", "ops", {"jobs": 1})
+    limits.set("alice", "ops", {"jobs": 3})  # a change adds none
     limits.delete("alice", "ops")
-    limits.set("bob", 1, "ops")
+    limits.set("bob", "ops", {"jobs": 1})
     assert [(use.submitter, use.jobs, use.own) for use in limits.all()] == [("*", 5, True), ("bob", 1, True)]
 
 
@@ -698,3 +698,90 @@ def test_the_number_of_pools_is_bounded(store: HodeiStore, monkeypatch: pytest.M
     pools.delete("db", "ops")
     pools.set("licence", 1, "ops")
     assert [pool.name for pool in pools.all()] == ["licence"]
+
+
+def _submit_limited(store: HodeiStore, submitter: str) -> Job:
+    """What QueueJob does: the room asked for and the job written in one transaction."""
+    job = new_job()
+    with db.command_transaction(store.pool):
+        Limits(store).make_room(submitter, 1)
+        store.write([job], Meta(actor=submitter, correlation_id=str(job.id)))
+    return job
+
+
+def test_a_submission_counts_the_jobs_not_ended_after_the_one_before_committed(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """Slurm's MaxSubmitJobs: a limited submitter's submissions take their turns (an
+    advisory lock held to the commit), so one that waits for another's counts its job: two
+    at once cannot both take the last room."""
+    import psycopg
+
+    limits = Limits(store)
+    limits.set("alice", "ops", {"submitted": 1})
+    _submit_limited(store, "bob")  # bob is not limited: nothing asked
+    outcome: list[object] = []
+    with psycopg.connect(fresh_database_url) as other:
+        # Another submission of alice's holds her turn: it has counted and not written yet.
+        other.execute("SELECT pg_advisory_xact_lock(10, hashtext('alice'))")
+        waiting = threading.Thread(target=lambda: outcome.append(_attempt(lambda: _submit_limited(store, "alice"))))
+        waiting.start()
+
+        def blocked() -> bool | None:
+            rows = query(
+                fresh_database_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            return rows == [(1,)] or None
+
+        eventually(blocked, 10, what="the second submission to wait for alice's turn")
+        _submitted(store, ProviderType.DOCKER, "alice")  # the first one's job
+        other.commit()
+    waiting.join(30)
+    [refused] = outcome
+    assert isinstance(refused, LimitReached), refused
+    assert str(refused).startswith("submitter alice has 1 jobs not ended, 1 at most (`limit get alice`): a job more")
+    assert limits.get("alice").queued == 1
+    metrics = PlatformMetrics(
+        ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), Pools(store), limits
+    )
+    scraped = generate_latest(metrics.registry).decode()
+    assert 'hodei_submitter_max_submitted{submitter="alice"} 1.0' in scraped
+    assert 'hodei_submitter_max_submitted{submitter="bob"}' not in scraped
+
+
+def _attempt(action: Callable[[], object]) -> object:
+    try:
+        return action()
+    except LimitReached as exc:
+        return exc
+
+
+def test_a_version_1_limit_leaves_its_jobs_not_ended_to_star_in_the_log_and_in_sql(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """SubmitterLimitSet version 1 had no `submitted`: the upcaster and the queries that
+    read the log by name (hodei.submitter_bound, submitter_limits) both give it `*`'s."""
+    from hodei.domain.limit import INHERITED, SubmitterLimit, limit_id
+    from hodei.store.events import event_id
+
+    limits = Limits(store)
+    limits.set("*", "ops", {"submitted": 5})
+    alice = limit_id("alice")
+    query(
+        fresh_database_url,
+        "INSERT INTO domain_events (id, occurred_at, event_type, aggregate_id, payload, aggregate_type, "
+        "aggregate_version, topic) VALUES (%s, now(), 'SubmitterLimitSet', %s, %s, 'SubmitterLimit', 1, "
+        "'hodei.domain.limit:SubmitterLimit.SubmitterLimitSet')",
+        (
+            event_id(str(alice), 1),
+            str(alice),
+            '{"submitter": "alice", "jobs": 2, "originator_topic": "hodei.domain.limit:SubmitterLimit"}',
+        ),
+    )
+    loaded = store.load(SubmitterLimit, alice)
+    assert (loaded.jobs, loaded.submitted) == (2, INHERITED)
+    assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=0, queued=0, submitted=5)
+    assert query(fresh_database_url, "SELECT hodei.submitter_bound('alice', 'submitted')") == [(5,)]
+    limits.set("alice", "ops", {"submitted": None})  # a v2 event now: no limit of her own
+    assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=0, queued=0, submitted_own=True)
+    assert query(fresh_database_url, "SELECT hodei.submitter_bound('alice', 'submitted')") == [(None,)]

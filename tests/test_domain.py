@@ -13,7 +13,7 @@ from uuid import uuid4
 import pytest
 
 from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
-from hodei.domain.limit import DEFAULT, SubmitterLimit, limit_id
+from hodei.domain.limit import DEFAULT, INHERITED, SubmitterLimit, limit_id
 from hodei.domain.phases import phases_of
 from hodei.domain.pool import Pool, pool_id
 from hodei.domain.spec import JobSpec, LabelSelector, array_element, array_problems, canonical_time, name_for
@@ -719,20 +719,32 @@ def test_a_pool_is_named_sized_resized_and_deleted_and_a_job_names_one_by_its_ru
 def test_a_submitters_limit_is_set_changed_lifted_and_deleted() -> None:
     limit = SubmitterLimit.create("alice@example.org", 4)
     assert limit.id == limit_id("alice@example.org") != limit_id(DEFAULT)
-    limit.change(4)  # unchanged: no event
-    limit.change(None)  # no limit, whatever `*` says
+    assert (limit.jobs, limit.submitted) == (4, INHERITED)  # what it leaves unsaid is `*`'s
+    limit.change(4, INHERITED)  # unchanged: no event
+    limit.change(None, 100)  # no limit of jobs at once, whatever `*` says; 100 not ended at most
     limit.delete()
+    assert (limit.jobs, limit.submitted) == (INHERITED, INHERITED)
     with pytest.raises(InvalidTransition, match="already deleted"):
         limit.delete()
-    limit.change(None)  # a deleted limit set anew, even to none
-    assert (limit.jobs, limit.deleted) == (None, False)
-    events = [(type(e).__name__, getattr(e, "jobs", "-")) for e in limit.collect_events()]
-    assert events == [
-        ("SubmitterLimitSet", 4),
-        ("SubmitterLimitChanged", None),
-        ("SubmitterLimitDeleted", "-"),
-        ("SubmitterLimitChanged", None),
+    limit.change(None, INHERITED)  # a deleted limit set anew, even to none
+    assert (limit.jobs, limit.submitted, limit.deleted) == (None, INHERITED, False)
+    events = [
+        (type(e).__name__, getattr(e, "jobs", "-"), getattr(e, "submitted", "-"), getattr(e, "inherits", "-"))
+        for e in limit.collect_events()
     ]
-    assert SubmitterLimit.create(DEFAULT, 0).jobs == 0  # every submitter's jobs wait
-    with pytest.raises(InvalidInput, match=re.escape("0 (its jobs wait) to 100000 jobs at once, got -2")):
-        limit.change(-2)
+    assert events == [
+        ("SubmitterLimitSet", 4, None, ["submitted"]),
+        ("SubmitterLimitChanged", None, 100, []),
+        ("SubmitterLimitDeleted", "-", "-", "-"),
+        ("SubmitterLimitChanged", None, None, ["submitted"]),
+    ]
+    assert SubmitterLimit.create(DEFAULT, 0, None).jobs == 0  # every submitter's jobs wait
+    for jobs, submitted, said in [
+        (-2, None, "0 (its jobs wait) to 100000 jobs at once, got -2"),
+        (None, -1, "at most 0 (none submitted) to 1000000, got -1"),
+        (None, 1_000_001, "at most 0 (none submitted) to 1000000, got 1000001"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(said)):
+            limit.change(jobs, submitted)
+    with pytest.raises(InvalidInput, match=re.escape("* is every submitter's limit: it has none to take its jobs")):
+        SubmitterLimit.create(DEFAULT, INHERITED, 5)

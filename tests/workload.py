@@ -10,7 +10,7 @@ from uuid import uuid4
 from hodei.domain.base import HodeiAggregate
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job, JobState
-from hodei.domain.limit import SubmitterLimit, limit_id
+from hodei.domain.limit import INHERITED, Bound, SubmitterLimit, limit_id
 from hodei.domain.pool import Pool, pool_id
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
 from hodei.domain.saga import Saga, StepState
@@ -282,12 +282,13 @@ class Workload:
     def _limit(self) -> list[HodeiAggregate]:
         """A submitter's limit (or `*`'s) set, changed, lifted or deleted (no read model)."""
         submitter = self.random.choice(["*", "workload:submit"])
-        jobs = self.random.choice([None, 0, 1, 5])
+        bounds: list[Bound] = [None, 0, 1, 5] if submitter == "*" else [None, 0, 1, 5, INHERITED]
+        jobs, submitted = self.random.choice(bounds), self.random.choice(bounds)
         limit = self.store.find(SubmitterLimit, limit_id(submitter))
         if limit is None:
-            return [SubmitterLimit.create(submitter, jobs)]
+            return [SubmitterLimit.create(submitter, jobs, submitted)]
         if self.random.random() < 0.3 and not limit.deleted:
             limit.delete()
         else:
-            limit.change(jobs)
+            limit.change(jobs, submitted)
         return [limit]

@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/limits.proto\x12\nhodei.jobs\"N\n\x18SetSubmitterLimitRequest\x12\x11\n\tsubmitter\x18\x01 \x01(\t\x12\x0c\n\x04jobs\x18\x02 \x01(\x05\x12\x11\n\tunlimited\x18\x03 \x01(\x08\"*\n\x15SubmitterLimitRequest\x12\x11\n\tsubmitter\x18\x01 \x01(\t\"\x1c\n\x1aListSubmitterLimitsRequest\"I\n\x1bListSubmitterLimitsResponse\x12*\n\x06limits\x18\x01 \x03(\x0b\x32\x1a.hodei.jobs.SubmitterLimit\"p\n\x0eSubmitterLimit\x12\x11\n\tsubmitter\x18\x01 \x01(\t\x12\x0f\n\x07limited\x18\x02 \x01(\x08\x12\x0c\n\x04jobs\x18\x03 \x01(\x05\x12\x0b\n\x03own\x18\x04 \x01(\x08\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\x0e\n\x06queued\x18\x06 \x01(\x05\x32\xf8\x02\n\x0cLimitService\x12U\n\x11SetSubmitterLimit\x12$.hodei.jobs.SetSubmitterLimitRequest\x1a\x1a.hodei.jobs.SubmitterLimit\x12\x66\n\x13ListSubmitterLimits\x12&.hodei.jobs.ListSubmitterLimitsRequest\x1a\'.hodei.jobs.ListSubmitterLimitsResponse\x12R\n\x11GetSubmitterLimit\x12!.hodei.jobs.SubmitterLimitRequest\x1a\x1a.hodei.jobs.SubmitterLimit\x12U\n\x14\x44\x65leteSubmitterLimit\x12!.hodei.jobs.SubmitterLimitRequest\x1a\x1a.hodei.jobs.SubmitterLimitb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/limits.proto\x12\nhodei.jobs\"M\n\x05\x42ound\x12\x11\n\x07\x61t_most\x18\x01 \x01(\x05H\x00\x12\x13\n\tunlimited\x18\x02 \x01(\x08H\x00\x12\x13\n\tinherited\x18\x03 \x01(\x08H\x00\x42\x07\n\x05value\"\x80\x01\n\x18SetSubmitterLimitRequest\x12\x11\n\tsubmitter\x18\x01 \x01(\t\x12\x1f\n\x04jobs\x18\x04 \x01(\x0b\x32\x11.hodei.jobs.Bound\x12$\n\tsubmitted\x18\x05 \x01(\x0b\x32\x11.hodei.jobs.BoundJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"*\n\x15SubmitterLimitRequest\x12\x11\n\tsubmitter\x18\x01 \x01(\t\"\x1c\n\x1aListSubmitterLimitsRequest\"I\n\x1bListSubmitterLimitsResponse\x12*\n\x06limits\x18\x01 \x03(\x0b\x32\x1a.hodei.jobs.SubmitterLimit\"\xb9\x01\n\x0eSubmitterLimit\x12\x11\n\tsubmitter\x18\x01 \x01(\t\x12\x0f\n\x07limited\x18\x02 \x01(\x08\x12\x0c\n\x04jobs\x18\x03 \x01(\x05\x12\x0b\n\x03own\x18\x04 \x01(\x08\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\x0e\n\x06queued\x18\x06 \x01(\x05\x12\x19\n\x11submitted_limited\x18\x07 \x01(\x08\x12\x15\n\rmax_submitted\x18\x08 \x01(\x05\x12\x15\n\rsubmitted_own\x18\t \x01(\x08\x32\xf8\x02\n\x0cLimitService\x12U\n\x11SetSubmitterLimit\x12$.hodei.jobs.SetSubmitterLimitRequest\x1a\x1a.hodei.jobs.SubmitterLimit\x12\x66\n\x13ListSubmitterLimits\x12&.hodei.jobs.ListSubmitterLimitsRequest\x1a\'.hodei.jobs.ListSubmitterLimitsResponse\x12R\n\x11GetSubmitterLimit\x12!.hodei.jobs.SubmitterLimitRequest\x1a\x1a.hodei.jobs.SubmitterLimit\x12U\n\x14\x44\x65leteSubmitterLimit\x12!.hodei.jobs.SubmitterLimitRequest\x1a\x1a.hodei.jobs.SubmitterLimitb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hodei._proto.limits_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETSUBMITTERLIMITREQUEST']._serialized_start=39
-  _globals['_SETSUBMITTERLIMITREQUEST']._serialized_end=117
-  _globals['_SUBMITTERLIMITREQUEST']._serialized_start=119
-  _globals['_SUBMITTERLIMITREQUEST']._serialized_end=161
-  _globals['_LISTSUBMITTERLIMITSREQUEST']._serialized_start=163
-  _globals['_LISTSUBMITTERLIMITSREQUEST']._serialized_end=191
-  _globals['_LISTSUBMITTERLIMITSRESPONSE']._serialized_start=193
-  _globals['_LISTSUBMITTERLIMITSRESPONSE']._serialized_end=266
-  _globals['_SUBMITTERLIMIT']._serialized_start=268
-  _globals['_SUBMITTERLIMIT']._serialized_end=380
-  _globals['_LIMITSERVICE']._serialized_start=383
-  _globals['_LIMITSERVICE']._serialized_end=759
+  _globals['_BOUND']._serialized_start=39
+  _globals['_BOUND']._serialized_end=116
+  _globals['_SETSUBMITTERLIMITREQUEST']._serialized_start=119
+  _globals['_SETSUBMITTERLIMITREQUEST']._serialized_end=247
+  _globals['_SUBMITTERLIMITREQUEST']._serialized_start=249
+  _globals['_SUBMITTERLIMITREQUEST']._serialized_end=291
+  _globals['_LISTSUBMITTERLIMITSREQUEST']._serialized_start=293
+  _globals['_LISTSUBMITTERLIMITSREQUEST']._serialized_end=321
+  _globals['_LISTSUBMITTERLIMITSRESPONSE']._serialized_start=323
+  _globals['_LISTSUBMITTERLIMITSRESPONSE']._serialized_end=396
+  _globals['_SUBMITTERLIMIT']._serialized_start=399
+  _globals['_SUBMITTERLIMIT']._serialized_end=584
+  _globals['_LIMITSERVICE']._serialized_start=587
+  _globals['_LIMITSERVICE']._serialized_end=963
 # @@protoc_insertion_point(module_scope)

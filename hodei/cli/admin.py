@@ -7,8 +7,12 @@ from typing import Any
 
 from hodei._proto import limits_pb2, metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
-from hodei.cli.parsing import count, whole
+from hodei.cli.parsing import bound_message, count, limit_bound, whole
 from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.errors import InvalidInput
+
+# A limit `limit set` was not given: it stays as it was.
+_UNSAID: Any = object()
 
 
 def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
@@ -72,9 +76,13 @@ def limit(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         response = client.call(client.limits.ListSubmitterLimits, limits_pb2.ListSubmitterLimitsRequest())
         return _limits(term, list(response.limits), listed=True)
     if args.action == "set":
+        given = {"jobs": args.jobs, "submitted": args.max_submitted}
         request: Any = limits_pb2.SetSubmitterLimitRequest(
-            submitter=args.submitter, jobs=args.jobs or 0, unlimited=args.jobs is None
+            submitter=args.submitter,
+            **{name: bound_message(bound) for name, bound in given.items() if bound is not _UNSAID},
         )
+        if not request.HasField("jobs") and not request.HasField("submitted"):
+            raise InvalidInput("limit set: give the jobs at once, --max-submitted, or both")
     else:
         request = limits_pb2.SubmitterLimitRequest(submitter=args.submitter)
     limits = client.limits
@@ -91,26 +99,26 @@ def _limits(term: Terminal, limits: list[limits_pb2.SubmitterLimit], *, listed: 
         term.data([message_dict(found) for found in limits] if listed else message_dict(limits[0]))
         return 0
     term.table(
-        ["SUBMITTER", "LIMIT", "RUNNING", "QUEUED"],
-        [[found.submitter, _limit_text(found), str(found.running), str(found.queued)] for found in limits],
+        ["SUBMITTER", "LIMIT", "MAX SUBMITTED", "RUNNING", "QUEUED"],
+        [
+            [
+                found.submitter,
+                _limit_text(found.limited, found.jobs, found.own),
+                _limit_text(found.submitted_limited, found.max_submitted, found.submitted_own),
+                str(found.running),
+                str(found.queued),
+            ]
+            for found in limits
+        ],
     )
     return 0
 
 
-def _limit_text(found: limits_pb2.SubmitterLimit) -> str:
-    """Its limit, and whose it is: "4", "4 (*)" (every submitter's), "none", "-" (nobody's)."""
-    if not found.limited:
-        return "none" if found.own else "-"
-    return str(found.jobs) if found.own else f"{found.jobs} (*)"
-
-
-def _jobs_or_none(value: str) -> int | None:
-    if value == "none":
-        return None
-    try:
-        return whole(value)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"takes a number of jobs (0: they wait) or none, got {value!r}") from None
+def _limit_text(limited: bool, jobs: int, own: bool) -> str:
+    """A limit, and whose it is: "4", "4 (*)" (every submitter's), "none", "-" (nobody's)."""
+    if not limited:
+        return "none" if own else "-"
+    return str(jobs) if own else f"{jobs} (*)"
 
 
 def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -272,15 +280,31 @@ def add_commands(commands: Any) -> None:
         parser.set_defaults(handler=pool)
 
     limits = commands.add_parser(
-        "limit", help="submitter limits: at most so many of one submitter's jobs run at once"
+        "limit", help="submitter limits: at most so many of one submitter's jobs run at once, or are not ended"
     ).add_subparsers(dest="action", required=True)
     limits.add_parser(
         "list", help="every submitter with a limit of its own or with jobs queued or running, and *"
     ).set_defaults(handler=limit)
-    set_limit = limits.add_parser("set", help="set a submitter's limit (the operate role)")
+    set_limit = limits.add_parser(
+        "set",
+        help="set a submitter's limits (the operate role)",
+        description="Each limit is a number, none (no limit, whatever * says) or * (*'s); one not given "
+        "stays as it was (*'s for a new limit).",
+    )
     set_limit.add_argument("submitter", help="a token's name, or '*': every submitter without a limit of its own")
     set_limit.add_argument(
-        "jobs", type=_jobs_or_none, help="its jobs at once (0: they wait), or none: no limit, whatever * says"
+        "jobs",
+        nargs="?",
+        type=limit_bound,
+        default=_UNSAID,
+        help="its jobs at once (0: they wait); the queue holds the rest",
+    )
+    set_limit.add_argument(
+        "--max-submitted",
+        type=limit_bound,
+        default=_UNSAID,
+        metavar="N",
+        help="its jobs not ended (queued, held or running) at most: a submission past it is refused",
     )
     set_limit.set_defaults(handler=limit)
     for action, text in (

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hodei._proto import limits_pb2
 from hodei.domain.base import check_idempotency_key
+from hodei.domain.limit import INHERITED, Bound
 from hodei.domain.spec import AFTER_CONDITIONS, LIMITS
 from hodei.errors import InvalidInput
 
@@ -307,3 +309,20 @@ def _whole(value: str, least: int) -> int:
     if not least <= number <= WIRE_INT_MAX:
         raise argparse.ArgumentTypeError(f"takes a whole number from {least} to {WIRE_INT_MAX}, got {value!r}")
     return number
+
+
+def limit_bound(value: str) -> Bound:
+    """A submitter's limit as ``limit set`` (and the console's form) takes it: a number,
+    ``none`` (no limit, whatever ``*`` says) or ``*`` (``*``'s)."""
+    if value in ("none", INHERITED):
+        return None if value == "none" else INHERITED
+    try:
+        return _whole(value, 0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"takes a number, none (no limit) or * (*'s), got {value!r}") from None
+
+
+def bound_message(bound: Bound) -> limits_pb2.Bound:
+    if bound is None:
+        return limits_pb2.Bound(unlimited=True)
+    return limits_pb2.Bound(inherited=True) if bound == INHERITED else limits_pb2.Bound(at_most=bound)

@@ -10,6 +10,7 @@ or an ``Authorization: Bearer`` header for scrapers).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -39,7 +40,7 @@ from hodei._proto import (
     sagas_pb2,
     scheduler_pb2,
 )
-from hodei.cli.parsing import WIRE_INT_MAX, parse_env_lines, parse_labels, since_moment
+from hodei.cli.parsing import WIRE_INT_MAX, bound_message, limit_bound, parse_env_lines, parse_labels, since_moment
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
@@ -51,6 +52,7 @@ from hodei.errors import (
     AlreadyExists,
     HodeiError,
     InvalidInput,
+    LimitReached,
     NotFound,
     PermissionDenied,
     StoreUnavailable,
@@ -83,6 +85,7 @@ _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
     (NotFound, web.HTTPNotFound),
     (InvalidInput, web.HTTPBadRequest),
     (AlreadyExists, web.HTTPConflict),
+    (LimitReached, web.HTTPTooManyRequests),
     (StoreUnavailable, web.HTTPServiceUnavailable),
 ]
 
@@ -325,9 +328,10 @@ class Console:
             queued = await self._call(
                 request, JOBS + "QueueJob", jobs_pb2.QueueJobRequest(spec=spec, idempotency_key=form.get("key", ""))
             )
-        except InvalidInput as exc:
-            who = await self._caller(request)
-            return self._page(request, "new_job.html", who, status=400, form=_new_job_form(form), error=exc.message)
+        except (InvalidInput, LimitReached) as exc:
+            # Refused: shown again as typed (past the submitter's limit, to be sent once room is made).
+            who, status = await self._caller(request), 429 if isinstance(exc, LimitReached) else 400
+            return self._page(request, "new_job.html", who, status=status, form=_new_job_form(form), error=exc.message)
         except AlreadyExists:
             # The form came back (the browser's Back) and was changed: its key ran a job.
             who, again = await self._caller(request), _new_job_form({**form, "key": ""})
@@ -480,16 +484,19 @@ class Console:
         raise web.HTTPSeeOther("/queue#pools")
 
     async def set_limit(self, request: web.Request) -> web.Response:
-        """`limit set SUBMITTER N|none` (the operate role)."""
+        """`limit set SUBMITTER [N|none|*] [--max-submitted N|none|*]` (the operate role): a
+        field left empty stays as it was."""
         self._check_origin(request)
         form = await request.post()
-        jobs = str(form.get("jobs", "")).strip()
-        unlimited = jobs == "none"
-        limit = limits_pb2.SetSubmitterLimitRequest(
-            submitter=str(form.get("submitter", "")).strip(),
-            jobs=0 if unlimited else _whole(jobs, "the limit (or none)"),
-            unlimited=unlimited,
-        )
+        given = {}
+        for field, what in (("jobs", "the limit of jobs at once"), ("submitted", "the most jobs not ended")):
+            text = str(form.get(field, "")).strip()
+            if text:
+                try:
+                    given[field] = bound_message(limit_bound(text))
+                except argparse.ArgumentTypeError as exc:
+                    raise InvalidInput(f"{what} {exc}") from None
+        limit = limits_pb2.SetSubmitterLimitRequest(submitter=str(form.get("submitter", "")).strip(), **given)
         await self._call(request, "/hodei.jobs.LimitService/SetSubmitterLimit", limit)
         raise web.HTTPSeeOther("/queue#submitters")
 

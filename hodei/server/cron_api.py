@@ -10,7 +10,9 @@ import grpc
 from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
-from hodei.errors import ConcurrencyConflict, InvalidInput, PermissionDenied
+from hodei.domain.spec import JobSpec
+from hodei.errors import ConcurrencyConflict, InvalidInput, LimitReached, PermissionDenied
+from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.roles import Caller
 from hodei.server.access import caller
@@ -33,9 +35,10 @@ def _concurrency(value: str) -> Concurrency:
 
 
 class CronService(cron_pb2_grpc.CronServiceServicer):
-    def __init__(self, cron_jobs: CronJobs, pools: Pools) -> None:
+    def __init__(self, cron_jobs: CronJobs, pools: Pools, limits: Limits) -> None:
         self.cron_jobs = cron_jobs
         self.pools = pools
+        self.limits = limits
 
     @rpc
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
@@ -90,17 +93,18 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         submission = Submission.keyed(request.idempotency_key, who.name, 1, asked)
         if (repeat := self._repeat(submission)) is not None:
             return repeat
+
+        def check(spec: JobSpec) -> None:
+            refuse_unrunnable(spec, self.pools)
+            self.limits.make_room(who.name, 1)
+
         try:
             job_id = self.cron_jobs.run_now(
-                request.name,
-                who.name,
-                dict(request.env),
-                lambda spec: refuse_unrunnable(spec, self.pools),
-                submission.ids[0],
-                submission.digest,
+                request.name, who.name, dict(request.env), check, submission.ids[0], submission.digest
             )
-        except ConcurrencyConflict:
-            # The same key, sent again before this try's write: the first write stands.
+        except (ConcurrencyConflict, LimitReached):
+            # The same key, sent again before this try's write: the first write stands (and
+            # may have taken the submitter's last room).
             if (repeat := self._repeat(submission)) is None:
                 raise
             return repeat

@@ -28,8 +28,9 @@ from hodei.domain.spec import (
     naming_arrays,
     never_after,
 )
-from hodei.errors import ConcurrencyConflict, InvalidInput, NotFound, PermissionDenied
+from hodei.errors import ConcurrencyConflict, InvalidInput, LimitReached, NotFound, PermissionDenied
 from hodei.faults import Faults
+from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.providers.registry import check_image_provider, provider_type_of
 from hodei.providers.sim import Simulation
@@ -40,7 +41,7 @@ from hodei.server.edge import rpc
 from hodei.server.submission import Submission, earlier
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import fetch_all, fetch_column
+from hodei.store.db import command_transaction, fetch_all, fetch_column
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobFilters, JobRow, ReadModels
@@ -79,6 +80,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         signals: Signals,
         secrets: JobSecrets,
         pools: Pools,
+        limits: Limits,
         kill_grace: float,
         faults: Faults,
     ) -> None:
@@ -87,6 +89,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.signals = signals
         self.secrets = secrets
         self.pools = pools
+        self.limits = limits
         # A cancel's grace when it names none (HODEI_KILL_GRACE).
         self.kill_grace = kill_grace
         self.faults = faults
@@ -118,9 +121,12 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         # job itself, as a job submitted alone).
         first = str(jobs[0].id)
         try:
-            self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
-        except ConcurrencyConflict:
-            # The same key, sent again before this try's write: the first write stands.
+            with command_transaction(self.store.pool):
+                self.limits.make_room(who, len(jobs))
+                self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
+        except (ConcurrencyConflict, LimitReached):
+            # The same key, sent again before this try's write: the first write stands (and
+            # may have taken the submitter's last room).
             if (repeat := self._repeat(submission, secrets, bool(request.array))) is None:
                 raise
             return repeat
@@ -312,8 +318,10 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id, request_digest=submission.digest
         )
         try:
-            self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
-        except ConcurrencyConflict:
+            with command_transaction(self.store.pool):
+                self.limits.make_room(who.name, 1)
+                self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
+        except (ConcurrencyConflict, LimitReached):
             if (repeat := self._repeat(submission, None, array=False)) is None:
                 raise
             return repeat

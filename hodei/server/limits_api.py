@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from hodei._proto import limits_pb2, limits_pb2_grpc
+from hodei.domain.limit import INHERITED, Bound
 from hodei.errors import InvalidInput
 from hodei.limits import Limits, SubmitterUse
 from hodei.server.access import caller
@@ -19,7 +20,17 @@ def _to_proto(use: SubmitterUse) -> limits_pb2.SubmitterLimit:
         own=use.own,
         running=use.running,
         queued=use.queued,
+        submitted_limited=use.submitted is not None,
+        max_submitted=use.submitted or 0,
+        submitted_own=use.submitted_own,
     )
+
+
+def _bound(given: limits_pb2.Bound) -> Bound:
+    which = given.WhichOneof("value")
+    if which == "at_most":
+        return given.at_most
+    return None if which == "unlimited" else INHERITED
 
 
 class LimitService(limits_pb2_grpc.LimitServiceServicer):
@@ -30,12 +41,14 @@ class LimitService(limits_pb2_grpc.LimitServiceServicer):
     def SetSubmitterLimit(
         self, request: limits_pb2.SetSubmitterLimitRequest, context: grpc.ServicerContext
     ) -> limits_pb2.SubmitterLimit:
-        if request.unlimited and request.jobs:
-            raise InvalidInput(
-                f"a limit is a number of jobs or none (unlimited), not both; got {request.jobs} and none"
-            )
-        jobs = None if request.unlimited else request.jobs
-        return _to_proto(self.limits.set(request.submitter, jobs, caller().name))
+        given = {
+            name: _bound(bound)
+            for name, bound in (("jobs", request.jobs), ("submitted", request.submitted))
+            if bound.WhichOneof("value") is not None
+        }
+        if not given:
+            raise InvalidInput("give a limit of jobs at once, of jobs not ended (submitted), or both")
+        return _to_proto(self.limits.set(request.submitter, caller().name, given))
 
     @rpc
     def ListSubmitterLimits(

@@ -1168,10 +1168,10 @@ ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;
 SELECT hodei.pool_size(%s);
 
 -- name: submitter_limits
--- Every submitter with a limit of its own (its latest event has `jobs`, a JSON null for none:
--- idx_domain_events_submitter_limits) or with jobs queued or running,
--- `*` first, or the one named: its limit (its own, else `*`'s), its jobs admitted and not
--- ended, and its jobs waiting.
+-- Every submitter with a limit of its own (its latest event has `jobs`: not a deletion;
+-- idx_domain_events_submitter_limits) or with jobs queued or running, `*` first, or the one
+-- named: each of its two limits (its own, else `*`'s: hodei.submitter_bound's reading, sql/022)
+-- and whether it is its own, its jobs admitted and not ended, and its jobs waiting.
 WITH own AS (
     SELECT DISTINCT ON (payload ->> 'submitter') payload ->> 'submitter' AS submitter, payload
     FROM domain_events
@@ -1179,7 +1179,13 @@ WITH own AS (
       AND (%(submitter)s::text IS NULL OR payload ->> 'submitter' IN (%(submitter)s::text, '*'))
     ORDER BY payload ->> 'submitter', aggregate_version DESC
 ), limited AS (
-    SELECT submitter, (payload ->> 'jobs')::int AS jobs FROM own WHERE payload ? 'jobs'
+    SELECT submitter, payload,
+           NOT coalesce(payload -> 'inherits' ? 'jobs', FALSE) AS jobs_own,
+           submitter = '*' OR payload ? 'submitted' AND NOT coalesce(payload -> 'inherits' ? 'submitted', FALSE)
+               AS submitted_own
+    FROM own WHERE payload ? 'jobs'
+), star AS (
+    SELECT (payload ->> 'jobs')::int AS jobs, (payload ->> 'submitted')::int AS submitted FROM own WHERE submitter = '*'
 ), live AS (
     SELECT actor AS submitter, count(*) FILTER (WHERE admitted_at IS NOT NULL) AS running,
            count(*) FILTER (WHERE admitted_at IS NULL) AS queued
@@ -1188,11 +1194,27 @@ WITH own AS (
       AND (%(submitter)s::text IS NULL OR actor = %(submitter)s::text)
     GROUP BY actor
 )
-SELECT submitter, CASE WHEN s.submitter IS NOT NULL THEN s.jobs ELSE (SELECT jobs FROM limited WHERE submitter = '*') END AS jobs,
-       s.submitter IS NOT NULL AS own, coalesce(l.running, 0) AS running, coalesce(l.queued, 0) AS queued
+SELECT submitter,
+       CASE WHEN s.jobs_own THEN (s.payload ->> 'jobs')::int ELSE (SELECT jobs FROM star) END AS jobs,
+       coalesce(s.jobs_own, FALSE) AS own, coalesce(l.running, 0) AS running, coalesce(l.queued, 0) AS queued,
+       CASE WHEN s.submitted_own THEN (s.payload ->> 'submitted')::int ELSE (SELECT submitted FROM star) END AS submitted,
+       coalesce(s.submitted_own, FALSE) AS submitted_own
 FROM limited s FULL JOIN live l USING (submitter)
 WHERE %(submitter)s::text IS NULL OR submitter = %(submitter)s::text
 ORDER BY submitter <> '*', submitter;
+
+-- name: submitted_limit
+-- A submitter's limit of jobs not ended (NULL: none), read at each of its submissions.
+SELECT hodei.submitter_bound(%s, 'submitted');
+
+-- name: lock_submissions
+-- A limited submitter's submissions, one at a time (held to the commit): each counts its jobs
+-- not ended after the one before wrote its own.
+SELECT pg_advisory_xact_lock(10, hashtext(%s));
+
+-- name: submitter_not_ended
+-- Its jobs queued, held or running (idx_jobs_actor_not_ended).
+SELECT count(*) FROM jobs WHERE actor = %s AND state IN ('PENDING', 'ASSIGNED', 'RUNNING');
 
 -- name: lock_submitter
 -- A submitter's admissions, one round at a time whatever the provider (held to the commit),
