@@ -218,6 +218,33 @@ def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_us
     assert [volume.name for volume in bundles if volume.name.startswith("hodei-agent-")], "the agent's volume"
 
 
+def test_an_agent_volume_removed_between_jobs_is_filled_again(
+    server: ServerProcess, database_url: str, docker_client: Any, bare_image: str
+) -> None:
+    """`docker volume prune` (or `rm`) of the agent's volume while no job mounts it: the
+    next job in its own image fills it again and runs, as the first one did; so does one
+    that meets an empty volume of that name without labels (what the engine makes for a
+    job's mount when the volume was removed just before)."""
+
+    def ran(text: str) -> str:
+        job = server.cli("job", "run", "--image", bare_image, "-c", f"echo {text}", "--wait")
+        assert job.returncode == 0, job.stderr
+        job_id = job.stdout.strip()
+        assert server.cli("job", "logs", job_id, check=True).stdout == f"{text}\n"
+        eventually(lambda: not docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}), 30)
+        return job_id
+
+    ran("first")
+    [bundle] = docker_client.volumes.list(filters={"label": "hodei.agent-bundle"})
+    bundle.remove()
+    ran("second")
+    docker_client.volumes.get(bundle.name).remove()
+    docker_client.volumes.create(bundle.name)  # empty, unlabelled
+    ran("third")
+    labelled = docker_client.volumes.list(filters={"label": "hodei.agent-bundle"})
+    assert [volume.name for volume in labelled] == [bundle.name]
+
+
 def test_a_job_in_its_own_image_is_cancelled_and_its_container_goes(
     server: ServerProcess, database_url: str, docker_client: Any, bare_image: str
 ) -> None:

@@ -120,7 +120,7 @@ class DockerProvider(WorkerProvider):
         """A job's own image, pulled as ``pull`` says (by default when the engine lacks it),
         with the agent started from the bundle; the container keeps the image's ENV, WORKDIR
         and USER, which the agent gives the command as `docker run` of the image would."""
-        held = pull != "always" and self._present(self.client.images.get, image)
+        held = pull != "always" and self._lookup(self.client.images.get, image) is not None
         if not held and pull == "never":
             raise ProviderError(f"the job's image {image} is not in the Docker engine (--pull never)")
         if not held:
@@ -146,10 +146,14 @@ class DockerProvider(WorkerProvider):
             ) from exc
         volume = f"hodei-agent-{worker_image.removeprefix('sha256:')[:12]}"
         with self._filling:
-            # Removed since (docker volume prune): filled again.
-            if worker_image in self._filled and not self._present(self.client.volumes.get, volume):
+            found = self._lookup(self.client.volumes.get, volume)
+            # Removed since (docker volume prune), or made empty by the engine for a job's
+            # mount when it had just been removed (no labels): filled again.
+            if found is None or (found.attrs.get("Labels") or {}).get(LABEL_BUNDLE) != worker_image:
                 self._filled.discard(worker_image)
             if worker_image not in self._filled:
+                if found is not None and not (found.attrs.get("Labels") or {}).get(LABEL_BUNDLE):
+                    self._retry(found.remove)
                 labels = {LABEL_MANAGED: MANAGER, LABEL_BUNDLE: worker_image}
                 self._retry(self.client.volumes.create, volume, labels=labels)
                 try:
@@ -170,13 +174,13 @@ class DockerProvider(WorkerProvider):
                 self._remove_old_bundles(worker_image)
             return volume
 
-    def _present(self, get: Callable[[str], Any], name: str) -> bool:
-        """Whether the engine holds an image or a volume (``get``: the SDK's lookup of one)."""
+    def _lookup(self, get: Callable[[str], Any], name: str) -> Any:
+        """An image or a volume the engine holds (``get``: the SDK's lookup of one); None
+        without one."""
         try:
-            self._retry(get, name)
+            return self._retry(get, name)
         except NotFound:  # ImageNotFound is one
-            return False
-        return True
+            return None
 
     def _remove_old_bundles(self, worker_image: str) -> None:
         """The volumes of worker images built before this one (shared by the installations
