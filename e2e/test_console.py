@@ -85,6 +85,8 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
     reader = browser(guarded, tokens["read"])
     shown = reader.get(page)
     assert shown.ok and 'id="job-state"' in shown.text and 'id="cancel"' not in shown.text
+    assert 'id="signal"' not in shown.text
+    assert reader.post(f"{page}/signal", data={"signal": "USR1"}, allow_redirects=False).status_code == 403
     forged = reader.post(f"{page}/cancel", allow_redirects=False)
     assert forged.status_code == 403 and "needs submit" in forged.text, forged.text
     # Someone else's job: a submitter may not cancel it either.
@@ -96,6 +98,15 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
     operator = browser(guarded, tokens["operate"])
     assert 'id="cancel"' in operator.get(page).text and 'id="kill"' in operator.get(page).text
     assert 'id="hold"' not in operator.get(page).text  # it left the queue: nothing to hold
+    assert 'id="signal"' in operator.get(page).text
+    sent = operator.post(f"{page}/signal", data={"signal": "HUP"}, allow_redirects=False)  # `job signal`
+    assert sent.status_code == 303 and sent.headers["Location"] == f"/jobs/{job_id}"
+    signalled = (
+        "SELECT actor, payload->>'signal' FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobSignalled'"
+    )
+    assert query(url, signalled, (job_id,)) == [("operate-person", "HUP")]
+    bad = operator.post(f"{page}/signal", data={"signal": "SEGV"}, allow_redirects=False)
+    assert bad.status_code == 400 and "a signal is one of HUP" in bad.text
     cross_site = operator.post(f"{page}/cancel", headers={"Origin": "http://elsewhere.example"}, allow_redirects=False)
     assert cross_site.status_code == 403
     done = operator.post(f"{page}/cancel", data={"force": "1"}, allow_redirects=False)  # Kill

@@ -245,6 +245,21 @@ def test_an_agent_volume_removed_between_jobs_is_filled_again(
     assert [volume.name for volume in labelled] == [bundle.name]
 
 
+def test_a_signal_reaches_the_processes_of_a_job_in_its_own_image(
+    server: ServerProcess, database_url: str, bare_image: str
+) -> None:
+    """`job signal`: the agent in the job's container (not PID 1's child alone: the command's
+    whole group) gets it to the command, which handles it and goes on."""
+    traps = "trap 'echo got USR1' USR1; echo ready; while true; do sleep 0.1; done"
+    job_id = server.cli("job", "run", "--image", bare_image, "-c", traps, check=True).stdout.strip()
+    eventually(lambda: "ready" in server.cli("job", "logs", job_id).stdout, 60, what="the job to start")
+    server.cli("job", "signal", job_id, "--signal", "USR1", check=True)
+    eventually(lambda: "got USR1" in server.cli("job", "logs", job_id).stdout, 60, what="the command to handle it")
+    assert query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
+    server.cli("job", "cancel", job_id, check=True)
+    assert wait_terminal(database_url, job_id) == "CANCELLED"
+
+
 def test_a_job_in_its_own_image_is_cancelled_and_its_container_goes(
     server: ServerProcess, database_url: str, docker_client: Any, bare_image: str
 ) -> None:

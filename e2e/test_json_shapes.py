@@ -13,7 +13,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from hodei.cli.shapes import SHAPES
-from hodei.testing import ServerProcess, query, wait_settled
+from hodei.testing import ServerProcess, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -66,9 +66,10 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job list", ["job", "list"], 0),
     ("job cancel", ["job", "cancel", "{running}"], 0),
     ("job retry", ["job", "retry", "{job}"], 0),
-    ("job hold|release|update", ["job", "hold", "{held}", "--reason", "later"], 0),
-    ("job hold|release|update", ["job", "update", "{held}", "--priority", "-5"], 0),
-    ("job hold|release|update", ["job", "release", "{held}"], 0),
+    ("job hold|release|update|signal", ["job", "hold", "{held}", "--reason", "later"], 0),
+    ("job hold|release|update|signal", ["job", "update", "{held}", "--priority", "-5"], 0),
+    ("job hold|release|update|signal", ["job", "release", "{held}"], 0),
+    ("job hold|release|update|signal", ["job", "signal", "{started}", "--signal", "TERM"], 0),
     ("job watch", ["job", "watch", "{job}"], 2),
     ("job logs", ["job", "logs", "{job}"], 0),
     ("job artifacts", ["job", "artifacts", "{artifacts}"], 0),
@@ -124,6 +125,10 @@ def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
             return server.cli(*run, check=True).stdout.strip()
         if arg == "{running}":
             started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
+            return started.stdout.strip()
+        if arg == "{started}":  # RUNNING already
+            started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
+            wait_running(server.database_url, started.stdout.strip())
             return started.stdout.strip()
         return arg
 

@@ -96,6 +96,8 @@ RULES: dict[str, Role | Gate] = {
     _J + "ReleaseJob": Role.SUBMIT,
     # Submitters lower their own jobs' priority; `operate` raises any (checked by the method).
     _J + "SetJobPriority": Role.SUBMIT,
+    # Submitters signal their own running jobs; `operate` any (checked by the method).
+    _J + "SignalJob": Role.SUBMIT,
     _J + "WatchJob": Role.READ,
     _J + "GetJobEvents": Role.READ,
     _W + "Register": Gate.WORKER,

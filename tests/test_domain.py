@@ -12,7 +12,7 @@ from uuid import uuid4
 
 import pytest
 
-from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met
+from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met, check_signal
 from hodei.domain.limit import DEFAULT, INHERITED, SubmitterLimit, limit_id
 from hodei.domain.phases import phases_of
 from hodei.domain.pool import Pool, pool_id
@@ -493,6 +493,22 @@ def test_only_a_running_job_has_processes_to_stop() -> None:
     forced = running_job()
     forced.cancel("by test", grace=0)
     assert forced.grace_left(datetime.now(UTC)) == 0 and forced.stop_pending  # SIGKILL at once, then its report
+
+
+def test_a_signal_is_for_a_running_jobs_attempt_by_its_name() -> None:
+    job = running_job()
+    job.signal("usr1")
+    job.signal("SIGTERM")
+    events = [vars(e) for e in job.collect_events() if type(e).__name__ == "JobSignalled"]
+    signalled = [(e["signal"], e["attempt"]) for e in events]
+    assert signalled == [("USR1", 1), ("TERM", 1)]
+    assert job.state is JobState.RUNNING  # its processes go on, or not, as they handle it
+    for state in (JobState.PENDING, JobState.ASSIGNED):
+        with pytest.raises(InvalidTransition, match="only a running job's processes take a signal"):
+            job_in(state).signal("HUP")
+    for name in ("SEGV", "9", "", "SIG"):
+        with pytest.raises(InvalidInput, match="a signal is one of HUP, INT"):
+            check_signal(name)
 
 
 def test_a_worker_that_gave_up_reports_its_job_cancelled_without_an_exit_code() -> None:

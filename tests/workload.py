@@ -37,6 +37,7 @@ OPERATIONS = [
     "cron",
     "pool",
     "limit",
+    "signal",
 ]
 
 
@@ -139,6 +140,17 @@ class Workload:
         if job is None:
             return []
         job.prioritize(self.random.randint(-5, 5))
+        return [job]
+
+    def _signal(self) -> list[HodeiAggregate]:
+        """A running job's processes signalled, if one runs."""
+        running = [
+            job for job in (self.store.load(Job, job_id) for job_id in self.jobs) if job.state is JobState.RUNNING
+        ]
+        if not running:
+            return []
+        job = self.random.choice(running)
+        job.signal(self.random.choice(["USR1", "HUP", "TERM"]))
         return [job]
 
     def _requeue(self) -> list[HodeiAggregate]:

@@ -384,6 +384,29 @@ class SetJobPriorityRequest(_message.Message):
 Global___SetJobPriorityRequest: _TypeAlias = SetJobPriorityRequest  # noqa: Y015
 
 @_typing.final
+class SignalJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    signal: _builtins.str
+    """HUP, INT, QUIT, KILL, USR1, USR2, ALRM, TERM, CONT, STOP, TSTP or WINCH (SIG optional)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        signal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalJobRequest: _TypeAlias = SignalJobRequest  # noqa: Y015
+
+@_typing.final
 class HoldJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

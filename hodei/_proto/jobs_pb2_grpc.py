@@ -85,6 +85,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.SignalJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/SignalJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.SignalJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/hodei.jobs.JobExecutionService/WatchJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.WatchJobRequest.SerializeToString,
@@ -168,6 +173,14 @@ class JobExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalJob(self, request, context):
+        """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
+        they go on, or not, as they handle it. Its owner's, or the operate role's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams the job each time its state changes, ending at a terminal state.
         """
@@ -233,6 +246,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
             'SetJobPriority': grpc.unary_unary_rpc_method_handler(
                     servicer.SetJobPriority,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
+            ),
+            'SignalJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.SignalJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
@@ -515,6 +533,33 @@ class JobExecutionService:
             target,
             '/hodei.jobs.JobExecutionService/SetJobPriority',
             hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/SignalJob',
+            hodei_dot_jobs_dot_jobs__pb2.SignalJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,

@@ -52,6 +52,10 @@ class JobExecutionServiceStub:
     """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
     Its submitter may lower it; raising it is the operate role's.
     """
+    SignalJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SignalJobRequest, _jobs_pb2.GetJobResponse]
+    """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
+    they go on, or not, as they handle it. Its owner's, or the operate role's.
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]
@@ -79,6 +83,10 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     SetJobPriority: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
     Its submitter may lower it; raising it is the operate role's.
+    """
+    SignalJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SignalJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
+    they go on, or not, as they handle it. Its owner's, or the operate role's.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
     """Streams the job each time its state changes, ending at a terminal state."""
@@ -164,6 +172,16 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
         """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
         Its submitter may lower it; raising it is the operate role's.
+        """
+
+    @_abc_1.abstractmethod
+    def SignalJob(
+        self,
+        request: _jobs_pb2.SignalJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
+        """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
+        they go on, or not, as they handle it. Its owner's, or the operate role's.
         """
 
     @_abc_1.abstractmethod

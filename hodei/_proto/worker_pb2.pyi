@@ -400,6 +400,7 @@ class ServerMessage(_message.Message):
     LOG_ACK_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     RESULT_ACK_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run_job(self) -> Global___RunJob: ...
     @_builtins.property
@@ -410,6 +411,8 @@ class ServerMessage(_message.Message):
     def heartbeat_ack(self) -> Global___HeartbeatAck: ...
     @_builtins.property
     def result_ack(self) -> Global___ResultAck: ...
+    @_builtins.property
+    def signal(self) -> Global___Signal: ...
     def __init__(
         self,
         *,
@@ -418,12 +421,13 @@ class ServerMessage(_message.Message):
         log_ack: Global___LogAck | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         result_ack: Global___ResultAck | None = ...,
+        signal: Global___Signal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["run_job", "cancel", "log_ack", "heartbeat_ack", "result_ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["run_job", "cancel", "log_ack", "heartbeat_ack", "result_ack", "signal"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -583,6 +587,35 @@ class CancelJob(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_ms) -> _WhichOneofReturnType__grace_ms | None: ...
 
 Global___CancelJob: _TypeAlias = CancelJob  # noqa: Y015
+
+@_typing.final
+class Signal(_message.Message):
+    """A signal for the job's processes (`job signal`). Sent again after a reconnection: the
+    worker delivers each index once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    index: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "job_id", b"job_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Signal: _TypeAlias = Signal  # noqa: Y015
 
 @_typing.final
 class LogAck(_message.Message):

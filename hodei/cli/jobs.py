@@ -36,13 +36,14 @@ from hodei.cli.parsing import (
     parse_memory,
     parse_secret_files,
     parse_secrets,
+    signal_name,
     since,
     text_of,
     whole,
 )
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
-from hodei.domain.job import JobState, hold_text
+from hodei.domain.job import SIGNALS, JobState, hold_text
 from hodei.domain.phases import latest_usage, processes_stopping
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
@@ -776,6 +777,16 @@ def release(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return _each_job(term, _chosen(client, term, args), change, lambda _: "released: back in its line", selects(args))
 
 
+def signal_job(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    def change(job_id: str) -> common_pb2.Job:
+        request = jobs_pb2.SignalJobRequest(job_id=job_id, signal=args.signal)
+        signalled: jobs_pb2.GetJobResponse = client.call(client.jobs.SignalJob, request)
+        return signalled.job
+
+    sent = f"SIG{args.signal} sent to its processes"
+    return _each_job(term, _chosen(client, term, args), change, lambda _: sent, selects(args))
+
+
 def update(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     def change(job_id: str) -> common_pb2.Job:
         request = jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=args.priority)
@@ -928,9 +939,9 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             help="time between SIGTERM and SIGKILL for a running job, e.g. 30s or 2m (default: the server's)",
         )
         stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
-    if name in ("hold", "release", "update"):
+    if name in ("hold", "release", "update", "signal"):
         parser.add_argument("more_ids", nargs="*", metavar="ID", help=f"more jobs to {name} the same way")
-    if name in ("cancel", "hold", "release"):
+    if name in ("cancel", "hold", "release", "signal"):
         add_job_filters(parser.add_argument_group(f"or {name} every job that matches (as `job list` selects)"))
     if name == "update":
         parser.add_argument(
@@ -942,6 +953,14 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         )
     if name == "hold":
         parser.add_argument("--reason", help="shown with the job in the queue while it is held")
+    if name == "signal":
+        parser.add_argument(
+            "--signal",
+            type=signal_name,
+            required=True,
+            metavar="NAME",
+            help=f"one of {', '.join(SIGNALS)} (SIG optional): the job's processes go on, or not, as they handle it",
+        )
     if name == "watch":
         parser.add_argument(
             "more_ids", nargs="*", metavar="ID", help="more jobs to watch, each in turn; exits with the highest code"
@@ -1133,6 +1152,7 @@ def add_commands(commands: Any) -> Any:
         ("hold", hold, "keep a job waiting in the queue out of its line until released"),
         ("release", release, "put a held job back in its line"),
         ("update", update, "change a job waiting in the queue: its priority"),
+        ("signal", signal_job, "send a signal to a running job's processes (scancel --signal, docker kill -s)"),
     ):
         parser = job.add_parser(name, help=text)
         add_job_id(parser)

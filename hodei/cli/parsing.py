@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hodei._proto import limits_pb2
 from hodei.domain.base import check_idempotency_key
+from hodei.domain.job import check_signal
 from hodei.domain.limit import INHERITED, Bound
 from hodei.domain.spec import AFTER_CONDITIONS, LIMITS
 from hodei.errors import InvalidInput
@@ -326,3 +327,11 @@ def bound_message(bound: Bound) -> limits_pb2.Bound:
     if bound is None:
         return limits_pb2.Bound(unlimited=True)
     return limits_pb2.Bound(inherited=True) if bound == INHERITED else limits_pb2.Bound(at_most=bound)
+
+
+def signal_name(value: str) -> str:
+    """``job signal --signal``: USR1, usr1 or SIGUSR1 -> USR1."""
+    try:
+        return check_signal(value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None

@@ -118,7 +118,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "pool set|get|delete": (message_schema(pools_pb2.Pool.DESCRIPTOR), False),
     "limit list": (_array(message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR)), False),
     "limit set|get|delete": (message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR), False),
-    "job hold|release|update": (JOB, False),
+    "job hold|release|update|signal": (JOB, False),
     "job retry": (_object(job_id=_STRING, retry_of=_STRING, already_submitted=_BOOLEAN), False),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),

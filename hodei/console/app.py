@@ -45,7 +45,7 @@ from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
-from hodei.domain.job import JobState
+from hodei.domain.job import SIGNALS, JobState
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
 from hodei.errors import (
@@ -142,6 +142,7 @@ class Console:
         app.router.add_get("/jobs/{id}/logs", self.follow_logs)
         app.router.add_get("/jobs/{id}/artifacts/{attempt:\\d+}/{name:.+}", self.artifact)
         app.router.add_post("/jobs/{id}/cancel", self.cancel)
+        app.router.add_post("/jobs/{id}/signal", self.signal)
         app.router.add_post("/jobs/{id}/retry", self.retry)
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
         app.router.add_post("/jobs/{id}/priority", self.prioritize)
@@ -381,6 +382,7 @@ class Console:
             artifacts=[message_dict(artifact) for artifact in artifacts],
             # The Retry button's: pressed twice, or its page reloaded and posted again, one copy.
             retry_key=str(uuid.uuid4()),
+            signals=SIGNALS,
         )
 
     async def artifact(self, request: web.Request) -> web.StreamResponse:
@@ -441,6 +443,14 @@ class Console:
         if (await request.post()).get("force"):
             cancel.grace_seconds = 0  # Kill: `job cancel --force`
         await self._call(request, JOBS + "CancelJob", cancel)
+        raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
+    async def signal(self, request: web.Request) -> web.Response:
+        """`job signal ID --signal NAME` (its owner's, or the operate role's)."""
+        self._check_origin(request)
+        job_id = request.match_info["id"]
+        name = str((await request.post()).get("signal", ""))
+        await self._call(request, JOBS + "SignalJob", jobs_pb2.SignalJobRequest(job_id=job_id, signal=name))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
     async def hold(self, request: web.Request) -> web.Response:

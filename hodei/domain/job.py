@@ -13,7 +13,7 @@ from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate, check_transition
 from hodei.domain.spec import JobSpec, check_priority
-from hodei.errors import InvalidTransition
+from hodei.errors import InvalidInput, InvalidTransition
 
 
 class JobState(StrEnum):
@@ -38,6 +38,18 @@ class JobState(StrEnum):
 _STATUS_CODES = {state: code for code, state in enumerate(JobState, start=1)}
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+
+# The signals `job signal` sends to a running job's processes (`scancel --signal`, `docker
+# kill --signal`): by name, as every host numbers them alike only for these.
+SIGNALS = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "ALRM", "TERM", "CONT", "STOP", "TSTP", "WINCH")
+
+
+def check_signal(name: str) -> str:
+    """A signal's name, with or without SIG, in any case: ``usr1``, ``SIGUSR1`` -> ``USR1``."""
+    found = name.strip().upper().removeprefix("SIG")
+    if found not in SIGNALS:
+        raise InvalidInput(f"a signal is one of {', '.join(SIGNALS)} (with or without SIG), got {name[:40]!r}")
+    return found
 
 
 def hold_text(by: str, reason: str) -> str:
@@ -306,6 +318,14 @@ class Job(HodeiAggregate):
             usage=None,
         )
 
+    def signal(self, name: str) -> None:
+        """Sends a signal to its command's processes, which go on (or not) as they handle
+        it: a running job's only, the attempt running now. Its worker delivers it once."""
+        name = check_signal(name)
+        if self.state is not JobState.RUNNING:
+            raise InvalidTransition(f"job {self.id} is {self.state}: only a running job's processes take a signal")
+        self._signalled(signal=name, attempt=self.attempt)
+
     @property
     def stop_pending(self) -> bool:
         """Cancelled while running, and its worker has not reported its processes stopped:
@@ -377,6 +397,10 @@ class Job(HodeiAggregate):
     def _held(self, by: str, reason: str) -> None:
         self.held_by = by
         self.hold_reason = reason
+
+    @event("JobSignalled")
+    def _signalled(self, signal: str, attempt: int) -> None:
+        pass
 
     @event("JobPrioritized")
     def _prioritized(self, priority: int) -> None:

@@ -15,7 +15,7 @@ import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.base import check_submitter_name
-from hodei.domain.job import Job, JobState, after_met
+from hodei.domain.job import Job, JobState, after_met, check_signal
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
@@ -277,6 +277,11 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             job.prioritize(request.priority)
 
         return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "reprioritize", prioritize))
+
+    @rpc
+    def SignalJob(self, request: jobs_pb2.SignalJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
+        name = check_signal(request.signal)  # before whose job it is, or whether it runs
+        return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "signal", lambda job: job.signal(name)))
 
     def _change(self, job_ref: str, action: str, change: Callable[[Job], None]) -> common_pb2.Job:
         """A person's command on one job, theirs (or anyone's, for the operate role); the

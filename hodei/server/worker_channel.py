@@ -67,7 +67,7 @@ _RESULTS = {
 
 @dataclass(frozen=True)
 class SessionState:
-    """What a worker's stream reads to decide whether to send run-job or cancel."""
+    """What a worker's stream reads to decide whether to send run-job, cancel or signals."""
 
     worker_id: UUID
     worker_state: str
@@ -76,6 +76,8 @@ class SessionState:
     job_attempt: int
     spec: dict[str, Any]
     error_message: str | None
+    # The job's signals, each [attempt, name] (`job signal`).
+    signals: list[list[Any]]
 
 
 def outcome_state(result: worker_pb2.JobResult) -> JobState:
@@ -301,6 +303,9 @@ class WorkerSession:
         self.closed = False
         self.sent_run = False
         self.sent_cancel = False
+        # The job's signals this stream sent (all of them again on a new stream: the worker
+        # delivers each index once).
+        self.signals_sent = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiter: AsyncWaiter | None = None
         # The worker's heartbeat interval, as its registration just gave it (an agent that
@@ -347,7 +352,7 @@ class WorkerSession:
     def due(self, row: SessionState | None) -> bool:
         """Whether ``row`` (None: the worker is gone) asks this stream to end, or to send
         run-job or cancel that it has not sent."""
-        return row is None or _ended(row) or self._run_due(row) or self._cancel_due(row)
+        return row is None or _ended(row) or self._run_due(row) or self._cancel_due(row) or self._signals_due(row)
 
     def _run_due(self, row: SessionState) -> bool:
         busy = row.worker_state == WorkerState.BUSY
@@ -358,6 +363,19 @@ class WorkerSession:
     def _cancel_due(self, row: SessionState) -> bool:
         return row.worker_state == WorkerState.BUSY and row.job_state == JobState.CANCELLED and not self.sent_cancel
 
+    def _signals_due(self, row: SessionState) -> bool:
+        return row.worker_state == WorkerState.BUSY and len(row.signals) > self.signals_sent
+
+    def _send_signals(self, row: SessionState) -> None:
+        """Its attempt's signals this stream has not sent, in order."""
+        for index in range(self.signals_sent, len(row.signals)):
+            attempt, name = row.signals[index]
+            if attempt == self.attempt:
+                self._send(
+                    worker_pb2.ServerMessage(signal=worker_pb2.Signal(job_id=self.job_id, index=index, name=name))
+                )
+        self.signals_sent = len(row.signals)
+
     def _send(self, message: worker_pb2.ServerMessage) -> None:
         """Queues a message for the worker, from the loop or from an I/O thread (through
         the loop, in order: before the I/O call's own result reaches the stream's task)."""
@@ -365,7 +383,7 @@ class WorkerSession:
         self.loop.call_soon_threadsafe(self.outgoing.put_nowait, message)
 
     def _sync(self, read: SessionState | None = None) -> bool:
-        """Sends run-job or cancel when the database says so (``read``: what it said a
+        """Sends run-job, cancel or signals when the database says so (``read``: what it said a
         moment ago, else it is asked). False ends the stream. Runs in an I/O thread; what
         it sends is queued for the stream's task. One transaction: the state, and the
         job's secrets when run-job is due."""
@@ -379,6 +397,8 @@ class WorkerSession:
             if self._cancel_due(row):
                 self.sent_cancel = True
                 self._send(worker_pb2.ServerMessage(cancel=self._cancel(row)))
+            if self._signals_due(row):
+                self._send_signals(row)
             return True
 
     def _cancel(self, row: SessionState) -> worker_pb2.CancelJob:

@@ -78,6 +78,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "project_job_admitted": ("id", "at"),
     "project_job_held": ("id", "at", "held_by", "reason"),
     "project_job_prioritized": ("id", "at", "priority"),
+    "project_job_signalled": ("id", "at", "attempt", "signal"),
     "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
     "project_job_assigned": ("id", "at", "worker_id", "provider_id", "provider_type"),
     "project_job_touched": ("id", "at"),
@@ -483,6 +484,10 @@ def _job_prioritized(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_prioritized", event, priority=event.payload["priority"])
 
 
+def _job_signalled(cur: Sink, event: EventRecord) -> None:
+    _run(cur, "project_job_signalled", event, attempt=event.payload["attempt"], signal=event.payload["signal"])
+
+
 def _job_touched(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_touched", event)
 
@@ -882,6 +887,7 @@ PROJECTORS: dict[str, Projector] = {
     "JobHeld": _job_held,
     "JobReleased": _job_released,
     "JobPrioritized": _job_prioritized,
+    "JobSignalled": _job_signalled,
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
     "JobStopped": _job_touched,

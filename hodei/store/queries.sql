@@ -251,6 +251,17 @@ UPDATE jobs AS j SET priority = r.priority, spec = jsonb_set(j.spec, '{priority}
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS priority FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
+-- name: project_job_signalled
+-- A signal sent to a running job (`job signal`): appended, with the attempt it is for. Not
+-- folded into a replayed insert: its own statement, in the wave after it.
+UPDATE jobs AS j SET signals = j.signals || jsonb_build_array(jsonb_build_array(r.attempt, r.signal)),
+    updated_at = r.at
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS attempt, (e->>3)::text AS signal
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
+WHERE j.id = r.id;
+
 -- name: project_job_status_changed
 -- Its SET clauses have a Python twin in hodei.store.projections._UPDATES: change both.
 UPDATE jobs AS j
@@ -636,10 +647,10 @@ SELECT id, name, provider_type, status, health, health_message FROM provider_con
 SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
 
 -- name: worker_session_states
--- What workers' streams need to decide whether to send run-job or cancel: one stream's
+-- What workers' streams need to decide whether to send run-job, cancel or signals: one stream's
 -- own, or every connected one's (the guard against a missed signal).
 SELECT w.id AS worker_id, w.state AS worker_state, w.attempt AS worker_attempt, j.state AS job_state,
-       j.attempt AS job_attempt, j.spec, j.error_message
+       j.attempt AS job_attempt, j.spec, j.error_message, j.signals
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = ANY(%s::uuid[]);
 

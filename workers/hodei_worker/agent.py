@@ -219,6 +219,8 @@ class Agent:
         self.artifacts: tuple[str, ...] = ()
         self.artifacts_exclude: tuple[str, ...] = ()
         self.result_acked = threading.Event()
+        # The next signal's index (`job signal`): a stream opened again sends them all again.
+        self.next_signal = 0
 
     def _next_server(self) -> worker_pb2_grpc.WorkerAgentServiceStub:
         """A stub for the next server address (they take turns after each failure)."""
@@ -357,12 +359,24 @@ class Agent:
                 cancel = message.cancel
                 grace = cancel.grace_ms / 1000 if cancel.HasField("grace_ms") else None
                 self.process.cancel(cancel.reason or "cancelled by the server", grace)
+        elif kind == "signal":
+            self._signal(message.signal)
         elif kind == "log_ack":
             self.batcher.acked(message.log_ack.seq)
         elif kind == "result_ack":
             self.result_acked.set()
         elif kind == "heartbeat_ack" and message.heartbeat_ack.heartbeat_interval_ms > 0:
             self.heartbeat_interval = max(message.heartbeat_ack.heartbeat_interval_ms / 1000, 0.2)
+
+    def _signal(self, sent: worker_pb2.Signal) -> None:
+        """Each index once, said in the job's log (where its effect shows)."""
+        if sent.index < self.next_signal or self.process is None or sent.job_id != self.settings.job_id:
+            return
+        self.next_signal = sent.index + 1
+        self._on_output(STDERR, [f"[hodei] SIG{sent.name} sent to the command (job signal)"], False)
+        signum = getattr(signal, f"SIG{sent.name}", None)
+        if signum is not None:
+            self.process.signal(signum)
 
     # The job ------------------------------------------------------------------
 

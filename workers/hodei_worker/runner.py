@@ -208,6 +208,19 @@ class JobProcess:
         # A cancel's own grace, in place of kill_grace (None: kill_grace).
         self._cancel_grace: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        # Signals asked for before the command started (`job signal` as it is being started),
+        # sent to it once it has.
+        self._signals_lock = threading.Lock()
+        self._pending_signals: list[int] = []
+
+    def signal(self, signum: int) -> None:
+        """Sends ``signum`` to the command's processes (its whole group), as soon as it runs."""
+        with self._signals_lock:
+            if self._process is None:
+                self._pending_signals.append(signum)
+                return
+            pgid = self._process.pid
+        self._signal_group(pgid, signum)
 
     def cancel(self, reason: str, grace: float | None = None) -> None:
         """``grace``: the seconds between SIGTERM and SIGKILL the cancel asked for; the job
@@ -253,7 +266,10 @@ class JobProcess:
                     Outcome.START_FAILED, code, f"cannot use working directory {self.working_dir}: {exc.strerror}"
                 )
             return Finished(Outcome.START_FAILED, code, f"cannot start {self.argv[0]}: {exc.strerror or exc}")
-        self._process = process
+        with self._signals_lock:
+            self._process, pending = process, self._pending_signals
+        for signum in pending:
+            self._signal_group(process.pid, signum)
         readers = [
             threading.Thread(target=self._pump, args=(process.stdout, STDOUT), daemon=True),
             threading.Thread(target=self._pump, args=(process.stderr, STDERR), daemon=True),
