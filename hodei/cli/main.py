@@ -54,6 +54,8 @@ EPILOG = f"""examples:
   hodei-jobs-cli job run -p local --script deploy.sh --after $JOB_ID --begin 2h  # not before, and only if it succeeded
   hodei-jobs-cli cron create nightly --schedule "0 3 * * *" --tz Europe/Madrid -p docker --script backup.sh
   hodei-jobs-cli job run -p docker --script deploy.sh --idempotency-key "deploy-$GIT_SHA"  # run twice: one job
+  hodei-jobs-cli job signal $JOB_ID --signal USR1   # to its processes, which go on: a checkpoint, logs reopened
+  hodei-jobs-cli limit set '*' --max-submitted 1000   # an operator: past 1000 jobs not ended, submissions refused
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
