@@ -397,7 +397,7 @@ def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
     assert admission.admits_at_once(store.load(Job, local[0].id), ProviderType.LOCAL, datetime.now(UTC)) is False
 
     locked_out = _lock_taken_meanwhile(
-        monkeypatch, fresh_database_url, "SELECT pg_try_advisory_lock(8, hashtext('db'))"
+        monkeypatch, fresh_database_url, "SELECT pg_try_advisory_lock(11, hashtext('db'))"
     )
     assert admission.admit(ProviderType.DOCKER) == 3
     assert locked_out == [False]  # the round held the pool's lock

@@ -913,7 +913,9 @@ LIMIT %(limit)s;
 -- name: lock_pool
 -- A pool's admissions, one round at a time whatever the provider (held to the commit): a
 -- round counts the pool's jobs admitted by other providers' rounds once they committed.
-SELECT pg_advisory_xact_lock(8, hashtext(%s));
+-- Class 11, its own: class 8 is the servers' instance locks, held for a server's life (a pool
+-- whose name hashed as a server's id would wait for that server to stop).
+SELECT pg_advisory_xact_lock(11, hashtext(%s));
 
 -- name: queued_jobs
 -- The queue as people see it: each waiting job with its place in its provider's line, or,
