@@ -216,6 +216,15 @@ def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_us
     assert (tmp_path / "out.txt").read_text() == "kept\n"
     bundles = docker_client.volumes.list(filters={"label": "hodei.agent-bundle"})
     assert [volume.name for volume in bundles if volume.name.startswith("hodei-agent-")], "the agent's volume"
+    # Its pull had HODEI_IMAGE_PULL_TIMEOUT (600 s) more than the step's own 90 s: in the
+    # provisioning saga's context (select_provider's output, in its moves' row of the log).
+    ((pulled,),) = query(
+        database_url,
+        "SELECT count(*) FROM domain_events e JOIN sagas s ON s.id::text = e.aggregate_id "
+        "WHERE s.correlation_id = %s AND e.payload::text LIKE '%%\"image_pull_timeout\": 600.0%%'",
+        (job_id,),
+    )
+    assert pulled >= 1
 
 
 def test_an_agent_volume_removed_between_jobs_is_filled_again(

@@ -89,6 +89,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "longer, both in proportion",
     ),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
+    "HODEI_IMAGE_PULL_TIMEOUT": (
+        "600",
+        "seconds more a job in an image of its own (--image) has to start, for its image's pull: Docker's "
+        "create_worker step, Kubernetes' wait for the worker to register",
+    ),
     "HODEI_KEEP_FAILED_WORKERS": (
         "0",
         "seconds a worker that failed to start keeps its container or pod, for `docker logs` / `kubectl logs`",
@@ -199,6 +204,8 @@ class Timing:
     # A worker that failed to start keeps its container or pod this long (0: removed at once).
     keep_failed_workers: float = 0.0
     max_heartbeats_per_second: float = 50.0
+    # What a job with an image of its own adds to the step in which its image is pulled.
+    image_pull_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -377,6 +384,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
             keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS", zero_allowed=True),
             max_heartbeats_per_second=_number(env, "HODEI_MAX_HEARTBEATS_PER_SECOND"),
+            image_pull_timeout=_number(env, "HODEI_IMAGE_PULL_TIMEOUT"),
         ),
         relay=RelayConfig(
             batch_size=int(_number(env, "HODEI_RELAY_BATCH")),

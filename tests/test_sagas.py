@@ -251,6 +251,32 @@ def test_a_hanging_action_times_out(
     h.close()
 
 
+def test_a_job_in_an_image_of_its_own_has_its_pull_time_in_the_step_where_its_provider_pulls(
+    pool: ConnectionPool, tmp_path: Path, effects: Effects
+) -> None:
+    """HODEI_IMAGE_PULL_TIMEOUT (select_provider puts it in the saga's context for a job with
+    --image): Docker pulls as it creates the container, the kubelet while the worker has not
+    registered; a saga begun before the setting, or a job without an image, has none."""
+    from hodei.domain.saga import SagaType
+    from hodei.sagas.provisioning import CREATE_WORKER_TIMEOUT
+
+    h = harness(pool, tmp_path, effects)
+    definition = h.engine.definitions[SagaType.PROVISIONING]
+    create, wait = (
+        next(s for s in definition.steps if s.name == name) for name in ("create_worker", "wait_for_registration")
+    )
+    registration = FAST_TIMING.registration_timeout
+    for provider, created, registered in [
+        ("docker", CREATE_WORKER_TIMEOUT + 600, registration),
+        ("kubernetes", CREATE_WORKER_TIMEOUT, registration + 600),
+    ]:
+        context = {"provider_type": provider, "image_pull_timeout": 600.0}
+        assert (create.timeout_for(context), wait.timeout_for(context)) == (created, registered)
+        for none in ({"provider_type": provider}, {"provider_type": provider, "image_pull_timeout": 0.0}):
+            assert (create.timeout_for(none), wait.timeout_for(none)) == (CREATE_WORKER_TIMEOUT, registration)
+    h.close()
+
+
 def test_the_server_enforces_the_timeout_when_the_worker_never_reports(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ wait until it registers."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # What a start failure quotes of the worker's own output.
 OUTPUT_LINES = 20
+# Seconds a worker's container or pod has to be made, beside an image's pull (pull_time).
+CREATE_WORKER_TIMEOUT = 90.0
 OUTPUT_CHARS = 2000
 
 
@@ -75,8 +78,19 @@ def select_provider(deps: SagaDeps, step: StepInput) -> StepResult:
         "provider_id": provider_id,
         "provider_type": provider_type.value,
         "queue_timeout": _queue_timeout(job.spec, deps.clock()),
+        "image_pull_timeout": deps.timing.image_pull_timeout if job.spec.image else 0.0,
     }
     return StepResult(output, (job,))
+
+
+def pull_time(context: Mapping[str, Any], pulled_by: ProviderType) -> float:
+    """What the step in which ``pulled_by`` pulls a job's image of its own adds to its
+    timeout (HODEI_IMAGE_PULL_TIMEOUT): Docker pulls it as it creates the container, the
+    kubelet once the pod exists, while the worker has not registered. A saga begun before
+    the setting has none."""
+    if context.get("provider_type") != pulled_by.value:
+        return 0.0
+    return float(context.get("image_pull_timeout") or 0.0)
 
 
 def _queue_timeout(spec: JobSpec, now: datetime) -> float:
@@ -174,6 +188,13 @@ def wait_for_registration(deps: SagaDeps, step: StepInput) -> StepResult | None:
     return None
 
 
+def _not_registered(deps: SagaDeps, step: StepInput) -> str:
+    pulling = pull_time(step.context, ProviderType.KUBERNETES)
+    within = deps.timing.registration_timeout + pulling
+    settings = "HODEI_REGISTRATION_TIMEOUT" + (" + HODEI_IMAGE_PULL_TIMEOUT: its image's pull" if pulling else "")
+    return f"the worker did not register within {within:g}s ({settings})"
+
+
 def build(deps: SagaDeps) -> SagaDefinition:
     return SagaDefinition(
         SagaType.PROVISIONING,
@@ -202,23 +223,15 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 "create_worker",
                 StepKind.ACTION,
                 effect=Effect(partial(create_worker, deps), partial(record_resource, deps)),
-                timeout=90.0,
+                timeout=lambda context: CREATE_WORKER_TIMEOUT + pull_time(context, ProviderType.DOCKER),
                 retry=RetryPolicy(max_retries=2),
             ),
             StepDefinition(
                 "wait_for_registration",
                 StepKind.WAIT,
                 run=partial(wait_for_registration, deps),
-                timeout=deps.timing.registration_timeout,
-                expired=lambda step: (
-                    start_failure(
-                        deps,
-                        step,
-                        f"the worker did not register within {deps.timing.registration_timeout:g}s "
-                        "(HODEI_REGISTRATION_TIMEOUT)",
-                    )
-                    + "; deadline"
-                ),
+                timeout=lambda context: deps.timing.registration_timeout + pull_time(context, ProviderType.KUBERNETES),
+                expired=lambda step: start_failure(deps, step, _not_registered(deps, step)) + "; deadline",
             ),
         ),
         then=SagaType.EXECUTION,
