@@ -147,12 +147,13 @@ class DockerProvider(WorkerProvider):
         volume = f"hodei-agent-{worker_image.removeprefix('sha256:')[:12]}"
         with self._filling:
             found = self._lookup(self.client.volumes.get, volume)
+            filled_from = None if found is None else (found.attrs.get("Labels") or {}).get(LABEL_BUNDLE)
             # Removed since (docker volume prune), or made empty by the engine for a job's
             # mount when it had just been removed (no labels): filled again.
-            if found is None or (found.attrs.get("Labels") or {}).get(LABEL_BUNDLE) != worker_image:
+            if filled_from != worker_image:
                 self._filled.discard(worker_image)
             if worker_image not in self._filled:
-                if found is not None and not (found.attrs.get("Labels") or {}).get(LABEL_BUNDLE):
+                if found is not None and filled_from is None:
                     self._retry(found.remove)
                 labels = {LABEL_MANAGED: MANAGER, LABEL_BUNDLE: worker_image}
                 self._retry(self.client.volumes.create, volume, labels=labels)

@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 # What a start failure quotes of the worker's own output.
 OUTPUT_LINES = 20
+OUTPUT_CHARS = 2000
 # Seconds a worker's container or pod has to be made, beside an image's pull (pull_time).
 CREATE_WORKER_TIMEOUT = 90.0
-OUTPUT_CHARS = 2000
 
 
 def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict[str, str]:
@@ -188,11 +188,15 @@ def wait_for_registration(deps: SagaDeps, step: StepInput) -> StepResult | None:
     return None
 
 
+def _registration_time(deps: SagaDeps, context: Mapping[str, Any]) -> float:
+    """wait_for_registration's timeout: the kubelet pulls a job's own image meanwhile."""
+    return deps.timing.registration_timeout + pull_time(context, ProviderType.KUBERNETES)
+
+
 def _not_registered(deps: SagaDeps, step: StepInput) -> str:
     pulling = pull_time(step.context, ProviderType.KUBERNETES)
-    within = deps.timing.registration_timeout + pulling
     settings = "HODEI_REGISTRATION_TIMEOUT" + (" + HODEI_IMAGE_PULL_TIMEOUT: its image's pull" if pulling else "")
-    return f"the worker did not register within {within:g}s ({settings})"
+    return f"the worker did not register within {_registration_time(deps, step.context):g}s ({settings})"
 
 
 def build(deps: SagaDeps) -> SagaDefinition:
@@ -230,7 +234,7 @@ def build(deps: SagaDeps) -> SagaDefinition:
                 "wait_for_registration",
                 StepKind.WAIT,
                 run=partial(wait_for_registration, deps),
-                timeout=lambda context: deps.timing.registration_timeout + pull_time(context, ProviderType.KUBERNETES),
+                timeout=partial(_registration_time, deps),
                 expired=lambda step: start_failure(deps, step, _not_registered(deps, step)) + "; deadline",
             ),
         ),

@@ -351,7 +351,7 @@ class WorkerSession:
 
     def due(self, row: SessionState | None) -> bool:
         """Whether ``row`` (None: the worker is gone) asks this stream to end, or to send
-        run-job or cancel that it has not sent."""
+        run-job, cancel or signals that it has not sent."""
         return row is None or _ended(row) or self._run_due(row) or self._cancel_due(row) or self._signals_due(row)
 
     def _run_due(self, row: SessionState) -> bool:
