@@ -92,7 +92,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_IMAGE_PULL_TIMEOUT": (
         "600",
         "seconds more a job in an image of its own (--image) has to start, for its image's pull: Docker's "
-        "create_worker step, Kubernetes' wait for the worker to register",
+        "create_worker step, Kubernetes' wait for the worker to register (0: none)",
     ),
     "HODEI_KEEP_FAILED_WORKERS": (
         "0",
@@ -384,7 +384,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
             keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS", zero_allowed=True),
             max_heartbeats_per_second=_number(env, "HODEI_MAX_HEARTBEATS_PER_SECOND"),
-            image_pull_timeout=_number(env, "HODEI_IMAGE_PULL_TIMEOUT"),
+            image_pull_timeout=_number(env, "HODEI_IMAGE_PULL_TIMEOUT", zero_allowed=True),
         ),
         relay=RelayConfig(
             batch_size=int(_number(env, "HODEI_RELAY_BATCH")),

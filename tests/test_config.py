@@ -24,6 +24,8 @@ from hodei.errors import InvalidInput
         ("HODEI_METRICS_PUBLIC", "maybe", "HODEI_METRICS_PUBLIC must be 1 or 0, got `maybe`"),
         ("HODEI_LOCAL_MAX_STARTING", "-1", "HODEI_LOCAL_MAX_STARTING must be 0 or more, got `-1`"),
         ("HODEI_LOCAL_MAX_STARTING", "two", "HODEI_LOCAL_MAX_STARTING must be a number, got `two`"),
+        ("HODEI_IMAGE_PULL_TIMEOUT", "-5", "HODEI_IMAGE_PULL_TIMEOUT must be 0 or more, got `-5`"),
+        ("HODEI_IMAGE_PULL_TIMEOUT", "10m", "HODEI_IMAGE_PULL_TIMEOUT must be a number, got `10m`"),
     ],
 )
 def test_a_wrong_value_is_refused_by_name(name: str, value: str, refusal: str) -> None:
@@ -52,6 +54,11 @@ def test_the_console_port_defaults_to_8080_and_zero_turns_it_off() -> None:
     assert config.load({}).http_port == 8080
     assert config.load({"HODEI_HTTP_PORT": "0"}).http_port == 0
     assert config.load({"HODEI_GRPC_PORT": "50052"}).port == 50052
+
+
+def test_an_image_pull_has_ten_minutes_more_unless_told() -> None:
+    assert config.load({}).timing.image_pull_timeout == 600
+    assert config.load({"HODEI_IMAGE_PULL_TIMEOUT": "0"}).timing.image_pull_timeout == 0  # none: 90 s to create
 
 
 def test_local_workers_start_one_per_cpu_at_once_unless_told() -> None:
