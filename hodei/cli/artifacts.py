@@ -72,8 +72,9 @@ def _save(client: Client, job_id: str, artifact: artifacts_pb2.Artifact, target:
     digest = hashlib.sha256()
     for piece in client.stream(client.artifacts.ReadArtifact, request):
         if piece.WhichOneof("kind") == "data":
-            digest.update(piece.data)
-            target.write(piece.data)
+            data = piece.data  # each read of the field copies its bytes
+            digest.update(data)
+            target.write(data)
     target.flush()
     if digest.hexdigest() != artifact.sha256:
         raise InvalidInput(f"artifact {artifact.name}: the bytes read are not those stored (SHA-256 differs)")

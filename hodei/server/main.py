@@ -318,8 +318,11 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     """The API on an event loop: a stream (a connected worker, a log follower, a job
     watcher) is a task, not a thread; plain calls run on API_THREADS, and the streams'
     database work on IO_THREADS."""
+    from hodei_worker.runner import reuse_freed_memory
+
     from hodei.server.access import Gatekeeper
 
+    reuse_freed_memory()  # artifacts cross this process in pieces of a few MiB
     cfg = runtime.config
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="hodei-io"))

@@ -193,8 +193,9 @@ def fetch(
         with open(part, "wb") as target:
             for piece in stub().FetchArtifact(request, metadata=metadata, timeout=_left(until)):
                 if piece.WhichOneof("kind") == "data":
-                    digest.update(piece.data)
-                    target.write(piece.data)
+                    data = piece.data  # each read of the field copies its bytes
+                    digest.update(data)
+                    target.write(data)
         if digest.hexdigest() != artifact.sha256:
             raise ValueError(f"artifact {artifact.name} of job {wanted.job_id}: its bytes are not those stored")
 
