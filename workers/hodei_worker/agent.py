@@ -60,7 +60,6 @@ from hodei_worker.runner import (
     become_subreaper,
     hide_from_jobs,
     job_environment,
-    reuse_freed_memory,
 )
 
 # Backoff between attempts to reach a server.
@@ -463,7 +462,6 @@ class Agent:
         """Fetches the artifacts of the jobs this one starts after; a problem fails its start."""
         from hodei_worker import artifacts
 
-        reuse_freed_memory()
         until, size = time.monotonic() + artifacts.TRANSFER_SECONDS, 0
         user, metadata = self.settings.job_user, self._metadata()
         for wanted in inputs:
@@ -488,8 +486,6 @@ class Agent:
 
         found = artifacts.find(self.working_dir, self.artifacts, self.settings.job_user, self.artifacts_exclude)
         notes, stored = found.notes, []
-        if found.files:
-            reuse_freed_memory()
         metadata = self._metadata()
         until = time.monotonic() + artifacts.TRANSFER_SECONDS
         for name, path in found.files.items():
