@@ -63,7 +63,7 @@ from hodei.metrics import PlatformMetrics
 from hodei.roles import Caller
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
-from hodei.store.migrations import pending
+from hodei.store.migrations import schema_problem
 from hodei.wire import MAX_QUEUE_LISTED
 
 COOKIE = "hodei_token"
@@ -213,16 +213,16 @@ class Console:
         return web.Response(text="ok\n")
 
     async def readyz(self, _: web.Request) -> web.Response:
-        def check() -> list[str]:
+        def check() -> str | None:
             with translate_errors(), self.pool.connection() as conn:
-                return pending(conn)
+                return schema_problem(conn)
 
         try:
-            missing = await asyncio.to_thread(check)
+            problem = await asyncio.to_thread(check)
         except HodeiError as exc:
             return web.Response(text=f"not ready: {exc.message}\n", status=503)
-        if missing:
-            return web.Response(text=f"not ready: migrations not applied: {', '.join(missing)}\n", status=503)
+        if problem:
+            return web.Response(text=f"not ready: {problem}\n", status=503)
         return web.Response(text="ready\n")
 
     async def scrape(self, request: web.Request) -> web.Response:

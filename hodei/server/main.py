@@ -44,7 +44,7 @@ from hodei.errors import HodeiError
 from hodei.server.preflight import Misconfigured, check_log_dir, check_peers, check_worker_address, listen_host
 from hodei.store import history, replay
 from hodei.store.db import open_pool
-from hodei.store.migrations import migrate
+from hodei.store.migrations import check_not_newer, migrate
 from hodei.store.readmodels import ReadModels
 
 if TYPE_CHECKING:
@@ -83,7 +83,17 @@ def _migrate(cfg: configuration.Config) -> None:
     print(f"Database migrations completed ({names}); providers registered: {', '.join(created) or 'already'}")
 
 
+def _schema(cfg: configuration.Config) -> None:
+    """At start: the migrations applied (HODEI_AUTO_MIGRATE), or at least none applied that
+    this version does not ship (a newer version migrated the database)."""
+    if cfg.auto_migrate:
+        migrate(cfg.database_url)
+    else:
+        check_not_newer(cfg.database_url)
+
+
 def _replay(cfg: configuration.Config, apply: bool, job: str | None) -> int:
+    check_not_newer(cfg.database_url)  # an older rebuild would write the read models by older rules
     pool = open_pool(cfg.database_url, max_size=2, name="hodei-replay")
     what = "the read models"
     try:
@@ -275,8 +285,7 @@ def _serve(cfg: configuration.Config) -> int:
     from hodei.store.api_tokens import ApiTokens
 
     print(BANNER, flush=True)
-    if cfg.auto_migrate:
-        migrate(cfg.database_url)
+    _schema(cfg)
     runtime = Runtime(cfg)
     try:
         tokens = ApiTokens(runtime.pool)
@@ -396,6 +405,7 @@ def _settle_collector() -> None:
 def _relay(cfg: configuration.Config) -> int:
     from hodei.server.runtime import Runtime
 
+    check_not_newer(cfg.database_url)  # the serving servers migrate
     runtime = Runtime(cfg)
     try:
         providers = [provider_type.value for provider_type in runtime.registry.providers]
@@ -422,8 +432,7 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
     from hodei.roles import Role
     from hodei.store.api_tokens import ApiTokens
 
-    if cfg.auto_migrate:
-        migrate(cfg.database_url)
+    _schema(cfg)
     pool = open_pool(cfg.database_url, max_size=1, name="hodei-token")
     try:
         tokens = ApiTokens(pool)

@@ -7,6 +7,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,15 @@ def discover(sql_dir: Path) -> list[Migration]:
 
 
 def migrate(database_url: str, sql_dir: Path | None = None) -> list[Migration]:
-    """Applies pending migrations, each in its own transaction; returns those applied."""
+    """Applies pending migrations, each in its own transaction; returns those applied.
+    Refuses, applying nothing, a database that a newer version migrated (``NewerDatabase``)."""
     migrations = discover(sql_dir or default_sql_dir())
     applied: list[Migration] = []
     with translate_errors(), psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(_LEDGER)
+            _refuse_newer(conn, migrations)
             done: dict[int, str] = dict(
                 conn.execute("SELECT version, checksum FROM hodei.schema_migrations").fetchall()
             )
@@ -97,11 +100,50 @@ def migrate(database_url: str, sql_dir: Path | None = None) -> list[Migration]:
     return applied
 
 
-def pending(conn: psycopg.Connection[Any], sql_dir: Path | None = None) -> list[str]:
-    """The migrations not applied yet (``/readyz`` is not ready while any is)."""
-    conn.execute("SELECT 1")
+class NewerDatabase(HodeiError):
+    """The database has migrations this version does not ship. Such a server would write
+    rows and events by older rules beside the newer servers' (and fail on their events),
+    so it does not start, and one already running is not ready (``/readyz``)."""
+
+
+def check_not_newer(database_url: str) -> None:
+    """Raises NewerDatabase when a newer version migrated the database (what a server
+    that does not migrate at start, or only reads and rebuilds, checks instead)."""
+    with translate_errors(), psycopg.connect(database_url, autocommit=True) as conn:
+        _refuse_newer(conn, discover(default_sql_dir()))
+
+
+def schema_problem(conn: psycopg.Connection[Any], sql_dir: Path | None = None) -> str | None:
+    """What keeps this server from being ready on the database's schema (``/readyz``):
+    migrations not applied yet, or applied by a newer version; None when neither."""
+    migrations = discover(sql_dir or default_sql_dir())
+    done = _ledger(conn)
+    newer = [name for version, name in done.items() if version not in {m.version for m in migrations}]
+    if newer:
+        return _newer(newer)
+    missing = [m.path.name for m in migrations if m.version not in done]
+    return f"migrations not applied: {', '.join(missing)}" if missing else None
+
+
+def _refuse_newer(conn: psycopg.Connection[Any], migrations: list[Migration]) -> None:
+    shipped = {m.version for m in migrations}
+    newer = [name for version, name in _ledger(conn).items() if version not in shipped]
+    if newer:
+        raise NewerDatabase(_newer(newer))
+
+
+def _ledger(conn: psycopg.Connection[Any]) -> dict[int, str]:
+    """Each applied migration's file name by its number (none before the ledger exists)."""
     exists = conn.execute("SELECT to_regclass('hodei.schema_migrations') IS NOT NULL").fetchone()
-    done: set[int] = set()
-    if exists and exists[0]:
-        done = {row[0] for row in conn.execute("SELECT version FROM hodei.schema_migrations").fetchall()}
-    return [m.path.name for m in discover(sql_dir or default_sql_dir()) if m.version not in done]
+    if not (exists and exists[0]):
+        return {}
+    rows = conn.execute("SELECT version, name FROM hodei.schema_migrations ORDER BY version").fetchall()
+    return {version: f"{version:03d}_{name}.sql" for version, name in rows}
+
+
+def _newer(names: list[str]) -> str:
+    return (
+        f"this database was migrated by a newer hodei than this one ({version('hodei-jobs')}): it has "
+        f"{', '.join(names)}, which this version does not ship. Run that version or a newer one; "
+        "going back to this one needs the database as it was before the upgrade (a backup)"
+    )
