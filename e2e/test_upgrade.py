@@ -34,7 +34,10 @@ def test_an_older_server_refuses_a_database_a_newer_version_migrated(fresh_datab
     newer_database = fresh_database_url
     _newer(newer_database)
     ledger = _ledger(newer_database)
-    said = "this database was migrated by a newer hodei than this one"
+    shown = hodei_server(newer_database, "--version")
+    assert shown.returncode == 0 and shown.stdout.startswith("hodei-server ")
+    ours = shown.stdout.split()[1]
+    said = f"this database was migrated by a newer hodei than this one ({ours})"
     for env in ({}, {"HODEI_AUTO_MIGRATE": "0"}):
         server = ServerProcess(newer_database, tmp_path / f"logs-{len(env)}", env)
         with pytest.raises(RuntimeError, match="exited with 1") as refused:

@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 # The server starts worker processes while gRPC threads run: gRPC's fork handlers must not
@@ -285,6 +286,7 @@ def _serve(cfg: configuration.Config) -> int:
     from hodei.store.api_tokens import ApiTokens
 
     print(BANNER, flush=True)
+    log.info("hodei-server %s", version("hodei-jobs"))
     _schema(cfg)
     runtime = Runtime(cfg)
     try:
@@ -480,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         description="The Hodei Jobs server. Configuration comes from the environment: "
         + ", ".join(configuration.VARIABLES),
     )
+    parser.add_argument("--version", action="version", version=f"hodei-server {version('hodei-jobs')}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="serve the gRPC API (the default)")
     commands.add_parser("migrate", help="apply database migrations and register the providers")
