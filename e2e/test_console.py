@@ -437,6 +437,8 @@ def test_metrics_count_every_job_by_state_with_a_sample_each(fresh_database_url:
         scraped = requests.get(f"{server.http_url}/metrics")
         assert scraped.ok and scraped.headers["Content-Type"].startswith("text/plain")
         found = samples(scraped.text)
+        ours = server.cli("--version", check=True).stdout.split()[1]  # the CLI and server ship together
+        assert found["hodei_build_info", (("version", ours),)] == 1
         assert found["hodei_jobs_finished_total", (("state", "SUCCEEDED"),)] == 4
         assert found["hodei_jobs_finished_total", (("state", "FAILED"),)] == 3
         for histogram in ("hodei_job_queued_seconds", "hodei_job_run_seconds", "hodei_job_seconds"):

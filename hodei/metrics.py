@@ -21,9 +21,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from importlib.metadata import version
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -181,6 +182,10 @@ class PlatformMetrics:
     def __init__(self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools, limits: Limits) -> None:
         self.reads = reads
         self.registry = CollectorRegistry()
+        # Which version each server runs (during an upgrade, which servers are still old).
+        Info("hodei_build", "The version of hodei this server runs", registry=self.registry).info(
+            {"version": version("hodei-jobs")}
+        )
         self.jobs_finished = Counter(
             "hodei_jobs_finished", "Jobs that reached a final state", ["state"], registry=self.registry
         )
