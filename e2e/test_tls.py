@@ -95,3 +95,57 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(fresh_database_url: s
         assert anonymous.returncode != 0
         assert "needs --tls-cert, --tls-key" in anonymous.stderr, anonymous.stderr
         assert query(fresh_database_url, "SELECT state FROM jobs") == [("SUCCEEDED",)]
+
+
+def test_certificates_rotated_on_disk_are_served_without_a_restart(fresh_database_url: str, tmp_path: Path) -> None:
+    """The files replaced in place (as cert-manager and certbot do): the next connections,
+    the console within seconds, and the next workers get the new ones; a key written
+    before its certificate is not taken until the pair matches (the old pair serves on).
+    A client that does not trust the certificate, or finds it expired, is told which."""
+    import shutil
+    import time
+
+    import requests
+
+    from hodei.testing import Cli
+
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key, ca = live / "tls.crt", live / "tls.key", live / "ca.crt"
+    for source, target in ((old.server_cert, cert), (old.server_key, key), (old.ca, ca)):
+        shutil.copyfile(source, target)
+    env = {"HODEI_TLS_CERT": str(cert), "HODEI_TLS_KEY": str(key), "HODEI_TLS_CA": str(ca)}
+    with ServerProcess(fresh_database_url, tmp_path / "logs", env, tls=old, http=True) as server:
+        trusting_old = Cli(server.address, ("--tls-ca", str(old.ca)))
+        trusting_new = Cli(server.address, ("--tls-ca", str(new.ca)))
+        assert trusting_old.cli("job", "list", timeout=30).returncode == 0
+        assert "not trusted" in trusting_new.cli("job", "list", timeout=30).stderr
+        assert requests.get(f"{server.http_url}/healthz", verify=str(old.ca), timeout=10).ok
+
+        shutil.copyfile(new.server_key, key)  # half-way: the new key beside the old certificate
+        assert trusting_old.cli("job", "list", timeout=30).returncode == 0
+        assert "cannot be used yet" in server.logs()
+        shutil.copyfile(new.server_cert, cert)
+        shutil.copyfile(new.ca, ca)  # what workers are told to trust
+        assert trusting_new.cli("job", "list", timeout=30).returncode == 0
+        assert "not trusted" in trusting_old.cli("job", "list", timeout=30).stderr
+        ran = trusting_new.cli("job", "run", "-p", "local", "-c", "echo after rotation", "--timeout", "30", "--follow")
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines() == ["after rotation"]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert requests.get(f"{server.http_url}/healthz", verify=str(new.ca), timeout=10).ok
+                break
+            except requests.exceptions.SSLError:
+                assert time.monotonic() < deadline, "the console still serves the old certificate"
+                time.sleep(0.5)
+        assert "TLS certificate reloaded" in server.logs()
+
+        lapsed = make_pki(tmp_path / "lapsed", days=0)  # valid until now: expired by its first use
+        shutil.copyfile(lapsed.server_key, key)
+        shutil.copyfile(lapsed.server_cert, cert)
+        time.sleep(1)
+        refused = Cli(server.address, ("--tls-ca", str(lapsed.ca))).cli("job", "list", timeout=30)
+        assert "its TLS certificate has expired (or this machine's clock is wrong)" in refused.stderr, refused.stderr

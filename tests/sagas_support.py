@@ -148,7 +148,7 @@ class Harness:
             signer=TokenSigner(b"k" * 32),
             logs=LogStore(tmp / "logs"),
             timing=timing,
-            dial={},
+            dial=dict,
             worker_addresses=lambda: ["127.0.0.1:1"],
             clock=now,
             forget_worker=self.liveness.forget,

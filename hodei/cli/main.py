@@ -264,9 +264,13 @@ def explain(exc: grpc.RpcError, connection: Connection) -> str:
     if exc.code() != grpc.StatusCode.UNAVAILABLE or details.startswith(StoreUnavailable.PREFIX):
         return f"{details} ({exc.code().name})"
     where = f"cannot reach the server at {connection.server}"
-    if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details.lower():
+    lowered = details.lower()
+    if "certificate has expired" in lowered:
+        return f"{where}: its TLS certificate has expired (or this machine's clock is wrong)"
+    # A CA other than the signer: unknown to us, or one of the same name (another key).
+    if any(said in lowered for said in ("certificate_verify_failed", "certificate verify failed", "signature failure")):
         return f"{where}: its TLS certificate is not trusted; pass --tls-ca with the CA that signed it"
-    closed = "Socket closed" in details or "handshake" in details.lower()
+    closed = "Socket closed" in details or "handshake" in lowered
     if "WRONG_VERSION_NUMBER" in details:
         return f"{where}: the server does not speak TLS; leave out --tls-ca"
     if closed and connection.tls_ca is None:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import re
-import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -668,14 +667,3 @@ def _log_lines(entries: Iterable[logs_pb2.JobLogEntry]) -> list[tuple[int, str, 
         lines.append((entry.line_number, _stream(entry.stream), entry.line, entry.attempt, begins))
         previous = entry.attempt
     return lines
-
-
-def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """The gRPC port's TLS rules for HTTP: the same certificate; with mutual TLS, the
-    same client CA is required."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    if client_ca is not None:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context

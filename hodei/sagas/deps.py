@@ -32,7 +32,8 @@ class SagaDeps:
     logs: LogStore
     timing: Timing
     # How workers reach the server: with TLS, what to trust (PEM text in HODEI_TLS_*).
-    dial: Mapping[str, str]
+    # What a new worker is told about trusting the server (read as each is made).
+    dial: Callable[[], Mapping[str, str]]
     # Addresses of the live servers, this one first: the worker's HODEI_SERVER_ADDRESS.
     worker_addresses: Callable[[], list[str]]
     clock: Callable[[], datetime]

@@ -41,7 +41,7 @@ CREATE_WORKER_TIMEOUT = 90.0
 def agent_environment(deps: SagaDeps, worker: Worker, kill_grace: float) -> dict[str, str]:
     """The worker agent's whole configuration (see workers/hodei_worker/agent.py)."""
     return {
-        **deps.dial,
+        **deps.dial(),
         "HODEI_SERVER_ADDRESS": ",".join(deps.worker_addresses()),
         "HODEI_WORKER_ID": str(worker.id),
         "HODEI_JOB_ID": worker.job_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
@@ -136,17 +138,6 @@ def _wait_for_signal() -> threading.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     return stop
-
-
-def _credentials(tls: configuration.TlsConfig) -> grpc.ServerCredentials | None:
-    if tls.cert is None or tls.key is None:
-        return None
-    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
-    return grpc.ssl_server_credentials(
-        [(tls.key.read_bytes(), tls.cert.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
 
 
 def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
@@ -350,7 +341,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
         ],
     )
     health_servicer, servicers = await _add_services(server, runtime, tokens)
-    _listen(server, address, _credentials(cfg.tls))
+    _listen(server, address, runtime.certificates.grpc_credentials())
     console = await _start_console(runtime, Api(gatekeeper, servicers), address.rpartition(":")[0])
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -371,7 +362,8 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
 async def _start_console(runtime: Runtime, api: Api, host: str) -> web.AppRunner | None:
     """The web console and /metrics on HODEI_HTTP_PORT (0: none), on the gRPC port's
     address and with its TLS rules."""
-    from hodei.console.app import Console, tls_context
+    from hodei.console.app import Console
+    from hodei.server.tls import ConsoleWatch
 
     cfg = runtime.config
     if cfg.http_port == 0:
@@ -379,9 +371,21 @@ async def _start_console(runtime: Runtime, api: Api, host: str) -> web.AppRunner
     tls = cfg.tls
     secure = tls.cert is not None and tls.key is not None
     console = Console(api, runtime.metrics, runtime.pool, secure=secure, metrics_public=cfg.metrics_public)
-    runner = web.AppRunner(console.application(), access_log=None, handle_signals=False)
+    application = console.application()
+    watch = ConsoleWatch(runtime.certificates) if secure else None
+    if watch is not None:
+
+        async def watching(_: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(watch.run())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        application.cleanup_ctx.append(watching)
+    runner = web.AppRunner(application, access_log=None, handle_signals=False)
     await runner.setup()
-    context = tls_context(tls.cert, tls.key, tls.client_ca) if tls.cert is not None and tls.key is not None else None
+    context = watch.context if watch is not None else None
     site = web.TCPSite(runner, host.strip("[]"), cfg.http_port, ssl_context=context, reuse_port=False)
     try:
         await site.start()

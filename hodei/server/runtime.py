@@ -28,6 +28,7 @@ from hodei.retention import Retention
 from hodei.sagas import catalog, routes
 from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
+from hodei.server.tls import ServerCertificates
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore
 from hodei.store.db import fetch_value, open_pool
@@ -78,21 +79,6 @@ def build_providers(
     return providers, reasons
 
 
-def dial_environment(config: Config) -> dict[str, str]:
-    """What every worker agent is told about trusting the server, with TLS: the CA (and
-    under mutual TLS its own client certificate), as PEM text, so that containers and
-    pods need no files."""
-    env: dict[str, str] = {}
-    tls = config.tls
-    trusted = tls.trusted_by_workers
-    if trusted is not None:
-        env["HODEI_TLS_CA_PEM"] = trusted.read_text()
-    if tls.worker_cert is not None and tls.worker_key is not None:
-        env["HODEI_TLS_CERT_PEM"] = tls.worker_cert.read_text()
-        env["HODEI_TLS_KEY_PEM"] = tls.worker_key.read_text()
-    return env
-
-
 def installation_id(store: HodeiStore) -> str:
     found = fetch_value(store.pool, "installation_id")
     if found is None:
@@ -103,6 +89,7 @@ def installation_id(store: HodeiStore) -> str:
 class Runtime:
     def __init__(self, config: Config, after_commit: Callable[[Saga], None] | None = None) -> None:
         self.config = config
+        self.certificates = ServerCertificates(config.tls)
         # One thread of the pool's own: psycopg_pool opens one connection at a time as the
         # pool grows (``_maybe_grow_pool``), and returns them in the caller's thread (no
         # reset), so its default three left two idle: a server's threads count against
@@ -142,7 +129,7 @@ class Runtime:
             signer=self.signer,
             logs=self.logs,
             timing=config.timing,
-            dial=dial_environment(config),
+            dial=self.certificates.worker_environment,
             worker_addresses=self._worker_addresses,
             clock=now,
             forget_worker=self._forget_worker,
