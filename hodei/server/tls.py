@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 # Seconds between two looks at the web console's certificate files.
 CONSOLE_CHECK_INTERVAL = 5.0
 
-# What identifies a file's version: its modification time and size (a rotation that
-# writes the same bytes changes nothing that matters).
+# What identifies a file's version: its modification time and size (a file written again
+# with the same bytes is reloaded, which costs one read).
 _Stamp = tuple[tuple[int, int] | None, ...]
 
 
