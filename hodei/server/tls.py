@@ -40,6 +40,7 @@ class ServerCertificates:
         self.tls = tls
         self._lock = threading.Lock()
         self._served = self.serving_stamp()
+        self._unusable: _Stamp | None = None
         self._workers = self._stamp(self._worker_files())
         self._worker_env = self._read_worker_environment()
 
@@ -95,12 +96,13 @@ class ServerCertificates:
         changed since they were last taken, else None (gRPC keeps what it has)."""
         with self._lock:
             stamp = self.serving_stamp()
-            if stamp == self._served:
+            if stamp in (self._served, self._unusable):
                 return None
             try:
                 configuration = self._grpc_configuration()
             except (OSError, ssl.SSLError) as exc:
                 log.warning("TLS files changed but cannot be used yet (%s): serving the previous ones", exc)
+                self._unusable = stamp  # tried again once they change again, not at every connection
                 return None
             self._served = stamp
         log.info("TLS certificate reloaded from %s", self.tls.cert)
@@ -160,6 +162,7 @@ class ConsoleWatch:
         self.certificates = certificates
         self.context = certificates.console_context()
         self._seen = certificates.serving_stamp()
+        self._unusable: _Stamp | None = None
 
     async def run(self) -> None:
         """Looks at the files every CONSOLE_CHECK_INTERVAL seconds, for as long as the
@@ -172,7 +175,7 @@ class ConsoleWatch:
         """True when a new pair was loaded."""
         certificates = self.certificates
         stamp = certificates.serving_stamp()
-        if stamp == self._seen:
+        if stamp in (self._seen, self._unusable):
             return False
         tls = certificates.tls
         try:
@@ -182,6 +185,7 @@ class ConsoleWatch:
                 self.context.load_verify_locations(tls.client_ca)
         except (OSError, ssl.SSLError) as exc:
             log.warning("TLS files changed but cannot be used yet (%s): the console serves the previous ones", exc)
+            self._unusable = stamp
             return False
         self._seen = stamp
         log.info("web console's TLS certificate reloaded from %s", tls.cert)
