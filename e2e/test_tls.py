@@ -151,3 +151,24 @@ def test_certificates_rotated_on_disk_are_served_without_a_restart(fresh_databas
         time.sleep(1)
         refused = Cli(server.address, ("--tls-ca", str(lapsed.ca))).cli("job", "list", timeout=30)
         assert "its TLS certificate has expired (or this machine's clock is wrong)" in refused.stderr, refused.stderr
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_server_at_start(
+    fresh_database_url: str, pki: Pki, tmp_path: Path
+) -> None:
+    other = make_pki(tmp_path / "other")
+    cases = [
+        ({"HODEI_TLS_KEY": str(other.server_key)}, "not a certificate and its key (KEY_VALUES_MISMATCH)"),
+        (
+            {"HODEI_TLS_CLIENT_CA": "/etc/hostname", "HODEI_TLS_WORKER_CERT": str(pki.client_cert)}
+            | {"HODEI_TLS_WORKER_KEY": str(pki.client_key)},
+            "HODEI_TLS_CLIENT_CA=/etc/hostname: not a certificate, its key and a CA bundle",
+        ),
+    ]
+    for change, said in cases:
+        env = tls_env(pki, mutual=False) | change
+        with pytest.raises(RuntimeError, match="exited with 1") as refused:
+            ServerProcess(fresh_database_url, tmp_path / "logs", env, tls=pki).start()
+        assert f"hodei-server: HODEI_TLS_CERT={pki.server_cert}" in str(refused.value)
+        assert said in str(refused.value)
+        assert "Traceback" not in str(refused.value)

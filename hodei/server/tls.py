@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from hodei.config import TlsConfig
+from hodei.server.preflight import Misconfigured
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,18 @@ class ServerCertificates:
         """None without a certificate (plaintext)."""
         if self.tls.cert is None or self.tls.key is None:
             return None
+        try:
+            initial = self._grpc_configuration()
+        except ssl.SSLError as exc:
+            cert, key = self.pair
+            files = f"HODEI_TLS_CERT={cert}, HODEI_TLS_KEY={key}"
+            wanted = "a certificate and its key"
+            if self.tls.client_ca is not None:
+                files += f", HODEI_TLS_CLIENT_CA={self.tls.client_ca}"
+                wanted = "a certificate, its key and a CA bundle"
+            raise Misconfigured(f"{files}: not {wanted} ({exc.reason or exc})") from None
         return grpc.dynamic_ssl_server_credentials(
-            self._grpc_configuration(),
+            initial,
             self._changed_grpc_configuration,  # type: ignore[arg-type]  # None: unchanged (gRPC's docs; not its stub)
             require_client_authentication=self.tls.client_ca is not None,
         )
@@ -84,7 +95,7 @@ class ServerCertificates:
         return self.tls.cert, self.tls.key
 
     def _grpc_configuration(self) -> grpc.ServerCertificateConfiguration:
-        self.check_pair()
+        self.check()
         cert, key = self.pair
         client_ca = self.tls.client_ca.read_bytes() if self.tls.client_ca else None
         return grpc.ssl_server_certificate_configuration(
@@ -108,9 +119,13 @@ class ServerCertificates:
         log.info("TLS certificate reloaded from %s", self.tls.cert)
         return configuration
 
-    def check_pair(self) -> None:
-        """Raises ssl.SSLError (or OSError) unless the key is the certificate's."""
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(*self.pair)
+    def check(self) -> None:
+        """Raises ssl.SSLError (or OSError) unless the key is the certificate's and the
+        client CA (mutual TLS) holds certificates."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*self.pair)
+        if self.tls.client_ca is not None:
+            context.load_verify_locations(self.tls.client_ca)
 
     # The web console -------------------------------------------------------------------
 
@@ -179,7 +194,7 @@ class ConsoleWatch:
             return False
         tls = certificates.tls
         try:
-            certificates.check_pair()
+            certificates.check()
             self.context.load_cert_chain(*certificates.pair)
             if tls.client_ca is not None:
                 self.context.load_verify_locations(tls.client_ca)
