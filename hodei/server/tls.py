@@ -121,11 +121,8 @@ class ServerCertificates:
 
     def check(self) -> None:
         """Raises ssl.SSLError (or OSError) unless the key is the certificate's and the
-        client CA (mutual TLS) holds certificates."""
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*self.pair)
-        if self.tls.client_ca is not None:
-            context.load_verify_locations(self.tls.client_ca)
+        client CA (mutual TLS) holds certificates: unless the files make a context."""
+        self.console_context()
 
     # The web console -------------------------------------------------------------------
 

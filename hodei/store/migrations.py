@@ -118,18 +118,17 @@ def schema_problem(conn: psycopg.Connection[Any], sql_dir: Path | None = None) -
     migrations not applied yet, or applied by a newer version; None when neither."""
     migrations = discover(sql_dir or default_sql_dir())
     done = _ledger(conn)
-    newer = [name for version, name in done.items() if version not in {m.version for m in migrations}]
+    newer = _newer(done, migrations)
     if newer:
-        return _newer(newer)
+        return newer
     missing = [m.path.name for m in migrations if m.version not in done]
     return f"migrations not applied: {', '.join(missing)}" if missing else None
 
 
 def _refuse_newer(conn: psycopg.Connection[Any], migrations: list[Migration]) -> None:
-    shipped = {m.version for m in migrations}
-    newer = [name for version, name in _ledger(conn).items() if version not in shipped]
+    newer = _newer(_ledger(conn), migrations)
     if newer:
-        raise NewerDatabase(_newer(newer))
+        raise NewerDatabase(newer)
 
 
 def _ledger(conn: psycopg.Connection[Any]) -> dict[int, str]:
@@ -141,7 +140,12 @@ def _ledger(conn: psycopg.Connection[Any]) -> dict[int, str]:
     return {version: f"{version:03d}_{name}.sql" for version, name in rows}
 
 
-def _newer(names: list[str]) -> str:
+def _newer(done: dict[int, str], migrations: list[Migration]) -> str | None:
+    """What is wrong when the ledger ``done`` has migrations that ``migrations`` lack."""
+    shipped = {m.version for m in migrations}
+    names = [name for number, name in done.items() if number not in shipped]
+    if not names:
+        return None
     return (
         f"this database was migrated by a newer hodei than this one ({version('hodei-jobs')}): it has "
         f"{', '.join(names)}, which this version does not ship. Run that version or a newer one; "
