@@ -137,37 +137,40 @@ def test_patterns_are_checked_as_paths_inside_the_working_directory() -> None:
 
 
 # Copies a piece three times in a thread of its own, as an artifact's piece is copied on its
-# way (read, protobuf, gRPC), forty pieces; prints the page faults of the second forty.
+# way (read, protobuf, gRPC): ten pieces to warm the thread's arena, then prints that thread's
+# page faults over forty more.
 _PIECES = """
 import resource, sys, threading
 from hodei_worker.runner import reuse_freed_memory
 if sys.argv[1] == "reuse":
     reuse_freed_memory()
-def copies():
-    for _ in range(40):
+def copies(times):
+    for _ in range(times):
         piece = b"\\x01" * (3 << 20)
         protobuf = piece + b"p"
         grpc = protobuf + b"g"
         del piece, protobuf, grpc
 def run():
-    thread = threading.Thread(target=copies)
-    thread.start()
-    thread.join()
-run()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-run()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    copies(10)
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    copies(40)
+    print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+thread = threading.Thread(target=run)
+thread.start()
+thread.join()
 """
 
 
 def test_freed_pieces_are_reused_without_page_faults() -> None:
-    """By default each copy of a 3 MiB piece faults its pages in again (tens of thousands
-    of faults for forty pieces); once freed memory is kept for reuse, hardly any."""
+    """By default each copy of a 3 MiB piece faults its pages in again (about 92,000 faults for
+    forty pieces copied three times); once freed memory is kept for reuse, hardly any. Compared,
+    not bounded: a kernel balancing NUMA memory counts its sampling of the pages in use (a few
+    thousand faults a pass) as faults too."""
 
     def faults(mode: str) -> int:
         ran = subprocess.run([sys.executable, "-c", _PIECES, mode], capture_output=True, text=True, check=True)
         return int(ran.stdout)
 
     default, reused = faults("default"), faults("reuse")
-    assert reused < 768  # fewer than one piece's pages (4 KiB pages)
-    assert reused * 20 < default  # and what the setting removes is there to remove
+    assert default > 40 * 768  # the default faults at least a piece's pages a piece
+    assert reused * 10 < default
