@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from hodei._proto import jobs_pb2, jobs_pb2_grpc
-from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_running, wait_settled
+from hodei.testing import ServerProcess, hodei_server, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -25,24 +25,15 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield process
 
 
-def logged(server: ServerProcess, job_id: str, text: str, times: int = 1) -> str:
-    def found() -> str | None:
-        printed = server.cli("job", "logs", job_id, check=True)
-        shown = printed.stdout + printed.stderr  # the command's stderr, and the worker's notes
-        return shown if shown.count(text) >= times else None
-
-    return eventually(found, 60, what=f"{text!r} {times} times in the job's log")
-
-
 def test_a_signal_reaches_a_running_jobs_processes_which_go_on_or_not(server: ServerProcess) -> None:
     url = server.database_url
     job_id = server.cli("job", "run", "-p", "local", "-c", TRAPS, check=True).stdout.strip()
     wait_running(url, job_id)
-    logged(server, job_id, "ready")
+    server.logged(job_id, "ready")
     sent = server.cli("job", "signal", job_id, "--signal", "usr1", check=True)
     assert (sent.stdout, sent.stderr) == ("", f"Job {job_id} SIGUSR1 sent to its processes\n")
-    logged(server, job_id, "got USR1")
-    logged(server, job_id, "[hodei] SIGUSR1 sent to the command (job signal)")
+    server.logged(job_id, "got USR1")
+    server.logged(job_id, "[hodei] SIGUSR1 sent to the command (job signal)")
     assert query(url, "SELECT state, signals FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING", [[1, "USR1"]])]
     events = query(
         url,
@@ -56,7 +47,7 @@ def test_a_signal_reaches_a_running_jobs_processes_which_go_on_or_not(server: Se
     server.kill()
     server.start()
     server.cli("job", "signal", job_id, "--signal", "SIGUSR1", check=True)
-    logged(server, job_id, "got USR1", times=2)
+    server.logged(job_id, "got USR1", times=2)
     server.cli("job", "signal", job_id, "--signal", "TERM", check=True)
     wait_settled(url, job_id)
     assert query(url, "SELECT state, exit_code FROM jobs WHERE id = %s", (job_id,)) == [("FAILED", 143)]
@@ -96,13 +87,13 @@ def test_a_selection_signals_every_running_job_it_matches(server: ServerProcess)
     job_ids = [server.cli(*run, check=True).stdout.strip() for _ in range(2)]
     for job_id in job_ids:
         wait_running(url, job_id)
-        logged(server, job_id, "ready")
+        server.logged(job_id, "ready")
     sent = server.cli("job", "signal", "-l", "signals=selected", "--state", "RUNNING", "--signal", "USR1", check=True)
     assert sorted(sent.stderr.splitlines()) == sorted(
         f"Job {job_id} SIGUSR1 sent to its processes" for job_id in job_ids
     )
     for job_id in job_ids:
-        logged(server, job_id, "got USR1")
+        server.logged(job_id, "got USR1")
     server.cli("job", "cancel", "-l", "signals=selected", check=True)
     for job_id in job_ids:
         wait_settled(url, job_id)

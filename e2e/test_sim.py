@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.providers.agent_template import alive
-from hodei.testing import ServerProcess, eventually, query, wait_settled
+from hodei.testing import ServerProcess, eventually, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -61,9 +62,45 @@ def test_timeouts_and_cancellation_behave_as_for_real_jobs(server: ServerProcess
     assert query(server.database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
 
 
+def test_signals_act_on_a_simulated_job_as_on_a_command(server: ServerProcess) -> None:
+    """It goes on after those it handles (HODEI_SIM_HANDLES) and WINCH; STOP stops its
+    clock until CONT; any other ends it as killed by that signal (128 + N)."""
+    url = server.database_url
+    submitted = time.monotonic()
+    code, out, err = sim(server, "HODEI_SIM_SECONDS=10,HODEI_SIM_HANDLES=USR1,HUP")
+    assert code == 0, err
+    stopped = out.strip()
+    wait_running(url, stopped)
+    for name in ("STOP", "USR1", "HUP", "WINCH"):
+        server.cli("job", "signal", stopped, "--signal", name, check=True)
+        server.logged(stopped, f"[hodei] SIG{name} sent to the command (job signal)")
+    time.sleep(max(0.0, submitted + 16 - time.monotonic()))  # past its ten seconds, had its clock gone on
+    assert query(url, "SELECT state FROM jobs WHERE id = %s", (stopped,)) == [("RUNNING",)]
+    server.cli("job", "signal", stopped, "--signal", "CONT", check=True)
+    wait_settled(url, stopped, 30)
+    assert query(url, "SELECT state, exit_code FROM jobs WHERE id = %s", (stopped,)) == [("SUCCEEDED", 0)]
+
+    code, out, err = sim(server, "HODEI_SIM_SECONDS=60,HODEI_SIM_HANDLES=USR1")
+    ended = out.strip()
+    wait_running(url, ended)
+    server.cli("job", "signal", ended, "--signal", "TERM", check=True)
+    wait_settled(url, ended, 30)
+    assert query(url, "SELECT state, exit_code, error_message FROM jobs WHERE id = %s", (ended,)) == [
+        ("FAILED", 143, "exited with code 143")
+    ]
+    assert "[hodei] SIGTERM sent to the command (job signal)" in server.logged(ended, "SIGTERM")
+
+
 def test_bad_sim_settings_are_refused_before_anything_is_written(server: ServerProcess) -> None:
     jobs = query(server.database_url, "SELECT count(*) FROM jobs")
-    for setting in ("HODEI_SIM_SECONDS=soon", "HODEI_SIM_SECONDS=-1", "HODEI_SIM_LINES=-5", "HODEI_SIM_EXIT_CODE=x"):
+    for setting in (
+        "HODEI_SIM_SECONDS=soon",
+        "HODEI_SIM_SECONDS=-1",
+        "HODEI_SIM_LINES=-5",
+        "HODEI_SIM_EXIT_CODE=x",
+        "HODEI_SIM_HANDLES=USR1,USR9",
+        "HODEI_SIM_HANDLES=KILL",
+    ):
         code, out, err = sim(server, setting, "--wait")
         assert code == 2, (setting, out, err)
         assert "HODEI_SIM_" in err, err

@@ -331,6 +331,17 @@ class Cli:
             raise AssertionError(f"hodei-jobs-cli {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
 
+    def logged(self, job_id: str, text: str, times: int = 1) -> str:
+        """Waits until `job logs` shows ``text`` ``times`` times (on its stdout: the command's
+        stdout; on its stderr: the command's stderr and the worker's notes); returns both."""
+
+        def found() -> str | None:
+            printed = self.cli("job", "logs", job_id, check=True)
+            shown = printed.stdout + printed.stderr
+            return shown if shown.count(text) >= times else None
+
+        return eventually(found, 60, what=f"{text!r} {times} times in the job's log")
+
 
 class ServerProcess(Cli):
     """``hodei-server`` as a child process on a free port."""

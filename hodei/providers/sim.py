@@ -5,7 +5,9 @@ which ends with it — not a process or a container each. Each registers with it
 single-use credential, opens a real gRPC stream to a server, acknowledges its job,
 waits the job's ``HODEI_SIM_SECONDS`` (default 0), sends ``HODEI_SIM_LINES`` lines of
 output (default 0) and reports ``HODEI_SIM_EXIT_CODE`` (default 0) — all read from the
-job's own ``--env``. Everything but the start of a
+job's own ``--env``. It takes ``job signal`` as a command would: one it handles
+(``HODEI_SIM_HANDLES``) leaves it running, STOP and TSTP stop its clock until CONT, and
+any other but WINCH ends it as killed by that signal. Everything but the start of a
 process runs for real: sagas, admission, the outbox, streams, logs, heartbeats.
 Simulated workers live as long as the server process; after a restart their jobs are
 recovered like those of any lost worker.
@@ -15,18 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Literal
 
 import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
+from hodei_worker.runner import exit_code_of, signal_note
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei.domain.job import check_signal
 from hodei.domain.provider import ProviderType
 from hodei.errors import InvalidInput, ProviderError
 from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
@@ -36,6 +43,10 @@ from hodei.providers.helpers import send, stop
 LINES_PER_BATCH = 1000
 MAX_SIM_LINES = 10_000_000
 FLEET = "the simulated fleet process"
+# What a command's signals do by default, when it does not handle them (signal(7)).
+STOPPING = frozenset({"STOP", "TSTP"})
+IGNORED = frozenset({"CONT", "WINCH"})
+UNHANDLEABLE = frozenset({"KILL", "STOP"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,8 @@ class Simulation:
     seconds: float = 0.0
     exit_code: int = 0
     lines: int = 0
+    # The signals the simulated command handles (and goes on).
+    handles: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, env: Mapping[str, str]) -> Simulation:
@@ -58,7 +71,47 @@ class Simulation:
             raise InvalidInput(f"HODEI_SIM_SECONDS, HODEI_SIM_EXIT_CODE, HODEI_SIM_LINES: {exc}") from None
         if not 0 <= found.seconds < float("inf") or not 0 <= found.lines <= MAX_SIM_LINES:
             raise InvalidInput(f"HODEI_SIM_SECONDS must be >= 0 and HODEI_SIM_LINES 0 to {MAX_SIM_LINES}")
-        return found
+        try:
+            names = env.get("HODEI_SIM_HANDLES", "").replace(",", " ").split()
+            handles = frozenset(check_signal(name) for name in names)
+        except InvalidInput as exc:
+            raise InvalidInput(f"HODEI_SIM_HANDLES (signals separated by commas): {exc}") from None
+        if handles & UNHANDLEABLE:
+            raise InvalidInput("HODEI_SIM_HANDLES: no command can handle KILL or STOP")
+        return replace(found, handles=handles)
+
+    def effect(self, name: str) -> Literal["stop", "go on", "end"]:
+        """What a signal does to the simulated command: "stop", "go on" or "end"."""
+        if name in self.handles or name in IGNORED:
+            return "go on"
+        return "stop" if name in STOPPING else "end"
+
+
+class _Clock:
+    """The simulated command's own time: it stands still while the command is stopped
+    (STOP, TSTP) and goes on with CONT; a timeout counts wall time, as for a process."""
+
+    def __init__(self) -> None:
+        self.going = asyncio.Event()
+        self.going.set()
+        self.halted = asyncio.Event()
+
+    async def spend(self, seconds: float) -> None:
+        left = seconds
+        while left > 0:
+            await self.going.wait()
+            began = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.halted.wait(), left)
+            left -= time.monotonic() - began
+
+    def stop(self) -> None:
+        self.going.clear()
+        self.halted.set()
+
+    def resume(self) -> None:
+        self.halted.clear()
+        self.going.set()
 
 
 def _now() -> Timestamp:
@@ -86,9 +139,17 @@ class SimWorker:
         self.worker_id = env["HODEI_WORKER_ID"]
         self.job_id = env["HODEI_JOB_ID"]
         self.outbox: asyncio.Queue[worker_pb2.WorkerMessage | None] = asyncio.Queue()
+        self.sent_seq = 0  # the last log batch's
         self.acked_seq = 0
         self.logs_acked = asyncio.Event()
         self.interval = 2.0  # seconds between heartbeats; the server sets it
+        self.job: asyncio.Task[None] | None = None
+        self.started: Timestamp | None = None
+        # Its job's settings, once they were read and found good.
+        self.simulation: Simulation | None = None
+        self.clock = _Clock()
+        self.next_signal = 0  # the next `job signal`'s index: each is taken once
+        self.reported = False
 
     async def run(self) -> None:
         address = self.env["HODEI_SERVER_ADDRESS"].split(",")[0]
@@ -107,16 +168,16 @@ class SimWorker:
             self.interval = max(reply.heartbeat_interval_ms / 1000, 0.2)
             metadata = (("x-hodei-worker-id", self.worker_id), ("x-hodei-session", reply.session_token))
             call = stub.Connect(self._outgoing(), metadata=metadata)
-            job: asyncio.Task[None] | None = None
             try:
                 async for message in call:
                     kind = message.WhichOneof("kind")
-                    if kind == "run_job" and job is None:
+                    if kind == "run_job" and self.job is None:
                         await self.outbox.put(worker_pb2.WorkerMessage(ack=worker_pb2.RunJobAck(job_id=self.job_id)))
-                        job = asyncio.create_task(self._simulate(message.run_job))
-                    elif kind == "cancel" and job is not None:
-                        job.cancel()
-                        await self._report(worker_pb2.JOB_OUTCOME_CANCELLED, 0, "cancelled", 0, None)
+                        self.job = asyncio.create_task(self._simulate(message.run_job))
+                    elif kind == "cancel":
+                        await self._end(worker_pb2.JOB_OUTCOME_CANCELLED, 0, "cancelled")
+                    elif kind == "signal":
+                        await self._signal(message.signal)
                     elif kind == "log_ack":
                         self.acked_seq = max(self.acked_seq, message.log_ack.seq)
                         self.logs_acked.set()
@@ -125,8 +186,8 @@ class SimWorker:
                     elif kind == "result_ack":
                         return
             finally:
-                if job is not None:
-                    job.cancel()
+                if self.job is not None:
+                    self.job.cancel()
                 await self.outbox.put(None)
                 call.cancel()
 
@@ -142,47 +203,74 @@ class SimWorker:
             yield message
 
     async def _simulate(self, run: worker_pb2.RunJob) -> None:
-        started = _now()
+        self.started = _now()
         try:
             simulation = Simulation.of(run.env)
         except InvalidInput as exc:
-            await self._report(worker_pb2.JOB_OUTCOME_START_FAILED, 0, str(exc), 0, started)
+            await self._report(worker_pb2.JOB_OUTCOME_START_FAILED, 0, str(exc))
             return
-        timeout = run.timeout_ms / 1000 if run.timeout_ms else float("inf")
-        await asyncio.sleep(min(simulation.seconds, timeout))
-        seq = await self._print(simulation.lines)
-        if simulation.seconds > timeout:
-            await self._report(worker_pb2.JOB_OUTCOME_TIMED_OUT, 0, f"timed out after {timeout:g}s", seq, started)
+        self.simulation = simulation
+        timeout = run.timeout_ms / 1000 if run.timeout_ms else None
+        timed_out = False
+        if simulation.seconds:
+            try:
+                await asyncio.wait_for(self.clock.spend(simulation.seconds), timeout)
+            except TimeoutError:
+                timed_out = True
+        await self._print(simulation.lines)
+        if timed_out:
+            await self._report(worker_pb2.JOB_OUTCOME_TIMED_OUT, 0, f"timed out after {timeout:g}s")
         else:
             code = simulation.exit_code
-            await self._report(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}", seq, started)
+            await self._report(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}")
 
-    async def _print(self, lines: int) -> int:
+    async def _signal(self, sent: worker_pb2.Signal) -> None:
+        """Each index once, said in the job's log as the agent says it."""
+        if sent.index < self.next_signal or self.simulation is None or self.reported or sent.job_id != self.job_id:
+            return
+        self.next_signal = sent.index + 1
+        await self._send(worker_pb2.LOG_STREAM_STDERR, [signal_note(sent.name)])
+        effect = self.simulation.effect(sent.name)
+        if sent.name == "CONT":
+            self.clock.resume()
+        elif effect == "stop":
+            self.clock.stop()
+        elif effect == "end":
+            code = exit_code_of(-signal.Signals[f"SIG{sent.name}"])
+            await self._end(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}")
+
+    async def _end(self, outcome: worker_pb2.JobOutcome.ValueType, code: int, message: str) -> None:
+        """Ends the simulated command before its time (a cancel, a signal), unless it
+        has ended already."""
+        if self.job is None or self.reported:
+            return
+        self.job.cancel()
+        await self._report(outcome, code, message)
+
+    async def _send(self, stream: worker_pb2.LogStream.ValueType, lines: list[str]) -> None:
+        self.sent_seq += 1
+        now = _now()
+        batch = [worker_pb2.LogLine(stream=stream, line=line, timestamp=now) for line in lines]
+        await self.outbox.put(
+            worker_pb2.WorkerMessage(log_batch=worker_pb2.LogBatch(job_id=self.job_id, seq=self.sent_seq, lines=batch))
+        )
+
+    async def _print(self, lines: int) -> None:
         """Sends the output in batches and waits until the server stored them all."""
-        seq = 0
         for first in range(1, lines + 1, LINES_PER_BATCH):
-            seq += 1
-            now = _now()
-            batch = [
-                worker_pb2.LogLine(stream=worker_pb2.LOG_STREAM_STDOUT, line=f"sim line {number}", timestamp=now)
-                for number in range(first, min(first + LINES_PER_BATCH, lines + 1))
-            ]
-            await self.outbox.put(
-                worker_pb2.WorkerMessage(log_batch=worker_pb2.LogBatch(job_id=self.job_id, seq=seq, lines=batch))
-            )
-        while self.acked_seq < seq:
+            numbers = range(first, min(first + LINES_PER_BATCH, lines + 1))
+            await self._send(worker_pb2.LOG_STREAM_STDOUT, [f"sim line {number}" for number in numbers])
+        while self.acked_seq < self.sent_seq:
             self.logs_acked.clear()
             await self.logs_acked.wait()
-        return seq
 
-    async def _report(
-        self, outcome: worker_pb2.JobOutcome.ValueType, code: int, message: str, seq: int, started: Timestamp | None
-    ) -> None:
+    async def _report(self, outcome: worker_pb2.JobOutcome.ValueType, code: int, message: str) -> None:
+        self.reported = True
         result = worker_pb2.JobResult(
-            job_id=self.job_id, outcome=outcome, exit_code=code, message=message, last_log_seq=seq
+            job_id=self.job_id, outcome=outcome, exit_code=code, message=message, last_log_seq=self.sent_seq
         )
-        if started is not None:
-            result.started_at.CopyFrom(started)
+        if self.started is not None:
+            result.started_at.CopyFrom(self.started)
             result.finished_at.CopyFrom(_now())
         await self.outbox.put(worker_pb2.WorkerMessage(result=result))
 

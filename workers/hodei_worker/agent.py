@@ -60,6 +60,7 @@ from hodei_worker.runner import (
     become_subreaper,
     hide_from_jobs,
     job_environment,
+    signal_note,
 )
 
 # Backoff between attempts to reach a server.
@@ -373,7 +374,7 @@ class Agent:
         if sent.index < self.next_signal or self.process is None or sent.job_id != self.settings.job_id:
             return
         self.next_signal = sent.index + 1
-        self._on_output(STDERR, [f"[hodei] SIG{sent.name} sent to the command (job signal)"], False)
+        self._on_output(STDERR, [signal_note(sent.name)], False)
         signum = getattr(signal, f"SIG{sent.name}", None)
         if signum is not None:
             self.process.signal(signum)

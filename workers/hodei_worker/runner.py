@@ -199,6 +199,11 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def signal_note(name: str) -> str:
+    """The job log's line for a `job signal` given to its command (where its effect shows)."""
+    return f"[hodei] SIG{name} sent to the command (job signal)"
+
+
 class JobProcess:
     def __init__(
         self,
