@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from bench.common import database, percentile, row
 from hodei._proto import scheduler_pb2, scheduler_pb2_grpc
+from hodei.admission import FIFO
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec
@@ -200,18 +201,25 @@ def queue(server: ServerProcess, url: str, pool: ConnectionPool) -> float:
 
         return run
 
-    round_params = {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None, "submitters": None}
-    listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
+    round_params = {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None, "submitters": None, **FIFO}
+    listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED, **FIFO}))
     next_sql = timed(run_sql("next_in_queue", round_params))
     lock_sql = timed(run_sql("lock_admission", {"provider": "kubernetes", "joining": None}))
     p50, p95, sql = percentile(listing, 50), percentile(listing, 95), percentile(listed_sql, 50)
     print(row(f"queue, {JOBS} jobs queued (gRPC)", f"{p50:.1f} / {p95:.1f}", f"{sql:.1f}", f"{p50 / sql:.1f}x"))
     print(row(f"  an admission round's query, {JOBS} queued", "", f"{percentile(next_sql, 50):.1f}", ""))
     print(row("  ... and its lock and look for pools and limits", "", f"{percentile(lock_sql, 50):.1f}", ""))
+    # The fair order (HODEI_QUEUE_ORDER=fair) ranks every job in line, where submission
+    # order stops at the round's free slots.
+    fair = {"fair": True, "recent": 600.0}
+    fair_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED, **fair}))
+    fair_next = timed(run_sql("next_in_queue", {**round_params, **fair}))
+    print(row("  the same in the fair order: queue's SQL", "", f"{percentile(fair_listed, 50):.1f}", ""))
+    print(row("  ... and an admission round's query", "", f"{percentile(fair_next, 50):.1f}", ""))
     # The same with every submitter limited (all these jobs are one submitter's: the most a
     # round's window over a submitter's jobs has to rank).
     Limits(HodeiStore(pool)).set("*", SYSTEM, {"jobs": 100})
-    limited_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
+    limited_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED, **FIFO}))
     limited_next = timed(run_sql("next_in_queue", {**round_params, "submitters": [SYSTEM]}))
     print(row("  the same with `limit set '*' 100`: queue's SQL", "", f"{percentile(limited_listed, 50):.1f}", ""))
     print(row("  ... and an admission round's query", "", f"{percentile(limited_next, 50):.1f}", ""))

@@ -77,7 +77,7 @@ def test_without_a_token_every_page_and_the_metrics_are_refused(guarded: ServerP
 def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
     guarded: ServerProcess, tokens: dict[str, str]
 ) -> None:
-    job_id = run(guarded, "--env", "HODEI_SIM_SECONDS=120", "--timeout", "300")
+    job_id = run(guarded, "--env", "HODEI_SIM_SECONDS=120,HODEI_SIM_HANDLES=HUP", "--timeout", "300")
     url = guarded.database_url
     eventually(lambda: query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30)
     page = f"{guarded.http_url}/jobs/{job_id}"
@@ -115,6 +115,9 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
     assert query(url, "SELECT state, cancelled_by FROM jobs WHERE id = %s", (job_id,)) == [
         ("CANCELLED", "operate-person")
     ]
+    # Kill pressed again, on a page shown before the job ended: refused as a conflict, not a failure.
+    again = operator.post(f"{page}/cancel", data={"force": "1"}, allow_redirects=False)
+    assert again.status_code == 409 and "already ended CANCELLED" in again.text, again.text
     # Kill asked for no grace: SIGKILL by the cancel's own time (Cancel: HODEI_KILL_GRACE, 5 s, later).
     (grace,) = query(
         url,

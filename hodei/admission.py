@@ -1,6 +1,13 @@
 """Admission control: each provider runs at most its capacity of workers; the other jobs
 wait in a queue, in PostgreSQL, and leave it by priority, then in submission order.
 
+With ``HODEI_QUEUE_ORDER=fair`` a priority's jobs leave it by their submitters' turns instead
+(Slurm's fair share in its simplest form): a job's turn is its submitter's use — its jobs
+admitted and not ended, on any provider, and those admitted in the last
+``HODEI_QUEUE_FAIR_WINDOW`` seconds that ended since — plus its place among its submitter's
+jobs in line; the lowest goes first, ties in submission order. Alice's thousand jobs
+submitted before bob's ten then take turns with his as slots free, instead of going first.
+
 A job's provisioning saga chooses its provider, then waits (``wait_for_slot``) until the
 job is admitted: a ``JobAdmitted`` event, or, when the provider has a free slot and no
 job waiting as it is chosen, that choice's own event (``admits_at_once``; the saga goes
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 # Seconds a round's finding of no room is trusted for a job joining the queue: the
 # sweeper's round (every second by default) finds again.
 FULL_FOR = 1.0
+# The queue's order, as its queries take it: submission order within a priority.
+FIFO = {"fair": False, "recent": 0.0}
 
 
 @dataclass(frozen=True)
@@ -171,14 +180,18 @@ class Admission:
         store: HodeiStore,
         defaults: Mapping[ProviderType, int],
         start_limits: Mapping[ProviderType, int] | None = None,
+        fair_window: float | None = None,
     ) -> None:
         """``start_limits``: workers a provider may have starting at once, where its starts
         compete for this machine (the local provider's agents: a burst of them started
-        together takes each several times as long, the first job of a burst too)."""
+        together takes each several times as long, the first job of a burst too).
+        ``fair_window``: the queue's order is by submitters' turns, their use counted over
+        so many seconds (HODEI_QUEUE_ORDER=fair); None: submission order."""
         self.store = store
         self.pool: ConnectionPool = store.pool
         self.defaults = dict(defaults)
         self.start_limits = dict(start_limits or {})
+        self.order = FIFO if fair_window is None else {"fair": True, "recent": fair_window}
         self._turns = {provider: _Turn() for provider in ProviderType}
 
     def capacity(self, provider: ProviderType) -> Capacity:
@@ -256,6 +269,7 @@ class Admission:
                 "joining": None,
                 "pools": room.pools,
                 "submitters": room.submitters,
+                **self.order,
             }
             for job_id in fetch_column(self.pool, "next_in_queue", queued):
                 job = self.store.load(Job, job_id)
@@ -300,7 +314,14 @@ class Admission:
         if room.joining_limited:
             return False  # a round admits it while its submitter has room (under its lock)
         # Whether anyone ready waits, a pool's jobs too (none is admitted here: no locks).
-        queued = {"provider": provider.value, "limit": 1, "joining": str(job.id), "pools": None, "submitters": None}
+        queued = {
+            "provider": provider.value,
+            "limit": 1,
+            "joining": str(job.id),
+            "pools": None,
+            "submitters": None,
+            **self.order,
+        }
         return room.free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
 
     def _room(self, provider: ProviderType, joining: str | None = None) -> _Room:
@@ -327,7 +348,7 @@ class Admission:
             self.admit(provider)
 
     def queue(self, limit: int) -> list[QueuedJob]:
-        return fetch_all(self.pool, "queued_jobs", {"limit": limit}, QueuedJob)
+        return fetch_all(self.pool, "queued_jobs", {"limit": limit, **self.order}, QueuedJob)
 
     def cancel_never_started(self, limit: int = 100) -> int:
         """Cancels queued jobs one of whose ``--after`` jobs ended otherwise than asked

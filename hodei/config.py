@@ -105,6 +105,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_RELAY_LEASE": ("30", "seconds an outbox claim lasts"),
     "HODEI_RELAY_MAX_ATTEMPTS": ("8", "deliveries of a failing outbox row before it is dead-lettered"),
     "HODEI_RELAY_THREADS": ("8", "handler threads of the relay"),
+    "HODEI_QUEUE_ORDER": (
+        "fifo",
+        "the order of a priority's queued jobs: `fifo` (submission) or `fair` (submitters' turns: the one "
+        "using least goes first)",
+    ),
+    "HODEI_QUEUE_FAIR_WINDOW": (
+        "600",
+        "with HODEI_QUEUE_ORDER=fair: seconds over which a submitter's ended jobs count in its use, beside "
+        "those running",
+    ),
     "HODEI_SWEEP_INTERVAL": ("1.0", "seconds between deadline and liveness sweeps"),
     "HODEI_RECONCILE_INTERVAL": ("30", "seconds between stray-worker reconciliations"),
     "HODEI_RETENTION_INTERVAL": ("60", "seconds between retention rounds (secrets, outbox rows, logs)"),
@@ -234,6 +244,9 @@ class Config:
     secret_retention: float
     local_enabled: bool
     sim_enabled: bool
+    # HODEI_QUEUE_ORDER=fair: a priority's queued jobs by their submitters' turns, their use
+    # counted over so many seconds (hodei.admission); None: in submission order.
+    fair_window: float | None
     local_worker_command: tuple[str, ...]
     # None: jobs run as the server's own user.
     local_run_as: str | None
@@ -270,6 +283,15 @@ def _auth_required(env: Mapping[str, str]) -> bool:
     if value not in {"auto", "required"}:
         raise InvalidInput(f"HODEI_AUTH must be `auto` or `required`, got `{value}`")
     return value == "required"
+
+
+def _fair_window(env: Mapping[str, str]) -> float | None:
+    """HODEI_QUEUE_FAIR_WINDOW with HODEI_QUEUE_ORDER=fair; None: submission order."""
+    value = _get(env, "HODEI_QUEUE_ORDER").strip().lower()
+    if value not in {"fifo", "fair"}:
+        raise InvalidInput(f"HODEI_QUEUE_ORDER must be `fifo` or `fair`, got `{value}`")
+    window = _number(env, "HODEI_QUEUE_FAIR_WINDOW", zero_allowed=True)
+    return window if value == "fair" else None
 
 
 def _run_as(env: Mapping[str, str]) -> str | None:
@@ -340,6 +362,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         secret_retention=_number(env, "HODEI_SECRET_RETENTION"),
         local_enabled=_flag(env, "HODEI_LOCAL_ENABLED"),
         sim_enabled=_flag(env, "HODEI_SIM_ENABLED"),
+        fair_window=_fair_window(env),
         local_worker_command=tuple(shlex.split(_get(env, "HODEI_LOCAL_WORKER_COMMAND"))),
         local_run_as=_run_as(env),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),

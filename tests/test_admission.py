@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from hodei import admission as admission_module
 from hodei import limits as limits_module
 from hodei import pools as pools_module
-from hodei.admission import Admission, Capacity
+from hodei.admission import FIFO, Admission, Capacity
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState, after_met
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
@@ -449,7 +449,7 @@ def test_a_round_admits_only_the_jobs_of_the_pools_it_locked(store: HodeiStore) 
     job = _pooled(store, ProviderType.DOCKER, "db")
 
     def ready(pools: list[str] | None) -> list[str]:
-        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools, "submitters": None}
+        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools, "submitters": None, **FIFO}
         return [str(found) for found in db.fetch_column(store.pool, "next_in_queue", params)]
 
     assert ready([]) == [] and ready(["other"]) == []
@@ -785,3 +785,44 @@ def test_a_version_1_limit_leaves_its_jobs_not_ended_to_star_in_the_log_and_in_s
     limits.set("alice", "ops", {"submitted": None})  # a v2 event now: no limit of her own
     assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=0, queued=0, submitted_own=True)
     assert query(fresh_database_url, "SELECT hodei.submitter_bound('alice', 'submitted')") == [(None,)]
+
+
+def _admitted_one_by_one(store: HodeiStore, admission: Admission, jobs: list[Job]) -> list[str]:
+    """Admits ``jobs`` by rounds of one free slot, each ended before the next round, each the
+    queue's first as the round began."""
+    admitted: list[str] = []
+    for _ in jobs:
+        first = admission.queue(1)[0].job_id
+        assert admission.admit(ProviderType.DOCKER) == 1
+        (job,) = [job for job in jobs if str(job.id) not in admitted and store.load(Job, job.id).admitted]
+        assert str(job.id) == first
+        admitted.append(str(job.id))
+        _ended(store, job, JobState.SUCCEEDED)
+    return admitted
+
+
+def test_a_fair_queue_lets_submitters_take_turns_and_shows_its_order(store: HodeiStore) -> None:
+    """HODEI_QUEUE_ORDER=fair: bob's jobs, submitted after alice's four, take turns with hers
+    as the slot frees (her ended jobs count in her use within the window); the queue's places
+    say the order the rounds keep; a priority still goes first. In submission order (the
+    default) all of hers go first; so they do with a window of 0 (only running jobs count),
+    where each round finds the slot freed by an ended job."""
+    docker = ProviderType.DOCKER
+    alice = [_submitted(store, docker, "alice") for _ in range(4)]
+    bob = [_submitted(store, docker, "bob") for _ in range(2)]
+    fifo = Admission(store, {docker: 1})
+    fair = Admission(store, {docker: 1}, fair_window=600)
+    assert [queued.job_id for queued in fifo.queue(10)] == [str(job.id) for job in alice + bob]
+    turns = [str(job.id) for job in (alice[0], bob[0], alice[1], bob[1], alice[2], alice[3])]
+    assert [(queued.job_id, queued.position) for queued in fair.queue(10)] == list(zip(turns, range(1, 7), strict=True))
+    urgent = _submitted(store, docker, "alice", priority=5)
+    assert fair.queue(1)[0].job_id == str(urgent.id)
+    cancelled = store.load(Job, urgent.id)
+    cancelled.cancel("not so urgent")
+    store.write([cancelled], Meta(actor="alice", correlation_id=str(urgent.id)))  # never admitted: no use
+    assert _admitted_one_by_one(store, fair, alice + bob) == turns
+
+    carol = [_submitted(store, docker, "carol") for _ in range(3)]
+    dave = [_submitted(store, docker, "dave") for _ in range(2)]
+    forgetful = Admission(store, {docker: 1}, fair_window=0)
+    assert _admitted_one_by_one(store, forgetful, carol + dave) == [str(job.id) for job in carol + dave]

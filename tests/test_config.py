@@ -26,6 +26,8 @@ from hodei.errors import InvalidInput
         ("HODEI_LOCAL_MAX_STARTING", "two", "HODEI_LOCAL_MAX_STARTING must be a number, got `two`"),
         ("HODEI_IMAGE_PULL_TIMEOUT", "-5", "HODEI_IMAGE_PULL_TIMEOUT must be 0 or more, got `-5`"),
         ("HODEI_IMAGE_PULL_TIMEOUT", "10m", "HODEI_IMAGE_PULL_TIMEOUT must be a number, got `10m`"),
+        ("HODEI_QUEUE_ORDER", "lifo", "HODEI_QUEUE_ORDER must be `fifo` or `fair`, got `lifo`"),
+        ("HODEI_QUEUE_FAIR_WINDOW", "-1", "HODEI_QUEUE_FAIR_WINDOW must be 0 or more, got `-1`"),
     ],
 )
 def test_a_wrong_value_is_refused_by_name(name: str, value: str, refusal: str) -> None:
@@ -59,6 +61,13 @@ def test_the_console_port_defaults_to_8080_and_zero_turns_it_off() -> None:
 def test_an_image_pull_has_ten_minutes_more_unless_told() -> None:
     assert config.load({}).timing.image_pull_timeout == 600
     assert config.load({"HODEI_IMAGE_PULL_TIMEOUT": "0"}).timing.image_pull_timeout == 0  # none: 90 s to create
+
+
+def test_the_queue_keeps_submission_order_unless_told_to_be_fair() -> None:
+    assert config.load({}).fair_window is None
+    assert config.load({"HODEI_QUEUE_FAIR_WINDOW": "60"}).fair_window is None
+    assert config.load({"HODEI_QUEUE_ORDER": "fair"}).fair_window == 600
+    assert config.load({"HODEI_QUEUE_ORDER": "Fair", "HODEI_QUEUE_FAIR_WINDOW": "0"}).fair_window == 0
 
 
 def test_local_workers_start_one_per_cpu_at_once_unless_told() -> None:

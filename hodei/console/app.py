@@ -51,9 +51,11 @@ from hodei.errors import (
     AlreadyExists,
     HodeiError,
     InvalidInput,
+    InvalidTransition,
     LimitReached,
     NotFound,
     PermissionDenied,
+    ProviderUnavailable,
     StoreUnavailable,
     Unauthenticated,
 )
@@ -84,8 +86,10 @@ _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
     (NotFound, web.HTTPNotFound),
     (InvalidInput, web.HTTPBadRequest),
     (AlreadyExists, web.HTTPConflict),
+    (InvalidTransition, web.HTTPConflict),  # a button pressed as the job moved on (it ended, say)
     (LimitReached, web.HTTPTooManyRequests),
     (StoreUnavailable, web.HTTPServiceUnavailable),
+    (ProviderUnavailable, web.HTTPServiceUnavailable),
 ]
 
 

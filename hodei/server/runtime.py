@@ -121,6 +121,7 @@ class Runtime:
             self.store,
             {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType},
             {ProviderType(name): limit for name, limit in config.max_starting.items()},
+            fair_window=config.fair_window,
         )
         deps = SagaDeps(
             store=self.store,

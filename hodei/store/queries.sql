@@ -845,7 +845,10 @@ SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provi
 FROM live, admitted_without_worker;
 
 -- name: next_in_queue
--- The queue's next jobs, but the one joining it in the caller's transaction (NULL: none)
+-- The queue's next jobs (by priority, then in submission order; with `fair`, by priority, then
+-- each submitter's turn — its use, hodei.submitter_use over the last `recent` seconds, plus the
+-- job's place among its ready ones — then in submission order: HODEI_QUEUE_ORDER=fair), but the one joining it in
+-- the caller's transaction (NULL: none)
 -- and those out of line (held, or not hodei.in_line). A job of an array with a limit
 -- (`--array …%N`) is among them only while its array has room: its place among the array's
 -- queued jobs (in the queue's order) within the limit less the array's jobs admitted and not
@@ -900,15 +903,26 @@ WITH limited_queue AS (
       AND (j.actor IS NULL OR j.actor NOT IN (SELECT actor FROM submitter_use) OR j.id IN (SELECT id FROM submitted))
 ), pooled AS (
     SELECT q.id FROM pooled_queue q JOIN pool_use u USING (pool) WHERE q.place <= u.size - u.running
+), ready AS NOT MATERIALIZED (  -- inlined in each order's branch: the first order's stops at its limit
+    SELECT j.id, j.actor, j.priority, j.created_at FROM jobs j
+    WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
+      AND j.id IS DISTINCT FROM %(joining)s::uuid AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
+      AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
+      AND (j.actor IS NULL OR j.actor NOT IN (SELECT actor FROM submitter_use) OR j.id IN (SELECT id FROM submitted))
+      AND (coalesce(j.spec ->> 'pool', '') = '' OR j.id IN (SELECT id FROM pooled))
+), fair_use AS MATERIALIZED (  -- the fair order's: each queued submitter's use (hodei.submitter_use)
+    SELECT q.actor, hodei.submitter_use(q.actor, %(recent)s) AS used
+    FROM hodei.queued_submitters(%(provider)s) q (actor) WHERE %(fair)s
 )
-SELECT j.id FROM jobs j
-WHERE j.provider_type = %(provider)s AND j.state = 'PENDING' AND j.admitted_at IS NULL
-  AND j.id IS DISTINCT FROM %(joining)s::uuid AND j.held_by IS NULL AND hodei.in_line(j.spec, j.retry_at)
-  AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
-  AND (j.actor IS NULL OR j.actor NOT IN (SELECT actor FROM submitter_use) OR j.id IN (SELECT id FROM submitted))
-  AND (coalesce(j.spec ->> 'pool', '') = '' OR j.id IN (SELECT id FROM pooled))
-ORDER BY j.priority DESC, j.created_at, j.id
-LIMIT %(limit)s;
+(SELECT r.id FROM ready r WHERE NOT %(fair)s ORDER BY r.priority DESC, r.created_at, r.id LIMIT %(limit)s)
+UNION ALL
+(SELECT f.id FROM (
+     SELECT r.id, r.actor, r.priority, r.created_at,
+            row_number() OVER (PARTITION BY r.actor ORDER BY r.priority DESC, r.created_at, r.id) AS turn
+     FROM ready r WHERE %(fair)s
+ ) f LEFT JOIN fair_use u ON u.actor = f.actor
+ ORDER BY f.priority DESC, f.turn + coalesce(u.used, 0), f.created_at, f.id
+ LIMIT %(limit)s);
 
 -- name: lock_pool
 -- A pool's admissions, one round at a time whatever the provider (held to the commit): a
@@ -926,20 +940,16 @@ SELECT pg_advisory_xact_lock(11, hashtext(%s));
 -- set`: the limit, the submitter's jobs admitted and not ended, and its place among its
 -- ready jobs of its provider), or its pool's size (`--pool`: the size, NULL for no such
 -- pool, its jobs admitted and not ended, and its place among the pool's ready jobs of its
--- provider): out of line past a limit, as an admission round counts (next_in_queue).
+-- provider): out of line past a limit, as an admission round counts (next_in_queue); a place
+-- in line in next_in_queue's order (`fair`: each submitter's turn).
 WITH queued AS (
-    SELECT j.id, j.name, j.provider_type, j.priority, j.created_at, j.retry_at, j.held_by, j.hold_reason,
-           nullif(j.spec ->> 'begin_at', '')::timestamptz AS begin_at,
-           CASE WHEN j.spec -> 'after' <> '{}' THEN  -- most jobs wait for none: no lookup
-               (SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
-                FROM hodei.after_states(j.spec) d
-                WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
-                ORDER BY d.job_id LIMIT 1)
-           END AS waiting_for,
-           coalesce((j.spec ->> 'array_limit')::int, 0) AS array_limit, j.spec -> 'labels' ->> 'hodei.io/array' AS array_id,
-           coalesce(j.spec ->> 'pool', '') AS pool, j.actor AS submitter
-    FROM jobs j
-    WHERE j.state = 'PENDING' AND j.admitted_at IS NULL
+    SELECT id, name, provider_type, priority, created_at, retry_at, held_by, hold_reason,
+           nullif(spec ->> 'begin_at', '')::timestamptz AS begin_at,
+           CASE WHEN spec -> 'after' <> '{}' THEN hodei.unmet_after(spec) END AS waiting_for,  -- most wait for none
+           coalesce((spec ->> 'array_limit')::int, 0) AS array_limit, spec -> 'labels' ->> 'hodei.io/array' AS array_id,
+           coalesce(spec ->> 'pool', '') AS pool, actor AS submitter
+    FROM jobs
+    WHERE state = 'PENDING' AND admitted_at IS NULL
 ), running AS MATERIALIZED (  -- counted once an array with a limit
     SELECT a.array_id, hodei.array_running(a.array_id) AS running
     FROM (SELECT DISTINCT array_id FROM queued WHERE array_limit > 0) a
@@ -956,25 +966,24 @@ WITH queued AS (
 ), pool_use AS MATERIALIZED (  -- counted once a pool
     SELECT p.pool, hodei.pool_running(p.pool) AS running, hodei.pool_size(p.pool) AS size
     FROM (SELECT DISTINCT pool FROM queued WHERE pool <> '') p
-), queued_submitters AS MATERIALIZED (  -- none looked for until a limit is set
-    SELECT DISTINCT submitter FROM queued WHERE submitter IS NOT NULL AND hodei.submitter_limits_set()
-), submitter_use AS MATERIALIZED (  -- counted once a submitter with a limit
-    SELECT s.submitter, s.jobs, hodei.submitter_running(s.submitter) AS running
-    FROM (SELECT submitter, hodei.submitter_limit(submitter) AS jobs FROM queued_submitters) s
-    WHERE s.jobs IS NOT NULL
+), submitter_use AS MATERIALIZED (  -- once a submitter (none until a limit is set, or the order is fair)
+    SELECT submitter, hodei.submitter_limit(submitter) AS jobs, hodei.submitter_running(submitter) AS running,
+           CASE WHEN %(fair)s THEN hodei.submitter_use(submitter, %(recent)s) END AS used
+    FROM (SELECT DISTINCT submitter FROM queued WHERE (%(fair)s OR hodei.submitter_limits_set())) s
+    WHERE submitter IS NOT NULL
 ), submitter_places AS (  -- a limited submitter's jobs of a provider ready to go: next_in_queue's rule
     SELECT l.id, u.jobs AS submitter_limit, u.running AS submitter_running,
-           row_number() OVER (PARTITION BY l.provider_type, l.submitter ORDER BY l.priority DESC, l.created_at, l.id)
+           row_number() OVER (PARTITION BY provider_type, submitter ORDER BY priority DESC, created_at, id)
                AS submitter_place
     FROM lined l JOIN submitter_use u USING (submitter) LEFT JOIN pool_use pu ON l.pool <> '' AND pu.pool = l.pool
-    WHERE hodei.submitter_limits_set() AND l.array_lets_go AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
+    WHERE u.jobs IS NOT NULL AND l.array_lets_go AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
 ), submitted AS NOT MATERIALIZED (  -- all but its pool that holds a job back
     SELECT l.*, sp.submitter_limit, coalesce(sp.submitter_running, 0) AS submitter_running, sp.submitter_place,
            l.array_lets_go AND coalesce(sp.submitter_place <= sp.submitter_limit - sp.submitter_running, TRUE) AS lets_go
     FROM lined l LEFT JOIN submitter_places sp ON sp.id = l.id
 ), pool_places AS (  -- a pool's jobs of a provider that nothing else holds back: next_in_queue's rule
     SELECT l.id, u.size AS pool_size, u.running AS pool_running,
-           row_number() OVER (PARTITION BY l.provider_type, l.pool ORDER BY l.priority DESC, l.created_at, l.id)
+           row_number() OVER (PARTITION BY provider_type, pool ORDER BY priority DESC, created_at, id)
                AS pool_place
     FROM submitted l JOIN pool_use u USING (pool)
     WHERE l.pool <> '' AND l.lets_go
@@ -983,15 +992,20 @@ WITH queued AS (
            l.lets_go AND (l.pool = '' OR pp.pool_place <= coalesce(pp.pool_size, 0) - pp.pool_running) AS in_line
     FROM submitted l
     LEFT JOIN pool_places pp ON l.pool <> '' AND pp.id = l.id
+), turned AS (  -- the fair order's turn of a job in line: next_in_queue's rule
+    SELECT placed.*, CASE WHEN %(fair)s THEN coalesce(used, 0)
+               + row_number() OVER (PARTITION BY provider_type, in_line, submitter ORDER BY priority DESC, created_at, id)
+           ELSE 0 END AS turn
+    FROM placed LEFT JOIN submitter_use USING (submitter)
 )
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
        held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at,
        waiting_for, array_limit, array_running, array_place, coalesce(submitter, '') AS submitter, submitter_limit,
        submitter_running, submitter_place, pool, pool_size, pool_running, pool_place,
        CASE WHEN in_line THEN
-           row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, created_at, id)
+           row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, turn, created_at, id)
        ELSE 0 END AS position
-FROM placed
+FROM turned
 ORDER BY provider_type, NOT in_line, position, priority DESC, created_at, id
 LIMIT %(limit)s;
 

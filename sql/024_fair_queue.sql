@@ -1,0 +1,23 @@
+-- The fair queue order (HODEI_QUEUE_ORDER=fair, hodei.admission): a submitter's use is its
+-- jobs admitted and not ended, on any provider, plus those admitted in the last `recent`
+-- seconds that have ended since — so a submitter whose jobs are short still takes turns
+-- with one whose jobs run long.
+CREATE INDEX idx_jobs_actor_admitted_at ON jobs (actor, admitted_at) WHERE admitted_at IS NOT NULL;
+
+CREATE FUNCTION hodei.submitter_use(submitter TEXT, recent DOUBLE PRECISION) RETURNS BIGINT
+LANGUAGE sql STABLE AS $$
+    SELECT hodei.submitter_running(submitter) + (
+        SELECT count(*) FROM jobs j
+        WHERE j.actor = submitter AND j.admitted_at > now() - make_interval(secs => recent)
+          AND j.state NOT IN ('PENDING', 'ASSIGNED', 'RUNNING'))
+$$;
+
+-- The first job a queued job starts after (--after) that has not ended as asked: its id, state
+-- and the condition; NULL when none (the queue's listing says what a job waits for).
+CREATE FUNCTION hodei.unmet_after(spec JSONB) RETURNS JSONB
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('job_id', d.job_id, 'state', d.state, 'condition', d.condition)
+    FROM hodei.after_states(spec) d
+    WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
+    ORDER BY d.job_id LIMIT 1
+$$;
