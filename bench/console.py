@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import requests
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from bench.common import database, percentile, row
@@ -28,11 +27,12 @@ from hodei._proto import scheduler_pb2, scheduler_pb2_grpc
 from hodei.admission import FIFO
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import JobSpec, LabelSelector
 from hodei.limits import Limits
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import open_pool
+from hodei.store.readmodels import JobFilters, job_list_params
 from hodei.store.sql import query as named
 from hodei.testing import ServerProcess
 from hodei.wire import MAX_QUEUE_LISTED
@@ -111,34 +111,29 @@ def main() -> None:
         started = time.monotonic()
         failed_job = next(str(job.id) for job in seed(url) if job.state is JobState.FAILED)
         print(f"seeded {JOBS} finished jobs in {time.monotonic() - started:.1f}s")
-        filters: dict[str, Any] = {
-            "provider": None,
-            "name": None,
-            "labels": None,
-            "labels_not": None,
-            "labels_present": None,
-            "labels_absent": None,
-            "since": None,
-        }
-        listing = {"state": None, "limit": 50, "offset": 0, **filters}
+        listing = job_list_params(None, 50, 0, JobFilters())
+
+        def narrowed(**wanted: Any) -> dict[str, Any]:
+            return job_list_params(wanted.pop("state", None), 50, 0, JobFilters(**wanted))
+
         pages: list[tuple[str, str, list[tuple[str, Any]]]] = [
             ("jobs list", "/jobs", [("list_jobs", listing), ("count_jobs", listing)]),
             (
                 "jobs list, state=FAILED",
                 "/jobs?state=FAILED",
-                [("list_jobs", {**listing, "state": "FAILED"}), ("count_jobs", {**listing, "state": "FAILED"})],
+                [("list_jobs", narrowed(state="FAILED")), ("count_jobs", narrowed(state="FAILED"))],
             ),
             (
                 "jobs list, name contains",
                 "/jobs?name=job-77",
-                [("list_jobs", {**listing, "name": "job-77"}), ("count_jobs", {**listing, "name": "job-77"})],
+                [("list_jobs", narrowed(name="job-77")), ("count_jobs", narrowed(name="job-77"))],
             ),
             (
                 "jobs list, label team=blue",
                 "/jobs?label=team%3Dblue",
                 [
-                    ("list_jobs", {**listing, "labels": Jsonb({"team": "blue"})}),
-                    ("count_jobs", {**listing, "labels": Jsonb({"team": "blue"})}),
+                    ("list_jobs", narrowed(labels=LabelSelector.of(["team=blue"]))),
+                    ("count_jobs", narrowed(labels=LabelSelector.of(["team=blue"]))),
                 ],
             ),
             ("live rows (every 2 s)", "/jobs/rows", [("list_jobs", listing)]),
@@ -194,32 +189,32 @@ def queue(server: ServerProcess, url: str, pool: ConnectionPool) -> float:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         listing = timed(lambda: stub.GetQueueStatus(request, timeout=60))
 
-    def run_sql(name: str, params: dict[str, Any]) -> Callable[[], None]:
+    def run_sql(name: str, params: dict[str, Any], order: Mapping[str, bool] = FIFO) -> Callable[[], None]:
         def run() -> None:
             with pool.connection() as conn:
-                conn.execute(named(name), params).fetchall()
+                conn.execute(named(name, order), {**params, "recent": 600.0}).fetchall()
 
         return run
 
-    round_params = {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None, "submitters": None, **FIFO}
-    listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED, **FIFO}))
+    round_params = {"provider": "kubernetes", "limit": 16, "joining": None, "pools": None, "submitters": None}
+    listed_sql = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
     next_sql = timed(run_sql("next_in_queue", round_params))
-    lock_sql = timed(run_sql("lock_admission", {"provider": "kubernetes", "joining": None}))
+    lock_sql = timed(run_sql("lock_admission", {"provider": "kubernetes", "joining": None}, {}))
     p50, p95, sql = percentile(listing, 50), percentile(listing, 95), percentile(listed_sql, 50)
     print(row(f"queue, {JOBS} jobs queued (gRPC)", f"{p50:.1f} / {p95:.1f}", f"{sql:.1f}", f"{p50 / sql:.1f}x"))
     print(row(f"  an admission round's query, {JOBS} queued", "", f"{percentile(next_sql, 50):.1f}", ""))
     print(row("  ... and its lock and look for pools and limits", "", f"{percentile(lock_sql, 50):.1f}", ""))
     # The fair order (HODEI_QUEUE_ORDER=fair) ranks every job in line, where submission
     # order stops at the round's free slots.
-    fair = {"fair": True, "recent": 600.0}
-    fair_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED, **fair}))
-    fair_next = timed(run_sql("next_in_queue", {**round_params, **fair}))
+    fair = {"fair": True}
+    fair_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}, fair))
+    fair_next = timed(run_sql("next_in_queue", round_params, fair))
     print(row("  the same in the fair order: queue's SQL", "", f"{percentile(fair_listed, 50):.1f}", ""))
     print(row("  ... and an admission round's query", "", f"{percentile(fair_next, 50):.1f}", ""))
     # The same with every submitter limited (all these jobs are one submitter's: the most a
     # round's window over a submitter's jobs has to rank).
     Limits(HodeiStore(pool)).set("*", SYSTEM, {"jobs": 100})
-    limited_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED, **FIFO}))
+    limited_listed = timed(run_sql("queued_jobs", {"limit": MAX_QUEUE_LISTED}))
     limited_next = timed(run_sql("next_in_queue", {**round_params, "submitters": [SYSTEM]}))
     print(row("  the same with `limit set '*' 100`: queue's SQL", "", f"{percentile(limited_listed, 50):.1f}", ""))
     print(row("  ... and an admission round's query", "", f"{percentile(limited_next, 50):.1f}", ""))

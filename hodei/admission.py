@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 # Seconds a round's finding of no room is trusted for a job joining the queue: the
 # sweeper's round (every second by default) finds again.
 FULL_FOR = 1.0
-# The queue's order, as its queries take it: submission order within a priority.
-FIFO = {"fair": False, "recent": 0.0}
+# The queue's order, fixed for a server's life, written into its queries as a constant
+# (hodei.store.sql.query): submission order within a priority.
+FIFO: Mapping[str, bool] = {"fair": False}
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ class Admission:
         self.pool: ConnectionPool = store.pool
         self.defaults = dict(defaults)
         self.start_limits = dict(start_limits or {})
-        self.order = FIFO if fair_window is None else {"fair": True, "recent": fair_window}
+        self.order = {"fair": fair_window is not None}
+        self.recent = fair_window or 0.0
         self._turns = {provider: _Turn() for provider in ProviderType}
 
     def capacity(self, provider: ProviderType) -> Capacity:
@@ -269,9 +271,9 @@ class Admission:
                 "joining": None,
                 "pools": room.pools,
                 "submitters": room.submitters,
-                **self.order,
+                "recent": self.recent,
             }
-            for job_id in fetch_column(self.pool, "next_in_queue", queued):
+            for job_id in fetch_column(self.pool, "next_in_queue", queued, self.order):
                 job = self.store.load(Job, job_id)
                 try:
                     job.admit()
@@ -320,9 +322,9 @@ class Admission:
             "joining": str(job.id),
             "pools": None,
             "submitters": None,
-            **self.order,
+            "recent": self.recent,
         }
-        return room.free > 0 and not fetch_column(self.pool, "next_in_queue", queued)
+        return room.free > 0 and not fetch_column(self.pool, "next_in_queue", queued, self.order)
 
     def _room(self, provider: ProviderType, joining: str | None = None) -> _Room:
         """The provider's free slots, counted under its advisory lock, which the caller's
@@ -348,7 +350,7 @@ class Admission:
             self.admit(provider)
 
     def queue(self, limit: int) -> list[QueuedJob]:
-        return fetch_all(self.pool, "queued_jobs", {"limit": limit, **self.order}, QueuedJob)
+        return fetch_all(self.pool, "queued_jobs", {"limit": limit, "recent": self.recent}, QueuedJob, self.order)
 
     def cancel_never_started(self, limit: int = 100) -> int:
         """Cancels queued jobs one of whose ``--after`` jobs ended otherwise than asked

@@ -21,3 +21,15 @@ LANGUAGE sql STABLE AS $$
     WHERE hodei.after_met(d.condition, d.state) IS NOT TRUE
     ORDER BY d.job_id LIMIT 1
 $$;
+
+-- The fair order's submitters of a provider's queue, each with its use; NULL for jobs of no
+-- submitter (none are written now: a job's submitter is the name of whoever wrote it), whose
+-- use counts as none.
+CREATE FUNCTION hodei.queued_use(provider TEXT, recent DOUBLE PRECISION) RETURNS TABLE (actor TEXT, used BIGINT)
+LANGUAGE sql STABLE AS $$
+    SELECT q.actor, hodei.submitter_use(q.actor, recent) FROM hodei.queued_submitters(provider) q (actor)
+    UNION ALL
+    SELECT NULL, 0 WHERE EXISTS (
+        SELECT 1 FROM jobs j
+        WHERE j.provider_type = provider AND j.state = 'PENDING' AND j.admitted_at IS NULL AND j.actor IS NULL)
+$$;

@@ -365,10 +365,10 @@ def _lock_taken_meanwhile(monkeypatch: pytest.MonkeyPatch, url: str, try_lock: s
     looked = db.fetch_column
     locked_out: list[object] = []
 
-    def fetch_column(pool: Any, name: str, params: Any = None) -> list[Any]:
+    def fetch_column(pool: Any, name: str, params: Any = None, constants: Any = None) -> list[Any]:
         if name == "next_in_queue":
             locked_out.append(query(url, try_lock)[0][0])
-        return looked(pool, name, params)
+        return looked(pool, name, params, constants)
 
     monkeypatch.setattr(admission_module, "fetch_column", fetch_column)
     return locked_out
@@ -449,8 +449,8 @@ def test_a_round_admits_only_the_jobs_of_the_pools_it_locked(store: HodeiStore) 
     job = _pooled(store, ProviderType.DOCKER, "db")
 
     def ready(pools: list[str] | None) -> list[str]:
-        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools, "submitters": None, **FIFO}
-        return [str(found) for found in db.fetch_column(store.pool, "next_in_queue", params)]
+        params = {"provider": "docker", "limit": 10, "joining": None, "pools": pools, "submitters": None, "recent": 0}
+        return [str(found) for found in db.fetch_column(store.pool, "next_in_queue", params, FIFO)]
 
     assert ready([]) == [] and ready(["other"]) == []
     assert ready(["db"]) == ready(None) == [str(job.id)]

@@ -379,6 +379,16 @@ def test_every_named_query_is_short_enough_for_psycopg_to_cache_its_parse() -> N
     assert "--" not in query_text("insert_events_and_outbox")
 
 
+def test_a_choice_fixed_for_a_servers_life_is_written_into_its_query() -> None:
+    """The queue's order: as a parameter, PostgreSQL planned both orders' branches at every
+    admission round; written in, it plans the one chosen."""
+    fair, fifo = query_text("next_in_queue", {"fair": True}), query_text("next_in_queue", {"fair": False})
+    assert "%(fair)s" not in fair + fifo and "%(recent)s" in fair
+    assert "WHERE NOT FALSE ORDER BY" in fifo and "WHERE NOT TRUE ORDER BY" in fair
+    with pytest.raises(KeyError, match=r"query `list_jobs` has no %\(fair\)s"):
+        query_text("list_jobs", {"fair": True})
+
+
 def test_every_projection_statement_reads_its_rows_where_the_projections_place_them() -> None:
     """A projection's row goes to PostgreSQL as an array (``projections.COLUMNS``) that its
     statement reads by place: a column read from the wrong place would write one value

@@ -209,11 +209,18 @@ def roll_back(conn: psycopg.Connection[Any]) -> None:
             conn.pgconn.exec_(b"ROLLBACK")
 
 
-def fetch_all(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> list[T]:
+def fetch_all(
+    pool: ConnectionPool,
+    name: str,
+    params: Any,
+    row: Callable[..., T],
+    constants: Mapping[str, bool] | None = None,
+) -> list[T]:
     """Runs the named query and returns its rows as ``row(**columns)``: a dataclass whose
-    fields are the query's columns, in any order, or a function taking them by name."""
+    fields are the query's columns, in any order, or a function taking them by name.
+    ``constants``: see ``hodei.store.sql.query``."""
     with translate_errors(), connection(pool) as conn, conn.cursor(row_factory=kwargs_row(row)) as cur:
-        return cur.execute(query(name), params).fetchall()
+        return cur.execute(query(name, constants), params).fetchall()
 
 
 def fetch_one(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T]) -> T | None:
@@ -221,10 +228,12 @@ def fetch_one(pool: ConnectionPool, name: str, params: Any, row: Callable[..., T
     return found[0] if found else None
 
 
-def fetch_column(pool: ConnectionPool, name: str, params: Any = None) -> list[Any]:
+def fetch_column(
+    pool: ConnectionPool, name: str, params: Any = None, constants: Mapping[str, bool] | None = None
+) -> list[Any]:
     """The first column of every row."""
     with translate_errors(), connection(pool) as conn:
-        return [found[0] for found in conn.execute(query(name), params).fetchall()]
+        return [found[0] for found in conn.execute(query(name, constants), params).fetchall()]
 
 
 def fetch_value(pool: ConnectionPool, name: str, params: Any = None) -> Any:

@@ -910,18 +910,20 @@ WITH limited_queue AS (
       AND (coalesce(j.spec ->> 'array_limit', '0') = '0' OR j.id IN (SELECT id FROM limited))
       AND (j.actor IS NULL OR j.actor NOT IN (SELECT actor FROM submitter_use) OR j.id IN (SELECT id FROM submitted))
       AND (coalesce(j.spec ->> 'pool', '') = '' OR j.id IN (SELECT id FROM pooled))
-), fair_use AS MATERIALIZED (  -- the fair order's: each queued submitter's use (hodei.submitter_use)
-    SELECT q.actor, hodei.submitter_use(q.actor, %(recent)s) AS used
-    FROM hodei.queued_submitters(%(provider)s) q (actor) WHERE %(fair)s
+), fair_use AS MATERIALIZED (  -- the fair order's: each submitter with jobs queued, and its use
+    SELECT * FROM hodei.queued_use(%(provider)s, %(recent)s) WHERE %(fair)s
 )
 (SELECT r.id FROM ready r WHERE NOT %(fair)s ORDER BY r.priority DESC, r.created_at, r.id LIMIT %(limit)s)
 UNION ALL
-(SELECT f.id FROM (
-     SELECT r.id, r.actor, r.priority, r.created_at,
-            row_number() OVER (PARTITION BY r.actor ORDER BY r.priority DESC, r.created_at, r.id) AS turn
-     FROM ready r WHERE %(fair)s
- ) f LEFT JOIN fair_use u ON u.actor = f.actor
- ORDER BY f.priority DESC, f.turn + coalesce(u.used, 0), f.created_at, f.id
+(SELECT t.id FROM fair_use u CROSS JOIN LATERAL (  -- the lowest turns are among each submitter's first few
+     SELECT r.id, r.priority, r.created_at, u.used + row_number() OVER (ORDER BY r.priority DESC, r.created_at, r.id) AS turn
+     FROM ((SELECT r.id, r.priority, r.created_at FROM ready r WHERE r.actor = u.actor
+            ORDER BY r.priority DESC, r.created_at, r.id LIMIT %(limit)s)
+           UNION ALL
+           (SELECT r.id, r.priority, r.created_at FROM ready r WHERE u.actor IS NULL AND r.actor IS NULL
+            ORDER BY r.priority DESC, r.created_at, r.id LIMIT %(limit)s)) r
+ ) t
+ ORDER BY t.priority DESC, t.turn, t.created_at, t.id
  LIMIT %(limit)s);
 
 -- name: lock_pool
@@ -976,7 +978,8 @@ WITH queued AS (
            row_number() OVER (PARTITION BY provider_type, submitter ORDER BY priority DESC, created_at, id)
                AS submitter_place
     FROM lined l JOIN submitter_use u USING (submitter) LEFT JOIN pool_use pu ON l.pool <> '' AND pu.pool = l.pool
-    WHERE u.jobs IS NOT NULL AND l.array_lets_go AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
+    WHERE hodei.submitter_limits_set() AND u.jobs IS NOT NULL AND l.array_lets_go
+      AND (l.pool = '' OR pu.running < coalesce(pu.size, 0))
 ), submitted AS NOT MATERIALIZED (  -- all but its pool that holds a job back
     SELECT l.*, sp.submitter_limit, coalesce(sp.submitter_running, 0) AS submitter_running, sp.submitter_place,
            l.array_lets_go AND coalesce(sp.submitter_place <= sp.submitter_limit - sp.submitter_running, TRUE) AS lets_go

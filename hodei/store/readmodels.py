@@ -89,6 +89,23 @@ class JobFilters:
     submitter: str | None = None
 
 
+def job_list_params(state: str | None, limit: int, offset: int, wanted: JobFilters) -> dict[str, Any]:
+    """The parameters of ``list_jobs`` and ``count_jobs`` (also what bench-console times)."""
+    return {
+        "state": state,
+        "limit": limit,
+        "offset": offset,
+        "provider": wanted.provider,
+        "name": wanted.name,
+        "labels": Jsonb(dict(wanted.labels.equal)) if wanted.labels.equal else None,
+        "labels_not": Jsonb(dict(wanted.labels.not_equal)) if wanted.labels.not_equal else None,
+        "labels_present": list(wanted.labels.present) or None,
+        "labels_absent": list(wanted.labels.absent) or None,
+        "since": wanted.created_since,
+        "submitter": wanted.submitter,
+    }
+
+
 @dataclass(frozen=True)
 class JobWorkerRow:
     id: UUID
@@ -187,20 +204,7 @@ class ReadModels:
     def jobs(
         self, state: str | None, limit: int, offset: int, filters: JobFilters | None = None
     ) -> tuple[list[JobRow], int]:
-        wanted = filters or JobFilters()
-        params = {
-            "state": state,
-            "limit": limit,
-            "offset": offset,
-            "provider": wanted.provider,
-            "name": wanted.name,
-            "labels": Jsonb(dict(wanted.labels.equal)) if wanted.labels.equal else None,
-            "labels_not": Jsonb(dict(wanted.labels.not_equal)) if wanted.labels.not_equal else None,
-            "labels_present": list(wanted.labels.present) or None,
-            "labels_absent": list(wanted.labels.absent) or None,
-            "since": wanted.created_since,
-            "submitter": wanted.submitter,
-        }
+        params = job_list_params(state, limit, offset, filters or JobFilters())
         rows = [JobRow(**row) for row in self._all("list_jobs", params)]
         total = self._all("count_jobs", params)[0]["count"]
         return rows, int(total)
