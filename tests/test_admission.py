@@ -806,7 +806,8 @@ def test_a_fair_queue_lets_submitters_take_turns_and_shows_its_order(store: Hode
     as the slot frees (her ended jobs count in her use within the window); the queue's places
     say the order the rounds keep; a priority still goes first. In submission order (the
     default) all of hers go first; so they do with a window of 0 (only running jobs count),
-    where each round finds the slot freed by an ended job."""
+    where each round finds the slot freed by an ended job. A round of several slots takes
+    turns within itself."""
     docker = ProviderType.DOCKER
     alice = [_submitted(store, docker, "alice") for _ in range(4)]
     bob = [_submitted(store, docker, "bob") for _ in range(2)]
@@ -826,3 +827,9 @@ def test_a_fair_queue_lets_submitters_take_turns_and_shows_its_order(store: Hode
     dave = [_submitted(store, docker, "dave") for _ in range(2)]
     forgetful = Admission(store, {docker: 1}, fair_window=0)
     assert _admitted_one_by_one(store, forgetful, carol + dave) == [str(job.id) for job in carol + dave]
+
+    # A round with four free slots takes turns too: two of each.
+    erin = [_submitted(store, docker, "erin") for _ in range(4)]
+    frank = [_submitted(store, docker, "frank") for _ in range(2)]
+    assert Admission(store, {docker: 4}, fair_window=600).admit(docker) == 4
+    assert _admitted(store, *erin, *frank) == [True, True, False, False, True, True]
