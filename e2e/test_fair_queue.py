@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from e2e.test_access import create_token
 from hodei.testing import ServerProcess, query, wait_running, wait_settled
@@ -29,7 +30,7 @@ def server(
         "HODEI_LOCAL_ENABLED": "0",
         "HODEI_QUEUE_ORDER": "fair",
     }
-    with ServerProcess(database_url, tmp_path_factory.mktemp("fair"), env) as process:
+    with ServerProcess(database_url, tmp_path_factory.mktemp("fair"), env, http=True) as process:
         yield process
     print(process.logs()[-5000:])
 
@@ -63,8 +64,23 @@ def test_submitters_take_turns_at_a_freed_slot_in_the_order_the_queue_shows(
     alice = [submit("alice", "0.2") for _ in range(3)]
     bob = [submit("bob", "0.2") for _ in range(2)]
     turns = [bob[0], alice[0], bob[1], alice[1], alice[2]]
-    listed = json.loads(server.cli("--token", tokens["bob"], "-o", "json", "queue", check=True).stdout)["queued"]
+    status = json.loads(server.cli("--token", tokens["bob"], "-o", "json", "queue", check=True).stdout)
+    listed = status["queued"]
     assert [(job["job_id"], int(job["position"])) for job in listed] == list(zip(turns, range(1, 6), strict=True))
+    assert status["order"] == "fair"
+    full = "provider sim is full: 1 of 1 workers; "
+    assert listed[0]["reason"] == (
+        full
+        + "its turn 1: bob's use 0 (jobs running, or ended in the last 600s) and its place 1 among bob's jobs in line"
+    )
+    assert listed[1]["reason"] == (
+        full + "its turn 2: alice's use 1 (jobs running, or ended in the last 600s) and its place 1 among alice's "
+        "jobs in line"
+    )
+    table = server.cli("--token", tokens["bob"], "queue", check=True).stdout
+    assert "In line by priority, then by submitters' turns (HODEI_QUEUE_ORDER=fair):" in table
+    page = requests.get(f"{server.http_url}/queue", headers={"Authorization": f"Bearer {tokens['bob']}"}, timeout=30)
+    assert page.ok and 'id="order"' in page.text and "its turn 2: alice" in page.text
 
     server.cli("--token", tokens["alice"], "job", "cancel", holder, check=True)
     for job_id in turns:

@@ -112,6 +112,10 @@ class QueuedJob:
     pool_size: int | None = None
     pool_running: int = 0
     pool_place: int | None = None
+    # In the fair order, a job in line: its turn, and of it its submitter's use
+    # (hodei.submitter_use); the rest is its place among its submitter's jobs in line.
+    turn: int = 0
+    used: int = 0
 
     @property
     def past_array_limit(self) -> bool:
@@ -195,6 +199,10 @@ class Admission:
         self.order = {"fair": fair_window is not None}
         self.recent = fair_window or 0.0
         self._turns = {provider: _Turn() for provider in ProviderType}
+
+    @property
+    def fair(self) -> bool:
+        return self.order["fair"]
 
     def capacity(self, provider: ProviderType) -> Capacity:
         default = self.defaults[provider]

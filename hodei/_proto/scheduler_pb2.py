@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahodei/jobs/scheduler.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x15GetQueueStatusRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xaf\x01\n\x0bQueueStatus\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x10\n\x08\x61ssigned\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x11\n\tsucceeded\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x11\n\tcancelled\x18\x06 \x01(\x03\x12\x0f\n\x07timeout\x18\x07 \x01(\x03\x12%\n\x06queued\x18\x08 \x03(\x0b\x32\x15.hodei.jobs.QueuedJob\"\x88\x01\n\tQueuedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x10\n\x08position\x18\x05 \x01(\x03\x12\x17\n\x0fwaiting_seconds\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"@\n\x12ListWorkersRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04live\x18\x03 \x01(\x08\"\xb6\x01\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rprovider_type\x18\x04 \x01(\t\x12\x1c\n\x14provider_resource_id\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x35\n\x11last_heartbeat_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x13ListWorkersResponse\x12#\n\x07workers\x18\x01 \x03(\x0b\x32\x12.hodei.jobs.Worker2\xb0\x01\n\x10SchedulerService\x12L\n\x0eGetQueueStatus\x12!.hodei.jobs.GetQueueStatusRequest\x1a\x17.hodei.jobs.QueueStatus\x12N\n\x0bListWorkers\x12\x1e.hodei.jobs.ListWorkersRequest\x1a\x1f.hodei.jobs.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahodei/jobs/scheduler.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x15GetQueueStatusRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xbe\x01\n\x0bQueueStatus\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x10\n\x08\x61ssigned\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x11\n\tsucceeded\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x11\n\tcancelled\x18\x06 \x01(\x03\x12\x0f\n\x07timeout\x18\x07 \x01(\x03\x12%\n\x06queued\x18\x08 \x03(\x0b\x32\x15.hodei.jobs.QueuedJob\x12\r\n\x05order\x18\t \x01(\t\"\x88\x01\n\tQueuedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x10\n\x08position\x18\x05 \x01(\x03\x12\x17\n\x0fwaiting_seconds\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"@\n\x12ListWorkersRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04live\x18\x03 \x01(\x08\"\xb6\x01\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rprovider_type\x18\x04 \x01(\t\x12\x1c\n\x14provider_resource_id\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x35\n\x11last_heartbeat_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x13ListWorkersResponse\x12#\n\x07workers\x18\x01 \x03(\x0b\x32\x12.hodei.jobs.Worker2\xb0\x01\n\x10SchedulerService\x12L\n\x0eGetQueueStatus\x12!.hodei.jobs.GetQueueStatusRequest\x1a\x17.hodei.jobs.QueueStatus\x12N\n\x0bListWorkers\x12\x1e.hodei.jobs.ListWorkersRequest\x1a\x1f.hodei.jobs.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETQUEUESTATUSREQUEST']._serialized_start=75
   _globals['_GETQUEUESTATUSREQUEST']._serialized_end=113
   _globals['_QUEUESTATUS']._serialized_start=116
-  _globals['_QUEUESTATUS']._serialized_end=291
-  _globals['_QUEUEDJOB']._serialized_start=294
-  _globals['_QUEUEDJOB']._serialized_end=430
-  _globals['_LISTWORKERSREQUEST']._serialized_start=432
-  _globals['_LISTWORKERSREQUEST']._serialized_end=496
-  _globals['_WORKER']._serialized_start=499
-  _globals['_WORKER']._serialized_end=681
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=683
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=741
-  _globals['_SCHEDULERSERVICE']._serialized_start=744
-  _globals['_SCHEDULERSERVICE']._serialized_end=920
+  _globals['_QUEUESTATUS']._serialized_end=306
+  _globals['_QUEUEDJOB']._serialized_start=309
+  _globals['_QUEUEDJOB']._serialized_end=445
+  _globals['_LISTWORKERSREQUEST']._serialized_start=447
+  _globals['_LISTWORKERSREQUEST']._serialized_end=511
+  _globals['_WORKER']._serialized_start=514
+  _globals['_WORKER']._serialized_end=696
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=698
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=756
+  _globals['_SCHEDULERSERVICE']._serialized_start=759
+  _globals['_SCHEDULERSERVICE']._serialized_end=935
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,7 @@ class QueueStatus(_message.Message):
     CANCELLED_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     QUEUED_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     pending: _builtins.int
     assigned: _builtins.int
     running: _builtins.int
@@ -59,6 +60,10 @@ class QueueStatus(_message.Message):
     failed: _builtins.int
     cancelled: _builtins.int
     timeout: _builtins.int
+    order: _builtins.str
+    """The order of a priority's jobs in line: "fifo" (submission) or "fair" (submitters take
+    turns: HODEI_QUEUE_ORDER).
+    """
     @_builtins.property
     def queued(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuedJob]:
         """Jobs waiting for a provider's capacity, in the order they will leave the queue."""
@@ -74,10 +79,11 @@ class QueueStatus(_message.Message):
         cancelled: _builtins.int = ...,
         timeout: _builtins.int = ...,
         queued: _abc.Iterable[Global___QueuedJob] | None = ...,
+        order: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "failed", b"failed", "pending", b"pending", "queued", b"queued", "running", b"running", "succeeded", b"succeeded", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "failed", b"failed", "order", b"order", "pending", b"pending", "queued", b"queued", "running", b"running", "succeeded", b"succeeded", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

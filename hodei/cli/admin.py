@@ -183,10 +183,12 @@ def queue(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if term.json:
         term.data(data)
         return 0
-    counts = {key: value for key, value in data.items() if key != "queued"}
+    counts = {key: value for key, value in data.items() if key not in {"queued", "order"}}
     term.table(["STATE", "JOBS"], [[key.upper(), str(value)] for key, value in counts.items()])
     if status.queued:
         term.line("")
+        if status.order == "fair":
+            term.line("In line by priority, then by submitters' turns (HODEI_QUEUE_ORDER=fair):")
         term.table(
             ["POSITION", "JOB", "NAME", "PROVIDER", "PRIORITY", "WAITING", "WHY"],
             [

@@ -566,6 +566,7 @@ class Console:
             who,
             counts=counts,
             queued=[message_dict(q) for q in status.queued],
+            order=status.order,
             pools=[message_dict(p) for p in pools.pools],
             limits=[message_dict(found) for found in limits.limits],
         )

@@ -54,7 +54,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         if request.limit < 0:
             raise InvalidInput("limit must not be negative")
         counts = self.reads.counts("jobs_by_state")
-        status = scheduler_pb2.QueueStatus()
+        status = scheduler_pb2.QueueStatus(order="fair" if self.admission.fair else "fifo")
         for state, count in counts.items():
             setattr(status, state.lower(), count)
         capacities: dict[str, Capacity] = {}
@@ -101,7 +101,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             if queued.pool_size is None:
                 return f"its pool {queued.pool} does not exist (pool set {queued.pool} N)"
             return _at_most(f"its pool {queued.pool}", queued.pool_size, "", queued.pool_running, queued.pool_place)
-        return self._reason(queued.provider, capacities)
+        reason = self._reason(queued.provider, capacities)
+        if self.admission.fair and queued.position:
+            place = queued.turn - queued.used
+            return (
+                f"{reason}; its turn {queued.turn}: {queued.submitter}'s use {queued.used} (jobs running, or ended "
+                f"in the last {self.admission.recent:g}s) and its place {place} among {queued.submitter}'s jobs in line"
+            )
+        return reason
 
     def _reason(self, provider: str, capacities: dict[str, Capacity]) -> str:
         if not provider:

@@ -996,7 +996,7 @@ WITH queued AS (
     FROM submitted l
     LEFT JOIN pool_places pp ON l.pool <> '' AND pp.id = l.id
 ), turned AS (  -- the fair order's turn of a job in line: next_in_queue's rule
-    SELECT placed.*, CASE WHEN %(fair)s THEN coalesce(used, 0)
+    SELECT placed.*, used, CASE WHEN %(fair)s THEN coalesce(used, 0)
                + row_number() OVER (PARTITION BY provider_type, in_line, submitter ORDER BY priority DESC, created_at, id)
            ELSE 0 END AS turn
     FROM placed LEFT JOIN submitter_use USING (submitter)
@@ -1004,7 +1004,7 @@ WITH queued AS (
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
        held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at,
        waiting_for, array_limit, array_running, array_place, coalesce(submitter, '') AS submitter, submitter_limit,
-       submitter_running, submitter_place, pool, pool_size, pool_running, pool_place,
+       submitter_running, submitter_place, pool, pool_size, pool_running, pool_place, turn, coalesce(used, 0) AS used,
        CASE WHEN in_line THEN
            row_number() OVER (PARTITION BY provider_type, in_line ORDER BY priority DESC, turn, created_at, id)
        ELSE 0 END AS position
