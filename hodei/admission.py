@@ -196,7 +196,7 @@ class Admission:
         self.pool: ConnectionPool = store.pool
         self.defaults = dict(defaults)
         self.start_limits = dict(start_limits or {})
-        self.order = {"fair": fair_window is not None}
+        self.order = FIFO if fair_window is None else {"fair": True}
         self.recent = fair_window or 0.0
         self._turns = {provider: _Turn() for provider in ProviderType}
 
