@@ -122,6 +122,14 @@ def _schema(url: str) -> list[Any]:
             "WHERE t.relnamespace = 'public'::regnamespace AND t.relname = ANY(%s) ORDER BY 1, 2",
             (tables,),
         ),
+        # Extended statistics (sql/021, sql/024): dropped with the tables they were made on.
+        query(
+            url,
+            "SELECT t.relname, s.stxname, pg_get_statisticsobjdef(s.oid) FROM pg_statistic_ext s "
+            "JOIN pg_class t ON t.oid = s.stxrelid WHERE t.relnamespace = 'public'::regnamespace "
+            "AND t.relname = ANY(%s) ORDER BY 1, 2",
+            (tables,),
+        ),
     ]
 
 

@@ -1155,6 +1155,14 @@ WHERE i.schemaname = 'public' AND i.tablename = ANY(%s)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname AND c.connamespace = 'public'::regnamespace)
 ORDER BY i.indexname;
 
+-- name: read_model_statistics
+-- The read models' extended statistics (sql/021, sql/024): each one's name, table and what it
+-- is on. replay --apply makes them again on the tables it swaps in (a table's go with it).
+SELECT s.stxname AS name, t.relname AS table_name, pg_get_statisticsobjdef_columns(s.oid) AS columns
+FROM pg_statistic_ext s JOIN pg_class t ON t.oid = s.stxrelid
+WHERE t.relnamespace = 'public'::regnamespace AND t.relname = ANY(%s)
+ORDER BY s.stxname;
+
 -- name: jobs_in_id_range
 -- Ids starting with a prefix people typed: a range of the primary key (two at most).
 SELECT id FROM jobs WHERE id BETWEEN %s AND %s ORDER BY id LIMIT 2;

@@ -269,10 +269,19 @@ def _finish_rebuild_tables(conn: psycopg.Connection[Any], constraints: list[tupl
 
 
 def _swap(conn: psycopg.Connection[Any]) -> None:
+    """The rebuilt tables in public, the live ones retired, with the live ones' extended
+    statistics made again on the rebuilt ones (they would go with the retired tables:
+    admission's plans lean on them, sql/021 and sql/024). ANALYZE (autovacuum's, after so
+    many rows written) fills them."""
+    statistics = conn.execute(query("read_model_statistics"), (list(projections.READ_MODELS),)).fetchall()
     conn.execute(_schema_sql("CREATE SCHEMA {}", RETIRED_SCHEMA))
     for table in projections.READ_MODELS:
         conn.execute(_schema_sql("ALTER TABLE public.{} SET SCHEMA {}", table, RETIRED_SCHEMA))
         conn.execute(_schema_sql("ALTER TABLE {}.{} SET SCHEMA public", REBUILD_SCHEMA, table))
+    for name, table, columns in statistics:
+        conn.execute(sql.SQL("DROP STATISTICS public.{}").format(sql.Identifier(name)))
+        made = sql.SQL("CREATE STATISTICS public.{} ON {} FROM public.{}")
+        conn.execute(made.format(sql.Identifier(name), sql.SQL(columns), sql.Identifier(table)))
 
 
 class _CatchUp:
