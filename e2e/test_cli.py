@@ -23,7 +23,7 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_running, wait_settled
+from hodei.testing import BIN, ServerProcess, eventually, every_race_lost, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -899,3 +899,23 @@ def test_cancel_hold_and_release_take_a_selection_as_job_list_does(server: Serve
     assert again.returncode == 2 and again.stderr.count("(FAILED_PRECONDITION)") == 3, again.stderr
     assert f"Job {released} CANCELLED" in again.stderr and f"Job {later} CANCELLED" in again.stderr
     assert server.cli("job", "cancel").stderr == "hodei-jobs-cli: error: give the job id: --id ID\n"
+
+
+def test_a_change_that_loses_every_race_is_aborted_and_writes_nothing(server: ServerProcess) -> None:
+    """A command whose every try finds that another writer changed the job first gives up
+    after its tries: ABORTED (gRPC's lost concurrency check), saying to try again, not an
+    internal error."""
+    job_id = server.cli("job", "run", "-p", "local", "-c", "true", "--hold", check=True).stdout.strip()
+    url = server.database_url
+    events = query(url, "SELECT count(*) FROM domain_events WHERE correlation_id = %s", (job_id,))
+    with every_race_lost(url, job_id, "NEW.priority <> OLD.priority"):
+        lost = server.cli("job", "update", job_id, "--priority", "-5")
+    assert lost.returncode == 1, lost
+    assert "other writers changed it first at each of 8 tries, and each was undone: try again" in lost.stderr
+    assert lost.stderr.rstrip().endswith("(ABORTED)"), lost.stderr
+    assert "domain_events_aggregate_version_key" in lost.stderr
+    assert query(url, "SELECT priority FROM jobs WHERE id = %s", (job_id,)) == [(0,)]
+    assert query(url, "SELECT count(*) FROM domain_events WHERE correlation_id = %s", (job_id,)) == events
+    server.cli("job", "update", job_id, "--priority", "-5", check=True)
+    assert query(url, "SELECT priority FROM jobs WHERE id = %s", (job_id,)) == [(-5,)]
+    server.cli("job", "cancel", job_id, check=True)

@@ -13,7 +13,15 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.test_access import create_token
-from hodei.testing import ServerProcess, allow_new_sagas, eventually, query, refuse_new_sagas, wait_settled
+from hodei.testing import (
+    ServerProcess,
+    allow_new_sagas,
+    eventually,
+    every_race_lost,
+    query,
+    refuse_new_sagas,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -315,6 +323,11 @@ def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(
         "AND event_type IN ('JobHeld', 'JobReleased') ORDER BY position",
         (job_id,),
     ) == [("JobHeld", "submit-person"), ("JobReleased", "submit-person")]
+    # Another writer that always came first: 409, the page's words say to press it again.
+    with every_race_lost(guarded.database_url, job_id, "NEW.held_by IS NOT NULL"):
+        lost = owner.post(f"{page}/hold", allow_redirects=False)
+    assert lost.status_code == 409 and "other writers changed it first" in lost.text, lost.text
+    assert 'id="held"' not in owner.get(page).text
     guarded.cli("job", "cancel", job_id, check=True)
 
 

@@ -8,7 +8,7 @@
     ├── LimitReached          a submitter's limit refused a submission -> RESOURCE_EXHAUSTED
     ├── Unauthenticated       no credentials, or wrong ones         -> UNAUTHENTICATED
     ├── PermissionDenied      the caller's role does not allow it   -> PERMISSION_DENIED
-    ├── ConcurrencyConflict   another writer saved the aggregate first (retry by reloading)
+    ├── ConcurrencyConflict   another writer saved the aggregate first (retry by reloading) -> ABORTED
     ├── LeaseLost             an outbox row was re-claimed by another relay meanwhile
     ├── StoreUnavailable      PostgreSQL cannot be reached
     ├── ProviderError         a provider call failed (``retryable`` says whether to try again)

@@ -13,10 +13,11 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import grpc
 import psycopg
@@ -207,6 +208,28 @@ def refuse_new_sagas(url: str) -> None:
 
 def allow_new_sagas(url: str) -> None:
     query(url, "DROP TRIGGER refuse_sagas ON sagas")
+
+
+@contextlib.contextmanager
+def every_race_lost(url: str, job_id: str, change: str) -> Iterator[None]:
+    """While inside, every write to the job's row that makes ``change`` (a condition on
+    its OLD and NEW) fails as a write that lost its race to another writer does: another
+    writer that always comes first."""
+    query(
+        url,
+        "CREATE FUNCTION lose_every_race() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE unique_violation USING CONSTRAINT = 'domain_events_aggregate_version_key', "
+        "DETAIL = 'a writer of the test came first'; END $$",
+    )
+    query(
+        url,
+        f"CREATE TRIGGER lose_every_race BEFORE UPDATE ON jobs FOR EACH ROW "
+        f"WHEN (NEW.id = '{UUID(job_id)}' AND {change}) EXECUTE FUNCTION lose_every_race()",
+    )
+    try:
+        yield
+    finally:
+        query(url, "DROP TRIGGER lose_every_race ON jobs; DROP FUNCTION lose_every_race()")
 
 
 @dataclass(frozen=True)

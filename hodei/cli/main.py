@@ -59,6 +59,7 @@ EPILOG = f"""examples:
 
 exit codes:
   0      done (with --wait/--follow: the job succeeded)
+  1      the server could not be reached, or gave up on a change others kept making first (try again)
   1-123  with --wait/--follow: the job's own exit code
   2      refused: bad input, unknown id, no permission
   {EXIT_TIMEOUT}    the job timed out

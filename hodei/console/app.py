@@ -49,6 +49,7 @@ from hodei.domain.phases import latest_usage, processes_stopping, size_text, wai
 from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
 from hodei.errors import (
     AlreadyExists,
+    ConcurrencyConflict,
     HodeiError,
     InvalidInput,
     InvalidTransition,
@@ -88,6 +89,7 @@ _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
     (AlreadyExists, web.HTTPConflict),
     (InvalidTransition, web.HTTPConflict),  # a button pressed as the job moved on (it ended, say)
     (LimitReached, web.HTTPTooManyRequests),
+    (ConcurrencyConflict, web.HTTPConflict),  # other writers kept changing the job: press it again
     (StoreUnavailable, web.HTTPServiceUnavailable),
     (ProviderUnavailable, web.HTTPServiceUnavailable),
 ]

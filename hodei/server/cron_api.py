@@ -11,7 +11,7 @@ from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
 from hodei.domain.spec import JobSpec
-from hodei.errors import ConcurrencyConflict, InvalidInput, LimitReached, PermissionDenied
+from hodei.errors import InvalidInput, PermissionDenied
 from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.roles import Caller
@@ -19,7 +19,7 @@ from hodei.server.access import caller
 from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.server.jobs_api import may_act_on, refuse_unrunnable
-from hodei.server.submission import Submission, earlier
+from hodei.server.submission import Submission, earlier, first_answer
 from hodei.wire import spec_from_proto, spec_to_proto
 
 # The next times a cron job shows.
@@ -98,17 +98,13 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             refuse_unrunnable(spec, self.pools)
             self.limits.make_room(who.name, 1)
 
-        try:
+        def write() -> cron_pb2.RunCronJobResponse:
             job_id = self.cron_jobs.run_now(
                 request.name, who.name, dict(request.env), check, submission.ids[0], submission.digest
             )
-        except (ConcurrencyConflict, LimitReached):
-            # The same key, sent again before this try's write: the first write stands (and
-            # may have taken the submitter's last room).
-            if (repeat := self._repeat(submission)) is None:
-                raise
-            return repeat
-        return cron_pb2.RunCronJobResponse(job_id=str(job_id))
+            return cron_pb2.RunCronJobResponse(job_id=str(job_id))
+
+        return first_answer(write, lambda: self._repeat(submission))
 
     def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
         first = earlier(self.cron_jobs.store, self.cron_jobs.secrets, submission, None)

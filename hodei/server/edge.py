@@ -13,6 +13,7 @@ import grpc
 
 from hodei.errors import (
     AlreadyExists,
+    ConcurrencyConflict,
     HodeiError,
     InvalidInput,
     InvalidTransition,
@@ -36,6 +37,9 @@ STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # Other writers kept changing what the request changes (its tries gave up): gRPC's
+    # word for a lost concurrency check, which a client may retry as it is.
+    (ConcurrencyConflict, grpc.StatusCode.ABORTED),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -28,7 +28,7 @@ from hodei.domain.spec import (
     naming_arrays,
     never_after,
 )
-from hodei.errors import ConcurrencyConflict, InvalidInput, LimitReached, NotFound, PermissionDenied
+from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.faults import Faults
 from hodei.limits import Limits
 from hodei.pools import Pools
@@ -38,7 +38,7 @@ from hodei.roles import Caller, Role
 from hodei.server.access import caller
 from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import rpc
-from hodei.server.submission import Submission, earlier
+from hodei.server.submission import Submission, earlier, first_answer
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_column
@@ -117,22 +117,19 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         if request.hold:
             for job in jobs:
                 job.hold(who, hold_reason)
-        # Every job of an array, or none: one write (each job's events correlated with the
-        # job itself, as a job submitted alone).
         first = str(jobs[0].id)
-        try:
+
+        def write() -> jobs_pb2.QueueJobResponse:
+            # Every job of an array, or none: one write (each job's events correlated with
+            # the job itself, as a job submitted alone).
             with command_transaction(self.store.pool):
                 self.limits.make_room(who, len(jobs))
                 self.store.write(jobs, Meta(actor=who, correlation_id=None if request.array else first))
-        except (ConcurrencyConflict, LimitReached):
-            # The same key, sent again before this try's write: the first write stands (and
-            # may have taken the submitter's last room).
-            if (repeat := self._repeat(submission, secrets, bool(request.array))) is None:
-                raise
-            return repeat
-        self.faults.point("submit-committed")
-        array_job_ids = [str(job.id) for job in jobs] if request.array else []
-        return jobs_pb2.QueueJobResponse(job_id=first, array_job_ids=array_job_ids)
+            self.faults.point("submit-committed")
+            array_job_ids = [str(job.id) for job in jobs] if request.array else []
+            return jobs_pb2.QueueJobResponse(job_id=first, array_job_ids=array_job_ids)
+
+        return first_answer(write, lambda: self._repeat(submission, secrets, bool(request.array)))
 
     def _repeat(
         self, submission: Submission, secrets: Mapping[str, str] | None, array: bool
@@ -322,15 +319,14 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         job = Job.submit(
             spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id, request_digest=submission.digest
         )
-        try:
+
+        def write() -> jobs_pb2.QueueJobResponse:
             with command_transaction(self.store.pool):
                 self.limits.make_room(who.name, 1)
                 self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
-        except (ConcurrencyConflict, LimitReached):
-            if (repeat := self._repeat(submission, None, array=False)) is None:
-                raise
-            return repeat
-        return jobs_pb2.QueueJobResponse(job_id=str(job_id))
+            return jobs_pb2.QueueJobResponse(job_id=str(job_id))
+
+        return first_answer(write, lambda: self._repeat(submission, None, array=False))
 
     @rpc
     async def WatchJob(

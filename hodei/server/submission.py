@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 from google.protobuf.message import Message
@@ -22,9 +23,11 @@ from hodei._proto import jobs_pb2
 from hodei.domain.base import check_idempotency_key, derived_id
 from hodei.domain.job import Job
 from hodei.domain.spec import validate_array
-from hodei.errors import AlreadyExists
+from hodei.errors import AlreadyExists, ConcurrencyConflict, LimitReached
 from hodei.store.app import HodeiStore
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,15 @@ def earlier(
             "a key names one submission: give a new key for another"
         )
     return first
+
+
+def first_answer(write: Callable[[], R], repeat: Callable[[], R | None]) -> R:
+    """``write()``'s answer, or, when its write lost a race or a submitter's limit refused
+    it, the answer to the same key sent again meanwhile (``repeat``): that first write
+    stands, and may have taken the submitter's last room. Without one, the error."""
+    try:
+        return write()
+    except (ConcurrencyConflict, LimitReached):
+        if (answer := repeat()) is None:
+            raise
+        return answer

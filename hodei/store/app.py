@@ -199,22 +199,29 @@ class HodeiStore(Application[UUID]):
         each try with the job's flow in hand — the job and those of its workers and sagas
         that have not ended, read in one statement — instead of a read per aggregate as its
         steps ask for them; a try that lost the race reads it again. A try's reads and its
-        write are one transaction (``hodei.store.db.command_transaction``)."""
-        for attempt in Retrying(
-            retry=retry_if_exception_type(ConcurrencyConflict),
-            stop=stop_after_attempt(attempts),
-            wait=wait_random(0.001, 0.02),
-            reraise=True,
-        ):
-            with attempt, command_transaction(self.pool):
-                flow, read = self._flow(meta.correlation_id) if meta.correlation_id else ({}, None)
-                token, read_token = _in_hand.set(flow), _flow_read.set(read)
-                try:
-                    result, changed = run()
-                    self.write(changed, meta)
-                finally:
-                    _in_hand.reset(token)
-                    _flow_read.reset(read_token)
+        write are one transaction (``hodei.store.db.command_transaction``). The last try's
+        conflict, when every try lost, says so: what the caller may do is send it again."""
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(ConcurrencyConflict),
+                stop=stop_after_attempt(attempts),
+                wait=wait_random(0.001, 0.02),
+                reraise=True,
+            ):
+                with attempt, command_transaction(self.pool):
+                    flow, read = self._flow(meta.correlation_id) if meta.correlation_id else ({}, None)
+                    token, read_token = _in_hand.set(flow), _flow_read.set(read)
+                    try:
+                        result, changed = run()
+                        self.write(changed, meta)
+                    finally:
+                        _in_hand.reset(token)
+                        _flow_read.reset(read_token)
+        except ConcurrencyConflict as exc:
+            raise ConcurrencyConflict(
+                f"other writers changed it first at each of {attempts} tries, and each was undone: "
+                f"try again (the last: {exc.message})"
+            ) from exc
         return result
 
     @property
