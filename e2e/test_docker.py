@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from e2e.registry import Registry
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.testing import (
     BARE_IMAGE,
@@ -320,6 +321,59 @@ def test_an_image_where_it_cannot_run_is_refused_and_nothing_is_written(
     refused = server.cli("job", "run", "--image", "busybox", "-c", "true", *options)
     assert refused.returncode != 0 and error in refused.stderr, refused.stderr
     assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == events
+
+
+def _job_containers(docker_client: Any, job_id: str) -> list[Any]:
+    found: list[Any] = docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"})
+    return found
+
+
+@pytest.fixture
+def registry(docker_client: Any) -> Iterator[Registry]:
+    """A registry of the test's own, whose images the engine has not pulled yet."""
+    with Registry(docker_client) as serving:
+        yield serving
+
+
+def test_an_image_only_a_registry_has_is_pulled_and_pull_always_sees_its_tag_move(
+    server: ServerProcess, database_url: str, docker_client: Any, bare_image: str, registry: Registry
+) -> None:
+    """The pull itself, not only its failures: the engine lacks the image, so the job's
+    start pulls it; the next job runs what the engine holds, and `--pull always` asks the
+    registry again and runs what the tag names now."""
+    reference = registry.push_new(bare_image, "team/bare")
+
+    def run(*options: str) -> str:
+        job_id = server.cli("job", "run", "--image", reference, *options, "-c", 'echo "$GREETING"', check=True)
+        assert wait_terminal(database_url, job_id.stdout.strip()) == "SUCCEEDED"
+        return server.cli("job", "logs", job_id.stdout.strip(), check=True).stdout
+
+    assert run() == "from-the-image\n"
+    assert registry.pulls("team/bare") == 1 and registry.layers_sent > 0
+    registry.push_new(bare_image, "team/bare", "ENV GREETING=moved")
+    assert run() == "from-the-image\n"  # held by the engine: not pulled again
+    assert registry.pulls("team/bare") == 1
+    assert run("--pull", "always") == "moved\n"
+    assert registry.pulls("team/bare") == 2
+
+
+def test_a_job_cancelled_while_its_image_is_pulled_ends_at_once_and_leaves_no_container(
+    server: ServerProcess, database_url: str, docker_client: Any, bare_image: str, registry: Registry
+) -> None:
+    """A pull that takes long (a big image, a slow registry) holds no one up: the job is
+    cancelled at once, and the container its start makes once the pull ends goes."""
+    reference = registry.push_new(bare_image, "team/slow")
+    registry.hold()
+    job_id = server.cli("job", "run", "--image", reference, "-c", "echo ran", check=True).stdout.strip()
+    eventually(registry.held.is_set, 60, what="the pull to wait for its layer")
+    server.cli("job", "cancel", job_id, check=True)
+    assert wait_terminal(database_url, job_id, timeout=15) == "CANCELLED"
+    registry.release()
+    wait_settled(database_url, job_id)  # its provisioning went on until the pull ended
+    ((container,),) = query(database_url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))
+    assert container, "the start made its container once the pull ended"
+    eventually(lambda: _job_containers(docker_client, job_id) == [], 60, what="no container of the job")
+    assert "ran" not in server.cli("job", "logs", job_id, check=True).stdout
 
 
 def test_no_hodei_container_remains_and_every_worker_is_terminated(

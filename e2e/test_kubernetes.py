@@ -21,7 +21,7 @@ from kubernetes import client, config
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
-from hodei.kubelet import Kubelet
+from hodei.kubelet import LABEL_POD, Kubelet
 from hodei.logs import LogStore
 from hodei.testing import (
     BARE_MARKER,
@@ -273,6 +273,66 @@ def test_an_image_that_cannot_be_pulled_fails_the_job_and_the_pod_goes(
         assert "ImagePullBackOff" in reason and "missing-image:1.0" in reason, reason
         (name,) = query(url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
         eventually(lambda: name not in api.pods(), 15, what="the pod to be deleted")
+
+
+def test_a_slow_pull_has_the_pull_timeout_to_end_and_one_past_it_fails_the_job_saying_so(
+    pg_server: str,
+    template_database: str,
+    cluster: Any,
+    tmp_path: Path,
+    worker_image: str,
+    bare_image: str,
+    docker_client: Any,
+) -> None:
+    """The kubelet pulls a job's own image while its worker has HODEI_REGISTRATION_TIMEOUT
+    plus HODEI_IMAGE_PULL_TIMEOUT to register: a pull longer than the first alone still
+    runs the job; one longer than both fails it, naming both, and its pod goes."""
+    from conftest import new_database
+    from e2e.registry import Registry
+
+    api, kubelet, kubeconfig = cluster
+    url = new_database(pg_server, template_database)
+    env = {
+        **server_env(kubeconfig, worker_image, docker=False),
+        "HODEI_REGISTRATION_TIMEOUT": "3",
+        "HODEI_IMAGE_PULL_TIMEOUT": "20",
+    }
+    with Registry(docker_client) as registry, ServerProcess(url, tmp_path, env) as server:
+
+        def run(name: str) -> str:
+            reference = registry.push_new(bare_image, name)
+            registry.hold()
+            job_id = server.cli(
+                "job", "run", "-p", "kubernetes", "--image", reference, "-c", "echo ran", check=True
+            ).stdout.strip()
+            eventually(registry.held.is_set, 60, what="the pull to wait for its layer")
+            return job_id
+
+        slow = run("team/slow")
+        time.sleep(6)  # past the registration timeout alone
+        registry.release()
+        assert wait_terminal(url, slow) == "SUCCEEDED"
+        assert server.cli("job", "logs", slow, check=True).stdout == "ran\n"
+
+        stuck = run("team/stuck")
+        assert wait_terminal(url, stuck, timeout=60) == "FAILED"
+        ((error, pod),) = query(
+            url,
+            "SELECT j.error_message, w.provider_resource_id FROM jobs j JOIN workers w ON w.job_id = j.id"
+            " WHERE j.id = %s",
+            (stuck,),
+        )
+        assert "did not register within 23s (HODEI_REGISTRATION_TIMEOUT + HODEI_IMAGE_PULL_TIMEOUT" in error, error
+        eventually(lambda: pod not in api.pods(), 30, what="the pod to be deleted")
+        released = int(time.time())
+        registry.release()
+        # The pull ends after the pod went: the kubelet starts nothing of it.
+        eventually(lambda: not kubelet.running(pod), 60, what="the kubelet to let the pod go")
+        started = docker_client.api.events(
+            since=released, until=int(time.time()) + 1, decode=True, filters={"label": f"{LABEL_POD}={pod}"}
+        )
+        assert [e for e in started if e.get("Type") == "container" and e["Action"] in ("create", "start")] == []
+        assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_POD}={pod}"})
 
 
 def test_an_unreachable_api_fails_jobs_fast_and_shows_in_health(

@@ -269,6 +269,12 @@ class Kubelet:
                 container.remove(force=True)
         self._client.close()
 
+    def running(self, pod: str) -> bool:
+        """Whether the pod's life on this node goes on: its containers, or its pull, may
+        still start something."""
+        run = self._runs.get(pod)
+        return run is not None and run.thread is not None and run.thread.is_alive()
+
     # The node's loop ------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -362,7 +368,9 @@ class Kubelet:
                     return None
             repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "")
             try:
-                return self._client.images.pull(repository, tag=tag or "latest")
+                pulled = self._client.images.pull(repository, tag=tag or "latest")
+                # A pod deleted while its image was pulled is not started once the pull ends.
+                return None if run.deleted.is_set() else pulled
             except (APIError, DockerException) as exc:
                 error = f'failed to pull image "{reference}": {getattr(exc, "explanation", None) or exc}'
                 self._report(run, "Pending", {"waiting": {"reason": "ErrImagePull", "message": error}}, init)
