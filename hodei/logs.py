@@ -10,7 +10,9 @@ The server appends as batches arrive; the file stays after the worker is gone, a
     o0:...and its end
     T86400000:                      (the clock: ms since the first record, when a new
                                      writer cannot know the last record's time)
-    S2.42:                          (batch 42 of the attempt-2 worker begins here)
+    S2.42:1250.7                    (batch 42 of the attempt-2 worker begins here; the
+                                     record before was 1250 ms after the first, and the
+                                     next belongs to line 7)
 
 A record is its kind (``o``/``e``; upper case: the line goes on in the next record),
 the milliseconds since the previous record, ``:`` and the text: about four bytes on top
@@ -21,7 +23,11 @@ A batch a worker sends again (its acknowledgement was lost when a server died) i
 stored once: each batch's records follow an ``S`` record with the worker's attempt and the
 batch's sequence number, in the same write, so whichever server receives the repeat finds
 it already in the file. The ``S`` records also say which attempt printed each line: a
-retried job's log holds every attempt's output, and readers can tell them apart.
+retried job's log holds every attempt's output, and readers can tell them apart. And they
+say where they are (the clock and the line number there), so that the end of a log is read
+from its last batches, not from its first line: ``tail`` and ``stats`` cost the same for a
+gigabyte of output as for a page of it. ``S`` records of files written before say only the
+batch (``S2.42:``); readers then count from the start, as they did.
 
 Each job's log has a cap (``HODEI_MAX_LOG_BYTES``): past it one notice is written and
 the rest of the output is dropped, while the job goes on. A batch that cannot be written
@@ -141,6 +147,14 @@ class _Writer:
     # notice of it, and why: the log says so where writing works again, or at the end.
     lost: int = 0
     lost_because: str = ""
+    # The number of the line the next record belongs to.
+    line: int = 1
+
+    def begin(self, batch: Batch) -> str:
+        """The ``S`` record a batch's records follow: where it is in the file, for readers
+        that start there (the last record's clock is known by now)."""
+        self.batch = batch
+        return f"S{batch[0]}.{batch[1]}:{(self.last_ms or 0) - (self.base_ms or 0)}.{self.line}\n"
 
     def notice(self) -> str:
         lines = "1 line" if self.lost == 1 else f"{self.lost} lines"
@@ -193,11 +207,11 @@ class LogStore:
                     out.append(f"T{at - writer.base_ms}:\n")
                     writer.last_ms = at
                 if batch is not None and not written:
-                    out.append(f"S{batch[0]}.{batch[1]}:\n")
-                    writer.batch = batch
+                    out.append(writer.begin(batch))
                 if writer.lost:
                     out.append(writer.notice())
                     writer.lost = 0
+                    writer.line += 1
                 kind = _KIND[line.stream].upper() if line.partial else _KIND[line.stream]
                 record = f"{kind}{at - (writer.last_ms or at)}:{line.text.replace(chr(10), ' ')}\n"
                 size = len(record.encode("utf-8", errors="surrogateescape"))
@@ -212,6 +226,8 @@ class LogStore:
                 budget -= size
                 out.append(record)
                 written += 1
+                if not record[0].isupper():
+                    writer.line += 1
             if out:
                 try:
                     writer.size = self._write(job_id, stored.size, "".join(out))
@@ -251,8 +267,13 @@ class LogStore:
             return _Writer(0, None, None)
         with path.open("rb") as handle:
             first = handle.readline()
-            base = int(first[len(HEADER) :]) if first.startswith(HEADER) else None
-            return _Writer(size, base, None, _last_batch(handle, size) if base is not None else (0, 0))
+            if not first.startswith(HEADER):
+                return _Writer(size, None, None)
+            mark = next(_marks(handle, size, len(first)), None)
+            if mark is None:
+                return _Writer(size, int(first[len(HEADER) :]), None)
+            line = mark.line + mark.after if mark.line is not None else _count_entries(handle, versioned=True) + 1
+            return _Writer(size, int(first[len(HEADER) :]), None, mark.batch, line=line)
 
     def forget(self, job_id: str) -> None:
         """Drops what the appender cached about the job (its output has ended), once the
@@ -273,19 +294,39 @@ class LogStore:
         if not path.exists():
             return 0, 0
         with path.open("rb") as handle:
-            head = handle.read(len(HEADER))
-            handle.seek(0)
-            if head != HEADER:
-                entries = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-                return path.stat().st_size, entries
-            entries = 0
-            tail = b""
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                # A record of a whole line (or a line's last piece) starts `o` or `e`.
-                data = tail + chunk
-                entries += data.count(b"\no") + data.count(b"\ne")
-                tail = chunk[-1:]
-            return path.stat().st_size, entries
+            size = os.fstat(handle.fileno()).st_size
+            first = handle.readline()
+            if first.startswith(HEADER):
+                mark = next(_marks(handle, size, len(first)), None)
+                if mark is not None and mark.line is not None:
+                    return size, mark.line - 1 + mark.after
+            return size, _count_entries(handle, versioned=first.startswith(HEADER))
+
+    def tail(self, job_id: str, count: int) -> tuple[int, Cursor | None]:
+        """Where the last ``count`` lines written so far begin: the first one's number, and
+        a cursor from which ``read`` reaches it without reading the log before it (at the
+        last ``S`` record before it; None: from the start, for a file that does not say)."""
+        path = self.path(job_id)
+        if not path.exists():
+            return 1, None
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            first = handle.readline()
+            if first.startswith(HEADER):
+                wanted = None
+                for mark in _marks(handle, size, len(first)):
+                    if mark.line is None or mark.clock is None:
+                        break
+                    if wanted is None:
+                        wanted = max(1, mark.line - 1 + mark.after - count + 1)
+                    # Before the line: a line's first pieces may be in an earlier batch.
+                    if mark.line < wanted:
+                        base = int(first[len(HEADER) :])
+                        return wanted, Cursor(mark.offset, mark.line, base + mark.clock, mark.batch[0])
+                if wanted is not None:
+                    return wanted, None
+        _, lines = self.stats(job_id)
+        return max(1, lines - count + 1), None
 
     def first_line_at(self, job_id: str, at_ms: int) -> int:
         """The number of the first line the worker read at or after ``at_ms`` (epoch ms),
@@ -307,13 +348,13 @@ class LogStore:
         attempt: int | None = None,
     ) -> Page:
         """Up to ``limit`` entries (pieces of long lines count one each) and about
-        ``max_bytes`` on the wire, from line ``from_line`` (counted from 1), or from where
-        ``cursor`` (a previous page's ``next``) points; with ``attempt``, only that
-        attempt's (line numbers stay the whole log's)."""
+        ``max_bytes`` on the wire, from line ``from_line`` (counted from 1), reading from
+        where ``cursor`` (a previous page's ``next``, or ``tail``'s) points; with
+        ``attempt``, only that attempt's (line numbers stay the whole log's)."""
         entries: list[LogEntry] = []
         size = 0
         at = cursor or Cursor()
-        start = from_line if cursor is None else at.line
+        start = max(from_line, at.line)
         for entry, after in self._entries(job_id, at, start):
             if entry is None or entry.number < start or (attempt is not None and entry.attempt != attempt):
                 at = after
@@ -387,20 +428,78 @@ def file_size(path: Path) -> int:
         return 0
 
 
-def _last_batch(handle: BinaryIO, size: int, chunk: int = 1 << 20) -> Batch:
-    """The batch of the file's last ``S`` record, read from the end backwards."""
-    end, tail = size, b""
-    while end > 0:
-        start = max(0, end - chunk)
-        handle.seek(start)
-        data = handle.read(end - start) + tail
-        found = data.rfind(b"\nS")
-        if found >= 0:
-            handle.seek(start + found + 2)
-            attempt, _, number = handle.readline().partition(b":")[0].partition(b".")
-            return int(attempt), int(number)
-        end, tail = start, data[:1]
-    return 0, 0
+def _count_entries(handle: BinaryIO, versioned: bool) -> int:
+    """The file's entries, counted from its start without decoding them."""
+    handle.seek(0)
+    if not versioned:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    entries, tail = 0, b""
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        # A record of a whole line (or a line's last piece) starts `o` or `e`.
+        data = tail + chunk
+        entries += data.count(b"\no") + data.count(b"\ne")
+        tail = chunk[-1:]
+    return entries
+
+
+def _records_backward(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """The file's whole records from its end back to ``start`` (the first record's
+    offset), each with its offset, without its newline; one not wholly written is left out."""
+    end, rest, finished = size, b"", False
+    while end > start:
+        begin = max(start, end - chunk)
+        handle.seek(begin)
+        data = handle.read(end - begin) + rest
+        end = begin
+        if not finished:
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                continue  # within a record not wholly written
+            data, finished = data[:cut], True
+        pieces = data.split(b"\n")
+        # The first piece began before this chunk (unless the chunk is the first record's).
+        rest, whole = (pieces[0], pieces[1:]) if begin > start else (b"", pieces)
+        offset = begin + (len(rest) + 1 if begin > start else 0)
+        offsets = []
+        for piece in whole:
+            offsets.append(offset)
+            offset += len(piece) + 1
+        yield from zip(reversed(offsets), reversed(whole), strict=True)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """An ``S`` record: its batch, what it says of where it is (None in files written
+    before it did: the clock of the record before it, in ms since the first, and the
+    number of the line the next record belongs to), the whole lines after it, and the
+    offset of the record after it."""
+
+    batch: Batch
+    clock: int | None
+    line: int | None
+    after: int
+    offset: int
+
+
+def _marks(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 20) -> Iterator[_Mark]:
+    """The file's ``S`` records from its end back, read from the end (a consumer stops
+    when it has what it needs: the newest is within a batch of the end)."""
+    after = 0
+    for offset, record in _records_backward(handle, size, start, chunk):
+        kind = record[:1]
+        if kind in (b"o", b"e"):
+            after += 1
+        elif kind == b"S":
+            batch, _, place = record[1:].partition(b":")
+            attempt, _, number = batch.partition(b".")
+            clock, _, line = place.partition(b".")
+            yield _Mark(
+                (int(attempt), int(number)),
+                int(clock) if line else None,
+                int(line) if line else None,
+                after,
+                offset + len(record) + 1,
+            )
 
 
 def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:

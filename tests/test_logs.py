@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from hodei.logs import STDERR, STDOUT, Cursor, LogLine, LogNotStored, LogStore, _last_batch, attempt_begins
+from hodei.logs import STDERR, STDOUT, Batch, Cursor, LogLine, LogNotStored, LogStore, _marks, attempt_begins
 
 JOB = "6f1c0c9e-0000-4000-8000-000000000001"
 
@@ -47,7 +49,8 @@ def test_the_last_batch_is_found_across_chunk_boundaries(tmp_path: Path) -> None
     size = path.stat().st_size
     for chunk in (1, 2, 3, 7, 64, 1 << 20):
         with path.open("rb") as handle:
-            assert _last_batch(handle, size, chunk) == (3, 39), chunk
+            start = len(handle.readline())
+            assert [m.batch for m in _marks(handle, size, start, chunk)] == [(3, n) for n in range(39, 0, -1)], chunk
 
 
 def test_output_without_batches_reads_as_before(tmp_path: Path) -> None:
@@ -55,8 +58,81 @@ def test_output_without_batches_reads_as_before(tmp_path: Path) -> None:
     store.append(JOB, lines("no", "batch"))
     assert texts(store) == ["no", "batch"]
     assert {entry.attempt for entry in store.read(JOB).entries} == {0}  # not recorded
-    with store.path(JOB).open("rb") as handle:
-        assert _last_batch(handle, store.path(JOB).stat().st_size) == (0, 0)
+    assert store.tail(JOB, 1) == (2, None) and store.stats(JOB)[1] == 2  # counted from the start
+
+
+def _log(draw: st.DrawFn) -> list[tuple[list[LogLine], Batch]]:
+    """Batches as workers send them: attempts in turn, pieces of long lines across batches."""
+    batches, at = [], 1_000
+    for attempt in range(1, draw(st.integers(1, 3)) + 1):
+        for sequence in range(1, draw(st.integers(1, 6)) + 1):
+            pieces = []
+            for _ in range(draw(st.integers(1, 5))):
+                at += draw(st.integers(0, 3_000))
+                partial = draw(st.booleans())
+                pieces.append(
+                    LogLine(at, draw(st.sampled_from([STDOUT, STDERR])), f"{attempt}.{sequence}.{at}", partial)
+                )
+            batches.append((pieces, (attempt, sequence)))
+    return batches
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(log=st.composite(_log)(), count=st.integers(1, 40), servers=st.integers(1, 3))
+def test_the_tail_read_from_the_last_batches_is_the_tail_read_from_the_start(
+    tmp_path_factory: pytest.TempPathFactory, log: list[tuple[list[LogLine], Batch]], count: int, servers: int
+) -> None:
+    """Whatever the log (attempts, long lines split across batches, servers taking turns
+    on it), the last ``count`` lines read from where ``tail`` points are those read from
+    the first line, with their numbers, times and attempts; ``stats`` counts them too."""
+    directory = tmp_path_factory.mktemp("logs")
+    writers = [LogStore(directory) for _ in range(servers)]
+    for index, (pieces, batch) in enumerate(log):
+        writers[index % servers].append(JOB, pieces, batch)
+    store = LogStore(directory)
+    whole = store.read(JOB).entries
+    wholes = sum(1 for entry in whole if not entry.partial)
+    assert store.stats(JOB)[1] == wholes
+    first, cursor = store.tail(JOB, count)
+    assert first == max(1, wholes - count + 1)
+    assert cursor is not None or first == 1  # every batch says where it is
+    assert store.read(JOB, first, cursor=cursor).entries == [entry for entry in whole if entry.number >= first]
+
+
+def test_the_tail_of_a_long_log_is_read_from_its_end(tmp_path: Path) -> None:
+    """A tail costs what it reads, not what the log holds before it."""
+    store = LogStore(tmp_path)
+    for sequence in range(1, 201):
+        store.append(JOB, [LogLine(1_000 * sequence + i, STDOUT, f"{sequence}.{i}") for i in range(100)], (1, sequence))
+    size = store.path(JOB).stat().st_size
+    first, cursor = store.tail(JOB, 150)
+    assert first == 20_000 - 150 + 1 and store.stats(JOB) == (size, 20_000)
+    assert cursor is not None and cursor.line == 19_801 and size - cursor.offset < size // 50  # the last two batches
+    page = store.read(JOB, first, cursor=cursor)
+    assert [entry.text for entry in page.entries] == [f"{sequence}.{i}" for sequence in (199, 200) for i in range(100)][
+        50:
+    ]
+    assert page.entries[0].at_ms == 199_050 and page.entries[0].attempt == 1
+
+
+def test_a_log_whose_batches_do_not_say_where_they_are_is_read_from_its_start(tmp_path: Path) -> None:
+    """Files written before batches said where they are (``S1.2:``): counted from the
+    start, as before; appending to one goes on numbering its lines."""
+    path = tmp_path / f"{JOB}.log"
+    path.write_bytes(b"hodei-log 2 5000\nS1.1:\no0:a\ne5:b\nS1.2:\no10:c\nO1:d, \n")
+    store = LogStore(tmp_path)
+    assert store.tail(JOB, 2) == (2, None) and store.stats(JOB)[1] == 3
+    assert store.append(JOB, [LogLine(5_100, STDOUT, "the end of d")], (1, 3)) == 1
+    assert store.append(JOB, [LogLine(5_200, STDOUT, "e")], (1, 4)) == 1
+    first, cursor = store.tail(JOB, 1)
+    assert first == 5 and cursor is not None and cursor.line == 4
+    assert [(e.number, e.text, e.at_ms) for e in store.read(JOB, first, cursor=cursor).entries] == [(5, "e", 5_200)]
+    assert [(e.number, e.text) for e in store.read(JOB, 3).entries] == [
+        (3, "c"),
+        (4, "d, "),
+        (4, "the end of d"),
+        (5, "e"),
+    ]
 
 
 def test_each_entry_knows_its_attempt_also_when_read_from_a_page_token(tmp_path: Path) -> None:
@@ -139,6 +215,10 @@ def test_output_that_cannot_be_written_is_counted_and_the_log_says_so(tmp_path: 
     assert store.append(JOB, lines("after"), (1, 4)) == 1
     assert texts(store) == ["first", "[hodei] 10 lines of output could not be stored here (File too large)", "after"]
     assert store.stats(JOB)[1] == 3
+    store.append(JOB, lines("last"), (1, 5))
+    first, cursor = store.tail(JOB, 1)  # the notice counted as a line where the batches say
+    assert first == 4 and cursor is not None and cursor.line == 2
+    assert [(e.number, e.text) for e in store.read(JOB, first, cursor=cursor).entries] == [(4, "last")]
 
     other = "6f1c0c9e-0000-4000-8000-000000000002"
     store.append(other, lines("begun"), (1, 1))

@@ -145,7 +145,8 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
-        from_line = self._first_line(job_id, request) if cursor is None else 1  # a page token says where
+        # A page token says where; otherwise the request, and for a tail where to read from.
+        from_line, cursor = self._first_line(job_id, request) if cursor is None else (1, cursor)
         page = self.logs.read(job_id, from_line, limit, cursor, PAGE_BYTES, request.attempt or None)
         return logs_pb2.GetLogsResponse(
             entries=[_entry(job_id, e) for e in page.entries],
@@ -153,16 +154,19 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
             next_page_token=page.next.token(),
         )
 
-    def _first_line(self, job_id: str, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLogsRequest) -> int:
+    def _first_line(
+        self, job_id: str, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLogsRequest
+    ) -> tuple[int, Cursor | None]:
         """``from_line``, or where the last ``tail`` lines written so far begin, or the
-        first line read at or after ``since``: the latest of them."""
-        first = max(request.from_line, 1)
+        first line read at or after ``since``: the latest of them; and for a tail, where
+        reading reaches it from (its log's last batches, not its first line)."""
+        first, cursor = max(request.from_line, 1), None
         if request.tail:
-            _, lines = self.logs.stats(job_id)
-            first = max(first, lines - request.tail + 1)
+            last, cursor = self.logs.tail(job_id, request.tail)  # at or before every line after
+            first = max(first, last)
         if request.HasField("since"):
             first = max(first, self.logs.first_line_at(job_id, request.since.ToMilliseconds()))
-        return first
+        return first, cursor
 
     def _page(self, job_id: str, from_line: int, cursor: Cursor | None, attempt: int | None) -> _Page:
         """A page read and turned into one message, in an I/O thread."""
@@ -176,7 +180,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
     ) -> AsyncIterator[logs_pb2.JobLogEntries]:
         """A task, not a thread, per follower: hundreds of them cost no thread each."""
         job_id = _wanted(await asyncio.to_thread(self.reads.job, request.job_id), request)
-        from_line, cursor = await asyncio.to_thread(self._first_line, job_id, request), None
+        from_line, cursor = await asyncio.to_thread(self._first_line, job_id, request)
         path = self.logs.path(job_id)
         with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter, self._ends.following(job_id):
             ended, checked, poll = False, 0.0, FOLLOW_POLL
