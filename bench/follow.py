@@ -5,8 +5,11 @@
    stat() now and then, so submissions should not slow.
 2. The server's memory around reading a job log of a million lines (GetLogs pages, and a
    whole non-follow stream of it): it reads a page at a time.
+3. Its last 100 lines (`job logs --tail 100`, the console's job page) against its first 100:
+   a tail is read from the log's last batches, not counted from its first line.
 
-Goal: QueueJob p99 with 500 followers no worse than without (ratio <= 1.0); RSS growth < 50 MB.
+Goal: QueueJob p99 with 500 followers no worse than without (ratio <= 1.0); RSS growth < 50 MB;
+a tail within 2x a first page.
 """
 
 from __future__ import annotations
@@ -126,6 +129,15 @@ def main() -> None:
                 for batch in logs.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=big), timeout=600)
             )
             rss_after = status_of(pid, "VmRSS")
+            heads: list[float] = []
+            tails: list[float] = []
+            for _ in range(11):  # alternated: the machine's drift falls on both
+                head = logs_pb2.GetLogsRequest(job_id=big, limit=100)
+                tail = logs_pb2.GetLogsRequest(job_id=big, limit=100, tail=100)
+                for request, samples in ((head, heads), (tail, tails)):
+                    started = time.perf_counter()
+                    logs.GetLogs(request, timeout=120)
+                    samples.append(time.perf_counter() - started)
             channel.close()
     p99_alone, p99_crowded = percentile(alone, 99), percentile(crowded, 99)
     print(header())
@@ -165,6 +177,15 @@ def main() -> None:
             f"{output / 1e6:.1f} MB",
             f"{stored[0][0] / output:.2f}",
             "<= 1.5",
+        )
+    )
+    print(
+        row(
+            f"last 100 of {LINES:,} lines (--tail 100)",
+            f"{percentile(tails, 50) * 1000:.1f} ms",
+            f"{percentile(heads, 50) * 1000:.1f} ms first 100",
+            f"{percentile(tails, 50) / percentile(heads, 50):.2f}",
+            "<= 2.0",
         )
     )
     print(f"(pages of {len(page.entries)} and {len(largest.entries)} entries; {streamed:,} streamed)")

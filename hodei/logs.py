@@ -442,12 +442,15 @@ def _count_entries(handle: BinaryIO, versioned: bool) -> int:
     return entries
 
 
-def _records_backward(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+def _records_backward(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 14) -> Iterator[tuple[int, bytes]]:
     """The file's whole records from its end back to ``start`` (the first record's
-    offset), each with its offset, without its newline; one not wholly written is left out."""
-    end, rest, finished = size, b"", False
+    offset), each with its offset, without its newline; one not wholly written is left out.
+    Read in chunks from ``chunk`` bytes, doubling up to 64 times that: a consumer that stops
+    within the last batch (a thousand lines at most) splits no more than it needs."""
+    end, rest, finished, most = size, b"", False, chunk << 6
     while end > start:
         begin = max(start, end - chunk)
+        chunk = min(chunk * 2, most)
         handle.seek(begin)
         data = handle.read(end - begin) + rest
         end = begin
@@ -481,7 +484,7 @@ class _Mark:
     offset: int
 
 
-def _marks(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 20) -> Iterator[_Mark]:
+def _marks(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 14) -> Iterator[_Mark]:
     """The file's ``S`` records from its end back, read from the end (a consumer stops
     when it has what it needs: the newest is within a batch of the end)."""
     after = 0
