@@ -100,11 +100,44 @@ def test_bad_sim_settings_are_refused_before_anything_is_written(server: ServerP
         "HODEI_SIM_EXIT_CODE=x",
         "HODEI_SIM_HANDLES=USR1,USR9",
         "HODEI_SIM_HANDLES=KILL",
+        "HODEI_SIM_ARTIFACT_BYTES=-1",
+        "HODEI_SIM_ARTIFACT_BYTES=1k",
     ):
         code, out, err = sim(server, setting, "--wait")
         assert code == 2, (setting, out, err)
         assert "HODEI_SIM_" in err, err
     assert query(server.database_url, "SELECT count(*) FROM jobs") == jobs
+
+
+def test_a_simulated_job_stores_a_file_of_the_size_asked_for_each_artifact_pattern(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Load tests of artifact storage: a file per --artifact pattern, uploaded over the
+    real RPC in the agent's pieces, listed, fetched and said in the log as a real job's."""
+    size = 7 * 1024 * 1024 + 5  # three pieces, the last a short one
+    code, out, err = sim(
+        server,
+        f"HODEI_SIM_ARTIFACT_BYTES={size}",
+        "--artifact",
+        "report.txt",
+        "--artifact",
+        "out/*.log",
+        "--artifact",
+        "report.txt",
+        "--wait",
+    )
+    assert code == 0, err
+    job_id = out.strip()
+    wait_settled(server.database_url, job_id, 60)
+    listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
+    assert sorted((a["name"], a["size_bytes"]) for a in listed) == [("out/sim.log", size), ("report.txt", size)]
+    server.cli("job", "artifacts", job_id, "--save", str(tmp_path), check=True)
+    for name in ("report.txt", "out/sim.log"):
+        data = (tmp_path / name).read_bytes()
+        assert len(data) == size and data.startswith(b"a simulated artifact of the sim provider\n")
+    assert server.cli("job", "logs", job_id, check=True).stderr.splitlines() == [
+        f"[hodei] stored 2 artifacts, {2 * size} bytes"
+    ]
 
 
 def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess) -> None:

@@ -4,8 +4,9 @@ Its workers are coroutines in one process of their own, which the server starts 
 which ends with it — not a process or a container each. Each registers with its
 single-use credential, opens a real gRPC stream to a server, acknowledges its job,
 waits the job's ``HODEI_SIM_SECONDS`` (default 0), sends ``HODEI_SIM_LINES`` lines of
-output (default 0) and reports ``HODEI_SIM_EXIT_CODE`` (default 0) — all read from the
-job's own ``--env``. It takes ``job signal`` as a command would: one it handles
+output (default 0), uploads a file of ``HODEI_SIM_ARTIFACT_BYTES`` (default 0: none) for
+each ``--artifact`` pattern, and reports ``HODEI_SIM_EXIT_CODE`` (default 0) — all read
+from the job's own ``--env``. It takes ``job signal`` as a command would: one it handles
 (``HODEI_SIM_HANDLES``) leaves it running, STOP and TSTP stop its clock until CONT, and
 any other but WINCH ends it as killed by that signal. Everything but the start of a
 process runs for real: sagas, admission, the outbox, streams, logs, heartbeats.
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
@@ -30,6 +32,7 @@ from typing import Literal
 import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
+from hodei_worker.artifacts import PIECE_BYTES, TRANSFER_SECONDS, counted, refusal
 from hodei_worker.runner import exit_code_of, signal_note
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
@@ -47,6 +50,9 @@ FLEET = "the simulated fleet process"
 STOPPING = frozenset({"STOP", "TSTP"})
 IGNORED = frozenset({"CONT", "WINCH"})
 UNHANDLEABLE = frozenset({"KILL", "STOP"})
+# What a simulated file holds: a text of its own size, over and over.
+_FILLER = b"a simulated artifact of the sim provider\n"
+_GLOB = re.compile(r"\*+|\?|\[[^]]*\]")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class Simulation:
     seconds: float = 0.0
     exit_code: int = 0
     lines: int = 0
+    # The size of the file each of its --artifact patterns stands for (0: none is stored).
+    artifact_bytes: int = 0
     # The signals the simulated command handles (and goes on).
     handles: frozenset[str] = frozenset()
 
@@ -66,11 +74,16 @@ class Simulation:
                 seconds=float(env.get("HODEI_SIM_SECONDS", "0")),
                 exit_code=int(env.get("HODEI_SIM_EXIT_CODE", "0")),
                 lines=int(env.get("HODEI_SIM_LINES", "0")),
+                artifact_bytes=int(env.get("HODEI_SIM_ARTIFACT_BYTES", "0")),
             )
         except ValueError as exc:
-            raise InvalidInput(f"HODEI_SIM_SECONDS, HODEI_SIM_EXIT_CODE, HODEI_SIM_LINES: {exc}") from None
+            raise InvalidInput(
+                f"HODEI_SIM_SECONDS, HODEI_SIM_EXIT_CODE, HODEI_SIM_LINES, HODEI_SIM_ARTIFACT_BYTES: {exc}"
+            ) from None
         if not 0 <= found.seconds < float("inf") or not 0 <= found.lines <= MAX_SIM_LINES:
             raise InvalidInput(f"HODEI_SIM_SECONDS must be >= 0 and HODEI_SIM_LINES 0 to {MAX_SIM_LINES}")
+        if found.artifact_bytes < 0:
+            raise InvalidInput(f"HODEI_SIM_ARTIFACT_BYTES must be >= 0, got {found.artifact_bytes}")
         try:
             names = env.get("HODEI_SIM_HANDLES", "").replace(",", " ").split()
             handles = frozenset(check_signal(name) for name in names)
@@ -120,6 +133,20 @@ def _now() -> Timestamp:
     return stamp
 
 
+def artifact_name(pattern: str) -> str:
+    """The file a simulated job stores for one of its ``--artifact`` patterns: the pattern,
+    each wildcard (``*``, ``**``, ``?``, ``[…]``) read as ``sim``."""
+    return _GLOB.sub("sim", pattern)
+
+
+def _pieces(job_id: str, name: str, size: int) -> Iterator[worker_pb2.ArtifactUpload]:
+    """An upload of ``size`` bytes of filler, in the agent's pieces."""
+    yield worker_pb2.ArtifactUpload(header=worker_pb2.ArtifactHeader(job_id=job_id, name=name, size_bytes=size))
+    block = _FILLER * (PIECE_BYTES // len(_FILLER) + 1)
+    for start in range(0, size, PIECE_BYTES):
+        yield worker_pb2.ArtifactUpload(data=block[: min(PIECE_BYTES, size - start)])
+
+
 def _channel(address: str, env: Mapping[str, str]) -> grpc.aio.Channel:
     ca = env.get("HODEI_TLS_CA_PEM")
     if ca is None:
@@ -150,6 +177,8 @@ class SimWorker:
         self.clock = _Clock()
         self.next_signal = 0  # the next `job signal`'s index: each is taken once
         self.reported = False
+        self.stub: worker_pb2_grpc.WorkerAgentServiceAsyncStub | None = None
+        self.metadata: tuple[tuple[str, str], ...] = ()
 
     async def run(self) -> None:
         address = self.env["HODEI_SERVER_ADDRESS"].split(",")[0]
@@ -166,8 +195,9 @@ class SimWorker:
                 timeout=30,
             )
             self.interval = max(reply.heartbeat_interval_ms / 1000, 0.2)
-            metadata = (("x-hodei-worker-id", self.worker_id), ("x-hodei-session", reply.session_token))
-            call = stub.Connect(self._outgoing(), metadata=metadata)
+            self.metadata = (("x-hodei-worker-id", self.worker_id), ("x-hodei-session", reply.session_token))
+            self.stub = stub
+            call = stub.Connect(self._outgoing(), metadata=self.metadata)
             try:
                 async for message in call:
                     kind = message.WhichOneof("kind")
@@ -218,11 +248,34 @@ class SimWorker:
             except TimeoutError:
                 timed_out = True
         await self._print(simulation.lines)
+        stored = await self._store(run.artifacts, simulation.artifact_bytes)
         if timed_out:
-            await self._report(worker_pb2.JOB_OUTCOME_TIMED_OUT, 0, f"timed out after {timeout:g}s")
+            await self._report(worker_pb2.JOB_OUTCOME_TIMED_OUT, 0, f"timed out after {timeout:g}s", stored)
         else:
             code = simulation.exit_code
-            await self._report(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}")
+            await self._report(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}", stored)
+
+    async def _store(self, patterns: Sequence[str], size: int) -> list[worker_pb2.StoredArtifact]:
+        """A file of ``size`` bytes for each pattern, uploaded as the agent uploads the
+        files its patterns match, and said in the job's log as the agent says it."""
+        if not size or not patterns or self.stub is None:
+            return []
+        stored, notes = [], []
+        until = time.monotonic() + TRANSFER_SECONDS
+        for name in dict.fromkeys(artifact_name(pattern) for pattern in patterns):
+            try:
+                stored.append(
+                    await self.stub.UploadArtifact(
+                        _pieces(self.job_id, name, size),
+                        metadata=self.metadata,
+                        timeout=max(until - time.monotonic(), 0.001),
+                    )
+                )
+            except grpc.RpcError as exc:
+                notes.append(f"artifact {name} not stored: {refusal(exc, 'uploads')}")
+        notes.append(f"stored {counted(len(stored), 'artifact')}, {sum(a.size_bytes for a in stored)} bytes")
+        await self._send(worker_pb2.LOG_STREAM_STDERR, [f"[hodei] {note}" for note in notes])
+        return stored
 
     async def _signal(self, sent: worker_pb2.Signal) -> None:
         """Each index once, said in the job's log as the agent says it."""
@@ -264,10 +317,21 @@ class SimWorker:
             self.logs_acked.clear()
             await self.logs_acked.wait()
 
-    async def _report(self, outcome: worker_pb2.JobOutcome.ValueType, code: int, message: str) -> None:
+    async def _report(
+        self,
+        outcome: worker_pb2.JobOutcome.ValueType,
+        code: int,
+        message: str,
+        artifacts: list[worker_pb2.StoredArtifact] | None = None,
+    ) -> None:
         self.reported = True
         result = worker_pb2.JobResult(
-            job_id=self.job_id, outcome=outcome, exit_code=code, message=message, last_log_seq=self.sent_seq
+            job_id=self.job_id,
+            outcome=outcome,
+            exit_code=code,
+            message=message,
+            last_log_seq=self.sent_seq,
+            artifacts=artifacts or [],
         )
         if self.started is not None:
             result.started_at.CopyFrom(self.started)
