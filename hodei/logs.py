@@ -41,7 +41,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -272,7 +272,9 @@ class LogStore:
             mark = next(_marks(handle, size, len(first)), None)
             if mark is None:
                 return _Writer(size, int(first[len(HEADER) :]), None)
-            line = mark.line + mark.after if mark.line is not None else _count_entries(handle, versioned=True) + 1
+            line = (
+                mark.place.line + mark.after if mark.place is not None else _count_entries(handle, versioned=True) + 1
+            )
             return _Writer(size, int(first[len(HEADER) :]), None, mark.batch, line=line)
 
     def forget(self, job_id: str) -> None:
@@ -298,45 +300,62 @@ class LogStore:
             first = handle.readline()
             if first.startswith(HEADER):
                 mark = next(_marks(handle, size, len(first)), None)
-                if mark is not None and mark.line is not None:
-                    return size, mark.line - 1 + mark.after
+                if mark is not None and mark.place is not None:
+                    return size, mark.place.line - 1 + mark.after
             return size, _count_entries(handle, versioned=first.startswith(HEADER))
 
     def tail(self, job_id: str, count: int) -> tuple[int, Cursor | None]:
         """Where the last ``count`` lines written so far begin: the first one's number, and
         a cursor from which ``read`` reaches it without reading the log before it (at the
         last ``S`` record before it; None: from the start, for a file that does not say)."""
-        path = self.path(job_id)
-        if not path.exists():
-            return 1, None
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            first = handle.readline()
-            if first.startswith(HEADER):
-                wanted = None
-                for mark in _marks(handle, size, len(first)):
-                    if mark.line is None or mark.clock is None:
-                        break
-                    if wanted is None:
-                        wanted = max(1, mark.line - 1 + mark.after - count + 1)
-                    # Before the line: a line's first pieces may be in an earlier batch.
-                    if mark.line < wanted:
-                        base = int(first[len(HEADER) :])
-                        return wanted, Cursor(mark.offset, mark.line, base + mark.clock, mark.batch[0])
-                if wanted is not None:
-                    return wanted, None
+        wanted = None
+        with contextlib.closing(self._walk_back(job_id)) as marks:
+            for base, mark in marks:
+                if (place := mark.place) is None:
+                    break
+                if wanted is None:
+                    wanted = max(1, place.line - 1 + mark.after - count + 1)
+                # Before the line: a line's first pieces may be in an earlier batch.
+                if place.line < wanted:
+                    return wanted, mark.cursor(place, base)
+        if wanted is not None:
+            return wanted, None
         _, lines = self.stats(job_id)
         return max(1, lines - count + 1), None
 
     def first_line_at(self, job_id: str, at_ms: int) -> int:
         """The number of the first line the worker read at or after ``at_ms`` (epoch ms),
-        or the next line to come when none was; counted without decoding the lines before."""
-        number = 1
-        for entry, after in self._entries(job_id, Cursor(), since_ms=at_ms):
+        or the next line to come when none was; counted without decoding the lines before,
+        from the last batch begun before that time and not in the middle of a line (the
+        worker's clock goes forward: a worker reads and sends its lines in order)."""
+        cursor = Cursor()
+        with contextlib.closing(self._walk_back(job_id)) as marks:
+            for base, mark in marks:
+                if (place := mark.place) is None:
+                    break
+                if base + place.clock < at_ms and not mark.continues:
+                    cursor = mark.cursor(place, base)
+                    break
+        number = cursor.line
+        for entry, after in self._entries(job_id, cursor, since_ms=at_ms):
             if entry is not None:
                 return entry.number
             number = after.line
         return number
+
+    def _walk_back(self, job_id: str) -> Generator[tuple[int, _Mark]]:
+        """The log's ``S`` records from its end back, each with the log's first time (none
+        for a log without them, or of version 1)."""
+        try:
+            handle = self.path(job_id).open("rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            first = handle.readline()
+            if first.startswith(HEADER):
+                base = int(first[len(HEADER) :])
+                for mark in _marks(handle, os.fstat(handle.fileno()).st_size, len(first)):
+                    yield base, mark
 
     def read(
         self,
@@ -471,38 +490,51 @@ def _records_backward(handle: BinaryIO, size: int, start: int, chunk: int = 1 <<
 
 
 @dataclass(frozen=True)
+class _Place:
+    """Where an ``S`` record is: the clock of the record before it (ms since the log's
+    first) and the number of the line the next record belongs to."""
+
+    clock: int
+    line: int
+
+
+@dataclass(frozen=True)
 class _Mark:
-    """An ``S`` record: its batch, what it says of where it is (None in files written
-    before it did: the clock of the record before it, in ms since the first, and the
-    number of the line the next record belongs to), the whole lines after it, and the
-    offset of the record after it."""
+    """An ``S`` record: its batch, where it is (None in files written before it said),
+    the whole lines after it, the offset of the record after it, and whether the record
+    of output before it is a piece of a line that goes on after it."""
 
     batch: Batch
-    clock: int | None
-    line: int | None
+    place: _Place | None
     after: int
     offset: int
+    continues: bool = False
+
+    def cursor(self, place: _Place, base: int) -> Cursor:
+        """Reading from just after it."""
+        return Cursor(self.offset, place.line, base + place.clock, self.batch[0])
 
 
 def _marks(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 14) -> Iterator[_Mark]:
     """The file's ``S`` records from its end back, read from the end (a consumer stops
-    when it has what it needs: the newest is within a batch of the end)."""
-    after = 0
+    when it has what it needs: the newest is within a batch of the end); each once the
+    record of output before it was seen (whether a line goes on across it)."""
+    after, waiting = 0, None
     for offset, record in _records_backward(handle, size, start, chunk):
         kind = record[:1]
+        if waiting is not None and kind and kind in b"oeOES":
+            yield replace(waiting, continues=kind in (b"O", b"E"))
+            waiting = None
         if kind in (b"o", b"e"):
             after += 1
         elif kind == b"S":
-            batch, _, place = record[1:].partition(b":")
+            batch, _, where = record[1:].partition(b":")
             attempt, _, number = batch.partition(b".")
-            clock, _, line = place.partition(b".")
-            yield _Mark(
-                (int(attempt), int(number)),
-                int(clock) if line else None,
-                int(line) if line else None,
-                after,
-                offset + len(record) + 1,
-            )
+            clock, _, line = where.partition(b".")
+            place = _Place(int(clock), int(line)) if line else None
+            waiting = _Mark((int(attempt), int(number)), place, after, offset + len(record) + 1)
+    if waiting is not None:
+        yield waiting
 
 
 def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:

@@ -99,6 +99,32 @@ def test_the_tail_read_from_the_last_batches_is_the_tail_read_from_the_start(
     assert store.read(JOB, first, cursor=cursor).entries == [entry for entry in whole if entry.number >= first]
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(log=st.composite(_log)(), servers=st.integers(1, 3), data=st.data())
+def test_the_first_line_since_a_time_found_from_the_last_batches_is_the_one_found_from_the_start(
+    tmp_path_factory: pytest.TempPathFactory, log: list[tuple[list[LogLine], Batch]], servers: int, data: st.DataObject
+) -> None:
+    """``--since``: begun from the last batch before that time that does not begin in
+    the middle of a line, the answer is the one a read from the first line gives."""
+    directory = tmp_path_factory.mktemp("logs")
+    writers = [LogStore(directory) for _ in range(servers)]
+    for index, (pieces, batch) in enumerate(log):
+        writers[index % servers].append(JOB, pieces, batch)
+    store = LogStore(directory)
+    times = [piece.at_ms for pieces, _ in log for piece in pieces]
+    at = data.draw(st.integers(min(times) - 1, max(times) + 1))
+
+    def from_the_start() -> int:
+        number = 1
+        for entry, after in store._entries(JOB, Cursor(), since_ms=at):
+            if entry is not None:
+                return entry.number
+            number = after.line
+        return number
+
+    assert store.first_line_at(JOB, at) == from_the_start()
+
+
 def test_the_tail_of_a_long_log_is_read_from_its_end(tmp_path: Path) -> None:
     """A tail costs what it reads, not what the log holds before it."""
     store = LogStore(tmp_path)
