@@ -270,12 +270,12 @@ class LogStore:
             if not first.startswith(HEADER):
                 return _Writer(size, None, None)
             mark = next(_marks(handle, size, len(first)), None)
-            if mark is None:
-                return _Writer(size, int(first[len(HEADER) :]), None)
-            line = (
-                mark.place.line + mark.after if mark.place is not None else _count_entries(handle, versioned=True) + 1
-            )
-            return _Writer(size, int(first[len(HEADER) :]), None, mark.batch, line=line)
+            if mark is not None and mark.place is not None:
+                line = mark.place.line + mark.after
+            else:  # written without batches, or before they said where they are
+                line = _count_entries(handle, versioned=True) + 1
+            batch = mark.batch if mark is not None else (0, 0)
+            return _Writer(size, int(first[len(HEADER) :]), None, batch, line=line)
 
     def forget(self, job_id: str) -> None:
         """Drops what the appender cached about the job (its output has ended), once the

@@ -59,6 +59,10 @@ def test_output_without_batches_reads_as_before(tmp_path: Path) -> None:
     assert texts(store) == ["no", "batch"]
     assert {entry.attempt for entry in store.read(JOB).entries} == {0}  # not recorded
     assert store.tail(JOB, 1) == (2, None) and store.stats(JOB)[1] == 2  # counted from the start
+    LogStore(tmp_path).append(JOB, lines("then", "batched"), (1, 1))  # another server picks it up
+    first, cursor = store.tail(JOB, 1)
+    assert (first, cursor is not None and cursor.line) == (4, 3)
+    assert [(e.number, e.text) for e in store.read(JOB, first, cursor=cursor).entries] == [(4, "batched")]
 
 
 def _log(draw: st.DrawFn) -> list[tuple[list[LogLine], Batch]]:
