@@ -57,6 +57,8 @@ _STRIPES = 64
 Batch = tuple[int, int]
 # What an entry costs on the wire beyond its text (ids, number, time): pages count it.
 ENTRY_OVERHEAD = 80
+# The first piece of a log read from its end, in bytes (then twice as much, and so on).
+FIRST_CHUNK = 1 << 14
 
 log = logging.getLogger(__name__)
 
@@ -461,11 +463,13 @@ def _count_entries(handle: BinaryIO, versioned: bool) -> int:
     return entries
 
 
-def _records_backward(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 14) -> Iterator[tuple[int, bytes]]:
+def _regions_backward(handle: BinaryIO, size: int, start: int, chunk: int | None = None) -> Iterator[tuple[int, bytes]]:
     """The file's whole records from its end back to ``start`` (the first record's
-    offset), each with its offset, without its newline; one not wholly written is left out.
-    Read in chunks from ``chunk`` bytes, doubling up to 64 times that: a consumer that stops
-    within the last batch (a thousand lines at most) splits no more than it needs."""
+    offset), a region of them at a time, each with its offset: records joined by their
+    newlines, the last one's left out; a record not wholly written is left out. Read in
+    chunks from ``chunk`` bytes, doubling up to 64 times that: a consumer that stops
+    within the last batch (a thousand lines at most) reads no more than it needs."""
+    chunk = chunk or FIRST_CHUNK
     end, rest, finished, most = size, b"", False, chunk << 6
     while end > start:
         begin = max(start, end - chunk)
@@ -478,15 +482,14 @@ def _records_backward(handle: BinaryIO, size: int, start: int, chunk: int = 1 <<
             if cut < 0:
                 continue  # within a record not wholly written
             data, finished = data[:cut], True
-        pieces = data.split(b"\n")
-        # The first piece began before this chunk (unless the chunk is the first record's).
-        rest, whole = (pieces[0], pieces[1:]) if begin > start else (b"", pieces)
-        offset = begin + (len(rest) + 1 if begin > start else 0)
-        offsets = []
-        for piece in whole:
-            offsets.append(offset)
-            offset += len(piece) + 1
-        yield from zip(reversed(offsets), reversed(whole), strict=True)
+        if begin == start:
+            yield begin, data
+            return
+        # The first record here began before this chunk: it goes with the one before.
+        first = data.find(b"\n")
+        rest = data if first < 0 else data[:first]
+        if first >= 0:
+            yield begin + first + 1, data[first + 1 :]
 
 
 @dataclass(frozen=True)
@@ -515,26 +518,56 @@ class _Mark:
         return Cursor(self.offset, place.line, base + place.clock, self.batch[0])
 
 
-def _marks(handle: BinaryIO, size: int, start: int, chunk: int = 1 << 14) -> Iterator[_Mark]:
+def _marks(handle: BinaryIO, size: int, start: int, chunk: int | None = None) -> Iterator[_Mark]:
     """The file's ``S`` records from its end back, read from the end (a consumer stops
     when it has what it needs: the newest is within a batch of the end); each once the
-    record of output before it was seen (whether a line goes on across it)."""
+    record of output before it was seen (whether a line goes on across it). The records
+    between them are counted, not split: a region at a time, by the bytes that begin
+    them."""
     after, waiting = 0, None
-    for offset, record in _records_backward(handle, size, start, chunk):
-        kind = record[:1]
-        if waiting is not None and kind and kind in b"oeOES":
+    for offset, region in _regions_backward(handle, size, start, chunk):
+        text = b"\n" + region  # every record follows a newline: text[k] is at offset + k - 1
+        high = len(text)
+        if waiting is not None and (kind := _kind_before(text, high)) is not None:
             yield replace(waiting, continues=kind in (b"O", b"E"))
             waiting = None
-        if kind in (b"o", b"e"):
-            after += 1
-        elif kind == b"S":
+        found = text.rfind(b"\nS", 0, high)
+        while found >= 0:
+            after += _entries_in(text[found + 1 : high])
+            ends = text.find(b"\n", found + 1)
+            record = text[found + 1 : ends if ends >= 0 else len(text)]
             batch, _, where = record[1:].partition(b":")
             attempt, _, number = batch.partition(b".")
             clock, _, line = where.partition(b".")
             place = _Place(int(clock), int(line)) if line else None
-            waiting = _Mark((int(attempt), int(number)), place, after, offset + len(record) + 1)
+            mark = _Mark((int(attempt), int(number)), place, after, offset + found + len(record) + 1)
+            kind = _kind_before(text, found)
+            if kind is None:
+                waiting = mark  # its record before is in the region before this one
+            else:
+                yield replace(mark, continues=kind in (b"O", b"E"))
+            high = found
+            found = text.rfind(b"\nS", 0, high)
+        after += _entries_in(text[:high])
     if waiting is not None:
         yield waiting
+
+
+def _entries_in(text: bytes) -> int:
+    """The records of whole lines (or of a line's last piece) that begin in ``text``."""
+    return text.count(b"\no") + text.count(b"\ne")
+
+
+def _kind_before(text: bytes, position: int) -> bytes | None:
+    """The kind of the last record of output, or ``S`` record, that begins before
+    ``position`` in ``text`` (None: none does)."""
+    newline = text.rfind(b"\n", 0, position)
+    while newline >= 0:
+        kind = text[newline + 1 : newline + 2]
+        if kind in (b"o", b"e", b"O", b"E", b"S"):
+            return kind
+        newline = text.rfind(b"\n", 0, newline)
+    return None
 
 
 def _v1_entries(handle: BinaryIO, cursor: Cursor) -> Iterator[tuple[LogEntry, Cursor]]:

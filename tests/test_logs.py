@@ -8,11 +8,13 @@ import resource
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hodei import logs
 from hodei.logs import STDERR, STDOUT, Batch, Cursor, LogLine, LogNotStored, LogStore, _marks, attempt_begins
 
 JOB = "6f1c0c9e-0000-4000-8000-000000000001"
@@ -82,31 +84,41 @@ def _log(draw: st.DrawFn) -> list[tuple[list[LogLine], Batch]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(log=st.composite(_log)(), count=st.integers(1, 40), servers=st.integers(1, 3))
+@given(log=st.composite(_log)(), count=st.integers(1, 40), servers=st.integers(1, 3), chunk=st.integers(1, 64))
 def test_the_tail_read_from_the_last_batches_is_the_tail_read_from_the_start(
-    tmp_path_factory: pytest.TempPathFactory, log: list[tuple[list[LogLine], Batch]], count: int, servers: int
+    tmp_path_factory: pytest.TempPathFactory,
+    log: list[tuple[list[LogLine], Batch]],
+    count: int,
+    servers: int,
+    chunk: int,
 ) -> None:
     """Whatever the log (attempts, long lines split across batches, servers taking turns
-    on it), the last ``count`` lines read from where ``tail`` points are those read from
-    the first line, with their numbers, times and attempts; ``stats`` counts them too."""
+    on it) and however small the pieces it is read back in, the last ``count`` lines read
+    from where ``tail`` points are those read from the first line, with their numbers,
+    times and attempts; ``stats`` counts them too."""
     directory = tmp_path_factory.mktemp("logs")
     writers = [LogStore(directory) for _ in range(servers)]
-    for index, (pieces, batch) in enumerate(log):
-        writers[index % servers].append(JOB, pieces, batch)
-    store = LogStore(directory)
-    whole = store.read(JOB).entries
-    wholes = sum(1 for entry in whole if not entry.partial)
-    assert store.stats(JOB)[1] == wholes
-    first, cursor = store.tail(JOB, count)
-    assert first == max(1, wholes - count + 1)
-    assert cursor is not None or first == 1  # every batch says where it is
-    assert store.read(JOB, first, cursor=cursor).entries == [entry for entry in whole if entry.number >= first]
+    with mock.patch.object(logs, "FIRST_CHUNK", chunk):
+        for index, (pieces, batch) in enumerate(log):
+            writers[index % servers].append(JOB, pieces, batch)
+        store = LogStore(directory)
+        whole = store.read(JOB).entries
+        wholes = sum(1 for entry in whole if not entry.partial)
+        assert store.stats(JOB)[1] == wholes
+        first, cursor = store.tail(JOB, count)
+        assert first == max(1, wholes - count + 1)
+        assert cursor is not None or first == 1  # every batch says where it is
+        assert store.read(JOB, first, cursor=cursor).entries == [e for e in whole if e.number >= first]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(log=st.composite(_log)(), servers=st.integers(1, 3), data=st.data())
+@given(log=st.composite(_log)(), servers=st.integers(1, 3), chunk=st.integers(1, 64), data=st.data())
 def test_the_first_line_since_a_time_found_from_the_last_batches_is_the_one_found_from_the_start(
-    tmp_path_factory: pytest.TempPathFactory, log: list[tuple[list[LogLine], Batch]], servers: int, data: st.DataObject
+    tmp_path_factory: pytest.TempPathFactory,
+    log: list[tuple[list[LogLine], Batch]],
+    servers: int,
+    chunk: int,
+    data: st.DataObject,
 ) -> None:
     """``--since``: begun from the last batch before that time that does not begin in
     the middle of a line, the answer is the one a read from the first line gives."""
@@ -126,7 +138,8 @@ def test_the_first_line_since_a_time_found_from_the_last_batches_is_the_one_foun
             number = after.line
         return number
 
-    assert store.first_line_at(JOB, at) == from_the_start()
+    with mock.patch.object(logs, "FIRST_CHUNK", chunk):
+        assert store.first_line_at(JOB, at) == from_the_start()
 
 
 def test_the_tail_of_a_long_log_is_read_from_its_end(tmp_path: Path) -> None:
