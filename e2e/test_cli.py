@@ -438,10 +438,24 @@ def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess
     command = (
         f"n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries}; echo try $n; sleep 0.5; [ $n -ge 3 ]"
     )
-    submitted = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1")
+    # Held until `job watch` shows it, which then sees every attempt whatever the machine's pace.
+    submitted = server.cli(
+        "job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1", "--hold", check=True
+    )
     job_id = submitted.stdout.strip()
+    watcher = cli_process(server, "job", "watch", job_id)
+    try:
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline().rstrip("\n")
+        server.cli("job", "release", job_id, check=True)
+        rest, _ = watcher.communicate(timeout=120)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
     # `job watch` shows each change of state or attempt once.
-    watched = server.cli("job", "watch", job_id, check=True).stdout.splitlines()
+    watched = [first, *rest.splitlines()]
+    assert first.startswith(f"{job_id} PENDING"), watched
     assert all(line.startswith(f"{job_id} ") for line in watched)
     assert all(earlier != later for earlier, later in pairwise(watched)), watched
     assert any(line.endswith("RUNNING (Status Code: 3), attempt 2") for line in watched), watched
