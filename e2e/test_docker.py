@@ -44,6 +44,11 @@ def hodei_containers(docker_client: Any, database_url: str) -> list[Any]:
     return found
 
 
+def _job_containers(docker_client: Any, job_id: str) -> list[Any]:
+    found: list[Any] = docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"})
+    return found
+
+
 @pytest.fixture(scope="module")
 def server(
     database_url: str, tmp_path_factory: pytest.TempPathFactory, worker_image: str, docker_client: Any
@@ -241,7 +246,7 @@ def test_an_agent_volume_removed_between_jobs_is_filled_again(
         assert job.returncode == 0, job.stderr
         job_id = job.stdout.strip()
         assert server.cli("job", "logs", job_id, check=True).stdout == f"{text}\n"
-        eventually(lambda: not docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}), 30)
+        eventually(lambda: _job_containers(docker_client, job_id) == [], 30)
         return job_id
 
     ran("first")
@@ -281,7 +286,7 @@ def test_a_job_in_its_own_image_is_cancelled_and_its_container_goes(
     assert container.attrs["Mounts"][0]["RW"] is False  # a job cannot change the agent
     server.cli("job", "cancel", job_id, check=True)
     assert wait_terminal(database_url, job_id) == "CANCELLED"
-    eventually(lambda: not docker_client.containers.list(all=True, filters={"label": f"hodei.job-id={job_id}"}), 30)
+    eventually(lambda: _job_containers(docker_client, job_id) == [], 30)
 
 
 @pytest.mark.parametrize(
@@ -321,11 +326,6 @@ def test_an_image_where_it_cannot_run_is_refused_and_nothing_is_written(
     refused = server.cli("job", "run", "--image", "busybox", "-c", "true", *options)
     assert refused.returncode != 0 and error in refused.stderr, refused.stderr
     assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == events
-
-
-def _job_containers(docker_client: Any, job_id: str) -> list[Any]:
-    found: list[Any] = docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"})
-    return found
 
 
 @pytest.fixture

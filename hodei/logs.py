@@ -268,16 +268,8 @@ class LogStore:
         except FileNotFoundError:
             return _Writer(0, None, None)
         with path.open("rb") as handle:
-            first = handle.readline()
-            if not first.startswith(HEADER):
-                return _Writer(size, None, None)
-            mark = next(_marks(handle, size, len(first)), None)
-            if mark is not None and mark.place is not None:
-                line = mark.place.line + mark.after
-            else:  # written without batches, or before they said where they are
-                line = _count_entries(handle, versioned=True) + 1
-            batch = mark.batch if mark is not None else (0, 0)
-            return _Writer(size, int(first[len(HEADER) :]), None, batch, line=line)
+            base, batch, entries = _written(handle, size)
+        return _Writer(size, base, None, batch, line=entries + 1)
 
     def forget(self, job_id: str) -> None:
         """Drops what the appender cached about the job (its output has ended), once the
@@ -299,12 +291,7 @@ class LogStore:
             return 0, 0
         with path.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            first = handle.readline()
-            if first.startswith(HEADER):
-                mark = next(_marks(handle, size, len(first)), None)
-                if mark is not None and mark.place is not None:
-                    return size, mark.place.line - 1 + mark.after
-            return size, _count_entries(handle, versioned=first.startswith(HEADER))
+            return size, _written(handle, size)[2]
 
     def tail(self, job_id: str, count: int) -> tuple[int, Cursor | None]:
         """Where the last ``count`` lines written so far begin: the first one's number, and
@@ -447,6 +434,21 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _written(handle: BinaryIO, size: int) -> tuple[int | None, Batch, int]:
+    """What a file of ``size`` bytes holds so far: its first record's time (None: version
+    1), its last batch ((0, 0): none), and its entries, from its newest ``S`` record when
+    that says where it is, else counted from the start."""
+    first = handle.readline()
+    if not first.startswith(HEADER):
+        return None, (0, 0), _count_entries(handle, versioned=False)
+    mark = next(_marks(handle, size, len(first)), None)
+    batch = mark.batch if mark is not None else (0, 0)
+    if mark is not None and mark.place is not None:
+        return int(first[len(HEADER) :]), batch, mark.place.line - 1 + mark.after
+    # Written without batches, or before they said where they are.
+    return int(first[len(HEADER) :]), batch, _count_entries(handle, versioned=True)
 
 
 def _count_entries(handle: BinaryIO, versioned: bool) -> int:
