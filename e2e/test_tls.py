@@ -4,12 +4,15 @@ certificate under mTLS, are refused with a clear message."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
-from hodei.testing import Pki, ServerProcess, make_pki, query, wait_settled
+from hodei.testing import Cli, Pki, ServerProcess, make_pki, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +31,13 @@ def tls_env(pki: Pki, mutual: bool) -> dict[str, str]:
             "HODEI_TLS_WORKER_KEY": str(pki.client_key),
         }
     return env
+
+
+def replace_files(*copies: tuple[Path, Path]) -> None:
+    """Each (source, target): the target's contents replaced in place, one file after the
+    other, as cert-manager and certbot renew them."""
+    for source, target in copies:
+        shutil.copyfile(source, target)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +83,6 @@ def test_a_docker_worker_works_over_tls(
 
 
 def test_a_client_without_the_ca_gets_a_certificate_error(tls_server: ServerProcess) -> None:
-    from hodei.testing import Cli
-
     untrusting = Cli(tls_server.address, ("--tls-ca", "/etc/ssl/certs/ca-certificates.crt"))
     result = untrusting.cli("job", "list", timeout=30)
     assert result.returncode != 0
@@ -85,8 +93,6 @@ def test_a_client_without_the_ca_gets_a_certificate_error(tls_server: ServerProc
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(fresh_database_url: str, pki: Pki, tmp_path: Path) -> None:
-    from hodei.testing import Cli
-
     with ServerProcess(fresh_database_url, tmp_path, tls_env(pki, mutual=True), tls=pki) as server:
         done = server.cli("job", "run", "--provider", "local", "--command", "echo mutual", "--timeout", "30", "--wait")
         assert done.returncode == 0, done.stderr
@@ -102,19 +108,11 @@ def test_certificates_rotated_on_disk_are_served_without_a_restart(fresh_databas
     the console within seconds, and the next workers get the new ones; a key written
     before its certificate is not taken until the pair matches (the old pair serves on).
     A client that does not trust the certificate, or finds it expired, is told which."""
-    import shutil
-    import time
-
-    import requests
-
-    from hodei.testing import Cli
-
     old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
     live = tmp_path / "live"
     live.mkdir()
     cert, key, ca = live / "tls.crt", live / "tls.key", live / "ca.crt"
-    for source, target in ((old.server_cert, cert), (old.server_key, key), (old.ca, ca)):
-        shutil.copyfile(source, target)
+    replace_files((old.server_cert, cert), (old.server_key, key), (old.ca, ca))
     env = {"HODEI_TLS_CERT": str(cert), "HODEI_TLS_KEY": str(key), "HODEI_TLS_CA": str(ca)}
     with ServerProcess(fresh_database_url, tmp_path / "logs", env, tls=old, http=True) as server:
         trusting_old = Cli(server.address, ("--tls-ca", str(old.ca)))
@@ -123,13 +121,12 @@ def test_certificates_rotated_on_disk_are_served_without_a_restart(fresh_databas
         assert "not trusted" in trusting_new.cli("job", "list", timeout=30).stderr
         assert requests.get(f"{server.http_url}/healthz", verify=str(old.ca), timeout=10).ok
 
-        shutil.copyfile(new.server_key, key)  # half-way: the new key beside the old certificate
+        replace_files((new.server_key, key))  # half-way: the new key beside the old certificate
         for _ in range(3):
             assert trusting_old.cli("job", "list", timeout=30).returncode == 0
         assert server.logs().count("cannot be used yet") >= 1
         assert server.logs().count("serving the previous ones") == 1  # said once, not at every connection
-        shutil.copyfile(new.server_cert, cert)
-        shutil.copyfile(new.ca, ca)  # what workers are told to trust
+        replace_files((new.server_cert, cert), (new.ca, ca))  # the CA: what workers are told to trust
         assert trusting_new.cli("job", "list", timeout=30).returncode == 0
         assert "not trusted" in trusting_old.cli("job", "list", timeout=30).stderr
         ran = trusting_new.cli("job", "run", "-p", "local", "-c", "echo after rotation", "--timeout", "30", "--follow")
@@ -146,11 +143,56 @@ def test_certificates_rotated_on_disk_are_served_without_a_restart(fresh_databas
         assert "TLS certificate reloaded" in server.logs()
 
         lapsed = make_pki(tmp_path / "lapsed", days=0)  # valid until now: expired by its first use
-        shutil.copyfile(lapsed.server_key, key)
-        shutil.copyfile(lapsed.server_cert, cert)
+        replace_files((lapsed.server_key, key), (lapsed.server_cert, cert))
         time.sleep(1)
         refused = Cli(server.address, ("--tls-ca", str(lapsed.ca))).cli("job", "list", timeout=30)
         assert "its TLS certificate has expired (or this machine's clock is wrong)" in refused.stderr, refused.stderr
+
+
+def test_a_client_ca_rotated_on_disk_is_the_only_one_trusted(fresh_database_url: str, tmp_path: Path) -> None:
+    """Mutual TLS with the client CA replaced in place (a leaked CA rotated out): from the
+    next connection on, the API and, within seconds, the console accept the new CA's
+    clients and refuse the old one's, and new workers get certificates of the new CA."""
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    client_ca, worker_cert, worker_key = live / "client-ca.crt", live / "worker.crt", live / "worker.key"
+    replace_files((old.ca, client_ca), (old.client_cert, worker_cert), (old.client_key, worker_key))
+    env = tls_env(old, mutual=False) | {
+        "HODEI_TLS_CLIENT_CA": str(client_ca),
+        "HODEI_TLS_WORKER_CERT": str(worker_cert),
+        "HODEI_TLS_WORKER_KEY": str(worker_key),
+    }
+
+    def client(pki: Pki) -> Cli:
+        certificate = ("--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key))
+        return Cli(address, ("--tls-ca", str(old.ca), *certificate))
+
+    def console_accepts(pki: Pki) -> bool:
+        try:
+            certificate = (str(pki.client_cert), str(pki.client_key))
+            return requests.get(f"{server.http_url}/healthz", verify=str(old.ca), cert=certificate, timeout=10).ok
+        except requests.exceptions.ConnectionError:  # the handshake refused (SSLError is one)
+            return False
+
+    with ServerProcess(fresh_database_url, tmp_path / "logs", env, tls=old, http=True) as server:
+        address = server.address
+        assert client(old).cli("job", "list", timeout=30).returncode == 0
+        assert client(new).cli("job", "list", timeout=30).returncode != 0
+        assert console_accepts(old) and not console_accepts(new)
+
+        replace_files((new.ca, client_ca), (new.client_cert, worker_cert), (new.client_key, worker_key))
+        assert client(new).cli("job", "list", timeout=30).returncode == 0
+        assert client(old).cli("job", "list", timeout=30).returncode != 0
+        ran = client(new).cli("job", "run", "-p", "local", "-c", "echo new worker", "--timeout", "30", "--follow")
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines() == ["new worker"]
+        deadline = time.monotonic() + 30
+        while not console_accepts(new):
+            assert time.monotonic() < deadline, "the console does not take the new client CA"
+            time.sleep(0.5)
+        assert not console_accepts(old)
+        assert "web console's TLS certificate reloaded" in server.logs()
 
 
 def test_a_key_that_is_not_the_certificates_stops_the_server_at_start(

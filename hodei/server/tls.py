@@ -166,15 +166,22 @@ class ServerCertificates:
 
 
 class ConsoleWatch:
-    """Loads the console's new certificate pair into its SSL context when the files
-    change (new connections get it; a client CA read at start stays trusted until the
-    server restarts, since an SSL context only adds CAs)."""
+    """Serves each new console connection the SSL context made from the files as they
+    were at the last look: ``context`` is the listening one, and its SNI callback (which
+    OpenSSL calls for every handshake, with or without a server name) hands the handshake
+    to the newest context, certificate, key and client CA together. Loading new files into
+    one context instead would keep a rotated-out client CA trusted until a restart: an SSL
+    context only adds CAs."""
 
     def __init__(self, certificates: ServerCertificates) -> None:
         self.certificates = certificates
-        self.context = certificates.console_context()
+        self.context = self._newest = certificates.console_context()
+        self.context.sni_callback = self._hand_over
         self._seen = certificates.serving_stamp()
         self._unusable: _Stamp | None = None
+
+    def _hand_over(self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self._newest
 
     async def run(self) -> None:
         """Looks at the files every CONSOLE_CHECK_INTERVAL seconds, for as long as the
@@ -184,21 +191,17 @@ class ConsoleWatch:
             await asyncio.to_thread(self.refresh)
 
     def refresh(self) -> bool:
-        """True when a new pair was loaded."""
+        """True when new files were taken."""
         certificates = self.certificates
         stamp = certificates.serving_stamp()
         if stamp in (self._seen, self._unusable):
             return False
-        tls = certificates.tls
         try:
-            certificates.check()
-            self.context.load_cert_chain(*certificates.pair)
-            if tls.client_ca is not None:
-                self.context.load_verify_locations(tls.client_ca)
+            self._newest = certificates.console_context()
         except (OSError, ssl.SSLError) as exc:
             log.warning("TLS files changed but cannot be used yet (%s): the console serves the previous ones", exc)
             self._unusable = stamp
             return False
         self._seen = stamp
-        log.info("web console's TLS certificate reloaded from %s", tls.cert)
+        log.info("web console's TLS certificate reloaded from %s", certificates.tls.cert)
         return True
