@@ -70,6 +70,15 @@ def slot_job_id(cron: UUID, slot: datetime) -> UUID:
     return derived_id("cron", cron, slot.astimezone(UTC).isoformat())
 
 
+def _reads(fields: str) -> bool:
+    """Whether CronSim reads five fields: each one alone is well written."""
+    try:
+        CronSim(fields, datetime.now(UTC))
+    except CronSimError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A cron expression (five fields, or a nickname such as ``@daily``) read in a time
@@ -118,6 +127,11 @@ class Schedule:
         try:
             next(CronSim(fields, datetime.now(self._zone())))
         except (CronSimError, StopIteration) as exc:
+            minute, hour, day, month, weekday = fields.split()
+            if _reads(f"{minute} {hour} 1 {month} {weekday}") and _reads(f"{minute} {hour} {day} * {weekday}"):
+                raise InvalidInput(
+                    f"schedule {self.expression[:64]!r} never comes: no month it names ({month}) has day {day}"
+                ) from None
             raise InvalidInput(
                 f"schedule {self.expression[:64]!r}: {exc or 'no time ever matches'} (minute 0-59, hour 0-23, "
                 "day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; *, lists, ranges, /steps)"
