@@ -40,6 +40,13 @@ class InvalidInput(HodeiError):
     """The request is invalid."""
 
 
+class NoSuchAttempt(InvalidInput):
+    """An attempt asked for (of a log, of artifacts) past those the job has begun."""
+
+    def __init__(self, job_id: object, attempts: int, attempt: int) -> None:
+        super().__init__(f"job {job_id} has had {attempts} attempt(s); there is no attempt {attempt}")
+
+
 class NotFound(HodeiError):
     """Not found."""
 

@@ -77,9 +77,12 @@ class ListArtifactsResponse(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     expired: _builtins.bool
     """Set once the job's output (log and artifacts) was deleted by retention."""
+    attempts: _builtins.int
+    """The attempts the job has begun: an attempt asked for past them is none the job had."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]: ...
     def __init__(
@@ -88,10 +91,11 @@ class ListArtifactsResponse(_message.Message):
         job_id: _builtins.str = ...,
         artifacts: _abc.Iterable[Global___Artifact] | None = ...,
         expired: _builtins.bool = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "expired", b"expired", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "expired", b"expired", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,7 @@ from hodei.cli.jobs import add_job_id
 from hodei.cli.parsing import count
 from hodei.cli.terminal import Terminal, message_dict
 from hodei.domain.phases import size_text
-from hodei.errors import InvalidInput, NotFound
+from hodei.errors import InvalidInput, NoSuchAttempt, NotFound
 
 
 def artifacts(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -41,6 +41,8 @@ def _matching(
     listed: artifacts_pb2.ListArtifactsResponse, names: list[str], attempt: int | None
 ) -> list[artifacts_pb2.Artifact]:
     """The artifacts named (none named: all) of ``attempt`` (None: every attempt's)."""
+    if attempt is not None and attempt > listed.attempts:
+        raise NoSuchAttempt(listed.job_id, listed.attempts, attempt)
     found = [a for a in listed.artifacts if attempt in (None, a.attempt) and (not names or a.name in names)]
     missing = sorted(set(names) - {artifact.name for artifact in found})
     if missing:

@@ -67,7 +67,10 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
     ) -> artifacts_pb2.ListArtifactsResponse:
         job = self._job(request.job_id)
         return artifacts_pb2.ListArtifactsResponse(
-            job_id=str(job.id), artifacts=[artifact_message(a) for a in job.artifacts], expired=_expired(job)
+            job_id=str(job.id),
+            artifacts=[artifact_message(a) for a in job.artifacts],
+            expired=_expired(job),
+            attempts=job.attempt,
         )
 
     @rpc

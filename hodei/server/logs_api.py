@@ -22,7 +22,7 @@ import grpc
 from hodei._proto import logs_pb2, logs_pb2_grpc, worker_pb2
 from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, WorkerState
-from hodei.errors import InvalidInput, StoreUnavailable
+from hodei.errors import InvalidInput, NoSuchAttempt, StoreUnavailable
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore, file_size
 from hodei.server.edge import rpc
 from hodei.signals import Signals
@@ -72,7 +72,7 @@ def _wanted(job: JobRow, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLo
     if request.tail and request.attempt:
         raise InvalidInput("ask for the tail of the whole log or for one attempt's output, not both")
     if not 0 <= request.attempt <= job.attempt:
-        raise InvalidInput(f"job {job.id} has had {job.attempt} attempt(s); there is no attempt {request.attempt}")
+        raise NoSuchAttempt(job.id, job.attempt, request.attempt)
     if request.HasField("since") and request.since.ToDatetime(tzinfo=UTC) > datetime.now(UTC):
         raise InvalidInput(f"since {request.since.ToJsonString()} is in the future")
     return str(job.id)
