@@ -293,9 +293,14 @@ def test_history_is_the_job_row_at_every_event_boundary(server: ServerProcess, s
     assert len(table.splitlines()) == len(entries) + 1
     one = server.cli("job", "history", job_id, "--version", "1", check=True).stdout
     assert "As of event 1 (JobCreated" in one and "Status: PENDING" in one
-    before = server.cli("job", "history", job_id, "--at", "2000-01-01T00:00:00Z")
-    assert before.returncode != 0
-    assert "did not exist yet" in before.stderr
+    for when in ("2000-01-01T00:00:00Z", "10d"):  # a time, or a duration back from now
+        before = server.cli("job", "history", job_id, "--at", when)
+        assert before.returncode == 2
+        assert "did not exist yet" in before.stderr
+    assert "Status: SUCCEEDED" in server.cli("job", "history", job_id, "--at", "0s", check=True).stdout
+    malformed = server.cli("job", "history", job_id, "--at", "yesterday")
+    assert malformed.returncode == 2
+    assert "argument --at: takes a duration such as 10m or 2h, or an ISO 8601 time" in malformed.stderr
 
 
 def test_replay_of_one_job_finds_and_repairs_its_rows(server: ServerProcess) -> None:

@@ -26,7 +26,6 @@ from hodei.cli.parsing import (
     count,
     duration,
     idempotency_key,
-    moment,
     parse_after,
     parse_args,
     parse_array,
@@ -882,7 +881,7 @@ def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def history(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = jobs_pb2.GetJobHistoryRequest(job_id=args.job_id, version=args.version or 0)
     if args.at:
-        request.at.FromDatetime(moment(args.at, "--at"))
+        request.at.FromDatetime(args.at)
     entries = client.call(client.jobs.GetJobHistory, request).entries
     if term.json:
         term.data(
@@ -969,7 +968,9 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
         add_idempotency_key(parser)
     if name == "history":
-        parser.add_argument("--at", metavar="TIME", help="the job as it was then (ISO 8601; UTC without a zone)")
+        parser.add_argument(
+            "--at", type=since, metavar="WHEN", help="the job as it was then: 10m, 2h (ago) or an ISO 8601 time"
+        )
         parser.add_argument("--version", type=count, metavar="N", help="the job after its N-th event")
     if name == "logs":
         parser.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")

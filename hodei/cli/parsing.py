@@ -252,7 +252,7 @@ def since_moment(value: str) -> datetime:
 
 
 def since(value: str) -> datetime:
-    """``--since`` (``since_moment``)."""
+    """``--since``, and ``job history --at`` (``since_moment``)."""
     try:
         return since_moment(value)
     except InvalidInput as exc:
