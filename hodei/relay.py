@@ -130,7 +130,6 @@ class _OldestFirst:
 class RelayCounters:
     handled: int = 0
     failed: int = 0
-    dead_lettered: int = 0
     lag_ms: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -348,7 +347,6 @@ class Relay:
         dead = delivery.attempts >= self.config.max_attempts
         with self.counters.lock:
             self.counters.failed += 1
-            self.counters.dead_lettered += int(dead)
         if dead:
             log.error(
                 "dead-lettering %s of %s after %d attempts: %s",

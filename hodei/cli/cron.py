@@ -113,12 +113,7 @@ def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
         f"Owner: {cron.owner}",
         f"Runs: {spec.command} {' '.join(spec.args)}".rstrip() + f" on {spec.provider or 'the default provider'}",
         "Next: " + (", ".join(stamp(t, "seconds") for t in cron.next_times) or "-"),
-        f"Last job: {cron.last_job_id or '-'}"
-        + (
-            f" {cron.last_job_state} (created {when(cron, 'last_job_created_at', 'seconds')})"
-            if cron.last_job_id
-            else ""
-        ),
+        f"Last job: {_last_job(cron)}",
         f"Not ended: {', '.join(cron.active_job_ids) or '-'}",
         f"Its jobs: job list -l {CRON_LABEL}={cron.name}",
     ]

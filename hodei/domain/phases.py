@@ -14,24 +14,6 @@ from typing import Any
 
 from hodei.domain.job import JobState, hold_text
 
-PHASES = (
-    "queued",
-    "held",
-    "released",
-    "provider_chosen",
-    "admitted",
-    "worker_created",
-    "registered",
-    "started",
-    "artifacts_stored",
-    "finished",
-    "stopped",
-    "requeued",
-    "logs_stored",
-    "worker_released",
-    "artifacts_expired",
-)
-
 _BY_EVENT = {
     "JobCreated": "queued",
     "JobHeld": "held",
