@@ -73,7 +73,7 @@ def add_token_commands(commands: Any, about: str) -> list[argparse.ArgumentParse
     create.add_argument("--expires", help="e.g. 30d, 12h, 3600 (default: never)")
     listing = actions.add_parser("list", help="every token, revoked ones included")
     revoke = actions.add_parser("revoke", help="refuse the token from now on")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name")
     return [create, listing, revoke]
 
 

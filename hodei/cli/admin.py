@@ -7,7 +7,7 @@ from typing import Any
 
 from hodei._proto import limits_pb2, metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
-from hodei.cli.parsing import bound_message, count, limit_bound, whole
+from hodei.cli.parsing import add_limit, bound_message, limit_bound, whole
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.errors import InvalidInput
 
@@ -278,7 +278,7 @@ def add_commands(commands: Any) -> None:
     set_pool.set_defaults(handler=pool)
     for action, text in (("get", "one pool"), ("delete", "delete a pool: its queued jobs wait until it is set again")):
         parser = pools.add_parser(action, help=text)
-        parser.add_argument("name")
+        parser.add_argument("name", help="the pool's name")
         parser.set_defaults(handler=pool)
 
     limits = commands.add_parser(
@@ -314,25 +314,25 @@ def add_commands(commands: Any) -> None:
         ("delete", "delete a submitter's own limit: * limits its jobs, if set"),
     ):
         parser = limits.add_parser(action, help=text)
-        parser.add_argument("submitter")
+        parser.add_argument("submitter", help="a token's name, or '*'")
         parser.set_defaults(handler=limit)
 
     queue_parser = commands.add_parser("queue", help="jobs per state, and the jobs waiting for capacity")
-    queue_parser.add_argument("--limit", type=count, default=100, help="queued jobs listed (default 100)")
+    add_limit(queue_parser, 100, "queued jobs")
     queue_parser.set_defaults(handler=queue)
 
     worker_parser = commands.add_parser("worker", help="workers").add_subparsers(dest="action", required=True)
     list_parser = worker_parser.add_parser("list", help="workers, newest first")
     list_parser.add_argument("--state", help="only this state (e.g. BUSY)")
     list_parser.add_argument("--live", action="store_true", help="only workers that are not over")
-    list_parser.add_argument("--limit", type=count, default=50)
+    add_limit(list_parser, 50, "workers")
     list_parser.set_defaults(handler=workers)
 
     commands.add_parser("metrics", help="counters of the server").set_defaults(handler=metrics)
 
     outbox = commands.add_parser("outbox", help="deliveries that gave up").add_subparsers(dest="action", required=True)
     letters = outbox.add_parser("dead-letters", help="outbox rows whose delivery gave up, with their error")
-    letters.add_argument("--limit", type=count, default=100)
+    add_limit(letters, 100, "rows")
     letters.set_defaults(handler=dead_letters)
     again = outbox.add_parser("redrive", help="put dead-lettered rows back (attempts reset)")
     again.add_argument("ids", nargs="*", metavar="ID", help="rows from `outbox dead-letters`")

@@ -175,7 +175,7 @@ def add_commands(commands: Any) -> None:
         ("run", run, "submit a job of the cron job now; prints its id"),
     ):
         parser = cron.add_parser(name, help=text)
-        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("name", metavar="NAME", help="the cron job's name")
         parser.set_defaults(handler=handler)
         if name == "run":
             parser.add_argument(

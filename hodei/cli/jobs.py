@@ -22,6 +22,7 @@ from hodei._proto import common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.parsing import (
     ArrayOption,
+    add_limit,
     begin,
     count,
     duration,
@@ -660,7 +661,12 @@ def latest_job(client: Client) -> str:
 
 def add_job_filters(parser: argparse._ActionsContainer) -> None:
     """What `job list` selects jobs by, and `job cancel`, `hold` and `release` too."""
-    parser.add_argument("--state", choices=[s.value for s in JobState] + [s.value.lower() for s in JobState])
+    parser.add_argument(
+        "--state",
+        choices=[s.value for s in JobState] + [s.value.lower() for s in JobState],
+        metavar="STATE",
+        help=f"only jobs in this state: {', '.join(s.value for s in JobState)}",
+    )
     parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
     parser.add_argument("--name", help="only jobs whose name contains this text")
     parser.add_argument(
@@ -1161,8 +1167,8 @@ def add_commands(commands: Any) -> Any:
         _command_options(name, parser)
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
-    list_parser.add_argument("--limit", type=count, default=20)
-    list_parser.add_argument("--offset", type=whole, default=0)
+    add_limit(list_parser, 20, "jobs")
+    list_parser.add_argument("--offset", type=whole, default=0, metavar="N", help="skip the first N (default 0)")
     add_job_filters(list_parser)
     list_parser.set_defaults(handler=list_jobs)
     return job

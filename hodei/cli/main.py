@@ -125,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
     access.add_commands(commands)
     cron.add_commands(commands)
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
-    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.add_argument("shell", choices=["bash", "zsh"], help="bash or zsh")
     schema = commands.add_parser("schema", help="the JSON Schema of a command's -o json output")
     schema.add_argument("of", nargs="?", metavar="COMMAND", help='e.g. "job get"; without it, the commands')
     return root

@@ -295,6 +295,13 @@ def count(value: str) -> int:
     return _whole(value, 1)
 
 
+def add_limit(parser: argparse.ArgumentParser, default: int, listed: str) -> None:
+    """``--limit N``: how many of ``listed`` a listing shows, at most."""
+    parser.add_argument(
+        "--limit", type=count, default=default, metavar="N", help=f"at most N {listed} (default {default})"
+    )
+
+
 def whole(value: str) -> int:
     """A whole number from 0 (``--offset``, a provider's capacity)."""
     return _whole(value, 0)

@@ -16,7 +16,7 @@ from hodei._proto import jobs_pb2, sagas_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import LATEST, add_job_id, job_dict
 from hodei.cli.jobs import describe as describe_job
-from hodei.cli.parsing import count
+from hodei.cli.parsing import add_limit
 from hodei.cli.terminal import Terminal, message_dict, when
 from hodei.domain.phases import usage_text
 
@@ -174,8 +174,8 @@ def add_commands(commands: Any, job: Any) -> None:
     list_parser.add_argument(
         "--job", dest="job_id", metavar="JOB_ID", help=f"only this job's sagas (an id, a prefix of one, or {LATEST})"
     )
-    list_parser.add_argument("--limit", type=count, default=100)
+    add_limit(list_parser, 100, "sagas")
     list_parser.set_defaults(handler=list_sagas)
     show = saga.add_parser("show", help="a saga's steps (state, retries, duration, error) and audit trail")
-    show.add_argument("saga_id", metavar="SAGA_ID")
+    show.add_argument("saga_id", metavar="SAGA_ID", help="a saga's id, or a prefix of 8 characters or more")
     show.set_defaults(handler=show_saga)
