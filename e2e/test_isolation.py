@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -196,6 +197,10 @@ def test_a_secret_is_in_the_job_and_nowhere_else_and_purging_shreds_it(
 
     purged = hodei_server(url, "secrets", "purge", "--job", job_id)
     assert "secrets purged" in purged.stdout, purged.stderr
+    again = hodei_server(url, "secrets", "purge", "--job", job_id)
+    assert again.returncode == 0 and f"job {job_id}: no secrets left" in again.stdout
+    unknown = hodei_server(url, "secrets", "purge", "--job", str(uuid4()))
+    assert unknown.returncode == 1 and "not found" in unknown.stderr, unknown.stdout
     pool = open_pool(url, max_size=1)
     try:
         with pytest.raises(SecretsPurged):

@@ -472,7 +472,7 @@ def _secrets(cfg: configuration.Config, args: argparse.Namespace) -> int:
 
     pool = open_pool(cfg.database_url, max_size=1, name="hodei-secrets")
     try:
-        job_id = ReadModels(pool).resolve("job", args.job)
+        job_id = ReadModels(pool).job(args.job).id  # NotFound for an id no job has
         purged = JobSecrets(pool).purge(job_id)
     finally:
         pool.close()
