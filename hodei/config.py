@@ -146,6 +146,14 @@ def _number(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> fl
     return value
 
 
+def _whole(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> int:
+    """A count (workers, bytes, rows, tries): ``_number``'s rules, and whole (`1e9` is)."""
+    value = _number(env, name, zero_allowed)
+    if value != int(value):
+        raise InvalidInput(f"{name} must be a whole number, got `{_get(env, name)}`")
+    return int(value)
+
+
 def _port(env: Mapping[str, str], name: str, off_allowed: bool = False) -> int:
     raw = _get(env, name).strip()
     lowest = 0 if off_allowed else 1
@@ -294,6 +302,39 @@ def _fair_window(env: Mapping[str, str]) -> float | None:
     return window if value == "fair" else None
 
 
+def _heartbeat_timeout(env: Mapping[str, str]) -> float:
+    """Longer than the interval: else every worker is lost between two of its heartbeats."""
+    interval, timeout = _number(env, "HODEI_HEARTBEAT_INTERVAL"), _number(env, "HODEI_HEARTBEAT_TIMEOUT")
+    if timeout <= interval:
+        raise InvalidInput(
+            f"HODEI_HEARTBEAT_TIMEOUT ({timeout:g}s) must be longer than HODEI_HEARTBEAT_INTERVAL ({interval:g}s): "
+            "every worker would be lost between two of its heartbeats"
+        )
+    return timeout
+
+
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _namespace(env: Mapping[str, str]) -> str:
+    """A name Kubernetes takes for a namespace (an RFC 1123 label), refused here rather
+    than by the API server at the first pod."""
+    value = _get(env, "HODEI_K8S_NAMESPACE")
+    if not _LABEL.fullmatch(value):
+        raise InvalidInput(
+            f"HODEI_K8S_NAMESPACE must be a namespace's name: 1 to 63 lowercase letters, digits or '-', "
+            f"beginning and ending with a letter or digit; got `{value}`"
+        )
+    return value
+
+
+def _pull_policy(env: Mapping[str, str]) -> str:
+    value = _get(env, "HODEI_K8S_IMAGE_PULL_POLICY")
+    if value not in {"Always", "IfNotPresent", "Never"}:
+        raise InvalidInput(f"HODEI_K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, got `{value}`")
+    return value
+
+
 def _run_as(env: Mapping[str, str]) -> str | None:
     """``server`` (None), a user name, ``uid`` or ``uid:gid``; a name this host does not
     know is refused here, not at each local job (whose agent would exit before it registers)."""
@@ -367,17 +408,17 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         local_run_as=_run_as(env),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
-        max_log_bytes=int(_number(env, "HODEI_MAX_LOG_BYTES")),
-        max_artifact_bytes=int(_number(env, "HODEI_MAX_ARTIFACT_BYTES")),
+        max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES"),
+        max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES"),
         log_retention=_number(env, "HODEI_LOG_RETENTION"),
         outbox_retention=_number(env, "HODEI_OUTBOX_RETENTION"),
         max_workers={
-            "local": int(_number(env, "HODEI_LOCAL_MAX_WORKERS")),
-            "docker": int(_number(env, "HODEI_DOCKER_MAX_WORKERS")),
-            "kubernetes": int(_number(env, "HODEI_K8S_MAX_WORKERS")),
-            "sim": int(_number(env, "HODEI_SIM_MAX_WORKERS")),
+            "local": _whole(env, "HODEI_LOCAL_MAX_WORKERS"),
+            "docker": _whole(env, "HODEI_DOCKER_MAX_WORKERS"),
+            "kubernetes": _whole(env, "HODEI_K8S_MAX_WORKERS"),
+            "sim": _whole(env, "HODEI_SIM_MAX_WORKERS"),
         },
-        max_starting={"local": int(_number(env, "HODEI_LOCAL_MAX_STARTING", zero_allowed=True)) or os.cpu_count() or 1},
+        max_starting={"local": _whole(env, "HODEI_LOCAL_MAX_STARTING", zero_allowed=True) or os.cpu_count() or 1},
         fault=_get(env, "HODEI_FAULT"),
         docker=DockerConfig(
             enabled=_flag(env, "HODEI_DOCKER_ENABLED"),
@@ -390,14 +431,14 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             image=image,
             kubeconfig=_get(env, "HODEI_K8S_KUBECONFIG"),
             context=_get(env, "HODEI_K8S_CONTEXT"),
-            namespace=_get(env, "HODEI_K8S_NAMESPACE"),
-            image_pull_policy=_get(env, "HODEI_K8S_IMAGE_PULL_POLICY"),
+            namespace=_namespace(env),
+            image_pull_policy=_pull_policy(env),
             service_account=_get(env, "HODEI_K8S_SERVICE_ACCOUNT"),
             unschedulable_timeout=_number(env, "HODEI_K8S_UNSCHEDULABLE_TIMEOUT"),
         ),
         timing=Timing(
             heartbeat_interval=_number(env, "HODEI_HEARTBEAT_INTERVAL"),
-            heartbeat_timeout=_number(env, "HODEI_HEARTBEAT_TIMEOUT"),
+            heartbeat_timeout=_heartbeat_timeout(env),
             registration_timeout=_number(env, "HODEI_REGISTRATION_TIMEOUT"),
             token_ttl=_number(env, "HODEI_TOKEN_TTL"),
             kill_grace=_number(env, "HODEI_KILL_GRACE"),
@@ -410,10 +451,10 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             image_pull_timeout=_number(env, "HODEI_IMAGE_PULL_TIMEOUT", zero_allowed=True),
         ),
         relay=RelayConfig(
-            batch_size=int(_number(env, "HODEI_RELAY_BATCH")),
+            batch_size=_whole(env, "HODEI_RELAY_BATCH"),
             poll_interval=_number(env, "HODEI_RELAY_POLL_INTERVAL"),
             lease_seconds=_number(env, "HODEI_RELAY_LEASE"),
-            max_attempts=int(_number(env, "HODEI_RELAY_MAX_ATTEMPTS")),
-            threads=int(_number(env, "HODEI_RELAY_THREADS")),
+            max_attempts=_whole(env, "HODEI_RELAY_MAX_ATTEMPTS"),
+            threads=_whole(env, "HODEI_RELAY_THREADS"),
         ),
     )

@@ -28,12 +28,42 @@ from hodei.errors import InvalidInput
         ("HODEI_IMAGE_PULL_TIMEOUT", "10m", "HODEI_IMAGE_PULL_TIMEOUT must be a number, got `10m`"),
         ("HODEI_QUEUE_ORDER", "lifo", "HODEI_QUEUE_ORDER must be `fifo` or `fair`, got `lifo`"),
         ("HODEI_QUEUE_FAIR_WINDOW", "-1", "HODEI_QUEUE_FAIR_WINDOW must be 0 or more, got `-1`"),
+        ("HODEI_LOCAL_MAX_WORKERS", "0.5", "HODEI_LOCAL_MAX_WORKERS must be a whole number, got `0.5`"),
+        ("HODEI_RELAY_BATCH", "2.5", "HODEI_RELAY_BATCH must be a whole number, got `2.5`"),
+        ("HODEI_LOCAL_MAX_STARTING", "1.5", "HODEI_LOCAL_MAX_STARTING must be a whole number, got `1.5`"),
+        (
+            "HODEI_HEARTBEAT_TIMEOUT",
+            "2",
+            "HODEI_HEARTBEAT_TIMEOUT (2s) must be longer than HODEI_HEARTBEAT_INTERVAL (2s): "
+            "every worker would be lost between two of its heartbeats",
+        ),
+        (
+            "HODEI_HEARTBEAT_INTERVAL",
+            "15",
+            "HODEI_HEARTBEAT_TIMEOUT (10s) must be longer than HODEI_HEARTBEAT_INTERVAL (15s)",
+        ),
+        ("HODEI_K8S_NAMESPACE", "Bad_NS", "HODEI_K8S_NAMESPACE must be a namespace's name: 1 to 63 lowercase"),
+        ("HODEI_K8S_NAMESPACE", "-jobs", "beginning and ending with a letter or digit; got `-jobs`"),
+        ("HODEI_K8S_NAMESPACE", "a" * 64, "HODEI_K8S_NAMESPACE must be a namespace's name"),
+        (
+            "HODEI_K8S_IMAGE_PULL_POLICY",
+            "Sometimes",
+            "HODEI_K8S_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, got `Sometimes`",
+        ),
     ],
 )
 def test_a_wrong_value_is_refused_by_name(name: str, value: str, refusal: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         config.load({name: value})
-    assert refused.value.message == refusal
+    assert refusal in refused.value.message
+
+
+def test_counts_are_whole_numbers_in_any_notation_and_namespaces_kubernetes_names() -> None:
+    env = {"HODEI_MAX_LOG_BYTES": "1e9", "HODEI_LOCAL_MAX_WORKERS": "4.0", "HODEI_K8S_NAMESPACE": "ci-7"}
+    loaded = config.load(env)
+    assert (loaded.max_log_bytes, loaded.max_workers["local"], loaded.kubernetes.namespace) == (10**9, 4, "ci-7")
+    timing = config.load({"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "0.6"}).timing
+    assert (timing.heartbeat_interval, timing.heartbeat_timeout) == (0.5, 0.6)
 
 
 def test_local_jobs_run_as_a_user_this_host_knows() -> None:
