@@ -312,6 +312,7 @@ def test_a_lost_worker_is_retried_when_attempts_remain(
         (["job", "run", "-p", "local", "-c", "true", "--max-attempts", "0"], "--max-attempts: takes a whole number"),
         (["job", "run", "--provider", "local", "--command", "true", "--env", "FOO"], "malformed --env item `FOO`"),
         (["job", "run", "--provider", "local", "--command", "true", "--env", "1A=x"], "malformed --env item `1A=x`"),
+        (["job", "run", "-p", "local", "-c", "true", "--env", "HODEI_JOB_ID=x"], "HODEI_JOB_ID is set by the platform"),
         (["job", "run", "-p", "local", "--script", "/bin/true"], "--script: /bin/true is not UTF-8 text (byte "),
         (
             ["job", "run", "-p", "local", "-c", "true", "--env-file", "/nonexistent"],

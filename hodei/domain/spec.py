@@ -20,6 +20,9 @@ from hodei.domain.base import check_name
 from hodei.errors import InvalidInput
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What the agent puts in every job's environment over the job's own variables
+# (hodei_worker.runner): a job naming one would not get its value.
+PLATFORM_VARIABLES = ("HODEI_JOB_ID", "HODEI_WORKER_ID")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 # Control characters (NUL, escapes, newlines...) have no place in names, keys or paths.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -333,9 +336,17 @@ def _env_problems(env: Mapping[str, str]) -> list[str]:
     for key, value in env.items():
         if not ENV_NAME.match(key) or len(key) > limits.env_name_chars:
             found.append(f"environment variable name `{_shown(key)}` is not valid (letters, digits, _)")
+        found.extend(_platform_variable(key, "environment variable"))
         if _size(value) > limits.env_value_bytes:
             found.append(f"environment variable {_shown(key)} is longer than {limits.env_value_bytes} bytes")
     return found
+
+
+def _platform_variable(key: str, what: str) -> list[str]:
+    if key not in PLATFORM_VARIABLES:
+        return []
+    meaning = key.removeprefix("HODEI_").lower().replace("_", " ")  # "job id"
+    return [f"{what} {key} is set by the platform (its {meaning}) in every job: name yours otherwise"]
 
 
 def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
@@ -346,6 +357,7 @@ def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
     for key, value in secrets.items():
         if not ENV_NAME.match(key) or len(key) > limits.env_name_chars:
             found.append(f"secret name `{_shown(key)}` is not valid (letters, digits, _)")
+        found.extend(_platform_variable(key, "secret"))
         if len(value) < limits.secret_min_chars:
             found.append(
                 f"secret {_shown(key)} is shorter than {limits.secret_min_chars} characters (too short to "
