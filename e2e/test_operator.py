@@ -620,9 +620,27 @@ def test_replay_apply_while_twenty_jobs_run(fresh_database_url: str, tmp_path: P
         for job_id in warm_up:
             wait_settled(url, job_id, 90)
         job_ids = [run(server, "--command", f"sleep 2; echo done {i}") for i in range(20)]
-        (started_at,) = query(url, "SELECT max(position) FROM domain_events")[0]
-        applied = hodei_server(url, "replay", "--apply")
-        (ended_at,) = query(url, "SELECT max(position) FROM domain_events")[0]
+        # Writes that cannot pause while it runs, however slowly the 20 jobs' workers start
+        # (on a busy machine none had registered yet, and nothing was written meanwhile):
+        # held jobs submitted one after the other until it ends.
+        stop = threading.Event()
+        held = common_pb2.JobSpec(name="held", command="true", timeout_seconds=60, provider="local")
+
+        def submit_held() -> None:
+            stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+            while not stop.is_set():
+                stub.QueueJob(jobs_pb2.QueueJobRequest(spec=held, hold=True), timeout=30)
+
+        with server.channel() as channel:
+            (started_at,) = query(url, "SELECT max(position) FROM domain_events")[0]
+            submitter = threading.Thread(target=submit_held)
+            submitter.start()
+            try:
+                applied = hodei_server(url, "replay", "--apply")
+                (ended_at,) = query(url, "SELECT max(position) FROM domain_events")[0]
+            finally:
+                stop.set()
+                submitter.join()
         assert applied.returncode == 0, applied.stderr
         print(applied.stdout)
         assert "no write waited longer" in applied.stdout
