@@ -23,7 +23,7 @@ from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2
 from hodei.store import replay
 from hodei.store.app import HodeiStore
 from hodei.store.db import open_pool
-from hodei.store.events import MOVES
+from hodei.store.events import MOVES_TYPES
 from hodei.testing import ServerProcess, query, wait_settled
 
 # Seconds over which the connected fleet's cost is measured.
@@ -166,7 +166,7 @@ def print_logs(rate: float, baseline: float) -> None:
 
 @dataclass(frozen=True)
 class Replay:
-    """Rates in events/s: a row of a saga's moves holds several events (``SagaMoved``), and
+    """Rates in events/s: a row of moves holds several events (``SagaMoved``, ``WorkerMoved``), and
     replay projects every one of them. Each way is timed ``repeats`` times (its figure is
     the median run's, printed with the runs' spread, as the bursts are)."""
 
@@ -187,7 +187,10 @@ def _renamed(text: str, names: dict[str, str]) -> str:
 
 
 # The events a row of domain_events holds (``hodei.store.events.unpack``).
-EVENTS_IN_ROW = f"CASE WHEN event_type = '{MOVES}' THEN jsonb_array_length(payload->'events') ELSE 1 END"
+EVENTS_IN_ROW = (
+    f"CASE WHEN event_type IN ({', '.join(repr(t) for t in sorted(MOVES_TYPES))}) "
+    "THEN jsonb_array_length(payload->'events') ELSE 1 END"
+)
 
 
 def _clone_jobs(url: str, size: int) -> None:

@@ -322,7 +322,7 @@ def _rows(name: str, figures: Figures, baseline: Figures | None, goal: str) -> N
     if figures.event_rows:
         counts = f"{figures.event_rows / n:.1f} / {figures.outbox / n:.1f}"
         print(row(f"{name}: event rows / outbox rows per job", counts, "", "", "<= 20"))
-        print(row(f"{name}: events in those rows per job (a saga's moves share one)", f"{figures.events / n:.1f}"))
+        print(row(f"{name}: events in those rows per job (moves share one)", f"{figures.events / n:.1f}"))
     goals = ("<= 25", "<= 10 ms") if baseline else ("", "")
     print(row(f"{name}: transactions per job", f"{figures.transactions / n:.1f}", "", "", goals[0]))
     print(row(f"{name}: rolled back per job (lost races, retried)", f"{figures.rollbacks / n:.2f}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import cache
 from hashlib import sha1
@@ -81,27 +81,38 @@ def current(record: EventRecord) -> EventRecord:
     return record._replace(payload=state)
 
 
-# A saga's events of one transaction are stored as one row of this type (``pack``): a
-# saga moves through several steps per transaction, and a row costs its transaction an
-# insert, an outbox row, a claim and an acknowledgement, whatever it holds.
-MOVES = "SagaMoved"
-MOVES_TOPIC = "hodei.domain.saga:Saga.SagaMoved"
-_PACKED_TYPES = frozenset({"Saga"})
+# An aggregate's events of one transaction stored as one row (``pack``), by aggregate type:
+# the row's type and topic. A saga moves through several steps per transaction; a worker's
+# registration dispatches its job in the same commit. A row costs its transaction an
+# insert and an outbox row (and, wanted, a claim and an acknowledgement), whatever it holds.
+# A job's events stay one row each: the seed procedure reads them by type (Step 6.2).
+_MOVES = {
+    "Saga": ("SagaMoved", "hodei.domain.saga:Saga.SagaMoved"),
+    "Worker": ("WorkerMoved", "hodei.domain.worker:Worker.WorkerMoved"),
+}
+MOVES_TYPES = frozenset(row_type for row_type, _ in _MOVES.values())
+MOVES_TOPICS = frozenset(topic for _, topic in _MOVES.values())
 
 
-def runs(records: Sequence[EventRecord]) -> list[list[EventRecord]]:
+def runs(records: Sequence[EventRecord], delivered: Callable[[EventRecord], bool]) -> list[list[EventRecord]]:
     """The records of one save, as the rows they become: a saga's consecutive events
-    together, every other event alone. Only a saga's: its moves in one transaction are
-    decided together and only the last of them can need a delivery (the step it stopped
-    at), while each of a job's or a worker's events may drive something of its own."""
+    together; a worker's consecutive events together while none of them wants a delivery
+    (``delivered``: the save writes its row delivered), so such a row is never routed;
+    every other event alone. A saga's moves in one transaction are decided together and
+    only the last of them can need a delivery (the step it stopped at), so its row is
+    routed by its last; each of a job's events, and a worker's that wants one, may drive
+    something of its own."""
     grouped: list[list[EventRecord]] = []
     for record in records:
         last = grouped[-1][-1] if grouped else None
         if (
             last is not None
-            and record.aggregate_type in _PACKED_TYPES
             and last.aggregate_id == record.aggregate_id
             and last.aggregate_version + 1 == record.aggregate_version
+            and (
+                record.aggregate_type == "Saga"
+                or (record.aggregate_type == "Worker" and delivered(last) and delivered(record))
+            )
         ):
             grouped[-1].append(record)
         else:
@@ -119,7 +130,8 @@ def pack(run: Sequence[EventRecord]) -> EventRecord:
         {"event_type": r.event_type, "topic": r.topic, "occurred_at": r.occurred_at.isoformat(), "payload": r.payload}
         for r in run
     ]
-    return first._replace(event_type=MOVES, topic=MOVES_TOPIC, payload={"events": moves})
+    row_type, topic = _MOVES[first.aggregate_type]
+    return first._replace(event_type=row_type, topic=topic, payload={"events": moves})
 
 
 def unpack(record: EventRecord) -> list[EventRecord]:
@@ -127,7 +139,7 @@ def unpack(record: EventRecord) -> list[EventRecord]:
     version it would have had as a row of its own: the first the row's (``pack``), the
     others derived as the recorder derives every event's (``event_id``; replay derives one
     for a third of the log's events, 6 us each)."""
-    if record.event_type != MOVES:
+    if record.event_type not in MOVES_TYPES:
         return [record]
     # The constructor with its fields by place (EventRecord's order), not _replace nor
     # keywords: a quarter of _replace's cost, under half of keywords', for a third of the log.

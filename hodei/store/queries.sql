@@ -109,13 +109,14 @@ SELECT position, status = 'PROCESSING', origin FROM outbox LEFT JOIN notified ON
 SELECT pg_notify(%s, %s);
 
 -- name: select_aggregate_events
--- A row's version is its first event's; a saga's row of moves holds more than one
--- (hodei.store.events.pack), so `gt` is compared with its last.
+-- A row's version is its first event's; a row of moves (a saga's, a worker's) holds more
+-- than one (hodei.store.events.pack), so `gt` is compared with its last.
 SELECT aggregate_id, aggregate_version, topic, payload::text, occurred_at
 FROM domain_events
 WHERE aggregate_id = %(aggregate_id)s
   AND (%(gt)s::bigint IS NULL
-       OR aggregate_version + CASE WHEN event_type = 'SagaMoved' THEN jsonb_array_length(payload->'events') - 1 ELSE 0 END
+       OR aggregate_version + CASE WHEN event_type IN ('SagaMoved', 'WorkerMoved')
+                                   THEN jsonb_array_length(payload->'events') - 1 ELSE 0 END
           > %(gt)s)
   AND (%(lte)s::bigint IS NULL OR aggregate_version <= %(lte)s)
 ORDER BY CASE WHEN %(desc)s THEN -aggregate_version ELSE aggregate_version END

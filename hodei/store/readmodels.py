@@ -16,6 +16,7 @@ from hodei.domain.phases import Phase, phases_of
 from hodei.domain.spec import LabelSelector
 from hodei.errors import InvalidInput, NotFound
 from hodei.store.db import fetch_value, translate_errors
+from hodei.store.events import EventRecord, unpack
 from hodei.store.sql import query
 
 # A unique prefix of an id, as people copy it from a table: at least 8 hex digits.
@@ -248,7 +249,8 @@ class ReadModels:
 
     def phases(self, job_id: UUID) -> list[Phase]:
         rows = self._all("events_of_job", {"job_id": str(job_id)})
-        return phases_of((row["aggregate_id"], row["event_type"], row["occurred_at"], row["payload"]) for row in rows)
+        events = (event for row in rows for event in unpack(EventRecord(**row)))  # a worker's row of moves
+        return phases_of((event.aggregate_id, event.event_type, event.occurred_at, event.payload) for event in events)
 
     def job_created_at(self, job_id: str) -> datetime | None:
         found: datetime | None = fetch_value(self.pool, "job_created_at", (job_id,))

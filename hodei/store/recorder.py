@@ -62,7 +62,7 @@ from hodei.domain.base import uuid_or_none
 from hodei.errors import ConcurrencyConflict, LeaseLost
 from hodei.store import projections
 from hodei.store.db import command_connection, connection, roll_back, translate_errors
-from hodei.store.events import MOVES_TOPIC, EventRecord, event_id, pack, runs, split_topic
+from hodei.store.events import MOVES_TOPICS, EventRecord, event_id, pack, runs, split_topic
 from hodei.store.sql import query
 
 SIGNAL_CHANNEL = "hodei_signals"
@@ -202,7 +202,7 @@ class StoredRow:
 def _states(version: int, topic: str, payload: str, occurred_at: datetime) -> list[tuple[int, str, bytes]]:
     """(version, topic, the library's stored state) of each event a row holds: one, or
     those of a ``pack``, in order."""
-    if topic != MOVES_TOPIC:
+    if topic not in MOVES_TOPICS:
         return [(version, topic, _state(payload, occurred_at.isoformat()))]
     moves = orjson.loads(payload)["events"]
     return [(version + n, m["topic"], _moved_state(m["payload"], m["occurred_at"])) for n, m in enumerate(moves)]
@@ -287,13 +287,17 @@ class DomainEventRecorder(ApplicationRecorder):
         if not records:  # a handler's save with nothing to write acknowledges with its reads
             return []
         lease_lost = f"{LEASE_LOST}: outbox row {ack.outbox_id} is no longer claimed by {ack.claimed_by}" if ack else ""
-        grouped = runs(records)
         relay = self.relay
         done: Callable[[EventRecord], bool] | None = kwargs.get("done")
-        wanted = [
-            (relay is None or relay.needs_delivery(run[-1])) and not (done is not None and done(run[-1]))
-            for run in grouped
-        ]
+
+        def wants(event: EventRecord) -> bool:
+            """Whether a row routed by ``event`` is to be delivered: it has a handler to run
+            (any, without this process's relay to ask), and its writer did not do that
+            handler's work in this commit (``Meta.done``)."""
+            return (relay is None or relay.needs_delivery(event)) and not (done is not None and done(event))
+
+        grouped = runs(records, delivered=lambda event: not wants(event))
+        wanted = [wants(run[-1]) for run in grouped]
         reservation = None
         if relay is not None and any(wanted):
             reservation = relay.reserve(sum(wanted), {run[0].aggregate_id for run in grouped})
