@@ -178,30 +178,79 @@ def test_many_short_jobs_all_end_as_exited() -> None:
     assert outcomes == {Outcome.EXITED}
 
 
-def test_orphans_of_the_job_are_reaped() -> None:
-    script = textwrap.dedent(
+# In as_agent's scripts: whether the agent has any child left, reaped or not.
+_CHILDREN = """
+def children():
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        return "children left"
+    except ChildProcessError:
+        return "no children"
+"""
+
+
+def as_agent(body: str, tmp_path: Path) -> list[str]:
+    """Runs ``body`` in a Python of its own that is a subreaper, as an agent is (the
+    test's own process is not one, and has children of its own): its output's lines."""
+    script = "import os, sys\nsys.path.insert(0, 'workers')\n"
+    script += "from hodei_worker.runner import JobProcess, argv_for, become_subreaper, reap_all\n"
+    script += "from hodei.providers.agent_template import alive\n"
+    script += f"become_subreaper()\nSCRATCH = {str(tmp_path)!r}\n" + _CHILDREN + textwrap.dedent(body)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_orphans_of_the_job_are_reaped(tmp_path: Path) -> None:
+    lines = as_agent(
         """
-        import os, sys
-        sys.path.insert(0, "workers")
-        from hodei_worker.runner import JobProcess, argv_for, become_subreaper
-        become_subreaper()
         command = argv_for("setsid sh -c 'sleep 0.2' & exit 0", [])
         job = JobProcess(command, dict(os.environ), None, 10, 0.5, lambda *_: None)
         print(job.run().outcome.value)
         import time; time.sleep(0.5)
-        from hodei_worker.runner import reap_all
         reap_all()
-        try:
-            os.waitpid(-1, os.WNOHANG)
-            print("children left")
-        except ChildProcessError:
-            print("no children")
+        print(children())
+        """,
+        tmp_path,
+    )
+    assert lines == ["exited", "no children"]
+
+
+def test_what_the_command_left_running_ends_with_it_in_any_session(tmp_path: Path) -> None:
+    """A daemon (here ``setsid``, and a child of it) escapes the group's SIGKILL and held
+    the job's output open: the job ended only when the agent gave up waiting for it (10 s),
+    and the daemon outlived the job."""
+    lines = as_agent(
         """
+        stray, its_child = f"{SCRATCH}/stray", f"{SCRATCH}/child"
+        started = f"setsid sh -c 'sleep 300 & echo $! > {its_child}; exec sleep 300' & echo $! > {stray}"
+        wait = f"while [ ! -s {its_child} ]; do sleep 0.01; done; echo main done"
+        output = []
+        keep = lambda _stream, texts, _partial: output.extend(texts)
+        job = JobProcess(argv_for(f"{started}; {wait}", []), dict(os.environ), None, 60, 0.5, keep)
+        finished = job.run()
+        print(finished.outcome.value, finished.exit_code, output)
+        for name in (stray, its_child):
+            print("alive" if alive(int(open(name).read())) else "gone")
+        print(children())
+        """,
+        tmp_path,
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=Path(__file__).parent.parent
-    )
-    assert result.stdout.splitlines() == ["exited", "no children"], result.stderr
+    assert lines == ["exited 0 ['main done']", "gone", "gone", "no children"]
+
+
+def test_only_an_agent_ends_the_processes_a_job_left() -> None:
+    """Elsewhere (this test's process) a child may be anyone's: it is left alone."""
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        _, finished, _ = run("echo hi")
+        assert finished.outcome is Outcome.EXITED
+        assert alive(bystander.pid)
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_output_is_batched_by_size_and_by_time_and_kept_until_acknowledged() -> None:

@@ -18,6 +18,10 @@ from enum import Enum
 from typing import BinaryIO
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+# How long the processes a job left behind get to die once SIGKILLed (end_strays): one
+# in the kernel's uninterruptible sleep cannot, and is left.
+_STRAYS_DIE_WITHIN = 2.0
 STDOUT = "stdout"
 STDERR = "stderr"
 # The longest piece of a line handed on at once; longer lines go in several pieces.
@@ -53,6 +57,53 @@ def become_subreaper() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def is_subreaper() -> bool:
+    """Whether this process is an agent (``become_subreaper``): then every child it has is
+    one of the job's processes, or an orphan of them."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(0)
+        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0:
+            return flag.value != 0
+    return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc's lists of each thread's children (a
+    subreaper's orphans hang from any of its threads); none where the kernel keeps no
+    such lists (CONFIG_PROC_CHILDREN)."""
+    found: list[int] = []
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{parent}/task/{task}/children") as listing:
+                    children = [int(child) for child in listing.read().split()]
+                    found += children
+                    parents += children
+    return found
+
+
+def end_strays() -> None:
+    """SIGKILLs whatever the job's command left running once it ended — a process that
+    left its group (``setsid``, a daemon's double fork) too, which the group's SIGKILL
+    misses — and reaps it, as a container's end ends every process in it. Such a process
+    would otherwise outlive the job and hold its output open (the agent waited for it).
+    Only in an agent (``is_subreaper``): elsewhere a child may be anyone's."""
+    if not is_subreaper():
+        return
+    deadline = time.monotonic() + _STRAYS_DIE_WITHIN
+    while strays := descendants(os.getpid()):
+        for pid in strays:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        reap_all()
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
 
 
 # glibc's mallopt parameters, and the values bulk transfers want (reuse_freed_memory).
@@ -307,9 +358,10 @@ class JobProcess:
         reaper.start()
         outcome, message = self._wait(process)
         finished_at = time.time()
-        # Whatever the job left behind in its process group goes too: it would hold the
-        # output pipes open and outlive the job.
+        # Whatever the job left behind goes too: it would hold the output pipes open and
+        # outlive the job.
         self._signal_group(process.pid, signal.SIGKILL)
+        end_strays()
         for reader in readers:
             reader.join(timeout=5)
         for pipe in (process.stdout, process.stderr):
