@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from hodei.errors import HodeiError, PermissionDenied
 from hodei.roles import Caller, Role, rule_of
 from hodei.server.access import Gatekeeper, calling_as, serve_as
+from hodei.server.edge import refuse_nul
 
 
 class Api:
@@ -52,6 +53,7 @@ class Api:
 
     async def call(self, who: Caller, method: str, request: Message) -> Any:
         self.check(who, method)
+        refuse_nul(request)  # as the API's edge does (the method is called without it)
         behaviour = self._behaviour(method)
         with calling_as(who):
             if inspect.iscoroutinefunction(behaviour):
@@ -61,6 +63,7 @@ class Api:
     async def stream(self, who: Caller, method: str, request: Message) -> AsyncGenerator[Any, None]:
         """A streaming method's messages; the calling task serves this caller only."""
         self.check(who, method)
+        refuse_nul(request)
         serve_as(who)
         async for item in self._behaviour(method)(request, None):
             yield item

@@ -275,7 +275,7 @@ class Console:
                 raise InvalidInput(f"unknown state `{shown['state']}`") from None
         selector = [shown["label"]] if shown["label"] else []
         LabelSelector.of(selector)  # refused here, in the selector's own words
-        page = _from_one(request, "page")
+        page = _from_one(request, "page", WIRE_INT_MAX // PAGE_SIZE + 1)  # its offset an int32
         message = jobs_pb2.ListJobsRequest(
             limit=PAGE_SIZE,
             offset=(page - 1) * PAGE_SIZE,
@@ -418,7 +418,7 @@ class Console:
     async def follow_logs(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each new line of a job's log, then ``end`` once it ended."""
         job_id = request.match_info["id"]
-        from_line = _from_one(request, "from")
+        from_line = _from_one(request, "from", 2**63 - 1)  # an int64
         subscription = logs_pb2.SubscribeLogsRequest(job_id=job_id, from_line=from_line, follow=True)
         who = await self._caller(request)
         stream = self.api.stream(who, "/hodei.jobs.LogStreamService/SubscribeLogs", subscription)
@@ -628,11 +628,12 @@ class Console:
         raise web.HTTPSeeOther("/dead-letters")
 
 
-def _from_one(request: web.Request, name: str) -> int:
-    """A counting query parameter (a page, a line number): 1 unless given."""
+def _from_one(request: web.Request, name: str, most: int) -> int:
+    """A counting query parameter (a page, a line number): 1 unless given; at most
+    ``most``, what the API's field takes."""
     raw = request.query.get(name, "1").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidInput(f"{name} must be a whole number from 1, got `{raw}`")
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise InvalidInput(f"{name} must be a whole number from 1 to {most}, got `{raw}`")
     return int(raw)
 
 

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from hodei.errors import (
     AlreadyExists,
@@ -68,9 +70,45 @@ def _passes(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError | asyncio.CancelledError) or type(exc).__name__ == "AbortError"
 
 
+def _nul_in(message: Message, prefix: str = "") -> str | None:
+    """The first of ``message``'s strings (its path, ``spec.labels[team]``) holding a NUL."""
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    return f"a key of {path}"
+                inner = f"{path}[{key!r}]"
+                if isinstance(item, Message):
+                    if found := _nul_in(item, inner + "."):
+                        return found
+                elif isinstance(item, str) and "\x00" in item:
+                    return inner
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for n, item in enumerate(value if field.is_repeated else [value]):
+                if found := _nul_in(item, f"{path}[{n}]." if field.is_repeated else f"{path}."):
+                    return found
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for n, item in enumerate(value if field.is_repeated else [value]):
+                if "\x00" in item:
+                    return f"{path}[{n}]" if field.is_repeated else path
+    return None
+
+
+def refuse_nul(request: object) -> None:
+    """No text a request carries may hold a NUL character, whatever the method: PostgreSQL
+    stores none (text and jsonb refuse it: the request failed as an internal error), a
+    process's arguments and environment cannot carry one, and no name, id or filter is
+    meant to. Refused here, for every method (the console's calls too), naming the field.
+    A stream of requests (a worker's) is its method's to read."""
+    if isinstance(request, Message) and (path := _nul_in(request)):
+        raise InvalidInput(f"{path} must not contain NUL (\\x00) characters")
+
+
 def rpc(method: F) -> F:
     """Wraps a servicer method — plain or generator, sync or async — so that errors reach
-    the client as statuses with a message a person can act on."""
+    the client as statuses with a message a person can act on, and a request with a NUL
+    in its text (``refuse_nul``) reaches no method."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -78,6 +116,7 @@ def rpc(method: F) -> F:
             self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[object]:
             try:
+                refuse_nul(request)
                 async for item in method(self, request, context):
                     yield item
             except Exception as exc:
@@ -92,6 +131,7 @@ def rpc(method: F) -> F:
         @functools.wraps(method)
         def stream(self: object, request: object, context: grpc.ServicerContext) -> Iterator[object]:
             try:
+                refuse_nul(request)
                 yield from method(self, request, context)
             except Exception as exc:
                 if _passes(exc) or not context.is_active():
@@ -105,6 +145,7 @@ def rpc(method: F) -> F:
         @functools.wraps(method)
         async def async_unary(self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> object:
             try:
+                refuse_nul(request)
                 return await method(self, request, context)
             except Exception as exc:
                 if _passes(exc):
@@ -116,6 +157,7 @@ def rpc(method: F) -> F:
     @functools.wraps(method)
     def unary(self: object, request: object, context: grpc.ServicerContext) -> object:
         try:
+            refuse_nul(request)
             return method(self, request, context)
         except Exception as exc:
             if _passes(exc):
