@@ -19,6 +19,7 @@ from google.protobuf.message_factory import GetMessageClass
 from hodei import _proto
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.spec import LIMITS
+from hodei.server.edge import MESSAGE_BYTES
 from hodei.testing import ServerProcess, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -131,50 +132,76 @@ def _text_fields(message: type[Message], depth: int = 0) -> Iterator[tuple[Any, 
             yield from ((field, *path) for path in _text_fields(GetMessageClass(inner), depth + 1))
 
 
-def _holding_nul(message: Message, path: tuple[Any, ...]) -> None:
+def _holding(message: Message, path: tuple[Any, ...], text: str) -> None:
     field, *rest = path
     if rest:
         inner = getattr(message, field.name)
-        _holding_nul(inner.add() if field.is_repeated else inner, tuple(rest))
+        _holding(inner.add() if field.is_repeated else inner, tuple(rest), text)
     elif field.message_type is not None:  # a map: its value, or its key when the values are messages
         entries = getattr(message, field.name)
         if field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING:
-            entries["k"] = "a\x00b"
+            entries["k"] = text
         else:
-            entries.get_or_create("a\x00b")
+            entries.get_or_create(text)
     elif field.is_repeated:
-        getattr(message, field.name).append("a\x00b")
+        getattr(message, field.name).append(text)
     else:
-        setattr(message, field.name, "a\x00b")
+        setattr(message, field.name, text)
 
 
-def first_answer(call: Any, request: Message, stream: bool) -> object:
-    answer = call(request, timeout=30)
-    return next(iter(answer)) if stream else answer
+def each_text_holding(
+    server: ServerProcess, method: MethodDescriptor, text: str
+) -> Iterator[tuple[str, grpc.StatusCode, str]]:
+    """Calls ``method`` once for each of its request's texts, that one holding ``text``:
+    (the field, the status, its message)."""
+    request_type = GetMessageClass(method.input_type)
+    with server.channel() as channel:
+        name = f"/{method.containing_service.full_name}/{method.name}"
+        call: Any = (channel.unary_stream if method.server_streaming else channel.unary_unary)(
+            name, request_serializer=request_type.SerializeToString, response_deserializer=None
+        )
+        for path in _text_fields(request_type):
+            request = request_type()
+            _holding(request, path, text)
+            try:
+                answer = call(request, timeout=30)
+                if method.server_streaming:
+                    next(iter(answer), None)
+                status, details = grpc.StatusCode.OK, ""
+            except grpc.RpcError as exc:
+                status, details = exc.code(), exc.details() or ""
+            yield ".".join(field.name for field in path), status, details
 
 
-@pytest.mark.parametrize("method", _api_methods(), ids=lambda method: method.full_name)
+API_METHODS = _api_methods()
+
+
+@pytest.mark.parametrize("method", API_METHODS, ids=lambda method: method.full_name)
 def test_a_nul_in_any_text_of_any_request_is_refused_naming_its_field(
     server: ServerProcess, database_url: str, method: MethodDescriptor
 ) -> None:
     """PostgreSQL stores no NUL (text, jsonb): a job list filtered by such a name, a pool
     looked up by one, a token revoked by one... failed as internal errors."""
-    request_type = GetMessageClass(method.input_type)
     before = written(database_url)
-    with server.channel() as channel:
-        name = f"/{method.containing_service.full_name}/{method.name}"
-        call: Any = (channel.unary_stream if method.server_streaming else channel.unary_unary)(
-            name, request_serializer=request_type.SerializeToString
-        )
-        for path in _text_fields(request_type):
-            request = request_type()
-            _holding_nul(request, path)
-            with pytest.raises(grpc.RpcError) as refused:
-                first_answer(call, request, method.server_streaming)
-            where = ".".join(field.name for field in path)
-            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (where, refused.value.details())
-            assert "must not contain NUL (\\x00) characters" in (refused.value.details() or ""), where
-            assert path[-1].name in (refused.value.details() or ""), where
+    for where, status, details in each_text_holding(server, method, "a\x00b"):
+        assert status == grpc.StatusCode.INVALID_ARGUMENT, (where, details)
+        assert "must not contain NUL (\\x00) characters" in details, where
+        assert where.rpartition(".")[2] in details, where
+    assert written(database_url) == before
+
+
+@pytest.mark.parametrize("method", API_METHODS, ids=lambda method: method.full_name)
+def test_a_huge_text_anywhere_gets_an_answer_a_client_can_read(
+    server: ServerProcess, database_url: str, method: MethodDescriptor
+) -> None:
+    """A refusal quoting what it refused (an unknown provider of 100,000 characters) was
+    too big for the status trailer: the client read RESOURCE_EXHAUSTED, "received metadata
+    size exceeds hard limit". Past every field's limit: nothing is written."""
+    before = written(database_url)
+    for where, status, details in each_text_holding(server, method, "x" * 100_000):
+        assert status not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (where, details)
+        assert "metadata size" not in details, where
+        assert len(details.encode()) <= MESSAGE_BYTES + 100, (where, len(details))
     assert written(database_url) == before
 
 

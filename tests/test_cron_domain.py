@@ -93,6 +93,9 @@ def test_the_latest_slot_and_the_next_one_enclose_every_moment(expression: str, 
         ("@every 400d", "UTC", "@every takes"),
         ("0 3 * * *", "Mars/Olympus", "time zone 'Mars/Olympus' is not known"),
         ("0 3 * * *", "../etc/passwd", "is not known"),
+        ("0 3 * * *", "America", "time zone 'America' is not known"),  # a directory of zones: was an OSError
+        ("0 3 * * *", "zone.tab", "time zone 'zone.tab' is not known"),
+        ("0 3 * * *", "x" * 300, "is not known"),  # a file name too long: was an OSError
     ],
 )
 def test_a_schedule_that_cannot_be_read_is_refused_with_what_is_wrong(expression: str, zone: str, message: str) -> None:

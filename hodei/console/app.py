@@ -63,6 +63,7 @@ from hodei.errors import (
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
 from hodei.roles import Caller
+from hodei.server.edge import brief
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
 from hodei.store.migrations import schema_problem
@@ -177,7 +178,7 @@ class Console:
             status = next((kind for error, kind in _STATUS if isinstance(exc, error)), web.HTTPInternalServerError)
             if status is web.HTTPUnauthorized and _wants_html(request) and request.method == "GET":
                 raise web.HTTPSeeOther(f"/login?next={request.path_qs}") from None
-            return self._page(request, "error.html", None, status=status.status_code, message=exc.message)
+            return self._page(request, "error.html", None, status=status.status_code, message=brief(exc.message))
 
     def _token(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")

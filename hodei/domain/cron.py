@@ -101,9 +101,11 @@ class Schedule:
         return NICKNAMES.get(text.lower(), text)
 
     def _zone(self) -> ZoneInfo:
+        """(A name the time zone database has no zone of can be a directory of them,
+        ``America``, or a file name too long for the disk: OSError.)"""
         try:
             return ZoneInfo(self.time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidInput(
                 f"time zone {self.time_zone[:64]!r} is not known (an IANA name such as UTC or Europe/Madrid)"
             ) from None

@@ -46,6 +46,11 @@ STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The most of an error's message a status carries, in UTF-8 bytes: gRPC sends it in a
+# trailer, percent-encoded (up to three bytes a byte), and a client refuses trailers past
+# 8 KiB now and then and past 16 KiB always.
+MESSAGE_BYTES = 2000
+
 
 def status_of(exc: HodeiError) -> grpc.StatusCode:
     for kind, code in STATUS:
@@ -54,11 +59,24 @@ def status_of(exc: HodeiError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def brief(message: str) -> str:
+    """``message``, its middle left out past ``MESSAGE_BYTES``: an error quoting what it
+    refused (a 20,000-character provider name) reached the client as RESOURCE_EXHAUSTED,
+    "received metadata size exceeds hard limit", not as the refusal. What it is about (its
+    beginning) and what to do (its end) stay."""
+    encoded = message.encode()
+    if len(encoded) <= MESSAGE_BYTES:
+        return message
+    head = encoded[: MESSAGE_BYTES // 2].decode(errors="ignore")
+    tail = encoded[-MESSAGE_BYTES // 2 + 100 :].decode(errors="ignore")
+    return f"{head} … ({len(message) - len(head) - len(tail)} characters left out) … {tail}"
+
+
 def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, HodeiError):
-        return status_of(exc), exc.message
+        return status_of(exc), brief(exc.message)
     log.exception("unexpected error in an RPC", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, brief(f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
