@@ -23,6 +23,7 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
+from hodei.errors import ShuttingDown
 from hodei.testing import BIN, ServerProcess, eventually, every_race_lost, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -689,6 +690,35 @@ def test_log_followers_outlive_a_server_restart_and_print_every_line_once(server
         out, errors = follower.communicate(timeout=120)
         assert follower.returncode == 0, errors
         assert out.splitlines() == [f"line {i}" for i in range(1, 17)], errors
+
+
+def test_a_stopping_server_ends_its_streams_at_once_saying_why(server: ServerProcess) -> None:
+    """A worker's stream, a log follower's and a job watcher's never end by themselves:
+    left to the stop's grace (5 s), each was cancelled after it and logged as an error
+    not handled, at every restart. Now each ends at the stop with UNAVAILABLE, which the
+    agent and the CLI take as "again, or another server": the job goes on."""
+    command = "echo started; sleep 6; echo done"
+    job_id = server.cli("job", "run", "--provider", "local", "--command", command, check=True).stdout.strip()
+    wait_running(server.database_url, job_id)
+    said_before = len(server.logs())
+    with server.channel() as channel:
+        follow = logs_pb2_grpc.LogStreamServiceStub(channel).SubscribeLogs(
+            logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
+        )
+        watch = jobs_pb2_grpc.JobExecutionServiceStub(channel).WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id))
+        next(follow), next(watch)  # both open: the line so far, the job as it is
+        server.stop()
+        for stream in (follow, watch):
+            with pytest.raises(grpc.RpcError) as ended:
+                list(stream)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value.details()
+            assert ended.value.details() == ShuttingDown().message
+    said = server.logs()[said_before:]
+    assert "Exception not handled" not in said and " ERROR " not in said, said
+    server.start()
+    wait_settled(server.database_url, job_id)
+    assert server.cli("job", "logs", job_id, check=True).stdout.splitlines() == ["started", "done"]
+    assert query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
 
 
 def test_ctrl_c_while_waiting_says_the_job_keeps_running(server: ServerProcess) -> None:

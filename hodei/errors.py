@@ -10,7 +10,8 @@
     ├── PermissionDenied      the caller's role does not allow it   -> PERMISSION_DENIED
     ├── ConcurrencyConflict   another writer saved the aggregate first (retry by reloading) -> ABORTED
     ├── LeaseLost             an outbox row was re-claimed by another relay meanwhile
-    ├── StoreUnavailable      PostgreSQL cannot be reached
+    ├── StoreUnavailable      PostgreSQL cannot be reached          -> UNAVAILABLE
+    ├── ShuttingDown          the server is stopping: its streams end -> UNAVAILABLE
     ├── ProviderError         a provider call failed (``retryable`` says whether to try again)
     │   └── ProviderUnavailable   the provider is disabled, unhealthy or not initialised
     └── StepTimeout           a saga step ran past its timeout
@@ -79,6 +80,12 @@ class ConcurrencyConflict(HodeiError):
 
 class LeaseLost(HodeiError):
     """The outbox row's lease expired and another relay claimed it."""
+
+
+class ShuttingDown(HodeiError):
+    """The server is shutting down: ask it again once it is back, or another server."""
+
+    retryable = True
 
 
 class StoreUnavailable(HodeiError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -23,6 +24,7 @@ from hodei.errors import (
     NotFound,
     PermissionDenied,
     ProviderUnavailable,
+    ShuttingDown,
     StoreUnavailable,
     Unauthenticated,
 )
@@ -39,6 +41,7 @@ STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     # Other writers kept changing what the request changes (its tries gave up): gRPC's
     # word for a lost concurrency check, which a client may retry as it is.
     (ConcurrencyConflict, grpc.StatusCode.ABORTED),
@@ -123,10 +126,49 @@ def refuse_nul(request: object) -> None:
         raise InvalidInput(f"{path} must not contain NUL (\\x00) characters")
 
 
+class Streams:
+    """The streams this process serves (a worker's, a log follower's, a job watcher's): each
+    lasts as long as what it follows, so a stopping server ends them at once (``close``)
+    with UNAVAILABLE, which every client of ours takes as "ask again, or another server";
+    left to the server's grace, each was cancelled after it, logged as an unhandled error,
+    and held the stop back those seconds."""
+
+    def __init__(self) -> None:
+        self._open: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        if self.closing:
+            raise ShuttingDown()
+        task = asyncio.current_task()
+        assert task is not None, "an async stream runs in a task"
+        self._open.add(task)
+        try:
+            yield
+        finally:
+            self._open.discard(task)
+
+    async def close(self) -> None:
+        """Ends every stream, and returns once each has sent its status: a server stopped
+        meanwhile cut some off with its own ("Cancelling all calls")."""
+        self.closing = True
+        ending = list(self._open)
+        for task in ending:
+            task.cancel()
+        if ending:
+            await asyncio.wait(ending, timeout=5)
+
+
+# One API a process: ``rpc``'s streams register here, its shutdown closes them.
+STREAMS = Streams()
+
+
 def rpc(method: F) -> F:
     """Wraps a servicer method — plain or generator, sync or async — so that errors reach
-    the client as statuses with a message a person can act on, and a request with a NUL
-    in its text (``refuse_nul``) reaches no method."""
+    the client as statuses with a message a person can act on, a request with a NUL in its
+    text (``refuse_nul``) reaches no method, and an async stream ends when the server
+    stops (``STREAMS``)."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -134,9 +176,14 @@ def rpc(method: F) -> F:
             self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[object]:
             try:
-                refuse_nul(request)
-                async for item in method(self, request, context):
-                    yield item
+                with STREAMS.serving():
+                    refuse_nul(request)
+                    async for item in method(self, request, context):
+                        yield item
+            except asyncio.CancelledError:
+                if not STREAMS.closing:
+                    raise
+                await context.abort(*_status(ShuttingDown()))
             except Exception as exc:
                 if _passes(exc):
                     raise

@@ -44,6 +44,7 @@ from hodei._proto import (
 from hodei.cli.access import add_token_commands
 from hodei.console.api import Api
 from hodei.errors import HodeiError
+from hodei.server.edge import STREAMS
 from hodei.server.preflight import Misconfigured, check_log_dir, check_peers, check_worker_address, listen_host
 from hodei.store import history, replay
 from hodei.store.db import open_pool
@@ -356,6 +357,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     await health_servicer.enter_graceful_shutdown()
     if console is not None:
         await console.cleanup()
+    await STREAMS.close()  # the grace is for calls under way: a stream never ends by itself
     await server.stop(grace=5)
 
 
