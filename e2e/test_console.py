@@ -4,6 +4,7 @@ test_console_browser.py drives the pages themselves)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from hodei.testing import (
     every_race_lost,
     query,
     refuse_new_sagas,
+    wait_running,
     wait_settled,
 )
 
@@ -586,3 +588,26 @@ def test_a_dead_letter_is_redriven_from_its_page(fresh_database_url: str, tmp_pa
         assert listed() == []
         nothing = page.post(f"{server.http_url}/dead-letters/redrive", data={})
         assert nothing.status_code == 400 and "choose the dead letters to redrive" in nothing.text
+
+
+def test_a_stopping_server_ends_the_consoles_log_streams_and_stops_at_once(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """A job's page open in a browser (its log's server-sent events) held the console's
+    stop until the job ended, or aiohttp's minute: such a server stopped only once killed.
+    Its stream now ends with the stop (the page reloads) and the job runs on."""
+    with ServerProcess(fresh_database_url, tmp_path, http=True) as server:
+        command = "echo started; sleep 120"
+        job_id = server.cli("job", "run", "--provider", "local", "--command", command, check=True).stdout.strip()
+        wait_running(fresh_database_url, job_id)
+        follow = requests.get(f"{server.http_url}/jobs/{job_id}/logs", stream=True, timeout=60)
+        lines = follow.iter_lines()
+        assert next(line for line in lines if line.startswith(b"data:")).endswith(b'"text": "started", "attempt": 1}')
+        assert server.stop() == 0  # by itself, within the helper's 20 s (not SIGKILLed)
+        rest: list[bytes] = []
+        with contextlib.suppress(requests.exceptions.ChunkedEncodingError):
+            rest += lines
+        assert b"event: end" not in rest  # cut, not ended: the job has not
+        server.start()
+        assert query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
+        server.cli("job", "cancel", job_id, check=True)

@@ -57,6 +57,7 @@ from hodei.errors import (
     NotFound,
     PermissionDenied,
     ProviderUnavailable,
+    ShuttingDown,
     StoreUnavailable,
     Unauthenticated,
 )
@@ -93,6 +94,7 @@ _STATUS: list[tuple[type[HodeiError], type[web.HTTPException]]] = [
     (ConcurrencyConflict, web.HTTPConflict),  # other writers kept changing the job: press it again
     (StoreUnavailable, web.HTTPServiceUnavailable),
     (ProviderUnavailable, web.HTTPServiceUnavailable),
+    (ShuttingDown, web.HTTPServiceUnavailable),
 ]
 
 

@@ -355,9 +355,10 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     await stop.wait()
     log.info("Shutting down")
     await health_servicer.enter_graceful_shutdown()
+    # The grace is for calls under way: a stream (the console's too) never ends by itself.
+    await STREAMS.close()
     if console is not None:
         await console.cleanup()
-    await STREAMS.close()  # the grace is for calls under way: a stream never ends by itself
     await server.stop(grace=5)
 
 
