@@ -86,12 +86,20 @@ def current(record: EventRecord) -> EventRecord:
 # registration dispatches its job in the same commit. A row costs its transaction an
 # insert and an outbox row (and, wanted, a claim and an acknowledgement), whatever it holds.
 # A job's events stay one row each: the seed procedure reads them by type (Step 6.2).
+class _Moves(NamedTuple):
+    row_type: str
+    topic: str
+    # Whether its events are packed whatever they want delivered (a saga's), or only
+    # while none of them wants a delivery (a worker's).
+    any_delivery: bool
+
+
 _MOVES = {
-    "Saga": ("SagaMoved", "hodei.domain.saga:Saga.SagaMoved"),
-    "Worker": ("WorkerMoved", "hodei.domain.worker:Worker.WorkerMoved"),
+    "Saga": _Moves("SagaMoved", "hodei.domain.saga:Saga.SagaMoved", any_delivery=True),
+    "Worker": _Moves("WorkerMoved", "hodei.domain.worker:Worker.WorkerMoved", any_delivery=False),
 }
-MOVES_TYPES = frozenset(row_type for row_type, _ in _MOVES.values())
-MOVES_TOPICS = frozenset(topic for _, topic in _MOVES.values())
+MOVES_TYPES = frozenset(moves.row_type for moves in _MOVES.values())
+MOVES_TOPICS = frozenset(moves.topic for moves in _MOVES.values())
 
 
 def runs(records: Sequence[EventRecord], delivered: Callable[[EventRecord], bool]) -> list[list[EventRecord]]:
@@ -105,14 +113,13 @@ def runs(records: Sequence[EventRecord], delivered: Callable[[EventRecord], bool
     grouped: list[list[EventRecord]] = []
     for record in records:
         last = grouped[-1][-1] if grouped else None
+        moves = _MOVES.get(record.aggregate_type)
         if (
             last is not None
+            and moves is not None
             and last.aggregate_id == record.aggregate_id
             and last.aggregate_version + 1 == record.aggregate_version
-            and (
-                record.aggregate_type == "Saga"
-                or (record.aggregate_type == "Worker" and delivered(last) and delivered(record))
-            )
+            and (moves.any_delivery or (delivered(last) and delivered(record)))
         ):
             grouped[-1].append(record)
         else:
@@ -130,8 +137,8 @@ def pack(run: Sequence[EventRecord]) -> EventRecord:
         {"event_type": r.event_type, "topic": r.topic, "occurred_at": r.occurred_at.isoformat(), "payload": r.payload}
         for r in run
     ]
-    row_type, topic = _MOVES[first.aggregate_type]
-    return first._replace(event_type=row_type, topic=topic, payload={"events": moves})
+    packed = _MOVES[first.aggregate_type]
+    return first._replace(event_type=packed.row_type, topic=packed.topic, payload={"events": moves})
 
 
 def unpack(record: EventRecord) -> list[EventRecord]:
