@@ -510,12 +510,19 @@ def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_data
         assert sorted(names("since=1h")) == ["slot-holder", "starved"] and names("since=2099-01-01") == []
         refused = listed.get(f"{server.http_url}/jobs?since=soon")
         assert refused.status_code == 400 and "since takes a duration such as 10m or 2h" in refused.text
+        refused = listed.get(f"{server.http_url}/jobs?since=99999999999999999999")  # a date's overflow: 500
+        assert (
+            refused.status_code == 400
+            and "since takes a duration that stays within the years 1 to 9999" in refused.text
+        )
         assert listed.get(f"{server.http_url}/jobs?provider=nomad").status_code == 400
         # A page past the API's offset (an int32) was an internal error (500).
         past = ("/jobs?page=999999999", "/jobs/rows?page=99999999999999999999")
         for wrong in ("/jobs?page=abc", "/jobs?page=0", f"/jobs/{holder}/logs?from=two", *past):
             refused = listed.get(server.http_url + wrong)
             assert refused.status_code == 400 and "must be a whole number from 1" in refused.text, wrong
+        refused = listed.get(f"{server.http_url}/jobs/{holder}/artifacts/{2**31}/x")  # past an int32: 500
+        assert refused.status_code == 400 and "attempt must be a whole number" in refused.text
         for wrong, field in (("name=a%00b", "name"), ("label=team%3Da%00b", "label_selector[0]")):
             refused = listed.get(f"{server.http_url}/jobs?{wrong}")  # PostgreSQL's refusal was a 500
             assert refused.status_code == 400 and f"{field} must not contain NUL" in refused.text, wrong

@@ -146,11 +146,27 @@ def _number(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> fl
     return value
 
 
-def _whole(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> int:
-    """A count (workers, bytes, rows, tries): ``_number``'s rules, and whole (`1e9` is)."""
+# The longest duration a setting takes (100 years): past it, a thread's wait (about 292
+# years) or a date (year 9999) overflows, and what was meant is "never".
+MOST_SECONDS = 100 * 365 * 86400
+
+
+def _seconds(env: Mapping[str, str], name: str, zero_allowed: bool = False) -> float:
+    """A duration in seconds: ``_number``'s rules, and at most ``MOST_SECONDS``."""
+    value = _number(env, name, zero_allowed)
+    if value > MOST_SECONDS:
+        raise InvalidInput(f"{name} must be at most {MOST_SECONDS} seconds (100 years), got `{_get(env, name)}`")
+    return value
+
+
+def _whole(env: Mapping[str, str], name: str, zero_allowed: bool = False, most: int = 2**31 - 1) -> int:
+    """A count (workers, rows, tries; ``most``: bytes): ``_number``'s rules, and whole
+    (`1e9` is)."""
     value = _number(env, name, zero_allowed)
     if value != int(value):
         raise InvalidInput(f"{name} must be a whole number, got `{_get(env, name)}`")
+    if value > most:
+        raise InvalidInput(f"{name} must be at most {most}, got `{_get(env, name)}`")
     return int(value)
 
 
@@ -298,13 +314,13 @@ def _fair_window(env: Mapping[str, str]) -> float | None:
     value = _get(env, "HODEI_QUEUE_ORDER").strip().lower()
     if value not in {"fifo", "fair"}:
         raise InvalidInput(f"HODEI_QUEUE_ORDER must be `fifo` or `fair`, got `{value}`")
-    window = _number(env, "HODEI_QUEUE_FAIR_WINDOW", zero_allowed=True)
+    window = _seconds(env, "HODEI_QUEUE_FAIR_WINDOW", zero_allowed=True)
     return window if value == "fair" else None
 
 
 def _heartbeat_timeout(env: Mapping[str, str]) -> float:
     """Longer than the interval: else every worker is lost between two of its heartbeats."""
-    interval, timeout = _number(env, "HODEI_HEARTBEAT_INTERVAL"), _number(env, "HODEI_HEARTBEAT_TIMEOUT")
+    interval, timeout = _seconds(env, "HODEI_HEARTBEAT_INTERVAL"), _seconds(env, "HODEI_HEARTBEAT_TIMEOUT")
     if timeout <= interval:
         raise InvalidInput(
             f"HODEI_HEARTBEAT_TIMEOUT ({timeout:g}s) must be longer than HODEI_HEARTBEAT_INTERVAL ({interval:g}s): "
@@ -400,7 +416,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         auth_required=_auth_required(env),
         allow_insecure=_flag(env, "HODEI_ALLOW_INSECURE"),
         tls=_tls(env),
-        secret_retention=_number(env, "HODEI_SECRET_RETENTION"),
+        secret_retention=_seconds(env, "HODEI_SECRET_RETENTION"),
         local_enabled=_flag(env, "HODEI_LOCAL_ENABLED"),
         sim_enabled=_flag(env, "HODEI_SIM_ENABLED"),
         fair_window=_fair_window(env),
@@ -408,10 +424,10 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         local_run_as=_run_as(env),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
-        max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES"),
-        max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES"),
-        log_retention=_number(env, "HODEI_LOG_RETENTION"),
-        outbox_retention=_number(env, "HODEI_OUTBOX_RETENTION"),
+        max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),
+        max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES", most=2**63 - 1),
+        log_retention=_seconds(env, "HODEI_LOG_RETENTION"),
+        outbox_retention=_seconds(env, "HODEI_OUTBOX_RETENTION"),
         max_workers={
             "local": _whole(env, "HODEI_LOCAL_MAX_WORKERS"),
             "docker": _whole(env, "HODEI_DOCKER_MAX_WORKERS"),
@@ -434,26 +450,26 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             namespace=_namespace(env),
             image_pull_policy=_pull_policy(env),
             service_account=_get(env, "HODEI_K8S_SERVICE_ACCOUNT"),
-            unschedulable_timeout=_number(env, "HODEI_K8S_UNSCHEDULABLE_TIMEOUT"),
+            unschedulable_timeout=_seconds(env, "HODEI_K8S_UNSCHEDULABLE_TIMEOUT"),
         ),
         timing=Timing(
-            heartbeat_interval=_number(env, "HODEI_HEARTBEAT_INTERVAL"),
+            heartbeat_interval=_seconds(env, "HODEI_HEARTBEAT_INTERVAL"),
             heartbeat_timeout=_heartbeat_timeout(env),
-            registration_timeout=_number(env, "HODEI_REGISTRATION_TIMEOUT"),
-            token_ttl=_number(env, "HODEI_TOKEN_TTL"),
-            kill_grace=_number(env, "HODEI_KILL_GRACE"),
-            orphan_timeout=_number(env, "HODEI_WORKER_ORPHAN_TIMEOUT"),
-            sweep_interval=_number(env, "HODEI_SWEEP_INTERVAL"),
-            reconcile_interval=_number(env, "HODEI_RECONCILE_INTERVAL"),
-            retention_interval=_number(env, "HODEI_RETENTION_INTERVAL"),
-            keep_failed_workers=_number(env, "HODEI_KEEP_FAILED_WORKERS", zero_allowed=True),
+            registration_timeout=_seconds(env, "HODEI_REGISTRATION_TIMEOUT"),
+            token_ttl=_seconds(env, "HODEI_TOKEN_TTL"),
+            kill_grace=_seconds(env, "HODEI_KILL_GRACE"),
+            orphan_timeout=_seconds(env, "HODEI_WORKER_ORPHAN_TIMEOUT"),
+            sweep_interval=_seconds(env, "HODEI_SWEEP_INTERVAL"),
+            reconcile_interval=_seconds(env, "HODEI_RECONCILE_INTERVAL"),
+            retention_interval=_seconds(env, "HODEI_RETENTION_INTERVAL"),
+            keep_failed_workers=_seconds(env, "HODEI_KEEP_FAILED_WORKERS", zero_allowed=True),
             max_heartbeats_per_second=_number(env, "HODEI_MAX_HEARTBEATS_PER_SECOND"),
-            image_pull_timeout=_number(env, "HODEI_IMAGE_PULL_TIMEOUT", zero_allowed=True),
+            image_pull_timeout=_seconds(env, "HODEI_IMAGE_PULL_TIMEOUT", zero_allowed=True),
         ),
         relay=RelayConfig(
             batch_size=_whole(env, "HODEI_RELAY_BATCH"),
-            poll_interval=_number(env, "HODEI_RELAY_POLL_INTERVAL"),
-            lease_seconds=_number(env, "HODEI_RELAY_LEASE"),
+            poll_interval=_seconds(env, "HODEI_RELAY_POLL_INTERVAL"),
+            lease_seconds=_seconds(env, "HODEI_RELAY_LEASE"),
             max_attempts=_whole(env, "HODEI_RELAY_MAX_ATTEMPTS"),
             threads=_whole(env, "HODEI_RELAY_THREADS"),
         ),

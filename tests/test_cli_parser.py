@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+import pytest
+
 from hodei.cli.main import parser
 
 
@@ -20,3 +22,24 @@ def _unexplained(command: argparse.ArgumentParser, path: tuple[str, ...]) -> Ite
 
 def test_every_option_and_argument_of_every_command_has_its_help() -> None:
     assert list(_unexplained(parser(), ("hodei-jobs-cli",))) == []
+
+
+HUGE = "99999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["job", "list", "--since", HUGE],
+        ["job", "logs", "some-job", "--since", f"{HUGE}d"],
+        ["job", "history", "some-job", "--at", HUGE],
+        ["job", "run", "--command", "true", "--begin", f"{HUGE}w"],
+    ],
+    ids=["list --since", "logs --since", "history --at", "run --begin"],
+)
+def test_a_duration_past_the_calendar_is_refused_in_words(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """It overflowed a date: the CLI died with a traceback (OverflowError)."""
+    with pytest.raises(SystemExit) as ended:
+        parser().parse_args(argv)
+    assert ended.value.code == 2
+    assert "that stays within the years 1 to 9999, got" in capsys.readouterr().err

@@ -42,6 +42,16 @@ from hodei.errors import InvalidInput
             "15",
             "HODEI_HEARTBEAT_TIMEOUT (10s) must be longer than HODEI_HEARTBEAT_INTERVAL (15s)",
         ),
+        # Past 100 years a thread's wait or a date overflowed (the retention thread died).
+        (
+            "HODEI_RETENTION_INTERVAL",
+            "1e300",
+            "HODEI_RETENTION_INTERVAL must be at most 3153600000 seconds (100 years)",
+        ),
+        ("HODEI_REGISTRATION_TIMEOUT", "1e12", "HODEI_REGISTRATION_TIMEOUT must be at most 3153600000 seconds"),
+        ("HODEI_LOCAL_MAX_WORKERS", "1e300", "HODEI_LOCAL_MAX_WORKERS must be at most 2147483647, got `1e300`"),
+        ("HODEI_RELAY_BATCH", "99999999999999999999", "HODEI_RELAY_BATCH must be at most 2147483647"),
+        ("HODEI_MAX_LOG_BYTES", "1e19", "HODEI_MAX_LOG_BYTES must be at most 9223372036854775807, got `1e19`"),
         ("HODEI_K8S_NAMESPACE", "Bad_NS", "HODEI_K8S_NAMESPACE must be a namespace's name: 1 to 63 lowercase"),
         ("HODEI_K8S_NAMESPACE", "-jobs", "beginning and ending with a letter or digit; got `-jobs`"),
         ("HODEI_K8S_NAMESPACE", "a" * 64, "HODEI_K8S_NAMESPACE must be a namespace's name"),

@@ -235,7 +235,12 @@ def _from_now(value: str, flag: str, ahead: bool) -> datetime:
     """A duration from now, back or ``ahead`` (``10m``, ``2h``, seconds), or a time (``moment``)."""
     seconds = _seconds(value)
     if seconds is not None:
-        return datetime.now(UTC) + timedelta(seconds=seconds if ahead else -seconds)
+        try:
+            return datetime.now(UTC) + timedelta(seconds=seconds if ahead else -seconds)
+        except OverflowError:  # past the calendar's years 1 to 9999 (was a traceback)
+            raise InvalidInput(
+                f"takes a duration{' from now' if ahead else ''} that stays within the years 1 to 9999, got {value!r}"
+            ) from None
     try:
         return moment(value, flag)
     except InvalidInput:

@@ -396,7 +396,9 @@ class Console:
     async def artifact(self, request: web.Request) -> web.StreamResponse:
         """One artifact's bytes, as a download named after it."""
         wanted = artifacts_pb2.ReadArtifactRequest(
-            job_id=request.match_info["id"], name=request.match_info["name"], attempt=int(request.match_info["attempt"])
+            job_id=request.match_info["id"],
+            name=request.match_info["name"],
+            attempt=_whole(request.match_info["attempt"], "attempt"),
         )
         stream = self.api.stream(await self._caller(request), ARTIFACTS + "ReadArtifact", wanted)
         try:
