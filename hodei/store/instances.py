@@ -86,13 +86,13 @@ class ServerInstances:
         """Records that this instance lives; after a lost connection, takes the lock again."""
         if self._record is None:
             return
-        try:
-            assert self._own is not None
-            with translate_errors():
-                if self._own.execute(query("instance_heartbeat"), (self.server_id,)).rowcount == 1:
-                    return
-        except Exception as exc:
-            log.warning("instance %s lost its own connection (%s); taking its lock again", self.server_id, exc)
+        if self._own is not None:  # None: the last try to take the lock again failed (and said so)
+            try:
+                with translate_errors():
+                    if self._own.execute(query("instance_heartbeat"), (self.server_id,)).rowcount == 1:
+                        return
+            except Exception as exc:
+                log.warning("instance %s lost its own connection (%s); taking its lock again", self.server_id, exc)
         self._hold()  # a peer took it for dead (or the row went): come back
 
     def deregister(self) -> None:
