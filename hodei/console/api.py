@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from hodei.errors import HodeiError, PermissionDenied
 from hodei.roles import Caller, Role, rule_of
 from hodei.server.access import Gatekeeper, calling_as, serve_as
-from hodei.server.edge import STREAMS, refuse_nul
+from hodei.server.edge import refuse_nul
 
 
 class Api:
@@ -65,9 +65,8 @@ class Api:
         self.check(who, method)
         refuse_nul(request)
         serve_as(who)
-        with STREAMS.serving():  # a stopping server ends it (its page reloads)
-            async for item in self._behaviour(method)(request, None):
-                yield item
+        async for item in self._behaviour(method)(request, None):
+            yield item
 
 
 def _metadata(token: str | None) -> list[tuple[str, str]]:

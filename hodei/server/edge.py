@@ -127,11 +127,12 @@ def refuse_nul(request: object) -> None:
 
 
 class Streams:
-    """The streams this process serves (a worker's, a log follower's, a job watcher's): each
-    lasts as long as what it follows, so a stopping server ends them at once (``close``)
-    with UNAVAILABLE, which every client of ours takes as "ask again, or another server";
-    left to the server's grace, each was cancelled after it, logged as an unhandled error,
-    and held the stop back those seconds."""
+    """The streams this process serves that last as long as what they follow (a worker's,
+    a log follower's, a job watcher's; each enters ``serving``): a stopping server ends
+    them at once (``close``) with UNAVAILABLE, which every client of ours takes as "ask
+    again, or another server"; left to the server's grace, each was cancelled after it,
+    logged as an unhandled error, and held the stop back those seconds. A stream that ends
+    by itself (an artifact's download) has the grace, and is ended the same way after it."""
 
     def __init__(self) -> None:
         self._open: set[asyncio.Task[Any]] = set()
@@ -160,15 +161,15 @@ class Streams:
             await asyncio.wait(ending, timeout=5)
 
 
-# One API a process: ``rpc``'s streams register here, its shutdown closes them.
+# One API a process: its following streams register here, its shutdown closes them.
 STREAMS = Streams()
 
 
 def rpc(method: F) -> F:
     """Wraps a servicer method — plain or generator, sync or async — so that errors reach
     the client as statuses with a message a person can act on, a request with a NUL in its
-    text (``refuse_nul``) reaches no method, and an async stream ends when the server
-    stops (``STREAMS``)."""
+    text (``refuse_nul``) reaches no method, and an async stream a stopping server ends
+    (``STREAMS``) says why."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
@@ -176,10 +177,9 @@ def rpc(method: F) -> F:
             self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[object]:
             try:
-                with STREAMS.serving():
-                    refuse_nul(request)
-                    async for item in method(self, request, context):
-                        yield item
+                refuse_nul(request)
+                async for item in method(self, request, context):
+                    yield item
             except asyncio.CancelledError:
                 if not STREAMS.closing:
                     raise

@@ -37,7 +37,7 @@ from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
 from hodei.server.access import caller
 from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
-from hodei.server.edge import rpc
+from hodei.server.edge import STREAMS, rpc
 from hodei.server.submission import Submission, earlier, first_answer
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
@@ -334,7 +334,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         """A task, not a thread, per watcher: reads go to the I/O threads, waits are free."""
         row = await asyncio.to_thread(self.reads.job, request.job_id)
-        with self.signals.async_waiter(str(row.id)) as waiter:
+        with STREAMS.serving(), self.signals.async_waiter(str(row.id)) as waiter:
             last = None
             while True:
                 row = await asyncio.to_thread(self.reads.job, request.job_id)

@@ -24,7 +24,7 @@ from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, WorkerState
 from hodei.errors import InvalidInput, NoSuchAttempt, StoreUnavailable
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore, file_size
-from hodei.server.edge import rpc
+from hodei.server.edge import STREAMS, rpc
 from hodei.signals import Signals
 from hodei.store.readmodels import JobRow, ReadModels
 
@@ -182,7 +182,11 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         job_id = _wanted(await asyncio.to_thread(self.reads.job, request.job_id), request)
         from_line, cursor = await asyncio.to_thread(self._first_line, job_id, request)
         path = self.logs.path(job_id)
-        with self.signals.async_waiter(f"log:{job_id}", job_id) as waiter, self._ends.following(job_id):
+        with (
+            STREAMS.serving(),
+            self.signals.async_waiter(f"log:{job_id}", job_id) as waiter,
+            self._ends.following(job_id),
+        ):
             ended, checked, poll = False, 0.0, FOLLOW_POLL
             need_since: float | None = time.monotonic()
             while True:

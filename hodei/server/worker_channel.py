@@ -37,7 +37,7 @@ from hodei.providers.registry import ProviderRegistry
 from hodei.sagas.engine import SagaEngine
 from hodei.sagas.routes import only_pokes
 from hodei.server.artifacts_api import artifact_message, artifact_pieces
-from hodei.server.edge import rpc
+from hodei.server.edge import STREAMS, rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_one
@@ -187,7 +187,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         metadata = _metadata(context)
         worker_id = metadata.get("x-hodei-worker-id", "")
         # Deaf to its own writes (the job accepted, its result): they change nothing it acts on.
-        with self.signals.async_waiter(worker_id, deaf_to=worker_actor(worker_id)) as waiter:
+        with STREAMS.serving(), self.signals.async_waiter(worker_id, deaf_to=worker_actor(worker_id)) as waiter:
             worker, state = await asyncio.to_thread(self._open, metadata, waiter)
             if self._poller is None:
                 self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
