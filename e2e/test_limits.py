@@ -211,6 +211,8 @@ def test_the_cli_refuses_over_limit_input_before_sending(server: ServerProcess, 
         (("--cpu", "1e308"), "cpu cores must be between 0"),
         (("--timeout", "1e-9"), "timeout must be at least 1 second"),
         (("--memory", str(2**62)), "memory must be between 0"),
+        (("--memory", "9" * 400), "--memory `99999999999999999999999999999999…` is past any size"),  # was int(inf)
+        (("--begin", "9" * 30 + "d"), "a duration from now that stays within the years 1 to 9999"),  # was a traceback
         (("--secret", "API_KEY=ab"), "secret API_KEY is shorter than 4 characters"),
         (("--secret", "NOEQUALS"), "malformed --secret `NOEQUALS…`"),
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -199,7 +200,12 @@ def parse_memory(value: str | None) -> int:
     match = _SIZE.match(value.strip())
     if not match:
         raise InvalidInput(f"malformed --memory `{value}`: use bytes or a unit such as 512Mi or 1G")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+    number = float(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+    if not math.isfinite(number):  # hundreds of digits: int() of it was a traceback
+        raise InvalidInput(
+            f"--memory `{value[:32]}…` is past any size: at most {LIMITS.max_memory_bytes} bytes (1 TiB)"
+        )
+    return int(number)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$", re.IGNORECASE)
