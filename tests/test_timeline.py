@@ -55,6 +55,9 @@ def test_bars_share_one_axis_and_mark_what_failed() -> None:
     assert running.running and running.seconds == 5.0 and running.x == LABEL + 5 * scale
     assert execution.y > provisioning.y and drawn.height > execution.y
     assert [tick.label for tick in drawn.ticks][:3] == ["0ms", "2s", "4s"]
+    # The axis's last label, at its end, is drawn left of its line: right of it, it was cut off.
+    assert (drawn.ticks[-1].label, drawn.ticks[-1].anchor) == ("10s", "end")
+    assert {tick.anchor for tick in drawn.ticks[:-1]} == {"start"}
 
 
 def test_no_saga_yet_is_an_empty_picture() -> None:

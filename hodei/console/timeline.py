@@ -14,6 +14,7 @@ LANE = 34
 BAR = 20
 TOP = 24
 MIN_BAR = 3.0
+TICK_LABEL = 40  # the room a tick's label takes ("1.5min" at the ticks' 10 px)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Lane:
 class Tick:
     x: float
     label: str
+    # "end" near the right edge: its label goes left of its line (drawn right of it, the
+    # last one, at the axis's end, was cut off by the picture's edge).
+    anchor: str = "start"
 
 
 @dataclass(frozen=True)
@@ -111,5 +115,9 @@ def timeline(sagas: list[dict[str, Any]], now: datetime) -> Timeline:
             )
         lanes.append(Lane(f"{saga['saga_type']} #{saga['attempt']}", saga["state"], y, bars, not_started))
     size = _step_size(span)
-    ticks = [Tick(LABEL + i * size * scale, _tick_label(i * size)) for i in range(int(span / size) + 1)]
+    ticks = [_tick(LABEL + i * size * scale, _tick_label(i * size)) for i in range(int(span / size) + 1)]
     return Timeline(WIDTH, TOP + len(sagas) * LANE + 10, lanes, ticks, span)
+
+
+def _tick(x: float, label: str) -> Tick:
+    return Tick(x, label, "end" if x + TICK_LABEL > WIDTH else "start")
