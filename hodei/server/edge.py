@@ -92,7 +92,7 @@ def _passes(exc: BaseException) -> bool:
 
 
 def _nul_in(message: Message, prefix: str = "") -> str | None:
-    """The first of ``message``'s strings (its path, ``spec.labels[team]``) holding a NUL."""
+    """The first of ``message``'s strings holding a NUL, by its path (``spec.labels['team']``)."""
     for field, value in message.ListFields():
         path = prefix + field.name
         if field.message_type is not None and field.message_type.GetOptions().map_entry:

@@ -355,7 +355,8 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     await stop.wait()
     log.info("Shutting down")
     await health_servicer.enter_graceful_shutdown()
-    # The grace is for calls under way: a stream (the console's too) never ends by itself.
+    # A following stream (a worker's, a log follower's, the console's log pages) never ends
+    # by itself: ended first. The grace is for calls under way.
     await STREAMS.close()
     if console is not None:
         await console.cleanup()
