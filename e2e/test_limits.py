@@ -126,9 +126,12 @@ def _text_fields(message: type[Message], depth: int = 0) -> Iterator[tuple[Any, 
     """Paths to each string field of a message, a map of strings, or in the messages it holds."""
     for field in message.DESCRIPTOR.fields:
         inner: Any = field.message_type
-        if field.type == FieldDescriptor.TYPE_STRING or (inner is not None and inner.GetOptions().map_entry):
+        text_map = inner is not None and inner.GetOptions().map_entry
+        if field.type == FieldDescriptor.TYPE_STRING or (
+            text_map and inner.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING
+        ):
             yield (field,)
-        elif inner is not None and depth < 3 and not inner.full_name.startswith("google.protobuf."):
+        elif inner is not None and not text_map and depth < 3 and not inner.full_name.startswith("google.protobuf."):
             yield from ((field, *path) for path in _text_fields(GetMessageClass(inner), depth + 1))
 
 
@@ -137,12 +140,8 @@ def _holding(message: Message, path: tuple[Any, ...], text: str) -> None:
     if rest:
         inner = getattr(message, field.name)
         _holding(inner.add() if field.is_repeated else inner, tuple(rest), text)
-    elif field.message_type is not None:  # a map: its value, or its key when the values are messages
-        entries = getattr(message, field.name)
-        if field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING:
-            entries["k"] = text
-        else:
-            entries.get_or_create(text)
+    elif field.message_type is not None:  # a map of strings: its value
+        getattr(message, field.name)["k"] = text
     elif field.is_repeated:
         getattr(message, field.name).append(text)
     else:
