@@ -4,6 +4,7 @@ nobody, by a worker credential and by a token of each role; tokens made with the
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import json
@@ -16,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+import requests
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
@@ -29,7 +31,7 @@ from hodei._proto import (
     worker_pb2,
 )
 from hodei.roles import RULES, Gate, Role, rule_of
-from hodei.testing import BIN, ServerProcess, eventually, query
+from hodei.testing import BIN, Cli, ServerProcess, eventually, query
 
 pytestmark = pytest.mark.e2e
 # Every generated module of the API (a service added later is walked too).
@@ -305,6 +307,49 @@ def test_revoked_and_expired_tokens_are_refused_at_once(
 
     brief = create_token(database_url, "brief", "read", "--expires", "1s")
     eventually(lambda: "expired" in server.cli("--token", brief, "whoami").stderr, 10, 0.2, "the token to expire")
+
+
+def test_a_revoked_or_expired_token_ends_the_streams_it_opened(fresh_database_url: str, tmp_path: Path) -> None:
+    """A token is looked up when a call begins: a `job logs --follow`, a `job watch` or a
+    console's log page opened before its token was revoked read on for as long as the
+    job ran. Each now ends within seconds, refused as a new call would be; the streams of
+    other tokens go on."""
+    admin = create_token(fresh_database_url, "admin", "admin")
+    doomed = create_token(fresh_database_url, "doomed", "read")
+    with ServerProcess(fresh_database_url, tmp_path, http=True, token=admin) as server:
+        ran = server.cli("job", "run", "--provider", "local", "--command", "echo started; sleep 120", check=True)
+        job_id = ran.stdout.strip()
+        reader = Cli(server.address, ("--token", doomed))
+        follow, watch = reader.spawn("job", "logs", "--follow", job_id), reader.spawn("job", "watch", job_id)
+        kept = server.spawn("job", "logs", "--follow", job_id)
+        for process in (follow, watch, kept):  # each stream open: its first line printed
+            assert process.stdout is not None and process.stdout.readline()
+        bearer = {"Authorization": f"Bearer {doomed}"}
+        page = requests.get(f"{server.http_url}/jobs/{job_id}/logs", headers=bearer, stream=True, timeout=60)
+        lines = page.iter_lines()
+        assert b'"text": "started"' in next(line for line in lines if line.startswith(b"data:"))
+
+        server.cli("token", "revoke", "doomed", check=True)
+        for process in (follow, watch):
+            _, said = process.communicate(timeout=60)
+            assert process.returncode != 0
+            assert "UNAUTHENTICATED" in said and "the API token `doomed` was revoked at" in said, said
+        rest: list[bytes] = []
+        with contextlib.suppress(requests.exceptions.ChunkedEncodingError):
+            rest += lines
+        assert b"event: end" not in rest  # cut: the page reloads, and is sent to sign in
+        assert kept.poll() is None
+        assert "stream(s): the API token `doomed` was revoked" in server.logs()
+
+        brief = create_token(fresh_database_url, "brief", "read", "--expires", "8s")
+        watch = Cli(server.address, ("--token", brief)).spawn("job", "watch", job_id)
+        assert watch.stdout is not None and watch.stdout.readline()
+        _, said = watch.communicate(timeout=60)
+        assert "the API token `brief` expired at" in said, said
+        assert kept.poll() is None
+        kept.kill()
+        kept.communicate()
+        server.cli("job", "cancel", job_id, check=True)
 
 
 def test_tokens_through_the_api_and_the_cli_settings(

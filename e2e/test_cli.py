@@ -37,16 +37,6 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     print(process.logs()[-5000:])
 
 
-def cli_process(server: ServerProcess, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(BIN / "hodei-jobs-cli"), "--server", server.address, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"},
-    )
-
-
 def test_at_latest_is_the_newest_job(server: ServerProcess) -> None:
     """First in this module: its database has no job yet."""
     none = server.cli("job", "get", "@latest")
@@ -444,7 +434,7 @@ def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess
         "job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1", "--hold", check=True
     )
     job_id = submitted.stdout.strip()
-    watcher = cli_process(server, "job", "watch", job_id)
+    watcher = server.spawn("job", "watch", job_id)
     try:
         assert watcher.stdout is not None
         first = watcher.stdout.readline().rstrip("\n")
@@ -506,7 +496,7 @@ def test_following_one_attempt_ends_when_the_next_begins(server: ServerProcess, 
     )
     job_id = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "1", "--retry-backoff", "0.1").stdout
     job_id = job_id.strip()
-    follower = cli_process(server, "job", "logs", job_id, "--attempt", "1", "--follow")
+    follower = server.spawn("job", "logs", job_id, "--attempt", "1", "--follow")
     out, _ = follower.communicate(timeout=60)
     assert (follower.returncode, out) == (0, "try 1\n")
     ((state, attempt),) = query(server.database_url, "SELECT state, attempt FROM jobs WHERE id = %s", (job_id,))
@@ -540,9 +530,7 @@ def test_job_get_and_job_run_say_where_a_queued_job_waits_and_why(server: Server
             assert "Waiting:" not in server.cli("job", "get", holder.stdout.strip(), check=True).stdout
             assert "waiting" not in server.cli("-o", "json", "job", "get", queued, check=True).stdout.lower()
             # `job run --follow` of a job that waits says so once, on stderr, and then streams its output.
-            follower = cleanup.enter_context(
-                cli_process(server, "job", "run", "-p", "local", "-c", "echo ran", "--follow")
-            )
+            follower = cleanup.enter_context(server.spawn("job", "run", "-p", "local", "-c", "echo ran", "--follow"))
             cleanup.callback(follower.kill)  # first: a follower still waiting is not waited for
             said: list[str] = []
             assert follower.stdout is not None and follower.stderr is not None
@@ -590,7 +578,7 @@ def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerPr
         "job", "run", "-p", "local", "-c", f"seq 1 5; while [ ! -e {go} ]; do sleep 0.1; done; echo later", check=True
     ).stdout.strip()
     eventually(lambda: server.cli("job", "logs", running).stdout == "1\n2\n3\n4\n5\n", 30)
-    follower = cli_process(server, "job", "logs", running, "--tail", "2", "--follow")
+    follower = server.spawn("job", "logs", running, "--tail", "2", "--follow")
     assert follower.stdout is not None
     assert [follower.stdout.readline(), follower.stdout.readline()] == ["4\n", "5\n"]
     go.touch()
@@ -659,7 +647,7 @@ def test_tables_never_cut_an_id_even_on_a_narrow_terminal(server: ServerProcess)
 
 def waiting_for(server: ServerProcess, command: str) -> tuple[subprocess.Popen[str], str]:
     """`job run --wait` in its own process, once its job runs; and the job's id."""
-    waiting = cli_process(server, "job", "run", "--provider", "local", "--command", command, "--wait")
+    waiting = server.spawn("job", "run", "--provider", "local", "--command", command, "--wait")
     assert waiting.stdout is not None
     job_id = waiting.stdout.readline().strip()
     wait_running(server.database_url, job_id)
@@ -678,10 +666,10 @@ def test_wait_survives_a_server_restart_and_ends_with_the_jobs_exit_code(server:
 
 def test_log_followers_outlive_a_server_restart_and_print_every_line_once(server: ServerProcess) -> None:
     command = "for i in $(seq 1 16); do echo line $i; sleep 0.5; done"
-    running = cli_process(server, "job", "run", "--provider", "local", "--command", command, "--follow")
+    running = server.spawn("job", "run", "--provider", "local", "--command", command, "--follow")
     job_id = server.cli("job", "run", "--provider", "local", "--command", command, check=True).stdout.strip()
     wait_running(server.database_url, job_id)
-    following = cli_process(server, "job", "logs", "--id", job_id, "--follow")
+    following = server.spawn("job", "logs", "--id", job_id, "--follow")
     time.sleep(3)  # a few lines out first
     server.stop(signal.SIGKILL)
     time.sleep(2)

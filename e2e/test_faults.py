@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from e2e.test_cli import cli_process
 from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
@@ -296,7 +295,7 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
         # the sweeps have found every pooled connection broken, so the call waits for one);
         # `job run` says so and sends its request again until PostgreSQL is back.
         time.sleep(15)
-        during = cli_process(server, *RUN_DURING)
+        during = server.spawn(*RUN_DURING)
         assert during.stderr is not None
         said = during.stderr.readline()
         assert said.startswith("[hodei] no answer to the submission (PostgreSQL is unavailable"), said

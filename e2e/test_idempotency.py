@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from e2e.test_cli import cli_process
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.testing import ServerProcess, query
 
@@ -136,7 +135,7 @@ def test_a_run_whose_answer_was_lost_sends_it_again_and_submits_one_job(
     the job the first try submitted, and waits for it."""
     crashing = ServerProcess(fresh_database_url, tmp_path, {"HODEI_FAULT": "submit-committed"}).start()
     try:
-        running = cli_process(crashing, *RUN_LOST)
+        running = crashing.spawn(*RUN_LOST)
         assert crashing.process is not None
         crashing.process.wait(timeout=60)  # killed itself at the point
         assert jobs_of(fresh_database_url, "echo lost answer") != []

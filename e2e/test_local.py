@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -17,7 +16,7 @@ import pytest
 import requests
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
-from hodei.testing import BIN, ServerProcess, eventually, query, wait_running, wait_settled, wait_terminal
+from hodei.testing import ServerProcess, eventually, query, wait_running, wait_settled, wait_terminal
 
 LOCAL_ID = "33333333-3333-3333-3333-333333333333"
 pytestmark = pytest.mark.e2e
@@ -162,12 +161,7 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
     for job_id in jobs.values():
         eventually(partial(started, job_id), 30)
     refuses_bad_graces(server, database_url, next(iter(jobs.values())))
-    follower = subprocess.Popen(
-        [str(BIN / "hodei-jobs-cli"), "--server", server.address, "job", "logs", jobs["--grace", "30s"], "--follow"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HODEI_CONFIG": "/nonexistent/hodei.toml"},
-    )
+    follower = server.spawn("job", "logs", jobs["--grace", "30s"], "--follow")
     assert follower.stdout is not None and follower.stdout.readline() == "started\n"  # it follows
     for how, job_id in jobs.items():
         assert "CANCELLED (Status Code: 6)" in server.cli("job", "cancel", job_id, *how, check=True).stderr

@@ -58,6 +58,9 @@ class Caller:
     name: str
     role: Role
     authenticated: bool = True
+    # The SHA-256 of the API token shown: a stream that outlasts its call is held to the
+    # token again while it lasts (``hodei.server.access.end_refused_streams``).
+    credential: str | None = None
 
     def may(self, needed: Role) -> bool:
         return self.role.allows(needed)

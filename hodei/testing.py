@@ -344,15 +344,24 @@ class Cli:
 
     def cli(self, *args: str, timeout: float = 120.0, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(BIN / "hodei-jobs-cli"), "--server", self.address, *self.options, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"},
+            self._command(args), capture_output=True, text=True, timeout=timeout, env=self._environment()
         )
         if check and result.returncode != 0:
             raise AssertionError(f"hodei-jobs-cli {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """``hodei-jobs-cli`` left running (a follower, a watcher), its output in pipes."""
+        return subprocess.Popen(
+            self._command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._environment()
+        )
+
+    def _command(self, args: tuple[str, ...]) -> list[str]:
+        return [str(BIN / "hodei-jobs-cli"), "--server", self.address, *self.options, *args]
+
+    @staticmethod
+    def _environment() -> dict[str, str]:
+        return {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "HODEI_CONFIG": "/nonexistent/hodei.toml"}
 
     def logged(self, job_id: str, text: str, times: int = 1) -> str:
         """Waits until `job logs` shows ``text`` ``times`` times (on its stdout: the command's

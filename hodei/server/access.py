@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -20,13 +21,17 @@ from psycopg_pool import ConnectionPool
 
 from hodei.errors import HodeiError, PermissionDenied, Unauthenticated
 from hodei.roles import NOBODY_CHECKED, Caller, Gate, Role, rule_of
-from hodei.server.edge import status_of
+from hodei.server.edge import STREAMS, Streams, status_of
 from hodei.store.api_tokens import HOW_TO_GET_ONE, ApiTokens
 from hodei.store.db import command_transaction
+
+log = logging.getLogger(__name__)
 
 _CALLER: ContextVar[Caller] = ContextVar("hodei_caller")
 HEADER = "authorization"
 SCHEME = "bearer "
+# How often the tokens of open streams are looked at again.
+RECHECK_SECONDS = 5.0
 TOKEN_NEEDED = (
     'this server requires an API token: set HODEI_TOKEN, pass --token, or put `token = "…"` in '
     f"~/.config/hodei/config.toml; {HOW_TO_GET_ONE}"
@@ -163,3 +168,25 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
     }
     guarded: grpc.RpcMethodHandler[Any, Any] = handler._replace(**replaced)
     return guarded
+
+
+async def end_refused_streams(tokens: ApiTokens, streams: Streams = STREAMS, every: float = RECHECK_SECONDS) -> None:
+    """Ends, within ``every`` seconds, each open stream whose API token was revoked or has
+    expired since the stream began, with the refusal a new call would get: the token is
+    looked up when a call begins, and a `job logs --follow` or `job watch` (or a console's
+    log page) begun before would read on for as long as its job ran. One query a round,
+    for the tokens of every stream open in this process; none while none is open."""
+    while True:
+        await asyncio.sleep(every)
+        held = streams.credentials()
+        if not held:
+            continue
+        try:
+            refused = await asyncio.to_thread(tokens.refusals, held)
+        except HodeiError as exc:
+            log.debug("could not look at the API tokens of open streams again: %s", exc.message)
+            continue
+        for credential, why in refused.items():
+            ended = streams.end(credential, why)
+            if ended:
+                log.info("ended %d stream(s): %s", ended, why.message)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -28,6 +29,7 @@ from hodei.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from hodei.roles import Caller
 
 log = logging.getLogger(__name__)
 
@@ -132,23 +134,45 @@ class Streams:
     them at once (``close``) with UNAVAILABLE, which every client of ours takes as "ask
     again, or another server"; left to the server's grace, each was cancelled after it,
     logged as an unhandled error, and held the stop back those seconds. A stream that ends
-    by itself (an artifact's download) has the grace, and is ended the same way after it."""
+    by itself (an artifact's download) has the grace, and is ended the same way after it.
+    The streams of one API token end alone (``end``) once it is revoked or expired."""
 
     def __init__(self) -> None:
-        self._open: set[asyncio.Task[Any]] = set()
+        # Each open stream's task, and the API token (``Caller.credential``) it serves.
+        self._open: dict[asyncio.Task[Any], str | None] = {}
+        self._ended: weakref.WeakKeyDictionary[asyncio.Task[Any], HodeiError] = weakref.WeakKeyDictionary()
         self.closing = False
 
     @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
+    def serving(self, who: Caller | None = None) -> Iterator[None]:
+        """``who``: the API caller the stream serves (a worker's stream: None)."""
         if self.closing:
             raise ShuttingDown()
         task = asyncio.current_task()
         assert task is not None, "an async stream runs in a task"
-        self._open.add(task)
+        self._open[task] = None if who is None else who.credential
         try:
             yield
         finally:
-            self._open.discard(task)
+            self._open.pop(task, None)
+
+    def credentials(self) -> set[str]:
+        """The API tokens the open streams serve."""
+        return {credential for credential in self._open.values() if credential is not None}
+
+    def end(self, credential: str, why: HodeiError) -> int:
+        """Ends each open stream of this API token, saying ``why``; how many it ended."""
+        ending = [task for task, serves in self._open.items() if serves == credential]
+        for task in ending:
+            self._ended[task] = why
+            task.cancel()
+        return len(ending)
+
+    def why_ended(self, task: asyncio.Task[Any] | None) -> HodeiError | None:
+        """Why the stream of ``task`` was cancelled, if it was ended here; None if its
+        client went away."""
+        why = self._ended.pop(task, None) if task is not None else None
+        return ShuttingDown() if why is None and self.closing else why
 
     async def close(self) -> None:
         """Ends every stream, and returns once each has sent its status: a server stopped
@@ -181,9 +205,10 @@ def rpc(method: F) -> F:
                 async for item in method(self, request, context):
                     yield item
             except asyncio.CancelledError:
-                if not STREAMS.closing:
+                why = STREAMS.why_ended(asyncio.current_task())
+                if why is None:
                     raise
-                await context.abort(*_status(ShuttingDown()))
+                await context.abort(*_status(why))
             except Exception as exc:
                 if _passes(exc):
                     raise

@@ -334,7 +334,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         """A task, not a thread, per watcher: reads go to the I/O threads, waits are free."""
         row = await asyncio.to_thread(self.reads.job, request.job_id)
-        with STREAMS.serving(), self.signals.async_waiter(str(row.id)) as waiter:
+        with STREAMS.serving(caller()), self.signals.async_waiter(str(row.id)) as waiter:
             last = None
             while True:
                 row = await asyncio.to_thread(self.reads.job, request.job_id)

@@ -24,6 +24,7 @@ from hodei.domain.job import JobState
 from hodei.domain.worker import LIVE_STATES, WorkerState
 from hodei.errors import InvalidInput, NoSuchAttempt, StoreUnavailable
 from hodei.logs import STDERR, Cursor, LogEntry, LogStore, file_size
+from hodei.server.access import caller
 from hodei.server.edge import STREAMS, rpc
 from hodei.signals import Signals
 from hodei.store.readmodels import JobRow, ReadModels
@@ -183,7 +184,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         from_line, cursor = await asyncio.to_thread(self._first_line, job_id, request)
         path = self.logs.path(job_id)
         with (
-            STREAMS.serving(),
+            STREAMS.serving(caller()),
             self.signals.async_waiter(f"log:{job_id}", job_id) as waiter,
             self._ends.following(job_id),
         ):

@@ -323,7 +323,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     database work on IO_THREADS."""
     from hodei_worker.runner import reuse_freed_memory
 
-    from hodei.server.access import Gatekeeper
+    from hodei.server.access import Gatekeeper, end_refused_streams
 
     reuse_freed_memory()  # artifacts cross this process in pieces of a few MiB
     cfg = runtime.config
@@ -349,12 +349,14 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
         loop.add_signal_handler(signum, stop.set)
     runtime.start(address)
     await server.start()
+    token_watch = asyncio.create_task(end_refused_streams(tokens))
     _settle_collector()
     log.info("  ✓ Saga orchestrator, outbox relay and sweeper started")
     log.info("Serving hodei.jobs on %s", address)
     await stop.wait()
     log.info("Shutting down")
     await health_servicer.enter_graceful_shutdown()
+    token_watch.cancel()
     # A following stream (a worker's, a log follower's, the console's log pages) never ends
     # by itself: ended first. The grace is for calls under way.
     await STREAMS.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -90,13 +91,29 @@ class ApiTokens:
         return bool(fetch_value(self.pool, "any_api_token"))
 
     def authenticate(self, secret: str) -> Caller:
-        found = fetch_one(self.pool, "find_api_token", (token_hash(secret),), _Found)
+        credential = token_hash(secret)
+        found = fetch_one(self.pool, "find_api_token", (credential,), _Found)
         if found is None:
             raise Unauthenticated(
                 f"the API token was not recognised (mistyped, or from another server): {HOW_TO_GET_ONE}"
             )
-        if found.revoked_at is not None:
-            raise Unauthenticated(f"the API token `{found.name}` was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S%z}")
         if not found.usable:
-            raise Unauthenticated(f"the API token `{found.name}` expired at {found.expires_at:%Y-%m-%d %H:%M:%S%z}")
-        return Caller(found.name, Role(found.role))
+            raise _refusal(found)
+        return Caller(found.name, Role(found.role), credential=credential)
+
+    def refusals(self, credentials: Collection[str]) -> dict[str, Unauthenticated]:
+        """Of these credentials (``Caller.credential``), each one refused by now, with the
+        refusal a new call with it would get."""
+        found = fetch_all(self.pool, "unusable_api_tokens", (list(credentials),), _Unusable)
+        return {row.token_hash: _refusal(row) for row in found}
+
+
+@dataclass(frozen=True)
+class _Unusable(_Found):
+    token_hash: str
+
+
+def _refusal(found: _Found) -> Unauthenticated:
+    if found.revoked_at is not None:
+        return Unauthenticated(f"the API token `{found.name}` was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S%z}")
+    return Unauthenticated(f"the API token `{found.name}` expired at {found.expires_at:%Y-%m-%d %H:%M:%S%z}")

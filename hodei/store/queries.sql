@@ -730,6 +730,14 @@ SELECT name, role, created_by, created_at, expires_at, revoked_at,
        revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS usable
 FROM hodei.api_tokens WHERE token_hash = %s;
 
+-- name: unusable_api_tokens
+-- Of these hashes (the tokens of the streams a server has open), the tokens revoked or
+-- expired by now, and their hashes. A hash no longer in the table is not answered.
+SELECT token_hash, name, role, created_by, created_at, expires_at, revoked_at, false AS usable
+FROM hodei.api_tokens
+WHERE token_hash = ANY(%s::text[])
+  AND NOT (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()));
+
 -- name: any_api_token
 SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
 
