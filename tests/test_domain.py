@@ -296,6 +296,10 @@ DIGEST = "@sha256:" + "ab" * 32
         ("busybox", True),
         ("python:3.12-slim", True),
         ("registry.example.com:5000/team/tool_x/y:1.4", True),
+        ("localhost:65535/tool", True),
+        ("localhost:65536/tool", False),  # past the last port
+        ("localhost:0/tool", False),
+        ("localhost:08/tool", True),  # Docker reads it as 8
         (f"ghcr.io/org/app{DIGEST}", True),
         (f"app:2{DIGEST}", True),
         ("Python:3", False),  # upper case in the path

@@ -429,9 +429,11 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
 
 
 # A Docker image reference: [registry[:port]/]path[:tag][@digest], path components in
-# lower case (the distribution project's grammar, without its corner cases).
+# lower case (the distribution project's grammar, without its corner cases), a port from
+# 1 to 65535.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _IMAGE = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
+    rf"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::0*{_PORT})?/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
