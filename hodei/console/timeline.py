@@ -56,6 +56,7 @@ class Timeline:
     lanes: list[Lane]
     ticks: list[Tick]
     seconds: float
+    bar_height: int = BAR
 
 
 def _moment(value: str | None) -> datetime | None:
