@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,29 @@ def test_a_job_sees_only_its_own_environment(request: pytest.FixtureRequest, pro
     assert "AGENT-ENV-HIDDEN" in output
     if provider == "docker":  # the agent is PID 1 there
         assert "PID1-ENV-READABLE" not in output
+
+
+def test_a_local_job_cannot_read_the_logs_of_other_jobs(fresh_database_url: str) -> None:
+    """Local jobs run on the server's host: with the default /tmp/hodei-logs made 0755,
+    any of them read every job's output there, of any submitter on any provider. The
+    server keeps its log directory to its own user, and says so when it takes rights away."""
+    shared = Path(tempfile.mkdtemp(prefix="hodei-open-"))
+    try:
+        log_dir = shared / "logs"
+        log_dir.mkdir()
+        for directory in (shared, log_dir):
+            directory.chmod(0o755)
+        with ServerProcess(fresh_database_url, log_dir) as server:
+            private = run(server, "local", "echo private-output", "--wait")
+            probe = f"ls {log_dir} && echo LISTED; cat {log_dir}/{private}.log && echo READ; whoami"
+            shown = server.cli("job", "logs", run(server, "local", probe, "--wait"), check=True)
+            said = shown.stdout + shown.stderr
+            assert "Permission denied" in said and "nobody" in said, said
+            assert "LISTED" not in said and "READ" not in said and "private-output" not in said, said
+            assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700
+            assert "was open to other users of this host (mode 0755): now 0700" in server.logs()
+    finally:
+        shutil.rmtree(shared)
 
 
 # A second of busy work; prints the CPU seconds it got.

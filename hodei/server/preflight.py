@@ -5,7 +5,8 @@ with a message that says what to change.
 - Servers sharing a database enable the same providers: a saga step may run on any of
   them, so one that cannot run it would fail jobs at random.
 - The address workers are told to dial must be one they can reach.
-- The log directory (jobs' output, local workers' own) must be one it can write in.
+- The log directory (jobs' output, local workers' own) must be one it can write in, and
+  no one else can read: a local job, or any user of the host, would read every job's output.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import stat
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,13 +89,38 @@ def _resolve(host: str) -> list[str]:
 
 def check_log_dir(config: Config) -> None:
     """Made if missing, and written in once: otherwise every job would fail at its first
-    line of output, or on the local provider before its worker starts."""
+    line of output, or on the local provider before its worker starts. Kept to this
+    server's user (``_keep_private``)."""
     try:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
+        config.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _keep_private(config)
         with tempfile.TemporaryFile(dir=config.log_dir):
             pass
     except OSError as exc:
         raise Misconfigured(f"HODEI_LOG_DIR={config.log_dir}: cannot write there ({exc.strerror})") from None
+
+
+def _keep_private(config: Config) -> None:
+    """Takes the group's and others' rights off the log directory: every job's output
+    and artifacts are in it, and local jobs run on this host (as HODEI_LOCAL_RUN_AS): with
+    the default /tmp/hodei-logs made 0755, a local job read any job's log, of any
+    submitter and any provider."""
+    mode = stat.S_IMODE(config.log_dir.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        config.log_dir.chmod(mode & 0o700)
+    except PermissionError:
+        raise Misconfigured(
+            f"HODEI_LOG_DIR={config.log_dir}: other users of this host may read it (mode {mode:04o}), and this "
+            "server's user cannot change that: every job's output is there; make it the server's own, mode 0700"
+        ) from None
+    log.warning(
+        "HODEI_LOG_DIR=%s was open to other users of this host (mode %04o): now %04o, the server's own",
+        config.log_dir,
+        mode,
+        mode & 0o700,
+    )
 
 
 def check_worker_address(config: Config, providers: Sequence[str], listen: str, kubernetes_api: str | None) -> None:
