@@ -233,10 +233,16 @@ def test_a_worker_lost_during_a_cancels_grace_is_not_waited_for(server: ServerPr
 
 
 def test_a_killed_worker_fails_the_job_through_recovery(server: ServerProcess, database_url: str) -> None:
+    """...and leaves none of the job's files: its home, which the agent removes when it
+    ends, is removed with the worker once the agent could not (it was left in /tmp)."""
+    command = "head -c 1000 /dev/zero > data; echo $HOME; sleep 300"
     job_id = server.cli(
-        "job", "run", "--provider", "local", "--command", "sleep 300", "--timeout", "600", check=True
+        "job", "run", "--provider", "local", "--command", command, "--timeout", "600", check=True
     ).stdout.strip()
     wait_running(database_url, job_id)
+    shown = server.logged(job_id, "/hodei-worker-").splitlines()
+    home = Path(next(line for line in shown if "/hodei-worker-" in line))
+    assert (home / "data").stat().st_size == 1000
     os.kill(agent_pid(job_id), signal.SIGKILL)
     assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"  # long before its own 600 s
     wait_settled(database_url, job_id)
@@ -247,6 +253,7 @@ def test_a_killed_worker_fails_the_job_through_recovery(server: ServerProcess, d
     )
     assert query(database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
     eventually(lambda: job_processes(job_id) == [], 15, what="the orphaned job processes to be killed")
+    assert not home.exists()
 
 
 def test_a_frozen_worker_is_lost_within_the_heartbeat_timeout(server: ServerProcess, database_url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hodei_worker.agent import image_settings
+from hodei_worker.agent import image_settings, make_home
 from hodei_worker.batcher import Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
@@ -414,3 +415,15 @@ def test_the_local_provider_starts_the_agent_without_site_and_it_finds_all_it_im
     done = subprocess.run([*python, "-c", probe], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+def test_a_jobs_home_is_named_after_its_worker_or_made_beside_a_name_taken(tmp_path: Path) -> None:
+    """Named so that the local provider removes it with the worker (an agent killed first
+    cannot); a name someone else took first (here a link to /etc) is not used."""
+    home = Path(make_home(str(tmp_path), "w1"))
+    assert home == tmp_path / "hodei-worker-w1"
+    assert home.is_dir() and stat.S_IMODE(home.stat().st_mode) == 0o700
+    (tmp_path / "hodei-worker-w2").symlink_to("/etc")
+    beside = Path(make_home(str(tmp_path), "w2"))
+    assert beside.parent == tmp_path and beside.name.startswith("hodei-worker-w2-")
+    assert beside.is_dir() and not beside.is_symlink() and stat.S_IMODE(beside.stat().st_mode) == 0o700

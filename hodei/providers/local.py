@@ -16,13 +16,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
+
+from hodei_worker.runner import home_name
 
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError
@@ -75,6 +79,9 @@ class LocalProvider(WorkerProvider):
             self.worker_command = self.template.command
             self.agent_env = self.template.env
         self.log_dir = log_dir / "workers"
+        # Where the agents make their jobs' homes (each named after its worker): this
+        # provider removes a worker's when it destroys it, should its agent not have.
+        self.homes = Path(tempfile.gettempdir())
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
         root = cgroup2_root()
@@ -90,7 +97,7 @@ class LocalProvider(WorkerProvider):
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
         # The agent copies nothing of the job's output to its own: no second copy on disk.
-        env = {**self.agent_env, **launch.env, "HODEI_ECHO_OUTPUT": "0"}
+        env = {**self.agent_env, **launch.env, "HODEI_ECHO_OUTPUT": "0", "HODEI_JOB_HOMES": str(self.homes)}
         if self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
         return env
@@ -157,6 +164,9 @@ class LocalProvider(WorkerProvider):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
         (self.log_dir / f"{worker_id}.log").unlink(missing_ok=True)
+        # An agent killed (its cgroup's SIGKILL above, the OOM killer, by hand) left its
+        # job's files. rmtree follows no symbolic link, the named one included.
+        shutil.rmtree(self.homes / home_name(worker_id), ignore_errors=True)
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         try:

@@ -59,6 +59,7 @@ from hodei_worker.runner import (
     argv_for,
     become_subreaper,
     hide_from_jobs,
+    home_name,
     job_environment,
     signal_note,
 )
@@ -102,6 +103,9 @@ class Settings:
     # directory (WORKDIR), which the command gets as a run of the image would give them.
     image_env: Mapping[str, str] = field(default_factory=dict)
     image_workdir: str = ""
+    # Where the job's home is made (HODEI_JOB_HOMES: the local provider names the one it
+    # cleans up; elsewhere the container's or pod's temporary directory).
+    homes: str = field(default_factory=tempfile.gettempdir)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -125,8 +129,21 @@ class Settings:
             job_user=_job_user(),
             orphan_timeout=_seconds("HODEI_WORKER_ORPHAN_TIMEOUT", 300.0),
             echo_output=os.environ.get("HODEI_ECHO_OUTPUT", "1") != "0",
+            homes=os.environ.get("HODEI_JOB_HOMES") or tempfile.gettempdir(),
             **image_settings(),
         )
+
+
+def make_home(homes: str, worker_id: str) -> str:
+    """The job's home, private to it, named after its worker (``home_name``); should that
+    name be taken (made by someone else first), a random one beside it, which only this
+    agent removes."""
+    named = os.path.join(homes, home_name(worker_id))
+    try:
+        os.mkdir(named, 0o700)
+    except FileExistsError:
+        return tempfile.mkdtemp(prefix=f"{home_name(worker_id)}-", dir=homes)
+    return named
 
 
 def image_settings() -> dict[str, Any]:
@@ -391,7 +408,7 @@ class Agent:
             return
         self.mask = Masker(run.secrets.values())
         user = self.settings.job_user
-        self.home = tempfile.mkdtemp(prefix=f"hodei-job-{run.job_id[:8]}-")
+        self.home = make_home(self.settings.homes, self.settings.worker_id)
         if user is not None:
             os.chown(self.home, user.uid, user.gid)
         env = job_environment(

@@ -184,6 +184,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PR_SET_DUMPABLE = 4
 
 
+def home_name(worker_id: str) -> str:
+    """The name of a job's home directory: its worker's, so that the local provider
+    removes it when it destroys the worker, though an agent killed first could not."""
+    return f"hodei-worker-{worker_id}"
+
+
 def job_environment(
     job_id: str, worker_id: str, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
 ) -> dict[str, str]:
