@@ -82,6 +82,17 @@ def test_without_a_token_every_page_and_the_metrics_are_refused(guarded: ServerP
     assert requests.get(f"{guarded.http_url}/readyz").text == "ready\n"
     wrong = anonymous.post(f"{guarded.http_url}/login", data={"token": "hodei_not-a-token", "next": "/jobs"})
     assert wrong.status_code == 401 and "login-error" in wrong.text
+    # Every answer, a redirect, a refusal and a file among them, may be framed by no other
+    # site and runs the console's own script only (e2e/test_console_browser.py: in Chromium).
+    site = guarded.http_url
+    answers = [wrong, requests.get(f"{site}/metrics"), requests.get(f"{site}/nowhere")]
+    answers += [anonymous.get(f"{site}/jobs", allow_redirects=False), anonymous.get(f"{site}/login")]
+    answers.append(anonymous.get(site + re.findall(r'src="(/static/[^"]+)"', answers[-1].text)[0]))
+    assert [answer.status_code for answer in answers] == [401, 401, 404, 303, 200, 200]
+    for answer in answers:
+        assert answer.headers["X-Frame-Options"] == "DENY", answer.url
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"], answer.url
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", answer.url
 
 
 def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(

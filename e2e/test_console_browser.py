@@ -56,6 +56,13 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
     with ServerProcess(url, tmp_path, env, token=token, http=True) as server:
         page = chromium.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(30_000)
+        refusals: list[str] = []  # what the pages' Content-Security-Policy would have stopped
+
+        def said(message: Any) -> None:
+            if "Content Security Policy" in message.text:
+                refusals.append(message.text)
+
+        page.on("console", said)
 
         # Sign in: the console sends a browser without a token to the sign-in page.
         page.goto(f"{server.http_url}/jobs")
@@ -76,8 +83,8 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         page.click(f'tr[data-job="{job_id}"] a')
         page.wait_for_url(f"**/jobs/{job_id}")
         assert "line 6" not in page.inner_text("#log")
-        page.wait_for_function("document.getElementById('log').textContent.includes('line 6')")
-        page.wait_for_function("document.getElementById('job-state').textContent === 'SUCCEEDED'")
+        page.wait_for_function("() => document.getElementById('log').textContent.includes('line 6')")
+        page.wait_for_function("() => document.getElementById('job-state').textContent === 'SUCCEEDED'")
         wait_settled(url, job_id)
         page.reload()
         assert page.inner_text("#log").split() == [word for i in range(1, 7) for word in ("line", str(i))]
@@ -89,14 +96,14 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         flaky = f"{count}; echo try $n; sleep $((n * 2)); [ $n -ge 2 ]"
         retried = server.cli("job", "run", "-p", "local", "-c", flaky, "--retry", "1", "--retry-backoff", "0.1").stdout
         page.goto(f"{server.http_url}/jobs/{retried.strip()}")
-        page.wait_for_function("document.getElementById('log').textContent.includes('try 1')")
-        page.evaluate("window.notReloaded = true")
-        page.wait_for_function("document.getElementById('log').textContent.includes('try 2')")
-        assert page.evaluate("window.notReloaded") is True  # the marker came with the live lines
+        page.wait_for_function("() => document.getElementById('log').textContent.includes('try 1')")
+        page.evaluate("() => { window.notReloaded = true; }")
+        page.wait_for_function("() => document.getElementById('log').textContent.includes('try 2')")
+        assert page.evaluate("() => window.notReloaded") is True  # the marker came with the live lines
         assert page.inner_text("#log").splitlines() == ["try 1", "[hodei] attempt 2", "try 2"]
         # At its end the page reloads itself: the log is then the server's rendering.
-        page.wait_for_function("document.getElementById('job-state').textContent === 'SUCCEEDED'")
-        assert page.evaluate("window.notReloaded") is None
+        page.wait_for_function("() => document.getElementById('job-state').textContent === 'SUCCEEDED'")
+        assert page.evaluate("() => window.notReloaded") is None
         assert page.inner_text("#log").splitlines() == ["try 1", "[hodei] attempt 2", "try 2"]
         assert page.inner_text("#log .attempt") == "[hodei] attempt 2"
         page.goto(f"{server.http_url}/jobs/{job_id}")
@@ -127,10 +134,19 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         page.goto(f"{server.http_url}/jobs/{holder}")
         page.click("#cancel")
         page.wait_for_url(f"**/jobs/{holder}")
-        page.wait_for_function("document.getElementById('job-state').textContent === 'CANCELLED'")
+        page.wait_for_function("() => document.getElementById('job-state').textContent === 'CANCELLED'")
         wait_settled(url, holder)
         assert query(url, "SELECT state, cancelled_by FROM jobs WHERE id = %s", (holder,)) == [
             ("CANCELLED", "console-operator")
         ]
         page.goto(f"{server.http_url}/sagas")
         page.screenshot(path=str(ARTIFACTS / "sagas.png"), full_page=True)
+        assert refusals == []  # the console runs its own script and styles only, and all of them
+
+        # Another site cannot frame it: its buttons would take a visitor's clicks.
+        framing = chromium.new_page()
+        framing.set_content(f'<iframe id="console" src="{server.http_url}/jobs"></iframe>')
+        framing.wait_for_load_state()
+        (framed,) = framing.main_frame.child_frames
+        assert framed.url.startswith("chrome-error://"), framed.url  # refused, not the sign-in page
+        framing.close()
