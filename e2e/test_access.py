@@ -304,6 +304,24 @@ def test_revoked_and_expired_tokens_are_refused_at_once(
     refused = server.cli("--token", doomed, "whoami")
     assert refused.returncode != 0
     assert "the API token `doomed` was revoked" in refused.stderr and "UNAUTHENTICATED" in refused.stderr
+    assert "by root-admin (UNAUTHENTICATED)" in refused.stderr  # who revoked it: whom to ask
+    again = server.cli("--token", tokens["admin"], "token", "revoke", "doomed", check=True)
+    assert again.returncode == 0
+    listed = json.loads(server.cli("--token", tokens["admin"], "token", "list", "-o", "json", check=True).stdout)
+    (shown,) = [token for token in listed if token["name"] == "doomed"]
+    assert shown["revoked_by"] == "root-admin" and shown["revoked_at"]  # the first revocation's
+    from_host = create_token(database_url, "from-host", "read")
+    subprocess.run(
+        [str(BIN / "hodei-server"), "token", "revoke", "from-host"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert "was revoked at" in server.cli("--token", from_host, "whoami").stderr
+    assert query(database_url, "SELECT revoked_by FROM hodei.api_tokens WHERE name = 'from-host'") == [
+        ("hodei-server",)
+    ]
 
     brief = create_token(database_url, "brief", "read", "--expires", "1s")
     eventually(lambda: "expired" in server.cli("--token", brief, "whoami").stderr, 10, 0.2, "the token to expire")

@@ -35,7 +35,7 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         term.data([message_dict(t) for t in tokens])
         return 0
     term.table(
-        ["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY"],
+        ["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY", "REVOKED BY"],
         [
             [
                 t.name,
@@ -44,6 +44,7 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
                 when(t, "expires_at", "seconds", empty="never"),
                 when(t, "revoked_at", "seconds"),
                 t.created_by,
+                t.revoked_by or "-",
             ]
             for t in tokens
         ],

@@ -20,6 +20,7 @@ def token_to_proto(row: ApiToken) -> access_pb2.ApiToken:
         created_at=timestamp(row.created_at),
         expires_at=timestamp(row.expires_at),
         revoked_at=timestamp(row.revoked_at),
+        revoked_by=row.revoked_by or "",
     )
 
 
@@ -44,7 +45,7 @@ class AccessService(access_pb2_grpc.AccessServiceServicer):
 
     @rpc
     def RevokeToken(self, request: access_pb2.RevokeTokenRequest, context: grpc.ServicerContext) -> access_pb2.ApiToken:
-        return token_to_proto(self.tokens.revoke(request.name))
+        return token_to_proto(self.tokens.revoke(request.name, caller().name))
 
     @rpc
     def WhoAmI(self, request: access_pb2.WhoAmIRequest, context: grpc.ServicerContext) -> access_pb2.WhoAmIResponse:

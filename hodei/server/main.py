@@ -454,10 +454,10 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
             expiry = f", expires {row.expires_at:%Y-%m-%d %H:%M %Z}" if row.expires_at else ""
             print(f"created token {row.name} ({row.role}{expiry}); it is shown only once", file=sys.stderr)
         elif args.action == "revoke":
-            row = tokens.revoke(args.name)
+            row = tokens.revoke(args.name, "hodei-server")
             print(f"revoked token {row.name} at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}", file=sys.stderr)
         else:
-            table = Table("NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY")
+            table = Table("NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY", "REVOKED BY")
             for row in tokens.list():
                 table.add_row(
                     row.name,
@@ -466,6 +466,7 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
                     f"{row.expires_at:%Y-%m-%d %H:%M}" if row.expires_at else "never",
                     f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "-",
                     row.created_by,
+                    row.revoked_by or "-",
                 )
             Console(soft_wrap=True).print(table)
     finally:

@@ -33,6 +33,7 @@ class ApiToken:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    revoked_by: str | None
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ class ApiTokens:
     def list(self) -> list[ApiToken]:
         return fetch_all(self.pool, "list_api_tokens", None, ApiToken)
 
-    def revoke(self, name: str) -> ApiToken:
-        row = fetch_one(self.pool, "revoke_api_token", (name,), ApiToken)
+    def revoke(self, name: str, by: str) -> ApiToken:
+        """``by``: who revokes it (a token's name, or ``hodei-server``), kept with it."""
+        row = fetch_one(self.pool, "revoke_api_token", {"name": name, "by": by}, ApiToken)
         if row is None:
             raise NotFound(f"no token named `{name}`")
         return row
@@ -115,5 +117,8 @@ class _Unusable(_Found):
 
 def _refusal(found: _Found) -> Unauthenticated:
     if found.revoked_at is not None:
-        return Unauthenticated(f"the API token `{found.name}` was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S%z}")
+        by = f" by {found.revoked_by}" if found.revoked_by else ""
+        return Unauthenticated(
+            f"the API token `{found.name}` was revoked at {found.revoked_at:%Y-%m-%d %H:%M:%S%z}{by}"
+        )
     return Unauthenticated(f"the API token `{found.name}` expired at {found.expires_at:%Y-%m-%d %H:%M:%S%z}")
