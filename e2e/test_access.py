@@ -12,6 +12,7 @@ import os
 import pkgutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +326,29 @@ def test_revoked_and_expired_tokens_are_refused_at_once(
 
     brief = create_token(database_url, "brief", "read", "--expires", "1s")
     eventually(lambda: "expired" in server.cli("--token", brief, "whoami").stderr, 10, 0.2, "the token to expire")
+
+
+def test_token_list_says_when_each_token_was_last_used(
+    server: ServerProcess, database_url: str, tokens: dict[str, str]
+) -> None:
+    """An operator looking for tokens to revoke sees which are still in use: each server
+    writes down every few seconds the tokens its calls used."""
+    used, _ = create_token(database_url, "used-once", "read"), create_token(database_url, "never-used", "read")
+
+    def listed() -> dict[str, Any]:
+        shown = server.cli("--token", tokens["admin"], "token", "list", "-o", "json", check=True).stdout
+        return {token["name"]: token for token in json.loads(shown)}
+
+    assert listed()["used-once"]["last_used_at"] is None
+    ((before,),) = query(database_url, "SELECT now()")
+    server.cli("--token", used, "whoami", check=True)
+    last = eventually(lambda: listed()["used-once"]["last_used_at"], 30, 0.5, "its use to be written down")
+    assert datetime.fromisoformat(last.replace("Z", "+00:00")) >= before
+    assert listed()["never-used"]["last_used_at"] is None
+    table = server.cli("--token", tokens["admin"], "token", "list", check=True).stdout
+    assert "LAST USED" in table
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:] if line.strip()}
+    assert rows["never-used"].count("never") == 2 and rows["used-once"].count("never") == 1  # expires; used
 
 
 def test_a_revoked_or_expired_token_ends_the_streams_it_opened(fresh_database_url: str, tmp_path: Path) -> None:

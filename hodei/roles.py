@@ -59,7 +59,7 @@ class Caller:
     role: Role
     authenticated: bool = True
     # The SHA-256 of the API token shown: a stream that outlasts its call is held to the
-    # token again while it lasts (``hodei.server.access.end_refused_streams``).
+    # token again while it lasts (``hodei.server.access.keep_tokens``).
     credential: str | None = None
 
     def may(self, needed: Role) -> bool:

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/access.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrevoked_by\x18\x07 \x01(\t\"L\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x01\"J\n\x13\x43reateTokenResponse\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.hodei.jobs.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.ApiToken\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"C\n\x0eWhoAmIResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rauthenticated\x18\x03 \x01(\x08\x32\xb2\x02\n\rAccessService\x12N\n\x0b\x43reateToken\x12\x1e.hodei.jobs.CreateTokenRequest\x1a\x1f.hodei.jobs.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.hodei.jobs.ListTokensRequest\x1a\x1e.hodei.jobs.ListTokensResponse\x12\x43\n\x0bRevokeToken\x12\x1e.hodei.jobs.RevokeTokenRequest\x1a\x14.hodei.jobs.ApiToken\x12?\n\x06WhoAmI\x12\x19.hodei.jobs.WhoAmIRequest\x1a\x1a.hodei.jobs.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/access.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrevoked_by\x18\x07 \x01(\t\x12\x30\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x01\"J\n\x13\x43reateTokenResponse\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.hodei.jobs.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.ApiToken\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"C\n\x0eWhoAmIResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rauthenticated\x18\x03 \x01(\x08\x32\xb2\x02\n\rAccessService\x12N\n\x0b\x43reateToken\x12\x1e.hodei.jobs.CreateTokenRequest\x1a\x1f.hodei.jobs.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.hodei.jobs.ListTokensRequest\x1a\x1e.hodei.jobs.ListTokensResponse\x12\x43\n\x0bRevokeToken\x12\x1e.hodei.jobs.RevokeTokenRequest\x1a\x14.hodei.jobs.ApiToken\x12?\n\x06WhoAmI\x12\x19.hodei.jobs.WhoAmIRequest\x1a\x1a.hodei.jobs.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hodei._proto.access_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APITOKEN']._serialized_start=73
-  _globals['_APITOKEN']._serialized_end=295
-  _globals['_CREATETOKENREQUEST']._serialized_start=297
-  _globals['_CREATETOKENREQUEST']._serialized_end=373
-  _globals['_CREATETOKENRESPONSE']._serialized_start=375
-  _globals['_CREATETOKENRESPONSE']._serialized_end=449
-  _globals['_LISTTOKENSREQUEST']._serialized_start=451
-  _globals['_LISTTOKENSREQUEST']._serialized_end=470
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=472
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=530
-  _globals['_REVOKETOKENREQUEST']._serialized_start=532
-  _globals['_REVOKETOKENREQUEST']._serialized_end=566
-  _globals['_WHOAMIREQUEST']._serialized_start=568
-  _globals['_WHOAMIREQUEST']._serialized_end=583
-  _globals['_WHOAMIRESPONSE']._serialized_start=585
-  _globals['_WHOAMIRESPONSE']._serialized_end=652
-  _globals['_ACCESSSERVICE']._serialized_start=655
-  _globals['_ACCESSSERVICE']._serialized_end=961
+  _globals['_APITOKEN']._serialized_end=345
+  _globals['_CREATETOKENREQUEST']._serialized_start=347
+  _globals['_CREATETOKENREQUEST']._serialized_end=423
+  _globals['_CREATETOKENRESPONSE']._serialized_start=425
+  _globals['_CREATETOKENRESPONSE']._serialized_end=499
+  _globals['_LISTTOKENSREQUEST']._serialized_start=501
+  _globals['_LISTTOKENSREQUEST']._serialized_end=520
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=522
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=580
+  _globals['_REVOKETOKENREQUEST']._serialized_start=582
+  _globals['_REVOKETOKENREQUEST']._serialized_end=616
+  _globals['_WHOAMIREQUEST']._serialized_start=618
+  _globals['_WHOAMIREQUEST']._serialized_end=633
+  _globals['_WHOAMIRESPONSE']._serialized_start=635
+  _globals['_WHOAMIRESPONSE']._serialized_end=702
+  _globals['_ACCESSSERVICE']._serialized_start=705
+  _globals['_ACCESSSERVICE']._serialized_end=1011
 # @@protoc_insertion_point(module_scope)

@@ -35,13 +35,14 @@ def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         term.data([message_dict(t) for t in tokens])
         return 0
     term.table(
-        ["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY", "REVOKED BY"],
+        ["NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED", "CREATED BY", "REVOKED BY"],
         [
             [
                 t.name,
                 t.role,
                 when(t, "created_at", "seconds"),
                 when(t, "expires_at", "seconds", empty="never"),
+                when(t, "last_used_at", "seconds", empty="never"),
                 when(t, "revoked_at", "seconds"),
                 t.created_by,
                 t.revoked_by or "-",

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _CALLER: ContextVar[Caller] = ContextVar("hodei_caller")
 HEADER = "authorization"
 SCHEME = "bearer "
-# How often the tokens of open streams are looked at again.
+# How often the tokens of open streams are looked at again, and the use of tokens written down.
 RECHECK_SECONDS = 5.0
 TOKEN_NEEDED = (
     'this server requires an API token: set HODEI_TOKEN, pass --token, or put `token = "…"` in '
@@ -170,21 +170,21 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
     return guarded
 
 
-async def end_refused_streams(tokens: ApiTokens, streams: Streams = STREAMS, every: float = RECHECK_SECONDS) -> None:
-    """Ends, within ``every`` seconds, each open stream whose API token was revoked or has
-    expired since the stream began, with the refusal a new call would get: the token is
-    looked up when a call begins, and a `job logs --follow` or `job watch` (or a console's
-    log page) begun before would read on for as long as its job ran. One query a round,
-    for the tokens of every stream open in this process; none while none is open."""
+async def keep_tokens(tokens: ApiTokens, streams: Streams = STREAMS, every: float = RECHECK_SECONDS) -> None:
+    """Every ``every`` seconds: writes down the tokens this process's calls used (``token
+    list``'s LAST USED), and ends each open stream whose token was revoked or has expired
+    since the stream began, with the refusal a new call would get (the token is looked up
+    when a call begins: a `job logs --follow` or `job watch`, or a console's log page,
+    begun before would read on for as long as its job ran). At most two statements a
+    round; none while no call came and no stream is open."""
     while True:
         await asyncio.sleep(every)
-        held = streams.credentials()
-        if not held:
-            continue
         try:
-            refused = await asyncio.to_thread(tokens.refusals, held)
+            await asyncio.to_thread(tokens.record_use)
+            held = streams.credentials()
+            refused = await asyncio.to_thread(tokens.refusals, held) if held else {}
         except HodeiError as exc:
-            log.debug("could not look at the API tokens of open streams again: %s", exc.message)
+            log.debug("could not keep the API tokens' records this time: %s", exc.message)
             continue
         for credential, why in refused.items():
             ended = streams.end(credential, why)

@@ -21,6 +21,7 @@ def token_to_proto(row: ApiToken) -> access_pb2.ApiToken:
         expires_at=timestamp(row.expires_at),
         revoked_at=timestamp(row.revoked_at),
         revoked_by=row.revoked_by or "",
+        last_used_at=timestamp(row.last_used_at),
     )
 
 

@@ -323,7 +323,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     database work on IO_THREADS."""
     from hodei_worker.runner import reuse_freed_memory
 
-    from hodei.server.access import Gatekeeper, end_refused_streams
+    from hodei.server.access import Gatekeeper, keep_tokens
 
     reuse_freed_memory()  # artifacts cross this process in pieces of a few MiB
     cfg = runtime.config
@@ -349,7 +349,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
         loop.add_signal_handler(signum, stop.set)
     runtime.start(address)
     await server.start()
-    token_watch = asyncio.create_task(end_refused_streams(tokens))
+    token_watch = asyncio.create_task(keep_tokens(tokens))
     _settle_collector()
     log.info("  ✓ Saga orchestrator, outbox relay and sweeper started")
     log.info("Serving hodei.jobs on %s", address)
@@ -363,6 +363,8 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     if console is not None:
         await console.cleanup()
     await server.stop(grace=5)
+    with contextlib.suppress(HodeiError):  # the last seconds' use of tokens, as keep_tokens would
+        await asyncio.to_thread(tokens.record_use)
 
 
 async def _start_console(runtime: Runtime, api: Api, host: str) -> web.AppRunner | None:
@@ -457,13 +459,14 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
             row = tokens.revoke(args.name, "hodei-server")
             print(f"revoked token {row.name} at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}", file=sys.stderr)
         else:
-            table = Table("NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED", "CREATED BY", "REVOKED BY")
+            table = Table("NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED", "CREATED BY", "REVOKED BY")
             for row in tokens.list():
                 table.add_row(
                     row.name,
                     row.role,
                     f"{row.created_at:%Y-%m-%d %H:%M}",
                     f"{row.expires_at:%Y-%m-%d %H:%M}" if row.expires_at else "never",
+                    f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never",
                     f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "-",
                     row.created_by,
                     row.revoked_by or "-",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,9 +17,9 @@ from datetime import datetime
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.base import CALLER_NAME
-from hodei.errors import InvalidInput, NotFound, Unauthenticated
+from hodei.errors import HodeiError, InvalidInput, NotFound, Unauthenticated
 from hodei.roles import RESERVED_NAMES, Caller, Role
-from hodei.store.db import fetch_all, fetch_one, fetch_value
+from hodei.store.db import execute, fetch_all, fetch_one, fetch_value
 
 PREFIX = "hodei_"
 MAX_EXPIRY_SECONDS = 10 * 365 * 24 * 3600.0
@@ -34,6 +35,7 @@ class ApiToken:
     expires_at: datetime | None
     revoked_at: datetime | None
     revoked_by: str | None
+    last_used_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ def check_name(name: str) -> str:
 class ApiTokens:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
+        # The tokens calls used since ``record_use`` last wrote them down: a write a call
+        # would cost each call, and a command's read-only transaction would undo it.
+        self._used: set[str] = set()
+        self._used_lock = threading.Lock()
 
     def create(self, name: str, role: Role, expires_in: float | None, created_by: str) -> tuple[ApiToken, str]:
         """The new token's row and the token itself (not stored anywhere)."""
@@ -101,7 +107,21 @@ class ApiTokens:
             )
         if not found.usable:
             raise _refusal(found)
+        with self._used_lock:
+            self._used.add(credential)
         return Caller(found.name, Role(found.role), credential=credential)
+
+    def record_use(self) -> None:
+        """Writes down, as used now, the tokens calls used since the last time."""
+        with self._used_lock:
+            used, self._used = self._used, set()
+        if used:
+            try:
+                execute(self.pool, "note_api_token_use", (list(used),))
+            except HodeiError:
+                with self._used_lock:
+                    self._used |= used  # said next time
+                raise
 
     def refusals(self, credentials: Collection[str]) -> dict[str, Unauthenticated]:
         """Of these credentials (``Caller.credential``), each one refused by now, with the

@@ -715,10 +715,11 @@ INSERT INTO hodei.api_tokens (name, role, token_hash, created_by, expires_at)
 VALUES (%(name)s, %(role)s, %(token_hash)s, %(created_by)s,
         CASE WHEN %(expires_in)s::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => %(expires_in)s) END)
 ON CONFLICT (name) DO NOTHING
-RETURNING name, role, created_by, created_at, expires_at, revoked_at, revoked_by;
+RETURNING name, role, created_by, created_at, expires_at, revoked_at, revoked_by, last_used_at;
 
 -- name: list_api_tokens
-SELECT name, role, created_by, created_at, expires_at, revoked_at, revoked_by FROM hodei.api_tokens ORDER BY name;
+SELECT name, role, created_by, created_at, expires_at, revoked_at, revoked_by, last_used_at
+FROM hodei.api_tokens ORDER BY name;
 
 -- name: revoke_api_token
 -- A token revoked again keeps its first revocation: when, and by whom.
@@ -726,21 +727,26 @@ UPDATE hodei.api_tokens
 SET revoked_at = coalesce(revoked_at, now()),
     revoked_by = CASE WHEN revoked_at IS NULL THEN %(by)s ELSE revoked_by END
 WHERE name = %(name)s
-RETURNING name, role, created_by, created_at, expires_at, revoked_at, revoked_by;
+RETURNING name, role, created_by, created_at, expires_at, revoked_at, revoked_by, last_used_at;
 
 -- name: find_api_token
 -- A token's row by its hash, and whether it is usable right now.
-SELECT name, role, created_by, created_at, expires_at, revoked_at, revoked_by,
+SELECT name, role, created_by, created_at, expires_at, revoked_at, revoked_by, last_used_at,
        revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS usable
 FROM hodei.api_tokens WHERE token_hash = %s;
 
 -- name: unusable_api_tokens
 -- Of these hashes (the tokens of the streams a server has open), the tokens revoked or
 -- expired by now, and their hashes. A hash no longer in the table is not answered.
-SELECT token_hash, name, role, created_by, created_at, expires_at, revoked_at, revoked_by, false AS usable
+SELECT token_hash, name, role, created_by, created_at, expires_at, revoked_at, revoked_by, last_used_at,
+       false AS usable
 FROM hodei.api_tokens
 WHERE token_hash = ANY(%s::text[])
   AND NOT (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()));
+
+-- name: note_api_token_use
+-- The tokens a server's calls used since it last said (hodei.store.api_tokens.record_use).
+UPDATE hodei.api_tokens SET last_used_at = now() WHERE token_hash = ANY(%s::text[]);
 
 -- name: any_api_token
 SELECT EXISTS (SELECT 1 FROM hodei.api_tokens);
