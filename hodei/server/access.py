@@ -186,6 +186,9 @@ async def keep_tokens(tokens: ApiTokens, streams: Streams = STREAMS, every: floa
         except HodeiError as exc:
             log.debug("could not keep the API tokens' records this time: %s", exc.message)
             continue
+        except Exception:  # the loop is a safeguard: it must outlive what it has not foreseen
+            log.exception("could not keep the API tokens' records this time")
+            continue
         for credential, why in refused.items():
             ended = streams.end(credential, why)
             if ended:
