@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from itertools import pairwise
 from pathlib import Path
@@ -680,33 +681,47 @@ def test_log_followers_outlive_a_server_restart_and_print_every_line_once(server
         assert out.splitlines() == [f"line {i}" for i in range(1, 17)], errors
 
 
+STOPPED = (grpc.StatusCode.UNAVAILABLE, ShuttingDown().message)
+
+
 def test_a_stopping_server_ends_its_streams_at_once_saying_why(server: ServerProcess) -> None:
     """A worker's stream, a log follower's and a job watcher's never end by themselves:
     left to the stop's grace (5 s), each was cancelled after it and logged as an error
     not handled, at every restart. Now each ends at the stop with UNAVAILABLE, which the
-    agent and the CLI take as "again, or another server": the job goes on."""
+    agent and the CLI take as "again, or another server": the job goes on. A follower of
+    a job that prints without pause is stopped in the middle of a send (yielded to gRPC to
+    send, such a message took the cancel, and the call ended with gRPC's "Cancelling all
+    calls" after the grace)."""
     command = "echo started; sleep 6; echo done"
     job_id = server.cli("job", "run", "--provider", "local", "--command", command, check=True).stdout.strip()
+    chatty = server.cli("job", "run", "--provider", "local", "--command", "seq 1 999999999", check=True).stdout.strip()
     wait_running(server.database_url, job_id)
     said_before = len(server.logs())
     with server.channel() as channel:
-        follow = logs_pb2_grpc.LogStreamServiceStub(channel).SubscribeLogs(
-            logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
-        )
+        logs = logs_pb2_grpc.LogStreamServiceStub(channel)
+        follow = logs.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True))
+        flood = logs.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=chatty, follow=True))
         watch = jobs_pb2_grpc.JobExecutionServiceStub(channel).WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id))
-        next(follow), next(watch)  # both open: the line so far, the job as it is
-        server.stop()
-        for stream in (follow, watch):
+        next(follow), next(watch), next(flood)  # all open: the lines so far, the job as it is
+        with ThreadPoolExecutor(1) as reader:
+            flooded = reader.submit(list, flood)  # read as the CLI does: as fast as they come
+            time.sleep(1)
+            server.stop()
+            for stream in (follow, watch):
+                with pytest.raises(grpc.RpcError) as ended:
+                    list(stream)
+                assert (ended.value.code(), ended.value.details()) == STOPPED
             with pytest.raises(grpc.RpcError) as ended:
-                list(stream)
-            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value.details()
-            assert ended.value.details() == ShuttingDown().message
+                flooded.result(timeout=60)
+            assert (ended.value.code(), ended.value.details()) == STOPPED
     said = server.logs()[said_before:]
     assert "Exception not handled" not in said and " ERROR " not in said, said
     server.start()
     wait_settled(server.database_url, job_id)
     assert server.cli("job", "logs", job_id, check=True).stdout.splitlines() == ["started", "done"]
     assert query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
+    server.cli("job", "cancel", "--force", chatty, check=True)
+    wait_settled(server.database_url, chatty)
 
 
 def test_ctrl_c_while_waiting_says_the_job_keeps_running(server: ServerProcess) -> None:

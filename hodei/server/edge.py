@@ -8,7 +8,7 @@ import functools
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -197,13 +197,17 @@ def rpc(method: F) -> F:
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
-        async def async_stream(
-            self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[object]:
+        async def async_stream(self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            # Each message is written here (gRPC's writer API), not yielded to gRPC to send:
+            # a cancel (a stop's, a revocation's) then lands in this coroutine, which says
+            # why. Yielded, a message was being sent by gRPC's own code when the cancel came
+            # about one stop in ten: the call ended there with no status, and the client
+            # read the stop's "Cancelling all calls" five seconds later.
             try:
                 refuse_nul(request)
-                async for item in method(self, request, context):
-                    yield item
+                async with contextlib.aclosing(method(self, request, context)) as items:
+                    async for item in items:
+                        await context.write(item)
             except asyncio.CancelledError:
                 why = STREAMS.why_ended(asyncio.current_task())
                 if why is None:

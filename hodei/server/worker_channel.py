@@ -450,8 +450,8 @@ class WorkerSession:
             async for message in requests:
                 if await self._handle(message):
                     waiter.nudge()  # an answer is queued for the worker
-        except (grpc.RpcError, asyncio.CancelledError):
-            pass
+        except (grpc.RpcError, grpc.aio.AbortError, asyncio.CancelledError):
+            pass  # the stream ended: its worker went, or the call was ended here (a stop)
         except Exception:
             log.exception("worker %s stream failed", self.worker_id)
         finally:
