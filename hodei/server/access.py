@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -116,24 +116,13 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
     """The handler with the gate in front of its behavior, of whatever kind it is: a
     plain function runs in a worker thread (the token lookup may block there), in one
     transaction with the token lookup (``command_transaction``: a submission is one, not
-    two); a coroutine or async generator on the loop (the lookup goes to a thread)."""
+    two); a coroutine on the loop (the lookup goes to a thread): an async stream is one
+    too, once ``rpc`` wrapped it."""
 
     def refuse(exc: HodeiError) -> tuple[grpc.StatusCode, str]:
         return status_of(exc), exc.message
 
     def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                try:
-                    who = await asyncio.to_thread(admit, context.invocation_metadata())
-                except HodeiError as exc:
-                    await context.abort(*refuse(exc))
-                _CALLER.set(who)
-                async for item in behavior(request, context):
-                    yield item
-
-            return stream
         if inspect.iscoroutinefunction(behavior):
 
             async def call_async(request: Any, context: Any) -> Any:

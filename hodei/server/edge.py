@@ -192,8 +192,8 @@ STREAMS = Streams()
 def rpc(method: F) -> F:
     """Wraps a servicer method — plain or generator, sync or async — so that errors reach
     the client as statuses with a message a person can act on, a request with a NUL in its
-    text (``refuse_nul``) reaches no method, and an async stream a stopping server ends
-    (``STREAMS``) says why."""
+    text (``refuse_nul``) reaches no method, and an async stream ended here (``STREAMS``:
+    the server stops, its token was revoked) says why."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
