@@ -112,6 +112,8 @@ def _leave_no_workers_behind() -> Iterator[None]:
 
 
 def remove_test_workers(installations: set[str]) -> None:
+    from hodei_worker.runner import home_name
+
     from hodei.providers.cgroups import WorkerCgroups, cgroup1_roots, cgroup2_root
 
     root = cgroup2_root()
@@ -120,6 +122,8 @@ def remove_test_workers(installations: set[str]) -> None:
             groups = WorkerCgroups(root, installation, cgroup1_roots())  # its cgroup v1 groups too
             for worker_id in groups.workers():
                 groups.kill(worker_id)
+                # Its job's home, which its agent, killed, did not remove (nor a provider: its server is gone).
+                shutil.rmtree(Path(tempfile.gettempdir()) / home_name(worker_id), ignore_errors=True)
             groups.forget_if_empty()
     try:
         import docker
