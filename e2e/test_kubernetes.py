@@ -98,6 +98,9 @@ def test_seed_phase7_jobs_run_as_pods(
         assert pod["metadata"]["namespace"] == NAMESPACE
         assert pod["metadata"]["labels"]["hodei-worker"] == worker_id
         assert pod["metadata"]["labels"]["hodei-job"] == job_id
+        # The agent registered with a token it read from the pod's Secret, not from its spec.
+        (token,) = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "HODEI_WORKER_TOKEN"]
+        assert token == {"name": token["name"], "valueFrom": {"secretKeyRef": {"name": resource, "key": token["name"]}}}
         # Pod logs match the database: what the pod printed is what the log file holds.
         (uri,) = query(database_url, "SELECT storage_uri FROM job_log_files WHERE job_id = %s", (job_id,))[0]
         stored = [entry.text for entry in LogStore(Path(uri.removeprefix("file://")).parent).read(job_id).entries]
@@ -107,7 +110,7 @@ def test_seed_phase7_jobs_run_as_pods(
         assert printed == stored == list(job.expected_lines)
         # 6.6: a Kubernetes job creates no container.
         assert docker_client.containers.list(all=True, sparse=True, filters={"label": f"hodei.job-id={job_id}"}) == []
-    eventually(lambda: api.pods() == {}, 30, what="the pods to be deleted after their jobs")
+    eventually(lambda: api.pods() == api.secrets() == {}, 30, what="the pods and secrets to go after their jobs")
 
 
 def test_a_docker_job_creates_no_pod(server: ServerProcess, database_url: str, cluster: Any) -> None:

@@ -1,6 +1,10 @@
 """A Kubernetes API for tests and demos where no cluster exists: kmock's in-memory
 emulator served over real HTTP. ``hodei.kubelet`` plays its node.
 
+Two things of a real API server that kmock leaves out are added (``_Api``): every object
+created gets a ``metadata.uid``, and deleting an object deletes the objects it owns (those
+whose ``ownerReferences`` name its uid), as the garbage collector's background deletion does.
+
 Only tests, ``just`` recipes and ``python -m hodei.kubelet`` use it; the server talks to
 it exactly as to a real API server, through a kubeconfig.
 """
@@ -8,10 +12,12 @@ it exactly as to a real API server, through a kubeconfig.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import threading
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,39 @@ NAMESPACE = "hodei-jobs-workers"
 T = TypeVar("T")
 # kmock has no pods/log: the node answers it (Kubelet.read_log).
 LOG_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/log$")
+
+
+class _Api(kmock.KubernetesEmulator):
+    """kmock's emulator with uids and owners (see the module docstring)."""
+
+    async def _handle(self, request: Request) -> Any:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            request.data.setdefault("metadata", {})["uid"] = str(uuid.uuid4())
+        gone = self._uid(request) if request.action == kmock.action.DELETE else None
+        try:
+            return await super()._handle(request)
+        finally:
+            if gone is not None:
+                async with self._lock:
+                    await self._collect(gone)
+
+    def _uid(self, request: Request) -> str | None:
+        for (resource, namespace, name), found in self.objects.items():
+            if (resource, namespace, name) == (request.resource, request.namespace, request.name) and not found.deleted:
+                uid: str | None = found.raw.get("metadata", {}).get("uid")
+                return uid
+        return None
+
+    async def _collect(self, owner: str) -> None:
+        """Deletes the objects ``owner`` owned, and theirs (watchers see them go)."""
+        for (resource, _, _), found in list(self.objects.items()):
+            references = [] if found.deleted else found.raw.get("metadata", {}).get("ownerReferences") or []
+            if any(reference.get("uid") == owner for reference in references):
+                uid = found.raw["metadata"].get("uid")
+                found.delete()
+                await self._buses[resource].put({"type": "DELETED", "object": found.last.raw})
+                if uid:
+                    await self._collect(uid)
 
 
 @dataclass(frozen=True)
@@ -60,10 +99,11 @@ class KubeEmulator:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        async with _Api() as emulator, kmock.Server(emulator) as server:
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             emulator.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
+            emulator.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True)
             for namespace in self.namespaces:
                 body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
                 emulator[f"get /api/v1/namespaces/{namespace}"] << body
@@ -89,6 +129,19 @@ class KubeEmulator:
             for (resource, ns, name), obj in self.emulator.objects.items():
                 if resource.plural == "pods" and ns == namespace and not obj.deleted:
                     found[name] = dict(obj.raw)
+            return found
+
+        return self.call(collect)
+
+    def secrets(self, namespace: str = NAMESPACE) -> dict[str, dict[str, str]]:
+        """Each Secret's data, decoded (what a kubelet reads to fill a secretKeyRef)."""
+
+        def collect() -> dict[str, dict[str, str]]:
+            found = {}
+            for (resource, ns, name), obj in self.emulator.objects.items():
+                if resource.plural == "secrets" and ns == namespace and not obj.deleted:
+                    data = obj.raw.get("data") or {}
+                    found[name] = {key: base64.b64decode(value).decode() for key, value in data.items()}
             return found
 
         return self.call(collect)

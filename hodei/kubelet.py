@@ -3,7 +3,8 @@ as a Docker container of the pod's own image, under the pod's own restrictions, 
 the container's real state back through the API.
 
 What a real kubelet would enforce is enforced by the engine: the pod's command and args,
-env and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
+env (a ``secretKeyRef`` read from the API's Secret; a missing Secret or key is the kubelet's
+``CreateContainerConfigError``) and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
 (refused for an image that would run as root, as the kubelet refuses it),
 ``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
 ``emptyDir`` volumes, CPU and memory limits, and ``activeDeadlineSeconds``. Init containers
@@ -34,6 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +104,23 @@ def run_as(pod: Pod, image_user: str, container: dict[str, Any] | None = None) -
     return f"{uid}:{gid}" if gid is not None else str(uid)
 
 
+def _env_value(item: dict[str, Any], namespace: str, secrets: Mapping[str, Mapping[str, str]]) -> str:
+    """An env entry's value: its own, or its Secret's key, refused as a kubelet refuses it."""
+    source = item.get("valueFrom")
+    if source is None:
+        value: str = item.get("value", "")
+        return value
+    reference = source.get("secretKeyRef")
+    if reference is None or set(source) != {"secretKeyRef"}:
+        raise PodRefused(f"env {item['name']}: only secretKeyRef of valueFrom is supported by the emulated kubelet")
+    secret = secrets.get(reference["name"])
+    if secret is None:
+        raise PodRefused(f'secret "{reference["name"]}" not found')
+    if reference["key"] not in secret:
+        raise PodRefused(f"couldn't find key {reference['key']} in Secret {namespace}/{reference['name']}")
+    return secret[reference["key"]]
+
+
 def shared_volumes(pod: Pod) -> set[str]:
     """The pod's volumes mounted by more than one of its containers, init containers included."""
     spec = pod["spec"]
@@ -118,9 +137,11 @@ def container_options(
     kubelet: str,
     container: dict[str, Any] | None = None,
     shared: dict[str, str] | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The ``docker create`` arguments of one of a pod's containers (its main one by
-    default; ``shared``: the node's directory of each volume several containers mount).
+    default; ``shared``: the node's directory of each volume several containers mount;
+    ``secrets``: the namespace's Secrets' data by name).
     Pure: raises PodRefused for what the kubelet would refuse, or this one does not emulate."""
     spec = pod["spec"]
     metadata = pod["metadata"]
@@ -129,11 +150,10 @@ def container_options(
     container = container or _main(pod)
     shared = shared or {}
     security = _merged_security(pod, container)
-    env = {}
-    for item in container.get("env") or []:
-        if "valueFrom" in item:
-            raise PodRefused(f"env {item['name']}: valueFrom is not supported by the emulated kubelet")
-        env[item["name"]] = item.get("value", "")
+    env = {
+        item["name"]: _env_value(item, metadata.get("namespace", NAMESPACE), secrets or {})
+        for item in container.get("env") or []
+    }
     volumes = {volume["name"]: volume for volume in spec.get("volumes") or []}
     tmpfs = {}
     binds = {}
@@ -387,7 +407,12 @@ class Kubelet:
         when it exited 0 within the pod's deadline."""
         try:
             options = container_options(
-                run.pod, image.attrs["Config"].get("User") or "", self.id, init.container if init else None, run.shared
+                run.pod,
+                image.attrs["Config"].get("User") or "",
+                self.id,
+                init.container if init else None,
+                run.shared,
+                self.api.secrets(self.namespace),
             )
         except PodRefused as exc:
             waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}

@@ -19,6 +19,7 @@ MODELS = {
     ("v1", "ServiceAccount"): "V1ServiceAccount",
     ("v1", "Service"): "V1Service",
     ("v1", "Pod"): "V1Pod",
+    ("v1", "Secret"): "V1Secret",
     ("apps/v1", "Deployment"): "V1Deployment",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",

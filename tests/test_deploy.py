@@ -24,11 +24,10 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
     return [doc for doc in documents() if doc["kind"] == kind]
 
 
-def test_the_role_allows_exactly_what_the_provider_does() -> None:
+def test_the_role_is_the_servers_in_the_workers_namespace() -> None:
+    """What it allows is checked against the provider's own requests (test_kubernetes_provider)."""
     (role,) = by_kind("Role")
     assert role["metadata"]["namespace"] == "hodei-jobs-workers"
-    rules = {tuple(rule["resources"]): sorted(rule["verbs"]) for rule in role["rules"]}
-    assert rules == {("pods",): ["create", "delete", "get", "list", "watch"], ("pods/log",): ["get"]}
     (binding,) = by_kind("RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == "hodei-server"

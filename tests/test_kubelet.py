@@ -66,6 +66,21 @@ def test_the_pod_restrictions_become_the_container_options() -> None:
     assert options["labels"]["io.hodei.emulated-kubelet"] == "k1"
 
 
+def test_an_env_value_from_a_secret_is_read_from_it_and_a_missing_one_refused() -> None:
+    """What the kubelet answers with CreateContainerConfigError, in its own words."""
+    token = {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "TOKEN"}}}
+    spec = pod({"env": [{"name": "A", "value": "1"}, token]})
+    options = container_options(spec, image_user="1000", kubelet="k1", secrets={"s": {"TOKEN": "t0ken"}})
+    assert options["environment"] == {"A": "1", "TOKEN": "t0ken"}
+    with pytest.raises(PodRefused, match=r'^secret "s" not found$'):
+        container_options(spec, image_user="1000", kubelet="k1", secrets={"other": {"TOKEN": "x"}})
+    with pytest.raises(PodRefused, match=f"^couldn't find key TOKEN in Secret {NAMESPACE}/s$"):
+        container_options(spec, image_user="1000", kubelet="k1", secrets={"s": {"OTHER": "x"}})
+    field = {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    with pytest.raises(PodRefused, match="env NODE: only secretKeyRef of valueFrom is supported"):
+        container_options(pod({"env": [field]}), image_user="1000", kubelet="k1")
+
+
 def test_without_command_or_args_the_image_decides() -> None:
     options = container_options(pod(), image_user="1000", kubelet="k1")
     assert "entrypoint" not in options and "command" not in options

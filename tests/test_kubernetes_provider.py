@@ -3,6 +3,7 @@ creates, how it reads pod failures, deletion, and that it only touches its own p
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -14,12 +15,13 @@ import pytest
 
 from hodei.config import KubernetesConfig
 from hodei.errors import ProviderError, ProviderUnavailable
-from hodei.kube_emulator import NAMESPACE, KubeEmulator
+from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
 from hodei.providers.base import WorkerLaunch
 from hodei.providers.kubernetes import KubernetesProvider, load_api_client
 from hodei.store.app import HodeiStore
 from hodei.testing import eventually
 from tests.k8s_schema import problems
+from tests.test_deploy import by_kind
 
 INSTALLATION = "test-installation"
 
@@ -117,7 +119,48 @@ def test_the_pod_spec(api: KubeEmulator, kubeconfig: Path) -> None:
     }
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert body["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
-    assert {e["name"]: e["value"] for e in container["env"]} == dict(spec.env)
+    assert container["env"] == [
+        {"name": "HODEI_SERVER_ADDRESS", "value": "10.0.0.1:50051"},
+        {"name": "HODEI_WORKER_TOKEN", "valueFrom": {"secretKeyRef": {"name": name, "key": "HODEI_WORKER_TOKEN"}}},
+    ]
+
+
+def test_the_credentials_are_in_a_secret_the_pod_owns_not_in_the_pod(api: KubeEmulator, kubeconfig: Path) -> None:
+    """Reading pods (the `view` role) must not give a worker's credentials away: the
+    registration token and, under mTLS, the client key are in a Secret of the pod's name,
+    owned by the pod (Kubernetes deletes it with the pod, even with no server about)."""
+    key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+    spec = launch(env={"HODEI_WORKER_TOKEN": "s3cr3t-token", "HODEI_TLS_KEY_PEM": key, "HODEI_TLS_CERT_PEM": "cert"})
+    name = provider(kubeconfig).create_worker(spec)
+    pod = api.pods()[name]
+    assert "s3cr3t-token" not in json.dumps(pod) and "PRIVATE KEY" not in json.dumps(pod)
+    secrets = api.secrets()
+    assert secrets == {name: {"HODEI_WORKER_TOKEN": "s3cr3t-token", "HODEI_TLS_KEY_PEM": key}}
+    raw = api.call(lambda: next(o.raw for k, o in api.emulator.objects.items() if k[0].plural == "secrets"))
+    assert raw["metadata"]["labels"] == pod["metadata"]["labels"]
+    assert raw["type"] == "Opaque"
+    assert raw["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod["metadata"]["uid"]}
+    ]
+    in_image = provider(kubeconfig).pod_manifest(launch(image="app:1", env=spec.env))
+    assert "s3cr3t-token" not in json.dumps(in_image) and "PRIVATE KEY" not in json.dumps(in_image)
+    provider(kubeconfig).core.delete_namespaced_pod(name, NAMESPACE)  # by someone else, with no server
+    assert api.secrets() == {}
+
+
+def test_a_secret_of_the_workers_name_not_made_by_this_installation_is_left_alone(
+    api: KubeEmulator, kubeconfig: Path
+) -> None:
+    kube = provider(kubeconfig)
+    spec = launch()
+    name = f"hodei-worker-{spec.worker_id}"
+    foreign = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {"X": "eA=="}}
+    kube.core.create_namespaced_secret(NAMESPACE, foreign)
+    with pytest.raises(ProviderError, match=f"a secret named {name} exists but was not created by this installation"):
+        kube.create_worker(spec)
+    assert api.pods() == {}
+    kube.destroy_worker(spec.worker_id)
+    assert api.secrets() == {name: {"X": "x"}}
 
 
 def test_the_pod_of_a_job_in_an_image_of_its_own(api: KubeEmulator, kubeconfig: Path) -> None:
@@ -148,8 +191,9 @@ def test_the_pod_of_a_job_in_an_image_of_its_own(api: KubeEmulator, kubeconfig: 
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "agent", "mountPath": "/opt/hodei-agent", "readOnly": True},
     ]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["PYTHONHOME"] == "/opt/hodei-agent/agent/home" and env["HODEI_WORKER_TOKEN"] == "t"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["PYTHONHOME"] == "/opt/hodei-agent/agent/home"
+    assert env["HODEI_WORKER_TOKEN"] == {"secretKeyRef": {"name": name, "key": "HODEI_WORKER_TOKEN"}}
     assert set(env["HODEI_AGENT_VARIABLES"].split(",")) == set(env)  # the agent tells them from the image's
     assert body["volumes"][1] == {"name": "agent", "emptyDir": {"sizeLimit": "512Mi"}}
     assert container["imagePullPolicy"] == "IfNotPresent"  # the worker image's (HODEI_K8S_IMAGE_PULL_POLICY)
@@ -168,7 +212,7 @@ def test_creating_twice_is_idempotent(api: KubeEmulator, kubeconfig: Path) -> No
     kube = provider(kubeconfig)
     spec = launch()
     assert kube.create_worker(spec) == kube.create_worker(spec)
-    assert len(api.pods()) == 1
+    assert len(api.pods()) == 1 and len(api.secrets()) == 1
 
 
 def failure_of(kube: KubernetesProvider, worker_id: str) -> str | None:
@@ -293,15 +337,19 @@ def test_the_watch_sees_changes_without_a_resync(api: KubeEmulator, kubeconfig: 
     )
 
 
-def test_destroy_deletes_the_pod_and_is_idempotent(api: KubeEmulator, kubeconfig: Path) -> None:
+def test_destroy_deletes_the_pod_and_its_secret_and_is_idempotent(api: KubeEmulator, kubeconfig: Path) -> None:
     kube = provider(kubeconfig)
     spec = launch()
     kube.create_worker(spec)
     kube.destroy_worker(spec.worker_id)
-    assert api.pods() == {}
+    assert api.pods() == {} and api.secrets() == {}
     kube.destroy_worker(spec.worker_id)
     deletes = [r for r in api.call(lambda: list(api.emulator)) if r.method == "DELETE"]
-    assert len(deletes) == 1
+    assert len(deletes) == 1  # the pod: its secret went with it
+    unowned = launch()
+    kube.core.create_namespaced_secret(NAMESPACE, kube.secret_manifest(unowned))  # its pod never created
+    kube.destroy_worker(unowned.worker_id)
+    assert api.secrets() == {}
 
 
 def test_pods_it_did_not_create_are_never_listed_nor_deleted(api: KubeEmulator, kubeconfig: Path) -> None:
@@ -329,6 +377,43 @@ def test_pods_it_did_not_create_are_never_listed_nor_deleted(api: KubeEmulator, 
     assert set(api.pods()) == {"hodei-worker-someone", "bystander", f"hodei-worker-{mine.worker_id}"}
     with pytest.raises(ProviderError, match="not created by this installation"):
         kube.create_worker(launch(worker_id="someone"))
+
+
+def test_the_role_in_deploy_allows_exactly_what_the_provider_asks(api: KubeEmulator, kubeconfig: Path) -> None:
+    """deploy/rbac.yaml against the requests of a worker's whole life (a create tried twice,
+    the watch, its log, a health check, its deletion; a Secret whose pod never came)."""
+    api.serve_logs(lambda *_: PodLog(200, "output"))
+    kube = provider(kubeconfig, watch=True)
+    spec = launch()
+    kube.create_worker(spec)
+    kube.create_worker(spec)
+    eventually(lambda: kube.observe() != [], 10, what="the watch")
+    kube.output_tail(spec.worker_id, 10)
+    kube.stopped_by_others(spec.worker_id)
+    kube.health()
+    kube.destroy_worker(spec.worker_id)
+    unowned = launch()
+    kube.core.create_namespaced_secret(NAMESPACE, kube.secret_manifest(unowned))
+    done = len(api.call(lambda: list(api.emulator)))
+    kube.destroy_worker(unowned.worker_id)
+    asked: dict[str, set[str]] = {}
+    for i, request in enumerate(api.call(lambda: list(api.emulator))):
+        if i == done - 1:
+            continue  # the test's own create of the unowned Secret
+        # /api/v1/namespaces/NS[/RESOURCE[/NAME[/SUBRESOURCE]]]
+        namespace, *named = request.url.path.split("/")[4:]
+        resource = "/".join(named[:1] + named[2:]) or f"namespaces/{namespace}"
+        if request.method != "GET":
+            verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}[request.method]
+        else:
+            verb = "watch" if request.params.get("watch") else "list" if len(named) == 1 else "get"
+        asked.setdefault(resource, set()).add(verb)
+    (role,) = by_kind("Role")
+    allowed = {"/".join(rule["resources"]): set(rule["verbs"]) for rule in role["rules"]}
+    (cluster_role,) = by_kind("ClusterRole")
+    for rule in cluster_role["rules"]:
+        allowed.update({f"{rule['resources'][0]}/{name}": set(rule["verbs"]) for name in rule["resourceNames"]})
+    assert asked == allowed
 
 
 def test_health_names_the_namespace_and_the_api(api: KubeEmulator, kubeconfig: Path) -> None:
@@ -411,8 +496,9 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         timing,
         86400,
     )
+    assert set(api.secrets()) == {f"hodei-worker-{stray.worker_id}"}
     sweeper.reconcile()
-    assert set(api.pods()) == {"not-ours"}
+    assert set(api.pods()) == {"not-ours"} and api.secrets() == {}
 
 
 def test_the_generated_pod_spec_is_valid_for_the_kubernetes_api(kubeconfig: Path) -> None:
@@ -423,3 +509,4 @@ def test_the_generated_pod_spec_is_valid_for_the_kubernetes_api(kubeconfig: Path
         launch(image="registry.example.com/team/tool:1.4"),
     ):
         assert problems(kube.pod_manifest(spec)) == []
+        assert problems(kube.secret_manifest(spec)) == []

@@ -15,6 +15,13 @@ LABEL_JOB = "hodei.job-id"
 MANAGER = "hodei-jobs"
 
 
+# The agent variables whose values are credentials (its single-use registration token; under
+# mTLS, its client key): a provider that writes the agent's environment where more people
+# may read it than the credential's own place (a pod's spec, readable with the `view`
+# role) keeps these values elsewhere.
+CREDENTIALS = frozenset({"HODEI_WORKER_TOKEN", "HODEI_TLS_KEY_PEM"})
+
+
 def resource_name(worker_id: str) -> str:
     """Containers and pods are named after their worker: a repeated create finds the first."""
     return f"hodei-worker-{worker_id}"
@@ -26,7 +33,8 @@ class WorkerLaunch:
 
     worker_id: str
     job_id: str
-    # The agent's environment: server address, worker and job ids, single-use token.
+    # The agent's environment: server address, worker and job ids, single-use token (the
+    # values named in CREDENTIALS are credentials).
     env: Mapping[str, str]
     cpu_cores: float = 0.0
     memory_bytes: int = 0

@@ -1,5 +1,8 @@
 """The Kubernetes provider: each worker is a pod ``hodei-worker-<worker id>`` in
-``HODEI_K8S_NAMESPACE``, labelled ``hodei-worker=<worker id>``.
+``HODEI_K8S_NAMESPACE``, labelled ``hodei-worker=<worker id>``, with a Secret of the same
+name and labels that holds the agent's credentials (``CREDENTIALS``): the pod's env takes
+them from it (``secretKeyRef``), so reading pods (the `view` role) does not give them away.
+The Secret is owned by the pod: Kubernetes deletes it with the pod even when no server does.
 
 A background watch (re-listed on every reconnect and at least every minute) keeps a
 cache of this installation's pods; ``observe`` turns what it sees into failures the
@@ -10,11 +13,13 @@ deletes pods that carry its installation label.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -27,7 +32,7 @@ from hodei.config import KubernetesConfig
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError, ProviderUnavailable
 from hodei.providers.agent_bundle import ENTRYPOINT, MOUNT, agent_env, fill_command
-from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider, resource_name
+from hodei.providers.base import CREDENTIALS, Health, Observation, WorkerLaunch, WorkerProvider, resource_name
 
 log = logging.getLogger(__name__)
 # Pods are read as plain JSON: the client's models refuse objects missing fields they
@@ -73,6 +78,16 @@ def load_api_client(config: KubernetesConfig) -> k8s.ApiClient:
         return k8s.ApiClient(configuration)
     except ConfigException:
         return k8s_config.new_client_from_config(context=context)
+
+
+def container_env(name: str, agent_vars: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A container's env: the credentials by reference to the worker's Secret ``name``."""
+    return [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+        if key in CREDENTIALS
+        else {"name": key, "value": value}
+        for key, value in sorted(agent_vars.items())
+    ]
 
 
 def _quantity_cpu(cores: float) -> str:
@@ -144,7 +159,7 @@ class KubernetesProvider(WorkerProvider):
                     "name": "worker",
                     "image": self.config.image,
                     "imagePullPolicy": self.config.image_pull_policy,
-                    "env": [{"name": key, "value": value} for key, value in sorted(launch.env.items())],
+                    "env": container_env(resource_name(launch.worker_id), launch.env),
                     "resources": {"requests": requests, "limits": limits},
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
@@ -161,20 +176,29 @@ class KubernetesProvider(WorkerProvider):
             self._in_image(spec, launch)
         if self.config.service_account:
             spec["serviceAccountName"] = self.config.service_account
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": self._metadata(launch), "spec": spec}
+
+    def secret_manifest(self, launch: WorkerLaunch) -> dict[str, Any]:
+        """The worker's Secret: its credentials, labelled as its pod is."""
+        credentials = {key: value for key, value in launch.env.items() if key in CREDENTIALS}
         return {
             "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": resource_name(launch.worker_id),
-                "namespace": self.namespace,
-                "labels": {
-                    LABEL_WORKER: launch.worker_id,
-                    LABEL_JOB: launch.job_id,
-                    LABEL_INSTALLATION: self.installation,
-                    LABEL_MANAGED_BY: MANAGER,
-                },
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": self._metadata(launch),
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(credentials.items())},
+        }
+
+    def _metadata(self, launch: WorkerLaunch) -> dict[str, Any]:
+        return {
+            "name": resource_name(launch.worker_id),
+            "namespace": self.namespace,
+            "labels": {
+                LABEL_WORKER: launch.worker_id,
+                LABEL_JOB: launch.job_id,
+                LABEL_INSTALLATION: self.installation,
+                LABEL_MANAGED_BY: MANAGER,
             },
-            "spec": spec,
         }
 
     def _in_image(self, spec: dict[str, Any], launch: WorkerLaunch) -> None:
@@ -200,7 +224,7 @@ class KubernetesProvider(WorkerProvider):
             image=launch.image,
             imagePullPolicy=PULL_POLICIES.get(launch.image_pull, self.config.image_pull_policy),
             command=ENTRYPOINT,
-            env=[{"name": key, "value": value} for key, value in sorted(agent_env(launch.env).items())],
+            env=container_env(resource_name(launch.worker_id), agent_env(launch.env)),
             securityContext={**restricted, "readOnlyRootFilesystem": False},
         )
         container["volumeMounts"].append({"name": "agent", "mountPath": MOUNT, "readOnly": True})
@@ -230,39 +254,64 @@ class KubernetesProvider(WorkerProvider):
         pod: Pod = json.loads(response.data)
         return pod
 
-    def create_worker(self, launch: WorkerLaunch) -> str:
-        name = resource_name(launch.worker_id)
+    def _create(self, create: Callable[..., Any], read: Callable[..., Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        """Creates the object, or finds the one a first try of this create made."""
+        name, kind = manifest["metadata"]["name"], manifest["kind"].lower()
         try:
-            self.core.create_namespaced_pod(self.namespace, self.pod_manifest(launch), _request_timeout=REQUEST_TIMEOUT)
+            response = create(self.namespace, manifest, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status != 409:
-                raise self._failure(exc, f"create pod {name}") from exc
-            if not self._ours(self._read(name)):
-                raise ProviderError(f"a pod named {name} exists but was not created by this installation") from exc
+                raise
+            response = read(name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            if not self._ours(json.loads(response.data)):
+                raise ProviderError(f"a {kind} named {name} exists but was not created by this installation") from exc
+        found: dict[str, Any] = json.loads(response.data)
+        return found
+
+    def create_worker(self, launch: WorkerLaunch) -> str:
+        """The Secret first (the kubelet will not start a container whose env names a missing
+        one), then the pod, then the pod made the Secret's owner."""
+        name = resource_name(launch.worker_id)
+        core = self.core
+        try:
+            self._create(core.create_namespaced_secret, core.read_namespaced_secret, self.secret_manifest(launch))
+            pod = self._create(core.create_namespaced_pod, core.read_namespaced_pod, self.pod_manifest(launch))
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod["metadata"]["uid"]}
+            core.patch_namespaced_secret(
+                name, self.namespace, {"metadata": {"ownerReferences": [owner]}}, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            raise self._failure(exc, f"create pod {name} and its secret") from exc
         except (HTTPError, OSError) as exc:
-            raise self._failure(exc, f"create pod {name}") from exc
+            raise self._failure(exc, f"create pod {name} and its secret") from exc
         return name
 
     def destroy_worker(self, worker_id: str) -> None:
         name = resource_name(worker_id)
+        grace = math.ceil(self.kill_grace)
         try:
-            if not self._ours(self._read(name)):
-                log.warning("not deleting pod %s: it does not carry this installation's labels", name)
-                return
             with self._lock:
                 self._deleted_by_us[name] = time.monotonic()
-            self.core.delete_namespaced_pod(
-                name,
-                self.namespace,
-                grace_period_seconds=math.ceil(self.kill_grace),
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            self._delete("pod", self.core.read_namespaced_pod, self.core.delete_namespaced_pod, name, grace)
+            # Deleting the pod deletes its Secret too (its owner), but not one whose pod was
+            # never created, or before Kubernetes' garbage collector comes round to it.
+            self._delete("secret", self.core.read_namespaced_secret, self.core.delete_namespaced_secret, name, grace)
         except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise self._failure(exc, f"delete pod {name}") from exc
+            raise self._failure(exc, f"delete pod {name} and its secret") from exc
         except (HTTPError, OSError) as exc:
-            raise self._failure(exc, f"delete pod {name}") from exc
+            raise self._failure(exc, f"delete pod {name} and its secret") from exc
+
+    def _delete(self, kind: str, read: Callable[..., Any], delete: Callable[..., Any], name: str, grace: int) -> None:
+        """Deletes the object if it is there and this installation's."""
+        try:
+            response = read(name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            if not self._ours(json.loads(response.data)):
+                log.warning("not deleting %s %s: it does not carry this installation's labels", kind, name)
+                return
+            delete(name, self.namespace, grace_period_seconds=grace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         name = resource_name(worker_id)
