@@ -28,6 +28,7 @@ from hodei.testing import (
     Link,
     ServerProcess,
     eventually,
+    make_pki,
     query,
     wait_running,
     wait_settled,
@@ -209,6 +210,39 @@ def test_a_job_runs_in_an_image_of_its_own_as_a_pod_under_its_restrictions(
     assert {"name": "agent", "mountPath": "/opt/hodei-agent", "readOnly": True} in container["volumeMounts"]
     assert container["securityContext"]["runAsNonRoot"] and container["securityContext"]["capabilities"]
     eventually(lambda: pod["metadata"]["name"] not in api.pods(), 30, what="the pod to be deleted")
+
+
+def test_under_mutual_tls_a_pod_takes_its_client_key_from_its_secret(
+    pg_server: str, template_database: str, cluster: Any, worker_image: str, tmp_path: Path
+) -> None:
+    """The workers' client key is a credential: in the pod's Secret while the pod lives, never
+    in its spec; the agent reads it from there and reaches the server over mutual TLS."""
+    from conftest import new_database
+
+    api, _, kubeconfig = cluster
+    pki = make_pki(tmp_path)
+    url = new_database(pg_server, template_database)
+    env = {
+        **server_env(kubeconfig, worker_image, docker=False),
+        "HODEI_TLS_CERT": str(pki.server_cert),
+        "HODEI_TLS_KEY": str(pki.server_key),
+        "HODEI_TLS_CLIENT_CA": str(pki.ca),
+        "HODEI_TLS_WORKER_CERT": str(pki.client_cert),
+        "HODEI_TLS_WORKER_KEY": str(pki.client_key),
+    }
+    with ServerProcess(url, tmp_path, env, tls=pki) as server:
+        job_id = server.cli(
+            "job", "run", "--provider", "kubernetes", "--command", "sleep 2; echo mutual", "--timeout", "60", check=True
+        ).stdout.strip()
+        wait_running(url, job_id, timeout=90)
+        (name,) = query(url, "SELECT provider_resource_id FROM workers WHERE job_id = %s", (job_id,))[0]
+        assert api.secrets()[name]["HODEI_TLS_KEY_PEM"] == pki.client_key.read_text()
+        (pod,) = [p for p in created_pods(api) if p["metadata"]["name"] == name]
+        assert "PRIVATE KEY" not in json.dumps(pod)
+        wait_settled(url, job_id, timeout=60)
+        assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
+        assert server.cli("job", "logs", "--id", job_id, check=True).stdout.splitlines() == ["mutual"]
+        eventually(lambda: name not in api.secrets(), 30, what="the secret to go with its pod")
 
 
 def test_a_job_image_that_cannot_be_pulled_fails_the_job_with_why(server: ServerProcess, database_url: str) -> None:
