@@ -4,6 +4,7 @@ local provider and on Docker, with real workers and a real database."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import stat
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.e2e
 SECRET = "s3cr3t-value-123"
 # What a shell adds to the environment it was given.
 SHELL_VARIABLES = {"PWD", "SHLVL", "_", "OLDPWD"}
-BASE = {"PATH", "HOME", "LANG", "HODEI_JOB_ID", "HODEI_WORKER_ID"}
+BASE = {"PATH", "HOME", "TMPDIR", "LANG", "HODEI_JOB_ID", "HODEI_WORKER_ID"}
 PROBE = (
     "env; "
     "if cat /proc/$PPID/environ >/dev/null 2>&1; then echo AGENT-ENV-READABLE; else echo AGENT-ENV-HIDDEN; fi; "
@@ -101,6 +102,22 @@ def test_a_local_job_cannot_read_the_logs_of_other_jobs(fresh_database_url: str)
             assert "was open to other users of this host (mode 0755): now 0700" in server.logs()
     finally:
         shutil.rmtree(shared)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_jobs_temporary_files_are_its_own_and_go_with_it(request: pytest.FixtureRequest, provider: str) -> None:
+    """TMPDIR is the job's private home: what mktemp or Python's tempfile make is out of other
+    jobs' sight and does not pile up in the host's /tmp after the job (on the local provider
+    /tmp is the host's, shared by every local job, all of them `nobody`)."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    made = "f=$(mktemp); echo kept > $f; python3 -c 'import tempfile; print(tempfile.mkdtemp())'; echo $f"
+    job_id = run(server, provider, made, "--wait")
+    directory, file = server.cli("job", "logs", "--id", job_id, check=True).stdout.split()
+    home = "/tmp/hodei-worker-"
+    assert directory.startswith(home) and file.startswith(home), (directory, file)
+    assert os.path.dirname(directory) == os.path.dirname(file)
+    if provider == "local":
+        eventually(lambda: not os.path.exists(os.path.dirname(file)), 15, what="the job's home to go")
 
 
 # A second of busy work; prints the CPU seconds it got.

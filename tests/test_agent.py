@@ -45,6 +45,7 @@ def test_the_job_sees_its_own_variables_over_a_minimal_base() -> None:
     assert env == {
         "PATH": DEFAULT_PATH,
         "HOME": "/tmp/home",
+        "TMPDIR": "/tmp/home",
         "LANG": "C.UTF-8",
         "MY_VAR": "1",
         "API_KEY": "k3y!",

@@ -194,8 +194,10 @@ def job_environment(
     job_id: str, worker_id: str, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
 ) -> dict[str, str]:
     """Exactly the job's own variables and secrets over a minimal base: never the
-    agent's (its credentials) nor, through it, the server's."""
-    base = {"PATH": DEFAULT_PATH, "HOME": home, "LANG": "C.UTF-8"}
+    agent's (its credentials) nor, through it, the server's. TMPDIR is the job's home, so
+    that what mktemp and tempfile make is the job's alone and goes with its home (on the
+    local provider /tmp is the host's, shared by every job and kept)."""
+    base = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
     return {**base, **env, **secrets, "HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id}
 
 
