@@ -12,6 +12,7 @@ from typing import cast
 from uuid import uuid4
 
 import pytest
+from kmock import Response  # type: ignore[attr-defined]  # re-exported without __all__
 
 from hodei.config import KubernetesConfig
 from hodei.errors import ProviderError, ProviderUnavailable
@@ -414,6 +415,23 @@ def test_the_role_in_deploy_allows_exactly_what_the_provider_asks(api: KubeEmula
     for rule in cluster_role["rules"]:
         allowed.update({f"{rule['resources'][0]}/{name}": set(rule["verbs"]) for name in rule["resourceNames"]})
     assert asked == allowed
+
+
+def test_a_role_without_the_secrets_verbs_is_named_in_the_error(api: KubeEmulator, kubeconfig: Path) -> None:
+    """An installation upgraded without applying deploy/rbac.yaml again: the error says what
+    was refused, in the API's words, and where the missing permission is."""
+    said = 'secrets is forbidden: User "system:serviceaccount:hodei-jobs:hodei-server" cannot create resource'
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403}
+    refusal = Response(status=403, payload={**status, "message": said})
+    api.call(lambda: api.emulator[f"post /api/v1/namespaces/{NAMESPACE}/secrets"] << refusal)
+    spec = launch()
+    with pytest.raises(ProviderError) as refused:
+        provider(kubeconfig).create_worker(spec)
+    assert str(refused.value) == (
+        f"Kubernetes refused to create secret hodei-worker-{spec.worker_id} in namespace {NAMESPACE}: "
+        f"forbidden: {said} (the server's service account needs the Role of deploy/rbac.yaml in that namespace)"
+    )
+    assert api.pods() == {}
 
 
 def test_health_names_the_namespace_and_the_api(api: KubeEmulator, kubeconfig: Path) -> None:

@@ -14,12 +14,13 @@ deletes pods that carry its installation label.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -78,6 +79,15 @@ def load_api_client(config: KubernetesConfig) -> k8s.ApiClient:
         return k8s.ApiClient(configuration)
     except ConfigException:
         return k8s_config.new_client_from_config(context=context)
+
+
+def _message(exc: ApiException) -> str:
+    """The API's own words (a Status's message: which verb of which resource was refused)."""
+    try:
+        said = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {said}" if isinstance(said, str) and said else ""
 
 
 def container_env(name: str, agent_vars: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -234,14 +244,26 @@ class KubernetesProvider(WorkerProvider):
 
     def _failure(self, exc: Exception, doing: str) -> ProviderError:
         if isinstance(exc, ApiException):
+            said = _message(exc)
             if exc.status == 403:
-                return ProviderError(f"Kubernetes refused to {doing} in namespace {self.namespace}: forbidden")
+                return ProviderError(
+                    f"Kubernetes refused to {doing} in namespace {self.namespace}: forbidden{said} (the server's "
+                    "service account needs the Role of deploy/rbac.yaml in that namespace)"
+                )
             if exc.status == 404:
                 return ProviderError(f"cannot {doing}: namespace {self.namespace} does not exist")
             return ProviderError(
-                f"Kubernetes failed to {doing}: {exc.status} {exc.reason}", retryable=exc.status >= 500
+                f"Kubernetes failed to {doing}: {exc.status} {exc.reason}{said}", retryable=exc.status >= 500
             )
         return ProviderUnavailable(f"the Kubernetes API at {self.host} is unreachable: {exc}")
+
+    @contextlib.contextmanager
+    def _calling(self, doing: str) -> Iterator[None]:
+        """The API's refusals and the network's failures as ProviderErrors saying what failed."""
+        try:
+            yield
+        except (ApiException, HTTPError, OSError) as exc:
+            raise self._failure(exc, doing) from exc
 
     def _ours(self, pod: Pod) -> bool:
         labels = pod.get("metadata", {}).get("labels") or {}
@@ -273,33 +295,28 @@ class KubernetesProvider(WorkerProvider):
         one), then the pod, then the pod made the Secret's owner."""
         name = resource_name(launch.worker_id)
         core = self.core
-        try:
+        with self._calling(f"create secret {name}"):
             self._create(core.create_namespaced_secret, core.read_namespaced_secret, self.secret_manifest(launch))
+        with self._calling(f"create pod {name}"):
             pod = self._create(core.create_namespaced_pod, core.read_namespaced_pod, self.pod_manifest(launch))
-            owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod["metadata"]["uid"]}
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod["metadata"]["uid"]}
+        with self._calling(f"make pod {name} the owner of its secret"):
             core.patch_namespaced_secret(
                 name, self.namespace, {"metadata": {"ownerReferences": [owner]}}, _request_timeout=REQUEST_TIMEOUT
             )
-        except ApiException as exc:
-            raise self._failure(exc, f"create pod {name} and its secret") from exc
-        except (HTTPError, OSError) as exc:
-            raise self._failure(exc, f"create pod {name} and its secret") from exc
         return name
 
     def destroy_worker(self, worker_id: str) -> None:
         name = resource_name(worker_id)
         grace = math.ceil(self.kill_grace)
-        try:
-            with self._lock:
-                self._deleted_by_us[name] = time.monotonic()
+        with self._lock:
+            self._deleted_by_us[name] = time.monotonic()
+        with self._calling(f"delete pod {name}"):
             self._delete("pod", self.core.read_namespaced_pod, self.core.delete_namespaced_pod, name, grace)
-            # Deleting the pod deletes its Secret too (its owner), but not one whose pod was
-            # never created, or before Kubernetes' garbage collector comes round to it.
+        # Deleting the pod deletes its Secret too (its owner), but not one whose pod was
+        # never created, or before Kubernetes' garbage collector comes round to it.
+        with self._calling(f"delete secret {name}"):
             self._delete("secret", self.core.read_namespaced_secret, self.core.delete_namespaced_secret, name, grace)
-        except ApiException as exc:
-            raise self._failure(exc, f"delete pod {name} and its secret") from exc
-        except (HTTPError, OSError) as exc:
-            raise self._failure(exc, f"delete pod {name} and its secret") from exc
 
     def _delete(self, kind: str, read: Callable[..., Any], delete: Callable[..., Any], name: str, grace: int) -> None:
         """Deletes the object if it is there and this installation's."""
@@ -315,16 +332,15 @@ class KubernetesProvider(WorkerProvider):
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         name = resource_name(worker_id)
-        try:
-            output: str = self.core.read_namespaced_pod_log(
-                name, self.namespace, tail_lines=lines, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status in (400, 404):  # not started, or gone
-                return ""
-            raise self._failure(exc, f"read the log of pod {name}") from exc
-        except (HTTPError, OSError) as exc:
-            raise self._failure(exc, f"read the log of pod {name}") from exc
+        with self._calling(f"read the log of pod {name}"):
+            try:
+                output: str = self.core.read_namespaced_pod_log(
+                    name, self.namespace, tail_lines=lines, _request_timeout=REQUEST_TIMEOUT
+                )
+            except ApiException as exc:
+                if exc.status in (400, 404):  # not started, or gone
+                    return ""
+                raise
         return output
 
     def stopped_by_others(self, worker_id: str) -> str | None:
