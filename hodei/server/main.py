@@ -116,6 +116,8 @@ def _replay(cfg: configuration.Config, apply: bool, job: str | None) -> int:
                 f"({rebuilt.rounds} catch-up rounds); the last {rebuilt.under_lock} and the swap held the event-log "
                 f"lock for {rebuilt.locked_seconds * 1000:.1f} ms: no write waited longer"
             )
+            if rebuilt.left:
+                print(f"note: {rebuilt.left}", file=sys.stderr)
             return 0
         else:
             count, differences = replay.verify(pool)

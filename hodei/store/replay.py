@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -30,6 +30,7 @@ from hodei.store.db import translate_errors
 from hodei.store.events import EventRecord
 from hodei.store.sql import query
 
+T = TypeVar("T")
 SCRATCH_SCHEMA = "hodei_replay"
 REBUILD_SCHEMA = "hodei_rebuild"
 RETIRED_SCHEMA = "hodei_retired"
@@ -223,6 +224,8 @@ class Rebuild:
     under_lock: int
     rounds: int
     locked_seconds: float
+    # Why the retired read models were not dropped ("" when they were).
+    left: str = ""
 
 
 def _schema_sql(statement: str, *names: str) -> sql.Composed:
@@ -298,31 +301,63 @@ class _CatchUp:
         return found < CATCH_UP_LEFT or self.rounds >= CATCH_UP_ROUNDS
 
 
-def _swap_in(conn: psycopg.Connection[Any], scratch: sql.Composed, last: int) -> tuple[int, float]:
-    """Under the writers' locks, the events after ``last`` and the swap; (events, seconds
-    the locks were held). Locks are taken in the writers' order, read models first and the
-    event log last, so a writer between the two is waited for, never deadlocked with. A
-    writer holding one read model while waiting for another that the rebuild holds can
-    still close a cycle: the rebuild gives up first (its lock timeout is shorter than
-    PostgreSQL's deadlock check), lets the writers through, and tries again."""
-    live = sql.SQL(", ").join(sql.SQL("public.{}").format(sql.Identifier(table)) for table in projections.READ_MODELS)
+def _under_short_locks(conn: psycopg.Connection[Any], work: Callable[[], T]) -> T:
+    """``work`` in a transaction whose locks wait at most SWAP_LOCK_TIMEOUT, tried again
+    (SWAP_TRIES in all) when it gave up or PostgreSQL broke a deadlock with it: beside
+    writers, the rebuild is the one that gives way."""
     attempt = 0
     while True:
         attempt += 1
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(SWAP_LOCK_TIMEOUT)))
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
-                locked = time.perf_counter()
-                conn.execute(query("lock_domain_events"))
-                conn.execute(scratch)
-                under_lock, last = _send(conn, _pages(conn, last), last)
-                _swap(conn)
-            return under_lock, time.perf_counter() - locked
+                return work()
         except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):
             if attempt == SWAP_TRIES:
                 raise
             time.sleep(0.05 * attempt)
+
+
+def _swap_in(conn: psycopg.Connection[Any], scratch: sql.Composed, last: int) -> tuple[int, float]:
+    """Under the writers' locks, the events after ``last`` and the swap; (events, seconds
+    the locks were held). Locks are taken in the writers' order, read models first and the
+    event log last, so a writer between the two is waited for, never deadlocked with. A
+    writer holding one read model while waiting for another that the rebuild holds can
+    still close a cycle: the rebuild gives up first and tries again (``_under_short_locks``)."""
+    live = sql.SQL(", ").join(sql.SQL("public.{}").format(sql.Identifier(table)) for table in projections.READ_MODELS)
+
+    def swap() -> tuple[int, float]:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+        locked = time.perf_counter()
+        conn.execute(query("lock_domain_events"))
+        conn.execute(scratch)
+        under_lock, _ = _send(conn, _pages(conn, last), last)
+        _swap(conn)
+        return under_lock, locked
+
+    under_lock, locked = _under_short_locks(conn, swap)
+    return under_lock, time.perf_counter() - locked
+
+
+def _drop_scratch(conn: psycopg.Connection[Any]) -> str:
+    """Drops the retired read models and the emptied rebuild schema; "" once done, else why
+    they were left. A writer that queued on a read model during the swap may hold the
+    retired table for a moment, and a DROP waiting for it deadlocked with that writer (the
+    rebuild, done by then, failed). The next ``apply`` drops what is left before it starts."""
+
+    def drop() -> None:
+        conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", RETIRED_SCHEMA))
+        conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", REBUILD_SCHEMA))
+
+    try:
+        _under_short_locks(conn, drop)
+    except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as exc:
+        return (
+            f"the retired read models (schema {RETIRED_SCHEMA}) are still in a writer's use "
+            f"({exc.diag.message_primary}): the next replay --apply drops them, "
+            f"or DROP SCHEMA {RETIRED_SCHEMA}, {REBUILD_SCHEMA} CASCADE"
+        )
+    return ""
 
 
 def apply(pool: ConnectionPool) -> Rebuild:
@@ -345,10 +380,8 @@ def apply(pool: ConnectionPool) -> Rebuild:
             with conn.transaction():
                 _finish_rebuild_tables(conn, constraints)
             under_lock, locked_seconds = _swap_in(conn, scratch, last)
-            with conn.transaction():
-                conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", RETIRED_SCHEMA))
-                conn.execute(_schema_sql("DROP SCHEMA {} CASCADE", REBUILD_SCHEMA))
+            left = _drop_scratch(conn)
         finally:
             conn.rollback()
             conn.autocommit = True
-    return Rebuild(events + under_lock, under_lock, catch_up.rounds, locked_seconds)
+    return Rebuild(events + under_lock, under_lock, catch_up.rounds, locked_seconds, left)
