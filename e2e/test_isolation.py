@@ -20,7 +20,7 @@ import pytest
 
 from hodei.store.db import open_pool
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -102,6 +102,73 @@ def test_a_local_job_cannot_read_the_logs_of_other_jobs(fresh_database_url: str)
             assert "was open to other users of this host (mode 0755): now 0700" in server.logs()
     finally:
         shutil.rmtree(shared)
+
+
+def snooped(server: ServerProcess) -> tuple[str, list[str]]:
+    """A job holding a secret, and another reading its environment, signalling its shell and
+    listing its home while it runs: (the first's uid, what the second printed, its uid last)."""
+    holder = run(server, "local", "id -u; echo $HOME; echo $$; sleep 30", "--secret", f"API_KEY={SECRET}")
+    eventually(lambda: len(server.cli("job", "logs", "--id", holder).stdout.split()) == 3, 30, what="the holder")
+    held_as, home, pid = server.cli("job", "logs", "--id", holder, check=True).stdout.split()
+    snoop = (
+        f"tr '\\0' '\\n' < /proc/{pid}/environ | grep -q API_KEY && echo FOUND; "
+        f"kill -0 {pid} && echo SIGNALLED; ls {home} >/dev/null && echo ENTERED; id -u"
+    )
+    snooper = run(server, "local", snoop, "--wait")
+    server.cli("job", "cancel", "--id", holder, check=True)
+    for job_id in (holder, snooper):
+        wait_settled(server.database_url, job_id)
+    return held_as, server.cli("job", "logs", "--id", snooper).stdout.splitlines()
+
+
+def test_local_jobs_under_one_user_reach_each_other_and_under_uids_of_their_own_do_not(
+    local: ServerProcess, fresh_database_url: str, tmp_path: Path
+) -> None:
+    """Under HODEI_LOCAL_RUN_AS's default every local job is `nobody`: one reads another's
+    secrets from /proc/PID/environ, signals its processes and lists its home. With a range
+    of uids each running job has a uid of its own, and does none of it."""
+    held_as, said = snooped(local)
+    assert said == ["FOUND", "SIGNALLED", "ENTERED", "65534"] and held_as == "65534", said
+
+    env = {"HODEI_LOCAL_RUN_AS": "61184-61215", "HODEI_KILL_GRACE": "1"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        held_as, said = snooped(server)
+        assert (held_as, said[-1]) == ("61184", "61185"), said
+        assert "FOUND" not in said and "SIGNALLED" not in said and "ENTERED" not in said, said
+        again = run(server, "local", "id -u", "--wait")
+        assert server.cli("job", "logs", "--id", again).stdout.split() == ["61184"]  # a uid is taken again
+        health = server.cli("provider", "health", "local", check=True).stdout
+        assert "jobs run as a uid of their own of 61184-61215" in health, health
+        # A server started while a job runs (after a kill -9) finds that job's uid taken.
+        running = run(server, "local", "id -u; sleep 30")
+        eventually(lambda: server.cli("job", "logs", "--id", running).stdout.split() == ["61184"], 30)
+        server.kill()
+        server.start()
+        after = run(server, "local", "id -u", "--wait")
+        assert server.cli("job", "logs", "--id", after).stdout.split() == ["61185"]
+        server.cli("job", "cancel", "--id", running, check=True)
+
+
+def test_a_local_job_with_no_uid_of_the_range_left_fails_saying_so(fresh_database_url: str, tmp_path: Path) -> None:
+    """The range holds HODEI_LOCAL_MAX_WORKERS uids (checked at start); the limit raised
+    through the API past it, the job that finds none free fails, and never shares one."""
+    env = {"HODEI_LOCAL_RUN_AS": "61184-61185", "HODEI_LOCAL_MAX_WORKERS": "2", "HODEI_KILL_GRACE": "1"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        server.cli("provider", "capacity", "local", "3", check=True)
+        holders = [run(server, "local", "id -u; sleep 30") for _ in range(2)]
+
+        def started() -> bool:
+            return all(server.cli("job", "logs", "--id", job_id).stdout.strip() for job_id in holders)
+
+        eventually(started, 30, what="both jobs to print their uids")
+        third = run(server, "local", "id -u")
+        assert wait_terminal(fresh_database_url, third, timeout=60) == "FAILED"
+        (error,) = query(fresh_database_url, "SELECT error_message FROM jobs WHERE id = %s", (third,))[0]
+        assert "every uid of HODEI_LOCAL_RUN_AS=61184-61185 is a running local job's" in error, error
+        held = sorted(server.cli("job", "logs", "--id", job_id).stdout.strip() for job_id in holders)
+        assert held == ["61184", "61185"]
+        for job_id in holders:
+            server.cli("job", "cancel", "--id", job_id, check=True)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -47,7 +47,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "",
         "command that starts a local worker (default: this Python's hodei_worker.agent)",
     ),
-    "HODEI_LOCAL_RUN_AS": ("nobody", "user local jobs run as when the server runs as root (`server`: the same user)"),
+    "HODEI_LOCAL_RUN_AS": (
+        "nobody",
+        "user local jobs run as when the server runs as root (`server`: the same user; FIRST-LAST: a uid of "
+        "that range each, no two running jobs alike)",
+    ),
     "HODEI_DEFAULT_PROVIDER": (
         "",
         "provider for jobs that name none (default: first healthy of docker, kubernetes, local)",
@@ -272,8 +276,8 @@ class Config:
     # counted over so many seconds (hodei.admission); None: in submission order.
     fair_window: float | None
     local_worker_command: tuple[str, ...]
-    # None: jobs run as the server's own user.
-    local_run_as: str | None
+    # None: jobs run as the server's own user; a range: each running job a uid of it.
+    local_run_as: str | range | None
     default_provider: str
     log_dir: Path
     max_log_bytes: int
@@ -351,21 +355,57 @@ def _pull_policy(env: Mapping[str, str]) -> str:
     return value
 
 
-def _run_as(env: Mapping[str, str]) -> str | None:
-    """``server`` (None), a user name, ``uid`` or ``uid:gid``; a name this host does not
-    know is refused here, not at each local job (whose agent would exit before it registers)."""
+def _run_as(env: Mapping[str, str]) -> str | range | None:
+    """``server`` (None), a user name, ``uid``, ``uid:gid``, or a range of uids no account
+    of this host has, at least as many as local jobs may run at once; a name this host
+    does not know is refused here, not at each local job (whose agent would exit before
+    it registers)."""
     value = _get(env, "HODEI_LOCAL_RUN_AS").strip()
     if value == "server":
         return None
+    first, dash, last = value.partition("-")
+    if dash and first.isdigit() and last.isdigit():  # a name may have a dash: www-data
+        return _uid_range(env, value, int(first), int(last))
     name, _, group = value.partition(":")
     if not name or (group and not group.isdigit()):
-        raise InvalidInput(f"HODEI_LOCAL_RUN_AS must be a user name, uid, uid:gid or `server`, got `{value}`")
+        raise InvalidInput(
+            f"HODEI_LOCAL_RUN_AS must be a user name, uid, uid:gid, a range of uids FIRST-LAST or `server`, "
+            f"got `{value}`"
+        )
     if not name.isdigit() and _flag(env, "HODEI_LOCAL_ENABLED"):
         try:
             pwd.getpwnam(name)
         except KeyError:
             raise InvalidInput(f"HODEI_LOCAL_RUN_AS={value}: no such user on this host") from None
     return value
+
+
+# The highest uid a range may reach: below 2**31 - 1 (what some programs read as a signed
+# number) and -1 (no uid at all).
+MAX_UID = 2**31 - 2
+
+
+def _uid_range(env: Mapping[str, str], value: str, first: int, last: int) -> range:
+    if not 1 <= first <= last <= MAX_UID:
+        raise InvalidInput(
+            f"HODEI_LOCAL_RUN_AS={value}: a range of uids is FIRST-LAST, 1 <= FIRST <= LAST <= {MAX_UID} "
+            "(e.g. 61184-65519, the range systemd's DynamicUser takes)"
+        )
+    uids = range(first, last + 1)
+    accounts = sorted((user.pw_uid, user.pw_name) for user in pwd.getpwall() if user.pw_uid in uids)
+    owners = [f"{name} ({uid})" for uid, name in accounts]
+    if owners:
+        raise InvalidInput(
+            f"HODEI_LOCAL_RUN_AS={value} holds uids of this host's accounts: {', '.join(owners[:5])}; "
+            "a job would run as that account: choose uids no account has"
+        )
+    wanted = _whole(env, "HODEI_LOCAL_MAX_WORKERS")
+    if len(uids) < wanted:
+        raise InvalidInput(
+            f"HODEI_LOCAL_RUN_AS={value} has {len(uids)} uids for HODEI_LOCAL_MAX_WORKERS={wanted} local jobs "
+            "at once: each needs one of its own"
+        )
+    return uids
 
 
 def _pem_file(env: Mapping[str, str], name: str) -> Path | None:

@@ -87,9 +87,27 @@ def test_local_jobs_run_as_a_user_this_host_knows() -> None:
     with pytest.raises(InvalidInput) as refused:
         config.load({"HODEI_LOCAL_RUN_AS": "1000:staff"})
     assert refused.value.message == (
-        "HODEI_LOCAL_RUN_AS must be a user name, uid, uid:gid or `server`, got `1000:staff`"
+        "HODEI_LOCAL_RUN_AS must be a user name, uid, uid:gid, a range of uids FIRST-LAST or `server`, got `1000:staff`"
     )
     assert config.load({"HODEI_LOCAL_RUN_AS": "nosuchuser"}).local_run_as == "nosuchuser"  # no local provider here
+    with pytest.raises(InvalidInput, match="HODEI_LOCAL_RUN_AS=no-such-user: no such user"):
+        config.load({**local, "HODEI_LOCAL_RUN_AS": "no-such-user"})  # a name with a dash is a name
+
+
+def test_local_jobs_may_each_run_as_a_uid_of_their_own_no_account_has() -> None:
+    assert config.load({"HODEI_LOCAL_RUN_AS": "61184-65519"}).local_run_as == range(61184, 65520)
+    refusals = {
+        "5-1": "a range of uids is FIRST-LAST, 1 <= FIRST <= LAST <= 2147483646",
+        "0-10": "a range of uids is FIRST-LAST, 1 <= FIRST",
+        "1-20000": "holds uids of this host's accounts: daemon (1), bin (2)",
+        "61184-61187": "has 4 uids for HODEI_LOCAL_MAX_WORKERS=16 local jobs at once",
+    }
+    for value, refusal in refusals.items():
+        with pytest.raises(InvalidInput) as refused:
+            config.load({"HODEI_LOCAL_RUN_AS": value})
+        assert refusal in refused.value.message, refused.value.message
+    few = {"HODEI_LOCAL_RUN_AS": "61184-61187", "HODEI_LOCAL_MAX_WORKERS": "4"}
+    assert config.load(few).local_run_as == range(61184, 61188)
 
 
 def test_the_console_port_defaults_to_8080_and_zero_turns_it_off() -> None:

@@ -8,7 +8,9 @@ everything the worker starts stays inside, even processes that leave their sessi
 and destroying the worker kills the whole group. The agent starts with a clean
 environment (only its own settings: never the server's), and when the server runs as
 root the job runs as ``HODEI_LOCAL_RUN_AS`` (default ``nobody``), so it can read
-neither the agent's credentials nor the server's files.
+neither the agent's credentials nor the server's files. Given a range of uids, each
+running job gets one of its own: then jobs cannot read each other's environment (their
+secrets), signal each other's processes or enter each other's homes either.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ EMPTY_GROUP_GRACE = 10.0
 TAIL_BYTES = 64 * 1024
 
 
+def _owners(pids: list[int]) -> set[int]:
+    """The uids of these processes (those still there)."""
+    owners = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            owners.add(os.stat(f"/proc/{pid}").st_uid)
+    return owners
+
+
 class LocalProvider(WorkerProvider):
     provider_type = ProviderType.LOCAL
 
@@ -64,7 +75,7 @@ class LocalProvider(WorkerProvider):
         worker_command: Sequence[str] | None,
         log_dir: Path,
         kill_grace: float = 5.0,
-        run_as: str | None = "nobody",
+        run_as: str | range | None = "nobody",
     ) -> None:
         self.installation = installation
         # The agent's base environment: the template's (``agent_python``) for the default
@@ -92,15 +103,36 @@ class LocalProvider(WorkerProvider):
                 "outlive a worker that is killed"
             )
         self._children: dict[str, AgentProcess] = {}
+        # The uid each worker's job runs as, when run_as is a range.
+        self._uids: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
         # The agent copies nothing of the job's output to its own: no second copy on disk.
         env = {**self.agent_env, **launch.env, "HODEI_ECHO_OUTPUT": "0", "HODEI_JOB_HOMES": str(self.homes)}
-        if self.run_as:
+        if isinstance(self.run_as, range):
+            uid = self._uids[launch.worker_id] = self._free_uid(self.run_as)
+            env["HODEI_JOB_USER"] = f"{uid}:{uid}"
+        elif self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
         return env
+
+    def _free_uid(self, uids: range) -> int:
+        """The lowest of ``uids`` no job of this provider runs as: those it started,
+        and those of workers it found running at its start (its cgroups' processes' owners:
+        a handful of /proc entries, not the host's process table). Called under the lock."""
+        taken = set(self._uids.values())
+        if self.cgroups is not None:
+            for worker_id in set(self.cgroups.workers()) - set(self._uids):
+                taken.update(_owners(self.cgroups.pids(worker_id)))
+        uid = next((uid for uid in uids if uid not in taken), None)
+        if uid is None:
+            raise ProviderError(
+                f"every uid of HODEI_LOCAL_RUN_AS={uids[0]}-{uids[-1]} is a running local job's: "
+                "widen the range, or lower the local provider's limit"
+            )
+        return uid
 
     def create_worker(self, launch: WorkerLaunch) -> str:
         with self._lock:
@@ -167,6 +199,8 @@ class LocalProvider(WorkerProvider):
         # An agent killed (its cgroup's SIGKILL above, the OOM killer, by hand) left its
         # job's files. rmtree follows no symbolic link, the named one included.
         shutil.rmtree(self.homes / home_name(worker_id), ignore_errors=True)
+        with self._lock:
+            self._uids.pop(worker_id, None)  # free once nothing runs as it
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         try:
@@ -202,7 +236,10 @@ class LocalProvider(WorkerProvider):
         isolation = (
             f"own cgroup each, {self.cgroups.limits()}" if self.cgroups else "no cgroups, no --cpu/--memory limits"
         )
-        user = f", jobs run as {self.run_as}" if self.run_as else ""
+        if isinstance(self.run_as, range):
+            user = f", jobs run as a uid of their own of {self.run_as[0]}-{self.run_as[-1]}"
+        else:
+            user = f", jobs run as {self.run_as}" if self.run_as else ""
         how = "forked from" if self.template is not None else "run as"
         return Health(True, f"workers {how} `{' '.join(self.worker_command)}` on this host ({isolation}{user})")
 
