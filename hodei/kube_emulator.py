@@ -33,7 +33,8 @@ LOG_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/log$")
 
 
 class _Api(kmock.KubernetesEmulator):
-    """kmock's emulator with uids and owners (see the module docstring)."""
+    """kmock's emulator with uids and owners (see the module docstring). ``_handle`` is
+    where kmock itself changes its objects: an internal of the pinned kmock 0.8."""
 
     async def _handle(self, request: Request) -> Any:
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
