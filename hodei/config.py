@@ -6,6 +6,7 @@ Every other module receives these objects as arguments; nothing else reads
 
 from __future__ import annotations
 
+import grp
 import math
 import os
 import pwd
@@ -392,12 +393,14 @@ def _uid_range(env: Mapping[str, str], value: str, first: int, last: int) -> ran
             "(e.g. 61184-65519, the range systemd's DynamicUser takes)"
         )
     uids = range(first, last + 1)
-    accounts = sorted((user.pw_uid, user.pw_name) for user in pwd.getpwall() if user.pw_uid in uids)
-    owners = [f"{name} ({uid})" for uid, name in accounts]
+    # A job runs with the gid of its uid's number: a group's gid is as much taken.
+    accounts = sorted({(user.pw_uid, user.pw_name) for user in pwd.getpwall() if user.pw_uid in uids})
+    groups = sorted({(group.gr_gid, group.gr_name) for group in grp.getgrall() if group.gr_gid in uids})
+    owners = [f"{name} ({uid})" for uid, name in accounts] + [f"group {name} ({gid})" for gid, name in groups]
     if owners:
         raise InvalidInput(
-            f"HODEI_LOCAL_RUN_AS={value} holds uids of this host's accounts: {', '.join(owners[:5])}; "
-            "a job would run as that account: choose uids no account has"
+            f"HODEI_LOCAL_RUN_AS={value} holds ids of this host's accounts: {', '.join(owners[:5])}; "
+            "a job would run as that account or in that group: choose ids no account or group has"
         )
     wanted = _whole(env, "HODEI_LOCAL_MAX_WORKERS")
     if len(uids) < wanted:

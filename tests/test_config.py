@@ -99,7 +99,8 @@ def test_local_jobs_may_each_run_as_a_uid_of_their_own_no_account_has() -> None:
     refusals = {
         "5-1": "a range of uids is FIRST-LAST, 1 <= FIRST <= LAST <= 2147483646",
         "0-10": "a range of uids is FIRST-LAST, 1 <= FIRST",
-        "1-20000": "holds uids of this host's accounts: daemon (1), bin (2)",
+        "1-20000": "holds ids of this host's accounts: daemon (1), bin (2)",
+        "50-50": "holds ids of this host's accounts: group staff (50)",
         "61184-61187": "has 4 uids for HODEI_LOCAL_MAX_WORKERS=16 local jobs at once",
     }
     for value, refusal in refusals.items():
