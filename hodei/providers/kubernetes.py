@@ -8,7 +8,7 @@ A background watch (re-listed on every reconnect and at least every minute) keep
 cache of this installation's pods; ``observe`` turns what it sees into failures the
 sagas act on: a Failed pod, an image that cannot be pulled, a pod unschedulable past
 its deadline, a pod deleted by someone else. The provider only ever reads, lists or
-deletes pods that carry its installation label.
+deletes pods (and secrets) that carry its installation label.
 """
 
 from __future__ import annotations
