@@ -140,6 +140,7 @@ def test_local_jobs_under_one_user_reach_each_other_and_under_uids_of_their_own_
         health = server.cli("provider", "health", "local", check=True).stdout
         assert "jobs run as a uid of their own of 61184-61215" in health, health
         # A server started while a job runs (after a kill -9) finds that job's uid taken.
+        wait_settled(fresh_database_url, again)  # its worker gone, its uid free
         running = run(server, "local", "id -u; sleep 30")
         eventually(lambda: server.cli("job", "logs", "--id", running).stdout.split() == ["61184"], 30)
         server.kill()
