@@ -48,11 +48,13 @@ class _Api(kmock.KubernetesEmulator):
                     await self._collect(gone)
 
     def _uid(self, request: Request) -> str | None:
-        for (resource, namespace, name), found in self.objects.items():
-            if (resource, namespace, name) == (request.resource, request.namespace, request.name) and not found.deleted:
-                uid: str | None = found.raw.get("metadata", {}).get("uid")
-                return uid
-        return None
+        if request.resource is None or request.name is None:
+            return None  # a delete of a whole collection: kmock deletes nothing then
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        uid: str | None = self.objects[key].raw.get("metadata", {}).get("uid")
+        return uid
 
     async def _collect(self, owner: str) -> None:
         """Deletes the objects ``owner`` owned, and theirs (watchers see them go)."""

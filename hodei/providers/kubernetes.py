@@ -269,12 +269,11 @@ class KubernetesProvider(WorkerProvider):
         labels = pod.get("metadata", {}).get("labels") or {}
         return labels.get(LABEL_INSTALLATION) == self.installation and LABEL_WORKER in labels
 
-    def _read(self, name: str) -> Pod:
-        response = self.core.read_namespaced_pod(
-            name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-        )
-        pod: Pod = json.loads(response.data)
-        return pod
+    def _read(self, read: Callable[..., Any], name: str) -> dict[str, Any]:
+        """An object of the namespace as plain JSON (``read``: the client's read of its kind)."""
+        response = read(name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        found: dict[str, Any] = json.loads(response.data)
+        return found
 
     def _create(self, create: Callable[..., Any], read: Callable[..., Any], manifest: dict[str, Any]) -> dict[str, Any]:
         """Creates the object, or finds the one a first try of this create made."""
@@ -284,11 +283,12 @@ class KubernetesProvider(WorkerProvider):
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            response = read(name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            if not self._ours(json.loads(response.data)):
+            existing = self._read(read, name)
+            if not self._ours(existing):
                 raise ProviderError(f"a {kind} named {name} exists but was not created by this installation") from exc
-        found: dict[str, Any] = json.loads(response.data)
-        return found
+            return existing
+        made: dict[str, Any] = json.loads(response.data)
+        return made
 
     def create_worker(self, launch: WorkerLaunch) -> str:
         """The Secret first (the kubelet will not start a container whose env names a missing
@@ -321,8 +321,7 @@ class KubernetesProvider(WorkerProvider):
     def _delete(self, kind: str, read: Callable[..., Any], delete: Callable[..., Any], name: str, grace: int) -> None:
         """Deletes the object if it is there and this installation's."""
         try:
-            response = read(name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            if not self._ours(json.loads(response.data)):
+            if not self._ours(self._read(read, name)):
                 log.warning("not deleting %s %s: it does not carry this installation's labels", kind, name)
                 return
             delete(name, self.namespace, grace_period_seconds=grace, _request_timeout=REQUEST_TIMEOUT)
@@ -350,7 +349,7 @@ class KubernetesProvider(WorkerProvider):
             if name in self._deleted_by_us:
                 return None
         try:
-            pod = self._read(name)
+            pod = self._read(self.core.read_namespaced_pod, name)
         except ApiException as exc:
             return f"pod {name} was deleted by someone else" if exc.status == 404 else None
         except (HTTPError, OSError):
