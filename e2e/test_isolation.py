@@ -18,6 +18,8 @@ from uuid import uuid4
 
 import pytest
 
+from hodei.providers.base import WorkerLaunch
+from hodei.providers.local import LocalProvider
 from hodei.store.db import open_pool
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
@@ -170,6 +172,35 @@ def test_a_local_job_with_no_uid_of_the_range_left_fails_saying_so(fresh_databas
         assert held == ["61184", "61185"]
         for job_id in holders:
             server.cli("job", "cancel", "--id", job_id, check=True)
+
+
+def test_a_restarted_provider_knows_the_uid_of_a_worker_that_has_not_become_it_yet(tmp_path: Path) -> None:
+    """A worker's processes are root's until its agent starts the job as the uid chosen for
+    it: a server restarted in that moment must not give that uid to another job. The worker
+    here never becomes it (a command that ignores HODEI_JOB_USER), the widest such moment."""
+    installation = f"uid-{uuid4().hex[:8]}"
+    started = LocalProvider(installation, ["sleep", "60"], tmp_path, run_as=range(61184, 61186))
+    restarted = LocalProvider(installation, ["sleep", "60"], tmp_path, run_as=range(61184, 61186))
+    try:
+        groups = started.cgroups
+        assert groups is not None
+        started.create_worker(WorkerLaunch("w1", "j1", {}))
+        eventually(lambda: groups.pids("w1"), 10, what="the worker in its cgroup")
+        restarted.create_worker(WorkerLaunch("w2", "j2", {}))
+        eventually(lambda: groups.pids("w2"), 10, what="the worker in its cgroup")
+
+        def user(worker_id: str) -> str:
+            (pid,) = groups.pids(worker_id)
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            return next(v.decode() for v in environ if v.startswith(b"HODEI_JOB_USER="))
+
+        assert [user("w1"), user("w2")] == ["HODEI_JOB_USER=61184:61184", "HODEI_JOB_USER=61185:61185"]
+    finally:
+        restarted.destroy_worker("w2")
+        started.destroy_worker("w1")
+        started.close()
+        restarted.close()
+    assert not list((tmp_path / "workers").iterdir())  # nothing of either worker left
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -57,15 +57,6 @@ EMPTY_GROUP_GRACE = 10.0
 TAIL_BYTES = 64 * 1024
 
 
-def _owners(pids: list[int]) -> set[int]:
-    """The uids of these processes (those still there)."""
-    owners = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            owners.add(os.stat(f"/proc/{pid}").st_uid)
-    return owners
-
-
 class LocalProvider(WorkerProvider):
     provider_type = ProviderType.LOCAL
 
@@ -113,19 +104,26 @@ class LocalProvider(WorkerProvider):
         env = {**self.agent_env, **launch.env, "HODEI_ECHO_OUTPUT": "0", "HODEI_JOB_HOMES": str(self.homes)}
         if isinstance(self.run_as, range):
             uid = self._uids[launch.worker_id] = self._free_uid(self.run_as)
+            self._uid_record(launch.worker_id).write_text(str(uid))
             env["HODEI_JOB_USER"] = f"{uid}:{uid}"
         elif self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
         return env
 
+    def _uid_record(self, worker_id: str) -> Path:
+        """Where a worker's uid is written down when it is chosen: a server started later
+        finds it there, also while the agent has not yet become that uid (its processes'
+        owners would say root then). In the server's own log directory, gone with the worker."""
+        return self.log_dir / f"{worker_id}.uid"
+
     def _free_uid(self, uids: range) -> int:
-        """The lowest of ``uids`` no job of this provider runs as: those it started,
-        and those of workers it found running at its start (its cgroups' processes' owners:
-        a handful of /proc entries, not the host's process table). Called under the lock."""
+        """The lowest of ``uids`` no job of this provider runs as: those it started, and
+        those of workers it found running at its start (their records). Called under the lock."""
         taken = set(self._uids.values())
         if self.cgroups is not None:
             for worker_id in set(self.cgroups.workers()) - set(self._uids):
-                taken.update(_owners(self.cgroups.pids(worker_id)))
+                with contextlib.suppress(OSError, ValueError):
+                    taken.add(int(self._uid_record(worker_id).read_text()))
         uid = next((uid for uid in uids if uid not in taken), None)
         if uid is None:
             raise ProviderError(
@@ -196,6 +194,7 @@ class LocalProvider(WorkerProvider):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
         (self.log_dir / f"{worker_id}.log").unlink(missing_ok=True)
+        self._uid_record(worker_id).unlink(missing_ok=True)
         # An agent killed (its cgroup's SIGKILL above, the OOM killer, by hand) left its
         # job's files. rmtree follows no symbolic link, the named one included.
         shutil.rmtree(self.homes / home_name(worker_id), ignore_errors=True)
