@@ -387,9 +387,13 @@ class ServerProcess(Cli):
         tls: Pki | None = None,
         token: str | None = None,
         http: bool = False,
+        program: Path = BIN / "hodei-server",
+        base: Mapping[str, str] | None = None,
     ) -> None:
         """``http``: serve the web console and /metrics on a free port too (off otherwise,
-        so that servers in tests do not compete for HODEI_HTTP_PORT's default)."""
+        so that servers in tests do not compete for HODEI_HTTP_PORT's default). ``program``:
+        another installation's server; ``base``: the environment beneath the test's settings
+        (default: the test's own)."""
         self.port = free_port()
         self.http_port = free_port() if http else 0
         self.tls = tls
@@ -401,8 +405,9 @@ class ServerProcess(Cli):
         super().__init__(f"127.0.0.1:{self.port}", options)
         self.database_url = database_url
         self.log_dir = log_dir
+        self.program = program
         self.env = {
-            **os.environ,
+            **(os.environ if base is None else base),
             "DATABASE_URL": database_url,
             "HODEI_GRPC_PORT": str(self.port),
             "HODEI_GRPC_BIND": "127.0.0.1",
@@ -419,7 +424,7 @@ class ServerProcess(Cli):
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.output.open("ab") as output:
-            self.process = subprocess.Popen([str(BIN / "hodei-server")], env=self.env, stdout=output, stderr=output)
+            self.process = subprocess.Popen([str(self.program)], env=self.env, stdout=output, stderr=output)
         channel = self.channel()
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout

@@ -23,6 +23,8 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt_install postgresql
 command -v file >/dev/null || apt_install file
 # Headless Chromium for the console's browser tests (Playwright drives it; no browser download).
 command -v chromium >/dev/null || apt_install chromium
+# systemd-analyze checks deploy/hodei-server.service.
+command -v systemd-analyze >/dev/null || apt_install systemd
 
 # Docker engine: the Debian client talks to it; never the default 172.17 bridge.
 DOCKER=/usr/bin/docker
