@@ -31,8 +31,8 @@ pytestmark = pytest.mark.e2e
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
 
 
-def submit(server: ServerProcess, command: str, count: int, timeout: float = 120) -> list[str]:
-    spec = common_pb2.JobSpec(name="fault", command=command, timeout_seconds=timeout, provider="local")
+def submit(server: ServerProcess, command: str, count: int, timeout: float = 120, provider: str = "local") -> list[str]:
+    spec = common_pb2.JobSpec(name="fault", command=command, timeout_seconds=timeout, provider=provider)
     with server.channel() as channel, ThreadPoolExecutor(8) as pool:
         stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
         return list(
@@ -206,6 +206,43 @@ def own_cluster(template_database: str, pg_server: str) -> Iterator[tuple[Cluste
     finally:
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_server_keeps_to_its_share_of_the_databases_connections(
+    own_cluster: tuple[Cluster, str], tmp_path: Path
+) -> None:
+    """PostgreSQL's max_connections is shared by the installation's servers and tools: a server
+    says at start when fewer are left than it may open (HODEI_DB_MAX_CONNECTIONS and 4 of its
+    own), and in a burst opens no more, every job done and connections left for others (with the
+    pool's old fixed 60 it took all of them: others were refused, `too many clients`)."""
+    cluster, url = own_cluster
+    cluster.stop()
+    cluster.start(f"{FAST_OPTIONS} -c max_connections=40")  # 37 once 3 are reserved for superusers
+    with ServerProcess(url, tmp_path / "default", {"HODEI_SIM_ENABLED": "1"}) as server:
+        logged = server.logs()
+        assert "this server may open 64 (HODEI_DB_MAX_CONNECTIONS=60, and 4 of its own)" in logged, logged
+    eventually(lambda: not query(url, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'hodei-%'"), 30)
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_DB_MAX_CONNECTIONS": "16"}
+    with ServerProcess(url, tmp_path / "share", env) as server, ThreadPoolExecutor(1) as background:
+        assert "HODEI_DB_MAX_CONNECTIONS" not in server.logs()
+        burst = background.submit(submit, server, "true", 300, provider="sim")
+
+        def connections() -> int:
+            """Counted on a connection of its own: one is left for others all along."""
+            ((opened,),) = query(url, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'hodei-%'")
+            return int(opened)
+
+        peak, deadline = 0, time.monotonic() + 180
+        while not burst.done():
+            peak = max(peak, connections())
+        job_ids = burst.result()
+        ended = states(url, job_ids)
+        while not all(state in TERMINAL for state in ended.values()):
+            assert time.monotonic() < deadline, Counter(ended.values())
+            peak = max(peak, connections())
+            ended = states(url, job_ids)
+        assert set(ended.values()) == {"SUCCEEDED"}, Counter(ended.values())
+        assert 0 < peak <= 16 + 4, peak
 
 
 def pg_tool(name: str) -> str:

@@ -32,6 +32,12 @@ from hodei.errors import InvalidInput
         ("HODEI_RELAY_BATCH", "2.5", "HODEI_RELAY_BATCH must be a whole number, got `2.5`"),
         ("HODEI_LOCAL_MAX_STARTING", "1.5", "HODEI_LOCAL_MAX_STARTING must be a whole number, got `1.5`"),
         (
+            "HODEI_DB_MAX_CONNECTIONS",
+            "8",
+            "HODEI_DB_MAX_CONNECTIONS must be at least 16, got `8`: in a burst the server's threads would wait",
+        ),
+        ("HODEI_DB_MAX_CONNECTIONS", "many", "HODEI_DB_MAX_CONNECTIONS must be a number, got `many`"),
+        (
             "HODEI_HEARTBEAT_TIMEOUT",
             "2",
             "HODEI_HEARTBEAT_TIMEOUT (2s) must be longer than HODEI_HEARTBEAT_INTERVAL (2s): "
@@ -72,6 +78,13 @@ def test_counts_are_whole_numbers_in_any_notation_and_namespaces_kubernetes_name
     env = {"HODEI_MAX_LOG_BYTES": "1e9", "HODEI_LOCAL_MAX_WORKERS": "4.0", "HODEI_K8S_NAMESPACE": "ci-7"}
     loaded = config.load(env)
     assert (loaded.max_log_bytes, loaded.max_workers["local"], loaded.kubernetes.namespace) == (10**9, 4, "ci-7")
+    assert (
+        config.load({}).database_connections,
+        config.load({"HODEI_DB_MAX_CONNECTIONS": "16"}).database_connections,
+    ) == (
+        60,
+        16,
+    )
     timing = config.load({"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "0.6"}).timing
     assert (timing.heartbeat_interval, timing.heartbeat_timeout) == (0.5, 0.6)
 

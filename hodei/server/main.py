@@ -45,7 +45,14 @@ from hodei.cli.access import add_token_commands
 from hodei.console.api import Api
 from hodei.errors import HodeiError
 from hodei.server.edge import STREAMS
-from hodei.server.preflight import Misconfigured, check_log_dir, check_peers, check_worker_address, listen_host
+from hodei.server.preflight import (
+    Misconfigured,
+    check_connections,
+    check_log_dir,
+    check_peers,
+    check_worker_address,
+    listen_host,
+)
 from hodei.store import history, replay
 from hodei.store.db import open_pool
 from hodei.store.migrations import check_not_newer, migrate
@@ -282,6 +289,7 @@ def _serve(cfg: configuration.Config) -> int:
     print(BANNER, flush=True)
     log.info("hodei-server %s", version("hodei-jobs"))
     _schema(cfg)
+    check_connections(cfg)
     runtime = Runtime(cfg)
     try:
         tokens = ApiTokens(runtime.pool)
@@ -422,6 +430,7 @@ def _relay(cfg: configuration.Config) -> int:
     from hodei.server.runtime import Runtime
 
     check_not_newer(cfg.database_url)  # the serving servers migrate
+    check_connections(cfg)
     runtime = Runtime(cfg)
     try:
         providers = [provider_type.value for provider_type in runtime.registry.providers]

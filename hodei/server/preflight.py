@@ -7,6 +7,8 @@ with a message that says what to change.
 - The address workers are told to dial must be one they can reach.
 - The log directory (jobs' output, local workers' own) must be one it can write in, and
   no one else can read: a local job, or any user of the host, would read every job's output.
+- The connections it may open should be there to open: it says so (a warning: others'
+  use goes up and down) when PostgreSQL's max_connections leaves fewer.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urlparse
 
+import psycopg
+
 from hodei.config import Config
 from hodei.errors import HodeiError
+from hodei.store.db import translate_errors
 from hodei.store.instances import ServerInstances
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,43 @@ def check_peers(instances: ServerInstances, providers: Sequence[str]) -> None:
                 f"this one would enable {', '.join(mine) or 'none'}. Servers sharing a database must enable the "
                 "same providers (any of them may run a job's next saga step): change HODEI_*_ENABLED to match"
             )
+
+
+# The connections a server opens beside its pool: the relay's claims (2), the listener
+# (hodei.signals) and its own liveness row's (hodei.store.instances).
+OWN_CONNECTIONS = 4
+
+
+def check_connections(config: Config) -> None:
+    """PostgreSQL's connections are shared by every server and tool of the installation (and
+    whatever else uses that cluster): a server that cannot open one when its burst needs it
+    waits, and a job may fail. Before the pool opens: of the connections seen, one is this
+    check's own."""
+    wanted = config.database_connections + OWN_CONNECTIONS
+    with translate_errors(), psycopg.connect(config.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+            " + coalesce(current_setting('reserved_connections', true)::int, 0),"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') - 1"
+        ).fetchone()
+    assert row is not None
+    most, reserved, open_now = row
+    left = most - reserved - open_now
+    if left < wanted:
+        log.warning(
+            "PostgreSQL takes %d connections (max_connections %d, %d of them reserved) and %d are open: %d are "
+            "left, and this server may open %d (HODEI_DB_MAX_CONNECTIONS=%d, and %d of its own). When it cannot "
+            "open one, a burst of jobs waits for connections and some may fail: raise max_connections, or lower "
+            "HODEI_DB_MAX_CONNECTIONS (each server of the installation may open so many)",
+            most - reserved,
+            most,
+            reserved,
+            open_now,
+            max(left, 0),
+            wanted,
+            config.database_connections,
+            OWN_CONNECTIONS,
+        )
 
 
 def _resolve(host: str) -> list[str]:

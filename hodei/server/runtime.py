@@ -94,7 +94,9 @@ class Runtime:
         # pool grows (``_maybe_grow_pool``), and returns them in the caller's thread (no
         # reset), so its default three left two idle: a server's threads count against
         # #13's 64 with 1,000 workers connected.
-        self.pool = open_pool(config.database_url, min_size=2, max_size=60, name="hodei-server", workers=1)
+        self.pool = open_pool(
+            config.database_url, min_size=2, max_size=config.database_connections, name="hodei-server", workers=1
+        )
         self.store = HodeiStore(self.pool)
         self.reads = ReadModels(self.pool)
         wanted = [
