@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.providers.agent_template import alive
-from hodei.testing import ServerProcess, eventually, query, wait_running, wait_settled
+from hodei.testing import BIN, ServerProcess, eventually, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +32,20 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def sim(server: ServerProcess, env: str, *extra: str) -> tuple[int, str, str]:
     result = server.cli("job", "run", "--provider", "sim", "--command", "simulated", "--env", env, *extra)
     return result.returncode, result.stdout, result.stderr
+
+
+def submit(server: ServerProcess, count: int, seconds: float, timeout: float) -> list[str]:
+    """``count`` sim jobs of ``seconds`` each, through the API."""
+    spec = common_pb2.JobSpec(
+        name="sim",
+        command="simulated",
+        timeout_seconds=timeout,
+        provider="sim",
+        env={"HODEI_SIM_SECONDS": f"{seconds:g}"},
+    )
+    with server.channel() as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        return [stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=30).job_id for _ in range(count)]
 
 
 def test_a_simulated_job_prints_its_lines_and_exits_with_its_code(server: ServerProcess) -> None:
@@ -141,12 +156,7 @@ def test_a_simulated_job_stores_a_file_of_the_size_asked_for_each_artifact_patte
 
 
 def test_a_hundred_simulated_jobs_within_the_sim_capacity(server: ServerProcess) -> None:
-    spec = common_pb2.JobSpec(
-        name="sim", command="simulated", timeout_seconds=60, provider="sim", env={"HODEI_SIM_SECONDS": "0.3"}
-    )
-    with server.channel() as channel:
-        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
-        job_ids = [stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), timeout=30).job_id for _ in range(100)]
+    job_ids = submit(server, 100, seconds=0.3, timeout=60)
     live = "SELECT count(*) FROM workers WHERE state <> 'TERMINATED'"
     most = 0
     for job_id in job_ids:
@@ -194,3 +204,30 @@ def test_the_fleet_ends_with_a_killed_server(fresh_database_url: str, tmp_path: 
         fleet = eventually(server.sim_fleet, 30)
         server.kill()
         eventually(lambda: not alive(fleet), 30, what="the fleet process to end")
+
+
+def test_a_server_started_with_few_open_files_raises_its_limit_and_carries_its_fleet(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """A usual shell's soft limit of open files (1024; 256 here) is fewer than a fleet's sockets
+    and logs: the server raises its own to the hard limit at start, and 400 workers connected at
+    once all end well (with the limit it was started with, 300 never ran at once)."""
+    wrapper = tmp_path / "hodei-server"
+    wrapper.write_text(f'#!/bin/sh\nulimit -Sn 256\nexec {BIN / "hodei-server"} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+    with ServerProcess(fresh_database_url, tmp_path / "logs", env, program=wrapper) as server:
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        found = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
+        assert found is not None and found[1] == found[2] and int(found[1]) > 256, limits
+        job_ids = submit(server, 400, seconds=30, timeout=120)
+        running = "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND state = 'RUNNING'"
+        # More workers connected at once than the limit it was started with.
+        eventually(lambda: query(fresh_database_url, running, (job_ids,))[0][0] >= 300, 120, what="300 running")
+        for job_id in job_ids:
+            wait_settled(fresh_database_url, job_id, 180)
+        ended = query(
+            fresh_database_url, "SELECT state, count(*) FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY 1", (job_ids,)
+        )
+        assert ended == [("SUCCEEDED", 400)], ended

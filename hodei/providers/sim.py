@@ -32,6 +32,7 @@ from typing import Literal
 import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
+from hodei_worker.agent import KEEPALIVE
 from hodei_worker.artifacts import PIECE_BYTES, TRANSFER_SECONDS, counted, refusal
 from hodei_worker.runner import exit_code_of, signal_note
 
@@ -147,15 +148,21 @@ def _pieces(job_id: str, name: str, size: int) -> Iterator[worker_pb2.ArtifactUp
         yield worker_pb2.ArtifactUpload(data=block[: min(PIECE_BYTES, size - start)])
 
 
+# A connection of its own for each worker, pinged as the agent pings its own: gRPC otherwise
+# shares one between the channels of a process that dial the same address, and a fleet of a
+# thousand would cost the server one socket.
+_OWN_CONNECTION = (*KEEPALIVE, ("grpc.use_local_subchannel_pool", 1))
+
+
 def _channel(address: str, env: Mapping[str, str]) -> grpc.aio.Channel:
     ca = env.get("HODEI_TLS_CA_PEM")
     if ca is None:
-        return grpc.aio.insecure_channel(address)
+        return grpc.aio.insecure_channel(address, options=_OWN_CONNECTION)
     cert, key = env.get("HODEI_TLS_CERT_PEM"), env.get("HODEI_TLS_KEY_PEM")
     credentials = grpc.ssl_channel_credentials(
         ca.encode(), key.encode() if key else None, cert.encode() if cert else None
     )
-    return grpc.aio.secure_channel(address, credentials)
+    return grpc.aio.secure_channel(address, credentials, options=_OWN_CONNECTION)
 
 
 class SimWorker:

@@ -52,6 +52,7 @@ from hodei.server.preflight import (
     check_peers,
     check_worker_address,
     listen_host,
+    open_files,
 )
 from hodei.store import history, replay
 from hodei.store.db import open_pool
@@ -289,6 +290,7 @@ def _serve(cfg: configuration.Config) -> int:
     print(BANNER, flush=True)
     log.info("hodei-server %s", version("hodei-jobs"))
     _schema(cfg)
+    open_files()
     check_connections(cfg)
     runtime = Runtime(cfg)
     try:
@@ -430,6 +432,7 @@ def _relay(cfg: configuration.Config) -> int:
     from hodei.server.runtime import Runtime
 
     check_not_newer(cfg.database_url)  # the serving servers migrate
+    open_files()
     check_connections(cfg)
     runtime = Runtime(cfg)
     try:

@@ -9,12 +9,14 @@ with a message that says what to change.
   no one else can read: a local job, or any user of the host, would read every job's output.
 - The connections it may open should be there to open: it says so (a warning: others'
   use goes up and down) when PostgreSQL's max_connections leaves fewer.
+- It may hold as many files open as the host lets it (``open_files``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import resource
 import socket
 import stat
 import tempfile
@@ -118,6 +120,18 @@ def check_connections(config: Config) -> None:
             config.database_connections,
             OWN_CONNECTIONS,
         )
+
+
+def open_files() -> None:
+    """Each connected worker holds a socket, each running job's log a file: a process keeps
+    the soft limit it was started with (1024 from a usual shell), which a fleet of a thousand
+    workers passes, accepts then failing with EMFILE. The hard limit is what the host allows
+    (Go's runtime raises its soft limit to it at start the same way). Local jobs inherit it,
+    as Docker's containers get the engine's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("Open files: at most %d (the hard limit; the soft one was %d)", hard, soft)
 
 
 def _resolve(host: str) -> list[str]:

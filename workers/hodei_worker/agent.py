@@ -196,8 +196,12 @@ def _job_user() -> JobUser | None:
         raise Fatal(f"HODEI_JOB_USER={value}: no such user", 2) from None
 
 
+# The worker's channel's pings (the simulated workers' too, hodei.providers.sim).
+KEEPALIVE: tuple[tuple[str, object], ...] = (("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000))
+
+
 def open_channel(settings: Settings, address: str) -> grpc.Channel:
-    options: list[tuple[str, object]] = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+    options = list(KEEPALIVE)
     if settings.tls_ca is None:
         return grpc.insecure_channel(address, options=options)
     if settings.tls_server_name:
