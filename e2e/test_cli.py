@@ -77,7 +77,8 @@ def test_env_values_keep_their_commas_unless_a_new_variable_follows(server: Serv
     refused = server.cli("job", "run", "-p", "local", "--env-file", str(env_file), "-c", "true")
     assert (refused.returncode, refused.stdout) == (2, "")
     assert refused.stderr.endswith(
-        f"--env-file {env_file}, line 2: expected KEY=VALUE with KEY made of letters, digits and _\n"
+        f"--env-file {env_file}, line 2: expected KEY=VALUE with KEY made of ASCII letters, digits and _, "
+        "not beginning with a digit\n"
     )
 
 

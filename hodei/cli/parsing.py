@@ -19,6 +19,8 @@ from hodei.errors import InvalidInput
 
 _ITEM_START = re.compile(r"(?<!\\),(?=[A-Za-z_][A-Za-z0-9_]*=)")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# _KEY in words, for the refusals.
+_KEY_RULE = "made of ASCII letters, digits and _, not beginning with a digit"
 
 
 def parse_env(values: list[str]) -> dict[str, str]:
@@ -30,9 +32,7 @@ def parse_env(values: list[str]) -> dict[str, str]:
         for item in _ITEM_START.split(value):
             key, sep, val = item.partition("=")
             if not sep or not _KEY.match(key):
-                raise InvalidInput(
-                    f"malformed --env item `{item}`: expected KEY=VALUE with KEY made of letters, digits and _"
-                )
+                raise InvalidInput(f"malformed --env item `{item}`: expected KEY=VALUE with KEY {_KEY_RULE}")
             env[key] = val.replace("\\,", ",")
     return env
 
@@ -42,9 +42,7 @@ def _pairs(values: list[str], flag: str, what: str) -> dict[str, str]:
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not _KEY.match(key):
-            raise InvalidInput(
-                f"malformed {flag} `{key}…`: expected NAME={what} with NAME made of letters, digits and _"
-            )
+            raise InvalidInput(f"malformed {flag} `{key}…`: expected NAME={what} with NAME {_KEY_RULE}")
         if key in found:
             raise InvalidInput(f"{flag} {key} is given twice")
         found[key] = value
@@ -85,7 +83,7 @@ def parse_env_lines(text: str, where: str) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep or not _KEY.match(key.strip()):
-            raise InvalidInput(f"{where}, line {number}: expected KEY=VALUE with KEY made of letters, digits and _")
+            raise InvalidInput(f"{where}, line {number}: expected KEY=VALUE with KEY {_KEY_RULE}")
         env[key.strip()] = value
     return env
 
