@@ -11,17 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from hodei.devdb import free_port
 from hodei.testing import BIN, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 
 def refused(server: ServerProcess, **env: str) -> subprocess.CompletedProcess[str]:
-    """Runs a server with the fixture's settings plus ``env`` and expects it to exit."""
+    """Runs a server with the fixture's settings plus ``env`` and expects it to exit, as
+    misconfigured (78: systemd's unit does not start it again)."""
     result = subprocess.run(
         [str(BIN / "hodei-server")], capture_output=True, text=True, env={**server.env, **env}, timeout=60
     )
-    assert result.returncode != 0, result.stdout + result.stderr
+    assert result.returncode == 78, result.stdout + result.stderr
     return result
 
 
@@ -43,6 +45,22 @@ def listening(port: int) -> set[str]:
                 packed = packed.ipv4_mapped or (ipaddress.IPv4Address(0) if packed.is_unspecified else packed)
             found.add(str(packed))
     return found
+
+
+def test_a_bad_setting_exits_78_and_a_database_not_there_1(fresh_database_url: str, tmp_path: Path) -> None:
+    """78 (sysexits' EX_CONFIG): the settings must change, and deploy/hodei-server.service does
+    not start it again; 1: PostgreSQL not there (yet), which starting it again may mend."""
+    server = ServerProcess(fresh_database_url, tmp_path)
+    result = refused(server, HODEI_DB_MAX_CONNECTIONS="8")
+    assert "hodei-server: HODEI_DB_MAX_CONNECTIONS must be at least 16, got `8`" in result.stderr, result.stderr
+    away = subprocess.run(
+        [str(BIN / "hodei-server")],
+        capture_output=True,
+        text=True,
+        env={**server.env, "DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/hodei_jobs"},
+        timeout=60,
+    )
+    assert away.returncode == 1 and "PostgreSQL is unavailable" in away.stderr, away.stderr
 
 
 def test_a_second_server_on_a_port_in_use_exits_naming_the_port(fresh_database_url: str, tmp_path: Path) -> None:

@@ -209,7 +209,7 @@ def test_a_key_that_is_not_the_certificates_stops_the_server_at_start(
     ]
     for change, said in cases:
         env = tls_env(pki, mutual=False) | change
-        with pytest.raises(RuntimeError, match="exited with 1") as refused:
+        with pytest.raises(RuntimeError, match="exited with 78") as refused:
             ServerProcess(fresh_database_url, tmp_path / "logs", env, tls=pki).start()
         assert f"hodei-server: HODEI_TLS_CERT={pki.server_cert}" in str(refused.value)
         assert said in str(refused.value)

@@ -40,13 +40,13 @@ def test_an_older_server_refuses_a_database_a_newer_version_migrated(fresh_datab
     said = f"this database was migrated by a newer hodei than this one ({ours})"
     for env in ({}, {"HODEI_AUTO_MIGRATE": "0"}):
         server = ServerProcess(newer_database, tmp_path / f"logs-{len(env)}", env)
-        with pytest.raises(RuntimeError, match="exited with 1") as refused:
+        with pytest.raises(RuntimeError, match="exited with 78") as refused:
             server.start()
         assert said in str(refused.value) and FUTURE in str(refused.value)
         assert "Run that version or a newer one" in str(refused.value)
     for command in (["migrate"], ["replay", "--apply"], ["replay", "--verify"], ["relay"], ["token", "list"]):
         ran = hodei_server(newer_database, *command)
-        assert ran.returncode == 1, (command, ran.stdout, ran.stderr)
+        assert ran.returncode == 78, (command, ran.stdout, ran.stderr)
         assert f"hodei-server: {said}" in ran.stderr and FUTURE in ran.stderr, command
     assert _ledger(newer_database) == ledger  # nothing applied, nothing rebuilt
 

@@ -84,6 +84,7 @@ def test_the_unit_is_one_systemd_takes(venv: Path, tmp_path: Path) -> None:
     assert service["ExecStart"] == "/opt/hodei/bin/hodei-server serve"
     assert service["EnvironmentFile"] == "/etc/hodei/server.env"
     assert service["KillMode"] == "mixed"  # SIGTERM to the server alone
+    assert service["RestartPreventExitStatus"] == "78"  # misconfigured (e2e/test_misconfiguration.py)
     here = UNIT.read_text().replace("/opt/hodei/bin", str(venv / "bin")).replace("/etc/hodei/server.env", str(SETTINGS))
     (tmp_path / "hodei-server.service").write_text(here)
     verified = subprocess.run(

@@ -43,7 +43,7 @@ from hodei._proto import (
 )
 from hodei.cli.access import add_token_commands
 from hodei.console.api import Api
-from hodei.errors import HodeiError
+from hodei.errors import HodeiError, InvalidInput
 from hodei.server.edge import STREAMS
 from hodei.server.preflight import (
     Misconfigured,
@@ -56,7 +56,7 @@ from hodei.server.preflight import (
 )
 from hodei.store import history, replay
 from hodei.store.db import open_pool
-from hodei.store.migrations import check_not_newer, migrate
+from hodei.store.migrations import NewerDatabase, check_not_newer, migrate
 from hodei.store.readmodels import ReadModels
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ IO_THREADS = 16
 # The collector's thresholds once started: a young-generation pass every 10,000 net
 # allocations (the default 700 ran one every few statements under load).
 GC_THRESHOLDS = (10_000, 10, 10)
+# The exit of a server whose settings, or database's version, must change before it can start:
+# sysexits' EX_CONFIG, which deploy/hodei-server.service does not restart (a PostgreSQL not
+# there yet exits 1, and is tried again).
+EXIT_MISCONFIGURED = 78
 
 BANNER = """\
 ╔═══════════════════════════════════════════════════════════════╗
@@ -534,7 +538,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = configuration.load()
+        try:
+            cfg = configuration.load()
+        except InvalidInput as exc:
+            raise Misconfigured(exc.message) from None
         if args.command == "migrate":
             _migrate(cfg)
             code = 0
@@ -548,6 +555,9 @@ def main(argv: list[str] | None = None) -> None:
             code = _secrets(cfg, args)
         else:
             code = _serve(cfg)
+    except (Misconfigured, NewerDatabase) as exc:
+        print(f"hodei-server: {exc}", file=sys.stderr)
+        code = EXIT_MISCONFIGURED
     except HodeiError as exc:
         print(f"hodei-server: {exc}", file=sys.stderr)
         code = 1
