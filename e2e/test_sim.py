@@ -211,16 +211,19 @@ def test_a_server_started_with_few_open_files_raises_its_limit_and_carries_its_f
 ) -> None:
     """A usual shell's soft limit of open files (1024; 256 here) is fewer than a fleet's sockets
     and logs: the server raises its own to the hard limit at start, and 400 workers connected at
-    once all end well (with the limit it was started with, 300 never ran at once)."""
+    once all end well (with the limit it was started with, 300 never ran at once). A local job
+    keeps the limit the server was given, as run by hand."""
     wrapper = tmp_path / "hodei-server"
     wrapper.write_text(f'#!/bin/sh\nulimit -Sn 256\nexec {BIN / "hodei-server"} "$@"\n')
     wrapper.chmod(0o755)
-    env = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_KILL_GRACE": "1"}
     with ServerProcess(fresh_database_url, tmp_path / "logs", env, program=wrapper) as server:
         assert server.process is not None
         limits = Path(f"/proc/{server.process.pid}/limits").read_text()
         found = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
         assert found is not None and found[1] == found[2] and int(found[1]) > 256, limits
+        local = server.cli("job", "run", "-p", "local", "--command", "ulimit -Sn", "--wait", check=True).stdout
+        assert server.cli("job", "logs", local.strip(), check=True).stdout == "256\n"
         job_ids = submit(server, 400, seconds=30, timeout=120)
         running = "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND state = 'RUNNING'"
         # More workers connected at once than the limit it was started with.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,9 @@ class LocalProvider(WorkerProvider):
         self.homes = Path(tempfile.gettempdir())
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
+        # The server's soft limit of open files as it was started, before it raised it
+        # (hodei.server.preflight.open_files, which runs after the providers are built).
+        self.open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         root = cgroup2_root()
         self.cgroups = WorkerCgroups(root, installation, cgroup1_roots()) if root is not None else None
         if self.cgroups is None:
@@ -101,7 +105,13 @@ class LocalProvider(WorkerProvider):
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
         # The agent copies nothing of the job's output to its own: no second copy on disk.
-        env = {**self.agent_env, **launch.env, "HODEI_ECHO_OUTPUT": "0", "HODEI_JOB_HOMES": str(self.homes)}
+        env = {
+            **self.agent_env,
+            **launch.env,
+            "HODEI_ECHO_OUTPUT": "0",
+            "HODEI_JOB_HOMES": str(self.homes),
+            "HODEI_OPEN_FILES": str(self.open_files),
+        }
         if isinstance(self.run_as, range):
             uid = self._uids[launch.worker_id] = self._free_uid(self.run_as)
             self._uid_record(launch.worker_id).write_text(str(uid))

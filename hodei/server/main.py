@@ -294,9 +294,9 @@ def _serve(cfg: configuration.Config) -> int:
     print(BANNER, flush=True)
     log.info("hodei-server %s", version("hodei-jobs"))
     _schema(cfg)
-    open_files()
     check_connections(cfg)
     runtime = Runtime(cfg)
+    open_files()  # once the local provider has read the limit its jobs keep
     try:
         tokens = ApiTokens(runtime.pool)
         authentication = cfg.auth_required or tokens.required()
@@ -436,9 +436,9 @@ def _relay(cfg: configuration.Config) -> int:
     from hodei.server.runtime import Runtime
 
     check_not_newer(cfg.database_url)  # the serving servers migrate
-    open_files()
     check_connections(cfg)
     runtime = Runtime(cfg)
+    open_files()  # once the local provider has read the limit its jobs keep
     try:
         providers = [provider_type.value for provider_type in runtime.registry.providers]
         check_peers(runtime.instances, providers)

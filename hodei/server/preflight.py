@@ -126,8 +126,8 @@ def open_files() -> None:
     """Each connected worker holds a socket, each running job's log a file: a process keeps
     the soft limit it was started with (1024 from a usual shell), which a fleet of a thousand
     workers passes, accepts then failing with EMFILE. The hard limit is what the host allows
-    (Go's runtime raises its soft limit to it at start the same way). Local jobs inherit it,
-    as Docker's containers get the engine's."""
+    (Go's runtime raises its soft limit to it at start the same way, and gives its children
+    the old one back): called once the local provider has read the limit its jobs keep."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

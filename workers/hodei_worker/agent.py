@@ -14,6 +14,7 @@ Configuration (set by the provider that started the worker):
     HODEI_JOB_USER         run the job as this user (name, uid or uid:gid) when the agent is root
     HODEI_WORKER_ORPHAN_TIMEOUT  seconds without any server before the job is stopped (300)
     HODEI_ECHO_OUTPUT      0: do not copy the job's output to the agent's own stdout/stderr
+    HODEI_OPEN_FILES       the soft limit of open files the job is to have (the local provider's)
 
 The job sees none of these: its environment is its own variables and secrets over a
 minimal base (see runner.job_environment), and the agent is non-dumpable, so a job
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import shutil
 import signal
 import socket
@@ -541,9 +543,20 @@ class Agent:
         self.process.interrupt(Outcome.WORKER_STOPPED, "the worker was stopped (SIGTERM) before the job ended")
 
 
+def keep_open_files() -> None:
+    """The local provider's server raises its own limit of open files to the hard one (its
+    workers' sockets) and gives the soft one it was started with: the job has that, as it
+    would have had run by hand, not a limit some programs walk whole (closing every fd)."""
+    value = os.environ.get("HODEI_OPEN_FILES", "")
+    if value.isdigit():
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(value), hard), hard))
+
+
 def main() -> None:
     hide_from_jobs()
     become_subreaper()
+    keep_open_files()
     try:
         settings = Settings.from_env()
         agent = Agent(settings)
