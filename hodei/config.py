@@ -413,7 +413,7 @@ def _uid_range(env: Mapping[str, str], value: str, first: int, last: int) -> ran
     if not 1 <= first <= last <= MAX_UID:
         raise InvalidInput(
             f"HODEI_LOCAL_RUN_AS={value}: a range of uids is FIRST-LAST, 1 <= FIRST <= LAST <= {MAX_UID} "
-            "(e.g. 61184-65519, the range systemd's DynamicUser takes)"
+            "(e.g. 80000-89999: ids nothing else on the host uses)"
         )
     uids = range(first, last + 1)
     # A job runs with the gid of its uid's number: a group's gid is as much taken.
