@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from hodei.testing import ServerProcess, eventually, query, wait_settled
+from hodei.domain.job import TERMINAL_STATES
+from hodei.testing import ServerProcess, eventually, query, wait_all, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -26,16 +27,6 @@ def submit_many(server: ServerProcess, specs: list[common_pb2.JobSpec]) -> list[
 
 def spec(provider: str, command: str, **fields: Any) -> common_pb2.JobSpec:
     return common_pb2.JobSpec(name="capacity", command=command, timeout_seconds=120, provider=provider, **fields)
-
-
-def wait_all(url: str, job_ids: list[str], timeout: float) -> dict[str, str]:
-    def ended() -> dict[str, str] | None:
-        rows = query(url, "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[])", (job_ids,))
-        states = dict(rows)
-        done = all(s in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT") for s in states.values())
-        return states if done and len(states) == len(job_ids) else None
-
-    return eventually(ended, timeout, 0.5, "every job to end")
 
 
 @pytest.mark.docker
@@ -66,7 +57,7 @@ def test_docker_never_runs_more_than_its_capacity_and_priority_goes_first(
             running = docker_client.api.containers(all=True, filters={"label": f"hodei.installation={installation}"})
             most = max(most, len(running))
             states = dict(query(fresh_database_url, "SELECT id::text, state FROM jobs"))
-            if all(state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT") for state in states.values()):
+            if all(state in TERMINAL_STATES for state in states.values()):
                 break
             time.sleep(0.1)
         assert set(states.values()) == {"SUCCEEDED"}

@@ -17,6 +17,7 @@ import pytest
 from e2e.test_access import create_token
 from hodei._proto import common_pb2, cron_pb2, cron_pb2_grpc
 from hodei.domain.cron import CRON_LABEL
+from hodei.domain.job import TERMINAL_STATES
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -189,7 +190,7 @@ def test_replace_cancels_the_running_job_of_the_time_before(server: ServerProces
     assert all(message.startswith("replaced by the run of cron job newest at ") for _, _, message in rows)
     time.sleep(1.5)  # a sweep that read the cron job before its deletion may still be writing
     for job_id, state, _ in jobs_of(server, "newest"):
-        if state not in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"):
+        if state not in TERMINAL_STATES:
             cli(server, alice, "job", "cancel", job_id, check=False)
 
 

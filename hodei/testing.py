@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg_pool import ConnectionPool
 
 from hodei.devdb import free_port
+from hodei.domain.job import TERMINAL_STATES
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -507,13 +508,26 @@ def wait_running(database_url: str, job_id: str, timeout: float = 30.0) -> None:
 
 
 def wait_terminal(database_url: str, job_id: str, timeout: float = 60.0) -> str:
-    terminal = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
-
     def state() -> str | None:
         rows = query(database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,))
-        return rows[0][0] if rows and rows[0][0] in terminal else None
+        return rows[0][0] if rows and rows[0][0] in TERMINAL_STATES else None
 
     return eventually(state, timeout, what=f"job {job_id} to end")
+
+
+def job_states(database_url: str, job_ids: list[str]) -> dict[str, str]:
+    """Each job's state, by id."""
+    return dict(query(database_url, "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[])", (job_ids,)))
+
+
+def wait_all(database_url: str, job_ids: list[str], timeout: float) -> dict[str, str]:
+    """Each job's state, once every one has ended."""
+
+    def ended() -> dict[str, str] | None:
+        found = job_states(database_url, job_ids)
+        return found if len(found) == len(job_ids) and all(s in TERMINAL_STATES for s in found.values()) else None
+
+    return eventually(ended, timeout, 0.5, "every job to end")
 
 
 def worker_ended_because(database_url: str, job_id: str) -> str:
@@ -538,8 +552,8 @@ def wait_settled(database_url: str, job_id: str, timeout: float = 60.0) -> None:
         )[0][0]
         ended = query(
             database_url,
-            "SELECT count(*) FROM jobs WHERE id = %s AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')",
-            (job_id,),
+            "SELECT count(*) FROM jobs WHERE id = %s AND state = ANY(%s)",
+            (job_id, list(TERMINAL_STATES)),
         )[0][0]
         return bool(ended) and open_sagas == 0
 

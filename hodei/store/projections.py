@@ -17,6 +17,7 @@ from uuid import UUID
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
 
+from hodei.domain.job import TERMINAL_STATES
 from hodei.store.events import EventRecord, current, unpack, uuid5_text
 from hodei.store.sql import query
 
@@ -38,9 +39,6 @@ READ_MODELS = (
     "saga_steps",
     "saga_audit_events",
 )
-
-_TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"}
-
 
 # Each projection statement's row, as the statement reads it: an array, these columns in
 # this order (``(e->>0)::uuid AS id``, ...). PostgreSQL reads an array's elements by
@@ -499,7 +497,7 @@ def _job_status_changed(cur: Sink, event: EventRecord) -> None:
         "project_job_status_changed",
         event,
         new_state=p["new_state"],
-        terminal=p["new_state"] in _TERMINAL,
+        terminal=p["new_state"] in TERMINAL_STATES,
         exit_code=p["exit_code"],
         reason=p["reason"],
         ran_from=p["ran_from"],
