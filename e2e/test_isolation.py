@@ -11,7 +11,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -201,6 +203,33 @@ def test_a_restarted_provider_knows_the_uid_of_a_worker_that_has_not_become_it_y
         started.close()
         restarted.close()
     assert not list((tmp_path / "workers").iterdir())  # nothing of either worker left
+
+
+def test_two_providers_on_one_host_choosing_at_once_never_give_one_uid_twice(tmp_path: Path) -> None:
+    """Two servers of one installation on one host (sharing HODEI_LOG_DIR, as servers sharing
+    a database do) see each other's workers through their cgroups and records; each choice
+    is made under a lock on the host, else both could pick the lowest uid free at once."""
+    installation = f"uid-{uuid4().hex[:8]}"
+    uids, rounds = range(61184, 61184 + 24), 12
+    providers = [LocalProvider(installation, ["sleep", "60"], tmp_path, run_as=uids) for _ in range(2)]
+    together = threading.Barrier(2)
+
+    def create(index: int) -> None:
+        for n in range(rounds):
+            together.wait()
+            providers[index].create_worker(WorkerLaunch(f"w{index}-{n}", f"j{index}-{n}", {}))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(create, range(2)))
+        chosen = [(tmp_path / "workers" / f"w{i}-{n}.uid").read_text() for i in range(2) for n in range(rounds)]
+        assert sorted(map(int, chosen)) == list(uids)
+    finally:
+        for index, provider in enumerate(providers):
+            for n in range(rounds):
+                provider.destroy_worker(f"w{index}-{n}")
+            provider.close()
+    assert not list((tmp_path / "workers").iterdir())
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -16,6 +16,7 @@ secrets), signal each other's processes or enter each other's homes either.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import resource
@@ -25,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -113,8 +114,9 @@ class LocalProvider(WorkerProvider):
             "HODEI_OPEN_FILES": str(self.open_files),
         }
         if isinstance(self.run_as, range):
-            uid = self._uids[launch.worker_id] = self._free_uid(self.run_as)
-            self._uid_record(launch.worker_id).write_text(str(uid))
+            with self._host_lock():
+                uid = self._uids[launch.worker_id] = self._free_uid(self.run_as)
+                self._uid_record(launch.worker_id).write_text(str(uid))
             env["HODEI_JOB_USER"] = f"{uid}:{uid}"
         elif self.run_as:
             env["HODEI_JOB_USER"] = self.run_as
@@ -126,9 +128,22 @@ class LocalProvider(WorkerProvider):
         owners would say root then). In the server's own log directory, gone with the worker."""
         return self.log_dir / f"{worker_id}.uid"
 
+    @contextlib.contextmanager
+    def _host_lock(self) -> Iterator[None]:
+        """Held while a uid is chosen and written down: another server of this installation
+        on this host (sharing the log directory) chooses only once the record is there, and
+        the worker's cgroup that names it (made before). The directory itself is locked."""
+        descriptor = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)
+
     def _free_uid(self, uids: range) -> int:
-        """The lowest of ``uids`` no job of this provider runs as: those it started, and
-        those of workers it found running at its start (their records). Called under the lock."""
+        """The lowest of ``uids`` no local job of this installation runs as: those this
+        provider started, and those of the other workers in its cgroups (their records):
+        found running at its start, or another server's. Called under both locks."""
         taken = set(self._uids.values())
         if self.cgroups is not None:
             for worker_id in set(self.cgroups.workers()) - set(self._uids):
