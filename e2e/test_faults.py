@@ -6,6 +6,7 @@ log stream (megabyte lines, a log past its cap, a full log disk)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,10 +26,19 @@ import requests
 from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
-from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
+from hodei.domain.job import TERMINAL_STATES
+from hodei.testing import (
+    ServerProcess,
+    eventually,
+    hodei_server,
+    job_states,
+    query,
+    wait_all,
+    wait_settled,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.e2e
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
 
 
 def submit(server: ServerProcess, command: str, count: int, timeout: float = 120, provider: str = "local") -> list[str]:
@@ -40,20 +50,8 @@ def submit(server: ServerProcess, command: str, count: int, timeout: float = 120
         )
 
 
-def states(url: str, job_ids: list[str]) -> dict[str, str]:
-    return dict(query(url, "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[])", (job_ids,)))
-
-
-def wait_all(url: str, job_ids: list[str], timeout: float) -> dict[str, str]:
-    def ended() -> dict[str, str] | None:
-        found = states(url, job_ids)
-        return found if len(found) == len(job_ids) and all(s in TERMINAL for s in found.values()) else None
-
-    return eventually(ended, timeout, 0.5, "every job to end")
-
-
 def running(url: str, job_ids: list[str], at_least: int) -> None:
-    eventually(lambda: list(states(url, job_ids).values()).count("RUNNING") >= at_least, 120, 0.2, "jobs to run")
+    eventually(lambda: list(job_states(url, job_ids).values()).count("RUNNING") >= at_least, 120, 0.2, "jobs to run")
 
 
 def test_kill_9_of_one_of_two_servers_fails_none_of_its_jobs(
@@ -123,7 +121,7 @@ def test_jobs_waiting_for_a_time_or_for_another_job_outlive_a_kill_9_of_their_se
         then = run("--after", first)
         never = run("--after", f"{first}:notok")
         server.kill()
-        assert states(url, [first, then, never]) == {first: "PENDING", then: "PENDING", never: "PENDING"}
+        assert job_states(url, [first, then, never]) == {first: "PENDING", then: "PENDING", never: "PENDING"}
         server.start()
         ended = wait_all(url, [first, then, never], 120)
         assert ended == {first: "SUCCEEDED", then: "SUCCEEDED", never: "CANCELLED"}
@@ -236,11 +234,11 @@ def test_a_server_keeps_to_its_share_of_the_databases_connections(
         while not burst.done():
             peak = max(peak, connections())
         job_ids = burst.result()
-        ended = states(url, job_ids)
-        while not all(state in TERMINAL for state in ended.values()):
+        ended = job_states(url, job_ids)
+        while not all(state in TERMINAL_STATES for state in ended.values()):
             assert time.monotonic() < deadline, Counter(ended.values())
             peak = max(peak, connections())
-            ended = states(url, job_ids)
+            ended = job_states(url, job_ids)
         assert set(ended.values()) == {"SUCCEEDED"}, Counter(ended.values())
         assert 0 < peak <= 16 + 4, peak
 
@@ -475,6 +473,31 @@ def test_a_full_log_disk_costs_output_not_the_job_and_the_log_says_so(
         )
         metrics = requests.get(f"{server.http_url}/metrics", timeout=10).text
         assert f"hodei_log_lines_lost_total {len(lost)}.0" in metrics
+
+
+def test_a_job_that_ends_while_the_log_disk_is_full_ends_as_it_would(
+    fresh_database_url: str, tmp_path: Path, small_disk: Path, shared_dir: Path
+) -> None:
+    """The disk is still full when the job ends, and when the next one runs. A local agent's
+    own output is a file in the log directory: its last word about the job failed there,
+    took the job's report with it, and the job stayed RUNNING until its timeout."""
+    url = fresh_database_url
+    go = shared_dir / "go"
+    command = f"seq 1 20000; while [ ! -e {go} ]; do sleep 0.1; done; exit 3"
+    with ServerProcess(url, tmp_path, {"HODEI_LOG_DIR": str(small_disk)}) as server:
+        (small_disk / "filler").write_bytes(b"x" * (240 * 1024))
+        job_id = server.cli("job", "run", "-p", "local", "-c", command, check=True).stdout.strip()
+        eventually(lambda: "its output cannot be stored" in server.logs(), 60, what="the disk to be full")
+        descriptor = os.open(small_disk / "rest", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # not a byte left
+            while True:
+                os.write(descriptor, b"x" * 4096)
+        os.close(descriptor)
+        go.touch()
+        assert wait_terminal(url, job_id, 60) == "FAILED"
+        assert query(url, "SELECT exit_code FROM jobs WHERE id = %s", (job_id,)) == [(3,)]
+        after = server.cli("job", "run", "-p", "local", "-c", "echo lost; exit 4", "--wait")
+        assert after.returncode == 4, after.stderr
 
 
 def test_a_full_artifacts_disk_costs_the_file_not_the_job_and_the_log_says_so(

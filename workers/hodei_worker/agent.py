@@ -26,6 +26,7 @@ Exit codes: 0 result delivered; 2 bad configuration; 3 credentials refused;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import resource
@@ -78,7 +79,10 @@ _OUTCOMES = {
 
 
 def say(message: str) -> None:
-    print(f"[hodei-worker] {message}", file=sys.stderr, flush=True)
+    """The agent's own word, on its stderr: for a local worker a file in the server's log
+    directory, whose disk may be full. Lost then, never in the way of the job's report."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"[hodei-worker] {message}", file=sys.stderr, flush=True)
 
 
 class Fatal(Exception):
@@ -444,8 +448,9 @@ class Agent:
             # A copy on our own stdout/stderr, so `docker logs` and `kubectl logs` agree with
             # the stored log (the local provider turns it off: nothing would remove it).
             target = sys.stderr if stream == STDERR else sys.stdout
-            target.write("\n".join(texts) + ("" if partial else "\n"))
-            target.flush()
+            with contextlib.suppress(OSError, ValueError):  # the stored log is the one that counts
+                target.write("\n".join(texts) + ("" if partial else "\n"))
+                target.flush()
         self.batcher.add(stream, texts, partial)
 
     def _run_job(self) -> None:
