@@ -43,3 +43,24 @@ def test_a_duration_past_the_calendar_is_refused_in_words(argv: list[str], capsy
         parser().parse_args(argv)
     assert ended.value.code == 2
     assert "that stays within the years 1 to 9999, got" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [("30", 30.0), ("1.5", 1.5), ("-5", -5.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0), ("1d", 86400.0)],
+)
+def test_a_jobs_times_take_seconds_or_a_duration(given: str, seconds: float) -> None:
+    """As --begin and --grace do; a number that is not a time (-5) is left for the check
+    that names the option."""
+    argv = ["job", "run", "-c", "true", "--timeout", given, "--queue-timeout", given, "--retry-backoff", given]
+    args = parser().parse_args(argv)
+    assert (args.timeout, args.queue_timeout, args.retry_backoff) == (seconds, seconds, seconds)
+
+
+def test_a_time_that_is_neither_is_refused_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ended:
+        parser().parse_args(["job", "run", "-c", "true", "--timeout", "10 minutes"])
+    assert ended.value.code == 2
+    assert "argument --timeout/-t: takes seconds or a duration such as 30s or 2m, got '10 minutes'" in (
+        capsys.readouterr().err
+    )

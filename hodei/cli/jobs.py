@@ -38,6 +38,7 @@ from hodei.cli.parsing import (
     parse_secrets,
     signal_name,
     since,
+    span,
     text_of,
     whole,
 )
@@ -1027,7 +1028,14 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         metavar="PATH",
         help="secret variables, KEY=VALUE lines as --env-file reads them; --secret wins; repeatable",
     )
-    parser.add_argument("--timeout", "-t", type=float, default=600.0, help="seconds (default 600)")
+    parser.add_argument(
+        "--timeout",
+        "-t",
+        type=span,
+        default=600.0,
+        metavar="DURATION",
+        help="how long it may run: seconds or e.g. 90s, 10m, 2h (default 600)",
+    )
     parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
     parser.add_argument(
         "--image",
@@ -1048,7 +1056,10 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         "--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)"
     )
     parser.add_argument(
-        "--queue-timeout", type=float, help="fail the job if it waits longer than this for its provider (seconds)"
+        "--queue-timeout",
+        type=span,
+        metavar="DURATION",
+        help="fail the job if it waits longer than this for its provider: seconds or e.g. 10m",
     )
     parser.add_argument(
         "--retry",
@@ -1058,7 +1069,11 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         help="run again up to N times when the command fails (exit != 0 or timeout)",
     )
     parser.add_argument(
-        "--retry-backoff", type=float, default=0.0, metavar="S", help="seconds between a failed attempt and its retry"
+        "--retry-backoff",
+        type=span,
+        default=0.0,
+        metavar="DURATION",
+        help="time between a failed attempt and its retry: seconds or e.g. 30s, 5m",
     )
     parser.add_argument(
         "--pool",

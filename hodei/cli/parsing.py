@@ -294,6 +294,16 @@ def duration(value: str) -> float:
     return seconds
 
 
+def span(value: str) -> float:
+    """A job's ``--timeout``, ``--queue-timeout`` or ``--retry-backoff``: any number of
+    seconds, which the checks that name the option refuse when it is not one they take
+    (``-5``: "must be a positive number of seconds"), or a duration (``duration``)."""
+    try:
+        return float(value)
+    except ValueError:
+        return duration(value)
+
+
 # The largest number a request's whole-number fields carry (proto int32).
 WIRE_INT_MAX = 2**31 - 1
 
