@@ -160,7 +160,7 @@ def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again
         "name": "formed",
         "provider": "sim",
         "image": "",
-        "timeout": "60",
+        "timeout": "1m",
         "env": "HODEI_SIM_LINES=2\n# a comment\nGREETING=a=b, c\n",
         "labels": "team=data\n",
     }
@@ -180,7 +180,7 @@ def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again
     for change, said in [
         ({"command": "  "}, "command must not be empty"),
         ({"env": "not a pair"}, "environment, line 1: expected KEY=VALUE"),
-        ({"timeout": "soon"}, "timeout must be a number of seconds, got `soon`"),
+        ({"timeout": "soon"}, "timeout takes seconds or a duration such as 90s, 10m or 2h, got `soon`"),
         ({"provider": "local", "image": "app:1"}, "provider local cannot run a job in an image of its own"),
     ]:
         refused = submitter.post(f"{guarded.http_url}/jobs", data={**form, **change}, allow_redirects=False)

@@ -210,17 +210,17 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _seconds(value: str) -> float | None:
+def seconds_of(value: str) -> float | None:
     """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` or plain seconds; None when malformed."""
     match = _DURATION.match(value.strip())
     return float(match.group(1)) * _SECONDS[match.group(2).lower()] if match else None
 
 
 def parse_duration(value: str | None) -> float | None:
-    """A positive duration (``_seconds``); None for none/never."""
+    """A positive duration (``seconds_of``); None for none/never."""
     if value is None or value.strip().lower() in ("", "never", "none"):
         return None
-    seconds = _seconds(value)
+    seconds = seconds_of(value)
     if seconds is None or seconds <= 0:
         raise InvalidInput(f"malformed duration `{value}`: use e.g. 3600, 90m, 12h, 30d or never")
     return seconds
@@ -237,7 +237,7 @@ def moment(text: str, flag: str) -> datetime:
 
 def _from_now(value: str, flag: str, ahead: bool) -> datetime:
     """A duration from now, back or ``ahead`` (``10m``, ``2h``, seconds), or a time (``moment``)."""
-    seconds = _seconds(value)
+    seconds = seconds_of(value)
     if seconds is not None:
         try:
             return datetime.now(UTC) + timedelta(seconds=seconds if ahead else -seconds)
@@ -286,9 +286,9 @@ def begin(value: str) -> str:
 
 
 def duration(value: str) -> float:
-    """Seconds, or a duration such as 30s or 2m (``_seconds``): a cancel's ``--grace`` (0
+    """Seconds, or a duration such as 30s or 2m (``seconds_of``): a cancel's ``--grace`` (0
     is SIGKILL at once, what --force says), a cron job's ``--starting-deadline``."""
-    seconds = _seconds(value)
+    seconds = seconds_of(value)
     if seconds is None:
         raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 30s or 2m, got {value!r}")
     return seconds

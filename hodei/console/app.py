@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -39,7 +38,15 @@ from hodei._proto import (
     sagas_pb2,
     scheduler_pb2,
 )
-from hodei.cli.parsing import WIRE_INT_MAX, bound_message, limit_bound, parse_env_lines, parse_labels, since_moment
+from hodei.cli.parsing import (
+    WIRE_INT_MAX,
+    bound_message,
+    limit_bound,
+    parse_env_lines,
+    parse_labels,
+    seconds_of,
+    since_moment,
+)
 from hodei.cli.terminal import message_dict
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
@@ -75,7 +82,6 @@ HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
 # The new-job form's fields, as it first shows them.
 NEW_JOB = {"command": "", "name": "", "provider": "", "image": "", "timeout": "3600", "env": "", "labels": ""}
-_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
 SUBMITTED_BEFORE = "This form ran a job already, with other values. Run it again to submit these as a new job."
 ARTIFACTS = "/hodei.jobs.ArtifactService/"
@@ -334,15 +340,16 @@ class Console:
         self._check_origin(request)
         form = {key: str(value) for key, value in (await request.post()).items()}
         try:
-            timeout = form.get("timeout", "").strip()
-            if not _NUMBER.match(timeout):
-                raise InvalidInput(f"timeout must be a number of seconds, got `{timeout}`")
+            timeout = seconds_of(form.get("timeout", ""))
+            if timeout is None:
+                given = form.get("timeout", "").strip()
+                raise InvalidInput(f"timeout takes seconds or a duration such as 90s, 10m or 2h, got `{given}`")
             spec = common_pb2.JobSpec(
                 name=form.get("name", "").strip(),
                 command=form.get("command", ""),
                 provider=form.get("provider", ""),
                 image=form.get("image", "").strip(),
-                timeout_seconds=float(timeout),
+                timeout_seconds=timeout,
                 env=parse_env_lines(form.get("env", ""), "environment"),
                 labels=parse_labels([line for line in form.get("labels", "").splitlines() if line.strip()]),
             )
