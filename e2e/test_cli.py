@@ -411,6 +411,28 @@ def test_a_secret_env_file_gives_secrets_masked_and_never_in_the_spec(server: Se
     assert "from-the-file" not in events
 
 
+def test_job_get_says_what_the_job_was_given_to_run_with(server: ServerProcess) -> None:
+    """Its limits, priority, labels and variables were only in ``-o json`` (and the console)."""
+    given = ["--timeout", "10m", "--queue-timeout", "1h", "--cpu", "0.5", "--memory", "64Mi", "--priority", "5"]
+    given += ["--max-attempts", "2", "--working-dir", "/tmp", "--label", "team=data", "--env", "B=2,A=1"]
+    job_id = server.cli("job", "run", "-p", "local", "-c", "true", *given, check=True).stdout.strip()
+    shown = server.cli("job", "get", job_id, check=True).stdout.splitlines()
+    start = shown.index("Timeout: 600 s")
+    assert shown[start : start + 8] == [
+        "Timeout: 600 s",
+        "Queue timeout: 3600 s",
+        "Resources: 0.5 CPU, 64.0 MiB memory",
+        "Priority: 5",
+        "Max attempts: 2",
+        "Working dir: /tmp",
+        "Labels: team=data",
+        "Environment: A, B",
+    ]
+    plain = server.cli("job", "run", "-p", "local", "-c", "true", check=True).stdout.strip()
+    shown = server.cli("job", "get", plain, check=True).stdout.splitlines()
+    assert shown[shown.index("Timeout: 600 s") + 1].startswith("Created: ")
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

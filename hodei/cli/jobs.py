@@ -45,7 +45,7 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import SIGNALS, JobState, hold_text
-from hodei.domain.phases import latest_usage, processes_stopping
+from hodei.domain.phases import latest_usage, processes_stopping, size_text
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
@@ -130,6 +130,26 @@ def _artifacts_line(job: common_pb2.Job) -> str | None:
     return f"Artifacts: {stored[-1].detail} (attempt {stored[-1].attempt}; `job artifacts {job.id}`)"
 
 
+def asked_for(spec: common_pb2.JobSpec) -> list[str]:
+    """What the job was given to run with, as `job run` takes it; a line for each option
+    set (the timeout always: every job has one). Environment variables by name: their
+    values are in ``-o json``."""
+    resources = [
+        *([f"{spec.resources.cpu_cores:g} CPU"] if spec.resources.cpu_cores else []),
+        *([f"{size_text(spec.resources.memory_bytes)} memory"] if spec.resources.memory_bytes else []),
+    ]
+    return [
+        f"Timeout: {spec.timeout_seconds:g} s",
+        *([f"Queue timeout: {spec.queue_timeout_seconds:g} s"] if spec.queue_timeout_seconds else []),
+        *([f"Resources: {', '.join(resources)}"] if resources else []),
+        *([f"Priority: {spec.priority}"] if spec.priority else []),
+        *([f"Max attempts: {spec.max_attempts}"] if spec.max_attempts > 1 else []),
+        *([f"Working dir: {spec.working_dir}"] if spec.working_dir else []),
+        *([f"Labels: {', '.join(f'{k}={v}' for k, v in sorted(spec.labels.items()))}"] if spec.labels else []),
+        *([f"Environment: {', '.join(sorted(spec.env))}"] if spec.env else []),
+    ]
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     return [
         f"Job {job.id}",
@@ -145,6 +165,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
         f"Submitted by: {job.submitted_by or '-'}",
         f"Secrets: {', '.join(job.spec.secret_names) or '-'}",
+        *asked_for(job.spec),
         *(
             [f"After: {', '.join(f'{ref} once it {AFTER_CONDITIONS[c]}' for ref, c in sorted(job.spec.after.items()))}"]
             if job.spec.after
