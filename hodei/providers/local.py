@@ -132,13 +132,19 @@ class LocalProvider(WorkerProvider):
     def _host_lock(self) -> Iterator[None]:
         """Held while a uid is chosen and written down: another server of this installation
         on this host (sharing the log directory) chooses only once the record is there, and
-        the worker's cgroup that names it (made before). The directory itself is locked."""
-        descriptor = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        the worker's cgroup that names it (made before). A file opened for writing, which
+        NFS's emulation of flock needs too."""
+        path = self.log_dir.parent / "workers.lock"
+        with contextlib.ExitStack() as held:
+            try:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                held.callback(os.close, descriptor)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise ProviderError(
+                    f"cannot lock {path} to choose a uid of HODEI_LOCAL_RUN_AS: {exc.strerror}"
+                ) from exc
             yield
-        finally:
-            os.close(descriptor)
 
     def _free_uid(self, uids: range) -> int:
         """The lowest of ``uids`` no local job of this installation runs as: those this
