@@ -206,6 +206,28 @@ def own_cluster(template_database: str, pg_server: str) -> Iterator[tuple[Cluste
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_database_whose_clock_is_ahead_of_the_servers_kills_no_job(
+    own_cluster: tuple[Cluster, str], tmp_path: Path
+) -> None:
+    """PostgreSQL's host 30 s ahead of the server's (no NTP on one of them): workers' signs of
+    life were written in the server's time and judged in PostgreSQL's, so every worker was
+    lost 10 s after it registered (HODEI_HEARTBEAT_TIMEOUT) and its job failed. The server
+    says how far apart the clocks are."""
+    cluster, url = own_cluster
+    cluster.stop()
+    cluster.start(FAST_OPTIONS, clock="+30s")
+    with ServerProcess(url, tmp_path) as server:
+        ran = server.cli("job", "run", "-p", "local", "-c", "sleep 15; echo still here", "--follow", timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout == "still here\n"
+        job_id = ran.stderr.split("Job ID: ")[1].split()[0]
+        assert query(url, "SELECT state, error_message FROM workers WHERE job_id = %s", (job_id,)) == [
+            ("TERMINATED", None)
+        ]
+        logged = server.logs()
+        assert "this host's clock is 30" in logged and "s behind PostgreSQL's" in logged, logged
+
+
 def test_a_server_keeps_to_its_share_of_the_databases_connections(
     own_cluster: tuple[Cluster, str], tmp_path: Path
 ) -> None:

@@ -31,6 +31,10 @@ def bin_dir() -> Path:
     raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) were not found")
 
 
+# Debian's libfaketime (tools/bootstrap.sh installs it).
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
 def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
@@ -91,11 +95,17 @@ class Cluster:
             stdout=subprocess.DEVNULL,
         )
 
-    def start(self, extra_options: str = "") -> None:
+    def start(self, extra_options: str = "", clock: str = "") -> None:
+        """``clock``: an offset of PostgreSQL's clock from this host's (libfaketime's
+        ``FAKETIME``, e.g. ``+30s``), for a database host whose clock is not the server's."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 {extra_options}"
+        faked = (
+            ["env", f"LD_PRELOAD={FAKETIME}", f"FAKETIME={clock}", "FAKETIME_DONT_FAKE_MONOTONIC=1"] if clock else []
+        )
         subprocess.run(
             _as_postgres(
                 [
+                    *faked,
                     str(bin_dir() / "pg_ctl"),
                     "-D",
                     str(self.data),

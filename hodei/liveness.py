@@ -7,14 +7,18 @@ connected workers then cost two statements a second, not a thousand. A worker's 
 is deleted once it is gone (``forget``), by the same statement.
 
 Each worker beats at the pace its server gave it when it registered (``Pace``), and is
-lost after its own timeout, kept with its liveness row."""
+lost after its own timeout, kept with its liveness row.
+
+Every time in a liveness row is PostgreSQL's (a sign of life is written as its age, from
+this process's monotonic clock): servers judge the rows against PostgreSQL's clock, whose
+host may not keep the same time as theirs."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -60,7 +64,8 @@ class Liveness:
         self.pool = pool
         self.server_id = server_id
         self._lock = threading.Lock()
-        self._noted: dict[UUID, tuple[bool, datetime, float | None]] = {}
+        # Each worker's last sign of life: connected, when (monotonic), its timeout if new.
+        self._noted: dict[UUID, tuple[bool, float, float | None]] = {}
         # Workers forgotten, by when (monotonic); those the next flush deletes.
         self._gone: dict[UUID, float] = {}
         self._to_delete: set[UUID] = set()
@@ -73,7 +78,7 @@ class Liveness:
                 return
             before = self._noted.get(worker_id)
             kept = timeout if timeout is not None or before is None else before[2]
-            self._noted[worker_id] = (connected, datetime.now(UTC), kept)
+            self._noted[worker_id] = (connected, time.monotonic(), kept)
 
     def flush(self) -> int:
         """Writes what was noted since the last flush, and deletes the records of the
@@ -87,7 +92,7 @@ class Liveness:
         if not noted and not gone:
             return 0
         seen = [
-            {"worker_id": i, "connected": connected, "seen_at": at, "timeout": timeout}
+            {"worker_id": i, "connected": connected, "age": round(now - at, 3), "timeout": timeout}
             for i, (connected, at, timeout) in noted.items()
         ]
         try:
@@ -116,6 +121,7 @@ class Liveness:
             self._gone[worker_id] = time.monotonic()
             self._to_delete.add(worker_id)
 
-    def stale(self, timeout: float, hearing_since: datetime) -> list[Stale]:
-        """Workers silent for longer than their own timeout (``timeout`` when none was kept)."""
-        return fetch_all(self.pool, "stale_workers", {"timeout": timeout, "hearing_since": hearing_since}, Stale)
+    def stale(self, timeout: float, heard_for: float) -> list[Stale]:
+        """Workers silent for longer than their own timeout (``timeout`` when none was kept),
+        counting only the last ``heard_for`` seconds (the sweeper's ``heard_for``)."""
+        return fetch_all(self.pool, "stale_workers", {"timeout": timeout, "heard_for": heard_for}, Stale)

@@ -99,9 +99,9 @@ class Sweeper:
         self.timing = timing
         self.secret_retention = secret_retention
         self._last: dict[str, float] = {}
-        # Since when this sweeper has heard without a break: its process running and the
-        # database answering. Silence before that is an outage's, not a worker's.
-        self.hearing_since = datetime.now(UTC)
+        # Since when (monotonic) this sweeper has heard without a break: its process running
+        # and the database answering. Silence before that is an outage's, not a worker's.
+        self._hearing_since = time.monotonic()
         self._last_sweep = time.monotonic()
 
     def _due(self, name: str, interval: float) -> bool:
@@ -132,13 +132,13 @@ class Sweeper:
             checks.append(("artifact retention", self.retention.expire_artifacts))
         now = time.monotonic()
         if now - self._last_sweep > self.timing.heartbeat_timeout / 2:
-            self.hearing_since = datetime.now(UTC)  # this process was stalled: it heard nothing
+            self._hearing_since = now  # this process was stalled: it heard nothing
         self._last_sweep = now
         for name, check in checks:
             try:
                 check()
             except StoreUnavailable as exc:
-                self.hearing_since = datetime.now(UTC)
+                self._hearing_since = time.monotonic()
                 log.warning("sweep %s failed: %s", name, exc)
             except Exception as exc:
                 log.warning("sweep %s failed: %s", name, exc)
@@ -149,13 +149,20 @@ class Sweeper:
 
     # Checks -------------------------------------------------------------------
 
+    @property
+    def heard_for(self) -> float:
+        """Seconds this sweeper has heard without a break."""
+        return time.monotonic() - self._hearing_since
+
     def expire_steps(self) -> None:
-        params = {"hearing_since": self.hearing_since, "grace": self.timing.heartbeat_timeout}
+        now = datetime.now(UTC)
+        hearing_since = now - timedelta(seconds=self.heard_for)
+        params = {"now": now, "hearing_since": hearing_since, "grace": self.timing.heartbeat_timeout}
         for step in fetch_all(self.store.pool, "overdue_saga_steps_with_job", params, OverdueStep):
             self.engine.expire(step.saga_id, step.job_id, step.step_order)
 
     def detect_lost_workers(self) -> None:
-        for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.hearing_since):
+        for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.heard_for):
             if not stale.cancelled or self._stop_pending(stale.job_id):
                 self.lose(stale.worker_id, f"no heartbeat for {stale.timeout:g}s")
 

@@ -282,7 +282,7 @@ def test_a_silent_worker_whose_job_ended_is_not_stale(store: HodeiStore) -> None
         store.write([job, worker], Meta(actor="t"))
         found[outcome] = worker.id
     time.sleep(0.05)
-    stale = {s.worker_id for s in Liveness(store.pool, "test").stale(0.01, datetime(2000, 1, 1, tzinfo=UTC))}
+    stale = {s.worker_id for s in Liveness(store.pool, "test").stale(0.01, heard_for=3600.0)}
     assert found["running"] in stale
     assert found["finished"] not in stale
 
@@ -301,7 +301,7 @@ def test_each_worker_is_lost_after_its_own_timeout(store: HodeiStore) -> None:
             liveness.touch(worker.id, connected=False, timeout=0.01 if name == "paced" else 3600)
         found[name] = worker.id
     time.sleep(0.05)
-    stale = {s.worker_id: s.timeout for s in liveness.stale(0.02, datetime(2000, 1, 1, tzinfo=UTC))}
+    stale = {s.worker_id: s.timeout for s in liveness.stale(0.02, heard_for=3600.0)}
     assert stale == {found["paced"]: 0.01, found["unpaced"]: 0.02}
 
 

@@ -25,6 +25,8 @@ command -v file >/dev/null || apt_install file
 command -v chromium >/dev/null || apt_install chromium
 # systemd-analyze checks deploy/hodei-server.service.
 command -v systemd-analyze >/dev/null || apt_install systemd
+# libfaketime: a PostgreSQL whose clock is not the server's (e2e/test_faults).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install libfaketime
 
 # Docker engine: the Debian client talks to it; never the default 172.17 bridge.
 DOCKER=/usr/bin/docker

@@ -10,6 +10,8 @@ with a message that says what to change.
 - The connections it may open should be there to open: it says so (a warning: others'
   use goes up and down) when PostgreSQL's max_connections leaves fewer.
 - It may hold as many files open as the host lets it (``open_files``).
+- Its host's clock and PostgreSQL's should agree: it says so when they do not, at start
+  and whenever the difference moves (``Clocks``).
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ import resource
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urlparse
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from hodei.config import Config
 from hodei.errors import HodeiError
-from hodei.store.db import translate_errors
+from hodei.store.db import fetch_value, translate_errors
 from hodei.store.instances import ServerInstances
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,48 @@ def open_files() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         log.info("Open files: at most %d (the hard limit; the soft one was %d)", hard, soft)
+
+
+# How far apart this host's clock and PostgreSQL's may be before the server says so.
+CLOCK_SLACK = 1.0
+
+
+class Clocks:
+    """Workers' heartbeats are judged in PostgreSQL's time and do not mind; what the servers
+    time themselves does: saga steps' deadlines (set by one server, perhaps judged by
+    another), cron schedules, and the times jobs show, which are the server's."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        # The offset last warned about; None while the clocks agree.
+        self.said: float | None = None
+
+    def offset(self) -> float:
+        """Seconds PostgreSQL's clock is ahead of this host's (negative: behind), to within
+        half a round trip."""
+        before = time.time()
+        database = fetch_value(self.pool, "database_clock")
+        return float(database.timestamp()) - (before + time.time()) / 2
+
+    def check(self) -> None:
+        """Warns once they are CLOCK_SLACK apart, again when the difference moves as much,
+        and says when they agree again."""
+        offset = self.offset()
+        if abs(offset) < CLOCK_SLACK:
+            if self.said is not None:
+                log.info("this host's clock and PostgreSQL's agree again (within %gs)", CLOCK_SLACK)
+            self.said = None
+            return
+        if self.said is not None and abs(offset - self.said) < CLOCK_SLACK:
+            return
+        self.said = offset
+        log.warning(
+            "this host's clock is %.1fs %s PostgreSQL's: workers' heartbeats are judged in PostgreSQL's time, but "
+            "saga steps' deadlines, cron schedules and the times shown for jobs are each server's; keep the "
+            "clocks of the servers' and the database's hosts in sync (NTP: chrony or systemd-timesyncd)",
+            abs(offset),
+            "behind" if offset > 0 else "ahead of",
+        )
 
 
 def _resolve(host: str) -> list[str]:

@@ -28,6 +28,7 @@ from hodei.retention import Retention
 from hodei.sagas import catalog, routes
 from hodei.sagas.deps import SagaDeps
 from hodei.sagas.engine import SagaEngine, now
+from hodei.server.preflight import Clocks
 from hodei.server.tls import ServerCertificates
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore
@@ -119,6 +120,7 @@ class Runtime:
         self.pools = Pools(self.store)
         self.limits = Limits(self.store)
         self.instances = ServerInstances(self.pool, config.server_id)
+        self.clocks = Clocks(self.pool)
         self.admission = Admission(
             self.store,
             {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType},
@@ -186,6 +188,7 @@ class Runtime:
         (after one reconcile)."""
         providers = [provider_type.value for provider_type in self.registry.providers]
         self.instances.register(providers, self.config.worker_server_address, api_address)
+        self.clocks.check()
         self.signals.start()
         self.sweeper.sweep(reconcile=True)
         for name, target in (
@@ -202,6 +205,7 @@ class Runtime:
         while not stop.wait(HEARTBEAT):
             try:
                 self.instances.beat()
+                self.clocks.check()
             except Exception as exc:
                 log.warning("could not record this instance's heartbeat: %s", exc)
 

@@ -665,7 +665,8 @@ SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at
     timeout_seconds = excluded.timeout_seconds;
 
 -- name: touch_liveness_many
--- Many workers' signs of life at once, each with the time it was seen: one jsonb array
+-- Many workers' signs of life at once, each with its age (seconds), made a time by
+-- PostgreSQL's clock, against which they are judged (``stale_workers``): one jsonb array
 -- (arrays are dumped element by element, most of the cost of a thousand workers' flush).
 -- Not for a worker that has ended (its stream closing after its end), whose record the
 -- same statement may delete with those of the workers gone since the last flush.
@@ -673,8 +674,8 @@ WITH gone AS (
     DELETE FROM hodei.worker_liveness WHERE worker_id = ANY(%(gone)s::uuid[])
 )
 INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at, timeout_seconds)
-SELECT r.worker_id, %(server)s, r.connected, r.seen_at, r.timeout
-FROM jsonb_to_recordset(%(seen)s::jsonb) AS r (worker_id uuid, connected boolean, seen_at timestamptz, timeout float8)
+SELECT r.worker_id, %(server)s, r.connected, now() - make_interval(secs => r.age), r.timeout
+FROM jsonb_to_recordset(%(seen)s::jsonb) AS r (worker_id uuid, connected boolean, age float8, timeout float8)
 JOIN workers w ON w.id = r.worker_id AND w.state <> 'TERMINATED'
 ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected,
@@ -683,8 +684,8 @@ SET server_id = excluded.server_id, connected = excluded.connected,
 
 -- name: stale_workers
 -- Registered workers that stopped reporting: no heartbeat within the timeout, counting
--- only time since the sweeper could hear (%(hearing_since)s: its server and database
--- up): an outage is not the workers' silence. A worker whose attempt is over (its job
+-- only the last %(heard_for)s seconds, since the sweeper could hear (its server and
+-- database up): an outage is not the workers' silence. PostgreSQL's clock throughout. A worker whose attempt is over (its job
 -- ended, or moved on to another attempt) is silent because it is done: its release is
 -- the execution saga's, never a loss. A cancelled job's may still be stopping its
 -- processes: the sweeper asks the job (``Job.stop_pending``).
@@ -695,16 +696,17 @@ JOIN jobs j ON j.id = w.job_id
 LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
 WHERE w.state IN ('READY', 'BUSY')
   AND j.attempt = w.attempt AND j.state NOT IN ('SUCCEEDED', 'FAILED', 'TIMEOUT')
-  AND greatest(coalesce(l.last_seen_at, w.registered_at), %(hearing_since)s)
+  AND greatest(coalesce(l.last_seen_at, w.registered_at), now() - make_interval(secs => %(heard_for)s))
       < now() - make_interval(secs => coalesce(l.timeout_seconds, %(timeout)s));
 
 -- name: overdue_saga_steps_with_job
 -- Steps past their deadline. One that passed while the sweeper could not hear (an outage)
--- gets a grace after hearing resumes, for the worker to reconnect and report.
+-- gets a grace after hearing resumes, for the worker to reconnect and report. Deadlines are
+-- the servers' times, judged by the sweeper's clock (%(now)s), as the engine judges them.
 SELECT st.saga_id, s.correlation_id AS job_id, st.step_order
 FROM saga_steps st JOIN sagas s ON s.id = st.saga_id
-WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < now()
-  AND (st.deadline_at >= %(hearing_since)s OR %(hearing_since)s < now() - make_interval(secs => %(grace)s))
+WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < %(now)s
+  AND (st.deadline_at >= %(hearing_since)s OR %(hearing_since)s < %(now)s - make_interval(secs => %(grace)s))
 ORDER BY st.deadline_at
 LIMIT 100;
 
@@ -793,6 +795,9 @@ VALUES (%(server_id)s, %(providers)s, %(worker_address)s, %(api_address)s)
 ON CONFLICT (server_id) DO UPDATE
 SET providers = excluded.providers, worker_address = excluded.worker_address,
     api_address = excluded.api_address, heartbeat_at = now();
+
+-- name: database_clock
+SELECT clock_timestamp();
 
 -- name: instance_heartbeat
 UPDATE hodei.server_instances SET heartbeat_at = now() WHERE server_id = %s;
