@@ -448,7 +448,7 @@ def test_begin_starts_a_job_no_sooner_and_its_queue_timeout_counts_from_then(ser
     slot (a job after it runs first); a --queue-timeout shorter than the wait still lets it
     run (it counts from the begin time). Bad times are refused before anything is sent."""
     url = server.database_url
-    held = run(server, "--begin", "8s", "--queue-timeout", "1", "--command", "true")  # room to look at it
+    held = run(server, "--begin", "8s", "--queue-timeout", "3", "--command", "true")  # room to look at it
     shown = server.cli("job", "get", held, check=True).stdout
     assert "Begins: not before " in shown and "(--begin)" in shown
     begin_at = datetime.fromisoformat(shown.split("Begins: not before ")[1].split(" ")[0])

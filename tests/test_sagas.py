@@ -200,6 +200,34 @@ def test_a_wait_past_its_deadline_fails_and_compensates(
     h.close()
 
 
+def test_a_wait_met_by_the_time_its_deadline_is_judged_is_met_not_expired(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    """The worker registered before the deadline, but the delivery of its registration (the
+    poke that moves the saga on) is late, as in a busy moment: the sweeper finding the step
+    overdue checks the wait once more, and it is met. It failed the step, and the job."""
+    import time
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from hodei.domain.worker import Worker
+
+    timing = replace(FAST_TIMING, registration_timeout=1.0)
+    h = Harness(pool, FakeProvider(effects), tmp_path, timing=timing)
+    job_id = h.submit()
+    h.run(lambda: steps(fresh_database_url, job_id, "PROVISIONING")[4][1] == "IN_PROGRESS", agent=False)
+    (observed,) = h.provider.observe()
+    worker = h.store.load(Worker, observed.worker_id)
+    worker.register("session", "fake", datetime.now(UTC))
+    h.store.write([worker], Meta(actor=f"worker:{worker.id}", correlation_id=job_id))
+    time.sleep(1.2)  # past the deadline, the registration not yet delivered
+    h.sweeper.expire_steps()
+    assert steps(fresh_database_url, job_id, "PROVISIONING")[4][:2] == ("wait_for_registration", "COMPLETED")
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED"), ("EXECUTION", "COMPLETED")])
+    assert job_row(fresh_database_url, job_id)[0] == "SUCCEEDED"
+    h.close()
+
+
 def test_every_outbox_row_delivered_twice_has_one_effect(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:

@@ -367,7 +367,9 @@ class SagaEngine:
                 self.after_commit(saga)
 
     def expire(self, saga_id: UUID, job_id: str, step_order: int) -> None:
-        """The sweeper found the step past its deadline."""
+        """The sweeper found the step past its deadline. A WAIT is checked once more first:
+        what it waits for may have come in time, its poke's delivery not yet (a busy
+        relay); then it is met, not expired."""
 
         def attempt() -> tuple[_Work, Sequence[HodeiAggregate]]:
             work = _Work(self.store.load(Saga, saga_id))
@@ -375,6 +377,9 @@ class SagaEngine:
             deadline = step.deadline_at
             if step.state is StepState.IN_PROGRESS and deadline and datetime.fromisoformat(deadline) <= self.clock():
                 definition = self.definitions[work.saga.saga_type].steps[step_order]
+                if definition.effect is None and self._run_active(work, step, definition, None, {}):
+                    self._progress(work, None, {})
+                    return work, work.aggregates()
                 expired = definition.expired
                 what = expired(self._input(work.saga, step)) if callable(expired) else expired
                 self._fail(work, step, definition, StepTimeout(f"{what} {deadline}"), retry=False)
