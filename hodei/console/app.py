@@ -340,9 +340,9 @@ class Console:
         self._check_origin(request)
         form = {key: str(value) for key, value in (await request.post()).items()}
         try:
-            timeout = seconds_of(form.get("timeout", ""))
+            given = form.get("timeout", "").strip()
+            timeout = seconds_of(given)
             if timeout is None:
-                given = form.get("timeout", "").strip()
                 raise InvalidInput(f"timeout takes seconds or a duration such as 90s, 10m or 2h, got `{given}`")
             spec = common_pb2.JobSpec(
                 name=form.get("name", "").strip(),

@@ -685,10 +685,10 @@ SET server_id = excluded.server_id, connected = excluded.connected,
 -- name: stale_workers
 -- Registered workers that stopped reporting: no heartbeat within the timeout, counting
 -- only the last %(heard_for)s seconds, since the sweeper could hear (its server and
--- database up): an outage is not the workers' silence. PostgreSQL's clock throughout. A worker whose attempt is over (its job
--- ended, or moved on to another attempt) is silent because it is done: its release is
--- the execution saga's, never a loss. A cancelled job's may still be stopping its
--- processes: the sweeper asks the job (``Job.stop_pending``).
+-- database up): an outage is not the workers' silence. PostgreSQL's clock throughout. A
+-- worker whose attempt is over (its job ended, or moved on to another attempt) is silent
+-- because it is done: its release is the execution saga's, never a loss. A cancelled job's
+-- may still be stopping its processes: the sweeper asks the job (``Job.stop_pending``).
 SELECT w.id AS worker_id, w.job_id, coalesce(l.last_seen_at, w.registered_at) AS last_seen,
        coalesce(l.timeout_seconds, %(timeout)s) AS timeout, j.state = 'CANCELLED' AS cancelled
 FROM workers w
