@@ -147,6 +147,9 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
         (job_id,),
     )[0]
     assert abs(grace) < 1
+    # It keeps no exit code; how its processes ended once killed is said beside it.
+    said = '<td id="exit-code">- (cancelled; its processes exited with code 137)</td>'
+    eventually(lambda: said in reader.get(page).text, 30)
 
 
 def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again(
@@ -190,6 +193,7 @@ def test_a_submitter_runs_a_job_from_the_form_and_bad_input_shows_the_form_again
 
     # The page's form carries a key of its own: posted twice (a double click, a reload), one job.
     page = submitter.get(f"{guarded.http_url}/jobs/new").text
+    assert 'name="timeout" id="timeout" size="8" value="600"' in page  # `job run`'s default
     (key,) = re.findall(r'<input type="hidden" name="key" value="([0-9a-f-]{36})">', page)
     keyed = {**form, "key": key}
     posted = [submitter.post(f"{guarded.http_url}/jobs", data=keyed, allow_redirects=False) for _ in range(2)]

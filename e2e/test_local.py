@@ -204,6 +204,7 @@ def test_a_cancels_grace_lets_the_job_clean_up_and_force_kills_at_once(
         " worker_released (attempt 1)"
     )
     assert "Stopping:" not in described
+    assert "\nExit code: - (cancelled; its processes exited with code 3)\n" in described
     # What the stopped processes used, as a finished attempt's (JobStopped carries it).
     assert re.search(r"^Used: \d+\.\d\d s CPU, \d+\.\d MiB peak memory \(attempt 1\)$", described, re.M)
 

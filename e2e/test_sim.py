@@ -75,6 +75,9 @@ def test_timeouts_and_cancellation_behave_as_for_real_jobs(server: ServerProcess
     server.cli("job", "cancel", job_id, check=True)
     wait_settled(server.database_url, job_id, 30)
     assert query(server.database_url, "SELECT state FROM workers WHERE job_id = %s", (job_id,)) == [("TERMINATED",)]
+    # Its "processes" ended as a command's do at a cancel's SIGTERM; the job keeps no exit code.
+    shown = server.cli("job", "get", job_id, check=True).stdout
+    assert "\nExit code: - (cancelled; its processes exited with code 143)\n" in shown, shown
 
 
 def test_signals_act_on_a_simulated_job_as_on_a_command(server: ServerProcess) -> None:

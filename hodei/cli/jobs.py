@@ -45,10 +45,11 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, message_dict, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import SIGNALS, JobState, hold_text
-from hodei.domain.phases import latest_usage, processes_stopping, size_text
+from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
+    DEFAULT_TIMEOUT_SECONDS,
     IMAGE_PULLS,
     JobSpec,
     LabelSelector,
@@ -111,6 +112,13 @@ def _stopping(job: common_pb2.Job) -> bool:
     return processes_stopping(job.state, job.attempt, ((phase.name, phase.attempt) for phase in job.phases))
 
 
+def _exit_code_text(job: common_pb2.Job) -> str:
+    if job.has_exit_code:
+        return str(job.exit_code)
+    stopped = stopped_text(job.attempt, (message_dict(phase) for phase in job.phases))
+    return f"- (cancelled; its processes {stopped})" if stopped else "-"
+
+
 def _cron_line(spec: common_pb2.JobSpec) -> str:
     name = spec.labels[CRON_LABEL]
     return f"Cron job: {name}, its run of {spec.env.get(CRON_TIME_VARIABLE, '-')} (`cron get {name}`)"
@@ -162,7 +170,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Image: {job.spec.image}"] if job.spec.image else []),
         f"Worker: {job.worker_id or '-'}",
         f"Attempt: {job.attempt}",
-        f"Exit code: {job.exit_code if job.has_exit_code else '-'}",
+        f"Exit code: {_exit_code_text(job)}",
         f"Submitted by: {job.submitted_by or '-'}",
         f"Secrets: {', '.join(job.spec.secret_names) or '-'}",
         *asked_for(job.spec),
@@ -1053,9 +1061,9 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         "--timeout",
         "-t",
         type=span,
-        default=600.0,
+        default=DEFAULT_TIMEOUT_SECONDS,
         metavar="DURATION",
-        help="how long it may run: seconds or e.g. 90s, 10m, 2h (default 600)",
+        help=f"how long it may run: seconds or e.g. 90s, 10m, 2h (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
     parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
     parser.add_argument(

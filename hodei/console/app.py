@@ -52,8 +52,8 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
 from hodei.domain.job import SIGNALS, JobState
-from hodei.domain.phases import latest_usage, processes_stopping, size_text, waits_in_queue
-from hodei.domain.spec import AFTER_CONDITIONS, LabelSelector
+from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text, waits_in_queue
+from hodei.domain.spec import AFTER_CONDITIONS, DEFAULT_TIMEOUT_SECONDS, LabelSelector
 from hodei.errors import (
     AlreadyExists,
     ConcurrencyConflict,
@@ -81,7 +81,7 @@ COOKIE = "hodei_token"
 HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
 # The new-job form's fields, as it first shows them.
-NEW_JOB = {"command": "", "name": "", "provider": "", "image": "", "timeout": "3600", "env": "", "labels": ""}
+NEW_JOB = {"command": "", "name": "", "provider": "", "image": "", "timeout": f"{DEFAULT_TIMEOUT_SECONDS:g}", "env": "", "labels": ""}
 
 SUBMITTED_BEFORE = "This form ran a job already, with other values. Run it again to submit these as a new job."
 ARTIFACTS = "/hodei.jobs.ArtifactService/"
@@ -399,6 +399,7 @@ class Console:
             waiting=waits_in_queue(described.job.state, described.job.attempt, phases),
             may_act=may_act_on(who, described.job.submitted_by),
             used=latest_usage(description["job"]["phases"]),
+            stopped=stopped_text(described.job.attempt, description["job"]["phases"]),
             sagas=description["sagas"],
             workers=description["workers"],
             timeline=timeline(description["sagas"], datetime.now(UTC)),

@@ -100,6 +100,14 @@ def processes_stopping(state: str, attempt: int, phases: Iterable[tuple[str, int
     return "started" in this_attempt and not this_attempt & {"stopped", "worker_released"}
 
 
+def stopped_text(attempt: int, phases: Iterable[Mapping[str, Any]]) -> str:
+    """How a cancelled job's processes of ``attempt`` ended once told to stop (``exited
+    with code 143``): the job keeps no exit code, not having ended of itself. ``phases``:
+    JobPhase dicts, as ``-o json`` prints them; '' when they did not report it."""
+    said = [p.get("detail", "") for p in phases if p.get("name") == "stopped" and p.get("attempt") == attempt]
+    return said[-1] if said else ""
+
+
 def artifacts_text(artifacts: Iterable[Mapping[str, Any]]) -> str:
     """How many files, how large: ``3 files, 1.5 MiB``."""
     listed = list(artifacts)

@@ -73,6 +73,9 @@ class Limits:
 
 LIMITS = Limits()
 
+# How long a job may run when its submitter does not say (`job run`, the console's form).
+DEFAULT_TIMEOUT_SECONDS = 600.0
+
 # What users type for --provider, mapped to the provider type.
 PROVIDER_ALIASES = {
     "docker": "docker",

@@ -8,7 +8,8 @@ output (default 0), uploads a file of ``HODEI_SIM_ARTIFACT_BYTES`` (default 0: n
 each ``--artifact`` pattern, and reports ``HODEI_SIM_EXIT_CODE`` (default 0) — all read
 from the job's own ``--env``. It takes ``job signal`` as a command would: one it handles
 (``HODEI_SIM_HANDLES``) leaves it running, STOP and TSTP stop its clock until CONT, and
-any other but WINCH ends it as killed by that signal. Everything but the start of a
+any other but WINCH ends it as killed by that signal. A cancel ends it as SIGTERM would
+(143), or as SIGKILL (137) when it gives no grace or the job handles TERM. Everything but the start of a
 process runs for real: sagas, admission, the outbox, streams, logs, heartbeats.
 Simulated workers live as long as the server process; after a restart their jobs are
 recovered like those of any lost worker.
@@ -212,7 +213,9 @@ class SimWorker:
                         await self.outbox.put(worker_pb2.WorkerMessage(ack=worker_pb2.RunJobAck(job_id=self.job_id)))
                         self.job = asyncio.create_task(self._simulate(message.run_job))
                     elif kind == "cancel":
-                        await self._end(worker_pb2.JOB_OUTCOME_CANCELLED, 0, "cancelled")
+                        await self._end(
+                            worker_pb2.JOB_OUTCOME_CANCELLED, self._cancelled_code(message.cancel), "cancelled"
+                        )
                     elif kind == "signal":
                         await self._signal(message.signal)
                     elif kind == "log_ack":
@@ -298,6 +301,13 @@ class SimWorker:
         elif effect == "end":
             code = exit_code_of(-signal.Signals[f"SIG{sent.name}"])
             await self._end(worker_pb2.JOB_OUTCOME_EXITED, code, f"exited with code {code}")
+
+    def _cancelled_code(self, cancel: worker_pb2.CancelJob) -> int:
+        """How a command ends when cancelled: by SIGTERM (143), or by SIGKILL (137) when
+        the cancel gives it no grace or it handles TERM (the grace's wait is not simulated)."""
+        ends = self.simulation is not None and self.simulation.effect("TERM") == "end"
+        no_grace = cancel.HasField("grace_ms") and cancel.grace_ms == 0
+        return exit_code_of(-(signal.SIGKILL if no_grace or not ends else signal.SIGTERM))
 
     async def _end(self, outcome: worker_pb2.JobOutcome.ValueType, code: int, message: str) -> None:
         """Ends the simulated command before its time (a cancel, a signal), unless it
