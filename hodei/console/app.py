@@ -81,7 +81,9 @@ COOKIE = "hodei_token"
 HERE = Path(__file__).parent
 JOBS = "/hodei.jobs.JobExecutionService/"
 # The new-job form's fields, as it first shows them.
-NEW_JOB = {"command": "", "name": "", "provider": "", "image": "", "timeout": f"{DEFAULT_TIMEOUT_SECONDS:g}", "env": "", "labels": ""}
+NEW_JOB = dict.fromkeys(("command", "name", "provider", "image", "env", "labels"), "") | {
+    "timeout": f"{DEFAULT_TIMEOUT_SECONDS:g}"
+}
 
 SUBMITTED_BEFORE = "This form ran a job already, with other values. Run it again to submit these as a new job."
 ARTIFACTS = "/hodei.jobs.ArtifactService/"
