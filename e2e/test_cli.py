@@ -475,7 +475,8 @@ def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess
     assert all(earlier != later for earlier, later in pairwise(watched)), watched
     assert any(line.endswith("RUNNING (Status Code: 3), attempt 2") for line in watched), watched
     assert watched[-1].endswith(" SUCCEEDED (Status Code: 4), attempt 3")
-    tries.write_text("0\n")
+    # Each attempt knows which it is (HODEI_ATTEMPT), as a command resuming from a checkpoint would ask.
+    command = 'echo try $HODEI_ATTEMPT; sleep 0.5; [ "$HODEI_ATTEMPT" -ge 3 ]'
     ran = server.cli("job", "run", "-p", "local", "-c", command, "--retry", "2", "--retry-backoff", "0.1", "--follow")
     assert ran.returncode == 0, ran.stderr
     job_id = ran.stderr.split("Job ID: ")[1].split()[0]

@@ -67,6 +67,7 @@ OVER_LIMIT = [
     (spec(env={"API": "x"}), {"API": "abcdef"}, "API given both as --env and as --secret"),
     (spec(env={"HODEI_JOB_ID": "x"}), {}, "environment variable HODEI_JOB_ID is set by the platform"),
     (spec(), {"HODEI_WORKER_ID": "abcdef"}, "secret HODEI_WORKER_ID is set by the platform (its worker id)"),
+    (spec(env={"HODEI_ATTEMPT": "1"}), {}, "environment variable HODEI_ATTEMPT is set by the platform (its attempt)"),
     (spec(artifacts=["a"] * 100), {}, f"100 artifact patterns; the limit is {LIMITS.artifact_patterns}"),
     (spec(artifacts=["x" * 2000]), {}, "must be at most 1024 characters without control characters"),
     (spec(artifacts=["a/\nb"]), {}, "must be at most 1024 characters without control characters"),

@@ -41,7 +41,7 @@ def test_a_command_alone_is_a_shell_line_and_with_args_a_program() -> None:
 
 
 def test_the_job_sees_its_own_variables_over_a_minimal_base() -> None:
-    env = job_environment("j", "w", "/tmp/home", {"MY_VAR": "1", "HODEI_JOB_ID": "forged"}, {"API_KEY": "k3y!"})
+    env = job_environment("j", "w", 2, "/tmp/home", {"MY_VAR": "1", "HODEI_JOB_ID": "forged"}, {"API_KEY": "k3y!"})
     assert env == {
         "PATH": DEFAULT_PATH,
         "HOME": "/tmp/home",
@@ -51,7 +51,10 @@ def test_the_job_sees_its_own_variables_over_a_minimal_base() -> None:
         "API_KEY": "k3y!",
         "HODEI_JOB_ID": "j",
         "HODEI_WORKER_ID": "w",
+        "HODEI_ATTEMPT": "2",
     }
+    # A server that does not say which attempt it is: none, rather than a wrong one.
+    assert "HODEI_ATTEMPT" not in job_environment("j", "w", 0, "/tmp/home", {}, {})
 
 
 def test_in_its_own_image_the_job_gets_the_images_variables_and_workdir(

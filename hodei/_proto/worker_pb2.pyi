@@ -487,10 +487,15 @@ class RunJob(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     ARTIFACTS_EXCLUDE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     command: _builtins.str
     working_dir: _builtins.str
     timeout_ms: _builtins.int
+    attempt: _builtins.int
+    """Which of the job's attempts this is (1, then 2 for its first retry...): the
+    job's HODEI_ATTEMPT, so that a retried command may pick up where it stopped.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -526,10 +531,11 @@ class RunJob(_message.Message):
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         inputs: _abc.Iterable[Global___InputArtifact] | None = ...,
         artifacts_exclude: _abc.Iterable[_builtins.str] | None = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "attempt", b"attempt", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

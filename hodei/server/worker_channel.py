@@ -393,7 +393,7 @@ class WorkerSession:
                 return False
             if self._run_due(row):
                 self.sent_run = True
-                self._send_run(JobSpec.from_payload(row.spec))
+                self._send_run(JobSpec.from_payload(row.spec), row.job_attempt)
             if self._cancel_due(row):
                 self.sent_cancel = True
                 self._send(worker_pb2.ServerMessage(cancel=self._cancel(row)))
@@ -410,7 +410,7 @@ class WorkerSession:
             cancel.grace_ms = int(grace * 1000)
         return cancel
 
-    def _send_run(self, spec: JobSpec) -> None:
+    def _send_run(self, spec: JobSpec, attempt: int) -> None:
         try:
             secrets = self.service.secrets.open(UUID(self.job_id))
         except SecretsPurged as exc:
@@ -430,6 +430,7 @@ class WorkerSession:
                     artifacts=spec.artifacts,
                     artifacts_exclude=spec.artifacts_exclude,
                     inputs=self._inputs(spec),
+                    attempt=attempt,
                 )
             )
         )

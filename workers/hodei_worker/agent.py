@@ -422,7 +422,12 @@ class Agent:
         if user is not None:
             os.chown(self.home, user.uid, user.gid)
         env = job_environment(
-            run.job_id, self.settings.worker_id, self.home, {**self.settings.image_env, **run.env}, run.secrets
+            run.job_id,
+            self.settings.worker_id,
+            run.attempt,
+            self.home,
+            {**self.settings.image_env, **run.env},
+            run.secrets,
         )
         self.working_dir = run.working_dir or self.settings.image_workdir or self.home
         self.artifacts = tuple(run.artifacts)

@@ -191,14 +191,18 @@ def home_name(worker_id: str) -> str:
 
 
 def job_environment(
-    job_id: str, worker_id: str, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
+    job_id: str, worker_id: str, attempt: int, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
 ) -> dict[str, str]:
     """Exactly the job's own variables and secrets over a minimal base: never the
     agent's (its credentials) nor, through it, the server's. TMPDIR is the job's home, so
     that what mktemp and tempfile make is the job's alone and goes with its home (on the
-    local provider /tmp is the host's, shared by every job and kept)."""
+    local provider /tmp is the host's, shared by every job and kept). ``attempt``: 0 from
+    a server that does not say it."""
     base = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
-    return {**base, **env, **secrets, "HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id}
+    platform = {"HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id}
+    if attempt > 0:
+        platform["HODEI_ATTEMPT"] = str(attempt)
+    return {**base, **env, **secrets, **platform}
 
 
 def hide_from_jobs() -> None:
