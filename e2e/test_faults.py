@@ -211,8 +211,9 @@ def test_a_database_whose_clock_is_ahead_of_the_servers_kills_no_job(
 ) -> None:
     """PostgreSQL's host 30 s ahead of the server's (no NTP on one of them): workers' signs of
     life were written in the server's time and judged in PostgreSQL's, so every worker was
-    lost 10 s after it registered (HODEI_HEARTBEAT_TIMEOUT) and its job failed. The server
-    says how far apart the clocks are."""
+    lost 10 s after it registered (HODEI_HEARTBEAT_TIMEOUT) and its job failed; a retry's
+    backoff was over before it began. The server says how far apart the clocks are, and
+    sets its deadlines in PostgreSQL's time (hodei.clock)."""
     cluster, url = own_cluster
     cluster.stop()
     cluster.start(FAST_OPTIONS, clock="+30s")
@@ -226,6 +227,20 @@ def test_a_database_whose_clock_is_ahead_of_the_servers_kills_no_job(
         ]
         logged = server.logs()
         assert "this host's clock is 30" in logged and "s behind PostgreSQL's" in logged, logged
+        # A retry's backoff, set by the server and judged by the queue's query in PostgreSQL's
+        # time, was over before it began: the second attempt started at once.
+        second_succeeds = ("-c", '[ "$HODEI_ATTEMPT" = 2 ]', "--retry", "1", "--retry-backoff", "8")
+        retried = server.cli("job", "run", "-p", "local", *second_succeeds, "--wait", timeout=120)
+        assert retried.returncode == 0, retried.stderr
+        job_id = retried.stdout.strip()
+        (waited,) = query(
+            url,
+            "SELECT extract(epoch FROM max(occurred_at) FILTER (WHERE event_type = 'JobAccepted') - "
+            "min(occurred_at) FILTER (WHERE payload->>'new_state' = 'PENDING')) FROM domain_events "
+            "WHERE aggregate_id = %s",
+            (job_id,),
+        )[0]
+        assert waited >= 8, waited  # both times the server's
 
 
 def test_a_server_keeps_to_its_share_of_the_databases_connections(

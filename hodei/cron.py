@@ -243,7 +243,7 @@ class CronJobs:
             job = self.store.load(Job, job_id)
             if job.is_terminal:
                 return False, []  # it ended meanwhile
-            job.cancel(reason, self.kill_grace)
+            job.cancel(reason, self.kill_grace, self.clock())
             return True, [job]
 
         if self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), cancel):

@@ -155,7 +155,7 @@ class Sweeper:
         return time.monotonic() - self._hearing_since
 
     def expire_steps(self) -> None:
-        now = datetime.now(UTC)
+        now = self.engine.clock()
         hearing_since = now - timedelta(seconds=self.heard_for)
         params = {"now": now, "hearing_since": hearing_since, "grace": self.timing.heartbeat_timeout}
         for step in fetch_all(self.store.pool, "overdue_saga_steps_with_job", params, OverdueStep):

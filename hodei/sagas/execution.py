@@ -64,7 +64,7 @@ def end_job_after_failure(deps: SagaDeps, step: StepInput, outcome: dict[str, An
         return changed
     if not job.is_terminal:
         if step.failed_step == "wait_for_result" and job.state is JobState.RUNNING:
-            job.time_out(f"no result within the job's timeout: {step.failure}")
+            job.time_out(f"no result within the job's timeout: {step.failure}", deps.clock())
         else:
             job.fail(f"execution failed: {step.failure}")
     changed.extend(persist_logs_of(deps, job))

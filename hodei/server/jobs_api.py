@@ -14,6 +14,7 @@ from uuid import UUID
 import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.clock import DatabaseClock
 from hodei.domain.base import check_submitter_name
 from hodei.domain.job import Job, JobState, after_met, check_signal
 from hodei.domain.provider import ProviderType
@@ -83,6 +84,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         limits: Limits,
         kill_grace: float,
         faults: Faults,
+        clock: DatabaseClock,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -93,6 +95,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         # A cancel's grace when it names none (HODEI_KILL_GRACE).
         self.kill_grace = kill_grace
         self.faults = faults
+        # Deadlines' time: a cancel's grace is judged by the server its worker is connected to.
+        self.clock = clock
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -246,7 +250,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("the reason must be at most 1000 characters")
         reason = request.reason.strip() or f"cancelled by {caller().name}"
         grace = cancel_grace(request, self.kill_grace)
-        job = self._change(request.job_id, "cancel", lambda job: job.cancel(reason, grace))
+        job = self._change(request.job_id, "cancel", lambda job: job.cancel(reason, grace, self.clock()))
         return jobs_pb2.CancelJobResponse(job=job)
 
     @rpc

@@ -237,6 +237,7 @@ async def _add_services(
                 runtime.limits,
                 runtime.config.timing.kill_grace,
                 runtime.faults,
+                runtime.clock,
             ),
         ),
         (worker_pb2, "WorkerAgentService", workers),

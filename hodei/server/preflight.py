@@ -11,7 +11,7 @@ with a message that says what to change.
   use goes up and down) when PostgreSQL's max_connections leaves fewer.
 - It may hold as many files open as the host lets it (``open_files``).
 - Its host's clock and PostgreSQL's should agree: it says so when they do not, at start
-  and whenever the difference moves (``Clocks``).
+  and whenever the difference moves, and goes by PostgreSQL's for deadlines (``Clocks``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from hodei.clock import DatabaseClock
 from hodei.config import Config
 from hodei.errors import HodeiError
 from hodei.store.db import fetch_value, translate_errors
@@ -143,26 +144,29 @@ CLOCK_SLACK = 1.0
 
 
 class Clocks:
-    """Workers' heartbeats are judged in PostgreSQL's time and do not mind; what the servers
-    time themselves does: saga steps' deadlines (set by one server, perhaps judged by
-    another), cron schedules, and the times jobs show, which are the server's."""
+    """Deadlines go by PostgreSQL's clock (``hodei.clock``), which this measures; what
+    stays each server's is the times events carry, which jobs show: a host whose clock is
+    off shows its jobs' times off by as much, and is told so."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, clock: DatabaseClock) -> None:
         self.pool = pool
+        self.clock = clock
         # The offset last warned about; None while the clocks agree.
         self.said: float | None = None
 
-    def offset(self) -> float:
+    def offset(self) -> tuple[float, float]:
         """Seconds PostgreSQL's clock is ahead of this host's (negative: behind), to within
-        half a round trip."""
+        half a round trip, and the round trip's seconds."""
         before = time.time()
         database = fetch_value(self.pool, "database_clock")
-        return float(database.timestamp()) - (before + time.time()) / 2
+        after = time.time()
+        return float(database.timestamp()) - (before + after) / 2, after - before
 
     def check(self) -> None:
-        """Warns once they are CLOCK_SLACK apart, again when the difference moves as much,
-        and says when they agree again."""
-        offset = self.offset()
+        """Sets the clock deadlines go by; warns once the clocks are CLOCK_SLACK apart,
+        again when the difference moves as much, and says when they agree again."""
+        offset, round_trip = self.offset()
+        self.clock.follow(offset, round_trip)
         if abs(offset) < CLOCK_SLACK:
             if self.said is not None:
                 log.info("this host's clock and PostgreSQL's agree again (within %gs)", CLOCK_SLACK)
@@ -172,9 +176,9 @@ class Clocks:
             return
         self.said = offset
         log.warning(
-            "this host's clock is %.1fs %s PostgreSQL's: workers' heartbeats are judged in PostgreSQL's time, but "
-            "saga steps' deadlines, cron schedules and the times shown for jobs are each server's; keep the "
-            "clocks of the servers' and the database's hosts in sync (NTP: chrony or systemd-timesyncd)",
+            "this host's clock is %.1fs %s PostgreSQL's: deadlines (saga steps', retries', cancels' graces, cron "
+            "schedules) go by PostgreSQL's, but the times shown for jobs are this host's; keep the clocks of the "
+            "servers' and the database's hosts in sync (NTP: chrony or systemd-timesyncd)",
             abs(offset),
             "behind" if offset > 0 else "ahead of",
         )

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from hodei.admission import Admission
 from hodei.artifacts import ArtifactStore
+from hodei.clock import DatabaseClock
 from hodei.config import Config
 from hodei.cron import CronJobs
 from hodei.domain.provider import ProviderType
@@ -27,7 +28,7 @@ from hodei.relay import Relay
 from hodei.retention import Retention
 from hodei.sagas import catalog, routes
 from hodei.sagas.deps import SagaDeps
-from hodei.sagas.engine import SagaEngine, now
+from hodei.sagas.engine import SagaEngine
 from hodei.server.preflight import Clocks
 from hodei.server.tls import ServerCertificates
 from hodei.signals import Signals
@@ -116,11 +117,13 @@ class Runtime:
         self.faults = Faults(config.fault)
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)
-        self.cron_jobs = CronJobs(self.store, self.secrets, kill_grace=config.timing.kill_grace)
+        # Deadlines' time, PostgreSQL's (set by ``clocks``, in ``start`` and at each beat).
+        self.clock = DatabaseClock()
+        self.cron_jobs = CronJobs(self.store, self.secrets, kill_grace=config.timing.kill_grace, clock=self.clock)
         self.pools = Pools(self.store)
         self.limits = Limits(self.store)
         self.instances = ServerInstances(self.pool, config.server_id)
-        self.clocks = Clocks(self.pool)
+        self.clocks = Clocks(self.pool, self.clock)
         self.admission = Admission(
             self.store,
             {provider_type: config.max_workers[provider_type.value] for provider_type in ProviderType},
@@ -136,10 +139,10 @@ class Runtime:
             timing=config.timing,
             dial=self.certificates.worker_environment,
             worker_addresses=self._worker_addresses,
-            clock=now,
+            clock=self.clock,
             forget_worker=self._forget_worker,
         )
-        self.engine = SagaEngine(self.store, catalog.definitions(deps), after_commit=after_commit)
+        self.engine = SagaEngine(self.store, catalog.definitions(deps), self.clock, after_commit)
         self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools, self.limits)
         self.relay = Relay(
             self.pool,

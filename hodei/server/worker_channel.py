@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 from uuid import UUID
 
@@ -164,7 +164,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
             if worker is None or worker.job_id != request.job_id:
                 raise Unauthenticated(f"no worker {request.worker_id} for job {request.job_id}")
             self.signer.check_registration(request.token, str(worker.id), worker.job_id, worker.token_nonce)
-            session_nonce = worker.register(offered, request.hostname[:255], datetime.now(UTC))
+            session_nonce = worker.register(offered, request.hostname[:255], self.engine.clock())
             self.liveness.touch(worker.id, connected=False, timeout=timeout)
             return (worker, session_nonce), [worker]
 
@@ -405,7 +405,7 @@ class WorkerSession:
         """The cancel, with what is left of its grace (sent again after a reconnection,
         it is less): the job's, which a cancel's event alone holds."""
         cancel = worker_pb2.CancelJob(job_id=self.job_id, reason=row.error_message or "")
-        grace = self.service.store.load(Job, self.job_id).grace_left(datetime.now(UTC))
+        grace = self.service.store.load(Job, self.job_id).grace_left(self.service.engine.clock())
         if grace is not None:
             cancel.grace_ms = int(grace * 1000)
         return cancel
@@ -515,7 +515,7 @@ class WorkerSession:
 
         def finish(job: Job) -> None:
             job.store_artifacts(worker_id, artifacts)
-            job.finish(worker_id, state, result.exit_code, reason, ran, usage=usage or None)
+            job.finish(worker_id, state, result.exit_code, reason, ran, self.service.engine.clock(), usage or None)
 
         self._update_job(finish)
         self.service.logs.forget(self.job_id)

@@ -702,7 +702,9 @@ WHERE w.state IN ('READY', 'BUSY')
 -- name: overdue_saga_steps_with_job
 -- Steps past their deadline. One that passed while the sweeper could not hear (an outage)
 -- gets a grace after hearing resumes, for the worker to reconnect and report. Deadlines are
--- the servers' times, judged by the sweeper's clock (%(now)s), as the engine judges them.
+-- PostgreSQL's time as each server reckons it (hodei.clock), judged by the sweeper's
+-- reckoning (%(now)s), as the engine judges them, rather than by now(): both within a
+-- round trip of each other.
 SELECT st.saga_id, s.correlation_id AS job_id, st.step_order
 FROM saga_steps st JOIN sagas s ON s.id = st.saga_id
 WHERE st.state = 'IN_PROGRESS' AND st.deadline_at < %(now)s
