@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,6 +195,32 @@ def test_a_reduce_fetches_the_artifacts_of_the_jobs_it_starts_after(server: Serv
     assert sorted(log.stdout.split()) == sorted(map_ids)
     assert "[hodei] fetched 3 artifacts of 3 jobs into artifacts/, 8 bytes" in log.stderr
     assert "[hodei] no file matches artifact pattern `artifacts`" in log.stderr  # removed: it was the job's
+
+
+def test_fetched_artifacts_follow_no_link_the_jobs_user_could_not(server: ServerProcess) -> None:
+    """A working directory others may write in (a shared one, 1777) can hold a link planted
+    there, `artifacts` -> a directory of root's: the agent, root, wrote the fetched files
+    through it. It writes them as the job's user: the fetch fails, nothing is written."""
+    first = _run(server, "echo payload > x.txt", "x.txt")
+    guarded = Path(tempfile.mkdtemp(prefix="hodei-root-only-"))  # root's, 0755
+    shared = Path(tempfile.mkdtemp(prefix="hodei-shared-"))
+    try:
+        guarded.chmod(0o755)
+        shared.chmod(0o1777)
+        (shared / "artifacts").symlink_to(guarded)
+        result = server.cli(
+            *("job", "run", "-p", "local", "--after", first, "--fetch-artifacts", "--working-dir", str(shared)),
+            *("--command", "echo ran", "--wait"),
+        )
+        assert result.returncode == 126, result.stderr
+        ((error,),) = query(
+            server.database_url, "SELECT error_message FROM jobs WHERE id = %s", (result.stdout.strip(),)
+        )
+        assert f"cannot fetch artifact x.txt of job {first}: " in error and "for the job's user (uid 65534)" in error
+        assert list(guarded.iterdir()) == []
+    finally:
+        shutil.rmtree(guarded)
+        shutil.rmtree(shared)
 
 
 def test_a_job_whose_inputs_are_gone_fails_to_start_saying_which(server: ServerProcess) -> None:

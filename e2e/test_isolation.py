@@ -248,6 +248,36 @@ def test_a_jobs_temporary_files_are_its_own_and_go_with_it(request: pytest.Fixtu
         eventually(lambda: not os.path.exists(os.path.dirname(file)), 15, what="the job's home to go")
 
 
+def test_a_jobs_working_directory_is_made_only_where_its_user_could_make_it(local: ServerProcess) -> None:
+    """A missing --working-dir was made by the agent, as root, and given to the job's user:
+    `--working-dir /etc/systemd/system/ssh.service.d` was a directory of a root service's
+    settings that the job then wrote in. It is made as the job's user would make it."""
+    guarded = Path(tempfile.mkdtemp(prefix="hodei-root-only-"))  # root's, 0755 below
+    shared = Path(tempfile.mkdtemp(prefix="hodei-shared-"))
+    try:
+        guarded.chmod(0o755)
+        shared.chmod(0o1777)
+        wanted = guarded / "service.d"
+        refused = local.cli(
+            "job", "run", "-p", "local", "-c", "echo x > override.conf", "--working-dir", str(wanted), "--wait"
+        )
+        job_id = refused.stdout.strip()
+        assert refused.returncode == 126, refused.stderr  # its command could not be started
+        (error,) = query(local.database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+        assert f"cannot create working directory {wanted}: Permission denied for the job's user" in error, error
+        assert not wanted.exists()
+        made = shared / "a" / "b"
+        ran = local.cli(
+            "job", "run", "-p", "local", "-c", "touch x; stat -c %u .", "--working-dir", str(made), "--wait"
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert local.cli("job", "logs", ran.stdout.strip(), check=True).stdout == "65534\n"
+        assert (made / "x").stat().st_uid == (shared / "a").stat().st_uid == 65534
+    finally:
+        shutil.rmtree(guarded)
+        shutil.rmtree(shared)
+
+
 # A second of busy work; prints the CPU seconds it got.
 SPIN = (
     "python3 -c 'import os, time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\n"

@@ -18,16 +18,17 @@ import glob
 import hashlib
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, TypeVar
+from typing import IO, TypeVar
 
 import grpc
 
 from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
-from hodei_worker.runner import JobUser, reuse_freed_memory
+from hodei_worker.runner import JobUser, as_user, make_directories, reuse_freed_memory
 
 PIECE_BYTES = 3 * 1024 * 1024
 # Seconds a job's uploads may take in all, and its fetches: the server waits for its result
@@ -179,36 +180,78 @@ def fetch(
     until: float,
 ) -> int:
     """Writes one artifact of another job at ``artifacts/<job id>/<name>`` under ``root``,
-    whole (a part file renamed) and as the server stored it (its SHA-256 checked), owned
-    by the job's user; its size. Raises OSError, an RpcError, or ValueError (a bad name
-    or digest)."""
+    whole (a part file renamed) and as the server stored it (its SHA-256 checked), as the
+    job's user (``as_user``: ``root`` is a directory that user may change); its size.
+    Raises OSError, an RpcError, or ValueError (a bad name or digest)."""
     artifact = wanted.artifact
     base = os.path.join(root, FETCHED, wanted.job_id)
     path = os.path.normpath(os.path.join(base, artifact.name))
     if os.path.commonpath([path, base]) != base or os.path.isabs(artifact.name):
         raise ValueError(f"artifact {artifact.name!r} would be written outside {base}")
-    _make_directories(os.path.dirname(path), root, user)
+    _file_utility(make_directories(os.path.dirname(path), user), os.path.dirname(path))
     request = artifacts_pb2.ReadArtifactRequest(job_id=wanted.job_id, name=artifact.name, attempt=artifact.attempt)
     part = f"{path}.part"
 
     def receive() -> None:
-        with open(part, "wb") as target:
+        with _writing(part, user) as target:
             sha256 = write_pieces(stub().FetchArtifact(request, metadata=metadata, timeout=_left(until)), target)
         if sha256 != artifact.sha256:
             raise ValueError(f"artifact {artifact.name} of job {wanted.job_id}: its bytes are not those stored")
 
     try:
         _again_while_unavailable(receive, until)
-        if user is not None:
-            os.chown(part, user.uid, user.gid)
-        os.replace(part, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
+        if user is None:
+            os.replace(part, path)
+        else:
+            _file_utility(as_user(user, "mv", "-f", "-T", "--", part, path), path)
+    except BaseException:
+        if user is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+        else:
+            as_user(user, "rm", "-f", "--", part)
+        raise
     return artifact.size_bytes
 
 
-def write_pieces(pieces: Iterable[artifacts_pb2.ArtifactPiece], target: BinaryIO) -> str:
+def _file_utility(problem: str | None, path: str) -> None:
+    if problem is not None:
+        raise OSError(f"{path}: {problem}")
+
+
+@contextlib.contextmanager
+def _writing(path: str, user: JobUser | None) -> Iterator[IO[bytes]]:
+    """``path`` open for writing, by the job's user (``cat`` as that user, fed through a
+    pipe): the working directory is the user's to change, and root writing in it would
+    follow a link the user could not."""
+    if user is None:
+        with open(path, "wb") as target:
+            yield target
+        return
+    writer = subprocess.Popen(
+        ["sh", "-c", 'exec cat > "$1"', "sh", path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+    )
+    assert writer.stdin is not None
+    assert writer.stderr is not None
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it could not open the file: said below
+            yield writer.stdin
+            writer.stdin.close()
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            writer.stdin.close()
+        said = writer.stderr.read().decode(errors="replace").strip().rpartition(": ")[2]
+        if writer.wait() != 0:
+            raise OSError(f"{path}: {said or 'cannot write'} for the job's user (uid {user.uid})")
+
+
+def write_pieces(pieces: Iterable[artifacts_pb2.ArtifactPiece], target: IO[bytes]) -> str:
     """Writes the bytes of an artifact's pieces (ReadArtifact's, FetchArtifact's) to
     ``target`` as they come; their SHA-256, for the caller to check. A thread of its own
     hashes and writes a piece while the next is received (both let go of the GIL on
@@ -228,18 +271,6 @@ def write_pieces(pieces: Iterable[artifacts_pb2.ArtifactPiece], target: BinaryIO
     return digest.hexdigest()
 
 
-def _keep(digest: hashlib._Hash, target: BinaryIO, data: bytes) -> None:
+def _keep(digest: hashlib._Hash, target: IO[bytes], data: bytes) -> None:
     digest.update(data)
     target.write(data)
-
-
-def _make_directories(directory: str, root: str, user: JobUser | None) -> None:
-    """Makes ``directory`` and those on the way from ``root``, owned by the job's user."""
-    missing = []
-    while not os.path.isdir(directory) and directory != root:
-        missing.append(directory)
-        directory = os.path.dirname(directory)
-    for made in reversed(missing):
-        os.mkdir(made)
-        if user is not None:
-            os.chown(made, user.uid, user.gid)

@@ -257,6 +257,40 @@ class JobUser:
             return False
 
 
+def make_directories(path: str, user: JobUser | None) -> str | None:
+    """``mkdir -p``, as the job's user: a job has only the directories its user could make.
+    Made by the agent (root) and given to the user, ``--working-dir
+    /etc/systemd/system/ssh.service.d`` was a directory of a root service's settings that
+    the job then wrote in. None when made, else why not."""
+    if user is None:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+    return as_user(user, "mkdir", "-p", "--", path)
+
+
+def as_user(user: JobUser, *argv: str) -> str | None:
+    """Runs a file utility (mkdir, mv, rm) as the job's user: in the places the job's user
+    chose or can change, the agent (root) acts with no more rights than that user, and
+    follows no link that user could not. None when it succeeded, else why not."""
+    done = subprocess.run(
+        list(argv),
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        return None
+    said = done.stderr.strip().rpartition(": ")[2]  # "mkdir: cannot create directory '/x': Permission denied"
+    return f"{said or f'{argv[0]} exited with {done.returncode}'} for the job's user (uid {user.uid})"
+
+
 def exit_code_of(returncode: int) -> int:
     """Shell convention: killed by signal N is 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -394,18 +428,15 @@ class JobProcess:
         return Finished(outcome, code, message, started_at, finished_at, used.ru_utime + used.ru_stime, peak)
 
     def _prepare_working_dir(self) -> str | None:
-        """Creates a missing working directory, owned by the job's user; None when usable.
+        """Creates a missing working directory as the job's user would; None when usable.
         (The child changes directory before it drops to the job's user, so whether that
         user may work there is checked here.)"""
         if not self.working_dir:
             return None
         if not os.path.isdir(self.working_dir):
-            try:
-                os.makedirs(self.working_dir)
-                if self.user is not None:
-                    os.chown(self.working_dir, self.user.uid, self.user.gid)
-            except OSError as exc:
-                return f"cannot create working directory {self.working_dir}: {exc.strerror or exc}"
+            problem = make_directories(self.working_dir, self.user)
+            if problem is not None:
+                return f"cannot create working directory {self.working_dir}: {problem}"
         if self.user is not None and not self.user.may_work_in(self.working_dir):
             denied = f"Permission denied for the job's user (uid {self.user.uid})"
             return f"cannot use working directory {self.working_dir}: {denied}"
