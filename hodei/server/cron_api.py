@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import grpc
 
@@ -147,7 +146,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             active_since=timestamp(cron.active_since),
         )
         if not cron.paused:
-            for moment in schedule.following(datetime.now(UTC), NEXT_TIMES):
+            for moment in schedule.following(self.cron_jobs.clock(), NEXT_TIMES):  # the times it will run at
                 message.next_times.add().FromDatetime(moment)
         if newest is not None:
             message.last_job_id = str(newest.job_id)
