@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib.metadata import version
 from typing import Any, Generic, TypeVar
 
@@ -147,7 +147,7 @@ class _Scraped(Collector):
         same skipped time: ``max by (cron, reason)``, not ``sum``, across servers)."""
         every = self.cron_jobs.all()
         newest = self.cron_jobs.newest_jobs([cron.name for cron in every])
-        now = datetime.now(UTC)
+        now = self.cron_jobs.clock()  # the clock its runs go by
         last = GaugeMetricFamily(
             "hodei_cron_job_last_run_timestamp_seconds", "When the cron job's newest job was submitted", labels=["cron"]
         )

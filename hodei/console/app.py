@@ -15,7 +15,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +47,7 @@ from hodei.cli.parsing import (
     since_moment,
 )
 from hodei.cli.terminal import message_dict
+from hodei.clock import DatabaseClock
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
@@ -133,9 +133,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class Console:
     def __init__(
-        self, api: Api, metrics: PlatformMetrics, pool: ConnectionPool, *, secure: bool, metrics_public: bool
+        self,
+        api: Api,
+        metrics: PlatformMetrics,
+        pool: ConnectionPool,
+        clock: DatabaseClock,
+        *,
+        secure: bool,
+        metrics_public: bool,
     ) -> None:
         self.api = api
+        # The clock sagas' times are in (a running step's bar ends at its now).
+        self.clock = clock
         self.metrics = metrics
         self.pool = pool
         self.secure = secure
@@ -404,7 +413,7 @@ class Console:
             stopped=stopped_text(described.job.attempt, description["job"]["phases"]),
             sagas=description["sagas"],
             workers=description["workers"],
-            timeline=timeline(description["sagas"], datetime.now(UTC)),
+            timeline=timeline(description["sagas"], self.clock()),
             events=[
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
             ],

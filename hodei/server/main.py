@@ -395,7 +395,9 @@ async def _start_console(runtime: Runtime, api: Api, host: str) -> web.AppRunner
         return None
     tls = cfg.tls
     secure = tls.cert is not None and tls.key is not None
-    console = Console(api, runtime.metrics, runtime.pool, secure=secure, metrics_public=cfg.metrics_public)
+    console = Console(
+        api, runtime.metrics, runtime.pool, runtime.clock, secure=secure, metrics_public=cfg.metrics_public
+    )
     application = console.application()
     watch = ConsoleWatch(runtime.certificates) if secure else None
     if watch is not None:
