@@ -80,6 +80,10 @@ def test_env_values_keep_their_commas_unless_a_new_variable_follows(server: Serv
         f"--env-file {env_file}, line 2: expected KEY=VALUE with KEY made of ASCII letters, digits and _, "
         "not beginning with a digit\n"
     )
+    env_file.write_text("export GOOD=1\n")  # a shell script's line
+    refused = server.cli("job", "run", "-p", "local", "--env-file", str(env_file), "-c", "true")
+    assert refused.returncode == 2
+    assert refused.stderr.endswith("(`export` is a shell's word: an env file has KEY=VALUE lines)\n"), refused.stderr
 
 
 def test_several_jobs_are_cancelled_in_one_command_and_one_refused_stops_none(server: ServerProcess) -> None:

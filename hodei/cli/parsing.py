@@ -83,7 +83,10 @@ def parse_env_lines(text: str, where: str) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep or not _KEY.match(key.strip()):
-            raise InvalidInput(f"{where}, line {number}: expected KEY=VALUE with KEY {_KEY_RULE}")
+            shell = (
+                " (`export` is a shell's word: an env file has KEY=VALUE lines)" if key.startswith("export ") else ""
+            )
+            raise InvalidInput(f"{where}, line {number}: expected KEY=VALUE with KEY {_KEY_RULE}{shell}")
         env[key.strip()] = value
     return env
 
