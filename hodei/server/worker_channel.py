@@ -13,6 +13,7 @@ server process dispatched the job: a NOTIFY wakes the stream, and it also polls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
@@ -221,9 +222,12 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> worker_pb2.StoredArtifact:
         """Stores one file of the worker's job, for its current attempt: it is the job's
-        artifact once the worker's result lists it (hodei.artifacts)."""
+        artifact once the worker's result lists it (hodei.artifacts). A piece is hashed and
+        written in a thread while the next is received (one at a time, in order), as the
+        agent's fetch does (``hodei_worker.artifacts.write_pieces``)."""
         worker = await asyncio.to_thread(self._session_worker, _metadata(context))
         upload: Upload | None = None
+        writing: asyncio.Future[None] | None = None
         try:
             async for piece in request_iterator:
                 kind = piece.WhichOneof("kind")
@@ -237,13 +241,20 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
                         self.artifacts.begin, worker.job_id, worker.attempt, header.name, header.size_bytes
                     )
                 elif kind == "data":
-                    await asyncio.to_thread(upload.write, piece.data)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(upload.write, piece.data))
                 else:
                     raise InvalidInput("an artifact's upload has one header")
             if upload is None:
                 raise InvalidInput("an artifact's upload begins with its header")
+            if writing is not None:
+                await writing
             stored = await asyncio.to_thread(upload.finish)
         except BaseException as exc:
+            if writing is not None:  # its thread goes on with the file: done before it goes
+                with contextlib.suppress(BaseException):
+                    await writing
             if upload is not None:
                 upload.discard()
             if isinstance(exc, OSError):  # the artifacts' disk full or unwritable: the job goes on
