@@ -227,6 +227,7 @@ def test_a_database_whose_clock_is_ahead_of_the_servers_kills_no_job(
         ]
         logged = server.logs()
         assert "this host's clock is 30" in logged and "s behind PostgreSQL's" in logged, logged
+        assert "deadlines go by PostgreSQL's clock: this host's +30." in logged, logged
         # A retry's backoff, set by the server and judged by the queue's query in PostgreSQL's
         # time, was over before it began: the second attempt started at once.
         second_succeeds = ("-c", '[ "$HODEI_ATTEMPT" = 2 ]', "--retry", "1", "--retry-backoff", "8")

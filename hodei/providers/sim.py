@@ -9,8 +9,9 @@ each ``--artifact`` pattern, and reports ``HODEI_SIM_EXIT_CODE`` (default 0) —
 from the job's own ``--env``. It takes ``job signal`` as a command would: one it handles
 (``HODEI_SIM_HANDLES``) leaves it running, STOP and TSTP stop its clock until CONT, and
 any other but WINCH ends it as killed by that signal. A cancel ends it as SIGTERM would
-(143), or as SIGKILL (137) when it gives no grace or the job handles TERM. Everything but the start of a
-process runs for real: sagas, admission, the outbox, streams, logs, heartbeats.
+(143), or as SIGKILL (137) when it gives no grace or the job handles TERM. Everything but
+the start of a process runs for real: sagas, admission, the outbox, streams, logs,
+heartbeats.
 Simulated workers live as long as the server process; after a restart their jobs are
 recovered like those of any lost worker.
 """

@@ -166,7 +166,8 @@ class Clocks:
         """Sets the clock deadlines go by; warns once the clocks are CLOCK_SLACK apart,
         again when the difference moves as much, and says when they agree again."""
         offset, round_trip = self.offset()
-        self.clock.follow(offset, round_trip)
+        if self.clock.follow(offset, round_trip):
+            log.info("deadlines go by PostgreSQL's clock: this host's %+.3fs", offset)
         if abs(offset) < CLOCK_SLACK:
             if self.said is not None:
                 log.info("this host's clock and PostgreSQL's agree again (within %gs)", CLOCK_SLACK)
