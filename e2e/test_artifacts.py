@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -221,6 +222,30 @@ def test_fetched_artifacts_follow_no_link_the_jobs_user_could_not(server: Server
     finally:
         shutil.rmtree(guarded)
         shutil.rmtree(shared)
+
+
+def test_a_job_gets_no_file_its_user_could_not_reach(server: ServerProcess) -> None:
+    """Its working directory made a link into a directory of root's (0700) before it
+    exits: a file there that anyone may read, but its user could never reach, was
+    uploaded by the agent (root), which checked the file and not the way to it. Its home,
+    a link by then, goes without what it led to."""
+    guarded = Path(tempfile.mkdtemp(prefix="hodei-root-only-"))  # root's, 0700
+    try:
+        (guarded / "secret.txt").write_text("root's\n")
+        (guarded / "secret.txt").chmod(0o644)
+        swap = f'home=$PWD; cd /; rm -rf "$home" && ln -s {guarded} "$home"'
+        ran = server.cli("job", "run", "-p", "local", "-c", swap, "--artifact", "secret.txt", "--wait")
+        assert ran.returncode == 0, ran.stderr
+        job_id = ran.stdout.strip()
+        wait_settled(server.database_url, job_id)
+        log = server.cli("job", "logs", job_id)
+        assert "[hodei] artifact secret.txt skipped: the job's user may not read it" in log.stderr, log.stderr
+        assert "[hodei] stored 0 artifacts, 0 bytes" in log.stderr
+        assert (guarded / "secret.txt").read_text() == "root's\n"
+        ((worker_id,),) = query(server.database_url, "SELECT id::text FROM workers WHERE job_id = %s", (job_id,))
+        assert not os.path.lexists(f"/tmp/hodei-worker-{worker_id}")
+    finally:
+        shutil.rmtree(guarded)
 
 
 def test_a_job_whose_inputs_are_gone_fails_to_start_saying_which(server: ServerProcess) -> None:

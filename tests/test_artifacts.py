@@ -4,8 +4,10 @@ keeps them (names, limits, files written whole)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,24 @@ def test_exclusions_leave_out_what_they_match_in_the_same_way(tmp_path: Path) ->
 
 
 def test_a_job_run_as_another_user_gets_only_what_it_could_read(tmp_path: Path) -> None:
+    """What it may read, in a directory it may reach: pytest's tmp_path is under a
+    directory of root's (0700), where a stranger reaches nothing."""
+    reachable = Path(tempfile.mkdtemp(prefix="hodei-reach-"))
+    try:
+        reachable.chmod(0o755)
+        _finds_only_what_the_user_could_read(reachable)
+    finally:
+        shutil.rmtree(reachable)
+    (tmp_path / "anyones").write_text("a")
+    (tmp_path / "anyones").chmod(0o644)
+    assert os.stat(tmp_path.parent).st_mode & 0o7 == 0, "pytest's tmp_path is reachable by anyone here"
+    info = os.stat(tmp_path / "anyones")
+    stranger = JobUser(info.st_uid + 4242, info.st_gid + 4242)
+    found = find(str(tmp_path), ["anyones"], stranger)
+    assert (found.files, found.notes) == ({}, ["artifact anyones skipped: the job's user may not read it"])
+
+
+def _finds_only_what_the_user_could_read(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.write_text("m")
     mine.chmod(0o600)

@@ -20,7 +20,6 @@ import fcntl
 import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -30,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from hodei_worker.runner import home_name
+from hodei_worker.runner import home_name, remove_home
 
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError
@@ -227,8 +226,8 @@ class LocalProvider(WorkerProvider):
         (self.log_dir / f"{worker_id}.log").unlink(missing_ok=True)
         self._uid_record(worker_id).unlink(missing_ok=True)
         # An agent killed (its cgroup's SIGKILL above, the OOM killer, by hand) left its
-        # job's files. rmtree follows no symbolic link, the named one included.
-        shutil.rmtree(self.homes / home_name(worker_id), ignore_errors=True)
+        # job's files.
+        remove_home(str(self.homes / home_name(worker_id)))
         with self._lock:
             self._uids.pop(worker_id, None)  # free once nothing runs as it
 

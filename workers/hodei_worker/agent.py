@@ -30,7 +30,6 @@ import contextlib
 import os
 import queue
 import resource
-import shutil
 import signal
 import socket
 import sys
@@ -64,6 +63,7 @@ from hodei_worker.runner import (
     hide_from_jobs,
     home_name,
     job_environment,
+    remove_home,
     signal_note,
 )
 
@@ -465,7 +465,7 @@ class Agent:
         # is to debug it by); not after a cancel or a stopped worker, which are to go.
         ended = finished.outcome in (Outcome.EXITED, Outcome.TIMED_OUT)
         stored = self._store_artifacts() if ended and self.artifacts else []
-        shutil.rmtree(self.home, ignore_errors=True)
+        remove_home(self.home)
         say(f"job {self.settings.job_id}: {finished.message}")
         if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
             say("some log batches were never acknowledged")

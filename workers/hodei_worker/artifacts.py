@@ -73,7 +73,7 @@ def find(root: str, patterns: Sequence[str], user: JobUser | None, exclude: Sequ
             found.notes.append(f"artifact {name} skipped: a symbolic link, or a path through one")
         elif not stat.S_ISREG(info.st_mode):
             found.notes.append(f"artifact {name} skipped: not a regular file")
-        elif user is not None and not user.allows(info, 0o4):
+        elif user is not None and not (user.allows(info, 0o4) and user.may_read(path)):
             found.notes.append(f"artifact {name} skipped: the job's user may not read it")
         else:
             found.files[name] = path

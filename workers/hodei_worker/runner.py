@@ -8,6 +8,7 @@ import ctypes
 import os
 import pwd
 import resource
+import shutil
 import signal
 import subprocess
 import threading
@@ -184,6 +185,16 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PR_SET_DUMPABLE = 4
 
 
+def remove_home(path: str) -> None:
+    """A job's home goes with its job: what it holds, or the link the job put in its place
+    (rmtree follows none: what it led to stays)."""
+    if os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def home_name(worker_id: str) -> str:
     """The name of a job's home directory: its worker's, so that the local provider
     removes it when it destroys the worker, though an agent killed first could not."""
@@ -247,12 +258,21 @@ class JobUser:
 
     def may_work_in(self, directory: str) -> bool:
         """Enter every directory on the way, and write in the last one."""
-        path = os.path.realpath(directory)
-        parts = [path, os.path.dirname(path)]
+        return self._reaches(directory, 0o3)
+
+    def may_read(self, path: str) -> bool:
+        """Enter every directory on the way (the job may have made its working directory a
+        link into one its user cannot enter, such as root's), and read the file."""
+        return self._reaches(path, 0o4)
+
+    def _reaches(self, path: str, mask: int) -> bool:
+        """``mask`` on where ``path`` leads, and every directory above it enterable."""
+        real = os.path.realpath(path)
+        parts = [os.path.dirname(real)]
         while parts[-1] != "/":
             parts.append(os.path.dirname(parts[-1]))
         try:
-            return self._may(path, 0o3) and all(self._may(part, 0o1) for part in parts)
+            return self._may(real, mask) and all(self._may(part, 0o1) for part in parts)
         except OSError:
             return False
 
