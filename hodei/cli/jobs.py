@@ -1079,7 +1079,9 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
     parser.add_argument("--cpu", type=float, help="CPU cores")
     parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
     parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
-    parser.add_argument("--working-dir", help="absolute directory to run in")
+    parser.add_argument(
+        "--working-dir", help="absolute directory to run in; made when missing, as the job's user could make it"
+    )
     parser.add_argument("--max-attempts", type=count, default=1, help="runs allowed when a worker is lost (default 1)")
     parser.add_argument(
         "--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)"
