@@ -365,7 +365,10 @@ def test_a_job_cancelled_while_its_image_is_pulled_ends_at_once_and_leaves_no_co
     reference = registry.push_new(bare_image, "team/slow")
     registry.hold()
     job_id = server.cli("job", "run", "--image", reference, "-c", "echo ran", check=True).stdout.strip()
-    eventually(registry.held.is_set, 60, what="the pull to wait for its layer")
+    try:
+        eventually(registry.held.is_set, 120, what="the pull to wait for its layer")
+    except AssertionError as exc:  # once in a CI run of 2026-12-04: what the job did meanwhile
+        raise AssertionError(f"{exc}\n{server.cli('job', 'describe', job_id).stdout}") from None
     server.cli("job", "cancel", job_id, check=True)
     assert wait_terminal(database_url, job_id, timeout=15) == "CANCELLED"
     registry.release()
