@@ -112,10 +112,10 @@ def _stopping(job: common_pb2.Job) -> bool:
     return processes_stopping(job.state, job.attempt, ((phase.name, phase.attempt) for phase in job.phases))
 
 
-def _exit_code_text(job: common_pb2.Job) -> str:
+def _exit_code_text(job: common_pb2.Job, phases: list[dict[str, Any]]) -> str:
     if job.has_exit_code:
         return str(job.exit_code)
-    stopped = stopped_text(job.attempt, (message_dict(phase) for phase in job.phases))
+    stopped = stopped_text(job.attempt, phases)
     return f"- (cancelled; its processes {stopped})" if stopped else "-"
 
 
@@ -159,6 +159,7 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
 
 
 def describe(job: common_pb2.Job) -> list[str]:
+    phases = [message_dict(phase) for phase in job.phases]
     return [
         f"Job {job.id}",
         f"Name: {job.spec.name}",
@@ -170,7 +171,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Image: {job.spec.image}"] if job.spec.image else []),
         f"Worker: {job.worker_id or '-'}",
         f"Attempt: {job.attempt}",
-        f"Exit code: {_exit_code_text(job)}",
+        f"Exit code: {_exit_code_text(job, phases)}",
         f"Submitted by: {job.submitted_by or '-'}",
         f"Secrets: {', '.join(job.spec.secret_names) or '-'}",
         *asked_for(job.spec),
@@ -183,7 +184,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Started: {when(job, 'started_at', 'auto')}",
         f"Completed: {when(job, 'completed_at', 'auto')}",
         f"Error: {job.error_message or '-'}",
-        *([f"Used: {used}"] if (used := latest_usage(message_dict(phase) for phase in job.phases)) else []),
+        *([f"Used: {used}"] if (used := latest_usage(phases)) else []),
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),

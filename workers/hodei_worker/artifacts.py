@@ -73,7 +73,7 @@ def find(root: str, patterns: Sequence[str], user: JobUser | None, exclude: Sequ
             found.notes.append(f"artifact {name} skipped: a symbolic link, or a path through one")
         elif not stat.S_ISREG(info.st_mode):
             found.notes.append(f"artifact {name} skipped: not a regular file")
-        elif user is not None and not (user.allows(info, 0o4) and user.may_read(path)):
+        elif user is not None and not user.may_read(path):
             found.notes.append(f"artifact {name} skipped: the job's user may not read it")
         else:
             found.files[name] = path
@@ -242,7 +242,6 @@ def _writing(path: str, user: JobUser | None) -> Iterator[IO[bytes]]:
     try:
         with contextlib.suppress(BrokenPipeError):  # it could not open the file: said below
             yield writer.stdin
-            writer.stdin.close()
     finally:
         with contextlib.suppress(BrokenPipeError):
             writer.stdin.close()
