@@ -13,8 +13,11 @@ import re
 import tarfile
 import threading
 import uuid
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import docker
 
 from hodei.devdb import free_port
 
@@ -48,6 +51,7 @@ class Registry:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> Registry:
+        self._forget()  # pulled from a registry of an earlier run that had this port
         self._thread.start()
         return self
 
@@ -55,9 +59,19 @@ class Registry:
         self.release()
         self._server.shutdown()
         self._server.server_close()
-        for image in self.client.images.list(name=f"{self.host}/*"):
-            for tag in image.tags:
-                self.client.images.remove(tag)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Remove every image the engine holds from this host, by tag and by digest (one a
+        tag moved off keeps its digest): a later registry on this port must find none, or its
+        first pull is not one. (The engine's name filter would not do: its ``*`` stops at a
+        ``/``.)"""
+        mine = f"{self.host}/"
+        for image in self.client.images.list():
+            for reference in (*image.tags, *(image.attrs.get("RepoDigests") or ())):
+                if reference.startswith(mine):
+                    with suppress(docker.errors.ImageNotFound):  # gone with its last tag
+                        self.client.images.remove(reference)
 
     def push(self, image: str, name: str, tag: str) -> str:
         """The engine's ``image`` served as ``name:tag`` (a tag pushed again moves); its
