@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from hodei.cli.jobs import job_spec
 from hodei.cli.main import parser
+from hodei.errors import InvalidInput
 
 
 def _unexplained(command: argparse.ArgumentParser, path: tuple[str, ...]) -> Iterator[str]:
@@ -64,3 +67,14 @@ def test_a_time_that_is_neither_is_refused_naming_the_option(capsys: pytest.Capt
     assert "argument --timeout/-t: takes seconds or a duration such as 30s or 2m, got '10 minutes'" in (
         capsys.readouterr().err
     )
+
+
+def test_a_script_too_long_for_bash_c_is_refused_naming_the_file_and_a_way(tmp_path: Path) -> None:
+    """Its text is one argument of `bash -c`: the spec's check would say only "argument 2"."""
+    script = tmp_path / "long.sh"
+    script.write_text("echo x;" * 10_000)
+    with pytest.raises(InvalidInput, match=f"--script {script} is 70000 bytes; the limit is 65536 .* --command bash"):
+        job_spec(parser().parse_args(["job", "run", "--script", str(script)]))
+    script.write_text("echo x;" * 9_000)
+    spec, _ = job_spec(parser().parse_args(["job", "run", "--script", str(script)]))
+    assert (spec.command, spec.args, spec.problems()) == ("bash", ("-c", "echo x;" * 9_000), [])

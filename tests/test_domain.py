@@ -238,6 +238,10 @@ def test_a_registration_token_opens_one_session_and_expires() -> None:
             "environment variable name",
         ),
         (JobSpec(name="x", command="true", timeout_seconds=5, working_dir="rel"), "absolute path"),
+        (
+            JobSpec(name="x", command="sh", timeout_seconds=5, args=("-c", "x" * 70_000)),
+            "argument 2 is 70000 bytes; the limit is 65536",
+        ),
         (JobSpec(name="x", command="true", timeout_seconds=5, max_attempts=0), "max attempts"),
         (JobSpec(name="x", command="true", timeout_seconds=5, after={"3f2a9c1e": "maybe"}), "must be one of ok"),
         (JobSpec(name="x", command="true", timeout_seconds=5, after={" ": "ok"}), "is not a job id"),

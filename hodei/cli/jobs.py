@@ -51,6 +51,7 @@ from hodei.domain.spec import (
     ARRAY_LABEL,
     DEFAULT_TIMEOUT_SECONDS,
     IMAGE_PULLS,
+    LIMITS,
     JobSpec,
     LabelSelector,
     Resources,
@@ -204,7 +205,13 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
     if args.script:
         if args.command or args.args:
             raise InvalidInput("give either --script or --command, not both")
-        return "bash", ["-c", text_of(args.script, "--script")]
+        script = text_of(args.script, "--script")
+        if (size := len(script.encode())) > LIMITS.arg_bytes:
+            raise InvalidInput(
+                f"--script {args.script} is {size} bytes; the limit is {LIMITS.arg_bytes} (its text is bash's"
+                " argument): run a longer one from a file the job has, e.g. --command bash --args FILE"
+            )
+        return "bash", ["-c", script]
     if args.command is None:
         raise InvalidInput("give --command (or --script FILE)")
     return args.command, parse_args(args.args)
