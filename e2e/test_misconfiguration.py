@@ -91,6 +91,7 @@ def test_a_server_with_another_provider_set_refuses_to_start(fresh_database_url:
         ),
         ({"HODEI_SERVER_HOST": "0.0.0.0"}, "that is an address to listen on, not one workers can dial"),
         ({"HODEI_SERVER_HOST": "no-such-host.invalid"}, "`no-such-host.invalid` does not resolve here"),
+        ({"HODEI_SERVER_HOST": "127.0.0.1:99999"}, "HODEI_SERVER_HOST=127.0.0.1:99999: the port must be 1 to 65535"),
         (
             {"HODEI_DOCKER_ENABLED": "1", "HODEI_DOCKER_NETWORK": "bridge"},
             "containers on network bridge have their own loopback",

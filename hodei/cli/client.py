@@ -74,7 +74,10 @@ def read_config(path: Path) -> dict[str, str]:
     mode = stat.S_IMODE(path.stat().st_mode)
     if "token" in data and mode & 0o077:
         raise InvalidInput(f"{path} holds a token but others may read it (mode {mode:o}): run `chmod 600 {path}`")
-    return {key: str(value) for key, value in data.items()}
+    unquoted = sorted(key for key, value in data.items() if not isinstance(value, str))
+    if unquoted:
+        raise InvalidInput(f'{path}: {", ".join(unquoted)} must be a string, in quotes (`server = "host:50051"`)')
+    return data
 
 
 def _address(server: str) -> str:
@@ -84,9 +87,14 @@ def _address(server: str) -> str:
             server = server[len(prefix) :]
     server = server.rstrip("/")
     host, sep, port = server.rpartition(":")
-    if sep and port.isdigit() and (not host.startswith("[") or host.endswith("]")):
-        return server
-    return f"{server}:50051"
+    if not sep or (host.startswith("[") and not host.endswith("]")):
+        return f"{server}:50051"  # a host alone, or [an IPv6 address] alone
+    if ":" in host and not host.startswith("["):
+        return f"[{server}]:50051"  # an IPv6 address alone: its colons are its own
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        # gRPC would take 99999 as 34463: another port, maybe another program's.
+        raise InvalidInput(f"server address {server}: the port must be 1 to 65535, got `{port}`")
+    return server
 
 
 @dataclass(frozen=True)

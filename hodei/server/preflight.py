@@ -236,8 +236,10 @@ def check_worker_address(config: Config, providers: Sequence[str], listen: str, 
     if not providers:
         return
     address = config.worker_server_address
-    host = address.rsplit(":", 1)[0]
+    host, port = address.rsplit(":", 1)
     where = f"HODEI_SERVER_HOST={config.advertise_host}"
+    if not 1 <= int(port) <= 65535:
+        raise Misconfigured(f"{where}: the port must be 1 to 65535, got {port}")
     if host.strip("[]") in ("0.0.0.0", "::"):
         raise Misconfigured(f"{where}: that is an address to listen on, not one workers can dial")
     docker_network = config.docker.network if "docker" in providers else None
