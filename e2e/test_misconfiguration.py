@@ -70,6 +70,17 @@ def test_a_second_server_on_a_port_in_use_exits_naming_the_port(fresh_database_u
         assert first.cli("job", "list").returncode == 0
 
 
+@pytest.mark.parametrize("bind", ["192.0.2.1", "no-such-host.invalid"])
+def test_an_address_not_of_this_host_to_listen_on_is_refused_naming_the_setting(
+    fresh_database_url: str, tmp_path: Path, bind: str
+) -> None:
+    """It said "is another hodei-server running?" as for a port in use."""
+    result = refused(ServerProcess(fresh_database_url, tmp_path), HODEI_GRPC_BIND=bind, HODEI_ALLOW_INSECURE="1")
+    assert f"cannot listen on {bind}:" in result.stderr, result.stderr
+    assert "(HODEI_GRPC_BIND: an address of this host, or 0.0.0.0 for all of them)" in result.stderr
+    assert "another hodei-server" not in result.stderr
+
+
 def test_a_server_with_another_provider_set_refuses_to_start(fresh_database_url: str, tmp_path: Path) -> None:
     with ServerProcess(fresh_database_url, tmp_path) as first:
         other = ServerProcess(fresh_database_url, tmp_path, {"HODEI_KUBERNETES_ENABLED": "0"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -172,7 +173,11 @@ def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCrede
                 probe.bind((host.strip("[]"), int(port)))
             except OSError as exc:
                 reason = exc.strerror or str(exc)
-        raise Misconfigured(f"cannot listen on {address}: {reason} (port {port}; is another hodei-server running?)")
+                if exc.errno == errno.EADDRINUSE:
+                    reason += f" (port {port}; is another hodei-server running?)"
+                elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                    reason += " (HODEI_GRPC_BIND: an address of this host, or 0.0.0.0 for all of them)"
+        raise Misconfigured(f"cannot listen on {address}: {reason}")
 
 
 async def _add_services(
