@@ -97,6 +97,24 @@ def test_a_non_zero_exit_fails_the_job_with_its_code(server: ServerProcess, data
     assert f'<td id="used">{used[1]}</td>' in requests.get(f"{server.http_url}/jobs/{job_id}", timeout=10).text
 
 
+@pytest.mark.parametrize(
+    ("command", "code", "said"),
+    [
+        ("kill -SEGV $$", 139, "exited with code 139: killed by SIGSEGV"),
+        ("no-such-command", 127, "exited with code 127 (the shell's code for a command not found)"),
+        ("/etc/passwd", 126, "exited with code 126 (the shell's code for a command it found but could not run)"),
+    ],
+    ids=["signal", "not-found", "not-executable"],
+)
+def test_a_failure_says_what_its_code_means_where_the_code_tells(
+    server: ServerProcess, database_url: str, command: str, code: int, said: str
+) -> None:
+    """It said only "exited with code 139" (a signal the agent saw its command die of)."""
+    returncode, job_id = run_waiting(server, database_url, command, "30")
+    assert returncode == code
+    assert query(database_url, "SELECT exit_code, error_message FROM jobs WHERE id = %s", (job_id,)) == [(code, said)]
+
+
 def test_a_timeout_ends_the_job_and_its_whole_process_group(server: ServerProcess, database_url: str) -> None:
     returncode, job_id = run_waiting(server, database_url, "sleep 300 & sleep 300; wait", "1.5")
     assert returncode == 124

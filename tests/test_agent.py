@@ -14,7 +14,7 @@ import pytest
 from hodei_worker.agent import image_settings, make_home
 from hodei_worker.batcher import Batch, LogBatcher
 from hodei_worker.masking import Masker
-from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, job_environment
+from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, exit_text, job_environment
 
 from hodei.providers.agent_template import agent_python, alive
 
@@ -431,3 +431,20 @@ def test_a_jobs_home_is_named_after_its_worker_or_made_beside_a_name_taken(tmp_p
     beside = Path(make_home(str(tmp_path), "w2"))
     assert beside.parent == tmp_path and beside.name.startswith("hodei-worker-w2-")
     assert beside.is_dir() and not beside.is_symlink() and stat.S_IMODE(beside.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    ("returncode", "out_of_memory", "said"),
+    [
+        (0, False, "exited with code 0"),
+        (3, False, "exited with code 3"),
+        (-9, True, "exited with code 137: killed by the kernel's OOM killer, out of memory (OOMKilled)"),
+        (137, True, "exited with code 137: killed by the kernel's OOM killer, out of memory (OOMKilled)"),
+        (-9, False, "exited with code 137: killed by SIGKILL"),
+        (137, False, "exited with code 137"),  # a shell's 128 + 9: its child's signal, or its own exit 137
+        (-40, False, "exited with code 168: killed by signal 40"),
+        (127, False, "exited with code 127 (the shell's code for a command not found)"),
+    ],
+)
+def test_how_a_command_ended_is_said_with_what_its_code_tells(returncode: int, out_of_memory: bool, said: str) -> None:
+    assert exit_text(returncode, out_of_memory) == said

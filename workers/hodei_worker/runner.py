@@ -316,6 +316,30 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+# What a shell's own exit codes mean (POSIX: the command was not found, or not executable).
+SHELL_CODES = {
+    126: "the shell's code for a command it found but could not run",
+    127: "the shell's code for a command not found",
+}
+
+
+def exit_text(returncode: int, out_of_memory: bool) -> str:
+    """How the command ended, as a person reads it: the code, and what it likely means
+    where the code says (a signal the process itself died of, the kernel's OOM killer,
+    a shell that could not start the command)."""
+    code = exit_code_of(returncode)
+    text = f"exited with code {code}"
+    if out_of_memory:
+        return f"{text}: killed by the kernel's OOM killer, out of memory (OOMKilled)"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"{text}: killed by {name}"
+    return f"{text} ({SHELL_CODES[code]})" if code in SHELL_CODES else text
+
+
 def signal_note(name: str) -> str:
     """The job log's line for a `job signal` given to its command (where its effect shows)."""
     return f"[hodei] SIG{name} sent to the command (job signal)"
@@ -439,11 +463,10 @@ class JobProcess:
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = exit_code_of(returncode)
         if outcome is Outcome.EXITED:
-            message = "exited with code 0" if code == 0 else f"exited with code {code}"
             # SIGKILLed, or a shell saying its child was (128 + 9), while the group's OOM count rose.
             killed = code == 128 + signal.SIGKILL
-            if killed and memory and oom_before is not None and (memory.oom_kills() or 0) > oom_before:
-                message += ": killed by the kernel's OOM killer, out of memory (OOMKilled)"
+            oom = killed and memory is not None and oom_before is not None and (memory.oom_kills() or 0) > oom_before
+            message = exit_text(returncode, oom)
         peak = memory.peak_bytes() if memory else None
         return Finished(outcome, code, message, started_at, finished_at, used.ru_utime + used.ru_stime, peak)
 
