@@ -448,3 +448,31 @@ def test_a_jobs_home_is_named_after_its_worker_or_made_beside_a_name_taken(tmp_p
 )
 def test_how_a_command_ended_is_said_with_what_its_code_tells(returncode: int, out_of_memory: bool, said: str) -> None:
     assert exit_text(returncode, out_of_memory) == said
+
+
+def test_a_secret_cut_between_two_pieces_of_a_long_line_is_masked_all_the_same() -> None:
+    """A line longer than a piece leaves the worker in pieces; a secret across the cut
+    matched in neither and went out whole, in two halves."""
+    from hodei_worker.runner import PIECE_BYTES
+
+    secret = "s3cr3t-value-0123456789"
+    mask = Masker([secret, "short", "-----BEGIN-----\nline-two-of-it"])
+    pieces: list[tuple[str, bool]] = []
+
+    def on_output(stream: str, texts: list[str], partial: bool) -> None:
+        masked, goes_on = mask.output(stream, texts, partial)
+        pieces.extend((text, index == len(masked) - 1 and goes_on) for index, text in enumerate(masked))
+
+    before = PIECE_BYTES - 10  # the cut falls in the secret's eleventh character
+    script = f"printf '%{before}s' '' | tr ' ' x; printf '{secret}yy\\nline-two-of-it\\n'"
+    finished = JobProcess(["/bin/sh", "-c", script], dict(os.environ), None, 20.0, 0.5, on_output).run()
+    assert finished.exit_code == 0
+    lines, line = [], ""
+    for text, goes_on in pieces:
+        line += text
+        if not goes_on:
+            lines.append(line)
+            line = ""
+    assert lines == ["x" * before + "***yy", "***"]
+    assert len(pieces) == 3 and pieces[0][1]  # still in pieces: the line is never held whole
+    assert Masker([secret]).output("stdout", ["a", "b"], False) == (["a", "b"], False)

@@ -448,7 +448,9 @@ class Agent:
 
     def _on_output(self, stream: str, texts: list[str], partial: bool) -> None:
         if self.mask.active:
-            texts = [self.mask(text) for text in texts]
+            texts, partial = self.mask.output(stream, texts, partial)
+            if not texts:  # all of it held back, to be masked with what follows
+                return
         if self.settings.echo_output:
             # A copy on our own stdout/stderr, so `docker logs` and `kubectl logs` agree with
             # the stored log (the local provider turns it off: nothing would remove it).
