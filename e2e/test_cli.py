@@ -437,6 +437,20 @@ def test_job_get_says_what_the_job_was_given_to_run_with(server: ServerProcess) 
     assert shown[shown.index("Timeout: 600 s") + 1].startswith("Created: ")
 
 
+def test_what_a_submitter_wrote_reaches_a_readers_terminal_as_escapes_its_output_as_it_was(
+    server: ServerProcess,
+) -> None:
+    """A job's command went to the terminal of whoever ran `job get` with its escape
+    sequences acting: here a colour, a cleared screen and a window title (kubectl's
+    CVE-2021-25743). Its output stays as it printed it, colours and all."""
+    command = "printf '\\033[31mred\\n' # \x1b[31mred \x1b[2J \x1b]0;title\x07"
+    job_id = server.cli("job", "run", "-p", "local", "-c", command, "--wait", check=True).stdout.strip()
+    for shown in (server.cli("job", "get", job_id, check=True), server.cli("job", "describe", job_id, check=True)):
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+        assert "# \\x1b[31mred \\x1b[2J \\x1b]0;title\\x07" in shown.stdout, shown.stdout
+    assert server.cli("job", "logs", job_id, check=True).stdout == "\x1b[31mred\n"
+
+
 def test_timestamps_stamp_each_line_once_on_its_own_stream(server: ServerProcess) -> None:
     """A long line reaches the CLI in pieces: only its first is stamped."""
     long_line = 'python3 -c \'import sys; sys.stdout.write("x" * 300000 + "\\n")\''

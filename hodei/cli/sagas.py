@@ -72,20 +72,6 @@ def saga_tree(saga: sagas_pb2.Saga) -> Tree:
     return tree
 
 
-def _show_tree(term: Terminal, tree: Tree) -> None:
-    """Rich on a terminal; piped, the same tree as indented plain text."""
-    if term.out.is_terminal:
-        term.out.print(tree)
-        return
-
-    def walk(node: Tree, depth: int) -> None:
-        print("  " * depth + str(node.label))
-        for child in node.children:
-            walk(child, depth + 1)
-
-    walk(tree, 0)
-
-
 def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     found = client.call(client.jobs.DescribeJob, jobs_pb2.GetJobRequest(job_id=args.job_id))
     if term.json:
@@ -119,7 +105,7 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     for saga in found.sagas:
         sagas.children.append(saga_tree(saga))
     for tree in (root, workers, sagas):
-        _show_tree(term, tree)
+        term.tree(tree)
     return 0
 
 
@@ -156,7 +142,7 @@ def show_saga(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if term.json:
         term.data(message_dict(saga))
     else:
-        _show_tree(term, saga_tree(saga))
+        term.tree(saga_tree(saga))
     return 0
 
 

@@ -7,7 +7,9 @@ On a terminal both go through rich; when piped, stdout is plain text so that
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -16,6 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
+from rich.tree import Tree
 
 _TIMESTAMP = "google.protobuf.Timestamp"
 _INT64_TYPES = {
@@ -74,6 +77,26 @@ def stamp(moment: Timestamp, timespec: str = "milliseconds") -> str:
     return str(moment.ToDatetime().isoformat(timespec=timespec)) + "Z"
 
 
+# Control characters but newline and tab, C1's too: what a terminal acts on instead of showing.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# In a table's cell, newline and tab too: a cell is one line, and piped rows are tab-separated.
+_CELL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return repr(found.group())[1:-1]
+
+
+def shown(text: str) -> str:
+    """``text`` as it may reach a person's terminal: its control characters written as
+    escapes (``\\x1b``). What the server sends holds what submitters wrote (a job's command,
+    its arguments, a hold's reason), and an escape sequence in it would otherwise act on
+    the terminal of whoever reads it: recolour, hide or rewrite what is shown, set the
+    window's title, write the clipboard (kubectl's CVE-2021-25743). A job's output is the
+    exception (``output``): printed as it was, colours and all, as `docker logs` does."""
+    return _CONTROL.sub(_escaped, text)
+
+
 class Terminal:
     def __init__(self, output: str) -> None:
         self.json = output == "json"
@@ -91,16 +114,16 @@ class Terminal:
         stream.flush()
 
     def line(self, text: str, *, stderr: bool = False) -> None:
-        (self.err if stderr else self.out).print(text, markup=False)
+        (self.err if stderr else self.out).print(shown(text), markup=False)
 
     def info(self, text: str) -> None:
-        self.err.print(text, style="dim", markup=False)
+        self.err.print(shown(text), style="dim", markup=False)
 
     def success(self, text: str) -> None:
-        self.err.print(text, style="green", markup=False)
+        self.err.print(shown(text), style="green", markup=False)
 
     def warning(self, text: str) -> None:
-        self.err.print(text, style="yellow", markup=False)
+        self.err.print(shown(text), style="yellow", markup=False)
 
     def data(self, payload: Any) -> None:
         print(json.dumps(payload, indent=2, sort_keys=True, default=str), flush=True)
@@ -110,6 +133,7 @@ class Terminal:
         print(json.dumps(payload, sort_keys=True, default=str), flush=True)
 
     def table(self, columns: list[str], rows: list[list[str]]) -> None:
+        rows = [[_CELL_CONTROL.sub(_escaped, cell) for cell in row] for row in rows]
         if not self.out.is_terminal:
             print("\t".join(columns))
             for row in rows:
@@ -123,8 +147,24 @@ class Terminal:
             table.add_row(*row)
         self.out.print(table)
 
+    def tree(self, tree: Tree) -> None:
+        """Rich on a terminal; piped, the same tree as indented plain text."""
+
+        def walk(node: Tree, depth: int) -> Iterator[tuple[Tree, int]]:
+            yield node, depth
+            for child in node.children:
+                yield from walk(child, depth + 1)
+
+        for node, _ in walk(tree, 0):
+            node.label = shown(str(node.label))
+        if self.out.is_terminal:
+            self.out.print(tree)
+            return
+        for node, depth in walk(tree, 0):
+            print("  " * depth + str(node.label))
+
     def error(self, message: str) -> None:
-        self.err.print(f"hodei-jobs-cli: error: {message}", style="bold red", markup=False)
+        self.err.print(f"hodei-jobs-cli: error: {shown(message)}", style="bold red", markup=False)
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
         self.error(message)
