@@ -629,6 +629,24 @@ def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerPr
     assert (follower.returncode, rest) == (0, "later\n")
 
 
+def test_tail_0_prints_nothing_so_far_and_follows_only_what_comes(server: ServerProcess, shared_dir: Path) -> None:
+    """`tail -n 0 -f`, `docker logs -f --tail 0`: it was refused (0 went out as the field's
+    unset value, which means no limit)."""
+    ended = server.cli("job", "run", "-p", "local", "-c", "seq 1 3", "--wait", check=True).stdout.strip()
+    assert server.cli("job", "logs", ended, "--tail", "0", check=True).stdout == ""
+    go = shared_dir / "go-tail-0"
+    running = server.cli(
+        "job", "run", "-p", "local", "-c", f"seq 1 3; until [ -e {go} ]; do echo tick; sleep 0.2; done; echo later"
+    ).stdout.strip()
+    eventually(lambda: server.cli("job", "logs", running).stdout.startswith("1\n2\n3\ntick\n"), 30)
+    follower = server.spawn("job", "logs", running, "--tail", "0", "--follow")
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "tick\n"  # a line printed since, not the log's first
+    go.touch()
+    rest, _ = follower.communicate(timeout=60)
+    assert follower.returncode == 0 and rest.endswith("later\n") and set(rest.splitlines()) <= {"tick", "later"}
+
+
 def test_a_unique_prefix_of_eight_characters_is_an_id(server: ServerProcess) -> None:
     job_id = server.cli("job", "run", "--provider", "local", "--command", "echo prefixed", "--wait", check=True)
     job_id_text = job_id.stdout.strip()
@@ -841,7 +859,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "list", "--offset", "-1"), "takes a whole number from 0 to 2147483647, got '-1'"),
         (("provider", "capacity", "local", "99999999999"), "from 0 to 2147483647, got '99999999999'"),
         (("job", "logs", "x", "--attempt", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
-        (("job", "logs", "x", "--tail", "0"), "takes a whole number from 1 to 2147483647, got '0'"),
+        (("job", "logs", "x", "--tail", "-1"), "takes a whole number from 0 to 2147483647, got '-1'"),
         (("job", "run", "-c", "true", "--priority", "-99999999999"), "priority must be between -1000 and 1000"),
         (("job", "run", "-c", "true", "--retry", "99999999999"), "retries must be between 0 and 100"),
         (("job", "run", "-c", "true", "--timeout", "1e400"), "timeout must be a positive number of seconds, got inf"),

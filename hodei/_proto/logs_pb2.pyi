@@ -37,8 +37,8 @@ class SubscribeLogsRequest(_message.Message):
     attempt: _builtins.int
     """Only this attempt's output (line numbers stay the whole log's); 0: every attempt."""
     tail: _builtins.int
-    """Start with the last `tail` lines written so far (when later than from_line); 0: no
-    such limit. Not with attempt.
+    """Start with the last `tail` lines written so far (when later than from_line); 0: none,
+    only lines written from now on (`tail -n 0 -f`); unset: no such limit. Not with attempt.
     """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -53,14 +53,16 @@ class SubscribeLogsRequest(_message.Message):
         follow: _builtins.bool = ...,
         from_line: _builtins.int = ...,
         attempt: _builtins.int = ...,
-        tail: _builtins.int = ...,
+        tail: _builtins.int | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "attempt", b"attempt", "follow", b"follow", "from_line", b"from_line", "job_id", b"job_id", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tail: _TypeAlias = _typing.Literal["tail"]  # noqa: Y015
+    _WhichOneofArgType__tail: _TypeAlias = _typing.Literal["_tail", b"_tail"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail) -> _WhichOneofReturnType__tail | None: ...
 
 Global___SubscribeLogsRequest: _TypeAlias = SubscribeLogsRequest  # noqa: Y015
 
@@ -152,8 +154,8 @@ class GetLogsRequest(_message.Message):
     attempt: _builtins.int
     """Only this attempt's output (line numbers stay the whole log's); 0: every attempt."""
     tail: _builtins.int
-    """Begin with the last `tail` lines written so far (when later than from_line); 0: no
-    such limit. Not with attempt.
+    """Begin with the last `tail` lines written so far (when later than from_line); 0: none;
+    unset: no such limit. Not with attempt.
     """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -169,14 +171,16 @@ class GetLogsRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         attempt: _builtins.int = ...,
-        tail: _builtins.int = ...,
+        tail: _builtins.int | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail", b"_tail", "attempt", b"attempt", "from_line", b"from_line", "job_id", b"job_id", "limit", b"limit", "page_token", b"page_token", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tail: _TypeAlias = _typing.Literal["tail"]  # noqa: Y015
+    _WhichOneofArgType__tail: _TypeAlias = _typing.Literal["_tail", b"_tail"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail) -> _WhichOneofReturnType__tail | None: ...
 
 Global___GetLogsRequest: _TypeAlias = GetLogsRequest  # noqa: Y015
 

@@ -39,6 +39,7 @@ from hodei.cli.parsing import (
     signal_name,
     since,
     span,
+    tail_count,
     text_of,
     whole,
 )
@@ -496,10 +497,10 @@ def _watch(client: Client, job_id: str) -> Iterator[common_pb2.Job]:
 
 
 def _log_entries(
-    client: Client, job_id: str, follow: bool, attempt: int = 0, tail: int = 0, since: datetime | None = None
+    client: Client, job_id: str, follow: bool, attempt: int = 0, tail: int | None = None, since: datetime | None = None
 ) -> Iterator[logs_pb2.JobLogEntry]:
     """The job's log from its first line (``attempt``: that attempt's lines only; ``tail``:
-    its last lines so far; ``since``: from the first line read then); a reconnection asks
+    its last lines so far, 0: none; ``since``: from the first line read then); a reconnection asks
     for the first line not wholly received and skips the pieces of it that were (a long
     line comes in pieces that share its number), so no output is lost or repeated."""
     line, pieces = 1, 0
@@ -507,9 +508,9 @@ def _log_entries(
     def stream() -> Iterator[logs_pb2.JobLogEntry]:
         nonlocal line, pieces
         skip = pieces
-        request = logs_pb2.SubscribeLogsRequest(
-            job_id=job_id, follow=follow, from_line=line, attempt=attempt, tail=tail if line == 1 else 0
-        )
+        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=follow, from_line=line, attempt=attempt)
+        if tail is not None and line == 1:
+            request.tail = tail
         if since is not None and line == 1:
             request.since.FromDatetime(since)
         for batch in client.stream(client.logs.SubscribeLogs, request):
@@ -872,7 +873,7 @@ def _each_job(
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     show = _LogPrinter(term, args.timestamps)
-    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail or 0, args.since):
+    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail, args.since):
         if term.json:
             term.line_data(message_dict(entry))
         else:
@@ -1023,7 +1024,12 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         part.add_argument(
             "--attempt", type=count, metavar="N", help="only the output of the job's N-th attempt (a retried job)"
         )
-        part.add_argument("--tail", type=count, metavar="N", help="begin with the last N lines printed so far")
+        part.add_argument(
+            "--tail",
+            type=tail_count,
+            metavar="N",
+            help="begin with the last N lines printed so far (0: none, with --follow only what comes)",
+        )
         parser.add_argument(
             "--since",
             type=since,

@@ -317,6 +317,11 @@ def count(value: str) -> int:
     return _whole(value, 1)
 
 
+def tail_count(value: str) -> int:
+    """``--tail N``: a whole number from 0 (none so far: only what comes, with --follow)."""
+    return _whole(value, 0)
+
+
 def add_limit(parser: argparse.ArgumentParser, default: int, listed: str) -> None:
     """``--limit N``: how many of ``listed`` a listing shows, at most."""
     parser.add_argument(

@@ -70,7 +70,7 @@ def _wanted(job: JobRow, request: logs_pb2.GetLogsRequest | logs_pb2.SubscribeLo
     1, an attempt (0: every attempt) the job has begun, or a tail of the whole log."""
     if request.from_line < 0 or request.tail < 0:
         raise InvalidInput("from_line and tail must not be negative")
-    if request.tail and request.attempt:
+    if request.HasField("tail") and request.attempt:
         raise InvalidInput("ask for the tail of the whole log or for one attempt's output, not both")
     if not 0 <= request.attempt <= job.attempt:
         raise NoSuchAttempt(job.id, job.attempt, request.attempt)
@@ -162,7 +162,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         first line read at or after ``since``: the latest of them; and for a tail, where
         reading reaches it from (its log's last batches, not its first line)."""
         first, cursor = max(request.from_line, 1), None
-        if request.tail:
+        if request.HasField("tail"):
             last, cursor = self.logs.tail(job_id, request.tail)  # at or before every line after
             first = max(first, last)
         if request.HasField("since"):
