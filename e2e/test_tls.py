@@ -5,6 +5,7 @@ certificate under mTLS, are refused with a clear message."""
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,30 @@ def test_a_client_without_the_ca_gets_a_certificate_error(tls_server: ServerProc
     plaintext = Cli(tls_server.address).cli("job", "list", timeout=30)
     assert plaintext.returncode != 0
     assert f"cannot reach the server at {tls_server.address}" in plaintext.stderr
+
+
+def test_an_https_address_turns_tls_on_and_sends_no_token_in_clear(tls_server: ServerProcess, pki: Pki) -> None:
+    """`--server https://…` without --tls-ca opened a plaintext channel: the token went out
+    in the clear to whatever listened there (an HTTP/2 preface, then the call's headers)."""
+    address = f"https://{tls_server.address}"
+    untrusted = Cli(address).cli("job", "list", timeout=30)  # grpcio's own CAs: not the test's
+    assert untrusted.returncode != 0 and "its TLS certificate is not trusted" in untrusted.stderr, untrusted.stderr
+    assert Cli(address, ("--tls-ca", str(pki.ca))).cli("job", "list", timeout=30).returncode == 0
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(30)
+        client = Cli(f"https://127.0.0.1:{listener.getsockname()[1]}", ("--token", "hodei_not-for-the-wire"))
+        asking = client.spawn("job", "list")
+        try:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(30)
+                first = connection.recv(5)
+        finally:
+            asking.kill()
+            asking.communicate()
+    assert first[:2] == b"\x16\x03", first  # a TLS handshake record, not b"PRI * HTTP/2.0"
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(fresh_database_url: str, pki: Pki, tmp_path: Path) -> None:

@@ -80,9 +80,18 @@ def read_config(path: Path) -> dict[str, str]:
     return data
 
 
+# Schemes a server address may begin with, and whether each asks for TLS.
+_SCHEMES = {"http://": False, "grpc://": False, "https://": True, "grpcs://": True}
+
+
+def _scheme_tls(server: str) -> bool:
+    """Whether the address asks for TLS by its scheme (``https://``, ``grpcs://``)."""
+    return any(server.startswith(prefix) and tls for prefix, tls in _SCHEMES.items())
+
+
 def _address(server: str) -> str:
     """Accepts ``host:port``, ``host`` (port 50051) and the seed's ``http://host:port``."""
-    for prefix in ("http://", "https://", "grpc://"):
+    for prefix in _SCHEMES:
         if server.startswith(prefix):
             server = server[len(prefix) :]
     server = server.rstrip("/")
@@ -105,6 +114,9 @@ class Connection:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_server_name: str | None = None
+    # TLS asked for by the address (https://) alone: the server's certificate is checked
+    # against the CAs grpcio trusts by default, where no --tls-ca names others.
+    tls: bool = False
 
     @classmethod
     def resolve(cls, flags: dict[str, str | None]) -> Connection:
@@ -126,8 +138,10 @@ class Connection:
             value = pick(key)
             return Path(value).expanduser() if value else None
 
+        server = pick("server") or DEFAULT_SERVER
         return cls(
-            server=_address(pick("server") or DEFAULT_SERVER),
+            server=_address(server),
+            tls=_scheme_tls(server),
             token=pick("token"),
             tls_ca=path("tls_ca"),
             tls_cert=path("tls_cert"),
@@ -137,7 +151,7 @@ class Connection:
 
     def channel(self) -> grpc.Channel:
         options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        if self.tls_ca is None and self.tls_cert is None:
+        if not self.tls and self.tls_ca is None and self.tls_cert is None:
             return grpc.insecure_channel(self.server, options=options)
         if self.tls_server_name:
             options.append(("grpc.ssl_target_name_override", self.tls_server_name))
