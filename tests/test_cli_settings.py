@@ -50,3 +50,10 @@ def test_a_setting_of_the_config_file_that_is_not_a_string_is_refused(
         Connection.resolve({})
     config.write_text('server = "jobs.example"\n')
     assert Connection.resolve({}).server == "jobs.example:50051"
+
+
+@pytest.mark.parametrize(
+    ("given", "tls"), [("https://h", True), ("grpcs://h:7000", True), ("http://h", False), ("h", False)]
+)
+def test_an_https_address_asks_for_tls(given: str, tls: bool) -> None:
+    assert Connection.resolve({"server": given}).tls is tls
