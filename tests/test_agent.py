@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from hodei_worker.agent import image_settings, make_home
 from hodei_worker.batcher import Batch, LogBatcher
-from hodei_worker.masking import Masker
+from hodei_worker.masking import MASK, Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, exit_text, job_environment
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hodei.providers.agent_template import agent_python, alive
 
@@ -476,3 +479,22 @@ def test_a_secret_cut_between_two_pieces_of_a_long_line_is_masked_all_the_same()
     assert lines == ["x" * before + "***yy", "***"]
     assert len(pieces) == 3 and pieces[0][1]  # still in pieces: the line is never held whole
     assert Masker([secret]).output("stdout", ["a", "b"], False) == (["a", "b"], False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secrets=st.lists(st.text("abc", min_size=4, max_size=12), min_size=1, max_size=3),
+    line=st.text("abc-", max_size=200),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+)
+def test_no_secret_survives_however_a_line_is_cut_in_pieces(secrets: list[str], line: str, cuts: list[int]) -> None:
+    mask = Masker(secrets)
+    bounds = sorted({0, len(line), *(cut for cut in cuts if cut < len(line))})
+    shown = ""
+    for start, end in pairwise(bounds):
+        masked, _ = mask.output("stdout", [line[start:end]], end < len(line))
+        shown += "".join(masked)
+    if len(bounds) < 2:  # an empty line: one call
+        shown = "".join(mask.output("stdout", [line], False)[0])
+    assert not any(secret in part for part in shown.split(MASK) for secret in secrets), (line, shown)
+    assert shown == mask(line)  # in pieces as whole
