@@ -14,7 +14,7 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from hodei.domain.job import TERMINAL_STATES
-from hodei.testing import ServerProcess, eventually, query, wait_all, wait_settled
+from hodei.testing import ServerProcess, eventually, query, wait_all, wait_settled, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -110,6 +110,34 @@ def test_a_cancelled_queued_job_leaves_the_queue(fresh_database_url: str, tmp_pa
         for job_id in (blocker, waiting):
             wait_settled(fresh_database_url, job_id)
         assert query(fresh_database_url, "SELECT state FROM workers WHERE job_id = %s", (waiting,)) == []
+
+
+def test_a_disabled_providers_queue_waits_until_it_is_enabled_and_its_running_jobs_go_on(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """Disabled, a provider went on starting the jobs in its queue as slots freed (it
+    refused only new submissions): an operator stopping it for maintenance saw workers
+    made on it for as long as the queue lasted."""
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_LOCAL_MAX_WORKERS": "1"}) as server:
+        (running,) = submit_many(server, [spec("local", "sleep 2")])
+        eventually(
+            lambda: query(fresh_database_url, "SELECT admitted_at FROM jobs WHERE id = %s", (running,))[0][0], 20
+        )
+        (waiting,) = submit_many(server, [spec("local", "true")])
+        server.cli("provider", "disable", "local", check=True)
+        refused = server.cli("job", "run", "-p", "local", "-c", "true", "--wait")
+        assert refused.returncode == 125 and "provider local is disabled" in refused.stderr, refused.stderr
+        assert wait_terminal(fresh_database_url, running) == "SUCCEEDED"
+        wait_settled(fresh_database_url, running)  # its worker released: its slot is free
+        time.sleep(3)  # three sweeps, each an admission round
+        assert query(fresh_database_url, "SELECT state, admitted_at FROM jobs WHERE id = %s", (waiting,)) == [
+            ("PENDING", None)
+        ]
+        (queued,) = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+        assert queued["reason"] == "provider local is disabled: its queue waits until `provider enable local`"
+        server.cli("provider", "enable", "local", check=True)
+        assert wait_terminal(fresh_database_url, waiting) == "SUCCEEDED"
+        wait_settled(fresh_database_url, waiting)
 
 
 def test_five_hundred_jobs_at_once_on_the_local_provider_all_succeed(fresh_database_url: str, tmp_path: Path) -> None:

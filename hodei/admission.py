@@ -70,9 +70,13 @@ class Capacity:
     # may (None: as many as the capacity).
     starting: int = 0
     start_limit: int | None = None
+    # Disabled (`provider disable`): it starts nothing, its queue waits until enabled.
+    disabled: bool = False
 
     @property
     def free(self) -> int:
+        if self.disabled:
+            return 0
         free = self.limit - self.in_use
         if self.start_limit is not None:
             free = min(free, self.start_limit - self.starting)
@@ -211,8 +215,8 @@ class Admission:
             self.pool,
             "provider_capacity_and_use",
             {"provider": provider.value},
-            lambda configured, in_use, starting: Capacity(
-                int(configured or default), int(in_use), int(starting), start_limit
+            lambda configured, in_use, starting, disabled: Capacity(
+                int(configured or default), int(in_use), int(starting), start_limit, bool(disabled)
             ),
         )
         assert found is not None  # the query always has its one row

@@ -152,6 +152,7 @@ def test_a_start_limit_leaves_free_only_the_starts_it_allows() -> None:
     assert Capacity(limit=16, in_use=5, starting=1, start_limit=2).free == 1
     assert Capacity(limit=16, in_use=5, starting=3, start_limit=2).free == 0
     assert Capacity(limit=4, in_use=4, starting=0, start_limit=2).free == 0
+    assert Capacity(limit=16, in_use=5, disabled=True).free == 0  # `provider disable`: its queue waits
 
 
 def _readme_configuration() -> list[tuple[list[str], list[str]]]:

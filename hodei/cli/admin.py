@@ -256,7 +256,7 @@ def add_commands(commands: Any) -> None:
     for action, text in (
         ("get", "one provider"),
         ("enable", "accept jobs"),
-        ("disable", "refuse new jobs"),
+        ("disable", "refuse new jobs; those in its queue wait until it is enabled, running ones go on"),
         ("health", "probe the provider now"),
     ):
         parser = actions.add_parser(action, help=text)

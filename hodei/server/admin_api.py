@@ -116,6 +116,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         if provider not in capacities:
             capacities[provider] = self.admission.capacity(ProviderType(provider))
         capacity = capacities[provider]
+        if capacity.disabled:
+            return f"provider {provider} is disabled: its queue waits until `provider enable {provider}`"
         if capacity.free == 0 and capacity.in_use < capacity.limit:
             return (
                 f"provider {provider} starts at most {capacity.start_limit} workers at once: "
@@ -219,7 +221,9 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
     def EnableProvider(
         self, request: providers_pb2.GetProviderRequest, context: grpc.ServicerContext
     ) -> providers_pb2.Provider:
-        return self._change(request, context, Provider.enable)
+        enabled = self._change(request, context, Provider.enable)
+        self.admission.admit(self._type(request))  # its queue, which waited, goes on now
+        return enabled
 
     @rpc
     def DisableProvider(

@@ -853,8 +853,9 @@ FROM (SELECT pg_advisory_xact_lock(7, hashtext(%(provider)s))) AS locked;
 
 -- name: provider_capacity_and_use
 -- The capacity set through the API (NULL: the server's default), the slots in use (workers
--- not yet terminated, and admitted jobs that have no such worker yet) and, of those, the
--- ones starting (workers not yet registered, and the admitted jobs without one).
+-- not yet terminated, and admitted jobs that have no such worker yet), of those the ones
+-- starting (workers not yet registered, and the admitted jobs without one), and whether
+-- the provider is disabled (`provider disable`: its queue waits).
 WITH admitted_without_worker AS (
     SELECT count(*) AS n FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
@@ -867,7 +868,9 @@ WITH admitted_without_worker AS (
 )
 SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provider_type = %(provider)s) AS configured,
        live.n + admitted_without_worker.n AS in_use,
-       live.starting + admitted_without_worker.n AS starting
+       live.starting + admitted_without_worker.n AS starting,
+       coalesce((SELECT status = 'DISABLED' FROM provider_configs WHERE provider_type = %(provider)s), false)
+           AS disabled
 FROM live, admitted_without_worker;
 
 -- name: next_in_queue
