@@ -428,6 +428,12 @@ def test_each_attempt_records_the_artifacts_its_own_worker_stored_until_its_outp
     assert job.artifacts == [] and job.logs_expired
 
 
+def cancelled_job() -> Job:
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    job.cancel("no longer needed")
+    return job
+
+
 def test_only_a_job_waiting_in_the_queue_is_held_and_a_held_one_is_never_admitted() -> None:
     """Slurm's hold: a second hold keeps the first's holder and reason; a release puts it
     back; an admitted or running job is refused (cancel it instead), as is a release of a
@@ -447,8 +453,10 @@ def test_only_a_job_waiting_in_the_queue_is_held_and_a_held_one_is_never_admitte
     job.admit()
     with pytest.raises(InvalidTransition, match="already starting"):
         job.hold("alice")
-    with pytest.raises(InvalidTransition, match="is RUNNING: only a job waiting in the queue can be held"):
+    with pytest.raises(InvalidTransition, match=r"is RUNNING: only a job waiting in the queue can be held \(cancel it"):
         running_job().hold("alice")
+    with pytest.raises(InvalidTransition, match=r"is CANCELLED: only a job waiting in the queue can be held$"):
+        cancelled_job().hold("alice")  # no use cancelling what ended
     held_then_cancelled = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
     held_then_cancelled.hold("alice")
     held_then_cancelled.cancel("no longer needed")

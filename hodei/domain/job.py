@@ -182,7 +182,9 @@ class Job(HodeiAggregate):
         a suspended Kubernetes Job): only while it waits for a slot, since an admitted
         job's worker is already being made (cancel that one instead). Holding a held job
         changes nothing: the first hold stands."""
-        self._check_waiting("only a job waiting in the queue can be held (cancel it instead)")
+        self._check_waiting(
+            "only a job waiting in the queue can be held" + ("" if self.is_terminal else " (cancel it instead)")
+        )
         if self.held_by is None:
             self._held(by=by, reason=reason)
 
