@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 _TIMESTAMP = "google.protobuf.Timestamp"
@@ -144,7 +145,7 @@ class Terminal:
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(Text, row))  # not markup: a job named `[/x]` broke the whole list
         self.out.print(table)
 
     def tree(self, tree: Tree) -> None:
@@ -156,7 +157,9 @@ class Terminal:
                 yield from walk(child, depth + 1)
 
         for node, _ in walk(tree, 0):
-            node.label = shown(str(node.label))
+            # Text, not a str: rich would read `[step]` or `[/x]` in it as markup (a step's
+            # name vanished, a job's `/tmp/[/x]` raised MarkupError).
+            node.label = Text(shown(str(node.label)))
         if self.out.is_terminal:
             self.out.print(tree)
             return
