@@ -179,6 +179,14 @@ def test_container_limits_and_labels_come_from_the_job(
     wait_settled(database_url, job_id)
 
 
+def test_a_cpu_below_what_the_kernel_can_limit_gets_the_least_it_can(server: ServerProcess, docker_client: Any) -> None:
+    """`--cpu 0.001` (Kubernetes' 1m) was passed on as is: the engine refused to start the
+    container (runc: `cpu.cfs_quota_us: invalid argument`) and the job failed to provision."""
+    result = server.cli("job", "run", "-p", "docker", "-c", "echo ran", "--cpu", "0.001", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert server.cli("job", "logs", result.stdout.strip(), check=True).stdout == "ran\n"
+
+
 def test_a_containers_files_are_kept_as_artifacts_before_it_goes(server: ServerProcess, tmp_path: Path) -> None:
     """The agent in the container (not root: the image's user 1000) uploads the files its job
     left in its working directory; the container is removed after, the files stay."""

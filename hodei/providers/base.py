@@ -22,6 +22,13 @@ MANAGER = "hodei-jobs"
 CREDENTIALS = frozenset({"HODEI_WORKER_TOKEN", "HODEI_TLS_KEY_PEM"})
 
 
+# The least CPU the kernel can hold a group to: its least CFS quota, 1 ms of each 100 ms
+# period. A job asking for less (Kubernetes' 1m is 0.001) is given this where the provider
+# sets the quota itself: Docker's engine refused to start the container ("failed to write
+# \"100\" ... cpu.cfs_quota_us: invalid argument").
+LEAST_CPU_CORES = 0.01
+
+
 def resource_name(worker_id: str) -> str:
     """Containers and pods are named after their worker: a repeated create finds the first."""
     return f"hodei-worker-{worker_id}"

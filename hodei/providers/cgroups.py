@@ -25,6 +25,7 @@ from pathlib import Path
 from hodei_worker.runner import MemoryGroup
 
 from hodei.errors import ProviderError
+from hodei.providers.base import LEAST_CPU_CORES
 
 log = logging.getLogger(__name__)
 _MOUNTS = Path("/proc/self/mounts")
@@ -134,7 +135,7 @@ class WorkerCgroups:
     def _join(self, controller: str, worker_id: str, cpu_cores: float, memory_bytes: int) -> list[Path]:
         """The worker's group of ``controller``, with its limit if the job has one (0:
         none); the ``cgroup.procs`` to enter besides the v2 group's."""
-        quota = max(1000, round(cpu_cores * CPU_PERIOD_US))
+        quota = round(max(cpu_cores, LEAST_CPU_CORES) * CPU_PERIOD_US)
         v1_base = self.v1_bases.get(controller)
         v2 = v1_base is None
         if v1_base is None:  # cgroup v2: the controller enabled for the workers, the limit in the worker's group

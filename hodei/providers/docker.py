@@ -24,6 +24,7 @@ from hodei.providers.base import (
     LABEL_JOB,
     LABEL_MANAGED,
     LABEL_WORKER,
+    LEAST_CPU_CORES,
     MANAGER,
     Health,
     Observation,
@@ -94,7 +95,7 @@ class DockerProvider(WorkerProvider):
             if self.config.network != "host":
                 options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
             if launch.cpu_cores > 0:
-                options["nano_cpus"] = int(launch.cpu_cores * 1e9)
+                options["nano_cpus"] = int(max(launch.cpu_cores, LEAST_CPU_CORES) * 1e9)
             if launch.memory_bytes > 0:
                 options["mem_limit"] = launch.memory_bytes
             if launch.image:
