@@ -176,6 +176,18 @@ def test_a_local_job_with_no_uid_of_the_range_left_fails_saying_so(fresh_databas
             server.cli("job", "cancel", "--id", job_id, check=True)
 
 
+@pytest.mark.parametrize(("run_as", "warned"), [("root", True), ("0:0", True), (None, True), ("nobody", False)])
+def test_a_server_running_its_local_jobs_as_root_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, run_as: str | None, warned: bool
+) -> None:
+    """A job as root may read the server's keys and database password: an admin's choice
+    (HODEI_LOCAL_RUN_AS=root or server), said at start, as listening without
+    authentication is."""
+    LocalProvider(f"root-{uuid4().hex[:8]}", ["true"], tmp_path, run_as=run_as).close()
+    said = [r.getMessage() for r in caplog.records if "local jobs run as root" in r.getMessage()]
+    assert bool(said) is warned, said
+
+
 def test_a_restarted_provider_knows_the_uid_of_a_worker_that_has_not_become_it_yet(tmp_path: Path) -> None:
     """A worker's processes are root's until its agent starts the job as the uid chosen for
     it: a server restarted in that moment must not give that uid to another job. The worker

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import pwd
 import resource
 import signal
 import subprocess
@@ -58,6 +59,22 @@ EMPTY_GROUP_GRACE = 10.0
 TAIL_BYTES = 64 * 1024
 
 
+def _as_root(run_as: str | range | None) -> bool:
+    """Whether a server running as root runs its local jobs as root: as its own user
+    (``server``: None), or as a user named so (``root``, ``0``, ``0:0``)."""
+    if run_as is None:
+        return True
+    if isinstance(run_as, range):
+        return False  # its uids are no account's
+    name = run_as.partition(":")[0]
+    if name.isdigit():
+        return int(name) == 0
+    try:
+        return pwd.getpwnam(name).pw_uid == 0
+    except KeyError:
+        return False
+
+
 class LocalProvider(WorkerProvider):
     provider_type = ProviderType.LOCAL
 
@@ -87,6 +104,13 @@ class LocalProvider(WorkerProvider):
         self.homes = Path(tempfile.gettempdir())
         self.kill_grace = kill_grace
         self.run_as = run_as if os.geteuid() == 0 else None
+        if os.geteuid() == 0 and _as_root(self.run_as):
+            log.warning(
+                "local jobs run as root (HODEI_LOCAL_RUN_AS=%s): each may do anything on this host, read the "
+                "server's settings, keys and database password among it; give them an account of their own "
+                "(the default, nobody, or a range of uids no account has, such as 80000-89999)",
+                self.run_as or "server",
+            )
         # The server's soft limit of open files as it was started, before it raised it
         # (hodei.server.preflight.open_files, which runs after the providers are built).
         self.open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
