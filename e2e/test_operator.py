@@ -212,6 +212,10 @@ def test_describe_and_saga_refuse_bad_input(server: ServerProcess) -> None:
     assert unknown.returncode != 0
     assert "not found" in unknown.stderr
     assert "not found" in server.cli("saga", "show", "nope").stderr
+    job_id = server.cli("job", "run", "-p", "local", "-c", "true", check=True).stdout.strip()
+    a_job = server.cli("saga", "show", job_id)  # what people have at hand
+    assert a_job.returncode != 0
+    assert f"saga {job_id} not found; {job_id} is a job: `saga list --job {job_id}` lists its sagas" in a_job.stderr
     bad_state = server.cli("saga", "list", "--state", "DONE")
     assert bad_state.returncode != 0
     assert "state must be one of" in bad_state.stderr

@@ -225,10 +225,24 @@ class ReadModels:
         return [SagaRow(**row) for row in self._all("list_sagas", params)]
 
     def saga(self, saga_id: str) -> SagaRow:
-        found = self._with_steps([SagaRow(**row) for row in self._all("get_saga", (self.resolve("saga", saga_id),))])
+        try:
+            found = self._with_steps(
+                [SagaRow(**row) for row in self._all("get_saga", (self.resolve("saga", saga_id),))]
+            )
+        except NotFound as exc:
+            raise NotFound(exc.message + self._a_job(saga_id)) from None
         if not found:
-            raise NotFound(f"saga {saga_id} not found")
+            raise NotFound(f"saga {saga_id} not found" + self._a_job(saga_id))
         return found[0]
+
+    def _a_job(self, text: str) -> str:
+        """Where a job's id was given for a saga's (it is what people have at hand): where
+        its sagas are; "" when it names no job."""
+        try:
+            self.job(text)
+        except (NotFound, InvalidInput):
+            return ""
+        return f"; {text} is a job: `saga list --job {text}` lists its sagas, `job describe {text}` shows them"
 
     def sagas_of_job(self, job_id: UUID) -> list[SagaRow]:
         """Oldest first, each with its steps and audit trail."""
