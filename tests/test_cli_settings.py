@@ -57,3 +57,14 @@ def test_a_setting_of_the_config_file_that_is_not_a_string_is_refused(
 )
 def test_an_https_address_asks_for_tls(given: str, tls: bool) -> None:
     assert Connection.resolve({"server": given}).tls is tls
+
+
+def test_a_token_is_taken_without_the_spaces_around_it_and_one_no_token_could_be_is_refused() -> None:
+    """A token read whole from a file keeps its line break; gRPC refused it as "Invalid
+    metadata (INTERNAL)", and one with a space or a letter beyond ASCII too."""
+    assert Connection.resolve({"token": "  hodei_abc-_9\n"}).token == "hodei_abc-_9"
+    assert Connection.resolve({"token": " \n"}).token is None
+    for wrong in ("hodei_a b", "hodei_é", "hodei_a\nb"):
+        with pytest.raises(InvalidInput, match="holds a character no token has") as refused:
+            Connection.resolve({"token": wrong})
+        assert wrong.strip() not in refused.value.message  # never the value

@@ -80,6 +80,19 @@ def read_config(path: Path) -> dict[str, str]:
     return data
 
 
+def _token(given: str | None) -> str | None:
+    """The token as given, but the spaces and line breaks around it (a paste, a file read
+    whole); one holding a character no token has is refused here, naming where tokens
+    come from and never the value: gRPC refused it as "Invalid metadata (INTERNAL)"."""
+    token = (given or "").strip()
+    if any(not " " < character < "\x7f" for character in token):
+        raise InvalidInput(
+            "the API token (--token, HODEI_TOKEN or the config file's `token`) holds a character no token has "
+            "(a space, a line break, a letter beyond ASCII): a token is `hodei_` then letters, digits, `-` and `_`"
+        )
+    return token or None
+
+
 # Schemes a server address may begin with, and whether each asks for TLS.
 _SCHEMES = {"http://": False, "grpc://": False, "https://": True, "grpcs://": True}
 
@@ -142,7 +155,7 @@ class Connection:
         return cls(
             server=_address(server),
             tls=_scheme_tls(server),
-            token=pick("token"),
+            token=_token(pick("token")),
             tls_ca=path("tls_ca"),
             tls_cert=path("tls_cert"),
             tls_key=path("tls_key"),
