@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from hodei.errors import InvalidInput
 
 _HOST_WITH_PORT = re.compile(r"^([^:\[\]]+|\[[^\]]+\]):\d+$")
@@ -178,6 +181,20 @@ def _whole(env: Mapping[str, str], name: str, zero_allowed: bool = False, most: 
     if value > most:
         raise InvalidInput(f"{name} must be at most {most}, got `{_get(env, name)}`")
     return int(value)
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    """DATABASE_URL, once psycopg can read it: a malformed one ended the server with a
+    traceback. The refusal quotes nothing of it (it holds a password)."""
+    url = _get(env, "DATABASE_URL").strip()
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise InvalidInput(
+            "DATABASE_URL is neither a URL nor a key=value connection string PostgreSQL's client reads: "
+            "e.g. postgres://hodei:PASSWORD@db.example:5432/hodei_jobs"
+        ) from None
+    return url
 
 
 def _port(env: Mapping[str, str], name: str, off_allowed: bool = False) -> int:
@@ -472,7 +489,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     port = _port(env, "HODEI_GRPC_PORT")
     image = _get(env, "HODEI_WORKER_IMAGE")
     return Config(
-        database_url=_get(env, "DATABASE_URL"),
+        database_url=_database_url(env),
         bind_host=_get(env, "HODEI_GRPC_BIND"),
         port=port,
         database_connections=_database_connections(env),

@@ -61,6 +61,8 @@ from hodei.errors import InvalidInput
         ("HODEI_K8S_NAMESPACE", "Bad_NS", "HODEI_K8S_NAMESPACE must be a namespace's name: 1 to 63 lowercase"),
         ("HODEI_K8S_NAMESPACE", "-jobs", "beginning and ending with a letter or digit; got `-jobs`"),
         ("HODEI_K8S_NAMESPACE", "a" * 64, "HODEI_K8S_NAMESPACE must be a namespace's name"),
+        # It ended the server with psycopg's traceback; the refusal quotes nothing of it (a password).
+        ("DATABASE_URL", "s3cret-nonsense", "DATABASE_URL is neither a URL nor a key=value connection string"),
         (
             "HODEI_K8S_IMAGE_PULL_POLICY",
             "Sometimes",
@@ -72,6 +74,7 @@ def test_a_wrong_value_is_refused_by_name(name: str, value: str, refusal: str) -
     with pytest.raises(InvalidInput) as refused:
         config.load({name: value})
     assert refusal in refused.value.message
+    assert "s3cret" not in refused.value.message
 
 
 def test_counts_are_whole_numbers_in_any_notation_and_namespaces_kubernetes_names() -> None:
