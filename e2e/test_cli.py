@@ -25,7 +25,17 @@ import pytest
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
 from hodei.errors import ShuttingDown
-from hodei.testing import BIN, ServerProcess, eventually, every_race_lost, query, wait_running, wait_settled
+from hodei.testing import (
+    BIN,
+    Cli,
+    Link,
+    ServerProcess,
+    eventually,
+    every_race_lost,
+    query,
+    wait_running,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -616,6 +626,10 @@ def test_tail_begins_with_the_last_lines_and_follows_from_there(server: ServerPr
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, wrong
         page = stub.GetLogs(logs_pb2.GetLogsRequest(job_id=ended, tail=2), timeout=30)
         assert [(entry.line_number, entry.line) for entry in page.entries] == [(49, "49"), (50, "50")]
+        # A stream says first where its tail begins: a client connecting again asks from there.
+        said = list(stub.SubscribeLogs(logs_pb2.SubscribeLogsRequest(job_id=ended, tail=2), timeout=30))
+        assert (said[0].from_line, len(said[0].entries)) == (49, 0)
+        assert [entry.line for batch in said for entry in batch.entries] == ["49", "50"]
     go = shared_dir / "go"
     running = server.cli(
         "job", "run", "-p", "local", "-c", f"seq 1 5; while [ ! -e {go} ]; do sleep 0.1; done; echo later", check=True
@@ -739,6 +753,33 @@ def test_log_followers_outlive_a_server_restart_and_print_every_line_once(server
         out, errors = follower.communicate(timeout=120)
         assert follower.returncode == 0, errors
         assert out.splitlines() == [f"line {i}" for i in range(1, 17)], errors
+
+
+def test_a_tail_0_follower_cut_before_its_first_line_misses_none_that_came_meanwhile(
+    server: ServerProcess, shared_dir: Path
+) -> None:
+    """Connecting again it asked for the tail anew, from the log's end by then: a line
+    printed while it was cut off was never shown. The server says where a tail begins, and
+    the follower comes back to that line."""
+    go = shared_dir / "go-tail-cut"
+    command = f"seq 1 3; until [ -e {go} ]; do sleep 0.1; done; echo meanwhile; sleep 2; echo after"
+    job_id = server.cli("job", "run", "-p", "local", "-c", command, check=True).stdout.strip()
+    eventually(lambda: server.cli("job", "logs", job_id).stdout == "1\n2\n3\n", 30)
+    link = Link(("127.0.0.1", server.port))
+    link.up()
+    follower = Cli(link.url_host).spawn("job", "logs", job_id, "--tail", "0", "--follow")
+    try:
+        time.sleep(2)  # it has asked, and been told where its tail begins
+        link.down()  # to the follower the server is gone; the job and the server go on
+        go.touch()
+        eventually(lambda: server.cli("job", "logs", job_id).stdout == "1\n2\n3\nmeanwhile\n", 30)
+        link.up()
+        out, errors = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+        link.down()
+    assert follower.returncode == 0, errors
+    assert out == "meanwhile\nafter\n", errors
 
 
 STOPPED = (grpc.StatusCode.UNAVAILABLE, ShuttingDown().message)

@@ -125,10 +125,17 @@ class Link:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self) -> None:
+        # Each socket shut before it is closed: a close alone, while a thread waits on the
+        # socket (in accept(), in recv()), leaves it open: the port still listening (an up()
+        # soon after found it in use), the connection silent but never ended for its client.
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         for connection in self._open:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
             connection.close()
         self._open.clear()
         if self.path is not None:

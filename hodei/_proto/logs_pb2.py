@@ -27,7 +27,7 @@ from hodei._proto import worker_pb2 as hodei_dot_jobs_dot_worker__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/logs.proto\x12\nhodei.jobs\x1a\x17hodei/jobs/worker.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n\x14SubscribeLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x11\n\tfrom_line\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x11\n\x04tail\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_tail\"\xb8\x01\n\x0bJobLogEntry\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bline_number\x18\x02 \x01(\x03\x12%\n\x06stream\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.LogStream\x12\x0c\n\x04line\x18\x04 \x01(\t\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07partial\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\"9\n\rJobLogEntries\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.hodei.jobs.JobLogEntry\"\xae\x01\n\x0eGetLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tfrom_line\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\x04tail\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_tail\"f\n\x0fGetLogsResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.hodei.jobs.JobLogEntry\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xa6\x01\n\x10LogStreamService\x12N\n\rSubscribeLogs\x12 .hodei.jobs.SubscribeLogsRequest\x1a\x19.hodei.jobs.JobLogEntries0\x01\x12\x42\n\x07GetLogs\x12\x1a.hodei.jobs.GetLogsRequest\x1a\x1b.hodei.jobs.GetLogsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/logs.proto\x12\nhodei.jobs\x1a\x17hodei/jobs/worker.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n\x14SubscribeLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x11\n\tfrom_line\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x11\n\x04tail\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_tail\"\xb8\x01\n\x0bJobLogEntry\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bline_number\x18\x02 \x01(\x03\x12%\n\x06stream\x18\x03 \x01(\x0e\x32\x15.hodei.jobs.LogStream\x12\x0c\n\x04line\x18\x04 \x01(\t\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07partial\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\"L\n\rJobLogEntries\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.hodei.jobs.JobLogEntry\x12\x11\n\tfrom_line\x18\x02 \x01(\x03\"\xae\x01\n\x0eGetLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tfrom_line\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\x04tail\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_tail\"f\n\x0fGetLogsResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.hodei.jobs.JobLogEntry\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xa6\x01\n\x10LogStreamService\x12N\n\rSubscribeLogs\x12 .hodei.jobs.SubscribeLogsRequest\x1a\x19.hodei.jobs.JobLogEntries0\x01\x12\x42\n\x07GetLogs\x12\x1a.hodei.jobs.GetLogsRequest\x1a\x1b.hodei.jobs.GetLogsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBLOGENTRY']._serialized_start=260
   _globals['_JOBLOGENTRY']._serialized_end=444
   _globals['_JOBLOGENTRIES']._serialized_start=446
-  _globals['_JOBLOGENTRIES']._serialized_end=503
-  _globals['_GETLOGSREQUEST']._serialized_start=506
-  _globals['_GETLOGSREQUEST']._serialized_end=680
-  _globals['_GETLOGSRESPONSE']._serialized_start=682
-  _globals['_GETLOGSRESPONSE']._serialized_end=784
-  _globals['_LOGSTREAMSERVICE']._serialized_start=787
-  _globals['_LOGSTREAMSERVICE']._serialized_end=953
+  _globals['_JOBLOGENTRIES']._serialized_end=522
+  _globals['_GETLOGSREQUEST']._serialized_start=525
+  _globals['_GETLOGSREQUEST']._serialized_end=699
+  _globals['_GETLOGSRESPONSE']._serialized_start=701
+  _globals['_GETLOGSRESPONSE']._serialized_end=803
+  _globals['_LOGSTREAMSERVICE']._serialized_start=806
+  _globals['_LOGSTREAMSERVICE']._serialized_end=972
 # @@protoc_insertion_point(module_scope)

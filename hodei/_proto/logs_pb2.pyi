@@ -114,16 +114,24 @@ class JobLogEntries(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    FROM_LINE_FIELD_NUMBER: _builtins.int
+    from_line: _builtins.int
+    """The line the stream begins at, in its first message, sent at once (entries may follow
+    later) when the request asked for a tail or a time: a client that connects again asks
+    from that line on, not for the tail again (which would skip what came in between). 0:
+    not said.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLogEntry]: ...
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___JobLogEntry] | None = ...,
+        from_line: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "from_line", b"from_line"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -503,17 +503,20 @@ def _log_entries(
     its last lines so far, 0: none; ``since``: from the first line read then); a reconnection asks
     for the first line not wholly received and skips the pieces of it that were (a long
     line comes in pieces that share its number), so no output is lost or repeated."""
-    line, pieces = 1, 0
+    line, pieces, begun = 1, 0, False
 
     def stream() -> Iterator[logs_pb2.JobLogEntry]:
-        nonlocal line, pieces
+        nonlocal line, pieces, begun
         skip = pieces
         request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=follow, from_line=line, attempt=attempt)
-        if tail is not None and line == 1:
+        if tail is not None and not begun:
             request.tail = tail
-        if since is not None and line == 1:
+        if since is not None and not begun:
             request.since.FromDatetime(since)
         for batch in client.stream(client.logs.SubscribeLogs, request):
+            if not begun and batch.from_line:
+                line = batch.from_line  # where the tail began: again from there, not a new tail
+            begun = True
             for entry in batch.entries:
                 if skip:
                     skip -= 1

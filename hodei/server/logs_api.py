@@ -188,6 +188,8 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
             self.signals.async_waiter(f"log:{job_id}", job_id) as waiter,
             self._ends.following(job_id),
         ):
+            if request.HasField("tail") or request.HasField("since"):
+                yield logs_pb2.JobLogEntries(from_line=from_line)  # where to come back to
             ended, checked, poll = False, 0.0, FOLLOW_POLL
             need_since: float | None = time.monotonic()
             while True:
