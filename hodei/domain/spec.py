@@ -256,7 +256,7 @@ class JobSpec:
         found.extend(_timeout_problems(self.timeout_seconds))
         if len(self.args) > limits.args:
             found.append(f"{len(self.args)} arguments; the limit is {limits.args}")
-        long = next(((n, _size(arg)) for n, arg in enumerate(self.args, 1) if _size(arg) > limits.arg_bytes), None)
+        long = next(((n, size) for n, arg in enumerate(self.args, 1) if (size := _size(arg)) > limits.arg_bytes), None)
         if long:
             found.append(f"argument {long[0]} is {long[1]} bytes; the limit is {limits.arg_bytes}")
         found.extend(_env_problems(self.env))

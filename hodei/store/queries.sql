@@ -856,7 +856,10 @@ FROM (SELECT pg_advisory_xact_lock(7, hashtext(%(provider)s))) AS locked;
 -- not yet terminated, and admitted jobs that have no such worker yet), of those the ones
 -- starting (workers not yet registered, and the admitted jobs without one), and whether
 -- the provider is disabled (`provider disable`: its queue waits).
-WITH admitted_without_worker AS (
+WITH provider AS (
+    SELECT (config ->> 'max_workers')::int AS configured, status = 'DISABLED' AS disabled
+    FROM provider_configs WHERE provider_type = %(provider)s
+), admitted_without_worker AS (
     SELECT count(*) AS n FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
       AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
@@ -866,12 +869,11 @@ WITH admitted_without_worker AS (
     SELECT count(*) AS n, count(*) FILTER (WHERE state IN ('CREATING', 'CONNECTING')) AS starting
     FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED'
 )
-SELECT (SELECT (config ->> 'max_workers')::int FROM provider_configs WHERE provider_type = %(provider)s) AS configured,
+SELECT provider.configured,
        live.n + admitted_without_worker.n AS in_use,
        live.starting + admitted_without_worker.n AS starting,
-       coalesce((SELECT status = 'DISABLED' FROM provider_configs WHERE provider_type = %(provider)s), false)
-           AS disabled
-FROM live, admitted_without_worker;
+       coalesce(provider.disabled, false) AS disabled
+FROM live CROSS JOIN admitted_without_worker LEFT JOIN provider ON true;
 
 -- name: next_in_queue
 -- The queue's next jobs (by priority, then in submission order; with `fair`, by priority, then
