@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei.artifacts import MAX_FILES
 from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -89,6 +90,29 @@ def test_what_an_exclusion_matches_is_not_kept(server: ServerProcess) -> None:
     listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
     assert [a["name"] for a in listed] == ["out/report.txt"]
     assert "[hodei] 2 files left out (--artifact-exclude)" in server.cli("job", "logs", job_id, check=True).stderr
+
+
+def test_links_back_up_the_tree_end_no_job_and_past_the_files_limit_one_line_says_so(server: ServerProcess) -> None:
+    """Links a wildcard meets are not looked through: `glob`'s `**` went round `loop` and
+    `out/up` for ever (the job never ended, its agent's memory growing by the gigabyte).
+    Past the attempt's files the agent sends none more, and says so once (it sent each,
+    each refused, a line of the log each)."""
+    command = (
+        "mkdir out && for i in $(seq 1 1010); do : > out/f$i.txt; done && "
+        "ln -s / out/root && ln -s .. out/up && ln -s . loop"
+    )
+    result = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "**/*.txt", "--artifact", "out")
+    job_id = result.stdout.strip()
+    assert server.cli("job", "watch", job_id).returncode == 0
+    wait_settled(server.database_url, job_id)
+    listed = json.loads(server.cli("job", "artifacts", job_id, "-o", "json", check=True).stdout)["artifacts"]
+    names = sorted(f"out/f{index}.txt" for index in range(1, 1011))
+    assert sorted(a["name"] for a in listed) == names[:MAX_FILES]
+    said = [line for line in server.cli("job", "logs", job_id, check=True).stderr.splitlines() if "artifact" in line]
+    assert said == [
+        f"[hodei] artifact {names[MAX_FILES]} and 9 more not stored: the attempt stored {MAX_FILES} files, the limit",
+        f"[hodei] stored {MAX_FILES} artifacts, 0 bytes",
+    ]
 
 
 def test_a_timed_out_job_keeps_what_it_left_and_a_cancelled_one_nothing(server: ServerProcess) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hodei.domain.spec import artifact_path_problem
-from hodei.errors import InvalidInput, NotFound
+from hodei.errors import InvalidInput, LimitReached, NotFound
 
 MAX_FILES = 1000
 # The bytes of one message of an artifact, both ways: well under gRPC's 4 MiB default.
@@ -41,7 +41,13 @@ class Stored:
 
 
 class ArtifactRefused(InvalidInput):
-    """The job's attempt may store no more artifacts."""
+    """The job's attempt has no room for this artifact."""
+
+
+class ArtifactFilesReached(LimitReached):
+    """The job's attempt stored its most files: no artifact more is taken, and its worker
+    sends none more (a pattern matching a tree of 100,000 files was 99,000 refused
+    uploads, each a line of the job's log)."""
 
 
 class Upload:
@@ -101,7 +107,7 @@ class ArtifactStore:
         used, files = self._used(self._attempt_directory(job_id, attempt))
         room = self.max_bytes - used
         if files >= MAX_FILES:
-            raise ArtifactRefused(f"artifact {name}: the attempt stored {MAX_FILES} files, the limit")
+            raise ArtifactFilesReached(f"the attempt stored {MAX_FILES} files, the limit")
         if size > room:
             raise ArtifactRefused(
                 f"artifact {name} is {size} bytes; {room} of the attempt's {self.max_bytes} (HODEI_MAX_ARTIFACT_BYTES) "

@@ -5,7 +5,7 @@
     ├── NotFound              no such job, worker, saga or provider -> NOT_FOUND
     ├── AlreadyExists         a name (an idempotency key) already taken -> ALREADY_EXISTS
     ├── InvalidTransition     a state machine refused a command     -> FAILED_PRECONDITION
-    ├── LimitReached          a submitter's limit refused a submission -> RESOURCE_EXHAUSTED
+    ├── LimitReached          a limit refused it: a submitter's, an attempt's artifact files -> RESOURCE_EXHAUSTED
     ├── Unauthenticated       no credentials, or wrong ones         -> UNAUTHENTICATED
     ├── PermissionDenied      the caller's role does not allow it   -> PERMISSION_DENIED
     ├── ConcurrencyConflict   another writer saved the aggregate first (retry by reloading) -> ABORTED

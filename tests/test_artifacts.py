@@ -3,6 +3,7 @@ keeps them (names, limits, files written whole)."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -11,10 +12,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hodei_worker.artifacts import find
+from hodei_worker.artifacts import _matches, find
 from hodei_worker.runner import JobUser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from hodei.artifacts import MAX_FILES, ArtifactRefused, ArtifactStore, Stored
+from hodei.artifacts import MAX_FILES, ArtifactFilesReached, ArtifactRefused, ArtifactStore, Stored
 from hodei.domain.spec import artifact_path_problem
 from hodei.errors import InvalidInput, NotFound
 
@@ -44,8 +47,67 @@ def test_patterns_take_files_directories_and_globs_but_no_link_out(tmp_path: Pat
         "artifact out/fifo skipped: not a regular file",
         "no file matches artifact pattern `nothing*`",
         "artifact link skipped: a symbolic link, or a path through one",
-        "artifact linked_dir/key skipped: a symbolic link, or a path through one",
+        "artifact linked_dir skipped: a symbolic link, or a path through one",
     ]
+
+
+@pytest.mark.timeout(60)
+def test_links_are_not_looked_through_however_they_loop(tmp_path: Path) -> None:
+    """A job's links back up its tree: ``glob``'s ``**`` went down each, round and round
+    (with two loops, a path for every way round them: the agent never finished, its
+    memory growing by the gigabyte, and the job never ended)."""
+    root = tmp_path / "work"
+    root.mkdir()
+    _tree(root)
+    (root / "d").mkdir()
+    (root / "d/root").symlink_to("/")
+    (root / "d/back").symlink_to(root)
+    (root / "here").symlink_to(".")
+    (root / "also").symlink_to(".")
+    found = find(str(root), ["**/*.log", "*/sub", "d/**", "d/root/*", "d/root/etc/passwd", "here"], None)
+    assert sorted(found.files) == ["out/sub/b.log", "top.log"]
+    assert found.notes == [
+        "artifact d/back skipped: a symbolic link, or a path through one",
+        "artifact d/root skipped: a symbolic link, or a path through one",
+        "artifact here skipped: a symbolic link, or a path through one",
+    ]
+
+
+# A tree without links, and patterns over its names: what ``_matches`` finds is what
+# ``glob`` (recursive) finds, a matched directory standing for its files.
+_NAMES = st.sampled_from(["a", "b", ".h", "x.log"])
+_PATHS = st.lists(st.lists(_NAMES, min_size=1, max_size=3).map("/".join), max_size=8)
+_PARTS = st.sampled_from(["*", "**", "a", "b", "*.log", ".h", ".*", "?", "[ab]", "", "."])
+# Relative, as the spec has them (artifact_path_problem).
+_PATTERNS = st.lists(_PARTS, min_size=1, max_size=4).map("/".join).filter(lambda p: p.strip("/") and p[0] != "/")
+
+
+def _as_glob_matches(root: str, pattern: str) -> set[str]:
+    paths: set[str] = set()
+    for hit in glob.glob(pattern, root_dir=root, recursive=True):
+        path = os.path.normpath(os.path.join(root, hit))
+        if hit.endswith("/") and not os.path.isdir(path):
+            continue  # glob's `a/**` has `a/` whether `a` is a file or missing
+        if os.path.isdir(path):
+            paths.update(os.path.join(d, name) for d, _, names in os.walk(path) for name in names)
+        else:
+            paths.add(path)
+    return paths
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(paths=_PATHS, pattern=_PATTERNS)
+def test_patterns_match_as_glob_matches_where_no_link_is(tmp_path: Path, paths: list[str], pattern: str) -> None:
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    for path in paths:
+        leaf = root / path
+        if any(parent.is_file() for parent in leaf.parents) or leaf.is_dir():
+            continue  # a name already a file on the way, or a directory
+        leaf.parent.mkdir(parents=True, exist_ok=True)
+        leaf.write_text(path)
+    found = _matches(str(root), pattern)
+    assert len(found) == len(set(found))
+    assert set(found) == _as_glob_matches(str(root), pattern)
 
 
 def test_exclusions_leave_out_what_they_match_in_the_same_way(tmp_path: Path) -> None:
@@ -137,7 +199,7 @@ def test_an_attempt_stores_no_more_than_its_limit(tmp_path: Path) -> None:
     for index in range(MAX_FILES):
         (many.directory / "job/1").mkdir(parents=True, exist_ok=True)
         (many.directory / f"job/1/f{index}").touch()
-    with pytest.raises(ArtifactRefused, match=f"stored {MAX_FILES} files, the limit"):
+    with pytest.raises(ArtifactFilesReached, match=f"stored {MAX_FILES} files, the limit"):
         many.begin("job", 1, "one-more", 0)
 
 

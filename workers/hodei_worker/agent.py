@@ -524,15 +524,24 @@ class Agent:
         notes, stored = found.notes, []
         metadata = self._metadata()
         until = time.monotonic() + artifacts.TRANSFER_SECONDS
-        for name, path in found.files.items():
+        names = list(found.files)
+        for index, name in enumerate(names):
+            # Past the uploads' time, or once the attempt's files are all taken
+            # (RESOURCE_EXHAUSTED), none after is sent: one note says how many.
+            rest = f"{name} and {len(names) - index - 1} more" if index + 1 < len(names) else name
             if time.monotonic() >= until:
-                notes.append(f"artifact {name} not stored: the uploads took their {artifacts.TRANSFER_SECONDS:g} s")
-                continue
+                notes.append(f"artifact {rest} not stored: the uploads took their {artifacts.TRANSFER_SECONDS:g} s")
+                break
             try:
-                stored.append(artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, path, until))
+                stored.append(
+                    artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, found.files[name], until)
+                )
             except OSError as exc:
                 notes.append(f"artifact {name} not stored: {exc.strerror}")
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    notes.append(f"artifact {rest} not stored: {artifacts.refusal(exc, 'uploads')}")
+                    break
                 notes.append(f"artifact {name} not stored: {artifacts.refusal(exc, 'uploads')}")
         size = sum(artifact.size_bytes for artifact in stored)
         notes.append(f"stored {artifacts.counted(len(stored), 'artifact')}, {size} bytes")

@@ -4,9 +4,10 @@ before its command runs, the artifacts of the jobs it starts after (``--fetch-ar
 each fetched into ``artifacts/<job id>/<name>`` under its working directory.
 
 A job must not get through its agent what it could not read itself: only regular files
-inside its working directory are taken (a symbolic link is not followed, a path that
-leads out through one is skipped), and when the agent is root and runs the job as
-another user, only files that user may read. Every file skipped, pattern without a
+inside its working directory are taken (no symbolic link is looked through: a link a
+pattern reaches is skipped, saying so, and a linked directory a wildcard meets is passed
+over), and when the agent is root and runs the job as another user, only files that user
+may read. Every file skipped, pattern without a
 match or upload refused is said in the job's log (``notes``), and the job ends as it
 would have.
 """
@@ -14,9 +15,10 @@ would have.
 from __future__ import annotations
 
 import contextlib
-import glob
+import fnmatch
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import time
@@ -38,6 +40,8 @@ TRANSFER_SECONDS = 240.0
 FETCHED = "artifacts"
 # The longest wait between two tries of a transfer while no server can be reached.
 RETRY_MAX = 2.0
+# What makes a pattern's component a wildcard rather than a name (``glob``'s test).
+_WILD = re.compile(r"[*?[]")
 T = TypeVar("T")
 
 
@@ -56,14 +60,16 @@ def find(root: str, patterns: Sequence[str], user: JobUser | None, exclude: Sequ
     real_root = os.path.realpath(root)
     excluded = {_name(root, path) for pattern in exclude for path in _matches(root, pattern)}
     left_out: set[str] = set()
+    seen: set[str] = set()
 
     def add(path: str) -> None:
         name = _name(root, path)
         if name in excluded:
             left_out.add(name)
             return
-        if name in found.files:
+        if name in seen:  # matched by another pattern too: taken, or said, once
             return
+        seen.add(name)
         try:
             info = os.lstat(path)
         except OSError as exc:
@@ -95,16 +101,75 @@ def _name(root: str, path: str) -> str:
 
 def _matches(root: str, pattern: str) -> list[str]:
     """The paths a pattern matches under ``root``, a directory's files in its place (a
-    symbolic link to a directory is itself, not followed)."""
-    paths: list[str] = []
-    for hit in sorted(glob.glob(pattern, root_dir=root, recursive=True)):
+    pattern ending in ``/``: only directories)."""
+    paths: dict[str, None] = {}  # a file of nested matched directories, once
+    for hit in sorted(set(_glob(root, "", [part for part in pattern.split("/") if part]))):
         path = os.path.normpath(os.path.join(root, hit))
-        if os.path.isdir(path) and not os.path.islink(path):
+        if _directory(path):
             for directory, _, names in os.walk(path):
-                paths.extend(os.path.join(directory, name) for name in sorted(names))
-        else:
-            paths.append(path)
-    return paths
+                paths.update((os.path.join(directory, name), None) for name in sorted(names))
+        elif not pattern.endswith("/"):
+            paths[path] = None
+    return list(paths)
+
+
+def _glob(root: str, at: str, parts: list[str]) -> Iterator[str]:
+    """The paths under ``root``/``at`` (relative to ``root``) that the pattern's
+    components ``parts`` match, as ``glob`` matches them (``**`` any depth of directories;
+    ``*`` and ``**`` pass over names that begin with a dot), but for symbolic links:
+    none is looked through. ``glob``'s ``**`` went down linked directories, so a job's link
+    back up its tree (``ln -s / d/root``) had its agent walk every path round the loop for
+    as long as the job was let run, its memory growing by the gigabyte. A link the pattern
+    names is a match (the caller skips it, saying so); one a wildcard meets is passed over,
+    as ``os.walk`` passes over a linked directory."""
+    if not parts:
+        if at:  # the working directory itself only when named (``.``), as ``glob`` has it
+            yield at
+        return
+    part, rest = parts[0], parts[1:]
+    here = os.path.join(root, at)
+    if part == "**":
+        yield from _glob(root, at, rest)
+        for name in _names(here, "*"):
+            path = os.path.join(at, name)
+            if _directory(os.path.join(root, path)):
+                yield from _glob(root, path, parts)
+            elif not rest:  # last, ``**`` matches what is not a directory too
+                yield path
+        return
+    wild = _WILD.search(part) is not None
+    if wild:
+        named = _names(here, part)
+    elif os.path.lexists(os.path.join(here, part)):
+        named = [part]
+    else:
+        named = []
+    for name in named:
+        path = os.path.join(at, name)
+        if not rest or _directory(os.path.join(root, path)):
+            yield from _glob(root, path, rest)
+        elif not wild and os.path.islink(os.path.join(root, path)):
+            yield path
+
+
+def _names(directory: str, part: str) -> list[str]:
+    """The names in ``directory`` that the pattern component ``part`` matches; none where
+    it cannot be listed (gone, not a directory, not readable)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    if not part.startswith("."):
+        names = [name for name in names if not name.startswith(".")]
+    return fnmatch.filter(names, part)
+
+
+def _directory(path: str) -> bool:
+    """A directory itself, not a symbolic link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _pieces(job_id: str, name: str, handle: int) -> Iterator[worker_pb2.ArtifactUpload]:
