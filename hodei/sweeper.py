@@ -3,7 +3,8 @@
 - a server that died (its instance lock is free) has its claimed outbox rows released
   at once, so its sagas go on here within a sweep, not at lease expiry;
 - saga steps past their deadline fail (waits for a registration, a result...);
-- registered workers without a heartbeat within the timeout are lost;
+- registered workers without a heartbeat within the timeout are lost, and so are those
+  of cancelled jobs that never report the job's processes stopped after their SIGKILL;
 - workers whose container, pod or process failed are lost (provider observation);
 - resources of this installation whose worker ended, or never existed, are removed
   (the reconciler), at start-up and then every few seconds;
@@ -67,6 +68,14 @@ class OverdueStep:
     saga_id: UUID
     job_id: str
     step_order: int
+
+
+@dataclass(frozen=True)
+class Unstopped:
+    """A live worker of a cancelled job, maybe still stopping its processes."""
+
+    worker_id: UUID
+    job_id: UUID
 
 
 HEALTH_INTERVAL = 10.0
@@ -165,6 +174,25 @@ class Sweeper:
         for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.heard_for):
             if not stale.cancelled or self._stop_pending(stale.job_id):
                 self.lose(stale.worker_id, f"no heartbeat for {stale.timeout:g}s")
+        self._lose_unstopped()
+
+    def _lose_unstopped(self) -> None:
+        """Workers of cancelled jobs that beat on but never report the job's processes
+        stopped (one outlived its SIGKILL in an uninterruptible wait, or the agent is stuck)
+        are lost a heartbeat timeout after the SIGKILL was due, so their provider removes
+        them and their slots go to the queue: they held both until the job's own timeout
+        ran out (the result's wait; a day for a job of ``--timeout 1d``). Time the sweeper
+        could not hear in (an outage: the report could not be saved) does not count."""
+        now = self.engine.clock()
+        heard_since = now - timedelta(seconds=self.heard_for)
+        margin = self.timing.heartbeat_timeout
+        for found in fetch_all(self.store.pool, "live_workers_of_cancelled_jobs", (), Unstopped):
+            job = self.store.find(Job, found.job_id)
+            if job is None or job.stop_by is None or not job.stop_pending:
+                continue
+            if max(job.stop_by, heard_since) + timedelta(seconds=margin) <= now:
+                why = f"its job's processes were not reported stopped {margin:g}s after their SIGKILL"
+                self.lose(found.worker_id, why)
 
     def _stop_pending(self, job_id: UUID) -> bool:
         """Whether the cancelled job's worker still has its processes to stop (read for

@@ -322,6 +322,44 @@ def test_the_server_enforces_the_timeout_when_the_worker_never_reports(
     h.close()
 
 
+def test_a_cancelled_jobs_worker_that_beats_on_but_never_reports_its_processes_stopped_is_lost(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
+) -> None:
+    """A process can outlive its SIGKILL (an uninterruptible wait), or an agent stick: its
+    worker, beating on, held its slot until the job's own timeout ran out (the result's
+    wait, 46 s here; a day for `--timeout 1d`). Lost a heartbeat timeout after the SIGKILL
+    was due, it is removed and the job's sagas end."""
+    from uuid import UUID
+
+    from hodei.domain.job import Job
+    from hodei.domain.worker import Worker
+    from hodei.store.app import Meta
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit(timeout_seconds=30.0)
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "RUNNING", report=False)
+    job = h.store.load(Job, job_id)
+    worker_id = UUID(str(job.worker_id))
+    job.cancel("by the test", grace=0.0, now=h.engine.clock())
+    h.store.write([job], Meta(actor="test", correlation_id=job_id))
+
+    def beat_and_sweep() -> bool:
+        h.liveness.touch(worker_id, True, h.deps.timing.heartbeat_timeout)  # its agent beats on
+        h.sweeper.detect_lost_workers()
+        return not h.store.load(Worker, worker_id).is_live
+
+    assert not beat_and_sweep()  # its SIGKILL is due now: its report may still come
+    h.run(beat_and_sweep, timeout=20, agent=False)
+    margin = h.deps.timing.heartbeat_timeout
+    assert h.store.load(Worker, worker_id).reason == (
+        f"its job's processes were not reported stopped {margin:g}s after their SIGKILL"
+    )
+    h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED"), ("EXECUTION", "COMPLETED")])
+    assert any(line.startswith("destroy ") for line in effects.lines())
+    assert job_row(fresh_database_url, job_id)[0] == "CANCELLED"
+    h.close()
+
+
 def test_a_job_with_artifacts_is_given_time_to_upload_them_before_its_timeout_is_enforced(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:

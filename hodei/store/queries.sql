@@ -699,6 +699,13 @@ WHERE w.state IN ('READY', 'BUSY')
   AND greatest(coalesce(l.last_seen_at, w.registered_at), now() - make_interval(secs => %(heard_for)s))
       < now() - make_interval(secs => coalesce(l.timeout_seconds, %(timeout)s));
 
+-- name: live_workers_of_cancelled_jobs
+-- Workers of a cancelled job's attempt not yet released: each stopping its job's processes,
+-- or released soon (hodei.sweeper: which have not reported them stopped in time).
+SELECT w.id AS worker_id, w.job_id
+FROM workers w JOIN jobs j ON j.id = w.job_id
+WHERE w.state IN ('READY', 'BUSY') AND j.state = 'CANCELLED' AND j.attempt = w.attempt;
+
 -- name: overdue_saga_steps_with_job
 -- Steps past their deadline. One that passed while the sweeper could not hear (an outage)
 -- gets a grace after hearing resumes, for the worker to reconnect and report. Deadlines are
