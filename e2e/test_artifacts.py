@@ -95,11 +95,11 @@ def test_what_an_exclusion_matches_is_not_kept(server: ServerProcess) -> None:
 def test_links_back_up_the_tree_end_no_job_and_past_the_files_limit_one_line_says_so(server: ServerProcess) -> None:
     """Links a wildcard meets are not looked through: `glob`'s `**` went round `loop` and
     `out/up` for ever (the job never ended, its agent's memory growing by the gigabyte).
-    Past the attempt's files the agent sends none more, and says so once (it sent each,
-    each refused, a line of the log each)."""
+    A name that is not UTF-8 is skipped. Past the attempt's files the agent sends none
+    more, and says so once (it sent each, each refused, a line of the log each)."""
     command = (
         "mkdir out && for i in $(seq 1 1010); do : > out/f$i.txt; done && "
-        "ln -s / out/root && ln -s .. out/up && ln -s . loop"
+        "ln -s / out/root && ln -s .. out/up && ln -s . loop && touch \"out/$(printf '\\377').txt\""
     )
     result = server.cli("job", "run", "-p", "local", "-c", command, "--artifact", "**/*.txt", "--artifact", "out")
     job_id = result.stdout.strip()
@@ -110,6 +110,7 @@ def test_links_back_up_the_tree_end_no_job_and_past_the_files_limit_one_line_say
     assert sorted(a["name"] for a in listed) == names[:MAX_FILES]
     said = [line for line in server.cli("job", "logs", job_id, check=True).stderr.splitlines() if "artifact" in line]
     assert said == [
+        "[hodei] artifact out/\\xff.txt skipped: its name is not UTF-8",  # its note broke the log: no end
         f"[hodei] artifact {names[MAX_FILES]} and 9 more not stored: the attempt stored {MAX_FILES} files, the limit",
         f"[hodei] stored {MAX_FILES} artifacts, 0 bytes",
     ]

@@ -73,6 +73,19 @@ def test_links_are_not_looked_through_however_they_loop(tmp_path: Path) -> None:
     ]
 
 
+def test_a_file_whose_name_is_not_utf8_is_skipped_saying_so(tmp_path: Path) -> None:
+    """No artifact's name can carry it (a protobuf string): its note, with the name in it,
+    broke the agent's log batch, and the job never reported its end."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/ok.txt").write_text("ok")
+    with open(os.path.join(os.fsencode(tmp_path), b"out", b"\xff.txt"), "wb") as odd:
+        odd.write(b"x")
+    found = find(str(tmp_path), ["out", "out/*.txt"], None)
+    assert list(found.files) == ["out/ok.txt"]
+    assert found.notes == ["artifact out/\\xff.txt skipped: its name is not UTF-8"]
+    assert all(note.encode() for note in found.notes)
+
+
 # A tree without links, and patterns over its names: what ``_matches`` finds is what
 # ``glob`` (recursive) finds, a matched directory standing for its files.
 _NAMES = st.sampled_from(["a", "b", ".h", "x.log"])

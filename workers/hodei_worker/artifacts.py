@@ -71,6 +71,12 @@ def find(root: str, patterns: Sequence[str], user: JobUser | None, exclude: Sequ
             return
         seen.add(name)
         try:
+            name.encode()
+        except UnicodeEncodeError:  # bytes the file system keeps, no text a name can carry
+            shown = os.fsencode(name).decode(errors="backslashreplace")
+            found.notes.append(f"artifact {shown} skipped: its name is not UTF-8")
+            return
+        try:
             info = os.lstat(path)
         except OSError as exc:
             found.notes.append(f"artifact {name} skipped: {exc.strerror}")
