@@ -314,6 +314,7 @@ DIGEST = "@sha256:" + "ab" * 32
         ("app@sha256:short", False),
         ("app:" + "t" * 129, False),
         ("a/" * 300 + "b", False),  # past 512 characters
+        ("a" * 255 + ":" + "t" * 128 + DIGEST, True),  # the longest name, tag and a digest
     ],
 )
 def test_a_jobs_image_is_an_image_reference(image: str, valid: bool) -> None:
@@ -323,6 +324,15 @@ def test_a_jobs_image_is_an_image_reference(image: str, valid: bool) -> None:
     else:
         (problem,) = problems
         assert problem.startswith("image must be an image reference such as python:3.12-slim")
+
+
+@pytest.mark.parametrize("image", ["a" * 256, "registry.example.com/" + "b" * 235 + ":1.4"])
+def test_an_image_name_longer_than_docker_takes_is_refused_at_the_edge(image: str) -> None:
+    """Docker refused it only when the worker was created: a provisioning failure
+    ("repository name must not be more than 255 characters") where bad input is meant."""
+    (problem,) = JobSpec(name="x", command="true", timeout_seconds=5, image=image).problems()
+    assert problem.startswith("image name (its registry and path, before its tag) must be at most 255 characters")
+    assert ", got 256: `" in problem
 
 
 @pytest.mark.parametrize(

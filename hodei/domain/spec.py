@@ -434,13 +434,16 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
 
 # A Docker image reference: [registry[:port]/]path[:tag][@digest], path components in
 # lower case (the distribution project's grammar, without its corner cases), a port from
-# 1 to 65535.
+# 1 to 65535, the name (registry and path) at most IMAGE_NAME_CHARS long.
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _IMAGE = re.compile(
-    rf"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::0*{_PORT})?/)?"
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    rf"^(?P<name>(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::0*{_PORT})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+# The distribution project's NameTotalLengthMax: Docker refuses a longer name only when it
+# creates the worker ("repository name must not be more than 255 characters").
+IMAGE_NAME_CHARS = 255
 
 
 def _working_dir_problems(working_dir: str) -> list[str]:
@@ -460,10 +463,16 @@ IMAGE_PULLS = ("always", "missing", "never")
 def _image_problems(image: str, pull: str) -> list[str]:
     """What is wrong with a job's image reference ("": none) and its pull; a registry's own
     refusal (a name that does not exist) comes later, as the job's start failure."""
-    if image and (len(image) > LIMITS.image_chars or not _IMAGE.match(image)):
+    reference = _IMAGE.match(image) if len(image) <= LIMITS.image_chars else None
+    if image and reference is None:
         return [
             f"image must be an image reference such as python:3.12-slim or registry.example.com/team/tool:1.4, "
             f"got `{_shown(image)}`"
+        ]
+    if reference is not None and len(reference["name"]) > IMAGE_NAME_CHARS:
+        return [
+            f"image name (its registry and path, before its tag) must be at most {IMAGE_NAME_CHARS} characters, "
+            f"got {len(reference['name'])}: `{_shown(image)}`"
         ]
     if pull and pull not in IMAGE_PULLS:
         return [f"image pull must be one of {', '.join(IMAGE_PULLS)}, got `{_shown(pull)}`"]
