@@ -187,6 +187,18 @@ def test_a_cpu_below_what_the_kernel_can_limit_gets_the_least_it_can(server: Ser
     assert server.cli("job", "logs", result.stdout.strip(), check=True).stdout == "ran\n"
 
 
+def test_a_cpu_past_the_engines_host_gets_all_of_its_cpus(server: ServerProcess, docker_client: Any) -> None:
+    """`--cpu 64` on a host of 2: the engine refused to create the container ("Range of
+    CPUs is from 0.01 to 2.00, as there are only 2 CPUs"); a local job ran with it."""
+    job_id = server.cli("job", "run", "-p", "docker", "-c", "sleep 30", "--cpu", "64", check=True).stdout.strip()
+    running = [("RUNNING",)]
+    eventually(lambda: query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == running, 60)
+    (container,) = docker_client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
+    assert container.attrs["HostConfig"]["NanoCpus"] == docker_client.info()["NCPU"] * 1_000_000_000
+    server.cli("job", "cancel", job_id, "--force", check=True)
+    wait_settled(server.database_url, job_id)
+
+
 def test_a_containers_files_are_kept_as_artifacts_before_it_goes(server: ServerProcess, tmp_path: Path) -> None:
     """The agent in the container (not root: the image's user 1000) uploads the files its job
     left in its working directory; the container is removed after, the files stay."""

@@ -58,6 +58,8 @@ class DockerProvider(WorkerProvider):
         self.client = docker.DockerClient(base_url=self.url, version=API_VERSION, timeout=30)
         # The worker images (ids) whose bundle volume is filled.
         self._filled: set[str] = set()
+        # The CPUs of the engine's host (``_host_cpus``), once asked.
+        self._cpus: int | None = None
         self._filling = threading.Lock()
 
     @staticmethod
@@ -95,7 +97,8 @@ class DockerProvider(WorkerProvider):
             if self.config.network != "host":
                 options["extra_hosts"] = {"host.docker.internal": "host-gateway"}
             if launch.cpu_cores > 0:
-                options["nano_cpus"] = int(max(launch.cpu_cores, LEAST_CPU_CORES) * 1e9)
+                cores = max(launch.cpu_cores, LEAST_CPU_CORES)
+                options["nano_cpus"] = int((min(cores, self._host_cpus()) if cores > 1 else cores) * 1e9)
             if launch.memory_bytes > 0:
                 options["mem_limit"] = launch.memory_bytes
             if launch.image:
@@ -116,6 +119,15 @@ class DockerProvider(WorkerProvider):
             raise ProviderError(f"Docker refused to create {name}: {exc.explanation or exc}") from exc
         except _ENGINE_DOWN as exc:
             raise self._unreachable(exc) from exc
+
+    def _host_cpus(self) -> int:
+        """The most CPUs a container can be given: the engine's host's. A job asking for
+        more gets them all, as a local job's quota past the host's cores does; the engine
+        refused to create the container ("Range of CPUs is from 0.01 to 2.00, as there are
+        only 2 CPUs"). Asked of the engine once, when a job first wants more than one."""
+        if self._cpus is None:
+            self._cpus = int(self._retry(self.client.info)["NCPU"])
+        return self._cpus
 
     def _in_image(self, image: str, pull: str, agent_vars: dict[str, str]) -> dict[str, Any]:
         """A job's own image, pulled as ``pull`` says (by default when the engine lacks it),
