@@ -916,7 +916,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "run", "-c", "true", "--array", "0-9%0"), "%N: at most N of the array's jobs at once, N from 1"),
         (("job", "run", "-c", "true", "--array", "0-9%x"), "%N: at most N of the array's jobs at once, N from 1"),
         (("job", "run", "-c", "true", "--array", "0-9%1001"), "%N: at most N of the array's jobs at once, N from 1"),
-        (("job", "run", "-c", "true", "--artifacts-expire", "-5s"), "or a duration such as 30s or 2m, got '-5s'"),
+        (("job", "run", "-c", "true", "--artifacts-expire", "-5s"), "2m or 1h30m, got '-5s'"),
         (("job", "run", "-c", "true", "--begin", "-5m"), "takes a duration from now such as 10m or 2h"),
         (("cron", "create", "--schedule", "@hourly", "-c", "x", "--starting-deadline", "-1m"), "got '-1m'"),
     ],
@@ -966,8 +966,8 @@ def test_a_number_the_request_cannot_carry_is_refused_before_sending(
 @pytest.mark.parametrize(
     ("grace", "error"),
     [
-        (("--grace", "-1"), "takes seconds or a duration such as 30s or 2m, got '-1'"),
-        (("--grace", "soon"), "takes seconds or a duration such as 30s or 2m, got 'soon'"),
+        (("--grace", "-1"), "takes seconds or a duration such as 30s, 2m or 1h30m, got '-1'"),
+        (("--grace", "soon"), "takes seconds or a duration such as 30s, 2m or 1h30m, got 'soon'"),
         (("--grace", "5", "--force"), "argument --force: not allowed with argument --grace"),
     ],
     ids=["negative", "words", "both"],

@@ -50,7 +50,10 @@ def test_a_duration_past_the_calendar_is_refused_in_words(argv: list[str], capsy
 
 @pytest.mark.parametrize(
     ("given", "seconds"),
-    [("30", 30.0), ("1.5", 1.5), ("-5", -5.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0), ("1d", 86400.0)],
+    [
+        *[("30", 30.0), ("1.5", 1.5), ("-5", -5.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0), ("1d", 86400.0)],
+        *[("1h30m", 5400.0), ("1m30s", 90.0), ("2d 12h", 216000.0), ("1.5h", 5400.0)],  # as Go's, systemd's
+    ],
 )
 def test_a_jobs_times_take_seconds_or_a_duration(given: str, seconds: float) -> None:
     """As --begin and --grace do; a number that is not a time (-5) is left for the check
@@ -60,11 +63,12 @@ def test_a_jobs_times_take_seconds_or_a_duration(given: str, seconds: float) -> 
     assert (args.timeout, args.queue_timeout, args.retry_backoff) == (seconds, seconds, seconds)
 
 
-def test_a_time_that_is_neither_is_refused_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("given", ["10 minutes", "1h30", "h", "1x", "1h-30m"])
+def test_a_time_that_is_neither_is_refused_naming_the_option(capsys: pytest.CaptureFixture[str], given: str) -> None:
     with pytest.raises(SystemExit) as ended:
-        parser().parse_args(["job", "run", "-c", "true", "--timeout", "10 minutes"])
+        parser().parse_args(["job", "run", "-c", "true", "--timeout", given])
     assert ended.value.code == 2
-    assert "argument --timeout/-t: takes seconds or a duration such as 30s or 2m, got '10 minutes'" in (
+    assert f"argument --timeout/-t: takes seconds or a duration such as 30s, 2m or 1h30m, got '{given}'" in (
         capsys.readouterr().err
     )
 

@@ -209,14 +209,20 @@ def parse_memory(value: str | None) -> int:
     return int(number)
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$", re.IGNORECASE)
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Plain seconds, or numbers each with its unit, as Go's and systemd's durations (1h30m).
+_DURATION = re.compile(r"^\d+(?:\.\d+)?$|^(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def seconds_of(value: str) -> float | None:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` or plain seconds; None when malformed."""
-    match = _DURATION.match(value.strip())
-    return float(match.group(1)) * _SECONDS[match.group(2).lower()] if match else None
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m`` or plain seconds; None when
+    malformed."""
+    text = value.strip()
+    if not _DURATION.match(text):
+        return None
+    parts = _DURATION_PART.findall(text)
+    return sum(float(number) * _SECONDS[unit.lower()] for number, unit in parts) if parts else float(text)
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -293,7 +299,7 @@ def duration(value: str) -> float:
     is SIGKILL at once, what --force says), a cron job's ``--starting-deadline``."""
     seconds = seconds_of(value)
     if seconds is None:
-        raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 30s or 2m, got {value!r}")
+        raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 30s, 2m or 1h30m, got {value!r}")
     return seconds
 
 
