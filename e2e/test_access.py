@@ -32,7 +32,7 @@ from hodei._proto import (
     worker_pb2,
 )
 from hodei.roles import RULES, Gate, Role, rule_of
-from hodei.testing import BIN, Cli, ServerProcess, eventually, query
+from hodei.testing import BIN, Cli, ServerProcess, eventually, hodei_server, query
 
 pytestmark = pytest.mark.e2e
 # Every generated module of the API (a service added later is walked too).
@@ -349,6 +349,15 @@ def test_token_list_says_when_each_token_was_last_used(
     assert "LAST USED" in table
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:] if line.strip()}
     assert rows["never-used"].count("never") == 2 and rows["used-once"].count("never") == 1  # expires; used
+    # The server's own list, piped, as the CLI's: a tab-separated row a token, nothing cut.
+    own = hodei_server(database_url, "token", "list")
+    assert own.returncode == 0, own.stderr
+    header, *lines = own.stdout.splitlines()
+    columns = ["NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED", "CREATED BY", "REVOKED BY"]
+    assert header.split("\t") == columns
+    by_name = {line.split("\t")[0]: line.split("\t") for line in lines}
+    assert by_name["never-used"][1:2] + by_name["never-used"][3:5] == ["read", "never", "never"]
+    assert len(by_name["never-used"][2]) == len("2026-12-05 02:30")  # a whole time, not `2026-1…`
 
 
 def test_a_revoked_or_expired_token_ends_the_streams_it_opened(fresh_database_url: str, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from hodei.cli.jobs import (
     selects,
 )
 from hodei.cli.shapes import SHAPES
-from hodei.cli.terminal import Terminal
+from hodei.cli.terminal import Terminal, reader_gone
 from hodei.errors import HodeiError, StoreUnavailable
 
 # How long the CLI gives an unreachable server before it says so.
@@ -211,10 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     except grpc.RpcError as exc:
         term.abort(explain(exc, client.connection), code=2 if exc.code() in REFUSED else 1)
     except BrokenPipeError:
-        # The reader went away (`| head`): nothing left to say, and nobody to say it to;
-        # exit 1 quietly, as rich does when its own writes hit the closed pipe.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
+        code = reader_gone()
     except KeyboardInterrupt:
         term.abort("interrupted", code=EXIT_INTERRUPTED)
     finally:

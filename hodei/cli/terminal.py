@@ -7,6 +7,7 @@ On a terminal both go through rich; when piped, stdout is plain text so that
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -172,3 +173,11 @@ class Terminal:
     def abort(self, message: str, code: int = 1) -> NoReturn:
         self.error(message)
         sys.exit(code)
+
+
+def reader_gone() -> int:
+    """The exit code when the reader of stdout went away (`| head`): nothing left to say and
+    nobody to say it to, so 1, quietly, as rich does when its own writes hit the closed
+    pipe; stdout goes to /dev/null, where the interpreter's last flush cannot fail."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1

@@ -465,10 +465,8 @@ def _relay(cfg: configuration.Config) -> int:
 
 def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
     """`token create|list|revoke`, straight against the database (to make the first one)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from hodei.cli.parsing import parse_duration
+    from hodei.cli.terminal import Terminal, reader_gone
     from hodei.roles import Role
     from hodei.store.api_tokens import ApiTokens
 
@@ -485,9 +483,8 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
             row = tokens.revoke(args.name, "hodei-server")
             print(f"revoked token {row.name} at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}", file=sys.stderr)
         else:
-            table = Table("NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED", "CREATED BY", "REVOKED BY")
-            for row in tokens.list():
-                table.add_row(
+            rows = [
+                [
                     row.name,
                     row.role,
                     f"{row.created_at:%Y-%m-%d %H:%M}",
@@ -496,8 +493,16 @@ def _token(cfg: configuration.Config, args: argparse.Namespace) -> int:
                     f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "-",
                     row.created_by,
                     row.revoked_by or "-",
-                )
-            Console(soft_wrap=True).print(table)
+                ]
+                for row in tokens.list()
+            ]
+            # The CLI's table: whole cells on a terminal, tab-separated rows when piped (a
+            # table of its own cut every name and time to fit 80 columns, piped too).
+            try:
+                columns = ["NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED", "CREATED BY", "REVOKED BY"]
+                Terminal("text").table(columns, rows)
+            except BrokenPipeError:
+                return reader_gone()
     finally:
         pool.close()
     return 0
