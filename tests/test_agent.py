@@ -416,6 +416,40 @@ def test_the_agent_takes_the_pace_its_server_gives_it(monkeypatch: pytest.Monkey
         agent.close()
 
 
+def test_the_end_of_a_jobs_command_is_reported_whatever_breaks_after_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Storing the artifacts or flushing the log raising (a file name no log line could
+    carry did) killed the job thread: no result, and the job stayed RUNNING, its worker
+    beating, until its timeout and margins ran out."""
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from hodei_worker.agent import Agent, Settings
+    from hodei_worker.runner import Finished, Outcome
+
+    from hodei._proto import worker_pb2
+
+    agent = Agent(Settings(servers=("127.0.0.1:9",), worker_id="w", job_id="j", token="t", kill_grace=1.0))
+    try:
+
+        class Ran:
+            def run(self) -> Finished:
+                return Finished(Outcome.EXITED, 3, "exited with code 3")
+
+        def broken() -> list[worker_pb2.StoredArtifact]:
+            raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+
+        agent.process = Ran()  # type: ignore[assignment]
+        agent.artifacts, agent.home = ("out",), str(tmp_path / "home")
+        monkeypatch.setattr(agent, "_store_artifacts", broken)
+        agent._run_job()
+        message = agent.outbox.get(timeout=5)
+        assert message is not None and message.WhichOneof("kind") == "result"
+        assert (message.result.job_id, message.result.exit_code) == ("j", 3)
+        assert message.result.outcome == worker_pb2.JOB_OUTCOME_EXITED
+    finally:
+        agent.close()
+
+
 def test_the_local_provider_starts_the_agent_without_site_and_it_finds_all_it_imports() -> None:
     python, env = agent_python()
     probe = "import sys, grpc, hodei_worker.template; print(sys.flags.no_site)"

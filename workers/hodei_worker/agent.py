@@ -466,13 +466,19 @@ class Agent:
         # Kept once the command ended by itself or by its timeout (what it left is what there
         # is to debug it by); not after a cancel or a stopped worker, which are to go.
         ended = finished.outcome in (Outcome.EXITED, Outcome.TIMED_OUT)
-        stored = self._store_artifacts() if ended and self.artifacts else []
-        remove_home(self.home)
-        say(f"job {self.settings.job_id}: {finished.message}")
-        if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
-            say("some log batches were never acknowledged")
-        if self.batcher.lost_lines:
-            say(f"{self.batcher.lost_lines} lines of output were given up after {MAX_SENDS} sends")
+        stored: list[worker_pb2.StoredArtifact] = []
+        try:
+            stored = self._store_artifacts() if ended and self.artifacts else []
+            remove_home(self.home)
+            say(f"job {self.settings.job_id}: {finished.message}")
+            if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
+                say("some log batches were never acknowledged")
+            if self.batcher.lost_lines:
+                say(f"{self.batcher.lost_lines} lines of output were given up after {MAX_SENDS} sends")
+        except Exception as exc:  # whatever broke, the command's end is reported
+            # This thread dying here left the job RUNNING, its worker beating, until its
+            # timeout and margins ran out (a file name no log line could carry did it).
+            say(f"job {self.settings.job_id}: after its command ended: {exc!r}")
         self.result = worker_pb2.JobResult(
             job_id=self.settings.job_id,
             outcome=_OUTCOMES[finished.outcome],
