@@ -186,7 +186,7 @@ class Sweeper:
         now = self.engine.clock()
         heard_since = now - timedelta(seconds=self.heard_for)
         margin = self.timing.heartbeat_timeout
-        for found in fetch_all(self.store.pool, "live_workers_of_cancelled_jobs", (), Unstopped):
+        for found in fetch_all(self.store.pool, "live_workers_of_cancelled_jobs", {"margin": margin}, Unstopped):
             job = self.store.find(Job, found.job_id)
             if job is None or job.stop_by is None or not job.stop_pending:
                 continue

@@ -700,11 +700,14 @@ WHERE w.state IN ('READY', 'BUSY')
       < now() - make_interval(secs => coalesce(l.timeout_seconds, %(timeout)s));
 
 -- name: live_workers_of_cancelled_jobs
--- Workers of a cancelled job's attempt not yet released: each stopping its job's processes,
--- or released soon (hodei.sweeper: which have not reported them stopped in time).
+-- Workers of a cancelled job's attempt not yet released, cancelled more than %(margin)s
+-- seconds ago: each still stopping its job's processes, or released soon (hodei.sweeper:
+-- which have not reported them stopped in time). A worker whose report came within the
+-- margin, as most do, is never read again.
 SELECT w.id AS worker_id, w.job_id
 FROM workers w JOIN jobs j ON j.id = w.job_id
-WHERE w.state IN ('READY', 'BUSY') AND j.state = 'CANCELLED' AND j.attempt = w.attempt;
+WHERE w.state IN ('READY', 'BUSY') AND j.state = 'CANCELLED' AND j.attempt = w.attempt
+  AND j.completed_at <= now() - make_interval(secs => %(margin)s);
 
 -- name: overdue_saga_steps_with_job
 -- Steps past their deadline. One that passed while the sweeper could not hear (an outage)

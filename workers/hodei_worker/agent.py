@@ -530,18 +530,16 @@ class Agent:
         notes, stored = found.notes, []
         metadata = self._metadata()
         until = time.monotonic() + artifacts.TRANSFER_SECONDS
-        names = list(found.files)
-        for index, name in enumerate(names):
+        for index, (name, path) in enumerate(found.files.items()):
             # Past the uploads' time, or once the attempt's files are all taken
             # (RESOURCE_EXHAUSTED), none after is sent: one note says how many.
-            rest = f"{name} and {len(names) - index - 1} more" if index + 1 < len(names) else name
+            left = len(found.files) - index - 1
+            rest = f"{name} and {left} more" if left else name
             if time.monotonic() >= until:
                 notes.append(f"artifact {rest} not stored: the uploads took their {artifacts.TRANSFER_SECONDS:g} s")
                 break
             try:
-                stored.append(
-                    artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, found.files[name], until)
-                )
+                stored.append(artifacts.upload(lambda: self.stub, metadata, self.settings.job_id, name, path, until))
             except OSError as exc:
                 notes.append(f"artifact {name} not stored: {exc.strerror}")
             except grpc.RpcError as exc:
