@@ -222,6 +222,7 @@ def test_a_database_whose_clock_is_ahead_of_the_servers_kills_no_job(
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout == "still here\n"
         job_id = ran.stderr.split("Job ID: ")[1].split()[0]
+        wait_settled(url, job_id)  # `--follow` ends with the job; its worker is released after
         assert query(url, "SELECT state, error_message FROM workers WHERE job_id = %s", (job_id,)) == [
             ("TERMINATED", None)
         ]
