@@ -297,6 +297,10 @@ def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp
         cluster.stop("fast")
         time.sleep(2)
         cluster.start(FAST_OPTIONS)
+        # The outage is over: the first calls get no connection PostgreSQL ended meanwhile.
+        for _ in range(5):
+            listed = server.cli("-o", "json", "job", "list", "--limit", "1")
+            assert listed.returncode == 0, listed.stderr
         wait_all(url, job_ids, 180)
         failed = query(url, "SELECT error_message FROM jobs WHERE state <> 'SUCCEEDED'")
         assert failed == [], (failed, server.logs()[-30000:])

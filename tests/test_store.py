@@ -29,7 +29,7 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_connection, command_transaction, fetch_value
 from hodei.store.instances import HEARTBEAT, ServerInstances
 from hodei.store.sql import query as query_text
-from hodei.testing import query, spy
+from hodei.testing import eventually, query, spy
 from tests.workload import OPERATIONS, Workload
 
 
@@ -772,3 +772,24 @@ def test_a_deadlock_in_a_commands_save_runs_the_whole_command_again(store: Hodei
         holder.result(timeout=30)
     assert len(tries) == 2
     assert store.load(Job, job.id).state is JobState.CANCELLED
+
+
+def test_a_connection_postgresql_ended_while_it_was_idle_is_not_handed_out(
+    pool: ConnectionPool, fresh_database_url: str
+) -> None:
+    """A restart of PostgreSQL (or ``pg_terminate_backend``, a failover) ends every
+    connection idle in the pool: each was handed out once more, and the call it served
+    failed ("terminating connection due to administrator command": an API call, after the
+    outage had ended). Here every idle connection is ended, then each call still works."""
+    taken = [pool.getconn() for _ in range(4)]
+    pids = [conn.info.backend_pid for conn in taken]
+    for conn in taken:
+        pool.putconn(conn)
+    assert query(fresh_database_url, "SELECT bool_and(pg_terminate_backend(p)) FROM unnest(%s::int[]) p", (pids,)) == [
+        (True,)
+    ]
+    gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+    eventually(lambda: query(fresh_database_url, gone, (pids,)) == [(0,)], 10, what="the backends gone")
+    for _ in range(6):
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

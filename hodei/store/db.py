@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -90,7 +91,7 @@ def open_pool(
     ``workers``: the pool's own threads (they open and check its connections in the background)."""
     options = " ".join(f"-c {key}={value}" for key, value in {**SETTINGS, **(settings or {})}.items())
     kwargs: dict[str, object] = {"application_name": name, "prepare_threshold": 0, "options": options}
-    pool: ConnectionPool = ConnectionPool(
+    pool: ConnectionPool = _Pool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -110,6 +111,40 @@ def open_pool(
         pool.close()
         raise
     return pool
+
+
+class _Pool(ConnectionPool):
+    """Hands out no connection PostgreSQL has already ended. A restart of PostgreSQL (a
+    failover, ``pg_terminate_backend``) ends every connection idle in the pool, and each
+    was handed out once more: the call it served failed with "terminating connection due
+    to administrator command" after the outage was over (a person's ``job list``, a
+    ``job cancel``). PostgreSQL says so on the socket as it ends one, so an idle
+    connection with something to read is checked before it is given (a poll without
+    waiting: nothing else is sent to an idle connection, but a notice); one found ended
+    sends every idle connection to the same check (``check``: the others ended with it)
+    and the caller gets a new one, at once rather than after psycopg_pool's own check's
+    pause of a second."""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        conn = super().getconn(timeout)
+        if not _ended(conn):
+            return conn
+        self.putconn(conn)  # closed by the check: the pool makes another
+        self.check()
+        return super().getconn(timeout)
+
+
+def _ended(conn: psycopg.Connection[Any]) -> bool:
+    """Whether PostgreSQL ended this idle connection (its goodbye is waiting on the socket)."""
+    try:
+        readable = select.poll()
+        readable.register(conn.fileno(), select.POLLIN)
+        if not readable.poll(0):
+            return False
+        ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
 
 
 @contextlib.contextmanager
