@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Self
 
@@ -117,7 +116,8 @@ class Signals:
     def __init__(self, database_url: str | None) -> None:
         self._url = database_url
         self._lock = threading.Lock()
-        self._waiters: dict[str | None, set[Waiter]] = defaultdict(set)
+        # Only keys someone waits on: a job's or a worker's key goes with its last waiter.
+        self._waiters: dict[str | None, set[Waiter]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
@@ -127,16 +127,14 @@ class Signals:
         with rows to deliver."""
         waiter = Waiter(self, keys or (None,))
         with self._lock:
-            for key in waiter.keys:
-                self._waiters[key].add(waiter)
+            self._add(waiter, waiter.keys)
         return waiter
 
     def async_waiter(self, *keys: str, deaf_to: str | None = None) -> AsyncWaiter:
         """A waiter for the running event loop's coroutines (see ``waiter``)."""
         waiter = AsyncWaiter(self, keys or (None,), asyncio.get_running_loop(), deaf_to)
         with self._lock:
-            for key in waiter.keys:
-                self._waiters[key].add(waiter)
+            self._add(waiter, waiter.keys)
         return waiter
 
     def listen(self, waiter: Waiter, *keys: str) -> None:
@@ -144,13 +142,20 @@ class Signals:
         with self._lock:
             added = tuple(key for key in keys if key not in waiter.keys)
             waiter.keys += added
-            for key in added:
-                self._waiters[key].add(waiter)
+            self._add(waiter, added)
+
+    def _add(self, waiter: Waiter, keys: Iterable[str | None]) -> None:
+        """Under ``_lock``."""
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(waiter)
 
     def remove(self, waiter: Waiter) -> None:
         with self._lock:
             for key in waiter.keys:
-                self._waiters[key].discard(waiter)
+                waiters = self._waiters.get(key, set())
+                waiters.discard(waiter)
+                if not waiters:
+                    self._waiters.pop(key, None)
 
     def publish(self, payload: str) -> None:
         """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``; ``by:`` the
@@ -159,7 +164,7 @@ class Signals:
         deliver."""
         keys = payload.split()
         with self._lock:
-            targets = set() if NOTHING_TO_DELIVER in keys else set(self._waiters[None])
+            targets = set() if NOTHING_TO_DELIVER in keys else set(self._waiters.get(None, ()))
             if WAKE_ALL in keys:
                 for waiters in self._waiters.values():
                     targets |= waiters

@@ -3,6 +3,7 @@ NOTIFY wake-ups with polling as the guarantee."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -468,3 +469,27 @@ def test_a_commit_that_no_waiter_keys_on_and_no_claim_needs_notifies_nobody(
         finally:
             relay.close()
     assert payloads == [f"{job.id} by:t", f"{early.id} by:t", f"{later.id} by:t -", f"{job.id} by:t -"]
+
+
+def test_a_key_goes_with_its_last_waiter() -> None:
+    """A stream listens by its worker's and its job's ids, a follower by its job's: each
+    key stayed in the hub with an empty set once its waiters left, some hundreds of
+    bytes a job, for the server's life. A key still waited on keeps its waiter."""
+    signals = Signals(None)
+
+    async def stream() -> None:
+        with signals.async_waiter("worker-1") as waiter:
+            signals.listen(waiter, "worker-1", "job-1")
+            with signals.waiter("job-1") as follower:
+                signals.publish("job-1")
+                assert follower.take_signal() == {"job-1"} and waiter.take_signal() == {"job-1"}
+            signals.publish("job-1")
+            assert waiter.take_signal() == {"job-1"}
+
+    relay = signals.waiter()
+    asyncio.run(stream())
+    signals.publish("job-2")
+    assert relay.take_signal() == {"job-1", "job-2"}
+    assert signals._waiters == {None: {relay}}  # what the hub holds
+    relay.close()
+    assert signals._waiters == {}
