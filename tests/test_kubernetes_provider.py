@@ -243,6 +243,25 @@ def failure_of(kube: KubernetesProvider, worker_id: str) -> str | None:
         ),
         (
             {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": "app:1",
+                        "state": {
+                            "terminated": {
+                                "exitCode": 128,
+                                "reason": "StartError",
+                                "message": 'failed to create containerd task:\n exec: "sh": executable file not found',
+                            }
+                        },
+                    }
+                ],
+            },
+            'container worker StartError (exit code 128): failed to create containerd task: exec: "sh": executable',
+        ),
+        (
+            {
                 "phase": "Pending",
                 "containerStatuses": [
                     {

@@ -403,9 +403,11 @@ class KubernetesProvider(WorkerProvider):
         for container in [*inits, *(status.get("containerStatuses") or [])]:
             terminated = (container.get("state") or {}).get("terminated")
             if failure is not None and terminated:
+                # The kubelet's why (a StartError's runtime error, a termination log), one line.
+                why = " ".join(str(terminated.get("message") or "").split())
                 failure += (
                     f"; container {container.get('name')} {terminated.get('reason') or 'terminated'}"
-                    f" (exit code {terminated.get('exitCode')})"
+                    f" (exit code {terminated.get('exitCode')}){f': {why}' if why else ''}"
                 )
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS:
