@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
+import docker
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,10 +55,21 @@ def docker_client_or_skip() -> Any:
 BARE_IMAGE = "hodei-test-bare:latest"
 BARE_MARKER = "only in the bare image"
 BARE_USER = 4242
+BARE_SOURCE_LABEL = "io.hodei.test.built-from"
 
 
 def build_bare_image(docker_client: Any, worker_image: str) -> str:
-    """``BARE_IMAGE``, built from the worker image's static busybox with ``docker import`` (no registry)."""
+    """``BARE_IMAGE``, built from the worker image's static busybox with ``docker import`` (no registry).
+    Built again only when the worker image changed (its id in a label), and the build it
+    replaces is removed: every run left one more untagged image in an engine that keeps
+    its images between runs."""
+    source = docker_client.images.get(worker_image).id
+    try:
+        built = docker_client.images.get(BARE_IMAGE)
+    except docker.errors.ImageNotFound:
+        built = None
+    if built is not None and built.labels.get(BARE_SOURCE_LABEL) == source:
+        return BARE_IMAGE
     container = docker_client.containers.create(worker_image, entrypoint=["true"])
     try:
         pieces, _ = container.get_archive("/bin/busybox")
@@ -85,8 +97,16 @@ def build_bare_image(docker_client: Any, worker_image: str) -> str:
         add("data", mode=0o755, kind=tarfile.DIRTYPE, uid=BARE_USER, gid=BARE_USER)
         add("marker", f"{BARE_MARKER}\n".encode())
     repository, _, tag = BARE_IMAGE.partition(":")
-    changes = ["ENV PATH=/bin GREETING=from-the-image", "WORKDIR /data", f"USER {BARE_USER}"]
+    changes = [
+        "ENV PATH=/bin GREETING=from-the-image",
+        "WORKDIR /data",
+        f"USER {BARE_USER}",
+        f"LABEL {BARE_SOURCE_LABEL}={source}",
+    ]
     docker_client.api.import_image_from_data(archive.getvalue(), repository=repository, tag=tag, changes=changes)
+    if built is not None:
+        with contextlib.suppress(docker.errors.APIError):  # still a container's: left
+            docker_client.images.remove(built.id)
     return BARE_IMAGE
 
 
