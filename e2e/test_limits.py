@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import tempfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,10 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from hodei import _proto
-from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.domain.spec import LIMITS
 from hodei.server.edge import MESSAGE_BYTES
-from hodei.testing import ServerProcess, query, wait_settled
+from hodei.testing import ServerProcess, eventually, query, wait_settled
 
 pytestmark = pytest.mark.e2e
 MB = 1024 * 1024
@@ -261,3 +263,41 @@ def test_a_thousand_over_limit_requests_at_once_leave_the_server_serving(
     assert written(database_url) == before
     ok = server.cli("job", "run", "--provider", "local", "--command", "echo still here", "--timeout", "30", "--wait")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_past_its_streams_limit_a_follower_waits_for_room_and_workers_still_connect(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``HODEI_MAX_STREAMS`` bounds what API callers hold open (followers, watchers): one
+    more is refused, saying so, and the CLI asks again until there is room; workers'
+    streams are not counted, so jobs go on running past it."""
+    with ServerProcess(database_url, tmp_path, {"HODEI_MAX_STREAMS": "2"}) as server, server.channel() as channel:
+        job_id = server.cli("job", "run", "-p", "local", "-c", "echo first; sleep 60", check=True).stdout.strip()
+        logs = logs_pb2_grpc.LogStreamServiceStub(channel)
+        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
+        followers = [logs.SubscribeLogs(request) for _ in range(2)]
+        for follower in followers:
+            assert next(follower).entries[0].line == "first"
+        with pytest.raises(grpc.RpcError) as refused:
+            next(logs.SubscribeLogs(request))
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "as many streams to API callers as it may (2, HODEI_MAX_STREAMS" in str(refused.value.details())
+        other = server.cli("job", "run", "-p", "local", "-c", "echo past the limit", check=True).stdout.strip()
+        done = "SELECT state FROM jobs WHERE id = %s AND state = 'SUCCEEDED'"
+        ran = eventually(lambda: query(database_url, done, (other,)), 60, what="the job run past the limit")
+        assert ran == [("SUCCEEDED",)]  # its worker's stream was not refused
+        assert server.cli("job", "logs", job_id, check=True).stdout == "first\n"  # a read ends: not limited
+        waiting = server.spawn("job", "logs", job_id, "--follow")
+        try:
+            assert waiting.stdout is not None
+            with ThreadPoolExecutor(1) as reader:
+                printed = reader.submit(waiting.stdout.readline)
+                time.sleep(1)
+                assert not printed.done()  # refused, asking again
+                followers[0].cancel()  # room for it
+                assert printed.result(timeout=30) == "first\n"
+            server.cli("job", "cancel", job_id, "--force", check=True)
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            waiting.kill()
+        assert waiting.returncode == 0, (out, err)  # its --follow ended with the job

@@ -101,6 +101,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "heartbeats one server takes per second: past it, a new worker beats less often and may be silent "
         "longer, both in proportion",
     ),
+    "HODEI_MAX_STREAMS": (
+        "4096",
+        "streams API callers may hold open on one server at once (log followers, job watchers, the console's "
+        "live logs); past it a new one is refused (RESOURCE_EXHAUSTED); workers' streams are not counted",
+    ),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
     "HODEI_IMAGE_PULL_TIMEOUT": (
         "600",
@@ -307,6 +312,8 @@ class Config:
     log_dir: Path
     max_log_bytes: int
     max_artifact_bytes: int
+    # Streams API callers may hold open at once (hodei.server.edge.Streams).
+    max_streams: int
     log_retention: float
     outbox_retention: float
     # Workers each provider runs at once, unless set through the API.
@@ -510,6 +517,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),
         max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES", most=2**63 - 1),
+        max_streams=_whole(env, "HODEI_MAX_STREAMS"),
         log_retention=_seconds(env, "HODEI_LOG_RETENTION"),
         outbox_retention=_seconds(env, "HODEI_OUTBOX_RETENTION"),
         max_workers={

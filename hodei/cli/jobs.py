@@ -461,7 +461,7 @@ def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def reconnecting(open_stream: Callable[[], Iterable[T]], patience: float = RECONNECT_FOR) -> Iterator[T]:
     """The items of a stream, opened again each time it is cut while the server restarts
-    (or answers that PostgreSQL is away), with growing pauses; it gives up once the server
+    (or answers that PostgreSQL is away, or has no room for it), with growing pauses; it gives up once the server
     has sent nothing for ``patience`` seconds, counted from its last item, not from the
     start: a job may run for hours before its stream is cut."""
     heard = time.monotonic()
@@ -531,10 +531,13 @@ class _StreamEnded(Exception):
     """The watch ended before the job did (a server going away closes it)."""
 
 
+# A stream cut (the server restarts, PostgreSQL is away), or refused for want of room among
+# the server's streams (HODEI_MAX_STREAMS): asked for again, with growing pauses.
+_ASK_AGAIN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
 def _unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, _StreamEnded) or (
-        isinstance(exc, grpc.RpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-    )
+    return isinstance(exc, _StreamEnded) or (isinstance(exc, grpc.RpcError) and exc.code() in _ASK_AGAIN)
 
 
 def _attempt_note(job: common_pb2.Job) -> str:
@@ -577,8 +580,8 @@ def wait(client: Client, term: Terminal, job_id: str) -> int:
         if not _unavailable(exc):
             raise
         raise StoppedWaiting(
-            f"gave up waiting for job {job_id}: the server at {client.address} did not answer for "
-            f"{RECONNECT_FOR:g}s; the job may still be running (`hodei-jobs-cli job get {job_id}`)",
+            f"gave up waiting for job {job_id}: the server at {client.address} did not answer (or had no room "
+            f"for the stream) for {RECONNECT_FOR:g}s; the job may still be running (`hodei-jobs-cli job get {job_id}`)",
             EXIT_GAVE_UP,
         ) from None
     finally:
@@ -649,7 +652,7 @@ def follow(client: Client, term: Terminal, job_id: str, timestamps: bool) -> int
         if not _unavailable(exc):
             raise
         term.warning(
-            f"the log stream from {client.address} was cut for {RECONNECT_FOR:g}s; "
+            f"the log stream from {client.address} was cut (or refused) for {RECONNECT_FOR:g}s; "
             "waiting for the job's end without its output"
         )
     return wait(client, term, job_id)

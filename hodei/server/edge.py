@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from hodei.config import VARIABLES
 from hodei.errors import (
     AlreadyExists,
     ConcurrencyConflict,
@@ -135,26 +136,43 @@ class Streams:
     again, or another server"; left to the server's grace, each was cancelled after it,
     logged as an unhandled error, and held the stop back those seconds. A stream that ends
     by itself (an artifact's download) has the grace, and is ended the same way after it.
-    The streams of one API token end alone (``end``) once it is revoked or expired."""
+    The streams of one API token end alone (``end``) once it is revoked or expired.
+    Those of API callers are limited (``most_callers``): each costs memory and a poll
+    twice a second for as long as its job runs, and nothing else bounded how many a
+    client could open (a thousand idle followers took 6% of a core). Workers' streams are
+    not counted: their providers' limits bound them, and a worker refused would fail its
+    job."""
 
-    def __init__(self) -> None:
+    def __init__(self, most_callers: int) -> None:
         # Each open stream's task, and the API token (``Caller.credential``) it serves.
         self._open: dict[asyncio.Task[Any], str | None] = {}
         self._ended: weakref.WeakKeyDictionary[asyncio.Task[Any], HodeiError] = weakref.WeakKeyDictionary()
         self.closing = False
+        self.most_callers = most_callers
+        self._callers = 0
 
     @contextlib.contextmanager
-    def serving(self, who: Caller | None = None) -> Iterator[None]:
-        """``who``: the API caller the stream serves (a worker's stream: None)."""
+    def serving(self, who: Caller | None = None, lasting: bool = True) -> Iterator[None]:
+        """``who``: the API caller the stream serves (a worker's stream: None); ``lasting``:
+        it lasts as long as what it follows (a read of a log as it is ends by itself, and
+        is not limited)."""
         if self.closing:
             raise ShuttingDown()
+        caller = who is not None and lasting
+        if caller and self._callers >= self.most_callers:
+            raise LimitReached(
+                f"this server already serves as many streams to API callers as it may ({self._callers}, "
+                "HODEI_MAX_STREAMS: log followers, job watchers, the console's live logs): end some, or try again later"
+            )
         task = asyncio.current_task()
         assert task is not None, "an async stream runs in a task"
         self._open[task] = None if who is None else who.credential
+        self._callers += caller
         try:
             yield
         finally:
             self._open.pop(task, None)
+            self._callers -= caller
 
     def credentials(self) -> set[str]:
         """The API tokens the open streams serve."""
@@ -185,8 +203,9 @@ class Streams:
             await asyncio.wait(ending, timeout=5)
 
 
-# One API a process: its following streams register here, its shutdown closes them.
-STREAMS = Streams()
+# One API a process: its following streams register here, its shutdown closes them; the
+# server sets the callers' limit from its configuration (HODEI_MAX_STREAMS).
+STREAMS = Streams(int(VARIABLES["HODEI_MAX_STREAMS"][0]))
 
 
 def rpc(method: F) -> F:

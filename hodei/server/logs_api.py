@@ -184,7 +184,7 @@ class LogStreamService(logs_pb2_grpc.LogStreamServiceServicer):
         from_line, cursor = await asyncio.to_thread(self._first_line, job_id, request)
         path = self.logs.path(job_id)
         with (
-            STREAMS.serving(caller()),
+            STREAMS.serving(caller(), lasting=request.follow),
             self.signals.async_waiter(f"log:{job_id}", job_id) as waiter,
             self._ends.following(job_id),
         ):
