@@ -62,6 +62,17 @@ def test_every_counts_its_period_from_the_unix_epoch() -> None:
     assert Schedule("@EVERY 2M").latest(moment) == Schedule("@every 120s").latest(moment)
 
 
+@pytest.mark.parametrize(
+    ("expression", "seconds"), [("@every 1h30m", 5400), ("@every 1.5h", 5400), ("@every 2d 12h", 216000)]
+)
+def test_every_takes_a_duration_as_every_other_option_does(expression: str, seconds: int) -> None:
+    """The one reading of a duration (``hodei.domain.duration``), as ``--timeout`` takes
+    it: ``@every 1h30m`` was refused where ``--timeout 1h30m`` was not."""
+    Schedule(expression).validate()
+    moment = at("2026-12-01T00:00:50+00:00")
+    assert Schedule(expression).following(moment, 2) == Schedule(f"@every {seconds}s").following(moment, 2)
+
+
 @given(
     st.sampled_from(["*/7 * * * *", "0 3 * * 1-5", "30 2 * * *", "@monthly", "@every 45m", "15 */6 1,15 * *"]),
     st.sampled_from(["UTC", "Europe/Madrid", "America/New_York", "Australia/Lord_Howe"]),
@@ -91,6 +102,8 @@ def test_the_latest_slot_and_the_next_one_enclose_every_moment(expression: str, 
         ("@every 0s", "UTC", "@every takes"),
         ("@every 10 minutes", "UTC", "@every takes"),
         ("@every 400d", "UTC", "@every takes"),
+        ("@every 1.5s", "UTC", "@every takes a duration of whole seconds"),
+        ("@every 1h30", "UTC", "@every takes"),
         ("0 3 * * *", "Mars/Olympus", "time zone 'Mars/Olympus' is not known"),
         ("0 3 * * *", "../etc/passwd", "is not known"),
         ("0 3 * * *", "America", "time zone 'America' is not known"),  # a directory of zones: was an OSError

@@ -16,7 +16,7 @@ from hodei.wire import spec_to_proto
 
 SCHEDULE_HELP = (
     "five cron fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'), a nickname "
-    "(@hourly, @daily, @weekly, @monthly, @yearly) or @every DURATION (30s, 5m, 2h, 1d)"
+    "(@hourly, @daily, @weekly, @monthly, @yearly) or @every DURATION (30s, 5m, 2h, 1h30m)"
 )
 
 

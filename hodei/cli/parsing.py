@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hodei._proto import limits_pb2
 from hodei.domain.base import check_idempotency_key
+from hodei.domain.duration import seconds_of
 from hodei.domain.job import check_signal
 from hodei.domain.limit import INHERITED, Bound
 from hodei.domain.spec import AFTER_CONDITIONS, LIMITS
@@ -207,22 +208,6 @@ def parse_memory(value: str | None) -> int:
             f"--memory `{value[:32]}…` is past any size: at most {LIMITS.max_memory_bytes} bytes (1 TiB)"
         )
     return int(number)
-
-
-# Plain seconds, or numbers each with its unit, as Go's and systemd's durations (1h30m).
-_DURATION = re.compile(r"^\d+(?:\.\d+)?$|^(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$", re.IGNORECASE)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def seconds_of(value: str) -> float | None:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m`` or plain seconds; None when
-    malformed."""
-    text = value.strip()
-    if not _DURATION.match(text):
-        return None
-    parts = _DURATION_PART.findall(text)
-    return sum(float(number) * _SECONDS[unit.lower()] for number, unit in parts) if parts else float(text)
 
 
 def parse_duration(value: str | None) -> float | None:

@@ -43,7 +43,6 @@ from hodei.cli.parsing import (
     limit_bound,
     parse_env_lines,
     parse_labels,
-    seconds_of,
     since_moment,
 )
 from hodei.cli.terminal import message_dict
@@ -51,6 +50,7 @@ from hodei.clock import DatabaseClock
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
+from hodei.domain.duration import seconds_of
 from hodei.domain.job import SIGNALS, JobState
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, DEFAULT_TIMEOUT_SECONDS, LabelSelector

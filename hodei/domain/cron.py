@@ -22,6 +22,7 @@ from cronsim import CronSim, CronSimError
 from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate, check_name, derived_id
+from hodei.domain.duration import seconds_of
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, InvalidTransition
 
@@ -41,8 +42,7 @@ NICKNAMES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_EVERY = re.compile(r"@every\s+(\d+)\s*([smhd])", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_EVERY = re.compile(r"@every\s+(.+)", re.IGNORECASE)
 # A sweep runs about once a second: a shorter period could not be kept.
 MIN_EVERY_SECONDS = 1
 MAX_EVERY_SECONDS = 366 * 86400
@@ -93,7 +93,8 @@ class Schedule:
     @property
     def _every(self) -> int | None:
         found = _EVERY.fullmatch(self.expression.strip())
-        return int(found.group(1)) * _UNIT_SECONDS[found.group(2).lower()] if found else None
+        seconds = seconds_of(found.group(1)) if found else None
+        return int(seconds) if seconds is not None and seconds == int(seconds) else None
 
     @property
     def _fields(self) -> str:
@@ -116,8 +117,8 @@ class Schedule:
             every = self._every
             if every is None or not MIN_EVERY_SECONDS <= every <= MAX_EVERY_SECONDS:
                 raise InvalidInput(
-                    f"schedule {self.expression[:64]!r}: @every takes a whole number of s, m, h or d, "
-                    f"from {MIN_EVERY_SECONDS}s to 366d (e.g. @every 30s, @every 2h)"
+                    f"schedule {self.expression[:64]!r}: @every takes a duration of whole seconds "
+                    f"from {MIN_EVERY_SECONDS}s to 366d (e.g. @every 30s, @every 2h, @every 1h30m)"
                 )
             return
         fields = self._fields
