@@ -116,6 +116,8 @@ def test_bad_sim_settings_are_refused_before_anything_is_written(server: ServerP
         "HODEI_SIM_SECONDS=-1",
         "HODEI_SIM_LINES=-5",
         "HODEI_SIM_EXIT_CODE=x",
+        "HODEI_SIM_EXIT_CODE=999",
+        "HODEI_SIM_EXIT_CODE=-1",
         "HODEI_SIM_HANDLES=USR1,USR9",
         "HODEI_SIM_HANDLES=KILL",
         "HODEI_SIM_ARTIFACT_BYTES=-1",

@@ -85,6 +85,8 @@ class Simulation:
             ) from None
         if not 0 <= found.seconds < float("inf") or not 0 <= found.lines <= MAX_SIM_LINES:
             raise InvalidInput(f"HODEI_SIM_SECONDS must be >= 0 and HODEI_SIM_LINES 0 to {MAX_SIM_LINES}")
+        if not 0 <= found.exit_code <= 255:  # what a process can exit with
+            raise InvalidInput(f"HODEI_SIM_EXIT_CODE must be 0 to 255, got {found.exit_code}")
         if found.artifact_bytes < 0:
             raise InvalidInput(f"HODEI_SIM_ARTIFACT_BYTES must be >= 0, got {found.artifact_bytes}")
         try:
