@@ -11,7 +11,9 @@ import grpc
 import pytest
 
 from hodei._proto import jobs_pb2
+from hodei.cli.client import Connection
 from hodei.cli.jobs import StoppedWaiting, reconnecting, submit
+from hodei.cli.main import explain
 from hodei.cli.terminal import Terminal
 
 
@@ -87,8 +89,19 @@ class _Client:
         return jobs_pb2.QueueJobResponse(job_id="j-1", already_submitted=len(self.sent) > 1)
 
 
+class _Dropped(grpc.RpcError):
+    """What a call gets when its server drops it unanswered: more calls were waiting for it
+    than it takes (gRPC's server_max_unrequested_time_in_server, its queue's length)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "CANCELLED"
+
+
 def test_a_submission_without_an_answer_is_sent_again_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
-    client = _Client(_Unavailable(), _Unavailable())
+    client = _Client(_Unavailable(), _Dropped())
     request = jobs_pb2.QueueJobRequest()
     answer = submit(client, Terminal("text"), "QueueJob", request, None)  # type: ignore[arg-type]
     assert answer.job_id == "j-1" and len(client.sent) == 3
@@ -120,3 +133,9 @@ def test_a_refused_submission_is_not_sent_again() -> None:
     with pytest.raises(Refused):
         submit(client, Terminal("text"), "RetryJob", jobs_pb2.RetryJobRequest(), "k-3")  # type: ignore[arg-type]
     assert len(client.sent) == 1
+
+
+def test_a_call_the_server_dropped_is_explained() -> None:
+    said = explain(_Dropped(), Connection(server="jobs.example:50051"))
+    assert said.startswith("the server at jobs.example:50051 dropped the call unanswered (CANCELLED)"), said
+    assert said.endswith("try again")

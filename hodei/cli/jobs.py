@@ -344,10 +344,12 @@ def submit(
 
 def _unanswered(exc: BaseException) -> bool:
     """The submission may or may not have been taken: the server went away, answered that
-    PostgreSQL is away (a commit's answer can be lost with its connection), or was slow."""
+    PostgreSQL is away (a commit's answer can be lost with its connection), was slow, or
+    dropped it unanswered (CANCELLED: more calls waited for it than it takes)."""
     return isinstance(exc, grpc.RpcError) and exc.code() in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
     )
 
 

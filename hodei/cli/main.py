@@ -259,6 +259,11 @@ def reachable(client: Client) -> None:
 def explain(exc: grpc.RpcError, connection: Connection) -> str:
     """One line a person can act on."""
     details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.CANCELLED:  # not by us: Ctrl-C is a KeyboardInterrupt
+        return (
+            f"the server at {connection.server} dropped the call unanswered (CANCELLED): more calls were waiting "
+            "for it than it takes (gRPC drops one waiting 30 s, or past its queue), or it is stopping; try again"
+        )
     if exc.code() != grpc.StatusCode.UNAVAILABLE or details.startswith(StoreUnavailable.PREFIX):
         return f"{details} ({exc.code().name})"
     where = f"cannot reach the server at {connection.server}"
