@@ -150,3 +150,37 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         (framed,) = framing.main_frame.child_frames
         assert framed.url.startswith("chrome-error://"), framed.url  # refused, not the sign-in page
         framing.close()
+
+
+def test_a_log_page_refused_its_stream_tries_again_less_and_less_often(
+    chromium: Any, fresh_database_url: str, tmp_path: Path
+) -> None:
+    """A server out of room for streams (HODEI_MAX_STREAMS) refuses a job page's live log:
+    the page reloads to try again, each time after twice the wait of the last (it
+    reloaded every 2 s, each reload a whole page's reads), and once the stream opens the
+    log comes in and the wait starts again from the first."""
+    with ServerProcess(fresh_database_url, tmp_path, {"HODEI_MAX_STREAMS": "1"}, http=True) as server:
+        job_id = server.cli(
+            "job", "run", "-p", "local", "-c", "echo first; while sleep 1; do echo tick; done", check=True
+        ).stdout
+        job_id = job_id.strip()
+        holder = server.spawn("job", "logs", job_id, "--follow")  # the one stream there is room for
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "first\n"
+            page = chromium.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"{server.http_url}/jobs/{job_id}")
+            waits = "() => Number(sessionStorage.getItem('hodei-log-retry'))"
+            page.wait_for_function(f"() => ({waits})() >= 4000")  # refused, reloaded, refused again
+            holder.kill()
+            holder.communicate()
+            # Room again: the stream opens at the next try, and the waits start over.
+            page.wait_for_function("() => sessionStorage.getItem('hodei-log-retry') === null")
+            ticks = page.inner_text("#log").count("tick")
+            page.wait_for_function(
+                f"() => document.getElementById('log').textContent.split('tick').length > {ticks + 1}"
+            )
+            server.cli("job", "cancel", job_id, check=True)
+        finally:
+            holder.kill()
+            holder.communicate()

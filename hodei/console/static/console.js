@@ -35,10 +35,15 @@ function followLog(log) {
     log.append(span, "\n");
     log.scrollTop = log.scrollHeight;
   };
+  events.onopen = () => sessionStorage.removeItem("hodei-log-retry");
   events.onerror = () => {
-    // A dropped stream would be reopened from its first line: reload instead.
+    // A dropped stream would be reopened from its first line: reload instead, 2 s after the
+    // first failure and twice as long after each next one (up to a minute), so pages left
+    // open on a server out of room for streams (HODEI_MAX_STREAMS) do not reload every 2 s.
     events.close();
-    setTimeout(() => window.location.reload(), 2000);
+    const delay = Math.min(60000, 2 * (Number(sessionStorage.getItem("hodei-log-retry")) || 1000));
+    sessionStorage.setItem("hodei-log-retry", String(delay));
+    setTimeout(() => window.location.reload(), delay);
   };
   events.addEventListener("end", () => {
     events.close();
