@@ -99,6 +99,12 @@ def shown(text: str) -> str:
     return _CONTROL.sub(_escaped, text)
 
 
+def one_line(text: str) -> str:
+    """``shown``, and one line: newlines and tabs escaped too (a table's cell, a record
+    of the server's log)."""
+    return _CELL_CONTROL.sub(_escaped, text)
+
+
 class Terminal:
     def __init__(self, output: str) -> None:
         self.json = output == "json"
@@ -135,7 +141,7 @@ class Terminal:
         print(json.dumps(payload, sort_keys=True, default=str), flush=True)
 
     def table(self, columns: list[str], rows: list[list[str]]) -> None:
-        rows = [[_CELL_CONTROL.sub(_escaped, cell) for cell in row] for row in rows]
+        rows = [[one_line(cell) for cell in row] for row in rows]
         if not self.out.is_terminal:
             print("\t".join(columns))
             for row in rows:

@@ -43,6 +43,7 @@ from hodei._proto import (
     worker_pb2_grpc,
 )
 from hodei.cli.access import add_token_commands
+from hodei.cli.terminal import one_line
 from hodei.console.api import Api
 from hodei.errors import HodeiError, InvalidInput
 from hodei.server.edge import STREAMS
@@ -522,6 +523,18 @@ def _secrets(cfg: configuration.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+class LogRecords(logging.Formatter):
+    """A record a line: its message's control characters escaped, newlines too (a
+    traceback keeps its lines). A message carries text from outside (a worker's report,
+    a provider's or PostgreSQL's error): it can then neither forge a record of the log
+    nor act on the terminal that shows it, and a reader (journald, a collector) sees one
+    record where psycopg's two-line errors made two."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hodei-server",
@@ -550,7 +563,9 @@ def main(argv: list[str] | None = None) -> None:
     purge = secrets_actions.add_parser("purge", help="shred a job's secrets now (they cannot be recovered)")
     purge.add_argument("--job", required=True, help="the job id")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogRecords("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         try:
             cfg = configuration.load()
