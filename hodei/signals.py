@@ -152,10 +152,11 @@ class Signals:
     def remove(self, waiter: Waiter) -> None:
         with self._lock:
             for key in waiter.keys:
-                waiters = self._waiters.get(key, set())
-                waiters.discard(waiter)
-                if not waiters:
-                    self._waiters.pop(key, None)
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self._waiters[key]
 
     def publish(self, payload: str) -> None:
         """Delivers a NOTIFY payload (space-separated aggregate ids, or ``*``; ``by:`` the

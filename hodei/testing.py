@@ -38,8 +38,6 @@ def docker_client_or_skip() -> Any:
 
     required = os.environ.get("HODEI_REQUIRE_DOCKER") == "1"
     try:
-        import docker
-
         client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), timeout=10)
         client.ping()
         return client
