@@ -18,6 +18,7 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from e2e.test_access import create_token
 from hodei import _proto
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.domain.spec import LIMITS
@@ -301,3 +302,46 @@ def test_past_its_streams_limit_a_follower_waits_for_room_and_workers_still_conn
         finally:
             waiting.kill()
         assert waiting.returncode == 0, (out, err)  # its --follow ended with the job
+
+
+def test_one_api_token_holds_at_most_its_share_of_the_streams(fresh_database_url: str, tmp_path: Path) -> None:
+    """``HODEI_MAX_STREAMS_PER_TOKEN``: one client following everything cannot take every
+    stream of the server; another token's follower is still served, and the token's own
+    next one once it ends one."""
+    env = {"HODEI_MAX_STREAMS_PER_TOKEN": "2"}
+    greedy, other = (create_token(fresh_database_url, name, "read") for name in ("greedy", "other"))
+    admin = create_token(fresh_database_url, "admin", "admin")
+    with ServerProcess(fresh_database_url, tmp_path, env, token=admin) as server, server.channel() as channel:
+        job_id = server.cli("job", "run", "-p", "local", "-c", "echo first; sleep 60", check=True).stdout.strip()
+        logs = logs_pb2_grpc.LogStreamServiceStub(channel)
+        request = logs_pb2.SubscribeLogsRequest(job_id=job_id, follow=True)
+
+        def follow(token: str) -> Any:
+            follower = logs.SubscribeLogs(request, metadata=(("authorization", f"Bearer {token}"),))
+            assert next(follower).entries[0].line == "first"
+            return follower
+
+        held = [follow(greedy), follow(greedy)]
+        with pytest.raises(grpc.RpcError) as refused:
+            follow(greedy)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        said = str(refused.value.details())
+        assert "the API token `greedy` already holds as many streams on this server as one token may (2" in said
+        assert "HODEI_MAX_STREAMS_PER_TOKEN" in said
+        others = [follow(other), follow(other)]  # another token's share is its own
+        held.pop().cancel()
+        held.append(eventually(lambda: _followed(follow, greedy), 30, what="room for the token's next stream"))
+        for follower in held + others:
+            follower.cancel()
+        server.cli("job", "cancel", job_id, "--force", check=True)
+
+
+def _followed(follow: Any, token: str) -> Any:
+    """A follower of ``token``'s, or None while it has no room yet (its ended stream is
+    given back when the server hears of the cancel)."""
+    try:
+        return follow(token)
+    except grpc.RpcError as exc:
+        if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        return None

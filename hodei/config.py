@@ -106,6 +106,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "streams API callers may hold open on one server at once (log followers, job watchers, the console's "
         "live logs); past it a new one is refused (RESOURCE_EXHAUSTED); workers' streams are not counted",
     ),
+    "HODEI_MAX_STREAMS_PER_TOKEN": (
+        "1024",
+        "of those, the streams one API token may hold open on one server at once, so that one client cannot "
+        "take them all; past it that token's new one is refused (RESOURCE_EXHAUSTED). Without "
+        "authentication there are no tokens: callers share HODEI_MAX_STREAMS alone",
+    ),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
     "HODEI_IMAGE_PULL_TIMEOUT": (
         "600",
@@ -314,6 +320,8 @@ class Config:
     max_artifact_bytes: int
     # Streams API callers may hold open at once (hodei.server.edge.Streams).
     max_streams: int
+    # Of those, the streams one API token may hold.
+    max_streams_per_token: int
     log_retention: float
     outbox_retention: float
     # Workers each provider runs at once, unless set through the API.
@@ -518,6 +526,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),
         max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES", most=2**63 - 1),
         max_streams=_whole(env, "HODEI_MAX_STREAMS"),
+        max_streams_per_token=_whole(env, "HODEI_MAX_STREAMS_PER_TOKEN"),
         log_retention=_seconds(env, "HODEI_LOG_RETENTION"),
         outbox_retention=_seconds(env, "HODEI_OUTBOX_RETENTION"),
         max_workers={

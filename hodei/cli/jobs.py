@@ -534,7 +534,7 @@ class _StreamEnded(Exception):
 
 
 # A stream cut (the server restarts, PostgreSQL is away), or refused for want of room among
-# the server's streams (HODEI_MAX_STREAMS): asked for again, with growing pauses.
+# the server's streams (HODEI_MAX_STREAMS, _PER_TOKEN): asked for again, with growing pauses.
 _ASK_AGAIN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -139,17 +140,22 @@ class Streams:
     The streams of one API token end alone (``end``) once it is revoked or expired.
     Those of API callers are limited (``most_callers``): each costs memory and a poll
     twice a second for as long as its job runs, and nothing else bounded how many a
-    client could open (a thousand idle followers took 6% of a core). Workers' streams are
-    not counted: their providers' limits bound them, and a worker refused would fail its
-    job."""
+    client could open (a thousand idle followers took 6% of a core); and so are those of
+    one API token (``most_per_token``), or one client's script following every job of a
+    burst took them all and the next person's `job logs --follow` waited. Workers'
+    streams are not counted: their providers' limits bound them, and a worker refused
+    would fail its job."""
 
-    def __init__(self, most_callers: int) -> None:
+    def __init__(self, most_callers: int, most_per_token: int) -> None:
         # Each open stream's task, and the API token (``Caller.credential``) it serves.
         self._open: dict[asyncio.Task[Any], str | None] = {}
         self._ended: weakref.WeakKeyDictionary[asyncio.Task[Any], HodeiError] = weakref.WeakKeyDictionary()
         self.closing = False
         self.most_callers = most_callers
+        self.most_per_token = most_per_token
         self._callers = 0
+        # The limited streams each API token holds; a token goes with its last one.
+        self._of_token: collections.Counter[str] = collections.Counter()
 
     @contextlib.contextmanager
     def serving(self, who: Caller | None = None, lasting: bool = True) -> Iterator[None]:
@@ -158,21 +164,34 @@ class Streams:
         is not limited)."""
         if self.closing:
             raise ShuttingDown()
-        caller = who is not None and lasting
-        if caller and self._callers >= self.most_callers:
+        limited = who if lasting else None  # an API caller's stream that lasts
+        token = None if limited is None else limited.credential
+        if limited is not None and self._callers >= self.most_callers:
             raise LimitReached(
                 f"this server already serves as many streams to API callers as it may ({self._callers}, "
                 "HODEI_MAX_STREAMS: log followers, job watchers, the console's live logs): end some, or try again later"
             )
+        if limited is not None and token is not None and self._of_token[token] >= self.most_per_token:
+            raise LimitReached(
+                f"the API token `{limited.name}` already holds as many streams on this server as one token may "
+                f"({self._of_token[token]}, HODEI_MAX_STREAMS_PER_TOKEN: log followers, job watchers, the "
+                "console's live logs): end some, or try again later"
+            )
         task = asyncio.current_task()
         assert task is not None, "an async stream runs in a task"
         self._open[task] = None if who is None else who.credential
-        self._callers += caller
+        self._callers += limited is not None
+        if token is not None:
+            self._of_token[token] += 1
         try:
             yield
         finally:
             self._open.pop(task, None)
-            self._callers -= caller
+            self._callers -= limited is not None
+            if token is not None:
+                self._of_token[token] -= 1
+                if not self._of_token[token]:
+                    del self._of_token[token]
 
     def credentials(self) -> set[str]:
         """The API tokens the open streams serve."""
@@ -204,8 +223,8 @@ class Streams:
 
 
 # One API a process: its following streams register here, its shutdown closes them; the
-# server sets the callers' limit from its configuration (HODEI_MAX_STREAMS).
-STREAMS = Streams(int(VARIABLES["HODEI_MAX_STREAMS"][0]))
+# server sets the callers' limits from its configuration (HODEI_MAX_STREAMS, _PER_TOKEN).
+STREAMS = Streams(int(VARIABLES["HODEI_MAX_STREAMS"][0]), int(VARIABLES["HODEI_MAX_STREAMS_PER_TOKEN"][0]))
 
 
 def rpc(method: F) -> F:

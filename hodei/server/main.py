@@ -353,7 +353,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="hodei-io"))
     gatekeeper = Gatekeeper(tokens, cfg.auth_required)
-    STREAMS.most_callers = cfg.max_streams
+    STREAMS.most_callers, STREAMS.most_per_token = cfg.max_streams, cfg.max_streams_per_token
     server = grpc.aio.server(
         migration_thread_pool=ThreadPoolExecutor(API_THREADS, thread_name_prefix="hodei-api"),
         interceptors=[gatekeeper],
