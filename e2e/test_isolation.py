@@ -338,6 +338,27 @@ def test_a_finished_job_says_what_it_used(request: pytest.FixtureRequest, provid
     )
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_flood_of_output_waits_for_the_server_and_does_not_cost_the_job_its_memory(
+    request: pytest.FixtureRequest, provider: str
+) -> None:
+    """A job printing short lines faster than the server stores them: the agent read them
+    all into memory (`yes` grew it by 70 MB a second), and under a memory limit the job
+    was killed for it (3,000,000 lines peaked at 187-236 MiB). Now the job's writes wait
+    in its pipe for the server's acknowledgements, and every line is stored in order."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    lines = 3_000_000
+    result = server.cli(
+        "job", "run", "-p", provider, "-c", f"yes | head -n {lines}", "--memory", "80Mi", "--timeout", "300", "--wait"
+    )
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert server.cli("job", "logs", job_id, check=True, timeout=300).stdout == "y\n" * lines
+    shown = json.loads(server.cli("-o", "json", "job", "get", job_id, check=True).stdout)
+    (finished,) = [phase for phase in shown["phases"] if phase["name"] == "finished"]
+    assert finished["peak_memory_bytes"] < 80 * 2**20
+
+
 def test_a_local_memory_limit_below_the_agents_own_says_so(local: ServerProcess) -> None:
     """The agent counts in its worker's group (as in a container): 1 MiB kills it before it
     registers, and the job's error says it was the memory, not a silent -9."""

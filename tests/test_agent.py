@@ -8,12 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from hodei_worker.agent import image_settings, make_home
-from hodei_worker.batcher import Batch, LogBatcher
+from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import MASK, Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, exit_text, job_environment
 from hypothesis import given, settings
@@ -340,8 +342,6 @@ def test_a_long_line_is_handed_on_in_pieces_and_a_last_line_without_newline_whol
 
 
 def test_batches_are_bounded_in_bytes_and_a_batch_never_acknowledged_is_given_up() -> None:
-    from hodei_worker.batcher import MAX_SENDS
-
     sent: list[Batch] = []
     batcher = LogBatcher(sent.append, max_lines=1000, max_delay=10, max_bytes=1000)
     for _ in range(5):
@@ -385,6 +385,38 @@ def test_a_character_cut_by_a_piece_boundary_is_decoded_whole() -> None:
     )
     assert process.run().exit_code == 0
     assert pieces == [("xx", True), ("éz", False)]  # é's first byte ended the piece
+
+
+def test_output_waits_while_too_much_of_it_is_unacknowledged() -> None:
+    """A flood the server cannot take as fast waits in the job's pipe, not in the agent's
+    memory: past ``max_unacked_bytes`` the reader waits for acknowledgements (a batch
+    given up counts as answered); the agent's own notes from the thread that reads the
+    acknowledgements never wait."""
+    sent: list[Batch] = []
+    batcher = LogBatcher(sent.append, max_lines=1000, max_delay=10, max_bytes=1000, max_unacked_bytes=2000)
+    for _ in range(5):
+        batcher.add("stdout", ["y" * 484])  # 500 bytes a line with its overhead: two a batch
+    assert [b.line_count for b in sent] == [2, 2]  # 2,000 bytes unacknowledged, one line waiting
+    with ThreadPoolExecutor(1) as reader:
+        added = reader.submit(batcher.add, "stdout", ["z"])
+        time.sleep(0.3)
+        assert not added.done()  # waits for room
+        batcher.add("stderr", ["[hodei] SIGUSR1 sent to the command (job signal)"], wait=False)
+        batcher.acked(sent[0].seq)
+        added.result(timeout=10)
+        batcher.flush()
+        batcher.add("stdout", ["x" * 484])
+        batcher.flush()  # 2,083 bytes unacknowledged again
+        blocked = reader.submit(batcher.add, "stdout", ["v"])
+        time.sleep(0.3)
+        assert not blocked.done()
+        for _ in range(MAX_SENDS + 1):
+            batcher.unanswered()  # given up: no longer waited for
+        blocked.result(timeout=10)
+    batcher.flush()
+    texts = [text for b in sent for run in b.runs for text in run[2]]
+    assert texts == ["y" * 484] * 5 + ["[hodei] SIGUSR1 sent to the command (job signal)", "z", "x" * 484, "v"]
+    batcher.close()
 
 
 def test_lines_read_together_are_split_across_batches_in_order() -> None:

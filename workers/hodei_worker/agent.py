@@ -401,7 +401,7 @@ class Agent:
         if sent.index < self.next_signal or self.process is None or sent.job_id != self.settings.job_id:
             return
         self.next_signal = sent.index + 1
-        self._on_output(STDERR, [signal_note(sent.name)], False)
+        self._on_output(STDERR, [signal_note(sent.name)], False, wait=False)  # this thread reads the acks
         signum = getattr(signal, f"SIG{sent.name}", None)
         if signum is not None:
             self.process.signal(signum)
@@ -446,7 +446,7 @@ class Agent:
         self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
         self.job_thread.start()
 
-    def _on_output(self, stream: str, texts: list[str], partial: bool) -> None:
+    def _on_output(self, stream: str, texts: list[str], partial: bool, wait: bool = True) -> None:
         if self.mask.active:
             texts, partial = self.mask.output(stream, texts, partial)
             if not texts:  # all of it held back, to be masked with what follows
@@ -458,7 +458,7 @@ class Agent:
             with contextlib.suppress(OSError, ValueError):  # the stored log is the one that counts
                 target.write("\n".join(texts) + ("" if partial else "\n"))
                 target.flush()
-        self.batcher.add(stream, texts, partial)
+        self.batcher.add(stream, texts, partial, wait)
 
     def _run_job(self) -> None:
         assert self.process is not None

@@ -1,5 +1,6 @@
 """Groups output into numbered batches, bounded in lines and bytes, and keeps each until
-the server acknowledges it."""
+the server acknowledges it; holds the job's output back while too much of it waits for
+acknowledgements."""
 
 from __future__ import annotations
 
@@ -19,12 +20,20 @@ MAX_BYTES = 1024 * 1024
 MAX_SENDS = 5
 # What a line costs in a batch besides its text (its stream, time and framing), roughly.
 LINE_BYTES = 16
+# Output read and not yet acknowledged, at most: past it the reader waits for the server's
+# acknowledgements, and the job's writes wait in its pipe as they would on a slow terminal.
+# Without it the agent held all of a flood the server could not take as fast: `yes` grew
+# it by 70 MB a second, and a job with a memory limit was killed for the agent's memory.
+# (Held as Python objects, a short line costs a few times its accounted bytes.)
+MAX_UNACKED_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
 class Batch:
     seq: int
     runs: list[Run] = field(default_factory=list)
+    # Its lines' bytes as accounted against ``max_bytes``.
+    size: int = 0
     # Streams, answered by a server, that ended without this batch acknowledged.
     sends: int = 0
 
@@ -38,7 +47,9 @@ class LogBatcher:
     since the first one.
 
     Batches stay in ``unacked`` until the server acknowledges them; after a reconnect
-    they are sent again (``pending``), and the result waits until none is left.
+    they are sent again (``pending``), and the result waits until none is left. While
+    ``max_unacked_bytes`` of them wait, ``add`` waits too (a server away: until it is back,
+    or the agent gives up on it and stops the job).
     """
 
     def __init__(
@@ -47,11 +58,13 @@ class LogBatcher:
         max_lines: int = MAX_LINES,
         max_delay: float = 0.05,
         max_bytes: int = MAX_BYTES,
+        max_unacked_bytes: int = MAX_UNACKED_BYTES,
     ) -> None:
         self._send = send
         self.max_lines = max_lines
         self.max_delay = max_delay
         self.max_bytes = max_bytes
+        self.max_unacked_bytes = max_unacked_bytes
         self._lock = threading.Condition()
         self._current: list[Run] = []
         self._current_lines = 0
@@ -59,6 +72,7 @@ class LogBatcher:
         self._first_at = 0.0
         self._seq = 0
         self.unacked: dict[int, Batch] = {}
+        self._unacked_bytes = 0
         self.lost_lines = 0
         self._closed = False
         self._flusher = threading.Thread(target=self._flush_on_time, name="log-flusher", daemon=True)
@@ -68,10 +82,14 @@ class LogBatcher:
     def last_seq(self) -> int:
         return self._seq
 
-    def add(self, stream: str, texts: list[str], partial: bool = False) -> None:
-        """Takes lines read together; they are split across batches where a batch fills."""
-        at = time.time()
+    def add(self, stream: str, texts: list[str], partial: bool = False, wait: bool = True) -> None:
+        """Takes lines read together; they are split across batches where a batch fills.
+        Waits first while ``max_unacked_bytes`` wait for acknowledgements, unless ``wait``
+        is false (the agent's own notes from the thread that reads the acknowledgements)."""
         with self._lock:
+            while wait and self._unacked_bytes >= self.max_unacked_bytes and not self._closed:
+                self._lock.wait()
+            at = time.time()
             while texts:
                 taken = self._room_for(texts)
                 if not taken:
@@ -110,16 +128,19 @@ class LogBatcher:
         if not self._current:
             return
         self._seq += 1
-        batch = Batch(self._seq, self._current)
+        batch = Batch(self._seq, self._current, self._current_bytes)
         self._current = []
         self._current_lines = 0
         self._current_bytes = 0
         self.unacked[batch.seq] = batch
+        self._unacked_bytes += batch.size
         self._send(batch)
 
     def acked(self, seq: int) -> None:
         with self._lock:
-            self.unacked.pop(seq, None)
+            batch = self.unacked.pop(seq, None)
+            if batch is not None:
+                self._unacked_bytes -= batch.size
             self._lock.notify_all()
 
     def pending(self) -> list[Batch]:
@@ -138,6 +159,7 @@ class LogBatcher:
                 batch.sends += 1
                 if batch.sends > MAX_SENDS:
                     self.lost_lines += batch.line_count
+                    self._unacked_bytes -= batch.size
                     del self.unacked[seq]
             self._lock.notify_all()
 
