@@ -37,11 +37,13 @@ PROBE = (
     "if cat /proc/$PPID/environ >/dev/null 2>&1; then echo AGENT-ENV-READABLE; else echo AGENT-ENV-HIDDEN; fi; "
     "if cat /proc/1/environ >/dev/null 2>&1; then echo PID1-ENV-READABLE; fi"
 )
+# HODEI_WORKER_MAX_PROCESSES of the servers here.
+PROCESSES = 256
 
 
 @pytest.fixture(scope="module")
 def local(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"HODEI_KILL_GRACE": "1", "HODEI_SECRET_RETENTION": "3600"}
+    env = {"HODEI_KILL_GRACE": "1", "HODEI_SECRET_RETENTION": "3600", "HODEI_WORKER_MAX_PROCESSES": str(PROCESSES)}
     with ServerProcess(database_url, tmp_path_factory.mktemp("local"), env) as server:
         yield server
 
@@ -57,6 +59,7 @@ def docker(
         "HODEI_LOCAL_ENABLED": "0",
         "HODEI_WORKER_IMAGE": worker_image,
         "HODEI_KILL_GRACE": "1",
+        "HODEI_WORKER_MAX_PROCESSES": str(PROCESSES),
     }
     with ServerProcess(new_database(pg_server, template_database), tmp_path_factory.mktemp("docker"), env) as server:
         yield server
@@ -359,6 +362,36 @@ def test_a_flood_of_output_waits_for_the_server_and_does_not_cost_the_job_its_me
     assert finished["peak_memory_bytes"] < 80 * 2**20
 
 
+FORKS = """python3 -c '
+import subprocess
+started = []
+try:
+    while len(started) < 1000:
+        started.append(subprocess.Popen(["sleep", "60"]))
+    print("all 1000 started")
+except OSError as exc:
+    print("refused after", len(started), exc.strerror)
+for child in started:
+    child.kill()
+    child.wait()
+'"""
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_worker_has_at_most_its_share_of_processes(request: pytest.FixtureRequest, provider: str) -> None:
+    """HODEI_WORKER_MAX_PROCESSES: a job forking without end fails its own forks past the
+    limit (its agent's threads count too), not every process of the host's, whose limit
+    (kernel.pid_max, 32,768 here) the server's threads share; the next job runs as ever."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    job_id = run(server, provider, FORKS, "--wait")
+    (said,) = server.cli("job", "logs", job_id, check=True).stdout.splitlines()
+    started = re.fullmatch(r"refused after (\d+) Resource temporarily unavailable", said)
+    assert started is not None, said
+    assert PROCESSES // 2 < int(started[1]) < PROCESSES
+    after = run(server, provider, "echo still here", "--wait")
+    assert server.cli("job", "logs", after, check=True).stdout == "still here\n"
+
+
 def test_a_local_memory_limit_below_the_agents_own_says_so(local: ServerProcess) -> None:
     """The agent counts in its worker's group (as in a container): 1 MiB kills it before it
     registers, and the job's error says it was the memory, not a silent -9."""
@@ -383,8 +416,8 @@ def test_ended_local_workers_leave_no_cgroup_behind(local: ServerProcess) -> Non
     for job_id in jobs:
         wait_settled(local.database_url, job_id)
     (installation,) = query(local.database_url, "SELECT value FROM hodei.secrets WHERE name = 'installation_id'")[0]
-    groups = WorkerCgroups(root, installation, cgroup1_roots())
-    assert set(groups.limit_bases) == {"memory", "cpu"}  # each job's limits were set
+    groups = WorkerCgroups(root, installation, cgroup1_roots(), PROCESSES)
+    assert set(groups.limit_bases) == {"memory", "cpu", "pids"}  # each job's limits were set
     workers = [
         row[0]
         for row in query(local.database_url, "SELECT id::text FROM workers WHERE job_id::text = ANY(%s)", (jobs,))

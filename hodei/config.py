@@ -112,6 +112,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "take them all; past it that token's new one is refused (RESOURCE_EXHAUSTED). Without "
         "authentication there are no tokens: callers share HODEI_MAX_STREAMS alone",
     ),
+    "HODEI_WORKER_MAX_PROCESSES": (
+        "4096",
+        "processes and threads one worker may have at once, its agent's included (0: no limit): a local "
+        "worker's cgroup pids.max (where a pids controller is), a Docker worker's --pids-limit; on Kubernetes "
+        "the node's podPidsLimit (kubelet) bounds a pod. Past it the job's forks fail, not the host's",
+    ),
     "HODEI_REGISTRATION_TIMEOUT": ("60", "seconds a new worker has to register"),
     "HODEI_IMAGE_PULL_TIMEOUT": (
         "600",
@@ -192,6 +198,20 @@ def _whole(env: Mapping[str, str], name: str, zero_allowed: bool = False, most: 
     if value > most:
         raise InvalidInput(f"{name} must be at most {most}, got `{_get(env, name)}`")
     return int(value)
+
+
+# A worker's agent alone has a dozen threads (gRPC's among them) and its job's shell one more.
+LEAST_WORKER_PROCESSES = 32
+
+
+def _worker_processes(env: Mapping[str, str]) -> int:
+    value = _whole(env, "HODEI_WORKER_MAX_PROCESSES", zero_allowed=True)
+    if 0 < value < LEAST_WORKER_PROCESSES:
+        raise InvalidInput(
+            f"HODEI_WORKER_MAX_PROCESSES must be 0 (no limit) or at least {LEAST_WORKER_PROCESSES}: a worker's "
+            f"agent has a dozen threads of its own, got `{value}`"
+        )
+    return value
 
 
 def _database_url(env: Mapping[str, str]) -> str:
@@ -314,6 +334,8 @@ class Config:
     local_worker_command: tuple[str, ...]
     # None: jobs run as the server's own user; a range: each running job a uid of it.
     local_run_as: str | range | None
+    # Processes and threads a local or Docker worker may have at once (0: no limit).
+    worker_max_processes: int
     default_provider: str
     log_dir: Path
     max_log_bytes: int
@@ -521,6 +543,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         fair_window=_fair_window(env),
         local_worker_command=tuple(shlex.split(_get(env, "HODEI_LOCAL_WORKER_COMMAND"))),
         local_run_as=_run_as(env),
+        worker_max_processes=_worker_processes(env),
         default_provider=_get(env, "HODEI_DEFAULT_PROVIDER"),
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),

@@ -74,3 +74,32 @@ def test_a_memory_group_that_cannot_be_made_costs_a_job_without_a_limit_nothing(
     assert groups.create("w5") == [unified / "hodei-i4/w5/cgroup.procs"]
     with pytest.raises(ProviderError, match="cannot set the memory limit of worker w6"):
         groups.create("w6", memory_bytes=64 * MIB)
+
+
+def test_the_providers_limit_of_processes_is_each_workers_pids_max_in_either_hierarchy(tmp_path: Path) -> None:
+    """HODEI_WORKER_MAX_PROCESSES: every worker's, whatever its job asks; where no pids
+    controller is, jobs run all the same and the provider's health says there is none."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpu memory pids\n")
+    groups = WorkerCgroups(v2, "i5", processes=512)
+    assert groups.create("w7") == [v2 / "hodei-i5/w7/cgroup.procs"]
+    assert (v2 / "hodei-i5/w7/pids.max").read_text() == "512"
+    assert groups.limits() == "--memory and --cpu enforced, at most 512 processes a worker"
+
+    unified, memory, pids = (tmp_path / name for name in ("unified", "memory", "pids"))
+    unified.mkdir()
+    hybrid = WorkerCgroups(unified, "i6", {"memory": memory, "pids": pids}, processes=64)
+    assert hybrid.create("w8") == [
+        unified / "hodei-i6/w8/cgroup.procs",
+        memory / "hodei-i6/w8/cgroup.procs",
+        pids / "hodei-i6/w8/cgroup.procs",
+    ]
+    assert (pids / "hodei-i6/w8/pids.max").read_text() == "64"
+    assert hybrid.limits() == "--memory enforced, at most 64 processes a worker"
+
+    unlimited = WorkerCgroups(unified, "i7", {"memory": memory, "pids": pids})
+    unlimited.create("w9")
+    assert not (pids / "hodei-i7").exists()  # no limit: no group
+    nowhere = WorkerCgroups(tmp_path / "none", "i8", processes=64)
+    assert nowhere.limits() == "no --cpu/--memory limits, no limit of processes (no pids controller)"

@@ -38,6 +38,12 @@ from hodei.errors import InvalidInput
         ),
         ("HODEI_DB_MAX_CONNECTIONS", "many", "HODEI_DB_MAX_CONNECTIONS must be a number, got `many`"),
         (
+            "HODEI_WORKER_MAX_PROCESSES",
+            "8",
+            "HODEI_WORKER_MAX_PROCESSES must be 0 (no limit) or at least 32: a worker's agent has a dozen threads",
+        ),
+        ("HODEI_WORKER_MAX_PROCESSES", "-1", "HODEI_WORKER_MAX_PROCESSES must be 0 or more, got `-1`"),
+        (
             "HODEI_HEARTBEAT_TIMEOUT",
             "2",
             "HODEI_HEARTBEAT_TIMEOUT (2s) must be longer than HODEI_HEARTBEAT_INTERVAL (2s): "

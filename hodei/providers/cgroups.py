@@ -6,7 +6,10 @@ A job's ``--memory`` and ``--cpu`` are limits of that group where cgroup v2 has 
 and cpu controllers (``memory.max``, ``cpu.max``), or, on hybrid hosts whose controllers
 are bound to cgroup v1 (ours), of a group of the same name in the v1 memory and cpu
 hierarchies (``memory.limit_in_bytes``, ``cpu.cfs_quota_us``) that the worker enters too.
-A limit that no controller here can enforce is refused, never ignored.
+A limit that no controller here can enforce is refused, never ignored. The provider's
+limit of processes a worker (HODEI_WORKER_MAX_PROCESSES) is its group's ``pids.max``, in
+either hierarchy, where a pids controller is: a fork bomb in one job then fails its own
+forks, not every process of the host's (the server's threads among them).
 
 Used by the local provider where a writable cgroup v2 hierarchy exists (as root, on
 hosts with cgroup2 mounted); elsewhere it tracks the agent's process group only.
@@ -29,8 +32,8 @@ from hodei.providers.base import LEAST_CPU_CORES
 
 log = logging.getLogger(__name__)
 _MOUNTS = Path("/proc/self/mounts")
-# The controllers a job's limits need, and the CFS period its CPU quota is a share of.
-LIMITED = ("memory", "cpu")
+# The controllers the limits need, and the CFS period a CPU quota is a share of.
+LIMITED = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
 
 
@@ -92,8 +95,13 @@ class WorkerCgroups:
     controllers cgroup v2 lacks here (``cgroup1_roots()``), each limited in a group
     ``<v1 root>/hodei-<installation>/<worker id>``."""
 
-    def __init__(self, root: Path, installation: str, v1_roots: Mapping[str, Path] | None = None) -> None:
+    def __init__(
+        self, root: Path, installation: str, v1_roots: Mapping[str, Path] | None = None, processes: int = 0
+    ) -> None:
+        """``processes``: at most so many processes and threads in a worker's group (0:
+        no limit), where a pids controller is."""
         self.root = root
+        self.processes = processes
         self.base = root / f"hodei-{installation}"
         in_v2 = v2_controllers(root) & set(LIMITED)
         self.v1_bases = {
@@ -120,22 +128,31 @@ class WorkerCgroups:
         path = self.path(worker_id)
         path.mkdir(parents=True, exist_ok=True)
         procs = [path / "cgroup.procs"]
-        joined = [controller for controller in LIMITED if controller in {*wanted, "memory"} & self.limit_bases.keys()]
+        limits = {"memory": str(memory_bytes) if memory_bytes > 0 else None, "pids": None, "cpu": None}
+        if cpu_cores > 0:
+            limits["cpu"] = str(round(max(cpu_cores, LEAST_CPU_CORES) * CPU_PERIOD_US))
+        if self.processes:
+            limits["pids"] = str(self.processes)
+        joined = [
+            controller
+            for controller in LIMITED
+            if controller in self.limit_bases and (controller == "memory" or limits[controller] is not None)
+        ]
         for controller in joined:
             try:
-                procs.extend(self._join(controller, worker_id, cpu_cores, memory_bytes))
+                procs.extend(self._join(controller, worker_id, limits[controller]))
             except OSError as exc:
-                if controller in wanted:
+                if limits[controller] is not None:
                     self.kill(worker_id)
                     raise ProviderError(f"cannot set the {controller} limit of worker {worker_id}: {exc}") from exc
                 # Accounting only: the job runs all the same, its usage unmeasured.
                 log.warning("worker %s has no %s group of its own: %s", worker_id, controller, exc)
         return procs
 
-    def _join(self, controller: str, worker_id: str, cpu_cores: float, memory_bytes: int) -> list[Path]:
-        """The worker's group of ``controller``, with its limit if the job has one (0:
-        none); the ``cgroup.procs`` to enter besides the v2 group's."""
-        quota = round(max(cpu_cores, LEAST_CPU_CORES) * CPU_PERIOD_US)
+    def _join(self, controller: str, worker_id: str, limit: str | None) -> list[Path]:
+        """The worker's group of ``controller``, with its limit if there is one (a CPU
+        quota in microseconds a period); the ``cgroup.procs`` to enter besides the v2
+        group's."""
         v1_base = self.v1_bases.get(controller)
         v2 = v1_base is None
         if v1_base is None:  # cgroup v2: the controller enabled for the workers, the limit in the worker's group
@@ -146,15 +163,17 @@ class WorkerCgroups:
             group = v1_base / worker_id
             group.mkdir(parents=True, exist_ok=True)
             entered = [group / "cgroup.procs"]
-        if controller not in limits_wanted(cpu_cores, memory_bytes):
+        if limit is None:
             return entered
         if controller == "memory":
-            limit = {"memory.max" if v2 else "memory.limit_in_bytes": str(memory_bytes)}
+            files = {"memory.max" if v2 else "memory.limit_in_bytes": limit}
+        elif controller == "pids":
+            files = {"pids.max": limit}
         elif v2:
-            limit = {"cpu.max": f"{quota} {CPU_PERIOD_US}"}
+            files = {"cpu.max": f"{limit} {CPU_PERIOD_US}"}
         else:
-            limit = {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)}
-        for name, value in limit.items():
+            files = {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": limit}
+        for name, value in files.items():
             (group / name).write_text(value)
         return entered
 
@@ -169,9 +188,16 @@ class WorkerCgroups:
 
     def limits(self) -> str:
         """What the provider's health says of limits."""
-        if not self.limit_bases:
-            return "no --cpu/--memory limits"
-        return " and ".join(f"--{controller}" for controller in LIMITED if controller in self.limit_bases) + " enforced"
+        flags = [f"--{controller}" for controller in ("memory", "cpu") if controller in self.limit_bases]
+        said = " and ".join(flags) + " enforced" if flags else "no --cpu/--memory limits"
+        if self.processes:
+            held = "pids" in self.limit_bases
+            said += (
+                f", at most {self.processes} processes a worker"
+                if held
+                else ", no limit of processes (no pids controller)"
+            )
+        return said
 
     def pids(self, worker_id: str) -> list[int]:
         try:

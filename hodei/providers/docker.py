@@ -50,10 +50,15 @@ class DockerProvider(WorkerProvider):
     provider_type = ProviderType.DOCKER
     inspectable = True
 
-    def __init__(self, config: DockerConfig, installation: str, kill_grace: float = 5.0) -> None:
+    def __init__(
+        self, config: DockerConfig, installation: str, kill_grace: float = 5.0, max_processes: int = 0
+    ) -> None:
+        """``max_processes``: at most so many processes and threads in a worker's container
+        (``--pids-limit``; 0: no limit)."""
         self.config = config
         self.installation = installation
         self.kill_grace = kill_grace
+        self.max_processes = max_processes
         self.url = config.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.client = docker.DockerClient(base_url=self.url, version=API_VERSION, timeout=30)
         # The worker images (ids) whose bundle volume is filled.
@@ -101,6 +106,8 @@ class DockerProvider(WorkerProvider):
                 options["nano_cpus"] = int((min(cores, self._host_cpus()) if cores > 1 else cores) * 1e9)
             if launch.memory_bytes > 0:
                 options["mem_limit"] = launch.memory_bytes
+            if self.max_processes:
+                options["pids_limit"] = self.max_processes
             if launch.image:
                 options.update(self._in_image(launch.image, launch.image_pull, options["environment"]))
             container = self._retry(self.client.containers.run, launch.image or self.config.image, **options)
@@ -295,7 +302,8 @@ class DockerProvider(WorkerProvider):
             return Health(False, f"the worker image {self.config.image} is missing: build it with `just build-worker`")
         except _ENGINE_DOWN as exc:
             return Health(False, f"the Docker engine at {self.url} failed: {exc}")
-        return Health(True, f"Docker engine {version} at {self.url}, image {self.config.image}")
+        processes = f", at most {self.max_processes} processes a worker" if self.max_processes else ""
+        return Health(True, f"Docker engine {version} at {self.url}, image {self.config.image}{processes}")
 
     def close(self) -> None:
         self.client.close()

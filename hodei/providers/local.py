@@ -85,7 +85,10 @@ class LocalProvider(WorkerProvider):
         log_dir: Path,
         kill_grace: float = 5.0,
         run_as: str | range | None = "nobody",
+        max_processes: int = 0,
     ) -> None:
+        """``max_processes``: at most so many processes and threads in a worker (0: no
+        limit), where cgroups can hold it to them."""
         self.installation = installation
         # The agent's base environment: the template's (``agent_python``) for the default
         # agent, only PATH and LANG for a configured command.
@@ -115,7 +118,7 @@ class LocalProvider(WorkerProvider):
         # (hodei.server.preflight.open_files, which runs after the providers are built).
         self.open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         root = cgroup2_root()
-        self.cgroups = WorkerCgroups(root, installation, cgroup1_roots()) if root is not None else None
+        self.cgroups = WorkerCgroups(root, installation, cgroup1_roots(), max_processes) if root is not None else None
         if self.cgroups is None:
             log.warning(
                 "no writable cgroup v2 hierarchy: a local job's processes that leave its process group may "

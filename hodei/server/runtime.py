@@ -54,7 +54,9 @@ def build_providers(
     if config.docker.enabled:
         from hodei.providers.docker import DockerProvider
 
-        providers[ProviderType.DOCKER] = DockerProvider(config.docker, installation, config.timing.kill_grace)
+        providers[ProviderType.DOCKER] = DockerProvider(
+            config.docker, installation, config.timing.kill_grace, config.worker_max_processes
+        )
     else:
         reasons[ProviderType.DOCKER] = "disabled by HODEI_DOCKER_ENABLED=0"
     if config.kubernetes.enabled:
@@ -68,7 +70,12 @@ def build_providers(
         reasons[ProviderType.KUBERNETES] = "disabled by HODEI_KUBERNETES_ENABLED=0"
     if config.local_enabled:
         providers[ProviderType.LOCAL] = LocalProvider(
-            installation, config.local_worker_command, config.log_dir, config.timing.kill_grace, config.local_run_as
+            installation,
+            config.local_worker_command,
+            config.log_dir,
+            config.timing.kill_grace,
+            config.local_run_as,
+            config.worker_max_processes,
         )
     else:
         reasons[ProviderType.LOCAL] = "disabled by HODEI_LOCAL_ENABLED=0"
