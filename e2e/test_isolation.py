@@ -392,6 +392,18 @@ def test_a_worker_has_at_most_its_share_of_processes(request: pytest.FixtureRequ
     assert server.cli("job", "logs", after, check=True).stdout == "still here\n"
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_hosts_oom_killer_takes_a_jobs_processes_first(request: pytest.FixtureRequest, provider: str) -> None:
+    """Without a --memory limit a job can take the host's memory: the kernel's OOM killer
+    then takes the worker's processes (oom_score_adj 1000, as a BestEffort pod's) before
+    the server's or PostgreSQL's, which keep theirs."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    job_id = run(server, provider, "cat /proc/self/oom_score_adj", "--wait")
+    assert server.cli("job", "logs", job_id, check=True).stdout == "1000\n"
+    assert server.process is not None
+    assert Path(f"/proc/{server.process.pid}/oom_score_adj").read_text() == "0\n"
+
+
 def test_a_local_memory_limit_below_the_agents_own_says_so(local: ServerProcess) -> None:
     """The agent counts in its worker's group (as in a container): 1 MiB kills it before it
     registers, and the job's error says it was the memory, not a silent -9."""

@@ -27,6 +27,10 @@ CREDENTIALS = frozenset({"HODEI_WORKER_TOKEN", "HODEI_TLS_KEY_PEM"})
 # sets the quota itself: Docker's engine refused to start the container ("failed to write
 # \"100\" ... cpu.cfs_quota_us: invalid argument").
 LEAST_CPU_CORES = 0.01
+# A worker's processes are the first the kernel's OOM killer takes, before the server's,
+# PostgreSQL's or any other of the host's (as the kubelet ranks a BestEffort pod's): a
+# host out of memory loses a job, not the control plane. Its job's processes inherit it.
+WORKER_OOM_SCORE_ADJ = 1000
 
 
 def resource_name(worker_id: str) -> str:

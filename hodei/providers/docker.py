@@ -26,6 +26,7 @@ from hodei.providers.base import (
     LABEL_WORKER,
     LEAST_CPU_CORES,
     MANAGER,
+    WORKER_OOM_SCORE_ADJ,
     Health,
     Observation,
     WorkerLaunch,
@@ -98,6 +99,7 @@ class DockerProvider(WorkerProvider):
                 # being non-dumpable, no process of the job can read its environment
                 # (an init process in front of it would show the same in /proc/1/environ).
                 "stop_signal": "SIGTERM",
+                "oom_score_adj": WORKER_OOM_SCORE_ADJ,
             }
             if self.config.network != "host":
                 options["extra_hosts"] = {"host.docker.internal": "host-gateway"}

@@ -35,7 +35,7 @@ from hodei_worker.runner import home_name, remove_home
 from hodei.domain.provider import ProviderType
 from hodei.errors import ProviderError
 from hodei.providers.agent_template import AgentTemplate, alive
-from hodei.providers.base import Health, Observation, WorkerLaunch, WorkerProvider
+from hodei.providers.base import WORKER_OOM_SCORE_ADJ, Health, Observation, WorkerLaunch, WorkerProvider
 from hodei.providers.cgroups import WorkerCgroups, cgroup1_roots, cgroup2_root, limits_wanted, unenforceable
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,10 @@ class LocalProvider(WorkerProvider):
                 child: AgentProcess = self.template.fork(launch.worker_id, env, output, procs)
             else:
                 child = self._execute(env, output, procs)
+            # Before its job can start: that waits for the agent's registration, and for
+            # this step's end.
+            with contextlib.suppress(OSError):  # gone already: its end is reported as such
+                Path(f"/proc/{child.pid}/oom_score_adj").write_text(str(WORKER_OOM_SCORE_ADJ))
             self._children[launch.worker_id] = child
             return f"pid-{child.pid}"
 
