@@ -128,7 +128,7 @@ class WorkerCgroups:
         path = self.path(worker_id)
         path.mkdir(parents=True, exist_ok=True)
         procs = [path / "cgroup.procs"]
-        limits = {"memory": str(memory_bytes) if memory_bytes > 0 else None, "pids": None, "cpu": None}
+        limits = {"memory": str(memory_bytes) if memory_bytes > 0 else None, "cpu": None, "pids": None}
         if cpu_cores > 0:
             limits["cpu"] = str(round(max(cpu_cores, LEAST_CPU_CORES) * CPU_PERIOD_US))
         if self.processes:
