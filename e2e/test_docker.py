@@ -199,6 +199,33 @@ def test_a_cpu_past_the_engines_host_gets_all_of_its_cpus(server: ServerProcess,
     wait_settled(server.database_url, job_id)
 
 
+def test_a_containers_own_log_holds_the_first_16_mib_of_a_jobs_output(
+    server: ServerProcess, docker_client: Any
+) -> None:
+    """The engine keeps what the agent writes (`docker logs`) on its host's disk, without a
+    limit by default: the agent copies the job's first 16 MiB there and says where the
+    rest is; the stored log has all of it."""
+    lines = 300_000  # 100 characters a line: 30 MB
+    command = f"yes $(printf '%099d' 0) | head -n {lines}; echo last; sleep 60"
+    job_id = server.cli("job", "run", "-p", "docker", "-c", command, "--timeout", "300", check=True).stdout.strip()
+    note = f"up to 16 MiB and no further: all of it is in its stored log (`hodei-jobs-cli job logs {job_id}`)"
+
+    def copied() -> bytes | None:
+        containers = docker_client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
+        output: bytes = containers[0].logs() if containers else b""
+        return output if note.encode() in output else None
+
+    output = eventually(copied, 120, interval=0.5, what="the agent's note in the container's log")
+    assert 16 * 2**20 <= len(output) < 16 * 2**20 + 2_000_000  # its own lines besides
+    assert b"\nlast\n" not in output
+    stored = eventually(
+        lambda: (text := server.cli("job", "logs", job_id, check=True).stdout).endswith("last\n") and text, 60
+    )
+    assert stored == ("0" * 99 + "\n") * lines + "last\n"
+    server.cli("job", "cancel", job_id, "--force", check=True)
+    wait_settled(server.database_url, job_id)
+
+
 def test_a_containers_files_are_kept_as_artifacts_before_it_goes(server: ServerProcess, tmp_path: Path) -> None:
     """The agent in the container (not root: the image's user 1000) uploads the files its job
     left in its working directory; the container is removed after, the files stay."""

@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from hodei_worker.agent import image_settings, make_home
+from hodei_worker.agent import Echo, image_settings, make_home
 from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import MASK, Masker
 from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, exit_text, job_environment
@@ -417,6 +417,21 @@ def test_output_waits_while_too_much_of_it_is_unacknowledged() -> None:
     texts = [text for b in sent for run in b.runs for text in run[2]]
     assert texts == ["y" * 484] * 5 + ["[hodei] SIGUSR1 sent to the command (job signal)", "z", "x" * 484, "v"]
     batcher.close()
+
+
+def test_the_agents_own_copy_of_the_output_stops_at_its_limit_saying_where_the_rest_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    echo = Echo("job-1", most=2**20 // 4)
+    echo.left = 10  # of the quarter MiB
+    echo.write("stdout", ["12345"], False)
+    echo.write("stderr", ["678"], True)
+    echo.write("stdout", ["9ab"], False)  # passes the limit: written, then the note
+    echo.write("stdout", ["never"], False)
+    out, err = capsys.readouterr()
+    assert out == "12345\n9ab\n"
+    assert err.startswith("678[hodei-worker] the job's output is copied here up to 0.25 MiB and no further")
+    assert err.endswith("(`hodei-jobs-cli job logs job-1`)\n")
 
 
 def test_lines_read_together_are_split_across_batches_in_order() -> None:

@@ -14,6 +14,7 @@ Configuration (set by the provider that started the worker):
     HODEI_JOB_USER         run the job as this user (name, uid or uid:gid) when the agent is root
     HODEI_WORKER_ORPHAN_TIMEOUT  seconds without any server before the job is stopped (300)
     HODEI_ECHO_OUTPUT      0: do not copy the job's output to the agent's own stdout/stderr
+                           (1, the default: its first ECHO_BYTES)
     HODEI_OPEN_FILES       the soft limit of open files the job is to have (the local provider's)
 
 The job sees none of these: its environment is its own variables and secrets over a
@@ -83,6 +84,41 @@ def say(message: str) -> None:
     directory, whose disk may be full. Lost then, never in the way of the job's report."""
     with contextlib.suppress(OSError, ValueError):
         print(f"[hodei-worker] {message}", file=sys.stderr, flush=True)
+
+
+# The job's output copied to the agent's own stdout and stderr, at most (``docker logs``,
+# ``kubectl logs``): an engine keeps that copy on its host's disk as it is set to (Docker's
+# default json-file driver with no limit, at three times the text for short lines), for
+# as long as the container is kept, beside the stored log, which is the one that counts
+# and has its own limit (HODEI_MAX_LOG_BYTES).
+ECHO_BYTES = 16 * 1024 * 1024
+
+
+class Echo:
+    """The copy of the job's output on the agent's own stdout and stderr: its first
+    ``most`` characters, then a line that says where the rest is."""
+
+    def __init__(self, job_id: str, most: int = ECHO_BYTES) -> None:
+        self.job_id = job_id
+        self.most = self.left = most
+        self._lock = threading.Lock()  # the job's stdout and stderr are read apart
+
+    def write(self, stream: str, texts: list[str], partial: bool) -> None:
+        text = "\n".join(texts) + ("" if partial else "\n")
+        with self._lock:
+            if self.left <= 0:
+                return
+            self.left -= len(text)
+            last = self.left <= 0
+        target = sys.stderr if stream == STDERR else sys.stdout
+        with contextlib.suppress(OSError, ValueError):  # the stored log is the one that counts
+            target.write(text)
+            target.flush()
+        if last:
+            say(
+                f"the job's output is copied here up to {self.most / 2**20:g} MiB and no further: all of it is in "
+                f"its stored log (`hodei-jobs-cli job logs {self.job_id}`)"
+            )
 
 
 class Fatal(Exception):
@@ -239,6 +275,7 @@ class Agent:
         self.heartbeat_interval = 2.0
         self.outbox: queue.Queue[worker_pb2.WorkerMessage | None] = queue.Queue()
         self.batcher = LogBatcher(self._send_batch)
+        self.echo = Echo(settings.job_id) if settings.echo_output else None
         self.process: JobProcess | None = None
         self.job_thread: threading.Thread | None = None
         self.result: worker_pb2.JobResult | None = None
@@ -451,13 +488,10 @@ class Agent:
             texts, partial = self.mask.output(stream, texts, partial)
             if not texts:  # all of it held back, to be masked with what follows
                 return
-        if self.settings.echo_output:
+        if self.echo is not None:
             # A copy on our own stdout/stderr, so `docker logs` and `kubectl logs` agree with
             # the stored log (the local provider turns it off: nothing would remove it).
-            target = sys.stderr if stream == STDERR else sys.stdout
-            with contextlib.suppress(OSError, ValueError):  # the stored log is the one that counts
-                target.write("\n".join(texts) + ("" if partial else "\n"))
-                target.flush()
+            self.echo.write(stream, texts, partial)
         self.batcher.add(stream, texts, partial, wait)
 
     def _run_job(self) -> None:
