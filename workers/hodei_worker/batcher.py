@@ -86,10 +86,10 @@ class LogBatcher:
         """Takes lines read together; they are split across batches where a batch fills.
         Waits first while ``max_unacked_bytes`` wait for acknowledgements, unless ``wait``
         is false (the agent's own notes from the thread that reads the acknowledgements)."""
+        at = time.time()  # when they were read, whatever the wait
         with self._lock:
             while wait and self._unacked_bytes >= self.max_unacked_bytes and not self._closed:
                 self._lock.wait()
-            at = time.time()
             while texts:
                 taken = self._room_for(texts)
                 if not taken:
