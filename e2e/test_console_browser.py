@@ -152,6 +152,31 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         framing.close()
 
 
+def test_a_followed_log_keeps_its_last_lines_as_the_page_first_shows_them(
+    chromium: Any, fresh_database_url: str, tmp_path: Path, shared_dir: Path
+) -> None:
+    """A job page following a job that prints without end appended every line: a flood
+    left open in a tab grew it until the browser gave up. It keeps the last 10,000 lines
+    (LOG_LINES_SHOWN, what the page shows at first) and says where the rest is."""
+    go = shared_dir / "go-flood"
+    command = f"echo first; while [ ! -e {go} ]; do sleep 0.1; done; seq 1 25000; sleep 120"
+    with ServerProcess(fresh_database_url, tmp_path, http=True) as server:
+        job_id = server.cli("job", "run", "-p", "local", "-c", command, check=True).stdout.strip()
+        page = chromium.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{server.http_url}/jobs/{job_id}")
+        page.wait_for_function("() => document.getElementById('log').textContent.includes('first')")
+        assert page.locator("#log-cut").count() == 0
+        go.touch()
+        page.wait_for_function("() => document.getElementById('log').textContent.endsWith('\\n25000\\n')")
+        lines = page.inner_text("#log").splitlines()
+        assert lines == [str(n) for n in range(15001, 25001)]
+        note = page.inner_text("#log-cut")
+        assert note == f"The last 10000 lines are shown; hodei-jobs-cli job logs --id {job_id} prints them all."
+        page.close()
+        server.cli("job", "cancel", job_id, check=True)
+
+
 def test_a_log_page_refused_its_stream_tries_again_less_and_less_often(
     chromium: Any, fresh_database_url: str, tmp_path: Path
 ) -> None:

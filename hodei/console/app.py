@@ -418,6 +418,7 @@ class Console:
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
             ],
             lines=_log_lines(logs.entries),
+            shown=LOG_LINES_SHOWN,
             artifacts=[message_dict(artifact) for artifact in artifacts],
             # The Retry button's: pressed twice, or its page reloaded and posted again, one copy.
             retry_key=str(uuid.uuid4()),

@@ -14,26 +14,71 @@ function refreshRows(tbody) {
   }, 2000);
 }
 
+// A followed log keeps its last lines only, as the page first shows them (data-shown): a job
+// printing without end grew the page by every line until the browser gave up. ``cut``: lines
+// were left out before these.
+function keepLast(log, cut) {
+  const shown = Number(log.dataset.shown);
+  if (!shown || (log.childElementCount <= shown && !cut)) return;
+  while (log.childElementCount > shown) {
+    const first = log.firstElementChild;
+    if (first.nextSibling && first.nextSibling.nodeType === Node.TEXT_NODE) first.nextSibling.remove();
+    first.remove();
+  }
+  if (!document.getElementById("log-cut")) {
+    const note = document.createElement("p");
+    const command = document.createElement("code");
+    note.className = "note";
+    note.id = "log-cut";
+    command.textContent = `hodei-jobs-cli job logs --id ${log.dataset.job}`;
+    note.append(`The last ${shown} lines are shown; `, command, " prints them all.");
+    log.after(note);
+  }
+}
+
 // A running job's log streams in over server-sent events; at the end the page reloads to
-// show the final state, exit code and timeline.
+// show the final state, exit code and timeline. Lines are put on the page ten times a second,
+// together: one layout for each batch, not for each line (a flood of lines, each scrolled to,
+// held the browser busy for minutes), and of a batch longer than the log keeps, only its end.
 function followLog(log) {
   const events = new EventSource(`${log.dataset.follow}?from=${log.dataset.next}`);
-  events.onmessage = (message) => {
-    const line = JSON.parse(message.data);
-    // Another attempt's output begins (hodei.logs.attempt_begins): a marker before it.
-    const previous = Number(log.dataset.attempt) || 1;
-    if (line.attempt && line.attempt !== previous) {
-      const marker = document.createElement("span");
-      marker.className = "attempt";
-      marker.textContent = `[hodei] attempt ${line.attempt}`;
-      log.append(marker, "\n");
-    }
-    log.dataset.attempt = line.attempt;
-    const span = document.createElement("span");
-    span.className = line.stream;
-    span.textContent = line.text;
-    log.append(span, "\n");
+  let arrived = [];
+  let dropped = false; // lines that arrived were left out before those in ``arrived``
+  const show = () => {
+    const shown = Number(log.dataset.shown) || arrived.length;
+    const [lines, cut] = [arrived, dropped || arrived.length > shown];
+    [arrived, dropped] = [[], false];
+    const fragment = document.createDocumentFragment();
+    lines.forEach((line, index) => {
+      // Another attempt's output begins (hodei.logs.attempt_begins): a marker before it.
+      const previous = Number(log.dataset.attempt) || 1;
+      const kept = index >= lines.length - shown;
+      if (line.attempt && line.attempt !== previous && kept) {
+        const marker = document.createElement("span");
+        marker.className = "attempt";
+        marker.textContent = `[hodei] attempt ${line.attempt}`;
+        fragment.append(marker, "\n");
+      }
+      log.dataset.attempt = line.attempt;
+      if (!kept) return;
+      const span = document.createElement("span");
+      span.className = line.stream;
+      span.textContent = line.text;
+      fragment.append(span, "\n");
+    });
+    log.append(fragment);
+    keepLast(log, cut);
     log.scrollTop = log.scrollHeight;
+  };
+  events.onmessage = (message) => {
+    if (!arrived.length) setTimeout(show, 100);
+    arrived.push(JSON.parse(message.data));
+    // A hidden tab's timers may wait a minute: what arrives meanwhile is kept to what shows.
+    const shown = Number(log.dataset.shown);
+    if (shown && arrived.length > 2 * shown) {
+      arrived.splice(0, arrived.length - shown);
+      dropped = true;
+    }
   };
   events.onopen = () => sessionStorage.removeItem("hodei-log-retry");
   events.onerror = () => {
