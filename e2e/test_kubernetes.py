@@ -18,11 +18,13 @@ from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client, config
+from kubernetes.utils.quantity import parse_quantity
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
-from hodei.kubelet import LABEL_POD, Kubelet
+from hodei.kubelet import LABEL_POD, Kubelet, node_memory
 from hodei.logs import LogStore
+from hodei.providers.kubernetes import DEFAULT_REQUESTS
 from hodei.testing import (
     BARE_MARKER,
     Link,
@@ -173,6 +175,22 @@ def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database
     allocate = "python3 -c 'data = b\"x\" * (512 * 1024 * 1024)'"
     state, error, _ = run_kubernetes(server, database_url, allocate, "--memory", "128Mi")
     assert state == "FAILED" and "OOMKilled" in error, error
+
+
+def test_a_pods_processes_are_ranked_for_the_oom_killer_by_its_qos_class(
+    server: ServerProcess, database_url: str
+) -> None:
+    """As on a node: a job's pod requests less than its limits (Burstable), ranked by the
+    share of the node's memory it requests; one with --cpu and --memory requests them
+    both (Guaranteed), and is the node's last to go."""
+    command = "cat /proc/self/oom_score_adj"
+    requested = int(parse_quantity(DEFAULT_REQUESTS["memory"]))
+    state, _, lines = run_kubernetes(server, database_url, command)
+    assert (state, lines) == ("SUCCEEDED", [str(1000 - (1000 * requested) // node_memory())])
+    state, _, lines = run_kubernetes(server, database_url, command, "--cpu", "1", "--memory", "256Mi")
+    # A rank below 0 needs CAP_SYS_RESOURCE, which a host in a container may lack (ours do).
+    may_lower = int(Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0], 16) >> 24 & 1
+    assert (state, lines) == ("SUCCEEDED", ["-997" if may_lower else "0"])
 
 
 def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(server: ServerProcess, database_url: str) -> None:

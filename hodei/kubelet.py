@@ -7,7 +7,9 @@ env (a ``secretKeyRef`` read from the API's Secret; a missing Secret or key is t
 ``CreateContainerConfigError``) and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
 (refused for an image that would run as root, as the kubelet refuses it),
 ``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
-``emptyDir`` volumes, CPU and memory limits, and ``activeDeadlineSeconds``. Init containers
+``emptyDir`` volumes, CPU and memory limits, ``activeDeadlineSeconds``, and the rank of the
+pod's processes for the node's OOM killer by its QoS class (``oom_score_adj``, as the
+kubelet's ``pkg/kubelet/qos/policy.go`` sets it). Init containers
 run first, one after the other, each to its end; one that fails fails the pod (its
 ``restartPolicy`` is Never). An emptyDir of one container is a tmpfs mount of its
 ``sizeLimit``; one shared by several (an init container's output) is a directory on the
@@ -119,6 +121,52 @@ def _env_value(item: dict[str, Any], namespace: str, secrets: Mapping[str, Mappi
     if reference["key"] not in secret:
         raise PodRefused(f"couldn't find key {reference['key']} in Secret {namespace}/{reference['name']}")
     return secret[reference["key"]]
+
+
+# The kubelet's ranks of a pod's processes for the node's OOM killer (qos/policy.go).
+GUARANTEED_OOM_SCORE_ADJ = -997
+BEST_EFFORT_OOM_SCORE_ADJ = 1000
+
+
+def node_memory() -> int:
+    """The node's memory in bytes (MemTotal), a Burstable pod's rank's denominator."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
+
+
+def _resources(container: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """A container's CPU and memory (requests, limits), requests defaulted to limits as the
+    API server defaults them; zero quantities left out, as GetPodQOS leaves them."""
+    resources = container.get("resources") or {}
+    limits = {
+        name: float(parse_quantity(value))
+        for name, value in (resources.get("limits") or {}).items()
+        if name in ("cpu", "memory") and parse_quantity(value) > 0
+    }
+    requests = {
+        name: float(parse_quantity(value))
+        for name, value in (resources.get("requests") or {}).items()
+        if name in ("cpu", "memory") and parse_quantity(value) > 0
+    }
+    return {**limits, **requests}, limits
+
+
+def oom_score_adj(pod: Pod, container: dict[str, Any], memory: int) -> int:
+    """The container's processes' rank for the OOM killer of a node of ``memory`` bytes, by
+    the pod's QoS class: Guaranteed (every container's CPU and memory limited, requested
+    as much) last, BestEffort (nothing requested or limited) first, Burstable between, by
+    the share of the node's memory the container requests."""
+    spec = pod["spec"]
+    every = [_resources(each) for each in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]]
+    if not any(requests or limits for requests, limits in every):
+        return BEST_EFFORT_OOM_SCORE_ADJ
+    if all(set(limits) == {"cpu", "memory"} and requests == limits for requests, limits in every):
+        return GUARANTEED_OOM_SCORE_ADJ
+    requested = int(_resources(container)[0].get("memory", 0))
+    adj = 1000 - (1000 * requested) // memory
+    return max(1000 + GUARANTEED_OOM_SCORE_ADJ, min(adj, BEST_EFFORT_OOM_SCORE_ADJ - 1))
 
 
 def shared_volumes(pod: Pod) -> set[str]:
@@ -256,6 +304,8 @@ class Kubelet:
     docker_url: str | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # The node's memory: a Burstable pod's rank for the OOM killer is its share of it.
+    memory: int = field(default_factory=node_memory)
     _runs: dict[str, _PodRun] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -426,6 +476,7 @@ class Kubelet:
             else:
                 init.container_id = container.id
             container.start()
+            self._rank(container, run.pod, init.container if init else _main(run.pod))
         except APIError as exc:
             terminated = {
                 "exitCode": 128,
@@ -438,6 +489,19 @@ class Kubelet:
             return False
         self._report(run, "Running" if init is None else "Pending", {"running": {"startedAt": started}}, init)
         return self._watch(run, container, started, init)
+
+    def _rank(self, container: Any, pod: Pod, spec: dict[str, Any]) -> None:
+        """The container's rank for the node's OOM killer, given to its first process as it
+        starts (its job's processes come later, and inherit it): the engine's runc cannot
+        create a container that drops its capabilities with a negative one ("can't get
+        final child's PID from pipe")."""
+        pid = self._client.api.inspect_container(container.id)["State"]["Pid"]
+        rank = oom_score_adj(pod, spec, self.memory)
+        try:
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(rank))
+        except OSError as exc:  # ended already (its end is reported as such), or a rank below 0
+            # needs CAP_SYS_RESOURCE, which a node in a container may lack (ours do): 0 stays
+            log.debug("pod %s keeps oom_score_adj 0, not %d: %s", pod["metadata"]["name"], rank, exc)
 
     def _watch(self, run: _PodRun, container: Any, started: str, init: _Init | None) -> bool:
         """Until the container exits; past the pod's activeDeadlineSeconds (counted from the

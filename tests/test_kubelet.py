@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
-from hodei.kubelet import PodRefused, container_options, run_as, shared_volumes
+from hodei.kubelet import PodRefused, container_options, oom_score_adj, run_as, shared_volumes
 from hodei.testing import eventually
 
 
@@ -259,3 +259,24 @@ def test_init_containers_run_first_and_one_that_fails_fails_the_pod(
         core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
     label = "io.hodei.emulated-kubelet"
     eventually(lambda: docker_client.containers.list(all=True, sparse=True, filters={"label": label}) == [], 30)
+
+
+def test_a_pods_processes_are_ranked_for_the_oom_killer_by_its_qos_class() -> None:
+    """As the kubelet ranks them (qos/policy.go): BestEffort first, Guaranteed last, a
+    Burstable container by the share of the node's memory it requests."""
+    gib = 1024**3
+
+    def adj(resources: dict[str, Any] | None, **spec: Any) -> int:
+        made = pod({"resources": resources} if resources else None, **spec)
+        return oom_score_adj(made, made["spec"]["containers"][0], 16 * gib)
+
+    assert adj(None) == 1000
+    assert adj({"limits": {"cpu": "1", "memory": "1Gi"}}) == -997  # requests default to limits
+    assert adj({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}) == -997
+    burstable = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+    assert adj(burstable) == 1000 - (1000 * 128 * 1024**2) // (16 * gib)  # 993
+    assert adj({"requests": {"memory": "16Gi"}}) == 3  # all of the node's: still above Guaranteed
+    assert adj({"requests": {"cpu": "1"}}) == 999  # nothing of the memory: still below BestEffort
+    assert adj({"limits": {"memory": "1Gi"}}) == 1000 - (1000 * gib) // (16 * gib)  # no CPU limit: Burstable
+    init = {"name": "fetch", "image": "w:1", "resources": {"limits": {"cpu": "1"}}}
+    assert adj(None, initContainers=[init]) == 999  # an init container's resources count for the pod
