@@ -140,17 +140,17 @@ def _resources(container: dict[str, Any]) -> tuple[dict[str, float], dict[str, f
     """A container's CPU and memory (requests, limits), requests defaulted to limits as the
     API server defaults them; zero quantities left out, as GetPodQOS leaves them."""
     resources = container.get("resources") or {}
-    limits = {
-        name: float(parse_quantity(value))
-        for name, value in (resources.get("limits") or {}).items()
-        if name in ("cpu", "memory") and parse_quantity(value) > 0
-    }
-    requests = {
-        name: float(parse_quantity(value))
-        for name, value in (resources.get("requests") or {}).items()
-        if name in ("cpu", "memory") and parse_quantity(value) > 0
-    }
-    return {**limits, **requests}, limits
+
+    def counted(kind: str) -> dict[str, float]:
+        quantities = {
+            name: float(parse_quantity(value))
+            for name, value in (resources.get(kind) or {}).items()
+            if name in ("cpu", "memory")
+        }
+        return {name: quantity for name, quantity in quantities.items() if quantity > 0}
+
+    limits = counted("limits")
+    return {**limits, **counted("requests")}, limits
 
 
 def oom_score_adj(pod: Pod, container: dict[str, Any], memory: int) -> int:
