@@ -136,10 +136,17 @@ class CronJobs:
         return fetch_all(self.store.pool, "cron_jobs_not_ended", (name,), CronJobRun)
 
     def _refreshed(self) -> list[CronJob]:
+        """Every cron job not deleted, loaded again where its version moved; a deleted one is
+        let go with what this process kept of it (its next slot, its skipped counts)."""
         versions = {
             row.aggregate_id: row.version for row in fetch_all(self.store.pool, "cron_job_versions", None, Version)
         }
         with self._lock:
+            for aggregate_id in self._known.keys() - versions.keys():
+                gone = self._known.pop(aggregate_id)
+                self._next.pop(gone.id, None)
+                for key in [key for key in self._skipped if key[0] == gone.name]:
+                    del self._skipped[key]
             for aggregate_id, version in versions.items():
                 known = self._known.get(aggregate_id)
                 if known is None or known.version != version:

@@ -162,6 +162,43 @@ def test_paused_cron_jobs_start_nothing_and_deleted_ones_are_gone_but_their_jobs
     assert (again.owner, again.paused, again.definition.schedule.expression) == ("carol", True, "@daily")
 
 
+def test_a_sweep_lets_a_deleted_cron_job_go_with_what_it_kept_of_it(
+    store: HodeiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names come and go (a cron job a deploy, a branch): a deleted one is neither read by
+    each sweep nor kept by a server for its life, and its skipped series leaves /metrics
+    (as client libraries remove a series whose object is gone)."""
+    clock = Clock()
+    cron_jobs = sweeping(store, clock)
+    other_server = sweeping(store, clock)
+    cron_jobs.define("short-lived", definition(concurrency=Concurrency.FORBID), {}, "alice", replace=False)
+    cron_jobs.define("kept", definition(), {}, "alice", replace=False)
+    cron_jobs.change("kept", "alice", CronJob.pause)  # starts nothing: the sweeps' jobs are short-lived's
+    clock.now = next_slot(cron_jobs, "short-lived")
+    cron_jobs.fire_due()
+    clock.now += timedelta(minutes=1)
+    assert cron_jobs.fire_due() == []  # skipped: its job of a minute before has not ended
+    assert cron_jobs.skipped() == {("short-lived", "forbid"): 1}
+    other_server.fire_due()
+    other_server.change("short-lived", "bob", CronJob.delete)  # on another server
+    loaded: list[Any] = []
+    monkeypatch.setattr(store, "load", spy(store.load, loaded, lambda _, aggregate_id: aggregate_id))
+    for sweeper in (cron_jobs, other_server):
+        clock.now += timedelta(minutes=1)
+        assert sweeper.fire_due() == []
+        assert [cron.name for cron in sweeper._known.values()] == ["kept"]
+        assert list(sweeper._next) == [cron_id("kept")]
+    assert loaded == []  # nothing of "short-lived" read again: the sweep learnt of it from the index
+    assert cron_jobs.skipped() == {}
+    scraped = generate_latest(
+        PlatformMetrics(ReadModels(store.pool), cron_jobs, Pools(store), Limits(store)).registry
+    ).decode()
+    assert 'cron="short-lived"' not in scraped
+    cron_jobs.define("short-lived", definition(), {}, "carol", replace=False)  # the name again: anew
+    assert [cron.name for cron in cron_jobs.all()] == ["kept", "short-lived"]
+    assert {str(aggregate_id) for aggregate_id in loaded} == {str(cron_id("short-lived"))}
+
+
 def test_secrets_are_sealed_under_the_cron_jobs_key_each_job_gets_its_own_and_delete_shreds_it(
     store: HodeiStore, fresh_database_url: str
 ) -> None:

@@ -1221,9 +1221,14 @@ SELECT started_at FROM saga_steps WHERE saga_id = %s AND step_order = %s;
 SELECT saga_type FROM sagas WHERE id = %s;
 
 -- name: cron_job_versions
--- Every cron job's latest version (idx_domain_events_cron_jobs).
-SELECT aggregate_id, max(aggregate_version) AS version
-FROM domain_events WHERE aggregate_type = 'CronJob' GROUP BY aggregate_id;
+-- Every cron job's latest version, a deleted one's left out (idx_domain_events_cron_jobs:
+-- an index-only scan).
+SELECT aggregate_id, version FROM (
+    SELECT DISTINCT ON (aggregate_id) aggregate_id, aggregate_version AS version, event_type
+    FROM domain_events WHERE aggregate_type = 'CronJob'
+    ORDER BY aggregate_id, aggregate_version DESC
+) AS latest
+WHERE event_type <> 'CronJobDeleted';
 
 -- name: cron_jobs_not_ended
 -- The jobs of a cron job that have not ended (idx_jobs_cron).
