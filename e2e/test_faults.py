@@ -362,7 +362,8 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
     with psycopg_pool's own delays, doubling up to minutes, the pool's next try after a 70 s
     outage came about a minute after PostgreSQL returned, and this submission ran into the
     CLI's 30 s deadline; and a call during the outage waited 30 s for a connection, its
-    whole deadline, then failed UNKNOWN, or DEADLINE_EXCEEDED, without the reason."""
+    whole deadline, then failed UNKNOWN, or DEADLINE_EXCEEDED, without the reason; and once
+    no connection could be made for 10 s, every call still waited 10 s to be told so."""
     cluster, url = own_cluster
     with ServerProcess(url, tmp_path, {"HODEI_DOCKER_ENABLED": "0", "HODEI_LOCAL_ENABLED": "1"}) as server:
         before = server.cli("job", "run", "--provider", "local", "--command", "echo before", "--wait")
@@ -378,6 +379,11 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
         said = during.stderr.readline()
         assert said.startswith("[hodei] no answer to the submission (PostgreSQL is unavailable"), said
         assert "sending it again (idempotency key" in said, said
+        # An outage known for 10 s: a call is told since when at once, not after 10 s more.
+        listed = server.cli("job", "list")
+        assert listed.returncode == 1, listed.stdout
+        assert "PostgreSQL is unavailable: no connection to it could be made since" in listed.stderr, listed.stderr
+        assert "the last try: connection failed" in listed.stderr, listed.stderr
         time.sleep(max(0.0, 70 - (time.monotonic() - stopped)))
         cluster.start(FAST_OPTIONS)
         out, errors = during.communicate(timeout=120)

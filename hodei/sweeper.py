@@ -121,7 +121,8 @@ class Sweeper:
         return False
 
     def sweep(self, *, reconcile: bool | None = None) -> None:
-        """One round; each check is independent, so one failing does not stop the others."""
+        """One round; each check is independent, so one failing does not stop the others,
+        but PostgreSQL away ends the round (every check would wait for it and fail alike)."""
         checks: list[tuple[str, Callable[[], object]]] = [
             ("takeover", self.take_over_dead_servers),
             ("deadlines", self.expire_steps),
@@ -148,7 +149,8 @@ class Sweeper:
                 check()
             except StoreUnavailable as exc:
                 self._hearing_since = time.monotonic()
-                log.warning("sweep %s failed: %s", name, exc)
+                log.warning("sweep %s failed: %s; the sweep's other checks wait for the next", name, exc)
+                break  # each would wait for a connection and fail the same way
             except Exception as exc:
                 log.warning("sweep %s failed: %s", name, exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from hodei.errors import StoreUnavailable
 from hodei.store.app import Meta
 from hodei.store.events import EventRecord, unpack
 from hodei.testing import query
@@ -165,6 +167,33 @@ def test_an_unhealthy_provider_fails_the_job_fast_with_the_reason(
     assert "provider local is unhealthy: the fake provider is down" in job_row(fresh_database_url, job_id)[1]
     assert steps(fresh_database_url, job_id, "PROVISIONING")[0][:2] == ("select_provider", "COMPENSATED")
     assert effects.lines() == []
+    h.close()
+
+
+def test_a_sweep_that_finds_postgresql_away_leaves_its_other_checks_to_the_next(
+    pool: ConnectionPool, tmp_path: Path, effects: Effects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of a sweep's checks would wait for a connection and fail as the first did (a
+    line in the log each, every second of an outage); another failure stops only its check."""
+    h = harness(pool, tmp_path, effects)
+    ran: list[str] = []
+
+    def check(name: str, fails: Exception | None = None) -> Callable[[], None]:
+        def run() -> None:
+            ran.append(name)
+            if fails is not None:
+                raise fails
+
+        return run
+
+    monkeypatch.setattr(h.sweeper, "take_over_dead_servers", check("takeover", RuntimeError("a bug")))
+    monkeypatch.setattr(h.sweeper, "expire_steps", check("deadlines", StoreUnavailable("PostgreSQL is unavailable")))
+    monkeypatch.setattr(h.sweeper, "detect_lost_workers", check("liveness"))
+    h.sweeper.sweep()
+    assert ran == ["takeover", "deadlines"]
+    monkeypatch.setattr(h.sweeper, "expire_steps", check("deadlines"))
+    h.sweeper.sweep()
+    assert ran == ["takeover", "deadlines", "takeover", "deadlines", "liveness"]
     h.close()
 
 

@@ -3,6 +3,7 @@ optimistic concurrency, commit-ordered positions, plain-JSON payloads."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,9 @@ from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, Provid
 from hodei.domain.saga import Saga
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker
-from hodei.errors import ConcurrencyConflict
+from hodei.errors import ConcurrencyConflict, StoreUnavailable
 from hodei.liveness import Liveness, Pace
+from hodei.store import db
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_connection, command_transaction, fetch_value
 from hodei.store.instances import HEARTBEAT, ServerInstances
@@ -793,3 +795,49 @@ def test_a_connection_postgresql_ended_while_it_was_idle_is_not_handed_out(
     for _ in range(6):
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_once_no_connection_could_be_made_for_a_while_a_caller_is_told_so_and_since_when_at_once(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first 10 s of an outage a caller waits for a connection (a restart, a failover
+    pass unnoticed); after that each waited 10 s all the same to hear "couldn't get a
+    connection after 10.00 sec". Here PostgreSQL refuses the pool's role (as it refuses
+    everyone while it is down or starting), with a shorter first wait."""
+    monkeypatch.setattr(db, "WAIT_FOR_CONNECTION", 1.0)
+    role = f"hodei_outage_{uuid4().hex[:8]}"
+    query(fresh_database_url, f"CREATE ROLE {role} LOGIN")
+    pool = db.open_pool(psycopg.conninfo.make_conninfo(fresh_database_url, user=role), max_size=2)
+    try:
+
+        def answered() -> bool:
+            with db.translate_errors(), pool.connection() as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+
+        def told() -> str | None:
+            try:
+                answered()
+            except StoreUnavailable as exc:
+                return str(exc) if "since" in str(exc) else None
+            return None
+
+        assert answered()
+        query(fresh_database_url, f"ALTER ROLE {role} NOLOGIN")
+        query(fresh_database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        said = eventually(told, 30, what="the outage known")
+        assert re.fullmatch(
+            r"PostgreSQL is unavailable: no connection to it could be made since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, "
+            rf"\d+ s ago \(the last try: .*role \"{role}\" is not permitted to log in\); the server keeps trying",
+            said,
+        ), said
+        waits: list[Any] = []
+        with monkeypatch.context() as patch:
+            patch.setattr(ConnectionPool, "getconn", spy(ConnectionPool.getconn, waits, lambda _, timeout: timeout))
+            with pytest.raises(StoreUnavailable, match="no connection to it could be made since"):
+                answered()
+        assert waits == [db.WAIT_WHILE_DOWN]  # not the pool's whole wait
+        query(fresh_database_url, f"ALTER ROLE {role} LOGIN")
+        eventually(lambda: told() is None and answered(), 30, what="connections again")
+    finally:
+        pool.close()
+        query(fresh_database_url, f"DROP ROLE {role}")

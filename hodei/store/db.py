@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import select
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
 
 import orjson
 import psycopg
@@ -14,7 +16,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg.rows import kwargs_row
 from psycopg.types.json import set_json_dumps, set_json_loads
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hodei.errors import ConcurrencyConflict, StoreUnavailable
 from hodei.store.sql import query
@@ -66,8 +68,14 @@ def _configure(conn: psycopg.Connection[object]) -> None:
 RECONNECT_FOR = 10.0
 # How long a caller waits for a connection before it is told PostgreSQL is unavailable:
 # well inside a client's deadline (the CLI's is 30 s, psycopg_pool's own wait too), so a
-# person sees that reason rather than DEADLINE_EXCEEDED.
+# person sees that reason rather than DEADLINE_EXCEEDED, and a restart or failover shorter
+# than this passes unnoticed.
 WAIT_FOR_CONNECTION = 10.0
+# ...but once every attempt to connect has failed for that long, the outage is known: a
+# caller waits only this long (for an idle connection, or one made meanwhile) and is told
+# since when. Each call waited the whole 10 s: every `job list`, console page and `/readyz`
+# of a long outage, each holding a thread of the server's while it waited.
+WAIT_WHILE_DOWN = 1.0
 
 
 # Every pooled connection's settings. No JIT: PostgreSQL compiles a plan whose cost passes
@@ -113,8 +121,56 @@ def open_pool(
     return pool
 
 
+class _Outage:
+    """Since when a pool's every attempt to connect has failed, and the last one's error
+    (``since`` None: the last attempt worked). Written by the pool's own threads as they
+    connect, read by callers: one assignment each, no lock needed."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.error = ""
+
+    def failed(self, exc: Exception) -> None:
+        self.error = " ".join(str(exc).split())  # psycopg's errors span lines
+        if self.since is None:
+            self.since = time.time()
+
+    def over(self) -> None:
+        self.since = None
+
+    def known(self) -> str | None:
+        """What to tell a caller once attempts have failed for WAIT_FOR_CONNECTION, else None."""
+        since = self.since
+        if since is None or time.time() - since < WAIT_FOR_CONNECTION:
+            return None
+        at = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (
+            f"no connection to it could be made since {at}, {time.time() - since:.0f} s ago "
+            f"(the last try: {self.error}); the server keeps trying"
+        )
+
+
+def _noting(outage: _Outage) -> type[psycopg.Connection[Any]]:
+    """A connection class that tells ``outage`` how each of its pool's attempts went
+    (psycopg_pool makes every connection with its ``connection_class``)."""
+
+    class Connection(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(*args, **kwargs)
+            except psycopg.Error as exc:
+                outage.failed(exc)
+                raise
+            outage.over()
+            return conn
+
+    return Connection
+
+
 class _Pool(ConnectionPool):
-    """Hands out no connection PostgreSQL has already ended. A restart of PostgreSQL (a
+    """Hands out no connection PostgreSQL has already ended, and tells a caller at once
+    when it has been unable to connect for WAIT_FOR_CONNECTION (``_Outage``). A restart of PostgreSQL (a
     failover, ``pg_terminate_backend``) ends every connection idle in the pool, and each
     was handed out once more: the call it served failed with "terminating connection due
     to administrator command" after the outage was over (a person's ``job list``, a
@@ -125,13 +181,24 @@ class _Pool(ConnectionPool):
     and the caller gets a new one, at once rather than after psycopg_pool's own check's
     pause of a second."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.outage = _Outage()
+        super().__init__(*args, connection_class=_noting(self.outage), **kwargs)
+
     def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
-        conn = super().getconn(timeout)
-        if not _ended(conn):
-            return conn
-        self.putconn(conn)  # closed by the check: the pool makes another
-        self.check()
-        return super().getconn(timeout)
+        known = self.outage.known() if timeout is None else None
+        wait = WAIT_WHILE_DOWN if known is not None else timeout
+        try:
+            conn = super().getconn(wait)
+            if not _ended(conn):
+                return conn
+            self.putconn(conn)  # closed by the check: the pool makes another
+            self.check()
+            return super().getconn(wait)
+        except PoolTimeout:
+            if known is None:
+                raise
+            raise PoolTimeout(known) from None
 
 
 def _ended(conn: psycopg.Connection[Any]) -> bool:
