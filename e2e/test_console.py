@@ -496,6 +496,7 @@ def test_metrics_count_every_job_by_state_with_a_sample_each(fresh_database_url:
         assert found["hodei_provider_healthy", (("provider", "sim"),)] == 1
         assert found["hodei_outbox_dead_letters", ()] == 0
         assert ("hodei_workers_connected", ()) in found and ("hodei_relay_lag_seconds_count", ()) in found
+        assert found["hodei_database_up", ()] == 1
 
 
 def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_database_url: str, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from e2e.test_console import samples
 from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
@@ -365,7 +366,8 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
     whole deadline, then failed UNKNOWN, or DEADLINE_EXCEEDED, without the reason; and once
     no connection could be made for 10 s, every call still waited 10 s to be told so."""
     cluster, url = own_cluster
-    with ServerProcess(url, tmp_path, {"HODEI_DOCKER_ENABLED": "0", "HODEI_LOCAL_ENABLED": "1"}) as server:
+    env = {"HODEI_DOCKER_ENABLED": "0", "HODEI_LOCAL_ENABLED": "1", "HODEI_METRICS_PUBLIC": "1"}
+    with ServerProcess(url, tmp_path, env, http=True) as server:
         before = server.cli("job", "run", "--provider", "local", "--command", "echo before", "--wait")
         assert before.returncode == 0, before.stderr
         cluster.stop("fast")
@@ -384,6 +386,14 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
         assert listed.returncode == 1, listed.stdout
         assert "PostgreSQL is unavailable: no connection to it could be made since" in listed.stderr, listed.stderr
         assert "the last try: connection failed" in listed.stderr, listed.stderr
+        # A scrape says PostgreSQL is away, and keeps what the server knows without it (public
+        # metrics: a scraper's token could not be checked without PostgreSQL).
+        scraped = requests.get(f"{server.http_url}/metrics", timeout=30)
+        assert scraped.status_code == 200, scraped.text
+        found = samples(scraped.text)
+        assert found["hodei_database_up", ()] == 0
+        assert found["hodei_jobs_finished_total", (("state", "SUCCEEDED"),)] == 1
+        assert ("hodei_outbox_backlog", ()) not in found and ("hodei_workers_connected", ()) in found
         time.sleep(max(0.0, 70 - (time.monotonic() - stopped)))
         cluster.start(FAST_OPTIONS)
         out, errors = during.communicate(timeout=120)
@@ -395,6 +405,7 @@ def test_the_first_job_after_a_long_postgresql_outage_is_taken(
         assert wait_terminal(url, job_id, 60) == "SUCCEEDED"
         wait_settled(url, job_id)
         assert server.cli("job", "logs", "--id", job_id, check=True).stdout.strip() == "after"
+        assert samples(requests.get(f"{server.http_url}/metrics", timeout=30).text)["hodei_database_up", ()] == 1
 
 
 def test_a_crash_between_registration_and_its_reply_fails_no_job(fresh_database_url: str, tmp_path: Path) -> None:

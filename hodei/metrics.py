@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from hodei.cron import CronJobs
 from hodei.domain.job import JobState
+from hodei.errors import StoreUnavailable
 from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.store.events import EventRecord
@@ -87,14 +88,28 @@ class _Scraped(Collector):
         self.limits = limits
 
     def collect(self) -> Iterator[Metric]:
+        """What this process knows, always; what it reads from PostgreSQL, and
+        ``hodei_database_up`` 1, when it can (as an exporter whose backend is away answers:
+        a failed scrape would say this server is down, and lose its own counters)."""
+        yield GaugeMetricFamily(
+            "hodei_workers_connected", "Workers with an open stream to this server", self.connected()
+        )
+        yield self._skipped()
+        try:
+            read = list(self._read())
+        except StoreUnavailable as exc:
+            log.warning("metrics: the gauges read from PostgreSQL are left out of this scrape: %s", exc)
+            yield _database_up(0.0)
+            return
+        yield _database_up(1.0)
+        yield from read
+
+    def _read(self) -> Iterator[Metric]:
         pending, dead, lag_ms = self.reads.outbox_stats()
         yield GaugeMetricFamily("hodei_outbox_backlog", "Outbox rows waiting for delivery", value=pending)
         yield GaugeMetricFamily("hodei_outbox_dead_letters", "Outbox rows whose delivery gave up", value=dead)
         yield GaugeMetricFamily(
             "hodei_outbox_oldest_pending_seconds", "Age of the oldest outbox row waiting", value=lag_ms / 1000
-        )
-        yield GaugeMetricFamily(
-            "hodei_workers_connected", "Workers with an open stream to this server", self.connected()
         )
         healthy = GaugeMetricFamily(
             "hodei_provider_healthy", "1 when the provider's last probe was healthy", labels=["provider"]
@@ -143,8 +158,8 @@ class _Scraped(Collector):
     def _cron_jobs(self) -> Iterator[Metric]:
         """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each
         cron job last started a job and how that job stands, when it next does, whether it
-        is paused; and the times this server skipped (every server that sweeps finds the
-        same skipped time: ``max by (cron, reason)``, not ``sum``, across servers)."""
+        is paused. (The times this server skipped are ``_skipped``'s: every server that
+        sweeps finds the same skipped time, so ``max by (cron, reason)``, not ``sum``.)"""
         every = self.cron_jobs.all()
         newest = self.cron_jobs.newest_jobs([cron.name for cron in every])
         now = self.cron_jobs.clock()  # the clock its runs go by
@@ -167,6 +182,9 @@ class _Scraped(Collector):
                 [moment] = cron.definition.schedule.following(now, 1)
                 following.add_metric([cron.name], moment.timestamp())
             paused.add_metric([cron.name], 1.0 if cron.paused else 0.0)
+        yield from (last, state, following, paused)
+
+    def _skipped(self) -> Metric:
         skipped = CounterMetricFamily(
             "hodei_cron_job_skipped",
             "Times of the cron job this server skipped since it started: a job of an earlier time had not ended "
@@ -175,7 +193,15 @@ class _Scraped(Collector):
         )
         for (name, why), count in sorted(self.cron_jobs.skipped().items()):
             skipped.add_metric([name, why], count)
-        yield from (last, state, following, paused, skipped)
+        return skipped
+
+
+def _database_up(value: float) -> Metric:
+    return GaugeMetricFamily(
+        "hodei_database_up",
+        "1 when this scrape read PostgreSQL, 0 when it could not (the gauges read there are left out)",
+        value=value,
+    )
 
 
 class PlatformMetrics:
