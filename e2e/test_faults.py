@@ -316,6 +316,53 @@ def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp
         server.stop()
 
 
+def test_a_frozen_postgresql_kills_no_job(own_cluster: tuple[Cluster, str], tmp_path: Path) -> None:
+    """PostgreSQL stopped (SIGSTOP: a hung host, a stalled disk) rather than down: its
+    connections stay open and answer nothing, so nothing fails and every call, heartbeat
+    and sweep waits. Once it thaws the silence is not counted against the workers (their
+    heartbeats could not be written), and no job is lost or repeated."""
+    cluster, url = own_cluster
+    server = ServerProcess(url, tmp_path, {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "5"}).start()
+    try:
+        job_ids = submit(server, "for i in $(seq 1 12); do echo tick $i; sleep 1; done", 4)
+        running(url, job_ids, 4)
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        frozen = [postmaster, *children(postmaster)]
+        signal_each(frozen, signal.SIGSTOP)
+        try:
+            time.sleep(15)  # three heartbeat timeouts
+        finally:
+            signal_each(frozen, signal.SIGCONT)
+        wait_all(url, job_ids, 180)
+        failed = query(url, "SELECT error_message FROM jobs WHERE state <> 'SUCCEEDED'")
+        assert failed == [], (failed, server.logs()[-30000:])
+        for job_id in job_ids:
+            wait_settled(url, job_id)
+            assert server.cli("job", "logs", job_id, check=True).stdout.split("\n")[:-1] == [
+                f"tick {i}" for i in range(1, 13)
+            ]
+        assert query(url, "SELECT count(*) FROM sagas WHERE saga_type = 'RECOVERY'") == [(0,)]
+    finally:
+        server.stop()
+
+
+def signal_each(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # a backend that ended meanwhile
+            os.kill(pid, sig)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (PostgreSQL's backends and helpers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command's name, in parentheses, may hold spaces: the parent's pid follows it.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 def test_a_log_follower_keeps_streaming_through_a_postgresql_outage(
     own_cluster: tuple[Cluster, str], tmp_path: Path
 ) -> None:

@@ -139,3 +139,20 @@ def test_a_call_the_server_dropped_is_explained() -> None:
     said = explain(_Dropped(), Connection(server="jobs.example:50051"))
     assert said.startswith("the server at jobs.example:50051 dropped the call unanswered (CANCELLED)"), said
     assert said.endswith("try again")
+
+
+def test_a_call_the_server_did_not_answer_in_time_is_explained() -> None:
+    """gRPC's own words were `Deadline Exceeded (DEADLINE_EXCEEDED)`: a frozen PostgreSQL
+    (not down: it holds its connections and answers nothing) kept `job list` waiting 30 s
+    for them."""
+
+    class Late(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def details(self) -> str:
+            return "Deadline Exceeded"
+
+    said = explain(Late(), Connection(server="jobs.example:50051"))
+    assert said.startswith("the server at jobs.example:50051 did not answer in time (DEADLINE_EXCEEDED)"), said
+    assert "a change asked for may still be made" in said

@@ -264,6 +264,12 @@ def explain(exc: grpc.RpcError, connection: Connection) -> str:
             f"the server at {connection.server} dropped the call unanswered (CANCELLED): more calls were waiting "
             "for it than it takes (gRPC drops one waiting 30 s, or past its queue), or it is stopping; try again"
         )
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server says nothing: gRPC gave up on it
+        return (
+            f"the server at {connection.server} did not answer in time (DEADLINE_EXCEEDED): it is overloaded, or "
+            "waiting on PostgreSQL (its log says; `/readyz` too); a change asked for may still be made: look before "
+            "asking again"
+        )
     if exc.code() != grpc.StatusCode.UNAVAILABLE or details.startswith(StoreUnavailable.PREFIX):
         return f"{details} ({exc.code().name})"
     where = f"cannot reach the server at {connection.server}"
