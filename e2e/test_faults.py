@@ -289,14 +289,18 @@ def pg_tool(name: str) -> str:
     return str(found[-1])
 
 
-def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("away", [2, 25])
+def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp_path: Path, away: int) -> None:
+    """Away 2 s: a restart, a failover, unnoticed by calls. Away 25 s: past
+    WAIT_FOR_CONNECTION, a known outage, where every call is answered UNAVAILABLE within a
+    second; the jobs end meanwhile, and their workers' reports wait for PostgreSQL."""
     cluster, url = own_cluster
     server = ServerProcess(url, tmp_path, {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "5"}).start()
     try:
         job_ids = submit(server, "sleep 4; echo done", 20)
         running(url, job_ids, 10)
         cluster.stop("fast")
-        time.sleep(2)
+        time.sleep(away)
         cluster.start(FAST_OPTIONS)
         # The outage is over: the first calls get no connection PostgreSQL ended meanwhile.
         for _ in range(5):

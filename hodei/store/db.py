@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import select
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -170,7 +171,8 @@ def _noting(outage: _Outage) -> type[psycopg.Connection[Any]]:
 
 class _Pool(ConnectionPool):
     """Hands out no connection PostgreSQL has already ended, and tells a caller at once
-    when it has been unable to connect for WAIT_FOR_CONNECTION (``_Outage``). A restart of PostgreSQL (a
+    when it has been unable to connect for WAIT_FOR_CONNECTION (``_Outage``), unless
+    PostgreSQL takes a connection again as it asks (``_probe``). A restart of PostgreSQL (a
     failover, ``pg_terminate_backend``) ends every connection idle in the pool, and each
     was handed out once more: the call it served failed with "terminating connection due
     to administrator command" after the outage was over (a person's ``job list``, a
@@ -181,24 +183,46 @@ class _Pool(ConnectionPool):
     and the caller gets a new one, at once rather than after psycopg_pool's own check's
     pause of a second."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, conninfo: str, *, kwargs: dict[str, Any], **options: Any) -> None:
         self.outage = _Outage()
-        super().__init__(*args, connection_class=_noting(self.outage), **kwargs)
+        self._probing = threading.Lock()
+        # libpq's shortest connect_timeout (2 s) bounds a probe of a host that answers nothing.
+        self._probe_with = (conninfo, {**kwargs, "connect_timeout": 2})
+        super().__init__(conninfo, kwargs=kwargs, connection_class=_noting(self.outage), **options)
 
     def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
         known = self.outage.known() if timeout is None else None
-        wait = WAIT_WHILE_DOWN if known is not None else timeout
         try:
-            conn = super().getconn(wait)
-            if not _ended(conn):
-                return conn
-            self.putconn(conn)  # closed by the check: the pool makes another
-            self.check()
-            return super().getconn(wait)
+            return self._live(WAIT_WHILE_DOWN if known is not None else timeout)
         except PoolTimeout:
             if known is None:
                 raise
-            raise PoolTimeout(known) from None
+            if not self._probe():
+                raise PoolTimeout(self.outage.known() or known) from None
+        return self._live(timeout)  # back: the pool's next try (seconds away at most) serves it
+
+    def _live(self, timeout: float | None) -> psycopg.Connection[Any]:
+        conn = super().getconn(timeout)
+        if not _ended(conn):
+            return conn
+        self.putconn(conn)  # closed by the check: the pool makes another
+        self.check()
+        return super().getconn(timeout)
+
+    def _probe(self) -> bool:
+        """Whether PostgreSQL takes a connection now (noted in ``outage``). The pool's own
+        tries come 1, 2, 4 s apart: the first call after an outage would be told it goes on.
+        One caller probes at a time; the others are told at once."""
+        if not self._probing.acquire(blocking=False):
+            return False
+        conninfo, kwargs = self._probe_with
+        try:
+            with self.connection_class.connect(conninfo, **kwargs):
+                return True
+        except psycopg.Error:
+            return False
+        finally:
+            self._probing.release()
 
 
 def _ended(conn: psycopg.Connection[Any]) -> bool:
