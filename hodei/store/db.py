@@ -211,7 +211,7 @@ class _Pool(ConnectionPool):
 
     def _probe(self) -> bool:
         """Whether PostgreSQL takes a connection now (noted in ``outage``). The pool's own
-        tries come 1, 2, 4 s apart: the first call after an outage would be told it goes on.
+        tries come 1, 2, 4, 8 s apart: the first call after an outage would be told it goes on.
         One caller probes at a time; the others are told at once."""
         if not self._probing.acquire(blocking=False):
             return False
