@@ -30,6 +30,7 @@ from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
 from hodei.domain.job import TERMINAL_STATES
 from hodei.testing import (
     ServerProcess,
+    children,
     eventually,
     hodei_server,
     job_states,
@@ -354,17 +355,6 @@ def signal_each(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):  # a backend that ended meanwhile
             os.kill(pid, sig)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (PostgreSQL's backends and helpers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # The command's name, in parentheses, may hold spaces: the parent's pid follows it.
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def test_a_log_follower_keeps_streaming_through_a_postgresql_outage(

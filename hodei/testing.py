@@ -401,6 +401,17 @@ class Cli:
         return eventually(found, 60, what=f"{text!r} {times} times in the job's log")
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command's name, in parentheses, may hold spaces: the parent's pid follows it.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 class ServerProcess(Cli):
     """``hodei-server`` as a child process on a free port."""
 
@@ -489,14 +500,10 @@ class ServerProcess(Cli):
     def sim_fleet(self) -> int | None:
         """The pid of this server's simulated fleet process, while it runs."""
         assert self.process is not None
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                command = (stat.parent / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid and b"hodei.providers.sim" in command:
-                return int(stat.parent.name)
+        for pid in children(self.process.pid):
+            with contextlib.suppress(OSError):
+                if b"hodei.providers.sim" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
         return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
