@@ -351,6 +351,67 @@ def test_a_frozen_postgresql_kills_no_job(own_cluster: tuple[Cluster, str], tmp_
         server.stop()
 
 
+CUT_OFF = "127.0.0.2"  # loopback too: the address one server reaches PostgreSQL by, to cut
+RUN_ECHO = ("job", "run", "-p", "local", "-c", "echo hi", "--wait")
+
+
+@contextlib.contextmanager
+def network_cut(port: int) -> Iterator[None]:
+    """Drops every packet to and from PostgreSQL's ``port`` at CUT_OFF (iptables): a
+    partition, or a host gone, where no reset ever comes, unlike a stopped server's."""
+    rules = [["-d", CUT_OFF, "--dport", str(port)], ["-s", CUT_OFF, "--sport", str(port)]]
+    for rule in rules:
+        subprocess.run(["iptables", "-I", "INPUT", "-p", "tcp", *rule, "-j", "DROP"], check=True)
+    try:
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", "INPUT", "-p", "tcp", *rule, "-j", "DROP"], check=True)
+
+
+def test_a_server_cut_off_from_postgresql_says_so_and_the_other_takes_it_over(
+    own_cluster: tuple[Cluster, str], tmp_path: Path
+) -> None:
+    """A network partition between one of two servers and PostgreSQL: the cut-off server's
+    calls are told PostgreSQL is unavailable and since when, as in an outage (its attempts
+    to connect waited for the kernel's retries, none ever failed, so each call waited 10 s
+    to hear "couldn't get a connection", for as long as the cut lasted); PostgreSQL ends
+    its backends, so the other server takes it over (it waited two hours for the kernel's
+    keepalive: the lock that says a server lives stayed held) and runs the jobs submitted
+    to it meanwhile; once the network is back the cut-off server serves again."""
+    cluster, url = own_cluster
+    cluster.stop("fast")
+    cluster.start(f"{FAST_OPTIONS} -c listen_addresses=127.0.0.1,{CUT_OFF}")
+    env = {"HODEI_LOCAL_ENABLED": "1", "HODEI_DOCKER_ENABLED": "0"}
+    cut_off = ServerProcess(url.replace("@127.0.0.1:", f"@{CUT_OFF}:"), tmp_path / "cut", env).start()
+    other = ServerProcess(url, tmp_path / "other", env).start()
+    try:
+        assert cut_off.cli(*RUN_ECHO).returncode == 0
+        with network_cut(cluster.port):
+
+            def told_since_when() -> str | None:
+                listed = cut_off.cli("job", "list", "--limit", "1")
+                assert listed.returncode == 1, listed.stdout
+                known = "PostgreSQL is unavailable: no connection to it could be made since" in listed.stderr
+                return listed.stderr if known else None
+
+            told = eventually(told_since_when, 180, 1, "the cut-off server to know PostgreSQL is away")
+            # Its attempts gave up (libpq's connect_timeout), rather than wait for the kernel.
+            assert "(the last try: connection timeout expired)" in told, told
+            eventually(lambda: "is gone: took over" in other.logs(), 120, 1, "the other server to take it over")
+            assert query(url, "SELECT count(*) FROM hodei.server_instances") == [(1,)]
+            during = [other.cli(*RUN_ECHO) for _ in range(3)]
+            assert [run.returncode for run in during] == [0, 0, 0], [run.stderr for run in during]
+        eventually(lambda: cut_off.cli(*RUN_ECHO).returncode == 0, 120, 1, "the cut-off server to serve again")
+        eventually(lambda: query(url, "SELECT count(*) FROM hodei.server_instances") == [(2,)], 60, 1, "its row")
+        assert set(query(url, "SELECT state FROM jobs")) == {("SUCCEEDED",)}
+        verify = hodei_server(url, "replay", "--verify")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        cut_off.stop()
+        other.stop()
+
+
 def signal_each(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):  # a backend that ended meanwhile

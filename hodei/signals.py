@@ -17,6 +17,7 @@ from typing import Self
 
 import psycopg
 
+from hodei.store.db import connect
 from hodei.store.recorder import NOTHING_TO_DELIVER, SIGNAL_CHANNEL, WAKE_ALL, by
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class Signals:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, application_name="hodei-signals") as conn:
+                with connect(self._url, autocommit=True, application_name="hodei-signals") as conn:
                     conn.execute(f"LISTEN {SIGNAL_CHANNEL}")
                     self.connected.set()
                     delay = 0.1

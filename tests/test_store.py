@@ -797,6 +797,32 @@ def test_a_connection_postgresql_ended_while_it_was_idle_is_not_handed_out(
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_every_connection_notices_a_silent_peer_on_both_sides_unless_the_url_says_otherwise(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq's timeouts and keepalives on the server's side of each connection, PostgreSQL's
+    on its own (e2e/test_faults.py cuts the network); what the URL or PGCONNECT_TIMEOUT
+    says wins."""
+    ours = "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_user_timeout')"
+    pool = db.open_pool(fresh_database_url, max_size=1)
+    try:
+        assert pool.conninfo == db.conninfo(fresh_database_url)
+        given = psycopg.conninfo.conninfo_to_dict(pool.conninfo)
+        assert {key: given[key] for key in db.NETWORK} == db.NETWORK
+        with pool.connection() as conn:
+            assert conn.execute(ours).fetchone() == ("10", "20000")
+    finally:
+        pool.close()
+    with db.connect(fresh_database_url) as own:  # the listener's, the instance's
+        assert own.execute(ours).fetchone() == ("10", "20000")
+        assert own.info.get_parameters()["connect_timeout"] == "10"
+    url = f"{fresh_database_url}?keepalives_idle=3&tcp_user_timeout=0"
+    kept = psycopg.conninfo.conninfo_to_dict(db.conninfo(url))
+    assert (kept["keepalives_idle"], kept["tcp_user_timeout"], kept["keepalives_count"]) == ("3", "0", "3")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+    assert "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(db.conninfo(fresh_database_url))
+
+
 def test_once_no_connection_could_be_made_for_a_while_a_caller_is_told_so_and_since_when_at_once(
     fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

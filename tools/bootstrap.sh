@@ -27,6 +27,8 @@ command -v chromium >/dev/null || apt_install chromium
 command -v systemd-analyze >/dev/null || apt_install systemd
 # libfaketime: a PostgreSQL whose clock is not the server's (e2e/test_faults).
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install libfaketime
+# iptables: a network cut between a server and PostgreSQL (e2e/test_faults).
+command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || apt_install iptables
 
 # Docker engine: the Debian client talks to it; never the default 172.17 bridge.
 DOCKER=/usr/bin/docker

@@ -28,13 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urlparse
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from hodei.clock import DatabaseClock
 from hodei.config import Config
 from hodei.errors import HodeiError
-from hodei.store.db import fetch_value, translate_errors
+from hodei.store.db import connect, fetch_value, translate_errors
 from hodei.store.instances import ServerInstances
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def check_connections(config: Config) -> None:
     waits, and a job may fail. Before the pool opens: of the connections seen, one is this
     check's own."""
     wanted = config.database_connections + OWN_CONNECTIONS
-    with translate_errors(), psycopg.connect(config.database_url, autocommit=True) as conn:
+    with translate_errors(), connect(config.database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
             " + coalesce(current_setting('reserved_connections', true)::int, 0),"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any, Self, TypeVar
 import orjson
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import kwargs_row
 from psycopg.types.json import set_json_dumps, set_json_loads
@@ -79,11 +81,59 @@ WAIT_FOR_CONNECTION = 10.0
 WAIT_WHILE_DOWN = 1.0
 
 
-# Every pooled connection's settings. No JIT: PostgreSQL compiles a plan whose cost passes
-# jit_above_cost at every execution (its code is not kept), and our queries are short: the
-# queue's listing with 10,000 queued jobs, estimated far above it (a subquery a row), ran in
-# 55 ms and compiled for 650 more, at every `queue` and every `job get` of a queued job.
-SETTINGS = {"jit": "off"}
+# How the server's connections find out that PostgreSQL's host stopped answering (a network
+# partition, a host gone: no reset ever comes), each where the URL (or PGCONNECT_TIMEOUT) sets
+# none: an attempt to connect gives up after connect_timeout s; a connection whose data goes
+# unacknowledged for tcp_user_timeout ms, or that is idle and answers no keepalive within
+# keepalives_idle + keepalives_interval * keepalives_count s, is ended. Without them every
+# statement sent waited for the kernel's TCP retries (15 minutes), every attempt to connect
+# for its SYN retries (2), so no attempt ever failed and the outage was never known: each call
+# of a cut-off server waited its 10 s (WAIT_FOR_CONNECTION) to hear "couldn't get a
+# connection", for as long as the cut lasted. Only TCP connections use them (libpq ignores
+# them on a Unix socket).
+NETWORK = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "20000",
+}
+
+# Every connection's settings (PostgreSQL's, for the session). No JIT: PostgreSQL compiles a
+# plan whose cost passes jit_above_cost at every execution (its code is not kept), and our
+# queries are short: the queue's listing with 10,000 queued jobs, estimated far above it (a
+# subquery a row), ran in 55 ms and compiled for 650 more, at every `queue` and every `job
+# get` of a queued job. TCP keepalives and a user timeout on PostgreSQL's side too, as
+# NETWORK's: a backend whose server vanished (its host lost, or cut off) is ended within
+# about 25 s, and its locks go with it. PostgreSQL's own default left it for two hours
+# (the kernel's), and with it the advisory lock that tells the other servers this one is
+# alive (hodei.store.instances): nobody took its claims over; a lock held by a transaction
+# it had open (the event log's turn, an admission's) would have stalled every writer.
+SETTINGS = {
+    "jit": "off",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "20000",
+}
+
+
+def conninfo(url: str) -> str:
+    """``url`` with NETWORK's settings it does not give."""
+    given = conninfo_to_dict(url)
+    if "PGCONNECT_TIMEOUT" in os.environ:
+        given["connect_timeout"] = os.environ["PGCONNECT_TIMEOUT"]
+    return make_conninfo(url, **{key: value for key, value in NETWORK.items() if key not in given})
+
+
+def _options(settings: Mapping[str, str] | None = None) -> str:
+    return " ".join(f"-c {key}={value}" for key, value in {**SETTINGS, **(settings or {})}.items())
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection of its own (not a pool's), set as the pools' are."""
+    return psycopg.connect(conninfo(url), options=_options(), **kwargs)
 
 
 def open_pool(
@@ -98,10 +148,9 @@ def open_pool(
     """Opens a pool and waits until one connection works, so a wrong URL fails here.
     ``settings``: PostgreSQL settings of every connection of the pool (over ``SETTINGS``);
     ``workers``: the pool's own threads (they open and check its connections in the background)."""
-    options = " ".join(f"-c {key}={value}" for key, value in {**SETTINGS, **(settings or {})}.items())
-    kwargs: dict[str, object] = {"application_name": name, "prepare_threshold": 0, "options": options}
+    kwargs: dict[str, object] = {"application_name": name, "prepare_threshold": 0, "options": _options(settings)}
     pool: ConnectionPool = _Pool(
-        url,
+        conninfo(url),
         min_size=min_size,
         max_size=max_size,
         name=name,

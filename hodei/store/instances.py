@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from hodei.store.db import fetch_all, translate_errors
+from hodei.store.db import connect, fetch_all, translate_errors
 from hodei.store.recorder import SIGNAL_CHANNEL, WAKE_ALL
 from hodei.store.sql import query
 
@@ -67,7 +67,7 @@ class ServerInstances:
         self._drop()
         conninfo = str(self.pool.conninfo)
         with translate_errors():
-            own = psycopg.connect(conninfo, autocommit=True, application_name=f"hodei-instance-{self.server_id}"[:63])
+            own = connect(conninfo, autocommit=True, application_name=f"hodei-instance-{self.server_id}"[:63])
             try:
                 own.execute(query("hold_instance_lock"), (self.server_id,))
                 own.execute(query("register_instance"), self._record)

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from hodei.errors import HodeiError
-from hodei.store.db import translate_errors
+from hodei.store.db import connect, translate_errors
 
 _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only keeps two servers starting at once from racing.
@@ -73,7 +73,7 @@ def migrate(database_url: str, sql_dir: Path | None = None) -> list[Migration]:
     Refuses, applying nothing, a database that a newer version migrated (``NewerDatabase``)."""
     migrations = discover(sql_dir or default_sql_dir())
     applied: list[Migration] = []
-    with translate_errors(), psycopg.connect(database_url, autocommit=True) as conn:
+    with translate_errors(), connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(_LEDGER)
@@ -109,7 +109,7 @@ class NewerDatabase(HodeiError):
 def check_not_newer(database_url: str) -> None:
     """Raises NewerDatabase when a newer version migrated the database (what a server
     that does not migrate at start, or only reads and rebuilds, checks instead)."""
-    with translate_errors(), psycopg.connect(database_url, autocommit=True) as conn:
+    with translate_errors(), connect(database_url, autocommit=True) as conn:
         _refuse_newer(conn, discover(default_sql_dir()))
 
 
