@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from hodei_worker.agent import RETRY_MAX
+
 from hodei.admission import Admission
 from hodei.config import Timing
 from hodei.cron import CronJobs
@@ -173,7 +175,13 @@ class Sweeper:
             self.engine.expire(step.saga_id, step.job_id, step.step_order)
 
     def detect_lost_workers(self) -> None:
-        for stale in self.liveness.stale(self.timing.heartbeat_timeout, self.heard_for):
+        """A worker whose stream ended while the sweeper could not hear (its report could not
+        be saved in an outage, or its server died) reconnects as its agent backs off: at most
+        RETRY_MAX after each attempt. That pause after the outage is not its silence either:
+        with the 5 s of a test's heartbeat timeout, workers whose next attempt came 5 s after
+        PostgreSQL's return were lost, their jobs failed."""
+        heard = max(0.0, self.heard_for - RETRY_MAX)
+        for stale in self.liveness.stale(self.timing.heartbeat_timeout, heard):
             if not stale.cancelled or self._stop_pending(stale.job_id):
                 self.lose(stale.worker_id, f"no heartbeat for {stale.timeout:g}s")
         self._lose_unstopped()

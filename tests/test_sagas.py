@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,36 @@ def test_a_cancelled_jobs_worker_that_beats_on_but_never_reports_its_processes_s
     h.run(lambda: sagas(fresh_database_url, job_id) == [("PROVISIONING", "COMPLETED"), ("EXECUTION", "COMPLETED")])
     assert any(line.startswith("destroy ") for line in effects.lines())
     assert job_row(fresh_database_url, job_id)[0] == "CANCELLED"
+    h.close()
+
+
+def test_a_worker_silent_through_an_outage_has_its_agents_longest_pause_after_it_to_come_back(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its stream ended in the outage (its result could not be saved); its agent tries again
+    at most RETRY_MAX after each attempt, so a heartbeat timeout after the sweeper hears
+    again is too soon to call it lost; RETRY_MAX later it is lost."""
+    from uuid import UUID
+
+    from hodei_worker.agent import RETRY_MAX
+
+    from hodei.domain.job import Job
+    from hodei.domain.worker import Worker
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit(timeout_seconds=60.0)
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "RUNNING", report=False)
+    worker_id = UUID(str(h.store.load(Job, job_id).worker_id))
+    h.liveness.touch(worker_id, True, h.deps.timing.heartbeat_timeout)
+    query(fresh_database_url, "UPDATE hodei.worker_liveness SET last_seen_at = now() - interval '1 hour'")
+    timeout = h.deps.timing.heartbeat_timeout
+    monkeypatch.setattr(h.sweeper, "_hearing_since", time.monotonic() - timeout - RETRY_MAX + 1)
+    h.sweeper.detect_lost_workers()
+    assert h.store.load(Worker, worker_id).is_live
+    monkeypatch.setattr(h.sweeper, "_hearing_since", time.monotonic() - timeout - RETRY_MAX - 1)
+    h.sweeper.detect_lost_workers()
+    assert not h.store.load(Worker, worker_id).is_live
+    assert h.store.load(Worker, worker_id).reason == f"no heartbeat for {timeout:g}s"
     h.close()
 
 

@@ -29,7 +29,14 @@ from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
-from hodei.errors import InvalidInput, InvalidTransition, PermissionDenied, ProviderUnavailable, Unauthenticated
+from hodei.errors import (
+    InvalidInput,
+    InvalidTransition,
+    PermissionDenied,
+    ProviderUnavailable,
+    StoreUnavailable,
+    Unauthenticated,
+)
 from hodei.faults import Faults
 from hodei.liveness import Liveness, Pace
 from hodei.logs import STDERR, STDOUT, LogLine, LogNotStored, LogStore
@@ -464,6 +471,10 @@ class WorkerSession:
                     waiter.nudge()  # an answer is queued for the worker
         except (grpc.RpcError, grpc.aio.AbortError, asyncio.CancelledError):
             pass  # the stream ended: its worker went, or the call was ended here (a stop)
+        except StoreUnavailable as exc:
+            # An outage, not a fault of the stream: what could not be saved is not acknowledged,
+            # and the worker sends it again on the stream it opens once a server can take it.
+            log.warning("worker %s: its stream ends, %s; it will connect again", self.worker_id, exc)
         except Exception:
             log.exception("worker %s stream failed", self.worker_id)
         finally:
