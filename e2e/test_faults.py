@@ -28,6 +28,7 @@ from e2e.test_local import agent_title
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.devdb import FAST_OPTIONS, Cluster, create_database, free_port
 from hodei.domain.job import TERMINAL_STATES
+from hodei.store.instances import HEARTBEAT
 from hodei.testing import (
     ServerProcess,
     children,
@@ -407,6 +408,43 @@ def test_a_server_cut_off_from_postgresql_says_so_and_the_other_takes_it_over(
         assert set(query(url, "SELECT state FROM jobs")) == {("SUCCEEDED",)}
         verify = hodei_server(url, "replay", "--verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        cut_off.stop()
+        other.stop()
+
+
+def test_workers_cut_off_from_their_server_go_on_with_another(fresh_database_url: str, tmp_path: Path) -> None:
+    """The network between a server and its workers is cut (its host's link to them lost),
+    the server itself alive: no reset comes, but a worker's heartbeats and pings go
+    unanswered, and its stream ends within seconds (`Connection timed out`: gRPC's keepalive,
+    hodei_worker.agent.KEEPALIVE), so each worker leaves for the other server inside the
+    heartbeat timeout (10 s) and its job goes on there with every line, none lost or
+    recovered. (New coverage: it passed as first written.)"""
+    url = fresh_database_url
+    reached_by = {"HODEI_GRPC_BIND": "0.0.0.0", "HODEI_SERVER_HOST": CUT_OFF, "HODEI_ALLOW_INSECURE": "1"}
+    logs = tmp_path / "logs"  # servers sharing a database share the log directory
+    cut_off = ServerProcess(url, logs, reached_by).start()
+    other = ServerProcess(url, logs).start()
+    try:
+        time.sleep(HEARTBEAT)  # the cut-off server's list of its peers is read at most this long ago
+        job_ids = submit(cut_off, "for i in $(seq 1 20); do echo tick $i; sleep 1; done", 4)
+        running(url, job_ids, 4)
+        ((server_id,),) = query(
+            url, "SELECT server_id FROM hodei.server_instances WHERE api_address LIKE %s", (f"%:{cut_off.port}",)
+        )
+        on_it = "SELECT count(*) FROM hodei.worker_liveness WHERE server_id = %s AND connected"
+        # Its relay moved the jobs it was given, so their workers dial it first (a cut that
+        # left every worker on the other would prove nothing).
+        eventually(lambda: query(url, on_it, (server_id,))[0][0] >= 1, 30, 0.2, "a worker on the cut-off server")
+        with network_cut(cut_off.port):
+            ended = wait_all(url, job_ids, 120)
+        failed = query(url, "SELECT error_message FROM jobs WHERE state <> 'SUCCEEDED'")
+        assert set(ended.values()) == {"SUCCEEDED"}, failed
+        for job_id in job_ids:
+            wait_settled(url, job_id)
+            lines = other.cli("job", "logs", job_id, check=True).stdout.split("\n")[:-1]
+            assert lines == [f"tick {i}" for i in range(1, 21)], lines
+        assert query(url, "SELECT count(*) FROM sagas WHERE saga_type = 'RECOVERY'") == [(0,)]
     finally:
         cut_off.stop()
         other.stop()
