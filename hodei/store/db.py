@@ -79,6 +79,9 @@ WAIT_FOR_CONNECTION = 10.0
 # since when. Each call waited the whole 10 s: every `job list`, console page and `/readyz`
 # of a long outage, each holding a thread of the server's while it waited.
 WAIT_WHILE_DOWN = 1.0
+# How long a caller waits for another's probe of a known outage (``_Pool._probe``; a probe's
+# own connect_timeout is 2 s).
+PROBE_WAIT = 3.0
 
 
 # How the server's connections find out that PostgreSQL's host stopped answering (a network
@@ -261,11 +264,16 @@ class _Pool(ConnectionPool):
     def _probe(self) -> bool:
         """Whether PostgreSQL takes a connection now (noted in ``outage``). The pool's own
         tries come 1, 2, 4, 8 s apart: the first call after an outage would be told it goes on.
-        One caller probes at a time; the others are told at once."""
-        if not self._probing.acquire(blocking=False):
+        One caller probes at a time. One that finds a probe under way waits for it (at most
+        PROBE_WAIT), then tries itself unless that one found PostgreSQL back: told at once,
+        as it was, the first `job list` after PostgreSQL's return was told the outage went on
+        when a sweep's probe, begun just before, was still failing (a loaded CI run)."""
+        if not self._probing.acquire(timeout=PROBE_WAIT):
             return False
         conninfo, kwargs = self._probe_with
         try:
+            if self.outage.since is None:
+                return True
             with self.connection_class.connect(conninfo, **kwargs):
                 return True
         except psycopg.Error:
