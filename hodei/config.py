@@ -219,12 +219,22 @@ def _database_url(env: Mapping[str, str]) -> str:
     traceback. The refusal quotes nothing of it (it holds a password)."""
     url = _get(env, "DATABASE_URL").strip()
     try:
-        conninfo_to_dict(url)
+        given = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise InvalidInput(
             "DATABASE_URL is neither a URL nor a key=value connection string PostgreSQL's client reads: "
             "e.g. postgres://hodei:PASSWORD@db.example:5432/hodei_jobs"
         ) from None
+    # The server's own network settings stand where these are not given (hodei.store.db.NETWORK);
+    # a connect_timeout psycopg cannot read ended it with a traceback at its first connection.
+    if "PGCONNECT_TIMEOUT" in env:
+        given.setdefault("connect_timeout", env["PGCONNECT_TIMEOUT"])
+    for key in ("connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"):
+        value = str(given.get(key, "0")).strip()
+        if not value.isdigit():
+            raise InvalidInput(
+                f"DATABASE_URL's {key} (or PGCONNECT_TIMEOUT) must be a whole number, got `{value[:20]}`"
+            )
     return url
 
 

@@ -69,6 +69,9 @@ from hodei.errors import InvalidInput
         ("HODEI_K8S_NAMESPACE", "a" * 64, "HODEI_K8S_NAMESPACE must be a namespace's name"),
         # It ended the server with psycopg's traceback; the refusal quotes nothing of it (a password).
         ("DATABASE_URL", "s3cret-nonsense", "DATABASE_URL is neither a URL nor a key=value connection string"),
+        ("DATABASE_URL", "postgres://u:s3cret@h/db?connect_timeout=abc", "DATABASE_URL's connect_timeout (or PGC"),
+        ("PGCONNECT_TIMEOUT", "ten", "DATABASE_URL's connect_timeout (or PGCONNECT_TIMEOUT) must be a whole number"),
+        ("DATABASE_URL", "postgres://h/db?tcp_user_timeout=-1", "tcp_user_timeout (or PGCONNECT_TIMEOUT) must be a"),
         (
             "HODEI_K8S_IMAGE_PULL_POLICY",
             "Sometimes",
