@@ -427,7 +427,8 @@ def test_a_secret_env_file_gives_secrets_masked_and_never_in_the_spec(server: Se
 
 def test_job_get_says_what_the_job_was_given_to_run_with(server: ServerProcess) -> None:
     """Its limits, priority, labels and variables were only in ``-o json`` (and the console)."""
-    given = ["--timeout", "10m", "--queue-timeout", "1h", "--cpu", "0.5", "--memory", "64Mi", "--priority", "5"]
+    given = ["--timeout", "10m", "--queue-timeout", "1h", "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G"]
+    given += ["--priority", "5"]
     given += ["--max-attempts", "2", "--working-dir", "/tmp", "--label", "team=data", "--env", "B=2,A=1"]
     job_id = server.cli("job", "run", "-p", "local", "-c", "true", *given, check=True).stdout.strip()
     shown = server.cli("job", "get", job_id, check=True).stdout.splitlines()
@@ -435,7 +436,7 @@ def test_job_get_says_what_the_job_was_given_to_run_with(server: ServerProcess) 
     assert shown[start : start + 8] == [
         "Timeout: 600 s",
         "Queue timeout: 3600 s",
-        "Resources: 0.5 CPU, 64.0 MiB memory",
+        "Resources: 0.5 CPU, 64.0 MiB memory, 1.9 GiB disk",
         "Priority: 5",
         "Max attempts: 2",
         "Working dir: /tmp",
@@ -905,6 +906,8 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         (("job", "run", "-c", "true", "--retry", "99999999999"), "retries must be between 0 and 100"),
         (("job", "run", "-c", "true", "--timeout", "1e400"), "timeout must be a positive number of seconds, got inf"),
         (("job", "run", "-c", "true", "--memory", "9" * 30), "memory must be between 0 (the default) and"),
+        (("job", "run", "-c", "true", "--disk", "2Pi"), "disk must be between 0 (no limit) and 1125899906842624"),
+        (("job", "run", "-c", "true", "--disk=-1G"), "malformed --disk `-1G`: use bytes or a unit such as"),
         (("job", "run", "-c", "true", "--cpu", "1e400"), "cpu cores must be between 0 (the default) and 256, got inf"),
         (("job", "run", "-c", "true", "--secret", "K=abc"), "secret K is shorter than 4 characters"),
         (("job", "run", "-c", "true", "--array", "0-99999999999"), "an array of at most 1000 jobs"),
@@ -934,6 +937,8 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
         "retries",
         "timeout",
         "memory",
+        "disk",
+        "negative-disk",
         "cpu",
         "secret",
         "array-size",

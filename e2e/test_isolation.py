@@ -321,6 +321,51 @@ def test_cpu_and_memory_limits_hold_and_the_oom_killer_is_named(request: pytest.
     wait_settled(server.database_url, job_id)
 
 
+# Writes 30 MB in the job's working directory, then waits to be stopped.
+FILL = "head -c 30000000 /dev/zero > big; sleep 300"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_job_past_its_disk_limit_is_stopped_saying_why(request: pytest.FixtureRequest, provider: str) -> None:
+    """A job could fill the host's disk (its home on the local provider, the container's
+    layer on Docker): with --disk it is stopped once what it holds is past the limit, and
+    its error says what held how much. One under its limit runs as any other."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    job_id = run(server, provider, FILL, "--disk", "10Mi")
+    assert wait_terminal(server.database_url, job_id, 60) == "FAILED"
+    wait_settled(server.database_url, job_id)
+    ((error,),) = query(server.database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))
+    where = r"its home /tmp/hodei-worker-[0-9a-f-]+" if provider == "local" else r"container hodei-worker-[0-9a-f-]+"
+    said = rf"^the worker was stopped \(SIGTERM\) before the job ended: {where} held (2\d|3\d)\.\d MiB, past the job's"
+    assert re.match(said + r" disk limit of 10\.0 MiB \(--disk\)$", error), error
+    small = run(server, provider, "head -c 1000000 /dev/zero > small", "--disk", "10Mi", "--wait")
+    assert wait_terminal(server.database_url, small, 60) == "SUCCEEDED"
+    assert "Resources: 10.0 MiB disk" in server.cli("job", "get", small, check=True).stdout.splitlines()
+
+
+def test_a_server_killed_and_started_again_goes_on_measuring_a_local_jobs_disk(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """The limit is written down with the worker (its record in the log directory), so the
+    server that takes the worker over after a kill -9 stops it past its limit as well."""
+    server = ServerProcess(fresh_database_url, tmp_path, {"HODEI_KILL_GRACE": "1"}).start()
+    try:
+        job_id = run(server, "local", "sleep 8; head -c 30000000 /dev/zero > big; sleep 300", "--disk", "10Mi")
+        eventually(
+            lambda: query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30
+        )
+        assert list((tmp_path / "workers").glob("*.disk"))
+        server.kill()
+        server.start()
+        assert wait_terminal(fresh_database_url, job_id, 60) == "FAILED"
+        wait_settled(fresh_database_url, job_id)
+        ((error,),) = query(fresh_database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))
+        assert "past the job's disk limit of 10.0 MiB (--disk)" in error, error
+        assert not list((tmp_path / "workers").glob("*.disk"))  # gone with the worker
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_finished_job_says_what_it_used(request: pytest.FixtureRequest, provider: str) -> None:
     """CPU seconds of its processes, and its worker's peak memory (its memory cgroup's:

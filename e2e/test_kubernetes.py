@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -175,6 +176,33 @@ def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database
     allocate = "python3 -c 'data = b\"x\" * (512 * 1024 * 1024)'"
     state, error, _ = run_kubernetes(server, database_url, allocate, "--memory", "128Mi")
     assert state == "FAILED" and "OOMKilled" in error, error
+
+
+def test_a_pod_past_its_disk_limit_is_evicted_and_the_job_says_so(server: ServerProcess, database_url: str) -> None:
+    """--disk is the container's ephemeral-storage limit (and its /tmp emptyDir's size when
+    larger than 1Gi): the node evicts the pod once what it holds, its emptyDir's files
+    included, is past it, and the job's error carries the kubelet's words."""
+    job_id = server.cli(
+        "job",
+        "run",
+        "-p",
+        "kubernetes",
+        "-c",
+        "head -c 30000000 /dev/zero > big; sleep 300",
+        "--disk",
+        "10Mi",
+        check=True,
+    ).stdout.strip()
+    assert wait_terminal(database_url, job_id, timeout=90) == "FAILED"
+    wait_settled(database_url, job_id)
+    (error,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
+    assert re.match(
+        r"^the worker was stopped \(SIGTERM\) before the job ended: pod hodei-worker-[0-9a-f-]+ was evicted by its"
+        r" node: Pod ephemeral local storage usage exceeds the total limit of containers 10Mi\.$",
+        error,
+    ), error
+    state, error, _ = run_kubernetes(server, database_url, "head -c 1000000 /dev/zero > small", "--disk", "10Mi")
+    assert (state, error) == ("SUCCEEDED", "")
 
 
 def test_a_pods_processes_are_ranked_for_the_oom_killer_by_its_qos_class(

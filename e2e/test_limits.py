@@ -54,6 +54,7 @@ OVER_LIMIT = [
     (spec(args=["a"] * 2000), {}, f"2000 arguments; the limit is {LIMITS.args}"),
     (spec(resources=common_pb2.ResourceRequirements(cpu_cores=1e308)), {}, "cpu cores must be between 0"),
     (spec(resources=common_pb2.ResourceRequirements(memory_bytes=2**62)), {}, "memory must be between 0"),
+    (spec(resources=common_pb2.ResourceRequirements(disk_bytes=-1)), {}, "disk must be between 0 (no limit) and"),
     (spec(labels={f"k{i}": "v" for i in range(10_000)}), {}, f"10000 labels; the limit is {LIMITS.labels}"),
     (spec(labels={"team": "a\x1bb"}), {}, "label team must be at most 255 characters without control"),
     (spec(labels={"bad key!": "v"}), {}, "label key `bad key!` must be at most 63"),
@@ -215,6 +216,8 @@ def test_the_cli_refuses_over_limit_input_before_sending(server: ServerProcess, 
         (("--timeout", "1e-9"), "timeout must be at least 1 second"),
         (("--memory", str(2**62)), "memory must be between 0"),
         (("--memory", "9" * 400), "--memory `99999999999999999999999999999999…` is past any size"),  # was int(inf)
+        (("--disk", "9" * 400), "--disk `99999999999999999999999999999999…` is past any size: at most"),
+        (("--disk", "ten"), "malformed --disk `ten`: use bytes or a unit such as 512Mi or 1G"),
         (("--begin", "9" * 30 + "d"), "a duration from now that stays within the years 1 to 9999"),  # was a traceback
         (("--secret", "API_KEY=ab"), "secret API_KEY is shorter than 4 characters"),
         (("--secret", "NOEQUALS"), "malformed --secret `NOEQUALS…`"),

@@ -7,7 +7,10 @@ env (a ``secretKeyRef`` read from the API's Secret; a missing Secret or key is t
 ``CreateContainerConfigError``) and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
 (refused for an image that would run as root, as the kubelet refuses it),
 ``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
-``emptyDir`` volumes, CPU and memory limits, ``activeDeadlineSeconds``, and the rank of the
+``emptyDir`` volumes, CPU and memory limits, the ``ephemeral-storage`` limit (the pod's use —
+its container's writable layer and its emptyDir volumes — measured every ``DISK_CHECK_EVERY``
+seconds; past the limit the pod is evicted, as the eviction manager does, with a grace of
+1 s), ``activeDeadlineSeconds``, and the rank of the
 pod's processes for the node's OOM killer by its QoS class (``oom_score_adj``, as the
 kubelet's ``pkg/kubelet/qos/policy.go`` sets it). Init containers
 run first, one after the other, each to its end; one that fails fails the pod (its
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -48,6 +52,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound, Nu
 from kubernetes.utils.quantity import parse_quantity
 
 from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
+from hodei.providers.disk import tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,9 @@ LABEL_NAMESPACE = "io.kubernetes.pod.namespace"
 # The kubelet's own pull back-off: 10 s, doubling, at most 5 minutes.
 PULL_BACKOFF_FIRST, PULL_BACKOFF_MAX = 10.0, 300.0
 POLL = 0.1
+# How often a container's ephemeral storage is measured (a kubelet's housekeeping: 10 s), and
+# the grace of an eviction (the eviction manager's immediateEvictionGracePeriodSeconds).
+DISK_CHECK_EVERY, EVICTION_GRACE = 2.0, 1
 Pod = dict[str, Any]
 
 
@@ -151,6 +159,13 @@ def _resources(container: dict[str, Any]) -> tuple[dict[str, float], dict[str, f
 
     limits = counted("limits")
     return {**limits, **counted("requests")}, limits
+
+
+def pod_ephemeral_limit(pod: Pod) -> str | None:
+    """The pod's ephemeral-storage limit, its containers' summed (as ``PodLimits`` sums
+    them; our pods have one container): the quantity as written, for the eviction's message."""
+    (container,) = pod["spec"].get("containers") or [{}]
+    return ((container.get("resources") or {}).get("limits") or {}).get("ephemeral-storage")
 
 
 def oom_score_adj(pod: Pod, container: dict[str, Any], memory: int) -> int:
@@ -508,6 +523,8 @@ class Kubelet:
         pod's start, init containers included) it is stopped and the pod fails."""
         deadline_seconds = run.pod["spec"].get("activeDeadlineSeconds")
         deadline = run.started + deadline_seconds if deadline_seconds else None
+        limit = pod_ephemeral_limit(run.pod) if init is None else None
+        measured = time.monotonic()
         pod_reason: dict[str, Any] = {}
         while not run.deleted.wait(POLL):
             state = self._client.api.inspect_container(container.id)["State"]
@@ -518,6 +535,14 @@ class Kubelet:
                     message = f"Pod was active on the node longer than the specified deadline ({deadline_seconds}s)"
                     pod_reason = {"reason": "DeadlineExceeded", "message": message}
                     container.stop(timeout=self._grace(run))
+                elif limit and not pod_reason and time.monotonic() - measured >= DISK_CHECK_EVERY:
+                    measured = time.monotonic()
+                    if self._ephemeral_use(run, container.id, state.get("Pid") or 0) > parse_quantity(limit):
+                        message = f"Pod ephemeral local storage usage exceeds the total limit of containers {limit}. "
+                        pod_reason = {"reason": "Evicted", "message": message}
+                        # Said before its agent is stopped: the agent's report asks why.
+                        self._report(run, "Running", {"running": {"startedAt": started}}, init, **pod_reason)
+                        container.stop(timeout=EVICTION_GRACE)
                 continue
             code = int(state.get("ExitCode", 0))
             reason = "OOMKilled" if state.get("OOMKilled") else "Completed" if code == 0 else "Error"
@@ -533,6 +558,26 @@ class Kubelet:
             self._report(run, phase, {"terminated": terminated}, init, **pod_reason)
             return done
         return False
+
+    def _ephemeral_use(self, run: _PodRun, container_id: str, pid: int) -> int:
+        """The pod's ephemeral storage in use, as the eviction manager sums it: what its
+        container wrote to its writable layer (the engine's ``SizeRw``) and what its emptyDir
+        volumes hold but those of medium Memory (a tmpfs of one container, read through its
+        root; a node directory shared with an init container, walked)."""
+        listed = self._client.api.containers(all=True, filters={"id": container_id}, size=True)
+        used = int(listed[0].get("SizeRw") or 0) if listed else 0
+        volumes = {v["name"]: v["emptyDir"] or {} for v in run.pod["spec"].get("volumes") or [] if "emptyDir" in v}
+        for name, directory in run.shared.items():
+            if volumes.get(name, {}).get("medium") != "Memory":
+                used += tree_bytes(directory)
+        for mount in _main(run.pod).get("volumeMounts") or []:
+            name = mount["name"]
+            if name in run.shared or name not in volumes or volumes[name].get("medium") == "Memory":
+                continue
+            with contextlib.suppress(OSError):
+                held = os.statvfs(f"/proc/{pid}/root{mount['mountPath']}")
+                used += (held.f_blocks - held.f_bfree) * held.f_frsize
+        return used
 
     def _grace(self, run: _PodRun) -> int:
         """The delete request's gracePeriodSeconds, else the pod's terminationGracePeriodSeconds."""

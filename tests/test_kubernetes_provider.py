@@ -81,6 +81,20 @@ def launch(**overrides: object) -> WorkerLaunch:
     return WorkerLaunch(**values)  # type: ignore[arg-type]
 
 
+def test_a_disk_limit_is_the_containers_ephemeral_storage_and_widens_its_scratch(kubeconfig: Path) -> None:
+    """Exact bytes, not rounded up to MiB as memory is; the /tmp emptyDir (the job's home)
+    keeps 1Gi unless the limit is larger, which the kubelet would evict the pod at first."""
+    kube = provider(kubeconfig, watch=False)
+    for size, quantity, scratch in ((10 * 1024**2, "10Mi", "1Gi"), (5 * 1024**3, "5Gi", "5Gi"), (1000, "1000", "1Gi")):
+        body = kube.pod_manifest(launch(disk_bytes=size))["spec"]
+        (container,) = body["containers"]
+        assert container["resources"]["limits"]["ephemeral-storage"] == quantity
+        assert container["resources"]["requests"]["ephemeral-storage"] == quantity
+        assert body["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": scratch}}]
+    unlimited = kube.pod_manifest(launch())["spec"]["containers"][0]["resources"]
+    assert "ephemeral-storage" not in unlimited["limits"] | unlimited["requests"]
+
+
 def test_the_pod_spec(api: KubeEmulator, kubeconfig: Path) -> None:
     kube = provider(kubeconfig, service_account="hodei-worker")
     spec = launch(cpu_cores=0.5, memory_bytes=256 * 1024**2)

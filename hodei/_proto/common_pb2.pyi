@@ -57,19 +57,27 @@ class ResourceRequirements(_message.Message):
 
     CPU_CORES_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     cpu_cores: _builtins.float
     """CPU cores; 0 means the provider's default."""
     memory_bytes: _builtins.int
     """Memory in bytes; 0 means the provider's default."""
+    disk_bytes: _builtins.int
+    """Bytes the job may write to its worker's disk; 0: no limit. What counts: the local
+    provider, the job's home (its HOME and TMPDIR, and its working directory unless
+    --working-dir names another); Docker, the container's writable layer; Kubernetes, the
+    container's ephemeral storage (its limit, which the kubelet enforces by eviction).
+    """
     def __init__(
         self,
         *,
         cpu_cores: _builtins.float = ...,
         memory_bytes: _builtins.int = ...,
+        disk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,9 +33,9 @@ from hodei.cli.parsing import (
     parse_env,
     parse_env_files,
     parse_labels,
-    parse_memory,
     parse_secret_files,
     parse_secrets,
+    parse_size,
     signal_name,
     since,
     span,
@@ -147,6 +147,7 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
     resources = [
         *([f"{spec.resources.cpu_cores:g} CPU"] if spec.resources.cpu_cores else []),
         *([f"{size_text(spec.resources.memory_bytes)} memory"] if spec.resources.memory_bytes else []),
+        *([f"{size_text(spec.resources.disk_bytes)} disk"] if spec.resources.disk_bytes else []),
     ]
     return [
         f"Timeout: {spec.timeout_seconds:g} s",
@@ -234,7 +235,11 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         env={**parse_env_files(args.env_file or []), **parse_env(args.env or [])},
         timeout_seconds=args.timeout,
         provider=args.provider or "",
-        resources=Resources(cpu_cores=args.cpu or 0.0, memory_bytes=parse_memory(args.memory)),
+        resources=Resources(
+            cpu_cores=args.cpu or 0.0,
+            memory_bytes=parse_size(args.memory, "--memory", f"{LIMITS.max_memory_bytes} bytes (1 TiB)"),
+            disk_bytes=parse_size(args.disk, "--disk", f"{LIMITS.max_disk_bytes} bytes (1 PiB)"),
+        ),
         labels=parse_labels(args.label or []),
         working_dir=args.working_dir or "",
         max_attempts=args.max_attempts,
@@ -1100,6 +1105,10 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
     )
     parser.add_argument("--cpu", type=float, help="CPU cores")
     parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
+    parser.add_argument(
+        "--disk",
+        help="the most the job may write to its worker's disk (bytes or e.g. 512Mi, 10G); past it the job is stopped",
+    )
     parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
     parser.add_argument(
         "--working-dir", help="absolute directory to run in; made when missing, as the job's user could make it"

@@ -181,32 +181,33 @@ def parse_after(values: list[str]) -> dict[str, str]:
     return after
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$", re.IGNORECASE)
 _UNITS = {
     "": 1,
     "K": 1000,
     "M": 1000**2,
     "G": 1000**3,
     "T": 1000**4,
+    "P": 1000**5,
     "KI": 1024,
     "MI": 1024**2,
     "GI": 1024**3,
     "TI": 1024**4,
+    "PI": 1024**5,
 }
 
 
-def parse_memory(value: str | None) -> int:
-    """``512Mi``, ``1G``, ``1073741824``."""
+def parse_size(value: str | None, flag: str, most: str) -> int:
+    """``512Mi``, ``1G``, ``1073741824`` (``--memory``, ``--disk``); 0 for none. ``most``
+    says the largest the server takes, for a number past any size."""
     if not value:
         return 0
     match = _SIZE.match(value.strip())
     if not match:
-        raise InvalidInput(f"malformed --memory `{value}`: use bytes or a unit such as 512Mi or 1G")
+        raise InvalidInput(f"malformed {flag} `{value}`: use bytes or a unit such as 512Mi or 1G")
     number = float(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
     if not math.isfinite(number):  # hundreds of digits: int() of it was a traceback
-        raise InvalidInput(
-            f"--memory `{value[:32]}…` is past any size: at most {LIMITS.max_memory_bytes} bytes (1 TiB)"
-        )
+        raise InvalidInput(f"{flag} `{value[:32]}…` is past any size: at most {most}")
     return int(number)
 
 

@@ -52,6 +52,7 @@ class Limits:
     max_timeout_seconds: float = 7 * 24 * 3600.0
     max_cpu_cores: float = 256.0
     max_memory_bytes: int = 1024**4
+    max_disk_bytes: int = 1024**5
     working_dir_chars: int = 4096
     provider_chars: int = 64
     max_attempts: int = 10
@@ -175,10 +176,12 @@ def _size(text: str) -> int:
 
 @dataclass(frozen=True)
 class Resources:
-    """CPU cores and memory bytes; 0 means the provider's default."""
+    """CPU cores and memory bytes (0: the provider's default), and the bytes the job may
+    write to its worker's disk (0: no limit)."""
 
     cpu_cores: float = 0.0
     memory_bytes: int = 0
+    disk_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,8 @@ def _resource_problems(resources: Resources) -> list[str]:
         found.append(f"cpu cores must be between 0 (the default) and {limits.max_cpu_cores:g}, got {cpu:g}")
     if not 0 <= resources.memory_bytes <= limits.max_memory_bytes:
         found.append(f"memory must be between 0 (the default) and {limits.max_memory_bytes} bytes (1 TiB)")
+    if not 0 <= resources.disk_bytes <= limits.max_disk_bytes:
+        found.append(f"disk must be between 0 (no limit) and {limits.max_disk_bytes} bytes (1 PiB)")
     return found
 
 
@@ -535,7 +540,11 @@ def _plain(value: Any) -> Any:
 
 def _resources(raw: Any) -> Resources:
     raw = raw or {}
-    return Resources(cpu_cores=float(raw.get("cpu_cores") or 0.0), memory_bytes=int(raw.get("memory_bytes") or 0))
+    return Resources(
+        cpu_cores=float(raw.get("cpu_cores") or 0.0),
+        memory_bytes=int(raw.get("memory_bytes") or 0),
+        disk_bytes=int(raw.get("disk_bytes") or 0),
+    )
 
 
 def _strings(raw: Any) -> tuple[str, ...]:

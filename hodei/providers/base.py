@@ -49,6 +49,8 @@ class WorkerLaunch:
     env: Mapping[str, str]
     cpu_cores: float = 0.0
     memory_bytes: int = 0
+    # The most the job may write to the worker's disk (JobSpec's resources.disk_bytes); 0: no limit.
+    disk_bytes: int = 0
     timeout_seconds: float = 3600.0
     labels: Mapping[str, str] = field(default_factory=dict)
     # The job's own image (JobSpec.image); "": the worker image. When to pull it

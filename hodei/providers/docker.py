@@ -33,11 +33,14 @@ from hodei.providers.base import (
     WorkerProvider,
     resource_name,
 )
+from hodei.providers.disk import DiskUse, DiskWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LABEL_INSTALLATION = "hodei.installation"
+# On a worker's container whose job has a disk limit (--disk): the limit, in bytes.
+LABEL_DISK = "hodei.disk-limit"
 # On a bundle volume: the id of the worker image it was filled from.
 LABEL_BUNDLE = "hodei.agent-bundle"
 # What the SDK raises when the engine cannot be reached (requests errors are not DockerExceptions).
@@ -67,6 +70,7 @@ class DockerProvider(WorkerProvider):
         # The CPUs of the engine's host (``_host_cpus``), once asked.
         self._cpus: int | None = None
         self._filling = threading.Lock()
+        self.disk = DiskWatch("docker", self._disk_use, self._stop_for_disk)
 
     @staticmethod
     def _retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -110,6 +114,10 @@ class DockerProvider(WorkerProvider):
                 options["mem_limit"] = launch.memory_bytes
             if self.max_processes:
                 options["pids_limit"] = self.max_processes
+            if launch.disk_bytes > 0:
+                # The overlay2 engines of ext4 hosts take no --storage-opt size: measured instead.
+                options["labels"][LABEL_DISK] = str(launch.disk_bytes)
+                self.disk.start()
             if launch.image:
                 options.update(self._in_image(launch.image, launch.image_pull, options["environment"]))
             container = self._retry(self.client.containers.run, launch.image or self.config.image, **options)
@@ -230,19 +238,49 @@ class DockerProvider(WorkerProvider):
     def destroy_worker(self, worker_id: str) -> None:
         try:
             container = self._find(worker_id)
-            if container is None:
-                return
-            if container.status == "running":
-                container.stop(timeout=int(self.kill_grace))
-            container.remove(force=True)
+            if container is not None:
+                if container.status == "running":
+                    container.stop(timeout=int(self.kill_grace))
+                container.remove(force=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or already being removed
+                message = f"Docker could not remove the worker {worker_id}: {exc.explanation or exc}"
+                raise ProviderError(message) from exc
+        except _ENGINE_DOWN as exc:
+            raise self._unreachable(exc) from exc
+        self.disk.forget(worker_id)
+
+    def _disk_use(self) -> list[DiskUse]:
+        """The writable layer of each running container with a disk limit, as the engine
+        measures it (``SizeRw``: a walk of what the container wrote, done for these only)."""
+        filters = {"label": [f"{LABEL_INSTALLATION}={self.installation}", LABEL_DISK], "status": "running"}
+        listed = self._retry(self.client.api.containers, filters=filters, size=True)
+        return [
+            DiskUse(
+                worker_id=labels[LABEL_WORKER],
+                used=int(container.get("SizeRw") or 0),
+                limit=int(labels[LABEL_DISK]),
+                where=f"container {(container.get('Names') or ['?'])[0].lstrip('/')}",
+            )
+            for container in listed
+            if LABEL_WORKER in (labels := container.get("Labels") or {})
+        ]
+
+    def _stop_for_disk(self, worker_id: str) -> None:
+        """SIGTERM to the agent, which stops its job and reports it stopped; the job's
+        end destroys the container as usual."""
+        try:
+            self._retry(self.client.api.kill, resource_name(worker_id), signal="SIGTERM")
         except NotFound:
             return
         except APIError as exc:
-            if exc.status_code in (404, 409):  # gone, or already being removed
-                return
-            raise ProviderError(f"Docker could not remove the worker {worker_id}: {exc.explanation or exc}") from exc
-        except _ENGINE_DOWN as exc:
-            raise self._unreachable(exc) from exc
+            if exc.status_code not in (404, 409):  # gone, or no longer running
+                raise
+
+    def stopped_by_others(self, worker_id: str) -> str | None:
+        return self.disk.why(worker_id)
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         try:
@@ -274,6 +312,10 @@ class DockerProvider(WorkerProvider):
             failure = None
             if state in ("exited", "dead"):
                 failure = self._exit_reason(container["Id"], name)
+                if over := self.disk.why(labels[LABEL_WORKER]):
+                    failure = f"{failure}: {over}"
+            if LABEL_DISK in labels:
+                self.disk.start()  # also for the limited workers found after a restart
             seen.append(
                 Observation(
                     worker_id=labels[LABEL_WORKER],
@@ -308,4 +350,5 @@ class DockerProvider(WorkerProvider):
         return Health(True, f"Docker engine {version} at {self.url}, image {self.config.image}{processes}")
 
     def close(self) -> None:
+        self.disk.close()
         self.client.close()

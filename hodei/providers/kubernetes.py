@@ -108,6 +108,15 @@ def _quantity_memory(size: int) -> str:
     return f"{max(1, math.ceil(size / 1024**2))}Mi"
 
 
+def _quantity_bytes(size: int) -> str:
+    """Exactly ``size`` bytes, in the largest binary unit that holds it whole (``10Mi``), as
+    the API server writes a quantity back: a disk limit is not rounded up as memory is."""
+    for power, unit in ((5, "Pi"), (4, "Ti"), (3, "Gi"), (2, "Mi"), (1, "Ki")):
+        if size % 1024**power == 0:
+            return f"{size // 1024**power}{unit}"
+    return str(size)
+
+
 class KubernetesProvider(WorkerProvider):
     provider_type = ProviderType.KUBERNETES
     inspectable = True
@@ -152,6 +161,8 @@ class KubernetesProvider(WorkerProvider):
             requests["cpu"] = limits["cpu"] = _quantity_cpu(launch.cpu_cores)
         if launch.memory_bytes > 0:
             requests["memory"] = limits["memory"] = _quantity_memory(launch.memory_bytes)
+        if launch.disk_bytes > 0:  # the kubelet evicts the pod past it
+            requests["ephemeral-storage"] = limits["ephemeral-storage"] = _quantity_bytes(launch.disk_bytes)
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "activeDeadlineSeconds": math.ceil(launch.timeout_seconds + self.kill_grace + DEADLINE_MARGIN),
@@ -180,7 +191,8 @@ class KubernetesProvider(WorkerProvider):
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 }
             ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+            # The job's home and TMPDIR: a --disk past 1Gi may fill it (the kubelet evicts past a sizeLimit).
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": _quantity_bytes(max(launch.disk_bytes, 1024**3))}}],
         }
         if launch.image:
             self._in_image(spec, launch)
@@ -343,7 +355,8 @@ class KubernetesProvider(WorkerProvider):
         return output
 
     def stopped_by_others(self, worker_id: str) -> str | None:
-        """A pod gone, or with a deletionTimestamp, that this provider did not delete."""
+        """A pod gone, or with a deletionTimestamp, that this provider did not delete; or
+        evicted by its node."""
         name = resource_name(worker_id)
         with self._lock:
             if name in self._deleted_by_us:
@@ -354,6 +367,9 @@ class KubernetesProvider(WorkerProvider):
             return f"pod {name} was deleted by someone else" if exc.status == 404 else None
         except (HTTPError, OSError):
             return None
+        status = pod.get("status") or {}
+        if status.get("reason") == "Evicted":  # by its node: past its ephemeral storage, or the node's pressure
+            return f"pod {name} was evicted by its node: {' '.join(str(status.get('message') or '').split())}"
         if pod.get("metadata", {}).get("deletionTimestamp"):
             return f"pod {name} is being deleted by someone else"
         return None

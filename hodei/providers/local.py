@@ -37,6 +37,7 @@ from hodei.errors import ProviderError
 from hodei.providers.agent_template import AgentTemplate, alive
 from hodei.providers.base import WORKER_OOM_SCORE_ADJ, Health, Observation, WorkerLaunch, WorkerProvider
 from hodei.providers.cgroups import WorkerCgroups, cgroup1_roots, cgroup2_root, limits_wanted, unenforceable
+from hodei.providers.disk import DiskUse, DiskWatch, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ class LocalProvider(WorkerProvider):
         # The uid each worker's job runs as, when run_as is a range.
         self._uids: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.disk = DiskWatch("local", self._disk_use, self._stop_for_disk)
+        if self._disk_limits():  # workers with a limit, started before a restart
+            self.disk.start()
 
     def _environment(self, launch: WorkerLaunch) -> dict[str, str]:
         """The agent's own settings and nothing of the server's."""
@@ -213,6 +217,9 @@ class LocalProvider(WorkerProvider):
             with contextlib.suppress(OSError):  # gone already: its end is reported as such
                 Path(f"/proc/{child.pid}/oom_score_adj").write_text(str(WORKER_OOM_SCORE_ADJ))
             self._children[launch.worker_id] = child
+            if launch.disk_bytes > 0:
+                self._disk_record(launch.worker_id).write_text(f"{launch.disk_bytes} {child.pid}")
+                self.disk.start()
             return f"pid-{child.pid}"
 
     def _execute(self, env: dict[str, str], output: Path, procs: list[Path]) -> AgentProcess:
@@ -256,11 +263,52 @@ class LocalProvider(WorkerProvider):
                 child.wait(timeout=5)
         (self.log_dir / f"{worker_id}.log").unlink(missing_ok=True)
         self._uid_record(worker_id).unlink(missing_ok=True)
+        self._disk_record(worker_id).unlink(missing_ok=True)
+        self.disk.forget(worker_id)
         # An agent killed (its cgroup's SIGKILL above, the OOM killer, by hand) left its
         # job's files.
         remove_home(str(self.homes / home_name(worker_id)))
         with self._lock:
             self._uids.pop(worker_id, None)  # free once nothing runs as it
+
+    def _disk_record(self, worker_id: str) -> Path:
+        """A worker's disk limit and its agent's pid (``<bytes> <pid>``), in the server's log
+        directory beside its uid record, so that a server started later (or another on this
+        host) goes on measuring it."""
+        return self.log_dir / f"{worker_id}.disk"
+
+    def _disk_limits(self) -> dict[str, tuple[int, int]]:
+        """Each limited worker's limit and agent pid, from the records."""
+        found = {}
+        for record in self.log_dir.glob("*.disk"):
+            with contextlib.suppress(OSError, ValueError):
+                limit, pid = record.read_text().split()
+                found[record.stem] = (int(limit), int(pid))
+        return found
+
+    def _disk_use(self) -> list[DiskUse]:
+        """The job's home of each limited worker: its HOME and TMPDIR, and its working
+        directory unless it was given another (a local job may write wherever its user may:
+        only its own directory is its disk)."""
+        found = []
+        for worker_id, (limit, _) in self._disk_limits().items():
+            home = str(self.homes / home_name(worker_id))
+            found.append(DiskUse(worker_id, tree_bytes(home), limit, f"its home {home}"))
+        return found
+
+    def _stop_for_disk(self, worker_id: str) -> None:
+        """SIGTERM to the agent, which stops its job and reports it stopped; the job's end
+        destroys the worker as usual."""
+        limited = self._disk_limits().get(worker_id)
+        if limited is None or not alive(pid := limited[1]):
+            return
+        if self.cgroups is not None and pid not in self.cgroups.pids(worker_id):
+            return  # its pid is another process's now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+
+    def stopped_by_others(self, worker_id: str) -> str | None:
+        return self.disk.why(worker_id)
 
     def output_tail(self, worker_id: str, lines: int) -> str:
         try:
@@ -304,6 +352,7 @@ class LocalProvider(WorkerProvider):
         return Health(True, f"workers {how} `{' '.join(self.worker_command)}` on this host ({isolation}{user})")
 
     def close(self) -> None:
+        self.disk.close()
         with self._lock:
             self._children.clear()
             if self.template is not None:

@@ -161,6 +161,7 @@ def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
             env=agent_environment(deps, worker, deps.timing.kill_grace),
             cpu_cores=job.spec.resources.cpu_cores,
             memory_bytes=job.spec.resources.memory_bytes,
+            disk_bytes=job.spec.resources.disk_bytes,
             timeout_seconds=job.spec.timeout_seconds,
             labels=job.spec.labels,
             image=job.spec.image,
