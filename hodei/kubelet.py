@@ -563,7 +563,7 @@ class Kubelet:
         """The pod's ephemeral storage in use, as the eviction manager sums it: what its
         container wrote to its writable layer (the engine's ``SizeRw``) and what its emptyDir
         volumes hold but those of medium Memory (a tmpfs of one container, read through its
-        root; a node directory shared with an init container, walked)."""
+        root; a node directory shared with an init container, by du)."""
         listed = self._client.api.containers(all=True, filters={"id": container_id}, size=True)
         used = int(listed[0].get("SizeRw") or 0) if listed else 0
         volumes = {v["name"]: v["emptyDir"] or {} for v in run.pod["spec"].get("volumes") or [] if "emptyDir" in v}
