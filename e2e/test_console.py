@@ -305,6 +305,15 @@ def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, t
     guarded.cli("pool", "delete", "gpu", check=True)
 
 
+def test_a_jobs_page_says_what_it_was_given_to_run_with(guarded: ServerProcess, tokens: dict[str, str]) -> None:
+    """Its limits, as `job get` says them (the page showed none); a job given none has no such row."""
+    reader = browser(guarded, tokens["read"])
+    limited = run(guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G")
+    shown = reader.get(f"{guarded.http_url}/jobs/{limited}").text
+    assert '<td id="resources">0.5 CPU, 64.0 MiB memory, 1.9 GiB disk</td>' in shown
+    assert 'id="resources"' not in reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
+
+
 def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(
     guarded: ServerProcess, tokens: dict[str, str]
 ) -> None:
