@@ -348,3 +348,40 @@ def _followed(follow: Any, token: str) -> Any:
         if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise
         return None
+
+
+def test_the_servers_most_disk_is_every_new_jobs_limit_and_more_is_refused(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """HODEI_MAX_DISK_BYTES as a LimitRange's max and default: a job asking for none is
+    given it, one asking for more is refused with nothing written, and it holds for every
+    job made after it is set: a retry of a job from before, a cron job's run."""
+    url = fresh_database_url
+    with ServerProcess(url, tmp_path / "before") as before:
+        unlimited = before.cli("job", "run", "-c", "true", "--wait", check=True).stdout.strip()
+    most = {"HODEI_MAX_DISK_BYTES": str(10 * 1024**2)}
+    with ServerProcess(url, tmp_path / "after", most) as server:
+
+        def resources(job_id: str) -> list[str]:
+            shown = server.cli("job", "get", job_id, check=True).stdout.splitlines()
+            return [line for line in shown if line.startswith("Resources:")]
+
+        assert resources(unlimited) == []
+        given = server.cli("job", "run", "-c", "true", "--wait", check=True).stdout.strip()
+        assert resources(given) == ["Resources: 10.0 MiB disk"]
+        assert resources(server.cli("job", "run", "-c", "true", "--disk", "1Mi", check=True).stdout.strip()) == [
+            "Resources: 1.0 MiB disk"
+        ]
+        before_refusals = written(url)
+        refused = server.cli("job", "run", "-c", "true", "--disk", "20Mi")
+        assert refused.returncode != 0 and refused.stdout == ""
+        said = "disk of 20971520 bytes is past this server's most for a job, 10485760 bytes (HODEI_MAX_DISK_BYTES)"
+        assert said in refused.stderr, refused.stderr
+        cron = server.cli("cron", "create", "big", "--schedule", "@daily", "-c", "true", "--disk", "20Mi")
+        assert cron.returncode != 0 and said in cron.stderr, cron.stderr
+        assert written(url) == before_refusals
+        retried = server.cli("job", "retry", unlimited, "--wait", check=True).stdout.strip()
+        assert resources(retried) == ["Resources: 10.0 MiB disk"]
+        server.cli("cron", "create", "nightly", "--schedule", "@daily", "-c", "true", check=True)
+        ran = server.cli("cron", "run", "nightly", "--wait", check=True).stdout.split()[0]
+        assert resources(ran) == ["Resources: 10.0 MiB disk"]

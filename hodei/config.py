@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from hodei.domain.spec import LIMITS
 from hodei.errors import InvalidInput
 
 _HOST_WITH_PORT = re.compile(r"^([^:\[\]]+|\[[^\]]+\]):\d+$")
@@ -87,6 +88,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_LOG_RETENTION": ("2592000", "seconds a job's stored log is kept (30 days)"),
     "HODEI_OUTBOX_RETENTION": ("604800", "seconds published outbox rows are kept (7 days; the events stay)"),
     "HODEI_MAX_LOG_BYTES": ("1073741824", "bytes of a job's stored log; past it the rest is dropped, with a notice"),
+    "HODEI_MAX_DISK_BYTES": (
+        "0",
+        "bytes a job may write to its worker's disk (job run --disk): a job asking for more is refused, one asking "
+        "for none is given this limit; 0: none of the server's",
+    ),
     "HODEI_MAX_ARTIFACT_BYTES": (
         "1073741824",
         "bytes of the artifacts one attempt of a job may store (under HODEI_LOG_DIR/artifacts); past it files are "
@@ -350,6 +356,8 @@ class Config:
     log_dir: Path
     max_log_bytes: int
     max_artifact_bytes: int
+    # The most a job may write to its worker's disk, and the limit of one asking for none (0: none).
+    max_disk_bytes: int
     # Streams API callers may hold open at once (hodei.server.edge.Streams).
     max_streams: int
     # Of those, the streams one API token may hold.
@@ -558,6 +566,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),
         max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES", most=2**63 - 1),
+        max_disk_bytes=_whole(env, "HODEI_MAX_DISK_BYTES", zero_allowed=True, most=LIMITS.max_disk_bytes),
         max_streams=_whole(env, "HODEI_MAX_STREAMS"),
         max_streams_per_token=_whole(env, "HODEI_MAX_STREAMS_PER_TOKEN"),
         log_retention=_seconds(env, "HODEI_LOG_RETENTION"),

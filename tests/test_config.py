@@ -64,6 +64,8 @@ from hodei.errors import InvalidInput
         ("HODEI_LOCAL_MAX_WORKERS", "1e300", "HODEI_LOCAL_MAX_WORKERS must be at most 2147483647, got `1e300`"),
         ("HODEI_RELAY_BATCH", "99999999999999999999", "HODEI_RELAY_BATCH must be at most 2147483647"),
         ("HODEI_MAX_LOG_BYTES", "1e19", "HODEI_MAX_LOG_BYTES must be at most 9223372036854775807, got `1e19`"),
+        ("HODEI_MAX_DISK_BYTES", "2e15", "HODEI_MAX_DISK_BYTES must be at most 1125899906842624, got `2e15`"),
+        ("HODEI_MAX_DISK_BYTES", "-1", "HODEI_MAX_DISK_BYTES must be"),
         ("HODEI_K8S_NAMESPACE", "Bad_NS", "HODEI_K8S_NAMESPACE must be a namespace's name: 1 to 63 lowercase"),
         ("HODEI_K8S_NAMESPACE", "-jobs", "beginning and ending with a letter or digit; got `-jobs`"),
         ("HODEI_K8S_NAMESPACE", "a" * 64, "HODEI_K8S_NAMESPACE must be a namespace's name"),

@@ -375,6 +375,22 @@ def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
     return found
 
 
+def within_disk_limit(spec: JobSpec, most: int) -> JobSpec:
+    """The server's most for a job's disk (HODEI_MAX_DISK_BYTES; 0: none), as a Kubernetes
+    LimitRange's default and max: a job that asks for no limit is given it, one that asks
+    for more is refused. Applied as each job is made (a cron job's runs, a retry), so a
+    server's setting holds for every job it makes."""
+    asked = spec.resources.disk_bytes
+    if most <= 0 or 0 < asked <= most:
+        return spec
+    if asked > most:
+        raise InvalidInput(
+            f"invalid job: disk of {asked} bytes is past this server's most for a job, {most} bytes"
+            " (HODEI_MAX_DISK_BYTES)"
+        )
+    return replace(spec, resources=replace(spec.resources, disk_bytes=most))
+
+
 def _resource_problems(resources: Resources) -> list[str]:
     limits = LIMITS
     found = []

@@ -9,7 +9,7 @@ import grpc
 from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import JobSpec, within_disk_limit
 from hodei.errors import InvalidInput, PermissionDenied
 from hodei.limits import Limits
 from hodei.pools import Pools
@@ -44,6 +44,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
         refuse_unrunnable(spec, self.pools)
+        within_disk_limit(spec, self.cron_jobs.max_disk_bytes)  # refused now, not at each run
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
             concurrency=_concurrency(request.concurrency),

@@ -28,6 +28,7 @@ from hodei.domain.spec import (
     check_priority,
     naming_arrays,
     never_after,
+    within_disk_limit,
 )
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.faults import Faults
@@ -85,6 +86,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         kill_grace: float,
         faults: Faults,
         clock: DatabaseClock,
+        max_disk_bytes: int = 0,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -97,6 +99,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.faults = faults
         # Deadlines' time: a cancel's grace is judged by the server its worker is connected to.
         self.clock = clock
+        # HODEI_MAX_DISK_BYTES, for each job made (``within_disk_limit``).
+        self.max_disk_bytes = max_disk_bytes
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -105,7 +109,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         secrets = dict(request.secrets)
         if (repeat := self._repeat(submission, secrets, bool(request.array))) is not None:
             return repeat
-        spec = spec_from_proto(request.spec, secrets)
+        spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
         naming_arrays(spec, request.after_arrays).validate(secrets)
         refuse_unrunnable(spec, self.pools)
         spec = self._after(spec, request.after_arrays)
@@ -317,7 +321,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput(
                 f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
             ) from None
-        spec = self._after(JobSpec.from_payload(row.spec))
+        spec = within_disk_limit(self._after(JobSpec.from_payload(row.spec)), self.max_disk_bytes)
         self.pools.check(spec.pool)  # it may have been deleted since
         job_id = submission.ids[0]
         job = Job.submit(

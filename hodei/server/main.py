@@ -244,6 +244,7 @@ async def _add_services(
                 runtime.config.timing.kill_grace,
                 runtime.faults,
                 runtime.clock,
+                runtime.config.max_disk_bytes,
             ),
         ),
         (worker_pb2, "WorkerAgentService", workers),

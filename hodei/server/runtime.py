@@ -126,7 +126,13 @@ class Runtime:
         self.secrets = JobSecrets(self.pool)
         # Deadlines' time, PostgreSQL's (set by ``clocks``, in ``start`` and at each beat).
         self.clock = DatabaseClock()
-        self.cron_jobs = CronJobs(self.store, self.secrets, kill_grace=config.timing.kill_grace, clock=self.clock)
+        self.cron_jobs = CronJobs(
+            self.store,
+            self.secrets,
+            kill_grace=config.timing.kill_grace,
+            clock=self.clock,
+            max_disk_bytes=config.max_disk_bytes,
+        )
         self.pools = Pools(self.store)
         self.limits = Limits(self.store)
         self.instances = ServerInstances(self.pool, config.server_id)
