@@ -52,6 +52,22 @@ def test_the_watch_stops_a_worker_past_its_limit_once_and_says_why_until_forgott
     watch.close()
 
 
+def test_a_stop_that_failed_is_tried_again_at_the_next_round_and_the_others_still_are() -> None:
+    uses = [DiskUse("a", 2 * MIB, MIB, "container a"), DiskUse("b", 2 * MIB, MIB, "container b")]
+    tried: list[str] = []
+
+    def stop(worker_id: str) -> None:
+        tried.append(worker_id)
+        if worker_id == "a" and tried.count("a") == 1:
+            raise ConnectionError("the engine is away")
+
+    watch = DiskWatch("docker", lambda: uses, stop)
+    watch.check()
+    assert tried == ["a", "b"] and watch.why("a") is None and watch.why("b") is not None
+    watch.check()
+    assert tried == ["a", "b", "a"] and watch.why("a") is not None
+
+
 def test_the_watch_runs_on_a_thread_of_its_own_from_its_start_to_its_close() -> None:
     measured = threading.Event()
 

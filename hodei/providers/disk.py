@@ -92,7 +92,12 @@ class DiskWatch:
                 )
                 self._over[use.worker_id] = reason
             log.warning("worker %s: %s: stopping it", use.worker_id, reason)
-            self._stop(use.worker_id)
+            try:
+                self._stop(use.worker_id)
+            except Exception as exc:  # an engine away: stopped at a later round
+                log.warning("worker %s was not stopped past its disk limit: %s", use.worker_id, exc)
+                with self._lock:
+                    self._over.pop(use.worker_id, None)
 
     def why(self, worker_id: str) -> str | None:
         with self._lock:
