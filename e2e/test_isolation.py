@@ -343,18 +343,24 @@ def test_a_job_past_its_disk_limit_is_stopped_saying_why(request: pytest.Fixture
     assert "Resources: 10.0 MiB disk" in server.cli("job", "get", small, check=True).stdout.splitlines()
 
 
-def test_a_server_killed_and_started_again_goes_on_measuring_a_local_jobs_disk(
-    fresh_database_url: str, tmp_path: Path
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_server_killed_and_started_again_goes_on_measuring_a_jobs_disk(
+    request: pytest.FixtureRequest, fresh_database_url: str, tmp_path: Path, provider: str
 ) -> None:
-    """The limit is written down with the worker (its record in the log directory), so the
-    server that takes the worker over after a kill -9 stops it past its limit as well."""
-    server = ServerProcess(fresh_database_url, tmp_path, {"HODEI_KILL_GRACE": "1"}).start()
+    """The limit is written down with the worker (a local one's record in the log directory,
+    a container's label), so the server that takes the worker over after a kill -9 stops it
+    past its limit as well."""
+    env = {"HODEI_KILL_GRACE": "1"}
+    if provider == "docker":
+        image = request.getfixturevalue("worker_image")
+        env |= {"HODEI_DOCKER_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0", "HODEI_WORKER_IMAGE": image}
+    server = ServerProcess(fresh_database_url, tmp_path, env).start()
     try:
-        job_id = run(server, "local", "sleep 8; head -c 30000000 /dev/zero > big; sleep 300", "--disk", "10Mi")
+        job_id = run(server, provider, "sleep 8; head -c 30000000 /dev/zero > big; sleep 300", "--disk", "10Mi")
         eventually(
             lambda: query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)], 30
         )
-        assert list((tmp_path / "workers").glob("*.disk"))
+        assert list((tmp_path / "workers").glob("*.disk")) or provider == "docker"
         server.kill()
         server.start()
         assert wait_terminal(fresh_database_url, job_id, 60) == "FAILED"
