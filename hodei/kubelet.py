@@ -8,8 +8,8 @@ env (a ``secretKeyRef`` read from the API's Secret; a missing Secret or key is t
 (refused for an image that would run as root, as the kubelet refuses it),
 ``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
 ``emptyDir`` volumes, CPU and memory limits, the ``ephemeral-storage`` limit (the pod's use —
-its container's writable layer and its emptyDir volumes — measured every ``DISK_CHECK_EVERY``
-seconds; past the limit the pod is evicted, as the eviction manager does, with a grace of
+its container's writable layer and its emptyDir volumes — measured every ``CHECK_EVERY``
+seconds (``hodei.providers.disk``); past the limit the pod is evicted, as the eviction manager does, with a grace of
 1 s), ``activeDeadlineSeconds``, and the rank of the
 pod's processes for the node's OOM killer by its QoS class (``oom_score_adj``, as the
 kubelet's ``pkg/kubelet/qos/policy.go`` sets it). Init containers
@@ -52,7 +52,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound, Nu
 from kubernetes.utils.quantity import parse_quantity
 
 from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
-from hodei.providers.disk import tree_bytes
+from hodei.providers.disk import CHECK_EVERY, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ LABEL_NAMESPACE = "io.kubernetes.pod.namespace"
 # The kubelet's own pull back-off: 10 s, doubling, at most 5 minutes.
 PULL_BACKOFF_FIRST, PULL_BACKOFF_MAX = 10.0, 300.0
 POLL = 0.1
-# How often a container's ephemeral storage is measured (a kubelet's housekeeping: 10 s), and
-# the grace of an eviction (the eviction manager's immediateEvictionGracePeriodSeconds).
-DISK_CHECK_EVERY, EVICTION_GRACE = 2.0, 1
+# The grace of an eviction (the eviction manager's immediateEvictionGracePeriodSeconds). A pod's
+# ephemeral storage is measured every CHECK_EVERY seconds, as the providers measure theirs.
+EVICTION_GRACE = 1
 Pod = dict[str, Any]
 
 
@@ -535,7 +535,7 @@ class Kubelet:
                     message = f"Pod was active on the node longer than the specified deadline ({deadline_seconds}s)"
                     pod_reason = {"reason": "DeadlineExceeded", "message": message}
                     container.stop(timeout=self._grace(run))
-                elif limit and not pod_reason and time.monotonic() - measured >= DISK_CHECK_EVERY:
+                elif limit and not pod_reason and time.monotonic() - measured >= CHECK_EVERY:
                     measured = time.monotonic()
                     if self._ephemeral_use(run, container.id, state.get("Pid") or 0) > parse_quantity(limit):
                         message = f"Pod ephemeral local storage usage exceeds the total limit of containers {limit}. "

@@ -273,9 +273,7 @@ class DockerProvider(WorkerProvider):
         end destroys the container as usual."""
         try:
             self._retry(self.client.api.kill, resource_name(worker_id), signal="SIGTERM")
-        except NotFound:
-            return
-        except APIError as exc:
+        except APIError as exc:  # NotFound is one
             if exc.status_code not in (404, 409):  # gone, or no longer running
                 raise
 
