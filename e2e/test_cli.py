@@ -170,9 +170,13 @@ def test_job_list_selects_by_labels_as_kubectl_does(server: ServerProcess) -> No
     assert listed("!team") == {bare}
     assert listed("team", "!tier") == {red}
     assert listed("team!=red", "!tier") == {bare}
+    # Every != term of a key holds, not only its last (the last alone listed blue here).
+    assert listed("team!=blue", "team!=red") == {bare}
     for wrong in ("=blue", "!", "!team=blue", "te!am"):
         refused = server.cli("job", "list", "-l", wrong)
         assert refused.returncode == 2 and f"label selector `{wrong}`: expected KEY=VALUE" in refused.stderr
+    both = server.cli("job", "list", "-l", "team=blue", "-l", "team=red")
+    assert both.returncode == 2 and "team cannot also be 'blue'; no job would match" in both.stderr
     for job_id in (blue, red, bare):
         wait_settled(server.database_url, job_id)
 
@@ -874,7 +878,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
     assert code == 2
     assert err.splitlines()[-1].endswith(
         "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'pool', 'limit', 'queue', 'worker', 'metrics', "
-        "'outbox', 'token', 'whoami', 'cron', 'completion', 'schema'); did you mean 'job'?"
+        "'outbox', 'token', 'whoami', 'cron', 'webhook', 'completion', 'schema'); did you mean 'job'?"
     )
     code, _, err = run_in_process(capsys, "job", "lsit")
     assert code == 2

@@ -35,6 +35,7 @@ from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.store.events import EventRecord
 from hodei.store.readmodels import ReadModels
+from hodei.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -79,13 +80,20 @@ class _Scraped(Collector):
     """Gauges read at scrape time."""
 
     def __init__(
-        self, reads: ReadModels, connected: Callable[[], int], cron_jobs: CronJobs, pools: Pools, limits: Limits
+        self,
+        reads: ReadModels,
+        connected: Callable[[], int],
+        cron_jobs: CronJobs,
+        pools: Pools,
+        limits: Limits,
+        webhooks: Webhooks,
     ) -> None:
         self.reads = reads
         self.connected = connected
         self.cron_jobs = cron_jobs
         self.pools = pools
         self.limits = limits
+        self.webhooks = webhooks
 
     def collect(self) -> Iterator[Metric]:
         """What this process knows, always; what it reads from PostgreSQL, and
@@ -120,6 +128,19 @@ class _Scraped(Collector):
         yield from self._cron_jobs()
         yield from self._pools()
         yield from self._submitters()
+        yield from self._webhooks()
+
+    def _webhooks(self) -> Iterator[Metric]:
+        messages = GaugeMetricFamily(
+            "hodei_webhook_messages",
+            "The webhook's messages kept (a week), by state: pending (to be sent, or sent again), failed "
+            "(given up on: `webhook redeliver`), delivered",
+            labels=["webhook", "state"],
+        )
+        for hook in self.webhooks.rows():
+            for state, count in (("pending", hook.pending), ("failed", hook.failed), ("delivered", hook.delivered)):
+                messages.add_metric([hook.name, state], count)
+        yield messages
 
     def _pools(self) -> Iterator[Metric]:
         size = GaugeMetricFamily("hodei_pool_size", "How many of the pool's jobs may run at once", labels=["pool"])
@@ -205,7 +226,9 @@ def _database_up(value: float) -> Metric:
 
 
 class PlatformMetrics:
-    def __init__(self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools, limits: Limits) -> None:
+    def __init__(
+        self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools, limits: Limits, webhooks: Webhooks
+    ) -> None:
         self.reads = reads
         self.registry = CollectorRegistry()
         # Which version each server runs (during an upgrade, which servers are still old).
@@ -237,7 +260,7 @@ class PlatformMetrics:
             "Lines of job output this server could not store (its log directory full or gone)",
             registry=self.registry,
         )
-        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools, limits)
+        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools, limits, webhooks)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()
         self._saga_types: _Recent[str] = _Recent()

@@ -83,6 +83,7 @@ _C = "/hodei.jobs.CronService/"
 _PL = "/hodei.jobs.PoolService/"
 _AR = "/hodei.jobs.ArtifactService/"
 _LM = "/hodei.jobs.LimitService/"
+_WH = "/hodei.jobs.WebhookService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -143,6 +144,14 @@ RULES: dict[str, Role | Gate] = {
     _LM + "DeleteSubmitterLimit": Role.OPERATE,
     _LM + "ListSubmitterLimits": Role.READ,
     _LM + "GetSubmitterLimit": Role.READ,
+    # Webhooks are the admins': a webhook's URL may hold a credential, and it is sent every
+    # job it matches, whoever submitted it.
+    _WH + "SetWebhook": Role.ADMIN,
+    _WH + "ListWebhooks": Role.ADMIN,
+    _WH + "GetWebhook": Role.ADMIN,
+    _WH + "DeleteWebhook": Role.ADMIN,
+    _WH + "TestWebhook": Role.ADMIN,
+    _WH + "Redeliver": Role.ADMIN,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

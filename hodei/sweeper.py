@@ -12,8 +12,9 @@
 - queued jobs are admitted where their provider has room, those submitted with --after
   once the jobs they start after ended as asked (cancelled when one ended otherwise);
 - cron jobs start the job of each time of their schedule that came due (hodei.cron);
+- each job that ended is written as a message to each webhook told of it (hodei.webhooks);
 - the secrets of jobs that ended longer ago than the retention are shredded, published
-  outbox rows and job logs past theirs deleted (hodei.retention).
+  outbox rows, job logs and webhook messages past theirs deleted (hodei.retention).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import fetch_all
 from hodei.store.instances import ServerInstances
 from hodei.store.job_secrets import JobSecrets
+from hodei.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Sweeper:
         instances: ServerInstances,
         retention: Retention,
         cron_jobs: CronJobs,
+        webhooks: Webhooks,
         timing: Timing,
         secret_retention: float,
     ) -> None:
@@ -107,6 +110,7 @@ class Sweeper:
         self.instances = instances
         self.retention = retention
         self.cron_jobs = cron_jobs
+        self.webhooks = webhooks
         self.timing = timing
         self.secret_retention = secret_retention
         self._last: dict[str, float] = {}
@@ -132,6 +136,7 @@ class Sweeper:
             ("observations", self.observe_providers),
             ("admission", self.admit),
             ("cron", self.cron_jobs.fire_due),
+            ("webhooks", self.webhooks.enqueue),
         ]
         if reconcile if reconcile is not None else self._due("reconcile", self.timing.reconcile_interval):
             checks.append(("reconcile", self.reconcile))
@@ -142,6 +147,7 @@ class Sweeper:
             checks.append(("outbox retention", self.retention.prune_outbox))
             checks.append(("log retention", self.retention.expire_logs))
             checks.append(("artifact retention", self.retention.expire_artifacts))
+            checks.append(("webhook retention", self.webhooks.prune))
         now = time.monotonic()
         if now - self._last_sweep > self.timing.heartbeat_timeout / 2:
             self._hearing_since = now  # this process was stalled: it heard nothing

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.message import Message
 
 from hodei._proto import common_pb2
 from hodei.domain.spec import JobSpec, canonical_time, name_for
@@ -34,3 +37,56 @@ def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = (
 
 def spec_to_proto(spec: JobSpec) -> common_pb2.JobSpec:
     return ParseDict(spec.to_payload(), common_pb2.JobSpec())
+
+
+_TIMESTAMP = "google.protobuf.Timestamp"
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """Every field present: unset message fields (times not reached yet) as None."""
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _fill(message, data)
+    return data
+
+
+def _fill(message: Message, data: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        kind = field.message_type
+        if kind is None and field.has_presence and not message.HasField(field.name):
+            data[field.name] = None  # an `optional` number not known
+            continue
+        if field.type in _INT64_TYPES:  # proto3's JSON mapping writes them as strings
+            value = data[field.name]
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            continue
+        if kind is not None and kind.GetOptions().map_entry:
+            if kind.fields_by_name["value"].type in _INT64_TYPES:
+                data[field.name] = {key: int(value) for key, value in data[field.name].items()}
+            continue
+        if kind is None:
+            continue
+        value = getattr(message, field.name)
+        if not field.is_repeated and not message.HasField(field.name):
+            data[field.name] = None
+        elif kind.full_name == _TIMESTAMP:
+            continue  # a string already
+        elif field.is_repeated:
+            for item, item_data in zip(value, data[field.name], strict=True):
+                _fill(item, item_data)
+        else:
+            _fill(value, data[field.name])
+
+
+def job_dict(job: common_pb2.Job) -> dict[str, Any]:
+    """A job in JSON: every field present; no exit code is null, not 0."""
+    data = message_dict(job)
+    data["exit_code"] = job.exit_code if job.has_exit_code else None
+    data.pop("has_exit_code", None)
+    return data

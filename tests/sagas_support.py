@@ -35,8 +35,10 @@ from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.instances import ServerInstances
 from hodei.store.job_secrets import JobSecrets
+from hodei.store.readmodels import ReadModels
 from hodei.sweeper import Sweeper
 from hodei.tokens import TokenSigner
+from hodei.webhooks import Webhooks
 
 FAST_TIMING = Timing(
     heartbeat_interval=0.5,
@@ -174,6 +176,7 @@ class Harness:
                 self.store, LogStore(tmp / "logs"), ArtifactStore(tmp / "logs" / "artifacts", 1 << 20), 604800, 2592000
             ),
             CronJobs(self.store, JobSecrets(pool), kill_grace=1.0),
+            Webhooks(self.store, JobSecrets(pool), ReadModels(pool)),
             timing,
             secret_retention=86400,
         )

@@ -29,6 +29,7 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
 from hodei.testing import eventually, query
+from hodei.webhooks import Webhooks
 from tests.test_store import current_transaction, new_job
 
 LOCK = "SELECT pg_try_advisory_lock(7, hashtext('docker'))"  # released as its connection closes
@@ -410,7 +411,11 @@ def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
     assert first.past_pool_size and waiting[str(local[1].id)].pool_place == 2
     assert pools.get("db") == PoolUse("db", 2, running=2, queued=2)
     metrics = PlatformMetrics(
-        ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), pools, Limits(store)
+        ReadModels(store.pool),
+        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
+        pools,
+        Limits(store),
+        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
     )
     scraped = generate_latest(metrics.registry).decode()
     for line in (
@@ -558,7 +563,11 @@ def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_provid
     assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=2, queued=2)
     assert limits.get("bob") == SubmitterUse("bob", None, own=False, running=1, queued=0)
     metrics = PlatformMetrics(
-        ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), Pools(store), limits
+        ReadModels(store.pool),
+        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
+        Pools(store),
+        limits,
+        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
     )
     scraped = generate_latest(metrics.registry).decode()
     for line in (
@@ -742,7 +751,11 @@ def test_a_submission_counts_the_jobs_not_ended_after_the_one_before_committed(
     assert str(refused).startswith("submitter alice has 1 jobs not ended, 1 at most (`limit get alice`): a job more")
     assert limits.get("alice").queued == 1
     metrics = PlatformMetrics(
-        ReadModels(store.pool), CronJobs(store, JobSecrets(store.pool), kill_grace=1.0), Pools(store), limits
+        ReadModels(store.pool),
+        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
+        Pools(store),
+        limits,
+        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
     )
     scraped = generate_latest(metrics.registry).decode()
     assert 'hodei_submitter_max_submitted{submitter="alice"} 1.0' in scraped

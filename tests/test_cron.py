@@ -24,6 +24,7 @@ from hodei.store.app import HodeiStore, Meta
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
 from hodei.testing import query, spy
+from hodei.webhooks import Webhooks
 
 SPEC = JobSpec(name="report", command="echo hi", timeout_seconds=30.0, provider="local")
 
@@ -34,6 +35,14 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def scrape(store: HodeiStore, cron_jobs: CronJobs) -> str:
+    """/metrics as a server over ``store`` with ``cron_jobs`` answers it."""
+    reads = ReadModels(store.pool)
+    webhooks = Webhooks(store, JobSecrets(store.pool), reads)
+    metrics = PlatformMetrics(reads, cron_jobs, Pools(store), Limits(store), webhooks)
+    return generate_latest(metrics.registry).decode()
 
 
 def sweeping(store: HodeiStore, clock: Clock) -> CronJobs:
@@ -125,9 +134,7 @@ def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
     assert cron_jobs.fire_due() == []
     assert cron_jobs.fire_due() == []  # looked at again only at its next time: one skip
     assert cron_jobs.skipped() == {("once-at-a-time", "forbid"): 1}
-    scraped = generate_latest(
-        PlatformMetrics(ReadModels(store.pool), cron_jobs, Pools(store), Limits(store)).registry
-    ).decode()
+    scraped = scrape(store, cron_jobs)
     assert 'hodei_cron_job_skipped_total{cron="once-at-a-time",reason="forbid"} 1.0' in scraped
     assert [run.job_id for run in cron_jobs.active_jobs("once-at-a-time")] == [running]
     job = store.load(Job, running)
@@ -190,9 +197,7 @@ def test_a_sweep_lets_a_deleted_cron_job_go_with_what_it_kept_of_it(
         assert list(sweeper._next) == [cron_id("kept")]
     assert loaded == []  # nothing of "short-lived" read again: the sweep learnt of it from the index
     assert cron_jobs.skipped() == {}
-    scraped = generate_latest(
-        PlatformMetrics(ReadModels(store.pool), cron_jobs, Pools(store), Limits(store)).registry
-    ).decode()
+    scraped = scrape(store, cron_jobs)
     assert 'cron="short-lived"' not in scraped
     cron_jobs.define("short-lived", definition(), {}, "carol", replace=False)  # the name again: anew
     assert [cron.name for cron in cron_jobs.all()] == ["kept", "short-lived"]

@@ -20,7 +20,9 @@ from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
 from hodei.providers.base import WorkerLaunch
 from hodei.providers.kubernetes import KubernetesProvider, load_api_client
 from hodei.store.app import HodeiStore
+from hodei.store.readmodels import ReadModels
 from hodei.testing import eventually
+from hodei.webhooks import Webhooks
 from tests.k8s_schema import problems
 from tests.test_deploy import by_kind
 
@@ -541,6 +543,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         instances,
         retention,
         CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
+        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
         timing,
         86400,
     )

@@ -34,6 +34,7 @@ from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
 from hodei.testing import query, spy
 from hodei.tokens import TokenSigner
+from hodei.webhooks import Webhooks
 from tests.sagas_support import Effects, FakeProvider, Harness
 
 LOCAL = str(PROVIDER_IDS[ProviderType.LOCAL])
@@ -73,7 +74,11 @@ def _service(
         Faults(""),
         ProviderRegistry(store, {}, {}),
         PlatformMetrics(
-            ReadModels(pool), CronJobs(store, JobSecrets(pool), kill_grace=1.0), Pools(store), Limits(store)
+            ReadModels(pool),
+            CronJobs(store, JobSecrets(pool), kill_grace=1.0),
+            Pools(store),
+            Limits(store),
+            Webhooks(store, JobSecrets(pool), ReadModels(pool)),
         ),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
         ArtifactStore(tmp_path / "artifacts", 1 << 20),

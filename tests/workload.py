@@ -15,6 +15,7 @@ from hodei.domain.pool import Pool, pool_id
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
 from hodei.domain.saga import Saga, StepState
 from hodei.domain.spec import JobSpec
+from hodei.domain.webhook import ENDINGS, Webhook, webhook_id
 from hodei.domain.worker import Worker
 from hodei.errors import HodeiError
 from hodei.store.app import HodeiStore, Meta
@@ -38,6 +39,7 @@ OPERATIONS = [
     "pool",
     "limit",
     "signal",
+    "webhook",
 ]
 
 
@@ -290,6 +292,20 @@ class Workload:
         else:
             pool.resize(self.random.randint(0, 3))
         return [pool]
+
+    def _webhook(self) -> list[HodeiAggregate]:
+        """A webhook set, changed or deleted (no read model; its sealed values as opaque text)."""
+        name = self.random.choice(["chat", "pager"])
+        sealed = {"url": f"aesgcm1:{self.random.randbytes(8).hex()}", "secret": "aesgcm1:x"}
+        states = tuple(self.random.sample(ENDINGS, self.random.randint(1, len(ENDINGS))))
+        hook = self.store.find(Webhook, webhook_id(name))
+        if hook is None:
+            return [Webhook.create(name, "https://hooks.example.com", sealed, states, ("team=a",))]
+        if self.random.random() < 0.3 and not hook.deleted:
+            hook.delete()
+        else:
+            hook.change("https://hooks.example.com", sealed, states, ())
+        return [hook]
 
     def _limit(self) -> list[HodeiAggregate]:
         """A submitter's limit (or `*`'s) set, changed, lifted or deleted (no read model)."""

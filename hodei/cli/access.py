@@ -8,7 +8,8 @@ from typing import Any
 from hodei._proto import access_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import parse_duration
-from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.cli.terminal import Terminal, when
+from hodei.wire import message_dict
 
 
 def token(client: Client, term: Terminal, args: argparse.Namespace) -> int:

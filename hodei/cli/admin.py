@@ -8,8 +8,9 @@ from typing import Any
 from hodei._proto import limits_pb2, metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
 from hodei.cli.parsing import add_limit, bound_message, limit_bound, whole
-from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.cli.terminal import Terminal, when
 from hodei.errors import InvalidInput
+from hodei.wire import message_dict
 
 # A limit `limit set` was not given: it stays as it was.
 _UNSAID: Any = object()

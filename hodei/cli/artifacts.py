@@ -14,9 +14,10 @@ from hodei._proto import artifacts_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import add_job_id
 from hodei.cli.parsing import count
-from hodei.cli.terminal import Terminal, message_dict
+from hodei.cli.terminal import Terminal
 from hodei.domain.phases import size_text
 from hodei.errors import InvalidInput, NoSuchAttempt, NotFound
+from hodei.wire import message_dict
 
 
 def artifacts(client: Client, term: Terminal, args: argparse.Namespace) -> int:

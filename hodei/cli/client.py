@@ -31,6 +31,7 @@ from hodei._proto import (
     providers_pb2_grpc,
     sagas_pb2_grpc,
     scheduler_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 from hodei.errors import InvalidInput
 
@@ -204,6 +205,7 @@ class Client:
         self.pools = pools_pb2_grpc.PoolServiceStub(self.channel)
         self.limits = limits_pb2_grpc.LimitServiceStub(self.channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

@@ -9,10 +9,10 @@ from hodei._proto import cron_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import add_idempotency_key, add_spec_options, add_wait_options, job_spec, submit, submitted
 from hodei.cli.parsing import duration, parse_env
-from hodei.cli.terminal import Terminal, message_dict, stamp, when
+from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.base import check_name
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule
-from hodei.wire import spec_to_proto
+from hodei.wire import message_dict, spec_to_proto
 
 SCHEDULE_HELP = (
     "five cron fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'), a nickname "

@@ -43,7 +43,7 @@ from hodei.cli.parsing import (
     text_of,
     whole,
 )
-from hodei.cli.terminal import Terminal, message_dict, stamp, when
+from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import SIGNALS, JobState, hold_text
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text
@@ -62,7 +62,7 @@ from hodei.domain.spec import (
 )
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
-from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, spec_to_proto
+from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, job_dict, message_dict, spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`, and two of our own.
@@ -100,14 +100,6 @@ def exit_code_of(job: common_pb2.Job) -> int:
     if job.has_exit_code and job.exit_code != 0:
         return job.exit_code
     return EXIT_PLATFORM
-
-
-def job_dict(job: common_pb2.Job) -> dict[str, Any]:
-    """A job in JSON: every field present; no exit code is null, not 0."""
-    data = message_dict(job)
-    data["exit_code"] = job.exit_code if job.has_exit_code else None
-    data.pop("has_exit_code", None)
-    return data
 
 
 def _stopping(job: common_pb2.Job) -> bool:

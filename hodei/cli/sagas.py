@@ -14,11 +14,12 @@ from rich.tree import Tree
 
 from hodei._proto import jobs_pb2, sagas_pb2
 from hodei.cli.client import Client
-from hodei.cli.jobs import LATEST, add_job_id, job_dict
+from hodei.cli.jobs import LATEST, add_job_id
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.parsing import add_limit
-from hodei.cli.terminal import Terminal, message_dict, when
+from hodei.cli.terminal import Terminal, when
 from hodei.domain.phases import usage_text
+from hodei.wire import job_dict, message_dict
 
 
 def _took(seconds: float) -> str:

@@ -25,6 +25,7 @@ from hodei._proto import (
     providers_pb2,
     sagas_pb2,
     scheduler_pb2,
+    webhooks_pb2,
 )
 
 Schema = dict[str, Any]
@@ -118,6 +119,11 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "pool set|get|delete": (message_schema(pools_pb2.Pool.DESCRIPTOR), False),
     "limit list": (_array(message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR)), False),
     "limit set|get|delete": (message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR), False),
+    "webhook list": (_array(message_schema(webhooks_pb2.Webhook.DESCRIPTOR)), False),
+    "webhook set": (message_schema(webhooks_pb2.SetWebhookResponse.DESCRIPTOR), False),
+    "webhook get": (message_schema(webhooks_pb2.WebhookDetail.DESCRIPTOR), False),
+    "webhook delete": (message_schema(webhooks_pb2.Webhook.DESCRIPTOR), False),
+    "webhook test|redeliver": (message_schema(webhooks_pb2.WebhookDelivery.DESCRIPTOR), False),
     "job hold|release|update|signal": (JOB, False),
     "job retry": (_object(job_id=_STRING, retry_of=_STRING, already_submitted=_BOOLEAN), False),
     "job watch": (EVENT_LINE, True),

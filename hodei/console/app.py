@@ -45,7 +45,6 @@ from hodei.cli.parsing import (
     parse_labels,
     since_moment,
 )
-from hodei.cli.terminal import message_dict
 from hodei.clock import DatabaseClock
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
@@ -75,7 +74,7 @@ from hodei.server.edge import brief
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
 from hodei.store.migrations import schema_problem
-from hodei.wire import MAX_QUEUE_LISTED
+from hodei.wire import MAX_QUEUE_LISTED, message_dict
 
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent

@@ -607,27 +607,35 @@ def _build(cls: type[JobSpec], payload: Mapping[str, Any]) -> JobSpec:
 class LabelSelector:
     """Which labels a listed job carries (kubectl's ``-l``): ``KEY=VALUE`` (equal),
     ``KEY!=VALUE`` (not that value, or no such label), ``KEY`` (any value) and ``!KEY``
-    (no such label); every term must hold."""
+    (no such label); every term must hold. A key's ``!=`` terms all hold
+    (``a!=x, a!=y``: neither value); two ``=`` terms of one key with different values
+    could never both hold and are refused."""
 
     equal: Mapping[str, str] = field(default_factory=dict)
-    not_equal: Mapping[str, str] = field(default_factory=dict)
+    not_equal: tuple[tuple[str, str], ...] = ()
     present: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, terms: Iterable[str], equal: Mapping[str, str] | None = None) -> LabelSelector:
         """``terms`` as people write them; ``equal``: pairs already split (the API's map)."""
-        equal_to, not_equal_to = dict(equal or {}), {}
+        equal_to: dict[str, str] = dict(equal or {})
+        not_equal_to: list[tuple[str, str]] = []
         present: list[str] = []
         absent: list[str] = []
         for term in terms:
             text = term.strip()
             if "!=" in text:
                 key, value = text.split("!=", 1)
-                not_equal_to[key.strip()] = value.strip()
+                if (key.strip(), value.strip()) not in not_equal_to:
+                    not_equal_to.append((key.strip(), value.strip()))
             elif "=" in text:
                 key, value = text.split("=", 1)
-                equal_to[key.strip()] = value.strip()
+                if equal_to.setdefault(key.strip(), value.strip()) != value.strip():
+                    raise InvalidInput(
+                        f"label selector `{term}`: {key.strip()} cannot also be {equal_to[key.strip()]!r}; "
+                        "no job would match"
+                    )
             elif text.startswith("!"):
                 key = text[1:]
                 absent.append(key.strip())
@@ -636,4 +644,14 @@ class LabelSelector:
                 present.append(key.strip())
             if not key.strip() or "!" in key or "=" in key:
                 raise InvalidInput(f"label selector `{term}`: expected KEY=VALUE, KEY!=VALUE, KEY or !KEY")
-        return cls(equal_to, not_equal_to, tuple(present), tuple(absent))
+        return cls(equal_to, tuple(not_equal_to), tuple(present), tuple(absent))
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether labels hold every term, as the job list's query reads them (a webhook's
+        selector is matched here, against each job that ends)."""
+        return (
+            all(labels.get(key) == value for key, value in self.equal.items())
+            and all(labels.get(key) != value for key, value in self.not_equal)
+            and all(key in labels for key in self.present)
+            and not any(key in labels for key in self.absent)
+        )

@@ -201,6 +201,8 @@ async def _add_services(
         pools_pb2_grpc,
         sagas_pb2,
         sagas_pb2_grpc,
+        webhooks_pb2,
+        webhooks_pb2_grpc,
     )
     from hodei.liveness import Pace
     from hodei.server.access_api import AccessService
@@ -213,6 +215,7 @@ async def _add_services(
     from hodei.server.outbox_api import OutboxService
     from hodei.server.pools_api import PoolService
     from hodei.server.sagas_api import SagaService
+    from hodei.server.webhooks_api import WebhookService
     from hodei.server.worker_channel import WorkerAgentService
 
     cfg = runtime.config
@@ -266,6 +269,7 @@ async def _add_services(
         (cron_pb2, "CronService", CronService(runtime.cron_jobs, runtime.pools, runtime.limits)),
         (pools_pb2, "PoolService", PoolService(runtime.pools)),
         (limits_pb2, "LimitService", LimitService(runtime.limits)),
+        (webhooks_pb2, "WebhookService", WebhookService(runtime.webhooks)),
         (artifacts_pb2, "ArtifactService", ArtifactService(runtime.store, runtime.reads, runtime.artifacts)),
     ]
     grpc_modules = {
@@ -281,6 +285,7 @@ async def _add_services(
         cron_pb2: cron_pb2_grpc,
         pools_pb2: pools_pb2_grpc,
         limits_pb2: limits_pb2_grpc,
+        webhooks_pb2: webhooks_pb2_grpc,
         artifacts_pb2: artifacts_pb2_grpc,
     }
     servicers: dict[str, object] = {}
@@ -348,6 +353,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     from hodei_worker.runner import reuse_freed_memory
 
     from hodei.server.access import Gatekeeper, keep_tokens
+    from hodei.server.webhook_sender import send_webhooks
 
     reuse_freed_memory()  # artifacts cross this process in pieces of a few MiB
     cfg = runtime.config
@@ -375,6 +381,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     runtime.start(address)
     await server.start()
     token_watch = asyncio.create_task(keep_tokens(tokens))
+    webhook_sender = asyncio.create_task(send_webhooks(runtime.webhooks))
     _settle_collector()
     log.info("  ✓ Saga orchestrator, outbox relay and sweeper started")
     log.info("Serving hodei.jobs on %s", address)
@@ -382,6 +389,7 @@ async def _serve_api(runtime: Runtime, tokens: ApiTokens, address: str) -> None:
     log.info("Shutting down")
     await health_servicer.enter_graceful_shutdown()
     token_watch.cancel()
+    webhook_sender.cancel()
     # A following stream (a worker's, a log follower's, the console's log pages) never ends
     # by itself: ended first. The grace is for calls under way.
     await STREAMS.close()

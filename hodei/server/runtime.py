@@ -39,6 +39,7 @@ from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
 from hodei.sweeper import Sweeper
 from hodei.tokens import TokenSigner
+from hodei.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ class Runtime:
             forget_worker=self._forget_worker,
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), self.clock, after_commit)
-        self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools, self.limits)
+        self.webhooks = Webhooks(self.store, self.secrets, self.reads)
+        self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools, self.limits, self.webhooks)
         self.relay = Relay(
             self.pool,
             routes.build(self.engine, self.store, self.admission),
@@ -176,6 +178,7 @@ class Runtime:
             self.instances,
             Retention(self.store, self.logs, self.artifacts, config.outbox_retention, config.log_retention),
             self.cron_jobs,
+            self.webhooks,
             config.timing,
             config.secret_retention,
         )

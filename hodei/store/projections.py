@@ -873,8 +873,8 @@ def _provider_health(cur: Sink, event: EventRecord) -> None:
 
 
 def _no_read_model(cur: Sink, event: EventRecord) -> None:
-    """Cron jobs and pools have no read model: their few events are read from the log
-    (hodei.cron, hodei.pools)."""
+    """Cron jobs, pools and webhooks have no read model: their few events are read from
+    the log (hodei.cron, hodei.pools, hodei.webhooks)."""
 
 
 PROJECTORS: dict[str, Projector] = {
@@ -917,6 +917,9 @@ PROJECTORS: dict[str, Projector] = {
     "PoolCreated": _no_read_model,
     "PoolResized": _no_read_model,
     "PoolDeleted": _no_read_model,
+    "WebhookSet": _no_read_model,
+    "WebhookChanged": _no_read_model,
+    "WebhookDeleted": _no_read_model,
     "SubmitterLimitSet": _no_read_model,
     "SubmitterLimitChanged": _no_read_model,
     "SubmitterLimitDeleted": _no_read_model,

@@ -597,7 +597,7 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
   AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
   AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
-      SELECT 1 FROM jsonb_each_text(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> n.key = n.value))
+      SELECT 1 FROM jsonb_array_elements(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> (n ->> 0) = n ->> 1))
   AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
   AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
@@ -612,7 +612,7 @@ WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
   AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
   AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
-      SELECT 1 FROM jsonb_each_text(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> n.key = n.value))
+      SELECT 1 FROM jsonb_array_elements(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> (n ->> 0) = n ->> 1))
   AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
   AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
@@ -1320,3 +1320,100 @@ FROM (
 ) p
 WHERE p.size IS NOT NULL
 ORDER BY p.name;
+
+-- Webhooks --------------------------------------------------------------------------
+
+-- name: webhooks
+-- Every webhook not deleted, or the one whose id is given, as of a position of the log (NULL:
+-- now), by name, with its messages pending, given up on and delivered
+-- (idx_domain_events_webhooks, idx_webhook_deliveries_of).
+SELECT w.name, w.origin, w.sealed, w.states, w.label_selector, w.changed_at, w.changed_by, w.id,
+       coalesce(d.pending, 0) AS pending, coalesce(d.failed, 0) AS failed, coalesce(d.delivered, 0) AS delivered
+FROM (
+    SELECT DISTINCT ON (aggregate_id) aggregate_id AS id, event_type,
+           payload ->> 'name' AS name, payload ->> 'origin' AS origin, payload -> 'sealed' AS sealed,
+           payload -> 'states' AS states, payload -> 'label_selector' AS label_selector,
+           occurred_at AS changed_at, actor AS changed_by
+    FROM domain_events
+    WHERE aggregate_type = 'Webhook' AND (%(id)s::text IS NULL OR aggregate_id = %(id)s::text)
+      AND (%(upto)s::bigint IS NULL OR position <= %(upto)s::bigint)
+    ORDER BY aggregate_id, aggregate_version DESC
+) w
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE state = 'PENDING') AS pending, count(*) FILTER (WHERE state = 'FAILED') AS failed,
+           count(*) FILTER (WHERE state = 'DELIVERED') AS delivered
+    FROM hodei.webhook_deliveries WHERE webhook = w.name AND %(counted)s::boolean
+) d ON true
+WHERE w.event_type <> 'WebhookDeleted'
+ORDER BY w.name;
+
+-- name: lock_webhook_cursor
+-- The log's reading for webhooks, one server at a time (held to the commit); none: another reads.
+-- The reading's statements plan with index scans only: catching up over a long stretch of the
+-- log (servers down a while; a history copied in), the planner read domain_events whole for the
+-- few endings among its rows, where the position index reads them in order up to the 500th.
+SELECT position, set_config('enable_seqscan', 'off', true) FROM hodei.webhook_cursor FOR UPDATE SKIP LOCKED;
+
+-- name: log_head
+-- The newest position: every position up to it is committed (they follow commit order).
+SELECT coalesce(max(position), 0) FROM domain_events;
+
+-- name: webhook_events
+-- What a webhook may be told of, and changes to webhooks, after a position up to another, in
+-- the log's order.
+SELECT position, aggregate_type, aggregate_id, event_type, payload
+FROM domain_events
+WHERE position > %(after)s AND position <= %(upto)s
+  AND (aggregate_type = 'Webhook'
+       OR (event_type = 'JobStatusChanged' AND payload ->> 'new_state' IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')))
+ORDER BY position
+LIMIT %(limit)s;
+
+-- name: move_webhook_cursor
+UPDATE hodei.webhook_cursor SET position = %s;
+
+-- name: add_webhook_delivery
+INSERT INTO hodei.webhook_deliveries (id, webhook, type, job_id, body)
+VALUES (%(id)s, %(webhook)s, %(type)s, %(job_id)s, %(body)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: claim_webhook_deliveries
+-- Messages due, oldest first, each leased to this server for its attempt (a server that dies
+-- mid-attempt leaves it due again when the lease ends).
+UPDATE hodei.webhook_deliveries d
+SET attempts = d.attempts + 1, lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
+FROM (
+    SELECT id FROM hodei.webhook_deliveries
+    WHERE state = 'PENDING' AND next_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY next_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE d.id = due.id
+RETURNING d.id, d.webhook, d.type, d.body, d.attempts;
+
+-- name: record_webhook_attempt
+UPDATE hodei.webhook_deliveries
+SET state = %(state)s, next_at = now() + make_interval(secs => %(retry_in)s), lease_until = NULL,
+    last_status = %(status)s, last_error = %(error)s, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: webhook_deliveries
+-- A webhook's newest messages, or the one whose id is given.
+SELECT id, webhook, type, job_id, state, attempts, last_status, last_error, created_at, updated_at,
+       CASE WHEN state = 'PENDING' THEN next_at END AS next_at
+FROM hodei.webhook_deliveries
+WHERE (%(webhook)s::text IS NULL OR webhook = %(webhook)s::text) AND (%(id)s::uuid IS NULL OR id = %(id)s::uuid)
+ORDER BY created_at DESC, id
+LIMIT %(limit)s;
+
+-- name: redeliver_webhook_delivery
+-- Sent again at once, with attempts anew (a delivered one too: a receiver that lost it).
+UPDATE hodei.webhook_deliveries
+SET state = 'PENDING', attempts = 0, next_at = now(), lease_until = NULL, updated_at = now()
+WHERE id = %s;
+
+-- name: prune_webhook_deliveries
+-- Messages delivered or given up on longer ago than the retention.
+DELETE FROM hodei.webhook_deliveries
+WHERE state <> 'PENDING' AND updated_at < now() - make_interval(secs => %s);

@@ -99,7 +99,7 @@ def job_list_params(state: str | None, limit: int, offset: int, wanted: JobFilte
         "provider": wanted.provider,
         "name": wanted.name,
         "labels": Jsonb(dict(wanted.labels.equal)) if wanted.labels.equal else None,
-        "labels_not": Jsonb(dict(wanted.labels.not_equal)) if wanted.labels.not_equal else None,
+        "labels_not": Jsonb([list(pair) for pair in wanted.labels.not_equal]) if wanted.labels.not_equal else None,
         "labels_present": list(wanted.labels.present) or None,
         "labels_absent": list(wanted.labels.absent) or None,
         "since": wanted.created_since,

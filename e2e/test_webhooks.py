@@ -1,0 +1,210 @@
+"""Webhooks end to end: a server, the CLI, jobs on the local provider, and a receiver on
+loopback that checks each message's signature with the Standard Webhooks library (and by
+hand). Failing, silent and absent receivers; a server killed with a message unsent."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook as Verifier
+
+from hodei.devdb import free_port
+from hodei.testing import ServerProcess, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+class Receiver:
+    """An HTTP endpoint on loopback: keeps every POST (path, headers, body) and answers
+    with the codes it is given, one a request, then 200."""
+
+    def __init__(self, *codes: int) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.codes = list(codes)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                self.send_response(code)
+                self.end_headers()
+                self.wfile.write(b"busy, try later" if code >= 300 else b"ok")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def server(fresh_database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(fresh_database_url, tmp_path) as process:
+        yield process
+
+
+def define(server: ServerProcess, name: str, url: str, *flags: str) -> str:
+    """`webhook set`; its signing secret."""
+    made = server.cli("webhook", "set", name, "--url", url, *flags, check=True)
+    (line,) = [line for line in made.stdout.splitlines() if line.startswith("Signing secret: ")]
+    assert "it is not shown again" in made.stderr
+    return line.removeprefix("Signing secret: ")
+
+
+def verified(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """The message, its signature checked by the specification's library and by hand."""
+    message: dict[str, Any] = Verifier(secret).verify(body, headers)
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{digest}"
+    assert headers["content-type"] == "application/json"
+    return message
+
+
+def messages(server: ServerProcess, name: str) -> list[dict[str, Any]]:
+    return list(json.loads(server.cli("-o", "json", "webhook", "get", name, check=True).stdout)["deliveries"])
+
+
+def test_a_job_that_ends_is_posted_signed_to_each_webhook_told_of_it(server: ServerProcess, receiver: Receiver) -> None:
+    secret = define(server, "failures", f"{receiver.url}/hook?token=t0k3n", "--on", "failed,timeout", "-l", "team=data")
+    listed = server.cli("webhook", "list", check=True).stdout
+    assert "failures" in listed and "t0k3n" in listed and "FAILED,TIMEOUT" in listed
+    run = ("job", "run", "-p", "local", "--wait")
+    failed = server.cli(*run, "-c", "echo bye; exit 3", "-l", "team=data").stdout.strip()
+    server.cli(*run, "-c", "true", "-l", "team=data")  # SUCCEEDED: not one of its states
+    server.cli(*run, "-c", "exit 1", "-l", "team=web")  # another team's
+    eventually(lambda: receiver.received or None, timeout=20, what="the message")
+    ((path, headers, body),) = receiver.received
+    assert path == "/hook?token=t0k3n" and headers["user-agent"].startswith("hodei-jobs/")
+    message = verified(secret, headers, body)
+    assert message["type"] == "job.finished"
+    job = message["data"]
+    assert (job["id"], job["state"], job["exit_code"], job["spec"]["labels"]) == (failed, "FAILED", 3, {"team": "data"})
+    assert job == json.loads(server.cli("-o", "json", "job", "get", failed, check=True).stdout)
+    (sent,) = eventually(lambda: [m for m in messages(server, "failures") if m["state"] == "DELIVERED"] or None)
+    assert (sent["id"], sent["job_id"], sent["attempts"], sent["last_status"]) == (
+        headers["webhook-id"],
+        failed,
+        1,
+        200,
+    )
+    shown = server.cli("webhook", "get", "failures", check=True).stdout
+    assert f"job {failed}: DELIVERED, 1 attempt, last HTTP 200" in shown
+
+
+def test_a_receiver_that_fails_gets_the_message_again_with_the_same_id(server: ServerProcess) -> None:
+    receiver = Receiver(503)
+    try:
+        secret = define(server, "flaky", receiver.url)
+        tested = server.cli("webhook", "test", "flaky")
+        assert tested.returncode == 1, tested.stderr
+        assert (
+            "webhook.test: PENDING, 1 attempt, last HTTP 503 (answered 503 Service Unavailable: busy, try later)"
+            in (tested.stdout)
+        )
+        assert "next try" in tested.stdout
+        eventually(lambda: len(receiver.received) == 2 or None, timeout=20, what="the second attempt")
+        first, second = receiver.received
+        assert first[1]["webhook-id"] == second[1]["webhook-id"] and first[2] == second[2]
+        for _, headers, body in receiver.received:
+            assert verified(secret, headers, body)["type"] == "webhook.test"
+        (sent,) = eventually(lambda: [m for m in messages(server, "flaky") if m["state"] == "DELIVERED"] or None)
+        assert (sent["attempts"], sent["last_status"]) == (2, 200)
+        again = server.cli("webhook", "redeliver", sent["id"], check=True)
+        assert "PENDING, 0 attempts" in again.stdout
+        eventually(lambda: len(receiver.received) == 3 or None, timeout=20, what="the redelivery")
+        assert receiver.received[2][1]["webhook-id"] == sent["id"]
+    finally:
+        receiver.close()
+
+
+def test_a_silent_receiver_holds_up_no_other(server: ServerProcess, receiver: Receiver) -> None:
+    """An attempt waits 10 s for its answer on the event loop, not in a thread or a sweep:
+    the other webhook's message arrives meanwhile, and jobs go on being admitted."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never reads nor answers
+    try:
+        define(server, "silent", f"http://127.0.0.1:{silent.getsockname()[1]}/")
+        define(server, "heard", receiver.url)
+        job_id = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", check=True).stdout.strip()
+        eventually(lambda: receiver.received or None, timeout=8, what="the message to the webhook that answers")
+        assert json.loads(receiver.received[0][2])["data"]["id"] == job_id
+        quick = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", "--timeout", "30")
+        assert quick.returncode == 0, quick.stderr
+        waited = eventually(
+            lambda: [m for m in messages(server, "silent") if m["last_error"]] or None, timeout=30, what="its timeout"
+        )
+        assert waited[0]["last_error"] == "no answer within 10 s" and waited[0]["state"] == "PENDING"
+    finally:
+        silent.close()
+
+
+def test_a_message_outlives_a_server_killed_before_it_was_sent(server: ServerProcess) -> None:
+    port = free_port()
+    secret = define(server, "later", f"http://127.0.0.1:{port}/")
+    job_id = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", check=True).stdout.strip()
+    refused = eventually(lambda: [m for m in messages(server, "later") if m["attempts"] >= 1] or None, timeout=20)
+    assert refused[0]["state"] == "PENDING" and "Cannot connect" in refused[0]["last_error"]
+    server.kill()
+    receiver = Receiver()
+    receiver.http.server_close()  # the receiver comes up where the webhook points
+    receiver.http = ThreadingHTTPServer(("127.0.0.1", port), receiver.http.RequestHandlerClass)
+    receiver.thread = threading.Thread(target=receiver.http.serve_forever, daemon=True)
+    receiver.thread.start()
+    try:
+        server.start()
+        eventually(lambda: receiver.received or None, timeout=30, what="the message after the restart")
+        ((_, headers, body),) = receiver.received
+        assert verified(secret, headers, body)["data"]["id"] == job_id
+    finally:
+        receiver.close()
+
+
+def test_bad_webhook_input_is_refused_by_name_and_writes_nothing(server: ServerProcess) -> None:
+    refused_before_sending: tuple[tuple[tuple[str, ...], str], ...] = (
+        (("set", "a/b", "--url", "http://x/"), "a webhook's name is 1 to 63"),
+        (("set", "w", "--url", "ftp://x/"), "http:// or https:// with a host"),
+        (("set", "w", "--url", "http://x/", "--on", "RUNNING"), "not of RUNNING"),
+        (("set", "w", "--url", "http://x/", "-l", "!"), "label selector `!`"),
+        (("set", "w", "--url", "http://x/", "-l", "a=1", "-l", "a=2"), "a cannot also be '1'"),
+    )
+    for flags, says in refused_before_sending:
+        refused = server.cli("webhook", *flags)
+        assert refused.returncode == 2 and says in refused.stderr, (flags, refused.stderr)
+    found_nothing: tuple[tuple[tuple[str, ...], str], ...] = (
+        (("get", "nope"), "webhook 'nope' not found"),
+        (("test", "nope"), "webhook 'nope' not found"),
+        (("redeliver", "nope"), "a message's id is a UUID"),
+        (("redeliver", "00000000-0000-0000-0000-000000000000"), "no webhook message"),
+    )
+    for flags, says in found_nothing:
+        refused = server.cli("webhook", *flags)
+        assert refused.returncode == 2 and says in refused.stderr, (flags, refused.stderr)
+    assert server.cli("webhook", "list", check=True).stdout.splitlines()[1:] == []

@@ -1,0 +1,150 @@
+"""A webhook: a URL told of each job that ends, by a signed POST (the Standard Webhooks
+format), as GitLab's, Rundeck's or Buildkite's job notifications tell a chat room, a
+pager or the next pipeline.
+
+Its URL (Slack's and many others hold their credential in it) and its signing secret
+enter its events only sealed, under the webhook's own key (``hodei.store.job_secrets``):
+deleting a webhook shreds them. Its events carry the URL's origin (scheme, host, port)
+in the clear, for listings and audits. Which jobs it is told of: those ending in one of
+its states, whose labels its selector matches (``job list -l``'s terms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from hodei.domain.base import HodeiAggregate, check_name, derived_id
+from hodei.domain.job import TERMINAL_STATES
+from hodei.domain.spec import LabelSelector
+from hodei.errors import InvalidInput, InvalidTransition
+
+# Webhooks at most: each job that ends is matched against every one.
+MAX_WEBHOOKS = 100
+MAX_URL_LENGTH = 2048
+# The states a webhook may be told of, in the order people read them.
+ENDINGS = tuple(state.value for state in sorted(TERMINAL_STATES, key=lambda state: state.value))
+
+
+def webhook_id(name: str) -> UUID:
+    """A webhook's id, from its name: setting a name twice is one aggregate."""
+    return derived_id("webhook", name)
+
+
+def check_url(url: str) -> str:
+    """An http or https URL with a host; its origin (what may be shown) is ``origin_of``."""
+    text = url.strip()
+    if not text:
+        raise InvalidInput("a webhook needs a URL (--url https://host/path)")
+    if len(text) > MAX_URL_LENGTH or any(c.isspace() or ord(c) < 32 for c in text):
+        raise InvalidInput(f"a webhook's URL is at most {MAX_URL_LENGTH} characters, without spaces")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (a port that is no number raises here)
+    except ValueError as exc:
+        raise InvalidInput(f"a webhook's URL cannot be read: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"a webhook's URL is http:// or https:// with a host, got {origin_of(text)!r}")
+    return text
+
+
+def origin_of(url: str) -> str:
+    """What may be shown of a URL: its scheme, host and port (its path, query and user
+    may hold a credential)."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "?"
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}"
+
+
+def check_states(states: Iterable[str]) -> tuple[str, ...]:
+    """The endings a webhook is told of, in ENDINGS' order; none given: every one."""
+    wanted = {state.strip().upper() for state in states if state.strip()}
+    unknown = sorted(wanted - set(ENDINGS))
+    if unknown:
+        raise InvalidInput(f"a webhook is told of jobs ending {', '.join(ENDINGS)}; not of {', '.join(unknown)}")
+    return tuple(state for state in ENDINGS if state in wanted) or ENDINGS
+
+
+def check_selector(terms: Iterable[str]) -> tuple[str, ...]:
+    """The label selector's terms as written (each checked as ``job list -l`` checks it)."""
+    written = tuple(term.strip() for term in terms if term.strip())
+    LabelSelector.of(written)
+    return written
+
+
+def told_of(states: Iterable[str], terms: Iterable[str], state: str, labels: Mapping[str, str]) -> bool:
+    """Whether a webhook of these states and selector is told of a job that ended so."""
+    return state in states and LabelSelector.of(terms).matches(labels)
+
+
+class Webhook(HodeiAggregate):
+    id: UUID  # derived from the name (the library takes an `id` argument when annotated)
+
+    @event("WebhookSet")
+    def __init__(
+        self, name: str, origin: str, sealed: dict[str, str], states: list[str], label_selector: list[str]
+    ) -> None:
+        self.name = name
+        self.origin = origin
+        self.sealed = sealed
+        self.states = states
+        self.label_selector = label_selector
+        self.deleted = False
+
+    @classmethod
+    def create(
+        cls, name: str, origin: str, sealed: dict[str, str], states: tuple[str, ...], label_selector: tuple[str, ...]
+    ) -> Webhook:
+        check_name(name, "a webhook")
+        # The library accepts `id` because the class annotates it (see `id: UUID` above).
+        return cls(  # type: ignore[call-arg]
+            id=webhook_id(name),
+            name=name,
+            origin=origin,
+            sealed=sealed,
+            states=list(states),
+            label_selector=list(label_selector),
+        )
+
+    def change(
+        self, origin: str, sealed: dict[str, str], states: tuple[str, ...], label_selector: tuple[str, ...]
+    ) -> None:
+        """A new URL, states or selector; a deleted webhook's name set anew (``sealed``
+        then holds a new signing secret, its old key shredded). Nothing changed: no event."""
+        unchanged = (origin, sealed, list(states), list(label_selector)) == (
+            self.origin,
+            self.sealed,
+            self.states,
+            self.label_selector,
+        )
+        if self.deleted or not unchanged:
+            self._changed(
+                name=self.name, origin=origin, sealed=sealed, states=list(states), label_selector=list(label_selector)
+            )
+
+    def delete(self) -> None:
+        if self.deleted:
+            raise InvalidTransition(f"webhook {self.name} was already deleted")
+        self._deleted(name=self.name)
+
+    # Each event names its webhook: the webhooks' query reads them by name from the log.
+    @event("WebhookChanged")
+    def _changed(
+        self, name: str, origin: str, sealed: dict[str, str], states: list[str], label_selector: list[str]
+    ) -> None:
+        self.origin = origin
+        self.sealed = sealed
+        self.states = states
+        self.label_selector = label_selector
+        self.deleted = False
+
+    @event("WebhookDeleted")
+    def _deleted(self, name: str) -> None:
+        self.deleted = True

@@ -1,0 +1,348 @@
+"""Webhooks, as admins set them (``webhook set``), and the messages they are sent: one
+for each job that ends in a webhook's states with labels its selector matches.
+
+Which jobs ended is read from the log, in its order, by one server at a time
+(``enqueue``, each sweep): a message is a row of ``hodei.webhook_deliveries`` holding its
+body as the job was when it ended, written with the log's reading moved past it in one
+transaction. The webhooks themselves are read from the log as of each job's end, so one
+set or changed a moment before a job ends is told of it and one deleted is not. The
+serving servers send the rows (``hodei.server.webhook_sender``), each leased for its
+attempt, and record each answer here; a message not answered 2xx is tried again after
+RETRY_AFTER's pauses, then given up on (FAILED) until someone redelivers it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from hodei.domain.base import check_name, derived_id
+from hodei.domain.webhook import (
+    MAX_WEBHOOKS,
+    Webhook,
+    check_selector,
+    check_states,
+    check_url,
+    origin_of,
+    told_of,
+    webhook_id,
+)
+from hodei.errors import InvalidInput, InvalidTransition, NotFound
+from hodei.server.convert import job_to_proto
+from hodei.store.app import HodeiStore, Meta
+from hodei.store.db import command_transaction, execute, fetch_all, fetch_value
+from hodei.store.job_secrets import JobSecrets, SecretsPurged
+from hodei.store.readmodels import ReadModels
+from hodei.wire import job_dict
+
+# Seconds before each attempt after the first (Svix's and Stripe's schedules, shortened):
+# a receiver down for a deploy gets its messages within minutes, one down for hours
+# within the last; then the message is given up on.
+RETRY_AFTER = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0)
+MAX_ATTEMPTS = len(RETRY_AFTER) + 1
+# An attempt's lease: a server that dies while sending leaves the message due again then.
+LEASE_SECONDS = 60.0
+# Messages delivered or given up on are kept this long (`webhook get` shows the newest).
+KEPT_SECONDS = 7 * 86400.0
+DELIVERIES_SHOWN = 20
+# Events read from the log a transaction.
+READ_AT_ONCE = 500
+SECRET_PREFIX = "whsec_"
+FINISHED = "job.finished"
+TEST = "webhook.test"
+
+
+@dataclass(frozen=True)
+class WebhookRow:
+    id: str
+    name: str
+    origin: str
+    sealed: dict[str, str]
+    states: list[str]
+    label_selector: list[str]
+    changed_at: datetime
+    changed_by: str | None
+    pending: int
+    failed: int
+    delivered: int
+
+
+@dataclass(frozen=True)
+class Defined:
+    """A webhook as its admins see it: its URL opened."""
+
+    row: WebhookRow
+    url: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: UUID
+    webhook: str
+    type: str
+    job_id: UUID | None
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Due:
+    """A message claimed for an attempt (``attempts``: this one's number)."""
+
+    id: UUID
+    webhook: str
+    type: str
+    body: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class _Event:
+    position: int
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: dict[str, Any]
+
+
+def new_secret() -> str:
+    """A signing secret as the Standard Webhooks specification writes one."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode("ascii")
+
+
+def message(kind: str, data: Mapping[str, Any]) -> str:
+    """A message's body: its type, when it was made, and its data."""
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"type": kind, "timestamp": stamp, "data": data}, sort_keys=True)
+
+
+def retry_in(attempts: int) -> float | None:
+    """Seconds until the next attempt after ``attempts`` failed ones; None: give up."""
+    return RETRY_AFTER[attempts - 1] if attempts < MAX_ATTEMPTS else None
+
+
+class Webhooks:
+    def __init__(self, store: HodeiStore, secrets: JobSecrets, reads: ReadModels) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.reads = reads
+
+    # Definitions ----------------------------------------------------------------------
+
+    def set(
+        self, name: str, url: str, states: Sequence[str], selector: Sequence[str], actor: str
+    ) -> tuple[Defined, str]:
+        """Creates the webhook or sets it anew; its signing secret is answered when it is
+        made (created, or set after its deletion), else "" (it keeps the one it has)."""
+        check_name(name, "a webhook")
+        url, wanted, terms = check_url(url), check_states(states), check_selector(selector)
+        existing = len(self._rows(None))
+        made = ""
+
+        def run() -> tuple[None, list[Webhook]]:
+            nonlocal made
+            hook = self.store.find(Webhook, webhook_id(name))
+            # A live webhook keeps its secret, and its sealed values while its URL is the same
+            # (sealed anew they would differ, and an unchanged webhook would write an event).
+            opened = None if hook is None or hook.deleted else self._open(name, hook.sealed)
+            if opened is None and existing >= MAX_WEBHOOKS:
+                raise InvalidTransition(f"there are {MAX_WEBHOOKS} webhooks, the most there may be: delete one first")
+            secret = new_secret() if opened is None else opened["secret"]
+            if hook is not None and opened is not None and opened["url"] == url:
+                sealed = hook.sealed
+            else:
+                sealed = self.secrets.seal(webhook_id(name), {"url": url, "secret": secret})
+            if hook is None:
+                hook = Webhook.create(name, origin_of(url), sealed, wanted, terms)
+            else:
+                hook.change(origin_of(url), sealed, wanted, terms)
+            made = secret if opened is None else ""
+            return None, [hook]
+
+        self.store.command(Meta(actor=actor), run)
+        return self.get(name), made
+
+    def delete(self, name: str, actor: str) -> Defined:
+        """Shreds its URL and secret (its key): its pending messages can no longer be sent
+        and are given up on when next tried."""
+        found = self.get(name)
+
+        def run() -> tuple[None, list[Webhook]]:
+            hook = self.store.load(Webhook, webhook_id(name))
+            hook.delete()
+            return None, [hook]
+
+        self.store.command(Meta(actor=actor), run)
+        self.secrets.purge(webhook_id(name))
+        return found
+
+    def get(self, name: str) -> Defined:
+        rows = self._rows(name)
+        if not rows:
+            raise NotFound(f"webhook {name[:80]!r} not found (`webhook list` shows them)")
+        return self._defined(rows[0])
+
+    def all(self) -> list[Defined]:
+        return [self._defined(row) for row in self._rows(None)]
+
+    def rows(self) -> list[WebhookRow]:
+        """Every webhook with its messages counted, its URL and secret left sealed."""
+        return self._rows(None)
+
+    def _rows(self, name: str | None, upto: int | None = None, counted: bool = True) -> list[WebhookRow]:
+        params = {"id": None if name is None else str(webhook_id(name)), "upto": upto, "counted": counted}
+        return fetch_all(self.store.pool, "webhooks", params, WebhookRow)
+
+    def _defined(self, row: WebhookRow) -> Defined:
+        return Defined(row, self._open(row.name, row.sealed)["url"])
+
+    def _open(self, name: str, sealed: Mapping[str, str]) -> dict[str, str]:
+        return self.secrets.open_sealed(webhook_id(name), sealed, f"webhook {name}")
+
+    def target(self, name: str) -> Target | None:
+        """Where its messages go and what signs them; None when it was deleted."""
+        rows = self._rows(name, counted=False)
+        if not rows:
+            return None
+        try:
+            opened = self._open(name, rows[0].sealed)
+        except SecretsPurged:
+            return None
+        return Target(opened["url"], opened["secret"])
+
+    # Messages -------------------------------------------------------------------------
+
+    def enqueue(self) -> int:
+        """Reads the log on from where it was last read, up to its head (at most
+        READ_AT_ONCE events), and writes a message for each job that ended to each
+        webhook, as it was then, that is told of it; the messages and the new place in
+        the log are one transaction. Another server reading at the same time: nothing."""
+        written = 0
+        with command_transaction(self.store.pool):
+            after = fetch_value(self.store.pool, "lock_webhook_cursor")
+            if after is None:
+                return 0
+            head = fetch_value(self.store.pool, "log_head")
+            params = {"after": after, "upto": head, "limit": READ_AT_ONCE}
+            events = fetch_all(self.store.pool, "webhook_events", params, _Event)
+            hooks = {row.name: row for row in self._rows(None, upto=after, counted=False)} if events else {}
+            for found in events:
+                if found.aggregate_type == "Webhook":
+                    self._follow(hooks, found)
+                    continue
+                # Labels are matched once the job is read: only for a state some webhook wants.
+                told = [hook for hook in hooks.values() if found.payload["new_state"] in hook.states]
+                if told:
+                    written += self._write(told, found)
+            last = events[-1].position if len(events) == READ_AT_ONCE else head
+            if last != after:
+                execute(self.store.pool, "move_webhook_cursor", (last,))
+        return written
+
+    @staticmethod
+    def _follow(hooks: dict[str, WebhookRow], found: _Event) -> None:
+        name = found.payload["name"]
+        if found.event_type == "WebhookDeleted":
+            hooks.pop(name, None)
+            return
+        p = found.payload
+        hooks[name] = WebhookRow(
+            found.aggregate_id, name, p["origin"], p["sealed"], p["states"], p["label_selector"], datetime.now(UTC),
+            None, 0, 0, 0,
+        )  # fmt: skip
+
+    def _write(self, hooks: list[WebhookRow], ended: _Event) -> int:
+        try:
+            row = self.reads.job(ended.aggregate_id)
+        except NotFound:  # its history deleted since: nothing left to tell
+            return 0
+        labels = dict(row.spec.get("labels") or {})
+        state = ended.payload["new_state"]
+        told = [hook for hook in hooks if told_of(hook.states, hook.label_selector, state, labels)]
+        if not told:
+            return 0
+        body = message(FINISHED, job_dict(job_to_proto(row, self.reads.phases(row.id))))
+        for hook in told:
+            params = {
+                "id": derived_id("webhook-delivery", hook.id, ended.position),
+                "webhook": hook.name,
+                "type": FINISHED,
+                "job_id": row.id,
+                "body": body,
+            }
+            execute(self.store.pool, "add_webhook_delivery", params)
+        return len(told)
+
+    def test(self, name: str) -> UUID:
+        """A ``webhook.test`` message, due at once; its id."""
+        self.get(name)
+        delivery = derived_id("webhook-test", name, os.urandom(8).hex())
+        body = message(TEST, {"webhook": name})
+        params = {"id": delivery, "webhook": name, "type": TEST, "job_id": None, "body": body}
+        execute(self.store.pool, "add_webhook_delivery", params)
+        return delivery
+
+    def deliveries(self, name: str, limit: int = DELIVERIES_SHOWN) -> list[DeliveryRow]:
+        return fetch_all(
+            self.store.pool, "webhook_deliveries", {"webhook": name, "id": None, "limit": limit}, DeliveryRow
+        )
+
+    def delivery(self, delivery_id: str | UUID) -> DeliveryRow:
+        try:
+            wanted = delivery_id if isinstance(delivery_id, UUID) else UUID(delivery_id)
+        except ValueError:
+            shown = f"{delivery_id!r}"[:80]
+            raise InvalidInput(f"a message's id is a UUID (`webhook get NAME` lists them), got {shown}") from None
+        params = {"webhook": None, "id": wanted, "limit": 1}
+        found = fetch_all(self.store.pool, "webhook_deliveries", params, DeliveryRow)
+        if not found:
+            raise NotFound(f"no webhook message {wanted} (messages are kept {KEPT_SECONDS / 86400:g} days)")
+        return found[0]
+
+    def redeliver(self, delivery_id: str) -> DeliveryRow:
+        found = self.delivery(delivery_id)
+        if self.target(found.webhook) is None:
+            raise InvalidTransition(f"webhook {found.webhook} was deleted: its messages cannot be sent")
+        execute(self.store.pool, "redeliver_webhook_delivery", (found.id,))
+        return self.delivery(found.id)
+
+    def claim(self, limit: int) -> list[Due]:
+        params = {"lease": LEASE_SECONDS, "limit": limit}
+        return fetch_all(self.store.pool, "claim_webhook_deliveries", params, Due)
+
+    def record(self, due: Due, status: int | None, error: str) -> str:
+        """An attempt's outcome: DELIVERED on a 2xx, else PENDING until the attempts run
+        out (FAILED). The state it is left in."""
+        if status is not None and 200 <= status < 300:
+            state, pause = "DELIVERED", 0.0
+        else:
+            wait = retry_in(due.attempts)
+            state, pause = ("FAILED", 0.0) if wait is None else ("PENDING", wait)
+        params = {"id": due.id, "state": state, "retry_in": pause, "status": status, "error": error[:1000] or None}
+        execute(self.store.pool, "record_webhook_attempt", params)
+        return state
+
+    def give_up(self, due: Due, why: str) -> None:
+        """A message that cannot be sent at all (its webhook deleted)."""
+        params = {"id": due.id, "state": "FAILED", "retry_in": 0.0, "status": None, "error": why}
+        execute(self.store.pool, "record_webhook_attempt", params)
+
+    def prune(self) -> int:
+        return execute(self.store.pool, "prune_webhook_deliveries", (KEPT_SECONDS,))
