@@ -878,7 +878,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
     assert code == 2
     assert err.splitlines()[-1].endswith(
         "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'pool', 'limit', 'queue', 'worker', 'metrics', "
-        "'outbox', 'token', 'whoami', 'cron', 'webhook', 'completion', 'schema'); did you mean 'job'?"
+        "'outbox', 'token', 'whoami', 'cron', 'webhook', 'audit', 'completion', 'schema'); did you mean 'job'?"
     )
     code, _, err = run_in_process(capsys, "job", "lsit")
     assert code == 2
@@ -1076,3 +1076,23 @@ def test_a_change_that_loses_every_race_is_aborted_and_writes_nothing(server: Se
     server.cli("job", "update", job_id, "--priority", "-5", check=True)
     assert query(url, "SELECT priority FROM jobs WHERE id = %s", (job_id,)) == [(-5,)]
     server.cli("job", "cancel", job_id, check=True)
+
+
+def test_audit_says_who_changed_the_configuration_and_how(server: ServerProcess) -> None:
+    """`audit`: the log's changes to providers, pools, limits, webhooks and cron jobs, each
+    with its caller (anonymous here: no tokens) and in words, newest first."""
+    server.cli("pool", "set", "audited", "2", check=True)
+    server.cli("pool", "set", "audited", "6", check=True)
+    shown = server.cli("audit", "--kind", "pool", "--since", "10m", check=True).stdout.splitlines()
+    assert shown[0].split("\t") == ["TIME", "BY", "WHAT", "CHANGE"]
+    rows = [line.split("\t")[1:] for line in shown[1:] if "\tpool audited\t" in line]
+    assert rows == [["anonymous", "pool audited", "size 6"], ["anonymous", "pool audited", "created, size 2"]]
+    as_json = json.loads(server.cli("-o", "json", "audit", "--kind", "pool", "--limit", "1", check=True).stdout)
+    assert [(c["kind"], c["subject"], c["event_type"], c["change"]) for c in as_json] == [
+        ("pool", "audited", "PoolResized", "size 6")
+    ]
+    assert server.cli("audit", "--actor", "nobody-at-all", check=True).stdout.splitlines()[1:] == []
+    for wrong, says in ((("--kind", "jobs"), "unknown kind jobs"), (("--limit", "5000"), "limit is 1 to 1000")):
+        refused = server.cli("audit", *wrong)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+    server.cli("pool", "delete", "audited", check=True)

@@ -113,6 +113,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("webhook list", ["webhook", "list"], 0),
     ("webhook test|redeliver", ["webhook", "test", "shapes"], 1),
     ("webhook delete", ["webhook", "delete", "shapes"], 0),
+    ("audit", ["audit", "--since", "1h"], 0),
 ]
 
 

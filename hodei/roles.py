@@ -84,6 +84,7 @@ _PL = "/hodei.jobs.PoolService/"
 _AR = "/hodei.jobs.ArtifactService/"
 _LM = "/hodei.jobs.LimitService/"
 _WH = "/hodei.jobs.WebhookService/"
+_AU = "/hodei.jobs.AuditService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -152,6 +153,8 @@ RULES: dict[str, Role | Gate] = {
     _WH + "DeleteWebhook": Role.ADMIN,
     _WH + "TestWebhook": Role.ADMIN,
     _WH + "Redeliver": Role.ADMIN,
+    # Who changed what is the operators' to read (a token's name beside each change).
+    _AU + "ListChanges": Role.OPERATE,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from hodei._proto import (
     access_pb2_grpc,
     artifacts_pb2_grpc,
+    audit_pb2_grpc,
     cron_pb2_grpc,
     jobs_pb2_grpc,
     limits_pb2_grpc,
@@ -206,6 +207,7 @@ class Client:
         self.limits = limits_pb2_grpc.LimitServiceStub(self.channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
         self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

@@ -14,6 +14,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hodei._proto import (
     access_pb2,
     artifacts_pb2,
+    audit_pb2,
     common_pb2,
     cron_pb2,
     jobs_pb2,
@@ -119,6 +120,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "pool set|get|delete": (message_schema(pools_pb2.Pool.DESCRIPTOR), False),
     "limit list": (_array(message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR)), False),
     "limit set|get|delete": (message_schema(limits_pb2.SubmitterLimit.DESCRIPTOR), False),
+    "audit": (_array(message_schema(audit_pb2.Change.DESCRIPTOR)), False),
     "webhook list": (_array(message_schema(webhooks_pb2.Webhook.DESCRIPTOR)), False),
     "webhook set": (message_schema(webhooks_pb2.SetWebhookResponse.DESCRIPTOR), False),
     "webhook get": (message_schema(webhooks_pb2.WebhookDetail.DESCRIPTOR), False),

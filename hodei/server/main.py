@@ -191,6 +191,8 @@ async def _add_services(
         access_pb2_grpc,
         artifacts_pb2,
         artifacts_pb2_grpc,
+        audit_pb2,
+        audit_pb2_grpc,
         cron_pb2,
         cron_pb2_grpc,
         limits_pb2,
@@ -204,10 +206,12 @@ async def _add_services(
         webhooks_pb2,
         webhooks_pb2_grpc,
     )
+    from hodei.audit import Audit
     from hodei.liveness import Pace
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
     from hodei.server.artifacts_api import ArtifactService
+    from hodei.server.audit_api import AuditService
     from hodei.server.cron_api import CronService
     from hodei.server.jobs_api import JobExecutionService
     from hodei.server.limits_api import LimitService
@@ -270,6 +274,7 @@ async def _add_services(
         (pools_pb2, "PoolService", PoolService(runtime.pools)),
         (limits_pb2, "LimitService", LimitService(runtime.limits)),
         (webhooks_pb2, "WebhookService", WebhookService(runtime.webhooks)),
+        (audit_pb2, "AuditService", AuditService(Audit(runtime.pool))),
         (artifacts_pb2, "ArtifactService", ArtifactService(runtime.store, runtime.reads, runtime.artifacts)),
     ]
     grpc_modules = {
@@ -286,6 +291,7 @@ async def _add_services(
         pools_pb2: pools_pb2_grpc,
         limits_pb2: limits_pb2_grpc,
         webhooks_pb2: webhooks_pb2_grpc,
+        audit_pb2: audit_pb2_grpc,
         artifacts_pb2: artifacts_pb2_grpc,
     }
     servicers: dict[str, object] = {}

@@ -1417,3 +1417,21 @@ WHERE id = %s;
 -- Messages delivered or given up on longer ago than the retention.
 DELETE FROM hodei.webhook_deliveries
 WHERE state <> 'PENDING' AND updated_at < now() - make_interval(secs => %s);
+
+-- Audit ----------------------------------------------------------------------------
+
+-- name: configuration_changes
+-- Changes to providers, pools, submitter limits, webhooks and cron jobs, newest first
+-- (idx_domain_events_configuration), each with its subject's name from the first event of
+-- its aggregate (a pause, a provider's capacity, name none).
+SELECT e.occurred_at AS at, coalesce(e.actor, '') AS actor, e.aggregate_type, e.event_type, e.payload,
+       coalesce(f.payload ->> 'provider_type', f.payload ->> 'name', f.payload ->> 'submitter', '') AS subject
+FROM domain_events e
+JOIN domain_events f ON f.aggregate_id = e.aggregate_id AND f.aggregate_version = 1
+WHERE e.aggregate_type IN ('Provider', 'Pool', 'SubmitterLimit', 'Webhook', 'CronJob')
+  AND e.aggregate_type = ANY(%(types)s::text[])
+  AND (%(actor)s::text IS NULL OR e.actor = %(actor)s::text)
+  AND (%(system)s::boolean OR e.actor IS DISTINCT FROM 'system')
+  AND (%(since)s::timestamptz IS NULL OR e.occurred_at >= %(since)s::timestamptz)
+ORDER BY e.position DESC
+LIMIT %(limit)s;
