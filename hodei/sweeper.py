@@ -148,11 +148,10 @@ class Sweeper:
             checks.append(("log retention", self.retention.expire_logs))
             checks.append(("artifact retention", self.retention.expire_artifacts))
             checks.append(("webhook retention", self.webhooks.prune))
-        now = time.monotonic()
-        if now - self._last_sweep > self.timing.heartbeat_timeout / 2:
-            self._hearing_since = now  # this process was stalled: it heard nothing
-        self._last_sweep = now
+        self._stalled_since(self._last_sweep)
+        self._last_sweep = time.monotonic()
         for name, check in checks:
+            began = time.monotonic()
             try:
                 check()
             except StoreUnavailable as exc:
@@ -161,6 +160,17 @@ class Sweeper:
                 break  # each would wait for a connection and fail the same way
             except Exception as exc:
                 log.warning("sweep %s failed: %s", name, exc)
+            self._stalled_since(began)
+
+    def _stalled_since(self, began: float) -> None:
+        """Time this process could not hear in (stalled itself, or a check waiting on a
+        frozen PostgreSQL, whose heartbeats could not be written meanwhile) is no worker's
+        silence: the hearing starts again. Looked at after each check, not only between
+        sweeps: a sweep whose first check waited out a 15 s freeze went on to the liveness
+        check and lost workers whose heartbeats the freeze had held."""
+        now = time.monotonic()
+        if now - began > self.timing.heartbeat_timeout / 2:
+            self._hearing_since = now
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.timing.sweep_interval):

@@ -420,6 +420,34 @@ def test_a_worker_silent_through_an_outage_has_its_agents_longest_pause_after_it
     h.close()
 
 
+def test_a_check_that_waited_out_a_frozen_postgresql_loses_no_worker_in_the_checks_after_it(
+    pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's first check waits as long as PostgreSQL is frozen; the workers' heartbeats
+    could not be written meanwhile. The liveness check after it in the same sweep must not
+    count that time as their silence (it lost two workers of e2e/test_faults' frozen run)."""
+    from uuid import UUID
+
+    from hodei.domain.job import Job
+    from hodei.domain.worker import Worker
+
+    h = harness(pool, tmp_path, effects)
+    job_id = h.submit(timeout_seconds=60.0)
+    h.run(lambda: job_row(fresh_database_url, job_id)[0] == "RUNNING", report=False)
+    worker_id = UUID(str(h.store.load(Job, job_id).worker_id))
+    timeout = h.deps.timing.heartbeat_timeout
+    h.liveness.touch(worker_id, True, timeout)
+    query(fresh_database_url, "UPDATE hodei.worker_liveness SET last_seen_at = now() - interval '1 hour'")
+    # Heard without a break for long before the freeze, and swept a moment ago.
+    monkeypatch.setattr(h.sweeper, "_hearing_since", time.monotonic() - 3600)
+    monkeypatch.setattr(h.sweeper, "_last_sweep", time.monotonic())
+    monkeypatch.setattr(h.sweeper, "take_over_dead_servers", lambda: time.sleep(timeout / 2 + 0.5))
+    h.sweeper.sweep(reconcile=False)
+    assert h.store.load(Worker, worker_id).is_live
+    assert h.sweeper.heard_for < timeout
+    h.close()
+
+
 def test_a_job_with_artifacts_is_given_time_to_upload_them_before_its_timeout_is_enforced(
     pool: ConnectionPool, fresh_database_url: str, tmp_path: Path, effects: Effects
 ) -> None:
