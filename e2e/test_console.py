@@ -27,7 +27,7 @@ from hodei.testing import (
 
 pytestmark = pytest.mark.e2e
 
-PAGES = ["/jobs", "/jobs/new", "/providers", "/queue", "/workers", "/sagas", "/cron", "/dead-letters"]
+PAGES = ["/jobs", "/jobs/new", "/providers", "/queue", "/workers", "/sagas", "/cron", "/dead-letters", "/audit"]
 
 
 def browser(server: ServerProcess, token: str | None = None) -> requests.Session:
@@ -643,3 +643,23 @@ def test_a_stopping_server_ends_the_consoles_log_streams_and_stops_at_once(
         server.start()
         assert query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
         server.cli("job", "cancel", job_id, check=True)
+
+
+def test_the_audit_page_shows_who_changed_what_to_operators_only(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    guarded.cli("pool", "set", "console-audit", "3", check=True)  # as operate-person
+    operator = browser(guarded, tokens["operate"])
+    shown = operator.get(f"{guarded.http_url}/audit", params={"kind": "pool", "actor": "operate-person"})
+    assert shown.ok and 'href="/audit" class="here"' in shown.text
+    (row,) = [r for r in re.findall(r"<tr><td>(.*?)</tr>", shown.text) if "console-audit" in r]
+    assert "<td>operate-person</td><td>pool console-audit</td><td>created, size 3</td>" in row
+    none = operator.get(f"{guarded.http_url}/audit", params={"actor": "nobody-at-all"})
+    assert "No change." in none.text
+    reader = browser(guarded, tokens["read"])
+    assert 'href="/audit"' not in reader.get(f"{guarded.http_url}/jobs").text
+    refused = reader.get(f"{guarded.http_url}/audit")
+    assert refused.status_code == 403 and "needs operate" in refused.text
+    wrong = operator.get(f"{guarded.http_url}/audit", params={"kind": "jobs"})
+    assert wrong.status_code == 400 and "unknown kind jobs" in wrong.text
+    guarded.cli("pool", "delete", "console-audit", check=True)

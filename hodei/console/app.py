@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from hodei._proto import (
     artifacts_pb2,
+    audit_pb2,
     common_pb2,
     cron_pb2,
     jobs_pb2,
@@ -37,6 +38,7 @@ from hodei._proto import (
     sagas_pb2,
     scheduler_pb2,
 )
+from hodei.audit import KINDS
 from hodei.cli.parsing import (
     WIRE_INT_MAX,
     bound_message,
@@ -193,6 +195,7 @@ class Console:
         app.router.add_get("/cron", self.cron_jobs)
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
         app.router.add_get("/dead-letters", self.dead_letters)
+        app.router.add_get("/audit", self.audit)
         app.router.add_post("/dead-letters/redrive", self.redrive)
         app.router.add_static("/static", HERE / "static", append_version=True)
         app.on_response_prepare.append(_secure)
@@ -662,6 +665,20 @@ class Console:
             raise InvalidInput("choose the dead letters to redrive")
         await self._call(request, "/hodei.jobs.OutboxService/Redrive", outbox_pb2.RedriveRequest(ids=ids, all=every))
         raise web.HTTPSeeOther("/dead-letters")
+
+    async def audit(self, request: web.Request) -> web.Response:
+        kind = request.query.get("kind", "").strip()
+        actor = request.query.get("actor", "").strip()
+        system = request.query.get("system") == "1"
+        asked = audit_pb2.ListChangesRequest(
+            kinds=[kind] if kind else [], actor=actor, include_system=system, limit=500
+        )
+        listed = await self._call(request, "/hodei.jobs.AuditService/ListChanges", asked)
+        who = await self._caller(request)
+        changes = [message_dict(change) for change in listed.changes]
+        return self._page(
+            request, "audit.html", who, changes=changes, kinds=list(KINDS), kind_shown=kind, actor=actor, system=system
+        )
 
 
 def _from_one(request: web.Request, name: str, most: int) -> int:
