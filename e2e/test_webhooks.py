@@ -116,6 +116,18 @@ def test_a_job_that_ends_is_posted_signed_to_each_webhook_told_of_it(server: Ser
     )
     shown = server.cli("webhook", "get", "failures", check=True).stdout
     assert f"job {failed}: DELIVERED, 1 attempt, last HTTP 200" in shown
+    # Where a job's operator looks first: which webhooks were told of it, and how it went.
+    described = server.cli("job", "describe", failed, check=True).stdout
+    assert "Webhook messages" in described
+    assert f"failures: {sent['id']} " in described and "DELIVERED, 1 attempt, last HTTP 200" in described
+    as_json = json.loads(server.cli("-o", "json", "job", "describe", failed, check=True).stdout)
+    assert [(m["webhook"], m["state"]) for m in as_json["webhook_messages"]] == [("failures", "DELIVERED")]
+    quiet = server.cli("-o", "json", "job", "list", "-l", "team=web", check=True).stdout
+    (other,) = json.loads(quiet)["jobs"]
+    assert (
+        json.loads(server.cli("-o", "json", "job", "describe", other["id"], check=True).stdout)["webhook_messages"]
+        == []
+    )
 
 
 def test_a_receiver_that_fails_gets_the_message_again_with_the_same_id(server: ServerProcess) -> None:

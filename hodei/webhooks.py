@@ -300,9 +300,14 @@ class Webhooks:
         return delivery
 
     def deliveries(self, name: str, limit: int = DELIVERIES_SHOWN) -> list[DeliveryRow]:
-        return fetch_all(
-            self.store.pool, "webhook_deliveries", {"webhook": name, "id": None, "limit": limit}, DeliveryRow
-        )
+        """A webhook's newest messages."""
+        params = {"webhook": name, "id": None, "job_id": None, "limit": limit}
+        return fetch_all(self.store.pool, "webhook_deliveries", params, DeliveryRow)
+
+    def about_job(self, job_id: UUID) -> list[DeliveryRow]:
+        """The messages about a job, to every webhook told of it, newest first."""
+        params = {"webhook": None, "id": None, "job_id": job_id, "limit": MAX_WEBHOOKS}
+        return fetch_all(self.store.pool, "webhook_deliveries", params, DeliveryRow)
 
     def delivery(self, delivery_id: str | UUID) -> DeliveryRow:
         try:
@@ -310,7 +315,7 @@ class Webhooks:
         except ValueError:
             shown = f"{delivery_id!r}"[:80]
             raise InvalidInput(f"a message's id is a UUID (`webhook get NAME` lists them), got {shown}") from None
-        params = {"webhook": None, "id": wanted, "limit": 1}
+        params = {"webhook": None, "id": wanted, "job_id": None, "limit": 1}
         found = fetch_all(self.store.pool, "webhook_deliveries", params, DeliveryRow)
         if not found:
             raise NotFound(f"no webhook message {wanted} (messages are kept {KEPT_SECONDS / 86400:g} days)")

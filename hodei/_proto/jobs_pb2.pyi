@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from hodei._proto import common_pb2 as _common_pb2
 from hodei._proto import sagas_pb2 as _sagas_pb2
+from hodei._proto import webhooks_pb2 as _webhooks_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -615,6 +616,7 @@ class JobDescription(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     SAGAS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> _common_pb2.Job: ...
     @_builtins.property
@@ -623,16 +625,21 @@ class JobDescription(_message.Message):
 
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobWorker]: ...
+    @_builtins.property
+    def webhook_messages(self) -> _containers.RepeatedCompositeFieldContainer[_webhooks_pb2.WebhookDelivery]:
+        """The webhook messages about it (one a webhook told of its end), newest first."""
+
     def __init__(
         self,
         *,
         job: _common_pb2.Job | None = ...,
         sagas: _abc.Iterable[_sagas_pb2.Saga] | None = ...,
         workers: _abc.Iterable[Global___JobWorker] | None = ...,
+        webhook_messages: _abc.Iterable[_webhooks_pb2.WebhookDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "sagas", b"sagas", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "sagas", b"sagas", "webhook_messages", b"webhook_messages", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ from hodei.cli.jobs import LATEST, add_job_id
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.parsing import add_limit
 from hodei.cli.terminal import Terminal, when
+from hodei.cli.webhooks import delivery_line
 from hodei.domain.phases import usage_text
 from hodei.wire import job_dict, message_dict
 
@@ -81,6 +82,7 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
                 "job": job_dict(found.job),
                 "sagas": [message_dict(saga) for saga in found.sagas],
                 "workers": [message_dict(worker) for worker in found.workers],
+                "webhook_messages": [message_dict(message) for message in found.webhook_messages],
             }
         )
         return 0
@@ -107,6 +109,11 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         sagas.children.append(saga_tree(saga))
     for tree in (root, workers, sagas):
         term.tree(tree)
+    if found.webhook_messages:
+        told = Tree("Webhook messages")
+        for message in found.webhook_messages:
+            told.add(f"{message.webhook}: {delivery_line(message)}", style=_style(message.state))
+        term.tree(told)
     return 0
 
 

@@ -140,6 +140,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
             job=JOB,
             sagas=_array(message_schema(sagas_pb2.Saga.DESCRIPTOR)),
             workers=_array(message_schema(jobs_pb2.JobWorker.DESCRIPTOR)),
+            webhook_messages=_array(message_schema(webhooks_pb2.WebhookDelivery.DESCRIPTOR)),
         ),
         False,
     ),

@@ -57,7 +57,7 @@ def webhook(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         _describe(term, detail.webhook)
         term.line("Messages (newest first)" if detail.deliveries else "Messages: none yet")
         for delivery in detail.deliveries:
-            term.line(f"  {_delivery_line(delivery)}")
+            term.line(f"  {delivery_line(delivery)}")
         return 0
     if args.action == "delete":
         gone = client.call(service.DeleteWebhook, webhooks_pb2.WebhookRequest(name=args.name))
@@ -73,7 +73,7 @@ def webhook(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if term.json:
         term.data(message_dict(sent))
     else:
-        term.line(_delivery_line(sent))
+        term.line(delivery_line(sent))
     return 0 if sent.state == "DELIVERED" or args.action == "redeliver" else 1
 
 
@@ -98,7 +98,7 @@ def _describe(term: Terminal, hook: webhooks_pb2.Webhook) -> None:
     term.line(f"Messages: {hook.pending} pending, {hook.failed} failed, {hook.delivered} delivered")
 
 
-def _delivery_line(delivery: webhooks_pb2.WebhookDelivery) -> str:
+def delivery_line(delivery: webhooks_pb2.WebhookDelivery) -> str:
     about = f"job {delivery.job_id}" if delivery.job_id else delivery.type
     answer = f"HTTP {delivery.last_status}" if delivery.HasField("last_status") else "no answer"
     tried = f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}"

@@ -41,12 +41,14 @@ from hodei.server.access import caller
 from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import STREAMS, rpc
 from hodei.server.submission import Submission, earlier, first_answer
+from hodei.server.webhooks_api import delivery_to_proto
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_column
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobFilters, JobRow, ReadModels
+from hodei.webhooks import Webhooks
 from hodei.wire import MAX_JOBS_LISTED, spec_from_proto
 
 DEFAULT_LIMIT = 20
@@ -86,6 +88,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         kill_grace: float,
         faults: Faults,
         clock: DatabaseClock,
+        webhooks: Webhooks,
         max_disk_bytes: int = 0,
     ) -> None:
         self.store = store
@@ -101,6 +104,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.clock = clock
         # HODEI_MAX_DISK_BYTES, for each job made (``within_disk_limit``).
         self.max_disk_bytes = max_disk_bytes
+        self.webhooks = webhooks
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -190,6 +194,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             job=job_to_proto(row, self.reads.phases(row.id)),
             sagas=[saga_to_proto(saga) for saga in self.reads.sagas_of_job(row.id)],
             workers=[worker_to_proto(worker) for worker in self.reads.workers_of_job(row.id)],
+            webhook_messages=[delivery_to_proto(message) for message in self.webhooks.about_job(row.id)],
         )
 
     @rpc

@@ -251,6 +251,7 @@ async def _add_services(
                 runtime.config.timing.kill_grace,
                 runtime.faults,
                 runtime.clock,
+                runtime.webhooks,
                 runtime.config.max_disk_bytes,
             ),
         ),

@@ -35,7 +35,7 @@ def _webhook(defined: Defined) -> webhooks_pb2.Webhook:
     )
 
 
-def _delivery(row: DeliveryRow) -> webhooks_pb2.WebhookDelivery:
+def delivery_to_proto(row: DeliveryRow) -> webhooks_pb2.WebhookDelivery:
     return webhooks_pb2.WebhookDelivery(
         id=str(row.id),
         webhook=row.webhook,
@@ -75,7 +75,7 @@ class WebhookService(webhooks_pb2_grpc.WebhookServiceServicer):
         self, request: webhooks_pb2.WebhookRequest, context: grpc.ServicerContext
     ) -> webhooks_pb2.WebhookDetail:
         defined = self.webhooks.get(request.name)
-        deliveries = [_delivery(row) for row in self.webhooks.deliveries(request.name)]
+        deliveries = [delivery_to_proto(row) for row in self.webhooks.deliveries(request.name)]
         return webhooks_pb2.WebhookDetail(webhook=_webhook(defined), deliveries=deliveries)
 
     @rpc
@@ -96,11 +96,11 @@ class WebhookService(webhooks_pb2_grpc.WebhookServiceServicer):
             found = await asyncio.to_thread(self.webhooks.delivery, sent)
             tried = found.state != "PENDING" or found.last_status is not None or found.last_error is not None
             if tried or time.monotonic() > deadline:
-                return _delivery(found)
+                return delivery_to_proto(found)
             await asyncio.sleep(0.1)
 
     @rpc
     def Redeliver(
         self, request: webhooks_pb2.RedeliverRequest, context: grpc.ServicerContext
     ) -> webhooks_pb2.WebhookDelivery:
-        return _delivery(self.webhooks.redeliver(request.delivery_id))
+        return delivery_to_proto(self.webhooks.redeliver(request.delivery_id))

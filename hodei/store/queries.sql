@@ -1399,11 +1399,12 @@ SET state = %(state)s, next_at = now() + make_interval(secs => %(retry_in)s), le
 WHERE id = %(id)s;
 
 -- name: webhook_deliveries
--- A webhook's newest messages, or the one whose id is given.
+-- A webhook's newest messages, a job's, or the one whose id is given.
 SELECT id, webhook, type, job_id, state, attempts, last_status, last_error, created_at, updated_at,
        CASE WHEN state = 'PENDING' THEN next_at END AS next_at
 FROM hodei.webhook_deliveries
 WHERE (%(webhook)s::text IS NULL OR webhook = %(webhook)s::text) AND (%(id)s::uuid IS NULL OR id = %(id)s::uuid)
+  AND (%(job_id)s::uuid IS NULL OR job_id = %(job_id)s::uuid)
 ORDER BY created_at DESC, id
 LIMIT %(limit)s;
 
