@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from standardwebhooks import Webhook as Verifier
 
 from hodei.devdb import free_port
@@ -64,7 +65,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def server(fresh_database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(fresh_database_url, tmp_path) as process:
+    with ServerProcess(fresh_database_url, tmp_path, http=True) as process:
         yield process
 
 
@@ -120,6 +121,9 @@ def test_a_job_that_ends_is_posted_signed_to_each_webhook_told_of_it(server: Ser
     described = server.cli("job", "describe", failed, check=True).stdout
     assert "Webhook messages" in described
     assert f"failures: {sent['id']} " in described and "DELIVERED, 1 attempt, last HTTP 200" in described
+    page = requests.get(f"{server.http_url}/jobs/{failed}", headers={"Accept": "text/html"}, timeout=30)
+    assert page.ok and 'id="webhook-messages"' in page.text
+    assert f'<td>failures</td><td title="{sent["id"]}">' in page.text and "<td>HTTP 200</td>" in page.text
     as_json = json.loads(server.cli("-o", "json", "job", "describe", failed, check=True).stdout)
     assert [(m["webhook"], m["state"]) for m in as_json["webhook_messages"]] == [("failures", "DELIVERED")]
     quiet = server.cli("-o", "json", "job", "list", "-l", "team=web", check=True).stdout

@@ -415,6 +415,7 @@ class Console:
             stopped=stopped_text(described.job.attempt, description["job"]["phases"]),
             sagas=description["sagas"],
             workers=description["workers"],
+            webhook_messages=description["webhook_messages"],
             timeline=timeline(description["sagas"], self.clock()),
             events=[
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events
