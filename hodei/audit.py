@@ -112,6 +112,13 @@ def check_kinds(kinds: Sequence[str]) -> list[str]:
     return [KINDS[kind] for kind in kinds or KINDS]
 
 
+def check_limit(limit: int) -> int:
+    """How many changes to list (0: 100)."""
+    if not 0 <= limit <= MAX_CHANGES:
+        raise InvalidInput(f"limit is 1 to {MAX_CHANGES} (0: 100), got {limit}")
+    return limit or 100
+
+
 class Audit:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
@@ -121,14 +128,12 @@ class Audit:
     ) -> list[Change]:
         """Newest first; ``actor`` "": anyone's; ``with_system``: the platform's own too
         (providers' health, as probes find it)."""
-        if not 0 <= limit <= MAX_CHANGES:
-            raise InvalidInput(f"limit is 1 to {MAX_CHANGES} (0: 100), got {limit}")
         params = {
             "types": check_kinds(kinds),
             "actor": actor or None,
             "system": with_system,
             "since": since,
-            "limit": limit or 100,
+            "limit": check_limit(limit),
         }
         kind_of = {aggregate_type: kind for kind, aggregate_type in KINDS.items()}
         rows = fetch_all(self.pool, "configuration_changes", params, _Row)

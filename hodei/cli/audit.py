@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from hodei._proto import audit_pb2
-from hodei.audit import KINDS, MAX_CHANGES, check_kinds
+from hodei.audit import KINDS, MAX_CHANGES, check_kinds, check_limit
 from hodei.cli.client import Client
 from hodei.cli.parsing import since, whole
 from hodei.cli.terminal import Terminal, when
@@ -18,7 +18,9 @@ def _kinds(text: str) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> None:
+    """Refuses before connecting what the server would (its own rules)."""
     check_kinds(args.kind)
+    check_limit(args.limit)
 
 
 def audit(client: Client, term: Terminal, args: argparse.Namespace) -> int:
