@@ -105,7 +105,8 @@ def said(event_type: str, p: Mapping[str, Any]) -> str:
 
 
 def check_kinds(kinds: Sequence[str]) -> list[str]:
-    """The aggregate types of the kinds asked for; none: every kind."""
+    """The aggregate types of the kinds asked for (any case); none: every kind."""
+    kinds = [kind.lower() for kind in kinds]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise InvalidInput(f"unknown kind {', '.join(unknown)}: the kinds are {', '.join(KINDS)}")

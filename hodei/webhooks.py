@@ -114,6 +114,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class _Wants:
+    """What the log's reading needs of a webhook: which endings and labels it is told of."""
+
+    id: str
+    name: str
+    states: list[str]
+    label_selector: list[str]
+
+
+@dataclass(frozen=True)
 class _Event:
     position: int
     aggregate_type: str
@@ -153,7 +163,7 @@ class Webhooks:
         made (created, or set after its deletion), else "" (it keeps the one it has)."""
         check_name(name, "a webhook")
         url, wanted, terms = check_url(url), check_states(states), check_selector(selector)
-        existing = len(self._rows(None))
+        existing = len(self._rows(None, counted=False))
         made = ""
 
         def run() -> tuple[None, list[Webhook]]:
@@ -242,7 +252,10 @@ class Webhooks:
             head = fetch_value(self.store.pool, "log_head")
             params = {"after": after, "upto": head, "limit": READ_AT_ONCE}
             events = fetch_all(self.store.pool, "webhook_events", params, _Event)
-            hooks = {row.name: row for row in self._rows(None, upto=after, counted=False)} if events else {}
+            hooks = {
+                row.name: _Wants(row.id, row.name, row.states, row.label_selector)
+                for row in (self._rows(None, upto=after, counted=False) if events else [])
+            }
             for found in events:
                 if found.aggregate_type == "Webhook":
                     self._follow(hooks, found)
@@ -257,18 +270,14 @@ class Webhooks:
         return written
 
     @staticmethod
-    def _follow(hooks: dict[str, WebhookRow], found: _Event) -> None:
+    def _follow(hooks: dict[str, _Wants], found: _Event) -> None:
         name = found.payload["name"]
         if found.event_type == "WebhookDeleted":
             hooks.pop(name, None)
-            return
-        p = found.payload
-        hooks[name] = WebhookRow(
-            found.aggregate_id, name, p["origin"], p["sealed"], p["states"], p["label_selector"], datetime.now(UTC),
-            None, 0, 0, 0,
-        )  # fmt: skip
+        else:
+            hooks[name] = _Wants(found.aggregate_id, name, found.payload["states"], found.payload["label_selector"])
 
-    def _write(self, hooks: list[WebhookRow], ended: _Event) -> int:
+    def _write(self, hooks: list[_Wants], ended: _Event) -> int:
         try:
             row = self.reads.job(ended.aggregate_id)
         except NotFound:  # its history deleted since: nothing left to tell
@@ -340,13 +349,15 @@ class Webhooks:
         else:
             wait = retry_in(due.attempts)
             state, pause = ("FAILED", 0.0) if wait is None else ("PENDING", wait)
-        params = {"id": due.id, "state": state, "retry_in": pause, "status": status, "error": error[:1000] or None}
-        execute(self.store.pool, "record_webhook_attempt", params)
+        self._outcome(due, state, pause, status, error)
         return state
 
     def give_up(self, due: Due, why: str) -> None:
         """A message that cannot be sent at all (its webhook deleted)."""
-        params = {"id": due.id, "state": "FAILED", "retry_in": 0.0, "status": None, "error": why}
+        self._outcome(due, "FAILED", 0.0, None, why)
+
+    def _outcome(self, due: Due, state: str, pause: float, status: int | None, error: str) -> None:
+        params = {"id": due.id, "state": state, "retry_in": pause, "status": status, "error": error[:1000] or None}
         execute(self.store.pool, "record_webhook_attempt", params)
 
     def prune(self) -> int:

@@ -8,13 +8,9 @@ from typing import Any
 from hodei._proto import audit_pb2
 from hodei.audit import KINDS, MAX_CHANGES, check_kinds, check_limit
 from hodei.cli.client import Client
-from hodei.cli.parsing import since, whole
+from hodei.cli.parsing import add_limit, comma_list, since
 from hodei.cli.terminal import Terminal, when
 from hodei.wire import message_dict
-
-
-def _kinds(text: str) -> list[str]:
-    return [part.strip().lower() for part in text.split(",") if part.strip()]
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -48,7 +44,7 @@ def add_commands(commands: Any) -> None:
     )
     parser.add_argument(
         "--kind",
-        type=_kinds,
+        type=comma_list,
         default=[],
         metavar="KINDS",
         help=f"only these, comma-separated: {', '.join(KINDS)} (default: all)",
@@ -60,7 +56,5 @@ def add_commands(commands: Any) -> None:
     parser.add_argument(
         "--system", action="store_true", help="the platform's own changes too (providers' health, as probes find it)"
     )
-    parser.add_argument(
-        "--limit", type=whole, default=100, help=f"at most this many (default 100, at most {MAX_CHANGES})"
-    )
+    add_limit(parser, 100, f"changes (at most {MAX_CHANGES})")
     parser.set_defaults(handler=audit, prepare=_check)

@@ -112,6 +112,12 @@ def parse_args(value: str | None) -> list[str]:
         raise InvalidInput(f"malformed --args `{value}`: {exc}") from None
 
 
+def comma_list(text: str) -> list[str]:
+    """``--on FAILED,TIMEOUT``, ``--kind pool,limit``: the parts, blanks dropped (the server
+    checks them and says which is wrong)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def parse_labels(values: list[str]) -> dict[str, str]:
     labels = {}
     for item in values:

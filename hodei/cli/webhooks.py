@@ -7,6 +7,7 @@ from typing import Any
 
 from hodei._proto import webhooks_pb2
 from hodei.cli.client import Client
+from hodei.cli.parsing import comma_list
 from hodei.cli.terminal import Terminal, when
 from hodei.domain.base import check_name
 from hodei.domain.webhook import ENDINGS, check_selector, check_states, check_url
@@ -20,10 +21,6 @@ def _check(args: argparse.Namespace) -> None:
         check_url(args.url)
         check_states(args.on)
         check_selector(args.label or [])
-
-
-def _states(text: str) -> list[str]:
-    return [part for part in text.split(",") if part.strip()]
 
 
 def webhook(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -133,7 +130,7 @@ def add_commands(commands: Any) -> None:
     set_hook.add_argument("--url", required=True, help="http:// or https:// (may hold a credential: shown to admins)")
     set_hook.add_argument(
         "--on",
-        type=_states,
+        type=comma_list,
         default=[],
         metavar="STATES",
         help=f"the endings it is told of, comma-separated: {', '.join(ENDINGS)} (default: all)",
