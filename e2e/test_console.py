@@ -311,7 +311,25 @@ def test_a_jobs_page_says_what_it_was_given_to_run_with(guarded: ServerProcess, 
     limited = run(guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G")
     shown = reader.get(f"{guarded.http_url}/jobs/{limited}").text
     assert '<td id="resources">0.5 CPU, 64.0 MiB memory, 1.9 GiB disk</td>' in shown
-    assert 'id="resources"' not in reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
+    plain = reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
+    assert 'id="resources"' not in plain and 'id="nodes"' not in plain
+    # Its nodes (Kubernetes' part; this server has none, so it fails to start, and shows them all the same).
+    placed = guarded.cli(
+        "job",
+        "run",
+        "-c",
+        "true",
+        "--node-selector",
+        "disktype=ssd,zone=a",
+        "--toleration",
+        "gpu:NoSchedule",
+        check=True,
+    ).stdout.strip()
+    shown = reader.get(f"{guarded.http_url}/jobs/{placed}").text
+    assert (
+        '<td id="nodes"><code>disktype=ssd</code> <code>zone=a</code> tolerating <code>gpu:NoSchedule</code> </td>'
+        in shown
+    )
 
 
 def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(

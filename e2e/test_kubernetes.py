@@ -156,6 +156,90 @@ def run_kubernetes(server: ServerProcess, database_url: str, command: str, *flag
     return state, error or "", (printed.stdout + printed.stderr).splitlines()
 
 
+def test_a_job_runs_only_on_a_node_it_selects_and_tolerates(
+    fresh_database_url: str, tmp_path: Path, cluster: Any, worker_image: str
+) -> None:
+    """--node-selector and --toleration, over the server's own (HODEI_K8S_NODE_SELECTOR,
+    HODEI_K8S_TOLERATIONS): a job naming no provider goes to Kubernetes; its pod carries
+    both and runs on a node that fits; one whose pod no node fits stays Pending and fails
+    past HODEI_K8S_UNSCHEDULABLE_TIMEOUT with the scheduler's words; a job the server can
+    never place so is refused at submission, nothing written."""
+    api, kubelet, kubeconfig = cluster
+    url = fresh_database_url
+    env = server_env(kubeconfig, worker_image, docker=False) | {
+        "HODEI_K8S_NODE_SELECTOR": "kubernetes.io/os=linux",
+        "HODEI_K8S_TOLERATIONS": "hodei.io/workers=batch:NoSchedule",
+        "HODEI_K8S_UNSCHEDULABLE_TIMEOUT": "3",
+    }
+    # `kubectl label node … disktype=ssd`, `kubectl taint node … hodei.io/workers=batch:NoSchedule gpu=true:NoSchedule`
+    kubelet.labels["disktype"] = "ssd"
+    kubelet.taints[:] = [
+        {"key": "hodei.io/workers", "value": "batch", "effect": "NoSchedule"},
+        {"key": "gpu", "value": "true", "effect": "NoSchedule"},
+    ]
+    try:
+        with ServerProcess(url, tmp_path / "logs", env) as server:
+            placed = ("--node-selector", "disktype=ssd", "--toleration", "gpu:NoSchedule,spot")
+            job_id = server.cli("job", "run", "-c", "echo placed", *placed, "--wait", check=True).stdout.strip()
+            assert query(url, "SELECT state, provider_type FROM jobs WHERE id = %s", (job_id,)) == [
+                ("SUCCEEDED", "kubernetes")
+            ]
+            assert server.cli("job", "logs", job_id, check=True).stdout == "placed\n"
+            (pod,) = [p for p in created_pods(api) if p["metadata"]["labels"].get("hodei-job") == job_id]
+            assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "disktype": "ssd"}
+            assert pod["spec"]["tolerations"] == [
+                {"key": "hodei.io/workers", "operator": "Equal", "value": "batch", "effect": "NoSchedule"},
+                {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "spot", "operator": "Exists"},
+            ]
+            shown = server.cli("job", "get", job_id, check=True).stdout
+            assert "Node selector: disktype=ssd\n" in shown and "Tolerations: gpu:NoSchedule, spot\n" in shown
+
+            unplaced = {
+                "didn't match Pod's node affinity/selector": (
+                    "--node-selector",
+                    "disktype=nvme",
+                    "--toleration",
+                    "gpu",
+                ),
+                "had untolerated taint {gpu: true}": ("--node-selector", "disktype=ssd"),
+            }
+            jobs = {
+                why: server.cli("job", "run", "-c", "echo never", *flags, check=True).stdout.strip()
+                for why, flags in unplaced.items()
+            }
+            for why, pending in jobs.items():
+                assert wait_terminal(url, pending, timeout=60) == "FAILED"
+                wait_settled(url, pending)
+                (error,) = query(url, "SELECT error_message FROM jobs WHERE id = %s", (pending,))[0]
+                assert re.search(
+                    rf"pod hodei-worker-[0-9a-f-]+ unschedulable for [3-9]s: 0/1 nodes are available: 1 node\(s\)"
+                    rf" {re.escape(why)}\. preemption: 0/1 nodes are available: 1 Preemption is not helpful for"
+                    r" scheduling\.",
+                    error,
+                ), error
+                assert query(url, "SELECT count(*) FROM job_log_files WHERE job_id = %s", (pending,)) == [(0,)]
+            eventually(lambda: api.pods() == {}, 30, what="the unscheduled pods to be deleted")
+
+            jobs_before = query(url, "SELECT count(*) FROM jobs")
+            refusals = {
+                ("--node-selector", "kubernetes.io/os=windows"): "node selector kubernetes.io/os=windows conflicts "
+                "with this server's kubernetes.io/os=linux (HODEI_K8S_NODE_SELECTOR: its pods run only on such nodes)",
+                ("-p", "local", "--toleration", "gpu"): "provider local cannot run a job on nodes of its choosing "
+                "(--node-selector, --toleration): use kubernetes",
+                ("--toleration", "gpu:Sometimes"): "toleration `gpu:Sometimes`: effect must be one of NoSchedule, "
+                "PreferNoSchedule, NoExecute, got `Sometimes` (KEY[=VALUE][:EFFECT])",
+                ("--node-selector", "disk type=ssd"): "--node-selector: node selector key `disk type` must be",
+            }
+            for flags, said in refusals.items():
+                refused = server.cli("job", "run", "-c", "true", *flags)
+                assert refused.returncode == 2 and said in refused.stderr, (flags, refused.stderr)
+            assert query(url, "SELECT count(*) FROM jobs") == jobs_before
+    finally:
+        kubelet.labels.pop("disktype")
+        kubelet.taints.clear()
+
+
 def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database_url: str) -> None:
     """The worker image runs as the pod spec demands: non-root, read-only root filesystem,
     no capabilities, a writable emptyDir on /tmp, and the job's memory limit."""

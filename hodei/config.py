@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from hodei.domain.placement import Toleration, selector_of, tolerations_of
 from hodei.domain.spec import LIMITS
 from hodei.errors import InvalidInput
 
@@ -75,6 +76,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_K8S_IMAGE_PULL_POLICY": ("IfNotPresent", "imagePullPolicy of worker pods"),
     "HODEI_K8S_SERVICE_ACCOUNT": ("", "service account of worker pods"),
     "HODEI_K8S_UNSCHEDULABLE_TIMEOUT": ("60", "seconds a pod may stay unschedulable"),
+    "HODEI_K8S_NODE_SELECTOR": (
+        "",
+        "node labels every worker pod needs, KEY=VALUE,… (its nodeSelector: the node pool workers are kept to); "
+        "a job's --node-selector adds terms, never another value of these",
+    ),
+    "HODEI_K8S_TOLERATIONS": (
+        "",
+        "node taints every worker pod tolerates, KEY[=VALUE][:EFFECT],… (as `kubectl taint` writes taints); "
+        "a job's --toleration adds to them",
+    ),
     "HODEI_LOCAL_MAX_WORKERS": ("16", "workers the local provider runs at once (the API can change it)"),
     "HODEI_LOCAL_MAX_STARTING": (
         "0",
@@ -271,6 +282,10 @@ class KubernetesConfig:
     image_pull_policy: str
     service_account: str
     unschedulable_timeout: float
+    # Every pod's node selector and tolerations (hodei.domain.placement): the nodes the
+    # workers are kept to; a job adds its own.
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -444,6 +459,19 @@ def _namespace(env: Mapping[str, str]) -> str:
     return value
 
 
+def _node_selector(env: Mapping[str, str]) -> dict[str, str]:
+    value = _get(env, "HODEI_K8S_NODE_SELECTOR")
+    return selector_of([value], "HODEI_K8S_NODE_SELECTOR") if value.strip() else {}
+
+
+def _tolerations(env: Mapping[str, str]) -> tuple[Toleration, ...]:
+    terms = [term for term in _get(env, "HODEI_K8S_TOLERATIONS").split(",") if term.strip()]
+    try:
+        return tolerations_of(terms)
+    except InvalidInput as exc:
+        raise InvalidInput(f"HODEI_K8S_TOLERATIONS: {exc.message}") from None
+
+
 def _pull_policy(env: Mapping[str, str]) -> str:
     value = _get(env, "HODEI_K8S_IMAGE_PULL_POLICY")
     if value not in {"Always", "IfNotPresent", "Never"}:
@@ -594,6 +622,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             image_pull_policy=_pull_policy(env),
             service_account=_get(env, "HODEI_K8S_SERVICE_ACCOUNT"),
             unschedulable_timeout=_seconds(env, "HODEI_K8S_UNSCHEDULABLE_TIMEOUT"),
+            node_selector=_node_selector(env),
+            tolerations=_tolerations(env),
         ),
         timing=Timing(
             heartbeat_interval=_seconds(env, "HODEI_HEARTBEAT_INTERVAL"),

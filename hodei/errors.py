@@ -23,6 +23,10 @@ retrying and giving up.
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 class HodeiError(Exception):
     """Hodei failed."""
@@ -113,3 +117,9 @@ class StepTimeout(HodeiError):
     """The saga step ran past its timeout."""
 
     retryable = True
+
+
+def excerpt(text: str) -> str:
+    """A user's text as an error message quotes it: short, and without control characters."""
+    clean = _CONTROL.sub("?", text)
+    return clean if len(clean) <= 40 else clean[:37] + "..."

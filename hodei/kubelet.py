@@ -7,7 +7,10 @@ env (a ``secretKeyRef`` read from the API's Secret; a missing Secret or key is t
 ``CreateContainerConfigError``) and working directory, ``runAsUser``/``runAsGroup``/``fsGroup``, ``runAsNonRoot``
 (refused for an image that would run as root, as the kubelet refuses it),
 ``readOnlyRootFilesystem``, dropped and added capabilities, ``allowPrivilegeEscalation``,
-``emptyDir`` volumes, CPU and memory limits, the ``ephemeral-storage`` limit (the pod's use —
+``emptyDir`` volumes, CPU and memory limits, the pod's ``nodeSelector`` and ``tolerations``
+against the node's labels and taints (the scheduler's part: a pod that does not fit stays
+Pending, ``PodScheduled`` False with the scheduler's words, and starts once the node is
+labelled or untainted to fit it), the ``ephemeral-storage`` limit (the pod's use —
 its container's writable layer and its emptyDir volumes — measured every ``CHECK_EVERY``
 seconds (``hodei.providers.disk``); past the limit the pod is evicted, as the eviction manager does, with a grace of
 1 s), ``activeDeadlineSeconds``, and the rank of the
@@ -51,6 +54,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound, NullResource
 from kubernetes.utils.quantity import parse_quantity
 
+from hodei.domain.placement import Toleration, selector_of
 from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
 from hodei.providers.disk import CHECK_EVERY, tree_bytes
 
@@ -66,6 +70,44 @@ POLL = 0.1
 # ephemeral storage is measured every CHECK_EVERY seconds, as the providers measure theirs.
 EVICTION_GRACE = 1
 Pod = dict[str, Any]
+NODE_NAME = "hodei-emulated-node"
+# What the scheduler adds to a pod it cannot place when evicting others would not help.
+_NO_PREEMPTION = "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+
+
+def _tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
+    """Kubernetes' ``Toleration.ToleratesTaint``: an effect and a key that match (either
+    left empty matches any), and the value unless the operator is Exists."""
+    if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+        return False
+    if toleration.get("key") and toleration["key"] != taint["key"]:
+        return False
+    if toleration.get("operator", "Equal") == "Exists":
+        return True
+    return bool(toleration.get("value", "") == taint.get("value", ""))
+
+
+def unschedulable(pod: Pod, labels: Mapping[str, str], taints: list[dict[str, Any]]) -> str | None:
+    """Why the scheduler would not place the pod on a node of these labels and taints, in
+    its words (its TaintToleration filter runs before NodeAffinity); None: it fits."""
+    spec = pod.get("spec") or {}
+    tolerations = spec.get("tolerations") or []
+    for taint in taints:
+        if taint["effect"] != "PreferNoSchedule" and not any(_tolerates(t, taint) for t in tolerations):
+            why = f"had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+            break
+    else:
+        selector = spec.get("nodeSelector") or {}
+        if all(labels.get(key) == value for key, value in selector.items()):
+            return None
+        why = "didn't match Pod's node affinity/selector"
+    return f"0/1 nodes are available: 1 node(s) {why}. {_NO_PREEMPTION}"
+
+
+def node_labels() -> dict[str, str]:
+    """The labels a kubelet gives its node."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    return {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch}
 
 
 class PodRefused(Exception):
@@ -321,6 +363,12 @@ class Kubelet:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # The node's memory: a Burstable pod's rank for the OOM killer is its share of it.
     memory: int = field(default_factory=node_memory)
+    # The node's labels and taints (``{"key", "value", "effect"}``), read at each sync: a
+    # test changes them as `kubectl label node` and `kubectl taint node` would.
+    labels: dict[str, str] = field(default_factory=node_labels)
+    taints: list[dict[str, Any]] = field(default_factory=list)
+    # Pods the node does not fit, and the scheduler's words last reported for each.
+    _unscheduled: dict[str, str] = field(default_factory=dict)
     _runs: dict[str, _PodRun] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -371,8 +419,10 @@ class Kubelet:
 
     def _sync(self) -> None:
         pods = self.api.pods(self.namespace)
+        for name in set(self._unscheduled) - set(pods):
+            del self._unscheduled[name]
         for name, pod in pods.items():
-            if name not in self._runs:
+            if name not in self._runs and self._scheduled(name, pod):
                 run = _PodRun(name, pod)
                 run.thread = threading.Thread(target=self._run_pod, args=(run,), name=f"pod-{name}", daemon=True)
                 self._runs[name] = run
@@ -382,6 +432,19 @@ class Kubelet:
                 run.deleted.set()
             if run.thread is not None and not run.thread.is_alive():
                 del self._runs[name]
+
+    def _scheduled(self, name: str, pod: Pod) -> bool:
+        """Whether the pod fits the node; one that does not is reported Pending, as the
+        scheduler reports it, whenever its reason changes."""
+        why = unschedulable(pod, self.labels, self.taints)
+        if why is None:
+            self._unscheduled.pop(name, None)
+            return True
+        if self._unscheduled.get(name) != why:
+            condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}
+            self.api.patch_pod(name, {"status": {"phase": "Pending", "conditions": [condition]}}, self.namespace)
+            self._unscheduled[name] = why
+        return False
 
     def _report(
         self, run: _PodRun, phase: str, state: dict[str, Any], init: _Init | None = None, **pod_status: Any
@@ -630,10 +693,22 @@ def main() -> None:
     kubeconfig for it: what `just dev-k8s` uses when no cluster is configured."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write the kubeconfig")
+    parser.add_argument("--node-label", action="append", default=[], help="KEY=VALUE: a label of the node; repeatable")
+    parser.add_argument(
+        "--node-taint", action="append", default=[], help="KEY[=VALUE]:EFFECT: a taint of the node; repeatable"
+    )
     args = parser.parse_args()
+    taints = [Toleration.parse(text) for text in args.node_taint]
+    if any(not taint.effect for taint in taints):
+        parser.error("a taint needs an effect: KEY[=VALUE]:EFFECT")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with KubeEmulator() as api:
-        kubelet = Kubelet(api, log_dir=args.kubeconfig.parent).start()
+        kubelet = Kubelet(
+            api,
+            log_dir=args.kubeconfig.parent,
+            labels={**node_labels(), **selector_of(args.node_label, "--node-label")},
+            taints=[{"key": t.key, "value": t.value or "", "effect": t.effect} for t in taints],
+        ).start()
         api.kubeconfig(args.kubeconfig)
         print(f"Kubernetes emulator at {api.url}; kubeconfig {args.kubeconfig}", flush=True)
         stopped = threading.Event()

@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
 from hodei._proto import common_pb2
+from hodei.domain.placement import canonical_tolerations
 from hodei.domain.spec import JobSpec, canonical_time, name_for
 
 # GetQueueStatus lists at most this many queued jobs: `job get` and `job run --wait` look
@@ -32,6 +33,7 @@ def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = (
         provider=spec.provider.strip(),
         secret_names=tuple(sorted(secret_names)),
         begin_at=canonical_time(spec.begin_at),
+        tolerations=canonical_tolerations(spec.tolerations),
     )
 
 

@@ -69,6 +69,9 @@ from hodei.errors import InvalidInput
         ("HODEI_K8S_NAMESPACE", "Bad_NS", "HODEI_K8S_NAMESPACE must be a namespace's name: 1 to 63 lowercase"),
         ("HODEI_K8S_NAMESPACE", "-jobs", "beginning and ending with a letter or digit; got `-jobs`"),
         ("HODEI_K8S_NAMESPACE", "a" * 64, "HODEI_K8S_NAMESPACE must be a namespace's name"),
+        ("HODEI_K8S_NODE_SELECTOR", "pool", "malformed HODEI_K8S_NODE_SELECTOR term `pool`: expected KEY=VALUE"),
+        ("HODEI_K8S_NODE_SELECTOR", "pool=a b", "HODEI_K8S_NODE_SELECTOR: node selector value `a b` must be"),
+        ("HODEI_K8S_TOLERATIONS", "a:NoSchedule,b:Never", "HODEI_K8S_TOLERATIONS: toleration `b:Never`: effect must"),
         # It ended the server with psycopg's traceback; the refusal quotes nothing of it (a password).
         ("DATABASE_URL", "s3cret-nonsense", "DATABASE_URL is neither a URL nor a key=value connection string"),
         ("DATABASE_URL", "postgres://u:s3cret@h/db?connect_timeout=abc", "DATABASE_URL's connect_timeout (or PGC"),
@@ -86,6 +89,18 @@ def test_a_wrong_value_is_refused_by_name(name: str, value: str, refusal: str) -
         config.load({name: value})
     assert refusal in refused.value.message
     assert "s3cret" not in refused.value.message
+
+
+def test_the_servers_nodes_are_read_as_kubectl_writes_labels_and_taints() -> None:
+    loaded = config.load(
+        {
+            "HODEI_K8S_NODE_SELECTOR": "pool=batch, disktype=ssd",
+            "HODEI_K8S_TOLERATIONS": "dedicated=batch:NoSchedule,spot",
+        }
+    ).kubernetes
+    assert loaded.node_selector == {"pool": "batch", "disktype": "ssd"}
+    assert [str(toleration) for toleration in loaded.tolerations] == ["dedicated=batch:NoSchedule", "spot"]
+    assert (config.load({}).kubernetes.node_selector, config.load({}).kubernetes.tolerations) == ({}, ())
 
 
 def test_counts_are_whole_numbers_in_any_notation_and_namespaces_kubernetes_names() -> None:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from hodei.kube_emulator import NAMESPACE, KubeEmulator
-from hodei.kubelet import PodRefused, container_options, oom_score_adj, run_as, shared_volumes
+from hodei.kubelet import PodRefused, container_options, oom_score_adj, run_as, shared_volumes, unschedulable
 from hodei.testing import eventually
 
 
@@ -27,6 +27,43 @@ def pod(container: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
+
+
+NOT_HELPFUL = " preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+
+
+def test_the_node_takes_a_pod_only_if_it_tolerates_its_taints_and_has_the_labels_it_selects() -> None:
+    """The scheduler's TaintToleration and NodeAffinity filters, in that order, with their
+    words: a NoSchedule or NoExecute taint must be tolerated (by key and effect, and value
+    unless Exists; an empty key or effect matches any), a PreferNoSchedule one need not."""
+    labels = {"kubernetes.io/os": "linux", "disktype": "ssd"}
+    gpu = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
+    assert unschedulable(pod(), labels, []) is None
+    assert unschedulable(pod(nodeSelector={"disktype": "ssd"}), labels, []) is None
+    assert unschedulable(pod(nodeSelector={"disktype": "hdd"}), labels, []) == (
+        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector." + NOT_HELPFUL
+    )
+    assert unschedulable(pod(), labels, [gpu]) == (
+        "0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}." + NOT_HELPFUL
+    )
+    tolerating = [
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Exists"},
+        {"operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "value": "gpu"},
+    ]
+    for toleration in tolerating:
+        assert unschedulable(pod(tolerations=[toleration]), labels, [gpu]) is None, toleration
+    not_tolerating = [
+        {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
+        {"key": "other", "operator": "Exists"},
+    ]
+    for toleration in not_tolerating:
+        assert unschedulable(pod(tolerations=[toleration]), labels, [gpu]) is not None, toleration
+    assert unschedulable(pod(), labels, [{**gpu, "effect": "PreferNoSchedule"}]) is None
+    # The taint is the first reason, as the scheduler's filters run.
+    assert "untolerated taint" in str(unschedulable(pod(nodeSelector={"disktype": "hdd"}), labels, [gpu]))
 
 
 def test_the_pod_restrictions_become_the_container_options() -> None:

@@ -15,6 +15,7 @@ import pytest
 from kmock import Response  # type: ignore[attr-defined]  # re-exported without __all__
 
 from hodei.config import KubernetesConfig
+from hodei.domain.placement import tolerations_of
 from hodei.errors import ProviderError, ProviderUnavailable
 from hodei.kube_emulator import NAMESPACE, KubeEmulator, PodLog
 from hodei.providers.base import WorkerLaunch
@@ -95,6 +96,33 @@ def test_a_disk_limit_is_the_containers_ephemeral_storage_and_widens_its_scratch
         assert body["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": scratch}}]
     unlimited = kube.pod_manifest(launch())["spec"]["containers"][0]["resources"]
     assert "ephemeral-storage" not in unlimited["limits"] | unlimited["requests"]
+
+
+def test_a_pods_nodes_are_the_servers_and_the_jobs_choice(kubeconfig: Path) -> None:
+    """The server's node selector and tolerations (the node pool its workers are kept to)
+    are every pod's; a job adds its own (a toleration given by both once), and one whose
+    selector contradicts the server's cannot start, saying why."""
+    kube = provider(
+        kubeconfig,
+        node_selector={"pool": "batch"},
+        tolerations=tolerations_of(["dedicated=batch:NoSchedule"]),
+    )
+    alone = kube.pod_manifest(launch())["spec"]
+    assert alone["nodeSelector"] == {"pool": "batch"}
+    assert alone["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}]
+    body = kube.pod_manifest(
+        launch(node_selector={"disktype": "ssd"}, tolerations=("spot:NoExecute", "dedicated=batch:NoSchedule"))
+    )["spec"]
+    assert body["nodeSelector"] == {"pool": "batch", "disktype": "ssd"}
+    assert body["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "batch", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
+    ]
+    with pytest.raises(ProviderError, match=r"^node selector pool=gpu conflicts with this server's pool=batch") as no:
+        kube.pod_manifest(launch(node_selector={"pool": "gpu"}))
+    assert not no.value.retryable
+    plain = provider(kubeconfig).pod_manifest(launch())["spec"]
+    assert "nodeSelector" not in plain and "tolerations" not in plain
 
 
 def test_the_pod_spec(api: KubeEmulator, kubeconfig: Path) -> None:
@@ -558,6 +586,7 @@ def test_the_generated_pod_spec_is_valid_for_the_kubernetes_api(kubeconfig: Path
         launch(),
         launch(cpu_cores=2.5, memory_bytes=3 * 1024**3, labels={"team": "data"}),
         launch(image="registry.example.com/team/tool:1.4"),
+        launch(node_selector={"disktype": "ssd"}, tolerations=("dedicated=gpu:NoSchedule", "spot")),
     ):
         assert problems(kube.pod_manifest(spec)) == []
         assert problems(kube.secret_manifest(spec)) == []

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
+from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, ProviderUnavailable
 from hodei.providers.base import Health
 from hodei.providers.registry import ProviderRegistry, register_providers
@@ -18,6 +19,10 @@ from hodei.testing import query
 from tests.sagas_support import Effects, FakeProvider
 
 LOCAL_ID = str(PROVIDER_IDS[ProviderType.LOCAL])
+
+
+def job(provider: str, **spec: Any) -> JobSpec:
+    return JobSpec(name="job", command="true", timeout_seconds=60, provider=provider, **spec)
 
 
 def provider_events(url: str) -> int:
@@ -51,7 +56,7 @@ def test_choosing_a_provider_reads_its_recorded_state_not_its_history(
     assert recorded == 1 + 40 + 1
 
     loads = loads_of_the_provider(store, monkeypatch)
-    assert registry.select("local") is ProviderType.LOCAL
+    assert registry.select(job("local")) is ProviderType.LOCAL
     assert registry.check(ProviderType.LOCAL).healthy  # the sweeper's probe: nothing new
     assert loads == []
     assert provider_events(fresh_database_url) == recorded
@@ -62,7 +67,7 @@ def test_choosing_a_provider_reads_its_recorded_state_not_its_history(
     assert loads == [LOCAL_ID]
     assert provider_events(fresh_database_url) == recorded + 1
     with pytest.raises(ProviderUnavailable, match="provider local is unhealthy: the fake provider is down"):
-        registry.select("local")
+        registry.select(job("local"))
     registry.close()
 
 
@@ -72,14 +77,14 @@ def test_a_disabled_or_unregistered_provider_is_refused_from_its_recorded_state(
     fake = FakeProvider(Effects(tmp_path / "effects"))
     registry = ProviderRegistry(store, {ProviderType.LOCAL: fake}, {})
     with pytest.raises(ProviderUnavailable, match=r"provider local is not registered \(run `hodei-server migrate`\)"):
-        registry.select("local")
+        registry.select(job("local"))
     register_providers(store, [ProviderType.LOCAL])
     provider = store.load(Provider, PROVIDER_IDS[ProviderType.LOCAL])
     provider.disable()
     store.write([provider], Meta(actor="test"))
     loads = loads_of_the_provider(store, monkeypatch)
     with pytest.raises(ProviderUnavailable, match="provider local is disabled"):
-        registry.select("local")
+        registry.select(job("local"))
     assert loads == []
     registry.close()
 
@@ -94,13 +99,44 @@ def test_a_job_in_an_image_of_its_own_gets_a_provider_that_can_run_it(store: Hod
         ProviderType.DOCKER: FakeProvider(effects, provider_type=ProviderType.DOCKER),
     }
     registry = ProviderRegistry(store, fakes, {}, default="local")
-    assert registry.select("") is ProviderType.LOCAL
-    assert registry.select("", image="python:3.12-slim") is ProviderType.DOCKER
-    assert registry.select("docker", image="python:3.12-slim") is ProviderType.DOCKER
+    assert registry.select(job("")) is ProviderType.LOCAL
+    assert registry.select(job("", image="python:3.12-slim")) is ProviderType.DOCKER
+    assert registry.select(job("docker", image="python:3.12-slim")) is ProviderType.DOCKER
     with pytest.raises(InvalidInput, match=r"provider local cannot run a job in an image of its own \(--image\)"):
-        registry.select("local", image="python:3.12-slim")
+        registry.select(job("local", image="python:3.12-slim"))
     fakes[ProviderType.DOCKER].healthy = False
     registry.check(ProviderType.DOCKER)
     with pytest.raises(ProviderUnavailable, match="no provider can take the job: provider docker is unhealthy"):
-        registry.select("", image="python:3.12-slim")
+        registry.select(job("", image="python:3.12-slim"))
+    registry.close()
+
+
+def test_a_job_placed_on_chosen_nodes_goes_to_kubernetes_the_only_provider_with_nodes(
+    store: HodeiStore, tmp_path: Path
+) -> None:
+    """--node-selector and --toleration place a pod on a node: a job with either that names
+    no provider goes to Kubernetes whatever the default; one naming another is refused,
+    saying why; with an image too, the providers that can do both (Kubernetes) remain."""
+    register_providers(store, [ProviderType.LOCAL, ProviderType.DOCKER, ProviderType.KUBERNETES])
+    effects = Effects(tmp_path / "effects")
+    fakes = {
+        provider_type: FakeProvider(effects, provider_type=provider_type)
+        for provider_type in (ProviderType.LOCAL, ProviderType.DOCKER, ProviderType.KUBERNETES)
+    }
+    registry = ProviderRegistry(store, fakes, {}, default="docker")
+    assert registry.select(job("")) is ProviderType.DOCKER
+    assert registry.select(job("", node_selector={"disktype": "ssd"})) is ProviderType.KUBERNETES
+    assert registry.select(job("", tolerations=("dedicated=batch:NoSchedule",))) is ProviderType.KUBERNETES
+    assert registry.select(job("k8s", image="python:3.12-slim", tolerations=("spot",))) is ProviderType.KUBERNETES
+    for provider in ("docker", "local"):
+        with pytest.raises(
+            InvalidInput,
+            match=rf"^provider {provider} cannot run a job on nodes of its choosing \(--node-selector, --toleration\):"
+            " use kubernetes$",
+        ):
+            registry.select(job(provider, node_selector={"disktype": "ssd"}))
+    fakes[ProviderType.KUBERNETES].healthy = False
+    registry.check(ProviderType.KUBERNETES)
+    with pytest.raises(ProviderUnavailable, match=r"^no provider can take the job: provider kubernetes is unhealthy"):
+        registry.select(job("", image="python:3.12-slim", node_selector={"disktype": "ssd"}))
     registry.close()

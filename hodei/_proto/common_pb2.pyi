@@ -149,6 +149,26 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NodeSelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
@@ -174,6 +194,8 @@ class JobSpec(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     ARTIFACTS_EXCLUDE_FIELD_NUMBER: _builtins.int
     IMAGE_PULL_FIELD_NUMBER: _builtins.int
+    NODE_SELECTOR_FIELD_NUMBER: _builtins.int
+    TOLERATIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -260,6 +282,19 @@ class JobSpec(_message.Message):
         paths or glob patterns, as `artifacts`.
         """
 
+    @_builtins.property
+    def node_selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The node labels its pod needs (a pod's nodeSelector, as `kubectl label nodes` sets
+        them): Kubernetes only. Keys and values by Kubernetes' rules.
+        """
+
+    @_builtins.property
+    def tolerations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The node taints its pod tolerates, as `kubectl taint` writes taints: KEY=VALUE:EFFECT
+        (that value), KEY:EFFECT (any value), either without :EFFECT for every effect;
+        EFFECT is NoSchedule, PreferNoSchedule or NoExecute. Kubernetes only.
+        """
+
     def __init__(
         self,
         *,
@@ -288,10 +323,12 @@ class JobSpec(_message.Message):
         image: _builtins.str = ...,
         artifacts_exclude: _abc.Iterable[_builtins.str] | None = ...,
         image_pull: _builtins.str = ...,
+        node_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tolerations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

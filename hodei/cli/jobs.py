@@ -24,6 +24,7 @@ from hodei.cli.parsing import (
     ArrayOption,
     add_limit,
     begin,
+    comma_list,
     count,
     duration,
     idempotency_key,
@@ -47,6 +48,7 @@ from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import SIGNALS, JobState, hold_text
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text
+from hodei.domain.placement import canonical_tolerations, selector_of
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
@@ -150,6 +152,12 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
         *([f"Working dir: {spec.working_dir}"] if spec.working_dir else []),
         *([f"Labels: {', '.join(f'{k}={v}' for k, v in sorted(spec.labels.items()))}"] if spec.labels else []),
         *([f"Environment: {', '.join(sorted(spec.env))}"] if spec.env else []),
+        *(
+            [f"Node selector: {', '.join(f'{k}={v}' for k, v in sorted(spec.node_selector.items()))}"]
+            if spec.node_selector
+            else []
+        ),
+        *([f"Tolerations: {', '.join(spec.tolerations)}"] if spec.tolerations else []),
     ]
 
 
@@ -246,6 +254,8 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         artifacts_exclude=tuple(args.artifact_exclude or ()),
         image=args.image or "",
         image_pull=args.pull or "",
+        node_selector=selector_of(args.node_selector or [], "--node-selector"),
+        tolerations=canonical_tolerations(term for text in args.toleration or [] for term in comma_list(text)),
     )
     return spec, secrets
 
@@ -1094,6 +1104,20 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         "--pull",
         choices=IMAGE_PULLS,
         help="with --image: pull it always (a moved tag is seen), when missing (Docker's default), or never",
+    )
+    parser.add_argument(
+        "--node-selector",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a node label its pod needs, e.g. disktype=ssd (kubernetes provider; a pod's nodeSelector); "
+        "repeatable, or several separated by commas",
+    )
+    parser.add_argument(
+        "--toleration",
+        action="append",
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="a node taint its pod tolerates, as `kubectl taint` writes it, e.g. dedicated=gpu:NoSchedule "
+        "(kubernetes provider); repeatable, or several separated by commas",
     )
     parser.add_argument("--cpu", type=float, help="CPU cores")
     parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")

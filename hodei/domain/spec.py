@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hodei.domain.base import check_name
-from hodei.errors import InvalidInput
+from hodei.domain.placement import selector_problems, toleration_problems
+from hodei.errors import InvalidInput, excerpt
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What the agent puts in every job's environment over the job's own variables
@@ -237,6 +238,11 @@ class JobSpec:
     # "never" (only an image the engine holds), "" the provider's way (Docker: when missing;
     # Kubernetes: HODEI_K8S_IMAGE_PULL_POLICY).
     image_pull: str = ""
+    # The node labels its pod needs and the node taints it tolerates (hodei.domain.placement):
+    # Kubernetes places pods on nodes, so a job with either runs there. Tolerations as
+    # ``canonical_tolerations`` writes them (``dedicated=gpu:NoSchedule``).
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[str, ...] = ()
 
     @property
     def begins(self) -> datetime | None:
@@ -294,6 +300,8 @@ class JobSpec:
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         found.extend(_artifact_problems(self))
         found.extend(_image_problems(self.image, self.image_pull))
+        found.extend(selector_problems(self.node_selector))
+        found.extend(toleration_problems(self.tolerations))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
@@ -342,10 +350,10 @@ def _env_problems(env: Mapping[str, str]) -> list[str]:
         found.append(f"{len(env)} environment variables; the limit is {limits.env_vars}")
     for key, value in env.items():
         if not ENV_NAME.match(key) or len(key) > limits.env_name_chars:
-            found.append(f"environment variable name `{_shown(key)}` is not valid (letters, digits, _)")
+            found.append(f"environment variable name `{excerpt(key)}` is not valid (letters, digits, _)")
         found.extend(_platform_variable(key, "environment variable"))
         if _size(value) > limits.env_value_bytes:
-            found.append(f"environment variable {_shown(key)} is longer than {limits.env_value_bytes} bytes")
+            found.append(f"environment variable {excerpt(key)} is longer than {limits.env_value_bytes} bytes")
     return found
 
 
@@ -363,15 +371,15 @@ def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
         found.append(f"{len(secrets)} secrets; the limit is {limits.secrets}")
     for key, value in secrets.items():
         if not ENV_NAME.match(key) or len(key) > limits.env_name_chars:
-            found.append(f"secret name `{_shown(key)}` is not valid (letters, digits, _)")
+            found.append(f"secret name `{excerpt(key)}` is not valid (letters, digits, _)")
         found.extend(_platform_variable(key, "secret"))
         if len(value) < limits.secret_min_chars:
             found.append(
-                f"secret {_shown(key)} is shorter than {limits.secret_min_chars} characters (too short to "
+                f"secret {excerpt(key)} is shorter than {limits.secret_min_chars} characters (too short to "
                 "be masked in the output)"
             )
         if _size(value) > limits.secret_value_bytes:
-            found.append(f"secret {_shown(key)} is longer than {limits.secret_value_bytes} bytes")
+            found.append(f"secret {excerpt(key)} is longer than {limits.secret_value_bytes} bytes")
     return found
 
 
@@ -415,12 +423,12 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
             found.append("label keys must not be empty")
         elif len(key) > limits.label_key_chars or not _LABEL_KEY.match(key):
             found.append(
-                f"label key `{_shown(key)}` must be at most {limits.label_key_chars} letters, digits, `.`, `_`, `/` "
+                f"label key `{excerpt(key)}` must be at most {limits.label_key_chars} letters, digits, `.`, `_`, `/` "
                 "or `-`"
             )
         if len(value) > limits.label_value_chars or _CONTROL.search(value):
             found.append(
-                f"label {_shown(key)} must be at most {limits.label_value_chars} characters without control characters"
+                f"label {excerpt(key)} must be at most {limits.label_value_chars} characters without control characters"
             )
     return found
 
@@ -438,17 +446,17 @@ def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, p
     if not 0 <= array_limit <= limits.array_jobs:
         found.append(f"an array's limit must be 0 (none) to {limits.array_jobs}, got {array_limit}")
     if begin_at and parse_time(begin_at) is None:
-        found.append(f"begin must be an ISO 8601 time with its zone, got `{_shown(begin_at)}`")
+        found.append(f"begin must be an ISO 8601 time with its zone, got `{excerpt(begin_at)}`")
     if len(after) > limits.dependencies:
         found.append(f"{len(after)} jobs to start after; the limit is {limits.dependencies}")
         return found
     for job_ref, condition in after.items():
         if not job_ref.strip() or len(job_ref) > limits.job_ref_chars or _CONTROL.search(job_ref):
-            found.append(f"after: `{_shown(job_ref)}` is not a job id")
+            found.append(f"after: `{excerpt(job_ref)}` is not a job id")
         if condition not in AFTER_CONDITIONS:
             found.append(
-                f"after: the condition of job {_shown(job_ref)} must be one of {', '.join(AFTER_CONDITIONS)}, "
-                f"got `{_shown(condition)}`"
+                f"after: the condition of job {excerpt(job_ref)} must be one of {', '.join(AFTER_CONDITIONS)}, "
+                f"got `{excerpt(condition)}`"
             )
     return found
 
@@ -488,15 +496,15 @@ def _image_problems(image: str, pull: str) -> list[str]:
     if image and reference is None:
         return [
             f"image must be an image reference such as python:3.12-slim or registry.example.com/team/tool:1.4, "
-            f"got `{_shown(image)}`"
+            f"got `{excerpt(image)}`"
         ]
     if reference is not None and len(reference["name"]) > IMAGE_NAME_CHARS:
         return [
             f"image name (its registry and path, before its tag) must be at most {IMAGE_NAME_CHARS} characters, "
-            f"got {len(reference['name'])}: `{_shown(image)}`"
+            f"got {len(reference['name'])}: `{excerpt(image)}`"
         ]
     if pull and pull not in IMAGE_PULLS:
-        return [f"image pull must be one of {', '.join(IMAGE_PULLS)}, got `{_shown(pull)}`"]
+        return [f"image pull must be one of {', '.join(IMAGE_PULLS)}, got `{excerpt(pull)}`"]
     if pull and not image:
         return ["an image pull is for a job in an image of its own (--image)"]
     return []
@@ -530,18 +538,12 @@ def artifact_path_problem(path: str) -> str | None:
     if not path.strip():
         return "paths must not be empty"
     if len(path) > limits.artifact_path_chars or _CONTROL.search(path):
-        return f"`{_shown(path)}` must be at most {limits.artifact_path_chars} characters without control characters"
+        return f"`{excerpt(path)}` must be at most {limits.artifact_path_chars} characters without control characters"
     if path.startswith("/"):
-        return f"`{_shown(path)}` must be relative to the working directory"
+        return f"`{excerpt(path)}` must be relative to the working directory"
     if ".." in path.split("/"):
-        return f"`{_shown(path)}` must stay inside the working directory (no `..`)"
+        return f"`{excerpt(path)}` must stay inside the working directory (no `..`)"
     return None
-
-
-def _shown(text: str) -> str:
-    """A user's text in an error message: short, and without control characters."""
-    clean = _CONTROL.sub("?", text)
-    return clean if len(clean) <= 40 else clean[:37] + "..."
 
 
 def _plain(value: Any) -> Any:

@@ -57,6 +57,10 @@ class WorkerLaunch:
     # (JobSpec.image_pull: always, missing, never; "": the provider's way).
     image: str = ""
     image_pull: str = ""
+    # The node labels its pod needs and the taints it tolerates (JobSpec.node_selector,
+    # .tolerations; hodei.domain.placement): Kubernetes only.
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from hodei.config import KubernetesConfig
+from hodei.domain.placement import merged_selector, tolerations_of
 from hodei.domain.provider import ProviderType
-from hodei.errors import ProviderError, ProviderUnavailable
+from hodei.errors import InvalidInput, ProviderError, ProviderUnavailable
 from hodei.providers.agent_bundle import ENTRYPOINT, MOUNT, agent_env, fill_command
 from hodei.providers.base import CREDENTIALS, Health, Observation, WorkerLaunch, WorkerProvider, resource_name
 
@@ -198,7 +199,25 @@ class KubernetesProvider(WorkerProvider):
             self._in_image(spec, launch)
         if self.config.service_account:
             spec["serviceAccountName"] = self.config.service_account
+        spec.update(self._placement(launch))
         return {"apiVersion": "v1", "kind": "Pod", "metadata": self._metadata(launch), "spec": spec}
+
+    def _placement(self, launch: WorkerLaunch) -> dict[str, Any]:
+        """The pod's nodeSelector and tolerations: the server's (HODEI_K8S_NODE_SELECTOR,
+        HODEI_K8S_TOLERATIONS) and the job's. A job whose selector conflicts with the
+        server's (submitted to a server configured otherwise) cannot start."""
+        try:
+            selector = merged_selector(self.config.node_selector, launch.node_selector)
+            tolerations = [*self.config.tolerations, *tolerations_of(launch.tolerations)]
+        except InvalidInput as exc:
+            raise ProviderError(exc.message) from exc
+        placement: dict[str, Any] = {}
+        if selector:
+            placement["nodeSelector"] = selector
+        unique = list(dict.fromkeys(tolerations))
+        if unique:
+            placement["tolerations"] = [toleration.to_kubernetes() for toleration in unique]
+        return placement
 
     def secret_manifest(self, launch: WorkerLaunch) -> dict[str, Any]:
         """The worker's Secret: its credentials, labelled as its pod is."""

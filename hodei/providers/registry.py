@@ -10,7 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from uuid import UUID
 
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderStatus, ProviderType
-from hodei.domain.spec import normalise_provider
+from hodei.domain.spec import JobSpec, normalise_provider
 from hodei.errors import ConcurrencyConflict, InvalidInput, ProviderUnavailable
 from hodei.providers.base import Health, WorkerProvider
 from hodei.roles import SYSTEM
@@ -25,6 +25,9 @@ DEFAULT_ORDER = (ProviderType.DOCKER, ProviderType.KUBERNETES, ProviderType.LOCA
 # The providers that run a job in an image of its own (JobSpec.image): the others run the
 # agent on the server's host (local) or no process at all (sim).
 IMAGE_PROVIDERS = (ProviderType.DOCKER, ProviderType.KUBERNETES)
+# The providers that place a worker on one of several nodes (JobSpec.node_selector,
+# .tolerations): Docker and local run it on their one host.
+PLACING_PROVIDERS = (ProviderType.KUBERNETES,)
 PROBE_TIMEOUT = 5.0
 # Choosing a provider reuses a probe this recent, so back-to-back jobs do not each ask
 # the engine; an engine that stops is still noticed within this time.
@@ -51,14 +54,33 @@ def provider_type_of(preference: str) -> ProviderType | None:
     raise InvalidInput(f"unknown provider `{preference}`; known providers: {known} (or their ids)")
 
 
-def check_image_provider(image: str, preference: str) -> ProviderType | None:
-    """The provider a job names (``provider_type_of``), refused when the job has an image of
-    its own that it cannot run; none named: one of IMAGE_PROVIDERS is chosen."""
-    wanted = provider_type_of(preference)
-    if image and wanted is not None and wanted not in IMAGE_PROVIDERS:
-        runs = ", ".join(provider.value for provider in IMAGE_PROVIDERS)
-        raise InvalidInput(f"provider {wanted} cannot run a job in an image of its own (--image): use {runs}")
+def _needs(spec: JobSpec) -> list[tuple[str, tuple[ProviderType, ...]]]:
+    """What the job asks of its provider that only some can give, and which can."""
+    found: list[tuple[str, tuple[ProviderType, ...]]] = []
+    if spec.image:
+        found.append(("in an image of its own (--image)", IMAGE_PROVIDERS))
+    if spec.node_selector or spec.tolerations:
+        found.append(("on nodes of its choosing (--node-selector, --toleration)", PLACING_PROVIDERS))
+    return found
+
+
+def check_provider(spec: JobSpec) -> ProviderType | None:
+    """The provider a job names (``provider_type_of``), refused when it cannot run the
+    job as asked; None when it names none (then one of ``able_providers`` is chosen)."""
+    wanted = provider_type_of(spec.provider)
+    for needs, able in _needs(spec) if wanted is not None else ():
+        if wanted not in able:
+            runs = ", ".join(provider.value for provider in able)
+            raise InvalidInput(f"provider {wanted} cannot run a job {needs}: use {runs}")
     return wanted
+
+
+def able_providers(spec: JobSpec) -> tuple[ProviderType, ...]:
+    """The providers that can run the job as asked, in the order one is chosen."""
+    able: tuple[ProviderType, ...] = DEFAULT_ORDER
+    for _, providers in _needs(spec):
+        able = tuple(provider for provider in able if provider in providers)
+    return able
 
 
 def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]) -> list[ProviderType]:
@@ -145,18 +167,19 @@ class ProviderRegistry:
             return recent[1]
         return self.check(provider_type)
 
-    def select(self, preference: str, image: str = "") -> ProviderType:
+    def select(self, spec: JobSpec) -> ProviderType:
         """The provider a job will use; raises ProviderUnavailable with the reason. A job
-        in an image of its own that names none gets one of IMAGE_PROVIDERS, whatever the
-        default."""
-        wanted = check_image_provider(image, preference)
-        if wanted is None and self.default is not None and (not image or self.default in IMAGE_PROVIDERS):
+        that names none gets the default if it can run the job as asked (an image of its
+        own, nodes of its choosing), else the first of ``able_providers`` usable."""
+        wanted = check_provider(spec)
+        able = able_providers(spec)
+        if wanted is None and self.default is not None and self.default in able:
             wanted = self.default
         if wanted is not None:
             self._require_usable(wanted)
             return wanted
         reasons = []
-        for candidate in IMAGE_PROVIDERS if image else DEFAULT_ORDER:
+        for candidate in able:
             try:
                 self._require_usable(candidate)
                 return candidate

@@ -68,7 +68,7 @@ def select_provider(deps: SagaDeps, step: StepInput) -> StepResult:
     job = deps.job(step.job_id)
     if job.is_terminal:
         raise InvalidTransition(f"job {job.id} already ended {job.state}")
-    provider_type = deps.providers.select(job.spec.provider, job.spec.image)
+    provider_type = deps.providers.select(job.spec)
     provider_id = str(PROVIDER_IDS[provider_type])
     # Taken at once, the slot lets wait_for_slot (tried next, in this transaction) pass.
     job.select_provider(
@@ -166,6 +166,8 @@ def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
             labels=job.spec.labels,
             image=job.spec.image,
             image_pull=job.spec.image_pull,
+            node_selector=job.spec.node_selector,
+            tolerations=job.spec.tolerations,
         )
     )
     return {"resource_id": resource_id}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -34,16 +34,18 @@ def _concurrency(value: str) -> Concurrency:
 
 
 class CronService(cron_pb2_grpc.CronServiceServicer):
-    def __init__(self, cron_jobs: CronJobs, pools: Pools, limits: Limits) -> None:
+    def __init__(self, cron_jobs: CronJobs, pools: Pools, limits: Limits, node_selector: Mapping[str, str]) -> None:
         self.cron_jobs = cron_jobs
         self.pools = pools
         self.limits = limits
+        # HODEI_K8S_NODE_SELECTOR (``refuse_unrunnable``).
+        self.node_selector = node_selector
 
     @rpc
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
-        refuse_unrunnable(spec, self.pools)
+        refuse_unrunnable(spec, self.pools, self.node_selector)
         within_disk_limit(spec, self.cron_jobs.max_disk_bytes)  # refused now, not at each run
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
@@ -95,7 +97,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             return repeat
 
         def check(spec: JobSpec) -> None:
-            refuse_unrunnable(spec, self.pools)
+            refuse_unrunnable(spec, self.pools, self.node_selector)
             self.limits.make_room(who.name, 1)
 
         def write() -> cron_pb2.RunCronJobResponse:

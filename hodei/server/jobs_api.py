@@ -17,6 +17,7 @@ from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.clock import DatabaseClock
 from hodei.domain.base import check_submitter_name
 from hodei.domain.job import Job, JobState, after_met, check_signal
+from hodei.domain.placement import merged_selector
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
@@ -34,7 +35,7 @@ from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.faults import Faults
 from hodei.limits import Limits
 from hodei.pools import Pools
-from hodei.providers.registry import check_image_provider, provider_type_of
+from hodei.providers.registry import check_provider, provider_type_of
 from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
 from hodei.server.access import caller
@@ -66,14 +67,16 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
     return grace
 
 
-def refuse_unrunnable(spec: JobSpec, pools: Pools) -> None:
+def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, str]) -> None:
     """An unknown provider is refused before anything is written; so are a sim job's
-    settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, and a pool that
-    does not exist, whose jobs would wait for ever, and an image on a provider that
-    cannot run one."""
-    if check_image_provider(spec.image, spec.provider) is ProviderType.SIM:
+    settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, a pool that
+    does not exist, whose jobs would wait for ever, an image on a provider that cannot
+    run one, nodes chosen on a provider without nodes, and a node selector that the
+    server's (``node_selector``: HODEI_K8S_NODE_SELECTOR) contradicts."""
+    if check_provider(spec) is ProviderType.SIM:
         Simulation.of(spec.env)
     pools.check(spec.pool)
+    merged_selector(node_selector, spec.node_selector)
 
 
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
@@ -90,6 +93,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         clock: DatabaseClock,
         webhooks: Webhooks,
         max_disk_bytes: int = 0,
+        node_selector: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -104,6 +108,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.clock = clock
         # HODEI_MAX_DISK_BYTES, for each job made (``within_disk_limit``).
         self.max_disk_bytes = max_disk_bytes
+        # HODEI_K8S_NODE_SELECTOR: a job's own selector may not contradict it.
+        self.node_selector = node_selector or {}
         self.webhooks = webhooks
 
     @rpc
@@ -115,7 +121,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             return repeat
         spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
         naming_arrays(spec, request.after_arrays).validate(secrets)
-        refuse_unrunnable(spec, self.pools)
+        refuse_unrunnable(spec, self.pools, self.node_selector)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
