@@ -248,9 +248,12 @@ def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_us
 ) -> None:
     """`--image`: an image with nothing but busybox (no Python, nothing of ours); the command
     sees the image's files, its ENV under the job's own variables, its WORKDIR and USER, as
-    `docker run` of it would; artifacts are kept from there."""
+    `docker run` of it would; artifacts and outputs are kept from there."""
     agents = "env | grep -cE '^(HODEI_WORKER_TOKEN|HODEI_SERVER_ADDRESS|PYTHONHOME|HODEI_AGENT_VARIABLES)='"
-    command = f'cat /marker; echo "$GREETING $MINE $PATH"; pwd; id -u; {agents}; echo kept > out.txt; exit 3'
+    command = (
+        f'cat /marker; echo "$GREETING $MINE $PATH"; pwd; id -u; {agents}; echo kept > out.txt; '
+        'echo "made-in=$(cat /marker)" >> "$HODEI_OUTPUT"; exit 3'
+    )
     result = server.cli(
         "job", "run", "--image", bare_image, "-c", command, "-e", "MINE=mine", "--artifact", "out.txt", "--wait"
     )
@@ -267,6 +270,8 @@ def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_us
     assert f'<td id="image">{bare_image}</td>' in page
     server.cli("job", "artifacts", job_id, "--save", str(tmp_path), check=True)
     assert (tmp_path / "out.txt").read_text() == "kept\n"
+    # Its outputs, read by the agent brought into the image, as the image's user could.
+    assert server.cli("job", "output", job_id, "made-in", check=True).stdout == f"{BARE_MARKER}\n"
     bundles = docker_client.volumes.list(filters={"label": "hodei.agent-bundle"})
     assert [volume.name for volume in bundles if volume.name.startswith("hodei-agent-")], "the agent's volume"
     # Its pull had HODEI_IMAGE_PULL_TIMEOUT (600 s) more than the step's own 90 s: in the

@@ -52,7 +52,8 @@ def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[
 
 
 # (shape, command line, exit code); {job}: a finished job, {saga}: one of its sagas,
-# {running}: a job running now, {held}: a job submitted held, {artifacts}: a finished job that left a file.
+# {running}: a job running now, {held}: a job submitted held, {artifacts}: a finished job that left a file,
+# {outputs}: one that left an output.
 PROVIDER = "provider get|enable|disable|health|capacity"
 CRON = "cron create|get|pause|resume|delete"
 POOL = "pool set|get|delete"
@@ -73,6 +74,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job watch", ["job", "watch", "{job}"], 2),
     ("job logs", ["job", "logs", "{job}"], 0),
     ("job artifacts", ["job", "artifacts", "{artifacts}"], 0),
+    ("job output", ["job", "output", "{outputs}"], 0),
+    ("job output", ["job", "output", "{outputs}", "version"], 0),
     ("job events", ["job", "events", "{job}"], 0),
     ("job describe", ["job", "describe", "{job}"], 0),
     ("job history", ["job", "history", "{job}"], 0),
@@ -129,6 +132,9 @@ def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
             return held.stdout.strip()
         if arg == "{artifacts}":
             run = ["job", "run", "--provider", "local", "--command", "echo a > a.txt", "--artifact", "a.txt", "--wait"]
+            return server.cli(*run, check=True).stdout.strip()
+        if arg == "{outputs}":
+            run = ["job", "run", "--provider", "local", "--command", 'echo version=1.2 >> "$HODEI_OUTPUT"', "--wait"]
             return server.cli(*run, check=True).stdout.strip()
         if arg == "{running}":
             started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)

@@ -242,7 +242,7 @@ def test_a_job_runs_only_on_a_node_it_selects_and_tolerates(
 
 def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database_url: str) -> None:
     """The worker image runs as the pod spec demands: non-root, read-only root filesystem,
-    no capabilities, a writable emptyDir on /tmp, and the job's memory limit."""
+    no capabilities, a writable emptyDir on /tmp (where $HODEI_OUTPUT is), and the job's memory limit."""
     state, error, lines = run_kubernetes(server, database_url, "sh -c 'echo data > /probe'")
     assert state == "FAILED" and "exited with code 1" in error, error
     assert any("Read-only file system" in line for line in lines), lines
@@ -256,6 +256,11 @@ def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database
 
     state, _, lines = run_kubernetes(server, database_url, "sh -c 'echo scratch > /tmp/probe && cat /tmp/probe'")
     assert (state, lines) == ("SUCCEEDED", ["scratch"])
+
+    # $HODEI_OUTPUT is in the job's home, on the pod's writable emptyDir.
+    ran = server.cli("job", "run", "-p", "k8s", "-c", 'echo "uid=$(id -u)" >> "$HODEI_OUTPUT"', "--wait", check=True)
+    wait_settled(database_url, ran.stdout.strip())
+    assert server.cli("job", "output", ran.stdout.strip(), "uid", check=True).stdout == "1000\n"
 
     allocate = "python3 -c 'data = b\"x\" * (512 * 1024 * 1024)'"
     state, error, _ = run_kubernetes(server, database_url, allocate, "--memory", "128Mi")

@@ -358,6 +358,74 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(
     assert query(database_url, "SELECT count(*) FROM domain_events")[0][0] == before
 
 
+def test_a_jobs_outputs_are_what_it_wrote_to_hodei_output_its_secrets_masked(
+    server: ServerProcess, database_url: str
+) -> None:
+    """KEY=VALUE lines and KEY<<EOF blocks (GitHub's $GITHUB_OUTPUT), read once the
+    command exits whatever its exit code, a secret's value masked as in the log; `job
+    output ID KEY` prints one as it was written, `job get` lists them; a file that is not
+    outputs keeps none and says why in the job's log; a retried job's are its latest
+    attempt's."""
+    script = (
+        'echo "version=1.2.3" >> "$HODEI_OUTPUT"; echo "token=$API_KEY-used" >> "$HODEI_OUTPUT"; '
+        'printf "notes<<EOF\\nfirst line\\nsecond=line\\nEOF\\n" >> "$HODEI_OUTPUT"; exit 3'
+    )
+    job_id = server.cli(
+        "job", "run", "-p", "local", "-c", script, "--secret", "API_KEY=s3cr3t-value", "--wait"
+    ).stdout.strip()
+    wait_settled(database_url, job_id)
+    assert server.cli("job", "output", job_id, "version", check=True).stdout == "1.2.3\n"
+    assert server.cli("job", "output", job_id, "token", check=True).stdout == "***-used\n"
+    assert server.cli("job", "output", job_id, "notes", check=True).stdout == "first line\nsecond=line\n"
+    assert server.cli("job", "output", job_id, check=True).stdout == (
+        "notes<<EOF\nfirst line\nsecond=line\nEOF\ntoken=***-used\nversion=1.2.3\n"
+    )
+    shown = server.cli("job", "get", job_id, check=True).stdout
+    assert f"Outputs: notes=first line second=line, token=***-used, version=1.2.3 (`job output {job_id} KEY`)" in shown
+    page = requests.get(f"{server.http_url}/jobs/{job_id}", timeout=30).text
+    assert (
+        '<td id="outputs"><div><code>notes</code> <span class="output">first line\nsecond=line</span></div>'
+        '<div><code>token</code> <span class="output">***-used</span></div>'
+        '<div><code>version</code> <span class="output">1.2.3</span></div></td>'
+    ) in page
+    events = query(database_url, "SELECT payload::text FROM domain_events WHERE aggregate_id = %s", (job_id,))
+    assert not any("s3cr3t-value" in payload for (payload,) in events)
+    missing = server.cli("job", "output", job_id, "nope")
+    assert missing.returncode == 2
+    assert f"job {job_id} left no output 'nope' in $HODEI_OUTPUT (it left: notes, token, version)" in missing.stderr
+
+    broken = server.cli("job", "run", "-p", "local", "-c", 'echo oops > "$HODEI_OUTPUT"', "--wait").stdout.strip()
+    wait_settled(database_url, broken)
+    assert server.cli("job", "output", broken, check=True).stdout == ""
+    logged = server.cli("job", "logs", broken, check=True).stderr
+    assert "[hodei] outputs not kept: line 1 is neither KEY=VALUE nor KEY<<DELIMITER" in logged
+    linked = server.cli("job", "run", "-p", "local", "-c", 'ln -s /etc/shadow "$HODEI_OUTPUT"', "--wait").stdout.strip()
+    wait_settled(database_url, linked)
+    assert "a link is not followed" in server.cli("job", "logs", linked, check=True).stderr
+    assert server.cli("job", "output", linked, check=True).stdout == ""
+
+    # Attempt 1 leaves a value and fails; attempt 2 leaves none: the job's outputs are attempt 2's.
+    retried = server.cli(
+        "job",
+        "run",
+        "-p",
+        "local",
+        "--retry",
+        "1",
+        "--retry-backoff",
+        "0",
+        "-c",
+        '[ "$HODEI_ATTEMPT" = 1 ] && { echo first=1 >> "$HODEI_OUTPUT"; exit 1; }; exit 0',
+        "--wait",
+    ).stdout.strip()
+    wait_settled(database_url, retried)
+    assert server.cli("job", "output", retried, "-o", "json", check=True).stdout.strip() == "{}"
+    running = server.cli("job", "run", "-p", "local", "-c", "sleep 30", check=True).stdout.strip()
+    early = server.cli("job", "output", running, "version")
+    assert early.returncode == 2 and "a job's outputs are kept once its command exits" in early.stderr
+    server.cli("job", "cancel", running, "--force", check=True)
+
+
 def test_follow_streams_the_output_and_exits_with_the_job_code(server: ServerProcess) -> None:
     result = server.cli(
         "job",

@@ -56,6 +56,7 @@ def test_the_job_sees_its_own_variables_over_a_minimal_base() -> None:
         "API_KEY": "k3y!",
         "HODEI_JOB_ID": "j",
         "HODEI_WORKER_ID": "w",
+        "HODEI_OUTPUT": "/tmp/home/.hodei-output",
         "HODEI_ATTEMPT": "2",
     }
     # A server that does not say which attempt it is: none, rather than a wrong one.

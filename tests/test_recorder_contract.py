@@ -123,7 +123,7 @@ def job_with_an_old_second_event(store: HodeiStore, url: str, event_type: str, p
 
 def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_database_url: str) -> None:
     """A JobStatusChanged stored as version 1 (no ran_from/ran_until, no retry_at, no
-    stop_by, no usage) still loads, and reads as the current version."""
+    stop_by, no usage, no outputs) still loads, and reads as the current version."""
     from hodei.testing import query
 
     v1_payload = '{"old_state": "PENDING", "new_state": "CANCELLED", "reason": "old", "exit_code": null}'
@@ -136,12 +136,13 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
     store.write([Job.submit(JobSpec(name="new", command="true", timeout_seconds=5), uuid4())], Meta(actor="t"))
     (old,) = store.recorder.select_events(job.id, gt=1)
     assert vars(store.mapper.to_domain_event(old))["usage"] is None
+    assert vars(store.mapper.to_domain_event(old))["outputs"] is None
     stopped = job_with_an_old_second_event(
         store, fresh_database_url, "JobStopped", '{"worker_id": "w", "exit_code": 143}'
     )
     (old,) = store.recorder.select_events(stopped.id, gt=1)
     assert vars(store.mapper.to_domain_event(old))["usage"] is None  # JobStopped version 1
-    new = Job.submit(JobSpec(name="v5", command="true", timeout_seconds=5), uuid4())
+    new = Job.submit(JobSpec(name="v6", command="true", timeout_seconds=5), uuid4())
     new.cancel("now")
     store.write([new], Meta(actor="t"))
     (version,) = query(
@@ -149,7 +150,7 @@ def test_an_old_event_version_is_upcast_when_read(store: HodeiStore, fresh_datab
         "SELECT payload->>'class_version' FROM domain_events WHERE aggregate_id = %s AND aggregate_version = 2",
         (str(new.id),),
     )[0]
-    assert version == "5"
+    assert version == "6"
 
 
 def test_a_version_1_job_created_loads_and_projects_like_a_new_one(store: HodeiStore, fresh_database_url: str) -> None:

@@ -338,6 +338,26 @@ Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OutputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -362,6 +382,7 @@ class Job(_message.Message):
     WAITED_ON_BY_FIELD_NUMBER: _builtins.int
     HELD_BY_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     state: _builtins.str
@@ -409,6 +430,12 @@ class Job(_message.Message):
     def waited_on_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The jobs submitted to start after this one (their spec's `after` names it)."""
 
+    @_builtins.property
+    def outputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The values its latest attempt that ended left in $HODEI_OUTPUT (`job output ID KEY`),
+        its secrets masked (GetJob and DescribeJob only, as phases).
+        """
+
     def __init__(
         self,
         *,
@@ -436,10 +463,11 @@ class Job(_message.Message):
         waited_on_by: _abc.Iterable[_builtins.str] | None = ...,
         held_by: _builtins.str = ...,
         hold_reason: _builtins.str = ...,
+        outputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "retry_at", b"retry_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "held_by", b"held_by", "hold_reason", b"hold_reason", "id", b"id", "log_uri", b"log_uri", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "held_by", b"held_by", "hold_reason", b"hold_reason", "id", b"id", "log_uri", b"log_uri", "outputs", b"outputs", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

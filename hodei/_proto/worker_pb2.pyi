@@ -253,6 +253,26 @@ Global___LogBatch: _TypeAlias = LogBatch  # noqa: Y015
 class JobResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OutputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
@@ -263,6 +283,7 @@ class JobResult(_message.Message):
     CPU_SECONDS_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     outcome: Global___JobOutcome.ValueType
     exit_code: _builtins.int
@@ -284,6 +305,12 @@ class JobResult(_message.Message):
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredArtifact]:
         """The artifacts stored for this attempt (as UploadArtifact answered)."""
 
+    @_builtins.property
+    def outputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The values the command left in $HODEI_OUTPUT (KEY=VALUE lines, KEY<<DELIMITER blocks),
+        its secrets masked: at most 100, of 64 KiB in all.
+        """
+
     def __init__(
         self,
         *,
@@ -297,10 +324,11 @@ class JobResult(_message.Message):
         cpu_seconds: _builtins.float | None = ...,
         peak_memory_bytes: _builtins.int | None = ...,
         artifacts: _abc.Iterable[Global___StoredArtifact] | None = ...,
+        outputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "cpu_seconds", b"cpu_seconds", "finished_at", b"finished_at", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "artifacts", b"artifacts", "cpu_seconds", b"cpu_seconds", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "last_log_seq", b"last_log_seq", "message", b"message", "outcome", b"outcome", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "artifacts", b"artifacts", "cpu_seconds", b"cpu_seconds", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "last_log_seq", b"last_log_seq", "message", b"message", "outcome", b"outcome", "outputs", b"outputs", "peak_memory_bytes", b"peak_memory_bytes", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
     _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015

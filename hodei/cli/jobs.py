@@ -134,6 +134,13 @@ def _artifacts_line(job: common_pb2.Job) -> str | None:
     return f"Artifacts: {stored[-1].detail} (attempt {stored[-1].attempt}; `job artifacts {job.id}`)"
 
 
+def _outputs_line(job: common_pb2.Job) -> str:
+    """Its outputs, each value cut to a line of 40 characters (``job output`` prints them whole)."""
+    cut = {key: " ".join(value.split("\n")) for key, value in sorted(job.outputs.items())}
+    pairs = ", ".join(f"{key}={value if len(value) <= 40 else value[:37] + '...'}" for key, value in cut.items())
+    return f"Outputs: {pairs} (`job output {job.id} KEY`)"
+
+
 def asked_for(spec: common_pb2.JobSpec) -> list[str]:
     """What the job was given to run with, as `job run` takes it; a line for each option
     set (the timeout always: every job has one). Environment variables by name: their
@@ -188,6 +195,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Completed: {when(job, 'completed_at', 'auto')}",
         f"Error: {job.error_message or '-'}",
         *([f"Used: {used}"] if (used := latest_usage(phases)) else []),
+        *([_outputs_line(job)] if job.outputs else []),
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),
@@ -680,6 +688,37 @@ def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return 0
 
 
+def job_output(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    """The values the job's latest attempt that ended left in $HODEI_OUTPUT: one printed
+    as it was written (``VERSION=$(hodei-jobs-cli job output ID version)``), or all of
+    them in the file's own format."""
+    job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=args.job_id)).job
+    outputs = dict(sorted(job.outputs.items()))
+    if args.key is not None and args.key not in outputs:
+        ended = any(phase.name in ("finished", "requeued") for phase in job.phases)
+        if not ended:
+            raise NotFound(f"job {job.id} is {job.state}: a job's outputs are kept once its command exits")
+        left = ", ".join(outputs) or "none"
+        raise NotFound(f"job {job.id} left no output {args.key!r} in $HODEI_OUTPUT (it left: {left})")
+    if term.json:
+        term.data(outputs if args.key is None else {args.key: outputs[args.key]})
+    elif args.key is not None:
+        term.output(outputs[args.key], stderr=False, partial=False)
+    else:
+        for key, value in outputs.items():
+            written = f"{key}<<{_delimiter(value)}\n{value}\n{_delimiter(value)}" if "\n" in value else f"{key}={value}"
+            term.output(written, stderr=False, partial=False)
+    return 0
+
+
+def _delimiter(value: str) -> str:
+    """A heredoc delimiter no line of ``value`` is."""
+    delimiter = "EOF"
+    while delimiter in value.split("\n"):
+        delimiter += "_"
+    return delimiter
+
+
 def _place_in_queue(client: Client, job_id: str) -> str | None:
     """Where a pending job waits and why, as `queue` lists it: people ask why a job has
     not started. None when it is not among the first listed (or on its way out)."""
@@ -1012,6 +1051,8 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         )
     if name == "hold":
         parser.add_argument("--reason", help="shown with the job in the queue while it is held")
+    if name == "output":
+        parser.add_argument("key", nargs="?", metavar="KEY", help="the output to print, as it was written")
     if name == "signal":
         parser.add_argument(
             "--signal",
@@ -1253,6 +1294,7 @@ def add_commands(commands: Any) -> Any:
         ("release", release, "put a held job back in its line"),
         ("update", update, "change a job waiting in the queue: its priority"),
         ("signal", signal_job, "send a signal to a running job's processes (scancel --signal, docker kill -s)"),
+        ("output", job_output, "print a value the job left in $HODEI_OUTPUT (KEY), or all of them"),
     ):
         parser = job.add_parser(name, help=text)
         add_job_id(parser)

@@ -131,6 +131,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),
     "job artifacts": (message_schema(artifacts_pb2.ListArtifactsResponse.DESCRIPTOR), False),
+    "job output": ({"type": "object", "additionalProperties": _STRING}, False),
     "job events": (
         _array(message_schema(jobs_pb2.JobEvent.DESCRIPTOR, payload={"type": "object"})),
         False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,25 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 # The signals `job signal` sends to a running job's processes (`scancel --signal`, `docker
 # kill --signal`): by name, as every host numbers them alike only for these.
 SIGNALS = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "ALRM", "TERM", "CONT", "STOP", "TSTP", "WINCH")
+
+
+# A job's outputs ($HODEI_OUTPUT): the agent keeps at most this many, of this many bytes
+# in all (hodei_worker.outputs), and the server keeps no more of a worker's report.
+MOST_OUTPUTS = 100
+MOST_OUTPUT_BYTES = 64 * 1024
+_OUTPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
+
+def outputs_problem(outputs: Mapping[str, str]) -> str | None:
+    """What is wrong with a worker's report of its job's outputs: they go into the job's
+    events, so their bounds are the server's to hold too."""
+    if len(outputs) > MOST_OUTPUTS:
+        return f"{len(outputs)} outputs; the most is {MOST_OUTPUTS}"
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in outputs.items())
+    if size > MOST_OUTPUT_BYTES:
+        return f"outputs of {size} bytes; the most is {MOST_OUTPUT_BYTES}"
+    wrong = next((key for key in outputs if not _OUTPUT_NAME.match(key)), None)
+    return f"output name {wrong[:40]!r} is not a name" if wrong is not None else None
 
 
 def check_signal(name: str) -> str:
@@ -233,16 +253,19 @@ class Job(HodeiAggregate):
         ran: tuple[str, str] | None = None,
         now: datetime | None = None,
         usage: Mapping[str, float] | None = None,
+        outputs: Mapping[str, str] | None = None,
     ) -> None:
         """Records the worker's result; ``ran`` is when the command's process started and
         ended, by the worker's clock, ``usage`` what it used as its worker measured it
-        (``cpu_seconds``, ``peak_memory_bytes``; None or a part of it when unknown). A
+        (``cpu_seconds``, ``peak_memory_bytes``; None or a part of it when unknown),
+        ``outputs`` the values its command left ($HODEI_OUTPUT; ``outputs_problem``). A
         result that overtakes its ack implies the ack. A failed command with retries left
         sends the job back to the queue instead. A cancelled job keeps no exit code; after
         its cancel, the result says its processes stopped, and how."""
         if outcome not in TERMINAL_STATES:
             raise InvalidTransition(f"{outcome} is not a result")
         used = dict(usage) if usage else None
+        left = dict(outputs) if outputs else None
         if self.state is JobState.CANCELLED and self.worker_id == worker_id:
             if not self.stopped:
                 self._stopped(worker_id=worker_id, exit_code=exit_code, usage=used)
@@ -253,10 +276,10 @@ class Job(HodeiAggregate):
             raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
         check_transition("job", self.state, outcome, JOB_TRANSITIONS)
         if self._retries_after(outcome):
-            self._retry(outcome, exit_code, reason, ran, now, used)
+            self._retry(outcome, exit_code, reason, ran, now, used, left)
         else:
             kept = None if outcome is JobState.CANCELLED else exit_code
-            self._change_state(outcome, reason=reason, exit_code=kept, ran=ran, usage=used)
+            self._change_state(outcome, reason=reason, exit_code=kept, ran=ran, usage=used, outputs=left)
 
     def _retries_after(self, outcome: JobState) -> bool:
         return outcome in (JobState.FAILED, JobState.TIMEOUT) and self.retries_used < self.spec.retries
@@ -269,6 +292,7 @@ class Job(HodeiAggregate):
         ran: tuple[str, str] | None,
         now: datetime | None,
         usage: dict[str, float] | None = None,
+        outputs: dict[str, str] | None = None,
     ) -> None:
         retry_at = (now or datetime.now(UTC)) + timedelta(seconds=self.spec.retry_backoff_seconds)
         what = reason or (f"exit code {exit_code}" if exit_code is not None else outcome.value)
@@ -282,6 +306,7 @@ class Job(HodeiAggregate):
             retry_at=retry_at.isoformat(),
             stop_by=None,
             usage=usage,
+            outputs=outputs,
         )
 
     def fail(self, reason: str) -> None:
@@ -318,6 +343,7 @@ class Job(HodeiAggregate):
             retry_at=None,
             stop_by=stop_by,
             usage=None,
+            outputs=None,
         )
 
     def signal(self, name: str) -> None:
@@ -431,6 +457,7 @@ class Job(HodeiAggregate):
         exit_code: int | None,
         ran: tuple[str, str] | None = None,
         usage: dict[str, float] | None = None,
+        outputs: dict[str, str] | None = None,
     ) -> None:
         self._status_changed(
             old_state=self.state.value,
@@ -442,6 +469,7 @@ class Job(HodeiAggregate):
             retry_at=None,
             stop_by=None,
             usage=usage,
+            outputs=outputs,
         )
 
     @event("JobStatusChanged")
@@ -456,6 +484,7 @@ class Job(HodeiAggregate):
         retry_at: str | None,
         stop_by: str | None,
         usage: dict[str, float] | None,
+        outputs: dict[str, str] | None,
     ) -> None:
         self.state = JobState(new_state)
         self.stop_by = datetime.fromisoformat(stop_by) if stop_by else None
@@ -523,11 +552,17 @@ def _status_changed_v4_to_v5(state: dict[str, Any]) -> None:
     state.setdefault("usage", None)
 
 
-Job.JobStatusChanged.class_version = 5  # type: ignore[attr-defined]
+# Version 5 had no outputs (the values an attempt's command left in $HODEI_OUTPUT).
+def _status_changed_v5_to_v6(state: dict[str, Any]) -> None:
+    state.setdefault("outputs", None)
+
+
+Job.JobStatusChanged.class_version = 6  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v1_v2 = staticmethod(_status_changed_v1_to_v2)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v2_v3 = staticmethod(_status_changed_v2_to_v3)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v3_v4 = staticmethod(_status_changed_v3_to_v4)  # type: ignore[attr-defined]
 Job.JobStatusChanged.upcast_v4_v5 = staticmethod(_status_changed_v4_to_v5)  # type: ignore[attr-defined]
+Job.JobStatusChanged.upcast_v5_v6 = staticmethod(_status_changed_v5_to_v6)  # type: ignore[attr-defined]
 
 
 # JobStopped version 1 had no usage.

@@ -8,7 +8,7 @@ retried job shows where every attempt went and how long each took.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,8 @@ class Phase:
     # What an attempt that ran used ("finished", "requeued", "stopped"), as its worker measured it.
     cpu_seconds: float | None = None
     peak_memory_bytes: int | None = None
+    # What an attempt that ended ("finished", "requeued") left in $HODEI_OUTPUT.
+    outputs: Mapping[str, str] = field(default_factory=dict)
 
 
 def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> list[Phase]:
@@ -57,11 +59,12 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
             new_state = JobState(payload["new_state"])
             reason = str(payload.get("reason") or "")
             usage = _usage(payload)
+            outputs = payload.get("outputs") or {}
             if new_state is JobState.PENDING:
-                found.append(Phase("requeued", at, attempt, reason, *usage))
+                found.append(Phase("requeued", at, attempt, reason, *usage, outputs))
                 attempt += 1
             elif new_state.is_terminal:
-                found.append(Phase("finished", at, attempt, reason, *usage))
+                found.append(Phase("finished", at, attempt, reason, *usage, outputs))
         elif event_type == "JobArtifactsStored":
             found.append(Phase("artifacts_stored", at, int(payload["attempt"]), artifacts_text(payload["artifacts"])))
         elif event_type == "JobHeld":
@@ -75,6 +78,13 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
             if event_type == "JobProviderSelected" and payload.get("admitted"):
                 found.append(Phase("admitted", at, attempt))  # a slot taken at once
     return found
+
+
+def latest_outputs(phases: Iterable[Phase]) -> Mapping[str, str]:
+    """The outputs of the latest attempt that ended (a retried job's next attempt may not
+    have yet): an attempt that wrote none has none, whatever an earlier one wrote."""
+    ended = [phase for phase in phases if phase.name in ("finished", "requeued")]
+    return ended[-1].outputs if ended else {}
 
 
 def _usage(payload: dict[str, Any]) -> tuple[float | None, int | None]:

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hodei._proto import common_pb2, jobs_pb2, sagas_pb2
 from hodei.domain.job import JobState
-from hodei.domain.phases import Phase
+from hodei.domain.phases import Phase, latest_outputs
 from hodei.domain.spec import JobSpec
 from hodei.store.readmodels import JobRow, JobWorkerRow, SagaRow, StepRow
 from hodei.wire import spec_to_proto
@@ -117,6 +117,7 @@ def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.J
         submitted_by=row.submitted_by or "",
         cancelled_by=row.cancelled_by or "",
         phases=[phase_to_proto(phase) for phase in phases or ()],
+        outputs=latest_outputs(phases or ()),
         retry_of=str(row.retry_of or ""),
         retried_by=[str(job_id) for job_id in row.retried_by],
         waited_on_by=[str(job_id) for job_id in row.waited_on_by],

@@ -25,7 +25,7 @@ import grpc
 
 from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
 from hodei.artifacts import ArtifactRefused, ArtifactStore, Stored, Upload
-from hodei.domain.job import Job, JobState
+from hodei.domain.job import Job, JobState, outputs_problem
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
@@ -534,10 +534,15 @@ class WorkerSession:
         usage = {name: getattr(result, name) for name in ("cpu_seconds", "peak_memory_bytes") if result.HasField(name)}
         worker_id = str(self.worker_id)
         artifacts = self._stored_artifacts(result)
+        outputs = dict(result.outputs)
+        if (problem := outputs_problem(outputs)) is not None:
+            log.warning("worker %s: its job's outputs are not kept: %s", self.worker_id, problem)
+            outputs = {}
+        clock = self.service.engine.clock
 
         def finish(job: Job) -> None:
             job.store_artifacts(worker_id, artifacts)
-            job.finish(worker_id, state, result.exit_code, reason, ran, self.service.engine.clock(), usage or None)
+            job.finish(worker_id, state, result.exit_code, reason, ran, clock(), usage or None, outputs or None)
 
         self._update_job(finish)
         self.service.logs.forget(self.job_id)

@@ -54,6 +54,7 @@ from hodei_worker import __version__
 from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import (
+    OUTPUT_FILE,
     STDERR,
     Finished,
     JobProcess,
@@ -501,8 +502,10 @@ class Agent:
         # is to debug it by); not after a cancel or a stopped worker, which are to go.
         ended = finished.outcome in (Outcome.EXITED, Outcome.TIMED_OUT)
         stored: list[worker_pb2.StoredArtifact] = []
+        outputs: dict[str, str] = {}
         try:
             stored = self._store_artifacts() if ended and self.artifacts else []
+            outputs = self._read_outputs() if ended else {}
             remove_home(self.home)
             say(f"job {self.settings.job_id}: {finished.message}")
             if not self.batcher.wait_all_acked(timeout=self.settings.orphan_timeout):
@@ -520,6 +523,7 @@ class Agent:
             message=finished.message,
             last_log_seq=self.batcher.last_seq,
             artifacts=stored,
+            outputs=outputs,
         )
         if finished.started_at is not None and finished.finished_at is not None:
             self.result.started_at.CopyFrom(_stamp(finished.started_at))
@@ -585,6 +589,16 @@ class Agent:
         notes.append(f"stored {artifacts.counted(len(stored), 'artifact')}, {size} bytes")
         self._on_output(STDERR, [f"[hodei] {note}" for note in notes], False)
         return stored
+
+    def _read_outputs(self) -> dict[str, str]:
+        """What the job wrote to $HODEI_OUTPUT, its secrets masked as in its log (imported
+        here: most jobs write none); why none was kept is said in the job's log."""
+        from hodei_worker import outputs
+
+        found = outputs.read(os.path.join(self.home, OUTPUT_FILE), self.settings.job_user)
+        if found.notes:
+            self._on_output(STDERR, [f"[hodei] {note}" for note in found.notes], False)
+        return {key: self.mask(value) for key, value in found.values.items()}
 
     def _abandon_job(self) -> None:
         if self.process is not None:

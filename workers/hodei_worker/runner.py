@@ -201,6 +201,10 @@ def home_name(worker_id: str) -> str:
     return f"hodei-worker-{worker_id}"
 
 
+# The file in the job's home that $HODEI_OUTPUT names (hodei_worker.outputs).
+OUTPUT_FILE = ".hodei-output"
+
+
 def job_environment(
     job_id: str, worker_id: str, attempt: int, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
 ) -> dict[str, str]:
@@ -210,7 +214,7 @@ def job_environment(
     local provider /tmp is the host's, shared by every job and kept). ``attempt``: 0 from
     a server that does not say it."""
     base = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
-    platform = {"HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id}
+    platform = {"HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id, "HODEI_OUTPUT": os.path.join(home, OUTPUT_FILE)}
     if attempt > 0:
         platform["HODEI_ATTEMPT"] = str(attempt)
     return {**base, **env, **secrets, **platform}
