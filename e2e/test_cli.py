@@ -1096,3 +1096,47 @@ def test_audit_says_who_changed_the_configuration_and_how(server: ServerProcess)
         refused = server.cli("audit", *wrong)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
     server.cli("pool", "delete", "audited", check=True)
+
+
+def test_a_job_file_submits_the_job_it_holds_and_a_jobs_printed_spec_submits_it_again(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    """`job run --file job.yaml` (kubectl apply -f, nomad job run): the spec as `job get -o
+    json` prints it, sizes and durations as people write them, secrets' values by flag; and
+    `job get ID -o json`'s spec, written to a file, submits the same job again."""
+    written = tmp_path / "report.yaml"
+    written.write_text(
+        "name: nightly report\n"
+        "provider: local\n"
+        'command: echo "report for $REGION"; echo "$TOKEN"\n'
+        "env:\n  REGION: eu\n"
+        "timeout_seconds: 10m\n"
+        "resources:\n  memory_bytes: 256Mi\n"
+        "labels:\n  team: data\n"
+        "secret_names: [TOKEN]\n"
+    )
+    ran = server.cli("job", "run", "--file", str(written), "--secret", "TOKEN=s3cr3t-t0ken", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    first = ran.stdout.strip()
+    wait_settled(database_url, first)
+    assert server.cli("job", "logs", first, check=True).stdout == "report for eu\n***\n"
+    spec = json.loads(server.cli("job", "get", first, "-o", "json", check=True).stdout)["spec"]
+    assert (spec["name"], spec["timeout_seconds"], spec["resources"]["memory_bytes"]) == ("nightly report", 600, 2**28)
+    assert (spec["env"], spec["labels"], spec["secret_names"]) == ({"REGION": "eu"}, {"team": "data"}, ["TOKEN"])
+
+    printed = tmp_path / "again.json"
+    printed.write_text(json.dumps(spec))
+    again = server.cli("job", "run", "--file", str(printed), "--secret", "TOKEN=an0ther", "--wait", check=True)
+    second = again.stdout.strip()
+    wait_settled(database_url, second)
+    assert json.loads(server.cli("job", "get", second, "-o", "json", check=True).stdout)["spec"] == spec
+    assert server.cli("job", "logs", second, check=True).stdout == "report for eu\n***\n"
+
+    before = query(database_url, "SELECT count(*) FROM jobs")
+    for flags, said in (
+        ((), "names the secret TOKEN: give the values with --secret"),
+        (("--secret", "TOKEN=x1234", "--timeout", "30"), "--file gives the job's spec: --timeout would change it"),
+    ):
+        refused = server.cli("job", "run", "--file", str(written), *flags)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    assert query(database_url, "SELECT count(*) FROM jobs") == before

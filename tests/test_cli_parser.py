@@ -4,8 +4,10 @@ options and arguments is."""
 from __future__ import annotations
 
 import argparse
+import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +84,98 @@ def test_a_script_too_long_for_bash_c_is_refused_naming_the_file_and_a_way(tmp_p
     script.write_text("echo x;" * 9_000)
     spec, _ = job_spec(parser().parse_args(["job", "run", "--script", str(script)]))
     assert (spec.command, spec.args, spec.problems()) == ("bash", ("-c", "echo x;" * 9_000), [])
+
+
+def _file_request(tmp_path: Path, text: str, *flags: str) -> Any:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    args = parser().parse_args(["job", "run", "--file", str(path), *flags])
+    args.prepare(args)
+    return args.request
+
+
+def test_a_job_file_is_its_spec_with_sizes_and_durations_as_people_write_them(tmp_path: Path) -> None:
+    request = _file_request(
+        tmp_path,
+        "name: report\ncommand: echo $REGION\nenv: {REGION: eu}\ntimeout_seconds: 10m\n"
+        "resources: {memory_bytes: 256Mi, cpu_cores: 0.5}\nlabels: {team: data}\nsecret_names: [TOKEN]\n"
+        "tolerations: [gpu]\n",
+        "--secret",
+        "TOKEN=abcd1234",
+        "--wait",
+    )
+    spec = request.spec
+    assert (spec.name, spec.command, dict(spec.env), spec.timeout_seconds) == (
+        "report",
+        "echo $REGION",
+        {"REGION": "eu"},
+        600,
+    )
+    assert (spec.resources.memory_bytes, spec.resources.cpu_cores, dict(spec.labels)) == (
+        256 * 2**20,
+        0.5,
+        {"team": "data"},
+    )
+    assert (list(spec.secret_names), dict(request.secrets), list(spec.tolerations)) == (
+        ["TOKEN"],
+        {"TOKEN": "abcd1234"},
+        ["gpu"],
+    )
+    # JSON is YAML: `job get -o json`'s spec, as it prints it.
+    printed = '{"command": "true", "timeout_seconds": 30.0, "resources": {"memory_bytes": 0}}'
+    assert _file_request(tmp_path, printed).spec.timeout_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "says"),
+    [
+        ("comand: true", (), "unknown field comand; a job's fields are"),
+        (
+            "command: 'true'\nenv: {A: 1}",
+            (),
+            'env must map names to strings (quote a value YAML would read otherwise: "1", "true"), got {\'A\': 1}',
+        ),
+        ("command: [a, b]", (), "command must be a string"),
+        (
+            "command: true",
+            (),
+            'command must be a string (quote a value YAML would read otherwise: "1", "true"), got True',
+        ),
+        ("name: x", (), "command is needed"),
+        ("command: 'true'\ntimeout_seconds: soon", (), "timeout_seconds must be seconds or a duration"),
+        ("command: 'true'\nresources: {memory: 1G}", (), "unknown field resources.memory"),
+        ("command: 'true'\nresources: {memory_bytes: lots}", (), "malformed resources.memory_bytes in"),
+        ("command: 'true'\nmax_attempts: 2.5", (), "max_attempts must be a whole number, got 2.5"),
+        ("- command: true", (), "must hold a job's spec (a mapping of its fields"),
+        ("command: 'true\n  x: [", (), "is not YAML or JSON at line"),
+        (
+            "command: 'true'\nsecret_names: [TOKEN, KEY]",
+            (),
+            "names the secrets KEY, TOKEN: give the values with --secret",
+        ),
+        (
+            "command: 'true'",
+            ("--timeout", "5"),
+            "--file gives the job's spec: --timeout would change it; edit the file",
+        ),
+        (
+            "command: 'true'",
+            ("-c", "false", "-l", "a=b"),
+            "--file gives the job's spec: --command, --label would change it",
+        ),
+        ("command: 'true'\ntimeout_seconds: -1", (), "invalid job: timeout must be a positive number of seconds"),
+    ],
+)
+def test_a_job_file_is_refused_naming_what_is_wrong(
+    tmp_path: Path, text: str, flags: tuple[str, ...], says: str
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        _file_request(tmp_path, text, *flags)
+    assert says in refused.value.message, refused.value.message
+
+
+def test_a_job_file_is_read_from_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("command: echo piped\n"))
+    args = parser().parse_args(["job", "run", "--file", "-"])
+    args.prepare(args)
+    assert args.request.spec.command == "echo piped"

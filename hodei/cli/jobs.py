@@ -20,6 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from hodei._proto import common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
+from hodei.cli.jobfile import refuse_spec_flags, spec_from_file
 from hodei.cli.parsing import (
     ArrayOption,
     add_limit,
@@ -227,15 +228,34 @@ def _command(args: argparse.Namespace) -> tuple[str, list[str]]:
     return args.command, parse_args(args.args)
 
 
-def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
-    """The spec the options of ``add_spec_options`` describe, and its secrets' values;
-    unchecked: the caller checks it once it is whole (``JobSpec.validate``)."""
-    command, arguments = _command(args)
-    secrets = {
+def secret_values(args: argparse.Namespace) -> dict[str, str]:
+    """--secret-env-file, --secret and --secret-file, the later winning."""
+    return {
         **parse_env_files(args.secret_env_file or [], "--secret-env-file"),
         **parse_secrets(args.secret or []),
         **parse_secret_files(args.secret_file or []),
     }
+
+
+def _file_spec(args: argparse.Namespace) -> tuple[JobSpec, dict[str, str]]:
+    """``--file FILE``: the file's spec, its secrets' values from the flags (each it names)."""
+    refuse_spec_flags(args)
+    spec = spec_from_file(args.file)
+    secrets = secret_values(args)
+    missing = sorted(set(spec.secret_names) - set(secrets))
+    if missing:
+        raise InvalidInput(
+            f"{args.file} names the secret{'s' if len(missing) > 1 else ''} {', '.join(missing)}: give "
+            "the values with --secret NAME=VALUE, --secret-file or --secret-env-file"
+        )
+    return replace(spec, secret_names=tuple(sorted(secrets))), secrets
+
+
+def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
+    """The spec the options of ``add_spec_options`` describe, and its secrets' values;
+    unchecked: the caller checks it once it is whole (``JobSpec.validate``)."""
+    command, arguments = _command(args)
+    secrets = secret_values(args)
     spec = JobSpec(
         name=args.name or (Path(args.script).stem if args.script else default_name),
         command=command,
@@ -272,12 +292,20 @@ def queue_request(args: argparse.Namespace) -> None:
     """Builds ``args.request`` from the flags before any connection: bad input is refused
     in the server's own words (``JobSpec.validate``) even when no server runs, and before a
     number too large for the wire breaks the request."""
-    spec, secrets = job_spec(args)
     array = args.array or ArrayOption([])
-    after, after_arrays = parse_after(args.after or []), parse_after(args.after_array or [])
-    spec = replace(
-        spec, after=after, begin_at=args.begin or "", array_limit=array.limit, fetch_artifacts=args.fetch_artifacts
-    )
+    after_arrays = parse_after(args.after_array or [])
+    if args.file is not None:
+        spec, secrets = _file_spec(args)
+        spec = replace(spec, array_limit=array.limit) if args.array else spec
+    else:
+        spec, secrets = job_spec(args)
+        spec = replace(
+            spec,
+            after=parse_after(args.after or []),
+            begin_at=args.begin or "",
+            array_limit=array.limit,
+            fetch_artifacts=args.fetch_artifacts,
+        )
     naming_arrays(spec, after_arrays).validate(secrets)
     indices = array.indices
     if indices:
@@ -1228,6 +1256,12 @@ def add_commands(commands: Any) -> Any:
     run_parser = job.add_parser("run", help="submit a job; prints its id")
     add_spec_options(run_parser, "a name for people (default: the command on one line, or the --script file)")
     run_parser.add_argument(
+        "--file",
+        metavar="FILE",
+        help="the job's spec from a YAML or JSON file (- : standard input), in the shape `job get -o json` "
+        "prints as spec; its secrets' values from --secret",
+    )
+    run_parser.add_argument(
         "--after",
         action="append",
         metavar="ID[:ok|:notok|:any]",
@@ -1278,9 +1312,15 @@ def add_commands(commands: Any) -> Any:
         help="submit it held: it waits in the queue out of line until `job release` (an array: every job)",
     )
     run_parser.add_argument("--hold-reason", metavar="TEXT", help="why, with --hold: shown with it in the queue")
+    # What --file replaces: every option of the spec, as parsed with no flags (jobfile.refuse_spec_flags).
+    spec_defaults = {
+        dest: default
+        for dest, default in vars(run_parser.parse_args([])).items()
+        if dest not in {"file", "after_array", "array", "hold", "hold_reason"}
+    }
     add_idempotency_key(run_parser)
     add_wait_options(run_parser)
-    run_parser.set_defaults(handler=run, prepare=queue_request)
+    run_parser.set_defaults(handler=run, prepare=queue_request, spec_defaults=spec_defaults)
 
     for name, handler, text in (
         ("get", get, "show a job"),
