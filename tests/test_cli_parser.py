@@ -179,3 +179,23 @@ def test_a_job_file_is_read_from_standard_input(monkeypatch: pytest.MonkeyPatch)
     args = parser().parse_args(["job", "run", "--file", "-"])
     args.prepare(args)
     assert args.request.spec.command == "echo piped"
+
+
+def test_a_cron_job_takes_its_jobs_spec_from_a_file_too(tmp_path: Path) -> None:
+    """`cron create NAME --schedule … --file job.yaml`: its jobs are named after it unless the
+    file names them; the file is their spec, as with `job run --file`."""
+    path = tmp_path / "nightly.yaml"
+    path.write_text("command: ./backup.sh\nprovider: local\ntimeout_seconds: 1h\n")
+    args = parser().parse_args(["cron", "create", "nightly", "--schedule", "0 3 * * *", "--file", str(path)])
+    args.prepare(args)
+    spec = args.request.spec
+    assert (spec.name, spec.command, spec.timeout_seconds, args.request.schedule) == (
+        "nightly",
+        "./backup.sh",
+        3600,
+        "0 3 * * *",
+    )
+    flags = ["cron", "create", "nightly", "--schedule", "0 3 * * *", "--file", str(path), "--retry", "2"]
+    args = parser().parse_args(flags)
+    with pytest.raises(InvalidInput, match=r"^--file gives the job's spec: --retry would change it"):
+        args.prepare(args)

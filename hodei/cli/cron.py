@@ -7,7 +7,16 @@ from typing import Any
 
 from hodei._proto import cron_pb2
 from hodei.cli.client import Client
-from hodei.cli.jobs import add_idempotency_key, add_spec_options, add_wait_options, job_spec, submit, submitted
+from hodei.cli.jobs import (
+    add_idempotency_key,
+    add_spec_file,
+    add_spec_options,
+    add_wait_options,
+    file_spec,
+    job_spec,
+    submit,
+    submitted,
+)
 from hodei.cli.parsing import duration, parse_env
 from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.base import check_name
@@ -23,7 +32,10 @@ SCHEDULE_HELP = (
 def create_request(args: argparse.Namespace) -> None:
     """Builds ``args.request`` before any connection, refusing what the server would (its
     own rules: ``Definition.validate``), as ``job run`` does."""
-    spec, secrets = job_spec(args, default_name=args.name_of_cron)
+    if args.file is not None:
+        spec, secrets = file_spec(args, default_name=args.name_of_cron)
+    else:
+        spec, secrets = job_spec(args, default_name=args.name_of_cron)
     Definition(
         schedule=Schedule(args.schedule, args.time_zone or "UTC"),
         concurrency=Concurrency(args.concurrency),
@@ -163,8 +175,9 @@ def add_commands(commands: Any) -> None:
         help="a time missed (the platform was down) still runs up to this late, e.g. 10m (default: however late)",
     )
     create_parser.add_argument("--replace", action="store_true", help="give an existing cron job this definition")
-    add_spec_options(create_parser, "the name of its jobs (default: the cron job's)")
-    create_parser.set_defaults(handler=create, prepare=create_request)
+    spec_defaults = add_spec_options(create_parser, "the name of its jobs (default: the cron job's)")
+    add_spec_file(create_parser)
+    create_parser.set_defaults(handler=create, prepare=create_request, spec_defaults=spec_defaults)
 
     cron.add_parser("list", help="list cron jobs").set_defaults(handler=list_cron_jobs)
     for name, handler, text in (

@@ -237,10 +237,11 @@ def secret_values(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def _file_spec(args: argparse.Namespace) -> tuple[JobSpec, dict[str, str]]:
+def file_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
     """``--file FILE``: the file's spec, its secrets' values from the flags (each it names)."""
     refuse_spec_flags(args)
     spec = spec_from_file(args.file)
+    spec = replace(spec, name=spec.name or default_name)
     secrets = secret_values(args)
     missing = sorted(set(spec.secret_names) - set(secrets))
     if missing:
@@ -295,7 +296,7 @@ def queue_request(args: argparse.Namespace) -> None:
     array = args.array or ArrayOption([])
     after_arrays = parse_after(args.after_array or [])
     if args.file is not None:
-        spec, secrets = _file_spec(args)
+        spec, secrets = file_spec(args)
         spec = replace(spec, array_limit=array.limit) if args.array else spec
     else:
         spec, secrets = job_spec(args)
@@ -1122,40 +1123,44 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         )
 
 
-def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
-    """The options that say what a job runs and how (``job run``, ``cron create``)."""
-    parser.add_argument("--name", "-n", help=name_help)
-    parser.add_argument("--command", "-c", help="a shell command line, or a program when --args is given")
-    parser.add_argument("--script", help="a script file to run with bash, instead of --command")
-    parser.add_argument("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
-    parser.add_argument(
+def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> dict[str, Any]:
+    """The options that say what a job runs and how (``job run``, ``cron create``); returns
+    each one's destination and default, what ``--file`` replaces (``refuse_spec_flags``)."""
+    added: list[argparse.Action] = []
+
+    def add(*names: str, **options: Any) -> None:
+        added.append(parser.add_argument(*names, **options))
+
+    add("--name", "-n", help=name_help)
+    add("--command", "-c", help="a shell command line, or a program when --args is given")
+    add("--script", help="a script file to run with bash, instead of --command")
+    add("--args", "-a", help="arguments, split like a shell does: \"-c 'echo hi'\"")
+    add(
         "--env",
         "-e",
         action="append",
         help="KEY=VALUE[,KEY2=VALUE2]; repeatable; a value's comma before NAME= is written \\,",
     )
-    parser.add_argument(
-        "--env-file", action="append", metavar="PATH", help="KEY=VALUE lines (# comments); --env wins; repeatable"
-    )
-    parser.add_argument(
+    add("--env-file", action="append", metavar="PATH", help="KEY=VALUE lines (# comments); --env wins; repeatable")
+    add(
         "--secret",
         action="append",
         metavar="NAME=VALUE",
         help="a secret variable: stored sealed, masked as *** in the output; repeatable",
     )
-    parser.add_argument(
+    add(
         "--secret-file",
         action="append",
         metavar="NAME=PATH",
         help="a secret variable read from a file (one trailing newline dropped); repeatable",
     )
-    parser.add_argument(
+    add(
         "--secret-env-file",
         action="append",
         metavar="PATH",
         help="secret variables, KEY=VALUE lines as --env-file reads them; --secret wins; repeatable",
     )
-    parser.add_argument(
+    add(
         "--timeout",
         "-t",
         type=span,
@@ -1163,89 +1168,96 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> None:
         metavar="DURATION",
         help=f"how long it may run: seconds or e.g. 90s, 10m, 2h (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
-    parser.add_argument("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
-    parser.add_argument(
+    add("--provider", "-p", help="docker, kubernetes (k8s), local, or a provider id")
+    add(
         "--image",
         help="the container image to run the command in, e.g. python:3.12-slim (docker provider; "
         "pulled when the engine lacks it; the image needs no Python: the agent is brought in)",
     )
-    parser.add_argument(
+    add(
         "--pull",
         choices=IMAGE_PULLS,
         help="with --image: pull it always (a moved tag is seen), when missing (Docker's default), or never",
     )
-    parser.add_argument(
+    add(
         "--node-selector",
         action="append",
         metavar="KEY=VALUE",
         help="a node label its pod needs, e.g. disktype=ssd (kubernetes provider; a pod's nodeSelector); "
         "repeatable, or several separated by commas",
     )
-    parser.add_argument(
+    add(
         "--toleration",
         action="append",
         metavar="KEY[=VALUE][:EFFECT]",
         help="a node taint its pod tolerates, as `kubectl taint` writes it, e.g. dedicated=gpu:NoSchedule "
         "(kubernetes provider); repeatable, or several separated by commas",
     )
-    parser.add_argument("--cpu", type=float, help="CPU cores")
-    parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G")
-    parser.add_argument(
+    add("--cpu", type=float, help="CPU cores")
+    add("--memory", help="memory: bytes or e.g. 512Mi, 1G")
+    add(
         "--disk",
         help="the most the job may write to its worker's disk (bytes or e.g. 512Mi, 10G); past it the job is stopped",
     )
-    parser.add_argument("--label", "-l", action="append", help="KEY=VALUE; repeatable")
-    parser.add_argument(
-        "--working-dir", help="absolute directory to run in; made when missing, as the job's user could make it"
-    )
-    parser.add_argument("--max-attempts", type=count, default=1, help="runs allowed when a worker is lost (default 1)")
-    parser.add_argument(
-        "--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)"
-    )
-    parser.add_argument(
+    add("--label", "-l", action="append", help="KEY=VALUE; repeatable")
+    add("--working-dir", help="absolute directory to run in; made when missing, as the job's user could make it")
+    add("--max-attempts", type=count, default=1, help="runs allowed when a worker is lost (default 1)")
+    add("--priority", type=int, default=0, help="higher leaves the queue first (default 0; -1000 to 1000)")
+    add(
         "--queue-timeout",
         type=span,
         metavar="DURATION",
         help="fail the job if it waits longer than this for its provider: seconds or e.g. 10m",
     )
-    parser.add_argument(
+    add(
         "--retry",
         type=int,
         default=0,
         metavar="N",
         help="run again up to N times when the command fails (exit != 0 or timeout)",
     )
-    parser.add_argument(
+    add(
         "--retry-backoff",
         type=span,
         default=0.0,
         metavar="DURATION",
         help="time between a failed attempt and its retry: seconds or e.g. 30s, 5m",
     )
-    parser.add_argument(
+    add(
         "--pool",
         metavar="NAME",
         help="run only while the pool has room: at most its size of its jobs at once, whatever their providers "
         "(`pool set NAME SIZE`)",
     )
-    parser.add_argument(
+    add(
         "--artifact",
         action="append",
         metavar="PATTERN",
         help="keep the files matching it once the command exits (`job artifacts`): a path or glob relative to the "
         "working directory (** spans directories; a directory: all its files); repeatable",
     )
-    parser.add_argument(
+    add(
         "--artifact-exclude",
         action="append",
         metavar="PATTERN",
         help="of the files --artifact matches, leave out those matching it (same form); repeatable",
     )
-    parser.add_argument(
+    add(
         "--artifacts-expire",
         type=duration,
         metavar="DURATION",
         help="delete its artifacts this long after it ended, e.g. 7d (default: with its log, HODEI_LOG_RETENTION)",
+    )
+    return {action.dest: action.default for action in added}
+
+
+def add_spec_file(parser: argparse.ArgumentParser) -> None:
+    """``--file``: the spec from a file instead of the options of ``add_spec_options``."""
+    parser.add_argument(
+        "--file",
+        metavar="FILE",
+        help="the job's spec from a YAML or JSON file (- : standard input), in the shape `job get -o json` "
+        "prints as spec; its secrets' values from --secret",
     )
 
 
@@ -1254,14 +1266,11 @@ def add_commands(commands: Any) -> Any:
     job = commands.add_parser("job", help="submit and inspect jobs").add_subparsers(dest="action", required=True)
 
     run_parser = job.add_parser("run", help="submit a job; prints its id")
-    add_spec_options(run_parser, "a name for people (default: the command on one line, or the --script file)")
-    run_parser.add_argument(
-        "--file",
-        metavar="FILE",
-        help="the job's spec from a YAML or JSON file (- : standard input), in the shape `job get -o json` "
-        "prints as spec; its secrets' values from --secret",
+    spec_defaults = add_spec_options(
+        run_parser, "a name for people (default: the command on one line, or the --script file)"
     )
-    run_parser.add_argument(
+    add_spec_file(run_parser)
+    after = run_parser.add_argument(
         "--after",
         action="append",
         metavar="ID[:ok|:notok|:any]",
@@ -1280,7 +1289,7 @@ def add_commands(commands: Any) -> Any:
             "ended, as --after asks of one: a reduce after a map"
         ),
     )
-    run_parser.add_argument(
+    fetch = run_parser.add_argument(
         "--fetch-artifacts",
         action="store_true",
         help="before the command runs, put the artifacts of the jobs it starts after (--after, --after-array) into "
@@ -1297,7 +1306,7 @@ def add_commands(commands: Any) -> Any:
             "prints every job's id; --wait exits with the highest exit code"
         ),
     )
-    run_parser.add_argument(
+    begin_at = run_parser.add_argument(
         "--begin",
         type=begin,
         metavar="TIME",
@@ -1312,14 +1321,9 @@ def add_commands(commands: Any) -> Any:
         help="submit it held: it waits in the queue out of line until `job release` (an array: every job)",
     )
     run_parser.add_argument("--hold-reason", metavar="TEXT", help="why, with --hold: shown with it in the queue")
-    # What --file replaces: every option of the spec, as parsed with no flags (jobfile.refuse_spec_flags).
-    spec_defaults = {
-        dest: default
-        for dest, default in vars(run_parser.parse_args([])).items()
-        if dest not in {"file", "after_array", "array", "hold", "hold_reason"}
-    }
     add_idempotency_key(run_parser)
     add_wait_options(run_parser)
+    spec_defaults.update({action.dest: action.default for action in (after, fetch, begin_at)})
     run_parser.set_defaults(handler=run, prepare=queue_request, spec_defaults=spec_defaults)
 
     for name, handler, text in (
