@@ -27,7 +27,18 @@ from hodei.testing import (
 
 pytestmark = pytest.mark.e2e
 
-PAGES = ["/jobs", "/jobs/new", "/providers", "/queue", "/workers", "/sagas", "/cron", "/dead-letters", "/audit"]
+PAGES = [
+    "/jobs",
+    "/jobs/new",
+    "/providers",
+    "/queue",
+    "/workers",
+    "/sagas",
+    "/cron",
+    "/dead-letters",
+    "/audit",
+    "/webhooks",
+]
 
 
 def browser(server: ServerProcess, token: str | None = None) -> requests.Session:
@@ -681,3 +692,9 @@ def test_the_audit_page_shows_who_changed_what_to_operators_only(
     wrong = operator.get(f"{guarded.http_url}/audit", params={"kind": "jobs"})
     assert wrong.status_code == 400 and "unknown kind jobs" in wrong.text
     guarded.cli("pool", "delete", "console-audit", check=True)
+    # Webhooks are the admin role's (a URL may hold a credential): an operator sees no link, and is refused.
+    assert 'href="/webhooks"' not in shown.text
+    for page in ("/webhooks", "/webhooks/any"):
+        refused = operator.get(guarded.http_url + page)
+        assert refused.status_code == 403 and "needs admin" in refused.text, refused.text
+    assert operator.post(f"{guarded.http_url}/webhooks/any/test").status_code == 403

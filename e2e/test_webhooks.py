@@ -224,3 +224,30 @@ def test_bad_webhook_input_is_refused_by_name_and_writes_nothing(server: ServerP
         refused = server.cli("webhook", *flags)
         assert refused.returncode == 2 and says in refused.stderr, (flags, refused.stderr)
     assert server.cli("webhook", "list", check=True).stdout.splitlines()[1:] == []
+
+
+def test_the_console_lists_webhooks_sends_a_test_and_sends_a_message_again(
+    server: ServerProcess, receiver: Receiver
+) -> None:
+    """The Webhooks page (admins: a URL may hold a credential): each webhook with its
+    messages' counts; a webhook's page with its newest messages, Send a test and Send
+    again, as `webhook test` and `webhook redeliver` do."""
+    define(server, "console-hook", receiver.url + "/hook", "--on", "FAILED", "-l", "team=data")
+    browser = requests.Session()
+    browser.headers["Accept"] = "text/html"
+    listed = browser.get(f"{server.http_url}/webhooks", timeout=30)
+    assert listed.ok and 'href="/webhooks" class="here"' in listed.text
+    row = listed.text.split('<tr data-webhook="console-hook">', 1)[1].split("</tr>", 1)[0]
+    assert f"<code>{receiver.url}/hook</code>" in row and "<td>FAILED</td><td>team=data</td>" in row
+    sent = browser.post(f"{server.http_url}/webhooks/console-hook/test", timeout=30)
+    assert sent.ok and sent.url.endswith("/webhooks/console-hook")
+    assert [json.loads(body)["type"] for _, _, body in receiver.received] == ["webhook.test"]
+    (message,) = messages(server, "console-hook")
+    assert f'<tr data-message="{message["id"]}">' in sent.text and "<td>DELIVERED</td>" in sent.text
+    assert "0 waiting, 0 failed, 1 delivered" in sent.text
+    again = browser.post(f"{server.http_url}/webhooks/console-hook/redeliver", data={"id": message["id"]}, timeout=30)
+    assert again.ok
+    eventually(lambda: len(receiver.received) == 2 or None, timeout=20, what="the message sent again")
+    assert receiver.received[1][1]["webhook-id"] == message["id"]
+    missing = browser.get(f"{server.http_url}/webhooks/no-such-hook", timeout=30)
+    assert missing.status_code == 404 and "no-such-hook" in missing.text

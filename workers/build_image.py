@@ -238,6 +238,7 @@ def build(offline: bool | None, client: docker.DockerClient | None = None) -> st
     if base is None:
         base = offline_base(client)
     log(f"base image {base}")
+    replaced = _image_id(client, IMAGE)
     client.images.build(
         fileobj=agent_context(),
         custom_context=True,
@@ -248,7 +249,27 @@ def build(offline: bool | None, client: docker.DockerClient | None = None) -> st
     )
     size = client.images.get(IMAGE).attrs["Size"] / 1e6
     log(f"built {IMAGE} ({size:.0f} MB) in {time.monotonic() - started:.1f}s")
+    if replaced is not None and replaced != _image_id(client, IMAGE):
+        _remove_untagged(client, replaced)
     return IMAGE
+
+
+def _image_id(client: docker.DockerClient, tag: str) -> str | None:
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _remove_untagged(client: docker.DockerClient, image_id: str) -> None:
+    """The image a rebuild took the tag from, once nothing names it (75 MB a rebuild left
+    dangling); one a container still uses, or another tag names, stays."""
+    try:
+        if not client.images.get(image_id).tags:
+            client.images.remove(image_id)
+            log(f"removed the image it replaced, {image_id[:19]}")
+    except docker.errors.APIError as exc:  # in use by a container, or gone already
+        log(f"kept the image it replaced, {image_id[:19]}: {exc.explanation or exc}")
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from hodei._proto import (
     providers_pb2,
     sagas_pb2,
     scheduler_pb2,
+    webhooks_pb2,
 )
 from hodei.audit import KINDS
 from hodei.cli.parsing import (
@@ -89,6 +90,7 @@ NEW_JOB = dict.fromkeys(("command", "name", "provider", "image", "env", "labels"
 SUBMITTED_BEFORE = "This form ran a job already, with other values. Run it again to submit these as a new job."
 ARTIFACTS = "/hodei.jobs.ArtifactService/"
 CRON = "/hodei.jobs.CronService/"
+WEBHOOKS = "/hodei.jobs.WebhookService/"
 PAGE_SIZE = 50
 # On every response. No other site may frame the console (its buttons would take a
 # visitor's clicks there, under their session), and a page runs the console's own script
@@ -196,6 +198,10 @@ class Console:
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
         app.router.add_get("/dead-letters", self.dead_letters)
         app.router.add_get("/audit", self.audit)
+        app.router.add_get("/webhooks", self.webhooks)
+        app.router.add_get("/webhooks/{name}", self.webhook)
+        app.router.add_post("/webhooks/{name}/test", self.test_webhook)
+        app.router.add_post("/webhooks/{name}/redeliver", self.redeliver)
         app.router.add_post("/dead-letters/redrive", self.redrive)
         app.router.add_static("/static", HERE / "static", append_version=True)
         app.on_response_prepare.append(_secure)
@@ -680,6 +686,32 @@ class Console:
         return self._page(
             request, "audit.html", who, changes=changes, kinds=list(KINDS), kind_shown=kind, actor=actor, system=system
         )
+
+    async def webhooks(self, request: web.Request) -> web.Response:
+        listed = await self._call(request, WEBHOOKS + "ListWebhooks", webhooks_pb2.ListWebhooksRequest())
+        who = await self._caller(request)
+        return self._page(request, "webhooks.html", who, webhooks=[message_dict(hook) for hook in listed.webhooks])
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """A webhook and its newest messages, each with why it was not delivered."""
+        asked = webhooks_pb2.WebhookRequest(name=request.match_info["name"])
+        detail = await self._call(request, WEBHOOKS + "GetWebhook", asked)
+        who = await self._caller(request)
+        shown = message_dict(detail)
+        return self._page(request, "webhook.html", who, webhook=shown["webhook"], deliveries=shown["deliveries"])
+
+    async def test_webhook(self, request: web.Request) -> web.Response:
+        """A test message, sent at once; its answer is the page's newest message."""
+        self._check_origin(request)
+        name = request.match_info["name"]
+        await self._call(request, WEBHOOKS + "TestWebhook", webhooks_pb2.WebhookRequest(name=name))
+        raise web.HTTPSeeOther(f"/webhooks/{quote(name)}")
+
+    async def redeliver(self, request: web.Request) -> web.Response:
+        self._check_origin(request)
+        message_id = str((await request.post()).get("id", ""))
+        await self._call(request, WEBHOOKS + "Redeliver", webhooks_pb2.RedeliverRequest(delivery_id=message_id))
+        raise web.HTTPSeeOther(f"/webhooks/{quote(request.match_info['name'])}")
 
 
 def _from_one(request: web.Request, name: str, most: int) -> int:
