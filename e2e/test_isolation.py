@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 SECRET = "s3cr3t-value-123"
 # What a shell adds to the environment it was given.
 SHELL_VARIABLES = {"PWD", "SHLVL", "_", "OLDPWD"}
-BASE = {"PATH", "HOME", "TMPDIR", "LANG", "HODEI_JOB_ID", "HODEI_WORKER_ID", "HODEI_ATTEMPT"}
+BASE = {"PATH", "HOME", "TMPDIR", "LANG", "HODEI_JOB_ID", "HODEI_WORKER_ID", "HODEI_ATTEMPT", "HODEI_OUTPUT"}
 PROBE = (
     "env; "
     "if cat /proc/$PPID/environ >/dev/null 2>&1; then echo AGENT-ENV-READABLE; else echo AGENT-ENV-HIDDEN; fi; "
