@@ -211,9 +211,11 @@ def test_a_containers_own_log_holds_the_first_16_mib_of_a_jobs_output(
     note = f"up to 16 MiB and no further: all of it is in its stored log (`hodei-jobs-cli job logs {job_id}`)"
 
     def copied() -> bytes | None:
+        """Once the note (on stderr) and the copy (on stdout) are both in: the engine reads
+        the container's two pipes apart, so the note may be logged before the copy's last lines."""
         containers = docker_client.containers.list(filters={"label": f"hodei.job-id={job_id}"})
         output: bytes = containers[0].logs() if containers else b""
-        return output if note.encode() in output else None
+        return output if note.encode() in output and len(output) >= 16 * 2**20 else None
 
     output = eventually(copied, 120, interval=0.5, what="the agent's note in the container's log")
     assert 16 * 2**20 <= len(output) < 16 * 2**20 + 2_000_000  # its own lines besides
