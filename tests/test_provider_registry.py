@@ -125,6 +125,12 @@ def test_a_job_placed_on_chosen_nodes_goes_to_kubernetes_the_only_provider_with_
     }
     registry = ProviderRegistry(store, fakes, {}, default="docker")
     assert registry.select(job("")) is ProviderType.DOCKER
+    # A default outside the order a provider is otherwise chosen in (sim) is still the default.
+    register_providers(store, [ProviderType.SIM])
+    fakes[ProviderType.SIM] = FakeProvider(effects, provider_type=ProviderType.SIM)
+    simulated = ProviderRegistry(store, fakes, {}, default="sim")
+    assert simulated.select(job("")) is ProviderType.SIM
+    simulated.close()
     assert registry.select(job("", node_selector={"disktype": "ssd"})) is ProviderType.KUBERNETES
     assert registry.select(job("", tolerations=("dedicated=batch:NoSchedule",))) is ProviderType.KUBERNETES
     assert registry.select(job("k8s", image="python:3.12-slim", tolerations=("spot",))) is ProviderType.KUBERNETES

@@ -75,12 +75,15 @@ def check_provider(spec: JobSpec) -> ProviderType | None:
     return wanted
 
 
+def can_run(provider: ProviderType, spec: JobSpec) -> bool:
+    """Whether the provider can run the job as asked (an image of its own, its nodes)."""
+    return all(provider in able for _, able in _needs(spec))
+
+
 def able_providers(spec: JobSpec) -> tuple[ProviderType, ...]:
-    """The providers that can run the job as asked, in the order one is chosen."""
-    able: tuple[ProviderType, ...] = DEFAULT_ORDER
-    for _, providers in _needs(spec):
-        able = tuple(provider for provider in able if provider in providers)
-    return able
+    """The providers a job naming none may get, in the order one is chosen, but for the
+    server's default (HODEI_DEFAULT_PROVIDER, sim too), which comes first when it can."""
+    return tuple(provider for provider in DEFAULT_ORDER if can_run(provider, spec))
 
 
 def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]) -> list[ProviderType]:
@@ -172,14 +175,13 @@ class ProviderRegistry:
         that names none gets the default if it can run the job as asked (an image of its
         own, nodes of its choosing), else the first of ``able_providers`` usable."""
         wanted = check_provider(spec)
-        able = able_providers(spec)
-        if wanted is None and self.default is not None and self.default in able:
+        if wanted is None and self.default is not None and can_run(self.default, spec):
             wanted = self.default
         if wanted is not None:
             self._require_usable(wanted)
             return wanted
         reasons = []
-        for candidate in able:
+        for candidate in able_providers(spec):
             try:
                 self._require_usable(candidate)
                 return candidate
