@@ -426,6 +426,35 @@ def test_a_jobs_outputs_are_what_it_wrote_to_hodei_output_its_secrets_masked(
     server.cli("job", "cancel", running, "--force", check=True)
 
 
+def test_a_job_started_after_others_reads_their_outputs(server: ServerProcess, database_url: str) -> None:
+    """--after: the outputs of the jobs it starts after, each one's latest attempt's, are
+    files $HODEI_AFTER_OUTPUTS/<job id>/<KEY> in its home (a step of a pipeline takes the
+    version the step before built); a job that left none has an empty directory."""
+    build = server.cli(
+        "job", "run", "-p", "local", "-c", 'echo version=1.4.2 >> "$HODEI_OUTPUT"', "--wait", check=True
+    ).stdout.strip()
+    quiet = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", check=True).stdout.strip()
+    deploy = server.cli(
+        "job",
+        "run",
+        "-p",
+        "local",
+        "--after",
+        build,
+        "--after",
+        quiet,
+        "--wait",
+        "-c",
+        f'echo "deploying $(cat "$HODEI_AFTER_OUTPUTS/{build}/version")"; ls -A "$HODEI_AFTER_OUTPUTS/{quiet}" | wc -l;'
+        ' ls -ld "$HODEI_AFTER_OUTPUTS" | cut -c1-10',
+        check=True,
+    ).stdout.strip()
+    wait_settled(database_url, deploy)
+    assert server.cli("job", "logs", deploy, check=True).stdout == "deploying 1.4.2\n0\ndrwxr-xr-x\n"
+    alone = server.cli("job", "run", "-p", "local", "-c", 'echo "[${HODEI_AFTER_OUTPUTS-unset}]"', "--wait", check=True)
+    assert server.cli("job", "logs", alone.stdout.strip(), check=True).stdout == "[unset]\n"
+
+
 def test_follow_streams_the_output_and_exits_with_the_job_code(server: ServerProcess) -> None:
     result = server.cli(
         "job",

@@ -117,6 +117,7 @@ def test_a_job_keeps_its_latest_ended_attempts_outputs() -> None:
     job.accept(second)
     events = recorded(job)
     assert latest_outputs(phases_of(events)) == {"version": "1.2"}  # the attempt that ended
+    assert job.outputs == {"version": "1.2"}
     job.finish(second, JobState.SUCCEEDED, 0, None)
     events += recorded(job)
     phases = phases_of(events)
@@ -124,4 +125,23 @@ def test_a_job_keeps_its_latest_ended_attempts_outputs() -> None:
         ("requeued", {"version": "1.2"}),
         ("finished", {}),
     ]
-    assert latest_outputs(phases) == {}
+    assert latest_outputs(phases) == {} == job.outputs
+
+
+def test_the_outputs_of_the_jobs_it_starts_after_are_files_its_user_owns(tmp_path: Path) -> None:
+    """$HODEI_AFTER_OUTPUTS/<job id>/<KEY>, each value as it was written (no newline added);
+    a job that left none has its directory, empty; a name that is not one is never a path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    user = JobUser(65534, 65534)
+    root = outputs.write_after(
+        str(home), {"job-a": {"version": "1.2", "notes": "a\nb"}, "job-b": {}, "job-c": {"../x": "no"}}, user
+    )
+    assert root == str(home / ".hodei-after")
+    assert (home / ".hodei-after/job-a/version").read_text() == "1.2"
+    assert (home / ".hodei-after/job-a/notes").read_text() == "a\nb"
+    assert sorted(p.name for p in (home / ".hodei-after").iterdir()) == ["job-a", "job-b", "job-c"]
+    assert list((home / ".hodei-after/job-b").iterdir()) == list((home / ".hodei-after/job-c").iterdir()) == []
+    assert not (home / ".hodei-after/x").exists()
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in [home / ".hodei-after", *(home / ".hodei-after").rglob("*")]}
+    assert owners == {(65534, 65534)}

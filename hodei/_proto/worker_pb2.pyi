@@ -505,6 +505,27 @@ class RunJob(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AfterOutputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Outputs: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Outputs | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
@@ -516,6 +537,8 @@ class RunJob(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     ARTIFACTS_EXCLUDE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    AFTER_OUTPUTS_FIELD_NUMBER: _builtins.int
+    AFTER_OUTPUTS_LEFT_OUT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     command: _builtins.str
     working_dir: _builtins.str
@@ -524,6 +547,7 @@ class RunJob(_message.Message):
     """Which of the job's attempts this is (1, then 2 for its first retry...): the
     job's HODEI_ATTEMPT, so that a retried command may pick up where it stopped.
     """
+    after_outputs_left_out: _builtins.int
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -546,6 +570,13 @@ class RunJob(_message.Message):
     def artifacts_exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The spec's exclusions: files the artifact patterns match that are not uploaded."""
 
+    @_builtins.property
+    def after_outputs(self) -> _containers.MessageMap[_builtins.str, Global___Outputs]:
+        """The outputs of the jobs it starts after (each one's latest attempt that ended), by
+        job id: written as $HODEI_AFTER_OUTPUTS/<job id>/<KEY> before the command runs. At
+        most 1 MiB in all: the jobs past it are left out, and counted here.
+        """
+
     def __init__(
         self,
         *,
@@ -560,14 +591,56 @@ class RunJob(_message.Message):
         inputs: _abc.Iterable[Global___InputArtifact] | None = ...,
         artifacts_exclude: _abc.Iterable[_builtins.str] | None = ...,
         attempt: _builtins.int = ...,
+        after_outputs: _abc.Mapping[_builtins.str, Global___Outputs] | None = ...,
+        after_outputs_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "attempt", b"attempt", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_outputs", b"after_outputs", "after_outputs_left_out", b"after_outputs_left_out", "args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "attempt", b"attempt", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunJob: _TypeAlias = RunJob  # noqa: Y015
+
+@_typing.final
+class Outputs(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Outputs: _TypeAlias = Outputs  # noqa: Y015
 
 @_typing.final
 class InputArtifact(_message.Message):

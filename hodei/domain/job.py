@@ -143,6 +143,8 @@ class Job(HodeiAggregate):
         # Files its attempts left (`job artifacts`): name, size_bytes, sha256, attempt.
         self.artifacts: list[dict[str, Any]] = []
         self.artifacts_expired = False
+        # What its latest attempt that ended left in $HODEI_OUTPUT (phases.latest_outputs).
+        self.outputs: dict[str, str] = {}
 
     @classmethod
     def submit(
@@ -488,6 +490,8 @@ class Job(HodeiAggregate):
     ) -> None:
         self.state = JobState(new_state)
         self.stop_by = datetime.fromisoformat(stop_by) if stop_by else None
+        if self.state is JobState.PENDING or self.state.is_terminal:  # an attempt ended
+            self.outputs = dict(outputs or {})
         if self.state is JobState.PENDING:
             self.attempt += 1
             self.worker_id = None

@@ -23,7 +23,7 @@ from hodei.errors import InvalidInput, excerpt
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # What the agent puts in every job's environment over the job's own variables
 # (hodei_worker.runner): a job naming one would not get its value.
-PLATFORM_VARIABLES = ("HODEI_JOB_ID", "HODEI_WORKER_ID", "HODEI_ATTEMPT", "HODEI_OUTPUT")
+PLATFORM_VARIABLES = ("HODEI_JOB_ID", "HODEI_WORKER_ID", "HODEI_ATTEMPT", "HODEI_OUTPUT", "HODEI_AFTER_OUTPUTS")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 # Control characters (NUL, escapes, newlines...) have no place in names, keys or paths.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -53,6 +53,9 @@ from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.tokens import TokenSigner, new_nonce
 
 log = logging.getLogger(__name__)
+# The most a RunJob carries of the outputs of the jobs it starts after (an --after-array
+# of 1,000 jobs at 64 KiB each would be past any message gRPC takes).
+MOST_AFTER_OUTPUT_BYTES = 1024 * 1024
 
 # Seconds between re-reads of the connected workers' states, all in one query. Only a
 # guard: a stream wakes on every NOTIFY about its worker or job, and the listener wakes
@@ -449,9 +452,24 @@ class WorkerSession:
                     artifacts_exclude=spec.artifacts_exclude,
                     inputs=self._inputs(spec),
                     attempt=attempt,
+                    **self._after_outputs(spec),
                 )
             )
         )
+
+    def _after_outputs(self, spec: JobSpec) -> dict[str, Any]:
+        """The outputs of the jobs it starts after, as RunJob carries them: in the order the
+        job names them, up to MOST_AFTER_OUTPUT_BYTES; the jobs past that are counted."""
+        given: dict[str, worker_pb2.Outputs] = {}
+        size, left_out = 0, 0
+        for job_id in spec.after:
+            outputs = self.service.store.load(Job, job_id).outputs
+            size += sum(len(key.encode()) + len(value.encode()) for key, value in outputs.items())
+            if size > MOST_AFTER_OUTPUT_BYTES:
+                left_out += 1
+                continue
+            given[job_id] = worker_pb2.Outputs(values=outputs)
+        return {"after_outputs": given, "after_outputs_left_out": left_out}
 
     def _inputs(self, spec: JobSpec) -> list[worker_pb2.InputArtifact]:
         """The artifacts to fetch before the command runs: each name's latest of every job

@@ -466,6 +466,7 @@ class Agent:
             self.home,
             {**self.settings.image_env, **run.env},
             run.secrets,
+            self._after_outputs(run, user),
         )
         self.working_dir = run.working_dir or self.settings.image_workdir or self.home
         self.artifacts = tuple(run.artifacts)
@@ -589,6 +590,22 @@ class Agent:
         notes.append(f"stored {artifacts.counted(len(stored), 'artifact')}, {size} bytes")
         self._on_output(STDERR, [f"[hodei] {note}" for note in notes], False)
         return stored
+
+    def _after_outputs(self, run: worker_pb2.RunJob, user: JobUser | None) -> str:
+        """The outputs of the jobs it starts after, as files in its home; "" for a job that
+        starts after none (imported here: most jobs do)."""
+        if not run.after_outputs and not run.after_outputs_left_out:
+            return ""
+        from hodei_worker import outputs
+
+        if run.after_outputs_left_out:
+            note = (
+                f"[hodei] the outputs of {run.after_outputs_left_out} of the jobs it starts after are left out "
+                f"of $HODEI_AFTER_OUTPUTS: the others' took the 1 MiB a job is given"
+            )
+            self._on_output(STDERR, [note], False)
+        after = {job_id: dict(given.values) for job_id, given in run.after_outputs.items()}
+        return outputs.write_after(self.home, after, user)
 
     def _read_outputs(self) -> dict[str, str]:
         """What the job wrote to $HODEI_OUTPUT, its secrets masked as in its log (imported

@@ -15,9 +15,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hodei_worker.runner import JobUser
+
+# Under the job's home: the outputs of the jobs it starts after, <job id>/<KEY> each.
+AFTER_DIRECTORY = ".hodei-after"
 
 # The file's most: outputs are values to read, not files to carry (artifacts are).
 MAX_BYTES = 64 * 1024
@@ -95,3 +99,27 @@ def parse(text: str) -> dict[str, str]:
         if len(values) > MAX_OUTPUTS:
             raise ValueError(f"more than {MAX_OUTPUTS} outputs")
     return values
+
+
+def write_after(home: str, after: Mapping[str, Mapping[str, str]], user: JobUser | None) -> str:
+    """The outputs of the jobs it starts after as files, ``<job id>/<KEY>`` holding the
+    value as it was written, in a directory of the job's fresh home (nothing of the job's
+    is there yet), given to the job's user; the directory's path."""
+    root = os.path.join(home, AFTER_DIRECTORY)
+    made = [root]
+    os.mkdir(root, 0o755)
+    for job_id, values in after.items():
+        directory = os.path.join(root, os.path.basename(job_id))
+        os.mkdir(directory, 0o755)
+        made.append(directory)
+        for key, value in values.items():
+            if not _KEY.match(key):  # a name the server took: never a path
+                continue
+            path = os.path.join(directory, key)
+            with open(path, "x", encoding="utf-8") as file:
+                file.write(value)
+            made.append(path)
+    if user is not None:
+        for path in made:
+            os.chown(path, user.uid, user.gid)
+    return root

@@ -206,17 +206,26 @@ OUTPUT_FILE = ".hodei-output"
 
 
 def job_environment(
-    job_id: str, worker_id: str, attempt: int, home: str, env: Mapping[str, str], secrets: Mapping[str, str]
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    home: str,
+    env: Mapping[str, str],
+    secrets: Mapping[str, str],
+    after_outputs: str = "",
 ) -> dict[str, str]:
     """Exactly the job's own variables and secrets over a minimal base: never the
     agent's (its credentials) nor, through it, the server's. TMPDIR is the job's home, so
     that what mktemp and tempfile make is the job's alone and goes with its home (on the
     local provider /tmp is the host's, shared by every job and kept). ``attempt``: 0 from
-    a server that does not say it."""
+    a server that does not say it. ``after_outputs``: where the outputs of the jobs it
+    starts after are ("": it starts after none)."""
     base = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
     platform = {"HODEI_JOB_ID": job_id, "HODEI_WORKER_ID": worker_id, "HODEI_OUTPUT": os.path.join(home, OUTPUT_FILE)}
     if attempt > 0:
         platform["HODEI_ATTEMPT"] = str(attempt)
+    if after_outputs:  # a job started after others: their outputs, a directory each
+        platform["HODEI_AFTER_OUTPUTS"] = after_outputs
     return {**base, **env, **secrets, **platform}
 
 
