@@ -231,7 +231,7 @@ def test_the_console_lists_webhooks_sends_a_test_and_sends_a_message_again(
 ) -> None:
     """The Webhooks page (admins: a URL may hold a credential): each webhook with its
     messages' counts; a webhook's page with its newest messages, Send a test and Send
-    again, as `webhook test` and `webhook redeliver` do."""
+    again and Delete, as `webhook test`, `webhook redeliver` and `webhook delete` do."""
     define(server, "console-hook", receiver.url + "/hook", "--on", "FAILED", "-l", "team=data")
     browser = requests.Session()
     browser.headers["Accept"] = "text/html"
@@ -251,3 +251,6 @@ def test_the_console_lists_webhooks_sends_a_test_and_sends_a_message_again(
     assert receiver.received[1][1]["webhook-id"] == message["id"]
     missing = browser.get(f"{server.http_url}/webhooks/no-such-hook", timeout=30)
     assert missing.status_code == 404 and "no-such-hook" in missing.text
+    deleted = browser.post(f"{server.http_url}/webhooks/console-hook/delete", timeout=30)
+    assert deleted.ok and deleted.url.endswith("/webhooks") and 'data-webhook="console-hook"' not in deleted.text
+    assert server.cli("webhook", "get", "console-hook").returncode == 2

@@ -202,6 +202,7 @@ class Console:
         app.router.add_get("/webhooks/{name}", self.webhook)
         app.router.add_post("/webhooks/{name}/test", self.test_webhook)
         app.router.add_post("/webhooks/{name}/redeliver", self.redeliver)
+        app.router.add_post("/webhooks/{name}/delete", self.delete_webhook)
         app.router.add_post("/dead-letters/redrive", self.redrive)
         app.router.add_static("/static", HERE / "static", append_version=True)
         app.on_response_prepare.append(_secure)
@@ -706,6 +707,13 @@ class Console:
         name = request.match_info["name"]
         await self._call(request, WEBHOOKS + "TestWebhook", webhooks_pb2.WebhookRequest(name=name))
         raise web.HTTPSeeOther(f"/webhooks/{quote(name)}")
+
+    async def delete_webhook(self, request: web.Request) -> web.Response:
+        """Its URL and secret shredded, its messages not sent given up on (`webhook delete`)."""
+        self._check_origin(request)
+        asked = webhooks_pb2.WebhookRequest(name=request.match_info["name"])
+        await self._call(request, WEBHOOKS + "DeleteWebhook", asked)
+        raise web.HTTPSeeOther("/webhooks")
 
     async def redeliver(self, request: web.Request) -> web.Response:
         self._check_origin(request)
