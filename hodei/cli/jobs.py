@@ -48,7 +48,7 @@ from hodei.cli.parsing import (
 from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import SIGNALS, JobState, hold_text
-from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text
+from hodei.domain.phases import ENDED, latest_usage, processes_stopping, size_text, stopped_text
 from hodei.domain.placement import canonical_tolerations, selector_of
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
@@ -724,7 +724,7 @@ def job_output(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=args.job_id)).job
     outputs = dict(sorted(job.outputs.items()))
     if args.key is not None and args.key not in outputs:
-        ended = any(phase.name in ("finished", "requeued") for phase in job.phases)
+        ended = any(phase.name in ENDED for phase in job.phases)
         if not ended:
             raise NotFound(f"job {job.id} is {job.state}: a job's outputs are kept once its command exits")
         left = ", ".join(outputs) or "none"

@@ -52,12 +52,17 @@ MOST_OUTPUT_BYTES = 64 * 1024
 _OUTPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 
+def outputs_bytes(outputs: Mapping[str, str]) -> int:
+    """What outputs weigh: their names' and values' UTF-8 bytes."""
+    return sum(len(key.encode()) + len(value.encode()) for key, value in outputs.items())
+
+
 def outputs_problem(outputs: Mapping[str, str]) -> str | None:
     """What is wrong with a worker's report of its job's outputs: they go into the job's
     events, so their bounds are the server's to hold too."""
     if len(outputs) > MOST_OUTPUTS:
         return f"{len(outputs)} outputs; the most is {MOST_OUTPUTS}"
-    size = sum(len(key.encode()) + len(value.encode()) for key, value in outputs.items())
+    size = outputs_bytes(outputs)
     if size > MOST_OUTPUT_BYTES:
         return f"outputs of {size} bytes; the most is {MOST_OUTPUT_BYTES}"
     wrong = next((key for key in outputs if not _OUTPUT_NAME.match(key)), None)

@@ -29,6 +29,10 @@ _BY_EVENT = {
 }
 
 
+# The phases at which an attempt ended: by itself, or to be run again.
+ENDED = ("finished", "requeued")
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -83,7 +87,7 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
 def latest_outputs(phases: Iterable[Phase]) -> Mapping[str, str]:
     """The outputs of the latest attempt that ended (a retried job's next attempt may not
     have yet): an attempt that wrote none has none, whatever an earlier one wrote."""
-    ended = [phase for phase in phases if phase.name in ("finished", "requeued")]
+    ended = [phase for phase in phases if phase.name in ENDED]
     return ended[-1].outputs if ended else {}
 
 

@@ -25,7 +25,7 @@ import grpc
 
 from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
 from hodei.artifacts import ArtifactRefused, ArtifactStore, Stored, Upload
-from hodei.domain.job import Job, JobState, outputs_problem
+from hodei.domain.job import Job, JobState, outputs_bytes, outputs_problem
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker, WorkerState
@@ -438,6 +438,8 @@ class WorkerSession:
             reason = exc.message
             self._update_job(lambda job: job.fail(reason))
             return
+        # The jobs it starts after, read once for their artifacts and their outputs.
+        after = [self.service.store.load(Job, job_id) for job_id in spec.after]
         self._send(
             worker_pb2.ServerMessage(
                 run_job=worker_pb2.RunJob(
@@ -450,36 +452,37 @@ class WorkerSession:
                     secrets=secrets,
                     artifacts=spec.artifacts,
                     artifacts_exclude=spec.artifacts_exclude,
-                    inputs=self._inputs(spec),
+                    inputs=self._inputs(spec, after),
                     attempt=attempt,
-                    **self._after_outputs(spec),
+                    **self._after_outputs(after),
                 )
             )
         )
 
-    def _after_outputs(self, spec: JobSpec) -> dict[str, Any]:
+    @staticmethod
+    def _after_outputs(after: list[Job]) -> dict[str, Any]:
         """The outputs of the jobs it starts after, as RunJob carries them: in the order the
         job names them, up to MOST_AFTER_OUTPUT_BYTES; the jobs past that are counted."""
         given: dict[str, worker_pb2.Outputs] = {}
         size, left_out = 0, 0
-        for job_id in spec.after:
-            outputs = self.service.store.load(Job, job_id).outputs
-            size += sum(len(key.encode()) + len(value.encode()) for key, value in outputs.items())
+        for job in after:
+            size += outputs_bytes(job.outputs)
             if size > MOST_AFTER_OUTPUT_BYTES:
                 left_out += 1
                 continue
-            given[job_id] = worker_pb2.Outputs(values=outputs)
+            given[str(job.id)] = worker_pb2.Outputs(values=job.outputs)
         return {"after_outputs": given, "after_outputs_left_out": left_out}
 
-    def _inputs(self, spec: JobSpec) -> list[worker_pb2.InputArtifact]:
+    @staticmethod
+    def _inputs(spec: JobSpec, after: list[Job]) -> list[worker_pb2.InputArtifact]:
         """The artifacts to fetch before the command runs: each name's latest of every job
-        it starts after, when its spec asks for them."""
+        it starts after (``after``), when its spec asks for them."""
         if not spec.fetch_artifacts:
             return []
         return [
-            worker_pb2.InputArtifact(job_id=job_id, artifact=artifact_message(artifact))
-            for job_id in spec.after
-            for artifact in self.service.store.load(Job, job_id).latest_artifacts
+            worker_pb2.InputArtifact(job_id=str(job.id), artifact=artifact_message(artifact))
+            for job in after
+            for artifact in job.latest_artifacts
         ]
 
     async def _read(self, requests: AsyncIterator[worker_pb2.WorkerMessage], waiter: AsyncWaiter) -> None:
