@@ -546,6 +546,32 @@ def test_a_retried_jobs_log_says_where_each_attempt_begins(server: ServerProcess
     assert merged("job", "logs", once) == "once\n"
 
 
+def test_retry_on_spends_the_retries_only_on_the_failures_it_names(server: ServerProcess) -> None:
+    # A program's "try again" code (75, EX_TEMPFAIL) twice, then a usage error: the third
+    # attempt is not retried though one retry is left, and the job says why.
+    command = '[ "$HODEI_ATTEMPT" -le 2 ] && exit 75; exit 2'
+    run = ("job", "run", "-p", "local", "-c", command, "--retry", "3", "--retry-backoff", "0.1")
+    ran = server.cli(*run, "--retry-on", "75, timeout", "--retry-on", "!2", "--wait")
+    assert ran.returncode == 2, ran.stderr
+    job_id = ran.stdout.strip()
+    shown = server.cli("job", "get", job_id, check=True).stdout
+    assert "Attempt: 3\n" in shown and "Exit code: 2\n" in shown, shown
+    assert "Error: exited with code 2; not retried (--retry-on 75,timeout,!2)\n" in shown, shown
+    assert "Retries: 3 (backoff 0.1 s; --retry-on 75,timeout,!2)\n" in shown, shown
+    spec = json.loads(server.cli("-o", "json", "job", "get", job_id, check=True).stdout)["spec"]
+    assert spec["retry_on"] == ["75", "timeout", "!2"]
+    # Without the rule the same job spends every retry.
+    assert server.cli(*run, "--wait").returncode == 2
+    assert "Attempt: 4\n" in server.cli("job", "get", "@latest", check=True).stdout
+    # A rule with no retries to spend, and a term that is no exit code, are refused: nothing written.
+    before = query(server.database_url, "SELECT count(*) FROM jobs")
+    refused = server.cli("job", "run", "-p", "local", "-c", "true", "--retry-on", "75")
+    assert refused.returncode == 2 and "the job has no retries (--retry N)" in refused.stderr
+    refused = server.cli("job", "run", "-p", "local", "-c", "true", "--retry", "1", "--retry-on", "75,oops")
+    assert refused.returncode == 2 and "--retry-on term `oops`: expected an exit code 1-255" in refused.stderr
+    assert query(server.database_url, "SELECT count(*) FROM jobs") == before
+
+
 def test_following_one_attempt_ends_when_the_next_begins(server: ServerProcess, shared_dir: Path) -> None:
     tries, go = shared_dir / "tries", shared_dir / "go"
     waits = f"while [ ! -e {go} ]; do sleep 0.1; done"

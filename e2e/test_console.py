@@ -319,11 +319,12 @@ def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, t
 def test_a_jobs_page_says_what_it_was_given_to_run_with(guarded: ServerProcess, tokens: dict[str, str]) -> None:
     """Its limits, as `job get` says them (the page showed none); a job given none has no such row."""
     reader = browser(guarded, tokens["read"])
-    limited = run(guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G")
+    limited = run(guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G", "--retry", "2", "--retry-on", "75,!2")
     shown = reader.get(f"{guarded.http_url}/jobs/{limited}").text
     assert '<td id="resources">0.5 CPU, 64.0 MiB memory, 1.9 GiB disk</td>' in shown
+    assert 'retries 2 (<span id="retry-on">--retry-on 75,!2</span>)' in shown
     plain = reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
-    assert 'id="resources"' not in plain and 'id="nodes"' not in plain
+    assert 'id="resources"' not in plain and 'id="nodes"' not in plain and 'id="retry-on"' not in plain
     # Its nodes (Kubernetes' part; this server has none, so it fails to start, and shows them all the same).
     placed = guarded.cli(
         "job",

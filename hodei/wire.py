@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from hodei._proto import common_pb2
 from hodei.domain.placement import canonical_tolerations
+from hodei.domain.retries import canonical_retry_on
 from hodei.domain.spec import JobSpec, canonical_time, name_for
 
 # GetQueueStatus lists at most this many queued jobs: `job get` and `job run --wait` look
@@ -34,6 +35,7 @@ def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = (
         secret_names=tuple(sorted(secret_names)),
         begin_at=canonical_time(spec.begin_at),
         tolerations=canonical_tolerations(spec.tolerations),
+        retry_on=canonical_retry_on(spec.retry_on),
     )
 
 

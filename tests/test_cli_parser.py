@@ -86,6 +86,13 @@ def test_a_script_too_long_for_bash_c_is_refused_naming_the_file_and_a_way(tmp_p
     assert (spec.command, spec.args, spec.problems()) == ("bash", ("-c", "echo x;" * 9_000), [])
 
 
+def test_retry_on_terms_come_from_each_flag_and_each_comma_in_one_form() -> None:
+    argv = ["job", "run", "-c", "true", "--retry", "1", "--retry-on", "75, !2,,", "--retry-on", "TIMEOUT"]
+    argv += ["--retry-on", "75"]
+    spec, _ = job_spec(parser().parse_args(argv))
+    assert (spec.retry_on, spec.problems()) == (("75", "!2", "timeout"), [])
+
+
 def _file_request(tmp_path: Path, text: str, *flags: str) -> Any:
     path = tmp_path / "job.yaml"
     path.write_text(text)
@@ -121,6 +128,9 @@ def test_a_job_file_is_its_spec_with_sizes_and_durations_as_people_write_them(tm
         {"TOKEN": "abcd1234"},
         ["gpu"],
     )
+    # Exit codes are numbers to YAML; a rule's terms as --retry-on's.
+    retried = _file_request(tmp_path, "command: 'true'\nretries: 2\nretry_on: [75, ' timeout', '!2']\n").spec
+    assert list(retried.retry_on) == ["75", " timeout", "!2"]  # the server keeps them canonical
     # JSON is YAML: `job get -o json`'s spec, as it prints it.
     printed = '{"command": "true", "timeout_seconds": 30.0, "resources": {"memory_bytes": 0}}'
     assert _file_request(tmp_path, printed).spec.timeout_seconds == 30
@@ -164,6 +174,10 @@ def test_a_job_file_is_its_spec_with_sizes_and_durations_as_people_write_them(tm
             "--file gives the job's spec: --command, --label would change it",
         ),
         ("command: 'true'\ntimeout_seconds: -1", (), "invalid job: timeout must be a positive number of seconds"),
+        ("command: 'true'\nretries: 1\nretry_on: [true]", (), "retry_on must be a list of exit codes, ranges and"),
+        ("command: 'true'\nretries: 1\nretry_on: 75", (), "retry_on must be a list of exit codes, ranges and"),
+        ("command: 'true'\nretry_on: [75]", (), "--retry-on says which failures are retried, and the job has no"),
+        ("command: 'true'\nretries: 1\nretry_on: [300]", (), "--retry-on term `300`: expected an exit code"),
     ],
 )
 def test_a_job_file_is_refused_naming_what_is_wrong(

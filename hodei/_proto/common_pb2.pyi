@@ -196,6 +196,7 @@ class JobSpec(_message.Message):
     IMAGE_PULL_FIELD_NUMBER: _builtins.int
     NODE_SELECTOR_FIELD_NUMBER: _builtins.int
     TOLERATIONS_FIELD_NUMBER: _builtins.int
+    RETRY_ON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -295,6 +296,13 @@ class JobSpec(_message.Message):
         EFFECT is NoSchedule, PreferNoSchedule or NoExecute. Kubernetes only.
         """
 
+    @_builtins.property
+    def retry_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Which failed attempts its retries are spent on: exit codes ("75"), ranges of them
+        ("128-255") and "timeout"; "!" before one: never retried. A failure is retried when it
+        matches a term without "!" (or there is none) and none with it. Empty: every failure.
+        """
+
     def __init__(
         self,
         *,
@@ -325,10 +333,11 @@ class JobSpec(_message.Message):
         image_pull: _builtins.str = ...,
         node_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tolerations: _abc.Iterable[_builtins.str] | None = ...,
+        retry_on: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "retry_on", b"retry_on", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

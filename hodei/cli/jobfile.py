@@ -76,6 +76,12 @@ def _checked(where: str, name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"{where}: {name} must be a whole number, got {value!r}")
         return value
+    if name == "retry_on":  # exit codes are numbers to YAML: `retry_on: [75, timeout]`
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool)) for item in value
+        ):
+            raise InvalidInput(f"{where}: retry_on must be a list of exit codes, ranges and timeout, got {value!r}")
+        return [str(item) for item in value]
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

@@ -50,6 +50,7 @@ from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.job import SIGNALS, JobState, hold_text
 from hodei.domain.phases import ENDED, latest_usage, processes_stopping, size_text, stopped_text
 from hodei.domain.placement import canonical_tolerations, selector_of
+from hodei.domain.retries import canonical_retry_on
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
@@ -169,6 +170,11 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
     ]
 
 
+def _retried(spec: common_pb2.JobSpec) -> str:
+    rule = f"; --retry-on {','.join(spec.retry_on)}" if spec.retry_on else ""
+    return f"backoff {spec.retry_backoff_seconds:g} s{rule}"
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     phases = [message_dict(phase) for phase in job.phases]
     return [
@@ -201,7 +207,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),
         *([f"Retried by: {', '.join(job.retried_by)}"] if job.retried_by else []),
         *([f"Waited on by: {', '.join(job.waited_on_by)}"] if job.waited_on_by else []),
-        *([f"Retries: {job.spec.retries} (backoff {job.spec.retry_backoff_seconds:g} s)"] if job.spec.retries else []),
+        *([f"Retries: {job.spec.retries} ({_retried(job.spec)})"] if job.spec.retries else []),
         *([f"Next attempt not before: {when(job, 'retry_at', 'auto')}"] if job.HasField("retry_at") else []),
         *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),
         *([f"Pool: {job.spec.pool} (`pool get {job.spec.pool}`)"] if job.spec.pool else []),
@@ -285,6 +291,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         image_pull=args.pull or "",
         node_selector=selector_of(args.node_selector or [], "--node-selector"),
         tolerations=canonical_tolerations(term for text in args.toleration or [] for term in comma_list(text)),
+        retry_on=canonical_retry_on(term for text in args.retry_on or [] for term in comma_list(text)),
     )
     return spec, secrets
 
@@ -1222,6 +1229,13 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> dict[st
         default=0.0,
         metavar="DURATION",
         help="time between a failed attempt and its retry: seconds or e.g. 30s, 5m",
+    )
+    add(
+        "--retry-on",
+        action="append",
+        metavar="TERMS",
+        help="with --retry: the failures retried, as exit codes, ranges and timeout, e.g. 75,137,timeout; "
+        "!CODE never retries one (e.g. '!2'); default every failure; repeatable, or separated by commas",
     )
     add(
         "--pool",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -72,6 +72,21 @@ def uuid_or_none(text: str) -> UUID | None:
         return UUID(text)
     except ValueError:
         return None
+
+
+def canonical_terms(texts: Iterable[str], parse: Callable[[str], object]) -> tuple[str, ...]:
+    """Terms a user wrote (tolerations, --retry-on) in the one form a spec keeps: each as
+    ``str(parse(text))`` writes it, once; a bad one kept as written, for the spec's
+    problems to name (a spec is checked whole, every problem said at once)."""
+    kept: list[str] = []
+    for text in texts:
+        try:
+            canonical = str(parse(text))
+        except InvalidInput:
+            canonical = text
+        if canonical not in kept:
+            kept.append(canonical)
+    return tuple(kept)
 
 
 class HodeiAggregate(Aggregate):

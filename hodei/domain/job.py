@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate, check_transition
+from hodei.domain.retries import retried
 from hodei.domain.spec import JobSpec, check_priority
 from hodei.errors import InvalidInput, InvalidTransition
 
@@ -282,14 +283,26 @@ class Job(HodeiAggregate):
         elif self.worker_id != worker_id:
             raise InvalidTransition(f"job {self.id} is not assigned to worker {worker_id}")
         check_transition("job", self.state, outcome, JOB_TRANSITIONS)
-        if self._retries_after(outcome):
+        if self._retries_after(outcome, exit_code):
             self._retry(outcome, exit_code, reason, ran, now, used, left)
         else:
             kept = None if outcome is JobState.CANCELLED else exit_code
+            reason = self._not_retried(outcome, reason)
             self._change_state(outcome, reason=reason, exit_code=kept, ran=ran, usage=used, outputs=left)
 
-    def _retries_after(self, outcome: JobState) -> bool:
-        return outcome in (JobState.FAILED, JobState.TIMEOUT) and self.retries_used < self.spec.retries
+    def _retries_after(self, outcome: JobState, exit_code: int | None) -> bool:
+        return (
+            outcome in (JobState.FAILED, JobState.TIMEOUT)
+            and self.retries_used < self.spec.retries
+            and retried(self.spec.retry_on, exit_code, outcome is JobState.TIMEOUT)
+        )
+
+    def _not_retried(self, outcome: JobState, reason: str | None) -> str | None:
+        """The reason of a failed attempt that had retries left: that its rule passed it
+        over, so that a person reading ``job get`` knows why it did not run again."""
+        if outcome not in (JobState.FAILED, JobState.TIMEOUT) or self.retries_used >= self.spec.retries:
+            return reason
+        return f"{reason or outcome.value.lower()}; not retried (--retry-on {','.join(self.spec.retry_on)})"
 
     def _retry(
         self,
@@ -323,10 +336,10 @@ class Job(HodeiAggregate):
     def time_out(self, reason: str, now: datetime | None = None) -> None:
         """The server enforces the timeout when the worker did not."""
         check_transition("job", self.state, JobState.TIMEOUT, JOB_TRANSITIONS)
-        if self._retries_after(JobState.TIMEOUT):
+        if self._retries_after(JobState.TIMEOUT, None):
             self._retry(JobState.TIMEOUT, None, reason, None, now)
         else:
-            self._change_state(JobState.TIMEOUT, reason=reason, exit_code=None)
+            self._change_state(JobState.TIMEOUT, reason=self._not_retried(JobState.TIMEOUT, reason), exit_code=None)
 
     def cancel(self, reason: str, grace: float = 0.0, now: datetime | None = None) -> None:
         """``grace``: seconds a running job's processes get between SIGTERM and SIGKILL

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hodei.domain.base import canonical_terms
 from hodei.errors import InvalidInput, excerpt
 
 # A taint's effects, as the API names them. PreferNoSchedule only asks the scheduler to
@@ -161,17 +162,8 @@ def toleration_problems(texts: Iterable[str]) -> list[str]:
 
 def canonical_tolerations(texts: Iterable[str]) -> tuple[str, ...]:
     """Tolerations in the one form a spec keeps (``dedicated = gpu : NoSchedule`` is
-    ``dedicated=gpu:NoSchedule``), each once; a bad one is kept as written for
-    ``toleration_problems`` to name."""
-    kept: list[str] = []
-    for text in texts:
-        try:
-            canonical = str(Toleration.parse(text))
-        except InvalidInput:
-            canonical = text
-        if canonical not in kept:
-            kept.append(canonical)
-    return tuple(kept)
+    ``dedicated=gpu:NoSchedule``)."""
+    return canonical_terms(texts, Toleration.parse)
 
 
 def merged_selector(server: Mapping[str, str], job: Mapping[str, str]) -> dict[str, str]:

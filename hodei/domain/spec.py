@@ -18,6 +18,7 @@ from typing import Any
 
 from hodei.domain.base import check_name
 from hodei.domain.placement import selector_problems, toleration_problems
+from hodei.domain.retries import retry_on_problems
 from hodei.errors import InvalidInput, excerpt
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -243,6 +244,10 @@ class JobSpec:
     # ``canonical_tolerations`` writes them (``dedicated=gpu:NoSchedule``).
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[str, ...] = ()
+    # Which failed attempts the retries are spent on (hodei.domain.retries): exit codes,
+    # ranges of them and ``timeout``, ``!`` before those never retried; (): every failure.
+    # Kept as ``canonical_retry_on`` writes them.
+    retry_on: tuple[str, ...] = ()
 
     @property
     def begins(self) -> datetime | None:
@@ -292,11 +297,7 @@ class JobSpec:
         queue_timeout = self.queue_timeout_seconds
         if not math.isfinite(queue_timeout) or not 0 <= queue_timeout <= limits.max_timeout_seconds:
             found.append(f"queue timeout must be 0 (none) to {limits.max_timeout_seconds:g} seconds")
-        if not 0 <= self.retries <= limits.max_retries:
-            found.append(f"retries must be between 0 and {limits.max_retries}")
-        backoff = self.retry_backoff_seconds
-        if not math.isfinite(backoff) or not 0 <= backoff <= limits.max_timeout_seconds:
-            found.append(f"retry backoff must be 0 to {limits.max_timeout_seconds:g} seconds")
+        found.extend(_retry_problems(self.retries, self.retry_backoff_seconds, self.retry_on))
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         found.extend(_artifact_problems(self))
         found.extend(_image_problems(self.image, self.image_pull))
@@ -431,6 +432,15 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
                 f"label {excerpt(key)} must be at most {limits.label_value_chars} characters without control characters"
             )
     return found
+
+
+def _retry_problems(retries: int, backoff: float, retry_on: tuple[str, ...]) -> list[str]:
+    found = []
+    if not 0 <= retries <= LIMITS.max_retries:
+        found.append(f"retries must be between 0 and {LIMITS.max_retries}")
+    if not math.isfinite(backoff) or not 0 <= backoff <= LIMITS.max_timeout_seconds:
+        found.append(f"retry backoff must be 0 to {LIMITS.max_timeout_seconds:g} seconds")
+    return found + retry_on_problems(retry_on, retries)
 
 
 def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, pool: str) -> list[str]:
