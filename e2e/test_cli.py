@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
+from hodei._proto import common_pb2, cron_pb2, cron_pb2_grpc, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
 from hodei.cli.main import main
 from hodei.errors import ShuttingDown
 from hodei.testing import (
@@ -1165,4 +1165,56 @@ def test_a_job_file_submits_the_job_it_holds_and_a_jobs_printed_spec_submits_it_
     ):
         refused = server.cli("job", "run", "--file", str(written), *flags)
         assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    assert query(database_url, "SELECT count(*) FROM jobs") == before
+
+
+def test_input_files_are_in_the_working_directory_before_the_command_runs(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    """`job run --input src --input data.csv` (Ray's --working-dir, Argo's input artifacts):
+    packed, uploaded, unpacked by the worker as the job's user; a `job retry` has them too."""
+    (tmp_path / "src/lib").mkdir(parents=True)
+    (tmp_path / "src/main.sh").write_text('echo "main, $(cat lib/words.txt) and $(cat ../data.csv)"\n')
+    (tmp_path / "src/lib/words.txt").write_text("words")
+    (tmp_path / "data.csv").write_text("a,b")
+    command = "cd src && sh main.sh && id -un && stat -c %U lib/words.txt"
+    ran = server.cli(
+        "job", "run", "-p", "local", "-c", command, "--input", f"{tmp_path}/src", "--input", f"{tmp_path}/data.csv",
+        "--follow",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "main, words and a,b\nnobody\nnobody\n"
+    assert "[hodei] uploaded 3 files for the job's working directory (" in ran.stderr
+    assert "[hodei] unpacked 3 input files, 65 bytes\n" in ran.stderr  # 57 + 5 + 3
+    job_id = ran.stderr.split("Job ID: ")[1].split()[0]
+    shown = server.cli("job", "get", job_id, check=True).stdout
+    assert re.search(r"\nInput: \d+ bytes archive, sha256 [0-9a-f]{12}… \(--input\)\n", shown), shown
+    wait_settled(database_url, job_id)
+    again = server.cli("job", "retry", job_id, "--wait", check=True).stdout.strip()
+    assert server.cli("job", "logs", again, check=True).stdout == ran.stdout
+
+    # Refused, nothing written: a path that is not there, files named for another job in a
+    # --file, an archive never uploaded (the API), a cron job given files.
+    before = query(database_url, "SELECT count(*) FROM jobs")
+    missing = server.cli("job", "run", "-p", "local", "-c", "true", "--input", f"{tmp_path}/nothing")
+    assert missing.returncode == 2 and f"--input '{tmp_path}/nothing': No such file or directory" in missing.stderr
+    spec = json.loads(server.cli("-o", "json", "job", "get", job_id, check=True).stdout)["spec"]
+    (tmp_path / "job.json").write_text(json.dumps(spec))
+    filed = server.cli("job", "run", "--file", str(tmp_path / "job.json"))
+    assert (
+        filed.returncode == 2
+        and "input_sha256 names files uploaded for one job: give them with --input" in filed.stderr
+    )
+    unknown = common_pb2.JobSpec(
+        command="true", timeout_seconds=30, provider="local", input_sha256="0" * 64, input_bytes=10
+    )
+    with server.channel() as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(jobs_pb2.QueueJobRequest(spec=unknown), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no input archive 000000000000… was uploaded in the last hour" in str(refused.value.details())
+        cron = cron_pb2.CreateCronJobRequest(name="with-input", schedule="@daily", spec=unknown)
+        with pytest.raises(grpc.RpcError) as refused:
+            cron_pb2_grpc.CronServiceStub(channel).CreateCronJob(cron, timeout=30)
+        assert "a cron job's runs cannot take --input files" in str(refused.value.details())
     assert query(database_url, "SELECT count(*) FROM jobs") == before

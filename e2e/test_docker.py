@@ -287,6 +287,24 @@ def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_us
     assert pulled >= 1
 
 
+@pytest.mark.parametrize("own_image", [False, True], ids=["worker-image", "own-image"])
+def test_input_files_are_unpacked_in_the_container_as_its_user(
+    server: ServerProcess, bare_image: str, tmp_path: Path, own_image: bool
+) -> None:
+    """`--input`: the agent in the container fetches and unpacks them (the worker image's
+    Python, or the one brought into an image without any), the files its user's."""
+    (tmp_path / "in/deep").mkdir(parents=True)
+    (tmp_path / "in/deep/a.txt").write_text("from the submitter\n")
+    (tmp_path / "in/run.sh").write_text("cat deep/a.txt; stat -c %u deep/a.txt; id -u\n")
+    where = ("--image", bare_image) if own_image else ("--provider", "docker")
+    ran = server.cli("job", "run", *where, "-c", "sh run.sh", "--input", f"{tmp_path}/in/", "--follow")
+    assert ran.returncode == 0, ran.stderr
+    user = str(BARE_USER) if own_image else "1000"
+    assert ran.stdout == f"from the submitter\n{user}\n{user}\n"
+    size = sum(path.stat().st_size for path in (tmp_path / "in/deep/a.txt", tmp_path / "in/run.sh"))
+    assert f"[hodei] unpacked 2 input files, {size} bytes" in ran.stderr
+
+
 def test_an_agent_volume_removed_between_jobs_is_filled_again(
     server: ServerProcess, database_url: str, docker_client: Any, bare_image: str
 ) -> None:

@@ -53,10 +53,12 @@ class ArtifactFilesReached(LimitReached):
 class Upload:
     """One file arriving: written to a part file, hashed as it comes, renamed on ``finish``."""
 
-    def __init__(self, final: Path, name: str, room: int) -> None:
+    def __init__(self, final: Path, name: str, room: int, over: str = "") -> None:
         self.final = final
         self.name = name
         self.room = room
+        # What a piece past ``room`` is told (default: an artifact past its attempt's limit).
+        self.over = over or f"artifact {name}: past the {room} bytes left of the attempt's limit"
         self.part = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
         self.size = 0
         self.digest = hashlib.sha256()
@@ -66,7 +68,7 @@ class Upload:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.room:
-            raise ArtifactRefused(f"artifact {self.name}: past the {self.room} bytes left of the attempt's limit")
+            raise ArtifactRefused(self.over)
         self.digest.update(data)
         self.handle.write(data)
 

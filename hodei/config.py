@@ -104,6 +104,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "bytes a job may write to its worker's disk (job run --disk): a job asking for more is refused, one asking "
         "for none is given this limit; 0: none of the server's",
     ),
+    "HODEI_MAX_INPUT_BYTES": (
+        "268435456",
+        "bytes of the gzipped archive of files a job starts with (job run --input); a bigger one is refused at upload",
+    ),
     "HODEI_MAX_ARTIFACT_BYTES": (
         "1073741824",
         "bytes of the artifacts one attempt of a job may store (under HODEI_LOG_DIR/artifacts); past it files are "
@@ -371,6 +375,7 @@ class Config:
     log_dir: Path
     max_log_bytes: int
     max_artifact_bytes: int
+    max_input_bytes: int
     # The most a job may write to its worker's disk, and the limit of one asking for none (0: none).
     max_disk_bytes: int
     # Streams API callers may hold open at once (hodei.server.edge.Streams).
@@ -594,6 +599,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         log_dir=Path(_get(env, "HODEI_LOG_DIR")),
         max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),
         max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES", most=2**63 - 1),
+        max_input_bytes=_whole(env, "HODEI_MAX_INPUT_BYTES", most=2**63 - 1),
         max_disk_bytes=_whole(env, "HODEI_MAX_DISK_BYTES", zero_allowed=True, most=LIMITS.max_disk_bytes),
         max_streams=_whole(env, "HODEI_MAX_STREAMS"),
         max_streams_per_token=_whole(env, "HODEI_MAX_STREAMS_PER_TOKEN"),

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from hodei.artifacts import ArtifactStore
 from hodei.domain.job import Job
+from hodei.inputs import prune_uploads
 from hodei.logs import LogStore
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -37,6 +38,12 @@ class Retention:
         self.artifacts = artifacts
         self.outbox_seconds = outbox_seconds
         self.log_seconds = log_seconds
+
+    def prune_inputs(self) -> int:
+        pruned = prune_uploads(self.artifacts)
+        if pruned:
+            log.info("deleted %d uploaded input archives no job named within an hour", pruned)
+        return pruned
 
     def prune_outbox(self) -> int:
         """Deletes published rows past the retention, a batch at a time; how many."""

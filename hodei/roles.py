@@ -123,6 +123,7 @@ RULES: dict[str, Role | Gate] = {
     # A job's artifacts are its output, as its log is.
     _AR + "ListArtifacts": Role.READ,
     _AR + "ReadArtifact": Role.READ,
+    _AR + "UploadInput": Role.SUBMIT,
     _G + "ListSagas": Role.READ,
     _G + "GetSaga": Role.READ,
     _O + "ListDeadLetters": Role.READ,

@@ -147,6 +147,7 @@ class Sweeper:
             checks.append(("outbox retention", self.retention.prune_outbox))
             checks.append(("log retention", self.retention.expire_logs))
             checks.append(("artifact retention", self.retention.expire_artifacts))
+            checks.append(("input retention", self.retention.prune_inputs))
             checks.append(("webhook retention", self.webhooks.prune))
         self._stalled_since(self._last_sweep)
         self._last_sweep = time.monotonic()

@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahodei/jobs/artifacts.proto\x12\nhodei.jobs\"&\n\x14ListArtifactsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"M\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"s\n\x15ListArtifactsResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\tartifacts\x18\x02 \x03(\x0b\x32\x14.hodei.jobs.Artifact\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"D\n\x13ReadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"Q\n\rArtifactPiece\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.hodei.jobs.ArtifactH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind2\xb5\x01\n\x0f\x41rtifactService\x12T\n\rListArtifacts\x12 .hodei.jobs.ListArtifactsRequest\x1a!.hodei.jobs.ListArtifactsResponse\x12L\n\x0cReadArtifact\x12\x1f.hodei.jobs.ReadArtifactRequest\x1a\x19.hodei.jobs.ArtifactPiece0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahodei/jobs/artifacts.proto\x12\nhodei.jobs\":\n\nInputPiece\x12\x14\n\nsize_bytes\x18\x01 \x01(\x03H\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"3\n\rUploadedInput\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"&\n\x14ListArtifactsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"M\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"s\n\x15ListArtifactsResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\tartifacts\x18\x02 \x03(\x0b\x32\x14.hodei.jobs.Artifact\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"D\n\x13ReadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"Q\n\rArtifactPiece\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x14.hodei.jobs.ArtifactH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind2\xf9\x01\n\x0f\x41rtifactService\x12T\n\rListArtifacts\x12 .hodei.jobs.ListArtifactsRequest\x1a!.hodei.jobs.ListArtifactsResponse\x12L\n\x0cReadArtifact\x12\x1f.hodei.jobs.ReadArtifactRequest\x1a\x19.hodei.jobs.ArtifactPiece0\x01\x12\x42\n\x0bUploadInput\x12\x16.hodei.jobs.InputPiece\x1a\x19.hodei.jobs.UploadedInput(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hodei._proto.artifacts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=42
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=80
-  _globals['_ARTIFACT']._serialized_start=82
-  _globals['_ARTIFACT']._serialized_end=159
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=161
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=276
-  _globals['_READARTIFACTREQUEST']._serialized_start=278
-  _globals['_READARTIFACTREQUEST']._serialized_end=346
-  _globals['_ARTIFACTPIECE']._serialized_start=348
-  _globals['_ARTIFACTPIECE']._serialized_end=429
-  _globals['_ARTIFACTSERVICE']._serialized_start=432
-  _globals['_ARTIFACTSERVICE']._serialized_end=613
+  _globals['_INPUTPIECE']._serialized_start=42
+  _globals['_INPUTPIECE']._serialized_end=100
+  _globals['_UPLOADEDINPUT']._serialized_start=102
+  _globals['_UPLOADEDINPUT']._serialized_end=153
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=155
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=193
+  _globals['_ARTIFACT']._serialized_start=195
+  _globals['_ARTIFACT']._serialized_end=272
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=274
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=389
+  _globals['_READARTIFACTREQUEST']._serialized_start=391
+  _globals['_READARTIFACTREQUEST']._serialized_end=459
+  _globals['_ARTIFACTPIECE']._serialized_start=461
+  _globals['_ARTIFACTPIECE']._serialized_end=542
+  _globals['_ARTIFACTSERVICE']._serialized_start=545
+  _globals['_ARTIFACTSERVICE']._serialized_end=794
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class ArtifactServiceStub:
                 request_serializer=hodei_dot_jobs_dot_artifacts__pb2.ReadArtifactRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_artifacts__pb2.ArtifactPiece.FromString,
                 _registered_method=True)
+        self.UploadInput = channel.stream_unary(
+                '/hodei.jobs.ArtifactService/UploadInput',
+                request_serializer=hodei_dot_jobs_dot_artifacts__pb2.InputPiece.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -64,6 +69,15 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadInput(self, request_iterator, context):
+        """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+        then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
+        (input_sha256), which gives each job its own copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.ReadArtifact,
                     request_deserializer=hodei_dot_jobs_dot_artifacts__pb2.ReadArtifactRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_artifacts__pb2.ArtifactPiece.SerializeToString,
+            ),
+            'UploadInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInput,
+                    request_deserializer=hodei_dot_jobs_dot_artifacts__pb2.InputPiece.FromString,
+                    response_serializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class ArtifactService:
             '/hodei.jobs.ArtifactService/ReadArtifact',
             hodei_dot_jobs_dot_artifacts__pb2.ReadArtifactRequest.SerializeToString,
             hodei_dot_jobs_dot_artifacts__pb2.ArtifactPiece.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hodei.jobs.ArtifactService/UploadInput',
+            hodei_dot_jobs_dot_artifacts__pb2.InputPiece.SerializeToString,
+            hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class ArtifactServiceStub:
     """Every attempt's artifacts, in the order they were stored."""
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_artifacts_pb2.ReadArtifactRequest, _artifacts_pb2.ArtifactPiece]
     """One artifact's bytes: its description first, then its bytes in pieces."""
+    UploadInput: _grpc.StreamUnaryMultiCallable[_artifacts_pb2.InputPiece, _artifacts_pb2.UploadedInput]
+    """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+    then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
+    (input_sha256), which gives each job its own copy.
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -46,6 +51,11 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Every attempt's artifacts, in the order they were stored."""
     ReadArtifact: _aio.UnaryStreamMultiCallable[_artifacts_pb2.ReadArtifactRequest, _artifacts_pb2.ArtifactPiece]  # type: ignore[assignment]
     """One artifact's bytes: its description first, then its bytes in pieces."""
+    UploadInput: _aio.StreamUnaryMultiCallable[_artifacts_pb2.InputPiece, _artifacts_pb2.UploadedInput]  # type: ignore[assignment]
+    """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+    then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
+    (input_sha256), which gives each job its own copy.
+    """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +73,16 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_artifacts_pb2.ArtifactPiece], _abc.AsyncIterator[_artifacts_pb2.ArtifactPiece]]:
         """One artifact's bytes: its description first, then its bytes in pieces."""
+
+    @_abc_1.abstractmethod
+    def UploadInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_artifacts_pb2.InputPiece],
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.UploadedInput, _abc.Awaitable[_artifacts_pb2.UploadedInput]]:
+        """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+        then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
+        (input_sha256), which gives each job its own copy.
+        """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hodei._proto import artifacts_pb2 as hodei_dot_jobs_dot_artifacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/worker.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahodei/jobs/artifacts.proto\"l\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\"H\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05\"\xbd\x01\n\rWorkerMessage\x12*\n\theartbeat\x18\x01 \x01(\x0b\x32\x15.hodei.jobs.HeartbeatH\x00\x12$\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x15.hodei.jobs.RunJobAckH\x00\x12)\n\tlog_batch\x18\x03 \x01(\x0b\x32\x14.hodei.jobs.LogBatchH\x00\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x15.hodei.jobs.JobResultH\x00\x42\x06\n\x04kind\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\tRunJobAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"~\n\x07LogLine\x12%\n\x06stream\x18\x01 \x01(\x0e\x32\x15.hodei.jobs.LogStream\x12\x0c\n\x04line\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"K\n\x08LogBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.hodei.jobs.LogLine\"\xd3\x03\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.hodei.jobs.JobOutcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0clast_log_seq\x18\x05 \x01(\x03\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0b\x63pu_seconds\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11peak_memory_bytes\x18\t \x01(\x03H\x01\x88\x01\x01\x12-\n\tartifacts\x18\n \x03(\x0b\x32\x1a.hodei.jobs.StoredArtifact\x12\x33\n\x07outputs\x18\x0b \x03(\x0b\x32\".hodei.jobs.JobResult.OutputsEntry\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_peak_memory_bytes\"V\n\x0e\x41rtifactUpload\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.hodei.jobs.ArtifactHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"B\n\x0e\x41rtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"B\n\x0eStoredArtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x94\x02\n\rServerMessage\x12%\n\x07run_job\x18\x01 \x01(\x0b\x32\x12.hodei.jobs.RunJobH\x00\x12\'\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x15.hodei.jobs.CancelJobH\x00\x12%\n\x07log_ack\x18\x03 \x01(\x0b\x32\x12.hodei.jobs.LogAckH\x00\x12\x31\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x18.hodei.jobs.HeartbeatAckH\x00\x12+\n\nresult_ack\x18\x05 \x01(\x0b\x32\x15.hodei.jobs.ResultAckH\x00\x12$\n\x06signal\x18\x06 \x01(\x0b\x32\x12.hodei.jobs.SignalH\x00\x42\x06\n\x04kind\"\xa9\x04\n\x06RunJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12(\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1b.hodei.jobs.RunJob.EnvEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x12\x30\n\x07secrets\x18\x07 \x03(\x0b\x32\x1f.hodei.jobs.RunJob.SecretsEntry\x12\x11\n\tartifacts\x18\x08 \x03(\t\x12)\n\x06inputs\x18\t \x03(\x0b\x32\x19.hodei.jobs.InputArtifact\x12\x19\n\x11\x61rtifacts_exclude\x18\n \x03(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12;\n\rafter_outputs\x18\x0c \x03(\x0b\x32$.hodei.jobs.RunJob.AfterOutputsEntry\x12\x1e\n\x16\x61\x66ter_outputs_left_out\x18\r \x01(\x05\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aH\n\x11\x41\x66terOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.hodei.jobs.Outputs:\x02\x38\x01\"i\n\x07Outputs\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.hodei.jobs.Outputs.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\rInputArtifact\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x14.hodei.jobs.Artifact\"O\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\x08grace_ms\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_grace_ms\"5\n\x06Signal\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x15\n\x06LogAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"-\n\x0cHeartbeatAck\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x05\"\x1b\n\tResultAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02*\xb5\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_OUTCOME_EXITED\x10\x01\x12\x19\n\x15JOB_OUTCOME_TIMED_OUT\x10\x02\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x03\x12\x1c\n\x18JOB_OUTCOME_START_FAILED\x10\x04\x12\x1e\n\x1aJOB_OUTCOME_WORKER_STOPPED\x10\x05\x32\xbb\x02\n\x12WorkerAgentService\x12\x45\n\x08Register\x12\x1b.hodei.jobs.RegisterRequest\x1a\x1c.hodei.jobs.RegisterResponse\x12\x43\n\x07\x43onnect\x12\x19.hodei.jobs.WorkerMessage\x1a\x19.hodei.jobs.ServerMessage(\x01\x30\x01\x12J\n\x0eUploadArtifact\x12\x1a.hodei.jobs.ArtifactUpload\x1a\x1a.hodei.jobs.StoredArtifact(\x01\x12M\n\rFetchArtifact\x12\x1f.hodei.jobs.ReadArtifactRequest\x1a\x19.hodei.jobs.ArtifactPiece0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hodei/jobs/worker.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ahodei/jobs/artifacts.proto\"l\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\"H\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05\"\xbd\x01\n\rWorkerMessage\x12*\n\theartbeat\x18\x01 \x01(\x0b\x32\x15.hodei.jobs.HeartbeatH\x00\x12$\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x15.hodei.jobs.RunJobAckH\x00\x12)\n\tlog_batch\x18\x03 \x01(\x0b\x32\x14.hodei.jobs.LogBatchH\x00\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x15.hodei.jobs.JobResultH\x00\x42\x06\n\x04kind\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\tRunJobAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"~\n\x07LogLine\x12%\n\x06stream\x18\x01 \x01(\x0e\x32\x15.hodei.jobs.LogStream\x12\x0c\n\x04line\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"K\n\x08LogBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.hodei.jobs.LogLine\"\xd3\x03\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.hodei.jobs.JobOutcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0clast_log_seq\x18\x05 \x01(\x03\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0b\x63pu_seconds\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11peak_memory_bytes\x18\t \x01(\x03H\x01\x88\x01\x01\x12-\n\tartifacts\x18\n \x03(\x0b\x32\x1a.hodei.jobs.StoredArtifact\x12\x33\n\x07outputs\x18\x0b \x03(\x0b\x32\".hodei.jobs.JobResult.OutputsEntry\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_peak_memory_bytes\"V\n\x0e\x41rtifactUpload\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.hodei.jobs.ArtifactHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"B\n\x0e\x41rtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"B\n\x0eStoredArtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x94\x02\n\rServerMessage\x12%\n\x07run_job\x18\x01 \x01(\x0b\x32\x12.hodei.jobs.RunJobH\x00\x12\'\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x15.hodei.jobs.CancelJobH\x00\x12%\n\x07log_ack\x18\x03 \x01(\x0b\x32\x12.hodei.jobs.LogAckH\x00\x12\x31\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x18.hodei.jobs.HeartbeatAckH\x00\x12+\n\nresult_ack\x18\x05 \x01(\x0b\x32\x15.hodei.jobs.ResultAckH\x00\x12$\n\x06signal\x18\x06 \x01(\x0b\x32\x12.hodei.jobs.SignalH\x00\x42\x06\n\x04kind\"\xce\x04\n\x06RunJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12(\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1b.hodei.jobs.RunJob.EnvEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x12\x30\n\x07secrets\x18\x07 \x03(\x0b\x32\x1f.hodei.jobs.RunJob.SecretsEntry\x12\x11\n\tartifacts\x18\x08 \x03(\t\x12)\n\x06inputs\x18\t \x03(\x0b\x32\x19.hodei.jobs.InputArtifact\x12\x19\n\x11\x61rtifacts_exclude\x18\n \x03(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12;\n\rafter_outputs\x18\x0c \x03(\x0b\x32$.hodei.jobs.RunJob.AfterOutputsEntry\x12\x1e\n\x16\x61\x66ter_outputs_left_out\x18\r \x01(\x05\x12#\n\x05input\x18\x0e \x01(\x0b\x32\x14.hodei.jobs.Artifact\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aH\n\x11\x41\x66terOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.hodei.jobs.Outputs:\x02\x38\x01\"i\n\x07Outputs\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.hodei.jobs.Outputs.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\rInputArtifact\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x14.hodei.jobs.Artifact\"O\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\x08grace_ms\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_grace_ms\"5\n\x06Signal\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x15\n\x06LogAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"-\n\x0cHeartbeatAck\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x05\"\x1b\n\tResultAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02*\xb5\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_OUTCOME_EXITED\x10\x01\x12\x19\n\x15JOB_OUTCOME_TIMED_OUT\x10\x02\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x03\x12\x1c\n\x18JOB_OUTCOME_START_FAILED\x10\x04\x12\x1e\n\x1aJOB_OUTCOME_WORKER_STOPPED\x10\x05\x32\xbb\x02\n\x12WorkerAgentService\x12\x45\n\x08Register\x12\x1b.hodei.jobs.RegisterRequest\x1a\x1c.hodei.jobs.RegisterResponse\x12\x43\n\x07\x43onnect\x12\x19.hodei.jobs.WorkerMessage\x1a\x19.hodei.jobs.ServerMessage(\x01\x30\x01\x12J\n\x0eUploadArtifact\x12\x1a.hodei.jobs.ArtifactUpload\x1a\x1a.hodei.jobs.StoredArtifact(\x01\x12M\n\rFetchArtifact\x12\x1f.hodei.jobs.ReadArtifactRequest\x1a\x19.hodei.jobs.ArtifactPiece0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,10 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNJOB_AFTEROUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_OUTPUTS_VALUESENTRY']._loaded_options = None
   _globals['_OUTPUTS_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_LOGSTREAM']._serialized_start=2712
-  _globals['_LOGSTREAM']._serialized_end=2797
-  _globals['_JOBOUTCOME']._serialized_start=2800
-  _globals['_JOBOUTCOME']._serialized_end=2981
+  _globals['_LOGSTREAM']._serialized_start=2749
+  _globals['_LOGSTREAM']._serialized_end=2834
+  _globals['_JOBOUTCOME']._serialized_start=2837
+  _globals['_JOBOUTCOME']._serialized_end=3018
   _globals['_REGISTERREQUEST']._serialized_start=100
   _globals['_REGISTERREQUEST']._serialized_end=208
   _globals['_REGISTERRESPONSE']._serialized_start=210
@@ -75,29 +75,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERMESSAGE']._serialized_start=1463
   _globals['_SERVERMESSAGE']._serialized_end=1739
   _globals['_RUNJOB']._serialized_start=1742
-  _globals['_RUNJOB']._serialized_end=2295
-  _globals['_RUNJOB_ENVENTRY']._serialized_start=2131
-  _globals['_RUNJOB_ENVENTRY']._serialized_end=2173
-  _globals['_RUNJOB_SECRETSENTRY']._serialized_start=2175
-  _globals['_RUNJOB_SECRETSENTRY']._serialized_end=2221
-  _globals['_RUNJOB_AFTEROUTPUTSENTRY']._serialized_start=2223
-  _globals['_RUNJOB_AFTEROUTPUTSENTRY']._serialized_end=2295
-  _globals['_OUTPUTS']._serialized_start=2297
-  _globals['_OUTPUTS']._serialized_end=2402
-  _globals['_OUTPUTS_VALUESENTRY']._serialized_start=2357
-  _globals['_OUTPUTS_VALUESENTRY']._serialized_end=2402
-  _globals['_INPUTARTIFACT']._serialized_start=2404
-  _globals['_INPUTARTIFACT']._serialized_end=2475
-  _globals['_CANCELJOB']._serialized_start=2477
-  _globals['_CANCELJOB']._serialized_end=2556
-  _globals['_SIGNAL']._serialized_start=2558
-  _globals['_SIGNAL']._serialized_end=2611
-  _globals['_LOGACK']._serialized_start=2613
-  _globals['_LOGACK']._serialized_end=2634
-  _globals['_HEARTBEATACK']._serialized_start=2636
-  _globals['_HEARTBEATACK']._serialized_end=2681
-  _globals['_RESULTACK']._serialized_start=2683
-  _globals['_RESULTACK']._serialized_end=2710
-  _globals['_WORKERAGENTSERVICE']._serialized_start=2984
-  _globals['_WORKERAGENTSERVICE']._serialized_end=3299
+  _globals['_RUNJOB']._serialized_end=2332
+  _globals['_RUNJOB_ENVENTRY']._serialized_start=2168
+  _globals['_RUNJOB_ENVENTRY']._serialized_end=2210
+  _globals['_RUNJOB_SECRETSENTRY']._serialized_start=2212
+  _globals['_RUNJOB_SECRETSENTRY']._serialized_end=2258
+  _globals['_RUNJOB_AFTEROUTPUTSENTRY']._serialized_start=2260
+  _globals['_RUNJOB_AFTEROUTPUTSENTRY']._serialized_end=2332
+  _globals['_OUTPUTS']._serialized_start=2334
+  _globals['_OUTPUTS']._serialized_end=2439
+  _globals['_OUTPUTS_VALUESENTRY']._serialized_start=2394
+  _globals['_OUTPUTS_VALUESENTRY']._serialized_end=2439
+  _globals['_INPUTARTIFACT']._serialized_start=2441
+  _globals['_INPUTARTIFACT']._serialized_end=2512
+  _globals['_CANCELJOB']._serialized_start=2514
+  _globals['_CANCELJOB']._serialized_end=2593
+  _globals['_SIGNAL']._serialized_start=2595
+  _globals['_SIGNAL']._serialized_end=2648
+  _globals['_LOGACK']._serialized_start=2650
+  _globals['_LOGACK']._serialized_end=2671
+  _globals['_HEARTBEATACK']._serialized_start=2673
+  _globals['_HEARTBEATACK']._serialized_end=2718
+  _globals['_RESULTACK']._serialized_start=2720
+  _globals['_RESULTACK']._serialized_end=2747
+  _globals['_WORKERAGENTSERVICE']._serialized_start=3021
+  _globals['_WORKERAGENTSERVICE']._serialized_end=3336
 # @@protoc_insertion_point(module_scope)

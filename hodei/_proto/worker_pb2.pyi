@@ -539,6 +539,7 @@ class RunJob(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     AFTER_OUTPUTS_FIELD_NUMBER: _builtins.int
     AFTER_OUTPUTS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     command: _builtins.str
     working_dir: _builtins.str
@@ -577,6 +578,13 @@ class RunJob(_message.Message):
         most 1 MiB in all: the jobs past it are left out, and counted here.
         """
 
+    @_builtins.property
+    def input(self) -> _artifacts_pb2.Artifact:
+        """Its files (job run --input): a gzipped tar archive to fetch (FetchArtifact of its own
+        job, this name, attempt 0), check and unpack into the working directory as the job's
+        user before the command runs. Unset: none.
+        """
+
     def __init__(
         self,
         *,
@@ -593,10 +601,11 @@ class RunJob(_message.Message):
         attempt: _builtins.int = ...,
         after_outputs: _abc.Mapping[_builtins.str, Global___Outputs] | None = ...,
         after_outputs_left_out: _builtins.int = ...,
+        input: _artifacts_pb2.Artifact | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_outputs", b"after_outputs", "after_outputs_left_out", b"after_outputs_left_out", "args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "attempt", b"attempt", "command", b"command", "env", b"env", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_outputs", b"after_outputs", "after_outputs_left_out", b"after_outputs_left_out", "args", b"args", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "attempt", b"attempt", "command", b"command", "env", b"env", "input", b"input", "inputs", b"inputs", "job_id", b"job_id", "secrets", b"secrets", "timeout_ms", b"timeout_ms", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

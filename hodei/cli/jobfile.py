@@ -76,6 +76,8 @@ def _checked(where: str, name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"{where}: {name} must be a whole number, got {value!r}")
         return value
+    if name in ("input_sha256", "input_bytes") and value:
+        raise InvalidInput(f"{where}: {name} names files uploaded for one job: give them with --input PATH")
     if name == "retry_on":  # exit codes are numbers to YAML: `retry_on: [75, timeout]`
         if not isinstance(value, list) or not all(
             isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool)) for item in value

@@ -20,6 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from hodei._proto import common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
+from hodei.cli.inputs import Packed, pack, pieces
 from hodei.cli.jobfile import refuse_spec_flags, spec_from_file
 from hodei.cli.parsing import (
     ArrayOption,
@@ -167,6 +168,11 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
             else []
         ),
         *([f"Tolerations: {', '.join(spec.tolerations)}"] if spec.tolerations else []),
+        *(
+            [f"Input: {size_text(spec.input_bytes)} archive, sha256 {spec.input_sha256[:12]}… (--input)"]
+            if spec.input_sha256
+            else []
+        ),
     ]
 
 
@@ -314,6 +320,9 @@ def queue_request(args: argparse.Namespace) -> None:
             array_limit=array.limit,
             fetch_artifacts=args.fetch_artifacts,
         )
+    args.packed = pack(args.input) if args.input else None
+    if args.packed is not None:
+        spec = replace(spec, input_sha256=args.packed.sha256, input_bytes=args.packed.size)
     naming_arrays(spec, after_arrays).validate(secrets)
     indices = array.indices
     if indices:
@@ -338,10 +347,28 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     for after in (args.request.spec.after, args.request.after_arrays):
         if LATEST in after:  # the newest job now, before this one is submitted
             after[latest_job(client)] = after.pop(LATEST)
+    if args.packed is not None:
+        with args.packed.archive:
+            _upload(client, term, args.packed)
     queued = submit(client, term, client.jobs.QueueJob, args.request, args.idempotency_key)
     if queued.array_job_ids:
         return _run_array(client, term, args, queued)
     return submitted(client, term, args, queued)
+
+
+# The most an --input archive's upload may take (HODEI_MAX_INPUT_BYTES is 256 MiB by default).
+UPLOAD_SECONDS = 600.0
+
+
+def _upload(client: Client, term: Terminal, packed: Packed) -> None:
+    """The --input archive, before the job that names it is submitted."""
+    uploaded = client.call(client.artifacts.UploadInput, pieces(packed), timeout=UPLOAD_SECONDS)
+    if uploaded.sha256 != packed.sha256:
+        raise InvalidInput(
+            f"the server kept the input archive as {uploaded.sha256}, not {packed.sha256}: send it again"
+        )
+    files = "1 file" if packed.files == 1 else f"{packed.files} files"
+    term.info(f"[hodei] uploaded {files} for the job's working directory ({size_text(packed.size)} gzipped)")
 
 
 def submit(
@@ -1308,6 +1335,13 @@ def add_commands(commands: Any) -> Any:
         action="store_true",
         help="before the command runs, put the artifacts of the jobs it starts after (--after, --after-array) into "
         "its working directory, at artifacts/<job id>/<name>",
+    )
+    run_parser.add_argument(
+        "--input",
+        action="append",
+        metavar="PATH",
+        help="a file or directory to put into the job's working directory before its command runs, under its own "
+        "name (a directory with a trailing /, or ., its contents); repeatable. Uploaded first (HODEI_MAX_INPUT_BYTES)",
     )
     run_parser.add_argument(
         "--array",

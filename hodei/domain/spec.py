@@ -248,6 +248,11 @@ class JobSpec:
     # ranges of them and ``timeout``, ``!`` before those never retried; (): every failure.
     # Kept as ``canonical_retry_on`` writes them.
     retry_on: tuple[str, ...] = ()
+    # Files it starts with (--input; hodei.inputs): the SHA-256 (hex) and size of a gzipped
+    # tar archive uploaded before it was submitted, unpacked into its working directory
+    # before its command runs; "": none.
+    input_sha256: str = ""
+    input_bytes: int = 0
 
     @property
     def begins(self) -> datetime | None:
@@ -298,6 +303,7 @@ class JobSpec:
         if not math.isfinite(queue_timeout) or not 0 <= queue_timeout <= limits.max_timeout_seconds:
             found.append(f"queue timeout must be 0 (none) to {limits.max_timeout_seconds:g} seconds")
         found.extend(_retry_problems(self.retries, self.retry_backoff_seconds, self.retry_on))
+        found.extend(_input_problems(self.input_sha256, self.input_bytes))
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         found.extend(_artifact_problems(self))
         found.extend(_image_problems(self.image, self.image_pull))
@@ -432,6 +438,13 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
                 f"label {excerpt(key)} must be at most {limits.label_value_chars} characters without control characters"
             )
     return found
+
+
+def _input_problems(sha256: str, size: int) -> list[str]:
+    if not sha256:
+        return [] if size == 0 else ["input_bytes is the size of an input archive: give its input_sha256"]
+    found = [] if re.fullmatch(r"[0-9a-f]{64}", sha256) else ["input_sha256 must be 64 lowercase hex digits"]
+    return found + ([] if size > 0 else ["input_bytes must be the input archive's size, more than 0"])
 
 
 def _retry_problems(retries: int, backoff: float, retry_on: tuple[str, ...]) -> list[str]:

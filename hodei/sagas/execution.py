@@ -25,8 +25,8 @@ from hodei.sagas.engine import (
 # hearing a result and enforces the timeout itself.
 RESULT_MARGIN = 15.0
 # More for a job with artifacts, and again for one that fetches others': its worker
-# uploads them after the command, before its result, and fetches those before it (the
-# agent gives each at most hodei_worker.artifacts.TRANSFER_SECONDS).
+# uploads them after the command, before its result, and fetches those (and its --input
+# files) before it (the agent gives each at most hodei_worker.artifacts.TRANSFER_SECONDS).
 ARTIFACTS_MARGIN = 300.0
 ACCEPTANCE_TIMEOUT = 30.0
 
@@ -48,7 +48,8 @@ def persist_logs_of(deps: SagaDeps, job: Job) -> list[Job]:
 def assign_worker(deps: SagaDeps, step: StepInput) -> StepResult:
     job = deps.job(step.job_id)
     job.assign(step.context["worker_id"], step.context["provider_id"], step.context["provider_type"])
-    margin = RESULT_MARGIN + ARTIFACTS_MARGIN * (bool(job.spec.artifacts) + job.spec.fetch_artifacts)
+    fetches = job.spec.fetch_artifacts or bool(job.spec.input_sha256)  # one time for both (TRANSFER_SECONDS)
+    margin = RESULT_MARGIN + ARTIFACTS_MARGIN * (bool(job.spec.artifacts) + fetches)
     return StepResult({"job_timeout": job.spec.timeout_seconds, "result_margin": margin}, (job,))
 
 

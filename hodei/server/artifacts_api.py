@@ -2,21 +2,24 @@
 
 Which artifacts a job has is its events' (``JobArtifactsStored``, cleared by its output's
 retention); their bytes are the artifact store's (hodei.artifacts). Reading them is the
-read role's, as reading the job's log is.
+read role's, as reading the job's log is. Beside them, the files jobs start with
+(``UploadInput``, hodei.inputs): the submit role's, uploaded before the job is submitted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import grpc
 
 from hodei._proto import artifacts_pb2, artifacts_pb2_grpc
-from hodei.artifacts import ArtifactStore
+from hodei.artifacts import ArtifactStore, Stored, Upload
 from hodei.domain.job import Job
 from hodei.errors import InvalidInput, NotFound
+from hodei.inputs import InputStore
 from hodei.server.edge import rpc
 from hodei.store.app import HodeiStore
 from hodei.store.readmodels import ReadModels
@@ -49,10 +52,11 @@ def _expired(job: Job) -> bool:
 
 
 class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
-    def __init__(self, store: HodeiStore, reads: ReadModels, artifacts: ArtifactStore) -> None:
+    def __init__(self, store: HodeiStore, reads: ReadModels, artifacts: ArtifactStore, inputs: InputStore) -> None:
         self.store = store
         self.reads = reads
         self.artifacts = artifacts
+        self.inputs = inputs
 
     def _job(self, text: str) -> Job:
         job_id = self.reads.resolve("job", text)
@@ -81,17 +85,80 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
         async for piece in artifact_pieces(self.artifacts, job, request.name, request.attempt):
             yield piece
 
+    @rpc
+    async def UploadInput(
+        self, request_iterator: AsyncIterator[artifacts_pb2.InputPiece], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> artifacts_pb2.UploadedInput:
+        sizes: list[int] = []
+
+        def begin(piece: artifacts_pb2.InputPiece) -> Upload:
+            sizes.append(piece.size_bytes)
+            return self.inputs.begin(piece.size_bytes)
+
+        def keep(upload: Upload) -> Stored:
+            if upload.size != sizes[0]:
+                raise InvalidInput(f"the input archive was {upload.size} bytes, not the {sizes[0]} its upload said")
+            return self.inputs.keep(upload)
+
+        stored = await received(request_iterator, "size_bytes", begin, keep)
+        return artifacts_pb2.UploadedInput(sha256=stored.sha256, size_bytes=stored.size_bytes)
+
+
+async def received(
+    pieces: AsyncIterator[Any], first: str, begin: Callable[[Any], Upload], keep: Callable[[Upload], Stored]
+) -> Stored:
+    """A file's upload (UploadArtifact's, UploadInput's): its first piece (of kind
+    ``first``) begins it (``begin``, in a thread: it may refuse it), then its data, each
+    piece hashed and written in a thread while the next is received (one at a time, in
+    order, as the agent's fetch does: ``hodei_worker.artifacts.write_pieces``), then
+    ``keep`` finishes it. On any error, nothing of it is left."""
+    upload: Upload | None = None
+    writing: asyncio.Future[None] | None = None
+    try:
+        async for piece in pieces:
+            kind = piece.WhichOneof("kind")
+            if upload is None:
+                if kind != first:
+                    raise InvalidInput(f"an upload begins with its {first}")
+                upload = await asyncio.to_thread(begin, piece)
+            elif kind == "data":
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(upload.write, piece.data))
+            else:
+                raise InvalidInput(f"an upload gives its {first} once")
+        if upload is None:
+            raise InvalidInput(f"an upload begins with its {first}")
+        if writing is not None:
+            await writing
+        return await asyncio.to_thread(keep, upload)
+    except BaseException:
+        if writing is not None:  # its thread goes on with the file: done before it goes
+            with contextlib.suppress(BaseException):
+                await writing
+        if upload is not None:
+            upload.discard()
+        raise
+
 
 async def artifact_pieces(
     artifacts: ArtifactStore, job: Job, name: str, attempt: int
 ) -> AsyncIterator[artifacts_pb2.ArtifactPiece]:
     """An artifact of ``job`` as ReadArtifact sends it: its description, then its bytes."""
     artifact = chosen(job, name, attempt)
-    pieces: Generator[bytes, None, None] = artifacts.read(str(job.id), artifact["attempt"], artifact["name"])
+    stored = artifacts.read(str(job.id), artifact["attempt"], artifact["name"])
+    async for piece in described_pieces(artifact_message(artifact), stored):
+        yield piece
+
+
+async def described_pieces(
+    description: artifacts_pb2.Artifact, pieces: Generator[bytes, None, None]
+) -> AsyncIterator[artifacts_pb2.ArtifactPiece]:
+    """A stored file as ArtifactPiece messages: its description, then its bytes."""
     try:
         # Opened before the description goes: a missing file is an error, not an empty one.
         piece = await asyncio.to_thread(next, pieces, b"")
-        yield artifacts_pb2.ArtifactPiece(artifact=artifact_message(artifact))
+        yield artifacts_pb2.ArtifactPiece(artifact=description)
         while piece:
             yield artifacts_pb2.ArtifactPiece(data=piece)
             piece = await asyncio.to_thread(next, pieces, b"")

@@ -47,6 +47,11 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         spec = spec_from_proto(request.spec, secrets)
         refuse_unrunnable(spec, self.pools, self.node_selector)
         within_disk_limit(spec, self.cron_jobs.max_disk_bytes)  # refused now, not at each run
+        if spec.input_sha256:
+            raise InvalidInput(
+                "a cron job's runs cannot take --input files (an upload is kept an hour): "
+                "put them in an image (--image), or have the job fetch them"
+            )
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
             concurrency=_concurrency(request.concurrency),

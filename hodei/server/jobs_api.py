@@ -33,6 +33,7 @@ from hodei.domain.spec import (
 )
 from hodei.errors import InvalidInput, NotFound, PermissionDenied
 from hodei.faults import Faults
+from hodei.inputs import InputStore
 from hodei.limits import Limits
 from hodei.pools import Pools
 from hodei.providers.registry import check_provider, provider_type_of
@@ -92,6 +93,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         faults: Faults,
         clock: DatabaseClock,
         webhooks: Webhooks,
+        inputs: InputStore,
         max_disk_bytes: int = 0,
         node_selector: Mapping[str, str] | None = None,
     ) -> None:
@@ -111,6 +113,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         # HODEI_K8S_NODE_SELECTOR: a job's own selector may not contradict it.
         self.node_selector = node_selector or {}
         self.webhooks = webhooks
+        # Files jobs start with (--input): each job made is given its copy.
+        self.inputs = inputs
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -136,6 +140,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             for job in jobs:
                 job.hold(who, hold_reason)
         first = str(jobs[0].id)
+        if spec.input_sha256:
+            self.inputs.attach(spec.input_sha256, spec.input_bytes, (str(job.id) for job in jobs))
 
         def write() -> jobs_pb2.QueueJobResponse:
             # Every job of an array, or none: one write (each job's events correlated with
@@ -338,6 +344,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         job = Job.submit(
             spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id, request_digest=submission.digest
         )
+        if spec.input_sha256:
+            self.inputs.copy(str(row.id), str(job_id))
 
         def write() -> jobs_pb2.QueueJobResponse:
             with command_transaction(self.store.pool):

@@ -252,6 +252,7 @@ async def _add_services(
                 runtime.faults,
                 runtime.clock,
                 runtime.webhooks,
+                runtime.inputs,
                 runtime.config.max_disk_bytes,
                 runtime.config.kubernetes.node_selector,
             ),
@@ -281,7 +282,11 @@ async def _add_services(
         (limits_pb2, "LimitService", LimitService(runtime.limits)),
         (webhooks_pb2, "WebhookService", WebhookService(runtime.webhooks)),
         (audit_pb2, "AuditService", AuditService(Audit(runtime.pool))),
-        (artifacts_pb2, "ArtifactService", ArtifactService(runtime.store, runtime.reads, runtime.artifacts)),
+        (
+            artifacts_pb2,
+            "ArtifactService",
+            ArtifactService(runtime.store, runtime.reads, runtime.artifacts, runtime.inputs),
+        ),
     ]
     grpc_modules = {
         jobs_pb2: jobs_pb2_grpc,

@@ -16,6 +16,7 @@ from hodei.cron import CronJobs
 from hodei.domain.provider import ProviderType
 from hodei.domain.saga import Saga
 from hodei.faults import Faults
+from hodei.inputs import InputStore
 from hodei.limits import Limits
 from hodei.liveness import Liveness
 from hodei.logs import LogStore
@@ -122,6 +123,7 @@ class Runtime:
         self.registry = ProviderRegistry(self.store, providers, reasons, config.default_provider)
         self.logs = LogStore(config.log_dir, config.max_log_bytes)
         self.artifacts = ArtifactStore(config.log_dir / "artifacts", config.max_artifact_bytes)
+        self.inputs = InputStore(self.artifacts, config.max_input_bytes)
         self.faults = Faults(config.fault)
         self.liveness = Liveness(self.pool, config.server_id)
         self.secrets = JobSecrets(self.pool)

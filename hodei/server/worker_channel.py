@@ -13,7 +13,6 @@ server process dispatched the job: a NOTIFY wakes the stream, and it also polls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
@@ -38,13 +37,14 @@ from hodei.errors import (
     Unauthenticated,
 )
 from hodei.faults import Faults
+from hodei.inputs import INPUT_NAME, read_input
 from hodei.liveness import Liveness, Pace
 from hodei.logs import STDERR, STDOUT, LogLine, LogNotStored, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
 from hodei.sagas.engine import SagaEngine
 from hodei.sagas.routes import only_pokes
-from hodei.server.artifacts_api import artifact_message, artifact_pieces
+from hodei.server.artifacts_api import artifact_message, artifact_pieces, described_pieces, received
 from hodei.server.edge import STREAMS, rpc
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
@@ -108,6 +108,11 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
 def worker_actor(worker_id: UUID | str) -> str:
     """Who a worker's writes are by (``actor``): its registration, acceptance, result."""
     return f"worker:{worker_id}"
+
+
+def _input(spec: JobSpec) -> artifacts_pb2.Artifact:
+    """The job's files (--input) as its worker fetches them: its own job's, attempt 0."""
+    return artifacts_pb2.Artifact(name=INPUT_NAME, size_bytes=spec.input_bytes, sha256=spec.input_sha256, attempt=0)
 
 
 def _ended(row: SessionState) -> bool:
@@ -236,41 +241,18 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         written in a thread while the next is received (one at a time, in order), as the
         agent's fetch does (``hodei_worker.artifacts.write_pieces``)."""
         worker = await asyncio.to_thread(self._session_worker, _metadata(context))
-        upload: Upload | None = None
-        writing: asyncio.Future[None] | None = None
+
+        def begin(piece: worker_pb2.ArtifactUpload) -> Upload:
+            if piece.header.job_id != worker.job_id:
+                raise Unauthenticated(f"worker {worker.id} may only store artifacts of job {worker.job_id}")
+            header = piece.header
+            return self.artifacts.begin(worker.job_id, worker.attempt, header.name, header.size_bytes)
+
         try:
-            async for piece in request_iterator:
-                kind = piece.WhichOneof("kind")
-                if upload is None:
-                    if kind != "header":
-                        raise InvalidInput("an artifact's upload begins with its header")
-                    if piece.header.job_id != worker.job_id:
-                        raise Unauthenticated(f"worker {worker.id} may only store artifacts of job {worker.job_id}")
-                    header = piece.header
-                    upload = await asyncio.to_thread(
-                        self.artifacts.begin, worker.job_id, worker.attempt, header.name, header.size_bytes
-                    )
-                elif kind == "data":
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(upload.write, piece.data))
-                else:
-                    raise InvalidInput("an artifact's upload has one header")
-            if upload is None:
-                raise InvalidInput("an artifact's upload begins with its header")
-            if writing is not None:
-                await writing
-            stored = await asyncio.to_thread(upload.finish)
-        except BaseException as exc:
-            if writing is not None:  # its thread goes on with the file: done before it goes
-                with contextlib.suppress(BaseException):
-                    await writing
-            if upload is not None:
-                upload.discard()
-            if isinstance(exc, OSError):  # the artifacts' disk full or unwritable: the job goes on
-                log.error("could not store an artifact of job %s: %s", worker.job_id, exc)
-                raise ArtifactRefused(f"the server could not store it ({exc.strerror or exc})") from None
-            raise
+            stored = await received(request_iterator, "header", begin, Upload.finish)
+        except OSError as exc:  # the artifacts' disk full or unwritable: the job goes on
+            log.error("could not store an artifact of job %s: %s", worker.job_id, exc)
+            raise ArtifactRefused(f"the server could not store it ({exc.strerror or exc})") from None
         self.metrics.artifact_bytes.inc(stored.size_bytes)
         return worker_pb2.StoredArtifact(name=stored.name, size_bytes=stored.size_bytes, sha256=stored.sha256)
 
@@ -281,6 +263,10 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         """An artifact of a job the worker's job starts after, when its spec fetches them."""
         worker = await asyncio.to_thread(self._session_worker, _metadata(context))
         own = await asyncio.to_thread(self.store.load, Job, worker.job_id)
+        if request.job_id == str(own.id) and request.name == INPUT_NAME and own.spec.input_sha256:
+            async for piece in described_pieces(_input(own.spec), read_input(self.artifacts, str(own.id))):
+                yield piece
+            return
         if not own.spec.fetch_artifacts or request.job_id not in own.spec.after:
             raise PermissionDenied(f"job {own.id} may fetch artifacts only of the jobs it starts after (--after)")
         job = await asyncio.to_thread(self.store.load, Job, request.job_id)
@@ -454,6 +440,7 @@ class WorkerSession:
                     artifacts_exclude=spec.artifacts_exclude,
                     inputs=self._inputs(spec, after),
                     attempt=attempt,
+                    input=_input(spec) if spec.input_sha256 else None,
                     **self._after_outputs(after),
                 )
             )

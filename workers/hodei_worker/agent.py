@@ -49,7 +49,7 @@ os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hodei._proto import worker_pb2, worker_pb2_grpc
+from hodei._proto import artifacts_pb2, worker_pb2, worker_pb2_grpc
 from hodei_worker import __version__
 from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import Masker
@@ -472,6 +472,7 @@ class Agent:
         self.artifacts = tuple(run.artifacts)
         self.artifacts_exclude = tuple(run.artifacts_exclude)
         inputs = list(run.inputs)
+        archive = run.input if run.HasField("input") else None
         self.process = JobProcess(
             argv_for(run.command, list(run.args)),
             env,
@@ -480,7 +481,7 @@ class Agent:
             kill_grace=self.settings.kill_grace,
             on_output=self._on_output,
             user=user,
-            before=(lambda: self._fetch_inputs(inputs)) if inputs else None,
+            before=(lambda: self._fetch_inputs(archive, inputs)) if inputs or archive else None,
         )
         self.job_thread = threading.Thread(target=self._run_job, name="job", daemon=True)
         self.job_thread.start()
@@ -539,12 +540,28 @@ class Agent:
         """The worker's session, for the calls beside its stream."""
         return (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
 
-    def _fetch_inputs(self, inputs: list[worker_pb2.InputArtifact]) -> str | None:
-        """Fetches the artifacts of the jobs this one starts after; a problem fails its start."""
+    def _fetch_inputs(
+        self, archive: artifacts_pb2.Artifact | None, inputs: list[worker_pb2.InputArtifact]
+    ) -> str | None:
+        """Unpacks the job's own files (--input), then fetches the artifacts of the jobs it
+        starts after; a problem fails its start."""
         from hodei_worker import artifacts
 
-        until, size = time.monotonic() + artifacts.TRANSFER_SECONDS, 0
+        until = time.monotonic() + artifacts.TRANSFER_SECONDS
         user, metadata = self.settings.job_user, self._metadata()
+        if archive is not None:
+            job_id, scratch = self.settings.job_id, self.settings.homes
+            try:
+                files, unpacked = artifacts.fetch_input(
+                    lambda: self.stub, metadata, job_id, archive, self.working_dir, scratch, user, until
+                )
+            except (OSError, ValueError) as exc:
+                return f"cannot fetch its input files: {getattr(exc, 'strerror', None) or exc}"
+            except grpc.RpcError as exc:
+                return f"cannot fetch its input files: {artifacts.refusal(exc, 'fetches')}"
+            note = f"[hodei] unpacked {artifacts.counted(files, 'input file')}, {unpacked} bytes"
+            self._on_output(STDERR, [note], False)
+        size = 0
         for wanted in inputs:
             what = f"artifact {wanted.artifact.name} of job {wanted.job_id}"
             try:
@@ -553,10 +570,11 @@ class Agent:
                 return f"cannot fetch {what}: {getattr(exc, 'strerror', None) or exc}"
             except grpc.RpcError as exc:
                 return f"cannot fetch {what}: {artifacts.refusal(exc, 'fetches')}"
-        fetched = artifacts.counted(len(inputs), "artifact")
-        jobs = artifacts.counted(len({wanted.job_id for wanted in inputs}), "job")
-        notes = [f"[hodei] fetched {fetched} of {jobs} into {artifacts.FETCHED}/, {size} bytes"]
-        self._on_output(STDERR, notes, False)
+        if inputs:
+            fetched = artifacts.counted(len(inputs), "artifact")
+            jobs = artifacts.counted(len({wanted.job_id for wanted in inputs}), "job")
+            notes = [f"[hodei] fetched {fetched} of {jobs} into {artifacts.FETCHED}/, {size} bytes"]
+            self._on_output(STDERR, notes, False)
         return None
 
     def _store_artifacts(self) -> list[worker_pb2.StoredArtifact]:

@@ -1,7 +1,8 @@
 """The job's artifacts: the files its patterns (``--artifact``) match once its command
 has exited, each uploaded to the server before the job's result, which lists them; and,
 before its command runs, the artifacts of the jobs it starts after (``--fetch-artifacts``),
-each fetched into ``artifacts/<job id>/<name>`` under its working directory.
+each fetched into ``artifacts/<job id>/<name>`` under its working directory, and the files it
+was submitted with (``--input``), unpacked there.
 
 A job must not get through its agent what it could not read itself: only regular files
 inside its working directory are taken (no symbolic link is looked through: a link a
@@ -15,12 +16,16 @@ would have.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import hashlib
 import os
 import re
+import shutil
 import stat
 import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -283,6 +288,92 @@ def fetch(
             as_user(user, "rm", "-f", "--", part)
         raise
     return artifact.size_bytes
+
+
+def fetch_input(
+    stub: Callable[[], worker_pb2_grpc.WorkerAgentServiceStub],
+    metadata: tuple[tuple[str, str], ...],
+    job_id: str,
+    archive: artifacts_pb2.Artifact,
+    root: str,
+    scratch: str,
+    user: JobUser | None,
+    until: float,
+) -> tuple[int, int]:
+    """Fetches the job's own files (``--input``) into a file of the agent's under
+    ``scratch``, checks them against the digest they were submitted with, and unpacks them
+    into ``root`` as the job's user; the files and bytes unpacked. Raises OSError, an
+    RpcError, or ValueError (bytes not those uploaded, an archive that cannot be unpacked)."""
+    request = artifacts_pb2.ReadArtifactRequest(job_id=job_id, name=archive.name, attempt=0)
+    handle, path = tempfile.mkstemp(prefix=".hodei-input-", dir=scratch)
+    os.close(handle)
+    try:
+
+        def receive() -> None:
+            with open(path, "wb") as target:
+                sha256 = write_pieces(stub().FetchArtifact(request, metadata=metadata, timeout=_left(until)), target)
+            if sha256 != archive.sha256:
+                raise ValueError("its bytes are not those uploaded")
+
+        _again_while_unavailable(receive, until)
+        return _unpack(path, root, scratch, user)
+    finally:
+        os.unlink(path)
+
+
+def _unpack(path: str, root: str, scratch: str, user: JobUser | None) -> tuple[int, int]:
+    """Unpacks the archive at ``path`` into ``root``, each member as ``_member`` allows
+    it; the files and bytes unpacked. For a job run as another user, into a directory of
+    the agent's first (nobody else's: the checks hold), its files then given to that user,
+    who copies them into ``root`` (``cp -a``, as ``as_user`` acts: the working directory is
+    that user's to change, and the archive can put nothing where the user could not)."""
+    target = root if user is None else tempfile.mkdtemp(prefix=".hodei-input-", dir=scratch)
+    files = size = 0
+    try:
+        with tarfile.open(path, mode="r:gz") as archive:
+            for member in archive:
+                archive.extract(_member(member, target), target)
+                if member.isfile():
+                    files, size = files + 1, size + member.size
+        if user is not None:
+            for directory, names, found in os.walk(target, topdown=False):
+                for name in (*names, *found):
+                    os.lchown(os.path.join(directory, name), user.uid, user.gid)
+            os.chown(target, user.uid, user.gid)
+            os.chmod(target, stat.S_IMODE(os.stat(root).st_mode))  # `cp -a` gives root its mode
+            _file_utility(as_user(user, "cp", "-a", "--", f"{target}/.", f"{root}/"), root)
+    except (tarfile.TarError, EOFError) as exc:
+        raise ValueError(f"cannot unpack it: {exc}") from None
+    finally:
+        if user is not None:
+            shutil.rmtree(target, ignore_errors=True)
+    return files, size
+
+
+def _member(member: tarfile.TarInfo, target: str) -> tarfile.TarInfo:
+    """The member as it may be unpacked into ``target``: the rules of tarfile's "data"
+    filter, written out because the worker image's Python (Debian's 3.11.2) predates it —
+    no absolute name, nothing (through ``..`` or a link unpacked before it) outside
+    ``target``, no link leading out of it, no hard link, device or FIFO, and modes without
+    set-id bits or group and others' write. Raises ValueError naming the member."""
+    name = member.name
+    base = os.path.realpath(target)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([os.path.realpath(path), base]) == base
+
+    if os.path.isabs(name) or not inside(os.path.join(base, name)):
+        raise ValueError(f"cannot unpack {name!r}: it would be outside the working directory")
+    if member.issym():
+        if os.path.isabs(member.linkname) or not inside(os.path.join(base, os.path.dirname(name), member.linkname)):
+            raise ValueError(f"cannot unpack {name!r}: a link to {member.linkname!r}, outside the working directory")
+    elif not (member.isfile() or member.isdir()):
+        raise ValueError(f"cannot unpack {name!r}: only files, directories and links are unpacked")
+    allowed = copy.copy(member)
+    allowed.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+    allowed.uid = allowed.gid = 0
+    allowed.uname = allowed.gname = ""
+    return allowed
 
 
 def _file_utility(problem: str | None, path: str) -> None:

@@ -1,0 +1,126 @@
+"""Files a job starts with (``job run --input``), on the server's disk.
+
+A worker runs on a host, in a container or a pod that has none of the submitter's files,
+and ``--script`` carries one file of 64 KiB. So the CLI packs the paths it is given into a
+gzipped tar archive and uploads it (``UploadInput``) before it submits: the archive is kept
+at ``<artifacts>/uploads/<sha256>``, named by its digest (Ray's working_dir packages are
+named by their hash), and the job's spec names that digest and size. The submission gives
+each job its own copy, a hard link at ``<artifacts>/<job id>/0/input.tar.gz`` (attempts count
+from 1: its artifacts never meet it), which goes with the job's artifacts — by retention,
+or by ``--artifacts-expire`` — and which its worker fetches before the command runs (the
+agent unpacks it, as the job's user). An upload no job named is deleted after an hour.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Generator, Iterable
+from pathlib import Path
+
+from hodei.artifacts import PIECE_BYTES, ArtifactStore, Stored, Upload
+from hodei.errors import InvalidInput, NotFound
+
+# What the worker's RunJob calls it (its FetchArtifact of its own job, attempt 0).
+INPUT_NAME = "input.tar.gz"
+# An upload no submission named within this many seconds is deleted.
+UNUSED_SECONDS = 3600.0
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class InputStore:
+    def __init__(self, artifacts: ArtifactStore, max_bytes: int) -> None:
+        self.artifacts = artifacts
+        self.max_bytes = max_bytes
+        self.uploads = uploads_directory(artifacts)
+
+    def begin(self, size: int) -> Upload:
+        """An upload of an archive of ``size`` bytes, refused at once when past the limit."""
+        if not 0 < size <= self.max_bytes:
+            raise InvalidInput(
+                f"an input archive of {size} bytes; it must be 1 to {self.max_bytes} bytes (HODEI_MAX_INPUT_BYTES)"
+            )
+        final = self.uploads / f"upload-{os.getpid()}-{time.monotonic_ns()}"
+        return Upload(final, "input", size, f"the input archive is more than the {size} bytes its upload said")
+
+    def keep(self, upload: Upload) -> Stored:
+        """The archive whole: kept under its digest (the same archive again replaces it)."""
+        stored = upload.finish()
+        os.replace(upload.final, self.uploads / stored.sha256)
+        return stored
+
+    def _upload(self, sha256: str, size: int) -> Path:
+        if not _DIGEST.fullmatch(sha256):
+            raise InvalidInput(f"input_sha256 must be 64 lowercase hex digits, got {sha256[:70]!r}")
+        path = self.uploads / sha256
+        try:
+            found = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound(
+                f"no input archive {sha256[:12]}… was uploaded in the last hour (job run --input uploads it first)"
+            ) from None
+        if found != size:
+            raise InvalidInput(f"input archive {sha256[:12]}… is {found} bytes, not {size}")
+        return path
+
+    def attach(self, sha256: str, size: int, job_ids: Iterable[str]) -> None:
+        """Gives each job its copy of an upload (before its job is written: a worker never
+        finds its input missing); an upload not there is refused by name."""
+        source = self._upload(sha256, size)
+        os.utime(source)  # named again: kept another hour
+        for job_id in job_ids:
+            self._link(source, job_id)
+
+    def copy(self, from_job: str, to_job: str) -> None:
+        """A job's input for the job that runs it again (``job retry``)."""
+        source = input_path(self.artifacts, from_job)
+        if not source.exists():
+            raise NotFound(
+                f"job {from_job}'s input files were deleted with its artifacts: submit it again with --input"
+            )
+        self._link(source, to_job)
+
+    def _link(self, source: Path, job_id: str) -> None:
+        target = input_path(self.artifacts, job_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # a submission sent again links anew
+        os.link(source, target)
+
+
+def uploads_directory(artifacts: ArtifactStore) -> Path:
+    return artifacts.directory / "uploads"
+
+
+def prune_uploads(artifacts: ArtifactStore, now: float | None = None) -> int:
+    """Deletes the uploads no submission named for an hour (and parts left by a server
+    that died mid-upload); how many. The retention sweep's."""
+    limit = (now if now is not None else time.time()) - UNUSED_SECONDS
+    pruned = 0
+    try:
+        entries = list(os.scandir(uploads_directory(artifacts)))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.stat().st_mtime < limit:
+                os.unlink(entry.path)
+                pruned += 1
+        except FileNotFoundError:
+            continue
+    return pruned
+
+
+def input_path(artifacts: ArtifactStore, job_id: str) -> Path:
+    return artifacts.job_directory(job_id) / "0" / INPUT_NAME
+
+
+def read_input(artifacts: ArtifactStore, job_id: str) -> Generator[bytes, None, None]:
+    """A job's copy of its files, in pieces (its worker's FetchArtifact)."""
+    try:
+        handle = open(input_path(artifacts, job_id), "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise NotFound(f"job {job_id}'s input files are no longer stored") from None
+    with handle:
+        while piece := handle.read(PIECE_BYTES):
+            yield piece
