@@ -1192,6 +1192,14 @@ def test_input_files_are_in_the_working_directory_before_the_command_runs(
     wait_settled(database_url, job_id)
     again = server.cli("job", "retry", job_id, "--wait", check=True).stdout.strip()
     assert server.cli("job", "logs", again, check=True).stdout == ran.stdout
+    # An array's jobs each have them (one upload, a copy each).
+    array = server.cli(
+        "job", "run", "-p", "local", "-c", "cat data.csv; echo $HODEI_ARRAY_INDEX", "--input", f"{tmp_path}/data.csv",
+        "--array", "0-1", "--wait",
+    )  # fmt: skip
+    assert array.returncode == 0, array.stderr
+    logs = [server.cli("job", "logs", each, check=True).stdout for each in array.stdout.split()]
+    assert logs == ["a,b0\n", "a,b1\n"]  # data.csv has no newline of its own
 
     # Refused, nothing written: a path that is not there, files named for another job in a
     # --file, an archive never uploaded (the API), a cron job given files.

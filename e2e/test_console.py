@@ -5,6 +5,7 @@ test_console_browser.py drives the pages themselves)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,15 +317,25 @@ def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, t
     guarded.cli("pool", "delete", "gpu", check=True)
 
 
-def test_a_jobs_page_says_what_it_was_given_to_run_with(guarded: ServerProcess, tokens: dict[str, str]) -> None:
+def test_a_jobs_page_says_what_it_was_given_to_run_with(
+    guarded: ServerProcess, tokens: dict[str, str], tmp_path: Path
+) -> None:
     """Its limits, as `job get` says them (the page showed none); a job given none has no such row."""
     reader = browser(guarded, tokens["read"])
-    limited = run(guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G", "--retry", "2", "--retry-on", "75,!2")
+    given = tmp_path / "given.txt"
+    given.write_text("a file for the job")
+    limited = run(
+        guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G", "--retry", "2", "--retry-on", "75,!2",
+        "--input", str(given),
+    )  # fmt: skip
     shown = reader.get(f"{guarded.http_url}/jobs/{limited}").text
     assert '<td id="resources">0.5 CPU, 64.0 MiB memory, 1.9 GiB disk</td>' in shown
     assert 'retries 2 (<span id="retry-on">--retry-on 75,!2</span>)' in shown
+    sha256 = json.loads(guarded.cli("-o", "json", "job", "get", limited, check=True).stdout)["spec"]["input_sha256"]
+    assert re.search(rf'<td id="input">\d+ bytes archive of files \(--input\), sha256 <code>{sha256[:12]}…', shown)
     plain = reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
-    assert 'id="resources"' not in plain and 'id="nodes"' not in plain and 'id="retry-on"' not in plain
+    for row in ("resources", "nodes", "retry-on", "input"):
+        assert f'id="{row}"' not in plain
     # Its nodes (Kubernetes' part; this server has none, so it fails to start, and shows them all the same).
     placed = guarded.cli(
         "job",

@@ -310,7 +310,9 @@ def test_a_pods_processes_are_ranked_for_the_oom_killer_by_its_qos_class(
     assert (state, lines) == ("SUCCEEDED", ["-997" if may_lower else "0"])
 
 
-def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(server: ServerProcess, database_url: str) -> None:
+def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
     """Written in the pod's writable scratch (its emptyDir), uploaded by its non-root agent
     before the pod goes."""
     state, _, lines = run_kubernetes(server, database_url, "id -u > uid.txt", "--artifact", "uid.txt")
@@ -325,6 +327,13 @@ def test_a_pods_files_are_kept_as_artifacts_under_its_restrictions(server: Serve
     )
     assert state == "SUCCEEDED"
     assert lines == ["1000", "[hodei] fetched 1 artifact of 1 job into artifacts/, 5 bytes"], lines
+    # Files from the submitter (--input), unpacked by the agent into the same scratch.
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "note.txt").write_text("for the pod\n")
+    state, _, lines = run_kubernetes(server, database_url, "cat note.txt; stat -c %u note.txt", "--input", f"{given}/")
+    assert state == "SUCCEEDED"
+    assert lines == ["for the pod", "1000", "[hodei] unpacked 1 input file, 12 bytes"], lines
 
 
 def test_a_job_runs_in_an_image_of_its_own_as_a_pod_under_its_restrictions(

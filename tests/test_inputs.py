@@ -62,6 +62,23 @@ def test_a_path_goes_under_its_own_name_and_a_trailing_slash_gives_a_directorys_
     assert _names(pack(["."])) == [".hidden", "link.py", "main.py", "sub", "sub/data.txt"]
 
 
+def test_the_same_files_make_the_same_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submission sent again with its key (--idempotency-key) and the same files is the
+    same request: the archive holds no time of its making."""
+    _tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = pack(["src", "top.txt"])
+    time.sleep(1.1)  # gzip's header counts whole seconds
+    second = pack(["src", "top.txt"])
+    first.archive.close()
+    second.archive.close()
+    assert first.sha256 == second.sha256
+    (tmp_path / "top.txt").write_text("changed\n")
+    changed = pack(["src", "top.txt"])
+    changed.archive.close()
+    assert changed.sha256 != first.sha256
+
+
 def test_a_hard_link_is_sent_as_a_file_and_what_cannot_be_sent_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("same")
     os.link(tmp_path / "a", tmp_path / "b")

@@ -11,6 +11,7 @@ that leads out of the working directory); only files, directories and links are 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import stat
@@ -48,7 +49,13 @@ def pack(paths: Sequence[str]) -> Packed:
 def _packed(archive: IO[bytes], paths: Sequence[str]) -> Packed:
     files = 0
     names: set[str] = set()
-    with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+    # No time in gzip's header (and members in a stable order, owned by no one): the same
+    # files give the same archive, so `--idempotency-key` sent again with them is the same
+    # request, not another one with the same key.
+    with (
+        gzip.GzipFile(fileobj=archive, mode="wb", compresslevel=6, mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for path in paths:
             for name, found in _members(path):
                 if name in names:
