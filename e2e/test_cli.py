@@ -1226,3 +1226,32 @@ def test_input_files_are_in_the_working_directory_before_the_command_runs(
             cron_pb2_grpc.CronServiceStub(channel).CreateCronJob(cron, timeout=30)
         assert "a cron job's runs cannot take --input files" in str(refused.value.details())
     assert query(database_url, "SELECT count(*) FROM jobs") == before
+
+
+def test_a_dry_run_is_checked_by_the_server_submits_nothing_and_prints_a_file_to_submit(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    """`job run --dry-run` (kubectl's --dry-run=server, AIP-163's validate_only): what the
+    server would refuse is refused, nothing is written, and the spec it prints is a file
+    `job run --file` takes."""
+    before = query(database_url, "SELECT count(*) FROM jobs")
+    flags = ("-p", "local", "-c", "echo $GREETING", "-e", "GREETING=hi", "-l", "team=data", "--retry", "1")
+    checked = server.cli("job", "run", *flags, "--dry-run")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == (
+        "command: echo $GREETING\nenv:\n  GREETING: hi\ntimeout_seconds: 600.0\n"
+        "provider: local\nlabels:\n  team: data\nmax_attempts: 1\nretries: 1\n"
+    )
+    assert "[hodei] a job the server would take: nothing submitted (--dry-run)" in checked.stderr
+    array = json.loads(server.cli("-o", "json", "job", "run", *flags, "--array", "0-2", "--dry-run", check=True).stdout)
+    assert (array["jobs"], array["spec"]["env"], array["spec"]["pool"]) == (3, {"GREETING": "hi"}, "")
+    # What only the server knows: a pool that does not exist.
+    refused = server.cli("job", "run", *flags, "--pool", "nowhere", "--dry-run")
+    assert refused.returncode == 2 and "no pool 'nowhere': an operator creates it" in refused.stderr
+    waited = server.cli("job", "run", *flags, "--dry-run", "--wait")
+    assert waited.returncode == 2 and "--dry-run submits nothing: there is nothing to wait for" in waited.stderr
+    assert query(database_url, "SELECT count(*) FROM jobs") == before
+    # The printed spec, kept as a file, submits the job.
+    (tmp_path / "job.yaml").write_text(checked.stdout)
+    ran = server.cli("job", "run", "--file", str(tmp_path / "job.yaml"), "--follow")
+    assert (ran.returncode, ran.stdout) == (0, "hi\n"), ran.stderr

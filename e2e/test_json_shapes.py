@@ -60,6 +60,7 @@ POOL = "pool set|get|delete"
 LIMIT = "limit set|get|delete"
 CASES: list[tuple[str, list[str], int]] = [
     ("job run", ["job", "run", "--provider", "local", "--command", "true"], 0),
+    ("job run --dry-run", ["job", "run", "--provider", "local", "--command", "true", "--dry-run"], 0),
     ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
     ("job run --array", ["job", "run", "--provider", "local", "--command", "true", "--array", "0-1"], 0),
     ("job run --follow", ["job", "run", "--provider", "local", "--command", "echo hi", "--follow"], 0),

@@ -74,6 +74,7 @@ class QueueJobRequest(_message.Message):
     HOLD_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     hold: _builtins.bool
     """Submit the job (every job of an array) held (`job run --hold`, Slurm's sbatch -H): it
     waits out of its line until released (ReleaseJob).
@@ -85,6 +86,11 @@ class QueueJobRequest(_message.Message):
     same key sent again by the same submitter, with the same request, answers the job (the
     jobs of an array) it submitted, and submits nothing; with another request it is
     refused (ALREADY_EXISTS). Letters, digits and ._:/@+=- , at most 128. Empty: none.
+    """
+    validate_only: _builtins.bool
+    """Check the request as a submission would (the spec, its provider, pool, nodes, jobs it
+    starts after, the submitter's limit of jobs not ended) and write nothing (AIP-163's
+    validate_only): the answer names no job. Its input archive is not looked for.
     """
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
@@ -118,10 +124,11 @@ class QueueJobRequest(_message.Message):
         hold: _builtins.bool = ...,
         hold_reason: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_arrays", b"after_arrays", "array", b"array", "hold", b"hold", "hold_reason", b"hold_reason", "idempotency_key", b"idempotency_key", "secrets", b"secrets", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_arrays", b"after_arrays", "array", b"array", "hold", b"hold", "hold_reason", b"hold_reason", "idempotency_key", b"idempotency_key", "secrets", b"secrets", "spec", b"spec", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import grpc
+import yaml
+from google.protobuf.json_format import MessageToDict
 from rich.live import Live
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -333,6 +335,8 @@ def queue_request(args: argparse.Namespace) -> None:
             array_element(spec, str(UUID(int=0)), index, len(indices)).validate(secrets)
     if args.hold_reason and not args.hold:
         raise InvalidInput("--hold-reason says why a job submitted with --hold is held: add --hold")
+    if args.dry_run and (args.wait or args.follow):
+        raise InvalidInput("--dry-run submits nothing: there is nothing to wait for or follow")
     args.request = jobs_pb2.QueueJobRequest(
         spec=spec_to_proto(spec),
         secrets=secrets,
@@ -347,6 +351,8 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     for after in (args.request.spec.after, args.request.after_arrays):
         if LATEST in after:  # the newest job now, before this one is submitted
             after[latest_job(client)] = after.pop(LATEST)
+    if args.dry_run:
+        return _dry_run(client, term, args)
     if args.packed is not None:
         with args.packed.archive:
             _upload(client, term, args.packed)
@@ -354,6 +360,33 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if queued.array_job_ids:
         return _run_array(client, term, args, queued)
     return submitted(client, term, args, queued)
+
+
+def _dry_run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    """``--dry-run``: the server checks the request as it would a submission and writes
+    nothing (``validate_only``); the spec is printed, as a file ``job run --file`` takes
+    (YAML of the fields given, its --input archive left out: files are given by flag) or,
+    with -o json, whole."""
+    if args.packed is not None:
+        args.packed.archive.close()  # its digest is checked; nothing is uploaded
+    request = jobs_pb2.QueueJobRequest()
+    request.CopyFrom(args.request)
+    request.validate_only = True
+    request.idempotency_key = ""
+    client.call(client.jobs.QueueJob, request)
+    jobs = max(1, len(request.array))
+    if term.json:
+        term.data({"spec": message_dict(request.spec), "jobs": jobs})
+        return 0
+    given = {
+        name: value
+        for name, value in MessageToDict(request.spec, preserving_proto_field_name=True).items()
+        if value != {} and name not in ("input_sha256", "input_bytes")
+    }
+    term.line(yaml.safe_dump(given, sort_keys=False, allow_unicode=True).rstrip("\n"))
+    counted = "a job" if jobs == 1 else f"an array of {jobs} jobs"
+    term.info(f"[hodei] {counted} the server would take: nothing submitted (--dry-run)")
+    return 0
 
 
 # The most an --input archive's upload may take (HODEI_MAX_INPUT_BYTES is 256 MiB by default).
@@ -1369,6 +1402,12 @@ def add_commands(commands: Any) -> Any:
         help="submit it held: it waits in the queue out of line until `job release` (an array: every job)",
     )
     run_parser.add_argument("--hold-reason", metavar="TEXT", help="why, with --hold: shown with it in the queue")
+    run_parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="have the server check it as a submission and submit nothing; prints its spec as a file --file takes "
+        "(YAML; -o json: whole)",
+    )
     add_idempotency_key(run_parser)
     add_wait_options(run_parser)
     spec_defaults.update({action.dest: action.default for action in (after, fetch, begin_at)})

@@ -111,6 +111,10 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         _object(job_id=_STRING, array_id=_STRING, job_ids=_array(_STRING), already_submitted=_BOOLEAN),
         False,
     ),
+    "job run --dry-run": (
+        _object(spec=message_schema(common_pb2.JobSpec.DESCRIPTOR), jobs={"type": "integer"}),
+        False,
+    ),
     "job run --wait": (EVENT_LINE, True),
     "job run --follow": (EVENT_LINE, True),
     "job get": (JOB, False),

@@ -121,7 +121,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         who = caller().name
         submission = Submission.of(request, who)
         secrets = dict(request.secrets)
-        if (repeat := self._repeat(submission, secrets, bool(request.array))) is not None:
+        if not request.validate_only and (repeat := self._repeat(submission, secrets, bool(request.array))):
             return repeat
         spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
         naming_arrays(spec, request.after_arrays).validate(secrets)
@@ -140,6 +140,10 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             for job in jobs:
                 job.hold(who, hold_reason)
         first = str(jobs[0].id)
+        if request.validate_only:
+            with command_transaction(self.store.pool):  # writes nothing
+                self.limits.make_room(who, len(jobs))
+            return jobs_pb2.QueueJobResponse()
         if spec.input_sha256:
             self.inputs.attach(spec.input_sha256, spec.input_bytes, (str(job.id) for job in jobs))
 
