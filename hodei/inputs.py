@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Generator, Iterable
 from pathlib import Path
@@ -85,7 +86,10 @@ class InputStore:
         target = input_path(self.artifacts, job_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)  # a submission sent again links anew
-        os.link(source, target)
+        try:
+            os.link(source, target)
+        except OSError:  # a file system without hard links: a copy of its own
+            shutil.copyfile(source, target)
 
 
 def uploads_directory(artifacts: ArtifactStore) -> Path:

@@ -126,6 +126,19 @@ def test_an_upload_is_kept_by_its_digest_and_each_job_gets_its_own_copy(tmp_path
         store.copy("job-1", "job-4")
 
 
+def test_where_files_cannot_be_linked_each_job_gets_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    sha256 = _upload(store, b"archive")
+
+    def refuse(source: object, target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")  # as a file system without hard links says
+
+    monkeypatch.setattr(os, "link", refuse)
+    store.attach(sha256, 7, ["job-1"])
+    assert b"".join(read_input(store.artifacts, "job-1")) == b"archive"
+    assert os.stat(input_path(store.artifacts, "job-1")).st_nlink == 1
+
+
 def test_an_upload_past_the_limit_or_not_there_is_refused_and_an_unnamed_one_goes_after_an_hour(
     tmp_path: Path,
 ) -> None:
