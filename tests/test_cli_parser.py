@@ -93,6 +93,12 @@ def test_retry_on_terms_come_from_each_flag_and_each_comma_in_one_form() -> None
     assert (spec.retry_on, spec.problems()) == (("75", "!2", "timeout"), [])
 
 
+def test_input_exclude_without_input_is_refused() -> None:
+    args = parser().parse_args(["job", "run", "-c", "true", "--input-exclude", ".git"])
+    with pytest.raises(InvalidInput, match=r"^--input-exclude leaves paths out of --input: give the files with"):
+        args.prepare(args)
+
+
 def _file_request(tmp_path: Path, text: str, *flags: str) -> Any:
     path = tmp_path / "job.yaml"
     path.write_text(text)

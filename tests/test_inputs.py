@@ -62,6 +62,20 @@ def test_a_path_goes_under_its_own_name_and_a_trailing_slash_gives_a_directorys_
     assert _names(pack(["."])) == [".hidden", "link.py", "main.py", "sub", "sub/data.txt"]
 
 
+def test_excluded_paths_are_left_out_as_gitignore_reads_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tree(tmp_path)
+    (tmp_path / "src/.git/objects").mkdir(parents=True)
+    (tmp_path / "src/.git/objects/x").write_text("x")
+    (tmp_path / "src/sub/cache.pyc").write_text("c")
+    (tmp_path / "src/main.pyc").write_text("c")
+    monkeypatch.chdir(tmp_path)
+    packed = pack(["src", "top.txt"], [".git", "*.pyc", "src/sub/data.txt", "top.txt/"])
+    assert packed.excluded == 5  # .git (whole), two .pyc, a path from the top, a file named with a /
+    assert _names(packed) == ["src", "src/.hidden", "src/link.py", "src/main.py", "src/sub"]
+    kept = sorted(_names(pack(["src/"], ["sub"])))
+    assert kept == [".git", ".git/objects", ".git/objects/x", ".hidden", "link.py", "main.py", "main.pyc"]
+
+
 def test_the_same_files_make_the_same_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A submission sent again with its key (--idempotency-key) and the same files is the
     same request: the archive holds no time of its making."""

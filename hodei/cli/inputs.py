@@ -11,6 +11,7 @@ that leads out of the working directory); only files, directories and links are 
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
 import os
@@ -34,19 +35,42 @@ class Packed:
     sha256: str
     size: int
     files: int
+    # Paths --input-exclude left out.
+    excluded: int = 0
 
 
-def pack(paths: Sequence[str]) -> Packed:
-    """The archive, in a temporary file the caller closes once it is sent."""
+def pack(paths: Sequence[str], exclude: Sequence[str] = ()) -> Packed:
+    """The archive, in a temporary file the caller closes once it is sent; what an
+    ``exclude`` pattern matches (``--input-exclude``) left out."""
     archive = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's, until it is uploaded
     try:
-        return _packed(archive, paths)
+        return _packed(archive, paths, Excluded(tuple(exclude)))
     except BaseException:
         archive.close()
         raise
 
 
-def _packed(archive: IO[bytes], paths: Sequence[str]) -> Packed:
+@dataclass
+class Excluded:
+    """``--input-exclude`` patterns, as .gitignore reads them: one without a ``/`` matches
+    a name anywhere (``*.pyc``, ``.git``, ``node_modules``), one with a ``/`` the path
+    from the archive's top (``src/build``, ``data/*.tmp``); a directory matched is left out
+    whole. Counts what it left out."""
+
+    patterns: tuple[str, ...]
+    count: int = 0
+
+    def __call__(self, name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        for pattern in self.patterns:
+            anchored = pattern.strip("/")
+            if fnmatch.fnmatchcase(name, anchored) if "/" in anchored else fnmatch.fnmatchcase(base, anchored):
+                self.count += 1
+                return True
+        return False
+
+
+def _packed(archive: IO[bytes], paths: Sequence[str], excluded: Excluded) -> Packed:
     files = 0
     names: set[str] = set()
     # No time in gzip's header (and members in a stable order, owned by no one): the same
@@ -57,7 +81,7 @@ def _packed(archive: IO[bytes], paths: Sequence[str]) -> Packed:
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for path in paths:
-            for name, found in _members(path):
+            for name, found in _members(path, excluded):
                 if name in names:
                     raise InvalidInput(f"--input: {name!r} is given twice (by {path!r} and before)")
                 names.add(name)
@@ -78,12 +102,13 @@ def _packed(archive: IO[bytes], paths: Sequence[str]) -> Packed:
     while piece := archive.read(PIECE_BYTES):
         digest.update(piece)
     archive.seek(0)
-    return Packed(archive, digest.hexdigest(), size, files)
+    return Packed(archive, digest.hexdigest(), size, files, excluded.count)
 
 
-def _members(path: str) -> Iterator[tuple[str, str]]:
+def _members(path: str, excluded: Excluded) -> Iterator[tuple[str, str]]:
     """The archive's names and the local paths they come from, for one --input path, in
-    a stable order (the same files give the same archive's contents)."""
+    a stable order (the same files give the same archive's contents), but those
+    ``excluded`` (a directory's whole tree)."""
     try:
         mode = os.lstat(path).st_mode
     except OSError as exc:
@@ -93,18 +118,24 @@ def _members(path: str) -> Iterator[tuple[str, str]]:
         base = ""
     else:
         base = os.path.basename(os.path.normpath(path))
+        if excluded(base):
+            return
         yield base, path
         if not stat.S_ISDIR(mode):
             _check(path, mode)
             return
     for root, directories, names in os.walk(path):
-        directories.sort()
         relative = os.path.relpath(root, path)
         prefix = base if relative == "." else os.path.join(base, relative) if base else relative
-        for name in sorted(directories + names):
+
+        def named(name: str, prefix: str = prefix) -> str:
+            return os.path.join(prefix, name) if prefix else name
+
+        directories[:] = sorted(name for name in directories if not excluded(named(name)))  # not walked
+        for name in sorted([*directories, *(name for name in names if not excluded(named(name)))]):
             found = os.path.join(root, name)
             _check(found, os.lstat(found).st_mode)  # a linked directory is a link: not walked
-            yield (os.path.join(prefix, name) if prefix else name), found
+            yield named(name), found
 
 
 def _check(path: str, mode: int) -> None:

@@ -322,7 +322,9 @@ def queue_request(args: argparse.Namespace) -> None:
             array_limit=array.limit,
             fetch_artifacts=args.fetch_artifacts,
         )
-    args.packed = pack(args.input) if args.input else None
+    if args.input_exclude and not args.input:
+        raise InvalidInput("--input-exclude leaves paths out of --input: give the files with --input")
+    args.packed = pack(args.input, args.input_exclude or ()) if args.input else None
     if args.packed is not None:
         spec = replace(spec, input_sha256=args.packed.sha256, input_bytes=args.packed.size)
     naming_arrays(spec, after_arrays).validate(secrets)
@@ -401,7 +403,8 @@ def _upload(client: Client, term: Terminal, packed: Packed) -> None:
             f"the server kept the input archive as {uploaded.sha256}, not {packed.sha256}: send it again"
         )
     files = "1 file" if packed.files == 1 else f"{packed.files} files"
-    term.info(f"[hodei] uploaded {files} for the job's working directory ({size_text(packed.size)} gzipped)")
+    left = f"; {packed.excluded} paths left out (--input-exclude)" if packed.excluded else ""
+    term.info(f"[hodei] uploaded {files} for the job's working directory ({size_text(packed.size)} gzipped{left})")
 
 
 def submit(
@@ -1375,6 +1378,13 @@ def add_commands(commands: Any) -> Any:
         metavar="PATH",
         help="a file or directory to put into the job's working directory before its command runs, under its own "
         "name (a directory with a trailing /, or ., its contents); repeatable. Uploaded first (HODEI_MAX_INPUT_BYTES)",
+    )
+    run_parser.add_argument(
+        "--input-exclude",
+        action="append",
+        metavar="PATTERN",
+        help="leave out of --input what matches, as .gitignore reads it: a name anywhere (.git, '*.pyc', "
+        "node_modules) or, with a /, a path from the top (src/build); repeatable",
     )
     run_parser.add_argument(
         "--array",
