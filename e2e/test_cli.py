@@ -22,7 +22,17 @@ from typing import Any
 import grpc
 import pytest
 
-from hodei._proto import common_pb2, cron_pb2, cron_pb2_grpc, jobs_pb2, jobs_pb2_grpc, logs_pb2, logs_pb2_grpc
+from hodei._proto import (
+    artifacts_pb2,
+    artifacts_pb2_grpc,
+    common_pb2,
+    cron_pb2,
+    cron_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    logs_pb2,
+    logs_pb2_grpc,
+)
 from hodei.cli.main import main
 from hodei.errors import ShuttingDown
 from hodei.testing import (
@@ -42,7 +52,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "30"}
+    # A small HODEI_MAX_INPUT_BYTES: an --input past it is refused at upload.
+    env = {"HODEI_HEARTBEAT_INTERVAL": "0.5", "HODEI_HEARTBEAT_TIMEOUT": "30", "HODEI_MAX_INPUT_BYTES": "1000000"}
     with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env) as process:
         yield process
     print(process.logs()[-5000:])
@@ -1226,6 +1237,31 @@ def test_input_files_are_in_the_working_directory_before_the_command_runs(
             cron_pb2_grpc.CronServiceStub(channel).CreateCronJob(cron, timeout=30)
         assert "a cron job's runs cannot take --input files" in str(refused.value.details())
     assert query(database_url, "SELECT count(*) FROM jobs") == before
+
+
+def test_an_upload_past_its_limit_or_unlike_what_it_said_is_refused_and_leaves_nothing(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    before = query(database_url, "SELECT count(*) FROM jobs")
+    (tmp_path / "big.bin").write_bytes(os.urandom(1_500_000))  # random: gzip cannot bring it under 1 MB
+    refused = server.cli("job", "run", "-p", "local", "-c", "true", "--input", str(tmp_path / "big.bin"))
+    assert refused.returncode == 2
+    assert "it must be 1 to 1000000 bytes (HODEI_MAX_INPUT_BYTES)" in refused.stderr, refused.stderr
+    assert query(database_url, "SELECT count(*) FROM jobs") == before
+
+    def upload(size: int, data: bytes) -> grpc.RpcError:
+        pieces = [artifacts_pb2.InputPiece(size_bytes=size), artifacts_pb2.InputPiece(data=data)]
+        with server.channel() as channel, pytest.raises(grpc.RpcError) as failed:
+            artifacts_pb2_grpc.ArtifactServiceStub(channel).UploadInput(iter(pieces), timeout=30)
+        return failed.value
+
+    more = upload(10, b"x" * 20)
+    assert more.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the input archive is more than the 10 bytes its upload said" in str(more.details())
+    less = upload(20, b"x" * 10)
+    assert "the input archive was 10 bytes, not the 20 its upload said" in str(less.details())
+    uploads = server.log_dir / "artifacts" / "uploads"
+    assert [name for name in os.listdir(uploads) if name.endswith(".part")] == []
 
 
 def test_a_dry_run_is_checked_by_the_server_submits_nothing_and_prints_a_file_to_submit(
