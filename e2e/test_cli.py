@@ -1291,3 +1291,38 @@ def test_a_dry_run_is_checked_by_the_server_submits_nothing_and_prints_a_file_to
     (tmp_path / "job.yaml").write_text(checked.stdout)
     ran = server.cli("job", "run", "--file", str(tmp_path / "job.yaml"), "--follow")
     assert (ran.returncode, ran.stdout) == (0, "hi\n"), ran.stderr
+
+
+def test_several_jobs_logs_come_each_line_after_its_jobs_name(server: ServerProcess, database_url: str) -> None:
+    """`job logs -l hodei.io/array=ID` (`kubectl logs -l --prefix`, stern): an array's output
+    together, one job after another, or with --follow as they print, whole lines each."""
+    command = (
+        'echo "start $HODEI_ARRAY_INDEX"; printf "part-"; sleep 0.$HODEI_ARRAY_INDEX; echo "end $HODEI_ARRAY_INDEX"'
+    )
+    ran = server.cli("job", "run", "-p", "local", "-n", "piece", "-c", command, "--array", "1-3")
+    array_id = ran.stdout.split()[0]
+    selector = f"hodei.io/array={array_id}"
+    followed = server.cli("job", "logs", "-l", selector, "--follow", timeout=120)
+    assert followed.returncode == 0, followed.stderr
+    lines = followed.stdout.splitlines()
+    for index in (1, 2, 3):  # whole lines: a job's `part-` is never cut by another job's line
+        mine = [line for line in lines if line.startswith(f"[piece[{index}]] ")]
+        assert mine == [f"[piece[{index}]] start {index}", f"[piece[{index}]] part-end {index}"], lines
+    assert len(lines) == 6
+    # Ended: one job after another, the oldest first; ids name them the same way.
+    after = server.cli("job", "logs", "-l", selector, check=True).stdout
+    assert after.splitlines() == [f"[piece[{i}]] {text} {i}" for i in (1, 2, 3) for text in ("start", "part-end")]
+    ids = ran.stdout.split()
+    assert server.cli("job", "logs", ids[2], ids[0], check=True).stdout.splitlines() == [
+        "[piece[3]] start 3",
+        "[piece[3]] part-end 3",
+        "[piece[1]] start 1",
+        "[piece[1]] part-end 1",
+    ]
+    entries = [
+        json.loads(line)
+        for line in server.cli("-o", "json", "job", "logs", "-l", selector, check=True).stdout.splitlines()
+    ]
+    assert sorted({entry["job_id"] for entry in entries}) == sorted(ids) and len(entries) == 6
+    none = server.cli("job", "logs", "-l", "hodei.io/array=nothing")
+    assert (none.returncode, none.stdout) == (0, "") and "no job matches the selection: no output" in none.stderr

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
-from hodei._proto import jobs_pb2
+from hodei._proto import jobs_pb2, logs_pb2, worker_pb2
 from hodei.cli.client import Connection
-from hodei.cli.jobs import StoppedWaiting, reconnecting, submit
+from hodei.cli.jobs import StoppedWaiting, _print_log, reconnecting, submit
 from hodei.cli.main import explain
 from hodei.cli.terminal import Terminal
 
@@ -156,3 +157,27 @@ def test_a_call_the_server_did_not_answer_in_time_is_explained() -> None:
     said = explain(Late(), Connection(server="jobs.example:50051"))
     assert said.startswith("the server at jobs.example:50051 did not answer in time (DEADLINE_EXCEEDED)"), said
     assert "a change asked for may still be made" in said
+
+
+def test_several_jobs_lines_are_printed_whole_each_after_its_jobs_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """A piece of one job's long line is held until its line ends: no other job's line
+    lands inside it."""
+
+    def entry(job: str, line: str, partial: bool = False, stream: Any = worker_pb2.LOG_STREAM_STDOUT) -> Any:
+        return logs_pb2.JobLogEntry(job_id=job, line=line, partial=partial, stream=stream, attempt=1)
+
+    entries = [
+        entry("a", "part-", partial=True),
+        entry("b", "whole"),
+        entry("a", "more-", partial=True),
+        entry("b", "oops", stream=worker_pb2.LOG_STREAM_STDERR),
+        entry("a", "end"),
+        entry("a", "next"),
+    ]
+    _print_log(Terminal("text"), entries, False, {"a": "[a] ", "b": "[b] "})
+    printed = capsys.readouterr()
+    assert printed.out == "[b] whole\n[a] part-more-end\n[a] next\n"
+    assert printed.err == "[b] oops\n"
+    # One job alone: its pieces as they come, as before.
+    _print_log(Terminal("text"), entries[:1] + entries[2:3] + entries[4:5], False)
+    assert capsys.readouterr().out == "part-more-end\n"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -729,29 +730,42 @@ class _LogPrinter:
     """Prints a job's output as it was: stdout to stdout, stderr to stderr, and with
     ``timestamps`` each line after the time the worker read it (a long line's later
     pieces continue it, unstamped). A retried job's log holds every attempt's output:
-    where another attempt's begins, a ``[hodei] attempt N`` line on stderr says so."""
+    where another attempt's begins, a ``[hodei] attempt N`` line on stderr says so. With
+    a ``prefix`` (several jobs' output on one terminal) each line begins with it and is
+    printed whole once its last piece came, so that no other job's line lands inside it."""
 
-    def __init__(self, term: Terminal, timestamps: bool) -> None:
+    def __init__(self, term: Terminal, timestamps: bool, prefix: str = "") -> None:
         self.term = term
         self.timestamps = timestamps
-        self.mid_line: set[int] = set()  # streams whose last piece did not end its line
+        self.prefix = prefix
+        self.mid_line: dict[int, str] = {}  # streams whose last piece did not end its line: what is held of it
         self.attempt: int | None = None
 
     def __call__(self, entry: logs_pb2.JobLogEntry) -> None:
         if attempt_begins(self.attempt, entry.attempt):
-            for stream in self.mid_line:  # a lost worker's unfinished line ends here
-                self.term.output("", stderr=stream == worker_pb2.LOG_STREAM_STDERR, partial=False)
+            for stream, held in self.mid_line.items():  # a lost worker's unfinished line ends here
+                self._output(held, stream, partial=False)
             self.mid_line.clear()
-            self.term.info(f"[hodei] attempt {entry.attempt}")
+            self.term.info(f"{self.prefix}[hodei] attempt {entry.attempt}")
         self.attempt = entry.attempt
         text = entry.line
-        if self.timestamps and entry.stream not in self.mid_line:
-            text = f"{when(entry, 'timestamp')} {text}"
+        if entry.stream not in self.mid_line:
+            text = self.prefix + (f"{when(entry, 'timestamp')} {text}" if self.timestamps else text)
+        if self.prefix:
+            text = self.mid_line.pop(entry.stream, "") + text
+            if entry.partial:
+                self.mid_line[entry.stream] = text
+                return
+            self._output(text, entry.stream, partial=False)
+            return
         if entry.partial:
-            self.mid_line.add(entry.stream)
+            self.mid_line[entry.stream] = ""
         else:
-            self.mid_line.discard(entry.stream)
-        self.term.output(text, stderr=entry.stream == worker_pb2.LOG_STREAM_STDERR, partial=entry.partial)
+            self.mid_line.pop(entry.stream, None)
+        self._output(text, entry.stream, entry.partial)
+
+    def _output(self, text: str, stream: int, partial: bool) -> None:
+        self.term.output(text, stderr=stream == worker_pb2.LOG_STREAM_STDERR, partial=partial)
 
 
 def follow(client: Client, term: Terminal, job_id: str, timestamps: bool) -> int:
@@ -851,8 +865,9 @@ def latest_job(client: Client) -> str:
     return str(listed[0].id)
 
 
-def add_job_filters(parser: argparse._ActionsContainer) -> None:
-    """What `job list` selects jobs by, and `job cancel`, `hold` and `release` too."""
+def add_job_filters(parser: argparse._ActionsContainer, submitted_since: bool = True) -> None:
+    """What `job list` selects jobs by, and `job cancel`, `hold`, `release` and `logs` too
+    (`logs` has a --since of its own: the lines printed since then)."""
     parser.add_argument(
         "--state",
         choices=[s.value for s in JobState] + [s.value.lower() for s in JobState],
@@ -869,9 +884,13 @@ def add_job_filters(parser: argparse._ActionsContainer) -> None:
         help="only jobs whose labels match: KEY=VALUE, KEY!=VALUE (or no such label), KEY (any value), !KEY; "
         "repeatable",
     )
-    parser.add_argument(
-        "--since", type=since, metavar="WHEN", help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time"
-    )
+    if submitted_since:
+        parser.add_argument(
+            "--since",
+            type=since,
+            metavar="WHEN",
+            help="only jobs submitted since then: 1h, 2d (ago) or an ISO 8601 time",
+        )
     whose = parser.add_mutually_exclusive_group()
     whose.add_argument("--submitter", "-u", metavar="NAME", help="only jobs this token's name submitted (squeue -u)")
     whose.add_argument("--mine", action="store_true", help="only jobs the caller's token submitted (squeue --me)")
@@ -881,8 +900,10 @@ _FILTERS = ("state", "provider", "name", "label", "since", "submitter", "mine")
 
 
 def selects(args: argparse.Namespace) -> bool:
-    """Whether the command names its jobs by ``add_job_filters``' flags."""
-    return any(getattr(args, name, None) for name in _FILTERS)
+    """Whether the command names its jobs by ``add_job_filters``' flags (`job logs`'
+    --since is of its lines)."""
+    names = [name for name in _FILTERS if not (name == "since" and args.handler is logs)]
+    return any(getattr(args, name, None) for name in names)
 
 
 def list_request(args: argparse.Namespace, limit: int, offset: int) -> jobs_pb2.ListJobsRequest:
@@ -947,13 +968,19 @@ def _chosen(client: Client, term: Terminal, args: argparse.Namespace) -> list[st
     whole before the first is changed (a change may take a job out of the selection)."""
     if not selects(args):
         return [args.job_id, *args.more_ids]
-    if args.job_id:
-        raise InvalidInput("give job ids or a selection (--state, --label, --submitter, …), not both")
-    chosen: list[str] = []
-    while page := client.call(client.jobs.ListJobs, list_request(args, MAX_JOBS_LISTED, len(chosen))).jobs:
-        chosen.extend(job.id for job in page)
+    chosen = [job.id for job in _selected(client, args)]
     if not chosen:
         term.info("no job matches the selection: nothing to change")
+    return chosen
+
+
+def _selected(client: Client, args: argparse.Namespace) -> list[common_pb2.Job]:
+    """Every job the selection's flags match, newest first."""
+    if args.job_id:
+        raise InvalidInput("give job ids or a selection (--state, --label, --submitter, …), not both")
+    chosen: list[common_pb2.Job] = []
+    while page := client.call(client.jobs.ListJobs, list_request(args, MAX_JOBS_LISTED, len(chosen))).jobs:
+        chosen.extend(page)
     return chosen
 
 
@@ -1024,14 +1051,85 @@ def _each_job(
     return 2 if refused else 0
 
 
+# `job logs --follow` of several jobs follows each on a stream of its own: at most this many.
+MOST_FOLLOWED = 100
+
+
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
-    show = _LogPrinter(term, args.timestamps)
-    for entry in _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail, args.since):
+    """One job's output; or several jobs' (ids, or a selection: an array's, a team's), each
+    line after its job's name (`kubectl logs -l --prefix`): one job after another, oldest
+    first, or with --follow as they print, each whole line at once."""
+    if not selects(args) and not args.more_ids:
+        entries = _log_entries(client, args.job_id, args.follow, args.attempt or 0, args.tail, args.since)
+        _print_log(term, entries, args.timestamps)
+        return 0
+    if selects(args):
+        jobs = list(reversed(_selected(client, args)))
+    else:
+        jobs = [
+            client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=ref)).job
+            for ref in (args.job_id, *args.more_ids)
+        ]
+    if not jobs:
+        term.info("no job matches the selection: no output")
+        return 0
+    if args.follow and len(jobs) > MOST_FOLLOWED:
+        raise InvalidInput(f"--follow follows at most {MOST_FOLLOWED} jobs at once, and {len(jobs)} match: narrow it")
+    names = [job.spec.name for job in jobs]
+    prefixes = {
+        job.id: f"[{job.spec.name}] " if names.count(job.spec.name) == 1 else f"[{job.spec.name} {job.id[:8]}] "
+        for job in jobs
+    }
+    streams = {
+        job.id: _log_entries(client, job.id, args.follow, args.attempt or 0, args.tail, args.since) for job in jobs
+    }
+    entries = _together(streams) if args.follow else (entry for stream in streams.values() for entry in stream)
+    _print_log(term, entries, args.timestamps, prefixes)
+    return 0
+
+
+def _print_log(
+    term: Terminal,
+    entries: Iterable[logs_pb2.JobLogEntry],
+    timestamps: bool,
+    prefixes: Mapping[str, str] | None = None,
+) -> None:
+    printers: dict[str, _LogPrinter] = {}
+    for entry in entries:
         if term.json:
             term.line_data(message_dict(entry))
+            continue
+        printer = printers.get(entry.job_id)
+        if printer is None:
+            prefix = prefixes[entry.job_id] if prefixes else ""
+            printer = printers[entry.job_id] = _LogPrinter(term, timestamps, prefix)
+        printer(entry)
+
+
+def _together(streams: Mapping[str, Iterator[logs_pb2.JobLogEntry]]) -> Iterator[logs_pb2.JobLogEntry]:
+    """Several jobs' log entries as they come: a thread reads each job's stream."""
+    arrived: queue.Queue[tuple[str, logs_pb2.JobLogEntry | BaseException | None]] = queue.Queue()
+
+    def read(job_id: str, stream: Iterator[logs_pb2.JobLogEntry]) -> None:
+        try:
+            for entry in stream:
+                arrived.put((job_id, entry))
+        except BaseException as exc:
+            arrived.put((job_id, exc))
+            return
+        arrived.put((job_id, None))
+
+    for job_id, stream in streams.items():
+        threading.Thread(target=read, args=(job_id, stream), name=f"logs-{job_id[:8]}", daemon=True).start()
+    left = len(streams)
+    while left:
+        _, got = arrived.get()
+        if got is None:
+            left -= 1
+        elif isinstance(got, BaseException):
+            raise got
         else:
-            show(entry)
-    return 0
+            yield got
 
 
 def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -1140,6 +1238,14 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("more_ids", nargs="*", metavar="ID", help=f"more jobs to {name} the same way")
     if name in ("cancel", "hold", "release", "signal"):
         add_job_filters(parser.add_argument_group(f"or {name} every job that matches (as `job list` selects)"))
+    if name == "logs":
+        parser.add_argument(
+            "more_ids", nargs="*", metavar="ID", help="more jobs' output, each line after its job's name"
+        )
+        add_job_filters(
+            parser.add_argument_group("or the output of every job that matches (as `job list` selects)"),
+            submitted_since=False,
+        )
     if name == "update":
         parser.add_argument(
             "--priority",
