@@ -1231,7 +1231,9 @@ def test_input_files_are_in_the_working_directory_before_the_command_runs(
         with pytest.raises(grpc.RpcError) as refused:
             jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(jobs_pb2.QueueJobRequest(spec=unknown), timeout=30)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "no input archive 000000000000… was uploaded in the last hour" in str(refused.value.details())
+        assert "no input archive 000000000000… was uploaded by anonymous in the last hour" in str(
+            refused.value.details()
+        )
         cron = cron_pb2.CreateCronJobRequest(name="with-input", schedule="@daily", spec=unknown)
         with pytest.raises(grpc.RpcError) as refused:
             cron_pb2_grpc.CronServiceStub(channel).CreateCronJob(cron, timeout=30)
@@ -1261,7 +1263,8 @@ def test_an_upload_past_its_limit_or_unlike_what_it_said_is_refused_and_leaves_n
     less = upload(20, b"x" * 10)
     assert "the input archive was 10 bytes, not the 20 its upload said" in str(less.details())
     uploads = server.log_dir / "artifacts" / "uploads"
-    assert [name for name in os.listdir(uploads) if name.endswith(".part")] == []
+    assert [path for path in uploads.iterdir() if path.is_dir()], "the submitter's uploads directory"
+    assert [path.name for path in uploads.rglob("*.part")] == []
 
 
 def test_a_dry_run_is_checked_by_the_server_submits_nothing_and_prints_a_file_to_submit(

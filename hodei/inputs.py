@@ -3,8 +3,9 @@
 A worker runs on a host, in a container or a pod that has none of the submitter's files,
 and ``--script`` carries one file of 64 KiB. So the CLI packs the paths it is given into a
 gzipped tar archive and uploads it (``UploadInput``) before it submits: the archive is kept
-at ``<artifacts>/uploads/<sha256>``, named by its digest (Ray's working_dir packages are
-named by their hash), and the job's spec names that digest and size. The submission gives
+at ``<artifacts>/uploads/<submitter>/<sha256>``, named by its digest (Ray's working_dir
+packages are named by their hash) among its submitter's, and the job's spec names that
+digest and size. The submission gives
 each job its own copy, a hard link at ``<artifacts>/<job id>/0/input.tar.gz`` (attempts count
 from 1: its artifacts never meet it), which goes with the job's artifacts — by retention,
 or by ``--artifacts-expire`` — and which its worker fetches before the command runs (the
@@ -13,6 +14,7 @@ agent unpacks it, as the job's user). An upload no job named is deleted after an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -36,39 +38,48 @@ class InputStore:
         self.max_bytes = max_bytes
         self.uploads = uploads_directory(artifacts)
 
-    def begin(self, size: int) -> Upload:
+    def _owned(self, submitter: str) -> Path:
+        """The uploads of one submitter: a job may name only its own submitter's (a
+        digest is no secret — `job get` shows it — and naming another's archive would
+        have given its files to another submitter's job)."""
+        return self.uploads / hashlib.sha256(submitter.encode()).hexdigest()[:32]
+
+    def begin(self, size: int, submitter: str) -> Upload:
         """An upload of an archive of ``size`` bytes, refused at once when past the limit."""
         if not 0 < size <= self.max_bytes:
             raise InvalidInput(
                 f"an input archive of {size} bytes; it must be 1 to {self.max_bytes} bytes (HODEI_MAX_INPUT_BYTES)"
             )
-        final = self.uploads / f"upload-{os.getpid()}-{time.monotonic_ns()}"
+        final = self._owned(submitter) / f"upload-{os.getpid()}-{time.monotonic_ns()}"
         return Upload(final, "input", size, f"the input archive is more than the {size} bytes its upload said")
 
     def keep(self, upload: Upload) -> Stored:
-        """The archive whole: kept under its digest (the same archive again replaces it)."""
+        """The archive whole: kept under its digest, beside its part (the same archive
+        again replaces it)."""
         stored = upload.finish()
-        os.replace(upload.final, self.uploads / stored.sha256)
+        os.replace(upload.final, upload.final.with_name(stored.sha256))
         return stored
 
-    def _upload(self, sha256: str, size: int) -> Path:
+    def _upload(self, sha256: str, size: int, submitter: str) -> Path:
         if not _DIGEST.fullmatch(sha256):
             raise InvalidInput(f"input_sha256 must be 64 lowercase hex digits, got {sha256[:70]!r}")
-        path = self.uploads / sha256
+        path = self._owned(submitter) / sha256
         try:
             found = path.stat().st_size
         except FileNotFoundError:
             raise NotFound(
-                f"no input archive {sha256[:12]}… was uploaded in the last hour (job run --input uploads it first)"
+                f"no input archive {sha256[:12]}… was uploaded by {submitter} in the last hour "
+                "(job run --input uploads it first)"
             ) from None
         if found != size:
             raise InvalidInput(f"input archive {sha256[:12]}… is {found} bytes, not {size}")
         return path
 
-    def attach(self, sha256: str, size: int, job_ids: Iterable[str]) -> None:
-        """Gives each job its copy of an upload (before its job is written: a worker never
-        finds its input missing); an upload not there is refused by name."""
-        source = self._upload(sha256, size)
+    def attach(self, sha256: str, size: int, job_ids: Iterable[str], submitter: str) -> None:
+        """Gives each job its copy of an upload of its submitter's (before its job is
+        written: a worker never finds its input missing); an upload not there is refused
+        by name."""
+        source = self._upload(sha256, size, submitter)
         os.utime(source)  # named again: kept another hour
         for job_id in job_ids:
             self._link(source, job_id)
@@ -101,17 +112,15 @@ def prune_uploads(artifacts: ArtifactStore, now: float | None = None) -> int:
     that died mid-upload); how many. The retention sweep's."""
     limit = (now if now is not None else time.time()) - UNUSED_SECONDS
     pruned = 0
-    try:
-        entries = list(os.scandir(uploads_directory(artifacts)))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        try:
-            if entry.stat().st_mtime < limit:
-                os.unlink(entry.path)
-                pruned += 1
-        except FileNotFoundError:
-            continue
+    for directory, _, names in os.walk(uploads_directory(artifacts)):  # a directory per submitter
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                if os.stat(path).st_mtime < limit:
+                    os.unlink(path)
+                    pruned += 1
+            except FileNotFoundError:
+                continue
     return pruned
 
 

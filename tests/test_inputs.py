@@ -115,8 +115,8 @@ def _store(tmp_path: Path, most: int = 1000) -> InputStore:
     return InputStore(ArtifactStore(tmp_path / "artifacts", 10_000), most)
 
 
-def _upload(store: InputStore, data: bytes) -> str:
-    upload = store.begin(len(data))
+def _upload(store: InputStore, data: bytes, submitter: str = "alice") -> str:
+    upload = store.begin(len(data), submitter)
     upload.write(data)
     return store.keep(upload).sha256
 
@@ -124,8 +124,7 @@ def _upload(store: InputStore, data: bytes) -> str:
 def test_an_upload_is_kept_by_its_digest_and_each_job_gets_its_own_copy(tmp_path: Path) -> None:
     store = _store(tmp_path)
     sha256 = _upload(store, b"archive")
-    assert (store.uploads / sha256).read_bytes() == b"archive"
-    store.attach(sha256, 7, ["job-1", "job-2"])
+    store.attach(sha256, 7, ["job-1", "job-2"], "alice")
     for job in ("job-1", "job-2"):
         path = input_path(store.artifacts, job)
         assert path == tmp_path / "artifacts" / job / "0" / "input.tar.gz"
@@ -148,7 +147,7 @@ def test_where_files_cannot_be_linked_each_job_gets_a_copy(tmp_path: Path, monke
         raise PermissionError(1, "Operation not permitted")  # as a file system without hard links says
 
     monkeypatch.setattr(os, "link", refuse)
-    store.attach(sha256, 7, ["job-1"])
+    store.attach(sha256, 7, ["job-1"], "alice")
     assert b"".join(read_input(store.artifacts, "job-1")) == b"archive"
     assert os.stat(input_path(store.artifacts, "job-1")).st_nlink == 1
 
@@ -158,24 +157,29 @@ def test_an_upload_past_the_limit_or_not_there_is_refused_and_an_unnamed_one_goe
 ) -> None:
     store = _store(tmp_path, most=10)
     with pytest.raises(InvalidInput, match=r"11 bytes; it must be 1 to 10 bytes \(HODEI_MAX_INPUT_BYTES\)"):
-        store.begin(11)
+        store.begin(11, "alice")
     with pytest.raises(InvalidInput, match="it must be 1 to 10 bytes"):
-        store.begin(0)
+        store.begin(0, "alice")
     sha256 = _upload(store, b"x" * 10)
     with pytest.raises(InvalidInput, match=r"is 10 bytes, not 9"):
-        store.attach(sha256, 9, ["job"])
-    with pytest.raises(NotFound, match=r"no input archive 000000000000… was uploaded in the last hour"):
-        store.attach("0" * 64, 10, ["job"])
+        store.attach(sha256, 9, ["job"], "alice")
+    with pytest.raises(NotFound, match=r"no input archive 000000000000… was uploaded by alice in the last hour"):
+        store.attach("0" * 64, 10, ["job"], "alice")
     with pytest.raises(InvalidInput, match="input_sha256 must be 64 lowercase hex digits"):
-        store.attach("../../etc/passwd", 10, ["job"])
+        store.attach("../../etc/passwd", 10, ["job"], "alice")
+    # A digest is no secret (`job get` shows it): another submitter cannot name alice's upload.
+    with pytest.raises(NotFound, match=r"was uploaded by mallory in the last hour"):
+        store.attach(sha256, 10, ["job"], "mallory")
     assert not (tmp_path / "artifacts" / "job").exists()
-    other = _upload(store, b"y" * 10)
+    other = _upload(store, b"y" * 10, "bob")
     old = time.time() - UNUSED_SECONDS - 5
-    os.utime(store.uploads / other, (old, old))
+    (bobs,) = list(store.uploads.rglob(other))
+    os.utime(bobs, (old, old))
     assert prune_uploads(store.artifacts) == 1
-    assert sorted(os.listdir(store.uploads)) == [sha256]
-    os.utime(store.uploads / sha256, (old, old))
-    store.attach(sha256, 10, ["job"])  # named again: another hour
+    assert [path.name for path in store.uploads.rglob("*") if path.is_file()] == [sha256]
+    (alices,) = list(store.uploads.rglob(sha256))
+    os.utime(alices, (old, old))
+    store.attach(sha256, 10, ["job"], "alice")  # named again: another hour
     assert prune_uploads(store.artifacts) == 0
 
 

@@ -20,6 +20,7 @@ from hodei.artifacts import ArtifactStore, Stored, Upload
 from hodei.domain.job import Job
 from hodei.errors import InvalidInput, NotFound
 from hodei.inputs import InputStore
+from hodei.server.access import caller
 from hodei.server.edge import rpc
 from hodei.store.app import HodeiStore
 from hodei.store.readmodels import ReadModels
@@ -90,10 +91,11 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
         self, request_iterator: AsyncIterator[artifacts_pb2.InputPiece], context: grpc.aio.ServicerContext[Any, Any]
     ) -> artifacts_pb2.UploadedInput:
         sizes: list[int] = []
+        who = caller().name
 
         def begin(piece: artifacts_pb2.InputPiece) -> Upload:
             sizes.append(piece.size_bytes)
-            return self.inputs.begin(piece.size_bytes)
+            return self.inputs.begin(piece.size_bytes, who)
 
         def keep(upload: Upload) -> Stored:
             if upload.size != sizes[0]:

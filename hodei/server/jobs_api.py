@@ -145,7 +145,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 self.limits.make_room(who, len(jobs))
             return jobs_pb2.QueueJobResponse()
         if spec.input_sha256:
-            self.inputs.attach(spec.input_sha256, spec.input_bytes, (str(job.id) for job in jobs))
+            self.inputs.attach(spec.input_sha256, spec.input_bytes, (str(job.id) for job in jobs), who)
 
         def write() -> jobs_pb2.QueueJobResponse:
             # Every job of an array, or none: one write (each job's events correlated with
