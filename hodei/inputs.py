@@ -23,12 +23,18 @@ from collections.abc import Generator, Iterable
 from pathlib import Path
 
 from hodei.artifacts import PIECE_BYTES, ArtifactStore, Stored, Upload
-from hodei.errors import InvalidInput, NotFound
+from hodei.errors import InvalidInput, LimitReached, NotFound
 
 # What the worker's RunJob calls it (its FetchArtifact of its own job, attempt 0).
 INPUT_NAME = "input.tar.gz"
-# An upload no submission named within this many seconds is deleted.
+# An upload no submission named within this many seconds is deleted; one a submission
+# named, this long after (a submission the server did not answer is sent again: it names
+# the upload again, and each job has its own copy anyway).
 UNUSED_SECONDS = 3600.0
+NAMED_SECONDS = 600.0
+# The most bytes of one submitter's uploads kept at once, in HODEI_MAX_INPUT_BYTES: a
+# submit token cannot fill the server's disk with uploads no job names.
+MOST_KEPT = 8
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -50,7 +56,15 @@ class InputStore:
             raise InvalidInput(
                 f"an input archive of {size} bytes; it must be 1 to {self.max_bytes} bytes (HODEI_MAX_INPUT_BYTES)"
             )
-        final = self._owned(submitter) / f"upload-{os.getpid()}-{time.monotonic_ns()}"
+        owned = self._owned(submitter)
+        kept = sum(entry.stat().st_size for entry in os.scandir(owned)) if owned.exists() else 0
+        if kept + size > MOST_KEPT * self.max_bytes:
+            raise LimitReached(
+                f"{submitter} has {kept} bytes of input uploads kept (each an hour, or {NAMED_SECONDS / 60:g} minutes "
+                f"once a job named it); {size} more would pass {MOST_KEPT * self.max_bytes} "
+                f"({MOST_KEPT} x HODEI_MAX_INPUT_BYTES): wait, or submit what was uploaded"
+            )
+        final = owned / f"upload-{os.getpid()}-{time.monotonic_ns()}"
         return Upload(final, "input", size, f"the input archive is more than the {size} bytes its upload said")
 
     def keep(self, upload: Upload) -> Stored:
@@ -80,7 +94,8 @@ class InputStore:
         written: a worker never finds its input missing); an upload not there is refused
         by name."""
         source = self._upload(sha256, size, submitter)
-        os.utime(source)  # named again: kept another hour
+        named = time.time() - UNUSED_SECONDS + NAMED_SECONDS
+        os.utime(source, (named, named))  # pruned NAMED_SECONDS from now
         for job_id in job_ids:
             self._link(source, job_id)
 

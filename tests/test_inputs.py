@@ -21,8 +21,16 @@ from hodei_worker.runner import JobUser
 
 from hodei.artifacts import ArtifactStore
 from hodei.cli.inputs import Packed, pack
-from hodei.errors import InvalidInput, NotFound
-from hodei.inputs import UNUSED_SECONDS, InputStore, input_path, prune_uploads, read_input
+from hodei.errors import InvalidInput, LimitReached, NotFound
+from hodei.inputs import (
+    MOST_KEPT,
+    NAMED_SECONDS,
+    UNUSED_SECONDS,
+    InputStore,
+    input_path,
+    prune_uploads,
+    read_input,
+)
 
 
 def _tree(root: Path) -> None:
@@ -179,8 +187,19 @@ def test_an_upload_past_the_limit_or_not_there_is_refused_and_an_unnamed_one_goe
     assert [path.name for path in store.uploads.rglob("*") if path.is_file()] == [sha256]
     (alices,) = list(store.uploads.rglob(sha256))
     os.utime(alices, (old, old))
-    store.attach(sha256, 10, ["job"], "alice")  # named again: another hour
+    store.attach(sha256, 10, ["job"], "alice")  # named: kept NAMED_SECONDS more
     assert prune_uploads(store.artifacts) == 0
+    assert prune_uploads(store.artifacts, time.time() + NAMED_SECONDS + 5) == 1
+    assert b"".join(read_input(store.artifacts, "job")) == b"x" * 10  # the job's copy stays
+
+
+def test_a_submitter_keeps_at_most_eight_uploads_worth_and_others_are_not_held_up(tmp_path: Path) -> None:
+    store = _store(tmp_path, most=10)
+    for n in range(MOST_KEPT):
+        _upload(store, bytes([n]) * 10)
+    with pytest.raises(LimitReached, match=r"^alice has 80 bytes of input uploads kept .* 10 more would pass 80 "):
+        store.begin(10, "alice")
+    _upload(store, b"b" * 10, "bob")
 
 
 def _archive(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> str:

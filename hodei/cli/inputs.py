@@ -26,6 +26,11 @@ from hodei._proto import artifacts_pb2
 from hodei.artifacts import PIECE_BYTES
 from hodei.errors import InvalidInput
 
+# gzip's fastest level: on source text 3.4x the speed of its default (6) for archives 1.2x
+# the size (measured on 32 MiB of code: 267 against 79 MiB/s, 17% against 14% of the text);
+# what is sent goes over a network that outruns gzip, so time spent packing is time lost.
+_LEVEL = 1
+
 
 @dataclass
 class Packed:
@@ -77,7 +82,7 @@ def _packed(archive: IO[bytes], paths: Sequence[str], excluded: Excluded) -> Pac
     # files give the same archive, so `--idempotency-key` sent again with them is the same
     # request, not another one with the same key.
     with (
-        gzip.GzipFile(fileobj=archive, mode="wb", compresslevel=6, mtime=0) as compressed,
+        gzip.GzipFile(fileobj=archive, mode="wb", compresslevel=_LEVEL, mtime=0) as compressed,
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for path in paths:
