@@ -106,7 +106,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
     "HODEI_MAX_INPUT_BYTES": (
         "268435456",
-        "bytes of the gzipped archive of files a job starts with (job run --input); a bigger one is refused at upload",
+        "bytes of the archive of files a job starts with (job run --input); a bigger one is refused at upload",
     ),
     "HODEI_MAX_ARTIFACT_BYTES": (
         "1073741824",

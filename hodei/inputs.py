@@ -2,11 +2,11 @@
 
 A worker runs on a host, in a container or a pod that has none of the submitter's files,
 and ``--script`` carries one file of 64 KiB. So the CLI packs the paths it is given into a
-gzipped tar archive and uploads it (``UploadInput``) before it submits: the archive is kept
+tar archive and uploads it (``UploadInput``) before it submits: the archive is kept
 at ``<artifacts>/uploads/<submitter>/<sha256>``, named by its digest (Ray's working_dir
 packages are named by their hash) among its submitter's, and the job's spec names that
 digest and size. The submission gives
-each job its own copy, a hard link at ``<artifacts>/<job id>/0/input.tar.gz`` (attempts count
+each job its own copy, a hard link at ``<artifacts>/<job id>/0/input.tar`` (attempts count
 from 1: its artifacts never meet it), which goes with the job's artifacts — by retention,
 or by ``--artifacts-expire`` — and which its worker fetches before the command runs (the
 agent unpacks it, as the job's user). An upload no job named is deleted after an hour.
@@ -26,7 +26,7 @@ from hodei.artifacts import PIECE_BYTES, ArtifactStore, Stored, Upload
 from hodei.errors import InvalidInput, LimitReached, NotFound
 
 # What the worker's RunJob calls it (its FetchArtifact of its own job, attempt 0).
-INPUT_NAME = "input.tar.gz"
+INPUT_NAME = "input.tar"
 # An upload no submission named within this many seconds is deleted; one a submission
 # named, this long after (a submission the server did not answer is sent again: it names
 # the upload again, and each job has its own copy anyway).

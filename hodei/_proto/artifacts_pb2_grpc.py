@@ -70,7 +70,7 @@ class ArtifactServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadInput(self, request_iterator, context):
-        """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+        """Files for jobs to start with (job run --input): a tar archive, its size first,
         then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
         (input_sha256), which gives each job its own copy.
         """

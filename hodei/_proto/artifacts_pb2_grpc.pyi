@@ -39,7 +39,7 @@ class ArtifactServiceStub:
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_artifacts_pb2.ReadArtifactRequest, _artifacts_pb2.ArtifactPiece]
     """One artifact's bytes: its description first, then its bytes in pieces."""
     UploadInput: _grpc.StreamUnaryMultiCallable[_artifacts_pb2.InputPiece, _artifacts_pb2.UploadedInput]
-    """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+    """Files for jobs to start with (job run --input): a tar archive, its size first,
     then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
     (input_sha256), which gives each job its own copy.
     """
@@ -52,7 +52,7 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     ReadArtifact: _aio.UnaryStreamMultiCallable[_artifacts_pb2.ReadArtifactRequest, _artifacts_pb2.ArtifactPiece]  # type: ignore[assignment]
     """One artifact's bytes: its description first, then its bytes in pieces."""
     UploadInput: _aio.StreamUnaryMultiCallable[_artifacts_pb2.InputPiece, _artifacts_pb2.UploadedInput]  # type: ignore[assignment]
-    """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+    """Files for jobs to start with (job run --input): a tar archive, its size first,
     then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
     (input_sha256), which gives each job its own copy.
     """
@@ -80,7 +80,7 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_artifacts_pb2.InputPiece],
         context: _ServicerContext,
     ) -> _typing.Union[_artifacts_pb2.UploadedInput, _abc.Awaitable[_artifacts_pb2.UploadedInput]]:
-        """Files for jobs to start with (job run --input): a gzipped tar archive, its size first,
+        """Files for jobs to start with (job run --input): a tar archive, its size first,
         then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
         (input_sha256), which gives each job its own copy.
         """

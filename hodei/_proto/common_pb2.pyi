@@ -252,7 +252,7 @@ class JobSpec(_message.Message):
     (Docker: when missing; Kubernetes: HODEI_K8S_IMAGE_PULL_POLICY).
     """
     input_sha256: _builtins.str
-    """Files it starts with (job run --input): the SHA-256 (hex) and size of a gzipped tar
+    """Files it starts with (job run --input): the SHA-256 (hex) and size of a tar
     archive uploaded first (ArtifactService.UploadInput), unpacked into its working
     directory before its command runs. Empty: none.
     """

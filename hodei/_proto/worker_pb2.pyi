@@ -580,7 +580,7 @@ class RunJob(_message.Message):
 
     @_builtins.property
     def input(self) -> _artifacts_pb2.Artifact:
-        """Its files (job run --input): a gzipped tar archive to fetch (FetchArtifact of its own
+        """Its files (job run --input): a tar archive to fetch (FetchArtifact of its own
         job, this name, attempt 0), check and unpack into the working directory as the job's
         user before the command runs. Unset: none.
         """

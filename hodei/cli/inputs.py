@@ -1,6 +1,6 @@
 """``job run --input PATH``: files from the submitter's machine for the job to start with
-(Ray's ``--working-dir``, Argo's input artifacts, ``sbcast``): packed here into one gzipped
-tar archive, its SHA-256 put in the job's spec, uploaded before the job is submitted
+(Ray's ``--working-dir``, Argo's input artifacts, ``sbcast``): packed here into one tar
+archive, its SHA-256 put in the job's spec, uploaded before the job is submitted
 (hodei.inputs keeps it), unpacked by the worker into the job's working directory.
 
 A path is put there under its own name: ``--input data.csv`` is ``data.csv``, ``--input src``
@@ -12,7 +12,6 @@ that leads out of the working directory); only files, directories and links are 
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import hashlib
 import os
 import stat
@@ -25,11 +24,6 @@ from typing import IO
 from hodei._proto import artifacts_pb2
 from hodei.artifacts import PIECE_BYTES
 from hodei.errors import InvalidInput
-
-# gzip's fastest level: on source text 3.4x the speed of its default (6) for archives 1.2x
-# the size (measured on 32 MiB of code: 267 against 79 MiB/s, 17% against 14% of the text);
-# what is sent goes over a network that outruns gzip, so time spent packing is time lost.
-_LEVEL = 1
 
 
 @dataclass
@@ -78,13 +72,13 @@ class Excluded:
 def _packed(archive: IO[bytes], paths: Sequence[str], excluded: Excluded) -> Packed:
     files = 0
     names: set[str] = set()
-    # No time in gzip's header (and members in a stable order, owned by no one): the same
-    # files give the same archive, so `--idempotency-key` sent again with them is the same
-    # request, not another one with the same key.
-    with (
-        gzip.GzipFile(fileobj=archive, mode="wb", compresslevel=_LEVEL, mtime=0) as compressed,
-        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
+    # Members in a stable order, owned by no one: the same files give the same archive, so
+    # `--idempotency-key` sent again with them is the same request, not another one with the
+    # same key. Not compressed, as Docker sends a build's context: gzip, even at its fastest,
+    # made a job given 256 MiB of random bytes take 7.9 s longer than one without (32x the
+    # floor of copying and hashing them, `just bench-artifacts`), for nothing back; what is
+    # sent crosses a network that outruns it.
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in paths:
             for name, found in _members(path, excluded):
                 if name in names:

@@ -405,7 +405,7 @@ def _upload(client: Client, term: Terminal, packed: Packed) -> None:
         )
     files = "1 file" if packed.files == 1 else f"{packed.files} files"
     left = f"; {packed.excluded} paths left out (--input-exclude)" if packed.excluded else ""
-    term.info(f"[hodei] uploaded {files} for the job's working directory ({size_text(packed.size)} gzipped{left})")
+    term.info(f"[hodei] uploaded {files} for the job's working directory ({size_text(packed.size)}{left})")
 
 
 def submit(

@@ -248,7 +248,7 @@ class JobSpec:
     # ranges of them and ``timeout``, ``!`` before those never retried; (): every failure.
     # Kept as ``canonical_retry_on`` writes them.
     retry_on: tuple[str, ...] = ()
-    # Files it starts with (--input; hodei.inputs): the SHA-256 (hex) and size of a gzipped
+    # Files it starts with (--input; hodei.inputs): the SHA-256 (hex) and size of a
     # tar archive uploaded before it was submitted, unpacked into its working directory
     # before its command runs; "": none.
     input_sha256: str = ""

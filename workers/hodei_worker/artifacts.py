@@ -330,7 +330,7 @@ def _unpack(path: str, root: str, scratch: str, user: JobUser | None) -> tuple[i
     target = root if user is None else tempfile.mkdtemp(prefix=".hodei-input-", dir=scratch)
     files = size = 0
     try:
-        with tarfile.open(path, mode="r:gz") as archive:
+        with tarfile.open(path, mode="r:*") as archive:  # the CLI's is plain; an API's may be compressed
             for member in archive:
                 archive.extract(_member(member, target), target)
                 if member.isfile():
