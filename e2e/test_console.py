@@ -332,7 +332,8 @@ def test_a_jobs_page_says_what_it_was_given_to_run_with(
     assert '<td id="resources">0.5 CPU, 64.0 MiB memory, 1.9 GiB disk</td>' in shown
     assert 'retries 2 (<span id="retry-on">--retry-on 75,!2</span>)' in shown
     sha256 = json.loads(guarded.cli("-o", "json", "job", "get", limited, check=True).stdout)["spec"]["input_sha256"]
-    assert re.search(rf'<td id="input">[\d.]+ (bytes|KiB) archive of files \(--input\), sha256 <code>{sha256[:12]}…', shown)
+    row = rf'<td id="input">[\d.]+ (bytes|KiB) archive of files \(--input\), sha256 <code>{sha256[:12]}…'
+    assert re.search(row, shown)
     plain = reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
     for row in ("resources", "nodes", "retry-on", "input"):
         assert f'id="{row}"' not in plain
