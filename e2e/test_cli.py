@@ -1203,6 +1203,14 @@ def test_input_files_are_in_the_working_directory_before_the_command_runs(
     wait_settled(database_url, job_id)
     again = server.cli("job", "retry", job_id, "--wait", check=True).stdout.strip()
     assert server.cli("job", "logs", again, check=True).stdout == ran.stdout
+    # The same files again (a job run again): the server keeps them, they are not sent again.
+    rerun = server.cli(
+        "job", "run", "-p", "local", "-c", command, "--input", f"{tmp_path}/src", "--input", f"{tmp_path}/data.csv",
+        "--follow",
+    )  # fmt: skip
+    assert (rerun.returncode, rerun.stdout) == (0, ran.stdout), rerun.stderr
+    assert "[hodei] 3 files for the job's working directory (" in rerun.stderr
+    assert "): uploaded before, not sent again" in rerun.stderr and "[hodei] uploaded" not in rerun.stderr
     # An array's jobs each have them (one upload, a copy each).
     array = server.cli(
         "job", "run", "-p", "local", "-c", "cat data.csv; echo $HODEI_ARRAY_INDEX", "--input", f"{tmp_path}/data.csv",

@@ -89,6 +89,11 @@ class InputStore:
             raise InvalidInput(f"input archive {sha256[:12]}… is {found} bytes, not {size}")
         return path
 
+    def find(self, sha256: str, size: int, submitter: str) -> None:
+        """The submitter's upload is kept (NotFound otherwise): kept another hour from now,
+        for the submission about to name it."""
+        os.utime(self._upload(sha256, size, submitter))
+
     def attach(self, sha256: str, size: int, job_ids: Iterable[str], submitter: str) -> None:
         """Gives each job its copy of an upload of its submitter's (before its job is
         written: a worker never finds its input missing); an upload not there is refused

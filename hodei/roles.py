@@ -124,6 +124,7 @@ RULES: dict[str, Role | Gate] = {
     _AR + "ListArtifacts": Role.READ,
     _AR + "ReadArtifact": Role.READ,
     _AR + "UploadInput": Role.SUBMIT,
+    _AR + "FindInput": Role.SUBMIT,
     _G + "ListSagas": Role.READ,
     _G + "GetSaga": Role.READ,
     _O + "ListDeadLetters": Role.READ,

@@ -175,6 +175,9 @@ def test_an_upload_past_the_limit_or_not_there_is_refused_and_an_unnamed_one_goe
         store.attach("0" * 64, 10, ["job"], "alice")
     with pytest.raises(InvalidInput, match="input_sha256 must be 64 lowercase hex digits"):
         store.attach("../../etc/passwd", 10, ["job"], "alice")
+    store.find(sha256, 10, "alice")  # kept: a job run again with it need not send it again
+    with pytest.raises(NotFound, match="was uploaded by bob in the last hour"):
+        store.find(sha256, 10, "bob")
     # A digest is no secret (`job get` shows it): another submitter cannot name alice's upload.
     with pytest.raises(NotFound, match=r"was uploaded by mallory in the last hour"):
         store.attach(sha256, 10, ["job"], "mallory")

@@ -50,6 +50,11 @@ class ArtifactServiceStub:
                 request_serializer=hodei_dot_jobs_dot_artifacts__pb2.InputPiece.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
                 _registered_method=True)
+        self.FindInput = channel.unary_unary(
+                '/hodei.jobs.ArtifactService/FindInput',
+                request_serializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -78,6 +83,14 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindInput(self, request, context):
+        """Whether the caller uploaded this archive already (and it is still kept): then it is not
+        sent again. NOT_FOUND otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
             'UploadInput': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadInput,
                     request_deserializer=hodei_dot_jobs_dot_artifacts__pb2.InputPiece.FromString,
+                    response_serializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.SerializeToString,
+            ),
+            'FindInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindInput,
+                    request_deserializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
                     response_serializer=hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.SerializeToString,
             ),
     }
@@ -177,6 +195,33 @@ class ArtifactService:
             target,
             '/hodei.jobs.ArtifactService/UploadInput',
             hodei_dot_jobs_dot_artifacts__pb2.InputPiece.SerializeToString,
+            hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.ArtifactService/FindInput',
+            hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.SerializeToString,
             hodei_dot_jobs_dot_artifacts__pb2.UploadedInput.FromString,
             options,
             channel_credentials,

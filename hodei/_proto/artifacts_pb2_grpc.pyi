@@ -43,6 +43,10 @@ class ArtifactServiceStub:
     then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
     (input_sha256), which gives each job its own copy.
     """
+    FindInput: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.UploadedInput, _artifacts_pb2.UploadedInput]
+    """Whether the caller uploaded this archive already (and it is still kept): then it is not
+    sent again. NOT_FOUND otherwise.
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -55,6 +59,10 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Files for jobs to start with (job run --input): a tar archive, its size first,
     then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
     (input_sha256), which gives each job its own copy.
+    """
+    FindInput: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.UploadedInput, _artifacts_pb2.UploadedInput]  # type: ignore[assignment]
+    """Whether the caller uploaded this archive already (and it is still kept): then it is not
+    sent again. NOT_FOUND otherwise.
     """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +91,16 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         """Files for jobs to start with (job run --input): a tar archive, its size first,
         then its bytes in pieces. Kept an hour for a QueueJob whose spec names its digest
         (input_sha256), which gives each job its own copy.
+        """
+
+    @_abc_1.abstractmethod
+    def FindInput(
+        self,
+        request: _artifacts_pb2.UploadedInput,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.UploadedInput, _abc.Awaitable[_artifacts_pb2.UploadedInput]]:
+        """Whether the caller uploaded this archive already (and it is still kept): then it is not
+        sent again. NOT_FOUND otherwise.
         """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

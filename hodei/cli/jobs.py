@@ -21,7 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.live import Live
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from hodei._proto import common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
+from hodei._proto import artifacts_pb2, common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.inputs import Packed, pack, pieces
 from hodei.cli.jobfile import refuse_spec_flags, spec_from_file
@@ -397,15 +397,26 @@ UPLOAD_SECONDS = 600.0
 
 
 def _upload(client: Client, term: Terminal, packed: Packed) -> None:
-    """The --input archive, before the job that names it is submitted."""
+    """The --input archive, before the job that names it is submitted; not sent again when
+    the server keeps the same one of the caller's (a job run again with the same files)."""
+    files = "1 file" if packed.files == 1 else f"{packed.files} files"
+    left = f"; {packed.excluded} paths left out (--input-exclude)" if packed.excluded else ""
+    about = f"{files} for the job's working directory ({size_text(packed.size)}{left})"
+    kept = artifacts_pb2.UploadedInput(sha256=packed.sha256, size_bytes=packed.size)
+    try:
+        client.call(client.artifacts.FindInput, kept)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+    else:
+        term.info(f"[hodei] {about}: uploaded before, not sent again")
+        return
     uploaded = client.call(client.artifacts.UploadInput, pieces(packed), timeout=UPLOAD_SECONDS)
     if uploaded.sha256 != packed.sha256:
         raise InvalidInput(
             f"the server kept the input archive as {uploaded.sha256}, not {packed.sha256}: send it again"
         )
-    files = "1 file" if packed.files == 1 else f"{packed.files} files"
-    left = f"; {packed.excluded} paths left out (--input-exclude)" if packed.excluded else ""
-    term.info(f"[hodei] uploaded {files} for the job's working directory ({size_text(packed.size)}{left})")
+    term.info(f"[hodei] uploaded {about}")
 
 
 def submit(

@@ -105,6 +105,13 @@ class ArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
         stored = await received(request_iterator, "size_bytes", begin, keep)
         return artifacts_pb2.UploadedInput(sha256=stored.sha256, size_bytes=stored.size_bytes)
 
+    @rpc
+    def FindInput(
+        self, request: artifacts_pb2.UploadedInput, context: grpc.ServicerContext
+    ) -> artifacts_pb2.UploadedInput:
+        self.inputs.find(request.sha256, request.size_bytes, caller().name)
+        return request
+
 
 async def received(
     pieces: AsyncIterator[Any], first: str, begin: Callable[[Any], Upload], keep: Callable[[Upload], Stored]
