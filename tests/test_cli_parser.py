@@ -219,3 +219,17 @@ def test_a_cron_job_takes_its_jobs_spec_from_a_file_too(tmp_path: Path) -> None:
     args = parser().parse_args(flags)
     with pytest.raises(InvalidInput, match=r"^--file gives the job's spec: --retry would change it"):
         args.prepare(args)
+
+
+def test_job_logs_since_is_of_its_lines_not_of_the_jobs_it_selects() -> None:
+    """`job logs -l team=x --since 10m`: the lines printed in the last ten minutes of every
+    job of the team, however long ago each was submitted (the jobs' selection took it as
+    "submitted since" too)."""
+    from hodei.cli.jobs import list_request, selects
+
+    logs = parser().parse_args(["job", "logs", "-l", "team=x", "--since", "10m"])
+    assert selects(logs) and not list_request(logs, 10, 0).HasField("created_since")
+    assert not selects(parser().parse_args(["job", "logs", "some-job", "--since", "10m"]))
+    listed = parser().parse_args(["job", "list", "--since", "10m"])
+    assert list_request(listed, 10, 0).HasField("created_since")
+    assert selects(parser().parse_args(["job", "cancel", "--since", "10m"]))

@@ -400,7 +400,8 @@ def _upload(client: Client, term: Terminal, packed: Packed) -> None:
     """The --input archive, before the job that names it is submitted; not sent again when
     the server keeps the same one of the caller's (a job run again with the same files)."""
     files = "1 file" if packed.files == 1 else f"{packed.files} files"
-    left = f"; {packed.excluded} paths left out (--input-exclude)" if packed.excluded else ""
+    paths = "1 path" if packed.excluded == 1 else f"{packed.excluded} paths"
+    left = f"; {paths} left out (--input-exclude)" if packed.excluded else ""
     about = f"{files} for the job's working directory ({size_text(packed.size)}{left})"
     kept = artifacts_pb2.UploadedInput(sha256=packed.sha256, size_bytes=packed.size)
     try:
@@ -905,16 +906,16 @@ def add_job_filters(parser: argparse._ActionsContainer, submitted_since: bool = 
     whose = parser.add_mutually_exclusive_group()
     whose.add_argument("--submitter", "-u", metavar="NAME", help="only jobs this token's name submitted (squeue -u)")
     whose.add_argument("--mine", action="store_true", help="only jobs the caller's token submitted (squeue --me)")
+    # Which of them select jobs here (`job logs`' --since is of its lines, not its jobs).
+    parser.set_defaults(job_filters=tuple(name for name in _FILTERS if submitted_since or name != "since"))
 
 
 _FILTERS = ("state", "provider", "name", "label", "since", "submitter", "mine")
 
 
 def selects(args: argparse.Namespace) -> bool:
-    """Whether the command names its jobs by ``add_job_filters``' flags (`job logs`'
-    --since is of its lines)."""
-    names = [name for name in _FILTERS if not (name == "since" and args.handler is logs)]
-    return any(getattr(args, name, None) for name in names)
+    """Whether the command names its jobs by ``add_job_filters``' flags."""
+    return any(getattr(args, name, None) for name in getattr(args, "job_filters", ()))
 
 
 def list_request(args: argparse.Namespace, limit: int, offset: int) -> jobs_pb2.ListJobsRequest:
@@ -934,7 +935,7 @@ def list_request(args: argparse.Namespace, limit: int, offset: int) -> jobs_pb2.
         submitter=args.submitter or "",
         mine=args.mine,
     )
-    if args.since:
+    if "since" in args.job_filters and args.since:
         request.created_since.FromDatetime(args.since)
     return request
 
