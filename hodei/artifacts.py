@@ -139,13 +139,20 @@ class ArtifactStore:
             raise InvalidInput(f"artifact {artifact.name} is {size} bytes, not {artifact.size_bytes}")
 
     def read(self, job_id: str, attempt: int, name: str) -> Generator[bytes, None, None]:
-        try:
-            handle = open(self.path(job_id, attempt, name), "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise NotFound(f"artifact {name} of job {job_id} (attempt {attempt}) is no longer stored") from None
-        with handle:
-            while piece := handle.read(PIECE_BYTES):
-                yield piece
+        missing = f"artifact {name} of job {job_id} (attempt {attempt}) is no longer stored"
+        return stored_pieces(self.path(job_id, attempt, name), missing)
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.job_directory(job_id), ignore_errors=True)
+
+
+def stored_pieces(path: Path, missing: str) -> Generator[bytes, None, None]:
+    """A stored file in pieces of PIECE_BYTES, opened at the first; NotFound(``missing``)
+    when it is not there (an artifact, a job's input files)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise NotFound(missing) from None
+    with handle:
+        while piece := handle.read(PIECE_BYTES):
+            yield piece

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Generator, Iterable
 from pathlib import Path
 
-from hodei.artifacts import PIECE_BYTES, ArtifactStore, Stored, Upload
+from hodei.artifacts import ArtifactStore, Stored, Upload, stored_pieces
+from hodei.domain.spec import SHA256_HEX
 from hodei.errors import InvalidInput, LimitReached, NotFound
 
 # What the worker's RunJob calls it (its FetchArtifact of its own job, attempt 0).
@@ -35,7 +35,6 @@ NAMED_SECONDS = 600.0
 # The most bytes of one submitter's uploads kept at once, in HODEI_MAX_INPUT_BYTES: a
 # submit token cannot fill the server's disk with uploads no job names.
 MOST_KEPT = 8
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class InputStore:
@@ -75,7 +74,7 @@ class InputStore:
         return stored
 
     def _upload(self, sha256: str, size: int, submitter: str) -> Path:
-        if not _DIGEST.fullmatch(sha256):
+        if not SHA256_HEX.fullmatch(sha256):
             raise InvalidInput(f"input_sha256 must be 64 lowercase hex digits, got {sha256[:70]!r}")
         path = self._owned(submitter) / sha256
         try:
@@ -150,10 +149,4 @@ def input_path(artifacts: ArtifactStore, job_id: str) -> Path:
 
 def read_input(artifacts: ArtifactStore, job_id: str) -> Generator[bytes, None, None]:
     """A job's copy of its files, in pieces (its worker's FetchArtifact)."""
-    try:
-        handle = open(input_path(artifacts, job_id), "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise NotFound(f"job {job_id}'s input files are no longer stored") from None
-    with handle:
-        while piece := handle.read(PIECE_BYTES):
-            yield piece
+    return stored_pieces(input_path(artifacts, job_id), f"job {job_id}'s input files are no longer stored")

@@ -755,25 +755,20 @@ class _LogPrinter:
 
     def __call__(self, entry: logs_pb2.JobLogEntry) -> None:
         if attempt_begins(self.attempt, entry.attempt):
-            for stream, held in self.mid_line.items():  # a lost worker's unfinished line ends here
-                self._output(held, stream, partial=False)
+            for stream, unfinished in self.mid_line.items():  # a lost worker's unfinished line ends here
+                self._output(unfinished, stream, partial=False)
             self.mid_line.clear()
             self.term.info(f"{self.prefix}[hodei] attempt {entry.attempt}")
         self.attempt = entry.attempt
-        text = entry.line
-        if entry.stream not in self.mid_line:
-            text = self.prefix + (f"{when(entry, 'timestamp')} {text}" if self.timestamps else text)
-        if self.prefix:
-            text = self.mid_line.pop(entry.stream, "") + text
-            if entry.partial:
-                self.mid_line[entry.stream] = text
-                return
-            self._output(text, entry.stream, partial=False)
-            return
+        held = self.mid_line.pop(entry.stream) if entry.stream in self.mid_line else None
+        if held is None:  # a line begins
+            text = self.prefix + (f"{when(entry, 'timestamp')} {entry.line}" if self.timestamps else entry.line)
+        else:  # it goes on: with a prefix, after what is held of it; else after what was printed
+            text = held + entry.line
         if entry.partial:
-            self.mid_line[entry.stream] = ""
-        else:
-            self.mid_line.pop(entry.stream, None)
+            self.mid_line[entry.stream] = text if self.prefix else ""
+            if self.prefix:
+                return  # printed whole once its line ends
         self._output(text, entry.stream, entry.partial)
 
     def _output(self, text: str, stream: int, partial: bool) -> None:

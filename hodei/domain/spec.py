@@ -22,6 +22,8 @@ from hodei.domain.retries import retry_on_problems
 from hodei.errors import InvalidInput, excerpt
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A SHA-256 as hexdigest() writes it (an --input archive's name).
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What the agent puts in every job's environment over the job's own variables
 # (hodei_worker.runner): a job naming one would not get its value.
 PLATFORM_VARIABLES = ("HODEI_JOB_ID", "HODEI_WORKER_ID", "HODEI_ATTEMPT", "HODEI_OUTPUT", "HODEI_AFTER_OUTPUTS")
@@ -443,7 +445,7 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
 def _input_problems(sha256: str, size: int) -> list[str]:
     if not sha256:
         return [] if size == 0 else ["input_bytes is the size of an input archive: give its input_sha256"]
-    found = [] if re.fullmatch(r"[0-9a-f]{64}", sha256) else ["input_sha256 must be 64 lowercase hex digits"]
+    found = [] if SHA256_HEX.fullmatch(sha256) else ["input_sha256 must be 64 lowercase hex digits"]
     return found + ([] if size > 0 else ["input_bytes must be the input archive's size, more than 0"])
 
 

@@ -555,10 +555,8 @@ class Agent:
                 files, unpacked = artifacts.fetch_input(
                     lambda: self.stub, metadata, job_id, archive, self.working_dir, scratch, user, until
                 )
-            except (OSError, ValueError) as exc:
-                return f"cannot fetch its input files: {getattr(exc, 'strerror', None) or exc}"
-            except grpc.RpcError as exc:
-                return f"cannot fetch its input files: {artifacts.refusal(exc, 'fetches')}"
+            except (OSError, ValueError, grpc.RpcError) as exc:
+                return f"cannot fetch its input files: {artifacts.fetch_problem(exc)}"
             note = f"[hodei] unpacked {artifacts.counted(files, 'input file')}, {unpacked} bytes"
             self._on_output(STDERR, [note], False)
         size = 0
@@ -566,10 +564,8 @@ class Agent:
             what = f"artifact {wanted.artifact.name} of job {wanted.job_id}"
             try:
                 size += artifacts.fetch(lambda: self.stub, metadata, wanted, self.working_dir, user, until)
-            except (OSError, ValueError) as exc:
-                return f"cannot fetch {what}: {getattr(exc, 'strerror', None) or exc}"
-            except grpc.RpcError as exc:
-                return f"cannot fetch {what}: {artifacts.refusal(exc, 'fetches')}"
+            except (OSError, ValueError, grpc.RpcError) as exc:
+                return f"cannot fetch {what}: {artifacts.fetch_problem(exc)}"
         if inputs:
             fetched = artifacts.counted(len(inputs), "artifact")
             jobs = artifacts.counted(len({wanted.job_id for wanted in inputs}), "job")

@@ -240,6 +240,13 @@ def counted(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def fetch_problem(exc: OSError | ValueError | grpc.RpcError) -> str:
+    """Why a fetch before the command failed, in the job's log."""
+    if isinstance(exc, grpc.RpcError):
+        return refusal(exc, "fetches")
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 def refusal(exc: grpc.RpcError, transfers: str) -> str:
     """Why a transfer failed, in the job's log: the server's words, or the time it ran out of."""
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
