@@ -191,7 +191,10 @@ def test_a_message_outlives_a_server_killed_before_it_was_sent(server: ServerPro
     port = free_port()
     secret = define(server, "later", f"http://127.0.0.1:{port}/")
     job_id = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", check=True).stdout.strip()
-    refused = eventually(lambda: [m for m in messages(server, "later") if m["attempts"] >= 1] or None, timeout=20)
+    # An attempt is counted as its message is claimed, its error once the send failed: wait for both.
+    refused = eventually(
+        lambda: [m for m in messages(server, "later") if m["attempts"] >= 1 and m["last_error"]] or None, timeout=20
+    )
     assert refused[0]["state"] == "PENDING" and "Cannot connect" in refused[0]["last_error"]
     server.kill()
     receiver = Receiver()
