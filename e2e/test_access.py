@@ -201,6 +201,13 @@ def test_roles_in_practice_and_who_did_what(server: ServerProcess, database_url:
         assert disabled.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     job = submit(server, tokens["submit"])
+    # A command in a job (`job exec`): its submitter's or the operate role's, and then only
+    # while it runs (this one waits for a worker that never registers).
+    ran = jobs_pb2.ExecJobRequest(job_id=job, argv=["id"])
+    assert as_token(server, tokens["read"], "ExecJob", ran) == grpc.StatusCode.PERMISSION_DENIED
+    assert as_token(server, tokens["other"], "ExecJob", ran) == grpc.StatusCode.PERMISSION_DENIED
+    assert as_token(server, tokens["submit"], "ExecJob", ran) == grpc.StatusCode.FAILED_PRECONDITION
+    assert as_token(server, tokens["operate"], "ExecJob", ran) == grpc.StatusCode.FAILED_PRECONDITION
     assert cancel(server, tokens["read"], job) == grpc.StatusCode.PERMISSION_DENIED
     assert cancel(server, tokens["other"], job) == grpc.StatusCode.PERMISSION_DENIED
     assert cancel(server, tokens["submit"], job) == grpc.StatusCode.OK

@@ -347,6 +347,19 @@ def test_a_signal_reaches_the_processes_of_a_job_in_its_own_image(
     assert wait_terminal(database_url, job_id) == "CANCELLED"
 
 
+def test_a_command_runs_in_the_container_of_a_job_in_its_own_image(
+    server: ServerProcess, database_url: str, bare_image: str
+) -> None:
+    """`job exec`: the agent in the job's container runs it as the image's user, in the
+    job's directory, beside the job's processes (kubectl exec, docker exec)."""
+    job_id = server.cli("job", "run", "--image", bare_image, "-c", "echo ready; sleep 60", check=True).stdout.strip()
+    eventually(lambda: "ready" in server.cli("job", "logs", job_id).stdout, 60, what="the job to start")
+    ran = server.cli("job", "exec", job_id, "--", "sh", "-c", "id -u; pwd; pidof sleep >/dev/null")
+    assert (ran.returncode, ran.stdout) == (0, f"{BARE_USER}\n/data\n"), ran.stderr
+    server.cli("job", "cancel", job_id, check=True)
+    assert wait_terminal(database_url, job_id) == "CANCELLED"
+
+
 def test_a_job_in_its_own_image_is_cancelled_and_its_container_goes(
     server: ServerProcess, database_url: str, docker_client: Any, bare_image: str
 ) -> None:

@@ -39,7 +39,7 @@ def documents(shape: str, stdout: str) -> list[Any]:
 
 
 def check(server: ServerProcess, shape: str, *args: str, code: int = 0) -> list[Any]:
-    result = server.cli(*args, "-o", "json")
+    result = server.cli("-o", "json", *args)  # before a `--` (job exec: what follows is the command)
     assert result.returncode == code, result.stderr
     found = documents(shape, result.stdout)
     assert found, f"`{' '.join(args)}` printed nothing"
@@ -72,6 +72,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job hold|release|update|signal", ["job", "update", "{held}", "--priority", "-5"], 0),
     ("job hold|release|update|signal", ["job", "release", "{held}"], 0),
     ("job hold|release|update|signal", ["job", "signal", "{started}", "--signal", "TERM"], 0),
+    ("job exec", ["job", "exec", "{started}", "--", "sh", "-c", "echo out; echo err >&2; exit 4"], 4),
     ("job watch", ["job", "watch", "{job}"], 2),
     ("job logs", ["job", "logs", "{job}"], 0),
     ("job artifacts", ["job", "artifacts", "{artifacts}"], 0),

@@ -267,6 +267,18 @@ def test_the_pod_runs_under_its_own_restrictions(server: ServerProcess, database
     assert state == "FAILED" and "OOMKilled" in error, error
 
 
+def test_a_command_runs_in_a_running_pod_under_its_restrictions(server: ServerProcess, database_url: str) -> None:
+    """`job exec` on Kubernetes: the pod's agent runs it as the pod's user, and the pod's
+    read-only root filesystem holds for it too."""
+    job_id = server.cli("job", "run", "-p", "k8s", "-c", "sleep 60", check=True).stdout.strip()
+    wait_running(database_url, job_id, 60)
+    ran = server.cli("job", "exec", job_id, "--", "sh", "-c", "id -u; touch /probe")
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stdout == "1000\n" and "Read-only file system" in ran.stderr
+    server.cli("job", "cancel", job_id, check=True)
+    wait_settled(database_url, job_id)
+
+
 def test_a_pod_past_its_disk_limit_is_evicted_and_the_job_says_so(server: ServerProcess, database_url: str) -> None:
     """--disk is the container's ephemeral-storage limit (and its /tmp emptyDir's size when
     larger than 1Gi): the node evicts the pod once what it holds, its emptyDir's files

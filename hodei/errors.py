@@ -12,6 +12,7 @@
     ├── LeaseLost             an outbox row was re-claimed by another relay meanwhile
     ├── StoreUnavailable      PostgreSQL cannot be reached          -> UNAVAILABLE
     ├── ShuttingDown          the server is stopping: its streams end -> UNAVAILABLE
+    ├── NoAnswer              a worker did not answer in time (`job exec`) -> DEADLINE_EXCEEDED
     ├── ProviderError         a provider call failed (``retryable`` says whether to try again)
     │   └── ProviderUnavailable   the provider is disabled, unhealthy or not initialised
     └── StepTimeout           a saga step ran past its timeout
@@ -90,6 +91,10 @@ class ShuttingDown(HodeiError):
     """The server is shutting down: ask it again once it is back, or another server."""
 
     retryable = True
+
+
+class NoAnswer(HodeiError):
+    """A worker did not answer in time."""
 
 
 class StoreUnavailable(HodeiError):

@@ -103,6 +103,7 @@ RULES: dict[str, Role | Gate] = {
     _J + "SetJobPriority": Role.SUBMIT,
     # Submitters signal their own running jobs; `operate` any (checked by the method).
     _J + "SignalJob": Role.SUBMIT,
+    _J + "ExecJob": Role.SUBMIT,
     _J + "WatchJob": Role.READ,
     _J + "GetJobEvents": Role.READ,
     _W + "Register": Gate.WORKER,

@@ -376,6 +376,10 @@ class Cli:
             raise AssertionError(f"hodei-jobs-cli {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
 
+    def cli_bytes(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+        """``cli``, its output as the bytes printed (``job exec`` prints what a command did)."""
+        return subprocess.run(self._command(args), capture_output=True, timeout=timeout, env=self._environment())
+
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         """``hodei-jobs-cli`` left running (a follower, a watcher), its output in pipes."""
         return subprocess.Popen(

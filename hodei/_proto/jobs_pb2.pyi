@@ -415,6 +415,78 @@ class SignalJobRequest(_message.Message):
 Global___SignalJobRequest: _TypeAlias = SignalJobRequest  # noqa: Y015
 
 @_typing.final
+class ExecJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    timeout_seconds: _builtins.int
+    """Seconds it may run (1 to 3600; 0: 60) before it is killed (exit 124)."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The program and its arguments, run as given (no shell: `sh -c '…'` for one)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "job_id", b"job_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecJobRequest: _TypeAlias = ExecJobRequest  # noqa: Y015
+
+@_typing.final
+class ExecJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which of the job's commands run this way it was (0, 1, …): JobExecRequested's index."""
+    exit_code: _builtins.int
+    """Its exit code (124: timed out, 126: not started, 128+N: killed by signal N)."""
+    message: _builtins.str
+    """How it ended, in words ("exited with code 1", "timed out after 60s")."""
+    stdout: _builtins.bytes
+    """What it printed (the job's secrets masked), at most 512 KiB of each; what it printed
+    in all, so that a cut is told.
+    """
+    stderr: _builtins.bytes
+    stdout_bytes: _builtins.int
+    stderr_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        exit_code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "index", b"index", "message", b"message", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecJobResponse: _TypeAlias = ExecJobResponse  # noqa: Y015
+
+@_typing.final
 class HoldJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

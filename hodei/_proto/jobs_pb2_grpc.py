@@ -90,6 +90,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.SignalJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.ExecJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/ExecJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.ExecJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.ExecJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/hodei.jobs.JobExecutionService/WatchJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.WatchJobRequest.SerializeToString,
@@ -181,6 +186,15 @@ class JobExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecJob(self, request, context):
+        """Runs a command beside a running job's own, in its worker, as its user, in its working
+        directory and environment (kubectl exec, docker exec, nomad alloc exec), and answers
+        what it printed and how it ended. Its owner's, or the operate role's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams the job each time its state changes, ending at a terminal state.
         """
@@ -252,6 +266,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.SignalJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.SignalJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
+            ),
+            'ExecJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.ExecJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.ExecJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -561,6 +580,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/SignalJob',
             hodei_dot_jobs_dot_jobs__pb2.SignalJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/ExecJob',
+            hodei_dot_jobs_dot_jobs__pb2.ExecJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.ExecJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

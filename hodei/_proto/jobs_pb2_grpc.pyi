@@ -56,6 +56,11 @@ class JobExecutionServiceStub:
     """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
     they go on, or not, as they handle it. Its owner's, or the operate role's.
     """
+    ExecJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ExecJobRequest, _jobs_pb2.ExecJobResponse]
+    """Runs a command beside a running job's own, in its worker, as its user, in its working
+    directory and environment (kubectl exec, docker exec, nomad alloc exec), and answers
+    what it printed and how it ended. Its owner's, or the operate role's.
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]
     """Streams the job each time its state changes, ending at a terminal state."""
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobEventsRequest, _jobs_pb2.GetJobEventsResponse]
@@ -87,6 +92,11 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     SignalJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SignalJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
     they go on, or not, as they handle it. Its owner's, or the operate role's.
+    """
+    ExecJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ExecJobRequest, _jobs_pb2.ExecJobResponse]  # type: ignore[assignment]
+    """Runs a command beside a running job's own, in its worker, as its user, in its working
+    directory and environment (kubectl exec, docker exec, nomad alloc exec), and answers
+    what it printed and how it ended. Its owner's, or the operate role's.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobUpdate]  # type: ignore[assignment]
     """Streams the job each time its state changes, ending at a terminal state."""
@@ -182,6 +192,17 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
         """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
         they go on, or not, as they handle it. Its owner's, or the operate role's.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecJob(
+        self,
+        request: _jobs_pb2.ExecJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ExecJobResponse, _abc.Awaitable[_jobs_pb2.ExecJobResponse]]:
+        """Runs a command beside a running job's own, in its worker, as its user, in its working
+        directory and environment (kubectl exec, docker exec, nomad alloc exec), and answers
+        what it printed and how it ended. Its owner's, or the operate role's.
         """
 
     @_abc_1.abstractmethod

@@ -125,6 +125,7 @@ class WorkerMessage(_message.Message):
     ACK_FIELD_NUMBER: _builtins.int
     LOG_BATCH_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    EXEC_RESULT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
@@ -133,6 +134,8 @@ class WorkerMessage(_message.Message):
     def log_batch(self) -> Global___LogBatch: ...
     @_builtins.property
     def result(self) -> Global___JobResult: ...
+    @_builtins.property
+    def exec_result(self) -> Global___ExecResult: ...
     def __init__(
         self,
         *,
@@ -140,12 +143,13 @@ class WorkerMessage(_message.Message):
         ack: Global___RunJobAck | None = ...,
         log_batch: Global___LogBatch | None = ...,
         result: Global___JobResult | None = ...,
+        exec_result: Global___ExecResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "kind", b"kind", "log_batch", b"log_batch", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "exec_result", b"exec_result", "heartbeat", b"heartbeat", "kind", b"kind", "log_batch", b"log_batch", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "kind", b"kind", "log_batch", b"log_batch", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "exec_result", b"exec_result", "heartbeat", b"heartbeat", "kind", b"kind", "log_batch", b"log_batch", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["heartbeat", "ack", "log_batch", "result"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["heartbeat", "ack", "log_batch", "result", "exec_result"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -429,6 +433,8 @@ class ServerMessage(_message.Message):
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     RESULT_ACK_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    EXEC_FIELD_NUMBER: _builtins.int
+    EXEC_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run_job(self) -> Global___RunJob: ...
     @_builtins.property
@@ -441,6 +447,10 @@ class ServerMessage(_message.Message):
     def result_ack(self) -> Global___ResultAck: ...
     @_builtins.property
     def signal(self) -> Global___Signal: ...
+    @_builtins.property
+    def exec(self) -> Global___Exec: ...
+    @_builtins.property
+    def exec_ack(self) -> Global___ExecAck: ...
     def __init__(
         self,
         *,
@@ -450,12 +460,14 @@ class ServerMessage(_message.Message):
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         result_ack: Global___ResultAck | None = ...,
         signal: Global___Signal | None = ...,
+        exec: Global___Exec | None = ...,
+        exec_ack: Global___ExecAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "exec", b"exec", "exec_ack", b"exec_ack", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "exec", b"exec", "exec_ack", b"exec_ack", "heartbeat_ack", b"heartbeat_ack", "kind", b"kind", "log_ack", b"log_ack", "result_ack", b"result_ack", "run_job", b"run_job", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["run_job", "cancel", "log_ack", "heartbeat_ack", "result_ack", "signal"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["run_job", "cancel", "log_ack", "heartbeat_ack", "result_ack", "signal", "exec", "exec_ack"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -732,6 +744,102 @@ class Signal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Signal: _TypeAlias = Signal  # noqa: Y015
+
+@_typing.final
+class Exec(_message.Message):
+    """A command to run beside the job's (`job exec`). Sent again after a reconnection: the
+    worker runs each index once, and sends its result until acknowledged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    index: _builtins.int
+    timeout_seconds: _builtins.int
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "index", b"index", "job_id", b"job_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Exec: _TypeAlias = Exec  # noqa: Y015
+
+@_typing.final
+class ExecResult(_message.Message):
+    """How a command run beside the job's ended, and what it printed: its first 512 KiB of
+    each stream, the job's secrets masked, and the sizes in all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    index: _builtins.int
+    exit_code: _builtins.int
+    message: _builtins.str
+    stdout: _builtins.bytes
+    stderr: _builtins.bytes
+    stdout_bytes: _builtins.int
+    stderr_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        exit_code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "index", b"index", "job_id", b"job_id", "message", b"message", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecResult: _TypeAlias = ExecResult  # noqa: Y015
+
+@_typing.final
+class ExecAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecAck: _TypeAlias = ExecAck  # noqa: Y015
 
 @_typing.final
 class LogAck(_message.Message):

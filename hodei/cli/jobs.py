@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import threading
 import time
@@ -51,6 +52,10 @@ from hodei.cli.parsing import (
 )
 from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
+from hodei.domain.execs import ANSWER_WITHIN, check_exec
+from hodei.domain.execs import DEFAULT_TIMEOUT as DEFAULT_EXEC_TIMEOUT
+from hodei.domain.execs import MOST_OUTPUT_BYTES as MOST_EXEC_OUTPUT
+from hodei.domain.execs import MOST_TIMEOUT as MOST_EXEC_TIMEOUT
 from hodei.domain.job import SIGNALS, JobState, hold_text
 from hodei.domain.phases import ENDED, latest_usage, processes_stopping, size_text, stopped_text
 from hodei.domain.placement import canonical_tolerations, selector_of
@@ -1018,6 +1023,43 @@ def signal_job(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return _each_job(term, _chosen(client, term, args), change, lambda _: sent, selects(args))
 
 
+def exec_in_job(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    """Runs a command in a running job's worker (kubectl exec, docker exec) and prints what
+    it printed, on the same streams; exits with its exit code."""
+    timeout = 0 if args.timeout is None else math.ceil(args.timeout)
+    if args.timeout is not None and timeout < 1:
+        raise InvalidInput(f"--timeout is 1s to {MOST_EXEC_TIMEOUT // 3600}h, got {args.timeout:g}s")
+    argv, seconds = check_exec(args.command_argv, timeout)
+    request = jobs_pb2.ExecJobRequest(job_id=args.job_id, argv=argv, timeout_seconds=timeout)
+    # The server answers once the command ended, or its worker's answer was overdue.
+    ran: jobs_pb2.ExecJobResponse = client.call(client.jobs.ExecJob, request, timeout=seconds + 2 * ANSWER_WITHIN)
+    if term.json:
+        term.data(exec_dict(ran))
+        return ran.exit_code
+    term.raw(ran.stdout, stderr=False)
+    term.raw(ran.stderr, stderr=True)
+    for name, kept, total in (("stdout", ran.stdout, ran.stdout_bytes), ("stderr", ran.stderr, ran.stderr_bytes)):
+        if total > MOST_EXEC_OUTPUT:
+            term.warning(f"[hodei] {name} cut: its first {size_text(len(kept))} of {size_text(total)} shown")
+    if ran.exit_code:
+        term.info(f"[hodei] {ran.message}")
+    return ran.exit_code
+
+
+def exec_dict(ran: jobs_pb2.ExecJobResponse) -> dict[str, Any]:
+    """`job exec -o json`: the command's end, and what it printed as text (bytes that are
+    not UTF-8 as U+FFFD)."""
+    return {
+        "index": ran.index,
+        "exit_code": ran.exit_code,
+        "message": ran.message,
+        "stdout": ran.stdout.decode(errors="replace"),
+        "stderr": ran.stderr.decode(errors="replace"),
+        "stdout_bytes": ran.stdout_bytes,
+        "stderr_bytes": ran.stderr_bytes,
+    }
+
+
 def update(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     def change(job_id: str) -> common_pb2.Job:
         request = jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=args.priority)
@@ -1273,6 +1315,14 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="NAME",
             help=f"one of {', '.join(SIGNALS)} (SIG optional): the job's processes go on, or not, as they handle it",
         )
+    if name == "exec":
+        parser.add_argument(
+            "--timeout",
+            type=duration,
+            metavar="DURATION",
+            help=f"kill it after so long (exit 124): 1s to 1h (default {DEFAULT_EXEC_TIMEOUT}s)",
+        )
+        parser.set_defaults(command_argv=[])
     if name == "watch":
         parser.add_argument(
             "more_ids", nargs="*", metavar="ID", help="more jobs to watch, each in turn; exits with the highest code"
@@ -1548,6 +1598,12 @@ def add_commands(commands: Any) -> Any:
         ("release", release, "put a held job back in its line"),
         ("update", update, "change a job waiting in the queue: its priority"),
         ("signal", signal_job, "send a signal to a running job's processes (scancel --signal, docker kill -s)"),
+        (
+            "exec",
+            exec_in_job,
+            "run a command in a running job's worker, as its user, in its directory and environment: "
+            "job exec ID -- COMMAND [ARGS...] (kubectl exec)",
+        ),
         ("output", job_output, "print a value the job left in $HODEI_OUTPUT (KEY), or all of them"),
     ):
         parser = job.add_parser(name, help=text)

@@ -142,6 +142,19 @@ _DASHED_VALUES = {"--args", "-a", "--command", "-c"}
 _GLOBAL = {"--output", "-o", "--server", "-s", "--token", "--tls-ca", "--tls-cert", "--tls-key"}
 
 
+def command_after(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``job exec ID [options] -- COMMAND ...``: the words after the first ``--`` are the
+    command's, never ours (argparse would read options among them, or refuse them); None
+    for any other command."""
+    if "--" not in argv:
+        return argv, None
+    end = argv.index("--")
+    words = argv[:end]
+    if "exec" in words and "job" in words[: words.index("exec")]:
+        return words, argv[end + 1 :]
+    return argv, None
+
+
 def normalise_argv(argv: list[str]) -> list[str]:
     """Attaches dashed values (``--args=-c …``) and moves global options to the front."""
     globals_: list[str] = []
@@ -165,7 +178,10 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     root = parser()
-    args = root.parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    words, command = command_after(sys.argv[1:] if argv is None else argv)
+    args = root.parse_args(normalise_argv(words))
+    if command is not None:
+        args.command_argv = command
     if args.command == "completion":
         print(shtab.complete(root, shell=args.shell))
         sys.exit(0)

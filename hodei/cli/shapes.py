@@ -86,10 +86,11 @@ def _nullable(schema: Schema) -> Schema:
 
 _STRING: Schema = {"type": "string"}
 _BOOLEAN: Schema = {"type": "boolean"}
+_INTEGER: Schema = {"type": "integer"}
 # A job: no exit code is null (not 0), and has_exit_code is left out.
 JOB = message_schema(
     common_pb2.Job.DESCRIPTOR,
-    exit_code=_nullable({"type": "integer"}),
+    exit_code=_nullable(_INTEGER),
     has_exit_code=None,
     spec=message_schema(common_pb2.JobSpec.DESCRIPTOR),
 )
@@ -112,13 +113,13 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         False,
     ),
     "job run --dry-run": (
-        _object(spec=message_schema(common_pb2.JobSpec.DESCRIPTOR), jobs={"type": "integer"}),
+        _object(spec=message_schema(common_pb2.JobSpec.DESCRIPTOR), jobs=_INTEGER),
         False,
     ),
     "job run --wait": (EVENT_LINE, True),
     "job run --follow": (EVENT_LINE, True),
     "job get": (JOB, False),
-    "job list": (_object(jobs=_array(JOB), total_count={"type": "integer"}), False),
+    "job list": (_object(jobs=_array(JOB), total_count=_INTEGER), False),
     "job cancel": (JOB, False),
     "pool list": (_array(message_schema(pools_pb2.Pool.DESCRIPTOR)), False),
     "pool set|get|delete": (message_schema(pools_pb2.Pool.DESCRIPTOR), False),
@@ -131,6 +132,18 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "webhook delete": (message_schema(webhooks_pb2.Webhook.DESCRIPTOR), False),
     "webhook test|redeliver": (message_schema(webhooks_pb2.WebhookDelivery.DESCRIPTOR), False),
     "job hold|release|update|signal": (JOB, False),
+    "job exec": (
+        _object(
+            index=_INTEGER,
+            exit_code=_INTEGER,
+            message=_STRING,
+            stdout=_STRING,
+            stderr=_STRING,
+            stdout_bytes=_INTEGER,
+            stderr_bytes=_INTEGER,
+        ),
+        False,
+    ),
     "job retry": (_object(job_id=_STRING, retry_of=_STRING, already_submitted=_BOOLEAN), False),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),
@@ -153,7 +166,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         _object(
             entries=_array(
                 _object(
-                    version={"type": "integer"},
+                    version=_INTEGER,
                     event_type=_STRING,
                     occurred_at={"type": "string", "format": "date-time"},
                     actor=_STRING,

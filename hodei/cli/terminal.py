@@ -75,6 +75,13 @@ class Terminal:
         stream.write(text if partial else text + "\n")
         stream.flush()
 
+    def raw(self, data: bytes, *, stderr: bool) -> None:
+        """Bytes a command printed, as they were (`job exec`)."""
+        stream = sys.stderr if stderr else sys.stdout
+        stream.flush()
+        stream.buffer.write(data)
+        stream.buffer.flush()
+
     def line(self, text: str, *, stderr: bool = False) -> None:
         (self.err if stderr else self.out).print(shown(text), markup=False)
 

@@ -13,9 +13,10 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate, check_transition
+from hodei.domain.execs import MOST_EXECS
 from hodei.domain.retries import retried
 from hodei.domain.spec import JobSpec, check_priority
-from hodei.errors import InvalidInput, InvalidTransition
+from hodei.errors import InvalidInput, InvalidTransition, LimitReached
 
 
 class JobState(StrEnum):
@@ -151,6 +152,8 @@ class Job(HodeiAggregate):
         self.artifacts_expired = False
         # What its latest attempt that ended left in $HODEI_OUTPUT (phases.latest_outputs).
         self.outputs: dict[str, str] = {}
+        # The commands run beside its own (`job exec`), by index: whether each has ended.
+        self.execs: list[bool] = []
 
     @classmethod
     def submit(
@@ -374,6 +377,28 @@ class Job(HodeiAggregate):
             raise InvalidTransition(f"job {self.id} is {self.state}: only a running job's processes take a signal")
         self._signalled(signal=name, attempt=self.attempt)
 
+    def exec(self, argv: Sequence[str], timeout_seconds: int) -> int:
+        """Asks its worker to run ``argv`` beside its command (`job exec`, checked by
+        ``execs.check_exec``): a running job's only, in the attempt running now. The
+        request's index."""
+        if self.state is not JobState.RUNNING:
+            raise InvalidTransition(f"job {self.id} is {self.state}: a command runs only beside a running job's")
+        if len(self.execs) >= MOST_EXECS:
+            raise LimitReached(f"job {self.id} was given {MOST_EXECS} commands with job exec: no more")
+        index = len(self.execs)
+        self._exec_requested(index=index, attempt=self.attempt, argv=list(argv), timeout_seconds=timeout_seconds)
+        return index
+
+    def exec_ended(self, index: int, exit_code: int, message: str, stdout_bytes: int, stderr_bytes: int) -> bool:
+        """Records how a command run beside its own ended, once (its worker sends it again
+        until told it arrived). False: nothing to record."""
+        if not 0 <= index < len(self.execs) or self.execs[index]:
+            return False
+        self._exec_ended(
+            index=index, exit_code=exit_code, message=message, stdout_bytes=stdout_bytes, stderr_bytes=stderr_bytes
+        )
+        return True
+
     @property
     def stop_pending(self) -> bool:
         """Cancelled while running, and its worker has not reported its processes stopped:
@@ -449,6 +474,14 @@ class Job(HodeiAggregate):
     @event("JobSignalled")
     def _signalled(self, signal: str, attempt: int) -> None:
         pass
+
+    @event("JobExecRequested")
+    def _exec_requested(self, index: int, attempt: int, argv: list[str], timeout_seconds: int) -> None:
+        self.execs.append(False)
+
+    @event("JobExecEnded")
+    def _exec_ended(self, index: int, exit_code: int, message: str, stdout_bytes: int, stderr_bytes: int) -> None:
+        self.execs[index] = True
 
     @event("JobPrioritized")
     def _prioritized(self, priority: int) -> None:

@@ -169,6 +169,15 @@ def _channel(address: str, env: Mapping[str, str]) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, credentials, options=_OWN_CONNECTION)
 
 
+def _not_run(sent: worker_pb2.Exec) -> worker_pb2.WorkerMessage:
+    """The answer to `job exec`: a simulated worker runs no command, as it runs none of its
+    job's (exit 126, cannot execute, and why)."""
+    ended = worker_pb2.ExecResult(
+        job_id=sent.job_id, index=sent.index, exit_code=126, message="not started: a sim worker runs no commands"
+    )
+    return worker_pb2.WorkerMessage(exec_result=ended)
+
+
 class SimWorker:
     """One simulated worker: the worker protocol of hodei_worker.agent, without a process."""
 
@@ -221,6 +230,8 @@ class SimWorker:
                         )
                     elif kind == "signal":
                         await self._signal(message.signal)
+                    elif kind == "exec":
+                        await self.outbox.put(_not_run(message.exec))
                     elif kind == "log_ack":
                         self.acked_seq = max(self.acked_seq, message.log_ack.seq)
                         self.logs_acked.set()

@@ -24,6 +24,7 @@ from hodei.errors import (
     InvalidInput,
     InvalidTransition,
     LimitReached,
+    NoAnswer,
     NotFound,
     PermissionDenied,
     ProviderUnavailable,
@@ -46,6 +47,7 @@ STATUS: list[tuple[type[HodeiError], grpc.StatusCode]] = [
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (NoAnswer, grpc.StatusCode.DEADLINE_EXCEEDED),
     # Other writers kept changing what the request changes (its tries gave up): gRPC's
     # word for a lost concurrency check, which a client may retry as it is.
     (ConcurrencyConflict, grpc.StatusCode.ABORTED),

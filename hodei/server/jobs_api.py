@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import grpc
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.clock import DatabaseClock
 from hodei.domain.base import check_submitter_name
+from hodei.domain.execs import ANSWER_WITHIN, check_exec
 from hodei.domain.job import Job, JobState, after_met, check_signal
 from hodei.domain.placement import merged_selector
 from hodei.domain.provider import ProviderType
@@ -31,7 +33,8 @@ from hodei.domain.spec import (
     never_after,
     within_disk_limit,
 )
-from hodei.errors import InvalidInput, NotFound, PermissionDenied
+from hodei.errors import InvalidInput, InvalidTransition, NoAnswer, NotFound, PermissionDenied
+from hodei.execs import ExecResults
 from hodei.faults import Faults
 from hodei.inputs import InputStore
 from hodei.limits import Limits
@@ -46,7 +49,7 @@ from hodei.server.submission import Submission, earlier, first_answer
 from hodei.server.webhooks_api import delivery_to_proto
 from hodei.signals import Signals
 from hodei.store.app import HodeiStore, Meta
-from hodei.store.db import command_transaction, fetch_all, fetch_column
+from hodei.store.db import command_transaction, fetch_all, fetch_column, fetch_one
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobFilters, JobRow, ReadModels
@@ -56,6 +59,9 @@ from hodei.wire import MAX_JOBS_LISTED, spec_from_proto
 DEFAULT_LIMIT = 20
 # A backstop: a watcher is woken by the NOTIFY of every change of its job.
 WATCH_POLL = 5.0
+# How long a command's end is waited for once its job has ended (its worker ends it and
+# says so, as it ends the job's).
+EXEC_AFTER_JOB = 5.0
 
 
 def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
@@ -94,6 +100,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         clock: DatabaseClock,
         webhooks: Webhooks,
         inputs: InputStore,
+        exec_results: ExecResults,
         max_disk_bytes: int = 0,
         node_selector: Mapping[str, str] | None = None,
     ) -> None:
@@ -115,6 +122,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.webhooks = webhooks
         # Files jobs start with (--input): each job made is given its copy.
         self.inputs = inputs
+        self.exec_results = exec_results
 
     @rpc
     def QueueJob(self, request: jobs_pb2.QueueJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
@@ -309,6 +317,59 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         name = check_signal(request.signal)  # before whose job it is, or whether it runs
         return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "signal", lambda job: job.signal(name)))
 
+    @rpc
+    async def ExecJob(
+        self, request: jobs_pb2.ExecJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jobs_pb2.ExecJobResponse:
+        """A task, not a thread, while the command runs: it is asked for in the job's
+        history (JobExecRequested), the worker's stream sends it, and its end comes back as
+        JobExecEnded, whichever server the worker tells."""
+        argv, timeout = check_exec(request.argv, request.timeout_seconds)
+        row = await asyncio.to_thread(self.reads.job, request.job_id)
+        job_id = str(row.id)
+        _check_owner(caller(), row, "run a command in")
+        asked: list[tuple[int, int]] = []
+
+        def command() -> tuple[None, list[Job]]:
+            job = self.store.load(Job, row.id)
+            asked[:] = [(job.exec(argv, timeout), job.attempt)]
+            return None, [job]
+
+        with self.signals.async_waiter(job_id) as waiter:
+            meta = Meta(actor=caller().name, correlation_id=job_id)
+            await asyncio.to_thread(self.store.command, meta, command)
+            [(index, attempt)] = asked
+            deadline = time.monotonic() + timeout + ANSWER_WITHIN
+            job_over: float | None = None
+            while True:
+                found = await asyncio.to_thread(fetch_one, self.store.pool, "job_exec", (index, job_id), _ExecRow)
+                assert found is not None  # the job's row is never deleted
+                if "exit_code" in found.entry:
+                    result = await asyncio.to_thread(self.exec_results.read, job_id, index)
+                    return jobs_pb2.ExecJobResponse(
+                        index=index,
+                        exit_code=result.exit_code,
+                        message=result.message,
+                        stdout=result.stdout,
+                        stderr=result.stderr,
+                        stdout_bytes=result.stdout_bytes,
+                        stderr_bytes=result.stderr_bytes,
+                    )
+                now = time.monotonic()
+                if found.state != JobState.RUNNING or found.attempt != attempt:
+                    job_over = job_over or now
+                    if now - job_over > EXEC_AFTER_JOB:
+                        raise InvalidTransition(
+                            f"job {job_id} is {found.state}: it ended before command {index} did, "
+                            "and its worker did not say how that ended"
+                        )
+                if now > deadline:
+                    raise NoAnswer(
+                        f"command {index} in job {job_id}: its worker did not say how it ended within "
+                        f"{timeout + ANSWER_WITHIN:g}s (its timeout {timeout}s and {ANSWER_WITHIN:g}s more)"
+                    )
+                await waiter.wait_async(1.0)
+
     def _change(self, job_ref: str, action: str, change: Callable[[Job], None]) -> common_pb2.Job:
         """A person's command on one job, theirs (or anyone's, for the operate role); the
         job as it is after it."""
@@ -426,6 +487,16 @@ def _check_owner(who: Caller, row: JobRow, action: str) -> None:
             f"token `{who.name}` may {action} only its own jobs; job {row.id} was submitted by {row.submitted_by} "
             f"(the operate role may {action} any job)"
         )
+
+
+@dataclass(frozen=True)
+class _ExecRow:
+    """A job's state and attempt, and one of its commands run beside its own (an empty
+    entry: none of that index)."""
+
+    state: str
+    attempt: int
+    entry: dict[str, Any]
 
 
 @dataclass(frozen=True)

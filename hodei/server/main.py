@@ -207,6 +207,7 @@ async def _add_services(
         webhooks_pb2_grpc,
     )
     from hodei.audit import Audit
+    from hodei.execs import ExecResults
     from hodei.liveness import Pace
     from hodei.server.access_api import AccessService
     from hodei.server.admin_api import MetricsService, ProviderManagementService, SchedulerService
@@ -253,6 +254,7 @@ async def _add_services(
                 runtime.clock,
                 runtime.webhooks,
                 runtime.inputs,
+                ExecResults(runtime.artifacts),
                 runtime.config.max_disk_bytes,
                 runtime.config.kubernetes.node_selector,
             ),

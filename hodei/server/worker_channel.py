@@ -36,6 +36,7 @@ from hodei.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from hodei.execs import ExecResults
 from hodei.faults import Faults
 from hodei.inputs import INPUT_NAME, read_input
 from hodei.liveness import Liveness, Pace
@@ -89,6 +90,9 @@ class SessionState:
     error_message: str | None
     # The job's signals, each [attempt, name] (`job signal`).
     signals: list[list[Any]]
+    # The commands run beside its own (`job exec`), each {index, attempt, argv, …}; an
+    # ended one has its exit_code.
+    execs: list[dict[str, Any]]
 
 
 def outcome_state(result: worker_pb2.JobResult) -> JobState:
@@ -137,6 +141,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         artifacts: ArtifactStore,
     ) -> None:
         self.artifacts = artifacts
+        self.exec_results = ExecResults(artifacts)
         self.registry = registry
         self.engine = engine
         self.metrics = metrics
@@ -313,6 +318,8 @@ class WorkerSession:
         # The job's signals this stream sent (all of them again on a new stream: the worker
         # delivers each index once).
         self.signals_sent = 0
+        # Likewise the commands to run beside the job's (`job exec`) it sent.
+        self.execs_sent = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiter: AsyncWaiter | None = None
         # The worker's heartbeat interval, as its registration just gave it (an agent that
@@ -359,7 +366,14 @@ class WorkerSession:
     def due(self, row: SessionState | None) -> bool:
         """Whether ``row`` (None: the worker is gone) asks this stream to end, or to send
         run-job, cancel or signals that it has not sent."""
-        return row is None or _ended(row) or self._run_due(row) or self._cancel_due(row) or self._signals_due(row)
+        return (
+            row is None
+            or _ended(row)
+            or self._run_due(row)
+            or self._cancel_due(row)
+            or self._signals_due(row)
+            or self._execs_due(row)
+        )
 
     def _run_due(self, row: SessionState) -> bool:
         busy = row.worker_state == WorkerState.BUSY
@@ -382,6 +396,20 @@ class WorkerSession:
                     worker_pb2.ServerMessage(signal=worker_pb2.Signal(job_id=self.job_id, index=index, name=name))
                 )
         self.signals_sent = len(row.signals)
+
+    def _execs_due(self, row: SessionState) -> bool:
+        return row.worker_state == WorkerState.BUSY and len(row.execs) > self.execs_sent
+
+    def _send_execs(self, row: SessionState) -> None:
+        """Its attempt's commands to run beside the job's that have not ended, in order."""
+        for entry in row.execs[self.execs_sent :]:
+            if entry["attempt"] == self.attempt and "exit_code" not in entry:
+                timeout = entry["timeout_seconds"]
+                run = worker_pb2.Exec(
+                    job_id=self.job_id, index=entry["index"], argv=entry["argv"], timeout_seconds=timeout
+                )
+                self._send(worker_pb2.ServerMessage(exec=run))
+        self.execs_sent = len(row.execs)
 
     def _send(self, message: worker_pb2.ServerMessage) -> None:
         """Queues a message for the worker, from the loop or from an I/O thread (through
@@ -406,6 +434,8 @@ class WorkerSession:
                 self._send(worker_pb2.ServerMessage(cancel=self._cancel(row)))
             if self._signals_due(row):
                 self._send_signals(row)
+            if self._execs_due(row):
+                self._send_execs(row)
             return True
 
     def _cancel(self, row: SessionState) -> worker_pb2.CancelJob:
@@ -510,6 +540,11 @@ class WorkerSession:
             self._own(result.job_id)
             await asyncio.to_thread(self._record_result, result)
             self._send(worker_pb2.ServerMessage(result_ack=worker_pb2.ResultAck(job_id=self.job_id)))
+        elif kind == "exec_result":
+            ended = message.exec_result
+            self._own(ended.job_id)
+            await asyncio.to_thread(self._record_exec, ended)
+            self._send(worker_pb2.ServerMessage(exec_ack=worker_pb2.ExecAck(index=ended.index)))
         return True
 
     def _pace(self) -> bool:
@@ -554,6 +589,18 @@ class WorkerSession:
 
         self._update_job(finish)
         self.service.logs.forget(self.job_id)
+
+    def _record_exec(self, ended: worker_pb2.ExecResult) -> None:
+        """What a command run beside the job's printed, kept where any server reads it, then
+        its end in the job's history (whoever waits for it is woken by that)."""
+        self.service.exec_results.keep(self.job_id, ended)
+        stdout_bytes = max(ended.stdout_bytes, len(ended.stdout))
+        stderr_bytes = max(ended.stderr_bytes, len(ended.stderr))
+
+        def record(job: Job) -> None:
+            job.exec_ended(ended.index, ended.exit_code, ended.message, stdout_bytes, stderr_bytes)
+
+        self._update_job(record)
 
     def _stored_artifacts(self, result: worker_pb2.JobResult) -> list[dict[str, Any]]:
         """The artifacts the result lists that this attempt stored (a worker can name no other)."""

@@ -77,6 +77,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "project_job_held": ("id", "at", "held_by", "reason"),
     "project_job_prioritized": ("id", "at", "priority"),
     "project_job_signalled": ("id", "at", "attempt", "signal"),
+    "project_job_exec_requested": ("id", "at", "idx", "attempt", "argv", "timeout_seconds", "actor"),
+    "project_job_exec_ended": ("id", "at", "idx", "exit_code", "message", "stdout_bytes", "stderr_bytes"),
     "project_job_provider_selected": ("id", "at", "provider_id", "provider_type", "admitted"),
     "project_job_assigned": ("id", "at", "worker_id", "provider_id", "provider_type"),
     "project_job_touched": ("id", "at"),
@@ -486,6 +488,34 @@ def _job_signalled(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_signalled", event, attempt=event.payload["attempt"], signal=event.payload["signal"])
 
 
+def _job_exec_requested(cur: Sink, event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_job_exec_requested",
+        event,
+        idx=p["index"],
+        attempt=p["attempt"],
+        argv=p["argv"],
+        timeout_seconds=p["timeout_seconds"],
+        actor=event.actor,
+    )
+
+
+def _job_exec_ended(cur: Sink, event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_job_exec_ended",
+        event,
+        idx=p["index"],
+        exit_code=p["exit_code"],
+        message=p["message"],
+        stdout_bytes=p["stdout_bytes"],
+        stderr_bytes=p["stderr_bytes"],
+    )
+
+
 def _job_touched(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_touched", event)
 
@@ -886,6 +916,8 @@ PROJECTORS: dict[str, Projector] = {
     "JobReleased": _job_released,
     "JobPrioritized": _job_prioritized,
     "JobSignalled": _job_signalled,
+    "JobExecRequested": _job_exec_requested,
+    "JobExecEnded": _job_exec_ended,
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
     "JobStopped": _job_touched,

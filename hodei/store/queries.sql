@@ -252,6 +252,32 @@ UPDATE jobs AS j SET priority = r.priority, spec = jsonb_set(j.spec, '{priority}
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS priority FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
+-- name: project_job_exec_requested
+-- A command run beside a running job's own (`job exec`): appended, with who asked.
+UPDATE jobs AS j SET execs = j.execs || jsonb_build_array(jsonb_build_object(
+        'index', r.idx, 'attempt', r.attempt, 'argv', r.argv, 'timeout_seconds', r.timeout_seconds,
+        'by', r.actor, 'requested_at', r.at)),
+    updated_at = r.at
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS idx, (e->>3)::int AS attempt,
+           (e->4) AS argv, (e->>5)::int AS timeout_seconds, (e->>6) AS actor
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
+WHERE j.id = r.id;
+
+-- name: project_job_exec_ended
+-- How that command ended, into its entry.
+UPDATE jobs AS j SET execs = jsonb_set(j.execs, ARRAY[r.idx::text], (j.execs -> r.idx) || jsonb_build_object(
+        'exit_code', r.exit_code, 'message', r.message, 'stdout_bytes', r.stdout_bytes,
+        'stderr_bytes', r.stderr_bytes, 'ended_at', r.at)),
+    updated_at = r.at
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS idx, (e->>3)::int AS exit_code,
+           (e->>4) AS message, (e->>5)::bigint AS stdout_bytes, (e->>6)::bigint AS stderr_bytes
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
+WHERE j.id = r.id;
+
 -- name: project_job_signalled
 -- A signal sent to a running job (`job signal`): appended, with the attempt it is for. Not
 -- folded into a replayed insert: its own statement, in the wave after it.
@@ -576,6 +602,10 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
+-- name: job_exec
+-- A job's state and attempt, and one of its commands run beside its own (`job exec`).
+SELECT j.state, j.attempt, coalesce(j.execs -> %s, '{}'::jsonb) AS entry FROM jobs j WHERE j.id = %s;
+
 -- name: jobs_of_array
 -- The jobs of an array (`job run --array`), with their states; a job retried (`job retry`,
 -- whose copy carries the array's label too) stands by its newest copy.
@@ -651,7 +681,7 @@ SELECT id, name, provider_type, status, health, health_message FROM provider_con
 -- What workers' streams need to decide whether to send run-job, cancel or signals: one stream's
 -- own, or every connected one's (the guard against a missed signal).
 SELECT w.id AS worker_id, w.state AS worker_state, w.attempt AS worker_attempt, j.state AS job_state,
-       j.attempt AS job_attempt, j.spec, j.error_message, j.signals
+       j.attempt AS job_attempt, j.spec, j.error_message, j.signals, j.execs
 FROM workers w JOIN jobs j ON j.id = w.job_id
 WHERE w.id = ANY(%s::uuid[]);
 

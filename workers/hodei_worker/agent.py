@@ -56,6 +56,7 @@ from hodei_worker.masking import Masker
 from hodei_worker.runner import (
     OUTPUT_FILE,
     STDERR,
+    Beside,
     Finished,
     JobProcess,
     JobUser,
@@ -68,6 +69,13 @@ from hodei_worker.runner import (
     remove_home,
     signal_note,
 )
+
+# What is kept of each stream of a command run beside the job's (`job exec`): the
+# server's hodei.domain.execs.MOST_OUTPUT_BYTES, which it cuts to whatever is sent.
+EXEC_OUTPUT_BYTES = 512 * 1024
+# How long the job's result waits for such commands to say how they ended (the job's end
+# kills them).
+EXEC_ENDS_WITHIN = 5.0
 
 # Backoff between attempts to reach a server.
 RETRY_FIRST, RETRY_MAX = 0.05, 5.0
@@ -287,6 +295,11 @@ class Agent:
         self.result_acked = threading.Event()
         # The next signal's index (`job signal`): a stream opened again sends them all again.
         self.next_signal = 0
+        # Commands run beside the job's (`job exec`): the indices begun (each runs once),
+        # and the results not yet acknowledged (sent again on a new stream).
+        self.execs_begun: dict[int, threading.Thread] = {}
+        self.exec_results: dict[int, worker_pb2.WorkerMessage] = {}
+        self.exec_lock = threading.Lock()
 
     def _next_server(self) -> worker_pb2_grpc.WorkerAgentServiceStub:
         """A stub for the next server address (they take turns after each failure)."""
@@ -386,6 +399,9 @@ class Agent:
             self.outbox.put(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now())))
             for batch in self.batcher.pending():
                 self.outbox.put(self._batch_message(batch))
+            with self.exec_lock:
+                for ended in self.exec_results.values():
+                    self.outbox.put(ended)
             if self.result is not None:
                 self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
             metadata = (("x-hodei-worker-id", self.settings.worker_id), ("x-hodei-session", self.session))
@@ -427,6 +443,11 @@ class Agent:
                 self.process.cancel(cancel.reason or "cancelled by the server", grace)
         elif kind == "signal":
             self._signal(message.signal)
+        elif kind == "exec":
+            self._exec(message.exec)
+        elif kind == "exec_ack":
+            with self.exec_lock:
+                self.exec_results.pop(message.exec_ack.index, None)
         elif kind == "log_ack":
             self.batcher.acked(message.log_ack.seq)
         elif kind == "result_ack":
@@ -443,6 +464,36 @@ class Agent:
         signum = getattr(signal, f"SIG{sent.name}", None)
         if signum is not None:
             self.process.signal(signum)
+
+    def _exec(self, sent: worker_pb2.Exec) -> None:
+        """Each index once, on a thread of its own (this one reads the stream)."""
+        if sent.job_id != self.settings.job_id or sent.index in self.execs_begun:
+            return
+        thread = threading.Thread(target=self._run_exec, args=(sent,), name=f"exec-{sent.index}", daemon=True)
+        self.execs_begun[sent.index] = thread
+        thread.start()
+
+    def _run_exec(self, sent: worker_pb2.Exec) -> None:
+        process = self.process
+        if process is None or self.result is not None:
+            ran = Beside(126, "not started: the job's command is not running")
+        else:
+            ran = process.beside(list(sent.argv), sent.timeout_seconds, EXEC_OUTPUT_BYTES, self.mask)
+        ended = worker_pb2.WorkerMessage(
+            exec_result=worker_pb2.ExecResult(
+                job_id=sent.job_id,
+                index=sent.index,
+                exit_code=ran.exit_code,
+                message=ran.message,
+                stdout=ran.stdout,
+                stderr=ran.stderr,
+                stdout_bytes=ran.stdout_bytes,
+                stderr_bytes=ran.stderr_bytes,
+            )
+        )
+        with self.exec_lock:
+            self.exec_results[sent.index] = ended
+            self.outbox.put(ended)
 
     # The job ------------------------------------------------------------------
 
@@ -534,6 +585,9 @@ class Agent:
             self.result.cpu_seconds = finished.cpu_seconds
         if finished.peak_memory_bytes is not None:
             self.result.peak_memory_bytes = finished.peak_memory_bytes
+        # Commands run beside it say how they ended first (the job's end killed them).
+        for thread in list(self.execs_begun.values()):
+            thread.join(timeout=EXEC_ENDS_WITHIN)
         self.outbox.put(worker_pb2.WorkerMessage(result=self.result))
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:

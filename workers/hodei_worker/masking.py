@@ -35,6 +35,18 @@ class Masker:
         """Whether there is anything to mask (a job without secrets skips the call per line)."""
         return self._pattern is not None
 
+    @property
+    def longest(self) -> int:
+        """The longest text masked: what a cut output must be read past to mask its end."""
+        return self._longest
+
+    def masked_bytes(self, data: bytes) -> bytes:
+        """``data`` with the secrets masked: read as UTF-8 text when there are secrets (bytes
+        that are not UTF-8 come out as U+FFFD), as it is when there are none."""
+        if self._pattern is None:
+            return data
+        return self(data.decode(errors="replace")).encode()
+
     def __call__(self, line: str) -> str:
         if self._pattern is None:
             return line

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
 
+from hodei_worker.masking import Masker
+
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 # How long the processes a job left behind get to die once SIGKILLed (end_strays): one
@@ -35,6 +37,36 @@ class Outcome(Enum):
     CANCELLED = "cancelled"
     START_FAILED = "start_failed"
     WORKER_STOPPED = "worker_stopped"
+
+
+@dataclass(frozen=True)
+class Beside:
+    """How a command run beside the job's ended (`job exec`), and what it printed: the
+    first bytes of each stream, and how many it printed in all."""
+
+    exit_code: int
+    message: str
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+
+class _Kept:
+    """The first ``most`` bytes of a stream, read to its end (a command blocked on a full
+    pipe would never end), and how many there were."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.data = bytearray()
+        self.total = 0
+
+    def read(self, stream: BinaryIO) -> None:
+        fd = stream.fileno()
+        while chunk := os.read(fd, PIECE_BYTES):
+            self.total += len(chunk)
+            if len(self.data) < self.most:
+                self.data += chunk[: self.most - len(self.data)]
 
 
 @dataclass(frozen=True)
@@ -393,6 +425,12 @@ class JobProcess:
         # sent to it once it has.
         self._signals_lock = threading.Lock()
         self._pending_signals: list[int] = []
+        # The commands run beside it (`job exec`) that have not been waited for: the orphan
+        # reaper leaves them to their own waits (their exit codes are wanted), under this lock.
+        self._reaping = threading.Lock()
+        self._beside: set[int] = set()
+        # Set once the command has ended and its leftovers are being killed.
+        self._ending = False
 
     def signal(self, signum: int) -> None:
         """Sends ``signum`` to the command's processes (its whole group), as soon as it runs."""
@@ -426,20 +464,8 @@ class JobProcess:
             problem = self.before()
         if problem is not None:
             return Finished(Outcome.START_FAILED, 126, problem)
-        user = self.user
         try:
-            process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.working_dir or None,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=[] if user else None,
-            )
+            process = self._spawn(self.argv)
         except OSError as exc:
             code = 127 if isinstance(exc, FileNotFoundError) else 126
             if self.working_dir and exc.filename == self.working_dir:
@@ -461,9 +487,14 @@ class JobProcess:
         reaper.start()
         outcome, message = self._wait(process)
         finished_at = time.time()
+        self._ending = True
         # Whatever the job left behind goes too: it would hold the output pipes open and
-        # outlive the job.
+        # outlive the job. So do the commands run beside it (each its own group).
         self._signal_group(process.pid, signal.SIGKILL)
+        with self._reaping:
+            beside = list(self._beside)
+        for pgid in beside:
+            self._signal_group(pgid, signal.SIGKILL)
         end_strays()
         for reader in readers:
             reader.join(timeout=5)
@@ -482,6 +513,70 @@ class JobProcess:
             message = exit_text(returncode, oom)
         peak = memory.peak_bytes() if memory else None
         return Finished(outcome, code, message, started_at, finished_at, used.ru_utime + used.ru_stime, peak)
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """``argv`` as the job's user, in its directory and environment, in a process group
+        of its own, its output in pipes."""
+        user = self.user
+        return subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=self.working_dir or None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
+        )
+
+    def beside(self, argv: list[str], timeout: float, most: int, mask: Masker) -> Beside:
+        """Runs ``argv`` as the job's command runs — its user, working directory and
+        environment, a process group of its own — while that runs (`job exec`); killed
+        after ``timeout`` seconds, or when the job's command ends. ``mask`` hides the job's
+        secrets in what it printed, of which ``most`` bytes of each stream are kept."""
+        if self._process is None or self._exited.is_set():
+            return Beside(126, "not started: the job's command is not running")
+        with self._reaping:
+            try:
+                process = self._spawn(argv)
+            except OSError as exc:
+                code = 127 if isinstance(exc, FileNotFoundError) else 126
+                return Beside(code, f"cannot start {argv[0]}: {exc.strerror or exc}")
+            self._beside.add(process.pid)
+        # Read past ``most`` by the longest secret: one cut there is masked whole.
+        kept = [_Kept(most + mask.longest), _Kept(most + mask.longest)]
+        readers = [
+            threading.Thread(target=output.read, args=(pipe,), daemon=True)
+            for output, pipe in zip(kept, (process.stdout, process.stderr), strict=True)
+        ]
+        for reader in readers:
+            reader.start()
+        timed_out = False
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        # It, once timed out, and whatever it left in its group (which would hold the pipes).
+        self._signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        with self._reaping:
+            self._beside.discard(process.pid)
+        for reader in readers:
+            reader.join(timeout=5)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        if timed_out:
+            code, message = 124, f"timed out after {timeout:g}s"
+        elif self._ending:
+            code, message = 128 + signal.SIGKILL, "killed: the job's command ended"
+        else:
+            code, message = exit_code_of(process.returncode), exit_text(process.returncode, False)
+        out, err = kept
+        stdout, stderr = (mask.masked_bytes(bytes(output.data))[:most] for output in kept)
+        return Beside(code, message, stdout, stderr, out.total, err.total)
 
     def _prepare_working_dir(self) -> str | None:
         """Creates a missing working directory as the job's user would; None when usable.
@@ -583,9 +678,13 @@ class JobProcess:
             except ChildProcessError:
                 info = None
             if info is not None and info.si_pid not in (0, process.pid):
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(info.si_pid, 0)
-                continue
+                with self._reaping:
+                    reaped = info.si_pid not in self._beside
+                    if reaped:
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(info.si_pid, 0)
+                if reaped:
+                    continue
             time.sleep(0.2)
 
 

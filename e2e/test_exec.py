@@ -1,0 +1,166 @@
+"""`job exec ID -- COMMAND` (kubectl exec, docker exec): a command run in a running job's
+worker as the job's own — its user, directory, environment, secrets masked — whose output
+and exit code come back to the one who asked; each asked for and ended in the job's
+history; a command cut off by its timeout or by its job's end says so; the worker's answer
+survives a server killed while it runs; bad requests are refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hodei.testing import ServerProcess, hodei_server, query, wait_running, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), {"HODEI_SIM_ENABLED": "1"}) as process:
+        yield process
+
+
+def running(server: ServerProcess, *options: str) -> str:
+    job_id = server.cli("job", "run", "-p", "local", *options, check=True).stdout.strip()
+    wait_running(server.database_url, job_id)
+    return job_id
+
+
+def execs(server: ServerProcess, job_id: str) -> list[tuple[str, str | None, dict[str, object]]]:
+    return [
+        (event_type, actor, payload)
+        for event_type, actor, payload in query(
+            server.database_url,
+            "SELECT event_type, actor, payload FROM domain_events WHERE aggregate_id = %s "
+            "AND event_type LIKE 'JobExec%%' ORDER BY aggregate_version",
+            (job_id,),
+        )
+    ]
+
+
+def test_a_command_runs_as_the_job_in_its_directory_and_environment(server: ServerProcess) -> None:
+    job_id = running(
+        server, "-c", "echo $$ > pid; sleep 60", "--working-dir", "/tmp/exec-here", "-e", "COLOR=teal",
+        "--secret", "TOKEN=hunter2-secret",
+    )  # fmt: skip
+    shown = "echo user=$(id -un) dir=$(pwd) color=$COLOR token=$TOKEN; cat /proc/$(cat pid)/cmdline | tr '\\0' ' '"
+    ran = server.cli("job", "exec", job_id, "--", "sh", "-c", f"{shown}; echo oops >&2; exit 3")
+    assert ran.returncode == 3
+    assert ran.stdout == ("user=nobody dir=/tmp/exec-here color=teal token=***\n/bin/sh -c echo $$ > pid; sleep 60 ")
+    assert ran.stderr == "oops\n[hodei] exited with code 3\n"
+
+    # The history: who asked for what, in which attempt, and how it ended (the worker said).
+    [(requested, by, asked), (ended, worker, how)] = execs(server, job_id)
+    assert (requested, by, asked) == (
+        "JobExecRequested",
+        "anonymous",
+        {"index": 0, "attempt": 1, "argv": ["sh", "-c", f"{shown}; echo oops >&2; exit 3"], "timeout_seconds": 60},
+    )
+    assert (ended, str(worker).startswith("worker:")) == ("JobExecEnded", True)
+    printed = len(ran.stdout.replace("***", "hunter2-secret"))  # what it printed, before the mask
+    assert how == {
+        "index": 0, "exit_code": 3, "message": "exited with code 3", "stdout_bytes": printed, "stderr_bytes": 5
+    }  # fmt: skip
+    [(entry,)] = query(server.database_url, "SELECT execs -> 0 FROM jobs WHERE id = %s", (job_id,))
+    assert (entry["by"], entry["exit_code"], entry["argv"][0]) == ("anonymous", 3, "sh")
+
+    as_json = server.cli("-o", "json", "job", "exec", job_id, "--", "printf", "a\\377b")
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout) == {
+        "index": 1,
+        "exit_code": 0,
+        "message": "exited with code 0",
+        "stdout": "a\ufffdb",
+        "stderr": "",
+        "stdout_bytes": 3,
+        "stderr_bytes": 0,
+    }
+    masked = server.cli_bytes("job", "exec", job_id, "--", "printf", "a\\377b")
+    assert masked.stdout == "a\ufffdb".encode()  # read as text, to mask the job's secrets
+
+    missing = server.cli("job", "exec", job_id, "--", "no-such-program", "--server", "x")
+    assert missing.returncode == 127
+    assert missing.stderr == "[hodei] cannot start no-such-program: No such file or directory\n"
+    server.cli("job", "cancel", job_id, check=True)
+    wait_settled(server.database_url, job_id)
+    verified = hodei_server(server.database_url, "replay", "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_command_past_its_timeout_or_its_jobs_end_is_killed_saying_so(server: ServerProcess) -> None:
+    job_id = running(server, "-c", "sleep 4")
+    timed_out = server.cli("job", "exec", job_id, "--timeout", "1s", "--", "sh", "-c", "echo begun; sleep 30")
+    assert (timed_out.returncode, timed_out.stdout) == (124, "begun\n")
+    assert timed_out.stderr == "[hodei] timed out after 1s\n"
+    outlived = server.cli("job", "exec", job_id, "--", "sleep", "60")
+    assert (outlived.returncode, outlived.stderr) == (137, "[hodei] killed: the job's command ended\n")
+    wait_settled(server.database_url, job_id)
+    assert query(server.database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("SUCCEEDED",)]
+    ended = server.cli("job", "exec", job_id, "--", "true")
+    assert ended.returncode == 2
+    assert f"job {job_id} is SUCCEEDED: a command runs only beside a running job's" in ended.stderr
+
+
+def test_a_long_output_is_cut_and_the_cut_said_and_bytes_stay_bytes(server: ServerProcess) -> None:
+    job_id = running(server, "-c", "sleep 60")
+    ran = server.cli_bytes("job", "exec", job_id, "--", "sh", "-c", "head -c 600000 /dev/zero | tr '\\0' a")
+    assert ran.returncode == 0
+    assert ran.stdout == b"a" * 512 * 1024
+    assert ran.stderr == b"[hodei] stdout cut: its first 512.0 KiB of 585.9 KiB shown\n"
+    raw = server.cli_bytes("job", "exec", job_id, "--", "printf", "a\\377b")
+    assert raw.stdout == b"a\xffb"  # a job without secrets: the bytes as they were
+    server.cli("job", "cancel", job_id, check=True)
+
+
+def test_the_answer_outlives_a_server_killed_while_the_command_runs(server: ServerProcess) -> None:
+    """The worker keeps a command's result until a server acknowledges it: the stream it
+    opens with the server started again carries it, and the end is recorded."""
+    job_id = running(server, "-c", "sleep 60")
+    asked = threading.Thread(target=server.cli, args=("job", "exec", job_id, "--", "sh", "-c", "sleep 3; echo late"))
+    asked.start()
+    deadline = time.monotonic() + 30
+    while not execs(server, job_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    server.kill()  # the asker's call ends with it
+    asked.join(30)
+    server.start()
+    while len(execs(server, job_id)) < 2:
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.2)
+    [_, (_, _, how)] = execs(server, job_id)
+    assert how == {"index": 0, "exit_code": 0, "message": "exited with code 0", "stdout_bytes": 5, "stderr_bytes": 0}
+    again = server.cli("job", "exec", job_id, "--", "echo", "again")
+    assert (again.returncode, again.stdout) == (0, "again\n")
+    server.cli("job", "cancel", job_id, check=True)
+
+
+def test_a_sim_worker_answers_that_it_runs_no_commands(server: ServerProcess) -> None:
+    job_id = server.cli("job", "run", "-p", "sim", "-c", "x", "-e", "HODEI_SIM_SECONDS=30", check=True).stdout.strip()
+    wait_running(server.database_url, job_id)
+    ran = server.cli("job", "exec", job_id, "--", "id")
+    assert (ran.returncode, ran.stderr) == (126, "[hodei] not started: a sim worker runs no commands\n")
+    server.cli("job", "cancel", job_id, check=True)
+
+
+def test_bad_requests_are_refused_with_nothing_written(server: ServerProcess) -> None:
+    job_id = running(server, "-c", "sleep 60")
+    ((before,),) = query(server.database_url, "SELECT count(*) FROM domain_events")
+    for argv, said in (
+        (["job", "exec", job_id], "give the command to run: job exec ID -- COMMAND [ARGS...]"),
+        (["job", "exec", job_id, "--", ""], "give the command to run"),
+        (["job", "exec", job_id, "--timeout", "0", "--", "id"], "--timeout must be a positive number"),
+        (["job", "exec", job_id, "--timeout", "2h", "--", "id"], "the timeout is 1 to 3600 seconds, got 7200"),
+        (["job", "exec", job_id, "--timeout", "soon", "--", "id"], "--timeout"),
+        (["job", "exec", "00000000-0000-0000-0000-000000000000", "--", "id"], "not found"),
+        (["job", "exec", job_id, "id"], "unrecognized arguments: id"),
+    ):
+        refused = server.cli(*argv)
+        assert refused.returncode == 2, (argv, refused.stderr)
+        assert said in refused.stderr, (argv, refused.stderr)
+    assert query(server.database_url, "SELECT count(*) FROM domain_events") == [(before,)]
+    server.cli("job", "cancel", job_id, check=True)
