@@ -120,11 +120,14 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
     assert shown.ok and 'id="job-state"' in shown.text and 'id="cancel"' not in shown.text
     assert 'id="signal"' not in shown.text
     assert reader.post(f"{page}/signal", data={"signal": "USR1"}, allow_redirects=False).status_code == 403
+    assert 'id="exec"' not in shown.text
+    assert reader.post(f"{page}/exec", data={"command": "id"}, allow_redirects=False).status_code == 403
     forged = reader.post(f"{page}/cancel", allow_redirects=False)
     assert forged.status_code == 403 and "needs submit" in forged.text, forged.text
     # Someone else's job: a submitter may not cancel it either.
     other = browser(guarded, tokens["other"])
-    assert 'id="cancel"' not in other.get(page).text
+    assert 'id="cancel"' not in other.get(page).text and 'id="exec"' not in other.get(page).text
+    assert other.post(f"{page}/exec", data={"command": "id"}, allow_redirects=False).status_code == 403
     assert other.post(f"{page}/cancel", allow_redirects=False).status_code == 403
     assert query(url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
 
@@ -138,6 +141,20 @@ def test_a_read_token_sees_no_cancel_and_its_forged_cancel_is_refused(
         "SELECT actor, payload->>'signal' FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobSignalled'"
     )
     assert query(url, signalled, (job_id,)) == [("operate-person", "HUP")]
+    # `job exec`: a shell line, its answer on a page of its own (a sim worker runs none).
+    assert 'id="exec"' in operator.get(page).text
+    ran = operator.post(f"{page}/exec", data={"command": "echo '<b>'"}, allow_redirects=False)
+    assert ran.status_code == 200
+    assert '<code id="exec-line">echo &#39;&lt;b&gt;&#39;</code>' in ran.text
+    assert "not started: a sim worker runs no commands (exit code 126)" in ran.text
+    requested = (
+        "SELECT actor, payload->'argv' FROM domain_events WHERE aggregate_id = %s AND event_type = 'JobExecRequested'"
+    )
+    assert query(url, requested, (job_id,)) == [("operate-person", ["sh", "-c", "echo '<b>'"])]
+    blank = operator.post(f"{page}/exec", data={"command": " "}, allow_redirects=False)
+    assert blank.status_code == 400 and "give the command to run in the job" in blank.text
+    elsewhere = operator.post(f"{page}/exec", data={"command": "id"}, headers={"Origin": "http://elsewhere.example"})
+    assert elsewhere.status_code == 403
     bad = operator.post(f"{page}/signal", data={"signal": "SEGV"}, allow_redirects=False)
     assert bad.status_code == 400 and "a signal is one of HUP" in bad.text
     cross_site = operator.post(f"{page}/cancel", headers={"Origin": "http://elsewhere.example"}, allow_redirects=False)

@@ -7,20 +7,24 @@ survives a server killed while it runs; bad requests are refused with nothing wr
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
-from hodei.testing import ServerProcess, hodei_server, query, wait_running, wait_settled
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), {"HODEI_SIM_ENABLED": "1"}) as process:
+    env = {"HODEI_SIM_ENABLED": "1"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env, http=True) as process:
         yield process
 
 
@@ -81,6 +85,11 @@ def test_a_command_runs_as_the_job_in_its_directory_and_environment(server: Serv
     }
     masked = server.cli_bytes("job", "exec", job_id, "--", "printf", "a\\377b")
     assert masked.stdout == "a\ufffdb".encode()  # read as text, to mask the job's secrets
+
+    # The console's Run command: a shell line, its output on a page of its own.
+    page = requests.post(f"{server.http_url}/jobs/{job_id}/exec", data={"command": "echo $COLOR; echo oops >&2"})
+    assert page.status_code == 200
+    assert '<pre id="exec-stdout">teal\n</pre>' in page.text and '<pre id="exec-stderr">oops\n</pre>' in page.text
 
     missing = server.cli("job", "exec", job_id, "--", "no-such-program", "--server", "x")
     assert missing.returncode == 127
@@ -163,4 +172,38 @@ def test_bad_requests_are_refused_with_nothing_written(server: ServerProcess) ->
         assert refused.returncode == 2, (argv, refused.stderr)
         assert said in refused.stderr, (argv, refused.stderr)
     assert query(server.database_url, "SELECT count(*) FROM domain_events") == [(before,)]
+    server.cli("job", "cancel", job_id, check=True)
+
+
+def test_a_frozen_worker_that_never_answers_ends_the_call_saying_so(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The agent stopped (SIGSTOP) as the command is asked for: the call ends after the
+    command's timeout and the worker's margin, saying that it did not answer; thawed, the
+    worker runs it after all, and its end is recorded. (A server of its own, whose heartbeat
+    timeout outlasts the freeze: a worker frozen past it is lost, and its job with it.)"""
+    env = {"HODEI_HEARTBEAT_TIMEOUT": "120"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("frozen"), env) as server:
+        frozen(server)
+
+
+def frozen(server: ServerProcess) -> None:
+    job_id = running(server, "-c", "sleep 60")
+    [(resource,)] = query(
+        server.database_url, "SELECT provider_resource_id FROM workers WHERE job_id = %s AND state = 'BUSY'", (job_id,)
+    )
+    agent = int(resource.removeprefix("pid-"))
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        asked = server.cli("job", "exec", job_id, "--timeout", "1s", "--", "echo", "late")
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert asked.returncode == 1
+    assert (
+        f"command 0 in job {job_id}: its worker did not say how it ended within 16s "
+        "(its timeout 1s and 15s more) (DEADLINE_EXCEEDED)"
+    ) in asked.stderr
+    eventually(lambda: len(execs(server, job_id)) == 2, 30, what="the thawed worker's answer")
+    [_, (_, _, how)] = execs(server, job_id)
+    assert how == {"index": 0, "exit_code": 0, "message": "exited with code 0", "stdout_bytes": 5, "stderr_bytes": 0}
     server.cli("job", "cancel", job_id, check=True)

@@ -11,7 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
-from hodei._proto import common_pb2
+from hodei._proto import common_pb2, jobs_pb2
 from hodei.domain.placement import canonical_tolerations
 from hodei.domain.retries import canonical_retry_on
 from hodei.domain.spec import JobSpec, canonical_time, name_for
@@ -94,3 +94,17 @@ def job_dict(job: common_pb2.Job) -> dict[str, Any]:
     data["exit_code"] = job.exit_code if job.has_exit_code else None
     data.pop("has_exit_code", None)
     return data
+
+
+def exec_dict(ran: jobs_pb2.ExecJobResponse) -> dict[str, Any]:
+    """`job exec -o json`: the command's end, and what it printed as text (bytes that are
+    not UTF-8 as U+FFFD)."""
+    return {
+        "index": ran.index,
+        "exit_code": ran.exit_code,
+        "message": ran.message,
+        "stdout": ran.stdout.decode(errors="replace"),
+        "stderr": ran.stderr.decode(errors="replace"),
+        "stdout_bytes": ran.stdout_bytes,
+        "stderr_bytes": ran.stderr_bytes,
+    }

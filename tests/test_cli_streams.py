@@ -148,15 +148,21 @@ def test_a_call_the_server_did_not_answer_in_time_is_explained() -> None:
     for them."""
 
     class Late(grpc.RpcError):
+        def __init__(self, details: str) -> None:
+            self._details = details
+
         def code(self) -> grpc.StatusCode:
             return grpc.StatusCode.DEADLINE_EXCEEDED
 
         def details(self) -> str:
-            return "Deadline Exceeded"
+            return self._details
 
-    said = explain(Late(), Connection(server="jobs.example:50051"))
+    said = explain(Late("Deadline Exceeded"), Connection(server="jobs.example:50051"))
     assert said.startswith("the server at jobs.example:50051 did not answer in time (DEADLINE_EXCEEDED)"), said
     assert "a change asked for may still be made" in said
+    # The server's own DEADLINE_EXCEEDED (a worker silent on `job exec`) says why in its words.
+    silent = "command 0 in job j: its worker did not say how it ended within 16s"
+    assert explain(Late(silent), Connection(server="jobs.example:50051")) == f"{silent} (DEADLINE_EXCEEDED)"
 
 
 def test_several_jobs_lines_are_printed_whole_each_after_its_jobs_name(capsys: pytest.CaptureFixture[str]) -> None:

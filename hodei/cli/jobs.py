@@ -75,7 +75,7 @@ from hodei.domain.spec import (
 )
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
-from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, job_dict, message_dict, spec_to_proto
+from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, exec_dict, job_dict, message_dict, spec_to_proto
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`, and two of our own.
@@ -1044,20 +1044,6 @@ def exec_in_job(client: Client, term: Terminal, args: argparse.Namespace) -> int
     if ran.exit_code:
         term.info(f"[hodei] {ran.message}")
     return ran.exit_code
-
-
-def exec_dict(ran: jobs_pb2.ExecJobResponse) -> dict[str, Any]:
-    """`job exec -o json`: the command's end, and what it printed as text (bytes that are
-    not UTF-8 as U+FFFD)."""
-    return {
-        "index": ran.index,
-        "exit_code": ran.exit_code,
-        "message": ran.message,
-        "stdout": ran.stdout.decode(errors="replace"),
-        "stderr": ran.stderr.decode(errors="replace"),
-        "stdout_bytes": ran.stdout_bytes,
-        "stderr_bytes": ran.stderr_bytes,
-    }
 
 
 def update(client: Client, term: Terminal, args: argparse.Namespace) -> int:

@@ -282,7 +282,9 @@ def explain(exc: grpc.RpcError, connection: Connection) -> str:
             f"the server at {connection.server} dropped the call unanswered (CANCELLED): more calls were waiting "
             "for it than it takes (gRPC drops one waiting 30 s, or past its queue), or it is stopping; try again"
         )
-    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server says nothing: gRPC gave up on it
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and details in ("", "Deadline Exceeded"):
+        # The server said nothing: gRPC gave up on it (the server's own DEADLINE_EXCEEDED, a
+        # worker that did not answer `job exec`, says why in its words, below).
         return (
             f"the server at {connection.server} did not answer in time (DEADLINE_EXCEEDED): it is overloaded, or "
             "waiting on PostgreSQL (its log says; `/readyz` too); a change asked for may still be made: look before "

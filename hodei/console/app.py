@@ -53,6 +53,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
 from hodei.domain.duration import seconds_of
+from hodei.domain.execs import MOST_OUTPUT_BYTES
 from hodei.domain.job import SIGNALS, JobState
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, DEFAULT_TIMEOUT_SECONDS, LabelSelector
@@ -77,7 +78,7 @@ from hodei.server.edge import brief
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
 from hodei.store.migrations import schema_problem
-from hodei.wire import MAX_QUEUE_LISTED, message_dict
+from hodei.wire import MAX_QUEUE_LISTED, exec_dict, message_dict
 
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
@@ -182,6 +183,7 @@ class Console:
         app.router.add_get("/jobs/{id}/artifacts/{attempt:\\d+}/{name:.+}", self.artifact)
         app.router.add_post("/jobs/{id}/cancel", self.cancel)
         app.router.add_post("/jobs/{id}/signal", self.signal)
+        app.router.add_post("/jobs/{id}/exec", self.exec_command)
         app.router.add_post("/jobs/{id}/retry", self.retry)
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
         app.router.add_post("/jobs/{id}/priority", self.prioritize)
@@ -504,6 +506,21 @@ class Console:
         name = str((await request.post()).get("signal", ""))
         await self._call(request, JOBS + "SignalJob", jobs_pb2.SignalJobRequest(job_id=job_id, signal=name))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
+    async def exec_command(self, request: web.Request) -> web.Response:
+        """`job exec ID -- sh -c COMMAND` (its owner's, or the operate role's): what the
+        command printed and how it ended, on a page of its own."""
+        self._check_origin(request)
+        job_id = request.match_info["id"]
+        command = str((await request.post()).get("command", ""))
+        if not command.strip():
+            raise InvalidInput("give the command to run in the job, as a shell line")
+        asked = jobs_pb2.ExecJobRequest(job_id=job_id, argv=["sh", "-c", command])
+        ran = exec_dict(await self._call(request, JOBS + "ExecJob", asked))
+        cut = {name: ran[f"{name}_bytes"] > MOST_OUTPUT_BYTES for name in ("stdout", "stderr")}
+        return self._page(
+            request, "exec.html", await self._caller(request), job_id=job_id, command=command, ran=ran, cut=cut
+        )
 
     async def hold(self, request: web.Request) -> web.Response:
         self._check_origin(request)
