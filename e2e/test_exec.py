@@ -148,6 +148,19 @@ def test_the_answer_outlives_a_server_killed_while_the_command_runs(server: Serv
     server.cli("job", "cancel", job_id, check=True)
 
 
+def test_a_command_asked_of_either_of_two_servers_reaches_the_worker(server: ServerProcess) -> None:
+    """Two servers of one installation: the worker's stream is held by one of them; asked
+    of either, the command runs and its answer (written by the one the worker tells, in the
+    log directory they share) comes back."""
+    with ServerProcess(server.database_url, server.log_dir, {"HODEI_SIM_ENABLED": "1"}) as other:
+        job_id = running(server, "-c", "sleep 60")
+        for asked in (server, other, server, other):
+            ran = asked.cli("job", "exec", job_id, "--", "sh", "-c", "echo $HODEI_JOB_ID")
+            assert (ran.returncode, ran.stdout) == (0, f"{job_id}\n"), ran.stderr
+        server.cli("job", "cancel", job_id, check=True)
+    assert len(execs(server, job_id)) == 8
+
+
 def test_a_sim_worker_answers_that_it_runs_no_commands(server: ServerProcess) -> None:
     job_id = server.cli("job", "run", "-p", "sim", "-c", "x", "-e", "HODEI_SIM_SECONDS=30", check=True).stdout.strip()
     wait_running(server.database_url, job_id)
