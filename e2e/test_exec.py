@@ -91,6 +91,18 @@ def test_a_command_runs_as_the_job_in_its_directory_and_environment(server: Serv
     assert page.status_code == 200
     assert '<pre id="exec-stdout">teal\n</pre>' in page.text and '<pre id="exec-stderr">oops\n</pre>' in page.text
 
+    # `job describe` lists them (and the console's job page): who looked inside the job.
+    described = server.cli("job", "describe", job_id, check=True).stdout
+    assert "Commands run in it (job exec)" in described
+    assert "by anonymous (attempt 1): printf 'a\\377b' -> exited with code 0, 3 bytes out" in described
+    assert (
+        "by anonymous (attempt 1): sh -c 'echo $COLOR; echo oops >&2' -> exited with code 0, 5 bytes out, 5 bytes err"
+        in (described)
+    )
+    [first, *_] = json.loads(server.cli("-o", "json", "job", "describe", job_id, check=True).stdout)["execs"]
+    assert (first["index"], first["exit_code"], first["requested_by"], first["stderr_bytes"]) == (0, 3, "anonymous", 5)
+    assert 'id="execs"' in requests.get(f"{server.http_url}/jobs/{job_id}").text
+
     missing = server.cli("job", "exec", job_id, "--", "no-such-program", "--server", "x")
     assert missing.returncode == 127
     assert missing.stderr == "[hodei] cannot start no-such-program: No such file or directory\n"
@@ -189,14 +201,14 @@ def test_bad_requests_are_refused_with_nothing_written(server: ServerProcess) ->
 
 
 def test_a_frozen_worker_that_never_answers_ends_the_call_saying_so(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
+    fresh_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The agent stopped (SIGSTOP) as the command is asked for: the call ends after the
     command's timeout and the worker's margin, saying that it did not answer; thawed, the
     worker runs it after all, and its end is recorded. (A server of its own, whose heartbeat
     timeout outlasts the freeze: a worker frozen past it is lost, and its job with it.)"""
     env = {"HODEI_HEARTBEAT_TIMEOUT": "120"}
-    with ServerProcess(database_url, tmp_path_factory.mktemp("frozen"), env) as server:
+    with ServerProcess(fresh_database_url, tmp_path_factory.mktemp("frozen"), env) as server:
         frozen(server)
 
 

@@ -696,6 +696,7 @@ class JobDescription(_message.Message):
     SAGAS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     WEBHOOK_MESSAGES_FIELD_NUMBER: _builtins.int
+    EXECS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> _common_pb2.Job: ...
     @_builtins.property
@@ -708,6 +709,10 @@ class JobDescription(_message.Message):
     def webhook_messages(self) -> _containers.RepeatedCompositeFieldContainer[_webhooks_pb2.WebhookDelivery]:
         """The webhook messages about it (one a webhook told of its end), newest first."""
 
+    @_builtins.property
+    def execs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobExec]:
+        """The commands run in it (`job exec`), oldest first."""
+
     def __init__(
         self,
         *,
@@ -715,14 +720,72 @@ class JobDescription(_message.Message):
         sagas: _abc.Iterable[_sagas_pb2.Saga] | None = ...,
         workers: _abc.Iterable[Global___JobWorker] | None = ...,
         webhook_messages: _abc.Iterable[_webhooks_pb2.WebhookDelivery] | None = ...,
+        execs: _abc.Iterable[Global___JobExec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "sagas", b"sagas", "webhook_messages", b"webhook_messages", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execs", b"execs", "job", b"job", "sagas", b"sagas", "webhook_messages", b"webhook_messages", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobDescription: _TypeAlias = JobDescription  # noqa: Y015
+
+@_typing.final
+class JobExec(_message.Message):
+    """A command run in a running job's worker (`job exec`): who asked for what, and how it ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    attempt: _builtins.int
+    timeout_seconds: _builtins.int
+    requested_by: _builtins.str
+    exit_code: _builtins.int
+    """How it ended; unset while it runs, or when its worker never said (its job ended first)."""
+    message: _builtins.str
+    stdout_bytes: _builtins.int
+    stderr_bytes: _builtins.int
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_seconds: _builtins.int = ...,
+        requested_by: _builtins.str = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+        exit_code: _builtins.int | None = ...,
+        message: _builtins.str = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "ended_at", b"ended_at", "exit_code", b"exit_code", "requested_at", b"requested_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "attempt", b"attempt", "ended_at", b"ended_at", "exit_code", b"exit_code", "index", b"index", "message", b"message", "requested_at", b"requested_at", "requested_by", b"requested_by", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
+    _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+
+Global___JobExec: _TypeAlias = JobExec  # noqa: Y015
 
 @_typing.final
 class GetJobHistoryRequest(_message.Message):

@@ -8,6 +8,7 @@ as null), the shape documented in the README.
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Any
 
 from rich.tree import Tree
@@ -17,9 +18,9 @@ from hodei.cli.client import Client
 from hodei.cli.jobs import LATEST, add_job_id
 from hodei.cli.jobs import describe as describe_job
 from hodei.cli.parsing import add_limit
-from hodei.cli.terminal import Terminal, when
+from hodei.cli.terminal import Terminal, one_line, when
 from hodei.cli.webhooks import delivery_line
-from hodei.domain.phases import usage_text
+from hodei.domain.phases import size_text, usage_text
 from hodei.wire import job_dict, message_dict
 
 
@@ -83,6 +84,7 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
                 "sagas": [message_dict(saga) for saga in found.sagas],
                 "workers": [message_dict(worker) for worker in found.workers],
                 "webhook_messages": [message_dict(message) for message in found.webhook_messages],
+                "execs": [message_dict(ran) for ran in found.execs],
             }
         )
         return 0
@@ -114,7 +116,24 @@ def describe(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         for message in found.webhook_messages:
             told.add(f"{message.webhook}: {delivery_line(message)}", style=_style(message.state))
         term.tree(told)
+    if found.execs:
+        ran = Tree("Commands run in it (job exec)")
+        for command in found.execs:
+            ran.add(exec_line(command), style="red" if command.exit_code else "")
+        term.tree(ran)
     return 0
+
+
+def exec_line(ran: jobs_pb2.JobExec) -> str:
+    """``1 2026-12-06T01:14:02Z by alice (attempt 1): ps aux -> exited with code 0, 2.1 KiB out``."""
+    said = one_line(" ".join(shlex.quote(word) for word in ran.argv))
+    head = f"{ran.index} {when(ran, 'requested_at')} by {ran.requested_by or '-'} (attempt {ran.attempt}): {said}"
+    if not ran.HasField("exit_code"):
+        return f"{head} -> no end said (running, or its job ended first)"
+    printed = f"{size_text(ran.stdout_bytes)} out"
+    if ran.stderr_bytes:
+        printed += f", {size_text(ran.stderr_bytes)} err"
+    return f"{head} -> {ran.message}, {printed}"
 
 
 def list_sagas(client: Client, term: Terminal, args: argparse.Namespace) -> int:

@@ -159,6 +159,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
             sagas=_array(message_schema(sagas_pb2.Saga.DESCRIPTOR)),
             workers=_array(message_schema(jobs_pb2.JobWorker.DESCRIPTOR)),
             webhook_messages=_array(message_schema(webhooks_pb2.WebhookDelivery.DESCRIPTOR)),
+            execs=_array(message_schema(jobs_pb2.JobExec.DESCRIPTOR)),
         ),
         False,
     ),

@@ -425,6 +425,7 @@ class Console:
             sagas=description["sagas"],
             workers=description["workers"],
             webhook_messages=description["webhook_messages"],
+            execs=description["execs"],
             timeline=timeline(description["sagas"], self.clock()),
             events=[
                 {**message_dict(event), "payload": json.loads(event.payload_json or "{}")} for event in events.events

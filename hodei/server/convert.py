@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -83,6 +84,25 @@ def worker_to_proto(worker: JobWorkerRow) -> jobs_pb2.JobWorker:
         registered_at=timestamp(worker.registered_at),
         last_heartbeat_at=timestamp(worker.last_seen_at),
     )
+
+
+def exec_to_proto(entry: dict[str, Any]) -> jobs_pb2.JobExec:
+    """A command run in a job (`job exec`), from its entry of the jobs' ``execs`` column."""
+    ran = jobs_pb2.JobExec(
+        index=entry["index"],
+        attempt=entry["attempt"],
+        argv=entry["argv"],
+        timeout_seconds=entry["timeout_seconds"],
+        requested_by=entry["by"] or "",
+        requested_at=timestamp(datetime.fromisoformat(entry["requested_at"])),
+    )
+    if "exit_code" in entry:
+        ran.exit_code = entry["exit_code"]
+        ran.message = entry["message"]
+        ran.ended_at.FromDatetime(datetime.fromisoformat(entry["ended_at"]))
+        ran.stdout_bytes = entry["stdout_bytes"]
+        ran.stderr_bytes = entry["stderr_bytes"]
+    return ran
 
 
 def phase_to_proto(phase: Phase) -> common_pb2.JobPhase:

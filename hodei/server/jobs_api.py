@@ -43,7 +43,7 @@ from hodei.providers.registry import check_provider, provider_type_of
 from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
 from hodei.server.access import caller
-from hodei.server.convert import job_to_proto, saga_to_proto, timestamp, worker_to_proto
+from hodei.server.convert import exec_to_proto, job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import STREAMS, rpc
 from hodei.server.submission import Submission, earlier, first_answer
 from hodei.server.webhooks_api import delivery_to_proto
@@ -219,6 +219,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             sagas=[saga_to_proto(saga) for saga in self.reads.sagas_of_job(row.id)],
             workers=[worker_to_proto(worker) for worker in self.reads.workers_of_job(row.id)],
             webhook_messages=[delivery_to_proto(message) for message in self.webhooks.about_job(row.id)],
+            execs=[exec_to_proto(entry) for entry in self.reads.execs_of_job(row.id)],
         )
 
     @rpc

@@ -594,11 +594,9 @@ class WorkerSession:
         """What a command run beside the job's printed, kept where any server reads it, then
         its end in the job's history (whoever waits for it is woken by that)."""
         self.service.exec_results.keep(self.job_id, ended)
-        stdout_bytes = max(ended.stdout_bytes, len(ended.stdout))
-        stderr_bytes = max(ended.stderr_bytes, len(ended.stderr))
 
         def record(job: Job) -> None:
-            job.exec_ended(ended.index, ended.exit_code, ended.message, stdout_bytes, stderr_bytes)
+            job.exec_ended(ended.index, ended.exit_code, ended.message, ended.stdout_bytes, ended.stderr_bytes)
 
         self._update_job(record)
 

@@ -602,6 +602,9 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
+-- name: execs_of_job
+SELECT execs FROM jobs WHERE id = %s;
+
 -- name: job_exec
 -- A job's state and attempt, and one of its commands run beside its own (`job exec`).
 SELECT j.state, j.attempt, coalesce(j.execs -> %s, '{}'::jsonb) AS entry FROM jobs j WHERE j.id = %s;

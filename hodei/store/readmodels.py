@@ -261,6 +261,11 @@ class ReadModels:
     def workers_of_job(self, job_id: UUID) -> list[JobWorkerRow]:
         return [JobWorkerRow(**row) for row in self._all("workers_of_job", (job_id,))]
 
+    def execs_of_job(self, job_id: UUID) -> list[dict[str, Any]]:
+        """The commands run in it (`job exec`), as the projection keeps them (sql/031)."""
+        found: list[dict[str, Any]] | None = fetch_value(self.pool, "execs_of_job", (job_id,))
+        return found or []
+
     def phases(self, job_id: UUID) -> list[Phase]:
         rows = self._all("events_of_job", {"job_id": str(job_id)})
         events = (event for row in rows for event in unpack(EventRecord(**row)))  # a worker's row of moves
