@@ -232,3 +232,20 @@ def frozen(server: ServerProcess) -> None:
     [_, (_, _, how)] = execs(server, job_id)
     assert how == {"index": 0, "exit_code": 0, "message": "exited with code 0", "stdout_bytes": 5, "stderr_bytes": 0}
     server.cli("job", "cancel", job_id, check=True)
+
+
+def test_a_worker_killed_while_a_command_runs_ends_the_call_saying_the_job_ended(server: ServerProcess) -> None:
+    """The agent SIGKILLed mid-command: the job fails (its worker is gone), and the call
+    says the job ended before the command did, with no answer from its worker."""
+    job_id = running(server, "-c", "sleep 60")
+    [(resource,)] = query(
+        server.database_url, "SELECT provider_resource_id FROM workers WHERE job_id = %s AND state = 'BUSY'", (job_id,)
+    )
+    asking = server.spawn("job", "exec", job_id, "--", "sleep", "30")
+    eventually(lambda: bool(execs(server, job_id)), 30, what="the command to be asked for")
+    time.sleep(0.5)  # begun by the worker
+    os.kill(int(resource.removeprefix("pid-")), signal.SIGKILL)
+    _, stderr = asking.communicate(timeout=90)
+    assert asking.returncode == 2, stderr
+    assert f"job {job_id} is FAILED: it ended before command 0 did, and its worker did not say how that ended" in stderr
+    assert [event_type for event_type, _, _ in execs(server, job_id)] == ["JobExecRequested"]
