@@ -1302,6 +1302,12 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             help=f"one of {', '.join(SIGNALS)} (SIG optional): the job's processes go on, or not, as they handle it",
         )
     if name == "exec":
+        parser.usage = "%(prog)s [-h] [--timeout DURATION] ID -- COMMAND [ARGS...]"
+        parser.description = (
+            "Runs COMMAND in a running job's worker, beside its command: as the job's user, in its working "
+            "directory and environment. Prints what it printed (the job's secrets masked) and exits with its "
+            "exit code. Everything after -- is the command's."
+        )
         parser.add_argument(
             "--timeout",
             type=duration,
