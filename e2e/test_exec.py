@@ -13,9 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import requests
 
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_running, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -197,6 +199,37 @@ def test_bad_requests_are_refused_with_nothing_written(server: ServerProcess) ->
         assert refused.returncode == 2, (argv, refused.stderr)
         assert said in refused.stderr, (argv, refused.stderr)
     assert query(server.database_url, "SELECT count(*) FROM domain_events") == [(before,)]
+    server.cli("job", "cancel", job_id, check=True)
+
+
+def test_a_secrets_value_written_out_is_refused_before_the_history_keeps_it(server: ServerProcess) -> None:
+    """What a job's spec and a `job exec` line say is kept as said, for good; a secret is
+    kept only sealed. A value written out (a submission's, an exec's) is refused with the
+    way to say it, and nothing is written."""
+    value = "open-s3same-now"
+    ((before,),) = query(server.database_url, "SELECT count(*) FROM domain_events")
+    submitted = server.cli("job", "run", "-p", "local", "--secret", f"PW={value}", "-c", f"login {value}")
+    assert submitted.returncode == 2
+    assert "the value of secret PW is written in the job's command: write $PW there instead" in submitted.stderr
+    spec = common_pb2.JobSpec(name="x", command="true", args=[value], timeout_seconds=60, provider="local")
+    asked_directly = jobs_pb2.QueueJobRequest(spec=spec, secrets={"PW": value})  # the server's own check
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        jobs_pb2_grpc.JobExecutionServiceStub(channel).QueueJob(asked_directly, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the value of secret PW is written in the job's args[0]" in str(refused.value.details())
+    assert query(server.database_url, "SELECT count(*) FROM domain_events") == [(before,)]
+
+    job_id = running(server, "--secret", f"PW={value}", "-c", "sleep 60")
+    ((before,),) = query(server.database_url, "SELECT count(*) FROM domain_events")
+    asked = server.cli("job", "exec", job_id, "--", "sh", "-c", f'test "$PW" = {value}')
+    assert asked.returncode == 2
+    assert "the value of secret PW is written in the command's word 2: write $PW there instead" in asked.stderr
+    assert query(server.database_url, "SELECT count(*) FROM domain_events") == [(before,)]
+    said = server.cli("job", "exec", job_id, "--", "sh", "-c", 'test "${PW#open-}" = s3same-now && echo same')
+    assert (said.returncode, said.stdout) == (0, "same\n")
+    assert query(
+        server.database_url, "SELECT count(*) FROM domain_events WHERE payload::text LIKE %s", (f"%{value}%",)
+    ) == [(0,)]
     server.cli("job", "cancel", job_id, check=True)
 
 

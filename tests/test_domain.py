@@ -556,6 +556,27 @@ def test_retries_of_a_command_do_not_use_up_the_attempts_for_lost_workers() -> N
     assert not job.can_retry
 
 
+def test_a_secrets_value_written_in_the_spec_is_refused_naming_where() -> None:
+    """The spec is kept as written (JobCreated, for good); a secret only sealed. A value
+    written out would be in the history in plain text: refused, with the way to say it."""
+    value = "s3same-open"
+    spec = JobSpec(
+        name="deploy",
+        command=f"curl -u admin:{value} https://example",
+        args=("--token", value),
+        env={"HEADER": f"Bearer {value}", "PLAIN": "s3same"},
+        labels={"team": "data"},
+        timeout_seconds=5,
+    )
+    (problem,) = spec.problems({"PW": value, "OTHER": "elsewhere"})
+    assert problem == (
+        "the value of secret PW is written in the job's command and args[1] and env.HEADER: write $PW there instead "
+        "(a job's secrets are in its environment; what is written there is kept as written, in the job's history)"
+    )
+    # A part of it, or the variable, is not the value.
+    assert replace(spec, command='curl -u "admin:$PW"', args=(), env={"PLAIN": "s3same"}).problems({"PW": value}) == []
+
+
 @pytest.mark.parametrize(("field", "value"), [("retries", -1), ("retries", 101), ("retry_backoff_seconds", -1.0)])
 def test_retry_settings_out_of_bounds_are_refused(field: str, value: float) -> None:
     spec = JobSpec(name="t", command="true", timeout_seconds=5, **{field: value})  # type: ignore[arg-type]

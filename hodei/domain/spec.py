@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -282,6 +282,7 @@ class JobSpec:
             found.append(f"argument {long[0]} is {long[1]} bytes; the limit is {limits.arg_bytes}")
         found.extend(_env_problems(self.env))
         found.extend(_secret_problems(secrets))
+        found.extend(written_secrets("the job's", dict(_texts(self.to_payload())), secrets))
         overlap = sorted(set(secrets) & set(self.env))
         if overlap:
             found.append(f"{', '.join(overlap)} given both as --env and as --secret")
@@ -390,6 +391,36 @@ def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
         if _size(value) > limits.secret_value_bytes:
             found.append(f"secret {excerpt(key)} is longer than {limits.secret_value_bytes} bytes")
     return found
+
+
+def written_secrets(whose: str, texts: Mapping[str, str], secrets: Mapping[str, str]) -> list[str]:
+    """Where a secret's value is written out among ``texts`` (by where each is, in ``whose``
+    words: "the job's" command, env.TOKEN): refused,
+    as a job's spec and a `job exec` line are kept as written, in the job's history for
+    good, which its secrets never enter but sealed. The job has each secret in its
+    environment: ``$NAME`` says it there."""
+    found = []
+    for name, value in sorted(secrets.items()):
+        where = [place for place, text in texts.items() if value and value in text]
+        if where:
+            found.append(
+                f"the value of secret {name} is written in {whose} {' and '.join(where)}: write ${name} there "
+                "instead (a job's secrets are in its environment; what is written there is kept as written, in the "
+                "job's history)"
+            )
+    return found
+
+
+def _texts(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every text of a spec's payload, with where it is (``command``, ``env.TOKEN``, ``args[2]``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _texts(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{path}[{index}]")
 
 
 def within_disk_limit(spec: JobSpec, most: int) -> JobSpec:

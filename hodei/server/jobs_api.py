@@ -32,6 +32,7 @@ from hodei.domain.spec import (
     naming_arrays,
     never_after,
     within_disk_limit,
+    written_secrets,
 )
 from hodei.errors import InvalidInput, InvalidTransition, NoAnswer, NotFound, PermissionDenied
 from hodei.execs import ExecResults
@@ -329,6 +330,14 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         row = await asyncio.to_thread(self.reads.job, request.job_id)
         job_id = str(row.id)
         _check_owner(caller(), row, "run a command in")
+        if JobSpec.from_payload(row.spec).secret_names:
+            try:
+                secrets = await asyncio.to_thread(self.secrets.open, row.id)
+            except SecretsPurged:
+                secrets = {}  # the job has ended: refused below, as any job not running
+            words = {f"word {n}": word for n, word in enumerate(argv)}
+            if written := written_secrets("the command's", words, secrets):
+                raise InvalidInput("; ".join(written))
         asked: list[tuple[int, int]] = []
 
         def command() -> tuple[None, list[Job]]:
