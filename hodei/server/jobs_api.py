@@ -48,7 +48,7 @@ from hodei.server.convert import exec_to_proto, job_to_proto, saga_to_proto, tim
 from hodei.server.edge import STREAMS, rpc
 from hodei.server.submission import Submission, earlier, first_answer
 from hodei.server.webhooks_api import delivery_to_proto
-from hodei.signals import Signals
+from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_column, fetch_one
 from hodei.store.history import history
@@ -349,36 +349,43 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             meta = Meta(actor=caller().name, correlation_id=job_id)
             await asyncio.to_thread(self.store.command, meta, command)
             [(index, attempt)] = asked
-            deadline = time.monotonic() + timeout + ANSWER_WITHIN
-            job_over: float | None = None
-            while True:
-                found = await asyncio.to_thread(fetch_one, self.store.pool, "job_exec", (index, job_id), _ExecRow)
-                assert found is not None  # the job's row is never deleted
-                if "exit_code" in found.entry:
-                    result = await asyncio.to_thread(self.exec_results.read, job_id, index)
-                    return jobs_pb2.ExecJobResponse(
-                        index=index,
-                        exit_code=result.exit_code,
-                        message=result.message,
-                        stdout=result.stdout,
-                        stderr=result.stderr,
-                        stdout_bytes=result.stdout_bytes,
-                        stderr_bytes=result.stderr_bytes,
+            return await self._exec_answer(waiter, job_id, index, attempt, timeout)
+
+    async def _exec_answer(
+        self, waiter: AsyncWaiter, job_id: str, index: int, attempt: int, timeout: int
+    ) -> jobs_pb2.ExecJobResponse:
+        """The end of command ``index``, once its worker said it (JobExecEnded); refused
+        when its job ended first without it, or its worker stays silent past its timeout."""
+        deadline = time.monotonic() + timeout + ANSWER_WITHIN
+        job_over: float | None = None
+        while True:
+            found = await asyncio.to_thread(fetch_one, self.store.pool, "job_exec", (index, job_id), _ExecRow)
+            assert found is not None  # the job's row is never deleted
+            if "exit_code" in found.entry:
+                result = await asyncio.to_thread(self.exec_results.read, job_id, index)
+                return jobs_pb2.ExecJobResponse(
+                    index=index,
+                    exit_code=result.exit_code,
+                    message=result.message,
+                    stdout=result.stdout,
+                    stderr=result.stderr,
+                    stdout_bytes=result.stdout_bytes,
+                    stderr_bytes=result.stderr_bytes,
+                )
+            now = time.monotonic()
+            if found.state != JobState.RUNNING or found.attempt != attempt:
+                job_over = job_over or now
+                if now - job_over > EXEC_AFTER_JOB:
+                    raise InvalidTransition(
+                        f"job {job_id} is {found.state}: it ended before command {index} did, "
+                        "and its worker did not say how that ended"
                     )
-                now = time.monotonic()
-                if found.state != JobState.RUNNING or found.attempt != attempt:
-                    job_over = job_over or now
-                    if now - job_over > EXEC_AFTER_JOB:
-                        raise InvalidTransition(
-                            f"job {job_id} is {found.state}: it ended before command {index} did, "
-                            "and its worker did not say how that ended"
-                        )
-                if now > deadline:
-                    raise NoAnswer(
-                        f"command {index} in job {job_id}: its worker did not say how it ended within "
-                        f"{timeout + ANSWER_WITHIN:g}s (its timeout {timeout}s and {ANSWER_WITHIN:g}s more)"
-                    )
-                await waiter.wait_async(1.0)
+            if now > deadline:
+                raise NoAnswer(
+                    f"command {index} in job {job_id}: its worker did not say how it ended within "
+                    f"{timeout + ANSWER_WITHIN:g}s (its timeout {timeout}s and {ANSWER_WITHIN:g}s more)"
+                )
+            await waiter.wait_async(1.0)
 
     def _change(self, job_ref: str, action: str, change: Callable[[Job], None]) -> common_pb2.Job:
         """A person's command on one job, theirs (or anyone's, for the operate role); the
