@@ -93,6 +93,8 @@ def test_a_command_runs_as_the_job_in_its_directory_and_environment(server: Serv
     assert page.status_code == 200
     assert '<pre id="exec-stdout">teal\n</pre>' in page.text and '<pre id="exec-stderr">oops\n</pre>' in page.text
 
+    # What each printed was for its asker alone: taken, nothing of it is kept.
+    assert list((server.log_dir / "artifacts" / job_id / "execs").iterdir()) == []
     # `job describe` lists them (and the console's job page): who looked inside the job.
     described = server.cli("job", "describe", job_id, check=True).stdout
     assert "Commands run in it (job exec)" in described

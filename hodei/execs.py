@@ -2,8 +2,9 @@
 beside the job's artifacts, written by the server its worker reports to and read by the
 server the person who asked waits on. They may be two servers, which share the log
 directory for the same reason (a job's log is read wherever it was written); the file is
-written whole before ``JobExecEnded`` is recorded, so whoever sees the event finds it.
-It goes with the job's artifacts (their expiry, the log's retention)."""
+written whole before ``JobExecEnded`` is recorded, so whoever sees the event finds it, and
+taken by that one; one nobody took (its asker gone) goes with the job's artifacts (their
+expiry, the log's retention)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ class ExecResults:
             handle.write(kept.SerializeToString())
         os.replace(handle.name, path)
 
-    def read(self, job_id: str, index: int) -> worker_pb2.ExecResult:
+    def take(self, job_id: str, index: int) -> worker_pb2.ExecResult:
+        """The result, for the one who asked for the command; the file goes (its end and
+        sizes stay in the job's history; the output was for that one alone)."""
+        path = self.path(job_id, index)
         try:
-            data = self.path(job_id, index).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise NotFound(f"what command {index} run in job {job_id} printed is no longer kept") from None
+        path.unlink(missing_ok=True)
         return worker_pb2.ExecResult.FromString(data)

@@ -64,6 +64,7 @@ def test_each_command_is_requested_with_its_attempt_and_ends_once() -> None:
     assert not job.exec_ended(1, 0, "sent again", 10, 0)  # the worker's repeat changes nothing
     assert not job.exec_ended(7, 0, "no such", 0, 0)
     assert job.execs == [False, True]
+    assert (job.exec_ended_already(0), job.exec_ended_already(1), job.exec_ended_already(7)) == (False, True, True)
     assert job.exec_ended(0, 0, "exited with code 0", 0, 0)
 
 

@@ -389,10 +389,14 @@ class Job(HodeiAggregate):
         self._exec_requested(index=index, attempt=self.attempt, argv=list(argv), timeout_seconds=timeout_seconds)
         return index
 
+    def exec_ended_already(self, index: int) -> bool:
+        """Whether command ``index``'s end is recorded, or there is no such command."""
+        return not 0 <= index < len(self.execs) or self.execs[index]
+
     def exec_ended(self, index: int, exit_code: int, message: str, stdout_bytes: int, stderr_bytes: int) -> bool:
         """Records how a command run beside its own ended, once (its worker sends it again
         until told it arrived). False: nothing to record."""
-        if not 0 <= index < len(self.execs) or self.execs[index]:
+        if self.exec_ended_already(index):
             return False
         self._exec_ended(
             index=index, exit_code=exit_code, message=message, stdout_bytes=stdout_bytes, stderr_bytes=stderr_bytes

@@ -362,7 +362,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             found = await asyncio.to_thread(fetch_one, self.store.pool, "job_exec", (index, job_id), _ExecRow)
             assert found is not None  # the job's row is never deleted
             if "exit_code" in found.entry:
-                result = await asyncio.to_thread(self.exec_results.read, job_id, index)
+                result = await asyncio.to_thread(self.exec_results.take, job_id, index)
                 return jobs_pb2.ExecJobResponse(
                     index=index,
                     exit_code=result.exit_code,
