@@ -1338,3 +1338,26 @@ def test_several_jobs_logs_come_each_line_after_its_jobs_name(server: ServerProc
     assert sorted({entry["job_id"] for entry in entries}) == sorted(ids) and len(entries) == 6
     none = server.cli("job", "logs", "-l", "hodei.io/array=nothing")
     assert (none.returncode, none.stdout) == (0, "") and "no job matches the selection: no output" in none.stderr
+
+
+def test_a_profile_of_the_config_file_names_the_installation_to_call(server: ServerProcess, tmp_path: Path) -> None:
+    """`--profile NAME` (anywhere on the line, as the other settings), $HODEI_PROFILE, or the
+    file's `profile`: one file for several installations, as kubectl's contexts."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'profile = "nowhere"\n[profiles.here]\nserver = "{server.address}"\n'
+                      '[profiles.nowhere]\nserver = "127.0.0.1:1"\n')  # fmt: skip
+    env = {**os.environ, "NO_COLOR": "1", "HODEI_CONFIG": str(config)}
+    env.pop("HODEI_SERVER", None)
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        command = [str(BIN / "hodei-jobs-cli"), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env={**env, **extra})
+
+    listed = cli("job", "list", "--profile", "here")
+    assert listed.returncode == 0, listed.stderr
+    assert cli("whoami", HODEI_PROFILE="here").returncode == 0
+    unreachable = cli("whoami")  # the file's default: nothing listens on port 1
+    assert unreachable.returncode == 1 and "127.0.0.1:1" in unreachable.stderr
+    unknown = cli("--profile", "prod", "whoami")
+    assert unknown.returncode == 2
+    assert f"no profile `prod` in {config} (its profiles: here, nowhere;" in unknown.stderr

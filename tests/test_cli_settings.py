@@ -68,3 +68,78 @@ def test_a_token_is_taken_without_the_spaces_around_it_and_one_no_token_could_be
         with pytest.raises(InvalidInput, match="holds a character no token has") as refused:
             Connection.resolve({"token": wrong})
         assert wrong.strip() not in refused.value.message  # never the value
+
+
+PROFILES = """
+server = "localhost:50051"
+token = "hodei_dev"
+profile = "staging"
+
+[profiles.prod]
+server = "https://jobs.example"
+token = "hodei_prod"
+tls_ca = "~/prod-ca.pem"
+
+[profiles.staging]
+server = "staging.example:7000"
+"""
+
+
+@pytest.fixture
+def profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(PROFILES)
+    config.chmod(0o600)
+    monkeypatch.setenv("HODEI_CONFIG", str(config))
+    monkeypatch.delenv("HODEI_PROFILE", raising=False)
+    monkeypatch.delenv("HODEI_TOKEN", raising=False)
+    return config
+
+
+def test_a_profile_names_one_installation_of_several(profiles: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chosen by flag, else $HODEI_PROFILE, else the file's `profile`; its settings alone
+    (the file's own are another installation's), flags first."""
+    prod = Connection.resolve({}, "prod")
+    assert (prod.server, prod.token, prod.tls, prod.tls_ca) == (
+        "jobs.example:50051",
+        "hodei_prod",
+        True,
+        Path("~/prod-ca.pem").expanduser(),
+    )
+    staging = Connection.resolve({})  # the file's default profile
+    assert (staging.server, staging.token, staging.tls_ca) == ("staging.example:7000", None, None)
+    monkeypatch.setenv("HODEI_PROFILE", "prod")
+    assert Connection.resolve({}).server == "jobs.example:50051"
+    assert Connection.resolve({"server": "other:1"}, "prod").server == "other:1"
+
+
+def test_a_chosen_profiles_token_is_not_replaced_by_the_environments(
+    profiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token exported for one installation is not sent to another that has its own; one
+    without its own takes it (tokens kept out of files)."""
+    monkeypatch.setenv("HODEI_TOKEN", "hodei_exported")
+    assert Connection.resolve({}, "prod").token == "hodei_prod"
+    assert Connection.resolve({}, "staging").token == "hodei_exported"
+    assert Connection.resolve({"token": "hodei_flag"}, "prod").token == "hodei_flag"
+
+
+def test_a_profile_that_is_not_there_or_not_settings_is_refused_naming_what(
+    profiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InvalidInput, match=r"no profile `nope` in .*config.toml \(its profiles: prod, staging;"):
+        Connection.resolve({}, "nope")
+    for text, said in (
+        ("[profiles.prod]\nserver = 5\n", r"\[profiles.prod\] server must be a string, in quotes"),
+        ('[profiles.prod]\nsrever = "x"\n', r"unknown setting\(s\) in .*: \[profiles.prod\] srever; known:"),
+        ('profiles = "prod"\n', r"profiles are tables, each of settings"),
+        ("profile = 1\n", r"profile must be a string, in quotes"),
+        ('[profiles."a b"]\nserver = "x"\n', r"a profile's name is letters, digits, .*got a b"),
+    ):
+        profiles.write_text(text)
+        with pytest.raises(InvalidInput, match=said):
+            Connection.resolve({}, "prod")
+    profiles.write_text('[profiles.prod]\ntoken = "hodei_prod"\n')
+    profiles.chmod(0o644)
+    with pytest.raises(InvalidInput, match="holds a token but others may read it"):
+        Connection.resolve({}, "prod")

@@ -4,13 +4,21 @@ Each setting is taken from, in order: its flag, its environment variable, the co
 file (``$HODEI_CONFIG``, else ``~/.config/hodei/config.toml``), the default. The file
 may hold ``server``, ``token``, ``tls_ca``, ``tls_cert``, ``tls_key`` and
 ``tls_server_name``; holding a token, it must be readable by its owner only.
+
+It may also name installations (kubectl's contexts, the AWS CLI's profiles): a
+``[profiles.NAME]`` table of the same settings, chosen by ``--profile NAME``,
+``$HODEI_PROFILE`` or the file's ``profile = "NAME"``. A chosen profile's settings come
+before the environment's (a ``HODEI_TOKEN`` exported for one installation is not sent to
+another that has its own), the file's others are not used, and flags still come first.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +46,9 @@ from hodei.errors import InvalidInput
 
 DEFAULT_SERVER = "localhost:50051"
 SERVER_VARIABLE = "HODEI_SERVER"
+PROFILE_VARIABLE = "HODEI_PROFILE"
 _KEYS = {"server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 # What the server refuses (exit 2, as for bad flags), as opposed to failing to answer (exit 1).
 REFUSED = {
@@ -61,25 +71,59 @@ def config_path() -> Path:
     return Path(base) / "hodei" / "config.toml"
 
 
-def read_config(path: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class Config:
+    """The config file's settings: its own, and each profile's."""
+
+    settings: dict[str, str]
+    profiles: dict[str, dict[str, str]]
+    # The profile used when none is chosen by flag or environment (`profile = "NAME"`).
+    profile: str | None = None
+
+    def chosen(self, name: str, path: Path) -> dict[str, str]:
+        if name not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise InvalidInput(f"no profile `{name}` in {path} (its profiles: {known}; a [profiles.NAME] table each)")
+        return self.profiles[name]
+
+
+def read_config(path: Path) -> Config:
     if not path.exists():
-        return {}
+        return Config({}, {})
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"cannot read the config file {path}: {exc}") from None
+    profiles = data.pop("profiles", {})
+    default = data.pop("profile", None)
+    if not isinstance(profiles, dict) or not all(isinstance(table, dict) for table in profiles.values()):
+        raise InvalidInput(f'{path}: profiles are tables, each of settings: [profiles.NAME] then `server = "…"`')
+    settings = _settings(data, path, "")
+    named = {name: _settings(table, path, f"[profiles.{name}] ") for name, table in profiles.items()}
+    bad = sorted(name for name in named if not _PROFILE_NAME.fullmatch(name))
+    if bad:
+        raise InvalidInput(f"{path}: a profile's name is letters, digits, `.`, `_` and `-`, got {', '.join(bad)}")
+    if default is not None and not isinstance(default, str):
+        raise InvalidInput(f'{path}: profile must be a string, in quotes (`profile = "prod"`)')
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if any("token" in table for table in (settings, *named.values())) and mode & 0o077:
+        raise InvalidInput(f"{path} holds a token but others may read it (mode {mode:o}): run `chmod 600 {path}`")
+    return Config(settings, named, default)
+
+
+def _settings(data: dict[str, Any], path: Path, where: str) -> dict[str, str]:
+    """One table's settings, checked: known names, and strings."""
     unknown = set(data) - _KEYS
     if unknown:
         raise InvalidInput(
-            f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}"
+            f"unknown setting(s) in {path}: {where}{', '.join(sorted(unknown))}; known: "
+            f"{', '.join(sorted(_KEYS))} (and profile, profiles)"
         )
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if "token" in data and mode & 0o077:
-        raise InvalidInput(f"{path} holds a token but others may read it (mode {mode:o}): run `chmod 600 {path}`")
     unquoted = sorted(key for key, value in data.items() if not isinstance(value, str))
     if unquoted:
-        raise InvalidInput(f'{path}: {", ".join(unquoted)} must be a string, in quotes (`server = "host:50051"`)')
-    return data
+        quoted = '`server = "host:50051"`'
+        raise InvalidInput(f"{path}: {where}{', '.join(unquoted)} must be a string, in quotes ({quoted})")
+    return dict(data)
 
 
 def _token(given: str | None) -> str | None:
@@ -134,10 +178,13 @@ class Connection:
     tls: bool = False
 
     @classmethod
-    def resolve(cls, flags: dict[str, str | None]) -> Connection:
-        """Flags (None when not given) over environment over config file over defaults."""
-        config = read_config(config_path())
-        environment = {
+    def resolve(cls, flags: dict[str, str | None], profile: str | None = None) -> Connection:
+        """Flags (None when not given) over environment over config file over defaults; a
+        profile chosen (``profile``, else $HODEI_PROFILE, else the file's) over the
+        environment, in place of the file's own settings."""
+        where = config_path()
+        config = read_config(where)
+        environment: dict[str, str | None] = {
             "server": os.environ.get(SERVER_VARIABLE),
             "token": os.environ.get("HODEI_TOKEN"),
             "tls_ca": os.environ.get("HODEI_TLS_CA"),
@@ -146,8 +193,13 @@ class Connection:
             "tls_server_name": os.environ.get("HODEI_TLS_SERVER_NAME"),
         }
 
+        name = profile or os.environ.get(PROFILE_VARIABLE) or config.profile
+        layers: list[Mapping[str, str | None]] = (
+            [flags, config.chosen(name, where), environment] if name else [flags, environment, config.settings]
+        )
+
         def pick(key: str) -> str | None:
-            return flags.get(key) or environment.get(key) or config.get(key) or None
+            return next((value for layer in layers if (value := layer.get(key))), None)
 
         def path(key: str) -> Path | None:
             value = pick(key)

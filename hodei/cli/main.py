@@ -19,7 +19,7 @@ import shtab
 from grpc_health.v1 import health_pb2
 
 from hodei.cli import access, admin, artifacts, audit, cron, jobs, sagas, webhooks
-from hodei.cli.client import DEFAULT_SERVER, REFUSED, SERVER_VARIABLE, Client, Connection
+from hodei.cli.client import DEFAULT_SERVER, PROFILE_VARIABLE, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
     EXIT_GAVE_UP,
@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
     root = Parser(
         prog="hodei-jobs-cli",
         description="Submit and inspect Hodei jobs. Settings: flag, then environment, then "
-        "~/.config/hodei/config.toml (server, token, tls_ca, tls_cert, tls_key, tls_server_name).",
+        "~/.config/hodei/config.toml (server, token, tls_ca, tls_cert, tls_key, tls_server_name; "
+        "a [profiles.NAME] table of them for each installation: --profile).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -109,6 +110,11 @@ def parser() -> argparse.ArgumentParser:
         "--server",
         "-s",
         help=f"server address host[:port] (env {SERVER_VARIABLE}; default {DEFAULT_SERVER})",
+    )
+    root.add_argument(
+        "--profile",
+        help=f"the config file's [profiles.NAME] settings (server, token, TLS): one installation of several "
+        f"(env {PROFILE_VARIABLE}; the file's `profile` names the one used by default)",
     )
     root.add_argument("--token", help="API token (env HODEI_TOKEN)")
     root.add_argument(
@@ -139,7 +145,7 @@ _DASHED_VALUES = {"--args", "-a", "--command", "-c"}
 
 
 # Global options people also type after the command (`job list -o json`).
-_GLOBAL = {"--output", "-o", "--server", "-s", "--token", "--tls-ca", "--tls-cert", "--tls-key"}
+_GLOBAL = {"--output", "-o", "--server", "-s", "--profile", "--token", "--tls-ca", "--tls-cert", "--tls-key"}
 
 
 def command_after(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                     "tls_ca": args.tls_ca,
                     "tls_cert": args.tls_cert,
                     "tls_key": args.tls_key,
-                }
+                },
+                args.profile,
             )
         )
     except HodeiError as exc:
