@@ -140,6 +140,9 @@ def test_a_definition_refuses_what_a_schedule_cannot_keep() -> None:
             Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, spec).validate()
     with pytest.raises(InvalidInput, match="starting deadline"):
         Definition(Schedule("@daily"), Concurrency.ALLOW, -1.0, SPEC).validate()
+    written = JobSpec(**{**SPEC.__dict__, "command": "login hunter2-secret"})
+    with pytest.raises(InvalidInput, match="the value of secret PW is written in the job's command: write"):
+        Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, written).validate({"PW": "hunter2-secret"})
     with pytest.raises(InvalidTransition, match="sealed secrets"):
         CronJob.create("backup", Definition(Schedule("@daily"), Concurrency.ALLOW, 0.0, SPEC), {"X": "y"}, "alice")
 

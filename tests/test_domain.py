@@ -568,13 +568,16 @@ def test_a_secrets_value_written_in_the_spec_is_refused_naming_where() -> None:
         labels={"team": "data"},
         timeout_seconds=5,
     )
-    (problem,) = spec.problems({"PW": value, "OTHER": "elsewhere"})
-    assert problem == (
-        "the value of secret PW is written in the job's command and args[1] and env.HEADER: write $PW there instead "
-        "(a job's secrets are in its environment; what is written there is kept as written, in the job's history)"
+    assert spec.problems({"PW": value}) == []  # a spec stored, used again (a cron job's run): as it was
+    with pytest.raises(InvalidInput) as refused:
+        spec.refuse_written({"PW": value, "OTHER": "elsewhere"})
+    assert refused.value.message == (
+        "invalid job: the value of secret PW is written in the job's command and args[1] and env.HEADER: write $PW "
+        "there instead (a job's secrets are in its environment; what is written there is kept as written, in the "
+        "job's history)"
     )
     # A part of it, or the variable, is not the value.
-    assert replace(spec, command='curl -u "admin:$PW"', args=(), env={"PLAIN": "s3same"}).problems({"PW": value}) == []
+    replace(spec, command='curl -u "admin:$PW"', args=(), env={"PLAIN": "s3same"}).refuse_written({"PW": value})
 
 
 @pytest.mark.parametrize(("field", "value"), [("retries", -1), ("retries", 101), ("retry_backoff_seconds", -1.0)])

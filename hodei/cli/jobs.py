@@ -334,6 +334,7 @@ def queue_request(args: argparse.Namespace) -> None:
     if args.packed is not None:
         spec = replace(spec, input_sha256=args.packed.sha256, input_bytes=args.packed.size)
     naming_arrays(spec, after_arrays).validate(secrets)
+    spec.refuse_written(secrets)
     indices = array.indices
     if indices:
         if args.follow:

@@ -189,6 +189,8 @@ class Definition:
                 "a cron job's spec cannot wait for other jobs (--after) or a time (--begin), nor limit an array"
             )
         self.spec.validate(secrets)
+        if secrets:
+            self.spec.refuse_written(secrets)
 
     def payload(self) -> dict[str, Any]:
         return {

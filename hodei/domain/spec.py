@@ -282,7 +282,6 @@ class JobSpec:
             found.append(f"argument {long[0]} is {long[1]} bytes; the limit is {limits.arg_bytes}")
         found.extend(_env_problems(self.env))
         found.extend(_secret_problems(secrets))
-        found.extend(written_secrets("the job's", dict(_texts(self.to_payload())), secrets))
         overlap = sorted(set(secrets) & set(self.env))
         if overlap:
             found.append(f"{', '.join(overlap)} given both as --env and as --secret")
@@ -316,6 +315,14 @@ class JobSpec:
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
         found = self.problems(secrets)
+        if found:
+            raise InvalidInput("invalid job: " + "; ".join(found))
+
+    def refuse_written(self, secrets: Mapping[str, str]) -> None:
+        """Checked where a person gives a spec (`job run`, `cron create`), not where one
+        stored is used again (a cron job's runs, a retry): a secret's value written in any
+        of its fields (``written_secrets``)."""
+        found = written_secrets("the job's", dict(_texts(self.to_payload())), secrets)
         if found:
             raise InvalidInput("invalid job: " + "; ".join(found))
 

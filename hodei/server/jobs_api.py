@@ -134,6 +134,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             return repeat
         spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
         naming_arrays(spec, request.after_arrays).validate(secrets)
+        spec.refuse_written(secrets)
         refuse_unrunnable(spec, self.pools, self.node_selector)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:
