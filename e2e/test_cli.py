@@ -1355,7 +1355,9 @@ def test_a_profile_of_the_config_file_names_the_installation_to_call(server: Ser
 
     listed = cli("job", "list", "--profile", "here")
     assert listed.returncode == 0, listed.stderr
-    assert cli("whoami", HODEI_PROFILE="here").returncode == 0
+    me = cli("whoami", HODEI_PROFILE="here")
+    assert (me.returncode, me.stdout) == (0, "anonymous: the server runs without authentication\n")
+    assert me.stderr == f"at {server.address} (profile here)\n"  # which installation answered
     unreachable = cli("whoami")  # the file's default: nothing listens on port 1
     assert unreachable.returncode == 1 and "127.0.0.1:1" in unreachable.stderr
     unknown = cli("--profile", "prod", "whoami")

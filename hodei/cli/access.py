@@ -62,6 +62,9 @@ def whoami(client: Client, term: Terminal, _: argparse.Namespace) -> int:
         term.line(f"{me.name} ({me.role})")
     else:
         term.line(f"{me.name}: the server runs without authentication")
+    if not term.json:
+        profile = client.connection.profile
+        term.info(f"at {client.address}" + (f" (profile {profile})" if profile else ""))
     return 0
 
 

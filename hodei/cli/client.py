@@ -176,6 +176,8 @@ class Connection:
     # TLS asked for by the address (https://) alone: the server's certificate is checked
     # against the CAs grpcio trusts by default, where no --tls-ca names others.
     tls: bool = False
+    # The config file's profile its settings came from (None: none chosen).
+    profile: str | None = None
 
     @classmethod
     def resolve(cls, flags: dict[str, str | None], profile: str | None = None) -> Connection:
@@ -214,6 +216,7 @@ class Connection:
             tls_cert=path("tls_cert"),
             tls_key=path("tls_key"),
             tls_server_name=pick("tls_server_name"),
+            profile=name,
         )
 
     def channel(self) -> grpc.Channel:
