@@ -226,6 +226,7 @@ def test_a_secrets_value_written_out_is_refused_before_the_history_keeps_it(serv
     asked = server.cli("job", "exec", job_id, "--", "sh", "-c", f'test "$PW" = {value}')
     assert asked.returncode == 2
     assert "the value of secret PW is written in the command's word 2: write $PW there instead" in asked.stderr
+    assert "a command reads a variable through a shell: job exec ID -- sh -c '… \"$NAME\" …'" in asked.stderr
     assert query(server.database_url, "SELECT count(*) FROM domain_events") == [(before,)]
     said = server.cli("job", "exec", job_id, "--", "sh", "-c", 'test "${PW#open-}" = s3same-now && echo same')
     assert (said.returncode, said.stdout) == (0, "same\n")

@@ -338,7 +338,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 secrets = {}  # the job has ended: refused below, as any job not running
             words = {f"word {n}": word for n, word in enumerate(argv)}
             if written := written_secrets("the command's", words, secrets):
-                raise InvalidInput("; ".join(written))
+                shell = "; a command reads a variable through a shell: job exec ID -- sh -c '… \"$NAME\" …'"
+                raise InvalidInput("; ".join(written) + shell)
         asked: list[tuple[int, int]] = []
 
         def command() -> tuple[None, list[Job]]:
