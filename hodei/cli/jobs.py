@@ -52,10 +52,8 @@ from hodei.cli.parsing import (
 )
 from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
-from hodei.domain.execs import ANSWER_WITHIN, check_exec
+from hodei.domain.execs import ANSWER_WITHIN, check_exec, cut
 from hodei.domain.execs import DEFAULT_TIMEOUT as DEFAULT_EXEC_TIMEOUT
-from hodei.domain.execs import MOST_OUTPUT_BYTES as MOST_EXEC_OUTPUT
-from hodei.domain.execs import MOST_TIMEOUT as MOST_EXEC_TIMEOUT
 from hodei.domain.job import SIGNALS, JobState, hold_text
 from hodei.domain.phases import ENDED, latest_usage, processes_stopping, size_text, stopped_text
 from hodei.domain.placement import canonical_tolerations, selector_of
@@ -1027,9 +1025,7 @@ def signal_job(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 def exec_in_job(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     """Runs a command in a running job's worker (kubectl exec, docker exec) and prints what
     it printed, on the same streams; exits with its exit code."""
-    timeout = 0 if args.timeout is None else math.ceil(args.timeout)
-    if args.timeout is not None and timeout < 1:
-        raise InvalidInput(f"--timeout is 1s to {MOST_EXEC_TIMEOUT // 3600}h, got {args.timeout:g}s")
+    timeout = 0 if args.timeout is None else math.ceil(args.timeout)  # main refuses one not positive
     argv, seconds = check_exec(args.command_argv, timeout)
     request = jobs_pb2.ExecJobRequest(job_id=args.job_id, argv=argv, timeout_seconds=timeout)
     # The server answers once the command ended, or its worker's answer was overdue.
@@ -1040,7 +1036,7 @@ def exec_in_job(client: Client, term: Terminal, args: argparse.Namespace) -> int
     term.raw(ran.stdout, stderr=False)
     term.raw(ran.stderr, stderr=True)
     for name, kept, total in (("stdout", ran.stdout, ran.stdout_bytes), ("stderr", ran.stderr, ran.stderr_bytes)):
-        if total > MOST_EXEC_OUTPUT:
+        if cut(total):
             term.warning(f"[hodei] {name} cut: its first {size_text(len(kept))} of {size_text(total)} shown")
     if ran.exit_code:
         term.info(f"[hodei] {ran.message}")

@@ -53,7 +53,7 @@ from hodei.console.api import Api
 from hodei.console.timeline import timeline
 from hodei.domain.cron import CRON_LABEL
 from hodei.domain.duration import seconds_of
-from hodei.domain.execs import MOST_OUTPUT_BYTES
+from hodei.domain.execs import cut
 from hodei.domain.job import SIGNALS, JobState
 from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text, waits_in_queue
 from hodei.domain.spec import AFTER_CONDITIONS, DEFAULT_TIMEOUT_SECONDS, LabelSelector
@@ -518,9 +518,9 @@ class Console:
             raise InvalidInput("give the command to run in the job, as a shell line")
         asked = jobs_pb2.ExecJobRequest(job_id=job_id, argv=["sh", "-c", command])
         ran = exec_dict(await self._call(request, JOBS + "ExecJob", asked))
-        cut = {name: ran[f"{name}_bytes"] > MOST_OUTPUT_BYTES for name in ("stdout", "stderr")}
+        shown = {name: cut(ran[f"{name}_bytes"]) for name in ("stdout", "stderr")}
         return self._page(
-            request, "exec.html", await self._caller(request), job_id=job_id, command=command, ran=ran, cut=cut
+            request, "exec.html", await self._caller(request), job_id=job_id, command=command, ran=ran, cut=shown
         )
 
     async def hold(self, request: web.Request) -> web.Response:

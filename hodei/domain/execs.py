@@ -31,6 +31,11 @@ MOST_EXECS = 100
 MOST_OUTPUT_BYTES = 512 * 1024
 
 
+def cut(printed_bytes: int) -> bool:
+    """Whether a stream that printed so much was kept only in part."""
+    return printed_bytes > MOST_OUTPUT_BYTES
+
+
 def check_exec(argv: Sequence[str], timeout_seconds: int) -> tuple[list[str], int]:
     """The command and its timeout in seconds (0: the default), or InvalidInput saying
     what is wrong."""

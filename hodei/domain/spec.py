@@ -402,10 +402,9 @@ def _secret_problems(secrets: Mapping[str, str]) -> list[str]:
 
 def written_secrets(whose: str, texts: Mapping[str, str], secrets: Mapping[str, str]) -> list[str]:
     """Where a secret's value is written out among ``texts`` (by where each is, in ``whose``
-    words: "the job's" command, env.TOKEN): refused,
-    as a job's spec and a `job exec` line are kept as written, in the job's history for
-    good, which its secrets never enter but sealed. The job has each secret in its
-    environment: ``$NAME`` says it there."""
+    words: "the job's" command, env.TOKEN): refused, as a job's spec and a `job exec` line
+    are kept as written, in the job's history for good, which its secrets never enter but
+    sealed. The job has each secret in its environment: ``$NAME`` says it there."""
     found = []
     for name, value in sorted(secrets.items()):
         where = [place for place, text in texts.items() if value and value in text]

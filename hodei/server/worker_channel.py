@@ -592,13 +592,14 @@ class WorkerSession:
 
     def _record_exec(self, ended: worker_pb2.ExecResult) -> None:
         """What a command run beside the job's printed, kept where any server reads it, then
-        its end in the job's history (whoever waits for it is woken by that). One sent again
-        (its acknowledgement lost) is only acknowledged: its asker may have taken it already."""
-        if self.service.store.load(Job, self.job_id).exec_ended_already(ended.index):
-            return
-        self.service.exec_results.keep(self.job_id, ended)
+        its end in the job's history (whoever waits for it is woken by that), in the command
+        that records it: the file is there before the event commits. One sent again (its
+        acknowledgement lost) is only acknowledged: its asker may have taken it already."""
 
         def record(job: Job) -> None:
+            if job.exec_ended_already(ended.index):
+                return
+            self.service.exec_results.keep(self.job_id, ended)
             job.exec_ended(ended.index, ended.exit_code, ended.message, ended.stdout_bytes, ended.stderr_bytes)
 
         self._update_job(record)

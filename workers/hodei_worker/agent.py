@@ -54,9 +54,9 @@ from hodei_worker import __version__
 from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import Masker
 from hodei_worker.runner import (
+    NOT_RUNNING,
     OUTPUT_FILE,
     STDERR,
-    Beside,
     Finished,
     JobProcess,
     JobUser,
@@ -474,9 +474,9 @@ class Agent:
         thread.start()
 
     def _run_exec(self, sent: worker_pb2.Exec) -> None:
-        process = self.process
-        if process is None or self.result is not None:
-            ran = Beside(126, "not started: the job's command is not running")
+        process = self.process  # None until run-job came; its command's end is beside's to see
+        if process is None:
+            ran = NOT_RUNNING
         else:
             ran = process.beside(list(sent.argv), sent.timeout_seconds, EXEC_OUTPUT_BYTES, self.mask)
         ended = worker_pb2.WorkerMessage(

@@ -39,6 +39,15 @@ class Outcome(Enum):
     WORKER_STOPPED = "worker_stopped"
 
 
+def start_failure(exc: OSError, argv0: str, working_dir: str | None) -> tuple[int, str]:
+    """Why a command could not start, and its code (127: no such program, 126: not
+    executable), as `docker run` and a shell say them."""
+    code = 127 if isinstance(exc, FileNotFoundError) else 126
+    if working_dir and exc.filename == working_dir:
+        return code, f"cannot use working directory {working_dir}: {exc.strerror}"
+    return code, f"cannot start {argv0}: {exc.strerror or exc}"
+
+
 @dataclass(frozen=True)
 class Beside:
     """How a command run beside the job's ended (`job exec`), and what it printed: the
@@ -50,6 +59,10 @@ class Beside:
     stderr: bytes = b""
     stdout_bytes: int = 0
     stderr_bytes: int = 0
+
+
+# The answer to a command asked for while the job's own does not run (yet, or any more).
+NOT_RUNNING = Beside(126, "not started: the job's command is not running")
 
 
 class _Kept:
@@ -467,12 +480,7 @@ class JobProcess:
         try:
             process = self._spawn(self.argv)
         except OSError as exc:
-            code = 127 if isinstance(exc, FileNotFoundError) else 126
-            if self.working_dir and exc.filename == self.working_dir:
-                return Finished(
-                    Outcome.START_FAILED, code, f"cannot use working directory {self.working_dir}: {exc.strerror}"
-                )
-            return Finished(Outcome.START_FAILED, code, f"cannot start {self.argv[0]}: {exc.strerror or exc}")
+            return Finished(Outcome.START_FAILED, *start_failure(exc, self.argv[0], self.working_dir))
         with self._signals_lock:
             self._process, pending = process, self._pending_signals
         for signum in pending:
@@ -537,13 +545,12 @@ class JobProcess:
         after ``timeout`` seconds, or when the job's command ends. ``mask`` hides the job's
         secrets in what it printed, of which ``most`` bytes of each stream are kept."""
         if self._process is None or self._exited.is_set():
-            return Beside(126, "not started: the job's command is not running")
+            return NOT_RUNNING
         with self._reaping:
             try:
                 process = self._spawn(argv)
             except OSError as exc:
-                code = 127 if isinstance(exc, FileNotFoundError) else 126
-                return Beside(code, f"cannot start {argv[0]}: {exc.strerror or exc}")
+                return Beside(*start_failure(exc, argv[0], self.working_dir))
             self._beside.add(process.pid)
         # Read past ``most`` by the longest secret: one cut there is masked whole.
         kept = [_Kept(most + mask.longest), _Kept(most + mask.longest)]
