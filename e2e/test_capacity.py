@@ -14,7 +14,16 @@ import pytest
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from hodei.domain.job import TERMINAL_STATES
-from hodei.testing import ServerProcess, eventually, query, wait_all, wait_settled, wait_terminal
+from hodei.testing import (
+    ServerProcess,
+    eventually,
+    hodei_server,
+    query,
+    wait_all,
+    wait_running,
+    wait_settled,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -179,3 +188,75 @@ def test_local_workers_start_a_few_at_a_time_while_the_capacity_still_runs_them_
     assert most_starting == 1
     assert most_live > 1  # a started worker runs on while the next one starts
     assert any("starts at most 1 workers at once" in reason for reason in reasons), reasons
+
+
+def test_a_providers_cpu_and_memory_hold_its_jobs_requests_and_say_why_a_job_waits(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """`provider capacity sim --cpus 1 --memory 1Gi`: its workers as they were; a job
+    asking for more than the provider has is refused at submission, nothing written; a
+    job whose request does not fit beside those running waits, saying why, and starts
+    once they end; the change is in the audit and replays; lifted with `none`."""
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": "8", "HODEI_LOCAL_ENABLED": "0"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        (shown,) = json.loads(
+            server.cli("provider", "capacity", "sim", "--cpus", "1", "--memory", "1Gi", "-o", "json", check=True).stdout
+        )
+        assert (shown["max_workers"], shown["max_cpu_cores"], shown["max_memory_bytes"]) == (8, 1.0, 2**30)
+        table = server.cli("provider", "get", "sim", check=True).stdout
+        assert "0/1" in table and "0 bytes/1.0 GiB" in table, table
+
+        before = query(fresh_database_url, "SELECT count(*) FROM jobs")
+        refused = server.cli("job", "run", "-p", "sim", "-c", "x", "--cpu", "2", "--memory", "2Gi")
+        assert refused.returncode == 2, refused.stderr
+        assert (
+            "provider sim never has room for the job: it asks for 2 CPU, more than its 1 and 2.0 GiB memory, "
+            "more than its 1.0 GiB (provider capacity sim)"
+        ) in refused.stderr
+        assert query(fresh_database_url, "SELECT count(*) FROM jobs") == before
+
+        sim = ("-p", "sim", "-c", "x", "--env", "HODEI_SIM_SECONDS=3", "--cpu", "0.75", "--memory", "256Mi")
+        first = server.cli("job", "run", *sim, check=True).stdout.strip()
+        wait_running(fresh_database_url, first)
+        second = server.cli("job", "run", *sim, check=True).stdout.strip()
+
+        def reason() -> str | None:
+            queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+            return next((q["reason"] for q in queued if q["job_id"] == second and "no room" in q["reason"]), None)
+
+        assert eventually(reason, 20) == (
+            "provider sim has no room for it yet: its jobs ask for 0.75 of 1 CPU, 256.0 MiB of 1.0 GiB memory, "
+            "and it asks for 0.75 CPU, 256.0 MiB memory"
+        )
+        assert "Waiting: place 1 in provider sim's queue" in server.cli("job", "get", second, check=True).stdout
+        jobs = [first, second]
+        for job_id in jobs:
+            assert wait_terminal(fresh_database_url, job_id) == "SUCCEEDED"
+        (ran,) = query(
+            fresh_database_url,
+            "SELECT (SELECT started_at FROM jobs WHERE id = %s) >= (SELECT completed_at FROM jobs WHERE id = %s)",
+            (second, first),
+        )
+        assert ran == (True,)  # the second began only once the first had ended
+
+        lifted = json.loads(
+            server.cli("provider", "capacity", "sim", "--cpus", "none", "-o", "json", check=True).stdout
+        )
+        assert (lifted[0]["max_cpu_cores"], lifted[0]["max_memory_bytes"]) == (0.0, 2**30)
+        changes = json.loads(server.cli("audit", "--kind", "provider", "-o", "json", check=True).stdout)
+        assert [c["change"] for c in changes[:2]] == [
+            "resources for its jobs at once: 1.0 GiB memory",
+            "resources for its jobs at once: 1 CPU, 1.0 GiB memory",
+        ]
+        for bad, words in (
+            (("--cpus", "many"), "--cpus takes CPU cores (4, 0.5) or none, got 'many'"),
+            (("--cpus", "-1"), "--cpus takes CPU cores"),
+            (("--memory", "lots"), "malformed --memory `lots`"),
+            ((), "give the workers it runs at once, --cpus, --memory, or several of them"),
+        ):
+            result = server.cli("provider", "capacity", "sim", *bad)
+            assert result.returncode == 2 and words in result.stderr, (bad, result.stderr)
+        for job_id in jobs:
+            wait_settled(fresh_database_url, job_id)
+    verified = hodei_server(fresh_database_url, "replay", "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -37,14 +37,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
+from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.job import Job
-from hodei.domain.provider import ProviderType
+from hodei.domain.provider import ProviderType, ResourceLimits
 from hodei.domain.spec import never_after
 from hodei.errors import ConcurrencyConflict, InvalidTransition
 from hodei.roles import SYSTEM
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 # Seconds a round's finding of no room is trusted for a job joining the queue: the
 # sweeper's round (every second by default) finds again.
 FULL_FOR = 1.0
+# CPU cores are fractions (--cpu 0.1): their sums are not exact (0.1 + 0.2 > 0.3).
+_ROUNDING = 1e-9
 # The queue's order, fixed for a server's life, written into its queries as a constant
 # (hodei.store.sql.query): submission order within a priority.
 FIFO: Mapping[str, bool] = {"fair": False}
@@ -72,6 +76,11 @@ class Capacity:
     start_limit: int | None = None
     # Disabled (`provider disable`): it starts nothing, its queue waits until enabled.
     disabled: bool = False
+    # The CPU cores and memory its jobs may ask for together, and what the jobs holding
+    # its slots ask for (counted only where a limit is set).
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
+    cpu_in_use: float = 0.0
+    memory_in_use: int = 0
 
     @property
     def free(self) -> int:
@@ -81,6 +90,30 @@ class Capacity:
         if self.start_limit is not None:
             free = min(free, self.start_limit - self.starting)
         return max(free, 0)
+
+    def holds(self, cpu_cores: float, memory_bytes: int) -> bool:
+        """Whether its resources have room for so much more than what is in use."""
+        cpu, memory = self.resources.cpu_cores, self.resources.memory_bytes
+        return (cpu is None or self.cpu_in_use + cpu_cores <= cpu + _ROUNDING) and (
+            memory is None or self.memory_in_use + memory_bytes <= memory
+        )
+
+    def fitting(self, asked: Iterable[tuple[UUID, float, int]]) -> list[UUID]:
+        """Of the jobs next in line (each id with the CPU cores and memory it asks for, in
+        the queue's order), those its resources hold together. The first that does not fit
+        stops there, and those behind it wait with it (no backfill: a big job is never
+        passed for ever by small ones); one that never fits (it asks for more than the
+        provider has) is passed over, and waits until the limit is raised."""
+        chosen: list[UUID] = []
+        cpu, memory = 0.0, 0
+        for job_id, cpu_cores, memory_bytes in asked:
+            if self.resources.beyond(cpu_cores, memory_bytes):
+                continue
+            if not self.holds(cpu + cpu_cores, memory + memory_bytes):
+                break
+            cpu, memory = cpu + cpu_cores, memory + memory_bytes
+            chosen.append(job_id)
+        return chosen
 
 
 @dataclass(frozen=True)
@@ -155,14 +188,39 @@ class NeverStarted:
         return never_after(self.after_id, self.after_state, self.condition) + " (--after)"
 
 
+class _CapacityRow(NamedTuple):
+    """provider_capacity_and_use's row."""
+
+    configured: int | None
+    in_use: int
+    starting: int
+    disabled: bool
+    max_cpu_cores: float | None
+    max_memory_bytes: int | None
+    cpu_cores_in_use: float
+    memory_bytes_in_use: int
+
+
+class Asked(NamedTuple):
+    """A job, and what it asks for (asked_resources)."""
+
+    id: UUID
+    cpu_cores: float
+    memory_bytes: int
+
+
 @dataclass(frozen=True)
 class _Room:
     """What a round (or a job joining the queue) found under its provider's lock."""
 
-    free: int
+    capacity: Capacity
     pools: list[str]
     submitters: list[str]
     joining_limited: bool
+
+    @property
+    def free(self) -> int:
+        return self.capacity.free
 
 
 @dataclass
@@ -209,18 +267,18 @@ class Admission:
         return self.order["fair"]
 
     def capacity(self, provider: ProviderType) -> Capacity:
-        default = self.defaults[provider]
-        start_limit = self.start_limits.get(provider)
-        found = fetch_one(
-            self.pool,
-            "provider_capacity_and_use",
-            {"provider": provider.value},
-            lambda configured, in_use, starting, disabled: Capacity(
-                int(configured or default), int(in_use), int(starting), start_limit, bool(disabled)
-            ),
-        )
+        found = fetch_one(self.pool, "provider_capacity_and_use", {"provider": provider.value}, _CapacityRow)
         assert found is not None  # the query always has its one row
-        return found
+        return Capacity(
+            int(found.configured or self.defaults[provider]),
+            int(found.in_use),
+            int(found.starting),
+            self.start_limits.get(provider),
+            bool(found.disabled),
+            ResourceLimits(found.max_cpu_cores, found.max_memory_bytes),
+            float(found.cpu_cores_in_use),
+            int(found.memory_bytes_in_use),
+        )
 
     def started(self, provider: ProviderType) -> None:
         """A worker of ``provider`` has registered: where starts are limited, a start is free."""
@@ -285,7 +343,7 @@ class Admission:
                 "submitters": room.submitters,
                 "recent": self.recent,
             }
-            for job_id in fetch_column(self.pool, "next_in_queue", queued, self.order):
+            for job_id in self._fitting(room.capacity, fetch_column(self.pool, "next_in_queue", queued, self.order)):
                 job = self.store.load(Job, job_id)
                 try:
                     job.admit()
@@ -336,7 +394,23 @@ class Admission:
             "submitters": None,
             "recent": self.recent,
         }
-        return room.free > 0 and not fetch_column(self.pool, "next_in_queue", queued, self.order)
+        resources = job.spec.resources
+        return (
+            room.free > 0
+            and room.capacity.fitting([(job.id, resources.cpu_cores, resources.memory_bytes)]) != []
+            and not fetch_column(self.pool, "next_in_queue", queued, self.order)
+        )
+
+    def _fitting(self, capacity: Capacity, next_in_line: list[UUID]) -> list[UUID]:
+        """Those of the jobs next in line that its resources hold (all where it has no limits)."""
+        if not capacity.resources.any or not next_in_line:
+            return next_in_line
+        asked = self.asked(next_in_line)
+        return capacity.fitting(asked[job_id] for job_id in next_in_line)
+
+    def asked(self, job_ids: Iterable[UUID | str]) -> dict[UUID, Asked]:
+        """What each of these jobs asks for (--cpu, --memory)."""
+        return {found.id: found for found in fetch_all(self.pool, "asked_resources", (list(job_ids),), Asked)}
 
     def _room(self, provider: ProviderType, joining: str | None = None) -> _Room:
         """The provider's free slots, counted under its advisory lock, which the caller's
@@ -351,11 +425,11 @@ class Admission:
             lambda pools, submitters, joining_limited: (pools, submitters, joining_limited),
         )
         assert found is not None  # the query always has its one row
-        free = self.capacity(provider).free
+        capacity = self.capacity(provider)
         turn = self._turns[provider]
         with turn.lock:
-            turn.full_at = time.monotonic() if free == 0 else None
-        return _Room(free, *found)
+            turn.full_at = time.monotonic() if capacity.free == 0 else None
+        return _Room(capacity, *found)
 
     def admit_all(self, providers: list[ProviderType]) -> None:
         for provider in providers:

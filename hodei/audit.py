@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from hodei.domain.provider import ResourceLimits
 from hodei.errors import InvalidInput
 from hodei.store.db import fetch_all
 
@@ -83,6 +84,9 @@ def said(event_type: str, p: Mapping[str, Any]) -> str:
         case "ProviderCapacityChanged":
             workers = p.get("max_workers")
             return f"capacity {workers} workers" if workers else "capacity back to each server's HODEI_*_MAX_WORKERS"
+        case "ProviderResourcesChanged":
+            limits = ResourceLimits(p.get("max_cpu_cores"), p.get("max_memory_bytes")).text()
+            return f"resources for its jobs at once: {limits or 'no limit'}"
         case "ProviderHealthChanged":
             return f"health {p['health']}" + (f": {p['message']}" if p.get("message") else "")
         case "PoolCreated":

@@ -18,8 +18,8 @@ from hodei import pools as pools_module
 from hodei.admission import FIFO, Admission, Capacity
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState, after_met
-from hodei.domain.provider import PROVIDER_IDS, ProviderType
-from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType, ResourceLimits
+from hodei.domain.spec import AFTER_CONDITIONS, ARRAY_LABEL, Resources
 from hodei.errors import InvalidInput, InvalidTransition, LimitReached, NotFound
 from hodei.limits import Limits, SubmitterUse
 from hodei.metrics import PlatformMetrics
@@ -846,3 +846,64 @@ def test_a_fair_queue_lets_submitters_take_turns_and_shows_its_order(store: Hode
     frank = [_submitted(store, docker, "frank") for _ in range(2)]
     assert Admission(store, {docker: 4}, fair_window=600).admit(docker) == 4
     assert _admitted(store, *erin, *frank) == [True, True, False, False, True, True]
+
+
+def _limit_resources(store: HodeiStore, cpu_cores: float | None, memory_bytes: int | None) -> None:
+    provider = store.load(Provider, PROVIDER_IDS[ProviderType.DOCKER])
+    provider.set_resources(ResourceLimits(cpu_cores, memory_bytes))
+    store.write([provider], Meta(actor="ops"))
+
+
+def test_a_providers_cpu_and_memory_hold_its_jobs_requests_together_in_the_queues_order(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """A round admits the jobs next in line while what they ask for (--cpu, --memory)
+    and what the provider's jobs admitted and not ended ask for stay within its limits
+    (`provider capacity docker --cpus 2 --memory 1Gi`); the first that does not fit
+    stops it (no backfill: a big job is not passed for ever by small ones), but one that
+    never fits is passed over; a job asking for none counts none."""
+    _limit_resources(store, 2.0, 2**30)
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    first = _queued(store, resources=Resources(cpu_cores=1.0))
+    big = _queued(store, resources=Resources(cpu_cores=1.5))
+    small = _queued(store, resources=Resources(cpu_cores=0.5, memory_bytes=2**29))
+    bare = _queued(store)
+    assert admission.admit(ProviderType.DOCKER) == 1  # `big` does not fit beside `first`; the rest wait behind it
+    capacity = admission.capacity(ProviderType.DOCKER)
+    assert (capacity.resources, capacity.cpu_in_use, capacity.memory_in_use) == (ResourceLimits(2.0, 2**30), 1.0, 0)
+    waiting = {row.job_id: row for row in admission.queue(10)}
+    assert waiting[str(big.id)].position == 1 and waiting[str(small.id)].position == 2
+    asked = admission.asked([big.id, small.id, bare.id])
+    assert [(asked[job.id].cpu_cores, asked[job.id].memory_bytes) for job in (big, small, bare)] == [
+        (1.5, 0),
+        (0.5, 2**29),
+        (0.0, 0),
+    ]
+
+    _ended(store, first, JobState.SUCCEEDED)
+    assert admission.admit(ProviderType.DOCKER) == 3  # 1.5 + 0.5 CPU, and a job asking for none
+    assert all(store.load(Job, job.id).admitted for job in (big, small, bare))
+    capacity = admission.capacity(ProviderType.DOCKER)
+    assert (capacity.cpu_in_use, capacity.memory_in_use) == (2.0, 2**29)
+
+    never = _queued(store, resources=Resources(cpu_cores=4.0))
+    memory = _queued(store, resources=Resources(memory_bytes=2**29))
+    cpu = _queued(store, resources=Resources(cpu_cores=0.25))
+    assert admission.admit(ProviderType.DOCKER) == 1  # `never` passed over; `memory` fits, `cpu` does not yet
+    assert store.load(Job, memory.id).admitted and not store.load(Job, cpu.id).admitted
+    assert not store.load(Job, never.id).admitted
+    joining = _queued(store, resources=Resources(cpu_cores=0.25))
+    assert admission.admits_at_once(store.load(Job, joining.id), ProviderType.DOCKER, datetime.now(UTC)) is False
+
+    _limit_resources(store, None, None)  # lifted: only workers are counted
+    assert admission.admit(ProviderType.DOCKER) == 3
+    assert query(fresh_database_url, "SELECT config FROM provider_configs WHERE provider_type = 'docker'") == [({},)]
+
+
+def test_a_job_takes_a_slot_at_once_only_where_the_providers_resources_hold_it(store: HodeiStore) -> None:
+    _limit_resources(store, 1.0, None)
+    admission = Admission(store, {ProviderType.DOCKER: 10})
+    now = datetime.now(UTC)
+    fits, too_big = new_job(resources=Resources(cpu_cores=1.0)), new_job(resources=Resources(cpu_cores=1.5))
+    assert admission.admits_at_once(fits, ProviderType.DOCKER, now) is True
+    assert admission.admits_at_once(too_big, ProviderType.DOCKER, now) is False

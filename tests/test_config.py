@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
 from hodei import config
 from hodei.admission import Capacity
+from hodei.domain.provider import ResourceLimits, resource_limits
 from hodei.errors import InvalidInput
 
 
@@ -182,6 +185,40 @@ def test_a_start_limit_leaves_free_only_the_starts_it_allows() -> None:
     assert Capacity(limit=16, in_use=5, starting=3, start_limit=2).free == 0
     assert Capacity(limit=4, in_use=4, starting=0, start_limit=2).free == 0
     assert Capacity(limit=16, in_use=5, disabled=True).free == 0  # `provider disable`: its queue waits
+
+
+def test_a_providers_resources_hold_the_jobs_in_line_until_the_first_that_does_not_fit() -> None:
+    """No backfill: a job behind one that does not fit waits with it; one that never fits
+    (asks for more than the provider has) is passed over; fractions of a core add up
+    whatever floating point makes of them."""
+    a, b, c, d = (uuid4() for _ in range(4))
+    capacity = Capacity(limit=16, in_use=3, resources=ResourceLimits(0.6, 2**30), cpu_in_use=0.3, memory_in_use=2**29)
+    assert capacity.fitting([(a, 0.1, 0), (b, 0.2, 2**29), (c, 0.1, 0)]) == [a, b]
+    assert capacity.fitting([(a, 5.0, 0), (b, 0.1, 0), (c, 0.0, 2**30), (d, 0.0, 1)]) == [b]
+    assert capacity.fitting([(a, 0.0, 2**29 + 1), (b, 0.0, 0)]) == []
+    unlimited = Capacity(limit=16, in_use=0)
+    assert unlimited.fitting([(a, 256.0, 2**40), (b, 0.0, 0)]) == [a, b]
+    assert not unlimited.resources.any and unlimited.holds(10**6, 2**60)
+
+
+def test_a_providers_resource_limits_are_set_lifted_and_refused_in_words() -> None:
+    limits = resource_limits(ResourceLimits(), 4.0, None)
+    assert limits == ResourceLimits(4.0, None) and limits.text() == "4 CPU"
+    limits = resource_limits(limits, None, 8 * 2**30)
+    assert limits == ResourceLimits(4.0, 8 * 2**30) and limits.text() == "4 CPU, 8.0 GiB memory"
+    assert resource_limits(limits, 0.0, None) == ResourceLimits(None, 8 * 2**30)  # 0 (none): no limit
+    assert limits.beyond(4.0, 8 * 2**30) is None
+    beyond = "it asks for 6 CPU, more than its 4 and 9.0 GiB memory, more than its 8.0 GiB"
+    assert limits.beyond(6.0, 9 * 2**30) == beyond
+    for cpu, memory, words in (
+        (-1.0, None, "cpus must be between 0 (no limit) and 1e+06, got -1"),
+        (math.inf, None, "cpus must be between"),
+        (math.nan, None, "cpus must be between"),
+        (None, -1, "memory must be between 0 (no limit)"),
+        (None, 2**61, "memory must be between 0 (no limit)"),
+    ):
+        with pytest.raises(InvalidInput, match=re.escape(words)):
+            resource_limits(limits, cpu, memory)
 
 
 def _readme_configuration() -> list[tuple[list[str], list[str]]]:

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahodei/jobs/providers.proto\x12\nhodei.jobs\"C\n\x1aSetProviderCapacityRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0bmax_workers\x18\x02 \x01(\x05\"\x16\n\x14ListProvidersRequest\"\xb5\x01\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rprovider_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x16\n\x0ehealth_message\x18\x06 \x01(\t\x12\x13\n\x0binitialised\x18\x07 \x01(\x08\x12\x13\n\x0bmax_workers\x18\x08 \x01(\x05\x12\x16\n\x0eworkers_in_use\x18\t \x01(\x05\"@\n\x15ListProvidersResponse\x12\'\n\tproviders\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.Provider\"&\n\x12GetProviderRequest\x12\x10\n\x08provider\x18\x01 \x01(\t2\xe9\x03\n\x19ProviderManagementService\x12T\n\rListProviders\x12 .hodei.jobs.ListProvidersRequest\x1a!.hodei.jobs.ListProvidersResponse\x12\x43\n\x0bGetProvider\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12\x46\n\x0e\x45nableProvider\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12G\n\x0f\x44isableProvider\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12K\n\x13\x43heckProviderHealth\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12S\n\x13SetProviderCapacity\x12&.hodei.jobs.SetProviderCapacityRequest\x1a\x14.hodei.jobs.Providerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahodei/jobs/providers.proto\x12\nhodei.jobs\"\xc0\x01\n\x1aSetProviderCapacityRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0bmax_workers\x18\x02 \x01(\x05\x12\x19\n\x11workers_unchanged\x18\x03 \x01(\x08\x12\x1a\n\rmax_cpu_cores\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10max_memory_bytes\x18\x05 \x01(\x03H\x01\x88\x01\x01\x42\x10\n\x0e_max_cpu_coresB\x13\n\x11_max_memory_bytes\"\x16\n\x14ListProvidersRequest\"\x9d\x02\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rprovider_type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x16\n\x0ehealth_message\x18\x06 \x01(\t\x12\x13\n\x0binitialised\x18\x07 \x01(\x08\x12\x13\n\x0bmax_workers\x18\x08 \x01(\x05\x12\x16\n\x0eworkers_in_use\x18\t \x01(\x05\x12\x15\n\rmax_cpu_cores\x18\n \x01(\x01\x12\x18\n\x10max_memory_bytes\x18\x0b \x01(\x03\x12\x18\n\x10\x63pu_cores_in_use\x18\x0c \x01(\x01\x12\x1b\n\x13memory_bytes_in_use\x18\r \x01(\x03\"@\n\x15ListProvidersResponse\x12\'\n\tproviders\x18\x01 \x03(\x0b\x32\x14.hodei.jobs.Provider\"&\n\x12GetProviderRequest\x12\x10\n\x08provider\x18\x01 \x01(\t2\xe9\x03\n\x19ProviderManagementService\x12T\n\rListProviders\x12 .hodei.jobs.ListProvidersRequest\x1a!.hodei.jobs.ListProvidersResponse\x12\x43\n\x0bGetProvider\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12\x46\n\x0e\x45nableProvider\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12G\n\x0f\x44isableProvider\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12K\n\x13\x43heckProviderHealth\x12\x1e.hodei.jobs.GetProviderRequest\x1a\x14.hodei.jobs.Provider\x12S\n\x13SetProviderCapacity\x12&.hodei.jobs.SetProviderCapacityRequest\x1a\x14.hodei.jobs.Providerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hodei._proto.providers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETPROVIDERCAPACITYREQUEST']._serialized_start=42
-  _globals['_SETPROVIDERCAPACITYREQUEST']._serialized_end=109
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=111
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=133
-  _globals['_PROVIDER']._serialized_start=136
-  _globals['_PROVIDER']._serialized_end=317
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=319
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=383
-  _globals['_GETPROVIDERREQUEST']._serialized_start=385
-  _globals['_GETPROVIDERREQUEST']._serialized_end=423
-  _globals['_PROVIDERMANAGEMENTSERVICE']._serialized_start=426
-  _globals['_PROVIDERMANAGEMENTSERVICE']._serialized_end=915
+  _globals['_SETPROVIDERCAPACITYREQUEST']._serialized_start=43
+  _globals['_SETPROVIDERCAPACITYREQUEST']._serialized_end=235
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=237
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=259
+  _globals['_PROVIDER']._serialized_start=262
+  _globals['_PROVIDER']._serialized_end=547
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=549
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=613
+  _globals['_GETPROVIDERREQUEST']._serialized_start=615
+  _globals['_GETPROVIDERREQUEST']._serialized_end=653
+  _globals['_PROVIDERMANAGEMENTSERVICE']._serialized_start=656
+  _globals['_PROVIDERMANAGEMENTSERVICE']._serialized_end=1145
 # @@protoc_insertion_point(module_scope)

@@ -25,20 +25,40 @@ class SetProviderCapacityRequest(_message.Message):
 
     PROVIDER_FIELD_NUMBER: _builtins.int
     MAX_WORKERS_FIELD_NUMBER: _builtins.int
+    WORKERS_UNCHANGED_FIELD_NUMBER: _builtins.int
+    MAX_CPU_CORES_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     max_workers: _builtins.int
     """Workers the provider may run at once; 0: back to each server's HODEI_*_MAX_WORKERS."""
+    workers_unchanged: _builtins.bool
+    """Leave its workers as they are (a call that changes only its resources)."""
+    max_cpu_cores: _builtins.float
+    """The CPU cores and memory bytes its jobs may ask for together (their --cpu, --memory);
+    not given: unchanged; 0: no such limit.
+    """
+    max_memory_bytes: _builtins.int
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         max_workers: _builtins.int = ...,
+        workers_unchanged: _builtins.bool = ...,
+        max_cpu_cores: _builtins.float | None = ...,
+        max_memory_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cpu_cores", b"_max_cpu_cores", "_max_memory_bytes", b"_max_memory_bytes", "max_cpu_cores", b"max_cpu_cores", "max_memory_bytes", b"max_memory_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_workers", b"max_workers", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cpu_cores", b"_max_cpu_cores", "_max_memory_bytes", b"_max_memory_bytes", "max_cpu_cores", b"max_cpu_cores", "max_memory_bytes", b"max_memory_bytes", "max_workers", b"max_workers", "provider", b"provider", "workers_unchanged", b"workers_unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_cpu_cores: _TypeAlias = _typing.Literal["max_cpu_cores"]  # noqa: Y015
+    _WhichOneofArgType__max_cpu_cores: _TypeAlias = _typing.Literal["_max_cpu_cores", b"_max_cpu_cores"]  # noqa: Y015
+    _WhichOneofReturnType__max_memory_bytes: _TypeAlias = _typing.Literal["max_memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_memory_bytes: _TypeAlias = _typing.Literal["_max_memory_bytes", b"_max_memory_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cpu_cores) -> _WhichOneofReturnType__max_cpu_cores | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_memory_bytes) -> _WhichOneofReturnType__max_memory_bytes | None: ...
 
 Global___SetProviderCapacityRequest: _TypeAlias = SetProviderCapacityRequest  # noqa: Y015
 
@@ -70,6 +90,10 @@ class Provider(_message.Message):
     INITIALISED_FIELD_NUMBER: _builtins.int
     MAX_WORKERS_FIELD_NUMBER: _builtins.int
     WORKERS_IN_USE_FIELD_NUMBER: _builtins.int
+    MAX_CPU_CORES_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_CORES_IN_USE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_IN_USE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     provider_type: _builtins.str
@@ -83,6 +107,13 @@ class Provider(_message.Message):
     max_workers: _builtins.int
     """Workers it may run at once, and how many slots are taken now."""
     workers_in_use: _builtins.int
+    max_cpu_cores: _builtins.float
+    """The CPU cores and memory bytes its jobs may ask for together (0: no limit), and what
+    its jobs admitted and not ended ask for (--cpu, --memory).
+    """
+    max_memory_bytes: _builtins.int
+    cpu_cores_in_use: _builtins.float
+    memory_bytes_in_use: _builtins.int
     def __init__(
         self,
         *,
@@ -95,10 +126,14 @@ class Provider(_message.Message):
         initialised: _builtins.bool = ...,
         max_workers: _builtins.int = ...,
         workers_in_use: _builtins.int = ...,
+        max_cpu_cores: _builtins.float = ...,
+        max_memory_bytes: _builtins.int = ...,
+        cpu_cores_in_use: _builtins.float = ...,
+        memory_bytes_in_use: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "health_message", b"health_message", "id", b"id", "initialised", b"initialised", "max_workers", b"max_workers", "name", b"name", "provider_type", b"provider_type", "status", b"status", "workers_in_use", b"workers_in_use"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores_in_use", b"cpu_cores_in_use", "health", b"health", "health_message", b"health_message", "id", b"id", "initialised", b"initialised", "max_cpu_cores", b"max_cpu_cores", "max_memory_bytes", b"max_memory_bytes", "max_workers", b"max_workers", "memory_bytes_in_use", b"memory_bytes_in_use", "name", b"name", "provider_type", b"provider_type", "status", b"status", "workers_in_use", b"workers_in_use"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from hodei._proto import limits_pb2, metrics_pb2, outbox_pb2, pools_pb2, providers_pb2, scheduler_pb2
 from hodei.cli.client import Client
-from hodei.cli.parsing import add_limit, bound_message, limit_bound, whole
+from hodei.cli.parsing import add_limit, bound_message, limit_bound, parse_size, whole
 from hodei.cli.terminal import Terminal, when
+from hodei.domain.phases import size_text
+from hodei.domain.provider import MAX_MEMORY_BYTES
 from hodei.errors import InvalidInput
 from hodei.wire import message_dict
 
@@ -21,7 +24,7 @@ def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
         term.data([message_dict(p) for p in providers])
         return 0
     term.table(
-        ["ID", "TYPE", "STATUS", "HEALTH", "WORKERS", "HERE", "MESSAGE"],
+        ["ID", "TYPE", "STATUS", "HEALTH", "WORKERS", "CPU", "MEMORY", "HERE", "MESSAGE"],
         [
             [
                 p.id,
@@ -29,6 +32,8 @@ def _providers(term: Terminal, providers: list[providers_pb2.Provider]) -> int:
                 p.status,
                 p.health,
                 f"{p.workers_in_use}/{p.max_workers}",
+                f"{p.cpu_cores_in_use:g}/{p.max_cpu_cores:g}" if p.max_cpu_cores else "-",
+                f"{size_text(p.memory_bytes_in_use)}/{size_text(p.max_memory_bytes)}" if p.max_memory_bytes else "-",
                 "yes" if p.initialised else "no",
                 _why(p),
             ]
@@ -127,8 +132,7 @@ def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         response = client.call(client.providers.ListProviders, providers_pb2.ListProvidersRequest())
         return _providers(term, list(response.providers))
     if args.action == "capacity":
-        request = providers_pb2.SetProviderCapacityRequest(provider=args.provider, max_workers=args.max_workers)
-        return _providers(term, [client.call(client.providers.SetProviderCapacity, request)])
+        return _providers(term, [client.call(client.providers.SetProviderCapacity, _capacity_request(args))])
     method = {
         "get": client.providers.GetProvider,
         "enable": client.providers.EnableProvider,
@@ -139,6 +143,36 @@ def provider(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     _providers(term, [found])
     # `provider health` answers with its exit code too, for scripts and probes.
     return 1 if args.action == "health" and found.health != "HEALTHY" else 0
+
+
+def _capacity_request(args: argparse.Namespace) -> providers_pb2.SetProviderCapacityRequest:
+    """Workers, CPU and memory: each one given is set, the others stay as they are."""
+    if args.max_workers is None and args.cpus is None and args.memory is None:
+        raise InvalidInput("give the workers it runs at once, --cpus, --memory, or several of them")
+    request = providers_pb2.SetProviderCapacityRequest(
+        provider=args.provider, max_workers=args.max_workers or 0, workers_unchanged=args.max_workers is None
+    )
+    if args.cpus is not None:
+        request.max_cpu_cores = 0.0 if _none(args.cpus) else _cpus(args.cpus)
+    if args.memory is not None:
+        most = f"{MAX_MEMORY_BYTES} bytes (1 EiB)"
+        request.max_memory_bytes = 0 if _none(args.memory) else parse_size(args.memory, "--memory", most)
+    return request
+
+
+def _none(value: str) -> bool:
+    """``none``: no limit (as 0 is)."""
+    return value.strip().lower() == "none"
+
+
+def _cpus(value: str) -> float:
+    try:
+        cores = float(value)
+    except ValueError:
+        cores = math.nan
+    if not math.isfinite(cores) or cores < 0:
+        raise InvalidInput(f"--cpus takes CPU cores (4, 0.5) or none, got {value[:32]!r}")
+    return cores
 
 
 def dead_letters(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -264,9 +298,18 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("provider", help="docker, kubernetes, local, or an id")
         parser.set_defaults(handler=provider)
 
-    capacity = actions.add_parser("capacity", help="set how many workers a provider runs at once")
+    capacity = actions.add_parser(
+        "capacity", help="set how many workers a provider runs at once, and the CPU and memory its jobs ask for"
+    )
     capacity.add_argument("provider", help="docker, kubernetes, local, or an id")
-    capacity.add_argument("max_workers", type=whole, help="workers at once; 0: back to each server's default")
+    capacity.add_argument(
+        "max_workers",
+        type=whole,
+        nargs="?",
+        help="workers at once (0: each server's default); not given: as they are",
+    )
+    capacity.add_argument("--cpus", help="CPU cores its jobs may ask for together (--cpu); none: no limit")
+    capacity.add_argument("--memory", help="memory its jobs may ask for together (--memory): 8Gi; none: no limit")
     capacity.set_defaults(handler=provider)
 
     pools = commands.add_parser(

@@ -86,6 +86,17 @@ def able_providers(spec: JobSpec) -> tuple[ProviderType, ...]:
     return tuple(provider for provider in DEFAULT_ORDER if can_run(provider, spec))
 
 
+def never_room(provider_type: ProviderType, recorded: ProviderRow, spec: JobSpec) -> str | None:
+    """Why the provider never has room for the job (it asks for more CPU or memory than
+    the provider's jobs may ask for together); None: it may have."""
+    never = recorded.resource_limits.beyond(spec.resources.cpu_cores, spec.resources.memory_bytes)
+    return (
+        f"provider {provider_type} never has room for the job: {never} (provider capacity {provider_type})"
+        if never
+        else None
+    )
+
+
 def register_providers(store: HodeiStore, provider_types: Iterable[ProviderType]) -> list[ProviderType]:
     """Creates the Provider aggregates that do not exist yet; returns those created."""
     created = []
@@ -178,24 +189,26 @@ class ProviderRegistry:
         if wanted is None and self.default is not None and can_run(self.default, spec):
             wanted = self.default
         if wanted is not None:
-            self._require_usable(wanted)
+            self._require_usable(wanted, spec)
             return wanted
         reasons = []
         for candidate in able_providers(spec):
             try:
-                self._require_usable(candidate)
+                self._require_usable(candidate, spec)
                 return candidate
             except ProviderUnavailable as exc:
                 reasons.append(exc.message)
         raise ProviderUnavailable("no provider can take the job: " + "; ".join(reasons))
 
-    def _require_usable(self, provider_type: ProviderType) -> None:
+    def _require_usable(self, provider_type: ProviderType, spec: JobSpec) -> None:
         self.get(provider_type)
         recorded = self._recorded(provider_type)
         if recorded is None:
             raise ProviderUnavailable(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
         if recorded.status == ProviderStatus.DISABLED:
             raise ProviderUnavailable(f"provider {provider_type} is disabled")
+        if never := never_room(provider_type, recorded, spec):
+            raise ProviderUnavailable(never)
         health = self._current_health(provider_type)
         if not health.healthy:
             raise ProviderUnavailable(f"provider {provider_type} is unhealthy: {health.message}")

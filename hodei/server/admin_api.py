@@ -4,7 +4,9 @@ MetricsService."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from uuid import UUID
 
 import grpc
 
@@ -16,9 +18,10 @@ from hodei._proto import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
-from hodei.admission import Admission, Capacity, QueuedJob
+from hodei.admission import Admission, Asked, Capacity, QueuedJob
 from hodei.domain.job import hold_text
-from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
+from hodei.domain.phases import size_text
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType, ResourceLimits, resource_limits
 from hodei.domain.spec import AFTER_CONDITIONS
 from hodei.domain.worker import WorkerState
 from hodei.errors import InvalidInput, NotFound
@@ -57,9 +60,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         status = scheduler_pb2.QueueStatus(order="fair" if self.admission.fair else "fifo")
         for state, count in counts.items():
             setattr(status, state.lower(), count)
-        capacities: dict[str, Capacity] = {}
         now = datetime.now(UTC)
-        for queued in self.admission.queue(min(request.limit or 100, MAX_QUEUE_LISTED)):
+        queue = self.admission.queue(min(request.limit or 100, MAX_QUEUE_LISTED))
+        looked = _Looked(self.admission, [queued.job_id for queued in queue])
+        for queued in queue:
             status.queued.append(
                 scheduler_pb2.QueuedJob(
                     job_id=queued.job_id,
@@ -68,12 +72,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
                     priority=queued.priority,
                     position=queued.position,
                     waiting_seconds=(now - queued.created_at).total_seconds(),
-                    reason=self._why(queued, now, capacities),
+                    reason=self._why(queued, now, looked),
                 )
             )
         return status
 
-    def _why(self, queued: QueuedJob, now: datetime, capacities: dict[str, Capacity]) -> str:
+    def _why(self, queued: QueuedJob, now: datetime, looked: _Looked) -> str:
         """Why a queued job has not left the queue: a hold, its retry's backoff, its begin
         time (--begin), a job it starts after (--after), its array's limit, its
         submitter's limit, its pool's size, or its provider's capacity."""
@@ -101,7 +105,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             if queued.pool_size is None:
                 return f"its pool {queued.pool} does not exist (pool set {queued.pool} N)"
             return _at_most(f"its pool {queued.pool}", queued.pool_size, "", queued.pool_running, queued.pool_place)
-        reason = self._reason(queued.provider, capacities)
+        reason = self._reason(queued, looked)
         if self.admission.fair and queued.position:
             place = queued.turn - queued.used
             return (
@@ -110,12 +114,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         return reason
 
-    def _reason(self, provider: str, capacities: dict[str, Capacity]) -> str:
+    def _reason(self, queued: QueuedJob, looked: _Looked) -> str:
+        provider = queued.provider
         if not provider:
             return "its provider is being chosen"
-        if provider not in capacities:
-            capacities[provider] = self.admission.capacity(ProviderType(provider))
-        capacity = capacities[provider]
+        capacity = looked.capacity(provider)
         if capacity.disabled:
             return f"provider {provider} is disabled: its queue waits until `provider enable {provider}`"
         if capacity.free == 0 and capacity.in_use < capacity.limit:
@@ -125,6 +128,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         if capacity.free == 0:
             return f"provider {provider} is full: {capacity.in_use} of {capacity.limit} workers"
+        if capacity.resources.any:
+            return _resources_reason(provider, capacity, looked.asked(queued.job_id))
         return f"provider {provider} has room ({capacity.in_use} of {capacity.limit} workers): being admitted"
 
     @rpc
@@ -153,6 +158,56 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
 
 
+@dataclass
+class _Looked:
+    """What the reasons of one listing of the queue read, each once: its providers'
+    capacities, and what its jobs ask for (only where a provider's resources are limited)."""
+
+    admission: Admission
+    job_ids: list[str]
+    capacities: dict[str, Capacity] = field(default_factory=dict)
+    asked_by: dict[UUID, Asked] | None = None
+
+    def capacity(self, provider: str) -> Capacity:
+        if provider not in self.capacities:
+            self.capacities[provider] = self.admission.capacity(ProviderType(provider))
+        return self.capacities[provider]
+
+    def asked(self, job_id: str) -> Asked:
+        if self.asked_by is None:
+            self.asked_by = self.admission.asked(self.job_ids)
+        return self.asked_by[UUID(job_id)]
+
+
+def _resources_reason(provider: str, capacity: Capacity, asked: Asked) -> str:
+    """Why a job waits for its provider's CPU or memory (``provider capacity --cpus --memory``)."""
+    if never := capacity.resources.beyond(asked.cpu_cores, asked.memory_bytes):
+        return (
+            f"provider {provider} never has room for it: {never} (provider capacity {provider}); "
+            "it waits until that is raised"
+        )
+    in_use = f"its jobs ask for {_resources_in_use(capacity)}"
+    if not capacity.holds(asked.cpu_cores, asked.memory_bytes):
+        wants = ResourceLimits(asked.cpu_cores, asked.memory_bytes).text() or "none"
+        return f"provider {provider} has no room for it yet: {in_use}, and it asks for {wants}"
+    return f"provider {provider} has room ({in_use}): being admitted once the jobs before it in line are"
+
+
+def _resources_in_use(capacity: Capacity) -> str:
+    """``3.5 of 4 CPU, 1.0 GiB of 8.0 GiB memory``: what a provider's jobs ask for, of its limits."""
+    limits = capacity.resources
+    return ", ".join(
+        [
+            *([f"{capacity.cpu_in_use:g} of {limits.cpu_cores:g} CPU"] if limits.cpu_cores is not None else []),
+            *(
+                [f"{size_text(capacity.memory_in_use)} of {size_text(limits.memory_bytes)} memory"]
+                if limits.memory_bytes is not None
+                else []
+            ),
+        ]
+    )
+
+
 class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServicer):
     def __init__(self, store: HodeiStore, reads: ReadModels, registry: ProviderRegistry, admission: Admission) -> None:
         self.store = store
@@ -172,12 +227,15 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
             initialised=ProviderType(row.provider_type) in self.registry.providers,
             max_workers=capacity.limit,
             workers_in_use=capacity.in_use,
+            max_cpu_cores=capacity.resources.cpu_cores or 0.0,
+            max_memory_bytes=capacity.resources.memory_bytes or 0,
+            cpu_cores_in_use=capacity.cpu_in_use,
+            memory_bytes_in_use=capacity.memory_in_use,
         )
 
     def _row(self, provider_type: ProviderType) -> ProviderRow:
-        for row in self.reads.providers():
-            if row.provider_type == provider_type.value:
-                return row
+        if (row := self.reads.provider(provider_type.value)) is not None:
+            return row
         raise NotFound(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
 
     def _type(
@@ -237,12 +295,18 @@ class ProviderManagementService(providers_pb2_grpc.ProviderManagementServiceServ
     ) -> providers_pb2.Provider:
         if request.max_workers < 0:
             raise InvalidInput("max workers must not be negative (0: back to each server's default)")
+        if request.workers_unchanged and request.max_workers:
+            raise InvalidInput("max workers given with workers unchanged: give one or the other")
+        cpu = request.max_cpu_cores if request.HasField("max_cpu_cores") else None
+        memory = request.max_memory_bytes if request.HasField("max_memory_bytes") else None
         provider_type = self._type(request)
         self._row(provider_type)
 
         def run() -> tuple[None, list[Provider]]:
             provider = self.store.load(Provider, PROVIDER_IDS[provider_type])
-            provider.set_capacity(request.max_workers or None)
+            if not request.workers_unchanged:
+                provider.set_capacity(request.max_workers or None)
+            provider.set_resources(resource_limits(provider.resource_limits, cpu, memory))
             return None, [provider]
 
         self.store.command(Meta(actor=caller().name), run)

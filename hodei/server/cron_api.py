@@ -19,6 +19,7 @@ from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.server.jobs_api import may_act_on, refuse_unrunnable
 from hodei.server.submission import Submission, earlier, first_answer
+from hodei.store.readmodels import ReadModels
 from hodei.wire import spec_from_proto, spec_to_proto
 
 # The next times a cron job shows.
@@ -34,10 +35,13 @@ def _concurrency(value: str) -> Concurrency:
 
 
 class CronService(cron_pb2_grpc.CronServiceServicer):
-    def __init__(self, cron_jobs: CronJobs, pools: Pools, limits: Limits, node_selector: Mapping[str, str]) -> None:
+    def __init__(
+        self, cron_jobs: CronJobs, pools: Pools, limits: Limits, node_selector: Mapping[str, str], reads: ReadModels
+    ) -> None:
         self.cron_jobs = cron_jobs
         self.pools = pools
         self.limits = limits
+        self.reads = reads
         # HODEI_K8S_NODE_SELECTOR (``refuse_unrunnable``).
         self.node_selector = node_selector
 
@@ -45,7 +49,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
-        refuse_unrunnable(spec, self.pools, self.node_selector)
+        refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
         within_disk_limit(spec, self.cron_jobs.max_disk_bytes)  # refused now, not at each run
         if spec.input_sha256:
             raise InvalidInput(
@@ -102,7 +106,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             return repeat
 
         def check(spec: JobSpec) -> None:
-            refuse_unrunnable(spec, self.pools, self.node_selector)
+            refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
             self.limits.make_room(who.name, 1)
 
         def write() -> cron_pb2.RunCronJobResponse:

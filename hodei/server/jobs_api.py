@@ -40,7 +40,7 @@ from hodei.faults import Faults
 from hodei.inputs import InputStore
 from hodei.limits import Limits
 from hodei.pools import Pools
-from hodei.providers.registry import check_provider, provider_type_of
+from hodei.providers.registry import check_provider, never_room, provider_type_of
 from hodei.providers.sim import Simulation
 from hodei.roles import Caller, Role
 from hodei.server.access import caller
@@ -75,14 +75,19 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
     return grace
 
 
-def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, str]) -> None:
+def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, str], reads: ReadModels) -> None:
     """An unknown provider is refused before anything is written; so are a sim job's
     settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, a pool that
     does not exist, whose jobs would wait for ever, an image on a provider that cannot
-    run one, nodes chosen on a provider without nodes, and a node selector that the
-    server's (``node_selector``: HODEI_K8S_NODE_SELECTOR) contradicts."""
-    if check_provider(spec) is ProviderType.SIM:
+    run one, nodes chosen on a provider without nodes, a node selector that the
+    server's (``node_selector``: HODEI_K8S_NODE_SELECTOR) contradicts, and more CPU or
+    memory than the provider named has for its jobs (``provider capacity --cpus``)."""
+    provider = check_provider(spec)
+    if provider is ProviderType.SIM:
         Simulation.of(spec.env)
+    recorded = reads.provider(provider) if provider is not None else None
+    if provider is not None and recorded is not None and (never := never_room(provider, recorded, spec)):
+        raise InvalidInput(never)
     pools.check(spec.pool)
     merged_selector(node_selector, spec.node_selector)
 
@@ -135,7 +140,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
         naming_arrays(spec, request.after_arrays).validate(secrets)
         spec.refuse_written(secrets)
-        refuse_unrunnable(spec, self.pools, self.node_selector)
+        refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")

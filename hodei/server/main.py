@@ -278,7 +278,9 @@ async def _add_services(
         (
             cron_pb2,
             "CronService",
-            CronService(runtime.cron_jobs, runtime.pools, runtime.limits, runtime.config.kubernetes.node_selector),
+            CronService(
+                runtime.cron_jobs, runtime.pools, runtime.limits, runtime.config.kubernetes.node_selector, runtime.reads
+            ),
         ),
         (pools_pb2, "PoolService", PoolService(runtime.pools)),
         (limits_pb2, "LimitService", LimitService(runtime.limits)),

@@ -146,6 +146,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "project_provider_registered": ("id", "at", "name", "provider_type", "config"),
     "project_provider_status": ("id", "at", "status"),
     "project_provider_capacity": ("id", "at", "max_workers"),
+    "project_provider_resources": ("id", "at", "max_cpu_cores", "max_memory_bytes"),
     "project_provider_health": ("id", "at", "health", "message"),
 }
 # A planned step, in project_saga_started's `steps` (``(s->>0)::uuid AS step_id``, ...).
@@ -897,6 +898,17 @@ def _provider_capacity(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_provider_capacity", event, max_workers=event.payload["max_workers"])
 
 
+def _provider_resources(cur: Sink, event: EventRecord) -> None:
+    p = event.payload
+    _run(
+        cur,
+        "project_provider_resources",
+        event,
+        max_cpu_cores=p["max_cpu_cores"],
+        max_memory_bytes=p["max_memory_bytes"],
+    )
+
+
 def _provider_health(cur: Sink, event: EventRecord) -> None:
     p = event.payload
     _run(cur, "project_provider_health", event, health=p["health"], message=p["message"])
@@ -956,6 +968,7 @@ PROJECTORS: dict[str, Projector] = {
     "SubmitterLimitChanged": _no_read_model,
     "SubmitterLimitDeleted": _no_read_model,
     "ProviderCapacityChanged": _provider_capacity,
+    "ProviderResourcesChanged": _provider_resources,
     "CronJobCreated": _no_read_model,
     "CronJobRedefined": _no_read_model,
     "CronJobPaused": _no_read_model,

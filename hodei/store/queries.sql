@@ -483,6 +483,22 @@ FROM (
 ) AS r
 WHERE p.id = r.id;
 
+-- name: project_provider_resources
+-- The CPU cores and memory its jobs may ask for together (`provider capacity --cpus
+-- --memory`): set, or removed (NULL: no limit).
+UPDATE provider_configs AS p
+SET config = p.config - 'max_cpu_cores' - 'max_memory_bytes'
+             || CASE WHEN jsonb_typeof(r.max_cpu_cores) = 'number'
+                     THEN jsonb_build_object('max_cpu_cores', r.max_cpu_cores) ELSE '{}' END
+             || CASE WHEN jsonb_typeof(r.max_memory_bytes) = 'number'
+                     THEN jsonb_build_object('max_memory_bytes', r.max_memory_bytes) ELSE '{}' END,
+    updated_at = r.at
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->2) AS max_cpu_cores, (e->3) AS max_memory_bytes
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
+WHERE p.id = r.id;
+
 -- name: project_provider_health
 UPDATE provider_configs AS p SET health = r.health, health_message = r.message, updated_at = r.at
 FROM (
@@ -675,10 +691,10 @@ WHERE w.id = ANY(%s::uuid[]);
 -- A provider's status and its last recorded health, from its read model (written with its
 -- events): choosing a job's provider, and a probe that found no change, read one row, not
 -- the provider's whole history (every health change it ever had).
-SELECT id, name, provider_type, status, health, health_message FROM provider_configs WHERE id = %s;
+SELECT id, name, provider_type, status, health, health_message, config FROM provider_configs WHERE id = %s;
 
 -- name: list_providers
-SELECT id, name, provider_type, status, health, health_message FROM provider_configs ORDER BY provider_type;
+SELECT id, name, provider_type, status, health, health_message, config FROM provider_configs ORDER BY provider_type;
 
 -- name: worker_session_states
 -- What workers' streams need to decide whether to send run-job, cancel or signals: one stream's
@@ -898,12 +914,15 @@ FROM (SELECT pg_advisory_xact_lock(7, hashtext(%(provider)s))) AS locked;
 -- The capacity set through the API (NULL: the server's default), the slots in use (workers
 -- not yet terminated, and admitted jobs that have no such worker yet), of those the ones
 -- starting (workers not yet registered, and the admitted jobs without one), and whether
--- the provider is disabled (`provider disable`: its queue waits).
+-- the provider is disabled (`provider disable`: its queue waits); the CPU cores and memory
+-- its jobs may ask for together (`provider capacity --cpus --memory`, NULL: no limit), and
+-- what the jobs of those slots ask for (counted only where a limit is set).
 WITH provider AS (
-    SELECT (config ->> 'max_workers')::int AS configured, status = 'DISABLED' AS disabled
+    SELECT (config ->> 'max_workers')::int AS configured, status = 'DISABLED' AS disabled,
+           (config ->> 'max_cpu_cores')::float8 AS max_cpu_cores, (config ->> 'max_memory_bytes')::bigint AS max_memory_bytes
     FROM provider_configs WHERE provider_type = %(provider)s
 ), admitted_without_worker AS (
-    SELECT count(*) AS n FROM jobs j
+    SELECT j.spec FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
       AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
       AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.job_id = j.id AND w.attempt = j.attempt
@@ -911,12 +930,23 @@ WITH provider AS (
 ), live AS (
     SELECT count(*) AS n, count(*) FILTER (WHERE state IN ('CREATING', 'CONNECTING')) AS starting
     FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED'
+), asked AS (  -- what the jobs holding its slots ask for; read only where the provider has a limit
+    SELECT coalesce(sum((s.spec -> 'resources' ->> 'cpu_cores')::float8), 0) AS cpu_cores,
+           coalesce(sum((s.spec -> 'resources' ->> 'memory_bytes')::bigint), 0) AS memory_bytes
+    FROM (SELECT j.spec FROM workers w JOIN jobs j ON j.id = w.job_id
+          WHERE w.provider_type = %(provider)s AND w.state <> 'TERMINATED'
+          UNION ALL SELECT spec FROM admitted_without_worker) s
 )
 SELECT provider.configured,
-       live.n + admitted_without_worker.n AS in_use,
-       live.starting + admitted_without_worker.n AS starting,
-       coalesce(provider.disabled, false) AS disabled
-FROM live CROSS JOIN admitted_without_worker LEFT JOIN provider ON true;
+       live.n + (SELECT count(*) FROM admitted_without_worker) AS in_use,
+       live.starting + (SELECT count(*) FROM admitted_without_worker) AS starting,
+       coalesce(provider.disabled, false) AS disabled,
+       provider.max_cpu_cores, provider.max_memory_bytes,
+       CASE WHEN provider.max_cpu_cores IS NOT NULL OR provider.max_memory_bytes IS NOT NULL
+            THEN (SELECT cpu_cores FROM asked) ELSE 0 END AS cpu_cores_in_use,
+       CASE WHEN provider.max_cpu_cores IS NOT NULL OR provider.max_memory_bytes IS NOT NULL
+            THEN (SELECT memory_bytes FROM asked) ELSE 0 END AS memory_bytes_in_use
+FROM live LEFT JOIN provider ON true;
 
 -- name: next_in_queue
 -- The queue's next jobs (by priority, then in submission order; with `fair`, by priority, then
@@ -999,6 +1029,14 @@ UNION ALL
  ) t
  ORDER BY t.priority DESC, t.turn, t.created_at, t.id
  LIMIT %(limit)s);
+
+-- name: asked_resources
+-- What jobs ask for (--cpu, --memory), where their provider's resources are limited
+-- (`provider capacity --cpus --memory`): the next in line (hodei.admission.Capacity.fitting),
+-- and the queue's as people see it (why one waits).
+SELECT id, coalesce((spec -> 'resources' ->> 'cpu_cores')::float8, 0) AS cpu_cores,
+       coalesce((spec -> 'resources' ->> 'memory_bytes')::bigint, 0) AS memory_bytes
+FROM jobs WHERE id = ANY(%s::uuid[]);
 
 -- name: lock_pool
 -- A pool's admissions, one round at a time whatever the provider (held to the commit): a

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.phases import Phase, phases_of
+from hodei.domain.provider import ResourceLimits
 from hodei.domain.spec import LabelSelector
 from hodei.errors import InvalidInput, NotFound
 from hodei.store.db import fetch_value, translate_errors
@@ -162,6 +163,11 @@ class ProviderRow:
     status: str
     health: str
     health_message: str | None
+    config: dict[str, Any]
+
+    @property
+    def resource_limits(self) -> ResourceLimits:
+        return ResourceLimits.of(self.config)
 
 
 class ReadModels:
@@ -219,6 +225,10 @@ class ReadModels:
 
     def providers(self) -> list[ProviderRow]:
         return [ProviderRow(**row) for row in self._all("list_providers")]
+
+    def provider(self, provider_type: str) -> ProviderRow | None:
+        """Its row (None: not registered)."""
+        return next((row for row in self.providers() if row.provider_type == provider_type), None)
 
     def sagas(self, state: str | None, saga_type: str | None, job_id: str | None, limit: int) -> list[SagaRow]:
         params = {"state": state, "saga_type": saga_type, "job_id": job_id, "limit": limit}
