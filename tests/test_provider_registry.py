@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType
-from hodei.domain.spec import JobSpec
+from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderType, ResourceLimits
+from hodei.domain.spec import JobSpec, Resources
 from hodei.errors import InvalidInput, ProviderUnavailable
 from hodei.providers.base import Health
 from hodei.providers.registry import ProviderRegistry, register_providers
@@ -145,4 +145,31 @@ def test_a_job_placed_on_chosen_nodes_goes_to_kubernetes_the_only_provider_with_
     registry.check(ProviderType.KUBERNETES)
     with pytest.raises(ProviderUnavailable, match=r"^no provider can take the job: provider kubernetes is unhealthy"):
         registry.select(job("", image="python:3.12-slim", node_selector={"disktype": "ssd"}))
+    registry.close()
+
+
+def test_a_job_gets_a_provider_that_has_room_for_what_it_asks_for(store: HodeiStore, tmp_path: Path) -> None:
+    """`provider capacity local --cpus 2 --memory 1Gi`: a job asking for more goes to
+    another provider when it names none (the default's limit passed over as an image
+    is), and is refused, saying why, when it names that one or none has room."""
+    register_providers(store, [ProviderType.LOCAL, ProviderType.DOCKER])
+    effects = Effects(tmp_path / "effects")
+    fakes = {
+        ProviderType.LOCAL: FakeProvider(effects),
+        ProviderType.DOCKER: FakeProvider(effects, provider_type=ProviderType.DOCKER),
+    }
+    registry = ProviderRegistry(store, fakes, {}, default="local")
+    local = store.load(Provider, PROVIDER_IDS[ProviderType.LOCAL])
+    local.set_resources(ResourceLimits(2.0, 2**30))
+    store.write([local], Meta(actor="ops"))
+    assert registry.select(job("", resources=Resources(cpu_cores=2.0, memory_bytes=2**30))) is ProviderType.LOCAL
+    assert registry.select(job("", resources=Resources(cpu_cores=3.0))) is ProviderType.DOCKER
+    never = r"provider local never has room for the job: it asks for 3 CPU, more than its 2 \(provider capacity local\)"
+    with pytest.raises(ProviderUnavailable, match=never):
+        registry.select(job("local", resources=Resources(cpu_cores=3.0)))
+    docker = store.load(Provider, PROVIDER_IDS[ProviderType.DOCKER])
+    docker.set_resources(ResourceLimits(None, 2**29))
+    store.write([docker], Meta(actor="ops"))
+    with pytest.raises(ProviderUnavailable, match="no provider can take the job: .*more than its 512.0 MiB"):
+        registry.select(job("", resources=Resources(memory_bytes=2**30 + 1)))
     registry.close()

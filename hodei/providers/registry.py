@@ -184,10 +184,12 @@ class ProviderRegistry:
     def select(self, spec: JobSpec) -> ProviderType:
         """The provider a job will use; raises ProviderUnavailable with the reason. A job
         that names none gets the default if it can run the job as asked (an image of its
-        own, nodes of its choosing), else the first of ``able_providers`` usable."""
+        own, nodes of its choosing, the CPU and memory it asks for), else the first of
+        ``able_providers`` usable."""
         wanted = check_provider(spec)
         if wanted is None and self.default is not None and can_run(self.default, spec):
-            wanted = self.default
+            recorded = self._recorded(self.default)
+            wanted = self.default if recorded is None or not never_room(self.default, recorded, spec) else None
         if wanted is not None:
             self._require_usable(wanted, spec)
             return wanted
