@@ -170,6 +170,6 @@ def test_a_job_gets_a_provider_that_has_room_for_what_it_asks_for(store: HodeiSt
     docker = store.load(Provider, PROVIDER_IDS[ProviderType.DOCKER])
     docker.set_resources(ResourceLimits(None, 2**29))
     store.write([docker], Meta(actor="ops"))
-    with pytest.raises(ProviderUnavailable, match="no provider can take the job: .*more than its 512.0 MiB"):
+    with pytest.raises(ProviderUnavailable, match=r"no provider can take the job: .*more than its 512\.0 MiB"):
         registry.select(job("", resources=Resources(memory_bytes=2**30 + 1)))
     registry.close()
