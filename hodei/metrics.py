@@ -28,8 +28,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hodei.admission import Admission
 from hodei.cron import CronJobs
 from hodei.domain.job import JobState
+from hodei.domain.provider import ProviderType
 from hodei.errors import StoreUnavailable
 from hodei.limits import Limits
 from hodei.pools import Pools
@@ -87,6 +89,7 @@ class _Scraped(Collector):
         pools: Pools,
         limits: Limits,
         webhooks: Webhooks,
+        admission: Admission,
     ) -> None:
         self.reads = reads
         self.connected = connected
@@ -94,6 +97,7 @@ class _Scraped(Collector):
         self.pools = pools
         self.limits = limits
         self.webhooks = webhooks
+        self.admission = admission
 
     def collect(self) -> Iterator[Metric]:
         """What this process knows, always; what it reads from PostgreSQL, and
@@ -119,16 +123,56 @@ class _Scraped(Collector):
         yield GaugeMetricFamily(
             "hodei_outbox_oldest_pending_seconds", "Age of the oldest outbox row waiting", value=lag_ms / 1000
         )
-        healthy = GaugeMetricFamily(
-            "hodei_provider_healthy", "1 when the provider's last probe was healthy", labels=["provider"]
-        )
-        for provider in self.reads.providers():
-            healthy.add_metric([provider.provider_type], 1.0 if provider.health == "HEALTHY" else 0.0)
-        yield healthy
+        yield from self._providers()
         yield from self._cron_jobs()
         yield from self._pools()
         yield from self._submitters()
         yield from self._webhooks()
+
+    def _providers(self) -> Iterator[Metric]:
+        """Each provider's health and capacity (`provider list`): its workers, and the CPU
+        cores and memory its jobs ask for where it has limits (`provider capacity --cpus --memory`)."""
+        labels = ["provider"]
+        healthy = GaugeMetricFamily(
+            "hodei_provider_healthy", "1 when the provider's last probe was healthy", labels=labels
+        )
+        workers = GaugeMetricFamily(
+            "hodei_provider_workers", "Workers the provider runs at once (its capacity)", labels=labels
+        )
+        workers_used = GaugeMetricFamily(
+            "hodei_provider_workers_in_use",
+            "Its slots taken: workers not terminated, admitted jobs without one",
+            labels=labels,
+        )
+        cpu = GaugeMetricFamily(
+            "hodei_provider_cpu_cores", "CPU cores its jobs may ask for together (where limited)", labels=labels
+        )
+        cpu_asked = GaugeMetricFamily(
+            "hodei_provider_cpu_cores_asked",
+            "CPU cores its jobs admitted and not ended ask for (where limited)",
+            labels=labels,
+        )
+        memory = GaugeMetricFamily(
+            "hodei_provider_memory_bytes", "Memory its jobs may ask for together (where limited)", labels=labels
+        )
+        memory_asked = GaugeMetricFamily(
+            "hodei_provider_memory_bytes_asked",
+            "Memory its jobs admitted and not ended ask for (where limited)",
+            labels=labels,
+        )
+        for provider in self.reads.providers():
+            label = [provider.provider_type]
+            healthy.add_metric(label, 1.0 if provider.health == "HEALTHY" else 0.0)
+            capacity = self.admission.capacity(ProviderType(provider.provider_type))
+            workers.add_metric(label, capacity.limit)
+            workers_used.add_metric(label, capacity.in_use)
+            if capacity.resources.cpu_cores is not None:
+                cpu.add_metric(label, capacity.resources.cpu_cores)
+                cpu_asked.add_metric(label, capacity.cpu_in_use)
+            if capacity.resources.memory_bytes is not None:
+                memory.add_metric(label, capacity.resources.memory_bytes)
+                memory_asked.add_metric(label, capacity.memory_in_use)
+        yield from (healthy, workers, workers_used, cpu, cpu_asked, memory, memory_asked)
 
     def _webhooks(self) -> Iterator[Metric]:
         messages = GaugeMetricFamily(
@@ -227,7 +271,13 @@ def _database_up(value: float) -> Metric:
 
 class PlatformMetrics:
     def __init__(
-        self, reads: ReadModels, cron_jobs: CronJobs, pools: Pools, limits: Limits, webhooks: Webhooks
+        self,
+        reads: ReadModels,
+        cron_jobs: CronJobs,
+        pools: Pools,
+        limits: Limits,
+        webhooks: Webhooks,
+        admission: Admission,
     ) -> None:
         self.reads = reads
         self.registry = CollectorRegistry()
@@ -260,7 +310,7 @@ class PlatformMetrics:
             "Lines of job output this server could not store (its log directory full or gone)",
             registry=self.registry,
         )
-        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools, limits, webhooks)
+        self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools, limits, webhooks, admission)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()
         self._saga_types: _Recent[str] = _Recent()

@@ -391,7 +391,7 @@ def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
     size lets the next in. A job outside the pool passes them."""
     pools = Pools(store)
     pools.set("db", 2, "ops")
-    admission = Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10})
+    admission = Admission(store, dict.fromkeys(ProviderType, 10))
     docker = [_pooled(store, ProviderType.DOCKER, "db") for _ in range(2)]
     local = [_pooled(store, ProviderType.LOCAL, "db") for _ in range(2)]
     plain = _queued(store)
@@ -410,14 +410,7 @@ def test_a_pool_runs_at_most_its_size_of_its_jobs_whatever_their_providers(
     assert (first.position, first.pool, first.pool_size, first.pool_running, first.pool_place) == (0, "db", 2, 2, 1)
     assert first.past_pool_size and waiting[str(local[1].id)].pool_place == 2
     assert pools.get("db") == PoolUse("db", 2, running=2, queued=2)
-    metrics = PlatformMetrics(
-        ReadModels(store.pool),
-        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
-        pools,
-        Limits(store),
-        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
-    )
-    scraped = generate_latest(metrics.registry).decode()
+    scraped = _scraped(store, admission, pools=pools)
     for line in (
         'hodei_pool_size{pool="db"} 2.0',
         'hodei_pool_running{pool="db"} 2.0',
@@ -536,7 +529,7 @@ def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_provid
     higher limit lets the next in."""
     limits = Limits(store)
     assert limits.set("alice", "ops", {"jobs": 2}) == SubmitterUse("alice", 2, own=True, running=0, queued=0)
-    admission = Admission(store, {ProviderType.DOCKER: 10, ProviderType.LOCAL: 10})
+    admission = Admission(store, dict.fromkeys(ProviderType, 10))
     docker = [_submitted(store, ProviderType.DOCKER, "alice") for _ in range(3)]
     local = _submitted(store, ProviderType.LOCAL, "alice")
     bob = _submitted(store, ProviderType.DOCKER, "bob")
@@ -562,14 +555,7 @@ def test_a_submitters_limit_keeps_its_jobs_past_it_waiting_whatever_their_provid
     assert third.past_submitter_limit and waiting[str(local.id)].past_submitter_limit
     assert limits.get("alice") == SubmitterUse("alice", 2, own=True, running=2, queued=2)
     assert limits.get("bob") == SubmitterUse("bob", None, own=False, running=1, queued=0)
-    metrics = PlatformMetrics(
-        ReadModels(store.pool),
-        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
-        Pools(store),
-        limits,
-        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
-    )
-    scraped = generate_latest(metrics.registry).decode()
+    scraped = _scraped(store, admission, limits=limits)
     for line in (
         'hodei_submitter_limit{submitter="alice"} 2.0',
         'hodei_submitter_running{submitter="alice"} 2.0',
@@ -750,14 +736,7 @@ def test_a_submission_counts_the_jobs_not_ended_after_the_one_before_committed(
     assert isinstance(refused, LimitReached), refused
     assert str(refused).startswith("submitter alice has 1 jobs not ended, 1 at most (`limit get alice`): a job more")
     assert limits.get("alice").queued == 1
-    metrics = PlatformMetrics(
-        ReadModels(store.pool),
-        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
-        Pools(store),
-        limits,
-        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
-    )
-    scraped = generate_latest(metrics.registry).decode()
+    scraped = _scraped(store, Admission(store, dict.fromkeys(ProviderType, 10)), limits=limits)
     assert 'hodei_submitter_max_submitted{submitter="alice"} 1.0' in scraped
     assert 'hodei_submitter_max_submitted{submitter="bob"}' not in scraped
 
@@ -848,6 +827,19 @@ def test_a_fair_queue_lets_submitters_take_turns_and_shows_its_order(store: Hode
     assert _admitted(store, *erin, *frank) == [True, True, False, False, True, True]
 
 
+def _scraped(store: HodeiStore, admission: Admission, pools: Pools | None = None, limits: Limits | None = None) -> str:
+    """What /metrics shows now."""
+    metrics = PlatformMetrics(
+        ReadModels(store.pool),
+        CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
+        pools or Pools(store),
+        limits or Limits(store),
+        Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
+        admission,
+    )
+    return generate_latest(metrics.registry).decode()
+
+
 def _limit_resources(store: HodeiStore, cpu_cores: float | None, memory_bytes: int | None) -> None:
     provider = store.load(Provider, PROVIDER_IDS[ProviderType.DOCKER])
     provider.set_resources(ResourceLimits(cpu_cores, memory_bytes))
@@ -863,7 +855,7 @@ def test_a_providers_cpu_and_memory_hold_its_jobs_requests_together_in_the_queue
     stops it (no backfill: a big job is not passed for ever by small ones), but one that
     never fits is passed over; a job asking for none counts none."""
     _limit_resources(store, 2.0, 2**30)
-    admission = Admission(store, {ProviderType.DOCKER: 10})
+    admission = Admission(store, dict.fromkeys(ProviderType, 10))
     first = _queued(store, resources=Resources(cpu_cores=1.0))
     big = _queued(store, resources=Resources(cpu_cores=1.5))
     small = _queued(store, resources=Resources(cpu_cores=0.5, memory_bytes=2**29))
@@ -895,6 +887,16 @@ def test_a_providers_cpu_and_memory_hold_its_jobs_requests_together_in_the_queue
     joining = _queued(store, resources=Resources(cpu_cores=0.25))
     assert admission.admits_at_once(store.load(Job, joining.id), ProviderType.DOCKER, datetime.now(UTC)) is False
 
+    scraped = _scraped(store, admission)
+    for line in (
+        'hodei_provider_workers{provider="docker"} 10.0',
+        'hodei_provider_workers_in_use{provider="docker"} 4.0',
+        'hodei_provider_cpu_cores{provider="docker"} 2.0',
+        'hodei_provider_cpu_cores_asked{provider="docker"} 2.0',
+        'hodei_provider_memory_bytes{provider="docker"} 1.073741824e+09',
+        'hodei_provider_memory_bytes_asked{provider="docker"} 1.073741824e+09',
+    ):
+        assert line in scraped, scraped
     _limit_resources(store, None, None)  # lifted: only workers are counted
     assert admission.admit(ProviderType.DOCKER) == 3
     assert query(fresh_database_url, "SELECT config FROM provider_configs WHERE provider_type = 'docker'") == [({},)]

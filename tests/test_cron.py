@@ -12,9 +12,11 @@ import pytest
 from prometheus_client import generate_latest
 
 from hodei import cron as cron_module
+from hodei.admission import Admission
 from hodei.cron import CronJobs
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job, JobState
+from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, InvalidTransition, NotFound, StoreUnavailable
 from hodei.limits import Limits
@@ -41,7 +43,9 @@ def scrape(store: HodeiStore, cron_jobs: CronJobs) -> str:
     """/metrics as a server over ``store`` with ``cron_jobs`` answers it."""
     reads = ReadModels(store.pool)
     webhooks = Webhooks(store, JobSecrets(store.pool), reads)
-    metrics = PlatformMetrics(reads, cron_jobs, Pools(store), Limits(store), webhooks)
+    metrics = PlatformMetrics(
+        reads, cron_jobs, Pools(store), Limits(store), webhooks, Admission(store, dict.fromkeys(ProviderType, 16))
+    )
     return generate_latest(metrics.registry).decode()
 
 

@@ -14,8 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
+from hodei.admission import Admission
 from hodei.cron import CronJobs
 from hodei.domain.job import Job
+from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec, LabelSelector
 from hodei.domain.webhook import ENDINGS, check_selector, check_states, check_url, origin_of
 from hodei.errors import InvalidInput, InvalidTransition, NotFound
@@ -265,6 +267,7 @@ def test_an_attempt_not_answered_2xx_is_tried_again_later_then_given_up_on(
         Pools(store),
         Limits(store),
         webhooks,
+        Admission(store, dict.fromkeys(ProviderType, 16)),
     )
     scraped = generate_latest(metrics.registry).decode()
     assert 'hodei_webhook_messages{state="failed",webhook="chat"} 1.0' in scraped

@@ -13,6 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from hodei._proto import worker_pb2
+from hodei.admission import Admission
 from hodei.artifacts import ArtifactStore
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState
@@ -79,6 +80,7 @@ def _service(
             Pools(store),
             Limits(store),
             Webhooks(store, JobSecrets(pool), ReadModels(pool)),
+            Admission(store, dict.fromkeys(ProviderType, 16)),
         ),
         engine or SagaEngine(store, {}),  # no sagas: an acceptance moves none
         ArtifactStore(tmp_path / "artifacts", 1 << 20),

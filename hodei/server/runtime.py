@@ -160,7 +160,9 @@ class Runtime:
         )
         self.engine = SagaEngine(self.store, catalog.definitions(deps), self.clock, after_commit)
         self.webhooks = Webhooks(self.store, self.secrets, self.reads)
-        self.metrics = PlatformMetrics(self.reads, self.cron_jobs, self.pools, self.limits, self.webhooks)
+        self.metrics = PlatformMetrics(
+            self.reads, self.cron_jobs, self.pools, self.limits, self.webhooks, self.admission
+        )
         self.relay = Relay(
             self.pool,
             routes.build(self.engine, self.store, self.admission),
