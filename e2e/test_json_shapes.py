@@ -63,6 +63,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job run --dry-run", ["job", "run", "--provider", "local", "--command", "true", "--dry-run"], 0),
     ("job run --wait", ["job", "run", "--provider", "local", "--command", "exit 3", "--wait"], 3),
     ("job run --array", ["job", "run", "--provider", "local", "--command", "true", "--array", "0-1"], 0),
+    ("job run --file (several jobs)", ["job", "run", "--file", "{pipeline}"], 0),
+    ("job run --file (several jobs) --dry-run", ["job", "run", "--file", "{pipeline}", "--dry-run"], 0),
     ("job run --follow", ["job", "run", "--provider", "local", "--command", "echo hi", "--follow"], 0),
     ("job get", ["job", "get", "{job}"], 0),
     ("job list", ["job", "list"], 0),
@@ -138,6 +140,10 @@ def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
         if arg == "{outputs}":
             run = ["job", "run", "--provider", "local", "--command", 'echo version=1.2 >> "$HODEI_OUTPUT"', "--wait"]
             return server.cli(*run, check=True).stdout.strip()
+        if arg == "{pipeline}":  # two jobs, the second after the first
+            path = server.log_dir / "pipeline.yaml"
+            path.write_text("name: a\ncommand: 'true'\n---\nname: b\ncommand: 'true'\nafter: {a: ok}\n")
+            return str(path)
         if arg == "{running}":
             started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
             return started.stdout.strip()

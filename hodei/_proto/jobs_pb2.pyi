@@ -165,6 +165,63 @@ class QueueJobResponse(_message.Message):
 Global___QueueJobResponse: _TypeAlias = QueueJobResponse  # noqa: Y015
 
 @_typing.final
+class QueueJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    validate_only: _builtins.bool
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueJobRequest]:
+        """Each job as QueueJob takes it, but one job each (no array); the idempotency key and
+        validate_only are the whole request's (below). At most 100. Each carries the label
+        hodei.io/workflow with the first job's id.
+        """
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___QueueJobRequest] | None = ...,
+        idempotency_key: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "jobs", b"jobs", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueJobsRequest: _TypeAlias = QueueJobsRequest  # noqa: Y015
+
+@_typing.final
+class QueueJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    ALREADY_SUBMITTED_FIELD_NUMBER: _builtins.int
+    already_submitted: _builtins.bool
+    """The idempotency key had submitted these jobs before: nothing new was submitted."""
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every job, in the request's order (none for validate_only)."""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        already_submitted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_submitted", b"already_submitted", "job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueJobsResponse: _TypeAlias = QueueJobsResponse  # noqa: Y015
+
+@_typing.final
 class GetJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -40,6 +40,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
                 _registered_method=True)
+        self.QueueJobs = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/QueueJobs',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/GetJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -112,6 +117,15 @@ class JobExecutionServiceServicer:
 
     def QueueJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueueJobs(self, request, context):
+        """Several jobs, all or none, some starting after others of them (`job run --file` of
+        several documents): a job's spec.after names another of the request's jobs, one before
+        it, as "#N" (its place, from 0).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -217,6 +231,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.SerializeToString,
             ),
+            'QueueJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueueJobs,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
@@ -310,6 +329,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/QueueJob',
             hodei_dot_jobs_dot_jobs__pb2.QueueJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueueJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/QueueJobs',
+            hodei_dot_jobs_dot_jobs__pb2.QueueJobsRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

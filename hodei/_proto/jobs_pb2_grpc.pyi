@@ -33,6 +33,11 @@ class JobExecutionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobExecutionServiceAsyncStub: ...
     QueueJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.QueueJobRequest, _jobs_pb2.QueueJobResponse]
+    QueueJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.QueueJobsRequest, _jobs_pb2.QueueJobsResponse]
+    """Several jobs, all or none, some starting after others of them (`job run --file` of
+    several documents): a job's spec.after names another of the request's jobs, one before
+    it, as "#N" (its place, from 0).
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     DescribeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
@@ -70,6 +75,11 @@ class JobExecutionServiceStub:
 class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueueJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.QueueJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
+    QueueJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.QueueJobsRequest, _jobs_pb2.QueueJobsResponse]  # type: ignore[assignment]
+    """Several jobs, all or none, some starting after others of them (`job run --file` of
+    several documents): a job's spec.after names another of the request's jobs, one before
+    it, as "#N" (its place, from 0).
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     DescribeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]  # type: ignore[assignment]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
@@ -110,6 +120,17 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.QueueJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.QueueJobResponse, _abc.Awaitable[_jobs_pb2.QueueJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def QueueJobs(
+        self,
+        request: _jobs_pb2.QueueJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.QueueJobsResponse, _abc.Awaitable[_jobs_pb2.QueueJobsResponse]]:
+        """Several jobs, all or none, some starting after others of them (`job run --file` of
+        several documents): a job's spec.after names another of the request's jobs, one before
+        it, as "#N" (its place, from 0).
+        """
 
     @_abc_1.abstractmethod
     def GetJob(

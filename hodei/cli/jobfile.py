@@ -3,8 +3,10 @@
 
 The file is YAML (or JSON, which YAML reads too) holding the job's spec in the shape
 ``job get ID -o json`` prints as ``spec``, so ``job get ID -o json | jq .spec | job run --file -``
-submits a job again as it was. Hand-written files may give sizes and durations as people
-write them (``memory_bytes: 512Mi``, ``timeout_seconds: 10m``). Every field is checked for
+submits a job again as it was; or several jobs, a YAML document each, submitted together, each
+starting after others of them that its ``after`` names by name (``hodei.domain.workflow``).
+Hand-written files may give sizes and durations as people write them (``memory_bytes:
+512Mi``, ``timeout_seconds: 10m``). Every field is checked for
 its type here, naming the field (``JobSpec.from_payload`` reads the API's dicts and would
 turn a list into its text); the spec's own bounds are checked as for flags
 (``JobSpec.validate``). Secret values never go in a file: a file names them
@@ -26,6 +28,7 @@ import yaml
 from hodei.cli.parsing import parse_size, text_of
 from hodei.domain.duration import seconds_of
 from hodei.domain.spec import DEFAULT_TIMEOUT_SECONDS, LIMITS, JobSpec, Resources
+from hodei.domain.workflow import MOST_JOBS
 from hodei.errors import InvalidInput
 
 _HINTS = typing.get_type_hints(JobSpec)
@@ -34,16 +37,33 @@ _DURATIONS = {"timeout_seconds", "queue_timeout_seconds", "retry_backoff_seconds
 _SIZES = {"memory_bytes": f"{LIMITS.max_memory_bytes} bytes (1 TiB)", "disk_bytes": f"{LIMITS.max_disk_bytes} bytes"}
 
 
-def spec_from_file(path: str) -> JobSpec:
-    """The job ``path`` holds (``-``: standard input)."""
+def specs_from_file(path: str) -> list[JobSpec]:
+    """The jobs ``path`` holds (``-``: standard input): one, or several YAML documents
+    (``---`` between them), submitted together (``hodei.domain.workflow``)."""
     text = sys.stdin.read() if path == "-" else text_of(path, "--file")
     where = "standard input" if path == "-" else path
     try:
-        document = yaml.safe_load(text)
+        documents = [document for document in yaml.safe_load_all(text) if document is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise InvalidInput(f"{where} is not YAML or JSON{at}: {getattr(exc, 'problem', None) or exc}") from None
+    if len(documents) > MOST_JOBS:
+        raise InvalidInput(f"{where} holds {len(documents)} jobs; at most {MOST_JOBS} are submitted together")
+    if len(documents) > 1:
+        return [_spec(f"{where}, job {place}", document) for place, document in enumerate(documents, 1)]
+    return [_spec(where, documents[0] if documents else None)]
+
+
+def spec_from_file(path: str) -> JobSpec:
+    """The one job ``path`` holds (a cron job's)."""
+    specs = specs_from_file(path)
+    if len(specs) > 1:
+        raise InvalidInput(f"{path} holds {len(specs)} jobs: a cron job runs one")
+    return specs[0]
+
+
+def _spec(where: str, document: Any) -> JobSpec:
     if not isinstance(document, dict):
         raise InvalidInput(f"{where} must hold a job's spec (a mapping of its fields, as `job get -o json`'s spec)")
     known = {f.name for f in fields(JobSpec)}

@@ -8,9 +8,9 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 from hodei._proto import artifacts_pb2, common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.inputs import Packed, pack, pieces
-from hodei.cli.jobfile import refuse_spec_flags, spec_from_file
+from hodei.cli.jobfile import refuse_spec_flags, spec_from_file, specs_from_file
 from hodei.cli.parsing import (
     ArrayOption,
     add_limit,
@@ -71,6 +71,7 @@ from hodei.domain.spec import (
     naming_arrays,
     validate_array,
 )
+from hodei.domain.workflow import WORKFLOW_LABEL, run_order, sibling
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
 from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, exec_dict, job_dict, message_dict, spec_to_proto
@@ -256,18 +257,64 @@ def secret_values(args: argparse.Namespace) -> dict[str, str]:
 
 
 def file_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
-    """``--file FILE``: the file's spec, its secrets' values from the flags (each it names)."""
+    """``--file FILE`` of one job: the file's spec, its secrets' values from the flags."""
     refuse_spec_flags(args)
-    spec = spec_from_file(args.file)
-    spec = replace(spec, name=spec.name or default_name)
+    return _with_secrets(args, spec_from_file(args.file), default_name)
+
+
+def _with_secrets(args: argparse.Namespace, spec: JobSpec, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
+    """The spec of a file's one job, given every secret of the flags (each it names among them)."""
     secrets = secret_values(args)
+    _refuse_missing(args.file, spec, secrets)
+    return replace(spec, name=spec.name or default_name, secret_names=tuple(sorted(secrets))), secrets
+
+
+def _refuse_missing(where: str, spec: JobSpec, secrets: Mapping[str, str]) -> None:
     missing = sorted(set(spec.secret_names) - set(secrets))
     if missing:
         raise InvalidInput(
-            f"{args.file} names the secret{'s' if len(missing) > 1 else ''} {', '.join(missing)}: give "
+            f"{where} names the secret{'s' if len(missing) > 1 else ''} {', '.join(missing)}: give "
             "the values with --secret NAME=VALUE, --secret-file or --secret-env-file"
         )
-    return replace(spec, secret_names=tuple(sorted(secrets))), secrets
+
+
+def _several_request(args: argparse.Namespace, specs: list[JobSpec]) -> None:
+    """``--file`` of several jobs: QueueJobs, the jobs in an order that runs (each after
+    those it names by name, which become their places in the request: ``#N``), each given
+    the secrets it names. Refused: what is one job's (an array, input files, --follow)."""
+    several = f"the file holds {len(specs)} jobs, submitted together"
+    one_jobs = (
+        ("--array", args.array),
+        ("--after-array", args.after_array),
+        ("--input", args.input or args.input_exclude),
+        ("--follow", args.follow),
+    )
+    for flag, given in one_jobs:
+        if given:
+            raise InvalidInput(f"{flag} is for one job; {several} (`job logs -l {WORKFLOW_LABEL}=ID` follows theirs)")
+    values = secret_values(args)
+    unnamed = sorted(set(values) - {name for spec in specs for name in spec.secret_names})
+    if unnamed:
+        raise InvalidInput(f"secret {', '.join(unnamed)}: none of the file's jobs names it (secret_names)")
+    order = run_order([(spec.name, spec.after) for spec in specs])
+    place_of = {specs[file_place].name: place for place, file_place in enumerate(order)}
+    parts = []
+    for file_place in order:
+        spec = specs[file_place]
+        secrets = {name: values[name] for name in spec.secret_names if name in values}
+        _refuse_missing(f"{args.file} (job {spec.name})", spec, secrets)
+        spec = replace(
+            spec, after={sibling(place_of[ref]) if ref in place_of else ref: cond for ref, cond in spec.after.items()}
+        )
+        spec.validate(secrets)
+        spec.refuse_written(secrets)
+        parts.append(
+            jobs_pb2.QueueJobRequest(
+                spec=spec_to_proto(spec), secrets=secrets, hold=args.hold, hold_reason=args.hold_reason or ""
+            )
+        )
+    args.request = jobs_pb2.QueueJobsRequest(jobs=parts)
+    args.several = _Several(order, specs)
 
 
 def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
@@ -314,8 +361,17 @@ def queue_request(args: argparse.Namespace) -> None:
     number too large for the wire breaks the request."""
     array = args.array or ArrayOption([])
     after_arrays = parse_after(args.after_array or [])
+    if args.hold_reason and not args.hold:
+        raise InvalidInput("--hold-reason says why a job submitted with --hold is held: add --hold")
+    if args.dry_run and (args.wait or args.follow):
+        raise InvalidInput("--dry-run submits nothing: there is nothing to wait for or follow")
     if args.file is not None:
-        spec, secrets = file_spec(args)
+        refuse_spec_flags(args)
+        specs = specs_from_file(args.file)
+        if len(specs) > 1:
+            _several_request(args, specs)
+            return
+        spec, secrets = _with_secrets(args, specs[0])
         spec = replace(spec, array_limit=array.limit) if args.array else spec
     else:
         spec, secrets = job_spec(args)
@@ -340,10 +396,6 @@ def queue_request(args: argparse.Namespace) -> None:
         validate_array(indices)
         for index in indices:  # each job as the server will make it (its name, its environment)
             array_element(spec, str(UUID(int=0)), index, len(indices)).validate(secrets)
-    if args.hold_reason and not args.hold:
-        raise InvalidInput("--hold-reason says why a job submitted with --hold is held: add --hold")
-    if args.dry_run and (args.wait or args.follow):
-        raise InvalidInput("--dry-run submits nothing: there is nothing to wait for or follow")
     args.request = jobs_pb2.QueueJobRequest(
         spec=spec_to_proto(spec),
         secrets=secrets,
@@ -355,6 +407,8 @@ def queue_request(args: argparse.Namespace) -> None:
 
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    if isinstance(args.request, jobs_pb2.QueueJobsRequest):
+        return _run_several(client, term, args)
     for after in (args.request.spec.after, args.request.after_arrays):
         if LATEST in after:  # the newest job now, before this one is submitted
             after[latest_job(client)] = after.pop(LATEST)
@@ -367,6 +421,92 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if queued.array_job_ids:
         return _run_array(client, term, args, queued)
     return submitted(client, term, args, queued)
+
+
+@dataclass(frozen=True)
+class _Several:
+    """A file's several jobs: the order the request has them in (their places in the
+    file), and their specs as the file gives them."""
+
+    order: list[int]
+    specs: list[JobSpec]
+
+    def in_file_order(self, in_request: Sequence[str]) -> list[str]:
+        found = [""] * len(self.order)
+        for place, file_place in enumerate(self.order):
+            found[file_place] = in_request[place]
+        return found
+
+
+def _run_several(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    """A file's several jobs, submitted together: every job's id, one a line in the file's
+    order; with --wait, each in turn (those it starts after first), exiting with the
+    highest exit code among them."""
+    several: _Several = args.several
+    request: jobs_pb2.QueueJobsRequest = args.request
+    latest = ""
+    for part in request.jobs:
+        if LATEST in part.spec.after:  # the newest job now, before these are submitted
+            latest = latest or latest_job(client)
+            part.spec.after[latest] = part.spec.after.pop(LATEST)
+    if args.dry_run:
+        checked = jobs_pb2.QueueJobsRequest(jobs=request.jobs, validate_only=True)
+        client.call(client.jobs.QueueJobs, checked)
+        if term.json:
+            term.data(
+                {"specs": [message_dict(spec_to_proto(spec)) for spec in several.specs], "jobs": len(several.specs)}
+            )
+            return 0
+        term.line("\n---\n".join(_given_yaml(spec_to_proto(spec)) for spec in several.specs))
+        term.info(f"[hodei] {len(several.specs)} jobs the server would take together: nothing submitted (--dry-run)")
+        return 0
+    queued = submit(client, term, client.jobs.QueueJobs, request, args.idempotency_key)
+    job_ids = several.in_file_order(queued.job_ids)
+    workflow_id = queued.job_ids[0]
+    answer = {
+        "workflow_id": workflow_id,
+        "job_ids": job_ids,
+        "names": [spec.name for spec in several.specs],
+        "already_submitted": queued.already_submitted,
+    }
+    which = ", ".join(f"{spec.name} {job_id[:8]}" for spec, job_id in zip(several.specs, job_ids, strict=True))
+    note = f"{len(job_ids)} jobs submitted together: {which} (`job list -l {WORKFLOW_LABEL}={workflow_id}`)"
+    return _several_submitted(client, term, args, answer, job_ids, note, list(queued.job_ids))
+
+
+def _several_submitted(
+    client: Client,
+    term: Terminal,
+    args: argparse.Namespace,
+    answer: dict[str, Any],
+    job_ids: list[str],
+    note: str,
+    waited: list[str],
+) -> int:
+    """What `job run` prints of several jobs it submitted: with -o json ``answer``; else
+    every id, one a line, and ``note`` on stderr; with --wait, each of ``waited`` in turn,
+    exiting with the highest exit code among them, as `sbatch --wait` does."""
+    if term.json and not args.wait:
+        term.data(answer)
+        return 0
+    if not term.json:
+        for job_id in job_ids:
+            term.value(job_id)
+        term.info(note)
+    if not args.wait:
+        return 0
+    return max(wait(client, term, job_id) for job_id in waited)
+
+
+def _given_yaml(spec: common_pb2.JobSpec) -> str:
+    """A spec as a file ``job run --file`` takes: YAML of the fields given (its --input
+    archive left out: files are given by flag)."""
+    given = {
+        name: value
+        for name, value in MessageToDict(spec, preserving_proto_field_name=True).items()
+        if value != {} and name not in ("input_sha256", "input_bytes")
+    }
+    return yaml.safe_dump(given, sort_keys=False, allow_unicode=True).rstrip("\n")
 
 
 def _dry_run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -385,12 +525,7 @@ def _dry_run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if term.json:
         term.data({"spec": message_dict(request.spec), "jobs": jobs})
         return 0
-    given = {
-        name: value
-        for name, value in MessageToDict(request.spec, preserving_proto_field_name=True).items()
-        if value != {} and name not in ("input_sha256", "input_bytes")
-    }
-    term.line(yaml.safe_dump(given, sort_keys=False, allow_unicode=True).rstrip("\n"))
+    term.line(_given_yaml(request.spec))
     counted = "a job" if jobs == 1 else f"an array of {jobs} jobs"
     term.info(f"[hodei] {counted} the server would take: nothing submitted (--dry-run)")
     return 0
@@ -428,7 +563,10 @@ def submit(
     client: Client,
     term: Terminal,
     method: Any,
-    request: jobs_pb2.QueueJobRequest | jobs_pb2.RetryJobRequest | cron_pb2.RunCronJobRequest,
+    request: jobs_pb2.QueueJobRequest
+    | jobs_pb2.QueueJobsRequest
+    | jobs_pb2.RetryJobRequest
+    | cron_pb2.RunCronJobRequest,
     given: str | None,
     patience: float = RECONNECT_FOR,
 ) -> Any:
@@ -465,10 +603,11 @@ def submit(
             1,
         ) from None
     if queued.already_submitted:
+        first = queued.job_ids[0] if isinstance(queued, jobs_pb2.QueueJobsResponse) else queued.job_id
         term.info(
-            f"[hodei] idempotency key {key} submitted job {queued.job_id} before: nothing new submitted"
+            f"[hodei] idempotency key {key} submitted job {first} before: nothing new submitted"
             if given
-            else f"[hodei] the first try had submitted job {queued.job_id}: nothing new submitted"
+            else f"[hodei] the first try had submitted job {first}: nothing new submitted"
         )
     return queued
 
@@ -525,26 +664,16 @@ def add_wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_array(client: Client, term: Terminal, args: argparse.Namespace, queued: jobs_pb2.QueueJobResponse) -> int:
-    """Every job's id, one a line (the array's id is the first's); with --wait, each in
-    turn, exiting with the highest exit code among them, as `sbatch --wait` does."""
+    """Every job's id, one a line (the array's id is the first's)."""
     array_id, job_ids = queued.job_id, list(queued.array_job_ids)
-    if term.json and not args.wait:
-        term.data(
-            {
-                "job_id": array_id,
-                "array_id": array_id,
-                "job_ids": job_ids,
-                "already_submitted": queued.already_submitted,
-            }
-        )
-        return 0
-    if not term.json:
-        for job_id in job_ids:
-            term.value(job_id)
-        term.info(f"Array {array_id}: {len(job_ids)} jobs (`job list -l {ARRAY_LABEL}={array_id}`)")
-    if not args.wait:
-        return 0
-    return max(wait(client, term, job_id) for job_id in job_ids)
+    answer = {
+        "job_id": array_id,
+        "array_id": array_id,
+        "job_ids": job_ids,
+        "already_submitted": queued.already_submitted,
+    }
+    note = f"Array {array_id}: {len(job_ids)} jobs (`job list -l {ARRAY_LABEL}={array_id}`)"
+    return _several_submitted(client, term, args, answer, job_ids, note, job_ids)
 
 
 # How long a job waits in its provider's queue before `job run --wait/--follow` says where.

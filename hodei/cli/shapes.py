@@ -116,6 +116,14 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         _object(spec=message_schema(common_pb2.JobSpec.DESCRIPTOR), jobs=_INTEGER),
         False,
     ),
+    "job run --file (several jobs)": (
+        _object(workflow_id=_STRING, job_ids=_array(_STRING), names=_array(_STRING), already_submitted=_BOOLEAN),
+        False,
+    ),
+    "job run --file (several jobs) --dry-run": (
+        _object(specs=_array(message_schema(common_pb2.JobSpec.DESCRIPTOR)), jobs=_INTEGER),
+        False,
+    ),
     "job run --wait": (EVENT_LINE, True),
     "job run --follow": (EVENT_LINE, True),
     "job get": (JOB, False),

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +35,7 @@ from hodei.domain.spec import (
     within_disk_limit,
     written_secrets,
 )
+from hodei.domain.workflow import MOST_JOBS, in_workflow, resolved
 from hodei.errors import InvalidInput, InvalidTransition, NoAnswer, NotFound, PermissionDenied
 from hodei.execs import ExecResults
 from hodei.faults import Faults
@@ -137,23 +139,15 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         secrets = dict(request.secrets)
         if not request.validate_only and (repeat := self._repeat(submission, secrets, bool(request.array))):
             return repeat
-        spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
-        naming_arrays(spec, request.after_arrays).validate(secrets)
-        spec.refuse_written(secrets)
-        refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
-        spec = self._after(spec, request.after_arrays)
-        if spec.array_limit and not request.array:
-            raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
-        if request.hold_reason and not request.hold:
-            raise InvalidInput("a hold's reason is for a job submitted held (hold)")
-        hold_reason = _hold_reason(request.hold_reason)
+        spec, _ = self._checked(request, secrets)
         jobs = [
-            Job.submit(job_spec, job_id, self.secrets.seal(job_id, secrets), request_digest=submission.digest)
+            self._held(
+                request,
+                who,
+                Job.submit(job_spec, job_id, self.secrets.seal(job_id, secrets), request_digest=submission.digest),
+            )
             for job_id, job_spec in _planned(spec, list(request.array), submission.ids)
         ]
-        if request.hold:
-            for job in jobs:
-                job.hold(who, hold_reason)
         first = str(jobs[0].id)
         if request.validate_only:
             with command_transaction(self.store.pool):  # writes nothing
@@ -173,6 +167,87 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             return jobs_pb2.QueueJobResponse(job_id=first, array_job_ids=array_job_ids)
 
         return first_answer(write, lambda: self._repeat(submission, secrets, bool(request.array)))
+
+    @rpc
+    def QueueJobs(
+        self, request: jobs_pb2.QueueJobsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.QueueJobsResponse:
+        """Several jobs, all or none (``hodei.domain.workflow``): each checked as QueueJob
+        checks one, written in one transaction."""
+        who = caller().name
+        if not 1 <= len(request.jobs) <= MOST_JOBS:
+            raise InvalidInput(f"give 1 to {MOST_JOBS} jobs to submit together, got {len(request.jobs)}")
+        for place, part in enumerate(request.jobs, 1):
+            if part.array or part.idempotency_key or part.validate_only:
+                raise InvalidInput(
+                    f"job {place} of the request: a job submitted with others is one job (no array), and the "
+                    "idempotency key and validate_only are the whole request's"
+                )
+        submission = Submission.of_several(request, who)
+        values = [dict(part.secrets) for part in request.jobs]
+        if not request.validate_only and (repeat := self._repeat_several(submission, values)):
+            return repeat
+        ids, jobs = submission.ids, []
+        for place, part in enumerate(request.jobs):
+            secrets = dict(part.secrets)
+            try:
+                spec, siblings = self._checked(part, secrets, partial(resolved, place=place, ids=ids))
+            except InvalidInput as exc:  # which one, of several
+                raise InvalidInput(f"job {place + 1} of the request ({part.spec.name or 'no name'}): {exc}") from None
+            spec = in_workflow(spec, ids[0], siblings)
+            job = Job.submit(spec, ids[place], self.secrets.seal(ids[place], secrets), request_digest=submission.digest)
+            jobs.append(self._held(part, who, job))
+        if request.validate_only:
+            with command_transaction(self.store.pool):  # writes nothing
+                self.limits.make_room(who, len(jobs))
+            return jobs_pb2.QueueJobsResponse()
+        for job in jobs:
+            if job.spec.input_sha256:
+                self.inputs.attach(job.spec.input_sha256, job.spec.input_bytes, [str(job.id)], who)
+
+        def write() -> jobs_pb2.QueueJobsResponse:
+            with command_transaction(self.store.pool):
+                self.limits.make_room(who, len(jobs))
+                self.store.write(jobs, Meta(actor=who))  # each job's events correlated with itself
+            self.faults.point("submit-committed")
+            return jobs_pb2.QueueJobsResponse(job_ids=[str(job.id) for job in jobs])
+
+        return first_answer(write, lambda: self._repeat_several(submission, values))
+
+    def _checked(
+        self,
+        request: jobs_pb2.QueueJobRequest,
+        secrets: Mapping[str, str],
+        siblings: Callable[[JobSpec], tuple[JobSpec, dict[str, str]]] = lambda spec: (spec, {}),
+    ) -> tuple[JobSpec, dict[str, str]]:
+        """The spec a request gives, checked as a submission (nothing written when refused),
+        with the jobs it starts after by their whole ids; ``siblings``: those of its own
+        submission of several jobs, apart (they have no job yet to be looked up)."""
+        spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
+        naming_arrays(spec, request.after_arrays).validate(secrets)
+        spec.refuse_written(secrets)
+        refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
+        spec, own = siblings(spec)
+        spec = self._after(spec, request.after_arrays)
+        if spec.array_limit and not request.array:
+            raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
+        if request.hold_reason and not request.hold:
+            raise InvalidInput("a hold's reason is for a job submitted held (hold)")
+        return spec, own
+
+    @staticmethod
+    def _held(request: jobs_pb2.QueueJobRequest, who: str, job: Job) -> Job:
+        """The job, held when the request asks (``hold``)."""
+        if request.hold:
+            job.hold(who, _hold_reason(request.hold_reason))
+        return job
+
+    def _repeat_several(
+        self, submission: Submission, values: list[dict[str, str]]
+    ) -> jobs_pb2.QueueJobsResponse | None:
+        if earlier(self.store, self.secrets, submission, values[0], values[1:]) is None:
+            return None
+        return jobs_pb2.QueueJobsResponse(job_ids=[str(job_id) for job_id in submission.ids], already_submitted=True)
 
     def _repeat(
         self, submission: Submission, secrets: Mapping[str, str] | None, array: bool

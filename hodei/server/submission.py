@@ -10,9 +10,8 @@ request asked (``JobCreated.request_digest``). The three requests share one key 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID, uuid4
@@ -50,6 +49,17 @@ class Submission:
         return cls.keyed(request.idempotency_key, who, max(1, len(request.array)), asked)
 
     @classmethod
+    def of_several(cls, request: jobs_pb2.QueueJobsRequest, who: str) -> Submission:
+        """Several jobs submitted together (QueueJobs): an id each, in the request's order."""
+        asked = jobs_pb2.QueueJobsRequest()
+        asked.CopyFrom(request)
+        asked.idempotency_key = ""
+        for part in asked.jobs:
+            for name in part.secrets:
+                part.secrets[name] = ""
+        return cls.keyed(request.idempotency_key, who, len(request.jobs), asked)
+
+    @classmethod
     def keyed(cls, key: str, who: str, count: int, asked: Message) -> Submission:
         """``count`` jobs' ids; with a key, derived, and the digest of ``asked``: what the
         request asks, its key and its secrets' values left out."""
@@ -61,27 +71,45 @@ class Submission:
 
 
 def earlier(
-    store: HodeiStore, secrets: JobSecrets, submission: Submission, values: Mapping[str, str] | None
+    store: HodeiStore,
+    secrets: JobSecrets,
+    submission: Submission,
+    values: Mapping[str, str] | None,
+    later: Sequence[Mapping[str, str]] = (),
 ) -> Job | None:
     """The first job a key sent again submitted, when the request is the one it submitted
     it with (None: the key is new, or none given); AlreadyExists for another request.
     Nothing of the request is checked again: it was when its jobs were submitted, and what
     was true then (a job it starts after not yet ended) need not be now. ``values``: the
     request's secret values, compared apart with the job's, opened (None: it carries none;
-    a job whose secrets were purged has none left to tell apart)."""
+    a job whose secrets were purged has none left to tell apart); ``later``: those of the
+    request's next jobs, where each has its own (QueueJobs)."""
     first = store.find(Job, submission.ids[0]) if submission.key else None
     if first is None:
         return None
-    same = first.request_digest == submission.digest
-    if same and values is not None:
-        with contextlib.suppress(SecretsPurged):
-            same = secrets.open_sealed(first.id, first.sealed_secrets, f"job {first.id}") == values
+    same = first.request_digest == submission.digest and _same_secrets(secrets, first, values)
+    for job_id, given in zip(submission.ids[1:], later, strict=False):
+        if not same:
+            break
+        job = store.find(Job, job_id)
+        same = job is not None and _same_secrets(secrets, job, given)
     if not same:
         raise AlreadyExists(
             f"idempotency key `{submission.key}` submitted job {first.id} with another request; "
             "a key names one submission: give a new key for another"
         )
     return first
+
+
+def _same_secrets(secrets: JobSecrets, job: Job, values: Mapping[str, str] | None) -> bool:
+    """Whether the job was given these secret values (None: none asked about; a job whose
+    secrets were purged has none left to tell apart)."""
+    if values is None:
+        return True
+    try:
+        return secrets.open_sealed(job.id, job.sealed_secrets, f"job {job.id}") == values
+    except SecretsPurged:
+        return True
 
 
 def first_answer(write: Callable[[], R], repeat: Callable[[], R | None]) -> R:

@@ -1,0 +1,180 @@
+"""Several jobs from one file, submitted together (all or none), each starting after those
+of them its `after` names by name: a build, its tests, a deploy, a report on failure, a
+clean-up however they ended (hodei.domain.workflow)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+from hodei.domain.workflow import WORKFLOW_LABEL
+from hodei.testing import ServerProcess, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+PIPELINE = """\
+name: build
+command: make
+provider: sim
+env: {HODEI_SIM_SECONDS: "0.5", HODEI_SIM_EXIT_CODE: "%(build)s"}
+---
+name: test
+command: make test
+provider: sim
+after: {build: ok}
+---
+name: deploy
+command: make deploy
+provider: sim
+after: {test: ok}
+secret_names: [TOKEN]
+---
+name: report
+command: make report
+provider: sim
+after: {build: notok}
+---
+name: cleanup
+command: make clean
+provider: sim
+after: {build: any, test: any}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+    with ServerProcess(database_url, tmp_path_factory.mktemp("logs"), env) as process:
+        yield process
+
+
+def pipeline(tmp_path: Path, build: int = 0, text: str = PIPELINE) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text % {"build": build})
+    return str(path)
+
+
+def jobs(server: ServerProcess, workflow_id: str) -> dict[str, tuple[str, str, Any, Any, Any]]:
+    """The workflow's jobs by name: id, state, started_at, completed_at, the spec's after."""
+    rows = query(
+        server.database_url,
+        "SELECT name, id::text, state, started_at, completed_at, spec -> 'after' FROM jobs "
+        "WHERE spec -> 'labels' ->> %s = %s",
+        (WORKFLOW_LABEL, workflow_id),
+    )
+    return {name: (job_id, state, started, completed, after) for name, job_id, state, started, completed, after in rows}
+
+
+def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_only_those_needing_success(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    file = pipeline(tmp_path)
+    done = server.cli("job", "run", "--file", file, "--secret", "TOKEN=t0ken", "--wait")
+    assert done.returncode == 130, done.stderr  # `report` never started: cancelled
+    printed = done.stdout.split()
+    assert len(printed) == 5
+    workflow_id = printed[0]  # the first job of the file comes first in the request too
+    found = jobs(server, workflow_id)
+    assert [found[name][0] for name in ("build", "test", "deploy", "report", "cleanup")] == printed
+    assert {name: job[1] for name, job in found.items()} == {
+        "build": "SUCCEEDED",
+        "test": "SUCCEEDED",
+        "deploy": "SUCCEEDED",
+        "report": "CANCELLED",
+        "cleanup": "SUCCEEDED",
+    }
+    for later, earlier in (("test", "build"), ("deploy", "test"), ("cleanup", "test"), ("cleanup", "build")):
+        assert found[later][2] >= found[earlier][3], (later, earlier)
+    assert found["test"][4] == {found["build"][0]: "ok"}
+    assert found["cleanup"][4] == {found["build"][0]: "any", found["test"][0]: "any"}
+    assert f"5 jobs submitted together: build {workflow_id[:8]}" in done.stderr
+    shown = server.cli("job", "get", found["deploy"][0], check=True).stdout
+    assert "Secrets: TOKEN" in shown and f"After: {found['test'][0]} once it has succeeded" in shown
+    assert "Secrets: -" in server.cli("job", "get", found["build"][0], check=True).stdout
+    listed = json.loads(server.cli("job", "list", "-l", f"{WORKFLOW_LABEL}={workflow_id}", "-o", "json").stdout)
+    assert sorted(job["id"] for job in listed["jobs"]) == sorted(printed)
+
+    failed = server.cli("job", "run", "--file", pipeline(tmp_path, build=3), "--secret", "TOKEN=t0ken", "-o", "json")
+    assert failed.returncode == 0, failed.stderr
+    answer = json.loads(failed.stdout)
+    assert answer["names"] == ["build", "test", "deploy", "report", "cleanup"] and not answer["already_submitted"]
+    for job_id in answer["job_ids"]:
+        wait_settled(server.database_url, job_id)
+    states = {name: job[1] for name, job in jobs(server, answer["workflow_id"]).items()}
+    assert states == {
+        "build": "FAILED",
+        "test": "CANCELLED",
+        "deploy": "CANCELLED",
+        "report": "SUCCEEDED",
+        "cleanup": "SUCCEEDED",
+    }
+
+
+def test_a_file_is_submitted_all_or_none_and_once_for_a_key(server: ServerProcess, tmp_path: Path) -> None:
+    before = query(server.database_url, "SELECT count(*) FROM jobs")
+    refused = server.cli(
+        "job", "run", "--file", pipeline(tmp_path, text=PIPELINE + "pool: nosuch\n"), "--secret", "TOKEN=t0ken"
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "job 5 of the request (cleanup): no pool 'nosuch'" in refused.stderr, refused.stderr
+    assert query(server.database_url, "SELECT count(*) FROM jobs") == before  # its first four jobs neither
+
+    file = pipeline(tmp_path, build=0, text=PIPELINE.replace("make clean", "sleep-less clean"))
+    first = server.cli("job", "run", "--file", file, "--secret", "TOKEN=t0ken", "--idempotency-key", "wf-1", "--hold")
+    again = server.cli("job", "run", "--file", file, "--secret", "TOKEN=t0ken", "--idempotency-key", "wf-1", "--hold")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout == again.stdout
+    assert "idempotency key wf-1 submitted job" in again.stderr and "nothing new submitted" in again.stderr
+    other = server.cli(
+        "job", "run", "--file", file, "--secret", "TOKEN=0ther-t0ken", "--idempotency-key", "wf-1", "--hold"
+    )
+    assert other.returncode == 2 and "another request" in other.stderr, other.stderr
+    workflow_id = first.stdout.split()[0]
+    assert {job[1] for job in jobs(server, workflow_id).values()} == {"PENDING"}  # held, every one
+    server.cli("job", "release", "-l", f"{WORKFLOW_LABEL}={workflow_id}", check=True)
+    for job_id in first.stdout.split():
+        wait_settled(server.database_url, job_id)
+    assert {name: job[1] for name, job in jobs(server, workflow_id).items()}["deploy"] == "SUCCEEDED"
+
+
+def test_the_api_refuses_a_job_named_before_its_place_and_what_is_one_jobs(server: ServerProcess) -> None:
+    def part(name: str, after: dict[str, str] | None = None, **fields: object) -> jobs_pb2.QueueJobRequest:
+        spec = common_pb2.JobSpec(name=name, command="x", timeout_seconds=60, provider="sim", after=after or {})
+        return jobs_pb2.QueueJobRequest(spec=spec, **fields)  # type: ignore[arg-type]
+
+    before = query(server.database_url, "SELECT count(*) FROM jobs")
+    with server.channel() as channel:
+        stub = jobs_pb2_grpc.JobExecutionServiceStub(channel)
+        for request, words in (
+            (jobs_pb2.QueueJobsRequest(), "give 1 to 100 jobs to submit together, got 0"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a")] * 101), "give 1 to 100 jobs"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a", {"#0": "ok"})]), "the first job cannot start after another"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a"), part("b", {"#1": "ok"})]), "#0 to #0"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a"), part("b", {"#x": "ok"})]), "named by its place"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a"), part("b", {"#0": "soon"})]), "must be one of ok, notok, any"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a", array=[0, 1])]), "one job (no array)"),
+            (jobs_pb2.QueueJobsRequest(jobs=[part("a", idempotency_key="k")]), "the whole request's"),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.QueueJobs(request, timeout=30)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            assert words in (refused.value.details() or ""), refused.value.details()
+        checked = stub.QueueJobs(
+            jobs_pb2.QueueJobsRequest(jobs=[part("a"), part("b", {"#0": "ok"})], validate_only=True), timeout=30
+        )
+        assert list(checked.job_ids) == []
+        assert query(server.database_url, "SELECT count(*) FROM jobs") == before
+        made = stub.QueueJobs(jobs_pb2.QueueJobsRequest(jobs=[part("a"), part("b", {"#0": "ok"})]), timeout=30)
+    a, b = made.job_ids
+    rows = dict(
+        query(server.database_url, "SELECT id::text, spec -> 'after' FROM jobs WHERE id = ANY(%s::uuid[])", ([a, b],))
+    )
+    assert rows == {a: {}, b: {a: "ok"}}
+    for job_id in (a, b):
+        wait_settled(server.database_url, job_id)
