@@ -686,11 +686,18 @@ def test_a_stopping_server_ends_the_consoles_log_streams_and_stops_at_once(
 ) -> None:
     """A job's page open in a browser (its log's server-sent events) held the console's
     stop until the job ended, or aiohttp's minute: such a server stopped only once killed.
-    Its stream now ends with the stop (the page reloads) and the job runs on."""
+    Its stream now ends with the stop (the page reloads) and the job runs on. (The page
+    says what the running job uses now.)"""
     with ServerProcess(fresh_database_url, tmp_path, http=True) as server:
         command = "echo started; sleep 120"
         job_id = server.cli("job", "run", "--provider", "local", "--command", command, check=True).stdout.strip()
         wait_running(fresh_database_url, job_id)
+
+        def using() -> str | None:  # what its worker's heartbeats say it uses (`job top`)
+            found = re.search(r'<td id="using">([^<]*)</td>', requests.get(f"{server.http_url}/jobs/{job_id}").text)
+            return found.group(1) if found else None
+
+        assert re.fullmatch(r"(\d+\.\d\d CPU, )?\d+\.\d (KiB|MiB) memory \(\d+ s ago\)", eventually(using, 20))
         follow = requests.get(f"{server.http_url}/jobs/{job_id}/logs", stream=True, timeout=60)
         lines = follow.iter_lines()
         assert next(line for line in lines if line.startswith(b"data:")).endswith(b'"text": "started", "attempt": 1}')

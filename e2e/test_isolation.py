@@ -24,7 +24,7 @@ from hodei.providers.base import WorkerLaunch
 from hodei.providers.local import LocalProvider
 from hodei.store.db import open_pool
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_settled, wait_terminal
+from hodei.testing import ServerProcess, eventually, hodei_server, query, wait_running, wait_settled, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -390,6 +390,39 @@ def test_a_finished_job_says_what_it_used(request: pytest.FixtureRequest, provid
         server.cli("job", "get", job_id, check=True).stdout,
         re.M,
     )
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_running_job_says_what_it_uses_now_beside_what_it_asks_for(
+    request: pytest.FixtureRequest, provider: str
+) -> None:
+    """`job top`: each heartbeat says the CPU cores the job's processes used since the one
+    before and the memory they hold (its worker's cgroup): a job spinning under --cpu 0.5
+    uses more than a sleeping one, and no more than its quota lets it."""
+    server: ServerProcess = request.getfixturevalue(provider)
+    busy = run(server, provider, "while :; do :; done", "--cpu", "0.5")
+    idle = run(server, provider, "sleep 60", "--memory", "64Mi")
+    for job_id in (busy, idle):
+        wait_running(server.database_url, job_id)
+
+    def said() -> dict[str, Any] | None:
+        rows = json.loads(server.cli("-o", "json", "job", "top", busy, idle, check=True).stdout)
+        found = {row["job_id"]: row for row in rows}
+        return found if len(found) == 2 and all(row["cpu_cores"] is not None for row in rows) else None
+
+    rows = eventually(said, 30, what="two heartbeats of each job, the second with a CPU figure")
+    assert rows[idle]["cpu_cores"] < rows[busy]["cpu_cores"] < 1.0, rows
+    assert (rows[busy]["asked_cpu_cores"], rows[idle]["asked_memory_bytes"]) == (0.5, 64 * 2**20)
+    assert 0 < rows[idle]["memory_bytes"] < 64 * 2**20
+    listed = server.cli("job", "top", check=True).stdout
+    assert busy in listed and idle in listed, listed
+    shown = server.cli("job", "get", busy, check=True).stdout
+    assert re.search(r"^Using: \d+\.\d\d CPU, \d+\.\d (KiB|MiB) memory \(\d+ s ago\)$", shown, re.M), shown
+    refused = server.cli("job", "top", "--state", "pending")
+    assert refused.returncode == 2 and "job top shows running jobs" in refused.stderr
+    for job_id in (busy, idle):
+        server.cli("job", "cancel", job_id, "--force", check=True)
+        wait_settled(server.database_url, job_id)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

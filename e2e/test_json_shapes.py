@@ -68,6 +68,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job run --follow", ["job", "run", "--provider", "local", "--command", "echo hi", "--follow"], 0),
     ("job get", ["job", "get", "{job}"], 0),
     ("job list", ["job", "list"], 0),
+    ("job top", ["job", "top", "{started}"], 0),
     ("job cancel", ["job", "cancel", "{running}"], 0),
     ("job retry", ["job", "retry", "{job}"], 0),
     ("job hold|release|update|signal", ["job", "hold", "{held}", "--reason", "later"], 0),

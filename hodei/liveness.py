@@ -59,26 +59,37 @@ class Pace:
         return self.interval * stretch, self.timeout * stretch
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a worker's heartbeat said its job uses now: CPU cores on average since its
+    last one, memory held (None: it could not tell)."""
+
+    cpu_cores: float | None
+    memory_bytes: int | None
+
+
 class Liveness:
     def __init__(self, pool: ConnectionPool, server_id: str) -> None:
         self.pool = pool
         self.server_id = server_id
         self._lock = threading.Lock()
-        # Each worker's last sign of life: connected, when (monotonic), its timeout if new.
-        self._noted: dict[UUID, tuple[bool, float, float | None]] = {}
+        # Each worker's last sign of life: connected, when (monotonic), its timeout if new,
+        # and what its job used as its last heartbeat said (``job top``), when it said any.
+        self._noted: dict[UUID, tuple[bool, float, float | None, Usage | None]] = {}
         # Workers forgotten, by when (monotonic); those the next flush deletes.
         self._gone: dict[UUID, float] = {}
         self._to_delete: set[UUID] = set()
 
-    def seen(self, worker_id: UUID, connected: bool, timeout: float | None = None) -> None:
+    def seen(self, worker_id: UUID, connected: bool, timeout: float | None = None, usage: Usage | None = None) -> None:
         """Notes a sign of life (and a new timeout for the worker's silence, when its pace
-        changed); written by the next ``flush``."""
+        changed; what its job uses, from a heartbeat); written by the next ``flush``."""
         with self._lock:
             if worker_id in self._gone:
                 return
             before = self._noted.get(worker_id)
             kept = timeout if timeout is not None or before is None else before[2]
-            self._noted[worker_id] = (connected, time.monotonic(), kept)
+            used = usage if usage is not None or before is None else before[3]
+            self._noted[worker_id] = (connected, time.monotonic(), kept, used)
 
     def flush(self) -> int:
         """Writes what was noted since the last flush, and deletes the records of the
@@ -92,8 +103,16 @@ class Liveness:
         if not noted and not gone:
             return 0
         seen = [
-            {"worker_id": i, "connected": connected, "age": round(now - at, 3), "timeout": timeout}
-            for i, (connected, at, timeout) in noted.items()
+            {
+                "worker_id": i,
+                "connected": connected,
+                "age": round(now - at, 3),
+                "timeout": timeout,
+                "cpu": usage.cpu_cores if usage else None,
+                "memory": usage.memory_bytes if usage else None,
+                "sampled": usage is not None,
+            }
+            for i, (connected, at, timeout, usage) in noted.items()
         ]
         try:
             execute(

@@ -89,6 +89,7 @@ _AU = "/hodei.jobs.AuditService/"
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
     _J + "QueueJobs": Role.SUBMIT,
+    _J + "GetJobsUsage": Role.READ,
     _J + "GetJob": Role.READ,
     _J + "DescribeJob": Role.READ,
     _J + "GetJobHistory": Role.READ,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import UTC
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -12,6 +14,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
 from hodei._proto import common_pb2, jobs_pb2
+from hodei.domain.phases import size_text
 from hodei.domain.placement import canonical_tolerations
 from hodei.domain.retries import canonical_retry_on
 from hodei.domain.spec import JobSpec, canonical_time, name_for
@@ -108,3 +111,21 @@ def exec_dict(ran: jobs_pb2.ExecJobResponse) -> dict[str, Any]:
         "stdout_bytes": ran.stdout_bytes,
         "stderr_bytes": ran.stderr_bytes,
     }
+
+
+def using_text(now: jobs_pb2.JobUsageNow) -> str:
+    """What a running job uses now, as its worker's last heartbeat said: ``0.83 CPU, 120.4
+    MiB memory (3 s ago)``; '' when it said nothing."""
+    if not now.HasField("sampled_at"):
+        return ""
+    parts = [f"{now.cpu_cores:.2f} CPU"] if now.HasField("cpu_cores") else []
+    if now.HasField("memory_bytes"):
+        parts.append(f"{size_text(now.memory_bytes)} memory")
+    return f"{', '.join(parts)} ({said_ago(now)})" if parts else ""
+
+
+def said_ago(now: jobs_pb2.JobUsageNow) -> str:
+    """How long ago its worker said what the job uses: ``3 s ago``; ``-`` when it did not."""
+    if not now.HasField("sampled_at"):
+        return "-"
+    return f"{max(0.0, time.time() - now.sampled_at.ToDatetime(UTC).timestamp()):.0f} s ago"

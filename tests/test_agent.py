@@ -17,7 +17,17 @@ import pytest
 from hodei_worker.agent import Echo, image_settings, make_home
 from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import MASK, Masker
-from hodei_worker.runner import DEFAULT_PATH, JobProcess, Outcome, argv_for, exit_text, job_environment
+from hodei_worker.runner import (
+    DEFAULT_PATH,
+    CpuCounter,
+    JobProcess,
+    MemoryGroup,
+    Outcome,
+    UsageSampler,
+    argv_for,
+    exit_text,
+    job_environment,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -580,3 +590,32 @@ def test_no_secret_survives_however_a_line_is_cut_in_pieces(secrets: list[str], 
         shown = "".join(mask.output("stdout", [line], False)[0])
     assert not any(secret in part for part in shown.split(MASK) for secret in secrets), (line, shown)
     assert shown == mask(line)  # in pieces as whole
+
+
+def test_the_usage_a_heartbeat_says_is_read_from_the_workers_cgroups(tmp_path: Path) -> None:
+    """`job top`: CPU cores on average since the last sample (cgroup v2's cpu.stat
+    usage_usec, or v1's cpuacct.usage in nanoseconds), memory held now (memory.current, or
+    v1's memory.usage_in_bytes); no CPU figure on the first sample; nothing without groups."""
+    group = tmp_path / "hodei-worker-w1"
+    group.mkdir()
+    (group / "cpu.stat").write_text("usage_usec 1000000\nuser_usec 900000\n")
+    (group / "memory.current").write_text(f"{5 * 2**20}\n")
+    clock = iter([10.0, 12.0, 13.0])
+    sampler = UsageSampler("w1", clock=lambda: next(clock))
+    sampler.memory, sampler.cpu = MemoryGroup(str(group), v2=True), CpuCounter(str(group / "cpu.stat"), v2=True)
+    assert sampler.sample() == (None, 5 * 2**20)
+    (group / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\n")
+    assert sampler.sample() == (0.75, 5 * 2**20)  # 1.5 s of CPU in 2 s
+    (group / "memory.current").write_text("not a number\n")
+    assert sampler.sample() == (0.0, None)
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "memory.usage_in_bytes").write_text("4096\n")
+    (v1 / "cpuacct.usage").write_text("3000000000\n")
+    clock = iter([1.0, 3.0])
+    sampler = UsageSampler("w1", clock=lambda: next(clock))
+    sampler.memory, sampler.cpu = MemoryGroup(str(v1), v2=False), CpuCounter(str(v1 / "cpuacct.usage"), v2=False)
+    assert sampler.sample() == (None, 4096)
+    (v1 / "cpuacct.usage").write_text("4000000000\n")
+    assert sampler.sample() == (0.5, 4096)
+    assert UsageSampler("no-such-worker").sample() == (None, None)

@@ -25,7 +25,7 @@ from hodei.domain.saga import Saga
 from hodei.domain.spec import JobSpec
 from hodei.domain.worker import Worker
 from hodei.errors import ConcurrencyConflict, StoreUnavailable
-from hodei.liveness import Liveness, Pace
+from hodei.liveness import Liveness, Pace, Usage
 from hodei.store import db
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_connection, command_transaction, fetch_value
@@ -305,6 +305,29 @@ def test_each_worker_is_lost_after_its_own_timeout(store: HodeiStore) -> None:
     time.sleep(0.05)
     stale = {s.worker_id: s.timeout for s in liveness.stale(0.02, heard_for=3600.0)}
     assert stale == {found["paced"]: 0.01, found["unpaced"]: 0.02}
+
+
+def test_what_a_heartbeat_says_a_job_uses_is_kept_until_another_says_otherwise(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """`job top`: a heartbeat's usage is written with its sign of life; a later message
+    that says none (a log batch) keeps it, in memory before the flush and in the table."""
+    liveness = Liveness(store.pool, "test")
+    job = new_job()
+    worker = new_worker(job, ProviderType.LOCAL)
+    worker.register("session", "host", datetime.now(UTC))
+    store.write([job, worker], Meta(actor="t"))
+    liveness.seen(worker.id, connected=True, usage=Usage(0.5, 2**20))
+    liveness.seen(worker.id, connected=True)  # a log batch after it
+    assert liveness.flush() == 1
+    sql = "SELECT cpu_cores, memory_bytes, usage_at IS NOT NULL FROM hodei.worker_liveness"
+    assert query(fresh_database_url, sql) == [(0.5, 2**20, True)]
+    liveness.seen(worker.id, connected=True)
+    liveness.flush()
+    assert query(fresh_database_url, sql) == [(0.5, 2**20, True)]
+    liveness.seen(worker.id, connected=True, usage=Usage(None, 3 * 2**20))  # no CPU figure (cgroup v1)
+    liveness.flush()
+    assert query(fresh_database_url, sql) == [(None, 3 * 2**20, True)]
 
 
 def test_the_heartbeat_pace_stretches_past_the_servers_rate() -> None:

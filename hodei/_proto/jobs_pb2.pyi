@@ -222,6 +222,101 @@ class QueueJobsResponse(_message.Message):
 Global___QueueJobsResponse: _TypeAlias = QueueJobsResponse  # noqa: Y015
 
 @_typing.final
+class GetJobsUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Jobs by id (at most 500); those not running are left out of the answer."""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobsUsageRequest: _TypeAlias = GetJobsUsageRequest  # noqa: Y015
+
+@_typing.final
+class JobUsageNow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_TYPE_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    SAMPLED_AT_FIELD_NUMBER: _builtins.int
+    ASKED_CPU_CORES_FIELD_NUMBER: _builtins.int
+    ASKED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    provider_type: _builtins.str
+    worker_id: _builtins.str
+    cpu_cores: _builtins.float
+    """What its worker's last heartbeat said (unset: it said nothing, yet or ever), and when."""
+    memory_bytes: _builtins.int
+    asked_cpu_cores: _builtins.float
+    """What the job asks for (--cpu, --memory; 0: nothing)."""
+    asked_memory_bytes: _builtins.int
+    @_builtins.property
+    def sampled_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        provider_type: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        cpu_cores: _builtins.float | None = ...,
+        memory_bytes: _builtins.int | None = ...,
+        sampled_at: _timestamp_pb2.Timestamp | None = ...,
+        asked_cpu_cores: _builtins.float = ...,
+        asked_memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_cores", b"_cpu_cores", "_memory_bytes", b"_memory_bytes", "cpu_cores", b"cpu_cores", "memory_bytes", b"memory_bytes", "sampled_at", b"sampled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_cores", b"_cpu_cores", "_memory_bytes", b"_memory_bytes", "asked_cpu_cores", b"asked_cpu_cores", "asked_memory_bytes", b"asked_memory_bytes", "cpu_cores", b"cpu_cores", "job_id", b"job_id", "memory_bytes", b"memory_bytes", "name", b"name", "provider_type", b"provider_type", "sampled_at", b"sampled_at", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu_cores: _TypeAlias = _typing.Literal["cpu_cores"]  # noqa: Y015
+    _WhichOneofArgType__cpu_cores: _TypeAlias = _typing.Literal["_cpu_cores", b"_cpu_cores"]  # noqa: Y015
+    _WhichOneofReturnType__memory_bytes: _TypeAlias = _typing.Literal["memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_bytes: _TypeAlias = _typing.Literal["_memory_bytes", b"_memory_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_cores) -> _WhichOneofReturnType__cpu_cores | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_bytes) -> _WhichOneofReturnType__memory_bytes | None: ...
+
+Global___JobUsageNow: _TypeAlias = JobUsageNow  # noqa: Y015
+
+@_typing.final
+class GetJobsUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobUsageNow]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___JobUsageNow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobsUsageResponse: _TypeAlias = GetJobsUsageResponse  # noqa: Y015
+
+@_typing.final
 class GetJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -45,6 +45,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.FromString,
                 _registered_method=True)
+        self.GetJobsUsage = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/GetJobsUsage',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobsUsageRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobsUsageResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/GetJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -125,6 +130,13 @@ class JobExecutionServiceServicer:
         """Several jobs, all or none, some starting after others of them (`job run --file` of
         several documents): a job's spec.after names another of the request's jobs, one before
         it, as "#N" (its place, from 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobsUsage(self, request, context):
+        """What running jobs use now (`job top`): their workers' last heartbeats' usage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +247,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.QueueJobs,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.SerializeToString,
+            ),
+            'GetJobsUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobsUsage,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobsUsageRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobsUsageResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -356,6 +373,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/QueueJobs',
             hodei_dot_jobs_dot_jobs__pb2.QueueJobsRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobsUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/GetJobsUsage',
+            hodei_dot_jobs_dot_jobs__pb2.GetJobsUsageRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.GetJobsUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

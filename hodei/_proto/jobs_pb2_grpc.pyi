@@ -38,6 +38,8 @@ class JobExecutionServiceStub:
     several documents): a job's spec.after names another of the request's jobs, one before
     it, as "#N" (its place, from 0).
     """
+    GetJobsUsage: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobsUsageRequest, _jobs_pb2.GetJobsUsageResponse]
+    """What running jobs use now (`job top`): their workers' last heartbeats' usage."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     DescribeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
@@ -80,6 +82,8 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     several documents): a job's spec.after names another of the request's jobs, one before
     it, as "#N" (its place, from 0).
     """
+    GetJobsUsage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobsUsageRequest, _jobs_pb2.GetJobsUsageResponse]  # type: ignore[assignment]
+    """What running jobs use now (`job top`): their workers' last heartbeats' usage."""
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     DescribeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]  # type: ignore[assignment]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
@@ -131,6 +135,14 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         several documents): a job's spec.after names another of the request's jobs, one before
         it, as "#N" (its place, from 0).
         """
+
+    @_abc_1.abstractmethod
+    def GetJobsUsage(
+        self,
+        request: _jobs_pb2.GetJobsUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetJobsUsageResponse, _abc.Awaitable[_jobs_pb2.GetJobsUsageResponse]]:
+        """What running jobs use now (`job top`): their workers' last heartbeats' usage."""
 
     @_abc_1.abstractmethod
     def GetJob(

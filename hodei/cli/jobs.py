@@ -74,7 +74,16 @@ from hodei.domain.spec import (
 from hodei.domain.workflow import WORKFLOW_LABEL, run_order, sibling
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
-from hodei.wire import MAX_JOBS_LISTED, MAX_QUEUE_LISTED, exec_dict, job_dict, message_dict, spec_to_proto
+from hodei.wire import (
+    MAX_JOBS_LISTED,
+    MAX_QUEUE_LISTED,
+    exec_dict,
+    job_dict,
+    message_dict,
+    said_ago,
+    spec_to_proto,
+    using_text,
+)
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`, and two of our own.
@@ -938,6 +947,11 @@ def get(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     # A held job's Held line says why it waits (the queue would say it again).
     if job.state == JobState.PENDING.value and not job.held_by and (waiting := _place_in_queue(client, job.id)):
         term.line(waiting)
+    if job.state == JobState.RUNNING.value:
+        request = jobs_pb2.GetJobsUsageRequest(job_ids=[job.id])
+        for now in client.call(client.jobs.GetJobsUsage, request).jobs:
+            if using := using_text(now):
+                term.line(f"Using: {using}")
     return 0
 
 
@@ -1114,14 +1128,62 @@ def _chosen(client: Client, term: Terminal, args: argparse.Namespace) -> list[st
     return chosen
 
 
-def _selected(client: Client, args: argparse.Namespace) -> list[common_pb2.Job]:
-    """Every job the selection's flags match, newest first."""
-    if args.job_id:
+def _selected(client: Client, args: argparse.Namespace, given: Sequence[str] | None = None) -> list[common_pb2.Job]:
+    """Every job the selection's flags match, newest first (``given``: the ids given too,
+    refused with a selection; by default ``args.job_id``)."""
+    if any([args.job_id] if given is None else given):
         raise InvalidInput("give job ids or a selection (--state, --label, --submitter, …), not both")
     chosen: list[common_pb2.Job] = []
     while page := client.call(client.jobs.ListJobs, list_request(args, MAX_JOBS_LISTED, len(chosen))).jobs:
         chosen.extend(page)
     return chosen
+
+
+def top(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    """What running jobs use now, as their workers' last heartbeats said (kubectl top pods,
+    docker stats --no-stream): the busiest first, beside what each asks for."""
+    if args.state and args.state.upper() != JobState.RUNNING.value:
+        raise InvalidInput("job top shows running jobs: --state running, or none")
+    if args.job_ids:
+        if selects(args):
+            raise InvalidInput("give job ids or a selection (--label, --submitter, …), not both")
+        job_ids = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=ref)).job.id for ref in args.job_ids]
+    else:
+        args.state = JobState.RUNNING.value
+        job_ids = [job.id for job in _selected(client, args, [])]
+    found: list[jobs_pb2.JobUsageNow] = []
+    for start in range(0, len(job_ids), MOST_USAGE_ASKED):
+        request = jobs_pb2.GetJobsUsageRequest(job_ids=job_ids[start : start + MOST_USAGE_ASKED])
+        found.extend(client.call(client.jobs.GetJobsUsage, request).jobs)
+    found.sort(key=lambda job: job.cpu_cores if job.HasField("cpu_cores") else -1.0, reverse=True)
+    if term.json:
+        term.data([message_dict(job) for job in found])
+        return 0
+    if not found and not args.job_ids:
+        term.info("no job that matches is running")
+        return 0
+    term.table(
+        ["JOB", "NAME", "PROVIDER", "CPU", "ASKED", "MEMORY", "ASKED", "SAID"],
+        [
+            [
+                job.job_id,
+                job.name,
+                job.provider_type,
+                f"{job.cpu_cores:.2f}" if job.HasField("cpu_cores") else "-",
+                f"{job.asked_cpu_cores:g}" if job.asked_cpu_cores else "-",
+                size_text(job.memory_bytes) if job.HasField("memory_bytes") else "-",
+                size_text(job.asked_memory_bytes) if job.asked_memory_bytes else "-",
+                said_ago(job),
+            ]
+            for job in found
+        ],
+    )
+    not_running = sorted(set(job_ids) - {job.job_id for job in found})
+    if args.job_ids and not_running:
+        term.info(f"not running: {', '.join(not_running)}")
+    if any(not job.HasField("sampled_at") for job in found):
+        term.info("-: its worker has not said yet, or cannot (a sim worker, an agent older than `job top`)")
+    return 0
 
 
 def hold(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -1214,6 +1276,8 @@ def _each_job(
 
 # `job logs --follow` of several jobs follows each on a stream of its own: at most this many.
 MOST_FOLLOWED = 100
+# Jobs a GetJobsUsage call names (the server's most: hodei.server.jobs_api.MOST_USAGE_JOBS).
+MOST_USAGE_ASKED = 500
 
 
 def logs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
@@ -1728,6 +1792,13 @@ def add_commands(commands: Any) -> Any:
         add_job_id(parser)
         parser.set_defaults(handler=handler)
         _command_options(name, parser)
+
+    top_parser = job.add_parser(
+        "top", help="what running jobs use now, CPU and memory, beside what they ask for (kubectl top pods)"
+    )
+    top_parser.add_argument("job_ids", nargs="*", metavar="ID", help="these jobs (ids or unique prefixes)")
+    add_job_filters(top_parser.add_argument_group("or every running job that matches (as `job list` selects)"))
+    top_parser.set_defaults(handler=top)
 
     list_parser = job.add_parser("list", help="list jobs, newest first")
     add_limit(list_parser, 20, "jobs")

@@ -127,6 +127,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "job run --wait": (EVENT_LINE, True),
     "job run --follow": (EVENT_LINE, True),
     "job get": (JOB, False),
+    "job top": (_array(message_schema(jobs_pb2.JobUsageNow.DESCRIPTOR)), False),
     "job list": (_object(jobs=_array(JOB), total_count=_INTEGER), False),
     "job cancel": (JOB, False),
     "pool list": (_array(message_schema(pools_pb2.Pool.DESCRIPTOR)), False),

@@ -78,7 +78,7 @@ from hodei.server.edge import brief
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
 from hodei.store.migrations import schema_problem
-from hodei.wire import MAX_QUEUE_LISTED, exec_dict, message_dict
+from hodei.wire import MAX_QUEUE_LISTED, exec_dict, message_dict, using_text
 
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
@@ -409,6 +409,10 @@ class Console:
         if any(name == "artifacts_stored" for name, _ in phases):
             listing = artifacts_pb2.ListArtifactsRequest(job_id=job_id)
             artifacts = list((await self._call(request, ARTIFACTS + "ListArtifacts", listing)).artifacts)
+        using = ""
+        if described.job.state == JobState.RUNNING.value:
+            now = jobs_pb2.GetJobsUsageRequest(job_ids=[job_id])
+            using = "".join(using_text(job) for job in (await self._call(request, JOBS + "GetJobsUsage", now)).jobs)
         who = await self._caller(request)
         description = message_dict(described)
         return self._page(
@@ -421,6 +425,7 @@ class Console:
             waiting=waits_in_queue(described.job.state, described.job.attempt, phases),
             may_act=may_act_on(who, described.job.submitted_by),
             used=latest_usage(description["job"]["phases"]),
+            using=using,
             stopped=stopped_text(described.job.attempt, description["job"]["phases"]),
             sagas=description["sagas"],
             workers=description["workers"],

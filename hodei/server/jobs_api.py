@@ -17,7 +17,7 @@ import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.clock import DatabaseClock
-from hodei.domain.base import check_submitter_name
+from hodei.domain.base import check_submitter_name, uuid_or_none
 from hodei.domain.execs import ANSWER_WITHIN, check_exec
 from hodei.domain.job import Job, JobState, after_met, check_signal
 from hodei.domain.placement import merged_selector
@@ -60,6 +60,8 @@ from hodei.webhooks import Webhooks
 from hodei.wire import MAX_JOBS_LISTED, spec_from_proto
 
 DEFAULT_LIMIT = 20
+# The most jobs one GetJobsUsage names (`job top` asks for those it lists, a page at a time).
+MOST_USAGE_JOBS = 500
 # A backstop: a watcher is woken by the NOTIFY of every change of its job.
 WATCH_POLL = 5.0
 # How long a command's end is waited for once its job has ended (its worker ends it and
@@ -213,6 +215,17 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             return jobs_pb2.QueueJobsResponse(job_ids=[str(job.id) for job in jobs])
 
         return first_answer(write, lambda: self._repeat_several(submission, values))
+
+    @rpc
+    def GetJobsUsage(
+        self, request: jobs_pb2.GetJobsUsageRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.GetJobsUsageResponse:
+        if len(request.job_ids) > MOST_USAGE_JOBS:
+            raise InvalidInput(f"at most {MOST_USAGE_JOBS} jobs at once, got {len(request.job_ids)}")
+        ids = [_job_uuid(job_id) for job_id in request.job_ids]
+        return jobs_pb2.GetJobsUsageResponse(
+            jobs=[usage_to_proto(row) for row in fetch_all(self.store.pool, "jobs_usage", (ids,), UsageRow)]
+        )
 
     def _checked(
         self,
@@ -586,6 +599,45 @@ def _check_owner(who: Caller, row: JobRow, action: str) -> None:
             f"token `{who.name}` may {action} only its own jobs; job {row.id} was submitted by {row.submitted_by} "
             f"(the operate role may {action} any job)"
         )
+
+
+def _job_uuid(job_id: str) -> UUID:
+    found = uuid_or_none(job_id)
+    if found is None:
+        raise InvalidInput(f"`{job_id[:40]}` is not a job's whole id")
+    return found
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """A running job, what its worker's last heartbeat said it uses (jobs_usage), and what it asks for."""
+
+    job_id: str
+    name: str
+    provider_type: str
+    worker_id: str
+    cpu_cores: float | None
+    memory_bytes: int | None
+    usage_at: datetime | None
+    asked_cpu_cores: float
+    asked_memory_bytes: int
+
+
+def usage_to_proto(row: UsageRow) -> jobs_pb2.JobUsageNow:
+    found = jobs_pb2.JobUsageNow(
+        job_id=row.job_id,
+        name=row.name,
+        provider_type=row.provider_type,
+        worker_id=row.worker_id,
+        sampled_at=timestamp(row.usage_at),
+        asked_cpu_cores=row.asked_cpu_cores,
+        asked_memory_bytes=row.asked_memory_bytes,
+    )
+    if row.cpu_cores is not None:
+        found.cpu_cores = row.cpu_cores
+    if row.memory_bytes is not None:
+        found.memory_bytes = row.memory_bytes
+    return found
 
 
 @dataclass(frozen=True)

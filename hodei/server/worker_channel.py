@@ -39,7 +39,7 @@ from hodei.errors import (
 from hodei.execs import ExecResults
 from hodei.faults import Faults
 from hodei.inputs import INPUT_NAME, read_input
-from hodei.liveness import Liveness, Pace
+from hodei.liveness import Liveness, Pace, Usage
 from hodei.logs import STDERR, STDOUT, LogLine, LogNotStored, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
@@ -525,7 +525,7 @@ class WorkerSession:
         each doubled a thousand idle workers' traffic) unless the worker's pace changes."""
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
-            return self._pace()
+            return self._pace(message.heartbeat)
         self.service.liveness.seen(self.worker_id, connected=True)
         if kind == "ack":
             self._own(message.ack.job_id)
@@ -547,14 +547,21 @@ class WorkerSession:
             self._send(worker_pb2.ServerMessage(exec_ack=worker_pb2.ExecAck(index=ended.index)))
         return True
 
-    def _pace(self) -> bool:
-        """Notes the heartbeat; once this server's workers have grown so that the worker's
-        pace should be a quarter slower or more, gives it the new one (its longer timeout is
-        written with the heartbeat, before the worker has slowed down). True when one is
-        queued."""
+    def _pace(self, beat: worker_pb2.Heartbeat) -> bool:
+        """Notes the heartbeat, and what it says the job uses; once this server's workers
+        have grown so that the worker's pace should be a quarter slower or more, gives it
+        the new one (its longer timeout is written with the heartbeat, before the worker has
+        slowed down). True when one is queued."""
         interval, timeout = self.service.pace.for_workers(len(self.service.sessions) - 1)
         slower = interval >= REPACE * self.interval
-        self.service.liveness.seen(self.worker_id, connected=True, timeout=timeout if slower else None)
+        usage = None
+        if beat.HasField("usage"):
+            said = beat.usage
+            usage = Usage(
+                said.cpu_cores if said.HasField("cpu_cores") else None,
+                said.memory_bytes if said.HasField("memory_bytes") else None,
+            )
+        self.service.liveness.seen(self.worker_id, connected=True, timeout=timeout if slower else None, usage=usage)
         if not slower:
             return False
         self.interval = interval

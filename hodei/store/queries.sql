@@ -722,14 +722,34 @@ SET server_id = excluded.server_id, connected = excluded.connected, last_seen_at
 WITH gone AS (
     DELETE FROM hodei.worker_liveness WHERE worker_id = ANY(%(gone)s::uuid[])
 )
-INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at, timeout_seconds)
-SELECT r.worker_id, %(server)s, r.connected, now() - make_interval(secs => r.age), r.timeout
-FROM jsonb_to_recordset(%(seen)s::jsonb) AS r (worker_id uuid, connected boolean, age float8, timeout float8)
+INSERT INTO hodei.worker_liveness (worker_id, server_id, connected, last_seen_at, timeout_seconds,
+                                   cpu_cores, memory_bytes, usage_at)
+SELECT r.worker_id, %(server)s, r.connected, now() - make_interval(secs => r.age), r.timeout,
+       r.cpu, r.memory, CASE WHEN r.sampled THEN now() - make_interval(secs => r.age) END
+FROM jsonb_to_recordset(%(seen)s::jsonb)
+     AS r (worker_id uuid, connected boolean, age float8, timeout float8, cpu float8, memory int8, sampled boolean)
 JOIN workers w ON w.id = r.worker_id AND w.state <> 'TERMINATED'
 ON CONFLICT (worker_id) DO UPDATE
 SET server_id = excluded.server_id, connected = excluded.connected,
     last_seen_at = greatest(hodei.worker_liveness.last_seen_at, excluded.last_seen_at),
-    timeout_seconds = coalesce(excluded.timeout_seconds, hodei.worker_liveness.timeout_seconds);
+    timeout_seconds = coalesce(excluded.timeout_seconds, hodei.worker_liveness.timeout_seconds),
+    cpu_cores = CASE WHEN excluded.usage_at IS NULL THEN hodei.worker_liveness.cpu_cores ELSE excluded.cpu_cores END,
+    memory_bytes = CASE WHEN excluded.usage_at IS NULL THEN hodei.worker_liveness.memory_bytes
+                        ELSE excluded.memory_bytes END,
+    usage_at = coalesce(excluded.usage_at, hodei.worker_liveness.usage_at);
+
+-- name: jobs_usage
+-- What running jobs use now (`job top`): their live worker's last heartbeat's usage, if any
+-- (hodei.worker_liveness), and what they ask for.
+SELECT j.id::text AS job_id, j.name, coalesce(j.provider_type, '') AS provider_type, w.id::text AS worker_id,
+       l.cpu_cores, l.memory_bytes, l.usage_at,
+       coalesce((j.spec -> 'resources' ->> 'cpu_cores')::float8, 0) AS asked_cpu_cores,
+       coalesce((j.spec -> 'resources' ->> 'memory_bytes')::bigint, 0) AS asked_memory_bytes
+FROM jobs j
+JOIN workers w ON w.job_id = j.id AND w.attempt = j.attempt AND w.state <> 'TERMINATED'
+LEFT JOIN hodei.worker_liveness l ON l.worker_id = w.id
+WHERE j.id = ANY(%s::uuid[]) AND j.state = 'RUNNING'
+ORDER BY j.created_at;
 
 -- name: stale_workers
 -- Registered workers that stopped reporting: no heartbeat within the timeout, counting

@@ -61,6 +61,7 @@ from hodei_worker.runner import (
     JobProcess,
     JobUser,
     Outcome,
+    UsageSampler,
     argv_for,
     become_subreaper,
     hide_from_jobs,
@@ -282,6 +283,9 @@ class Agent:
         self.mask = Masker(())
         self.session = ""
         self.heartbeat_interval = 2.0
+        # What the job uses, with each heartbeat; when the last one went (monotonic).
+        self.usage = UsageSampler(settings.worker_id)
+        self.last_beat = 0.0
         self.outbox: queue.Queue[worker_pb2.WorkerMessage | None] = queue.Queue()
         self.batcher = LogBatcher(self._send_batch)
         self.echo = Echo(settings.job_id) if settings.echo_output else None
@@ -376,14 +380,29 @@ class Agent:
         return message
 
     def _outgoing(self, stream_done: threading.Event) -> Iterator[worker_pb2.WorkerMessage]:
+        """The stream's messages: what the outbox holds, and a heartbeat every interval,
+        also while the job's output keeps the outbox busy (the usage it says stays fresh)."""
         while not stream_done.is_set():
+            if time.monotonic() - self.last_beat >= self.heartbeat_interval:
+                yield self._heartbeat()
+                continue
             try:
                 message = self.outbox.get(timeout=self.heartbeat_interval)
             except queue.Empty:
-                message = worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now()))
+                message = self._heartbeat()
             if message is None:
                 return
             yield message
+
+    def _heartbeat(self) -> worker_pb2.WorkerMessage:
+        beat = worker_pb2.Heartbeat(sent_at=_now())
+        cores, memory = self.usage.sample()
+        if cores is not None:
+            beat.usage.cpu_cores = cores
+        if memory is not None:
+            beat.usage.memory_bytes = memory
+        self.last_beat = time.monotonic()
+        return worker_pb2.WorkerMessage(heartbeat=beat)
 
     def serve(self) -> None:
         """Keeps a stream open until the result is acknowledged. A lost stream is opened
@@ -396,7 +415,7 @@ class Agent:
             stream_done = threading.Event()
             # A new stream: whatever was not acknowledged goes again.
             self.outbox = queue.Queue()
-            self.outbox.put(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(sent_at=_now())))
+            self.outbox.put(self._heartbeat())
             for batch in self.batcher.pending():
                 self.outbox.put(self._batch_message(batch))
             with self.exec_lock:

@@ -212,6 +212,13 @@ class MemoryGroup:
                     return int(value)
         return None
 
+    def memory_now(self) -> int | None:
+        """The memory the group holds now (its page cache included)."""
+        name = "memory.current" if self.v2 else "memory.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError), open(f"{self.path}/{name}") as current:
+            return int(current.read())
+        return None
+
     def peak_bytes(self) -> int | None:
         """The most memory the group held at once (its page cache included, as its limit
         counts it); None where the kernel does not say (cgroup v2 before Linux 5.19)."""
@@ -219,6 +226,76 @@ class MemoryGroup:
         with contextlib.suppress(OSError, ValueError), open(f"{self.path}/{name}") as peak:
             return int(peak.read())
         return None
+
+
+@dataclass(frozen=True)
+class CpuCounter:
+    """The file that counts the CPU time of the worker's processes: its group's
+    ``cpu.stat`` in cgroup v2, which every group has whatever its controllers, wherever
+    cgroup2 is mounted (a hybrid host's /sys/fs/cgroup/unified: ours, where the local
+    provider's limits are v1's); or, for an agent that is its container's PID 1, its
+    container's (v1's ``cpuacct.usage`` first: there, a cgroup2 mount may be the host's)."""
+
+    path: str
+    v2: bool
+
+    @classmethod
+    def of_worker(cls, worker_id: str) -> CpuCounter | None:
+        v2_mounts, cpuacct_mounts = [], []
+        with contextlib.suppress(OSError), open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                _, point, kind, options, *_ = line.split()
+                if kind == "cgroup2":
+                    v2_mounts.append(point)
+                elif kind == "cgroup" and "cpuacct" in options.split(","):
+                    cpuacct_mounts.append(point)
+        found = []
+        with contextlib.suppress(OSError), open("/proc/self/cgroup") as groups:
+            for line in groups:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if worker_id and path.rstrip("/").endswith(f"/{worker_id}") and not controllers:
+                    found += [cls(f"{point}{path}/cpu.stat", v2=True) for point in v2_mounts]
+        if os.getpid() == 1:
+            found += [cls(f"{point}/cpuacct.usage", v2=False) for point in cpuacct_mounts]
+            found += [cls(f"{point}/cpu.stat", v2=True) for point in v2_mounts]
+        return next((counter for counter in found if os.path.exists(counter.path)), None)
+
+    def seconds(self) -> float | None:
+        """The CPU time the processes have used so far."""
+        with contextlib.suppress(OSError, ValueError), open(self.path) as counted:
+            if not self.v2:
+                return int(counted.read()) / 1e9
+            for line in counted:
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) / 1e6
+        return None
+
+
+class UsageSampler:
+    """What the job's processes use now, said with each heartbeat (``job top``): the CPU
+    cores used on average since the last sample, and the memory held; read from the
+    worker's cgroups, found once they are there (a forked agent is moved into its own)."""
+
+    def __init__(self, worker_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.worker_id = worker_id
+        self.clock = clock
+        self.memory: MemoryGroup | None = None
+        self.cpu: CpuCounter | None = None
+        self._last: tuple[float, float] | None = None
+        self._lock = threading.Lock()
+
+    def sample(self) -> tuple[float | None, int | None]:
+        with self._lock:
+            self.memory = self.memory or MemoryGroup.of_worker(self.worker_id)
+            self.cpu = self.cpu or CpuCounter.of_worker(self.worker_id)
+            used, now = self.cpu.seconds() if self.cpu else None, self.clock()
+            cores = None
+            if used is not None:
+                if self._last is not None and now > self._last[1]:
+                    cores = max(0.0, (used - self._last[0]) / (now - self._last[1]))
+                self._last = (used, now)
+            return cores, self.memory.memory_now() if self.memory else None
 
 
 def argv_for(command: str, args: Sequence[str]) -> list[str]:
