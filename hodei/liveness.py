@@ -102,16 +102,11 @@ class Liveness:
             self._gone = {worker_id: at for worker_id, at in self._gone.items() if now - at < GONE_FOR}
         if not noted and not gone:
             return 0
+        # A worker whose heartbeat said no usage (a sim worker, an old agent) sends no usage
+        # keys: a thousand workers' flush is mostly this list's encoding.
         seen = [
-            {
-                "worker_id": i,
-                "connected": connected,
-                "age": round(now - at, 3),
-                "timeout": timeout,
-                "cpu": usage.cpu_cores if usage else None,
-                "memory": usage.memory_bytes if usage else None,
-                "sampled": usage is not None,
-            }
+            {"worker_id": i, "connected": connected, "age": round(now - at, 3), "timeout": timeout}
+            | ({} if usage is None else {"cpu": usage.cpu_cores, "memory": usage.memory_bytes, "sampled": True})
             for i, (connected, at, timeout, usage) in noted.items()
         ]
         try:
