@@ -188,7 +188,7 @@ def _resources_reason(provider: str, capacity: Capacity, asked: Asked) -> str:
         )
     in_use = f"its jobs ask for {_resources_in_use(capacity)}"
     if not capacity.holds(asked.cpu_cores, asked.memory_bytes):
-        wants = ResourceLimits(asked.cpu_cores, asked.memory_bytes).text() or "none"
+        wants = ResourceLimits(asked.cpu_cores or None, asked.memory_bytes or None).text() or "nothing"
         return f"provider {provider} has no room for it yet: {in_use}, and it asks for {wants}"
     return f"provider {provider} has room ({in_use}): being admitted once the jobs before it in line are"
 
