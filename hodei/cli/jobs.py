@@ -8,7 +8,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -418,9 +418,7 @@ def queue_request(args: argparse.Namespace) -> None:
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     if isinstance(args.request, jobs_pb2.QueueJobsRequest):
         return _run_several(client, term, args)
-    for after in (args.request.spec.after, args.request.after_arrays):
-        if LATEST in after:  # the newest job now, before this one is submitted
-            after[latest_job(client)] = after.pop(LATEST)
+    _latest_named(client, (args.request.spec.after, args.request.after_arrays))
     if args.dry_run:
         return _dry_run(client, term, args)
     if args.packed is not None:
@@ -453,11 +451,7 @@ def _run_several(client: Client, term: Terminal, args: argparse.Namespace) -> in
     highest exit code among them."""
     several: _Several = args.several
     request: jobs_pb2.QueueJobsRequest = args.request
-    latest = ""
-    for part in request.jobs:
-        if LATEST in part.spec.after:  # the newest job now, before these are submitted
-            latest = latest or latest_job(client)
-            part.spec.after[latest] = part.spec.after.pop(LATEST)
+    _latest_named(client, (part.spec.after for part in request.jobs))
     if args.dry_run:
         checked = jobs_pb2.QueueJobsRequest(jobs=request.jobs, validate_only=True)
         client.call(client.jobs.QueueJobs, checked)
@@ -1008,6 +1002,16 @@ def add_job_id(parser: argparse.ArgumentParser) -> None:
     shown = f"the job id, a unique prefix of it (8 characters or more), or {LATEST}"
     parser.add_argument("job_id_positional", nargs="?", metavar="ID", help=shown)
     parser.add_argument("--id", "-i", dest="job_id_flag", metavar="ID", help=shown)
+
+
+def _latest_named(client: Client, afters: Iterable[MutableMapping[str, str]]) -> None:
+    """``@latest`` among the jobs to start after: the newest job now, before the submission
+    (asked once)."""
+    latest = ""
+    for after in afters:
+        if LATEST in after:
+            latest = latest or latest_job(client)
+            after[latest] = after.pop(LATEST)
 
 
 def latest_job(client: Client) -> str:

@@ -187,24 +187,27 @@ class ProviderRegistry:
         own, nodes of its choosing, the CPU and memory it asks for), else the first of
         ``able_providers`` usable."""
         wanted = check_provider(spec)
-        if wanted is None and self.default is not None and can_run(self.default, spec):
-            recorded = self._recorded(self.default)
-            wanted = self.default if recorded is None or not never_room(self.default, recorded, spec) else None
         if wanted is not None:
-            self._require_usable(wanted, spec)
+            self._require_usable(wanted, spec, self._recorded(wanted))
             return wanted
+        if self.default is not None and can_run(self.default, spec):
+            recorded = self._recorded(self.default)
+            if recorded is None or not never_room(self.default, recorded, spec):
+                self._require_usable(self.default, spec, recorded)
+                return self.default
         reasons = []
         for candidate in able_providers(spec):
             try:
-                self._require_usable(candidate, spec)
+                self._require_usable(candidate, spec, self._recorded(candidate))
                 return candidate
             except ProviderUnavailable as exc:
                 reasons.append(exc.message)
         raise ProviderUnavailable("no provider can take the job: " + "; ".join(reasons))
 
-    def _require_usable(self, provider_type: ProviderType, spec: JobSpec) -> None:
+    def _require_usable(self, provider_type: ProviderType, spec: JobSpec, recorded: ProviderRow | None) -> None:
+        """Raises ProviderUnavailable unless the provider can take the job now (``recorded``:
+        its row, read once by the caller)."""
         self.get(provider_type)
-        recorded = self._recorded(provider_type)
         if recorded is None:
             raise ProviderUnavailable(f"provider {provider_type} is not registered (run `hodei-server migrate`)")
         if recorded.status == ProviderStatus.DISABLED:

@@ -89,7 +89,8 @@ def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, s
     provider = check_provider(spec)
     if provider is ProviderType.SIM:
         Simulation.of(spec.env)
-    recorded = reads.provider(provider) if provider is not None else None
+    asks = spec.resources.cpu_cores or spec.resources.memory_bytes  # one asking for none always fits
+    recorded = reads.provider(provider) if provider is not None and asks else None
     if provider is not None and recorded is not None and (never := never_room(provider, recorded, spec)):
         raise InvalidInput(never)
     pools.check(spec.pool)

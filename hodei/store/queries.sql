@@ -942,7 +942,7 @@ WITH provider AS (
            (config ->> 'max_cpu_cores')::float8 AS max_cpu_cores, (config ->> 'max_memory_bytes')::bigint AS max_memory_bytes
     FROM provider_configs WHERE provider_type = %(provider)s
 ), admitted_without_worker AS (
-    SELECT j.spec FROM jobs j
+    SELECT j.id FROM jobs j
     WHERE j.provider_type = %(provider)s AND j.admitted_at IS NOT NULL
       AND j.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
       AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.job_id = j.id AND w.attempt = j.attempt
@@ -950,23 +950,20 @@ WITH provider AS (
 ), live AS (
     SELECT count(*) AS n, count(*) FILTER (WHERE state IN ('CREATING', 'CONNECTING')) AS starting
     FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED'
-), asked AS (  -- what the jobs holding its slots ask for; read only where the provider has a limit
-    SELECT coalesce(sum((s.spec -> 'resources' ->> 'cpu_cores')::float8), 0) AS cpu_cores,
-           coalesce(sum((s.spec -> 'resources' ->> 'memory_bytes')::bigint), 0) AS memory_bytes
-    FROM (SELECT j.spec FROM workers w JOIN jobs j ON j.id = w.job_id
-          WHERE w.provider_type = %(provider)s AND w.state <> 'TERMINATED'
-          UNION ALL SELECT spec FROM admitted_without_worker) s
+), asked AS (  -- what the jobs holding its slots ask for: read only where the provider has a limit
+    SELECT coalesce(sum((r ->> 'cpu_cores')::float8), 0) AS cpu_cores_in_use,
+           coalesce(sum((r ->> 'memory_bytes')::bigint), 0) AS memory_bytes_in_use
+    FROM (SELECT (SELECT spec -> 'resources' FROM jobs WHERE id = s.id) AS r  -- by its key: a few rows
+          FROM (SELECT job_id AS id FROM workers WHERE provider_type = %(provider)s AND state <> 'TERMINATED'
+                UNION ALL SELECT id FROM admitted_without_worker) s) held
+    WHERE (SELECT max_cpu_cores IS NOT NULL OR max_memory_bytes IS NOT NULL FROM provider)
 )
 SELECT provider.configured,
        live.n + (SELECT count(*) FROM admitted_without_worker) AS in_use,
        live.starting + (SELECT count(*) FROM admitted_without_worker) AS starting,
        coalesce(provider.disabled, false) AS disabled,
-       provider.max_cpu_cores, provider.max_memory_bytes,
-       CASE WHEN provider.max_cpu_cores IS NOT NULL OR provider.max_memory_bytes IS NOT NULL
-            THEN (SELECT cpu_cores FROM asked) ELSE 0 END AS cpu_cores_in_use,
-       CASE WHEN provider.max_cpu_cores IS NOT NULL OR provider.max_memory_bytes IS NOT NULL
-            THEN (SELECT memory_bytes FROM asked) ELSE 0 END AS memory_bytes_in_use
-FROM live LEFT JOIN provider ON true;
+       provider.max_cpu_cores, provider.max_memory_bytes, asked.cpu_cores_in_use, asked.memory_bytes_in_use
+FROM live CROSS JOIN asked LEFT JOIN provider ON true;
 
 -- name: next_in_queue
 -- The queue's next jobs (by priority, then in submission order; with `fair`, by priority, then

@@ -13,10 +13,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hodei.domain.phases import Phase, phases_of
-from hodei.domain.provider import ResourceLimits
+from hodei.domain.provider import PROVIDER_IDS, ProviderType, ResourceLimits
 from hodei.domain.spec import LabelSelector
 from hodei.errors import InvalidInput, NotFound
-from hodei.store.db import fetch_value, translate_errors
+from hodei.store.db import fetch_one, fetch_value, translate_errors
 from hodei.store.events import EventRecord, unpack
 from hodei.store.sql import query
 
@@ -227,8 +227,8 @@ class ReadModels:
         return [ProviderRow(**row) for row in self._all("list_providers")]
 
     def provider(self, provider_type: str) -> ProviderRow | None:
-        """Its row (None: not registered)."""
-        return next((row for row in self.providers() if row.provider_type == provider_type), None)
+        """Its row (None: not registered), one row read."""
+        return fetch_one(self.pool, "provider_state", (PROVIDER_IDS[ProviderType(provider_type)],), ProviderRow)
 
     def sagas(self, state: str | None, saga_type: str | None, job_id: str | None, limit: int) -> list[SagaRow]:
         params = {"state": state, "saga_type": saga_type, "job_id": job_id, "limit": limit}
