@@ -9,12 +9,14 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.test_access import create_token
+from hodei.domain.phases import seconds_text
 from hodei.testing import (
     ServerProcess,
     allow_new_sagas,
@@ -38,6 +40,7 @@ PAGES = [
     "/cron",
     "/dead-letters",
     "/audit",
+    "/report",
     "/webhooks",
 ]
 
@@ -709,6 +712,31 @@ def test_a_stopping_server_ends_the_consoles_log_streams_and_stops_at_once(
         server.start()
         assert query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (job_id,)) == [("RUNNING",)]
         server.cli("job", "cancel", job_id, check=True)
+
+
+def test_the_report_page_sums_what_ended_jobs_used_for_readers(guarded: ServerProcess, tokens: dict[str, str]) -> None:
+    label = f"console-report-{uuid4().hex[:8]}"
+    ended = [run(guarded, "-l", f"team={label}", "-e", "HODEI_SIM_SECONDS=0.2", "--wait") for _ in range(2)]
+    reader = browser(guarded, tokens["read"])
+    shown = reader.get(f"{guarded.http_url}/report", params={"by": "submitter", "label": f"team={label}"})
+    assert shown.ok and 'href="/report" class="here"' in shown.text, shown.text
+    assert "Report <small>2 jobs</small>" in shown.text
+    rows = [
+        re.findall(r"<td>(.*?)</td>", row)
+        for row in re.findall(r"<tr(?: class=\"total\")?>(.*?)</tr>", shown.text, re.S)
+        if "<td>" in row
+    ]
+    # One submitter's two sim jobs, their run time the jobs' own, CPU used measured by no
+    # worker (-), and the total.
+    run_seconds = query(tokens["url"], "SELECT sum(run_seconds) FROM jobs WHERE id = ANY(%s::uuid[])", (ended,))[0][0]
+    assert run_seconds >= 0.4
+    assert [row[:8] for row in rows] == [
+        [key, "2", "2", "0", "0", "0", seconds_text(run_seconds), "-"] for key in ("operate-person", "(all)")
+    ]
+    wrong = reader.get(f"{guarded.http_url}/report", params={"by": "colour"})
+    assert wrong.status_code == 400 and "report by `colour`: expected one of" in wrong.text
+    late = reader.get(f"{guarded.http_url}/report", params={"since": "tomorrow"})
+    assert late.status_code == 400 and "since" in late.text
 
 
 def test_the_audit_page_shows_who_changed_what_to_operators_only(

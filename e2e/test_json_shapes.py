@@ -122,6 +122,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("webhook test|redeliver", ["webhook", "test", "shapes"], 1),
     ("webhook delete", ["webhook", "delete", "shapes"], 0),
     ("audit", ["audit", "--since", "1h"], 0),
+    ("report", ["report", "--by", "label:team"], 0),
 ]
 
 

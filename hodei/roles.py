@@ -85,6 +85,7 @@ _AR = "/hodei.jobs.ArtifactService/"
 _LM = "/hodei.jobs.LimitService/"
 _WH = "/hodei.jobs.WebhookService/"
 _AU = "/hodei.jobs.AuditService/"
+_R = "/hodei.jobs.ReportService/"
 
 RULES: dict[str, Role | Gate] = {
     _J + "QueueJob": Role.SUBMIT,
@@ -160,6 +161,7 @@ RULES: dict[str, Role | Gate] = {
     _WH + "Redeliver": Role.ADMIN,
     # Who changed what is the operators' to read (a token's name beside each change).
     _AU + "ListChanges": Role.OPERATE,
+    _R + "ReportJobs": Role.READ,
     _A + "CreateToken": Role.ADMIN,
     _A + "ListTokens": Role.ADMIN,
     _A + "RevokeToken": Role.ADMIN,

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -96,6 +97,29 @@ def test_apply_rebuilds_and_swaps_in_the_same_tables(store: HodeiStore, fresh_da
     unlogged = "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relpersistence <> 'p'"
     assert query(fresh_database_url, unlogged) == []
     assert query(fresh_database_url, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'hodei_re%%'") == []
+
+
+def test_the_usage_migration_gives_jobs_that_ran_before_it_what_the_projection_gives(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """sql/033 fills jobs' run_seconds, cpu_seconds and peak_memory_bytes from the log for
+    the jobs before it: to the bit what projecting the same events left (replay --verify
+    compares floats exactly), over attempts requeued, retried, finished and cancelled."""
+    workload = Workload(store, seed=31)
+    # The job operations (OPERATIONS' first nine), and as many finishes again.
+    for index in range(900):
+        workload.apply(OPERATIONS[index // 2 % 9] if index % 2 else "finish")
+    used = "SELECT id, run_seconds, cpu_seconds, peak_memory_bytes FROM jobs ORDER BY id"
+    projected = query(fresh_database_url, used)
+    assert sum(1 for row in projected if row[1] > 0) >= 5, "too few jobs ran to tell anything"
+    assert sum(1 for row in projected if row[2] is not None) >= 5
+    assert sum(1 for row in projected if row[3] is not None) >= 5
+    migration = (Path(__file__).parents[1] / "sql" / "033_job_usage.sql").read_text()
+    backfill = migration[migration.index("WITH changes") : migration.index(";", migration.index("UPDATE jobs")) + 1]
+    query(fresh_database_url, "UPDATE jobs SET run_seconds = 0, cpu_seconds = NULL, peak_memory_bytes = NULL")
+    query(fresh_database_url, backfill)
+    assert query(fresh_database_url, used) == projected
+    assert replay.verify(store.pool)[1] == []
 
 
 def _schema(url: str) -> list[Any]:
@@ -380,7 +404,14 @@ def test_a_job_and_its_worker_created_and_changed_in_one_page_are_inserted_as_th
 
 
 _NOT_NULL = {"id", "at", "name", "spec", "state", "new_state", "attempt", "max_attempts", "priority", "updated_at"}
-_NOT_NULL |= {"job_id", "provider_id", "provider_type", "terminal", "admitted"}  # the projectors' own flags too
+_NOT_NULL |= {
+    "job_id",
+    "provider_id",
+    "provider_type",
+    "terminal",
+    "admitted",
+    "run_seconds",
+}  # the projectors' own flags too
 _TIMES = st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1), timezones=st.just(UTC))
 
 
@@ -393,6 +424,10 @@ def _value(statement: str, column: str) -> st.SearchStrategy[Any]:
         base = st.uuids().map(str)
     elif column in {"max_attempts", "priority", "attempt", "exit_code"}:
         base = st.integers(-3, 3)
+    elif column in {"run_seconds", "cpu_seconds"}:
+        base = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
+    elif column == "peak_memory_bytes":
+        base = st.integers(0, 2**62)
     elif column in {"terminal", "admitted"}:
         base = st.booleans()
     elif column == "spec":

@@ -404,6 +404,21 @@ def test_every_named_query_is_short_enough_for_psycopg_to_cache_its_parse() -> N
     assert "--" not in query_text("insert_events_and_outbox")
 
 
+def test_a_part_several_queries_share_is_written_into_each_and_is_no_query_itself() -> None:
+    """job list's filters are one piece of SQL (``-- part: job_filters``) in the job list,
+    its count and `report`: a filter added to one is added to all."""
+    from hodei.store.sql import names
+
+    terms = "AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)"
+    assert [name for name in ("list_jobs", "count_jobs", "jobs_report") if terms in query_text(name)] == [
+        "list_jobs",
+        "count_jobs",
+        "jobs_report",
+    ]
+    assert "job_filters" not in names()
+    assert [name for name in names() if re.search(r"^\s*@", query_text(name), re.M)] == []
+
+
 def test_a_choice_fixed_for_a_servers_life_is_written_into_its_query() -> None:
     """The queue's order: as a parameter, PostgreSQL planned both orders' branches at every
     admission round; written in, it plans the one chosen."""

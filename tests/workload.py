@@ -110,12 +110,22 @@ class Workload:
             {"name": f"out/{n}.txt", "size_bytes": n, "sha256": f"{n:064x}"} for n in range(self.random.randint(0, 2))
         ]
         job.store_artifacts(job.worker_id, stored)
+        # What the worker measured: nothing, a part of it, or all (a cancelled job's too).
+        usage = self.random.choice(
+            [
+                None,
+                {"cpu_seconds": self.random.uniform(0, 50)},
+                {"peak_memory_bytes": self.random.randint(0, 2**33)},
+                {"cpu_seconds": self.random.uniform(0, 50), "peak_memory_bytes": self.random.randint(0, 2**33)},
+            ]
+        )
         job.finish(
             job.worker_id,
             outcome,
             0 if outcome is JobState.SUCCEEDED else 1,
             None if outcome is JobState.SUCCEEDED else "boom",
             ran,
+            usage=usage,
         )
         return [job]
 

@@ -38,6 +38,7 @@ from hodei._proto import (
     outbox_pb2_grpc,
     pools_pb2_grpc,
     providers_pb2_grpc,
+    report_pb2_grpc,
     sagas_pb2_grpc,
     scheduler_pb2_grpc,
     webhooks_pb2_grpc,
@@ -263,6 +264,7 @@ class Client:
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
         self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.report = report_pb2_grpc.ReportServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

@@ -1023,15 +1023,17 @@ def latest_job(client: Client) -> str:
     return str(listed[0].id)
 
 
-def add_job_filters(parser: argparse._ActionsContainer, submitted_since: bool = True) -> None:
+def add_job_filters(parser: argparse._ActionsContainer, submitted_since: bool = True, state: bool = True) -> None:
     """What `job list` selects jobs by, and `job cancel`, `hold`, `release` and `logs` too
-    (`logs` has a --since of its own: the lines printed since then)."""
-    parser.add_argument(
-        "--state",
-        choices=[s.value for s in JobState] + [s.value.lower() for s in JobState],
-        metavar="STATE",
-        help=f"only jobs in this state: {', '.join(s.value for s in JobState)}",
-    )
+    (`logs` has a --since of its own: the lines printed since then; `report` too, and its
+    jobs have ended)."""
+    if state:
+        parser.add_argument(
+            "--state",
+            choices=[s.value for s in JobState] + [s.value.lower() for s in JobState],
+            metavar="STATE",
+            help=f"only jobs in this state: {', '.join(s.value for s in JobState)}",
+        )
     parser.add_argument("--provider", help="only jobs on this provider (docker, kubernetes, local, sim)")
     parser.add_argument("--name", help="only jobs whose name contains this text")
     parser.add_argument(
@@ -1053,7 +1055,8 @@ def add_job_filters(parser: argparse._ActionsContainer, submitted_since: bool = 
     whose.add_argument("--submitter", "-u", metavar="NAME", help="only jobs this token's name submitted (squeue -u)")
     whose.add_argument("--mine", action="store_true", help="only jobs the caller's token submitted (squeue --me)")
     # Which of them select jobs here (`job logs`' --since is of its lines, not its jobs).
-    parser.set_defaults(job_filters=tuple(name for name in _FILTERS if submitted_since or name != "since"))
+    left_out = {name for name, given in (("since", submitted_since), ("state", state)) if not given}
+    parser.set_defaults(job_filters=tuple(name for name in _FILTERS if name not in left_out))
 
 
 _FILTERS = ("state", "provider", "name", "label", "since", "submitter", "mine")

@@ -18,7 +18,7 @@ import grpc
 import shtab
 from grpc_health.v1 import health_pb2
 
-from hodei.cli import access, admin, artifacts, audit, cron, jobs, sagas, webhooks
+from hodei.cli import access, admin, artifacts, audit, cron, jobs, report, sagas, webhooks
 from hodei.cli.client import DEFAULT_SERVER, PROFILE_VARIABLE, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
@@ -132,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     cron.add_commands(commands)
     webhooks.add_commands(commands)
     audit.add_commands(commands)
+    report.add_commands(commands)
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=["bash", "zsh"], help="bash or zsh")
     schema = commands.add_parser("schema", help="the JSON Schema of a command's -o json output")

@@ -20,30 +20,22 @@ from hodei.cli.jobs import describe as describe_job
 from hodei.cli.parsing import add_limit
 from hodei.cli.terminal import Terminal, one_line, when
 from hodei.cli.webhooks import delivery_line
-from hodei.domain.phases import size_text, usage_text
+from hodei.domain.phases import seconds_text, size_text, usage_text
 from hodei.wire import job_dict, message_dict
-
-
-def _took(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
 
 
 def _saga_label(saga: sagas_pb2.Saga) -> str:
     error = f" - {saga.error_message}" if saga.error_message else ""
     return (
         f"{saga.saga_type} saga {saga.id} attempt {saga.attempt}: {saga.state}, "
-        f"{_took(saga.duration_seconds)} (started {when(saga, 'started_at')}){error}"
+        f"{seconds_text(saga.duration_seconds)} (started {when(saga, 'started_at')}){error}"
     )
 
 
 def _step_label(step: sagas_pb2.SagaStep) -> str:
     parts = [f"{step.order}. {step.name}: {step.state}"]
     if step.started_at.seconds or step.started_at.nanos:
-        parts.append(_took(step.duration_seconds))
+        parts.append(seconds_text(step.duration_seconds))
     if step.retry_count:
         parts.append(f"{step.retry_count} {'retry' if step.retry_count == 1 else 'retries'}")
     if step.compensated:
@@ -154,7 +146,7 @@ def list_sagas(client: Client, term: Terminal, args: argparse.Namespace) -> int:
                 saga.correlation_id,
                 str(saga.attempt),
                 when(saga, "started_at"),
-                _took(saga.duration_seconds),
+                seconds_text(saga.duration_seconds),
                 saga.current_step or "-",
                 saga.error_message or "-",
             ]

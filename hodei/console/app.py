@@ -35,6 +35,7 @@ from hodei._proto import (
     outbox_pb2,
     pools_pb2,
     providers_pb2,
+    report_pb2,
     sagas_pb2,
     scheduler_pb2,
     webhooks_pb2,
@@ -55,7 +56,14 @@ from hodei.domain.cron import CRON_LABEL
 from hodei.domain.duration import seconds_of
 from hodei.domain.execs import cut
 from hodei.domain.job import SIGNALS, JobState
-from hodei.domain.phases import latest_usage, processes_stopping, size_text, stopped_text, waits_in_queue
+from hodei.domain.phases import (
+    latest_usage,
+    processes_stopping,
+    seconds_text,
+    size_text,
+    stopped_text,
+    waits_in_queue,
+)
 from hodei.domain.spec import AFTER_CONDITIONS, DEFAULT_TIMEOUT_SECONDS, LabelSelector
 from hodei.errors import (
     AlreadyExists,
@@ -73,6 +81,7 @@ from hodei.errors import (
 )
 from hodei.logs import attempt_begins
 from hodei.metrics import PlatformMetrics
+from hodei.report import GROUPINGS, LABEL
 from hodei.roles import Caller
 from hodei.server.edge import brief
 from hodei.server.jobs_api import may_act_on
@@ -161,6 +170,7 @@ class Console:
         self.templates.filters["when"] = _when
         self.templates.filters["short"] = lambda value: (value or "")[:8]
         self.templates.filters["size"] = lambda value: size_text(int(value or 0))
+        self.templates.filters["seconds"] = seconds_text
         self.templates.globals["after_words"] = AFTER_CONDITIONS
 
     # Plumbing ---------------------------------------------------------------------
@@ -200,6 +210,7 @@ class Console:
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
         app.router.add_get("/dead-letters", self.dead_letters)
         app.router.add_get("/audit", self.audit)
+        app.router.add_get("/report", self.report)
         app.router.add_get("/webhooks", self.webhooks)
         app.router.add_get("/webhooks/{name}", self.webhook)
         app.router.add_post("/webhooks/{name}/test", self.test_webhook)
@@ -709,6 +720,24 @@ class Console:
         changes = [message_dict(change) for change in listed.changes]
         return self._page(
             request, "audit.html", who, changes=changes, kinds=list(KINDS), kind_shown=kind, actor=actor, system=system
+        )
+
+    async def report(self, request: web.Request) -> web.Response:
+        """What ended jobs used (`report`), by the grouping and in the window the form asks."""
+        shown = {key: request.query.get(key, "").strip() for key in ("by", "since", "until", "label", "submitter")}
+        selector = [shown["label"]] if shown["label"] else []
+        LabelSelector.of(selector)
+        asked = report_pb2.ReportJobsRequest(by=shown["by"], label_selector=selector, submitter=shown["submitter"])
+        for end in ("since", "until"):
+            if shown[end]:
+                try:
+                    getattr(asked, end).FromDatetime(since_moment(shown[end]))
+                except InvalidInput as exc:
+                    raise InvalidInput(f"{end} {exc.message}") from None
+        found = await self._call(request, "/hodei.jobs.ReportService/ReportJobs", asked)
+        who = await self._caller(request)
+        return self._page(
+            request, "report.html", who, report=message_dict(found), shown=shown, groupings=[*GROUPINGS, LABEL + "KEY"]
         )
 
     async def webhooks(self, request: web.Request) -> web.Response:

@@ -141,6 +141,17 @@ def size_text(size: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+def seconds_text(seconds: float) -> str:
+    """A time for people, in the unit that reads best: ``250 ms``, ``12.5 s``, ``45.0 min``, ``31.2 h``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def usage_text(cpu_seconds: float | None, peak_memory_bytes: int | None) -> str:
     """What an attempt used, for people: ``1.52 s CPU, 45.2 MiB peak memory``; '' when unknown."""
     parts = [] if cpu_seconds is None else [f"{cpu_seconds:.2f} s CPU"]

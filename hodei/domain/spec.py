@@ -458,6 +458,17 @@ def _resource_problems(resources: Resources) -> list[str]:
     return found
 
 
+def label_key_problem(key: str) -> str | None:
+    """What is wrong with a label's key (a job's, or the one a report groups by)."""
+    if not key.strip():
+        return "label keys must not be empty"
+    if len(key) > LIMITS.label_key_chars or not _LABEL_KEY.match(key):
+        return (
+            f"label key `{excerpt(key)}` must be at most {LIMITS.label_key_chars} letters, digits, `.`, `_`, `/` or `-`"
+        )
+    return None
+
+
 def _label_problems(labels: Mapping[str, str]) -> list[str]:
     limits = LIMITS
     found = []
@@ -465,13 +476,8 @@ def _label_problems(labels: Mapping[str, str]) -> list[str]:
         found.append(f"{len(labels)} labels; the limit is {limits.labels}")
         return found
     for key, value in labels.items():
-        if not key.strip():
-            found.append("label keys must not be empty")
-        elif len(key) > limits.label_key_chars or not _LABEL_KEY.match(key):
-            found.append(
-                f"label key `{excerpt(key)}` must be at most {limits.label_key_chars} letters, digits, `.`, `_`, `/` "
-                "or `-`"
-            )
+        if problem := label_key_problem(key):
+            found.append(problem)
         if len(value) > limits.label_value_chars or _CONTROL.search(value):
             found.append(
                 f"label {excerpt(key)} must be at most {limits.label_value_chars} characters without control characters"

@@ -6,11 +6,11 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import grpc
@@ -77,6 +77,39 @@ def cancel_grace(request: jobs_pb2.CancelJobRequest, default: float) -> float:
     if not math.isfinite(grace) or not 0 <= grace <= LIMITS.max_timeout_seconds:
         raise InvalidInput(f"the grace must be 0 to {LIMITS.max_timeout_seconds:g} seconds, got {grace:.15g}")
     return grace
+
+
+class Selection(Protocol):
+    """The job list's filters, as a request carries them (ListJobs, ReportJobs)."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def label_selector(self) -> Sequence[str]: ...
+    @property
+    def submitter(self) -> str: ...
+    @property
+    def mine(self) -> bool: ...
+
+
+def job_filters(request: Selection, labels: Mapping[str, str] | None = None) -> JobFilters:
+    """A request's filters, checked: an unknown provider, a submitter's name that no
+    token could have, or both a submitter and the caller's own are refused. ``labels``:
+    pairs already split (ListJobs' map), beside the selector's terms."""
+    provider = provider_type_of(request.provider)  # k8s, an id...; unknown ones are refused
+    if request.mine and request.submitter:
+        raise InvalidInput("give either a submitter or mine (the caller's own jobs), not both")
+    submitter = caller().name if request.mine else request.submitter.strip() or None
+    if submitter is not None:
+        check_submitter_name(submitter)
+    return JobFilters(
+        provider=provider.value if provider else None,
+        name=request.name.strip() or None,
+        labels=LabelSelector.of(request.label_selector, labels),
+        submitter=submitter,
+    )
 
 
 def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, str], reads: ReadModels) -> None:
@@ -356,18 +389,9 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("limit and offset must not be negative")
         limit = min(request.limit or DEFAULT_LIMIT, MAX_JOBS_LISTED)
         state = JobState(_state_name(request.status)).value if request.status else None
-        provider = provider_type_of(request.provider)  # k8s, an id...; unknown ones are refused
-        if request.mine and request.submitter:
-            raise InvalidInput("give either a submitter or mine (the caller's own jobs), not both")
-        submitter = caller().name if request.mine else request.submitter.strip() or None
-        if submitter is not None:
-            check_submitter_name(submitter)
-        filters = JobFilters(
-            provider=provider.value if provider else None,
-            name=request.name.strip() or None,
-            labels=LabelSelector.of(request.label_selector, request.labels),
+        filters = replace(
+            job_filters(request, request.labels),
             created_since=request.created_since.ToDatetime(tzinfo=UTC) if request.HasField("created_since") else None,
-            submitter=submitter,
         )
         rows, total = self.reads.jobs(state, limit, request.offset, filters)
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(row) for row in rows], total_count=total)

@@ -201,6 +201,8 @@ async def _add_services(
         outbox_pb2_grpc,
         pools_pb2,
         pools_pb2_grpc,
+        report_pb2,
+        report_pb2_grpc,
         sagas_pb2,
         sagas_pb2_grpc,
         webhooks_pb2,
@@ -219,6 +221,7 @@ async def _add_services(
     from hodei.server.logs_api import LogStreamService
     from hodei.server.outbox_api import OutboxService
     from hodei.server.pools_api import PoolService
+    from hodei.server.report_api import ReportService
     from hodei.server.sagas_api import SagaService
     from hodei.server.webhooks_api import WebhookService
     from hodei.server.worker_channel import WorkerAgentService
@@ -286,6 +289,7 @@ async def _add_services(
         (limits_pb2, "LimitService", LimitService(runtime.limits)),
         (webhooks_pb2, "WebhookService", WebhookService(runtime.webhooks)),
         (audit_pb2, "AuditService", AuditService(Audit(runtime.pool))),
+        (report_pb2, "ReportService", ReportService(runtime.pool)),
         (
             artifacts_pb2,
             "ArtifactService",
@@ -307,6 +311,7 @@ async def _add_services(
         limits_pb2: limits_pb2_grpc,
         webhooks_pb2: webhooks_pb2_grpc,
         audit_pb2: audit_pb2_grpc,
+        report_pb2: report_pb2_grpc,
         artifacts_pb2: artifacts_pb2_grpc,
     }
     servicers: dict[str, object] = {}

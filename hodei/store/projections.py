@@ -72,6 +72,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "held_by",
         "hold_reason",
         "updated_at",
+        "run_seconds",
+        "cpu_seconds",
+        "peak_memory_bytes",
     ),
     "project_job_admitted": ("id", "at"),
     "project_job_held": ("id", "at", "held_by", "reason"),
@@ -93,7 +96,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "ran_until",
         "retry_at",
         "actor",
+        "cpu_seconds",
+        "peak_memory_bytes",
     ),
+    "project_job_stopped": ("id", "at", "cpu_seconds", "peak_memory_bytes"),
     "project_job_logs_persisted": ("id", "at", "event_id", "storage_uri", "size_bytes", "entry_count"),
     "project_job_logs_expired": ("id",),
     "project_worker_created": (
@@ -442,6 +448,7 @@ def _job_created(cur: Sink, event: EventRecord) -> None:
         state="PENDING",
         attempt=1,
         updated_at=event.occurred_at,
+        run_seconds=0.0,
     )
 
 
@@ -535,7 +542,19 @@ def _job_status_changed(cur: Sink, event: EventRecord) -> None:
         ran_until=p["ran_until"],
         retry_at=p["retry_at"],
         actor=event.actor,
+        **_used(p),
     )
+
+
+def _job_stopped(cur: Sink, event: EventRecord) -> None:
+    _run(cur, "project_job_stopped", event, **_used(event.payload))
+
+
+def _used(payload: dict[str, Any]) -> dict[str, Any]:
+    """What an attempt's worker said it used (``usage``: either part may be missing, or
+    all of it, from a worker that could not measure or an event older than the field)."""
+    used = payload.get("usage") or {}
+    return {"cpu_seconds": used.get("cpu_seconds"), "peak_memory_bytes": used.get("peak_memory_bytes")}
 
 
 def _job_logs_persisted(cur: Sink, event: EventRecord) -> None:
@@ -620,8 +639,38 @@ def _set_job_status(job: dict[str, Any], r: dict[str, Any]) -> None:
         admitted_at=None if requeued else job["admitted_at"],
         cancelled_by=r["actor"] if state == "CANCELLED" else job["cancelled_by"],
         retry_at=r["retry_at"] if requeued else None,
+        run_seconds=job["run_seconds"] + (_ran(job, r) if terminal or requeued else 0.0),
         updated_at=at,
     )
+    _add_used(job, r)
+
+
+def _ran(job: dict[str, Any], r: dict[str, Any]) -> float:
+    """The seconds an attempt's command ran, as the statement's run_seconds reckons them
+    from the row before this change (``job``); 0 when it never started."""
+    began = r["ran_from"] if r["ran_from"] is not None else job["started_at"] if job["state"] == "RUNNING" else None
+    if began is None:
+        return 0.0
+    until = r["ran_until"] if r["ran_until"] is not None else r["at"]
+    return max(0.0, (_time(until) - _time(began)).total_seconds())
+
+
+def _time(value: datetime | str) -> datetime:
+    """A time of a row: a datetime, or an event payload's ISO text."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _add_used(job: dict[str, Any], r: dict[str, Any]) -> None:
+    if r["cpu_seconds"] is not None:
+        job["cpu_seconds"] = (job["cpu_seconds"] or 0.0) + r["cpu_seconds"]
+    if r["peak_memory_bytes"] is not None:
+        peak = job["peak_memory_bytes"]
+        job["peak_memory_bytes"] = r["peak_memory_bytes"] if peak is None else max(peak, r["peak_memory_bytes"])
+
+
+def _set_job_stopped(job: dict[str, Any], r: dict[str, Any]) -> None:
+    _add_used(job, r)
+    job["updated_at"] = r["at"]
 
 
 # Workers ------------------------------------------------------------------------
@@ -692,6 +741,7 @@ _UPDATES: dict[str, dict[str, Update]] = {
         "project_job_prioritized": _set_job_prioritized,
         "project_job_touched": _set_job_touched,
         "project_job_status_changed": _set_job_status,
+        "project_job_stopped": _set_job_stopped,
     },
     "project_worker_created": {
         "project_worker_resource_created": _set_worker_resource,
@@ -932,7 +982,7 @@ PROJECTORS: dict[str, Projector] = {
     "JobExecEnded": _job_exec_ended,
     "JobAccepted": _job_touched,
     "JobStatusChanged": _job_status_changed,
-    "JobStopped": _job_touched,
+    "JobStopped": _job_stopped,
     "JobArtifactsStored": _job_touched,
     "JobArtifactsExpired": _job_touched,
     "JobLogsPersisted": _job_logs_persisted,

@@ -188,7 +188,8 @@ ORDER BY aggregate_version;
 -- ends up rather than inserted and then updated.
 INSERT INTO jobs (id, created_at, name, spec, max_attempts, priority, retry_of, correlation_id, actor, state, attempt,
                   admitted_at, selected_provider_id, provider_type, worker_id, exit_code, error_message, started_at,
-                  completed_at, cancelled_by, retry_at, held_by, hold_reason, updated_at)
+                  completed_at, cancelled_by, retry_at, held_by, hold_reason, updated_at, run_seconds, cpu_seconds,
+                  peak_memory_bytes)
 SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name, (e->3) AS spec,
        (e->>4)::int AS max_attempts, (e->>5)::int AS priority, (e->>6)::uuid AS retry_of,
        (e->>7)::varchar AS correlation_id, (e->>8)::varchar AS actor, (e->>9)::varchar AS state, (e->>10)::int AS attempt,
@@ -196,7 +197,8 @@ SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS name
        (e->>13)::varchar AS provider_type, (e->>14)::uuid AS worker_id, (e->>15)::int AS exit_code,
        (e->>16)::text AS error_message, (e->>17)::timestamptz AS started_at, (e->>18)::timestamptz AS completed_at,
        (e->>19)::varchar AS cancelled_by, (e->>20)::timestamptz AS retry_at, (e->>21)::varchar AS held_by,
-       (e->>22)::text AS hold_reason, (e->>23)::timestamptz AS updated_at
+       (e->>22)::text AS hold_reason, (e->>23)::timestamptz AS updated_at, (e->>24)::float8 AS run_seconds,
+       (e->>25)::float8 AS cpu_seconds, (e->>26)::bigint AS peak_memory_bytes
 FROM jsonb_array_elements(%s::jsonb) AS e;
 
 -- name: project_job_admitted
@@ -306,11 +308,33 @@ SET state = r.new_state,
     admitted_at = CASE WHEN r.new_state = 'PENDING' THEN NULL ELSE j.admitted_at END,
     cancelled_by = CASE WHEN r.new_state = 'CANCELLED' THEN r.actor ELSE j.cancelled_by END,
     retry_at = CASE WHEN r.new_state = 'PENDING' THEN r.retry_at END,
+    -- An attempt that ended (requeued or finished) adds the time its command ran, from the
+    -- worker's start or else from RUNNING (the state it leaves: j.state), and what it used.
+    run_seconds = j.run_seconds + CASE WHEN r.terminal OR r.new_state = 'PENDING' THEN greatest(0, extract(epoch FROM
+        coalesce(r.ran_until, r.at) - coalesce(r.ran_from, CASE WHEN j.state = 'RUNNING' THEN j.started_at END))::float8)
+        ELSE 0 END,
+    cpu_seconds = CASE WHEN r.cpu_seconds IS NULL THEN j.cpu_seconds ELSE coalesce(j.cpu_seconds, 0) + r.cpu_seconds END,
+    peak_memory_bytes = greatest(j.peak_memory_bytes, r.peak_memory_bytes),
     updated_at = r.at
 FROM (
     SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::varchar AS new_state, (e->>3)::boolean AS terminal,
            (e->>4)::int AS exit_code, (e->>5)::text AS reason, (e->>6)::timestamptz AS ran_from,
-           (e->>7)::timestamptz AS ran_until, (e->>8)::timestamptz AS retry_at, (e->>9)::varchar AS actor
+           (e->>7)::timestamptz AS ran_until, (e->>8)::timestamptz AS retry_at, (e->>9)::varchar AS actor,
+           (e->>10)::float8 AS cpu_seconds, (e->>11)::bigint AS peak_memory_bytes
+    FROM hodei.rows(%s::jsonb) AS e
+) AS r
+WHERE j.id = r.id;
+
+-- name: project_job_stopped
+-- A cancelled job's processes ended: what they used. Its SET clauses have a Python twin in
+-- hodei.store.projections._UPDATES: change both.
+UPDATE jobs AS j
+SET cpu_seconds = CASE WHEN r.cpu_seconds IS NULL THEN j.cpu_seconds ELSE coalesce(j.cpu_seconds, 0) + r.cpu_seconds END,
+    peak_memory_bytes = greatest(j.peak_memory_bytes, r.peak_memory_bytes),
+    updated_at = r.at
+FROM (
+    SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::float8 AS cpu_seconds,
+           (e->>3)::bigint AS peak_memory_bytes
     FROM hodei.rows(%s::jsonb) AS e
 ) AS r
 WHERE j.id = r.id;
@@ -633,6 +657,18 @@ WHERE j.spec -> 'labels' ? 'hodei.io/array' AND j.spec -> 'labels' ->> 'hodei.io
   AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)
 ORDER BY j.created_at, j.id;
 
+-- part: job_filters
+-- What job list selects jobs by (hodei.store.readmodels.job_list_params), `report` too.
+AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
+AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
+AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
+AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
+    SELECT 1 FROM jsonb_array_elements(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> (n ->> 0) = n ->> 1))
+AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
+AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
+AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
+AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar)
+
 -- name: list_jobs
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
@@ -642,30 +678,14 @@ SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j
              ORDER BY d.created_at, d.id) AS waited_on_by
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
-  AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
-  AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
-  AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
-  AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
-      SELECT 1 FROM jsonb_array_elements(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> (n ->> 0) = n ->> 1))
-  AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
-  AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
-  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
-  AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar)
+  @job_filters
 ORDER BY j.created_at DESC, j.id
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: count_jobs
 SELECT count(*) FROM jobs j
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
-  AND (%(provider)s::varchar IS NULL OR j.provider_type = %(provider)s::varchar)
-  AND (%(name)s::text IS NULL OR strpos(lower(j.name), lower(%(name)s::text)) > 0)
-  AND (%(labels)s::jsonb IS NULL OR j.spec -> 'labels' @> %(labels)s::jsonb)
-  AND (%(labels_not)s::jsonb IS NULL OR NOT EXISTS (
-      SELECT 1 FROM jsonb_array_elements(%(labels_not)s::jsonb) n WHERE j.spec -> 'labels' ->> (n ->> 0) = n ->> 1))
-  AND (%(labels_present)s::text[] IS NULL OR coalesce(j.spec -> 'labels', '{}') ?& %(labels_present)s::text[])
-  AND (%(labels_absent)s::text[] IS NULL OR NOT coalesce(j.spec -> 'labels', '{}') ?| %(labels_absent)s::text[])
-  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
-  AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar);
+  @job_filters;
 
 -- name: jobs_by_state
 SELECT state, count(*) FROM jobs GROUP BY state;
@@ -1524,3 +1544,40 @@ WHERE e.aggregate_type IN ('Provider', 'Pool', 'SubmitterLimit', 'Webhook', 'Cro
   AND (%(since)s::timestamptz IS NULL OR e.occurred_at >= %(since)s::timestamptz)
 ORDER BY e.position DESC
 LIMIT %(limit)s;
+
+-- name: jobs_report
+-- What the jobs that ended in a window used, by a grouping (hodei.report): each group's sums,
+-- and the window's total first (the empty grouping set, a row even when no job ended).
+WITH ended AS (
+    SELECT CASE %(by)s WHEN 'submitter' THEN j.actor WHEN 'provider' THEN j.provider_type
+                WHEN 'pool' THEN nullif(j.spec ->> 'pool', '') WHEN 'state' THEN j.state WHEN 'name' THEN j.name
+                WHEN 'day' THEN to_char(j.completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                ELSE j.spec -> 'labels' ->> %(label)s::text END AS key,
+           j.state, j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
+           coalesce((j.spec -> 'resources' ->> 'cpu_cores')::float8, 0) AS cpu_asked,
+           greatest(0, extract(epoch FROM j.started_at - j.created_at)::float8) AS waited
+    FROM jobs j
+    WHERE j.completed_at >= %(ended_since)s::timestamptz AND j.completed_at < %(ended_until)s::timestamptz
+      AND j.state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')
+      @job_filters
+), grouped AS (
+    SELECT GROUPING(key) = 1 AS total, key, count(*) AS jobs,
+           count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
+           count(*) FILTER (WHERE state = 'FAILED') AS failed,
+           count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled,
+           count(*) FILTER (WHERE state = 'TIMEOUT') AS timed_out,
+           coalesce(sum(run_seconds), 0) AS run_seconds,
+           sum(cpu_seconds) AS cpu_seconds, count(cpu_seconds) AS jobs_measured,
+           sum(cpu_asked * run_seconds) FILTER (WHERE cpu_asked > 0) AS cpu_asked_seconds,
+           sum(cpu_seconds) FILTER (WHERE cpu_asked > 0)
+               / nullif(sum(cpu_asked * run_seconds) FILTER (WHERE cpu_asked > 0 AND cpu_seconds IS NOT NULL), 0)
+               AS cpu_efficiency,
+           max(peak_memory_bytes) AS peak_memory_bytes,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY waited) AS wait_p50_seconds
+    FROM ended
+    GROUP BY GROUPING SETS ((key), ())
+)
+SELECT *, (count(*) FILTER (WHERE NOT total) OVER ())::int AS groups
+FROM grouped
+ORDER BY total DESC, CASE WHEN %(by)s = 'day' THEN key END, run_seconds DESC, jobs DESC, key NULLS LAST
+LIMIT %(most)s + 1;

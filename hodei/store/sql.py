@@ -1,4 +1,6 @@
-"""Named SQL: every query Hodei runs lives in ``queries.sql`` under a ``-- name:`` header."""
+"""Named SQL: every query Hodei runs lives in ``queries.sql`` under a ``-- name:`` header;
+SQL that several share under a ``-- part:`` header, written into each where a line says
+``@part``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from functools import cache
 from importlib import resources
 from typing import LiteralString
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.M)
+_HEADER = re.compile(r"^-- (name|part): (\w+)\s*$", re.M)
+# A line naming a part (``-- part:``), which it stands for: SQL that several queries share.
+_PART = re.compile(r"^[ \t]*@(\w+)[ \t]*$", re.M)
 # A line that is a comment and nothing else, a comment ending a line of SQL, and a line's
 # indentation.
 _COMMENT_LINE = re.compile(r"^[ \t]*--.*\n?", re.M)
@@ -25,14 +29,22 @@ def _without_trailing_comment(line: re.Match[str]) -> str:
 @cache
 def _queries() -> dict[str, str]:
     text = resources.files("hodei.store").joinpath("queries.sql").read_text()
-    parts = _HEADER.split(text)
+    pieces = _HEADER.split(text)
     found: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in found:
-            raise RuntimeError(f"query `{name}` is defined twice in queries.sql")
+    shared: dict[str, str] = {}
+    for kind, name, body in zip(pieces[1::3], pieces[2::3], pieces[3::3], strict=True):
+        if name in found or name in shared:
+            raise RuntimeError(f"`{name}` is defined twice in queries.sql")
         sql = _TRAILING_COMMENT.sub(_without_trailing_comment, _COMMENT_LINE.sub("", body))
-        found[name] = _INDENT.sub("", sql).strip().rstrip(";")
-    return found
+        (found if kind == "name" else shared)[name] = _INDENT.sub("", sql).strip().rstrip(";")
+
+    def part(line: re.Match[str]) -> str:
+        try:
+            return shared[line.group(1)]
+        except KeyError:
+            raise RuntimeError(f"queries.sql names no part `{line.group(1)}`") from None
+
+    return {name: _PART.sub(part, sql) for name, sql in found.items()}
 
 
 def query(name: str, constants: Mapping[str, bool] | None = None) -> LiteralString:
