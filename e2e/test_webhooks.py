@@ -139,6 +139,44 @@ def test_a_job_that_ends_is_posted_signed_to_each_webhook_told_of_it(server: Ser
     )
 
 
+def test_a_webhook_on_running_is_told_of_each_attempts_start_with_the_job_as_it_was_then(
+    server: ServerProcess, receiver: Receiver
+) -> None:
+    """`--on RUNNING`: a job.started message for each attempt, its data the job right
+    after it started, even when the job has ended by the time the message is written (a
+    retried job's two attempts end in a second); a webhook set without RUNNING is not told."""
+    secret = define(server, "starts", f"{receiver.url}/starts", "--on", "running,failed")
+    define(server, "ends", f"{receiver.url}/ends")
+    assert "On: RUNNING, FAILED\n" in server.cli("webhook", "get", "starts", check=True).stdout
+    retried = server.cli(
+        "job", "run", "-p", "local", "-c", "exit 3", "--retry", "1", "--retry-backoff", "0", "--wait"
+    ).stdout.strip()
+
+    def told() -> list[tuple[str, dict[str, str], bytes]] | None:
+        return receiver.received if len(receiver.received) == 4 else None
+
+    eventually(told, timeout=30, what="two starts, a failure and an ending")
+    bodies = {
+        (path, verified(secret, headers, body)["type"])
+        for path, headers, body in receiver.received
+        if path == "/starts"
+    }
+    assert bodies == {("/starts", "job.started"), ("/starts", "job.finished")}
+    started = [
+        verified(secret, headers, body)["data"]
+        for path, headers, body in receiver.received
+        if path == "/starts" and json.loads(body)["type"] == "job.started"
+    ]
+    assert [(job["id"], job["state"], job["attempt"], job["exit_code"]) for job in started] == [
+        (retried, "RUNNING", 1, None),
+        (retried, "RUNNING", 2, None),
+    ]
+    assert started[0]["phases"][-1]["name"] == "started" and started[0]["completed_at"] is None
+    assert [phase["name"] for phase in started[1]["phases"]].count("requeued") == 1
+    assert [json.loads(body)["type"] for path, _, body in receiver.received if path == "/ends"] == ["job.finished"]
+    assert sorted(m["type"] for m in messages(server, "starts")) == ["job.finished", "job.started", "job.started"]
+
+
 def test_a_receiver_that_fails_gets_the_message_again_with_the_same_id(server: ServerProcess) -> None:
     receiver = Receiver(503)
     try:
@@ -215,7 +253,7 @@ def test_bad_webhook_input_is_refused_by_name_and_writes_nothing(server: ServerP
     refused_before_sending: tuple[tuple[tuple[str, ...], str], ...] = (
         (("set", "a/b", "--url", "http://x/"), "a webhook's name is 1 to 63"),
         (("set", "w", "--url", "ftp://x/"), "http:// or https:// with a host"),
-        (("set", "w", "--url", "http://x/", "--on", "RUNNING"), "not of RUNNING"),
+        (("set", "w", "--url", "http://x/", "--on", "PENDING"), "not of PENDING"),
         (("set", "w", "--url", "http://x/", "-l", "!"), "label selector `!`"),
         (("set", "w", "--url", "http://x/", "-l", "a=1", "-l", "a=2"), "a cannot also be '1'"),
     )

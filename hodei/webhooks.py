@@ -1,5 +1,6 @@
 """Webhooks, as admins set them (``webhook set``), and the messages they are sent: one
-for each job that ends in a webhook's states with labels its selector matches.
+for each job that ends in a webhook's states with labels its selector matches, and for
+each attempt's start where a webhook asks (RUNNING, ``job.started``).
 
 Which jobs ended is read from the log, in its order, by one server at a time
 (``enqueue``, each sweep): a message is a row of ``hodei.webhook_deliveries`` holding its
@@ -25,6 +26,7 @@ from uuid import UUID
 from hodei.domain.base import check_name, derived_id
 from hodei.domain.webhook import (
     MAX_WEBHOOKS,
+    STARTED,
     Webhook,
     check_selector,
     check_states,
@@ -37,8 +39,9 @@ from hodei.errors import InvalidInput, InvalidTransition, NotFound
 from hodei.server.convert import job_to_proto
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, execute, fetch_all, fetch_value
+from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.store.readmodels import ReadModels
+from hodei.store.readmodels import JobRow, ReadModels
 from hodei.wire import job_dict
 
 # Seconds before each attempt after the first (Svix's and Stripe's schedules, shortened):
@@ -55,6 +58,7 @@ DELIVERIES_SHOWN = 20
 READ_AT_ONCE = 500
 SECRET_PREFIX = "whsec_"
 FINISHED = "job.finished"
+STARTED_TYPE = "job.started"
 TEST = "webhook.test"
 
 
@@ -128,6 +132,7 @@ class _Event:
     position: int
     aggregate_type: str
     aggregate_id: str
+    aggregate_version: int
     event_type: str
     payload: dict[str, Any]
 
@@ -277,27 +282,41 @@ class Webhooks:
         else:
             hooks[name] = _Wants(found.aggregate_id, name, found.payload["states"], found.payload["label_selector"])
 
-    def _write(self, hooks: list[_Wants], ended: _Event) -> int:
+    def _write(self, hooks: list[_Wants], changed: _Event) -> int:
         try:
-            row = self.reads.job(ended.aggregate_id)
+            row = self.reads.job(changed.aggregate_id)
         except NotFound:  # its history deleted since: nothing left to tell
             return 0
         labels = dict(row.spec.get("labels") or {})
-        state = ended.payload["new_state"]
+        state = changed.payload["new_state"]
         told = [hook for hook in hooks if told_of(hook.states, hook.label_selector, state, labels)]
         if not told:
             return 0
-        body = message(FINISHED, job_dict(job_to_proto(row, self.reads.phases(row.id))))
+        kind = STARTED_TYPE if state == STARTED else FINISHED
+        body = message(kind, self._job_then(row, changed))
         for hook in told:
             params = {
-                "id": derived_id("webhook-delivery", hook.id, ended.position),
+                "id": derived_id("webhook-delivery", hook.id, changed.position),
                 "webhook": hook.name,
-                "type": FINISHED,
+                "type": kind,
                 "job_id": row.id,
                 "body": body,
             }
             execute(self.store.pool, "add_webhook_delivery", params)
         return len(told)
+
+    def _job_then(self, row: JobRow, changed: _Event) -> dict[str, Any]:
+        """The job as it was right after ``changed``, as `job get -o json` prints it. An
+        ended job stays as it ended (but for its logs' and artifacts' expiry); at a start
+        it is rebuilt from its events up to that one: a short job has ended by the time
+        its start is read."""
+        phases = self.reads.phases(row.id)
+        if changed.payload["new_state"] != STARTED:
+            return job_dict(job_to_proto(row, phases))
+        then = next(
+            e for e in history(self.store.pool, row.id) if e.event.aggregate_version == changed.aggregate_version
+        )
+        return job_dict(job_to_proto(then.job, [phase for phase in phases if phase.at <= then.event.occurred_at]))
 
     def test(self, name: str) -> UUID:
         """A ``webhook.test`` message, due at once; its id."""

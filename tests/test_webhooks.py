@@ -88,8 +88,9 @@ def test_what_is_shown_of_a_url_is_its_origin_only() -> None:
 def test_states_and_selectors_are_checked_as_job_list_checks_them() -> None:
     assert check_states([]) == ENDINGS
     assert check_states(["failed", " TIMEOUT "]) == ("FAILED", "TIMEOUT")
-    with pytest.raises(InvalidInput, match="not of RUNNING"):
-        check_states(["RUNNING"])
+    assert check_states(["failed", "running"]) == ("RUNNING", "FAILED")
+    with pytest.raises(InvalidInput, match=r"starting \(RUNNING\) or ending CANCELLED, .*; not of ASSIGNED, PENDING"):
+        check_states(["PENDING", "assigned"])
     assert check_selector(["team=data", " !temp "]) == ("team=data", "!temp")
     with pytest.raises(InvalidInput, match="label selector `!`"):
         check_selector(["!"])

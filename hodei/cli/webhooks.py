@@ -10,7 +10,7 @@ from hodei.cli.client import Client
 from hodei.cli.parsing import comma_list
 from hodei.cli.terminal import Terminal, when
 from hodei.domain.base import check_name
-from hodei.domain.webhook import ENDINGS, check_selector, check_states, check_url
+from hodei.domain.webhook import ENDINGS, STARTED, check_selector, check_states, check_url
 from hodei.wire import message_dict
 
 
@@ -121,7 +121,8 @@ def add_commands(commands: Any) -> None:
         help="create a webhook or set it anew",
         description=(
             "Each job that ends in one of its states, with labels its selector matches, is POSTed to the URL "
-            "as JSON ({type: job.finished, timestamp, data: the job as `job get -o json` prints it}), signed as "
+            "as JSON ({type: job.finished, timestamp, data: the job as `job get -o json` prints it}), and with "
+            "--on RUNNING each attempt's start ({type: job.started, data: the job as it was then}), signed as "
             "the Standard Webhooks specification says with the secret printed when the webhook is created. "
             "Set again, it keeps its secret; delete it and set it to have a new one."
         ),
@@ -133,7 +134,8 @@ def add_commands(commands: Any) -> None:
         type=comma_list,
         default=[],
         metavar="STATES",
-        help=f"the endings it is told of, comma-separated: {', '.join(ENDINGS)} (default: all)",
+        help=f"the endings it is told of, comma-separated: {', '.join(ENDINGS)} (default: all), and "
+        f"{STARTED}: each attempt's start",
     )
     set_hook.add_argument(
         "--label",

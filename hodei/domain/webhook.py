@@ -18,15 +18,18 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from hodei.domain.base import HodeiAggregate, check_name, derived_id
-from hodei.domain.job import TERMINAL_STATES
+from hodei.domain.job import TERMINAL_STATES, JobState
 from hodei.domain.spec import LabelSelector
 from hodei.errors import InvalidInput, InvalidTransition
 
 # Webhooks at most: each job that ends is matched against every one.
 MAX_WEBHOOKS = 100
 MAX_URL_LENGTH = 2048
-# The states a webhook may be told of, in the order people read them.
+# The endings a webhook may be told of, in the order people read them; and a job's start
+# (each attempt's RUNNING), only where asked for (`--on RUNNING`).
 ENDINGS = tuple(state.value for state in sorted(TERMINAL_STATES, key=lambda state: state.value))
+STARTED = JobState.RUNNING.value
+STATES = (STARTED, *ENDINGS)
 
 
 def webhook_id(name: str) -> UUID:
@@ -64,12 +67,14 @@ def origin_of(url: str) -> str:
 
 
 def check_states(states: Iterable[str]) -> tuple[str, ...]:
-    """The endings a webhook is told of, in ENDINGS' order; none given: every one."""
+    """The states a webhook is told of, in STATES' order; none given: every ending (a
+    webhook set before starts were told of keeps its endings, as a new one does)."""
     wanted = {state.strip().upper() for state in states if state.strip()}
-    unknown = sorted(wanted - set(ENDINGS))
+    unknown = sorted(wanted - set(STATES))
     if unknown:
-        raise InvalidInput(f"a webhook is told of jobs ending {', '.join(ENDINGS)}; not of {', '.join(unknown)}")
-    return tuple(state for state in ENDINGS if state in wanted) or ENDINGS
+        told = f"jobs starting ({STARTED}) or ending {', '.join(ENDINGS)}"
+        raise InvalidInput(f"a webhook is told of {told}; not of {', '.join(unknown)}")
+    return tuple(state for state in STATES if state in wanted) or ENDINGS
 
 
 def check_selector(terms: Iterable[str]) -> tuple[str, ...]:
@@ -80,7 +85,7 @@ def check_selector(terms: Iterable[str]) -> tuple[str, ...]:
 
 
 def told_of(states: Iterable[str], terms: Iterable[str], state: str, labels: Mapping[str, str]) -> bool:
-    """Whether a webhook of these states and selector is told of a job that ended so."""
+    """Whether a webhook of these states and selector is told of a job that started or ended so."""
     return state in states and LabelSelector.of(terms).matches(labels)
 
 

@@ -1467,13 +1467,13 @@ SELECT position, set_config('enable_seqscan', 'off', true) FROM hodei.webhook_cu
 SELECT coalesce(max(position), 0) FROM domain_events;
 
 -- name: webhook_events
--- What a webhook may be told of, and changes to webhooks, after a position up to another, in
--- the log's order.
-SELECT position, aggregate_type, aggregate_id, event_type, payload
+-- What a webhook may be told of (a job's start, its end), and changes to webhooks, after a
+-- position up to another, in the log's order.
+SELECT position, aggregate_type, aggregate_id, aggregate_version, event_type, payload
 FROM domain_events
 WHERE position > %(after)s AND position <= %(upto)s
-  AND (aggregate_type = 'Webhook'
-       OR (event_type = 'JobStatusChanged' AND payload ->> 'new_state' IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')))
+  AND (aggregate_type = 'Webhook' OR (event_type = 'JobStatusChanged'
+       AND payload ->> 'new_state' IN ('RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')))
 ORDER BY position
 LIMIT %(limit)s;
 
