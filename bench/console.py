@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -29,6 +30,7 @@ from hodei.domain.job import Job, JobState
 from hodei.domain.provider import PROVIDER_IDS, ProviderType
 from hodei.domain.spec import JobSpec, LabelSelector
 from hodei.limits import Limits
+from hodei.report import Grouping, report_params, window
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import open_pool
@@ -116,6 +118,9 @@ def main() -> None:
         def narrowed(**wanted: Any) -> dict[str, Any]:
             return job_list_params(wanted.pop("state", None), 50, 0, JobFilters(**wanted))
 
+        def reported(by: str) -> dict[str, Any]:
+            return report_params(Grouping.of(by), *window(None, None, datetime.now(UTC)), JobFilters())
+
         pages: list[tuple[str, str, list[tuple[str, Any]]]] = [
             ("jobs list", "/jobs", [("list_jobs", listing), ("count_jobs", listing)]),
             (
@@ -144,6 +149,8 @@ def main() -> None:
             ),
             ("sagas", "/sagas", [("list_sagas", {"state": None, "saga_type": None, "job_id": None, "limit": 100})]),
             ("providers", "/providers", [("list_providers", None)]),
+            ("report, by submitter (the last 7 days)", "/report", [("jobs_report", reported("submitter"))]),
+            ("report, by label team", "/report?by=label%3Ateam", [("jobs_report", reported("label:team"))]),
         ]
         env = {"HODEI_LOCAL_ENABLED": "1", "HODEI_DOCKER_ENABLED": "0"}
         with ServerProcess(url, Path(tempfile.mkdtemp(prefix="hodei-bench-console-")), env, http=True) as server:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from psycopg_pool import ConnectionPool
 
@@ -93,8 +94,9 @@ class Report:
     left_out: int
 
 
-def report(pool: ConnectionPool, grouping: Grouping, since: datetime, until: datetime, filters: JobFilters) -> Report:
-    params = {
+def report_params(grouping: Grouping, since: datetime, until: datetime, filters: JobFilters) -> dict[str, Any]:
+    """The parameters of ``jobs_report`` (also what bench-console times)."""
+    return {
         **job_list_params(None, 0, 0, filters),
         "by": grouping.kind,
         "label": grouping.label,
@@ -102,6 +104,9 @@ def report(pool: ConnectionPool, grouping: Grouping, since: datetime, until: dat
         "ended_until": until,
         "most": MOST_GROUPS,
     }
+
+
+def report(pool: ConnectionPool, grouping: Grouping, since: datetime, until: datetime, filters: JobFilters) -> Report:
     # The total comes first, also of a window where no job ended (the empty grouping set's row).
-    total, *groups = fetch_all(pool, "jobs_report", params, UsageGroup)
+    total, *groups = fetch_all(pool, "jobs_report", report_params(grouping, since, until, filters), UsageGroup)
     return Report(groups, total, total.groups - len(groups))
