@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from e2e.test_access import create_token
+from hodei.domain.phases import ran_text
 from hodei.testing import Cli, ServerProcess, hodei_server, query, wait_all, wait_running
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +39,7 @@ def test_report_sums_what_ended_jobs_used_by_submitter_label_provider_state_and_
     alice_token = create_token(fresh_database_url, "alice", "submit")
     bob_token = create_token(fresh_database_url, "bob", "submit")
     reader_token = create_token(fresh_database_url, "auditor", "read")
-    with ServerProcess(fresh_database_url, tmp_path, env, token=alice_token) as server:
+    with ServerProcess(fresh_database_url, tmp_path, env, token=alice_token, http=True) as server:
         bob = Cli(server.address, ("--token", bob_token))
         reader = Cli(server.address, ("--token", reader_token))
 
@@ -71,6 +73,18 @@ def test_report_sums_what_ended_jobs_used_by_submitter_label_provider_state_and_
         assert attempts == 2 and run_seconds >= 1.0 and run_seconds > last_attempt + 0.4
         assert rows[simulated][0] >= 1.5 and rows[simulated][1:3] == (None, None)  # sim workers measure nothing
         assert rows[cancelled][0] > 0  # from its start to its cancel
+        # Each job says it too: `job get`, its JSON, its console page.
+        got = json.loads(reader.cli("job", "get", retried, "-o", "json", check=True).stdout)
+        assert (got["run_seconds"], got["cpu_seconds"], got["peak_memory_bytes"]) == rows[retried][:3]
+        shown = reader.cli("job", "get", retried, check=True).stdout
+        assert f"Ran: {ran_text(rows[retried][0], 2, rows[retried][1], rows[retried][2])}\n" in shown
+        assert " over 2 attempts: " in shown
+        sim = json.loads(reader.cli("job", "get", simulated, "-o", "json", check=True).stdout)
+        assert sim["run_seconds"] >= 1.5 and (sim["cpu_seconds"], sim["peak_memory_bytes"]) == (None, None)
+        page = requests.get(
+            f"{server.http_url}/jobs/{spun}", headers={"Authorization": f"Bearer {reader_token}"}, timeout=30
+        )
+        assert page.ok and f'<td id="ran">{ran_text(rows[spun][0], 1, rows[spun][1], rows[spun][2])}</td>' in page.text
 
         by_submitter = _report(reader, "--by", "submitter")
         groups = _groups(by_submitter)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hodei.domain.phases import seconds_text
+from hodei.domain.phases import ran_text, seconds_text
 from hodei.errors import InvalidInput
 from hodei.report import DEFAULT_WINDOW, GROUPINGS, Grouping, window
 
@@ -35,6 +35,13 @@ def test_the_window_defaults_to_the_week_before_its_end_and_is_never_empty() -> 
     for since, until in [(NOW, NOW), (NOW + timedelta(seconds=1), None), (NOW, NOW - timedelta(days=1))]:
         with pytest.raises(InvalidInput, match="must be before its end"):
             window(since, until, NOW)
+
+
+def test_what_a_job_used_over_its_attempts_reads_as_one_line() -> None:
+    assert ran_text(0.0, 1, None, None) == ""
+    assert ran_text(1.4, 1, None, None) == "1.4 s"
+    assert ran_text(3.25, 2, 0.5, 2**20 * 45) == "3.2 s over 2 attempts: 0.50 s CPU, 45.0 MiB peak memory"
+    assert ran_text(90, 1, None, 2**20) == "90.0 s: 1.0 MiB peak memory"
 
 
 def test_seconds_read_in_the_unit_that_reads_best() -> None:

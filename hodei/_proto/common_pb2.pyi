@@ -402,6 +402,9 @@ class Job(_message.Message):
     HELD_BY_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     state: _builtins.str
@@ -427,6 +430,13 @@ class Job(_message.Message):
     empty). Empty once released, and for a job not waiting.
     """
     hold_reason: _builtins.str
+    run_seconds: _builtins.float
+    """What all its attempts used (`report` sums these): the seconds its command ran, from
+    each attempt's start to its end; the CPU seconds and the most memory its workers
+    measured (unset: none measured).
+    """
+    cpu_seconds: _builtins.float
+    peak_memory_bytes: _builtins.int
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -483,12 +493,22 @@ class Job(_message.Message):
         held_by: _builtins.str = ...,
         hold_reason: _builtins.str = ...,
         outputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        run_seconds: _builtins.float = ...,
+        cpu_seconds: _builtins.float | None = ...,
+        peak_memory_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "retry_at", b"retry_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "completed_at", b"completed_at", "cpu_seconds", b"cpu_seconds", "created_at", b"created_at", "peak_memory_bytes", b"peak_memory_bytes", "retry_at", b"retry_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "held_by", b"held_by", "hold_reason", b"hold_reason", "id", b"id", "log_uri", b"log_uri", "outputs", b"outputs", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "attempt", b"attempt", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "cpu_seconds", b"cpu_seconds", "created_at", b"created_at", "error_message", b"error_message", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "held_by", b"held_by", "hold_reason", b"hold_reason", "id", b"id", "log_uri", b"log_uri", "outputs", b"outputs", "peak_memory_bytes", b"peak_memory_bytes", "phases", b"phases", "provider_id", b"provider_id", "provider_type", b"provider_type", "retried_by", b"retried_by", "retry_at", b"retry_at", "retry_of", b"retry_of", "run_seconds", b"run_seconds", "spec", b"spec", "started_at", b"started_at", "state", b"state", "status", b"status", "submitted_by", b"submitted_by", "waited_on_by", b"waited_on_by", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
+    _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__peak_memory_bytes: _TypeAlias = _typing.Literal["peak_memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__peak_memory_bytes: _TypeAlias = _typing.Literal["_peak_memory_bytes", b"_peak_memory_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_seconds) -> _WhichOneofReturnType__cpu_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_memory_bytes) -> _WhichOneofReturnType__peak_memory_bytes | None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
 

@@ -55,7 +55,7 @@ from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.execs import ANSWER_WITHIN, check_exec, cut
 from hodei.domain.execs import DEFAULT_TIMEOUT as DEFAULT_EXEC_TIMEOUT
 from hodei.domain.job import SIGNALS, JobState, hold_text
-from hodei.domain.phases import ENDED, latest_usage, processes_stopping, size_text, stopped_text
+from hodei.domain.phases import ENDED, latest_usage, processes_stopping, ran_text, size_text, stopped_text
 from hodei.domain.placement import canonical_tolerations, selector_of
 from hodei.domain.retries import canonical_retry_on
 from hodei.domain.spec import (
@@ -197,6 +197,18 @@ def _retried(spec: common_pb2.JobSpec) -> str:
     return f"backoff {spec.retry_backoff_seconds:g} s{rule}"
 
 
+def _ran(job: common_pb2.Job) -> str:
+    """Once the job ended (every attempt of it counted): how long it ran and what it used."""
+    if not JobState(job.state).is_terminal:
+        return ""
+    return ran_text(
+        job.run_seconds,
+        job.attempt,
+        job.cpu_seconds if job.HasField("cpu_seconds") else None,
+        job.peak_memory_bytes if job.HasField("peak_memory_bytes") else None,
+    )
+
+
 def describe(job: common_pb2.Job) -> list[str]:
     phases = [message_dict(phase) for phase in job.phases]
     return [
@@ -224,6 +236,7 @@ def describe(job: common_pb2.Job) -> list[str]:
         f"Completed: {when(job, 'completed_at', 'auto')}",
         f"Error: {job.error_message or '-'}",
         *([f"Used: {used}"] if (used := latest_usage(phases)) else []),
+        *([f"Ran: {ran}"] if (ran := _ran(job)) else []),
         *([_outputs_line(job)] if job.outputs else []),
         *([f"Cancelled by: {job.cancelled_by}"] if job.cancelled_by else []),
         *([f"Retry of: {job.retry_of}"] if job.retry_of else []),

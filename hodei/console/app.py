@@ -59,6 +59,7 @@ from hodei.domain.job import SIGNALS, JobState
 from hodei.domain.phases import (
     latest_usage,
     processes_stopping,
+    ran_text,
     seconds_text,
     size_text,
     stopped_text,
@@ -436,6 +437,12 @@ class Console:
             waiting=waits_in_queue(described.job.state, described.job.attempt, phases),
             may_act=may_act_on(who, described.job.submitted_by),
             used=latest_usage(description["job"]["phases"]),
+            ran=ran_text(
+                described.job.run_seconds,
+                described.job.attempt,
+                description["job"]["cpu_seconds"],
+                description["job"]["peak_memory_bytes"],
+            ),
             using=using,
             stopped=stopped_text(described.job.attempt, description["job"]["phases"]),
             sagas=description["sagas"],

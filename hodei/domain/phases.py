@@ -160,6 +160,16 @@ def usage_text(cpu_seconds: float | None, peak_memory_bytes: int | None) -> str:
     return ", ".join(parts)
 
 
+def ran_text(run_seconds: float, attempts: int, cpu_seconds: float | None, peak_memory_bytes: int | None) -> str:
+    """How long a job's command ran over all its attempts, and what they used together:
+    ``3.2 s over 2 attempts: 0.51 s CPU, 45.2 MiB peak memory``; '' when it never ran."""
+    if run_seconds <= 0:
+        return ""
+    text = seconds_text(run_seconds) + (f" over {attempts} attempts" if attempts > 1 else "")
+    used = usage_text(cpu_seconds, peak_memory_bytes)
+    return f"{text}: {used}" if used else text
+
+
 def latest_usage(phases: Iterable[Mapping[str, Any]]) -> str:
     """What the newest attempt that reported it used, and which attempt that was
     (``phases``: JobPhase dicts, as ``-o json`` prints them); '' when none did."""

@@ -144,4 +144,7 @@ def job_to_proto(row: JobRow, phases: list[Phase] | None = None) -> common_pb2.J
         retry_at=timestamp(row.retry_at),
         held_by=row.held_by or "" if state is JobState.PENDING else "",
         hold_reason=row.hold_reason or "" if state is JobState.PENDING else "",
+        run_seconds=row.run_seconds,
+        cpu_seconds=row.cpu_seconds,
+        peak_memory_bytes=row.peak_memory_bytes,
     )

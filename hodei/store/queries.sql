@@ -636,6 +636,7 @@ SELECT value FROM hodei.secrets WHERE name = 'installation_id';
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
        j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
+       j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
        ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
              ORDER BY d.created_at, d.id) AS waited_on_by
@@ -673,6 +674,7 @@ AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar)
 SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
        j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
        j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
+       j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
        ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
        ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
              ORDER BY d.created_at, d.id) AS waited_on_by

@@ -67,6 +67,10 @@ class JobRow:
     retried_by: list[UUID]
     # The jobs submitted to start after this one (--after).
     waited_on_by: list[UUID]
+    # What all its attempts used (sql/033).
+    run_seconds: float
+    cpu_seconds: float | None
+    peak_memory_bytes: int | None
 
 
 @dataclass(frozen=True)
