@@ -116,6 +116,11 @@ def test_report_sums_what_ended_jobs_used_by_submitter_label_provider_state_and_
         assert {key: group["jobs"] for key, group in by_state.items()} == {"SUCCEEDED": 3, "FAILED": 1, "CANCELLED": 1}
         (today,) = _groups(_report(reader, "--by", "day"))
         assert today == ended[1].astimezone(UTC).date().isoformat()
+        (week,) = _groups(_report(reader, "--by", "week"))
+        year, number, _ = ended[1].astimezone(UTC).isocalendar()
+        assert week == f"{year}-W{number:02d}"
+        months = _report(reader, "--by", "month", "--since", "60d")
+        assert [(g["key"], g["jobs"]) for g in months["groups"]] == [(ended[1].astimezone(UTC).strftime("%Y-%m"), 5)]
 
         # Filters are job list's; the window is of when jobs ended.
         assert _report(reader, "--mine")["total"]["jobs"] == 0  # the reader submitted none

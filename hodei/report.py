@@ -20,8 +20,10 @@ from hodei.errors import InvalidInput
 from hodei.store.db import fetch_all
 from hodei.store.readmodels import JobFilters, job_list_params
 
-# What a report's groups may be; ``label:KEY`` too (the values of one label).
-GROUPINGS = ("submitter", "provider", "pool", "state", "name", "day")
+# What a report's groups may be; ``label:KEY`` too (the values of one label). The
+# periods (UTC) read in time's order, the others the longest-running first.
+PERIODS = ("day", "week", "month")
+GROUPINGS = ("submitter", "provider", "pool", "state", "name", *PERIODS)
 LABEL = "label:"
 # The window when none is given: the week before its end.
 DEFAULT_WINDOW = timedelta(days=7)

@@ -1,5 +1,5 @@
 """``hodei-jobs-cli report``: what ended jobs used, by submitter, provider, pool, state,
-name, label or day (``hodei.report``)."""
+name, label or period (``hodei.report``)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _figures(group: report_pb2.UsageGroup) -> list[str]:
 def add_commands(commands: Any) -> None:
     parser = commands.add_parser(
         "report",
-        help="what ended jobs used, by submitter, provider, pool, state, name, label or day (sreport)",
+        help="what ended jobs used, by submitter, provider, pool, state, name, label, day, week or month (sreport)",
         description="Jobs that ended in a window (default: the last "
         f"{DEFAULT_WINDOW.days} days), summed by a grouping: how many ended and how; RUN TIME, how long "
         "their commands ran, every attempt; CPU USED, what their workers measured (- where none did: "

@@ -1554,6 +1554,8 @@ WITH ended AS (
     SELECT CASE %(by)s WHEN 'submitter' THEN j.actor WHEN 'provider' THEN j.provider_type
                 WHEN 'pool' THEN nullif(j.spec ->> 'pool', '') WHEN 'state' THEN j.state WHEN 'name' THEN j.name
                 WHEN 'day' THEN to_char(j.completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                WHEN 'week' THEN to_char(j.completed_at AT TIME ZONE 'UTC', 'IYYY-"W"IW')
+                WHEN 'month' THEN to_char(j.completed_at AT TIME ZONE 'UTC', 'YYYY-MM')
                 ELSE j.spec -> 'labels' ->> %(label)s::text END AS key,
            j.state, j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
            coalesce((j.spec -> 'resources' ->> 'cpu_cores')::float8, 0) AS cpu_asked,
@@ -1581,5 +1583,6 @@ WITH ended AS (
 )
 SELECT *, (count(*) FILTER (WHERE NOT total) OVER ())::int AS groups
 FROM grouped
-ORDER BY total DESC, CASE WHEN %(by)s = 'day' THEN key END, run_seconds DESC, jobs DESC, key NULLS LAST
+ORDER BY total DESC, CASE WHEN %(by)s IN ('day', 'week', 'month') THEN key END, run_seconds DESC, jobs DESC,
+         key NULLS LAST
 LIMIT %(most)s + 1;
