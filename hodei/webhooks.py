@@ -39,7 +39,7 @@ from hodei.errors import InvalidInput, InvalidTransition, NotFound
 from hodei.server.convert import job_to_proto
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, execute, fetch_all, fetch_value
-from hodei.store.history import history
+from hodei.store.history import job_at
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobRow, ReadModels
 from hodei.wire import job_dict
@@ -293,7 +293,10 @@ class Webhooks:
         if not told:
             return 0
         kind = STARTED_TYPE if state == STARTED else FINISHED
-        body = message(kind, self._job_then(row, changed))
+        try:
+            body = message(kind, self._job_then(row, changed))
+        except NotFound:  # its history deleted since it was read
+            return 0
         for hook in told:
             params = {
                 "id": derived_id("webhook-delivery", hook.id, changed.position),
@@ -313,9 +316,7 @@ class Webhooks:
         phases = self.reads.phases(row.id)
         if changed.payload["new_state"] != STARTED:
             return job_dict(job_to_proto(row, phases))
-        then = next(
-            e for e in history(self.store.pool, row.id) if e.event.aggregate_version == changed.aggregate_version
-        )
+        then = job_at(self.store.pool, row.id, changed.aggregate_version)
         return job_dict(job_to_proto(then.job, [phase for phase in phases if phase.at <= then.event.occurred_at]))
 
     def test(self, name: str) -> UUID:

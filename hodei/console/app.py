@@ -14,7 +14,8 @@ import argparse
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -341,10 +342,7 @@ class Console:
             submitter=shown["submitter"],
         )
         if shown["since"]:
-            try:
-                message.created_since.FromDatetime(since_moment(shown["since"]))
-            except InvalidInput as exc:
-                raise InvalidInput(f"since {exc.message}") from None
+            message.created_since.FromDatetime(_moment(shown, "since"))
         return message, shown
 
     async def jobs(self, request: web.Request) -> web.Response:
@@ -737,10 +735,7 @@ class Console:
         asked = report_pb2.ReportJobsRequest(by=shown["by"], label_selector=selector, submitter=shown["submitter"])
         for end in ("since", "until"):
             if shown[end]:
-                try:
-                    getattr(asked, end).FromDatetime(since_moment(shown[end]))
-                except InvalidInput as exc:
-                    raise InvalidInput(f"{end} {exc.message}") from None
+                getattr(asked, end).FromDatetime(_moment(shown, end))
         found = await self._call(request, "/hodei.jobs.ReportService/ReportJobs", asked)
         who = await self._caller(request)
         return self._page(
@@ -807,6 +802,15 @@ def _safe_next(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//"):
         return "/jobs"
     return target
+
+
+def _moment(shown: Mapping[str, str], box: str) -> datetime:
+    """A form's time box (`since`, `until`): a duration back from now or a time, refused
+    in the box's name."""
+    try:
+        return since_moment(shown[box])
+    except InvalidInput as exc:
+        raise InvalidInput(f"{box} {exc.message}") from None
 
 
 def _when(value: str | None) -> str:

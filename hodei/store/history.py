@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool
 
+from hodei.errors import NotFound
 from hodei.store import projections
 from hodei.store.db import translate_errors
 from hodei.store.events import EventRecord
@@ -85,6 +86,23 @@ def history(pool: ConnectionPool, job_id: UUID) -> list[HistoryEntry]:
             assert row is not None, f"no job row after {record.event_type}"
             entries.append(HistoryEntry(record, JobRow(**row)))
     return entries
+
+
+def job_at(pool: ConnectionPool, job_id: UUID, version: int) -> HistoryEntry:
+    """The job's row right after its event of ``version`` (``history``'s entry for it):
+    its events up to that one projected, the row read once."""
+    with _scratch(pool) as conn, conn.cursor() as writer, conn.cursor(row_factory=dict_row) as reader:
+        upto = [
+            record
+            for record in _records(conn, job_id, "events_of_job_aggregate")
+            if record.aggregate_version <= version
+        ]
+        for record in upto:
+            projections.project(writer, record)
+        row = reader.execute(query("get_job"), (job_id,)).fetchone()
+    if not upto or upto[-1].aggregate_version != version or row is None:
+        raise NotFound(f"job {job_id} has no version {version}")
+    return HistoryEntry(upto[-1], JobRow(**row))
 
 
 def _job_rows(schema: str, table: str) -> sql.Composable:
