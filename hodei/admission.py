@@ -457,5 +457,5 @@ class Admission:
                 continue  # it kept moving while this tried: the next round looks again
             if done:
                 cancelled += 1
-                log.info("cancelled job %s: %s", found.job_id, found.reason)
+                log.info("cancelled job %s: %s", found.job_id, found.reason, extra={"job_id": found.job_id})
         return cancelled

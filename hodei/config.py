@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from hodei.domain.placement import Toleration, selector_of, tolerations_of
 from hodei.domain.spec import LIMITS
 from hodei.errors import InvalidInput
+from hodei.logfields import FORMATS, LEVELS
 
 _HOST_WITH_PORT = re.compile(r"^([^:\[\]]+|\[[^\]]+\]):\d+$")
 DEFAULT_DATABASE_URL = "postgres://postgres:postgres@localhost:5432/hodei_jobs"
@@ -96,6 +97,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_SIM_MAX_WORKERS": ("1000", "simulated workers the sim provider runs at once (the API can change it)"),
     "HODEI_SIM_ENABLED": ("0", "initialise the sim provider: a simulated fleet for load tests"),
     "HODEI_LOG_DIR": ("/tmp/hodei-logs", "where job logs are stored"),
+    "HODEI_LOG_FORMAT": (
+        "text",
+        "the server's own log on stderr: `text` (a line a record) or `json` (an object a line, with the job, "
+        "saga, worker, event, API method and caller each record is about)",
+    ),
+    "HODEI_LOG_LEVEL": ("info", "the least severe of the server's records written: debug, info, warning or error"),
     "HODEI_LOG_RETENTION": ("2592000", "seconds a job's stored log is kept (30 days)"),
     "HODEI_OUTBOX_RETENTION": ("604800", "seconds published outbox rows are kept (7 days; the events stay)"),
     "HODEI_MAX_LOG_BYTES": ("1073741824", "bytes of a job's stored log; past it the rest is dropped, with a notice"),
@@ -411,6 +418,19 @@ def _auth_required(env: Mapping[str, str]) -> bool:
     if value not in {"auto", "required"}:
         raise InvalidInput(f"HODEI_AUTH must be `auto` or `required`, got `{value}`")
     return value == "required"
+
+
+def log_settings(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """HODEI_LOG_FORMAT and HODEI_LOG_LEVEL, read before the rest of the configuration so
+    that a refusal of it is written in the log's own format."""
+    env = os.environ if env is None else env
+    form = _get(env, "HODEI_LOG_FORMAT").strip().lower()
+    if form not in FORMATS:
+        raise InvalidInput(f"HODEI_LOG_FORMAT must be one of {', '.join(FORMATS)}, got `{form}`")
+    level = _get(env, "HODEI_LOG_LEVEL").strip().lower()
+    if level not in LEVELS:
+        raise InvalidInput(f"HODEI_LOG_LEVEL must be one of {', '.join(LEVELS)}, got `{level}`")
+    return form, level
 
 
 def _fair_window(env: Mapping[str, str]) -> float | None:

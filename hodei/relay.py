@@ -17,6 +17,7 @@ other processes, rows behind another relay's, retries, expired leases.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -34,6 +35,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 
 from hodei.config import RelayConfig
 from hodei.errors import LeaseLost
+from hodei.logfields import about
 from hodei.signals import Signals
 from hodei.store.db import command_transaction, execute, fetch_value, open_pool, roll_back, translate_errors
 from hodei.store.events import EventRecord, unpack
@@ -61,6 +63,21 @@ def backoff_seconds(attempt: int) -> float:
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = attempt
     return float(_BACKOFF(state))
+
+
+# The field of a row's own aggregate in the records its handling writes (its job is its
+# correlation id).
+_OWN_FIELD = {"Job": "job_id", "Saga": "saga_id", "Worker": "worker_id"}
+
+
+def _about(event: EventRecord) -> contextlib.AbstractContextManager[None]:
+    """What the records of a row's handling are about: its event, its job, and its saga or
+    worker."""
+    fields = {"event": event.event_type, "job_id": event.correlation_id}
+    own = _OWN_FIELD.get(event.aggregate_type)
+    if own is not None:
+        fields[own] = event.aggregate_id
+    return about(**fields)
 
 
 @dataclass
@@ -314,18 +331,19 @@ class Relay:
         if self.delivered is not None and delivery.attempts == 1:
             for event in delivery.events:
                 self.delivered(event, lag_ms / 1000)
-        try:
-            if route is not None and route.wants(delivery.event):
-                with command_transaction(self.pool):  # what it reads joins its first command
-                    route.handle(delivery)
-            if not delivery.ack.done:
-                with self._lock:
-                    self._to_ack.append(delivery.outbox_id)
-            self.counters.record(lag_ms)
-        except LeaseLost as exc:
-            log.warning("%s", exc)
-        except Exception as exc:
-            self._give_back(delivery, route, exc)
+        with _about(delivery.event):
+            try:
+                if route is not None and route.wants(delivery.event):
+                    with command_transaction(self.pool):  # what it reads joins its first command
+                        route.handle(delivery)
+                if not delivery.ack.done:
+                    with self._lock:
+                        self._to_ack.append(delivery.outbox_id)
+                self.counters.record(lag_ms)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+            except Exception as exc:
+                self._give_back(delivery, route, exc)
 
     def flush_acks(self) -> None:
         """Acknowledges the rows waiting for the next claim, without claiming."""

@@ -37,6 +37,7 @@ from hodei.domain.job import Job, JobState
 from hodei.domain.worker import LIVE_STATES, Worker, WorkerState
 from hodei.errors import StoreUnavailable
 from hodei.liveness import Liveness
+from hodei.logfields import about
 from hodei.providers.base import Observation, WorkerProvider
 from hodei.providers.registry import ProviderRegistry
 from hodei.retention import Retention
@@ -237,8 +238,9 @@ class Sweeper:
 
         worker = self.store.find(Worker, worker_id)
         if worker is not None:
-            log.warning("worker %s of job %s is lost: %s", worker_id, worker.job_id, reason)
-            self.store.command(Meta(actor=SYSTEM, correlation_id=worker.job_id), run)
+            with about(worker_id=worker_id, job_id=worker.job_id):
+                log.warning("worker %s of job %s is lost: %s", worker_id, worker.job_id, reason)
+                self.store.command(Meta(actor=SYSTEM, correlation_id=worker.job_id), run)
 
     def _observations(self, *, failed_only: bool = False) -> list[tuple[WorkerProvider, Observation, Recorded | None]]:
         """Each observed resource (or each one seen failing) with its worker's and job's

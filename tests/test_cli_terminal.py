@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import io
-import logging
-import sys
 
 import pytest
 from rich.console import Console
 from rich.tree import Tree
 
 from hodei.cli.terminal import Terminal, shown
-from hodei.server.main import LogRecords
 
 
 def test_control_characters_are_shown_as_escapes_but_newlines_and_tabs() -> None:
@@ -45,21 +42,3 @@ def test_on_a_terminal_what_looks_like_markup_is_shown_as_written() -> None:
     shown_on_screen = screen.getvalue()
     assert "[/x] [bold]n" in shown_on_screen
     assert "StepStarted [wait_for_slot]: step" in shown_on_screen and "/tmp/[/x]" in shown_on_screen
-
-
-def test_a_record_of_the_servers_log_is_one_line_whatever_its_message_holds() -> None:
-    """A message with text from outside can neither forge a record nor act on a terminal."""
-    formatter = LogRecords("%(levelname)s %(message)s")
-    forged = "bad\n2026-12-05 04:00:00,000 ERROR hodei.server: forged\x1b[2J"
-    record = logging.LogRecord("hodei", logging.WARNING, __file__, 1, "worker %s: %s", ("w-1", forged), None)
-    assert (
-        formatter.format(record)
-        == "WARNING worker w-1: bad\\n2026-12-05 04:00:00,000 ERROR hodei.server: forged\\x1b[2J"
-    )
-    try:
-        raise ValueError("what broke")
-    except ValueError:
-        failed = logging.LogRecord("hodei", logging.ERROR, __file__, 1, "step %s raised", ("s",), sys.exc_info())
-    lines = formatter.format(failed).splitlines()
-    assert lines[:2] == ["ERROR step s raised", "Traceback (most recent call last):"]  # a traceback keeps its lines
-    assert lines[-1] == "ValueError: what broke"

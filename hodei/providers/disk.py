@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hodei.domain.phases import size_text
+from hodei.logfields import about
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,14 @@ class DiskWatch:
                     " (--disk)"
                 )
                 self._over[use.worker_id] = reason
-            log.warning("worker %s: %s: stopping it", use.worker_id, reason)
-            try:
-                self._stop(use.worker_id)
-            except Exception as exc:  # an engine away: stopped at a later round
-                log.warning("worker %s was not stopped past its disk limit: %s", use.worker_id, exc)
-                with self._lock:
-                    self._over.pop(use.worker_id, None)
+            with about(worker_id=use.worker_id):
+                log.warning("worker %s: %s: stopping it", use.worker_id, reason)
+                try:
+                    self._stop(use.worker_id)
+                except Exception as exc:  # an engine away: stopped at a later round
+                    log.warning("worker %s was not stopped past its disk limit: %s", use.worker_id, exc)
+                    with self._lock:
+                        self._over.pop(use.worker_id, None)
 
     def why(self, worker_id: str) -> str | None:
         with self._lock:

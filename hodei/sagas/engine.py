@@ -44,6 +44,7 @@ from uuid import UUID
 from hodei.domain.base import HodeiAggregate
 from hodei.domain.saga import Saga, SagaState, SagaType, StepRecord, StepState
 from hodei.errors import ConcurrencyConflict, HodeiError, StepTimeout, StoreUnavailable
+from hodei.logfields import about, carried
 from hodei.relay import backoff_seconds
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -438,6 +439,16 @@ class SagaEngine:
         started: tuple[int, int] | None,
         performed: dict[tuple[int, int], dict[str, Any] | Exception],
     ) -> None:
+        """Moves the saga as far as it can go now; what is logged meanwhile is about it."""
+        with about(saga_id=work.saga.id, job_id=work.saga.correlation_id):
+            self._move(work, started, performed)
+
+    def _move(
+        self,
+        work: _Work,
+        started: tuple[int, int] | None,
+        performed: dict[tuple[int, int], dict[str, Any] | Exception],
+    ) -> None:
         saga = work.saga
         definition = self.definitions[saga.saga_type]
         while not saga.is_finished:
@@ -570,7 +581,7 @@ class SagaEngine:
         key: tuple[int, int],
     ) -> dict[str, Any] | Exception:
         if key not in performed:
-            future = self._actions.submit(self.store.sharing(effect.perform), step_input)
+            future = self._actions.submit(carried(self.store.sharing(effect.perform)), step_input)
             try:
                 performed[key] = future.result(timeout=timeout)
             except FutureTimeout:

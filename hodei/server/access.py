@@ -20,6 +20,7 @@ import grpc
 from psycopg_pool import ConnectionPool
 
 from hodei.errors import HodeiError, PermissionDenied, Unauthenticated
+from hodei.logfields import about
 from hodei.roles import NOBODY_CHECKED, Caller, Gate, Role, rule_of
 from hodei.server.edge import STREAMS, Streams, status_of
 from hodei.store.api_tokens import HOW_TO_GET_ONE, ApiTokens
@@ -56,7 +57,8 @@ def calling_as(who: Caller) -> Iterator[None]:
     with ``asyncio.to_thread`` inside inherit it."""
     token = _CALLER.set(who)
     try:
-        yield
+        with about(caller=who.name):
+            yield
     finally:
         _CALLER.reset(token)
 
@@ -131,7 +133,8 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
                 except HodeiError as exc:
                     await context.abort(*refuse(exc))
                 _CALLER.set(who)
-                return await behavior(request, context)
+                with about(caller=who.name):
+                    return await behavior(request, context)
 
             return call_async
 
@@ -140,9 +143,11 @@ def _guarded(handler: Any, admit: Callable[[Any], Caller], pool: ConnectionPool)
             # commit), are the caller's answer: UNAVAILABLE with its reason, not gRPC's UNKNOWN.
             try:
                 with command_transaction(pool):
-                    token = _CALLER.set(admit(context.invocation_metadata()))
+                    who = admit(context.invocation_metadata())
+                    token = _CALLER.set(who)
                     try:
-                        return behavior(request, context)
+                        with about(caller=who.name):
+                            return behavior(request, context)
                     finally:
                         _CALLER.reset(token)
             except HodeiError as exc:

@@ -32,6 +32,7 @@ from hodei.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
+from hodei.logfields import about
 from hodei.roles import Caller
 
 log = logging.getLogger(__name__)
@@ -245,9 +246,10 @@ def rpc(method: F) -> F:
             # read the stop's "Cancelling all calls" five seconds later.
             try:
                 refuse_nul(request)
-                async with contextlib.aclosing(method(self, request, context)) as items:
-                    async for item in items:
-                        await context.write(item)
+                with about(rpc=method.__qualname__):
+                    async with contextlib.aclosing(method(self, request, context)) as items:
+                        async for item in items:
+                            await context.write(item)
             except asyncio.CancelledError:
                 why = STREAMS.why_ended(asyncio.current_task())
                 if why is None:
@@ -280,7 +282,8 @@ def rpc(method: F) -> F:
         async def async_unary(self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> object:
             try:
                 refuse_nul(request)
-                return await method(self, request, context)
+                with about(rpc=method.__qualname__):
+                    return await method(self, request, context)
             except Exception as exc:
                 if _passes(exc):
                     raise
@@ -292,7 +295,8 @@ def rpc(method: F) -> F:
     def unary(self: object, request: object, context: grpc.ServicerContext) -> object:
         try:
             refuse_nul(request)
-            return method(self, request, context)
+            with about(rpc=method.__qualname__):
+                return method(self, request, context)
         except Exception as exc:
             if _passes(exc):
                 raise

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hodei import config as configuration
+from hodei import logfields
 from hodei._proto import (
     jobs_pb2,
     jobs_pb2_grpc,
@@ -43,7 +44,6 @@ from hodei._proto import (
     worker_pb2_grpc,
 )
 from hodei.cli.access import add_token_commands
-from hodei.cli.terminal import one_line
 from hodei.console.api import Api
 from hodei.errors import HodeiError, InvalidInput
 from hodei.server.edge import STREAMS
@@ -326,11 +326,14 @@ async def _add_services(
     return health_servicer, servicers
 
 
-def _serve(cfg: configuration.Config) -> int:
+def _serve(cfg: configuration.Config, *, banner: bool) -> int:
+    """``banner``: the seed's greeting on stdout first (not in a JSON log, whose every line a
+    collector parses)."""
     from hodei.server.runtime import Runtime
     from hodei.store.api_tokens import ApiTokens
 
-    print(BANNER, flush=True)
+    if banner:
+        print(BANNER, flush=True)
     log.info("hodei-server %s", version("hodei-jobs"))
     _schema(cfg)
     check_connections(cfg)
@@ -558,16 +561,13 @@ def _secrets(cfg: configuration.Config, args: argparse.Namespace) -> int:
     return 0
 
 
-class LogRecords(logging.Formatter):
-    """A record a line: its message's control characters escaped, newlines too (a
-    traceback keeps its lines). A message carries text from outside (a worker's report,
-    a provider's or PostgreSQL's error): it can then neither forge a record of the log
-    nor act on the terminal that shows it, and a reader (journald, a collector) sees one
-    record where psycopg's two-line errors made two."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = one_line(record.message)
-        return super().formatMessage(record)
+def _refused(form: str, message: str) -> None:
+    """Why the command stops: a line of the log's own format, for the collector that reads a
+    JSON log; a person's `hodei-server: …` line otherwise."""
+    if form == "json":
+        log.critical("%s", message)
+    else:
+        print(f"hodei-server: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -598,9 +598,12 @@ def main(argv: list[str] | None = None) -> None:
     purge = secrets_actions.add_parser("purge", help="shred a job's secrets now (they cannot be recovered)")
     purge.add_argument("--job", required=True, help="the job id")
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(LogRecords("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    try:
+        form, level = configuration.log_settings()
+    except InvalidInput as exc:
+        print(f"hodei-server: {exc.message}", file=sys.stderr)
+        sys.exit(EXIT_MISCONFIGURED)
+    logfields.configure(form, level)
     try:
         try:
             cfg = configuration.load()
@@ -618,12 +621,12 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "secrets":
             code = _secrets(cfg, args)
         else:
-            code = _serve(cfg)
+            code = _serve(cfg, banner=form == "text")
     except (Misconfigured, NewerDatabase) as exc:
-        print(f"hodei-server: {exc}", file=sys.stderr)
+        _refused(form, str(exc))
         code = EXIT_MISCONFIGURED
     except HodeiError as exc:
-        print(f"hodei-server: {exc}", file=sys.stderr)
+        _refused(form, str(exc))
         code = 1
     sys.exit(code)
 

@@ -40,6 +40,7 @@ from hodei.execs import ExecResults
 from hodei.faults import Faults
 from hodei.inputs import INPUT_NAME, read_input
 from hodei.liveness import Liveness, Pace, Usage
+from hodei.logfields import about
 from hodei.logs import STDERR, STDOUT, LogLine, LogNotStored, LogStore
 from hodei.metrics import PlatformMetrics
 from hodei.providers.registry import ProviderRegistry
@@ -192,7 +193,8 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         meta = Meta(actor=worker_actor(worker_id), correlation_id=request.job_id, done=only_pokes)
         worker, session_nonce = self.engine.change_job(meta, register)
         self.faults.point("register-committed")
-        log.info("worker %s registered for job %s", worker.id, worker.job_id)
+        fields = {"worker_id": str(worker.id), "job_id": worker.job_id}
+        log.info("worker %s registered for job %s", worker.id, worker.job_id, extra=fields)
         return worker_pb2.RegisterResponse(
             session_token=self.signer.session_token(str(worker.id), session_nonce),
             heartbeat_interval_ms=int(interval * 1000),
@@ -212,8 +214,9 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
             worker, state = await asyncio.to_thread(self._open, metadata, waiter)
             if self._poller is None:
                 self._poller = asyncio.get_running_loop().create_task(self._poll_sessions())
-            async for message in WorkerSession(self, worker).run(request_iterator, waiter, state):
-                yield message
+            with about(worker_id=worker.id, job_id=worker.job_id):
+                async for message in WorkerSession(self, worker).run(request_iterator, waiter, state):
+                    yield message
 
     def _open(self, metadata: dict[str, str], waiter: AsyncWaiter) -> tuple[Worker, SessionState | None]:
         """The worker whose session the metadata proves, and its first state, in one
@@ -256,7 +259,7 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         try:
             stored = await received(request_iterator, "header", begin, Upload.finish)
         except OSError as exc:  # the artifacts' disk full or unwritable: the job goes on
-            log.error("could not store an artifact of job %s: %s", worker.job_id, exc)
+            log.error("could not store an artifact of job %s: %s", worker.job_id, exc, extra={"job_id": worker.job_id})
             raise ArtifactRefused(f"the server could not store it ({exc.strerror or exc})") from None
         self.metrics.artifact_bytes.inc(stored.size_bytes)
         return worker_pb2.StoredArtifact(name=stored.name, size_bytes=stored.size_bytes, sha256=stored.sha256)
