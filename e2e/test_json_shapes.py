@@ -116,7 +116,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("limit list", ["limit", "list"], 0),
     (LIMIT, ["limit", "delete", "shapes"], 0),
     # Port 9 (discard) refuses on loopback: the test's first attempt fails at once (exit 1).
-    ("webhook set", ["webhook", "set", "shapes", "--url", "http://127.0.0.1:9/hook"], 0),
+    ("webhook set|rotate", ["webhook", "set", "shapes", "--url", "http://127.0.0.1:9/hook"], 0),
+    ("webhook set|rotate", ["webhook", "rotate", "shapes", "--overlap", "1h"], 0),
     ("webhook get", ["webhook", "get", "shapes"], 0),
     ("webhook list", ["webhook", "list"], 0),
     ("webhook test|redeliver", ["webhook", "test", "shapes"], 1),

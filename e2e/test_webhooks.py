@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 from standardwebhooks import Webhook as Verifier
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from hodei.devdb import free_port
 from hodei.testing import ServerProcess, eventually
@@ -77,13 +78,17 @@ def define(server: ServerProcess, name: str, url: str, *flags: str) -> str:
     return line.removeprefix("Signing secret: ")
 
 
+def signature(secret: str, headers: dict[str, str], body: bytes) -> str:
+    """The message's signature by ``secret``, made by hand as the specification says."""
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
 def verified(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
     """The message, its signature checked by the specification's library and by hand."""
     message: dict[str, Any] = Verifier(secret).verify(body, headers)
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    assert headers["webhook-signature"] == f"v1,{digest}"
+    assert headers["webhook-signature"] == signature(secret, headers, body)
     assert headers["content-type"] == "application/json"
     return message
 
@@ -300,3 +305,54 @@ def test_the_console_lists_webhooks_sends_a_test_and_sends_a_message_again(
     deleted = browser.post(f"{server.http_url}/webhooks/console-hook/delete", timeout=30)
     assert deleted.ok and deleted.url.endswith("/webhooks") and 'data-webhook="console-hook"' not in deleted.text
     assert server.cli("webhook", "get", "console-hook").returncode == 2
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_for_its_overlap(server: ServerProcess, receiver: Receiver) -> None:
+    def rotate(overlap: str) -> tuple[str, str]:
+        rotated = server.cli("webhook", "rotate", "rolling", "--overlap", overlap, check=True)
+        (line,) = [line for line in rotated.stdout.splitlines() if line.startswith("Signing secret: ")]
+        assert "it is not shown again" in rotated.stderr
+        return line.removeprefix("Signing secret: "), rotated.stdout
+
+    def tested() -> tuple[dict[str, str], bytes]:
+        receiver.received.clear()
+        server.cli("webhook", "test", "rolling", check=True)
+        ((_, headers, body),) = receiver.received
+        return headers, body
+
+    first = define(server, "rolling", f"{receiver.url}/a")
+    second, shown = rotate("1h")
+    assert second.startswith("whsec_") and second != first
+    assert "Previous secret: signs too until " in shown
+    # For the overlap, two signatures: the new secret's, then the old one's; a receiver
+    # holding either accepts the message. A new URL keeps both.
+    server.cli("webhook", "set", "rolling", "--url", f"{receiver.url}/b", check=True)
+    headers, body = tested()
+    assert headers["webhook-signature"] == f"{signature(second, headers, body)} {signature(first, headers, body)}"
+    for secret in (first, second):
+        assert Verifier(secret).verify(body, headers)["type"] == "webhook.test"
+    (listed,) = json.loads(server.cli("-o", "json", "webhook", "list", check=True).stdout)
+    assert listed["url"] == f"{receiver.url}/b" and listed["previous_secret_until"]
+    page = requests.get(f"{server.http_url}/webhooks/rolling", headers={"Accept": "text/html"}, timeout=30)
+    assert page.ok and 'id="previous-secret"' in page.text
+    # Rotated again without an overlap: the newest alone signs, and the one before stops.
+    third, _ = rotate("0")
+    headers, body = tested()
+    assert verified(third, headers, body)["type"] == "webhook.test"
+    with pytest.raises(WebhookVerificationError):
+        Verifier(second).verify(body, headers)
+    got = json.loads(server.cli("-o", "json", "webhook", "get", "rolling", check=True).stdout)
+    assert got["webhook"]["previous_secret_until"] is None
+    said = server.cli("audit", "--kind", "webhook", check=True).stdout
+    assert "signing secret rotated: the old one signs too until " in said
+    assert "signing secret rotated: the old one stopped" in said
+    # Bad input, refused before anything changes (exit 2, as every refusal).
+    for flags, error in (
+        (["rolling", "--overlap", "8d"], "the overlap must be between 0 and 7 days, got 691200 s"),
+        (["rolling", "--overlap", "-1h"], "takes seconds or a duration"),
+        (["nowhere"], "webhook 'nowhere' not found"),
+    ):
+        refused = server.cli("webhook", "rotate", *flags)
+        assert refused.returncode == 2 and error in refused.stderr, refused.stderr
+    headers, body = tested()
+    assert verified(third, headers, body)["type"] == "webhook.test"

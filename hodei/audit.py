@@ -101,6 +101,11 @@ def said(event_type: str, p: Mapping[str, Any]) -> str:
             return f"created: {_webhook(p)}"
         case "WebhookChanged":
             return f"set: {_webhook(p)}"
+        case "WebhookSecretRotated":
+            until = p.get("previous_until")
+            return "signing secret rotated: " + (
+                f"the old one signs too until {until}" if until else "the old one stopped"
+            )
         case "CronJobCreated":
             return f"created: {_cron(p)}"
         case "CronJobRedefined":

@@ -158,6 +158,7 @@ RULES: dict[str, Role | Gate] = {
     _WH + "GetWebhook": Role.ADMIN,
     _WH + "DeleteWebhook": Role.ADMIN,
     _WH + "TestWebhook": Role.ADMIN,
+    _WH + "RotateWebhookSecret": Role.ADMIN,
     _WH + "Redeliver": Role.ADMIN,
     # Who changed what is the operators' to read (a token's name beside each change).
     _AU + "ListChanges": Role.OPERATE,

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +28,7 @@ from hodei.domain.webhook import (
     MAX_WEBHOOKS,
     STARTED,
     Webhook,
+    check_overlap,
     check_selector,
     check_states,
     check_url,
@@ -79,10 +80,12 @@ class WebhookRow:
 
 @dataclass(frozen=True)
 class Defined:
-    """A webhook as its admins see it: its URL opened."""
+    """A webhook as its admins see it: its URL opened; until when the secret its last
+    rotation replaced signs too (None: it does not)."""
 
     row: WebhookRow
     url: str
+    previous_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,11 @@ class Due:
 
 @dataclass(frozen=True)
 class Target:
+    """Where a webhook's messages go, and the secrets that sign each: its own, then the one
+    its rotation replaced while that still signs."""
+
     url: str
-    secret: str
+    secrets: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,14 @@ class _Event:
 def new_secret() -> str:
     """A signing secret as the Standard Webhooks specification writes one."""
     return SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode("ascii")
+
+
+def _previous_until(opened: Mapping[str, str]) -> datetime | None:
+    """Until when a webhook's rotated secret signs beside its own; None once it no longer does."""
+    until = opened.get("previous_until")
+    if until is None or datetime.fromisoformat(until) <= datetime.now(UTC):
+        return None
+    return datetime.fromisoformat(until)
 
 
 def message(kind: str, data: Mapping[str, Any]) -> str:
@@ -179,20 +193,46 @@ class Webhooks:
             opened = None if hook is None or hook.deleted else self._open(name, hook.sealed)
             if opened is None and existing >= MAX_WEBHOOKS:
                 raise InvalidTransition(f"there are {MAX_WEBHOOKS} webhooks, the most there may be: delete one first")
-            secret = new_secret() if opened is None else opened["secret"]
+            # A new URL keeps the secrets: its own, and one a rotation replaced still signing.
+            values = {"secret": new_secret()} if opened is None else dict(opened)
             if hook is not None and opened is not None and opened["url"] == url:
                 sealed = hook.sealed
             else:
-                sealed = self.secrets.seal(webhook_id(name), {"url": url, "secret": secret})
+                sealed = self.secrets.seal(webhook_id(name), {**values, "url": url})
             if hook is None:
                 hook = Webhook.create(name, origin_of(url), sealed, wanted, terms)
             else:
                 hook.change(origin_of(url), sealed, wanted, terms)
-            made = secret if opened is None else ""
+            made = values["secret"] if opened is None else ""
             return None, [hook]
 
         self.store.command(Meta(actor=actor), run)
         return self.get(name), made
+
+    def rotate(self, name: str, overlap: float, actor: str) -> tuple[Defined, str]:
+        """A new signing secret, answered; the one it replaces signs too for ``overlap``
+        seconds (a second signature on each message), so that a receiver can be given the
+        new one while messages go on arriving. A previous secret still signing from an
+        earlier rotation stops: two sign at most."""
+        check_name(name, "a webhook")
+        overlap = check_overlap(overlap)
+        secret = new_secret()
+
+        def run() -> tuple[None, list[Webhook]]:
+            hook = self.store.find(Webhook, webhook_id(name))
+            if hook is None or hook.deleted:
+                raise NotFound(f"webhook {name[:80]!r} not found (`webhook list` shows them)")
+            opened = self._open(name, hook.sealed)
+            values = {"url": opened["url"], "secret": secret}
+            until = None
+            if overlap > 0:
+                until = (datetime.now(UTC) + timedelta(seconds=overlap)).isoformat(timespec="seconds")
+                values |= {"previous": opened["secret"], "previous_until": until}
+            hook.rotate(self.secrets.seal(webhook_id(name), values), until)
+            return None, [hook]
+
+        self.store.command(Meta(actor=actor), run)
+        return self.get(name), secret
 
     def delete(self, name: str, actor: str) -> Defined:
         """Shreds its URL and secret (its key): its pending messages can no longer be sent
@@ -226,7 +266,8 @@ class Webhooks:
         return fetch_all(self.store.pool, "webhooks", params, WebhookRow)
 
     def _defined(self, row: WebhookRow) -> Defined:
-        return Defined(row, self._open(row.name, row.sealed)["url"])
+        opened = self._open(row.name, row.sealed)
+        return Defined(row, opened["url"], _previous_until(opened))
 
     def _open(self, name: str, sealed: Mapping[str, str]) -> dict[str, str]:
         return self.secrets.open_sealed(webhook_id(name), sealed, f"webhook {name}")
@@ -240,7 +281,8 @@ class Webhooks:
             opened = self._open(name, rows[0].sealed)
         except SecretsPurged:
             return None
-        return Target(opened["url"], opened["secret"])
+        previous = (opened["previous"],) if _previous_until(opened) is not None else ()
+        return Target(opened["url"], (opened["secret"], *previous))
 
     # Messages -------------------------------------------------------------------------
 

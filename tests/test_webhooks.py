@@ -5,6 +5,7 @@ attempts, retries and end. Sending over HTTP is e2e/test_webhooks'."""
 from __future__ import annotations
 
 import base64
+import math
 import threading
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
@@ -19,7 +20,7 @@ from hodei.cron import CronJobs
 from hodei.domain.job import Job
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import JobSpec, LabelSelector
-from hodei.domain.webhook import ENDINGS, check_selector, check_states, check_url, origin_of
+from hodei.domain.webhook import ENDINGS, Webhook, check_selector, check_states, check_url, origin_of, webhook_id
 from hodei.errors import InvalidInput, InvalidTransition, NotFound
 from hodei.limits import Limits
 from hodei.metrics import PlatformMetrics
@@ -29,7 +30,7 @@ from hodei.store.db import command_transaction, fetch_value
 from hodei.store.job_secrets import JobSecrets
 from hodei.store.readmodels import ReadModels
 from hodei.testing import conninfo, query
-from hodei.webhooks import FINISHED, MAX_ATTEMPTS, RETRY_AFTER, Webhooks
+from hodei.webhooks import FINISHED, MAX_ATTEMPTS, RETRY_AFTER, Target, Webhooks
 
 URL = "https://hooks.example.com/services/T000/B000/tok3n-in-the-path?key=k3y-in-the-query"
 
@@ -142,7 +143,7 @@ def test_a_webhooks_url_and_secret_enter_the_log_only_sealed(store: HodeiStore, 
     for hidden in ("tok3n-in-the-path", "k3y-in-the-query", secret, secret.removeprefix("whsec_")):
         assert hidden not in logged
     target = webhooks.target("chat")
-    assert target is not None and (target.url, target.secret) == (URL, secret)
+    assert target is not None and (target.url, target.secrets) == (URL, (secret,))
 
 
 def test_set_again_keeps_the_secret_and_writes_nothing_unless_it_changed(store: HodeiStore, webhooks: Webhooks) -> None:
@@ -154,7 +155,7 @@ def test_set_again_keeps_the_secret_and_writes_nothing_unless_it_changed(store: 
     assert again == "" and query(conninfo(store.pool), count) == [(2,)]
     assert (moved.url, moved.row.states, moved.row.changed_by) == ("http://127.0.0.1:1/other", ["SUCCEEDED"], "ops")
     target = webhooks.target("chat")
-    assert target is not None and target.secret == secret
+    assert target is not None and target.secrets == (secret,)
 
 
 def test_delete_shreds_the_url_and_secret_and_a_new_one_gets_a_new_secret(webhooks: Webhooks) -> None:
@@ -168,6 +169,53 @@ def test_delete_shreds_the_url_and_secret_and_a_new_one_gets_a_new_secret(webhoo
     _, second = webhooks.set("chat", URL, [], [], "root")
     assert second.startswith("whsec_") and second != first
     assert [found.row.name for found in webhooks.all()] == ["chat"]
+
+
+def test_a_rotated_secret_signs_beside_its_successor_until_its_overlap_ends(
+    store: HodeiStore, webhooks: Webhooks
+) -> None:
+    _, first = webhooks.set("chat", URL, [], [], "root")
+    rotated, second = webhooks.rotate("chat", 3600, "ops")
+    assert second.startswith("whsec_") and second != first
+    assert rotated.previous_until is not None
+    assert timedelta(minutes=59) < rotated.previous_until - datetime.now(UTC) <= timedelta(hours=1)
+    assert (rotated.url, rotated.row.changed_by) == (URL, "ops")
+    assert webhooks.target("chat") == Target(URL, (second, first))
+    logged = " ".join(str(text) for (text,) in query(conninfo(store.pool), "SELECT payload::text FROM domain_events"))
+    assert first not in logged and second not in logged
+    # Rotated again: two secrets sign at most, the one just replaced beside the new one.
+    _, third = webhooks.rotate("chat", 60, "ops")
+    assert webhooks.target("chat") == Target(URL, (third, second))
+    # An overlap that has run out: the old secret signs no more, and none is said to.
+    sealed = webhooks.secrets.seal(
+        webhook_id("chat"),
+        {"url": URL, "secret": third, "previous": second, "previous_until": "2026-01-01T00:00:00+00:00"},
+    )
+    store.command(Meta(actor="ops"), lambda: (None, [_rotated(store, sealed)]))
+    assert webhooks.target("chat") == Target(URL, (third,))
+    assert webhooks.get("chat").previous_until is None
+    _, fourth = webhooks.rotate("chat", 0, "ops")
+    assert webhooks.target("chat") == Target(URL, (fourth,))
+    events = "SELECT count(*) FROM domain_events WHERE aggregate_type = 'Webhook'"
+    (before,) = query(conninfo(store.pool), events)
+    for name, overlap, error in (
+        ("chat", -1.0, InvalidInput),
+        ("chat", 8 * 86400.0, InvalidInput),
+        ("chat", math.nan, InvalidInput),
+        ("nobody", 60.0, NotFound),
+    ):
+        with pytest.raises(error):
+            webhooks.rotate(name, overlap, "ops")
+    webhooks.delete("chat", "root")
+    with pytest.raises(NotFound):
+        webhooks.rotate("chat", 60, "ops")
+    assert query(conninfo(store.pool), events) == [(before[0] + 1,)]  # the deletion only
+
+
+def _rotated(store: HodeiStore, sealed: dict[str, str]) -> Webhook:
+    hook = store.load(Webhook, webhook_id("chat"))
+    hook.rotate(sealed, "2026-01-01T00:00:00+00:00")
+    return hook
 
 
 def test_a_bad_definition_writes_nothing(store: HodeiStore, webhooks: Webhooks) -> None:

@@ -25,6 +25,29 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OVERLAP_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    overlap_seconds: _builtins.float
+    """How long the replaced secret goes on signing, 0 to 7 days (0: it stops at once)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        overlap_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "overlap_seconds", b"overlap_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
 class SetWebhookRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -69,7 +92,9 @@ class SetWebhookResponse(_message.Message):
     WEBHOOK_FIELD_NUMBER: _builtins.int
     SIGNING_SECRET_FIELD_NUMBER: _builtins.int
     signing_secret: _builtins.str
-    """`whsec_...`, only when the webhook was created (or set again after its deletion)."""
+    """`whsec_...`, only when the webhook was created (or set again after its deletion), or its
+    secret rotated.
+    """
     @_builtins.property
     def webhook(self) -> Global___Webhook: ...
     def __init__(
@@ -172,6 +197,7 @@ class Webhook(_message.Message):
     PENDING_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     DELIVERED_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SECRET_UNTIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     url: _builtins.str
     changed_by: _builtins.str
@@ -185,6 +211,10 @@ class Webhook(_message.Message):
     def label_selector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def previous_secret_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while the secret a rotation replaced still signs (a second signature): until then."""
+
     def __init__(
         self,
         *,
@@ -197,10 +227,11 @@ class Webhook(_message.Message):
         pending: _builtins.int = ...,
         failed: _builtins.int = ...,
         delivered: _builtins.int = ...,
+        previous_secret_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "previous_secret_until", b"previous_secret_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "delivered", b"delivered", "failed", b"failed", "label_selector", b"label_selector", "name", b"name", "pending", b"pending", "states", b"states", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "delivered", b"delivered", "failed", b"failed", "label_selector", b"label_selector", "name", b"name", "pending", b"pending", "previous_secret_until", b"previous_secret_until", "states", b"states", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

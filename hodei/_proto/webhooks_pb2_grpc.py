@@ -65,6 +65,11 @@ class WebhookServiceStub:
                 request_serializer=hodei_dot_jobs_dot_webhooks__pb2.RedeliverRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_webhooks__pb2.WebhookDelivery.FromString,
                 _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/hodei.jobs.WebhookService/RotateWebhookSecret',
+                request_serializer=hodei_dot_jobs_dot_webhooks__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_webhooks__pb2.SetWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -112,6 +117,15 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateWebhookSecret(self, request, context):
+        """A new signing secret, answered once; the one it replaces signs each message too (a
+        second signature) for the overlap, so receivers can take the new one without missing
+        a message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +158,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.Redeliver,
                     request_deserializer=hodei_dot_jobs_dot_webhooks__pb2.RedeliverRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_webhooks__pb2.WebhookDelivery.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=hodei_dot_jobs_dot_webhooks__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_webhooks__pb2.SetWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +327,33 @@ class WebhookService:
             '/hodei.jobs.WebhookService/Redeliver',
             hodei_dot_jobs_dot_webhooks__pb2.RedeliverRequest.SerializeToString,
             hodei_dot_jobs_dot_webhooks__pb2.WebhookDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.WebhookService/RotateWebhookSecret',
+            hodei_dot_jobs_dot_webhooks__pb2.RotateWebhookSecretRequest.SerializeToString,
+            hodei_dot_jobs_dot_webhooks__pb2.SetWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class WebhookServiceStub:
     """A `webhook.test` message, sent at once; answered once it was tried (or after 15 s)."""
     Redeliver: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.RedeliverRequest, _webhooks_pb2.WebhookDelivery]
     """A message sent again at once, its attempts counted anew."""
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.RotateWebhookSecretRequest, _webhooks_pb2.SetWebhookResponse]
+    """A new signing secret, answered once; the one it replaces signs each message too (a
+    second signature) for the overlap, so receivers can take the new one without missing
+    a message.
+    """
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -66,6 +71,11 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """A `webhook.test` message, sent at once; answered once it was tried (or after 15 s)."""
     Redeliver: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.RedeliverRequest, _webhooks_pb2.WebhookDelivery]  # type: ignore[assignment]
     """A message sent again at once, its attempts counted anew."""
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.RotateWebhookSecretRequest, _webhooks_pb2.SetWebhookResponse]  # type: ignore[assignment]
+    """A new signing secret, answered once; the one it replaces signs each message too (a
+    second signature) for the overlap, so receivers can take the new one without missing
+    a message.
+    """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -116,5 +126,16 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhooks_pb2.WebhookDelivery, _abc.Awaitable[_webhooks_pb2.WebhookDelivery]]:
         """A message sent again at once, its attempts counted anew."""
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _webhooks_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.SetWebhookResponse, _abc.Awaitable[_webhooks_pb2.SetWebhookResponse]]:
+        """A new signing secret, answered once; the one it replaces signs each message too (a
+        second signature) for the overlap, so receivers can take the new one without missing
+        a message.
+        """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -138,7 +138,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "audit": (_array(message_schema(audit_pb2.Change.DESCRIPTOR)), False),
     "report": (message_schema(report_pb2.JobsReport.DESCRIPTOR), False),
     "webhook list": (_array(message_schema(webhooks_pb2.Webhook.DESCRIPTOR)), False),
-    "webhook set": (message_schema(webhooks_pb2.SetWebhookResponse.DESCRIPTOR), False),
+    "webhook set|rotate": (message_schema(webhooks_pb2.SetWebhookResponse.DESCRIPTOR), False),
     "webhook get": (message_schema(webhooks_pb2.WebhookDetail.DESCRIPTOR), False),
     "webhook delete": (message_schema(webhooks_pb2.Webhook.DESCRIPTOR), False),
     "webhook test|redeliver": (message_schema(webhooks_pb2.WebhookDelivery.DESCRIPTOR), False),

@@ -7,16 +7,18 @@ from typing import Any
 
 from hodei._proto import webhooks_pb2
 from hodei.cli.client import Client
-from hodei.cli.parsing import comma_list
+from hodei.cli.parsing import comma_list, duration
 from hodei.cli.terminal import Terminal, when
 from hodei.domain.base import check_name
-from hodei.domain.webhook import ENDINGS, STARTED, check_selector, check_states, check_url
+from hodei.domain.webhook import ENDINGS, STARTED, check_overlap, check_selector, check_states, check_url
 from hodei.wire import message_dict
 
 
 def _check(args: argparse.Namespace) -> None:
     """Refuses before connecting what the server would (its own rules)."""
     check_name(args.name, "a webhook")
+    if args.action == "rotate":
+        check_overlap(args.overlap)
     if args.action == "set":
         check_url(args.url)
         check_states(args.on)
@@ -45,6 +47,16 @@ def webhook(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         if answer.signing_secret:
             term.line(f"Signing secret: {answer.signing_secret}")
             term.info("keep it where the receiver checks signatures: it is not shown again")
+        return 0
+    if args.action == "rotate":
+        rotation = webhooks_pb2.RotateWebhookSecretRequest(name=args.name, overlap_seconds=args.overlap)
+        answer = client.call(service.RotateWebhookSecret, rotation)
+        if term.json:
+            term.data(message_dict(answer))
+            return 0
+        _describe(term, answer.webhook)
+        term.line(f"Signing secret: {answer.signing_secret}")
+        term.info("give it to the receiver: it is not shown again")
         return 0
     if args.action == "get":
         detail = client.call(service.GetWebhook, webhooks_pb2.WebhookRequest(name=args.name))
@@ -92,6 +104,8 @@ def _describe(term: Terminal, hook: webhooks_pb2.Webhook) -> None:
     term.line(f"On: {', '.join(hook.states)}")
     term.line(f"Labels: {' '.join(hook.label_selector) or '- (every job)'}")
     term.line(f"Changed: {when(hook, 'changed_at')} by {hook.changed_by or '-'}")
+    if hook.HasField("previous_secret_until"):
+        term.line(f"Previous secret: signs too until {when(hook, 'previous_secret_until')}")
     term.line(f"Messages: {hook.pending} pending, {hook.failed} failed, {hook.delivered} delivered")
 
 
@@ -153,6 +167,26 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("name", help="the webhook's name")
         parser.set_defaults(handler=webhook, prepare=_check)
     set_hook.set_defaults(handler=webhook, prepare=_check)
+    rotate = hooks.add_parser(
+        "rotate",
+        help="give a webhook a new signing secret; the old one signs too for the overlap",
+        description=(
+            "Prints a new signing secret. For the overlap each message carries two signatures (the "
+            "Standard Webhooks header's space-separated list), the new secret's and the old one's, so the "
+            "receiver may be given the new secret at any time within it without refusing a message; then "
+            "the old one stops. A secret still signing from an earlier rotation stops at once."
+        ),
+    )
+    rotate.add_argument("name", help="the webhook's name")
+    rotate.add_argument(
+        "--overlap",
+        type=duration,
+        default=86400.0,
+        metavar="DURATION",
+        help="how long the old secret goes on signing: seconds or e.g. 1h, 2d (default 24h; 0: it stops now; "
+        "at most 7d)",
+    )
+    rotate.set_defaults(handler=webhook, prepare=_check)
     redeliver = hooks.add_parser("redeliver", help="send a message again now (its attempts counted anew)")
     redeliver.add_argument("delivery_id", metavar="ID", help="a message's id (`webhook get NAME` lists them)")
     redeliver.set_defaults(handler=webhook)

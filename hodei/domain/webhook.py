@@ -30,6 +30,9 @@ MAX_URL_LENGTH = 2048
 ENDINGS = tuple(state.value for state in sorted(TERMINAL_STATES, key=lambda state: state.value))
 STARTED = JobState.RUNNING.value
 STATES = (STARTED, *ENDINGS)
+# How long a rotated secret may go on signing beside its successor (Stripe's roll allows a
+# day; a week covers receivers deployed weekly).
+MAX_OVERLAP_SECONDS = 7 * 86400.0
 
 
 def webhook_id(name: str) -> UUID:
@@ -64,6 +67,12 @@ def origin_of(url: str) -> str:
         return "?"
     host = parts.hostname or ""
     return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}"
+
+
+def check_overlap(seconds: float) -> float:
+    if not 0 <= seconds <= MAX_OVERLAP_SECONDS:  # NaN fails too
+        raise InvalidInput(f"the overlap must be between 0 and {MAX_OVERLAP_SECONDS / 86400:g} days, got {seconds:g} s")
+    return seconds
 
 
 def check_states(states: Iterable[str]) -> tuple[str, ...]:
@@ -134,6 +143,20 @@ class Webhook(HodeiAggregate):
                 name=self.name, origin=origin, sealed=sealed, states=list(states), label_selector=list(label_selector)
             )
 
+    def rotate(self, sealed: dict[str, str], previous_until: str | None) -> None:
+        """A new signing secret (``sealed`` holds it, and the one it replaces while that
+        still signs: until ``previous_until``, None when it stops at once)."""
+        if self.deleted:
+            raise InvalidTransition(f"webhook {self.name} was deleted")
+        self._rotated(
+            name=self.name,
+            origin=self.origin,
+            sealed=sealed,
+            states=self.states,
+            label_selector=self.label_selector,
+            previous_until=previous_until,
+        )
+
     def delete(self) -> None:
         if self.deleted:
             raise InvalidTransition(f"webhook {self.name} was already deleted")
@@ -149,6 +172,21 @@ class Webhook(HodeiAggregate):
         self.states = states
         self.label_selector = label_selector
         self.deleted = False
+
+    # Its whole definition, as WebhookChanged's: the webhooks' query reads each webhook's
+    # latest event. ``previous_until`` is said in the clear for the audit; what signs reads
+    # it sealed, beside the secret.
+    @event("WebhookSecretRotated")
+    def _rotated(
+        self,
+        name: str,
+        origin: str,
+        sealed: dict[str, str],
+        states: list[str],
+        label_selector: list[str],
+        previous_until: str | None,
+    ) -> None:
+        self.sealed = sealed
 
     @event("WebhookDeleted")
     def _deleted(self, name: str) -> None:

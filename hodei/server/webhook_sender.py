@@ -29,12 +29,14 @@ ANSWER_TIMEOUT = 10.0
 IDLE = 1.0
 
 
-def signed_headers(due: Due, secret: str, now: datetime) -> dict[str, str]:
+def signed_headers(due: Due, secrets: tuple[str, ...], now: datetime) -> dict[str, str]:
+    """A signature by each secret, space-separated (the specification's way through a
+    rotation: a receiver accepts the message when one of them is its secret's)."""
     return {
         "content-type": "application/json",
         "webhook-id": str(due.id),
         "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Signer(secret).sign(str(due.id), now, due.body),
+        "webhook-signature": " ".join(Signer(secret).sign(str(due.id), now, due.body) for secret in secrets),
     }
 
 
@@ -68,7 +70,7 @@ async def _attempt(session: aiohttp.ClientSession, webhooks: Webhooks, due: Due,
     status: int | None = None
     error = ""
     try:
-        headers = signed_headers(due, target.secret, datetime.now(UTC))
+        headers = signed_headers(due, target.secrets, datetime.now(UTC))
         async with session.post(target.url, data=due.body.encode(), headers=headers, allow_redirects=False) as answer:
             status = answer.status
             if not 200 <= status < 300:

@@ -1,5 +1,5 @@
-"""hodei.jobs.WebhookService: webhooks set, listed, tested and deleted, their messages
-sent again."""
+"""hodei.jobs.WebhookService: webhooks set, listed, tested, deleted and their secrets
+rotated, their messages sent again."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def _webhook(defined: Defined) -> webhooks_pb2.Webhook:
         pending=row.pending,
         failed=row.failed,
         delivered=row.delivered,
+        previous_secret_until=timestamp(defined.previous_until),
     )
 
 
@@ -62,6 +63,13 @@ class WebhookService(webhooks_pb2_grpc.WebhookServiceServicer):
         defined, secret = self.webhooks.set(
             request.name, request.url, request.states, request.label_selector, caller().name
         )
+        return webhooks_pb2.SetWebhookResponse(webhook=_webhook(defined), signing_secret=secret)
+
+    @rpc
+    def RotateWebhookSecret(
+        self, request: webhooks_pb2.RotateWebhookSecretRequest, context: grpc.ServicerContext
+    ) -> webhooks_pb2.SetWebhookResponse:
+        defined, secret = self.webhooks.rotate(request.name, request.overlap_seconds, caller().name)
         return webhooks_pb2.SetWebhookResponse(webhook=_webhook(defined), signing_secret=secret)
 
     @rpc

@@ -1013,6 +1013,7 @@ PROJECTORS: dict[str, Projector] = {
     "PoolDeleted": _no_read_model,
     "WebhookSet": _no_read_model,
     "WebhookChanged": _no_read_model,
+    "WebhookSecretRotated": _no_read_model,
     "WebhookDeleted": _no_read_model,
     "SubmitterLimitSet": _no_read_model,
     "SubmitterLimitChanged": _no_read_model,
