@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from hodei.admission import Admission
 from hodei.cron import CronJobs
 from hodei.domain.job import JobState
-from hodei.domain.provider import ProviderType
+from hodei.domain.provider import ProviderHealth, ProviderType
 from hodei.errors import StoreUnavailable
 from hodei.limits import Limits
 from hodei.pools import Pools
@@ -162,7 +162,8 @@ class _Scraped(Collector):
         )
         for provider in self.reads.providers():
             label = [provider.provider_type]
-            healthy.add_metric(label, 1.0 if provider.health == "HEALTHY" else 0.0)
+            if provider.health != ProviderHealth.UNKNOWN:  # never probed: no server runs it
+                healthy.add_metric(label, 1.0 if provider.health == ProviderHealth.HEALTHY else 0.0)
             capacity = self.admission.capacity(ProviderType(provider.provider_type))
             workers.add_metric(label, capacity.limit)
             workers_used.add_metric(label, capacity.in_use)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
+import pytest
 import yaml
 
 from tests.k8s_schema import problems
@@ -67,3 +70,53 @@ def test_the_checker_finds_what_the_api_would_refuse() -> None:
     (missing,) = problems(nameless)
     assert "V1Container" in missing
     assert "\nname\n" in missing
+
+
+RULES = DEPLOY / "prometheus-rules.yml"
+# What a histogram's or a counter's series add to the name of what they count.
+_SERIES = re.compile(r"_(bucket|count|sum)$")
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def alerted_metrics() -> set[str]:
+    """Every metric an alert's expression reads, as the server names it (a histogram's
+    ``_bucket`` and ``_count`` series by the histogram's name)."""
+    names: set[str] = set()
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            assert node.name, "a selector without a metric's name"
+            names.add(node.name)
+
+    for rule in alert_rules():
+        promql_parser.walk(promql_parser.parse(rule["expr"]), visit)  # ValueError when it is not PromQL
+    return {_SERIES.sub("", name) for name in names}
+
+
+def test_each_alert_is_promql_on_documented_metrics_and_says_what_it_is() -> None:
+    rules = alert_rules()
+    assert len({rule["alert"] for rule in rules}) == len(rules) > 0
+    readme = (DEPLOY.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(hodei_[a-z_]+)", readme, re.MULTILINE))
+    documented |= set(re.findall(r"`(hodei_[a-z_]+)(?:\{[a-z_,]+\})?`", readme))
+    assert alerted_metrics() <= documented, alerted_metrics() - documented
+    for rule in rules:
+        assert rule["alert"].startswith("Hodei") and rule["labels"]["severity"] in ("warning", "critical")
+        if "for" in rule:
+            assert promql_parser.parse_duration(rule["for"]).total_seconds() > 0
+        assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 40
+        # A label a description names must be one the expression keeps: all of them where it
+        # aggregates nothing, else those of its `by (...)`.
+        kept = {label.strip() for group in re.findall(r"by \(([^)]*)\)", rule["expr"]) for label in group.split(",")}
+        aggregates = re.search(r"\b(sum|max|min|count|avg)\b", rule["expr"]) is not None
+        for label in re.findall(r"\$labels\.(\w+)", str(rule["annotations"])):
+            assert label in kept or not aggregates, (rule["alert"], label)
+
+
+def test_a_rule_that_is_not_promql_is_refused() -> None:
+    """The check above can fail: the parser refuses what Prometheus would."""
+    with pytest.raises(ValueError, match="unclosed left parenthesis"):
+        promql_parser.parse("max by (provider) (hodei_provider_healthy == 0")
