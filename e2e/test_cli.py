@@ -916,7 +916,7 @@ def test_version_did_you_mean_help_and_completion(capsys: pytest.CaptureFixture[
     assert code == 2
     assert err.splitlines()[-1].endswith(
         "invalid choice: 'jbo' (choose from 'job', 'saga', 'provider', 'pool', 'limit', 'queue', 'worker', 'metrics', "
-        "'outbox', 'token', 'whoami', 'cron', 'webhook', 'audit', 'report', 'completion', 'schema'); "
+        "'outbox', 'token', 'whoami', 'cron', 'webhook', 'audit', 'report', 'config', 'completion', 'schema'); "
         "did you mean 'job'?"
     )
     code, _, err = run_in_process(capsys, "job", "lsit")

@@ -124,6 +124,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("webhook delete", ["webhook", "delete", "shapes"], 0),
     ("audit", ["audit", "--since", "1h"], 0),
     ("report", ["report", "--by", "label:team"], 0),
+    ("config view", ["config", "view"], 0),
+    ("config profiles", ["config", "profiles"], 0),
 ]
 
 

@@ -3,12 +3,16 @@ refused before anything is sent, naming what to change."""
 
 from __future__ import annotations
 
+import json
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from hodei.cli.client import Connection
 from hodei.errors import InvalidInput
+from hodei.testing import BIN
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +147,70 @@ def test_a_profile_that_is_not_there_or_not_settings_is_refused_naming_what(
     profiles.chmod(0o644)
     with pytest.raises(InvalidInput, match="holds a token but others may read it"):
         Connection.resolve({}, "prod")
+
+
+def config_cli(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`hodei-jobs-cli ARGS` as a person runs it (the environment the fixtures set)."""
+    command = [str(BIN / "hodei-jobs-cli"), *args]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_config_changes_the_table_the_next_command_reads_and_keeps_the_rest(profiles: Path) -> None:
+    profiles.write_text(
+        "# installations, by hand\n" + PROFILES.replace("[profiles.staging]", "[profiles.staging] # ci")
+    )
+    # The file's default profile (staging) is what `set` changes, as it is what is read.
+    assert config_cli("config", "set", "server", "staging2.example:7001").returncode == 0
+    assert Connection.resolve({}).server == "staging2.example:7001"
+    changed = profiles.read_text()
+    assert changed.startswith("# installations, by hand\n") and "[profiles.staging] # ci" in changed
+    assert 'server = "localhost:50051"' in changed  # the file's own, untouched
+    assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
+    # A profile named by --profile is made; a token read from standard input, never shown.
+    made = config_cli("--profile", "eu", "config", "set", "server", "eu.example")
+    assert made.returncode == 0 and "server = eu.example in profile eu of " in made.stderr
+    given = config_cli("--profile", "eu", "config", "set", "token", "-", stdin="  hodei_eu-1\n")
+    assert given.returncode == 0 and "hodei_eu-1" not in given.stdout + given.stderr
+    assert config_cli("config", "use", "eu").returncode == 0
+    eu = Connection.resolve({})
+    assert (eu.server, eu.token, eu.profile) == ("eu.example:50051", "hodei_eu-1", "eu")
+    viewed = config_cli("config", "view")
+    assert viewed.returncode == 0 and "hodei_eu-1" not in viewed.stdout
+    assert f"Profile: eu (from the default of {profiles})" in viewed.stdout
+    assert f"server: eu.example (from profile eu of {profiles})" in viewed.stdout
+    assert f"token: (set) (from profile eu of {profiles})" in viewed.stdout
+    shown = json.loads(config_cli("-o", "json", "--server", "other:1", "config", "view").stdout)
+    assert shown["settings"]["server"] == {"value": "other:1", "from": "--server"}
+    assert shown["settings"]["token"] == {"value": None, "from": f"profile eu of {profiles}"}
+    listed = json.loads(config_cli("-o", "json", "config", "profiles").stdout)
+    assert [(p["name"], p["token"], p["default"]) for p in listed] == [
+        ("eu", True, True),
+        ("prod", True, False),
+        ("staging", False, False),
+    ]
+    assert config_cli("--profile", "eu", "config", "unset", "token").returncode == 0
+    assert Connection.resolve({}).token is None
+    ca = profiles.parent / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert config_cli("config", "set", "tls_ca", "ca.pem", cwd=profiles.parent).returncode == 0
+    assert Connection.resolve({}).tls_ca == ca  # kept whole: it holds from any directory
+
+
+def test_config_refuses_what_the_settings_reader_would_and_leaves_the_file_as_it_was(profiles: Path) -> None:
+    before = profiles.read_bytes()
+    for args, said in (
+        (("config", "set", "server", "jobs:99999"), "the port must be 1 to 65535, got `99999`"),
+        (("config", "set", "tls_cert", "/nonexistent/cert.pem"), "tls_cert /nonexistent/cert.pem: no such file"),
+        (("config", "set", "token", "hodei_a b"), "holds a character no token has"),
+        (("config", "set", "server", " "), "server must not be empty: `config unset server` removes it"),
+        (("--profile", "a b", "config", "set", "server", "x"), "a profile's name is 1-63 letters"),
+        (("config", "use", "nope"), "no profile `nope` in "),
+        (("config", "set", "colour", "red"), "invalid choice: 'colour'"),
+    ):
+        refused = config_cli(*args)
+        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+        assert "hodei_a b" not in refused.stderr
+        assert profiles.read_bytes() == before
+    profiles.write_text(PROFILES + "colour = 'red'\n")  # a setting this version does not know
+    refused = config_cli("config", "set", "server", "x")
+    assert refused.returncode == 2 and "unknown setting(s) in " in refused.stderr

@@ -48,8 +48,8 @@ from hodei.errors import InvalidInput
 DEFAULT_SERVER = "localhost:50051"
 SERVER_VARIABLE = "HODEI_SERVER"
 PROFILE_VARIABLE = "HODEI_PROFILE"
-_KEYS = {"server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
-_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+KEYS = {"server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name"}
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 # What the server refuses (exit 2, as for bad flags), as opposed to failing to answer (exit 1).
 REFUSED = {
@@ -101,7 +101,7 @@ def read_config(path: Path) -> Config:
         raise InvalidInput(f'{path}: profiles are tables, each of settings: [profiles.NAME] then `server = "…"`')
     settings = _settings(data, path, "")
     named = {name: _settings(table, path, f"[profiles.{name}] ") for name, table in profiles.items()}
-    bad = sorted(name for name in named if not _PROFILE_NAME.fullmatch(name))
+    bad = sorted(name for name in named if not PROFILE_NAME.fullmatch(name))
     if bad:
         raise InvalidInput(f"{path}: a profile's name is letters, digits, `.`, `_` and `-`, got {', '.join(bad)}")
     if default is not None and not isinstance(default, str):
@@ -114,11 +114,11 @@ def read_config(path: Path) -> Config:
 
 def _settings(data: dict[str, Any], path: Path, where: str) -> dict[str, str]:
     """One table's settings, checked: known names, and strings."""
-    unknown = set(data) - _KEYS
+    unknown = set(data) - KEYS
     if unknown:
         raise InvalidInput(
             f"unknown setting(s) in {path}: {where}{', '.join(sorted(unknown))}; known: "
-            f"{', '.join(sorted(_KEYS))} (and profile, profiles)"
+            f"{', '.join(sorted(KEYS))} (and profile, profiles)"
         )
     unquoted = sorted(key for key, value in data.items() if not isinstance(value, str))
     if unquoted:
@@ -127,7 +127,7 @@ def _settings(data: dict[str, Any], path: Path, where: str) -> dict[str, str]:
     return dict(data)
 
 
-def _token(given: str | None) -> str | None:
+def token_of(given: str | None) -> str | None:
     """The token as given, but the spaces and line breaks around it (a paste, a file read
     whole); one holding a character no token has is refused here, naming where tokens
     come from and never the value: gRPC refused it as "Invalid metadata (INTERNAL)"."""
@@ -149,7 +149,7 @@ def _scheme_tls(server: str) -> bool:
     return any(server.startswith(prefix) and tls for prefix, tls in _SCHEMES.items())
 
 
-def _address(server: str) -> str:
+def address_of(server: str) -> str:
     """Accepts ``host:port``, ``host`` (port 50051) and the seed's ``http://host:port``."""
     for prefix in _SCHEMES:
         if server.startswith(prefix):
@@ -164,6 +164,69 @@ def _address(server: str) -> str:
         # gRPC would take 99999 as 34463: another port, maybe another program's.
         raise InvalidInput(f"server address {server}: the port must be 1 to 65535, got `{port}`")
     return server
+
+
+# Each setting's environment variable, and its flag.
+VARIABLES = {
+    "server": SERVER_VARIABLE,
+    "token": "HODEI_TOKEN",
+    "tls_ca": "HODEI_TLS_CA",
+    "tls_cert": "HODEI_CLIENT_CERT",
+    "tls_key": "HODEI_CLIENT_KEY",
+    "tls_server_name": "HODEI_TLS_SERVER_NAME",
+}
+FLAGS = {key: "--" + key.replace("_", "-") for key in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: str
+    # Where it came from: its flag, its variable ($HODEI_SERVER), the config file's
+    # profile or its own settings.
+    origin: str
+
+
+def chosen_profile(profile: str | None, config: Config, path: Path) -> tuple[str | None, str | None]:
+    """The profile chosen by flag, else by $HODEI_PROFILE, else the file's default, and
+    what chose it; (None, None) when none is."""
+    for name, origin in (
+        (profile, "--profile"),
+        (os.environ.get(PROFILE_VARIABLE), f"${PROFILE_VARIABLE}"),
+        (config.profile, f"the default of {path}"),
+    ):
+        if name:
+            return name, origin
+    return None, None
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The settings the CLI connects with, each with where it came from; the profile
+    chosen, and what chose it."""
+
+    settings: dict[str, Setting]
+    profile: str | None
+    profile_origin: str | None
+    path: Path
+
+    @classmethod
+    def of(cls, flags: Mapping[str, str | None], profile: str | None = None) -> Chosen:
+        path = config_path()
+        config = read_config(path)
+        environment = {key: os.environ.get(variable) for key, variable in VARIABLES.items()}
+        by_flag = [(FLAGS[key], key, value) for key, value in flags.items()]
+        by_variable = [(f"${VARIABLES[key]}", key, value) for key, value in environment.items()]
+        name, origin = chosen_profile(profile, config, path)
+        if name:
+            in_file = [(f"profile {name} of {path}", key, value) for key, value in config.chosen(name, path).items()]
+            layers = by_flag + in_file + by_variable
+        else:
+            layers = by_flag + by_variable + [(str(path), key, value) for key, value in config.settings.items()]
+        settings: dict[str, Setting] = {}
+        for where, key, value in layers:
+            if value and key not in settings:
+                settings[key] = Setting(value, where)
+        return cls(settings, name, origin, path)
 
 
 @dataclass(frozen=True)
@@ -185,24 +248,11 @@ class Connection:
         """Flags (None when not given) over environment over config file over defaults; a
         profile chosen (``profile``, else $HODEI_PROFILE, else the file's) over the
         environment, in place of the file's own settings."""
-        where = config_path()
-        config = read_config(where)
-        environment: dict[str, str | None] = {
-            "server": os.environ.get(SERVER_VARIABLE),
-            "token": os.environ.get("HODEI_TOKEN"),
-            "tls_ca": os.environ.get("HODEI_TLS_CA"),
-            "tls_cert": os.environ.get("HODEI_CLIENT_CERT"),
-            "tls_key": os.environ.get("HODEI_CLIENT_KEY"),
-            "tls_server_name": os.environ.get("HODEI_TLS_SERVER_NAME"),
-        }
-
-        name = profile or os.environ.get(PROFILE_VARIABLE) or config.profile
-        layers: list[Mapping[str, str | None]] = (
-            [flags, config.chosen(name, where), environment] if name else [flags, environment, config.settings]
-        )
+        chosen = Chosen.of(flags, profile)
 
         def pick(key: str) -> str | None:
-            return next((value for layer in layers if (value := layer.get(key))), None)
+            found = chosen.settings.get(key)
+            return found.value if found else None
 
         def path(key: str) -> Path | None:
             value = pick(key)
@@ -210,14 +260,14 @@ class Connection:
 
         server = pick("server") or DEFAULT_SERVER
         return cls(
-            server=_address(server),
+            server=address_of(server),
             tls=_scheme_tls(server),
-            token=_token(pick("token")),
+            token=token_of(pick("token")),
             tls_ca=path("tls_ca"),
             tls_cert=path("tls_cert"),
             tls_key=path("tls_key"),
             tls_server_name=pick("tls_server_name"),
-            profile=name,
+            profile=chosen.profile,
         )
 
     def channel(self) -> grpc.Channel:

@@ -18,7 +18,7 @@ import grpc
 import shtab
 from grpc_health.v1 import health_pb2
 
-from hodei.cli import access, admin, artifacts, audit, cron, jobs, report, sagas, webhooks
+from hodei.cli import access, admin, artifacts, audit, cron, jobs, report, sagas, settings, webhooks
 from hodei.cli.client import DEFAULT_SERVER, PROFILE_VARIABLE, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
@@ -133,6 +133,7 @@ def parser() -> argparse.ArgumentParser:
     webhooks.add_commands(commands)
     audit.add_commands(commands)
     report.add_commands(commands)
+    settings.add_commands(commands)
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=["bash", "zsh"], help="bash or zsh")
     schema = commands.add_parser("schema", help="the JSON Schema of a command's -o json output")
@@ -189,12 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     args = root.parse_args(normalise_argv(words))
     if command is not None:
         args.command_argv = command
-    if args.command == "completion":
-        print(shtab.complete(root, shell=args.shell))
-        sys.exit(0)
-    if args.command == "schema":
-        sys.exit(print_schema(args.of))
     term = Terminal(args.output)
+    if args.command in ("completion", "schema", "config"):
+        sys.exit(without_server(root, term, args))
     if hasattr(args, "job_id_flag"):
         args.job_id = args.job_id_flag or args.job_id_positional
         if not args.job_id and not selects(args):
@@ -243,6 +241,19 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         client.close()
     sys.exit(code)
+
+
+def without_server(root: argparse.ArgumentParser, term: Terminal, args: argparse.Namespace) -> int:
+    """The commands that call no server: completion scripts, output schemas, settings."""
+    if args.command == "completion":
+        print(shtab.complete(root, shell=args.shell))
+        return 0
+    if args.command == "schema":
+        return print_schema(args.of)
+    try:
+        return settings.config(term, args)
+    except HodeiError as exc:
+        term.abort(exc.message, code=2)
 
 
 def print_schema(command: str | None) -> int:

@@ -142,6 +142,23 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "webhook get": (message_schema(webhooks_pb2.WebhookDetail.DESCRIPTOR), False),
     "webhook delete": (message_schema(webhooks_pb2.Webhook.DESCRIPTOR), False),
     "webhook test|redeliver": (message_schema(webhooks_pb2.WebhookDelivery.DESCRIPTOR), False),
+    # A setting's value, and where it came from (a token's value is never printed: null).
+    "config view": (
+        _object(
+            config_file=_STRING,
+            profile=_nullable(_STRING),
+            profile_from=_nullable(_STRING),
+            settings={
+                "type": "object",
+                "additionalProperties": _object(value=_nullable(_STRING), **{"from": _STRING}),
+            },
+        ),
+        False,
+    ),
+    "config profiles": (
+        _array(_object(name=_STRING, server=_nullable(_STRING), token=_BOOLEAN, default=_BOOLEAN)),
+        False,
+    ),
     "job hold|release|update|signal": (JOB, False),
     "job exec": (
         _object(
