@@ -151,9 +151,8 @@ def new_secret() -> str:
 def _previous_until(opened: Mapping[str, str]) -> datetime | None:
     """Until when a webhook's rotated secret signs beside its own; None once it no longer does."""
     until = opened.get("previous_until")
-    if until is None or datetime.fromisoformat(until) <= datetime.now(UTC):
-        return None
-    return datetime.fromisoformat(until)
+    moment = None if until is None else datetime.fromisoformat(until)
+    return moment if moment is not None and moment > datetime.now(UTC) else None
 
 
 def message(kind: str, data: Mapping[str, Any]) -> str:
