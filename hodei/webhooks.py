@@ -225,7 +225,8 @@ class Webhooks:
             values = {"url": opened["url"], "secret": secret}
             until = None
             if overlap > 0:
-                until = (datetime.now(UTC) + timedelta(seconds=overlap)).isoformat(timespec="seconds")
+                ends = datetime.now(UTC) + timedelta(seconds=overlap)
+                until = ends.isoformat(timespec="seconds").replace("+00:00", "Z")
                 values |= {"previous": opened["secret"], "previous_until": until}
             hook.rotate(self.secrets.seal(webhook_id(name), values), until)
             return None, [hook]
