@@ -141,6 +141,10 @@ class CronJobs:
 
         return dict(fetch_all(self.store.pool, "cron_jobs_newest", (names,), row))
 
+    def started(self, job_ids: list[UUID]) -> set[UUID]:
+        """Which of these jobs were written: a slot's job is there once any server fired it."""
+        return set(fetch_all(self.store.pool, "jobs_there", (job_ids,), lambda job_id: job_id))
+
     def active_jobs(self, name: str) -> list[CronJobRun]:
         """Its jobs that have not ended, oldest first."""
         return fetch_all(self.store.pool, "cron_jobs_not_ended", (name,), CronJobRun)

@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector
 
 from hodei.admission import Admission
 from hodei.cron import CronJobs
-from hodei.domain.job import JobState
+from hodei.domain.cron import Concurrency, slot_job_id
+from hodei.domain.job import TERMINAL_STATES, JobState
 from hodei.domain.provider import ProviderHealth, ProviderType
 from hodei.errors import StoreUnavailable
 from hodei.limits import Limits
@@ -224,8 +225,10 @@ class _Scraped(Collector):
     def _cron_jobs(self) -> Iterator[Metric]:
         """What an alert on a schedule needs (kube-state-metrics' cronjob gauges): when each
         cron job last started a job and how that job stands, when it next does, whether it
-        is paused. (The times this server skipped are ``_skipped``'s: every server that
-        sweeps finds the same skipped time, so ``max by (cron, reason)``, not ``sum``.)"""
+        is paused, and how late its latest time is when no server started its job (the next
+        run's time is computed from now, so it never says that). (The times this server
+        skipped are ``_skipped``'s: every server that sweeps finds the same skipped time, so
+        ``max by (cron, reason)``, not ``sum``.)"""
         every = self.cron_jobs.all()
         newest = self.cron_jobs.newest_jobs([cron.name for cron in every])
         now = self.cron_jobs.clock()  # the clock its runs go by
@@ -239,6 +242,16 @@ class _Scraped(Collector):
             "hodei_cron_job_next_run_timestamp_seconds", "When the cron job next submits a job", labels=["cron"]
         )
         paused = GaugeMetricFamily("hodei_cron_job_paused", "1 while the cron job is paused", labels=["cron"])
+        late = GaugeMetricFamily(
+            "hodei_cron_job_late_seconds",
+            "Seconds since the latest time of its schedule while that time has no job (0: it has one, or it was "
+            "skipped for a job of an earlier time not ended, --concurrency forbid)",
+            labels=["cron"],
+        )
+        slots = {cron.name: slot for cron in every if (slot := cron.last_slot(now)) is not None}
+        started = self.cron_jobs.started(
+            [slot_job_id(cron.id, slots[cron.name]) for cron in every if cron.name in slots]
+        )
         for cron in every:
             run = newest.get(cron.name)
             if run is not None:
@@ -248,7 +261,16 @@ class _Scraped(Collector):
                 [moment] = cron.definition.schedule.following(now, 1)
                 following.add_metric([cron.name], moment.timestamp())
             paused.add_metric([cron.name], 1.0 if cron.paused else 0.0)
-        yield from (last, state, following, paused)
+            slot = slots.get(cron.name)
+            if slot is not None:
+                waited = (
+                    run is not None
+                    and run.state not in TERMINAL_STATES
+                    and cron.definition.concurrency is Concurrency.FORBID
+                )
+                missed = slot_job_id(cron.id, slot) not in started and not waited
+                late.add_metric([cron.name], (now - slot).total_seconds() if missed else 0.0)
+        yield from (last, state, following, paused, late)
 
     def _skipped(self) -> Metric:
         skipped = CounterMetricFamily(

@@ -4,6 +4,7 @@ clock the test moves, two "servers" firing the same slots, secrets, and the key'
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -147,6 +148,34 @@ def test_forbid_skips_a_slot_while_a_job_of_an_earlier_one_has_not_ended(
     clock.now = first + timedelta(minutes=2)
     assert len(cron_jobs.fire_due()) == 1
     assert len(jobs_of(fresh_database_url, "once-at-a-time")) == 2
+
+
+def late(store: HodeiStore, cron_jobs: CronJobs) -> dict[str, float]:
+    """hodei_cron_job_late_seconds, by cron job."""
+    found = re.findall(r'^hodei_cron_job_late_seconds\{cron="([^"]+)"\} (\S+)$', scrape(store, cron_jobs), re.MULTILINE)
+    return {name: float(value) for name, value in found}
+
+
+def test_a_time_of_the_schedule_no_server_started_is_said_late_until_its_job_is_there(store: HodeiStore) -> None:
+    """What an alert on a cron job that did not run reads (deploy/prometheus-rules.yml): a
+    time of its schedule with no job, but one that forbid skipped on purpose."""
+    clock = Clock()
+    cron_jobs = sweeping(store, clock)
+    cron_jobs.define("nightly", definition(), {}, "alice", replace=False)
+    cron_jobs.define("guarded", definition(concurrency=Concurrency.FORBID), {}, "alice", replace=False)
+    assert late(store, cron_jobs) == {}  # no time of theirs has come yet
+    first = next_slot(cron_jobs, "nightly")
+    clock.now = first + timedelta(seconds=30)
+    assert late(store, cron_jobs) == {"nightly": 30.0, "guarded": 30.0}  # no server fired them
+    assert len(cron_jobs.fire_due()) == 2
+    assert late(store, cron_jobs) == {"nightly": 0.0, "guarded": 0.0}
+    clock.now = first + timedelta(seconds=80)
+    # guarded's job of the first time has not ended: its second time will be skipped, not missed.
+    assert late(store, cron_jobs) == {"nightly": 20.0, "guarded": 0.0}
+    assert len(cron_jobs.fire_due()) == 1
+    assert late(store, cron_jobs) == {"nightly": 0.0, "guarded": 0.0}
+    cron_jobs.change("nightly", "alice", CronJob.pause)
+    assert late(store, cron_jobs) == {"guarded": 0.0}
 
 
 def test_paused_cron_jobs_start_nothing_and_deleted_ones_are_gone_but_their_jobs_stay(

@@ -276,16 +276,18 @@ class CronJob(HodeiAggregate):
         """The slot to start now, if any: the latest at or before ``now``, once the cron
         job was active then and within its starting deadline (older missed slots are
         skipped: after an outage a schedule runs once, not once per slot missed)."""
-        slot = self._latest_active(now)
+        slot = self.last_slot(now)
         return slot if slot is not None and not self._late(slot, now) else None
 
     def too_late(self, now: datetime) -> datetime | None:
         """The slot that would be due but for its starting deadline, if any (said in the
         server's log: a time that did not run)."""
-        slot = self._latest_active(now)
+        slot = self.last_slot(now)
         return slot if slot is not None and self._late(slot, now) else None
 
-    def _latest_active(self, now: datetime) -> datetime | None:
+    def last_slot(self, now: datetime) -> datetime | None:
+        """The latest time of its schedule at or before ``now`` since it was created or
+        resumed; None while paused, or before its first."""
         if not self.active:
             return None
         slot = self.definition.schedule.latest(now)

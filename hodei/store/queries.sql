@@ -1355,6 +1355,10 @@ FROM jobs
 WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
 ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;
 
+-- name: jobs_there
+-- Which of these ids are jobs (a cron job's slots that were started: hodei.cron.CronJobs.started).
+SELECT id AS job_id FROM jobs WHERE id = ANY(%s::uuid[]);
+
 -- Pools -----------------------------------------------------------------------------
 
 -- name: pool_size
