@@ -215,10 +215,11 @@ def test_a_providers_cpu_and_memory_hold_its_jobs_requests_and_say_why_a_job_wai
         ) in refused.stderr
         assert query(fresh_database_url, "SELECT count(*) FROM jobs") == before
 
-        sim = ("-p", "sim", "-c", "x", "--env", "HODEI_SIM_SECONDS=3", "--cpu", "0.75", "--memory", "256Mi")
-        first = server.cli("job", "run", *sim, check=True).stdout.strip()
+        # The first runs until cancelled: however slow the machine, the second is seen waiting.
+        sim = ("job", "run", "-p", "sim", "-c", "x", "--cpu", "0.75", "--memory", "256Mi", "--env")
+        first = server.cli(*sim, "HODEI_SIM_SECONDS=600", check=True).stdout.strip()
         wait_running(fresh_database_url, first)
-        second = server.cli("job", "run", *sim, check=True).stdout.strip()
+        second = server.cli(*sim, "HODEI_SIM_SECONDS=1", check=True).stdout.strip()
 
         def reason() -> str | None:
             queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
@@ -229,9 +230,9 @@ def test_a_providers_cpu_and_memory_hold_its_jobs_requests_and_say_why_a_job_wai
             "and it asks for 0.75 CPU, 256.0 MiB memory"
         )
         assert "Waiting: place 1 in provider sim's queue" in server.cli("job", "get", second, check=True).stdout
+        server.cli("job", "cancel", first, check=True)
         jobs = [first, second]
-        for job_id in jobs:
-            assert wait_terminal(fresh_database_url, job_id) == "SUCCEEDED"
+        assert [wait_terminal(fresh_database_url, job_id) for job_id in jobs] == ["CANCELLED", "SUCCEEDED"]
         (ran,) = query(
             fresh_database_url,
             "SELECT (SELECT started_at FROM jobs WHERE id = %s) >= (SELECT completed_at FROM jobs WHERE id = %s)",

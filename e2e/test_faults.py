@@ -315,6 +315,10 @@ def test_a_postgresql_restart_kills_no_job(own_cluster: tuple[Cluster, str], tmp
         for job_id in job_ids:
             wait_settled(url, job_id)
         assert server.process is not None and server.process.poll() is None  # no restart needed
+        # The outage's start and end are both in the server's log, in that order.
+        logged = server.logs()
+        lost = logged.index("signal listener lost its connection")
+        assert logged.index("signal listener connected again: PostgreSQL answers", lost) > lost
         verify = hodei_server(url, "replay", "--verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
         events = query(url, "SELECT count(*), count(DISTINCT (aggregate_id, aggregate_version)) FROM domain_events")[0]

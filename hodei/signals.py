@@ -190,12 +190,15 @@ class Signals:
     def _listen_forever(self) -> None:
         assert self._url is not None
         delay = 0.1
+        lost = False
         while not self._stop.is_set():
             try:
                 with connect(self._url, autocommit=True, application_name="hodei-signals") as conn:
                     conn.execute(f"LISTEN {SIGNAL_CHANNEL}")
                     self.connected.set()
-                    delay = 0.1
+                    if lost:  # the end of an outage, in the log beside its start
+                        log.info("signal listener connected again: PostgreSQL answers")
+                    lost, delay = False, 0.1
                     # A reconnect may have missed notifications: wake everyone once.
                     self.publish(WAKE_ALL)
                     while not self._stop.is_set():
@@ -205,6 +208,7 @@ class Signals:
                         conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 self.connected.clear()
+                lost = True
                 log.warning("signal listener lost its connection (%s); reconnecting in %.1fs", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
