@@ -248,10 +248,9 @@ class _Scraped(Collector):
             "skipped for a job of an earlier time not ended, --concurrency forbid)",
             labels=["cron"],
         )
-        slots = {cron.name: slot for cron in every if (slot := cron.last_slot(now)) is not None}
-        started = self.cron_jobs.started(
-            [slot_job_id(cron.id, slots[cron.name]) for cron in every if cron.name in slots]
-        )
+        # Each cron job's latest time, and the id its job has once a server fired it.
+        slots = {cron.name: (slot, slot_job_id(cron.id, slot)) for cron in every if (slot := cron.last_slot(now))}
+        started = self.cron_jobs.started([job_id for _, job_id in slots.values()])
         for cron in every:
             run = newest.get(cron.name)
             if run is not None:
@@ -261,14 +260,14 @@ class _Scraped(Collector):
                 [moment] = cron.definition.schedule.following(now, 1)
                 following.add_metric([cron.name], moment.timestamp())
             paused.add_metric([cron.name], 1.0 if cron.paused else 0.0)
-            slot = slots.get(cron.name)
-            if slot is not None:
+            if cron.name in slots:
+                slot, job_id = slots[cron.name]
                 waited = (
                     run is not None
                     and run.state not in TERMINAL_STATES
                     and cron.definition.concurrency is Concurrency.FORBID
                 )
-                missed = slot_job_id(cron.id, slot) not in started and not waited
+                missed = job_id not in started and not waited
                 late.add_metric([cron.name], (now - slot).total_seconds() if missed else 0.0)
         yield from (last, state, following, paused, late)
 

@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         form, level = configuration.log_settings()
     except InvalidInput as exc:
-        print(f"hodei-server: {exc.message}", file=sys.stderr)
+        _refused("text", exc.message)  # no format to write it in yet
         sys.exit(EXIT_MISCONFIGURED)
     logfields.configure(form, level)
     try:
