@@ -35,6 +35,10 @@ fmt:
 proto:
     {{venv}}/python tools/gen_proto.py
 
+# Regenerate deploy/grafana-dashboard.json from tools/gen_dashboard.py
+dashboard:
+    {{venv}}/python tools/gen_dashboard.py
+
 # Start PostgreSQL on the port and database of DATABASE_URL (container if possible, else a local cluster)
 dev-db: bootstrap
     bash tools/dev-db.sh

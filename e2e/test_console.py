@@ -27,7 +27,7 @@ from hodei.testing import (
     wait_running,
     wait_settled,
 )
-from tests.test_deploy import alerted_metrics
+from tests.test_deploy import alerted_metrics, charted_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -568,9 +568,11 @@ def test_metrics_count_every_job_by_state_with_a_sample_each(fresh_database_url:
         assert found["hodei_provider_healthy", (("provider", "sim"),)] == 1
         # No server runs kubernetes here: never probed, it has no sample to alert on.
         assert ("hodei_provider_healthy", (("provider", "kubernetes"),)) not in found
-        # Every metric deploy/prometheus-rules.yml alerts on is one this server exports.
+        # Every metric deploy/prometheus-rules.yml alerts on and deploy/grafana-dashboard.json
+        # charts is one this server exports.
         exported = set(re.findall(r"^# TYPE (\w+) ", scraped.text, re.MULTILINE))
-        assert alerted_metrics() <= exported, alerted_metrics() - exported
+        read = alerted_metrics() | charted_metrics()
+        assert read <= exported, read - exported
         assert found["hodei_outbox_dead_letters", ()] == 0
         assert ("hodei_workers_connected", ()) in found and ("hodei_relay_lag_seconds_count", ()) in found
         assert found["hodei_database_up", ()] == 1
