@@ -76,8 +76,13 @@ def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_
 ) -> None:
     file = pipeline(tmp_path)
     done = server.cli("job", "run", "--file", file, "--secret", "TOKEN=t0ken", "--wait")
-    assert done.returncode == 130, done.stderr  # `report` never started: cancelled
+    # `report` never started (cancelled: build did not fail), a branch not taken: not a failure.
+    assert done.returncode == 0, done.stderr
     printed = done.stdout.split()
+    assert (
+        f"Job {printed[3]} CANCELLED (Status Code: 6): job {printed[0]} ended SUCCEEDED, and this job was to start "
+        "once it has failed (--after): skipped" in done.stderr
+    )
     assert len(printed) == 5
     workflow_id = printed[0]  # the first job of the file comes first in the request too
     found = jobs(server, workflow_id)
@@ -100,6 +105,13 @@ def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_
     listed = json.loads(server.cli("job", "list", "-l", f"{WORKFLOW_LABEL}={workflow_id}", "-o", "json").stdout)
     assert sorted(job["id"] for job in listed["jobs"]) == sorted(printed)
 
+    # Watched together they end as the run did; `report` alone, its cancel is its own ending.
+    assert server.cli("job", "watch", *printed).returncode == 0
+    assert server.cli("job", "watch", printed[3]).returncode == 130
+
+    waited = server.cli("job", "run", "--file", pipeline(tmp_path, build=3), "--secret", "TOKEN=t0ken", "--wait")
+    assert waited.returncode == 3, waited.stderr  # the build's code; test and deploy skipped
+    assert waited.stderr.count("(--after): skipped") == 2, waited.stderr
     failed = server.cli("job", "run", "--file", pipeline(tmp_path, build=3), "--secret", "TOKEN=t0ken", "-o", "json")
     assert failed.returncode == 0, failed.stderr
     answer = json.loads(failed.stdout)
@@ -114,6 +126,22 @@ def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_
         "report": "SUCCEEDED",
         "cleanup": "SUCCEEDED",
     }
+
+
+def test_a_job_cancelled_by_someone_is_not_skipped_and_keeps_its_code(server: ServerProcess, tmp_path: Path) -> None:
+    """Only the platform's cancel of a job whose `after` can no longer hold is a skip: the
+    job it waited for, cancelled by a person, still ends the wait with 130."""
+    file = tmp_path / "two.yaml"
+    file.write_text(
+        "name: build\ncommand: make\nprovider: sim\nenv: {HODEI_SIM_SECONDS: '600'}\n---\n"
+        "name: test\ncommand: make test\nprovider: sim\nafter: {build: ok}\n"
+    )
+    build, test = server.cli("job", "run", "--file", str(file), check=True).stdout.split()
+    server.cli("job", "cancel", build, check=True)
+    wait_settled(server.database_url, test)
+    assert server.cli("job", "watch", build, test).returncode == 130  # build's own
+    shown = server.cli("job", "get", test, check=True).stdout
+    assert "CANCELLED" in shown and "Cancelled by: system" in shown, shown
 
 
 def test_a_file_is_submitted_all_or_none_and_once_for_a_key(server: ServerProcess, tmp_path: Path) -> None:

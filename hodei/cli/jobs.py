@@ -54,7 +54,7 @@ from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.execs import ANSWER_WITHIN, check_exec, cut
 from hodei.domain.execs import DEFAULT_TIMEOUT as DEFAULT_EXEC_TIMEOUT
-from hodei.domain.job import SIGNALS, JobState, hold_text
+from hodei.domain.job import SIGNALS, JobState, after_met, hold_text
 from hodei.domain.phases import ENDED, latest_usage, processes_stopping, ran_text, size_text, stopped_text
 from hodei.domain.placement import canonical_tolerations, selector_of
 from hodei.domain.retries import canonical_retry_on
@@ -74,6 +74,7 @@ from hodei.domain.spec import (
 from hodei.domain.workflow import WORKFLOW_LABEL, run_order, sibling
 from hodei.errors import HodeiError, InvalidInput, NotFound
 from hodei.logs import attempt_begins
+from hodei.roles import SYSTEM
 from hodei.wire import (
     MAX_JOBS_LISTED,
     MAX_QUEUE_LISTED,
@@ -511,7 +512,12 @@ def _several_submitted(
         term.info(note)
     if not args.wait:
         return 0
-    return max(wait(client, term, job_id) for job_id in waited)
+    ended: dict[str, common_pb2.Job] = {}
+    codes = []
+    for job_id in waited:  # a job after those it starts after: they ended before it did
+        job = ended[job_id] = waited_for(client, term, job_id)
+        codes.append(finish(term, job, skipped(job, ended)))
+    return max(codes)
 
 
 def _given_yaml(spec: common_pb2.JobSpec) -> str:
@@ -841,6 +847,26 @@ def _interrupted(doing: str, job_id: str) -> StoppedWaiting:
 
 
 def wait(client: Client, term: Terminal, job_id: str) -> int:
+    return finish(term, waited_for(client, term, job_id))
+
+
+def skipped(job: common_pb2.Job, ended: Mapping[str, common_pb2.Job]) -> bool:
+    """Whether the platform cancelled ``job`` because a job of ``ended`` (those waited for
+    with it) ended otherwise than its `after` asked: a branch of a pipeline not taken
+    (GitLab's skipped, Argo's omitted), not a failure of its own. That job's own end, a
+    failure or a cancel, is among them with its own code; a job waited for alone has none
+    of them, and its cancel counts (130)."""
+    if job.state != JobState.CANCELLED or job.cancelled_by != SYSTEM:
+        return False
+    return any(
+        after_met(condition, JobState(ended[after_id].state)) is False
+        for after_id, condition in job.spec.after.items()
+        if after_id in ended
+    )
+
+
+def waited_for(client: Client, term: Terminal, job_id: str) -> common_pb2.Job:
+    """The job once it ended, its state shown while it runs."""
     job = None
     waiting = _Waiting(job_id)
     live = Live(waiting, console=term.err, refresh_per_second=4, transient=True)
@@ -866,15 +892,19 @@ def wait(client: Client, term: Terminal, job_id: str) -> int:
         if showing:
             live.stop()
     assert job is not None
-    return finish(term, job)
+    return job
 
 
-def finish(term: Terminal, job: common_pb2.Job) -> int:
+def finish(term: Terminal, job: common_pb2.Job, skip: bool = False) -> int:
+    """Says how the job ended; its exit code, 0 for a job ``skip``ped."""
     if term.json:
-        return exit_code_of(job)
+        return 0 if skip else exit_code_of(job)
     message = f"Job {job.id} {status_text(job)}"
     if job.error_message:
         message += f": {job.error_message}"
+    if skip:
+        term.info(f"{message}: skipped")
+        return 0
     if job.state == JobState.SUCCEEDED:
         term.success(message)
     else:
@@ -1380,11 +1410,13 @@ def _together(streams: Mapping[str, Iterator[logs_pb2.JobLogEntry]]) -> Iterator
 def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     """A line per change of state (or attempt); JSON: every update of the job, as sent.
     Several jobs (an array, a chain of --after): each in turn until it ends, exiting with
-    the highest exit code (as `job run --array --wait`)."""
-    return max(_watch_one(client, term, job_id) for job_id in (args.job_id, *args.more_ids))
+    the highest exit code (as `job run --array --wait`), where a job the platform cancelled
+    because another of them ended otherwise than it asked counts 0 (``skipped``)."""
+    ended = {job.id: job for job in (_watch_one(client, term, job_id) for job_id in (args.job_id, *args.more_ids))}
+    return max(0 if skipped(job, ended) else exit_code_of(job) for job in ended.values())
 
 
-def _watch_one(client: Client, term: Terminal, job_id: str) -> int:
+def _watch_one(client: Client, term: Terminal, job_id: str) -> common_pb2.Job:
     job, shown = None, ""
     for job in _watch(client, job_id):
         if term.json:
@@ -1395,7 +1427,7 @@ def _watch_one(client: Client, term: Terminal, job_id: str) -> int:
             term.line(text)
             shown = text
     assert job is not None
-    return exit_code_of(job)
+    return job
 
 
 def events(client: Client, term: Terminal, args: argparse.Namespace) -> int:

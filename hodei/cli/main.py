@@ -64,7 +64,7 @@ exit codes:
   2      refused: bad input, unknown id, no permission
   {EXIT_TIMEOUT}    the job timed out
   {EXIT_PLATFORM}    the platform could not run the job (no provider, worker lost, ...)
-  {EXIT_CANCELLED}    the job was cancelled
+  {EXIT_CANCELLED}    the job was cancelled (a job of a file run skipped because another ended otherwise counts 0)
   {EXIT_INTERRUPTED}    Ctrl-C while waiting: the job keeps running
   {EXIT_GAVE_UP}    gave up waiting: the server did not answer for minutes
 
