@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from e2e.seed import check_job_get, check_phase6, phase5_jobs, submit
+from e2e.test_console import samples
 from hodei.testing import ServerProcess, eventually, query, wait_running, wait_settled, wait_terminal
 
 LOCAL_ID = "33333333-3333-3333-3333-333333333333"
@@ -262,9 +263,12 @@ def test_a_killed_worker_fails_the_job_through_recovery(server: ServerProcess, d
     shown = server.logged(job_id, "/hodei-worker-").splitlines()
     home = Path(next(line for line in shown if "/hodei-worker-" in line))
     assert (home / "data").stat().st_size == 1000
+    lost = ("hodei_workers_lost_total", (("provider", "local"),))
+    before = samples(requests.get(f"{server.http_url}/metrics", timeout=10).text).get(lost, 0.0)
     os.kill(agent_pid(job_id), signal.SIGKILL)
     assert wait_terminal(database_url, job_id, timeout=30) == "FAILED"  # long before its own 600 s
     wait_settled(database_url, job_id)
+    assert samples(requests.get(f"{server.http_url}/metrics", timeout=10).text)[lost] == before + 1
     (reason,) = query(database_url, "SELECT error_message FROM jobs WHERE id = %s", (job_id,))[0]
     assert "was lost" in reason
     assert ("RECOVERY", "COMPLETED") in query(

@@ -332,6 +332,12 @@ class PlatformMetrics:
             "Lines of job output this server could not store (its log directory full or gone)",
             registry=self.registry,
         )
+        self.workers_lost = Counter(
+            "hodei_workers_lost",
+            "Workers declared lost (no heartbeat within their timeout, or their container, pod or process failed)",
+            ["provider"],
+            registry=self.registry,
+        )
         self._scraped = _Scraped(reads, lambda: 0, cron_jobs, pools, limits, webhooks, admission)
         self.registry.register(self._scraped)
         self._began: _Recent[datetime] = _Recent()
@@ -378,6 +384,8 @@ class PlatformMetrics:
             self._step_took(aggregate, payload["step_name"], STEP_OUTCOMES[kind], started, at)
         elif kind in ("SagaCompleted", "SagaFailed"):
             self._saga_types.take(aggregate)
+        elif kind == "WorkerFailed":
+            self.workers_lost.labels(self.reads.worker_provider(aggregate)).inc()
 
     def _step_took(self, saga_id: str, step: str, outcome: str, started: datetime | None, at: datetime) -> None:
         duration = _seconds(started, at)

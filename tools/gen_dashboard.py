@@ -156,6 +156,13 @@ ROWS: tuple[tuple[str, tuple[Chart, ...]], ...] = (
                 ),
             ),
             Chart(
+                "Workers lost a minute",
+                "Workers declared lost: no heartbeat within their timeout, or their container, pod or "
+                "process failed (`job describe ID` of their jobs says which).",
+                "short",
+                ((f"sum by (provider) (rate(hodei_workers_lost_total{RATE})) * 60", "{{provider}}"),),
+            ),
+            Chart(
                 "Workers connected",
                 "Workers with an open stream, to each server.",
                 "short",

@@ -1330,6 +1330,9 @@ SELECT started_at FROM saga_steps WHERE saga_id = %s AND step_order = %s;
 -- name: saga_type_of
 SELECT saga_type FROM sagas WHERE id = %s;
 
+-- name: worker_provider_of
+SELECT provider_type FROM workers WHERE id = %s;
+
 -- name: cron_job_versions
 -- Every cron job's latest version, a deleted one's left out (idx_domain_events_cron_jobs:
 -- an index-only scan).

@@ -296,6 +296,9 @@ class ReadModels:
     def saga_type(self, saga_id: str) -> str:
         return str(fetch_value(self.pool, "saga_type_of", (saga_id,)) or "unknown")
 
+    def worker_provider(self, worker_id: str) -> str:
+        return str(fetch_value(self.pool, "worker_provider_of", (worker_id,)) or "unknown")
+
     def outbox_stats(self) -> tuple[int, int, int]:
         with translate_errors(), self.pool.connection() as conn:
             row = conn.execute(query("outbox_stats")).fetchone()
