@@ -143,8 +143,6 @@ def test_a_rule_that_is_not_promql_is_refused() -> None:
 
 
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
-# What Grafana puts in a query before Prometheus reads it.
-_GRAFANA_RANGES = {"$__rate_interval": "5m", "$__range": "6h"}
 
 
 def dashboard_panels() -> list[dict[str, Any]]:
@@ -156,15 +154,18 @@ def dashboard_queries() -> list[dict[str, Any]]:
     return [target for panel in dashboard_panels() for target in panel.get("targets", [])]
 
 
+def dashboard_expressions(rate_interval: str = "5m", shown: str = "6h") -> list[str]:
+    """Each panel's query as Prometheus gets it from Grafana: its ranges put in (the rate
+    interval Grafana picks, and the range the dashboard shows)."""
+    return [
+        target["expr"].replace("$__rate_interval", rate_interval).replace("$__range", shown)
+        for target in dashboard_queries()
+    ]
+
+
 def charted_metrics() -> set[str]:
     """Every metric a panel of deploy/grafana-dashboard.json reads."""
-    expressions = []
-    for target in dashboard_queries():
-        expression = target["expr"]
-        for variable, value in _GRAFANA_RANGES.items():
-            expression = expression.replace(variable, value)
-        expressions.append(expression)
-    return metrics_read(expressions)
+    return metrics_read(dashboard_expressions())
 
 
 def test_the_dashboard_is_what_its_source_generates() -> None:

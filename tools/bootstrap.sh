@@ -27,6 +27,9 @@ command -v chromium >/dev/null || apt_install chromium
 command -v systemd-analyze >/dev/null || apt_install systemd
 # libfaketime: a PostgreSQL whose clock is not the server's (e2e/test_faults).
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install libfaketime
+# Prometheus and promtool: the alerts' unit tests (tests/test_alerts) and a real scrape of a
+# server evaluating every alert and dashboard query (e2e/test_prometheus). No service starts.
+command -v promtool >/dev/null || apt_install prometheus
 # iptables: a network cut between a server and PostgreSQL (e2e/test_faults).
 command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || apt_install iptables
 
