@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -576,6 +577,32 @@ def test_metrics_count_every_job_by_state_with_a_sample_each(fresh_database_url:
         assert found["hodei_outbox_dead_letters", ()] == 0
         assert ("hodei_workers_connected", ()) in found and ("hodei_relay_lag_seconds_count", ()) in found
         assert found["hodei_database_up", ()] == 1
+
+
+def test_metrics_say_how_long_a_providers_line_has_not_moved(fresh_database_url: str, tmp_path: Path) -> None:
+    """A job waiting for the provider's one slot is in its line and ages there; a held job
+    and one waiting for its --begin are not (they wait for someone, not for capacity)."""
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_SIM_MAX_WORKERS": "1"}
+    with ServerProcess(fresh_database_url, tmp_path, env, http=True) as server:
+
+        def line() -> tuple[float, float]:
+            found = samples(requests.get(f"{server.http_url}/metrics", timeout=10).text)
+            sim = (("provider", "sim"),)
+            return found["hodei_provider_jobs_waiting", sim], found["hodei_provider_oldest_waiting_seconds", sim]
+
+        assert line() == (0, 0)
+        running = run(server, "--env", "HODEI_SIM_SECONDS=600")
+        wait_running(fresh_database_url, running)
+        run(server, "--hold")
+        run(server, "--begin", "1h")
+        assert line() == (0, 0)
+        waiting = run(server)
+        time.sleep(1.5)
+        jobs, oldest = line()
+        assert jobs == 1 and 1.5 <= oldest < 60, (jobs, oldest)
+        server.cli("job", "cancel", running, check=True)
+        wait_settled(fresh_database_url, waiting)
+        assert line() == (0, 0)
 
 
 def test_the_job_list_filters_and_the_timeline_marks_the_failing_step(fresh_database_url: str, tmp_path: Path) -> None:

@@ -117,6 +117,16 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class InLine:
+    """A provider's line (waiting_in_line): its jobs that wait for its capacity and nothing
+    else, and how long the oldest of them has waited."""
+
+    provider: str
+    jobs: int
+    oldest_seconds: float
+
+
+@dataclass(frozen=True)
 class QueuedJob:
     job_id: str
     name: str
@@ -437,6 +447,11 @@ class Admission:
 
     def queue(self, limit: int) -> list[QueuedJob]:
         return fetch_all(self.pool, "queued_jobs", {"limit": limit, "recent": self.recent}, QueuedJob, self.order)
+
+    def lines(self) -> dict[str, InLine]:
+        """Each provider's line with a job in it, by provider."""
+        rows = fetch_all(self.pool, "waiting_in_line", {"recent": self.recent}, InLine, self.order)
+        return {row.provider: row for row in rows}
 
     def cancel_never_started(self, limit: int = 100) -> int:
         """Cancels queued jobs one of whose ``--after`` jobs ended otherwise than asked

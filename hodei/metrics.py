@@ -131,8 +131,10 @@ class _Scraped(Collector):
         yield from self._webhooks()
 
     def _providers(self) -> Iterator[Metric]:
-        """Each provider's health and capacity (`provider list`): its workers, and the CPU
-        cores and memory its jobs ask for where it has limits (`provider capacity --cpus --memory`)."""
+        """Each provider's health and capacity (`provider list`): its workers, the CPU cores
+        and memory its jobs ask for where it has limits (`provider capacity --cpus --memory`),
+        and its line: the jobs waiting for its capacity, and the oldest one's wait (a line
+        that does not move raises no histogram sample: nothing starts)."""
         labels = ["provider"]
         healthy = GaugeMetricFamily(
             "hodei_provider_healthy", "1 when the provider's last probe was healthy", labels=labels
@@ -161,8 +163,22 @@ class _Scraped(Collector):
             "Memory its jobs admitted and not ended ask for (where limited)",
             labels=labels,
         )
+        waiting = GaugeMetricFamily(
+            "hodei_provider_jobs_waiting",
+            "Jobs in its line: waiting for its capacity, nothing else holding them back (`queue`)",
+            labels=labels,
+        )
+        oldest = GaugeMetricFamily(
+            "hodei_provider_oldest_waiting_seconds",
+            "How long the oldest job in its line has waited since its submission (0: none waits)",
+            labels=labels,
+        )
+        lines = self.admission.lines()
         for provider in self.reads.providers():
             label = [provider.provider_type]
+            line = lines.get(provider.provider_type)
+            waiting.add_metric(label, line.jobs if line else 0)
+            oldest.add_metric(label, line.oldest_seconds if line else 0.0)
             if provider.health != ProviderHealth.UNKNOWN:  # never probed: no server runs it
                 healthy.add_metric(label, 1.0 if provider.health == ProviderHealth.HEALTHY else 0.0)
             capacity = self.admission.capacity(ProviderType(provider.provider_type))
@@ -174,7 +190,7 @@ class _Scraped(Collector):
             if capacity.resources.memory_bytes is not None:
                 memory.add_metric(label, capacity.resources.memory_bytes)
                 memory_asked.add_metric(label, capacity.memory_in_use)
-        yield from (healthy, workers, workers_used, cpu, cpu_asked, memory, memory_asked)
+        yield from (healthy, workers, workers_used, cpu, cpu_asked, memory, memory_asked, waiting, oldest)
 
     def _webhooks(self) -> Iterator[Metric]:
         messages = GaugeMetricFamily(

@@ -76,6 +76,24 @@ CASES = [
         {10: [], 20: [({"severity": "warning"}, "One job in twenty waits over 28m 45s to start")]},
     ),
     Case(
+        "HodeiProviderLineStuck",
+        # Every server reads the same line: counted once.
+        {
+            'hodei_provider_oldest_waiting_seconds{instance="a", provider="docker"}': "0 0 1900+60x10",
+            'hodei_provider_oldest_waiting_seconds{instance="b", provider="docker"}': "0 0 1900+60x10",
+            'hodei_provider_oldest_waiting_seconds{instance="a", provider="local"}': "0 30 60 0x10",
+        },
+        {
+            6: [],
+            8: [
+                (
+                    {"severity": "warning", "provider": "docker"},
+                    "A job has waited 37m 40s in provider docker's line",
+                )
+            ],
+        },
+    ),
+    Case(
         "HodeiJobsFailing",
         {
             'hodei_jobs_finished_total{instance="a", state="FAILED"}': "0+2x60",

@@ -106,6 +106,16 @@ ROWS: tuple[tuple[str, tuple[Chart, ...]], ...] = (
                 (("max by (provider) (hodei_provider_healthy)", "{{provider}}"),),
             ),
             Chart(
+                "Waiting in line",
+                "Jobs waiting for each provider's capacity and nothing else (`queue`), and how long "
+                "the oldest has waited: a line that does not move.",
+                "short",
+                (
+                    ("max by (provider) (hodei_provider_jobs_waiting)", "{{provider}} jobs"),
+                    ("max by (provider) (hodei_provider_oldest_waiting_seconds)", "{{provider}} oldest, seconds"),
+                ),
+            ),
+            Chart(
                 "Workers in use",
                 "Each provider's slots taken (workers not terminated, admitted jobs without one "
                 "yet) beside its capacity: `provider list`'s WORKERS.",

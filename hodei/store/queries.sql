@@ -1084,16 +1084,15 @@ FROM jobs WHERE id = ANY(%s::uuid[]);
 -- whose name hashed as a server's id would wait for that server to stop).
 SELECT pg_advisory_xact_lock(11, hashtext(%s));
 
--- name: queued_jobs
--- The queue as people see it: each waiting job with its place in its provider's line, or,
--- while it is out of line, none (0) and why: held (`job hold`: by whom, why), the time it
+-- part: queue_lines
+-- Every job waiting in the queue, in its provider's line (in_line) or, while out of line, why: held (`job hold`: by whom, why), the time it
 -- begins (--begin), a job it starts after (--after: that job's id, state and the condition
 -- asked of it), its array's limit (`--array …%N`: the limit, its array's jobs admitted and
 -- not ended, and its place among its array's ready jobs), its submitter's limit (`limit
 -- set`: the limit, the submitter's jobs admitted and not ended, and its place among its
 -- ready jobs of its provider), or its pool's size (`--pool`: the size, NULL for no such
 -- pool, its jobs admitted and not ended, and its place among the pool's ready jobs of its
--- provider): out of line past a limit, as an admission round counts (next_in_queue); a place
+-- provider): out of line past a limit, as an admission round counts (next_in_queue); its turn
 -- in line in next_in_queue's order (`fair`: each submitter's turn).
 WITH queued AS (
     SELECT id, name, provider_type, priority, created_at, retry_at, held_by, hold_reason,
@@ -1152,6 +1151,11 @@ WITH queued AS (
            ELSE 0 END AS turn
     FROM placed LEFT JOIN submitter_use USING (submitter)
 )
+
+-- name: queued_jobs
+-- The queue as people see it (`queue`, `job get` of a queued job): every waiting job with
+-- its place in its provider's line, or why it is out of line.
+@queue_lines
 SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priority, created_at, retry_at,
        held_by, coalesce(hold_reason, '') AS hold_reason, CASE WHEN begin_at > now() THEN begin_at END AS begin_at,
        waiting_for, array_limit, array_running, array_place, coalesce(submitter, '') AS submitter, submitter_limit,
@@ -1162,6 +1166,16 @@ SELECT id::text AS job_id, name, coalesce(provider_type, '') AS provider, priori
 FROM turned
 ORDER BY provider_type, NOT in_line, position, priority DESC, created_at, id
 LIMIT %(limit)s;
+
+-- name: waiting_in_line
+-- Each provider's jobs in its line (waiting for its capacity, nothing else holding them back)
+-- and how long the oldest has waited: a line that does not move (the metrics).
+@queue_lines
+SELECT coalesce(provider_type, '') AS provider, count(*) AS jobs,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+FROM turned
+WHERE in_line
+GROUP BY provider_type;
 
 -- name: never_started_dependents
 -- Queued jobs one of whose --after jobs ended otherwise than asked: they never will start.
