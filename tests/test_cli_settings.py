@@ -196,6 +196,19 @@ def test_config_changes_the_table_the_next_command_reads_and_keeps_the_rest(prof
     assert Connection.resolve({}).tls_ca == ca  # kept whole: it holds from any directory
 
 
+def test_config_deletes_a_profile_and_the_default_that_named_it(profiles: Path) -> None:
+    deleted = config_cli("config", "delete", "prod")
+    assert deleted.returncode == 0 and f"profile prod deleted from {profiles}" in deleted.stderr
+    assert "[profiles.prod]" not in profiles.read_text() and "[profiles.staging]" in profiles.read_text()
+    assert Connection.resolve({}).server == "staging.example:7000"  # the default still read
+    assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
+    default = config_cli("config", "delete", "staging")
+    assert default.returncode == 0 and "it was the default: now none is" in default.stderr
+    assert "profile =" not in profiles.read_text()
+    assert Connection.resolve({}).server == "localhost:50051"  # the file's own settings now
+    assert json.loads(config_cli("-o", "json", "config", "profiles").stdout) == []
+
+
 def test_config_refuses_what_the_settings_reader_would_and_leaves_the_file_as_it_was(profiles: Path) -> None:
     before = profiles.read_bytes()
     for args, said in (
@@ -205,6 +218,8 @@ def test_config_refuses_what_the_settings_reader_would_and_leaves_the_file_as_it
         (("config", "set", "server", " "), "server must not be empty: `config unset server` removes it"),
         (("--profile", "a b", "config", "set", "server", "x"), "a profile's name is 1-63 letters"),
         (("config", "use", "nope"), "no profile `nope` in "),
+        (("config", "delete", "nope"), "no profile `nope` in "),
+        (("config", "delete", "a b"), "a profile's name is 1-63 letters"),
         (("config", "set", "colour", "red"), "invalid choice: 'colour'"),
     ):
         refused = config_cli(*args)

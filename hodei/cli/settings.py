@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ def config(term: Terminal, args: argparse.Namespace) -> int:
         _write(path, document)
         term.info(f"profile {args.name} is used when no other is chosen ({path})")
         return 0
+    if args.action == "delete":
+        return _delete(term, args.name, path, document, read.profiles)
     profile, _ = chosen_profile(args.profile, read, path)
     table, where = _table(document, profile, path)
     if args.action == "set":
@@ -71,6 +74,21 @@ def config(term: Terminal, args: argparse.Namespace) -> int:
     del table[args.key]
     _write(path, document)
     term.info(f"{args.key} unset in {where}")
+    return 0
+
+
+def _delete(term: Terminal, name: str, path: Path, document: TOMLDocument, profiles: Mapping[str, object]) -> int:
+    """Removes a profile's table (kubectl's `config delete-context`), and the file's default
+    when it named that profile: a default naming no profile would refuse every command."""
+    _check_profile(name)
+    if name not in profiles:
+        raise InvalidInput(f"no profile `{name}` in {path} (`config profiles` lists them)")
+    del _profile_tables(document)[name]
+    default = document.get("profile") == name
+    if default:
+        del document["profile"]
+    _write(path, document)
+    term.info(f"profile {name} deleted from {path}" + ("; it was the default: now none is" if default else ""))
     return 0
 
 
@@ -207,6 +225,8 @@ def add_commands(commands: Any) -> None:
     actions.add_parser("profiles", help="the file's profiles, the default one marked")
     use = actions.add_parser("use", help="use this profile when no other is chosen (the file's `profile`)")
     use.add_argument("name", help="a profile of the file")
+    delete = actions.add_parser("delete", help="delete a profile (its table; the file's default too if it was)")
+    delete.add_argument("name", help="a profile of the file")
     change = actions.add_parser("set", help="set one setting (in the chosen profile's table; made when missing)")
     change.add_argument("key", choices=sorted(KEYS), help=", ".join(sorted(KEYS)))
     change.add_argument("value", help="its value; - reads it from standard input (a token, kept out of history)")
