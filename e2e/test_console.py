@@ -81,7 +81,7 @@ def tokens(pg_server: str, template_database: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def guarded(tokens: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1"}
+    env = {"HODEI_LOCAL_ENABLED": "0", "HODEI_SIM_ENABLED": "1", "HODEI_K8S_JOB_SERVICE_ACCOUNTS": "s3-reader"}
     with ServerProcess(tokens["url"], tmp_path_factory.mktemp("logs"), env, token=tokens["operate"], http=True) as s:
         yield s
 
@@ -357,9 +357,10 @@ def test_a_jobs_page_says_what_it_was_given_to_run_with(
     row = rf'<td id="input">[\d.]+ (bytes|KiB) archive of files \(--input\), sha256 <code>{sha256[:12]}…'
     assert re.search(row, shown)
     plain = reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
-    for row in ("resources", "nodes", "retry-on", "input"):
+    for row in ("resources", "nodes", "service-account", "retry-on", "input"):
         assert f'id="{row}"' not in plain
-    # Its nodes (Kubernetes' part; this server has none, so it fails to start, and shows them all the same).
+    # Its nodes and service account (Kubernetes' part; this server has none, so it fails to
+    # start, and shows them all the same).
     placed = guarded.cli(
         "job",
         "run",
@@ -369,6 +370,8 @@ def test_a_jobs_page_says_what_it_was_given_to_run_with(
         "disktype=ssd,zone=a",
         "--toleration",
         "gpu:NoSchedule",
+        "--service-account",
+        "s3-reader",
         check=True,
     ).stdout.strip()
     shown = reader.get(f"{guarded.http_url}/jobs/{placed}").text
@@ -376,6 +379,7 @@ def test_a_jobs_page_says_what_it_was_given_to_run_with(
         '<td id="nodes"><code>disktype=ssd</code> <code>zone=a</code> tolerating <code>gpu:NoSchedule</code> </td>'
         in shown
     )
+    assert '<td id="service-account"><code>s3-reader</code></td>' in shown
 
 
 def test_a_queued_jobs_owner_holds_and_releases_it_from_its_page(

@@ -156,6 +156,41 @@ def run_kubernetes(server: ServerProcess, database_url: str, command: str, *flag
     return state, error or "", (printed.stdout + printed.stderr).splitlines()
 
 
+def test_a_job_runs_as_a_service_account_the_server_lets_jobs_name(
+    fresh_database_url: str, tmp_path: Path, cluster: Any, worker_image: str
+) -> None:
+    """--service-account: the pod runs as it (its serviceAccountName); one the server does
+    not list (HODEI_K8S_JOB_SERVICE_ACCOUNTS), a provider without pods and a name Kubernetes
+    would refuse are refused at submission, a cron job's too, nothing written."""
+    api, _, kubeconfig = cluster
+    url = fresh_database_url
+    env = server_env(kubeconfig, worker_image, docker=False) | {"HODEI_K8S_JOB_SERVICE_ACCOUNTS": "s3-reader,uploader"}
+    with ServerProcess(url, tmp_path / "logs", env) as server:
+        ran = ("job", "run", "-c", "echo as s3-reader", "--service-account", "s3-reader", "--wait")
+        job_id = server.cli(*ran, check=True).stdout.strip()
+        assert query(url, "SELECT state, provider_type FROM jobs WHERE id = %s", (job_id,)) == [
+            ("SUCCEEDED", "kubernetes")
+        ]
+        (pod,) = [p for p in created_pods(api) if p["metadata"]["labels"].get("hodei-job") == job_id]
+        assert pod["spec"]["serviceAccountName"] == "s3-reader"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert "Service account: s3-reader\n" in server.cli("job", "get", job_id, check=True).stdout
+        jobs_before = query(url, "SELECT count(*) FROM jobs")
+        refusals = {
+            ("--service-account", "admin"): "service account `admin` is not one this server lets jobs run as "
+            "(HODEI_K8S_JOB_SERVICE_ACCOUNTS: only s3-reader, uploader)",
+            ("-p", "local", "--service-account", "uploader"): "provider local cannot run a job as a service account "
+            "of its choosing (--service-account): use kubernetes",
+            ("--service-account", "S3_Reader"): "service account `S3_Reader` must be a Kubernetes name",
+        }
+        for flags, said in refusals.items():
+            refused = server.cli("job", "run", "-c", "true", *flags)
+            assert refused.returncode == 2 and said in refused.stderr, (flags, refused.stderr)
+        cron = server.cli("cron", "create", "nightly", "--schedule", "@daily", "-c", "true", "--service-account", "x")
+        assert cron.returncode == 2 and "service account `x` is not one this server lets jobs run as" in cron.stderr
+        assert query(url, "SELECT count(*) FROM jobs") == jobs_before
+
+
 def test_a_job_runs_only_on_a_node_it_selects_and_tolerates(
     fresh_database_url: str, tmp_path: Path, cluster: Any, worker_image: str
 ) -> None:

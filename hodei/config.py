@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from hodei.domain.placement import Toleration, selector_of, tolerations_of
+from hodei.domain.placement import Toleration, selector_of, service_account_problems, tolerations_of
 from hodei.domain.spec import LIMITS
 from hodei.errors import InvalidInput
 from hodei.logfields import FORMATS, LEVELS
@@ -86,6 +86,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "",
         "node taints every worker pod tolerates, KEY[=VALUE][:EFFECT],… (as `kubectl taint` writes taints); "
         "a job's --toleration adds to them",
+    ),
+    "HODEI_K8S_JOB_SERVICE_ACCOUNTS": (
+        "",
+        "service accounts a job may run its pod as (`job run --service-account`), NAME,…; none by default: "
+        "every pod runs as HODEI_K8S_SERVICE_ACCOUNT",
     ),
     "HODEI_LOCAL_MAX_WORKERS": ("16", "workers the local provider runs at once (the API can change it)"),
     "HODEI_LOCAL_MAX_STARTING": (
@@ -297,6 +302,8 @@ class KubernetesConfig:
     # workers are kept to; a job adds its own.
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+    # The service accounts a job may run its pod as (JobSpec.service_account): none by default.
+    job_service_accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -489,6 +496,14 @@ def _node_selector(env: Mapping[str, str]) -> dict[str, str]:
     return selector_of([value], "HODEI_K8S_NODE_SELECTOR") if value.strip() else {}
 
 
+def _job_service_accounts(env: Mapping[str, str]) -> tuple[str, ...]:
+    names = tuple(sorted({name.strip() for name in _get(env, "HODEI_K8S_JOB_SERVICE_ACCOUNTS").split(",")} - {""}))
+    for name in names:
+        for problem in service_account_problems(name):
+            raise InvalidInput(f"HODEI_K8S_JOB_SERVICE_ACCOUNTS: {problem}")
+    return names
+
+
 def _tolerations(env: Mapping[str, str]) -> tuple[Toleration, ...]:
     terms = [term for term in _get(env, "HODEI_K8S_TOLERATIONS").split(",") if term.strip()]
     try:
@@ -650,6 +665,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             unschedulable_timeout=_seconds(env, "HODEI_K8S_UNSCHEDULABLE_TIMEOUT"),
             node_selector=_node_selector(env),
             tolerations=_tolerations(env),
+            job_service_accounts=_job_service_accounts(env),
         ),
         timing=Timing(
             heartbeat_interval=_seconds(env, "HODEI_HEARTBEAT_INTERVAL"),

@@ -75,6 +75,7 @@ from hodei.errors import InvalidInput
         ("HODEI_K8S_NODE_SELECTOR", "pool", "malformed HODEI_K8S_NODE_SELECTOR term `pool`: expected KEY=VALUE"),
         ("HODEI_K8S_NODE_SELECTOR", "pool=a b", "HODEI_K8S_NODE_SELECTOR: node selector value `a b` must be"),
         ("HODEI_K8S_TOLERATIONS", "a:NoSchedule,b:Never", "HODEI_K8S_TOLERATIONS: toleration `b:Never`: effect must"),
+        ("HODEI_K8S_JOB_SERVICE_ACCOUNTS", "reader,Admin", "HODEI_K8S_JOB_SERVICE_ACCOUNTS: service account `Admin`"),
         # It ended the server with psycopg's traceback; the refusal quotes nothing of it (a password).
         ("DATABASE_URL", "s3cret-nonsense", "DATABASE_URL is neither a URL nor a key=value connection string"),
         ("DATABASE_URL", "postgres://u:s3cret@h/db?connect_timeout=abc", "DATABASE_URL's connect_timeout (or PGC"),
@@ -104,6 +105,11 @@ def test_the_servers_nodes_are_read_as_kubectl_writes_labels_and_taints() -> Non
     assert loaded.node_selector == {"pool": "batch", "disktype": "ssd"}
     assert [str(toleration) for toleration in loaded.tolerations] == ["dedicated=batch:NoSchedule", "spot"]
     assert (config.load({}).kubernetes.node_selector, config.load({}).kubernetes.tolerations) == ({}, ())
+    accounts = config.load({"HODEI_K8S_JOB_SERVICE_ACCOUNTS": " uploader, s3-reader,,uploader"}).kubernetes
+    assert (accounts.job_service_accounts, config.load({}).kubernetes.job_service_accounts) == (
+        ("s3-reader", "uploader"),
+        (),
+    )
 
 
 def test_counts_are_whole_numbers_in_any_notation_and_namespaces_kubernetes_names() -> None:

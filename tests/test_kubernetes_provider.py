@@ -125,6 +125,20 @@ def test_a_pods_nodes_are_the_servers_and_the_jobs_choice(kubeconfig: Path) -> N
     assert "nodeSelector" not in plain and "tolerations" not in plain
 
 
+def test_a_job_runs_its_pod_as_a_service_account_the_server_lets_it_name(kubeconfig: Path) -> None:
+    """Its own account over the server's; its token still not mounted (workload identity
+    brings its own); one the server no longer lets jobs name (its list changed since the
+    submission) does not start, saying why."""
+    kube = provider(kubeconfig, service_account="hodei-worker", job_service_accounts=("s3-reader", "uploader"))
+    body = kube.pod_manifest(launch(service_account="s3-reader"))["spec"]
+    assert body["serviceAccountName"] == "s3-reader" and body["automountServiceAccountToken"] is False
+    assert kube.pod_manifest(launch())["spec"]["serviceAccountName"] == "hodei-worker"
+    with pytest.raises(ProviderError, match=r"service account `admin` is not one this server lets jobs run as") as no:
+        kube.pod_manifest(launch(service_account="admin"))
+    assert not no.value.retryable
+    assert "serviceAccountName" not in provider(kubeconfig).pod_manifest(launch())["spec"]
+
+
 def test_the_pod_spec(api: KubeEmulator, kubeconfig: Path) -> None:
     kube = provider(kubeconfig, service_account="hodei-worker")
     spec = launch(cpu_cores=0.5, memory_bytes=256 * 1024**2)

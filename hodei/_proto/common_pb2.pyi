@@ -199,6 +199,7 @@ class JobSpec(_message.Message):
     RETRY_ON_FIELD_NUMBER: _builtins.int
     INPUT_SHA256_FIELD_NUMBER: _builtins.int
     INPUT_BYTES_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -257,6 +258,12 @@ class JobSpec(_message.Message):
     directory before its command runs. Empty: none.
     """
     input_bytes: _builtins.int
+    service_account: _builtins.str
+    """The Kubernetes service account its pod runs as (a pod's serviceAccountName): what it may
+    do in the cluster and, through workload identity, in a cloud. Only one the server lets
+    jobs name (HODEI_K8S_JOB_SERVICE_ACCOUNTS); "": the server's (HODEI_K8S_SERVICE_ACCOUNT).
+    Kubernetes only.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -344,10 +351,11 @@ class JobSpec(_message.Message):
         retry_on: _abc.Iterable[_builtins.str] | None = ...,
         input_sha256: _builtins.str = ...,
         input_bytes: _builtins.int = ...,
+        service_account: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "input_bytes", b"input_bytes", "input_sha256", b"input_sha256", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "retry_on", b"retry_on", "secret_names", b"secret_names", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "input_bytes", b"input_bytes", "input_sha256", b"input_sha256", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "retry_on", b"retry_on", "secret_names", b"secret_names", "service_account", b"service_account", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -185,6 +185,7 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
             else []
         ),
         *([f"Tolerations: {', '.join(spec.tolerations)}"] if spec.tolerations else []),
+        *([f"Service account: {spec.service_account}"] if spec.service_account else []),
         *(
             [f"Input: {size_text(spec.input_bytes)} archive, sha256 {spec.input_sha256[:12]}… (--input)"]
             if spec.input_sha256
@@ -374,6 +375,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         node_selector=selector_of(args.node_selector or [], "--node-selector"),
         tolerations=canonical_tolerations(term for text in args.toleration or [] for term in comma_list(text)),
         retry_on=canonical_retry_on(term for text in args.retry_on or [] for term in comma_list(text)),
+        service_account=args.service_account or "",
     )
     return spec, secrets
 
@@ -1659,6 +1661,12 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> dict[st
         metavar="KEY[=VALUE][:EFFECT]",
         help="a node taint its pod tolerates, as `kubectl taint` writes it, e.g. dedicated=gpu:NoSchedule "
         "(kubernetes provider); repeatable, or several separated by commas",
+    )
+    add(
+        "--service-account",
+        metavar="NAME",
+        help="the Kubernetes service account its pod runs as (kubernetes provider; one the server lets jobs "
+        "name: HODEI_K8S_JOB_SERVICE_ACCOUNTS)",
     )
     add("--cpu", type=float, help="CPU cores")
     add("--memory", help="memory: bytes or e.g. 512Mi, 1G")

@@ -1,7 +1,11 @@
-"""Which nodes a job's pod may run on: the node labels it needs (a pod's ``nodeSelector``)
-and the node taints it tolerates (its ``tolerations``), as a Kubernetes user writes them
-(``kubectl label``, ``kubectl taint``). GPU nodes, spot nodes, a node pool kept for batch
-work: a cluster says which node is which by labels and keeps pods off by taints.
+"""What a job asks of its Kubernetes pod. Which nodes it may run on: the node labels it
+needs (a pod's ``nodeSelector``) and the node taints it tolerates (its ``tolerations``), as
+a Kubernetes user writes them (``kubectl label``, ``kubectl taint``). GPU nodes, spot nodes,
+a node pool kept for batch work: a cluster says which node is which by labels and keeps pods
+off by taints. And the service account it runs as (``serviceAccountName``): what it may do
+in the cluster and, through workload identity, in a cloud — only one the server lets jobs
+name (``HODEI_K8S_JOB_SERVICE_ACCOUNTS``), since the account's rights are the cluster
+admin's to give, not a submitter's to take.
 
 Only the Kubernetes provider places a worker on a node; a job naming either runs there.
 The server may set both for every pod it makes (``HODEI_K8S_NODE_SELECTOR``,
@@ -150,6 +154,31 @@ def tolerations_of(texts: Iterable[str]) -> tuple[Toleration, ...]:
     if len(parsed) > MOST_TERMS:
         raise InvalidInput(f"{len(parsed)} tolerations; the limit is {MOST_TERMS}")
     return parsed
+
+
+# A service account's name: a DNS subdomain (RFC 1123), as the API checks it.
+_SERVICE_ACCOUNT = re.compile(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
+
+
+def service_account_problems(name: str) -> list[str]:
+    """What Kubernetes would say is wrong with a service account's name ("": none asked)."""
+    if not name or (len(name) <= 253 and _SERVICE_ACCOUNT.match(name)):
+        return []
+    return [
+        f"service account `{excerpt(name)}` must be a Kubernetes name: at most 253 lowercase letters, digits, "
+        "`-` and `.`, beginning and ending with a letter or digit"
+    ]
+
+
+def check_service_account(name: str, allowed: Iterable[str]) -> None:
+    """Refuses a service account the server does not let jobs name."""
+    allowed = sorted(allowed)
+    if name and name not in allowed:
+        those = f"only {', '.join(allowed)}" if allowed else "none"
+        raise InvalidInput(
+            f"service account `{excerpt(name)}` is not one this server lets jobs run as "
+            f"(HODEI_K8S_JOB_SERVICE_ACCOUNTS: {those})"
+        )
 
 
 def toleration_problems(texts: Iterable[str]) -> list[str]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hodei.domain.base import check_name
-from hodei.domain.placement import selector_problems, toleration_problems
+from hodei.domain.placement import selector_problems, service_account_problems, toleration_problems
 from hodei.domain.retries import retry_on_problems
 from hodei.errors import InvalidInput, excerpt
 
@@ -255,6 +255,9 @@ class JobSpec:
     # before its command runs; "": none.
     input_sha256: str = ""
     input_bytes: int = 0
+    # The Kubernetes service account its pod runs as (its serviceAccountName); "": the
+    # server's. Which ones a job may name is the server's to say (HODEI_K8S_JOB_SERVICE_ACCOUNTS).
+    service_account: str = ""
 
     @property
     def begins(self) -> datetime | None:
@@ -311,6 +314,7 @@ class JobSpec:
         found.extend(_image_problems(self.image, self.image_pull))
         found.extend(selector_problems(self.node_selector))
         found.extend(toleration_problems(self.tolerations))
+        found.extend(service_account_problems(self.service_account))
         return found
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:

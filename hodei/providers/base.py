@@ -61,6 +61,8 @@ class WorkerLaunch:
     # .tolerations; hodei.domain.placement): Kubernetes only.
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[str, ...] = ()
+    # The service account its pod runs as (JobSpec.service_account); "": the server's.
+    service_account: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from hodei.config import KubernetesConfig
-from hodei.domain.placement import merged_selector, tolerations_of
+from hodei.domain.placement import check_service_account, merged_selector, tolerations_of
 from hodei.domain.provider import ProviderType
 from hodei.errors import InvalidInput, ProviderError, ProviderUnavailable
 from hodei.providers.agent_bundle import ENTRYPOINT, MOUNT, agent_env, fill_command
@@ -197,8 +197,13 @@ class KubernetesProvider(WorkerProvider):
         }
         if launch.image:
             self._in_image(spec, launch)
-        if self.config.service_account:
-            spec["serviceAccountName"] = self.config.service_account
+        if launch.service_account:  # checked again: the server's list may have changed since the submission
+            try:
+                check_service_account(launch.service_account, self.config.job_service_accounts)
+            except InvalidInput as exc:
+                raise ProviderError(exc.message) from exc
+        if launch.service_account or self.config.service_account:
+            spec["serviceAccountName"] = launch.service_account or self.config.service_account
         spec.update(self._placement(launch))
         return {"apiVersion": "v1", "kind": "Pod", "metadata": self._metadata(launch), "spec": spec}
 

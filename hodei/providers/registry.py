@@ -26,7 +26,8 @@ DEFAULT_ORDER = (ProviderType.DOCKER, ProviderType.KUBERNETES, ProviderType.LOCA
 # agent on the server's host (local) or no process at all (sim).
 IMAGE_PROVIDERS = (ProviderType.DOCKER, ProviderType.KUBERNETES)
 # The providers that place a worker on one of several nodes (JobSpec.node_selector,
-# .tolerations): Docker and local run it on their one host.
+# .tolerations) and run it as a service account (JobSpec.service_account): Docker and local
+# run it on their one host.
 PLACING_PROVIDERS = (ProviderType.KUBERNETES,)
 PROBE_TIMEOUT = 5.0
 # Choosing a provider reuses a probe this recent, so back-to-back jobs do not each ask
@@ -61,6 +62,8 @@ def _needs(spec: JobSpec) -> list[tuple[str, tuple[ProviderType, ...]]]:
         found.append(("in an image of its own (--image)", IMAGE_PROVIDERS))
     if spec.node_selector or spec.tolerations:
         found.append(("on nodes of its choosing (--node-selector, --toleration)", PLACING_PROVIDERS))
+    if spec.service_account:
+        found.append(("as a service account of its choosing (--service-account)", PLACING_PROVIDERS))
     return found
 
 

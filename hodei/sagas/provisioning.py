@@ -168,6 +168,7 @@ def create_worker(deps: SagaDeps, step: StepInput) -> dict[str, Any]:
             image_pull=job.spec.image_pull,
             node_selector=job.spec.node_selector,
             tolerations=job.spec.tolerations,
+            service_account=job.spec.service_account,
         )
     )
     return {"resource_id": resource_id}

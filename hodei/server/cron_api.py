@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import grpc
 
 from hodei._proto import cron_pb2, cron_pb2_grpc
+from hodei.config import KubernetesConfig
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
 from hodei.domain.spec import JobSpec, within_disk_limit
@@ -36,20 +37,20 @@ def _concurrency(value: str) -> Concurrency:
 
 class CronService(cron_pb2_grpc.CronServiceServicer):
     def __init__(
-        self, cron_jobs: CronJobs, pools: Pools, limits: Limits, node_selector: Mapping[str, str], reads: ReadModels
+        self, cron_jobs: CronJobs, pools: Pools, limits: Limits, kubernetes: KubernetesConfig, reads: ReadModels
     ) -> None:
         self.cron_jobs = cron_jobs
         self.pools = pools
         self.limits = limits
         self.reads = reads
         # HODEI_K8S_NODE_SELECTOR (``refuse_unrunnable``).
-        self.node_selector = node_selector
+        self.kubernetes = kubernetes
 
     @rpc
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
-        refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
+        refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
         within_disk_limit(spec, self.cron_jobs.max_disk_bytes)  # refused now, not at each run
         if spec.input_sha256:
             raise InvalidInput(
@@ -106,7 +107,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             return repeat
 
         def check(spec: JobSpec) -> None:
-            refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
+            refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
             self.limits.make_room(who.name, 1)
 
         def write() -> cron_pb2.RunCronJobResponse:

@@ -17,10 +17,11 @@ import grpc
 
 from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hodei.clock import DatabaseClock
+from hodei.config import KubernetesConfig
 from hodei.domain.base import check_submitter_name, uuid_or_none
 from hodei.domain.execs import ANSWER_WITHIN, check_exec
 from hodei.domain.job import Job, JobState, after_met, check_signal
-from hodei.domain.placement import merged_selector
+from hodei.domain.placement import check_service_account, merged_selector
 from hodei.domain.provider import ProviderType
 from hodei.domain.spec import (
     AFTER_CONDITIONS,
@@ -112,13 +113,14 @@ def job_filters(request: Selection, labels: Mapping[str, str] | None = None) -> 
     )
 
 
-def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, str], reads: ReadModels) -> None:
+def refuse_unrunnable(spec: JobSpec, pools: Pools, kubernetes: KubernetesConfig, reads: ReadModels) -> None:
     """An unknown provider is refused before anything is written; so are a sim job's
     settings (HODEI_SIM_SECONDS, …), which would otherwise fail it later, a pool that
     does not exist, whose jobs would wait for ever, an image on a provider that cannot
     run one, nodes chosen on a provider without nodes, a node selector that the
-    server's (``node_selector``: HODEI_K8S_NODE_SELECTOR) contradicts, and more CPU or
-    memory than the provider named has for its jobs (``provider capacity --cpus``)."""
+    server's (HODEI_K8S_NODE_SELECTOR) contradicts, a service account the server does not
+    let jobs name (HODEI_K8S_JOB_SERVICE_ACCOUNTS), and more CPU or memory than the
+    provider named has for its jobs (``provider capacity --cpus``)."""
     provider = check_provider(spec)
     if provider is ProviderType.SIM:
         Simulation.of(spec.env)
@@ -127,7 +129,8 @@ def refuse_unrunnable(spec: JobSpec, pools: Pools, node_selector: Mapping[str, s
     if provider is not None and recorded is not None and (never := never_room(provider, recorded, spec)):
         raise InvalidInput(never)
     pools.check(spec.pool)
-    merged_selector(node_selector, spec.node_selector)
+    merged_selector(kubernetes.node_selector, spec.node_selector)
+    check_service_account(spec.service_account, kubernetes.job_service_accounts)
 
 
 class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
@@ -145,8 +148,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         webhooks: Webhooks,
         inputs: InputStore,
         exec_results: ExecResults,
-        max_disk_bytes: int = 0,
-        node_selector: Mapping[str, str] | None = None,
+        max_disk_bytes: int,
+        kubernetes: KubernetesConfig,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -161,8 +164,9 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.clock = clock
         # HODEI_MAX_DISK_BYTES, for each job made (``within_disk_limit``).
         self.max_disk_bytes = max_disk_bytes
-        # HODEI_K8S_NODE_SELECTOR: a job's own selector may not contradict it.
-        self.node_selector = node_selector or {}
+        # HODEI_K8S_NODE_SELECTOR, which a job's own selector may not contradict, and the
+        # service accounts a job may name (HODEI_K8S_JOB_SERVICE_ACCOUNTS).
+        self.kubernetes = kubernetes
         self.webhooks = webhooks
         # Files jobs start with (--input): each job made is given its copy.
         self.inputs = inputs
@@ -273,7 +277,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
         naming_arrays(spec, request.after_arrays).validate(secrets)
         spec.refuse_written(secrets)
-        refuse_unrunnable(spec, self.pools, self.node_selector, self.reads)
+        refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
         spec, own = siblings(spec)
         spec = self._after(spec, request.after_arrays)
         if spec.array_limit and not request.array:

@@ -259,7 +259,7 @@ async def _add_services(
                 runtime.inputs,
                 ExecResults(runtime.artifacts),
                 runtime.config.max_disk_bytes,
-                runtime.config.kubernetes.node_selector,
+                runtime.config.kubernetes,
             ),
         ),
         (worker_pb2, "WorkerAgentService", workers),
@@ -281,9 +281,7 @@ async def _add_services(
         (
             cron_pb2,
             "CronService",
-            CronService(
-                runtime.cron_jobs, runtime.pools, runtime.limits, runtime.config.kubernetes.node_selector, runtime.reads
-            ),
+            CronService(runtime.cron_jobs, runtime.pools, runtime.limits, runtime.config.kubernetes, runtime.reads),
         ),
         (pools_pb2, "PoolService", PoolService(runtime.pools)),
         (limits_pb2, "LimitService", LimitService(runtime.limits)),
