@@ -156,6 +156,15 @@ def run_kubernetes(server: ServerProcess, database_url: str, command: str, *flag
     return state, error or "", (printed.stdout + printed.stderr).splitlines()
 
 
+def refused_writing_nothing(server: ServerProcess, refusals: dict[tuple[str, ...], str]) -> None:
+    """`job run -c true FLAGS` is refused (exit 2) saying so, for each, and no job is written."""
+    before = query(server.database_url, "SELECT count(*) FROM jobs")
+    for flags, said in refusals.items():
+        refused = server.cli("job", "run", "-c", "true", *flags)
+        assert refused.returncode == 2 and said in refused.stderr, (flags, refused.stderr)
+    assert query(server.database_url, "SELECT count(*) FROM jobs") == before
+
+
 def test_a_job_runs_as_a_service_account_the_server_lets_jobs_name(
     fresh_database_url: str, tmp_path: Path, cluster: Any, worker_image: str
 ) -> None:
@@ -175,20 +184,15 @@ def test_a_job_runs_as_a_service_account_the_server_lets_jobs_name(
         assert pod["spec"]["serviceAccountName"] == "s3-reader"
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert "Service account: s3-reader\n" in server.cli("job", "get", job_id, check=True).stdout
-        jobs_before = query(url, "SELECT count(*) FROM jobs")
-        refusals = {
+        refused_writing_nothing(server, {
             ("--service-account", "admin"): "service account `admin` is not one this server lets jobs run as "
             "(HODEI_K8S_JOB_SERVICE_ACCOUNTS: only s3-reader, uploader)",
             ("-p", "local", "--service-account", "uploader"): "provider local cannot run a job as a service account "
             "of its choosing (--service-account): use kubernetes",
             ("--service-account", "S3_Reader"): "service account `S3_Reader` must be a Kubernetes name",
-        }
-        for flags, said in refusals.items():
-            refused = server.cli("job", "run", "-c", "true", *flags)
-            assert refused.returncode == 2 and said in refused.stderr, (flags, refused.stderr)
+        })  # fmt: skip
         cron = server.cli("cron", "create", "nightly", "--schedule", "@daily", "-c", "true", "--service-account", "x")
         assert cron.returncode == 2 and "service account `x` is not one this server lets jobs run as" in cron.stderr
-        assert query(url, "SELECT count(*) FROM jobs") == jobs_before
 
 
 def test_a_job_runs_only_on_a_node_it_selects_and_tolerates(
@@ -256,8 +260,7 @@ def test_a_job_runs_only_on_a_node_it_selects_and_tolerates(
                 assert query(url, "SELECT count(*) FROM job_log_files WHERE job_id = %s", (pending,)) == [(0,)]
             eventually(lambda: api.pods() == {}, 30, what="the unscheduled pods to be deleted")
 
-            jobs_before = query(url, "SELECT count(*) FROM jobs")
-            refusals = {
+            refused_writing_nothing(server, {
                 ("--node-selector", "kubernetes.io/os=windows"): "node selector kubernetes.io/os=windows conflicts "
                 "with this server's kubernetes.io/os=linux (HODEI_K8S_NODE_SELECTOR: its pods run only on such nodes)",
                 ("-p", "local", "--toleration", "gpu"): "provider local cannot run a job on nodes of its choosing "
@@ -265,11 +268,7 @@ def test_a_job_runs_only_on_a_node_it_selects_and_tolerates(
                 ("--toleration", "gpu:Sometimes"): "toleration `gpu:Sometimes`: effect must be one of NoSchedule, "
                 "PreferNoSchedule, NoExecute, got `Sometimes` (KEY[=VALUE][:EFFECT])",
                 ("--node-selector", "disk type=ssd"): "--node-selector: node selector key `disk type` must be",
-            }
-            for flags, said in refusals.items():
-                refused = server.cli("job", "run", "-c", "true", *flags)
-                assert refused.returncode == 2 and said in refused.stderr, (flags, refused.stderr)
-            assert query(url, "SELECT count(*) FROM jobs") == jobs_before
+            })  # fmt: skip
     finally:
         kubelet.labels.pop("disktype")
         kubelet.taints.clear()
