@@ -261,3 +261,42 @@ def test_a_providers_cpu_and_memory_hold_its_jobs_requests_and_say_why_a_job_wai
             wait_settled(fresh_database_url, job_id)
     verified = hodei_server(fresh_database_url, "replay", "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_servers_default_request_counts_against_a_providers_cpus(fresh_database_url: str, tmp_path: Path) -> None:
+    """HODEI_DEFAULT_CPUS and HODEI_DEFAULT_MEMORY_BYTES, as a LimitRange's defaultRequest:
+    a job asking for none asks for them (`job get` says so), so `provider capacity --cpus`
+    holds jobs that say nothing of their CPU; HODEI_MAX_CPUS refuses more, nothing written."""
+    env = {
+        "HODEI_SIM_ENABLED": "1",
+        "HODEI_LOCAL_ENABLED": "0",
+        "HODEI_DEFAULT_CPUS": "0.5",
+        "HODEI_DEFAULT_MEMORY_BYTES": str(64 * 2**20),
+        "HODEI_MAX_CPUS": "1",
+    }
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        server.cli("provider", "capacity", "sim", "--cpus", "1", check=True)
+        sim = ("job", "run", "-p", "sim", "-c", "x", "--env", "HODEI_SIM_SECONDS=600")
+        running = [server.cli(*sim, check=True).stdout.strip() for _ in range(2)]
+        for job_id in running:
+            wait_running(fresh_database_url, job_id)
+        shown = server.cli("job", "get", running[0], check=True).stdout
+        assert "Resources: 0.5 CPU, 64.0 MiB memory\n" in shown, shown
+        third = server.cli(*sim, check=True).stdout.strip()
+
+        def reason() -> str | None:
+            queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+            return next((q["reason"] for q in queued if q["job_id"] == third and "no room" in q["reason"]), None)
+
+        assert eventually(reason, 20) == (
+            "provider sim has no room for it yet: its jobs ask for 1 of 1 CPU, and it asks for 0.5 CPU, 64.0 MiB memory"
+        )
+        before = query(fresh_database_url, "SELECT count(*) FROM jobs")
+        refused = server.cli("job", "run", "-p", "sim", "-c", "x", "--cpu", "2")
+        assert refused.returncode == 2, refused.stderr
+        said = "CPU of 2 cores is past this server's most for a job, 1 core (HODEI_MAX_CPUS)"
+        assert said in refused.stderr, refused.stderr
+        assert query(fresh_database_url, "SELECT count(*) FROM jobs") == before
+        for job_id in [*running, third]:
+            server.cli("job", "cancel", job_id, check=True)
+            wait_settled(fresh_database_url, job_id)

@@ -22,7 +22,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from hodei.domain.placement import Toleration, selector_of, service_account_problems, tolerations_of
-from hodei.domain.spec import LIMITS
+from hodei.domain.spec import LIMITS, JobBounds
 from hodei.errors import InvalidInput
 from hodei.logfields import FORMATS, LEVELS
 
@@ -111,6 +111,19 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "HODEI_LOG_RETENTION": ("2592000", "seconds a job's stored log is kept (30 days)"),
     "HODEI_OUTBOX_RETENTION": ("604800", "seconds published outbox rows are kept (7 days; the events stay)"),
     "HODEI_MAX_LOG_BYTES": ("1073741824", "bytes of a job's stored log; past it the rest is dropped, with a notice"),
+    "HODEI_DEFAULT_CPUS": (
+        "0",
+        "CPU cores a job asking for none is given (job run --cpu; its provider's capacity counts them); 0: none",
+    ),
+    "HODEI_MAX_CPUS": ("0", "the most CPU cores a job may ask for (job run --cpu): more is refused; 0: no most"),
+    "HODEI_DEFAULT_MEMORY_BYTES": (
+        "0",
+        "memory a job asking for none is given, in bytes (job run --memory; its worker is held to it); 0: none",
+    ),
+    "HODEI_MAX_MEMORY_BYTES": (
+        "0",
+        "the most memory a job may ask for, in bytes (job run --memory): more is refused; 0: no most",
+    ),
     "HODEI_MAX_DISK_BYTES": (
         "0",
         "bytes a job may write to its worker's disk (job run --disk): a job asking for more is refused, one asking "
@@ -231,6 +244,25 @@ def _whole(env: Mapping[str, str], name: str, zero_allowed: bool = False, most: 
     if value > most:
         raise InvalidInput(f"{name} must be at most {most}, got `{_get(env, name)}`")
     return int(value)
+
+
+def _job_bounds(env: Mapping[str, str]) -> JobBounds:
+    def cores(name: str) -> float:
+        value = _number(env, name, zero_allowed=True)
+        if value > LIMITS.max_cpu_cores:
+            raise InvalidInput(f"{name} must be at most {LIMITS.max_cpu_cores:g} cores, got `{_get(env, name)}`")
+        return value
+
+    def memory(name: str) -> int:
+        return _whole(env, name, zero_allowed=True, most=LIMITS.max_memory_bytes)
+
+    return JobBounds(
+        default_cpus=cores("HODEI_DEFAULT_CPUS"),
+        max_cpus=cores("HODEI_MAX_CPUS"),
+        default_memory_bytes=memory("HODEI_DEFAULT_MEMORY_BYTES"),
+        max_memory_bytes=memory("HODEI_MAX_MEMORY_BYTES"),
+        max_disk_bytes=_whole(env, "HODEI_MAX_DISK_BYTES", zero_allowed=True, most=LIMITS.max_disk_bytes),
+    )
 
 
 # A worker's agent alone has a dozen threads (gRPC's among them) and its job's shell one more.
@@ -390,8 +422,8 @@ class Config:
     max_log_bytes: int
     max_artifact_bytes: int
     max_input_bytes: int
-    # The most a job may write to its worker's disk, and the limit of one asking for none (0: none).
-    max_disk_bytes: int
+    # What a job asking for none is given, and the most one may ask for (CPU, memory, disk).
+    job_bounds: JobBounds
     # Streams API callers may hold open at once (hodei.server.edge.Streams).
     max_streams: int
     # Of those, the streams one API token may hold.
@@ -635,7 +667,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         max_log_bytes=_whole(env, "HODEI_MAX_LOG_BYTES", most=2**63 - 1),
         max_artifact_bytes=_whole(env, "HODEI_MAX_ARTIFACT_BYTES", most=2**63 - 1),
         max_input_bytes=_whole(env, "HODEI_MAX_INPUT_BYTES", most=2**63 - 1),
-        max_disk_bytes=_whole(env, "HODEI_MAX_DISK_BYTES", zero_allowed=True, most=LIMITS.max_disk_bytes),
+        job_bounds=_job_bounds(env),
         max_streams=_whole(env, "HODEI_MAX_STREAMS"),
         max_streams_per_token=_whole(env, "HODEI_MAX_STREAMS_PER_TOKEN"),
         log_retention=_seconds(env, "HODEI_LOG_RETENTION"),

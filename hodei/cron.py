@@ -20,7 +20,7 @@ from uuid import UUID, uuid4
 from hodei.domain.base import check_name
 from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id
 from hodei.domain.job import Job
-from hodei.domain.spec import JobSpec, within_disk_limit
+from hodei.domain.spec import JobBounds, JobSpec
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
 from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
@@ -59,15 +59,16 @@ class CronJobs:
         *,
         kill_grace: float,
         clock: Clock = _now,
-        max_disk_bytes: int = 0,
+        bounds: JobBounds | None = None,
     ) -> None:
         """``kill_grace``: the seconds between SIGTERM and SIGKILL of a job that a slot of
         a cron job with ``replace`` cancels (HODEI_KILL_GRACE, a cancel's without --grace).
-        ``max_disk_bytes``: HODEI_MAX_DISK_BYTES, for each job made (``within_disk_limit``)."""
+        ``bounds``: what a job asking for none is given and the most one may ask for
+        (HODEI_DEFAULT_CPUS, …), for each job made."""
         self.store = store
         self.secrets = secrets
         self.kill_grace = kill_grace
-        self.max_disk_bytes = max_disk_bytes
+        self.bounds = bounds or JobBounds()
         self.clock = clock
         # Every cron job as last loaded, by id: reloaded when its version moves. A cache:
         # the log says what exists.
@@ -284,7 +285,7 @@ class CronJobs:
         cancel it); its secrets sealed again under a key of its own. ``check`` runs in the
         transaction that writes it (a submitter's limit counts its jobs there)."""
         plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
-        spec = within_disk_limit(cron.job_spec(moment, env or {}), self.max_disk_bytes)
+        spec = self.bounds.apply(cron.job_spec(moment, env or {}))
         spec.validate(plain)
         job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain), request_digest=request_digest)
         with command_transaction(self.store.pool):

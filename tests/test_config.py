@@ -75,6 +75,8 @@ from hodei.errors import InvalidInput
         ("HODEI_K8S_NODE_SELECTOR", "pool", "malformed HODEI_K8S_NODE_SELECTOR term `pool`: expected KEY=VALUE"),
         ("HODEI_K8S_NODE_SELECTOR", "pool=a b", "HODEI_K8S_NODE_SELECTOR: node selector value `a b` must be"),
         ("HODEI_K8S_TOLERATIONS", "a:NoSchedule,b:Never", "HODEI_K8S_TOLERATIONS: toleration `b:Never`: effect must"),
+        ("HODEI_MAX_CPUS", "300", "HODEI_MAX_CPUS must be at most 256 cores, got `300`"),
+        ("HODEI_DEFAULT_MEMORY_BYTES", "1.5", "HODEI_DEFAULT_MEMORY_BYTES must be a whole number, got `1.5`"),
         ("HODEI_K8S_JOB_SERVICE_ACCOUNTS", "reader,Admin", "HODEI_K8S_JOB_SERVICE_ACCOUNTS: service account `Admin`"),
         # It ended the server with psycopg's traceback; the refusal quotes nothing of it (a password).
         ("DATABASE_URL", "s3cret-nonsense", "DATABASE_URL is neither a URL nor a key=value connection string"),
@@ -110,6 +112,13 @@ def test_the_servers_nodes_are_read_as_kubectl_writes_labels_and_taints() -> Non
         ("s3-reader", "uploader"),
         (),
     )
+
+
+def test_a_default_request_past_the_servers_most_stops_it() -> None:
+    bounds = config.load({"HODEI_DEFAULT_CPUS": "0.5", "HODEI_MAX_MEMORY_BYTES": "1e9"}).job_bounds
+    assert (bounds.default_cpus, bounds.max_cpus, bounds.max_memory_bytes) == (0.5, 0.0, 10**9)
+    with pytest.raises(InvalidInput, match=r"HODEI_DEFAULT_CPUS \(2\) is past HODEI_MAX_CPUS \(1\)"):
+        config.load({"HODEI_DEFAULT_CPUS": "2", "HODEI_MAX_CPUS": "1"})
 
 
 def test_counts_are_whole_numbers_in_any_notation_and_namespaces_kubernetes_names() -> None:

@@ -16,7 +16,16 @@ from hodei.domain.job import JOB_TRANSITIONS, Job, JobState, after_met, check_si
 from hodei.domain.limit import DEFAULT, INHERITED, SubmitterLimit, limit_id
 from hodei.domain.phases import phases_of
 from hodei.domain.pool import Pool, pool_id
-from hodei.domain.spec import JobSpec, LabelSelector, array_element, array_problems, canonical_time, name_for
+from hodei.domain.spec import (
+    JobBounds,
+    JobSpec,
+    LabelSelector,
+    Resources,
+    array_element,
+    array_problems,
+    canonical_time,
+    name_for,
+)
 from hodei.domain.worker import WORKER_TRANSITIONS, Worker, WorkerState
 from hodei.errors import InvalidInput, InvalidTransition, Unauthenticated
 
@@ -815,3 +824,33 @@ def test_a_submitters_limit_is_set_changed_lifted_and_deleted() -> None:
             limit.change(jobs, submitted)
     with pytest.raises(InvalidInput, match=re.escape("* is every submitter's limit: it has none to take its jobs")):
         SubmitterLimit.create(DEFAULT, INHERITED, 5)
+
+
+def test_the_servers_bounds_give_defaults_and_refuse_past_the_most() -> None:
+    """HODEI_DEFAULT_CPUS and the rest, as a LimitRange's defaultRequest and max: what a
+    job asks for none of is given; what it asks for stays; past a most is refused, saying
+    which setting; a default past its most is refused when the server starts."""
+    bounds = JobBounds(default_cpus=0.5, max_cpus=2, default_memory_bytes=64 * 2**20, max_disk_bytes=10 * 2**20)
+    given = bounds.apply(JobSpec(name="t", command="true", timeout_seconds=60))
+    assert given.resources == Resources(cpu_cores=0.5, memory_bytes=64 * 2**20, disk_bytes=10 * 2**20)
+    asked = JobSpec(
+        name="t",
+        command="true",
+        timeout_seconds=60,
+        resources=Resources(cpu_cores=2, memory_bytes=2**30, disk_bytes=2**20),
+    )
+    assert bounds.apply(asked) == asked  # no most for memory: a GiB is allowed
+    plain = JobSpec(name="t", command="true", timeout_seconds=60)
+    assert JobBounds().apply(plain) is plain
+    with pytest.raises(
+        InvalidInput, match=r"CPU of 2.5 cores is past this server's most for a job, 2 cores \(HODEI_MAX_CPUS\)"
+    ):
+        bounds.apply(replace(plain, resources=Resources(cpu_cores=2.5)))
+    with pytest.raises(
+        InvalidInput, match=r"memory of 2147483648 bytes .* 1073741824 bytes \(HODEI_MAX_MEMORY_BYTES\)"
+    ):
+        JobBounds(max_memory_bytes=2**30).apply(replace(plain, resources=Resources(memory_bytes=2**31)))
+    with pytest.raises(
+        InvalidInput, match=r"HODEI_DEFAULT_MEMORY_BYTES \(2048\) is past HODEI_MAX_MEMORY_BYTES \(1024\)"
+    ):
+        JobBounds(default_memory_bytes=2048, max_memory_bytes=1024)

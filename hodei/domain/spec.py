@@ -433,20 +433,54 @@ def _texts(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from _texts(item, f"{path}[{index}]")
 
 
-def within_disk_limit(spec: JobSpec, most: int) -> JobSpec:
-    """The server's most for a job's disk (HODEI_MAX_DISK_BYTES; 0: none), as a Kubernetes
-    LimitRange's default and max: a job that asks for no limit is given it, one that asks
-    for more is refused. Applied as each job is made (a cron job's runs, a retry), so a
-    server's setting holds for every job it makes."""
-    asked = spec.resources.disk_bytes
-    if most <= 0 or 0 < asked <= most:
-        return spec
-    if asked > most:
-        raise InvalidInput(
-            f"invalid job: disk of {asked} bytes is past this server's most for a job, {most} bytes"
-            " (HODEI_MAX_DISK_BYTES)"
+@dataclass(frozen=True)
+class JobBounds:
+    """What the server gives a job that asks for none, and the most one may ask for, as a
+    Kubernetes LimitRange's ``defaultRequest`` and ``max``: CPU cores (HODEI_DEFAULT_CPUS,
+    HODEI_MAX_CPUS), memory (HODEI_DEFAULT_MEMORY_BYTES, HODEI_MAX_MEMORY_BYTES) and disk
+    (HODEI_MAX_DISK_BYTES, its max and default at once); 0: none. Applied as each job is
+    made (a cron job's runs, a retry), so a server's setting holds for every job it makes;
+    a job given a default asks for it (its provider's capacity counts it, its worker is held
+    to it) as one that asked would."""
+
+    default_cpus: float = 0.0
+    max_cpus: float = 0.0
+    default_memory_bytes: int = 0
+    max_memory_bytes: int = 0
+    max_disk_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        for kind, default, most in (
+            ("CPUS", self.default_cpus, self.max_cpus),
+            ("MEMORY_BYTES", self.default_memory_bytes, self.max_memory_bytes),
+        ):
+            if most and default > most:
+                raise InvalidInput(f"HODEI_DEFAULT_{kind} ({default:.16g}) is past HODEI_MAX_{kind} ({most:.16g})")
+
+    def apply(self, spec: JobSpec) -> JobSpec:
+        """``spec`` with the defaults for what it asks none of; refused past a most."""
+        asked = spec.resources
+        for what, value, most, setting in (
+            ("CPU", asked.cpu_cores, self.max_cpus, "HODEI_MAX_CPUS"),
+            ("memory", asked.memory_bytes, self.max_memory_bytes, "HODEI_MAX_MEMORY_BYTES"),
+            ("disk", asked.disk_bytes, self.max_disk_bytes, "HODEI_MAX_DISK_BYTES"),
+        ):
+            if most and value > most:
+                amount, bound = (_cores(value), _cores(most)) if what == "CPU" else (f"{value} bytes", f"{most} bytes")
+                raise InvalidInput(
+                    f"invalid job: {what} of {amount} is past this server's most for a job, {bound} ({setting})"
+                )
+        given = replace(
+            asked,
+            cpu_cores=asked.cpu_cores or self.default_cpus,
+            memory_bytes=asked.memory_bytes or self.default_memory_bytes,
+            disk_bytes=asked.disk_bytes or self.max_disk_bytes,
         )
-    return replace(spec, resources=replace(spec.resources, disk_bytes=most))
+        return spec if given == asked else replace(spec, resources=given)
+
+
+def _cores(cores: float) -> str:
+    return f"{cores:.16g} core" + ("" if cores == 1 else "s")
 
 
 def _resource_problems(resources: Resources) -> list[str]:

@@ -10,7 +10,7 @@ from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.config import KubernetesConfig
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
-from hodei.domain.spec import JobSpec, within_disk_limit
+from hodei.domain.spec import JobSpec
 from hodei.errors import InvalidInput, PermissionDenied
 from hodei.limits import Limits
 from hodei.pools import Pools
@@ -51,7 +51,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         secrets = dict(request.secrets)
         spec = spec_from_proto(request.spec, secrets)
         refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
-        within_disk_limit(spec, self.cron_jobs.max_disk_bytes)  # refused now, not at each run
+        self.cron_jobs.bounds.apply(spec)  # refused now, not at each run
         if spec.input_sha256:
             raise InvalidInput(
                 "a cron job's runs cannot take --input files (an upload is kept an hour): "

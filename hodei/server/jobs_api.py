@@ -27,13 +27,13 @@ from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
     LIMITS,
+    JobBounds,
     JobSpec,
     LabelSelector,
     array_element,
     check_priority,
     naming_arrays,
     never_after,
-    within_disk_limit,
     written_secrets,
 )
 from hodei.domain.workflow import MOST_JOBS, in_workflow, resolved
@@ -148,7 +148,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         webhooks: Webhooks,
         inputs: InputStore,
         exec_results: ExecResults,
-        max_disk_bytes: int,
+        bounds: JobBounds,
         kubernetes: KubernetesConfig,
     ) -> None:
         self.store = store
@@ -162,8 +162,9 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self.faults = faults
         # Deadlines' time: a cancel's grace is judged by the server its worker is connected to.
         self.clock = clock
-        # HODEI_MAX_DISK_BYTES, for each job made (``within_disk_limit``).
-        self.max_disk_bytes = max_disk_bytes
+        # What a job asking for none is given, and the most one may ask for (HODEI_DEFAULT_CPUS,
+        # HODEI_MAX_MEMORY_BYTES, HODEI_MAX_DISK_BYTES, …), for each job made.
+        self.bounds = bounds
         # HODEI_K8S_NODE_SELECTOR, which a job's own selector may not contradict, and the
         # service accounts a job may name (HODEI_K8S_JOB_SERVICE_ACCOUNTS).
         self.kubernetes = kubernetes
@@ -274,7 +275,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         """The spec a request gives, checked as a submission (nothing written when refused),
         with the jobs it starts after by their whole ids; ``siblings``: those of its own
         submission of several jobs, apart (they have no job yet to be looked up)."""
-        spec = within_disk_limit(spec_from_proto(request.spec, secrets), self.max_disk_bytes)
+        spec = self.bounds.apply(spec_from_proto(request.spec, secrets))
         naming_arrays(spec, request.after_arrays).validate(secrets)
         spec.refuse_written(secrets)
         refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
@@ -544,7 +545,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput(
                 f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
             ) from None
-        spec = within_disk_limit(self._after(JobSpec.from_payload(row.spec)), self.max_disk_bytes)
+        spec = self.bounds.apply(self._after(JobSpec.from_payload(row.spec)))
         self.pools.check(spec.pool)  # it may have been deleted since
         job_id = submission.ids[0]
         job = Job.submit(

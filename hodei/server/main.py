@@ -258,7 +258,7 @@ async def _add_services(
                 runtime.webhooks,
                 runtime.inputs,
                 ExecResults(runtime.artifacts),
-                runtime.config.max_disk_bytes,
+                runtime.config.job_bounds,
                 runtime.config.kubernetes,
             ),
         ),

@@ -134,7 +134,7 @@ class Runtime:
             self.secrets,
             kill_grace=config.timing.kill_grace,
             clock=self.clock,
-            max_disk_bytes=config.max_disk_bytes,
+            bounds=config.job_bounds,
         )
         self.pools = Pools(self.store)
         self.limits = Limits(self.store)
