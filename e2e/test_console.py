@@ -765,12 +765,12 @@ def test_the_report_page_sums_what_ended_jobs_used_for_readers(guarded: ServerPr
         for row in re.findall(r"<tr(?: class=\"total\")?>(.*?)</tr>", shown.text, re.S)
         if "<td>" in row
     ]
-    # One submitter's two sim jobs, their run time the jobs' own, CPU used measured by no
-    # worker (-), and the total.
+    # One submitter's two sim jobs, an attempt each, their run time the jobs' own, CPU used
+    # measured by no worker (-), and the total.
     run_seconds = query(tokens["url"], "SELECT sum(run_seconds) FROM jobs WHERE id = ANY(%s::uuid[])", (ended,))[0][0]
     assert run_seconds >= 0.4
-    assert [row[:8] for row in rows] == [
-        [key, "2", "2", "0", "0", "0", seconds_text(run_seconds), "-"] for key in ("operate-person", "(all)")
+    assert [row[:9] for row in rows] == [
+        [key, "2", "2", "0", "0", "0", "2", seconds_text(run_seconds), "-"] for key in ("operate-person", "(all)")
     ]
     wrong = reader.get(f"{guarded.http_url}/report", params={"by": "colour"})
     assert wrong.status_code == 400 and "report by `colour`: expected one of" in wrong.text

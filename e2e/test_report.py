@@ -91,6 +91,8 @@ def test_report_sums_what_ended_jobs_used_by_submitter_label_provider_state_and_
         assert set(groups) == {"alice", "bob"}
         assert (groups["alice"]["jobs"], groups["alice"]["succeeded"]) == (2, 2)
         assert [groups["bob"][k] for k in ("jobs", "succeeded", "failed", "cancelled", "timed_out")] == [3, 1, 1, 1, 0]
+        # The retried job began two attempts; the cancelled one began its one.
+        assert (groups["alice"]["attempts"], groups["bob"]["attempts"], by_submitter["total"]["attempts"]) == (2, 4, 6)
         total = by_submitter["total"]
         assert total["jobs"] == 5
         assert total["run_seconds"] == pytest.approx(sum(row[0] for row in rows.values()))
@@ -143,7 +145,7 @@ def test_report_sums_what_ended_jobs_used_by_submitter_label_provider_state_and_
             for line in reader.cli("report", "--by", "provider", check=True).stdout.splitlines()
             if line.startswith("sim\t")
         )
-        assert sim_line.split("\t")[7] == "-"  # CPU USED: not measured
+        assert sim_line.split("\t")[6] == "1" and sim_line.split("\t")[8] == "-"  # ATTEMPTS; CPU USED: not measured
 
     # The sums are the log's: rebuilt from the events, the read model is the same.
     verified = hodei_server(fresh_database_url, "replay", "--verify")

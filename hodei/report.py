@@ -77,6 +77,9 @@ class UsageGroup:
     failed: int
     cancelled: int
     timed_out: int
+    # The attempts its jobs began: a retried job's each, one run again after its worker was
+    # lost too; a job that never began none.
+    attempts: int
     run_seconds: float
     cpu_seconds: float | None
     jobs_measured: int

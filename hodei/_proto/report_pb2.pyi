@@ -95,6 +95,7 @@ class UsageGroup(_message.Message):
     CPU_EFFICIENCY_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     WAIT_P50_SECONDS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The group's value; "" with `none` where jobs have none (no pool, no such label)."""
     none: _builtins.bool
@@ -118,6 +119,10 @@ class UsageGroup(_message.Message):
     """The most memory one job's worker held at once."""
     wait_p50_seconds: _builtins.float
     """The median wait from submission to the start of its last attempt, of the jobs that started."""
+    attempts: _builtins.int
+    """The attempts its jobs began: a retried job's each, and one run again after its worker
+    was lost; a job that never began none. Past `jobs`, what re-runs cost.
+    """
     def __init__(
         self,
         *,
@@ -135,10 +140,11 @@ class UsageGroup(_message.Message):
         cpu_efficiency: _builtins.float | None = ...,
         peak_memory_bytes: _builtins.int | None = ...,
         wait_p50_seconds: _builtins.float | None = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_asked_seconds", b"_cpu_asked_seconds", "_cpu_efficiency", b"_cpu_efficiency", "_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "_wait_p50_seconds", b"_wait_p50_seconds", "cpu_asked_seconds", b"cpu_asked_seconds", "cpu_efficiency", b"cpu_efficiency", "cpu_seconds", b"cpu_seconds", "peak_memory_bytes", b"peak_memory_bytes", "wait_p50_seconds", b"wait_p50_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_asked_seconds", b"_cpu_asked_seconds", "_cpu_efficiency", b"_cpu_efficiency", "_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "_wait_p50_seconds", b"_wait_p50_seconds", "cancelled", b"cancelled", "cpu_asked_seconds", b"cpu_asked_seconds", "cpu_efficiency", b"cpu_efficiency", "cpu_seconds", b"cpu_seconds", "failed", b"failed", "jobs", b"jobs", "jobs_measured", b"jobs_measured", "key", b"key", "none", b"none", "peak_memory_bytes", b"peak_memory_bytes", "run_seconds", b"run_seconds", "succeeded", b"succeeded", "timed_out", b"timed_out", "wait_p50_seconds", b"wait_p50_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_asked_seconds", b"_cpu_asked_seconds", "_cpu_efficiency", b"_cpu_efficiency", "_cpu_seconds", b"_cpu_seconds", "_peak_memory_bytes", b"_peak_memory_bytes", "_wait_p50_seconds", b"_wait_p50_seconds", "attempts", b"attempts", "cancelled", b"cancelled", "cpu_asked_seconds", b"cpu_asked_seconds", "cpu_efficiency", b"cpu_efficiency", "cpu_seconds", b"cpu_seconds", "failed", b"failed", "jobs", b"jobs", "jobs_measured", b"jobs_measured", "key", b"key", "none", b"none", "peak_memory_bytes", b"peak_memory_bytes", "run_seconds", b"run_seconds", "succeeded", b"succeeded", "timed_out", b"timed_out", "wait_p50_seconds", b"wait_p50_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu_asked_seconds: _TypeAlias = _typing.Literal["cpu_asked_seconds"]  # noqa: Y015
     _WhichOneofArgType__cpu_asked_seconds: _TypeAlias = _typing.Literal["_cpu_asked_seconds", b"_cpu_asked_seconds"]  # noqa: Y015

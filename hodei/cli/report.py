@@ -23,6 +23,7 @@ _HEADERS = [
     "FAILED",
     "CANCELLED",
     "TIMEOUT",
+    "ATTEMPTS",
     "RUN TIME",
     "CPU USED",
     "CPU ASKED",
@@ -76,6 +77,7 @@ def _figures(group: report_pb2.UsageGroup) -> list[str]:
         str(group.failed),
         str(group.cancelled),
         str(group.timed_out),
+        str(group.attempts),
         seconds_text(group.run_seconds),
         seconds_text(group.cpu_seconds) if group.HasField("cpu_seconds") else "-",
         seconds_text(group.cpu_asked_seconds) if group.HasField("cpu_asked_seconds") else "-",
@@ -90,7 +92,8 @@ def add_commands(commands: Any) -> None:
         "report",
         help="what ended jobs used, by submitter, provider, pool, state, name, label, day, week or month (sreport)",
         description="Jobs that ended in a window (default: the last "
-        f"{DEFAULT_WINDOW.days} days), summed by a grouping: how many ended and how; RUN TIME, how long "
+        f"{DEFAULT_WINDOW.days} days), summed by a grouping: how many ended and how; ATTEMPTS, the attempts "
+        "they began (retries and runs after a lost worker each count); RUN TIME, how long "
         "their commands ran, every attempt; CPU USED, what their workers measured (- where none did: "
         "a sim worker, an agent that could not); CPU ASKED, --cpu times the run time; CPU EFF, CPU used "
         "over asked for the jobs that asked and measured (seff); PEAK MEMORY, the most one job held; "

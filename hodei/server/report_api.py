@@ -46,6 +46,7 @@ def _group(group: UsageGroup) -> report_pb2.UsageGroup:
         failed=group.failed,
         cancelled=group.cancelled,
         timed_out=group.timed_out,
+        attempts=group.attempts,
         run_seconds=group.run_seconds,
         cpu_seconds=group.cpu_seconds,
         jobs_measured=group.jobs_measured,

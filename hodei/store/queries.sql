@@ -1579,6 +1579,7 @@ WITH ended AS (
                 WHEN 'month' THEN to_char(j.completed_at AT TIME ZONE 'UTC', 'YYYY-MM')
                 ELSE j.spec -> 'labels' ->> %(label)s::text END AS key,
            j.state, j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
+           CASE WHEN j.started_at IS NULL THEN 0 ELSE j.attempt END AS attempts,  -- none began: none
            coalesce((j.spec -> 'resources' ->> 'cpu_cores')::float8, 0) AS cpu_asked,
            greatest(0, extract(epoch FROM j.started_at - j.created_at)::float8) AS waited
     FROM jobs j
@@ -1591,6 +1592,7 @@ WITH ended AS (
            count(*) FILTER (WHERE state = 'FAILED') AS failed,
            count(*) FILTER (WHERE state = 'CANCELLED') AS cancelled,
            count(*) FILTER (WHERE state = 'TIMEOUT') AS timed_out,
+           coalesce(sum(attempts), 0)::bigint AS attempts,
            coalesce(sum(run_seconds), 0) AS run_seconds,
            sum(cpu_seconds) AS cpu_seconds, count(cpu_seconds) AS jobs_measured,
            sum(cpu_asked * run_seconds) FILTER (WHERE cpu_asked > 0) AS cpu_asked_seconds,
