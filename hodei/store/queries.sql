@@ -1579,7 +1579,7 @@ WITH ended AS (
                 WHEN 'month' THEN to_char(j.completed_at AT TIME ZONE 'UTC', 'YYYY-MM')
                 ELSE j.spec -> 'labels' ->> %(label)s::text END AS key,
            j.state, j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
-           CASE WHEN j.started_at IS NULL THEN 0 ELSE j.attempt END AS attempts,  -- none began: none
+           j.attempt - CASE WHEN j.started_at IS NULL THEN 1 ELSE 0 END AS attempts,  -- its last may not have begun
            coalesce((j.spec -> 'resources' ->> 'cpu_cores')::float8, 0) AS cpu_asked,
            greatest(0, extract(epoch FROM j.started_at - j.created_at)::float8) AS waited
     FROM jobs j
