@@ -460,16 +460,14 @@ class JobBounds:
     def apply(self, spec: JobSpec) -> JobSpec:
         """``spec`` with the defaults for what it asks none of; refused past a most."""
         asked = spec.resources
-        for what, value, most, setting in (
-            ("CPU", asked.cpu_cores, self.max_cpus, "HODEI_MAX_CPUS"),
-            ("memory", asked.memory_bytes, self.max_memory_bytes, "HODEI_MAX_MEMORY_BYTES"),
-            ("disk", asked.disk_bytes, self.max_disk_bytes, "HODEI_MAX_DISK_BYTES"),
+        for what, value, most, setting, said in (
+            ("CPU", asked.cpu_cores, self.max_cpus, "HODEI_MAX_CPUS", _cores),
+            ("memory", asked.memory_bytes, self.max_memory_bytes, "HODEI_MAX_MEMORY_BYTES", _bytes),
+            ("disk", asked.disk_bytes, self.max_disk_bytes, "HODEI_MAX_DISK_BYTES", _bytes),
         ):
             if most and value > most:
-                amount, bound = (_cores(value), _cores(most)) if what == "CPU" else (f"{value} bytes", f"{most} bytes")
-                raise InvalidInput(
-                    f"invalid job: {what} of {amount} is past this server's most for a job, {bound} ({setting})"
-                )
+                past = f"{what} of {said(value)} is past this server's most for a job, {said(most)}"
+                raise InvalidInput(f"invalid job: {past} ({setting})")
         given = replace(
             asked,
             cpu_cores=asked.cpu_cores or self.default_cpus,
@@ -481,6 +479,10 @@ class JobBounds:
 
 def _cores(cores: float) -> str:
     return f"{cores:.16g} core" + ("" if cores == 1 else "s")
+
+
+def _bytes(size: float) -> str:
+    return f"{size:.0f} bytes"
 
 
 def _resource_problems(resources: Resources) -> list[str]:

@@ -197,26 +197,23 @@ class KubernetesProvider(WorkerProvider):
         }
         if launch.image:
             self._in_image(spec, launch)
-        if launch.service_account:  # checked again: the server's list may have changed since the submission
-            try:
-                check_service_account(launch.service_account, self.config.job_service_accounts)
-            except InvalidInput as exc:
-                raise ProviderError(exc.message) from exc
-        if launch.service_account or self.config.service_account:
-            spec["serviceAccountName"] = launch.service_account or self.config.service_account
         spec.update(self._placement(launch))
         return {"apiVersion": "v1", "kind": "Pod", "metadata": self._metadata(launch), "spec": spec}
 
     def _placement(self, launch: WorkerLaunch) -> dict[str, Any]:
-        """The pod's nodeSelector and tolerations: the server's (HODEI_K8S_NODE_SELECTOR,
-        HODEI_K8S_TOLERATIONS) and the job's. A job whose selector conflicts with the
-        server's (submitted to a server configured otherwise) cannot start."""
+        """The pod's nodeSelector, tolerations and service account: the server's
+        (HODEI_K8S_NODE_SELECTOR, HODEI_K8S_TOLERATIONS, HODEI_K8S_SERVICE_ACCOUNT) and the
+        job's. A job whose selector conflicts with the server's, or whose service account the
+        server no longer lists (its settings changed since the submission), cannot start."""
         try:
             selector = merged_selector(self.config.node_selector, launch.node_selector)
             tolerations = [*self.config.tolerations, *tolerations_of(launch.tolerations)]
+            check_service_account(launch.service_account, self.config.job_service_accounts)
         except InvalidInput as exc:
             raise ProviderError(exc.message) from exc
         placement: dict[str, Any] = {}
+        if account := launch.service_account or self.config.service_account:
+            placement["serviceAccountName"] = account
         if selector:
             placement["nodeSelector"] = selector
         unique = list(dict.fromkeys(tolerations))
