@@ -305,6 +305,43 @@ def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
     assert "No cron jobs" in owner.get(f"{guarded.http_url}/cron").text
 
 
+def test_a_pipelines_cron_job_says_its_jobs_and_its_run_goes_to_their_list(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    owner = browser(guarded, tokens["submit"])
+    pipeline = guarded.log_dir / "console-pipeline.yaml"
+    pipeline.write_text(
+        "name: build\nprovider: sim\ncommand: 'true'\n---\n"
+        "name: test\nprovider: sim\ncommand: 'true'\nafter: {build: ok}\n"
+    )
+    create = ("cron", "create", "console-release", "--schedule", "@daily", "--file", str(pipeline))
+    guarded.cli("--token", tokens["submit"], *create, check=True)
+    row = re.search(r'<tr data-cron="console-release">(.*?)</tr>', owner.get(f"{guarded.http_url}/cron").text, re.S)
+    assert row is not None and 'title="build, test">2 jobs a run</span>' in row.group(1)
+    (key,) = re.findall(r'name="key" value="([0-9a-f-]{36})"', row.group(1))
+    ran, again = (
+        owner.post(f"{guarded.http_url}/cron/console-release/run", data={"key": key}, allow_redirects=False)
+        for _ in range(2)
+    )
+    assert ran.status_code == 303 and again.headers["Location"] == ran.headers["Location"]
+    run_id = ran.headers["Location"].removeprefix("/jobs?label=hodei.io/workflow%3D")
+    assert len(run_id) == 36
+    run_ids = [row[0] for row in query(guarded.database_url, WORKFLOW_JOBS, (run_id,))]
+    assert len(run_ids) == 2 and str(run_ids[0]) == run_id
+    for job_id in run_ids:
+        wait_settled(guarded.database_url, str(job_id))
+    listed = owner.get(f"{guarded.http_url}{ran.headers['Location']}").text
+    assert all(str(job_id) in listed for job_id in run_ids)
+    row = re.search(r'<tr data-cron="console-release">(.*?)</tr>', owner.get(f"{guarded.http_url}/cron").text, re.S)
+    assert row is not None
+    assert f'<a href="/jobs?label=hodei.io/workflow%3D{run_id}">{run_id[:8]}</a>' in row.group(1)
+    assert '<span class="state succeeded">SUCCEEDED</span>' in row.group(1)
+    guarded.cli("--token", tokens["submit"], "cron", "delete", "console-release", check=True)
+
+
+WORKFLOW_JOBS = "SELECT id FROM jobs WHERE spec -> 'labels' ->> 'hodei.io/workflow' = %s ORDER BY created_at"
+
+
 def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, tokens: dict[str, str]) -> None:
     later = run(guarded, "--begin", "1h")
     reader = browser(guarded, tokens["read"])

@@ -237,6 +237,7 @@ def test_cron_run_refuses_an_env_its_job_could_not_run_with(server: ServerProces
 
 def test_the_api_refuses_what_the_cli_cannot_send(server: ServerProcess, tokens: dict[str, str]) -> None:
     spec = common_pb2.JobSpec(name="x", command="true", timeout_seconds=60, provider="local")
+    then = common_pb2.JobSpec(**{**_fields(spec), "name": "then", "after": {"#0": "ok"}, "secret_names": ["TOKEN"]})
     cases = [
         (
             cron_pb2.CreateCronJobRequest(name="api", schedule="@daily", spec=spec, concurrency="sometimes"),
@@ -259,6 +260,26 @@ def test_the_api_refuses_what_the_cli_cannot_send(server: ServerProcess, tokens:
             "--after",
         ),
         (cron_pb2.CreateCronJobRequest(name="", schedule="@daily", spec=spec), "a cron job's name"),
+        (
+            cron_pb2.CreateCronJobRequest(
+                name="api", schedule="@daily", spec=spec, more_specs=[then], secrets={"TOKEN": SECRET, "OTHER": SECRET}
+            ),
+            "secret OTHER: none of the cron job's jobs names it",
+        ),
+        (
+            cron_pb2.CreateCronJobRequest(name="api", schedule="@daily", spec=spec, more_specs=[then]),
+            "the cron job's jobs name the secrets TOKEN: give their values",
+        ),
+        (
+            cron_pb2.CreateCronJobRequest(
+                name="api",
+                schedule="@daily",
+                spec=spec,
+                more_specs=[common_pb2.JobSpec(**{**_fields(then), "provider": "nosuch"})],
+                secrets={"TOKEN": SECRET},
+            ),
+            "job 2 of the cron job (then): ",
+        ),
     ]
     with server.channel() as channel:
         stub = cron_pb2_grpc.CronServiceStub(channel)
@@ -302,3 +323,114 @@ def test_two_servers_start_each_time_of_a_cron_job_once(fresh_database_url: str,
         logs = one.logs() + two.logs()
         assert "cron job both started job" in one.logs() or "cron job both started job" in two.logs()
         assert "could not start" not in logs
+
+
+PIPELINE = """\
+name: build
+provider: local
+command: echo "built for $HODEI_CRON_TIME"
+---
+name: test
+provider: local
+command: echo "token of ${#TOKEN}"
+after: {build: ok}
+secret_names: [TOKEN]
+---
+name: report
+provider: local
+command: echo "build failed"
+after: {build: notok}
+"""
+
+
+def test_a_cron_job_runs_a_pipeline_of_jobs_files_its_runs_and_says_how_each_run_ended(
+    server: ServerProcess, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """`cron create --file` of several jobs (a scheduled pipeline, GitLab's scheduled
+    pipelines, Argo's CronWorkflow): every run is all of them, each job after those of its
+    run it names, given only the secrets it names; `cron run --wait` waits for them all and
+    a branch not taken counts 0; the run's state is the pipeline's."""
+    alice = tokens["alice"]
+    (tmp_path / "release.yaml").write_text(PIPELINE)
+    create = ("cron", "create", "release", "--schedule", "@yearly", "--file", str(tmp_path / "release.yaml"))
+    shown = cli(server, alice, *create, "--secret", f"TOKEN={SECRET}").stdout
+    assert "Runs 3 jobs together (`job list -l hodei.io/workflow=ID`, ID a run's first job):" in shown
+    assert '  test: echo "token of ${#TOKEN}" on local, after build:ok' in shown
+    assert '  report: echo "build failed" on local, after build:notok' in shown
+
+    ran = cli(server, alice, "cron", "run", "release", "--wait")
+    job_ids = ran.stdout.split()
+    assert len(job_ids) == 3, ran.stdout
+    assert f"cron job release submitted 3 jobs (`job list -l hodei.io/workflow={job_ids[0]}`)" in ran.stderr
+    assert "(--after): skipped" in ran.stderr  # report: build succeeded
+    states = query(
+        server.database_url,
+        "SELECT spec ->> 'name', state, cancelled_by FROM jobs WHERE spec -> 'labels' ->> 'hodei.io/workflow' = %s"
+        " ORDER BY created_at",
+        (job_ids[0],),
+    )
+    assert states == [("build", "SUCCEEDED", None), ("test", "SUCCEEDED", None), ("report", "CANCELLED", "system")]
+    assert cli(server, alice, "job", "logs", job_ids[1]).stdout.strip() == f"token of {len(SECRET)}"
+    got = json.loads(cli(server, alice, "cron", "get", "release", "-o", "json").stdout)
+    assert (got["last_job_id"], got["last_job_state"]) == (job_ids[0], "SUCCEEDED")
+    assert [spec["name"] for spec in [got["spec"], *got["more_specs"]]] == ["build", "test", "report"]
+    assert f"Last run: {job_ids[0]} SUCCEEDED" in cli(server, alice, "cron", "get", "release").stdout
+
+    before = len(jobs_of(server, "release"))
+    followed = cli(server, alice, "cron", "run", "release", "--follow", check=False)
+    assert followed.returncode == 2
+    assert "--follow is for one job; cron job release runs 3 together" in followed.stderr
+    assert len(jobs_of(server, "release")) == before
+    answer = json.loads(cli(server, alice, "cron", "run", "release", "--idempotency-key", "r-1", "-o", "json").stdout)
+    again = json.loads(cli(server, alice, "cron", "run", "release", "--idempotency-key", "r-1", "-o", "json").stdout)
+    assert (answer["already_submitted"], again["already_submitted"]) == (False, True)
+    assert again["job_ids"] == answer["job_ids"] and answer["workflow_id"] == answer["job_ids"][0]
+    assert len(jobs_of(server, "release")) == before + 3
+    for job_id in answer["job_ids"]:
+        wait_settled(server.database_url, job_id, 60)
+    events = query(
+        server.database_url, "SELECT count(*) FROM domain_events WHERE payload::text LIKE %s", (f"%{SECRET}%",)
+    )
+    assert events == [(0,)]
+    cli(server, alice, "cron", "delete", "release")
+
+
+@pytest.mark.parametrize(
+    ("document", "flags", "message"),
+    [
+        (
+            "name: b\ncommand: 'true'\nafter: {5b1d7a52-8c1e-4c4e-9a55-3f2d0c6f9e10: ok}\n",
+            [],
+            "job 2 of the cron job (b): a cron job's jobs cannot wait for a time (--begin) or jobs other",
+        ),
+        (
+            "name: b\ncommand: 'true'\n",
+            ["--secret", f"NAMELESS={SECRET}"],
+            "secret NAMELESS: none of the file's jobs names it",
+        ),
+        ("name: b\ncommand: 'true'\nsecret_names: [TOKEN]\n", [], "(job b) names the secret TOKEN: give the values"),
+        ("name: a\ncommand: 'true'\n", [], "two jobs are named 'a'"),
+    ],
+)
+def test_a_bad_pipeline_is_refused_naming_its_job_and_nothing_is_written(
+    server: ServerProcess, tokens: dict[str, str], tmp_path: Path, document: str, flags: list[str], message: str
+) -> None:
+    (tmp_path / "bad.yaml").write_text(f"name: a\ncommand: 'true'\n---\n{document}")
+    refused = cli(
+        server,
+        tokens["alice"],
+        "cron",
+        "create",
+        "bad-pipeline",
+        "--schedule",
+        "@daily",
+        "--file",
+        str(tmp_path / "bad.yaml"),
+        *flags,
+        check=False,
+    )
+    assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert query(
+        server.database_url,
+        "SELECT count(*) FROM domain_events WHERE aggregate_type = 'CronJob' AND payload ->> 'name' = 'bad-pipeline'",
+    ) == [(0,)]

@@ -107,6 +107,8 @@ CASES: list[tuple[str, list[str], int]] = [
     ("cron run --wait", ["cron", "run", "nightly", "--wait"], 0),
     ("cron run --follow", ["cron", "run", "nightly", "--follow"], 0),
     (CRON, ["cron", "delete", "nightly"], 0),
+    (CRON, ["cron", "create", "nightly-pipeline", "--schedule", "0 3 * * *", "--file", "{pipeline}"], 0),
+    ("cron run (a pipeline)", ["cron", "run", "nightly-pipeline"], 0),
     (POOL, ["pool", "set", "shapes", "2"], 0),
     (POOL, ["pool", "get", "shapes"], 0),
     ("pool list", ["pool", "list"], 0),

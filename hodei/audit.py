@@ -59,7 +59,10 @@ def _webhook(payload: Mapping[str, Any]) -> str:
 
 def _cron(payload: Mapping[str, Any]) -> str:
     definition = payload["definition"]
-    return f"schedule '{definition['schedule']}' ({definition['time_zone']}), owner {payload['owner']}"
+    jobs = 1 + len(definition.get("more_specs", ()))
+    return f"schedule '{definition['schedule']}' ({definition['time_zone']}), owner {payload['owner']}" + (
+        f", {jobs} jobs a run" if jobs > 1 else ""
+    )
 
 
 # The changes whose words need nothing of their payload.

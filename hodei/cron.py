@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 from hodei.domain.base import check_name
-from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id
+from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id, slot_job_ids
 from hodei.domain.job import Job
 from hodei.domain.spec import JobBounds, JobSpec
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
@@ -175,19 +175,19 @@ class CronJobs:
         name: str,
         actor: str,
         env: Mapping[str, str] | None = None,
-        check: Callable[[JobSpec], None] | None = None,
-        job_id: UUID | None = None,
+        check: Callable[[list[JobSpec]], None] | None = None,
+        job_ids: list[UUID] | None = None,
         request_digest: str | None = None,
-    ) -> UUID:
-        """A job of the cron job now, whatever its schedule and policy (``cron run``);
-        ``env``: its variables over the spec's (Nomad's dispatch of a parameterized job),
-        which the definition's checks never saw: ``check`` (the API's) sees the spec first.
-        ``job_id`` and ``request_digest``: an idempotency key's (hodei.server.submission)."""
+    ) -> list[UUID]:
+        """The jobs of the cron job now (a pipeline's all), whatever its schedule and policy
+        (``cron run``); ``env``: their variables over the specs' (Nomad's dispatch of a
+        parameterized job), which the definition's checks never saw: ``check`` (the API's)
+        sees the specs first. ``job_ids`` (one for each of its specs) and ``request_digest``:
+        an idempotency key's (hodei.server.submission)."""
         cron = self.get(name)
-        job_id = job_id or uuid4()
-        meta = Meta(actor=actor, correlation_id=str(job_id))
-        self._submit(cron, job_id, self.clock(), meta, env, check, request_digest)
-        return job_id
+        job_ids = job_ids or [uuid4() for _ in cron.definition.specs]
+        self._submit(cron, job_ids, self.clock(), actor, env, check, request_digest)
+        return job_ids
 
     def fire_due(self) -> list[UUID]:
         """Starts the job of every slot due (the sweeper's round); the jobs it wrote. A cron
@@ -224,15 +224,16 @@ class CronJobs:
         return started
 
     def _fire(self, cron: CronJob, slot: datetime) -> UUID | None:
-        job_id = slot_job_id(cron.id, slot)
+        job_ids = slot_job_ids(cron.id, slot, len(cron.definition.specs))
+        job_id = job_ids[0]
         if self.store.find(Job, job_id) is not None:
             return None  # another server (or this one, before a restart) started it
         concurrency = cron.definition.concurrency
-        # Not the slot's own job: another server may have written it since it was looked for.
+        # Not the slot's own jobs: another server may have written them since it looked.
         running = (
             []
             if concurrency is Concurrency.ALLOW
-            else [run for run in self.active_jobs(cron.name) if run.job_id != job_id]
+            else [run for run in self.active_jobs(cron.name) if run.job_id not in job_ids]
         )
         if running and concurrency is Concurrency.FORBID:
             self._skip(cron.name, "forbid")
@@ -246,8 +247,8 @@ class CronJobs:
             return None
         for run in running:  # replace: cancelled first, so a crash between leaves no two running
             self._cancel(run.job_id, f"replaced by the run of cron job {cron.name} at {slot.isoformat()}")
-        self._submit(cron, job_id, slot, Meta(actor=cron.owner, correlation_id=str(job_id)))
-        log.info("cron job %s started job %s for %s", cron.name, job_id, slot.isoformat())
+        self._submit(cron, job_ids, slot, cron.owner)
+        log.info("cron job %s started job %s for %s", cron.name, ", ".join(map(str, job_ids)), slot.isoformat())
         return job_id
 
     def _skip(self, name: str, why: str) -> None:
@@ -274,21 +275,25 @@ class CronJobs:
     def _submit(
         self,
         cron: CronJob,
-        job_id: UUID,
+        job_ids: list[UUID],
         moment: datetime,
-        meta: Meta,
+        actor: str,
         env: Mapping[str, str] | None = None,
-        check: Callable[[JobSpec], None] | None = None,
+        check: Callable[[list[JobSpec]], None] | None = None,
         request_digest: str | None = None,
     ) -> None:
-        """The job, in the name of ``meta``'s actor (a slot's: the cron job's owner, who may
-        cancel it); its secrets sealed again under a key of its own. ``check`` runs in the
-        transaction that writes it (a submitter's limit counts its jobs there)."""
+        """The run's jobs (one for each spec, ``job_ids``), all or none, in the name of
+        ``actor`` (a slot's: the cron job's owner, who may cancel them); each given the
+        secrets its spec names, sealed again under a key of its own. ``check`` runs in the
+        transaction that writes them (a submitter's limit counts its jobs there)."""
         plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
-        spec = self.bounds.apply(cron.job_spec(moment, env or {}))
-        spec.validate(plain)
-        job = Job.submit(spec, job_id, self.secrets.seal(job_id, plain), request_digest=request_digest)
+        jobs = []
+        for job_id, asked in zip(job_ids, cron.run_specs(job_ids, moment, env or {}), strict=True):
+            spec = self.bounds.apply(asked)
+            given = {name: plain[name] for name in spec.secret_names}
+            spec.validate(given)
+            jobs.append(Job.submit(spec, job_id, self.secrets.seal(job_id, given), request_digest=request_digest))
         with command_transaction(self.store.pool):
             if check is not None:
-                check(spec)
-            self.store.write([job], meta)
+                check([job.spec for job in jobs])
+            self.store.write(jobs, Meta(actor=actor))  # each job's events correlated with itself

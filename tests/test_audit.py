@@ -49,12 +49,16 @@ def audit(store: HodeiStore) -> Audit:
     changed(store, "bob", cron)
     cron.pause()
     changed(store, "bob", cron)
+    then = JobSpec(name="c", command="check.sh", timeout_seconds=60.0, after={"#0": "ok"})
+    cron.redefine(Definition(definition.schedule, Concurrency.FORBID, 0.0, spec, (then,)), cron.sealed_secrets, "bob")
+    changed(store, "bob", cron)
     return Audit(store.pool)
 
 
 def test_each_change_says_who_made_it_and_how_newest_first(audit: Audit) -> None:
     shown = [(c.actor, c.kind, c.subject, c.change) for c in audit.changes([], "", None, False, 0)]
     assert shown == [
+        ("bob", "cron", "nightly", "redefined: schedule '0 3 * * *' (Europe/Madrid), owner bob, 2 jobs a run"),
         ("bob", "cron", "nightly", "paused"),
         ("bob", "cron", "nightly", "created: schedule '0 3 * * *' (Europe/Madrid), owner bob"),
         ("root", "webhook", "chat", "created: https://hooks.example.com, on FAILED, labels team=data"),
@@ -65,7 +69,7 @@ def test_each_change_says_who_made_it_and_how_newest_first(audit: Audit) -> None
         ("ops", "provider", "docker", "disabled: new jobs refused, its queue waits"),
     ]
     text = " ".join(c.change for c in audit.changes([], "", None, True, 0))
-    for hidden in ("c2VhbGVk", "c2VjcmV0", "plain-in-spec", "backup.sh"):
+    for hidden in ("c2VhbGVk", "c2VjcmV0", "plain-in-spec", "backup.sh", "check.sh"):
         assert hidden not in text
 
 
@@ -89,11 +93,11 @@ def test_changes_are_filtered_by_kind_actor_time_and_count(audit: Audit) -> None
         "provider docker registered",
     ]
     assert subjects(most=2) == [
+        "cron nightly redefined: schedule '0 3 * * *' (Europe/Madrid), owner bob, 2 jobs a run",
         "cron nightly paused",
-        "cron nightly created: schedule '0 3 * * *' (Europe/Madrid), owner bob",
     ]
     assert subjects(since=datetime.now(UTC) + timedelta(minutes=1)) == []
-    assert len(subjects(since=datetime.now(UTC) - timedelta(minutes=5))) == 8
+    assert len(subjects(since=datetime.now(UTC) - timedelta(minutes=5))) == 9
     with pytest.raises(InvalidInput, match="unknown kind job: the kinds are provider, pool, limit, webhook, cron"):
         subjects("job")
     with pytest.raises(InvalidInput, match=f"limit is 1 to {MAX_CHANGES}"):

@@ -188,7 +188,7 @@ def test_paused_cron_jobs_start_nothing_and_deleted_ones_are_gone_but_their_jobs
     cron_jobs.change("paused", "alice", CronJob.pause)
     clock.now = first + timedelta(seconds=1)
     assert cron_jobs.fire_due() == []
-    manual = cron_jobs.run_now("paused", "bob")  # `cron run`: whatever its schedule and state
+    [manual] = cron_jobs.run_now("paused", "bob")  # `cron run`: whatever its schedule and state
     assert store.load(Job, manual).spec.env[CRON_TIME_VARIABLE] == clock.now.isoformat()
     cron_jobs.change("paused", "alice", CronJob.delete)
     assert [cron.name for cron in cron_jobs.all()] == []
@@ -342,11 +342,14 @@ def test_a_run_asked_for_takes_variables_over_the_specs_and_a_bad_one_writes_not
         "alice",
         replace=False,
     )
-    job_id = cron_jobs.run_now("report-for", "bob", {"REGION": "us"})
+    [job_id] = cron_jobs.run_now("report-for", "bob", {"REGION": "us"})
     spec = store.load(Job, job_id).spec
     assert (spec.env["REGION"], spec.env["FORMAT"], spec.labels[CRON_LABEL]) == ("us", "pdf", "report-for")
     before = query(fresh_database_url, "SELECT count(*) FROM jobs")
-    for env, message in [({"TOKEN": "x"}, "TOKEN given both as --env and as --secret"), ({"1BAD": "x"}, "not valid")]:
+    for env, message in [
+        ({"TOKEN": "t0ken-value"}, "TOKEN given both as --env and as --secret"),
+        ({"1BAD": "x"}, "not valid"),
+    ]:
         with pytest.raises(InvalidInput, match=message):
             cron_jobs.run_now("report-for", "bob", env)
     assert query(fresh_database_url, "SELECT count(*) FROM jobs") == before
@@ -376,3 +379,105 @@ def test_replace_cancels_the_job_of_an_earlier_time_but_never_the_job_of_its_own
     monkeypatch.setattr(store, "find", lambda kind, key: None if kind is Job else find(kind, key))
     assert there.fire_due() == []  # it looked too early to see the job, and wrote it too late
     assert store.load(Job, latest).state is JobState.PENDING
+
+
+def pipeline(concurrency: Concurrency = Concurrency.ALLOW) -> Definition:
+    """build, then test once it succeeded (given TOKEN), and report if build failed."""
+    build = JobSpec(**{**SPEC.__dict__, "name": "build"})
+    test = JobSpec(**{**SPEC.__dict__, "name": "test", "after": {"#0": "ok"}, "secret_names": ("TOKEN",)})
+    report = JobSpec(**{**SPEC.__dict__, "name": "report", "after": {"#0": "notok"}})
+    return Definition(Schedule("@every 60s"), concurrency, 0.0, build, (test, report))
+
+
+def test_a_pipelines_time_writes_all_its_jobs_once_whichever_server_fires_it(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    clock = Clock()
+    here, there = sweeping(store, clock), sweeping(store, clock)
+    here.define("release", pipeline(), {"TOKEN": "t0ken-value"}, "alice", replace=False)
+    clock.now = next_slot(here, "release")
+    [first] = here.fire_due()
+    assert there.fire_due() == []
+    rows = query(
+        fresh_database_url,
+        "SELECT id, spec ->> 'name', spec -> 'after', spec -> 'labels', spec -> 'secret_names', actor FROM jobs"
+        " WHERE spec -> 'labels' ->> %s = 'release' ORDER BY created_at",
+        (CRON_LABEL,),
+    )
+    assert [row[1] for row in rows] == ["build", "test", "report"]
+    ids = [row[0] for row in rows]
+    assert ids[0] == first
+    assert [row[2] for row in rows] == [{}, {str(first): "ok"}, {str(first): "notok"}]
+    assert all(row[3] == {CRON_LABEL: "release", "hodei.io/workflow": str(first)} for row in rows)
+    assert [row[4] for row in rows] == [[], ["TOKEN"], []]  # each given the secrets it names
+    assert {row[5] for row in rows} == {"alice"}
+    secrets = JobSecrets(store.pool)
+    test_job = store.load(Job, ids[1])
+    assert secrets.open_sealed(test_job.id, test_job.sealed_secrets, "test") == {"TOKEN": "t0ken-value"}
+    assert store.load(Job, ids[0]).sealed_secrets == {}
+    # `cron run`: the whole pipeline again, now.
+    manual = here.run_now("release", "bob", {"REGION": "us"})
+    assert len(manual) == 3 and manual[0] not in ids
+    assert store.load(Job, manual[2]).spec.after == {str(manual[0]): "notok"}
+
+
+def test_forbid_and_replace_take_a_pipelines_run_as_a_whole(store: HodeiStore, fresh_database_url: str) -> None:
+    """A run is not over while any of its jobs has not ended (its test waiting for its
+    build): forbid skips the next time; replace cancels every job of it not ended."""
+    clock = Clock()
+    cron_jobs = sweeping(store, clock)
+    cron_jobs.define("guarded", pipeline(Concurrency.FORBID), {"TOKEN": "t0ken-value"}, "alice", replace=False)
+    cron_jobs.define("newest-only", pipeline(Concurrency.REPLACE), {"TOKEN": "t0ken-value"}, "alice", replace=False)
+    first = next_slot(cron_jobs, "guarded")
+    clock.now = first
+    assert len(cron_jobs.fire_due()) == 2
+    for name in ("guarded", "newest-only"):
+        job_id = jobs_of(fresh_database_url, name)[0][0]
+        build = store.load(Job, job_id)
+        build.cancel("the test ends the build")  # the rest of its run still waits
+        store.write([build], Meta(actor="alice", correlation_id=str(job_id)))
+        assert len(cron_jobs.active_jobs(name)) == 2
+    clock.now = first + timedelta(minutes=1)
+    [latest] = cron_jobs.fire_due()
+    assert cron_jobs.skipped() == {("guarded", "forbid"): 1}
+    assert store.load(Job, latest).spec.labels[CRON_LABEL] == "newest-only"
+    jobs = jobs_of(fresh_database_url, "newest-only")
+    assert [state for _, state, _ in jobs[:3]] == ["CANCELLED"] * 3  # the earlier run's two too
+    active = [run.job_id for run in cron_jobs.active_jobs("newest-only")]
+    assert active == [job_id for job_id, _, _ in jobs[3:]] and active[0] == latest
+
+
+def test_a_pipelines_newest_run_says_how_the_run_stands(store: HodeiStore, fresh_database_url: str) -> None:
+    """`cron list`'s LAST JOB and STATE, hodei_cron_job_last_run_state: a run's first job and
+    the run's state, its jobs' states as their read model holds them (set here as a run's
+    jobs would leave them). A branch not taken (report, cancelled by the platform because
+    build succeeded) does not make a succeeded run CANCELLED."""
+    clock = Clock()
+    cron_jobs = sweeping(store, clock)
+    cron_jobs.define("release", pipeline(), {"TOKEN": "t0ken-value"}, "alice", replace=False)
+    cron_jobs.define("single", definition(), {}, "alice", replace=False)
+    clock.now = next_slot(cron_jobs, "release")
+    assert len(cron_jobs.fire_due()) == 2
+    build, test, report = [row[0] for row in jobs_of(fresh_database_url, "release")]
+    [(single, _, _)] = jobs_of(fresh_database_url, "single")
+
+    def states(**changed: tuple[str, str | None]) -> str:
+        for job_id, (state, by) in ((build, changed["build"]), (test, changed["test"]), (report, changed["report"])):
+            query(
+                fresh_database_url,
+                "UPDATE jobs SET state = %s, cancelled_by = %s WHERE id = %s RETURNING id",
+                (state, by, job_id),
+            )
+        newest = cron_jobs.newest_jobs(["release", "single"])
+        assert (newest["release"].job_id, newest["single"].job_id) == (build, single)
+        return newest["release"].state
+
+    ok = ("SUCCEEDED", None)
+    assert states(build=("RUNNING", None), test=("PENDING", None), report=("PENDING", None)) == "RUNNING"
+    assert states(build=ok, test=("PENDING", None), report=("CANCELLED", "system")) == "PENDING"
+    assert states(build=ok, test=ok, report=("CANCELLED", "system")) == "SUCCEEDED"
+    assert states(build=ok, test=("FAILED", None), report=("CANCELLED", "system")) == "FAILED"
+    assert states(build=ok, test=("CANCELLED", "bob"), report=("CANCELLED", "system")) == "CANCELLED"
+    assert states(build=("FAILED", None), test=("CANCELLED", "system"), report=ok) == "FAILED"
+    scraped = scrape(store, cron_jobs)
+    assert 'hodei_cron_job_last_run_state{cron="release",state="FAILED"} 1.0' in scraped

@@ -17,8 +17,10 @@ from hodei.domain.cron import (
     Schedule,
     cron_id,
     slot_job_id,
+    slot_job_ids,
 )
 from hodei.domain.spec import JobSpec
+from hodei.domain.workflow import WORKFLOW_LABEL
 from hodei.errors import InvalidInput, InvalidTransition
 
 SPEC = JobSpec(name="backup", command="echo hi", timeout_seconds=30.0, provider="local", labels={"team": "ops"})
@@ -193,7 +195,75 @@ def test_a_slots_job_has_one_id_its_label_and_its_time() -> None:
     slot = at("2026-12-01T03:00:00+00:00")
     assert slot_job_id(job.id, slot) == slot_job_id(job.id, slot.astimezone(UTC))
     assert slot_job_id(job.id, slot) != slot_job_id(job.id, slot + timedelta(minutes=1))
-    spec = job.job_spec(slot)
+    [spec] = job.run_specs([slot_job_id(job.id, slot)], slot)
     assert spec.labels == {"team": "ops", CRON_LABEL: "backup"}
     assert spec.env[CRON_TIME_VARIABLE] == "2026-12-01T03:00:00+00:00"
     spec.validate()
+
+
+def pipeline_of(*specs: JobSpec) -> Definition:
+    return Definition(Schedule("@daily"), Concurrency.FORBID, 0.0, specs[0], specs[1:])
+
+
+BUILD = JobSpec(name="build", command="make", timeout_seconds=60.0, secret_names=("GIT_TOKEN",))
+TEST = JobSpec(name="test", command="make test", timeout_seconds=60.0, after={"#0": "ok"})
+DEPLOY = JobSpec(
+    name="deploy", command="make deploy", timeout_seconds=60.0, after={"#1": "ok"}, secret_names=("TOKEN",)
+)
+
+
+def test_a_pipelines_run_is_its_jobs_each_after_those_of_the_run_it_names_by_id() -> None:
+    definition = pipeline_of(BUILD, TEST, DEPLOY)
+    definition.validate({"GIT_TOKEN": "g-value", "TOKEN": "t-value"})
+    job = CronJob.create("release", definition, {"GIT_TOKEN": "sealed", "TOKEN": "sealed"}, "alice")
+    slot = at("2026-12-01T00:00:00+00:00")
+    ids = slot_job_ids(job.id, slot, 3)
+    assert ids[0] == slot_job_id(job.id, slot)  # a slot is one write whatever its jobs
+    assert len(set(ids)) == 3 and slot_job_ids(job.id, slot + timedelta(days=1), 3)[1] != ids[1]
+    build, test, deploy = job.run_specs(ids, slot, {"REGION": "eu"})
+    assert (build.after, test.after, deploy.after) == ({}, {str(ids[0]): "ok"}, {str(ids[1]): "ok"})
+    for spec in (build, test, deploy):
+        assert spec.labels == {CRON_LABEL: "release", WORKFLOW_LABEL: str(ids[0])}
+        assert (spec.env["REGION"], spec.env[CRON_TIME_VARIABLE]) == ("eu", "2026-12-01T00:00:00+00:00")
+    assert (build.secret_names, test.secret_names, deploy.secret_names) == (("GIT_TOKEN",), (), ("TOKEN",))
+    assert Definition.of(definition.payload()) == definition
+    # One job's definition is written as before pipelines were (an older server reads it).
+    assert "more_specs" not in pipeline_of(BUILD).payload()
+    [alone] = CronJob.create("one", pipeline_of(SPEC), {}, "alice").run_specs([ids[0]], slot)
+    assert WORKFLOW_LABEL not in alone.labels
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (
+            (BUILD, JobSpec(**{**TEST.__dict__, "after": {"#1": "ok"}})),
+            "job 2 of the request starts after `#1`: a job of the same request is named by its place before",
+        ),
+        (
+            (BUILD, JobSpec(**{**TEST.__dict__, "after": {"#0": "ok", "5b1d7a52-8c1e-4c4e-9a55-3f2d0c6f9e10": "ok"}})),
+            "job 2 of the cron job \\(test\\): a cron job's jobs cannot wait for a time \\(--begin\\) or jobs other",
+        ),
+        ((JobSpec(**{**BUILD.__dict__, "after": {"#0": "ok"}}), TEST), "job 1 of the cron job \\(build\\)"),
+        ((BUILD, JobSpec(**{**TEST.__dict__, "begin_at": "2030-01-01T00:00:00+00:00"})), "--begin"),
+        (
+            (BUILD, JobSpec(**{**TEST.__dict__, "command": " "})),
+            "job 2 of the cron job \\(test\\): invalid job: command",
+        ),
+        ((BUILD,) + (TEST,) * 100, "at most 100 jobs at each time, got 101"),
+    ],
+)
+def test_a_pipelines_jobs_start_after_jobs_before_them_of_the_same_run_only(
+    specs: tuple[JobSpec, ...], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        pipeline_of(*specs).validate({"GIT_TOKEN": "g-value"})
+
+
+def test_a_pipelines_secrets_are_checked_with_the_jobs_that_name_them() -> None:
+    written = JobSpec(**{**TEST.__dict__, "command": "make test t-value-1"})
+    pipeline_of(BUILD, written).validate({"GIT_TOKEN": "g-value"})  # a value of no job's: not in its text
+    with pytest.raises(InvalidInput, match="job 2 of the cron job \\(test\\): invalid job: the value of secret TOKEN"):
+        pipeline_of(BUILD, written).validate({"GIT_TOKEN": "g-value", "TOKEN": "t-value-1"})
+    with pytest.raises(InvalidTransition, match="sealed secrets"):
+        CronJob.create("release", pipeline_of(BUILD, TEST, DEPLOY), {"GIT_TOKEN": "sealed"}, "alice")

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hodei._proto import common_pb2 as hodei_dot_jobs_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/cron.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hodei/jobs/common.proto\"\xa5\x02\n\x14\x43reateCronJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\t\x12!\n\x19starting_deadline_seconds\x18\x05 \x01(\x01\x12!\n\x04spec\x18\x06 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12>\n\x07secrets\x18\x07 \x03(\x0b\x32-.hodei.jobs.CreateCronJobRequest.SecretsEntry\x12\x0f\n\x07replace\x18\x08 \x01(\x08\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ListCronJobsRequest\">\n\x14ListCronJobsResponse\x12&\n\tcron_jobs\x18\x01 \x03(\x0b\x32\x13.hodei.jobs.CronJob\"\x1e\n\x0e\x43ronJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xab\x03\n\x07\x43ronJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\t\x12!\n\x19starting_deadline_seconds\x18\x06 \x01(\x01\x12!\n\x04spec\x18\x07 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12\x0e\n\x06paused\x18\x08 \x01(\x08\x12\r\n\x05owner\x18\t \x01(\t\x12.\n\nnext_times\x18\n \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x0b \x01(\t\x12\x16\n\x0elast_job_state\x18\x0c \x01(\t\x12\x37\n\x13last_job_created_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61\x63tive_job_ids\x18\x0e \x03(\t\x12\x30\n\x0c\x61\x63tive_since\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x11RunCronJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x03\x65nv\x18\x02 \x03(\x0b\x32&.hodei.jobs.RunCronJobRequest.EnvEntry\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x12RunCronJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11\x61lready_submitted\x18\x02 \x01(\x08\x32\xf9\x03\n\x0b\x43ronService\x12\x46\n\rCreateCronJob\x12 .hodei.jobs.CreateCronJobRequest\x1a\x13.hodei.jobs.CronJob\x12Q\n\x0cListCronJobs\x12\x1f.hodei.jobs.ListCronJobsRequest\x1a .hodei.jobs.ListCronJobsResponse\x12=\n\nGetCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12?\n\x0cPauseCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12@\n\rResumeCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12@\n\rDeleteCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12K\n\nRunCronJob\x12\x1d.hodei.jobs.RunCronJobRequest\x1a\x1e.hodei.jobs.RunCronJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hodei/jobs/cron.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hodei/jobs/common.proto\"\xce\x02\n\x14\x43reateCronJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\t\x12!\n\x19starting_deadline_seconds\x18\x05 \x01(\x01\x12!\n\x04spec\x18\x06 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12>\n\x07secrets\x18\x07 \x03(\x0b\x32-.hodei.jobs.CreateCronJobRequest.SecretsEntry\x12\x0f\n\x07replace\x18\x08 \x01(\x08\x12\'\n\nmore_specs\x18\t \x03(\x0b\x32\x13.hodei.jobs.JobSpec\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ListCronJobsRequest\">\n\x14ListCronJobsResponse\x12&\n\tcron_jobs\x18\x01 \x03(\x0b\x32\x13.hodei.jobs.CronJob\"\x1e\n\x0e\x43ronJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd4\x03\n\x07\x43ronJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08schedule\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\t\x12!\n\x19starting_deadline_seconds\x18\x06 \x01(\x01\x12!\n\x04spec\x18\x07 \x01(\x0b\x32\x13.hodei.jobs.JobSpec\x12\x0e\n\x06paused\x18\x08 \x01(\x08\x12\r\n\x05owner\x18\t \x01(\t\x12.\n\nnext_times\x18\n \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x0b \x01(\t\x12\x16\n\x0elast_job_state\x18\x0c \x01(\t\x12\x37\n\x13last_job_created_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61\x63tive_job_ids\x18\x0e \x03(\t\x12\x30\n\x0c\x61\x63tive_since\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\nmore_specs\x18\x10 \x03(\x0b\x32\x13.hodei.jobs.JobSpec\"\x9b\x01\n\x11RunCronJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x03\x65nv\x18\x02 \x03(\x0b\x32&.hodei.jobs.RunCronJobRequest.EnvEntry\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x12RunCronJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11\x61lready_submitted\x18\x02 \x01(\x08\x12\x0f\n\x07job_ids\x18\x03 \x03(\t2\xf9\x03\n\x0b\x43ronService\x12\x46\n\rCreateCronJob\x12 .hodei.jobs.CreateCronJobRequest\x1a\x13.hodei.jobs.CronJob\x12Q\n\x0cListCronJobs\x12\x1f.hodei.jobs.ListCronJobsRequest\x1a .hodei.jobs.ListCronJobsResponse\x12=\n\nGetCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12?\n\x0cPauseCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12@\n\rResumeCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12@\n\rDeleteCronJob\x12\x1a.hodei.jobs.CronJobRequest\x1a\x13.hodei.jobs.CronJob\x12K\n\nRunCronJob\x12\x1d.hodei.jobs.RunCronJobRequest\x1a\x1e.hodei.jobs.RunCronJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNCRONJOBREQUEST_ENVENTRY']._loaded_options = None
   _globals['_RUNCRONJOBREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_CREATECRONJOBREQUEST']._serialized_start=96
-  _globals['_CREATECRONJOBREQUEST']._serialized_end=389
-  _globals['_CREATECRONJOBREQUEST_SECRETSENTRY']._serialized_start=343
-  _globals['_CREATECRONJOBREQUEST_SECRETSENTRY']._serialized_end=389
-  _globals['_LISTCRONJOBSREQUEST']._serialized_start=391
-  _globals['_LISTCRONJOBSREQUEST']._serialized_end=412
-  _globals['_LISTCRONJOBSRESPONSE']._serialized_start=414
-  _globals['_LISTCRONJOBSRESPONSE']._serialized_end=476
-  _globals['_CRONJOBREQUEST']._serialized_start=478
-  _globals['_CRONJOBREQUEST']._serialized_end=508
-  _globals['_CRONJOB']._serialized_start=511
-  _globals['_CRONJOB']._serialized_end=938
-  _globals['_RUNCRONJOBREQUEST']._serialized_start=941
-  _globals['_RUNCRONJOBREQUEST']._serialized_end=1096
-  _globals['_RUNCRONJOBREQUEST_ENVENTRY']._serialized_start=1054
-  _globals['_RUNCRONJOBREQUEST_ENVENTRY']._serialized_end=1096
-  _globals['_RUNCRONJOBRESPONSE']._serialized_start=1098
-  _globals['_RUNCRONJOBRESPONSE']._serialized_end=1161
-  _globals['_CRONSERVICE']._serialized_start=1164
-  _globals['_CRONSERVICE']._serialized_end=1669
+  _globals['_CREATECRONJOBREQUEST']._serialized_end=430
+  _globals['_CREATECRONJOBREQUEST_SECRETSENTRY']._serialized_start=384
+  _globals['_CREATECRONJOBREQUEST_SECRETSENTRY']._serialized_end=430
+  _globals['_LISTCRONJOBSREQUEST']._serialized_start=432
+  _globals['_LISTCRONJOBSREQUEST']._serialized_end=453
+  _globals['_LISTCRONJOBSRESPONSE']._serialized_start=455
+  _globals['_LISTCRONJOBSRESPONSE']._serialized_end=517
+  _globals['_CRONJOBREQUEST']._serialized_start=519
+  _globals['_CRONJOBREQUEST']._serialized_end=549
+  _globals['_CRONJOB']._serialized_start=552
+  _globals['_CRONJOB']._serialized_end=1020
+  _globals['_RUNCRONJOBREQUEST']._serialized_start=1023
+  _globals['_RUNCRONJOBREQUEST']._serialized_end=1178
+  _globals['_RUNCRONJOBREQUEST_ENVENTRY']._serialized_start=1136
+  _globals['_RUNCRONJOBREQUEST_ENVENTRY']._serialized_end=1178
+  _globals['_RUNCRONJOBRESPONSE']._serialized_start=1180
+  _globals['_RUNCRONJOBRESPONSE']._serialized_end=1260
+  _globals['_CRONSERVICE']._serialized_start=1263
+  _globals['_CRONSERVICE']._serialized_end=1768
 # @@protoc_insertion_point(module_scope)

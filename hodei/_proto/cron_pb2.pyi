@@ -56,6 +56,7 @@ class CreateCronJobRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    MORE_SPECS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-63 letters, digits, '.', '_', '-'."""
     schedule: _builtins.str
@@ -77,6 +78,14 @@ class CreateCronJobRequest(_message.Message):
     def secrets(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Plain values of the secrets the spec names; sealed under the cron job's own key."""
 
+    @_builtins.property
+    def more_specs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.JobSpec]:
+        """A pipeline (`cron create --file` of several jobs): the jobs submitted with spec's at
+        every time, all or none, in an order that runs. Each may start after jobs before it,
+        named in its after by place as QueueJobs names them (#0: spec's job); each is given
+        the secrets its secret_names names, and every secret given must be named by one.
+        """
+
     def __init__(
         self,
         *,
@@ -88,10 +97,11 @@ class CreateCronJobRequest(_message.Message):
         spec: _common_pb2.JobSpec | None = ...,
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         replace: _builtins.bool = ...,
+        more_specs: _abc.Iterable[_common_pb2.JobSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "name", b"name", "replace", b"replace", "schedule", b"schedule", "secrets", b"secrets", "spec", b"spec", "starting_deadline_seconds", b"starting_deadline_seconds", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "more_specs", b"more_specs", "name", b"name", "replace", b"replace", "schedule", b"schedule", "secrets", b"secrets", "spec", b"spec", "starting_deadline_seconds", b"starting_deadline_seconds", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,6 +180,7 @@ class CronJob(_message.Message):
     LAST_JOB_CREATED_AT_FIELD_NUMBER: _builtins.int
     ACTIVE_JOB_IDS_FIELD_NUMBER: _builtins.int
     ACTIVE_SINCE_FIELD_NUMBER: _builtins.int
+    MORE_SPECS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     schedule: _builtins.str
     time_zone: _builtins.str
@@ -181,7 +192,11 @@ class CronJob(_message.Message):
     owner: _builtins.str
     """Who defined it: its jobs are submitted in this name."""
     last_job_id: _builtins.str
-    """Its newest job, if any."""
+    """Its newest job, if any; a pipeline's newest run: its first job (the run's
+    hodei.io/workflow label) and the run's state: a job's not ended (the furthest on),
+    else FAILED or TIMEOUT where one did, else CANCELLED where one was cancelled other than
+    as a branch not taken, else SUCCEEDED.
+    """
     last_job_state: _builtins.str
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
@@ -198,6 +213,10 @@ class CronJob(_message.Message):
     @_builtins.property
     def active_since(self) -> _timestamp_pb2.Timestamp:
         """Since when slots start jobs (its definition or resume)."""
+
+    @_builtins.property
+    def more_specs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.JobSpec]:
+        """A pipeline's jobs after spec's (CreateCronJobRequest.more_specs)."""
 
     def __init__(
         self,
@@ -217,10 +236,11 @@ class CronJob(_message.Message):
         last_job_created_at: _timestamp_pb2.Timestamp | None = ...,
         active_job_ids: _abc.Iterable[_builtins.str] | None = ...,
         active_since: _timestamp_pb2.Timestamp | None = ...,
+        more_specs: _abc.Iterable[_common_pb2.JobSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "last_job_created_at", b"last_job_created_at", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_job_ids", b"active_job_ids", "active_since", b"active_since", "concurrency", b"concurrency", "description", b"description", "last_job_created_at", b"last_job_created_at", "last_job_id", b"last_job_id", "last_job_state", b"last_job_state", "name", b"name", "next_times", b"next_times", "owner", b"owner", "paused", b"paused", "schedule", b"schedule", "spec", b"spec", "starting_deadline_seconds", b"starting_deadline_seconds", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_job_ids", b"active_job_ids", "active_since", b"active_since", "concurrency", b"concurrency", "description", b"description", "last_job_created_at", b"last_job_created_at", "last_job_id", b"last_job_id", "last_job_state", b"last_job_state", "more_specs", b"more_specs", "name", b"name", "next_times", b"next_times", "owner", b"owner", "paused", b"paused", "schedule", b"schedule", "spec", b"spec", "starting_deadline_seconds", b"starting_deadline_seconds", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,18 +301,25 @@ class RunCronJobResponse(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     ALREADY_SUBMITTED_FIELD_NUMBER: _builtins.int
+    JOB_IDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job it submitted (a pipeline's first)."""
     already_submitted: _builtins.bool
     """The idempotency key had started this job before: nothing new was submitted."""
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every job it submitted, in the definition's order (one: job_id alone)."""
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         already_submitted: _builtins.bool = ...,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_submitted", b"already_submitted", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_submitted", b"already_submitted", "job_id", b"job_id", "job_ids", b"job_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -116,8 +116,8 @@ class CronServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunCronJob(self, request, context):
-        """A job of it now, whatever its schedule and policy; with env, that job's variables
-        over the spec's (Nomad's dispatch of a parameterized job).
+        """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
+        with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,8 +47,8 @@ class CronServiceStub:
     DeleteCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.CronJob]
     """Its jobs stay; its secrets are shredded."""
     RunCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.RunCronJobRequest, _cron_pb2.RunCronJobResponse]
-    """A job of it now, whatever its schedule and policy; with env, that job's variables
-    over the spec's (Nomad's dispatch of a parameterized job).
+    """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
+    with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
     """
 
 @_typing.type_check_only
@@ -66,8 +66,8 @@ class CronServiceAsyncStub(CronServiceStub):
     DeleteCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.CronJobRequest, _cron_pb2.CronJob]  # type: ignore[assignment]
     """Its jobs stay; its secrets are shredded."""
     RunCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.RunCronJobRequest, _cron_pb2.RunCronJobResponse]  # type: ignore[assignment]
-    """A job of it now, whatever its schedule and policy; with env, that job's variables
-    over the spec's (Nomad's dispatch of a parameterized job).
+    """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
+    with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
     """
 
 class CronServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -124,8 +124,8 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cron_pb2.RunCronJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cron_pb2.RunCronJobResponse, _abc.Awaitable[_cron_pb2.RunCronJobResponse]]:
-        """A job of it now, whatever its schedule and policy; with env, that job's variables
-        over the spec's (Nomad's dispatch of a parameterized job).
+        """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
+        with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
         """
 
 def add_CronServiceServicer_to_server(servicer: CronServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hodei._proto import cron_pb2
+from hodei._proto import common_pb2, cron_pb2
 from hodei.cli.client import Client
 from hodei.cli.jobs import (
     add_idempotency_key,
     add_spec_file,
     add_spec_options,
     add_wait_options,
-    file_spec,
+    file_specs,
     job_spec,
+    several_submitted,
     submit,
     submitted,
 )
@@ -21,6 +22,8 @@ from hodei.cli.parsing import duration, parse_env
 from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.base import check_name
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule
+from hodei.domain.workflow import WORKFLOW_LABEL
+from hodei.errors import InvalidInput
 from hodei.wire import message_dict, spec_to_proto
 
 SCHEDULE_HELP = (
@@ -33,14 +36,16 @@ def create_request(args: argparse.Namespace) -> None:
     """Builds ``args.request`` before any connection, refusing what the server would (its
     own rules: ``Definition.validate``), as ``job run`` does."""
     if args.file is not None:
-        spec, secrets = file_spec(args, default_name=args.name_of_cron)
+        specs, secrets = file_specs(args, default_name=args.name_of_cron)
     else:
         spec, secrets = job_spec(args, default_name=args.name_of_cron)
+        specs = [spec]
     Definition(
         schedule=Schedule(args.schedule, args.time_zone or "UTC"),
         concurrency=Concurrency(args.concurrency),
         starting_deadline_seconds=args.starting_deadline or 0.0,
-        spec=spec,
+        spec=specs[0],
+        more_specs=tuple(specs[1:]),
     ).validate(secrets)
     check_name(args.name_of_cron, "a cron job")
     args.request = cron_pb2.CreateCronJobRequest(
@@ -49,7 +54,8 @@ def create_request(args: argparse.Namespace) -> None:
         time_zone=args.time_zone or "",
         concurrency=args.concurrency,
         starting_deadline_seconds=args.starting_deadline or 0.0,
-        spec=spec_to_proto(spec),
+        spec=spec_to_proto(specs[0]),
+        more_specs=[spec_to_proto(spec) for spec in specs[1:]],
         secrets=secrets,
         replace=args.replace,
     )
@@ -107,15 +113,26 @@ def change(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     request = cron_pb2.RunCronJobRequest(name=args.name, env=parse_env(args.env or []))
+    if args.follow:
+        pipeline = client.call(client.cron.GetCronJob, cron_pb2.CronJobRequest(name=args.name)).more_specs
+        if pipeline:
+            raise InvalidInput(
+                f"--follow is for one job; cron job {args.name} runs {len(pipeline) + 1} together "
+                f"(--wait waits for them; `job logs -l {WORKFLOW_LABEL}=ID --follow` follows theirs)"
+            )
     ran = submit(client, term, client.cron.RunCronJob, request, args.idempotency_key)
-    return submitted(client, term, args, ran)
+    if len(ran.job_ids) <= 1:
+        return submitted(client, term, args, ran)
+    job_ids = list(ran.job_ids)
+    answer = {"workflow_id": ran.job_id, "job_ids": job_ids, "already_submitted": ran.already_submitted}
+    note = f"cron job {args.name} submitted {len(job_ids)} jobs (`job list -l {WORKFLOW_LABEL}={ran.job_id}`)"
+    return several_submitted(client, term, args, answer, job_ids, note, job_ids)
 
 
 def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
     if term.json:
         term.data(message_dict(cron))
         return 0
-    spec = cron.spec
     lines = [
         f"Cron job: {cron.name}",
         f"Schedule: {cron.schedule} - {cron.description}",
@@ -123,15 +140,31 @@ def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
         f"Starting deadline: {f'{cron.starting_deadline_seconds:g}s' if cron.starting_deadline_seconds else 'none'}",
         f"State: {'paused' if cron.paused else 'active'} (since {when(cron, 'active_since', 'seconds')})",
         f"Owner: {cron.owner}",
-        f"Runs: {spec.command} {' '.join(spec.args)}".rstrip() + f" on {spec.provider or 'the default provider'}",
+        *_runs(cron),
         "Next: " + (", ".join(stamp(t, "seconds") for t in cron.next_times) or "-"),
-        f"Last job: {_last_job(cron)}",
+        f"Last {'run' if cron.more_specs else 'job'}: {_last_job(cron)}",
         f"Not ended: {', '.join(cron.active_job_ids) or '-'}",
         f"Its jobs: job list -l {CRON_LABEL}={cron.name}",
     ]
     for line in lines:
         term.line(line)
     return 0
+
+
+def _runs(cron: cron_pb2.CronJob) -> list[str]:
+    """What each time runs: its job, or a pipeline's jobs with what each starts after."""
+    specs = [cron.spec, *cron.more_specs]
+    if len(specs) == 1:
+        return [f"Runs: {_command(cron.spec)}"]
+    lines = [f"Runs {len(specs)} jobs together (`job list -l {WORKFLOW_LABEL}=ID`, ID a run's first job):"]
+    for spec in specs:
+        after = ", ".join(f"{specs[int(ref[1:])].name}:{condition}" for ref, condition in spec.after.items())
+        lines.append(f"  {spec.name}: {_command(spec)}" + (f", after {after}" if after else ""))
+    return lines
+
+
+def _command(spec: common_pb2.JobSpec) -> str:
+    return f"{spec.command} {' '.join(spec.args)}".rstrip() + f" on {spec.provider or 'the default provider'}"
 
 
 def _last_job(cron: cron_pb2.CronJob) -> str:

@@ -55,14 +55,6 @@ def specs_from_file(path: str) -> list[JobSpec]:
     return [_spec(where, documents[0] if documents else None)]
 
 
-def spec_from_file(path: str) -> JobSpec:
-    """The one job ``path`` holds (a cron job's)."""
-    specs = specs_from_file(path)
-    if len(specs) > 1:
-        raise InvalidInput(f"{path} holds {len(specs)} jobs: a cron job runs one")
-    return specs[0]
-
-
 def _spec(where: str, document: Any) -> JobSpec:
     if not isinstance(document, dict):
         raise InvalidInput(f"{where} must hold a job's spec (a mapping of its fields, as `job get -o json`'s spec)")

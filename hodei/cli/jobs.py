@@ -25,7 +25,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 from hodei._proto import artifacts_pb2, common_pb2, cron_pb2, jobs_pb2, logs_pb2, scheduler_pb2, worker_pb2
 from hodei.cli.client import REFUSED, Client
 from hodei.cli.inputs import Packed, pack, pieces
-from hodei.cli.jobfile import refuse_spec_flags, spec_from_file, specs_from_file
+from hodei.cli.jobfile import refuse_spec_flags, specs_from_file
 from hodei.cli.parsing import (
     ArrayOption,
     add_limit,
@@ -280,10 +280,16 @@ def secret_values(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def file_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
-    """``--file FILE`` of one job: the file's spec, its secrets' values from the flags."""
+def file_specs(args: argparse.Namespace, default_name: str = "") -> tuple[list[JobSpec], dict[str, str]]:
+    """``--file FILE`` of a cron job: its one job (named ``default_name`` unless the file
+    names it) or a pipeline's jobs (``ordered``), and the secrets' values from the flags."""
     refuse_spec_flags(args)
-    return _with_secrets(args, spec_from_file(args.file), default_name)
+    specs = specs_from_file(args.file)
+    if len(specs) == 1:
+        spec, secrets = _with_secrets(args, specs[0], default_name)
+        return [spec], secrets
+    found, _ = ordered(args, specs)
+    return [spec for spec, _ in found], secret_values(args)
 
 
 def _with_secrets(args: argparse.Namespace, spec: JobSpec, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
@@ -302,10 +308,33 @@ def _refuse_missing(where: str, spec: JobSpec, secrets: Mapping[str, str]) -> No
         )
 
 
+def ordered(args: argparse.Namespace, specs: list[JobSpec]) -> tuple[list[tuple[JobSpec, dict[str, str]]], _Several]:
+    """A file's several jobs in an order that runs (each after those it names by name,
+    which become their places: ``#N``, as ``hodei.domain.workflow`` names them), each with
+    the secrets' values it names, checked as the server checks them."""
+    values = secret_values(args)
+    unnamed = sorted(set(values) - {name for spec in specs for name in spec.secret_names})
+    if unnamed:
+        raise InvalidInput(f"secret {', '.join(unnamed)}: none of the file's jobs names it (secret_names)")
+    order = run_order([(spec.name, spec.after) for spec in specs])
+    place_of = {specs[file_place].name: place for place, file_place in enumerate(order)}
+    found = []
+    for file_place in order:
+        spec = specs[file_place]
+        secrets = {name: values[name] for name in spec.secret_names if name in values}
+        _refuse_missing(f"{args.file} (job {spec.name})", spec, secrets)
+        spec = replace(
+            spec, after={sibling(place_of[ref]) if ref in place_of else ref: cond for ref, cond in spec.after.items()}
+        )
+        spec.validate(secrets)
+        spec.refuse_written(secrets)
+        found.append((spec, secrets))
+    return found, _Several(order, specs)
+
+
 def _several_request(args: argparse.Namespace, specs: list[JobSpec]) -> None:
-    """``--file`` of several jobs: QueueJobs, the jobs in an order that runs (each after
-    those it names by name, which become their places in the request: ``#N``), each given
-    the secrets it names. Refused: what is one job's (an array, input files, --follow)."""
+    """``--file`` of several jobs: QueueJobs, the jobs ``ordered``, each given the secrets
+    it names. Refused: what is one job's (an array, input files, --follow)."""
     several = f"the file holds {len(specs)} jobs, submitted together"
     one_jobs = (
         ("--array", args.array),
@@ -316,29 +345,14 @@ def _several_request(args: argparse.Namespace, specs: list[JobSpec]) -> None:
     for flag, given in one_jobs:
         if given:
             raise InvalidInput(f"{flag} is for one job; {several} (`job logs -l {WORKFLOW_LABEL}=ID` follows theirs)")
-    values = secret_values(args)
-    unnamed = sorted(set(values) - {name for spec in specs for name in spec.secret_names})
-    if unnamed:
-        raise InvalidInput(f"secret {', '.join(unnamed)}: none of the file's jobs names it (secret_names)")
-    order = run_order([(spec.name, spec.after) for spec in specs])
-    place_of = {specs[file_place].name: place for place, file_place in enumerate(order)}
-    parts = []
-    for file_place in order:
-        spec = specs[file_place]
-        secrets = {name: values[name] for name in spec.secret_names if name in values}
-        _refuse_missing(f"{args.file} (job {spec.name})", spec, secrets)
-        spec = replace(
-            spec, after={sibling(place_of[ref]) if ref in place_of else ref: cond for ref, cond in spec.after.items()}
+    found, args.several = ordered(args, specs)
+    parts = [
+        jobs_pb2.QueueJobRequest(
+            spec=spec_to_proto(spec), secrets=secrets, hold=args.hold, hold_reason=args.hold_reason or ""
         )
-        spec.validate(secrets)
-        spec.refuse_written(secrets)
-        parts.append(
-            jobs_pb2.QueueJobRequest(
-                spec=spec_to_proto(spec), secrets=secrets, hold=args.hold, hold_reason=args.hold_reason or ""
-            )
-        )
+        for spec, secrets in found
+    ]
     args.request = jobs_pb2.QueueJobsRequest(jobs=parts)
-    args.several = _Several(order, specs)
 
 
 def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec, dict[str, str]]:
@@ -490,10 +504,10 @@ def _run_several(client: Client, term: Terminal, args: argparse.Namespace) -> in
     }
     which = ", ".join(f"{spec.name} {job_id[:8]}" for spec, job_id in zip(several.specs, job_ids, strict=True))
     note = f"{len(job_ids)} jobs submitted together: {which} (`job list -l {WORKFLOW_LABEL}={workflow_id}`)"
-    return _several_submitted(client, term, args, answer, job_ids, note, list(queued.job_ids))
+    return several_submitted(client, term, args, answer, job_ids, note, list(queued.job_ids))
 
 
-def _several_submitted(
+def several_submitted(
     client: Client,
     term: Terminal,
     args: argparse.Namespace,
@@ -697,7 +711,7 @@ def _run_array(client: Client, term: Terminal, args: argparse.Namespace, queued:
         "already_submitted": queued.already_submitted,
     }
     note = f"Array {array_id}: {len(job_ids)} jobs (`job list -l {ARRAY_LABEL}={array_id}`)"
-    return _several_submitted(client, term, args, answer, job_ids, note, job_ids)
+    return several_submitted(client, term, args, answer, job_ids, note, job_ids)
 
 
 # How long a job waits in its provider's queue before `job run --wait/--follow` says where.

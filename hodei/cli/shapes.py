@@ -104,7 +104,11 @@ EVENT_LINE = _object(
 )
 _PROVIDERS = _array(message_schema(providers_pb2.Provider.DESCRIPTOR))
 _TOKEN = message_schema(access_pb2.ApiToken.DESCRIPTOR)
-_CRON_JOB = message_schema(cron_pb2.CronJob.DESCRIPTOR, spec=message_schema(common_pb2.JobSpec.DESCRIPTOR))
+_CRON_JOB = message_schema(
+    cron_pb2.CronJob.DESCRIPTOR,
+    spec=message_schema(common_pb2.JobSpec.DESCRIPTOR),
+    more_specs=_array(message_schema(common_pb2.JobSpec.DESCRIPTOR)),
+)
 
 # Command -> (the shape, whether it prints one JSON document or one object per line).
 SHAPES: dict[str, tuple[Schema, bool]] = {
@@ -224,6 +228,10 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
     "cron create|get|pause|resume|delete": (_CRON_JOB, False),
     "cron list": (_object(cron_jobs=_array(_CRON_JOB)), False),
     "cron run": (_object(job_id=_STRING, already_submitted=_BOOLEAN), False),
+    "cron run (a pipeline)": (
+        _object(workflow_id=_STRING, job_ids=_array(_STRING), already_submitted=_BOOLEAN),
+        False,
+    ),
     "cron run --wait": (EVENT_LINE, True),
     "cron run --follow": (EVENT_LINE, True),
 }

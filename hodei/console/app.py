@@ -67,6 +67,7 @@ from hodei.domain.phases import (
     waits_in_queue,
 )
 from hodei.domain.spec import AFTER_CONDITIONS, DEFAULT_TIMEOUT_SECONDS, LabelSelector
+from hodei.domain.workflow import WORKFLOW_LABEL
 from hodei.errors import (
     AlreadyExists,
     ConcurrencyConflict,
@@ -675,6 +676,8 @@ class Console:
             {
                 **message_dict(cron),
                 "label": f"{CRON_LABEL}={cron.name}",
+                # A pipeline's newest run: its jobs' list (its first job's id is their label).
+                "run_label": f"{WORKFLOW_LABEL}={cron.last_job_id}",
                 "may_act": may_act_on(who, cron.owner),
                 # Its Run now button's: pressed twice, one job.
                 "run_key": str(uuid.uuid4()),
@@ -684,13 +687,16 @@ class Console:
         return self._page(request, "cron.html", who, cron_jobs=shown)
 
     async def cron_action(self, request: web.Request) -> web.Response:
-        """Pause, resume or run a cron job now (a run goes to its job's page)."""
+        """Pause, resume or run a cron job now (a run goes to its job's page; a pipeline's,
+        to the list of its jobs)."""
         self._check_origin(request)
         action = request.match_info["action"]
         name = request.match_info["name"]
         if action == "run":
             run = cron_pb2.RunCronJobRequest(name=name, idempotency_key=await _posted_key(request))
             ran = await self._call(request, CRON + "RunCronJob", run)
+            if len(ran.job_ids) > 1:
+                raise web.HTTPSeeOther(f"/jobs?label={quote(f'{WORKFLOW_LABEL}={ran.job_id}')}")
             raise web.HTTPSeeOther(f"/jobs/{ran.job_id}")
         method = "PauseCronJob" if action == "pause" else "ResumeCronJob"
         await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=name))

@@ -24,6 +24,7 @@ from eventsourcing.domain import event
 from hodei.domain.base import HodeiAggregate, check_name, derived_id
 from hodei.domain.duration import seconds_of
 from hodei.domain.spec import JobSpec
+from hodei.domain.workflow import MOST_JOBS, in_workflow, resolved
 from hodei.errors import InvalidInput, InvalidTransition
 
 # The label of every job a cron job starts: the cron job's name.
@@ -66,8 +67,15 @@ def cron_id(name: str) -> UUID:
 
 
 def slot_job_id(cron: UUID, slot: datetime) -> UUID:
-    """The id of the job of one slot: whoever fires it, the same job."""
+    """The id of the job of one slot (a pipeline's first): whoever fires it, the same job."""
     return derived_id("cron", cron, slot.astimezone(UTC).isoformat())
+
+
+def slot_job_ids(cron: UUID, slot: datetime, count: int) -> list[UUID]:
+    """The ids of the ``count`` jobs of one slot, in the definition's order: the first is
+    ``slot_job_id``'s, so a slot is written once whatever its jobs."""
+    first = slot_job_id(cron, slot)
+    return [first, *(derived_id("cron", cron, slot.astimezone(UTC).isoformat(), place) for place in range(1, count))]
 
 
 def _reads(fields: str) -> bool:
@@ -169,7 +177,8 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Definition:
-    """What a person defines: the schedule, its policies, the job spec (as stored)."""
+    """What a person defines: the schedule, its policies, the job spec (as stored), and
+    for a pipeline (`cron create --file` of several jobs) the specs of its other jobs."""
 
     schedule: Schedule
     concurrency: Concurrency
@@ -177,29 +186,69 @@ class Definition:
     # 0: however late.
     starting_deadline_seconds: float
     spec: JobSpec
+    # A pipeline's jobs after the first, each submitted with it at every slot, in an order
+    # that runs: each may start after jobs before it, named by place as a request of
+    # several names them (``hodei.domain.workflow``: ``#0`` is ``spec``'s job).
+    more_specs: tuple[JobSpec, ...] = ()
+
+    @property
+    def specs(self) -> tuple[JobSpec, ...]:
+        return (self.spec, *self.more_specs)
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
-        """``secrets``: the values submitted with it, checked with the spec (a size, a name
-        also given as a variable)."""
+        """``secrets``: the values submitted with it, checked with the specs that name them
+        (a size, a name also given as a variable)."""
         deadline = self.starting_deadline_seconds
         if not 0 <= deadline <= MAX_STARTING_DEADLINE_SECONDS:
             raise InvalidInput(f"the starting deadline must be 0 to 366 days in seconds, got {deadline:.15g}")
-        if self.spec.after or self.spec.begin_at or self.spec.array_limit:
-            raise InvalidInput(
-                "a cron job's spec cannot wait for other jobs (--after) or a time (--begin), nor limit an array"
-            )
-        self.spec.validate(secrets)
-        if secrets:
-            self.spec.refuse_written(secrets)
+        if len(self.specs) > MOST_JOBS:
+            raise InvalidInput(f"a cron job runs at most {MOST_JOBS} jobs at each time, got {len(self.specs)}")
+        several = len(self.specs) > 1
+        for place, spec in enumerate(self.specs):
+            where = f"job {place + 1} of the cron job ({spec.name or 'no name'}): " if several else ""
+            waits_for_others = bool(spec.after) if place == 0 else bool(self._others(spec, place))
+            if waits_for_others or spec.begin_at or spec.array_limit:
+                raise InvalidInput(
+                    f"{where}a cron job's jobs cannot wait for a time (--begin) or jobs other than those of the same "
+                    "run (--after), nor limit an array"
+                )
+            given = None if secrets is None else {name: secrets[name] for name in spec.secret_names if name in secrets}
+            try:
+                spec.validate(given if several else secrets)
+                if secrets:
+                    spec.refuse_written(secrets)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}{exc}") from None
+
+    @staticmethod
+    def _others(spec: JobSpec, place: int) -> dict[str, str]:
+        """What ``spec`` starts after beside jobs of its own run (refused: a job of the run
+        not before it)."""
+        placeholder = [UUID(int=n) for n in range(place)]
+        return dict(resolved(spec, place, placeholder)[0].after)
+
+    def run_specs(self, job_ids: list[UUID]) -> list[JobSpec]:
+        """The specs of one run's jobs (``job_ids``, one for each spec, in order): a
+        pipeline's each labelled with its first job's id and starting after its jobs by id."""
+        if not self.more_specs:
+            return [self.spec]
+        specs = []
+        for place, spec in enumerate(self.specs):
+            own, siblings = resolved(spec, place, job_ids)
+            specs.append(in_workflow(own, job_ids[0], siblings))
+        return specs
 
     def payload(self) -> dict[str, Any]:
-        return {
+        written: dict[str, Any] = {
             "schedule": self.schedule.expression,
             "time_zone": self.schedule.time_zone,
             "concurrency": self.concurrency.value,
             "starting_deadline_seconds": self.starting_deadline_seconds,
             "spec": self.spec.to_payload(),
         }
+        if self.more_specs:  # a definition of one job is written as before pipelines were
+            written["more_specs"] = [spec.to_payload() for spec in self.more_specs]
+        return written
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> Definition:
@@ -208,6 +257,7 @@ class Definition:
             concurrency=Concurrency(payload["concurrency"]),
             starting_deadline_seconds=float(payload["starting_deadline_seconds"]),
             spec=JobSpec.from_payload(payload["spec"]),
+            more_specs=tuple(JobSpec.from_payload(spec) for spec in payload.get("more_specs", ())),
         )
 
 
@@ -297,15 +347,17 @@ class CronJob(HodeiAggregate):
         deadline = self.definition.starting_deadline_seconds
         return bool(deadline) and (now - slot).total_seconds() > deadline
 
-    def job_spec(self, moment: datetime, env: Mapping[str, str] | None = None) -> JobSpec:
-        """The spec of the job for ``moment`` (a slot, or the time of a `cron run`, whose
-        ``env`` goes over the spec's)."""
-        spec = self.definition.spec
-        return replace(
-            spec,
-            env={**spec.env, **(env or {}), CRON_TIME_VARIABLE: moment.astimezone(UTC).isoformat()},
-            labels={**spec.labels, CRON_LABEL: self.name},
-        )
+    def run_specs(self, job_ids: list[UUID], moment: datetime, env: Mapping[str, str] | None = None) -> list[JobSpec]:
+        """The specs of the jobs of one run (``job_ids``, one for each of its specs) for
+        ``moment`` (a slot, or the time of a `cron run`, whose ``env`` goes over each spec's)."""
+        return [
+            replace(
+                spec,
+                env={**spec.env, **(env or {}), CRON_TIME_VARIABLE: moment.astimezone(UTC).isoformat()},
+                labels={**spec.labels, CRON_LABEL: self.name},
+            )
+            for spec in self.definition.run_specs(job_ids)
+        ]
 
     @event("CronJobRedefined")
     def _redefined(self, definition: dict[str, Any], sealed_secrets: dict[str, str], owner: str, since: str) -> None:
@@ -331,5 +383,5 @@ def _now() -> str:
 
 
 def _check_sealed(definition: Definition, sealed_secrets: dict[str, str]) -> None:
-    if sorted(sealed_secrets) != sorted(definition.spec.secret_names):
+    if sorted(sealed_secrets) != sorted({name for spec in definition.specs for name in spec.secret_names}):
         raise InvalidTransition("the cron job's sealed secrets must be exactly the ones its spec names")

@@ -35,6 +35,21 @@ def _concurrency(value: str) -> Concurrency:
         raise InvalidInput(f"concurrency must be one of {allowed}, got {value[:64]!r}") from None
 
 
+def _specs(request: cron_pb2.CreateCronJobRequest, secrets: dict[str, str]) -> list[JobSpec]:
+    """The request's specs. One job's secret names are the secrets given (as QueueJob's);
+    a pipeline's jobs each name theirs (``secret_names``), and every one given must be
+    named by a job and every one named given."""
+    if not request.more_specs:
+        return [spec_from_proto(request.spec, secrets)]
+    specs = [spec_from_proto(spec, spec.secret_names) for spec in (request.spec, *request.more_specs)]
+    named = {name for spec in specs for name in spec.secret_names}
+    if missing := sorted(named - secrets.keys()):
+        raise InvalidInput(f"the cron job's jobs name the secrets {', '.join(missing)}: give their values")
+    if unnamed := sorted(secrets.keys() - named):
+        raise InvalidInput(f"secret {', '.join(unnamed)}: none of the cron job's jobs names it (secret_names)")
+    return specs
+
+
 class CronService(cron_pb2_grpc.CronServiceServicer):
     def __init__(
         self, cron_jobs: CronJobs, pools: Pools, limits: Limits, kubernetes: KubernetesConfig, reads: ReadModels
@@ -49,19 +64,26 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
     @rpc
     def CreateCronJob(self, request: cron_pb2.CreateCronJobRequest, context: grpc.ServicerContext) -> cron_pb2.CronJob:
         secrets = dict(request.secrets)
-        spec = spec_from_proto(request.spec, secrets)
-        refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
-        self.cron_jobs.bounds.apply(spec)  # refused now, not at each run
-        if spec.input_sha256:
-            raise InvalidInput(
-                "a cron job's runs cannot take --input files (an upload is kept an hour): "
-                "put them in an image (--image), or have the job fetch them"
-            )
+        specs = _specs(request, secrets)
+        for place, spec in enumerate(specs):
+            try:
+                refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
+                self.cron_jobs.bounds.apply(spec)  # refused now, not at each run
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    f"job {place + 1} of the cron job ({spec.name}): {exc}" if len(specs) > 1 else str(exc)
+                ) from None
+            if spec.input_sha256:
+                raise InvalidInput(
+                    "a cron job's runs cannot take --input files (an upload is kept an hour): "
+                    "put them in an image (--image), or have the job fetch them"
+                )
         definition = Definition(
             schedule=Schedule(request.schedule, request.time_zone.strip() or "UTC"),
             concurrency=_concurrency(request.concurrency),
             starting_deadline_seconds=request.starting_deadline_seconds,
-            spec=spec,
+            spec=specs[0],
+            more_specs=tuple(specs[1:]),
         )
         who = caller()
         if request.replace:
@@ -102,25 +124,32 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         who = caller()
         self._check_owner(who, request.name, "run")
         asked = cron_pb2.RunCronJobRequest(name=request.name, env=request.env)
-        submission = Submission.keyed(request.idempotency_key, who.name, 1, asked)
+        count = len(self.cron_jobs.get(request.name).definition.specs)
+        submission = Submission.keyed(request.idempotency_key, who.name, count, asked)
         if (repeat := self._repeat(submission)) is not None:
             return repeat
 
-        def check(spec: JobSpec) -> None:
-            refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
-            self.limits.make_room(who.name, 1)
+        def check(specs: list[JobSpec]) -> None:
+            for spec in specs:
+                refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
+            self.limits.make_room(who.name, len(specs))
 
         def write() -> cron_pb2.RunCronJobResponse:
-            job_id = self.cron_jobs.run_now(
-                request.name, who.name, dict(request.env), check, submission.ids[0], submission.digest
+            job_ids = self.cron_jobs.run_now(
+                request.name, who.name, dict(request.env), check, submission.ids, submission.digest
             )
-            return cron_pb2.RunCronJobResponse(job_id=str(job_id))
+            return cron_pb2.RunCronJobResponse(job_id=str(job_ids[0]), job_ids=list(map(str, job_ids)))
 
         return first_answer(write, lambda: self._repeat(submission))
 
     def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
+        """(A key sent again after the cron job was redefined with another count of jobs:
+        the ids of the count it has now, of which the first is the run's.)"""
         first = earlier(self.cron_jobs.store, self.cron_jobs.secrets, submission, None)
-        return None if first is None else cron_pb2.RunCronJobResponse(job_id=str(first.id), already_submitted=True)
+        if first is None:
+            return None
+        job_ids = [str(job_id) for job_id in submission.ids]
+        return cron_pb2.RunCronJobResponse(job_id=job_ids[0], job_ids=job_ids, already_submitted=True)
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:
         who = caller()
@@ -153,6 +182,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             concurrency=definition.concurrency.value,
             starting_deadline_seconds=definition.starting_deadline_seconds,
             spec=spec_to_proto(definition.spec),
+            more_specs=[spec_to_proto(spec) for spec in definition.more_specs],
             paused=cron.paused,
             owner=cron.owner,
             active_job_ids=[str(run.job_id) for run in running],

@@ -1365,12 +1365,40 @@ WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron
 ORDER BY created_at;
 
 -- name: cron_jobs_newest
--- Each cron job's newest job: (name, id, state, created at).
-SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
-       spec -> 'labels' ->> 'hodei.io/cron' AS name, id AS job_id, state, created_at
-FROM jobs
-WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
-ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC;
+-- Each cron job's newest run: (name, its first job's id, the run's state, when its first job
+-- was created). A run is the jobs of one time: a pipeline's carry their first job's id in
+-- hodei.io/workflow, a job alone is its own run. Its state: the furthest on of its jobs not
+-- ended; else FAILED or TIMEOUT where one did; else CANCELLED where one was cancelled other
+-- than as a branch not taken (the platform's cancel of a job whose after was not met, which
+-- `job run --file --wait` counts 0: hodei.cli.jobs.skipped); else SUCCEEDED. Each read
+-- through idx_jobs_cron: the run's jobs are made in one transaction after its first.
+WITH newest AS (
+    SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
+           spec -> 'labels' ->> 'hodei.io/cron' AS name,
+           COALESCE((spec -> 'labels' ->> 'hodei.io/workflow')::uuid, id) AS run_id
+    FROM jobs
+    WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
+    ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC
+)
+SELECT newest.name, newest.run_id AS job_id, run.state, first.created_at
+FROM newest
+JOIN jobs AS first ON first.id = newest.run_id
+CROSS JOIN LATERAL (
+    SELECT j.state
+    FROM jobs AS j
+    WHERE j.spec -> 'labels' ? 'hodei.io/cron' AND j.spec -> 'labels' ->> 'hodei.io/cron' = newest.name
+      AND j.created_at >= first.created_at
+      AND (j.id = newest.run_id OR j.spec -> 'labels' ->> 'hodei.io/workflow' = newest.run_id::text)
+    ORDER BY CASE j.state
+        WHEN 'RUNNING' THEN 0 WHEN 'ASSIGNED' THEN 1 WHEN 'PENDING' THEN 2 WHEN 'FAILED' THEN 3 WHEN 'TIMEOUT' THEN 4
+        WHEN 'CANCELLED' THEN CASE
+            WHEN j.cancelled_by = 'system' AND EXISTS (
+                SELECT 1 FROM hodei.after_states(j.spec) AS a WHERE NOT hodei.after_met(a.condition, a.state)
+            ) THEN 7
+            ELSE 5 END
+        ELSE 6 END
+    LIMIT 1
+) AS run;
 
 -- name: jobs_there
 -- Which of these ids are jobs (a cron job's slots that were started: hodei.cron.CronJobs.started).
