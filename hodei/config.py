@@ -528,6 +528,15 @@ def _node_selector(env: Mapping[str, str]) -> dict[str, str]:
     return selector_of([value], "HODEI_K8S_NODE_SELECTOR") if value.strip() else {}
 
 
+def _service_account(env: Mapping[str, str]) -> str:
+    """Every pod's (a job that names none): a name Kubernetes would refuse stops the server,
+    not each pod it makes."""
+    name = _get(env, "HODEI_K8S_SERVICE_ACCOUNT").strip()
+    for problem in service_account_problems(name):
+        raise InvalidInput(f"HODEI_K8S_SERVICE_ACCOUNT: {problem}")
+    return name
+
+
 def _job_service_accounts(env: Mapping[str, str]) -> tuple[str, ...]:
     names = tuple(sorted({name.strip() for name in _get(env, "HODEI_K8S_JOB_SERVICE_ACCOUNTS").split(",")} - {""}))
     for name in names:
@@ -693,7 +702,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             context=_get(env, "HODEI_K8S_CONTEXT"),
             namespace=_namespace(env),
             image_pull_policy=_pull_policy(env),
-            service_account=_get(env, "HODEI_K8S_SERVICE_ACCOUNT"),
+            service_account=_service_account(env),
             unschedulable_timeout=_seconds(env, "HODEI_K8S_UNSCHEDULABLE_TIMEOUT"),
             node_selector=_node_selector(env),
             tolerations=_tolerations(env),

@@ -78,6 +78,7 @@ from hodei.errors import InvalidInput
         ("HODEI_MAX_CPUS", "300", "HODEI_MAX_CPUS must be at most 256 cores, got `300`"),
         ("HODEI_DEFAULT_MEMORY_BYTES", "1.5", "HODEI_DEFAULT_MEMORY_BYTES must be a whole number, got `1.5`"),
         ("HODEI_K8S_JOB_SERVICE_ACCOUNTS", "reader,Admin", "HODEI_K8S_JOB_SERVICE_ACCOUNTS: service account `Admin`"),
+        ("HODEI_K8S_SERVICE_ACCOUNT", "Hodei_Workers", "HODEI_K8S_SERVICE_ACCOUNT: service account `Hodei_Workers`"),
         # It ended the server with psycopg's traceback; the refusal quotes nothing of it (a password).
         ("DATABASE_URL", "s3cret-nonsense", "DATABASE_URL is neither a URL nor a key=value connection string"),
         ("DATABASE_URL", "postgres://u:s3cret@h/db?connect_timeout=abc", "DATABASE_URL's connect_timeout (or PGC"),
@@ -112,6 +113,7 @@ def test_the_servers_nodes_are_read_as_kubectl_writes_labels_and_taints() -> Non
         ("s3-reader", "uploader"),
         (),
     )
+    assert config.load({"HODEI_K8S_SERVICE_ACCOUNT": " hodei-workers "}).kubernetes.service_account == "hodei-workers"
 
 
 def test_a_default_request_past_the_servers_most_stops_it() -> None:
