@@ -209,6 +209,12 @@ def test_config_deletes_a_profile_and_the_default_that_named_it(profiles: Path) 
     assert json.loads(config_cli("-o", "json", "config", "profiles").stdout) == []
 
 
+def test_a_profile_deleted_from_the_top_of_the_file_leaves_no_blank_lines_there(profiles: Path) -> None:
+    profiles.write_text('profile = "a"\n\n[profiles.a]\nserver = "a:1"\n\n[profiles.b]\nserver = "b:1"\n')
+    assert config_cli("config", "delete", "a").returncode == 0
+    assert profiles.read_text() == '[profiles.b]\nserver = "b:1"\n'
+
+
 def test_config_refuses_what_the_settings_reader_would_and_leaves_the_file_as_it_was(profiles: Path) -> None:
     before = profiles.read_bytes()
     for args, said in (

@@ -198,12 +198,14 @@ def _table(document: TOMLDocument, profile: str | None, path: Path) -> tuple[Any
 
 def _write(path: Path, document: TOMLDocument) -> None:
     """The whole file anew, owner-only, renamed over the old one: a reader never sees half
-    of it, and its tokens are never readable by others, not even for a moment."""
+    of it, and its tokens are never readable by others, not even for a moment. (Without
+    the blank lines a table or key removed from its top leaves there: tomlkit keeps the
+    whitespace after the first one removed.)"""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".toml")
     try:
         with os.fdopen(handle, "w") as file:  # mkstemp makes it 0600
-            file.write(tomlkit.dumps(document))
+            file.write(tomlkit.dumps(document).lstrip("\n"))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
