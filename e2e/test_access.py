@@ -181,7 +181,7 @@ def retry(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:
 
 
 def prioritize(server: ServerProcess, token: str, job_id: str, priority: int) -> grpc.StatusCode:
-    return as_token(server, token, "SetJobPriority", jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=priority))
+    return as_token(server, token, "UpdateJob", jobs_pb2.UpdateJobRequest(job_id=job_id, priority=priority))
 
 
 def release(server: ServerProcess, token: str, job_id: str) -> grpc.StatusCode:

@@ -300,3 +300,57 @@ def test_the_servers_default_request_counts_against_a_providers_cpus(fresh_datab
         for job_id in [*running, third]:
             server.cli("job", "cancel", job_id, check=True)
             wait_settled(fresh_database_url, job_id)
+
+
+def test_a_waiting_jobs_time_limit_and_resources_change_in_its_line(fresh_database_url: str, tmp_path: Path) -> None:
+    """`job update ID --cpu 0.25 --timeout 2h` (Slurm's scontrol update of a pending job): a
+    job that waits because it asks for more than is free beside the running ones starts once
+    it asks for less, without losing its place or being submitted again; its new limits are
+    in its spec, its phases and its history, and replay. Refused, writing nothing: a job
+    not waiting, a value no job may have, one its provider never has room for, nothing."""
+    env = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        server.cli("provider", "capacity", "sim", "--cpus", "1", check=True)
+        sim = ("job", "run", "-p", "sim", "-c", "x", "--env")
+        first = server.cli(*sim, "HODEI_SIM_SECONDS=600", "--cpu", "0.75", check=True).stdout.strip()
+        wait_running(fresh_database_url, first)
+        second = server.cli(*sim, "HODEI_SIM_SECONDS=1", "--cpu", "0.5", "--timeout", "30", check=True).stdout.strip()
+
+        def waiting() -> bool:
+            queued = json.loads(server.cli("queue", "-o", "json", check=True).stdout)["queued"]
+            return any(q["job_id"] == second and "no room" in q["reason"] for q in queued)
+
+        eventually(waiting, 20)
+        updated = server.cli("job", "update", second, "--cpu", "0.25", "--timeout", "2h", check=True)
+        assert f"Job {second} priority 0, timeout 2.0 h, 0.25 CPU" in updated.stderr, updated.stderr
+        assert wait_terminal(fresh_database_url, second) == "SUCCEEDED"  # beside the first, still running
+        assert query(fresh_database_url, "SELECT state FROM jobs WHERE id = %s", (first,)) == [("RUNNING",)]
+        job = json.loads(server.cli("job", "get", second, "-o", "json", check=True).stdout)
+        assert (job["spec"]["timeout_seconds"], job["spec"]["resources"]["cpu_cores"]) == (7200.0, 0.25)
+        phases = [(p["name"], p.get("detail", "")) for p in job["phases"]]
+        assert ("limits_changed", "timeout 2.0 h, 0.25 CPU") in phases, phases
+
+        events = query(fresh_database_url, "SELECT count(*) FROM domain_events")
+        for args, said in (
+            (
+                (first, "--cpu", "0.5"),
+                "is RUNNING: only a job waiting in the queue changes its time limit or resources",
+            ),
+            ((second, "--timeout", "1h"), "is SUCCEEDED: only a job waiting in the queue changes"),
+            ((first, "--timeout", "-5"), "timeout must be a positive number of seconds, got -5"),
+            ((first, "--memory", "lots"), "malformed --memory `lots`"),
+            ((first,), "nothing to change: give --priority, --timeout, --cpu, --memory or --disk"),
+        ):
+            refused = server.cli("job", "update", *args)
+            assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+        assert query(fresh_database_url, "SELECT count(*) FROM domain_events") == events
+        third = server.cli(*sim, "HODEI_SIM_SECONDS=1", "--cpu", "0.5", "--hold", check=True).stdout.strip()
+        events = query(fresh_database_url, "SELECT count(*) FROM domain_events")
+        never = server.cli("job", "update", third, "--cpu", "2")
+        assert never.returncode == 2 and "provider sim never has room for the job" in never.stderr, never.stderr
+        assert query(fresh_database_url, "SELECT count(*) FROM domain_events") == events
+        for job_id in (first, third):
+            server.cli("job", "cancel", job_id, check=True)
+            wait_settled(fresh_database_url, job_id)
+    verified = hodei_server(fresh_database_url, "replay", "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

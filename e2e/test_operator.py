@@ -543,7 +543,7 @@ def test_a_held_job_waits_out_of_line_until_released_and_bad_holds_change_nothin
         (("job", "hold", queued), "is SUCCEEDED: only a job waiting in the queue can be held"),
         (("job", "update", queued, "--priority", "1"), "is SUCCEEDED: only a job waiting in the queue changes"),
         (("job", "update", held, "--priority", "5000"), "priority must be between -1000 and 1000"),
-        (("job", "update", queued), "the following arguments are required: --priority"),
+        (("job", "update", queued), "nothing to change: give --priority, --timeout, --cpu, --memory or --disk"),
     ]:
         refused = server.cli(*args)
         assert refused.returncode != 0 and said in refused.stderr, (args, refused.stderr)

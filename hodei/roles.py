@@ -103,7 +103,7 @@ RULES: dict[str, Role | Gate] = {
     _J + "HoldJob": Role.SUBMIT,
     _J + "ReleaseJob": Role.SUBMIT,
     # Submitters lower their own jobs' priority; `operate` raises any (checked by the method).
-    _J + "SetJobPriority": Role.SUBMIT,
+    _J + "UpdateJob": Role.SUBMIT,
     # Submitters signal their own running jobs; `operate` any (checked by the method).
     _J + "SignalJob": Role.SUBMIT,
     _J + "ExecJob": Role.SUBMIT,

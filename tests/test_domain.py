@@ -496,6 +496,22 @@ def test_a_queued_jobs_priority_changes_within_its_bounds_and_a_started_ones_nev
         running_job().prioritize(1)
 
 
+def test_a_queued_jobs_limits_change_within_their_bounds_and_a_started_ones_never() -> None:
+    job = Job.submit(JobSpec(name="t", command="true", timeout_seconds=5), uuid4())
+    job.change_limits(5.0, Resources())  # unchanged: no event
+    job.change_limits(7200.0, Resources(cpu_cores=2.0, memory_bytes=2**30))
+    assert (job.spec.timeout_seconds, job.spec.resources) == (7200.0, Resources(2.0, 2**30, 0))
+    assert [type(e).__name__ for e in job.collect_events()] == ["JobCreated", "JobLimitsChanged"]
+    for timeout, resources, said in (
+        (-1.0, Resources(), "timeout must be a positive number of seconds"),
+        (5.0, Resources(cpu_cores=-1), "cpu cores must be between 0"),
+    ):
+        with pytest.raises(InvalidInput, match=said):
+            job.change_limits(timeout, resources)
+    with pytest.raises(InvalidTransition, match="is RUNNING: only a job waiting in the queue changes its time limit"):
+        running_job().change_limits(60.0, Resources())
+
+
 def test_success_and_cancellation_are_never_retried() -> None:
     succeeded = running_job(retries=3)
     succeeded.finish(WORKER, JobState.SUCCEEDED, 0, None)

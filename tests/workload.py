@@ -14,7 +14,7 @@ from hodei.domain.limit import INHERITED, Bound, SubmitterLimit, limit_id
 from hodei.domain.pool import Pool, pool_id
 from hodei.domain.provider import PROVIDER_IDS, Provider, ProviderHealth, ProviderType
 from hodei.domain.saga import Saga, StepState
-from hodei.domain.spec import JobSpec
+from hodei.domain.spec import JobSpec, Resources
 from hodei.domain.webhook import ENDINGS, Webhook, webhook_id
 from hodei.domain.worker import Worker
 from hodei.errors import HodeiError
@@ -40,6 +40,7 @@ OPERATIONS = [
     "limit",
     "signal",
     "webhook",
+    "limits",
 ]
 
 
@@ -152,6 +153,15 @@ class Workload:
         if job is None:
             return []
         job.prioritize(self.random.randint(-5, 5))
+        return [job]
+
+    def _limits(self) -> list[HodeiAggregate]:
+        """A queued job's new time limit and resources (`job update --timeout --cpu …`)."""
+        job = self._load_job()
+        if job is None:
+            return []
+        resources = Resources(self.random.choice([0.0, 0.5, 2.0]), self.random.choice([0, 2**28]), 0)
+        job.change_limits(float(self.random.choice([30, 600, 7200])), resources)
         return [job]
 
     def _signal(self) -> list[HodeiAggregate]:
@@ -280,6 +290,9 @@ class Workload:
             self.random.choice(list(Concurrency)),
             0.0,
             JobSpec(name=name, command="echo hi", timeout_seconds=30.0, provider="local"),
+            self.random.choice(
+                [(), (JobSpec(name="then", command="echo then", timeout_seconds=30.0, after={"#0": "any"}),)]
+            ),
         )
         cron = self.store.find(CronJob, cron_id(name))
         if cron is None:

@@ -522,9 +522,9 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 
 @_typing.final
 class JobPhase(_message.Message):
-    """queued, held, released, provider_chosen, admitted, worker_created, registered, started,
-    artifacts_stored, finished, logs_stored, worker_released, artifacts_expired: a phase a
-    requeued job passes again appears again, with its attempt.
+    """queued, held, released, limits_changed, provider_chosen, admitted, worker_created,
+    registered, started, artifacts_stored, finished, logs_stored, worker_released,
+    artifacts_expired: a phase a requeued job passes again appears again, with its attempt.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -542,7 +542,8 @@ class JobPhase(_message.Message):
     change, e.g. "attempt 1 failed (exited with code 3); retry 1 of 2"; and how a cancelled
     job's processes ended (phase "stopped"), e.g. "exited with code 143"; who held it and
     why (phase "held"), e.g. "by alice: the data is not there yet"; what its worker stored
-    (phase "artifacts_stored"), e.g. "3 files, 1.5 MiB"; empty otherwise.
+    (phase "artifacts_stored"), e.g. "3 files, 1.5 MiB"; its new limits (phase
+    "limits_changed"), e.g. "timeout 2.0 h, 2 CPU, 1.0 GiB memory"; empty otherwise.
     """
     cpu_seconds: _builtins.float
     """What an attempt that ran used (phases "finished", "requeued" and "stopped", as its worker

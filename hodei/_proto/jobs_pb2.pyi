@@ -521,27 +521,63 @@ class CancelJobRequest(_message.Message):
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
 
 @_typing.final
-class SetJobPriorityRequest(_message.Message):
+class UpdateJobRequest(_message.Message):
+    """What is not set stays as it is; at least one is set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     priority: _builtins.int
     """-1000 to 1000; higher leaves the queue first."""
+    timeout_seconds: _builtins.float
+    """As JobSpec's, within the server's bounds (HODEI_MAX_CPUS, …); a resource set to 0 takes
+    the server's default (HODEI_DEFAULT_CPUS, …) as at submission.
+    """
+    cpu_cores: _builtins.float
+    memory_bytes: _builtins.int
+    disk_bytes: _builtins.int
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
-        priority: _builtins.int = ...,
+        priority: _builtins.int | None = ...,
+        timeout_seconds: _builtins.float | None = ...,
+        cpu_cores: _builtins.float | None = ...,
+        memory_bytes: _builtins.int | None = ...,
+        disk_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_cores", b"_cpu_cores", "_disk_bytes", b"_disk_bytes", "_memory_bytes", b"_memory_bytes", "_priority", b"_priority", "_timeout_seconds", b"_timeout_seconds", "cpu_cores", b"cpu_cores", "disk_bytes", b"disk_bytes", "memory_bytes", b"memory_bytes", "priority", b"priority", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_cores", b"_cpu_cores", "_disk_bytes", b"_disk_bytes", "_memory_bytes", b"_memory_bytes", "_priority", b"_priority", "_timeout_seconds", b"_timeout_seconds", "cpu_cores", b"cpu_cores", "disk_bytes", b"disk_bytes", "job_id", b"job_id", "memory_bytes", b"memory_bytes", "priority", b"priority", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cpu_cores: _TypeAlias = _typing.Literal["cpu_cores"]  # noqa: Y015
+    _WhichOneofArgType__cpu_cores: _TypeAlias = _typing.Literal["_cpu_cores", b"_cpu_cores"]  # noqa: Y015
+    _WhichOneofReturnType__disk_bytes: _TypeAlias = _typing.Literal["disk_bytes"]  # noqa: Y015
+    _WhichOneofArgType__disk_bytes: _TypeAlias = _typing.Literal["_disk_bytes", b"_disk_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__memory_bytes: _TypeAlias = _typing.Literal["memory_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_bytes: _TypeAlias = _typing.Literal["_memory_bytes", b"_memory_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_seconds: _TypeAlias = _typing.Literal["timeout_seconds"]  # noqa: Y015
+    _WhichOneofArgType__timeout_seconds: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_cores) -> _WhichOneofReturnType__cpu_cores | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__disk_bytes) -> _WhichOneofReturnType__disk_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_bytes) -> _WhichOneofReturnType__memory_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_seconds) -> _WhichOneofReturnType__timeout_seconds | None: ...
 
-Global___SetJobPriorityRequest: _TypeAlias = SetJobPriorityRequest  # noqa: Y015
+Global___UpdateJobRequest: _TypeAlias = UpdateJobRequest  # noqa: Y015
 
 @_typing.final
 class SignalJobRequest(_message.Message):

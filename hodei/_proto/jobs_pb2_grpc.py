@@ -90,9 +90,9 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
-        self.SetJobPriority = channel.unary_unary(
-                '/hodei.jobs.JobExecutionService/SetJobPriority',
-                request_serializer=hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.SerializeToString,
+        self.UpdateJob = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/UpdateJob',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
         self.SignalJob = channel.unary_unary(
@@ -196,9 +196,10 @@ class JobExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetJobPriority(self, request, context):
-        """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
-        Its submitter may lower it; raising it is the operate role's.
+    def UpdateJob(self, request, context):
+        """A job waiting in the queue takes a new priority, time limit or resources (Slurm's
+        scontrol update of a pending job: Priority, TimeLimit, NumCPUs, MinMemory), all in one
+        change or none. Its submitter may lower its priority; raising it is the operate role's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,9 +294,9 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
             ),
-            'SetJobPriority': grpc.unary_unary_rpc_method_handler(
-                    servicer.SetJobPriority,
-                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.FromString,
+            'UpdateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateJob,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.UpdateJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.SerializeToString,
             ),
             'SignalJob': grpc.unary_unary_rpc_method_handler(
@@ -627,7 +628,7 @@ class JobExecutionService:
             _registered_method=True)
 
     @staticmethod
-    def SetJobPriority(request,
+    def UpdateJob(request,
             target,
             options=(),
             channel_credentials=None,
@@ -640,8 +641,8 @@ class JobExecutionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hodei.jobs.JobExecutionService/SetJobPriority',
-            hodei_dot_jobs_dot_jobs__pb2.SetJobPriorityRequest.SerializeToString,
+            '/hodei.jobs.JobExecutionService/UpdateJob',
+            hodei_dot_jobs_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,

@@ -55,9 +55,10 @@ class JobExecutionServiceStub:
     """
     ReleaseJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """A held job goes back into its line, at its place (by priority, then submission)."""
-    SetJobPriority: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]
-    """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
-    Its submitter may lower it; raising it is the operate role's.
+    UpdateJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobRequest, _jobs_pb2.GetJobResponse]
+    """A job waiting in the queue takes a new priority, time limit or resources (Slurm's
+    scontrol update of a pending job: Priority, TimeLimit, NumCPUs, MinMemory), all in one
+    change or none. Its submitter may lower its priority; raising it is the operate role's.
     """
     SignalJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SignalJobRequest, _jobs_pb2.GetJobResponse]
     """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
@@ -99,9 +100,10 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     """
     ReleaseJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """A held job goes back into its line, at its place (by priority, then submission)."""
-    SetJobPriority: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SetJobPriorityRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
-    """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
-    Its submitter may lower it; raising it is the operate role's.
+    UpdateJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
+    """A job waiting in the queue takes a new priority, time limit or resources (Slurm's
+    scontrol update of a pending job: Priority, TimeLimit, NumCPUs, MinMemory), all in one
+    change or none. Its submitter may lower its priority; raising it is the operate role's.
     """
     SignalJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SignalJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """Sends a signal to a running job's processes (scancel --signal, docker kill --signal):
@@ -208,13 +210,14 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         """A held job goes back into its line, at its place (by priority, then submission)."""
 
     @_abc_1.abstractmethod
-    def SetJobPriority(
+    def UpdateJob(
         self,
-        request: _jobs_pb2.SetJobPriorityRequest,
+        request: _jobs_pb2.UpdateJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
-        """A job waiting in the queue takes a new priority (Slurm's scontrol update … priority).
-        Its submitter may lower it; raising it is the operate role's.
+        """A job waiting in the queue takes a new priority, time limit or resources (Slurm's
+        scontrol update of a pending job: Priority, TimeLimit, NumCPUs, MinMemory), all in one
+        change or none. Its submitter may lower its priority; raising it is the operate role's.
         """
 
     @_abc_1.abstractmethod

@@ -55,7 +55,15 @@ from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE
 from hodei.domain.execs import ANSWER_WITHIN, check_exec, cut
 from hodei.domain.execs import DEFAULT_TIMEOUT as DEFAULT_EXEC_TIMEOUT
 from hodei.domain.job import SIGNALS, JobState, after_met, hold_text
-from hodei.domain.phases import ENDED, latest_usage, processes_stopping, ran_text, size_text, stopped_text
+from hodei.domain.phases import (
+    ENDED,
+    latest_usage,
+    limits_text,
+    processes_stopping,
+    ran_text,
+    size_text,
+    stopped_text,
+)
 from hodei.domain.placement import canonical_tolerations, selector_of
 from hodei.domain.retries import canonical_retry_on
 from hodei.domain.spec import (
@@ -68,6 +76,8 @@ from hodei.domain.spec import (
     LabelSelector,
     Resources,
     array_element,
+    check_limits,
+    check_priority,
     naming_arrays,
     validate_array,
 )
@@ -85,6 +95,10 @@ from hodei.wire import (
     spec_to_proto,
     using_text,
 )
+
+# What --memory and --disk take at most, as their refusals say it.
+_MOST_MEMORY = f"{LIMITS.max_memory_bytes} bytes (1 TiB)"
+_MOST_DISK = f"{LIMITS.max_disk_bytes} bytes (1 PiB)"
 
 # `--wait` and `--follow` exit with the job's own exit code; other endings use the
 # codes people know from `timeout` and `docker run`, and two of our own.
@@ -369,8 +383,8 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         provider=args.provider or "",
         resources=Resources(
             cpu_cores=args.cpu or 0.0,
-            memory_bytes=parse_size(args.memory, "--memory", f"{LIMITS.max_memory_bytes} bytes (1 TiB)"),
-            disk_bytes=parse_size(args.disk, "--disk", f"{LIMITS.max_disk_bytes} bytes (1 PiB)"),
+            memory_bytes=parse_size(args.memory, "--memory", _MOST_MEMORY),
+            disk_bytes=parse_size(args.disk, "--disk", _MOST_DISK),
         ),
         labels=parse_labels(args.label or []),
         working_dir=args.working_dir or "",
@@ -1300,13 +1314,37 @@ def exec_in_job(client: Client, term: Terminal, args: argparse.Namespace) -> int
     return ran.exit_code
 
 
+def update_request(args: argparse.Namespace) -> None:
+    """Builds ``args.asked`` before any connection: what `job update` changes (Slurm's
+    ``scontrol update`` of a pending job), each value checked as `job run`'s is."""
+    asked = {
+        "priority": args.priority,
+        "timeout_seconds": args.timeout,
+        "cpu_cores": args.cpu,
+        "memory_bytes": None if args.memory is None else parse_size(args.memory, "--memory", _MOST_MEMORY),
+        "disk_bytes": None if args.disk is None else parse_size(args.disk, "--disk", _MOST_DISK),
+    }
+    args.asked = {name: value for name, value in asked.items() if value is not None}
+    if not args.asked:
+        raise InvalidInput("nothing to change: give --priority, --timeout, --cpu, --memory or --disk")
+    sizes = Resources(args.cpu or 0.0, asked["memory_bytes"] or 0, asked["disk_bytes"] or 0)
+    check_limits(args.timeout, sizes)
+    if args.priority is not None:
+        check_priority(args.priority)
+
+
 def update(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     def change(job_id: str) -> common_pb2.Job:
-        request = jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=args.priority)
-        updated: jobs_pb2.GetJobResponse = client.call(client.jobs.SetJobPriority, request)
+        request = jobs_pb2.UpdateJobRequest(job_id=job_id, **args.asked)
+        updated: jobs_pb2.GetJobResponse = client.call(client.jobs.UpdateJob, request)
         return updated.job
 
-    return _each_job(term, [args.job_id, *args.more_ids], change, lambda job: f"priority {job.spec.priority}")
+    def done(job: common_pb2.Job) -> str:
+        spec = job.spec
+        resources = {name: getattr(spec.resources, name) for name in ("cpu_cores", "memory_bytes", "disk_bytes")}
+        return f"priority {spec.priority}, {limits_text(spec.timeout_seconds, resources)}"
+
+    return _each_job(term, [args.job_id, *args.more_ids], change, done)
 
 
 def _each_job(
@@ -1540,13 +1578,24 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             submitted_since=False,
         )
     if name == "update":
+        parser.description = (
+            "Changes jobs waiting in the queue (not held back by nothing but their turn: a held job too, one "
+            "waiting for its --after or --begin too; not one admitted to a slot): what is given, all of it or "
+            "none. Each stays at its place in its line."
+        )
         parser.add_argument(
             "--priority",
             type=int,
-            required=True,
             help="its new priority (-1000 to 1000, higher leaves the queue first): its submitter may lower it, "
             "the operate role raise it",
         )
+        parser.add_argument(
+            "--timeout", type=span, metavar="DURATION", help="how long it may run: seconds or e.g. 90s, 10m, 2h"
+        )
+        parser.add_argument("--cpu", type=float, help="CPU cores (0: the server's default)")
+        parser.add_argument("--memory", help="memory: bytes or e.g. 512Mi, 1G (0: the server's default)")
+        parser.add_argument("--disk", help="the most it may write to its worker's disk: bytes or e.g. 10G")
+        parser.set_defaults(prepare=update_request)
     if name == "hold":
         parser.add_argument("--reason", help="shown with the job in the queue while it is held")
     if name == "output":
@@ -1852,7 +1901,7 @@ def add_commands(commands: Any) -> Any:
         ("retry", retry, "submit a finished job again as a new job linked to it; prints the new id"),
         ("hold", hold, "keep a job waiting in the queue out of its line until released"),
         ("release", release, "put a held job back in its line"),
-        ("update", update, "change a job waiting in the queue: its priority"),
+        ("update", update, "change a job waiting in the queue: its priority, time limit or resources"),
         ("signal", signal_job, "send a signal to a running job's processes (scancel --signal, docker kill -s)"),
         (
             "exec",

@@ -559,9 +559,7 @@ class Console:
         self._check_origin(request)
         job_id = request.match_info["id"]
         priority = _whole(str((await request.post()).get("priority", "")), "priority")
-        await self._call(
-            request, JOBS + "SetJobPriority", jobs_pb2.SetJobPriorityRequest(job_id=job_id, priority=priority)
-        )
+        await self._call(request, JOBS + "UpdateJob", jobs_pb2.UpdateJobRequest(job_id=job_id, priority=priority))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
     async def retry(self, request: web.Request) -> web.Response:

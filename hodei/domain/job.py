@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -15,7 +15,7 @@ from eventsourcing.domain import event
 from hodei.domain.base import HodeiAggregate, check_transition
 from hodei.domain.execs import MOST_EXECS
 from hodei.domain.retries import retried
-from hodei.domain.spec import JobSpec, check_priority
+from hodei.domain.spec import JobSpec, Resources, check_limits, check_priority
 from hodei.errors import InvalidInput, InvalidTransition, LimitReached
 
 
@@ -227,6 +227,15 @@ class Job(HodeiAggregate):
         self._check_waiting("only a job waiting in the queue changes its priority")
         if priority != self.spec.priority:
             self._prioritized(priority=priority)
+
+    def change_limits(self, timeout_seconds: float, resources: Resources) -> None:
+        """A new time limit or resources (Slurm's ``scontrol update TimeLimit=… NumCPUs=…`` of
+        a pending job): only while it waits in the queue, since its worker is made with them
+        once it is admitted. Its spec says them (a ``job retry`` of it keeps them)."""
+        check_limits(timeout_seconds, resources)
+        self._check_waiting("only a job waiting in the queue changes its time limit or resources")
+        if (timeout_seconds, resources) != (self.spec.timeout_seconds, self.spec.resources):
+            self._limits_changed(timeout_seconds=timeout_seconds, resources=asdict(resources))
 
     def _check_waiting(self, only: str) -> None:
         if self.state is not JobState.PENDING or self.admitted:
@@ -490,6 +499,10 @@ class Job(HodeiAggregate):
     @event("JobPrioritized")
     def _prioritized(self, priority: int) -> None:
         self.spec = replace(self.spec, priority=priority)
+
+    @event("JobLimitsChanged")
+    def _limits_changed(self, timeout_seconds: float, resources: dict[str, Any]) -> None:
+        self.spec = replace(self.spec, timeout_seconds=timeout_seconds, resources=Resources(**resources))
 
     @event("JobReleased")
     def _released(self, held_by: str) -> None:

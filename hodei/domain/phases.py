@@ -73,6 +73,10 @@ def phases_of(events: Iterable[tuple[str, str, datetime, dict[str, Any]]]) -> li
             found.append(Phase("artifacts_stored", at, int(payload["attempt"]), artifacts_text(payload["artifacts"])))
         elif event_type == "JobHeld":
             found.append(Phase("held", at, attempt, hold_text(payload["by"], payload.get("reason") or "")))
+        elif event_type == "JobLimitsChanged":
+            found.append(
+                Phase("limits_changed", at, attempt, limits_text(payload["timeout_seconds"], payload["resources"]))
+            )
         elif event_type == "JobStopped":
             code = payload.get("exit_code")
             how = "" if code is None else f"exited with code {code}"
@@ -150,6 +154,19 @@ def seconds_text(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def limits_text(timeout_seconds: float, resources: Mapping[str, Any]) -> str:
+    """A job's limits (`job update --timeout --cpu …`), for people: ``timeout 2.0 h, 2 CPU,
+    1.0 GiB memory`` (what it asks none of left out)."""
+    parts = [f"timeout {seconds_text(timeout_seconds)}"]
+    if cpu := resources.get("cpu_cores"):
+        parts.append(f"{cpu:g} CPU")
+    if memory := resources.get("memory_bytes"):
+        parts.append(f"{size_text(memory)} memory")
+    if disk := resources.get("disk_bytes"):
+        parts.append(f"{size_text(disk)} disk")
+    return ", ".join(parts)
 
 
 def usage_text(cpu_seconds: float | None, peak_memory_bytes: int | None) -> str:

@@ -353,6 +353,16 @@ def check_priority(priority: int) -> int:
     return priority
 
 
+def check_limits(timeout: float | None, resources: Resources | None) -> None:
+    """A time limit and resources a job may have (new ones, `job update --timeout --cpu …`;
+    None: not asked about)."""
+    found = (_timeout_problems(timeout) if timeout is not None else []) + (
+        _resource_problems(resources) if resources is not None else []
+    )
+    if found:
+        raise InvalidInput("; ".join(found))
+
+
 def _timeout_problems(timeout: float) -> list[str]:
     limits = LIMITS
     if not math.isfinite(timeout) or timeout <= 0:

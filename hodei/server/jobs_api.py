@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 import grpc
@@ -30,7 +30,9 @@ from hodei.domain.spec import (
     JobBounds,
     JobSpec,
     LabelSelector,
+    Resources,
     array_element,
+    check_limits,
     check_priority,
     naming_arrays,
     never_after,
@@ -63,6 +65,13 @@ from hodei.wire import MAX_JOBS_LISTED, spec_from_proto
 DEFAULT_LIMIT = 20
 # The most jobs one GetJobsUsage names (`job top` asks for those it lists, a page at a time).
 MOST_USAGE_JOBS = 500
+# What `job update` changes of a waiting job's limits (UpdateJobRequest's fields).
+_LIMITS: tuple[Literal["timeout_seconds", "cpu_cores", "memory_bytes", "disk_bytes"], ...] = (
+    "timeout_seconds",
+    "cpu_cores",
+    "memory_bytes",
+    "disk_bytes",
+)
 # A backstop: a watcher is woken by the NOTIFY of every change of its job.
 WATCH_POLL = 5.0
 # How long a command's end is waited for once its job has ended (its worker ends it and
@@ -422,21 +431,46 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "release", Job.release))
 
     @rpc
-    def SetJobPriority(
-        self, request: jobs_pb2.SetJobPriorityRequest, context: grpc.ServicerContext
-    ) -> jobs_pb2.GetJobResponse:
+    def UpdateJob(self, request: jobs_pb2.UpdateJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
+        """A waiting job's new priority, time limit or resources, in one command (all or
+        none): checked as a submission's would be (the spec's bounds, the server's, whether
+        its provider could ever have room), before whose job it is when the value alone
+        decides."""
         who = caller()
-        check_priority(request.priority)  # before whose job it is, or whether it may
+        limits = [name for name in _LIMITS if request.HasField(name)]
+        if not limits and not request.HasField("priority"):
+            raise InvalidInput("nothing to change: give a priority, a timeout or resources (cpu, memory, disk)")
+        if request.HasField("priority"):
+            check_priority(request.priority)
 
-        def prioritize(job: Job) -> None:
-            if request.priority > job.spec.priority and not who.may(Role.OPERATE):
-                raise PermissionDenied(
-                    f"token `{who.name}` may lower the priority of its jobs, not raise it (job {job.id} from "
-                    f"{job.spec.priority} to {request.priority}): the operate role raises it"
-                )
-            job.prioritize(request.priority)
+        def update(job: Job) -> None:
+            if request.HasField("priority"):
+                if request.priority > job.spec.priority and not who.may(Role.OPERATE):
+                    raise PermissionDenied(
+                        f"token `{who.name}` may lower the priority of its jobs, not raise it (job {job.id} from "
+                        f"{job.spec.priority} to {request.priority}): the operate role raises it"
+                    )
+                job.prioritize(request.priority)
+            if limits:
+                spec = self._limited(job.spec, request)
+                job.change_limits(spec.timeout_seconds, spec.resources)
 
-        return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "reprioritize", prioritize))
+        return jobs_pb2.GetJobResponse(job=self._change(request.job_id, "update", update))
+
+    def _limited(self, spec: JobSpec, request: jobs_pb2.UpdateJobRequest) -> JobSpec:
+        """``spec`` with the request's limits, the server's defaults for a resource set to
+        0 and its bounds, refused where a submission of it would be."""
+        asked = spec.resources
+        resources = Resources(
+            cpu_cores=request.cpu_cores if request.HasField("cpu_cores") else asked.cpu_cores,
+            memory_bytes=request.memory_bytes if request.HasField("memory_bytes") else asked.memory_bytes,
+            disk_bytes=request.disk_bytes if request.HasField("disk_bytes") else asked.disk_bytes,
+        )
+        timeout = request.timeout_seconds if request.HasField("timeout_seconds") else spec.timeout_seconds
+        check_limits(timeout, resources)
+        limited = self.bounds.apply(replace(spec, timeout_seconds=timeout, resources=resources))
+        refuse_unrunnable(limited, self.pools, self.kubernetes, self.reads)
+        return limited
 
     @rpc
     def SignalJob(self, request: jobs_pb2.SignalJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:

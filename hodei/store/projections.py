@@ -79,6 +79,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "project_job_admitted": ("id", "at"),
     "project_job_held": ("id", "at", "held_by", "reason"),
     "project_job_prioritized": ("id", "at", "priority"),
+    "project_job_limits_changed": ("id", "at", "timeout_seconds", "resources"),
     "project_job_signalled": ("id", "at", "attempt", "signal"),
     "project_job_exec_requested": ("id", "at", "idx", "attempt", "argv", "timeout_seconds", "actor"),
     "project_job_exec_ended": ("id", "at", "idx", "exit_code", "message", "stdout_bytes", "stderr_bytes"),
@@ -490,6 +491,11 @@ def _job_released(cur: Sink, event: EventRecord) -> None:
 
 def _job_prioritized(cur: Sink, event: EventRecord) -> None:
     _run(cur, "project_job_prioritized", event, priority=event.payload["priority"])
+
+
+def _job_limits_changed(cur: Sink, event: EventRecord) -> None:
+    p = event.payload
+    _run(cur, "project_job_limits_changed", event, timeout_seconds=p["timeout_seconds"], resources=p["resources"])
 
 
 def _job_signalled(cur: Sink, event: EventRecord) -> None:
@@ -977,6 +983,7 @@ PROJECTORS: dict[str, Projector] = {
     "JobHeld": _job_held,
     "JobReleased": _job_released,
     "JobPrioritized": _job_prioritized,
+    "JobLimitsChanged": _job_limits_changed,
     "JobSignalled": _job_signalled,
     "JobExecRequested": _job_exec_requested,
     "JobExecEnded": _job_exec_ended,

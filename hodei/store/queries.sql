@@ -254,6 +254,15 @@ UPDATE jobs AS j SET priority = r.priority, spec = jsonb_set(j.spec, '{priority}
 FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::int AS priority FROM hodei.rows(%s::jsonb) AS e) AS r
 WHERE j.id = r.id;
 
+-- name: project_job_limits_changed
+-- A queued job's new time limit and resources (`job update --timeout --cpu --memory --disk`),
+-- in its spec: the queue's capacity rules read them there.
+UPDATE jobs AS j SET spec = j.spec || jsonb_build_object('timeout_seconds', r.timeout_seconds, 'resources', r.resources),
+    updated_at = r.at
+FROM (SELECT (e->>0)::uuid AS id, (e->>1)::timestamptz AS at, (e->>2)::float8 AS timeout_seconds, (e->3) AS resources
+      FROM hodei.rows(%s::jsonb) AS e) AS r
+WHERE j.id = r.id;
+
 -- name: project_job_exec_requested
 -- A command run beside a running job's own (`job exec`): appended, with who asked.
 UPDATE jobs AS j SET execs = j.execs || jsonb_build_array(jsonb_build_object(
