@@ -484,7 +484,7 @@ def test_a_jobs_page_lists_its_artifacts_and_a_reader_downloads_them(fresh_datab
         assert anonymous.status_code == 303 and anonymous.headers["Location"].startswith("/login")
 
 
-def test_an_operator_sizes_pools_and_an_owner_lowers_its_jobs_priority_from_the_console(
+def test_an_operator_sizes_pools_and_an_owner_updates_its_waiting_job_from_the_console(
     guarded: ServerProcess, tokens: dict[str, str]
 ) -> None:
     """`pool set|delete` and `job update --priority` with their rules: pools are the operate
@@ -509,12 +509,30 @@ def test_an_operator_sizes_pools_and_an_owner_lowers_its_jobs_priority_from_the_
     ).stdout.strip()
     page = f"{guarded.http_url}/jobs/{job_id}"
     owner = browser(guarded, tokens["submit"])
-    assert 'id="priority"' in owner.get(page).text
-    assert 'id="priority"' not in browser(guarded, tokens["other"]).get(page).text
-    assert owner.post(f"{page}/priority", data={"priority": "-5"}, allow_redirects=False).status_code == 303
-    assert owner.post(f"{page}/priority", data={"priority": "10"}).status_code == 403
-    assert operator.post(f"{page}/priority", data={"priority": "10"}).ok
+    shown = owner.get(page).text
+    assert 'id="update"' in shown and 'name="was_timeout" value="600"' in shown
+    assert 'id="update"' not in browser(guarded, tokens["other"]).get(page).text
+    was = {"was_priority": "0", "was_timeout": "600", "was_cpu": "", "was_memory": ""}
+    unchanged = {"priority": "0", "timeout": "600", "cpu": "", "memory": ""}
+
+    def update(who: requests.Session, **changed: str) -> requests.Response:
+        return who.post(f"{page}/update", data={**was, **unchanged, **changed}, allow_redirects=False)
+
+    assert update(owner, priority="-5").status_code == 303
+    was["was_priority"] = unchanged["priority"] = "-5"
+    assert update(owner, priority="10").status_code == 403
+    assert update(operator, priority="10").status_code == 303
     assert query(guarded.database_url, "SELECT priority FROM jobs WHERE id = %s", (job_id,)) == [(10,)]
+    was["was_priority"] = unchanged["priority"] = "10"
+    # Only what the form changed is sent: a priority it shows as it was is not raised again.
+    assert update(owner, timeout="2h", cpu="0.5", memory="64Mi").status_code == 303
+    limits = "SELECT spec -> 'timeout_seconds', spec -> 'resources', priority FROM jobs WHERE id = %s"
+    assert query(guarded.database_url, limits, (job_id,)) == [
+        (7200, {"cpu_cores": 0.5, "memory_bytes": 64 * 2**20, "disk_bytes": 0}, 10)
+    ]
+    for typed, said in (({"timeout": "soon"}, "timeout takes seconds"), ({"cpu": "lots"}, "cpu must be a number")):
+        refused = update(owner, **typed)
+        assert refused.status_code == 400 and said in refused.text, refused.text
     guarded.cli("job", "cancel", job_id, check=True)
 
 

@@ -130,6 +130,18 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         assert page.inner_text("#job-state") == "FAILED"
         page.locator("#timeline").screenshot(path=str(ARTIFACTS / "timeline-failed.png"))
 
+        # A waiting job asks for less, or longer, from its page (`job update`): only what was changed.
+        waiting = server.cli("job", "run", "-p", "local", "-c", "true", "--begin", "1h", check=True).stdout.strip()
+        page.goto(f"{server.http_url}/jobs/{waiting}")
+        page.fill("#cpu-value", "0.5")
+        page.fill("#timeout-value", "20m")
+        page.click("#update")
+        page.wait_for_url(f"**/jobs/{waiting}")
+        assert page.inner_text("#resources") == "0.5 CPU"
+        changed = "SELECT spec -> 'timeout_seconds', priority FROM jobs WHERE id = %s"
+        assert query(url, changed, (waiting,)) == [(1200, 0)]
+        server.cli("job", "cancel", waiting, check=True)
+
         # Cancel the running job from its page.
         page.goto(f"{server.http_url}/jobs/{holder}")
         page.click("#cancel")

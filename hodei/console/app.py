@@ -48,6 +48,7 @@ from hodei.cli.parsing import (
     limit_bound,
     parse_env_lines,
     parse_labels,
+    parse_size,
     since_moment,
 )
 from hodei.clock import DatabaseClock
@@ -199,7 +200,7 @@ class Console:
         app.router.add_post("/jobs/{id}/exec", self.exec_command)
         app.router.add_post("/jobs/{id}/retry", self.retry)
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
-        app.router.add_post("/jobs/{id}/priority", self.prioritize)
+        app.router.add_post("/jobs/{id}/update", self.update)
         app.router.add_get("/providers", self.providers)
         app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
         app.router.add_get("/workers", self.workers)
@@ -554,12 +555,28 @@ class Console:
             await self._call(request, JOBS + "ReleaseJob", jobs_pb2.GetJobRequest(job_id=job_id))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
-    async def prioritize(self, request: web.Request) -> web.Response:
-        """`job update ID --priority N`: its owner lowers it, the operate role raises it."""
+    async def update(self, request: web.Request) -> web.Response:
+        """`job update ID --priority N --timeout D --cpu N --memory SIZE`: what the form changed
+        of a waiting job (its fields come filled with what the job has), in one call. Its owner
+        lowers its priority, the operate role raises it."""
         self._check_origin(request)
         job_id = request.match_info["id"]
-        priority = _whole(str((await request.post()).get("priority", "")), "priority")
-        await self._call(request, JOBS + "UpdateJob", jobs_pb2.UpdateJobRequest(job_id=job_id, priority=priority))
+        form = {key: str(value).strip() for key, value in (await request.post()).items()}
+        asked = jobs_pb2.UpdateJobRequest(job_id=job_id)
+        if form.get("priority", "") != form.get("was_priority", ""):
+            asked.priority = _whole(form.get("priority", ""), "priority")
+        if form.get("timeout", "") != form.get("was_timeout", ""):
+            timeout = seconds_of(form.get("timeout", ""))
+            if timeout is None:
+                raise InvalidInput(
+                    f"timeout takes seconds or a duration such as 90s, 10m or 2h, got `{form['timeout']}`"
+                )
+            asked.timeout_seconds = timeout
+        if form.get("cpu", "") != form.get("was_cpu", ""):
+            asked.cpu_cores = _cores(form.get("cpu", ""))
+        if form.get("memory", "") != form.get("was_memory", ""):
+            asked.memory_bytes = parse_size(form.get("memory", "") or "0", "memory", "1 TiB")
+        await self._call(request, JOBS + "UpdateJob", asked)
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
     async def retry(self, request: web.Request) -> web.Response:
@@ -787,6 +804,14 @@ def _from_one(request: web.Request, name: str, most: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= most:
         raise InvalidInput(f"{name} must be a whole number from 1 to {most}, got `{raw}`")
     return int(raw)
+
+
+def _cores(raw: str) -> float:
+    """CPU cores a form field gives ("": none asked, the server's default)."""
+    try:
+        return float(raw or 0)
+    except ValueError:
+        raise InvalidInput(f"cpu must be a number of cores, got `{raw}`") from None
 
 
 def _whole(raw: str, name: str) -> int:
