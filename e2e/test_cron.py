@@ -386,6 +386,11 @@ def test_a_cron_job_runs_a_pipeline_of_jobs_files_its_runs_and_says_how_each_run
     assert (answer["already_submitted"], again["already_submitted"]) == (False, True)
     assert again["job_ids"] == answer["job_ids"] and answer["workflow_id"] == answer["job_ids"][0]
     assert len(jobs_of(server, "release")) == before + 3
+    # Redefined as one job, the key still names the run it started, all of it.
+    cli(server, alice, "cron", "create", "release", "--schedule", "@yearly", "-p", "local", "-c", "true", "--replace")
+    repeat = json.loads(cli(server, alice, "cron", "run", "release", "--idempotency-key", "r-1", "-o", "json").stdout)
+    assert (repeat["job_ids"], repeat["already_submitted"]) == (answer["job_ids"], True)
+    assert len(jobs_of(server, "release")) == before + 3
     for job_id in answer["job_ids"]:
         wait_settled(server.database_url, job_id, 60)
     events = query(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from uuid import UUID
 
 import grpc
 
@@ -11,6 +12,7 @@ from hodei.config import KubernetesConfig
 from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
 from hodei.domain.spec import JobSpec
+from hodei.domain.workflow import MOST_JOBS
 from hodei.errors import InvalidInput, PermissionDenied
 from hodei.limits import Limits
 from hodei.pools import Pools
@@ -126,7 +128,10 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         asked = cron_pb2.RunCronJobRequest(name=request.name, env=request.env)
         count = len(self.cron_jobs.get(request.name).definition.specs)
         submission = Submission.keyed(request.idempotency_key, who.name, count, asked)
-        if (repeat := self._repeat(submission)) is not None:
+        # Every id a run of this key may have had: the cron job may have been redefined since
+        # with another count of jobs.
+        every = Submission.keyed(request.idempotency_key, who.name, MOST_JOBS, asked).ids
+        if (repeat := self._repeat(submission, every)) is not None:
             return repeat
 
         def check(specs: list[JobSpec]) -> None:
@@ -140,16 +145,17 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             )
             return cron_pb2.RunCronJobResponse(job_id=str(job_ids[0]), job_ids=list(map(str, job_ids)))
 
-        return first_answer(write, lambda: self._repeat(submission))
+        return first_answer(write, lambda: self._repeat(submission, every))
 
-    def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
-        """(A key sent again after the cron job was redefined with another count of jobs:
-        the ids of the count it has now, of which the first is the run's.)"""
+    def _repeat(self, submission: Submission, every: list[UUID]) -> cron_pb2.RunCronJobResponse | None:
+        """The run a key sent again started: of ``every`` id it may have had, those that
+        were written (a run's jobs are written together), the first being the run's."""
         first = earlier(self.cron_jobs.store, self.cron_jobs.secrets, submission, None)
         if first is None:
             return None
-        job_ids = [str(job_id) for job_id in submission.ids]
-        return cron_pb2.RunCronJobResponse(job_id=job_ids[0], job_ids=job_ids, already_submitted=True)
+        there = self.cron_jobs.started(every)
+        job_ids = [str(job_id) for job_id in every if job_id in there]
+        return cron_pb2.RunCronJobResponse(job_id=str(first.id), job_ids=job_ids, already_submitted=True)
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:
         who = caller()
