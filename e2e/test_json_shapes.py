@@ -71,6 +71,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job top", ["job", "top", "{started}"], 0),
     ("job cancel", ["job", "cancel", "{running}"], 0),
     ("job retry", ["job", "retry", "{job}"], 0),
+    ("job retry (several)", ["job", "retry", "{job}", "{artifacts}"], 0),
     ("job hold|release|update|signal", ["job", "hold", "{held}", "--reason", "later"], 0),
     ("job hold|release|update|signal", ["job", "update", "{held}", "--priority", "-5"], 0),
     ("job hold|release|update|signal", ["job", "release", "{held}"], 0),

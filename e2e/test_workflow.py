@@ -206,3 +206,61 @@ def test_the_api_refuses_a_job_named_before_its_place_and_what_is_one_jobs(serve
     assert rows == {a: {}, b: {a: "ok"}}
     for job_id in (a, b):
         wait_settled(server.database_url, job_id)
+
+
+RETRIED = """\
+name: build
+provider: local
+command: n=$(( $(cat %(count)s 2>/dev/null || echo 0) + 1 )); echo $n > %(count)s; [ $n -ge 2 ] || exit 3
+---
+name: test
+provider: local
+command: echo tested
+after: {build: ok}
+---
+name: report
+provider: local
+command: echo build failed
+after: {build: notok}
+"""
+
+
+def test_a_pipelines_jobs_that_did_not_succeed_are_retried_together(
+    fresh_database_url: str, tmp_path: Path, shared_dir: Path
+) -> None:
+    """`job retry --workflow ID` (Argo's `argo retry`, GitLab's pipeline retry): the jobs of
+    the pipeline that failed or were skipped run again, together, each copy after the copies
+    of those it started after (a skipped job alone could never start: its build failed);
+    a job that succeeded is not run again, nor one already retried."""
+    env = {"HODEI_LOCAL_ENABLED": "1"}
+    (tmp_path / "pipeline.yaml").write_text(RETRIED % {"count": shared_dir / "builds"})
+    with ServerProcess(fresh_database_url, tmp_path, env) as server:
+        first = server.cli("job", "run", "--file", str(tmp_path / "pipeline.yaml"), "--wait")
+        assert first.returncode == 3 and "(--after): skipped" in first.stderr, first.stderr
+        build, test, report = first.stdout.split()
+        alone = server.cli("job", "retry", test)
+        assert alone.returncode == 2 and f"job {build} ended FAILED" in alone.stderr, alone.stderr
+
+        retried = server.cli("job", "retry", "--workflow", report, "--wait")
+        assert retried.returncode == 0, retried.stderr
+        build_copy, test_copy = retried.stdout.split()
+        assert f"2 jobs retried together: build {build_copy[:8]}, test {test_copy[:8]}" in retried.stderr
+        rows = query(
+            fresh_database_url,
+            "SELECT id::text, state, retry_of::text, spec -> 'after', spec -> 'labels' ->> %s FROM jobs"
+            " WHERE id = ANY(%s::uuid[]) ORDER BY created_at",
+            (WORKFLOW_LABEL, [build_copy, test_copy]),
+        )
+        assert rows == [
+            (build_copy, "SUCCEEDED", build, {}, build),
+            (test_copy, "SUCCEEDED", test, {build_copy: "ok"}, build),
+        ]
+        assert "echo tested" in server.cli("job", "get", test_copy, check=True).stdout
+        again = server.cli("job", "retry", "--workflow", build, "--wait")
+        assert again.returncode == 0 and "nothing to retry" in again.stderr and again.stdout == "", again.stderr
+
+        lone = server.cli("job", "run", "-p", "local", "-c", "true", "--wait", check=True).stdout.strip()
+        refused = server.cli("job", "retry", "--workflow", lone)
+        assert refused.returncode == 2 and "is not one of a pipeline" in refused.stderr, refused.stderr
+        for job_id in (build_copy, test_copy):
+            wait_settled(fresh_database_url, job_id)

@@ -99,6 +99,7 @@ RULES: dict[str, Role | Gate] = {
     _J + "CancelJob": Role.SUBMIT,
     # Submitters retry their own jobs; `operate` retries any (checked by the method).
     _J + "RetryJob": Role.SUBMIT,
+    _J + "RetryJobs": Role.SUBMIT,
     # Submitters hold and release their own jobs; `operate` any (checked by the method).
     _J + "HoldJob": Role.SUBMIT,
     _J + "ReleaseJob": Role.SUBMIT,

@@ -7,14 +7,14 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from prometheus_client import generate_latest
 
 from hodei import cron as cron_module
 from hodei.admission import Admission
-from hodei.cron import CronJobs
+from hodei.cron import CronJobRun, CronJobs
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, CronJob, Definition, Schedule, cron_id
 from hodei.domain.job import Job, JobState
 from hodei.domain.provider import ProviderType
@@ -460,6 +460,7 @@ def test_a_pipelines_newest_run_says_how_the_run_stands(store: HodeiStore, fresh
     assert len(cron_jobs.fire_due()) == 2
     build, test, report = [row[0] for row in jobs_of(fresh_database_url, "release")]
     [(single, _, _)] = jobs_of(fresh_database_url, "single")
+    [(run_created,)] = query(fresh_database_url, "SELECT created_at FROM jobs WHERE id = %s", (build,))
 
     def states(**changed: tuple[str, str | None]) -> str:
         for job_id, (state, by) in ((build, changed["build"]), (test, changed["test"]), (report, changed["report"])):
@@ -481,3 +482,11 @@ def test_a_pipelines_newest_run_says_how_the_run_stands(store: HodeiStore, fresh
     assert states(build=("FAILED", None), test=("CANCELLED", "system"), report=ok) == "FAILED"
     scraped = scrape(store, cron_jobs)
     assert 'hodei_cron_job_last_run_state{cron="release",state="FAILED"} 1.0' in scraped
+    # `job retry --workflow`: the failed test's copy stands for it in the run.
+    assert states(build=ok, test=("FAILED", None), report=("CANCELLED", "system")) == "FAILED"
+    failed = store.load(Job, test)
+    copy = Job.submit(failed.spec, uuid4(), {"TOKEN": failed.sealed_secrets["TOKEN"]}, retry_of=test)
+    store.write([copy], Meta(actor="alice"))
+    assert cron_jobs.newest_jobs(["release"])["release"].state == "PENDING"
+    query(fresh_database_url, "UPDATE jobs SET state = 'SUCCEEDED' WHERE id = %s RETURNING id", (copy.id,))
+    assert cron_jobs.newest_jobs(["release"])["release"] == CronJobRun(build, "SUCCEEDED", run_created)

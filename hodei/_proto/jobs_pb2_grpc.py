@@ -80,6 +80,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/RetryJobs',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.FromString,
+                _registered_method=True)
         self.HoldJob = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/HoldJob',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.HoldJobRequest.SerializeToString,
@@ -176,6 +181,15 @@ class JobExecutionServiceServicer:
 
     def RetryJob(self, request, context):
         """Submits a finished job's spec (and secrets) again as a new job linked to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJobs(self, request, context):
+        """Several finished jobs again, together, all or none (a pipeline's that did not succeed:
+        Argo's `argo retry`, GitLab's retry of a pipeline): each as RetryJob makes it, and one
+        that started after another of them starts after that one's copy instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -283,6 +297,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.RetryJobsRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.SerializeToString,
             ),
             'HoldJob': grpc.unary_unary_rpc_method_handler(
                     servicer.HoldJob,
@@ -563,6 +582,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/RetryJob',
             hodei_dot_jobs_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.QueueJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/RetryJobs',
+            hodei_dot_jobs_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.QueueJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class JobExecutionServiceStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.QueueJobResponse]
     """Submits a finished job's spec (and secrets) again as a new job linked to it."""
+    RetryJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobsRequest, _jobs_pb2.QueueJobsResponse]
+    """Several finished jobs again, together, all or none (a pipeline's that did not succeed:
+    Argo's `argo retry`, GitLab's retry of a pipeline): each as RetryJob makes it, and one
+    that started after another of them starts after that one's copy instead.
+    """
     HoldJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.HoldJobRequest, _jobs_pb2.GetJobResponse]
     """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
     it is admitted. Holding a held job changes nothing.
@@ -94,6 +99,11 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.QueueJobResponse]  # type: ignore[assignment]
     """Submits a finished job's spec (and secrets) again as a new job linked to it."""
+    RetryJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobsRequest, _jobs_pb2.QueueJobsResponse]  # type: ignore[assignment]
+    """Several finished jobs again, together, all or none (a pipeline's that did not succeed:
+    Argo's `argo retry`, GitLab's retry of a pipeline): each as RetryJob makes it, and one
+    that started after another of them starts after that one's copy instead.
+    """
     HoldJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.HoldJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """Keeps a job waiting in the queue out of its line (Slurm's scontrol hold); refused once
     it is admitted. Holding a held job changes nothing.
@@ -190,6 +200,17 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.QueueJobResponse, _abc.Awaitable[_jobs_pb2.QueueJobResponse]]:
         """Submits a finished job's spec (and secrets) again as a new job linked to it."""
+
+    @_abc_1.abstractmethod
+    def RetryJobs(
+        self,
+        request: _jobs_pb2.RetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.QueueJobsResponse, _abc.Awaitable[_jobs_pb2.QueueJobsResponse]]:
+        """Several finished jobs again, together, all or none (a pipeline's that did not succeed:
+        Argo's `argo retry`, GitLab's retry of a pipeline): each as RetryJob makes it, and one
+        that started after another of them starts after that one's copy instead.
+        """
 
     @_abc_1.abstractmethod
     def HoldJob(

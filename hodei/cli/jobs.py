@@ -618,6 +618,7 @@ def submit(
     request: jobs_pb2.QueueJobRequest
     | jobs_pb2.QueueJobsRequest
     | jobs_pb2.RetryJobRequest
+    | jobs_pb2.RetryJobsRequest
     | cron_pb2.RunCronJobRequest,
     given: str | None,
     patience: float = RECONNECT_FOR,
@@ -763,6 +764,8 @@ def _queue_note(client: Client, term: Terminal, job_id: str) -> Iterator[None]:
 
 
 def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    if args.workflow or args.more_ids:
+        return _retry_several(client, term, args)
     request = jobs_pb2.RetryJobRequest(job_id=args.job_id)
     copied = submit(client, term, client.jobs.RetryJob, request, args.idempotency_key)
     job_id = copied.job_id
@@ -771,6 +774,56 @@ def retry(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         return 0
     term.value(job_id)
     return wait(client, term, job_id) if args.wait else 0
+
+
+def _retry_several(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    """Several finished jobs again, together (RetryJobs): those given, or with --workflow
+    the jobs of the given one's pipeline that did not succeed and were not retried since.
+    Each copy that starts after another's starts after that one's copy; with --wait each is
+    waited for in the order they were first submitted, as `job run --file --wait` does."""
+    if args.workflow:
+        originals = _to_retry(client, args.job_id)
+        if not originals:
+            term.info("nothing to retry: every job of the pipeline succeeded, or its copy did")
+            return 0
+    else:
+        given = [args.job_id, *args.more_ids]
+        found = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=ref)).job for ref in given]
+        originals = sorted(found, key=lambda job: job.created_at.ToDatetime())
+    request = jobs_pb2.RetryJobsRequest(job_ids=[job.id for job in originals])
+    copied = submit(client, term, client.jobs.RetryJobs, request, args.idempotency_key)
+    job_ids = list(copied.job_ids)
+    answer = {
+        "job_ids": job_ids,
+        "retry_of": [job.id for job in originals],
+        "already_submitted": copied.already_submitted,
+    }
+    which = ", ".join(f"{job.spec.name} {job_id[:8]}" for job, job_id in zip(originals, job_ids, strict=True))
+    note = f"{len(job_ids)} jobs retried together: {which}"
+    return several_submitted(client, term, args, answer, job_ids, note, job_ids)
+
+
+def _to_retry(client: Client, job_ref: str) -> list[common_pb2.Job]:
+    """The jobs of ``job_ref``'s pipeline (its label hodei.io/workflow) that did not succeed
+    and have no copy yet, oldest first; refused while one of them has not ended."""
+    job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_ref)).job
+    workflow = job.spec.labels.get(WORKFLOW_LABEL)
+    if workflow is None:
+        raise InvalidInput(f"job {job.id} is not one of a pipeline (job run --file of several jobs): retry it alone")
+    selector = [f"{WORKFLOW_LABEL}={workflow}"]
+    jobs: list[common_pb2.Job] = []
+    while page := client.call(
+        client.jobs.ListJobs, jobs_pb2.ListJobsRequest(label_selector=selector, limit=MAX_JOBS_LISTED, offset=len(jobs))
+    ).jobs:
+        jobs.extend(page)
+    if going := [other for other in jobs if not JobState(other.state).is_terminal]:
+        raise InvalidInput(
+            f"job {going[0].id} ({going[0].spec.name}) of the pipeline is {going[0].state}: "
+            "retry its pipeline once every job of it has ended (or cancel it)"
+        )
+    copied = {other.retry_of for other in jobs if other.retry_of}
+    failed = [other for other in jobs if other.state != JobState.SUCCEEDED and other.id not in copied]
+    return sorted(failed, key=lambda other: other.created_at.ToDatetime())
 
 
 def reconnecting(open_stream: Callable[[], Iterable[T]], patience: float = RECONNECT_FOR) -> Iterator[T]:
@@ -1579,9 +1632,8 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         )
     if name == "update":
         parser.description = (
-            "Changes jobs waiting in the queue (not held back by nothing but their turn: a held job too, one "
-            "waiting for its --after or --begin too; not one admitted to a slot): what is given, all of it or "
-            "none. Each stays at its place in its line."
+            "Changes jobs waiting in the queue (a held one, or one waiting for its --after or --begin, too; not "
+            "one admitted to a slot): what is given, all of it or none. Each stays at its place in its line."
         )
         parser.add_argument(
             "--priority",
@@ -1627,7 +1679,20 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
             "more_ids", nargs="*", metavar="ID", help="more jobs to watch, each in turn; exits with the highest code"
         )
     if name == "retry":
-        parser.add_argument("--wait", "-w", action="store_true", help="wait and exit with the job's exit code")
+        parser.add_argument(
+            "more_ids",
+            nargs="*",
+            metavar="ID",
+            help="more finished jobs, retried together: one that started after another of them starts after its copy",
+        )
+        parser.add_argument(
+            "--workflow",
+            action="store_true",
+            help="retry the jobs of ID's pipeline (job run --file) that did not succeed, together (argo retry)",
+        )
+        parser.add_argument(
+            "--wait", "-w", action="store_true", help="wait and exit with the job's exit code (the highest of several)"
+        )
         add_idempotency_key(parser)
     if name == "history":
         parser.add_argument(

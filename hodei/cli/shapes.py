@@ -177,6 +177,10 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         False,
     ),
     "job retry": (_object(job_id=_STRING, retry_of=_STRING, already_submitted=_BOOLEAN), False),
+    "job retry (several)": (
+        _object(job_ids=_array(_STRING), retry_of=_array(_STRING), already_submitted=_BOOLEAN),
+        False,
+    ),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),
     "job artifacts": (message_schema(artifacts_pb2.ListArtifactsResponse.DESCRIPTOR), False),

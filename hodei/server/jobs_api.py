@@ -563,38 +563,80 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
 
     @rpc
     def RetryJob(self, request: jobs_pb2.RetryJobRequest, context: grpc.ServicerContext) -> jobs_pb2.QueueJobResponse:
-        row = self.reads.job(request.job_id)
         who = caller()
-        _check_owner(who, row, "retry")
+        row = self.reads.job(request.job_id)
         # What a retry asks is a copy of that job: its key's repeat names the same one.
         asked = jobs_pb2.RetryJobRequest(job_id=str(row.id))
         submission = Submission.keyed(request.idempotency_key, who.name, 1, asked)
         if (repeat := self._repeat(submission, None, array=False)) is not None:
             return repeat
-        if not JobState(row.state).is_terminal:
-            raise InvalidInput(f"job {row.id} is {row.state}: only a finished job is retried (cancel it first)")
-        try:
-            secrets = self.secrets.open(row.id)
-        except SecretsPurged:
-            raise InvalidInput(
-                f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
-            ) from None
-        spec = self.bounds.apply(self._after(JobSpec.from_payload(row.spec)))
-        self.pools.check(spec.pool)  # it may have been deleted since
-        job_id = submission.ids[0]
-        job = Job.submit(
-            spec, job_id, self.secrets.seal(job_id, secrets), retry_of=row.id, request_digest=submission.digest
-        )
-        if spec.input_sha256:
-            self.inputs.copy(str(row.id), str(job_id))
+        [job] = self._copies([row], who, submission)
 
         def write() -> jobs_pb2.QueueJobResponse:
             with command_transaction(self.store.pool):
                 self.limits.make_room(who.name, 1)
-                self.store.write([job], Meta(actor=who.name, correlation_id=str(job_id)))
-            return jobs_pb2.QueueJobResponse(job_id=str(job_id))
+                self.store.write([job], Meta(actor=who.name, correlation_id=str(job.id)))
+            return jobs_pb2.QueueJobResponse(job_id=str(job.id))
 
         return first_answer(write, lambda: self._repeat(submission, None, array=False))
+
+    @rpc
+    def RetryJobs(
+        self, request: jobs_pb2.RetryJobsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.QueueJobsResponse:
+        who = caller()
+        if not 1 <= len(request.job_ids) <= MOST_JOBS:
+            raise InvalidInput(f"give 1 to {MOST_JOBS} jobs to retry together, got {len(request.job_ids)}")
+        rows = [self.reads.job(job_ref) for job_ref in request.job_ids]
+        if len({row.id for row in rows}) < len(rows):
+            raise InvalidInput("a job is named twice: each is retried once")
+        asked = jobs_pb2.RetryJobsRequest(job_ids=[str(row.id) for row in rows])
+        submission = Submission.keyed(request.idempotency_key, who.name, len(rows), asked)
+
+        def repeat() -> jobs_pb2.QueueJobsResponse | None:
+            if earlier(self.store, self.secrets, submission, None) is None:
+                return None
+            return jobs_pb2.QueueJobsResponse(job_ids=[str(i) for i in submission.ids], already_submitted=True)
+
+        if (repeated := repeat()) is not None:
+            return repeated
+        jobs = self._copies(rows, who, submission)
+
+        def write() -> jobs_pb2.QueueJobsResponse:
+            with command_transaction(self.store.pool):
+                self.limits.make_room(who.name, len(jobs))
+                self.store.write(jobs, Meta(actor=who.name))  # each job's events correlated with itself
+            return jobs_pb2.QueueJobsResponse(job_ids=[str(job.id) for job in jobs])
+
+        return first_answer(write, repeat)
+
+    def _copies(self, rows: list[JobRow], who: Caller, submission: Submission) -> list[Job]:
+        """A copy of each finished job (``submission``'s ids, in order), with its secrets,
+        linked to it (``retry_of``). One that starts after another of them starts after that
+        one's copy (its ``after`` re-pointed); the jobs it starts after apart from them are
+        checked as a submission's are (one that ended otherwise than asked is refused)."""
+        copy_of = {str(row.id): str(job_id) for row, job_id in zip(rows, submission.ids, strict=True)}
+        jobs = []
+        for row, job_id in zip(rows, submission.ids, strict=True):
+            _check_owner(who, row, "retry")
+            if not JobState(row.state).is_terminal:
+                raise InvalidInput(f"job {row.id} is {row.state}: only a finished job is retried (cancel it first)")
+            try:
+                secrets = self.secrets.open(row.id)
+            except SecretsPurged:
+                raise InvalidInput(
+                    f"the secrets of job {row.id} were purged: submit it again with `job run` and its --secret values"
+                ) from None
+            spec = JobSpec.from_payload(row.spec)
+            copied = {copy_of[ref]: condition for ref, condition in spec.after.items() if ref in copy_of}
+            apart = self._after(replace(spec, after={r: c for r, c in spec.after.items() if r not in copy_of}))
+            spec = self.bounds.apply(replace(apart, after={**apart.after, **copied}))
+            self.pools.check(spec.pool)  # it may have been deleted since
+            sealed = self.secrets.seal(job_id, secrets)
+            jobs.append(Job.submit(spec, job_id, sealed, retry_of=row.id, request_digest=submission.digest))
+            if spec.input_sha256:
+                self.inputs.copy(str(row.id), str(job_id))
+        return jobs
 
     @rpc
     async def WatchJob(

@@ -1379,8 +1379,10 @@ ORDER BY created_at;
 -- hodei.io/workflow, a job alone is its own run. Its state: the furthest on of its jobs not
 -- ended; else FAILED or TIMEOUT where one did; else CANCELLED where one was cancelled other
 -- than as a branch not taken (the platform's cancel of a job whose after was not met, which
--- `job run --file --wait` counts 0: hodei.cli.jobs.skipped); else SUCCEEDED. Each read
--- through idx_jobs_cron: the run's jobs are made in one transaction after its first.
+-- `job run --file --wait` counts 0: hodei.cli.jobs.skipped); else SUCCEEDED. A job retried
+-- (`job retry`, `--workflow`) counts as its copy: a copy carries the run's labels, and the job
+-- it copied is left out (idx_jobs_retry_of). Each read through idx_jobs_cron: the run's jobs
+-- are made after its first.
 WITH newest AS (
     SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
            spec -> 'labels' ->> 'hodei.io/cron' AS name,
@@ -1398,6 +1400,7 @@ CROSS JOIN LATERAL (
     WHERE j.spec -> 'labels' ? 'hodei.io/cron' AND j.spec -> 'labels' ->> 'hodei.io/cron' = newest.name
       AND j.created_at >= first.created_at
       AND (j.id = newest.run_id OR j.spec -> 'labels' ->> 'hodei.io/workflow' = newest.run_id::text)
+      AND NOT EXISTS (SELECT 1 FROM jobs AS copy WHERE copy.retry_of = j.id)
     ORDER BY CASE j.state
         WHEN 'RUNNING' THEN 0 WHEN 'ASSIGNED' THEN 1 WHEN 'PENDING' THEN 2 WHEN 'FAILED' THEN 3 WHEN 'TIMEOUT' THEN 4
         WHEN 'CANCELLED' THEN CASE
