@@ -240,6 +240,7 @@ def test_a_pipelines_jobs_that_did_not_succeed_are_retried_together(
         build, test, report = first.stdout.split()
         alone = server.cli("job", "retry", test)
         assert alone.returncode == 2 and f"job {build} ended FAILED" in alone.stderr, alone.stderr
+        assert f"`job retry --workflow {build}` retries it with the jobs of its pipeline" in alone.stderr
 
         retried = server.cli("job", "retry", "--workflow", report, "--wait")
         assert retried.returncode == 0, retried.stderr

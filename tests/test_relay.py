@@ -358,10 +358,10 @@ def test_a_save_beside_a_relay_hands_it_the_rows_it_wants_and_writes_the_others_
     handled: list[tuple[str, int]] = []
 
     def react(delivery: Delivery) -> None:
-        handled.append((delivery.event.event_type, delivery.attempts))
         job = store.load(Job, delivery.event.aggregate_id)
         job.admit()  # a route-less event: JobAdmitted
         store.write([job], Meta(actor="handler", ack=delivery.ack))
+        handled.append((delivery.event.event_type, delivery.attempts))  # once its save committed
 
     relay = Relay(pool, {"JobProviderSelected": Route(react)}, CONFIG, "r", Signals(None))
     _refuse_claims(relay)

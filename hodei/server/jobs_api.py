@@ -38,7 +38,7 @@ from hodei.domain.spec import (
     never_after,
     written_secrets,
 )
-from hodei.domain.workflow import MOST_JOBS, in_workflow, resolved
+from hodei.domain.workflow import MOST_JOBS, WORKFLOW_LABEL, in_workflow, resolved
 from hodei.errors import InvalidInput, InvalidTransition, NoAnswer, NotFound, PermissionDenied
 from hodei.execs import ExecResults
 from hodei.faults import Faults
@@ -629,7 +629,16 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 ) from None
             spec = JobSpec.from_payload(row.spec)
             copied = {copy_of[ref]: condition for ref, condition in spec.after.items() if ref in copy_of}
-            apart = self._after(replace(spec, after={r: c for r, c in spec.after.items() if r not in copy_of}))
+            try:
+                apart = self._after(replace(spec, after={r: c for r, c in spec.after.items() if r not in copy_of}))
+            except InvalidInput as exc:
+                workflow = spec.labels.get(WORKFLOW_LABEL)
+                if workflow is None:
+                    raise
+                raise InvalidInput(
+                    f"{exc.message}; `job retry --workflow {workflow}` retries it with the jobs of its pipeline "
+                    "that did not succeed"
+                ) from None
             spec = self.bounds.apply(replace(apart, after={**apart.after, **copied}))
             self.pools.check(spec.pool)  # it may have been deleted since
             sealed = self.secrets.seal(job_id, secrets)
