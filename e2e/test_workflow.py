@@ -257,6 +257,8 @@ def test_a_pipelines_jobs_that_did_not_succeed_are_retried_together(
             (test_copy, "SUCCEEDED", test, {build_copy: "ok"}, build),
         ]
         assert "echo tested" in server.cli("job", "get", test_copy, check=True).stdout
+        two = server.cli("job", "retry", "--workflow", build, test)
+        assert two.returncode == 2 and "--workflow retries the pipeline of one job" in two.stderr, two.stderr
         again = server.cli("job", "retry", "--workflow", build, "--wait")
         assert again.returncode == 0 and "nothing to retry" in again.stderr and again.stdout == "", again.stderr
 

@@ -781,6 +781,8 @@ def _retry_several(client: Client, term: Terminal, args: argparse.Namespace) -> 
     the jobs of the given one's pipeline that did not succeed and were not retried since.
     Each copy that starts after another's starts after that one's copy; with --wait each is
     waited for in the order they were first submitted, as `job run --file --wait` does."""
+    if args.workflow and args.more_ids:
+        raise InvalidInput("--workflow retries the pipeline of one job: give one job id")
     if args.workflow:
         originals = _to_retry(client, args.job_id)
         if not originals:
