@@ -813,11 +813,7 @@ def _to_retry(client: Client, job_ref: str) -> list[common_pb2.Job]:
     if workflow is None:
         raise InvalidInput(f"job {job.id} is not one of a pipeline (job run --file of several jobs): retry it alone")
     selector = [f"{WORKFLOW_LABEL}={workflow}"]
-    jobs: list[common_pb2.Job] = []
-    while page := client.call(
-        client.jobs.ListJobs, jobs_pb2.ListJobsRequest(label_selector=selector, limit=MAX_JOBS_LISTED, offset=len(jobs))
-    ).jobs:
-        jobs.extend(page)
+    jobs = _every_job(client, jobs_pb2.ListJobsRequest(label_selector=selector, limit=MAX_JOBS_LISTED))
     if going := [other for other in jobs if not JobState(other.state).is_terminal]:
         raise InvalidInput(
             f"job {going[0].id} ({going[0].spec.name}) of the pipeline is {going[0].state}: "
@@ -1268,10 +1264,18 @@ def _selected(client: Client, args: argparse.Namespace, given: Sequence[str] | N
     refused with a selection; by default ``args.job_id``)."""
     if any([args.job_id] if given is None else given):
         raise InvalidInput("give job ids or a selection (--state, --label, --submitter, …), not both")
-    chosen: list[common_pb2.Job] = []
-    while page := client.call(client.jobs.ListJobs, list_request(args, MAX_JOBS_LISTED, len(chosen))).jobs:
-        chosen.extend(page)
-    return chosen
+    return _every_job(client, list_request(args, MAX_JOBS_LISTED, 0))
+
+
+def _every_job(client: Client, request: jobs_pb2.ListJobsRequest) -> list[common_pb2.Job]:
+    """Every job ``request`` matches, newest first, read a page (its ``limit``) at a time."""
+    found: list[common_pb2.Job] = []
+    page = jobs_pb2.ListJobsRequest()
+    page.CopyFrom(request)
+    while jobs := client.call(client.jobs.ListJobs, page).jobs:
+        found.extend(jobs)
+        page.offset = len(found)
+    return found
 
 
 def top(client: Client, term: Terminal, args: argparse.Namespace) -> int:

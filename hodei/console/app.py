@@ -374,10 +374,7 @@ class Console:
         self._check_origin(request)
         form = {key: str(value) for key, value in (await request.post()).items()}
         try:
-            given = form.get("timeout", "").strip()
-            timeout = seconds_of(given)
-            if timeout is None:
-                raise InvalidInput(f"timeout takes seconds or a duration such as 90s, 10m or 2h, got `{given}`")
+            timeout = _seconds(form.get("timeout", "").strip(), "timeout")
             spec = common_pb2.JobSpec(
                 name=form.get("name", "").strip(),
                 command=form.get("command", ""),
@@ -566,12 +563,7 @@ class Console:
         if form.get("priority", "") != form.get("was_priority", ""):
             asked.priority = _whole(form.get("priority", ""), "priority")
         if form.get("timeout", "") != form.get("was_timeout", ""):
-            timeout = seconds_of(form.get("timeout", ""))
-            if timeout is None:
-                raise InvalidInput(
-                    f"timeout takes seconds or a duration such as 90s, 10m or 2h, got `{form['timeout']}`"
-                )
-            asked.timeout_seconds = timeout
+            asked.timeout_seconds = _seconds(form.get("timeout", ""), "timeout")
         if form.get("cpu", "") != form.get("was_cpu", ""):
             asked.cpu_cores = _cores(form.get("cpu", ""))
         if form.get("memory", "") != form.get("was_memory", ""):
@@ -804,6 +796,14 @@ def _from_one(request: web.Request, name: str, most: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= most:
         raise InvalidInput(f"{name} must be a whole number from 1 to {most}, got `{raw}`")
     return int(raw)
+
+
+def _seconds(raw: str, name: str) -> float:
+    """Seconds a form field gives, as a number or a duration (``90s``, ``10m``, ``2h``)."""
+    seconds = seconds_of(raw)
+    if seconds is None:
+        raise InvalidInput(f"{name} takes seconds or a duration such as 90s, 10m or 2h, got `{raw}`")
+    return seconds
 
 
 def _cores(raw: str) -> float:

@@ -175,6 +175,12 @@ class Schedule:
         return text if self.time_zone == "UTC" else f"{text} ({self.time_zone})"
 
 
+def which_job(place: int, spec: JobSpec, count: int) -> str:
+    """What a refusal of one job of a cron job's ``count`` begins with: which job it is
+    (nothing when it runs one)."""
+    return f"job {place + 1} of the cron job ({spec.name or 'no name'}): " if count > 1 else ""
+
+
 @dataclass(frozen=True)
 class Definition:
     """What a person defines: the schedule, its policies, the job spec (as stored), and
@@ -205,7 +211,7 @@ class Definition:
             raise InvalidInput(f"a cron job runs at most {MOST_JOBS} jobs at each time, got {len(self.specs)}")
         several = len(self.specs) > 1
         for place, spec in enumerate(self.specs):
-            where = f"job {place + 1} of the cron job ({spec.name or 'no name'}): " if several else ""
+            where = which_job(place, spec, len(self.specs))
             waits_for_others = bool(spec.after) if place == 0 else bool(self._others(spec, place))
             if waits_for_others or spec.begin_at or spec.array_limit:
                 raise InvalidInput(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from uuid import UUID
 
 import grpc
 
 from hodei._proto import cron_pb2, cron_pb2_grpc
 from hodei.config import KubernetesConfig
 from hodei.cron import CronJobRun, CronJobs
-from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule
+from hodei.domain.cron import Concurrency, CronJob, Definition, Schedule, which_job
 from hodei.domain.spec import JobSpec
 from hodei.domain.workflow import MOST_JOBS
 from hodei.errors import InvalidInput, PermissionDenied
@@ -72,9 +71,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
                 refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
                 self.cron_jobs.bounds.apply(spec)  # refused now, not at each run
             except InvalidInput as exc:
-                raise InvalidInput(
-                    f"job {place + 1} of the cron job ({spec.name}): {exc}" if len(specs) > 1 else str(exc)
-                ) from None
+                raise InvalidInput(f"{which_job(place, spec, len(specs))}{exc}") from None
             if spec.input_sha256:
                 raise InvalidInput(
                     "a cron job's runs cannot take --input files (an upload is kept an hour): "
@@ -127,11 +124,10 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         self._check_owner(who, request.name, "run")
         asked = cron_pb2.RunCronJobRequest(name=request.name, env=request.env)
         count = len(self.cron_jobs.get(request.name).definition.specs)
-        submission = Submission.keyed(request.idempotency_key, who.name, count, asked)
-        # Every id a run of this key may have had: the cron job may have been redefined since
-        # with another count of jobs.
-        every = Submission.keyed(request.idempotency_key, who.name, MOST_JOBS, asked).ids
-        if (repeat := self._repeat(submission, every)) is not None:
+        # Every id a run of this key may have had (the cron job may have been redefined since
+        # with another count of jobs); this run takes the first ``count``.
+        submission = Submission.keyed(request.idempotency_key, who.name, MOST_JOBS, asked)
+        if (repeat := self._repeat(submission)) is not None:
             return repeat
 
         def check(specs: list[JobSpec]) -> None:
@@ -141,20 +137,20 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
 
         def write() -> cron_pb2.RunCronJobResponse:
             job_ids = self.cron_jobs.run_now(
-                request.name, who.name, dict(request.env), check, submission.ids, submission.digest
+                request.name, who.name, dict(request.env), check, submission.ids[:count], submission.digest
             )
             return cron_pb2.RunCronJobResponse(job_id=str(job_ids[0]), job_ids=list(map(str, job_ids)))
 
-        return first_answer(write, lambda: self._repeat(submission, every))
+        return first_answer(write, lambda: self._repeat(submission))
 
-    def _repeat(self, submission: Submission, every: list[UUID]) -> cron_pb2.RunCronJobResponse | None:
-        """The run a key sent again started: of ``every`` id it may have had, those that
-        were written (a run's jobs are written together), the first being the run's."""
+    def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
+        """The run a key sent again started: of the ids it may have had, those that were
+        written (a run's jobs are written together), the first being the run's."""
         first = earlier(self.cron_jobs.store, self.cron_jobs.secrets, submission, None)
         if first is None:
             return None
-        there = self.cron_jobs.started(every)
-        job_ids = [str(job_id) for job_id in every if job_id in there]
+        there = self.cron_jobs.started(submission.ids)
+        job_ids = [str(job_id) for job_id in submission.ids if job_id in there]
         return cron_pb2.RunCronJobResponse(job_id=str(first.id), job_ids=job_ids, already_submitted=True)
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:

@@ -32,7 +32,6 @@ from hodei.domain.spec import (
     LabelSelector,
     Resources,
     array_element,
-    check_limits,
     check_priority,
     naming_arrays,
     never_after,
@@ -467,7 +466,6 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             disk_bytes=request.disk_bytes if request.HasField("disk_bytes") else asked.disk_bytes,
         )
         timeout = request.timeout_seconds if request.HasField("timeout_seconds") else spec.timeout_seconds
-        check_limits(timeout, resources)
         limited = self.bounds.apply(replace(spec, timeout_seconds=timeout, resources=resources))
         refuse_unrunnable(limited, self.pools, self.kubernetes, self.reads)
         return limited
