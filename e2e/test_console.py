@@ -305,7 +305,7 @@ def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
     assert "No cron jobs" in owner.get(f"{guarded.http_url}/cron").text
 
 
-def test_a_pipelines_cron_job_says_its_jobs_and_its_run_goes_to_their_list(
+def test_a_pipelines_cron_job_says_its_jobs_and_its_run_goes_to_its_page(
     guarded: ServerProcess, tokens: dict[str, str]
 ) -> None:
     owner = browser(guarded, tokens["submit"])
@@ -324,22 +324,88 @@ def test_a_pipelines_cron_job_says_its_jobs_and_its_run_goes_to_their_list(
         for _ in range(2)
     )
     assert ran.status_code == 303 and again.headers["Location"] == ran.headers["Location"]
-    run_id = ran.headers["Location"].removeprefix("/jobs?label=hodei.io/workflow%3D")
+    run_id = ran.headers["Location"].removeprefix("/workflows/")
     assert len(run_id) == 36
     run_ids = [row[0] for row in query(guarded.database_url, WORKFLOW_JOBS, (run_id,))]
     assert len(run_ids) == 2 and str(run_ids[0]) == run_id
     for job_id in run_ids:
         wait_settled(guarded.database_url, str(job_id))
-    listed = owner.get(f"{guarded.http_url}{ran.headers['Location']}").text
-    assert all(str(job_id) in listed for job_id in run_ids)
+    shown = owner.get(f"{guarded.http_url}{ran.headers['Location']}").text
+    assert '<span class="state succeeded" id="workflow-state">SUCCEEDED</span>' in shown
+    assert all(f'<a href="/jobs/{job_id}">' in shown for job_id in run_ids)
     row = re.search(r'<tr data-cron="console-release">(.*?)</tr>', owner.get(f"{guarded.http_url}/cron").text, re.S)
     assert row is not None
-    assert f'<a href="/jobs?label=hodei.io/workflow%3D{run_id}">{run_id[:8]}</a>' in row.group(1)
+    assert f'<a href="/workflows/{run_id}">{run_id[:8]}</a>' in row.group(1)
     assert '<span class="state succeeded">SUCCEEDED</span>' in row.group(1)
     guarded.cli("--token", tokens["submit"], "cron", "delete", "console-release", check=True)
 
 
 WORKFLOW_JOBS = "SELECT id FROM jobs WHERE spec -> 'labels' ->> 'hodei.io/workflow' = %s ORDER BY created_at"
+
+
+def test_a_pipelines_page_shows_its_stages_and_retries_or_cancels_it(
+    guarded: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """`/workflows/ID` (GitLab's pipeline graph, `job workflow`): its jobs by stage, a branch
+    not taken said skipped; Retry runs again those that did not succeed, once however often
+    it is posted; Cancel cancels those not ended; a `read` token sees neither and is refused
+    both."""
+    owner, reader = browser(guarded, tokens["submit"]), browser(guarded, tokens["read"])
+    pipeline = guarded.log_dir / "console-failing.yaml"
+    pipeline.write_text(
+        "name: build\nprovider: sim\ncommand: 'false'\nenv: {HODEI_SIM_EXIT_CODE: '2'}\n---\n"
+        "name: test\nprovider: sim\ncommand: 'true'\nafter: {build: ok}\n---\n"
+        "name: report\nprovider: sim\ncommand: 'true'\nafter: {build: notok}\n"
+    )
+    submitted = guarded.cli("--token", tokens["submit"], "job", "run", "--file", str(pipeline), "--wait")
+    build, test, report = submitted.stdout.split()
+    page = owner.get(f"{guarded.http_url}/workflows/{report}").text  # named by any of its jobs
+    assert '<span class="state failed" id="workflow-state">FAILED</span>' in page
+    stages = re.findall(r'<section class="stage" data-stage="(\d)">(.*?)</section>', page, re.S)
+    assert [(stage, re.findall(r'data-name="(\w+)"', jobs)) for stage, jobs in stages] == [
+        ("1", ["build"]),
+        ("2", ["test", "report"]),
+    ]
+    assert '<span class="state cancelled skipped">CANCELLED (skipped)</span>' in stages[1][1]
+    assert "after build:ok" in stages[1][1] and "exit 2" in stages[0][1]
+    job_page = owner.get(f"{guarded.http_url}/jobs/{test}").text
+    assert f'<td id="workflow"><a href="/workflows/{build}"' in job_page
+    read_page = reader.get(f"{guarded.http_url}/workflows/{build}").text
+    assert "retry-workflow" not in read_page and '<span class="state failed" id="workflow-state">' in read_page
+    forged = reader.post(f"{guarded.http_url}/workflows/{build}/retry", data={"key": "k"}, allow_redirects=False)
+    assert forged.status_code == 403
+
+    (key,) = re.findall(r'name="key" value="([0-9a-f-]{36})"', page)
+    assert 'id="retry-workflow" title="its 2 jobs that did not succeed' in page
+    posted = [
+        owner.post(f"{guarded.http_url}/workflows/{build}/retry", data={"key": key}, allow_redirects=False)
+        for _ in range(2)
+    ]
+    assert [answer.status_code for answer in posted] == [303, 303]
+    assert posted[0].headers["Location"] == f"/workflows/{build}"
+    copies = query(guarded.database_url, "SELECT id::text, retry_of::text FROM jobs WHERE retry_of = ANY(%s::uuid[])",
+                   ([build, test],))  # fmt: skip
+    assert sorted(original for _, original in copies) == sorted([build, test])  # one copy each
+    for copy, _ in copies:
+        wait_settled(guarded.database_url, copy)
+    again = owner.get(f"{guarded.http_url}/workflows/{build}").text
+    assert again.count("try 2") == 2 and 'id="retry-workflow"' in again  # the copied build failed again
+
+    held = guarded.cli("--token", tokens["submit"], "job", "run", "--file", str(pipeline), "--hold", check=True)
+    first = held.stdout.split()[0]
+    assert 'id="cancel-workflow"' not in reader.get(f"{guarded.http_url}/workflows/{first}").text
+    assert reader.post(f"{guarded.http_url}/workflows/{first}/cancel", allow_redirects=False).status_code == 403
+    cancelled = owner.post(f"{guarded.http_url}/workflows/{first}/cancel", allow_redirects=False)
+    assert cancelled.status_code == 303
+    states = query(guarded.database_url, "SELECT DISTINCT state FROM jobs WHERE id = ANY(%s::uuid[])",
+                   (held.stdout.split(),))  # fmt: skip
+    assert states == [("CANCELLED",)]
+    assert (
+        '<span class="state cancelled" id="workflow-state">CANCELLED</span>'
+        in owner.get(f"{guarded.http_url}/workflows/{first}").text
+    )
+    lone = run(guarded)
+    assert owner.get(f"{guarded.http_url}/workflows/{lone}").status_code == 400
 
 
 def test_the_queue_page_shows_each_waiting_job_and_why(guarded: ServerProcess, tokens: dict[str, str]) -> None:

@@ -151,6 +151,35 @@ def test_the_console_in_a_browser(chromium: Any, fresh_database_url: str, tmp_pa
         assert query(url, "SELECT state, cancelled_by FROM jobs WHERE id = %s", (holder,)) == [
             ("CANCELLED", "console-operator")
         ]
+
+        # A pipeline whose build fails the first time: its page, then Retry runs build and test again.
+        pipeline = tmp_path / "pipeline.yaml"
+        builds = shared_dir / "builds"
+        pipeline.write_text(
+            "name: build\nprovider: local\n"
+            f"command: n=$(( $(cat {builds} 2>/dev/null || echo 0) + 1 )); echo $n > {builds}; [ $n -ge 2 ] || exit 3\n"
+            "---\nname: test\nprovider: local\ncommand: 'true'\nafter: {build: ok}\n"
+        )
+        build = server.cli("job", "run", "--file", str(pipeline), "--wait").stdout.split()[0]
+        page.goto(f"{server.http_url}/jobs/{build}")
+        page.click("#workflow a")
+        page.wait_for_url(f"**/workflows/{build}")
+        assert page.inner_text("#workflow-state") == "FAILED"
+        assert page.inner_text('[data-name="test"] .state') == "CANCELLED (skipped)"
+        page.screenshot(path=str(ARTIFACTS / "workflow.png"), full_page=True)
+        page.click("#retry-workflow")
+        page.wait_for_url(f"**/workflows/{build}")
+        for (copy,) in query(
+            url,
+            "SELECT id::text FROM jobs WHERE retry_of IS NOT NULL AND spec->'labels'->>'hodei.io/workflow' = %s",
+            (build,),
+        ):
+            wait_settled(url, copy)
+        page.reload()
+        assert page.inner_text("#workflow-state") == "SUCCEEDED"
+        assert [page.inner_text(f'[data-name="{name}"] .state') for name in ("build", "test")] == ["SUCCEEDED"] * 2
+        assert page.locator("text=try 2").count() == 2 and page.locator("#retry-workflow").count() == 0
+
         page.goto(f"{server.http_url}/sagas")
         page.screenshot(path=str(ARTIFACTS / "sagas.png"), full_page=True)
         assert refusals == []  # the console runs its own script and styles only, and all of them

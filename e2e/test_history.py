@@ -23,6 +23,18 @@ pytestmark = pytest.mark.e2e
 # Past jobs: enough that the planner prefers an index for one job's rows wherever one serves.
 COPIES = 2000
 ENV = {"HODEI_SIM_ENABLED": "1", "HODEI_LOCAL_ENABLED": "0"}
+# A pipeline whose first job fails (`job workflow`, `job retry --workflow` read its jobs).
+PIPELINE = """\
+name: build
+provider: sim
+command: make
+env: {HODEI_SIM_EXIT_CODE: "3"}
+---
+name: test
+provider: sim
+command: make test
+after: {build: ok}
+"""
 
 
 def submit(server: ServerProcess, env: str) -> str:
@@ -62,12 +74,17 @@ def test_a_job_after_thousands_reads_no_table_of_the_history_whole(database_url:
             server.cli("job", read, job_id, check=True)
         failed = run_job(server, "HODEI_SIM_EXIT_CODE=3")
         retried = server.cli("job", "retry", failed, "--wait").returncode
+        pipeline = tmp_path / "pipeline.yaml"
+        pipeline.write_text(PIPELINE)
+        first = server.cli("job", "run", "--file", str(pipeline), "--wait").stdout.split()[0]
+        assert "FAILED, 2 jobs" in server.cli("job", "workflow", first, check=True).stdout
+        pipeline_retried = server.cli("job", "retry", "--workflow", first, "--wait").returncode
         cancelled = submit(server, "HODEI_SIM_SECONDS=60")
         running = "SELECT state FROM jobs WHERE id = %s"
         eventually(lambda: query(database_url, running, (cancelled,)) == [("RUNNING",)], 30)
         server.cli("job", "cancel", cancelled, check=True)
         wait_settled(database_url, cancelled, 60)
-    assert retried == 3
+    assert retried == pipeline_retried == 3
     eventually(lambda: others_gone(database_url), 30, what="the server's connections to close")
 
     scans = query(

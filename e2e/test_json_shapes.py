@@ -72,6 +72,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("job cancel", ["job", "cancel", "{running}"], 0),
     ("job retry", ["job", "retry", "{job}"], 0),
     ("job retry (several)", ["job", "retry", "{job}", "{artifacts}"], 0),
+    ("job workflow", ["job", "workflow", "{workflow}"], 0),
     ("job hold|release|update|signal", ["job", "hold", "{held}", "--reason", "later"], 0),
     ("job hold|release|update|signal", ["job", "update", "{held}", "--priority", "-5"], 0),
     ("job hold|release|update|signal", ["job", "release", "{held}"], 0),
@@ -152,6 +153,9 @@ def filled(server: ServerProcess, job_id: str, argv: list[str]) -> list[str]:
             path = server.log_dir / "pipeline.yaml"
             path.write_text("name: a\ncommand: 'true'\n---\nname: b\ncommand: 'true'\nafter: {a: ok}\n")
             return str(path)
+        if arg == "{workflow}":  # a pipeline's second job, ended
+            submitted = server.cli("job", "run", "--file", one("{pipeline}"), "--wait", check=True)
+            return submitted.stdout.split()[1]
         if arg == "{running}":
             started = server.cli("job", "run", "--provider", "local", "--command", "sleep 60", check=True)
             return started.stdout.strip()

@@ -128,6 +128,63 @@ def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_
     }
 
 
+def test_a_pipeline_is_shown_by_stage_with_what_each_starts_after_and_the_pipelines_state(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """`job workflow ID` (Argo's `argo get`), named by any job of it: its jobs by stage, a
+    branch not taken said skipped, and the pipeline's state as a cron job's run's."""
+    held = server.cli(
+        "job", "run", "--file", pipeline(tmp_path, build=3), "--secret", "TOKEN=t0ken", "--hold", check=True
+    )
+    ids = held.stdout.split()
+    waiting = server.cli("job", "workflow", ids[2], check=True)
+    assert waiting.stdout.splitlines()[0] == f"Pipeline {ids[0]}: PENDING, 5 jobs", waiting.stdout
+    assert waiting.stdout.count("PENDING (held)") == 5, waiting.stdout
+    server.cli("job", "release", "-l", f"{WORKFLOW_LABEL}={ids[0]}", check=True)
+    for job_id in ids:
+        wait_settled(server.database_url, job_id)
+
+    shown = server.cli("job", "workflow", ids[4], check=True)
+    rows = [line.split("\t") for line in shown.stdout.splitlines()[1:]]
+    assert shown.stdout.splitlines()[0] == f"Pipeline {ids[0]}: FAILED, 5 jobs", shown.stdout
+    assert rows[0] == ["STAGE", "NAME", "STATE", "EXIT", "RAN", "TRIES", "AFTER", "ID"]
+    assert [(row[0], row[1], row[2], row[3], row[5], row[6], row[7]) for row in rows[1:]] == [
+        ("1", "build", "FAILED", "3", "1", "-", ids[0]),
+        ("2", "test", "CANCELLED (skipped)", "-", "1", "build:ok", ids[1]),
+        ("2", "report", "SUCCEEDED", "0", "1", "build:notok", ids[3]),
+        ("3", "deploy", "CANCELLED (skipped)", "-", "1", "test:ok", ids[2]),
+        ("3", "cleanup", "SUCCEEDED", "0", "1", "build:any, test:any", ids[4]),
+    ]
+    assert rows[1][4] != "-" and rows[2][4] == "-"  # build ran; test never started
+    assert f"`hodei-jobs-cli job retry --workflow {ids[0]}` runs again the 3 jobs that did not succeed" in shown.stderr
+
+    answer = json.loads(server.cli("job", "workflow", ids[1], "-o", "json", check=True).stdout)
+    assert (answer["id"], answer["state"]) == (ids[0], "FAILED")
+    assert [(job["stage"], job["skipped"], job["copy_of"], job["job"]["id"]) for job in answer["jobs"]] == [
+        (1, False, [], ids[0]),
+        (2, True, [], ids[1]),
+        (2, False, [], ids[3]),
+        (3, True, [], ids[2]),
+        (3, False, [], ids[4]),
+    ]
+    assert answer["jobs"][0]["job"]["exit_code"] == 3 and answer["jobs"][1]["job"]["exit_code"] is None
+
+    # A person's cancel is not a branch not taken: the pipeline is CANCELLED, not SUCCEEDED.
+    ok = server.cli("job", "run", "--file", pipeline(tmp_path), "--secret", "TOKEN=t0ken", "--hold", check=True)
+    later = ok.stdout.split()
+    server.cli("job", "cancel", later[3], check=True)  # report, which would have been skipped
+    server.cli("job", "release", *(later[place] for place in (0, 1, 2, 4)), check=True)
+    for job_id in later:
+        wait_settled(server.database_url, job_id)
+    assert server.cli("job", "workflow", later[0], check=True).stdout.startswith(f"Pipeline {later[0]}: CANCELLED")
+
+    lone = server.cli("job", "run", "-p", "sim", "-c", "true", check=True).stdout.strip()
+    refused = server.cli("job", "workflow", lone)
+    assert refused.returncode == 2 and f"job {lone} is not one of a pipeline" in refused.stderr, refused.stderr
+    unknown = server.cli("job", "workflow", "0" * 8)
+    assert unknown.returncode != 0 and "no job id starts with 00000000" in unknown.stderr, unknown.stderr
+
+
 def test_a_job_cancelled_by_someone_is_not_skipped_and_keeps_its_code(server: ServerProcess, tmp_path: Path) -> None:
     """Only the platform's cancel of a job whose `after` can no longer hold is a skip: the
     job it waited for, cancelled by a person, still ends the wait with 130."""
@@ -242,10 +299,17 @@ def test_a_pipelines_jobs_that_did_not_succeed_are_retried_together(
         assert alone.returncode == 2 and f"job {build} ended FAILED" in alone.stderr, alone.stderr
         assert f"`job retry --workflow {build}` retries it with the jobs of its pipeline" in alone.stderr
 
-        retried = server.cli("job", "retry", "--workflow", report, "--wait")
+        retried = server.cli("job", "retry", "--workflow", report, "--idempotency-key", "retry-1", "--wait")
         assert retried.returncode == 0, retried.stderr
         build_copy, test_copy = retried.stdout.split()
         assert f"2 jobs retried together: build {build_copy[:8]}, test {test_copy[:8]}" in retried.stderr
+        # The same key again answers those copies, though the pipeline now stands by them.
+        repeated = server.cli("job", "retry", "--workflow", build, "--idempotency-key", "retry-1", "-o", "json")
+        assert json.loads(repeated.stdout) == {
+            "job_ids": [build_copy, test_copy],
+            "retry_of": [build, test],
+            "already_submitted": True,
+        }, repeated.stderr
         rows = query(
             fresh_database_url,
             "SELECT id::text, state, retry_of::text, spec -> 'after', spec -> 'labels' ->> %s FROM jobs"
@@ -257,6 +321,14 @@ def test_a_pipelines_jobs_that_did_not_succeed_are_retried_together(
             (test_copy, "SUCCEEDED", test, {build_copy: "ok"}, build),
         ]
         assert "echo tested" in server.cli("job", "get", test_copy, check=True).stdout
+        # The pipeline now stands by the copies: each in its place, its try counted.
+        shown = json.loads(server.cli("job", "workflow", report, "-o", "json", check=True).stdout)
+        assert shown["state"] == "SUCCEEDED"
+        assert [(job["stage"], job["job"]["id"], job["copy_of"]) for job in shown["jobs"]] == [
+            (1, build_copy, [build]),
+            (2, test_copy, [test]),
+            (2, report, []),
+        ]
         two = server.cli("job", "retry", "--workflow", build, test)
         assert two.returncode == 2 and "--workflow retries the pipeline of one job" in two.stderr, two.stderr
         again = server.cli("job", "retry", "--workflow", build, "--wait")

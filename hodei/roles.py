@@ -93,6 +93,7 @@ RULES: dict[str, Role | Gate] = {
     _J + "GetJobsUsage": Role.READ,
     _J + "GetJob": Role.READ,
     _J + "DescribeJob": Role.READ,
+    _J + "GetWorkflow": Role.READ,
     _J + "GetJobHistory": Role.READ,
     _J + "ListJobs": Role.READ,
     # Submitters cancel their own jobs; `operate` cancels any (checked by the method).

@@ -14,6 +14,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
 from hodei._proto import common_pb2, jobs_pb2
+from hodei.domain.job import JobState
 from hodei.domain.phases import size_text
 from hodei.domain.placement import canonical_tolerations
 from hodei.domain.retries import canonical_retry_on
@@ -97,6 +98,35 @@ def job_dict(job: common_pb2.Job) -> dict[str, Any]:
     data["exit_code"] = job.exit_code if job.has_exit_code else None
     data.pop("has_exit_code", None)
     return data
+
+
+def workflow_dict(workflow: jobs_pb2.Workflow) -> dict[str, Any]:
+    data = message_dict(workflow)
+    for entry, shown in zip(workflow.jobs, data["jobs"], strict=True):
+        shown["job"] = job_dict(entry.job)
+    return data
+
+
+def after_names(workflow: jobs_pb2.Workflow) -> dict[str, str]:
+    """The name of each job of the pipeline by id, those its standing jobs copy too: what a
+    job starts after is said by name (a job outside the pipeline, by its id's start)."""
+    return {job_id: entry.job.spec.name for entry in workflow.jobs for job_id in (entry.job.id, *entry.copy_of)}
+
+
+def after_text(job: common_pb2.Job, names: dict[str, str]) -> str:
+    """``build:ok, test:any``: as ``--after`` and a file's ``after`` write it."""
+    return ", ".join(sorted(f"{names.get(ref, ref[:8])}:{condition}" for ref, condition in job.spec.after.items()))
+
+
+def workflow_state_text(entry: jobs_pb2.WorkflowJob) -> str:
+    if entry.skipped:
+        return f"{entry.job.state} (skipped)"
+    return f"{entry.job.state} (held)" if entry.job.held_by else entry.job.state
+
+
+def not_succeeded(workflow: jobs_pb2.Workflow) -> list[common_pb2.Job]:
+    """What ``job retry --workflow`` runs again: the jobs standing in it that did not succeed."""
+    return [entry.job for entry in workflow.jobs if entry.job.state != JobState.SUCCEEDED]
 
 
 def exec_dict(ran: jobs_pb2.ExecJobResponse) -> dict[str, Any]:

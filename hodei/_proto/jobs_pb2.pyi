@@ -368,8 +368,16 @@ class RetryJobsRequest(_message.Message):
 
     JOB_IDS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """As RetryJobRequest's, for the whole request."""
+    """As RetryJobRequest's, for the whole request. With workflow, the same key sent again
+    answers the copies it made, whatever the pipeline's jobs have done since.
+    """
+    workflow: _builtins.str
+    """Instead of job_ids: a job of a pipeline (an id or a unique prefix), whose jobs that did
+    not succeed are retried, as submitted (`job retry --workflow`; GetWorkflow's jobs not
+    SUCCEEDED); refused while one of its jobs has not ended. None to retry: no job_ids.
+    """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The finished jobs (ids or unique prefixes), 1 to 100; the answer's job_ids are their
@@ -381,10 +389,11 @@ class RetryJobsRequest(_message.Message):
         *,
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
         idempotency_key: _builtins.str = ...,
+        workflow: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "job_ids", b"job_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "job_ids", b"job_ids", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -903,6 +912,79 @@ class JobWorker(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobWorker: _TypeAlias = JobWorker  # noqa: Y015
+
+@_typing.final
+class Workflow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The pipeline's first job's id: the value of its jobs' label hodei.io/workflow."""
+    state: _builtins.str
+    """As a cron job's last run's (cron.proto's last_job_state): the furthest on of its jobs
+    not ended; else FAILED or TIMEOUT where one did; else CANCELLED where one was cancelled
+    other than as a branch not taken; else SUCCEEDED.
+    """
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowJob]:
+        """In an order that runs: by stage, then as submitted."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        jobs: _abc.Iterable[Global___WorkflowJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "jobs", b"jobs", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
+
+@_typing.final
+class WorkflowJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    COPY_OF_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """1 for a job that starts after no job of the pipeline, else one more than the highest
+    stage of those it starts after.
+    """
+    skipped: _builtins.bool
+    """Cancelled by the platform because a job it starts after ended otherwise than asked: a
+    branch not taken (GitLab's skipped, Argo's omitted), not a failure.
+    """
+    @_builtins.property
+    def job(self) -> _common_pb2.Job: ...
+    @_builtins.property
+    def copy_of(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The jobs it stands for, of which it is a copy (`job retry`), oldest first; empty when it
+        is as submitted.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: _common_pb2.Job | None = ...,
+        stage: _builtins.int = ...,
+        skipped: _builtins.bool = ...,
+        copy_of: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copy_of", b"copy_of", "job", b"job", "skipped", b"skipped", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowJob: _TypeAlias = WorkflowJob  # noqa: Y015
 
 @_typing.final
 class JobDescription(_message.Message):

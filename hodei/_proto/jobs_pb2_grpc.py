@@ -60,6 +60,11 @@ class JobExecutionServiceStub:
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_jobs__pb2.JobDescription.FromString,
                 _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/hodei.jobs.JobExecutionService/GetWorkflow',
+                request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_jobs__pb2.Workflow.FromString,
+                _registered_method=True)
         self.GetJobHistory = channel.unary_unary(
                 '/hodei.jobs.JobExecutionService/GetJobHistory',
                 request_serializer=hodei_dot_jobs_dot_jobs__pb2.GetJobHistoryRequest.SerializeToString,
@@ -155,6 +160,15 @@ class JobExecutionServiceServicer:
 
     def DescribeJob(self, request, context):
         """The job, its phases, every saga with steps and audit, and its workers: one screen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflow(self, request, context):
+        """A pipeline (`job run --file` of several jobs, a cron job's run of several), named by
+        any of its jobs: each job standing in it (a job retried stands by its newest copy),
+        what it starts after, and the pipeline's state (Argo's `argo get`, GitLab's pipeline).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +291,11 @@ def add_JobExecutionServiceServicer_to_server(servicer, server):
                     servicer.DescribeJob,
                     request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_jobs__pb2.JobDescription.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_jobs__pb2.Workflow.SerializeToString,
             ),
             'GetJobHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobHistory,
@@ -474,6 +493,33 @@ class JobExecutionService:
             '/hodei.jobs.JobExecutionService/DescribeJob',
             hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
             hodei_dot_jobs_dot_jobs__pb2.JobDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.JobExecutionService/GetWorkflow',
+            hodei_dot_jobs_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_jobs__pb2.Workflow.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class JobExecutionServiceStub:
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     DescribeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
+    GetWorkflow: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Workflow]
+    """A pipeline (`job run --file` of several jobs, a cron job's run of several), named by
+    any of its jobs: each job standing in it (a job retried stands by its newest copy),
+    what it starts after, and the pipeline's state (Argo's `argo get`, GitLab's pipeline).
+    """
     GetJobHistory: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobHistoryRequest, _jobs_pb2.JobHistory]
     """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
@@ -93,6 +98,11 @@ class JobExecutionServiceAsyncStub(JobExecutionServiceStub):
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     DescribeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.JobDescription]  # type: ignore[assignment]
     """The job, its phases, every saga with steps and audit, and its workers: one screen."""
+    GetWorkflow: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Workflow]  # type: ignore[assignment]
+    """A pipeline (`job run --file` of several jobs, a cron job's run of several), named by
+    any of its jobs: each job standing in it (a job retried stands by its newest copy),
+    what it starts after, and the pipeline's state (Argo's `argo get`, GitLab's pipeline).
+    """
     GetJobHistory: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobHistoryRequest, _jobs_pb2.JobHistory]  # type: ignore[assignment]
     """The job as it was after each of its events, rebuilt from domain_events."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -170,6 +180,17 @@ class JobExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.JobDescription, _abc.Awaitable[_jobs_pb2.JobDescription]]:
         """The job, its phases, every saga with steps and audit, and its workers: one screen."""
+
+    @_abc_1.abstractmethod
+    def GetWorkflow(
+        self,
+        request: _jobs_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Workflow, _abc.Awaitable[_jobs_pb2.Workflow]]:
+        """A pipeline (`job run --file` of several jobs, a cron job's run of several), named by
+        any of its jobs: each job standing in it (a job retried stands by its newest copy),
+        what it starts after, and the pipeline's state (Argo's `argo get`, GitLab's pipeline).
+        """
 
     @_abc_1.abstractmethod
     def GetJobHistory(

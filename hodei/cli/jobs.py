@@ -784,44 +784,29 @@ def _retry_several(client: Client, term: Terminal, args: argparse.Namespace) -> 
     if args.workflow and args.more_ids:
         raise InvalidInput("--workflow retries the pipeline of one job: give one job id")
     if args.workflow:
-        originals = _to_retry(client, args.job_id)
-        if not originals:
-            term.info("nothing to retry: every job of the pipeline succeeded, or its copy did")
-            return 0
+        request = jobs_pb2.RetryJobsRequest(workflow=args.job_id)
     else:
         given = [args.job_id, *args.more_ids]
         found = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=ref)).job for ref in given]
-        originals = sorted(found, key=lambda job: job.created_at.ToDatetime())
-    request = jobs_pb2.RetryJobsRequest(job_ids=[job.id for job in originals])
+        request = jobs_pb2.RetryJobsRequest(job_ids=[job.id for job in sorted(found, key=_created)])
     copied = submit(client, term, client.jobs.RetryJobs, request, args.idempotency_key)
     job_ids = list(copied.job_ids)
+    if not job_ids:
+        term.info("nothing to retry: every job of the pipeline succeeded, or its copy did")
+        return 0
+    copies = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job for job_id in job_ids]
     answer = {
         "job_ids": job_ids,
-        "retry_of": [job.id for job in originals],
+        "retry_of": [copy.retry_of for copy in copies],
         "already_submitted": copied.already_submitted,
     }
-    which = ", ".join(f"{job.spec.name} {job_id[:8]}" for job, job_id in zip(originals, job_ids, strict=True))
+    which = ", ".join(f"{copy.spec.name} {copy.id[:8]}" for copy in copies)
     note = f"{len(job_ids)} jobs retried together: {which}"
     return several_submitted(client, term, args, answer, job_ids, note, job_ids)
 
 
-def _to_retry(client: Client, job_ref: str) -> list[common_pb2.Job]:
-    """The jobs of ``job_ref``'s pipeline (its label hodei.io/workflow) that did not succeed
-    and have no copy yet, oldest first; refused while one of them has not ended."""
-    job = client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_ref)).job
-    workflow = job.spec.labels.get(WORKFLOW_LABEL)
-    if workflow is None:
-        raise InvalidInput(f"job {job.id} is not one of a pipeline (job run --file of several jobs): retry it alone")
-    selector = [f"{WORKFLOW_LABEL}={workflow}"]
-    jobs = _every_job(client, jobs_pb2.ListJobsRequest(label_selector=selector, limit=MAX_JOBS_LISTED))
-    if going := [other for other in jobs if not JobState(other.state).is_terminal]:
-        raise InvalidInput(
-            f"job {going[0].id} ({going[0].spec.name}) of the pipeline is {going[0].state}: "
-            "retry its pipeline once every job of it has ended (or cancel it)"
-        )
-    copied = {other.retry_of for other in jobs if other.retry_of}
-    failed = [other for other in jobs if other.state != JobState.SUCCEEDED and other.id not in copied]
-    return sorted(failed, key=lambda other: other.created_at.ToDatetime())
+def _created(job: common_pb2.Job) -> datetime:
+    return job.created_at.ToDatetime()
 
 
 def reconnecting(open_stream: Callable[[], Iterable[T]], patience: float = RECONNECT_FOR) -> Iterator[T]:

@@ -18,7 +18,7 @@ import grpc
 import shtab
 from grpc_health.v1 import health_pb2
 
-from hodei.cli import access, admin, artifacts, audit, cron, jobs, report, sagas, settings, webhooks
+from hodei.cli import access, admin, artifacts, audit, cron, jobs, report, sagas, settings, webhooks, workflows
 from hodei.cli.client import DEFAULT_SERVER, PROFILE_VARIABLE, REFUSED, SERVER_VARIABLE, Client, Connection
 from hodei.cli.jobs import (
     EXIT_CANCELLED,
@@ -127,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     job = jobs.add_commands(commands)
     sagas.add_commands(commands, job)
     artifacts.add_commands(job)
+    workflows.add_commands(job)
     admin.add_commands(commands)
     access.add_commands(commands)
     cron.add_commands(commands)

@@ -181,6 +181,12 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         _object(job_ids=_array(_STRING), retry_of=_array(_STRING), already_submitted=_BOOLEAN),
         False,
     ),
+    "job workflow": (
+        message_schema(
+            jobs_pb2.Workflow.DESCRIPTOR, jobs=_array(message_schema(jobs_pb2.WorkflowJob.DESCRIPTOR, job=JOB))
+        ),
+        False,
+    ),
     "job watch": (EVENT_LINE, True),
     "job logs": (LOG_ENTRY, True),
     "job artifacts": (message_schema(artifacts_pb2.ListArtifactsResponse.DESCRIPTOR), False),

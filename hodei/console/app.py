@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -91,7 +92,17 @@ from hodei.server.edge import brief
 from hodei.server.jobs_api import may_act_on
 from hodei.store.db import translate_errors
 from hodei.store.migrations import schema_problem
-from hodei.wire import MAX_QUEUE_LISTED, exec_dict, message_dict, using_text
+from hodei.wire import (
+    MAX_QUEUE_LISTED,
+    after_names,
+    after_text,
+    exec_dict,
+    message_dict,
+    not_succeeded,
+    using_text,
+    workflow_dict,
+    workflow_state_text,
+)
 
 COOKIE = "hodei_token"
 HERE = Path(__file__).parent
@@ -201,6 +212,9 @@ class Console:
         app.router.add_post("/jobs/{id}/retry", self.retry)
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
         app.router.add_post("/jobs/{id}/update", self.update)
+        app.router.add_get("/workflows/{id}", self.workflow)
+        app.router.add_post("/workflows/{id}/retry", self.retry_workflow)
+        app.router.add_post("/workflows/{id}/cancel", self.cancel_workflow)
         app.router.add_get("/providers", self.providers)
         app.router.add_post("/providers/{name}/{action:enable|disable}", self.switch_provider)
         app.router.add_get("/workers", self.workers)
@@ -456,7 +470,60 @@ class Console:
             # The Retry button's: pressed twice, or its page reloaded and posted again, one copy.
             retry_key=str(uuid.uuid4()),
             signals=SIGNALS,
+            workflow_id=described.job.spec.labels.get(WORKFLOW_LABEL, ""),
         )
+
+    async def _workflow(self, request: web.Request) -> jobs_pb2.Workflow:
+        """The pipeline the path names by any of its jobs."""
+        named = jobs_pb2.GetJobRequest(job_id=request.match_info["id"])
+        workflow: jobs_pb2.Workflow = await self._call(request, JOBS + "GetWorkflow", named)
+        return workflow
+
+    async def workflow(self, request: web.Request) -> web.Response:
+        """A pipeline: its stages side by side (GitLab's pipeline graph), each job with its
+        state and what it starts after."""
+        workflow = await self._workflow(request)
+        names = after_names(workflow)
+        shown = workflow_dict(workflow)
+        stages: dict[int, list[dict[str, Any]]] = {}
+        for entry, data in zip(workflow.jobs, shown["jobs"], strict=True):
+            stages.setdefault(entry.stage, []).append(
+                {**data, "state": workflow_state_text(entry), "after": after_text(entry.job, names)}
+            )
+        who = await self._caller(request)
+        return self._page(
+            request,
+            "workflow.html",
+            who,
+            workflow=shown,
+            stages=stages,
+            terminal=JobState(workflow.state).is_terminal,
+            again=len(not_succeeded(workflow)),
+            # The Retry button's: pressed twice, or its page posted again, one set of copies.
+            retry_key=str(uuid.uuid4()),
+        )
+
+    async def retry_workflow(self, request: web.Request) -> web.Response:
+        """`job retry --workflow ID`: the jobs of the pipeline that did not succeed, together
+        (the page's key: pressed twice, one set of copies)."""
+        self._check_origin(request)
+        named = request.match_info["id"]
+        retry = jobs_pb2.RetryJobsRequest(workflow=named, idempotency_key=await _posted_key(request))
+        await self._call(request, JOBS + "RetryJobs", retry)
+        raise web.HTTPSeeOther(f"/workflows/{named}")
+
+    async def cancel_workflow(self, request: web.Request) -> web.Response:
+        """`job cancel -l hodei.io/workflow=ID`: each of its jobs not ended, the last stage
+        first (a job cancelled before those starting after it would have the platform cancel
+        them as branches not taken, or start one waiting for its failure); one that ended
+        meanwhile is left as it ended."""
+        self._check_origin(request)
+        workflow = await self._workflow(request)
+        for entry in reversed(workflow.jobs):
+            if not JobState(entry.job.state).is_terminal:
+                with contextlib.suppress(InvalidTransition):
+                    await self._call(request, JOBS + "CancelJob", jobs_pb2.CancelJobRequest(job_id=entry.job.id))
+        raise web.HTTPSeeOther(f"/workflows/{workflow.id}")
 
     async def artifact(self, request: web.Request) -> web.StreamResponse:
         """One artifact's bytes, as a download named after it."""
@@ -683,8 +750,6 @@ class Console:
             {
                 **message_dict(cron),
                 "label": f"{CRON_LABEL}={cron.name}",
-                # A pipeline's newest run: its jobs' list (its first job's id is their label).
-                "run_label": f"{WORKFLOW_LABEL}={cron.last_job_id}",
                 "may_act": may_act_on(who, cron.owner),
                 # Its Run now button's: pressed twice, one job.
                 "run_key": str(uuid.uuid4()),
@@ -695,16 +760,14 @@ class Console:
 
     async def cron_action(self, request: web.Request) -> web.Response:
         """Pause, resume or run a cron job now (a run goes to its job's page; a pipeline's,
-        to the list of its jobs)."""
+        to the pipeline's)."""
         self._check_origin(request)
         action = request.match_info["action"]
         name = request.match_info["name"]
         if action == "run":
             run = cron_pb2.RunCronJobRequest(name=name, idempotency_key=await _posted_key(request))
             ran = await self._call(request, CRON + "RunCronJob", run)
-            if len(ran.job_ids) > 1:
-                raise web.HTTPSeeOther(f"/jobs?label={quote(f'{WORKFLOW_LABEL}={ran.job_id}')}")
-            raise web.HTTPSeeOther(f"/jobs/{ran.job_id}")
+            raise web.HTTPSeeOther(f"/workflows/{ran.job_id}" if len(ran.job_ids) > 1 else f"/jobs/{ran.job_id}")
         method = "PauseCronJob" if action == "pause" else "ResumeCronJob"
         await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=name))
         raise web.HTTPSeeOther("/cron")

@@ -14,7 +14,7 @@ finds them together, ``job cancel -l`` cancels them together.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 from hodei.domain.spec import JobSpec
@@ -82,3 +82,58 @@ def run_order(named: Sequence[tuple[str, Mapping[str, str]]]) -> list[int]:
             raise InvalidInput(f"the jobs {', '.join(map(repr, waiting))} start after each other: none could start")
         order.append(ready[0])
     return order
+
+
+@dataclass(frozen=True)
+class Member:
+    """A job of a pipeline, as its view needs it: which job it is a copy of (``job retry``)
+    and the jobs it starts after, by id."""
+
+    id: str
+    retry_of: str | None
+    after: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A job that stands for its place in a pipeline: the newest of the copies of a job as
+    submitted (or that job, never retried)."""
+
+    id: str
+    # 1 for a job that starts after no job of the pipeline, else one more than the highest
+    # stage of those it starts after (Argo's and GitLab's columns).
+    stage: int
+    # The jobs it is a copy of, oldest first.
+    copy_of: tuple[str, ...]
+
+
+def standing(members: Sequence[Member]) -> list[Standing]:
+    """The jobs standing in a pipeline whose ``members`` are given as submitted (oldest
+    first), in an order that runs: by stage, then as their places were submitted. A job
+    retried stands by its newest copy, which carries the pipeline's label; what a copy
+    starts after, a job since retried, is that job's place."""
+    known = {member.id: member for member in members}
+
+    def place_of(job_id: str) -> str:
+        """The job as submitted whose place ``job_id`` holds (itself, or the job it copies)."""
+        return (*_copied(known, known[job_id]), job_id)[0]
+
+    newest = {place_of(member.id): member for member in members}  # the last given of each place wins
+    stages: dict[str, int] = {}
+    for place, member in newest.items():  # places as submitted: each starts after earlier ones only
+        before = [stages.get(place_of(ref), 0) for ref in member.after if ref in known and place_of(ref) != place]
+        stages[place] = 1 + max(before, default=0)
+    order = {place: number for number, place in enumerate(newest)}
+    return [
+        Standing(member.id, stages[place], _copied(known, member))
+        for place, member in sorted(newest.items(), key=lambda item: (stages[item[0]], order[item[0]]))
+    ]
+
+
+def _copied(known: Mapping[str, Member], member: Member) -> tuple[str, ...]:
+    """The jobs ``member`` is a copy of, oldest first."""
+    chain: list[str] = []
+    while member.retry_of is not None and member.retry_of in known:
+        member = known[member.retry_of]
+        chain.append(member.id)
+    return tuple(reversed(chain))

@@ -20,7 +20,7 @@ from hodei.server.access import caller
 from hodei.server.convert import timestamp
 from hodei.server.edge import rpc
 from hodei.server.jobs_api import may_act_on, refuse_unrunnable
-from hodei.server.submission import Submission, earlier, first_answer
+from hodei.server.submission import Submission, first_answer, repeated_ids
 from hodei.store.readmodels import ReadModels
 from hodei.wire import spec_from_proto, spec_to_proto
 
@@ -146,11 +146,9 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
     def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
         """The run a key sent again started: of the ids it may have had, those that were
         written (a run's jobs are written together), the first being the run's."""
-        first = earlier(self.cron_jobs.store, self.cron_jobs.secrets, submission, None)
-        if first is None:
+        if (repeated := repeated_ids(self.cron_jobs.store, self.cron_jobs.secrets, submission)) is None:
             return None
-        there = self.cron_jobs.started(submission.ids)
-        job_ids = [str(job_id) for job_id in submission.ids if job_id in there]
+        first, job_ids = repeated
         return cron_pb2.RunCronJobResponse(job_id=str(first.id), job_ids=job_ids, already_submitted=True)
 
     def _change(self, name: str, action: str, act: Callable[[CronJob], None]) -> cron_pb2.CronJob:

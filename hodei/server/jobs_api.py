@@ -37,7 +37,7 @@ from hodei.domain.spec import (
     never_after,
     written_secrets,
 )
-from hodei.domain.workflow import MOST_JOBS, WORKFLOW_LABEL, in_workflow, resolved
+from hodei.domain.workflow import MOST_JOBS, WORKFLOW_LABEL, Member, in_workflow, resolved, standing
 from hodei.errors import InvalidInput, InvalidTransition, NoAnswer, NotFound, PermissionDenied
 from hodei.execs import ExecResults
 from hodei.faults import Faults
@@ -50,16 +50,16 @@ from hodei.roles import Caller, Role
 from hodei.server.access import caller
 from hodei.server.convert import exec_to_proto, job_to_proto, saga_to_proto, timestamp, worker_to_proto
 from hodei.server.edge import STREAMS, rpc
-from hodei.server.submission import Submission, earlier, first_answer
+from hodei.server.submission import Submission, earlier, first_answer, repeated_ids
 from hodei.server.webhooks_api import delivery_to_proto
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_column, fetch_one
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.store.readmodels import JobFilters, JobRow, ReadModels
+from hodei.store.readmodels import SKIPPED, JobFilters, JobRow, ReadModels
 from hodei.webhooks import Webhooks
-from hodei.wire import MAX_JOBS_LISTED, spec_from_proto
+from hodei.wire import MAX_JOBS_LISTED, not_succeeded, spec_from_proto
 
 DEFAULT_LIMIT = 20
 # The most jobs one GetJobsUsage names (`job top` asks for those it lists, a page at a time).
@@ -365,6 +365,42 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         )
 
     @rpc
+    def GetWorkflow(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Workflow:
+        return self._workflow(request.job_id)[0]
+
+    def _workflow(self, job_ref: str) -> tuple[jobs_pb2.Workflow, dict[str, JobRow]]:
+        """The pipeline of the job named, and its jobs' rows by id (those standing in it and
+        those they copy)."""
+        row = self.reads.job(job_ref)
+        workflow_id = row.spec.get("labels", {}).get(WORKFLOW_LABEL)
+        if workflow_id is None:
+            raise InvalidInput(
+                f"job {row.id} is not one of a pipeline (`job run --file` of several jobs, or a cron job's run of "
+                "several)"
+            )
+        found = {str(job.id): (job, rank) for job, rank in self.reads.workflow_jobs(workflow_id)}
+        members = [
+            Member(job_id, str(job.retry_of) if job.retry_of else None, list(job.spec.get("after", {})))
+            for job_id, (job, _) in found.items()
+        ]
+        places = standing(members)
+        lowest = min(places, key=lambda place: found[place.id][1])
+        workflow = jobs_pb2.Workflow(
+            id=workflow_id,
+            state=found[lowest.id][0].state,
+            jobs=[
+                jobs_pb2.WorkflowJob(
+                    job=job_to_proto(found[place.id][0]),
+                    stage=place.stage,
+                    skipped=found[place.id][1] == SKIPPED,
+                    copy_of=place.copy_of,
+                )
+                for place in places
+            ],
+        )
+        return workflow, {job_id: job for job_id, (job, _) in found.items()}
+
+    @rpc
     def GetJobHistory(
         self, request: jobs_pb2.GetJobHistoryRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.JobHistory:
@@ -583,6 +619,10 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         self, request: jobs_pb2.RetryJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.QueueJobsResponse:
         who = caller()
+        if request.workflow:
+            if request.job_ids:
+                raise InvalidInput("give the jobs to retry or a pipeline (workflow), not both")
+            return self._retry_workflow(request, who)
         if not 1 <= len(request.job_ids) <= MOST_JOBS:
             raise InvalidInput(f"give 1 to {MOST_JOBS} jobs to retry together, got {len(request.job_ids)}")
         rows = [self.reads.job(job_ref) for job_ref in request.job_ids]
@@ -598,6 +638,42 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
 
         if (repeated := repeat()) is not None:
             return repeated
+        return self._retried(rows, who, submission, repeat)
+
+    def _retry_workflow(self, request: jobs_pb2.RetryJobsRequest, who: Caller) -> jobs_pb2.QueueJobsResponse:
+        """The jobs of a pipeline that did not succeed, as submitted. A key sent again
+        answers the copies it made, though the pipeline now stands by them: its ids are every
+        one the request may have had (hence written, never counted from the pipeline now)."""
+        workflow, rows = self._workflow(request.workflow)
+        asked = jobs_pb2.RetryJobsRequest(workflow=workflow.id)
+        keyed = Submission.keyed(request.idempotency_key, who.name, MOST_JOBS, asked)
+
+        def repeat() -> jobs_pb2.QueueJobsResponse | None:
+            repeated = repeated_ids(self.store, self.secrets, keyed)
+            return None if repeated is None else jobs_pb2.QueueJobsResponse(job_ids=repeated[1], already_submitted=True)
+
+        if (repeated := repeat()) is not None:
+            return repeated
+        if going := [entry.job for entry in workflow.jobs if not JobState(entry.job.state).is_terminal]:
+            raise InvalidInput(
+                f"job {going[0].id} ({going[0].spec.name}) of pipeline {workflow.id} is {going[0].state}: "
+                "a pipeline is retried once every job of it has ended (or cancel it)"
+            )
+        again = sorted((rows[job.id] for job in not_succeeded(workflow)), key=lambda row: (row.created_at, row.id))
+        if not again:
+            return jobs_pb2.QueueJobsResponse()
+        submission = Submission(keyed.key, keyed.ids[: len(again)], keyed.digest)
+        return self._retried(again, who, submission, repeat)
+
+    def _retried(
+        self,
+        rows: list[JobRow],
+        who: Caller,
+        submission: Submission,
+        repeat: Callable[[], jobs_pb2.QueueJobsResponse | None],
+    ) -> jobs_pb2.QueueJobsResponse:
+        """A copy of each job (``_copies``), written together; ``repeat``: the answer to the
+        same key, sent again meanwhile."""
         jobs = self._copies(rows, who, submission)
 
         def write() -> jobs_pb2.QueueJobsResponse:

@@ -24,6 +24,7 @@ from hodei.domain.job import Job
 from hodei.domain.spec import validate_array
 from hodei.errors import AlreadyExists, ConcurrencyConflict, LimitReached
 from hodei.store.app import HodeiStore
+from hodei.store.db import fetch_all
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 
 R = TypeVar("R")
@@ -99,6 +100,17 @@ def earlier(
             "a key names one submission: give a new key for another"
         )
     return first
+
+
+def repeated_ids(store: HodeiStore, secrets: JobSecrets, submission: Submission) -> tuple[Job, list[str]] | None:
+    """A key sent again of a request whose count of jobs is not known before it is written
+    (a cron job's run, a pipeline's retry: its ids are every one it may have had): its first
+    job and those of its ids that were written, all together. None: the key is new."""
+    first = earlier(store, secrets, submission, None)
+    if first is None:
+        return None
+    there = set(fetch_all(store.pool, "jobs_there", (submission.ids,), lambda job_id: job_id))
+    return first, [str(job_id) for job_id in submission.ids if job_id in there]
 
 
 def _same_secrets(secrets: JobSecrets, job: Job, values: Mapping[str, str] | None) -> bool:

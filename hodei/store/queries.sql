@@ -641,14 +641,20 @@ SELECT value FROM hodei.secrets WHERE name = 'installation_id';
 
 -- Read models for the API ---------------------------------------------------------
 
+-- part: job_columns
+-- A job as the API shows it (hodei.store.readmodels.JobRow), from `jobs j` and its log's
+-- `job_log_files l`.
+j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
+j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
+j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
+j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
+ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
+ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
+      ORDER BY d.created_at, d.id) AS waited_on_by
+
 -- name: get_job
-SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
-       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
-       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
-       j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
-       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
-       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
-             ORDER BY d.created_at, d.id) AS waited_on_by
+SELECT
+    @job_columns
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE j.id = %s;
 
@@ -680,13 +686,8 @@ AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
 AND (%(submitter)s::varchar IS NULL OR j.actor = %(submitter)s::varchar)
 
 -- name: list_jobs
-SELECT j.id, j.name, j.state, j.spec, j.selected_provider_id, j.provider_type, j.worker_id, j.exit_code,
-       j.error_message, j.attempt, j.created_at, j.started_at, j.completed_at, j.updated_at, l.storage_uri,
-       j.actor AS submitted_by, j.cancelled_by, j.retry_of, j.retry_at, j.held_by, j.hold_reason,
-       j.run_seconds, j.cpu_seconds, j.peak_memory_bytes,
-       ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at, r.id) AS retried_by,
-       ARRAY(SELECT d.id FROM jobs d WHERE d.spec -> 'after' <> '{}'::jsonb AND d.spec -> 'after' ? j.id::text
-             ORDER BY d.created_at, d.id) AS waited_on_by
+SELECT
+    @job_columns
 FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
 WHERE (%(state)s::varchar IS NULL OR j.state = %(state)s::varchar)
   @job_filters
@@ -1373,16 +1374,40 @@ WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron
   AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMEOUT')
 ORDER BY created_at;
 
+-- part: run_rank
+-- A job's rank in the state of the jobs it was submitted with (a cron job's run, a pipeline),
+-- lowest first: the furthest on of those not ended; else FAILED or TIMEOUT; else CANCELLED
+-- by someone; else SUCCEEDED; last (7) a branch not taken: cancelled by the platform, `system`,
+-- because a job it starts after ended otherwise than asked (hodei.store.readmodels.SKIPPED).
+CASE j.state
+    WHEN 'RUNNING' THEN 0 WHEN 'ASSIGNED' THEN 1 WHEN 'PENDING' THEN 2 WHEN 'FAILED' THEN 3 WHEN 'TIMEOUT' THEN 4
+    WHEN 'CANCELLED' THEN CASE
+        WHEN j.cancelled_by = 'system' AND EXISTS (
+            SELECT 1 FROM hodei.after_states(j.spec) AS a WHERE NOT hodei.after_met(a.condition, a.state)
+        ) THEN 7
+        ELSE 5 END
+    ELSE 6 END
+
+-- name: workflow_jobs
+-- A pipeline's jobs (hodei.io/workflow: its first job's id), as submitted and then their
+-- copies, each with its rank in the pipeline's state (run_rank; idx_jobs_workflow).
+SELECT
+    @job_columns
+    ,
+    @run_rank
+    AS rank
+FROM jobs j LEFT JOIN job_log_files l ON l.job_id = j.id
+WHERE j.spec -> 'labels' ? 'hodei.io/workflow' AND j.spec -> 'labels' ->> 'hodei.io/workflow' = %s
+ORDER BY j.created_at, j.id;
+
 -- name: cron_jobs_newest
 -- Each cron job's newest run: (name, its first job's id, the run's state, when its first job
 -- was created). A run is the jobs of one time: a pipeline's carry their first job's id in
--- hodei.io/workflow, a job alone is its own run. Its state: the furthest on of its jobs not
--- ended; else FAILED or TIMEOUT where one did; else CANCELLED where one was cancelled other
--- than as a branch not taken (the platform's cancel of a job whose after was not met, which
--- `job run --file --wait` counts 0: hodei.cli.jobs.skipped); else SUCCEEDED. A job retried
--- (`job retry`, `--workflow`) counts as its copy: a copy carries the run's labels, and the job
--- it copied is left out (idx_jobs_retry_of). Each read through idx_jobs_cron: the run's jobs
--- are made after its first.
+-- hodei.io/workflow, a job alone is its own run. Its state: that of its job of the lowest
+-- run_rank (a branch not taken, which `job run --file --wait` counts 0, comes last). A job
+-- retried (`job retry`, `--workflow`) counts as its copy: a copy carries the run's labels,
+-- and the job it copied is left out (idx_jobs_retry_of). Each read through idx_jobs_cron: the
+-- run's jobs are made after its first.
 WITH newest AS (
     SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
            spec -> 'labels' ->> 'hodei.io/cron' AS name,
@@ -1401,14 +1426,8 @@ CROSS JOIN LATERAL (
       AND j.created_at >= first.created_at
       AND (j.id = newest.run_id OR j.spec -> 'labels' ->> 'hodei.io/workflow' = newest.run_id::text)
       AND NOT EXISTS (SELECT 1 FROM jobs AS copy WHERE copy.retry_of = j.id)
-    ORDER BY CASE j.state
-        WHEN 'RUNNING' THEN 0 WHEN 'ASSIGNED' THEN 1 WHEN 'PENDING' THEN 2 WHEN 'FAILED' THEN 3 WHEN 'TIMEOUT' THEN 4
-        WHEN 'CANCELLED' THEN CASE
-            WHEN j.cancelled_by = 'system' AND EXISTS (
-                SELECT 1 FROM hodei.after_states(j.spec) AS a WHERE NOT hodei.after_met(a.condition, a.state)
-            ) THEN 7
-            ELSE 5 END
-        ELSE 6 END
+    ORDER BY
+        @run_rank
     LIMIT 1
 ) AS run;
 

@@ -26,6 +26,9 @@ _PREFIX = re.compile(r"[0-9a-fA-F-]+")
 
 
 _PREFIX_QUERIES = {"job": "jobs_in_id_range", "saga": "sagas_in_id_range"}
+# The rank queries.sql's run_rank gives a branch not taken, the last: a job the platform
+# cancelled because a job it starts after ended otherwise than asked.
+SKIPPED = 7
 
 
 def _shown(text: str) -> str:
@@ -205,6 +208,13 @@ class ReadModels:
     def array_jobs(self, array_id: str) -> list[tuple[str, str]]:
         """(job id, state) of every job of an array, in submission order."""
         return [(row["job_id"], row["state"]) for row in self._all("jobs_of_array", (array_id,))]
+
+    def workflow_jobs(self, workflow_id: str) -> list[tuple[JobRow, int]]:
+        """Every job of a pipeline (its label hodei.io/workflow), as submitted and then their
+        copies, each with its rank in the pipeline's state (queries.sql's run_rank: lowest
+        first, ``SKIPPED`` last)."""
+        rows = self._all("workflow_jobs", (workflow_id,))
+        return [(JobRow(**{key: row[key] for key in row if key != "rank"}), row["rank"]) for row in rows]
 
     def job(self, job_id: str) -> JobRow:
         rows = self._all("get_job", (self.resolve("job", job_id),))
