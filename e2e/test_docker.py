@@ -245,6 +245,33 @@ def test_a_containers_files_are_kept_as_artifacts_before_it_goes(server: ServerP
     assert hashlib.sha256(blob).hexdigest() == next(a["sha256"] for a in listed if a["name"] == "out/blob.bin")
 
 
+# A job that submits a job of its own through the API with its token (`--api-token`): the
+# worker image has Python, grpcio and the API's messages (in /opt/hodei-worker; no CLI).
+SUBMITS_A_CHILD = """
+import os, grpc
+from hodei._proto import common_pb2, jobs_pb2, jobs_pb2_grpc
+stub = jobs_pb2_grpc.JobExecutionServiceStub(grpc.insecure_channel(os.environ["HODEI_SERVER"]))
+spec = common_pb2.JobSpec(command="echo child", provider="docker", timeout_seconds=60)
+token = [("authorization", "Bearer " + os.environ["HODEI_TOKEN"])]
+print(stub.QueueJob(jobs_pb2.QueueJobRequest(spec=spec), metadata=token).job_id)
+"""
+
+
+def test_a_job_in_a_container_submits_a_job_of_its_own_with_its_token(server: ServerProcess) -> None:
+    run = ["job", "run", "-p", "docker", "--api-token", "-e", "PYTHONPATH=/opt/hodei-worker", "-c", "python3"]
+    parent = server.cli(*run, "--args", f"-c '{SUBMITS_A_CHILD}'")
+    assert parent.returncode == 0, parent.stderr
+    parent_id = parent.stdout.strip()
+    wait_settled(server.database_url, parent_id)
+    logged = server.cli("job", "logs", parent_id, check=True)
+    printed = logged.stdout.strip()
+    assert printed, logged.stderr
+    child = json.loads(server.cli("job", "get", printed, "-o", "json", check=True).stdout)
+    assert child["spec"]["labels"] == {"hodei.io/parent": parent_id}, child
+    wait_settled(server.database_url, printed)
+    assert server.cli("job", "logs", printed, check=True).stdout == "child\n"
+
+
 def test_a_job_runs_in_an_image_of_its_own_with_its_environment_directory_and_user(
     server: ServerProcess, database_url: str, docker_client: Any, bare_image: str, tmp_path: Path
 ) -> None:

@@ -61,6 +61,8 @@ class Caller:
     # The SHA-256 of the API token shown: a stream that outlasts its call is held to the
     # token again while it lasts (``hodei.server.access.keep_tokens``).
     credential: str | None = None
+    # The job whose API token this is (`job run --api-token`): it acts as its submitter.
+    job_id: str | None = None
 
     def may(self, needed: Role) -> bool:
         return self.role.allows(needed)

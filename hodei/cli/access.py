@@ -58,6 +58,8 @@ def whoami(client: Client, term: Terminal, _: argparse.Namespace) -> int:
     me = client.call(client.access.WhoAmI, access_pb2.WhoAmIRequest())
     if term.json:
         term.data(message_dict(me))
+    elif me.job_id:
+        term.line(f"{me.name} ({me.role}), by the API token of job {me.job_id}")
     elif me.authenticated:
         term.line(f"{me.name} ({me.role})")
     else:

@@ -200,6 +200,7 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
         ),
         *([f"Tolerations: {', '.join(spec.tolerations)}"] if spec.tolerations else []),
         *([f"Service account: {spec.service_account}"] if spec.service_account else []),
+        *(["API token: HODEI_TOKEN while it runs (--api-token)"] if spec.api_token else []),
         *(
             [f"Input: {size_text(spec.input_bytes)} archive, sha256 {spec.input_sha256[:12]}… (--input)"]
             if spec.input_sha256
@@ -404,6 +405,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         tolerations=canonical_tolerations(term for text in args.toleration or [] for term in comma_list(text)),
         retry_on=canonical_retry_on(term for text in args.retry_on or [] for term in comma_list(text)),
         service_account=args.service_account or "",
+        api_token=args.api_token,
     )
     return spec, secrets
 
@@ -1786,6 +1788,12 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> dict[st
         metavar="NAME",
         help="the Kubernetes service account its pod runs as (kubernetes provider; one the server lets jobs "
         "name: HODEI_K8S_JOB_SERVICE_ACCOUNTS)",
+    )
+    add(
+        "--api-token",
+        action="store_true",
+        help="give it HODEI_TOKEN and HODEI_SERVER: an API token acting as you (the submit role at most) while it "
+        "runs, so it may submit and follow jobs of its own, labelled hodei.io/parent=<its id>",
     )
     add("--cpu", type=float, help="CPU cores")
     add("--memory", help="memory: bytes or e.g. 512Mi, 1G")

@@ -78,6 +78,11 @@ class Limits:
 
 LIMITS = Limits()
 
+# What `job run --api-token` puts in a job's environment: the token (a secret: masked in its
+# output) and the address of the server that handed it its job.
+API_TOKEN_VARIABLES = ("HODEI_TOKEN", "HODEI_SERVER")
+# The label of a job submitted with a job's API token: that job's id (`job list -l`).
+PARENT_LABEL = "hodei.io/parent"
 # How long a job may run when its submitter does not say (`job run`, the console's form).
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
@@ -258,6 +263,11 @@ class JobSpec:
     # The Kubernetes service account its pod runs as (its serviceAccountName); "": the
     # server's. Which ones a job may name is the server's to say (HODEI_K8S_JOB_SERVICE_ACCOUNTS).
     service_account: str = ""
+    # Given HODEI_TOKEN and HODEI_SERVER while an attempt runs (`job run --api-token`): an
+    # API token acting as its submitter with the submit role at most, valid only while that
+    # attempt runs (hodei.tokens.TokenSigner.job_token), so it may submit and follow jobs of
+    # its own (a fan-out decided at run time, GitLab's CI_JOB_TOKEN).
+    api_token: bool = False
 
     @property
     def begins(self) -> datetime | None:
@@ -315,7 +325,12 @@ class JobSpec:
         found.extend(selector_problems(self.node_selector))
         found.extend(toleration_problems(self.tolerations))
         found.extend(service_account_problems(self.service_account))
+        found.extend(self._api_token_problems(secrets))
         return found
+
+    def _api_token_problems(self, secrets: Mapping[str, str]) -> list[str]:
+        given = sorted({*self.env, *self.secret_names, *secrets} & set(API_TOKEN_VARIABLES)) if self.api_token else []
+        return [f"{', '.join(given)} is given to the job by --api-token: it cannot be set too"] if given else []
 
     def validate(self, secrets: Mapping[str, str] | None = None) -> None:
         found = self.problems(secrets)

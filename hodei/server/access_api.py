@@ -51,4 +51,6 @@ class AccessService(access_pb2_grpc.AccessServiceServicer):
     @rpc
     def WhoAmI(self, request: access_pb2.WhoAmIRequest, context: grpc.ServicerContext) -> access_pb2.WhoAmIResponse:
         who = caller()
-        return access_pb2.WhoAmIResponse(name=who.name, role=who.role.value, authenticated=who.authenticated)
+        return access_pb2.WhoAmIResponse(
+            name=who.name, role=who.role.value, authenticated=who.authenticated, job_id=who.job_id or ""
+        )

@@ -27,6 +27,7 @@ from hodei.domain.spec import (
     AFTER_CONDITIONS,
     ARRAY_LABEL,
     LIMITS,
+    PARENT_LABEL,
     JobBounds,
     JobSpec,
     LabelSelector,
@@ -293,6 +294,8 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
         if request.hold_reason and not request.hold:
             raise InvalidInput("a hold's reason is for a job submitted held (hold)")
+        if (parent := caller().job_id) is not None:  # submitted from a job, with its API token
+            spec = replace(spec, labels={**spec.labels, PARENT_LABEL: parent})
         return spec, own
 
     @staticmethod

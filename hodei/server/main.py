@@ -240,6 +240,7 @@ async def _add_services(
         runtime.metrics,
         runtime.engine,
         runtime.artifacts,
+        cfg.worker_server_address,
     )
     added: list[tuple[Any, Any, Any]] = [
         (
@@ -338,7 +339,7 @@ def _serve(cfg: configuration.Config, *, banner: bool) -> int:
     runtime = Runtime(cfg)
     open_files()  # once the local provider has read the limit its jobs keep
     try:
-        tokens = ApiTokens(runtime.pool)
+        tokens = ApiTokens(runtime.pool, runtime.signer)
         authentication = cfg.auth_required or tokens.required()
         host = listen_host(cfg, authentication)
         address = f"{host}:{cfg.port}"

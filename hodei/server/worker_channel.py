@@ -140,7 +140,11 @@ class WorkerAgentService(worker_pb2_grpc.WorkerAgentServiceServicer):
         metrics: PlatformMetrics,
         engine: SagaEngine,
         artifacts: ArtifactStore,
+        address: str = "",
     ) -> None:
+        """``address``: where the jobs it hands over reach this server (`--api-token`'s
+        HODEI_SERVER): the address its workers dial."""
+        self.address = address
         self.artifacts = artifacts
         self.exec_results = ExecResults(artifacts)
         self.registry = registry
@@ -457,6 +461,10 @@ class WorkerSession:
             reason = exc.message
             self._update_job(lambda job: job.fail(reason))
             return
+        env = spec.env
+        if spec.api_token:  # a secret: masked in its output like the others
+            secrets["HODEI_TOKEN"] = self.service.signer.job_token(self.job_id, str(self.worker_id))
+            env = {**env, "HODEI_SERVER": self.service.address}
         # The jobs it starts after, read once for their artifacts and their outputs.
         after = [self.service.store.load(Job, job_id) for job_id in spec.after]
         self._send(
@@ -465,7 +473,7 @@ class WorkerSession:
                     job_id=self.job_id,
                     command=spec.command,
                     args=spec.args,
-                    env=spec.env,
+                    env=env,
                     working_dir=spec.working_dir,
                     timeout_ms=int(spec.timeout_seconds * 1000),
                     secrets=secrets,

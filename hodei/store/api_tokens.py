@@ -18,8 +18,9 @@ from psycopg_pool import ConnectionPool
 
 from hodei.domain.base import CALLER_NAME
 from hodei.errors import HodeiError, InvalidInput, NotFound, Unauthenticated
-from hodei.roles import RESERVED_NAMES, Caller, Role
+from hodei.roles import ANONYMOUS, RESERVED_NAMES, Caller, Role
 from hodei.store.db import execute, fetch_all, fetch_one, fetch_value
+from hodei.tokens import JOB_TOKEN_PREFIX, TokenSigner
 
 PREFIX = "hodei_"
 MAX_EXPIRY_SECONDS = 10 * 365 * 24 * 3600.0
@@ -58,9 +59,25 @@ def check_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class _Holder:
+    """The job a job's API token names: its state and worker, its submitter, and that one's
+    token's role (None: the submitter has no token, as when authentication is off) and
+    whether that token was revoked or has expired."""
+
+    submitted_by: str | None
+    state: str
+    worker_id: str | None
+    role: str | None
+    submitter_refused: bool
+
+
 class ApiTokens:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, signer: TokenSigner | None = None) -> None:
+        """``signer``: what checks a job's API token (`job run --api-token`); without it, one
+        is refused as any unknown token is."""
         self.pool = pool
+        self.signer = signer
         # The tokens calls used since ``record_use`` last wrote them down: a write a call
         # would cost each call, and a command's read-only transaction would undo it.
         self._used: set[str] = set()
@@ -99,6 +116,8 @@ class ApiTokens:
         return bool(fetch_value(self.pool, "any_api_token"))
 
     def authenticate(self, secret: str) -> Caller:
+        if secret.startswith(JOB_TOKEN_PREFIX) and self.signer is not None:
+            return self._job(secret)
         credential = token_hash(secret)
         found = fetch_one(self.pool, "find_api_token", (credential,), _Found)
         if found is None:
@@ -110,6 +129,25 @@ class ApiTokens:
         with self._used_lock:
             self._used.add(credential)
         return Caller(found.name, Role(found.role), credential=credential)
+
+    def _job(self, secret: str) -> Caller:
+        """A job's API token: its submitter, with the submit role at most, while the attempt
+        it was given to runs (a job's later attempt has a token of its own)."""
+        assert self.signer is not None
+        job_id, worker_id = self.signer.check_job_token(secret)
+        found = fetch_one(self.pool, "job_token_holder", (job_id,), _Holder)
+        if found is None or found.worker_id != worker_id or found.state != "RUNNING":
+            raise Unauthenticated(
+                f"the API token of job {job_id} ended with its attempt: a job's token is good while the attempt it "
+                "was given to runs"
+            )
+        if found.submitter_refused:
+            raise Unauthenticated(
+                f"the API token of job {job_id} acts as its submitter `{found.submitted_by}`, whose token was "
+                "revoked or expired"
+            )
+        role = Role.READ if found.role == Role.READ.value else Role.SUBMIT
+        return Caller(found.submitted_by or ANONYMOUS, role, job_id=job_id)
 
     def record_use(self) -> None:
         """Writes down, as used now, the tokens calls used since the last time."""

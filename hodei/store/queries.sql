@@ -850,6 +850,15 @@ SELECT name, role, created_by, created_at, expires_at, revoked_at, revoked_by, l
        revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS usable
 FROM hodei.api_tokens WHERE token_hash = %s;
 
+-- name: job_token_holder
+-- The job a job's API token names (`job run --api-token`), and its submitter's token, if it
+-- has one: what the token may do is what that one may, the submit role at most.
+SELECT j.actor AS submitted_by, j.state, j.worker_id::text AS worker_id, t.role,
+       t.name IS NOT NULL AND NOT (t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()))
+           AS submitter_refused
+FROM jobs j LEFT JOIN hodei.api_tokens t ON t.name = j.actor
+WHERE j.id = %s;
+
 -- name: unusable_api_tokens
 -- Of these hashes (the tokens of the streams a server has open), the tokens revoked or
 -- expired by now, and their hashes. A hash no longer in the table is not answered.

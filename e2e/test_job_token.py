@@ -1,0 +1,92 @@
+"""A job's API token (`job run --api-token`, GitLab's CI_JOB_TOKEN): HODEI_TOKEN and
+HODEI_SERVER in the job's environment, acting as its submitter with the submit role at most,
+good only while the attempt it was given to runs, masked in the job's output, and never
+written anywhere (an HMAC of the job and its worker: hodei.tokens.TokenSigner.job_token)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from e2e.test_access import create_token
+from hodei.domain.spec import PARENT_LABEL
+from hodei.testing import ServerProcess, eventually, query, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+# The job hands its token and server to the test, then waits for the test to say it is done.
+HANDS_OVER = (
+    'echo "$HODEI_TOKEN" > {dir}/token; echo "$HODEI_SERVER" > {dir}/server; '
+    'while [ ! -e {dir}/done ]; do sleep 0.1; done; echo "token is $HODEI_TOKEN"'
+)
+
+
+def test_a_jobs_token_acts_as_its_submitter_while_it_runs_and_no_longer(
+    fresh_database_url: str, tmp_path: Path, shared_dir: Path
+) -> None:
+    url = fresh_database_url
+    admin = create_token(url, "ops", "admin")
+    alice = create_token(url, "alice", "operate")
+    bob = create_token(url, "bob", "submit")
+    with ServerProcess(url, tmp_path, {"HODEI_LOCAL_ENABLED": "1"}, token=admin, http=True) as server:
+        command = HANDS_OVER.format(dir=shared_dir)
+        parent = server.cli("--token", alice, "job", "run", "-p", "local", "--api-token", "-c", command, check=True)
+        parent_id = parent.stdout.strip()
+        token_file = shared_dir / "token"
+        eventually(lambda: token_file.exists() and token_file.read_text().strip(), 60, what="the job's token")
+        token = token_file.read_text().strip()
+        assert (shared_dir / "server").read_text().strip() == server.address
+        assert "API token: HODEI_TOKEN while it runs" in server.cli("job", "get", parent_id, check=True).stdout
+
+        # It is alice, with the submit role (hers is operate): it submits, and its jobs say whose.
+        me = json.loads(server.cli("--token", token, "-o", "json", "whoami", check=True).stdout)
+        assert (me["name"], me["role"], me["job_id"]) == ("alice", "submit", parent_id)
+        child = server.cli("--token", token, "job", "run", "-p", "local", "-c", "echo child", "--wait", check=True)
+        child_id = child.stdout.strip()
+        rows = query(url, "SELECT actor, spec -> 'labels' ->> %s FROM jobs WHERE id = %s", (PARENT_LABEL, child_id))
+        assert rows == [("alice", parent_id)]
+        listed = server.cli("job", "list", "-l", f"{PARENT_LABEL}={parent_id}", "-o", "json", check=True).stdout
+        assert [job["id"] for job in json.loads(listed)["jobs"]] == [child_id]
+        page = requests.get(
+            f"{server.http_url}/jobs/{parent_id}", headers={"Authorization": f"Bearer {admin}"}, timeout=30
+        )
+        assert f'<a href="/jobs?label=hodei.io/parent%3D{parent_id}">the jobs it submitted</a>' in page.text
+        refused = server.cli("--token", token, "token", "list")
+        assert refused.returncode != 0 and "has the submit role" in refused.stderr, refused.stderr
+        raised = server.cli("--token", token, "job", "update", child_id, "--priority", "5")
+        assert raised.returncode != 0  # raising a priority is the operate role's
+        forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+        unknown = server.cli("--token", forged, "whoami")
+        assert unknown.returncode != 0 and "job's API token was not recognised" in unknown.stderr, unknown.stderr
+
+        (shared_dir / "done").touch()
+        wait_settled(url, parent_id)
+        assert server.cli("job", "logs", parent_id, check=True).stdout.strip() == "token is ***"
+        ended = server.cli("--token", token, "whoami")
+        assert ended.returncode != 0 and f"the API token of job {parent_id} ended with its attempt" in ended.stderr
+        events = query(url, "SELECT count(*) FROM domain_events WHERE payload::text LIKE %s", (f"%{token[-20:]}%",))
+        assert events == [(0,)]
+
+        # Bob's job: his token revoked, his job's token goes with it.
+        for name in ("token", "done"):
+            (shared_dir / name).unlink()
+        bobs = server.cli("--token", bob, "job", "run", "-p", "local", "--api-token", "-c", command, check=True)
+        eventually(lambda: token_file.exists() and token_file.read_text().strip(), 60, what="bob's job's token")
+        bobs_token = token_file.read_text().strip()
+        assert server.cli("--token", bobs_token, "whoami", check=True).stdout.startswith("bob (submit), by the API")
+        server.cli("token", "revoke", "bob", check=True)
+        revoked = server.cli("--token", bobs_token, "whoami")
+        assert revoked.returncode != 0 and "whose token was revoked or expired" in revoked.stderr, revoked.stderr
+        (shared_dir / "done").touch()
+        wait_settled(url, bobs.stdout.strip())
+
+        # Without --api-token a job has none; and it cannot be set by hand beside it.
+        plain = server.cli("job", "run", "-p", "local", "-c", 'echo "${HODEI_TOKEN-none}"', "--wait", check=True)
+        assert server.cli("job", "logs", plain.stdout.strip(), check=True).stdout.strip() == "none"
+        before = query(url, "SELECT count(*) FROM jobs")
+        both = server.cli("job", "run", "-p", "local", "--api-token", "-e", "HODEI_SERVER=elsewhere", "-c", "true")
+        assert both.returncode == 2 and "HODEI_SERVER is given to the job by --api-token" in both.stderr, both.stderr
+        assert query(url, "SELECT count(*) FROM jobs") == before
