@@ -575,12 +575,19 @@ def test_retry_on_spends_the_retries_only_on_the_failures_it_names(server: Serve
     # Without the rule the same job spends every retry.
     assert server.cli(*run, "--wait").returncode == 2
     assert "Attempt: 4\n" in server.cli("job", "get", "@latest", check=True).stdout
+    # Pauses that double (--retry-backoff-max): 0.1 s, then 0.2 s, each retry still spent.
+    doubling = server.cli(*run[:-1], "0.1", "--retry-backoff-max", "0.2", "--wait")
+    assert doubling.returncode == 2, doubling.stderr
+    shown = server.cli("job", "get", doubling.stdout.strip(), check=True).stdout
+    assert "Attempt: 4\n" in shown and "Retries: 3 (backoff 0.1 s, doubling up to 0.2 s)\n" in shown, shown
     # A rule with no retries to spend, and a term that is no exit code, are refused: nothing written.
     before = query(server.database_url, "SELECT count(*) FROM jobs")
     refused = server.cli("job", "run", "-p", "local", "-c", "true", "--retry-on", "75")
     assert refused.returncode == 2 and "the job has no retries (--retry N)" in refused.stderr
     refused = server.cli("job", "run", "-p", "local", "-c", "true", "--retry", "1", "--retry-on", "75,oops")
     assert refused.returncode == 2 and "--retry-on term `oops`: expected an exit code 1-255" in refused.stderr
+    refused = server.cli("job", "run", "-p", "local", "-c", "true", "--retry", "1", "--retry-backoff-max", "1m")
+    assert refused.returncode == 2 and "the most retry backoff must be from the retry backoff" in refused.stderr
     assert query(server.database_url, "SELECT count(*) FROM jobs") == before
 
 

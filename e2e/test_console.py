@@ -451,16 +451,17 @@ def test_a_jobs_page_says_what_it_was_given_to_run_with(
     given.write_text("a file for the job")
     limited = run(
         guarded, "--cpu", "0.5", "--memory", "64Mi", "--disk", "2G", "--retry", "2", "--retry-on", "75,!2",
-        "--input", str(given),
+        "--retry-backoff", "10s", "--retry-backoff-max", "6m", "--input", str(given),
     )  # fmt: skip
     shown = reader.get(f"{guarded.http_url}/jobs/{limited}").text
     assert '<td id="resources">0.5 CPU, 64.0 MiB memory, 1.9 GiB disk</td>' in shown
     assert 'retries 2 (<span id="retry-on">--retry-on 75,!2</span>)' in shown
+    assert '<span id="retry-backoff">backoff 10.0 s doubling up to 6.0 min</span>' in shown
     sha256 = json.loads(guarded.cli("-o", "json", "job", "get", limited, check=True).stdout)["spec"]["input_sha256"]
     row = rf'<td id="input">[\d.]+ (bytes|KiB) archive of files \(--input\), sha256 <code>{sha256[:12]}…'
     assert re.search(row, shown)
     plain = reader.get(f"{guarded.http_url}/jobs/{run(guarded)}").text
-    for row in ("resources", "nodes", "service-account", "retry-on", "input"):
+    for row in ("resources", "nodes", "service-account", "retry-on", "retry-backoff", "input", "api-token"):
         assert f'id="{row}"' not in plain
     # Its nodes and service account (Kubernetes' part; this server has none, so it fails to
     # start, and shows them all the same).

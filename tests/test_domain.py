@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -415,6 +416,36 @@ def test_a_failed_command_with_retries_left_goes_back_to_the_queue_after_its_bac
     job.accept(WORKER)
     job.finish(WORKER, JobState.FAILED, 4, "boom again", now=now)
     assert (job.state, job.exit_code, job.error_message) == (JobState.FAILED, 4, "boom again")
+
+
+def test_with_a_most_backoff_each_retrys_pause_doubles_up_to_it() -> None:
+    """`--retry-backoff 10s --retry-backoff-max 35s`: 10, 20, 35, 35 s, timeouts too."""
+    job = running_job(retries=4, retry_backoff_seconds=10, retry_backoff_max_seconds=35)
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    pauses = []
+    for attempt in range(4):
+        if attempt == 2:
+            job.time_out("no result", now=now)
+        else:
+            job.finish(WORKER, JobState.FAILED, 3, "boom", now=now)
+        assert job.retry_at is not None
+        pauses.append((job.retry_at - now).total_seconds())
+        job.assign(WORKER, PROVIDER, "docker")
+        job.accept(WORKER)
+    assert pauses == [10, 20, 35, 35]
+    assert [running_job(retry_backoff_seconds=7).spec.retry_pause(used) for used in (0, 5)] == [7, 7]
+    JobSpec(name="t", command="x", timeout_seconds=5, retry_backoff_seconds=1, retry_backoff_max_seconds=60).validate()
+
+
+@pytest.mark.parametrize(
+    ("backoff", "most"), [(0.0, 60.0), (30.0, 10.0), (1.0, math.inf), (1.0, 10 * 365 * 86400.0), (1.0, -1.0)]
+)
+def test_a_most_backoff_below_the_first_pause_or_without_one_is_refused(backoff: float, most: float) -> None:
+    spec = JobSpec(
+        name="t", command="true", timeout_seconds=5, retry_backoff_seconds=backoff, retry_backoff_max_seconds=most
+    )
+    with pytest.raises(InvalidInput, match="the most retry backoff must be from the retry backoff"):
+        spec.validate()
 
 
 def test_each_attempt_records_the_artifacts_its_own_worker_stored_until_its_output_expires() -> None:

@@ -201,6 +201,7 @@ class JobSpec(_message.Message):
     INPUT_BYTES_FIELD_NUMBER: _builtins.int
     SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     API_TOKEN_FIELD_NUMBER: _builtins.int
+    RETRY_BACKOFF_MAX_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     command: _builtins.str
     """Without args: a shell command line, run by /bin/sh -c.
@@ -269,6 +270,10 @@ class JobSpec(_message.Message):
     """Given HODEI_TOKEN and HODEI_SERVER while an attempt runs (`job run --api-token`): an API
     token acting as its submitter, with the submit role at most, valid only while that
     attempt runs; the jobs it submits carry the label hodei.io/parent=<this job's id>.
+    """
+    retry_backoff_max_seconds: _builtins.float
+    """With it, the pause before each retry doubles from retry_backoff_seconds up to this
+    (exponential backoff); 0: the same pause before every retry.
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -359,10 +364,11 @@ class JobSpec(_message.Message):
         input_bytes: _builtins.int = ...,
         service_account: _builtins.str = ...,
         api_token: _builtins.bool = ...,
+        retry_backoff_max_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "api_token", b"api_token", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "input_bytes", b"input_bytes", "input_sha256", b"input_sha256", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_seconds", b"retry_backoff_seconds", "retry_on", b"retry_on", "secret_names", b"secret_names", "service_account", b"service_account", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "api_token", b"api_token", "args", b"args", "array_limit", b"array_limit", "artifacts", b"artifacts", "artifacts_exclude", b"artifacts_exclude", "artifacts_expire_seconds", b"artifacts_expire_seconds", "begin_at", b"begin_at", "command", b"command", "env", b"env", "fetch_artifacts", b"fetch_artifacts", "image", b"image", "image_pull", b"image_pull", "input_bytes", b"input_bytes", "input_sha256", b"input_sha256", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "node_selector", b"node_selector", "pool", b"pool", "priority", b"priority", "provider", b"provider", "queue_timeout_seconds", b"queue_timeout_seconds", "resources", b"resources", "retries", b"retries", "retry_backoff_max_seconds", b"retry_backoff_max_seconds", "retry_backoff_seconds", b"retry_backoff_seconds", "retry_on", b"retry_on", "secret_names", b"secret_names", "service_account", b"service_account", "timeout_seconds", b"timeout_seconds", "tolerations", b"tolerations", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

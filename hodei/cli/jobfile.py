@@ -33,7 +33,13 @@ from hodei.errors import InvalidInput
 
 _HINTS = typing.get_type_hints(JobSpec)
 _QUOTE = ' (quote a value YAML would read otherwise: "1", "true")'
-_DURATIONS = {"timeout_seconds", "queue_timeout_seconds", "retry_backoff_seconds", "artifacts_expire_seconds"}
+_DURATIONS = {
+    "timeout_seconds",
+    "queue_timeout_seconds",
+    "retry_backoff_seconds",
+    "retry_backoff_max_seconds",
+    "artifacts_expire_seconds",
+}
 _SIZES = {"memory_bytes": f"{LIMITS.max_memory_bytes} bytes (1 TiB)", "disk_bytes": f"{LIMITS.max_disk_bytes} bytes"}
 
 

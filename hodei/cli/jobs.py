@@ -211,7 +211,8 @@ def asked_for(spec: common_pb2.JobSpec) -> list[str]:
 
 def _retried(spec: common_pb2.JobSpec) -> str:
     rule = f"; --retry-on {','.join(spec.retry_on)}" if spec.retry_on else ""
-    return f"backoff {spec.retry_backoff_seconds:g} s{rule}"
+    doubling = f", doubling up to {spec.retry_backoff_max_seconds:g} s" if spec.retry_backoff_max_seconds else ""
+    return f"backoff {spec.retry_backoff_seconds:g} s{doubling}{rule}"
 
 
 def _ran(job: common_pb2.Job) -> str:
@@ -395,6 +396,7 @@ def job_spec(args: argparse.Namespace, default_name: str = "") -> tuple[JobSpec,
         queue_timeout_seconds=args.queue_timeout or 0.0,
         retries=args.retry,
         retry_backoff_seconds=args.retry_backoff,
+        retry_backoff_max_seconds=args.retry_backoff_max,
         pool=args.pool or "",
         artifacts=tuple(args.artifact or ()),
         artifacts_expire_seconds=args.artifacts_expire or 0.0,
@@ -1824,6 +1826,14 @@ def add_spec_options(parser: argparse.ArgumentParser, name_help: str) -> dict[st
         default=0.0,
         metavar="DURATION",
         help="time between a failed attempt and its retry: seconds or e.g. 30s, 5m",
+    )
+    add(
+        "--retry-backoff-max",
+        type=span,
+        default=0.0,
+        metavar="DURATION",
+        help="with --retry-backoff: the pause doubles after each retry, up to this (e.g. --retry-backoff 10s "
+        "--retry-backoff-max 6m: 10 s, 20 s, 40 s, … 6 min)",
     )
     add(
         "--retry-on",

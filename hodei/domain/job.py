@@ -326,7 +326,7 @@ class Job(HodeiAggregate):
         usage: dict[str, float] | None = None,
         outputs: dict[str, str] | None = None,
     ) -> None:
-        retry_at = (now or datetime.now(UTC)) + timedelta(seconds=self.spec.retry_backoff_seconds)
+        retry_at = (now or datetime.now(UTC)) + timedelta(seconds=self.spec.retry_pause(self.retries_used))
         what = reason or (f"exit code {exit_code}" if exit_code is not None else outcome.value)
         self._status_changed(
             old_state=self.state.value,

@@ -217,6 +217,10 @@ class JobSpec:
     queue_timeout_seconds: float = 0.0
     retries: int = 0
     retry_backoff_seconds: float = 0.0
+    # With it, the pause before each retry doubles from retry_backoff_seconds up to this
+    # (`--retry-backoff-max`: Kubernetes Jobs' 10 s doubling to 6 min, Airflow's
+    # retry_exponential_backoff); 0: the same pause before every retry.
+    retry_backoff_max_seconds: float = 0.0
     # Jobs this one starts after: job id -> a condition of AFTER_CONDITIONS. Submitted as
     # ids or prefixes; the server keeps whole ids.
     after: Mapping[str, str] = field(default_factory=dict)
@@ -269,6 +273,14 @@ class JobSpec:
     # its own (a fan-out decided at run time, GitLab's CI_JOB_TOKEN).
     api_token: bool = False
 
+    def retry_pause(self, retries_used: int) -> float:
+        """Seconds between a failed attempt and its retry, when ``retries_used`` retries
+        came before it."""
+        most = self.retry_backoff_max_seconds
+        if not most:
+            return self.retry_backoff_seconds
+        return min(self.retry_backoff_seconds * 2.0 ** min(retries_used, 64), most)
+
     @property
     def begins(self) -> datetime | None:
         """When the job may start (--begin); None: at once."""
@@ -318,6 +330,7 @@ class JobSpec:
         if not math.isfinite(queue_timeout) or not 0 <= queue_timeout <= limits.max_timeout_seconds:
             found.append(f"queue timeout must be 0 (none) to {limits.max_timeout_seconds:g} seconds")
         found.extend(_retry_problems(self.retries, self.retry_backoff_seconds, self.retry_on))
+        found.extend(_backoff_max_problems(self.retry_backoff_seconds, self.retry_backoff_max_seconds))
         found.extend(_input_problems(self.input_sha256, self.input_bytes))
         found.extend(_start_problems(self.after, self.begin_at, self.array_limit, self.pool))
         found.extend(_artifact_problems(self))
@@ -564,6 +577,17 @@ def _retry_problems(retries: int, backoff: float, retry_on: tuple[str, ...]) -> 
     if not math.isfinite(backoff) or not 0 <= backoff <= LIMITS.max_timeout_seconds:
         found.append(f"retry backoff must be 0 to {LIMITS.max_timeout_seconds:g} seconds")
     return found + retry_on_problems(retry_on, retries)
+
+
+def _backoff_max_problems(backoff: float, most: float) -> list[str]:
+    if not most:
+        return []
+    if not math.isfinite(most) or not 0 < backoff <= most <= LIMITS.max_timeout_seconds:
+        return [
+            f"the most retry backoff must be from the retry backoff (a first pause above 0) to "
+            f"{LIMITS.max_timeout_seconds:g} seconds, got {most:g} after {backoff:g}"
+        ]
+    return []
 
 
 def _start_problems(after: Mapping[str, str], begin_at: str, array_limit: int, pool: str) -> list[str]:
