@@ -50,6 +50,8 @@ def test_a_jobs_token_acts_as_its_submitter_while_it_runs_and_no_longer(
         assert rows == [("alice", parent_id)]
         listed = server.cli("job", "list", "-l", f"{PARENT_LABEL}={parent_id}", "-o", "json", check=True).stdout
         assert [job["id"] for job in json.loads(listed)["jobs"]] == [child_id]
+        watched = server.cli("--token", token, "job", "watch", "-l", f"{PARENT_LABEL}={parent_id}", check=True)
+        assert watched.stdout == f"{child_id} SUCCEEDED (Status Code: 4)\n", watched.stdout
         page = requests.get(
             f"{server.http_url}/jobs/{parent_id}", headers={"Authorization": f"Bearer {admin}"}, timeout=30
         )

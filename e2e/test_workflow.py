@@ -105,13 +105,23 @@ def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_
     listed = json.loads(server.cli("job", "list", "-l", f"{WORKFLOW_LABEL}={workflow_id}", "-o", "json").stdout)
     assert sorted(job["id"] for job in listed["jobs"]) == sorted(printed)
 
-    # Watched together they end as the run did; `report` alone, its cancel is its own ending.
+    # Watched together they end as the run did (by ids, or by their label); `report` alone, its
+    # cancel is its own ending.
     assert server.cli("job", "watch", *printed).returncode == 0
+    selected = server.cli("job", "watch", "-l", f"{WORKFLOW_LABEL}={workflow_id}")
+    assert selected.returncode == 0 and selected.stdout.splitlines()[0].startswith(f"{printed[0]} SUCCEEDED")
+    assert len(selected.stdout.splitlines()) == 5, selected.stdout
     assert server.cli("job", "watch", printed[3]).returncode == 130
+    none = server.cli("job", "watch", "-l", f"{WORKFLOW_LABEL}=no-such-pipeline")
+    assert none.returncode == 0 and "no job matches the selection: nothing to watch" in none.stderr
+    both = server.cli("job", "watch", printed[0], "-l", f"{WORKFLOW_LABEL}={workflow_id}")
+    assert both.returncode == 2 and "give job ids or a selection" in both.stderr, both.stderr
 
     waited = server.cli("job", "run", "--file", pipeline(tmp_path, build=3), "--secret", "TOKEN=t0ken", "--wait")
     assert waited.returncode == 3, waited.stderr  # the build's code; test and deploy skipped
     assert waited.stderr.count("(--after): skipped") == 2, waited.stderr
+    watched = server.cli("job", "watch", "-l", f"{WORKFLOW_LABEL}={waited.stdout.split()[0]}")
+    assert watched.returncode == 3, watched.stdout
     failed = server.cli("job", "run", "--file", pipeline(tmp_path, build=3), "--secret", "TOKEN=t0ken", "-o", "json")
     assert failed.returncode == 0, failed.stderr
     answer = json.loads(failed.stdout)

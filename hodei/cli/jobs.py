@@ -1511,10 +1511,18 @@ def _together(streams: Mapping[str, Iterator[logs_pb2.JobLogEntry]]) -> Iterator
 
 def watch(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     """A line per change of state (or attempt); JSON: every update of the job, as sent.
-    Several jobs (an array, a chain of --after): each in turn until it ends, exiting with
+    Several jobs (an array, a chain of --after, a selection: `-l hodei.io/parent=ID`, the
+    jobs a job submitted with its API token): each in turn until it ends, exiting with
     the highest exit code (as `job run --array --wait`), where a job the platform cancelled
     because another of them ended otherwise than it asked counts 0 (``skipped``)."""
-    ended = {job.id: job for job in (_watch_one(client, term, job_id) for job_id in (args.job_id, *args.more_ids))}
+    if selects(args):  # oldest first, as they would run; read once (jobs made later are not watched)
+        job_ids = [job.id for job in reversed(_selected(client, args, [args.job_id, *args.more_ids]))]
+        if not job_ids:
+            term.info("no job matches the selection: nothing to watch")
+            return 0
+    else:
+        job_ids = [args.job_id, *args.more_ids]
+    ended = {job.id: job for job in (_watch_one(client, term, job_id) for job_id in job_ids)}
     return max(0 if skipped(job, ended) else exit_code_of(job) for job in ended.values())
 
 
@@ -1615,7 +1623,7 @@ def _command_options(name: str, parser: argparse.ArgumentParser) -> None:
         stop.add_argument("--force", dest="grace", action="store_const", const=0.0, help="SIGKILL at once, no SIGTERM")
     if name in ("hold", "release", "update", "signal"):
         parser.add_argument("more_ids", nargs="*", metavar="ID", help=f"more jobs to {name} the same way")
-    if name in ("cancel", "hold", "release", "signal"):
+    if name in ("cancel", "hold", "release", "signal", "watch"):
         add_job_filters(parser.add_argument_group(f"or {name} every job that matches (as `job list` selects)"))
     if name == "logs":
         parser.add_argument(
