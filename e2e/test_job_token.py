@@ -64,9 +64,16 @@ def test_a_jobs_token_acts_as_its_submitter_while_it_runs_and_no_longer(
         unknown = server.cli("--token", forged, "whoami")
         assert unknown.returncode != 0 and "job's API token was not recognised" in unknown.stderr, unknown.stderr
 
+        # A stream it opened (a watch of a job that outlives it) ends with it.
+        sleeper = server.cli("--token", token, "job", "run", "-p", "local", "-c", "sleep 60", check=True).stdout.strip()
+        watcher = server.spawn("--token", token, "job", "watch", sleeper)
+
         (shared_dir / "done").touch()
         wait_settled(url, parent_id)
         assert server.cli("job", "logs", parent_id, check=True).stdout.strip() == "token is ***"
+        _, said = watcher.communicate(timeout=60)
+        assert watcher.returncode != 0 and f"the API token of job {parent_id} ended with its attempt" in said, said
+        server.cli("job", "cancel", sleeper, check=True)
         ended = server.cli("--token", token, "whoami")
         assert ended.returncode != 0 and f"the API token of job {parent_id} ended with its attempt" in ended.stderr
         events = query(url, "SELECT count(*) FROM domain_events WHERE payload::text LIKE %s", (f"%{token[-20:]}%",))

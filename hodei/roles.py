@@ -9,7 +9,7 @@ credential, never with an API token; the health service is open.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hodei.errors import InvalidInput
@@ -60,7 +60,7 @@ class Caller:
     authenticated: bool = True
     # The SHA-256 of the API token shown: a stream that outlasts its call is held to the
     # token again while it lasts (``hodei.server.access.keep_tokens``).
-    credential: str | None = None
+    credential: str | None = field(default=None, repr=False)
     # The job whose API token this is (`job run --api-token`): it acts as its submitter.
     job_id: str | None = None
 

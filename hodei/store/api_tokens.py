@@ -147,7 +147,9 @@ class ApiTokens:
                 "revoked or expired"
             )
         role = Role.READ if found.role == Role.READ.value else Role.SUBMIT
-        return Caller(found.submitted_by or ANONYMOUS, role, job_id=job_id)
+        # Its credential is the token itself (nothing of it is stored to hash it against):
+        # a stream it opened is held to it as long as it lasts (``refusals``).
+        return Caller(found.submitted_by or ANONYMOUS, role, credential=secret, job_id=job_id)
 
     def record_use(self) -> None:
         """Writes down, as used now, the tokens calls used since the last time."""
@@ -164,8 +166,16 @@ class ApiTokens:
     def refusals(self, credentials: Collection[str]) -> dict[str, Unauthenticated]:
         """Of these credentials (``Caller.credential``), each one refused by now, with the
         refusal a new call with it would get."""
-        found = fetch_all(self.pool, "unusable_api_tokens", (list(credentials),), _Unusable)
-        return {row.token_hash: _refusal(row) for row in found}
+        jobs = [credential for credential in credentials if credential.startswith(JOB_TOKEN_PREFIX)]
+        hashes = [credential for credential in credentials if not credential.startswith(JOB_TOKEN_PREFIX)]
+        found = fetch_all(self.pool, "unusable_api_tokens", (hashes,), _Unusable) if hashes else []
+        refused = {row.token_hash: _refusal(row) for row in found}
+        for credential in jobs:  # a job's API token: one read each
+            try:
+                self._job(credential)
+            except Unauthenticated as exc:
+                refused[credential] = exc
+        return refused
 
 
 @dataclass(frozen=True)
