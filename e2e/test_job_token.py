@@ -48,6 +48,7 @@ def test_a_jobs_token_acts_as_its_submitter_while_it_runs_and_no_longer(
         child_id = child.stdout.strip()
         rows = query(url, "SELECT actor, spec -> 'labels' ->> %s FROM jobs WHERE id = %s", (PARENT_LABEL, child_id))
         assert rows == [("alice", parent_id)]
+        assert f"Submitted from job: {parent_id} (with its API token)" in server.cli("job", "get", child_id).stdout
         listed = server.cli("job", "list", "-l", f"{PARENT_LABEL}={parent_id}", "-o", "json", check=True).stdout
         assert [job["id"] for job in json.loads(listed)["jobs"]] == [child_id]
         watched = server.cli("--token", token, "job", "watch", "-l", f"{PARENT_LABEL}={parent_id}", check=True)

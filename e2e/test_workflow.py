@@ -101,6 +101,7 @@ def test_the_jobs_of_a_file_run_each_after_those_it_names_and_a_failure_cancels_
     assert f"5 jobs submitted together: build {workflow_id[:8]}" in done.stderr
     shown = server.cli("job", "get", found["deploy"][0], check=True).stdout
     assert "Secrets: TOKEN" in shown and f"After: {found['test'][0]} once it has succeeded" in shown
+    assert f"Pipeline: {workflow_id} (`job workflow {workflow_id[:8]}`)" in shown
     assert "Secrets: -" in server.cli("job", "get", found["build"][0], check=True).stdout
     listed = json.loads(server.cli("job", "list", "-l", f"{WORKFLOW_LABEL}={workflow_id}", "-o", "json").stdout)
     assert sorted(job["id"] for job in listed["jobs"]) == sorted(printed)

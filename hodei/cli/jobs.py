@@ -72,6 +72,7 @@ from hodei.domain.spec import (
     DEFAULT_TIMEOUT_SECONDS,
     IMAGE_PULLS,
     LIMITS,
+    PARENT_LABEL,
     JobSpec,
     LabelSelector,
     Resources,
@@ -265,6 +266,16 @@ def describe(job: common_pb2.Job) -> list[str]:
         *([f"Begins: not before {job.spec.begin_at} (--begin)"] if job.spec.begin_at else []),
         *([f"Pool: {job.spec.pool} (`pool get {job.spec.pool}`)"] if job.spec.pool else []),
         *([_cron_line(job.spec)] if CRON_LABEL in job.spec.labels else []),
+        *(
+            [f"Pipeline: {workflow} (`job workflow {workflow[:8]}`)"]
+            if (workflow := job.spec.labels.get(WORKFLOW_LABEL))
+            else []
+        ),
+        *(
+            [f"Submitted from job: {parent} (with its API token)"]
+            if (parent := job.spec.labels.get(PARENT_LABEL))
+            else []
+        ),
         *([artifacts] if (artifacts := _artifacts_line(job)) else []),
         f"Logs: {job.log_uri or '-'}",
     ]
