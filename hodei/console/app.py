@@ -55,6 +55,7 @@ from hodei.cli.parsing import (
 from hodei.clock import DatabaseClock
 from hodei.console.api import Api
 from hodei.console.timeline import timeline
+from hodei.domain.base import uuid_or_none
 from hodei.domain.cron import CRON_LABEL
 from hodei.domain.duration import seconds_of
 from hodei.domain.execs import cut
@@ -213,6 +214,7 @@ class Console:
         app.router.add_post("/jobs/{id}/{action:hold|release}", self.hold)
         app.router.add_post("/jobs/{id}/update", self.update)
         app.router.add_get("/workflows/{id}", self.workflow)
+        app.router.add_get("/workflows/{id}/body", self.workflow_body)
         app.router.add_post("/workflows/{id}/retry", self.retry_workflow)
         app.router.add_post("/workflows/{id}/cancel", self.cancel_workflow)
         app.router.add_get("/providers", self.providers)
@@ -482,6 +484,16 @@ class Console:
     async def workflow(self, request: web.Request) -> web.Response:
         """A pipeline: its stages side by side (GitLab's pipeline graph), each job with its
         state and what it starts after."""
+        # The Retry button's key: pressed twice, or its page posted again, one set of copies.
+        return await self._workflow_page(request, "workflow.html", str(uuid.uuid4()))
+
+    async def workflow_body(self, request: web.Request) -> web.Response:
+        """The page but its frame, as its script swaps it in while the pipeline runs: the
+        Retry button keeps the page's key."""
+        key = uuid_or_none(request.query.get("key", "")) or uuid.uuid4()
+        return await self._workflow_page(request, "workflow_body.html", str(key))
+
+    async def _workflow_page(self, request: web.Request, template: str, retry_key: str) -> web.Response:
         workflow = await self._workflow(request)
         names = after_names(workflow)
         shown = workflow_dict(workflow)
@@ -493,14 +505,13 @@ class Console:
         who = await self._caller(request)
         return self._page(
             request,
-            "workflow.html",
+            template,
             who,
             workflow=shown,
             stages=stages,
             terminal=JobState(workflow.state).is_terminal,
             again=len(not_succeeded(workflow)),
-            # The Retry button's: pressed twice, or its page posted again, one set of copies.
-            retry_key=str(uuid.uuid4()),
+            retry_key=retry_key,
         )
 
     async def retry_workflow(self, request: web.Request) -> web.Response:

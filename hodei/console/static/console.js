@@ -1,13 +1,17 @@
 // The console's only script: progressive enhancement of server-rendered pages.
 "use strict";
 
-// The job list refreshes its rows every two seconds (the same filters, rendered by the server).
-function refreshRows(tbody) {
-  const url = tbody.dataset.refresh;
-  setInterval(async () => {
+// A part of a page that refreshes itself every two seconds from its data-refresh URL, rendered
+// by the server: the job list's rows (the same filters), a running pipeline's stages. It stops
+// once what it got says it has ended (an element with data-ended).
+function refreshPart(part) {
+  const url = part.dataset.refresh;
+  const timer = setInterval(async () => {
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
-      if (response.ok) tbody.innerHTML = await response.text();
+      if (!response.ok) return;
+      part.innerHTML = await response.text();
+      if (part.querySelector("[data-ended]")) clearInterval(timer);
     } catch (error) {
       // The server may be restarting: the next round tries again.
     }
@@ -98,8 +102,7 @@ function followLog(log) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const rows = document.getElementById("job-rows");
-  if (rows) refreshRows(rows);
+  document.querySelectorAll("[data-refresh]").forEach(refreshPart);
   const log = document.getElementById("log");
   if (log && log.dataset.follow) followLog(log);
 });
