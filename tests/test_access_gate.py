@@ -51,3 +51,18 @@ def test_a_submission_and_its_callers_check_are_one_transaction(store: HodeiStor
     assert handler.unary_unary(None, cast(grpc.ServicerContext, _Context())) == "queued"
     assert statuses == [TransactionStatus.INTRANS, TransactionStatus.IDLE]
     assert query(conninfo(pool), "SELECT count(*) FROM domain_events WHERE aggregate_id = %s", (str(job.id),)) == [(1,)]
+
+
+def test_once_a_token_exists_authentication_is_known_on_without_asking_again(pool: ConnectionPool) -> None:
+    """Tokens are never deleted: a call without one, once one exists, costs no statement."""
+    tokens = ApiTokens(pool)
+    assert not tokens.required()
+    tokens.create(f"gate-{uuid4().hex[:8]}", Role.READ, None, "test")
+    assert tokens.required()
+
+    class Gone:
+        def connection(self) -> Any:
+            raise AssertionError("asked the database again")
+
+    tokens.pool = cast(ConnectionPool, Gone())
+    assert tokens.required()

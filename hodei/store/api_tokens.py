@@ -78,6 +78,7 @@ class ApiTokens:
         is refused as any unknown token is."""
         self.pool = pool
         self.signer = signer
+        self._required = False
         # The tokens calls used since ``record_use`` last wrote them down: a write a call
         # would cost each call, and a command's read-only transaction would undo it.
         self._used: set[str] = set()
@@ -112,8 +113,12 @@ class ApiTokens:
         return row
 
     def required(self) -> bool:
-        """Authentication is on once any token was created (revoked ones count)."""
-        return bool(fetch_value(self.pool, "any_api_token"))
+        """Authentication is on once any token was created (revoked ones count). Tokens are
+        never deleted, so once on it stays on: known, it is not asked again (a flood of calls
+        without a token costs no statement each)."""
+        if not self._required:
+            self._required = bool(fetch_value(self.pool, "any_api_token"))
+        return self._required
 
     def authenticate(self, secret: str) -> Caller:
         if secret.startswith(JOB_TOKEN_PREFIX) and self.signer is not None:
