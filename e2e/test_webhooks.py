@@ -144,6 +144,68 @@ def test_a_job_that_ends_is_posted_signed_to_each_webhook_told_of_it(server: Ser
     )
 
 
+PIPELINE = """\
+name: build
+provider: local
+command: "%(build)s"
+labels: {team: data}
+---
+name: test
+provider: local
+command: "true"
+after: {build: ok}
+---
+name: report
+provider: local
+command: "true"
+after: {build: notok}
+"""
+
+
+def test_a_webhook_told_of_pipelines_gets_one_message_when_a_pipeline_ends(
+    server: ServerProcess, receiver: Receiver, tmp_path: Path
+) -> None:
+    """`webhook set --pipelines` (GitLab's pipeline events): one `pipeline.finished` a pipeline,
+    with the pipeline as `job workflow -o json` prints it, when it ends in one of its states and
+    its first job's labels match; its jobs' own ends are not told to it. Retried, a pipeline
+    that ends again is told again."""
+    secret = define(server, "pipelines", f"{receiver.url}/p", "--pipelines", "--on", "FAILED", "-l", "team=data")
+    shown = server.cli("webhook", "get", "pipelines", check=True).stdout
+    assert "About: pipelines (one message when a pipeline ends)" in shown
+    assert "pipelines" in server.cli("webhook", "list", check=True).stdout
+    file = tmp_path / "pipeline.yaml"
+    file.write_text(PIPELINE % {"build": "exit 3"})
+    failed = server.cli("job", "run", "--file", str(file), "--wait")
+    assert failed.returncode == 3, failed.stderr
+    build, test, report = failed.stdout.split()
+    file.write_text(PIPELINE % {"build": "true"})
+    assert server.cli("job", "run", "--file", str(file), "--wait").returncode == 0  # SUCCEEDED: not its state
+    eventually(lambda: receiver.received or None, timeout=30, what="the pipeline's message")
+    ((path, headers, body),) = receiver.received
+    message = verified(secret, headers, body)
+    assert (path, message["type"]) == ("/p", "pipeline.finished")
+    data = message["data"]
+    assert (data["id"], data["state"]) == (build, "FAILED")
+    assert [(job["job"]["id"], job["skipped"]) for job in data["jobs"]] == [
+        (build, False),
+        (test, True),
+        (report, False),
+    ]
+    assert data == json.loads(server.cli("-o", "json", "job", "workflow", build, check=True).stdout)
+    (sent,) = eventually(lambda: [m for m in messages(server, "pipelines") if m["state"] == "DELIVERED"] or None)
+    assert (sent["type"], sent["job_id"]) == ("pipeline.finished", build)
+
+    # Retried (build fails again), it ends again: a second message, with the copies.
+    assert server.cli("job", "retry", "--workflow", build, "--wait").returncode == 3
+    eventually(lambda: len(receiver.received) == 2 or None, timeout=30, what="the retried pipeline's message")
+    again = verified(secret, receiver.received[1][1], receiver.received[1][2])["data"]
+    assert again["state"] == "FAILED" and [job["copy_of"] for job in again["jobs"]] == [[build], [test], []]
+    refused = server.cli("webhook", "set", "starts", "--url", receiver.url, "--pipelines", "--on", "RUNNING")
+    assert refused.returncode == 2 and "a webhook told of pipelines is told of how they end" in refused.stderr
+    audit = server.cli("audit", "--kind", "webhook", check=True).stdout
+    assert ", pipelines, on FAILED" in audit, audit
+
+
 def test_a_webhook_on_running_is_told_of_each_attempts_start_with_the_job_as_it_was_then(
     server: ServerProcess, receiver: Receiver
 ) -> None:

@@ -54,7 +54,8 @@ def _bound(payload: Mapping[str, Any], name: str, shown: str) -> str:
 
 def _webhook(payload: Mapping[str, Any]) -> str:
     selector = " ".join(payload["label_selector"]) or "every job"
-    return f"{payload['origin']}, on {','.join(payload['states'])}, labels {selector}"
+    about = ", pipelines" if payload.get("pipelines") else ""
+    return f"{payload['origin']}{about}, on {','.join(payload['states'])}, labels {selector}"
 
 
 def _cron(payload: Mapping[str, Any]) -> str:

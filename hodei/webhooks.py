@@ -23,11 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from hodei.domain.base import check_name, derived_id
+from hodei.domain.base import check_name, derived_id, uuid_or_none
+from hodei.domain.job import JobState
 from hodei.domain.webhook import (
+    ENDINGS,
     MAX_WEBHOOKS,
     STARTED,
     Webhook,
+    check_about,
     check_overlap,
     check_selector,
     check_states,
@@ -36,14 +39,16 @@ from hodei.domain.webhook import (
     told_of,
     webhook_id,
 )
+from hodei.domain.workflow import WORKFLOW_LABEL
 from hodei.errors import InvalidInput, InvalidTransition, NotFound
 from hodei.server.convert import job_to_proto
+from hodei.server.workflows import workflow_of
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, execute, fetch_all, fetch_value
 from hodei.store.history import job_at
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
 from hodei.store.readmodels import JobRow, ReadModels
-from hodei.wire import job_dict
+from hodei.wire import job_dict, workflow_dict
 
 # Seconds before each attempt after the first (Svix's and Stripe's schedules, shortened):
 # a receiver down for a deploy gets its messages within minutes, one down for hours
@@ -60,6 +65,8 @@ READ_AT_ONCE = 500
 SECRET_PREFIX = "whsec_"
 FINISHED = "job.finished"
 STARTED_TYPE = "job.started"
+# A pipeline's end, to a webhook told of pipelines: its data as `job workflow -o json` prints it.
+PIPELINE_FINISHED = "pipeline.finished"
 TEST = "webhook.test"
 
 
@@ -73,6 +80,7 @@ class WebhookRow:
     label_selector: list[str]
     changed_at: datetime
     changed_by: str | None
+    pipelines: bool
     pending: int
     failed: int
     delivered: int
@@ -131,6 +139,8 @@ class _Wants:
     name: str
     states: list[str]
     label_selector: list[str]
+    # Told of pipelines that end, instead of jobs (`webhook set --pipelines`).
+    pipelines: bool
 
 
 @dataclass(frozen=True)
@@ -175,12 +185,14 @@ class Webhooks:
     # Definitions ----------------------------------------------------------------------
 
     def set(
-        self, name: str, url: str, states: Sequence[str], selector: Sequence[str], actor: str
+        self, name: str, url: str, states: Sequence[str], selector: Sequence[str], actor: str, pipelines: bool = False
     ) -> tuple[Defined, str]:
         """Creates the webhook or sets it anew; its signing secret is answered when it is
-        made (created, or set after its deletion), else "" (it keeps the one it has)."""
+        made (created, or set after its deletion), else "" (it keeps the one it has).
+        ``pipelines``: told of pipelines that end instead of jobs."""
         check_name(name, "a webhook")
         url, wanted, terms = check_url(url), check_states(states), check_selector(selector)
+        check_about(wanted, pipelines)
         existing = len(self._rows(None, counted=False))
         made = ""
 
@@ -199,9 +211,9 @@ class Webhooks:
             else:
                 sealed = self.secrets.seal(webhook_id(name), {**values, "url": url})
             if hook is None:
-                hook = Webhook.create(name, origin_of(url), sealed, wanted, terms)
+                hook = Webhook.create(name, origin_of(url), sealed, wanted, terms, pipelines)
             else:
-                hook.change(origin_of(url), sealed, wanted, terms)
+                hook.change(origin_of(url), sealed, wanted, terms, pipelines)
             made = values["secret"] if opened is None else ""
             return None, [hook]
 
@@ -300,15 +312,17 @@ class Webhooks:
             params = {"after": after, "upto": head, "limit": READ_AT_ONCE}
             events = fetch_all(self.store.pool, "webhook_events", params, _Event)
             hooks = {
-                row.name: _Wants(row.id, row.name, row.states, row.label_selector)
+                row.name: _Wants(row.id, row.name, row.states, row.label_selector, row.pipelines)
                 for row in (self._rows(None, upto=after, counted=False) if events else [])
             }
             for found in events:
                 if found.aggregate_type == "Webhook":
                     self._follow(hooks, found)
                     continue
-                # Labels are matched once the job is read: only for a state some webhook wants.
-                told = [hook for hook in hooks.values() if found.payload["new_state"] in hook.states]
+                # Labels are matched once the job is read: only for a state some webhook wants
+                # (a pipeline's, once it is read, for any ending of one of its jobs).
+                state, ending = found.payload["new_state"], found.payload["new_state"] in ENDINGS
+                told = [hook for hook in hooks.values() if state in hook.states or (hook.pipelines and ending)]
                 if told:
                     written += self._write(told, found)
             last = events[-1].position if len(events) == READ_AT_ONCE else head
@@ -322,7 +336,10 @@ class Webhooks:
         if found.event_type == "WebhookDeleted":
             hooks.pop(name, None)
         else:
-            hooks[name] = _Wants(found.aggregate_id, name, found.payload["states"], found.payload["label_selector"])
+            payload = found.payload
+            hooks[name] = _Wants(
+                found.aggregate_id, name, payload["states"], payload["label_selector"], payload.get("pipelines", False)
+            )
 
     def _write(self, hooks: list[_Wants], changed: _Event) -> int:
         try:
@@ -331,7 +348,43 @@ class Webhooks:
             return 0
         labels = dict(row.spec.get("labels") or {})
         state = changed.payload["new_state"]
-        told = [hook for hook in hooks if told_of(hook.states, hook.label_selector, state, labels)]
+        told = [
+            hook for hook in hooks if not hook.pipelines and told_of(hook.states, hook.label_selector, state, labels)
+        ]
+        pipelines = [hook for hook in hooks if hook.pipelines]
+        written = (
+            self._write_pipeline(pipelines, labels[WORKFLOW_LABEL]) if pipelines and WORKFLOW_LABEL in labels else 0
+        )
+        return written + self._write_job(told, row, changed, state)
+
+    def _write_pipeline(self, hooks: list[_Wants], workflow_id: str) -> int:
+        """A message to each webhook told of pipelines, once the pipeline of a job that ended
+        has ended (as the read models say now) in one of its states, with labels (its first
+        job's) its selector matches. Its id names the jobs standing in it: the endings of its
+        other jobs read later find the same message; once retried, its next end is another."""
+        first = uuid_or_none(workflow_id)
+        if first is None:  # a label set by hand to no job's id: no pipeline of ours
+            return 0
+        workflow, _ = workflow_of(self.reads, workflow_id)
+        if not JobState(workflow.state).is_terminal:
+            return 0
+        labels = dict(workflow.jobs[0].job.spec.labels)
+        told = [hook for hook in hooks if told_of(hook.states, hook.label_selector, workflow.state, labels)]
+        body = message(PIPELINE_FINISHED, workflow_dict(workflow)) if told else ""
+        standing = ",".join(sorted(entry.job.id for entry in workflow.jobs))
+        for hook in told:
+            params = {
+                "id": derived_id("webhook-pipeline", hook.id, workflow_id, standing),
+                "webhook": hook.name,
+                "type": PIPELINE_FINISHED,
+                "job_id": first,
+                "body": body,
+            }
+            execute(self.store.pool, "add_webhook_delivery", params)
+        return len(told)
+
+    def _write_job(self, told: list[_Wants], row: JobRow, changed: _Event, state: str) -> int:
+        """A message about the job to each webhook ``told`` of it."""
         if not told:
             return 0
         kind = STARTED_TYPE if state == STARTED else FINISHED

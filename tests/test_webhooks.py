@@ -5,6 +5,7 @@ attempts, retries and end. Sending over HTTP is e2e/test_webhooks'."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 import threading
 from datetime import UTC, datetime, timedelta
@@ -366,3 +367,41 @@ def test_messages_delivered_or_given_up_on_are_pruned_after_their_week(store: Ho
     assert webhooks.prune() == 1
     assert {row.id for row in webhooks.deliveries("chat")} == {fresh, pending}
     assert old not in {row.id for row in webhooks.deliveries("chat")}
+
+
+def test_a_version_1_definition_is_told_of_jobs_and_a_change_of_subject_is_one_event(
+    store: HodeiStore, webhooks: Webhooks
+) -> None:
+    """WebhookSet version 1 had no `pipelines` (nor WebhookChanged, WebhookSecretRotated):
+    read back (the upcaster, and the query that reads the log by name) it is told of jobs.
+    Set again with --pipelines, one WebhookChanged says so; RUNNING is no pipeline's."""
+    from hodei.store.events import event_id
+
+    url = conninfo(store.pool)
+    hook = webhook_id("chat")
+    sealed = JobSecrets(store.pool).seal(hook, {"secret": "whsec_" + base64.b64encode(b"k" * 32).decode(), "url": URL})
+    payload = {
+        "name": "chat",
+        "origin": origin_of(URL),
+        "sealed": sealed,
+        "states": ["FAILED"],
+        "label_selector": [],
+        "originator_topic": "hodei.domain.webhook:Webhook",
+    }
+    query(
+        url,
+        "INSERT INTO domain_events (id, occurred_at, event_type, aggregate_id, payload, aggregate_type, "
+        "aggregate_version, topic) VALUES (%s, now(), 'WebhookSet', %s, %s, 'Webhook', 1, "
+        "'hodei.domain.webhook:Webhook.WebhookSet')",
+        (event_id(str(hook), 1), str(hook), json.dumps(payload)),
+    )
+    assert store.load(Webhook, hook).pipelines is False
+    assert webhooks.get("chat").row.pipelines is False
+    count = "SELECT count(*) FROM domain_events WHERE aggregate_type = 'Webhook'"
+    assert webhooks.set("chat", URL, ["failed"], [], "root")[0].row.pipelines is False  # unchanged: nothing written
+    assert query(url, count) == [(1,)]
+    assert webhooks.set("chat", URL, ["failed"], [], "root", pipelines=True)[0].row.pipelines is True
+    assert query(url, count) == [(2,)] and store.load(Webhook, hook).pipelines is True
+    with pytest.raises(InvalidInput, match="told of how they end, not RUNNING"):
+        webhooks.set("starts", URL, ["RUNNING"], [], "root", pipelines=True)
+    assert query(url, count) == [(2,)]

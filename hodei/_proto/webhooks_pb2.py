@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hodei/jobs/webhooks.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x1aRotateWebhookSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0foverlap_seconds\x18\x02 \x01(\x01\"V\n\x11SetWebhookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06states\x18\x03 \x03(\t\x12\x16\n\x0elabel_selector\x18\x04 \x03(\t\"R\n\x12SetWebhookResponse\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"\x1e\n\x0eWebhookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x10RedeliverRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"\x15\n\x13ListWebhooksRequest\"=\n\x14ListWebhooksResponse\x12%\n\x08webhooks\x18\x01 \x03(\x0b\x32\x13.hodei.jobs.Webhook\"\xff\x01\n\x07Webhook\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06states\x18\x03 \x03(\t\x12\x16\n\x0elabel_selector\x18\x04 \x03(\t\x12.\n\nchanged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x06 \x01(\t\x12\x0f\n\x07pending\x18\x07 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x05\x12\x11\n\tdelivered\x18\t \x01(\x05\x12\x39\n\x15previous_secret_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07webhook\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x18\n\x0blast_status\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07next_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0e\n\x0c_last_status\"f\n\rWebhookDetail\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.Webhook\x12/\n\ndeliveries\x18\x02 \x03(\x0b\x32\x1b.hodei.jobs.WebhookDelivery2\xa6\x04\n\x0eWebhookService\x12K\n\nSetWebhook\x12\x1d.hodei.jobs.SetWebhookRequest\x1a\x1e.hodei.jobs.SetWebhookResponse\x12Q\n\x0cListWebhooks\x12\x1f.hodei.jobs.ListWebhooksRequest\x1a .hodei.jobs.ListWebhooksResponse\x12\x43\n\nGetWebhook\x12\x1a.hodei.jobs.WebhookRequest\x1a\x19.hodei.jobs.WebhookDetail\x12@\n\rDeleteWebhook\x12\x1a.hodei.jobs.WebhookRequest\x1a\x13.hodei.jobs.Webhook\x12\x46\n\x0bTestWebhook\x12\x1a.hodei.jobs.WebhookRequest\x1a\x1b.hodei.jobs.WebhookDelivery\x12\x46\n\tRedeliver\x12\x1c.hodei.jobs.RedeliverRequest\x1a\x1b.hodei.jobs.WebhookDelivery\x12]\n\x13RotateWebhookSecret\x12&.hodei.jobs.RotateWebhookSecretRequest\x1a\x1e.hodei.jobs.SetWebhookResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hodei/jobs/webhooks.proto\x12\nhodei.jobs\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x1aRotateWebhookSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0foverlap_seconds\x18\x02 \x01(\x01\"i\n\x11SetWebhookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06states\x18\x03 \x03(\t\x12\x16\n\x0elabel_selector\x18\x04 \x03(\t\x12\x11\n\tpipelines\x18\x05 \x01(\x08\"R\n\x12SetWebhookResponse\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"\x1e\n\x0eWebhookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x10RedeliverRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"\x15\n\x13ListWebhooksRequest\"=\n\x14ListWebhooksResponse\x12%\n\x08webhooks\x18\x01 \x03(\x0b\x32\x13.hodei.jobs.Webhook\"\x92\x02\n\x07Webhook\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06states\x18\x03 \x03(\t\x12\x16\n\x0elabel_selector\x18\x04 \x03(\t\x12.\n\nchanged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x06 \x01(\t\x12\x0f\n\x07pending\x18\x07 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x05\x12\x11\n\tdelivered\x18\t \x01(\x05\x12\x39\n\x15previous_secret_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpipelines\x18\x0b \x01(\x08\"\xb8\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07webhook\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x18\n\x0blast_status\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07next_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0e\n\x0c_last_status\"f\n\rWebhookDetail\x12$\n\x07webhook\x18\x01 \x01(\x0b\x32\x13.hodei.jobs.Webhook\x12/\n\ndeliveries\x18\x02 \x03(\x0b\x32\x1b.hodei.jobs.WebhookDelivery2\xa6\x04\n\x0eWebhookService\x12K\n\nSetWebhook\x12\x1d.hodei.jobs.SetWebhookRequest\x1a\x1e.hodei.jobs.SetWebhookResponse\x12Q\n\x0cListWebhooks\x12\x1f.hodei.jobs.ListWebhooksRequest\x1a .hodei.jobs.ListWebhooksResponse\x12\x43\n\nGetWebhook\x12\x1a.hodei.jobs.WebhookRequest\x1a\x19.hodei.jobs.WebhookDetail\x12@\n\rDeleteWebhook\x12\x1a.hodei.jobs.WebhookRequest\x1a\x13.hodei.jobs.Webhook\x12\x46\n\x0bTestWebhook\x12\x1a.hodei.jobs.WebhookRequest\x1a\x1b.hodei.jobs.WebhookDelivery\x12\x46\n\tRedeliver\x12\x1c.hodei.jobs.RedeliverRequest\x1a\x1b.hodei.jobs.WebhookDelivery\x12]\n\x13RotateWebhookSecret\x12&.hodei.jobs.RotateWebhookSecretRequest\x1a\x1e.hodei.jobs.SetWebhookResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=74
   _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=141
   _globals['_SETWEBHOOKREQUEST']._serialized_start=143
-  _globals['_SETWEBHOOKREQUEST']._serialized_end=229
-  _globals['_SETWEBHOOKRESPONSE']._serialized_start=231
-  _globals['_SETWEBHOOKRESPONSE']._serialized_end=313
-  _globals['_WEBHOOKREQUEST']._serialized_start=315
-  _globals['_WEBHOOKREQUEST']._serialized_end=345
-  _globals['_REDELIVERREQUEST']._serialized_start=347
-  _globals['_REDELIVERREQUEST']._serialized_end=386
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=388
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=409
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=411
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=472
-  _globals['_WEBHOOK']._serialized_start=475
-  _globals['_WEBHOOK']._serialized_end=730
-  _globals['_WEBHOOKDELIVERY']._serialized_start=733
-  _globals['_WEBHOOKDELIVERY']._serialized_end=1045
-  _globals['_WEBHOOKDETAIL']._serialized_start=1047
-  _globals['_WEBHOOKDETAIL']._serialized_end=1149
-  _globals['_WEBHOOKSERVICE']._serialized_start=1152
-  _globals['_WEBHOOKSERVICE']._serialized_end=1702
+  _globals['_SETWEBHOOKREQUEST']._serialized_end=248
+  _globals['_SETWEBHOOKRESPONSE']._serialized_start=250
+  _globals['_SETWEBHOOKRESPONSE']._serialized_end=332
+  _globals['_WEBHOOKREQUEST']._serialized_start=334
+  _globals['_WEBHOOKREQUEST']._serialized_end=364
+  _globals['_REDELIVERREQUEST']._serialized_start=366
+  _globals['_REDELIVERREQUEST']._serialized_end=405
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=407
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=428
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=430
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=491
+  _globals['_WEBHOOK']._serialized_start=494
+  _globals['_WEBHOOK']._serialized_end=768
+  _globals['_WEBHOOKDELIVERY']._serialized_start=771
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1083
+  _globals['_WEBHOOKDETAIL']._serialized_start=1085
+  _globals['_WEBHOOKDETAIL']._serialized_end=1187
+  _globals['_WEBHOOKSERVICE']._serialized_start=1190
+  _globals['_WEBHOOKSERVICE']._serialized_end=1740
 # @@protoc_insertion_point(module_scope)

@@ -55,10 +55,16 @@ class SetWebhookRequest(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    PIPELINES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-63 letters, digits, '.', '_', '-'."""
     url: _builtins.str
     """http:// or https://."""
+    pipelines: _builtins.bool
+    """Told of pipelines instead of jobs (GitLab's pipeline events): one pipeline.finished message
+    when a pipeline's jobs have all ended, in one of states (a pipeline's state, as GetWorkflow
+    says it; not RUNNING), its first job's labels matching label_selector.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """SUCCEEDED, FAILED, CANCELLED, TIMEOUT; none: all of them. RUNNING too: each attempt's
@@ -76,10 +82,11 @@ class SetWebhookRequest(_message.Message):
         url: _builtins.str = ...,
         states: _abc.Iterable[_builtins.str] | None = ...,
         label_selector: _abc.Iterable[_builtins.str] | None = ...,
+        pipelines: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "name", b"name", "states", b"states", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "name", b"name", "pipelines", b"pipelines", "states", b"states", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,6 +205,7 @@ class Webhook(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     DELIVERED_FIELD_NUMBER: _builtins.int
     PREVIOUS_SECRET_UNTIL_FIELD_NUMBER: _builtins.int
+    PIPELINES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     url: _builtins.str
     changed_by: _builtins.str
@@ -205,6 +213,8 @@ class Webhook(_message.Message):
     """Its messages waiting to be sent (or sent again), given up on, and answered 2xx."""
     failed: _builtins.int
     delivered: _builtins.int
+    pipelines: _builtins.bool
+    """Told of pipelines instead of jobs (SetWebhookRequest.pipelines)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -228,10 +238,11 @@ class Webhook(_message.Message):
         failed: _builtins.int = ...,
         delivered: _builtins.int = ...,
         previous_secret_until: _timestamp_pb2.Timestamp | None = ...,
+        pipelines: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "previous_secret_until", b"previous_secret_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "delivered", b"delivered", "failed", b"failed", "label_selector", b"label_selector", "name", b"name", "pending", b"pending", "previous_secret_until", b"previous_secret_until", "states", b"states", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "delivered", b"delivered", "failed", b"failed", "label_selector", b"label_selector", "name", b"name", "pending", b"pending", "pipelines", b"pipelines", "previous_secret_until", b"previous_secret_until", "states", b"states", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,7 +267,7 @@ class WebhookDelivery(_message.Message):
     """The message's `webhook-id`: the same at every attempt."""
     webhook: _builtins.str
     type: _builtins.str
-    """job.started, job.finished or webhook.test."""
+    """job.started, job.finished, pipeline.finished (job_id: the pipeline's id) or webhook.test."""
     job_id: _builtins.str
     state: _builtins.str
     """PENDING, DELIVERED or FAILED (given up on)."""

@@ -10,7 +10,15 @@ from hodei.cli.client import Client
 from hodei.cli.parsing import comma_list, duration
 from hodei.cli.terminal import Terminal, when
 from hodei.domain.base import check_name
-from hodei.domain.webhook import ENDINGS, STARTED, check_overlap, check_selector, check_states, check_url
+from hodei.domain.webhook import (
+    ENDINGS,
+    STARTED,
+    check_about,
+    check_overlap,
+    check_selector,
+    check_states,
+    check_url,
+)
 from hodei.wire import message_dict
 
 
@@ -21,7 +29,7 @@ def _check(args: argparse.Namespace) -> None:
         check_overlap(args.overlap)
     if args.action == "set":
         check_url(args.url)
-        check_states(args.on)
+        check_about(check_states(args.on), args.pipelines)
         check_selector(args.label or [])
 
 
@@ -32,12 +40,16 @@ def webhook(client: Client, term: Terminal, args: argparse.Namespace) -> int:
         if term.json:
             term.data([message_dict(hook) for hook in found])
             return 0
-        columns = ["WEBHOOK", "URL", "ON", "LABELS", "PENDING", "FAILED", "DELIVERED"]
+        columns = ["WEBHOOK", "URL", "ABOUT", "ON", "LABELS", "PENDING", "FAILED", "DELIVERED"]
         term.table(columns, [_row(hook) for hook in found])
         return 0
     if args.action == "set":
         request = webhooks_pb2.SetWebhookRequest(
-            name=args.name, url=args.url, states=check_states(args.on), label_selector=args.label or []
+            name=args.name,
+            url=args.url,
+            states=check_states(args.on),
+            label_selector=args.label or [],
+            pipelines=args.pipelines,
         )
         answer = client.call(service.SetWebhook, request)
         if term.json:
@@ -90,6 +102,7 @@ def _row(hook: webhooks_pb2.Webhook) -> list[str]:
     return [
         hook.name,
         hook.url,
+        "pipelines" if hook.pipelines else "jobs",
         ",".join(hook.states),
         " ".join(hook.label_selector) or "-",
         str(hook.pending),
@@ -101,6 +114,7 @@ def _row(hook: webhooks_pb2.Webhook) -> list[str]:
 def _describe(term: Terminal, hook: webhooks_pb2.Webhook) -> None:
     term.line(f"Webhook {hook.name}")
     term.line(f"URL: {hook.url}")
+    term.line(f"About: {'pipelines (one message when a pipeline ends)' if hook.pipelines else 'jobs'}")
     term.line(f"On: {', '.join(hook.states)}")
     term.line(f"Labels: {' '.join(hook.label_selector) or '- (every job)'}")
     term.line(f"Changed: {when(hook, 'changed_at')} by {hook.changed_by or '-'}")
@@ -157,6 +171,13 @@ def add_commands(commands: Any) -> None:
         action="append",
         metavar="SELECTOR",
         help="only jobs whose labels match: KEY=VALUE, KEY!=VALUE, KEY, !KEY (job list -l's); repeatable",
+    )
+    set_hook.add_argument(
+        "--pipelines",
+        action="store_true",
+        help="told of pipelines instead of jobs (job run --file of several, a cron job's run of several): one "
+        "message ({type: pipeline.finished, data: the pipeline as `job workflow -o json` prints it}) once all its "
+        "jobs have ended, when the pipeline ended in one of --on's states and its first job's labels match",
     )
     for action, text in (
         ("get", "one webhook and its newest messages"),

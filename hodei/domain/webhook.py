@@ -12,6 +12,7 @@ its states, whose labels its selector matches (``job list -l``'s terms).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -103,20 +104,35 @@ class Webhook(HodeiAggregate):
 
     @event("WebhookSet")
     def __init__(
-        self, name: str, origin: str, sealed: dict[str, str], states: list[str], label_selector: list[str]
+        self,
+        name: str,
+        origin: str,
+        sealed: dict[str, str],
+        states: list[str],
+        label_selector: list[str],
+        pipelines: bool,
     ) -> None:
         self.name = name
         self.origin = origin
         self.sealed = sealed
         self.states = states
         self.label_selector = label_selector
+        # Told of pipelines that end (`--pipelines`), instead of jobs.
+        self.pipelines = pipelines
         self.deleted = False
 
     @classmethod
     def create(
-        cls, name: str, origin: str, sealed: dict[str, str], states: tuple[str, ...], label_selector: tuple[str, ...]
+        cls,
+        name: str,
+        origin: str,
+        sealed: dict[str, str],
+        states: tuple[str, ...],
+        label_selector: tuple[str, ...],
+        pipelines: bool = False,
     ) -> Webhook:
         check_name(name, "a webhook")
+        check_about(states, pipelines)
         # The library accepts `id` because the class annotates it (see `id: UUID` above).
         return cls(  # type: ignore[call-arg]
             id=webhook_id(name),
@@ -125,22 +141,36 @@ class Webhook(HodeiAggregate):
             sealed=sealed,
             states=list(states),
             label_selector=list(label_selector),
+            pipelines=pipelines,
         )
 
     def change(
-        self, origin: str, sealed: dict[str, str], states: tuple[str, ...], label_selector: tuple[str, ...]
+        self,
+        origin: str,
+        sealed: dict[str, str],
+        states: tuple[str, ...],
+        label_selector: tuple[str, ...],
+        pipelines: bool = False,
     ) -> None:
-        """A new URL, states or selector; a deleted webhook's name set anew (``sealed``
-        then holds a new signing secret, its old key shredded). Nothing changed: no event."""
-        unchanged = (origin, sealed, list(states), list(label_selector)) == (
+        """A new URL, states, selector or subject; a deleted webhook's name set anew
+        (``sealed`` then holds a new signing secret, its old key shredded). Nothing changed:
+        no event."""
+        check_about(states, pipelines)
+        unchanged = (origin, sealed, list(states), list(label_selector), pipelines) == (
             self.origin,
             self.sealed,
             self.states,
             self.label_selector,
+            self.pipelines,
         )
         if self.deleted or not unchanged:
             self._changed(
-                name=self.name, origin=origin, sealed=sealed, states=list(states), label_selector=list(label_selector)
+                name=self.name,
+                origin=origin,
+                sealed=sealed,
+                states=list(states),
+                label_selector=list(label_selector),
+                pipelines=pipelines,
             )
 
     def rotate(self, sealed: dict[str, str], previous_until: str | None) -> None:
@@ -155,6 +185,7 @@ class Webhook(HodeiAggregate):
             states=self.states,
             label_selector=self.label_selector,
             previous_until=previous_until,
+            pipelines=self.pipelines,
         )
 
     def delete(self) -> None:
@@ -165,12 +196,19 @@ class Webhook(HodeiAggregate):
     # Each event names its webhook: the webhooks' query reads them by name from the log.
     @event("WebhookChanged")
     def _changed(
-        self, name: str, origin: str, sealed: dict[str, str], states: list[str], label_selector: list[str]
+        self,
+        name: str,
+        origin: str,
+        sealed: dict[str, str],
+        states: list[str],
+        label_selector: list[str],
+        pipelines: bool,
     ) -> None:
         self.origin = origin
         self.sealed = sealed
         self.states = states
         self.label_selector = label_selector
+        self.pipelines = pipelines
         self.deleted = False
 
     # Its whole definition, as WebhookChanged's: the webhooks' query reads each webhook's
@@ -185,9 +223,26 @@ class Webhook(HodeiAggregate):
         states: list[str],
         label_selector: list[str],
         previous_until: str | None,
+        pipelines: bool,
     ) -> None:
         self.sealed = sealed
 
     @event("WebhookDeleted")
     def _deleted(self, name: str) -> None:
         self.deleted = True
+
+
+def check_about(states: Iterable[str], pipelines: bool) -> None:
+    """A webhook told of pipelines is told of their endings: a pipeline has no start."""
+    if pipelines and STARTED in states:
+        raise InvalidInput(f"a webhook told of pipelines is told of how they end, not {STARTED}: leave it out of --on")
+
+
+# Version 1 of a webhook's definition had no ``pipelines``: it was told of jobs.
+def _definition_v1_to_v2(state: dict[str, Any]) -> None:
+    state.setdefault("pipelines", False)
+
+
+for _defined in (Webhook.WebhookSet, Webhook.WebhookChanged, Webhook.WebhookSecretRotated):  # type: ignore[attr-defined]
+    _defined.class_version = 2
+    _defined.upcast_v1_v2 = staticmethod(_definition_v1_to_v2)

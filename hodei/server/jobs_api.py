@@ -38,7 +38,7 @@ from hodei.domain.spec import (
     never_after,
     written_secrets,
 )
-from hodei.domain.workflow import MOST_JOBS, WORKFLOW_LABEL, Member, in_workflow, resolved, standing
+from hodei.domain.workflow import MOST_JOBS, WORKFLOW_LABEL, in_workflow, resolved
 from hodei.errors import InvalidInput, InvalidTransition, NoAnswer, NotFound, PermissionDenied
 from hodei.execs import ExecResults
 from hodei.faults import Faults
@@ -53,12 +53,13 @@ from hodei.server.convert import exec_to_proto, job_to_proto, saga_to_proto, tim
 from hodei.server.edge import STREAMS, rpc
 from hodei.server.submission import Submission, earlier, first_answer, repeated_ids
 from hodei.server.webhooks_api import delivery_to_proto
+from hodei.server.workflows import workflow_of
 from hodei.signals import AsyncWaiter, Signals
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all, fetch_column, fetch_one
 from hodei.store.history import history
 from hodei.store.job_secrets import JobSecrets, SecretsPurged
-from hodei.store.readmodels import SKIPPED, JobFilters, JobRow, ReadModels
+from hodei.store.readmodels import JobFilters, JobRow, ReadModels
 from hodei.webhooks import Webhooks
 from hodei.wire import MAX_JOBS_LISTED, not_succeeded, spec_from_proto
 
@@ -381,27 +382,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 f"job {row.id} is not one of a pipeline (`job run --file` of several jobs, or a cron job's run of "
                 "several)"
             )
-        found = {str(job.id): (job, rank) for job, rank in self.reads.workflow_jobs(workflow_id)}
-        members = [
-            Member(job_id, str(job.retry_of) if job.retry_of else None, list(job.spec.get("after", {})))
-            for job_id, (job, _) in found.items()
-        ]
-        places = standing(members)
-        lowest = min(places, key=lambda place: found[place.id][1])
-        workflow = jobs_pb2.Workflow(
-            id=workflow_id,
-            state=found[lowest.id][0].state,
-            jobs=[
-                jobs_pb2.WorkflowJob(
-                    job=job_to_proto(found[place.id][0]),
-                    stage=place.stage,
-                    skipped=found[place.id][1] == SKIPPED,
-                    copy_of=place.copy_of,
-                )
-                for place in places
-            ],
-        )
-        return workflow, {job_id: job for job_id, (job, _) in found.items()}
+        return workflow_of(self.reads, workflow_id)
 
     @rpc
     def GetJobHistory(

@@ -33,6 +33,7 @@ def _webhook(defined: Defined) -> webhooks_pb2.Webhook:
         failed=row.failed,
         delivered=row.delivered,
         previous_secret_until=timestamp(defined.previous_until),
+        pipelines=row.pipelines,
     )
 
 
@@ -61,7 +62,7 @@ class WebhookService(webhooks_pb2_grpc.WebhookServiceServicer):
         self, request: webhooks_pb2.SetWebhookRequest, context: grpc.ServicerContext
     ) -> webhooks_pb2.SetWebhookResponse:
         defined, secret = self.webhooks.set(
-            request.name, request.url, request.states, request.label_selector, caller().name
+            request.name, request.url, request.states, request.label_selector, caller().name, request.pipelines
         )
         return webhooks_pb2.SetWebhookResponse(webhook=_webhook(defined), signing_secret=secret)
 

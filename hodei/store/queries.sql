@@ -1526,12 +1526,13 @@ ORDER BY p.name;
 -- Every webhook not deleted, or the one whose id is given, as of a position of the log (NULL:
 -- now), by name, with its messages pending, given up on and delivered
 -- (idx_domain_events_webhooks, idx_webhook_deliveries_of).
-SELECT w.name, w.origin, w.sealed, w.states, w.label_selector, w.changed_at, w.changed_by, w.id,
+SELECT w.name, w.origin, w.sealed, w.states, w.label_selector, w.changed_at, w.changed_by, w.id, w.pipelines,
        coalesce(d.pending, 0) AS pending, coalesce(d.failed, 0) AS failed, coalesce(d.delivered, 0) AS delivered
 FROM (
     SELECT DISTINCT ON (aggregate_id) aggregate_id AS id, event_type,
            payload ->> 'name' AS name, payload ->> 'origin' AS origin, payload -> 'sealed' AS sealed,
            payload -> 'states' AS states, payload -> 'label_selector' AS label_selector,
+           coalesce((payload ->> 'pipelines')::boolean, false) AS pipelines,
            occurred_at AS changed_at, actor AS changed_by
     FROM domain_events
     WHERE aggregate_type = 'Webhook' AND (%(id)s::text IS NULL OR aggregate_id = %(id)s::text)
