@@ -194,6 +194,9 @@ def test_a_webhook_told_of_pipelines_gets_one_message_when_a_pipeline_ends(
     assert data == json.loads(server.cli("-o", "json", "job", "workflow", build, check=True).stdout)
     (sent,) = eventually(lambda: [m for m in messages(server, "pipelines") if m["state"] == "DELIVERED"] or None)
     assert (sent["type"], sent["job_id"]) == ("pipeline.finished", build)
+    assert f"pipeline {build}: DELIVERED, 1 attempt" in server.cli("webhook", "get", "pipelines", check=True).stdout
+    page = requests.get(f"{server.http_url}/webhooks/pipelines", headers={"Accept": "text/html"}, timeout=30)
+    assert f'<a href="/workflows/{build}">{build[:8]}</a>' in page.text
 
     # Retried (build fails again), it ends again: a second message, with the copies.
     assert server.cli("job", "retry", "--workflow", build, "--wait").returncode == 3

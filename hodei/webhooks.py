@@ -28,6 +28,7 @@ from hodei.domain.job import JobState
 from hodei.domain.webhook import (
     ENDINGS,
     MAX_WEBHOOKS,
+    PIPELINE_FINISHED,
     STARTED,
     Webhook,
     check_about,
@@ -65,8 +66,6 @@ READ_AT_ONCE = 500
 SECRET_PREFIX = "whsec_"
 FINISHED = "job.finished"
 STARTED_TYPE = "job.started"
-# A pipeline's end, to a webhook told of pipelines: its data as `job workflow -o json` prints it.
-PIPELINE_FINISHED = "pipeline.finished"
 TEST = "webhook.test"
 
 

@@ -12,6 +12,7 @@ from hodei.cli.terminal import Terminal, when
 from hodei.domain.base import check_name
 from hodei.domain.webhook import (
     ENDINGS,
+    PIPELINE_FINISHED,
     STARTED,
     check_about,
     check_overlap,
@@ -124,7 +125,8 @@ def _describe(term: Terminal, hook: webhooks_pb2.Webhook) -> None:
 
 
 def delivery_line(delivery: webhooks_pb2.WebhookDelivery) -> str:
-    about = f"job {delivery.job_id}" if delivery.job_id else delivery.type
+    what = "pipeline" if delivery.type == PIPELINE_FINISHED else "job"
+    about = f"{what} {delivery.job_id}" if delivery.job_id else delivery.type
     answer = f"HTTP {delivery.last_status}" if delivery.HasField("last_status") else "no answer"
     tried = f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}"
     text = f"{delivery.id} {when(delivery, 'created_at')} {about}: {delivery.state}, {tried}"

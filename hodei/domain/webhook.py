@@ -31,6 +31,9 @@ MAX_URL_LENGTH = 2048
 ENDINGS = tuple(state.value for state in sorted(TERMINAL_STATES, key=lambda state: state.value))
 STARTED = JobState.RUNNING.value
 STATES = (STARTED, *ENDINGS)
+# The type of a message about a pipeline's end (`webhook set --pipelines`); its job is the
+# pipeline's first.
+PIPELINE_FINISHED = "pipeline.finished"
 # How long a rotated secret may go on signing beside its successor (Stripe's roll allows a
 # day; a week covers receivers deployed weekly).
 MAX_OVERLAP_SECONDS = 7 * 86400.0
