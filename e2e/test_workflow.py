@@ -5,6 +5,7 @@ clean-up however they ended (hodei.domain.workflow)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def test_a_pipeline_is_shown_by_stage_with_what_each_starts_after_and_the_pipeli
     )
     ids = held.stdout.split()
     waiting = server.cli("job", "workflow", ids[2], check=True)
-    assert waiting.stdout.splitlines()[0] == f"Pipeline {ids[0]}: PENDING, 5 jobs", waiting.stdout
+    assert waiting.stdout.splitlines()[0] == f"Pipeline {ids[0]}: PENDING, 5 jobs, submitted by anonymous"
     assert waiting.stdout.count("PENDING (held)") == 5, waiting.stdout
     server.cli("job", "release", "-l", f"{WORKFLOW_LABEL}={ids[0]}", check=True)
     for job_id in ids:
@@ -157,7 +158,10 @@ def test_a_pipeline_is_shown_by_stage_with_what_each_starts_after_and_the_pipeli
 
     shown = server.cli("job", "workflow", ids[4], check=True)
     rows = [line.split("\t") for line in shown.stdout.splitlines()[1:]]
-    assert shown.stdout.splitlines()[0] == f"Pipeline {ids[0]}: FAILED, 5 jobs", shown.stdout
+    head = f"Pipeline {ids[0]}: FAILED, 5 jobs, submitted by anonymous; "
+    assert re.fullmatch(
+        re.escape(head) + r"\S+ m?s from its first submission to its last end", shown.stdout.splitlines()[0]
+    )
     assert rows[0] == ["STAGE", "NAME", "STATE", "EXIT", "RAN", "TRIES", "AFTER", "ID"]
     assert [(row[0], row[1], row[2], row[3], row[5], row[6], row[7]) for row in rows[1:]] == [
         ("1", "build", "FAILED", "3", "1", "-", ids[0]),

@@ -21,7 +21,7 @@ def show_workflow(client: Client, term: Terminal, args: argparse.Namespace) -> i
         term.data(workflow_dict(workflow))
         return 0
     names = after_names(workflow)
-    term.line(f"Pipeline {workflow.id}: {workflow.state}, {len(workflow.jobs)} jobs")
+    term.line(f"Pipeline {workflow.id}: {workflow.state}, {len(workflow.jobs)} jobs{_took(workflow)}")
     term.table(
         ["STAGE", "NAME", "STATE", "EXIT", "RAN", "TRIES", "AFTER", "ID"],
         [
@@ -45,6 +45,18 @@ def show_workflow(client: Client, term: Terminal, args: argparse.Namespace) -> i
             f"{'job' if len(again) == 1 else 'jobs'} that did not succeed"
         )
     return 0
+
+
+def _took(workflow: jobs_pb2.Workflow) -> str:
+    """``, 12.4 s from its first submission to its last end`` once it has ended ("" before),
+    and who submitted it (its first job's submitter)."""
+    jobs = [entry.job for entry in workflow.jobs]
+    who = f", submitted by {jobs[0].submitted_by}" if jobs and jobs[0].submitted_by else ""
+    if not JobState(workflow.state).is_terminal or not all(job.HasField("completed_at") for job in jobs):
+        return who
+    first = min(job.created_at.ToDatetime() for job in jobs)
+    last = max(job.completed_at.ToDatetime() for job in jobs)
+    return f"{who}; {seconds_text((last - first).total_seconds())} from its first submission to its last end"
 
 
 def add_commands(job: Any) -> None:
