@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 from uuid import uuid4
 
 import pytest
@@ -370,6 +371,8 @@ def test_a_pipelines_page_shows_its_stages_and_retries_or_cancels_it(
     assert "after build:ok" in stages[1][1] and "exit 2" in stages[0][1]
     job_page = owner.get(f"{guarded.http_url}/jobs/{test}").text
     assert f'<td id="workflow"><a href="/workflows/{build}"' in job_page
+    listed = owner.get(f"{guarded.http_url}/jobs?label={quote(f'hodei.io/workflow={build}')}").text
+    assert listed.count(f'<a class="note" href="/workflows/{build}" title="its pipeline, by stage">pipeline</a>') == 3
     read_page = reader.get(f"{guarded.http_url}/workflows/{build}").text
     assert "retry-workflow" not in read_page and '<span class="state failed" id="workflow-state">' in read_page
     forged = reader.post(f"{guarded.http_url}/workflows/{build}/retry", data={"key": "k"}, allow_redirects=False)
