@@ -1,5 +1,7 @@
 """The job spec on the wire: ``hodei.jobs.JobSpec`` to and from the domain's ``JobSpec``
-(same field names), for the server and the CLI alike; and the most a listing returns."""
+(same field names), for the server and the CLI alike; the most a listing returns; and the
+API's messages as the CLI and the web console both show them (a job and a pipeline in JSON,
+what a job starts after by name, what a running job uses), so the two never say it twice."""
 
 from __future__ import annotations
 
