@@ -798,30 +798,30 @@ def _retry_several(client: Client, term: Terminal, args: argparse.Namespace) -> 
     waited for in the order they were first submitted, as `job run --file --wait` does."""
     if args.workflow and args.more_ids:
         raise InvalidInput("--workflow retries the pipeline of one job: give one job id")
+    named: list[tuple[str, str]] = []  # each job retried: its name and id, in the request's order
     if args.workflow:
         request = jobs_pb2.RetryJobsRequest(workflow=args.job_id)
     else:
         given = [args.job_id, *args.more_ids]
         found = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=ref)).job for ref in given]
-        request = jobs_pb2.RetryJobsRequest(job_ids=[job.id for job in sorted(found, key=_created)])
+        named = [(job.spec.name, job.id) for job in sorted(found, key=lambda job: job.created_at.ToDatetime())]
+        request = jobs_pb2.RetryJobsRequest(job_ids=[job_id for _, job_id in named])
     copied = submit(client, term, client.jobs.RetryJobs, request, args.idempotency_key)
     job_ids = list(copied.job_ids)
     if not job_ids:
         term.info("nothing to retry: every job of the pipeline succeeded, or its copy did")
         return 0
-    copies = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job for job_id in job_ids]
+    if args.workflow:  # the server chose them: each copy says which job it copies
+        copies = [client.call(client.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job for job_id in job_ids]
+        named = [(copy.spec.name, copy.retry_of) for copy in copies]
     answer = {
         "job_ids": job_ids,
-        "retry_of": [copy.retry_of for copy in copies],
+        "retry_of": [job_id for _, job_id in named],
         "already_submitted": copied.already_submitted,
     }
-    which = ", ".join(f"{copy.spec.name} {copy.id[:8]}" for copy in copies)
+    which = ", ".join(f"{name} {job_id[:8]}" for (name, _), job_id in zip(named, job_ids, strict=True))
     note = f"{len(job_ids)} jobs retried together: {which}"
     return several_submitted(client, term, args, answer, job_ids, note, job_ids)
-
-
-def _created(job: common_pb2.Job) -> datetime:
-    return job.created_at.ToDatetime()
 
 
 def reconnecting(open_stream: Callable[[], Iterable[T]], patience: float = RECONNECT_FOR) -> Iterator[T]:

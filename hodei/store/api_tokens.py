@@ -121,7 +121,7 @@ class ApiTokens:
         return self._required
 
     def authenticate(self, secret: str) -> Caller:
-        if secret.startswith(JOB_TOKEN_PREFIX) and self.signer is not None:
+        if secret.startswith(JOB_TOKEN_PREFIX):
             return self._job(secret)
         credential = token_hash(secret)
         found = fetch_one(self.pool, "find_api_token", (credential,), _Found)
@@ -138,7 +138,8 @@ class ApiTokens:
     def _job(self, secret: str) -> Caller:
         """A job's API token: its submitter, with the submit role at most, while the attempt
         it was given to runs (a job's later attempt has a token of its own)."""
-        assert self.signer is not None
+        if self.signer is None:  # a process that checks no job's token (`hodei-server token`)
+            raise Unauthenticated(f"the API token was not recognised: {HOW_TO_GET_ONE}")
         job_id, worker_id = self.signer.check_job_token(secret)
         found = fetch_one(self.pool, "job_token_holder", (job_id,), _Holder)
         if found is None or found.worker_id != worker_id or found.state != "RUNNING":
