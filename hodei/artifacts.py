@@ -104,9 +104,14 @@ class ArtifactStore:
 
     def begin(self, job_id: str, attempt: int, name: str, size: int) -> Upload:
         """An upload of ``name`` (``size`` bytes as its worker found it), refused at once
-        when the attempt's limits leave no room for it."""
+        when the attempt's limits leave no room for it. A file sent again (its first
+        sending's answer lost with a server killed as it stored it) replaces itself: its
+        stored copy takes no room from it."""
         final = self.path(job_id, attempt, name)
         used, files = self._used(self._attempt_directory(job_id, attempt))
+        with contextlib.suppress(FileNotFoundError):
+            used -= final.stat().st_size
+            files -= 1
         room = self.max_bytes - used
         if files >= MAX_FILES:
             raise ArtifactFilesReached(f"the attempt stored {MAX_FILES} files, the limit")

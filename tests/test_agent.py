@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -9,12 +10,15 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
+import grpc
 import pytest
-from hodei_worker.agent import Echo, image_settings, make_home
+from hodei_worker.agent import Agent, Echo, Settings, image_settings, make_home
+from hodei_worker.artifacts import PIECE_BYTES, upload
 from hodei_worker.batcher import MAX_SENDS, Batch, LogBatcher
 from hodei_worker.masking import MASK, Masker
 from hodei_worker.runner import (
@@ -31,6 +35,7 @@ from hodei_worker.runner import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hodei._proto import worker_pb2
 from hodei.providers.agent_template import agent_python, alive
 
 
@@ -481,10 +486,7 @@ def test_the_end_of_a_jobs_command_is_reported_whatever_breaks_after_it(
     carry did) killed the job thread: no result, and the job stayed RUNNING, its worker
     beating, until its timeout and margins ran out."""
     monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")
-    from hodei_worker.agent import Agent, Settings
     from hodei_worker.runner import Finished, Outcome
-
-    from hodei._proto import worker_pb2
 
     agent = Agent(Settings(servers=("127.0.0.1:9",), worker_id="w", job_id="j", token="t", kill_grace=1.0))
     try:
@@ -619,3 +621,70 @@ def test_the_usage_a_heartbeat_says_is_read_from_the_workers_cgroups(tmp_path: P
     (v1 / "cpuacct.usage").write_text("4000000000\n")
     assert sampler.sample() == (0.5, 4096)
     assert UsageSampler("no-such-worker").sample() == (None, None)
+
+
+class _Keeper:
+    """A server's end of artifact uploads: the first one it receives makes the agent move on
+    to its next server (as the agent's stream does when its server is lost), which closes
+    the channel the upload came over; or it refuses each with ``refusal``."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.calls = 0
+        self.refusal: grpc.StatusCode | None = None
+
+    def upload(
+        self, request_iterator: Iterator[worker_pb2.ArtifactUpload], context: grpc.ServicerContext
+    ) -> worker_pb2.StoredArtifact:
+        self.calls += 1
+        header = next(request_iterator).header
+        if self.refusal is not None:
+            context.abort(self.refusal, "refused")
+        if self.calls == 1:
+            self.agent._next_server()
+        size = 0
+        with contextlib.suppress(grpc.RpcError):  # the cut call's pieces stop coming
+            for piece in request_iterator:
+                size += len(piece.data)
+        return worker_pb2.StoredArtifact(name=header.name, size_bytes=size)
+
+
+def test_an_upload_cut_by_the_agent_moving_to_another_server_is_sent_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Regression: a server killed mid-upload can be noticed first by the agent's stream,
+    which moves to the next address and closes the channel it leaves; the upload on that
+    channel ended CANCELLED ("Channel closed!"), or, begun just after, raised ValueError,
+    and the agent gave the file up: the job ended SUCCEEDED without its artifact. It is sent
+    again over the channel the agent moved to; a server's refusal is not."""
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "false")
+    server = grpc.server(ThreadPoolExecutor(4))
+    port = server.add_insecure_port("127.0.0.1:0")
+    agent = Agent(Settings(servers=(f"127.0.0.1:{port}",), worker_id="w", job_id="j", token="t", kill_grace=1.0))
+    keeper = _Keeper(agent)
+    handler = grpc.stream_unary_rpc_method_handler(
+        keeper.upload, worker_pb2.ArtifactUpload.FromString, worker_pb2.StoredArtifact.SerializeToString
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("hodei.jobs.WorkerAgentService", {"UploadArtifact": handler}),)
+    )
+    server.start()
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(8 * PIECE_BYTES))
+    try:
+        stored = upload(lambda: agent.stub, (), "j", "big.bin", str(big), time.monotonic() + 30)
+        assert (stored.name, stored.size_bytes, keeper.calls) == ("big.bin", 8 * PIECE_BYTES, 2)
+
+        stale = agent.stub  # taken just before the stream moved on: refused by its closed channel
+        agent._next_server()
+        stubs = iter([stale])
+        stored = upload(lambda: next(stubs, agent.stub), (), "j", "big.bin", str(big), time.monotonic() + 30)
+        assert (stored.size_bytes, keeper.calls) == (8 * PIECE_BYTES, 3)
+
+        keeper.refusal = grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.RpcError) as refused:
+            upload(lambda: agent.stub, (), "j", "big.bin", str(big), time.monotonic() + 30)
+        assert (refused.value.code(), keeper.calls) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 4)
+    finally:
+        agent.close()
+        server.stop(0).wait()

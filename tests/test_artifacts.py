@@ -201,6 +201,15 @@ def test_an_attempt_stores_no_more_than_its_limit(tmp_path: Path) -> None:
     first.finish()
     with pytest.raises(ArtifactRefused, match="b is 5 bytes; 4 of the attempt's 10"):
         store.begin("job", 1, "b", 5)
+    again = store.begin("job", 1, "a", 10)  # sent again (its answer lost): replaces itself
+    again.write(b"z" * 10)
+    again.finish()
+    assert (tmp_path / "job/1/a").read_bytes() == b"z" * 10
+    with pytest.raises(ArtifactRefused, match="b is 1 bytes; 0 of the attempt's 10"):
+        store.begin("job", 1, "b", 1)
+    again = store.begin("job", 1, "a", 6)
+    again.write(b"x" * 6)
+    again.finish()
     lying = store.begin("job", 1, "c", 1)  # said 1 byte, sends more than the room left
     with pytest.raises(ArtifactRefused, match="past the 4 bytes left"):
         lying.write(b"y" * 5)

@@ -306,12 +306,15 @@ class Agent:
         self.exec_lock = threading.Lock()
 
     def _next_server(self) -> worker_pb2_grpc.WorkerAgentServiceStub:
-        """A stub for the next server address (they take turns after each failure)."""
+        """A stub for the next server address (they take turns after each failure). The
+        new stub is in place before the old channel closes: a transfer that the closing cuts
+        (``hodei_worker.artifacts``) then finds another stub and goes again on it."""
         self._server = (self._server + 1) % len(self.settings.servers)
-        if self.channel is not None:
-            self.channel.close()
+        old = self.channel
         self.channel = open_channel(self.settings, self.settings.servers[self._server])
         self.stub = worker_pb2_grpc.WorkerAgentServiceStub(self.channel)
+        if old is not None:
+            old.close()
         return self.stub
 
     @property

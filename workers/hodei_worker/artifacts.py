@@ -203,33 +203,46 @@ def upload(
 
     reuse_freed_memory()
 
-    def send() -> worker_pb2.StoredArtifact:
+    def send(server: worker_pb2_grpc.WorkerAgentServiceStub) -> worker_pb2.StoredArtifact:
         handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            stored: worker_pb2.StoredArtifact = stub().UploadArtifact(
+            stored: worker_pb2.StoredArtifact = server.UploadArtifact(
                 _pieces(job_id, name, handle), metadata=metadata, timeout=_left(until)
             )
             return stored
         finally:
             os.close(handle)
 
-    return _again_while_unavailable(send, until)
+    return _again_while_cut(stub, send, until)
 
 
 def _left(until: float) -> float:
     return max(until - time.monotonic(), 0.001)
 
 
-def _again_while_unavailable(transfer: Callable[[], T], until: float) -> T:
-    """``transfer()``, again from its beginning while no server can be reached (one was
-    killed, or is restarting: the agent's stream moves on to the next meanwhile, and the
-    calls go where it went, through ``stub()``), backing off, until ``until``."""
+def _again_while_cut(
+    stub: Callable[[], worker_pb2_grpc.WorkerAgentServiceStub],
+    transfer: Callable[[worker_pb2_grpc.WorkerAgentServiceStub], T],
+    until: float,
+) -> T:
+    """``transfer(stub())``, again from its beginning while no server can be reached (one
+    was killed, or is restarting) or the agent moved on from the channel it went over,
+    backing off, until ``until``. The agent's stream, lost with the server, moves to the
+    next address and closes the channel it leaves: a transfer on it ends CANCELLED
+    ("Channel closed!"), or is refused before it begins (ValueError), whatever the server
+    would have answered, and goes again where the stream went. Any other failure on the
+    channel still in use is the server's answer, and is raised."""
     delay = 0.2
     while True:
+        server = stub()
         try:
-            return transfer()
+            return transfer(server)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > until:
+            cut = exc.code() == grpc.StatusCode.UNAVAILABLE or stub() is not server
+            if not cut or time.monotonic() + delay > until:
+                raise
+        except ValueError:
+            if stub() is server or time.monotonic() + delay > until:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)
@@ -275,14 +288,14 @@ def fetch(
     request = artifacts_pb2.ReadArtifactRequest(job_id=wanted.job_id, name=artifact.name, attempt=artifact.attempt)
     part = f"{path}.part"
 
-    def receive() -> None:
+    def receive(server: worker_pb2_grpc.WorkerAgentServiceStub) -> None:
         with _writing(part, user) as target:
-            sha256 = write_pieces(stub().FetchArtifact(request, metadata=metadata, timeout=_left(until)), target)
+            sha256 = write_pieces(server.FetchArtifact(request, metadata=metadata, timeout=_left(until)), target)
         if sha256 != artifact.sha256:
             raise ValueError(f"artifact {artifact.name} of job {wanted.job_id}: its bytes are not those stored")
 
     try:
-        _again_while_unavailable(receive, until)
+        _again_while_cut(stub, receive, until)
         if user is None:
             os.replace(part, path)
         else:
@@ -316,13 +329,13 @@ def fetch_input(
     os.close(handle)
     try:
 
-        def receive() -> None:
+        def receive(server: worker_pb2_grpc.WorkerAgentServiceStub) -> None:
             with open(path, "wb") as target:
-                sha256 = write_pieces(stub().FetchArtifact(request, metadata=metadata, timeout=_left(until)), target)
+                sha256 = write_pieces(server.FetchArtifact(request, metadata=metadata, timeout=_left(until)), target)
             if sha256 != archive.sha256:
                 raise ValueError("its bytes are not those uploaded")
 
-        _again_while_unavailable(receive, until)
+        _again_while_cut(stub, receive, until)
         return _unpack(path, root, scratch, user)
     finally:
         os.unlink(path)
