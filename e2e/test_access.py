@@ -302,6 +302,42 @@ def test_an_idempotency_key_is_each_submitters_own(server: ServerProcess, tokens
         server.cli("--token", tokens["operate"], "job", "cancel", job_id, check=True)
 
 
+def test_a_submitter_cannot_put_a_job_in_anothers_cron_job_pipeline_or_job(
+    server: ServerProcess, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """Labels under hodei.io/ are the server's: set by hand, bob's `sleep` labelled
+    `hodei.io/cron=nightly` was alice's cron job's newest run (and held back its times under
+    `--concurrency forbid`), `hodei.io/workflow` put it in another's pipeline, and
+    `hodei.io/parent` said a job submitted it. Refused from every way in (a job, several, an
+    array, a cron job), naming the label; nothing is written."""
+    url = server.database_url
+    written = "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM domain_events WHERE event_type LIKE 'Cron%%')"
+    [(jobs_before, crons_before)] = query(url, written)
+    bob = ("--token", tokens["other"])
+    for label in (
+        "hodei.io/cron=nightly",
+        "hodei.io/workflow=0b0e9a9c-35a4-4b55-9d5f-7a3b0f0a0e3e",
+        "hodei.io/parent=x",
+    ):
+        for how in (("job", "run", "-c", "sleep 300"), ("job", "run", "-c", "true", "--array", "1-2")):
+            refused = server.cli(*bob, *how, "-p", "local", "-l", label)
+            assert refused.returncode == 2, refused.stderr
+            assert f"label `{label.split('=')[0]}`: labels under hodei.io/ are the server's own" in refused.stderr
+    pipeline = tmp_path / "forged-pipeline.yaml"
+    pipeline.write_text(
+        "name: a\ncommand: 'true'\nprovider: local\n---\n"
+        "name: b\ncommand: 'true'\nprovider: local\nafter: {a: ok}\nlabels: {hodei.io/array: x, team: ops}\n"
+    )
+    refused = server.cli(*bob, "job", "run", "--file", str(pipeline))
+    assert refused.returncode == 2 and "label `hodei.io/array`: labels under hodei.io/" in refused.stderr
+    refused = server.cli(*bob, "cron", "create", "forged", "--schedule", "@hourly", "-p", "local", "-c", "true",
+                         "-l", "hodei.io/cron=nightly")  # fmt: skip
+    assert refused.returncode == 2 and "label `hodei.io/cron`" in refused.stderr
+    assert query(url, written) == [(jobs_before, crons_before)]
+    ran = server.cli(*bob, "job", "run", "-p", "local", "-c", "true", "--hold", "-l", "hodei.io.team=ops", check=True)
+    server.cli("--token", tokens["operate"], "job", "cancel", ran.stdout.strip(), check=True)
+
+
 def test_revoked_and_expired_tokens_are_refused_at_once(
     server: ServerProcess, database_url: str, tokens: dict[str, str]
 ) -> None:

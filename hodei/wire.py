@@ -20,7 +20,7 @@ from hodei.domain.job import JobState
 from hodei.domain.phases import size_text
 from hodei.domain.placement import canonical_tolerations
 from hodei.domain.retries import canonical_retry_on
-from hodei.domain.spec import JobSpec, canonical_time, name_for
+from hodei.domain.spec import JobSpec, canonical_time, name_for, refuse_server_labels
 
 # GetQueueStatus lists at most this many queued jobs: `job get` and `job run --wait` look
 # for a job's place among them.
@@ -31,9 +31,11 @@ MAX_JOBS_LISTED = 1000
 
 def spec_from_proto(message: common_pb2.JobSpec, secret_names: Iterable[str] = ()) -> JobSpec:
     """The request's spec; a job without a name is named after its command. The secret
-    names come from the request's secrets, never from the client's spec."""
+    names come from the request's secrets, never from the client's spec, and labels of the
+    server's own (``hodei.io/``) from the server alone."""
     data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     spec = JobSpec.from_payload(data)
+    refuse_server_labels(spec.labels)
     return replace(
         spec,
         name=spec.name.strip() or name_for(spec.command),

@@ -490,3 +490,26 @@ def test_a_pipelines_newest_run_says_how_the_run_stands(store: HodeiStore, fresh
     assert cron_jobs.newest_jobs(["release"])["release"].state == "PENDING"
     query(fresh_database_url, "UPDATE jobs SET state = 'SUCCEEDED' WHERE id = %s RETURNING id", (copy.id,))
     assert cron_jobs.newest_jobs(["release"])["release"] == CronJobRun(build, "SUCCEEDED", run_created)
+
+
+def test_a_cron_label_set_by_hand_before_the_server_refused_it_breaks_no_listing(store: HodeiStore) -> None:
+    """A job labelled `hodei.io/cron` and `hodei.io/workflow=zzz` by its submitter (possible
+    until the server kept its labels to itself): reading cron jobs' newest runs cast the
+    workflow label to a job id, and `cron list`, the console's cron page and the metrics
+    failed for everyone (INTERNAL: invalid input syntax for type uuid). Such a job is a run
+    of its own."""
+    clock = Clock()
+    cron_jobs = sweeping(store, clock)
+    cron_jobs.define("nightly", definition(), {}, "alice", replace=False)
+    forged = Job.submit(
+        JobSpec(
+            name="forged",
+            command="sleep 300",
+            timeout_seconds=600,
+            labels={CRON_LABEL: "nightly", "hodei.io/workflow": "zzz"},
+        ),
+        uuid4(),
+    )
+    store.write([forged], Meta(actor="mallory"))
+    assert cron_jobs.newest_jobs(["nightly"])["nightly"].job_id == forged.id
+    assert 'hodei_cron_job_last_run_state{cron="nightly",state="PENDING"} 1.0' in scrape(store, cron_jobs)

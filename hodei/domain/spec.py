@@ -83,6 +83,9 @@ LIMITS = Limits()
 API_TOKEN_VARIABLES = ("HODEI_TOKEN", "HODEI_SERVER")
 # The label of a job submitted with a job's API token: that job's id (`job list -l`).
 PARENT_LABEL = "hodei.io/parent"
+# Labels under this prefix are the server's own: which array, pipeline, cron job or job a
+# job came from (ARRAY_LABEL, PARENT_LABEL, hodei.domain.workflow's, hodei.domain.cron's).
+SERVER_LABELS = "hodei.io/"
 # How long a job may run when its submitter does not say (`job run`, the console's form).
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
@@ -545,6 +548,18 @@ def label_key_problem(key: str) -> str | None:
             f"label key `{excerpt(key)}` must be at most {LIMITS.label_key_chars} letters, digits, `.`, `_`, `/` or `-`"
         )
     return None
+
+
+def refuse_server_labels(labels: Mapping[str, str]) -> None:
+    """Refuses a submission's label of the server's own (SERVER_LABELS): set by hand, one put
+    a job in another's pipeline or cron job — counted as its newest run, holding its times
+    back under `--concurrency forbid` — or said it came from a job it did not."""
+    taken = sorted(key for key in labels if key.startswith(SERVER_LABELS))
+    if taken:
+        raise InvalidInput(
+            f"label {', '.join(f'`{excerpt(key)}`' for key in taken)}: labels under {SERVER_LABELS} are the "
+            "server's own (the array, pipeline, cron job or job a job came from): leave them out"
+        )
 
 
 def _label_problems(labels: Mapping[str, str]) -> list[str]:

@@ -1420,7 +1420,10 @@ ORDER BY j.created_at, j.id;
 WITH newest AS (
     SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
            spec -> 'labels' ->> 'hodei.io/cron' AS name,
-           COALESCE((spec -> 'labels' ->> 'hodei.io/workflow')::uuid, id) AS run_id
+           -- a label not a job's id (set by hand before the server refused it) is no run's
+           COALESCE(CASE WHEN spec -> 'labels' ->> 'hodei.io/workflow'
+                              ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                         THEN (spec -> 'labels' ->> 'hodei.io/workflow')::uuid END, id) AS run_id
     FROM jobs
     WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
     ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC
