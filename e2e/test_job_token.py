@@ -13,7 +13,7 @@ import requests
 
 from e2e.test_access import create_token
 from hodei.domain.spec import PARENT_LABEL
-from hodei.testing import ServerProcess, eventually, query, wait_settled
+from hodei.testing import ServerProcess, eventually, query, wait_settled, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -100,3 +100,46 @@ def test_a_jobs_token_acts_as_its_submitter_while_it_runs_and_no_longer(
         both = server.cli("job", "run", "-p", "local", "--api-token", "-e", "HODEI_SERVER=elsewhere", "-c", "true")
         assert both.returncode == 2 and "HODEI_SERVER is given to the job by --api-token" in both.stderr, both.stderr
         assert query(url, "SELECT count(*) FROM jobs") == before
+
+
+def test_cancelling_a_job_cancels_the_jobs_it_submitted_and_theirs(
+    fresh_database_url: str, tmp_path: Path, shared_dir: Path
+) -> None:
+    """A job fans out with its token: a job that fans out again, a held one, one that ended.
+    Its cancel takes each not ended with it — the grandchild with its own parent, a sweep
+    later — and leaves the one that ended as it was."""
+    url = fresh_database_url
+    admin = create_token(url, "ops", "admin")
+    alice = create_token(url, "alice", "submit")
+    with ServerProcess(url, tmp_path, {"HODEI_LOCAL_ENABLED": "1"}, token=admin) as server:
+
+        def handing_over(name: str, *token: str) -> tuple[str, str]:
+            """A job with a token of its own, running, and that token."""
+            place = shared_dir / name
+            place.mkdir(mode=0o1777)
+            place.chmod(0o1777)
+            command = HANDS_OVER.format(dir=place)
+            ran = server.cli(*token, "job", "run", "-p", "local", "--api-token", "-c", command, check=True)
+            given = place / "token"
+            eventually(lambda: given.exists() and given.read_text().strip(), 60, what=f"{name}'s token")
+            return ran.stdout.strip(), given.read_text().strip()
+
+        parent_id, token = handing_over("parent", "--token", alice)
+        child_id, child_token = handing_over("child", "--token", token)
+        grandchild = server.cli("--token", child_token, "job", "run", "-p", "local", "-c", "sleep 300", check=True)
+        held = server.cli("--token", token, "job", "run", "-p", "local", "-c", "true", "--hold", check=True)
+        ended = server.cli("--token", token, "job", "run", "-p", "local", "-c", "true", "--wait", check=True)
+        server.cli("--token", alice, "job", "cancel", parent_id, check=True)
+        for job_id, submitter in (
+            (child_id, parent_id),
+            (held.stdout.strip(), parent_id),
+            (grandchild.stdout.strip(), child_id),
+        ):
+            assert wait_terminal(url, job_id, 60) == "CANCELLED"
+            reason = f"job {submitter}, which submitted it with its API token, was cancelled"
+            assert query(url, "SELECT cancelled_by, error_message FROM jobs WHERE id = %s", (job_id,)) == [
+                ("system", reason)
+            ]
+            wait_settled(url, job_id)
+        assert query(url, "SELECT state FROM jobs WHERE id = %s", (ended.stdout.strip(),)) == [("SUCCEEDED",)]
+        wait_settled(url, parent_id)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
+from hodei.cancels import cancel
 from hodei.domain.base import check_name
 from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id, slot_job_ids
 from hodei.domain.job import Job
 from hodei.domain.spec import JobBounds, JobSpec
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
-from hodei.roles import SYSTEM
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all
 from hodei.store.job_secrets import JobSecrets
@@ -246,7 +246,8 @@ class CronJobs:
             )
             return None
         for run in running:  # replace: cancelled first, so a crash between leaves no two running
-            self._cancel(run.job_id, f"replaced by the run of cron job {cron.name} at {slot.isoformat()}")
+            reason = f"replaced by the run of cron job {cron.name} at {slot.isoformat()}"
+            cancel(self.store, run.job_id, reason, self.kill_grace, self.clock())
         self._submit(cron, job_ids, slot, cron.owner)
         log.info("cron job %s started job %s for %s", cron.name, ", ".join(map(str, job_ids)), slot.isoformat())
         return job_id
@@ -260,17 +261,6 @@ class CronJobs:
         "deadline")."""
         with self._lock:
             return dict(self._skipped)
-
-    def _cancel(self, job_id: UUID, reason: str) -> None:
-        def cancel() -> tuple[bool, list[Job]]:
-            job = self.store.load(Job, job_id)
-            if job.is_terminal:
-                return False, []  # it ended meanwhile
-            job.cancel(reason, self.kill_grace, self.clock())
-            return True, [job]
-
-        if self.store.command(Meta(actor=SYSTEM, correlation_id=str(job_id)), cancel):
-            log.info("cancelled job %s: %s", job_id, reason)
 
     def _submit(
         self,

@@ -11,6 +11,7 @@
 - provider health is probed and changes are recorded;
 - queued jobs are admitted where their provider has room, those submitted with --after
   once the jobs they start after ended as asked (cancelled when one ended otherwise);
+- the jobs a cancelled job submitted with its API token are cancelled with it (hodei.cancels);
 - cron jobs start the job of each time of their schedule that came due (hodei.cron);
 - each job that ended is written as a message to each webhook told of it (hodei.webhooks);
 - the secrets of jobs that ended longer ago than the retention are shredded, published
@@ -30,6 +31,7 @@ from uuid import UUID
 from hodei_worker.agent import RETRY_MAX
 
 from hodei.admission import Admission
+from hodei.cancels import Children
 from hodei.config import Timing
 from hodei.cron import CronJobs
 from hodei.domain.base import uuid_or_none
@@ -114,6 +116,7 @@ class Sweeper:
         self.webhooks = webhooks
         self.timing = timing
         self.secret_retention = secret_retention
+        self.children = Children(store, timing.kill_grace, engine.clock)
         self._last: dict[str, float] = {}
         # Since when (monotonic) this sweeper has heard without a break: its process running
         # and the database answering. Silence before that is an outage's, not a worker's.
@@ -135,6 +138,7 @@ class Sweeper:
             ("deadlines", self.expire_steps),
             ("liveness", self.detect_lost_workers),
             ("observations", self.observe_providers),
+            ("children", self.children.cancel_with_parents),  # before admission: none starts
             ("admission", self.admit),
             ("cron", self.cron_jobs.fire_due),
             ("webhooks", self.webhooks.enqueue),

@@ -1196,6 +1196,16 @@ FROM turned
 WHERE in_line
 GROUP BY provider_type;
 
+-- name: children_of_cancelled
+-- Jobs not ended that a job submitted with its API token (hodei.io/parent), that job being
+-- CANCELLED: they are cancelled with it (idx_jobs_children_not_ended), oldest first.
+SELECT c.id::text AS job_id, p.id::text AS parent_id
+FROM jobs c JOIN jobs p ON p.id = hodei.job_id_of(c.spec -> 'labels' ->> 'hodei.io/parent')
+WHERE c.spec -> 'labels' ? 'hodei.io/parent' AND c.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+  AND p.state = 'CANCELLED'
+ORDER BY c.created_at
+LIMIT %(limit)s;
+
 -- name: never_started_dependents
 -- Queued jobs one of whose --after jobs ended otherwise than asked: they never will start.
 SELECT j.id::text AS job_id, d.job_id AS after_id, d.condition, d.state AS after_state
@@ -1420,10 +1430,7 @@ ORDER BY j.created_at, j.id;
 WITH newest AS (
     SELECT DISTINCT ON (spec -> 'labels' ->> 'hodei.io/cron')
            spec -> 'labels' ->> 'hodei.io/cron' AS name,
-           -- a label not a job's id (set by hand before the server refused it) is no run's
-           COALESCE(CASE WHEN spec -> 'labels' ->> 'hodei.io/workflow'
-                              ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                         THEN (spec -> 'labels' ->> 'hodei.io/workflow')::uuid END, id) AS run_id
+           COALESCE(hodei.job_id_of(spec -> 'labels' ->> 'hodei.io/workflow'), id) AS run_id
     FROM jobs
     WHERE spec -> 'labels' ? 'hodei.io/cron' AND spec -> 'labels' ->> 'hodei.io/cron' = ANY(%s)
     ORDER BY spec -> 'labels' ->> 'hodei.io/cron', created_at DESC
