@@ -129,7 +129,9 @@ def test_cancelling_a_job_cancels_the_jobs_it_submitted_and_theirs(
         grandchild = server.cli("--token", child_token, "job", "run", "-p", "local", "-c", "sleep 300", check=True)
         held = server.cli("--token", token, "job", "run", "-p", "local", "-c", "true", "--hold", check=True)
         ended = server.cli("--token", token, "job", "run", "-p", "local", "-c", "true", "--wait", check=True)
-        server.cli("--token", alice, "job", "cancel", parent_id, check=True)
+        said = server.cli("--token", alice, "job", "cancel", parent_id, check=True).stderr
+        assert f"Job {parent_id} CANCELLED" in said, said
+        assert ", and with it the 2 jobs it submitted with its API token that had not ended" in said, said
         for job_id, submitter in (
             (child_id, parent_id),
             (held.stdout.strip(), parent_id),

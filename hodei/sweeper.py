@@ -100,6 +100,7 @@ class Sweeper:
         instances: ServerInstances,
         retention: Retention,
         cron_jobs: CronJobs,
+        children: Children,
         webhooks: Webhooks,
         timing: Timing,
         secret_retention: float,
@@ -113,10 +114,10 @@ class Sweeper:
         self.instances = instances
         self.retention = retention
         self.cron_jobs = cron_jobs
+        self.children = children
         self.webhooks = webhooks
         self.timing = timing
         self.secret_retention = secret_retention
-        self.children = Children(store, timing.kill_grace, engine.clock)
         self._last: dict[str, float] = {}
         # Since when (monotonic) this sweeper has heard without a break: its process running
         # and the database answering. Silence before that is an outage's, not a worker's.

@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from hodei.admission import Admission
 from hodei.artifacts import ArtifactStore
+from hodei.cancels import Children
 from hodei.config import RelayConfig, Timing
 from hodei.cron import CronJobs
 from hodei.domain.job import Job, JobState
@@ -176,6 +177,7 @@ class Harness:
                 self.store, LogStore(tmp / "logs"), ArtifactStore(tmp / "logs" / "artifacts", 1 << 20), 604800, 2592000
             ),
             CronJobs(self.store, JobSecrets(pool), kill_grace=1.0),
+            Children(self.store, 1.0, self.engine.clock),
             Webhooks(self.store, JobSecrets(pool), ReadModels(pool)),
             timing,
             secret_retention=86400,

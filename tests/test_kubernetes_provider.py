@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 from uuid import uuid4
@@ -14,6 +15,7 @@ from uuid import uuid4
 import pytest
 from kmock import Response  # type: ignore[attr-defined]  # re-exported without __all__
 
+from hodei.cancels import Children
 from hodei.config import KubernetesConfig
 from hodei.domain.placement import tolerations_of
 from hodei.errors import ProviderError, ProviderUnavailable
@@ -585,6 +587,7 @@ def test_the_reconciler_removes_labelled_pods_without_a_live_job(
         instances,
         retention,
         CronJobs(store, JobSecrets(store.pool), kill_grace=1.0),
+        Children(store, 1.0, lambda: datetime.now(UTC)),
         Webhooks(store, JobSecrets(store.pool), ReadModels(store.pool)),
         timing,
         86400,

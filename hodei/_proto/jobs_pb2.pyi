@@ -739,16 +739,22 @@ class CancelJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    CHILDREN_NOT_ENDED_FIELD_NUMBER: _builtins.int
+    children_not_ended: _builtins.int
+    """The jobs it submitted with its API token (label hodei.io/parent) that had not ended
+    when it was cancelled: the sweep cancels them with it.
+    """
     @_builtins.property
     def job(self) -> _common_pb2.Job: ...
     def __init__(
         self,
         *,
         job: _common_pb2.Job | None = ...,
+        children_not_ended: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children_not_ended", b"children_not_ended", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1237,14 +1237,24 @@ def list_jobs(client: Client, term: Terminal, args: argparse.Namespace) -> int:
 
 
 def cancel(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    # Each job's children not ended when it was cancelled, which the server cancels with it.
+    going: dict[str, int] = {}
+
     def change(job_id: str) -> common_pb2.Job:
         request = jobs_pb2.CancelJobRequest(job_id=job_id, reason=args.reason or "")
         if args.grace is not None:
             request.grace_seconds = args.grace
         cancelled: jobs_pb2.CancelJobResponse = client.call(client.jobs.CancelJob, request)
+        going[cancelled.job.id] = cancelled.children_not_ended
         return cancelled.job
 
-    return _each_job(term, _chosen(client, term, args), change, status_text, selects(args))
+    def done(job: common_pb2.Job) -> str:
+        if not going.get(job.id):
+            return status_text(job)
+        children = "1 job" if going[job.id] == 1 else f"{going[job.id]} jobs"
+        return f"{status_text(job)}, and with it the {children} it submitted with its API token that had not ended"
+
+    return _each_job(term, _chosen(client, term, args), change, done, selects(args))
 
 
 def _chosen(client: Client, term: Terminal, args: argparse.Namespace) -> list[str]:

@@ -438,7 +438,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
         reason = request.reason.strip() or f"cancelled by {caller().name}"
         grace = cancel_grace(request, self.kill_grace)
         job = self._change(request.job_id, "cancel", lambda job: job.cancel(reason, grace, self.clock()))
-        return jobs_pb2.CancelJobResponse(job=job)
+        return jobs_pb2.CancelJobResponse(job=job, children_not_ended=self.reads.children_not_ended(job.id))
 
     @rpc
     def HoldJob(self, request: jobs_pb2.HoldJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from hodei.admission import Admission
 from hodei.artifacts import ArtifactStore
+from hodei.cancels import Children
 from hodei.clock import DatabaseClock
 from hodei.config import Config
 from hodei.cron import CronJobs
@@ -182,6 +183,7 @@ class Runtime:
             self.instances,
             Retention(self.store, self.logs, self.artifacts, config.outbox_retention, config.log_retention),
             self.cron_jobs,
+            Children(self.store, config.timing.kill_grace, self.clock),
             self.webhooks,
             config.timing,
             config.secret_retention,

@@ -1206,6 +1206,13 @@ WHERE c.spec -> 'labels' ? 'hodei.io/parent' AND c.state IN ('PENDING', 'ASSIGNE
 ORDER BY c.created_at
 LIMIT %(limit)s;
 
+-- name: children_not_ended
+-- How many jobs this job submitted with its API token have not ended (`job cancel` says
+-- they go with it; idx_jobs_children_not_ended).
+SELECT count(*) FROM jobs
+WHERE spec -> 'labels' ? 'hodei.io/parent' AND state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+  AND spec -> 'labels' ->> 'hodei.io/parent' = %s;
+
 -- name: never_started_dependents
 -- Queued jobs one of whose --after jobs ended otherwise than asked: they never will start.
 SELECT j.id::text AS job_id, d.job_id AS after_id, d.condition, d.state AS after_state

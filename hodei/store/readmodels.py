@@ -295,6 +295,10 @@ class ReadModels:
         events = (event for row in rows for event in unpack(EventRecord(**row)))  # a worker's row of moves
         return phases_of((event.aggregate_id, event.event_type, event.occurred_at, event.payload) for event in events)
 
+    def children_not_ended(self, job_id: str) -> int:
+        """The jobs ``job_id`` submitted with its API token that have not ended."""
+        return int(fetch_value(self.pool, "children_not_ended", (job_id,)))
+
     def job_created_at(self, job_id: str) -> datetime | None:
         found: datetime | None = fetch_value(self.pool, "job_created_at", (job_id,))
         return found
