@@ -8,6 +8,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,34 @@ def test_a_bad_pipeline_is_refused_naming_its_job_and_nothing_is_written(
         server.database_url,
         "SELECT count(*) FROM domain_events WHERE aggregate_type = 'CronJob' AND payload ->> 'name' = 'bad-pipeline'",
     ) == [(0,)]
+
+
+def test_cron_backfill_runs_the_times_of_a_range_that_never_ran(server: ServerProcess, tokens: dict[str, str]) -> None:
+    """The last three hours' times of an hourly report, each run with its own time; again:
+    nothing new; bob may not backfill alice's cron job, nor anyone a time not come yet."""
+    alice, url = tokens["alice"], server.database_url
+    command = 'echo "report for $HODEI_CRON_TIME"'
+    cli(server, alice, "cron", "create", "hourly", "--schedule", "@hourly", "-p", "local", "-c", command)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    since, until = (hour - timedelta(hours=2)).isoformat(), hour.isoformat()
+    times = [(hour - timedelta(hours=n)).strftime("%Y-%m-%dT%H:%M:%SZ") for n in (2, 1, 0)]
+    ran = cli(server, alice, "cron", "backfill", "hourly", "--since", since, "--until", until)
+    rows = [line.split("\t") for line in ran.stdout.splitlines()[1:]]
+    assert [(row[0], row[2]) for row in rows] == [(time, "submitted") for time in times], ran.stdout
+    assert "3 of 3 times submitted, 0 had run" in ran.stderr
+    for scheduled, job_id, _ in rows:
+        wait_settled(url, job_id)
+        said = scheduled.replace("Z", "+00:00")
+        assert cli(server, alice, "job", "logs", job_id).stdout == f"report for {said}\n"
+    assert {actor for _, _, actor in jobs_of(server, "hourly")} == {"alice"}
+    again = json.loads(cli(server, alice, "-o", "json", "cron", "backfill", "hourly", "--since", since).stdout)
+    assert [run["already_run"] for run in again["runs"]][:3] == [True, True, True]
+    written = len(jobs_of(server, "hourly"))
+    refused = cli(server, tokens["bob"], "cron", "backfill", "hourly", "--since", since, check=False)
+    assert refused.returncode != 0 and "may backfill only its own cron jobs" in refused.stderr, refused.stderr
+    ahead = cli(
+        server, alice, "cron", "backfill", "hourly", "--since", since, "--until", "2099-01-01T00:00:00Z", check=False
+    )
+    assert ahead.returncode == 2 and "has not come yet" in ahead.stderr, ahead.stderr
+    assert len(jobs_of(server, "hourly")) == written
+    cli(server, alice, "cron", "delete", "hourly")

@@ -107,6 +107,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("cron run", ["cron", "run", "nightly"], 0),
     ("cron run", ["cron", "run", "nightly", "--env", "REGION=us"], 0),
     ("cron run --wait", ["cron", "run", "nightly", "--wait"], 0),
+    ("cron backfill", ["cron", "backfill", "nightly", "--since", "3d"], 0),
     ("cron run --follow", ["cron", "run", "nightly", "--follow"], 0),
     (CRON, ["cron", "delete", "nightly"], 0),
     (CRON, ["cron", "create", "nightly-pipeline", "--schedule", "0 3 * * *", "--file", "{pipeline}"], 0),

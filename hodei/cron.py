@@ -46,6 +46,16 @@ class CronJobRun:
 
 
 @dataclass(frozen=True)
+class Backfilled:
+    """A time a backfill looked at: its run's jobs, and whether it had run before (then
+    nothing was submitted for it)."""
+
+    time: datetime
+    job_ids: list[UUID]
+    already_run: bool
+
+
+@dataclass(frozen=True)
 class Version:
     aggregate_id: str
     version: int
@@ -188,6 +198,36 @@ class CronJobs:
         job_ids = job_ids or [uuid4() for _ in cron.definition.specs]
         self._submit(cron, job_ids, self.clock(), actor, env, check, request_digest)
         return job_ids
+
+    def backfill(
+        self,
+        name: str,
+        start: datetime,
+        end: datetime,
+        actor: str,
+        check: Callable[[list[JobSpec]], None] | None = None,
+    ) -> list[Backfilled]:
+        """The run of each time of its schedule from ``start`` to ``end`` that never ran
+        (``CronJob.backfill_times``), oldest first, in the name of ``actor``, each as its time
+        would have run it (HODEI_CRON_TIME, its slot's jobs: a time that ran, or that a sweep
+        runs meanwhile, is not run again, so a backfill sent again, or stopped part-way by a
+        refusal, goes on where it stopped), whatever its policy: the times were missed, not
+        running beside each other. ``check``: as ``run_now``'s, for each run."""
+        cron = self.get(name)
+        count = len(cron.definition.specs)
+        times = cron.backfill_times(start, end, self.clock())
+        runs = [(time, slot_job_ids(cron.id, time, count)) for time in times]
+        ran = self.started([job_ids[0] for _, job_ids in runs])
+        done = []
+        for time, job_ids in runs:
+            already = job_ids[0] in ran
+            if not already:
+                try:
+                    self._submit(cron, job_ids, time, actor, check=check)
+                except ConcurrencyConflict:
+                    already = True  # a sweep (or another backfill) wrote the time's run first
+            done.append(Backfilled(time, job_ids, already))
+        return done
 
     def fire_due(self) -> list[UUID]:
         """Starts the job of every slot due (the sweeper's round); the jobs it wrote. A cron

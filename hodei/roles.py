@@ -145,6 +145,7 @@ RULES: dict[str, Role | Gate] = {
     _C + "ResumeCronJob": Role.SUBMIT,
     _C + "DeleteCronJob": Role.SUBMIT,
     _C + "RunCronJob": Role.SUBMIT,
+    _C + "BackfillCronJob": Role.SUBMIT,
     # Pools are the operators' to size; everyone reads them (`queue` says why a job waits).
     _PL + "SetPool": Role.OPERATE,
     _PL + "DeletePool": Role.OPERATE,

@@ -513,3 +513,47 @@ def test_a_cron_label_set_by_hand_before_the_server_refused_it_breaks_no_listing
     store.write([forged], Meta(actor="mallory"))
     assert cron_jobs.newest_jobs(["nightly"])["nightly"].job_id == forged.id
     assert 'hodei_cron_job_last_run_state{cron="nightly",state="PENDING"} 1.0' in scrape(store, cron_jobs)
+
+
+def test_a_backfill_runs_each_time_that_never_ran_once_whoever_ran_the_others(
+    store: HodeiStore, fresh_database_url: str
+) -> None:
+    """`cron backfill`: a pipeline's runs of the times in the range, before its definition
+    too, each as the sweep would have written it (its slot's ids, HODEI_CRON_TIME, every job
+    of the run), in the caller's name; a time the sweep ran, and every time on a second
+    backfill, is not run again; one refused part-way goes on where it stopped when sent again."""
+    clock = Clock()
+    cron_jobs = sweeping(store, clock)
+    cron_jobs.define("release", pipeline(), {"TOKEN": "t0ken-value"}, "alice", replace=False)
+    first = next_slot(cron_jobs, "release")
+    clock.now = first + timedelta(minutes=2, seconds=30)  # three times came; the sweep runs the latest
+    [swept] = cron_jobs.fire_due()
+    times = [first + timedelta(minutes=n) for n in range(-1, 3)]  # one before it was defined
+    runs = cron_jobs.backfill("release", times[0], clock.now, "bob")
+    assert [(run.time, run.already_run) for run in runs] == [(time, time == times[-1]) for time in times]
+    assert runs[-1].job_ids[0] == swept
+    assert {row[0] for row in jobs_of(fresh_database_url, "release")} == {i for run in runs for i in run.job_ids}
+    for run in runs[:-1]:
+        jobs = [store.load(Job, job_id) for job_id in run.job_ids]
+        assert [job.spec.env[CRON_TIME_VARIABLE] for job in jobs] == [run.time.isoformat()] * 3
+        assert jobs[2].spec.after == {str(run.job_ids[0]): "notok"}
+    actors = query(fresh_database_url, "SELECT DISTINCT actor FROM jobs WHERE id = ANY(%s)", (runs[0].job_ids,))
+    assert actors == [("bob",)]
+    again = cron_jobs.backfill("release", times[0], clock.now, "bob")
+    assert [run.already_run for run in again] == [True] * 4 and len(jobs_of(fresh_database_url, "release")) == 12
+
+    calls: list[int] = []
+
+    def refuse_the_second(specs: list[JobSpec]) -> None:
+        calls.append(len(specs))
+        if len(calls) == 2:
+            raise InvalidInput("over bob's limit")
+
+    clock.now += timedelta(minutes=3)  # three more times
+    later = clock.now - timedelta(minutes=2, seconds=59)
+    with pytest.raises(InvalidInput, match="over bob's limit"):
+        cron_jobs.backfill("release", later, clock.now, "bob", refuse_the_second)
+    assert len(jobs_of(fresh_database_url, "release")) == 15  # the first time's run, whole
+    resumed = cron_jobs.backfill("release", later, clock.now, "bob")
+    assert [run.already_run for run in resumed] == [True, False, False]
+    assert len(jobs_of(fresh_database_url, "release")) == 21

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from hypothesis import given
@@ -87,6 +88,46 @@ def test_the_latest_slot_and_the_next_one_enclose_every_moment(expression: str, 
     assert latest <= moment < after
     assert schedule.latest(after) == after
     assert schedule.latest(after - timedelta(seconds=1)) == latest
+
+
+@given(
+    st.sampled_from(["*/7 * * * *", "0 3 * * 1-5", "30 2 * * *", "@monthly", "@every 45m", "15 */6 1,15 * *"]),
+    st.sampled_from(["UTC", "Europe/Madrid", "America/New_York", "Australia/Lord_Howe"]),
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)),
+    st.integers(min_value=0, max_value=40 * 86400),
+)
+def test_the_times_between_two_moments_are_the_slots_there_both_ends_included(
+    expression: str, zone: str, start: datetime, seconds: int
+) -> None:
+    schedule = Schedule(expression, zone)
+    end = start + timedelta(seconds=seconds)
+    times = schedule.between(start, end, 10)
+    assert len(times) <= 11 and times == sorted(set(times))
+    assert all(start <= time <= end and schedule.latest(time) == time for time in times)
+    if times:  # none before the first, none between two, and (unless cut at 11) none after the last
+        assert schedule.latest(times[0] - timedelta(seconds=1)) < start
+        assert all(schedule.following(one, 1) == [two] for one, two in pairwise(times))
+        assert len(times) == 11 or schedule.following(times[-1], 1)[0] > end
+    else:
+        assert schedule.following(start - timedelta(microseconds=1), 1)[0] > end
+    assert schedule.between(times[0], times[0], 10) == times[:1] if times else True
+
+
+def test_a_backfill_takes_the_times_that_came_in_its_range_and_no_more_than_its_most() -> None:
+    job = cron("0 3 * * *")
+    now = at("2026-12-06T12:00:00+00:00")
+    days = job.backfill_times(at("2026-12-03T03:00:00+00:00"), at("2026-12-06T03:00:00+00:00"), now)
+    assert days == [at(f"2026-12-0{day}T03:00:00+00:00") for day in (3, 4, 5, 6)]
+    assert job.backfill_times(at("2026-12-06T04:00:00+00:00"), now, now) == []
+    job.pause()  # a paused cron job's times are backfilled all the same (`cron run` runs it too)
+    assert job.backfill_times(at("2026-12-05T00:00:00+00:00"), now, now) == days[2:]
+    with pytest.raises(InvalidInput, match="must not be after --until"):
+        job.backfill_times(now, now - timedelta(seconds=1), now)
+    with pytest.raises(InvalidInput, match="has not come yet"):
+        job.backfill_times(now - timedelta(days=1), now + timedelta(seconds=1), now)
+    with pytest.raises(InvalidInput, match=r"more than 100 times .*the first 100 end at 2026-09-08T03:00:00"):
+        job.backfill_times(at("2026-06-01T00:00:00+00:00"), now, now)
+    assert len(job.backfill_times(now - timedelta(days=100), now, now)) == 100
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,11 @@ class CronServiceStub:
                 request_serializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobRequest.SerializeToString,
                 response_deserializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobResponse.FromString,
                 _registered_method=True)
+        self.BackfillCronJob = channel.unary_unary(
+                '/hodei.jobs.CronService/BackfillCronJob',
+                request_serializer=hodei_dot_jobs_dot_cron__pb2.BackfillCronJobRequest.SerializeToString,
+                response_deserializer=hodei_dot_jobs_dot_cron__pb2.BackfillCronJobResponse.FromString,
+                _registered_method=True)
 
 
 class CronServiceServicer:
@@ -123,6 +128,15 @@ class CronServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BackfillCronJob(self, request, context):
+        """The run of each time of its schedule from since to until (both included; until
+        unset: now) that never ran, oldest first, each as that time would have run it
+        (HODEI_CRON_TIME), in the caller's name (Airflow's backfill); at most 100 times.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CronServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +174,11 @@ def add_CronServiceServicer_to_server(servicer, server):
                     servicer.RunCronJob,
                     request_deserializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobRequest.FromString,
                     response_serializer=hodei_dot_jobs_dot_cron__pb2.RunCronJobResponse.SerializeToString,
+            ),
+            'BackfillCronJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackfillCronJob,
+                    request_deserializer=hodei_dot_jobs_dot_cron__pb2.BackfillCronJobRequest.FromString,
+                    response_serializer=hodei_dot_jobs_dot_cron__pb2.BackfillCronJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +370,33 @@ class CronService:
             '/hodei.jobs.CronService/RunCronJob',
             hodei_dot_jobs_dot_cron__pb2.RunCronJobRequest.SerializeToString,
             hodei_dot_jobs_dot_cron__pb2.RunCronJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillCronJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hodei.jobs.CronService/BackfillCronJob',
+            hodei_dot_jobs_dot_cron__pb2.BackfillCronJobRequest.SerializeToString,
+            hodei_dot_jobs_dot_cron__pb2.BackfillCronJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,11 @@ class CronServiceStub:
     """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
     with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
     """
+    BackfillCronJob: _grpc.UnaryUnaryMultiCallable[_cron_pb2.BackfillCronJobRequest, _cron_pb2.BackfillCronJobResponse]
+    """The run of each time of its schedule from since to until (both included; until
+    unset: now) that never ran, oldest first, each as that time would have run it
+    (HODEI_CRON_TIME), in the caller's name (Airflow's backfill); at most 100 times.
+    """
 
 @_typing.type_check_only
 class CronServiceAsyncStub(CronServiceStub):
@@ -68,6 +73,11 @@ class CronServiceAsyncStub(CronServiceStub):
     RunCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.RunCronJobRequest, _cron_pb2.RunCronJobResponse]  # type: ignore[assignment]
     """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
     with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
+    """
+    BackfillCronJob: _aio.UnaryUnaryMultiCallable[_cron_pb2.BackfillCronJobRequest, _cron_pb2.BackfillCronJobResponse]  # type: ignore[assignment]
+    """The run of each time of its schedule from since to until (both included; until
+    unset: now) that never ran, oldest first, each as that time would have run it
+    (HODEI_CRON_TIME), in the caller's name (Airflow's backfill); at most 100 times.
     """
 
 class CronServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -126,6 +136,17 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cron_pb2.RunCronJobResponse, _abc.Awaitable[_cron_pb2.RunCronJobResponse]]:
         """A job of it now (a pipeline's jobs, all or none), whatever its schedule and policy;
         with env, their variables over the specs' (Nomad's dispatch of a parameterized job).
+        """
+
+    @_abc_1.abstractmethod
+    def BackfillCronJob(
+        self,
+        request: _cron_pb2.BackfillCronJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cron_pb2.BackfillCronJobResponse, _abc.Awaitable[_cron_pb2.BackfillCronJobResponse]]:
+        """The run of each time of its schedule from since to until (both included; until
+        unset: now) that never ran, oldest first, each as that time would have run it
+        (HODEI_CRON_TIME), in the caller's name (Airflow's backfill); at most 100 times.
         """
 
 def add_CronServiceServicer_to_server(servicer: CronServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

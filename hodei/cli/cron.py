@@ -18,7 +18,7 @@ from hodei.cli.jobs import (
     submit,
     submitted,
 )
-from hodei.cli.parsing import duration, parse_env
+from hodei.cli.parsing import duration, parse_env, since
 from hodei.cli.terminal import Terminal, stamp, when
 from hodei.domain.base import check_name
 from hodei.domain.cron import CRON_LABEL, CRON_TIME_VARIABLE, Concurrency, Definition, Schedule
@@ -129,6 +129,31 @@ def run(client: Client, term: Terminal, args: argparse.Namespace) -> int:
     return several_submitted(client, term, args, answer, job_ids, note, job_ids)
 
 
+def backfill(client: Client, term: Terminal, args: argparse.Namespace) -> int:
+    request = cron_pb2.BackfillCronJobRequest(name=args.name)
+    request.since.FromDatetime(args.since)
+    if args.until is not None:
+        request.until.FromDatetime(args.until)
+    runs = client.call(client.cron.BackfillCronJob, request).runs
+    if term.json:
+        term.data({"runs": [message_dict(run) for run in runs]})
+        return 0
+    if not runs:
+        until = stamp(request.until, "seconds") if args.until is not None else "now"
+        term.info(f"cron job {args.name} has no time from {stamp(request.since, 'seconds')} to {until}: nothing to run")
+        return 0
+    term.table(
+        ["TIME", "JOB", "RUN"],
+        [[stamp(run.time, "seconds"), run.job_ids[0], "had run" if run.already_run else "submitted"] for run in runs],
+    )
+    submitted = sum(not run.already_run for run in runs)
+    term.info(
+        f"{submitted} of {len(runs)} times submitted, {len(runs) - submitted} had run "
+        f"(`job list -l {CRON_LABEL}={args.name}`)"
+    )
+    return 0
+
+
 def _show(term: Terminal, cron: cron_pb2.CronJob) -> int:
     if term.json:
         term.data(message_dict(cron))
@@ -232,3 +257,22 @@ def add_commands(commands: Any) -> None:
             )
             add_idempotency_key(parser)
             add_wait_options(parser)
+
+    backfill_parser = cron.add_parser(
+        "backfill",
+        help="run the times of its schedule in a range that never ran (Airflow's backfill)",
+        description=(
+            f"Submits, oldest first, the run of each time of the schedule from --since to --until (both included) "
+            f"that never ran, as that time would have ({CRON_TIME_VARIABLE} is the time), in your name, whatever "
+            "its concurrency policy; a time that ran is not run again, so the same backfill again submits only what "
+            "is missing. At most 100 times at once; a time not come yet is refused."
+        ),
+    )
+    backfill_parser.add_argument("name", metavar="NAME", help="the cron job's name")
+    backfill_parser.add_argument(
+        "--since", type=since, required=True, metavar="WHEN", help="the first time: 2d (ago) or an ISO 8601 time"
+    )
+    backfill_parser.add_argument(
+        "--until", type=since, metavar="WHEN", help="the last time: 1h (ago) or an ISO 8601 time (default: now)"
+    )
+    backfill_parser.set_defaults(handler=backfill)

@@ -242,6 +242,7 @@ SHAPES: dict[str, tuple[Schema, bool]] = {
         _object(workflow_id=_STRING, job_ids=_array(_STRING), already_submitted=_BOOLEAN),
         False,
     ),
+    "cron backfill": (_object(runs=_array(message_schema(cron_pb2.BackfilledRun.DESCRIPTOR))), False),
     "cron run --wait": (EVENT_LINE, True),
     "cron run --follow": (EVENT_LINE, True),
 }

@@ -50,6 +50,9 @@ MAX_EVERY_SECONDS = 366 * 86400
 MAX_STARTING_DEADLINE_SECONDS = 366 * 86400.0
 # Every sweep of every server reads each cron job's version and compares its next time.
 MAX_CRON_JOBS = 1000
+# The most times of its schedule one backfill (`cron backfill`) runs: a longer range goes in
+# turns (each time a run of its own, its jobs written together).
+MOST_BACKFILLED = 100
 
 
 class Concurrency(StrEnum):
@@ -167,6 +170,19 @@ class Schedule:
             return [first + timedelta(seconds=every * n) for n in range(count)]
         slots = CronSim(self._fields, moment.astimezone(self._zone()))
         return [next(slots).astimezone(UTC) for _ in range(count)]
+
+    def between(self, start: datetime, end: datetime, most: int) -> list[datetime]:
+        """Its times from ``start`` to ``end``, both included (UTC): at most ``most`` + 1, so
+        that a caller can tell a range holding more."""
+        times: list[datetime] = []
+        after = start - timedelta(microseconds=1)  # ``following`` is strictly after: ``start`` too
+        while len(times) <= most:
+            [slot] = self.following(after, 1)
+            if slot > end:
+                break
+            times.append(slot)
+            after = slot
+        return times
 
     def explain(self) -> str:
         if self._every is not None:
@@ -340,6 +356,28 @@ class CronJob(HodeiAggregate):
         server's log: a time that did not run)."""
         slot = self.last_slot(now)
         return slot if slot is not None and self._late(slot, now) else None
+
+    def backfill_times(self, start: datetime, end: datetime, now: datetime) -> list[datetime]:
+        """The times of its schedule from ``start`` to ``end`` (both included) that a backfill
+        runs (Airflow's `dags backfill`): any that came by ``now``, paused or not, before it
+        was defined or not. A time to come is the schedule's to run when it comes (run
+        early, its slot's job would be there and the time would not run again); a range
+        holding more than MOST_BACKFILLED goes in turns."""
+        if start > end:
+            raise InvalidInput(f"--since ({start.isoformat()}) must not be after --until ({end.isoformat()})")
+        if end > now:
+            raise InvalidInput(
+                f"--until ({end.isoformat()}) has not come yet (now {now.isoformat()}): a time to come runs when "
+                "it comes"
+            )
+        times = self.definition.schedule.between(start, end, MOST_BACKFILLED)
+        if len(times) > MOST_BACKFILLED:
+            raise InvalidInput(
+                f"cron job {self.name} has more than {MOST_BACKFILLED} times from {start.isoformat()} to "
+                f"{end.isoformat()}: a backfill runs at most {MOST_BACKFILLED}; give a shorter range, then the next "
+                f"(the first {MOST_BACKFILLED} end at {times[MOST_BACKFILLED - 1].isoformat()})"
+            )
+        return times
 
     def last_slot(self, now: datetime) -> datetime | None:
         """The latest time of its schedule at or before ``now`` since it was created or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 
 import grpc
 
@@ -130,18 +131,46 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
         if (repeat := self._repeat(submission)) is not None:
             return repeat
 
+        def write() -> cron_pb2.RunCronJobResponse:
+            job_ids = self.cron_jobs.run_now(
+                request.name, who.name, dict(request.env), self._check(who), submission.ids[:count], submission.digest
+            )
+            return cron_pb2.RunCronJobResponse(job_id=str(job_ids[0]), job_ids=list(map(str, job_ids)))
+
+        return first_answer(write, lambda: self._repeat(submission))
+
+    @rpc
+    def BackfillCronJob(
+        self, request: cron_pb2.BackfillCronJobRequest, context: grpc.ServicerContext
+    ) -> cron_pb2.BackfillCronJobResponse:
+        who = caller()
+        self._check_owner(who, request.name, "backfill")
+        if not request.HasField("since"):
+            raise InvalidInput("give the first time to run (since)")
+        since = request.since.ToDatetime(tzinfo=UTC)
+        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else self.cron_jobs.clock()
+        runs = self.cron_jobs.backfill(request.name, since, until, who.name, self._check(who))
+        return cron_pb2.BackfillCronJobResponse(
+            runs=[
+                cron_pb2.BackfilledRun(
+                    time=timestamp(run.time),
+                    job_ids=[str(job_id) for job_id in run.job_ids],
+                    already_run=run.already_run,
+                )
+                for run in runs
+            ]
+        )
+
+    def _check(self, who: Caller) -> Callable[[list[JobSpec]], None]:
+        """What a run asked for by ``who`` must pass, in the transaction that writes it: each
+        job one its provider could run, and room under ``who``'s limit."""
+
         def check(specs: list[JobSpec]) -> None:
             for spec in specs:
                 refuse_unrunnable(spec, self.pools, self.kubernetes, self.reads)
             self.limits.make_room(who.name, len(specs))
 
-        def write() -> cron_pb2.RunCronJobResponse:
-            job_ids = self.cron_jobs.run_now(
-                request.name, who.name, dict(request.env), check, submission.ids[:count], submission.digest
-            )
-            return cron_pb2.RunCronJobResponse(job_id=str(job_ids[0]), job_ids=list(map(str, job_ids)))
-
-        return first_answer(write, lambda: self._repeat(submission))
+        return check
 
     def _repeat(self, submission: Submission) -> cron_pb2.RunCronJobResponse | None:
         """The run a key sent again started: of the ids it may have had, those that were
