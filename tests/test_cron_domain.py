@@ -128,6 +128,10 @@ def test_a_backfill_takes_the_times_that_came_in_its_range_and_no_more_than_its_
     with pytest.raises(InvalidInput, match=r"more than 100 times .*the first 100 end at 2026-09-08T03:00:00"):
         job.backfill_times(at("2026-06-01T00:00:00+00:00"), now, now)
     assert len(job.backfill_times(now - timedelta(days=100), now, now)) == 100
+    # The first moment there is; one that is before it in the schedule's zone (was INTERNAL).
+    for zone, start in (("UTC", datetime.min), ("America/New_York", datetime(1, 1, 1, 1))):
+        with pytest.raises(InvalidInput, match="reach past the calendar's years 1 to 9999"):
+            Schedule("0 3 * * *", zone).between(start.replace(tzinfo=UTC), now, 10)
 
 
 @pytest.mark.parametrize(

@@ -175,13 +175,18 @@ class Schedule:
         """Its times from ``start`` to ``end``, both included (UTC): at most ``most`` + 1, so
         that a caller can tell a range holding more."""
         times: list[datetime] = []
-        after = start - timedelta(microseconds=1)  # ``following`` is strictly after: ``start`` too
-        while len(times) <= most:
-            [slot] = self.following(after, 1)
-            if slot > end:
-                break
-            times.append(slot)
-            after = slot
+        try:
+            after = start - timedelta(microseconds=1)  # ``following`` is strictly after: ``start`` too
+            while len(times) <= most:
+                [slot] = self.following(after, 1)
+                if slot > end:
+                    break
+                times.append(slot)
+                after = slot
+        except OverflowError:  # in its time zone, a moment of the years 1 or 9999 leaves the calendar
+            raise InvalidInput(
+                f"the times from {start.isoformat()} to {end.isoformat()} reach past the calendar's years 1 to 9999"
+            ) from None
         return times
 
     def explain(self) -> str:
