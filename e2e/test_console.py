@@ -302,6 +302,29 @@ def test_cron_jobs_are_listed_and_their_owner_pauses_resumes_and_runs_them(
     assert job_id in its_jobs
     owner.post(f"{guarded.http_url}/cron/console-nightly/resume")
     assert "PAUSED" not in owner.get(f"{guarded.http_url}/cron").text
+
+    # Backfill (`cron backfill`): the last two days' times, then to its jobs; a bad box, or
+    # another's cron job, writes nothing.
+    assert 'action="/cron/console-nightly/backfill"' in row.group(1)
+    filled = owner.post(
+        f"{guarded.http_url}/cron/console-nightly/backfill", data={"since": "2d", "until": ""}, allow_redirects=False
+    )
+    assert filled.status_code == 303 and filled.headers["Location"] == "/jobs?label=hodei.io/cron%3Dconsole-nightly"
+    backfilled = query(
+        guarded.database_url,
+        "SELECT spec -> 'env' ->> 'HODEI_CRON_TIME' FROM jobs WHERE spec -> 'labels' ->> 'hodei.io/cron' = %s"
+        " AND spec -> 'env' ? 'HODEI_CRON_TIME' AND actor = 'submit-person' AND id <> %s",
+        ("console-nightly", job_id),
+    )
+    assert len(set(backfilled)) == 2, backfilled  # 03:00 in Madrid, each of the last two days
+    bad = owner.post(f"{guarded.http_url}/cron/console-nightly/backfill", data={"since": "soon"})
+    assert bad.status_code == 400 and "since takes a duration" in bad.text
+    theirs = other.post(
+        f"{guarded.http_url}/cron/console-nightly/backfill", data={"since": "9d"}, allow_redirects=False
+    )
+    assert theirs.status_code == 403
+    assert len(query(guarded.database_url, "SELECT 1 FROM jobs WHERE spec -> 'labels' ->> 'hodei.io/cron' = %s",
+                     ("console-nightly",))) == 3  # fmt: skip
     guarded.cli("--token", tokens["submit"], "cron", "delete", "console-nightly", check=True)
     assert "No cron jobs" in owner.get(f"{guarded.http_url}/cron").text
 

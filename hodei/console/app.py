@@ -228,6 +228,7 @@ class Console:
         app.router.add_get("/sagas", self.sagas)
         app.router.add_get("/cron", self.cron_jobs)
         app.router.add_post("/cron/{name}/{action:pause|resume|run}", self.cron_action)
+        app.router.add_post("/cron/{name}/backfill", self.cron_backfill)
         app.router.add_get("/dead-letters", self.dead_letters)
         app.router.add_get("/audit", self.audit)
         app.router.add_get("/report", self.report)
@@ -782,6 +783,18 @@ class Console:
         method = "PauseCronJob" if action == "pause" else "ResumeCronJob"
         await self._call(request, CRON + method, cron_pb2.CronJobRequest(name=name))
         raise web.HTTPSeeOther("/cron")
+
+    async def cron_backfill(self, request: web.Request) -> web.Response:
+        """`cron backfill NAME --since … [--until …]`: to the cron job's jobs once submitted."""
+        self._check_origin(request)
+        name = request.match_info["name"]
+        form = {key: str(value).strip() for key, value in (await request.post()).items()}
+        backfill = cron_pb2.BackfillCronJobRequest(name=name)
+        backfill.since.FromDatetime(_moment(form, "since"))
+        if form.get("until"):
+            backfill.until.FromDatetime(_moment(form, "until"))
+        await self._call(request, CRON + "BackfillCronJob", backfill)
+        raise web.HTTPSeeOther(f"/jobs?label={quote(f'{CRON_LABEL}={name}')}")
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         listed = await self._call(
