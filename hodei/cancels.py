@@ -48,7 +48,7 @@ class Child:
 class Children:
     """The jobs a job submitted with its API token go with it when it is cancelled, as a
     GitLab child pipeline goes with its parent's cancel and Kubernetes deletes what an
-    object owns: a person's cancel, a cron job's replace, a timeout of the queue. A job that
+    object owns, whoever cancelled it (a person, a cron job's replace). A job that
     succeeded, failed or timed out leaves them running (a job that fans out work and exits
     is the point of its token). Read from the jobs' states at each sweep, so a child whose
     submission crossed its parent's cancel, or a cancel the server died after, is found at
