@@ -6,6 +6,7 @@ written anywhere (an HMAC of the job and its worker: hodei.tokens.TokenSigner.jo
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,14 @@ def test_cancelling_a_job_cancels_the_jobs_it_submitted_and_theirs(
             wait_settled(url, job_id)
         assert query(url, "SELECT state FROM jobs WHERE id = %s", (ended.stdout.strip(),)) == [("SUCCEEDED",)]
         wait_settled(url, parent_id)
+
+        # Retried by alice, the child is hers to run: its copy says no parent, and the sweep
+        # leaves it running (kept, the cancelled parent's label had it cancelled at once).
+        (shared_dir / "child" / "token").unlink()
+        copy = server.cli("--token", alice, "job", "retry", child_id, check=True).stdout.strip()
+        copied_token = shared_dir / "child" / "token"
+        eventually(lambda: copied_token.exists() and copied_token.read_text().strip(), 60, what="the copy running")
+        time.sleep(3)  # three sweeps
+        assert query(url, "SELECT state, spec -> 'labels' FROM jobs WHERE id = %s", (copy,)) == [("RUNNING", {})]
+        server.cli("--token", alice, "job", "cancel", copy, check=True)
+        wait_settled(url, copy)

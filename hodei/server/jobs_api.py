@@ -295,9 +295,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
             raise InvalidInput("an array's limit (--array …%N) is for the jobs of an array: give the array's indices")
         if request.hold_reason and not request.hold:
             raise InvalidInput("a hold's reason is for a job submitted held (hold)")
-        if (parent := caller().job_id) is not None:  # submitted from a job, with its API token
-            spec = replace(spec, labels={**spec.labels, PARENT_LABEL: parent})
-        return spec, own
+        return _submitted_from(spec, caller()), own
 
     @staticmethod
     def _held(request: jobs_pb2.QueueJobRequest, who: str, job: Job) -> Job:
@@ -697,7 +695,7 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                     f"{exc.message}; `job retry --workflow {workflow}` retries it with the jobs of its pipeline "
                     "that did not succeed"
                 ) from None
-            spec = self.bounds.apply(replace(apart, after={**apart.after, **copied}))
+            spec = _submitted_from(self.bounds.apply(replace(apart, after={**apart.after, **copied})), who)
             self.pools.check(spec.pool)  # it may have been deleted since
             sealed = self.secrets.seal(job_id, secrets)
             jobs.append(Job.submit(spec, job_id, sealed, retry_of=row.id, request_digest=submission.digest))
@@ -744,6 +742,17 @@ class JobExecutionService(jobs_pb2_grpc.JobExecutionServiceServicer):
                 for event in fetch_all(self.store.pool, "job_events", (str(row.id),), JobEventRow)
             ]
         )
+
+
+def _submitted_from(spec: JobSpec, who: Caller) -> JobSpec:
+    """The spec labelled with the job whose API token submits it (``hodei.io/parent``), or
+    with none: a copy (`job retry`) of a job another job submitted is the retrier's, and
+    keeping its parent's label would have the sweep cancel it at once when that parent was
+    cancelled (hodei.cancels)."""
+    labels = {key: value for key, value in spec.labels.items() if key != PARENT_LABEL}
+    if who.job_id is not None:
+        labels[PARENT_LABEL] = who.job_id
+    return spec if labels == spec.labels else replace(spec, labels=labels)
 
 
 def may_act_on(who: Caller, submitted_by: str | None) -> bool:
