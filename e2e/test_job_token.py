@@ -130,12 +130,15 @@ def test_cancelling_a_job_cancels_the_jobs_it_submitted_and_theirs(
         grandchild = server.cli("--token", child_token, "job", "run", "-p", "local", "-c", "sleep 300", check=True)
         held = server.cli("--token", token, "job", "run", "-p", "local", "-c", "true", "--hold", check=True)
         ended = server.cli("--token", token, "job", "run", "-p", "local", "-c", "true", "--wait", check=True)
+        server.cli("--token", alice, "cron", "create", "fan", "--schedule", "@yearly", "-p", "local", "-c", "sleep 300")
+        from_cron = server.cli("--token", token, "cron", "run", "fan", check=True)  # alice's cron job, run by the job
         said = server.cli("--token", alice, "job", "cancel", parent_id, check=True).stderr
         assert f"Job {parent_id} CANCELLED" in said, said
-        assert ", and with it the 2 jobs it submitted with its API token that had not ended" in said, said
+        assert ", and with it the 3 jobs it submitted with its API token that had not ended" in said, said
         for job_id, submitter in (
             (child_id, parent_id),
             (held.stdout.strip(), parent_id),
+            (from_cron.stdout.strip(), parent_id),
             (grandchild.stdout.strip(), child_id),
         ):
             assert wait_terminal(url, job_id, 60) == "CANCELLED"

@@ -13,7 +13,7 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
@@ -21,7 +21,7 @@ from hodei.cancels import cancel
 from hodei.domain.base import check_name
 from hodei.domain.cron import MAX_CRON_JOBS, Concurrency, CronJob, Definition, cron_id, slot_job_id, slot_job_ids
 from hodei.domain.job import Job
-from hodei.domain.spec import JobBounds, JobSpec
+from hodei.domain.spec import PARENT_LABEL, JobBounds, JobSpec
 from hodei.errors import ConcurrencyConflict, InvalidTransition, NotFound
 from hodei.store.app import HodeiStore, Meta
 from hodei.store.db import command_transaction, fetch_all
@@ -188,15 +188,17 @@ class CronJobs:
         check: Callable[[list[JobSpec]], None] | None = None,
         job_ids: list[UUID] | None = None,
         request_digest: str | None = None,
+        parent: str | None = None,
     ) -> list[UUID]:
         """The jobs of the cron job now (a pipeline's all), whatever its schedule and policy
         (``cron run``); ``env``: their variables over the specs' (Nomad's dispatch of a
         parameterized job), which the definition's checks never saw: ``check`` (the API's)
         sees the specs first. ``job_ids`` (one for each of its specs) and ``request_digest``:
-        an idempotency key's (hodei.server.submission)."""
+        an idempotency key's (hodei.server.submission). ``parent``: the job whose API token
+        asks (its jobs are labelled with it, as those it submits are)."""
         cron = self.get(name)
         job_ids = job_ids or [uuid4() for _ in cron.definition.specs]
-        self._submit(cron, job_ids, self.clock(), actor, env, check, request_digest)
+        self._submit(cron, job_ids, self.clock(), actor, env, check, request_digest, parent)
         return job_ids
 
     def backfill(
@@ -206,13 +208,14 @@ class CronJobs:
         end: datetime,
         actor: str,
         check: Callable[[list[JobSpec]], None] | None = None,
+        parent: str | None = None,
     ) -> list[Backfilled]:
         """The run of each time of its schedule from ``start`` to ``end`` that never ran
         (``CronJob.backfill_times``), oldest first, in the name of ``actor``, each as its time
         would have run it (HODEI_CRON_TIME, its slot's jobs: a time that ran, or that a sweep
         runs meanwhile, is not run again, so a backfill sent again, or stopped part-way by a
         refusal, goes on where it stopped), whatever its policy: the times were missed, not
-        running beside each other. ``check``: as ``run_now``'s, for each run."""
+        running beside each other. ``check`` and ``parent``: as ``run_now``'s, for each run."""
         cron = self.get(name)
         count = len(cron.definition.specs)
         times = cron.backfill_times(start, end, self.clock())
@@ -223,7 +226,7 @@ class CronJobs:
             already = job_ids[0] in ran
             if not already:
                 try:
-                    self._submit(cron, job_ids, time, actor, check=check)
+                    self._submit(cron, job_ids, time, actor, check=check, parent=parent)
                 except ConcurrencyConflict:
                     already = True  # a sweep (or another backfill) wrote the time's run first
             done.append(Backfilled(time, job_ids, already))
@@ -311,15 +314,19 @@ class CronJobs:
         env: Mapping[str, str] | None = None,
         check: Callable[[list[JobSpec]], None] | None = None,
         request_digest: str | None = None,
+        parent: str | None = None,
     ) -> None:
         """The run's jobs (one for each spec, ``job_ids``), all or none, in the name of
         ``actor`` (a slot's: the cron job's owner, who may cancel them); each given the
-        secrets its spec names, sealed again under a key of its own. ``check`` runs in the
+        secrets its spec names, sealed again under a key of its own, and labelled with the
+        ``parent`` job that asked with its API token, if one did. ``check`` runs in the
         transaction that writes them (a submitter's limit counts its jobs there)."""
         plain = self.secrets.open_sealed(cron.id, cron.sealed_secrets, f"cron job {cron.name}")
         jobs = []
         for job_id, asked in zip(job_ids, cron.run_specs(job_ids, moment, env or {}), strict=True):
             spec = self.bounds.apply(asked)
+            if parent is not None:
+                spec = replace(spec, labels={**spec.labels, PARENT_LABEL: parent})
             given = {name: plain[name] for name in spec.secret_names}
             spec.validate(given)
             jobs.append(Job.submit(spec, job_id, self.secrets.seal(job_id, given), request_digest=request_digest))

@@ -133,7 +133,13 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
 
         def write() -> cron_pb2.RunCronJobResponse:
             job_ids = self.cron_jobs.run_now(
-                request.name, who.name, dict(request.env), self._check(who), submission.ids[:count], submission.digest
+                request.name,
+                who.name,
+                dict(request.env),
+                self._check(who),
+                submission.ids[:count],
+                submission.digest,
+                who.job_id,
             )
             return cron_pb2.RunCronJobResponse(job_id=str(job_ids[0]), job_ids=list(map(str, job_ids)))
 
@@ -149,7 +155,7 @@ class CronService(cron_pb2_grpc.CronServiceServicer):
             raise InvalidInput("give the first time to run (since)")
         since = request.since.ToDatetime(tzinfo=UTC)
         until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else self.cron_jobs.clock()
-        runs = self.cron_jobs.backfill(request.name, since, until, who.name, self._check(who))
+        runs = self.cron_jobs.backfill(request.name, since, until, who.name, self._check(who), who.job_id)
         return cron_pb2.BackfillCronJobResponse(
             runs=[
                 cron_pb2.BackfilledRun(
