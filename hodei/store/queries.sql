@@ -1196,22 +1196,27 @@ FROM turned
 WHERE in_line
 GROUP BY provider_type;
 
+-- part: child_not_ended
+-- Jobs `c` not ended that a job submitted with its API token (hodei.io/parent): the predicate
+-- of idx_jobs_children_not_ended (sql/038), which the planner uses only when it is implied.
+c.spec -> 'labels' ? 'hodei.io/parent' AND c.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+
 -- name: children_of_cancelled
--- Jobs not ended that a job submitted with its API token (hodei.io/parent), that job being
--- CANCELLED: they are cancelled with it (idx_jobs_children_not_ended), oldest first.
+-- Such jobs whose job is CANCELLED: they are cancelled with it, oldest first.
 SELECT c.id::text AS job_id, p.id::text AS parent_id
 FROM jobs c JOIN jobs p ON p.id = hodei.job_id_of(c.spec -> 'labels' ->> 'hodei.io/parent')
-WHERE c.spec -> 'labels' ? 'hodei.io/parent' AND c.state IN ('PENDING', 'ASSIGNED', 'RUNNING')
+WHERE
+    @child_not_ended
   AND p.state = 'CANCELLED'
 ORDER BY c.created_at
 LIMIT %(limit)s;
 
 -- name: children_not_ended
--- How many jobs this job submitted with its API token have not ended (`job cancel` says
--- they go with it; idx_jobs_children_not_ended).
-SELECT count(*) FROM jobs
-WHERE spec -> 'labels' ? 'hodei.io/parent' AND state IN ('PENDING', 'ASSIGNED', 'RUNNING')
-  AND spec -> 'labels' ->> 'hodei.io/parent' = %s;
+-- How many of them this job has (`job cancel` says they go with it).
+SELECT count(*) FROM jobs c
+WHERE
+    @child_not_ended
+  AND c.spec -> 'labels' ->> 'hodei.io/parent' = %s;
 
 -- name: never_started_dependents
 -- Queued jobs one of whose --after jobs ended otherwise than asked: they never will start.
